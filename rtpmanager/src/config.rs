@@ -1,0 +1,206 @@
+//! Command-line, environment and config-file options of `switchboard-rtpmanager`.
+//!
+//! Every option is a flag, an environment variable (the flag's name in
+//! UPPER_SNAKE_CASE) and a key of the optional TOML file given by `--config`;
+//! precedence is flag > environment > file > default.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use switchboard_service::ConfigError;
+
+/// Which kernel fast path to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FastPathRequest {
+    /// Try native XDP, then generic XDP, then TC, then run userspace-only.
+    Auto,
+    /// Native (driver) XDP only.
+    Xdp,
+    /// Generic (SKB) XDP only.
+    XdpGeneric,
+    /// TC clsact ingress only.
+    Tc,
+    /// Userspace relay only.
+    Off,
+}
+
+/// Switchboard RTP manager: owns media ports, rewrites SDP, relays RTP/RTCP in
+/// userspace and offloads bridged streams to an XDP/TC eBPF fast path.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "switchboard-rtpmanager", version, about, long_about = None)]
+pub struct Config {
+    /// TOML config file; its keys are the long option names.
+    #[arg(long, env = "RTPMANAGER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address the gRPC control API listens on. It is unauthenticated: keep it
+    /// on loopback or a private network reachable only by signaling servers.
+    #[arg(long, env = "GRPC_ADDRESS", default_value = "127.0.0.1")]
+    pub grpc_address: IpAddr,
+
+    /// TCP port of the gRPC control API.
+    #[arg(long, env = "GRPC_PORT", default_value_t = 9090)]
+    pub grpc_port: u16,
+
+    /// Address advertised in SDP (c= lines) for IPv4 peers. Defaults to the
+    /// address of the interface holding the default route, else 127.0.0.1.
+    #[arg(long, env = "ADVERTISE")]
+    pub advertise: Option<IpAddr>,
+
+    /// Address the media sockets bind to.
+    #[arg(long, env = "RTP_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub rtp_bind_address: IpAddr,
+
+    /// Lowest UDP port of the media range (even; RTP on even ports, RTCP on the next odd one).
+    #[arg(long, env = "RTP_PORT_MIN", default_value_t = 10000)]
+    pub rtp_port_min: u16,
+
+    /// Highest UDP port of the media range.
+    #[arg(long, env = "RTP_PORT_MAX", default_value_t = 20000)]
+    pub rtp_port_max: u16,
+
+    /// Directory holding the audio files that Play may use; nothing outside
+    /// it is ever read.
+    #[arg(long, env = "AUDIO_PATH", default_value = "/var/lib/switchboard/audio")]
+    pub audio_path: PathBuf,
+
+    /// Kernel fast path: auto tries xdp, xdp-generic, tc, then off.
+    #[arg(long, env = "FAST_PATH", value_enum, default_value_t = FastPathRequest::Auto)]
+    pub fast_path: FastPathRequest,
+
+    /// Network interface the fast path attaches to. Defaults to the interface
+    /// holding the advertised address.
+    #[arg(long, env = "MEDIA_INTERFACE")]
+    pub media_interface: Option<String>,
+
+    /// bpffs directory where the fast path pins its maps.
+    #[arg(long, env = "BPF_PIN_PATH", default_value = "/sys/fs/bpf/switchboard")]
+    pub bpf_pin_path: PathBuf,
+
+    /// Seconds without RTP on a confirmed bridged leg before a media-timeout event.
+    #[arg(long, env = "MEDIA_TIMEOUT", default_value_t = 30)]
+    pub media_timeout: u32,
+
+    /// Seconds without media or control activity before a leg is reaped.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value_t = 3600)]
+    pub idle_timeout: u32,
+
+    /// Log level (error, warn, info, debug, trace) or a tracing filter.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info", value_parser = switchboard_service::parse_log_level)]
+    pub log_level: String,
+}
+
+impl Config {
+    /// Parses the process arguments and environment, then validates.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::load_from(std::env::args_os())
+    }
+
+    /// Parses `args` (first item: program name) and validates.
+    pub fn load_from<I, A>(args: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<std::ffi::OsString> + Clone,
+    {
+        let config: Self = switchboard_service::parse_layered(args)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.rtp_port_min < 1024 {
+            return Err(ConfigError::invalid(
+                "rtp-port-min",
+                "must be 1024 or above (privileged ports are not media ports)",
+            ));
+        }
+        if !self.rtp_port_min.is_multiple_of(2) {
+            return Err(ConfigError::invalid(
+                "rtp-port-min",
+                "must be even (RTP uses even ports, RTCP the next odd one)",
+            ));
+        }
+        if self.rtp_port_max <= self.rtp_port_min {
+            return Err(ConfigError::invalid(
+                "rtp-port-max",
+                format!("must be above --rtp-port-min ({})", self.rtp_port_min),
+            ));
+        }
+        if self.media_timeout == 0 {
+            return Err(ConfigError::invalid(
+                "media-timeout",
+                "must be at least 1 second",
+            ));
+        }
+        if self.idle_timeout == 0 {
+            return Err(ConfigError::invalid(
+                "idle-timeout",
+                "must be at least 1 second",
+            ));
+        }
+        if let Some(addr) = self.advertise {
+            if addr.is_unspecified() || addr.is_multicast() {
+                return Err(ConfigError::invalid(
+                    "advertise",
+                    format!("{addr} cannot be reached by peers"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of RTP/RTCP port pairs in the range.
+    pub fn port_pairs(&self) -> u32 {
+        (u32::from(self.rtp_port_max) - u32::from(self.rtp_port_min)).div_ceil(2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: &[&str]) -> Result<Config, ConfigError> {
+        Config::load_from(std::iter::once("switchboard-rtpmanager").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let c = load(&[]).expect("defaults are valid");
+        assert_eq!(c.grpc_port, 9090);
+        assert_eq!((c.rtp_port_min, c.rtp_port_max), (10000, 20000));
+        assert_eq!(c.fast_path, FastPathRequest::Auto);
+        assert_eq!(c.port_pairs(), 5000);
+    }
+
+    #[test]
+    fn invalid_ranges_name_the_option() {
+        let err = load(&["--rtp-port-min", "10001"]).expect_err("odd min");
+        assert!(
+            err.to_string().contains("--rtp-port-min: must be even"),
+            "{err}"
+        );
+        let err =
+            load(&["--rtp-port-min", "30000", "--rtp-port-max", "20000"]).expect_err("inverted");
+        assert!(err.to_string().contains("--rtp-port-max"), "{err}");
+        let err = load(&["--fast-path", "warp"]).expect_err("bad mode");
+        assert!(err.to_string().contains("--fast-path"), "{err}");
+        let err = load(&["--advertise", "0.0.0.0"]).expect_err("unspecified");
+        assert!(err.to_string().contains("--advertise"), "{err}");
+        let err = load(&["--log-level", "loud=="]).expect_err("bad filter");
+        assert!(err.to_string().contains("--log-level"), "{err}");
+    }
+
+    #[test]
+    fn fast_path_values_parse() {
+        for (text, want) in [
+            ("auto", FastPathRequest::Auto),
+            ("xdp", FastPathRequest::Xdp),
+            ("xdp-generic", FastPathRequest::XdpGeneric),
+            ("tc", FastPathRequest::Tc),
+            ("off", FastPathRequest::Off),
+        ] {
+            assert_eq!(load(&["--fast-path", text]).expect("valid").fast_path, want);
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! The kernel fast path: loads the eBPF object embedded at build time and
+//! attaches it to the media interface in the best mode the host allows.
+//!
+//! The fast path is a cache of the userspace relay, never a requirement: when
+//! the object is missing from this build, the process lacks privileges, the
+//! interface refuses a mode or the verifier rejects the program, the manager
+//! runs userspace-only and [`FastPath::reason`] says why (logged once).
+
+use std::fmt;
+
+use aya::maps::{Array, PerCpuArray};
+use aya::programs::{tc, SchedClassifier, TcAttachType, Xdp, XdpMode};
+use aya::Ebpf;
+use rtpmanager_common::{
+    Counter, ProgramConfig, CONFIG_MAP, COUNTERS_MAP, TC_PROGRAM, XDP_PROGRAM,
+};
+use switchboard_proto::v1;
+
+use crate::config::FastPathRequest;
+
+/// The eBPF object built by `cargo xtask build-ebpf`, when it existed at build time.
+#[cfg(ebpf_object)]
+const EBPF_OBJECT: Option<&[u8]> = Some(aya::include_bytes_aligned!(concat!(
+    env!("OUT_DIR"),
+    "/rtpmanager-ebpf.o"
+)));
+#[cfg(not(ebpf_object))]
+const EBPF_OBJECT: Option<&[u8]> = None;
+
+/// Whether this build embeds the eBPF object.
+pub fn object_embedded() -> bool {
+    EBPF_OBJECT.is_some()
+}
+
+/// The fast-path mode actually in force.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Userspace relay only.
+    Off,
+    /// XDP in the driver.
+    XdpNative,
+    /// XDP in generic (SKB) mode.
+    XdpGeneric,
+    /// TC clsact ingress.
+    Tc,
+}
+
+impl Mode {
+    /// The control protocol's name for the mode.
+    pub fn to_proto(self) -> v1::FastPathMode {
+        match self {
+            Mode::Off => v1::FastPathMode::Off,
+            Mode::XdpNative => v1::FastPathMode::XdpNative,
+            Mode::XdpGeneric => v1::FastPathMode::XdpGeneric,
+            Mode::Tc => v1::FastPathMode::Tc,
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Off => "off",
+            Mode::XdpNative => "xdp",
+            Mode::XdpGeneric => "xdp-generic",
+            Mode::Tc => "tc",
+        })
+    }
+}
+
+/// Why one attempt to enable the fast path failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FastPathError {
+    /// The process may not load BPF programs or attach them to interfaces.
+    #[error(
+        "missing capabilities: {0} (run as root or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)"
+    )]
+    Capabilities(String),
+    /// The program could not be found in the object, or is of the wrong type.
+    #[error("eBPF object: {0}")]
+    Object(String),
+    /// The object or a map failed to load (memlock limits, BTF, map creation).
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// The verifier rejected the program, or attaching it failed.
+    #[error("{mode}: {source}")]
+    Program {
+        mode: Mode,
+        source: aya::programs::ProgramError,
+    },
+    /// A map could not be opened or written.
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+}
+
+/// What the fast path needs to know to attach.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub request: FastPathRequest,
+    pub interface: String,
+    pub port_min: u16,
+    pub port_max: u16,
+}
+
+/// The fast path in force. Dropping it detaches the programs.
+pub struct FastPath {
+    mode: Mode,
+    reason: String,
+    interface: String,
+    ebpf: Option<Ebpf>,
+}
+
+impl fmt::Debug for FastPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FastPath")
+            .field("mode", &self.mode)
+            .field("reason", &self.reason)
+            .field("interface", &self.interface)
+            .finish()
+    }
+}
+
+impl FastPath {
+    /// Enables the fast path as `settings` asks, or falls back to userspace
+    /// only; never fails. Logs the outcome once.
+    pub fn start(settings: &Settings) -> FastPath {
+        let fast_path = Self::try_modes(settings);
+        if fast_path.mode == Mode::Off {
+            tracing::warn!(reason = %fast_path.reason, "kernel fast path off; relaying media in userspace only");
+        } else {
+            tracing::info!(
+                mode = %fast_path.mode,
+                interface = %fast_path.interface,
+                reason = %fast_path.reason,
+                "kernel fast path attached"
+            );
+        }
+        fast_path
+    }
+
+    fn off(reason: impl Into<String>) -> FastPath {
+        FastPath {
+            mode: Mode::Off,
+            reason: reason.into(),
+            interface: String::new(),
+            ebpf: None,
+        }
+    }
+
+    fn try_modes(settings: &Settings) -> FastPath {
+        let candidates: &[Mode] = match settings.request {
+            FastPathRequest::Off => return Self::off("disabled by --fast-path off"),
+            FastPathRequest::Auto => &[Mode::XdpNative, Mode::XdpGeneric, Mode::Tc],
+            FastPathRequest::Xdp => &[Mode::XdpNative],
+            FastPathRequest::XdpGeneric => &[Mode::XdpGeneric],
+            FastPathRequest::Tc => &[Mode::Tc],
+        };
+        let Some(object) = EBPF_OBJECT else {
+            return Self::off("this build has no eBPF object (build it with `cargo xtask build-ebpf`, then rebuild)");
+        };
+        if let Err(e) = check_capabilities() {
+            return Self::off(e.to_string());
+        }
+        raise_memlock_limit();
+
+        let mut failures = Vec::new();
+        for &mode in candidates {
+            match attach(object, mode, settings) {
+                Ok(ebpf) => {
+                    let reason = if failures.is_empty() {
+                        format!("{mode} as requested")
+                    } else {
+                        format!("{mode} after: {}", failures.join("; "))
+                    };
+                    return FastPath {
+                        mode,
+                        reason,
+                        interface: settings.interface.clone(),
+                        ebpf: Some(ebpf),
+                    };
+                }
+                Err(e) => {
+                    let e = error_chain(&e);
+                    tracing::debug!(%mode, error = %e, "fast-path mode unavailable");
+                    failures.push(e);
+                }
+            }
+        }
+        Self::off(format!(
+            "on {}: {}",
+            settings.interface,
+            failures.join("; ")
+        ))
+    }
+
+    /// The mode in force.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Why the fast path is in its mode.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// The interface the programs are attached to; empty when off.
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    /// Per-reason packet counters summed over CPUs; `None` when off.
+    pub fn counters(&self) -> Option<Vec<(Counter, u64)>> {
+        let ebpf = self.ebpf.as_ref()?;
+        let map = ebpf.map(COUNTERS_MAP)?;
+        let counters = PerCpuArray::<_, u64>::try_from(map).ok()?;
+        Counter::ALL
+            .iter()
+            .map(|&c| {
+                let per_cpu = counters.get(&(c as u32), 0).ok()?;
+                Some((c, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+}
+
+fn attach(object: &[u8], mode: Mode, settings: &Settings) -> Result<Ebpf, FastPathError> {
+    let mut ebpf = Ebpf::load(object)?;
+    let map = ebpf
+        .map_mut(CONFIG_MAP)
+        .ok_or_else(|| FastPathError::Object(format!("no map {CONFIG_MAP}")))?;
+    let mut config =
+        Array::<_, ProgramConfig>::try_from(map).map_err(|source| FastPathError::Map {
+            name: CONFIG_MAP,
+            source,
+        })?;
+    let program_config = ProgramConfig {
+        port_min: settings.port_min,
+        port_max: settings.port_max,
+        flags: 0,
+    };
+    config
+        .set(0, program_config, 0)
+        .map_err(|source| FastPathError::Map {
+            name: CONFIG_MAP,
+            source,
+        })?;
+
+    let program_err = |source| FastPathError::Program { mode, source };
+    match mode {
+        Mode::XdpNative | Mode::XdpGeneric => {
+            let program: &mut Xdp = ebpf
+                .program_mut(XDP_PROGRAM)
+                .ok_or_else(|| FastPathError::Object(format!("no program {XDP_PROGRAM}")))?
+                .try_into()
+                .map_err(program_err)?;
+            program.load().map_err(program_err)?;
+            let xdp_mode = if mode == Mode::XdpNative {
+                XdpMode::Driver
+            } else {
+                XdpMode::Skb
+            };
+            program
+                .attach(&settings.interface, xdp_mode)
+                .map_err(program_err)?;
+        }
+        Mode::Tc => {
+            // EEXIST means the clsact qdisc is already there, which is fine.
+            if let Err(e) = tc::qdisc_add_clsact(&settings.interface) {
+                tracing::debug!(error = %e, "clsact qdisc not added (probably present)");
+            }
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(TC_PROGRAM)
+                .ok_or_else(|| FastPathError::Object(format!("no program {TC_PROGRAM}")))?
+                .try_into()
+                .map_err(program_err)?;
+            program.load().map_err(program_err)?;
+            program
+                .attach(&settings.interface, TcAttachType::Ingress)
+                .map_err(program_err)?;
+        }
+        Mode::Off => return Err(FastPathError::Object("off is not an attach mode".into())),
+    }
+    Ok(ebpf)
+}
+
+/// An error with its sources, so "bpf_link_create failed" says why.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Effective capability bits the loader needs (linux/capability.h).
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+/// Checks the effective capability set rather than the uid, so a manager run
+/// by systemd as an unprivileged user with AmbientCapabilities qualifies.
+fn check_capabilities() -> Result<(), FastPathError> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| FastPathError::Capabilities(format!("cannot read /proc/self/status: {e}")))?;
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .ok_or_else(|| FastPathError::Capabilities("no CapEff in /proc/self/status".into()))?;
+    let has = |cap: u32| effective & (1u64 << cap) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(FastPathError::Capabilities(missing.join(", ")))
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones use
+/// memcg accounting. Raising the limit is harmless where it is not needed.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we pass and has no other effects on memory.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "RLIMIT_MEMLOCK not raised");
+    }
+}

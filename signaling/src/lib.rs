@@ -1,0 +1,10 @@
+//! Switchboard signaling server.
+//!
+//! SIP transports, transactions and dialogs, the registrar, the B2BUA and its
+//! dialplan, the pool of RTP managers and the REST API. Protocol state
+//! machines are sans-IO; sockets, timers and gRPC live in thin drivers.
+
+pub mod config;
+pub mod rest;
+pub mod rtpmanager_pool;
+pub mod server;

@@ -1,0 +1,324 @@
+//! The pool of RTP managers: one health checker per configured manager, and
+//! the view of their health that call routing and the REST API read.
+//!
+//! Health is decided by [`HealthTracker`], a plain state machine fed with the
+//! outcome of each probe; the tokio task around it only does the gRPC calls.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use switchboard_proto::v1;
+use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// Consecutive failed probes before a healthy manager is declared down; one
+/// lost probe on a busy host must not move calls away.
+pub const FAILURES_BEFORE_DOWN: u32 = 2;
+
+/// What the signaling server believes about one manager.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Not probed successfully yet.
+    Unknown,
+    /// Answering health checks and accepting calls.
+    Healthy,
+    /// Answering, but refusing new calls.
+    Draining,
+    /// Not answering, or answering NOT_SERVING.
+    Down,
+}
+
+/// A manager's state as reported by the REST API.
+#[derive(Clone, Debug, Serialize)]
+pub struct ManagerStatus {
+    pub endpoint: String,
+    pub health: Health,
+    /// Why the manager is in its state (last error, or "ok").
+    pub detail: String,
+    pub fast_path: String,
+    pub fast_path_reason: String,
+    pub instance_id: String,
+    pub version: String,
+    pub active_calls: u32,
+    pub ports_free: u32,
+}
+
+/// The result of one probe.
+#[derive(Clone, Debug)]
+pub enum Probe {
+    Answered { status: v1::ServingStatus },
+    Failed { error: String },
+}
+
+/// Turns probe outcomes into a health state, with hysteresis for failures.
+#[derive(Debug)]
+pub struct HealthTracker {
+    health: Health,
+    consecutive_failures: u32,
+}
+
+impl Default for HealthTracker {
+    fn default() -> Self {
+        HealthTracker {
+            health: Health::Unknown,
+            consecutive_failures: 0,
+        }
+    }
+}
+
+impl HealthTracker {
+    /// Feeds one probe; returns the new health when it changed.
+    pub fn observe(&mut self, probe: &Probe) -> Option<Health> {
+        let next = match probe {
+            Probe::Answered { status } => {
+                self.consecutive_failures = 0;
+                match status {
+                    v1::ServingStatus::Serving => Health::Healthy,
+                    v1::ServingStatus::Draining => Health::Draining,
+                    v1::ServingStatus::NotServing | v1::ServingStatus::Unspecified => Health::Down,
+                }
+            }
+            Probe::Failed { .. } => {
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+                let give_up = self.health == Health::Unknown
+                    || self.consecutive_failures >= FAILURES_BEFORE_DOWN;
+                if give_up {
+                    Health::Down
+                } else {
+                    self.health.clone()
+                }
+            }
+        };
+        (next != self.health).then(|| {
+            self.health = next.clone();
+            next
+        })
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+}
+
+/// The configured managers and their last known state.
+#[derive(Clone, Debug)]
+pub struct ManagerPool {
+    managers: Arc<Vec<Manager>>,
+}
+
+#[derive(Debug)]
+struct Manager {
+    client: RtpManagerClient<Channel>,
+    status: RwLock<ManagerStatus>,
+}
+
+impl ManagerPool {
+    /// Creates the pool; connections are made lazily by the health checks.
+    pub fn new(uris: &[String]) -> Result<Self, tonic::transport::Error> {
+        let managers = uris
+            .iter()
+            .map(|uri| {
+                let channel = Endpoint::from_shared(uri.clone())?
+                    .connect_timeout(Duration::from_secs(2))
+                    .timeout(Duration::from_secs(5))
+                    .connect_lazy();
+                Ok(Manager {
+                    client: RtpManagerClient::new(channel),
+                    status: RwLock::new(ManagerStatus {
+                        endpoint: uri.clone(),
+                        health: Health::Unknown,
+                        detail: "not probed yet".into(),
+                        fast_path: String::new(),
+                        fast_path_reason: String::new(),
+                        instance_id: String::new(),
+                        version: String::new(),
+                        active_calls: 0,
+                        ports_free: 0,
+                    }),
+                })
+            })
+            .collect::<Result<Vec<_>, tonic::transport::Error>>()?;
+        Ok(ManagerPool {
+            managers: Arc::new(managers),
+        })
+    }
+
+    /// A snapshot of every manager's state.
+    pub fn statuses(&self) -> Vec<ManagerStatus> {
+        self.managers
+            .iter()
+            .map(|m| {
+                m.status
+                    .read()
+                    .map(|s| s.clone())
+                    .unwrap_or_else(|p| p.into_inner().clone())
+            })
+            .collect()
+    }
+
+    /// Starts one health-check task per manager.
+    pub fn spawn_health_checks(&self, interval: Duration) {
+        for index in 0..self.managers.len() {
+            let pool = self.clone();
+            tokio::spawn(async move { pool.check_forever(index, interval).await });
+        }
+    }
+
+    async fn check_forever(&self, index: usize, interval: Duration) {
+        let manager = &self.managers[index];
+        let mut tracker = HealthTracker::default();
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let mut client = manager.client.clone();
+            let probe = match client.health(v1::HealthRequest {}).await {
+                Ok(resp) => {
+                    let health = resp.into_inner();
+                    let instance_known = manager
+                        .status
+                        .read()
+                        .map(|s| !s.instance_id.is_empty())
+                        .unwrap_or(false);
+                    let info = if instance_known && tracker.health() != &Health::Down {
+                        None
+                    } else {
+                        client
+                            .info(v1::InfoRequest {})
+                            .await
+                            .ok()
+                            .map(|r| r.into_inner())
+                    };
+                    self.record_answer(index, &health, info);
+                    Probe::Answered {
+                        status: health.status(),
+                    }
+                }
+                Err(status) => Probe::Failed {
+                    error: format!("{}: {}", status.code(), status.message()),
+                },
+            };
+            let endpoint = self.set_detail(index, &probe);
+            if let Some(health) = tracker.observe(&probe) {
+                if let Ok(mut s) = manager.status.write() {
+                    s.health = health.clone();
+                }
+                match (&health, &probe) {
+                    (Health::Down, Probe::Failed { error }) => {
+                        tracing::warn!(rtpmanager = %endpoint, %error, "RTP manager down")
+                    }
+                    _ => {
+                        let s = self.statuses().swap_remove(index);
+                        tracing::info!(
+                            rtpmanager = %endpoint,
+                            health = ?health,
+                            fast_path = %s.fast_path,
+                            instance = %s.instance_id,
+                            "RTP manager health changed"
+                        )
+                    }
+                }
+            }
+        }
+    }
+
+    fn record_answer(
+        &self,
+        index: usize,
+        health: &v1::HealthResponse,
+        info: Option<v1::InfoResponse>,
+    ) {
+        let Ok(mut s) = self.managers[index].status.write() else {
+            return;
+        };
+        s.active_calls = health.active_calls;
+        s.ports_free = health.ports_free;
+        s.fast_path = fast_path_name(health.fast_path()).to_owned();
+        if let Some(info) = info {
+            if !s.instance_id.is_empty() && s.instance_id != info.instance_id {
+                tracing::warn!(rtpmanager = %s.endpoint, "RTP manager restarted (new instance id)");
+            }
+            s.instance_id = info.instance_id;
+            s.version = info.version;
+            s.fast_path_reason = info.fast_path_reason;
+        }
+    }
+
+    fn set_detail(&self, index: usize, probe: &Probe) -> String {
+        let Ok(mut s) = self.managers[index].status.write() else {
+            return String::new();
+        };
+        s.detail = match probe {
+            Probe::Answered { .. } => "ok".to_owned(),
+            Probe::Failed { error } => error.clone(),
+        };
+        s.endpoint.clone()
+    }
+}
+
+/// The command-line name of a fast-path mode, as the manager's `--fast-path` spells it.
+pub fn fast_path_name(mode: v1::FastPathMode) -> &'static str {
+    match mode {
+        v1::FastPathMode::Unspecified => "unknown",
+        v1::FastPathMode::Off => "off",
+        v1::FastPathMode::XdpNative => "xdp",
+        v1::FastPathMode::XdpGeneric => "xdp-generic",
+        v1::FastPathMode::Tc => "tc",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed() -> Probe {
+        Probe::Failed {
+            error: "unavailable".into(),
+        }
+    }
+
+    fn answered(status: v1::ServingStatus) -> Probe {
+        Probe::Answered { status }
+    }
+
+    #[test]
+    fn first_probe_decides() {
+        let mut t = HealthTracker::default();
+        assert_eq!(
+            t.observe(&answered(v1::ServingStatus::Serving)),
+            Some(Health::Healthy)
+        );
+        let mut t = HealthTracker::default();
+        assert_eq!(t.observe(&failed()), Some(Health::Down));
+    }
+
+    #[test]
+    fn one_lost_probe_is_tolerated_two_are_not() {
+        let mut t = HealthTracker::default();
+        t.observe(&answered(v1::ServingStatus::Serving));
+        assert_eq!(t.observe(&failed()), None);
+        assert_eq!(t.health(), &Health::Healthy);
+        assert_eq!(t.observe(&failed()), Some(Health::Down));
+        assert_eq!(t.observe(&failed()), None);
+        assert_eq!(
+            t.observe(&answered(v1::ServingStatus::Serving)),
+            Some(Health::Healthy)
+        );
+    }
+
+    #[test]
+    fn draining_and_not_serving() {
+        let mut t = HealthTracker::default();
+        assert_eq!(
+            t.observe(&answered(v1::ServingStatus::Draining)),
+            Some(Health::Draining)
+        );
+        assert_eq!(
+            t.observe(&answered(v1::ServingStatus::NotServing)),
+            Some(Health::Down)
+        );
+        assert_eq!(t.observe(&answered(v1::ServingStatus::NotServing)), None);
+    }
+}

@@ -1,0 +1,117 @@
+//! Command-line, environment and config-file options of `switchboard-ui`.
+//!
+//! Every option is a flag, an environment variable and a key of the optional
+//! TOML file given by `--config`; precedence is flag > environment > file > default.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use switchboard_service::ConfigError;
+
+/// Switchboard dashboard: aggregates several signaling servers' REST APIs, live.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "switchboard-ui", version, about, long_about = None)]
+pub struct Config {
+    /// TOML config file; its keys are the long option names.
+    #[arg(long, env = "UI_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address the dashboard listens on. It has no login: keep it on loopback
+    /// or behind an authenticating proxy.
+    #[arg(long, env = "UI_ADDRESS", default_value = "127.0.0.1")]
+    pub address: IpAddr,
+
+    /// HTTP port of the dashboard.
+    #[arg(long, env = "UI_PORT", default_value_t = 3000)]
+    pub port: u16,
+
+    /// Signaling servers' REST base URLs, comma-separated.
+    #[arg(
+        long,
+        env = "BACKENDS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub backends: Vec<String>,
+
+    /// Seconds between polls of each backend.
+    #[arg(long, env = "POLL_INTERVAL", default_value_t = 2)]
+    pub poll_interval: u64,
+
+    /// Log level (error, warn, info, debug, trace) or a tracing filter.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info", value_parser = switchboard_service::parse_log_level)]
+    pub log_level: String,
+}
+
+impl Config {
+    /// Parses the process arguments and environment, then validates.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::load_from(std::env::args_os())
+    }
+
+    /// Parses `args` (first item: program name) and validates.
+    pub fn load_from<I, A>(args: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<std::ffi::OsString> + Clone,
+    {
+        let mut config: Self = switchboard_service::parse_layered(args)?;
+        config.backends.retain(|b| !b.trim().is_empty());
+        for backend in &mut config.backends {
+            *backend =
+                backend_base(backend).map_err(|reason| ConfigError::invalid("backends", reason))?;
+        }
+        if config.backends.is_empty() {
+            return Err(ConfigError::invalid(
+                "backends",
+                "at least one signaling server is needed",
+            ));
+        }
+        if config.poll_interval == 0 {
+            return Err(ConfigError::invalid(
+                "poll-interval",
+                "must be at least 1 second",
+            ));
+        }
+        Ok(config)
+    }
+}
+
+/// Checks a backend URL and strips its trailing slash.
+fn backend_base(url: &str) -> Result<String, String> {
+    let url = url.trim().trim_end_matches('/');
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("`{url}` must start with http://"))?;
+    if rest.is_empty() || rest.contains('/') {
+        return Err(format!("`{url}` must be http://host:port with no path"));
+    }
+    Ok(url.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: &[&str]) -> Result<Config, ConfigError> {
+        Config::load_from(std::iter::once("switchboard-ui").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_and_lists() {
+        let c = load(&[]).expect("defaults");
+        assert_eq!(c.port, 3000);
+        assert_eq!(c.backends, vec!["http://127.0.0.1:8080"]);
+        let c = load(&["--backends", "http://a:8080/,http://b:8081"]).expect("list");
+        assert_eq!(c.backends, vec!["http://a:8080", "http://b:8081"]);
+    }
+
+    #[test]
+    fn bad_backend_is_named() {
+        let err = load(&["--backends", "ftp://x"]).expect_err("scheme");
+        assert!(err.to_string().contains("--backends"), "{err}");
+        let err = load(&["--poll-interval", "0"]).expect_err("zero");
+        assert!(err.to_string().contains("--poll-interval"), "{err}");
+    }
+}
