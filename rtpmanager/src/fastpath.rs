@@ -80,16 +80,16 @@ pub enum FastPathError {
     #[error("eBPF object: {0}")]
     Object(String),
     /// The object or a map failed to load (memlock limits, BTF, map creation).
-    #[error("loading the eBPF object failed: {0}")]
+    #[error("loading the eBPF object failed")]
     Load(#[from] aya::EbpfError),
     /// The verifier rejected the program, or attaching it failed.
-    #[error("{mode}: {source}")]
+    #[error("{mode}")]
     Program {
         mode: Mode,
         source: aya::programs::ProgramError,
     },
     /// A map could not be opened or written.
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     Map {
         name: &'static str,
         source: aya::maps::MapError,

@@ -4,7 +4,11 @@
 //! dialplan, the pool of RTP managers and the REST API. Protocol state
 //! machines are sans-IO; sockets, timers and gRPC live in thin drivers.
 
+pub mod auth;
 pub mod config;
+pub mod registrar;
 pub mod rest;
 pub mod rtpmanager_pool;
 pub mod server;
+pub mod sip;
+pub mod transaction;

@@ -1,0 +1,1 @@
+//! SDP offer/answer rewriting (RFC 3264) around sdp-rs.

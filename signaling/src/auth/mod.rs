@@ -1,0 +1,1 @@
+//! Digest authentication (RFC 3261 §22, RFC 8760).

@@ -1,0 +1,1 @@
+//! RFC 3261 §10 registrar and location service.

@@ -1,0 +1,1 @@
+//! SIP messages: parsing around rsip's gaps, validation and response building.
