@@ -1,1 +1,50 @@
-fn main() {}
+//! `cargo xtask …`: the developer and operator entry points of Switchboard.
+//!
+//! - `setup`: installs what building and testing need (idempotent).
+//! - `build-ebpf`: builds the XDP/TC programs for `bpfel-unknown-none`.
+//! - `run`: builds everything and runs rtpmanager + signaling + ui on one box.
+//! - `test`: set-up, then the whole test suite (what CI runs).
+#![allow(clippy::print_stdout)]
+
+mod ebpf;
+mod run;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Switchboard build, run and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install build and test prerequisites: Debian packages, the nightly
+    /// rust-src component, bpf-linker. Safe to run again.
+    Setup(setup::SetupArgs),
+    /// Build the eBPF programs (nightly, -Z build-std=core, bpf-linker).
+    BuildEbpf(ebpf::BuildArgs),
+    /// Build and run rtpmanager, signaling and ui on this machine with a demo
+    /// configuration; Ctrl-C stops them all.
+    Run(run::RunArgs),
+    /// Set up, check formatting and lints, and run every test.
+    Test(test::TestArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup(args) => setup::run(&args),
+        Command::BuildEbpf(args) => ebpf::build(&args).map(|_| ()),
+        Command::Run(args) => run::run(&args),
+        Command::Test(args) => test::run(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}

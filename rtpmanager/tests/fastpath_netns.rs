@@ -1,0 +1,256 @@
+//! Kernel-path tests: the eBPF object loads and attaches to a veth inside
+//! network namespaces this test creates, and counts UDP sent to it.
+//!
+//! They need root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for setns) and the
+//! object built by `cargo xtask build-ebpf`. Without root they skip with a
+//! loud message; without the object they skip too, except under CI, where a
+//! missing object is a failure.
+
+use std::fs::File;
+use std::net::UdpSocket;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sched::{setns, CloneFlags};
+use rtpmanager_common::Counter;
+use switchboard_proto::v1;
+use switchboard_rtpmanager::config::FastPathRequest;
+use switchboard_rtpmanager::fastpath::{self, FastPath, Mode, Settings};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard-rtpmanager");
+const RELAY_IP: &str = "10.201.0.1";
+const CLIENT_IP: &str = "10.201.0.2";
+
+fn skip_reason() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root: kernel-path tests need CAP_BPF and CAP_NET_ADMIN".into());
+    }
+    if !fastpath::object_embedded() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the kernel-path tests: the eBPF object was not built (cargo xtask build-ebpf)"
+        );
+        return Some("this build has no eBPF object (cargo xtask build-ebpf)".into());
+    }
+    None
+}
+
+macro_rules! require_kernel_path {
+    () => {
+        if let Some(reason) = skip_reason() {
+            eprintln!("\n!!!!!!!! SKIPPED kernel-path test {}: {reason} !!!!!!!!\n", module_path!());
+            return;
+        }
+    };
+}
+
+fn sh(args: &[&str]) {
+    let status = Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(status.success(), "{args:?} failed: {status}");
+}
+
+/// Two namespaces joined by a veth pair: `client` (c0, 10.201.0.2) and
+/// `relay` (r0, 10.201.0.1). Deleted by name on drop.
+struct TestBed {
+    relay: String,
+    client: String,
+}
+
+impl TestBed {
+    fn new(tag: &str) -> TestBed {
+        let pid = std::process::id();
+        let bed = TestBed {
+            relay: format!("sbt{pid}{tag}r"),
+            client: format!("sbt{pid}{tag}c"),
+        };
+        for ns in [&bed.relay, &bed.client] {
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        sh(&["ip", "link", "add", "sbtc0", "netns", &bed.client, "type", "veth", "peer", "name", "sbtr0", "netns", &bed.relay]);
+        sh(&["ip", "-n", &bed.client, "link", "set", "sbtc0", "name", "c0"]);
+        sh(&["ip", "-n", &bed.relay, "link", "set", "sbtr0", "name", "r0"]);
+        for (ns, dev, ip) in [(&bed.client, "c0", CLIENT_IP), (&bed.relay, "r0", RELAY_IP)] {
+            // No IPv6 on the test link: router solicitations and DAD would
+            // add packets the exact counter assertions do not expect.
+            sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", &format!("net.ipv6.conf.{dev}.disable_ipv6=1")]);
+            sh(&["ip", "-n", ns, "addr", "add", &format!("{ip}/24"), "dev", dev]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        let mac = |ns: &str, dev: &str| -> String {
+            let out = Command::new("ip")
+                .args(["-n", ns, "-br", "link", "show", dev])
+                .output()
+                .expect("ip link show");
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .nth(2)
+                .expect("MAC in ip -br output")
+                .to_owned()
+        };
+        let (client_mac, relay_mac) = (mac(&bed.client, "c0"), mac(&bed.relay, "r0"));
+        // Static neighbours: no ARP packets, no dependence on ARP timing.
+        sh(&["ip", "-n", &bed.client, "neigh", "replace", RELAY_IP, "lladdr", &relay_mac, "dev", "c0", "nud", "permanent"]);
+        sh(&["ip", "-n", &bed.relay, "neigh", "replace", CLIENT_IP, "lladdr", &client_mac, "dev", "r0", "nud", "permanent"]);
+        bed
+    }
+
+    /// Runs `f` on a thread that has entered namespace `ns` (network
+    /// namespaces are per thread).
+    fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/var/run/netns/{ns}");
+        std::thread::spawn(move || {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            setns(file, CloneFlags::CLONE_NEWNET).expect("setns into the test namespace");
+            f()
+        })
+        .join()
+        .expect("namespace thread")
+    }
+
+    fn send_udp(&self, port: u16, count: usize) {
+        TestBed::in_ns(&self.client, move || {
+            let socket = UdpSocket::bind((CLIENT_IP, 0)).expect("bind in client ns");
+            for i in 0..count {
+                socket
+                    .send_to(&[0x80, 0, 0, i as u8, 0, 0, 0, 0, 0, 0, 0, 1], (RELAY_IP, port))
+                    .expect("send");
+            }
+        });
+    }
+
+    fn xdp_attached(&self) -> bool {
+        let out = Command::new("ip")
+            .args(["-n", &self.relay, "link", "show", "r0"])
+            .output()
+            .expect("ip link show");
+        String::from_utf8_lossy(&out.stdout).contains("xdp")
+    }
+}
+
+impl Drop for TestBed {
+    fn drop(&mut self) {
+        for ns in [&self.relay, &self.client] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn counter(fast_path: &FastPath, which: Counter) -> u64 {
+    fast_path
+        .counters()
+        .expect("counters while attached")
+        .into_iter()
+        .find(|(c, _)| *c == which)
+        .map(|(_, n)| n)
+        .expect("every counter is reported")
+}
+
+/// Waits until the counter reaches `want` (the program runs in softirq
+/// context on another CPU; give it a moment) and returns the last value.
+fn wait_for(fast_path: &FastPath, which: Counter, want: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = counter(fast_path, which);
+        if n >= want || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn each_mode_attaches_to_a_veth_and_counts_udp_to_the_media_range() {
+    require_kernel_path!();
+    for (tag, request, mode) in [
+        ("n", FastPathRequest::Xdp, Mode::XdpNative),
+        ("g", FastPathRequest::XdpGeneric, Mode::XdpGeneric),
+        ("t", FastPathRequest::Tc, Mode::Tc),
+    ] {
+        let bed = TestBed::new(tag);
+        let settings = Settings {
+            request,
+            interface: "r0".into(),
+            port_min: 20000,
+            port_max: 20100,
+        };
+        // The loader must run in the relay namespace to find r0; the
+        // returned FastPath keeps working from any thread.
+        let fast_path = TestBed::in_ns(&bed.relay, move || FastPath::start(&settings));
+        assert_eq!(fast_path.mode(), mode, "{mode}: {}", fast_path.reason());
+        if mode != Mode::Tc {
+            assert!(bed.xdp_attached(), "{mode}: ip link shows the XDP program");
+        }
+
+        bed.send_udp(20002, 10);
+        bed.send_udp(5060, 5);
+        assert_eq!(wait_for(&fast_path, Counter::MediaPort, 10), 10, "{mode}: UDP to the media range");
+        assert_eq!(wait_for(&fast_path, Counter::OtherPort, 5), 5, "{mode}: UDP elsewhere");
+
+        drop(fast_path);
+        assert!(!bed.xdp_attached(), "{mode}: dropping the fast path detaches it");
+    }
+}
+
+#[test]
+fn manager_reports_the_mode_in_force_over_grpc() {
+    require_kernel_path!();
+    let bed = TestBed::new("m");
+    let mut manager = Command::new("ip")
+        .args(["netns", "exec", &bed.relay, BIN])
+        .args(["--fast-path", "xdp-generic", "--media-interface", "r0", "--advertise", RELAY_IP])
+        .args(["--grpc-address", "127.0.0.1", "--grpc-port", "9090"])
+        .args(["--rtp-port-min", "20000", "--rtp-port-max", "20100"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the manager in the relay namespace");
+
+    let relay = bed.relay.clone();
+    let (health, info) = TestBed::in_ns(&relay, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let mut client = loop {
+                match v1::rtp_manager_client::RtpManagerClient::connect("http://127.0.0.1:9090").await {
+                    Ok(c) => break c,
+                    Err(e) => {
+                        assert!(Instant::now() < deadline, "manager never listened: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            };
+            let health = client.health(v1::HealthRequest {}).await.expect("Health").into_inner();
+            let info = client.info(v1::InfoRequest {}).await.expect("Info").into_inner();
+            (health, info)
+        })
+    });
+    assert_eq!(health.fast_path(), v1::FastPathMode::XdpGeneric);
+    assert_eq!(info.fast_path(), v1::FastPathMode::XdpGeneric, "{}", info.fast_path_reason);
+    assert_eq!(info.media_interface, "r0");
+    assert!(bed.xdp_attached());
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(manager.id()).expect("pid"));
+    // `ip netns exec` execs the manager, so the pid is the manager's.
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = manager.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = manager.kill();
+            panic!("manager did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert!(!bed.xdp_attached(), "a clean shutdown detaches the program");
+}
