@@ -1,1 +1,859 @@
 //! RFC 3261 §17 transactions as sans-IO state machines.
+//!
+//! Four machines, one per file, named after the RFC: [`ClientInvite`]
+//! (§17.1.1 with the RFC 6026 Accepted state), [`Client`] (§17.1.2),
+//! [`ServerInvite`] (§17.2.1 with RFC 6026 Accepted) and [`Server`] (§17.2.2).
+//! [`TransactionLayer`] owns many of them, keyed by [`TransactionKey`], and
+//! matches incoming messages to them (§17.1.3, §17.2.3, CANCEL per §9.2).
+//!
+//! # Driving a machine
+//!
+//! Nothing here reads a clock or touches a socket. The driver:
+//!
+//! 1. feeds inputs with the current time: `handle_request(now, …)`,
+//!    `handle_response(now, …)`, `send_response(now, …)` (server side, from
+//!    the TU), `handle_transport_error(now)`, and `handle_timeout(now)` once
+//!    the deadline returned by `poll_timeout()` has passed;
+//! 2. after every input, drains `poll_transmit()` (messages to put on the
+//!    wire) and `poll_event()` (what the transaction user must know), then
+//!    re-arms its timer with `poll_timeout()`.
+//!
+//! Timers that are zero on reliable transports (D, I, J, K) fire within the
+//! input that starts them, so a machine on TCP reaches Terminated without a
+//! timer round trip.
+
+mod client;
+mod client_invite;
+mod server;
+mod server_invite;
+
+pub use client::{Client, ClientState};
+pub use client_invite::{ClientInvite, ClientInviteState};
+pub use server::{Server, ServerState};
+pub use server_invite::{ServerInvite, ServerInviteState};
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use rsip::headers::{Header, ToTypedHeader, UntypedHeader};
+use rsip::{Method, Request, Response, SipMessage};
+
+/// The `branch` prefix that marks an RFC 3261 branch (§8.1.1.7).
+pub const MAGIC_COOKIE: &str = "z9hG4bK";
+
+/// Errors raised by the transaction layer.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TransactionError {
+    /// A header the transaction layer needs is absent.
+    #[error("missing {0} header")]
+    MissingHeader(&'static str),
+    /// A header the transaction layer needs could not be parsed.
+    #[error("malformed {name} header: {reason}")]
+    MalformedHeader {
+        /// Header name.
+        name: &'static str,
+        /// What the parser said.
+        reason: String,
+    },
+    /// The top Via has no branch, or one without the RFC 3261 magic cookie.
+    #[error("top Via has no RFC 3261 branch")]
+    MissingBranch,
+    /// A machine was built for a method it does not handle.
+    #[error("{found} cannot start this kind of transaction")]
+    WrongMethod {
+        /// The request's method.
+        found: String,
+    },
+    /// ACK never starts a transaction (§17): it is sent or passed up directly.
+    #[error("ACK does not create a transaction")]
+    AckIsNotATransaction,
+    /// A response with a status code outside 100–699.
+    #[error("status code {0} is outside 100-699")]
+    InvalidStatus(u16),
+    /// The TU tried to send a response the state machine does not allow now.
+    #[error("response {status} not allowed in state {state}")]
+    ResponseNotAllowed {
+        /// The response's status code.
+        status: u16,
+        /// The transaction's state.
+        state: &'static str,
+    },
+    /// No transaction has this key (it may have terminated already).
+    #[error("no transaction for this key")]
+    UnknownTransaction,
+    /// The key names a transaction of the other role.
+    #[error("transaction has the wrong role for this call")]
+    WrongRole,
+    /// A transaction with this key already exists.
+    #[error("a transaction with this key already exists")]
+    DuplicateTransaction,
+}
+
+/// Base timer values (§17.1.1.1, table 4 of RFC 3261).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimerConfig {
+    /// RTT estimate; 500 ms by default.
+    pub t1: Duration,
+    /// Maximum retransmit interval for non-INVITE requests and INVITE responses; 4 s by default.
+    pub t2: Duration,
+    /// Maximum time a message stays in the network; 5 s by default.
+    pub t4: Duration,
+}
+
+impl Default for TimerConfig {
+    fn default() -> Self {
+        Self {
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            t4: Duration::from_secs(5),
+        }
+    }
+}
+
+impl TimerConfig {
+    /// 64·T1: timers B, F, H, J, L and M.
+    pub fn t1x64(&self) -> Duration {
+        self.t1 * 64
+    }
+
+    /// Timer D: "at least 32 s" on unreliable transports; never shorter than
+    /// 64·T1 so that it still outlives the server's timer H when T1 is raised.
+    pub fn timer_d(&self, reliability: Reliability) -> Duration {
+        match reliability {
+            Reliability::Reliable => Duration::ZERO,
+            Reliability::Unreliable => self.t1x64().max(Duration::from_secs(32)),
+        }
+    }
+}
+
+/// Whether the transport delivers messages reliably (TCP, TLS, SCTP, WS) or not (UDP).
+///
+/// Only unreliable transports get retransmission timers (A, E, G), and the
+/// absorb timers D, I, J and K are zero on reliable ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reliability {
+    /// Stream or message transports that retransmit themselves.
+    Reliable,
+    /// UDP.
+    Unreliable,
+}
+
+impl Reliability {
+    /// The reliability of an rsip transport.
+    pub fn of(transport: rsip::Transport) -> Self {
+        match transport {
+            rsip::Transport::Udp => Self::Unreliable,
+            rsip::Transport::Tcp
+            | rsip::Transport::Tls
+            | rsip::Transport::TlsSctp
+            | rsip::Transport::Sctp
+            | rsip::Transport::Ws
+            | rsip::Transport::Wss => Self::Reliable,
+        }
+    }
+
+    fn is_unreliable(self) -> bool {
+        self == Self::Unreliable
+    }
+}
+
+/// Transaction timers, named as in RFC 3261 table 4 and RFC 6026.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Timer {
+    /// INVITE client: request retransmission (doubles, no cap).
+    A,
+    /// INVITE client: transaction timeout in Calling.
+    B,
+    /// INVITE client: wait in Completed for response retransmissions.
+    D,
+    /// Non-INVITE client: request retransmission (doubles, capped at T2).
+    E,
+    /// Non-INVITE client: transaction timeout.
+    F,
+    /// INVITE server: final response retransmission (doubles, capped at T2).
+    G,
+    /// INVITE server: wait for ACK in Completed.
+    H,
+    /// INVITE server: wait in Confirmed for ACK retransmissions.
+    I,
+    /// Non-INVITE server: wait in Completed for request retransmissions.
+    J,
+    /// Non-INVITE client: wait in Completed for response retransmissions.
+    K,
+    /// INVITE server (RFC 6026): wait in Accepted for INVITE retransmissions.
+    L,
+    /// INVITE client (RFC 6026): wait in Accepted for 2xx retransmissions.
+    M,
+    /// INVITE server: not an RFC timer, the §17.2.1 rule that a 100 Trying
+    /// goes out if the TU has not answered within 200 ms.
+    Trying,
+}
+
+/// When the INVITE server transaction sends its own 100 Trying (§17.2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryingPolicy {
+    /// Send 100 Trying as soon as the INVITE arrives.
+    Immediate,
+    /// Send 100 Trying only if the TU has sent no provisional or final
+    /// response after this delay (RFC 3261 suggests 200 ms).
+    After(Duration),
+}
+
+impl Default for TryingPolicy {
+    fn default() -> Self {
+        Self::After(Duration::from_millis(200))
+    }
+}
+
+/// What a single transaction reports to its user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransactionEvent {
+    /// Server side: a new request for the TU (retransmissions are absorbed).
+    /// Also an ACK that reached an INVITE server transaction in Accepted.
+    Request(Request),
+    /// Client side: a provisional or final response for the TU, including
+    /// 2xx retransmissions while in Accepted (RFC 6026).
+    Response(Response),
+    /// A timeout timer (B, F or H) fired.
+    Timeout(Timer),
+    /// The driver reported that a message could not be sent.
+    TransportError,
+    /// The transaction reached Terminated; it may be dropped.
+    Terminated,
+}
+
+/// The key that identifies a transaction.
+///
+/// Server keys follow §17.2.3 (branch, sent-by of the top Via, method with ACK
+/// folded into INVITE); client keys follow §17.1.3 (branch, CSeq method).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TransactionKey {
+    role: Role,
+    branch: String,
+    method: String,
+    sent_by: Option<String>,
+}
+
+/// Which side of a transaction a key names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// We sent the request.
+    Client,
+    /// We received the request.
+    Server,
+}
+
+impl TransactionKey {
+    /// The client key of a request we send (§17.1.3).
+    pub fn client_for_request(request: &Request) -> Result<Self, TransactionError> {
+        let via = top_via(request)?;
+        Ok(Self {
+            role: Role::Client,
+            branch: rfc3261_branch(&via)?,
+            method: request.method.to_string(),
+            sent_by: None,
+        })
+    }
+
+    /// The client key a received response matches (§17.1.3): top Via branch and CSeq method.
+    pub fn client_for_response(response: &Response) -> Result<Self, TransactionError> {
+        let via = top_via(response)?;
+        Ok(Self {
+            role: Role::Client,
+            branch: rfc3261_branch(&via)?,
+            method: cseq(response)?.method.to_string(),
+            sent_by: None,
+        })
+    }
+
+    /// The server key of a received request (§17.2.3); an ACK yields its INVITE's key.
+    pub fn server_for_request(request: &Request) -> Result<Self, TransactionError> {
+        let via = top_via(request)?;
+        let method = match request.method {
+            Method::Ack => Method::Invite,
+            other => other,
+        };
+        Ok(Self {
+            role: Role::Server,
+            branch: rfc3261_branch(&via)?,
+            method: method.to_string(),
+            sent_by: Some(via.uri.host_with_port.to_string().to_ascii_lowercase()),
+        })
+    }
+
+    /// The same key with another method: how a CANCEL finds its INVITE (§9.2).
+    pub fn with_method(&self, method: Method) -> Self {
+        Self {
+            method: method.to_string(),
+            ..self.clone()
+        }
+    }
+
+    /// Client or server.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The branch parameter of the top Via.
+    pub fn branch(&self) -> &str {
+        &self.branch
+    }
+
+    /// The method (CSeq method for clients, request method with ACK as INVITE for servers).
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// The sent-by of the top Via (server keys only).
+    pub fn sent_by(&self) -> Option<&str> {
+        self.sent_by.as_deref()
+    }
+}
+
+/// The top Via of a message, parsed. A header line carrying several
+/// comma-separated Via values yields its first value.
+pub(crate) fn top_via<M: rsip::message::HeadersExt>(
+    message: &M,
+) -> Result<rsip::typed::Via, TransactionError> {
+    top_via_untyped(message)?
+        .typed()
+        .map_err(|e| TransactionError::MalformedHeader {
+            name: "Via",
+            reason: e.to_string(),
+        })
+}
+
+fn top_via_untyped<M: rsip::message::HeadersExt>(
+    message: &M,
+) -> Result<rsip::headers::Via, TransactionError> {
+    let via = message
+        .via_header()
+        .map_err(|_| TransactionError::MissingHeader("Via"))?;
+    let first = via.value().split(',').next().unwrap_or_default().trim();
+    Ok(rsip::headers::Via::new(first))
+}
+
+fn rfc3261_branch(via: &rsip::typed::Via) -> Result<String, TransactionError> {
+    match via.branch() {
+        Some(branch) if branch.to_string().starts_with(MAGIC_COOKIE) => Ok(branch.to_string()),
+        _ => Err(TransactionError::MissingBranch),
+    }
+}
+
+fn cseq<M: rsip::message::HeadersExt>(message: &M) -> Result<rsip::typed::CSeq, TransactionError> {
+    message
+        .cseq_header()
+        .map_err(|_| TransactionError::MissingHeader("CSeq"))?
+        .typed()
+        .map_err(|e| TransactionError::MalformedHeader {
+            name: "CSeq",
+            reason: e.to_string(),
+        })
+}
+
+fn status_of(response: &Response) -> Result<u16, TransactionError> {
+    match response.status_code.code() {
+        code @ 100..=699 => Ok(code),
+        code => Err(TransactionError::InvalidStatus(code)),
+    }
+}
+
+/// Builds the ACK for a non-2xx final response to `invite` (§17.1.1.3).
+pub(crate) fn build_non_2xx_ack(
+    invite: &Request,
+    response: &Response,
+) -> Result<Request, TransactionError> {
+    let mut headers = rsip::Headers::default();
+    headers.push(Header::Via(top_via_untyped(invite)?));
+    for header in invite.headers.iter() {
+        if let Header::Route(_) = header {
+            headers.push(header.clone());
+        }
+    }
+    headers.push(Header::MaxForwards(70.into()));
+    let from = rsip::message::HeadersExt::from_header(invite)
+        .map_err(|_| TransactionError::MissingHeader("From"))?;
+    headers.push(Header::From(from.clone()));
+    let to = rsip::message::HeadersExt::to_header(response)
+        .map_err(|_| TransactionError::MissingHeader("To"))?;
+    headers.push(Header::To(to.clone()));
+    let call_id = rsip::message::HeadersExt::call_id_header(invite)
+        .map_err(|_| TransactionError::MissingHeader("Call-ID"))?;
+    headers.push(Header::CallId(call_id.clone()));
+    let seq = cseq(invite)?.seq;
+    headers.push(Header::CSeq(
+        rsip::typed::CSeq {
+            seq,
+            method: Method::Ack,
+        }
+        .into(),
+    ));
+    headers.push(Header::ContentLength(0.into()));
+    Ok(Request {
+        method: Method::Ack,
+        uri: invite.uri.clone(),
+        version: rsip::Version::V2,
+        headers,
+        body: Vec::new(),
+    })
+}
+
+/// Builds the 100 Trying a server transaction sends on its own (§8.2.6.1):
+/// Via, From, To, Call-ID and CSeq copied from the request.
+pub(crate) fn build_trying(request: &Request) -> Response {
+    let mut headers = rsip::Headers::default();
+    for header in request.headers.iter() {
+        match header {
+            Header::Via(_)
+            | Header::From(_)
+            | Header::To(_)
+            | Header::CallId(_)
+            | Header::CSeq(_) => headers.push(header.clone()),
+            _ => {}
+        }
+    }
+    headers.push(Header::ContentLength(0.into()));
+    Response {
+        status_code: rsip::StatusCode::Trying,
+        version: rsip::Version::V2,
+        headers,
+        body: Vec::new(),
+    }
+}
+
+/// The running timers of one transaction.
+#[derive(Debug, Default)]
+pub(crate) struct Timers {
+    running: Vec<(Timer, Instant)>,
+}
+
+impl Timers {
+    /// Starts (or restarts) `timer` to fire at `deadline`.
+    pub(crate) fn start(&mut self, timer: Timer, deadline: Instant) {
+        self.cancel(timer);
+        self.running.push((timer, deadline));
+    }
+
+    pub(crate) fn cancel(&mut self, timer: Timer) {
+        self.running.retain(|(t, _)| *t != timer);
+    }
+
+    pub(crate) fn cancel_all(&mut self) {
+        self.running.clear();
+    }
+
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.running.iter().map(|(_, deadline)| *deadline).min()
+    }
+
+    /// Removes and returns the earliest timer due at `now`.
+    pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<Timer> {
+        let index = self
+            .running
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .min_by_key(|(_, (timer, deadline))| (*deadline, *timer))
+            .map(|(index, _)| index)?;
+        Some(self.running.remove(index).0)
+    }
+}
+
+/// A message the driver must send for a transaction. Requests go to the
+/// next hop the TU chose; responses go where §18.2.2 says (the top Via).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// The transaction that produced the message.
+    pub key: TransactionKey,
+    /// The message.
+    pub message: SipMessage,
+}
+
+/// What the transaction layer reports to the transaction user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayerEvent {
+    /// A new request created a server transaction. For a CANCEL, `cancels`
+    /// names the INVITE server transaction it matches (§9.2), if it still exists.
+    Request {
+        /// The new server transaction.
+        key: TransactionKey,
+        /// The request.
+        request: Request,
+        /// For a CANCEL: the INVITE server transaction to answer with 487.
+        cancels: Option<TransactionKey>,
+    },
+    /// An ACK matched an INVITE server transaction in Accepted (RFC 6026).
+    Ack {
+        /// The INVITE server transaction.
+        key: TransactionKey,
+        /// The ACK.
+        request: Request,
+    },
+    /// An ACK matched no transaction: the ACK for a 2xx, which belongs to the
+    /// dialog layer (§17.2.3, §13.3.1.4).
+    StrayAck {
+        /// The ACK.
+        request: Request,
+    },
+    /// A response for a client transaction.
+    Response {
+        /// The client transaction.
+        key: TransactionKey,
+        /// The response.
+        response: Response,
+    },
+    /// Timer B, F or H fired.
+    Timeout {
+        /// The transaction that timed out.
+        key: TransactionKey,
+        /// Which timer.
+        timer: Timer,
+    },
+    /// A send failed for this transaction.
+    TransportError {
+        /// The transaction.
+        key: TransactionKey,
+    },
+    /// The transaction terminated and was removed.
+    Terminated {
+        /// The transaction.
+        key: TransactionKey,
+    },
+}
+
+/// One transaction of any of the four kinds.
+#[derive(Debug)]
+enum Transaction {
+    ClientInvite(ClientInvite),
+    Client(Client),
+    ServerInvite(ServerInvite),
+    Server(Server),
+}
+
+impl Transaction {
+    fn handle_timeout(&mut self, now: Instant) {
+        match self {
+            Self::ClientInvite(t) => t.handle_timeout(now),
+            Self::Client(t) => t.handle_timeout(now),
+            Self::ServerInvite(t) => t.handle_timeout(now),
+            Self::Server(t) => t.handle_timeout(now),
+        }
+    }
+
+    fn handle_transport_error(&mut self, now: Instant) {
+        match self {
+            Self::ClientInvite(t) => t.handle_transport_error(now),
+            Self::Client(t) => t.handle_transport_error(now),
+            Self::ServerInvite(t) => t.handle_transport_error(now),
+            Self::Server(t) => t.handle_transport_error(now),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            Self::ClientInvite(t) => t.poll_timeout(),
+            Self::Client(t) => t.poll_timeout(),
+            Self::ServerInvite(t) => t.poll_timeout(),
+            Self::Server(t) => t.poll_timeout(),
+        }
+    }
+
+    fn poll_transmit(&mut self) -> Option<SipMessage> {
+        match self {
+            Self::ClientInvite(t) => t.poll_transmit(),
+            Self::Client(t) => t.poll_transmit(),
+            Self::ServerInvite(t) => t.poll_transmit(),
+            Self::Server(t) => t.poll_transmit(),
+        }
+    }
+
+    fn poll_event(&mut self) -> Option<TransactionEvent> {
+        match self {
+            Self::ClientInvite(t) => t.poll_event(),
+            Self::Client(t) => t.poll_event(),
+            Self::ServerInvite(t) => t.poll_event(),
+            Self::Server(t) => t.poll_event(),
+        }
+    }
+
+    fn is_terminated(&self) -> bool {
+        match self {
+            Self::ClientInvite(t) => t.state() == ClientInviteState::Terminated,
+            Self::Client(t) => t.state() == ClientState::Terminated,
+            Self::ServerInvite(t) => t.state() == ServerInviteState::Terminated,
+            Self::Server(t) => t.state() == ServerState::Terminated,
+        }
+    }
+}
+
+/// Owns every live transaction, matches messages to them and aggregates
+/// their outputs. Terminated transactions are removed as soon as they
+/// terminate, after their `Terminated` event is queued.
+#[derive(Debug)]
+pub struct TransactionLayer {
+    config: TimerConfig,
+    trying: TryingPolicy,
+    transactions: HashMap<TransactionKey, Transaction>,
+    /// Each live transaction's next deadline, so that `poll_timeout` and
+    /// `handle_timeout` do not scan every transaction.
+    deadlines: BTreeSet<(Instant, TransactionKey)>,
+    deadline_of: HashMap<TransactionKey, Instant>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<LayerEvent>,
+}
+
+impl TransactionLayer {
+    /// An empty layer with these timers and 100 Trying policy.
+    pub fn new(config: TimerConfig, trying: TryingPolicy) -> Self {
+        Self {
+            config,
+            trying,
+            transactions: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            deadline_of: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Number of live transactions.
+    pub fn len(&self) -> usize {
+        self.transactions.len()
+    }
+
+    /// Whether no transaction is live.
+    pub fn is_empty(&self) -> bool {
+        self.transactions.is_empty()
+    }
+
+    /// Whether a transaction with this key is live.
+    pub fn contains(&self, key: &TransactionKey) -> bool {
+        self.transactions.contains_key(key)
+    }
+
+    /// Starts a client transaction for a request from the TU and queues its
+    /// first transmission. ACK is refused: it is sent outside transactions.
+    pub fn send_request(
+        &mut self,
+        now: Instant,
+        request: Request,
+        reliability: Reliability,
+    ) -> Result<TransactionKey, TransactionError> {
+        let key = TransactionKey::client_for_request(&request)?;
+        if self.transactions.contains_key(&key) {
+            return Err(TransactionError::DuplicateTransaction);
+        }
+        let transaction = match request.method {
+            Method::Ack => return Err(TransactionError::AckIsNotATransaction),
+            Method::Invite => Transaction::ClientInvite(ClientInvite::new(
+                now,
+                request,
+                reliability,
+                self.config,
+            )?),
+            _ => Transaction::Client(Client::new(now, request, reliability, self.config)?),
+        };
+        self.transactions.insert(key.clone(), transaction);
+        self.collect(&key);
+        Ok(key)
+    }
+
+    /// Feeds a request received from the network.
+    ///
+    /// A retransmission goes to its server transaction; an ACK goes to its
+    /// INVITE server transaction or, matching none, up as [`LayerEvent::StrayAck`];
+    /// anything else starts a server transaction and is reported as
+    /// [`LayerEvent::Request`].
+    pub fn handle_request(
+        &mut self,
+        now: Instant,
+        request: Request,
+        reliability: Reliability,
+    ) -> Result<TransactionKey, TransactionError> {
+        let key = TransactionKey::server_for_request(&request)?;
+        if let Some(transaction) = self.transactions.get_mut(&key) {
+            match transaction {
+                Transaction::ServerInvite(t) => t.handle_request(now, request),
+                Transaction::Server(t) => t.handle_request(now, request),
+                Transaction::ClientInvite(_) | Transaction::Client(_) => {
+                    return Err(TransactionError::WrongRole)
+                }
+            }
+            self.collect(&key);
+            return Ok(key);
+        }
+        let transaction = match request.method {
+            Method::Ack => {
+                self.events.push_back(LayerEvent::StrayAck { request });
+                return Ok(key);
+            }
+            Method::Invite => Transaction::ServerInvite(ServerInvite::new(
+                now,
+                request,
+                reliability,
+                self.config,
+                self.trying,
+            )?),
+            _ => Transaction::Server(Server::new(now, request, reliability, self.config)?),
+        };
+        self.transactions.insert(key.clone(), transaction);
+        self.collect(&key);
+        Ok(key)
+    }
+
+    /// Feeds a response received from the network. Returns the key of the
+    /// client transaction it matched, or `None` when it matched none and was
+    /// discarded (§18.1.2 as amended by RFC 6026).
+    pub fn handle_response(
+        &mut self,
+        now: Instant,
+        response: Response,
+    ) -> Result<Option<TransactionKey>, TransactionError> {
+        let key = TransactionKey::client_for_response(&response)?;
+        match self.transactions.get_mut(&key) {
+            Some(Transaction::ClientInvite(t)) => t.handle_response(now, response)?,
+            Some(Transaction::Client(t)) => t.handle_response(now, response)?,
+            Some(Transaction::ServerInvite(_) | Transaction::Server(_)) => {
+                return Err(TransactionError::WrongRole)
+            }
+            None => return Ok(None),
+        }
+        self.collect(&key);
+        Ok(Some(key))
+    }
+
+    /// Sends a response from the TU through its server transaction.
+    pub fn send_response(
+        &mut self,
+        now: Instant,
+        key: &TransactionKey,
+        response: Response,
+    ) -> Result<(), TransactionError> {
+        match self.transactions.get_mut(key) {
+            Some(Transaction::ServerInvite(t)) => t.send_response(now, response)?,
+            Some(Transaction::Server(t)) => t.send_response(now, response)?,
+            Some(Transaction::ClientInvite(_) | Transaction::Client(_)) => {
+                return Err(TransactionError::WrongRole)
+            }
+            None => return Err(TransactionError::UnknownTransaction),
+        }
+        self.collect(key);
+        Ok(())
+    }
+
+    /// Reports that a message of this transaction could not be sent.
+    pub fn handle_transport_error(
+        &mut self,
+        now: Instant,
+        key: &TransactionKey,
+    ) -> Result<(), TransactionError> {
+        self.transactions
+            .get_mut(key)
+            .ok_or(TransactionError::UnknownTransaction)?
+            .handle_transport_error(now);
+        self.collect(key);
+        Ok(())
+    }
+
+    /// Fires every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some((deadline, key)) = self.deadlines.first().cloned() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.remove(&(deadline, key.clone()));
+            self.deadline_of.remove(&key);
+            if let Some(transaction) = self.transactions.get_mut(&key) {
+                transaction.handle_timeout(now);
+            }
+            self.collect(&key);
+        }
+    }
+
+    /// The earliest deadline of any transaction.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadlines.first().map(|(deadline, _)| *deadline)
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the TU.
+    pub fn poll_event(&mut self) -> Option<LayerEvent> {
+        self.events.pop_front()
+    }
+
+    /// Moves a transaction's outputs into the layer's queues, refreshes its
+    /// deadline and removes it once terminated.
+    fn collect(&mut self, key: &TransactionKey) {
+        let Some(transaction) = self.transactions.get_mut(key) else {
+            return;
+        };
+        let mut events = Vec::new();
+        while let Some(message) = transaction.poll_transmit() {
+            self.transmits.push_back(Transmit {
+                key: key.clone(),
+                message,
+            });
+        }
+        while let Some(event) = transaction.poll_event() {
+            events.push(event);
+        }
+        for event in events {
+            let event = match event {
+                TransactionEvent::Request(request) if request.method == Method::Ack => {
+                    LayerEvent::Ack {
+                        key: key.clone(),
+                        request,
+                    }
+                }
+                TransactionEvent::Request(request) => {
+                    let cancels = if request.method == Method::Cancel {
+                        Some(key.with_method(Method::Invite))
+                            .filter(|invite| self.transactions.contains_key(invite))
+                    } else {
+                        None
+                    };
+                    LayerEvent::Request {
+                        key: key.clone(),
+                        request,
+                        cancels,
+                    }
+                }
+                TransactionEvent::Response(response) => LayerEvent::Response {
+                    key: key.clone(),
+                    response,
+                },
+                TransactionEvent::Timeout(timer) => LayerEvent::Timeout {
+                    key: key.clone(),
+                    timer,
+                },
+                TransactionEvent::TransportError => LayerEvent::TransportError { key: key.clone() },
+                TransactionEvent::Terminated => LayerEvent::Terminated { key: key.clone() },
+            };
+            self.events.push_back(event);
+        }
+        if let Some(old) = self.deadline_of.remove(key) {
+            self.deadlines.remove(&(old, key.clone()));
+        }
+        let Some(transaction) = self.transactions.get(key) else {
+            return;
+        };
+        if transaction.is_terminated() {
+            self.transactions.remove(key);
+            return;
+        }
+        if let Some(deadline) = transaction.poll_timeout() {
+            self.deadlines.insert((deadline, key.clone()));
+            self.deadline_of.insert(key.clone(), deadline);
+        }
+    }
+}
+
+#[cfg(test)]
+mod test_support;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,173 @@
+//! The non-INVITE server transaction (RFC 3261 §17.2.2).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use rsip::{Method, Request, Response, SipMessage};
+
+use super::{
+    status_of, Reliability, Timer, TimerConfig, Timers, TransactionError, TransactionEvent,
+};
+
+/// States of figure 8 of RFC 3261.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    /// Request passed up; retransmissions are absorbed silently.
+    Trying,
+    /// A provisional went out; retransmissions get it again.
+    Proceeding,
+    /// A final went out; retransmissions get it again until timer J.
+    Completed,
+    /// Done.
+    Terminated,
+}
+
+impl ServerState {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Trying => "Trying",
+            Self::Proceeding => "Proceeding",
+            Self::Completed => "Completed",
+            Self::Terminated => "Terminated",
+        }
+    }
+}
+
+/// A non-INVITE server transaction.
+#[derive(Debug)]
+pub struct Server {
+    state: ServerState,
+    config: TimerConfig,
+    reliability: Reliability,
+    request: Request,
+    last_response: Option<Response>,
+    timers: Timers,
+    transmits: VecDeque<SipMessage>,
+    events: VecDeque<TransactionEvent>,
+}
+
+impl Server {
+    /// Starts the transaction for a received request and passes it up.
+    pub fn new(
+        _now: Instant,
+        request: Request,
+        reliability: Reliability,
+        config: TimerConfig,
+    ) -> Result<Self, TransactionError> {
+        if matches!(request.method, Method::Invite | Method::Ack) {
+            return Err(TransactionError::WrongMethod {
+                found: request.method.to_string(),
+            });
+        }
+        Ok(Self {
+            state: ServerState::Trying,
+            config,
+            reliability,
+            request: request.clone(),
+            last_response: None,
+            timers: Timers::default(),
+            transmits: VecDeque::new(),
+            events: VecDeque::from([TransactionEvent::Request(request)]),
+        })
+    }
+
+    /// The current state.
+    pub fn state(&self) -> ServerState {
+        self.state
+    }
+
+    /// The request this transaction serves.
+    pub fn request(&self) -> &Request {
+        &self.request
+    }
+
+    /// Feeds a retransmission of the request.
+    pub fn handle_request(&mut self, now: Instant, _request: Request) {
+        match self.state {
+            ServerState::Proceeding | ServerState::Completed => {
+                if let Some(response) = &self.last_response {
+                    self.transmits
+                        .push_back(SipMessage::Response(response.clone()));
+                }
+            }
+            ServerState::Trying | ServerState::Terminated => {}
+        }
+        self.handle_timeout(now);
+    }
+
+    /// Sends a response from the TU.
+    pub fn send_response(
+        &mut self,
+        now: Instant,
+        response: Response,
+    ) -> Result<(), TransactionError> {
+        let status = status_of(&response)?;
+        match (self.state, status) {
+            (ServerState::Trying | ServerState::Proceeding, 100..=199) => {
+                self.state = ServerState::Proceeding;
+                self.send(response);
+            }
+            (ServerState::Trying | ServerState::Proceeding, _) => {
+                self.state = ServerState::Completed;
+                let timer_j = match self.reliability {
+                    Reliability::Reliable => Duration::ZERO,
+                    Reliability::Unreliable => self.config.t1x64(),
+                };
+                self.timers.start(Timer::J, now + timer_j);
+                self.send(response);
+            }
+            (state, status) => {
+                return Err(TransactionError::ResponseNotAllowed {
+                    status,
+                    state: state.name(),
+                })
+            }
+        }
+        self.handle_timeout(now);
+        Ok(())
+    }
+
+    /// Fires the timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(timer) = self.timers.pop_expired(now) {
+            if timer == Timer::J && self.state == ServerState::Completed {
+                self.terminate();
+            }
+        }
+    }
+
+    /// Reports that a response could not be sent (§17.2.4).
+    pub fn handle_transport_error(&mut self, _now: Instant) {
+        if self.state != ServerState::Terminated {
+            self.events.push_back(TransactionEvent::TransportError);
+            self.terminate();
+        }
+    }
+
+    /// The next deadline, if any timer runs.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next_deadline()
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<SipMessage> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the TU.
+    pub fn poll_event(&mut self) -> Option<TransactionEvent> {
+        self.events.pop_front()
+    }
+
+    fn send(&mut self, response: Response) {
+        self.transmits
+            .push_back(SipMessage::Response(response.clone()));
+        self.last_response = Some(response);
+    }
+
+    fn terminate(&mut self) {
+        self.state = ServerState::Terminated;
+        self.timers.cancel_all();
+        self.events.push_back(TransactionEvent::Terminated);
+    }
+}
