@@ -5,3 +5,4 @@
 //! table and the userspace relay own the sockets and the clock.
 
 pub mod rtp;
+pub mod stats;
