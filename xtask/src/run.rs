@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use nix::sys::signal::{self, SigHandler, Signal};
 use nix::unistd::Pid;
 
-use crate::ebpf;
+use crate::{ebpf, setup};
 use crate::util::{self, workspace_root};
 
 #[derive(clap::Args)]
@@ -31,6 +31,9 @@ pub struct RunArgs {
     /// Port of the dashboard.
     #[arg(long, default_value_t = 3000)]
     ui_port: u16,
+    /// Skip `cargo xtask setup` (the prerequisites are known to be present).
+    #[arg(long)]
+    no_setup: bool,
     /// Log level of the three daemons.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -43,13 +46,16 @@ extern "C" fn request_stop(_: libc::c_int) {
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    if !args.no_setup {
+        setup::run(&setup::SetupArgs {})?;
+    }
     let missing = ebpf::missing_prerequisites();
     if missing.is_empty() {
         if let Err(e) = ebpf::build(&ebpf::BuildArgs {}) {
             println!("run: eBPF build failed, continuing userspace-only: {e:#}");
         }
     } else {
-        println!("run: eBPF object not built (run `cargo xtask setup` first); the RTP manager runs userspace-only");
+        println!("run: eBPF object not built (prerequisites missing, see `cargo xtask setup`); the RTP manager runs userspace-only");
     }
 
     let mut build = util::cargo();
@@ -90,6 +96,14 @@ fn start_all(args: &RunArgs, bin_dir: &Path, demo: &Path, children: &mut Vec<(&'
     rtpmanager.args(["--grpc-port", "9090", "--log-level", log, "--fast-path", &args.fast_path]);
     rtpmanager.arg("--audio-path").arg(demo.join("audio"));
     spawn(children, "rtpmanager", &mut rtpmanager)?;
+    // Signaling would only log the manager as down until it listens.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", 9090)).is_err() {
+        if Instant::now() > deadline || STOP.load(Ordering::SeqCst) {
+            bail!("the RTP manager did not listen on 127.0.0.1:9090 within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let mut signaling = Command::new(bin_dir.join("switchboard-signaling"));
     signaling.args(["--port", &args.sip_port.to_string(), "--rtpmanager", "127.0.0.1:9090", "--rest-port", "8080"]);
