@@ -1,0 +1,616 @@
+//! Registrar rules (§10.3), lookup, expiry and the durable store.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::*;
+
+fn t(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+}
+
+fn source() -> Source {
+    Source {
+        transport: Transport::Udp,
+        addr: "203.0.113.7:40312".parse().expect("test address parses"),
+    }
+}
+
+fn config() -> RegistrarConfig {
+    RegistrarConfig {
+        default_expires: 3600,
+        min_expires: 60,
+        max_expires: 7200,
+        domains: vec!["example.com".to_string()],
+        default_domain: Some("example.com".to_string()),
+    }
+}
+
+fn register(
+    contacts: Vec<ContactInput>,
+    expires: Option<u32>,
+    call_id: &str,
+    cseq: u32,
+) -> RegisterRequest {
+    RegisterRequest {
+        aor: "sip:alice@Example.COM".to_string(),
+        contacts,
+        expires,
+        call_id: call_id.to_string(),
+        cseq,
+        path: Vec::new(),
+        source: source(),
+    }
+}
+
+fn contact(uri: &str, expires: Option<u32>) -> ContactInput {
+    ContactInput {
+        expires,
+        ..ContactInput::uri(uri)
+    }
+}
+
+fn ok(decision: Decision) -> Registered {
+    match decision {
+        Decision::Ok(registered) => registered,
+        other => panic!("expected 200, got {other:?}"),
+    }
+}
+
+fn listed(registered: &Registered) -> Vec<(String, u32)> {
+    registered
+        .contacts
+        .iter()
+        .map(|c| (c.uri.clone(), c.expires))
+        .collect()
+}
+
+#[test]
+fn aor_normalisation() {
+    let cases = [
+        ("sip:alice@Example.COM", "alice@example.com"),
+        (
+            "<sips:alice@example.com:5061;transport=tls>",
+            "alice@example.com",
+        ),
+        ("alice@EXAMPLE.com", "alice@example.com"),
+        ("alice", "alice@example.com"),
+        ("sip:Alice@[2001:db8::1]:5060", "Alice@[2001:db8::1]"),
+    ];
+    for (input, expected) in cases {
+        assert_eq!(
+            Aor::parse(input, Some("example.com")).map(|a| a.as_str().to_string()),
+            Ok(expected.to_string()),
+            "{input}"
+        );
+    }
+    assert_eq!(
+        Aor::parse("alice", None),
+        Err(RegistrarError::InvalidAor("alice".to_string()))
+    );
+}
+
+#[test]
+fn q_values_parse_and_print() {
+    assert_eq!(Q::parse("0.5").map(Q::thousandths), Ok(500));
+    assert_eq!(Q::parse("1").map(Q::thousandths), Ok(1000));
+    assert_eq!(Q::parse("0.125").map(Q::thousandths), Ok(125));
+    assert_eq!(Q::parse("1.000").map(Q::thousandths), Ok(1000));
+    assert_eq!(
+        Q::parse("1.5"),
+        Err(RegistrarError::InvalidQ("1.5".to_string()))
+    );
+    assert_eq!(
+        Q::parse("0.1234"),
+        Err(RegistrarError::InvalidQ("0.1234".to_string()))
+    );
+    assert_eq!(Q(500).to_string(), "0.5");
+    assert_eq!(Q(1000).to_string(), "1");
+    assert_eq!(Q(0).to_string(), "0");
+}
+
+#[test]
+fn expiry_precedence_param_then_header_then_default_and_max_cap() {
+    let mut registrar = Registrar::new(config());
+    let registered = ok(registrar.handle_register(
+        t(0),
+        &register(
+            vec![
+                contact("sip:a@192.0.2.1", Some(120)),
+                contact("sip:b@192.0.2.2", None),
+                contact("sip:c@192.0.2.3", Some(100_000)),
+            ],
+            Some(300),
+            "call-1",
+            1,
+        ),
+    ));
+    let mut got = listed(&registered);
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("sip:a@192.0.2.1".to_string(), 120),
+            ("sip:b@192.0.2.2".to_string(), 300),
+            ("sip:c@192.0.2.3".to_string(), 7200),
+        ]
+    );
+    let persist = registered.persist.expect("a change must be persisted");
+    assert_eq!(persist.record.aor.as_str(), "alice@example.com");
+    assert_eq!(persist.record.bindings.len(), 3);
+
+    let registered = ok(registrar.handle_register(
+        t(0),
+        &RegisterRequest {
+            aor: "sip:bob@example.com".to_string(),
+            ..register(vec![contact("sip:bob@192.0.2.9", None)], None, "call-2", 1)
+        },
+    ));
+    assert_eq!(
+        listed(&registered),
+        vec![("sip:bob@192.0.2.9".to_string(), 3600)]
+    );
+}
+
+#[test]
+fn too_brief_expiry_is_423_and_changes_nothing() {
+    let mut registrar = Registrar::new(config());
+    let decision = registrar.handle_register(
+        t(0),
+        &register(
+            vec![
+                contact("sip:a@192.0.2.1", Some(3600)),
+                contact("sip:b@192.0.2.2", Some(59)),
+            ],
+            None,
+            "call-1",
+            1,
+        ),
+    );
+    assert_eq!(decision, Decision::IntervalTooBrief { min_expires: 60 });
+    assert_eq!(decision.status(), 423);
+    assert!(registrar.is_empty(), "a 423 commits no binding at all");
+    // Zero is not "too brief": it removes.
+    let registered = ok(registrar.handle_register(
+        t(0),
+        &register(vec![contact("sip:a@192.0.2.1", Some(0))], None, "call-1", 2),
+    ));
+    assert_eq!(registered.contacts, vec![]);
+    assert_eq!(registered.persist, None, "nothing changed");
+}
+
+#[test]
+fn refresh_remove_and_query() {
+    let mut registrar = Registrar::new(config());
+    ok(registrar.handle_register(
+        t(0),
+        &register(
+            vec![
+                contact("sip:a@192.0.2.1", None),
+                contact("sip:b@192.0.2.2", None),
+            ],
+            Some(600),
+            "call-1",
+            1,
+        ),
+    ));
+    // Refresh a with a higher CSeq, remove b.
+    let registered = ok(registrar.handle_register(
+        t(100),
+        &register(
+            vec![
+                contact("SIP:a@192.0.2.1", Some(900)),
+                contact("sip:b@192.0.2.2", Some(0)),
+            ],
+            None,
+            "call-1",
+            2,
+        ),
+    ));
+    assert_eq!(
+        listed(&registered),
+        vec![("SIP:a@192.0.2.1".to_string(), 900)],
+        "the scheme compares case-insensitively; the latest spelling is kept"
+    );
+    // A query lists the bindings without changing them.
+    let registered = ok(registrar.handle_register(t(200), &register(vec![], None, "call-9", 1)));
+    assert_eq!(
+        listed(&registered),
+        vec![("SIP:a@192.0.2.1".to_string(), 800)]
+    );
+    assert_eq!(registered.persist, None);
+}
+
+#[test]
+fn same_call_id_with_lower_or_equal_cseq_is_500_other_call_id_replaces() {
+    let mut registrar = Registrar::new(config());
+    ok(registrar.handle_register(
+        t(0),
+        &register(vec![contact("sip:a@192.0.2.1", None)], None, "call-1", 5),
+    ));
+    for cseq in [5, 4] {
+        assert_eq!(
+            registrar.handle_register(
+                t(1),
+                &register(
+                    vec![contact("sip:a@192.0.2.1", Some(120))],
+                    None,
+                    "call-1",
+                    cseq
+                ),
+            ),
+            Decision::ServerError {
+                reason: "Out of order CSeq"
+            },
+            "CSeq {cseq}"
+        );
+    }
+    // Another Call-ID (the UA rebooted) updates whatever its CSeq.
+    let registered = ok(registrar.handle_register(
+        t(2),
+        &register(
+            vec![contact("sip:a@192.0.2.1", Some(120))],
+            None,
+            "call-2",
+            1,
+        ),
+    ));
+    assert_eq!(
+        listed(&registered),
+        vec![("sip:a@192.0.2.1".to_string(), 120)]
+    );
+}
+
+#[test]
+fn wildcard_rules() {
+    let mut registrar = Registrar::new(config());
+    ok(registrar.handle_register(
+        t(0),
+        &register(
+            vec![
+                contact("sip:a@192.0.2.1", None),
+                contact("sip:b@192.0.2.2", None),
+            ],
+            None,
+            "call-1",
+            1,
+        ),
+    ));
+    let bad = Decision::BadRequest {
+        reason: "Invalid wildcard Contact",
+    };
+    assert_eq!(
+        registrar.handle_register(
+            t(1),
+            &register(vec![contact("*", None)], Some(60), "call-1", 2)
+        ),
+        bad
+    );
+    assert_eq!(
+        registrar.handle_register(t(1), &register(vec![contact("*", None)], None, "call-1", 2)),
+        bad
+    );
+    assert_eq!(
+        registrar.handle_register(
+            t(1),
+            &register(
+                vec![contact("*", None), contact("sip:c@192.0.2.3", None)],
+                Some(0),
+                "call-1",
+                2
+            )
+        ),
+        bad
+    );
+    assert_eq!(
+        registrar.handle_register(
+            t(1),
+            &register(vec![contact("*", None)], Some(0), "call-1", 1)
+        ),
+        Decision::ServerError {
+            reason: "Out of order CSeq"
+        }
+    );
+    let registered = ok(registrar.handle_register(
+        t(1),
+        &register(vec![contact("*", None)], Some(0), "call-1", 2),
+    ));
+    assert_eq!(registered.contacts, vec![]);
+    assert_eq!(
+        registered.persist.map(|p| p.record.bindings),
+        Some(vec![]),
+        "removing everything is persisted as an empty set"
+    );
+    assert!(registrar.is_empty());
+}
+
+#[test]
+fn unknown_domain_is_404_and_bad_aor_is_400() {
+    let mut registrar = Registrar::new(config());
+    let request = RegisterRequest {
+        aor: "sip:alice@elsewhere.net".to_string(),
+        ..register(vec![contact("sip:a@192.0.2.1", None)], None, "c", 1)
+    };
+    assert_eq!(
+        registrar.handle_register(t(0), &request),
+        Decision::NotFound
+    );
+    let request = RegisterRequest {
+        aor: "sip:@example.com".to_string(),
+        ..request
+    };
+    assert_eq!(registrar.handle_register(t(0), &request).status(), 400);
+}
+
+#[test]
+fn lookup_by_user_or_aor_sorted_by_q_then_recency() {
+    let mut registrar = Registrar::new(config());
+    let with_q = |uri: &str, q: &str| ContactInput {
+        q: Some(Q::parse(q).expect("valid q")),
+        ..ContactInput::uri(uri)
+    };
+    ok(registrar.handle_register(
+        t(0),
+        &register(
+            vec![
+                with_q("sip:low@192.0.2.1", "0.1"),
+                ContactInput::uri("sip:none@192.0.2.2"),
+                with_q("sip:mid@192.0.2.3", "0.5"),
+            ],
+            None,
+            "call-1",
+            1,
+        ),
+    ));
+    ok(registrar.handle_register(
+        t(10),
+        &register(vec![with_q("sip:full@192.0.2.4", "1.0")], None, "call-2", 1),
+    ));
+    let expected = vec![
+        "sip:full@192.0.2.4".to_string(),
+        "sip:none@192.0.2.2".to_string(),
+        "sip:mid@192.0.2.3".to_string(),
+        "sip:low@192.0.2.1".to_string(),
+    ];
+    for target in ["alice", "alice@example.com", "sip:alice@EXAMPLE.com"] {
+        let got: Vec<String> = registrar
+            .lookup(t(20), target)
+            .iter()
+            .map(|b| b.contact.clone())
+            .collect();
+        assert_eq!(got, expected, "lookup of {target}");
+    }
+    assert_eq!(registrar.lookup(t(20), "bob").len(), 0);
+    let first = registrar.lookup(t(20), "alice")[0];
+    assert_eq!(
+        first.source,
+        source(),
+        "the NAT source is kept with the binding"
+    );
+}
+
+#[test]
+fn instance_reg_id_and_path_are_kept_and_identify_the_flow() {
+    let mut registrar = Registrar::new(config());
+    let flow = |uri: &str| ContactInput {
+        instance: Some("\"<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>\"".to_string()),
+        reg_id: Some(1),
+        ..ContactInput::uri(uri)
+    };
+    let mut request = register(vec![flow("sip:alice@192.0.2.1:5060")], None, "call-1", 1);
+    request.path = vec!["<sip:edge.example.com;lr;ob>".to_string()];
+    let registered = ok(registrar.handle_register(t(0), &request));
+    assert_eq!(
+        registered.path,
+        vec!["<sip:edge.example.com;lr;ob>".to_string()]
+    );
+    assert_eq!(registered.contacts[0].reg_id, Some(1));
+    // The same instance and reg-id from a new address replaces the flow.
+    let mut moved = register(vec![flow("sip:alice@198.51.100.4:6000")], None, "call-1", 2);
+    moved.path = request.path.clone();
+    let registered = ok(registrar.handle_register(t(5), &moved));
+    assert_eq!(
+        listed(&registered),
+        vec![("sip:alice@198.51.100.4:6000".to_string(), 3600)]
+    );
+    let binding = registrar.lookup(t(5), "alice")[0];
+    assert_eq!(
+        binding.instance.as_deref(),
+        Some("\"<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>\"")
+    );
+    assert_eq!(
+        binding.path,
+        vec!["<sip:edge.example.com;lr;ob>".to_string()]
+    );
+    // Two flows in one REGISTER are refused.
+    assert_eq!(
+        registrar.handle_register(
+            t(6),
+            &register(
+                vec![flow("sip:a@192.0.2.1"), contact("sip:b@192.0.2.2", None)],
+                None,
+                "call-1",
+                3
+            )
+        ),
+        Decision::BadRequest {
+            reason: "Multiple Contacts with reg-id"
+        }
+    );
+}
+
+#[test]
+fn expiry_purge_follows_poll_timeout() {
+    let mut registrar = Registrar::new(config());
+    ok(registrar.handle_register(
+        t(0),
+        &register(
+            vec![
+                contact("sip:a@192.0.2.1", Some(60)),
+                contact("sip:b@192.0.2.2", Some(120)),
+            ],
+            None,
+            "call-1",
+            1,
+        ),
+    ));
+    assert_eq!(registrar.poll_timeout(), Some(t(60)));
+    registrar.handle_timeout(t(59));
+    assert_eq!(registrar.lookup(t(59), "alice").len(), 2);
+    registrar.handle_timeout(t(60));
+    let left: Vec<String> = registrar
+        .lookup(t(60), "alice")
+        .iter()
+        .map(|b| b.contact.clone())
+        .collect();
+    assert_eq!(left, vec!["sip:b@192.0.2.2".to_string()]);
+    assert_eq!(registrar.poll_timeout(), Some(t(120)));
+    registrar.handle_timeout(t(120));
+    assert!(registrar.is_empty());
+    assert_eq!(registrar.poll_timeout(), None);
+}
+
+#[test]
+fn revert_undoes_an_unpersisted_change() {
+    let mut registrar = Registrar::new(config());
+    ok(registrar.handle_register(
+        t(0),
+        &register(vec![contact("sip:a@192.0.2.1", None)], None, "c", 1),
+    ));
+    let registered = ok(registrar.handle_register(
+        t(1),
+        &register(vec![contact("sip:b@192.0.2.2", None)], None, "c", 2),
+    ));
+    registrar.revert(registered.persist.expect("changed"));
+    let left: Vec<String> = registrar
+        .lookup(t(1), "alice")
+        .iter()
+        .map(|b| b.contact.clone())
+        .collect();
+    assert_eq!(left, vec!["sip:a@192.0.2.1".to_string()]);
+    assert_eq!(registrar.poll_timeout(), Some(t(3600)));
+}
+
+// ---- store ----
+
+fn persist_all(store: &mut Store, decision: Decision) {
+    if let Some(persist) = ok(decision).persist {
+        store.append(&persist.record).expect("append succeeds");
+    }
+}
+
+#[test]
+fn bindings_survive_restart_and_a_torn_last_line_is_skipped() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let (mut store, records) = Store::open(dir.path()).expect("store opens");
+        assert_eq!(records, vec![]);
+        let mut registrar = Registrar::new(config());
+        persist_all(
+            &mut store,
+            registrar.handle_register(
+                t(0),
+                &register(vec![contact("sip:a@192.0.2.1", Some(600))], None, "c", 1),
+            ),
+        );
+        persist_all(
+            &mut store,
+            registrar.handle_register(
+                t(1),
+                &register(vec![contact("sip:b@192.0.2.2", Some(60))], None, "c", 2),
+            ),
+        );
+        assert_eq!(store.journal_records(), 2);
+    }
+    // A crash in the middle of a third append.
+    let journal = dir.path().join("journal.0.jsonl");
+    let mut bytes = std::fs::read(&journal).expect("journal readable");
+    bytes.extend_from_slice(b"{\"aor\":\"alice@example.com\",\"bind");
+    std::fs::write(&journal, &bytes).expect("journal writable");
+
+    let (mut store, records) = Store::open(dir.path()).expect("store reopens");
+    assert_eq!(records.len(), 2, "two acknowledged records replayed");
+    let mut registrar = Registrar::from_records(config(), records, t(100));
+    let left: Vec<String> = registrar
+        .lookup(t(100), "alice")
+        .iter()
+        .map(|b| b.contact.clone())
+        .collect();
+    assert_eq!(
+        left,
+        vec!["sip:a@192.0.2.1".to_string()],
+        "b expired at t=61 and was dropped on load"
+    );
+    assert_eq!(registrar.lookup(t(100), "alice")[0].expires_at, t(600));
+    // The torn tail was cut: the next record lands on a clean line.
+    persist_all(
+        &mut store,
+        registrar.handle_register(
+            t(101),
+            &register(vec![contact("sip:c@192.0.2.3", Some(600))], None, "c", 3),
+        ),
+    );
+    drop(store);
+    let (_, records) = Store::open(dir.path()).expect("store reopens");
+    assert_eq!(records.len(), 3);
+    let registrar = Registrar::from_records(config(), records, t(102));
+    assert_eq!(registrar.lookup(t(102), "alice").len(), 2);
+}
+
+#[test]
+fn compaction_writes_a_snapshot_and_starts_a_new_journal() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut store, _) = Store::open(dir.path()).expect("store opens");
+    let mut registrar = Registrar::new(config());
+    for cseq in 1..=3 {
+        persist_all(
+            &mut store,
+            registrar.handle_register(
+                t(cseq.into()),
+                &register(vec![contact("sip:a@192.0.2.1", Some(600))], None, "c", cseq),
+            ),
+        );
+    }
+    store
+        .compact(&registrar.records())
+        .expect("compaction succeeds");
+    assert_eq!(store.journal_records(), 0);
+    assert!(
+        !dir.path().join("journal.0.jsonl").exists(),
+        "old journal removed"
+    );
+    assert!(dir.path().join("journal.1.jsonl").exists());
+    persist_all(
+        &mut store,
+        registrar.handle_register(
+            t(10),
+            &RegisterRequest {
+                aor: "bob".to_string(),
+                ..register(vec![contact("sip:b@192.0.2.2", Some(600))], None, "d", 1)
+            },
+        ),
+    );
+    drop(store);
+    // A leftover from an interrupted compaction is ignored and removed.
+    std::fs::write(dir.path().join("journal.0.jsonl"), b"garbage\n").expect("writable");
+    std::fs::write(dir.path().join("snapshot.json.tmp"), b"{").expect("writable");
+    let (_, records) = Store::open(dir.path()).expect("store reopens");
+    let registrar = Registrar::from_records(config(), records, t(20));
+    assert_eq!(registrar.lookup(t(20), "alice")[0].expires_at, t(603));
+    assert_eq!(registrar.lookup(t(20), "bob")[0].contact, "sip:b@192.0.2.2");
+    assert!(!dir.path().join("journal.0.jsonl").exists());
+    assert!(!dir.path().join("snapshot.json.tmp").exists());
+}
+
+#[test]
+fn a_damaged_line_before_the_end_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("journal.0.jsonl"),
+        b"{\"aor\":\"a@example.com\",\"bindings\":[]}\nnot json\n{\"aor\":\"a@example.com\",\"bindings\":[]}\n",
+    )
+    .expect("writable");
+    match Store::open(dir.path()) {
+        Err(StoreError::Corrupt { line, .. }) => assert_eq!(line, 2),
+        other => panic!("expected a corrupt-journal error, got {other:?}"),
+    }
+}
