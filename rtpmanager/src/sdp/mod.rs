@@ -107,3 +107,19 @@ pub enum SdpError {
         formats: String,
     },
 }
+
+/// Helpers shared by the unit tests of the submodules.
+#[cfg(test)]
+mod test_support {
+    use super::{parse, SessionDescription};
+
+    /// The lines as a body on the wire: each one CRLF-terminated.
+    pub(super) fn body(lines: &[&str]) -> String {
+        lines.iter().map(|line| format!("{line}\r\n")).collect()
+    }
+
+    /// The lines parsed; a test SDP that does not parse is a broken test.
+    pub(super) fn parsed(lines: &[&str]) -> SessionDescription {
+        parse(&body(lines)).unwrap_or_else(|error| panic!("test SDP must parse: {error}"))
+    }
+}

@@ -432,3 +432,395 @@ fn parse_rtcp(value: &str) -> Result<Rtcp, String> {
         address,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use super::super::model::Codec;
+    use super::super::test_support::{body, parsed};
+    use super::*;
+
+    /// What a WebRTC-ish softphone sends: Opus with channels, fmtp, DTMF,
+    /// RTCP attributes, attributes the manager does not know, and video.
+    const RICH_OFFER: &[&str] = &[
+        "v=0",
+        "o=alice 2890844526 2890844527 IN IP4 198.51.100.7",
+        "s=Talk",
+        "i=A call",
+        "c=IN IP4 198.51.100.7",
+        "b=AS:256",
+        "t=0 0",
+        "a=group:BUNDLE 0",
+        "a=sendrecv",
+        "m=audio 49170 RTP/AVP 111 0 8 101",
+        "i=voice",
+        "c=IN IP4 198.51.100.7",
+        "b=TIAS:64000",
+        "a=rtpmap:111 opus/48000/2",
+        "a=fmtp:111 minptime=10;useinbandfec=1",
+        "a=rtpmap:0 PCMU/8000",
+        "a=rtpmap:8 PCMA/8000",
+        "a=rtpmap:101 telephone-event/8000",
+        "a=fmtp:101 0-16",
+        "a=ptime:20",
+        "a=maxptime:120",
+        "a=rtcp:49171 IN IP4 198.51.100.7",
+        "a=rtcp-mux",
+        "a=rtcp-fb:111 transport-cc",
+        "a=ssrc:3735928559 cname:x/y",
+        "a=fingerprint:sha-256 AB:CD:EF",
+        "a=x-unknown",
+        "a=sendonly",
+        "m=video 51372 RTP/AVP 96",
+        "a=rtpmap:96 H264/90000",
+        "a=inactive",
+    ];
+
+    fn expect_line_error(text: &str, line: usize, quoted: &str, problem: &str) {
+        assert_eq!(
+            parse(text),
+            Err(SdpError::Line {
+                line,
+                text: quoted.to_owned(),
+                problem: problem.to_owned(),
+            }),
+            "parsing {text:?}"
+        );
+    }
+
+    #[test]
+    fn unmodified_body_round_trips_line_for_line() {
+        let text = body(RICH_OFFER);
+        let sdp = parse(&text).expect("rich offer parses");
+        assert_eq!(sdp.to_string(), text);
+    }
+
+    #[test]
+    fn opus_channels_survive_where_sdp_rs_alone_would_lose_the_slash() {
+        let rtpmap = sdp_rs::lines::attribute::Rtpmap::try_from("111 opus/48000/2")
+            .expect("sdp-rs reads the rtpmap");
+        assert_eq!(
+            rtpmap.to_string(),
+            "111 opus/48000 2",
+            "sdp-rs no longer loses the channel slash; the own serializer may be reconsidered"
+        );
+        let sdp = parsed(RICH_OFFER);
+        assert_eq!(
+            sdp.media[0].rtpmap(PayloadType::new(111).expect("111 is a payload type")),
+            Some(&Rtpmap {
+                payload_type: PayloadType::new(111).expect("111 is a payload type"),
+                encoding: "opus".to_owned(),
+                clock_rate: 48000,
+                channels: Some(2),
+            })
+        );
+        assert!(sdp
+            .to_string()
+            .contains("\r\na=rtpmap:111 opus/48000/2\r\n"));
+    }
+
+    #[test]
+    fn model_holds_the_typed_attributes() {
+        let sdp = parsed(RICH_OFFER);
+        assert_eq!(sdp.origin.username, "alice");
+        assert_eq!(sdp.origin.session_id, "2890844526");
+        assert_eq!(sdp.origin.version, "2890844527");
+        assert_eq!(sdp.origin.address_type, AddrType::Ip4);
+        assert_eq!(sdp.origin.address, "198.51.100.7");
+        assert_eq!(sdp.session_name, "Talk");
+        assert_eq!(sdp.direction(), Some(Direction::SendRecv));
+        let audio = &sdp.media[0];
+        assert_eq!(audio.kind, MediaKind::Audio);
+        assert_eq!(audio.port, RtpPort::new(49170));
+        assert_eq!(audio.protocol, Protocol::RtpAvp);
+        let pts: Vec<u8> = audio.payload_types().iter().map(|pt| pt.get()).collect();
+        assert_eq!(pts, [111, 0, 8, 101]);
+        assert_eq!(audio.ptime(), Some(20));
+        assert!(audio.attributes.contains(&Attribute::Maxptime(120)));
+        assert_eq!(
+            audio.rtcp(),
+            Some(Rtcp {
+                port: RtpPort::new(49171),
+                address: Some(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7))),
+            })
+        );
+        assert!(audio.rtcp_mux());
+        assert_eq!(audio.direction(), Some(Direction::SendOnly));
+        assert_eq!(sdp.media_direction(0), Direction::SendOnly);
+        assert_eq!(sdp.media_direction(1), Direction::Inactive);
+        assert_eq!(
+            audio.fmtp(PayloadType::new(101).expect("101 is a payload type")),
+            Some(&Fmtp {
+                format: "101".to_owned(),
+                params: "0-16".to_owned(),
+            })
+        );
+        assert!(audio.attributes.contains(&Attribute::Other {
+            name: "fingerprint".to_owned(),
+            value: Some("sha-256 AB:CD:EF".to_owned()),
+        }));
+    }
+
+    #[test]
+    fn static_payload_types_resolve_without_rtpmap() {
+        let sdp = parsed(&[
+            "v=0",
+            "o=- 1 1 IN IP4 192.0.2.1",
+            "s=-",
+            "c=IN IP4 192.0.2.1",
+            "t=0 0",
+            "m=audio 4000 RTP/AVP 0 8 3 9 18 13",
+        ]);
+        let codecs: Vec<String> = sdp.media[0].codecs().iter().map(Codec::to_string).collect();
+        assert_eq!(
+            codecs,
+            [
+                "PCMU/8000",
+                "PCMA/8000",
+                "GSM/8000",
+                "G722/8000",
+                "G729/8000",
+                "CN/8000"
+            ]
+        );
+        assert_eq!(
+            sdp.media[0].codec(PayloadType::PCMA),
+            Some(Codec {
+                payload_type: PayloadType::PCMA,
+                encoding: "PCMA".to_owned(),
+                clock_rate: 8000,
+                channels: None,
+            })
+        );
+    }
+
+    #[test]
+    fn dynamic_payload_type_without_rtpmap_is_kept_but_unresolved() {
+        let sdp = parsed(&[
+            "v=0",
+            "o=- 1 1 IN IP4 192.0.2.1",
+            "s=-",
+            "c=IN IP4 192.0.2.1",
+            "t=0 0",
+            "m=audio 4000 RTP/AVP 96 0",
+            "a=rtpmap:97 iLBC/8000",
+        ]);
+        let pts: Vec<u8> = sdp.media[0]
+            .payload_types()
+            .iter()
+            .map(|pt| pt.get())
+            .collect();
+        assert_eq!(pts, [96, 0], "the stray rtpmap for 97 is tolerated");
+        let codecs: Vec<String> = sdp.media[0].codecs().iter().map(Codec::to_string).collect();
+        assert_eq!(codecs, ["PCMU/8000"]);
+    }
+
+    #[test]
+    fn missing_t_line_is_accepted_and_written_back() {
+        let sdp = parsed(&[
+            "v=0",
+            "o=- 1 1 IN IP4 192.0.2.1",
+            "s=-",
+            "c=IN IP4 192.0.2.1",
+            "m=audio 4000 RTP/AVP 0",
+        ]);
+        assert_eq!(
+            sdp.to_string(),
+            body(&[
+                "v=0",
+                "o=- 1 1 IN IP4 192.0.2.1",
+                "s=-",
+                "c=IN IP4 192.0.2.1",
+                "t=0 0",
+                "m=audio 4000 RTP/AVP 0",
+            ])
+        );
+    }
+
+    #[test]
+    fn bare_lf_blank_lines_and_trailing_blanks_become_crlf() {
+        let text = "v=0\no=- 1 1 IN IP4 192.0.2.1 \ns=-\n\nc=IN IP4 192.0.2.1\nt=0 0\nm=audio 4000 RTP/AVP 8\n\n";
+        let sdp = parse(text).expect("LF body parses");
+        assert_eq!(
+            sdp.to_string(),
+            body(&[
+                "v=0",
+                "o=- 1 1 IN IP4 192.0.2.1",
+                "s=-",
+                "c=IN IP4 192.0.2.1",
+                "t=0 0",
+                "m=audio 4000 RTP/AVP 8",
+            ])
+        );
+    }
+
+    #[test]
+    fn ipv6_connection_and_rtcp_are_read() {
+        let sdp = parsed(&[
+            "v=0",
+            "o=- 1 1 IN IP6 2001:db8::1",
+            "s=-",
+            "t=0 0",
+            "m=audio 4000 RTP/AVP 0",
+            "c=IN IP6 2001:db8::1",
+            "a=rtcp:4005 IN IP6 2001:db8::2",
+        ]);
+        let v6 = |last| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last));
+        assert_eq!(sdp.origin.address_type, AddrType::Ip6);
+        assert_eq!(sdp.media_connection(0), Some(Connection::new(v6(1))));
+        assert_eq!(
+            sdp.media[0].rtcp(),
+            Some(Rtcp {
+                port: RtpPort::new(4005),
+                address: Some(v6(2)),
+            })
+        );
+    }
+
+    #[test]
+    fn body_without_audio_is_not_an_error() {
+        let sdp = parsed(&[
+            "v=0",
+            "o=- 1 1 IN IP4 192.0.2.1",
+            "s=-",
+            "c=IN IP4 192.0.2.1",
+            "t=0 0",
+            "m=image 5000 udptl t38",
+            "m=video 0 RTP/AVP 31",
+        ]);
+        assert_eq!(sdp.media[0].kind, MediaKind::Image);
+        assert_eq!(sdp.media[0].formats, Formats::Other(vec!["t38".to_owned()]));
+        assert!(sdp.media[0].payload_types().is_empty());
+        assert!(!sdp.media[1].is_active());
+    }
+
+    #[test]
+    fn fractional_ptime_is_kept_verbatim() {
+        let sdp = parsed(&[
+            "v=0",
+            "o=- 1 1 IN IP4 192.0.2.1",
+            "s=-",
+            "c=IN IP4 192.0.2.1",
+            "t=0 0",
+            "m=audio 4000 RTP/AVP 0",
+            "a=ptime:2.5",
+        ]);
+        assert_eq!(sdp.media[0].ptime(), None);
+        assert!(sdp.to_string().ends_with("a=ptime:2.5\r\n"));
+    }
+
+    #[test]
+    fn empty_body_is_refused() {
+        assert_eq!(parse(""), Err(SdpError::Empty));
+        assert_eq!(parse("\r\n\r\n"), Err(SdpError::Empty));
+    }
+
+    #[test]
+    fn missing_v_line_names_the_first_line() {
+        expect_line_error(
+            "o=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\n",
+            1,
+            "o=- 1 1 IN IP4 192.0.2.1",
+            "expected v=0 as the first line",
+        );
+    }
+
+    #[test]
+    fn error_message_names_line_and_problem() {
+        let error = parse("v=1\r\n").expect_err("v=1 is refused");
+        assert_eq!(
+            error.to_string(),
+            "SDP line 1 `v=1`: unsupported SDP version, expected v=0"
+        );
+    }
+
+    #[test]
+    fn missing_origin_is_refused() {
+        assert_eq!(
+            parse("v=0\r\ns=-\r\nt=0 0\r\n"),
+            Err(SdpError::MissingLine { kind: "o=" })
+        );
+    }
+
+    /// A valid head, so that each malformed case below is about one line.
+    const HEAD: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\n";
+
+    #[test]
+    fn malformed_lines_are_named() {
+        let cases: &[(&str, &str)] = &[
+            ("m=audio RTP/AVP 0", "expected m=<media> <port> <proto> <format> ..."),
+            ("m=audio x4000 RTP/AVP 0", "port `x4000` is not a number"),
+            ("m=audio 4000 RTP/AVP", "expected m=<media> <port> <proto> <format> ..."),
+            ("m=audio 70000 RTP/AVP 0", "port 70000 out of range 0-65535"),
+            ("m=audio 4000 RTP/AVP 0 200", "payload type `200` is not a number in 0-127"),
+            ("m=audio 4000/x RTP/AVP 0", "port count `x` is not a number in 1-255"),
+            ("c=IN IP5 192.0.2.1", "unknown address type `IP5`, expected IP4 or IP6"),
+            ("c=ATM NSAP 47.0091", "unknown network type `ATM`, expected IN"),
+            ("c=IN IP4 2001:db8::1", "`2001:db8::1` is not an IP4 address"),
+            ("c=IN IP4 pbx.example.com", "`pbx.example.com` is not an IP address"),
+            ("c=IN IP4", "expected c=IN <addrtype> <address>"),
+            (
+                "a=rtpmap:101 telephone-event",
+                "malformed rtpmap, expected a=rtpmap:<payload type> <encoding>/<clock rate>[/<channels>]",
+            ),
+            ("a=rtpmap:300 PCMU/8000", "rtpmap payload type 300 is not in 0-127"),
+            ("a=rtpmap:0 PCMU/-8000", "rtpmap clock rate -8000 is not positive"),
+            ("a=rtpmap:111 opus/48000/0", "rtpmap channel count 0 is not in 1-255"),
+            ("a=ptime:abc", "ptime `abc` is not a positive number of milliseconds"),
+            ("a=ptime:0", "ptime `0` is not a positive number of milliseconds"),
+            ("a=rtcp:port", "rtcp port `port` is not a number in 0-65535"),
+            (
+                "a=rtcp:4001 IN IP4",
+                "malformed rtcp, expected a=rtcp:<port>[ IN <addrtype> <address>]",
+            ),
+            ("a=:x", "attribute has no name"),
+            ("hello", "not a `<type>=<value>` line"),
+            ("x=1", "unknown line type x="),
+        ];
+        for (line, problem) in cases {
+            // Line 5 sits right after the four head lines, at session level
+            // for a=/c= lines, which take the same parser as media level.
+            expect_line_error(&format!("{HEAD}{line}\r\n"), 5, line, problem);
+        }
+    }
+
+    #[test]
+    fn malformed_media_section_lines_are_named() {
+        let media = "m=audio 4000 RTP/AVP 0\r\n";
+        expect_line_error(
+            &format!("{HEAD}{media}t=0 0\r\n"),
+            6,
+            "t=0 0",
+            "t= line is not allowed in a media section",
+        );
+        expect_line_error(
+            &format!("{HEAD}{media}c=IN IP4 192.0.2.2\r\nc=IN IP4 192.0.2.3\r\n"),
+            7,
+            "c=IN IP4 192.0.2.3",
+            "second c= line in a media section (layered multicast is not supported)",
+        );
+        expect_line_error(
+            "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n",
+            5,
+            "m=audio 4000 RTP/AVP 0",
+            "no c= line in this media section nor at session level",
+        );
+        expect_line_error(
+            "v=0\r\no=- 1 1 IN IP4\r\n",
+            2,
+            "o=- 1 1 IN IP4",
+            "expected o=<username> <sess-id> <sess-version> IN <addrtype> <unicast-address>",
+        );
+    }
+
+    #[test]
+    fn long_lines_are_shortened_in_errors() {
+        let long = format!("a=rtpmap:{}", "9".repeat(300));
+        let Err(SdpError::Line { text, .. }) = parse(&format!("{HEAD}{long}\r\n")) else {
+            panic!("a 300-digit payload type must be refused with a line error");
+        };
+        assert_eq!(text.chars().count(), QUOTED_LINE_MAX + 1);
+        assert!(text.ends_with('…'));
+    }
+}
