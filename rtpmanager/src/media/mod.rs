@@ -4,5 +4,7 @@
 //! with explicit arrival instants, and pure sample conversions. The session
 //! table and the userspace relay own the sockets and the clock.
 
+pub mod dtmf;
+pub mod g711;
 pub mod rtp;
 pub mod stats;
