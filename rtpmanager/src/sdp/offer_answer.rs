@@ -463,3 +463,630 @@ fn set_rtcp(media: &mut MediaDescription, local: &LocalEndpoint, mux: bool, answ
         media.attributes.push(Attribute::RtcpMux);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::super::test_support::{body, parsed};
+    use super::*;
+
+    fn endpoint_v4(rtp: u16) -> LocalEndpoint {
+        LocalEndpoint {
+            address: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10)),
+            rtp_port: RtpPort::new(rtp),
+            rtcp_port: RtpPort::new(rtp + 1),
+            rtcp_mux: true,
+        }
+    }
+
+    fn endpoint_v6(rtp: u16) -> LocalEndpoint {
+        LocalEndpoint {
+            address: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10)),
+            ..endpoint_v4(rtp)
+        }
+    }
+
+    /// A softphone's offer: Opus first, G.711, DTMF, RTCP attributes, ICE,
+    /// and a video stream.
+    const PHONE_OFFER: &[&str] = &[
+        "v=0",
+        "o=alice 2890844526 2890844527 IN IP4 198.51.100.7",
+        "s=Talk",
+        "c=IN IP4 198.51.100.7",
+        "t=0 0",
+        "a=ice-lite",
+        "m=audio 49170 RTP/AVP 111 0 8 101",
+        "c=IN IP4 198.51.100.7",
+        "a=rtpmap:111 opus/48000/2",
+        "a=fmtp:111 minptime=10;useinbandfec=1",
+        "a=rtcp-fb:111 transport-cc",
+        "a=rtpmap:0 PCMU/8000",
+        "a=rtpmap:8 PCMA/8000",
+        "a=rtpmap:101 telephone-event/8000",
+        "a=fmtp:101 0-16",
+        "a=ptime:20",
+        "a=rtcp:49171 IN IP4 198.51.100.7",
+        "a=rtcp-mux",
+        "a=ice-ufrag:F7gI",
+        "a=ice-pwd:x9cml/YzichV2+XlhiMu8g",
+        "a=candidate:1 1 UDP 2130706431 198.51.100.7 49170 typ host",
+        "a=end-of-candidates",
+        "a=sendrecv",
+        "m=video 51372 RTP/AVP 96",
+        "a=rtpmap:96 H264/90000",
+    ];
+
+    /// A minimal G.711 offer with the given audio `m=` line and extra
+    /// audio-level lines.
+    fn g711_offer(m_line: &str, extra: &[&str]) -> SessionDescription {
+        let mut lines = vec![
+            "v=0",
+            "o=- 5 5 IN IP4 192.0.2.5",
+            "s=-",
+            "c=IN IP4 192.0.2.5",
+            "t=0 0",
+            m_line,
+        ];
+        lines.extend_from_slice(extra);
+        parsed(&lines)
+    }
+
+    fn relayed(offer: &SessionDescription) -> String {
+        rewrite_offer(
+            offer,
+            &endpoint_v4(30000),
+            &CodecPolicy::Passthrough,
+            &mut OriginState::new(42),
+        )
+        .expect("passthrough relay never fails")
+        .to_string()
+    }
+
+    fn answered(offer: &SessionDescription) -> String {
+        answer_locally(offer, &endpoint_v4(30000), &mut OriginState::new(9))
+            .expect("the offer has G.711")
+            .to_string()
+    }
+
+    #[test]
+    fn relayed_offer_points_at_the_manager_and_keeps_every_codec_line() {
+        assert_eq!(
+            relayed(&parsed(PHONE_OFFER)),
+            body(&[
+                "v=0",
+                "o=switchboard 42 1 IN IP4 203.0.113.10",
+                "s=Talk",
+                "c=IN IP4 203.0.113.10",
+                "t=0 0",
+                "m=audio 30000 RTP/AVP 111 0 8 101",
+                "c=IN IP4 203.0.113.10",
+                "a=rtpmap:111 opus/48000/2",
+                "a=fmtp:111 minptime=10;useinbandfec=1",
+                "a=rtcp-fb:111 transport-cc",
+                "a=rtpmap:0 PCMU/8000",
+                "a=rtpmap:8 PCMA/8000",
+                "a=rtpmap:101 telephone-event/8000",
+                "a=fmtp:101 0-16",
+                "a=ptime:20",
+                "a=rtcp:30001 IN IP4 203.0.113.10",
+                "a=rtcp-mux",
+                "a=sendrecv",
+                "m=video 0 RTP/AVP 96",
+            ])
+        );
+    }
+
+    #[test]
+    fn ipv4_offer_relayed_to_an_ipv6_side_uses_in_ip6_everywhere() {
+        let out = rewrite_offer(
+            &parsed(PHONE_OFFER),
+            &endpoint_v6(30000),
+            &CodecPolicy::Passthrough,
+            &mut OriginState::new(42),
+        )
+        .expect("passthrough relay never fails")
+        .to_string();
+        let lines: Vec<&str> = out.split("\r\n").collect();
+        assert_eq!(lines[1], "o=switchboard 42 1 IN IP6 2001:db8::10");
+        assert_eq!(lines[3], "c=IN IP6 2001:db8::10", "session-level c=");
+        assert_eq!(lines[6], "c=IN IP6 2001:db8::10", "media-level c=");
+        assert!(lines.contains(&"a=rtcp:30001 IN IP6 2001:db8::10"));
+        assert!(!out.contains("IP4"), "no IPv4 left in {out}");
+    }
+
+    #[test]
+    fn ipv6_offer_relayed_to_an_ipv4_side_uses_in_ip4() {
+        let offer = parsed(&[
+            "v=0",
+            "o=- 1 1 IN IP6 2001:db8::7",
+            "s=-",
+            "c=IN IP6 2001:db8::7",
+            "t=0 0",
+            "m=audio 5004 RTP/AVP 0",
+            "c=IN IP6 2001:db8::7",
+        ]);
+        assert_eq!(
+            relayed(&offer),
+            body(&[
+                "v=0",
+                "o=switchboard 42 1 IN IP4 203.0.113.10",
+                "s=-",
+                "c=IN IP4 203.0.113.10",
+                "t=0 0",
+                "m=audio 30000 RTP/AVP 0",
+                "c=IN IP4 203.0.113.10",
+            ])
+        );
+    }
+
+    #[test]
+    fn restrict_policy_keeps_g711_and_telephone_event_in_offerer_order() {
+        let out = rewrite_offer(
+            &parsed(PHONE_OFFER),
+            &endpoint_v4(30000),
+            &CodecPolicy::g711_with_telephone_event(),
+            &mut OriginState::new(42),
+        )
+        .expect("the offer has G.711");
+        let audio = out.to_string();
+        let start = audio.find("m=audio").expect("audio section kept");
+        let end = audio.find("m=video").expect("video section kept");
+        assert_eq!(
+            &audio[start..end],
+            body(&[
+                "m=audio 30000 RTP/AVP 0 8 101",
+                "c=IN IP4 203.0.113.10",
+                "a=rtpmap:0 PCMU/8000",
+                "a=rtpmap:8 PCMA/8000",
+                "a=rtpmap:101 telephone-event/8000",
+                "a=fmtp:101 0-16",
+                "a=ptime:20",
+                "a=rtcp:30001 IN IP4 203.0.113.10",
+                "a=rtcp-mux",
+                "a=sendrecv",
+            ])
+        );
+    }
+
+    #[test]
+    fn restrict_policy_without_common_codec_fails_naming_both_sides() {
+        let offer = g711_offer(
+            "m=audio 5004 RTP/AVP 111 101",
+            &[
+                "a=rtpmap:111 opus/48000/2",
+                "a=rtpmap:101 telephone-event/48000",
+            ],
+        );
+        let error = rewrite_offer(
+            &offer,
+            &endpoint_v4(30000),
+            &CodecPolicy::g711_with_telephone_event(),
+            &mut OriginState::new(42),
+        )
+        .expect_err("opus alone has nothing in common with G.711");
+        assert_eq!(
+            error.to_string(),
+            "no common codec: offer has opus/48000/2, telephone-event/48000; \
+             manager supports PCMU/8000, PCMA/8000, telephone-event/8000"
+        );
+    }
+
+    #[test]
+    fn telephone_event_and_ptime_pass_through_with_their_payload_type() {
+        let offer = g711_offer(
+            "m=audio 5004 RTP/AVP 0 96",
+            &[
+                "a=rtpmap:96 telephone-event/8000",
+                "a=fmtp:96 0-15",
+                "a=ptime:30",
+            ],
+        );
+        assert_eq!(
+            relayed(&offer),
+            body(&[
+                "v=0",
+                "o=switchboard 42 1 IN IP4 203.0.113.10",
+                "s=-",
+                "c=IN IP4 203.0.113.10",
+                "t=0 0",
+                "m=audio 30000 RTP/AVP 0 96",
+                "a=rtpmap:96 telephone-event/8000",
+                "a=fmtp:96 0-15",
+                "a=ptime:30",
+            ])
+        );
+    }
+
+    #[test]
+    fn relayed_hold_keeps_its_direction() {
+        for direction in ["a=sendonly", "a=recvonly", "a=inactive"] {
+            let out = relayed(&g711_offer("m=audio 5004 RTP/AVP 0", &[direction]));
+            assert!(
+                out.ends_with(&format!("m=audio 30000 RTP/AVP 0\r\n{direction}\r\n")),
+                "{direction} must be relayed unchanged: {out}"
+            );
+        }
+        let session_level = parsed(&[
+            "v=0",
+            "o=- 5 5 IN IP4 192.0.2.5",
+            "s=-",
+            "c=IN IP4 192.0.2.5",
+            "t=0 0",
+            "a=sendonly",
+            "m=audio 5004 RTP/AVP 0",
+        ]);
+        assert!(relayed(&session_level).ends_with("a=sendonly\r\nm=audio 30000 RTP/AVP 0\r\n"));
+    }
+
+    #[test]
+    fn rfc2543_hold_becomes_an_explicit_direction_when_relayed() {
+        let held = |direction: &[&str]| {
+            let mut lines = vec![
+                "v=0",
+                "o=- 5 6 IN IP4 192.0.2.5",
+                "s=-",
+                "c=IN IP4 0.0.0.0",
+                "t=0 0",
+            ];
+            lines.extend_from_slice(direction);
+            lines.push("m=audio 5004 RTP/AVP 0");
+            relayed(&parsed(&lines))
+        };
+        assert_eq!(
+            held(&[]),
+            body(&[
+                "v=0",
+                "o=switchboard 42 1 IN IP4 203.0.113.10",
+                "s=-",
+                "c=IN IP4 203.0.113.10",
+                "t=0 0",
+                "m=audio 30000 RTP/AVP 0",
+                "a=sendonly",
+            ])
+        );
+        assert!(held(&["a=recvonly"]).ends_with("m=audio 30000 RTP/AVP 0\r\na=inactive\r\n"));
+    }
+
+    #[test]
+    fn other_media_are_rejected_in_place() {
+        let offer = parsed(&[
+            "v=0",
+            "o=- 5 5 IN IP4 192.0.2.5",
+            "s=-",
+            "c=IN IP4 192.0.2.5",
+            "t=0 0",
+            "m=video 5006 RTP/AVP 96",
+            "b=AS:512",
+            "a=rtpmap:96 VP8/90000",
+            "m=audio 5004 RTP/AVP 0",
+            "m=image 5008 udptl t38",
+            "a=T38FaxVersion:0",
+            "m=audio 5010 RTP/AVP 8",
+            "m=application 5012 UDP/BFCP *",
+        ]);
+        assert_eq!(
+            relayed(&offer),
+            body(&[
+                "v=0",
+                "o=switchboard 42 1 IN IP4 203.0.113.10",
+                "s=-",
+                "c=IN IP4 203.0.113.10",
+                "t=0 0",
+                "m=video 0 RTP/AVP 96",
+                "m=audio 30000 RTP/AVP 0",
+                "m=image 0 udptl t38",
+                "m=audio 0 RTP/AVP 8",
+                "m=application 0 UDP/BFCP *",
+            ])
+        );
+    }
+
+    #[test]
+    fn unchanged_reoffer_keeps_the_origin_version_and_a_change_moves_it() {
+        let mut origin = OriginState::new(42);
+        let local = endpoint_v4(30000);
+        let mut offer_once = |offer: &SessionDescription| {
+            rewrite_offer(offer, &local, &CodecPolicy::Passthrough, &mut origin)
+                .expect("passthrough relay never fails")
+                .origin
+        };
+        let initial = g711_offer("m=audio 5004 RTP/AVP 0", &[]);
+        // The peer's own version moving does not matter: only what the
+        // manager sends counts.
+        let mut reoffer = initial.clone();
+        reoffer.origin.version = "6".to_owned();
+        let hold = g711_offer("m=audio 5004 RTP/AVP 0", &["a=sendonly"]);
+        let versions: Vec<String> = [&initial, &reoffer, &hold, &hold, &initial]
+            .into_iter()
+            .map(|offer| {
+                let origin = offer_once(offer);
+                assert_eq!(origin.session_id, "42", "the session id never changes");
+                origin.version
+            })
+            .collect();
+        assert_eq!(versions, ["1", "1", "2", "2", "3"]);
+    }
+
+    #[test]
+    fn origin_state_counts_only_changes() {
+        let mut origin = OriginState::new(7);
+        assert_eq!(origin.next("a"), (7, 1));
+        assert_eq!(origin.next("a"), (7, 1));
+        assert_eq!(origin.next("b"), (7, 2));
+        assert_eq!(origin.next("a"), (7, 3));
+    }
+
+    #[test]
+    fn rtcp_mux_is_dropped_when_this_side_does_not_mux() {
+        let offer = g711_offer("m=audio 5004 RTP/AVP 0", &["a=rtcp:5005", "a=rtcp-mux"]);
+        let local = LocalEndpoint {
+            rtcp_mux: false,
+            ..endpoint_v4(30000)
+        };
+        let out = rewrite_offer(
+            &offer,
+            &local,
+            &CodecPolicy::Passthrough,
+            &mut OriginState::new(1),
+        )
+        .expect("passthrough relay never fails");
+        assert_eq!(
+            out.media[0].attributes,
+            [Attribute::Rtcp(Rtcp {
+                port: RtpPort::new(30001),
+                address: None,
+            })]
+        );
+    }
+
+    #[test]
+    fn rtcp_port_is_stated_only_when_it_is_not_rtp_plus_one() {
+        let offer = g711_offer("m=audio 5004 RTP/AVP 0", &[]);
+        assert!(relayed(&offer).ends_with("m=audio 30000 RTP/AVP 0\r\n"));
+        let odd = LocalEndpoint {
+            rtcp_port: RtpPort::new(30005),
+            ..endpoint_v4(30000)
+        };
+        let out = rewrite_offer(
+            &offer,
+            &odd,
+            &CodecPolicy::Passthrough,
+            &mut OriginState::new(1),
+        )
+        .expect("passthrough relay never fails");
+        assert!(out
+            .to_string()
+            .ends_with("m=audio 30000 RTP/AVP 0\r\na=rtcp:30005\r\n"));
+    }
+
+    /// The callee's answer to the manager's rewrite of [`PHONE_OFFER`].
+    const CALLEE_ANSWER: &[&str] = &[
+        "v=0",
+        "o=bob 1 1 IN IP4 192.0.2.20",
+        "s=-",
+        "c=IN IP4 192.0.2.20",
+        "t=0 0",
+        "m=audio 6000 RTP/AVP 8 101",
+        "a=rtpmap:8 PCMA/8000",
+        "a=rtpmap:101 telephone-event/8000",
+        "a=fmtp:101 0-15",
+        "a=ptime:20",
+        "a=rtcp:6001",
+        "a=sendrecv",
+        "m=video 0 RTP/AVP 96",
+    ];
+
+    #[test]
+    fn relayed_answer_points_at_the_manager_and_agrees_the_offerers_mux() {
+        let out = rewrite_answer(
+            &parsed(PHONE_OFFER),
+            &parsed(CALLEE_ANSWER),
+            &endpoint_v4(30010),
+            &mut OriginState::new(7),
+        )
+        .expect("the answer pairs with the offer");
+        // The callee did not mux, the caller offered it and this side of
+        // the manager muxes: the caller gets mux and no a=rtcp.
+        assert_eq!(
+            out.to_string(),
+            body(&[
+                "v=0",
+                "o=switchboard 7 1 IN IP4 203.0.113.10",
+                "s=-",
+                "c=IN IP4 203.0.113.10",
+                "t=0 0",
+                "m=audio 30010 RTP/AVP 8 101",
+                "a=rtpmap:8 PCMA/8000",
+                "a=rtpmap:101 telephone-event/8000",
+                "a=fmtp:101 0-15",
+                "a=ptime:20",
+                "a=sendrecv",
+                "a=rtcp-mux",
+                "m=video 0 RTP/AVP 96",
+            ])
+        );
+    }
+
+    #[test]
+    fn relayed_answer_has_no_mux_when_the_offer_had_none() {
+        let offer = g711_offer("m=audio 5004 RTP/AVP 0", &[]);
+        let answer = parsed(&[
+            "v=0",
+            "o=bob 1 1 IN IP4 192.0.2.20",
+            "s=-",
+            "c=IN IP4 192.0.2.20",
+            "t=0 0",
+            "m=audio 6000 RTP/AVP 0",
+            "a=rtcp-mux",
+            "a=candidate:1 1 UDP 2130706431 192.0.2.20 6000 typ host",
+            "a=recvonly",
+        ]);
+        let out = rewrite_answer(
+            &offer,
+            &answer,
+            &endpoint_v4(30010),
+            &mut OriginState::new(7),
+        )
+        .expect("the answer pairs with the offer");
+        assert_eq!(
+            out.media[0].attributes,
+            [Attribute::Direction(Direction::RecvOnly)]
+        );
+    }
+
+    #[test]
+    fn relayed_answer_keeps_a_rejected_audio_rejected() {
+        let mut answer = parsed(CALLEE_ANSWER);
+        answer.media[0].port = RtpPort::REJECTED;
+        let out = rewrite_answer(
+            &parsed(PHONE_OFFER),
+            &answer,
+            &endpoint_v4(30010),
+            &mut OriginState::new(7),
+        )
+        .expect("the answer pairs with the offer");
+        assert!(out
+            .to_string()
+            .ends_with("m=audio 0 RTP/AVP 8 101\r\nm=video 0 RTP/AVP 96\r\n"));
+    }
+
+    #[test]
+    fn answer_with_another_media_count_is_refused() {
+        let mut answer = parsed(CALLEE_ANSWER);
+        answer.media.pop();
+        assert_eq!(
+            rewrite_answer(
+                &parsed(PHONE_OFFER),
+                &answer,
+                &endpoint_v4(30010),
+                &mut OriginState::new(7),
+            ),
+            Err(SdpError::MediaCountMismatch {
+                offer: 2,
+                answer: 1
+            })
+        );
+    }
+
+    #[test]
+    fn manager_answer_picks_pcma_when_offered_first() {
+        let offer = g711_offer(
+            "m=audio 5004 RTP/AVP 8 0 101",
+            &["a=rtpmap:101 telephone-event/8000", "a=fmtp:101 0-16"],
+        );
+        assert_eq!(
+            answered(&offer),
+            body(&[
+                "v=0",
+                "o=switchboard 9 1 IN IP4 203.0.113.10",
+                "s=switchboard",
+                "c=IN IP4 203.0.113.10",
+                "t=0 0",
+                "m=audio 30000 RTP/AVP 8 101",
+                "a=rtpmap:8 PCMA/8000",
+                "a=rtpmap:101 telephone-event/8000",
+                "a=fmtp:101 0-15",
+                "a=ptime:20",
+                "a=sendrecv",
+            ])
+        );
+    }
+
+    #[test]
+    fn manager_answer_picks_pcmu_after_opus_and_rejects_video() {
+        let offer = parsed(&[
+            "v=0",
+            "o=- 5 5 IN IP4 192.0.2.5",
+            "s=-",
+            "c=IN IP4 192.0.2.5",
+            "t=0 0",
+            "m=audio 5004 RTP/AVP 111 0",
+            "a=rtpmap:111 opus/48000/2",
+            "a=rtcp-mux",
+            "m=video 5006 RTP/AVP 96",
+            "a=rtpmap:96 H264/90000",
+        ]);
+        assert_eq!(
+            answered(&offer),
+            body(&[
+                "v=0",
+                "o=switchboard 9 1 IN IP4 203.0.113.10",
+                "s=switchboard",
+                "c=IN IP4 203.0.113.10",
+                "t=0 0",
+                "m=audio 30000 RTP/AVP 0",
+                "a=rtpmap:0 PCMU/8000",
+                "a=ptime:20",
+                "a=rtcp-mux",
+                "a=sendrecv",
+                "m=video 0 RTP/AVP 96",
+            ])
+        );
+    }
+
+    #[test]
+    fn manager_answer_keeps_a_dynamic_g711_payload_type() {
+        let offer = g711_offer("m=audio 5004 RTP/AVP 96", &["a=rtpmap:96 pcmu/8000"]);
+        assert!(answered(&offer).contains("m=audio 30000 RTP/AVP 96\r\na=rtpmap:96 pcmu/8000\r\n"));
+    }
+
+    #[test]
+    fn manager_answer_without_common_codec_fails_clearly() {
+        let offer = g711_offer("m=audio 5004 RTP/AVP 111 9", &["a=rtpmap:111 opus/48000/2"]);
+        let error = answer_locally(&offer, &endpoint_v4(30000), &mut OriginState::new(9))
+            .expect_err("opus and G.722 have nothing in common with G.711");
+        assert_eq!(
+            error.to_string(),
+            "no common codec: offer has opus/48000/2, G722/8000; manager supports PCMU, PCMA"
+        );
+    }
+
+    #[test]
+    fn manager_answer_refuses_srtp_audio() {
+        let offer = g711_offer(
+            "m=audio 5004 RTP/SAVP 0",
+            &["a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR"],
+        );
+        assert_eq!(
+            answer_locally(&offer, &endpoint_v4(30000), &mut OriginState::new(9)),
+            Err(SdpError::UnsupportedTransport {
+                protocol: "RTP/SAVP".to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn manager_answer_to_an_offer_without_audio_rejects_everything() {
+        let offer = parsed(&[
+            "v=0",
+            "o=- 5 5 IN IP4 192.0.2.5",
+            "s=-",
+            "c=IN IP4 192.0.2.5",
+            "t=0 0",
+            "m=image 5008 udptl t38",
+        ]);
+        assert!(answered(&offer).ends_with("t=0 0\r\nm=image 0 udptl t38\r\n"));
+    }
+
+    #[test]
+    fn manager_answer_mirrors_the_offered_direction() {
+        let cases = [
+            (None, "a=sendrecv"),
+            (Some("a=sendonly"), "a=recvonly"),
+            (Some("a=recvonly"), "a=sendonly"),
+            (Some("a=inactive"), "a=inactive"),
+        ];
+        for (offered, expected) in cases {
+            let offer = g711_offer("m=audio 5004 RTP/AVP 0", offered.as_slice());
+            let out = answered(&offer);
+            assert!(
+                out.ends_with(&format!("a=ptime:20\r\n{expected}\r\n")),
+                "{offered:?} must be answered with {expected}: {out}"
+            );
+        }
+        let mut held = g711_offer("m=audio 5004 RTP/AVP 0", &[]);
+        held.connection = Some(Connection::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED)));
+        assert!(answered(&held).ends_with("a=ptime:20\r\na=recvonly\r\n"));
+    }
+}
