@@ -1,1 +1,407 @@
 //! The media port pool: even RTP ports with RTCP on the next odd one.
+//!
+//! API: [`PortPool::new`]`(bind_address, min, max)` over the configured range;
+//! [`PortPool::allocate`]`(rtcp_mux)` binds a pair and returns a
+//! [`PortAllocation`] holding the non-blocking sockets; [`PortPool::release`]
+//! gives the pair back once its sockets are dropped; [`PortPool::retry_unbindable`]
+//! makes pairs that failed to bind eligible again; [`PortPool::total_pairs`] and
+//! [`PortPool::free_pairs`] feed health/info. Exhaustion is [`PortError::Exhausted`],
+//! which the gRPC layer maps to `RESOURCE_EXHAUSTED`.
+//!
+//! Allocation is round-robin from the pair after the last one handed out, so a
+//! released pair is reused as late as possible and stray packets from its
+//! previous call have died out by then. A pair whose sockets cannot be bound
+//! (another process holds a port) is skipped and set aside until
+//! [`PortPool::retry_unbindable`] or a release of that pair. The pool is not
+//! shared by itself: the owner wraps it in a mutex.
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+
+/// An even UDP port carrying RTP; RTCP is on the next port unless rtcp-mux is used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RtpPort(u16);
+
+impl RtpPort {
+    /// The RTP port `port`, or `None` when it is odd or 65535.
+    pub fn new(port: u16) -> Option<RtpPort> {
+        (port.is_multiple_of(2) && port < u16::MAX).then_some(RtpPort(port))
+    }
+
+    /// The RTP port number.
+    pub fn get(self) -> u16 {
+        self.0
+    }
+
+    /// The RTCP port number paired with it (RTP + 1).
+    pub fn rtcp(self) -> u16 {
+        self.0 + 1
+    }
+}
+
+impl fmt::Display for RtpPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// How the pool's pairs are used when allocation fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exhaustion {
+    /// Lowest port of the range.
+    pub min: u16,
+    /// Highest port of the range.
+    pub max: u16,
+    /// Pairs in the range.
+    pub total: usize,
+    /// Pairs allocated to legs.
+    pub in_use: usize,
+    /// Pairs skipped because a port could not be bound.
+    pub unbindable: usize,
+}
+
+impl fmt::Display for Exhaustion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no free RTP port pair in {}-{} ({} pairs",
+            self.min, self.max, self.total
+        )?;
+        if self.unbindable == 0 {
+            write!(f, ", all in use)")
+        } else {
+            write!(
+                f,
+                ": {} in use, {} could not be bound)",
+                self.in_use, self.unbindable
+            )
+        }
+    }
+}
+
+/// Port pool errors.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// The configured range holds no even/odd pair or starts on an odd port.
+    #[error("invalid media port range {min}-{max}: {reason}")]
+    InvalidRange {
+        /// Lowest port.
+        min: u16,
+        /// Highest port.
+        max: u16,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Every pair is in use or could not be bound.
+    #[error("{0}")]
+    Exhausted(Exhaustion),
+    /// The port released is not an allocated pair of this pool.
+    #[error("RTP port {0} is not allocated from this pool")]
+    NotAllocated(RtpPort),
+}
+
+/// The state of one pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    Free,
+    InUse,
+    Unbindable,
+}
+
+/// A bound pair handed to a leg.
+#[derive(Debug)]
+pub struct PortAllocation {
+    /// The RTP port; RTCP is on [`RtpPort::rtcp`] unless rtcp-mux was requested.
+    pub port: RtpPort,
+    /// The RTP socket, non-blocking.
+    pub rtp: UdpSocket,
+    /// The RTCP socket, non-blocking; `None` with rtcp-mux.
+    pub rtcp: Option<UdpSocket>,
+}
+
+/// The pool of RTP/RTCP port pairs; see the module documentation.
+#[derive(Debug)]
+pub struct PortPool {
+    bind: IpAddr,
+    min: u16,
+    max: u16,
+    slots: Vec<Slot>,
+    /// Index of the pair the next allocation tries first.
+    cursor: usize,
+}
+
+fn bind_nonblocking(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = UdpSocket::bind(addr)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+impl PortPool {
+    /// A pool over `min..=max` whose sockets bind to `bind`.
+    pub fn new(bind: IpAddr, min: u16, max: u16) -> Result<PortPool, PortError> {
+        let invalid = |reason| Err(PortError::InvalidRange { min, max, reason });
+        if !min.is_multiple_of(2) {
+            return invalid("the lowest port must be even");
+        }
+        if max <= min {
+            return invalid("the highest port must be above the lowest");
+        }
+        let pairs = (usize::from(max) - usize::from(min)).div_ceil(2);
+        Ok(PortPool {
+            bind,
+            min,
+            max,
+            slots: vec![Slot::Free; pairs],
+            cursor: 0,
+        })
+    }
+
+    /// The address the sockets bind to.
+    pub fn bind_address(&self) -> IpAddr {
+        self.bind
+    }
+
+    /// Pairs in the range.
+    pub fn total_pairs(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Pairs available for allocation (neither in use nor set aside as unbindable).
+    pub fn free_pairs(&self) -> usize {
+        self.count(Slot::Free)
+    }
+
+    /// Pairs set aside because a port could not be bound.
+    pub fn unbindable_pairs(&self) -> usize {
+        self.count(Slot::Unbindable)
+    }
+
+    fn count(&self, state: Slot) -> usize {
+        self.slots.iter().filter(|s| **s == state).count()
+    }
+
+    fn port_of(&self, index: usize) -> RtpPort {
+        // In range by construction: index < pairs, so the port is at most max - 1.
+        RtpPort(self.min + 2 * index as u16)
+    }
+
+    /// Binds the next free pair, round-robin; with `rtcp_mux` only the RTP port is
+    /// bound, though the RTCP port stays reserved with it.
+    pub fn allocate(&mut self, rtcp_mux: bool) -> Result<PortAllocation, PortError> {
+        let pairs = self.slots.len();
+        for offset in 0..pairs {
+            let index = (self.cursor + offset) % pairs;
+            if self.slots[index] != Slot::Free {
+                continue;
+            }
+            let port = self.port_of(index);
+            match self.bind_pair(port, rtcp_mux) {
+                Ok((rtp, rtcp)) => {
+                    self.slots[index] = Slot::InUse;
+                    self.cursor = (index + 1) % pairs;
+                    return Ok(PortAllocation { port, rtp, rtcp });
+                }
+                Err(error) => {
+                    tracing::debug!(%port, %error, "media port pair cannot be bound, skipped");
+                    self.slots[index] = Slot::Unbindable;
+                }
+            }
+        }
+        Err(PortError::Exhausted(Exhaustion {
+            min: self.min,
+            max: self.max,
+            total: pairs,
+            in_use: self.count(Slot::InUse),
+            unbindable: self.count(Slot::Unbindable),
+        }))
+    }
+
+    fn bind_pair(
+        &self,
+        port: RtpPort,
+        rtcp_mux: bool,
+    ) -> io::Result<(UdpSocket, Option<UdpSocket>)> {
+        let rtp = bind_nonblocking(SocketAddr::new(self.bind, port.get()))?;
+        let rtcp = if rtcp_mux {
+            None
+        } else {
+            Some(bind_nonblocking(SocketAddr::new(self.bind, port.rtcp()))?)
+        };
+        Ok((rtp, rtcp))
+    }
+
+    /// Returns an allocated pair to the pool; its sockets must have been dropped.
+    pub fn release(&mut self, port: RtpPort) -> Result<(), PortError> {
+        let index = port
+            .get()
+            .checked_sub(self.min)
+            .map(|d| usize::from(d / 2))
+            .filter(|i| *i < self.slots.len() && self.slots[*i] == Slot::InUse)
+            .ok_or(PortError::NotAllocated(port))?;
+        self.slots[index] = Slot::Free;
+        Ok(())
+    }
+
+    /// Makes every pair set aside as unbindable eligible again; returns how many.
+    pub fn retry_unbindable(&mut self) -> usize {
+        let mut count = 0;
+        for slot in &mut self.slots {
+            if *slot == Slot::Unbindable {
+                *slot = Slot::Free;
+                count += 1;
+            }
+        }
+        count
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    /// An even base port in `from..from + 1000` whose next `2 * pairs` ports all
+    /// bind right now, so tests cope with ports other processes hold.
+    fn free_range(from: u16, pairs: u16) -> u16 {
+        let mut base = from;
+        while base < from + 1000 {
+            let held: io::Result<Vec<UdpSocket>> = (base..base + 2 * pairs)
+                .map(|p| UdpSocket::bind((LOCALHOST, p)))
+                .collect();
+            if held.is_ok() {
+                return base;
+            }
+            base += 2 * pairs;
+        }
+        panic!(
+            "no {pairs} free port pairs on 127.0.0.1 in {from}-{}",
+            from + 1000
+        );
+    }
+
+    fn pool(from: u16, pairs: u16) -> (PortPool, u16) {
+        let base = free_range(from, pairs);
+        let pool = PortPool::new(LOCALHOST, base, base + 2 * pairs).expect("valid range");
+        (pool, base)
+    }
+
+    #[test]
+    fn allocates_every_pair_then_reports_exhaustion() {
+        let (mut pool, base) = pool(40000, 5);
+        assert_eq!((pool.total_pairs(), pool.free_pairs()), (5, 5));
+        let held: Vec<PortAllocation> = (0..5)
+            .map(|_| pool.allocate(false).expect("pair available"))
+            .collect();
+        let ports: Vec<u16> = held.iter().map(|a| a.port.get()).collect();
+        assert_eq!(ports, [base, base + 2, base + 4, base + 6, base + 8]);
+        for a in &held {
+            let rtp = a.rtp.local_addr().expect("bound RTP socket");
+            assert_eq!(rtp, SocketAddr::new(LOCALHOST, a.port.get()));
+            let rtcp = a.rtcp.as_ref().expect("RTCP socket without rtcp-mux");
+            assert_eq!(
+                rtcp.local_addr().expect("bound RTCP socket").port(),
+                a.port.get() + 1
+            );
+        }
+        assert_eq!(pool.free_pairs(), 0);
+        let err = pool.allocate(false).expect_err("pool exhausted");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "no free RTP port pair in {base}-{} (5 pairs, all in use)",
+                base + 10
+            )
+        );
+    }
+
+    #[test]
+    fn released_pairs_are_reused_round_robin() {
+        let (mut pool, base) = pool(41000, 3);
+        let first = pool.allocate(false).expect("pair");
+        assert_eq!(first.port.get(), base);
+        drop(first.rtp);
+        drop(first.rtcp);
+        pool.release(first.port).expect("allocated pair");
+        assert_eq!(pool.free_pairs(), 3);
+        let order: Vec<u16> = (0..3)
+            .map(|_| pool.allocate(false).expect("pair").port.get())
+            .collect();
+        // Sockets of these allocations are dropped at once; the pool still holds the pairs.
+        assert_eq!(order, [base + 2, base + 4, base], "just-released pair last");
+        assert!(matches!(pool.release(RtpPort(base + 2)), Ok(())));
+        assert!(matches!(
+            pool.release(RtpPort(base + 2)),
+            Err(PortError::NotAllocated(RtpPort(p))) if p == base + 2
+        ));
+        assert!(matches!(
+            pool.release(RtpPort(base - 2)),
+            Err(PortError::NotAllocated(_))
+        ));
+        assert_eq!(pool.allocate(false).expect("pair").port.get(), base + 2);
+    }
+
+    #[test]
+    fn busy_ports_are_skipped_until_retried() {
+        let (mut pool, base) = pool(42000, 3);
+        // Another process holds the RTCP port of the second pair.
+        let blocker = UdpSocket::bind((LOCALHOST, base + 3)).expect("blocker binds");
+        let a = pool.allocate(false).expect("first pair");
+        let b = pool.allocate(false).expect("third pair");
+        assert_eq!((a.port.get(), b.port.get()), (base, base + 4));
+        assert_eq!(pool.unbindable_pairs(), 1);
+        assert_eq!(pool.free_pairs(), 0);
+        let err = pool.allocate(false).expect_err("exhausted");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "no free RTP port pair in {base}-{} (3 pairs: 2 in use, 1 could not be bound)",
+                base + 6
+            )
+        );
+        drop(blocker);
+        assert_eq!(pool.retry_unbindable(), 1);
+        let c = pool.allocate(false).expect("second pair after retry");
+        assert_eq!(c.port.get(), base + 2);
+    }
+
+    #[test]
+    fn rtcp_mux_binds_only_rtp() {
+        let (mut pool, base) = pool(43000, 2);
+        let a = pool.allocate(true).expect("pair");
+        assert_eq!(a.port.get(), base);
+        assert!(a.rtcp.is_none());
+        assert_eq!(a.rtp.local_addr().expect("bound").port(), base, "RTP bound");
+        // The RTCP port stays reserved: the next allocation takes the next pair.
+        assert_eq!(pool.allocate(true).expect("pair").port.get(), base + 2);
+    }
+
+    #[test]
+    fn sockets_are_nonblocking() {
+        let (mut pool, _) = pool(44000, 1);
+        let a = pool.allocate(false).expect("pair");
+        let mut buf = [0u8; 16];
+        let err = a.rtp.recv_from(&mut buf).expect_err("nothing to read");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn rejects_invalid_ranges() {
+        let err = PortPool::new(LOCALHOST, 10001, 10010).expect_err("odd min");
+        assert_eq!(
+            err.to_string(),
+            "invalid media port range 10001-10010: the lowest port must be even"
+        );
+        assert!(matches!(
+            PortPool::new(LOCALHOST, 10000, 10000),
+            Err(PortError::InvalidRange { .. })
+        ));
+        let pool = PortPool::new(LOCALHOST, 10000, 10011).expect("valid");
+        assert_eq!(pool.total_pairs(), 6);
+        assert_eq!(RtpPort::new(10001), None);
+        assert_eq!(RtpPort::new(10000).map(RtpPort::rtcp), Some(10001));
+    }
+}
