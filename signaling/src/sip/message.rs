@@ -1,0 +1,344 @@
+//! The parsed message and the protocol identifiers the rest of the server keys on.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use super::header::{CSeq, Header, Method, Via};
+use super::uri::{is_lws, parse_delta_seconds, split_top_level_commas, NameAddr, Uri};
+
+/// Max-Forwards assumed when a request carries none (RFC 3261 §8.1.1.6).
+pub const DEFAULT_MAX_FORWARDS: u32 = 70;
+
+/// The magic cookie that starts RFC 3261 branch ids (§8.1.1.7).
+pub const BRANCH_MAGIC_COOKIE: &str = "z9hG4bK";
+
+macro_rules! text_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Wraps a value as it appears on the wire.
+            pub fn new(value: impl Into<String>) -> Self {
+                Self(value.into())
+            }
+
+            /// Returns the value as it appears on the wire.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+text_newtype!(
+    /// A Call-ID header value.
+    CallId
+);
+text_newtype!(
+    /// A Via `branch` parameter: the transaction id (RFC 3261 §17.1.3).
+    Branch
+);
+text_newtype!(
+    /// A From or To `tag` parameter: one half of a dialog id.
+    Tag
+);
+
+impl Branch {
+    /// `true` when the branch starts with the RFC 3261 magic cookie and has
+    /// something after it, so it can identify a transaction on its own.
+    pub fn is_rfc3261(&self) -> bool {
+        self.0.len() > BRANCH_MAGIC_COOKIE.len() && self.0.starts_with(BRANCH_MAGIC_COOKIE)
+    }
+}
+
+impl Tag {
+    /// Derives a To tag from the request alone, so that a stateless answer to
+    /// a retransmission carries the same tag (RFC 3261 §8.2.7). The value is
+    /// a 64-bit FNV-1a hash, stable across builds and platforms.
+    pub fn stateless(call_id: &str, from_tag: &str, branch: &str) -> Tag {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in [call_id, "\0", from_tag, "\0", branch]
+            .iter()
+            .flat_map(|part| part.bytes())
+        {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        Tag(format!("sb{hash:016x}"))
+    }
+}
+
+/// The first line of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartLine {
+    /// `Method Request-URI SIP/2.0`
+    Request {
+        /// Request method.
+        method: Method,
+        /// Request-URI.
+        uri: Uri,
+    },
+    /// `SIP/2.0 Status-Code Reason-Phrase`
+    Response {
+        /// Status code, 100 to 699.
+        status: u16,
+        /// Reason phrase as written (may be empty).
+        reason: String,
+    },
+}
+
+/// A parsed SIP request or response.
+///
+/// Produced by [`parse`](super::parse); every request and response that
+/// parses carries at least one Via and exactly one From, To, Call-ID and
+/// CSeq, so those accessors cannot fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipMessage {
+    pub(crate) start: StartLine,
+    pub(crate) headers: Vec<Header>,
+    pub(crate) body: Vec<u8>,
+    pub(crate) vias: Vec<Via>,
+    pub(crate) from: NameAddr,
+    pub(crate) to: NameAddr,
+    pub(crate) call_id: CallId,
+    pub(crate) cseq: CSeq,
+    pub(crate) max_forwards: Option<u32>,
+    pub(crate) contacts: Vec<NameAddr>,
+    pub(crate) contact_wildcard: bool,
+    pub(crate) rsip: Option<rsip::SipMessage>,
+}
+
+impl SipMessage {
+    /// Returns the start line.
+    pub fn start_line(&self) -> &StartLine {
+        &self.start
+    }
+
+    /// `true` for requests.
+    pub fn is_request(&self) -> bool {
+        matches!(self.start, StartLine::Request { .. })
+    }
+
+    /// Returns the request method, or for a response the CSeq method (the
+    /// method of the request it answers).
+    pub fn method(&self) -> &Method {
+        match &self.start {
+            StartLine::Request { method, .. } => method,
+            StartLine::Response { .. } => &self.cseq.method,
+        }
+    }
+
+    /// Returns the Request-URI of a request.
+    pub fn request_uri(&self) -> Option<&Uri> {
+        match &self.start {
+            StartLine::Request { uri, .. } => Some(uri),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// Returns the status code of a response.
+    pub fn status(&self) -> Option<u16> {
+        match &self.start {
+            StartLine::Request { .. } => None,
+            StartLine::Response { status, .. } => Some(*status),
+        }
+    }
+
+    /// Returns the reason phrase of a response.
+    pub fn reason(&self) -> Option<&str> {
+        match &self.start {
+            StartLine::Request { .. } => None,
+            StartLine::Response { reason, .. } => Some(reason),
+        }
+    }
+
+    /// Returns every Via value, topmost first, across all Via header lines.
+    pub fn vias(&self) -> &[Via] {
+        &self.vias
+    }
+
+    /// Returns the topmost Via.
+    pub fn top_via(&self) -> &Via {
+        // parse() refuses messages without a Via, so the vector is never empty.
+        &self.vias[0]
+    }
+
+    /// Returns the Call-ID.
+    pub fn call_id(&self) -> &CallId {
+        &self.call_id
+    }
+
+    /// Returns the CSeq.
+    pub fn cseq(&self) -> &CSeq {
+        &self.cseq
+    }
+
+    /// Returns the From value.
+    pub fn from(&self) -> &NameAddr {
+        &self.from
+    }
+
+    /// Returns the To value.
+    pub fn to(&self) -> &NameAddr {
+        &self.to
+    }
+
+    /// Returns the From tag (absent in RFC 2543 requests).
+    pub fn from_tag(&self) -> Option<Tag> {
+        self.from.tag()
+    }
+
+    /// Returns the To tag (absent outside dialogs).
+    pub fn to_tag(&self) -> Option<Tag> {
+        self.to.tag()
+    }
+
+    /// Returns Max-Forwards, [`DEFAULT_MAX_FORWARDS`] when absent. Values
+    /// beyond `u32` saturate.
+    pub fn max_forwards(&self) -> u32 {
+        self.max_forwards.unwrap_or(DEFAULT_MAX_FORWARDS)
+    }
+
+    /// `true` when the message carried a Max-Forwards header.
+    pub fn has_max_forwards(&self) -> bool {
+        self.max_forwards.is_some()
+    }
+
+    /// Returns the Contact values in order (empty for `Contact: *`).
+    pub fn contacts(&self) -> &[NameAddr] {
+        &self.contacts
+    }
+
+    /// `true` for `Contact: *` (a REGISTER removing all bindings).
+    pub fn contact_is_wildcard(&self) -> bool {
+        self.contact_wildcard
+    }
+
+    /// Returns the Expires header in seconds; values beyond `u32` saturate,
+    /// unreadable values count as absent.
+    pub fn expires(&self) -> Option<u32> {
+        self.header("Expires")
+            .and_then(|v| parse_delta_seconds(v.trim_matches(is_lws)))
+    }
+
+    /// Returns the option tags of every Require header.
+    pub fn require(&self) -> Vec<String> {
+        self.tokens("Require")
+    }
+
+    /// Returns the option tags of every Proxy-Require header.
+    pub fn proxy_require(&self) -> Vec<String> {
+        self.tokens("Proxy-Require")
+    }
+
+    /// Returns the option tags of every Supported header.
+    pub fn supported(&self) -> Vec<String> {
+        self.tokens("Supported")
+    }
+
+    /// Returns the Content-Type value as written.
+    pub fn content_type(&self) -> Option<&str> {
+        self.header("Content-Type")
+    }
+
+    /// Returns the media type of Content-Type, lower-cased and without
+    /// parameters (`application/sdp`).
+    pub fn media_type(&self) -> Option<String> {
+        self.content_type().map(media_type_of)
+    }
+
+    /// Returns the body length (Content-Length after framing).
+    pub fn content_length(&self) -> usize {
+        self.body.len()
+    }
+
+    /// Returns the body.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// Returns all headers in order, names canonical, values unfolded.
+    pub fn headers(&self) -> &[Header] {
+        &self.headers
+    }
+
+    /// Returns the first value of a header; names match case-insensitively
+    /// and compact forms are accepted (`header("i")` finds Call-ID).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.header_values(name).next()
+    }
+
+    /// Returns every value of a header, one per header line, in order.
+    pub fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a str> + 'a {
+        let wanted = super::header::canonical_name(name);
+        self.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(&wanted))
+            .map(|h| h.value.as_str())
+    }
+
+    /// Returns the comma-separated items of every value of a header.
+    pub fn header_list(&self, name: &str) -> Vec<String> {
+        self.header_values(name)
+            .flat_map(|v| split_top_level_commas(v).unwrap_or_else(|_| vec![v]))
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Returns the same message in rsip's model, when rsip can represent it
+    /// (not for extension methods, `tel:` or IPv6 Request-URIs and similar).
+    /// It is built from the normalised text: full header names, unfolded.
+    pub fn rsip(&self) -> Option<&rsip::SipMessage> {
+        self.rsip.as_ref()
+    }
+
+    /// Applies RFC 3261 §18.2.1 and RFC 3581 to the top Via of a received
+    /// request: adds `received` when the sent-by host is not the packet's
+    /// source address (or when `rport` asks for it) and fills an empty
+    /// `rport` with the source port. The server transport calls this once per
+    /// request, before responses are built, so responses echo the values.
+    pub fn stamp_received(&mut self, source: SocketAddr) {
+        if !self.is_request() {
+            return;
+        }
+        let via = &mut self.vias[0];
+        let wants_rport = via.has_rport() && via.rport().is_none();
+        if wants_rport {
+            via.set_param("rport", Some(source.port().to_string()));
+        }
+        if wants_rport || via.host.ip() != Some(source.ip()) {
+            via.set_param("received", Some(format_received(source.ip())));
+        }
+    }
+
+    fn tokens(&self, name: &str) -> Vec<String> {
+        self.header_list(name)
+    }
+}
+
+/// Writes an address as a `received` value: IPv6 without brackets, as in
+/// RFC 3261's grammar.
+fn format_received(ip: IpAddr) -> String {
+    ip.to_string()
+}
+
+/// Returns the lower-cased media type of a Content-Type value.
+pub(crate) fn media_type_of(value: &str) -> String {
+    value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .chars()
+        .filter(|c| !is_lws(*c))
+        .collect::<String>()
+        .to_ascii_lowercase()
+}

@@ -1,0 +1,439 @@
+//! Parsing a framed message into a [`SipMessage`].
+//!
+//! The header section is normalised first (lines unfolded, compact names
+//! expanded, names case-folded to their canonical spelling), then the start
+//! line and the headers the server relies on are read with this module's
+//! own parsers. rsip is given the normalised text afterwards, so it sees no
+//! compact names or folding; whatever it still cannot represent (extension
+//! methods, `tel:` or IPv6 URIs, ...) leaves [`SipMessage::rsip`] empty
+//! instead of failing the message.
+
+use super::framing::{frame_datagram_with, FrameError, FramingLimits};
+use super::header::{canonical_name, CSeq, Header, Method, Via};
+use super::message::{CallId, SipMessage, StartLine};
+use super::uri::{
+    is_lws, is_token_char, parse_delta_seconds, split_top_level_commas, NameAddr, Uri,
+};
+
+/// What is wrong with a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseErrorKind {
+    /// The octets could not be framed as one message.
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    /// The start line is neither a Request-Line nor a Status-Line.
+    #[error("malformed start line: {0}")]
+    MalformedStartLine(&'static str),
+    /// The SIP-Version is well-formed but not SIP/2.0.
+    #[error("unsupported SIP version {0}")]
+    UnsupportedVersion(String),
+    /// The status code is not three digits from 100 to 699.
+    #[error("invalid status code")]
+    InvalidStatusCode,
+    /// The Request-URI cannot be read.
+    #[error("malformed Request-URI: {0}")]
+    InvalidRequestUri(String),
+    /// A header line has no `name:` prefix.
+    #[error("malformed header line {0}")]
+    MalformedHeaderLine(usize),
+    /// A mandatory header is absent.
+    #[error("missing {0} header")]
+    MissingHeader(&'static str),
+    /// A single-valued header appears several times with different values.
+    #[error("conflicting {0} headers")]
+    ConflictingHeader(&'static str),
+    /// A header the server relies on has an unreadable value.
+    #[error("malformed {name} header: {detail}")]
+    InvalidHeader {
+        /// Canonical header name.
+        name: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
+}
+
+/// A message that could not be parsed, with what is needed to answer it.
+///
+/// When the octets looked like a request with a Via, the Via, From, To,
+/// Call-ID and CSeq lines are kept as written so that
+/// [`build_error_response`](super::build_error_response) can answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}")]
+pub struct ParseError {
+    kind: ParseErrorKind,
+    method: Option<Method>,
+    salvaged: Vec<Header>,
+}
+
+/// Headers copied into error responses (RFC 3261 §8.2.6.2), plus the
+/// Timestamp a 100 echoes.
+const SALVAGED: &[&str] = &["Via", "From", "To", "Call-ID", "CSeq"];
+
+impl ParseError {
+    /// Builds the error for octets that failed to frame, salvaging response
+    /// headers from the header section `head` (possibly incomplete).
+    pub fn from_frame(error: FrameError, head: &[u8]) -> ParseError {
+        let tokens = Tokens::read(head);
+        ParseError {
+            kind: ParseErrorKind::Frame(error),
+            method: tokens.request_method(),
+            salvaged: tokens.salvage(),
+        }
+    }
+
+    /// Returns what is wrong.
+    pub fn kind(&self) -> &ParseErrorKind {
+        &self.kind
+    }
+
+    /// Returns the status code this problem maps to, `None` when the octets
+    /// are never to be answered (keep-alives).
+    pub fn status(&self) -> Option<u16> {
+        match &self.kind {
+            ParseErrorKind::Frame(error) => error.status(),
+            ParseErrorKind::UnsupportedVersion(_) => Some(505),
+            _ => Some(400),
+        }
+    }
+
+    /// Returns the reason phrase for the response, naming the problem.
+    pub fn reason_phrase(&self) -> String {
+        let text = match self.status() {
+            Some(505) => "Version Not Supported".to_owned(),
+            Some(413) => "Request Entity Too Large".to_owned(),
+            Some(513) => "Message Too Large".to_owned(),
+            _ => format!("Bad Request ({})", self.kind),
+        };
+        super::response::sanitize_reason(&text)
+    }
+
+    /// `true` when the octets looked like a request.
+    pub fn is_request(&self) -> bool {
+        self.method.is_some()
+    }
+
+    /// Returns the request method when the start line named one.
+    pub fn method(&self) -> Option<&Method> {
+        self.method.as_ref()
+    }
+
+    /// `true` when an error response may be sent: the message is a request
+    /// other than ACK, carries a Via to route the response, and the problem
+    /// has a status. Responses and ACKs are never answered.
+    pub fn can_respond(&self) -> bool {
+        self.status().is_some()
+            && self.method.as_ref().is_some_and(|m| *m != Method::Ack)
+            && self.salvaged.iter().any(|h| h.name == "Via")
+    }
+
+    /// Returns the salvaged Via, From, To, Call-ID and CSeq lines in order.
+    pub fn salvaged_headers(&self) -> &[Header] {
+        &self.salvaged
+    }
+
+    /// Returns the top Via when it can be read, to route the response.
+    pub fn top_via(&self) -> Option<Via> {
+        let first = self.salvaged.iter().find(|h| h.name == "Via")?;
+        let value = split_top_level_commas(&first.value)
+            .ok()?
+            .into_iter()
+            .next()?;
+        Via::parse(value).ok()
+    }
+}
+
+/// Splits a header section into logical lines: the start line, then one
+/// entry per header with continuation lines (starting with SP or HTAB)
+/// joined by a single SP. Bare LF line ends are tolerated.
+pub(crate) fn logical_lines(text: &str) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for raw in text.split('\n') {
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        // The start line cannot be continued, only header lines can.
+        let continues = line.starts_with(is_lws) && lines.len() > 1;
+        match lines.last_mut() {
+            Some(previous) if continues => {
+                let continuation = line.trim_matches(is_lws);
+                if !continuation.is_empty() {
+                    let kept = previous.trim_end_matches(is_lws).len();
+                    previous.truncate(kept);
+                    previous.push(' ');
+                    previous.push_str(continuation);
+                }
+            }
+            _ => lines.push(line.to_owned()),
+        }
+    }
+    lines
+}
+
+/// The header section cut into a start line and headers.
+struct Tokens {
+    start_line: String,
+    headers: Vec<Header>,
+    /// 1-based index of the first header line without a name.
+    bad_line: Option<usize>,
+}
+
+impl Tokens {
+    fn read(head: &[u8]) -> Tokens {
+        let text = String::from_utf8_lossy(head);
+        let mut lines = logical_lines(text.trim_start_matches(['\r', '\n'])).into_iter();
+        let start_line = lines.next().unwrap_or_default();
+        let mut headers = Vec::new();
+        let mut bad_line = None;
+        for (index, line) in lines.enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let parsed = line.split_once(':').and_then(|(name, value)| {
+                let name = name.trim_matches(is_lws);
+                (!name.is_empty() && name.chars().all(is_token_char)).then(|| Header {
+                    name: canonical_name(name),
+                    value: value.trim_matches(is_lws).to_owned(),
+                })
+            });
+            match parsed {
+                Some(header) => headers.push(header),
+                None => {
+                    bad_line.get_or_insert(index + 1);
+                }
+            }
+        }
+        Tokens {
+            start_line,
+            headers,
+            bad_line,
+        }
+    }
+
+    fn request_method(&self) -> Option<Method> {
+        let token = self.start_line.split(' ').next()?;
+        let looks_like_method = !token.is_empty()
+            && token.chars().all(is_token_char)
+            && !token.to_ascii_uppercase().starts_with("SIP/");
+        (looks_like_method && self.start_line.contains(' ')).then(|| Method::from_token(token))
+    }
+
+    fn salvage(&self) -> Vec<Header> {
+        self.headers
+            .iter()
+            .filter(|h| SALVAGED.contains(&h.name.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |h| h.name == name)
+            .map(|h| h.value.as_str())
+    }
+
+    /// Returns the value of a single-valued header; repeated lines must agree.
+    fn single(&self, name: &'static str) -> Result<Option<&str>, ParseErrorKind> {
+        let mut values = self.values(name);
+        let Some(first) = values.next() else {
+            return Ok(None);
+        };
+        if values.any(|other| other != first) {
+            return Err(ParseErrorKind::ConflictingHeader(name));
+        }
+        Ok(Some(first))
+    }
+
+    fn required(&self, name: &'static str) -> Result<&str, ParseErrorKind> {
+        self.single(name)?
+            .ok_or(ParseErrorKind::MissingHeader(name))
+    }
+}
+
+fn invalid(name: &'static str, detail: impl ToString) -> ParseErrorKind {
+    ParseErrorKind::InvalidHeader {
+        name,
+        detail: detail.to_string(),
+    }
+}
+
+/// Checks a SIP-Version: `Ok` for SIP/2.0, 505 for another well-formed
+/// version, malformed otherwise.
+fn check_version(version: &str) -> Result<(), ParseErrorKind> {
+    if version.eq_ignore_ascii_case("SIP/2.0") {
+        return Ok(());
+    }
+    let numbers = version
+        .get(..4)
+        .filter(|p| p.eq_ignore_ascii_case("SIP/"))
+        .and_then(|_| version[4..].split_once('.'));
+    match numbers {
+        Some((major, minor))
+            if !major.is_empty()
+                && !minor.is_empty()
+                && major
+                    .bytes()
+                    .chain(minor.bytes())
+                    .all(|b| b.is_ascii_digit()) =>
+        {
+            Err(ParseErrorKind::UnsupportedVersion(version.to_owned()))
+        }
+        _ => Err(ParseErrorKind::MalformedStartLine("invalid SIP-Version")),
+    }
+}
+
+fn parse_start_line(line: &str) -> Result<StartLine, ParseErrorKind> {
+    let is_status_line = line
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case("SIP/"));
+    if is_status_line {
+        let (version, rest) = line
+            .split_once(' ')
+            .ok_or(ParseErrorKind::MalformedStartLine("no status code"))?;
+        check_version(version)?;
+        let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+        if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ParseErrorKind::InvalidStatusCode);
+        }
+        let status: u16 = code
+            .parse()
+            .map_err(|_| ParseErrorKind::InvalidStatusCode)?;
+        if !(100..=699).contains(&status) {
+            return Err(ParseErrorKind::InvalidStatusCode);
+        }
+        return Ok(StartLine::Response {
+            status,
+            reason: reason.to_owned(),
+        });
+    }
+    // Trailing SPs after the version are tolerated (RFC 4475 §3.1.2.10);
+    // anything else than single SPs between the elements is not.
+    let parts: Vec<&str> = line.trim_end_matches(is_lws).split(' ').collect();
+    let [method, uri, version] = parts[..] else {
+        return Err(ParseErrorKind::MalformedStartLine(
+            "Request-Line needs exactly Method SP Request-URI SP SIP-Version",
+        ));
+    };
+    if method.is_empty() || !method.chars().all(is_token_char) {
+        return Err(ParseErrorKind::MalformedStartLine("invalid method"));
+    }
+    check_version(version)?;
+    let uri = Uri::parse(uri).map_err(|e| ParseErrorKind::InvalidRequestUri(e.to_string()))?;
+    Ok(StartLine::Request {
+        method: Method::from_token(method),
+        uri,
+    })
+}
+
+/// Parses one message with the default [`FramingLimits`]. Datagram framing
+/// rules apply: octets after Content-Length are ignored and a missing
+/// Content-Length means "the rest", so both a UDP payload and a message cut
+/// by [`StreamFramer`](super::StreamFramer) can be passed as they are.
+pub fn parse(bytes: &[u8]) -> Result<SipMessage, ParseError> {
+    parse_with(bytes, FramingLimits::default())
+}
+
+/// [`parse`] with explicit limits.
+pub fn parse_with(bytes: &[u8], limits: FramingLimits) -> Result<SipMessage, ParseError> {
+    let frame = match frame_datagram_with(bytes, limits) {
+        Ok(frame) => frame,
+        Err(error) => {
+            let start = bytes
+                .iter()
+                .position(|b| *b != b'\r' && *b != b'\n')
+                .unwrap_or(bytes.len());
+            let rest = &bytes[start..];
+            let end = rest
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .unwrap_or(rest.len().min(limits.max_header));
+            return Err(ParseError::from_frame(error, &rest[..end]));
+        }
+    };
+    let tokens = Tokens::read(frame.head);
+    build(&tokens, frame.body).map_err(|kind| ParseError {
+        kind,
+        method: tokens.request_method(),
+        salvaged: tokens.salvage(),
+    })
+}
+
+fn build(tokens: &Tokens, body: &[u8]) -> Result<SipMessage, ParseErrorKind> {
+    let start = parse_start_line(&tokens.start_line)?;
+    if let Some(line) = tokens.bad_line {
+        return Err(ParseErrorKind::MalformedHeaderLine(line));
+    }
+
+    let mut vias = Vec::new();
+    for value in tokens.values("Via") {
+        for item in split_top_level_commas(value).map_err(|e| invalid("Via", e))? {
+            if item.is_empty() {
+                return Err(invalid("Via", "empty value between commas"));
+            }
+            vias.push(Via::parse(item).map_err(|e| invalid("Via", e))?);
+        }
+    }
+    if vias.is_empty() {
+        return Err(ParseErrorKind::MissingHeader("Via"));
+    }
+    let from = NameAddr::parse(tokens.required("From")?).map_err(|e| invalid("From", e))?;
+    let to = NameAddr::parse(tokens.required("To")?).map_err(|e| invalid("To", e))?;
+    let call_id = tokens.required("Call-ID")?;
+    if call_id.is_empty() || call_id.contains(is_lws) {
+        return Err(invalid("Call-ID", "empty or containing whitespace"));
+    }
+    let cseq = CSeq::parse(tokens.required("CSeq")?)
+        .ok_or_else(|| invalid("CSeq", "expected a 32-bit sequence number and a method"))?;
+    let max_forwards = tokens
+        .single("Max-Forwards")?
+        .map(|v| parse_delta_seconds(v).ok_or_else(|| invalid("Max-Forwards", "not a number")))
+        .transpose()?;
+
+    let mut contacts = Vec::new();
+    let mut contact_wildcard = false;
+    for value in tokens.values("Contact") {
+        for item in split_top_level_commas(value).map_err(|e| invalid("Contact", e))? {
+            if item == "*" {
+                contact_wildcard = true;
+                continue;
+            }
+            if item.is_empty() {
+                return Err(invalid("Contact", "empty value between commas"));
+            }
+            contacts.push(NameAddr::parse(item).map_err(|e| invalid("Contact", e))?);
+        }
+    }
+    if contact_wildcard && !contacts.is_empty() {
+        return Err(invalid("Contact", "'*' mixed with addresses"));
+    }
+
+    let rsip = to_rsip(&tokens.start_line, &tokens.headers, body);
+    Ok(SipMessage {
+        start,
+        headers: tokens.headers.clone(),
+        body: body.to_vec(),
+        vias,
+        from,
+        to,
+        call_id: CallId::new(call_id),
+        cseq,
+        max_forwards,
+        contacts,
+        contact_wildcard,
+        rsip,
+    })
+}
+
+/// Hands the normalised message to rsip; `None` where rsip has a gap.
+fn to_rsip(start_line: &str, headers: &[Header], body: &[u8]) -> Option<rsip::SipMessage> {
+    let mut text = Vec::with_capacity(start_line.len() + body.len() + 64 * headers.len());
+    text.extend_from_slice(start_line.trim_end_matches(is_lws).as_bytes());
+    text.extend_from_slice(b"\r\n");
+    for header in headers {
+        text.extend_from_slice(header.name.as_bytes());
+        text.extend_from_slice(b": ");
+        text.extend_from_slice(header.value.as_bytes());
+        text.extend_from_slice(b"\r\n");
+    }
+    text.extend_from_slice(b"\r\n");
+    text.extend_from_slice(body);
+    rsip::SipMessage::try_from(text).ok()
+}
