@@ -12,5 +12,6 @@ pub mod grpc;
 pub mod interfaces;
 pub mod media;
 pub mod ports;
+pub mod relay;
 pub mod sdp;
 pub mod server;

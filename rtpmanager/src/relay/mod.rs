@@ -1,0 +1,291 @@
+//! The userspace relay: the reference media path.
+//!
+//! One worker thread owns every leg's sockets, waits on them with epoll and
+//! reads each ready socket with `recvmmsg`, forwarding a whole batch with one
+//! `sendmmsg` from the bridged leg's socket. Control (the session table, via
+//! gRPC handlers) talks to it through [`Relay`]: legs are added, updated and
+//! removed with commands, a leg's figures are read from shared atomics and
+//! snapshots, and events (latching, media timeout) come out of a broadcast
+//! channel.
+//!
+//! Forwarding rules, the ones the kernel fast path caches:
+//! - *latching* (symmetric RTP): while a leg is unconfirmed, the first packet
+//!   from any source fixes where media for that leg's peer is sent (NAT);
+//!   once confirmed, a packet from another source is dropped and counted when
+//!   the leg is `strict_source`, and re-latches the leg otherwise;
+//! - a packet received on a bridged leg goes out of the other leg's socket
+//!   (so the peer sees the manager's port of its own leg) to that leg's
+//!   latched address, or the address its SDP gave until it latches;
+//! - nothing is sent into a leg whose inbound media is paused (playback);
+//! - with `transcode` set, G.711 payloads change law on the way through.
+//!
+//! Overload: sockets are level-triggered and each is read at most
+//! [`MAX_BATCHES_PER_WAKE`] batches per turn, so every socket keeps being
+//! served; what cannot be read in time overflows the socket's receive queue in
+//! the kernel, which sheds load in proportion to each stream's excess and
+//! recovers by itself.
+
+mod batch;
+mod worker;
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use tokio::sync::broadcast;
+
+use crate::media::g711::Law;
+
+pub use batch::{BATCH, MAX_DATAGRAM};
+
+/// Batches read from one socket before the worker serves the next one.
+pub const MAX_BATCHES_PER_WAKE: usize = 4;
+
+/// The relay's handle for a leg, chosen by the caller and unique while the
+/// leg lives.
+pub type Slot = u32;
+
+/// Names a leg in events and logs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LegRef {
+    pub call_id: Arc<str>,
+    pub leg_id: Arc<str>,
+}
+
+/// G.711 law conversion applied to packets received on a leg before they are
+/// forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transcode {
+    pub from: Law,
+    pub to: Law,
+    /// The payload type the receiving side negotiated for `to`.
+    pub payload_type: u8,
+}
+
+/// How the relay treats one leg; replaced as a whole on every update.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LegParams {
+    /// Where the peer said (in SDP) it receives RTP, used until it latches.
+    pub expected_rtp: Option<SocketAddr>,
+    /// Where the peer said it receives RTCP.
+    pub expected_rtcp: Option<SocketAddr>,
+    /// Drop packets from sources other than the latched one.
+    pub strict_source: bool,
+    /// The leg media received here is forwarded to.
+    pub forward_to: Option<Slot>,
+    /// Law conversion for media received here.
+    pub transcode: Option<Transcode>,
+    /// Media from the bridged leg is not sent to this leg's peer (a playback
+    /// owns the leg's outbound stream).
+    pub inbound_paused: bool,
+    /// Report a media timeout after this long without RTP, once the leg is
+    /// latched and bridged.
+    pub media_timeout: Option<Duration>,
+    /// RTP clock rate of the negotiated codec, for jitter.
+    pub clock_rate: u32,
+}
+
+/// Counters shared between the worker (writer) and control (reader).
+#[derive(Debug, Default)]
+pub struct LegCounters {
+    pub rtp_in_packets: AtomicU64,
+    pub rtp_in_bytes: AtomicU64,
+    pub rtcp_in_packets: AtomicU64,
+    pub rtcp_in_bytes: AtomicU64,
+    pub rtp_out_packets: AtomicU64,
+    pub rtp_out_bytes: AtomicU64,
+    pub rtcp_out_packets: AtomicU64,
+    pub rtcp_out_bytes: AtomicU64,
+    pub source_mismatch_drops: AtomicU64,
+    pub overload_drops: AtomicU64,
+    /// Milliseconds since the Unix epoch of the last packet received; 0 if none.
+    pub last_packet_ms: AtomicU64,
+}
+
+impl LegCounters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// What control shares with the worker about one leg.
+#[derive(Debug)]
+pub struct LegShared {
+    pub leg: LegRef,
+    pub counters: LegCounters,
+    /// The RTP socket, also used by playback and DTMF injection to send to
+    /// the peer from the leg's own port.
+    pub rtp_socket: Arc<UdpSocket>,
+    /// Where media to this leg's peer goes now (latched, else from SDP).
+    pub destination: Mutex<Option<SocketAddr>>,
+}
+
+impl LegShared {
+    /// The current destination of media sent to this leg's peer.
+    pub fn destination(&self) -> Option<SocketAddr> {
+        self.destination
+            .lock()
+            .map(|d| *d)
+            .unwrap_or_else(|p| *p.into_inner())
+    }
+}
+
+/// The RFC 3550 view of one leg's inbound RTP and of its peer's reports.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LegSnapshot {
+    pub latched_rtp: Option<SocketAddr>,
+    pub latched_rtcp: Option<SocketAddr>,
+    pub rtp_lost: i64,
+    pub jitter_us: u32,
+    /// The last reception report the peer sent about the stream we send it.
+    pub peer_fraction_lost: u8,
+    pub peer_cumulative_lost: i32,
+    pub peer_jitter_us: u32,
+}
+
+/// Something the relay noticed on its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RelayEvent {
+    /// A leg's peer was (re)latched to `source`.
+    Latched { leg: LegRef, source: SocketAddr },
+    /// A latched, bridged leg received no RTP for `idle`.
+    MediaTimeout { leg: LegRef, idle: Duration },
+}
+
+/// Why a relay operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The worker thread is gone (shutdown or a bug); media stopped.
+    #[error("the relay worker has stopped")]
+    Stopped,
+    /// Creating the worker's epoll instance or event fd failed.
+    #[error("relay set-up: {0}")]
+    Setup(#[from] io::Error),
+}
+
+enum Command {
+    Add {
+        slot: Slot,
+        shared: Arc<LegShared>,
+        rtcp: Option<UdpSocket>,
+        params: LegParams,
+    },
+    Update {
+        slot: Slot,
+        params: LegParams,
+    },
+    Remove {
+        slot: Slot,
+        reply: mpsc::SyncSender<Option<LegSnapshot>>,
+    },
+    Snapshot {
+        slot: Slot,
+        reply: mpsc::SyncSender<Option<LegSnapshot>>,
+    },
+    Shutdown,
+}
+
+/// Handle to the relay worker. Dropping it stops the worker.
+pub struct Relay {
+    commands: mpsc::Sender<Command>,
+    waker: Arc<EventFd>,
+    events: broadcast::Sender<RelayEvent>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay").finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// Starts the worker thread.
+    pub fn start() -> Result<Relay, RelayError> {
+        let (commands, inbox) = mpsc::channel();
+        let waker = Arc::new(
+            EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+                .map_err(io::Error::from)?,
+        );
+        let (events, _) = broadcast::channel(1024);
+        let mut worker = worker::Worker::new(inbox, Arc::clone(&waker), events.clone())?;
+        let thread = std::thread::Builder::new()
+            .name("relay".into())
+            .spawn(move || worker.run())?;
+        Ok(Relay {
+            commands,
+            waker,
+            events,
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, command: Command) -> Result<(), RelayError> {
+        self.commands
+            .send(command)
+            .map_err(|_| RelayError::Stopped)?;
+        self.waker.write(1).map_err(|_| RelayError::Stopped)?;
+        Ok(())
+    }
+
+    /// Hands a leg's sockets to the relay. `shared.rtp_socket` must be
+    /// non-blocking; `rtcp` too when present (absent with rtcp-mux).
+    pub fn add_leg(
+        &self,
+        slot: Slot,
+        shared: Arc<LegShared>,
+        rtcp: Option<UdpSocket>,
+        params: LegParams,
+    ) -> Result<(), RelayError> {
+        self.send(Command::Add {
+            slot,
+            shared,
+            rtcp,
+            params,
+        })
+    }
+
+    /// Replaces a leg's parameters.
+    pub fn update_leg(&self, slot: Slot, params: LegParams) -> Result<(), RelayError> {
+        self.send(Command::Update { slot, params })
+    }
+
+    /// Removes a leg, closing its sockets, and returns its last snapshot.
+    pub fn remove_leg(&self, slot: Slot) -> Result<Option<LegSnapshot>, RelayError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(Command::Remove { slot, reply })?;
+        answer.recv().map_err(|_| RelayError::Stopped)
+    }
+
+    /// The RFC 3550 figures of a leg.
+    pub fn snapshot(&self, slot: Slot) -> Result<Option<LegSnapshot>, RelayError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(Command::Snapshot { slot, reply })?;
+        answer.recv().map_err(|_| RelayError::Stopped)
+    }
+
+    /// Events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<RelayEvent> {
+        self.events.subscribe()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.send(Command::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

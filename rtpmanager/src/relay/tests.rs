@@ -1,0 +1,363 @@
+//! Relay behaviour with real sockets on loopback: two fake endpoints talk
+//! through two bridged legs.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::media::rtp::{PayloadType, RtpHeader, RtpTimestamp, SeqNum, Ssrc};
+
+struct Leg {
+    slot: Slot,
+    shared: Arc<LegShared>,
+    rtcp_addr: SocketAddr,
+}
+
+fn socket() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind on loopback");
+    s.set_nonblocking(true).expect("nonblocking");
+    s
+}
+
+fn endpoint() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind endpoint");
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    s
+}
+
+fn add_leg(relay: &Relay, slot: Slot, name: &str, params: LegParams) -> Leg {
+    let rtp = Arc::new(socket());
+    let rtcp = socket();
+    let rtcp_addr = rtcp.local_addr().expect("rtcp addr");
+    let shared = Arc::new(LegShared {
+        leg: LegRef {
+            call_id: Arc::from("call-1"),
+            leg_id: Arc::from(name),
+        },
+        counters: LegCounters::default(),
+        rtp_socket: rtp,
+        destination: std::sync::Mutex::new(None),
+    });
+    relay
+        .add_leg(slot, Arc::clone(&shared), Some(rtcp), params)
+        .expect("add leg");
+    Leg {
+        slot,
+        shared,
+        rtcp_addr,
+    }
+}
+
+impl Leg {
+    fn rtp_addr(&self) -> SocketAddr {
+        self.shared.rtp_socket.local_addr().expect("rtp addr")
+    }
+}
+
+fn rtp_packet(seq: u16, pt: u8, payload: &[u8]) -> Vec<u8> {
+    let header = RtpHeader {
+        marker: false,
+        payload_type: PayloadType::new(pt).expect("valid pt"),
+        sequence: SeqNum(seq),
+        timestamp: RtpTimestamp(u32::from(seq) * 160),
+        ssrc: Ssrc(0x1234_5678),
+    };
+    let mut buf = vec![0u8; 12 + payload.len()];
+    let n = header.write_packet(payload, &mut buf).expect("fits");
+    buf.truncate(n);
+    buf
+}
+
+fn recv(socket: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
+    let mut buf = [0u8; 2048];
+    socket
+        .recv_from(&mut buf)
+        .ok()
+        .map(|(n, from)| (buf[..n].to_vec(), from))
+}
+
+fn bridged(relay: &Relay, a_params: LegParams, b_params: LegParams) -> (Leg, Leg) {
+    let a = add_leg(
+        relay,
+        1,
+        "a",
+        LegParams {
+            forward_to: Some(2),
+            clock_rate: 8000,
+            ..a_params
+        },
+    );
+    let b = add_leg(
+        relay,
+        2,
+        "b",
+        LegParams {
+            forward_to: Some(1),
+            clock_rate: 8000,
+            ..b_params
+        },
+    );
+    (a, b)
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn bridged_legs_forward_rtp_and_rtcp_both_ways_from_the_managers_ports() {
+    let relay = Relay::start().expect("relay");
+    let caller = endpoint();
+    let callee = endpoint();
+    let callee_rtcp = endpoint();
+    let (a, b) = bridged(
+        &relay,
+        LegParams {
+            expected_rtp: Some(caller.local_addr().expect("addr")),
+            ..LegParams::default()
+        },
+        LegParams {
+            expected_rtp: Some(callee.local_addr().expect("addr")),
+            expected_rtcp: Some(callee_rtcp.local_addr().expect("addr")),
+            ..LegParams::default()
+        },
+    );
+
+    // Caller → leg a → out of leg b's port → callee (from SDP, not latched yet).
+    let packet = rtp_packet(1, 0, &[0xff; 160]);
+    caller.send_to(&packet, a.rtp_addr()).expect("send");
+    let (got, from) = recv(&callee).expect("callee receives");
+    assert_eq!(got, packet, "payload untouched");
+    assert_eq!(
+        from,
+        b.rtp_addr(),
+        "sent from the manager's port of the callee's leg"
+    );
+
+    // Callee answers; caller's leg latched on the first packet.
+    let reply = rtp_packet(7, 0, &[0x7f; 160]);
+    callee.send_to(&reply, b.rtp_addr()).expect("send");
+    let (got, from) = recv(&caller).expect("caller receives");
+    assert_eq!((got, from), (reply, a.rtp_addr()));
+
+    // RTCP from callee (RR) reaches the caller's RTCP port + 1 convention.
+    let caller_rtcp = UdpSocket::bind(SocketAddr::new(
+        caller.local_addr().expect("addr").ip(),
+        caller.local_addr().expect("addr").port() + 1,
+    ));
+    let rr: Vec<u8> = vec![
+        0x81, 201, 0, 7, 0, 0, 0, 9, 0x12, 0x34, 0x56, 0x78, 0x40, 0, 0, 3, 0, 0, 0, 7, 0, 0, 0,
+        80, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    callee_rtcp.send_to(&rr, b.rtcp_addr).expect("send rtcp");
+    if let Ok(caller_rtcp) = caller_rtcp {
+        caller_rtcp
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        let (got, from) = recv(&caller_rtcp).expect("caller RTCP receives");
+        assert_eq!((got, from.port()), (rr, a.rtcp_addr.port()));
+    }
+
+    wait_until("counters", || {
+        LegCounters::get(&b.shared.counters.rtcp_in_packets) == 1
+    });
+    assert_eq!(LegCounters::get(&a.shared.counters.rtp_in_packets), 1);
+    assert_eq!(LegCounters::get(&a.shared.counters.rtp_in_bytes), 172);
+    assert_eq!(LegCounters::get(&b.shared.counters.rtp_out_packets), 1);
+    assert_eq!(LegCounters::get(&a.shared.counters.rtp_out_packets), 1);
+    let snapshot = relay.snapshot(b.slot).expect("relay alive").expect("leg b");
+    assert_eq!(
+        snapshot.latched_rtp,
+        Some(callee.local_addr().expect("addr"))
+    );
+    assert_eq!(snapshot.peer_fraction_lost, 0x40, "the RR's fraction lost");
+    assert_eq!(snapshot.peer_cumulative_lost, 3);
+    assert_eq!(snapshot.peer_jitter_us, 10_000, "80 ticks at 8 kHz");
+}
+
+#[test]
+fn strict_source_drops_and_counts_other_sources_after_latching() {
+    let relay = Relay::start().expect("relay");
+    let (caller, intruder, callee) = (endpoint(), endpoint(), endpoint());
+    let (a, _b) = bridged(
+        &relay,
+        LegParams {
+            strict_source: true,
+            ..LegParams::default()
+        },
+        LegParams {
+            expected_rtp: Some(callee.local_addr().expect("addr")),
+            ..LegParams::default()
+        },
+    );
+    caller
+        .send_to(&rtp_packet(1, 0, &[1; 20]), a.rtp_addr())
+        .expect("send");
+    assert!(recv(&callee).is_some(), "first packet latches and flows");
+    intruder
+        .send_to(&rtp_packet(2, 0, &[2; 20]), a.rtp_addr())
+        .expect("send");
+    wait_until("the drop", || {
+        LegCounters::get(&a.shared.counters.source_mismatch_drops) == 1
+    });
+    caller
+        .send_to(&rtp_packet(3, 0, &[3; 20]), a.rtp_addr())
+        .expect("send");
+    let (got, _) = recv(&callee).expect("latched source still flows");
+    assert_eq!(got[2..4], [0, 3], "the intruder's packet 2 never arrived");
+}
+
+#[test]
+fn without_strict_source_a_new_source_relatches() {
+    let relay = Relay::start().expect("relay");
+    let (caller, roamed, callee) = (endpoint(), endpoint(), endpoint());
+    let (a, _b) = bridged(
+        &relay,
+        LegParams::default(),
+        LegParams {
+            expected_rtp: Some(callee.local_addr().expect("addr")),
+            ..LegParams::default()
+        },
+    );
+    let mut events = relay.subscribe();
+    caller
+        .send_to(&rtp_packet(1, 0, &[1; 20]), a.rtp_addr())
+        .expect("send");
+    assert!(recv(&callee).is_some());
+    roamed
+        .send_to(&rtp_packet(2, 0, &[2; 20]), a.rtp_addr())
+        .expect("send");
+    assert!(recv(&callee).is_some());
+    assert_eq!(
+        a.shared.destination(),
+        Some(roamed.local_addr().expect("addr"))
+    );
+    let first = events.try_recv().expect("latch event");
+    let second = events.try_recv().expect("relatch event");
+    assert!(
+        matches!(first, RelayEvent::Latched { source, .. } if source == caller.local_addr().expect("addr"))
+    );
+    assert!(
+        matches!(second, RelayEvent::Latched { source, .. } if source == roamed.local_addr().expect("addr"))
+    );
+}
+
+#[test]
+fn transcodes_pcmu_to_pcma_on_the_way_through() {
+    let relay = Relay::start().expect("relay");
+    let (caller, callee) = (endpoint(), endpoint());
+    let (a, _b) = bridged(
+        &relay,
+        LegParams {
+            transcode: Some(Transcode {
+                from: Law::Ulaw,
+                to: Law::Alaw,
+                payload_type: 8,
+            }),
+            ..LegParams::default()
+        },
+        LegParams {
+            expected_rtp: Some(callee.local_addr().expect("addr")),
+            ..LegParams::default()
+        },
+    );
+    // µ-law 0xFF is silence (0); A-law silence is 0xD5.
+    caller
+        .send_to(&rtp_packet(1, 0, &[0xff; 160]), a.rtp_addr())
+        .expect("send");
+    let (got, _) = recv(&callee).expect("callee receives");
+    assert_eq!(got[1] & 0x7f, 8, "payload type rewritten to PCMA");
+    assert_eq!(
+        &got[2..12],
+        &rtp_packet(1, 0, &[])[2..12],
+        "sequence, timestamp and SSRC kept"
+    );
+    assert!(got[12..].iter().all(|&b| b == 0xd5), "payload converted");
+}
+
+#[test]
+fn paused_inbound_media_is_not_sent_and_media_timeout_fires_once() {
+    let relay = Relay::start().expect("relay");
+    let (caller, callee) = (endpoint(), endpoint());
+    let mut events = relay.subscribe();
+    let (a, b) = bridged(
+        &relay,
+        LegParams {
+            media_timeout: Some(Duration::from_millis(300)),
+            ..LegParams::default()
+        },
+        LegParams {
+            expected_rtp: Some(callee.local_addr().expect("addr")),
+            inbound_paused: true,
+            ..LegParams::default()
+        },
+    );
+    caller
+        .send_to(&rtp_packet(1, 0, &[1; 20]), a.rtp_addr())
+        .expect("send");
+    assert!(
+        recv(&callee).is_none(),
+        "a paused leg gets nothing from its bridge"
+    );
+    wait_until("rtp counted", || {
+        LegCounters::get(&a.shared.counters.rtp_in_packets) == 1
+    });
+    let _ = b;
+
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let timeout = loop {
+        match events.try_recv() {
+            Ok(RelayEvent::MediaTimeout { leg, idle }) => break (leg, idle),
+            Ok(_) => {}
+            Err(_) => {
+                assert!(Instant::now() < deadline, "no media timeout event");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    assert_eq!(&*timeout.0.leg_id, "a");
+    assert!(timeout.1 >= Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        !std::iter::from_fn(|| events.try_recv().ok())
+            .any(|e| matches!(e, RelayEvent::MediaTimeout { .. })),
+        "reported once until media resumes"
+    );
+}
+
+#[test]
+fn removed_legs_stop_forwarding_and_return_their_snapshot() {
+    let relay = Relay::start().expect("relay");
+    let (caller, callee) = (endpoint(), endpoint());
+    let (a, b) = bridged(
+        &relay,
+        LegParams::default(),
+        LegParams {
+            expected_rtp: Some(callee.local_addr().expect("addr")),
+            ..LegParams::default()
+        },
+    );
+    for seq in [1u16, 2, 3, 5] {
+        caller
+            .send_to(&rtp_packet(seq, 0, &[0; 20]), a.rtp_addr())
+            .expect("send");
+        assert!(recv(&callee).is_some());
+    }
+    let snapshot = relay
+        .remove_leg(a.slot)
+        .expect("relay alive")
+        .expect("leg existed");
+    assert_eq!(snapshot.rtp_lost, 1, "sequence 4 is missing");
+    assert_eq!(
+        snapshot.latched_rtp,
+        Some(caller.local_addr().expect("addr"))
+    );
+    assert_eq!(relay.remove_leg(a.slot).expect("relay alive"), None);
+    let _ = relay.remove_leg(b.slot);
+}

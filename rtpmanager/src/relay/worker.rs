@@ -1,0 +1,476 @@
+//! The relay worker thread: epoll over every leg socket, batched reads,
+//! latching, statistics and forwarding.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::EventFd;
+use tokio::sync::broadcast;
+
+use super::batch::{RecvBatch, SendBatch};
+use super::{
+    Command, LegCounters, LegParams, LegShared, LegSnapshot, RelayEvent, Slot, MAX_BATCHES_PER_WAKE,
+};
+use crate::grpc::unix_millis;
+use crate::media::g711::Law;
+use crate::media::rtp::{self, MuxedKind, RtcpPacket, RtpPacket, RtpPacketMut};
+use crate::media::stats::ReceiverStats;
+
+const WAKER_TOKEN: u64 = u64::MAX;
+/// How often media timeouts are checked.
+const TIMEOUT_SCAN: Duration = Duration::from_millis(250);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SocketKind {
+    Rtp,
+    Rtcp,
+}
+
+fn token(slot: Slot, kind: SocketKind) -> u64 {
+    (u64::from(slot) << 1) | u64::from(kind == SocketKind::Rtcp)
+}
+
+fn untoken(token: u64) -> (Slot, SocketKind) {
+    let kind = if token & 1 == 1 {
+        SocketKind::Rtcp
+    } else {
+        SocketKind::Rtp
+    };
+    ((token >> 1) as Slot, kind)
+}
+
+struct LegState {
+    shared: Arc<LegShared>,
+    rtcp: Option<UdpSocket>,
+    params: LegParams,
+    latched_rtp: Option<SocketAddr>,
+    latched_rtcp: Option<SocketAddr>,
+    stats: ReceiverStats,
+    last_rtp_at: Option<Instant>,
+    timeout_reported: bool,
+    peer_report: Option<rtp::ReportBlock>,
+}
+
+impl LegState {
+    fn rtp_destination(&self) -> Option<SocketAddr> {
+        self.latched_rtp.or(self.params.expected_rtp)
+    }
+
+    fn rtcp_destination(&self) -> Option<SocketAddr> {
+        self.latched_rtcp.or(self.params.expected_rtcp).or_else(|| {
+            // Without a known RTCP address, RTCP follows RTP on port + 1
+            // (RFC 3550), or RTP itself when there is no RTCP socket (mux).
+            let rtp = self.rtp_destination()?;
+            if self.rtcp.is_some() {
+                Some(SocketAddr::new(rtp.ip(), rtp.port().wrapping_add(1)))
+            } else {
+                Some(rtp)
+            }
+        })
+    }
+
+    fn publish_destination(&self) {
+        if let Ok(mut d) = self.shared.destination.lock() {
+            *d = self.rtp_destination();
+        }
+    }
+
+    fn snapshot(&self) -> LegSnapshot {
+        let clock = f64::from(self.params.clock_rate.max(1));
+        let (peer_fraction_lost, peer_cumulative_lost, peer_jitter_us) = match &self.peer_report {
+            Some(r) => (
+                r.fraction_lost,
+                r.cumulative_lost,
+                (f64::from(r.jitter) * 1e6 / clock) as u32,
+            ),
+            None => (0, 0, 0),
+        };
+        LegSnapshot {
+            latched_rtp: self.latched_rtp,
+            latched_rtcp: self.latched_rtcp,
+            rtp_lost: i64::from(self.stats.cumulative_lost()),
+            jitter_us: self.stats.jitter_micros() as u32,
+            peer_fraction_lost,
+            peer_cumulative_lost,
+            peer_jitter_us,
+        }
+    }
+}
+
+pub(super) struct Worker {
+    inbox: mpsc::Receiver<Command>,
+    waker: Arc<EventFd>,
+    events: broadcast::Sender<RelayEvent>,
+    epoll: Epoll,
+    legs: HashMap<Slot, LegState>,
+    recv: RecvBatch,
+    send_rtp: SendBatch,
+    send_rtcp: SendBatch,
+}
+
+/// What to do with one received datagram.
+enum Verdict {
+    Drop,
+    Forward {
+        rtcp: bool,
+        len: usize,
+        to: SocketAddr,
+    },
+}
+
+impl Worker {
+    pub(super) fn new(
+        inbox: mpsc::Receiver<Command>,
+        waker: Arc<EventFd>,
+        events: broadcast::Sender<RelayEvent>,
+    ) -> std::io::Result<Worker> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(
+            waker.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, WAKER_TOKEN),
+        )?;
+        Ok(Worker {
+            inbox,
+            waker,
+            events,
+            epoll,
+            legs: HashMap::new(),
+            recv: RecvBatch::default(),
+            send_rtp: SendBatch::default(),
+            send_rtcp: SendBatch::default(),
+        })
+    }
+
+    pub(super) fn run(&mut self) {
+        let mut ready = vec![EpollEvent::empty(); 256];
+        let mut next_scan = Instant::now() + TIMEOUT_SCAN;
+        loop {
+            let n = match self.epoll.wait(&mut ready, EpollTimeout::from(50u16)) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => 0,
+                Err(e) => {
+                    tracing::error!(error = %e, "relay epoll failed; media stops");
+                    return;
+                }
+            };
+            for event in &ready[..n] {
+                if event.data() == WAKER_TOKEN {
+                    let _ = self.waker.read();
+                    if !self.handle_commands() {
+                        return;
+                    }
+                } else {
+                    let (slot, kind) = untoken(event.data());
+                    self.handle_readable(slot, kind);
+                }
+            }
+            let now = Instant::now();
+            if now >= next_scan {
+                self.check_media_timeouts(now);
+                next_scan = now + TIMEOUT_SCAN;
+            }
+        }
+    }
+
+    /// Applies queued commands; false on shutdown.
+    fn handle_commands(&mut self) -> bool {
+        while let Ok(command) = self.inbox.try_recv() {
+            match command {
+                Command::Add {
+                    slot,
+                    shared,
+                    rtcp,
+                    params,
+                } => self.add(slot, shared, rtcp, params),
+                Command::Update { slot, params } => {
+                    if let Some(leg) = self.legs.get_mut(&slot) {
+                        if leg.params.clock_rate != params.clock_rate {
+                            leg.stats = ReceiverStats::new(params.clock_rate.max(1));
+                        }
+                        leg.params = params;
+                        leg.timeout_reported = false;
+                        leg.publish_destination();
+                    }
+                }
+                Command::Remove { slot, reply } => {
+                    let snapshot = self.legs.remove(&slot).map(|leg| {
+                        let _ = self.epoll.delete(leg.shared.rtp_socket.as_fd());
+                        if let Some(rtcp) = &leg.rtcp {
+                            let _ = self.epoll.delete(rtcp.as_fd());
+                        }
+                        leg.snapshot()
+                    });
+                    let _ = reply.send(snapshot);
+                }
+                Command::Snapshot { slot, reply } => {
+                    let _ = reply.send(self.legs.get(&slot).map(LegState::snapshot));
+                }
+                Command::Shutdown => return false,
+            }
+        }
+        true
+    }
+
+    fn add(
+        &mut self,
+        slot: Slot,
+        shared: Arc<LegShared>,
+        rtcp: Option<UdpSocket>,
+        params: LegParams,
+    ) {
+        let registered = self
+            .epoll
+            .add(
+                shared.rtp_socket.as_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, token(slot, SocketKind::Rtp)),
+            )
+            .and_then(|()| match &rtcp {
+                Some(s) => self.epoll.add(
+                    s.as_fd(),
+                    EpollEvent::new(EpollFlags::EPOLLIN, token(slot, SocketKind::Rtcp)),
+                ),
+                None => Ok(()),
+            });
+        if let Err(e) = registered {
+            tracing::error!(call = %shared.leg.call_id, leg = %shared.leg.leg_id, error = %e, "cannot watch leg sockets");
+            return;
+        }
+        let state = LegState {
+            stats: ReceiverStats::new(params.clock_rate.max(1)),
+            shared,
+            rtcp,
+            params,
+            latched_rtp: None,
+            latched_rtcp: None,
+            last_rtp_at: None,
+            timeout_reported: false,
+            peer_report: None,
+        };
+        state.publish_destination();
+        self.legs.insert(slot, state);
+    }
+
+    fn handle_readable(&mut self, slot: Slot, kind: SocketKind) {
+        for _ in 0..MAX_BATCHES_PER_WAKE {
+            let Some(leg) = self.legs.get(&slot) else {
+                return;
+            };
+            let fd = match kind {
+                SocketKind::Rtp => leg.shared.rtp_socket.as_raw_fd(),
+                SocketKind::Rtcp => match &leg.rtcp {
+                    Some(s) => s.as_raw_fd(),
+                    None => return,
+                },
+            };
+            let n = match self.recv.recv(fd) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) => {
+                    // ECONNREFUSED and friends report an earlier send's ICMP
+                    // error; the socket itself is fine.
+                    tracing::trace!(slot, error = %e, "recvmmsg");
+                    return;
+                }
+            };
+            let now = Instant::now();
+            let now_ms = unix_millis(SystemTime::now());
+            self.send_rtp.clear();
+            self.send_rtcp.clear();
+            for i in 0..n {
+                match self.process(slot, kind, i, now, now_ms) {
+                    Verdict::Drop => {}
+                    Verdict::Forward {
+                        rtcp: false,
+                        len,
+                        to,
+                    } => self.send_rtp.push(&self.recv, i, len, to),
+                    Verdict::Forward {
+                        rtcp: true,
+                        len,
+                        to,
+                    } => self.send_rtcp.push(&self.recv, i, len, to),
+                }
+            }
+            self.flush(slot);
+            if n < super::BATCH {
+                return;
+            }
+        }
+    }
+
+    /// Sends the batches built for a datagram batch of `slot` out of the
+    /// bridged leg's sockets.
+    fn flush(&mut self, slot: Slot) {
+        let Some(target) = self.legs.get(&slot).and_then(|l| l.params.forward_to) else {
+            return;
+        };
+        let Some(out) = self.legs.get(&target) else {
+            return;
+        };
+        let counters = &out.shared.counters;
+        let source_counters = self.legs.get(&slot).map(|l| &l.shared.counters);
+        if !self.send_rtp.is_empty() {
+            let queued = self.send_rtp.len();
+            let sent = self.send_rtp.send(out.shared.rtp_socket.as_raw_fd());
+            LegCounters::add(&counters.rtp_out_packets, sent as u64);
+            if let Some(c) = source_counters {
+                LegCounters::add(&c.overload_drops, (queued - sent) as u64);
+            }
+        }
+        if !self.send_rtcp.is_empty() {
+            let fd = out
+                .rtcp
+                .as_ref()
+                .map_or(out.shared.rtp_socket.as_raw_fd(), |s| s.as_raw_fd());
+            let sent = self.send_rtcp.send(fd);
+            LegCounters::add(&counters.rtcp_out_packets, sent as u64);
+        }
+    }
+
+    fn process(
+        &mut self,
+        slot: Slot,
+        kind: SocketKind,
+        index: usize,
+        now: Instant,
+        now_ms: u64,
+    ) -> Verdict {
+        let Some(datagram) = self.recv.get(index) else {
+            return Verdict::Drop;
+        };
+        let source = datagram.source;
+        let len = datagram.data.len();
+        let is_rtcp = match kind {
+            SocketKind::Rtcp => true,
+            SocketKind::Rtp => rtp::classify(datagram.data) == MuxedKind::Rtcp,
+        };
+        let Some(leg) = self.legs.get_mut(&slot) else {
+            return Verdict::Drop;
+        };
+
+        // Latching.
+        let latched = if is_rtcp {
+            &mut leg.latched_rtcp
+        } else {
+            &mut leg.latched_rtp
+        };
+        match *latched {
+            Some(addr) if addr == source => {}
+            Some(_) if leg.params.strict_source => {
+                LegCounters::add(&leg.shared.counters.source_mismatch_drops, 1);
+                return Verdict::Drop;
+            }
+            _ => {
+                *latched = Some(source);
+                if !is_rtcp {
+                    leg.publish_destination();
+                    let _ = self.events.send(RelayEvent::Latched {
+                        leg: leg.shared.leg.clone(),
+                        source,
+                    });
+                    tracing::debug!(call = %leg.shared.leg.call_id, leg = %leg.shared.leg.leg_id, %source, "latched");
+                }
+            }
+        }
+
+        let counters = &leg.shared.counters;
+        counters
+            .last_packet_ms
+            .store(now_ms, std::sync::atomic::Ordering::Relaxed);
+        if is_rtcp {
+            LegCounters::add(&counters.rtcp_in_packets, 1);
+            LegCounters::add(&counters.rtcp_in_bytes, len as u64);
+            for packet in rtp::rtcp_packets(datagram.data).map_while(Result::ok) {
+                let blocks = match packet {
+                    RtcpPacket::SenderReport { blocks, .. }
+                    | RtcpPacket::ReceiverReport { blocks, .. } => blocks,
+                    RtcpPacket::Other { .. } => continue,
+                };
+                if let Some(block) = blocks.into_iter().next() {
+                    leg.peer_report = Some(block);
+                }
+            }
+        } else {
+            LegCounters::add(&counters.rtp_in_packets, 1);
+            LegCounters::add(&counters.rtp_in_bytes, len as u64);
+            if let Ok(packet) = RtpPacket::parse(datagram.data) {
+                leg.stats
+                    .handle_packet(now, packet.sequence(), packet.timestamp(), len);
+            }
+            leg.last_rtp_at = Some(now);
+            leg.timeout_reported = false;
+        }
+
+        let Some(target) = leg.params.forward_to else {
+            return Verdict::Drop;
+        };
+        let transcode = leg.params.transcode;
+        let Some(out) = self.legs.get(&target) else {
+            return Verdict::Drop;
+        };
+        if out.params.inbound_paused {
+            return Verdict::Drop;
+        }
+        let destination = if is_rtcp {
+            out.rtcp_destination()
+        } else {
+            out.rtp_destination()
+        };
+        let Some(to) = destination else {
+            return Verdict::Drop;
+        };
+        if !is_rtcp {
+            if let Some(t) = transcode {
+                transcode_in_place(datagram.data, t.from, t.to, t.payload_type);
+            }
+            LegCounters::add(&out.shared.counters.rtp_out_bytes, len as u64);
+        } else {
+            LegCounters::add(&out.shared.counters.rtcp_out_bytes, len as u64);
+        }
+        Verdict::Forward {
+            rtcp: is_rtcp,
+            len,
+            to,
+        }
+    }
+
+    fn check_media_timeouts(&mut self, now: Instant) {
+        for leg in self.legs.values_mut() {
+            let (Some(limit), Some(_), Some(last)) = (
+                leg.params.media_timeout,
+                leg.params.forward_to,
+                leg.last_rtp_at,
+            ) else {
+                continue;
+            };
+            let idle = now.saturating_duration_since(last);
+            if idle >= limit && !leg.timeout_reported {
+                leg.timeout_reported = true;
+                tracing::info!(call = %leg.shared.leg.call_id, leg = %leg.shared.leg.leg_id, idle_s = idle.as_secs(), "media timeout");
+                let _ = self.events.send(RelayEvent::MediaTimeout {
+                    leg: leg.shared.leg.clone(),
+                    idle,
+                });
+            }
+        }
+    }
+}
+
+/// Rewrites a G.711 RTP packet's payload and payload type in place; other
+/// payload types (telephone-event, comfort noise) pass unchanged.
+fn transcode_in_place(data: &mut [u8], from: Law, to: Law, payload_type: u8) {
+    let Ok(mut packet) = RtpPacketMut::parse(data) else {
+        return;
+    };
+    if Law::from_payload_type(packet.as_packet().payload_type()) != Some(from) {
+        return;
+    }
+    from.transcode_in_place(to, packet.payload_mut());
+    if let Some(pt) = rtp::PayloadType::new(payload_type) {
+        packet.set_payload_type(pt);
+    }
+}
