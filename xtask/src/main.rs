@@ -4,9 +4,13 @@
 //! - `build-ebpf`: builds the XDP/TC programs for `bpfel-unknown-none`.
 //! - `run`: builds everything and runs rtpmanager + signaling + ui on one box.
 //! - `test`: set-up, then the whole test suite (what CI runs).
+//! - `install` / `uninstall`: the daemons, units and configs on a systemd host.
+//! - `docs`: regenerates docs/CONFIGURATION.md from the daemons' options.
 #![allow(clippy::print_stdout)]
 
+mod docs;
 mod ebpf;
+mod install;
 mod run;
 mod setup;
 mod test;
@@ -33,6 +37,13 @@ enum Command {
     Run(run::RunArgs),
     /// Set up, check formatting and lints, and run every test.
     Test(test::TestArgs),
+    /// Build and install the daemons, systemd units, default configuration
+    /// and demo files (see docs/DEPLOYMENT.md).
+    Install(install::InstallArgs),
+    /// Remove the installed daemons and units (--purge: also configuration and state).
+    Uninstall(install::UninstallArgs),
+    /// Regenerate docs/CONFIGURATION.md from the daemons' option definitions.
+    Docs(docs::DocsArgs),
 }
 
 fn main() {
@@ -42,6 +53,9 @@ fn main() {
         Command::BuildEbpf(args) => ebpf::build(&args).map(|_| ()),
         Command::Run(args) => run::run(&args),
         Command::Test(args) => test::run(&args),
+        Command::Install(args) => install::install(&args),
+        Command::Uninstall(args) => install::uninstall(&args),
+        Command::Docs(args) => docs::run(&args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
