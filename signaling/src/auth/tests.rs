@@ -1,0 +1,583 @@
+//! Digest vectors, the verify paths, lockout, trusted networks and users files.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use md5::Md5;
+use sha2::{Digest, Sha256};
+
+use super::*;
+
+const REALM: &str = "switchboard.test";
+const URI: &str = "sip:switchboard.test";
+
+fn t(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("test address parses")
+}
+
+/// Client-side hashing written independently of the code under test.
+fn client_hash(algorithm: Algorithm, data: &str) -> String {
+    let bytes: Vec<u8> = match algorithm {
+        Algorithm::Md5 => Md5::digest(data.as_bytes()).to_vec(),
+        Algorithm::Sha256 => Sha256::digest(data.as_bytes()).to_vec(),
+    };
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn client_response(
+    algorithm: Algorithm,
+    user: &str,
+    password: &str,
+    nonce: &str,
+    nc: &str,
+    method: &str,
+) -> String {
+    let ha1 = client_hash(algorithm, &format!("{user}:{REALM}:{password}"));
+    let ha2 = client_hash(algorithm, &format!("{method}:{URI}"));
+    client_hash(algorithm, &format!("{ha1}:{nonce}:{nc}:cn0nce:auth:{ha2}"))
+}
+
+fn authorization(
+    algorithm: Algorithm,
+    user: &str,
+    password: &str,
+    nonce: &str,
+    nc: &str,
+    method: &str,
+) -> String {
+    let response = client_response(algorithm, user, password, nonce, nc, method);
+    format!(
+        "Digest username=\"{user}\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"{URI}\", \
+         response=\"{response}\", algorithm={}, qop=auth, nc={nc}, cnonce=\"cn0nce\"",
+        algorithm.name()
+    )
+}
+
+fn users() -> Users {
+    let text = format!(
+        "[[user]]\nname = \"alice\"\npassword = \"wonderland\"\n\n{}",
+        UserEntry::hashed("bob", REALM, "builder").to_toml()
+    );
+    Users::parse(Path::new("users.toml"), &text, REALM).expect("test users parse")
+}
+
+fn authenticator() -> Authenticator {
+    let mut config = AuthConfig::digest(REALM, b"test secret".to_vec());
+    config.lockout = LockoutConfig {
+        max_failures: 3,
+        window: Duration::from_secs(60),
+        cool_down: Duration::from_secs(300),
+    };
+    Authenticator::new(config, users())
+}
+
+fn nonce_of(answer: &Answer) -> String {
+    let credentials = Credentials::parse(&answer.header_values[0]).expect("challenge parses");
+    credentials
+        .get("nonce")
+        .expect("challenge has a nonce")
+        .to_string()
+}
+
+#[test]
+fn rfc_2617_md5_and_rfc_7616_sha256_vectors() {
+    // RFC 2617 §3.5 (MD5, qop=auth).
+    let md5_ha1 = ha1(
+        Algorithm::Md5,
+        "Mufasa",
+        "testrealm@host.com",
+        "Circle Of Life",
+    );
+    assert_eq!(
+        md5_ha1,
+        client_hash(Algorithm::Md5, "Mufasa:testrealm@host.com:Circle Of Life")
+    );
+    let md5 = response(
+        Algorithm::Md5,
+        &md5_ha1,
+        "dcd98b7102dd2f0e8b11d0f600bfb0c093",
+        "00000001",
+        "0a4f113b",
+        "GET",
+        "/dir/index.html",
+    );
+    assert_eq!(md5, "6629fae49393a05397450978507c4ef1");
+    // RFC 7616 §3.9.1 (SHA-256 and MD5, qop=auth).
+    let nonce = "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v";
+    let cnonce = "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ";
+    for (algorithm, expected) in [
+        (
+            Algorithm::Sha256,
+            "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1",
+        ),
+        (Algorithm::Md5, "8ca523f5e9506fed4657c9700eebdbec"),
+    ] {
+        let ha1_value = ha1(
+            algorithm,
+            "Mufasa",
+            "http-auth@example.org",
+            "Circle of Life",
+        );
+        let independent = {
+            let ha2 = client_hash(algorithm, "GET:/dir/index.html");
+            client_hash(
+                algorithm,
+                &format!("{ha1_value}:{nonce}:00000001:{cnonce}:auth:{ha2}"),
+            )
+        };
+        let computed = response(
+            algorithm,
+            &ha1_value,
+            nonce,
+            "00000001",
+            cnonce,
+            "GET",
+            "/dir/index.html",
+        );
+        assert_eq!(computed, independent, "{}", algorithm.name());
+        assert_eq!(computed, expected, "{}", algorithm.name());
+    }
+}
+
+#[test]
+fn hmac_sha256_matches_rfc_4231_case_2() {
+    assert_eq!(
+        digest::hex(&digest::hmac_sha256(
+            b"Jefe",
+            b"what do ya want for nothing?"
+        )),
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    );
+}
+
+#[test]
+fn credentials_parser_handles_quotes_escapes_and_commas() {
+    let credentials = Credentials::parse(
+        "digest  USERNAME=\"a\\\"b\", realm=\"x, y\",nonce=abc ,uri=\"sip:u@h;a=b\", qop=auth",
+    )
+    .expect("parses");
+    assert_eq!(credentials.get("username"), Some("a\"b"));
+    assert_eq!(credentials.get("realm"), Some("x, y"));
+    assert_eq!(credentials.get("nonce"), Some("abc"));
+    assert_eq!(credentials.get("uri"), Some("sip:u@h;a=b"));
+    assert_eq!(credentials.get("QOP"), Some("auth"));
+    for bad in [
+        "Basic dXNlcjpwYXNz",
+        "Digest username=\"unterminated",
+        "Digest username=\"a\"x",
+        "Digest username=a, username=b",
+        "Digest =x",
+    ] {
+        assert!(
+            matches!(Credentials::parse(bad), Err(AuthFailure::Malformed(_))),
+            "{bad} must be malformed"
+        );
+    }
+}
+
+#[test]
+fn challenge_offers_sha256_then_md5_with_401_or_407() {
+    let mut auth = authenticator();
+    let register = auth.challenge(t(0), "REGISTER", false);
+    assert_eq!(register.status, 401);
+    assert_eq!(register.header_name, Some("WWW-Authenticate"));
+    let nonce = nonce_of(&register);
+    assert_eq!(
+        register.header_values,
+        vec![
+            format!("Digest realm=\"{REALM}\", nonce=\"{nonce}\", algorithm=SHA-256, qop=\"auth\""),
+            format!("Digest realm=\"{REALM}\", nonce=\"{nonce}\", algorithm=MD5, qop=\"auth\""),
+        ]
+    );
+    let invite = auth.challenge(t(0), "INVITE", true);
+    assert_eq!(
+        (invite.status, invite.header_name),
+        (407, Some("Proxy-Authenticate"))
+    );
+    assert!(invite.header_values[0].ends_with(", stale=true"));
+    assert_ne!(
+        nonce_of(&invite),
+        nonce,
+        "every challenge has a fresh nonce"
+    );
+    assert_eq!(credentials_header("REGISTER"), "Authorization");
+    assert_eq!(credentials_header("INVITE"), "Proxy-Authorization");
+}
+
+#[test]
+fn valid_credentials_with_both_algorithms_and_nc_replay() {
+    let mut auth = authenticator();
+    let nonce = nonce_of(&auth.challenge(t(0), "REGISTER", false));
+    let source = ip("198.51.100.1");
+    for (algorithm, user, password) in [
+        (Algorithm::Sha256, "alice", "wonderland"),
+        (Algorithm::Md5, "bob", "builder"),
+    ] {
+        // Each client answers its own challenge: nonce-counts are per nonce.
+        let own = nonce_of(&auth.challenge(t(0), "REGISTER", false));
+        let nonce = if user == "alice" { nonce.clone() } else { own };
+        let header = authorization(algorithm, user, password, &nonce, "00000001", "REGISTER");
+        assert_eq!(
+            auth.verify(t(1), "REGISTER", URI, Some(&header), source),
+            Ok(Authenticated::User {
+                username: user.to_string(),
+                algorithm
+            })
+        );
+    }
+    // alice again on nc 1: a replay; nc 2 is fine; nc 2 again is a replay.
+    let replay = authorization(
+        Algorithm::Sha256,
+        "alice",
+        "wonderland",
+        &nonce,
+        "00000001",
+        "REGISTER",
+    );
+    assert_eq!(
+        auth.verify(t(2), "REGISTER", URI, Some(&replay), source),
+        Err(AuthFailure::Replay)
+    );
+    let next = authorization(
+        Algorithm::Sha256,
+        "alice",
+        "wonderland",
+        &nonce,
+        "00000002",
+        "REGISTER",
+    );
+    assert!(auth
+        .verify(t(2), "REGISTER", URI, Some(&next), source)
+        .is_ok());
+    assert_eq!(
+        auth.verify(t(3), "REGISTER", URI, Some(&next), source),
+        Err(AuthFailure::Replay)
+    );
+}
+
+#[test]
+fn wrong_password_and_unknown_user_are_indistinguishable() {
+    let mut auth = authenticator();
+    let nonce = nonce_of(&auth.challenge(t(0), "INVITE", false));
+    let wrong = authorization(
+        Algorithm::Sha256,
+        "alice",
+        "guess",
+        &nonce,
+        "00000001",
+        "INVITE",
+    );
+    let unknown = authorization(
+        Algorithm::Sha256,
+        "mallory",
+        "guess",
+        &nonce,
+        "00000001",
+        "INVITE",
+    );
+    let a = auth.verify(t(1), "INVITE", URI, Some(&wrong), ip("198.51.100.1"));
+    let b = auth.verify(t(1), "INVITE", URI, Some(&unknown), ip("198.51.100.2"));
+    assert_eq!(a, Err(AuthFailure::Rejected));
+    assert_eq!(b, Err(AuthFailure::Rejected));
+    let answer_a = auth.answer(t(1), "INVITE", &AuthFailure::Rejected);
+    let answer_b = auth.answer(t(1), "INVITE", &AuthFailure::Rejected);
+    let strip = |answer: &Answer| {
+        let nonce = nonce_of(answer);
+        (
+            answer.status,
+            answer.header_name,
+            answer
+                .header_values
+                .iter()
+                .map(|v| v.replace(&nonce, "N"))
+                .collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(strip(&answer_a), strip(&answer_b));
+    assert_eq!(answer_a.status, 407);
+}
+
+#[test]
+fn expired_nonce_with_right_password_is_stale_wrong_password_is_rejected() {
+    let mut auth = authenticator();
+    let nonce = nonce_of(&auth.challenge(t(0), "REGISTER", false));
+    let good = authorization(
+        Algorithm::Md5,
+        "alice",
+        "wonderland",
+        &nonce,
+        "00000001",
+        "REGISTER",
+    );
+    let bad = authorization(
+        Algorithm::Md5,
+        "alice",
+        "nope",
+        &nonce,
+        "00000001",
+        "REGISTER",
+    );
+    let source = ip("198.51.100.1");
+    assert_eq!(
+        auth.verify(t(301), "REGISTER", URI, Some(&bad), source),
+        Err(AuthFailure::Rejected)
+    );
+    assert_eq!(
+        auth.verify(t(301), "REGISTER", URI, Some(&good), source),
+        Err(AuthFailure::Stale)
+    );
+    let answer = auth.answer(t(301), "REGISTER", &AuthFailure::Stale);
+    assert_eq!(answer.status, 401);
+    assert!(answer
+        .header_values
+        .iter()
+        .all(|v| v.ends_with(", stale=true")));
+    // At exactly the lifetime the nonce is still fresh.
+    assert!(auth
+        .verify(t(300), "REGISTER", URI, Some(&good), source)
+        .is_ok());
+}
+
+#[test]
+fn forged_or_foreign_nonces_are_rejected() {
+    let mut auth = authenticator();
+    let nonce = nonce_of(&auth.challenge(t(0), "REGISTER", false));
+    let (payload, _) = nonce.rsplit_once('-').expect("nonce has a mac");
+    let forged = format!("{payload}-{}", "0".repeat(32));
+    let mut other =
+        Authenticator::new(AuthConfig::digest(REALM, b"other secret".to_vec()), users());
+    let foreign = nonce_of(&other.challenge(t(0), "REGISTER", false));
+    for nonce in [forged, foreign, "garbage".to_string()] {
+        let header = authorization(
+            Algorithm::Md5,
+            "alice",
+            "wonderland",
+            &nonce,
+            "00000001",
+            "REGISTER",
+        );
+        assert_eq!(
+            auth.verify(t(1), "REGISTER", URI, Some(&header), ip("198.51.100.1")),
+            Err(AuthFailure::Rejected),
+            "nonce {nonce}"
+        );
+    }
+}
+
+#[test]
+fn missing_malformed_wrong_realm_and_wrong_uri() {
+    let mut auth = authenticator();
+    let source = ip("198.51.100.1");
+    assert_eq!(
+        auth.verify(t(0), "REGISTER", URI, None, source),
+        Err(AuthFailure::Missing)
+    );
+    assert_eq!(
+        auth.verify(
+            t(0),
+            "REGISTER",
+            URI,
+            Some("Digest username=\"alice\""),
+            source
+        ),
+        Err(AuthFailure::Malformed("missing realm".to_string()))
+    );
+    let nonce = nonce_of(&auth.challenge(t(0), "REGISTER", false));
+    let header = authorization(
+        Algorithm::Md5,
+        "alice",
+        "wonderland",
+        &nonce,
+        "00000001",
+        "REGISTER",
+    );
+    assert_eq!(
+        auth.verify(
+            t(1),
+            "REGISTER",
+            URI,
+            Some(&header.replace(REALM, "elsewhere")),
+            source
+        ),
+        Err(AuthFailure::Missing),
+        "credentials for another realm are no credentials"
+    );
+    assert_eq!(
+        auth.verify(t(1), "REGISTER", "sip:other.test", Some(&header), source),
+        Err(AuthFailure::Rejected),
+        "the digest uri must be the Request-URI"
+    );
+    assert_eq!(
+        auth.answer(t(1), "REGISTER", &AuthFailure::Malformed(String::new()))
+            .status,
+        400
+    );
+}
+
+#[test]
+fn lockout_by_source_and_by_user_then_cool_down() {
+    let mut auth = authenticator();
+    let nonce = nonce_of(&auth.challenge(t(0), "REGISTER", false));
+    let attacker = ip("203.0.113.66");
+    let wrong = authorization(Algorithm::Md5, "alice", "x", &nonce, "00000001", "REGISTER");
+    for second in 1..=3 {
+        assert_eq!(
+            auth.verify(t(second), "REGISTER", URI, Some(&wrong), attacker),
+            Err(AuthFailure::Rejected)
+        );
+    }
+    // Locked: even the right password from that address gets 403 ...
+    let right = authorization(
+        Algorithm::Md5,
+        "bob",
+        "builder",
+        &nonce,
+        "00000001",
+        "REGISTER",
+    );
+    assert_eq!(
+        auth.verify(t(4), "REGISTER", URI, Some(&right), attacker),
+        Err(AuthFailure::LockedOut)
+    );
+    assert_eq!(
+        auth.answer(t(4), "REGISTER", &AuthFailure::LockedOut)
+            .status,
+        403
+    );
+    // ... and alice is locked from anywhere.
+    let alice = authorization(
+        Algorithm::Md5,
+        "alice",
+        "wonderland",
+        &nonce,
+        "00000001",
+        "REGISTER",
+    );
+    assert_eq!(
+        auth.verify(t(4), "REGISTER", URI, Some(&alice), ip("198.51.100.1")),
+        Err(AuthFailure::LockedOut)
+    );
+    // The cool-down runs 300 s from the third failure (t=3).
+    assert_eq!(
+        auth.verify(t(302), "REGISTER", URI, Some(&alice), ip("198.51.100.1")),
+        Err(AuthFailure::LockedOut)
+    );
+    let fresh = nonce_of(&auth.challenge(t(303), "REGISTER", false));
+    let alice = authorization(
+        Algorithm::Md5,
+        "alice",
+        "wonderland",
+        &fresh,
+        "00000001",
+        "REGISTER",
+    );
+    assert!(auth
+        .verify(t(303), "REGISTER", URI, Some(&alice), ip("198.51.100.1"))
+        .is_ok());
+}
+
+#[test]
+fn failures_outside_the_window_do_not_lock() {
+    let mut auth = authenticator();
+    let source = ip("203.0.113.66");
+    for second in [0, 30, 61, 92] {
+        let nonce = nonce_of(&auth.challenge(t(second), "REGISTER", false));
+        let wrong = authorization(Algorithm::Md5, "alice", "x", &nonce, "00000001", "REGISTER");
+        assert_eq!(
+            auth.verify(t(second), "REGISTER", URI, Some(&wrong), source),
+            Err(AuthFailure::Rejected),
+            "at {second}s no more than two failures fall in a 60 s window"
+        );
+    }
+}
+
+#[test]
+fn trusted_networks_anonymous_mode_and_unprotected_methods() {
+    let mut config = AuthConfig::digest(REALM, b"s".to_vec());
+    config.trusted_networks = ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]
+        .iter()
+        .map(|c| Cidr::parse(c).expect("valid CIDR"))
+        .collect();
+    let mut auth = Authenticator::new(config, users());
+    for trusted in ["10.1.2.3", "2001:db8:1::5", "::ffff:10.9.9.9", "192.0.2.7"] {
+        assert_eq!(
+            auth.verify(t(0), "INVITE", URI, None, ip(trusted)),
+            Ok(Authenticated::Trusted),
+            "{trusted}"
+        );
+    }
+    for untrusted in ["11.0.0.1", "2001:db9::1", "192.0.2.8"] {
+        assert_eq!(
+            auth.verify(t(0), "INVITE", URI, None, ip(untrusted)),
+            Err(AuthFailure::Missing),
+            "{untrusted}"
+        );
+    }
+    assert_eq!(
+        auth.verify(t(0), "OPTIONS", URI, None, ip("11.0.0.1")),
+        Ok(Authenticated::NotRequired)
+    );
+    assert_eq!(
+        Cidr::parse("10.0.0.0/33"),
+        Err(AuthConfigError::InvalidCidr("10.0.0.0/33".to_string()))
+    );
+    assert!(Cidr::parse("0.0.0.0/0")
+        .expect("valid")
+        .contains(ip("8.8.8.8")));
+
+    let mut config = AuthConfig::digest(REALM, b"s".to_vec());
+    config.mode = AuthMode::Anonymous;
+    let mut anonymous = Authenticator::new(config, Users::default());
+    assert_eq!(
+        anonymous.verify(t(0), "REGISTER", URI, None, ip("11.0.0.1")),
+        Ok(Authenticated::NotRequired)
+    );
+}
+
+#[test]
+fn users_file_reload_keeps_old_users_on_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("users.toml");
+    std::fs::write(&path, UserEntry::hashed("carol", REALM, "pw").to_toml()).expect("writable");
+    let mut auth = authenticator();
+    assert_eq!(auth.reload_users(&path).expect("valid file"), 1);
+    assert_eq!(
+        auth.users().ha1("carol", Algorithm::Sha256),
+        Some(ha1(Algorithm::Sha256, "carol", REALM, "pw").as_str())
+    );
+
+    std::fs::write(&path, "[[user]]\nname = \"dave\"\nha1_md5 = \"abc\"\n").expect("writable");
+    let err = auth.reload_users(&path).expect_err("short HA1 is refused");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: user #1 (\"dave\"): ha1 for MD5 must be 32 hex digits",
+            path.display()
+        )
+    );
+    assert!(
+        auth.users().ha1("carol", Algorithm::Md5).is_some(),
+        "old users stay"
+    );
+
+    std::fs::write(&path, "[[user]]\nname = \"erin\"\npassword = \n").expect("writable");
+    let err = auth.reload_users(&path).expect_err("bad TOML is refused");
+    assert!(err.to_string().contains("line 3"), "names the line: {err}");
+    assert_eq!(auth.users().len(), 1);
+
+    for (text, reason) in [
+        ("[[user]]\nname = \"f\"\n", "no password and no HA1"),
+        ("[[user]]\nname = \"g\"\npassword = \"p\"\nha1_md5 = \"00000000000000000000000000000000\"\n", "give either a password or HA1 values"),
+        ("[[user]]\nname = \"h\"\npassword = \"p\"\n[[user]]\nname = \"h\"\npassword = \"q\"\n", "duplicate name"),
+    ] {
+        match Users::parse(Path::new("u.toml"), text, REALM) {
+            Err(UsersError::InvalidUser { reason: got, .. }) => assert_eq!(got, reason),
+            other => panic!("expected {reason:?}, got {other:?}"),
+        }
+    }
+}
