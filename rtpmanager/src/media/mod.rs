@@ -6,5 +6,7 @@
 
 pub mod dtmf;
 pub mod g711;
+pub mod resample;
 pub mod rtp;
 pub mod stats;
+pub mod wav;
