@@ -165,7 +165,8 @@ pub struct AuthConfig {
     pub mode: AuthMode,
     /// The realm of challenges and of the users file's HA1 values.
     pub realm: String,
-    /// The nonce HMAC key; random per start unless configured.
+    /// The nonce HMAC key, supplied by the driver: a configured value keeps
+    /// nonces valid across restarts, random bytes per start invalidate them.
     pub secret: Vec<u8>,
     /// How long a nonce stays fresh.
     pub nonce_lifetime: Duration,
