@@ -328,7 +328,14 @@ impl StreamFramer {
     }
 
     fn fail(&mut self, head_len: usize, error: FrameError) -> FrameError {
-        let keep = head_len.min(self.limits.max_header).min(self.buffer.len());
+        let mut keep = head_len.min(self.limits.max_header).min(self.buffer.len());
+        if matches!(error, FrameError::HeaderTooLarge { .. }) {
+            // The cut may fall inside a line; a half Via must not be echoed.
+            keep = self.buffer[..keep]
+                .windows(2)
+                .rposition(|w| w == b"\r\n")
+                .unwrap_or(0);
+        }
         self.failed_head = self.buffer[..keep].to_vec();
         self.buffer = Vec::new();
         self.failed = Some(error.clone());
@@ -470,19 +477,19 @@ mod tests {
     #[test]
     fn stream_oversize_head_fails_without_buffering_more() {
         let mut framer = StreamFramer::new(FramingLimits {
-            max_header: 32,
+            max_header: 40,
             max_body: 1024,
         });
         framer.push(b"OPTIONS sip:a@example.com SIP/2.0\r\nVia: SIP/2.0/TCP x");
         assert_eq!(
             framer.next_message(),
-            Err(FrameError::HeaderTooLarge { max: 32 })
+            Err(FrameError::HeaderTooLarge { max: 40 })
         );
-        assert_eq!(framer.failed_head(), b"OPTIONS sip:a@example.com SIP/2");
+        assert_eq!(framer.failed_head(), b"OPTIONS sip:a@example.com SIP/2.0");
         framer.push(&[b'x'; 4096]);
         assert_eq!(
             framer.next_message(),
-            Err(FrameError::HeaderTooLarge { max: 32 })
+            Err(FrameError::HeaderTooLarge { max: 40 })
         );
         assert!(framer.buffer.is_empty(), "a failed framer buffers nothing");
     }

@@ -58,13 +58,19 @@ fn check_corpus(corpus: &str, expected_rows: usize) {
             continue;
         }
         if let Outcome::Reject { status, response } = &outcome {
-            let reparsed = parse(response).unwrap_or_else(|e| {
-                panic!(
-                    "{corpus}/{file}: our {status} response does not parse ({e}):\n{}",
-                    String::from_utf8_lossy(response)
-                )
-            });
-            assert_eq!(reparsed.status(), Some(*status), "{corpus}/{file}");
+            // Salvaged headers are echoed as received, so a reply to a
+            // malformed Via need not parse; its status line and framing must.
+            let text = String::from_utf8_lossy(response);
+            assert!(
+                text.starts_with(&format!("SIP/2.0 {status} ")) && text.ends_with("\r\n\r\n"),
+                "{corpus}/{file}: malformed {status} response:\n{text}"
+            );
+            let frame = frame_datagram(response)
+                .unwrap_or_else(|e| panic!("{corpus}/{file}: response does not frame: {e}"));
+            assert!(
+                frame.body.is_empty(),
+                "{corpus}/{file}: error responses have no body"
+            );
         }
     }
     assert!(
@@ -235,7 +241,9 @@ fn transports_and_rfc2543_request() {
     assert_eq!(old.top_via().branch(), None);
     assert!(!old.has_max_forwards());
     assert_eq!(old.max_forwards(), DEFAULT_MAX_FORWARDS);
-    assert_eq!(old.to().uri.param("user"), Some(Some("phone".to_owned())));
+    // Without <>, ';user=phone' belongs to the header, not the URI.
+    assert_eq!(old.to().param("user"), Some(Some("phone".to_owned())));
+    assert_eq!(old.to().uri.param("user"), None);
 }
 
 #[test]
