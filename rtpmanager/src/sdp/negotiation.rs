@@ -122,3 +122,191 @@ pub fn peer_media(sdp: &SessionDescription, index: usize, rtcp_mux: bool) -> Opt
             || address.is_unspecified(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::super::test_support::parsed;
+    use super::*;
+
+    const OFFER: &[&str] = &[
+        "v=0",
+        "o=alice 1 1 IN IP4 198.51.100.7",
+        "s=-",
+        "c=IN IP4 198.51.100.7",
+        "t=0 0",
+        "m=video 5006 RTP/AVP 96",
+        "m=audio 5004 RTP/AVP 111 8 0 101",
+        "a=rtpmap:111 opus/48000/2",
+        "a=rtpmap:101 telephone-event/8000",
+        "a=fmtp:101 0-16",
+        "a=ptime:30",
+        "a=rtcp:5010 IN IP4 198.51.100.8",
+        "a=rtcp-mux",
+    ];
+
+    fn answer(audio: &[&str]) -> SessionDescription {
+        let mut lines = vec![
+            "v=0",
+            "o=bob 1 1 IN IP4 192.0.2.20",
+            "s=-",
+            "c=IN IP4 192.0.2.20",
+            "t=0 0",
+            "m=video 0 RTP/AVP 96",
+        ];
+        lines.extend_from_slice(audio);
+        parsed(&lines)
+    }
+
+    fn v4(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, d)), port)
+    }
+
+    fn negotiated(offer: &SessionDescription, answer: &SessionDescription) -> Negotiation {
+        negotiate(offer, answer)
+            .expect("offer and answer pair up")
+            .expect("audio was accepted")
+    }
+
+    #[test]
+    fn settles_codec_dtmf_ptime_and_addresses() {
+        let answer = answer(&[
+            "m=audio 6000 RTP/AVP 101 8",
+            "a=rtpmap:101 telephone-event/8000",
+            "a=sendonly",
+        ]);
+        assert_eq!(
+            negotiated(&parsed(OFFER), &answer),
+            Negotiation {
+                media_index: 1,
+                codec: Codec {
+                    payload_type: PayloadType::PCMA,
+                    encoding: "PCMA".to_owned(),
+                    clock_rate: 8000,
+                    channels: None,
+                },
+                telephone_event: PayloadType::new(101),
+                ptime: Some(30),
+                rtcp_mux: false,
+                offerer: PeerMedia {
+                    rtp: v4(198, 51, 100, 7, 5004),
+                    rtcp: v4(198, 51, 100, 8, 5010),
+                    direction: Direction::SendRecv,
+                    on_hold: false,
+                },
+                answerer: PeerMedia {
+                    rtp: v4(192, 0, 2, 20, 6000),
+                    rtcp: v4(192, 0, 2, 20, 6001),
+                    direction: Direction::SendOnly,
+                    on_hold: true,
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn agreed_mux_sends_rtcp_to_the_rtp_port() {
+        let answer = answer(&["m=audio 6000 RTP/AVP 0", "a=rtcp-mux", "a=ptime:20"]);
+        let negotiation = negotiated(&parsed(OFFER), &answer);
+        assert!(negotiation.rtcp_mux);
+        assert_eq!(negotiation.codec.payload_type, PayloadType::PCMU);
+        assert_eq!(negotiation.telephone_event, None, "the answer dropped DTMF");
+        assert_eq!(negotiation.ptime, Some(20), "the answer's ptime wins");
+        assert_eq!(negotiation.offerer.rtcp, v4(198, 51, 100, 7, 5004));
+        assert_eq!(negotiation.answerer.rtcp, v4(192, 0, 2, 20, 6000));
+    }
+
+    #[test]
+    fn answer_without_rtpmap_for_a_dynamic_type_uses_the_offers() {
+        let answer = answer(&["m=audio 6000 RTP/AVP 111"]);
+        let codec = negotiated(&parsed(OFFER), &answer).codec;
+        assert_eq!(codec.to_string(), "opus/48000/2");
+    }
+
+    #[test]
+    fn old_style_and_inactive_hold_are_detected() {
+        let held = parsed(&[
+            "v=0",
+            "o=- 1 2 IN IP6 2001:db8::7",
+            "s=-",
+            "c=IN IP4 0.0.0.0",
+            "t=0 0",
+            "m=audio 5004 RTP/AVP 0",
+        ]);
+        let media = peer_media(&held, 0, false).expect("the section exists");
+        assert_eq!(media.rtp, v4(0, 0, 0, 0, 5004));
+        assert_eq!(media.direction, Direction::SendRecv);
+        assert!(media.on_hold, "c=0.0.0.0 is RFC 2543 hold");
+
+        let inactive = parsed(&[
+            "v=0",
+            "o=- 1 2 IN IP6 2001:db8::7",
+            "s=-",
+            "t=0 0",
+            "a=inactive",
+            "m=audio 5004 RTP/AVP 0",
+            "c=IN IP6 2001:db8::7",
+        ]);
+        let media = peer_media(&inactive, 0, false).expect("the section exists");
+        let address = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7));
+        assert_eq!(media.rtp, SocketAddr::new(address, 5004));
+        assert_eq!(media.rtcp, SocketAddr::new(address, 5005));
+        assert_eq!(media.direction, Direction::Inactive);
+        assert!(media.on_hold, "session-level a=inactive holds the stream");
+
+        let recvonly = parsed(&[
+            "v=0",
+            "o=- 1 2 IN IP4 192.0.2.5",
+            "s=-",
+            "c=IN IP4 192.0.2.5",
+            "t=0 0",
+            "m=audio 5004 RTP/AVP 0",
+            "a=recvonly",
+        ]);
+        let media = peer_media(&recvonly, 0, false).expect("the section exists");
+        assert!(!media.on_hold, "recvonly answers a hold, it is not one");
+    }
+
+    #[test]
+    fn rejected_audio_negotiates_nothing() {
+        let answer = answer(&["m=audio 0 RTP/AVP 0"]);
+        assert_eq!(negotiate(&parsed(OFFER), &answer), Ok(None));
+    }
+
+    #[test]
+    fn accepted_audio_with_only_telephone_event_is_an_error() {
+        let answer = answer(&[
+            "m=audio 6000 RTP/AVP 101",
+            "a=rtpmap:101 telephone-event/8000",
+        ]);
+        assert_eq!(
+            negotiate(&parsed(OFFER), &answer),
+            Err(SdpError::AnswerWithoutCodec {
+                formats: "101".to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn manager_answer_negotiates_with_its_own_offerer() {
+        use super::super::offer_answer::{answer_locally, LocalEndpoint, OriginState};
+        use super::super::RtpPort;
+
+        let offer = parsed(OFFER);
+        let local = LocalEndpoint {
+            address: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10)),
+            rtp_port: RtpPort::new(30000),
+            rtcp_port: RtpPort::new(30001),
+            rtcp_mux: true,
+        };
+        let answer =
+            answer_locally(&offer, &local, &mut OriginState::new(1)).expect("the offer has PCMA");
+        let negotiation = negotiated(&offer, &answer);
+        assert_eq!(negotiation.codec.payload_type, PayloadType::PCMA);
+        assert_eq!(negotiation.telephone_event, PayloadType::new(101));
+        assert!(negotiation.rtcp_mux);
+        assert_eq!(negotiation.answerer.rtp, v4(203, 0, 113, 10, 30000));
+        assert_eq!(negotiation.offerer.rtcp, v4(198, 51, 100, 7, 5004));
+    }
+}
