@@ -1,7 +1,7 @@
 //! The parsed message and the protocol identifiers the rest of the server keys on.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use super::header::{CSeq, Header, Method, Via};
 use super::uri::{is_lws, parse_delta_seconds, split_top_level_commas, NameAddr, Uri};
@@ -231,17 +231,17 @@ impl SipMessage {
 
     /// Returns the option tags of every Require header.
     pub fn require(&self) -> Vec<String> {
-        self.tokens("Require")
+        self.header_list("Require")
     }
 
     /// Returns the option tags of every Proxy-Require header.
     pub fn proxy_require(&self) -> Vec<String> {
-        self.tokens("Proxy-Require")
+        self.header_list("Proxy-Require")
     }
 
     /// Returns the option tags of every Supported header.
     pub fn supported(&self) -> Vec<String> {
-        self.tokens("Supported")
+        self.header_list("Supported")
     }
 
     /// Returns the Content-Type value as written.
@@ -316,19 +316,10 @@ impl SipMessage {
             via.set_param("rport", Some(source.port().to_string()));
         }
         if wants_rport || via.host.ip() != Some(source.ip()) {
-            via.set_param("received", Some(format_received(source.ip())));
+            // IPv6 without brackets, as in RFC 3261's via-received grammar.
+            via.set_param("received", Some(source.ip().to_string()));
         }
     }
-
-    fn tokens(&self, name: &str) -> Vec<String> {
-        self.header_list(name)
-    }
-}
-
-/// Writes an address as a `received` value: IPv6 without brackets, as in
-/// RFC 3261's grammar.
-fn format_received(ip: IpAddr) -> String {
-    ip.to_string()
 }
 
 /// Returns the lower-cased media type of a Content-Type value.

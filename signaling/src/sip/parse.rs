@@ -65,8 +65,7 @@ pub struct ParseError {
     salvaged: Vec<Header>,
 }
 
-/// Headers copied into error responses (RFC 3261 §8.2.6.2), plus the
-/// Timestamp a 100 echoes.
+/// Headers copied into error responses (RFC 3261 §8.2.6.2).
 const SALVAGED: &[&str] = &["Via", "From", "To", "Call-ID", "CSeq"];
 
 impl ParseError {

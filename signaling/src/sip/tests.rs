@@ -495,23 +495,95 @@ fn stream_oversize_can_still_be_answered() {
 /// normalisation above exists. If rsip ever accepts these, the workarounds
 /// stay correct; only these assertions would need updating.
 mod rsip_gaps {
-    fn rsip_accepts(text: &str) -> bool {
-        rsip::SipMessage::try_from(text).is_ok()
-    }
+    use rsip::prelude::*;
+
+    use crate::sip::parse;
 
     const TAIL: &str = "From: <sip:b@c>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    const VIA: &str = "Via: SIP/2.0/UDP h;branch=z9hG4bK1\r\n";
+
+    fn rsip_parse(text: &str) -> Option<rsip::SipMessage> {
+        rsip::SipMessage::try_from(text).ok()
+    }
 
     #[test]
-    fn extension_methods_and_tel_and_ipv6_request_uris() {
-        let via = "Via: SIP/2.0/UDP h;branch=z9hG4bK1\r\n";
-        assert!(rsip_accepts(&format!(
-            "OPTIONS sip:a@b SIP/2.0\r\n{via}{TAIL}"
-        )));
-        assert!(!rsip_accepts(&format!(
-            "NEWMETHOD sip:a@b SIP/2.0\r\n{via}{TAIL}"
-        )));
-        assert!(!rsip_accepts(&format!(
-            "OPTIONS sip:[2001:db8::1] SIP/2.0\r\n{via}{TAIL}"
-        )));
+    fn compact_names_hide_headers_from_rsip_until_expanded() {
+        let text = format!("OPTIONS sip:a@b SIP/2.0\r\nv: SIP/2.0/UDP h;branch=z9hG4bK1\r\n{TAIL}");
+        let raw = rsip_parse(&text).expect("rsip reads 'v:' as an unknown header");
+        assert!(raw.via_header().is_err(), "rsip does not know 'v' is Via");
+        let ours = parse(text.as_bytes()).expect("parses");
+        let normalised = ours.rsip().expect("normalised text is within rsip's model");
+        assert!(
+            normalised.via_header().is_ok(),
+            "expanded to 'Via' for rsip"
+        );
+    }
+
+    #[test]
+    fn folded_lines_fail_rsip_until_unfolded() {
+        let text =
+            format!("OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;\r\n branch=z9hG4bK1\r\n{TAIL}");
+        assert!(rsip_parse(&text).is_none(), "rsip rejects folding");
+        let ours = parse(text.as_bytes()).expect("parses");
+        assert_eq!(ours.header("Via"), Some("SIP/2.0/UDP h; branch=z9hG4bK1"));
+        assert!(
+            ours.rsip().is_some(),
+            "unfolded text is within rsip's model"
+        );
+    }
+
+    #[test]
+    fn extension_methods_and_ipv6_are_outside_rsip() {
+        assert!(rsip_parse(&format!("OPTIONS sip:a@b SIP/2.0\r\n{VIA}{TAIL}")).is_some());
+        assert!(rsip_parse(&format!("NEWMETHOD sip:a@b SIP/2.0\r\n{VIA}{TAIL}")).is_none());
+        assert!(rsip_parse(&format!("OPTIONS sip:[2001:db8::1] SIP/2.0\r\n{VIA}{TAIL}")).is_none());
+        let v6_via = rsip_parse(&format!(
+            "OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::1];branch=z9hG4bK1\r\n{TAIL}"
+        ))
+        .expect("rsip stores the Via untyped");
+        let typed = v6_via.via_header().expect("present").typed();
+        assert!(typed.is_err(), "rsip cannot type an IPv6 sent-by");
+    }
+}
+
+/// Every prefix and many single-octet corruptions of every corpus message
+/// go through `classify` without panicking, and a reject always carries a
+/// framed response.
+#[test]
+fn corrupted_corpus_messages_never_panic() {
+    let mut files = Vec::new();
+    for (corpus, subdirs) in [
+        ("rfc4475", &["valid", "invalid"][..]),
+        ("rfc5118", &[""][..]),
+    ] {
+        for sub in subdirs {
+            let dir = corpus_dir(corpus).join(sub);
+            for entry in std::fs::read_dir(&dir).expect("corpus directory") {
+                let path = entry.expect("directory entry").path();
+                if path.extension().is_some_and(|e| e == "dat") {
+                    files.push(std::fs::read(&path).expect("corpus file"));
+                }
+            }
+        }
+    }
+    assert_eq!(files.len(), 62);
+    let check = |bytes: &[u8]| {
+        if let Outcome::Reject { response, .. } = classify(bytes) {
+            assert!(frame_datagram(&response).is_ok(), "unframed response");
+        }
+    };
+    for file in &files {
+        for end in (0..file.len()).step_by(3) {
+            check(&file[..end]);
+        }
+        for (i, replacement) in (0..file.len()).step_by(5).zip(
+            [0u8, b':', b'[', b'"', b' ', b'\r', b';', b'<', 0xff]
+                .iter()
+                .cycle(),
+        ) {
+            let mut corrupted = file.clone();
+            corrupted[i] = *replacement;
+            check(&corrupted);
+        }
     }
 }
