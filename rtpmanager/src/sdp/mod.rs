@@ -35,6 +35,45 @@
 //!
 //! Every [`SdpError`] is the peer's or the offer's fault and maps to gRPC
 //! `INVALID_ARGUMENT`; its message names the SDP line and the problem.
+//!
+//! ```
+//! use std::net::{IpAddr, Ipv4Addr};
+//! use switchboard_rtpmanager::sdp::{
+//!     negotiate, parse, rewrite_answer, rewrite_offer, CodecPolicy, LocalEndpoint, OriginState,
+//!     RtpPort,
+//! };
+//!
+//! let endpoint = |rtp| LocalEndpoint {
+//!     address: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10)),
+//!     rtp_port: RtpPort::new(rtp),
+//!     rtcp_port: RtpPort::new(rtp + 1),
+//!     rtcp_mux: true,
+//! };
+//! let (mut origin_a, mut origin_b) = (OriginState::new(1), OriginState::new(2));
+//!
+//! // Offer from the caller (leg a), relayed to the callee (leg b).
+//! let offer = parse(
+//!     "v=0\r\no=- 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\n\
+//!      m=audio 5004 RTP/AVP 0 8\r\n",
+//! )?;
+//! let offer_to_b = rewrite_offer(&offer, &endpoint(30002), &CodecPolicy::Passthrough, &mut origin_b)?;
+//! assert!(offer_to_b.to_string().contains("m=audio 30002 RTP/AVP 0 8\r\n"));
+//!
+//! // The callee's answer, relayed back to the caller.
+//! let answer = parse(
+//!     "v=0\r\no=- 9 9 IN IP4 192.0.2.20\r\ns=-\r\nc=IN IP4 192.0.2.20\r\nt=0 0\r\n\
+//!      m=audio 6000 RTP/AVP 8\r\n",
+//! )?;
+//! let answer_to_a = rewrite_answer(&offer, &answer, &endpoint(30000), &mut origin_a)?;
+//! assert!(answer_to_a.to_string().contains("m=audio 30000 RTP/AVP 8\r\n"));
+//!
+//! // What each leg settled on.
+//! let leg_a = negotiate(&offer, &answer_to_a)?.expect("audio accepted");
+//! let leg_b = negotiate(&offer_to_b, &answer)?.expect("audio accepted");
+//! assert_eq!(leg_a.codec.to_string(), "PCMA/8000");
+//! assert_eq!(leg_b.answerer.rtp.to_string(), "192.0.2.20:6000");
+//! # Ok::<(), switchboard_rtpmanager::sdp::SdpError>(())
+//! ```
 
 mod model;
 mod negotiation;

@@ -708,7 +708,7 @@ impl MediaDescription {
         self.attributes
             .retain(|attribute| match attribute_payload_type(attribute) {
                 // `a=rtcp-fb:*` applies to every payload type.
-                Some(format) => format == "*" || kept.iter().any(|kept| *kept == format),
+                Some(format) => format == "*" || kept.contains(&format),
                 None => true,
             });
     }

@@ -650,6 +650,31 @@ mod tests {
     }
 
     #[test]
+    fn restrict_policy_drops_only_the_feedback_of_removed_codecs() {
+        let offer = g711_offer(
+            "m=audio 5004 RTP/AVPF 111 0",
+            &[
+                "a=rtpmap:111 opus/48000/2",
+                "a=rtcp-fb:* nack",
+                "a=rtcp-fb:111 transport-cc",
+                "a=rtcp-fb:0 nack pli",
+            ],
+        );
+        let out = rewrite_offer(
+            &offer,
+            &endpoint_v4(30000),
+            &CodecPolicy::g711_with_telephone_event(),
+            &mut OriginState::new(42),
+        )
+        .expect("the offer has PCMU");
+        assert!(out.to_string().ends_with(&body(&[
+            "m=audio 30000 RTP/AVPF 0",
+            "a=rtcp-fb:* nack",
+            "a=rtcp-fb:0 nack pli",
+        ])));
+    }
+
+    #[test]
     fn restrict_policy_without_common_codec_fails_naming_both_sides() {
         let offer = g711_offer(
             "m=audio 5004 RTP/AVP 111 101",

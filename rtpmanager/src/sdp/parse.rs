@@ -711,6 +711,18 @@ mod tests {
     }
 
     #[test]
+    fn host_name_in_origin_is_accepted() {
+        let sdp = parsed(&[
+            "v=0",
+            "o=- 0 0 IN IP4 pbx.example.com",
+            "s=-",
+            "c=IN IP4 192.0.2.1",
+            "m=audio 4000 RTP/AVP 0",
+        ]);
+        assert_eq!(sdp.origin.address, "pbx.example.com");
+    }
+
+    #[test]
     fn empty_body_is_refused() {
         assert_eq!(parse(""), Err(SdpError::Empty));
         assert_eq!(parse("\r\n\r\n"), Err(SdpError::Empty));
