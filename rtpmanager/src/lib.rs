@@ -15,3 +15,4 @@ pub mod ports;
 pub mod relay;
 pub mod sdp;
 pub mod server;
+pub mod session;

@@ -1,0 +1,779 @@
+//! The session table: calls, legs, offer/answer state and bridges.
+//!
+//! It is driven by control requests (from the gRPC edge) with an explicit
+//! `now`, and answers with the rewritten SDP plus [`RelayCommand`]s that the
+//! driver applies to the [`Relay`](crate::relay::Relay). It never touches the
+//! relay, a clock or a socket itself; the port pool hands it bound sockets,
+//! which it passes on untouched in `RelayCommand::Add`.
+//!
+//! Per leg it keeps what the leg's peer offered or answered, the manager's
+//! `o=` state towards that peer, and the settled [`Negotiation`]; from those
+//! it derives the relay's [`LegParams`] (where to send, what to expect,
+//! whether to transcode). Every change that alters a leg's params emits an
+//! `Update` for it, so the relay (and later the kernel fast path) is a
+//! function of this table.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::media::g711::Law;
+use crate::ports::{PortError, PortPool, RtpPort};
+use crate::relay::{LegParams, LegRef, LegShared, Slot, Transcode};
+use crate::sdp::{
+    self, CodecPolicy, LocalEndpoint, Negotiation, OriginState, SdpError, SessionDescription,
+};
+
+/// The signaling server's name for a call.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallId(pub String);
+
+/// A leg's name within its call (e.g. "a", "b").
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LegId(pub String);
+
+impl fmt::Display for CallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for LegId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Per-leg options from the control request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LegOptions {
+    pub strict_source: bool,
+    /// `None` uses the manager's default.
+    pub media_timeout: Option<Duration>,
+    pub allow_transcoding: bool,
+    pub label: String,
+}
+
+/// Why a control request failed; each maps to one gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// A required field is empty or malformed (INVALID_ARGUMENT).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The SDP is malformed or cannot be answered (INVALID_ARGUMENT).
+    #[error("SDP: {0}")]
+    Sdp(#[from] SdpError),
+    /// No such call or leg (NOT_FOUND).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request does not fit the leg's offer/answer state (FAILED_PRECONDITION).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// No free port pair (RESOURCE_EXHAUSTED).
+    #[error("{0}")]
+    Exhausted(String),
+    /// The manager is draining and refuses new calls (UNAVAILABLE).
+    #[error("draining: new calls are refused")]
+    Draining,
+}
+
+impl From<PortError> for SessionError {
+    fn from(e: PortError) -> Self {
+        match e {
+            PortError::Exhausted(_) => SessionError::Exhausted(e.to_string()),
+            other => SessionError::FailedPrecondition(other.to_string()),
+        }
+    }
+}
+
+/// What the driver must do to the relay.
+#[derive(Debug)]
+pub enum RelayCommand {
+    /// A new leg with its sockets.
+    Add {
+        slot: Slot,
+        shared: Arc<LegShared>,
+        rtcp: Option<UdpSocket>,
+        params: LegParams,
+    },
+    /// New params for an existing leg.
+    Update { slot: Slot, params: LegParams },
+    /// A leg is gone; the driver removes it and may read its final figures.
+    Remove { slot: Slot, shared: Arc<LegShared> },
+}
+
+/// The answer to Offer and Answer.
+#[derive(Debug)]
+pub struct SdpResult {
+    pub sdp: String,
+    /// The leg whose local endpoint the SDP advertises.
+    pub leg: LegView,
+    pub commands: Vec<RelayCommand>,
+}
+
+/// A read-only view of a leg for Info, List and Stats.
+#[derive(Clone, Debug)]
+pub struct LegView {
+    pub call_id: String,
+    pub leg_id: String,
+    pub slot: Slot,
+    pub local_address: IpAddr,
+    pub rtp_port: u16,
+    pub rtcp_port: u16,
+    pub rtcp_mux: bool,
+    pub remote: Option<std::net::SocketAddr>,
+    pub codec: Option<String>,
+    pub bridged_to: Option<String>,
+    pub label: String,
+    pub shared: Arc<LegShared>,
+}
+
+struct Leg {
+    id: LegId,
+    slot: Slot,
+    port: RtpPort,
+    options: LegOptions,
+    origin: OriginState,
+    /// The last offer this leg's peer sent us.
+    received_offer: Option<SessionDescription>,
+    /// The last offer we sent this leg's peer.
+    sent_offer: Option<SessionDescription>,
+    negotiation: Option<Negotiation>,
+    /// Where this leg's peer receives, from the last settled exchange.
+    peer: Option<sdp::PeerMedia>,
+    bridged_to: Option<LegId>,
+    inbound_paused: bool,
+    shared: Arc<LegShared>,
+    last_control: Instant,
+}
+
+struct Call {
+    created: Instant,
+    legs: HashMap<LegId, Leg>,
+}
+
+/// Manager-wide settings of the table.
+#[derive(Clone, Debug)]
+pub struct TableConfig {
+    /// Address advertised to IPv4 peers.
+    pub advertise_v4: IpAddr,
+    /// Address advertised to IPv6 peers, when the manager has one.
+    pub advertise_v6: Option<IpAddr>,
+    pub media_timeout: Duration,
+}
+
+/// All calls of this manager.
+pub struct SessionTable {
+    config: TableConfig,
+    pool: PortPool,
+    calls: HashMap<CallId, Call>,
+    next_slot: Slot,
+    draining: bool,
+}
+
+impl fmt::Debug for SessionTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionTable")
+            .field("calls", &self.calls.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn require(field: &str, value: &str) -> Result<(), SessionError> {
+    if value.trim().is_empty() {
+        return Err(SessionError::InvalidArgument(format!("{field} is empty")));
+    }
+    Ok(())
+}
+
+impl SessionTable {
+    pub fn new(config: TableConfig, pool: PortPool) -> SessionTable {
+        SessionTable {
+            config,
+            pool,
+            calls: HashMap::new(),
+            next_slot: 0,
+            draining: false,
+        }
+    }
+
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn legs(&self) -> usize {
+        self.calls.values().map(|c| c.legs.len()).sum()
+    }
+
+    pub fn ports_total(&self) -> usize {
+        self.pool.total_pairs()
+    }
+
+    pub fn ports_free(&self) -> usize {
+        self.pool.free_pairs()
+    }
+
+    /// Records the offer the peer of `leg` sent and returns the offer for the
+    /// peer of `peer` (or, with `peer` empty, the manager's own answer).
+    pub fn offer(
+        &mut self,
+        now: Instant,
+        call: &str,
+        leg: &str,
+        peer: &str,
+        sdp_text: &str,
+        options: LegOptions,
+        peer_options: LegOptions,
+    ) -> Result<SdpResult, SessionError> {
+        require("call_id", call)?;
+        require("leg_id", leg)?;
+        if leg == peer {
+            return Err(SessionError::InvalidArgument(
+                "leg_id and peer_leg_id are the same leg".into(),
+            ));
+        }
+        let offer = sdp::parse(sdp_text)?;
+        let call_id = CallId(call.to_owned());
+        if !self.calls.contains_key(&call_id) && self.draining {
+            return Err(SessionError::Draining);
+        }
+        let mut commands = Vec::new();
+        let offerer_family = offer_family(&offer);
+        self.ensure_leg(now, &call_id, leg, options, &mut commands)?;
+        if !peer.is_empty() {
+            self.ensure_leg(now, &call_id, peer, peer_options, &mut commands)?;
+        }
+        let advertise = self.advertise_for(offerer_family);
+        let advertise_peer = self.config.advertise_v4;
+
+        let call_state = self
+            .calls
+            .get_mut(&call_id)
+            .ok_or_else(|| SessionError::NotFound(format!("call {call}")))?;
+        let leg_id = LegId(leg.to_owned());
+
+        let (sdp_out, view_leg) = if peer.is_empty() {
+            let a = call_state
+                .legs
+                .get_mut(&leg_id)
+                .ok_or_else(|| SessionError::NotFound(format!("leg {leg}")))?;
+            let endpoint = endpoint(advertise, a.port);
+            let answer = sdp::answer_locally(&offer, &endpoint, &mut a.origin)?;
+            a.negotiation = sdp::negotiate(&offer, &answer)?;
+            a.peer = a.negotiation.as_ref().map(|n| n.offerer);
+            a.received_offer = Some(offer);
+            a.last_control = now;
+            (answer.to_string(), leg_id.clone())
+        } else {
+            let peer_id = LegId(peer.to_owned());
+            let transcoding = call_state
+                .legs
+                .get(&peer_id)
+                .is_some_and(|p| p.options.allow_transcoding);
+            let b = call_state
+                .legs
+                .get_mut(&peer_id)
+                .ok_or_else(|| SessionError::NotFound(format!("leg {peer}")))?;
+            let policy = if transcoding {
+                CodecPolicy::g711_with_telephone_event()
+            } else {
+                CodecPolicy::Passthrough
+            };
+            let endpoint = endpoint(advertise_peer, b.port);
+            let rewritten = sdp::rewrite_offer(&offer, &endpoint, &policy, &mut b.origin)?;
+            b.sent_offer = Some(rewritten.clone());
+            b.last_control = now;
+            let a = call_state
+                .legs
+                .get_mut(&leg_id)
+                .ok_or_else(|| SessionError::NotFound(format!("leg {leg}")))?;
+            a.received_offer = Some(offer);
+            a.last_control = now;
+            (rewritten.to_string(), peer_id)
+        };
+        self.refresh_params(&call_id, &mut commands);
+        let view = self.view(&call_id, &view_leg)?;
+        Ok(SdpResult {
+            sdp: sdp_out,
+            leg: view,
+            commands,
+        })
+    }
+
+    /// Records the answer the peer of `leg` sent to our offer and returns the
+    /// answer for the peer of `peer` (the original offerer).
+    pub fn answer(
+        &mut self,
+        now: Instant,
+        call: &str,
+        leg: &str,
+        peer: &str,
+        sdp_text: &str,
+    ) -> Result<SdpResult, SessionError> {
+        require("call_id", call)?;
+        require("leg_id", leg)?;
+        require("peer_leg_id", peer)?;
+        let answer = sdp::parse(sdp_text)?;
+        let call_id = CallId(call.to_owned());
+        let advertise = self.config.advertise_v4;
+        let call_state = self
+            .calls
+            .get_mut(&call_id)
+            .ok_or_else(|| SessionError::NotFound(format!("call {call}")))?;
+        let (leg_id, peer_id) = (LegId(leg.to_owned()), LegId(peer.to_owned()));
+
+        let b = call_state
+            .legs
+            .get_mut(&leg_id)
+            .ok_or_else(|| SessionError::NotFound(format!("leg {leg}")))?;
+        let sent_offer = b.sent_offer.clone().ok_or_else(|| {
+            SessionError::FailedPrecondition(format!("leg {leg} has no offer to answer"))
+        })?;
+        b.negotiation = sdp::negotiate(&sent_offer, &answer)?;
+        b.peer = b.negotiation.as_ref().map(|n| n.answerer);
+        b.last_control = now;
+
+        let a = call_state
+            .legs
+            .get_mut(&peer_id)
+            .ok_or_else(|| SessionError::NotFound(format!("leg {peer}")))?;
+        let received_offer = a
+            .received_offer
+            .clone()
+            .ok_or_else(|| SessionError::FailedPrecondition(format!("leg {peer} made no offer")))?;
+        let family = offer_family(&received_offer);
+        let address = if family == Family::V6 {
+            self.config.advertise_v6.unwrap_or(advertise)
+        } else {
+            advertise
+        };
+        let rewritten = sdp::rewrite_answer(
+            &received_offer,
+            &answer,
+            &endpoint(address, a.port),
+            &mut a.origin,
+        )?;
+        a.negotiation = sdp::negotiate(&received_offer, &rewritten)?;
+        a.peer = a.negotiation.as_ref().map(|n| n.offerer);
+        a.last_control = now;
+
+        let mut commands = Vec::new();
+        self.refresh_params(&call_id, &mut commands);
+        let view = self.view(&call_id, &peer_id)?;
+        Ok(SdpResult {
+            sdp: rewritten.to_string(),
+            leg: view,
+            commands,
+        })
+    }
+
+    /// Starts forwarding between two legs of a call.
+    pub fn bridge(
+        &mut self,
+        now: Instant,
+        call: &str,
+        a: &str,
+        b: &str,
+    ) -> Result<Vec<RelayCommand>, SessionError> {
+        self.set_bridge(now, call, a, b, true)
+    }
+
+    /// Stops forwarding between two legs.
+    pub fn unbridge(
+        &mut self,
+        now: Instant,
+        call: &str,
+        a: &str,
+        b: &str,
+    ) -> Result<Vec<RelayCommand>, SessionError> {
+        self.set_bridge(now, call, a, b, false)
+    }
+
+    fn set_bridge(
+        &mut self,
+        now: Instant,
+        call: &str,
+        a: &str,
+        b: &str,
+        on: bool,
+    ) -> Result<Vec<RelayCommand>, SessionError> {
+        require("call_id", call)?;
+        if a == b {
+            return Err(SessionError::InvalidArgument(
+                "a leg cannot be bridged with itself".into(),
+            ));
+        }
+        let call_id = CallId(call.to_owned());
+        let state = self
+            .calls
+            .get_mut(&call_id)
+            .ok_or_else(|| SessionError::NotFound(format!("call {call}")))?;
+        for id in [a, b] {
+            if !state.legs.contains_key(&LegId(id.to_owned())) {
+                return Err(SessionError::NotFound(format!("leg {id} of call {call}")));
+            }
+        }
+        for (this, other) in [(a, b), (b, a)] {
+            if let Some(leg) = state.legs.get_mut(&LegId(this.to_owned())) {
+                leg.bridged_to = on.then(|| LegId(other.to_owned()));
+                leg.last_control = now;
+            }
+        }
+        let mut commands = Vec::new();
+        self.refresh_params(&call_id, &mut commands);
+        Ok(commands)
+    }
+
+    /// Pauses (or resumes) media from the bridged leg into `leg`, while the
+    /// manager plays to it.
+    pub fn set_inbound_paused(
+        &mut self,
+        call: &str,
+        leg: &str,
+        paused: bool,
+    ) -> Result<Vec<RelayCommand>, SessionError> {
+        let call_id = CallId(call.to_owned());
+        let state = self
+            .calls
+            .get_mut(&call_id)
+            .ok_or_else(|| SessionError::NotFound(format!("call {call}")))?;
+        let l = state
+            .legs
+            .get_mut(&LegId(leg.to_owned()))
+            .ok_or_else(|| SessionError::NotFound(format!("leg {leg} of call {call}")))?;
+        l.inbound_paused = paused;
+        let mut commands = Vec::new();
+        self.refresh_params(&call_id, &mut commands);
+        Ok(commands)
+    }
+
+    /// Deletes one leg, or the whole call when `leg` is empty.
+    pub fn delete(&mut self, call: &str, leg: &str) -> Result<Vec<RelayCommand>, SessionError> {
+        require("call_id", call)?;
+        let call_id = CallId(call.to_owned());
+        let state = self
+            .calls
+            .get_mut(&call_id)
+            .ok_or_else(|| SessionError::NotFound(format!("call {call}")))?;
+        let removed: Vec<Leg> = if leg.is_empty() {
+            state.legs.drain().map(|(_, l)| l).collect()
+        } else {
+            let l = state
+                .legs
+                .remove(&LegId(leg.to_owned()))
+                .ok_or_else(|| SessionError::NotFound(format!("leg {leg} of call {call}")))?;
+            for other in state.legs.values_mut() {
+                if other.bridged_to.as_ref() == Some(&l.id) {
+                    other.bridged_to = None;
+                }
+            }
+            vec![l]
+        };
+        if state.legs.is_empty() {
+            self.calls.remove(&call_id);
+        }
+        let mut commands = Vec::new();
+        for l in removed {
+            if let Err(e) = self.pool.release(l.port) {
+                tracing::warn!(call, leg = %l.id, error = %e, "port release failed");
+            }
+            commands.push(RelayCommand::Remove {
+                slot: l.slot,
+                shared: l.shared,
+            });
+        }
+        if self.calls.contains_key(&call_id) {
+            self.refresh_params(&call_id, &mut commands);
+        }
+        Ok(commands)
+    }
+
+    /// Legs whose last control request and last packet are both older than
+    /// `idle`: a signaling server that vanished without deleting them.
+    pub fn idle_legs(&self, now: Instant, now_ms: u64, idle: Duration) -> Vec<(String, String)> {
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        for (call_id, call) in &self.calls {
+            for leg in call.legs.values() {
+                let last_packet = leg
+                    .shared
+                    .counters
+                    .last_packet_ms
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let media_idle = last_packet == 0 || now_ms.saturating_sub(last_packet) >= idle_ms;
+                if media_idle && now.saturating_duration_since(leg.last_control) >= idle {
+                    out.push((call_id.0.clone(), leg.id.0.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Views of the legs of one call (or of one leg).
+    pub fn leg_views(&self, call: &str, leg: &str) -> Result<Vec<LegView>, SessionError> {
+        let call_id = CallId(call.to_owned());
+        let state = self
+            .calls
+            .get(&call_id)
+            .ok_or_else(|| SessionError::NotFound(format!("call {call}")))?;
+        let mut ids: Vec<&LegId> = state
+            .legs
+            .keys()
+            .filter(|id| leg.is_empty() || id.0 == leg)
+            .collect();
+        if ids.is_empty() {
+            return Err(SessionError::NotFound(format!("leg {leg} of call {call}")));
+        }
+        ids.sort();
+        ids.into_iter().map(|id| self.view(&call_id, id)).collect()
+    }
+
+    /// Every call with its age and legs.
+    pub fn list(&self, now: Instant) -> Vec<(String, Duration, Vec<LegView>)> {
+        let mut calls: Vec<_> = self
+            .calls
+            .iter()
+            .map(|(id, call)| {
+                let legs = self.leg_views(&id.0, "").unwrap_or_default();
+                (
+                    id.0.clone(),
+                    now.saturating_duration_since(call.created),
+                    legs,
+                )
+            })
+            .collect();
+        calls.sort_by(|a, b| a.0.cmp(&b.0));
+        calls
+    }
+
+    /// The codec and telephone-event payload type a leg negotiated, for
+    /// playback and DTMF.
+    pub fn leg_media(
+        &self,
+        call: &str,
+        leg: &str,
+    ) -> Result<(Arc<LegShared>, Option<Negotiation>), SessionError> {
+        let state = self
+            .calls
+            .get(&CallId(call.to_owned()))
+            .ok_or_else(|| SessionError::NotFound(format!("call {call}")))?;
+        let l = state
+            .legs
+            .get(&LegId(leg.to_owned()))
+            .ok_or_else(|| SessionError::NotFound(format!("leg {leg} of call {call}")))?;
+        Ok((Arc::clone(&l.shared), l.negotiation.clone()))
+    }
+
+    fn ensure_leg(
+        &mut self,
+        now: Instant,
+        call_id: &CallId,
+        leg: &str,
+        options: LegOptions,
+        commands: &mut Vec<RelayCommand>,
+    ) -> Result<(), SessionError> {
+        let leg_id = LegId(leg.to_owned());
+        if let Some(existing) = self
+            .calls
+            .get_mut(call_id)
+            .and_then(|c| c.legs.get_mut(&leg_id))
+        {
+            existing.options = merge_options(&existing.options, options);
+            return Ok(());
+        }
+        let allocation = self.pool.allocate(false)?;
+        let slot = self.next_slot;
+        self.next_slot = self.next_slot.wrapping_add(1);
+        let shared = Arc::new(LegShared {
+            leg: LegRef {
+                call_id: Arc::from(call_id.0.as_str()),
+                leg_id: Arc::from(leg),
+            },
+            counters: Default::default(),
+            rtp_socket: Arc::new(allocation.rtp),
+            destination: Mutex::new(None),
+        });
+        let session_id = now_session_id(slot);
+        let state = self.calls.entry(call_id.clone()).or_insert_with(|| Call {
+            created: now,
+            legs: HashMap::new(),
+        });
+        state.legs.insert(
+            leg_id.clone(),
+            Leg {
+                id: leg_id,
+                slot,
+                port: allocation.port,
+                options,
+                origin: OriginState::new(session_id),
+                received_offer: None,
+                sent_offer: None,
+                negotiation: None,
+                peer: None,
+                bridged_to: None,
+                inbound_paused: false,
+                shared: Arc::clone(&shared),
+                last_control: now,
+            },
+        );
+        commands.push(RelayCommand::Add {
+            slot,
+            shared,
+            rtcp: allocation.rtcp,
+            params: LegParams::default(),
+        });
+        Ok(())
+    }
+
+    fn advertise_for(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V6 => self.config.advertise_v6.unwrap_or(self.config.advertise_v4),
+            Family::V4 => self.config.advertise_v4,
+        }
+    }
+
+    /// Recomputes the relay params of every leg of a call and emits updates.
+    fn refresh_params(&self, call_id: &CallId, commands: &mut Vec<RelayCommand>) {
+        let Some(call) = self.calls.get(call_id) else {
+            return;
+        };
+        for leg in call.legs.values() {
+            let params = self.params_for(call, leg);
+            commands.push(RelayCommand::Update {
+                slot: leg.slot,
+                params,
+            });
+        }
+    }
+
+    fn params_for(&self, call: &Call, leg: &Leg) -> LegParams {
+        let peer = leg.peer;
+        let bridged = leg.bridged_to.as_ref().and_then(|id| call.legs.get(id));
+        let own_law = leg.negotiation.as_ref().and_then(|n| law_of(&n.codec));
+        let other_law = bridged
+            .and_then(|b| b.negotiation.as_ref())
+            .and_then(|n| law_of(&n.codec));
+        let transcode = match (
+            own_law,
+            other_law,
+            bridged.and_then(|b| b.negotiation.as_ref()),
+        ) {
+            (Some((from, _)), Some((to, pt)), Some(_)) if from != to => Some(Transcode {
+                from,
+                to,
+                payload_type: pt,
+            }),
+            _ => None,
+        };
+        LegParams {
+            expected_rtp: peer.map(|p| p.rtp),
+            expected_rtcp: peer.map(|p| p.rtcp),
+            strict_source: leg.options.strict_source,
+            forward_to: bridged.map(|b| b.slot),
+            transcode,
+            inbound_paused: leg.inbound_paused,
+            media_timeout: Some(
+                leg.options
+                    .media_timeout
+                    .unwrap_or(self.config.media_timeout),
+            ),
+            clock_rate: leg
+                .negotiation
+                .as_ref()
+                .map_or(8000, |n| n.codec.clock_rate),
+        }
+    }
+
+    fn view(&self, call_id: &CallId, leg_id: &LegId) -> Result<LegView, SessionError> {
+        let call = self
+            .calls
+            .get(call_id)
+            .ok_or_else(|| SessionError::NotFound(format!("call {call_id}")))?;
+        let leg = call
+            .legs
+            .get(leg_id)
+            .ok_or_else(|| SessionError::NotFound(format!("leg {leg_id}")))?;
+        let family = leg.received_offer.as_ref().map_or(Family::V4, offer_family);
+        Ok(LegView {
+            call_id: call_id.0.clone(),
+            leg_id: leg_id.0.clone(),
+            slot: leg.slot,
+            local_address: self.advertise_for(family),
+            rtp_port: leg.port.get(),
+            rtcp_port: leg.port.rtcp(),
+            rtcp_mux: leg.negotiation.as_ref().is_some_and(|n| n.rtcp_mux),
+            remote: leg.peer.map(|p| p.rtp),
+            codec: leg
+                .negotiation
+                .as_ref()
+                .map(|n| format!("{}/{}", n.codec.encoding, n.codec.clock_rate)),
+            bridged_to: leg.bridged_to.as_ref().map(|b| b.0.clone()),
+            label: leg.options.label.clone(),
+            shared: Arc::clone(&leg.shared),
+        })
+    }
+}
+
+fn law_of(codec: &sdp::Codec) -> Option<(Law, u8)> {
+    if codec.is("PCMU", 8000) {
+        Some((Law::Ulaw, codec.payload_type.get()))
+    } else if codec.is("PCMA", 8000) {
+        Some((Law::Alaw, codec.payload_type.get()))
+    } else {
+        None
+    }
+}
+
+fn merge_options(old: &LegOptions, new: LegOptions) -> LegOptions {
+    if new == LegOptions::default() {
+        old.clone()
+    } else {
+        new
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+/// The address family the offerer uses for its audio.
+fn offer_family(offer: &SessionDescription) -> Family {
+    let text = offer.to_string();
+    let ip6 = text.lines().any(|l| l.starts_with("c=IN IP6"));
+    let ip4 = text.lines().any(|l| l.starts_with("c=IN IP4"));
+    if ip6 && !ip4 {
+        Family::V6
+    } else {
+        Family::V4
+    }
+}
+
+fn endpoint(address: IpAddr, port: RtpPort) -> LocalEndpoint {
+    LocalEndpoint {
+        address,
+        rtp_port: sdp::RtpPort::new(port.get()),
+        rtcp_port: sdp::RtpPort::new(port.rtcp()),
+        rtcp_mux: true,
+    }
+}
+
+/// An `o=` session id unique enough per leg: wall-clock seconds (RFC 8866
+/// suggests an NTP timestamp) plus the slot.
+fn now_session_id(slot: Slot) -> u64 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    secs.wrapping_mul(1000).wrapping_add(u64::from(slot))
+}
+
+#[cfg(test)]
+mod tests;

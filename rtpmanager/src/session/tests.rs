@@ -1,0 +1,427 @@
+//! The session table driven through whole exchanges, asserting the SDP it
+//! produces and the relay params it derives.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use super::*;
+
+const OFFER: &str = "v=0\r\no=alice 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n\
+m=audio 40000 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=sendrecv\r\n";
+const ANSWER_PCMA: &str =
+    "v=0\r\no=bob 5 1 IN IP4 192.0.2.20\r\ns=-\r\nc=IN IP4 192.0.2.20\r\nt=0 0\r\n\
+m=audio 50000 RTP/AVP 8 101\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n";
+
+/// A free range of 10 pairs on loopback, found by probing.
+fn pool() -> PortPool {
+    for base in (46000u16..56000).step_by(40) {
+        let free = (base..base + 20).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return PortPool::new(IpAddr::V4(Ipv4Addr::LOCALHOST), base, base + 19).expect("pool");
+        }
+    }
+    panic!("no free port range on loopback");
+}
+
+fn table() -> SessionTable {
+    SessionTable::new(
+        TableConfig {
+            advertise_v4: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 5)),
+            advertise_v6: Some("2001:db8::5".parse().expect("v6")),
+            media_timeout: Duration::from_secs(30),
+        },
+        pool(),
+    )
+}
+
+fn updates(commands: &[RelayCommand]) -> Vec<(Slot, LegParams)> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            RelayCommand::Update { slot, params } => Some((*slot, params.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn port_of(sdp: &str) -> u16 {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .expect("m=audio port")
+}
+
+#[test]
+fn relayed_offer_answer_then_bridge_yields_forwarding_params() {
+    let mut t = table();
+    let now = Instant::now();
+    let offer = t
+        .offer(
+            now,
+            "c1",
+            "a",
+            "b",
+            OFFER,
+            LegOptions::default(),
+            LegOptions::default(),
+        )
+        .expect("offer");
+    assert_eq!(
+        offer
+            .commands
+            .iter()
+            .filter(|c| matches!(c, RelayCommand::Add { .. }))
+            .count(),
+        2,
+        "two legs created"
+    );
+    assert!(
+        offer.sdp.contains("c=IN IP4 203.0.113.5\r\n"),
+        "{}",
+        offer.sdp
+    );
+    assert!(
+        offer.sdp.contains("m=audio ") && offer.sdp.contains(" RTP/AVP 0 8 101\r\n"),
+        "codec order kept: {}",
+        offer.sdp
+    );
+    assert!(offer.sdp.contains("a=rtpmap:101 telephone-event/8000\r\n"));
+    assert_eq!(
+        port_of(&offer.sdp),
+        offer.leg.rtp_port,
+        "advertises leg b's port"
+    );
+    assert_eq!(offer.leg.leg_id, "b");
+    assert_eq!(t.calls(), 1);
+    assert_eq!(t.legs(), 2);
+    assert_eq!(t.ports_free(), 8);
+
+    let answer = t.answer(now, "c1", "b", "a", ANSWER_PCMA).expect("answer");
+    assert_eq!(answer.leg.leg_id, "a");
+    assert_eq!(port_of(&answer.sdp), answer.leg.rtp_port);
+    assert!(
+        answer.sdp.contains("m=audio") && answer.sdp.contains("RTP/AVP 8 101"),
+        "{}",
+        answer.sdp
+    );
+    let params = updates(&answer.commands);
+    let a = params
+        .iter()
+        .find(|(s, _)| *s == answer.leg.slot)
+        .expect("a's params")
+        .1
+        .clone();
+    assert_eq!(
+        a.expected_rtp,
+        Some("192.0.2.10:40000".parse::<SocketAddr>().expect("addr"))
+    );
+    assert_eq!(
+        a.expected_rtcp,
+        Some("192.0.2.10:40001".parse::<SocketAddr>().expect("addr"))
+    );
+    assert_eq!(a.forward_to, None, "not bridged yet");
+    let b_slot = offer.leg.slot;
+    let b = params
+        .iter()
+        .find(|(s, _)| *s == b_slot)
+        .expect("b's params")
+        .1
+        .clone();
+    assert_eq!(
+        b.expected_rtp,
+        Some("192.0.2.20:50000".parse::<SocketAddr>().expect("addr"))
+    );
+
+    let bridged = updates(&t.bridge(now, "c1", "a", "b").expect("bridge"));
+    let a = bridged
+        .iter()
+        .find(|(s, _)| *s == answer.leg.slot)
+        .expect("a")
+        .1
+        .clone();
+    let b = bridged
+        .iter()
+        .find(|(s, _)| *s == b_slot)
+        .expect("b")
+        .1
+        .clone();
+    assert_eq!(a.forward_to, Some(b_slot));
+    assert_eq!(b.forward_to, Some(answer.leg.slot));
+    assert_eq!(a.transcode, None, "both legs settled on PCMA");
+    assert_eq!(a.media_timeout, Some(Duration::from_secs(30)));
+
+    let unbridged = updates(&t.unbridge(now, "c1", "a", "b").expect("unbridge"));
+    assert!(unbridged.iter().all(|(_, p)| p.forward_to.is_none()));
+
+    let removed = t.delete("c1", "").expect("delete call");
+    assert_eq!(
+        removed
+            .iter()
+            .filter(|c| matches!(c, RelayCommand::Remove { .. }))
+            .count(),
+        2
+    );
+    assert_eq!((t.calls(), t.ports_free()), (0, 10), "ports released");
+}
+
+#[test]
+fn reoffer_with_the_same_sdp_keeps_the_origin_version() {
+    let mut t = table();
+    let now = Instant::now();
+    let first = t
+        .offer(
+            now,
+            "c1",
+            "a",
+            "b",
+            OFFER,
+            LegOptions::default(),
+            LegOptions::default(),
+        )
+        .expect("offer");
+    let again = t
+        .offer(
+            now,
+            "c1",
+            "a",
+            "b",
+            OFFER,
+            LegOptions::default(),
+            LegOptions::default(),
+        )
+        .expect("re-offer");
+    let origin = |sdp: &str| {
+        sdp.lines()
+            .find(|l| l.starts_with("o="))
+            .map(str::to_owned)
+            .expect("o=")
+    };
+    assert_eq!(
+        origin(&first.sdp),
+        origin(&again.sdp),
+        "unchanged body, unchanged version"
+    );
+    assert!(
+        again
+            .commands
+            .iter()
+            .all(|c| !matches!(c, RelayCommand::Add { .. })),
+        "no new legs"
+    );
+    let held = OFFER.replace("a=sendrecv", "a=sendonly");
+    let hold = t
+        .offer(
+            now,
+            "c1",
+            "a",
+            "b",
+            &held,
+            LegOptions::default(),
+            LegOptions::default(),
+        )
+        .expect("hold");
+    assert_ne!(
+        origin(&first.sdp),
+        origin(&hold.sdp),
+        "a changed body moves the version"
+    );
+    assert!(hold.sdp.contains("a=sendonly"), "{}", hold.sdp);
+}
+
+#[test]
+fn manager_answers_itself_when_there_is_no_peer_leg() {
+    let mut t = table();
+    let r = t
+        .offer(
+            Instant::now(),
+            "c1",
+            "a",
+            "",
+            OFFER,
+            LegOptions::default(),
+            LegOptions::default(),
+        )
+        .expect("self answer");
+    assert_eq!(r.leg.leg_id, "a");
+    assert!(
+        r.sdp.contains(" RTP/AVP 0 101\r\n"),
+        "first common codec PCMU plus telephone-event: {}",
+        r.sdp
+    );
+    assert_eq!(r.leg.codec.as_deref(), Some("PCMU/8000"));
+    let (_, negotiation) = t.leg_media("c1", "a").expect("leg");
+    assert_eq!(
+        negotiation
+            .expect("negotiated")
+            .telephone_event
+            .map(|pt| pt.get()),
+        Some(101)
+    );
+}
+
+#[test]
+fn different_laws_on_the_two_legs_transcode_both_ways() {
+    let mut t = table();
+    let now = Instant::now();
+    let offer_pcmu = OFFER.replace("RTP/AVP 0 8 101", "RTP/AVP 0 101");
+    t.offer(
+        now,
+        "c1",
+        "a",
+        "",
+        &offer_pcmu,
+        LegOptions::default(),
+        LegOptions::default(),
+    )
+    .expect("a");
+    let offer_pcma = OFFER.replace("RTP/AVP 0 8 101", "RTP/AVP 8 101");
+    t.offer(
+        now,
+        "c1",
+        "b",
+        "",
+        &offer_pcma,
+        LegOptions::default(),
+        LegOptions::default(),
+    )
+    .expect("b");
+    let views = t.leg_views("c1", "").expect("legs");
+    let bridged = updates(&t.bridge(now, "c1", "a", "b").expect("bridge"));
+    let slot = |id: &str| views.iter().find(|v| v.leg_id == id).expect("leg").slot;
+    let a = bridged
+        .iter()
+        .find(|(s, _)| *s == slot("a"))
+        .expect("a")
+        .1
+        .clone();
+    let b = bridged
+        .iter()
+        .find(|(s, _)| *s == slot("b"))
+        .expect("b")
+        .1
+        .clone();
+    assert_eq!(
+        a.transcode,
+        Some(Transcode {
+            from: Law::Ulaw,
+            to: Law::Alaw,
+            payload_type: 8
+        })
+    );
+    assert_eq!(
+        b.transcode,
+        Some(Transcode {
+            from: Law::Alaw,
+            to: Law::Ulaw,
+            payload_type: 0
+        })
+    );
+}
+
+#[test]
+fn errors_map_to_their_kind() {
+    let mut t = table();
+    let now = Instant::now();
+    let d = LegOptions::default;
+    assert!(matches!(
+        t.offer(now, "", "a", "b", OFFER, d(), d()),
+        Err(SessionError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        t.offer(now, "c", "a", "a", OFFER, d(), d()),
+        Err(SessionError::InvalidArgument(_))
+    ));
+    let bad = t.offer(
+        now,
+        "c",
+        "a",
+        "b",
+        "v=0\r\nm=audio x RTP/AVP 0\r\n",
+        d(),
+        d(),
+    );
+    assert!(matches!(bad, Err(SessionError::Sdp(_))), "{bad:?}");
+    assert_eq!(t.calls(), 0, "a bad offer creates nothing");
+    assert!(matches!(
+        t.answer(now, "nope", "b", "a", ANSWER_PCMA),
+        Err(SessionError::NotFound(_))
+    ));
+    t.offer(now, "c", "a", "", OFFER, d(), d())
+        .expect("self answer");
+    assert!(matches!(
+        t.answer(now, "c", "a", "b", ANSWER_PCMA),
+        Err(SessionError::FailedPrecondition(_)) | Err(SessionError::NotFound(_))
+    ));
+    assert!(matches!(
+        t.bridge(now, "c", "a", "zz"),
+        Err(SessionError::NotFound(_))
+    ));
+    assert!(matches!(
+        t.delete("c", "zz"),
+        Err(SessionError::NotFound(_))
+    ));
+    t.set_draining(true);
+    assert!(matches!(
+        t.offer(now, "new", "a", "b", OFFER, d(), d()),
+        Err(SessionError::Draining)
+    ));
+    t.offer(now, "c", "a", "", OFFER, d(), d())
+        .expect("existing calls go on while draining");
+}
+
+#[test]
+fn exhaustion_is_reported_and_nothing_leaks() {
+    let mut t = table();
+    let now = Instant::now();
+    for i in 0..5 {
+        t.offer(
+            now,
+            &format!("c{i}"),
+            "a",
+            "b",
+            OFFER,
+            LegOptions::default(),
+            LegOptions::default(),
+        )
+        .expect("fits");
+    }
+    let err = t
+        .offer(
+            now,
+            "c9",
+            "a",
+            "b",
+            OFFER,
+            LegOptions::default(),
+            LegOptions::default(),
+        )
+        .expect_err("pool is full");
+    assert!(matches!(err, SessionError::Exhausted(_)), "{err}");
+    assert!(err.to_string().contains("no free RTP port pair"), "{err}");
+    for i in 0..5 {
+        t.delete(&format!("c{i}"), "").expect("delete");
+    }
+    assert_eq!(t.ports_free(), 10);
+}
+
+#[test]
+fn idle_legs_are_those_without_control_or_media() {
+    let mut t = table();
+    let start = Instant::now();
+    t.offer(
+        start,
+        "c1",
+        "a",
+        "",
+        OFFER,
+        LegOptions::default(),
+        LegOptions::default(),
+    )
+    .expect("offer");
+    assert!(t
+        .idle_legs(start + Duration::from_secs(5), 0, Duration::from_secs(10))
+        .is_empty());
+    let idle = t.idle_legs(start + Duration::from_secs(11), 0, Duration::from_secs(10));
+    assert_eq!(idle, vec![("c1".to_owned(), "a".to_owned())]);
+}
