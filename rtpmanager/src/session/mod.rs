@@ -104,6 +104,18 @@ pub enum RelayCommand {
     Remove { slot: Slot, shared: Arc<LegShared> },
 }
 
+/// An Offer request: the SDP the peer of `leg` sent, to be relayed to the
+/// peer of `peer` (or answered by the manager when `peer` is empty).
+#[derive(Debug)]
+pub struct OfferInput<'a> {
+    pub call: &'a str,
+    pub leg: &'a str,
+    pub peer: &'a str,
+    pub sdp: &'a str,
+    pub options: LegOptions,
+    pub peer_options: LegOptions,
+}
+
 /// The answer to Offer and Answer.
 #[derive(Debug)]
 pub struct SdpResult {
@@ -224,13 +236,16 @@ impl SessionTable {
     pub fn offer(
         &mut self,
         now: Instant,
-        call: &str,
-        leg: &str,
-        peer: &str,
-        sdp_text: &str,
-        options: LegOptions,
-        peer_options: LegOptions,
+        input: OfferInput<'_>,
     ) -> Result<SdpResult, SessionError> {
+        let OfferInput {
+            call,
+            leg,
+            peer,
+            sdp: sdp_text,
+            options,
+            peer_options,
+        } = input;
         require("call_id", call)?;
         require("leg_id", leg)?;
         if leg == peer {

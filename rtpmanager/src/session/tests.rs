@@ -34,6 +34,17 @@ fn table() -> SessionTable {
     )
 }
 
+fn input<'a>(call: &'a str, leg: &'a str, peer: &'a str, sdp: &'a str) -> OfferInput<'a> {
+    OfferInput {
+        call,
+        leg,
+        peer,
+        sdp,
+        options: LegOptions::default(),
+        peer_options: LegOptions::default(),
+    }
+}
+
 fn updates(commands: &[RelayCommand]) -> Vec<(Slot, LegParams)> {
     commands
         .iter()
@@ -56,17 +67,7 @@ fn port_of(sdp: &str) -> u16 {
 fn relayed_offer_answer_then_bridge_yields_forwarding_params() {
     let mut t = table();
     let now = Instant::now();
-    let offer = t
-        .offer(
-            now,
-            "c1",
-            "a",
-            "b",
-            OFFER,
-            LegOptions::default(),
-            LegOptions::default(),
-        )
-        .expect("offer");
+    let offer = t.offer(now, input("c1", "a", "b", OFFER)).expect("offer");
     assert_eq!(
         offer
             .commands
@@ -169,27 +170,9 @@ fn relayed_offer_answer_then_bridge_yields_forwarding_params() {
 fn reoffer_with_the_same_sdp_keeps_the_origin_version() {
     let mut t = table();
     let now = Instant::now();
-    let first = t
-        .offer(
-            now,
-            "c1",
-            "a",
-            "b",
-            OFFER,
-            LegOptions::default(),
-            LegOptions::default(),
-        )
-        .expect("offer");
+    let first = t.offer(now, input("c1", "a", "b", OFFER)).expect("offer");
     let again = t
-        .offer(
-            now,
-            "c1",
-            "a",
-            "b",
-            OFFER,
-            LegOptions::default(),
-            LegOptions::default(),
-        )
+        .offer(now, input("c1", "a", "b", OFFER))
         .expect("re-offer");
     let origin = |sdp: &str| {
         sdp.lines()
@@ -210,17 +193,7 @@ fn reoffer_with_the_same_sdp_keeps_the_origin_version() {
         "no new legs"
     );
     let held = OFFER.replace("a=sendrecv", "a=sendonly");
-    let hold = t
-        .offer(
-            now,
-            "c1",
-            "a",
-            "b",
-            &held,
-            LegOptions::default(),
-            LegOptions::default(),
-        )
-        .expect("hold");
+    let hold = t.offer(now, input("c1", "a", "b", &held)).expect("hold");
     assert_ne!(
         origin(&first.sdp),
         origin(&hold.sdp),
@@ -233,15 +206,7 @@ fn reoffer_with_the_same_sdp_keeps_the_origin_version() {
 fn manager_answers_itself_when_there_is_no_peer_leg() {
     let mut t = table();
     let r = t
-        .offer(
-            Instant::now(),
-            "c1",
-            "a",
-            "",
-            OFFER,
-            LegOptions::default(),
-            LegOptions::default(),
-        )
+        .offer(Instant::now(), input("c1", "a", "", OFFER))
         .expect("self answer");
     assert_eq!(r.leg.leg_id, "a");
     assert!(
@@ -265,27 +230,9 @@ fn different_laws_on_the_two_legs_transcode_both_ways() {
     let mut t = table();
     let now = Instant::now();
     let offer_pcmu = OFFER.replace("RTP/AVP 0 8 101", "RTP/AVP 0 101");
-    t.offer(
-        now,
-        "c1",
-        "a",
-        "",
-        &offer_pcmu,
-        LegOptions::default(),
-        LegOptions::default(),
-    )
-    .expect("a");
+    t.offer(now, input("c1", "a", "", &offer_pcmu)).expect("a");
     let offer_pcma = OFFER.replace("RTP/AVP 0 8 101", "RTP/AVP 8 101");
-    t.offer(
-        now,
-        "c1",
-        "b",
-        "",
-        &offer_pcma,
-        LegOptions::default(),
-        LegOptions::default(),
-    )
-    .expect("b");
+    t.offer(now, input("c1", "b", "", &offer_pcma)).expect("b");
     let views = t.leg_views("c1", "").expect("legs");
     let bridged = updates(&t.bridge(now, "c1", "a", "b").expect("bridge"));
     let slot = |id: &str| views.iter().find(|v| v.leg_id == id).expect("leg").slot;
@@ -323,31 +270,22 @@ fn different_laws_on_the_two_legs_transcode_both_ways() {
 fn errors_map_to_their_kind() {
     let mut t = table();
     let now = Instant::now();
-    let d = LegOptions::default;
     assert!(matches!(
-        t.offer(now, "", "a", "b", OFFER, d(), d()),
+        t.offer(now, input("", "a", "b", OFFER)),
         Err(SessionError::InvalidArgument(_))
     ));
     assert!(matches!(
-        t.offer(now, "c", "a", "a", OFFER, d(), d()),
+        t.offer(now, input("c", "a", "a", OFFER)),
         Err(SessionError::InvalidArgument(_))
     ));
-    let bad = t.offer(
-        now,
-        "c",
-        "a",
-        "b",
-        "v=0\r\nm=audio x RTP/AVP 0\r\n",
-        d(),
-        d(),
-    );
+    let bad = t.offer(now, input("c", "a", "b", "v=0\r\nm=audio x RTP/AVP 0\r\n"));
     assert!(matches!(bad, Err(SessionError::Sdp(_))), "{bad:?}");
     assert_eq!(t.calls(), 0, "a bad offer creates nothing");
     assert!(matches!(
         t.answer(now, "nope", "b", "a", ANSWER_PCMA),
         Err(SessionError::NotFound(_))
     ));
-    t.offer(now, "c", "a", "", OFFER, d(), d())
+    t.offer(now, input("c", "a", "", OFFER))
         .expect("self answer");
     assert!(matches!(
         t.answer(now, "c", "a", "b", ANSWER_PCMA),
@@ -363,10 +301,10 @@ fn errors_map_to_their_kind() {
     ));
     t.set_draining(true);
     assert!(matches!(
-        t.offer(now, "new", "a", "b", OFFER, d(), d()),
+        t.offer(now, input("new", "a", "b", OFFER)),
         Err(SessionError::Draining)
     ));
-    t.offer(now, "c", "a", "", OFFER, d(), d())
+    t.offer(now, input("c", "a", "", OFFER))
         .expect("existing calls go on while draining");
 }
 
@@ -375,27 +313,11 @@ fn exhaustion_is_reported_and_nothing_leaks() {
     let mut t = table();
     let now = Instant::now();
     for i in 0..5 {
-        t.offer(
-            now,
-            &format!("c{i}"),
-            "a",
-            "b",
-            OFFER,
-            LegOptions::default(),
-            LegOptions::default(),
-        )
-        .expect("fits");
+        t.offer(now, input(&format!("c{i}"), "a", "b", OFFER))
+            .expect("fits");
     }
     let err = t
-        .offer(
-            now,
-            "c9",
-            "a",
-            "b",
-            OFFER,
-            LegOptions::default(),
-            LegOptions::default(),
-        )
+        .offer(now, input("c9", "a", "b", OFFER))
         .expect_err("pool is full");
     assert!(matches!(err, SessionError::Exhausted(_)), "{err}");
     assert!(err.to_string().contains("no free RTP port pair"), "{err}");
@@ -409,16 +331,7 @@ fn exhaustion_is_reported_and_nothing_leaks() {
 fn idle_legs_are_those_without_control_or_media() {
     let mut t = table();
     let start = Instant::now();
-    t.offer(
-        start,
-        "c1",
-        "a",
-        "",
-        OFFER,
-        LegOptions::default(),
-        LegOptions::default(),
-    )
-    .expect("offer");
+    t.offer(start, input("c1", "a", "", OFFER)).expect("offer");
     assert!(t
         .idle_legs(start + Duration::from_secs(5), 0, Duration::from_secs(10))
         .is_empty());
