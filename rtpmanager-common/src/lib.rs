@@ -1,17 +1,34 @@
 //! Types shared by the `rtpmanager-ebpf` programs and the loader in
-//! `switchboard-rtpmanager`. Everything here is `#[repr(C)]` plain data: the
-//! kernel side reads it from maps, the userspace side writes it, and both must
-//! agree byte for byte.
+//! `switchboard-rtpmanager`. Everything here is `#[repr(C)]` plain data
+//! without implicit padding: the kernel side reads it from maps, the
+//! userspace side writes it, and both must agree byte for byte.
+//!
+//! Addresses and ports are stored as they appear on the wire (network byte
+//! order), so the programs copy them into packets and feed them to checksum
+//! arithmetic without conversions. IPv4 addresses are stored IPv4-mapped
+//! (`::ffff:a.b.c.d`) so one 16-byte field serves both families.
 #![no_std]
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Name of the array map holding the one [`ProgramConfig`] entry.
 pub const CONFIG_MAP: &str = "SB_CONFIG";
 /// Name of the per-CPU array of verdict counters, indexed by [`Counter`].
 pub const COUNTERS_MAP: &str = "SB_COUNTERS";
+/// Name of the hash map from [`ForwardKey`] to [`ForwardEntry`].
+pub const FORWARD_MAP: &str = "SB_FORWARD";
+/// Name of the array of [`StreamStats`], indexed by [`ForwardEntry::stats_slot`].
+pub const STREAM_STATS_MAP: &str = "SB_STREAM_STATS";
 /// Name of the XDP program in the object.
 pub const XDP_PROGRAM: &str = "switchboard_xdp";
 /// Name of the TC (clsact ingress) program in the object.
 pub const TC_PROGRAM: &str = "switchboard_tc";
+
+/// Capacity of [`FORWARD_MAP`]: one entry per offloaded local (address,
+/// port), i.e. RTP and RTCP of each direction of each bridged leg.
+pub const MAX_FORWARDS: u32 = 16384;
+/// Number of slots in [`STREAM_STATS_MAP`].
+pub const STREAM_SLOTS: u32 = 16384;
 
 /// Run-time settings of the programs, written by the loader before attaching.
 #[repr(C)]
@@ -25,8 +42,210 @@ pub struct ProgramConfig {
     pub flags: u32,
 }
 
+/// The IPv4-mapped IPv6 prefix (`::ffff:0:0/96`).
+const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+
+/// An address in the 16-byte wire form of the maps.
+#[inline(always)]
+pub fn address_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The address of a 16-byte map field: IPv4 when it is IPv4-mapped.
+pub fn address_from_bytes(bytes: [u8; 16]) -> IpAddr {
+    if is_v4_mapped(&bytes) {
+        IpAddr::V4(Ipv4Addr::new(bytes[12], bytes[13], bytes[14], bytes[15]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(bytes))
+    }
+}
+
+/// Whether a 16-byte map address holds an IPv4 address.
+#[inline(always)]
+pub fn is_v4_mapped(bytes: &[u8; 16]) -> bool {
+    // A byte loop rather than a slice comparison: eBPF has no memcmp.
+    let mut diff = 0u8;
+    let mut i = 0;
+    while i < V4_MAPPED_PREFIX.len() {
+        diff |= bytes[i] ^ V4_MAPPED_PREFIX[i];
+        i += 1;
+    }
+    diff == 0
+}
+
+/// Key of [`FORWARD_MAP`]: the local (address, port) a packet is addressed
+/// to, i.e. the relay's socket of the incoming leg.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ForwardKey {
+    /// Destination address, IPv4-mapped for IPv4.
+    pub addr: [u8; 16],
+    /// Destination UDP port, network byte order.
+    pub port: [u8; 2],
+    /// Always zero: hash keys are compared bytewise, padding included.
+    pub pad: [u8; 2],
+}
+
+impl ForwardKey {
+    /// The key of packets addressed to `local`.
+    #[inline(always)]
+    pub fn new(local: SocketAddr) -> ForwardKey {
+        ForwardKey {
+            addr: address_bytes(local.ip()),
+            port: local.port().to_be_bytes(),
+            pad: [0; 2],
+        }
+    }
+
+    /// The local address and port this key matches.
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(address_from_bytes(self.addr), u16::from_be_bytes(self.port))
+    }
+}
+
+/// The entry carries RTP: packets must look like RTP version 2, and the
+/// sequence number and timestamp feed the stream's loss and jitter.
+pub const FLAG_RTP: u16 = 1;
+/// The entry carries RTCP: packets must have version 2; only packets and
+/// bytes are counted.
+pub const FLAG_RTCP: u16 = 2;
+/// A packet from a source other than the expected peer is dropped (and
+/// counted) instead of being passed to userspace.
+pub const FLAG_STRICT_SOURCE: u16 = 4;
+/// Every flag the programs understand.
+pub const FLAGS_KNOWN: u16 = FLAG_RTP | FLAG_RTCP | FLAG_STRICT_SOURCE;
+
+/// Value of [`FORWARD_MAP`]: how to rewrite and where to send a packet that
+/// arrived on the key's (address, port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForwardEntry {
+    /// New source address: the relay's address on the outgoing leg.
+    pub src_addr: [u8; 16],
+    /// New destination address: the latched peer of the outgoing leg.
+    pub dst_addr: [u8; 16],
+    /// The only source accepted on the incoming leg (its latched peer).
+    pub expected_addr: [u8; 16],
+    /// New source port (network byte order).
+    pub src_port: [u8; 2],
+    /// New destination port (network byte order).
+    pub dst_port: [u8; 2],
+    /// Expected source port of the incoming leg (network byte order).
+    pub expected_port: [u8; 2],
+    /// `FLAG_*` bits.
+    pub flags: u16,
+    /// RTP clock rate in Hz for the jitter estimate; 0 disables jitter.
+    pub clock_rate: u32,
+    /// Index into [`STREAM_STATS_MAP`].
+    pub stats_slot: u32,
+}
+
+impl ForwardEntry {
+    /// An entry sending from `source` to `destination`, accepting packets
+    /// from `expected` only.
+    pub fn new(
+        source: SocketAddr,
+        destination: SocketAddr,
+        expected: SocketAddr,
+        flags: u16,
+        clock_rate: u32,
+        stats_slot: u32,
+    ) -> ForwardEntry {
+        ForwardEntry {
+            src_addr: address_bytes(source.ip()),
+            dst_addr: address_bytes(destination.ip()),
+            expected_addr: address_bytes(expected.ip()),
+            src_port: source.port().to_be_bytes(),
+            dst_port: destination.port().to_be_bytes(),
+            expected_port: expected.port().to_be_bytes(),
+            flags,
+            clock_rate,
+            stats_slot,
+        }
+    }
+
+    /// The new source of forwarded packets.
+    pub fn source(&self) -> SocketAddr {
+        SocketAddr::new(
+            address_from_bytes(self.src_addr),
+            u16::from_be_bytes(self.src_port),
+        )
+    }
+
+    /// The new destination of forwarded packets.
+    pub fn destination(&self) -> SocketAddr {
+        SocketAddr::new(
+            address_from_bytes(self.dst_addr),
+            u16::from_be_bytes(self.dst_port),
+        )
+    }
+
+    /// The source packets must come from.
+    pub fn expected(&self) -> SocketAddr {
+        SocketAddr::new(
+            address_from_bytes(self.expected_addr),
+            u16::from_be_bytes(self.expected_port),
+        )
+    }
+}
+
+/// [`StreamStats::state`]: the sequence and jitter fields hold a first packet.
+pub const STATS_STARTED: u32 = 1;
+
+/// Value of [`STREAM_STATS_MAP`]: what the kernel forwarded for one entry.
+///
+/// `packets` and `bytes` are updated atomically. The sequence and jitter
+/// fields are updated without atomics: packets of one stream arrive on one
+/// RX queue (same 5-tuple), so concurrent updates of one slot are rare and
+/// at worst skew the estimate by one packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Packets forwarded.
+    pub packets: u64,
+    /// UDP payload bytes forwarded.
+    pub bytes: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last forwarded packet.
+    pub last_seen_ns: u64,
+    /// `STATS_*` bits.
+    pub state: u32,
+    /// Sequence number of the first RTP packet.
+    pub base_seq: u32,
+    /// Highest extended sequence number (cycles in the upper 16 bits).
+    pub highest_seq: u32,
+    /// RTP packets counted for loss (duplicates included, as RFC 3550 A.3).
+    pub received: u32,
+    /// Relative transit time of the previous RTP packet, in clock units.
+    pub transit: u32,
+    /// RFC 3550 interarrival jitter in clock units, scaled by 16 (A.8).
+    pub jitter_x16: u32,
+}
+
+impl StreamStats {
+    /// RFC 3550 A.3 "expected": extended highest − base + 1; 0 before RTP.
+    pub fn expected(&self) -> u32 {
+        if self.state & STATS_STARTED == 0 {
+            return 0;
+        }
+        self.highest_seq.wrapping_sub(self.base_seq).wrapping_add(1)
+    }
+
+    /// Cumulative packets lost (expected − received); negative with duplicates.
+    pub fn lost(&self) -> i64 {
+        i64::from(self.expected()) - i64::from(self.received)
+    }
+
+    /// Interarrival jitter in RTP clock units.
+    pub fn jitter(&self) -> u32 {
+        self.jitter_x16 >> 4
+    }
+}
+
 /// Slots of the per-CPU counter array. Each packet increments exactly one
-/// slot, named after the verdict's reason.
+/// slot, named after the reason of its verdict.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
@@ -34,27 +253,66 @@ pub enum Counter {
     NotIp = 0,
     /// IP but not UDP: passed.
     NotUdp = 1,
-    /// Too short to hold the headers it claims: passed.
+    /// Too short to hold the headers it claims, or lengths inconsistent: passed.
     Truncated = 2,
-    /// IPv4 fragment or header with options: passed.
-    Unusual = 3,
+    /// IPv4 fragment (MF set or non-zero offset): passed.
+    Fragment = 3,
+    /// IPv4 header with options: passed.
+    IpOptions = 4,
+    /// IPv6 with an extension header before UDP: passed.
+    Ipv6ExtensionHeader = 5,
     /// UDP outside the manager's port range: passed.
-    OtherPort = 4,
-    /// UDP to the manager's port range: passed to the userspace relay.
-    MediaPort = 5,
+    OtherPort = 6,
+    /// UDP to the media range without a forwarding entry: passed.
+    NoEntry = 7,
+    /// Source is not the entry's expected peer: passed.
+    SourceMismatchPass = 8,
+    /// Source is not the entry's expected peer on a strict entry: dropped.
+    SourceMismatchDrop = 9,
+    /// RTP/RTCP entry but not version 2 or too short (STUN, DTLS…): passed.
+    NotRtp = 10,
+    /// The entry's addresses are of another family than the packet: passed.
+    FamilyMismatch = 11,
+    /// IPv6 UDP with a zero checksum (invalid, RFC 8200): passed.
+    Ipv6ZeroChecksum = 12,
+    /// The next hop has no resolved neighbour: passed so the stack resolves it.
+    FibNoNeigh = 13,
+    /// Forwarding is disabled on the ingress interface: passed.
+    FibForwardingDisabled = 14,
+    /// Any other failed route lookup (unreachable, blackhole, MTU…): passed.
+    FibOther = 15,
+    /// A TC rewrite helper failed half-way: the packet is inconsistent, dropped.
+    RewriteFailed = 16,
+    /// Rewritten and sent back out of the ingress interface (XDP_TX).
+    Forwarded = 17,
+    /// Rewritten and redirected to the egress interface.
+    Redirected = 18,
 }
 
 impl Counter {
     /// Number of slots in [`COUNTERS_MAP`].
-    pub const SLOTS: u32 = 6;
+    pub const SLOTS: u32 = 19;
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 6] = [
+    pub const ALL: [Counter; 19] = [
         Counter::NotIp,
         Counter::NotUdp,
         Counter::Truncated,
-        Counter::Unusual,
+        Counter::Fragment,
+        Counter::IpOptions,
+        Counter::Ipv6ExtensionHeader,
         Counter::OtherPort,
-        Counter::MediaPort,
+        Counter::NoEntry,
+        Counter::SourceMismatchPass,
+        Counter::SourceMismatchDrop,
+        Counter::NotRtp,
+        Counter::FamilyMismatch,
+        Counter::Ipv6ZeroChecksum,
+        Counter::FibNoNeigh,
+        Counter::FibForwardingDisabled,
+        Counter::FibOther,
+        Counter::RewriteFailed,
+        Counter::Forwarded,
+        Counter::Redirected,
     ];
 
     /// A stable name for logs and metrics.
@@ -63,14 +321,103 @@ impl Counter {
             Counter::NotIp => "not_ip",
             Counter::NotUdp => "not_udp",
             Counter::Truncated => "truncated",
-            Counter::Unusual => "unusual",
+            Counter::Fragment => "fragment",
+            Counter::IpOptions => "ip_options",
+            Counter::Ipv6ExtensionHeader => "ipv6_extension_header",
             Counter::OtherPort => "other_port",
-            Counter::MediaPort => "media_port",
+            Counter::NoEntry => "no_entry",
+            Counter::SourceMismatchPass => "source_mismatch_pass",
+            Counter::SourceMismatchDrop => "source_mismatch_drop",
+            Counter::NotRtp => "not_rtp",
+            Counter::FamilyMismatch => "family_mismatch",
+            Counter::Ipv6ZeroChecksum => "ipv6_zero_checksum",
+            Counter::FibNoNeigh => "fib_no_neigh",
+            Counter::FibForwardingDisabled => "fib_forwarding_disabled",
+            Counter::FibOther => "fib_other",
+            Counter::RewriteFailed => "rewrite_failed",
+            Counter::Forwarded => "forwarded",
+            Counter::Redirected => "redirected",
         }
     }
 }
 
+// Layouts are part of the kernel/userspace contract: these fail the build
+// when a field change introduces padding or changes a size.
+const _: () = assert!(core::mem::size_of::<ProgramConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<ForwardKey>() == 20);
+const _: () = assert!(core::mem::size_of::<ForwardEntry>() == 64);
+const _: () = assert!(core::mem::size_of::<StreamStats>() == 48);
+const _: () = assert!(Counter::ALL.len() == Counter::SLOTS as usize);
+
 #[cfg(feature = "user")]
-// SAFETY: ProgramConfig is repr(C), Copy, has no padding and every bit
-// pattern is a valid value.
-unsafe impl aya::Pod for ProgramConfig {}
+mod pod {
+    use super::{ForwardEntry, ForwardKey, ProgramConfig, StreamStats};
+
+    // SAFETY (all four): repr(C), Copy, no padding (sizes asserted above
+    // equal the sum of the fields) and every bit pattern is a valid value.
+    unsafe impl aya::Pod for ProgramConfig {}
+    unsafe impl aya::Pod for ForwardKey {}
+    unsafe impl aya::Pod for ForwardEntry {}
+    unsafe impl aya::Pod for StreamStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_store_ipv4_mapped_addresses_and_big_endian_ports() {
+        let key = ForwardKey::new("10.1.2.3:30000".parse().expect("literal"));
+        assert_eq!(
+            key.addr,
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]
+        );
+        assert_eq!(key.port, [0x75, 0x30]);
+        assert_eq!(key.pad, [0, 0]);
+        assert_eq!(
+            key.socket_addr(),
+            "10.1.2.3:30000".parse().expect("literal")
+        );
+    }
+
+    #[test]
+    fn entries_round_trip_both_families() {
+        let entry = ForwardEntry::new(
+            "[2001:db8::1]:30002".parse().expect("literal"),
+            "[2001:db8::2]:40000".parse().expect("literal"),
+            "[2001:db8::3]:41000".parse().expect("literal"),
+            FLAG_RTP,
+            8000,
+            7,
+        );
+        assert_eq!(
+            entry.source(),
+            "[2001:db8::1]:30002".parse().expect("literal")
+        );
+        assert_eq!(
+            entry.destination(),
+            "[2001:db8::2]:40000".parse().expect("literal")
+        );
+        assert_eq!(
+            entry.expected(),
+            "[2001:db8::3]:41000".parse().expect("literal")
+        );
+        assert!(!is_v4_mapped(&entry.dst_addr));
+    }
+
+    #[test]
+    fn loss_is_expected_minus_received() {
+        let stats = StreamStats {
+            state: STATS_STARTED,
+            base_seq: 65530,
+            highest_seq: 65536 + 9,
+            received: 13,
+            jitter_x16: 0x35,
+            ..StreamStats::default()
+        };
+        assert_eq!(stats.expected(), 16);
+        assert_eq!(stats.lost(), 3);
+        assert_eq!(stats.jitter(), 3);
+        assert_eq!(StreamStats::default().expected(), 0);
+    }
+}

@@ -5,15 +5,24 @@
 //! the object is missing from this build, the process lacks privileges, the
 //! interface refuses a mode or the verifier rejects the program, the manager
 //! runs userspace-only and [`FastPath::reason`] says why (logged once).
+//!
+//! While attached, [`FastPath::install`] and [`FastPath::remove`] put
+//! streams in and out of the kernel and [`FastPath::stream_stats`] reads
+//! what the kernel forwarded; when off they fail with [`FastPathError::Off`]
+//! (or return `None`) and the caller keeps relaying in userspace.
+
+mod maps;
 
 use std::fmt;
+use std::sync::{Mutex, MutexGuard};
 
-use aya::maps::{Array, PerCpuArray};
 use aya::programs::{tc, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::Ebpf;
 use rtpmanager_common::{
-    Counter, ProgramConfig, CONFIG_MAP, COUNTERS_MAP, TC_PROGRAM, XDP_PROGRAM,
+    Counter, ForwardEntry, ForwardKey, ProgramConfig, StreamStats, TC_PROGRAM, XDP_PROGRAM,
 };
+
+pub use maps::{InvalidEntry, KernelMaps};
 use switchboard_proto::v1;
 
 use crate::config::FastPathRequest;
@@ -94,6 +103,12 @@ pub enum FastPathError {
         name: &'static str,
         source: aya::maps::MapError,
     },
+    /// The fast path is off: the stream stays in userspace.
+    #[error("the kernel fast path is off")]
+    Off,
+    /// The entry would be mishandled or never matched by the programs.
+    #[error("invalid forwarding entry: {0}")]
+    InvalidEntry(#[from] InvalidEntry),
 }
 
 /// What the fast path needs to know to attach.
@@ -110,7 +125,12 @@ pub struct FastPath {
     mode: Mode,
     reason: String,
     interface: String,
+    /// Keeps the programs attached until dropped; `None` when off.
+    #[expect(dead_code, reason = "held for its Drop, which detaches the programs")]
     ebpf: Option<Ebpf>,
+    /// Behind a mutex so the session table's driver can share the fast
+    /// path (`&self`); map syscalls dominate the cost of the lock.
+    maps: Option<Mutex<KernelMaps>>,
 }
 
 impl fmt::Debug for FastPath {
@@ -147,6 +167,7 @@ impl FastPath {
             reason: reason.into(),
             interface: String::new(),
             ebpf: None,
+            maps: None,
         }
     }
 
@@ -169,7 +190,7 @@ impl FastPath {
         let mut failures = Vec::new();
         for &mode in candidates {
             match attach(object, mode, settings) {
-                Ok(ebpf) => {
+                Ok((ebpf, maps)) => {
                     let reason = if failures.is_empty() {
                         format!("{mode} as requested")
                     } else {
@@ -180,6 +201,7 @@ impl FastPath {
                         reason,
                         interface: settings.interface.clone(),
                         ebpf: Some(ebpf),
+                        maps: Some(Mutex::new(maps)),
                     };
                 }
                 Err(e) => {
@@ -213,40 +235,84 @@ impl FastPath {
 
     /// Per-reason packet counters summed over CPUs; `None` when off.
     pub fn counters(&self) -> Option<Vec<(Counter, u64)>> {
-        let ebpf = self.ebpf.as_ref()?;
-        let map = ebpf.map(COUNTERS_MAP)?;
-        let counters = PerCpuArray::<_, u64>::try_from(map).ok()?;
-        Counter::ALL
-            .iter()
-            .map(|&c| {
-                let per_cpu = counters.get(&(c as u32), 0).ok()?;
-                Some((c, per_cpu.iter().sum()))
-            })
-            .collect()
+        self.maps().ok()?.counters().ok()
+    }
+
+    /// Forwards packets addressed to `key` in the kernel as `entry` says,
+    /// replacing any entry for `key`.
+    pub fn install(&self, key: ForwardKey, entry: ForwardEntry) -> Result<(), FastPathError> {
+        self.maps()?.install(key, entry)
+    }
+
+    /// Takes packets addressed to `key` back to userspace; `Ok(false)` when
+    /// there was no entry.
+    pub fn remove(&self, key: &ForwardKey) -> Result<bool, FastPathError> {
+        self.maps()?.remove(key)
+    }
+
+    /// What the kernel forwarded for stats slot `slot`; `None` when off or
+    /// out of range.
+    pub fn stream_stats(&self, slot: u32) -> Option<StreamStats> {
+        self.maps().ok()?.stream_stats(slot)
+    }
+
+    /// Zeroes stats slot `slot`, before it serves a new stream.
+    pub fn reset_stream_stats(&self, slot: u32) -> Result<(), FastPathError> {
+        self.maps()?.reset_stream_stats(slot)
+    }
+
+    fn maps(&self) -> Result<MutexGuard<'_, KernelMaps>, FastPathError> {
+        let maps = self.maps.as_ref().ok_or(FastPathError::Off)?;
+        // A panic while holding the lock cannot leave the maps inconsistent
+        // (each call is one syscall), so a poisoned lock is still usable.
+        Ok(maps.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 }
 
-fn attach(object: &[u8], mode: Mode, settings: &Settings) -> Result<Ebpf, FastPathError> {
+/// Loads the object and both programs into the kernel without attaching
+/// them, with the config written: for running the programs on test packets
+/// (BPF_PROG_TEST_RUN) and for tools. Needs the same privileges as
+/// [`FastPath::start`].
+pub fn load_unattached(settings: &Settings) -> Result<(Ebpf, KernelMaps), FastPathError> {
+    let object =
+        EBPF_OBJECT.ok_or_else(|| FastPathError::Object("not embedded in this build".into()))?;
+    check_capabilities()?;
+    raise_memlock_limit();
+    let (mut ebpf, maps) = load(object, settings)?;
+    let program_err = |mode| move |source| FastPathError::Program { mode, source };
+    let xdp: &mut Xdp = ebpf
+        .program_mut(XDP_PROGRAM)
+        .ok_or_else(|| FastPathError::Object(format!("no program {XDP_PROGRAM}")))?
+        .try_into()
+        .map_err(program_err(Mode::XdpNative))?;
+    xdp.load().map_err(program_err(Mode::XdpNative))?;
+    let classifier: &mut SchedClassifier = ebpf
+        .program_mut(TC_PROGRAM)
+        .ok_or_else(|| FastPathError::Object(format!("no program {TC_PROGRAM}")))?
+        .try_into()
+        .map_err(program_err(Mode::Tc))?;
+    classifier.load().map_err(program_err(Mode::Tc))?;
+    Ok((ebpf, maps))
+}
+
+/// Loads the object (maps created, programs not yet) and writes the config.
+fn load(object: &[u8], settings: &Settings) -> Result<(Ebpf, KernelMaps), FastPathError> {
     let mut ebpf = Ebpf::load(object)?;
-    let map = ebpf
-        .map_mut(CONFIG_MAP)
-        .ok_or_else(|| FastPathError::Object(format!("no map {CONFIG_MAP}")))?;
-    let mut config =
-        Array::<_, ProgramConfig>::try_from(map).map_err(|source| FastPathError::Map {
-            name: CONFIG_MAP,
-            source,
-        })?;
-    let program_config = ProgramConfig {
+    let mut maps = KernelMaps::take(&mut ebpf)?;
+    maps.set_config(ProgramConfig {
         port_min: settings.port_min,
         port_max: settings.port_max,
         flags: 0,
-    };
-    config
-        .set(0, program_config, 0)
-        .map_err(|source| FastPathError::Map {
-            name: CONFIG_MAP,
-            source,
-        })?;
+    })?;
+    Ok((ebpf, maps))
+}
+
+fn attach(
+    object: &[u8],
+    mode: Mode,
+    settings: &Settings,
+) -> Result<(Ebpf, KernelMaps), FastPathError> {
+    let (mut ebpf, maps) = load(object, settings)?;
 
     let program_err = |source| FastPathError::Program { mode, source };
     match mode {
@@ -283,7 +349,7 @@ fn attach(object: &[u8], mode: Mode, settings: &Settings) -> Result<Ebpf, FastPa
         }
         Mode::Off => return Err(FastPathError::Object("off is not an attach mode".into())),
     }
-    Ok(ebpf)
+    Ok((ebpf, maps))
 }
 
 /// An error with its sources, so "bpf_link_create failed" says why.

@@ -1,0 +1,78 @@
+//! Per-stream statistics of forwarded packets: packets, bytes, last seen,
+//! and for RTP the RFC 3550 A.1/A.3 sequence tracking and A.8 jitter.
+//!
+//! The kernel keeps raw state only; userspace derives loss and jitter from
+//! it (see `StreamStats` in rtpmanager-common). There is no probation and
+//! no restart on a large jump: a sequence number ahead by less than 2^15 is
+//! an advance, anything else a late or duplicate packet.
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use rtpmanager_common::{ForwardEntry, StreamStats, FLAG_RTP, STATS_STARTED};
+
+use crate::packet::Packet;
+use crate::STREAM_STATS;
+
+/// Records a forwarded packet in the entry's stats slot; a slot out of
+/// range records nothing (the loader rejects such entries).
+#[inline(always)]
+pub fn record(entry: &ForwardEntry, packet: &Packet) {
+    let Some(stats) = STREAM_STATS.get_ptr_mut(entry.stats_slot) else {
+        return;
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: `stats` points at a live array element for the whole program
+    // run; packets and bytes may be updated from several CPUs at once, so
+    // they use atomic adds (BPF_ATOMIC; the bpf target has no AtomicU64
+    // fetch_add, hence the intrinsic), the rest plain stores.
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*stats).packets, 1);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            &raw mut (*stats).bytes,
+            u64::from(packet.payload_len),
+        );
+        (*stats).last_seen_ns = now;
+        if entry.flags & FLAG_RTP != 0 {
+            rtp(&mut *stats, entry.clock_rate, now, packet);
+        }
+    }
+}
+
+#[inline(always)]
+fn rtp(stats: &mut StreamStats, clock_rate: u32, now_ns: u64, packet: &Packet) {
+    let seq = packet.rtp_seq;
+    // Arrival in RTP clock units, from microseconds so the product stays
+    // within 64 bits for years of uptime; only differences matter.
+    let arrival = ((now_ns / 1_000) * u64::from(clock_rate) / 1_000_000) as u32;
+    let transit = arrival.wrapping_sub(packet.rtp_timestamp);
+    if stats.state & STATS_STARTED == 0 {
+        stats.state = STATS_STARTED;
+        stats.base_seq = u32::from(seq);
+        stats.highest_seq = u32::from(seq);
+        stats.received = 1;
+        stats.transit = transit;
+        return;
+    }
+    let highest = stats.highest_seq as u16;
+    let delta = seq.wrapping_sub(highest);
+    if delta != 0 && delta < 0x8000 {
+        let mut cycles = stats.highest_seq & 0xFFFF_0000;
+        if seq < highest {
+            cycles = cycles.wrapping_add(0x1_0000);
+        }
+        stats.highest_seq = cycles | u32::from(seq);
+    }
+    stats.received = stats.received.wrapping_add(1);
+    if clock_rate != 0 {
+        let d = transit.wrapping_sub(stats.transit) as i32;
+        let d = d.unsigned_abs();
+        // J += (|D| − J)/16 with J kept scaled by 16 (RFC 3550 A.8).
+        stats.jitter_x16 = stats
+            .jitter_x16
+            .wrapping_add(d)
+            .wrapping_sub((stats.jitter_x16 + 8) >> 4);
+    }
+    stats.transit = transit;
+}

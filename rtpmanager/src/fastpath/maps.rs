@@ -1,0 +1,210 @@
+//! The userspace side of the programs' maps: run-time config, forwarding
+//! entries, per-stream stats and verdict counters.
+//!
+//! This is the "how" of offloading; the session table decides what to
+//! offload and when to take it back. The maps are taken out of the loaded
+//! object, so they stay usable from any thread while the programs run, and
+//! whoever holds a [`KernelMaps`] (the [`super::FastPath`], or a test that
+//! loaded the object without attaching it) uses the same checks.
+//!
+//! Maps are not pinned yet: a restarted manager starts with empty maps.
+//! Pinning by name under a bpffs directory belongs in the loader (an
+//! `EbpfLoader::map_pin_path`) and does not change this API.
+
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+use aya::Ebpf;
+use rtpmanager_common::{
+    is_v4_mapped, Counter, ForwardEntry, ForwardKey, ProgramConfig, StreamStats, CONFIG_MAP,
+    COUNTERS_MAP, FLAGS_KNOWN, FLAG_RTCP, FLAG_RTP, FORWARD_MAP, STREAM_SLOTS, STREAM_STATS_MAP,
+};
+
+use super::FastPathError;
+
+/// Why an entry cannot be installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidEntry {
+    /// The entry's addresses and the key are not all of one family; the
+    /// kernel cannot change header sizes.
+    #[error("key, source, destination and expected source must be of one address family")]
+    FamilyMismatch,
+    /// The stats slot is outside the stats map.
+    #[error("stats slot {0} is out of range (0..{STREAM_SLOTS})")]
+    StatsSlot(u32),
+    /// Flags outside `FLAGS_KNOWN`, or RTP and RTCP together.
+    #[error("flags {0:#06x} are unknown or contradictory")]
+    Flags(u16),
+    /// The key's padding is not zero, so the kernel would never match it.
+    #[error("key padding must be zero")]
+    KeyPadding,
+}
+
+/// The programs' maps, taken out of a loaded [`Ebpf`].
+pub struct KernelMaps {
+    config: Array<MapData, ProgramConfig>,
+    forward: HashMap<MapData, ForwardKey, ForwardEntry>,
+    stream_stats: Array<MapData, StreamStats>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for KernelMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelMaps").finish_non_exhaustive()
+    }
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, FastPathError> {
+    ebpf.take_map(name)
+        .ok_or_else(|| FastPathError::Object(format!("no map {name}")))
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> FastPathError {
+    move |source| FastPathError::Map { name, source }
+}
+
+impl KernelMaps {
+    /// Takes the maps out of `ebpf` (loaded, attached or not).
+    pub fn take(ebpf: &mut Ebpf) -> Result<KernelMaps, FastPathError> {
+        Ok(KernelMaps {
+            config: Array::try_from(take(ebpf, CONFIG_MAP)?).map_err(map_err(CONFIG_MAP))?,
+            forward: HashMap::try_from(take(ebpf, FORWARD_MAP)?).map_err(map_err(FORWARD_MAP))?,
+            stream_stats: Array::try_from(take(ebpf, STREAM_STATS_MAP)?)
+                .map_err(map_err(STREAM_STATS_MAP))?,
+            counters: PerCpuArray::try_from(take(ebpf, COUNTERS_MAP)?)
+                .map_err(map_err(COUNTERS_MAP))?,
+        })
+    }
+
+    /// Writes the programs' run-time settings.
+    pub fn set_config(&mut self, config: ProgramConfig) -> Result<(), FastPathError> {
+        self.config.set(0, config, 0).map_err(map_err(CONFIG_MAP))
+    }
+
+    /// Installs or replaces the entry for packets addressed to `key`.
+    pub fn install(&mut self, key: ForwardKey, entry: ForwardEntry) -> Result<(), FastPathError> {
+        validate(&key, &entry)?;
+        self.forward
+            .insert(key, entry, 0)
+            .map_err(map_err(FORWARD_MAP))
+    }
+
+    /// Removes the entry for `key`; `false` when there was none.
+    pub fn remove(&mut self, key: &ForwardKey) -> Result<bool, FastPathError> {
+        match self.forward.remove(key) {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(false)
+            }
+            Err(source) => Err(FastPathError::Map {
+                name: FORWARD_MAP,
+                source,
+            }),
+        }
+    }
+
+    /// The installed entry for `key`, if any.
+    pub fn entry(&self, key: &ForwardKey) -> Option<ForwardEntry> {
+        self.forward.get(key, 0).ok()
+    }
+
+    /// The stats of slot `slot`; `None` when out of range.
+    pub fn stream_stats(&self, slot: u32) -> Option<StreamStats> {
+        self.stream_stats.get(&slot, 0).ok()
+    }
+
+    /// Zeroes slot `slot`, e.g. before giving it to a new stream.
+    pub fn reset_stream_stats(&mut self, slot: u32) -> Result<(), FastPathError> {
+        if slot >= STREAM_SLOTS {
+            return Err(InvalidEntry::StatsSlot(slot).into());
+        }
+        self.stream_stats
+            .set(slot, StreamStats::default(), 0)
+            .map_err(map_err(STREAM_STATS_MAP))
+    }
+
+    /// Per-reason packet counters summed over CPUs, in slot order.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>, FastPathError> {
+        Counter::ALL
+            .iter()
+            .map(|&c| {
+                let per_cpu = self
+                    .counters
+                    .get(&(c as u32), 0)
+                    .map_err(map_err(COUNTERS_MAP))?;
+                Ok((c, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+}
+
+/// Rejects entries the programs would mishandle or never match.
+fn validate(key: &ForwardKey, entry: &ForwardEntry) -> Result<(), InvalidEntry> {
+    if key.pad != [0; 2] {
+        return Err(InvalidEntry::KeyPadding);
+    }
+    let v4 = is_v4_mapped(&key.addr);
+    if [entry.src_addr, entry.dst_addr, entry.expected_addr]
+        .iter()
+        .any(|a| is_v4_mapped(a) != v4)
+    {
+        return Err(InvalidEntry::FamilyMismatch);
+    }
+    if entry.stats_slot >= STREAM_SLOTS {
+        return Err(InvalidEntry::StatsSlot(entry.stats_slot));
+    }
+    let both = FLAG_RTP | FLAG_RTCP;
+    if entry.flags & !FLAGS_KNOWN != 0 || entry.flags & both == both {
+        return Err(InvalidEntry::Flags(entry.flags));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtpmanager_common::FLAG_STRICT_SOURCE;
+
+    fn entry(dst: &str, flags: u16, slot: u32) -> ForwardEntry {
+        ForwardEntry::new(
+            "10.0.0.1:30002".parse().expect("literal"),
+            dst.parse().expect("literal"),
+            "10.0.0.3:41000".parse().expect("literal"),
+            flags,
+            8000,
+            slot,
+        )
+    }
+
+    #[test]
+    fn validation_accepts_one_family_and_known_flags() {
+        let key = ForwardKey::new("10.0.0.1:30000".parse().expect("literal"));
+        assert_eq!(
+            validate(
+                &key,
+                &entry("10.0.0.2:40000", FLAG_RTP | FLAG_STRICT_SOURCE, 0)
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            validate(&key, &entry("[2001:db8::2]:40000", FLAG_RTP, 0)),
+            Err(InvalidEntry::FamilyMismatch)
+        );
+        assert_eq!(
+            validate(&key, &entry("10.0.0.2:40000", FLAG_RTP, STREAM_SLOTS)),
+            Err(InvalidEntry::StatsSlot(STREAM_SLOTS))
+        );
+        assert_eq!(
+            validate(&key, &entry("10.0.0.2:40000", FLAG_RTP | FLAG_RTCP, 0)),
+            Err(InvalidEntry::Flags(3))
+        );
+        assert_eq!(
+            validate(&key, &entry("10.0.0.2:40000", 0x80, 0)),
+            Err(InvalidEntry::Flags(0x80))
+        );
+        let padded = ForwardKey { pad: [0, 1], ..key };
+        assert_eq!(
+            validate(&padded, &entry("10.0.0.2:40000", FLAG_RTP, 0)),
+            Err(InvalidEntry::KeyPadding)
+        );
+    }
+}
