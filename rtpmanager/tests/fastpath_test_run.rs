@@ -1,0 +1,902 @@
+//! Unit tests of the XDP and TC programs on crafted packets, without a NIC:
+//! BPF_PROG_TEST_RUN runs a loaded (unattached) program on a buffer and
+//! returns its verdict and the rewritten bytes.
+//!
+//! `bpf_fib_lookup` runs in the caller's network namespace, so each test
+//! runs on a thread inside a namespace it creates: a veth `v0` with
+//! addresses, a permanent neighbour for the forwarding destination, none
+//! for the "no neighbour" destination, and forwarding enabled. Without a
+//! `ctx_in` the XDP program sees loopback as its ingress (so a forward is a
+//! redirect to `v0`); with `ingress_ifindex = v0` it is an XDP_TX.
+//!
+//! They need root; without it they skip loudly. Without the embedded object
+//! they skip too, except under CI, where that is a failure.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd};
+use std::process::{Command, Stdio};
+
+use aya::Ebpf;
+use nix::sched::{setns, CloneFlags};
+use rtpmanager_common::{
+    Counter, ForwardEntry, ForwardKey, FLAG_RTP, FLAG_STRICT_SOURCE, TC_PROGRAM, XDP_PROGRAM,
+};
+use switchboard_rtpmanager::config::FastPathRequest;
+use switchboard_rtpmanager::fastpath::{self, KernelMaps, Settings};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+const V0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x03, 0x01];
+const NEIGH_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x03, 0x02];
+const IN_SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x03, 0xaa];
+const IN_DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x03, 0xbb];
+
+const RELAY: &str = "10.203.0.1";
+const CALLER: &str = "10.203.0.9:41000";
+const CALLEE: &str = "10.203.0.2:40000";
+const UNRESOLVED: &str = "10.203.0.3:40000";
+const RELAY6: &str = "fd00:203::1";
+const CALLER6: &str = "[fd00:203::9]:41000";
+const CALLEE6: &str = "[fd00:203::2]:40000";
+
+fn skip_reason() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root: BPF_PROG_TEST_RUN tests need CAP_BPF and CAP_NET_ADMIN".into());
+    }
+    if !fastpath::object_embedded() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the kernel-path tests: the eBPF object was not built (cargo xtask build-ebpf)"
+        );
+        return Some("this build has no eBPF object (cargo xtask build-ebpf)".into());
+    }
+    None
+}
+
+macro_rules! require_kernel_path {
+    () => {
+        if let Some(reason) = skip_reason() {
+            eprintln!(
+                "\n!!!!!!!! SKIPPED kernel-path test {}: {reason} !!!!!!!!\n",
+                module_path!()
+            );
+            return;
+        }
+    };
+}
+
+fn sh(args: &[&str]) {
+    let status = Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(status.success(), "{args:?} failed: {status}");
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+/// A namespace with `v0` (peer `v1`), deleted by name on drop.
+struct Namespace(String);
+
+impl Namespace {
+    fn new(tag: &str) -> Namespace {
+        let ns = Namespace(format!("sbx{}{tag}", std::process::id()));
+        let n = ns.0.as_str();
+        sh(&["ip", "netns", "add", n]);
+        let mac = |m: [u8; 6]| {
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        sh(&[
+            "ip",
+            "-n",
+            n,
+            "link",
+            "add",
+            "v0",
+            "address",
+            &mac(V0_MAC),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "v1",
+        ]);
+        for sysctl in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+            sh(&["ip", "netns", "exec", n, "sysctl", "-qw", sysctl]);
+        }
+        sh(&[
+            "ip",
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{RELAY}/24"),
+            "dev",
+            "v0",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{RELAY6}/64"),
+            "dev",
+            "v0",
+            "nodad",
+        ]);
+        for dev in ["lo", "v0", "v1"] {
+            sh(&["ip", "-n", n, "link", "set", dev, "up"]);
+        }
+        let callee = addr(CALLEE).ip().to_string();
+        let callee6 = addr(CALLEE6).ip().to_string();
+        for ip in [&callee, &callee6] {
+            sh(&[
+                "ip",
+                "-n",
+                n,
+                "neigh",
+                "replace",
+                ip,
+                "lladdr",
+                &mac(NEIGH_MAC),
+                "dev",
+                "v0",
+                "nud",
+                "permanent",
+            ]);
+        }
+        ns
+    }
+
+    /// Runs `f` on a thread inside the namespace (namespaces are per thread).
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/var/run/netns/{}", self.0);
+        std::thread::spawn(move || {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            setns(file, CloneFlags::CLONE_NEWNET).expect("setns into the test namespace");
+            f()
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// The programs loaded, unattached, in the current thread's namespace.
+struct Programs {
+    ebpf: Ebpf,
+    maps: KernelMaps,
+}
+
+impl Programs {
+    fn load() -> Programs {
+        let (ebpf, maps) = fastpath::load_unattached(&Settings {
+            request: FastPathRequest::Auto,
+            interface: String::new(),
+            port_min: 30000,
+            port_max: 30100,
+        })
+        .unwrap_or_else(|e| panic!("load the programs: {e:?}"));
+        Programs { ebpf, maps }
+    }
+
+    fn fd(&self, name: &str) -> i32 {
+        self.ebpf
+            .program(name)
+            .unwrap_or_else(|| panic!("program {name} in the object"))
+            .fd()
+            .unwrap_or_else(|e| panic!("fd of {name}: {e}"))
+            .as_fd()
+            .as_raw_fd()
+    }
+
+    fn xdp(&self, packet: &[u8]) -> (u32, Vec<u8>) {
+        test_run(self.fd(XDP_PROGRAM), packet, None)
+    }
+
+    /// XDP with `ingress_ifindex` set, as if received on that interface.
+    fn xdp_on(&self, ifindex: u32, packet: &[u8]) -> (u32, Vec<u8>) {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex.
+        let len = u32::try_from(packet.len()).expect("packet length");
+        let md: [u32; 6] = [0, len, 0, ifindex, 0, 0];
+        let bytes: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        test_run(self.fd(XDP_PROGRAM), packet, Some(&bytes))
+    }
+
+    fn tc(&self, packet: &[u8]) -> (u32, Vec<u8>) {
+        test_run(self.fd(TC_PROGRAM), packet, None)
+    }
+
+    fn counters(&self) -> Vec<(Counter, u64)> {
+        self.maps.counters().expect("read the counters")
+    }
+
+    /// Asserts that exactly the `want` counters are non-zero, with these values.
+    fn assert_counters(&self, want: &[(Counter, u64)]) {
+        let got: Vec<(Counter, u64)> = self
+            .counters()
+            .into_iter()
+            .filter(|(_, n)| *n != 0)
+            .collect();
+        assert_eq!(got, want, "verdict counters");
+    }
+}
+
+/// The `test` member of `union bpf_attr` (BPF_PROG_TEST_RUN).
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    pad: u32,
+}
+
+fn test_run(fd: i32, packet: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; packet.len() + 256];
+    let mut attr = TestRunAttr {
+        prog_fd: u32::try_from(fd).expect("fd"),
+        data_size_in: u32::try_from(packet.len()).expect("len"),
+        data_size_out: u32::try_from(out.len()).expect("len"),
+        data_in: packet.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ..TestRunAttr::default()
+    };
+    if let Some(ctx) = ctx {
+        attr.ctx_size_in = u32::try_from(ctx.len()).expect("len");
+        attr.ctx_in = ctx.as_ptr() as u64;
+    }
+    // SAFETY: attr is a valid bpf_attr prefix; the buffers it points at
+    // outlive the call and data_size_out bounds the kernel's writes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>(),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "BPF_PROG_TEST_RUN: {}",
+        std::io::Error::last_os_error()
+    );
+    out.truncate(attr.data_size_out as usize);
+    (attr.retval, out)
+}
+
+/// One's complement sum of `bytes` as big-endian words, folded.
+fn ones_sum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    sum as u16
+}
+
+fn rtp(seq: u16, len: usize) -> Vec<u8> {
+    let mut p = vec![0x80, 0x00];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    p.extend((0..len.saturating_sub(12)).map(|i| i as u8));
+    p
+}
+
+/// How to build an IPv4 test packet.
+#[derive(Clone, Copy)]
+struct V4 {
+    /// 32-bit words of options (IHL − 5), NOPs.
+    option_words: usize,
+    /// Flags and fragment offset field.
+    frag: u16,
+    /// Send UDP checksum 0 ("none").
+    no_udp_checksum: bool,
+}
+
+const PLAIN: V4 = V4 {
+    option_words: 0,
+    frag: 0,
+    no_udp_checksum: false,
+};
+
+fn ethernet(ethertype: u16) -> Vec<u8> {
+    let mut p = IN_DST_MAC.to_vec();
+    p.extend_from_slice(&IN_SRC_MAC);
+    p.extend_from_slice(&ethertype.to_be_bytes());
+    p
+}
+
+fn udp_header(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(8 + payload.len()).expect("UDP length");
+    let mut udp = src.port().to_be_bytes().to_vec();
+    udp.extend_from_slice(&dst.port().to_be_bytes());
+    udp.extend_from_slice(&len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    udp
+}
+
+fn pseudo_header(src: SocketAddr, dst: SocketAddr, udp_len: usize) -> Vec<u8> {
+    let mut pseudo = Vec::new();
+    match (src.ip(), dst.ip()) {
+        (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) => {
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&[0, 17]);
+            pseudo.extend_from_slice(&u16::try_from(udp_len).expect("len").to_be_bytes());
+        }
+        (std::net::IpAddr::V6(s), std::net::IpAddr::V6(d)) => {
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&u32::try_from(udp_len).expect("len").to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, 17]);
+        }
+        _ => panic!("mixed families"),
+    }
+    pseudo
+}
+
+fn ipv4(src: SocketAddr, dst: SocketAddr, payload: &[u8], how: V4) -> Vec<u8> {
+    let (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
+        panic!("ipv4() takes IPv4 addresses");
+    };
+    let mut udp = udp_header(src, dst, payload);
+    if !how.no_udp_checksum {
+        let mut sum_over = pseudo_header(src, dst, udp.len());
+        sum_over.extend_from_slice(&udp);
+        let check = match !ones_sum(&sum_over) {
+            0 => 0xFFFF,
+            c => c,
+        };
+        udp[6..8].copy_from_slice(&check.to_be_bytes());
+    }
+    let ihl = 5 + how.option_words;
+    let total = u16::try_from(ihl * 4 + udp.len()).expect("IP length");
+    let mut ip = vec![0x40 | ihl as u8, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0x12, 0x34]);
+    ip.extend_from_slice(&how.frag.to_be_bytes());
+    ip.extend_from_slice(&[64, 17, 0, 0]);
+    ip.extend_from_slice(&s.octets());
+    ip.extend_from_slice(&d.octets());
+    ip.extend(std::iter::repeat_n(1u8, how.option_words * 4));
+    let check = !ones_sum(&ip);
+    ip[10..12].copy_from_slice(&check.to_be_bytes());
+    let mut p = ethernet(0x0800);
+    p.extend_from_slice(&ip);
+    p.extend_from_slice(&udp);
+    p
+}
+
+fn ipv6(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let (std::net::IpAddr::V6(s), std::net::IpAddr::V6(d)) = (src.ip(), dst.ip()) else {
+        panic!("ipv6() takes IPv6 addresses");
+    };
+    let mut udp = udp_header(src, dst, payload);
+    let mut sum_over = pseudo_header(src, dst, udp.len());
+    sum_over.extend_from_slice(&udp);
+    let check = match !ones_sum(&sum_over) {
+        0 => 0xFFFF,
+        c => c,
+    };
+    udp[6..8].copy_from_slice(&check.to_be_bytes());
+    let mut p = ethernet(0x86DD);
+    p.extend_from_slice(&[0x60, 0, 0, 0]);
+    p.extend_from_slice(&u16::try_from(udp.len()).expect("len").to_be_bytes());
+    p.extend_from_slice(&[17, 64]);
+    p.extend_from_slice(&s.octets());
+    p.extend_from_slice(&d.octets());
+    p.extend_from_slice(&udp);
+    p
+}
+
+/// What a forwarded packet looks like to the test.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: SocketAddr,
+    dst: SocketAddr,
+    udp_checksum: u16,
+}
+
+/// Parses `p` and checks its IPv4 header and UDP checksums from scratch.
+fn check_ipv4(p: &[u8]) -> Seen {
+    let ip = &p[14..34];
+    assert_eq!(
+        ones_sum(ip),
+        0xFFFF,
+        "IPv4 header checksum is valid: {ip:02x?}"
+    );
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let udp = &p[34..];
+    let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+    let udp = &udp[..udp_len];
+    let sport = u16::from_be_bytes([udp[0], udp[1]]);
+    let dport = u16::from_be_bytes([udp[2], udp[3]]);
+    let (src, dst) = (
+        SocketAddr::from((src, sport)),
+        SocketAddr::from((dst, dport)),
+    );
+    let udp_checksum = u16::from_be_bytes([udp[6], udp[7]]);
+    if udp_checksum != 0 {
+        let mut sum_over = pseudo_header(src, dst, udp.len());
+        sum_over.extend_from_slice(udp);
+        assert_eq!(ones_sum(&sum_over), 0xFFFF, "UDP checksum is valid");
+    }
+    Seen {
+        dst_mac: p[0..6].try_into().expect("6 bytes"),
+        src_mac: p[6..12].try_into().expect("6 bytes"),
+        src,
+        dst,
+        udp_checksum,
+    }
+}
+
+fn check_ipv6(p: &[u8]) -> Seen {
+    let ip = &p[14..54];
+    let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).expect("16 bytes"));
+    let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).expect("16 bytes"));
+    let udp = &p[54..];
+    let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+    let udp = &udp[..udp_len];
+    let sport = u16::from_be_bytes([udp[0], udp[1]]);
+    let dport = u16::from_be_bytes([udp[2], udp[3]]);
+    let (src, dst) = (
+        SocketAddr::from((src, sport)),
+        SocketAddr::from((dst, dport)),
+    );
+    let udp_checksum = u16::from_be_bytes([udp[6], udp[7]]);
+    assert_ne!(udp_checksum, 0, "IPv6 UDP checksum is never 0");
+    let mut sum_over = pseudo_header(src, dst, udp.len());
+    sum_over.extend_from_slice(udp);
+    assert_eq!(ones_sum(&sum_over), 0xFFFF, "UDP checksum is valid");
+    Seen {
+        dst_mac: p[0..6].try_into().expect("6 bytes"),
+        src_mac: p[6..12].try_into().expect("6 bytes"),
+        src,
+        dst,
+        udp_checksum,
+    }
+}
+
+fn relay(port: u16) -> SocketAddr {
+    SocketAddr::new(RELAY.parse().expect("literal"), port)
+}
+
+fn relay6(port: u16) -> SocketAddr {
+    SocketAddr::new(RELAY6.parse().expect("literal"), port)
+}
+
+/// caller → relay:30000 is forwarded as relay:30002 → `destination`.
+fn install_v4(programs: &mut Programs, destination: &str, flags: u16, slot: u32) {
+    programs
+        .maps
+        .install(
+            ForwardKey::new(relay(30000)),
+            ForwardEntry::new(
+                relay(30002),
+                addr(destination),
+                addr(CALLER),
+                flags,
+                8000,
+                slot,
+            ),
+        )
+        .expect("install the IPv4 entry");
+}
+
+fn ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).expect("no NUL");
+    // SAFETY: c is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert_ne!(index, 0, "{name} exists in the test namespace");
+    index
+}
+
+#[test]
+fn xdp_forwards_ipv4_rtp_with_valid_checksums_by_redirect_and_by_tx() {
+    require_kernel_path!();
+    let ns = Namespace::new("a");
+    ns.run(|| {
+        let mut programs = Programs::load();
+        install_v4(&mut programs, CALLEE, FLAG_RTP, 3);
+        programs.maps.reset_stream_stats(3).expect("reset slot 3");
+        let packet = ipv4(addr(CALLER), relay(30000), &rtp(7, 172), PLAIN);
+        let want = Seen {
+            dst_mac: NEIGH_MAC,
+            src_mac: V0_MAC,
+            src: relay(30002),
+            dst: addr(CALLEE),
+            udp_checksum: 0,
+        };
+
+        // Ingress loopback (no ctx): the route leaves by v0, a redirect.
+        let (verdict, out) = programs.xdp(&packet);
+        assert_eq!(verdict, XDP_REDIRECT, "forwarded to another interface");
+        assert_eq!(out.len(), packet.len(), "same length");
+        let seen = check_ipv4(&out);
+        assert_ne!(seen.udp_checksum, 0, "a UDP checksum stays present");
+        assert_eq!(
+            Seen {
+                udp_checksum: 0,
+                ..seen
+            },
+            want
+        );
+        assert_eq!(&out[42..], &packet[42..], "RTP payload untouched");
+        assert_eq!(out[22], 64, "TTL untouched");
+
+        // Ingress v0: the route leaves where the packet came in, XDP_TX.
+        let (verdict, out_tx) = programs.xdp_on(ifindex("v0"), &packet);
+        assert_eq!(verdict, XDP_TX, "sent back out of the ingress interface");
+        assert_eq!(out_tx, out, "same rewrite either way");
+
+        programs.assert_counters(&[(Counter::Forwarded, 1), (Counter::Redirected, 1)]);
+        let stats = programs.maps.stream_stats(3).expect("slot 3");
+        assert_eq!(
+            (stats.packets, stats.bytes),
+            (2, 2 * 172),
+            "two packets of 172 payload bytes"
+        );
+        assert_eq!(
+            (stats.base_seq, stats.highest_seq, stats.received),
+            (7, 7, 2)
+        );
+        assert_ne!(stats.last_seen_ns, 0, "last seen is set");
+    });
+}
+
+#[test]
+fn xdp_keeps_a_zero_ipv4_udp_checksum_and_forwards_ipv6_with_a_valid_one() {
+    require_kernel_path!();
+    let ns = Namespace::new("b");
+    ns.run(|| {
+        let mut programs = Programs::load();
+        install_v4(&mut programs, CALLEE, FLAG_RTP, 1);
+        let zero = V4 {
+            no_udp_checksum: true,
+            ..PLAIN
+        };
+        let packet = ipv4(addr(CALLER), relay(30000), &rtp(1, 172), zero);
+        let (verdict, out) = programs.xdp(&packet);
+        assert_eq!(verdict, XDP_REDIRECT);
+        let seen = check_ipv4(&out);
+        assert_eq!(
+            (seen.src, seen.dst, seen.udp_checksum),
+            (relay(30002), addr(CALLEE), 0)
+        );
+
+        programs
+            .maps
+            .install(
+                ForwardKey::new(relay6(30004)),
+                ForwardEntry::new(
+                    relay6(30006),
+                    addr(CALLEE6),
+                    addr(CALLER6),
+                    FLAG_RTP,
+                    48000,
+                    2,
+                ),
+            )
+            .expect("install the IPv6 entry");
+        // Several payloads, so the incremental update meets different sums
+        // (including ones whose result must be sent as 0xFFFF).
+        for seq in 0..64u16 {
+            let packet = ipv6(
+                addr(CALLER6),
+                relay6(30004),
+                &rtp(seq, 12 + usize::from(seq)),
+            );
+            let (verdict, out) = programs.xdp(&packet);
+            assert_eq!(verdict, XDP_REDIRECT, "seq {seq}");
+            let seen = check_ipv6(&out);
+            assert_eq!(
+                (seen.dst_mac, seen.src_mac, seen.src, seen.dst),
+                (NEIGH_MAC, V0_MAC, relay6(30006), addr(CALLEE6)),
+                "seq {seq}"
+            );
+        }
+        programs.assert_counters(&[(Counter::Redirected, 65)]);
+        let stats = programs.maps.stream_stats(2).expect("slot 2");
+        assert_eq!((stats.packets, stats.expected(), stats.lost()), (64, 64, 0));
+    });
+}
+
+#[test]
+fn xdp_passes_what_it_does_not_own_unchanged_and_counts_why() {
+    require_kernel_path!();
+    let ns = Namespace::new("c");
+    ns.run(|| {
+        let mut programs = Programs::load();
+        install_v4(&mut programs, CALLEE, FLAG_RTP, 0);
+        let from_caller =
+            |port: u16, payload: &[u8], how: V4| ipv4(addr(CALLER), relay(port), payload, how);
+        let media = rtp(1, 172);
+        let stun = {
+            let mut s = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+            s.extend_from_slice(&[7; 12]);
+            s
+        };
+        let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+            (
+                "first fragment",
+                from_caller(
+                    30000,
+                    &media,
+                    V4 {
+                        frag: 0x2000,
+                        ..PLAIN
+                    },
+                ),
+                XDP_PASS,
+            ),
+            (
+                "later fragment",
+                from_caller(
+                    30000,
+                    &media,
+                    V4 {
+                        frag: 0x0010,
+                        ..PLAIN
+                    },
+                ),
+                XDP_PASS,
+            ),
+            (
+                "IP options",
+                from_caller(
+                    30000,
+                    &media,
+                    V4 {
+                        option_words: 1,
+                        ..PLAIN
+                    },
+                ),
+                XDP_PASS,
+            ),
+            ("no entry", from_caller(30010, &media, PLAIN), XDP_PASS),
+            (
+                "outside the range",
+                from_caller(5060, &media, PLAIN),
+                XDP_PASS,
+            ),
+            (
+                "STUN on an RTP entry",
+                from_caller(30000, &stun, PLAIN),
+                XDP_PASS,
+            ),
+            (
+                "wrong source",
+                ipv4(addr("10.203.0.8:41000"), relay(30000), &media, PLAIN),
+                XDP_PASS,
+            ),
+            (
+                "wrong source port",
+                ipv4(addr("10.203.0.9:41001"), relay(30000), &media, PLAIN),
+                XDP_PASS,
+            ),
+        ];
+        for (what, packet, want) in &cases {
+            let (verdict, out) = programs.xdp(packet);
+            assert_eq!(verdict, *want, "{what}");
+            assert_eq!(&out, packet, "{what}: the original packet is passed");
+        }
+        programs.assert_counters(&[
+            (Counter::Fragment, 2),
+            (Counter::IpOptions, 1),
+            (Counter::OtherPort, 1),
+            (Counter::NoEntry, 1),
+            (Counter::SourceMismatchPass, 2),
+            (Counter::NotRtp, 1),
+        ]);
+
+        install_v4(&mut programs, CALLEE, FLAG_RTP | FLAG_STRICT_SOURCE, 0);
+        let (verdict, _) =
+            programs.xdp(&ipv4(addr("10.203.0.8:41000"), relay(30000), &media, PLAIN));
+        assert_eq!(verdict, XDP_DROP, "strict entries drop other sources");
+        assert_eq!(
+            programs.counters()[Counter::SourceMismatchDrop as usize],
+            (Counter::SourceMismatchDrop, 1)
+        );
+
+        // A destination without a neighbour entry: the stack resolves it.
+        install_v4(&mut programs, UNRESOLVED, FLAG_RTP, 0);
+        let packet = from_caller(30000, &media, PLAIN);
+        let (verdict, out) = programs.xdp(&packet);
+        assert_eq!(
+            (verdict, &out),
+            (XDP_PASS, &packet),
+            "no neighbour: passed unchanged"
+        );
+        assert_eq!(
+            programs.counters()[Counter::FibNoNeigh as usize],
+            (Counter::FibNoNeigh, 1)
+        );
+
+        assert!(programs
+            .maps
+            .remove(&ForwardKey::new(relay(30000)))
+            .expect("remove"));
+        assert!(!programs
+            .maps
+            .remove(&ForwardKey::new(relay(30000)))
+            .expect("remove again"));
+        let (verdict, _) = programs.xdp(&packet);
+        assert_eq!(verdict, XDP_PASS, "removed: back to userspace");
+        assert_eq!(
+            programs.counters()[Counter::NoEntry as usize],
+            (Counter::NoEntry, 2)
+        );
+        assert_eq!(
+            programs.maps.stream_stats(0).expect("slot 0").packets,
+            0,
+            "nothing forwarded"
+        );
+    });
+}
+
+#[test]
+fn xdp_counts_rtp_loss_from_skipped_sequence_numbers() {
+    require_kernel_path!();
+    let ns = Namespace::new("d");
+    ns.run(|| {
+        let mut programs = Programs::load();
+        install_v4(&mut programs, CALLEE, FLAG_RTP, 9);
+        // 65533..=65535, 0..=4 across the wrap, skipping 65535 and 2.
+        let seqs = [65533u16, 65534, 0, 1, 3, 4];
+        for seq in seqs {
+            let (verdict, _) =
+                programs.xdp(&ipv4(addr(CALLER), relay(30000), &rtp(seq, 172), PLAIN));
+            assert_eq!(verdict, XDP_REDIRECT, "seq {seq}");
+        }
+        let stats = programs.maps.stream_stats(9).expect("slot 9");
+        assert_eq!(stats.packets, 6);
+        assert_eq!(stats.bytes, 6 * 172);
+        assert_eq!(stats.base_seq, 65533);
+        assert_eq!(stats.highest_seq, 65536 + 4, "one wrap");
+        assert_eq!((stats.expected(), stats.received, stats.lost()), (8, 6, 2));
+        programs.maps.reset_stream_stats(9).expect("reset");
+        assert_eq!(programs.maps.stream_stats(9).expect("slot 9").packets, 0);
+    });
+}
+
+#[test]
+fn tc_forwards_with_the_csum_helpers_and_passes_the_rest() {
+    require_kernel_path!();
+    let ns = Namespace::new("e");
+    ns.run(|| {
+        let mut programs = Programs::load();
+        install_v4(&mut programs, CALLEE, FLAG_RTP, 4);
+        let packet = ipv4(addr(CALLER), relay(30000), &rtp(1, 172), PLAIN);
+        let (verdict, out) = programs.tc(&packet);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let seen = check_ipv4(&out);
+        assert_eq!(
+            (seen.dst_mac, seen.src_mac, seen.src, seen.dst),
+            (NEIGH_MAC, V0_MAC, relay(30002), addr(CALLEE))
+        );
+        assert_ne!(seen.udp_checksum, 0);
+
+        let zero = V4 {
+            no_udp_checksum: true,
+            ..PLAIN
+        };
+        let (verdict, out) = programs.tc(&ipv4(addr(CALLER), relay(30000), &rtp(2, 172), zero));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(
+            check_ipv4(&out).udp_checksum,
+            0,
+            "IPv4 zero UDP checksum stays zero"
+        );
+
+        programs
+            .maps
+            .install(
+                ForwardKey::new(relay6(30004)),
+                ForwardEntry::new(
+                    relay6(30006),
+                    addr(CALLEE6),
+                    addr(CALLER6),
+                    FLAG_RTP,
+                    48000,
+                    5,
+                ),
+            )
+            .expect("install the IPv6 entry");
+        for seq in 0..64u16 {
+            let packet = ipv6(
+                addr(CALLER6),
+                relay6(30004),
+                &rtp(seq, 12 + usize::from(seq)),
+            );
+            let (verdict, out) = programs.tc(&packet);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "seq {seq}");
+            let seen = check_ipv6(&out);
+            assert_eq!(
+                (seen.src, seen.dst),
+                (relay6(30006), addr(CALLEE6)),
+                "seq {seq}"
+            );
+        }
+
+        let fragment = ipv4(
+            addr(CALLER),
+            relay(30000),
+            &rtp(3, 172),
+            V4 {
+                frag: 0x2000,
+                ..PLAIN
+            },
+        );
+        assert_eq!(
+            programs.tc(&fragment),
+            (TC_ACT_OK, fragment.clone()),
+            "fragment passed unchanged"
+        );
+        install_v4(&mut programs, CALLEE, FLAG_RTP | FLAG_STRICT_SOURCE, 4);
+        let stranger = ipv4(addr("10.203.0.8:41000"), relay(30000), &rtp(4, 172), PLAIN);
+        assert_eq!(
+            programs.tc(&stranger).0,
+            TC_ACT_SHOT,
+            "strict entries drop other sources"
+        );
+        install_v4(&mut programs, UNRESOLVED, FLAG_RTP, 4);
+        let packet = ipv4(addr(CALLER), relay(30000), &rtp(5, 172), PLAIN);
+        assert_eq!(
+            programs.tc(&packet),
+            (TC_ACT_OK, packet.clone()),
+            "no neighbour: passed unchanged"
+        );
+
+        programs.assert_counters(&[
+            (Counter::Fragment, 1),
+            (Counter::SourceMismatchDrop, 1),
+            (Counter::FibNoNeigh, 1),
+            (Counter::Redirected, 66),
+        ]);
+        let stats = programs.maps.stream_stats(4).expect("slot 4");
+        assert_eq!((stats.packets, stats.bytes, stats.lost()), (2, 2 * 172, 0));
+    });
+}
