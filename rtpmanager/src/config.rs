@@ -48,7 +48,12 @@ pub struct Config {
     #[arg(long, env = "ADVERTISE")]
     pub advertise: Option<IpAddr>,
 
-    /// Address the media sockets bind to.
+    /// Address advertised in SDP to IPv6 peers; without it, IPv6 offers are
+    /// answered with the IPv4 address.
+    #[arg(long, env = "ADVERTISE_V6")]
+    pub advertise_v6: Option<IpAddr>,
+
+    /// Address the media sockets bind to (`::` for IPv4 and IPv6).
     #[arg(long, env = "RTP_BIND_ADDRESS", default_value = "0.0.0.0")]
     pub rtp_bind_address: IpAddr,
 

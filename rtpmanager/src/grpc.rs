@@ -1,18 +1,21 @@
-//! The gRPC edge: turns control-protocol requests into calls on the manager
-//! and its errors into `tonic::Status` codes.
+//! The gRPC edge: turns control-protocol requests into calls on the session
+//! table, applies the table's relay commands, and maps errors to
+//! `tonic::Status` codes.
 
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use switchboard_proto::v1;
 use switchboard_proto::v1::rtp_manager_server::RtpManager;
+use tokio::sync::broadcast;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::fastpath::FastPath;
+use crate::relay::{LegCounters, LegShared, LegSnapshot, Relay, RelayEvent};
+use crate::session::{LegOptions, LegView, OfferInput, RelayCommand, SessionError, SessionTable};
 
 /// Codecs the manager can terminate (playback, DTMF) or transcode.
 pub const CODECS: [&str; 3] = ["PCMU/8000", "PCMA/8000", "telephone-event/8000"];
@@ -25,7 +28,6 @@ pub struct ManagerInfo {
     pub advertised: Vec<IpAddr>,
     pub rtp_port_min: u16,
     pub rtp_port_max: u16,
-    pub ports_total: u32,
 }
 
 /// Implementation of the `RtpManager` gRPC service.
@@ -38,29 +40,9 @@ pub struct ControlService {
 struct Inner {
     info: ManagerInfo,
     fast_path: FastPath,
-    draining: AtomicBool,
-}
-
-impl ControlService {
-    pub fn new(info: ManagerInfo, fast_path: FastPath) -> Self {
-        ControlService {
-            inner: Arc::new(Inner {
-                info,
-                fast_path,
-                draining: AtomicBool::new(false),
-            }),
-        }
-    }
-
-    /// The fast path, for metrics and shutdown reporting.
-    pub fn fast_path(&self) -> &FastPath {
-        &self.inner.fast_path
-    }
-
-    fn ports_free(&self) -> u32 {
-        // No sessions hold ports yet in this version of the manager.
-        self.inner.info.ports_total
-    }
+    table: Mutex<SessionTable>,
+    relay: Relay,
+    events: broadcast::Sender<v1::ManagerEvent>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -70,10 +52,185 @@ pub fn unix_millis(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-fn unimplemented(method: &str) -> Status {
-    Status::unimplemented(format!(
-        "{method} is not implemented by this manager version"
-    ))
+fn status_of(e: SessionError) -> Status {
+    let message = e.to_string();
+    match e {
+        SessionError::InvalidArgument(_) | SessionError::Sdp(_) => {
+            Status::invalid_argument(message)
+        }
+        SessionError::NotFound(_) => Status::not_found(message),
+        SessionError::FailedPrecondition(_) => Status::failed_precondition(message),
+        SessionError::Exhausted(_) => Status::resource_exhausted(message),
+        SessionError::Draining => Status::unavailable(message),
+    }
+}
+
+fn options_of(o: Option<v1::LegOptions>) -> LegOptions {
+    let o = o.unwrap_or_default();
+    LegOptions {
+        strict_source: o.strict_source,
+        media_timeout: (o.media_timeout_secs > 0)
+            .then(|| Duration::from_secs(u64::from(o.media_timeout_secs))),
+        allow_transcoding: o.allow_transcoding,
+        label: o.label,
+    }
+}
+
+fn leg_info(view: &LegView) -> v1::LegInfo {
+    v1::LegInfo {
+        call_id: view.call_id.clone(),
+        leg_id: view.leg_id.clone(),
+        local_address: view.local_address.to_string(),
+        rtp_port: view.rtp_port.into(),
+        rtcp_port: view.rtcp_port.into(),
+        rtcp_mux: view.rtcp_mux,
+        remote_address: view.remote.map(|r| r.to_string()).unwrap_or_default(),
+        latched_address: String::new(),
+        codec: view.codec.clone().unwrap_or_default(),
+        bridged_to: view.bridged_to.clone().unwrap_or_default(),
+        offloaded: false,
+        label: view.label.clone(),
+    }
+}
+
+/// The control protocol's statistics of one leg: the shared counters plus the
+/// relay's RFC 3550 snapshot.
+pub fn leg_stats(shared: &LegShared, snapshot: Option<&LegSnapshot>) -> v1::LegStats {
+    let c = &shared.counters;
+    let counters = |packets: &std::sync::atomic::AtomicU64,
+                    bytes: &std::sync::atomic::AtomicU64| {
+        Some(v1::StreamCounters {
+            packets: LegCounters::get(packets),
+            bytes: LegCounters::get(bytes),
+        })
+    };
+    let snapshot = snapshot.cloned().unwrap_or_default();
+    v1::LegStats {
+        call_id: shared.leg.call_id.to_string(),
+        leg_id: shared.leg.leg_id.to_string(),
+        rtp_in: counters(&c.rtp_in_packets, &c.rtp_in_bytes),
+        rtcp_in: counters(&c.rtcp_in_packets, &c.rtcp_in_bytes),
+        rtp_out: counters(&c.rtp_out_packets, &c.rtp_out_bytes),
+        rtcp_out: counters(&c.rtcp_out_packets, &c.rtcp_out_bytes),
+        source_mismatch_drops: LegCounters::get(&c.source_mismatch_drops),
+        overload_drops: LegCounters::get(&c.overload_drops),
+        rtp_lost: snapshot.rtp_lost,
+        jitter_us: snapshot.jitter_us,
+        last_packet_ms: LegCounters::get(&c.last_packet_ms),
+        peer_report: Some(v1::RtcpReport {
+            fraction_lost: snapshot.peer_fraction_lost.into(),
+            cumulative_lost: snapshot.peer_cumulative_lost.into(),
+            jitter_us: snapshot.peer_jitter_us,
+            rtt_us: 0,
+        }),
+        kernel_packets: 0,
+    }
+}
+
+fn event(event: v1::manager_event::Event) -> v1::ManagerEvent {
+    v1::ManagerEvent {
+        timestamp_ms: unix_millis(SystemTime::now()),
+        event: Some(event),
+    }
+}
+
+impl ControlService {
+    pub fn new(info: ManagerInfo, fast_path: FastPath, table: SessionTable, relay: Relay) -> Self {
+        let (events, _) = broadcast::channel(4096);
+        ControlService {
+            inner: Arc::new(Inner {
+                info,
+                fast_path,
+                table: Mutex::new(table),
+                relay,
+                events,
+            }),
+        }
+    }
+
+    /// The fast path, for metrics and shutdown reporting.
+    pub fn fast_path(&self) -> &FastPath {
+        &self.inner.fast_path
+    }
+
+    fn table(&self) -> MutexGuard<'_, SessionTable> {
+        self.inner.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies relay commands; returns the final stats of removed legs.
+    fn apply(&self, commands: Vec<RelayCommand>) -> Result<Vec<v1::LegStats>, Status> {
+        let relay = &self.inner.relay;
+        let stopped = |_| Status::internal("the media relay has stopped");
+        let mut removed = Vec::new();
+        for command in commands {
+            match command {
+                RelayCommand::Add {
+                    slot,
+                    shared,
+                    rtcp,
+                    params,
+                } => relay.add_leg(slot, shared, rtcp, params).map_err(stopped)?,
+                RelayCommand::Update { slot, params } => {
+                    relay.update_leg(slot, params).map_err(stopped)?
+                }
+                RelayCommand::Remove { slot, shared } => {
+                    let snapshot = relay.remove_leg(slot).map_err(stopped)?;
+                    removed.push(leg_stats(&shared, snapshot.as_ref()));
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Publishes a manager event to every Watch stream.
+    pub fn publish(&self, e: v1::manager_event::Event) {
+        let _ = self.inner.events.send(event(e));
+    }
+
+    /// Turns relay events into manager events, forever.
+    pub async fn forward_relay_events(self) {
+        let mut events = self.inner.relay.subscribe();
+        loop {
+            match events.recv().await {
+                Ok(RelayEvent::MediaTimeout { leg, idle }) => {
+                    self.publish(v1::manager_event::Event::MediaTimeout(v1::MediaTimeout {
+                        call_id: leg.call_id.to_string(),
+                        leg_id: leg.leg_id.to_string(),
+                        idle_secs: u32::try_from(idle.as_secs()).unwrap_or(u32::MAX),
+                    }))
+                }
+                Ok(RelayEvent::Latched { .. }) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "relay events lagged")
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Deletes legs nobody controls any more (no media, no requests for
+    /// `idle`), reporting each, every `period`.
+    pub async fn reap_idle_legs(self, idle: Duration, period: Duration) {
+        let mut ticker = tokio::time::interval(period);
+        loop {
+            ticker.tick().await;
+            let now_ms = unix_millis(SystemTime::now());
+            let idle_legs = self.table().idle_legs(Instant::now(), now_ms, idle);
+            for (call, leg) in idle_legs {
+                let commands = self.table().delete(&call, &leg);
+                if let Ok(commands) = commands {
+                    if self.apply(commands).is_ok() {
+                        tracing::info!(%call, %leg, idle_s = idle.as_secs(), "reaped idle leg");
+                        self.publish(v1::manager_event::Event::Reaped(v1::LegReaped {
+                            call_id: call,
+                            leg_id: leg,
+                            idle_secs: u32::try_from(idle.as_secs()).unwrap_or(u32::MAX),
+                        }));
+                    }
+                }
+            }
+        }
+    }
 }
 
 type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -82,37 +239,90 @@ type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'sta
 impl RtpManager for ControlService {
     async fn offer(
         &self,
-        _: Request<v1::OfferRequest>,
+        request: Request<v1::OfferRequest>,
     ) -> Result<Response<v1::SdpResponse>, Status> {
-        Err(unimplemented("Offer"))
+        let r = request.into_inner();
+        let result = self
+            .table()
+            .offer(
+                Instant::now(),
+                OfferInput {
+                    call: &r.call_id,
+                    leg: &r.leg_id,
+                    peer: &r.peer_leg_id,
+                    sdp: &r.sdp,
+                    options: options_of(r.options),
+                    peer_options: options_of(r.peer_options),
+                },
+            )
+            .map_err(status_of)?;
+        self.apply(result.commands)?;
+        Ok(Response::new(v1::SdpResponse {
+            sdp: result.sdp,
+            leg: Some(leg_info(&result.leg)),
+        }))
     }
 
     async fn answer(
         &self,
-        _: Request<v1::AnswerRequest>,
+        request: Request<v1::AnswerRequest>,
     ) -> Result<Response<v1::SdpResponse>, Status> {
-        Err(unimplemented("Answer"))
+        let r = request.into_inner();
+        let result = self
+            .table()
+            .answer(
+                Instant::now(),
+                &r.call_id,
+                &r.leg_id,
+                &r.peer_leg_id,
+                &r.sdp,
+            )
+            .map_err(status_of)?;
+        self.apply(result.commands)?;
+        Ok(Response::new(v1::SdpResponse {
+            sdp: result.sdp,
+            leg: Some(leg_info(&result.leg)),
+        }))
     }
 
     async fn bridge(
         &self,
-        _: Request<v1::BridgeRequest>,
+        request: Request<v1::BridgeRequest>,
     ) -> Result<Response<v1::BridgeResponse>, Status> {
-        Err(unimplemented("Bridge"))
+        let r = request.into_inner();
+        let commands = self
+            .table()
+            .bridge(Instant::now(), &r.call_id, &r.leg_a, &r.leg_b)
+            .map_err(status_of)?;
+        self.apply(commands)?;
+        Ok(Response::new(v1::BridgeResponse {}))
     }
 
     async fn unbridge(
         &self,
-        _: Request<v1::BridgeRequest>,
+        request: Request<v1::BridgeRequest>,
     ) -> Result<Response<v1::BridgeResponse>, Status> {
-        Err(unimplemented("Unbridge"))
+        let r = request.into_inner();
+        let commands = self
+            .table()
+            .unbridge(Instant::now(), &r.call_id, &r.leg_a, &r.leg_b)
+            .map_err(status_of)?;
+        self.apply(commands)?;
+        Ok(Response::new(v1::BridgeResponse {}))
     }
 
     async fn delete(
         &self,
-        _: Request<v1::DeleteRequest>,
+        request: Request<v1::DeleteRequest>,
     ) -> Result<Response<v1::DeleteResponse>, Status> {
-        Err(unimplemented("Delete"))
+        let r = request.into_inner();
+        let commands = self
+            .table()
+            .delete(&r.call_id, &r.leg_id)
+            .map_err(status_of)?;
+        let legs = self.apply(commands)?;
+        tracing::debug!(call = %r.call_id, leg = %r.leg_id, reason = ?r.reason(), detail = %r.detail, "deleted");
+        Ok(Response::new(v1::DeleteResponse { legs }))
     }
 
     type PlayStream = EventStream<v1::PlayEvent>;
@@ -121,51 +331,105 @@ impl RtpManager for ControlService {
         &self,
         _: Request<v1::PlayRequest>,
     ) -> Result<Response<Self::PlayStream>, Status> {
-        Err(unimplemented("Play"))
+        Err(Status::unimplemented(
+            "Play is not implemented by this manager version",
+        ))
     }
 
     async fn stop_play(
         &self,
         _: Request<v1::StopPlayRequest>,
     ) -> Result<Response<v1::StopPlayResponse>, Status> {
-        Err(unimplemented("StopPlay"))
+        Err(Status::unimplemented(
+            "StopPlay is not implemented by this manager version",
+        ))
     }
 
     async fn send_dtmf(
         &self,
         _: Request<v1::SendDtmfRequest>,
     ) -> Result<Response<v1::SendDtmfResponse>, Status> {
-        Err(unimplemented("SendDtmf"))
+        Err(Status::unimplemented(
+            "SendDtmf is not implemented by this manager version",
+        ))
     }
 
     type WatchStream = EventStream<v1::ManagerEvent>;
 
     async fn watch(
         &self,
-        _: Request<v1::WatchRequest>,
+        request: Request<v1::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(unimplemented("Watch"))
+        let interval = request.into_inner().stats_interval_secs;
+        let events = tokio_stream::wrappers::BroadcastStream::new(self.inner.events.subscribe());
+        let events = tokio_stream::StreamExt::filter_map(events, |e| e.ok().map(Ok));
+        if interval == 0 {
+            return Ok(Response::new(Box::pin(events)));
+        }
+        let this = self.clone();
+        let period = Duration::from_secs(u64::from(interval));
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(period);
+            loop {
+                ticker.tick().await;
+                for stats in this.all_stats() {
+                    // The watcher went away: stop producing for it.
+                    if tx
+                        .send(Ok(event(v1::manager_event::Event::Stats(stats))))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+        let stats = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::merge(
+            events, stats,
+        ))))
     }
 
     async fn get_stats(
         &self,
-        _: Request<v1::GetStatsRequest>,
+        request: Request<v1::GetStatsRequest>,
     ) -> Result<Response<v1::GetStatsResponse>, Status> {
-        Err(unimplemented("GetStats"))
+        let r = request.into_inner();
+        let views = self
+            .table()
+            .leg_views(&r.call_id, &r.leg_id)
+            .map_err(status_of)?;
+        let legs = views
+            .iter()
+            .map(|v| self.stats_of(v))
+            .collect::<Result<Vec<_>, Status>>()?;
+        Ok(Response::new(v1::GetStatsResponse { legs }))
     }
 
     async fn list_calls(
         &self,
         _: Request<v1::ListCallsRequest>,
     ) -> Result<Response<v1::ListCallsResponse>, Status> {
-        Ok(Response::new(v1::ListCallsResponse { calls: Vec::new() }))
+        let calls = self
+            .table()
+            .list(Instant::now())
+            .into_iter()
+            .map(|(call_id, age, legs)| v1::CallSummary {
+                call_id,
+                legs: legs.iter().map(leg_info).collect(),
+                age_secs: age.as_secs(),
+            })
+            .collect();
+        Ok(Response::new(v1::ListCallsResponse { calls }))
     }
 
     async fn health(
         &self,
         _: Request<v1::HealthRequest>,
     ) -> Result<Response<v1::HealthResponse>, Status> {
-        let status = if self.inner.draining.load(Ordering::Relaxed) {
+        let table = self.table();
+        let status = if table.draining() {
             v1::ServingStatus::Draining
         } else {
             v1::ServingStatus::Serving
@@ -173,9 +437,9 @@ impl RtpManager for ControlService {
         Ok(Response::new(v1::HealthResponse {
             status: status.into(),
             fast_path: self.inner.fast_path.mode().to_proto().into(),
-            active_calls: 0,
-            active_legs: 0,
-            ports_free: self.ports_free(),
+            active_calls: count(table.calls()),
+            active_legs: count(table.legs()),
+            ports_free: count(table.ports_free()),
         }))
     }
 
@@ -185,20 +449,21 @@ impl RtpManager for ControlService {
     ) -> Result<Response<v1::InfoResponse>, Status> {
         let info = &self.inner.info;
         let fast_path = &self.inner.fast_path;
+        let table = self.table();
         Ok(Response::new(v1::InfoResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             instance_id: info.instance_id.clone(),
             advertised_addresses: info.advertised.iter().map(ToString::to_string).collect(),
             rtp_port_min: info.rtp_port_min.into(),
             rtp_port_max: info.rtp_port_max.into(),
-            ports_total: info.ports_total,
-            ports_free: self.ports_free(),
+            ports_total: count(table.ports_total()),
+            ports_free: count(table.ports_free()),
             fast_path: fast_path.mode().to_proto().into(),
             fast_path_reason: fast_path.reason().to_owned(),
             media_interface: fast_path.interface().to_owned(),
             codecs: CODECS.iter().map(|c| (*c).to_owned()).collect(),
             started_at_ms: info.started_at_ms,
-            draining: self.inner.draining.load(Ordering::Relaxed),
+            draining: table.draining(),
         }))
     }
 
@@ -207,10 +472,35 @@ impl RtpManager for ControlService {
         request: Request<v1::SetDrainRequest>,
     ) -> Result<Response<v1::SetDrainResponse>, Status> {
         let drain = request.into_inner().drain;
-        let was = self.inner.draining.swap(drain, Ordering::Relaxed);
-        if was != drain {
+        let mut table = self.table();
+        if table.draining() != drain {
             tracing::info!(drain, "drain mode changed");
         }
+        table.set_draining(drain);
         Ok(Response::new(v1::SetDrainResponse {}))
     }
+}
+
+impl ControlService {
+    fn stats_of(&self, view: &LegView) -> Result<v1::LegStats, Status> {
+        let snapshot = self
+            .inner
+            .relay
+            .snapshot(view.slot)
+            .map_err(|_| Status::internal("the media relay has stopped"))?;
+        Ok(leg_stats(&view.shared, snapshot.as_ref()))
+    }
+
+    fn all_stats(&self) -> Vec<v1::LegStats> {
+        let calls = self.table().list(Instant::now());
+        calls
+            .iter()
+            .flat_map(|(_, _, legs)| legs.iter())
+            .filter_map(|v| self.stats_of(v).ok())
+            .collect()
+    }
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }

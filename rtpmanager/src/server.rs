@@ -2,7 +2,7 @@
 //! until a shutdown signal.
 
 use std::net::SocketAddr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use switchboard_proto::v1::rtp_manager_server::RtpManagerServer;
@@ -11,6 +11,9 @@ use crate::config::Config;
 use crate::fastpath::{FastPath, Settings};
 use crate::grpc::{unix_millis, ControlService, ManagerInfo};
 use crate::interfaces;
+use crate::ports::PortPool;
+use crate::relay::Relay;
+use crate::session::{SessionTable, TableConfig};
 
 /// Runs the manager until SIGINT/SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -35,9 +38,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         advertised: vec![advertise],
         rtp_port_min: config.rtp_port_min,
         rtp_port_max: config.rtp_port_max,
-        ports_total: config.port_pairs(),
     };
-    let service = ControlService::new(info, fast_path);
+    let pool = PortPool::new(
+        config.rtp_bind_address,
+        config.rtp_port_min,
+        config.rtp_port_max,
+    )
+    .context("--rtp-port-min/--rtp-port-max")?;
+    let table = SessionTable::new(
+        TableConfig {
+            advertise_v4: advertise,
+            advertise_v6: config.advertise_v6,
+            media_timeout: Duration::from_secs(u64::from(config.media_timeout)),
+        },
+        pool,
+    );
+    let relay = Relay::start().context("starting the media relay")?;
+    let service = ControlService::new(info, fast_path, table, relay);
+    tokio::spawn(service.clone().forward_relay_events());
+    tokio::spawn(service.clone().reap_idle_legs(
+        Duration::from_secs(u64::from(config.idle_timeout)),
+        Duration::from_secs(10),
+    ));
 
     let grpc_addr = SocketAddr::new(config.grpc_address, config.grpc_port);
     let listener = tokio::net::TcpListener::bind(grpc_addr)

@@ -215,6 +215,11 @@ impl SessionTable {
         self.draining = draining;
     }
 
+    /// Whether new calls are refused.
+    pub fn draining(&self) -> bool {
+        self.draining
+    }
+
     pub fn calls(&self) -> usize {
         self.calls.len()
     }
