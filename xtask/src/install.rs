@@ -205,7 +205,7 @@ pub fn install(args: &InstallArgs) -> anyhow::Result<()> {
     if layout.live() {
         ensure_user()?;
         hand_over(&config_dir, &state_dir)?;
-        daemon_reload();
+        daemon_reload("install");
         println!("install: done. Review /etc/switchboard/*.toml, then start with:");
         println!("  systemctl enable --now {}", UNITS.join(" "));
     } else {
@@ -240,7 +240,7 @@ pub fn uninstall(args: &UninstallArgs) -> anyhow::Result<()> {
         remove_file(&layout.staged(&path))?;
     }
     if layout.live() {
-        daemon_reload();
+        daemon_reload("uninstall");
     }
 
     let kept = [CONFIG_DIR, STATE_DIR].map(|d| layout.staged(Path::new(d)));
@@ -438,13 +438,14 @@ fn systemd_running() -> bool {
     Path::new("/run/systemd/system").is_dir() && util::on_path("systemctl")
 }
 
-fn daemon_reload() {
+/// Makes systemd reread the units; `task` prefixes what it prints.
+fn daemon_reload(task: &str) {
     if !systemd_running() {
-        println!("install: note: systemd is not running here; run `systemctl daemon-reload` on the target host");
+        println!("{task}: note: systemd is not running here; run `systemctl daemon-reload` on the target host");
         return;
     }
     if let Err(e) = util::run(Command::new("systemctl").arg("daemon-reload")) {
-        println!("install: WARNING: {e:#}");
+        println!("{task}: WARNING: {e:#}");
     }
 }
 

@@ -80,7 +80,15 @@ fn section(text: &mut String, command: clap::Command, file: &str) {
             .and_then(|names| names.first())
             .map(|n| n.to_string())
             .unwrap_or_else(|| long.to_uppercase().replace('-', "_"));
-        let flag = format!("`--{long} <{value_name}>`");
+        let switch = matches!(
+            arg.get_action(),
+            clap::ArgAction::SetTrue | clap::ArgAction::SetFalse
+        );
+        let flag = if switch {
+            format!("`--{long}`")
+        } else {
+            format!("`--{long} <{value_name}>`")
+        };
         let env = arg
             .get_env()
             .map(|e| format!("`{}`", e.to_string_lossy()))
@@ -88,6 +96,8 @@ fn section(text: &mut String, command: clap::Command, file: &str) {
         let list = arg.get_value_delimiter().is_some();
         let key = if arg.get_id() == "config" {
             "— (names the file)".to_owned()
+        } else if switch {
+            format!("`{} = true`", long.replace('-', "_"))
         } else if list {
             format!("`{}` (array)", long.replace('-', "_"))
         } else {
@@ -98,7 +108,9 @@ fn section(text: &mut String, command: clap::Command, file: &str) {
             .iter()
             .map(|d| d.to_string_lossy().into_owned())
             .collect();
-        let default = if defaults.is_empty() {
+        let default = if switch {
+            "off".to_owned()
+        } else if defaults.is_empty() {
             "—".to_owned()
         } else {
             format!("`{}`", defaults.join(","))

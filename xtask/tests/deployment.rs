@@ -187,7 +187,10 @@ fn rtpmanager_file_limit_covers_its_port_range() {
 #[test]
 fn units_grant_the_measured_capabilities_and_no_more() {
     for (service, caps) in [
-        ("switchboard-rtpmanager", "CAP_BPF CAP_NET_ADMIN"),
+        (
+            "switchboard-rtpmanager",
+            "CAP_BPF CAP_NET_ADMIN CAP_PERFMON",
+        ),
         ("switchboard-signaling", "CAP_NET_BIND_SERVICE"),
         ("switchboard-ui", ""),
     ] {
