@@ -313,9 +313,13 @@ fn ones_sum(bytes: &[u8]) -> u16 {
 }
 
 fn rtp(seq: u16, len: usize) -> Vec<u8> {
+    rtp_at(seq, u32::from(seq) * 160, len)
+}
+
+fn rtp_at(seq: u16, timestamp: u32, len: usize) -> Vec<u8> {
     let mut p = vec![0x80, 0x00];
     p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&timestamp.to_be_bytes());
     p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
     p.extend((0..len.saturating_sub(12)).map(|i| i as u8));
     p
@@ -898,5 +902,62 @@ fn tc_forwards_with_the_csum_helpers_and_passes_the_rest() {
         ]);
         let stats = programs.maps.stream_stats(4).expect("slot 4");
         assert_eq!((stats.packets, stats.bytes, stats.lost()), (2, 2 * 172, 0));
+    });
+}
+
+/// CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns, in whole seconds.
+fn monotonic_seconds() -> i64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    assert_eq!(rc, 0, "clock_gettime: {}", std::io::Error::last_os_error());
+    now.tv_sec
+}
+
+#[test]
+fn xdp_estimates_rfc3550_jitter_in_clock_units() {
+    require_kernel_path!();
+    let ns = Namespace::new("f");
+    ns.run(|| {
+        let mut programs = Programs::load();
+        // A 1 Hz clock makes arrival times whole seconds: a burst within
+        // one second arrives "at once", so each packet's timestamp step of
+        // 10 is a transit difference |D| of exactly 10. A burst that
+        // straddles a second boundary is repeated.
+        programs
+            .maps
+            .install(
+                ForwardKey::new(relay(30000)),
+                ForwardEntry::new(relay(30002), addr(CALLEE), addr(CALLER), FLAG_RTP, 1, 6),
+            )
+            .expect("install");
+        let burst = |programs: &Programs| {
+            for seq in 0..16u16 {
+                let payload = rtp_at(seq, u32::from(seq) * 10, 172);
+                let (verdict, _) = programs.xdp(&ipv4(addr(CALLER), relay(30000), &payload, PLAIN));
+                assert_eq!(verdict, XDP_REDIRECT, "seq {seq}");
+            }
+        };
+        let mut attempts = 0;
+        loop {
+            programs.maps.reset_stream_stats(6).expect("reset");
+            let before = monotonic_seconds();
+            burst(&programs);
+            if monotonic_seconds() == before {
+                break;
+            }
+            attempts += 1;
+            assert!(attempts < 3, "bursts keep straddling a second boundary");
+        }
+        let stats = programs.maps.stream_stats(6).expect("slot 6");
+        // J += (|D| − J)/16 fifteen times with |D| = 10, in the integer form
+        // of RFC 3550 A.8: 10, 19, 28, 36, 44, 51, 58, 64, 70, 76, 81, 86,
+        // 91, 95, 99 (sixteenths).
+        assert_eq!(stats.jitter_x16, 99);
+        assert_eq!(stats.jitter(), 6);
+        assert_eq!((stats.expected(), stats.lost()), (16, 0));
     });
 }
