@@ -1,4 +1,4 @@
-//! Kernel forwarding end to end: caller ⇄ relay ⇄ callee in network
+//! Kernel forwarding end to end, IPv4 and IPv6: caller ⇄ relay ⇄ callee in network
 //! namespaces, entries installed through `FastPath::install`, real UDP
 //! sockets at both ends, for XDP native, XDP generic and TC.
 //!
@@ -15,7 +15,7 @@
 //! they skip too, except under CI, where that is a failure.
 
 use std::fs::File;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -25,9 +25,46 @@ use rtpmanager_common::{Counter, ForwardEntry, ForwardKey, FLAG_RTP};
 use switchboard_rtpmanager::config::FastPathRequest;
 use switchboard_rtpmanager::fastpath::{self, FastPath, Mode, Settings};
 
-const RELAY_IP: &str = "10.204.0.1";
-const CALLER: &str = "10.204.0.2:41000";
-const CALLEE: &str = "10.204.0.3:40000";
+/// The addresses of one test bed.
+struct Plan {
+    /// Namespace-name tag of the family.
+    tag: &'static str,
+    relay_ip: IpAddr,
+    caller: SocketAddr,
+    callee: SocketAddr,
+    prefix_len: u8,
+}
+
+impl Plan {
+    fn v4() -> Plan {
+        Plan {
+            tag: "4",
+            relay_ip: "10.204.0.1".parse().expect("literal"),
+            caller: addr("10.204.0.2:41000"),
+            callee: addr("10.204.0.3:40000"),
+            prefix_len: 24,
+        }
+    }
+
+    fn v6() -> Plan {
+        Plan {
+            tag: "6",
+            relay_ip: "fd00:204::1".parse().expect("literal"),
+            caller: addr("[fd00:204::2]:41000"),
+            callee: addr("[fd00:204::3]:40000"),
+            prefix_len: 64,
+        }
+    }
+
+    fn v6_only(&self) -> bool {
+        self.relay_ip.is_ipv6()
+    }
+
+    fn relay(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.relay_ip, port)
+    }
+}
+
 /// Relay port of the caller's leg, and of the callee's leg.
 const RELAY_CALLER_PORT: u16 = 30000;
 const RELAY_CALLEE_PORT: u16 = 30002;
@@ -72,10 +109,6 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
 }
 
-fn relay(port: u16) -> SocketAddr {
-    SocketAddr::new(RELAY_IP.parse().expect("literal"), port)
-}
-
 /// Runs `f` on a thread inside namespace `ns` (namespaces are per thread).
 fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     spawn_in_ns(ns, f)
@@ -109,57 +142,41 @@ const CALLEE_MAC: &str = "02:00:00:04:00:03";
 const RELAY_MAC: &str = "02:00:00:04:00:01";
 
 impl TestBed {
-    fn new(tag: &str) -> TestBed {
+    fn new(plan: &Plan, tag: &str) -> TestBed {
         let pid = std::process::id();
+        let tag = format!("{}{tag}", plan.tag);
         let bed = TestBed {
             bridge: format!("sbf{pid}{tag}b"),
             caller: format!("sbf{pid}{tag}c"),
             callee: format!("sbf{pid}{tag}e"),
             relay: format!("sbf{pid}{tag}r"),
         };
+        let sysctl =
+            |ns: &str, setting: &str| sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", setting]);
         for ns in [&bed.bridge, &bed.caller, &bed.callee, &bed.relay] {
             sh(&["ip", "netns", "add", ns]);
-            // No IPv6 anywhere: router solicitations, DAD and MLD would add
-            // packets the exact counter assertions do not expect.
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.disable_ipv6=1",
-            ]);
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            ]);
+            if plan.v6_only() {
+                // No router solicitations or DAD probes; MLD reports still
+                // go out and are not counted by the assertions.
+                for conf in ["all", "default"] {
+                    sysctl(ns, &format!("net.ipv6.conf.{conf}.accept_dad=0"));
+                    sysctl(ns, &format!("net.ipv6.conf.{conf}.router_solicitations=0"));
+                }
+            } else {
+                // No IPv6 at all on the IPv4 bed.
+                for conf in ["all", "default"] {
+                    sysctl(ns, &format!("net.ipv6.conf.{conf}.disable_ipv6=1"));
+                }
+            }
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
         }
         let b = bed.bridge.as_str();
         sh(&["ip", "-n", b, "link", "add", "br0", "type", "bridge"]);
         sh(&["ip", "-n", b, "link", "set", "br0", "up"]);
         for (ns, dev, port, mac, ip) in [
-            (
-                &bed.caller,
-                "c0",
-                "pc",
-                CALLER_MAC,
-                addr(CALLER).ip().to_string(),
-            ),
-            (
-                &bed.callee,
-                "e0",
-                "pe",
-                CALLEE_MAC,
-                addr(CALLEE).ip().to_string(),
-            ),
-            (&bed.relay, "r0", "pr", RELAY_MAC, RELAY_IP.to_owned()),
+            (&bed.caller, "c0", "pc", CALLER_MAC, plan.caller.ip()),
+            (&bed.callee, "e0", "pe", CALLEE_MAC, plan.callee.ip()),
+            (&bed.relay, "r0", "pr", RELAY_MAC, plan.relay_ip),
         ] {
             sh(&[
                 "ip", "-n", b, "link", "add", port, "type", "veth", "peer", "name", dev, "netns",
@@ -167,16 +184,8 @@ impl TestBed {
             ]);
             sh(&["ip", "-n", b, "link", "set", port, "master", "br0", "up"]);
             sh(&["ip", "-n", ns, "link", "set", dev, "address", mac]);
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                dev,
-            ]);
+            let cidr = format!("{ip}/{}", plan.prefix_len);
+            sh(&["ip", "-n", ns, "addr", "add", &cidr, "dev", dev, "nodad"]);
             sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
         }
         // Senders compute full UDP checksums, as a real NIC delivers them.
@@ -184,23 +193,21 @@ impl TestBed {
             sh(&["ip", "netns", "exec", ns, "ethtool", "-K", dev, "tx", "off"]);
         }
         // bpf_fib_lookup answers FWD_DISABLED without forwarding on r0.
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &bed.relay,
-            "sysctl",
-            "-qw",
-            "net.ipv4.conf.all.forwarding=1",
-        ]);
-        // Static neighbours: no ARP traffic, no dependence on its timing.
-        let caller_ip = addr(CALLER).ip().to_string();
-        let callee_ip = addr(CALLEE).ip().to_string();
+        sysctl(&bed.relay, "net.ipv4.conf.all.forwarding=1");
+        if plan.v6_only() {
+            sysctl(&bed.relay, "net.ipv6.conf.all.forwarding=1");
+        }
+        // Static neighbours: no ARP/ND traffic, no dependence on its timing.
+        let (relay_ip, caller_ip, callee_ip) = (
+            plan.relay_ip.to_string(),
+            plan.caller.ip().to_string(),
+            plan.callee.ip().to_string(),
+        );
         for (ns, dev, ip, mac) in [
-            (&bed.caller, "c0", RELAY_IP, RELAY_MAC),
-            (&bed.callee, "e0", RELAY_IP, RELAY_MAC),
-            (&bed.relay, "r0", caller_ip.as_str(), CALLER_MAC),
-            (&bed.relay, "r0", callee_ip.as_str(), CALLEE_MAC),
+            (&bed.caller, "c0", &relay_ip, RELAY_MAC),
+            (&bed.callee, "e0", &relay_ip, RELAY_MAC),
+            (&bed.relay, "r0", &caller_ip, CALLER_MAC),
+            (&bed.relay, "r0", &callee_ip, CALLEE_MAC),
         ] {
             sh(&[
                 "ip",
@@ -229,7 +236,8 @@ impl Drop for TestBed {
     }
 }
 
-/// `Udp: InCsumErrors` of the calling thread's namespace.
+/// UDP checksum errors counted by the calling thread's namespace, IPv4
+/// (`Udp: InCsumErrors`) plus IPv6 (`Udp6InCsumErrors`).
 fn udp_in_csum_errors() -> u64 {
     let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp");
     let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
@@ -241,11 +249,19 @@ fn udp_in_csum_errors() -> u64 {
         .split_whitespace()
         .position(|n| n == "InCsumErrors")
         .expect("InCsumErrors column");
-    values
+    let v4: u64 = values
         .split_whitespace()
         .nth(index)
         .and_then(|v| v.parse().ok())
-        .expect("InCsumErrors value")
+        .expect("InCsumErrors value");
+    // Absent when IPv6 is disabled in the namespace.
+    let v6: u64 = std::fs::read_to_string("/proc/thread-self/net/snmp6")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Udp6InCsumErrors"))
+        .map(|v| v.trim().parse().expect("Udp6InCsumErrors value"))
+        .unwrap_or(0);
+    v4 + v6
 }
 
 fn rtp(seq: u16) -> Vec<u8> {
@@ -303,20 +319,38 @@ fn exchange(
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
-/// The non-zero counters, except NotIp/NotUdp: the hosts' own traffic
-/// when links come up (IGMP reports) is not the test's to count.
+/// The non-zero counters, except those of the hosts' own traffic when links
+/// come up (IGMP and MLD reports), which is not the test's to count.
 fn counters(fast_path: &FastPath) -> Vec<(Counter, u64)> {
     fast_path
         .counters()
         .expect("counters while attached")
         .into_iter()
-        .filter(|(c, n)| *n != 0 && !matches!(c, Counter::NotIp | Counter::NotUdp))
+        .filter(|(c, n)| {
+            *n != 0
+                && !matches!(
+                    c,
+                    Counter::NotIp | Counter::NotUdp | Counter::Ipv6ExtensionHeader
+                )
+        })
         .collect()
 }
 
 #[test]
-fn bridged_rtp_is_forwarded_in_the_kernel_both_ways_in_every_mode() {
+fn bridged_ipv4_rtp_is_forwarded_in_the_kernel_both_ways_in_every_mode() {
     require_kernel_path!();
+    forward_in_every_mode(&Plan::v4());
+}
+
+#[test]
+fn bridged_ipv6_rtp_is_forwarded_in_the_kernel_both_ways_in_every_mode() {
+    require_kernel_path!();
+    forward_in_every_mode(&Plan::v6());
+}
+
+fn forward_in_every_mode(plan: &Plan) {
+    let (caller, callee) = (plan.caller, plan.callee);
+    let relay = |port| plan.relay(port);
     for (tag, request, mode, verdict) in [
         (
             "n",
@@ -332,7 +366,7 @@ fn bridged_rtp_is_forwarded_in_the_kernel_both_ways_in_every_mode() {
         ),
         ("t", FastPathRequest::Tc, Mode::Tc, Counter::Redirected),
     ] {
-        let bed = TestBed::new(tag);
+        let bed = TestBed::new(plan, tag);
         let settings = Settings {
             request,
             interface: "r0".into(),
@@ -366,27 +400,13 @@ fn bridged_rtp_is_forwarded_in_the_kernel_both_ways_in_every_mode() {
         fast_path
             .install(
                 ForwardKey::new(relay(RELAY_CALLER_PORT)),
-                ForwardEntry::new(
-                    relay(RELAY_CALLEE_PORT),
-                    addr(CALLEE),
-                    addr(CALLER),
-                    FLAG_RTP,
-                    8000,
-                    1,
-                ),
+                ForwardEntry::new(relay(RELAY_CALLEE_PORT), callee, caller, FLAG_RTP, 8000, 1),
             )
             .expect("install caller → callee");
         fast_path
             .install(
                 ForwardKey::new(relay(RELAY_CALLEE_PORT)),
-                ForwardEntry::new(
-                    relay(RELAY_CALLER_PORT),
-                    addr(CALLER),
-                    addr(CALLEE),
-                    FLAG_RTP,
-                    8000,
-                    2,
-                ),
+                ForwardEntry::new(relay(RELAY_CALLER_PORT), caller, callee, FLAG_RTP, 8000, 2),
             )
             .expect("install callee → caller");
         for slot in [1, 2] {
@@ -398,26 +418,26 @@ fn bridged_rtp_is_forwarded_in_the_kernel_both_ways_in_every_mode() {
             (
                 "caller → callee",
                 &bed.caller,
-                CALLER,
+                caller,
                 RELAY_CALLER_PORT,
                 &bed.callee,
-                CALLEE,
+                callee,
                 RELAY_CALLEE_PORT,
                 1,
             ),
             (
                 "callee → caller",
                 &bed.callee,
-                CALLEE,
+                callee,
                 RELAY_CALLEE_PORT,
                 &bed.caller,
-                CALLER,
+                caller,
                 RELAY_CALLER_PORT,
                 2,
             ),
         ] {
             let (got, csum_before, csum_after) =
-                exchange(from_ns, addr(from), relay(to), receiver_ns, addr(receiver));
+                exchange(from_ns, from, relay(to), receiver_ns, receiver);
             assert_eq!(
                 got.len(),
                 sent.len(),
@@ -473,10 +493,10 @@ fn bridged_rtp_is_forwarded_in_the_kernel_both_ways_in_every_mode() {
             .expect("remove"));
         let (got, _, _) = exchange(
             &bed.caller,
-            addr(CALLER),
+            caller,
             relay(RELAY_CALLER_PORT),
             &bed.callee,
-            addr(CALLEE),
+            callee,
         );
         assert_eq!(
             got.len(),
