@@ -8,8 +8,22 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use switchboard_service::ConfigError;
+
+use crate::auth::{AuthConfig, AuthMode, Cidr, LockoutConfig};
+use crate::registrar::RegistrarConfig;
+use crate::sip::FramingLimits;
+use crate::transaction::TimerConfig;
+
+/// Whether SIP requests are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthOption {
+    /// Digest authentication (RFC 3261 §22, MD5 and SHA-256).
+    Digest,
+    /// No authentication at all.
+    Anonymous,
+}
 
 /// Switchboard signaling server: SIP over UDP and TCP, registrar, B2BUA with a
 /// JSON dialplan, RTP manager pool, REST API.
@@ -66,6 +80,104 @@ pub struct Config {
     #[arg(long, env = "DATA_DIR", default_value = "/var/lib/switchboard")]
     pub data_dir: PathBuf,
 
+    /// Domains this server is responsible for (registrar and calls); the first
+    /// is the domain of a bare user name. Empty: every domain is served.
+    #[arg(long = "domain", env = "DOMAIN", value_delimiter = ',')]
+    pub domains: Vec<String>,
+
+    /// Digest realm of the challenges; the HA1 values of the users file are
+    /// computed for it (`cargo xtask add-user --realm`).
+    #[arg(long, env = "REALM", default_value = "switchboard")]
+    pub realm: String,
+
+    /// TOML users file (`[[user]]` entries with HA1 values or demo passwords),
+    /// reloaded on SIGHUP. Without one, digest authentication knows no user
+    /// and refuses every request that needs it.
+    #[arg(long, env = "USERS_FILE", value_name = "FILE")]
+    pub users_file: Option<PathBuf>,
+
+    /// `digest` authenticates the methods of --auth-methods; `anonymous`
+    /// authenticates nothing (logged as a warning at start: for tests and labs).
+    #[arg(long, env = "AUTH", value_enum, default_value = "digest")]
+    pub auth: AuthOption,
+
+    /// Methods that need digest authentication, comma-separated.
+    #[arg(
+        long,
+        env = "AUTH_METHODS",
+        value_delimiter = ',',
+        default_value = "REGISTER,INVITE"
+    )]
+    pub auth_methods: Vec<String>,
+
+    /// Networks (CIDR, comma-separated) whose requests need no authentication.
+    #[arg(long, env = "TRUSTED_NETWORKS", value_delimiter = ',')]
+    pub trusted_networks: Vec<String>,
+
+    /// Secret keying the nonces. Without it a random secret is drawn at each
+    /// start, so nonces issued before a restart are refused (clients simply
+    /// authenticate again); set it to keep them valid across restarts or to
+    /// share them between servers.
+    #[arg(long, env = "AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+
+    /// Seconds a nonce stays fresh; a late one is answered with `stale=true`.
+    #[arg(long, env = "NONCE_LIFETIME", default_value_t = 300)]
+    pub nonce_lifetime: u64,
+
+    /// Authentication failures (per source address or per user) within
+    /// --lockout-window that lock the address or user out.
+    #[arg(long, env = "LOCKOUT_MAX_FAILURES", default_value_t = 5)]
+    pub lockout_max_failures: usize,
+
+    /// Seconds in which --lockout-max-failures failures are counted.
+    #[arg(long, env = "LOCKOUT_WINDOW", default_value_t = 60)]
+    pub lockout_window: u64,
+
+    /// Seconds a locked-out address or user is answered 403.
+    #[arg(long, env = "LOCKOUT_COOL_DOWN", default_value_t = 300)]
+    pub lockout_cool_down: u64,
+
+    /// Shortest registration accepted, in seconds (shorter: 423 with Min-Expires).
+    #[arg(long, env = "MIN_EXPIRES", default_value_t = 60)]
+    pub min_expires: u32,
+
+    /// Longest registration granted, in seconds (longer ones are shortened).
+    #[arg(long, env = "MAX_EXPIRES", default_value_t = 86_400)]
+    pub max_expires: u32,
+
+    /// Registration length when the REGISTER gives none, in seconds.
+    #[arg(long, env = "DEFAULT_EXPIRES", default_value_t = 3600)]
+    pub default_expires: u32,
+
+    /// Seconds after which an idle TCP connection is closed.
+    #[arg(long, env = "TCP_IDLE_TIMEOUT", default_value_t = 120)]
+    pub tcp_idle_timeout: u64,
+
+    /// Largest header section and largest body accepted, each, in octets:
+    /// a larger header is answered 513, a larger body 413 (then a TCP
+    /// connection is closed).
+    #[arg(long, env = "MAX_MESSAGE_SIZE", default_value_t = 65_535)]
+    pub max_message_size: usize,
+
+    /// SIP timer T1 (round-trip estimate), milliseconds.
+    #[arg(long, env = "T1_MS", default_value_t = 500)]
+    pub t1_ms: u64,
+
+    /// SIP timer T2 (longest retransmit interval), milliseconds.
+    #[arg(long, env = "T2_MS", default_value_t = 4000)]
+    pub t2_ms: u64,
+
+    /// SIP timer T4 (longest time a message lives in the network), milliseconds.
+    #[arg(long, env = "T4_MS", default_value_t = 5000)]
+    pub t4_ms: u64,
+
+    /// Answer every UDP request at the address and port it came from, as if
+    /// it asked for rport (RFC 3581), for clients behind NAT that do not.
+    /// Off: responses go where the top Via says (RFC 3261 §18.2.2).
+    #[arg(long, env = "FORCE_RPORT")]
+    pub force_rport: bool,
+
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(long, env = "LOG_LEVEL", default_value = "info", value_parser = switchboard_service::parse_log_level)]
     pub log_level: String,
@@ -105,6 +217,58 @@ impl Config {
                 "must be at least 1 second",
             ));
         }
+        for network in &self.trusted_networks {
+            Cidr::parse(network)
+                .map_err(|e| ConfigError::invalid("trusted-networks", e.to_string()))?;
+        }
+        if self.realm.is_empty() || self.realm.contains(['"', '\\']) {
+            return Err(ConfigError::invalid(
+                "realm",
+                "must be non-empty, without '\"' or '\\'",
+            ));
+        }
+        if self.auth_methods.iter().any(|m| m.trim().is_empty()) {
+            return Err(ConfigError::invalid("auth-methods", "empty method name"));
+        }
+        if self.min_expires > self.max_expires {
+            return Err(ConfigError::invalid(
+                "min-expires",
+                format!(
+                    "{} is above --max-expires {}",
+                    self.min_expires, self.max_expires
+                ),
+            ));
+        }
+        if self.default_expires < self.min_expires || self.default_expires > self.max_expires {
+            return Err(ConfigError::invalid(
+                "default-expires",
+                "must lie between --min-expires and --max-expires",
+            ));
+        }
+        if self.tcp_idle_timeout == 0 {
+            return Err(ConfigError::invalid(
+                "tcp-idle-timeout",
+                "must be at least 1 second",
+            ));
+        }
+        if self.max_message_size < 1024 {
+            return Err(ConfigError::invalid(
+                "max-message-size",
+                "must be at least 1024 octets",
+            ));
+        }
+        if self.t1_ms == 0 || self.t2_ms < self.t1_ms || self.t4_ms == 0 {
+            return Err(ConfigError::invalid(
+                "t1-ms",
+                "T1 and T4 must be positive and T2 at least T1",
+            ));
+        }
+        if self.lockout_max_failures == 0 {
+            return Err(ConfigError::invalid(
+                "lockout-max-failures",
+                "must be at least 1",
+            ));
+        }
         if let Some(advertise) = &self.advertise {
             if advertise.is_empty() || advertise.contains(char::is_whitespace) {
                 return Err(ConfigError::invalid(
@@ -114,6 +278,62 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The SIP transaction timers.
+    pub fn timers(&self) -> TimerConfig {
+        TimerConfig {
+            t1: Duration::from_millis(self.t1_ms),
+            t2: Duration::from_millis(self.t2_ms),
+            t4: Duration::from_millis(self.t4_ms),
+        }
+    }
+
+    /// The registrar settings.
+    pub fn registrar(&self) -> RegistrarConfig {
+        RegistrarConfig {
+            default_expires: self.default_expires,
+            min_expires: self.min_expires,
+            max_expires: self.max_expires,
+            domains: self.domains.clone(),
+            default_domain: self.domains.first().cloned(),
+        }
+    }
+
+    /// The authenticator settings, with the nonce secret the caller chose
+    /// (--auth-secret, or random bytes).
+    pub fn auth_config(&self, secret: Vec<u8>) -> AuthConfig {
+        AuthConfig {
+            mode: match self.auth {
+                AuthOption::Digest => AuthMode::Digest,
+                AuthOption::Anonymous => AuthMode::Anonymous,
+            },
+            methods: self
+                .auth_methods
+                .iter()
+                .map(|m| m.trim().to_ascii_uppercase())
+                .collect(),
+            trusted_networks: self
+                .trusted_networks
+                .iter()
+                .filter_map(|n| Cidr::parse(n).ok())
+                .collect(),
+            nonce_lifetime: Duration::from_secs(self.nonce_lifetime),
+            lockout: LockoutConfig {
+                max_failures: self.lockout_max_failures,
+                window: Duration::from_secs(self.lockout_window),
+                cool_down: Duration::from_secs(self.lockout_cool_down),
+            },
+            ..AuthConfig::digest(&self.realm, secret)
+        }
+    }
+
+    /// Framing limits of the SIP transports.
+    pub fn framing_limits(&self) -> FramingLimits {
+        FramingLimits {
+            max_header: self.max_message_size,
+            max_body: self.max_message_size,
+        }
     }
 
     /// Interval between RTP manager health checks.
@@ -193,6 +413,36 @@ mod tests {
             err.to_string().contains("--rtpmanager-health-interval"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn sip_options_have_defaults_and_are_checked() {
+        let c = load(&[]).expect("defaults are valid");
+        assert_eq!(c.auth, AuthOption::Digest);
+        assert_eq!(c.auth_methods, vec!["REGISTER", "INVITE"]);
+        assert_eq!(c.realm, "switchboard");
+        assert_eq!(c.tcp_idle_timeout, 120);
+        assert_eq!(c.timers(), TimerConfig::default());
+        assert_eq!(c.registrar(), RegistrarConfig::default());
+        let c = load(&[
+            "--auth",
+            "anonymous",
+            "--domain",
+            "a.example,b.example",
+            "--trusted-networks",
+            "10.0.0.0/8,::1",
+        ])
+        .expect("valid options");
+        assert_eq!(c.auth_config(vec![1]).mode, AuthMode::Anonymous);
+        assert_eq!(c.registrar().default_domain.as_deref(), Some("a.example"));
+        assert_eq!(c.auth_config(vec![1]).trusted_networks.len(), 2);
+        let err = load(&["--trusted-networks", "10.0.0.0/33"]).expect_err("bad prefix");
+        assert!(err.to_string().contains("--trusted-networks"), "{err}");
+        let err = load(&["--min-expires", "600", "--default-expires", "300"])
+            .expect_err("default below min");
+        assert!(err.to_string().contains("--default-expires"), "{err}");
+        let err = load(&["--auth", "basic"]).expect_err("unknown auth mode");
+        assert!(err.to_string().contains("--auth"), "{err}");
     }
 
     #[test]

@@ -12,3 +12,5 @@ pub mod rtpmanager_pool;
 pub mod server;
 pub mod sip;
 pub mod transaction;
+pub mod transport;
+pub mod uas;

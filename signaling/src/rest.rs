@@ -1,18 +1,22 @@
 //! The REST API: JSON for the dashboard and operators, Prometheus metrics.
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
 use crate::rtpmanager_pool::{Health, ManagerPool, ManagerStatus};
+use crate::uas::driver::CoreHandle;
+use crate::uas::RegistrationView;
 
 /// Shared state of the REST handlers.
 #[derive(Clone, Debug)]
 pub struct ApiState {
     pub pool: ManagerPool,
+    /// The SIP core; `None` where no SIP server runs (handler tests).
+    pub sip: Option<CoreHandle>,
 }
 
 /// The REST router; tests drive it with `tower::ServiceExt::oneshot`.
@@ -20,6 +24,7 @@ pub fn app(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/health", get(health))
         .route("/api/v1/rtpmanagers", get(rtpmanagers))
+        .route("/api/v1/registrations", get(registrations))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -48,6 +53,15 @@ async fn health(State(state): State<ApiState>) -> Json<HealthBody> {
 
 async fn rtpmanagers(State(state): State<ApiState>) -> Json<Vec<ManagerStatus>> {
     Json(state.pool.statuses())
+}
+
+/// The registrar's bindings: aor, contact, expires (seconds left), source.
+async fn registrations(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<RegistrationView>>, (StatusCode, &'static str)> {
+    let unavailable = (StatusCode::SERVICE_UNAVAILABLE, "SIP core not running");
+    let core = state.sip.as_ref().ok_or(unavailable)?;
+    core.registrations().await.map(Json).ok_or(unavailable)
 }
 
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {

@@ -1,0 +1,160 @@
+//! The hook through which calls leave the request-handling core: the
+//! B2BUA implements [`CallHandler`] and acts through [`SipActions`].
+
+use std::time::Instant;
+
+use crate::auth::Authenticated;
+use crate::registrar::Binding;
+use crate::sip::{SipMessage, Tag};
+use crate::transaction::{Timer, TransactionKey};
+use crate::transport::{Destination, Flow};
+
+use super::{Now, UasError, Wire};
+
+/// What the core passes to the call handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallEvent {
+    /// A new INVITE, BYE, CANCEL, UPDATE, INFO or PRACK (retransmissions
+    /// absorbed, request checks and authentication passed). Answer it with
+    /// [`SipActions::respond`] on `key`.
+    Request {
+        /// The server transaction.
+        key: TransactionKey,
+        /// The request, with `received`/`rport` stamped on its top Via.
+        request: SipMessage,
+        /// Where it came from.
+        flow: Flow,
+        /// Who sent it, as authentication established.
+        identity: Authenticated,
+        /// For a CANCEL: the INVITE server transaction it cancels, when it
+        /// still exists. The core has already answered the CANCEL with 200;
+        /// the handler answers the INVITE with 487.
+        cancels: Option<TransactionKey>,
+    },
+    /// An ACK outside any transaction: the ACK for a 2xx, or for an INVITE
+    /// in RFC 6026 Accepted (then `key` names it).
+    Ack {
+        /// The INVITE server transaction, when the ACK matched one.
+        key: Option<TransactionKey>,
+        /// The ACK.
+        request: SipMessage,
+        /// Where it came from.
+        flow: Flow,
+    },
+    /// A response to a request sent with [`SipActions::send_request`].
+    Response {
+        /// The client transaction.
+        key: TransactionKey,
+        /// The response.
+        response: SipMessage,
+    },
+    /// Timer B, F or H fired on this transaction.
+    Timeout {
+        /// The transaction.
+        key: TransactionKey,
+        /// Which timer.
+        timer: Timer,
+    },
+    /// A transaction ended and was dropped; its key is no longer valid.
+    Terminated {
+        /// The transaction.
+        key: TransactionKey,
+    },
+}
+
+/// Handles calls: the B2BUA. Runs on the core's thread, sans-IO like the
+/// core: it sends through [`SipActions`] and keeps its own timers, which the
+/// core polls with [`poll_timeout`](Self::poll_timeout).
+///
+/// Until one is installed with [`Uas::set_call_handler`](super::Uas::set_call_handler),
+/// INVITE is answered 480 Temporarily Unavailable, BYE, UPDATE, INFO and PRACK 481
+/// (there are no dialogs), and CANCEL 200 when it matches an INVITE
+/// transaction, else 481.
+pub trait CallHandler: Send {
+    /// Handles one event.
+    fn handle_event(&mut self, now: Now, event: CallEvent, sip: &mut SipActions<'_>);
+
+    /// Fires the handler's timers due at `now`.
+    fn handle_timeout(&mut self, _now: Now, _sip: &mut SipActions<'_>) {}
+
+    /// The handler's next deadline.
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+}
+
+/// What a call handler can do: answer server transactions, send requests
+/// (new client transactions) and stateless messages, and look up bindings.
+pub struct SipActions<'a> {
+    pub(super) now: Now,
+    pub(super) wire: &'a mut Wire,
+    pub(super) registrar: &'a crate::registrar::Registrar,
+}
+
+impl SipActions<'_> {
+    /// Answers the request of server transaction `key` (built per RFC 3261
+    /// §8.2.6 from the stored request; `to_tag` is the dialog's local tag).
+    /// The transaction retransmits it as §17.2 requires.
+    pub fn respond(
+        &mut self,
+        key: &TransactionKey,
+        status: u16,
+        reason: &str,
+        to_tag: Option<&Tag>,
+        headers: &[(String, String)],
+        body: Option<(&str, &[u8])>,
+    ) -> Result<(), UasError> {
+        let request = self
+            .wire
+            .requests
+            .get(key)
+            .cloned()
+            .ok_or(UasError::UnknownTransaction)?;
+        self.wire.respond(
+            self.now,
+            Some(key),
+            &request,
+            None,
+            super::Reply {
+                status,
+                reason,
+                to_tag,
+                headers,
+                body,
+            },
+        )
+    }
+
+    /// Sends a request in a new client transaction to `destination`; its
+    /// responses come back as [`CallEvent::Response`] with the returned key.
+    /// The request must carry a top Via with an RFC 3261 branch.
+    pub fn send_request(
+        &mut self,
+        request: rsip::Request,
+        destination: Destination,
+    ) -> Result<TransactionKey, UasError> {
+        self.wire.send_request(self.now, request, destination)
+    }
+
+    /// Sends octets outside any transaction: the ACK for a 2xx, or the
+    /// retransmission of a 2xx to an INVITE (RFC 6026: the TU's job).
+    pub fn send_stateless(&mut self, destination: Destination, bytes: Vec<u8>) {
+        self.wire.push(destination, bytes);
+    }
+
+    /// The current bindings of `target` (`user`, `user@domain` or a SIP
+    /// URI), best first; each binding's `source` is where the registering
+    /// UA can be reached through its NAT.
+    pub fn lookup(&self, target: &str) -> Vec<Binding> {
+        self.registrar
+            .lookup(self.now.wall, target)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    /// The time of the current input.
+    pub fn now(&self) -> Now {
+        self.now
+    }
+}

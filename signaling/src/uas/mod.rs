@@ -1,0 +1,873 @@
+//! The request-handling core: what the server does with each SIP message.
+//!
+//! [`Uas`] is sans-IO like the machines it drives. For every received
+//! message it runs frame → parse → request checks → transaction layer →
+//! UAS logic, and queues what to send, each with the [`Destination`] that
+//! RFC 3261 §18.2.2 and RFC 3581 give (the same connection for TCP).
+//! Retransmitted requests are absorbed by the [`TransactionLayer`], which
+//! also retransmits responses; the core keeps the exact octets of the last
+//! response of each server transaction and sends those, so reason phrases,
+//! IPv6 Vias and `tel:` URIs go out as built by [`crate::sip`].
+//!
+//! It answers REGISTER (digest authentication, then the [`Registrar`]; a
+//! change is appended to the [`BindingStore`], which fsyncs, before the 200
+//! is queued), OPTIONS (200 with Allow, Accept, Supported), methods it does
+//! not implement (405 with Allow), unknown methods (501 with Allow). INVITE,
+//! BYE, CANCEL, UPDATE, INFO, PRACK and ACK go to the [`CallHandler`] (the
+//! B2BUA) when one is installed; see [`CallHandler`] for the answers without.
+//! Responses received that match no client transaction are dropped, and a
+//! response is never answered.
+//!
+//! # Driving it
+//!
+//! 1. `handle_inbound(now, inbound)` for each message from the transports;
+//! 2. after every input, send each `poll_transmit()`;
+//! 3. call `handle_timeout(now)` when the deadline of `poll_timeout(now)`
+//!    has passed, then send again.
+//!
+//! REGISTER handling blocks on the store's fsync: run the core where that
+//! does not stall other work (the [`driver`] gives it a thread of its own).
+
+mod call;
+pub mod driver;
+mod register;
+
+#[cfg(test)]
+mod tests;
+
+pub use call::{CallEvent, CallHandler, SipActions};
+pub use register::RegistrationView;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::auth::{Authenticated, Authenticator};
+use crate::registrar::{Record, Registrar, Store, StoreError};
+use crate::sip::{
+    build_error_response, build_rejection, build_response_with_body, check_request_with,
+    parse_with, FramingLimits, Method, RequestPolicy, SipMessage, Tag, Via,
+};
+use crate::transaction::{
+    LayerEvent, Reliability, TimerConfig, TransactionError, TransactionKey, TransactionLayer,
+    TryingPolicy,
+};
+use crate::transport::{Destination, Flow, Inbound, Outbound};
+
+/// Methods this server implements (the Allow header).
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, INFO, PRACK";
+
+/// Option tags this server supports: Path (RFC 3327) is echoed by the registrar.
+pub const SUPPORTED: &[&str] = &["path"];
+
+/// Errors of the core's API.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UasError {
+    /// No server transaction has this key (it may have ended).
+    #[error("no server transaction for this key")]
+    UnknownTransaction,
+    /// The transaction layer refused the message.
+    #[error(transparent)]
+    Transaction(#[from] TransactionError),
+}
+
+/// The time of an input: monotonic for transaction timers, wall-clock for
+/// binding expiry and nonces (which outlive the process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic time.
+    pub instant: Instant,
+    /// Wall-clock time.
+    pub wall: SystemTime,
+}
+
+impl Now {
+    /// Reads both clocks; only drivers call this.
+    pub fn current() -> Now {
+        Now {
+            instant: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    /// The same moment `by` later.
+    pub fn advanced(self, by: Duration) -> Now {
+        Now {
+            instant: self.instant + by,
+            wall: self.wall + by,
+        }
+    }
+}
+
+/// Durable storage of bindings: the registrar's [`Store`], or a test double.
+pub trait BindingStore: Send {
+    /// Appends a record durably (fsync) or fails.
+    fn append(&mut self, record: &Record) -> Result<(), StoreError>;
+    /// Records in the journal since the last compaction.
+    fn journal_records(&self) -> usize;
+    /// Replaces journal and snapshot with `records`.
+    fn compact(&mut self, records: &[Record]) -> Result<(), StoreError>;
+}
+
+impl BindingStore for Store {
+    fn append(&mut self, record: &Record) -> Result<(), StoreError> {
+        Store::append(self, record)
+    }
+
+    fn journal_records(&self) -> usize {
+        Store::journal_records(self)
+    }
+
+    fn compact(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        Store::compact(self, records)
+    }
+}
+
+/// Settings of the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UasConfig {
+    /// Transaction timers.
+    pub timers: TimerConfig,
+    /// Framing limits for datagrams (streams are framed by the transport).
+    pub limits: FramingLimits,
+    /// Answer UDP requests at their source as if they asked for rport.
+    pub force_rport: bool,
+    /// The digest realm, to pick our credentials among several.
+    pub realm: String,
+    /// Value of the Server header.
+    pub server: String,
+    /// Journal records after which the store is compacted (at least twice
+    /// the number of addresses-of-record, so compaction stays amortised).
+    pub compact_after: usize,
+}
+
+impl UasConfig {
+    /// Defaults for `realm`.
+    pub fn new(realm: &str) -> UasConfig {
+        UasConfig {
+            timers: TimerConfig::default(),
+            limits: FramingLimits::default(),
+            force_rport: false,
+            realm: realm.to_owned(),
+            server: concat!("switchboard/", env!("CARGO_PKG_VERSION")).to_owned(),
+            compact_after: 10_000,
+        }
+    }
+}
+
+/// A response to build.
+pub(crate) struct Reply<'a> {
+    pub(crate) status: u16,
+    pub(crate) reason: &'a str,
+    pub(crate) to_tag: Option<&'a Tag>,
+    pub(crate) headers: &'a [(String, String)],
+    pub(crate) body: Option<(&'a str, &'a [u8])>,
+}
+
+impl<'a> Reply<'a> {
+    fn new(status: u16, reason: &'a str, headers: &'a [(String, String)]) -> Reply<'a> {
+        Reply {
+            status,
+            reason,
+            to_tag: None,
+            headers,
+            body: None,
+        }
+    }
+}
+
+/// The transaction layer and everything needed to put its output on the wire.
+pub(crate) struct Wire {
+    transactions: TransactionLayer,
+    server_header: String,
+    /// Where each server transaction's responses go.
+    server_routes: HashMap<TransactionKey, Destination>,
+    /// Where each client transaction's requests go.
+    client_routes: HashMap<TransactionKey, Destination>,
+    /// The octets of the last response of each server transaction.
+    sent: HashMap<TransactionKey, (u16, Vec<u8>)>,
+    /// Requests handed to the call handler, so it can answer them by key.
+    requests: HashMap<TransactionKey, SipMessage>,
+    outbox: VecDeque<Outbound>,
+}
+
+impl Wire {
+    fn push(&mut self, destination: Destination, bytes: Vec<u8>) {
+        self.outbox.push_back(Outbound { destination, bytes });
+    }
+
+    /// Builds and sends a response: through server transaction `key`, or
+    /// statelessly to `stateless` (requests the layer could not take).
+    fn respond(
+        &mut self,
+        now: Now,
+        key: Option<&TransactionKey>,
+        request: &SipMessage,
+        stateless: Option<Destination>,
+        reply: Reply<'_>,
+    ) -> Result<(), UasError> {
+        let mut headers = Vec::with_capacity(reply.headers.len() + 1);
+        headers.extend_from_slice(reply.headers);
+        headers.push(("Server".to_owned(), self.server_header.clone()));
+        let bytes = build_response_with_body(
+            request,
+            reply.status,
+            reply.reason,
+            reply.to_tag,
+            &headers,
+            reply.body,
+        );
+        tracing::debug!(status = reply.status, method = %request.method(), call_id = %request.call_id(), "response");
+        match key {
+            Some(key) => {
+                self.sent.insert(key.clone(), (reply.status, bytes));
+                // The machine needs the status only: the octets sent are the
+                // ones kept in `sent` (see `flush`).
+                let token = rsip::Response {
+                    status_code: rsip::StatusCode::from(reply.status),
+                    version: rsip::Version::V2,
+                    headers: rsip::Headers::default(),
+                    body: Vec::new(),
+                };
+                self.transactions.send_response(now.instant, key, token)?;
+            }
+            None => {
+                if let Some(destination) = stateless {
+                    self.push(destination, bytes);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send_request(
+        &mut self,
+        now: Now,
+        request: rsip::Request,
+        destination: Destination,
+    ) -> Result<TransactionKey, UasError> {
+        let reliability = if destination.is_reliable() {
+            Reliability::Reliable
+        } else {
+            Reliability::Unreliable
+        };
+        let key = TransactionKey::client_for_request(&request)?;
+        self.client_routes.insert(key.clone(), destination);
+        match self
+            .transactions
+            .send_request(now.instant, request, reliability)
+        {
+            Ok(key) => Ok(key),
+            Err(error) => {
+                self.client_routes.remove(&key);
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Moves the layer's transmissions to the outbox.
+    fn flush(&mut self) {
+        while let Some(transmit) = self.transactions.poll_transmit() {
+            let (route, bytes) = match &transmit.message {
+                rsip::SipMessage::Response(response) => {
+                    let status = response.status_code.code();
+                    let bytes = match self.sent.get(&transmit.key) {
+                        Some((sent_status, bytes)) if *sent_status == status => bytes.clone(),
+                        // The 100 Trying an INVITE transaction sends on its own.
+                        _ => response.to_string().into_bytes(),
+                    };
+                    (self.server_routes.get(&transmit.key), bytes)
+                }
+                rsip::SipMessage::Request(request) => (
+                    self.client_routes.get(&transmit.key),
+                    request.to_string().into_bytes(),
+                ),
+            };
+            match route {
+                Some(destination) => self.push(*destination, bytes),
+                None => tracing::warn!(key = ?transmit.key, "transmission without a route dropped"),
+            }
+        }
+    }
+
+    fn forget(&mut self, key: &TransactionKey) {
+        self.server_routes.remove(key);
+        self.client_routes.remove(key);
+        self.sent.remove(key);
+        self.requests.remove(key);
+    }
+}
+
+/// The request being processed, with what the layer does not keep.
+struct Current {
+    message: SipMessage,
+    flow: Flow,
+    destination: Destination,
+    /// The Request-URI as written, which digest `uri` must equal.
+    request_uri: String,
+}
+
+/// The SIP request-handling core. See the [module documentation](self).
+pub struct Uas {
+    config: UasConfig,
+    policy: RequestPolicy,
+    wire: Wire,
+    registrar: Registrar,
+    auth: Authenticator,
+    store: Box<dyn BindingStore>,
+    handler: Option<Box<dyn CallHandler>>,
+}
+
+impl std::fmt::Debug for Uas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Uas")
+            .field("transactions", &self.wire.transactions.len())
+            .field("registrations", &self.registrar.len())
+            .field("call_handler", &self.handler.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Uas {
+    /// A core with these settings, registrar (rebuilt from the store's
+    /// records), authenticator and store.
+    pub fn new(
+        config: UasConfig,
+        registrar: Registrar,
+        auth: Authenticator,
+        store: Box<dyn BindingStore>,
+    ) -> Uas {
+        let wire = Wire {
+            transactions: TransactionLayer::new(config.timers, TryingPolicy::default()),
+            server_header: config.server.clone(),
+            server_routes: HashMap::new(),
+            client_routes: HashMap::new(),
+            sent: HashMap::new(),
+            requests: HashMap::new(),
+            outbox: VecDeque::new(),
+        };
+        Uas {
+            policy: RequestPolicy {
+                supported_option_tags: SUPPORTED.iter().map(|t| (*t).to_owned()).collect(),
+            },
+            config,
+            wire,
+            registrar,
+            auth,
+            store,
+            handler: None,
+        }
+    }
+
+    /// Installs the call handler (the B2BUA).
+    pub fn set_call_handler(&mut self, handler: Box<dyn CallHandler>) {
+        self.handler = Some(handler);
+    }
+
+    /// The authenticator, e.g. to reload its users.
+    pub fn authenticator_mut(&mut self) -> &mut Authenticator {
+        &mut self.auth
+    }
+
+    /// The registrar (location service).
+    pub fn registrar(&self) -> &Registrar {
+        &self.registrar
+    }
+
+    /// Number of live transactions.
+    pub fn transactions(&self) -> usize {
+        self.wire.transactions.len()
+    }
+
+    /// Processes one received message.
+    pub fn handle_inbound(&mut self, now: Now, inbound: Inbound) {
+        let message = match parse_with(&inbound.bytes, self.config.limits) {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::debug!(%error, "unparseable message");
+                if let Some(response) = build_error_response(&error) {
+                    let destination = match error.top_via() {
+                        Some(via) => self.destination(&via, &inbound.flow),
+                        None => inbound.flow.reply_destination(),
+                    };
+                    self.wire.push(destination, response);
+                }
+                return;
+            }
+        };
+        if message.is_request() {
+            let request_uri = request_uri_text(&inbound.bytes);
+            self.handle_request(now, message, inbound.flow, request_uri);
+        } else {
+            self.handle_response(now, message);
+        }
+    }
+
+    /// Fires every timer due at `now`: transactions, binding expiry and the
+    /// call handler's.
+    pub fn handle_timeout(&mut self, now: Now) {
+        self.wire.transactions.handle_timeout(now.instant);
+        self.drain(now, None);
+        if self
+            .registrar
+            .poll_timeout()
+            .is_some_and(|at| at <= now.wall)
+        {
+            self.registrar.handle_timeout(now.wall);
+        }
+        if let Some(mut handler) = self.handler.take() {
+            if handler.poll_timeout().is_some_and(|at| at <= now.instant) {
+                let mut sip = SipActions {
+                    now,
+                    wire: &mut self.wire,
+                    registrar: &self.registrar,
+                };
+                handler.handle_timeout(now, &mut sip);
+            }
+            self.handler = Some(handler);
+            self.drain(now, None);
+        }
+    }
+
+    /// The next deadline; `now` converts the wall-clock expiry of bindings.
+    pub fn poll_timeout(&self, now: Now) -> Option<Instant> {
+        let expiry = self
+            .registrar
+            .poll_timeout()
+            .map(|at| now.instant + at.duration_since(now.wall).unwrap_or(Duration::ZERO));
+        [
+            self.wire.transactions.poll_timeout(),
+            expiry,
+            self.handler.as_ref().and_then(|h| h.poll_timeout()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Outbound> {
+        self.wire.outbox.pop_front()
+    }
+
+    /// Where a response to a request with this top Via goes.
+    fn destination(&self, via: &Via, flow: &Flow) -> Destination {
+        match flow {
+            Flow::Tcp { .. } => flow.reply_destination(),
+            Flow::Udp { remote } => {
+                if self.config.force_rport {
+                    return Destination::Udp(*remote);
+                }
+                Destination::Udp(crate::sip::response_destination(
+                    via,
+                    *remote,
+                    &flow.transport(),
+                ))
+            }
+        }
+    }
+
+    fn handle_request(
+        &mut self,
+        now: Now,
+        mut message: SipMessage,
+        flow: Flow,
+        request_uri: String,
+    ) {
+        if self.config.force_rport
+            && matches!(flow, Flow::Udp { .. })
+            && !message.top_via().has_rport()
+        {
+            // An empty rport is what stamp_received fills with the source port.
+            message.vias[0].set_param("rport", None);
+        }
+        message.stamp_received(flow.remote());
+        let destination = self.destination(message.top_via(), &flow);
+        let is_ack = *message.method() == Method::Ack;
+        if let Err(rejection) = check_request_with(&message, &self.policy) {
+            tracing::debug!(status = rejection.status, reason = %rejection.reason, "request rejected");
+            if !is_ack {
+                self.wire
+                    .push(destination, build_rejection(&message, &rejection));
+            }
+            return;
+        }
+        let current = Current {
+            message,
+            flow,
+            destination,
+            request_uri,
+        };
+        let layered = match current.message.rsip() {
+            Some(rsip::SipMessage::Request(request)) => {
+                let reliability = match flow {
+                    Flow::Udp { .. } => Reliability::Unreliable,
+                    Flow::Tcp { .. } => Reliability::Reliable,
+                };
+                self.wire
+                    .transactions
+                    .handle_request(now.instant, request.clone(), reliability)
+                    .map_err(
+                        |error| tracing::debug!(%error, "request handled without a transaction"),
+                    )
+                    .ok()
+            }
+            _ => None,
+        };
+        match layered {
+            Some(key) => {
+                if self.wire.transactions.contains(&key) {
+                    self.wire.server_routes.entry(key).or_insert(destination);
+                }
+                self.drain(now, Some(current));
+            }
+            // What rsip cannot represent (extension methods, tel: and IPv6
+            // Request-URIs ...) is answered statelessly: the To tag is
+            // derived from the request, so a retransmission gets the same answer.
+            None => self.process(now, None, None, current),
+        }
+    }
+
+    fn handle_response(&mut self, now: Now, message: SipMessage) {
+        if message.vias().len() != 1 {
+            // RFC 3261 §18.1.2: a response with more Vias than ours is not for us.
+            tracing::debug!("response with several Vias dropped");
+            return;
+        }
+        let Some(rsip::SipMessage::Response(response)) = message.rsip().cloned() else {
+            tracing::debug!("response rsip cannot represent dropped");
+            return;
+        };
+        match self
+            .wire
+            .transactions
+            .handle_response(now.instant, response)
+        {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                tracing::debug!(call_id = %message.call_id(), "response matching no transaction dropped");
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "response dropped");
+                return;
+            }
+        }
+        let mut response = Some(message);
+        self.drain_with(now, None, &mut response);
+    }
+
+    fn drain(&mut self, now: Now, current: Option<Current>) {
+        self.drain_with(now, current, &mut None);
+    }
+
+    /// Flushes transmissions and handles the layer's events.
+    fn drain_with(
+        &mut self,
+        now: Now,
+        mut current: Option<Current>,
+        response: &mut Option<SipMessage>,
+    ) {
+        loop {
+            self.wire.flush();
+            let Some(event) = self.wire.transactions.poll_event() else {
+                break;
+            };
+            match event {
+                LayerEvent::Request { key, cancels, .. } => match current.take() {
+                    Some(current) => self.process(now, Some(key), cancels, current),
+                    None => tracing::warn!(?key, "request event without its message"),
+                },
+                LayerEvent::Ack { key, .. } => {
+                    if let Some(current) = current.take() {
+                        self.ack(now, Some(key), current);
+                    }
+                }
+                LayerEvent::StrayAck { .. } => {
+                    if let Some(current) = current.take() {
+                        self.ack(now, None, current);
+                    }
+                }
+                LayerEvent::Response {
+                    key,
+                    response: rsip_response,
+                } => {
+                    let message = response.clone().or_else(|| {
+                        // A retransmission the layer produced itself cannot
+                        // happen for responses; parse rsip's text to be safe.
+                        parse_with(rsip_response.to_string().as_bytes(), self.config.limits).ok()
+                    });
+                    if let Some(message) = message {
+                        self.call_event(
+                            now,
+                            CallEvent::Response {
+                                key,
+                                response: message,
+                            },
+                        );
+                    }
+                }
+                LayerEvent::Timeout { key, timer } => {
+                    tracing::debug!(?key, ?timer, "transaction timeout");
+                    self.call_event(now, CallEvent::Timeout { key, timer });
+                }
+                LayerEvent::TransportError { key } => {
+                    tracing::debug!(?key, "transaction transport error");
+                }
+                LayerEvent::Terminated { key } => {
+                    let handed_over = self.wire.requests.contains_key(&key)
+                        || self.wire.client_routes.contains_key(&key);
+                    self.wire.forget(&key);
+                    if handed_over {
+                        self.call_event(now, CallEvent::Terminated { key });
+                    }
+                }
+            }
+        }
+    }
+
+    fn call_event(&mut self, now: Now, event: CallEvent) {
+        let Some(mut handler) = self.handler.take() else {
+            return;
+        };
+        let mut sip = SipActions {
+            now,
+            wire: &mut self.wire,
+            registrar: &self.registrar,
+        };
+        handler.handle_event(now, event, &mut sip);
+        self.handler = Some(handler);
+    }
+
+    fn ack(&mut self, now: Now, key: Option<TransactionKey>, current: Current) {
+        self.call_event(
+            now,
+            CallEvent::Ack {
+                key,
+                request: current.message,
+                flow: current.flow,
+            },
+        );
+    }
+
+    /// The UAS logic for a new request.
+    fn process(
+        &mut self,
+        now: Now,
+        key: Option<TransactionKey>,
+        cancels: Option<TransactionKey>,
+        current: Current,
+    ) {
+        let method = current.message.method().clone();
+        match method {
+            Method::Ack => self.ack(now, None, current),
+            Method::Register => self.register(now, key, current),
+            Method::Options => {
+                let headers = capabilities();
+                self.reply(now, key.as_ref(), &current, Reply::new(200, "OK", &headers));
+            }
+            Method::Invite
+            | Method::Bye
+            | Method::Cancel
+            | Method::Update
+            | Method::Info
+            | Method::Prack => self.call_request(now, key, cancels, current),
+            Method::Subscribe
+            | Method::Notify
+            | Method::Publish
+            | Method::Refer
+            | Method::Message => {
+                let headers = vec![("Allow".to_owned(), ALLOW.to_owned())];
+                self.reply(
+                    now,
+                    key.as_ref(),
+                    &current,
+                    Reply::new(405, "Method Not Allowed", &headers),
+                );
+            }
+            Method::Extension(_) => {
+                let headers = vec![("Allow".to_owned(), ALLOW.to_owned())];
+                self.reply(
+                    now,
+                    key.as_ref(),
+                    &current,
+                    Reply::new(501, "Not Implemented", &headers),
+                );
+            }
+        }
+    }
+
+    /// INVITE and the requests of a dialog: authentication, then the call
+    /// handler, or the documented answers without one.
+    fn call_request(
+        &mut self,
+        now: Now,
+        key: Option<TransactionKey>,
+        cancels: Option<TransactionKey>,
+        current: Current,
+    ) {
+        let method = current.message.method().clone();
+        // RFC 3261 §22.1: CANCEL cannot be challenged (it could not be resubmitted).
+        let identity = if method == Method::Cancel {
+            Authenticated::NotRequired
+        } else {
+            match self.authenticate(now, &current) {
+                Ok(identity) => identity,
+                Err(answer) => {
+                    let (status, reason, headers) = answer;
+                    self.reply(
+                        now,
+                        key.as_ref(),
+                        &current,
+                        Reply::new(status, reason, &headers),
+                    );
+                    return;
+                }
+            }
+        };
+        if method == Method::Cancel {
+            // §9.2: the CANCEL itself is answered at once, 481 when it matches nothing.
+            let (status, reason) = if cancels.is_some() {
+                (200, "OK")
+            } else {
+                (481, "Call/Transaction Does Not Exist")
+            };
+            self.reply(now, key.as_ref(), &current, Reply::new(status, reason, &[]));
+            if cancels.is_none() || self.handler.is_none() {
+                return;
+            }
+        }
+        match (&key, self.handler.is_some()) {
+            (Some(key), true) => {
+                self.wire
+                    .requests
+                    .insert(key.clone(), current.message.clone());
+                self.call_event(
+                    now,
+                    CallEvent::Request {
+                        key: key.clone(),
+                        request: current.message,
+                        flow: current.flow,
+                        identity,
+                        cancels,
+                    },
+                );
+            }
+            _ if method == Method::Cancel => {}
+            _ if method == Method::Invite => {
+                let headers = vec![(
+                    "Warning".to_owned(),
+                    "399 switchboard \"no call routing in this version\"".to_owned(),
+                )];
+                self.reply(
+                    now,
+                    key.as_ref(),
+                    &current,
+                    Reply::new(480, "Temporarily Unavailable", &headers),
+                );
+            }
+            _ => self.reply(
+                now,
+                key.as_ref(),
+                &current,
+                Reply::new(481, "Call/Transaction Does Not Exist", &[]),
+            ),
+        }
+    }
+
+    /// Verifies credentials for the request's method; on failure returns
+    /// the status, reason and headers of the answer.
+    fn authenticate(
+        &mut self,
+        now: Now,
+        current: &Current,
+    ) -> Result<Authenticated, (u16, &'static str, Vec<(String, String)>)> {
+        let method = current.message.method().as_str();
+        let header = crate::auth::credentials_header(method);
+        let values: Vec<&str> = current.message.header_values(header).collect();
+        // Several credentials (one per realm) may be present: use ours.
+        let value = values
+            .iter()
+            .find(|v| {
+                crate::auth::Credentials::parse(v)
+                    .ok()
+                    .is_some_and(|c| c.get("realm") == Some(self.config.realm.as_str()))
+            })
+            .or(values.first())
+            .copied();
+        let source = current.flow.remote().ip();
+        match self
+            .auth
+            .verify(now.wall, method, &current.request_uri, value, source)
+        {
+            Ok(identity) => Ok(identity),
+            Err(failure) => {
+                tracing::debug!(?failure, %source, method, "authentication failed");
+                if failure == crate::auth::AuthFailure::LockedOut {
+                    tracing::info!(method, "request refused: authentication lockout in force");
+                }
+                let answer = self.auth.answer(now.wall, method, &failure);
+                let reason = match answer.status {
+                    401 => "Unauthorized",
+                    407 => "Proxy Authentication Required",
+                    403 => "Forbidden",
+                    _ => "Bad Request (malformed credentials)",
+                };
+                let headers = answer
+                    .header_name
+                    .map(|name| {
+                        answer
+                            .header_values
+                            .iter()
+                            .map(|value| (name.to_owned(), value.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Err((answer.status, reason, headers))
+            }
+        }
+    }
+
+    fn reply(
+        &mut self,
+        now: Now,
+        key: Option<&TransactionKey>,
+        current: &Current,
+        reply: Reply<'_>,
+    ) {
+        if let Err(error) =
+            self.wire
+                .respond(now, key, &current.message, Some(current.destination), reply)
+        {
+            tracing::warn!(%error, "response not sent");
+        }
+    }
+}
+
+/// The headers of an OPTIONS answer (RFC 3261 §11.2).
+fn capabilities() -> Vec<(String, String)> {
+    vec![
+        ("Allow".to_owned(), ALLOW.to_owned()),
+        ("Accept".to_owned(), "application/sdp".to_owned()),
+        ("Accept-Encoding".to_owned(), "identity".to_owned()),
+        ("Accept-Language".to_owned(), "en".to_owned()),
+        ("Supported".to_owned(), SUPPORTED.join(", ")),
+    ]
+}
+
+/// The Request-URI exactly as written on the start line (after any leading
+/// CRLFs), which the digest `uri` parameter must repeat.
+fn request_uri_text(bytes: &[u8]) -> String {
+    let start = bytes
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(bytes.len());
+    let line_end = bytes[start..]
+        .iter()
+        .position(|b| *b == b'\r' || *b == b'\n')
+        .map_or(bytes.len(), |i| start + i);
+    String::from_utf8_lossy(&bytes[start..line_end])
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned()
+}
