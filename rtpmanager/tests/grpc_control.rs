@@ -48,7 +48,14 @@ async fn health_and_info_are_real() {
     let _manager = Daemon(
         Command::new(BIN)
             .args(["--grpc-port", &port.to_string(), "--fast-path", "off"])
-            .args(["--rtp-port-min", "30000", "--rtp-port-max", "30100", "--advertise", "127.0.0.1"])
+            .args([
+                "--rtp-port-min",
+                "30000",
+                "--rtp-port-max",
+                "30100",
+                "--advertise",
+                "127.0.0.1",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -56,22 +63,44 @@ async fn health_and_info_are_real() {
     );
     let mut client = connect(port).await;
 
-    let health = client.health(v1::HealthRequest {}).await.expect("Health").into_inner();
+    let health = client
+        .health(v1::HealthRequest {})
+        .await
+        .expect("Health")
+        .into_inner();
     assert_eq!(health.status(), v1::ServingStatus::Serving);
     assert_eq!(health.fast_path(), v1::FastPathMode::Off);
     assert_eq!(health.ports_free, 50, "30000-30100 holds 50 RTP/RTCP pairs");
 
-    let info = client.info(v1::InfoRequest {}).await.expect("Info").into_inner();
+    let info = client
+        .info(v1::InfoRequest {})
+        .await
+        .expect("Info")
+        .into_inner();
     assert_eq!(info.fast_path(), v1::FastPathMode::Off);
     assert_eq!(info.fast_path_reason, "disabled by --fast-path off");
     assert_eq!(info.advertised_addresses, vec!["127.0.0.1"]);
-    assert_eq!((info.rtp_port_min, info.rtp_port_max, info.ports_total), (30000, 30100, 50));
+    assert_eq!(
+        (info.rtp_port_min, info.rtp_port_max, info.ports_total),
+        (30000, 30100, 50)
+    );
     assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
-    assert!(info.codecs.iter().any(|c| c == "PCMU/8000"), "{:?}", info.codecs);
+    assert!(
+        info.codecs.iter().any(|c| c == "PCMU/8000"),
+        "{:?}",
+        info.codecs
+    );
     assert!(!info.instance_id.is_empty());
 
-    client.set_drain(v1::SetDrainRequest { drain: true }).await.expect("SetDrain");
-    let health = client.health(v1::HealthRequest {}).await.expect("Health").into_inner();
+    client
+        .set_drain(v1::SetDrainRequest { drain: true })
+        .await
+        .expect("SetDrain");
+    let health = client
+        .health(v1::HealthRequest {})
+        .await
+        .expect("Health")
+        .into_inner();
     assert_eq!(health.status(), v1::ServingStatus::Draining);
 }
 
@@ -83,9 +112,15 @@ fn invalid_configuration_fails_at_start_naming_the_option() {
         .expect("run the manager");
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--rtp-port-min") && stderr.contains("even"), "{stderr}");
+    assert!(
+        stderr.contains("--rtp-port-min") && stderr.contains("even"),
+        "{stderr}"
+    );
 
-    let output = Command::new(BIN).env("GRPC_PORT", "nope").output().expect("run the manager");
+    let output = Command::new(BIN)
+        .env("GRPC_PORT", "nope")
+        .output()
+        .expect("run the manager");
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--grpc-port"), "{stderr}");
@@ -110,7 +145,17 @@ fn sigterm_stops_the_manager_cleanly() {
     let output = manager.wait_with_output().expect("manager exits");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    assert!(stderr.contains("shutting down") && stderr.contains("SIGTERM"), "{stderr}");
-    assert!(stderr.contains("kernel fast path off"), "the reason is logged once: {stderr}");
-    assert_eq!(stderr.matches("kernel fast path off").count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("shutting down") && stderr.contains("SIGTERM"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("kernel fast path off"),
+        "the reason is logged once: {stderr}"
+    );
+    assert_eq!(
+        stderr.matches("kernel fast path off").count(),
+        1,
+        "{stderr}"
+    );
 }

@@ -61,7 +61,11 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "daemon ignored SIGTERM:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "daemon ignored SIGTERM:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -134,24 +138,54 @@ fn signaling_sees_the_manager_healthy_then_down() {
     assert_eq!(status["fast_path"], "off");
     assert_eq!(status["ports_free"], 50);
     assert_eq!(status["detail"], "ok");
-    assert!(status["instance_id"].as_str().is_some_and(|s| !s.is_empty()), "{status}");
     assert!(
-        status["fast_path_reason"].as_str().is_some_and(|r| r.contains("--fast-path off")),
+        status["instance_id"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "{status}"
+    );
+    assert!(
+        status["fast_path_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("--fast-path off")),
         "{status}"
     );
     let health = http_get_json(rest_port, "/api/v1/health").expect("health endpoint");
     assert_eq!(health["status"], "ok");
     assert_eq!(health["rtpmanagers_healthy"], 1);
-    assert!(signaling.log().contains("RTP manager health changed"), "{}", signaling.log());
+    assert!(
+        signaling.log().contains("RTP manager health changed"),
+        "{}",
+        signaling.log()
+    );
 
-    assert!(manager.terminate().success(), "manager stops cleanly:\n{}", manager.log());
+    assert!(
+        manager.terminate().success(),
+        "manager stops cleanly:\n{}",
+        manager.log()
+    );
     let status = wait_for_health(rest_port, "down", &signaling);
-    assert!(status["detail"].as_str().is_some_and(|d| d != "ok"), "{status}");
-    assert!(signaling.log().contains("RTP manager down"), "{}", signaling.log());
+    assert!(
+        status["detail"].as_str().is_some_and(|d| d != "ok"),
+        "{status}"
+    );
+    assert!(
+        signaling.log().contains("RTP manager down"),
+        "{}",
+        signaling.log()
+    );
     let health = http_get_json(rest_port, "/api/v1/health").expect("health endpoint");
     assert_eq!(health["status"], "degraded");
 
     let exit = signaling.terminate();
-    assert!(exit.success(), "signaling stops cleanly: {exit}\n{}", signaling.log());
-    assert!(signaling.log().contains("shutting down"), "{}", signaling.log());
+    assert!(
+        exit.success(),
+        "signaling stops cleanly: {exit}\n{}",
+        signaling.log()
+    );
+    assert!(
+        signaling.log().contains("shutting down"),
+        "{}",
+        signaling.log()
+    );
 }

@@ -58,7 +58,9 @@ pub fn nightly_has_rust_src() -> bool {
         .env_remove("RUSTUP_TOOLCHAIN")
         .output();
     match output {
-        Ok(o) => String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("rust-src")),
+        Ok(o) => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .any(|l| l.starts_with("rust-src")),
         Err(_) => false,
     }
 }
@@ -88,7 +90,10 @@ pub fn build(_: &BuildArgs) -> anyhow::Result<PathBuf> {
     util::run(&mut cmd)?;
     let object = object_path();
     if !object.is_file() {
-        bail!("the eBPF build succeeded but {} is missing", object.display());
+        bail!(
+            "the eBPF build succeeded but {} is missing",
+            object.display()
+        );
     }
     println!("eBPF object: {}", object.display());
     Ok(object)

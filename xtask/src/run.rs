@@ -14,8 +14,8 @@ use anyhow::{bail, Context};
 use nix::sys::signal::{self, SigHandler, Signal};
 use nix::unistd::Pid;
 
-use crate::{ebpf, setup};
 use crate::util::{self, workspace_root};
+use crate::{ebpf, setup};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -59,20 +59,32 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     }
 
     let mut build = util::cargo();
-    build.args(["build", "--bins", "-p", "switchboard-rtpmanager", "-p", "switchboard-signaling", "-p", "switchboard-ui"]);
+    build.args([
+        "build",
+        "--bins",
+        "-p",
+        "switchboard-rtpmanager",
+        "-p",
+        "switchboard-signaling",
+        "-p",
+        "switchboard-ui",
+    ]);
     if args.release {
         build.arg("--release");
     }
     util::run(&mut build)?;
-    let bin_dir = workspace_root()
-        .join("target")
-        .join(if args.release { "release" } else { "debug" });
+    let bin_dir =
+        workspace_root()
+            .join("target")
+            .join(if args.release { "release" } else { "debug" });
 
     let demo = prepare_demo_dir()?;
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
-        signal::signal(Signal::SIGINT, SigHandler::Handler(request_stop)).context("SIGINT handler")?;
-        signal::signal(Signal::SIGTERM, SigHandler::Handler(request_stop)).context("SIGTERM handler")?;
+        signal::signal(Signal::SIGINT, SigHandler::Handler(request_stop))
+            .context("SIGINT handler")?;
+        signal::signal(Signal::SIGTERM, SigHandler::Handler(request_stop))
+            .context("SIGTERM handler")?;
     }
 
     let mut children: Vec<(&str, Child)> = Vec::new();
@@ -90,10 +102,22 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     result
 }
 
-fn start_all(args: &RunArgs, bin_dir: &Path, demo: &Path, children: &mut Vec<(&'static str, Child)>) -> anyhow::Result<()> {
+fn start_all(
+    args: &RunArgs,
+    bin_dir: &Path,
+    demo: &Path,
+    children: &mut Vec<(&'static str, Child)>,
+) -> anyhow::Result<()> {
     let log = args.log_level.as_str();
     let mut rtpmanager = Command::new(bin_dir.join("switchboard-rtpmanager"));
-    rtpmanager.args(["--grpc-port", "9090", "--log-level", log, "--fast-path", &args.fast_path]);
+    rtpmanager.args([
+        "--grpc-port",
+        "9090",
+        "--log-level",
+        log,
+        "--fast-path",
+        &args.fast_path,
+    ]);
     rtpmanager.arg("--audio-path").arg(demo.join("audio"));
     spawn(children, "rtpmanager", &mut rtpmanager)?;
     // Signaling would only log the manager as down until it listens.
@@ -106,21 +130,41 @@ fn start_all(args: &RunArgs, bin_dir: &Path, demo: &Path, children: &mut Vec<(&'
     }
 
     let mut signaling = Command::new(bin_dir.join("switchboard-signaling"));
-    signaling.args(["--port", &args.sip_port.to_string(), "--rtpmanager", "127.0.0.1:9090", "--rest-port", "8080"]);
+    signaling.args([
+        "--port",
+        &args.sip_port.to_string(),
+        "--rtpmanager",
+        "127.0.0.1:9090",
+        "--rest-port",
+        "8080",
+    ]);
     signaling.args(["--log-level", log]);
     signaling.arg("--dialplan").arg(demo.join("dialplan.json"));
     signaling.arg("--data-dir").arg(demo.join("data"));
     spawn(children, "signaling", &mut signaling)?;
 
     let mut ui = Command::new(bin_dir.join("switchboard-ui"));
-    ui.args(["--port", &args.ui_port.to_string(), "--backends", "http://127.0.0.1:8080", "--log-level", log]);
+    ui.args([
+        "--port",
+        &args.ui_port.to_string(),
+        "--backends",
+        "http://127.0.0.1:8080",
+        "--log-level",
+        log,
+    ]);
     spawn(children, "ui", &mut ui)?;
     Ok(())
 }
 
-fn spawn(children: &mut Vec<(&'static str, Child)>, name: &'static str, cmd: &mut Command) -> anyhow::Result<()> {
+fn spawn(
+    children: &mut Vec<(&'static str, Child)>,
+    name: &'static str,
+    cmd: &mut Command,
+) -> anyhow::Result<()> {
     println!("+ {}", util::describe(cmd));
-    let child = cmd.spawn().with_context(|| format!("cannot start {name}"))?;
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))?;
     children.push((name, child));
     Ok(())
 }
@@ -154,7 +198,9 @@ fn stop_all(children: &mut [(&str, Child)]) {
                     println!("run: {name} stopped ({status})");
                     break;
                 }
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
                 _ => {
                     println!("run: {name} did not stop in time; killing it");
                     let _ = child.kill();
@@ -173,11 +219,17 @@ fn prepare_demo_dir() -> anyhow::Result<PathBuf> {
     let demo = root.join(".run");
     std::fs::create_dir_all(demo.join("data")).context("creating .run/data")?;
     std::fs::create_dir_all(demo.join("audio")).context("creating .run/audio")?;
-    std::fs::copy(root.join("deploy/demo/dialplan.json"), demo.join("dialplan.json")).context("copying the demo dialplan")?;
+    std::fs::copy(
+        root.join("deploy/demo/dialplan.json"),
+        demo.join("dialplan.json"),
+    )
+    .context("copying the demo dialplan")?;
     let announcement = demo.join("audio/welcome.wav");
     if !announcement.exists() {
         if let Err(e) = synthesise_announcement(&announcement) {
-            println!("run: no demo announcement ({e:#}); playback routes will report the missing file");
+            println!(
+                "run: no demo announcement ({e:#}); playback routes will report the missing file"
+            );
         }
     }
     Ok(demo)

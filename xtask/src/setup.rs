@@ -14,10 +14,16 @@ pub struct SetupArgs {}
 /// Debian packages the build, the tests and the demo use, and why.
 pub const APT_PACKAGES: &[(&str, &str)] = &[
     ("llvm-22-dev", "bpf-linker links against LLVM 22"),
-    ("iproute2", "kernel-path tests build network namespaces and veths"),
+    (
+        "iproute2",
+        "kernel-path tests build network namespaces and veths",
+    ),
     ("ethtool", "kernel-path tests turn veth offloads off"),
     ("bpftool", "inspecting loaded programs and maps"),
-    ("sip-tester", "SIPp, the real SIP peer in tests and benchmarks"),
+    (
+        "sip-tester",
+        "SIPp, the real SIP peer in tests and benchmarks",
+    ),
     ("sipsak", "a second real SIP peer in tests"),
     ("espeak-ng", "synthesises the demo announcement"),
     ("sox", "converts the demo announcement to 8 kHz WAV"),
@@ -70,17 +76,33 @@ fn install_apt_packages() -> anyhow::Result<()> {
 
 fn install_rust_components() -> anyhow::Result<()> {
     if !util::succeeds(util::rustup_cargo().args(["+nightly", "--version"])) {
-        util::run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        util::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
     if !ebpf::nightly_has_rust_src() {
-        util::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        util::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     for component in ["rustfmt", "clippy"] {
         let installed = Command::new("rustup")
             .args(["component", "list", "--installed"])
             .env_remove("RUSTUP_TOOLCHAIN")
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with(component)))
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .any(|l| l.starts_with(component))
+            })
             .unwrap_or(false);
         if !installed {
             util::run(Command::new("rustup").args(["component", "add", component]))?;
@@ -96,7 +118,9 @@ fn install_bpf_linker() -> anyhow::Result<()> {
         return Ok(());
     }
     if !package_installed("llvm-22-dev") {
-        println!("setup: WARNING: bpf-linker needs llvm-22-dev; install it as root, then rerun setup");
+        println!(
+            "setup: WARNING: bpf-linker needs llvm-22-dev; install it as root, then rerun setup"
+        );
         return Ok(());
     }
     util::run(

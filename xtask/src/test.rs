@@ -47,7 +47,14 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
 
     if !args.no_lints {
         util::run(util::cargo().args(["fmt", "--all", "--check"]))?;
-        util::run(util::cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+        util::run(util::cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
     }
     util::run(
         util::cargo()
@@ -55,6 +62,9 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             .arg("--")
             .args(&args.cargo_test_args),
     )?;
-    println!("xtask test: all tests passed in {:.0} s", started.elapsed().as_secs_f64());
+    println!(
+        "xtask test: all tests passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

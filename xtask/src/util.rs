@@ -32,7 +32,9 @@ pub fn find_on_path(program: &str) -> Option<PathBuf> {
     }) {
         dirs.push(PathBuf::from(home).join("bin"));
     }
-    dirs.into_iter().map(|d| d.join(program)).find(|p| p.is_file())
+    dirs.into_iter()
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
 }
 
 /// Prints and runs a command, failing with its exit status.
