@@ -546,6 +546,18 @@ fn xdp_forwards_ipv4_rtp_with_valid_checksums_by_redirect_and_by_tx() {
         let mut programs = Programs::load();
         install_v4(&mut programs, CALLEE, FLAG_RTP, 3);
         programs.maps.reset_stream_stats(3).expect("reset slot 3");
+        let installed = programs
+            .maps
+            .entry(&ForwardKey::new(relay(30000)))
+            .expect("the entry reads back");
+        assert_eq!(
+            (
+                installed.source(),
+                installed.destination(),
+                installed.expected()
+            ),
+            (relay(30002), addr(CALLEE), addr(CALLER))
+        );
         let packet = ipv4(addr(CALLER), relay(30000), &rtp(7, 172), PLAIN);
         let want = Seen {
             dst_mac: NEIGH_MAC,

@@ -36,11 +36,16 @@ pub enum InvalidEntry {
     /// The key's padding is not zero, so the kernel would never match it.
     #[error("key padding must be zero")]
     KeyPadding,
+    /// The key's port is outside the media range the programs look up.
+    #[error("port {port} is outside the media range {min}-{max}")]
+    OutsideMediaRange { port: u16, min: u16, max: u16 },
 }
 
 /// The programs' maps, taken out of a loaded [`Ebpf`].
 pub struct KernelMaps {
     config: Array<MapData, ProgramConfig>,
+    /// What `config` holds, for validating entries without a syscall.
+    current: ProgramConfig,
     forward: HashMap<MapData, ForwardKey, ForwardEntry>,
     stream_stats: Array<MapData, StreamStats>,
     counters: PerCpuArray<MapData, u64>,
@@ -66,6 +71,7 @@ impl KernelMaps {
     pub fn take(ebpf: &mut Ebpf) -> Result<KernelMaps, FastPathError> {
         Ok(KernelMaps {
             config: Array::try_from(take(ebpf, CONFIG_MAP)?).map_err(map_err(CONFIG_MAP))?,
+            current: ProgramConfig::default(),
             forward: HashMap::try_from(take(ebpf, FORWARD_MAP)?).map_err(map_err(FORWARD_MAP))?,
             stream_stats: Array::try_from(take(ebpf, STREAM_STATS_MAP)?)
                 .map_err(map_err(STREAM_STATS_MAP))?,
@@ -76,12 +82,14 @@ impl KernelMaps {
 
     /// Writes the programs' run-time settings.
     pub fn set_config(&mut self, config: ProgramConfig) -> Result<(), FastPathError> {
-        self.config.set(0, config, 0).map_err(map_err(CONFIG_MAP))
+        self.config.set(0, config, 0).map_err(map_err(CONFIG_MAP))?;
+        self.current = config;
+        Ok(())
     }
 
     /// Installs or replaces the entry for packets addressed to `key`.
     pub fn install(&mut self, key: ForwardKey, entry: ForwardEntry) -> Result<(), FastPathError> {
-        validate(&key, &entry)?;
+        validate(&self.current, &key, &entry)?;
         self.forward
             .insert(key, entry, 0)
             .map_err(map_err(FORWARD_MAP))
@@ -138,9 +146,21 @@ impl KernelMaps {
 }
 
 /// Rejects entries the programs would mishandle or never match.
-fn validate(key: &ForwardKey, entry: &ForwardEntry) -> Result<(), InvalidEntry> {
+fn validate(
+    config: &ProgramConfig,
+    key: &ForwardKey,
+    entry: &ForwardEntry,
+) -> Result<(), InvalidEntry> {
     if key.pad != [0; 2] {
         return Err(InvalidEntry::KeyPadding);
+    }
+    let port = u16::from_be_bytes(key.port);
+    if port < config.port_min || port > config.port_max {
+        return Err(InvalidEntry::OutsideMediaRange {
+            port,
+            min: config.port_min,
+            max: config.port_max,
+        });
     }
     let v4 = is_v4_mapped(&key.addr);
     if [entry.src_addr, entry.dst_addr, entry.expected_addr]
@@ -164,6 +184,12 @@ mod tests {
     use super::*;
     use rtpmanager_common::FLAG_STRICT_SOURCE;
 
+    const CONFIG: ProgramConfig = ProgramConfig {
+        port_min: 30000,
+        port_max: 30100,
+        flags: 0,
+    };
+
     fn entry(dst: &str, flags: u16, slot: u32) -> ForwardEntry {
         ForwardEntry::new(
             "10.0.0.1:30002".parse().expect("literal"),
@@ -180,30 +206,48 @@ mod tests {
         let key = ForwardKey::new("10.0.0.1:30000".parse().expect("literal"));
         assert_eq!(
             validate(
+                &CONFIG,
                 &key,
                 &entry("10.0.0.2:40000", FLAG_RTP | FLAG_STRICT_SOURCE, 0)
             ),
             Ok(())
         );
         assert_eq!(
-            validate(&key, &entry("[2001:db8::2]:40000", FLAG_RTP, 0)),
+            validate(&CONFIG, &key, &entry("[2001:db8::2]:40000", FLAG_RTP, 0)),
             Err(InvalidEntry::FamilyMismatch)
         );
         assert_eq!(
-            validate(&key, &entry("10.0.0.2:40000", FLAG_RTP, STREAM_SLOTS)),
+            validate(
+                &CONFIG,
+                &key,
+                &entry("10.0.0.2:40000", FLAG_RTP, STREAM_SLOTS)
+            ),
             Err(InvalidEntry::StatsSlot(STREAM_SLOTS))
         );
         assert_eq!(
-            validate(&key, &entry("10.0.0.2:40000", FLAG_RTP | FLAG_RTCP, 0)),
+            validate(
+                &CONFIG,
+                &key,
+                &entry("10.0.0.2:40000", FLAG_RTP | FLAG_RTCP, 0)
+            ),
             Err(InvalidEntry::Flags(3))
         );
         assert_eq!(
-            validate(&key, &entry("10.0.0.2:40000", 0x80, 0)),
+            validate(&CONFIG, &key, &entry("10.0.0.2:40000", 0x80, 0)),
             Err(InvalidEntry::Flags(0x80))
+        );
+        let elsewhere = ForwardKey::new("10.0.0.1:5060".parse().expect("literal"));
+        assert_eq!(
+            validate(&CONFIG, &elsewhere, &entry("10.0.0.2:40000", FLAG_RTP, 0)),
+            Err(InvalidEntry::OutsideMediaRange {
+                port: 5060,
+                min: 30000,
+                max: 30100
+            })
         );
         let padded = ForwardKey { pad: [0, 1], ..key };
         assert_eq!(
-            validate(&padded, &entry("10.0.0.2:40000", FLAG_RTP, 0)),
+            validate(&CONFIG, &padded, &entry("10.0.0.2:40000", FLAG_RTP, 0)),
             Err(InvalidEntry::KeyPadding)
         );
     }
