@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod dialplan;
 pub mod registrar;
 pub mod rest;
 pub mod rtpmanager_pool;

@@ -1,0 +1,209 @@
+use super::*;
+
+fn plan(routes: &str) -> Dialplan {
+    Dialplan::parse(&format!(r#"{{"version":"1.0","routes":[{routes}]}}"#)).expect("valid plan")
+}
+
+fn err(routes: &str) -> String {
+    Dialplan::parse(&format!(r#"{{"version":"1.0","routes":[{routes}]}}"#))
+        .expect_err("invalid plan")
+        .to_string()
+}
+
+const HANGUP: &str = r#"[{"type":"hangup","params":{"code":404}}]"#;
+
+#[test]
+fn the_shipped_demo_plan_is_valid_and_routes_as_documented() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/demo/dialplan.json"
+    ))
+    .expect("demo dialplan");
+    let plan = Dialplan::parse(&text).expect("demo plan validates");
+    assert_eq!(
+        plan.route("9000").map(|r| r.id.as_str()),
+        Some("announcement")
+    );
+    assert_eq!(
+        plan.route("1001").map(|r| r.id.as_str()),
+        Some("extensions")
+    );
+    assert_eq!(plan.route("5555").map(|r| r.id.as_str()), Some("unknown"));
+    let unknown = plan.route("5555").expect("catch-all");
+    assert_eq!(
+        unknown.actions,
+        vec![Action::Hangup {
+            code: 404,
+            reason: "Not Found".into()
+        }]
+    );
+    let dial = plan.route("1001").expect("extension").actions[0].with_vars(&CallVars {
+        destination: "1001",
+        ..Default::default()
+    });
+    assert_eq!(
+        dial,
+        Action::Dial {
+            targets: vec![Target::User("1001".into())],
+            timeout: Duration::from_secs(30),
+            ring: Ring::Parallel
+        }
+    );
+}
+
+#[test]
+fn priority_then_specificity_then_file_order() {
+    let p = plan(&format!(
+        r#"{{"id":"all","pattern":"*","priority":10,"actions":{HANGUP}}},
+           {{"id":"prefix","pattern":"1*","priority":10,"actions":{HANGUP}}},
+           {{"id":"map","pattern":"1XXX","priority":10,"actions":{HANGUP}}},
+           {{"id":"exact","pattern":"1000","priority":10,"actions":{HANGUP}}},
+           {{"id":"urgent","pattern":"1*","priority":1,"actions":{HANGUP}}},
+           {{"id":"twin","pattern":"2XXX","priority":10,"actions":{HANGUP}}},
+           {{"id":"twin2","pattern":"2XXX","priority":10,"actions":{HANGUP}}},
+           {{"id":"off","pattern":"3000","enabled":false,"actions":{HANGUP}}}"#
+    ));
+    assert_eq!(
+        p.route("1000").map(|r| r.id.as_str()),
+        Some("urgent"),
+        "lower priority value first"
+    );
+    assert_eq!(
+        p.route("2000").map(|r| r.id.as_str()),
+        Some("twin"),
+        "file order breaks ties"
+    );
+    assert_eq!(
+        p.route("3000").map(|r| r.id.as_str()),
+        Some("all"),
+        "disabled routes never match"
+    );
+    assert_eq!(p.routes().len(), 7);
+
+    let p = plan(&format!(
+        r#"{{"id":"all","pattern":"*","actions":{HANGUP}}},
+           {{"id":"prefix","pattern":"1*","actions":{HANGUP}}},
+           {{"id":"map","pattern":"1XXX","actions":{HANGUP}}},
+           {{"id":"exact","pattern":"1000","actions":{HANGUP}}}"#
+    ));
+    assert_eq!(p.route("1000").map(|r| r.id.as_str()), Some("exact"));
+    assert_eq!(p.route("1001").map(|r| r.id.as_str()), Some("map"));
+    assert_eq!(p.route("10011").map(|r| r.id.as_str()), Some("prefix"));
+    assert_eq!(p.route("alice").map(|r| r.id.as_str()), Some("all"));
+}
+
+#[test]
+fn invalid_plans_name_route_and_field() {
+    assert_eq!(
+        err(r#"{"id":"r1","pattern":"1[2","actions":[{"type":"answer"}]}"#),
+        "dialplan route `r1`: pattern: unclosed `[` at position 1"
+    );
+    assert_eq!(
+        err(r#"{"id":"r1","pattern":"1","actions":[{"type":"teleport"}]}"#),
+        "dialplan route `r1`: actions[0].type: unknown action `teleport` (known: answer, dial, play_audio, hangup, set_caller_id)"
+    );
+    assert!(
+        err(r#"{"id":"r1","pattern":"1","actions":[{"type":"dial","params":{}}]}"#)
+            .starts_with("dialplan route `r1`: actions[0].params.targets: missing")
+    );
+    assert_eq!(
+        err(r#"{"id":"r1","pattern":"1","actions":[{"type":"dial","params":{"targets":["ftp://x"]}}]}"#),
+        "dialplan route `r1`: actions[0].params.targets: `ftp://x` is neither user/<name> nor a sip: URI"
+    );
+    assert_eq!(
+        err(r#"{"id":"r1","pattern":"1","actions":[{"type":"hangup","params":{"code":99}}]}"#),
+        "dialplan route `r1`: actions[0].params.code: must be a SIP status between 200 and 699"
+    );
+    assert_eq!(
+        err(r#"{"id":"r1","pattern":"1","actions":[{"type":"play_audio","params":{"files":["${nope}.wav"]}}]}"#),
+        "dialplan route `r1`: actions[0].params.files: unknown variable `${nope}` (known: destination, caller_id, caller_name, call_id)"
+    );
+    assert_eq!(
+        err(r#"{"pattern":"1","actions":[{"type":"answer"}]}"#),
+        "dialplan route `#1`: id: missing"
+    );
+    assert_eq!(
+        err(r#"{"id":"a","pattern":"1","actions":[]}"#),
+        "dialplan route `a`: actions: a route needs at least one action"
+    );
+    assert_eq!(
+        err(
+            r#"{"id":"a","pattern":"1","actions":[{"type":"answer"}]},{"id":"a","pattern":"2","actions":[{"type":"answer"}]}"#
+        ),
+        "dialplan route `a`: id: used by an earlier route"
+    );
+    assert!(matches!(
+        Dialplan::parse("{"),
+        Err(DialplanError::Syntax(_))
+    ));
+    assert!(matches!(
+        Dialplan::parse(r#"{"version":"2.0","routes":[]}"#),
+        Err(DialplanError::Version(v)) if v == "2.0"
+    ));
+}
+
+#[test]
+fn variables_are_substituted_into_values_never_into_json() {
+    let vars = CallVars {
+        destination: "1001",
+        caller_id: "\"},{\"type\":\"hangup",
+        caller_name: "Alice",
+        call_id: "abc@host",
+    };
+    assert_eq!(substitute("user/${destination}", &vars), "user/1001");
+    assert_eq!(
+        substitute("${caller_name} <${caller_id}>", &vars),
+        "Alice <\"},{\"type\":\"hangup>"
+    );
+    assert_eq!(
+        substitute("${call_id}-${unknown}-${", &vars),
+        "abc@host-${unknown}-${"
+    );
+    let p = plan(
+        r#"{"id":"cid","pattern":"*","actions":[{"type":"set_caller_id","params":{"number":"${caller_id}"}}]}"#,
+    );
+    let action = p.route("x").expect("route").actions[0].with_vars(&vars);
+    assert_eq!(
+        action,
+        Action::SetCallerId {
+            number: Some("\"},{\"type\":\"hangup".into()),
+            name: None
+        },
+        "a hostile caller id stays a value"
+    );
+}
+
+#[test]
+fn dial_options_and_seed_spellings() {
+    let p = plan(
+        r#"{"id":"d","pattern":"*","actions":[
+            {"type":"dial","params":{"targets":["user/1001","sip:bob@example.com"],"timeout":12,"strategy":"sequential"}},
+            {"type":"playback","params":{"file":"busy.wav"}},
+            {"type":"hangup"}]}"#,
+    );
+    let actions = &p.route("x").expect("route").actions;
+    assert_eq!(
+        actions[0],
+        Action::Dial {
+            targets: vec![
+                Target::User("1001".into()),
+                Target::Uri("sip:bob@example.com".into())
+            ],
+            timeout: Duration::from_secs(12),
+            ring: Ring::Sequential
+        }
+    );
+    assert_eq!(
+        actions[1],
+        Action::PlayAudio {
+            files: vec!["busy.wav".into()]
+        }
+    );
+    assert_eq!(
+        actions[2],
+        Action::Hangup {
+            code: 486,
+            reason: "Busy Here".into()
+        }
+    );
+}
