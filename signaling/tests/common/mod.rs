@@ -1,0 +1,280 @@
+//! Shared by the SIP integration tests: starting the server binary on free
+//! ports with a temporary data directory, stopping it by pid, and small
+//! SIP-over-UDP/TCP clients.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const SIGNALING: &str = env!("CARGO_BIN_EXE_switchboard-signaling");
+
+/// A port free for both UDP and TCP on loopback.
+pub fn free_port() -> u16 {
+    loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("an ephemeral TCP port");
+        let port = tcp.local_addr().expect("local address").port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A running signaling server, killed by pid when dropped.
+pub struct Server {
+    child: Option<Child>,
+    log: Arc<Mutex<String>>,
+    pub sip_port: u16,
+    pub rest_port: u16,
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+}
+
+impl Server {
+    /// Starts the server with `args` on new ports and waits until it answers.
+    pub fn start(data_dir: &Path, args: &[&str]) -> Server {
+        Server::start_on(data_dir, free_port(), free_port(), args)
+    }
+
+    /// Starts the server on the given ports.
+    pub fn start_on(data_dir: &Path, sip_port: u16, rest_port: u16, args: &[&str]) -> Server {
+        let mut server = Server {
+            child: None,
+            log: Arc::new(Mutex::new(String::new())),
+            sip_port,
+            rest_port,
+            data_dir: data_dir.to_path_buf(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(SIGNALING)
+            .args(["--bind-address", "127.0.0.1"])
+            .args(["--port", &self.sip_port.to_string()])
+            .args(["--rest-port", &self.rest_port.to_string()])
+            // Nothing listens there: the pool logs the manager as down.
+            .args(["--rtpmanager", "127.0.0.1:9"])
+            .args(["--rtpmanager-health-interval", "60"])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--log-level", "info,switchboard_signaling=debug"])
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start switchboard-signaling");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = Arc::clone(&self.log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut log) = sink.lock() {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
+        });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.log().contains("signaling ready") {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("server exited at start ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server not ready:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        let child = self.child.as_ref().expect("server running");
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"))
+    }
+
+    /// Sends `signal` to the server and waits for it to exit.
+    pub fn stop_with(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        nix::sys::signal::kill(self.pid(), signal).expect("signal the server");
+        let mut child = self.child.take().expect("server running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server ignored {signal}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again with the same ports, data and options.
+    pub fn restart(&mut self) {
+        self.log.lock().map(|mut l| l.clear()).expect("log lock");
+        self.spawn();
+    }
+
+    pub fn sip_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.sip_port))
+    }
+
+    /// GET on the REST API, parsed as JSON.
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let mut stream =
+            TcpStream::connect(("127.0.0.1", self.rest_port)).expect("connect to the REST API");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("send GET");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read response");
+        let body = response
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no HTTP body in {response:?}"))
+            .1;
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A UDP SIP peer on loopback.
+pub struct UdpPeer {
+    pub socket: UdpSocket,
+}
+
+impl UdpPeer {
+    pub fn new() -> UdpPeer {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP peer");
+        UdpPeer { socket }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.socket.local_addr().expect("local address").port()
+    }
+
+    pub fn send(&self, to: SocketAddr, bytes: &[u8]) {
+        self.socket.send_to(bytes, to).expect("send datagram");
+    }
+
+    /// The next datagram within `timeout`, as text.
+    pub fn recv(&self, timeout: Duration) -> Option<String> {
+        self.socket
+            .set_read_timeout(Some(timeout))
+            .expect("read timeout");
+        let mut buffer = vec![0u8; 65_536];
+        match self.socket.recv_from(&mut buffer) {
+            Ok((len, _)) => Some(String::from_utf8_lossy(&buffer[..len]).into_owned()),
+            Err(_) => None,
+        }
+    }
+
+    /// Sends a request and returns the first response, skipping 1xx.
+    pub fn request(&self, to: SocketAddr, bytes: &[u8]) -> String {
+        self.send(to, bytes);
+        loop {
+            let response = self
+                .recv(Duration::from_secs(3))
+                .unwrap_or_else(|| panic!("no response to:\n{}", String::from_utf8_lossy(bytes)));
+            if status(&response) >= 200 {
+                return response;
+            }
+        }
+    }
+}
+
+/// Reads one Content-Length-framed message from a stream.
+pub fn read_stream_message(stream: &mut TcpStream) -> Option<String> {
+    let mut data = Vec::new();
+    let mut byte = [0u8; 1];
+    while !data.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => data.push(byte[0]),
+            _ => return None,
+        }
+        if data == b"\r\n" {
+            data.clear();
+        }
+    }
+    let head = String::from_utf8_lossy(&data).into_owned();
+    let length: usize = header(&head, "Content-Length")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).ok()?;
+    Some(head + &String::from_utf8_lossy(&body))
+}
+
+/// The status code of a response.
+pub fn status(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not a response: {response:?}"))
+}
+
+/// The first value of a header (full name, case-insensitive).
+pub fn header<'a>(message: &'a str, name: &str) -> Option<&'a str> {
+    headers(message, name).into_iter().next()
+}
+
+/// Every value of a header, in order.
+pub fn headers<'a>(message: &'a str, name: &str) -> Vec<&'a str> {
+    let head = message.split("\r\n\r\n").next().unwrap_or_default();
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+        .collect()
+}
+
+/// A parameter of a digest challenge (`nonce="…"`).
+pub fn challenge_param(challenge: &str, name: &str) -> Option<String> {
+    let start = challenge.find(&format!("{name}="))? + name.len() + 1;
+    let rest = &challenge[start..];
+    Some(match rest.strip_prefix('"') {
+        Some(quoted) => quoted[..quoted.find('"')?].to_owned(),
+        None => rest.split([',', ' ']).next().unwrap_or_default().to_owned(),
+    })
+}
+
+/// Writes a users file with demo passwords.
+pub fn users_file(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
+    let path = dir.join("users.toml");
+    let text: String = users
+        .iter()
+        .map(|(name, password)| {
+            format!("[[user]]\nname = \"{name}\"\npassword = \"{password}\"\n\n")
+        })
+        .collect();
+    std::fs::write(&path, text).expect("write users file");
+    path
+}
