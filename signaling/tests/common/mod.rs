@@ -55,8 +55,11 @@ impl Server {
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(SIGNALING)
-            .args(["--bind-address", "127.0.0.1"])
+        let mut command = Command::new(SIGNALING);
+        if !self.args.iter().any(|a| a == "--bind-address") {
+            command.args(["--bind-address", "127.0.0.1"]);
+        }
+        let mut child = command
             .args(["--port", &self.sip_port.to_string()])
             .args(["--rest-port", &self.rest_port.to_string()])
             // Nothing listens there: the pool logs the manager as down.
