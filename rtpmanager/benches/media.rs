@@ -1,0 +1,672 @@
+//! Media relay benchmark on a network-namespace test bed.
+//!
+//! `cargo xtask bench media` runs this (as root). For each requested number
+//! of calls it builds two namespaces joined by a veth pair (the relay and the
+//! peers), starts the manager in the relay namespace with the requested
+//! fast path, sets up N bridged calls over gRPC, and sends 50 packets per
+//! second each way per call from the peers' namespace. It prints offered
+//! packets per second, loss, one-way latency p50/p99 through the relay, and
+//! the relay's CPU time per forwarded packet.
+//!
+//! All traffic stays inside the namespaces this program creates; they are
+//! deleted by name at the end, and the manager it started is stopped by pid.
+#![allow(clippy::print_stdout)]
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::mem::MaybeUninit;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::sched::{setns, CloneFlags};
+use switchboard_proto::v1;
+use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard-rtpmanager");
+const RELAY_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 1);
+const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 2);
+const CALLER_PORT: u16 = 7000;
+const CALLEE_PORT: u16 = 7002;
+const PACKET_LEN: usize = 172;
+const PPS_PER_DIRECTION: u64 = 50;
+
+struct Args {
+    path: String,
+    calls: Vec<usize>,
+    seconds: u64,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        path: "userspace".into(),
+        calls: vec![100, 500, 1000, 2000],
+        seconds: 10,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--path" => args.path = it.next().context("--path needs a value")?,
+            "--calls" => {
+                let list = it.next().context("--calls needs a list")?;
+                args.calls = list
+                    .split(',')
+                    .map(|n| {
+                        n.trim()
+                            .parse()
+                            .with_context(|| format!("--calls: `{n}` is not a number"))
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+            }
+            "--seconds" => args.seconds = it.next().context("--seconds needs a value")?.parse()?,
+            // cargo bench passes --bench to harness-less benches.
+            "--bench" => {}
+            other => bail!("unknown argument `{other}` (use --path, --calls, --seconds)"),
+        }
+    }
+    let fast_path = match args.path.as_str() {
+        "userspace" => "off",
+        "xdp" | "xdp-generic" | "tc" => args.path.as_str(),
+        other => bail!("--path: `{other}` is not userspace, xdp, xdp-generic or tc"),
+    };
+    let _ = fast_path;
+    Ok(args)
+}
+
+fn sh(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .status()
+        .with_context(|| format!("cannot run {args:?}"))?;
+    if !status.success() {
+        bail!("{args:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// The relay and peers namespaces, deleted by name on drop.
+struct Bed {
+    relay: String,
+    peers: String,
+}
+
+impl Bed {
+    fn new() -> anyhow::Result<Bed> {
+        let pid = std::process::id();
+        let bed = Bed {
+            relay: format!("sbbench{pid}r"),
+            peers: format!("sbbench{pid}p"),
+        };
+        for ns in [&bed.relay, &bed.peers] {
+            sh(&["ip", "netns", "add", ns])?;
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        }
+        sh(&[
+            "ip", "link", "add", "sbbp0", "netns", &bed.peers, "type", "veth", "peer", "name",
+            "sbbr0", "netns", &bed.relay,
+        ])?;
+        sh(&["ip", "-n", &bed.peers, "link", "set", "sbbp0", "name", "p0"])?;
+        sh(&["ip", "-n", &bed.relay, "link", "set", "sbbr0", "name", "r0"])?;
+        for (ns, dev, ip) in [(&bed.peers, "p0", PEER_IP), (&bed.relay, "r0", RELAY_IP)] {
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{dev}.disable_ipv6=1"),
+            ])?;
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                "net.core.rmem_max=16777216",
+            ])?;
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                "net.core.rmem_default=1048576",
+            ])?;
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                dev,
+            ])?;
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
+        }
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &bed.relay,
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.r0.forwarding=1",
+        ])?;
+        // Full UDP checksums on the wire, as a real NIC delivers them.
+        let _ = sh(&[
+            "ip", "netns", "exec", &bed.peers, "ethtool", "-K", "p0", "tx", "off",
+        ]);
+        let mac = |ns: &str, dev: &str| -> anyhow::Result<String> {
+            let out = Command::new("ip")
+                .args(["-n", ns, "-br", "link", "show", dev])
+                .output()?;
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .nth(2)
+                .map(str::to_owned)
+                .context("MAC address")
+        };
+        let (peer_mac, relay_mac) = (mac(&bed.peers, "p0")?, mac(&bed.relay, "r0")?);
+        sh(&[
+            "ip",
+            "-n",
+            &bed.peers,
+            "neigh",
+            "replace",
+            &RELAY_IP.to_string(),
+            "lladdr",
+            &relay_mac,
+            "dev",
+            "p0",
+            "nud",
+            "permanent",
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &bed.relay,
+            "neigh",
+            "replace",
+            &PEER_IP.to_string(),
+            "lladdr",
+            &peer_mac,
+            "dev",
+            "r0",
+            "nud",
+            "permanent",
+        ])?;
+        Ok(bed)
+    }
+
+    fn enter(ns: &str) -> anyhow::Result<()> {
+        let file = File::open(format!("/var/run/netns/{ns}"))?;
+        setns(file, CloneFlags::CLONE_NEWNET).context("setns")?;
+        Ok(())
+    }
+
+    /// Runs `f` on a thread inside namespace `ns`.
+    fn in_ns<T: Send + 'static>(
+        ns: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let ns = ns.to_owned();
+        std::thread::spawn(move || -> anyhow::Result<T> {
+            Bed::enter(&ns)?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        for ns in [&self.relay, &self.peers] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+struct Manager(Child);
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Manager {
+    /// CPU time (user + system) the manager used so far.
+    fn cpu_time(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).unwrap_or_default();
+        // Fields after the command name (which may contain spaces) start after ')'.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks: u64 = [11usize, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+            .sum();
+        // SAFETY: sysconf has no memory effects.
+        let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+            .unwrap_or(100)
+            .max(1);
+        Duration::from_micros(ticks * 1_000_000 / hz)
+    }
+}
+
+fn sdp(port: u16) -> String {
+    format!(
+        "v=0\r\no=bench 1 1 IN IP4 {PEER_IP}\r\ns=-\r\nc=IN IP4 {PEER_IP}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=sendrecv\r\n"
+    )
+}
+
+fn media_port(sdp: &str) -> anyhow::Result<u16> {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .context("m=audio in the manager's SDP")
+}
+
+/// Sets up `calls` bridged calls; returns for each call the relay's port
+/// facing the caller and the one facing the callee.
+fn set_up_calls(relay_ns: &str, calls: usize) -> anyhow::Result<Vec<(u16, u16)>> {
+    Bed::in_ns(relay_ns, move || -> anyhow::Result<Vec<(u16, u16)>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut client = loop {
+                match RtpManagerClient::connect("http://127.0.0.1:9090").await {
+                    Ok(c) => break c,
+                    Err(e) if Instant::now() < deadline => {
+                        let _ = e;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => bail!("manager never listened: {e}"),
+                }
+            };
+            let mut ports = Vec::with_capacity(calls);
+            for i in 0..calls {
+                let call_id = format!("bench-{i}");
+                let offer = client
+                    .offer(v1::OfferRequest {
+                        call_id: call_id.clone(),
+                        leg_id: "a".into(),
+                        peer_leg_id: "b".into(),
+                        sdp: sdp(CALLER_PORT),
+                        options: Some(v1::LegOptions {
+                            strict_source: true,
+                            ..Default::default()
+                        }),
+                        peer_options: Some(v1::LegOptions {
+                            strict_source: true,
+                            ..Default::default()
+                        }),
+                    })
+                    .await?
+                    .into_inner();
+                let answer = client
+                    .answer(v1::AnswerRequest {
+                        call_id: call_id.clone(),
+                        leg_id: "b".into(),
+                        peer_leg_id: "a".into(),
+                        sdp: sdp(CALLEE_PORT),
+                    })
+                    .await?
+                    .into_inner();
+                client
+                    .bridge(v1::BridgeRequest {
+                        call_id,
+                        leg_a: "a".into(),
+                        leg_b: "b".into(),
+                    })
+                    .await?;
+                ports.push((media_port(&answer.sdp)?, media_port(&offer.sdp)?));
+            }
+            Ok(ports)
+        })
+    })?
+}
+
+/// Latency histogram in microseconds, 1 µs buckets up to 100 ms.
+struct Histogram {
+    buckets: Vec<u64>,
+    count: u64,
+}
+
+impl Histogram {
+    fn new() -> Histogram {
+        Histogram {
+            buckets: vec![0; 100_001],
+            count: 0,
+        }
+    }
+
+    fn add(&mut self, micros: u64) {
+        let i = usize::try_from(micros.min(100_000)).unwrap_or(100_000);
+        self.buckets[i] += 1;
+        self.count += 1;
+    }
+
+    fn percentile(&self, p: f64) -> u64 {
+        let target = ((self.count as f64) * p).ceil() as u64;
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= target.max(1) {
+                return i as u64;
+            }
+        }
+        100_000
+    }
+}
+
+struct Traffic {
+    sent: AtomicU64,
+    received: AtomicU64,
+    measuring: AtomicBool,
+    stop: AtomicBool,
+    histogram: Mutex<Histogram>,
+}
+
+fn sendmmsg_to(socket: &UdpSocket, packets: &[[u8; PACKET_LEN]], dests: &[SocketAddrV4]) -> usize {
+    let n = packets.len().min(dests.len());
+    // SAFETY: zeroed C structs are valid; every pointer below refers to
+    // `packets`/`addrs`, which outlive the call.
+    let mut addrs: Vec<libc::sockaddr_in> = vec![unsafe { MaybeUninit::zeroed().assume_init() }; n];
+    let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(n);
+    let mut headers: Vec<libc::mmsghdr> = vec![unsafe { MaybeUninit::zeroed().assume_init() }; n];
+    for i in 0..n {
+        addrs[i].sin_family = libc::AF_INET as libc::sa_family_t;
+        addrs[i].sin_port = dests[i].port().to_be();
+        addrs[i].sin_addr.s_addr = u32::from(*dests[i].ip()).to_be();
+        iovecs.push(libc::iovec {
+            iov_base: packets[i].as_ptr() as *mut libc::c_void,
+            iov_len: PACKET_LEN,
+        });
+    }
+    for i in 0..n {
+        headers[i].msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in).cast();
+        headers[i].msg_hdr.msg_namelen =
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        headers[i].msg_hdr.msg_iov = &mut iovecs[i];
+        headers[i].msg_hdr.msg_iovlen = 1;
+    }
+    let mut done = 0;
+    while done < n {
+        // SAFETY: see above.
+        let r = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                headers[done..].as_mut_ptr(),
+                (n - done) as libc::c_uint,
+                0,
+            )
+        };
+        if r <= 0 {
+            break;
+        }
+        done += r as usize;
+    }
+    done
+}
+
+/// Sends 50 pps per call and direction, spread over each 20 ms period.
+fn send_loop(
+    traffic: &Traffic,
+    caller: &UdpSocket,
+    callee: &UdpSocket,
+    ports: &[(u16, u16)],
+    epoch: Instant,
+) {
+    const SLICES: usize = 10;
+    let period = Duration::from_millis(1000 / PPS_PER_DIRECTION);
+    let mut seq: u16 = 0;
+    let mut next = Instant::now();
+    let mut packets = vec![[0u8; PACKET_LEN]; ports.len()];
+    let mut dests = Vec::with_capacity(ports.len());
+    while !traffic.stop.load(Ordering::Relaxed) {
+        seq = seq.wrapping_add(1);
+        let chunk = ports.len().div_ceil(SLICES).max(1);
+        for (slice, calls) in ports.chunks(chunk).enumerate() {
+            let slice_at = next
+                + period * u32::try_from(slice).unwrap_or(0) / u32::try_from(SLICES).unwrap_or(1);
+            if let Some(wait) = slice_at.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            for (socket, pick) in [(caller, 0usize), (callee, 1)] {
+                dests.clear();
+                for (i, &(to_caller_side, to_callee_side)) in calls.iter().enumerate() {
+                    let packet = &mut packets[i];
+                    packet[0] = 0x80;
+                    packet[2..4].copy_from_slice(&seq.to_be_bytes());
+                    packet[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+                    let sent_at = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(0);
+                    packet[12..20].copy_from_slice(&sent_at.to_be_bytes());
+                    let port = if pick == 0 {
+                        to_caller_side
+                    } else {
+                        to_callee_side
+                    };
+                    dests.push(SocketAddrV4::new(RELAY_IP, port));
+                }
+                let n = sendmmsg_to(socket, &packets[..calls.len()], &dests);
+                if traffic.measuring.load(Ordering::Relaxed) {
+                    traffic.sent.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+        }
+        next += period;
+    }
+}
+
+fn receive_loop(traffic: &Traffic, socket: &UdpSocket, epoch: Instant) {
+    let mut buf = [0u8; 2048];
+    let mut local = Histogram::new();
+    while !traffic.stop.load(Ordering::Relaxed) {
+        match socket.recv_from(&mut buf) {
+            Ok((n, _)) if n >= 20 && traffic.measuring.load(Ordering::Relaxed) => {
+                let mut sent = [0u8; 8];
+                sent.copy_from_slice(&buf[12..20]);
+                let sent_at = u64::from_be_bytes(sent);
+                let now = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(0);
+                traffic.received.fetch_add(1, Ordering::Relaxed);
+                local.add(now.saturating_sub(sent_at) / 1000);
+            }
+            _ => {}
+        }
+    }
+    if let Ok(mut h) = traffic.histogram.lock() {
+        for (i, n) in local.buckets.iter().enumerate() {
+            h.buckets[i] += n;
+        }
+        h.count += local.count;
+    }
+}
+
+struct Row {
+    calls: usize,
+    offered_pps: u64,
+    loss_pct: f64,
+    p50_us: u64,
+    p99_us: u64,
+    cpu_pct: f64,
+    ns_per_packet: f64,
+}
+
+fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
+    let bed = Bed::new()?;
+    let fast_path = if path == "userspace" { "off" } else { path };
+    let port_max =
+        20000 + u16::try_from(calls * 4 + 16).context("too many calls for the port range")?;
+    let manager = Manager(
+        Command::new("ip")
+            .args(["netns", "exec", &bed.relay, BIN])
+            .args(["--fast-path", fast_path, "--media-interface", "r0"])
+            .args([
+                "--advertise",
+                &RELAY_IP.to_string(),
+                "--grpc-port",
+                "9090",
+                "--log-level",
+                "warn",
+            ])
+            .args([
+                "--rtp-port-min",
+                "20000",
+                "--rtp-port-max",
+                &port_max.to_string(),
+            ])
+            .args(["--media-timeout", "600"])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the manager")?,
+    );
+    let ports = set_up_calls(&bed.relay, calls)?;
+
+    let traffic = Arc::new(Traffic {
+        sent: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        measuring: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        histogram: Mutex::new(Histogram::new()),
+    });
+    let epoch = Instant::now();
+    let sockets: HashMap<&str, Arc<UdpSocket>> = {
+        let peers = bed.peers.clone();
+        Bed::in_ns(
+            &peers,
+            move || -> anyhow::Result<HashMap<&'static str, Arc<UdpSocket>>> {
+                let mut m = HashMap::new();
+                for (name, port) in [("caller", CALLER_PORT), ("callee", CALLEE_PORT)] {
+                    let s =
+                        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+                    s.set_recv_buffer_size(16 << 20)?;
+                    s.set_send_buffer_size(16 << 20)?;
+                    s.bind(&SocketAddr::from((PEER_IP, port)).into())?;
+                    let s: UdpSocket = s.into();
+                    s.set_read_timeout(Some(Duration::from_millis(100)))?;
+                    m.insert(name, Arc::new(s));
+                }
+                Ok(m)
+            },
+        )??
+    };
+    let (caller, callee) = (
+        Arc::clone(&sockets["caller"]),
+        Arc::clone(&sockets["callee"]),
+    );
+    let mut threads = Vec::new();
+    for socket in [Arc::clone(&caller), Arc::clone(&callee)] {
+        let t = Arc::clone(&traffic);
+        threads.push(std::thread::spawn(move || receive_loop(&t, &socket, epoch)));
+    }
+    {
+        let t = Arc::clone(&traffic);
+        let ports = ports.clone();
+        threads.push(std::thread::spawn(move || {
+            send_loop(&t, &caller, &callee, &ports, epoch)
+        }));
+    }
+
+    // Warm-up: latching, caches, socket buffers.
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu_before = manager.cpu_time();
+    traffic.measuring.store(true, Ordering::Relaxed);
+    let measure_start = Instant::now();
+    std::thread::sleep(Duration::from_secs(seconds));
+    traffic.measuring.store(false, Ordering::Relaxed);
+    let elapsed = measure_start.elapsed();
+    let cpu = manager.cpu_time().saturating_sub(cpu_before);
+    // Packets still in flight when measuring stopped are not counted as
+    // received; with ~100 µs transit that is well under 0.1 % of a window.
+    std::thread::sleep(Duration::from_millis(300));
+    traffic.stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    drop(manager);
+    drop(bed);
+
+    let sent = traffic.sent.load(Ordering::Relaxed);
+    let received = traffic.received.load(Ordering::Relaxed);
+    let histogram = traffic
+        .histogram
+        .lock()
+        .map_err(|_| anyhow::anyhow!("histogram lock"))?;
+    let loss_pct = if sent == 0 {
+        100.0
+    } else {
+        (sent.saturating_sub(received)) as f64 * 100.0 / sent as f64
+    };
+    Ok(Row {
+        calls,
+        offered_pps: (sent as f64 / elapsed.as_secs_f64()) as u64,
+        loss_pct,
+        p50_us: histogram.percentile(0.50),
+        p99_us: histogram.percentile(0.99),
+        cpu_pct: cpu.as_secs_f64() * 100.0 / elapsed.as_secs_f64(),
+        ns_per_packet: if received == 0 {
+            0.0
+        } else {
+            cpu.as_nanos() as f64 / received as f64
+        },
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the media benchmark builds network namespaces and needs root");
+    }
+    // Two sockets per leg, two legs per call, in the manager; it inherits this.
+    let limit = libc::rlimit {
+        rlim_cur: 65536,
+        rlim_max: 65536,
+    };
+    // SAFETY: setrlimit reads the struct only.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    println!("media benchmark: path={} ({} s per point, 50 pps per call and direction, {PACKET_LEN}-byte packets)", args.path, args.seconds);
+    println!(
+        "{:>6} {:>10} {:>8} {:>9} {:>9} {:>9} {:>12}",
+        "calls", "pps", "loss%", "p50 µs", "p99 µs", "relay CPU%", "CPU ns/pkt"
+    );
+    for &calls in &args.calls {
+        match run_once(&args.path, calls, args.seconds) {
+            Ok(r) => println!(
+                "{:>6} {:>10} {:>8.3} {:>9} {:>9} {:>9.1} {:>12.0}",
+                r.calls, r.offered_pps, r.loss_pct, r.p50_us, r.p99_us, r.cpu_pct, r.ns_per_packet
+            ),
+            Err(e) => println!("{calls:>6} failed: {e:#}"),
+        }
+    }
+    Ok(())
+}
