@@ -1,0 +1,363 @@
+//! REGISTER against the running server: digest authentication (MD5 and
+//! SHA-256 computed here, independently of the server's code), the 200's
+//! bindings, 423, 403 for a foreign address-of-record and during lockout,
+//! and durability: bindings survive a SIGTERM restart and a SIGKILL right
+//! after the 200s.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{challenge_param, header, headers, status, users_file, Server, UdpPeer};
+use md5::{Digest, Md5};
+use nix::sys::signal::Signal;
+use sha2::Sha256;
+
+const REALM: &str = "test.example";
+
+#[derive(Clone, Copy, Debug)]
+enum Algorithm {
+    Md5,
+    Sha256,
+}
+
+impl Algorithm {
+    fn name(self) -> &'static str {
+        match self {
+            Algorithm::Md5 => "MD5",
+            Algorithm::Sha256 => "SHA-256",
+        }
+    }
+
+    fn hash(self, text: &str) -> String {
+        match self {
+            Algorithm::Md5 => format!("{:x}", Md5::digest(text.as_bytes())),
+            Algorithm::Sha256 => format!("{:x}", Sha256::digest(text.as_bytes())),
+        }
+    }
+}
+
+struct Registration<'a> {
+    user: &'a str,
+    password: &'a str,
+    call_id: String,
+    contact_port: u16,
+    expires: u32,
+}
+
+fn register_text(
+    r: &Registration<'_>,
+    peer: &UdpPeer,
+    cseq: u32,
+    authorization: Option<&str>,
+) -> String {
+    let authorization = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "REGISTER sip:{REALM} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKreg{cseq}x{branch};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:{user}@{REALM}>;tag=f{cseq}\r\n\
+         To: <sip:{user}@{REALM}>\r\n\
+         Call-ID: {call}\r\n\
+         CSeq: {cseq} REGISTER\r\n\
+         Contact: <sip:{user}@127.0.0.1:{contact}>\r\n\
+         Expires: {expires}\r\n\
+         {authorization}\
+         Content-Length: 0\r\n\r\n",
+        port = peer.port(),
+        call = r.call_id,
+        branch = r.call_id.replace(|c: char| !c.is_ascii_alphanumeric(), "-"),
+        user = r.user,
+        contact = r.contact_port,
+        expires = r.expires,
+    )
+}
+
+/// REGISTER, answer the challenge of `algorithm`, return the final response.
+fn register(server: &Server, peer: &UdpPeer, r: &Registration<'_>, algorithm: Algorithm) -> String {
+    let challenge = peer.request(
+        server.sip_addr(),
+        register_text(r, peer, 1, None).as_bytes(),
+    );
+    assert_eq!(status(&challenge), 401, "{challenge}");
+    let offers = headers(&challenge, "WWW-Authenticate");
+    assert_eq!(offers.len(), 2, "SHA-256 and MD5 offered:\n{challenge}");
+    let offer = offers
+        .iter()
+        .find(|o| o.contains(&format!("algorithm={}", algorithm.name())))
+        .unwrap_or_else(|| panic!("no {} challenge:\n{challenge}", algorithm.name()));
+    assert_eq!(challenge_param(offer, "realm").as_deref(), Some(REALM));
+    let nonce = challenge_param(offer, "nonce").expect("nonce");
+    let uri = format!("sip:{REALM}");
+    let ha1 = algorithm.hash(&format!("{}:{REALM}:{}", r.user, r.password));
+    let ha2 = algorithm.hash(&format!("REGISTER:{uri}"));
+    let (nc, cnonce) = ("00000001", "0a4f113b");
+    let response = algorithm.hash(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
+    let authorization = format!(
+        "Digest username=\"{}\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+         response=\"{response}\", algorithm={}, qop=auth, nc={nc}, cnonce=\"{cnonce}\"",
+        r.user,
+        algorithm.name()
+    );
+    peer.request(
+        server.sip_addr(),
+        register_text(r, peer, 2, Some(&authorization)).as_bytes(),
+    )
+}
+
+fn bindings(server: &Server) -> Vec<(String, String, u64, String)> {
+    let mut list: Vec<_> = server
+        .get_json("/api/v1/registrations")
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|b| {
+            (
+                b["aor"].as_str().expect("aor").to_owned(),
+                b["contact"].as_str().expect("contact").to_owned(),
+                b["expires"].as_u64().expect("expires"),
+                b["source"].as_str().expect("source").to_owned(),
+            )
+        })
+        .collect();
+    list.sort();
+    list
+}
+
+fn start(data: &tempfile::TempDir, extra: &[&str]) -> Server {
+    let users = users_file(data.path(), &[("1001", "secret1"), ("1002", "secret2")]);
+    let users = users.to_str().expect("UTF-8 path").to_owned();
+    let mut args = vec![
+        "--realm",
+        REALM,
+        "--users-file",
+        &users,
+        "--auth-secret",
+        "fixed",
+    ];
+    args.extend_from_slice(extra);
+    let data_dir = data.path().join("state");
+    Server::start(&data_dir, &args)
+}
+
+#[test]
+fn digest_md5_and_sha256_register_and_survive_sigterm_restart() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut server = start(&data, &[]);
+    let peer = UdpPeer::new();
+    let first = Registration {
+        user: "1001",
+        password: "secret1",
+        call_id: "reg-md5@test".to_owned(),
+        contact_port: 5071,
+        expires: 600,
+    };
+    let ok = register(&server, &peer, &first, Algorithm::Md5);
+    assert_eq!(status(&ok), 200, "{ok}\n{}", server.log());
+    assert_eq!(
+        header(&ok, "Contact"),
+        Some("<sip:1001@127.0.0.1:5071>;expires=600"),
+        "{ok}"
+    );
+    let second = Registration {
+        user: "1002",
+        password: "secret2",
+        call_id: "reg-sha@test".to_owned(),
+        contact_port: 5072,
+        expires: 900,
+    };
+    let ok = register(&server, &peer, &second, Algorithm::Sha256);
+    assert_eq!(status(&ok), 200, "{ok}");
+    assert_eq!(
+        header(&ok, "Contact"),
+        Some("<sip:1002@127.0.0.1:5072>;expires=900")
+    );
+
+    let source = format!("udp:127.0.0.1:{}", peer.port());
+    let before = bindings(&server);
+    assert_eq!(before.len(), 2, "{before:?}");
+    assert_eq!(before[0].0, format!("1001@{REALM}"));
+    assert_eq!(before[0].1, "sip:1001@127.0.0.1:5071");
+    assert!((598..=600).contains(&before[0].2), "{before:?}");
+    assert_eq!(before[0].3, source);
+    assert_eq!(before[1].0, format!("1002@{REALM}"));
+    assert_eq!(before[1].1, "sip:1002@127.0.0.1:5072");
+
+    let exit = server.stop_with(Signal::SIGTERM);
+    assert!(exit.success(), "clean exit: {exit}");
+    server.restart();
+    let after = bindings(&server);
+    assert_eq!(
+        after.iter().map(|b| (&b.0, &b.1, &b.3)).collect::<Vec<_>>(),
+        before
+            .iter()
+            .map(|b| (&b.0, &b.1, &b.3))
+            .collect::<Vec<_>>(),
+        "bindings after restart"
+    );
+    assert!(
+        after[1].2 <= before[1].2 && after[1].2 >= before[1].2 - 5,
+        "{after:?}"
+    );
+    assert!(
+        server.log().contains("addresses_of_record=2"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn sigkill_right_after_the_200s_loses_nothing() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut server = start(&data, &[]);
+    let peer = UdpPeer::new();
+    for index in 0..20u16 {
+        let r = Registration {
+            user: if index % 2 == 0 { "1001" } else { "1002" },
+            password: if index % 2 == 0 { "secret1" } else { "secret2" },
+            call_id: format!("crash-{index}@test"),
+            contact_port: 6000 + index,
+            expires: 3600,
+        };
+        let ok = register(&server, &peer, &r, Algorithm::Sha256);
+        assert_eq!(status(&ok), 200, "{ok}");
+    }
+    // No pause: the kill follows the last 200 at once.
+    let exit = server.stop_with(Signal::SIGKILL);
+    assert!(!exit.success());
+    server.restart();
+    let after = bindings(&server);
+    assert_eq!(after.len(), 20, "{after:?}");
+    let contacts: Vec<&str> = after.iter().map(|b| b.1.as_str()).collect();
+    for index in 0..20u16 {
+        let user = if index % 2 == 0 { "1001" } else { "1002" };
+        let contact = format!("sip:{user}@127.0.0.1:{}", 6000 + index);
+        assert!(
+            contacts.contains(&contact.as_str()),
+            "{contact} lost: {after:?}"
+        );
+    }
+}
+
+#[test]
+fn refusals_wrong_password_foreign_aor_short_expiry_and_lockout() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let server = start(&data, &["--lockout-max-failures", "3"]);
+    let peer = UdpPeer::new();
+
+    let short = Registration {
+        user: "1001",
+        password: "secret1",
+        call_id: "short@test".to_owned(),
+        contact_port: 5071,
+        expires: 10,
+    };
+    let answer = register(&server, &peer, &short, Algorithm::Md5);
+    assert_eq!(status(&answer), 423, "{answer}");
+    assert_eq!(header(&answer, "Min-Expires"), Some("60"));
+
+    // 1002's credentials for 1001's address-of-record.
+    let foreign = Registration {
+        user: "1002",
+        password: "secret2",
+        call_id: "foreign@test".to_owned(),
+        contact_port: 5072,
+        expires: 600,
+    };
+    let text = register_text(&foreign, &peer, 1, None).replace("To: <sip:1002@", "To: <sip:1001@");
+    let challenge = peer.request(server.sip_addr(), text.as_bytes());
+    assert_eq!(status(&challenge), 401);
+    let offer = headers(&challenge, "WWW-Authenticate")[1];
+    let nonce = challenge_param(offer, "nonce").expect("nonce");
+    let ha1 = Algorithm::Md5.hash(&format!("1002:{REALM}:secret2"));
+    let ha2 = Algorithm::Md5.hash(&format!("REGISTER:sip:{REALM}"));
+    let response = Algorithm::Md5.hash(&format!("{ha1}:{nonce}:00000001:c1:auth:{ha2}"));
+    let authorization = format!(
+        "Digest username=\"1002\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:{REALM}\", \
+         response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c1\""
+    );
+    let text = register_text(&foreign, &peer, 2, Some(&authorization))
+        .replace("To: <sip:1002@", "To: <sip:1001@");
+    let answer = peer.request(server.sip_addr(), text.as_bytes());
+    assert_eq!(status(&answer), 403, "{answer}");
+
+    // Wrong passwords: challenged again, then locked out with 403.
+    for attempt in 0..3 {
+        let wrong = Registration {
+            user: "1001",
+            password: "guess",
+            call_id: format!("wrong-{attempt}@test"),
+            contact_port: 5073,
+            expires: 600,
+        };
+        let answer = register(&server, &peer, &wrong, Algorithm::Sha256);
+        assert_eq!(status(&answer), 401, "attempt {attempt}: {answer}");
+    }
+    let locked = Registration {
+        call_id: "after-lockout@test".to_owned(),
+        expires: 600,
+        ..short
+    };
+    let text = register_text(&locked, &peer, 1, None);
+    let answer = peer.request(server.sip_addr(), text.as_bytes());
+    assert_eq!(status(&answer), 403, "source locked out: {answer}");
+    assert!(bindings(&server).is_empty());
+    assert_eq!(peer.recv(Duration::from_millis(100)), None);
+}
+
+#[test]
+fn sighup_reloads_the_users_file_and_keeps_users_on_error() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let server = start(&data, &[]);
+    let peer = UdpPeer::new();
+    let newcomer = Registration {
+        user: "1003",
+        password: "secret3",
+        call_id: "hup@test".to_owned(),
+        contact_port: 5074,
+        expires: 600,
+    };
+    assert_eq!(
+        status(&register(&server, &peer, &newcomer, Algorithm::Md5)),
+        401
+    );
+
+    users_file(data.path(), &[("1001", "secret1"), ("1003", "secret3")]);
+    nix::sys::signal::kill(server.pid(), Signal::SIGHUP).expect("SIGHUP");
+    wait_for_log(&server, "users file reloaded");
+    let retry = Registration {
+        call_id: "hup2@test".to_owned(),
+        ..newcomer
+    };
+    assert_eq!(
+        status(&register(&server, &peer, &retry, Algorithm::Md5)),
+        200
+    );
+
+    std::fs::write(data.path().join("users.toml"), "[[user]]\nname = \n").expect("break the file");
+    nix::sys::signal::kill(server.pid(), Signal::SIGHUP).expect("SIGHUP");
+    wait_for_log(&server, "users file not reloaded");
+    let again = Registration {
+        call_id: "hup3@test".to_owned(),
+        ..retry
+    };
+    assert_eq!(
+        status(&register(&server, &peer, &again, Algorithm::Sha256)),
+        200,
+        "previous users kept"
+    );
+}
+
+fn wait_for_log(server: &Server, text: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !server.log().contains(text) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {text:?} in:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
