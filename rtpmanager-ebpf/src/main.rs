@@ -13,6 +13,10 @@
 //! csum helpers in TC) and transmit. The next hop is looked up before
 //! anything is written, so a pass always hands over the original packet.
 //! Every packet increments exactly one `SB_COUNTERS` slot.
+//!
+//! Only addresses, ports, MACs and checksums change: TTL/hop limit, DSCP
+//! and the IPv4 ID are kept as received, where the userspace relay would
+//! send with its socket's defaults.
 #![no_std]
 #![no_main]
 // atomic_xadd for the shared per-stream counters (see stats.rs).
@@ -28,7 +32,8 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_F_MARK_MANGLED_0, BPF_F_NO_PREALLOC, BPF_F_PSEUDO_HDR,
+        TC_ACT_OK, TC_ACT_SHOT,
     },
     helpers::{bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_redirect},
     macros::{classifier, map, xdp},
@@ -47,8 +52,13 @@ static CONFIG: Array<ProgramConfig> = Array::with_max_entries(1, 0);
 #[map(name = "SB_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::SLOTS, 0);
 
+/// Not preallocated: a preallocated element replaced by userspace is
+/// recycled at once and could change under a program reading it, while
+/// these are freed after an RCU grace period. Updates are control-plane
+/// rare; lookups cost the same.
 #[map(name = "SB_FORWARD")]
-static FORWARD: HashMap<ForwardKey, ForwardEntry> = HashMap::with_max_entries(MAX_FORWARDS, 0);
+static FORWARD: HashMap<ForwardKey, ForwardEntry> =
+    HashMap::with_max_entries(MAX_FORWARDS, BPF_F_NO_PREALLOC);
 
 #[map(name = "SB_STREAM_STATS")]
 static STREAM_STATS: Array<StreamStats> = Array::with_max_entries(STREAM_SLOTS, 0);

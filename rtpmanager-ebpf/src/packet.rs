@@ -229,9 +229,10 @@ pub fn admit<'a>(
         port: packet.dport,
         pad: [0; 2],
     };
-    // SAFETY: the value is only read; a concurrent userspace update replaces
-    // the element as a whole.
-    let entry: &ForwardEntry = unsafe { FORWARD.get(&key) }.ok_or(Error::NoEntry)?;
+    // SAFETY: the value is only read, and stays valid for the program run:
+    // SB_FORWARD is not preallocated, so a replaced or removed element is
+    // freed only after an RCU grace period.
+    let entry: &ForwardEntry = unsafe { FORWARD.get(key) }.ok_or(Error::NoEntry)?;
     // Changing the family would change the header sizes: that is the
     // userspace relay's job.
     let v4 = !packet.v6;

@@ -18,14 +18,16 @@ use std::sync::{Mutex, MutexGuard};
 
 use aya::programs::{tc, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::Ebpf;
-use rtpmanager_common::{
-    Counter, ForwardEntry, ForwardKey, ProgramConfig, StreamStats, TC_PROGRAM, XDP_PROGRAM,
-};
-
-pub use maps::{InvalidEntry, KernelMaps};
+use rtpmanager_common::{ProgramConfig, TC_PROGRAM, XDP_PROGRAM};
 use switchboard_proto::v1;
 
 use crate::config::FastPathRequest;
+
+pub use maps::{InvalidEntry, KernelMaps};
+/// The map types and flags, so callers need not name the shared crate.
+pub use rtpmanager_common::{
+    Counter, ForwardEntry, ForwardKey, StreamStats, FLAG_RTCP, FLAG_RTP, FLAG_STRICT_SOURCE,
+};
 
 /// The eBPF object built by `cargo xtask build-ebpf`, when it existed at build time.
 #[cfg(ebpf_object)]
