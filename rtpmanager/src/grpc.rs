@@ -3,6 +3,7 @@
 //! `tonic::Status` codes.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,7 +15,13 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::fastpath::FastPath;
-use crate::relay::{LegCounters, LegShared, LegSnapshot, Relay, RelayEvent};
+use crate::media::g711::Law;
+use crate::media::rtp::PayloadType;
+use crate::playback::{
+    self, Clip, DtmfPlan, FileError, Injections, LegControl, PlayJob, PlayUpdate, PlaybackId,
+};
+use crate::relay::{LegCounters, LegRef, LegShared, LegSnapshot, Relay, RelayEvent};
+use crate::sdp::Negotiation;
 use crate::session::{LegOptions, LegView, OfferInput, RelayCommand, SessionError, SessionTable};
 
 /// Codecs the manager can terminate (playback, DTMF) or transcode.
@@ -43,6 +50,9 @@ struct Inner {
     table: Mutex<SessionTable>,
     relay: Relay,
     events: broadcast::Sender<v1::ManagerEvent>,
+    /// Where Play finds its files; nothing outside it is read.
+    audio_dir: PathBuf,
+    injections: Arc<Injections>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -135,7 +145,13 @@ fn event(event: v1::manager_event::Event) -> v1::ManagerEvent {
 }
 
 impl ControlService {
-    pub fn new(info: ManagerInfo, fast_path: FastPath, table: SessionTable, relay: Relay) -> Self {
+    pub fn new(
+        info: ManagerInfo,
+        fast_path: FastPath,
+        table: SessionTable,
+        relay: Relay,
+        audio_dir: PathBuf,
+    ) -> Self {
         let (events, _) = broadcast::channel(4096);
         ControlService {
             inner: Arc::new(Inner {
@@ -144,6 +160,8 @@ impl ControlService {
                 table: Mutex::new(table),
                 relay,
                 events,
+                audio_dir,
+                injections: Arc::new(Injections::default()),
             }),
         }
     }
@@ -174,6 +192,7 @@ impl ControlService {
                     relay.update_leg(slot, params).map_err(stopped)?
                 }
                 RelayCommand::Remove { slot, shared } => {
+                    self.inner.injections.leg_deleted(&shared.leg);
                     let snapshot = relay.remove_leg(slot).map_err(stopped)?;
                     removed.push(leg_stats(&shared, snapshot.as_ref()));
                 }
@@ -199,6 +218,18 @@ impl ControlService {
                         idle_secs: u32::try_from(idle.as_secs()).unwrap_or(u32::MAX),
                     }))
                 }
+                Ok(RelayEvent::Dtmf {
+                    leg,
+                    digit,
+                    duration,
+                    volume,
+                }) => self.publish(v1::manager_event::Event::Dtmf(v1::DtmfReceived {
+                    call_id: leg.call_id.to_string(),
+                    leg_id: leg.leg_id.to_string(),
+                    digit: digit.as_char().to_string(),
+                    duration_ms: u32::try_from(duration.as_millis()).unwrap_or(u32::MAX),
+                    volume: volume.into(),
+                })),
                 Ok(RelayEvent::Latched { .. }) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "relay events lagged")
@@ -327,31 +358,154 @@ impl RtpManager for ControlService {
 
     type PlayStream = EventStream<v1::PlayEvent>;
 
+    /// Files are resolved and encoded before anything is sent: a file that
+    /// cannot be played ends the stream with an error event naming it, and
+    /// leaves a running playback alone. Dropping the stream stops the
+    /// playback ("client gone").
     async fn play(
         &self,
-        _: Request<v1::PlayRequest>,
+        request: Request<v1::PlayRequest>,
     ) -> Result<Response<Self::PlayStream>, Status> {
-        Err(Status::unimplemented(
-            "Play is not implemented by this manager version",
-        ))
+        let r = request.into_inner();
+        require_field("call_id", &r.call_id)?;
+        require_field("leg_id", &r.leg_id)?;
+        if r.files.is_empty() {
+            return Err(Status::invalid_argument("files is empty"));
+        }
+        let (shared, negotiation) = self
+            .table()
+            .leg_media(&r.call_id, &r.leg_id)
+            .map_err(status_of)?;
+        let negotiation = negotiated(&r.leg_id, negotiation)?;
+        let law = law_of(&negotiation).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "playback needs PCMU or PCMA, leg negotiated {}/{}",
+                negotiation.codec.encoding, negotiation.codec.clock_rate
+            ))
+        })?;
+        let playback_id = self.inner.injections.new_playback_id();
+        let (updates, rx) = tokio::sync::mpsc::channel(64);
+        let stream = play_stream(playback_id.clone(), rx);
+
+        let dir = self.inner.audio_dir.clone();
+        let files = r.files.clone();
+        let loaded = tokio::task::spawn_blocking(move || load_clips(&dir, &files, law))
+            .await
+            .map_err(|_| Status::internal("loading the audio files failed"))?;
+        let clips = match loaded {
+            Ok(clips) => clips,
+            Err((file, e)) => {
+                tracing::info!(call = %r.call_id, leg = %r.leg_id, %file, reason = %e, "playback refused");
+                let _ = updates
+                    .send(PlayUpdate::Error {
+                        file,
+                        reason: e.to_string(),
+                    })
+                    .await;
+                return Ok(Response::new(stream));
+            }
+        };
+
+        let leg = shared.leg.clone();
+        let ticket = self
+            .inner
+            .injections
+            .start_playback(&leg, playback_id.clone())
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        self.set_inbound_paused(&leg, true);
+        tracing::info!(call = %r.call_id, leg = %r.leg_id, playback = %playback_id, files = ?r.files, "playback started");
+        let job = PlayJob {
+            shared,
+            law,
+            clips,
+            passes: (!r.loop_forever).then_some(r.repeat),
+        };
+        tokio::spawn(playback::player::run(
+            self.clone(),
+            Arc::clone(&self.inner.injections),
+            job,
+            ticket,
+            updates,
+        ));
+        Ok(Response::new(stream))
     }
 
     async fn stop_play(
         &self,
-        _: Request<v1::StopPlayRequest>,
+        request: Request<v1::StopPlayRequest>,
     ) -> Result<Response<v1::StopPlayResponse>, Status> {
-        Err(Status::unimplemented(
-            "StopPlay is not implemented by this manager version",
-        ))
+        let r = request.into_inner();
+        require_field("call_id", &r.call_id)?;
+        require_field("leg_id", &r.leg_id)?;
+        let (shared, _) = self
+            .table()
+            .leg_media(&r.call_id, &r.leg_id)
+            .map_err(status_of)?;
+        let id = (!r.playback_id.is_empty()).then(|| PlaybackId(r.playback_id));
+        self.inner
+            .injections
+            .stop_playback(&shared.leg, id.as_ref())
+            .map_err(|e| Status::not_found(e.to_string()))?;
+        Ok(Response::new(v1::StopPlayResponse {}))
     }
 
+    /// Returns once every packet has been sent (a few hundred milliseconds
+    /// per digit), so the caller knows the digits are out; a client that
+    /// gives up early does not cut the digits short.
     async fn send_dtmf(
         &self,
-        _: Request<v1::SendDtmfRequest>,
+        request: Request<v1::SendDtmfRequest>,
     ) -> Result<Response<v1::SendDtmfResponse>, Status> {
-        Err(Status::unimplemented(
-            "SendDtmf is not implemented by this manager version",
+        let r = request.into_inner();
+        require_field("call_id", &r.call_id)?;
+        require_field("leg_id", &r.leg_id)?;
+        let (shared, negotiation) = self
+            .table()
+            .leg_media(&r.call_id, &r.leg_id)
+            .map_err(status_of)?;
+        let negotiation = negotiated(&r.leg_id, negotiation)?;
+        let payload_type = negotiation
+            .telephone_event
+            .and_then(|pt| PayloadType::new(pt.get()))
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "leg {} did not negotiate telephone-event",
+                    r.leg_id
+                ))
+            })?;
+        let or_default = |v: u32| if v == 0 { 100 } else { u64::from(v) };
+        let volume = if r.volume == 0 { 10 } else { r.volume };
+        let plan = DtmfPlan::new(
+            &r.digits,
+            Duration::from_millis(or_default(r.duration_ms)),
+            Duration::from_millis(or_default(r.gap_ms)),
+            u8::try_from(volume).unwrap_or(u8::MAX),
+            payload_type,
+            negotiation.codec.clock_rate,
+            Duration::from_millis(u64::from(negotiation.ptime.unwrap_or(20).max(1))),
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let leg = shared.leg.clone();
+        let ticket = self
+            .inner
+            .injections
+            .start_dtmf(&leg)
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        self.set_inbound_paused(&leg, true);
+        tracing::info!(call = %r.call_id, leg = %r.leg_id, digits = %r.digits, "sending DTMF");
+        let sent = tokio::spawn(playback::dtmf::run(
+            self.clone(),
+            Arc::clone(&self.inner.injections),
+            shared,
+            plan,
+            ticket,
         ))
+        .await
+        .map_err(|_| Status::internal("sending DTMF failed"))?;
+        match sent {
+            Ok(()) => Ok(Response::new(v1::SendDtmfResponse {})),
+            Err(reason) => Err(Status::aborted(format!("DTMF sending stopped: {reason}"))),
+        }
     }
 
     type WatchStream = EventStream<v1::ManagerEvent>;
@@ -499,6 +653,98 @@ impl ControlService {
             .filter_map(|v| self.stats_of(v).ok())
             .collect()
     }
+}
+
+impl LegControl for ControlService {
+    fn set_inbound_paused(&self, leg: &LegRef, paused: bool) {
+        let commands = self
+            .table()
+            .set_inbound_paused(&leg.call_id, &leg.leg_id, paused);
+        match commands {
+            Ok(commands) => {
+                if let Err(e) = self.apply(commands) {
+                    tracing::warn!(call = %leg.call_id, leg = %leg.leg_id, error = %e.message(), "cannot pause or resume the leg");
+                }
+            }
+            // The leg was deleted meanwhile: nothing to resume.
+            Err(e) => {
+                tracing::debug!(call = %leg.call_id, leg = %leg.leg_id, error = %e, paused, "leg gone")
+            }
+        }
+    }
+}
+
+fn require_field(field: &str, value: &str) -> Result<(), Status> {
+    if value.trim().is_empty() {
+        return Err(Status::invalid_argument(format!("{field} is empty")));
+    }
+    Ok(())
+}
+
+fn negotiated(leg: &str, negotiation: Option<Negotiation>) -> Result<Negotiation, Status> {
+    negotiation.ok_or_else(|| {
+        Status::failed_precondition(format!(
+            "leg {leg} has no negotiated media yet (offer/answer first)"
+        ))
+    })
+}
+
+fn law_of(negotiation: &Negotiation) -> Option<Law> {
+    if negotiation.codec.is("PCMU", 8000) {
+        Some(Law::Ulaw)
+    } else if negotiation.codec.is("PCMA", 8000) {
+        Some(Law::Alaw)
+    } else {
+        None
+    }
+}
+
+/// Loads every file of a playlist, or names the first that cannot be played.
+fn load_clips(
+    dir: &std::path::Path,
+    files: &[String],
+    law: Law,
+) -> Result<Arc<[Clip]>, (String, FileError)> {
+    files
+        .iter()
+        .map(|f| Clip::load(dir, f, law).map_err(|e| (f.clone(), e)))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Arc::from)
+}
+
+/// The Play stream: each update as a PlayEvent of `playback_id`.
+fn play_stream(
+    playback_id: PlaybackId,
+    updates: tokio::sync::mpsc::Receiver<PlayUpdate>,
+) -> EventStream<v1::PlayEvent> {
+    use v1::play_event::Event;
+    let stream = tokio_stream::wrappers::ReceiverStream::new(updates);
+    Box::pin(tokio_stream::StreamExt::map(stream, move |update| {
+        let event = match update {
+            PlayUpdate::Started { file, codec } => Event::Started(v1::PlayStarted {
+                file,
+                codec: codec.to_owned(),
+            }),
+            PlayUpdate::Progress {
+                file,
+                position_ms,
+                duration_ms,
+            } => Event::Progress(v1::PlayProgress {
+                file,
+                position_ms,
+                duration_ms,
+            }),
+            PlayUpdate::Completed => Event::Completed(v1::PlayCompleted {}),
+            PlayUpdate::Stopped(reason) => Event::Stopped(v1::PlayStopped {
+                reason: reason.to_string(),
+            }),
+            PlayUpdate::Error { file, reason } => Event::Error(v1::PlayError { file, reason }),
+        };
+        Ok(v1::PlayEvent {
+            playback_id: playback_id.0.clone(),
+            event: Some(event),
+        })
+    }))
 }
 
 fn count(n: usize) -> u32 {

@@ -4,13 +4,15 @@
 //! media ports ([`ports`]), rewrites SDP ([`sdp`]) and relays RTP/RTCP; bridged
 //! streams that need no userspace work are offloaded to the eBPF programs
 //! loaded by [`fastpath`], which are a cache of the userspace path, never a
-//! different behaviour.
+//! different behaviour. Playback and DTMF sending into a leg live in
+//! [`playback`].
 
 pub mod config;
 pub mod fastpath;
 pub mod grpc;
 pub mod interfaces;
 pub mod media;
+pub mod playback;
 pub mod ports;
 pub mod relay;
 pub mod sdp;

@@ -54,7 +54,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pool,
     );
     let relay = Relay::start().context("starting the media relay")?;
-    let service = ControlService::new(info, fast_path, table, relay);
+    let service = ControlService::new(info, fast_path, table, relay, config.audio_path.clone());
     tokio::spawn(service.clone().forward_relay_events());
     tokio::spawn(service.clone().reap_idle_legs(
         Duration::from_secs(u64::from(config.idle_timeout)),

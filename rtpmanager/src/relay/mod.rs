@@ -17,7 +17,14 @@
 //!   (so the peer sees the manager's port of its own leg) to that leg's
 //!   latched address, or the address its SDP gave until it latches;
 //! - nothing is sent into a leg whose inbound media is paused (playback);
-//! - with `transcode` set, G.711 payloads change law on the way through.
+//! - with `transcode` set, G.711 payloads change law on the way through;
+//! - RFC 4733 telephone-event packets received on a leg that negotiated
+//!   telephone-event feed that leg's DTMF detector ([`RelayEvent::Dtmf`]) and
+//!   are forwarded with the other leg's telephone-event payload type, or
+//!   dropped when the other leg did not negotiate telephone-event;
+//! - the stream into each leg stays one RTP stream across injections
+//!   (playback, DTMF sending): see [`continuity`] for the sequence-number and
+//!   timestamp rewrite that follows the first injection.
 //!
 //! Overload: sockets are level-triggered and each is read at most
 //! [`MAX_BATCHES_PER_WAKE`] batches per turn, so every socket keeps being
@@ -26,6 +33,7 @@
 //! recovers by itself.
 
 mod batch;
+pub mod continuity;
 mod worker;
 
 use std::io;
@@ -38,9 +46,11 @@ use std::time::Duration;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use tokio::sync::broadcast;
 
+use crate::media::dtmf::Digit;
 use crate::media::g711::Law;
 
 pub use batch::{BATCH, MAX_DATAGRAM};
+pub use continuity::OutboundStream;
 
 /// Batches read from one socket before the worker serves the next one.
 pub const MAX_BATCHES_PER_WAKE: usize = 4;
@@ -87,6 +97,10 @@ pub struct LegParams {
     pub media_timeout: Option<Duration>,
     /// RTP clock rate of the negotiated codec, for jitter.
     pub clock_rate: u32,
+    /// The RFC 4733 telephone-event payload type this leg negotiated: its
+    /// packets are fed to the DTMF detector, and DTMF forwarded into the leg
+    /// is sent with it (or dropped when `None`).
+    pub telephone_event: Option<u8>,
 }
 
 /// Counters shared between the worker (writer) and control (reader).
@@ -126,9 +140,31 @@ pub struct LegShared {
     pub rtp_socket: Arc<UdpSocket>,
     /// Where media to this leg's peer goes now (latched, else from SDP).
     pub destination: Mutex<Option<SocketAddr>>,
+    /// The RTP stream this leg's peer receives, shared by the relay's
+    /// forwarding and by injections (playback, DTMF).
+    pub outbound: Mutex<OutboundStream>,
 }
 
 impl LegShared {
+    /// A leg with zeroed counters, no destination yet and a stream nothing
+    /// was sent on.
+    pub fn new(leg: LegRef, rtp_socket: Arc<UdpSocket>) -> LegShared {
+        LegShared {
+            leg,
+            counters: LegCounters::default(),
+            rtp_socket,
+            destination: Mutex::new(None),
+            outbound: Mutex::new(OutboundStream::default()),
+        }
+    }
+
+    /// The stream towards this leg's peer, locked.
+    pub fn outbound(&self) -> std::sync::MutexGuard<'_, OutboundStream> {
+        // The stream's state stays consistent even if a holder panicked: every
+        // method leaves it valid.
+        self.outbound.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The current destination of media sent to this leg's peer.
     pub fn destination(&self) -> Option<SocketAddr> {
         self.destination
@@ -158,6 +194,14 @@ pub enum RelayEvent {
     Latched { leg: LegRef, source: SocketAddr },
     /// A latched, bridged leg received no RTP for `idle`.
     MediaTimeout { leg: LegRef, idle: Duration },
+    /// The peer of a leg sent a whole RFC 4733 DTMF digit.
+    Dtmf {
+        leg: LegRef,
+        digit: Digit,
+        duration: Duration,
+        /// Power level in -dBm0.
+        volume: u8,
+    },
 }
 
 /// Why a relay operation failed.

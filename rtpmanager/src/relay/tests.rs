@@ -31,15 +31,13 @@ fn add_leg(relay: &Relay, slot: Slot, name: &str, params: LegParams) -> Leg {
     let rtp = Arc::new(socket());
     let rtcp = socket();
     let rtcp_addr = rtcp.local_addr().expect("rtcp addr");
-    let shared = Arc::new(LegShared {
-        leg: LegRef {
+    let shared = Arc::new(LegShared::new(
+        LegRef {
             call_id: Arc::from("call-1"),
             leg_id: Arc::from(name),
         },
-        counters: LegCounters::default(),
-        rtp_socket: rtp,
-        destination: std::sync::Mutex::new(None),
-    });
+        rtp,
+    ));
     relay
         .add_leg(slot, Arc::clone(&shared), Some(rtcp), params)
         .expect("add leg");

@@ -1,5 +1,5 @@
 //! The relay worker thread: epoll over every leg socket, batched reads,
-//! latching, statistics and forwarding.
+//! latching, statistics, DTMF detection and forwarding.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -12,17 +12,23 @@ use nix::sys::eventfd::EventFd;
 use tokio::sync::broadcast;
 
 use super::batch::{RecvBatch, SendBatch};
+use super::continuity::{ForwardVerdict, StreamPosition};
 use super::{
     Command, LegCounters, LegParams, LegShared, LegSnapshot, RelayEvent, Slot, MAX_BATCHES_PER_WAKE,
 };
 use crate::grpc::unix_millis;
+use crate::media::dtmf::DtmfDetector;
 use crate::media::g711::Law;
 use crate::media::rtp::{self, MuxedKind, RtcpPacket, RtpPacket, RtpPacketMut};
 use crate::media::stats::ReceiverStats;
 
 const WAKER_TOKEN: u64 = u64::MAX;
-/// How often media timeouts are checked.
+/// How often media timeouts and DTMF end timeouts are checked.
 const TIMEOUT_SCAN: Duration = Duration::from_millis(250);
+/// A digit whose end packets were all lost ends this long after its last
+/// packet. Senders refresh a running event every 50 ms at most (RFC 4733
+/// §2.5.1.2), so half a second is ten refreshes missed.
+const DTMF_END_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SocketKind {
@@ -53,6 +59,8 @@ struct LegState {
     last_rtp_at: Option<Instant>,
     timeout_reported: bool,
     peer_report: Option<rtp::ReportBlock>,
+    /// Present while the leg negotiated telephone-event.
+    dtmf: Option<DtmfDetector>,
 }
 
 impl LegState {
@@ -71,6 +79,40 @@ impl LegState {
                 Some(rtp)
             }
         })
+    }
+
+    /// Keeps a DTMF detector exactly while the leg has a telephone-event
+    /// payload type; a running detector survives parameter updates.
+    fn sync_dtmf_detector(&mut self) {
+        match (self.params.telephone_event, &self.dtmf) {
+            (Some(_), None) => self.dtmf = Some(DtmfDetector::new(DTMF_END_TIMEOUT)),
+            (None, Some(_)) => self.dtmf = None,
+            _ => {}
+        }
+    }
+
+    /// Publishes the digits the detector finished.
+    fn drain_dtmf(&mut self, events: &broadcast::Sender<RelayEvent>) {
+        let Some(detector) = self.dtmf.as_mut() else {
+            return;
+        };
+        while let Some(digit) = detector.poll_event() {
+            let duration = digit.duration_at(self.params.clock_rate.max(1));
+            tracing::debug!(
+                call = %self.shared.leg.call_id,
+                leg = %self.shared.leg.leg_id,
+                digit = %digit.digit.as_char(),
+                duration_ms = duration.as_millis() as u64,
+                reason = ?digit.reason,
+                "DTMF received"
+            );
+            let _ = events.send(RelayEvent::Dtmf {
+                leg: self.shared.leg.clone(),
+                digit: digit.digit,
+                duration,
+                volume: digit.volume,
+            });
+        }
     }
 
     fn publish_destination(&self) {
@@ -193,6 +235,7 @@ impl Worker {
                         }
                         leg.params = params;
                         leg.timeout_reported = false;
+                        leg.sync_dtmf_detector();
                         leg.publish_destination();
                     }
                 }
@@ -239,7 +282,7 @@ impl Worker {
             tracing::error!(call = %shared.leg.call_id, leg = %shared.leg.leg_id, error = %e, "cannot watch leg sockets");
             return;
         }
-        let state = LegState {
+        let mut state = LegState {
             stats: ReceiverStats::new(params.clock_rate.max(1)),
             shared,
             rtcp,
@@ -249,7 +292,9 @@ impl Worker {
             last_rtp_at: None,
             timeout_reported: false,
             peer_report: None,
+            dtmf: None,
         };
+        state.sync_dtmf_detector();
         state.publish_destination();
         self.legs.insert(slot, state);
     }
@@ -351,6 +396,7 @@ impl Worker {
         let Some(leg) = self.legs.get_mut(&slot) else {
             return Verdict::Drop;
         };
+        let mut telephone_event = false;
 
         // Latching.
         let latched = if is_rtcp {
@@ -400,6 +446,20 @@ impl Worker {
             if let Ok(packet) = RtpPacket::parse(datagram.data) {
                 leg.stats
                     .handle_packet(now, packet.sequence(), packet.timestamp(), len);
+                telephone_event = leg.params.telephone_event == Some(packet.payload_type().get());
+                if telephone_event {
+                    if let Some(detector) = leg.dtmf.as_mut() {
+                        if let Err(e) = detector.handle_packet(
+                            now,
+                            packet.timestamp(),
+                            packet.marker(),
+                            packet.payload(),
+                        ) {
+                            tracing::trace!(slot, error = %e, "telephone-event ignored");
+                        }
+                    }
+                    leg.drain_dtmf(&self.events);
+                }
             }
             leg.last_rtp_at = Some(now);
             leg.timeout_reported = false;
@@ -424,8 +484,38 @@ impl Worker {
             return Verdict::Drop;
         };
         if !is_rtcp {
-            if let Some(t) = transcode {
+            if telephone_event {
+                // DTMF passes through with the receiving leg's payload type,
+                // and not at all to a peer that did not agree to it.
+                let Some(pt) = out.params.telephone_event.and_then(rtp::PayloadType::new) else {
+                    return Verdict::Drop;
+                };
+                if let Ok(mut packet) = RtpPacketMut::parse(datagram.data) {
+                    packet.set_payload_type(pt);
+                }
+            } else if let Some(t) = transcode {
                 transcode_in_place(datagram.data, t.from, t.to, t.payload_type);
+            }
+            if let Ok(mut packet) = RtpPacketMut::parse(datagram.data) {
+                let header = packet.as_packet();
+                let position = StreamPosition {
+                    ssrc: header.ssrc(),
+                    sequence: header.sequence(),
+                    timestamp: header.timestamp(),
+                };
+                let verdict =
+                    out.shared
+                        .outbound()
+                        .forward(now, out.params.clock_rate.max(1), position);
+                match verdict {
+                    ForwardVerdict::Drop => return Verdict::Drop,
+                    ForwardVerdict::Unchanged => {}
+                    ForwardVerdict::Rewrite(p) => {
+                        packet.set_ssrc(p.ssrc);
+                        packet.set_sequence(p.sequence);
+                        packet.set_timestamp(p.timestamp);
+                    }
+                }
             }
             LegCounters::add(&out.shared.counters.rtp_out_bytes, len as u64);
         } else {
@@ -440,6 +530,10 @@ impl Worker {
 
     fn check_media_timeouts(&mut self, now: Instant) {
         for leg in self.legs.values_mut() {
+            if let Some(detector) = leg.dtmf.as_mut() {
+                detector.handle_timeout(now);
+                leg.drain_dtmf(&self.events);
+            }
             let (Some(limit), Some(_), Some(last)) = (
                 leg.params.media_timeout,
                 leg.params.forward_to,

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, UdpSocket};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::media::g711::Law;
@@ -610,15 +610,13 @@ impl SessionTable {
         let allocation = self.pool.allocate(false)?;
         let slot = self.next_slot;
         self.next_slot = self.next_slot.wrapping_add(1);
-        let shared = Arc::new(LegShared {
-            leg: LegRef {
+        let shared = Arc::new(LegShared::new(
+            LegRef {
                 call_id: Arc::from(call_id.0.as_str()),
                 leg_id: Arc::from(leg),
             },
-            counters: Default::default(),
-            rtp_socket: Arc::new(allocation.rtp),
-            destination: Mutex::new(None),
-        });
+            Arc::new(allocation.rtp),
+        ));
         let session_id = now_session_id(slot);
         let state = self.calls.entry(call_id.clone()).or_insert_with(|| Call {
             created: now,
@@ -707,6 +705,11 @@ impl SessionTable {
                 .negotiation
                 .as_ref()
                 .map_or(8000, |n| n.codec.clock_rate),
+            telephone_event: leg
+                .negotiation
+                .as_ref()
+                .and_then(|n| n.telephone_event)
+                .map(|pt| pt.get()),
         }
     }
 

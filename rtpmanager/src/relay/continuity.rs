@@ -1,0 +1,342 @@
+//! Continuity of the RTP stream a leg's peer receives from the manager.
+//!
+//! The peer of a leg hears one RTP stream from the manager's port of that
+//! leg, made of packets the relay forwards from the bridged leg and packets
+//! the manager injects itself (playback, RFC 4733 DTMF). [`OutboundStream`]
+//! keeps it one stream, the way rtpengine does once a media player has run:
+//!
+//! - until the first injection, forwarded packets pass unchanged (so the
+//!   kernel fast path may carry them) and the stream only remembers the
+//!   newest one;
+//! - an injection continues from there: the same SSRC, the next sequence
+//!   number, and a timestamp advanced by the wall-clock time since that
+//!   packet (at least one 20 ms frame). A leg that never sent anything gets a
+//!   fresh random SSRC, sequence number and timestamp (RFC 3550 §5.1);
+//! - while an injection runs, forwarded packets are dropped (the injection
+//!   owns the stream; the session table pauses the bridge as well, but the
+//!   pause reaches the relay asynchronously and this flag closes the gap);
+//! - once any injection happened, every forwarded packet is rewritten to the
+//!   stream's SSRC with sequence-number and timestamp offsets. The offsets are
+//!   fixed on the first forwarded packet after an injection, and again when
+//!   the source's SSRC changes, so the peer sees the next sequence number and
+//!   a timestamp that moved on with the wall clock. A rewritten stream needs
+//!   userspace (the offsets are per packet work the kernel path does not do).
+//!
+//! Sans-IO: every input carries `now`; the caller supplies the random values
+//! of a fresh stream.
+
+use std::time::{Duration, Instant};
+
+use crate::media::rtp::{RtpTimestamp, SeqNum, Ssrc};
+
+/// The identity and position of one RTP packet in a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamPosition {
+    pub ssrc: Ssrc,
+    pub sequence: SeqNum,
+    pub timestamp: RtpTimestamp,
+}
+
+/// Names one injection; a later injection on the same stream supersedes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InjectionToken(u64);
+
+/// What the relay does with a packet it would forward into the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardVerdict {
+    /// An injection owns the stream right now.
+    Drop,
+    /// Send the packet as it is.
+    Unchanged,
+    /// Send it with these header fields.
+    Rewrite(StreamPosition),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Sent {
+    position: StreamPosition,
+    at: Instant,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Offsets {
+    source: Ssrc,
+    sequence: u16,
+    timestamp: u32,
+}
+
+/// The stream towards one leg's peer; see the module documentation.
+#[derive(Debug, Default)]
+pub struct OutboundStream {
+    last: Option<Sent>,
+    /// Set by the first injection: forwarded packets are rewritten to it.
+    rewrite_ssrc: Option<Ssrc>,
+    offsets: Option<Offsets>,
+    injecting: Option<InjectionToken>,
+    next_token: u64,
+}
+
+/// Media clock ticks in `elapsed` at `clock_rate` Hz, at least one 20 ms
+/// frame: the packet sent last occupied at least that much media time.
+fn ticks_since(elapsed: Duration, clock_rate: u32) -> u32 {
+    let frame = clock_rate / 50;
+    let ticks = elapsed.as_micros() * u128::from(clock_rate) / 1_000_000;
+    u32::try_from(ticks).unwrap_or(u32::MAX).max(frame)
+}
+
+impl OutboundStream {
+    /// Decides what happens to a packet with header fields `packet` that the
+    /// relay forwards into the stream at `now`.
+    pub fn forward(
+        &mut self,
+        now: Instant,
+        clock_rate: u32,
+        packet: StreamPosition,
+    ) -> ForwardVerdict {
+        if self.injecting.is_some() {
+            return ForwardVerdict::Drop;
+        }
+        let Some(ssrc) = self.rewrite_ssrc else {
+            self.record(now, packet);
+            return ForwardVerdict::Unchanged;
+        };
+        let offsets = match self.offsets {
+            Some(o) if o.source == packet.ssrc => o,
+            _ => {
+                let next = self.continuation(now, clock_rate).unwrap_or(packet);
+                Offsets {
+                    source: packet.ssrc,
+                    sequence: next.sequence.0.wrapping_sub(packet.sequence.0),
+                    timestamp: next.timestamp.0.wrapping_sub(packet.timestamp.0),
+                }
+            }
+        };
+        self.offsets = Some(offsets);
+        let out = StreamPosition {
+            ssrc,
+            sequence: packet.sequence.wrapping_add(offsets.sequence),
+            timestamp: packet.timestamp.wrapping_add(offsets.timestamp),
+        };
+        self.record(now, out);
+        ForwardVerdict::Rewrite(out)
+    }
+
+    /// Starts an injection at `now` and returns where its first packet
+    /// continues the stream; `fresh` is used when nothing was sent yet.
+    /// Forwarding stops until [`OutboundStream::end_injection`].
+    pub fn begin_injection(
+        &mut self,
+        now: Instant,
+        clock_rate: u32,
+        fresh: StreamPosition,
+    ) -> (InjectionToken, StreamPosition) {
+        let token = InjectionToken(self.next_token);
+        self.next_token += 1;
+        self.injecting = Some(token);
+        let start = self.continuation(now, clock_rate).unwrap_or(fresh);
+        self.rewrite_ssrc = Some(start.ssrc);
+        self.offsets = None;
+        (token, start)
+    }
+
+    /// Records a packet the injection `token` sent at `now`; `position.timestamp`
+    /// is the media clock at `now` (the packet's own timestamp for audio).
+    /// False when a newer injection superseded this one: it must stop.
+    pub fn injected(
+        &mut self,
+        token: InjectionToken,
+        now: Instant,
+        position: StreamPosition,
+    ) -> bool {
+        if self.injecting != Some(token) {
+            return false;
+        }
+        self.last = Some(Sent { position, at: now });
+        true
+    }
+
+    /// Ends the injection `token`, letting forwarded packets through again;
+    /// false (and no effect) when a newer injection superseded it.
+    pub fn end_injection(&mut self, token: InjectionToken) -> bool {
+        if self.injecting != Some(token) {
+            return false;
+        }
+        self.injecting = None;
+        self.offsets = None;
+        true
+    }
+
+    /// Whether forwarded packets are rewritten (an injection happened).
+    pub fn rewriting(&self) -> bool {
+        self.rewrite_ssrc.is_some()
+    }
+
+    /// Whether an injection owns the stream.
+    pub fn injecting(&self) -> bool {
+        self.injecting.is_some()
+    }
+
+    /// The position that follows the last packet sent, at `now`.
+    fn continuation(&self, now: Instant, clock_rate: u32) -> Option<StreamPosition> {
+        let last = self.last?;
+        Some(StreamPosition {
+            ssrc: last.position.ssrc,
+            sequence: last.position.sequence.wrapping_add(1),
+            timestamp: last.position.timestamp.wrapping_add(ticks_since(
+                now.saturating_duration_since(last.at),
+                clock_rate,
+            )),
+        })
+    }
+
+    /// Remembers `sent` unless it is older than the newest packet of the same
+    /// SSRC (a reordered packet must not move the continuation point back).
+    fn record(&mut self, now: Instant, sent: StreamPosition) {
+        let newer = self.last.is_none_or(|l| {
+            l.position.ssrc != sent.ssrc || sent.sequence.delta_from(l.position.sequence) > 0
+        });
+        if newer {
+            self.last = Some(Sent {
+                position: sent,
+                at: now,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(ssrc: u32, sequence: u16, timestamp: u32) -> StreamPosition {
+        StreamPosition {
+            ssrc: Ssrc(ssrc),
+            sequence: SeqNum(sequence),
+            timestamp: RtpTimestamp(timestamp),
+        }
+    }
+
+    const FRESH: StreamPosition = StreamPosition {
+        ssrc: Ssrc(0xF00D),
+        sequence: SeqNum(5000),
+        timestamp: RtpTimestamp(777_000),
+    };
+
+    #[test]
+    fn forwarded_packets_pass_unchanged_until_an_injection() {
+        let mut s = OutboundStream::default();
+        let t0 = Instant::now();
+        for i in 0..3u16 {
+            let p = pos(0xAA, 100 + i, 1600 + u32::from(i) * 160);
+            assert_eq!(
+                s.forward(t0 + Duration::from_millis(20) * u32::from(i), 8000, p),
+                ForwardVerdict::Unchanged,
+                "packet {i} passes"
+            );
+        }
+        assert!(!s.rewriting(), "nothing injected yet");
+    }
+
+    #[test]
+    fn an_injection_continues_the_forwarded_stream_and_forwarding_resumes_after_it() {
+        let mut s = OutboundStream::default();
+        let t0 = Instant::now();
+        s.forward(t0, 8000, pos(0xAA, 100, 16_000));
+        // 40 ms later: two frames of media time passed.
+        let (token, start) = s.begin_injection(t0 + Duration::from_millis(40), 8000, FRESH);
+        assert_eq!(
+            start,
+            pos(0xAA, 101, 16_320),
+            "same SSRC, next seq, ts by wall clock"
+        );
+        assert_eq!(
+            s.forward(t0 + Duration::from_millis(45), 8000, pos(0xAA, 101, 16_160)),
+            ForwardVerdict::Drop,
+            "the injection owns the stream"
+        );
+        let mut at = t0 + Duration::from_millis(40);
+        for k in 0..10u16 {
+            let p = pos(0xAA, 101 + k, 16_320 + u32::from(k) * 160);
+            assert!(s.injected(token, at, p), "injection {k} recorded");
+            at += Duration::from_millis(20);
+        }
+        assert!(s.end_injection(token), "the current injection ends");
+        // The source kept its own numbering: seq 112 at ts 17_920, arriving
+        // 20 ms after the last injected packet (seq 110, ts 17_760).
+        let resumed = s.forward(at, 8000, pos(0xAA, 112, 17_920));
+        assert_eq!(resumed, ForwardVerdict::Rewrite(pos(0xAA, 111, 17_920)));
+        assert_eq!(
+            s.forward(at + Duration::from_millis(20), 8000, pos(0xAA, 113, 18_080)),
+            ForwardVerdict::Rewrite(pos(0xAA, 112, 18_080)),
+            "the offsets hold for the following packets"
+        );
+        assert!(s.rewriting());
+    }
+
+    #[test]
+    fn a_leg_that_never_sent_starts_fresh_and_later_sources_are_mapped_onto_it() {
+        let mut s = OutboundStream::default();
+        let t0 = Instant::now();
+        let (token, start) = s.begin_injection(t0, 8000, FRESH);
+        assert_eq!(start, FRESH);
+        assert!(s.injected(token, t0, FRESH));
+        assert!(s.end_injection(token));
+        // A bridged source with its own SSRC, 100 ms later: mapped onto the
+        // stream's SSRC, next seq, timestamp 800 ticks on.
+        assert_eq!(
+            s.forward(t0 + Duration::from_millis(100), 8000, pos(0xBB, 9, 90)),
+            ForwardVerdict::Rewrite(pos(0xF00D, 5001, 777_800))
+        );
+        // The source changes SSRC (a re-INVITE to another phone): re-anchored.
+        assert_eq!(
+            s.forward(t0 + Duration::from_millis(120), 8000, pos(0xCC, 60_000, 5)),
+            ForwardVerdict::Rewrite(pos(0xF00D, 5002, 777_960))
+        );
+        // A reordered older packet maps below and does not move the anchor.
+        assert_eq!(
+            s.forward(t0 + Duration::from_millis(121), 8000, pos(0xCC, 59_999, 0)),
+            ForwardVerdict::Rewrite(pos(0xF00D, 5001, 777_955))
+        );
+        assert_eq!(
+            s.forward(
+                t0 + Duration::from_millis(140),
+                8000,
+                pos(0xCC, 60_001, 165)
+            ),
+            ForwardVerdict::Rewrite(pos(0xF00D, 5003, 778_120))
+        );
+    }
+
+    #[test]
+    fn a_superseded_injection_can_neither_send_nor_reopen_forwarding() {
+        let mut s = OutboundStream::default();
+        let t0 = Instant::now();
+        let (old, _) = s.begin_injection(t0, 8000, FRESH);
+        assert!(s.injected(old, t0, FRESH));
+        let (new, start) = s.begin_injection(t0 + Duration::from_millis(20), 8000, FRESH);
+        assert_eq!(start, pos(0xF00D, 5001, 777_160), "the new one continues");
+        assert!(
+            !s.injected(old, t0 + Duration::from_millis(20), FRESH),
+            "the old one is told to stop"
+        );
+        assert!(!s.end_injection(old), "the old one cannot end the new one");
+        assert!(s.injecting());
+        assert!(s.end_injection(new));
+        assert!(!s.injecting());
+    }
+
+    #[test]
+    fn sequence_and_timestamp_offsets_wrap() {
+        let mut s = OutboundStream::default();
+        let t0 = Instant::now();
+        let fresh = pos(1, 65_535, u32::MAX - 10);
+        let (token, start) = s.begin_injection(t0, 8000, fresh);
+        assert!(s.injected(token, t0, start));
+        assert!(s.end_injection(token));
+        assert_eq!(
+            s.forward(t0 + Duration::from_millis(20), 8000, pos(2, 10, 1000)),
+            ForwardVerdict::Rewrite(pos(1, 0, 149)),
+            "seq wraps to 0, timestamp wraps past 2^32"
+        );
+    }
+}
