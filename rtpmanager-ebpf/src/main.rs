@@ -360,11 +360,11 @@ fn rewrite_xdp_v6(
 fn try_tc(ctx: &TcContext) -> Result<i32, Error> {
     // Direct packet access sees only the linear part; make sure it holds
     // the headers. A failure leaves the skb as it was (parse then says
-    // Truncated).
-    let linear = (ctx.data_end() - ctx.data()) as u32;
-    let wanted = (UDP_OFFSET_V6 + packet::UDP_HLEN + 12) as u32;
-    if linear < wanted && ctx.len() > linear {
-        let _ = ctx.pull_data(wanted.min(ctx.len()));
+    // Truncated). Pointers are compared, not subtracted: subtraction needs
+    // CAP_PERFMON in the verifier.
+    let wanted = UDP_OFFSET_V6 + packet::UDP_HLEN + 12;
+    if ctx.data() + wanted > ctx.data_end() {
+        let _ = ctx.pull_data((wanted as u32).min(ctx.len()));
     }
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let mut packet = packet::parse(data, data_end)?;

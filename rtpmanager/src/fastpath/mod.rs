@@ -369,6 +369,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// Effective capability bits the loader needs (linux/capability.h).
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// Checks the effective capability set rather than the uid, so a manager run
@@ -388,6 +389,12 @@ fn check_capabilities() -> Result<(), FastPathError> {
     }
     if !has(CAP_NET_ADMIN) {
         missing.push("CAP_NET_ADMIN");
+    }
+    // The programs bound packet reads by header lengths (variable-offset
+    // packet pointers), which the verifier allows only with CAP_PERFMON
+    // ("pointer arithmetic with it prohibited for !root" otherwise).
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_PERFMON");
     }
     if missing.is_empty() {
         Ok(())
