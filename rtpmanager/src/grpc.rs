@@ -441,7 +441,7 @@ impl RtpManager for ControlService {
             .table()
             .leg_media(&r.call_id, &r.leg_id)
             .map_err(status_of)?;
-        let id = (!r.playback_id.is_empty()).then(|| PlaybackId(r.playback_id));
+        let id = (!r.playback_id.is_empty()).then_some(PlaybackId(r.playback_id));
         self.inner
             .injections
             .stop_playback(&shared.leg, id.as_ref())

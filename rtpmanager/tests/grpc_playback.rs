@@ -922,3 +922,64 @@ async fn dtmf_is_sent_as_rfc4733_and_received_digits_reach_watchers_once() {
     );
     assert_eq!(drain(&plain_peer, Duration::from_millis(200)), 0);
 }
+
+/// The demo announcement as `cargo xtask run` makes it (espeak-ng, then sox
+/// to 8 kHz mono 16-bit) plays to the end at its own length.
+#[tokio::test]
+async fn the_demo_announcement_plays() {
+    let have = |tool: &str| {
+        Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    };
+    if !have("espeak-ng") || !have("sox") {
+        eprintln!("skipped: espeak-ng and sox are needed (cargo xtask setup installs them)");
+        return;
+    }
+    let root = tempfile::tempdir().expect("temporary directory");
+    let raw = root.path().join("welcome.raw.wav");
+    let welcome = root.path().join("welcome.wav");
+    let text = "Welcome to Switchboard. This announcement is played by the RTP manager.";
+    let spoke = Command::new("espeak-ng")
+        .arg("-w")
+        .arg(&raw)
+        .arg(text)
+        .status()
+        .expect("run espeak-ng");
+    assert!(spoke.success(), "espeak-ng failed");
+    let converted = Command::new("sox")
+        .arg(&raw)
+        .args(["-r", "8000", "-c", "1", "-b", "16"])
+        .arg(&welcome)
+        .status()
+        .expect("run sox");
+    assert!(converted.success(), "sox failed");
+    let bytes = std::fs::metadata(&welcome).expect("welcome.wav").len();
+    let expected_packets = (bytes - 44) / 320;
+
+    let (_daemon, mut client) = start(root.path(), 2).await;
+    let phone = endpoint();
+    self_answered(&mut client, "demo", "a", &phone, "8 0 101").await;
+    let receiver = collect(&phone, Duration::from_millis(400), Duration::from_secs(15));
+    let mut stream = play(&mut client, "demo", "a", &["welcome.wav"]).await;
+    let events: Vec<String> = all_events(&mut stream).await.iter().map(describe).collect();
+    let packets = receiver.join().expect("receiver thread");
+    assert_eq!(
+        events.first().map(String::as_str),
+        Some("started welcome.wav PCMA")
+    );
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("completed"),
+        "{events:?}"
+    );
+    assert!(
+        packets.len() as u64 >= expected_packets && packets.len() as u64 <= expected_packets + 1,
+        "{} packets for {bytes} bytes of WAV",
+        packets.len()
+    );
+    assert!(packets.iter().all(|p| p.pt == 8), "PCMA");
+}
