@@ -359,3 +359,136 @@ fn removed_legs_stop_forwarding_and_return_their_snapshot() {
     assert_eq!(relay.remove_leg(a.slot).expect("relay alive"), None);
     let _ = relay.remove_leg(b.slot);
 }
+
+#[test]
+fn telephone_events_are_detected_once_and_forwarded_with_the_other_legs_payload_type() {
+    let relay = Relay::start().expect("relay");
+    let mut events = relay.subscribe();
+    let (caller, callee) = (endpoint(), endpoint());
+    let (a, _b) = bridged(
+        &relay,
+        LegParams {
+            telephone_event: Some(101),
+            ..LegParams::default()
+        },
+        LegParams {
+            expected_rtp: Some(callee.local_addr().expect("addr")),
+            telephone_event: Some(96),
+            ..LegParams::default()
+        },
+    );
+    // Digit 7 for 60 ms at 8 kHz: three updates, then three end packets.
+    for (seq, end, duration) in [
+        (1u16, false, 160u16),
+        (2, false, 320),
+        (3, false, 480),
+        (4, true, 480),
+        (5, true, 480),
+        (6, true, 480),
+    ] {
+        let mut block = vec![7u8, if end { 0x80 | 10 } else { 10 }];
+        block.extend_from_slice(&duration.to_be_bytes());
+        // Every packet of one event carries the event's timestamp.
+        let header = RtpHeader {
+            marker: seq == 1,
+            payload_type: PayloadType::new(101).expect("valid pt"),
+            sequence: SeqNum(seq),
+            timestamp: RtpTimestamp(8000),
+            ssrc: Ssrc(0x1234_5678),
+        };
+        let mut packet = vec![0u8; 16];
+        header.write_packet(&block, &mut packet).expect("fits");
+        caller.send_to(&packet, a.rtp_addr()).expect("send");
+        let (got, _) = recv(&callee).expect("telephone-event forwarded");
+        let packet = crate::media::rtp::RtpPacket::parse(&got).expect("valid RTP");
+        assert_eq!(
+            (
+                packet.payload_type().get(),
+                packet.sequence(),
+                packet.payload()
+            ),
+            (96, SeqNum(seq), &block[..]),
+            "payload type mapped, the rest untouched"
+        );
+    }
+    let event = loop {
+        match events.try_recv() {
+            Ok(RelayEvent::Dtmf {
+                leg,
+                digit,
+                duration,
+                volume,
+            }) => break (leg.leg_id.to_string(), digit.as_char(), duration, volume),
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::TryRecvError::Empty) => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("relay events: {e}"),
+        }
+    };
+    assert_eq!(event, ("a".into(), '7', Duration::from_millis(60), 10));
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        std::iter::from_fn(|| events.try_recv().ok())
+            .all(|e| !matches!(e, RelayEvent::Dtmf { .. })),
+        "reported once, neither by the end retransmissions nor by the end timeout"
+    );
+}
+
+#[test]
+fn after_an_injection_forwarded_packets_continue_the_injected_stream() {
+    let relay = Relay::start().expect("relay");
+    let (caller, callee) = (endpoint(), endpoint());
+    let (a, b) = bridged(
+        &relay,
+        LegParams::default(),
+        LegParams {
+            expected_rtp: Some(callee.local_addr().expect("addr")),
+            ..LegParams::default()
+        },
+    );
+    caller
+        .send_to(&rtp_packet(10, 0, &[1; 160]), a.rtp_addr())
+        .expect("send");
+    recv(&callee).expect("forwarded unchanged before any injection");
+    let t = Instant::now();
+    let (token, start) = b.shared.outbound().begin_injection(
+        t,
+        8000,
+        continuity::StreamPosition {
+            ssrc: Ssrc(1),
+            sequence: SeqNum(1),
+            timestamp: RtpTimestamp(1),
+        },
+    );
+    assert_eq!(
+        (start.ssrc, start.sequence),
+        (Ssrc(0x1234_5678), SeqNum(11)),
+        "the injection continues the forwarded stream"
+    );
+    caller
+        .send_to(&rtp_packet(11, 0, &[1; 160]), a.rtp_addr())
+        .expect("send");
+    assert!(
+        recv(&callee).is_none(),
+        "nothing forwarded during the injection"
+    );
+    for k in 0..5u16 {
+        let p = continuity::StreamPosition {
+            sequence: start.sequence.wrapping_add(k),
+            ..start
+        };
+        assert!(b.shared.outbound().injected(token, t, p));
+    }
+    assert!(b.shared.outbound().end_injection(token));
+    caller
+        .send_to(&rtp_packet(12, 0, &[1; 160]), a.rtp_addr())
+        .expect("send");
+    let (got, _) = recv(&callee).expect("forwarding resumed");
+    let packet = crate::media::rtp::RtpPacket::parse(&got).expect("valid RTP");
+    assert_eq!(
+        (packet.ssrc(), packet.sequence()),
+        (Ssrc(0x1234_5678), SeqNum(16)),
+        "the source's seq 12 follows the injection's last (15)"
+    );
+}
