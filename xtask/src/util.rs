@@ -68,13 +68,13 @@ pub fn describe(cmd: &Command) -> String {
     text
 }
 
-/// A `cargo` command with the environment a nested cargo must not inherit
-/// from the `cargo run` that started xtask (toolchain pins, target dir
-/// overrides).
+/// A `cargo` command for the toolchain xtask runs with. RUSTUP_TOOLCHAIN
+/// is kept on purpose: without it, rustup's `rustc` proxy would honour a
+/// `rust-toolchain` file shipped inside a dependency's sources (vec1 has
+/// one) and fail on a toolchain this machine does not have.
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.env_remove("RUSTUP_TOOLCHAIN")
-        .env_remove("RUSTC")
+    cmd.env_remove("RUSTC")
         .env_remove("RUSTC_WRAPPER")
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
