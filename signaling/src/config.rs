@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use switchboard_service::ConfigError;
 
-use crate::auth::{AuthConfig, AuthMode, Cidr, LockoutConfig};
+use crate::auth::{Algorithm, AuthConfig, AuthMode, Cidr, LockoutConfig};
 use crate::registrar::RegistrarConfig;
 use crate::sip::FramingLimits;
 use crate::transaction::TimerConfig;
@@ -109,6 +109,17 @@ pub struct Config {
         default_value = "REGISTER,INVITE"
     )]
     pub auth_methods: Vec<String>,
+
+    /// Digest algorithms offered in challenges, in order of preference
+    /// (SHA-256, MD5). Clients that answer the first challenge whatever its
+    /// algorithm and only know MD5 (SIPp, older phones) need `MD5` first or alone.
+    #[arg(
+        long,
+        env = "AUTH_ALGORITHMS",
+        value_delimiter = ',',
+        default_value = "SHA-256,MD5"
+    )]
+    pub auth_algorithms: Vec<String>,
 
     /// Networks (CIDR, comma-separated) whose requests need no authentication.
     #[arg(long, env = "TRUSTED_NETWORKS", value_delimiter = ',')]
@@ -227,6 +238,17 @@ impl Config {
                 "must be non-empty, without '\"' or '\\'",
             ));
         }
+        if self.auth_algorithms.is_empty() {
+            return Err(ConfigError::invalid("auth-algorithms", "name at least one"));
+        }
+        for name in &self.auth_algorithms {
+            if Algorithm::parse(name.trim()).is_none() {
+                return Err(ConfigError::invalid(
+                    "auth-algorithms",
+                    format!("`{name}` is neither SHA-256 nor MD5"),
+                ));
+            }
+        }
         if self.auth_methods.iter().any(|m| m.trim().is_empty()) {
             return Err(ConfigError::invalid("auth-methods", "empty method name"));
         }
@@ -326,6 +348,14 @@ impl Config {
             },
             ..AuthConfig::digest(&self.realm, secret)
         }
+    }
+
+    /// The digest algorithms to offer, in order.
+    pub fn digest_algorithms(&self) -> Vec<Algorithm> {
+        self.auth_algorithms
+            .iter()
+            .filter_map(|name| Algorithm::parse(name.trim()))
+            .collect()
     }
 
     /// Framing limits of the SIP transports.
@@ -441,6 +471,14 @@ mod tests {
         let err = load(&["--min-expires", "600", "--default-expires", "300"])
             .expect_err("default below min");
         assert!(err.to_string().contains("--default-expires"), "{err}");
+        assert_eq!(
+            c.digest_algorithms(),
+            vec![Algorithm::Sha256, Algorithm::Md5]
+        );
+        let c = load(&["--auth-algorithms", "md5"]).expect("MD5 only");
+        assert_eq!(c.digest_algorithms(), vec![Algorithm::Md5]);
+        let err = load(&["--auth-algorithms", "sha-512"]).expect_err("unknown algorithm");
+        assert!(err.to_string().contains("--auth-algorithms"), "{err}");
         let err = load(&["--auth", "basic"]).expect_err("unknown auth mode");
         assert!(err.to_string().contains("--auth"), "{err}");
     }

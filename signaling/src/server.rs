@@ -109,6 +109,7 @@ fn build_core(config: &Config) -> anyhow::Result<Uas> {
     uas_config.timers = config.timers();
     uas_config.limits = config.framing_limits();
     uas_config.force_rport = config.force_rport;
+    uas_config.digest_algorithms = config.digest_algorithms();
     Ok(Uas::new(uas_config, registrar, auth, Box::new(store)))
 }
 

@@ -34,7 +34,7 @@ use crate::sip::{FramingLimits, Transport};
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// A socket could not be created or bound.
-    #[error("cannot bind SIP {transport} on {addr}: {source}")]
+    #[error("cannot bind SIP {transport} on {addr}")]
     Bind {
         /// `UDP` or `TCP`.
         transport: &'static str,
@@ -44,7 +44,7 @@ pub enum TransportError {
         source: std::io::Error,
     },
     /// A socket option could not be set.
-    #[error("cannot configure the SIP {transport} socket: {source}")]
+    #[error("cannot configure the SIP {transport} socket")]
     Configure {
         /// `UDP` or `TCP`.
         transport: &'static str,

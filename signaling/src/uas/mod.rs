@@ -133,6 +133,8 @@ pub struct UasConfig {
     pub force_rport: bool,
     /// The digest realm, to pick our credentials among several.
     pub realm: String,
+    /// Digest algorithms offered in challenges, in this order.
+    pub digest_algorithms: Vec<crate::auth::Algorithm>,
     /// Value of the Server header.
     pub server: String,
     /// Journal records after which the store is compacted (at least twice
@@ -148,6 +150,7 @@ impl UasConfig {
             limits: FramingLimits::default(),
             force_rport: false,
             realm: realm.to_owned(),
+            digest_algorithms: vec![crate::auth::Algorithm::Sha256, crate::auth::Algorithm::Md5],
             server: concat!("switchboard/", env!("CARGO_PKG_VERSION")).to_owned(),
             compact_after: 10_000,
         }
@@ -812,12 +815,18 @@ impl Uas {
                     403 => "Forbidden",
                     _ => "Bad Request (malformed credentials)",
                 };
+                // The authenticator offers every algorithm; keep the
+                // configured ones, in the configured order.
                 let headers = answer
                     .header_name
                     .map(|name| {
-                        answer
-                            .header_values
+                        self.config
+                            .digest_algorithms
                             .iter()
+                            .filter_map(|algorithm| {
+                                let marker = format!("algorithm={},", algorithm.name());
+                                answer.header_values.iter().find(|v| v.contains(&marker))
+                            })
                             .map(|value| (name.to_owned(), value.clone()))
                             .collect()
                     })
