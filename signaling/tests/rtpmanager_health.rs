@@ -129,6 +129,13 @@ fn signaling_sees_the_manager_healthy_then_down() {
             .args(["--rtpmanager", &format!("127.0.0.1:{grpc_port}")])
             .args(["--rtpmanager-health-interval", "1"])
             .args(["--rest-port", &rest_port.to_string()])
+            .args([
+                "--bind-address",
+                "127.0.0.1",
+                "--port",
+                &free_port().to_string(),
+            ])
+            .args(["--auth", "anonymous"])
             .arg("--data-dir")
             .arg(data.path()),
     );

@@ -1,1 +1,202 @@
+//! Sans-IO tests of the core: no sockets, explicit time.
 
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::*;
+use crate::auth::{AuthConfig, AuthMode, Users};
+use crate::registrar::RegistrarConfig;
+
+/// A store that keeps records in memory and can be told to fail.
+#[derive(Clone, Default)]
+struct MemoryStore {
+    state: Arc<Mutex<(Vec<Record>, bool, usize)>>,
+}
+
+impl MemoryStore {
+    fn records(&self) -> Vec<Record> {
+        self.state.lock().expect("store lock").0.clone()
+    }
+
+    fn fail(&self, fail: bool) {
+        self.state.lock().expect("store lock").1 = fail;
+    }
+
+    fn compactions(&self) -> usize {
+        self.state.lock().expect("store lock").2
+    }
+}
+
+impl BindingStore for MemoryStore {
+    fn append(&mut self, record: &Record) -> Result<(), StoreError> {
+        let mut state = self.state.lock().expect("store lock");
+        if state.1 {
+            return Err(StoreError::Io {
+                path: "journal".into(),
+                source: std::io::Error::other("disk full"),
+            });
+        }
+        state.0.push(record.clone());
+        Ok(())
+    }
+
+    fn journal_records(&self) -> usize {
+        self.state.lock().expect("store lock").0.len()
+    }
+
+    fn compact(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        let mut state = self.state.lock().expect("store lock");
+        state.0 = records.to_vec();
+        state.2 += 1;
+        Ok(())
+    }
+}
+
+const SOURCE: &str = "192.0.2.10:5062";
+
+fn core(store: &MemoryStore, compact_after: usize) -> Uas {
+    let mut auth = AuthConfig::digest("test", vec![7; 32]);
+    auth.mode = AuthMode::Anonymous;
+    let mut config = UasConfig::new("test");
+    config.compact_after = compact_after;
+    Uas::new(
+        config,
+        Registrar::new(RegistrarConfig::default()),
+        Authenticator::new(auth, Users::default()),
+        Box::new(store.clone()),
+    )
+}
+
+fn register(branch: &str, call_id: &str, cseq: u32, contact: &str) -> Inbound {
+    let text = format!(
+        "REGISTER sip:example.com SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bK{branch}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:alice@example.com>;tag=1\r\n\
+         To: <sip:alice@example.com>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: {cseq} REGISTER\r\n\
+         Contact: <{contact}>\r\n\
+         Expires: 600\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    Inbound {
+        flow: Flow::Udp {
+            remote: SOURCE.parse().expect("address"),
+        },
+        bytes: text.into_bytes(),
+    }
+}
+
+fn sent(uas: &mut Uas) -> Vec<(SocketAddr, String)> {
+    std::iter::from_fn(|| uas.poll_transmit())
+        .map(|o| {
+            (
+                o.destination.remote(),
+                String::from_utf8(o.bytes).expect("UTF-8"),
+            )
+        })
+        .collect()
+}
+
+fn status_of(text: &str) -> &str {
+    text.split(' ').nth(1).expect("a status")
+}
+
+#[test]
+fn register_is_stored_before_the_200_and_retransmissions_are_absorbed() {
+    let store = MemoryStore::default();
+    let mut uas = core(&store, 100);
+    let now = Now::current();
+    uas.handle_inbound(now, register("a", "c1", 1, "sip:alice@192.0.2.10:5062"));
+    let out = sent(&mut uas);
+    assert_eq!(out.len(), 1, "{out:?}");
+    // No rport: to the sent-by address and port (RFC 3261 §18.2.2).
+    assert_eq!(out[0].0, SOURCE.parse::<SocketAddr>().expect("address"));
+    assert_eq!(status_of(&out[0].1), "200");
+    assert!(
+        out[0]
+            .1
+            .contains("Contact: <sip:alice@192.0.2.10:5062>;expires=600\r\n"),
+        "{}",
+        out[0].1
+    );
+    assert_eq!(store.records().len(), 1, "journalled once");
+
+    // The retransmission gets the same octets from the transaction and
+    // does not reach the registrar (no second record).
+    uas.handle_inbound(
+        now.advanced(Duration::from_millis(500)),
+        register("a", "c1", 1, "sip:alice@192.0.2.10:5062"),
+    );
+    let again = sent(&mut uas);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].1, out[0].1);
+    assert_eq!(store.records().len(), 1);
+
+    // Timer J (64·T1 on UDP) ends the transaction.
+    assert_eq!(uas.transactions(), 1);
+    uas.handle_timeout(now.advanced(Duration::from_secs(33)));
+    assert_eq!(uas.transactions(), 0);
+}
+
+#[test]
+fn a_failed_append_is_reverted_and_answered_500() {
+    let store = MemoryStore::default();
+    let mut uas = core(&store, 100);
+    let now = Now::current();
+    store.fail(true);
+    uas.handle_inbound(now, register("b", "c2", 1, "sip:alice@192.0.2.10:5062"));
+    let out = sent(&mut uas);
+    assert_eq!(status_of(&out[0].1), "500", "{}", out[0].1);
+    assert!(
+        uas.registrations(now).is_empty(),
+        "binding reverted: {:?}",
+        uas.registrations(now)
+    );
+    store.fail(false);
+    uas.handle_inbound(now, register("c", "c2", 2, "sip:alice@192.0.2.10:5062"));
+    let out = sent(&mut uas);
+    assert_eq!(status_of(&out[0].1), "200", "{}", out[0].1);
+    let views = uas.registrations(now);
+    assert_eq!(views.len(), 1);
+    assert_eq!(views[0].aor, "alice@example.com");
+    assert_eq!(views[0].source, format!("udp:{SOURCE}"));
+}
+
+#[test]
+fn the_journal_is_compacted_when_it_outgrows_the_bindings() {
+    let store = MemoryStore::default();
+    let mut uas = core(&store, 3);
+    let now = Now::current();
+    for cseq in 1..=3 {
+        uas.handle_inbound(
+            now,
+            register(&format!("d{cseq}"), "c3", cseq, "sip:alice@192.0.2.10:5062"),
+        );
+    }
+    assert_eq!(store.compactions(), 1);
+    assert_eq!(store.records().len(), 1, "one record per address-of-record");
+}
+
+#[test]
+fn bindings_expire_on_the_timer() {
+    let store = MemoryStore::default();
+    let mut uas = core(&store, 100);
+    let now = Now::current();
+    uas.handle_inbound(now, register("e", "c4", 1, "sip:alice@192.0.2.10:5062"));
+    let deadline = uas.poll_timeout(now).expect("a deadline");
+    assert!(
+        deadline <= now.instant + Duration::from_secs(32),
+        "timer J first"
+    );
+    uas.handle_timeout(now.advanced(Duration::from_secs(599)));
+    assert_eq!(uas.registrar().len(), 1);
+    uas.handle_timeout(now.advanced(Duration::from_secs(601)));
+    assert_eq!(uas.registrar().len(), 0);
+    assert_eq!(
+        uas.poll_timeout(now.advanced(Duration::from_secs(601))),
+        None
+    );
+}
