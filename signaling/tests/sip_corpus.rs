@@ -54,7 +54,6 @@ fn rows() -> Vec<Row> {
 /// The start-line token: a method, or `SIP/2.0` for a response.
 fn first_token(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes)
-        .trim_start()
         .split_whitespace()
         .next()
         .unwrap_or_default()

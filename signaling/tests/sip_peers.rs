@@ -79,7 +79,7 @@ fn sipp_registers_300_per_second_without_failure() {
                     .parse()
                     .ok()
             })
-            .last()
+            .next_back()
             .unwrap_or_else(|| panic!("no {name} line in:\n{screen}"))
     };
     assert_eq!(cumulative("Successful call"), 3000, "{screen}");

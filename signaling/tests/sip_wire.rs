@@ -39,7 +39,7 @@ fn server() -> (tempfile::TempDir, Server) {
 fn response_copies_headers_and_goes_to_the_rport_address() {
     let (_data, server) = server();
     let peer = UdpPeer::new();
-    let via = format!("SIP/2.0/UDP 192.0.2.44:5099;branch=z9hG4bKwire1;rport");
+    let via = "SIP/2.0/UDP 192.0.2.44:5099;branch=z9hG4bKwire1;rport".to_owned();
     let response = peer.request(server.sip_addr(), request("OPTIONS", &via, "").as_bytes());
     assert_eq!(status(&response), 200, "{response}");
     assert_eq!(
@@ -115,11 +115,19 @@ fn without_rport_the_response_goes_to_the_via_port() {
     );
 }
 
+/// Method, extra headers, expected status, expected header.
+type Case = (
+    &'static str,
+    &'static str,
+    u16,
+    Option<(&'static str, &'static str)>,
+);
+
 #[test]
 fn method_level_answers() {
     let (_data, server) = server();
     let peer = UdpPeer::new();
-    let cases: &[(&str, &str, u16, Option<(&str, &str)>)] = &[
+    let cases: &[Case] = &[
         (
             "FROBNICATE",
             "",
@@ -171,7 +179,7 @@ fn method_level_answers() {
         }
         if *want == 480 {
             // ACK the 480 so its retransmissions (timer G) stop.
-            let ack = request("ACK", &via, "").replace("CSeq: 17 ACK", "CSeq: 17 ACK");
+            let ack = request("ACK", &via, "");
             peer.send(server.sip_addr(), ack.as_bytes());
         }
     }

@@ -300,6 +300,9 @@ impl Wire {
     }
 }
 
+/// An authentication failure's answer: status, reason and headers.
+type Refusal = (u16, &'static str, Vec<(String, String)>);
+
 /// The request being processed, with what the layer does not keep.
 struct Current {
     message: SipMessage,
@@ -779,11 +782,7 @@ impl Uas {
 
     /// Verifies credentials for the request's method; on failure returns
     /// the status, reason and headers of the answer.
-    fn authenticate(
-        &mut self,
-        now: Now,
-        current: &Current,
-    ) -> Result<Authenticated, (u16, &'static str, Vec<(String, String)>)> {
+    fn authenticate(&mut self, now: Now, current: &Current) -> Result<Authenticated, Refusal> {
         let method = current.message.method().as_str();
         let header = crate::auth::credentials_header(method);
         let values: Vec<&str> = current.message.header_values(header).collect();
