@@ -6,14 +6,18 @@
 //! - `test`: set-up, then the whole test suite (what CI runs).
 //! - `install` / `uninstall`: the daemons, units and configs on a systemd host.
 //! - `docs`: regenerates docs/CONFIGURATION.md from the daemons' options.
+//! - `bench sip-register`: REGISTER throughput and latency through SIPp.
+//! - `add-user`: appends a user to a signaling users file.
 #![allow(clippy::print_stdout)]
 
+mod bench;
 mod docs;
 mod ebpf;
 mod install;
 mod run;
 mod setup;
 mod test;
+mod users;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -44,6 +48,10 @@ enum Command {
     Uninstall(install::UninstallArgs),
     /// Regenerate docs/CONFIGURATION.md from the daemons' option definitions.
     Docs(docs::DocsArgs),
+    /// Benchmarks against release builds (sip-register: SIPp REGISTER with digest auth).
+    Bench(bench::BenchArgs),
+    /// Append a user (HA1 values, no plaintext) to a signaling users file.
+    AddUser(users::AddUserArgs),
 }
 
 fn main() {
@@ -56,6 +64,8 @@ fn main() {
         Command::Install(args) => install::install(&args),
         Command::Uninstall(args) => install::uninstall(&args),
         Command::Docs(args) => docs::run(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::AddUser(args) => users::add_user(&args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

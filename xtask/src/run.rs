@@ -39,6 +39,9 @@ pub struct RunArgs {
     log_level: String,
 }
 
+/// The realm of deploy/demo/users.toml.
+const DEMO_REALM: &str = "switchboard";
+
 static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn request_stop(_: libc::c_int) {
@@ -91,7 +94,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let result = start_all(args, &bin_dir, &demo, &mut children).and_then(|()| {
         println!();
         println!("Switchboard is running:");
-        println!("  SIP        udp+tcp 0.0.0.0:{}", args.sip_port);
+        println!(
+            "  SIP        udp+tcp 0.0.0.0:{} (realm {DEMO_REALM}; users 1001-1003, passwords demo1001-demo1003)",
+            args.sip_port
+        );
         println!("  REST API   http://127.0.0.1:8080/api/v1/health");
         println!("  dashboard  http://127.0.0.1:{}/", args.ui_port);
         println!("  gRPC       127.0.0.1:9090 (rtpmanager)");
@@ -141,6 +147,8 @@ fn start_all(
     signaling.args(["--log-level", log]);
     signaling.arg("--dialplan").arg(demo.join("dialplan.json"));
     signaling.arg("--data-dir").arg(demo.join("data"));
+    signaling.arg("--users-file").arg(demo.join("users.toml"));
+    signaling.args(["--realm", DEMO_REALM]);
     spawn(children, "signaling", &mut signaling)?;
 
     let mut ui = Command::new(bin_dir.join("switchboard-ui"));
@@ -212,7 +220,7 @@ fn stop_all(children: &mut [(&str, Child)]) {
     }
 }
 
-/// Creates `.run/` with the demo dialplan, the data directory and an audio
+/// Creates `.run/` with the demo dialplan and users, the data directory and an audio
 /// directory holding a synthesised announcement.
 fn prepare_demo_dir() -> anyhow::Result<PathBuf> {
     let root = workspace_root();
@@ -224,6 +232,8 @@ fn prepare_demo_dir() -> anyhow::Result<PathBuf> {
         demo.join("dialplan.json"),
     )
     .context("copying the demo dialplan")?;
+    std::fs::copy(root.join("deploy/demo/users.toml"), demo.join("users.toml"))
+        .context("copying the demo users")?;
     let announcement = demo.join("audio/welcome.wav");
     if !announcement.exists() {
         if let Err(e) = synthesise_announcement(&announcement) {
