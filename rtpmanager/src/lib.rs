@@ -12,6 +12,7 @@ pub mod fastpath;
 pub mod grpc;
 pub mod interfaces;
 pub mod media;
+pub mod offload;
 pub mod playback;
 pub mod ports;
 pub mod relay;

@@ -1,0 +1,413 @@
+//! The offload driver: feeds the [`Offload`] decision, writes its commands
+//! to the fast path's maps, and keeps the kernel's per-stream figures so
+//! statistics read the same whichever path carried the packets.
+//!
+//! Statistics: the kernel's stats slot of a direction counts one *episode*
+//! (one stay in the kernel); when the direction leaves the kernel the
+//! episode's figures are folded into the direction's account before the
+//! slot is reused. Loss merges with the relay's RFC 3550 figures: the relay
+//! sees the stream before and between episodes, and counts a whole episode
+//! as a sequence gap once it receives again, so the packets the kernel
+//! received in that episode are taken back out of the relay's loss.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchboard_proto::v1;
+
+use super::{Direction, Offload, OffloadChanged, OffloadCommand, OffloadLeg, StreamKind};
+use crate::fastpath::{FastPath, StreamStats};
+use crate::relay::{LegCounters, LegParams, LegRef, LegShared, Slot};
+
+/// One closed stay of a direction in the kernel.
+#[derive(Clone, Copy, Debug, Default)]
+struct Episode {
+    received: u32,
+    lost: i64,
+    /// The relay's received-packet count of the leg when the episode
+    /// closed: once it grows, the relay has counted the episode as a gap.
+    relay_packets_at_close: u64,
+}
+
+/// The kernel's figures of one direction over the leg's lifetime.
+#[derive(Clone, Debug, Default)]
+struct Account {
+    packets: u64,
+    bytes: u64,
+    episodes: Vec<Episode>,
+    /// The leg the direction forwarded to, for the receiving leg's `*_out`.
+    to: Option<Slot>,
+}
+
+/// What the driver keeps per leg.
+#[derive(Debug)]
+struct LegRecord {
+    shared: Arc<LegShared>,
+    media_timeout: Option<Duration>,
+    forward_to: Option<Slot>,
+    clock_rate: u32,
+    timeout_reported: bool,
+}
+
+/// The live kernel figures of the installed directions of one leg.
+#[derive(Clone, Copy, Debug, Default)]
+struct Live {
+    stats: StreamStats,
+    installed: bool,
+}
+
+/// Drives the offload decision against a [`FastPath`].
+#[derive(Debug)]
+pub struct KernelOffload {
+    decision: Offload,
+    /// Advertised address → the address packets carry on the wire.
+    wire: HashMap<IpAddr, IpAddr>,
+    legs: HashMap<Slot, LegRecord>,
+    by_ref: HashMap<LegRef, Slot>,
+    accounts: HashMap<Direction, Account>,
+}
+
+/// Map writes split by when they must happen relative to the relay.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// Before the relay gets new params: the relay must see the packets
+    /// from the moment it is responsible for them.
+    pub removes: Vec<OffloadCommand>,
+    /// After the relay got its params: the kernel takes over from a
+    /// consistent relay.
+    pub installs: Vec<OffloadCommand>,
+}
+
+impl KernelOffload {
+    /// `wire` maps each advertised address to the address packets for it
+    /// arrive at (they differ behind a 1:1 NAT).
+    pub fn new(enabled: bool, wire: HashMap<IpAddr, IpAddr>) -> KernelOffload {
+        KernelOffload {
+            decision: Offload::new(enabled),
+            wire,
+            legs: HashMap::new(),
+            by_ref: HashMap::new(),
+            accounts: HashMap::new(),
+        }
+    }
+
+    /// A leg was added or got new params. `advertised` is the address the
+    /// leg's peer was given; `rtp_port` the leg's RTP port.
+    #[allow(clippy::too_many_arguments)]
+    pub fn leg_changed(
+        &mut self,
+        now: Instant,
+        slot: Slot,
+        shared: &Arc<LegShared>,
+        advertised: IpAddr,
+        rtp_port: u16,
+        rtcp_mux: bool,
+        params: &LegParams,
+    ) {
+        let ip = self.wire.get(&advertised).copied().unwrap_or(advertised);
+        let record = self.legs.entry(slot).or_insert_with(|| LegRecord {
+            shared: Arc::clone(shared),
+            media_timeout: None,
+            forward_to: None,
+            clock_rate: 8000,
+            timeout_reported: false,
+        });
+        record.media_timeout = params.media_timeout;
+        record.forward_to = params.forward_to;
+        record.clock_rate = params.clock_rate.max(1);
+        self.by_ref.insert(shared.leg.clone(), slot);
+        self.decision.handle_leg(
+            now,
+            slot,
+            OffloadLeg {
+                leg: shared.leg.clone(),
+                local_rtp: SocketAddr::new(ip, rtp_port),
+                rtcp_mux,
+                params: params.clone(),
+                rewriting: shared.outbound().rewriting(),
+            },
+        );
+    }
+
+    /// A leg is gone.
+    pub fn leg_removed(&mut self, now: Instant, slot: Slot) {
+        self.decision.handle_leg_removed(now, slot);
+    }
+
+    /// Forgets a removed leg's figures, once its final stats were read.
+    pub fn forget(&mut self, slot: Slot) {
+        if let Some(record) = self.legs.remove(&slot) {
+            self.by_ref.remove(&record.shared.leg);
+        }
+        for kind in [StreamKind::Rtp, StreamKind::Rtcp] {
+            self.accounts.remove(&Direction { from: slot, kind });
+        }
+    }
+
+    /// The relay latched a leg's peer.
+    pub fn latched(&mut self, now: Instant, leg: &LegRef, kind: StreamKind, source: SocketAddr) {
+        self.decision.handle_latched(now, leg, kind, source);
+    }
+
+    /// The map writes decided since the last call.
+    pub fn pending(&mut self) -> Pending {
+        let mut pending = Pending::default();
+        while let Some(command) = self.decision.poll_command() {
+            match command {
+                OffloadCommand::Remove { .. } => pending.removes.push(command),
+                OffloadCommand::Install { .. } => pending.installs.push(command),
+            }
+        }
+        pending
+    }
+
+    /// The changes of RTP directions since the last call.
+    pub fn events(&mut self) -> Vec<OffloadChanged> {
+        std::iter::from_fn(|| self.decision.poll_event()).collect()
+    }
+
+    /// Applies map writes in order. A write the kernel refuses leaves the
+    /// direction in userspace, which is always correct.
+    pub fn execute(&mut self, fast_path: &FastPath, commands: Vec<OffloadCommand>) {
+        for command in commands {
+            match command {
+                OffloadCommand::Remove {
+                    direction,
+                    key,
+                    stats_slot,
+                } => {
+                    if let Err(e) = fast_path.remove(&key) {
+                        tracing::warn!(slot = direction.from, kind = ?direction.kind, error = %e, "kernel entry not removed");
+                    }
+                    self.close_episode(fast_path, direction, stats_slot);
+                }
+                OffloadCommand::Install {
+                    direction,
+                    key,
+                    entry,
+                    fresh,
+                } => {
+                    if fresh {
+                        if let Err(e) = fast_path.reset_stream_stats(entry.stats_slot) {
+                            tracing::warn!(slot = direction.from, error = %e, "stats slot not reset");
+                        }
+                    }
+                    let to = self.legs.get(&direction.from).and_then(|r| r.forward_to);
+                    self.accounts.entry(direction).or_default().to = to;
+                    match fast_path.install(key, entry) {
+                        Ok(()) => tracing::debug!(
+                            slot = direction.from,
+                            kind = ?direction.kind,
+                            key = %key.socket_addr(),
+                            destination = %entry.destination(),
+                            "stream in the kernel"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(slot = direction.from, kind = ?direction.kind, error = %e, "kernel entry not installed; stays in userspace");
+                            self.decision.forget_installed(direction);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn close_episode(&mut self, fast_path: &FastPath, direction: Direction, stats_slot: u32) {
+        let Some(stats) = fast_path.stream_stats(stats_slot) else {
+            return;
+        };
+        let relay_packets = self.legs.get(&direction.from).map_or(0, |r| {
+            let c = &r.shared.counters;
+            match direction.kind {
+                StreamKind::Rtp => LegCounters::get(&c.rtp_in_packets),
+                StreamKind::Rtcp => LegCounters::get(&c.rtcp_in_packets),
+            }
+        });
+        let account = self.accounts.entry(direction).or_default();
+        account.packets += stats.packets;
+        account.bytes += stats.bytes;
+        account.episodes.push(Episode {
+            received: stats.received,
+            lost: stats.lost(),
+            relay_packets_at_close: relay_packets,
+        });
+    }
+
+    /// Whether media received on `slot` is forwarded by the kernel now.
+    pub fn offloaded(&self, slot: Slot) -> bool {
+        self.decision.offloaded(slot)
+    }
+
+    fn live(&self, fast_path: &FastPath, direction: Direction) -> Live {
+        match self.decision.stats_slot(direction) {
+            Some(slot) => Live {
+                stats: fast_path.stream_stats(slot).unwrap_or_default(),
+                installed: true,
+            },
+            None => Live::default(),
+        }
+    }
+
+    /// Adds the kernel's figures to a leg's userspace statistics.
+    pub fn merge(&self, fast_path: &FastPath, slot: Slot, stats: &mut v1::LegStats) {
+        let Some(record) = self.legs.get(&slot) else {
+            return;
+        };
+        let counters = &record.shared.counters;
+        let mono_now = monotonic_ns();
+        let now_ms = crate::grpc::unix_millis(std::time::SystemTime::now());
+        let mut kernel_last_ms = 0u64;
+        let mut note_seen = |live: &Live| {
+            if live.stats.last_seen_ns != 0 {
+                let ago_ms = mono_now.saturating_sub(live.stats.last_seen_ns) / 1_000_000;
+                kernel_last_ms = kernel_last_ms.max(now_ms.saturating_sub(ago_ms));
+            }
+        };
+
+        // Inbound: the directions from this leg.
+        for kind in [StreamKind::Rtp, StreamKind::Rtcp] {
+            let direction = Direction { from: slot, kind };
+            let live = self.live(fast_path, direction);
+            note_seen(&live);
+            let account = self.accounts.get(&direction);
+            let packets = account.map_or(0, |a| a.packets) + live.stats.packets;
+            let bytes = account.map_or(0, |a| a.bytes) + live.stats.bytes;
+            let counters_of = match kind {
+                StreamKind::Rtp => &mut stats.rtp_in,
+                StreamKind::Rtcp => &mut stats.rtcp_in,
+            };
+            let c = counters_of.get_or_insert_with(Default::default);
+            c.packets += packets;
+            c.bytes += bytes;
+            if kind == StreamKind::Rtp {
+                stats.kernel_packets = packets;
+                let relay_packets = LegCounters::get(&counters.rtp_in_packets);
+                let mut lost = stats.rtp_lost;
+                for e in account.map_or(&[][..], |a| &a.episodes[..]) {
+                    if relay_packets > e.relay_packets_at_close {
+                        lost -= i64::from(e.received);
+                    } else {
+                        lost += e.lost;
+                    }
+                }
+                if live.installed {
+                    lost += live.stats.lost();
+                    if live.stats.received > 0 {
+                        let us = u64::from(live.stats.jitter()) * 1_000_000
+                            / u64::from(record.clock_rate);
+                        stats.jitter_us = u32::try_from(us).unwrap_or(u32::MAX);
+                    }
+                }
+                stats.rtp_lost = lost;
+            }
+        }
+
+        // Outbound: the directions of the bridged leg into this one.
+        let peers = self
+            .accounts
+            .iter()
+            .filter(|(_, a)| a.to == Some(slot))
+            .map(|(d, _)| *d)
+            .collect::<Vec<_>>();
+        for direction in peers {
+            let live = self.live(fast_path, direction);
+            let account = self.accounts.get(&direction);
+            let packets = account.map_or(0, |a| a.packets) + live.stats.packets;
+            let bytes = account.map_or(0, |a| a.bytes) + live.stats.bytes;
+            let c = match direction.kind {
+                StreamKind::Rtp => &mut stats.rtp_out,
+                StreamKind::Rtcp => &mut stats.rtcp_out,
+            }
+            .get_or_insert_with(Default::default);
+            c.packets += packets;
+            c.bytes += bytes;
+        }
+        stats.last_packet_ms = stats.last_packet_ms.max(kernel_last_ms);
+    }
+
+    /// Periodic work: copies the kernel's last-seen times into the legs'
+    /// counters (so idle reaping sees offloaded media) and reports media
+    /// timeouts of offloaded streams, which the relay cannot see.
+    pub fn tick(&mut self, fast_path: &FastPath) -> Vec<(LegRef, Duration)> {
+        let mono_now = monotonic_ns();
+        let now_ms = crate::grpc::unix_millis(std::time::SystemTime::now());
+        let mut timeouts = Vec::new();
+        for (direction, stats_slot) in self.decision.installed() {
+            if direction.kind != StreamKind::Rtp {
+                continue;
+            }
+            let Some(record) = self.legs.get_mut(&direction.from) else {
+                continue;
+            };
+            let Some(stats) = fast_path.stream_stats(stats_slot) else {
+                continue;
+            };
+            if stats.last_seen_ns == 0 {
+                continue;
+            }
+            let idle = Duration::from_nanos(mono_now.saturating_sub(stats.last_seen_ns));
+            let seen_ms =
+                now_ms.saturating_sub(u64::try_from(idle.as_millis()).unwrap_or(u64::MAX));
+            record
+                .shared
+                .counters
+                .last_packet_ms
+                .fetch_max(seen_ms, Ordering::Relaxed);
+            match record.media_timeout {
+                Some(limit) if idle >= limit => {
+                    if !record.timeout_reported {
+                        record.timeout_reported = true;
+                        timeouts.push((record.shared.leg.clone(), idle));
+                    }
+                }
+                _ => record.timeout_reported = false,
+            }
+        }
+        timeouts
+    }
+
+    /// Whether a media timeout the relay reports for `leg` is wrong because
+    /// the kernel carries (or just carried) its media.
+    pub fn carries(&self, fast_path: &FastPath, leg: &LegRef) -> bool {
+        let Some(&slot) = self.by_ref.get(leg) else {
+            return false;
+        };
+        if self.decision.offloaded(slot) {
+            return true;
+        }
+        let Some(record) = self.legs.get(&slot) else {
+            return false;
+        };
+        let limit = record.media_timeout.unwrap_or(Duration::MAX);
+        let direction = Direction {
+            from: slot,
+            kind: StreamKind::Rtp,
+        };
+        let Some(stats) = self
+            .decision
+            .last_stats_slot(direction)
+            .and_then(|s| fast_path.stream_stats(s))
+        else {
+            return false;
+        };
+        stats.last_seen_ns != 0
+            && Duration::from_nanos(monotonic_ns().saturating_sub(stats.last_seen_ns)) < limit
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the struct we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
