@@ -79,6 +79,13 @@ pub struct Config {
     #[arg(long, env = "MEDIA_INTERFACE")]
     pub media_interface: Option<String>,
 
+    /// Turn on IP forwarding on the media interface when the kernel fast
+    /// path needs it (its route lookup answers "forwarding disabled"
+    /// otherwise). Off by default: host sysctls are the operator's call, and
+    /// without it the manager only warns, naming the sysctl to set.
+    #[arg(long, env = "ENABLE_FORWARDING")]
+    pub enable_forwarding: bool,
+
     /// bpffs directory where the fast path pins its maps.
     #[arg(long, env = "BPF_PIN_PATH", default_value = "/sys/fs/bpf/switchboard")]
     pub bpf_pin_path: PathBuf,

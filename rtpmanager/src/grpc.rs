@@ -17,6 +17,8 @@ use tonic::{Request, Response, Status};
 use crate::fastpath::FastPath;
 use crate::media::g711::Law;
 use crate::media::rtp::PayloadType;
+use crate::offload::kernel::KernelOffload;
+use crate::offload::{OffloadChanged, StreamKind};
 use crate::playback::{
     self, Clip, DtmfPlan, FileError, Injections, LegControl, PlayJob, PlayUpdate, PlaybackId,
 };
@@ -49,6 +51,8 @@ struct Inner {
     fast_path: FastPath,
     table: Mutex<SessionTable>,
     relay: Relay,
+    /// Which bridge directions the kernel carries, and its figures.
+    offload: Mutex<KernelOffload>,
     events: broadcast::Sender<v1::ManagerEvent>,
     /// Where Play finds its files; nothing outside it is read.
     audio_dir: PathBuf,
@@ -86,7 +90,7 @@ fn options_of(o: Option<v1::LegOptions>) -> LegOptions {
     }
 }
 
-fn leg_info(view: &LegView) -> v1::LegInfo {
+fn leg_info(view: &LegView, offloaded: bool) -> v1::LegInfo {
     v1::LegInfo {
         call_id: view.call_id.clone(),
         leg_id: view.leg_id.clone(),
@@ -98,7 +102,7 @@ fn leg_info(view: &LegView) -> v1::LegInfo {
         latched_address: String::new(),
         codec: view.codec.clone().unwrap_or_default(),
         bridged_to: view.bridged_to.clone().unwrap_or_default(),
-        offloaded: false,
+        offloaded,
         label: view.label.clone(),
     }
 }
@@ -150,6 +154,7 @@ impl ControlService {
         fast_path: FastPath,
         table: SessionTable,
         relay: Relay,
+        offload: KernelOffload,
         audio_dir: PathBuf,
     ) -> Self {
         let (events, _) = broadcast::channel(4096);
@@ -159,6 +164,7 @@ impl ControlService {
                 fast_path,
                 table: Mutex::new(table),
                 relay,
+                offload: Mutex::new(offload),
                 events,
                 audio_dir,
                 injections: Arc::new(Injections::default()),
@@ -175,10 +181,23 @@ impl ControlService {
         self.inner.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn offload(&self) -> MutexGuard<'_, KernelOffload> {
+        self.inner.offload.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Applies relay commands; returns the final stats of removed legs.
+    ///
+    /// Kernel entries that must go are removed before the relay gets the
+    /// new params, and entries are installed after, so every packet is
+    /// handled by one path or the other (or is in flight).
     fn apply(&self, commands: Vec<RelayCommand>) -> Result<Vec<v1::LegStats>, Status> {
         let relay = &self.inner.relay;
+        let fast_path = &self.inner.fast_path;
         let stopped = |_| Status::internal("the media relay has stopped");
+        let mut offload = self.offload();
+        self.feed_offload(&mut offload, &commands);
+        let pending = offload.pending();
+        offload.execute(fast_path, pending.removes);
         let mut removed = Vec::new();
         for command in commands {
             match command {
@@ -194,11 +213,112 @@ impl ControlService {
                 RelayCommand::Remove { slot, shared } => {
                     self.inner.injections.leg_deleted(&shared.leg);
                     let snapshot = relay.remove_leg(slot).map_err(stopped)?;
-                    removed.push(leg_stats(&shared, snapshot.as_ref()));
+                    let mut stats = leg_stats(&shared, snapshot.as_ref());
+                    offload.merge(fast_path, slot, &mut stats);
+                    offload.forget(slot);
+                    removed.push(stats);
                 }
             }
         }
+        offload.execute(fast_path, pending.installs);
+        let events = offload.events();
+        drop(offload);
+        self.publish_offload(events);
         Ok(removed)
+    }
+
+    /// Tells the offload decision what the relay commands change.
+    fn feed_offload(&self, offload: &mut KernelOffload, commands: &[RelayCommand]) {
+        let now = Instant::now();
+        for command in commands {
+            let (slot, shared, params) = match command {
+                RelayCommand::Add {
+                    slot,
+                    shared,
+                    params,
+                    ..
+                } => (*slot, Arc::clone(shared), params),
+                RelayCommand::Update { slot, params } => match offload.shared(*slot) {
+                    Some(shared) => (*slot, shared, params),
+                    None => continue,
+                },
+                RelayCommand::Remove { slot, .. } => {
+                    offload.leg_removed(now, *slot);
+                    continue;
+                }
+            };
+            let view = self
+                .table()
+                .leg_views(&shared.leg.call_id, &shared.leg.leg_id)
+                .ok()
+                .and_then(|v| v.into_iter().next());
+            let Some(view) = view else {
+                continue;
+            };
+            offload.leg_changed(
+                now,
+                slot,
+                &shared,
+                view.local_address,
+                view.rtp_port,
+                view.rtcp_mux,
+                params,
+            );
+        }
+    }
+
+    /// Publishes offload changes to watchers.
+    fn publish_offload(&self, events: Vec<OffloadChanged>) {
+        for e in events {
+            tracing::debug!(
+                call = %e.from.call_id,
+                leg = %e.from.leg_id,
+                offloaded = e.offloaded,
+                reason = %e.reason,
+                "offload changed"
+            );
+            self.publish(v1::manager_event::Event::Offload(v1::OffloadChanged {
+                call_id: e.from.call_id.to_string(),
+                from_leg: e.from.leg_id.to_string(),
+                to_leg: e.to.map(|t| t.leg_id.to_string()).unwrap_or_default(),
+                offloaded: e.offloaded,
+                reason: e.reason.to_string(),
+            }));
+        }
+    }
+
+    /// The relay latched a peer: a direction may go into the kernel.
+    fn latched(&self, leg: &LegRef, kind: StreamKind, source: std::net::SocketAddr) {
+        let mut offload = self.offload();
+        offload.latched(Instant::now(), leg, kind, source);
+        let pending = offload.pending();
+        offload.execute(&self.inner.fast_path, pending.removes);
+        offload.execute(&self.inner.fast_path, pending.installs);
+        let events = offload.events();
+        drop(offload);
+        self.publish_offload(events);
+    }
+
+    /// Reads the kernel's figures every `period`: last-seen times for idle
+    /// reaping, and media timeouts of offloaded streams, which the relay
+    /// does not see.
+    pub async fn watch_offloaded(self, period: Duration) {
+        if self.inner.fast_path.mode() == crate::fastpath::Mode::Off {
+            return;
+        }
+        let mut ticker = tokio::time::interval(period);
+        loop {
+            ticker.tick().await;
+            let timeouts = self.offload().tick(&self.inner.fast_path);
+            for (leg, idle) in timeouts {
+                tracing::info!(call = %leg.call_id, leg = %leg.leg_id, idle_s = idle.as_secs(), "media timeout (kernel path)");
+                self.publish(v1::manager_event::Event::MediaTimeout(v1::MediaTimeout {
+                    call_id: leg.call_id.to_string(),
+                    leg_id: leg.leg_id.to_string(),
+                    idle_secs: u32::try_from(idle.as_secs()).unwrap_or(u32::MAX),
+                }));
+            }
+        }
     }
 
     /// Publishes a manager event to every Watch stream.
@@ -211,6 +331,13 @@ impl ControlService {
         let mut events = self.inner.relay.subscribe();
         loop {
             match events.recv().await {
+                // The relay sees no packets of an offloaded stream; the
+                // kernel's own timeout check reports those.
+                Ok(RelayEvent::MediaTimeout { leg, .. })
+                    if self.offload().carries(&self.inner.fast_path, &leg) =>
+                {
+                    tracing::debug!(call = %leg.call_id, leg = %leg.leg_id, "relay media timeout ignored: the kernel carries the stream");
+                }
                 Ok(RelayEvent::MediaTimeout { leg, idle }) => {
                     self.publish(v1::manager_event::Event::MediaTimeout(v1::MediaTimeout {
                         call_id: leg.call_id.to_string(),
@@ -230,7 +357,12 @@ impl ControlService {
                     duration_ms: u32::try_from(duration.as_millis()).unwrap_or(u32::MAX),
                     volume: volume.into(),
                 })),
-                Ok(RelayEvent::Latched { .. }) => {}
+                Ok(RelayEvent::Latched { leg, source }) => {
+                    self.latched(&leg, StreamKind::Rtp, source)
+                }
+                Ok(RelayEvent::LatchedRtcp { leg, source }) => {
+                    self.latched(&leg, StreamKind::Rtcp, source)
+                }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "relay events lagged")
                 }
@@ -290,7 +422,10 @@ impl RtpManager for ControlService {
         self.apply(result.commands)?;
         Ok(Response::new(v1::SdpResponse {
             sdp: result.sdp,
-            leg: Some(leg_info(&result.leg)),
+            leg: Some(leg_info(
+                &result.leg,
+                self.offload().offloaded(result.leg.slot),
+            )),
         }))
     }
 
@@ -312,7 +447,10 @@ impl RtpManager for ControlService {
         self.apply(result.commands)?;
         Ok(Response::new(v1::SdpResponse {
             sdp: result.sdp,
-            leg: Some(leg_info(&result.leg)),
+            leg: Some(leg_info(
+                &result.leg,
+                self.offload().offloaded(result.leg.slot),
+            )),
         }))
     }
 
@@ -571,7 +709,10 @@ impl RtpManager for ControlService {
             .into_iter()
             .map(|(call_id, age, legs)| v1::CallSummary {
                 call_id,
-                legs: legs.iter().map(leg_info).collect(),
+                legs: legs
+                    .iter()
+                    .map(|v| leg_info(v, self.offload().offloaded(v.slot)))
+                    .collect(),
                 age_secs: age.as_secs(),
             })
             .collect();
@@ -642,7 +783,10 @@ impl ControlService {
             .relay
             .snapshot(view.slot)
             .map_err(|_| Status::internal("the media relay has stopped"))?;
-        Ok(leg_stats(&view.shared, snapshot.as_ref()))
+        let mut stats = leg_stats(&view.shared, snapshot.as_ref());
+        self.offload()
+            .merge(&self.inner.fast_path, view.slot, &mut stats);
+        Ok(stats)
     }
 
     fn all_stats(&self) -> Vec<v1::LegStats> {

@@ -1,16 +1,19 @@
 //! Wires configuration, the fast path and the gRPC server together and runs
 //! until a shutdown signal.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use switchboard_proto::v1::rtp_manager_server::RtpManagerServer;
 
 use crate::config::Config;
-use crate::fastpath::{FastPath, Settings};
+use crate::fastpath::{FastPath, Mode, Settings};
 use crate::grpc::{unix_millis, ControlService, ManagerInfo};
 use crate::interfaces;
+use crate::offload::kernel::KernelOffload;
 use crate::ports::PortPool;
 use crate::relay::Relay;
 use crate::session::{SessionTable, TableConfig};
@@ -26,10 +29,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let fast_path = FastPath::start(&Settings {
         request: config.fast_path,
-        interface,
+        interface: interface.clone(),
         port_min: config.rtp_port_min,
         port_max: config.rtp_port_max,
     });
+    if fast_path.mode() != Mode::Off {
+        check_forwarding(&interface, config.enable_forwarding);
+    }
+    let advertised: Vec<IpAddr> = std::iter::once(advertise)
+        .chain(config.advertise_v6)
+        .collect();
+    let wire = wire_addresses(&advertised, config.rtp_bind_address, &interface);
+    let offload = KernelOffload::new(fast_path.mode() != Mode::Off, wire);
 
     let started = SystemTime::now();
     let info = ManagerInfo {
@@ -54,7 +65,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pool,
     );
     let relay = Relay::start().context("starting the media relay")?;
-    let service = ControlService::new(info, fast_path, table, relay, config.audio_path.clone());
+    let service = ControlService::new(
+        info,
+        fast_path,
+        table,
+        relay,
+        offload,
+        config.audio_path.clone(),
+    );
+    tokio::spawn(service.clone().watch_offloaded(Duration::from_secs(1)));
     tokio::spawn(service.clone().forward_relay_events());
     tokio::spawn(service.clone().reap_idle_legs(
         Duration::from_secs(u64::from(config.idle_timeout)),
@@ -95,4 +114,77 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(counters = %summary.join(" "), "fast path detached");
     }
     Ok(())
+}
+
+/// The address packets for each advertised address carry on the wire at
+/// the media interface: the kernel's entries are keyed on it. It is the
+/// bind address when the sockets are bound to one, the advertised address
+/// when it is local, and otherwise (a 1:1 NAT advertising its public
+/// address) the media interface's address of that family.
+fn wire_addresses(advertised: &[IpAddr], bind: IpAddr, interface: &str) -> HashMap<IpAddr, IpAddr> {
+    advertised
+        .iter()
+        .map(|&a| {
+            let wire = if !bind.is_unspecified() && bind.is_ipv4() == a.is_ipv4() {
+                bind
+            } else if interfaces::interface_with_address(a).is_some() {
+                a
+            } else if let Some(local) = interface_address(interface, a.is_ipv4()) {
+                tracing::info!(advertised = %a, wire = %local, "advertised address is not local; kernel entries use the interface's");
+                local
+            } else {
+                a
+            };
+            (a, wire)
+        })
+        .collect()
+}
+
+/// The first address of `interface` of one family.
+fn interface_address(interface: &str, v4: bool) -> Option<IpAddr> {
+    nix::ifaddrs::getifaddrs()
+        .ok()?
+        .filter(|i| i.interface_name == interface)
+        .find_map(|i| {
+            let a = i.address?;
+            if v4 {
+                a.as_sockaddr_in().map(|s| IpAddr::V4(s.ip()))
+            } else {
+                a.as_sockaddr_in6()
+                    .map(|s| IpAddr::V6(s.ip()))
+                    .filter(|ip| !ip.is_loopback())
+            }
+        })
+}
+
+/// The programs' route lookup (bpf_fib_lookup) answers "forwarding
+/// disabled" unless the ingress interface forwards, and such packets go to
+/// the userspace relay: correct, but slow. Sets the sysctls when the
+/// operator asked for it, else warns once naming them.
+fn check_forwarding(interface: &str, enable: bool) {
+    for family in ["ipv4", "ipv6"] {
+        let path = format!("/proc/sys/net/{family}/conf/{interface}/forwarding");
+        let Ok(value) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        if value.trim() != "0" {
+            continue;
+        }
+        let sysctl = format!("net.{family}.conf.{interface}.forwarding=1");
+        if enable {
+            match std::fs::write(Path::new(&path), "1") {
+                Ok(()) => {
+                    tracing::info!(%sysctl, "forwarding enabled for the kernel fast path (--enable-forwarding)")
+                }
+                Err(e) => {
+                    tracing::warn!(%sysctl, error = %e, "cannot enable forwarding; the kernel fast path passes packets to userspace")
+                }
+            }
+        } else {
+            tracing::warn!(
+                %sysctl,
+                "forwarding is disabled on the media interface: the kernel fast path passes every packet to userspace; run `sysctl -w {sysctl}` or start with --enable-forwarding"
+            );
+        }
+    }
 }

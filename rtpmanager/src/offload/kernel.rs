@@ -132,6 +132,11 @@ impl KernelOffload {
         );
     }
 
+    /// The shared state of a leg seen by [`Self::leg_changed`].
+    pub fn shared(&self, slot: Slot) -> Option<Arc<LegShared>> {
+        self.legs.get(&slot).map(|r| Arc::clone(&r.shared))
+    }
+
     /// A leg is gone.
     pub fn leg_removed(&mut self, now: Instant, slot: Slot) {
         self.decision.handle_leg_removed(now, slot);

@@ -192,6 +192,9 @@ pub struct LegSnapshot {
 pub enum RelayEvent {
     /// A leg's peer was (re)latched to `source`.
     Latched { leg: LegRef, source: SocketAddr },
+    /// A leg's peer was (re)latched to `source` for RTCP on the RTCP port
+    /// (the offload decision needs the expected RTCP source).
+    LatchedRtcp { leg: LegRef, source: SocketAddr },
     /// A latched, bridged leg received no RTP for `idle`.
     MediaTimeout { leg: LegRef, idle: Duration },
     /// The peer of a leg sent a whole RFC 4733 DTMF digit.

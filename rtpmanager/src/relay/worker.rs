@@ -419,6 +419,11 @@ impl Worker {
                         source,
                     });
                     tracing::debug!(call = %leg.shared.leg.call_id, leg = %leg.shared.leg.leg_id, %source, "latched");
+                } else {
+                    let _ = self.events.send(RelayEvent::LatchedRtcp {
+                        leg: leg.shared.leg.clone(),
+                        source,
+                    });
                 }
             }
         }
