@@ -1,0 +1,673 @@
+//! The manager binary offloads a bridged call to the kernel, driven over
+//! gRPC as a signaling server drives it: caller ⇄ relay ⇄ callee in network
+//! namespaces, for the userspace path (`--fast-path off`), XDP native, XDP
+//! generic and TC.
+//!
+//! The manager runs in the relay namespace (`ip netns exec`); the test talks
+//! gRPC from its own thread after entering that namespace (network
+//! namespaces are per thread) on a current-thread runtime, so every socket
+//! the client opens is in the relay namespace. Each peer sends one packet
+//! first (the relay latches it in userspace), the test waits until ListCalls
+//! says both legs are offloaded, then both peers send a stream with gaps.
+//! The kernel's per-reason counters come from the manager's shutdown log.
+//!
+//! They need root; without it they skip loudly. Without the embedded object
+//! they skip too, except under CI, where that is a failure.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sched::{setns, CloneFlags};
+use switchboard_proto::v1;
+use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
+use switchboard_rtpmanager::config::FastPathRequest;
+use switchboard_rtpmanager::fastpath::{self, FastPath, Mode, Settings};
+use tonic::transport::Channel;
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard-rtpmanager");
+const RELAY_IP: &str = "10.205.0.1";
+const CALLER: &str = "10.205.0.2:41000";
+const CALLEE: &str = "10.205.0.3:40000";
+const CALLER_MAC: &str = "02:00:00:05:00:02";
+const CALLEE_MAC: &str = "02:00:00:05:00:03";
+const RELAY_MAC: &str = "02:00:00:05:00:01";
+
+fn skip_reason() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root: kernel-path tests need CAP_BPF and CAP_NET_ADMIN".into());
+    }
+    if !fastpath::object_embedded() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the kernel-path tests: the eBPF object was not built (cargo xtask build-ebpf)"
+        );
+        return Some("this build has no eBPF object (cargo xtask build-ebpf)".into());
+    }
+    None
+}
+
+macro_rules! require_kernel_path {
+    () => {
+        if let Some(reason) = skip_reason() {
+            eprintln!(
+                "\n!!!!!!!! SKIPPED kernel-path test {}: {reason} !!!!!!!!\n",
+                module_path!()
+            );
+            return;
+        }
+    };
+}
+
+fn sh(args: &[&str]) {
+    let status = Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(status.success(), "{args:?} failed: {status}");
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+fn enter(ns: &str) {
+    let path = format!("/var/run/netns/{ns}");
+    let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    setns(file, CloneFlags::CLONE_NEWNET).expect("setns into the test namespace");
+}
+
+fn spawn_in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        enter(&ns);
+        f()
+    })
+}
+
+/// Bridge namespace with ports to caller (c0), callee (e0) and relay (r0);
+/// deleted by name on drop. IPv4 only; the relay namespace does not forward
+/// until the manager turns it on (`--enable-forwarding`).
+struct TestBed {
+    bridge: String,
+    caller: String,
+    callee: String,
+    relay: String,
+}
+
+impl TestBed {
+    fn new(tag: &str) -> TestBed {
+        let pid = std::process::id();
+        let bed = TestBed {
+            bridge: format!("sbo{pid}{tag}b"),
+            caller: format!("sbo{pid}{tag}c"),
+            callee: format!("sbo{pid}{tag}e"),
+            relay: format!("sbo{pid}{tag}r"),
+        };
+        for ns in [&bed.bridge, &bed.caller, &bed.callee, &bed.relay] {
+            sh(&["ip", "netns", "add", ns]);
+            for conf in ["all", "default"] {
+                sh(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv6.conf.{conf}.disable_ipv6=1"),
+                ]);
+            }
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        let b = bed.bridge.as_str();
+        sh(&["ip", "-n", b, "link", "add", "br0", "type", "bridge"]);
+        sh(&["ip", "-n", b, "link", "set", "br0", "up"]);
+        for (ns, dev, port, mac, ip) in [
+            (&bed.caller, "c0", "pc", CALLER_MAC, addr(CALLER).ip()),
+            (&bed.callee, "e0", "pe", CALLEE_MAC, addr(CALLEE).ip()),
+            (
+                &bed.relay,
+                "r0",
+                "pr",
+                RELAY_MAC,
+                RELAY_IP.parse::<IpAddr>().expect("literal"),
+            ),
+        ] {
+            sh(&[
+                "ip", "-n", b, "link", "add", port, "type", "veth", "peer", "name", dev, "netns",
+                ns,
+            ]);
+            sh(&["ip", "-n", b, "link", "set", port, "master", "br0", "up"]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "address", mac]);
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                dev,
+            ]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        // Senders compute full UDP checksums, as a real NIC delivers them.
+        for (ns, dev) in [(&bed.caller, "c0"), (&bed.callee, "e0")] {
+            sh(&["ip", "netns", "exec", ns, "ethtool", "-K", dev, "tx", "off"]);
+        }
+        let caller_ip = addr(CALLER).ip().to_string();
+        let callee_ip = addr(CALLEE).ip().to_string();
+        for (ns, dev, ip, mac) in [
+            (&bed.caller, "c0", RELAY_IP, RELAY_MAC),
+            (&bed.callee, "e0", RELAY_IP, RELAY_MAC),
+            (&bed.relay, "r0", caller_ip.as_str(), CALLER_MAC),
+            (&bed.relay, "r0", callee_ip.as_str(), CALLEE_MAC),
+        ] {
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "neigh",
+                "replace",
+                ip,
+                "lladdr",
+                mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ]);
+        }
+        bed
+    }
+}
+
+impl Drop for TestBed {
+    fn drop(&mut self) {
+        for ns in [&self.bridge, &self.caller, &self.callee, &self.relay] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// The manager started in the relay namespace; killed by pid on drop.
+struct Manager {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Manager {
+    fn start(relay_ns: &str, fast_path: &str) -> (Manager, String) {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", relay_ns, BIN])
+            .args(["--grpc-port", "0", "--fast-path", fast_path])
+            .args(["--media-interface", "r0", "--advertise", RELAY_IP])
+            .args(["--rtp-port-min", "30000", "--rtp-port-max", "30100"])
+            .args(["--enable-forwarding", "--log-level", "info"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the manager");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let lines = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let verbose = std::env::var_os("SB_TEST_LOG").is_some();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if verbose {
+                    eprintln!("{line}");
+                }
+                if let Some(a) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("grpc="))
+                {
+                    let _ = tx.send(a.to_owned());
+                }
+                lines.lock().expect("log lock").push(line);
+            }
+        });
+        let grpc = rx
+            .recv_timeout(Duration::from_secs(15))
+            .expect("the manager logs its gRPC address");
+        (Manager { child, log }, grpc)
+    }
+
+    /// SIGTERM, wait, and the kernel counters of the shutdown log line
+    /// (`Forwarded=n Redirected=m …`).
+    fn stop(mut self) -> Vec<(String, u64)> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().expect("wait").is_none() {
+            assert!(Instant::now() < deadline, "the manager stops on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let log = self.log.lock().expect("log lock");
+        let Some(line) = log.iter().find(|l| l.contains("fast path detached")) else {
+            return Vec::new();
+        };
+        line.split_whitespace()
+            .filter_map(|w| {
+                let (name, n) = w.trim_matches('"').split_once('=')?;
+                Some((
+                    name.trim_start_matches("counters=").to_owned(),
+                    n.parse().ok()?,
+                ))
+            })
+            .filter(|(_, n)| *n != 0)
+            .collect()
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sdp(a: SocketAddr) -> String {
+    format!(
+        "v=0\r\no=peer 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\n\
+a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=sendrecv\r\n",
+        ip = a.ip(),
+        port = a.port()
+    )
+}
+
+fn media_addr(sdp: &str) -> SocketAddr {
+    let ip = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("c=IN IP4 "))
+        .expect("c= line");
+    let port = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|r| r.split(' ').next())
+        .expect("m= line");
+    addr(&format!("{ip}:{port}"))
+}
+
+fn rtp(seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, 0x00];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&0x0bad_cafeu32.to_be_bytes());
+    p.extend((0..160u32).map(|i| (i as u8) ^ (seq as u8)));
+    p
+}
+
+/// After the latching packet (sequence 0): 1..=55 without every 11th from 5
+/// on, i.e. 50 packets with 5 lost inside the range.
+fn stream() -> Vec<u16> {
+    (1..=55).filter(|s| s % 11 != 5).collect()
+}
+const LOST: i64 = 5;
+
+fn udp_in_csum_errors() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp");
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (
+        udp.next().expect("Udp header"),
+        udp.next().expect("Udp values"),
+    );
+    let index = names
+        .split_whitespace()
+        .position(|n| n == "InCsumErrors")
+        .expect("InCsumErrors column");
+    values
+        .split_whitespace()
+        .nth(index)
+        .and_then(|v| v.parse().ok())
+        .expect("InCsumErrors value")
+}
+
+/// A peer's socket in its namespace, served by a thread: sends what it is
+/// told and reports what it received (source, payload) and its checksum
+/// errors.
+struct Peer {
+    send: mpsc::Sender<(SocketAddr, Vec<u16>)>,
+    received: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    csum_errors: Arc<Mutex<(u64, u64)>>,
+}
+
+impl Peer {
+    fn start(ns: &str, local: SocketAddr) -> Peer {
+        let (send, jobs) = mpsc::channel::<(SocketAddr, Vec<u16>)>();
+        let (got, received) = mpsc::channel();
+        let csum_errors = Arc::new(Mutex::new((0, 0)));
+        let csum = Arc::clone(&csum_errors);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        spawn_in_ns(ns, move || {
+            let socket = UdpSocket::bind(local).expect("bind the peer");
+            socket
+                .set_read_timeout(Some(Duration::from_millis(20)))
+                .expect("timeout");
+            let before = udp_in_csum_errors();
+            *csum.lock().expect("csum lock") = (before, before);
+            ready_tx.send(()).expect("ready");
+            let mut buf = [0u8; 2048];
+            loop {
+                match jobs.try_recv() {
+                    Ok((to, seqs)) => {
+                        for seq in seqs {
+                            socket.send_to(&rtp(seq), to).expect("send");
+                        }
+                    }
+                    Err(mpsc::TryRecvError::Disconnected) => return,
+                    Err(mpsc::TryRecvError::Empty) => {}
+                }
+                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    if got.send((from, buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+                csum.lock().expect("csum lock").1 = udp_in_csum_errors();
+            }
+        });
+        ready_rx.recv().expect("peer ready");
+        Peer {
+            send,
+            received,
+            csum_errors,
+        }
+    }
+
+    fn send(&self, to: SocketAddr, seqs: Vec<u16>) {
+        self.send.send((to, seqs)).expect("peer thread alive");
+    }
+
+    /// Waits for `n` packets (3 s at most).
+    fn receive(&self, n: usize) -> Vec<(SocketAddr, Vec<u8>)> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut got = Vec::new();
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.received.recv_timeout(left) {
+                Ok(p) => got.push(p),
+                Err(_) => break,
+            }
+        }
+        // Anything beyond `n` would be a duplicate.
+        while let Ok(p) = self.received.recv_timeout(Duration::from_millis(200)) {
+            got.push(p);
+        }
+        got
+    }
+
+    fn new_csum_errors(&self) -> u64 {
+        let (before, now) = *self.csum_errors.lock().expect("csum lock");
+        now - before
+    }
+}
+
+/// Sets up the bridged call; returns the relay's address of leg a (where
+/// the caller sends) and of leg b (where the callee sends).
+async fn bridged_call(client: &mut RtpManagerClient<Channel>) -> (SocketAddr, SocketAddr) {
+    let offer = client
+        .offer(v1::OfferRequest {
+            call_id: "call-1".into(),
+            leg_id: "a".into(),
+            peer_leg_id: "b".into(),
+            sdp: sdp(addr(CALLER)),
+            options: None,
+            peer_options: None,
+        })
+        .await
+        .expect("Offer")
+        .into_inner();
+    let answer = client
+        .answer(v1::AnswerRequest {
+            call_id: "call-1".into(),
+            leg_id: "b".into(),
+            peer_leg_id: "a".into(),
+            sdp: sdp(addr(CALLEE)),
+        })
+        .await
+        .expect("Answer")
+        .into_inner();
+    client
+        .bridge(v1::BridgeRequest {
+            call_id: "call-1".into(),
+            leg_a: "a".into(),
+            leg_b: "b".into(),
+        })
+        .await
+        .expect("Bridge");
+    (media_addr(&answer.sdp), media_addr(&offer.sdp))
+}
+
+async fn offloaded(client: &mut RtpManagerClient<Channel>) -> Vec<(String, bool)> {
+    let calls = client
+        .list_calls(v1::ListCallsRequest {})
+        .await
+        .expect("ListCalls")
+        .into_inner()
+        .calls;
+    calls
+        .iter()
+        .flat_map(|c| c.legs.iter())
+        .map(|l| (l.leg_id.clone(), l.offloaded))
+        .collect()
+}
+
+fn call_in_every_path(tag: &str, fast_path: &str, mode: Mode) {
+    let bed = TestBed::new(tag);
+    // Native XDP_TX out of a veth is delivered only when the peer runs an
+    // XDP program; ours with an unused media range passes everything.
+    let _peer_pass = (mode == Mode::XdpNative).then(|| {
+        let settings = Settings {
+            request: FastPathRequest::Xdp,
+            interface: "pr".into(),
+            port_min: 1,
+            port_max: 1,
+        };
+        spawn_in_ns(&bed.bridge, move || FastPath::start(&settings))
+            .join()
+            .expect("peer pass program")
+    });
+    let (manager, grpc) = Manager::start(&bed.relay, fast_path);
+    let caller = Peer::start(&bed.caller, addr(CALLER));
+    let callee = Peer::start(&bed.callee, addr(CALLEE));
+    let relay_ns = bed.relay.clone();
+
+    // The gRPC client lives on this thread, moved into the relay namespace.
+    let (leg_a_addr, leg_b_addr, stats, offload_states) = spawn_in_ns(&relay_ns, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let mut client = RtpManagerClient::connect(format!("http://{grpc}"))
+                .await
+                .expect("connect");
+            let info = client
+                .info(v1::InfoRequest {})
+                .await
+                .expect("Info")
+                .into_inner();
+            assert_eq!(
+                info.fast_path,
+                i32::from(mode.to_proto()),
+                "{mode}: mode in force: {}",
+                info.fast_path_reason
+            );
+            let (leg_a_addr, leg_b_addr) = bridged_call(&mut client).await;
+
+            // Latching: one packet each way through userspace.
+            caller.send(leg_a_addr, vec![0]);
+            let first = callee.receive(1);
+            assert_eq!(
+                first.len(),
+                1,
+                "{mode}: the latching packet reached the callee"
+            );
+            callee.send(leg_b_addr, vec![0]);
+            let first = caller.receive(1);
+            assert_eq!(
+                first.len(),
+                1,
+                "{mode}: the latching packet reached the caller"
+            );
+
+            let want_offloaded = mode != Mode::Off;
+            let deadline = Instant::now() + Duration::from_secs(3);
+            let mut states = offloaded(&mut client).await;
+            while states.iter().any(|(_, o)| *o != want_offloaded) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                states = offloaded(&mut client).await;
+            }
+
+            let sent: Vec<Vec<u8>> = stream().into_iter().map(rtp).collect();
+            for (direction, from, to, receiver, source) in [
+                ("caller → callee", &caller, leg_a_addr, &callee, leg_b_addr),
+                ("callee → caller", &callee, leg_b_addr, &caller, leg_a_addr),
+            ] {
+                from.send(to, stream());
+                let got = receiver.receive(sent.len());
+                assert_eq!(
+                    got.len(),
+                    sent.len(),
+                    "{mode} {direction}: every packet arrived once"
+                );
+                for ((seen, payload), want) in got.iter().zip(&sent) {
+                    assert_eq!(
+                        *seen, source,
+                        "{mode} {direction}: the source is the relay's port of the receiver's leg"
+                    );
+                    assert_eq!(
+                        payload, want,
+                        "{mode} {direction}: payload intact, in order"
+                    );
+                }
+                assert_eq!(
+                    receiver.new_csum_errors(),
+                    0,
+                    "{mode} {direction}: no UDP checksum errors at the receiver"
+                );
+            }
+            let stats = client
+                .get_stats(v1::GetStatsRequest {
+                    call_id: "call-1".into(),
+                    leg_id: String::new(),
+                })
+                .await
+                .expect("GetStats")
+                .into_inner()
+                .legs;
+            (leg_a_addr, leg_b_addr, stats, states)
+        })
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    assert_ne!(leg_a_addr, leg_b_addr);
+
+    let want_offloaded = mode != Mode::Off;
+    assert_eq!(
+        offload_states,
+        vec![
+            ("a".to_owned(), want_offloaded),
+            ("b".to_owned(), want_offloaded)
+        ],
+        "{mode}: ListCalls reports the offload state of both legs"
+    );
+    let n = stream().len() as u64;
+    let kernel = if want_offloaded { n } else { 0 };
+    assert_eq!(stats.len(), 2, "{mode}: both legs");
+    for leg in &stats {
+        let rtp_in = leg.rtp_in.expect("rtp_in");
+        let rtp_out = leg.rtp_out.expect("rtp_out");
+        assert_eq!(
+            (rtp_in.packets, rtp_in.bytes),
+            (n + 1, 172 * (n + 1)),
+            "{mode} leg {}: received packets and bytes, whichever path",
+            leg.leg_id
+        );
+        assert_eq!(
+            (rtp_out.packets, rtp_out.bytes),
+            (n + 1, 172 * (n + 1)),
+            "{mode} leg {}: sent packets and bytes, whichever path",
+            leg.leg_id
+        );
+        assert_eq!(
+            leg.kernel_packets, kernel,
+            "{mode} leg {}: the kernel carried everything after the latch",
+            leg.leg_id
+        );
+        assert_eq!(
+            leg.rtp_lost, LOST,
+            "{mode} leg {}: the skipped sequence numbers are lost",
+            leg.leg_id
+        );
+        assert!(
+            leg.last_packet_ms > 0,
+            "{mode} leg {}: last packet time",
+            leg.leg_id
+        );
+    }
+
+    if mode != Mode::Off {
+        let forwarding = spawn_in_ns(&bed.relay, || {
+            std::fs::read_to_string("/proc/sys/net/ipv4/conf/r0/forwarding")
+                .expect("read the forwarding sysctl")
+        })
+        .join()
+        .expect("read in the relay namespace");
+        assert_eq!(forwarding.trim(), "1", "{mode}: --enable-forwarding set it");
+    }
+    let counters = manager.stop();
+    match mode {
+        Mode::Off => assert_eq!(counters, vec![], "off: no kernel counters"),
+        _ => {
+            let verdict = if mode == Mode::Tc {
+                "redirected"
+            } else {
+                "forwarded"
+            };
+            // The hosts' own traffic (IGMP, ARP) is not the test's to count.
+            let media: Vec<(String, u64)> = counters
+                .into_iter()
+                .filter(|(name, _)| !matches!(name.as_str(), "not_ip" | "not_udp"))
+                .collect();
+            assert_eq!(
+                media,
+                vec![("no_entry".to_owned(), 2), (verdict.to_owned(), 2 * n)],
+                "{mode}: the two latching packets went to userspace (no entry yet), \
+                 every later packet was forwarded by the program"
+            );
+        }
+    }
+}
+
+#[test]
+fn bridged_call_over_grpc_in_userspace_only() {
+    require_kernel_path!();
+    call_in_every_path("o", "off", Mode::Off);
+}
+
+#[test]
+fn bridged_call_over_grpc_is_offloaded_to_xdp_native() {
+    require_kernel_path!();
+    call_in_every_path("n", "xdp", Mode::XdpNative);
+}
+
+#[test]
+fn bridged_call_over_grpc_is_offloaded_to_xdp_generic() {
+    require_kernel_path!();
+    call_in_every_path("g", "xdp-generic", Mode::XdpGeneric);
+}
+
+#[test]
+fn bridged_call_over_grpc_is_offloaded_to_tc() {
+    require_kernel_path!();
+    call_in_every_path("t", "tc", Mode::Tc);
+}
