@@ -1,5 +1,8 @@
 //! `cargo xtask bench …`: benchmarks against release builds of the daemons.
 //!
+//! `media`: the RTP manager's relay on a network-namespace bed (see
+//! rtpmanager/benches/media.rs), for one media path at several call counts.
+//!
 //! `sip-register`: starts switchboard-signaling (release) with a users file
 //! and a fresh data directory, runs SIPp's REGISTER-with-digest scenario
 //! (signaling/tests/sipp/register_auth.xml) at increasing rates, and prints
@@ -29,6 +32,22 @@ pub struct BenchArgs {
 enum BenchTarget {
     /// REGISTER with digest authentication through SIPp, at increasing rates.
     SipRegister(SipRegisterArgs),
+    /// Bridged calls relayed by the RTP manager on a network-namespace bed
+    /// (needs root): loss, latency and CPU per packet for one media path.
+    Media(MediaArgs),
+}
+
+#[derive(clap::Args)]
+struct MediaArgs {
+    /// Media path: userspace, xdp, xdp-generic or tc.
+    #[arg(long, default_value = "userspace")]
+    path: String,
+    /// Numbers of bridged calls, comma-separated.
+    #[arg(long, default_value = "100,500,1000,2000,4000")]
+    calls: String,
+    /// Seconds measured per point (after a 2 s warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u32,
 }
 
 #[derive(clap::Args)]
@@ -44,7 +63,38 @@ struct SipRegisterArgs {
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     match &args.target {
         BenchTarget::SipRegister(args) => sip_register(args),
+        BenchTarget::Media(args) => media(args),
     }
+}
+
+/// Runs rtpmanager/benches/media.rs (release), which builds the namespace
+/// bed, starts the manager with the requested fast path and prints a table.
+fn media(args: &MediaArgs) -> anyhow::Result<()> {
+    if !util::is_root() {
+        bail!("the media benchmark builds network namespaces: run it as root");
+    }
+    if args.path != "userspace" && crate::ebpf::missing_prerequisites().is_empty() {
+        crate::ebpf::build(&crate::ebpf::BuildArgs {})?;
+    }
+    util::run(
+        util::cargo()
+            .args([
+                "bench",
+                "-p",
+                "switchboard-rtpmanager",
+                "--bench",
+                "media",
+                "--",
+            ])
+            .args([
+                "--path",
+                &args.path,
+                "--calls",
+                &args.calls,
+                "--seconds",
+                &args.seconds.to_string(),
+            ]),
+    )
 }
 
 /// Stops the server by pid when dropped, whatever happened.
