@@ -172,6 +172,20 @@ pub fn install(args: &InstallArgs) -> anyhow::Result<()> {
             .with_context(|| format!("reading deploy/etc/{name}"))?;
         install_config(&config_dir.join(name), &default)?;
     }
+    // The users file holds secrets and is the operator's from the first
+    // edit on: installed once, empty, never replaced.
+    let users = config_dir.join("users.toml");
+    if users.exists() {
+        println!("install: kept     {} (yours)", users.display());
+    } else {
+        let template =
+            fs::read(configs_src.join("users.toml")).context("reading deploy/etc/users.toml")?;
+        write_replacing(&users, &template, 0o640)?;
+        println!(
+            "install: config   {} (no users yet: cargo xtask add-user)",
+            users.display()
+        );
+    }
     let dialplan = config_dir.join("dialplan.json");
     if dialplan.exists() {
         println!("install: kept     {} (yours)", dialplan.display());

@@ -322,6 +322,7 @@ fn install_lays_out_the_tree_and_keeps_edited_configs() {
         "etc/switchboard/rtpmanager.toml",
         "etc/switchboard/signaling.toml",
         "etc/switchboard/ui.toml",
+        "etc/switchboard/users.toml",
         "etc/systemd/",
         "etc/systemd/system/",
         "etc/systemd/system/switchboard-rtpmanager.service",
@@ -526,6 +527,10 @@ fn systemd_analyze_verifies_the_installed_units() {
         .status()
         .expect("run cp");
     assert!(copied.success(), "copying the host's units failed");
+    // ExecReload= of the signaling unit runs the distribution's kill.
+    let staged_bin = root.join("usr/bin");
+    std::fs::create_dir_all(&staged_bin).expect("create staged /usr/bin");
+    std::fs::copy("/usr/bin/kill", staged_bin.join("kill")).expect("stage /usr/bin/kill");
 
     let units = [
         "switchboard-rtpmanager.service",
