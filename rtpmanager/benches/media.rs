@@ -6,7 +6,17 @@
 //! fast path, sets up N bridged calls over gRPC, and sends 50 packets per
 //! second each way per call from the peers' namespace. It prints offered
 //! packets per second, loss, one-way latency p50/p99 through the relay, and
-//! the relay's CPU time per forwarded packet.
+//! the relay's CPU time per forwarded packet: the manager process's CPU time
+//! for the userspace path, and for the kernel paths also the program's own
+//! run time per packet from the kernel's BPF statistics (enabled with the
+//! BPF_ENABLE_STATS command for the duration of the run, so no sysctl is
+//! left changed).
+//!
+//! Kernel paths: forwarding is on for `r0` in the relay namespace (the
+//! programs' route lookup needs it), and for native XDP the peer veth runs
+//! a pass-all XDP program (our own, with a media range nothing uses):
+//! frames an XDP program transmits out of a veth are dropped unless the
+//! peer has one (GRO on the peer was not enough, see EBPF-NOTES).
 //!
 //! All traffic stays inside the namespaces this program creates; they are
 //! deleted by name at the end, and the manager it started is stopped by pid.
@@ -26,6 +36,8 @@ use anyhow::{bail, Context};
 use nix::sched::{setns, CloneFlags};
 use switchboard_proto::v1;
 use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
+use switchboard_rtpmanager::config::FastPathRequest;
+use switchboard_rtpmanager::fastpath::{FastPath, Mode, Settings};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard-rtpmanager");
 const RELAY_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 1);
@@ -520,6 +532,87 @@ struct Row {
     p99_us: u64,
     cpu_pct: f64,
     ns_per_packet: f64,
+    /// Program run time per packet (kernel paths).
+    bpf_ns_per_packet: Option<f64>,
+    /// Share of received packets the program forwarded (kernel paths).
+    bpf_packets_pct: Option<f64>,
+}
+
+/// Kernel BPF run-time statistics, on while this is alive.
+struct BpfStats(
+    #[expect(
+        dead_code,
+        reason = "held open: the kernel counts run time while the fd lives"
+    )]
+    std::os::fd::OwnedFd,
+);
+
+impl BpfStats {
+    fn enable() -> anyhow::Result<BpfStats> {
+        // union bpf_attr { struct { __u32 type; } enable_stats; }, with
+        // type BPF_STATS_RUN_TIME (0); the rest of the union must be zero.
+        let attr = [0u8; 16];
+        const BPF_ENABLE_STATS: libc::c_long = 32;
+        // SAFETY: the kernel reads `attr.len()` bytes of our buffer.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_ENABLE_STATS,
+                attr.as_ptr(),
+                attr.len() as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            bail!("BPF_ENABLE_STATS: {}", std::io::Error::last_os_error());
+        }
+        let fd = i32::try_from(fd).context("fd")?;
+        // SAFETY: the syscall returned a new descriptor that we own.
+        Ok(BpfStats(unsafe {
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        }))
+    }
+}
+
+/// Every number following `"key":` in a JSON text.
+fn json_numbers(text: &str, key: &str) -> Vec<u64> {
+    let pattern = format!("\"{key}\":");
+    text.match_indices(&pattern)
+        .filter_map(|(i, _)| {
+            let rest = &text[i + pattern.len()..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+/// Run time (ns) and run count of the programs attached to `r0` in the
+/// relay namespace.
+fn program_stats(relay_ns: &str) -> anyhow::Result<(u64, u64)> {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", relay_ns, "bpftool", "-j", "net", "show", "dev", "r0",
+        ])
+        .output()
+        .context("bpftool net show")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut ids = json_numbers(&text, "id");
+    ids.extend(json_numbers(&text, "prog_id"));
+    ids.sort_unstable();
+    ids.dedup();
+    let (mut run_time, mut run_count) = (0, 0);
+    for id in ids {
+        let out = Command::new("bpftool")
+            .args(["-j", "prog", "show", "id", &id.to_string()])
+            .output()
+            .context("bpftool prog show")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        run_time += json_numbers(&text, "run_time_ns")
+            .first()
+            .copied()
+            .unwrap_or(0);
+        run_count += json_numbers(&text, "run_cnt").first().copied().unwrap_or(0);
+    }
+    Ok((run_time, run_count))
 }
 
 fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
@@ -550,6 +643,27 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
             .spawn()
             .context("starting the manager")?,
     );
+    // Native XDP transmits out of r0 reach p0 only when p0 runs XDP.
+    let _peer_pass = if path == "xdp" {
+        let settings = Settings {
+            request: FastPathRequest::Xdp,
+            interface: "p0".into(),
+            port_min: 1,
+            port_max: 1,
+        };
+        let pass = Bed::in_ns(&bed.peers, move || FastPath::start(&settings))?;
+        if pass.mode() != Mode::XdpNative {
+            bail!("pass-all XDP on the peer veth: {}", pass.reason());
+        }
+        Some(pass)
+    } else {
+        None
+    };
+    let bpf_stats = if path == "userspace" {
+        None
+    } else {
+        Some(BpfStats::enable()?)
+    };
     let ports = set_up_calls(&bed.relay, calls)?;
 
     let traffic = Arc::new(Traffic {
@@ -600,12 +714,24 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
     // Warm-up: latching, caches, socket buffers.
     std::thread::sleep(Duration::from_secs(2));
     let cpu_before = manager.cpu_time();
+    let bpf_before = match bpf_stats {
+        Some(_) => Some(program_stats(&bed.relay)?),
+        None => None,
+    };
     traffic.measuring.store(true, Ordering::Relaxed);
     let measure_start = Instant::now();
     std::thread::sleep(Duration::from_secs(seconds));
     traffic.measuring.store(false, Ordering::Relaxed);
     let elapsed = measure_start.elapsed();
     let cpu = manager.cpu_time().saturating_sub(cpu_before);
+    let bpf = match bpf_before {
+        Some((time, count)) => {
+            let (time_after, count_after) = program_stats(&bed.relay)?;
+            Some((time_after - time, count_after - count))
+        }
+        None => None,
+    };
+    drop(bpf_stats);
     // Packets still in flight when measuring stopped are not counted as
     // received; with ~100 µs transit that is well under 0.1 % of a window.
     std::thread::sleep(Duration::from_millis(300));
@@ -639,6 +765,8 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
         } else {
             cpu.as_nanos() as f64 / received as f64
         },
+        bpf_ns_per_packet: bpf.map(|(time, count)| time as f64 / count.max(1) as f64),
+        bpf_packets_pct: bpf.map(|(_, count)| count as f64 * 100.0 / received.max(1) as f64),
     })
 }
 
@@ -656,14 +784,33 @@ fn main() -> anyhow::Result<()> {
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
     println!("media benchmark: path={} ({} s per point, 50 pps per call and direction, {PACKET_LEN}-byte packets)", args.path, args.seconds);
     println!(
-        "{:>6} {:>10} {:>8} {:>9} {:>9} {:>9} {:>12}",
-        "calls", "pps", "loss%", "p50 µs", "p99 µs", "relay CPU%", "CPU ns/pkt"
+        "{:>6} {:>10} {:>8} {:>9} {:>9} {:>10} {:>12} {:>12} {:>9}",
+        "calls",
+        "pps",
+        "loss%",
+        "p50 µs",
+        "p99 µs",
+        "relay CPU%",
+        "proc ns/pkt",
+        "BPF ns/pkt",
+        "BPF runs%"
     );
+    let optional = |v: Option<f64>, precision: usize| {
+        v.map_or_else(|| "-".to_owned(), |v| format!("{v:.precision$}"))
+    };
     for &calls in &args.calls {
         match run_once(&args.path, calls, args.seconds) {
             Ok(r) => println!(
-                "{:>6} {:>10} {:>8.3} {:>9} {:>9} {:>9.1} {:>12.0}",
-                r.calls, r.offered_pps, r.loss_pct, r.p50_us, r.p99_us, r.cpu_pct, r.ns_per_packet
+                "{:>6} {:>10} {:>8.3} {:>9} {:>9} {:>10.1} {:>12.0} {:>12} {:>9}",
+                r.calls,
+                r.offered_pps,
+                r.loss_pct,
+                r.p50_us,
+                r.p99_us,
+                r.cpu_pct,
+                r.ns_per_packet,
+                optional(r.bpf_ns_per_packet, 0),
+                optional(r.bpf_packets_pct, 1)
             ),
             Err(e) => println!("{calls:>6} failed: {e:#}"),
         }

@@ -34,7 +34,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         port_max: config.rtp_port_max,
     });
     if fast_path.mode() != Mode::Off {
-        check_forwarding(&interface, config.enable_forwarding);
+        check_forwarding(
+            &interface,
+            config.enable_forwarding,
+            config.advertise_v6.is_some(),
+        );
     }
     let advertised: Vec<IpAddr> = std::iter::once(advertise)
         .chain(config.advertise_v6)
@@ -161,8 +165,10 @@ fn interface_address(interface: &str, v4: bool) -> Option<IpAddr> {
 /// disabled" unless the ingress interface forwards, and such packets go to
 /// the userspace relay: correct, but slow. Sets the sysctls when the
 /// operator asked for it, else warns once naming them.
-fn check_forwarding(interface: &str, enable: bool) {
-    for family in ["ipv4", "ipv6"] {
+/// IPv6 is checked only when the manager advertises an IPv6 address.
+fn check_forwarding(interface: &str, enable: bool, ipv6: bool) {
+    let families: &[&str] = if ipv6 { &["ipv4", "ipv6"] } else { &["ipv4"] };
+    for family in families {
         let path = format!("/proc/sys/net/{family}/conf/{interface}/forwarding");
         let Ok(value) = std::fs::read_to_string(&path) else {
             continue;
