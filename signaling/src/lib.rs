@@ -5,6 +5,7 @@
 //! machines are sans-IO; sockets, timers and gRPC live in thin drivers.
 
 pub mod auth;
+pub mod b2bua;
 pub mod config;
 pub mod dialplan;
 pub mod registrar;

@@ -1,0 +1,291 @@
+//! What the B2BUA asks of the RTP manager, and how the answers come back.
+//!
+//! The core never calls gRPC: it queues [`MediaRequest`]s on a [`MediaLink`]
+//! and receives [`LinkInput`]s (results, manager events, a new dialplan)
+//! through the same link. The link is the only state shared with the
+//! driver's tokio tasks; the core reads it on its own thread when the core
+//! calls the handler's timeout (an input pushed at `at` is due at `at`).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use super::Occupancy;
+use crate::dialplan::Dialplan;
+
+/// One side of a call as the manager sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LegId {
+    /// The caller's side.
+    A,
+    /// The callee's side.
+    B,
+}
+
+impl LegId {
+    /// The leg id on the control protocol.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LegId::A => "a",
+            LegId::B => "b",
+        }
+    }
+
+    /// The other side.
+    pub fn other(self) -> LegId {
+        match self {
+            LegId::A => LegId::B,
+            LegId::B => LegId::A,
+        }
+    }
+
+    /// The leg named by a control-protocol leg id.
+    pub fn parse(text: &str) -> Option<LegId> {
+        match text {
+            "a" => Some(LegId::A),
+            "b" => Some(LegId::B),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for LegId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The call id on the control protocol: the caller's Call-ID, which the
+/// manager uses to group legs and which the pool uses for affinity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MediaCallId(pub String);
+
+impl fmt::Display for MediaCallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Identifies one media request so that its result finds its call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MediaRequestId(pub u64);
+
+/// Why a call's media is deleted (the control protocol's `DeleteReason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteReason {
+    /// A BYE from either side, or the dialplan's hangup.
+    Hangup,
+    /// The caller cancelled before answer.
+    Cancelled,
+    /// The call failed before or during setup.
+    Failed,
+    /// The manager reported no media.
+    MediaTimeout,
+}
+
+/// One operation on the manager, in the control protocol's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaOp {
+    /// `Offer`: SDP the peer of `leg` sent; `peer` is where the rewritten
+    /// SDP goes, `None` when the manager answers itself.
+    Offer {
+        leg: LegId,
+        peer: Option<LegId>,
+        sdp: String,
+    },
+    /// `Answer`: the answer the peer of `leg` sent to an offer from `peer`.
+    Answer {
+        leg: LegId,
+        peer: LegId,
+        sdp: String,
+    },
+    /// `Bridge` legs a and b.
+    Bridge,
+    /// `Delete` the whole call.
+    Delete {
+        reason: DeleteReason,
+        detail: String,
+    },
+    /// `Play` files to a leg; the result comes when the playback ends.
+    Play { leg: LegId, files: Vec<String> },
+    /// `StopPlay` whatever plays on a leg.
+    StopPlay { leg: LegId },
+}
+
+impl MediaOp {
+    /// The RPC's name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MediaOp::Offer { .. } => "offer",
+            MediaOp::Answer { .. } => "answer",
+            MediaOp::Bridge => "bridge",
+            MediaOp::Delete { .. } => "delete",
+            MediaOp::Play { .. } => "play",
+            MediaOp::StopPlay { .. } => "stop_play",
+        }
+    }
+}
+
+/// A media operation for the driver to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaRequest {
+    /// Echoed in the result.
+    pub id: MediaRequestId,
+    /// The call; every request of a call must reach the same manager, in order.
+    pub call: MediaCallId,
+    /// What to do.
+    pub op: MediaOp,
+}
+
+/// Why a media operation failed, as far as call handling cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaFailure {
+    /// The SDP was refused (INVALID_ARGUMENT): 488 to the peer that sent it.
+    Unacceptable,
+    /// No manager could take the call (none configured or healthy,
+    /// UNAVAILABLE, RESOURCE_EXHAUSTED, timeouts): 503.
+    Unavailable,
+    /// Anything else (a state error, an unknown leg): 500.
+    Internal,
+}
+
+/// The outcome of a [`MediaRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaResult {
+    /// `Offer`/`Answer` succeeded: the SDP to send.
+    Sdp(String),
+    /// `Bridge`, `Delete`, `StopPlay` succeeded.
+    Done,
+    /// A playback ended: `true` when it played to the end.
+    PlayEnded { completed: bool },
+    /// The operation failed.
+    Failed {
+        failure: MediaFailure,
+        message: String,
+    },
+}
+
+/// Something a manager noticed on its own (the Watch stream).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// No RTP on a leg for `idle_secs`.
+    Timeout {
+        call: MediaCallId,
+        leg: String,
+        idle_secs: u32,
+    },
+    /// A DTMF digit received on a leg.
+    Dtmf {
+        call: MediaCallId,
+        leg: String,
+        digit: String,
+    },
+}
+
+/// What the driver hands the core through the link.
+#[derive(Debug, Clone)]
+pub enum LinkInput {
+    /// The result of a request.
+    Result {
+        id: MediaRequestId,
+        result: MediaResult,
+    },
+    /// A manager event.
+    Event(MediaEvent),
+    /// A validated dialplan replacing the current one for new calls.
+    Dialplan(Arc<Dialplan>),
+}
+
+type Wakeup = Arc<dyn Fn() + Send + Sync>;
+
+#[derive(Default)]
+struct Queues {
+    requests: VecDeque<MediaRequest>,
+    inputs: VecDeque<(Instant, LinkInput)>,
+    on_request: Option<Wakeup>,
+    occupancy: Occupancy,
+}
+
+/// The queues between the B2BUA core and its driver. Cloning gives another
+/// handle to the same queues.
+#[derive(Clone, Default)]
+pub struct MediaLink {
+    queues: Arc<Mutex<Queues>>,
+}
+
+impl fmt::Debug for MediaLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let queues = self.lock();
+        f.debug_struct("MediaLink")
+            .field("requests", &queues.requests.len())
+            .field("inputs", &queues.inputs.len())
+            .finish()
+    }
+}
+
+impl MediaLink {
+    /// Empty queues.
+    pub fn new() -> MediaLink {
+        MediaLink::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queues> {
+        // The queues stay consistent even if a holder panicked: every
+        // critical section is a single push or pop.
+        self.queues
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Driver side: runs `wake` each time the core queues a request.
+    pub fn on_request(&self, wake: impl Fn() + Send + Sync + 'static) {
+        self.lock().on_request = Some(Arc::new(wake));
+    }
+
+    /// Driver side: the next request to run.
+    pub fn poll_request(&self) -> Option<MediaRequest> {
+        self.lock().requests.pop_front()
+    }
+
+    /// Driver side: queues an input, due at `at` (the driver then wakes the core).
+    pub fn push_input(&self, at: Instant, input: LinkInput) {
+        self.lock().inputs.push_back((at, input));
+    }
+
+    /// The core's table sizes after its last input (calls in progress,
+    /// transactions it tracks): for metrics and leak checks.
+    pub fn occupancy(&self) -> Occupancy {
+        self.lock().occupancy
+    }
+
+    pub(crate) fn publish(&self, occupancy: Occupancy) {
+        self.lock().occupancy = occupancy;
+    }
+
+    /// Core side: queues a request and wakes the driver.
+    pub(crate) fn push_request(&self, request: MediaRequest) {
+        let wake = {
+            let mut queues = self.lock();
+            queues.requests.push_back(request);
+            queues.on_request.clone()
+        };
+        if let Some(wake) = wake {
+            wake();
+        }
+    }
+
+    /// Core side: when the oldest input became due.
+    pub(crate) fn next_input_at(&self) -> Option<Instant> {
+        self.lock().inputs.front().map(|(at, _)| *at)
+    }
+
+    /// Core side: the oldest input due at `now`.
+    pub(crate) fn pop_input(&self, now: Instant) -> Option<LinkInput> {
+        let mut queues = self.lock();
+        match queues.inputs.front() {
+            Some((at, _)) if *at <= now => queues.inputs.pop_front().map(|(_, input)| input),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,594 @@
+//! Sans-IO call flows: a simulated caller, callee(s) and RTP manager drive
+//! the request-handling core with the B2BUA installed, with explicit time.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::*;
+use crate::auth::{AuthConfig, AuthMode, Authenticator, Users};
+use crate::registrar::{Record, Registrar, RegistrarConfig, StoreError};
+use crate::sip::{build_response_with_body, parse};
+use crate::transport::{Flow, Inbound};
+use crate::uas::{BindingStore, Uas, UasConfig};
+
+const CALLER: &str = "192.0.2.1:5060";
+const BOB: &str = "192.0.2.2:5060";
+const CAROL: &str = "192.0.2.3:5060";
+const LOCAL: &str = "192.0.2.100:5060";
+const CALLER_SDP: &str = "v=0\r\no=alice 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
+const CALLEE_SDP: &str = "v=0\r\no=bob 1 1 IN IP4 192.0.2.2\r\ns=-\r\nc=IN IP4 192.0.2.2\r\nt=0 0\r\nm=audio 50000 RTP/AVP 0\r\n";
+
+struct NoStore;
+
+impl BindingStore for NoStore {
+    fn append(&mut self, _: &Record) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn journal_records(&self) -> usize {
+        0
+    }
+    fn compact(&mut self, _: &[Record]) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().expect("test address")
+}
+
+/// The SDP the fake manager returns: which operation made it is in `s=`.
+fn manager_sdp(what: &str) -> String {
+    format!("v=0\r\no=- 1 1 IN IP4 203.0.113.1\r\ns={what}\r\nc=IN IP4 203.0.113.1\r\nt=0 0\r\nm=audio 30000 RTP/AVP 0\r\n")
+}
+
+/// What the fake manager does with the next request of a kind.
+#[derive(Default)]
+struct Manager {
+    /// Every request, in order.
+    ops: Vec<MediaOp>,
+    /// Playbacks not yet ended.
+    playing: Vec<MediaRequestId>,
+    /// The next Offer fails this way.
+    fail_offer: Option<MediaFailure>,
+}
+
+struct Harness {
+    uas: Uas,
+    link: MediaLink,
+    now: Now,
+    manager: Manager,
+    sent: VecDeque<(SocketAddr, SipMessage)>,
+    branch: u32,
+}
+
+fn plan(json: &str) -> Arc<Dialplan> {
+    Arc::new(Dialplan::parse(json).expect("test dialplan parses"))
+}
+
+fn dial_plan(targets: &str, extra: &str) -> String {
+    format!(
+        r#"{{"version": "1.0", "routes": [
+          {{"id": "play", "pattern": "9000", "priority": 1, "actions": [
+            {{"type": "answer", "params": {{}}}},
+            {{"type": "play_audio", "params": {{"files": ["welcome.wav"]}}}},
+            {{"type": "hangup", "params": {{"code": 200, "reason": "done"}}}}]}},
+          {{"id": "dial", "pattern": "1XXX", "priority": 2, "actions": [
+            {{"type": "dial", "params": {{"targets": {targets}, "timeout": 5 {extra}}}}}]}}
+        ]}}"#
+    )
+}
+
+impl Harness {
+    fn new(plan_json: &str) -> Harness {
+        let mut auth = AuthConfig::digest("test", vec![7; 32]);
+        auth.mode = AuthMode::Anonymous;
+        let mut registrar = RegistrarConfig::default();
+        registrar.default_domain = Some("example.com".to_owned());
+        let mut uas = Uas::new(
+            UasConfig::new("test"),
+            Registrar::new(registrar),
+            Authenticator::new(auth, Users::default()),
+            Box::new(NoStore),
+        );
+        let link = MediaLink::new();
+        let b2bua = B2bua::new(
+            B2buaConfig {
+                local: LOCAL.to_owned(),
+                timers: TimerConfig::default(),
+                seed: 42,
+            },
+            plan(plan_json),
+            link.clone(),
+        );
+        uas.set_call_handler(Box::new(b2bua));
+        Harness {
+            uas,
+            link,
+            now: Now {
+                instant: Instant::now(),
+                wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            },
+            manager: Manager::default(),
+            sent: VecDeque::new(),
+            branch: 0,
+        }
+    }
+
+    /// Delivers `text` from `peer`, then lets the manager answer.
+    fn from(&mut self, peer: &str, text: &str) {
+        self.uas.handle_inbound(
+            self.now,
+            Inbound {
+                flow: Flow::Udp { remote: addr(peer) },
+                bytes: text.as_bytes().to_vec(),
+            },
+        );
+        self.settle();
+    }
+
+    /// Runs the manager until it has nothing left to answer.
+    fn settle(&mut self) {
+        loop {
+            self.collect();
+            let mut answered = false;
+            while let Some(request) = self.link.poll_request() {
+                answered = true;
+                let result = self.answer(&request);
+                self.manager.ops.push(request.op.clone());
+                if let Some(result) = result {
+                    self.link.push_input(
+                        self.now.instant,
+                        LinkInput::Result {
+                            id: request.id,
+                            result,
+                        },
+                    );
+                }
+            }
+            if !answered {
+                break;
+            }
+            self.uas.handle_timeout(self.now);
+        }
+        self.collect();
+    }
+
+    fn answer(&mut self, request: &MediaRequest) -> Option<MediaResult> {
+        Some(match &request.op {
+            MediaOp::Offer { leg, peer, .. } => match self.manager.fail_offer.take() {
+                Some(failure) => MediaResult::Failed {
+                    failure,
+                    message: "test".to_owned(),
+                },
+                None => MediaResult::Sdp(manager_sdp(&format!(
+                    "offer-{leg}-{}",
+                    peer.map_or("self", LegId::as_str)
+                ))),
+            },
+            MediaOp::Answer { leg, peer, .. } => {
+                MediaResult::Sdp(manager_sdp(&format!("answer-{leg}-{peer}")))
+            }
+            MediaOp::Play { .. } => {
+                self.manager.playing.push(request.id);
+                return None;
+            }
+            MediaOp::Bridge | MediaOp::Delete { .. } | MediaOp::StopPlay { .. } => {
+                MediaResult::Done
+            }
+        })
+    }
+
+    /// Ends the oldest playback as completed.
+    fn finish_playback(&mut self) {
+        let id = self.manager.playing.remove(0);
+        self.link.push_input(
+            self.now.instant,
+            LinkInput::Result {
+                id,
+                result: MediaResult::PlayEnded { completed: true },
+            },
+        );
+        self.uas.handle_timeout(self.now);
+        self.settle();
+    }
+
+    fn event(&mut self, event: MediaEvent) {
+        self.link
+            .push_input(self.now.instant, LinkInput::Event(event));
+        self.uas.handle_timeout(self.now);
+        self.settle();
+    }
+
+    fn advance(&mut self, by: Duration) {
+        let end = self.now.instant + by;
+        // Step through every deadline so timers fire at their own time.
+        loop {
+            let next = self.uas.poll_timeout(self.now).filter(|at| *at <= end);
+            let step = next.unwrap_or(end).max(self.now.instant);
+            self.now = self.now.advanced(step - self.now.instant);
+            self.uas.handle_timeout(self.now);
+            self.settle();
+            if next.is_none() {
+                break;
+            }
+        }
+    }
+
+    fn collect(&mut self) {
+        while let Some(out) = self.uas.poll_transmit() {
+            let message = parse(&out.bytes).unwrap_or_else(|e| {
+                panic!(
+                    "B2BUA sent an unparseable message ({e:?}):\n{}",
+                    String::from_utf8_lossy(&out.bytes)
+                )
+            });
+            self.sent.push_back((out.destination.remote(), message));
+        }
+    }
+
+    /// The next message sent to `peer`, which must exist.
+    fn next_to(&mut self, peer: &str) -> SipMessage {
+        let peer = addr(peer);
+        let index = self
+            .sent
+            .iter()
+            .position(|(to, _)| *to == peer)
+            .unwrap_or_else(|| panic!("nothing sent to {peer}; sent: {:?}", self.summary()));
+        self.sent.remove(index).expect("index is valid").1
+    }
+
+    /// The next response sent to `peer`, with this status.
+    fn response_to(&mut self, peer: &str, status: u16) -> SipMessage {
+        let message = self.next_to(peer);
+        assert_eq!(
+            message.status(),
+            Some(status),
+            "expected {status} to {peer}, got {}",
+            describe(&message)
+        );
+        message
+    }
+
+    /// The next request sent to `peer`, with this method.
+    fn request_to(&mut self, peer: &str, method: &str) -> SipMessage {
+        let message = self.next_to(peer);
+        assert!(
+            message.is_request() && message.method().as_str() == method,
+            "expected {method} to {peer}, got {}",
+            describe(&message)
+        );
+        message
+    }
+
+    fn nothing_to(&self, peer: &str) {
+        let peer = addr(peer);
+        let pending: Vec<String> = self
+            .sent
+            .iter()
+            .filter(|(to, _)| *to == peer)
+            .map(|(_, m)| describe(m))
+            .collect();
+        assert!(pending.is_empty(), "unexpected to {peer}: {pending:?}");
+    }
+
+    fn summary(&self) -> Vec<String> {
+        self.sent
+            .iter()
+            .map(|(to, m)| format!("{to} {}", describe(m)))
+            .collect()
+    }
+
+    fn occupancy(&self) -> Occupancy {
+        self.link.occupancy()
+    }
+
+    fn ops(&mut self) -> Vec<MediaOp> {
+        std::mem::take(&mut self.manager.ops)
+    }
+
+    fn new_branch(&mut self) -> String {
+        self.branch += 1;
+        format!("z9hG4bKpeer{}", self.branch)
+    }
+
+    // ----- what the peers send ---------------------------------------
+
+    fn invite(&mut self, to: &str, call_id: &str, sdp: Option<&str>) -> String {
+        let branch = self.new_branch();
+        request(
+            &format!("INVITE sip:{to}@192.0.2.100 SIP/2.0"),
+            &[
+                (
+                    "Via",
+                    &format!("SIP/2.0/UDP {CALLER};branch={branch};rport"),
+                ),
+                ("Max-Forwards", "70"),
+                ("From", "\"Alice\" <sip:alice@192.0.2.1>;tag=alice1"),
+                ("To", &format!("<sip:{to}@192.0.2.100>")),
+                ("Call-ID", call_id),
+                ("CSeq", "1 INVITE"),
+                ("Contact", "<sip:alice@192.0.2.1:5060>"),
+            ],
+            sdp,
+        )
+    }
+
+    /// A request inside the dialog that `answer` (a 2xx we received) set up.
+    fn in_dialog(
+        &mut self,
+        from_peer: &str,
+        answer: &SipMessage,
+        method: &str,
+        cseq: u32,
+        sdp: Option<&str>,
+    ) -> String {
+        let branch = self.new_branch();
+        let target = answer
+            .contacts()
+            .first()
+            .map(|c| c.uri.to_string())
+            .expect("the 2xx has a Contact");
+        request(
+            &format!("{method} {target} SIP/2.0"),
+            &[
+                (
+                    "Via",
+                    &format!("SIP/2.0/UDP {from_peer};branch={branch};rport"),
+                ),
+                ("Max-Forwards", "70"),
+                ("From", answer.header("From").expect("From")),
+                ("To", answer.header("To").expect("To")),
+                ("Call-ID", answer.call_id().as_str()),
+                ("CSeq", &format!("{cseq} {method}")),
+            ],
+            sdp,
+        )
+    }
+
+    /// The callee's request inside the dialog of a request it received.
+    fn callee_request(
+        &mut self,
+        callee: &str,
+        received: &SipMessage,
+        to_tag: &str,
+        method: &str,
+        cseq: u32,
+        sdp: Option<&str>,
+    ) -> String {
+        let branch = self.new_branch();
+        let target = received
+            .contacts()
+            .first()
+            .map(|c| c.uri.to_string())
+            .expect("the INVITE has a Contact");
+        request(
+            &format!("{method} {target} SIP/2.0"),
+            &[
+                (
+                    "Via",
+                    &format!("SIP/2.0/UDP {callee};branch={branch};rport"),
+                ),
+                ("Max-Forwards", "70"),
+                (
+                    "From",
+                    &format!("{};tag={to_tag}", received.header("To").expect("To")),
+                ),
+                ("To", received.header("From").expect("From")),
+                ("Call-ID", received.call_id().as_str()),
+                ("CSeq", &format!("{cseq} {method}")),
+                ("Contact", &format!("<sip:peer@{callee}>")),
+            ],
+            sdp,
+        )
+    }
+
+    /// The ACK for a 2xx received by the caller.
+    fn ack_for(&mut self, answer: &SipMessage, sdp: Option<&str>) -> String {
+        let cseq = answer.cseq().seq;
+        self.in_dialog(CALLER, answer, "ACK", cseq, sdp)
+    }
+}
+
+fn request(start: &str, headers: &[(&str, &str)], sdp: Option<&str>) -> String {
+    let mut text = format!("{start}\r\n");
+    for (name, value) in headers {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    match sdp {
+        Some(sdp) => text.push_str(&format!(
+            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        )),
+        None => text.push_str("Content-Length: 0\r\n\r\n"),
+    }
+    text
+}
+
+/// A peer's response to a request it received.
+fn reply(request: &SipMessage, status: u16, to_tag: Option<&str>, sdp: Option<&str>) -> String {
+    let contact = format!(
+        "<sip:peer@{}>",
+        request
+            .request_uri()
+            .and_then(|u| u
+                .host()
+                .map(|h| format!("{h}:{}", u.port().unwrap_or(5060))))
+            .unwrap_or_default()
+    );
+    let tag = to_tag.map(Tag::new);
+    let bytes = build_response_with_body(
+        request,
+        status,
+        reason(status),
+        tag.as_ref(),
+        &[("Contact".to_owned(), contact)],
+        sdp.map(|s| ("application/sdp", s.as_bytes())),
+    );
+    String::from_utf8(bytes).expect("responses are text")
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Trying",
+        180 => "Ringing",
+        183 => "Session Progress",
+        200 => "OK",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        491 => "Request Pending",
+        603 => "Decline",
+        _ => "Other",
+    }
+}
+
+fn describe(message: &SipMessage) -> String {
+    match message.status() {
+        Some(status) => format!("{status} ({} {})", message.cseq().seq, message.method()),
+        None => format!("{} {}", message.method(), message.call_id()),
+    }
+}
+
+fn body(message: &SipMessage) -> String {
+    String::from_utf8_lossy(message.body()).into_owned()
+}
+
+fn offer(sdp: &str) -> MediaOp {
+    MediaOp::Offer {
+        leg: LegId::A,
+        peer: Some(LegId::B),
+        sdp: sdp.to_owned(),
+    }
+}
+
+/// Sets up a call from the caller to `1001` answered by Bob (dial of a URI)
+/// and returns (the caller's 200, the INVITE Bob received).
+fn answered_call(h: &mut Harness) -> (SipMessage, SipMessage) {
+    let invite = h.invite("1001", "call-1", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    h.from(BOB, &reply(&to_bob, 180, Some("bob1"), None));
+    h.response_to(CALLER, 180);
+    h.from(BOB, &reply(&to_bob, 200, Some("bob1"), Some(CALLEE_SDP)));
+    let ok = h.response_to(CALLER, 200);
+    let ack = h.ack_for(&ok, None);
+    h.from(CALLER, &ack);
+    h.request_to(BOB, "ACK");
+    h.ops();
+    (ok, to_bob)
+}
+
+fn bob_plan() -> String {
+    dial_plan(r#"["sip:bob@192.0.2.2:5060"]"#, "")
+}
+
+// ----- the flows -------------------------------------------------------
+
+#[test]
+fn basic_call_relays_through_the_manager_and_hides_topology() {
+    let mut h = Harness::new(&bob_plan());
+    let invite = h.invite("1001", "call-1", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+
+    // 100 at once, routed before anything else, one Offer with the caller's SDP.
+    let trying = h.response_to(CALLER, 100);
+    assert_eq!(trying.to_tag(), None, "100 carries no To tag");
+    assert_eq!(h.ops(), vec![offer(CALLER_SDP)]);
+
+    let to_bob = h.request_to(BOB, "INVITE");
+    assert_ne!(
+        to_bob.call_id().as_str(),
+        "call-1",
+        "leg b has its own Call-ID"
+    );
+    assert_eq!(to_bob.vias().len(), 1, "only our Via reaches the callee");
+    assert_eq!(
+        to_bob.top_via().to_string().contains("192.0.2.100:5060"),
+        true
+    );
+    assert_eq!(to_bob.max_forwards(), 69, "Max-Forwards decremented");
+    assert_ne!(
+        to_bob.from_tag().map(|t| t.as_str().to_owned()),
+        Some("alice1".to_owned())
+    );
+    assert_eq!(
+        to_bob.request_uri().map(ToString::to_string),
+        Some("sip:bob@192.0.2.2:5060".to_owned())
+    );
+    assert_eq!(to_bob.from().uri.to_string(), "sip:alice@192.0.2.100");
+    assert_eq!(to_bob.from().display_name.as_deref(), Some("Alice"));
+    assert_eq!(
+        to_bob.contacts()[0].uri.to_string(),
+        "sip:sb@192.0.2.100:5060",
+        "our Contact, not the caller's"
+    );
+    assert_eq!(body(&to_bob), manager_sdp("offer-a-b"));
+    assert_eq!(to_bob.cseq().seq, 1);
+
+    h.from(BOB, &reply(&to_bob, 100, None, None));
+    h.nothing_to(CALLER);
+    h.from(BOB, &reply(&to_bob, 180, Some("bob1"), None));
+    let ringing = h.response_to(CALLER, 180);
+    let a_tag = ringing.to_tag().expect("180 has our To tag");
+    assert_eq!(ringing.call_id().as_str(), "call-1");
+
+    h.from(BOB, &reply(&to_bob, 200, Some("bob1"), Some(CALLEE_SDP)));
+    assert_eq!(
+        h.ops(),
+        vec![
+            MediaOp::Answer {
+                leg: LegId::B,
+                peer: LegId::A,
+                sdp: CALLEE_SDP.to_owned()
+            },
+            MediaOp::Bridge
+        ]
+    );
+    let ok = h.response_to(CALLER, 200);
+    assert_eq!(ok.to_tag(), Some(a_tag), "the 200 keeps the 180's tag");
+    assert_eq!(body(&ok), manager_sdp("answer-b-a"));
+    assert_eq!(ok.contacts()[0].uri.to_string(), "sip:sb@192.0.2.100:5060");
+    h.nothing_to(BOB);
+
+    // End-to-end ACK: the callee's 2xx is ACKed when the caller ACKs.
+    let ack = h.ack_for(&ok, None);
+    h.from(CALLER, &ack);
+    let ack_bob = h.request_to(BOB, "ACK");
+    assert_eq!(ack_bob.call_id(), to_bob.call_id());
+    assert_eq!(ack_bob.cseq().to_string(), "1 ACK");
+    assert_eq!(
+        ack_bob.to_tag().map(|t| t.as_str().to_owned()),
+        Some("bob1".to_owned())
+    );
+    assert_eq!(
+        ack_bob.request_uri().map(ToString::to_string),
+        Some("sip:peer@192.0.2.2:5060".to_owned()),
+        "the ACK goes to the callee's Contact"
+    );
+
+    // BYE from the caller: 200 to it, BYE to the callee, media deleted.
+    let bye = h.in_dialog(CALLER, &ok, "BYE", 2, None);
+    h.from(CALLER, &bye);
+    h.response_to(CALLER, 200);
+    let bye_bob = h.request_to(BOB, "BYE");
+    assert_eq!(bye_bob.call_id(), to_bob.call_id());
+    assert_eq!(bye_bob.cseq().to_string(), "2 BYE");
+    assert_eq!(bye_bob.from_tag(), to_bob.from_tag());
+    assert_eq!(
+        h.ops(),
+        vec![MediaOp::Delete {
+            reason: DeleteReason::Hangup,
+            detail: "BYE from leg a".to_owned()
+        }]
+    );
+    h.from(BOB, &reply(&bye_bob, 200, None, None));
+    h.advance(Duration::from_secs(40));
+    assert_eq!(
+        h.occupancy(),
+        Occupancy::default(),
+        "nothing outlives the call"
+    );
+    assert_eq!(h.uas.transactions(), 0);
+}
