@@ -432,9 +432,6 @@ impl B2bua {
         flow: crate::transport::Flow,
         sip: &mut SipActions<'_>,
     ) {
-        // The provisional the transaction would send after 200 ms, sent at
-        // once: routing may take longer (the manager is a round trip away).
-        respond(sip, &key, 100, "Trying", None, &[], None);
         if request.vias().iter().any(|via| {
             via.branch()
                 .is_some_and(|b| b.as_str().starts_with(&self.branch_prefix))
@@ -523,9 +520,20 @@ impl B2bua {
         self.dialogs
             .insert((call.b_call_id.clone(), b_tag), (call_key, LegId::B));
         self.media_calls.insert(media_id, call_key);
-        self.servers.insert(key, ServerTx::Invite(call_key));
+        self.servers.insert(key.clone(), ServerTx::Invite(call_key));
         self.calls.insert(call_key, call);
         self.next_action(now, call_key, sip);
+        // The provisional the transaction would send after 200 ms, sent at
+        // once when the call goes on (the manager is a round trip away).
+        // Not when a final response is already queued: the core keeps only
+        // the last response of a transaction until it flushes.
+        if self
+            .calls
+            .get(&call_key)
+            .is_some_and(|c| c.invite.is_some())
+        {
+            respond(sip, &key, 100, "Trying", None, &[], None);
+        }
     }
 
     /// Runs the call's next dialplan action.
@@ -801,7 +809,7 @@ impl B2bua {
                 method,
             } => {
                 let (call, from, server, method) = (*call, *from, server.clone(), method.clone());
-                self.reoffer_response(call, from, server, method, status, response, sip);
+                self.reoffer_response(call, from, server, method, response, sip);
             }
             ClientTx::Relay { server, .. } => {
                 // In-dialog requests carry our To tag already: no tag to add.
@@ -1338,10 +1346,10 @@ impl B2bua {
         from: LegId,
         server: TransactionKey,
         method: Method,
-        status: u16,
         response: SipMessage,
         sip: &mut SipActions<'_>,
     ) {
+        let status = response.status().unwrap_or(500);
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
@@ -1769,23 +1777,25 @@ impl B2bua {
                 if entry.next > now.instant {
                     return;
                 }
-                if now.instant >= entry.give_up {
+                // The transaction ends with timer L (64·T1) too: either way
+                // no ACK came (§13.3.1.4).
+                let sent = (now.instant < entry.give_up)
+                    .then(|| {
+                        sip.respond(
+                            &server,
+                            entry.status,
+                            "OK",
+                            Some(&entry.tag),
+                            &entry.headers,
+                            entry.sdp.as_deref().map(|s| (SDP, s.as_bytes())),
+                        )
+                    })
+                    .is_some_and(|r| r.is_ok());
+                if !sent {
                     let call = entry.call;
                     self.retransmits.remove(&server);
                     tracing::info!("no ACK for a 2xx: ending the call");
                     self.end_call(now, call, DeleteReason::Failed, None, (408, ""), sip);
-                    return;
-                }
-                let sent = sip.respond(
-                    &server,
-                    entry.status,
-                    "OK",
-                    Some(&entry.tag),
-                    &entry.headers,
-                    entry.sdp.as_deref().map(|s| (SDP, s.as_bytes())),
-                );
-                if sent.is_err() {
-                    self.retransmits.remove(&server);
                     return;
                 }
                 entry.interval = (entry.interval * 2).min(self.config.timers.t2);
@@ -1796,8 +1806,11 @@ impl B2bua {
         }
     }
 
+    /// Handles one input from the link: one at a time, so that two
+    /// responses on one transaction (a 183 then the 200) are flushed by the
+    /// core in between; the next input stays due for the next call.
     fn drain_link(&mut self, now: Now, sip: &mut SipActions<'_>) {
-        while let Some(input) = self.link.pop_input(now.instant) {
+        if let Some(input) = self.link.pop_input(now.instant) {
             match input {
                 LinkInput::Result { id, result } => self.media_result(now, id, result, sip),
                 LinkInput::Event(event) => self.media_event(now, event, sip),
@@ -1859,7 +1872,6 @@ impl CallHandler for B2bua {
                 }
             }
         }
-        self.drain_link(now, sip);
         self.link.publish(self.occupancy());
     }
 

@@ -84,8 +84,10 @@ impl Harness {
     fn new(plan_json: &str) -> Harness {
         let mut auth = AuthConfig::digest("test", vec![7; 32]);
         auth.mode = AuthMode::Anonymous;
-        let mut registrar = RegistrarConfig::default();
-        registrar.default_domain = Some("example.com".to_owned());
+        let registrar = RegistrarConfig {
+            default_domain: Some("example.com".to_owned()),
+            ..RegistrarConfig::default()
+        };
         let mut uas = Uas::new(
             UasConfig::new("test"),
             Registrar::new(registrar),
@@ -147,7 +149,11 @@ impl Harness {
                     );
                 }
             }
-            if !answered {
+            let due = self
+                .uas
+                .poll_timeout(self.now)
+                .is_some_and(|at| at <= self.now.instant);
+            if !answered && !due {
                 break;
             }
             self.uas.handle_timeout(self.now);
@@ -504,9 +510,10 @@ fn basic_call_relays_through_the_manager_and_hides_topology() {
         "leg b has its own Call-ID"
     );
     assert_eq!(to_bob.vias().len(), 1, "only our Via reaches the callee");
-    assert_eq!(
+    assert!(
         to_bob.top_via().to_string().contains("192.0.2.100:5060"),
-        true
+        "our Via: {}",
+        to_bob.top_via()
     );
     assert_eq!(to_bob.max_forwards(), 69, "Max-Forwards decremented");
     assert_ne!(
@@ -591,4 +598,598 @@ fn basic_call_relays_through_the_manager_and_hides_topology() {
         "nothing outlives the call"
     );
     assert_eq!(h.uas.transactions(), 0);
+}
+
+#[test]
+fn bye_from_the_callee_ends_both_legs() {
+    let mut h = Harness::new(&bob_plan());
+    let (ok, to_bob) = answered_call(&mut h);
+    let bye = h.callee_request(BOB, &to_bob, "bob1", "BYE", 1, None);
+    h.from(BOB, &bye);
+    let answer = h.response_to(BOB, 200);
+    assert_eq!(answer.cseq().to_string(), "1 BYE");
+    let bye_caller = h.request_to(CALLER, "BYE");
+    assert_eq!(bye_caller.call_id().as_str(), "call-1");
+    assert_eq!(
+        bye_caller.to_tag().map(|t| t.as_str().to_owned()),
+        Some("alice1".to_owned())
+    );
+    assert_eq!(bye_caller.from_tag(), ok.to_tag(), "our tag on leg a");
+    assert_eq!(
+        bye_caller.request_uri().map(ToString::to_string),
+        Some("sip:alice@192.0.2.1:5060".to_owned()),
+        "sent to the caller's Contact"
+    );
+    assert_eq!(bye_caller.cseq().to_string(), "2 BYE");
+    assert_eq!(
+        h.ops(),
+        vec![MediaOp::Delete {
+            reason: DeleteReason::Hangup,
+            detail: "BYE from leg b".to_owned()
+        }]
+    );
+    h.from(CALLER, &reply(&bye_caller, 200, None, None));
+    // A BYE for the ended dialog: 481.
+    let again = h.in_dialog(CALLER, &ok, "BYE", 3, None);
+    h.from(CALLER, &again);
+    h.response_to(CALLER, 481);
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.occupancy(), Occupancy::default());
+    assert_eq!(h.uas.transactions(), 0);
+}
+
+#[test]
+fn busy_is_relayed_with_the_callees_code() {
+    let mut h = Harness::new(&bob_plan());
+    let invite = h.invite("1001", "call-busy", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    h.from(BOB, &reply(&to_bob, 486, Some("bob1"), None));
+    let ack = h.request_to(BOB, "ACK");
+    assert_eq!(
+        ack.cseq().to_string(),
+        "1 ACK",
+        "the transaction ACKs the 486"
+    );
+    let busy = h.response_to(CALLER, 486);
+    assert_eq!(busy.reason(), Some("Busy Here"));
+    assert_eq!(
+        h.ops(),
+        vec![
+            offer(CALLER_SDP),
+            MediaOp::Delete {
+                reason: DeleteReason::Failed,
+                detail: "486 Busy Here".to_owned()
+            }
+        ]
+    );
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.occupancy(), Occupancy::default());
+    assert_eq!(h.uas.transactions(), 0);
+}
+
+#[test]
+fn cancel_before_answer_is_487_and_cancels_the_callee() {
+    let mut h = Harness::new(&bob_plan());
+    let invite = h.invite("1001", "call-cancel", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    h.from(BOB, &reply(&to_bob, 180, Some("bob1"), None));
+    h.response_to(CALLER, 180);
+    let cancel = invite
+        .replacen("INVITE sip:", "CANCEL sip:", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL")
+        .replace(
+            &format!("Content-Length: {}", CALLER_SDP.len()),
+            "Content-Length: 0",
+        )
+        .replace("Content-Type: application/sdp\r\n", "")
+        .replace(CALLER_SDP, "");
+    h.from(CALLER, &cancel);
+    let first = h.next_to(CALLER);
+    let second = h.next_to(CALLER);
+    let mut statuses = [
+        (first.status(), first.method().as_str().to_owned()),
+        (second.status(), second.method().as_str().to_owned()),
+    ];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [
+            (Some(200), "CANCEL".to_owned()),
+            (Some(487), "INVITE".to_owned())
+        ]
+    );
+    let cancel_bob = h.request_to(BOB, "CANCEL");
+    assert_eq!(
+        cancel_bob.top_via().branch(),
+        to_bob.top_via().branch(),
+        "CANCEL matches the INVITE"
+    );
+    assert_eq!(cancel_bob.cseq().to_string(), "1 CANCEL");
+    assert_eq!(cancel_bob.call_id(), to_bob.call_id());
+    h.from(BOB, &reply(&cancel_bob, 200, Some("bob1"), None));
+    h.from(BOB, &reply(&to_bob, 487, Some("bob1"), None));
+    h.request_to(BOB, "ACK");
+    h.nothing_to(CALLER);
+    assert_eq!(
+        h.ops(),
+        vec![
+            offer(CALLER_SDP),
+            MediaOp::Delete {
+                reason: DeleteReason::Cancelled,
+                detail: "487 Request Terminated".to_owned()
+            }
+        ]
+    );
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.occupancy(), Occupancy::default());
+    assert_eq!(h.uas.transactions(), 0);
+}
+
+#[test]
+fn a_2xx_crossing_the_cancel_is_acked_then_byed() {
+    let mut h = Harness::new(&bob_plan());
+    let invite = h.invite("1001", "call-race", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    let to_bob = h.request_to(BOB, "INVITE");
+    h.from(BOB, &reply(&to_bob, 180, Some("bob1"), None));
+    let cancel = format!(
+        "CANCEL sip:1001@192.0.2.100 SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: call-race\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n",
+        invite.lines().find(|l| l.starts_with("Via: ")).expect("Via").trim_start_matches("Via: "),
+        "\"Alice\" <sip:alice@192.0.2.1>;tag=alice1",
+        "<sip:1001@192.0.2.100>"
+    );
+    h.from(CALLER, &cancel);
+    h.request_to(BOB, "CANCEL");
+    // The callee answered before it saw the CANCEL.
+    h.from(BOB, &reply(&to_bob, 200, Some("bob1"), Some(CALLEE_SDP)));
+    let ack = h.request_to(BOB, "ACK");
+    assert_eq!(
+        ack.to_tag().map(|t| t.as_str().to_owned()),
+        Some("bob1".to_owned())
+    );
+    let bye = h.request_to(BOB, "BYE");
+    assert_eq!(bye.call_id(), to_bob.call_id());
+    assert_eq!(bye.cseq().to_string(), "2 BYE");
+    h.from(BOB, &reply(&bye, 200, None, None));
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.occupancy(), Occupancy::default());
+    assert_eq!(h.uas.transactions(), 0);
+}
+
+#[test]
+fn dial_timeout_cancels_and_answers_480() {
+    let mut h = Harness::new(&bob_plan());
+    let invite = h.invite("1001", "call-timeout", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    h.from(BOB, &reply(&to_bob, 180, Some("bob1"), None));
+    h.response_to(CALLER, 180);
+    h.advance(Duration::from_millis(4_900));
+    h.nothing_to(CALLER);
+    h.advance(Duration::from_millis(200));
+    h.request_to(BOB, "CANCEL");
+    let failed = h.response_to(CALLER, 480);
+    assert_eq!(failed.reason(), Some("Temporarily Unavailable"));
+}
+
+#[test]
+fn the_next_target_is_tried_after_a_failure_and_6xx_wins() {
+    let plan = dial_plan(
+        r#"["sip:bob@192.0.2.2:5060", "sip:carol@192.0.2.3:5060"]"#,
+        "",
+    );
+    let mut h = Harness::new(&plan);
+    let invite = h.invite("1001", "call-next", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    h.nothing_to(CAROL);
+    h.from(BOB, &reply(&to_bob, 486, Some("bob1"), None));
+    let to_carol = h.request_to(CAROL, "INVITE");
+    assert_eq!(
+        to_carol.call_id(),
+        to_bob.call_id(),
+        "one leg-b Call-ID per call"
+    );
+    assert_eq!(to_carol.cseq().seq, 2, "a new INVITE, a new CSeq");
+    assert_eq!(body(&to_carol), manager_sdp("offer-a-b"));
+    h.from(
+        CAROL,
+        &reply(&to_carol, 200, Some("carol1"), Some(CALLEE_SDP)),
+    );
+    h.response_to(CALLER, 200);
+
+    // Both fail: the 6xx is relayed rather than the 486.
+    let mut h = Harness::new(&plan);
+    let invite = h.invite("1001", "call-next-2", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    h.from(BOB, &reply(&to_bob, 486, Some("bob1"), None));
+    let to_carol = h.request_to(CAROL, "INVITE");
+    h.from(CAROL, &reply(&to_carol, 603, Some("carol1"), None));
+    let decline = h.response_to(CALLER, 603);
+    assert_eq!(decline.reason(), Some("Decline"));
+}
+
+fn register(h: &mut Harness, user: &str, source: &str, call_id: &str) {
+    let branch = h.new_branch();
+    let text = request(
+        "REGISTER sip:example.com SIP/2.0",
+        &[
+            ("Via", &format!("SIP/2.0/UDP {source};branch={branch}")),
+            ("Max-Forwards", "70"),
+            ("From", &format!("<sip:{user}@example.com>;tag=r1")),
+            ("To", &format!("<sip:{user}@example.com>")),
+            ("Call-ID", call_id),
+            ("CSeq", "1 REGISTER"),
+            ("Contact", &format!("<sip:{user}@{source}>")),
+            ("Expires", "3600"),
+        ],
+        None,
+    );
+    h.from(source, &text);
+    h.response_to(source, 200);
+}
+
+#[test]
+fn a_registered_user_is_rung_on_every_contact_and_the_loser_cancelled() {
+    let mut h = Harness::new(&dial_plan(r#"["user/${destination}"]"#, ""));
+    register(&mut h, "1001", BOB, "reg-bob");
+    register(&mut h, "1001", CAROL, "reg-carol");
+    let invite = h.invite("1001", "call-fork", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    let to_carol = h.request_to(CAROL, "INVITE");
+    assert_eq!(
+        to_bob.request_uri().map(ToString::to_string),
+        Some("sip:1001@192.0.2.2:5060".to_owned())
+    );
+    assert_eq!(
+        to_carol.request_uri().map(ToString::to_string),
+        Some("sip:1001@192.0.2.3:5060".to_owned())
+    );
+    assert_eq!(to_bob.call_id(), to_carol.call_id());
+    assert_ne!(to_bob.top_via().branch(), to_carol.top_via().branch());
+    h.from(CAROL, &reply(&to_carol, 180, Some("carol1"), None));
+    h.response_to(CALLER, 180);
+    h.from(BOB, &reply(&to_bob, 100, None, None));
+    h.from(
+        CAROL,
+        &reply(&to_carol, 200, Some("carol1"), Some(CALLEE_SDP)),
+    );
+    h.response_to(CALLER, 200);
+    let cancel = h.request_to(BOB, "CANCEL");
+    assert_eq!(cancel.top_via().branch(), to_bob.top_via().branch());
+
+    // An unregistered user: 480.
+    let invite = h.invite("1002", "call-nobody", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    h.response_to(CALLER, 480);
+    h.nothing_to(CALLER);
+}
+
+#[test]
+fn early_media_goes_through_the_manager() {
+    let mut h = Harness::new(&bob_plan());
+    let invite = h.invite("1001", "call-early", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    h.ops();
+    h.from(BOB, &reply(&to_bob, 183, Some("bob1"), Some(CALLEE_SDP)));
+    let progress = h.response_to(CALLER, 183);
+    assert_eq!(body(&progress), manager_sdp("answer-b-a"));
+    assert_eq!(
+        h.ops(),
+        vec![MediaOp::Answer {
+            leg: LegId::B,
+            peer: LegId::A,
+            sdp: CALLEE_SDP.to_owned()
+        }]
+    );
+}
+
+#[test]
+fn playback_route_answers_plays_then_hangs_up() {
+    let mut h = Harness::new(&bob_plan());
+    let invite = h.invite("9000", "call-play", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let ok = h.response_to(CALLER, 200);
+    assert_eq!(body(&ok), manager_sdp("offer-a-self"));
+    assert_eq!(
+        h.ops(),
+        vec![
+            MediaOp::Offer {
+                leg: LegId::A,
+                peer: None,
+                sdp: CALLER_SDP.to_owned()
+            },
+            MediaOp::Play {
+                leg: LegId::A,
+                files: vec!["welcome.wav".to_owned()]
+            }
+        ]
+    );
+    let ack = h.ack_for(&ok, None);
+    h.from(CALLER, &ack);
+    h.nothing_to(CALLER);
+    h.finish_playback();
+    let bye = h.request_to(CALLER, "BYE");
+    assert_eq!(bye.call_id().as_str(), "call-play");
+    assert_eq!(bye.from_tag(), ok.to_tag());
+    assert_eq!(
+        h.ops(),
+        vec![MediaOp::Delete {
+            reason: DeleteReason::Hangup,
+            detail: "hangup: Temporarily Unavailable".to_owned()
+        }]
+    );
+    h.from(CALLER, &reply(&bye, 200, None, None));
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.occupancy(), Occupancy::default());
+}
+
+#[test]
+fn the_2xx_is_retransmitted_until_the_ack() {
+    let mut h = Harness::new(&bob_plan());
+    let invite = h.invite("1001", "call-rtx", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    let to_bob = h.request_to(BOB, "INVITE");
+    h.from(BOB, &reply(&to_bob, 200, Some("bob1"), Some(CALLEE_SDP)));
+    h.response_to(CALLER, 100);
+    let ok = h.response_to(CALLER, 200);
+    h.advance(Duration::from_millis(500));
+    let again = h.response_to(CALLER, 200);
+    assert_eq!(again.to_tag(), ok.to_tag());
+    assert_eq!(body(&again), body(&ok));
+    h.advance(Duration::from_millis(999));
+    h.nothing_to(CALLER);
+    h.advance(Duration::from_millis(1));
+    h.response_to(CALLER, 200);
+    let ack = h.ack_for(&ok, None);
+    h.from(CALLER, &ack);
+    h.request_to(BOB, "ACK");
+    h.advance(Duration::from_secs(10));
+    h.nothing_to(CALLER);
+}
+
+#[test]
+fn without_an_ack_the_call_ends_after_64_t1() {
+    let mut h = Harness::new(&bob_plan());
+    let invite = h.invite("1001", "call-noack", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    let to_bob = h.request_to(BOB, "INVITE");
+    h.from(BOB, &reply(&to_bob, 200, Some("bob1"), Some(CALLEE_SDP)));
+    h.advance(Duration::from_secs(31));
+    h.nothing_to(BOB);
+    h.advance(Duration::from_secs(6));
+    // The callee's 2xx is ACKed, then BYEd; the caller gets a BYE too.
+    h.request_to(BOB, "ACK");
+    h.request_to(BOB, "BYE");
+    assert!(
+        h.sent
+            .iter()
+            .any(|(to, m)| *to == addr(CALLER) && m.method().as_str() == "BYE"),
+        "the caller is BYEd: {:?}",
+        h.summary()
+    );
+}
+
+#[test]
+fn late_offer_takes_the_offer_from_the_callee_and_the_answer_from_the_ack() {
+    let mut h = Harness::new(&bob_plan());
+    let invite = h.invite("1001", "call-late", None);
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    assert_eq!(to_bob.body(), b"", "no offer to the callee");
+    assert_eq!(h.ops(), vec![]);
+    h.from(BOB, &reply(&to_bob, 200, Some("bob1"), Some(CALLEE_SDP)));
+    let ok = h.response_to(CALLER, 200);
+    assert_eq!(body(&ok), manager_sdp("offer-b-a"));
+    h.nothing_to(BOB);
+    let ack = h.ack_for(&ok, Some(CALLER_SDP));
+    h.from(CALLER, &ack);
+    let ack_bob = h.request_to(BOB, "ACK");
+    assert_eq!(body(&ack_bob), manager_sdp("answer-a-b"));
+    assert_eq!(
+        h.ops(),
+        vec![
+            MediaOp::Offer {
+                leg: LegId::B,
+                peer: Some(LegId::A),
+                sdp: CALLEE_SDP.to_owned()
+            },
+            MediaOp::Answer {
+                leg: LegId::A,
+                peer: LegId::B,
+                sdp: CALLER_SDP.to_owned()
+            },
+            MediaOp::Bridge
+        ]
+    );
+}
+
+#[test]
+fn reinvite_from_the_callee_goes_through_the_manager_and_glare_is_491() {
+    let mut h = Harness::new(&bob_plan());
+    let (ok, to_bob) = answered_call(&mut h);
+    let hold = CALLEE_SDP.replace("m=audio", "a=sendonly\r\nm=audio");
+    let reinvite = h.callee_request(BOB, &to_bob, "bob1", "INVITE", 1, Some(&hold));
+    h.from(BOB, &reinvite);
+    assert_eq!(
+        h.ops(),
+        vec![MediaOp::Offer {
+            leg: LegId::B,
+            peer: Some(LegId::A),
+            sdp: hold.clone()
+        }]
+    );
+    let to_caller = h.request_to(CALLER, "INVITE");
+    assert_eq!(to_caller.call_id().as_str(), "call-1");
+    assert_eq!(
+        to_caller.to_tag().map(|t| t.as_str().to_owned()),
+        Some("alice1".to_owned())
+    );
+    assert_eq!(to_caller.from_tag(), ok.to_tag());
+    assert_eq!(to_caller.cseq().to_string(), "2 INVITE");
+    assert_eq!(body(&to_caller), manager_sdp("offer-b-a"));
+
+    // Glare: the caller re-INVITEs while ours is pending.
+    let crossing = h.in_dialog(CALLER, &ok, "INVITE", 2, Some(CALLER_SDP));
+    h.from(CALLER, &crossing);
+    h.response_to(CALLER, 491);
+
+    h.from(
+        CALLER,
+        &reply(&to_caller, 200, Some("alice1"), Some(CALLER_SDP)),
+    );
+    let ack = h.request_to(CALLER, "ACK");
+    assert_eq!(ack.cseq().to_string(), "2 ACK");
+    let answer = h.response_to(BOB, 200);
+    assert_eq!(answer.cseq().to_string(), "1 INVITE");
+    assert_eq!(body(&answer), manager_sdp("answer-a-b"));
+    let ack = h.callee_request(BOB, &to_bob, "bob1", "ACK", 1, None);
+    h.from(BOB, &ack);
+    h.advance(Duration::from_secs(2));
+    h.nothing_to(BOB);
+}
+
+#[test]
+fn info_is_relayed_and_its_answer_returned() {
+    let mut h = Harness::new(&bob_plan());
+    let (ok, _) = answered_call(&mut h);
+    let mut info = h.in_dialog(CALLER, &ok, "INFO", 2, None);
+    info = info.replace(
+        "Content-Length: 0\r\n\r\n",
+        "Content-Type: application/dtmf-relay\r\nContent-Length: 24\r\n\r\nSignal=5\r\nDuration=160\r\n",
+    );
+    h.from(CALLER, &info);
+    let to_bob = h.request_to(BOB, "INFO");
+    assert_eq!(body(&to_bob), "Signal=5\r\nDuration=160\r\n");
+    assert_eq!(to_bob.content_type(), Some("application/dtmf-relay"));
+    h.from(BOB, &reply(&to_bob, 200, None, None));
+    let answer = h.response_to(CALLER, 200);
+    assert_eq!(answer.cseq().to_string(), "2 INFO");
+}
+
+#[test]
+fn media_timeout_hangs_up_both_legs() {
+    let mut h = Harness::new(&bob_plan());
+    answered_call(&mut h);
+    h.event(MediaEvent::Timeout {
+        call: MediaCallId("call-1".to_owned()),
+        leg: "b".to_owned(),
+        idle_secs: 30,
+    });
+    h.request_to(CALLER, "BYE");
+    h.request_to(BOB, "BYE");
+    assert_eq!(
+        h.ops(),
+        vec![MediaOp::Delete {
+            reason: DeleteReason::MediaTimeout,
+            detail: "hangup: Request Timeout".to_owned()
+        }]
+    );
+}
+
+#[test]
+fn no_route_no_manager_and_loops_are_refused() {
+    let mut h = Harness::new(&bob_plan());
+    let invite = h.invite("5555", "call-noroute", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 404);
+    assert_eq!(h.ops(), vec![]);
+
+    h.manager.fail_offer = Some(MediaFailure::Unavailable);
+    let invite = h.invite("1001", "call-nomanager", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    h.response_to(CALLER, 503);
+    h.nothing_to(BOB);
+
+    h.manager.fail_offer = Some(MediaFailure::Unacceptable);
+    let invite = h.invite("1001", "call-badsdp", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    h.response_to(CALLER, 488);
+
+    // Our own INVITE routed back to us.
+    let invite = h.invite("1001", "call-loop", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    let looped = String::from_utf8_lossy(&to_bob_bytes(&to_bob)).into_owned();
+    h.from(BOB, &looped);
+    h.response_to(BOB, 482);
+}
+
+/// A message as text again (what a peer would forward).
+fn to_bob_bytes(message: &SipMessage) -> Vec<u8> {
+    message
+        .rsip()
+        .map(|m| m.to_string().into_bytes())
+        .expect("our INVITE is representable")
+}
+
+#[test]
+fn thousands_of_calls_leave_nothing_behind() {
+    let mut h = Harness::new(&bob_plan());
+    for n in 0..2000 {
+        let call_id = format!("bulk-{n}");
+        let invite = h.invite("1001", &call_id, Some(CALLER_SDP));
+        h.from(CALLER, &invite);
+        h.response_to(CALLER, 100);
+        let to_bob = h.request_to(BOB, "INVITE");
+        match n % 4 {
+            0 => {
+                h.from(BOB, &reply(&to_bob, 200, Some("bob1"), Some(CALLEE_SDP)));
+                let ok = h.response_to(CALLER, 200);
+                let ack = h.ack_for(&ok, None);
+                h.from(CALLER, &ack);
+                h.request_to(BOB, "ACK");
+                let bye = h.in_dialog(CALLER, &ok, "BYE", 2, None);
+                h.from(CALLER, &bye);
+                let bye_bob = h.request_to(BOB, "BYE");
+                h.from(BOB, &reply(&bye_bob, 200, None, None));
+            }
+            1 => h.from(BOB, &reply(&to_bob, 486, Some("bob1"), None)),
+            2 => {
+                h.from(BOB, &reply(&to_bob, 180, Some("bob1"), None));
+                h.advance(Duration::from_secs(6));
+                let cancel = h.request_to(BOB, "CANCEL");
+                h.from(BOB, &reply(&cancel, 200, None, None));
+                h.from(BOB, &reply(&to_bob, 487, Some("bob1"), None));
+            }
+            _ => {
+                h.from(BOB, &reply(&to_bob, 200, Some("bob1"), Some(CALLEE_SDP)));
+                let ok = h.response_to(CALLER, 200);
+                let ack = h.ack_for(&ok, None);
+                h.from(CALLER, &ack);
+                let bye = h.callee_request(BOB, &to_bob, "bob1", "BYE", 1, None);
+                h.from(BOB, &bye);
+                let bye_a = h.request_to(CALLER, "BYE");
+                h.from(CALLER, &reply(&bye_a, 200, None, None));
+            }
+        }
+        h.sent.clear();
+    }
+    h.advance(Duration::from_secs(60));
+    assert_eq!(h.occupancy(), Occupancy::default());
+    assert_eq!(h.uas.transactions(), 0);
+    let deletes = h
+        .ops()
+        .iter()
+        .filter(|op| matches!(op, MediaOp::Delete { .. }))
+        .count();
+    assert_eq!(deletes, 2000, "every call's media is deleted");
 }
