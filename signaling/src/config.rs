@@ -25,6 +25,9 @@ pub enum AuthOption {
     Anonymous,
 }
 
+/// Where the dialplan is read from when `--dialplan` is not given.
+pub const DEFAULT_DIALPLAN: &str = "/etc/switchboard/dialplan.json";
+
 /// Switchboard signaling server: SIP over UDP and TCP, registrar, B2BUA with a
 /// JSON dialplan, RTP manager pool, REST API.
 #[derive(Debug, Clone, Parser)]
@@ -68,12 +71,10 @@ pub struct Config {
     #[arg(long, env = "REST_PORT", default_value_t = 8080)]
     pub rest_port: u16,
 
-    /// JSON dialplan file.
-    #[arg(
-        long,
-        env = "DIALPLAN",
-        default_value = "/etc/switchboard/dialplan.json"
-    )]
+    /// JSON dialplan file, reloaded on SIGHUP (an invalid new plan is
+    /// refused and the old one kept). Without the default file, calls are
+    /// refused with 480; a file named here must exist and be valid.
+    #[arg(long, env = "DIALPLAN", default_value = DEFAULT_DIALPLAN)]
     pub dialplan: PathBuf,
 
     /// Directory for persistent state (registrations).

@@ -158,6 +158,51 @@ impl ManagerPool {
             .collect()
     }
 
+    /// Number of configured managers.
+    pub fn len(&self) -> usize {
+        self.managers.len()
+    }
+
+    /// Whether no manager is configured.
+    pub fn is_empty(&self) -> bool {
+        self.managers.is_empty()
+    }
+
+    /// The endpoint of manager `index`.
+    pub fn endpoint(&self, index: usize) -> String {
+        self.managers[index]
+            .status
+            .read()
+            .map(|s| s.endpoint.clone())
+            .unwrap_or_default()
+    }
+
+    /// A client of manager `index` (clones share its channel).
+    pub fn client(&self, index: usize) -> RtpManagerClient<Channel> {
+        self.managers[index].client.clone()
+    }
+
+    /// The managers that may take a new call: the healthy ones, or when
+    /// none is, those not probed yet (at start). Draining and down
+    /// managers keep their calls but get no new ones.
+    pub fn candidates(&self) -> Vec<usize> {
+        let healths: Vec<Health> = self.statuses().into_iter().map(|s| s.health).collect();
+        let with = |wanted: Health| -> Vec<usize> {
+            healths
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| **h == wanted)
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let healthy = with(Health::Healthy);
+        if healthy.is_empty() {
+            with(Health::Unknown)
+        } else {
+            healthy
+        }
+    }
+
     /// Starts one health-check task per manager.
     pub fn spawn_health_checks(&self, interval: Duration) {
         for index in 0..self.managers.len() {

@@ -3,12 +3,16 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use crate::auth::{Authenticator, Users};
-use crate::config::{manager_uri, AuthOption, Config};
+use crate::b2bua::{self, B2bua, B2buaConfig, LinkInput, MediaLink};
+use crate::config::{manager_uri, AuthOption, Config, DEFAULT_DIALPLAN};
+use crate::dialplan::Dialplan;
 use crate::registrar::{Registrar, Store};
 use crate::rest::{app, ApiState};
 use crate::rtpmanager_pool::ManagerPool;
@@ -27,7 +31,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let pool = ManagerPool::new(&uris).context("--rtpmanager")?;
     pool.spawn_health_checks(config.health_interval());
 
-    let uas = build_core(&config)?;
+    let mut uas = build_core(&config)?;
+    let dialplan = load_dialplan(&config)?;
     let queue = CoreQueue::new();
     let transports = Transports::start(
         TransportConfig {
@@ -40,6 +45,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await
     .context("SIP transports (--bind-address/--port)")?;
+    if let Some(dialplan) = dialplan {
+        let link = MediaLink::new();
+        let core = queue.handle();
+        let b2bua = B2bua::new(
+            B2buaConfig {
+                local: advertised(&config, transports.local_addr().port()),
+                timers: config.timers(),
+                seed: u64::from_le_bytes(
+                    random_secret()
+                        .context("drawing a seed from /dev/urandom")?
+                        .get(..8)
+                        .and_then(|b| b.try_into().ok())
+                        .unwrap_or_default(),
+                ),
+            },
+            dialplan,
+            link.clone(),
+        );
+        uas.set_call_handler(Box::new(b2bua));
+        let waker = core.clone();
+        b2bua::executor::spawn(pool.clone(), link.clone(), Arc::new(move || waker.wake()));
+        spawn_dialplan_reload_on_sighup(config.dialplan.clone(), link, core);
+    }
     let core = queue
         .run(uas, transports.clone())
         .context("starting the SIP core thread")?;
@@ -111,6 +139,65 @@ fn build_core(config: &Config) -> anyhow::Result<Uas> {
     uas_config.force_rport = config.force_rport;
     uas_config.digest_algorithms = config.digest_algorithms();
     Ok(Uas::new(uas_config, registrar, auth, Box::new(store)))
+}
+
+/// The dialplan of `--dialplan`; `None` (calls refused 480) when the
+/// default file does not exist. An invalid plan stops the start.
+fn load_dialplan(config: &Config) -> anyhow::Result<Option<Arc<Dialplan>>> {
+    let path = &config.dialplan;
+    if path.as_path() == Path::new(DEFAULT_DIALPLAN) && !path.exists() {
+        tracing::warn!(
+            path = %path.display(),
+            "no dialplan: calls are refused with 480 (--dialplan)"
+        );
+        return Ok(None);
+    }
+    let plan = Dialplan::load(path).context("--dialplan")?;
+    tracing::info!(path = %path.display(), routes = plan.routes().len(), "dialplan loaded");
+    Ok(Some(Arc::new(plan)))
+}
+
+/// Our `host:port` for Via and Contact: `--advertise`, else the bind
+/// address (127.0.0.1 when bound to all addresses).
+fn advertised(config: &Config, port: u16) -> String {
+    let host = match &config.advertise {
+        Some(host) => host.clone(),
+        None if config.bind_address.is_unspecified() => "127.0.0.1".to_owned(),
+        None => match config.bind_address {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+        },
+    };
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn spawn_dialplan_reload_on_sighup(path: PathBuf, link: MediaLink, core: CoreHandle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGHUP; the dialplan will not be reloaded");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match Dialplan::load(&path) {
+                Ok(plan) => {
+                    tracing::info!(routes = plan.routes().len(), "SIGHUP: dialplan reloaded");
+                    link.push_input(Instant::now(), LinkInput::Dialplan(Arc::new(plan)));
+                    core.wake();
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "SIGHUP: dialplan not reloaded; the previous plan stays");
+                }
+            }
+        }
+    });
 }
 
 fn random_secret() -> std::io::Result<Vec<u8>> {

@@ -46,6 +46,7 @@
 //! URI targets (an IP address is required), redirects (3xx count as failures).
 
 mod build;
+pub mod executor;
 mod media;
 
 #[cfg(test)]

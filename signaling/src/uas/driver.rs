@@ -27,6 +27,9 @@ enum Input {
     Inbound(Inbound),
     Registrations(oneshot::Sender<Vec<RegistrationView>>),
     ReloadUsers(PathBuf),
+    /// Something outside the transports has work for the core (the
+    /// B2BUA's media results): run its timers now.
+    Wake,
     Stop,
 }
 
@@ -51,6 +54,11 @@ impl CoreQueue {
             handle: CoreHandle { sender },
             receiver,
         }
+    }
+
+    /// A handle to the core before it runs (for tasks that wake it).
+    pub fn handle(&self) -> CoreHandle {
+        self.handle.clone()
     }
 
     /// The sink to give [`Transports::start`].
@@ -115,6 +123,12 @@ impl CoreHandle {
         answer.await.ok()
     }
 
+    /// Makes the core run its (and its call handler's) due timers; a full
+    /// queue needs no wake-up, the core is about to run anyway.
+    pub fn wake(&self) {
+        let _ = self.sender.try_send(Input::Wake);
+    }
+
     /// Reloads the users file; on error the core keeps the previous users
     /// and logs why.
     pub fn reload_users(&self, path: PathBuf) {
@@ -142,7 +156,7 @@ fn run(mut uas: Uas, receiver: &Receiver<Input>, transports: &Transports) {
                 }
             },
             Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => {}
+            Ok(Input::Wake) | Err(RecvTimeoutError::Timeout) => {}
         }
         uas.handle_timeout(Now::current());
         while let Some(outbound) = uas.poll_transmit() {

@@ -1,0 +1,355 @@
+//! The tokio side of the B2BUA's media work: runs the [`MediaRequest`]s the
+//! core queues on its [`MediaLink`] as gRPC calls to the RTP managers and
+//! pushes their results back, and subscribes to every manager's Watch
+//! stream for media timeouts and DTMF.
+//!
+//! Requests of one call run in order on one task bound to one manager
+//! (affinity): the manager is chosen at the call's first request, the
+//! healthy one this server gave the fewest live calls; a manager that is
+//! down or draining gets no new calls, and calls already on it stay.
+//! A playback's stream is read on a task of its own so that the call's
+//! next requests (a Delete on hangup) are not held behind it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchboard_proto::v1;
+use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
+use tokio::sync::{mpsc, Notify};
+use tonic::transport::Channel;
+
+use super::media::{
+    DeleteReason, LegId, LinkInput, MediaCallId, MediaEvent, MediaFailure, MediaLink, MediaOp,
+    MediaRequest, MediaResult,
+};
+use crate::rtpmanager_pool::ManagerPool;
+
+/// How the executor wakes the SIP core after pushing an input.
+pub type Wake = Arc<dyn Fn() + Send + Sync>;
+
+/// Starts the executor and the Watch subscriptions on the current runtime.
+pub fn spawn(pool: ManagerPool, link: MediaLink, wake: Wake) {
+    let notify = Arc::new(Notify::new());
+    let waker = notify.clone();
+    link.on_request(move || waker.notify_one());
+    let live: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..pool.len()).map(|_| AtomicUsize::new(0)).collect());
+    for index in 0..pool.len() {
+        tokio::spawn(watch(
+            pool.endpoint(index),
+            pool.client(index),
+            link.clone(),
+            wake.clone(),
+        ));
+    }
+    tokio::spawn(dispatch(pool, link, wake, notify, live));
+}
+
+async fn dispatch(
+    pool: ManagerPool,
+    link: MediaLink,
+    wake: Wake,
+    notify: Arc<Notify>,
+    live: Arc<Vec<AtomicUsize>>,
+) {
+    let mut calls: HashMap<MediaCallId, mpsc::UnboundedSender<MediaRequest>> = HashMap::new();
+    loop {
+        notify.notified().await;
+        while let Some(request) = link.poll_request() {
+            let ends = matches!(request.op, MediaOp::Delete { .. });
+            let call = request.call.clone();
+            let sender = match calls.get(&call) {
+                Some(sender) => Some(sender.clone()),
+                None if ends => {
+                    // Nothing ever reached a manager for this call.
+                    finish(&link, &wake, &request, MediaResult::Done);
+                    None
+                }
+                None => match choose(&pool, &live) {
+                    Some(index) => {
+                        let (sender, receiver) = mpsc::unbounded_channel();
+                        live[index].fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(call_id = %call, rtpmanager = %pool.endpoint(index), "call placed on manager");
+                        tokio::spawn(run_call(
+                            pool.client(index),
+                            receiver,
+                            link.clone(),
+                            wake.clone(),
+                            live.clone(),
+                            index,
+                        ));
+                        calls.insert(call.clone(), sender.clone());
+                        Some(sender)
+                    }
+                    None => {
+                        tracing::warn!(call_id = %call, "no RTP manager can take the call");
+                        finish(
+                            &link,
+                            &wake,
+                            &request,
+                            MediaResult::Failed {
+                                failure: MediaFailure::Unavailable,
+                                message: "no healthy RTP manager".to_owned(),
+                            },
+                        );
+                        None
+                    }
+                },
+            };
+            if let Some(sender) = sender {
+                if ends {
+                    calls.remove(&call);
+                }
+                if let Err(failed) = sender.send(request) {
+                    let request = failed.0;
+                    finish(
+                        &link,
+                        &wake,
+                        &request,
+                        MediaResult::Failed {
+                            failure: MediaFailure::Internal,
+                            message: "call task ended".to_owned(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The manager for a new call: among those that may take calls, the one
+/// with the fewest calls placed by this executor.
+fn choose(pool: &ManagerPool, live: &[AtomicUsize]) -> Option<usize> {
+    pool.candidates()
+        .into_iter()
+        .min_by_key(|index| (live[*index].load(Ordering::Relaxed), *index))
+}
+
+fn finish(link: &MediaLink, wake: &Wake, request: &MediaRequest, result: MediaResult) {
+    link.push_input(
+        Instant::now(),
+        LinkInput::Result {
+            id: request.id,
+            result,
+        },
+    );
+    wake();
+}
+
+async fn run_call(
+    mut client: RtpManagerClient<Channel>,
+    mut requests: mpsc::UnboundedReceiver<MediaRequest>,
+    link: MediaLink,
+    wake: Wake,
+    live: Arc<Vec<AtomicUsize>>,
+    index: usize,
+) {
+    while let Some(request) = requests.recv().await {
+        let call_id = request.call.0.clone();
+        let started = Instant::now();
+        let result = match &request.op {
+            MediaOp::Play { leg, files } => {
+                let play = client
+                    .play(v1::PlayRequest {
+                        call_id,
+                        leg_id: leg.as_str().to_owned(),
+                        files: files.clone(),
+                        repeat: 0,
+                        loop_forever: false,
+                    })
+                    .await;
+                match play {
+                    Ok(stream) => {
+                        tokio::spawn(follow_playback(
+                            stream.into_inner(),
+                            request.clone(),
+                            link.clone(),
+                            wake.clone(),
+                        ));
+                        continue;
+                    }
+                    Err(status) => failed(&status),
+                }
+            }
+            op => run_op(&mut client, call_id, op).await,
+        };
+        tracing::debug!(
+            call_id = %request.call,
+            op = request.op.name(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            ok = !matches!(result, MediaResult::Failed { .. }),
+            "media request done"
+        );
+        finish(&link, &wake, &request, result);
+    }
+    live[index].fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn run_op(
+    client: &mut RtpManagerClient<Channel>,
+    call_id: String,
+    op: &MediaOp,
+) -> MediaResult {
+    let outcome = match op {
+        MediaOp::Offer { leg, peer, sdp } => client
+            .offer(v1::OfferRequest {
+                call_id,
+                leg_id: leg.as_str().to_owned(),
+                peer_leg_id: peer.map(|p| p.as_str().to_owned()).unwrap_or_default(),
+                sdp: sdp.clone(),
+                options: Some(options(*leg)),
+                peer_options: peer.map(options),
+            })
+            .await
+            .map(|r| MediaResult::Sdp(r.into_inner().sdp)),
+        MediaOp::Answer { leg, peer, sdp } => client
+            .answer(v1::AnswerRequest {
+                call_id,
+                leg_id: leg.as_str().to_owned(),
+                peer_leg_id: peer.as_str().to_owned(),
+                sdp: sdp.clone(),
+            })
+            .await
+            .map(|r| MediaResult::Sdp(r.into_inner().sdp)),
+        MediaOp::Bridge => client
+            .bridge(v1::BridgeRequest {
+                call_id,
+                leg_a: LegId::A.as_str().to_owned(),
+                leg_b: LegId::B.as_str().to_owned(),
+            })
+            .await
+            .map(|_| MediaResult::Done),
+        MediaOp::Delete { reason, detail } => client
+            .delete(v1::DeleteRequest {
+                call_id,
+                leg_id: String::new(),
+                reason: delete_reason(*reason) as i32,
+                detail: detail.clone(),
+            })
+            .await
+            .map(|_| MediaResult::Done),
+        MediaOp::StopPlay { leg } => client
+            .stop_play(v1::StopPlayRequest {
+                call_id,
+                leg_id: leg.as_str().to_owned(),
+                playback_id: String::new(),
+            })
+            .await
+            .map(|_| MediaResult::Done),
+        MediaOp::Play { .. } => Ok(MediaResult::Failed {
+            failure: MediaFailure::Internal,
+            message: "playback runs on its own task".to_owned(),
+        }),
+    };
+    outcome.unwrap_or_else(|status| failed(&status))
+}
+
+fn options(leg: LegId) -> v1::LegOptions {
+    v1::LegOptions {
+        label: match leg {
+            LegId::A => "caller",
+            LegId::B => "callee",
+        }
+        .to_owned(),
+        ..v1::LegOptions::default()
+    }
+}
+
+fn delete_reason(reason: DeleteReason) -> v1::DeleteReason {
+    match reason {
+        DeleteReason::Hangup => v1::DeleteReason::Hangup,
+        DeleteReason::Cancelled => v1::DeleteReason::Cancelled,
+        DeleteReason::Failed => v1::DeleteReason::Failed,
+        DeleteReason::MediaTimeout => v1::DeleteReason::MediaTimeout,
+    }
+}
+
+fn failed(status: &tonic::Status) -> MediaResult {
+    let failure = match status.code() {
+        tonic::Code::InvalidArgument => MediaFailure::Unacceptable,
+        tonic::Code::Unavailable
+        | tonic::Code::ResourceExhausted
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Cancelled => MediaFailure::Unavailable,
+        _ => MediaFailure::Internal,
+    };
+    MediaResult::Failed {
+        failure,
+        message: format!("{}: {}", status.code(), status.message()),
+    }
+}
+
+async fn follow_playback(
+    mut stream: tonic::Streaming<v1::PlayEvent>,
+    request: MediaRequest,
+    link: MediaLink,
+    wake: Wake,
+) {
+    use v1::play_event::Event;
+    let completed = loop {
+        match stream.message().await {
+            Ok(Some(event)) => match event.event {
+                Some(Event::Completed(_)) => break true,
+                Some(Event::Stopped(_)) => break false,
+                Some(Event::Error(error)) => {
+                    tracing::warn!(call_id = %request.call, file = %error.file, reason = %error.reason, "playback failed");
+                    break false;
+                }
+                Some(Event::Started(_) | Event::Progress(_)) | None => {}
+            },
+            Ok(None) => break false,
+            Err(status) => {
+                tracing::debug!(call_id = %request.call, %status, "playback stream ended");
+                break false;
+            }
+        }
+    };
+    finish(&link, &wake, &request, MediaResult::PlayEnded { completed });
+}
+
+/// Follows one manager's Watch stream for as long as the process runs,
+/// reconnecting after errors.
+async fn watch(
+    endpoint: String,
+    mut client: RtpManagerClient<Channel>,
+    link: MediaLink,
+    wake: Wake,
+) {
+    use v1::manager_event::Event;
+    loop {
+        match client
+            .watch(v1::WatchRequest {
+                stats_interval_secs: 0,
+            })
+            .await
+        {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                tracing::debug!(rtpmanager = %endpoint, "watching manager events");
+                while let Ok(Some(event)) = stream.message().await {
+                    let event = match event.event {
+                        Some(Event::MediaTimeout(t)) => MediaEvent::Timeout {
+                            call: MediaCallId(t.call_id),
+                            leg: t.leg_id,
+                            idle_secs: t.idle_secs,
+                        },
+                        Some(Event::Dtmf(d)) => MediaEvent::Dtmf {
+                            call: MediaCallId(d.call_id),
+                            leg: d.leg_id,
+                            digit: d.digit,
+                        },
+                        _ => continue,
+                    };
+                    link.push_input(Instant::now(), LinkInput::Event(event));
+                    wake();
+                }
+            }
+            Err(status) => {
+                tracing::debug!(rtpmanager = %endpoint, %status, "Watch refused; retrying");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
