@@ -1,0 +1,598 @@
+//! Real peers through the B2BUA: the signaling and RTP manager binaries on
+//! loopback (ephemeral ports), SIPp as caller and callee, and media
+//! sockets owned by the test on the ports the SIPp SDPs advertise, so the
+//! RTP that crosses the manager is checked octet for octet.
+//!
+//! Each test asserts SIPp's exit status (0: every call succeeded) on both
+//! sides and what the media sockets received.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, users_file, Server, SIGNALING};
+use switchboard_proto::v1;
+use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
+
+fn sipp_binary() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("sipp"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        eprintln!("skipped: `sipp` is not installed (cargo xtask setup installs it)");
+    }
+    found
+}
+
+/// The manager binary beside the signaling one, built if missing (it is
+/// another package of the workspace, so cargo does not build it for us).
+fn manager_binary() -> PathBuf {
+    let path = Path::new(SIGNALING).with_file_name("switchboard-rtpmanager");
+    if !path.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "-p",
+                "switchboard-rtpmanager",
+                "--bin",
+                "switchboard-rtpmanager",
+            ])
+            .status()
+            .expect("run cargo build for the manager");
+        assert!(status.success(), "building switchboard-rtpmanager failed");
+    }
+    path
+}
+
+/// A running RTP manager, killed by pid when dropped.
+struct Manager {
+    child: Child,
+    grpc: SocketAddr,
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_media_range(pairs: u16) -> (u16, u16) {
+    let salt = (std::process::id() % 50) as u16 * 400;
+    for base in (20000u16 + salt..60000).step_by(2 * usize::from(pairs) + 2) {
+        if (base..base + 2 * pairs).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
+            return (base, base + 2 * pairs - 1);
+        }
+    }
+    panic!("no free media range");
+}
+
+fn start_manager(audio: &Path) -> Manager {
+    let (min, max) = free_media_range(16);
+    let mut child = Command::new(manager_binary())
+        .args([
+            "--grpc-port",
+            "0",
+            "--fast-path",
+            "off",
+            "--advertise",
+            "127.0.0.1",
+        ])
+        .args(["--rtp-bind-address", "127.0.0.1", "--log-level", "info"])
+        .args([
+            "--rtp-port-min",
+            &min.to_string(),
+            "--rtp-port-max",
+            &max.to_string(),
+        ])
+        .arg("--audio-path")
+        .arg(audio)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the manager");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("grpc="))
+            {
+                let _ = tx.send(addr.to_owned());
+            }
+        }
+    });
+    let grpc = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the manager logs its gRPC address")
+        .parse()
+        .expect("a socket address");
+    Manager { child, grpc }
+}
+
+/// A 0.4 s 1 kHz tone, 8 kHz 16-bit mono WAV.
+fn tone_wav() -> Vec<u8> {
+    let samples: Vec<i16> = (0..3200)
+        .map(|i| {
+            let t = f64::from(i) / 8000.0;
+            (8000.0 * (2.0 * std::f64::consts::PI * 1000.0 * t).sin()).round() as i16
+        })
+        .collect();
+    let data: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let mut out = Vec::new();
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&8000u32.to_le_bytes());
+    out.extend_from_slice(&16000u32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(&data);
+    out
+}
+
+/// Signaling + manager, with a dialplan dialing the SIPp callee for 1XXX
+/// (or registered users with `user/…`), and 9000 playing a tone.
+struct Bed {
+    data: tempfile::TempDir,
+    manager: Manager,
+    server: Server,
+}
+
+fn bed(dial_target: &str, extra: &[&str]) -> Bed {
+    let data = tempfile::tempdir().expect("temp dir");
+    let audio = data.path().join("audio");
+    std::fs::create_dir_all(&audio).expect("audio dir");
+    std::fs::write(audio.join("welcome.wav"), tone_wav()).expect("write the announcement");
+    let manager = start_manager(&audio);
+    let plan = format!(
+        r#"{{"version": "1.0", "routes": [
+          {{"id": "announcement", "pattern": "9000", "priority": 10, "actions": [
+            {{"type": "answer", "params": {{}}}},
+            {{"type": "play_audio", "params": {{"files": ["welcome.wav"]}}}},
+            {{"type": "hangup", "params": {{"code": 200, "reason": "done"}}}}]}},
+          {{"id": "extensions", "pattern": "1XXX", "priority": 20, "actions": [
+            {{"type": "dial", "params": {{"targets": ["{dial_target}"], "timeout": 20}}}}]}},
+          {{"id": "unknown", "pattern": "*", "priority": 1000, "actions": [
+            {{"type": "hangup", "params": {{"code": 404, "reason": "Not Found"}}}}]}}
+        ]}}"#
+    );
+    let plan_path = data.path().join("dialplan.json");
+    std::fs::write(&plan_path, plan).expect("write the dialplan");
+    let grpc = manager.grpc.to_string();
+    let mut args = vec![
+        "--dialplan",
+        plan_path.to_str().expect("UTF-8 path"),
+        "--rtpmanager",
+        &grpc,
+    ];
+    args.extend_from_slice(extra);
+    let server = Server::start(&data.path().join("state"), &args);
+    // The common harness also names a manager that does not exist: wait
+    // until ours is healthy so the first call is placed on it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let managers = server.get_json("/api/v1/rtpmanagers");
+        let healthy = managers
+            .as_array()
+            .is_some_and(|list| list.iter().any(|m| m["health"] == "healthy"));
+        if healthy {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "manager never healthy: {managers}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Bed {
+        data,
+        manager,
+        server,
+    }
+}
+
+fn scenario(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sipp")
+        .join(name)
+}
+
+/// Starts SIPp on `port` with `scenario` for one call.
+fn sipp(bed: &Bed, name: &str, port: u16, args: &[&str]) -> Child {
+    let sipp = sipp_binary().expect("checked by the caller");
+    let mut command = Command::new(sipp);
+    command
+        .arg("-sf")
+        .arg(scenario(name))
+        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-m", "1", "-timeout", "30s", "-nostdin", "-trace_err"])
+        .args(args)
+        .current_dir(bed.data.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command.spawn().expect("run sipp")
+}
+
+fn start_caller(bed: &Bed, name: &str, service: &str, args: &[&str]) -> Child {
+    let mut all = vec!["-s", service];
+    all.extend_from_slice(args);
+    let target = bed.server.sip_addr().to_string();
+    all.push(&target);
+    sipp(bed, name, free_port(), &all)
+}
+
+fn finish(bed: &Bed, role: &str, child: Child) -> Output {
+    let output = child.wait_with_output().expect("wait for sipp");
+    let errors = std::fs::read_dir(bed.data.path())
+        .expect("data dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with("_errors.log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "SIPp {role} failed:\n{}\n{}\n{errors}\nserver log tail:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        tail(&bed.server.log(), 60)
+    );
+    output
+}
+
+fn tail(log: &str, lines: usize) -> String {
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn media_socket() -> (UdpSocket, String) {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a media socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .expect("timeout");
+    let port = socket.local_addr().expect("address").port().to_string();
+    (socket, port)
+}
+
+fn rtp(seq: u16, fill: u8) -> Vec<u8> {
+    let mut packet = vec![0x80, 0x00];
+    packet.extend_from_slice(&seq.to_be_bytes());
+    packet.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    packet.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    packet.extend(std::iter::repeat_n(fill, 160));
+    packet
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// The manager's (leg a, leg b) media addresses of the only bridged call,
+/// once the B2BUA has set it up.
+fn bridged_legs(manager: &Manager) -> (String, SocketAddr, SocketAddr) {
+    runtime().block_on(async {
+        let mut client = RtpManagerClient::connect(format!("http://{}", manager.grpc))
+            .await
+            .expect("connect to the manager");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let calls = client
+                .list_calls(v1::ListCallsRequest {})
+                .await
+                .expect("ListCalls")
+                .into_inner()
+                .calls;
+            if let Some(call) = calls.first() {
+                let leg = |id: &str| {
+                    call.legs
+                        .iter()
+                        .find(|l| l.leg_id == id && !l.bridged_to.is_empty())
+                        .map(|l| {
+                            SocketAddr::new(
+                                l.local_address.parse().expect("an address"),
+                                u16::try_from(l.rtp_port).expect("a port"),
+                            )
+                        })
+                };
+                if let (Some(a), Some(b)) = (leg("a"), leg("b")) {
+                    return (call.call_id.clone(), a, b);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no bridged call on the manager: {calls:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+fn calls_on(manager: &Manager) -> usize {
+    runtime().block_on(async {
+        let mut client = RtpManagerClient::connect(format!("http://{}", manager.grpc))
+            .await
+            .expect("connect to the manager");
+        client
+            .list_calls(v1::ListCallsRequest {})
+            .await
+            .expect("ListCalls")
+            .into_inner()
+            .calls
+            .len()
+    })
+}
+
+/// Sends RTP from each side to the manager and checks the other side gets
+/// exactly those octets.
+fn rtp_both_ways(manager: &Manager, a: &UdpSocket, b: &UdpSocket) {
+    let (_, leg_a, leg_b) = bridged_legs(manager);
+    let mut buffer = [0u8; 2048];
+    for seq in 1..=5u16 {
+        let packet = rtp(seq, 0x11);
+        a.send_to(&packet, leg_a).expect("send caller RTP");
+        let (len, from) = b
+            .recv_from(&mut buffer)
+            .expect("the callee receives the caller's RTP");
+        assert_eq!(
+            &buffer[..len],
+            &packet[..],
+            "caller → callee RTP forwarded unchanged"
+        );
+        assert_eq!(from, leg_b, "from the manager's leg-b port");
+        let packet = rtp(seq, 0x22);
+        b.send_to(&packet, leg_b).expect("send callee RTP");
+        let (len, from) = a
+            .recv_from(&mut buffer)
+            .expect("the caller receives the callee's RTP");
+        assert_eq!(
+            &buffer[..len],
+            &packet[..],
+            "callee → caller RTP forwarded unchanged"
+        );
+        assert_eq!(from, leg_a, "from the manager's leg-a port");
+    }
+}
+
+fn wait_no_calls(manager: &Manager) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while calls_on(manager) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the call's media was not deleted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn basic_call_with_rtp_both_ways_caller_hangs_up() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    let callee_port = free_port();
+    let bed = bed(
+        &format!("sip:bob@127.0.0.1:{callee_port}"),
+        &["--auth", "anonymous"],
+    );
+    let (a, rtp_a) = media_socket();
+    let (b, rtp_b) = media_socket();
+    let callee = sipp(
+        &bed,
+        "b2bua_uas.xml",
+        callee_port,
+        &["-key", "rtp_b", &rtp_b],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = start_caller(
+        &bed,
+        "b2bua_uac.xml",
+        "1001",
+        &["-key", "rtp_a", &rtp_a, "-d", "4000"],
+    );
+    rtp_both_ways(&bed.manager, &a, &b);
+    finish(&bed, "caller", caller);
+    finish(&bed, "callee", callee);
+    wait_no_calls(&bed.manager);
+}
+
+#[test]
+fn basic_call_callee_hangs_up() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    let callee_port = free_port();
+    let bed = bed(
+        &format!("sip:bob@127.0.0.1:{callee_port}"),
+        &["--auth", "anonymous"],
+    );
+    let (a, rtp_a) = media_socket();
+    let (b, rtp_b) = media_socket();
+    let callee = sipp(
+        &bed,
+        "b2bua_uas_bye.xml",
+        callee_port,
+        &["-key", "rtp_b", &rtp_b, "-d", "3000"],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = start_caller(
+        &bed,
+        "b2bua_uac_wait_bye.xml",
+        "1001",
+        &["-key", "rtp_a", &rtp_a],
+    );
+    rtp_both_ways(&bed.manager, &a, &b);
+    finish(&bed, "callee", callee);
+    finish(&bed, "caller", caller);
+    wait_no_calls(&bed.manager);
+}
+
+#[test]
+fn cancel_before_answer_reaches_the_callee() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    let callee_port = free_port();
+    let bed = bed(
+        &format!("sip:bob@127.0.0.1:{callee_port}"),
+        &["--auth", "anonymous"],
+    );
+    let (_a, rtp_a) = media_socket();
+    let callee = sipp(&bed, "b2bua_uas_ring.xml", callee_port, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = start_caller(
+        &bed,
+        "b2bua_uac_cancel.xml",
+        "1001",
+        &["-key", "rtp_a", &rtp_a],
+    );
+    finish(&bed, "caller", caller);
+    finish(&bed, "callee", callee);
+    wait_no_calls(&bed.manager);
+}
+
+#[test]
+fn busy_callee_486_is_relayed() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    let callee_port = free_port();
+    let bed = bed(
+        &format!("sip:bob@127.0.0.1:{callee_port}"),
+        &["--auth", "anonymous"],
+    );
+    let (_a, rtp_a) = media_socket();
+    let callee = sipp(&bed, "b2bua_uas_busy.xml", callee_port, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = start_caller(
+        &bed,
+        "b2bua_uac_busy.xml",
+        "1001",
+        &["-key", "rtp_a", &rtp_a],
+    );
+    finish(&bed, "caller", caller);
+    finish(&bed, "callee", callee);
+    wait_no_calls(&bed.manager);
+}
+
+#[test]
+fn a_registered_user_is_dialed_by_extension() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    let callee_port = free_port();
+    let data_users = tempfile::tempdir().expect("temp dir");
+    let users = users_file(data_users.path(), &[("1001", "pw1001")]);
+    let users = users.to_str().expect("UTF-8 path").to_owned();
+    let bed = bed(
+        "user/${destination}",
+        &[
+            "--realm",
+            "peers.test",
+            "--users-file",
+            &users,
+            "--auth-algorithms",
+            "MD5",
+            "--auth-methods",
+            "REGISTER",
+        ],
+    );
+    // Registers from the port the callee then listens on.
+    let register = sipp(
+        &bed,
+        "register_auth.xml",
+        callee_port,
+        &[
+            "-s",
+            "1001",
+            "-au",
+            "1001",
+            "-ap",
+            "pw1001",
+            &bed.server.sip_addr().to_string(),
+        ],
+    );
+    finish(&bed, "registration", register);
+    let bindings = bed.server.get_json("/api/v1/registrations");
+    assert_eq!(bindings[0]["aor"], "1001@127.0.0.1", "{bindings}");
+    let (a, rtp_a) = media_socket();
+    let (b, rtp_b) = media_socket();
+    let callee = sipp(
+        &bed,
+        "b2bua_uas.xml",
+        callee_port,
+        &["-key", "rtp_b", &rtp_b],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = start_caller(
+        &bed,
+        "b2bua_uac.xml",
+        "1001",
+        &["-key", "rtp_a", &rtp_a, "-d", "3000"],
+    );
+    rtp_both_ways(&bed.manager, &a, &b);
+    finish(&bed, "caller", caller);
+    finish(&bed, "callee", callee);
+    // An extension nobody registered: the dialplan's 404 route is not hit,
+    // the dial fails with 480.
+    let (_c, rtp_c) = media_socket();
+    let unknown = start_caller(
+        &bed,
+        "b2bua_uac_busy.xml",
+        "1002",
+        &["-key", "rtp_a", &rtp_c],
+    );
+    let output = unknown.wait_with_output().expect("wait for sipp");
+    assert_ne!(output.status.code(), Some(0), "1002 is not registered");
+    wait_no_calls(&bed.manager);
+}
+
+#[test]
+fn playback_route_streams_the_announcement_then_hangs_up() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    let bed = bed("sip:nobody@127.0.0.1:9", &["--auth", "anonymous"]);
+    let (a, rtp_a) = media_socket();
+    let caller = start_caller(
+        &bed,
+        "b2bua_uac_wait_bye.xml",
+        "9000",
+        &["-key", "rtp_a", &rtp_a],
+    );
+    let mut buffer = [0u8; 2048];
+    let mut packets = 0;
+    let mut sequence = Vec::new();
+    while let Ok((len, _)) = a.recv_from(&mut buffer) {
+        assert!(len >= 12, "an RTP packet");
+        assert_eq!(buffer[1] & 0x7f, 0, "PCMU, as offered");
+        sequence.push(u16::from_be_bytes([buffer[2], buffer[3]]));
+        packets += 1;
+    }
+    finish(&bed, "caller", caller);
+    // 0.4 s of audio in 20 ms packets.
+    assert_eq!(packets, 20, "the whole announcement: {sequence:?}");
+    assert!(
+        sequence.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+        "consecutive sequence numbers: {sequence:?}"
+    );
+    wait_no_calls(&bed.manager);
+}
