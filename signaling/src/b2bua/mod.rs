@@ -143,6 +143,11 @@ struct Branch {
     cancel: Cancel,
     /// No longer part of the call: a 2xx is ACKed and BYEd.
     abandoned: bool,
+    /// Its 2xx set up the call's leg b.
+    won: bool,
+    /// The body of the ACK sent for its 2xx, once sent: a retransmitted
+    /// 2xx gets the same ACK again (§13.2.2.4).
+    ack: Option<Option<String>>,
 }
 
 #[derive(Debug)]
@@ -151,17 +156,23 @@ enum ClientTx {
     /// BYE, CANCEL: the answer does not matter.
     Fire,
     /// A re-INVITE or UPDATE carrying an offer from `from`'s peer.
-    Reoffer {
-        call: CallKey,
-        from: LegId,
-        server: TransactionKey,
-        method: Method,
-    },
+    Reoffer(Reoffer),
     /// A relayed request (INFO, UPDATE without SDP).
     Relay {
         call: CallKey,
         server: TransactionKey,
     },
+}
+
+/// A re-INVITE or UPDATE we relayed, and the request it answers.
+#[derive(Debug, Clone)]
+struct Reoffer {
+    call: CallKey,
+    from: LegId,
+    server: TransactionKey,
+    method: Method,
+    /// A final response came; later 2xx are retransmissions to re-ACK.
+    done: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +240,8 @@ struct Dialing {
 /// The callee's 2xx not yet ACKed (end to end: on the caller's ACK).
 #[derive(Debug, Clone)]
 struct PendingAck {
+    /// The branch whose 2xx it is.
+    key: TransactionKey,
     sent: SentInvite,
     target: String,
     to: String,
@@ -755,6 +768,8 @@ impl B2bua {
                         provisional: false,
                         cancel: Cancel::No,
                         abandoned: false,
+                        won: false,
+                        ack: None,
                     })),
                 );
             }
@@ -787,30 +802,46 @@ impl B2bua {
                     }
                 }
                 let call = branch.call;
+                let success = (200..300).contains(&status);
+                if success {
+                    if let Some(body) = branch.ack.clone() {
+                        // A retransmitted 2xx: our ACK was lost.
+                        let sent = branch.sent.clone();
+                        let target = contact_of(&response).unwrap_or_else(|| sent.uri.clone());
+                        let to = response.header("To").unwrap_or_default().to_owned();
+                        self.send_ack(&sent, &target, &to, body.as_deref(), sip);
+                        return;
+                    }
+                }
+                if branch.won {
+                    // Retransmissions until the caller's ACK lets us ACK.
+                    return;
+                }
                 let abandoned = branch.abandoned
                     || !self
                         .calls
                         .get(&call)
                         .is_some_and(|c| c.phase == Phase::Dialing && c.branches.contains(&key));
                 if abandoned {
-                    if (200..300).contains(&status) {
+                    if success {
+                        branch.ack = Some(None);
                         let sent = branch.sent.clone();
                         self.ack_and_bye(&sent, &response, sip);
                     }
                     return;
                 }
+                if success {
+                    branch.won = true;
+                }
                 self.branch_response(now, call, key, status, response, sip);
             }
             ClientTx::Fire => {}
-            ClientTx::Reoffer { .. } | ClientTx::Relay { .. } if status < 200 => {}
-            ClientTx::Reoffer {
-                call,
-                from,
-                server,
-                method,
-            } => {
-                let (call, from, server, method) = (*call, *from, server.clone(), method.clone());
-                self.reoffer_response(call, from, server, method, response, sip);
+            ClientTx::Reoffer(_) | ClientTx::Relay { .. } if status < 200 => {}
+            ClientTx::Reoffer(reoffer) => {
+                let first = !reoffer.done;
+                reoffer.done = true;
+                let reoffer = reoffer.clone();
+                self.reoffer_response(reoffer, first, response, sip);
             }
             ClientTx::Relay { server, .. } => {
                 // In-dialog requests carry our To tag already: no tag to add.
@@ -915,6 +946,7 @@ impl B2bua {
                     local_cseq: sent.cseq,
                 });
                 call.pending_ack = Some(PendingAck {
+                    key: client.clone(),
                     to: response.header("To").unwrap_or_default().to_owned(),
                     target,
                     sent: sent.clone(),
@@ -1026,6 +1058,14 @@ impl B2bua {
         tracing::debug!(b_call_id = %sent.call_id, "unwanted 2xx: ACK and BYE");
         if let Some(key) = self.send_in_dialog(&mut dialog, &Method::Bye, &[], None, sip) {
             self.clients.insert(key, ClientTx::Fire);
+        }
+    }
+
+    /// ACKs the callee's 2xx and remembers it for retransmissions.
+    fn ack_callee(&mut self, pending: &PendingAck, sdp: Option<&str>, sip: &mut SipActions<'_>) {
+        self.send_ack(&pending.sent, &pending.target, &pending.to, sdp, sip);
+        if let Some(ClientTx::Branch(branch)) = self.clients.get_mut(&pending.key) {
+            branch.ack = Some(sdp.map(str::to_owned));
         }
     }
 
@@ -1175,7 +1215,7 @@ impl B2bua {
                     );
                 }
                 None => {
-                    self.send_ack(&pending.sent, &pending.target, &pending.to, None, sip);
+                    self.ack_callee(&pending, None, sip);
                     self.end_call(
                         sip.now(),
                         key,
@@ -1188,7 +1228,7 @@ impl B2bua {
             }
             return;
         }
-        self.send_ack(&pending.sent, &pending.target, &pending.to, None, sip);
+        self.ack_callee(&pending, None, sip);
     }
 
     fn in_dialog(
@@ -1341,15 +1381,22 @@ impl B2bua {
         }
     }
 
+    /// A final response to a relayed re-INVITE/UPDATE; `first` is false
+    /// for retransmitted 2xx, which are only ACKed again.
     fn reoffer_response(
         &mut self,
-        key: CallKey,
-        from: LegId,
-        server: TransactionKey,
-        method: Method,
+        reoffer: Reoffer,
+        first: bool,
         response: SipMessage,
         sip: &mut SipActions<'_>,
     ) {
+        let Reoffer {
+            call: key,
+            from,
+            server,
+            method,
+            ..
+        } = reoffer;
         let status = response.status().unwrap_or(500);
         let Some(call) = self.calls.get_mut(&key) else {
             return;
@@ -1366,12 +1413,15 @@ impl B2bua {
                     from_tag: dialog.local_tag.clone(),
                     to: dialog.remote.clone(),
                     call_id: dialog.call_id.clone(),
-                    cseq: dialog.local_cseq,
+                    cseq: response.cseq().seq,
                     destination: dialog.destination,
                 };
                 let to_header = response.header("To").unwrap_or_default().to_owned();
                 self.send_ack(&sent, &target, &to_header, None, sip);
             }
+        }
+        if !first {
+            return;
         }
         let Some(call) = self.calls.get_mut(&key) else {
             return;
@@ -1509,7 +1559,7 @@ impl B2bua {
             }
         }
         if let Some(pending) = call.pending_ack.take() {
-            self.send_ack(&pending.sent, &pending.target, &pending.to, None, sip);
+            self.ack_callee(&pending, None, sip);
         }
         if call.answered && from != Some(LegId::A) {
             let mut a = call.a.clone();
@@ -1615,7 +1665,7 @@ impl B2bua {
             Purpose::LateAnswer => {
                 if let Some(pending) = call.pending_ack.take() {
                     call.sdp_sent[leg_index(LegId::B)] = Some(sdp.clone());
-                    self.send_ack(&pending.sent, &pending.target, &pending.to, Some(&sdp), sip);
+                    self.ack_callee(&pending, Some(&sdp), sip);
                     self.media(key, Purpose::Other, MediaOp::Bridge);
                 }
             }
@@ -1635,12 +1685,13 @@ impl B2bua {
                     Some(client) => {
                         self.clients.insert(
                             client,
-                            ClientTx::Reoffer {
+                            ClientTx::Reoffer(Reoffer {
                                 call: key,
                                 from,
                                 server,
                                 method,
-                            },
+                                done: false,
+                            }),
                         );
                     }
                     None => {
@@ -1854,7 +1905,8 @@ impl CallHandler for B2bua {
                         }
                     }
                 } else if let Some(
-                    ClientTx::Reoffer { call, server, .. } | ClientTx::Relay { call, server },
+                    ClientTx::Reoffer(Reoffer { call, server, .. })
+                    | ClientTx::Relay { call, server },
                 ) = self.clients.get(&key)
                 {
                     let (call, server) = (*call, server.clone());

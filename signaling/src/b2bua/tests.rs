@@ -1193,3 +1193,121 @@ fn thousands_of_calls_leave_nothing_behind() {
         .count();
     assert_eq!(deletes, 2000, "every call's media is deleted");
 }
+
+#[test]
+fn a_callee_2xx_retransmission_waits_for_the_callers_ack_then_is_reacked() {
+    let mut h = Harness::new(&bob_plan());
+    let invite = h.invite("1001", "call-2xx-rtx", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    let ok_bob = reply(&to_bob, 200, Some("bob1"), Some(CALLEE_SDP));
+    h.from(BOB, &ok_bob);
+    let ok = h.response_to(CALLER, 200);
+    // The callee retransmits before the caller's ACK: neither ACK nor BYE.
+    h.from(BOB, &ok_bob);
+    h.nothing_to(BOB);
+    h.nothing_to(CALLER);
+    let ack = h.ack_for(&ok, None);
+    h.from(CALLER, &ack);
+    let first = h.request_to(BOB, "ACK");
+    // Our ACK was lost: the retransmission gets another one.
+    h.from(BOB, &ok_bob);
+    let again = h.request_to(BOB, "ACK");
+    assert_eq!(again.cseq(), first.cseq());
+    assert_eq!(again.to_tag(), first.to_tag());
+    h.nothing_to(BOB);
+    assert_eq!(h.occupancy().calls, 1, "the call goes on");
+}
+
+#[test]
+fn hold_from_the_caller_and_its_2xx_retransmission() {
+    let mut h = Harness::new(&bob_plan());
+    let (ok, to_bob) = answered_call(&mut h);
+    let hold = CALLER_SDP.replace("m=audio", "a=sendonly\r\nm=audio");
+    let reinvite = h.in_dialog(CALLER, &ok, "INVITE", 2, Some(&hold));
+    h.from(CALLER, &reinvite);
+    let to_bob_re = h.request_to(BOB, "INVITE");
+    assert_eq!(to_bob_re.call_id(), to_bob.call_id());
+    assert_eq!(to_bob_re.cseq().to_string(), "2 INVITE");
+    assert_eq!(
+        to_bob_re.to_tag().map(|t| t.as_str().to_owned()),
+        Some("bob1".to_owned())
+    );
+    assert_eq!(body(&to_bob_re), manager_sdp("offer-a-b"));
+    let ok_bob = reply(&to_bob_re, 200, Some("bob1"), Some(CALLEE_SDP));
+    h.from(BOB, &ok_bob);
+    assert_eq!(h.request_to(BOB, "ACK").cseq().to_string(), "2 ACK");
+    let answer = h.response_to(CALLER, 200);
+    assert_eq!(answer.cseq().to_string(), "2 INVITE");
+    assert_eq!(body(&answer), manager_sdp("answer-b-a"));
+    assert_eq!(
+        h.ops(),
+        vec![
+            MediaOp::Offer {
+                leg: LegId::A,
+                peer: Some(LegId::B),
+                sdp: hold
+            },
+            MediaOp::Answer {
+                leg: LegId::B,
+                peer: LegId::A,
+                sdp: CALLEE_SDP.to_owned()
+            }
+        ]
+    );
+    // The callee did not see our ACK: re-ACKed, nothing else.
+    h.from(BOB, &ok_bob);
+    assert_eq!(h.request_to(BOB, "ACK").cseq().to_string(), "2 ACK");
+    h.nothing_to(CALLER);
+    assert_eq!(h.ops(), vec![]);
+    let ack = h.ack_for(&answer, None);
+    h.from(CALLER, &ack);
+    h.nothing_to(BOB);
+}
+
+#[test]
+fn update_refresh_and_refused_reoffers() {
+    let mut h = Harness::new(&bob_plan());
+    let (ok, to_bob) = answered_call(&mut h);
+
+    // UPDATE with SDP: through the manager, no ACK.
+    let update = h.in_dialog(CALLER, &ok, "UPDATE", 2, Some(CALLER_SDP));
+    h.from(CALLER, &update);
+    let to_bob_update = h.request_to(BOB, "UPDATE");
+    assert_eq!(body(&to_bob_update), manager_sdp("offer-a-b"));
+    h.from(BOB, &reply(&to_bob_update, 200, None, Some(CALLEE_SDP)));
+    let answer = h.response_to(CALLER, 200);
+    assert_eq!(answer.cseq().to_string(), "2 UPDATE");
+    assert_eq!(body(&answer), manager_sdp("answer-b-a"));
+    h.nothing_to(BOB);
+
+    // A re-INVITE without SDP (a refresh) is answered with the last SDP.
+    let refresh = h.callee_request(BOB, &to_bob, "bob1", "INVITE", 5, None);
+    h.from(BOB, &refresh);
+    let refreshed = h.response_to(BOB, 200);
+    assert_eq!(
+        body(&refreshed),
+        manager_sdp("offer-a-b"),
+        "the last SDP sent to the callee"
+    );
+    h.nothing_to(CALLER);
+    let ack = h.callee_request(BOB, &to_bob, "bob1", "ACK", 5, None);
+    h.from(BOB, &ack);
+
+    // A re-offer the other side refuses: its code is relayed.
+    let reinvite = h.in_dialog(CALLER, &ok, "INVITE", 3, Some(CALLER_SDP));
+    h.from(CALLER, &reinvite);
+    let to_bob_re = h.request_to(BOB, "INVITE");
+    assert_eq!(to_bob_re.cseq().seq, 3, "the dialog's CSeq goes on");
+    h.from(BOB, &reply(&to_bob_re, 488, None, None));
+    h.request_to(BOB, "ACK");
+    h.response_to(CALLER, 488);
+    h.ops();
+
+    // And the call still works: BYE from the caller.
+    let bye = h.in_dialog(CALLER, &ok, "BYE", 4, None);
+    h.from(CALLER, &bye);
+    h.response_to(CALLER, 200);
+    h.request_to(BOB, "BYE");
+}
