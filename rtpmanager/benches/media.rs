@@ -585,34 +585,46 @@ fn json_numbers(text: &str, key: &str) -> Vec<u64> {
         .collect()
 }
 
-/// Run time (ns) and run count of the programs attached to `r0` in the
-/// relay namespace.
-fn program_stats(relay_ns: &str) -> anyhow::Result<(u64, u64)> {
-    let out = Command::new("ip")
-        .args([
-            "netns", "exec", relay_ns, "bpftool", "-j", "net", "show", "dev", "r0",
-        ])
+/// The loaded programs as (id, name, run time ns, run count).
+fn programs() -> anyhow::Result<Vec<(u64, String, u64, u64)>> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
         .output()
-        .context("bpftool net show")?;
+        .context("bpftool prog show")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut ids = json_numbers(&text, "id");
-    ids.extend(json_numbers(&text, "prog_id"));
-    ids.sort_unstable();
-    ids.dedup();
-    let (mut run_time, mut run_count) = (0, 0);
-    for id in ids {
-        let out = Command::new("bpftool")
-            .args(["-j", "prog", "show", "id", &id.to_string()])
-            .output()
-            .context("bpftool prog show")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        run_time += json_numbers(&text, "run_time_ns")
-            .first()
-            .copied()
-            .unwrap_or(0);
-        run_count += json_numbers(&text, "run_cnt").first().copied().unwrap_or(0);
-    }
-    Ok((run_time, run_count))
+    // One object per program, each starting with its id.
+    Ok(text
+        .split("{\"id\":")
+        .skip(1)
+        .filter_map(|program| {
+            let id: String = program.chars().take_while(char::is_ascii_digit).collect();
+            let name = program
+                .split("\"name\":\"")
+                .nth(1)?
+                .split('"')
+                .next()?
+                .to_owned();
+            let first = |key| json_numbers(program, key).first().copied().unwrap_or(0);
+            Some((
+                id.parse().ok()?,
+                name,
+                first("run_time_ns"),
+                first("run_cnt"),
+            ))
+        })
+        .collect())
+}
+
+/// Run time (ns) and run count of the manager's programs: those named
+/// `switchboard_*` that were not loaded before it started (`before`; the
+/// peer's pass-all program is). Found by name rather than by interface:
+/// bpftool 7.1 does not list TCX attachments, which aya uses for TC on
+/// kernels from 6.6, and this build of it shows no owner pids.
+fn program_stats(before: &[u64]) -> anyhow::Result<(u64, u64)> {
+    Ok(programs()?
+        .into_iter()
+        .filter(|(id, name, _, _)| name.starts_with("switchboard_") && !before.contains(id))
+        .fold((0, 0), |(t, c), (_, _, time, count)| (t + time, c + count)))
 }
 
 fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
@@ -659,6 +671,7 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
     } else {
         None
     };
+    let loaded_before: Vec<u64> = programs()?.into_iter().map(|p| p.0).collect();
     let bpf_stats = if path == "userspace" {
         None
     } else {
@@ -715,7 +728,7 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
     std::thread::sleep(Duration::from_secs(2));
     let cpu_before = manager.cpu_time();
     let bpf_before = match bpf_stats {
-        Some(_) => Some(program_stats(&bed.relay)?),
+        Some(_) => Some(program_stats(&loaded_before)?),
         None => None,
     };
     traffic.measuring.store(true, Ordering::Relaxed);
@@ -726,7 +739,7 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
     let cpu = manager.cpu_time().saturating_sub(cpu_before);
     let bpf = match bpf_before {
         Some((time, count)) => {
-            let (time_after, count_after) = program_stats(&bed.relay)?;
+            let (time_after, count_after) = program_stats(&loaded_before)?;
             Some((time_after - time, count_after - count))
         }
         None => None,

@@ -299,6 +299,24 @@ impl ControlService {
         self.publish_offload(events);
     }
 
+    /// Feeds the offload decision every leg's latched addresses from the
+    /// relay, after latch events were lost (a burst of new calls overflows
+    /// the event channel).
+    fn resync_latches(&self) {
+        let legs = self.offload().legs();
+        for (slot, leg) in legs {
+            let Ok(Some(snapshot)) = self.inner.relay.snapshot(slot) else {
+                continue;
+            };
+            if let Some(source) = snapshot.latched_rtp {
+                self.latched(&leg, StreamKind::Rtp, source);
+            }
+            if let Some(source) = snapshot.latched_rtcp {
+                self.latched(&leg, StreamKind::Rtcp, source);
+            }
+        }
+    }
+
     /// Reads the kernel's figures every `period`: last-seen times for idle
     /// reaping, and media timeouts of offloaded streams, which the relay
     /// does not see.
@@ -364,7 +382,11 @@ impl ControlService {
                     self.latched(&leg, StreamKind::Rtcp, source)
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "relay events lagged")
+                    tracing::warn!(
+                        missed = n,
+                        "relay events lagged; latches re-read from the relay"
+                    );
+                    self.resync_latches();
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             }
@@ -703,9 +725,10 @@ impl RtpManager for ControlService {
         &self,
         _: Request<v1::ListCallsRequest>,
     ) -> Result<Response<v1::ListCallsResponse>, Status> {
-        let calls = self
-            .table()
-            .list(Instant::now())
+        // The table's lock is released before the offload state is read:
+        // `apply` takes them in the other order.
+        let listed = self.table().list(Instant::now());
+        let calls = listed
             .into_iter()
             .map(|(call_id, age, legs)| v1::CallSummary {
                 call_id,

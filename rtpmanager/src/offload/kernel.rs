@@ -137,6 +137,14 @@ impl KernelOffload {
         self.legs.get(&slot).map(|r| Arc::clone(&r.shared))
     }
 
+    /// Every leg the driver knows, by slot.
+    pub fn legs(&self) -> Vec<(Slot, LegRef)> {
+        self.legs
+            .iter()
+            .map(|(slot, r)| (*slot, r.shared.leg.clone()))
+            .collect()
+    }
+
     /// A leg is gone.
     pub fn leg_removed(&mut self, now: Instant, slot: Slot) {
         self.decision.handle_leg_removed(now, slot);
@@ -311,13 +319,13 @@ impl KernelOffload {
         }
 
         // Outbound: the directions of the bridged leg into this one.
-        let peers = self
-            .accounts
-            .iter()
-            .filter(|(_, a)| a.to == Some(slot))
-            .map(|(d, _)| *d)
-            .collect::<Vec<_>>();
-        for direction in peers {
+        // Bridges are symmetric: the leg forwarding here is the one this
+        // leg forwards to (a lookup, not a scan, for Watch's all-legs stats).
+        let peers = record.forward_to.into_iter().flat_map(|from| {
+            [StreamKind::Rtp, StreamKind::Rtcp].map(|kind| Direction { from, kind })
+        });
+        for direction in peers.filter(|d| self.accounts.get(d).is_some_and(|a| a.to == Some(slot)))
+        {
             let live = self.live(fast_path, direction);
             let account = self.accounts.get(&direction);
             let packets = account.map_or(0, |a| a.packets) + live.stats.packets;

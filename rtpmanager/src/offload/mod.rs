@@ -28,7 +28,7 @@
 
 pub mod kernel;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -207,6 +207,10 @@ pub struct Offload {
     enabled: bool,
     legs: HashMap<Slot, LegState>,
     by_ref: HashMap<LegRef, Slot>,
+    /// The legs forwarding into each leg, so an input re-evaluates only the
+    /// directions it can change (a burst of thousands of latches stays
+    /// linear).
+    feeders: HashMap<Slot, BTreeSet<Slot>>,
     installed: BTreeMap<Direction, Installed>,
     free_slots: Vec<u32>,
     next_slot: u32,
@@ -224,6 +228,7 @@ impl Offload {
             enabled,
             legs: HashMap::new(),
             by_ref: HashMap::new(),
+            feeders: HashMap::new(),
             installed: BTreeMap::new(),
             free_slots: Vec::new(),
             next_slot: 0,
@@ -234,6 +239,15 @@ impl Offload {
 
     /// A leg was added or its state changed.
     pub fn handle_leg(&mut self, now: Instant, slot: Slot, input: OffloadLeg) {
+        let old_target = self.legs.get(&slot).and_then(|s| s.input.params.forward_to);
+        if old_target != input.params.forward_to {
+            if let Some(old) = old_target.and_then(|t| self.feeders.get_mut(&t)) {
+                old.remove(&slot);
+            }
+            if let Some(new) = input.params.forward_to {
+                self.feeders.entry(new).or_default().insert(slot);
+            }
+        }
         match self.legs.get_mut(&slot) {
             Some(state) => state.input = input,
             None => {
@@ -249,7 +263,7 @@ impl Offload {
                 );
             }
         }
-        self.reevaluate(now);
+        self.reevaluate(now, slot);
     }
 
     /// The relay latched the peer of `leg` to `source`.
@@ -260,14 +274,17 @@ impl Offload {
         kind: StreamKind,
         source: SocketAddr,
     ) {
-        let Some(state) = self.by_ref.get(leg).and_then(|s| self.legs.get_mut(s)) else {
+        let Some(&slot) = self.by_ref.get(leg) else {
+            return;
+        };
+        let Some(state) = self.legs.get_mut(&slot) else {
             return;
         };
         match kind {
             StreamKind::Rtp => state.latched_rtp = Some(source),
             StreamKind::Rtcp => state.latched_rtcp = Some(source),
         }
-        self.reevaluate(now);
+        self.reevaluate(now, slot);
     }
 
     /// A leg is gone: its directions leave the kernel, and so do those
@@ -280,8 +297,14 @@ impl Offload {
         if let Some(state) = self.legs.remove(&slot) {
             self.by_ref.remove(&state.input.leg);
             self.free_slots.extend(state.stats_slots.values());
+            if let Some(target) = state.input.params.forward_to {
+                if let Some(f) = self.feeders.get_mut(&target) {
+                    f.remove(&slot);
+                }
+            }
         }
-        self.reevaluate(now);
+        self.reevaluate(now, slot);
+        self.feeders.remove(&slot);
     }
 
     /// The next map write.
@@ -336,10 +359,22 @@ impl Offload {
         self.legs.get(&to).map(|s| s.input.leg.clone())
     }
 
-    /// Brings every direction in line with the current state.
-    fn reevaluate(&mut self, now: Instant) {
-        let mut slots: Vec<Slot> = self.legs.keys().copied().collect();
-        slots.sort_unstable();
+    /// Brings the directions a change of `changed` can affect in line with
+    /// the current state: those from it, from its target (which sends to
+    /// it) and from the legs forwarding into it.
+    fn reevaluate(&mut self, now: Instant, changed: Slot) {
+        let mut slots: BTreeSet<Slot> = self.feeders.get(&changed).cloned().unwrap_or_default();
+        if self.legs.contains_key(&changed) {
+            slots.insert(changed);
+        }
+        if let Some(target) = self
+            .legs
+            .get(&changed)
+            .and_then(|s| s.input.params.forward_to)
+            .filter(|t| self.legs.contains_key(t))
+        {
+            slots.insert(target);
+        }
         for slot in slots {
             for kind in KINDS {
                 let direction = Direction { from: slot, kind };
