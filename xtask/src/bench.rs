@@ -10,6 +10,14 @@
 //! response-time percentiles of the whole exchange (REGISTER, 401,
 //! REGISTER, 200, each 200 after an fsynced journal append). The server is
 //! stopped by pid.
+//!
+//! `sip-calls`: starts switchboard-rtpmanager and switchboard-signaling
+//! (release) on loopback with a dialplan that dials a SIPp callee
+//! (signaling/tests/sipp/b2bua_uas.xml), then runs the SIPp caller
+//! (b2bua_uac.xml: INVITE with SDP, 180, 200, ACK, BYE) at increasing
+//! rates. Every call goes through the manager (Offer, Answer, Bridge,
+//! Delete). Prints per rate the calls per second achieved, failures and
+//! the INVITE→200 percentiles, then the highest rate with no failed call.
 
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -32,6 +40,9 @@ pub struct BenchArgs {
 enum BenchTarget {
     /// REGISTER with digest authentication through SIPp, at increasing rates.
     SipRegister(SipRegisterArgs),
+    /// Calls (INVITE/200/ACK/BYE with SDP) through signaling and the RTP
+    /// manager, SIPp on both sides, at increasing rates.
+    SipCalls(SipCallsArgs),
     /// Bridged calls relayed by the RTP manager on a network-namespace bed
     /// (needs root): loss, latency and CPU per packet for one media path.
     Media(MediaArgs),
@@ -60,9 +71,20 @@ struct SipRegisterArgs {
     seconds: u32,
 }
 
+#[derive(clap::Args)]
+struct SipCallsArgs {
+    /// Offered rates, calls per second, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "50,100,200,400")]
+    rates: Vec<u32>,
+    /// Seconds per rate.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+}
+
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     match &args.target {
         BenchTarget::SipRegister(args) => sip_register(args),
+        BenchTarget::SipCalls(args) => sip_calls(args),
         BenchTarget::Media(args) => media(args),
     }
 }
@@ -316,4 +338,232 @@ fn print_result(r: &RateResult) {
         r.failed,
         r.elapsed.as_secs_f64()
     );
+}
+
+/// Starts the release manager on an ephemeral gRPC port and returns it with
+/// the address it logged; its log is drained so it never blocks on stderr.
+fn start_manager(binary: &Path) -> anyhow::Result<(Daemon, String)> {
+    use std::io::{BufRead, BufReader};
+    let mut command = Command::new(binary);
+    command
+        .args([
+            "--grpc-port",
+            "0",
+            "--fast-path",
+            "off",
+            "--advertise",
+            "127.0.0.1",
+        ])
+        .args(["--rtp-bind-address", "127.0.0.1", "--log-level", "info"])
+        .args(["--rtp-port-min", "30000", "--rtp-port-max", "49999"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    println!("+ {}", util::describe(&command));
+    let mut child = command.spawn().context("starting switchboard-rtpmanager")?;
+    let stderr = child.stderr.take().context("manager stderr")?;
+    let daemon = Daemon(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("grpc="))
+            {
+                let _ = tx.send(addr.to_owned());
+            }
+        }
+    });
+    let grpc = rx
+        .recv_timeout(Duration::from_secs(20))
+        .context("the manager did not log its gRPC address within 20 s")?;
+    Ok((daemon, grpc))
+}
+
+/// Whether the signaling server reports a healthy RTP manager.
+fn manager_healthy(rest_port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", rest_port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if write!(
+        stream,
+        "GET /api/v1/rtpmanagers HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    .is_err()
+    {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.contains("\"healthy\"")
+}
+
+fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
+    let Some(sipp) = util::find_on_path("sipp") else {
+        bail!("sipp is not installed (cargo xtask setup installs the sip-tester package)");
+    };
+    util::run(util::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "switchboard-signaling",
+        "-p",
+        "switchboard-rtpmanager",
+    ]))?;
+    let root = workspace_root();
+    let scenarios = root.join("signaling/tests/sipp");
+    let work = std::env::temp_dir().join(format!("switchboard-bench-calls-{}", std::process::id()));
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+
+    let (manager, grpc) = start_manager(&root.join("target/release/switchboard-rtpmanager"))?;
+    let callee_port = free_port()?;
+    let plan = work.join("dialplan.json");
+    std::fs::write(
+        &plan,
+        format!(
+            r#"{{"version": "1.0", "routes": [{{"id": "bench", "pattern": "1XXX", "actions": [
+              {{"type": "dial", "params": {{"targets": ["sip:bob@127.0.0.1:{callee_port}"], "timeout": 30}}}}]}}]}}"#
+        ),
+    )
+    .context("writing the dialplan")?;
+    let sip_port = free_port()?;
+    let rest_port = free_port()?;
+    let mut command = Command::new(root.join("target/release/switchboard-signaling"));
+    command
+        .args([
+            "--bind-address",
+            "127.0.0.1",
+            "--port",
+            &sip_port.to_string(),
+        ])
+        .args(["--rest-port", &rest_port.to_string(), "--rtpmanager", &grpc])
+        .args(["--auth", "anonymous", "--log-level", "warn"])
+        .arg("--dialplan")
+        .arg(&plan)
+        .arg("--data-dir")
+        .arg(work.join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    println!("+ {}", util::describe(&command));
+    let server = Daemon(command.spawn().context("starting switchboard-signaling")?);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !manager_healthy(rest_port) {
+        if Instant::now() > deadline {
+            bail!("switchboard-signaling did not report the manager healthy within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let callee_dir = work.join("callee");
+    std::fs::create_dir_all(&callee_dir)?;
+    let mut command = Command::new(&sipp);
+    command
+        .arg("-sf")
+        .arg(scenarios.join("b2bua_uas.xml"))
+        .args(["-i", "127.0.0.1", "-p", &callee_port.to_string()])
+        .args(["-key", "rtp_b", "9", "-nostdin", "-timeout", "600s"])
+        .current_dir(&callee_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    println!("+ {}", util::describe(&command));
+    let callee = Daemon(command.spawn().context("starting the SIPp callee")?);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut results = Vec::new();
+    for &rate in &args.rates {
+        let dir = work.join(format!("rate-{rate}"));
+        std::fs::create_dir_all(&dir)?;
+        let calls = rate * args.seconds;
+        let mut command = Command::new(&sipp);
+        command
+            .arg("-sf")
+            .arg(scenarios.join("b2bua_uac.xml"))
+            .args(["-s", "1001", "-key", "rtp_a", "9", "-d", "0"])
+            .args(["-i", "127.0.0.1", "-p", &free_port()?.to_string()])
+            .args([
+                "-r",
+                &rate.to_string(),
+                "-m",
+                &calls.to_string(),
+                "-l",
+                "5000",
+            ])
+            .args([
+                "-timeout",
+                "120s",
+                "-nostdin",
+                "-trace_rtt",
+                "-rtt_freq",
+                "1",
+            ])
+            .arg(format!("127.0.0.1:{sip_port}"))
+            .current_dir(&dir)
+            .stdin(Stdio::null());
+        println!("+ {}", util::describe(&command));
+        let started = Instant::now();
+        let output = command.output().context("running sipp")?;
+        let elapsed = started.elapsed();
+        let screen = String::from_utf8_lossy(&output.stdout);
+        let result = RateResult {
+            offered: rate,
+            successful: sipp_counter(&screen, "Successful call"),
+            failed: sipp_counter(&screen, "Failed call"),
+            elapsed,
+            times_ms: read_rtt(&dir)?,
+        };
+        print_result(&result);
+        results.push(result);
+    }
+    drop(callee);
+    drop(server);
+    drop(manager);
+    println!();
+    println!("sip-calls: INVITE(SDP)/100/180/200(SDP)/ACK/BYE/200 through signaling + rtpmanager (Offer, Answer, Bridge, Delete); INVITE→200 times");
+    println!(
+        "{:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "offered", "achieved", "failed", "p50 ms", "p90 ms", "p99 ms", "max ms"
+    );
+    for r in &results {
+        let (p50, p90, p99, max) = percentiles(&r.times_ms);
+        println!(
+            "{:>8} {:>10.1} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            r.offered,
+            r.successful as f64 / r.elapsed.as_secs_f64(),
+            r.failed,
+            p50,
+            p90,
+            p99,
+            max
+        );
+    }
+    match results
+        .iter()
+        .filter(|r| r.failed == 0 && r.successful == u64::from(r.offered) * u64::from(args.seconds))
+        .map(|r| r.offered)
+        .max()
+    {
+        Some(rate) => println!("highest rate with 0 failed calls: {rate} calls/s"),
+        None => println!("every rate had failed calls"),
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// A cumulative counter from SIPp's final screen.
+fn sipp_counter(screen: &str, name: &str) -> u64 {
+    screen
+        .lines()
+        .filter(|l| l.trim_start().starts_with(name))
+        .filter_map(|l| {
+            l.rsplit('|')
+                .next()?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .next_back()
+        .unwrap_or(0)
 }
