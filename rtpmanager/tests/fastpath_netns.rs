@@ -38,7 +38,10 @@ fn skip_reason() -> Option<String> {
 macro_rules! require_kernel_path {
     () => {
         if let Some(reason) = skip_reason() {
-            eprintln!("\n!!!!!!!! SKIPPED kernel-path test {}: {reason} !!!!!!!!\n", module_path!());
+            eprintln!(
+                "\n!!!!!!!! SKIPPED kernel-path test {}: {reason} !!!!!!!!\n",
+                module_path!()
+            );
             return;
         }
     };
@@ -71,14 +74,54 @@ impl TestBed {
             sh(&["ip", "netns", "add", ns]);
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
         }
-        sh(&["ip", "link", "add", "sbtc0", "netns", &bed.client, "type", "veth", "peer", "name", "sbtr0", "netns", &bed.relay]);
-        sh(&["ip", "-n", &bed.client, "link", "set", "sbtc0", "name", "c0"]);
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            "sbtc0",
+            "netns",
+            &bed.client,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "sbtr0",
+            "netns",
+            &bed.relay,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &bed.client,
+            "link",
+            "set",
+            "sbtc0",
+            "name",
+            "c0",
+        ]);
         sh(&["ip", "-n", &bed.relay, "link", "set", "sbtr0", "name", "r0"]);
         for (ns, dev, ip) in [(&bed.client, "c0", CLIENT_IP), (&bed.relay, "r0", RELAY_IP)] {
             // No IPv6 on the test link: router solicitations and DAD would
             // add packets the exact counter assertions do not expect.
-            sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", &format!("net.ipv6.conf.{dev}.disable_ipv6=1")]);
-            sh(&["ip", "-n", ns, "addr", "add", &format!("{ip}/24"), "dev", dev]);
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{dev}.disable_ipv6=1"),
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                dev,
+            ]);
             sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
         }
         let mac = |ns: &str, dev: &str| -> String {
@@ -94,8 +137,34 @@ impl TestBed {
         };
         let (client_mac, relay_mac) = (mac(&bed.client, "c0"), mac(&bed.relay, "r0"));
         // Static neighbours: no ARP packets, no dependence on ARP timing.
-        sh(&["ip", "-n", &bed.client, "neigh", "replace", RELAY_IP, "lladdr", &relay_mac, "dev", "c0", "nud", "permanent"]);
-        sh(&["ip", "-n", &bed.relay, "neigh", "replace", CLIENT_IP, "lladdr", &client_mac, "dev", "r0", "nud", "permanent"]);
+        sh(&[
+            "ip",
+            "-n",
+            &bed.client,
+            "neigh",
+            "replace",
+            RELAY_IP,
+            "lladdr",
+            &relay_mac,
+            "dev",
+            "c0",
+            "nud",
+            "permanent",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &bed.relay,
+            "neigh",
+            "replace",
+            CLIENT_IP,
+            "lladdr",
+            &client_mac,
+            "dev",
+            "r0",
+            "nud",
+            "permanent",
+        ]);
         bed
     }
 
@@ -117,7 +186,10 @@ impl TestBed {
             let socket = UdpSocket::bind((CLIENT_IP, 0)).expect("bind in client ns");
             for i in 0..count {
                 socket
-                    .send_to(&[0x80, 0, 0, i as u8, 0, 0, 0, 0, 0, 0, 0, 1], (RELAY_IP, port))
+                    .send_to(
+                        &[0x80, 0, 0, i as u8, 0, 0, 0, 0, 0, 0, 0, 1],
+                        (RELAY_IP, port),
+                    )
                     .expect("send");
             }
         });
@@ -188,11 +260,22 @@ fn each_mode_attaches_to_a_veth_and_counts_udp_to_the_media_range() {
 
         bed.send_udp(20002, 10);
         bed.send_udp(5060, 5);
-        assert_eq!(wait_for(&fast_path, Counter::NoEntry, 10), 10, "{mode}: UDP to the media range, no entry");
-        assert_eq!(wait_for(&fast_path, Counter::OtherPort, 5), 5, "{mode}: UDP elsewhere");
+        assert_eq!(
+            wait_for(&fast_path, Counter::NoEntry, 10),
+            10,
+            "{mode}: UDP to the media range, no entry"
+        );
+        assert_eq!(
+            wait_for(&fast_path, Counter::OtherPort, 5),
+            5,
+            "{mode}: UDP elsewhere"
+        );
 
         drop(fast_path);
-        assert!(!bed.xdp_attached(), "{mode}: dropping the fast path detaches it");
+        assert!(
+            !bed.xdp_attached(),
+            "{mode}: dropping the fast path detaches it"
+        );
     }
 }
 
@@ -202,7 +285,14 @@ fn manager_reports_the_mode_in_force_over_grpc() {
     let bed = TestBed::new("m");
     let mut manager = Command::new("ip")
         .args(["netns", "exec", &bed.relay, BIN])
-        .args(["--fast-path", "xdp-generic", "--media-interface", "r0", "--advertise", RELAY_IP])
+        .args([
+            "--fast-path",
+            "xdp-generic",
+            "--media-interface",
+            "r0",
+            "--advertise",
+            RELAY_IP,
+        ])
         .args(["--grpc-address", "127.0.0.1", "--grpc-port", "9090"])
         .args(["--rtp-port-min", "20000", "--rtp-port-max", "20100"])
         .stdout(Stdio::null())
@@ -219,7 +309,9 @@ fn manager_reports_the_mode_in_force_over_grpc() {
         runtime.block_on(async {
             let deadline = Instant::now() + Duration::from_secs(15);
             let mut client = loop {
-                match v1::rtp_manager_client::RtpManagerClient::connect("http://127.0.0.1:9090").await {
+                match v1::rtp_manager_client::RtpManagerClient::connect("http://127.0.0.1:9090")
+                    .await
+                {
                     Ok(c) => break c,
                     Err(e) => {
                         assert!(Instant::now() < deadline, "manager never listened: {e}");
@@ -227,13 +319,26 @@ fn manager_reports_the_mode_in_force_over_grpc() {
                     }
                 }
             };
-            let health = client.health(v1::HealthRequest {}).await.expect("Health").into_inner();
-            let info = client.info(v1::InfoRequest {}).await.expect("Info").into_inner();
+            let health = client
+                .health(v1::HealthRequest {})
+                .await
+                .expect("Health")
+                .into_inner();
+            let info = client
+                .info(v1::InfoRequest {})
+                .await
+                .expect("Info")
+                .into_inner();
             (health, info)
         })
     });
     assert_eq!(health.fast_path(), v1::FastPathMode::XdpGeneric);
-    assert_eq!(info.fast_path(), v1::FastPathMode::XdpGeneric, "{}", info.fast_path_reason);
+    assert_eq!(
+        info.fast_path(),
+        v1::FastPathMode::XdpGeneric,
+        "{}",
+        info.fast_path_reason
+    );
     assert_eq!(info.media_interface, "r0");
     assert!(bed.xdp_attached());
 
