@@ -1,0 +1,726 @@
+//! Setting calls up: a new INVITE routed through the dialplan, its
+//! actions run one after the other, `dial` ringing contacts and choosing
+//! among their responses, CANCEL from the caller and the caller's ACK
+//! that releases the callee's.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use super::build::{self, contact_of, sdp_of, with_tag, Outgoing};
+use super::*;
+
+impl B2bua {
+    pub(super) fn invite(
+        &mut self,
+        now: Now,
+        key: TransactionKey,
+        request: SipMessage,
+        flow: crate::transport::Flow,
+        sip: &mut SipActions<'_>,
+    ) {
+        if request.vias().iter().any(|via| {
+            via.branch()
+                .is_some_and(|b| b.as_str().starts_with(&self.branch_prefix))
+        }) {
+            tracing::info!(call_id = %request.call_id(), "loop detected: our own INVITE came back");
+            respond(sip, &key, 482, "Loop Detected", None, &[], None);
+            return;
+        }
+        let destination = request
+            .request_uri()
+            .and_then(Uri::user)
+            .unwrap_or_default();
+        let call_id = request.call_id().as_str().to_owned();
+        let Some(route) = self.dialplan.route(&destination) else {
+            tracing::info!(call_id, "no dialplan route");
+            respond(sip, &key, 404, "Not Found", None, &[], None);
+            return;
+        };
+        let caller_number = request.from().uri.user().unwrap_or_default();
+        let caller_name = request.from().display_name.clone();
+        let vars = CallVars {
+            destination: &destination,
+            caller_id: &caller_number,
+            caller_name: caller_name.as_deref().unwrap_or(""),
+            call_id: &call_id,
+        };
+        let actions: VecDeque<Action> = route.actions.iter().map(|a| a.with_vars(&vars)).collect();
+        tracing::info!(call_id, route = %route.id, actions = actions.len(), "new call routed");
+
+        let mut media_id = MediaCallId(call_id.clone());
+        while self.media_calls.contains_key(&media_id) {
+            media_id = MediaCallId(format!("{call_id}~{}", self.next()));
+        }
+        let call_key = CallKey(self.next());
+        let local_tag = Tag::new(format!("sb{}", self.unique()));
+        let b_tag = Tag::new(format!("sb{}", self.unique()));
+        let b_call_id = format!("sb{}@{}", self.unique(), self.local_host());
+        let mut local = request.to().clone();
+        local.params.retain(|p| !p.name.eq_ignore_ascii_case("tag"));
+        let mut remote = request.from().clone();
+        remote
+            .params
+            .retain(|p| !p.name.eq_ignore_ascii_case("tag"));
+        let a = Dialog {
+            call_id: call_id.clone(),
+            local,
+            local_tag: local_tag.clone(),
+            remote,
+            remote_tag: request.from_tag(),
+            target: contact_of(&request).unwrap_or_else(|| request.from().uri.to_string()),
+            destination: flow.reply_destination(),
+            local_cseq: 1,
+        };
+        let call = Call {
+            media_id: media_id.clone(),
+            invite: Some(key.clone()),
+            a,
+            b: None,
+            b_call_id,
+            b_tag: b_tag.clone(),
+            b_cseq: 0,
+            max_forwards: request.max_forwards().saturating_sub(1),
+            domain: request
+                .request_uri()
+                .and_then(Uri::host)
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            caller_number,
+            caller_name,
+            phase: Phase::Working,
+            actions,
+            dial: None,
+            branches: Vec::new(),
+            b_offer: None,
+            caller_sdp: sdp_of(&request),
+            early: None,
+            answered: false,
+            pending_ack: None,
+            awaiting_ack: [None, None],
+            sdp_sent: [None, None],
+            reoffer: false,
+            media_used: false,
+        };
+        self.dialogs
+            .insert((call_id, local_tag), (call_key, LegId::A));
+        self.dialogs
+            .insert((call.b_call_id.clone(), b_tag), (call_key, LegId::B));
+        self.media_calls.insert(media_id, call_key);
+        self.servers.insert(key.clone(), ServerTx::Invite(call_key));
+        self.calls.insert(call_key, call);
+        self.next_action(now, call_key, sip);
+        // The provisional the transaction would send after 200 ms, sent at
+        // once when the call goes on (the manager is a round trip away).
+        // Not when a final response is already queued: the core keeps only
+        // the last response of a transaction until it flushes.
+        if self
+            .calls
+            .get(&call_key)
+            .is_some_and(|c| c.invite.is_some())
+        {
+            respond(sip, &key, 100, "Trying", None, &[], None);
+        }
+    }
+
+    /// Runs the call's next dialplan action.
+    pub(super) fn next_action(&mut self, now: Now, key: CallKey, sip: &mut SipActions<'_>) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        call.phase = Phase::Working;
+        let Some(action) = call.actions.pop_front() else {
+            if !call.answered {
+                self.end_call(
+                    now,
+                    key,
+                    DeleteReason::Failed,
+                    None,
+                    (480, "Temporarily Unavailable"),
+                    sip,
+                );
+            }
+            return;
+        };
+        match action {
+            Action::SetCallerId { number, name } => {
+                if let Some(number) = number {
+                    call.caller_number = number;
+                }
+                if name.is_some() {
+                    call.caller_name = name;
+                }
+                self.next_action(now, key, sip);
+            }
+            Action::Answer if call.answered => self.next_action(now, key, sip),
+            Action::Answer => match call.caller_sdp.clone() {
+                Some(sdp) => self.media(
+                    key,
+                    Purpose::SelfAnswer,
+                    MediaOp::Offer {
+                        leg: LegId::A,
+                        peer: None,
+                        sdp,
+                    },
+                ),
+                None => {
+                    // The manager answers offers; it cannot make one.
+                    self.end_call(
+                        now,
+                        key,
+                        DeleteReason::Failed,
+                        None,
+                        (488, "Not Acceptable Here"),
+                        sip,
+                    );
+                }
+            },
+            Action::PlayAudio { files } if !call.answered => {
+                call.actions.push_front(Action::PlayAudio { files });
+                call.actions.push_front(Action::Answer);
+                self.next_action(now, key, sip);
+            }
+            Action::PlayAudio { files } => {
+                call.phase = Phase::Playing;
+                self.media(
+                    key,
+                    Purpose::Play,
+                    MediaOp::Play {
+                        leg: LegId::A,
+                        files,
+                    },
+                );
+            }
+            Action::Hangup { code, reason } => {
+                let status = if code >= 300 { code } else { 480 };
+                let reason = if code >= 300 {
+                    reason
+                } else {
+                    "Temporarily Unavailable".to_owned()
+                };
+                self.end_call(now, key, DeleteReason::Hangup, None, (status, &reason), sip);
+            }
+            Action::Dial { .. } if call.answered => {
+                tracing::warn!(call_id = %call.media_id, "dial after answer is not supported; hanging up");
+                self.end_call(now, key, DeleteReason::Hangup, None, (500, ""), sip);
+            }
+            Action::Dial {
+                targets,
+                timeout,
+                ring,
+            } => {
+                call.dial = Some(Dialing {
+                    targets: targets.into(),
+                    attempts: VecDeque::new(),
+                    ring,
+                    timeout,
+                    deadline: None,
+                    best: None,
+                });
+                match call.caller_sdp.clone() {
+                    Some(sdp) => self.media(
+                        key,
+                        Purpose::CallerOffer,
+                        MediaOp::Offer {
+                            leg: LegId::A,
+                            peer: Some(LegId::B),
+                            sdp,
+                        },
+                    ),
+                    None => {
+                        call.phase = Phase::Dialing;
+                        self.next_attempt(now, key, sip);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rings the next contacts of the current `dial`, or gives up on it.
+    pub(super) fn next_attempt(&mut self, now: Now, key: CallKey, sip: &mut SipActions<'_>) {
+        let local_host = self.local_host().to_owned();
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let Some(dial) = call.dial.as_mut() else {
+            return;
+        };
+        let contacts = loop {
+            if let Some(contacts) = dial.attempts.pop_front() {
+                break Some(contacts);
+            }
+            let Some(target) = dial.targets.pop_front() else {
+                break None;
+            };
+            match expand(&target, &local_host, &call.domain, sip) {
+                Ok(contacts) => match dial.ring {
+                    Ring::Parallel => dial.attempts.push_back(contacts),
+                    Ring::Sequential => dial.attempts.extend(contacts.into_iter().map(|c| vec![c])),
+                },
+                Err((status, reason)) => record_failure(dial, status, reason),
+            }
+        };
+        let Some(contacts) = contacts else {
+            let (status, reason) = dial
+                .best
+                .take()
+                .unwrap_or((480, "Temporarily Unavailable".to_owned()));
+            call.dial = None;
+            tracing::info!(call_id = %call.media_id, status, "dial failed");
+            if call.actions.is_empty() {
+                self.end_call(now, key, DeleteReason::Failed, None, (status, &reason), sip);
+            } else {
+                self.next_action(now, key, sip);
+            }
+            return;
+        };
+        let deadline = now.instant + dial.timeout;
+        dial.deadline = Some(deadline);
+        self.timers.insert((deadline, TimerId::Dial(key)));
+        call.b_cseq += 1;
+        for contact in contacts {
+            self.send_branch(key, contact, sip);
+        }
+    }
+
+    pub(super) fn send_branch(&mut self, key: CallKey, contact: Contact, sip: &mut SipActions<'_>) {
+        let branch = self.new_branch();
+        let local = self.config.local.clone();
+        let host = self.local_host().to_owned();
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let from = NameAddr {
+            display_name: call.caller_name.clone(),
+            uri: Uri::parse(&format!("sip:{}@{host}", call.caller_number))
+                .or_else(|_| Uri::parse(&format!("sip:anonymous@{host}")))
+                .unwrap_or_else(|_| call.a.local.uri.clone()),
+            params: Vec::new(),
+        };
+        let to = NameAddr::parse(&contact.to).unwrap_or_else(|_| call.a.local.clone());
+        let sent = SentInvite {
+            uri: contact.uri,
+            branch,
+            from,
+            from_tag: call.b_tag.clone(),
+            to,
+            call_id: call.b_call_id.clone(),
+            cseq: call.b_cseq,
+            destination: contact.destination,
+        };
+        let extra = vec![(
+            "Allow".to_owned(),
+            "INVITE, ACK, BYE, CANCEL, UPDATE, INFO".to_owned(),
+        )];
+        let from_text = with_tag(&sent.from, Some(&sent.from_tag));
+        let to_text = with_tag(&sent.to, None);
+        let text = build::request(&Outgoing {
+            method: &Method::Invite,
+            uri: &sent.uri,
+            local: &local,
+            branch: &sent.branch,
+            destination: sent.destination,
+            from: &from_text,
+            to: &to_text,
+            call_id: &sent.call_id,
+            cseq: sent.cseq,
+            max_forwards: call.max_forwards,
+            contact: true,
+            extra: &extra,
+            body: call.b_offer.as_deref().map(|s| (SDP, s.as_bytes())),
+        });
+        match send(sip, &text, sent.destination) {
+            Some(client) => {
+                tracing::debug!(call_id = %call.media_id, b_call_id = %sent.call_id, "callee INVITE sent");
+                call.branches.push(client.clone());
+                self.clients.insert(
+                    client,
+                    ClientTx::Branch(Box::new(Branch {
+                        call: key,
+                        sent,
+                        provisional: false,
+                        cancel: Cancel::No,
+                        abandoned: false,
+                        won: false,
+                        ack: None,
+                    })),
+                );
+            }
+            None => {
+                if let Some(dial) = call.dial.as_mut() {
+                    record_failure(dial, 503, "Service Unavailable".to_owned());
+                }
+            }
+        }
+    }
+
+    pub(super) fn branch_response(
+        &mut self,
+        now: Now,
+        key: CallKey,
+        client: TransactionKey,
+        status: u16,
+        response: SipMessage,
+        sip: &mut SipActions<'_>,
+    ) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let reason = response.reason().unwrap_or("").to_owned();
+        match status {
+            100 => {}
+            101..=199 => {
+                let Some(invite) = call.invite.clone() else {
+                    return;
+                };
+                let sdp = sdp_of(&response).filter(|_| call.b_offer.is_some());
+                match sdp {
+                    Some(sdp) => {
+                        if let Some((early, rewritten)) = &call.early {
+                            if *early == sdp {
+                                let headers = leg_headers(&self.config.local, call, LegId::A);
+                                let rewritten = rewritten.clone();
+                                respond(
+                                    sip,
+                                    &invite,
+                                    status,
+                                    &reason,
+                                    Some(&call.a.local_tag),
+                                    &headers,
+                                    Some((SDP, rewritten.as_bytes())),
+                                );
+                                return;
+                            }
+                        }
+                        call.early = Some((sdp.clone(), String::new()));
+                        self.media(
+                            key,
+                            Purpose::EarlyAnswer { status, reason },
+                            MediaOp::Answer {
+                                leg: LegId::B,
+                                peer: LegId::A,
+                                sdp,
+                            },
+                        );
+                    }
+                    None => {
+                        let headers = leg_headers(&self.config.local, call, LegId::A);
+                        respond(
+                            sip,
+                            &invite,
+                            status,
+                            &reason,
+                            Some(&call.a.local_tag),
+                            &headers,
+                            None,
+                        );
+                    }
+                }
+            }
+            200..=299 => {
+                let Some(ClientTx::Branch(branch)) = self.clients.get(&client) else {
+                    return;
+                };
+                let sent = branch.sent.clone();
+                let Some(to_tag) = response.to_tag() else {
+                    tracing::info!(call_id = %call.media_id, "2xx without a To tag ignored");
+                    return;
+                };
+                let target = contact_of(&response).unwrap_or_else(|| sent.uri.clone());
+                call.b = Some(Dialog {
+                    call_id: sent.call_id.clone(),
+                    local: sent.from.clone(),
+                    local_tag: sent.from_tag.clone(),
+                    remote: sent.to.clone(),
+                    remote_tag: Some(to_tag),
+                    target: target.clone(),
+                    destination: sent.destination,
+                    local_cseq: sent.cseq,
+                });
+                call.pending_ack = Some(PendingAck {
+                    key: client.clone(),
+                    to: response.header("To").unwrap_or_default().to_owned(),
+                    target,
+                    sent: sent.clone(),
+                });
+                call.phase = Phase::Connecting;
+                call.dial = None;
+                let others: Vec<TransactionKey> =
+                    call.branches.drain(..).filter(|k| *k != client).collect();
+                let late = call.b_offer.is_none();
+                let sdp = sdp_of(&response);
+                tracing::info!(call_id = %call.media_id, status, "callee answered");
+                self.abandon(&others, sip);
+                match (late, sdp) {
+                    (true, Some(sdp)) => self.media(
+                        key,
+                        Purpose::LateOffer,
+                        MediaOp::Offer {
+                            leg: LegId::B,
+                            peer: Some(LegId::A),
+                            sdp,
+                        },
+                    ),
+                    (false, Some(sdp)) => {
+                        self.media(
+                            key,
+                            Purpose::FinalAnswer,
+                            MediaOp::Answer {
+                                leg: LegId::B,
+                                peer: LegId::A,
+                                sdp,
+                            },
+                        );
+                        self.media(key, Purpose::Other, MediaOp::Bridge);
+                    }
+                    (_, None) => {
+                        tracing::info!(call_id = %call_id_of(&self.calls, key), "callee 2xx without SDP");
+                        self.end_call(
+                            now,
+                            key,
+                            DeleteReason::Failed,
+                            None,
+                            (502, "Bad Gateway"),
+                            sip,
+                        );
+                    }
+                }
+            }
+            _ => {
+                call.branches.retain(|k| *k != client);
+                let six = status >= 600;
+                if let Some(dial) = call.dial.as_mut() {
+                    let (status, reason) = if (300..400).contains(&status) {
+                        (480, "Temporarily Unavailable".to_owned())
+                    } else {
+                        (status, reason)
+                    };
+                    record_failure(dial, status, reason);
+                    if six {
+                        // §16.7: a 6xx ends the search.
+                        dial.targets.clear();
+                        dial.attempts.clear();
+                    }
+                }
+                if six {
+                    let others = std::mem::take(&mut call.branches);
+                    self.abandon(&others, sip);
+                }
+                let done = self.calls.get(&key).is_some_and(|c| c.branches.is_empty());
+                if done {
+                    self.next_attempt(now, key, sip);
+                }
+            }
+        }
+    }
+
+    /// Cancels branches that are no longer wanted; their 2xx, if any, is
+    /// ACKed and BYEd.
+    pub(super) fn abandon(&mut self, keys: &[TransactionKey], sip: &mut SipActions<'_>) {
+        for key in keys {
+            if let Some(ClientTx::Branch(branch)) = self.clients.get_mut(key) {
+                branch.abandoned = true;
+                if branch.cancel == Cancel::No {
+                    if branch.provisional {
+                        branch.cancel = Cancel::Sent;
+                        send_cancel(&self.config.local, &branch.sent, sip);
+                    } else {
+                        branch.cancel = Cancel::Wanted;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The 2xx of a branch nobody wants: ACK it (§13.2.2.4) and end its dialog.
+    pub(super) fn ack_and_bye(
+        &mut self,
+        sent: &SentInvite,
+        response: &SipMessage,
+        sip: &mut SipActions<'_>,
+    ) {
+        let target = contact_of(response).unwrap_or_else(|| sent.uri.clone());
+        let to = response.header("To").unwrap_or_default().to_owned();
+        self.send_ack(sent, &target, &to, None, sip);
+        let mut dialog = Dialog {
+            call_id: sent.call_id.clone(),
+            local: sent.from.clone(),
+            local_tag: sent.from_tag.clone(),
+            remote: sent.to.clone(),
+            remote_tag: response.to_tag(),
+            target,
+            destination: sent.destination,
+            local_cseq: sent.cseq,
+        };
+        tracing::debug!(b_call_id = %sent.call_id, "unwanted 2xx: ACK and BYE");
+        if let Some(key) = self.send_in_dialog(&mut dialog, &Method::Bye, &[], None, sip) {
+            self.clients.insert(key, ClientTx::Fire);
+        }
+    }
+
+    /// ACKs the callee's 2xx and remembers it for retransmissions.
+    pub(super) fn ack_callee(
+        &mut self,
+        pending: &PendingAck,
+        sdp: Option<&str>,
+        sip: &mut SipActions<'_>,
+    ) {
+        self.send_ack(&pending.sent, &pending.target, &pending.to, sdp, sip);
+        if let Some(ClientTx::Branch(branch)) = self.clients.get_mut(&pending.key) {
+            branch.ack = Some(sdp.map(str::to_owned));
+        }
+    }
+
+    pub(super) fn cancel(&mut self, now: Now, invite: &TransactionKey, sip: &mut SipActions<'_>) {
+        let Some(ServerTx::Invite(key)) = self.servers.get(invite).copied() else {
+            return;
+        };
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        if call.answered || call.invite.is_none() {
+            // The 2xx crossed the CANCEL: the call goes on (§9.2).
+            return;
+        }
+        tracing::info!(call_id = %call.media_id, "caller cancelled");
+        self.end_call(
+            now,
+            key,
+            DeleteReason::Cancelled,
+            None,
+            (487, "Request Terminated"),
+            sip,
+        );
+    }
+
+    pub(super) fn ack(&mut self, request: SipMessage, sip: &mut SipActions<'_>) {
+        let Some(tag) = request.to_tag() else {
+            return;
+        };
+        let Some((key, leg)) = self
+            .dialogs
+            .get(&(request.call_id().as_str().to_owned(), tag))
+            .copied()
+        else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let index = leg_index(leg);
+        if let Some(server) = call.awaiting_ack[index].take() {
+            self.retransmits.remove(&server);
+        }
+        if leg != LegId::A {
+            return;
+        }
+        let Some(pending) = call.pending_ack.take() else {
+            return;
+        };
+        if call.b_offer.is_none() {
+            // Late offer: the caller's ACK carries the answer for the callee.
+            match sdp_of(&request) {
+                Some(sdp) => {
+                    call.pending_ack = Some(pending);
+                    self.media(
+                        key,
+                        Purpose::LateAnswer,
+                        MediaOp::Answer {
+                            leg: LegId::A,
+                            peer: LegId::B,
+                            sdp,
+                        },
+                    );
+                }
+                None => {
+                    self.ack_callee(&pending, None, sip);
+                    self.end_call(
+                        sip.now(),
+                        key,
+                        DeleteReason::Failed,
+                        None,
+                        (488, "Not Acceptable Here"),
+                        sip,
+                    );
+                }
+            }
+            return;
+        }
+        self.ack_callee(&pending, None, sip);
+    }
+}
+
+/// Keeps the most telling final response of a dial: 6xx, then 4xx (but 408
+/// and 480 only when nothing better came), then 5xx.
+pub(super) fn record_failure(dial: &mut Dialing, status: u16, reason: String) {
+    let rank = |s: u16| match s {
+        600..=699 => 0,
+        408 | 480 => 2,
+        400..=499 => 1,
+        _ => 3,
+    };
+    let better = dial
+        .best
+        .as_ref()
+        .is_none_or(|(best, _)| rank(status) < rank(*best));
+    if better {
+        dial.best = Some((status, reason));
+    }
+}
+
+/// The contacts a dial target reaches now.
+fn expand(
+    target: &Target,
+    local_host: &str,
+    domain: &str,
+    sip: &SipActions<'_>,
+) -> Result<Vec<Contact>, (u16, String)> {
+    match target {
+        Target::User(user) => {
+            let mut bindings = sip.lookup(user);
+            if bindings.is_empty() && !user.contains('@') && !domain.is_empty() {
+                bindings = sip.lookup(&format!("{user}@{domain}"));
+            }
+            if bindings.is_empty() {
+                return Err((480, "Temporarily Unavailable".to_owned()));
+            }
+            Ok(bindings
+                .into_iter()
+                .map(|b| Contact {
+                    uri: b.contact.clone(),
+                    to: format!("<sip:{user}@{local_host}>"),
+                    destination: match b.source.transport {
+                        crate::registrar::Transport::Udp => Destination::Udp(b.source.addr),
+                        _ => Destination::Tcp {
+                            remote: b.source.addr,
+                            connection: None,
+                        },
+                    },
+                })
+                .collect())
+        }
+        Target::Uri(text) => {
+            let uri = Uri::parse(text).map_err(|_| (404, "Not Found".to_owned()))?;
+            let ip = uri
+                .host()
+                .and_then(|h| h.ip())
+                .ok_or((503, "Service Unavailable".to_owned()))?;
+            let remote = SocketAddr::new(ip, uri.port().unwrap_or(5060));
+            let tcp = uri
+                .param("transport")
+                .flatten()
+                .is_some_and(|t| t.eq_ignore_ascii_case("tcp"));
+            Ok(vec![Contact {
+                uri: uri.to_string(),
+                to: format!("<{uri}>"),
+                destination: if tcp {
+                    Destination::Tcp {
+                        remote,
+                        connection: None,
+                    }
+                } else {
+                    Destination::Udp(remote)
+                },
+            }])
+        }
+    }
+}
