@@ -353,6 +353,42 @@ mod tests {
         );
     }
 
+    fn set_health(pool: &ManagerPool, index: usize, health: Health) {
+        pool.managers[index]
+            .status
+            .write()
+            .expect("status lock")
+            .health = health;
+    }
+
+    #[tokio::test]
+    async fn new_calls_go_to_healthy_managers_only() {
+        let uris: Vec<String> = (1..=3).map(|p| format!("http://127.0.0.1:{p}")).collect();
+        let pool = ManagerPool::new(&uris).expect("pool");
+        assert_eq!(
+            pool.candidates(),
+            vec![0, 1, 2],
+            "nothing probed yet: any may be tried"
+        );
+        set_health(&pool, 0, Health::Down);
+        assert_eq!(
+            pool.candidates(),
+            vec![1, 2],
+            "not a manager known to be down"
+        );
+        set_health(&pool, 1, Health::Healthy);
+        set_health(&pool, 2, Health::Draining);
+        assert_eq!(pool.candidates(), vec![1], "healthy ones only once one is");
+        set_health(&pool, 1, Health::Down);
+        assert_eq!(
+            pool.candidates(),
+            Vec::<usize>::new(),
+            "down and draining take no call"
+        );
+        assert_eq!(pool.len(), 3);
+        assert_eq!(pool.endpoint(2), "http://127.0.0.1:3");
+    }
+
     #[test]
     fn draining_and_not_serving() {
         let mut t = HealthTracker::default();

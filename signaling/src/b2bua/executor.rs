@@ -19,6 +19,7 @@ use switchboard_proto::v1;
 use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
 use tokio::sync::{mpsc, Notify};
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use super::media::{
     DeleteReason, LegId, LinkInput, MediaCallId, MediaEvent, MediaFailure, MediaLink, MediaOp,
@@ -72,14 +73,18 @@ async fn dispatch(
                         let (sender, receiver) = mpsc::unbounded_channel();
                         live[index].fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(call_id = %call, rtpmanager = %pool.endpoint(index), "call placed on manager");
-                        tokio::spawn(run_call(
-                            pool.client(index),
-                            receiver,
-                            link.clone(),
-                            wake.clone(),
-                            live.clone(),
-                            index,
-                        ));
+                        let span = tracing::debug_span!("call", call_id = %call);
+                        tokio::spawn(
+                            run_call(
+                                pool.client(index),
+                                receiver,
+                                link.clone(),
+                                wake.clone(),
+                                live.clone(),
+                                index,
+                            )
+                            .instrument(span),
+                        );
                         calls.insert(call.clone(), sender.clone());
                         Some(sender)
                     }
@@ -122,9 +127,16 @@ async fn dispatch(
 /// The manager for a new call: among those that may take calls, the one
 /// with the fewest calls placed by this executor.
 fn choose(pool: &ManagerPool, live: &[AtomicUsize]) -> Option<usize> {
-    pool.candidates()
-        .into_iter()
-        .min_by_key(|index| (live[*index].load(Ordering::Relaxed), *index))
+    let counts: Vec<usize> = live.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+    least_loaded(&pool.candidates(), &counts)
+}
+
+/// The candidate with the fewest live calls, the first among equals.
+fn least_loaded(candidates: &[usize], live: &[usize]) -> Option<usize> {
+    candidates
+        .iter()
+        .copied()
+        .min_by_key(|index| (live.get(*index).copied().unwrap_or(usize::MAX), *index))
 }
 
 fn finish(link: &MediaLink, wake: &Wake, request: &MediaRequest, result: MediaResult) {
@@ -351,5 +363,42 @@ async fn watch(
             }
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_call_goes_to_the_least_loaded_candidate() {
+        assert_eq!(least_loaded(&[0, 1, 2], &[3, 1, 1]), Some(1));
+        assert_eq!(
+            least_loaded(&[0, 2], &[3, 0, 2]),
+            Some(2),
+            "1 is not a candidate"
+        );
+        assert_eq!(least_loaded(&[], &[0, 0]), None, "no manager: no call");
+    }
+
+    #[test]
+    fn grpc_errors_map_to_sip_outcomes() {
+        let failure = |code| match failed(&tonic::Status::new(code, "x")) {
+            MediaResult::Failed { failure, .. } => failure,
+            other => panic!("not a failure: {other:?}"),
+        };
+        assert_eq!(
+            failure(tonic::Code::InvalidArgument),
+            MediaFailure::Unacceptable
+        );
+        assert_eq!(failure(tonic::Code::Unavailable), MediaFailure::Unavailable);
+        assert_eq!(
+            failure(tonic::Code::ResourceExhausted),
+            MediaFailure::Unavailable
+        );
+        assert_eq!(
+            failure(tonic::Code::FailedPrecondition),
+            MediaFailure::Internal
+        );
     }
 }
