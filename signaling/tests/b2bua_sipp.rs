@@ -74,7 +74,7 @@ fn free_media_range(pairs: u16) -> (u16, u16) {
     panic!("no free media range");
 }
 
-fn start_manager(audio: &Path) -> Manager {
+fn start_manager(audio: &Path, extra: &[&str]) -> Manager {
     let (min, max) = free_media_range(16);
     let mut child = Command::new(manager_binary())
         .args([
@@ -94,6 +94,7 @@ fn start_manager(audio: &Path) -> Manager {
         ])
         .arg("--audio-path")
         .arg(audio)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -153,11 +154,15 @@ struct Bed {
 }
 
 fn bed(dial_target: &str, extra: &[&str]) -> Bed {
+    bed_with(dial_target, extra, &[])
+}
+
+fn bed_with(dial_target: &str, extra: &[&str], manager_args: &[&str]) -> Bed {
     let data = tempfile::tempdir().expect("temp dir");
     let audio = data.path().join("audio");
     std::fs::create_dir_all(&audio).expect("audio dir");
     std::fs::write(audio.join("welcome.wav"), tone_wav()).expect("write the announcement");
-    let manager = start_manager(&audio);
+    let manager = start_manager(&audio, manager_args);
     let plan = format!(
         r#"{{"version": "1.0", "routes": [
           {{"id": "announcement", "pattern": "9000", "priority": 10, "actions": [
@@ -595,4 +600,59 @@ fn playback_route_streams_the_announcement_then_hangs_up() {
         "consecutive sequence numbers: {sequence:?}"
     );
     wait_no_calls(&bed.manager);
+}
+
+#[test]
+fn media_timeout_on_the_manager_hangs_up_both_legs() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    let callee_port = free_port();
+    let bed = bed_with(
+        &format!("sip:bob@127.0.0.1:{callee_port}"),
+        &["--auth", "anonymous"],
+        &["--media-timeout", "1"],
+    );
+    let (a, rtp_a) = media_socket();
+    let (b, rtp_b) = media_socket();
+    let callee = sipp(
+        &bed,
+        "b2bua_uas.xml",
+        callee_port,
+        &["-key", "rtp_b", &rtp_b],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = start_caller(
+        &bed,
+        "b2bua_uac_wait_bye.xml",
+        "1001",
+        &["-key", "rtp_a", &rtp_a],
+    );
+    // One packet each way confirms the legs; then silence.
+    rtp_both_ways_once(&bed.manager, &a, &b);
+    let started = Instant::now();
+    finish(&bed, "caller", caller);
+    finish(&bed, "callee", callee);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "BYEs came {:?} after the media stopped",
+        started.elapsed()
+    );
+    assert!(
+        bed.server.log().contains("media timeout: hanging up"),
+        "{}",
+        tail(&bed.server.log(), 30)
+    );
+    wait_no_calls(&bed.manager);
+}
+
+fn rtp_both_ways_once(manager: &Manager, a: &UdpSocket, b: &UdpSocket) {
+    let (_, leg_a, leg_b) = bridged_legs(manager);
+    let mut buffer = [0u8; 2048];
+    a.send_to(&rtp(1, 0x11), leg_a).expect("send caller RTP");
+    b.recv_from(&mut buffer)
+        .expect("the callee receives the caller's RTP");
+    b.send_to(&rtp(1, 0x22), leg_b).expect("send callee RTP");
+    a.recv_from(&mut buffer)
+        .expect("the caller receives the callee's RTP");
 }
