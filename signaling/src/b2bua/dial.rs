@@ -470,7 +470,7 @@ impl B2bua {
                                 sdp,
                             },
                         );
-                        self.media(key, Purpose::Other, MediaOp::Bridge);
+                        self.media(key, Purpose::Bridge, MediaOp::Bridge);
                     }
                     (_, None) => {
                         tracing::info!(call_id = %call_id_of(&self.calls, key), "callee 2xx without SDP");

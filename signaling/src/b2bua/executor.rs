@@ -242,14 +242,6 @@ async fn run_op(
             })
             .await
             .map(|_| MediaResult::Done),
-        MediaOp::StopPlay { leg } => client
-            .stop_play(v1::StopPlayRequest {
-                call_id,
-                leg_id: leg.as_str().to_owned(),
-                playback_id: String::new(),
-            })
-            .await
-            .map(|_| MediaResult::Done),
         MediaOp::Play { .. } => Ok(MediaResult::Failed {
             failure: MediaFailure::Internal,
             message: "playback runs on its own task".to_owned(),

@@ -107,10 +107,9 @@ pub enum MediaOp {
         reason: DeleteReason,
         detail: String,
     },
-    /// `Play` files to a leg; the result comes when the playback ends.
+    /// `Play` files to a leg; the result comes when the playback ends
+    /// (a Delete of the call ends it too).
     Play { leg: LegId, files: Vec<String> },
-    /// `StopPlay` whatever plays on a leg.
-    StopPlay { leg: LegId },
 }
 
 impl MediaOp {
@@ -122,7 +121,6 @@ impl MediaOp {
             MediaOp::Bridge => "bridge",
             MediaOp::Delete { .. } => "delete",
             MediaOp::Play { .. } => "play",
-            MediaOp::StopPlay { .. } => "stop_play",
         }
     }
 }
@@ -155,7 +153,7 @@ pub enum MediaFailure {
 pub enum MediaResult {
     /// `Offer`/`Answer` succeeded: the SDP to send.
     Sdp(String),
-    /// `Bridge`, `Delete`, `StopPlay` succeeded.
+    /// `Bridge` or `Delete` succeeded.
     Done,
     /// A playback ended: `true` when it played to the end.
     PlayEnded { completed: bool },

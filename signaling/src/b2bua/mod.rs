@@ -207,7 +207,8 @@ enum Purpose {
         server: TransactionKey,
         method: Method,
     },
-    Other,
+    /// Without a bridge no media flows: its failure ends the call.
+    Bridge,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -406,9 +407,7 @@ impl B2bua {
         let id = MediaRequestId(self.counter + 1);
         self.counter += 1;
         tracing::debug!(call_id = %call.media_id, op = op.name(), id = id.0, "media request");
-        if purpose != Purpose::Other {
-            self.media.insert(id, (key, purpose));
-        }
+        self.media.insert(id, (key, purpose));
         self.link.push_request(MediaRequest {
             id,
             call: call.media_id.clone(),
@@ -665,7 +664,7 @@ impl B2bua {
                 if let Some(pending) = call.pending_ack.take() {
                     call.sdp_sent[leg_index(LegId::B)] = Some(sdp.clone());
                     self.ack_callee(&pending, Some(&sdp), sip);
-                    self.media(key, Purpose::Other, MediaOp::Bridge);
+                    self.media(key, Purpose::Bridge, MediaOp::Bridge);
                 }
             }
             Purpose::Reoffer {
@@ -729,7 +728,7 @@ impl B2bua {
                     );
                 }
             }
-            Purpose::Play | Purpose::Other => {}
+            Purpose::Play | Purpose::Bridge => {}
         }
     }
 
@@ -750,7 +749,7 @@ impl B2bua {
             return;
         };
         match purpose {
-            Purpose::EarlyAnswer { .. } | Purpose::Other => {}
+            Purpose::EarlyAnswer { .. } => {}
             Purpose::Play => {
                 if call.phase == Phase::Playing {
                     self.next_action(now, key, sip);
@@ -765,6 +764,7 @@ impl B2bua {
                 respond(sip, &server, status.0, status.1, tag.as_ref(), &[], None);
             }
             Purpose::CallerOffer
+            | Purpose::Bridge
             | Purpose::FinalAnswer
             | Purpose::LateOffer
             | Purpose::LateAnswer

@@ -52,6 +52,8 @@ struct Manager {
     playing: Vec<MediaRequestId>,
     /// The next Offer fails this way.
     fail_offer: Option<MediaFailure>,
+    /// Bridges fail.
+    fail_bridge: bool,
 }
 
 struct Harness {
@@ -180,9 +182,11 @@ impl Harness {
                 self.manager.playing.push(request.id);
                 return None;
             }
-            MediaOp::Bridge | MediaOp::Delete { .. } | MediaOp::StopPlay { .. } => {
-                MediaResult::Done
-            }
+            MediaOp::Bridge if self.manager.fail_bridge => MediaResult::Failed {
+                failure: MediaFailure::Internal,
+                message: "test".to_owned(),
+            },
+            MediaOp::Bridge | MediaOp::Delete { .. } => MediaResult::Done,
         })
     }
 
@@ -1310,4 +1314,56 @@ fn update_refresh_and_refused_reoffers() {
     h.from(CALLER, &bye);
     h.response_to(CALLER, 200);
     h.request_to(BOB, "BYE");
+}
+
+#[test]
+fn a_failed_bridge_ends_the_call() {
+    let mut h = Harness::new(&bob_plan());
+    h.manager.fail_bridge = true;
+    let invite = h.invite("1001", "call-nobridge", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    h.from(BOB, &reply(&to_bob, 200, Some("bob1"), Some(CALLEE_SDP)));
+    h.response_to(CALLER, 200);
+    h.request_to(CALLER, "BYE");
+    h.request_to(BOB, "ACK");
+    h.request_to(BOB, "BYE");
+    assert_eq!(
+        h.ops().last(),
+        Some(&MediaOp::Delete {
+            reason: DeleteReason::Failed,
+            detail: "hangup: Server Internal Error".to_owned()
+        })
+    );
+}
+
+#[test]
+fn sequential_ringing_tries_contacts_one_after_the_other() {
+    let mut h = Harness::new(&dial_plan(
+        r#"["user/${destination}"]"#,
+        r#", "strategy": "sequential""#,
+    ));
+    register(&mut h, "1001", BOB, "reg-bob");
+    h.advance(Duration::from_secs(1));
+    register(&mut h, "1001", CAROL, "reg-carol");
+    let invite = h.invite("1001", "call-seq", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    // Equal q: the most recently registered contact first.
+    let to_carol = h.request_to(CAROL, "INVITE");
+    h.nothing_to(BOB);
+    h.from(CAROL, &reply(&to_carol, 180, Some("carol1"), None));
+    h.response_to(CALLER, 180);
+    // Carol does not answer within the timeout: cancelled, Bob is tried.
+    h.advance(Duration::from_secs(5));
+    h.request_to(CAROL, "CANCEL");
+    let to_bob = h.request_to(BOB, "INVITE");
+    assert_eq!(to_bob.cseq().seq, 2);
+    h.from(BOB, &reply(&to_bob, 200, Some("bob1"), Some(CALLEE_SDP)));
+    h.response_to(CALLER, 200);
+    // Carol's 487 comes late and changes nothing.
+    h.from(CAROL, &reply(&to_carol, 487, Some("carol1"), None));
+    h.request_to(CAROL, "ACK");
+    h.nothing_to(CALLER);
 }
