@@ -632,6 +632,29 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
     let fast_path = if path == "userspace" { "off" } else { path };
     let port_max =
         20000 + u16::try_from(calls * 4 + 16).context("too many calls for the port range")?;
+    // Native XDP transmits out of r0 reach p0 only when p0 runs XDP.
+    let _peer_pass = if path == "xdp" {
+        let settings = Settings {
+            request: FastPathRequest::Xdp,
+            interface: "p0".into(),
+            port_min: 1,
+            port_max: 1,
+        };
+        let pass = Bed::in_ns(&bed.peers, move || FastPath::start(&settings))?;
+        if pass.mode() != Mode::XdpNative {
+            bail!("pass-all XDP on the peer veth: {}", pass.reason());
+        }
+        Some(pass)
+    } else {
+        None
+    };
+    // Taken before the manager starts, so its programs are the new ones.
+    let loaded_before: Vec<u64> = programs()?.into_iter().map(|p| p.0).collect();
+    let bpf_stats = if path == "userspace" {
+        None
+    } else {
+        Some(BpfStats::enable()?)
+    };
     let manager = Manager(
         Command::new("ip")
             .args(["netns", "exec", &bed.relay, BIN])
@@ -655,28 +678,6 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
             .spawn()
             .context("starting the manager")?,
     );
-    // Native XDP transmits out of r0 reach p0 only when p0 runs XDP.
-    let _peer_pass = if path == "xdp" {
-        let settings = Settings {
-            request: FastPathRequest::Xdp,
-            interface: "p0".into(),
-            port_min: 1,
-            port_max: 1,
-        };
-        let pass = Bed::in_ns(&bed.peers, move || FastPath::start(&settings))?;
-        if pass.mode() != Mode::XdpNative {
-            bail!("pass-all XDP on the peer veth: {}", pass.reason());
-        }
-        Some(pass)
-    } else {
-        None
-    };
-    let loaded_before: Vec<u64> = programs()?.into_iter().map(|p| p.0).collect();
-    let bpf_stats = if path == "userspace" {
-        None
-    } else {
-        Some(BpfStats::enable()?)
-    };
     let ports = set_up_calls(&bed.relay, calls)?;
 
     let traffic = Arc::new(Traffic {

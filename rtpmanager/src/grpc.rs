@@ -299,20 +299,28 @@ impl ControlService {
         self.publish_offload(events);
     }
 
-    /// Feeds the offload decision every leg's latched addresses from the
-    /// relay, after latch events were lost (a burst of new calls overflows
-    /// the event channel).
+    /// Feeds the offload decision every leg's latched addresses after
+    /// latch events were lost (a burst of new calls overflows the event
+    /// channel). RTP latches are read from the legs' shared state (a leg
+    /// that received RTP is latched to its published destination), without
+    /// a round trip to a relay that is busy with that burst; RTCP ones from
+    /// the relay, only for legs that received RTCP.
     fn resync_latches(&self) {
         let legs = self.offload().legs();
-        for (slot, leg) in legs {
-            let Ok(Some(snapshot)) = self.inner.relay.snapshot(slot) else {
-                continue;
-            };
-            if let Some(source) = snapshot.latched_rtp {
-                self.latched(&leg, StreamKind::Rtp, source);
+        for (slot, shared) in legs {
+            let counters = &shared.counters;
+            if LegCounters::get(&counters.rtp_in_packets) > 0 {
+                if let Some(source) = shared.destination() {
+                    self.latched(&shared.leg, StreamKind::Rtp, source);
+                }
             }
-            if let Some(source) = snapshot.latched_rtcp {
-                self.latched(&leg, StreamKind::Rtcp, source);
+            if LegCounters::get(&counters.rtcp_in_packets) == 0 {
+                continue;
+            }
+            if let Ok(Some(snapshot)) = self.inner.relay.snapshot(slot) {
+                if let Some(source) = snapshot.latched_rtcp {
+                    self.latched(&shared.leg, StreamKind::Rtcp, source);
+                }
             }
         }
     }

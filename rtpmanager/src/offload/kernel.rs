@@ -138,10 +138,10 @@ impl KernelOffload {
     }
 
     /// Every leg the driver knows, by slot.
-    pub fn legs(&self) -> Vec<(Slot, LegRef)> {
+    pub fn legs(&self) -> Vec<(Slot, Arc<LegShared>)> {
         self.legs
             .iter()
-            .map(|(slot, r)| (*slot, r.shared.leg.clone()))
+            .map(|(slot, r)| (*slot, Arc::clone(&r.shared)))
             .collect()
     }
 
