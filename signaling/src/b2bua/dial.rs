@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use super::build::{self, contact_of, sdp_of, with_tag, Outgoing};
+use super::session_timer::{allows_update, supports_timer, SessionExpires, DEFAULT_SE, MIN_SE};
 use super::*;
 
 impl B2bua {
@@ -31,6 +32,31 @@ impl B2bua {
             .and_then(Uri::user)
             .unwrap_or_default();
         let call_id = request.call_id().as_str().to_owned();
+        let session_expires = SessionExpires::of(&request);
+        if session_expires.is_some_and(|se| se.secs < MIN_SE) {
+            let headers = [("Min-SE".to_owned(), MIN_SE.to_string())];
+            respond(
+                sip,
+                &key,
+                422,
+                "Session Interval Too Small",
+                None,
+                &headers,
+                None,
+            );
+            return;
+        }
+        let session_a = session_expires.map(|se| {
+            let peer_supports = supports_timer(&request);
+            SessionTimer {
+                interval: se.secs,
+                // The caller refreshes when it asked to, or may (§9).
+                we_refresh: !se.uac_refreshes.unwrap_or(peer_supports),
+                peer_supports,
+                peer_allows_update: allows_update(&request),
+                deadline: now.instant,
+            }
+        });
         let Some(route) = self.dialplan.route(&destination) else {
             tracing::info!(call_id, "no dialplan route");
             respond(sip, &key, 404, "Not Found", None, &[], None);
@@ -98,6 +124,7 @@ impl B2bua {
             pending_ack: None,
             awaiting_ack: [None, None],
             sdp_sent: [None, None],
+            session: [session_a, None],
             reoffer: false,
             media_used: false,
         };
@@ -307,10 +334,16 @@ impl B2bua {
             cseq: call.b_cseq,
             destination: contact.destination,
         };
-        let extra = vec![(
-            "Allow".to_owned(),
-            "INVITE, ACK, BYE, CANCEL, UPDATE, INFO".to_owned(),
-        )];
+        let interval = call.session[0].map_or(DEFAULT_SE, |t| t.interval);
+        let extra = vec![
+            (
+                "Allow".to_owned(),
+                "INVITE, ACK, BYE, CANCEL, UPDATE, INFO".to_owned(),
+            ),
+            ("Supported".to_owned(), "timer".to_owned()),
+            ("Session-Expires".to_owned(), interval.to_string()),
+            ("Min-SE".to_owned(), MIN_SE.to_string()),
+        ];
         let from_text = with_tag(&sent.from, Some(&sent.from_tag));
         let to_text = with_tag(&sent.to, None);
         let text = build::request(&Outgoing {
@@ -444,6 +477,20 @@ impl B2bua {
                 });
                 call.phase = Phase::Connecting;
                 call.dial = None;
+                if let Some(se) = SessionExpires::of(&response) {
+                    // We are the UAC of leg b: refresher=uac means us.
+                    let timer = SessionTimer {
+                        interval: se.secs.max(MIN_SE),
+                        we_refresh: se.uac_refreshes.unwrap_or(true),
+                        peer_supports: supports_timer(&response),
+                        peer_allows_update: allows_update(&response),
+                        deadline: now.instant,
+                    };
+                    self.arm_session(key, LegId::B, timer, now);
+                }
+                let Some(call) = self.calls.get_mut(&key) else {
+                    return;
+                };
                 let others: Vec<TransactionKey> =
                     call.branches.drain(..).filter(|k| *k != client).collect();
                 let late = call.b_offer.is_none();

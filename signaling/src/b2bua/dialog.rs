@@ -157,6 +157,10 @@ impl B2bua {
                     );
                     return;
                 }
+                self.session_refreshed(key, leg, now);
+                let Some(call) = self.calls.get_mut(&key) else {
+                    return;
+                };
                 match sdp_of(&request) {
                     Some(sdp) if call.phase == Phase::Bridged => {
                         call.reoffer = true;
@@ -243,6 +247,28 @@ impl B2bua {
 
     /// A final response to a relayed re-INVITE/UPDATE; `first` is false
     /// for retransmitted 2xx, which are only ACKed again.
+    /// ACKs a 2xx to a re-INVITE we sent in `dialog`.
+    pub(super) fn ack_in_dialog(
+        &mut self,
+        dialog: &Dialog,
+        response: &SipMessage,
+        sip: &mut SipActions<'_>,
+    ) {
+        let target = contact_of(response).unwrap_or_else(|| dialog.target.clone());
+        let sent = SentInvite {
+            uri: dialog.target.clone(),
+            branch: String::new(),
+            from: dialog.local.clone(),
+            from_tag: dialog.local_tag.clone(),
+            to: dialog.remote.clone(),
+            call_id: dialog.call_id.clone(),
+            cseq: response.cseq().seq,
+            destination: dialog.destination,
+        };
+        let to_header = response.header("To").unwrap_or_default().to_owned();
+        self.send_ack(&sent, &target, &to_header, None, sip);
+    }
+
     pub(super) fn reoffer_response(
         &mut self,
         reoffer: Reoffer,
@@ -265,23 +291,14 @@ impl B2bua {
         if method == Method::Invite && (200..300).contains(&status) {
             // The in-dialog ACK for the other side's 2xx: hop by hop here.
             if let Some(dialog) = call.dialog(to).cloned() {
-                let target = contact_of(&response).unwrap_or_else(|| dialog.target.clone());
-                let sent = SentInvite {
-                    uri: dialog.target.clone(),
-                    branch: String::new(),
-                    from: dialog.local.clone(),
-                    from_tag: dialog.local_tag.clone(),
-                    to: dialog.remote.clone(),
-                    call_id: dialog.call_id.clone(),
-                    cseq: response.cseq().seq,
-                    destination: dialog.destination,
-                };
-                let to_header = response.header("To").unwrap_or_default().to_owned();
-                self.send_ack(&sent, &target, &to_header, None, sip);
+                self.ack_in_dialog(&dialog, &response, sip);
             }
         }
         if !first {
             return;
+        }
+        if (200..300).contains(&status) {
+            self.session_refreshed(key, to, sip.now());
         }
         let Some(call) = self.calls.get_mut(&key) else {
             return;

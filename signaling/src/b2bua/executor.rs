@@ -267,6 +267,7 @@ fn delete_reason(reason: DeleteReason) -> v1::DeleteReason {
         DeleteReason::Cancelled => v1::DeleteReason::Cancelled,
         DeleteReason::Failed => v1::DeleteReason::Failed,
         DeleteReason::MediaTimeout => v1::DeleteReason::MediaTimeout,
+        DeleteReason::SessionTimer => v1::DeleteReason::SessionTimer,
     }
 }
 

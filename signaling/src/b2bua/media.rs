@@ -82,6 +82,8 @@ pub enum DeleteReason {
     Failed,
     /// The manager reported no media.
     MediaTimeout,
+    /// A session timer expired without a refresh (RFC 4028).
+    SessionTimer,
 }
 
 /// One operation on the manager, in the control protocol's terms.

@@ -41,7 +41,11 @@
 //! is already in progress on the call); a re-INVITE without SDP is answered
 //! locally with the last SDP sent on that leg; INFO is relayed.
 //!
-//! Not implemented: session timers (RFC 4028), 100rel/PRACK (PRACK is 481),
+//! Session timers (RFC 4028) run per leg (session_timer.rs): each leg
+//! negotiates its interval and refresher; we refresh or expire per leg.
+//!
+//! Not implemented: 100rel/PRACK (PRACK is 481), a 422 from the callee
+//! (it counts as a failure rather than a retry with its Min-SE),
 //! route sets (Record-Route of the caller, Path of a binding), DNS for SIP
 //! URI targets (an IP address is required), redirects (3xx count as failures).
 
@@ -50,6 +54,7 @@ mod dial;
 mod dialog;
 pub mod executor;
 mod media;
+mod session_timer;
 
 #[cfg(test)]
 mod tests;
@@ -71,6 +76,7 @@ use crate::uas::{CallEvent, CallHandler, Now, SipActions};
 
 use build::{contact_of, contact_uri, with_tag, Outgoing};
 use dial::record_failure;
+use session_timer::SessionTimer;
 
 const SDP: &str = "application/sdp";
 
@@ -159,6 +165,11 @@ enum ClientTx {
     Fire,
     /// A re-INVITE or UPDATE carrying an offer from `from`'s peer.
     Reoffer(Reoffer),
+    /// A session refresh we sent on a leg.
+    Refresh {
+        call: CallKey,
+        leg: LegId,
+    },
     /// A relayed request (INFO, UPDATE without SDP).
     Relay {
         call: CallKey,
@@ -280,6 +291,8 @@ struct Call {
     /// Server transactions whose 2xx awaits an ACK, per leg.
     awaiting_ack: [Option<TransactionKey>; 2],
     sdp_sent: [Option<String>; 2],
+    /// Each leg's session timer (RFC 4028), once negotiated.
+    session: [Option<SessionTimer>; 2],
     reoffer: bool,
     media_used: bool,
 }
@@ -309,6 +322,7 @@ struct Retransmit {
 enum TimerId {
     Dial(CallKey),
     Retransmit(TransactionKey),
+    Session(CallKey, LegId),
 }
 
 /// The B2BUA. See the [module documentation](self).
@@ -494,7 +508,12 @@ impl B2bua {
                 self.branch_response(now, call, key, status, response, sip);
             }
             ClientTx::Fire => {}
-            ClientTx::Reoffer(_) | ClientTx::Relay { .. } if status < 200 => {}
+            ClientTx::Reoffer(_) | ClientTx::Relay { .. } | ClientTx::Refresh { .. }
+                if status < 200 => {}
+            ClientTx::Refresh { call, leg } => {
+                let (call, leg) = (*call, *leg);
+                self.refresh_response(call, leg, &response, sip);
+            }
             ClientTx::Reoffer(reoffer) => {
                 let first = !reoffer.done;
                 reoffer.done = true;
@@ -621,6 +640,7 @@ impl B2bua {
         };
         match purpose {
             Purpose::CallerOffer => {
+                call.sdp_sent[leg_index(LegId::B)] = Some(sdp.clone());
                 call.b_offer = Some(sdp);
                 call.phase = Phase::Dialing;
                 self.next_attempt(now, key, sip);
@@ -655,7 +675,11 @@ impl B2bua {
                 let headers = leg_headers(&self.config.local, call, LegId::A);
                 let tag = call.a.local_tag.clone();
                 tracing::info!(call_id = %call.media_id, "caller answered");
+                let session = call.session[0];
                 self.answer_2xx(now, key, LegId::A, &invite, tag, headers, Some(sdp), sip);
+                if let Some(timer) = session {
+                    self.arm_session(key, LegId::A, timer, now);
+                }
                 if purpose == Purpose::SelfAnswer {
                     self.next_action(now, key, sip);
                 }
@@ -821,6 +845,7 @@ impl B2bua {
                 self.abandon(&branches, sip);
                 self.next_attempt(now, key, sip);
             }
+            TimerId::Session(key, leg) => self.session_due(now, key, leg, sip),
             TimerId::Retransmit(server) => {
                 let Some(entry) = self.retransmits.get_mut(&server) else {
                     return;
@@ -903,6 +928,17 @@ impl CallHandler for B2bua {
                             }
                         }
                     }
+                } else if let Some(ClientTx::Refresh { call, .. }) = self.clients.get(&key) {
+                    let call = *call;
+                    tracing::info!("no answer to a session refresh: ending the call");
+                    self.end_call(
+                        now,
+                        call,
+                        DeleteReason::SessionTimer,
+                        None,
+                        (408, "Session Expired"),
+                        sip,
+                    );
                 } else if let Some(
                     ClientTx::Reoffer(Reoffer { call, server, .. })
                     | ClientTx::Relay { call, server },
@@ -971,7 +1007,7 @@ fn leg_headers(local: &str, call: &Call, leg: LegId) -> Vec<(String, String)> {
     let destination = call
         .dialog(leg)
         .map_or(call.a.destination, |d| d.destination);
-    vec![
+    let mut headers = vec![
         (
             "Contact".to_owned(),
             format!("<{}>", contact_uri(local, &destination)),
@@ -980,7 +1016,11 @@ fn leg_headers(local: &str, call: &Call, leg: LegId) -> Vec<(String, String)> {
             "Allow".to_owned(),
             "INVITE, ACK, BYE, CANCEL, UPDATE, INFO".to_owned(),
         ),
-    ]
+    ];
+    if let Some(timer) = call.session[leg_index(leg)] {
+        headers.extend(timer.headers(leg));
+    }
+    headers
 }
 
 fn default_reason(code: u16) -> &'static str {

@@ -306,21 +306,32 @@ impl Harness {
     // ----- what the peers send ---------------------------------------
 
     fn invite(&mut self, to: &str, call_id: &str, sdp: Option<&str>) -> String {
+        self.invite_with(to, call_id, sdp, &[])
+    }
+
+    fn invite_with(
+        &mut self,
+        to: &str,
+        call_id: &str,
+        sdp: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> String {
         let branch = self.new_branch();
+        let via = format!("SIP/2.0/UDP {CALLER};branch={branch};rport");
+        let to_header = format!("<sip:{to}@192.0.2.100>");
+        let mut headers = vec![
+            ("Via", via.as_str()),
+            ("Max-Forwards", "70"),
+            ("From", "\"Alice\" <sip:alice@192.0.2.1>;tag=alice1"),
+            ("To", to_header.as_str()),
+            ("Call-ID", call_id),
+            ("CSeq", "1 INVITE"),
+            ("Contact", "<sip:alice@192.0.2.1:5060>"),
+        ];
+        headers.extend_from_slice(extra);
         request(
             &format!("INVITE sip:{to}@192.0.2.100 SIP/2.0"),
-            &[
-                (
-                    "Via",
-                    &format!("SIP/2.0/UDP {CALLER};branch={branch};rport"),
-                ),
-                ("Max-Forwards", "70"),
-                ("From", "\"Alice\" <sip:alice@192.0.2.1>;tag=alice1"),
-                ("To", &format!("<sip:{to}@192.0.2.100>")),
-                ("Call-ID", call_id),
-                ("CSeq", "1 INVITE"),
-                ("Contact", "<sip:alice@192.0.2.1:5060>"),
-            ],
+            &headers,
             sdp,
         )
     }
@@ -418,6 +429,17 @@ fn request(start: &str, headers: &[(&str, &str)], sdp: Option<&str>) -> String {
 
 /// A peer's response to a request it received.
 fn reply(request: &SipMessage, status: u16, to_tag: Option<&str>, sdp: Option<&str>) -> String {
+    reply_with(request, status, to_tag, sdp, &[])
+}
+
+/// A response with extra headers.
+fn reply_with(
+    request: &SipMessage,
+    status: u16,
+    to_tag: Option<&str>,
+    sdp: Option<&str>,
+    extra: &[(&str, &str)],
+) -> String {
     let contact = format!(
         "<sip:peer@{}>",
         request
@@ -428,12 +450,18 @@ fn reply(request: &SipMessage, status: u16, to_tag: Option<&str>, sdp: Option<&s
             .unwrap_or_default()
     );
     let tag = to_tag.map(Tag::new);
+    let mut headers = vec![("Contact".to_owned(), contact)];
+    headers.extend(
+        extra
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned())),
+    );
     let bytes = build_response_with_body(
         request,
         status,
         reason(status),
         tag.as_ref(),
-        &[("Contact".to_owned(), contact)],
+        &headers,
         sdp.map(|s| ("application/sdp", s.as_bytes())),
     );
     String::from_utf8(bytes).expect("responses are text")
@@ -1366,4 +1394,142 @@ fn sequential_ringing_tries_contacts_one_after_the_other() {
     h.from(CAROL, &reply(&to_carol, 487, Some("carol1"), None));
     h.request_to(CAROL, "ACK");
     h.nothing_to(CALLER);
+}
+
+#[test]
+fn the_callers_session_timer_is_honoured_and_ends_an_unrefreshed_call() {
+    let mut h = Harness::new(&bob_plan());
+    let invite = h.invite_with(
+        "1001",
+        "call-st",
+        Some(CALLER_SDP),
+        &[("Supported", "timer"), ("Session-Expires", "120")],
+    );
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    assert_eq!(
+        to_bob.header("Session-Expires"),
+        Some("120"),
+        "the caller's interval offered"
+    );
+    assert_eq!(to_bob.header("Supported"), Some("timer"));
+    assert_eq!(to_bob.header("Min-SE"), Some("90"));
+    h.from(BOB, &reply(&to_bob, 200, Some("bob1"), Some(CALLEE_SDP)));
+    let ok = h.response_to(CALLER, 200);
+    assert_eq!(ok.header("Session-Expires"), Some("120;refresher=uac"));
+    assert_eq!(ok.header("Require"), Some("timer"));
+    let ack = h.ack_for(&ok, None);
+    h.from(CALLER, &ack);
+    h.request_to(BOB, "ACK");
+    h.ops();
+
+    // A refresh (UPDATE without SDP) at 60 s restarts the interval.
+    h.advance(Duration::from_secs(60));
+    let update = h.in_dialog(CALLER, &ok, "UPDATE", 2, None);
+    h.from(CALLER, &update);
+    let refreshed = h.response_to(CALLER, 200);
+    assert_eq!(
+        refreshed.header("Session-Expires"),
+        Some("120;refresher=uac")
+    );
+    h.nothing_to(BOB);
+    // Expiry is 120 - min(32, 40) = 88 s after the refresh.
+    h.advance(Duration::from_secs(87));
+    h.nothing_to(CALLER);
+    h.nothing_to(BOB);
+    h.advance(Duration::from_secs(2));
+    h.request_to(CALLER, "BYE");
+    h.request_to(BOB, "BYE");
+    assert_eq!(
+        h.ops(),
+        vec![MediaOp::Delete {
+            reason: DeleteReason::SessionTimer,
+            detail: "hangup: Session Expired".to_owned()
+        }]
+    );
+}
+
+#[test]
+fn a_session_interval_below_min_se_is_422() {
+    let mut h = Harness::new(&bob_plan());
+    let invite = h.invite_with(
+        "1001",
+        "call-st-small",
+        Some(CALLER_SDP),
+        &[("Session-Expires", "60")],
+    );
+    h.from(CALLER, &invite);
+    let refused = h.response_to(CALLER, 422);
+    assert_eq!(refused.header("Min-SE"), Some("90"));
+    h.nothing_to(BOB);
+    assert_eq!(h.ops(), vec![]);
+}
+
+#[test]
+fn we_refresh_the_callee_with_update_or_reinvite() {
+    for (allow, method) in [
+        ("INVITE, ACK, BYE, UPDATE", "UPDATE"),
+        ("INVITE, ACK, BYE", "INVITE"),
+    ] {
+        let mut h = Harness::new(&bob_plan());
+        let invite = h.invite("1001", "call-refresh", Some(CALLER_SDP));
+        h.from(CALLER, &invite);
+        h.response_to(CALLER, 100);
+        let to_bob = h.request_to(BOB, "INVITE");
+        assert_eq!(
+            to_bob.header("Session-Expires"),
+            Some("1800"),
+            "our default offered"
+        );
+        h.from(
+            BOB,
+            &reply_with(
+                &to_bob,
+                200,
+                Some("bob1"),
+                Some(CALLEE_SDP),
+                &[
+                    ("Session-Expires", "100;refresher=uac"),
+                    ("Require", "timer"),
+                    ("Allow", allow),
+                ],
+            ),
+        );
+        let ok = h.response_to(CALLER, 200);
+        assert_eq!(
+            ok.header("Session-Expires"),
+            None,
+            "the caller asked for no timer"
+        );
+        let ack = h.ack_for(&ok, None);
+        h.from(CALLER, &ack);
+        h.request_to(BOB, "ACK");
+        h.advance(Duration::from_secs(49));
+        h.nothing_to(BOB);
+        h.advance(Duration::from_secs(1));
+        let refresh = h.request_to(BOB, method);
+        assert_eq!(refresh.call_id(), to_bob.call_id());
+        assert_eq!(refresh.cseq().seq, 2, "{method}");
+        assert_eq!(refresh.header("Session-Expires"), Some("100;refresher=uac"));
+        if method == "INVITE" {
+            assert_eq!(
+                body(&refresh),
+                manager_sdp("offer-a-b"),
+                "the SDP last sent to the callee"
+            );
+        } else {
+            assert_eq!(body(&refresh), "", "UPDATE refreshes without SDP");
+        }
+        h.from(BOB, &reply(&refresh, 200, None, Some(CALLEE_SDP)));
+        if method == "INVITE" {
+            assert_eq!(h.request_to(BOB, "ACK").cseq().to_string(), "2 ACK");
+        }
+        h.nothing_to(CALLER);
+        // The next refresh half an interval after this one.
+        h.advance(Duration::from_secs(49));
+        h.nothing_to(BOB);
+        h.advance(Duration::from_secs(1));
+        h.request_to(BOB, method);
+    }
 }
