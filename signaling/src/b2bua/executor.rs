@@ -56,72 +56,91 @@ async fn dispatch(
     live: Arc<Vec<AtomicUsize>>,
 ) {
     let mut calls: HashMap<MediaCallId, mpsc::UnboundedSender<MediaRequest>> = HashMap::new();
+    let mut deletes = 0usize;
     loop {
         notify.notified().await;
-        while let Some(request) = link.poll_request() {
+        while let Some(mut request) = link.poll_request() {
             let ends = matches!(request.op, MediaOp::Delete { .. });
-            let call = request.call.clone();
-            let sender = match calls.get(&call) {
-                Some(sender) => Some(sender.clone()),
-                None if ends => {
-                    // Nothing ever reached a manager for this call.
-                    finish(&link, &wake, &request, MediaResult::Done);
-                    None
-                }
-                None => match choose(&pool, &live) {
-                    Some(index) => {
-                        let (sender, receiver) = mpsc::unbounded_channel();
-                        live[index].fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(call_id = %call, rtpmanager = %pool.endpoint(index), "call placed on manager");
-                        let span = tracing::debug_span!("call", call_id = %call);
-                        tokio::spawn(
-                            run_call(
-                                pool.client(index),
-                                receiver,
-                                link.clone(),
-                                wake.clone(),
-                                live.clone(),
-                                index,
-                            )
-                            .instrument(span),
-                        );
-                        calls.insert(call.clone(), sender.clone());
-                        Some(sender)
+            // A call's task ends after a Delete with nothing queued behind
+            // it; a later request with the same call id (a caller retrying
+            // with its Call-ID) then gets a new task, so it can never
+            // overtake that Delete.
+            loop {
+                let open = calls
+                    .get(&request.call)
+                    .filter(|sender| !sender.is_closed())
+                    .cloned();
+                let sender = match open {
+                    Some(sender) => sender,
+                    None if ends => {
+                        // Nothing of this call is on a manager.
+                        calls.remove(&request.call);
+                        finish(&link, &wake, &request, MediaResult::Done);
+                        break;
                     }
-                    None => {
-                        tracing::warn!(call_id = %call, "no RTP manager can take the call");
-                        finish(
-                            &link,
-                            &wake,
-                            &request,
-                            MediaResult::Failed {
-                                failure: MediaFailure::Unavailable,
-                                message: "no healthy RTP manager".to_owned(),
-                            },
-                        );
-                        None
-                    }
-                },
-            };
-            if let Some(sender) = sender {
-                if ends {
-                    calls.remove(&call);
+                    None => match choose(&pool, &live) {
+                        Some(index) => {
+                            let sender =
+                                start_call(&pool, index, &link, &wake, &live, &request.call);
+                            calls.insert(request.call.clone(), sender.clone());
+                            sender
+                        }
+                        None => {
+                            tracing::warn!(call_id = %request.call, "no RTP manager can take the call");
+                            finish(
+                                &link,
+                                &wake,
+                                &request,
+                                MediaResult::Failed {
+                                    failure: MediaFailure::Unavailable,
+                                    message: "no healthy RTP manager".to_owned(),
+                                },
+                            );
+                            break;
+                        }
+                    },
+                };
+                match sender.send(request) {
+                    Ok(()) => break,
+                    // The task ended after a Delete between the check and the send.
+                    Err(failed) => request = failed.0,
                 }
-                if let Err(failed) = sender.send(request) {
-                    let request = failed.0;
-                    finish(
-                        &link,
-                        &wake,
-                        &request,
-                        MediaResult::Failed {
-                            failure: MediaFailure::Internal,
-                            message: "call task ended".to_owned(),
-                        },
-                    );
+            }
+            if ends {
+                deletes += 1;
+                if deletes.is_multiple_of(256) {
+                    calls.retain(|_, sender| !sender.is_closed());
                 }
             }
         }
     }
+}
+
+/// Starts the task that runs a call's requests in order on manager `index`.
+fn start_call(
+    pool: &ManagerPool,
+    index: usize,
+    link: &MediaLink,
+    wake: &Wake,
+    live: &Arc<Vec<AtomicUsize>>,
+    call: &MediaCallId,
+) -> mpsc::UnboundedSender<MediaRequest> {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    live[index].fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(call_id = %call, rtpmanager = %pool.endpoint(index), "call placed on manager");
+    let span = tracing::debug_span!("call", call_id = %call);
+    tokio::spawn(
+        run_call(
+            pool.client(index),
+            receiver,
+            link.clone(),
+            wake.clone(),
+            live.clone(),
+            index,
+        )
+        .instrument(span),
+    );
+    sender
 }
 
 /// The manager for a new call: among those that may take calls, the one
@@ -159,6 +178,7 @@ async fn run_call(
     index: usize,
 ) {
     while let Some(request) = requests.recv().await {
+        let ends = matches!(request.op, MediaOp::Delete { .. });
         let call_id = request.call.0.clone();
         let started = Instant::now();
         let result = match &request.op {
@@ -195,6 +215,9 @@ async fn run_call(
             "media request done"
         );
         finish(&link, &wake, &request, result);
+        if ends && requests.is_empty() {
+            break;
+        }
     }
     live[index].fetch_sub(1, Ordering::Relaxed);
 }
