@@ -656,3 +656,34 @@ fn rtp_both_ways_once(manager: &Manager, a: &UdpSocket, b: &UdpSocket) {
     a.recv_from(&mut buffer)
         .expect("the caller receives the callee's RTP");
 }
+
+#[test]
+fn late_offer_call_with_rtp_both_ways() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    let callee_port = free_port();
+    let bed = bed(
+        &format!("sip:bob@127.0.0.1:{callee_port}"),
+        &["--auth", "anonymous"],
+    );
+    let (a, rtp_a) = media_socket();
+    let (b, rtp_b) = media_socket();
+    let callee = sipp(
+        &bed,
+        "b2bua_uas.xml",
+        callee_port,
+        &["-key", "rtp_b", &rtp_b],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = start_caller(
+        &bed,
+        "b2bua_uac_late.xml",
+        "1001",
+        &["-key", "rtp_a", &rtp_a, "-d", "3000"],
+    );
+    rtp_both_ways(&bed.manager, &a, &b);
+    finish(&bed, "caller", caller);
+    finish(&bed, "callee", callee);
+    wait_no_calls(&bed.manager);
+}
