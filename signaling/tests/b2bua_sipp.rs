@@ -687,3 +687,34 @@ fn late_offer_call_with_rtp_both_ways() {
     finish(&bed, "callee", callee);
     wait_no_calls(&bed.manager);
 }
+
+#[test]
+fn hold_by_reinvite_is_relayed_through_the_manager() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    let callee_port = free_port();
+    let bed = bed(
+        &format!("sip:bob@127.0.0.1:{callee_port}"),
+        &["--auth", "anonymous"],
+    );
+    let (a, rtp_a) = media_socket();
+    let (b, rtp_b) = media_socket();
+    let callee = sipp(
+        &bed,
+        "b2bua_uas_held.xml",
+        callee_port,
+        &["-key", "rtp_b", &rtp_b],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = start_caller(
+        &bed,
+        "b2bua_uac_hold.xml",
+        "1001",
+        &["-key", "rtp_a", &rtp_a, "-d", "2500"],
+    );
+    rtp_both_ways(&bed.manager, &a, &b);
+    finish(&bed, "caller", caller);
+    finish(&bed, "callee", callee);
+    wait_no_calls(&bed.manager);
+}
