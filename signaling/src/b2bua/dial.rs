@@ -158,7 +158,6 @@ impl B2bua {
         let Some(action) = call.actions.pop_front() else {
             if !call.answered {
                 self.end_call(
-                    now,
                     key,
                     DeleteReason::Failed,
                     None,
@@ -192,7 +191,6 @@ impl B2bua {
                 None => {
                     // The manager answers offers; it cannot make one.
                     self.end_call(
-                        now,
                         key,
                         DeleteReason::Failed,
                         None,
@@ -224,11 +222,11 @@ impl B2bua {
                 } else {
                     "Temporarily Unavailable".to_owned()
                 };
-                self.end_call(now, key, DeleteReason::Hangup, None, (status, &reason), sip);
+                self.end_call(key, DeleteReason::Hangup, None, (status, &reason), sip);
             }
             Action::Dial { .. } if call.answered => {
                 tracing::warn!(call_id = %call.media_id, "dial after answer is not supported; hanging up");
-                self.end_call(now, key, DeleteReason::Hangup, None, (500, ""), sip);
+                self.end_call(key, DeleteReason::Hangup, None, (500, ""), sip);
             }
             Action::Dial {
                 targets,
@@ -294,7 +292,7 @@ impl B2bua {
             call.dial = None;
             tracing::info!(call_id = %call.media_id, status, "dial failed");
             if call.actions.is_empty() {
-                self.end_call(now, key, DeleteReason::Failed, None, (status, &reason), sip);
+                self.end_call(key, DeleteReason::Failed, None, (status, &reason), sip);
             } else {
                 self.next_action(now, key, sip);
             }
@@ -521,14 +519,7 @@ impl B2bua {
                     }
                     (_, None) => {
                         tracing::info!(call_id = %call_id_of(&self.calls, key), "callee 2xx without SDP");
-                        self.end_call(
-                            now,
-                            key,
-                            DeleteReason::Failed,
-                            None,
-                            (502, "Bad Gateway"),
-                            sip,
-                        );
+                        self.end_call(key, DeleteReason::Failed, None, (502, "Bad Gateway"), sip);
                     }
                 }
             }
@@ -617,7 +608,7 @@ impl B2bua {
         }
     }
 
-    pub(super) fn cancel(&mut self, now: Now, invite: &TransactionKey, sip: &mut SipActions<'_>) {
+    pub(super) fn cancel(&mut self, invite: &TransactionKey, sip: &mut SipActions<'_>) {
         let Some(ServerTx::Invite(key)) = self.servers.get(invite).copied() else {
             return;
         };
@@ -630,7 +621,6 @@ impl B2bua {
         }
         tracing::info!(call_id = %call.media_id, "caller cancelled");
         self.end_call(
-            now,
             key,
             DeleteReason::Cancelled,
             None,
@@ -681,7 +671,6 @@ impl B2bua {
                 None => {
                     self.ack_callee(&pending, None, sip);
                     self.end_call(
-                        sip.now(),
                         key,
                         DeleteReason::Failed,
                         None,

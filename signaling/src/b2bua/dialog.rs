@@ -141,7 +141,7 @@ impl B2bua {
             Method::Bye => {
                 respond(sip, &server, 200, "OK", tag.as_ref(), &[], None);
                 tracing::info!(call_id = %call.media_id, %leg, "BYE");
-                self.end_call(now, key, DeleteReason::Hangup, Some(leg), (480, ""), sip);
+                self.end_call(key, DeleteReason::Hangup, Some(leg), (480, ""), sip);
             }
             Method::Invite | Method::Update => {
                 let headers = leg_headers(&self.config.local, call, leg);

@@ -414,12 +414,11 @@ impl B2bua {
     }
 
     fn media(&mut self, key: CallKey, purpose: Purpose, op: MediaOp) {
+        let id = MediaRequestId(self.next());
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
         call.media_used = true;
-        let id = MediaRequestId(self.counter + 1);
-        self.counter += 1;
         tracing::debug!(call_id = %call.media_id, op = op.name(), id = id.0, "media request");
         self.media.insert(id, (key, purpose));
         self.link.push_request(MediaRequest {
@@ -443,7 +442,7 @@ impl B2bua {
         match request.method() {
             Method::Cancel => {
                 if let Some(invite) = cancels {
-                    self.cancel(now, &invite, sip);
+                    self.cancel(&invite, sip);
                 }
             }
             Method::Invite if request.to_tag().is_none() => {
@@ -543,7 +542,6 @@ impl B2bua {
     /// confirmed leg but `from`, CANCEL to pending branches, media deleted.
     fn end_call(
         &mut self,
-        _now: Now,
         key: CallKey,
         reason: DeleteReason,
         from: Option<LegId>,
@@ -793,12 +791,12 @@ impl B2bua {
             | Purpose::LateOffer
             | Purpose::LateAnswer
             | Purpose::SelfAnswer => {
-                self.end_call(now, key, DeleteReason::Failed, None, status, sip);
+                self.end_call(key, DeleteReason::Failed, None, status, sip);
             }
         }
     }
 
-    fn media_event(&mut self, now: Now, event: MediaEvent, sip: &mut SipActions<'_>) {
+    fn media_event(&mut self, event: MediaEvent, sip: &mut SipActions<'_>) {
         match event {
             MediaEvent::Timeout {
                 call,
@@ -810,7 +808,6 @@ impl B2bua {
                 };
                 tracing::info!(call_id = %call, leg, idle_secs, "media timeout: hanging up");
                 self.end_call(
-                    now,
                     key,
                     DeleteReason::MediaTimeout,
                     None,
@@ -871,7 +868,7 @@ impl B2bua {
                     let call = entry.call;
                     self.retransmits.remove(&server);
                     tracing::info!("no ACK for a 2xx: ending the call");
-                    self.end_call(now, call, DeleteReason::Failed, None, (408, ""), sip);
+                    self.end_call(call, DeleteReason::Failed, None, (408, ""), sip);
                     return;
                 }
                 entry.interval = (entry.interval * 2).min(self.config.timers.t2);
@@ -889,7 +886,7 @@ impl B2bua {
         if let Some(input) = self.link.pop_input(now.instant) {
             match input {
                 LinkInput::Result { id, result } => self.media_result(now, id, result, sip),
-                LinkInput::Event(event) => self.media_event(now, event, sip),
+                LinkInput::Event(event) => self.media_event(event, sip),
                 LinkInput::Dialplan(plan) => {
                     tracing::info!(routes = plan.routes().len(), "dialplan replaced");
                     self.dialplan = plan;
@@ -932,7 +929,6 @@ impl CallHandler for B2bua {
                     let call = *call;
                     tracing::info!("no answer to a session refresh: ending the call");
                     self.end_call(
-                        now,
                         call,
                         DeleteReason::SessionTimer,
                         None,

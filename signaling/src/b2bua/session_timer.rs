@@ -158,7 +158,6 @@ impl B2bua {
         if !timer.we_refresh {
             tracing::info!(call_id = %call.media_id, %leg, "session expired without a refresh");
             self.end_call(
-                now,
                 key,
                 DeleteReason::SessionTimer,
                 None,
@@ -190,7 +189,6 @@ impl B2bua {
                 self.arm_session(key, leg, timer, now);
             }
             None => self.end_call(
-                now,
                 key,
                 DeleteReason::SessionTimer,
                 None,
@@ -223,7 +221,6 @@ impl B2bua {
             200..=299 => self.session_refreshed(key, leg, sip.now()),
             // §10: the session is gone at the peer.
             408 | 481 => self.end_call(
-                sip.now(),
                 key,
                 DeleteReason::SessionTimer,
                 None,
