@@ -407,6 +407,10 @@ impl B2bua {
                 match sdp {
                     Some(sdp) => {
                         if let Some((early, rewritten)) = &call.early {
+                            if *early == sdp && rewritten.is_empty() {
+                                // Its Answer is in flight and relays the 18x.
+                                return;
+                            }
                             if *early == sdp {
                                 let headers = leg_headers(&self.config.local, call, LegId::A);
                                 let rewritten = rewritten.clone();

@@ -927,6 +927,11 @@ fn early_media_goes_through_the_manager() {
             sdp: CALLEE_SDP.to_owned()
         }]
     );
+    // The same early SDP again: relayed with the answer already made.
+    h.from(BOB, &reply(&to_bob, 183, Some("bob1"), Some(CALLEE_SDP)));
+    let again = h.response_to(CALLER, 183);
+    assert_eq!(body(&again), manager_sdp("answer-b-a"));
+    assert_eq!(h.ops(), vec![], "no second Answer for the same SDP");
 }
 
 #[test]
