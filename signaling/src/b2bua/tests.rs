@@ -54,6 +54,9 @@ struct Manager {
     fail_offer: Option<MediaFailure>,
     /// Bridges fail.
     fail_bridge: bool,
+    /// Requests wait in `held` until `release`.
+    hold: bool,
+    held: Vec<MediaRequest>,
 }
 
 struct Harness {
@@ -164,6 +167,10 @@ impl Harness {
     }
 
     fn answer(&mut self, request: &MediaRequest) -> Option<MediaResult> {
+        if self.manager.hold {
+            self.manager.held.push(request.clone());
+            return None;
+        }
         Some(match &request.op {
             MediaOp::Offer { leg, peer, .. } => match self.manager.fail_offer.take() {
                 Some(failure) => MediaResult::Failed {
@@ -188,6 +195,24 @@ impl Harness {
             },
             MediaOp::Bridge | MediaOp::Delete { .. } => MediaResult::Done,
         })
+    }
+
+    /// Answers the held requests, in order.
+    fn release(&mut self) {
+        self.manager.hold = false;
+        for request in std::mem::take(&mut self.manager.held) {
+            if let Some(result) = self.answer(&request) {
+                self.link.push_input(
+                    self.now.instant,
+                    LinkInput::Result {
+                        id: request.id,
+                        result,
+                    },
+                );
+            }
+        }
+        self.uas.handle_timeout(self.now);
+        self.settle();
     }
 
     /// Ends the oldest playback as completed.
@@ -1537,4 +1562,61 @@ fn we_refresh_the_callee_with_update_or_reinvite() {
         h.advance(Duration::from_secs(1));
         h.request_to(BOB, method);
     }
+}
+
+#[test]
+fn cancel_while_the_manager_has_not_answered_yet() {
+    let mut h = Harness::new(&bob_plan());
+    h.manager.hold = true;
+    let invite = h.invite("1001", "call-slow", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let cancel = format!(
+        "CANCEL sip:1001@192.0.2.100 SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: call-slow\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n",
+        invite
+            .lines()
+            .find(|l| l.starts_with("Via: "))
+            .expect("Via")
+            .trim_start_matches("Via: "),
+        "\"Alice\" <sip:alice@192.0.2.1>;tag=alice1",
+        "<sip:1001@192.0.2.100>"
+    );
+    h.from(CALLER, &cancel);
+    let statuses: Vec<Option<u16>> = (0..2).map(|_| h.next_to(CALLER).status()).collect();
+    assert!(
+        statuses.contains(&Some(200)) && statuses.contains(&Some(487)),
+        "{statuses:?}"
+    );
+    // The Offer answered late: nothing goes to the callee, the Delete
+    // follows the Offer.
+    h.release();
+    h.nothing_to(BOB);
+    assert_eq!(
+        h.ops(),
+        vec![
+            offer(CALLER_SDP),
+            MediaOp::Delete {
+                reason: DeleteReason::Cancelled,
+                detail: "487 Request Terminated".to_owned()
+            }
+        ]
+    );
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.occupancy(), Occupancy::default());
+}
+
+#[test]
+fn max_forwards_is_checked_and_decremented() {
+    let mut h = Harness::new(&bob_plan());
+    let invite = h
+        .invite("1001", "call-mf0", Some(CALLER_SDP))
+        .replace("Max-Forwards: 70", "Max-Forwards: 0");
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 483);
+    h.nothing_to(BOB);
+    let invite = h
+        .invite("1001", "call-mf1", Some(CALLER_SDP))
+        .replace("Max-Forwards: 70", "Max-Forwards: 1");
+    h.from(CALLER, &invite);
+    assert_eq!(h.request_to(BOB, "INVITE").max_forwards(), 0);
 }
