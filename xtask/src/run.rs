@@ -149,6 +149,9 @@ fn start_all(
     signaling.arg("--data-dir").arg(demo.join("data"));
     signaling.arg("--users-file").arg(demo.join("users.toml"));
     signaling.args(["--realm", DEMO_REALM]);
+    // MD5 first: many phones and test tools (sipsak, SIPp) answer only the
+    // first challenge and know only MD5; SHA-256 is still offered.
+    signaling.args(["--auth-algorithms", "MD5,SHA-256"]);
     spawn(children, "signaling", &mut signaling)?;
 
     let mut ui = Command::new(bin_dir.join("switchboard-ui"));
