@@ -194,9 +194,7 @@ impl B2bua {
                         let last = call.sdp_sent[leg_index(leg)].clone();
                         let body = if method == Method::Invite { last } else { None };
                         if method == Method::Invite {
-                            if let Some(tag) = tag.clone() {
-                                self.answer_2xx(now, key, leg, &server, tag, headers, body, sip);
-                            }
+                            self.answer_2xx(now, key, leg, &server, body, sip);
                         } else {
                             respond(sip, &server, 200, "OK", tag.as_ref(), &headers, None);
                         }
@@ -345,20 +343,24 @@ impl B2bua {
         }
     }
 
-    /// Sends a 2xx to an INVITE (or UPDATE) on `leg` and, for an INVITE,
-    /// retransmits it until the ACK.
-    #[allow(clippy::too_many_arguments)]
+    /// Sends a 2xx to an INVITE on `leg` (our tag, Contact, Allow, session
+    /// timer) and retransmits it until the ACK.
     pub(super) fn answer_2xx(
         &mut self,
         now: Now,
         key: CallKey,
         leg: LegId,
         server: &TransactionKey,
-        tag: Tag,
-        headers: Vec<(String, String)>,
         sdp: Option<String>,
         sip: &mut SipActions<'_>,
     ) {
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        let Some(tag) = call.dialog(leg).map(|d| d.local_tag.clone()) else {
+            return;
+        };
+        let headers = leg_headers(&self.config.local, call, leg);
         respond(
             sip,
             server,

@@ -670,11 +670,9 @@ impl B2bua {
                 } else {
                     Phase::Bridged
                 };
-                let headers = leg_headers(&self.config.local, call, LegId::A);
-                let tag = call.a.local_tag.clone();
                 tracing::info!(call_id = %call.media_id, "caller answered");
                 let session = call.session[0];
-                self.answer_2xx(now, key, LegId::A, &invite, tag, headers, Some(sdp), sip);
+                self.answer_2xx(now, key, LegId::A, &invite, Some(sdp), sip);
                 if let Some(timer) = session {
                     self.arm_session(key, LegId::A, timer, now);
                 }
@@ -736,7 +734,7 @@ impl B2bua {
                     return;
                 };
                 if method == Method::Invite {
-                    self.answer_2xx(now, key, to, &server, tag, headers, Some(sdp), sip);
+                    self.answer_2xx(now, key, to, &server, Some(sdp), sip);
                 } else {
                     call.sdp_sent[leg_index(to)] = Some(sdp.clone());
                     respond(
