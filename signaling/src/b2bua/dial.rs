@@ -94,6 +94,8 @@ impl B2bua {
             remote,
             remote_tag: request.from_tag(),
             target: contact_of(&request).unwrap_or_else(|| request.from().uri.to_string()),
+            // §12.1.1: the UAS keeps the Record-Route in order.
+            route_set: request.header_list("Record-Route"),
             destination: flow.reply_destination(),
             local_cseq: 1,
         };
@@ -330,18 +332,22 @@ impl B2bua {
             to,
             call_id: call.b_call_id.clone(),
             cseq: call.b_cseq,
+            route: contact.route,
             destination: contact.destination,
         };
         let interval = call.session[0].map_or(DEFAULT_SE, |t| t.interval);
-        let extra = vec![
-            (
-                "Allow".to_owned(),
-                "INVITE, ACK, BYE, CANCEL, UPDATE, INFO".to_owned(),
-            ),
-            ("Supported".to_owned(), "timer".to_owned()),
-            ("Session-Expires".to_owned(), interval.to_string()),
-            ("Min-SE".to_owned(), MIN_SE.to_string()),
-        ];
+        let extra = with_routes(
+            &sent.route,
+            &[
+                (
+                    "Allow".to_owned(),
+                    "INVITE, ACK, BYE, CANCEL, UPDATE, INFO".to_owned(),
+                ),
+                ("Supported".to_owned(), "timer".to_owned()),
+                ("Session-Expires".to_owned(), interval.to_string()),
+                ("Min-SE".to_owned(), MIN_SE.to_string()),
+            ],
+        );
         let from_text = with_tag(&sent.from, Some(&sent.from_tag));
         let to_text = with_tag(&sent.to, None);
         let text = build::request(&Outgoing {
@@ -461,6 +467,7 @@ impl B2bua {
                     return;
                 };
                 let target = contact_of(&response).unwrap_or_else(|| sent.uri.clone());
+                let route_set = route_set_of_response(&response);
                 call.b = Some(Dialog {
                     call_id: sent.call_id.clone(),
                     local: sent.from.clone(),
@@ -468,11 +475,13 @@ impl B2bua {
                     remote: sent.to.clone(),
                     remote_tag: Some(to_tag),
                     target: target.clone(),
+                    route_set: route_set.clone(),
                     destination: sent.destination,
                     local_cseq: sent.cseq,
                 });
                 call.pending_ack = Some(PendingAck {
                     key: client.clone(),
+                    route_set,
                     to: response.header("To").unwrap_or_default().to_owned(),
                     target,
                     sent: sent.clone(),
@@ -582,7 +591,8 @@ impl B2bua {
     ) {
         let target = contact_of(response).unwrap_or_else(|| sent.uri.clone());
         let to = response.header("To").unwrap_or_default().to_owned();
-        self.send_ack(sent, &target, &to, None, sip);
+        let route_set = route_set_of_response(response);
+        self.send_ack(sent, &target, &to, &route_set, None, sip);
         let mut dialog = Dialog {
             call_id: sent.call_id.clone(),
             local: sent.from.clone(),
@@ -590,6 +600,7 @@ impl B2bua {
             remote: sent.to.clone(),
             remote_tag: response.to_tag(),
             target,
+            route_set,
             destination: sent.destination,
             local_cseq: sent.cseq,
         };
@@ -606,7 +617,14 @@ impl B2bua {
         sdp: Option<&str>,
         sip: &mut SipActions<'_>,
     ) {
-        self.send_ack(&pending.sent, &pending.target, &pending.to, sdp, sip);
+        self.send_ack(
+            &pending.sent,
+            &pending.target,
+            &pending.to,
+            &pending.route_set,
+            sdp,
+            sip,
+        );
         if let Some(ClientTx::Branch(branch)) = self.clients.get_mut(&pending.key) {
             branch.ack = Some(sdp.map(str::to_owned));
         }
@@ -728,6 +746,8 @@ fn expand(
                 .map(|b| Contact {
                     uri: b.contact.clone(),
                     to: format!("<sip:{user}@{local_host}>"),
+                    // RFC 3327: the Path recorded at registration is the route.
+                    route: b.path.clone(),
                     destination: match b.source.transport {
                         crate::registrar::Transport::Udp => Destination::Udp(b.source.addr),
                         _ => Destination::Tcp {
@@ -752,6 +772,7 @@ fn expand(
             Ok(vec![Contact {
                 uri: uri.to_string(),
                 to: format!("<{uri}>"),
+                route: Vec::new(),
                 destination: if tcp {
                     Destination::Tcp {
                         remote,

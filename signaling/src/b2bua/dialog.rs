@@ -7,16 +7,20 @@ use super::build::{self, contact_of, sdp_of, with_tag, Outgoing};
 use super::*;
 
 impl B2bua {
+    /// The ACK for a 2xx to an INVITE we sent (`sent`), to the 2xx's
+    /// Contact along the dialog's `route`.
     pub(super) fn send_ack(
         &mut self,
         sent: &SentInvite,
         target: &str,
         to: &str,
+        route: &[String],
         sdp: Option<&str>,
         sip: &mut SipActions<'_>,
     ) {
         let branch = self.new_branch();
         let from = with_tag(&sent.from, Some(&sent.from_tag));
+        let extra = with_routes(route, &[]);
         let text = build::request(&Outgoing {
             method: &Method::Ack,
             uri: target,
@@ -29,7 +33,7 @@ impl B2bua {
             cseq: sent.cseq,
             max_forwards: 70,
             contact: false,
-            extra: &[],
+            extra: &extra,
             body: sdp.map(|s| (SDP, s.as_bytes())),
         });
         sip.send_stateless(sent.destination, text.into_bytes());
@@ -48,6 +52,7 @@ impl B2bua {
         dialog.local_cseq += 1;
         let from = with_tag(&dialog.local, Some(&dialog.local_tag));
         let to = with_tag(&dialog.remote, dialog.remote_tag.as_ref());
+        let extra = with_routes(&dialog.route_set, extra);
         let text = build::request(&Outgoing {
             method,
             uri: &dialog.target,
@@ -60,7 +65,7 @@ impl B2bua {
             cseq: dialog.local_cseq,
             max_forwards: 70,
             contact: matches!(method, Method::Invite | Method::Update),
-            extra,
+            extra: &extra,
             body,
         });
         send(sip, &text, dialog.destination)
@@ -261,10 +266,11 @@ impl B2bua {
             to: dialog.remote.clone(),
             call_id: dialog.call_id.clone(),
             cseq: response.cseq().seq,
+            route: Vec::new(),
             destination: dialog.destination,
         };
         let to_header = response.header("To").unwrap_or_default().to_owned();
-        self.send_ack(&sent, &target, &to_header, None, sip);
+        self.send_ack(&sent, &target, &to_header, &dialog.route_set, None, sip);
     }
 
     pub(super) fn reoffer_response(

@@ -44,10 +44,14 @@
 //! Session timers (RFC 4028) run per leg (session_timer.rs): each leg
 //! negotiates its interval and refresher; we refresh or expire per leg.
 //!
+//! Route sets: the caller's Record-Route routes our requests on leg a, the
+//! callee's (reversed) those on leg b, and a binding's Path routes the
+//! INVITE and CANCEL to it; loose routing only.
+//!
 //! Not implemented: 100rel/PRACK (PRACK is 481), a 422 from the callee
-//! (it counts as a failure rather than a retry with its Min-SE),
-//! route sets (Record-Route of the caller, Path of a binding), DNS for SIP
-//! URI targets (an IP address is required), redirects (3xx count as failures).
+//! (it counts as a failure rather than a retry with its Min-SE), strict
+//! routing, DNS for SIP URI targets (an IP address is required), redirects
+//! (3xx count as failures).
 
 mod build;
 mod dial;
@@ -118,6 +122,9 @@ struct Dialog {
     remote_tag: Option<Tag>,
     /// Request-URI of our requests in the dialog.
     target: String,
+    /// Route headers of our requests in the dialog (§12.1: the
+    /// Record-Route of the dialog-creating message, loose routing).
+    route_set: Vec<String>,
     destination: Destination,
     local_cseq: u32,
 }
@@ -132,6 +139,8 @@ struct SentInvite {
     to: NameAddr,
     call_id: String,
     cseq: u32,
+    /// Route headers before the dialog exists (a binding's Path).
+    route: Vec<String>,
     destination: Destination,
 }
 
@@ -238,6 +247,8 @@ enum Phase {
 struct Contact {
     uri: String,
     to: String,
+    /// The binding's Path, as Route headers.
+    route: Vec<String>,
     destination: Destination,
 }
 
@@ -257,6 +268,7 @@ struct PendingAck {
     /// The branch whose 2xx it is.
     key: TransactionKey,
     sent: SentInvite,
+    route_set: Vec<String>,
     target: String,
     to: String,
 }
@@ -480,7 +492,8 @@ impl B2bua {
                         let sent = branch.sent.clone();
                         let target = contact_of(&response).unwrap_or_else(|| sent.uri.clone());
                         let to = response.header("To").unwrap_or_default().to_owned();
-                        self.send_ack(&sent, &target, &to, body.as_deref(), sip);
+                        let route = route_set_of_response(&response);
+                        self.send_ack(&sent, &target, &to, &route, body.as_deref(), sip);
                         return;
                     }
                 }
@@ -982,6 +995,22 @@ impl CallHandler for B2bua {
 
 // ----- helpers -------------------------------------------------------
 
+/// The route set a UAC takes from a 2xx: its Record-Route, reversed (§12.1.2).
+fn route_set_of_response(response: &SipMessage) -> Vec<String> {
+    let mut route = response.header_list("Record-Route");
+    route.reverse();
+    route
+}
+
+/// Route headers for `route`, then `extra`.
+fn with_routes(route: &[String], extra: &[(String, String)]) -> Vec<(String, String)> {
+    route
+        .iter()
+        .map(|r| ("Route".to_owned(), r.clone()))
+        .chain(extra.iter().cloned())
+        .collect()
+}
+
 fn leg_index(leg: LegId) -> usize {
     match leg {
         LegId::A => 0,
@@ -1079,7 +1108,7 @@ fn send_cancel(local: &str, sent: &SentInvite, sip: &mut SipActions<'_>) {
         cseq: sent.cseq,
         max_forwards: 70,
         contact: false,
-        extra: &[],
+        extra: &with_routes(&sent.route, &[]),
         body: None,
     });
     send(sip, &text, sent.destination);

@@ -1620,3 +1620,86 @@ fn max_forwards_is_checked_and_decremented() {
     h.from(CALLER, &invite);
     assert_eq!(h.request_to(BOB, "INVITE").max_forwards(), 0);
 }
+
+#[test]
+fn route_sets_from_record_route_and_path_are_followed() {
+    let mut h = Harness::new(&dial_plan(r#"["user/${destination}"]"#, ""));
+    let branch = h.new_branch();
+    let register = request(
+        "REGISTER sip:example.com SIP/2.0",
+        &[
+            ("Via", &format!("SIP/2.0/UDP {BOB};branch={branch}")),
+            ("Max-Forwards", "70"),
+            ("From", "<sip:1001@example.com>;tag=r1"),
+            ("To", "<sip:1001@example.com>"),
+            ("Call-ID", "reg-path"),
+            ("CSeq", "1 REGISTER"),
+            ("Supported", "path"),
+            ("Path", "<sip:edge.example.net;lr>"),
+            ("Contact", &format!("<sip:1001@{BOB}>")),
+            ("Expires", "3600"),
+        ],
+        None,
+    );
+    h.from(BOB, &register);
+    h.response_to(BOB, 200);
+
+    let invite = h.invite_with(
+        "1001",
+        "call-routes",
+        Some(CALLER_SDP),
+        &[("Record-Route", "<sip:proxy.example.net;lr>")],
+    );
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    assert_eq!(
+        to_bob.header_list("Route"),
+        vec!["<sip:edge.example.net;lr>".to_owned()],
+        "the binding's Path is the INVITE's route"
+    );
+    assert_eq!(
+        to_bob.header("Record-Route"),
+        None,
+        "the caller's route stays on leg a"
+    );
+    h.from(
+        BOB,
+        &reply_with(
+            &to_bob,
+            200,
+            Some("bob1"),
+            Some(CALLEE_SDP),
+            &[(
+                "Record-Route",
+                "<sip:p1.example.net;lr>, <sip:p2.example.net;lr>",
+            )],
+        ),
+    );
+    let ok = h.response_to(CALLER, 200);
+    assert_eq!(
+        ok.header("Record-Route"),
+        Some("<sip:proxy.example.net;lr>"),
+        "our 2xx echoes the caller's Record-Route"
+    );
+    let ack = h.ack_for(&ok, None);
+    h.from(CALLER, &ack);
+    let ack_bob = h.request_to(BOB, "ACK");
+    let reversed = vec![
+        "<sip:p2.example.net;lr>".to_owned(),
+        "<sip:p1.example.net;lr>".to_owned(),
+    ];
+    assert_eq!(
+        ack_bob.header_list("Route"),
+        reversed,
+        "the UAC reverses Record-Route"
+    );
+    let bye = h.callee_request(BOB, &to_bob, "bob1", "BYE", 1, None);
+    h.from(BOB, &bye);
+    h.response_to(BOB, 200);
+    let bye_caller = h.request_to(CALLER, "BYE");
+    assert_eq!(
+        bye_caller.header_list("Route"),
+        vec!["<sip:proxy.example.net;lr>".to_owned()]
+    );
+}
