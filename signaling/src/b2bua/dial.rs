@@ -334,8 +334,11 @@ impl B2bua {
             cseq: call.b_cseq,
             route: contact.route,
             destination: contact.destination,
+            session_expires: contact.session_expires,
         };
-        let interval = call.session[0].map_or(DEFAULT_SE, |t| t.interval);
+        let interval = contact
+            .session_expires
+            .unwrap_or_else(|| call.session[0].map_or(DEFAULT_SE, |t| t.interval));
         let extra = with_routes(
             &sent.route,
             &[
@@ -399,6 +402,28 @@ impl B2bua {
         response: SipMessage,
         sip: &mut SipActions<'_>,
     ) {
+        let retry_with = (status == 422)
+            .then(|| self.clients.get(&client))
+            .flatten()
+            .and_then(|tx| match tx {
+                ClientTx::Branch(branch) if branch.sent.session_expires.is_none() => {
+                    let min_se = response
+                        .header("Min-SE")?
+                        .split(';')
+                        .next()?
+                        .trim()
+                        .parse()
+                        .ok()?;
+                    Some(Contact {
+                        uri: branch.sent.uri.clone(),
+                        to: with_tag(&branch.sent.to, None),
+                        route: branch.sent.route.clone(),
+                        destination: branch.sent.destination,
+                        session_expires: Some(min_se),
+                    })
+                }
+                _ => None,
+            });
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
@@ -534,6 +559,15 @@ impl B2bua {
                         tracing::info!(call_id = %call_id_of(&self.calls, key), "callee 2xx without SDP");
                         self.end_call(key, DeleteReason::Failed, None, (502, "Bad Gateway"), sip);
                     }
+                }
+            }
+            422 if retry_with.is_some() => {
+                // RFC 4028 §7.4: the callee wants a longer interval; ask
+                // again once, with its Min-SE.
+                call.branches.retain(|k| *k != client);
+                call.b_cseq += 1;
+                if let Some(contact) = retry_with {
+                    self.send_branch(key, contact, sip);
                 }
             }
             _ => {
@@ -748,6 +782,7 @@ fn expand(
                     to: format!("<sip:{user}@{local_host}>"),
                     // RFC 3327: the Path recorded at registration is the route.
                     route: b.path.clone(),
+                    session_expires: None,
                     destination: match b.source.transport {
                         crate::registrar::Transport::Udp => Destination::Udp(b.source.addr),
                         _ => Destination::Tcp {
@@ -773,6 +808,7 @@ fn expand(
                 uri: uri.to_string(),
                 to: format!("<{uri}>"),
                 route: Vec::new(),
+                session_expires: None,
                 destination: if tcp {
                     Destination::Tcp {
                         remote,

@@ -268,6 +268,7 @@ impl B2bua {
             cseq: response.cseq().seq,
             route: Vec::new(),
             destination: dialog.destination,
+            session_expires: None,
         };
         let to_header = response.header("To").unwrap_or_default().to_owned();
         self.send_ack(&sent, &target, &to_header, &dialog.route_set, None, sip);

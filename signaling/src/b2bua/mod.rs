@@ -48,9 +48,7 @@
 //! callee's (reversed) those on leg b, and a binding's Path routes the
 //! INVITE and CANCEL to it; loose routing only.
 //!
-//! Not implemented: 100rel/PRACK (PRACK is 481), a 422 from the callee
-//! (it counts as a failure rather than a retry with its Min-SE), strict
-//! routing, DNS for SIP URI targets (an IP address is required), redirects
+//! Not implemented: 100rel/PRACK (PRACK is 481), strict routing, DNS for SIP URI targets (an IP address is required), redirects
 //! (3xx count as failures).
 
 mod build;
@@ -142,6 +140,8 @@ struct SentInvite {
     /// Route headers before the dialog exists (a binding's Path).
     route: Vec<String>,
     destination: Destination,
+    /// The Session-Expires asked for after a 422, if any.
+    session_expires: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,6 +250,8 @@ struct Contact {
     /// The binding's Path, as Route headers.
     route: Vec<String>,
     destination: Destination,
+    /// The Session-Expires to offer, when a 422 asked for more than ours.
+    session_expires: Option<u32>,
 }
 
 #[derive(Debug)]

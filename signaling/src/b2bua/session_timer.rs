@@ -5,8 +5,9 @@
 //! Leg a: the caller's `Session-Expires` is honoured (422 with `Min-SE`
 //! below [`MIN_SE`]); the refresher is the one the caller asked for, else
 //! the caller when it supports `timer`, else us. Leg b: our INVITE offers
-//! `Supported: timer` with the caller's interval (or [`DEFAULT_SE`]); the
-//! callee's 2xx decides. When we refresh, we send UPDATE without SDP if the
+//! `Supported: timer` with the caller's interval (or [`DEFAULT_SE`]), asks
+//! once more with the callee's `Min-SE` after a 422, and the callee's 2xx
+//! decides. When we refresh, we send UPDATE without SDP if the
 //! peer allows it, else a re-INVITE with the SDP we last sent it, at half
 //! the interval; when the peer refreshes, any re-INVITE or UPDATE from it
 //! counts, and without one the call ends `min(32, interval/3)` seconds

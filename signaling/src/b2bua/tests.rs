@@ -1703,3 +1703,30 @@ fn route_sets_from_record_route_and_path_are_followed() {
         vec!["<sip:proxy.example.net;lr>".to_owned()]
     );
 }
+
+#[test]
+fn a_callee_422_is_retried_once_with_its_min_se() {
+    let mut h = Harness::new(&bob_plan());
+    let invite = h.invite("1001", "call-422", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let first = h.request_to(BOB, "INVITE");
+    h.from(
+        BOB,
+        &reply_with(&first, 422, Some("bob1"), None, &[("Min-SE", "3600")]),
+    );
+    h.request_to(BOB, "ACK");
+    let second = h.request_to(BOB, "INVITE");
+    assert_eq!(second.header("Session-Expires"), Some("3600"));
+    assert_eq!(second.cseq().seq, 2);
+    assert_eq!(second.call_id(), first.call_id());
+    assert_ne!(second.top_via().branch(), first.top_via().branch());
+    h.nothing_to(CALLER);
+    // A second 422 is a failure like any other.
+    h.from(
+        BOB,
+        &reply_with(&second, 422, Some("bob1"), None, &[("Min-SE", "7200")]),
+    );
+    h.request_to(BOB, "ACK");
+    h.response_to(CALLER, 422);
+}
