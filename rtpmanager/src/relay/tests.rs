@@ -492,3 +492,127 @@ fn after_an_injection_forwarded_packets_continue_the_injected_stream() {
         "the source's seq 12 follows the injection's last (15)"
     );
 }
+
+/// rtpengine's userspace relay stops forwarding a socket whose receive queue
+/// overflowed; this one must keep serving every socket, shed the flood in
+/// the kernel's queue, and recover by itself.
+#[test]
+fn a_flooded_leg_never_starves_others_and_recovers_when_the_flood_stops() {
+    let relay = Relay::start().expect("relay");
+    let (flooder, calm_caller) = (endpoint(), endpoint());
+    let (flood_sink, calm_callee) = (endpoint(), endpoint());
+    let flooded = add_leg(
+        &relay,
+        10,
+        "flooded-a",
+        LegParams {
+            forward_to: Some(11),
+            clock_rate: 8000,
+            ..LegParams::default()
+        },
+    );
+    add_leg(
+        &relay,
+        11,
+        "flooded-b",
+        LegParams {
+            forward_to: Some(10),
+            expected_rtp: Some(flood_sink.local_addr().expect("addr")),
+            clock_rate: 8000,
+            ..LegParams::default()
+        },
+    );
+    let calm = add_leg(
+        &relay,
+        20,
+        "calm-a",
+        LegParams {
+            forward_to: Some(21),
+            clock_rate: 8000,
+            ..LegParams::default()
+        },
+    );
+    add_leg(
+        &relay,
+        21,
+        "calm-b",
+        LegParams {
+            forward_to: Some(20),
+            expected_rtp: Some(calm_callee.local_addr().expect("addr")),
+            clock_rate: 8000,
+            ..LegParams::default()
+        },
+    );
+
+    // A sender as fast as it can go at one leg for 1 s, and a normal
+    // 50 pps stream at the other, concurrently.
+    let target = flooded.rtp_addr();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let packet = rtp_packet(1, 0, &[0; 160]);
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if flooder.send_to(&packet, target).is_ok() {
+                    sent += 1;
+                }
+            }
+            sent
+        })
+    };
+    let mut calm_received = 0;
+    for seq in 0..50u16 {
+        calm_caller
+            .send_to(&rtp_packet(seq, 0, &[1; 160]), calm.rtp_addr())
+            .expect("send");
+        if recv(&calm_callee).is_some() {
+            calm_received += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let flood_sent = flood.join().expect("flood thread");
+    assert_eq!(
+        calm_received, 50,
+        "the calm leg lost nothing while the other was flooded"
+    );
+    let flood_forwarded = LegCounters::get(&flooded.shared.counters.rtp_in_packets);
+    assert!(flood_forwarded > 0, "the flooded socket kept being served");
+    assert!(
+        flood_forwarded <= flood_sent,
+        "{flood_forwarded} > {flood_sent}"
+    );
+
+    // Recovery: once the backlog is drained, the flooded leg carries a
+    // normal stream again, every packet.
+    wait_until("the flood backlog to drain", || {
+        let before = LegCounters::get(&flooded.shared.counters.rtp_in_packets);
+        std::thread::sleep(Duration::from_millis(100));
+        LegCounters::get(&flooded.shared.counters.rtp_in_packets) == before
+    });
+    while recv_nonblocking(&flood_sink) {}
+    let recovered_source = endpoint();
+    let mut recovered = 0;
+    for seq in 100..120u16 {
+        recovered_source
+            .send_to(&rtp_packet(seq, 0, &[2; 160]), target)
+            .expect("send");
+        if let Some((got, _)) = recv(&flood_sink) {
+            if got[2..4] == seq.to_be_bytes() {
+                recovered += 1;
+            }
+        }
+    }
+    assert_eq!(
+        recovered, 20,
+        "after the flood the leg forwards normally again"
+    );
+}
+
+fn recv_nonblocking(socket: &UdpSocket) -> bool {
+    socket.set_nonblocking(true).expect("nonblocking");
+    let got = recv(socket).is_some();
+    socket.set_nonblocking(false).expect("blocking");
+    got
+}
