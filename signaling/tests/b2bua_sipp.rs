@@ -718,3 +718,34 @@ fn hold_by_reinvite_is_relayed_through_the_manager() {
     finish(&bed, "callee", callee);
     wait_no_calls(&bed.manager);
 }
+
+#[test]
+fn a_tcp_caller_reaches_a_udp_callee() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    let callee_port = free_port();
+    let bed = bed(
+        &format!("sip:bob@127.0.0.1:{callee_port}"),
+        &["--auth", "anonymous"],
+    );
+    let (a, rtp_a) = media_socket();
+    let (b, rtp_b) = media_socket();
+    let callee = sipp(
+        &bed,
+        "b2bua_uas_bye.xml",
+        callee_port,
+        &["-key", "rtp_b", &rtp_b, "-d", "3000"],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = start_caller(
+        &bed,
+        "b2bua_uac_wait_bye.xml",
+        "1001",
+        &["-key", "rtp_a", &rtp_a, "-t", "t1"],
+    );
+    rtp_both_ways(&bed.manager, &a, &b);
+    finish(&bed, "callee", callee);
+    finish(&bed, "caller", caller);
+    wait_no_calls(&bed.manager);
+}
