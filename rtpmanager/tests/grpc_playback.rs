@@ -1,11 +1,10 @@
 //! Playback and RFC 4733 DTMF through the manager binary, driven over gRPC,
 //! with fake endpoints on loopback receiving and sending real RTP.
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,111 +14,14 @@ use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
 use switchboard_rtpmanager::media::g711::ulaw_decode;
 use tonic::transport::Channel;
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard-rtpmanager");
+mod common;
 
-struct Daemon(Child);
+use common::{endpoint, media_addr, sdp, Daemon};
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// An even port range of `pairs` pairs where nothing is bound right now;
-/// tests running in parallel start their search at different places.
-fn free_media_range(pairs: u16) -> (u16, u16) {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let salt = (std::process::id() % 100) as u16 * 100
-        + NEXT.fetch_add(1, Ordering::Relaxed) * 2000
-        + 1000;
-    for base in (32000u16 + salt % 20000..60000).step_by(2 * usize::from(pairs) + 2) {
-        if (base..base + 2 * pairs).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
-            return (base, base + 2 * pairs - 1);
-        }
-    }
-    panic!("no free media range");
-}
-
-/// Starts the manager on an ephemeral gRPC port with `audio` as its audio
-/// directory and reads the port it bound from its "ready" log line.
+/// Starts the manager with `audio` as its audio directory.
 async fn start(audio: &Path, pairs: u16) -> (Daemon, RtpManagerClient<Channel>) {
-    let (min, max) = free_media_range(pairs);
-    let mut child = Command::new(BIN)
-        .args([
-            "--grpc-port",
-            "0",
-            "--fast-path",
-            "off",
-            "--advertise",
-            "127.0.0.1",
-        ])
-        .args(["--rtp-bind-address", "127.0.0.1", "--log-level", "info"])
-        .args([
-            "--rtp-port-min",
-            &min.to_string(),
-            "--rtp-port-max",
-            &max.to_string(),
-        ])
-        .arg("--audio-path")
-        .arg(audio)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the manager");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let daemon = Daemon(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let verbose = std::env::var_os("SB_TEST_LOG").is_some();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if verbose {
-                eprintln!("{line}");
-            }
-            if let Some(addr) = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("grpc="))
-            {
-                let _ = tx.send(addr.to_owned());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(15))
-        .expect("the manager logs its gRPC address");
-    let client = RtpManagerClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect");
-    (daemon, client)
-}
-
-fn endpoint() -> UdpSocket {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind endpoint");
-    s.set_read_timeout(Some(Duration::from_millis(1000)))
-        .expect("timeout");
-    s
-}
-
-fn sdp(addr: SocketAddr, payload_types: &str) -> String {
-    format!(
-        "v=0\r\no=peer 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP {payload_types}\r\n\
-a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=sendrecv\r\n",
-        ip = addr.ip(),
-        port = addr.port()
-    )
-}
-
-fn media_addr(sdp: &str) -> SocketAddr {
-    let ip = sdp
-        .lines()
-        .find_map(|l| l.strip_prefix("c=IN IP4 "))
-        .expect("c= line");
-    let port = sdp
-        .lines()
-        .find_map(|l| l.strip_prefix("m=audio "))
-        .and_then(|r| r.split(' ').next())
-        .expect("m= line");
-    format!("{ip}:{port}").parse().expect("media address")
+    let audio = audio.to_str().expect("UTF-8 temp path");
+    common::start(&["--audio-path", audio], pairs).await
 }
 
 const CALLER_SSRC: u32 = 0xABCD_0001;
