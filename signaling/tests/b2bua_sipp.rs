@@ -749,3 +749,80 @@ fn a_tcp_caller_reaches_a_udp_callee() {
     finish(&bed, "caller", caller);
     wait_no_calls(&bed.manager);
 }
+
+/// A cumulative counter from SIPp's final screen.
+fn sipp_counter(screen: &str, name: &str) -> u64 {
+    screen
+        .lines()
+        .filter(|l| l.trim_start().starts_with(name))
+        .filter_map(|l| {
+            l.rsplit('|')
+                .next()?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .next_back()
+        .unwrap_or(0)
+}
+
+#[test]
+fn three_hundred_calls_at_100_per_second_all_succeed_and_leave_no_media() {
+    let Some(sipp_path) = sipp_binary() else {
+        return;
+    };
+    let callee_port = free_port();
+    let bed = bed(
+        &format!("sip:bob@127.0.0.1:{callee_port}"),
+        &["--auth", "anonymous"],
+    );
+    let mut callee = Command::new(&sipp_path)
+        .arg("-sf")
+        .arg(scenario("b2bua_uas.xml"))
+        .args(["-i", "127.0.0.1", "-p", &callee_port.to_string()])
+        .args([
+            "-key", "rtp_b", "9", "-m", "300", "-nostdin", "-timeout", "60s",
+        ])
+        .current_dir(bed.data.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run the SIPp callee");
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = Command::new(&sipp_path)
+        .arg("-sf")
+        .arg(scenario("b2bua_uac.xml"))
+        .args(["-s", "1001", "-key", "rtp_a", "9", "-d", "0"])
+        .args(["-i", "127.0.0.1", "-p", &free_port().to_string()])
+        .args(["-r", "100", "-m", "300", "-l", "300"])
+        .args(["-timeout", "60s", "-nostdin", "-trace_err"])
+        .arg(bed.server.sip_addr().to_string())
+        .current_dir(bed.data.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the SIPp caller");
+    let screen = String::from_utf8_lossy(&caller.stdout);
+    assert_eq!(
+        caller.status.code(),
+        Some(0),
+        "SIPp caller failed:\n{screen}\nserver log tail:\n{}",
+        tail(&bed.server.log(), 40)
+    );
+    assert_eq!(sipp_counter(&screen, "Successful call"), 300, "{screen}");
+    assert_eq!(sipp_counter(&screen, "Failed call"), 0, "{screen}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = callee.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the callee did not finish its 300 calls"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "the SIPp callee saw failed calls");
+    wait_no_calls(&bed.manager);
+}
