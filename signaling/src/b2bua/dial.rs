@@ -301,7 +301,9 @@ impl B2bua {
             return;
         };
         let deadline = now.instant + dial.timeout;
-        dial.deadline = Some(deadline);
+        if let Some(old) = dial.deadline.replace(deadline) {
+            self.timers.remove(&(old, TimerId::Dial(key)));
+        }
         self.timers.insert((deadline, TimerId::Dial(key)));
         call.b_cseq += 1;
         for contact in contacts {
@@ -699,13 +701,15 @@ impl B2bua {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
-        let index = leg_index(leg);
-        if let Some(server) = call.awaiting_ack[index].take() {
-            self.retransmits.remove(&server);
+        if let Some(server) = call.awaiting_ack[leg_index(leg)].take() {
+            self.stop_retransmit(&server);
         }
         if leg != LegId::A {
             return;
         }
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
         let Some(pending) = call.pending_ack.take() else {
             return;
         };

@@ -387,7 +387,7 @@ impl B2bua {
             return;
         }
         if let Some(old) = call.awaiting_ack[leg_index(leg)].replace(server.clone()) {
-            self.retransmits.remove(&old);
+            self.stop_retransmit(&old);
         }
         let t1 = self.config.timers.t1;
         let next = now.instant + t1;

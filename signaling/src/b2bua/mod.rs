@@ -553,6 +553,14 @@ impl B2bua {
         }
     }
 
+    /// Stops retransmitting the 2xx of `server` (its ACK came, or the call ended).
+    fn stop_retransmit(&mut self, server: &TransactionKey) {
+        if let Some(entry) = self.retransmits.remove(server) {
+            self.timers
+                .remove(&(entry.next, TimerId::Retransmit(server.clone())));
+        }
+    }
+
     /// Ends a call: a final response to an unanswered caller, BYE to every
     /// confirmed leg but `from`, CANCEL to pending branches, media deleted.
     fn end_call(
@@ -572,8 +580,18 @@ impl B2bua {
         self.dialogs
             .remove(&(call.b_call_id.clone(), call.b_tag.clone()));
         self.media_calls.remove(&call.media_id);
+        // Timers go with the call, so none outlives it.
         for server in call.awaiting_ack.iter().flatten() {
-            self.retransmits.remove(server);
+            self.stop_retransmit(server);
+        }
+        if let Some(deadline) = call.dial.as_ref().and_then(|d| d.deadline) {
+            self.timers.remove(&(deadline, TimerId::Dial(key)));
+        }
+        for leg in [LegId::A, LegId::B] {
+            if let Some(timer) = call.session[leg_index(leg)] {
+                self.timers
+                    .remove(&(timer.deadline, TimerId::Session(key, leg)));
+            }
         }
         let branches = std::mem::take(&mut call.branches);
         self.abandon(&branches, sip);

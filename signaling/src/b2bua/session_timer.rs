@@ -126,7 +126,10 @@ impl B2bua {
             deadline: timer.due(now.instant),
             ..timer
         };
-        call.session[leg_index(leg)] = Some(timer);
+        if let Some(old) = call.session[leg_index(leg)].replace(timer) {
+            self.timers
+                .remove(&(old.deadline, TimerId::Session(key, leg)));
+        }
         self.timers
             .insert((timer.deadline, TimerId::Session(key, leg)));
     }

@@ -1208,13 +1208,28 @@ fn thousands_of_calls_leave_nothing_behind() {
     let mut h = Harness::new(&bob_plan());
     for n in 0..2000 {
         let call_id = format!("bulk-{n}");
-        let invite = h.invite("1001", &call_id, Some(CALLER_SDP));
+        // With session timers on both legs, so their timers must go too.
+        let invite = h.invite_with(
+            "1001",
+            &call_id,
+            Some(CALLER_SDP),
+            &[("Supported", "timer"), ("Session-Expires", "1800")],
+        );
         h.from(CALLER, &invite);
         h.response_to(CALLER, 100);
         let to_bob = h.request_to(BOB, "INVITE");
         match n % 4 {
             0 => {
-                h.from(BOB, &reply(&to_bob, 200, Some("bob1"), Some(CALLEE_SDP)));
+                h.from(
+                    BOB,
+                    &reply_with(
+                        &to_bob,
+                        200,
+                        Some("bob1"),
+                        Some(CALLEE_SDP),
+                        &[("Session-Expires", "1800;refresher=uac")],
+                    ),
+                );
                 let ok = h.response_to(CALLER, 200);
                 let ack = h.ack_for(&ok, None);
                 h.from(CALLER, &ack);
