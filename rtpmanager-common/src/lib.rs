@@ -115,8 +115,26 @@ pub const FLAG_RTCP: u16 = 2;
 /// A packet from a source other than the expected peer is dropped (and
 /// counted) instead of being passed to userspace.
 pub const FLAG_STRICT_SOURCE: u16 = 4;
+/// With [`FLAG_RTP`]: the RTP header is rewritten as the entry's
+/// `rewrite_*` fields say (the relay's stream continuity after a playback or
+/// DTMF injection, see `relay::continuity` in the manager). Packets of
+/// another SSRC than `rewrite_source_ssrc` are passed to userspace, which
+/// re-anchors the stream.
+pub const FLAG_REWRITE: u16 = 8;
 /// Every flag the programs understand.
-pub const FLAGS_KNOWN: u16 = FLAG_RTP | FLAG_RTCP | FLAG_STRICT_SOURCE;
+pub const FLAGS_KNOWN: u16 = FLAG_RTP | FLAG_RTCP | FLAG_STRICT_SOURCE | FLAG_REWRITE;
+
+/// The RTP header rewrite of an entry with [`FLAG_REWRITE`]: packets of SSRC
+/// `source_ssrc` leave with SSRC `ssrc`, the sequence number plus
+/// `sequence_offset` and the timestamp plus `timestamp_offset` (both modulo
+/// their width).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RtpRewrite {
+    pub source_ssrc: u32,
+    pub ssrc: u32,
+    pub sequence_offset: u16,
+    pub timestamp_offset: u32,
+}
 
 /// Value of [`FORWARD_MAP`]: how to rewrite and where to send a packet that
 /// arrived on the key's (address, port).
@@ -141,6 +159,16 @@ pub struct ForwardEntry {
     pub clock_rate: u32,
     /// Index into [`STREAM_STATS_MAP`].
     pub stats_slot: u32,
+    /// [`FLAG_REWRITE`]: the only SSRC rewritten (wire order).
+    pub rewrite_source_ssrc: [u8; 4],
+    /// [`FLAG_REWRITE`]: the SSRC forwarded packets get (wire order).
+    pub rewrite_ssrc: [u8; 4],
+    /// [`FLAG_REWRITE`]: added to the RTP timestamp (host order).
+    pub rewrite_timestamp_offset: u32,
+    /// [`FLAG_REWRITE`]: added to the RTP sequence number (host order).
+    pub rewrite_sequence_offset: u16,
+    /// Always zero: keeps the struct free of implicit padding.
+    pub pad: [u8; 2],
 }
 
 impl ForwardEntry {
@@ -164,7 +192,32 @@ impl ForwardEntry {
             flags,
             clock_rate,
             stats_slot,
+            rewrite_source_ssrc: [0; 4],
+            rewrite_ssrc: [0; 4],
+            rewrite_timestamp_offset: 0,
+            rewrite_sequence_offset: 0,
+            pad: [0; 2],
         }
+    }
+
+    /// The entry with its RTP header rewrite set (and [`FLAG_REWRITE`]).
+    pub fn with_rewrite(mut self, rewrite: RtpRewrite) -> ForwardEntry {
+        self.flags |= FLAG_REWRITE;
+        self.rewrite_source_ssrc = rewrite.source_ssrc.to_be_bytes();
+        self.rewrite_ssrc = rewrite.ssrc.to_be_bytes();
+        self.rewrite_sequence_offset = rewrite.sequence_offset;
+        self.rewrite_timestamp_offset = rewrite.timestamp_offset;
+        self
+    }
+
+    /// The RTP header rewrite, when [`FLAG_REWRITE`] is set.
+    pub fn rewrite(&self) -> Option<RtpRewrite> {
+        (self.flags & FLAG_REWRITE != 0).then(|| RtpRewrite {
+            source_ssrc: u32::from_be_bytes(self.rewrite_source_ssrc),
+            ssrc: u32::from_be_bytes(self.rewrite_ssrc),
+            sequence_offset: self.rewrite_sequence_offset,
+            timestamp_offset: self.rewrite_timestamp_offset,
+        })
     }
 
     /// The new source of forwarded packets.
@@ -222,6 +275,15 @@ pub struct StreamStats {
     pub transit: u32,
     /// RFC 3550 interarrival jitter in clock units, scaled by 16 (A.8).
     pub jitter_x16: u32,
+    /// SSRC of the last forwarded RTP packet as it left (after a rewrite):
+    /// where an injection into the stream continues from.
+    pub sent_ssrc: u32,
+    /// RTP timestamp of the last forwarded packet as it left.
+    pub sent_timestamp: u32,
+    /// RTP sequence number of the last forwarded packet as it left (low 16 bits).
+    pub sent_sequence: u32,
+    /// Always zero: keeps the struct free of implicit padding.
+    pub pad: u32,
 }
 
 impl StreamStats {
@@ -287,13 +349,16 @@ pub enum Counter {
     Forwarded = 17,
     /// Rewritten and redirected to the egress interface.
     Redirected = 18,
+    /// A rewriting entry got RTP of another SSRC than its source: passed,
+    /// so the relay re-anchors the stream.
+    RewriteSsrcMismatch = 19,
 }
 
 impl Counter {
     /// Number of slots in [`COUNTERS_MAP`].
-    pub const SLOTS: u32 = 19;
+    pub const SLOTS: u32 = 20;
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 19] = [
+    pub const ALL: [Counter; 20] = [
         Counter::NotIp,
         Counter::NotUdp,
         Counter::Truncated,
@@ -313,6 +378,7 @@ impl Counter {
         Counter::RewriteFailed,
         Counter::Forwarded,
         Counter::Redirected,
+        Counter::RewriteSsrcMismatch,
     ];
 
     /// A stable name for logs and metrics.
@@ -337,6 +403,7 @@ impl Counter {
             Counter::RewriteFailed => "rewrite_failed",
             Counter::Forwarded => "forwarded",
             Counter::Redirected => "redirected",
+            Counter::RewriteSsrcMismatch => "rewrite_ssrc_mismatch",
         }
     }
 }
@@ -345,8 +412,8 @@ impl Counter {
 // when a field change introduces padding or changes a size.
 const _: () = assert!(core::mem::size_of::<ProgramConfig>() == 8);
 const _: () = assert!(core::mem::size_of::<ForwardKey>() == 20);
-const _: () = assert!(core::mem::size_of::<ForwardEntry>() == 64);
-const _: () = assert!(core::mem::size_of::<StreamStats>() == 48);
+const _: () = assert!(core::mem::size_of::<ForwardEntry>() == 80);
+const _: () = assert!(core::mem::size_of::<StreamStats>() == 64);
 const _: () = assert!(Counter::ALL.len() == Counter::SLOTS as usize);
 
 #[cfg(feature = "user")]
@@ -403,6 +470,30 @@ mod tests {
             "[2001:db8::3]:41000".parse().expect("literal")
         );
         assert!(!is_v4_mapped(&entry.dst_addr));
+        assert_eq!(entry.rewrite(), None, "no rewrite unless asked");
+    }
+
+    #[test]
+    fn a_rewrite_is_stored_in_wire_order_and_read_back() {
+        let rewrite = RtpRewrite {
+            source_ssrc: 0x1122_3344,
+            ssrc: 0xAABB_CCDD,
+            sequence_offset: 0xFFFE,
+            timestamp_offset: 0x8000_0001,
+        };
+        let entry = ForwardEntry::new(
+            "10.0.0.1:30002".parse().expect("literal"),
+            "10.0.0.2:40000".parse().expect("literal"),
+            "10.0.0.3:41000".parse().expect("literal"),
+            FLAG_RTP,
+            8000,
+            7,
+        )
+        .with_rewrite(rewrite);
+        assert_eq!(entry.flags, FLAG_RTP | FLAG_REWRITE);
+        assert_eq!(entry.rewrite_source_ssrc, [0x11, 0x22, 0x33, 0x44]);
+        assert_eq!(entry.rewrite_ssrc, [0xAA, 0xBB, 0xCC, 0xDD]);
+        assert_eq!(entry.rewrite(), Some(rewrite));
     }
 
     #[test]

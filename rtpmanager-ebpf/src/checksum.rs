@@ -22,7 +22,8 @@ pub fn diff<const N: usize>(old: &[u8; N], new: &[u8; N]) -> u32 {
 #[inline(always)]
 pub fn apply(check: u16, diff: u32) -> u16 {
     let mut sum = u64::from(!check) + u64::from(diff);
-    // At most 19 words of 0x1FFFE each: three folds reach 16 bits.
+    // At most 23 words of 0x1FFFE each (IPv6 addresses, ports and the
+    // rewritten RTP words): three folds reach 16 bits.
     sum = (sum & 0xFFFF) + (sum >> 16);
     sum = (sum & 0xFFFF) + (sum >> 16);
     sum = (sum & 0xFFFF) + (sum >> 16);

@@ -14,9 +14,11 @@
 //! anything is written, so a pass always hands over the original packet.
 //! Every packet increments exactly one `SB_COUNTERS` slot.
 //!
-//! Only addresses, ports, MACs and checksums change: TTL/hop limit, DSCP
-//! and the IPv4 ID are kept as received, where the userspace relay would
-//! send with its socket's defaults.
+//! Only addresses, ports, MACs and checksums change, and on a rewriting
+//! entry the RTP SSRC, sequence number and timestamp (the relay's stream
+//! continuity after an injection): TTL/hop limit, DSCP and the IPv4 ID are
+//! kept as received, where the userspace relay would send with its socket's
+//! defaults.
 #![no_std]
 #![no_main]
 // atomic_xadd for the shared per-stream counters (see stats.rs).
@@ -33,7 +35,7 @@ use aya_ebpf::{
     bindings::{
         bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_SUCCESS, BPF_F_MARK_MANGLED_0, BPF_F_NO_PREALLOC, BPF_F_PSEUDO_HDR,
-        TC_ACT_OK, TC_ACT_SHOT,
+        BPF_F_RECOMPUTE_CSUM, TC_ACT_OK, TC_ACT_SHOT,
     },
     helpers::{bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_redirect},
     macros::{classifier, map, xdp},
@@ -41,7 +43,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use rtpmanager_common::{
-    Counter, ForwardEntry, ForwardKey, ProgramConfig, StreamStats, MAX_FORWARDS, STREAM_SLOTS,
+    Counter, ForwardEntry, ForwardKey, ProgramConfig, StreamStats, FLAG_REWRITE, FLAG_RTP,
+    MAX_FORWARDS, STREAM_SLOTS,
 };
 
 use packet::{Packet, ETH_HLEN, UDP_OFFSET_V4, UDP_OFFSET_V6};
@@ -59,6 +62,12 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::SLOTS
 #[map(name = "SB_FORWARD")]
 static FORWARD: HashMap<ForwardKey, ForwardEntry> =
     HashMap::with_max_entries(MAX_FORWARDS, BPF_F_NO_PREALLOC);
+
+/// Scratch space for the route lookup's 64-byte parameters: the XDP
+/// program's stack (512 bytes) has no room left for them once the RTP
+/// rewrite is inlined.
+#[map(name = "SB_SCRATCH")]
+static SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "SB_STREAM_STATS")]
 static STREAM_STATS: Array<StreamStats> = Array::with_max_entries(STREAM_SLOTS, 0);
@@ -87,6 +96,7 @@ pub enum Error {
     FibForwardingDisabled,
     FibOther,
     RewriteFailed,
+    RewriteSsrcMismatch,
 }
 
 impl Error {
@@ -110,6 +120,7 @@ impl Error {
             Error::FibForwardingDisabled => Counter::FibForwardingDisabled,
             Error::FibOther => Counter::FibOther,
             Error::RewriteFailed => Counter::RewriteFailed,
+            Error::RewriteSsrcMismatch => Counter::RewriteSsrcMismatch,
         }
     }
 
@@ -136,7 +147,8 @@ impl Error {
             | Error::Ipv6ZeroChecksum
             | Error::FibNoNeigh
             | Error::FibForwardingDisabled
-            | Error::FibOther => false,
+            | Error::FibOther
+            | Error::RewriteSsrcMismatch => false,
         }
     }
 }
@@ -195,8 +207,13 @@ fn next_hop(
     packet: &Packet,
     entry: &ForwardEntry,
 ) -> Result<NextHop, Error> {
-    // SAFETY: bpf_fib_lookup is plain data; all-zero is its neutral value.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let params = SCRATCH.get_ptr_mut(0).ok_or(Error::FibOther)?;
+    // SAFETY: the per-CPU slot is this program run's alone; bpf_fib_lookup
+    // is plain data and all-zero is its neutral value.
+    let params = unsafe {
+        *params = core::mem::zeroed();
+        &mut *params
+    };
     params.l4_protocol = IPPROTO_UDP;
     params.sport = u16::from_ne_bytes(entry.src_port);
     params.dport = u16::from_ne_bytes(entry.dst_port);
@@ -218,7 +235,7 @@ fn next_hop(
     let rc = unsafe {
         fib_lookup(
             ctx,
-            &mut params,
+            params,
             core::mem::size_of::<bpf_fib_lookup>() as i32,
             0,
         )
@@ -293,6 +310,41 @@ fn v4_of(a: &[u8; 16]) -> [u8; 4] {
     [a[12], a[13], a[14], a[15]]
 }
 
+/// Writes a rewriting entry's RTP header fields and returns the UDP
+/// checksum change (zero when the entry does not rewrite). The words sit at
+/// even offsets from the UDP header, so they are checksum words as they are.
+#[inline(always)]
+fn rewrite_xdp_rtp(
+    data: usize,
+    data_end: usize,
+    udp_offset: usize,
+    packet: &Packet,
+    entry: &ForwardEntry,
+) -> Result<u32, Error> {
+    if entry.flags & (FLAG_RTP | FLAG_REWRITE) != FLAG_RTP | FLAG_REWRITE {
+        return Ok(0);
+    }
+    let rtp = packet::ptr_at(
+        data,
+        data_end,
+        udp_offset + packet::UDP_HLEN,
+        packet::RTP_HLEN as usize,
+    )?;
+    let (seq, ts) = (
+        packet.sent_seq.to_be_bytes(),
+        packet.sent_timestamp.to_be_bytes(),
+    );
+    // SAFETY: RTP_HLEN bytes from `rtp` are in bounds.
+    unsafe {
+        write(rtp.add(2), &seq);
+        write(rtp.add(4), &ts);
+        write(rtp.add(8), &packet.sent_ssrc);
+    }
+    Ok(checksum::diff(&packet.rtp_seq.to_be_bytes(), &seq)
+        + checksum::diff(&packet.rtp_timestamp.to_be_bytes(), &ts)
+        + checksum::diff(&packet.rtp_ssrc, &packet.sent_ssrc))
+}
+
 #[inline(always)]
 fn rewrite_xdp_v4(
     data: usize,
@@ -307,6 +359,7 @@ fn rewrite_xdp_v4(
     let addresses = checksum::diff(&old_src, &new_src) + checksum::diff(&old_dst, &new_dst);
     let ports = checksum::diff(&packet.sport, &entry.src_port)
         + checksum::diff(&packet.dport, &entry.dst_port);
+    let rtp = rewrite_xdp_rtp(data, data_end, UDP_OFFSET_V4, packet, entry)?;
     // SAFETY: UDP_OFFSET_V4 + UDP_HLEN bytes from `eth` are in bounds.
     unsafe {
         let ip = eth.add(ETH_HLEN);
@@ -316,7 +369,7 @@ fn rewrite_xdp_v4(
         // IPv4 UDP checksum 0 means "none" and stays so.
         let udp_check = packet::be16(udp.add(6));
         if udp_check != 0 {
-            let udp_check = checksum::udp(checksum::apply(udp_check, addresses + ports));
+            let udp_check = checksum::udp(checksum::apply(udp_check, addresses + ports + rtp));
             write(udp.add(6), &udp_check.to_be_bytes());
         }
         write(ip.add(12), &new_src);
@@ -337,10 +390,12 @@ fn rewrite_xdp_v6(
     hop: &NextHop,
 ) -> Result<(), Error> {
     let eth = packet::ptr_at(data, data_end, 0, UDP_OFFSET_V6 + packet::UDP_HLEN)?;
+    let rtp = rewrite_xdp_rtp(data, data_end, UDP_OFFSET_V6, packet, entry)?;
     let sum = checksum::diff(&packet.src, &entry.src_addr)
         + checksum::diff(&packet.dst, &entry.dst_addr)
         + checksum::diff(&packet.sport, &entry.src_port)
-        + checksum::diff(&packet.dport, &entry.dst_port);
+        + checksum::diff(&packet.dport, &entry.dst_port)
+        + rtp;
     // SAFETY: UDP_OFFSET_V6 + UDP_HLEN bytes from `eth` are in bounds.
     unsafe {
         let ip = eth.add(ETH_HLEN);
@@ -471,6 +526,9 @@ fn rewrite_tc(
         ctx.store(addr_offset + 4, &v4_of(&entry.dst_addr), 0)?;
     }
     ctx.store(udp, &new_ports.to_ne_bytes(), 0)?;
+    if entry.flags & (FLAG_RTP | FLAG_REWRITE) == FLAG_RTP | FLAG_REWRITE {
+        rewrite_tc_rtp(ctx, udp + packet::UDP_HLEN, udp_check, packet)?;
+    }
     let mut macs = [0u8; 12];
     let mut i = 0;
     while i < 6 {
@@ -479,6 +537,49 @@ fn rewrite_tc(
         i += 1;
     }
     ctx.store(0, &macs, 0)?;
+    Ok(())
+}
+
+/// Writes a rewriting entry's RTP header fields, each with its checksum
+/// update. Payload words, not pseudo-header ones: on a CHECKSUM_PARTIAL
+/// skb the helper leaves the seed alone, the stack sums the payload on
+/// transmit.
+#[inline(always)]
+fn rewrite_tc_rtp(
+    ctx: &TcContext,
+    rtp: usize,
+    udp_check: usize,
+    packet: &Packet,
+) -> Result<(), i64> {
+    let l4_flags = u64::from(BPF_F_MARK_MANGLED_0);
+    // The helpers take the old and new values as the bytes sit in the
+    // packet, i.e. wire-order bytes read as native integers.
+    let (seq, ts) = (
+        packet.sent_seq.to_be_bytes(),
+        packet.sent_timestamp.to_be_bytes(),
+    );
+    ctx.l4_csum_replace(
+        udp_check,
+        u64::from(u16::from_ne_bytes(packet.rtp_seq.to_be_bytes())),
+        u64::from(u16::from_ne_bytes(seq)),
+        l4_flags | 2,
+    )?;
+    ctx.l4_csum_replace(
+        udp_check,
+        u64::from(u32::from_ne_bytes(packet.rtp_timestamp.to_be_bytes())),
+        u64::from(u32::from_ne_bytes(ts)),
+        l4_flags | 4,
+    )?;
+    ctx.l4_csum_replace(
+        udp_check,
+        u64::from(u32::from_ne_bytes(packet.rtp_ssrc)),
+        u64::from(u32::from_ne_bytes(packet.sent_ssrc)),
+        l4_flags | 4,
+    )?;
+    let recompute = u64::from(BPF_F_RECOMPUTE_CSUM);
+    ctx.store(rtp + 2, &seq, recompute)?;
+    ctx.store(rtp + 4, &ts, recompute)?;
+    ctx.store(rtp + 8, &packet.sent_ssrc, recompute)?;
     Ok(())
 }
 

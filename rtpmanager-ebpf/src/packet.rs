@@ -4,7 +4,7 @@
 //! leaves the original packet for the stack.
 
 use rtpmanager_common::{
-    is_v4_mapped, ForwardEntry, ForwardKey, FLAG_RTCP, FLAG_RTP, FLAG_STRICT_SOURCE,
+    is_v4_mapped, ForwardEntry, ForwardKey, FLAG_REWRITE, FLAG_RTCP, FLAG_RTP, FLAG_STRICT_SOURCE,
 };
 
 use crate::{Error, CONFIG, FORWARD};
@@ -21,7 +21,7 @@ pub const UDP_OFFSET_V6: usize = ETH_HLEN + IPV6_HLEN;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const IPPROTO_UDP: u8 = 17;
-const RTP_HLEN: u32 = 12;
+pub const RTP_HLEN: u32 = 12;
 const RTCP_HLEN: u32 = 8;
 
 /// What the programs need of a UDP packet, read before any change.
@@ -38,6 +38,13 @@ pub struct Packet {
     /// RTP sequence number and timestamp (zero unless the entry is RTP).
     pub rtp_seq: u16,
     pub rtp_timestamp: u32,
+    /// RTP SSRC as received (wire order).
+    pub rtp_ssrc: [u8; 4],
+    /// The RTP header fields as the packet leaves: the received ones, or
+    /// the rewritten ones on a rewriting entry (zero unless the entry is RTP).
+    pub sent_ssrc: [u8; 4],
+    pub sent_seq: u16,
+    pub sent_timestamp: u32,
 }
 
 /// A pointer to `len` bytes at `offset`, or Truncated.
@@ -212,12 +219,17 @@ pub fn parse(data: usize, data_end: usize) -> Result<Packet, Error> {
         payload_len: (udp_len - UDP_HLEN) as u32,
         rtp_seq: 0,
         rtp_timestamp: 0,
+        rtp_ssrc: [0; 4],
+        sent_ssrc: [0; 4],
+        sent_seq: 0,
+        sent_timestamp: 0,
     })
 }
 
 /// Finds the packet's entry and checks that the kernel may forward it:
 /// same family on both legs, the expected source, and RTP/RTCP that looks
-/// like RTP/RTCP. Reads the RTP fields into `packet` for the stream stats.
+/// like RTP/RTCP, of the rewritten SSRC on a rewriting entry. Reads the RTP
+/// fields into `packet` for the stream stats and the rewrite.
 #[inline(always)]
 pub fn admit<'a>(
     data: usize,
@@ -273,9 +285,30 @@ pub fn admit<'a>(
         if entry.flags & FLAG_RTP != 0 {
             let rtp = ptr_at(data, data_end, offset, RTP_HLEN as usize)?;
             // SAFETY: RTP_HLEN bytes are in bounds.
-            let (seq, ts) = unsafe { (be16(rtp.add(2)), read::<4>(rtp.add(4))) };
+            let (seq, ts, ssrc) = unsafe {
+                (
+                    be16(rtp.add(2)),
+                    read::<4>(rtp.add(4)),
+                    read::<4>(rtp.add(8)),
+                )
+            };
+            let ts = u32::from_be_bytes(ts);
             packet.rtp_seq = seq;
-            packet.rtp_timestamp = u32::from_be_bytes(ts);
+            packet.rtp_timestamp = ts;
+            packet.rtp_ssrc = ssrc;
+            packet.sent_ssrc = ssrc;
+            packet.sent_seq = seq;
+            packet.sent_timestamp = ts;
+            if entry.flags & FLAG_REWRITE != 0 {
+                // Offsets belong to one source stream; another SSRC is the
+                // relay's to re-anchor.
+                if u32::from_ne_bytes(ssrc) != u32::from_ne_bytes(entry.rewrite_source_ssrc) {
+                    return Err(Error::RewriteSsrcMismatch);
+                }
+                packet.sent_ssrc = entry.rewrite_ssrc;
+                packet.sent_seq = seq.wrapping_add(entry.rewrite_sequence_offset);
+                packet.sent_timestamp = ts.wrapping_add(entry.rewrite_timestamp_offset);
+            }
         }
     }
     Ok(entry)

@@ -35,6 +35,7 @@ pub fn record(entry: &ForwardEntry, packet: &Packet) {
         );
         (*stats).last_seen_ns = now;
         if entry.flags & FLAG_RTP != 0 {
+            sent(&mut *stats, packet);
             rtp(&mut *stats, entry.clock_rate, now, packet);
         }
     }
@@ -75,4 +76,12 @@ fn rtp(stats: &mut StreamStats, clock_rate: u32, now_ns: u64, packet: &Packet) {
             .wrapping_sub((stats.jitter_x16 + 8) >> 4);
     }
     stats.transit = transit;
+}
+
+/// Remembers the header fields the packet left with.
+#[inline(always)]
+fn sent(stats: &mut StreamStats, packet: &Packet) {
+    stats.sent_ssrc = u32::from_be_bytes(packet.sent_ssrc);
+    stats.sent_sequence = u32::from(packet.sent_seq);
+    stats.sent_timestamp = packet.sent_timestamp;
 }

@@ -20,7 +20,8 @@ use std::process::{Command, Stdio};
 use aya::Ebpf;
 use nix::sched::{setns, CloneFlags};
 use rtpmanager_common::{
-    Counter, ForwardEntry, ForwardKey, FLAG_RTP, FLAG_STRICT_SOURCE, TC_PROGRAM, XDP_PROGRAM,
+    Counter, ForwardEntry, ForwardKey, RtpRewrite, FLAG_RTP, FLAG_STRICT_SOURCE, TC_PROGRAM,
+    XDP_PROGRAM,
 };
 use switchboard_rtpmanager::config::FastPathRequest;
 use switchboard_rtpmanager::fastpath::{self, KernelMaps, Settings};
@@ -317,10 +318,14 @@ fn rtp(seq: u16, len: usize) -> Vec<u8> {
 }
 
 fn rtp_at(seq: u16, timestamp: u32, len: usize) -> Vec<u8> {
+    rtp_of(0x1234_5678, seq, timestamp, len)
+}
+
+fn rtp_of(ssrc: u32, seq: u16, timestamp: u32, len: usize) -> Vec<u8> {
     let mut p = vec![0x80, 0x00];
     p.extend_from_slice(&seq.to_be_bytes());
     p.extend_from_slice(&timestamp.to_be_bytes());
-    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
     p.extend((0..len.saturating_sub(12)).map(|i| i as u8));
     p
 }
@@ -971,5 +976,120 @@ fn xdp_estimates_rfc3550_jitter_in_clock_units() {
         assert_eq!(stats.jitter_x16, 99);
         assert_eq!(stats.jitter(), 6);
         assert_eq!((stats.expected(), stats.lost()), (16, 0));
+    });
+}
+
+/// The packet a forward of `packet` must produce: new MACs, addresses,
+/// ports and checksums, everything else (TTL, IP ID) as received.
+fn with_macs(mut packet: Vec<u8>) -> Vec<u8> {
+    packet[0..6].copy_from_slice(&NEIGH_MAC);
+    packet[6..12].copy_from_slice(&V0_MAC);
+    packet
+}
+
+#[test]
+fn xdp_and_tc_rewrite_the_rtp_header_of_a_rewriting_entry_with_valid_checksums() {
+    require_kernel_path!();
+    let ns = Namespace::new("r");
+    ns.run(|| {
+        let mut programs = Programs::load();
+        // Offsets that wrap both fields, as a continuity anchor may.
+        let rewrite = RtpRewrite {
+            source_ssrc: 0x1234_5678,
+            ssrc: 0xCAFE_F00D,
+            sequence_offset: 0xFFF0,
+            timestamp_offset: 0xFFFF_FF00,
+        };
+        let entry = ForwardEntry::new(relay(30002), addr(CALLEE), addr(CALLER), FLAG_RTP, 8000, 9)
+            .with_rewrite(rewrite);
+        programs
+            .maps
+            .install(ForwardKey::new(relay(30000)), entry)
+            .expect("install the rewriting IPv4 entry");
+        programs.maps.reset_stream_stats(9).expect("reset slot 9");
+        let entry6 = ForwardEntry::new(
+            relay6(30006),
+            addr(CALLEE6),
+            addr(CALLER6),
+            FLAG_RTP,
+            8000,
+            10,
+        )
+        .with_rewrite(rewrite);
+        programs
+            .maps
+            .install(ForwardKey::new(relay6(30004)), entry6)
+            .expect("install the rewriting IPv6 entry");
+
+        // seq 0x0020 + 0xFFF0 = 0x0010; ts 0x140 + 0xFFFFFF00 = 0x40.
+        let received = rtp_of(0x1234_5678, 0x0020, 0x140, 172);
+        let sent = rtp_of(0xCAFE_F00D, 0x0010, 0x40, 172);
+        assert_eq!(
+            &sent[..12],
+            &[0x80, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x40, 0xCA, 0xFE, 0xF0, 0x0D],
+            "the header the peer must receive"
+        );
+        let zero = V4 {
+            no_udp_checksum: true,
+            ..PLAIN
+        };
+        for (how, name) in [
+            (PLAIN, "with a UDP checksum"),
+            (zero, "with UDP checksum 0"),
+        ] {
+            let packet = ipv4(addr(CALLER), relay(30000), &received, how);
+            let want = with_macs(ipv4(relay(30002), addr(CALLEE), &sent, how));
+            let (verdict, out) = programs.xdp(&packet);
+            assert_eq!(verdict, XDP_REDIRECT, "XDP {name}");
+            check_ipv4(&out);
+            assert_eq!(out, want, "XDP rewrites exactly, {name}");
+            let (verdict, out) = programs.tc(&packet);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "TC {name}");
+            check_ipv4(&out);
+            assert_eq!(out, want, "TC rewrites exactly, {name}");
+        }
+        // IPv6, over payload lengths that give different checksum sums.
+        for len in 12..40usize {
+            let received = rtp_of(0x1234_5678, 0x0020, 0x140, len);
+            let sent = rtp_of(0xCAFE_F00D, 0x0010, 0x40, len);
+            let packet = ipv6(addr(CALLER6), relay6(30004), &received);
+            let want = with_macs(ipv6(relay6(30006), addr(CALLEE6), &sent));
+            let (verdict, out) = programs.xdp(&packet);
+            assert_eq!(verdict, XDP_REDIRECT, "XDP IPv6 length {len}");
+            check_ipv6(&out);
+            assert_eq!(out, want, "XDP IPv6 rewrites exactly, length {len}");
+            let (verdict, out) = programs.tc(&packet);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "TC IPv6 length {len}");
+            check_ipv6(&out);
+            assert_eq!(out, want, "TC IPv6 rewrites exactly, length {len}");
+        }
+
+        // Another source SSRC: the offsets are not its own, userspace
+        // re-anchors. Passed unchanged by both programs.
+        let other = ipv4(
+            addr(CALLER),
+            relay(30000),
+            &rtp_of(0x0BAD_0BAD, 7, 7, 172),
+            PLAIN,
+        );
+        assert_eq!(programs.xdp(&other), (XDP_PASS, other.clone()));
+        assert_eq!(programs.tc(&other), (TC_ACT_OK, other.clone()));
+
+        programs.assert_counters(&[
+            (Counter::Redirected, 4 + 2 * 28),
+            (Counter::RewriteSsrcMismatch, 2),
+        ]);
+        let stats = programs.maps.stream_stats(9).expect("slot 9");
+        assert_eq!(
+            (
+                stats.packets,
+                stats.base_seq,
+                stats.sent_ssrc,
+                stats.sent_sequence,
+                stats.sent_timestamp
+            ),
+            (4, 0x20, 0xCAFE_F00D, 0x10, 0x40),
+            "loss counts the received numbering, the last sent header is the rewritten one"
+        );
     });
 }
