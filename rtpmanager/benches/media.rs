@@ -136,24 +136,6 @@ impl Bed {
             ])?;
             sh(&[
                 "ip",
-                "netns",
-                "exec",
-                ns,
-                "sysctl",
-                "-qw",
-                "net.core.rmem_max=16777216",
-            ])?;
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "sysctl",
-                "-qw",
-                "net.core.rmem_default=1048576",
-            ])?;
-            sh(&[
-                "ip",
                 "-n",
                 ns,
                 "addr",
@@ -500,20 +482,53 @@ fn send_loop(
     }
 }
 
+/// Receives with `recvmmsg` so the bed's own receiving costs little next to
+/// the relay it measures; each packet carries its send time.
 fn receive_loop(traffic: &Traffic, socket: &UdpSocket, epoch: Instant) {
-    let mut buf = [0u8; 2048];
+    const BATCH: usize = 64;
+    let mut buffers = vec![[0u8; 256]; BATCH];
     let mut local = Histogram::new();
     while !traffic.stop.load(Ordering::Relaxed) {
-        match socket.recv_from(&mut buf) {
-            Ok((n, _)) if n >= 20 && traffic.measuring.load(Ordering::Relaxed) => {
-                let mut sent = [0u8; 8];
-                sent.copy_from_slice(&buf[12..20]);
-                let sent_at = u64::from_be_bytes(sent);
-                let now = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(0);
-                traffic.received.fetch_add(1, Ordering::Relaxed);
-                local.add(now.saturating_sub(sent_at) / 1000);
+        let mut iovecs: Vec<libc::iovec> = buffers
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: zeroed mmsghdr is valid; each points at one iovec above,
+        // which points into `buffers`; both outlive the call.
+        let mut headers: Vec<libc::mmsghdr> = iovecs
+            .iter_mut()
+            .map(|iov| {
+                let mut h: libc::mmsghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+                h.msg_hdr.msg_iov = iov;
+                h.msg_hdr.msg_iovlen = 1;
+                h
+            })
+            .collect();
+        // The socket's 100 ms read timeout bounds the wait, so `stop` is seen.
+        let n = unsafe {
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                headers.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if n <= 0 || !traffic.measuring.load(Ordering::Relaxed) {
+            continue;
+        }
+        let now = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(0);
+        for (h, buf) in headers.iter().zip(&buffers).take(n as usize) {
+            if h.msg_len < 20 {
+                continue;
             }
-            _ => {}
+            let mut sent = [0u8; 8];
+            sent.copy_from_slice(&buf[12..20]);
+            traffic.received.fetch_add(1, Ordering::Relaxed);
+            local.add(now.saturating_sub(u64::from_be_bytes(sent)) / 1000);
         }
     }
     if let Ok(mut h) = traffic.histogram.lock() {
