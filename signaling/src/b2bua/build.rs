@@ -8,6 +8,7 @@ use crate::transport::Destination;
 /// A request to build.
 pub(crate) struct Outgoing<'a> {
     pub(crate) method: &'a Method,
+    /// The Request-URI.
     pub(crate) uri: &'a str,
     /// Our sent-by (`host:port`).
     pub(crate) local: &'a str,
@@ -17,11 +18,13 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) from: &'a str,
     pub(crate) to: &'a str,
     pub(crate) call_id: &'a str,
+    /// The CSeq number; its method is always `method` (an ACK's is ACK, a
+    /// CANCEL's CANCEL, §17.1.1.3, §9.1).
     pub(crate) cseq: u32,
-    /// The CSeq method when it differs from `method` (an ACK's is ACK, a
-    /// CANCEL's is CANCEL: always the method itself here).
     pub(crate) max_forwards: u32,
+    /// Whether to add our Contact (dialog-creating and target-refreshing requests).
     pub(crate) contact: bool,
+    /// More headers (Route first when there is a route set).
     pub(crate) extra: &'a [(String, String)],
     /// `(content type, body)`.
     pub(crate) body: Option<(&'a str, &'a [u8])>,
