@@ -146,11 +146,13 @@ impl B2bua {
             Method::Bye => {
                 respond(sip, &server, 200, "OK", tag.as_ref(), &[], None);
                 tracing::info!(call_id = %call.media_id, %leg, "BYE");
+                // A callee hanging up before the caller's 2xx: 480 to the caller.
                 self.end_call(key, DeleteReason::Hangup, Some(leg), (480, ""), sip);
             }
             Method::Invite | Method::Update => {
                 let headers = leg_headers(&self.config.local, call, leg);
-                if call.reoffer || call.phase != Phase::Bridged && call.phase != Phase::Playing {
+                let settled = matches!(call.phase, Phase::Bridged | Phase::Playing);
+                if call.reoffer || !settled {
                     respond(
                         sip,
                         &server,
@@ -207,7 +209,6 @@ impl B2bua {
                 }
             }
             Method::Info if call.dialog(leg.other()).is_some() => {
-                let extra: Vec<(String, String)> = Vec::new();
                 let body = request
                     .content_type()
                     .map(|t| (t.to_owned(), request.body().to_vec()));
@@ -215,7 +216,7 @@ impl B2bua {
                     key,
                     leg.other(),
                     &Method::Info,
-                    &extra,
+                    &[],
                     body.as_ref().map(|(t, b)| (t.as_str(), b.as_slice())),
                     sip,
                 );
