@@ -299,6 +299,19 @@ impl ControlService {
         self.publish_offload(events);
     }
 
+    /// The relay fixed new rewrite offsets for the stream towards `leg`'s
+    /// peer: the directions into it may go back into the kernel.
+    fn anchored(&self, leg: &LegRef) {
+        let mut offload = self.offload();
+        offload.rewrite_changed(Instant::now(), leg);
+        let pending = offload.pending();
+        offload.execute(&self.inner.fast_path, pending.removes);
+        offload.execute(&self.inner.fast_path, pending.installs);
+        let events = offload.events();
+        drop(offload);
+        self.publish_offload(events);
+    }
+
     /// Feeds the offload decision every leg's latched addresses after
     /// latch events were lost (a burst of new calls overflows the event
     /// channel). RTP latches are read from the legs' shared state (a leg
@@ -308,6 +321,8 @@ impl ControlService {
     fn resync_latches(&self) {
         let legs = self.offload().legs();
         for (slot, shared) in legs {
+            // Anchors were in the lost events too.
+            self.anchored(&shared.leg);
             let counters = &shared.counters;
             if LegCounters::get(&counters.rtp_in_packets) > 0 {
                 if let Some(source) = shared.destination() {
@@ -389,10 +404,11 @@ impl ControlService {
                 Ok(RelayEvent::LatchedRtcp { leg, source }) => {
                     self.latched(&leg, StreamKind::Rtcp, source)
                 }
+                Ok(RelayEvent::Anchored { leg }) => self.anchored(&leg),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(
                         missed = n,
-                        "relay events lagged; latches re-read from the relay"
+                        "relay events lagged; latches and rewrites re-read from the relay"
                     );
                     self.resync_latches();
                 }

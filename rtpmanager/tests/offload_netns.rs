@@ -11,6 +11,10 @@
 //! says both legs are offloaded, then both peers send a stream with gaps.
 //! The kernel's per-reason counters come from the manager's shutdown log.
 //!
+//! A playback into the callee's leg during a kernel-forwarded call takes
+//! caller → callee to userspace and back into the kernel with the relay's
+//! stream-continuity rewrite: the callee hears one continuous stream.
+//!
 //! They need root; without it they skip loudly. Without the embedded object
 //! they skip too, except under CI, where that is a failure.
 
@@ -204,10 +208,11 @@ struct Manager {
 }
 
 impl Manager {
-    fn start(relay_ns: &str, fast_path: &str) -> (Manager, String) {
+    fn start(relay_ns: &str, fast_path: &str, extra: &[&str]) -> (Manager, String) {
         let mut child = Command::new("ip")
             .args(["netns", "exec", relay_ns, BIN])
             .args(["--grpc-port", "0", "--fast-path", fast_path])
+            .args(extra)
             .args(["--media-interface", "r0", "--advertise", RELAY_IP])
             .args(["--rtp-port-min", "30000", "--rtp-port-max", "30100"])
             .args(["--enable-forwarding", "--log-level", "info"])
@@ -297,11 +302,13 @@ fn media_addr(sdp: &str) -> SocketAddr {
     addr(&format!("{ip}:{port}"))
 }
 
+const PEER_SSRC: u32 = 0x0bad_cafe;
+
 fn rtp(seq: u16) -> Vec<u8> {
     let mut p = vec![0x80, 0x00];
     p.extend_from_slice(&seq.to_be_bytes());
     p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p.extend_from_slice(&0x0bad_cafeu32.to_be_bytes());
+    p.extend_from_slice(&PEER_SSRC.to_be_bytes());
     p.extend((0..160u32).map(|i| (i as u8) ^ (seq as u8)));
     p
 }
@@ -460,6 +467,19 @@ async fn offloaded(client: &mut RtpManagerClient<Channel>) -> Vec<(String, bool)
         .collect()
 }
 
+/// Polls ListCalls until leg `leg` is offloaded as `want` (3 s at most).
+async fn wait_offloaded(client: &mut RtpManagerClient<Channel>, leg: &str, want: bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let states = offloaded(client).await;
+        let now = states.iter().any(|(l, o)| l == leg && *o == want);
+        if now || Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn call_in_every_path(tag: &str, fast_path: &str, mode: Mode) {
     let bed = TestBed::new(tag);
     // Native XDP_TX out of a veth is delivered only when the peer runs an
@@ -475,7 +495,7 @@ fn call_in_every_path(tag: &str, fast_path: &str, mode: Mode) {
             .join()
             .expect("peer pass program")
     });
-    let (manager, grpc) = Manager::start(&bed.relay, fast_path);
+    let (manager, grpc) = Manager::start(&bed.relay, fast_path, &[]);
     let caller = Peer::start(&bed.caller, addr(CALLER));
     let callee = Peer::start(&bed.callee, addr(CALLEE));
     let relay_ns = bed.relay.clone();
@@ -670,4 +690,189 @@ fn bridged_call_over_grpc_is_offloaded_to_xdp_generic() {
 fn bridged_call_over_grpc_is_offloaded_to_tc() {
     require_kernel_path!();
     call_in_every_path("t", "tc", Mode::Tc);
+}
+
+/// A mono 16-bit 8 kHz WAV of `ms` milliseconds of a quiet square wave.
+fn wav_8k(ms: u32) -> Vec<u8> {
+    let samples: Vec<u8> = (0..8 * ms)
+        .flat_map(|i| if i % 16 < 8 { 2000i16 } else { -2000 }.to_le_bytes())
+        .collect();
+    let mut out = Vec::new();
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + samples.len() as u32).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&8000u32.to_le_bytes());
+    out.extend_from_slice(&16000u32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&(samples.len() as u32).to_le_bytes());
+    out.extend_from_slice(&samples);
+    out
+}
+
+/// The RTP header fields the test checks: (SSRC, sequence, timestamp).
+fn header(packet: &[u8]) -> (u32, u16, u32) {
+    assert!(packet.len() >= 12, "RTP packet of {} bytes", packet.len());
+    (
+        u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]),
+        u16::from_be_bytes([packet[2], packet[3]]),
+        u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]),
+    )
+}
+
+/// Forwarded (kernel) → played (userspace) → forwarded again (kernel, with
+/// the relay's offsets): the callee receives one SSRC and consecutive
+/// sequence numbers throughout, and the kernel forwards after the playback.
+fn playback_returns_to_the_kernel(tag: &str, fast_path: &str, mode: Mode) {
+    let bed = TestBed::new(tag);
+    let audio = tempfile::tempdir().expect("audio directory");
+    // 200 ms: ten 20 ms packets.
+    std::fs::write(audio.path().join("short.wav"), wav_8k(200)).expect("write short.wav");
+    let audio_path = audio.path().to_str().expect("UTF-8 path").to_owned();
+    let (manager, grpc) = Manager::start(&bed.relay, fast_path, &["--audio-path", &audio_path]);
+    let caller = Peer::start(&bed.caller, addr(CALLER));
+    let callee = Peer::start(&bed.callee, addr(CALLEE));
+    let relay_ns = bed.relay.clone();
+
+    let (heard, kernel_packets) = spawn_in_ns(&relay_ns, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let mut client = RtpManagerClient::connect(format!("http://{grpc}"))
+                .await
+                .expect("connect");
+            let (leg_a_addr, leg_b_addr) = bridged_call(&mut client).await;
+            let mut heard = Vec::new();
+            caller.send(leg_a_addr, vec![0]);
+            heard.extend(callee.receive(1));
+            callee.send(leg_b_addr, vec![0]);
+            assert_eq!(caller.receive(1).len(), 1, "{mode}: latched both ways");
+            assert!(
+                wait_offloaded(&mut client, "a", true).await,
+                "{mode}: caller → callee in the kernel"
+            );
+
+            // Forwarded by the kernel.
+            caller.send(leg_a_addr, (1..=20).collect());
+            heard.extend(callee.receive(20));
+
+            // Played by userspace into the callee's leg.
+            let mut play = client
+                .play(v1::PlayRequest {
+                    call_id: "call-1".into(),
+                    leg_id: "b".into(),
+                    files: vec!["short.wav".into()],
+                    repeat: 0,
+                    loop_forever: false,
+                })
+                .await
+                .expect("Play")
+                .into_inner();
+            assert!(
+                !offloaded(&mut client)
+                    .await
+                    .contains(&("a".to_owned(), true)),
+                "{mode}: the playback took caller → callee out of the kernel"
+            );
+            let mut completed = false;
+            while let Some(event) = tokio::time::timeout(Duration::from_secs(5), play.message())
+                .await
+                .expect("a Play event within 5 s")
+                .expect("Play stream ok")
+            {
+                completed |= matches!(event.event, Some(v1::play_event::Event::Completed(_)));
+            }
+            assert!(completed, "{mode}: the playback completed");
+            heard.extend(callee.receive(10));
+
+            // The caller went on numbering its stream meanwhile: the relay
+            // fixes the offsets on its next packet, then the kernel takes
+            // over with them.
+            caller.send(leg_a_addr, vec![100]);
+            heard.extend(callee.receive(1));
+            assert!(
+                wait_offloaded(&mut client, "a", true).await,
+                "{mode}: caller → callee back in the kernel after the playback"
+            );
+            caller.send(leg_a_addr, (101..=120).collect());
+            heard.extend(callee.receive(20));
+            assert_eq!(
+                callee.new_csum_errors(),
+                0,
+                "{mode}: no UDP checksum errors"
+            );
+            let stats = client
+                .get_stats(v1::GetStatsRequest {
+                    call_id: "call-1".into(),
+                    leg_id: "a".into(),
+                })
+                .await
+                .expect("GetStats")
+                .into_inner()
+                .legs;
+            (heard, stats.first().map(|l| l.kernel_packets))
+        })
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+
+    let headers: Vec<(u32, u16, u32)> = heard.iter().map(|(_, p)| header(p)).collect();
+    assert_eq!(
+        headers.len(),
+        1 + 20 + 10 + 1 + 20,
+        "{mode}: latch, 20 forwarded, 10 played, the anchor, 20 forwarded: {headers:?}"
+    );
+    let seqs: Vec<u16> = headers.iter().map(|h| h.1).collect();
+    assert_eq!(
+        seqs,
+        (0..=51).collect::<Vec<u16>>(),
+        "{mode}: consecutive sequence numbers across forwarded → played → forwarded"
+    );
+    assert!(
+        headers.iter().all(|h| h.0 == PEER_SSRC),
+        "{mode}: one SSRC throughout: {headers:?}"
+    );
+    assert!(
+        headers.windows(2).all(|w| w[1].2 > w[0].2),
+        "{mode}: timestamps move forward: {headers:?}"
+    );
+    assert_eq!(
+        kernel_packets,
+        Some(40),
+        "{mode}: the kernel carried 20 packets before and 20 after the playback"
+    );
+    let verdict = if mode == Mode::Tc {
+        "redirected"
+    } else {
+        "forwarded"
+    };
+    let media: Vec<(String, u64)> = manager
+        .stop()
+        .into_iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "not_ip" | "not_udp"))
+        .collect();
+    assert_eq!(
+        media,
+        vec![("no_entry".to_owned(), 3), (verdict.to_owned(), 40)],
+        "{mode}: the latches and the anchoring packet went to userspace, the rest \
+         was forwarded by the program, after the playback too"
+    );
+}
+
+#[test]
+fn playback_into_an_offloaded_call_returns_to_xdp_with_a_continuous_stream() {
+    require_kernel_path!();
+    playback_returns_to_the_kernel("p", "xdp-generic", Mode::XdpGeneric);
+}
+
+#[test]
+fn playback_into_an_offloaded_call_returns_to_tc_with_a_continuous_stream() {
+    require_kernel_path!();
+    playback_returns_to_the_kernel("q", "tc", Mode::Tc);
 }

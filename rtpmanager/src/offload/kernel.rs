@@ -16,10 +16,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rtpmanager_common::STATS_STARTED;
 use switchboard_proto::v1;
 
 use super::{Direction, Offload, OffloadChanged, OffloadCommand, OffloadLeg, StreamKind};
 use crate::fastpath::{FastPath, StreamStats};
+use crate::media::rtp::{RtpTimestamp, SeqNum, Ssrc};
+use crate::relay::continuity::StreamPosition;
 use crate::relay::{LegCounters, LegParams, LegRef, LegShared, Slot};
 
 /// One closed stay of a direction in the kernel.
@@ -127,7 +130,7 @@ impl KernelOffload {
                 local_rtp: SocketAddr::new(ip, rtp_port),
                 rtcp_mux,
                 params: params.clone(),
-                rewriting: shared.outbound().rewriting(),
+                rewrite: shared.outbound().rewrite(),
             },
         );
     }
@@ -163,6 +166,16 @@ impl KernelOffload {
     /// The relay latched a leg's peer.
     pub fn latched(&mut self, now: Instant, leg: &LegRef, kind: StreamKind, source: SocketAddr) {
         self.decision.handle_latched(now, leg, kind, source);
+    }
+
+    /// The relay fixed new rewrite offsets for the stream towards `leg`'s
+    /// peer: the directions into it may go (back) into the kernel.
+    pub fn rewrite_changed(&mut self, now: Instant, leg: &LegRef) {
+        let Some(record) = self.by_ref.get(leg).and_then(|slot| self.legs.get(slot)) else {
+            return;
+        };
+        let rewrite = record.shared.outbound().rewrite();
+        self.decision.handle_rewrite(now, leg, rewrite);
     }
 
     /// The map writes decided since the last call.
@@ -240,6 +253,22 @@ impl KernelOffload {
             }
         });
         let account = self.accounts.entry(direction).or_default();
+        if direction.kind == StreamKind::Rtp && stats.state & STATS_STARTED != 0 {
+            // The peer's stream continues after what the kernel sent, not
+            // after what the relay last saw.
+            if let Some(to) = account.to.and_then(|to| self.legs.get(&to)) {
+                let ago = Duration::from_nanos(monotonic_ns().saturating_sub(stats.last_seen_ns));
+                let at = Instant::now().checked_sub(ago).unwrap_or_else(Instant::now);
+                to.shared.outbound().forwarded_elsewhere(
+                    at,
+                    StreamPosition {
+                        ssrc: Ssrc(stats.sent_ssrc),
+                        sequence: SeqNum(stats.sent_sequence as u16),
+                        timestamp: RtpTimestamp(stats.sent_timestamp),
+                    },
+                );
+            }
+        }
         account.packets += stats.packets;
         account.bytes += stats.bytes;
         account.episodes.push(Episode {

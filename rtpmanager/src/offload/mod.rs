@@ -5,11 +5,17 @@
 //! the bridged leg B's socket to B's peer. It belongs in the kernel while
 //! the userspace relay would forward it unchanged: A's peer is latched, B's
 //! destination is known (latched, or from SDP), nothing rewrites the
-//! packets (no transcoding, no telephone-event payload type mapping, no
-//! stream continuity rewrite after an injection into B), nothing pauses B
-//! (playback, DTMF sending), neither leg uses rtcp-mux, and every address
-//! is of one family. Whenever one of these stops holding the direction is
-//! taken out, and it goes back in as soon as they hold again.
+//! payload (no transcoding, no telephone-event payload type mapping),
+//! nothing pauses B (playback, DTMF sending), neither leg uses rtcp-mux, and
+//! every address is of one family. Whenever one of these stops holding the
+//! direction is taken out, and it goes back in as soon as they hold again.
+//!
+//! After an injection into B the relay rewrites the RTP header of what it
+//! forwards into B (stream continuity, [`crate::relay::continuity`]); the
+//! kernel does the same rewrite with the same offsets, so the direction
+//! goes back in once the relay fixed them on the first packet it forwarded
+//! after the injection ([`Offload::handle_rewrite`]), and stays out until
+//! then.
 //!
 //! Sans-IO, driven like this: feed every leg's state with
 //! [`Offload::handle_leg`] (after each relay `Add`/`Update`), every latch the
@@ -34,9 +40,10 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use rtpmanager_common::{
-    ForwardEntry, ForwardKey, FLAG_RTCP, FLAG_RTP, FLAG_STRICT_SOURCE, STREAM_SLOTS,
+    ForwardEntry, ForwardKey, RtpRewrite, FLAG_RTCP, FLAG_RTP, FLAG_STRICT_SOURCE, STREAM_SLOTS,
 };
 
+use crate::relay::continuity::Rewrite;
 use crate::relay::{LegParams, LegRef, Slot};
 
 /// RTP or RTCP of a leg.
@@ -65,9 +72,9 @@ pub struct OffloadLeg {
     pub rtcp_mux: bool,
     /// The relay's params of the leg.
     pub params: LegParams,
-    /// The stream towards this leg's peer is rewritten by the relay (an
-    /// injection happened, see [`crate::relay::continuity`]).
-    pub rewriting: bool,
+    /// How the relay rewrites the stream towards this leg's peer (after an
+    /// injection, see [`crate::relay::continuity`]).
+    pub rewrite: Rewrite,
 }
 
 /// A map write for the driver.
@@ -110,7 +117,8 @@ pub enum Reason {
     TelephoneEventMapping,
     /// A playback or DTMF sending owns the stream into the bridged leg.
     Injecting,
-    /// The stream into the bridged leg is rewritten after an injection.
+    /// The stream into the bridged leg is rewritten after an injection and
+    /// the relay has not fixed the offsets yet.
     Rewriting,
     /// One of the legs uses rtcp-mux, whose RTCP the programs would count
     /// as RTP.
@@ -134,7 +142,7 @@ impl fmt::Display for Reason {
             Reason::Transcoding => "transcoding",
             Reason::TelephoneEventMapping => "telephone-event payload types differ",
             Reason::Injecting => "playback or DTMF",
-            Reason::Rewriting => "stream rewritten after an injection",
+            Reason::Rewriting => "stream rewrite not anchored yet",
             Reason::RtcpMux => "rtcp-mux",
             Reason::FamilyMismatch => "address families differ",
             Reason::NoStatsSlot => "no free stats slot",
@@ -284,6 +292,22 @@ impl Offload {
             StreamKind::Rtp => state.latched_rtp = Some(source),
             StreamKind::Rtcp => state.latched_rtcp = Some(source),
         }
+        self.reevaluate(now, slot);
+    }
+
+    /// The relay's rewrite of the stream towards `leg`'s peer changed (new
+    /// offsets fixed): the directions into it follow.
+    pub fn handle_rewrite(&mut self, now: Instant, leg: &LegRef, rewrite: Rewrite) {
+        let Some(&slot) = self.by_ref.get(leg) else {
+            return;
+        };
+        let Some(state) = self.legs.get_mut(&slot) else {
+            return;
+        };
+        if state.input.rewrite == rewrite {
+            return;
+        }
+        state.input.rewrite = rewrite;
         self.reevaluate(now, slot);
     }
 
@@ -462,9 +486,25 @@ impl Offload {
         if b.input.params.inbound_paused {
             return Err(Reason::Injecting);
         }
-        if kind == StreamKind::Rtp && b.input.rewriting {
-            return Err(Reason::Rewriting);
-        }
+        // RTCP passes unchanged in the relay too.
+        let rewrite = match (kind, b.input.rewrite) {
+            (StreamKind::Rtcp, _) | (StreamKind::Rtp, Rewrite::Unchanged) => None,
+            (StreamKind::Rtp, Rewrite::Unanchored) => return Err(Reason::Rewriting),
+            (
+                StreamKind::Rtp,
+                Rewrite::Anchored {
+                    source,
+                    ssrc,
+                    sequence_offset,
+                    timestamp_offset,
+                },
+            ) => Some(RtpRewrite {
+                source_ssrc: source.0,
+                ssrc: ssrc.0,
+                sequence_offset,
+                timestamp_offset,
+            }),
+        };
         if a.input.rtcp_mux || b.input.rtcp_mux {
             return Err(Reason::RtcpMux);
         }
@@ -490,9 +530,13 @@ impl Offload {
             StreamKind::Rtcp => 0,
         };
         let stats_slot = self.stats_slot_of(direction).ok_or(Reason::NoStatsSlot)?;
+        let entry = ForwardEntry::new(source, destination, expected, flags, clock_rate, stats_slot);
         Ok((
             ForwardKey::new(key),
-            ForwardEntry::new(source, destination, expected, flags, clock_rate, stats_slot),
+            match rewrite {
+                Some(r) => entry.with_rewrite(r),
+                None => entry,
+            },
         ))
     }
 

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::media::g711::Law;
+use crate::media::rtp::Ssrc;
 use crate::relay::Transcode;
 
 const A: Slot = 0;
@@ -45,7 +46,7 @@ fn leg(name: &str) -> OffloadLeg {
             clock_rate: 8000,
             telephone_event: Some(101),
         },
-        rewriting: false,
+        rewrite: Rewrite::Unchanged,
     }
 }
 
@@ -228,11 +229,12 @@ fn rtcp_goes_in_on_the_rtcp_ports_once_its_source_latched() {
 }
 
 #[test]
-fn playback_takes_the_direction_into_the_leg_out_and_the_rewrite_keeps_it_out() {
+fn playback_takes_the_direction_into_the_leg_out_and_the_anchored_rewrite_brings_it_back() {
     let now = Instant::now();
     let mut o = latched_call(now);
     let mut b = leg("b");
     b.params.inbound_paused = true;
+    b.rewrite = Rewrite::Unanchored;
     o.handle_leg(now, B, b.clone());
     assert_eq!(
         commands(&mut o),
@@ -247,16 +249,74 @@ fn playback_takes_the_direction_into_the_leg_out_and_the_rewrite_keeps_it_out() 
         "b's own media still goes to a in the kernel"
     );
 
-    // The playback ended; the relay now rewrites a's packets into b.
+    // The playback ended; the relay rewrites a's packets into b but has not
+    // forwarded one yet, so the offsets are not known.
     b.params.inbound_paused = false;
-    b.rewriting = true;
     o.handle_leg(now, B, b);
     assert_eq!(
         commands(&mut o),
         vec![],
-        "a rewritten stream needs userspace"
+        "an unanchored rewrite stays in userspace"
     );
     assert!(!o.offloaded(A));
+
+    // The relay forwarded a's first packet after the playback: anchored.
+    let anchored = Rewrite::Anchored {
+        source: Ssrc(0xAA),
+        ssrc: Ssrc(0xAA),
+        sequence_offset: 65_000,
+        timestamp_offset: 4_000_000_000,
+    };
+    o.handle_rewrite(now + Duration::from_secs(3), &leg_ref("b"), anchored);
+    assert_eq!(
+        commands(&mut o),
+        vec![install(
+            A,
+            StreamKind::Rtp,
+            "10.0.0.1:30000",
+            entry(
+                "10.0.0.1:30002",
+                "198.51.100.7:6000",
+                "192.0.2.10:40000",
+                FLAG_RTP,
+                8000,
+                0
+            )
+            .with_rewrite(RtpRewrite {
+                source_ssrc: 0xAA,
+                ssrc: 0xAA,
+                sequence_offset: 65_000,
+                timestamp_offset: 4_000_000_000,
+            }),
+            true
+        )],
+        "a's RTP goes back in with the relay's offsets; RTCP never left"
+    );
+    assert_eq!(
+        events(&mut o),
+        vec![("a".to_owned(), true, Reason::Passthrough)]
+    );
+    o.handle_rewrite(now + Duration::from_secs(3), &leg_ref("b"), anchored);
+    assert_eq!(commands(&mut o), vec![], "the same anchor writes nothing");
+
+    // The source changed SSRC: the relay re-anchored, the entry is replaced
+    // in place (same episode).
+    let reanchored = Rewrite::Anchored {
+        source: Ssrc(0xBB),
+        ssrc: Ssrc(0xAA),
+        sequence_offset: 7,
+        timestamp_offset: 9,
+    };
+    o.handle_rewrite(now + Duration::from_secs(4), &leg_ref("b"), reanchored);
+    let replaced = commands(&mut o);
+    assert!(
+        matches!(
+            replaced.as_slice(),
+            [OffloadCommand::Install { fresh: false, entry, .. }]
+                if entry.rewrite() == Some(RtpRewrite { source_ssrc: 0xBB, ssrc: 0xAA, sequence_offset: 7, timestamp_offset: 9 })
+        ),
+        "replaced in place: {replaced:?}"
+    );
 }
 
 #[test]

@@ -19,8 +19,16 @@
 //!   stream's SSRC with sequence-number and timestamp offsets. The offsets are
 //!   fixed on the first forwarded packet after an injection, and again when
 //!   the source's SSRC changes, so the peer sees the next sequence number and
-//!   a timestamp that moved on with the wall clock. A rewritten stream needs
-//!   userspace (the offsets are per packet work the kernel path does not do).
+//!   a timestamp that moved on with the wall clock.
+//!
+//! The kernel fast path is a cache of this: it may carry the stream while
+//! forwarded packets pass unchanged, and while they are rewritten once the
+//! offsets are fixed ([`OutboundStream::rewrite`] says which, and
+//! [`OutboundStream::take_anchored`] tells the relay when offsets were fixed,
+//! so the offload decision can install them). What the kernel forwarded
+//! comes back with [`OutboundStream::forwarded_elsewhere`] when the stream
+//! leaves the kernel, so an injection continues after the packets the peer
+//! really received.
 //!
 //! Sans-IO: every input carries `now`; the caller supplies the random values
 //! of a fresh stream.
@@ -58,7 +66,26 @@ struct Sent {
     at: Instant,
 }
 
-#[derive(Clone, Copy, Debug)]
+/// How forwarded packets are rewritten, for a path other than the relay's
+/// (the kernel) that must forward them exactly as the relay would.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rewrite {
+    /// Forwarded packets pass unchanged.
+    Unchanged,
+    /// Forwarded packets are rewritten, but the offsets are fixed only by
+    /// the next one the relay forwards (or an injection owns the stream).
+    Unanchored,
+    /// Packets of SSRC `source` leave with SSRC `ssrc`, the sequence number
+    /// plus `sequence_offset` and the timestamp plus `timestamp_offset`.
+    Anchored {
+        source: Ssrc,
+        ssrc: Ssrc,
+        sequence_offset: u16,
+        timestamp_offset: u32,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Offsets {
     source: Ssrc,
     sequence: u16,
@@ -74,6 +101,8 @@ pub struct OutboundStream {
     offsets: Option<Offsets>,
     injecting: Option<InjectionToken>,
     next_token: u64,
+    /// Offsets were fixed since the last [`OutboundStream::take_anchored`].
+    anchored: bool,
 }
 
 /// Media clock ticks in `elapsed` at `clock_rate` Hz, at least one 20 ms
@@ -111,6 +140,9 @@ impl OutboundStream {
                 }
             }
         };
+        if self.offsets != Some(offsets) {
+            self.anchored = true;
+        }
         self.offsets = Some(offsets);
         let out = StreamPosition {
             ssrc,
@@ -169,6 +201,33 @@ impl OutboundStream {
     /// Whether forwarded packets are rewritten (an injection happened).
     pub fn rewriting(&self) -> bool {
         self.rewrite_ssrc.is_some()
+    }
+
+    /// How forwarded packets are rewritten now.
+    pub fn rewrite(&self) -> Rewrite {
+        match (self.rewrite_ssrc, self.offsets) {
+            (None, _) => Rewrite::Unchanged,
+            (Some(ssrc), Some(o)) if self.injecting.is_none() => Rewrite::Anchored {
+                source: o.source,
+                ssrc,
+                sequence_offset: o.sequence,
+                timestamp_offset: o.timestamp,
+            },
+            (Some(_), _) => Rewrite::Unanchored,
+        }
+    }
+
+    /// Whether [`OutboundStream::forward`] fixed new offsets since the last
+    /// call: [`OutboundStream::rewrite`] changed to a new anchor.
+    pub fn take_anchored(&mut self) -> bool {
+        std::mem::take(&mut self.anchored)
+    }
+
+    /// Records a packet another path (the kernel) forwarded into the stream
+    /// at `at`, with the header fields it left with: a later injection
+    /// continues after it unless the relay sent a newer one.
+    pub fn forwarded_elsewhere(&mut self, at: Instant, sent: StreamPosition) {
+        self.record(at, sent);
     }
 
     /// Whether an injection owns the stream.
@@ -323,6 +382,55 @@ mod tests {
         assert!(s.injecting());
         assert!(s.end_injection(new));
         assert!(!s.injecting());
+    }
+
+    #[test]
+    fn the_rewrite_is_anchored_by_the_first_forwarded_packet_after_an_injection() {
+        let mut s = OutboundStream::default();
+        let t0 = Instant::now();
+        assert_eq!(s.rewrite(), Rewrite::Unchanged);
+        s.forward(t0, 8000, pos(0xAA, 100, 16_000));
+        assert!(!s.take_anchored(), "unchanged forwarding fixes nothing");
+        let (token, start) = s.begin_injection(t0 + Duration::from_millis(20), 8000, FRESH);
+        assert_eq!(s.rewrite(), Rewrite::Unanchored, "injecting");
+        assert!(s.injected(token, t0 + Duration::from_millis(20), start));
+        assert!(s.end_injection(token));
+        assert_eq!(s.rewrite(), Rewrite::Unanchored, "no forwarded packet yet");
+        // Injected seq 101 ts 16_160; the source is at seq 150 ts 24_000, 20 ms on.
+        assert_eq!(
+            s.forward(t0 + Duration::from_millis(40), 8000, pos(0xAA, 150, 24_000)),
+            ForwardVerdict::Rewrite(pos(0xAA, 102, 16_320))
+        );
+        assert!(s.take_anchored(), "offsets fixed");
+        assert!(!s.take_anchored(), "reported once");
+        assert_eq!(
+            s.rewrite(),
+            Rewrite::Anchored {
+                source: Ssrc(0xAA),
+                ssrc: Ssrc(0xAA),
+                sequence_offset: 102u16.wrapping_sub(150),
+                timestamp_offset: 16_320u32.wrapping_sub(24_000),
+            }
+        );
+        s.forward(t0 + Duration::from_millis(60), 8000, pos(0xAA, 151, 24_160));
+        assert!(!s.take_anchored(), "the same offsets are no new anchor");
+    }
+
+    #[test]
+    fn an_injection_continues_after_what_the_kernel_forwarded() {
+        let mut s = OutboundStream::default();
+        let t0 = Instant::now();
+        s.forward(t0, 8000, pos(0xAA, 100, 16_000));
+        // The kernel carried seq 101..=300; its last left 4 s later.
+        s.forwarded_elsewhere(t0 + Duration::from_secs(4), pos(0xAA, 300, 48_000));
+        // An older report (the relay forwarded something newer) is ignored.
+        s.forwarded_elsewhere(t0 + Duration::from_secs(5), pos(0xAA, 299, 47_840));
+        let (_, start) = s.begin_injection(
+            t0 + Duration::from_secs(4) + Duration::from_millis(20),
+            8000,
+            FRESH,
+        );
+        assert_eq!(start, pos(0xAA, 301, 48_160));
     }
 
     #[test]

@@ -195,6 +195,10 @@ pub enum RelayEvent {
     /// A leg's peer was (re)latched to `source` for RTCP on the RTCP port
     /// (the offload decision needs the expected RTCP source).
     LatchedRtcp { leg: LegRef, source: SocketAddr },
+    /// The stream towards `leg`'s peer got new rewrite offsets (the first
+    /// packet forwarded after an injection, or a new source SSRC): see
+    /// [`continuity::OutboundStream::rewrite`].
+    Anchored { leg: LegRef },
     /// A latched, bridged leg received no RTP for `idle`.
     MediaTimeout { leg: LegRef, idle: Duration },
     /// The peer of a leg sent a whole RFC 4733 DTMF digit.

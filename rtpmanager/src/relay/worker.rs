@@ -508,10 +508,17 @@ impl Worker {
                     sequence: header.sequence(),
                     timestamp: header.timestamp(),
                 };
-                let verdict =
-                    out.shared
-                        .outbound()
-                        .forward(now, out.params.clock_rate.max(1), position);
+                let (verdict, anchored) = {
+                    let mut stream = out.shared.outbound();
+                    let verdict = stream.forward(now, out.params.clock_rate.max(1), position);
+                    (verdict, stream.take_anchored())
+                };
+                if anchored {
+                    // The kernel may carry the stream again, with these offsets.
+                    let _ = self.events.send(RelayEvent::Anchored {
+                        leg: out.shared.leg.clone(),
+                    });
+                }
                 match verdict {
                     ForwardVerdict::Drop => return Verdict::Drop,
                     ForwardVerdict::Unchanged => {}
