@@ -1745,3 +1745,53 @@ fn a_callee_422_is_retried_once_with_its_min_se() {
     h.request_to(BOB, "ACK");
     h.response_to(CALLER, 422);
 }
+
+#[test]
+fn a_callee_bye_before_the_callers_2xx_ends_the_call_cleanly() {
+    let mut h = Harness::new(&bob_plan());
+    let invite = h.invite("1001", "call-early-bye", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    // The manager is slow with the Answer: the caller has no 2xx yet.
+    h.manager.hold = true;
+    h.from(BOB, &reply(&to_bob, 200, Some("bob1"), Some(CALLEE_SDP)));
+    h.nothing_to(CALLER);
+    let bye = h.callee_request(BOB, &to_bob, "bob1", "BYE", 1, None);
+    h.from(BOB, &bye);
+    let mut to_bob_now: Vec<String> = (0..2).map(|_| describe(&h.next_to(BOB))).collect();
+    to_bob_now.sort();
+    assert_eq!(
+        to_bob_now,
+        vec![
+            "200 (1 BYE)".to_owned(),
+            format!("ACK {}", to_bob.call_id())
+        ],
+        "the BYE answered and the 2xx ACKed"
+    );
+    let failed = h.response_to(CALLER, 480);
+    assert_eq!(failed.reason(), Some("Temporarily Unavailable"));
+    h.release();
+    h.nothing_to(CALLER);
+    h.nothing_to(BOB);
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.occupancy(), Occupancy::default());
+    assert_eq!(h.uas.transactions(), 0);
+}
+
+#[test]
+fn info_from_the_callee_and_prack_without_100rel() {
+    let mut h = Harness::new(&bob_plan());
+    let (ok, to_bob) = answered_call(&mut h);
+    let info = h.callee_request(BOB, &to_bob, "bob1", "INFO", 2, None);
+    h.from(BOB, &info);
+    let to_caller = h.request_to(CALLER, "INFO");
+    assert_eq!(to_caller.call_id().as_str(), "call-1");
+    assert_eq!(to_caller.from_tag(), ok.to_tag());
+    h.from(CALLER, &reply(&to_caller, 200, None, None));
+    assert_eq!(h.response_to(BOB, 200).cseq().to_string(), "2 INFO");
+    let prack = h.in_dialog(CALLER, &ok, "PRACK", 2, None);
+    h.from(CALLER, &prack);
+    h.response_to(CALLER, 481);
+    h.nothing_to(BOB);
+}
