@@ -158,6 +158,17 @@ fn bed(dial_target: &str, extra: &[&str]) -> Bed {
 }
 
 fn bed_with(dial_target: &str, extra: &[&str], manager_args: &[&str]) -> Bed {
+    bed_with_timeout(dial_target, extra, manager_args, 20)
+}
+
+/// A bed whose extensions route dials `dial_target` for at most
+/// `dial_timeout` seconds.
+fn bed_with_timeout(
+    dial_target: &str,
+    extra: &[&str],
+    manager_args: &[&str],
+    dial_timeout: u32,
+) -> Bed {
     let data = tempfile::tempdir().expect("temp dir");
     let audio = data.path().join("audio");
     std::fs::create_dir_all(&audio).expect("audio dir");
@@ -170,7 +181,7 @@ fn bed_with(dial_target: &str, extra: &[&str], manager_args: &[&str]) -> Bed {
             {{"type": "play_audio", "params": {{"files": ["welcome.wav"]}}}},
             {{"type": "hangup", "params": {{"code": 200, "reason": "done"}}}}]}},
           {{"id": "extensions", "pattern": "1XXX", "priority": 20, "actions": [
-            {{"type": "dial", "params": {{"targets": ["{dial_target}"], "timeout": 20}}}}]}},
+            {{"type": "dial", "params": {{"targets": ["{dial_target}"], "timeout": {dial_timeout}}}}}]}},
           {{"id": "unknown", "pattern": "*", "priority": 1000, "actions": [
             {{"type": "hangup", "params": {{"code": 404, "reason": "Not Found"}}}}]}}
         ]}}"#
@@ -470,6 +481,40 @@ fn cancel_before_answer_reaches_the_callee() {
         &["-key", "rtp_a", &rtp_a],
     );
     finish(&bed, "caller", caller);
+    finish(&bed, "callee", callee);
+    wait_no_calls(&bed.manager);
+}
+
+#[test]
+fn no_answer_times_out_with_480_and_cancels_the_callee() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    let callee_port = free_port();
+    let bed = bed_with_timeout(
+        &format!("sip:bob@127.0.0.1:{callee_port}"),
+        &["--auth", "anonymous"],
+        &[],
+        2,
+    );
+    let (_a, rtp_a) = media_socket();
+    // The callee rings until it is cancelled; the B2BUA cancels it when the
+    // route's 2 s dial timeout expires and answers the caller 480.
+    let callee = sipp(&bed, "b2bua_uas_ring.xml", callee_port, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let caller = start_caller(
+        &bed,
+        "b2bua_uac_noanswer.xml",
+        "1001",
+        &["-key", "rtp_a", &rtp_a],
+    );
+    finish(&bed, "caller", caller);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(10),
+        "480 after the 2 s dial timeout, not {waited:?}"
+    );
     finish(&bed, "callee", callee);
     wait_no_calls(&bed.manager);
 }
