@@ -734,7 +734,7 @@ fn late_offer_call_with_rtp_both_ways() {
 }
 
 #[test]
-fn hold_by_reinvite_is_relayed_through_the_manager() {
+fn hold_and_resume_by_reinvite_are_relayed_through_the_manager() {
     if sipp_binary().is_none() {
         return;
     }
