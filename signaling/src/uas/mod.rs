@@ -186,8 +186,10 @@ pub(crate) struct Wire {
     server_routes: HashMap<TransactionKey, Destination>,
     /// Where each client transaction's requests go.
     client_routes: HashMap<TransactionKey, Destination>,
-    /// The octets of the last response of each server transaction.
-    sent: HashMap<TransactionKey, (u16, Vec<u8>)>,
+    /// The octets of the responses of each server transaction, newest
+    /// last: a transaction may queue a 183 and a 200 before they are
+    /// flushed, and each transmission must go out as it was built.
+    sent: HashMap<TransactionKey, Vec<(u16, Vec<u8>)>>,
     /// Requests handed to the call handler, so it can answer them by key.
     requests: HashMap<TransactionKey, SipMessage>,
     outbox: VecDeque<Outbound>,
@@ -222,7 +224,10 @@ impl Wire {
         tracing::debug!(status = reply.status, method = %request.method(), call_id = %request.call_id(), "response");
         match key {
             Some(key) => {
-                self.sent.insert(key.clone(), (reply.status, bytes));
+                self.sent
+                    .entry(key.clone())
+                    .or_default()
+                    .push((reply.status, bytes));
                 // The machine needs the status only: the octets sent are the
                 // ones kept in `sent` (see `flush`).
                 let token = rsip::Response {
@@ -273,10 +278,14 @@ impl Wire {
             let (route, bytes) = match &transmit.message {
                 rsip::SipMessage::Response(response) => {
                     let status = response.status_code.code();
-                    let bytes = match self.sent.get(&transmit.key) {
-                        Some((sent_status, bytes)) if *sent_status == status => bytes.clone(),
+                    let built = self
+                        .sent
+                        .get(&transmit.key)
+                        .and_then(|all| all.iter().rev().find(|(sent, _)| *sent == status));
+                    let bytes = match built {
+                        Some((_, bytes)) => bytes.clone(),
                         // The 100 Trying an INVITE transaction sends on its own.
-                        _ => response.to_string().into_bytes(),
+                        None => response.to_string().into_bytes(),
                     };
                     (self.server_routes.get(&transmit.key), bytes)
                 }

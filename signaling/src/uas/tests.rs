@@ -200,3 +200,55 @@ fn bindings_expire_on_the_timer() {
         None
     );
 }
+
+/// Answers every INVITE with a 183 and a 200 in the same event, as a B2BUA
+/// does when early media and the answer arrive together.
+struct EarlyThenAnswer;
+
+impl CallHandler for EarlyThenAnswer {
+    fn handle_event(&mut self, _now: Now, event: CallEvent, sip: &mut SipActions<'_>) {
+        if let CallEvent::Request { key, request, .. } = event {
+            if request.method() == &Method::Invite {
+                let tag = Tag::new("callee");
+                sip.respond(&key, 183, "Session Progress", Some(&tag), &[], None)
+                    .expect("183");
+                sip.respond(&key, 200, "OK", Some(&tag), &[], None)
+                    .expect("200");
+            }
+        }
+    }
+}
+
+#[test]
+fn two_responses_queued_in_one_input_both_go_out_whole() {
+    let store = MemoryStore::default();
+    let mut uas = core(&store, 100);
+    uas.set_call_handler(Box::new(EarlyThenAnswer));
+    let invite = "INVITE sip:bob@example.com SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKtwo\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:alice@example.com>;tag=1\r\n\
+         To: <sip:bob@example.com>\r\n\
+         Call-ID: two-responses\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:alice@192.0.2.10:5062>\r\n\
+         Content-Length: 0\r\n\r\n";
+    uas.handle_inbound(
+        Now::current(),
+        Inbound {
+            flow: Flow::Udp {
+                remote: SOURCE.parse().expect("address"),
+            },
+            bytes: invite.as_bytes().to_vec(),
+        },
+    );
+    let out: Vec<String> = sent(&mut uas).into_iter().map(|(_, text)| text).collect();
+    let statuses: Vec<&str> = out.iter().map(|t| status_of(t)).collect();
+    assert!(statuses.ends_with(&["183", "200"]), "{statuses:?}");
+    for text in out.iter().filter(|t| matches!(status_of(t), "183" | "200")) {
+        assert!(
+            text.contains("Call-ID: two-responses\r\n") && text.contains("branch=z9hG4bKtwo"),
+            "every response carries its headers:\n{text}"
+        );
+    }
+}
