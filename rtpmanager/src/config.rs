@@ -86,9 +86,20 @@ pub struct Config {
     #[arg(long, env = "ENABLE_FORWARDING")]
     pub enable_forwarding: bool,
 
-    /// bpffs directory where the fast path pins its maps.
+    /// bpffs directory where the fast path pins its maps and its link to the
+    /// interface, so kernel forwarding outlives the process (a crash or
+    /// SIGKILL keeps media flowing). Created if missing; it must be on a
+    /// mounted bpffs (`mount -t bpf bpf /sys/fs/bpf`), else the fast path
+    /// runs unpinned and says so.
     #[arg(long, env = "BPF_PIN_PATH", default_value = "/sys/fs/bpf/switchboard")]
     pub bpf_pin_path: PathBuf,
+
+    /// Upgrade mode: at a clean exit (SIGTERM/SIGINT) keep the pinned
+    /// kernel entries, maps and link, so offloaded media keeps flowing
+    /// after the process ends. Without it a clean exit removes its entries
+    /// and detaches the programs.
+    #[arg(long, env = "KEEP_ON_EXIT")]
+    pub keep_on_exit: bool,
 
     /// Seconds without RTP on a confirmed bridged leg before a media-timeout event.
     #[arg(long, env = "MEDIA_TIMEOUT", default_value_t = 30)]
@@ -183,6 +194,11 @@ mod tests {
         assert_eq!((c.rtp_port_min, c.rtp_port_max), (10000, 20000));
         assert_eq!(c.fast_path, FastPathRequest::Auto);
         assert_eq!(c.port_pairs(), 5000);
+        assert_eq!(c.bpf_pin_path, PathBuf::from("/sys/fs/bpf/switchboard"));
+        assert!(
+            !c.keep_on_exit,
+            "a clean exit removes the kernel path by default"
+        );
     }
 
     #[test]

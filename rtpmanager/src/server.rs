@@ -27,12 +27,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(name) => name.clone(),
         None => interfaces::interface_with_address(advertise).unwrap_or_else(|| "lo".to_owned()),
     };
-    let fast_path = FastPath::start(&Settings {
-        request: config.fast_path,
-        interface: interface.clone(),
-        port_min: config.rtp_port_min,
-        port_max: config.rtp_port_max,
-    });
+    let fast_path = FastPath::start_pinned(
+        &Settings {
+            request: config.fast_path,
+            interface: interface.clone(),
+            port_min: config.rtp_port_min,
+            port_max: config.rtp_port_max,
+        },
+        Some(&config.bpf_pin_path),
+    );
+    // Pinned maps come back with a previous run's entries; this run starts
+    // with no calls, so none of them belongs to a call it knows.
+    let stale = fast_path.retain_entries(|_| false);
+    if stale > 0 {
+        tracing::info!(
+            entries = stale,
+            "removed the kernel entries a previous run left: their calls are not in this manager"
+        );
+    }
     if fast_path.mode() != Mode::Off {
         check_forwarding(
             &interface,
@@ -117,6 +129,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .collect();
         tracing::info!(counters = %summary.join(" "), "fast path detached");
     }
+    service.fast_path().shutdown(config.keep_on_exit);
     Ok(())
 }
 

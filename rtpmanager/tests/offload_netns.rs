@@ -11,6 +11,11 @@
 //! says both legs are offloaded, then both peers send a stream with gaps.
 //! The kernel's per-reason counters come from the manager's shutdown log.
 //!
+//! With the fast path pinned on a bpffs the test mounts, a SIGKILLed
+//! manager's kernel entries keep forwarding; the next manager removes the
+//! entries of calls it does not know, and a clean exit unpins everything
+//! unless `--keep-on-exit`.
+//!
 //! A playback into the callee's leg during a kernel-forwarded call takes
 //! caller → callee to userspace and back into the kernel with the relay's
 //! stream-continuity rewrite: the callee hears one continuous stream.
@@ -270,6 +275,14 @@ impl Manager {
             })
             .filter(|(_, n)| *n != 0)
             .collect()
+    }
+}
+
+impl Manager {
+    /// SIGKILL and wait: nothing of the manager's shutdown runs.
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL the manager");
+        self.child.wait().expect("wait for the manager");
     }
 }
 
@@ -875,4 +888,181 @@ fn playback_into_an_offloaded_call_returns_to_xdp_with_a_continuous_stream() {
 fn playback_into_an_offloaded_call_returns_to_tc_with_a_continuous_stream() {
     require_kernel_path!();
     playback_returns_to_the_kernel("q", "tc", Mode::Tc);
+}
+
+/// A bpffs mounted on a temporary directory, unmounted (releasing what is
+/// pinned in it) on drop. `ip netns exec` mounts a fresh bpffs on
+/// /sys/fs/bpf for each command, so pins there would not outlive a manager.
+struct BpfFs {
+    dir: tempfile::TempDir,
+}
+
+impl BpfFs {
+    fn mount() -> BpfFs {
+        let dir = tempfile::tempdir().expect("mount point");
+        let path = dir.path().to_str().expect("UTF-8 path").to_owned();
+        sh(&["mount", "-t", "bpf", "bpf", &path]);
+        BpfFs { dir }
+    }
+
+    fn pin_dir(&self) -> String {
+        format!("{}/switchboard", self.dir.path().display())
+    }
+
+    fn pinned(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.pin_dir())
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// Runs `f` with a gRPC client of the manager at `grpc`, on a thread in the
+/// relay namespace.
+fn with_client<T: Send + 'static>(
+    relay_ns: &str,
+    grpc: String,
+    f: impl FnOnce(RtpManagerClient<Channel>) -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>>
+        + Send
+        + 'static,
+) -> T {
+    spawn_in_ns(relay_ns, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let client = RtpManagerClient::connect(format!("http://{grpc}"))
+                .await
+                .expect("connect");
+            f(client).await
+        })
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+fn kernel_forwarding_outlives_a_killed_manager(tag: &str, fast_path: &str, mode: Mode) {
+    let bed = TestBed::new(tag);
+    let bpffs = BpfFs::mount();
+    let pin_dir = bpffs.pin_dir();
+    let pinned_args = ["--bpf-pin-path", pin_dir.as_str()];
+    let (manager, grpc) = Manager::start(&bed.relay, fast_path, &pinned_args);
+    let caller = Peer::start(&bed.caller, addr(CALLER));
+    let callee = Peer::start(&bed.callee, addr(CALLEE));
+
+    let (leg_a_addr, leg_b_addr) = with_client(&bed.relay, grpc.clone(), |mut client| {
+        Box::pin(async move { bridged_call(&mut client).await })
+    });
+    caller.send(leg_a_addr, vec![0]);
+    assert_eq!(callee.receive(1).len(), 1, "{mode}: caller latched");
+    callee.send(leg_b_addr, vec![0]);
+    assert_eq!(caller.receive(1).len(), 1, "{mode}: callee latched");
+    let in_kernel = with_client(&bed.relay, grpc, |mut client| {
+        Box::pin(async move { wait_offloaded(&mut client, "a", true).await })
+    });
+    assert!(in_kernel, "{mode}: caller → callee in the kernel");
+    caller.send(leg_a_addr, (1..=20).collect());
+    assert_eq!(
+        callee.receive(20).len(),
+        20,
+        "{mode}: forwarded while running"
+    );
+    let link = format!("link-{mode}");
+    assert_eq!(
+        bpffs.pinned(),
+        vec![
+            "SB_CONFIG".to_owned(),
+            "SB_COUNTERS".to_owned(),
+            "SB_FORWARD".to_owned(),
+            "SB_STREAM_STATS".to_owned(),
+            link.clone()
+        ],
+        "{mode}: maps and link pinned"
+    );
+
+    manager.kill();
+    // Nobody listens on the relay's ports now: whatever arrives was
+    // forwarded by the program through the pinned link and maps.
+    caller.send(leg_a_addr, (21..=40).collect());
+    let during = callee.receive(20);
+    assert_eq!(
+        during.len(),
+        20,
+        "{mode}: every packet sent while no manager runs arrived"
+    );
+    for ((source, payload), seq) in during.iter().zip(21u16..) {
+        assert_eq!(
+            *source, leg_b_addr,
+            "{mode}: from the relay's port of leg b"
+        );
+        assert_eq!(*payload, rtp(seq), "{mode}: seq {seq} intact, in order");
+    }
+    assert_eq!(callee.new_csum_errors(), 0, "{mode}: valid checksums");
+
+    // The next manager knows no calls: it removes their entries at start.
+    let (manager, grpc) = Manager::start(&bed.relay, fast_path, &pinned_args);
+    let calls = with_client(&bed.relay, grpc, |mut client| {
+        Box::pin(async move { offloaded(&mut client).await })
+    });
+    assert_eq!(calls, vec![], "{mode}: the restarted manager has no calls");
+    caller.send(leg_a_addr, vec![41]);
+    assert_eq!(
+        callee.receive(0).len(),
+        0,
+        "{mode}: the unknown call's entry was removed at start"
+    );
+    assert_eq!(
+        bpffs.pinned().last(),
+        Some(&link),
+        "{mode}: the restarted manager took the pinned link over"
+    );
+    let counters = manager.stop();
+    assert!(
+        counters
+            .iter()
+            .any(|(name, n)| name == "no_entry" && *n >= 1),
+        "{mode}: packet 41 found no entry: {counters:?}"
+    );
+    assert_eq!(
+        bpffs.pinned(),
+        Vec::<String>::new(),
+        "{mode}: a clean exit unpins maps and link (the program is detached)"
+    );
+
+    // Upgrade mode keeps everything pinned at a clean exit.
+    let mut upgrade_args = pinned_args.to_vec();
+    upgrade_args.push("--keep-on-exit");
+    let (manager, _) = Manager::start(&bed.relay, fast_path, &upgrade_args);
+    manager.stop();
+    assert_eq!(
+        bpffs.pinned().len(),
+        5,
+        "{mode}: --keep-on-exit keeps the maps and the link: {:?}",
+        bpffs.pinned()
+    );
+}
+
+#[test]
+fn xdp_forwarding_outlives_a_killed_manager_and_a_clean_exit_unpins_it() {
+    require_kernel_path!();
+    kernel_forwarding_outlives_a_killed_manager("k", "xdp-generic", Mode::XdpGeneric);
+}
+
+#[test]
+fn tc_forwarding_outlives_a_killed_manager_and_a_clean_exit_unpins_it() {
+    require_kernel_path!();
+    kernel_forwarding_outlives_a_killed_manager("l", "tc", Mode::Tc);
 }

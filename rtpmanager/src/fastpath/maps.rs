@@ -7,9 +7,8 @@
 //! whoever holds a [`KernelMaps`] (the [`super::FastPath`], or a test that
 //! loaded the object without attaching it) uses the same checks.
 //!
-//! Maps are not pinned yet: a restarted manager starts with empty maps.
-//! Pinning by name under a bpffs directory belongs in the loader (an
-//! `EbpfLoader::map_pin_path`) and does not change this API.
+//! Pinning (see [`super::pin`]) happens in the loader and does not change
+//! this API: pinned maps come back with a previous run's contents.
 
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
 use aya::Ebpf;
@@ -108,6 +107,25 @@ impl KernelMaps {
                 source,
             }),
         }
+    }
+
+    /// Removes every entry whose key `keep` refuses; returns how many went.
+    pub fn retain_forwards(&mut self, keep: impl Fn(&ForwardKey) -> bool) -> usize {
+        let doomed: Vec<ForwardKey> = self
+            .forward
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| !keep(key))
+            .collect();
+        doomed
+            .iter()
+            .filter(|key| matches!(self.remove(key), Ok(true)))
+            .count()
+    }
+
+    /// The keys of every installed entry.
+    pub fn forward_keys(&self) -> Vec<ForwardKey> {
+        self.forward.keys().filter_map(Result::ok).collect()
     }
 
     /// The installed entry for `key`, if any.

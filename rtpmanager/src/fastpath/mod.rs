@@ -10,20 +10,31 @@
 //! streams in and out of the kernel and [`FastPath::stream_stats`] reads
 //! what the kernel forwarded; when off they fail with [`FastPathError::Off`]
 //! (or return `None`) and the caller keeps relaying in userspace.
+//!
+//! Started with a pin directory ([`FastPath::start_pinned`]), the maps and
+//! the attachment outlive the process (see [`pin`]): a killed manager's
+//! entries keep forwarding, and [`FastPath::shutdown`] decides at a clean
+//! exit whether they stay (upgrade) or go.
 
 mod maps;
+pub mod pin;
 
 use std::fmt;
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::SchedClassifierLink;
+use aya::programs::xdp::XdpLink;
 use aya::programs::{tc, SchedClassifier, TcAttachType, Xdp, XdpMode};
-use aya::Ebpf;
+use aya::{Ebpf, EbpfLoader};
 use rtpmanager_common::{ProgramConfig, TC_PROGRAM, XDP_PROGRAM};
 use switchboard_proto::v1;
 
 use crate::config::FastPathRequest;
 
 pub use maps::{InvalidEntry, KernelMaps};
+pub use pin::{PinError, Pins};
 /// The map types and flags, so callers need not name the shared crate.
 pub use rtpmanager_common::{
     Counter, ForwardEntry, ForwardKey, StreamStats, FLAG_RTCP, FLAG_RTP, FLAG_STRICT_SOURCE,
@@ -122,7 +133,8 @@ pub struct Settings {
     pub port_max: u16,
 }
 
-/// The fast path in force. Dropping it detaches the programs.
+/// The fast path in force. Dropping it detaches the programs unless they
+/// are pinned.
 pub struct FastPath {
     mode: Mode,
     reason: String,
@@ -133,6 +145,11 @@ pub struct FastPath {
     /// Behind a mutex so the session table's driver can share the fast
     /// path (`&self`); map syscalls dominate the cost of the lock.
     maps: Option<Mutex<KernelMaps>>,
+    /// Where maps and link are pinned, when they are.
+    pins: Option<Pins>,
+    /// The pinned link when pinning took it out of the program; dropped at
+    /// [`FastPath::shutdown`] after unpinning, which detaches the program.
+    link: Mutex<Option<FdLink>>,
 }
 
 impl fmt::Debug for FastPath {
@@ -149,7 +166,25 @@ impl FastPath {
     /// Enables the fast path as `settings` asks, or falls back to userspace
     /// only; never fails. Logs the outcome once.
     pub fn start(settings: &Settings) -> FastPath {
-        let fast_path = Self::try_modes(settings);
+        Self::start_pinned(settings, None)
+    }
+
+    /// [`FastPath::start`], with maps and link pinned under `pin_dir` when
+    /// it is given and on bpffs (else unpinned, logged once). Pinned maps
+    /// of a previous run are reused with their entries, and a pinned link
+    /// gets this run's program atomically.
+    pub fn start_pinned(settings: &Settings, pin_dir: Option<&Path>) -> FastPath {
+        let pins = match pin_dir {
+            Some(dir) if settings.request != FastPathRequest::Off => match Pins::prepare(dir) {
+                Ok(pins) => Some(pins),
+                Err(e) => {
+                    tracing::warn!(error = %error_chain(&e), "kernel fast path not pinned: it stops with the manager and a restart starts with empty maps");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let fast_path = Self::try_modes(settings, pins);
         if fast_path.mode == Mode::Off {
             tracing::warn!(reason = %fast_path.reason, "kernel fast path off; relaying media in userspace only");
         } else {
@@ -170,10 +205,12 @@ impl FastPath {
             interface: String::new(),
             ebpf: None,
             maps: None,
+            pins: None,
+            link: Mutex::new(None),
         }
     }
 
-    fn try_modes(settings: &Settings) -> FastPath {
+    fn try_modes(settings: &Settings, pins: Option<Pins>) -> FastPath {
         let candidates: &[Mode] = match settings.request {
             FastPathRequest::Off => return Self::off("disabled by --fast-path off"),
             FastPathRequest::Auto => &[Mode::XdpNative, Mode::XdpGeneric, Mode::Tc],
@@ -191,19 +228,31 @@ impl FastPath {
 
         let mut failures = Vec::new();
         for &mode in candidates {
-            match attach(object, mode, settings) {
-                Ok((ebpf, maps)) => {
+            match attach(object, mode, settings, pins.as_ref()) {
+                Ok((ebpf, maps, link)) => {
                     let reason = if failures.is_empty() {
                         format!("{mode} as requested")
                     } else {
                         format!("{mode} after: {}", failures.join("; "))
                     };
+                    if let Some(pins) = &pins {
+                        // A previous run in another mode left its link:
+                        // unpinning detaches it.
+                        for other in [Mode::XdpNative, Mode::XdpGeneric, Mode::Tc] {
+                            if other != mode && std::fs::remove_file(pins.link_path(other)).is_ok()
+                            {
+                                tracing::info!(mode = %other, "detached the pinned link of a previous run");
+                            }
+                        }
+                    }
                     return FastPath {
                         mode,
                         reason,
                         interface: settings.interface.clone(),
                         ebpf: Some(ebpf),
                         maps: Some(Mutex::new(maps)),
+                        pins,
+                        link: Mutex::new(link),
                     };
                 }
                 Err(e) => {
@@ -228,6 +277,56 @@ impl FastPath {
     /// Why the fast path is in its mode.
     pub fn reason(&self) -> &str {
         &self.reason
+    }
+
+    /// The pin directory in use, when maps and link are pinned.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pins.as_ref().map(Pins::dir)
+    }
+
+    /// Removes every forwarding entry whose key `keep` refuses (entries a
+    /// previous run left for calls this run does not know); returns how
+    /// many went. 0 when off.
+    pub fn retain_entries(&self, keep: impl Fn(&ForwardKey) -> bool) -> usize {
+        self.maps()
+            .map(|mut maps| maps.retain_forwards(keep))
+            .unwrap_or(0)
+    }
+
+    /// Ends the fast path at a clean exit. With `keep` (upgrade mode) and
+    /// pins, entries, maps and link stay and keep forwarding for the next
+    /// manager; otherwise the entries are removed, and the maps and the
+    /// link unpinned, which detaches the program.
+    pub fn shutdown(&self, keep: bool) {
+        if self.mode == Mode::Off {
+            return;
+        }
+        let Some(pins) = &self.pins else {
+            if keep {
+                tracing::warn!("--keep-on-exit has nothing to keep: the fast path is not pinned");
+            }
+            return;
+        };
+        if keep {
+            tracing::info!(pin_dir = %pins.dir().display(), "kernel fast path kept for the next manager (--keep-on-exit)");
+            return;
+        }
+        let removed = self.retain_entries(|_| false);
+        if let Err(e) = std::fs::remove_file(pins.link_path(self.mode)) {
+            tracing::warn!(error = %e, "cannot unpin the link");
+        }
+        drop(
+            self.link
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take(),
+        );
+        pins.remove_maps();
+        pins.remove_dir_if_empty();
+        tracing::info!(
+            entries = removed,
+            "kernel fast path removed: entries deleted, link and maps unpinned"
+        );
     }
 
     /// The interface the programs are attached to; empty when off.
@@ -280,7 +379,7 @@ pub fn load_unattached(settings: &Settings) -> Result<(Ebpf, KernelMaps), FastPa
         EBPF_OBJECT.ok_or_else(|| FastPathError::Object("not embedded in this build".into()))?;
     check_capabilities()?;
     raise_memlock_limit();
-    let (mut ebpf, maps) = load(object, settings)?;
+    let (mut ebpf, maps) = load(object, settings, None)?;
     let program_err = |mode| move |source| FastPathError::Program { mode, source };
     let xdp: &mut Xdp = ebpf
         .program_mut(XDP_PROGRAM)
@@ -297,9 +396,26 @@ pub fn load_unattached(settings: &Settings) -> Result<(Ebpf, KernelMaps), FastPa
     Ok((ebpf, maps))
 }
 
-/// Loads the object (maps created, programs not yet) and writes the config.
-fn load(object: &[u8], settings: &Settings) -> Result<(Ebpf, KernelMaps), FastPathError> {
-    let mut ebpf = Ebpf::load(object)?;
+/// Loads the object (maps created or, pinned, reused; programs not yet) and
+/// writes the config.
+fn load(
+    object: &[u8],
+    settings: &Settings,
+    pins: Option<&Pins>,
+) -> Result<(Ebpf, KernelMaps), FastPathError> {
+    let mut loader = EbpfLoader::new();
+    if let Some(pins) = pins {
+        for name in pins.drop_incompatible_maps() {
+            tracing::warn!(
+                map = name,
+                "a pinned map of another layout was replaced; its entries are gone"
+            );
+        }
+        for name in Pins::map_names() {
+            loader.map_pin_path(name, pins.map_path(name));
+        }
+    }
+    let mut ebpf = loader.load(object)?;
     let mut maps = KernelMaps::take(&mut ebpf)?;
     maps.set_config(ProgramConfig {
         port_min: settings.port_min,
@@ -309,15 +425,59 @@ fn load(object: &[u8], settings: &Settings) -> Result<(Ebpf, KernelMaps), FastPa
     Ok((ebpf, maps))
 }
 
+/// The pinned link of `mode` a previous run left, if any.
+fn pinned_link(pins: Option<&Pins>, mode: Mode) -> Option<FdLink> {
+    let path = pins?.link_path(mode);
+    if !path.exists() {
+        return None;
+    }
+    match PinnedLink::from_pin(&path) {
+        Ok(link) => Some(FdLink::from(link)),
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e), path = %path.display(), "unusable pinned link removed");
+            let _ = std::fs::remove_file(&path);
+            None
+        }
+    }
+}
+
+/// Pins a freshly attached link (an adopted one stays pinned where it is).
+/// A netlink (legacy) attachment is no BPF link and cannot be pinned; these
+/// kernels (5.9+ for XDP, 6.6+ for TCX) never fall back to one.
+fn hold(
+    link: Result<FdLink, aya::programs::links::LinkError>,
+    pins: &Pins,
+    mode: Mode,
+    adopted: bool,
+) -> Result<Option<FdLink>, FastPathError> {
+    let link = match link {
+        Ok(link) => link,
+        Err(e) => {
+            tracing::warn!(%mode, error = %e, "attached through netlink: the attachment is not pinned");
+            return Ok(None);
+        }
+    };
+    if adopted {
+        return Ok(Some(link));
+    }
+    let pinned = link
+        .pin(pins.link_path(mode))
+        .map_err(|e| FastPathError::Object(format!("pinning the link: {}", error_chain(&e))))?;
+    Ok(Some(FdLink::from(pinned)))
+}
+
 fn attach(
     object: &[u8],
     mode: Mode,
     settings: &Settings,
-) -> Result<(Ebpf, KernelMaps), FastPathError> {
-    let (mut ebpf, maps) = load(object, settings)?;
+    pins: Option<&Pins>,
+) -> Result<(Ebpf, KernelMaps, Option<FdLink>), FastPathError> {
+    let (mut ebpf, maps) = load(object, settings, pins)?;
 
     let program_err = |source| FastPathError::Program { mode, source };
-    match mode {
+    let previous = pinned_link(pins, mode);
+    let adopted = previous.is_some();
+    let link = match mode {
         Mode::XdpNative | Mode::XdpGeneric => {
             let program: &mut Xdp = ebpf
                 .program_mut(XDP_PROGRAM)
@@ -330,9 +490,26 @@ fn attach(
             } else {
                 XdpMode::Skb
             };
-            program
-                .attach(&settings.interface, xdp_mode)
-                .map_err(program_err)?;
+            let id = match previous {
+                // The previous run's program is replaced in its link, in
+                // one step: no packet meets a detached interface.
+                Some(link) => {
+                    let link = XdpLink::try_from(link).map_err(|e| {
+                        FastPathError::Object(format!("pinned link: {}", error_chain(&e)))
+                    })?;
+                    program.attach_to_link(link).map_err(program_err)?
+                }
+                None => program
+                    .attach(&settings.interface, xdp_mode)
+                    .map_err(program_err)?,
+            };
+            match pins {
+                Some(pins) => {
+                    let link = program.take_link(id).map_err(program_err)?;
+                    hold(FdLink::try_from(link), pins, mode, adopted)?
+                }
+                None => None,
+            }
         }
         Mode::Tc => {
             // EEXIST means the clsact qdisc is already there, which is fine.
@@ -345,13 +522,28 @@ fn attach(
                 .try_into()
                 .map_err(program_err)?;
             program.load().map_err(program_err)?;
-            program
-                .attach(&settings.interface, TcAttachType::Ingress)
-                .map_err(program_err)?;
+            let id = match previous {
+                Some(link) => {
+                    let link = SchedClassifierLink::try_from(link).map_err(|e| {
+                        FastPathError::Object(format!("pinned link: {}", error_chain(&e)))
+                    })?;
+                    program.attach_to_link(link).map_err(program_err)?
+                }
+                None => program
+                    .attach(&settings.interface, TcAttachType::Ingress)
+                    .map_err(program_err)?,
+            };
+            match pins {
+                Some(pins) => {
+                    let link = program.take_link(id).map_err(program_err)?;
+                    hold(FdLink::try_from(link), pins, mode, adopted)?
+                }
+                None => None,
+            }
         }
         Mode::Off => return Err(FastPathError::Object("off is not an attach mode".into())),
-    }
-    Ok((ebpf, maps))
+    };
+    Ok((ebpf, maps, link))
 }
 
 /// An error with its sources, so "bpf_link_create failed" says why.
