@@ -284,6 +284,9 @@ pub struct StreamStats {
     pub sent_sequence: u32,
     /// Always zero: keeps the struct free of implicit padding.
     pub pad: u32,
+    /// Packets from another source than the expected peer dropped by a
+    /// [`FLAG_STRICT_SOURCE`] entry (the relay's `source_mismatch_drops`).
+    pub source_drops: u64,
 }
 
 impl StreamStats {
@@ -413,7 +416,7 @@ impl Counter {
 const _: () = assert!(core::mem::size_of::<ProgramConfig>() == 8);
 const _: () = assert!(core::mem::size_of::<ForwardKey>() == 20);
 const _: () = assert!(core::mem::size_of::<ForwardEntry>() == 80);
-const _: () = assert!(core::mem::size_of::<StreamStats>() == 64);
+const _: () = assert!(core::mem::size_of::<StreamStats>() == 72);
 const _: () = assert!(Counter::ALL.len() == Counter::SLOTS as usize);
 
 #[cfg(feature = "user")]

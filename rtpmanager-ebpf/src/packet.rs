@@ -252,11 +252,11 @@ pub fn admit<'a>(
         return Err(Error::FamilyMismatch);
     }
     if !same_address(&packet.src, &entry.expected_addr) || packet.sport != entry.expected_port {
-        return Err(if entry.flags & FLAG_STRICT_SOURCE != 0 {
-            Error::SourceMismatchDrop
-        } else {
-            Error::SourceMismatchPass
-        });
+        if entry.flags & FLAG_STRICT_SOURCE != 0 {
+            crate::stats::record_source_drop(entry);
+            return Err(Error::SourceMismatchDrop);
+        }
+        return Err(Error::SourceMismatchPass);
     }
     if entry.flags & (FLAG_RTP | FLAG_RTCP) != 0 {
         let min_len = if entry.flags & FLAG_RTP != 0 {

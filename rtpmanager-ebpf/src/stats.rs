@@ -41,6 +41,18 @@ pub fn record(entry: &ForwardEntry, packet: &Packet) {
     }
 }
 
+/// Counts a packet a strict entry dropped for its source.
+#[inline(always)]
+pub fn record_source_drop(entry: &ForwardEntry) {
+    let Some(stats) = STREAM_STATS.get_ptr_mut(entry.stats_slot) else {
+        return;
+    };
+    // SAFETY: as in `record`; several CPUs may drop for one entry at once.
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*stats).source_drops, 1);
+    }
+}
+
 #[inline(always)]
 fn rtp(stats: &mut StreamStats, clock_rate: u32, now_ns: u64, packet: &Packet) {
     let seq = packet.rtp_seq;

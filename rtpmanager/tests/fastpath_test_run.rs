@@ -919,6 +919,10 @@ fn tc_forwards_with_the_csum_helpers_and_passes_the_rest() {
         ]);
         let stats = programs.maps.stream_stats(4).expect("slot 4");
         assert_eq!((stats.packets, stats.bytes, stats.lost()), (2, 2 * 172, 0));
+        assert_eq!(
+            stats.source_drops, 1,
+            "the strict entry's drop is counted in its stream"
+        );
     });
 }
 

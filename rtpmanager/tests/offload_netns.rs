@@ -433,14 +433,22 @@ impl Peer {
 /// Sets up the bridged call; returns the relay's address of leg a (where
 /// the caller sends) and of leg b (where the callee sends).
 async fn bridged_call(client: &mut RtpManagerClient<Channel>) -> (SocketAddr, SocketAddr) {
+    bridged_call_with(client, None).await
+}
+
+/// [`bridged_call`] with `options` for both legs.
+async fn bridged_call_with(
+    client: &mut RtpManagerClient<Channel>,
+    options: Option<v1::LegOptions>,
+) -> (SocketAddr, SocketAddr) {
     let offer = client
         .offer(v1::OfferRequest {
             call_id: "call-1".into(),
             leg_id: "a".into(),
             peer_leg_id: "b".into(),
             sdp: sdp(addr(CALLER)),
-            options: None,
-            peer_options: None,
+            options: options.clone(),
+            peer_options: options,
         })
         .await
         .expect("Offer")
@@ -1065,4 +1073,57 @@ fn xdp_forwarding_outlives_a_killed_manager_and_a_clean_exit_unpins_it() {
 fn tc_forwarding_outlives_a_killed_manager_and_a_clean_exit_unpins_it() {
     require_kernel_path!();
     kernel_forwarding_outlives_a_killed_manager("l", "tc", Mode::Tc);
+}
+
+#[test]
+fn strict_source_drops_in_the_kernel_count_in_the_leg_stats() {
+    require_kernel_path!();
+    let bed = TestBed::new("s");
+    let (manager, grpc) = Manager::start(&bed.relay, "xdp-generic", &[]);
+    let caller = Peer::start(&bed.caller, addr(CALLER));
+    let callee = Peer::start(&bed.callee, addr(CALLEE));
+    let strict = Some(v1::LegOptions {
+        strict_source: true,
+        ..Default::default()
+    });
+    let (leg_a_addr, leg_b_addr) = with_client(&bed.relay, grpc.clone(), |mut client| {
+        Box::pin(async move { bridged_call_with(&mut client, strict).await })
+    });
+    caller.send(leg_a_addr, vec![0]);
+    assert_eq!(callee.receive(1).len(), 1, "caller latched");
+    callee.send(leg_b_addr, vec![0]);
+    assert_eq!(caller.receive(1).len(), 1, "callee latched");
+    // The callee is a stranger to leg a, whose peer is latched: the strict
+    // entry drops what it sends there.
+    let drops = with_client(&bed.relay, grpc, move |mut client| {
+        Box::pin(async move {
+            assert!(
+                wait_offloaded(&mut client, "a", true).await,
+                "caller → callee in the kernel"
+            );
+            callee.send(leg_a_addr, vec![1, 2, 3]);
+            assert_eq!(callee.receive(0).len(), 0, "nothing comes back");
+            assert_eq!(caller.receive(0).len(), 0, "nothing reaches the caller");
+            let stats = client
+                .get_stats(v1::GetStatsRequest {
+                    call_id: "call-1".into(),
+                    leg_id: "a".into(),
+                })
+                .await
+                .expect("GetStats")
+                .into_inner()
+                .legs;
+            stats.first().map(|l| l.source_mismatch_drops)
+        })
+    });
+    assert_eq!(
+        drops,
+        Some(3),
+        "the kernel's strict-source drops are the leg's source_mismatch_drops"
+    );
+    let counters = manager.stop();
+    assert!(
+        counters.contains(&("source_mismatch_drop".to_owned(), 3)),
+        "dropped by the program: {counters:?}"
+    );
 }

@@ -40,6 +40,8 @@ struct Episode {
 struct Account {
     packets: u64,
     bytes: u64,
+    /// Packets strict-source entries dropped for their source.
+    source_drops: u64,
     episodes: Vec<Episode>,
     /// The leg the direction forwarded to, for the receiving leg's `*_out`.
     to: Option<Slot>,
@@ -271,6 +273,7 @@ impl KernelOffload {
         }
         account.packets += stats.packets;
         account.bytes += stats.bytes;
+        account.source_drops += stats.source_drops;
         account.episodes.push(Episode {
             received: stats.received,
             lost: stats.lost(),
@@ -324,6 +327,9 @@ impl KernelOffload {
             let c = counters_of.get_or_insert_with(Default::default);
             c.packets += packets;
             c.bytes += bytes;
+            // The kernel drops what the relay would drop with strict-source.
+            stats.source_mismatch_drops +=
+                account.map_or(0, |a| a.source_drops) + live.stats.source_drops;
             if kind == StreamKind::Rtp {
                 stats.kernel_packets = packets;
                 let relay_packets = LegCounters::get(&counters.rtp_in_packets);
