@@ -121,8 +121,13 @@ pub const FLAG_STRICT_SOURCE: u16 = 4;
 /// another SSRC than `rewrite_source_ssrc` are passed to userspace, which
 /// re-anchors the stream.
 pub const FLAG_REWRITE: u16 = 8;
+/// With [`FLAG_RTP`]: RTP packets of payload type `pass_payload_type` (the
+/// leg's RFC 4733 telephone-event) are passed to userspace, whose DTMF
+/// detector must see them; the relay forwards them as it would anyway.
+pub const FLAG_PASS_PAYLOAD_TYPE: u16 = 16;
 /// Every flag the programs understand.
-pub const FLAGS_KNOWN: u16 = FLAG_RTP | FLAG_RTCP | FLAG_STRICT_SOURCE | FLAG_REWRITE;
+pub const FLAGS_KNOWN: u16 =
+    FLAG_RTP | FLAG_RTCP | FLAG_STRICT_SOURCE | FLAG_REWRITE | FLAG_PASS_PAYLOAD_TYPE;
 
 /// The RTP header rewrite of an entry with [`FLAG_REWRITE`]: packets of SSRC
 /// `source_ssrc` leave with SSRC `ssrc`, the sequence number plus
@@ -167,8 +172,10 @@ pub struct ForwardEntry {
     pub rewrite_timestamp_offset: u32,
     /// [`FLAG_REWRITE`]: added to the RTP sequence number (host order).
     pub rewrite_sequence_offset: u16,
+    /// [`FLAG_PASS_PAYLOAD_TYPE`]: the RTP payload type passed to userspace.
+    pub pass_payload_type: u8,
     /// Always zero: keeps the struct free of implicit padding.
-    pub pad: [u8; 2],
+    pub pad: u8,
 }
 
 impl ForwardEntry {
@@ -196,8 +203,17 @@ impl ForwardEntry {
             rewrite_ssrc: [0; 4],
             rewrite_timestamp_offset: 0,
             rewrite_sequence_offset: 0,
-            pad: [0; 2],
+            pass_payload_type: 0,
+            pad: 0,
         }
+    }
+
+    /// The entry passing RTP of `payload_type` to userspace (and
+    /// [`FLAG_PASS_PAYLOAD_TYPE`] set).
+    pub fn with_pass_payload_type(mut self, payload_type: u8) -> ForwardEntry {
+        self.flags |= FLAG_PASS_PAYLOAD_TYPE;
+        self.pass_payload_type = payload_type;
+        self
     }
 
     /// The entry with its RTP header rewrite set (and [`FLAG_REWRITE`]).
@@ -355,13 +371,16 @@ pub enum Counter {
     /// A rewriting entry got RTP of another SSRC than its source: passed,
     /// so the relay re-anchors the stream.
     RewriteSsrcMismatch = 19,
+    /// RTP of the entry's pass-up payload type (telephone-event): passed,
+    /// so the relay's DTMF detector sees it.
+    PassedPayloadType = 20,
 }
 
 impl Counter {
     /// Number of slots in [`COUNTERS_MAP`].
-    pub const SLOTS: u32 = 20;
+    pub const SLOTS: u32 = 21;
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 20] = [
+    pub const ALL: [Counter; 21] = [
         Counter::NotIp,
         Counter::NotUdp,
         Counter::Truncated,
@@ -382,6 +401,7 @@ impl Counter {
         Counter::Forwarded,
         Counter::Redirected,
         Counter::RewriteSsrcMismatch,
+        Counter::PassedPayloadType,
     ];
 
     /// A stable name for logs and metrics.
@@ -407,6 +427,7 @@ impl Counter {
             Counter::Forwarded => "forwarded",
             Counter::Redirected => "redirected",
             Counter::RewriteSsrcMismatch => "rewrite_ssrc_mismatch",
+            Counter::PassedPayloadType => "passed_payload_type",
         }
     }
 }

@@ -97,6 +97,7 @@ pub enum Error {
     FibOther,
     RewriteFailed,
     RewriteSsrcMismatch,
+    PassedPayloadType,
 }
 
 impl Error {
@@ -121,6 +122,7 @@ impl Error {
             Error::FibOther => Counter::FibOther,
             Error::RewriteFailed => Counter::RewriteFailed,
             Error::RewriteSsrcMismatch => Counter::RewriteSsrcMismatch,
+            Error::PassedPayloadType => Counter::PassedPayloadType,
         }
     }
 
@@ -148,7 +150,8 @@ impl Error {
             | Error::FibNoNeigh
             | Error::FibForwardingDisabled
             | Error::FibOther
-            | Error::RewriteSsrcMismatch => false,
+            | Error::RewriteSsrcMismatch
+            | Error::PassedPayloadType => false,
         }
     }
 }

@@ -4,7 +4,8 @@
 //! leaves the original packet for the stack.
 
 use rtpmanager_common::{
-    is_v4_mapped, ForwardEntry, ForwardKey, FLAG_REWRITE, FLAG_RTCP, FLAG_RTP, FLAG_STRICT_SOURCE,
+    is_v4_mapped, ForwardEntry, ForwardKey, FLAG_PASS_PAYLOAD_TYPE, FLAG_REWRITE, FLAG_RTCP,
+    FLAG_RTP, FLAG_STRICT_SOURCE,
 };
 
 use crate::{Error, CONFIG, FORWARD};
@@ -299,6 +300,16 @@ pub fn admit<'a>(
             packet.sent_ssrc = ssrc;
             packet.sent_seq = seq;
             packet.sent_timestamp = ts;
+            if entry.flags & FLAG_PASS_PAYLOAD_TYPE != 0 {
+                // SAFETY: RTP_HLEN bytes are in bounds.
+                let payload_type = unsafe { *rtp.add(1) } & 0x7F;
+                if payload_type == entry.pass_payload_type {
+                    // Its sequence number is the stream's: the kernel's
+                    // loss figure must not count it as lost.
+                    crate::stats::record_passed(entry, seq);
+                    return Err(Error::PassedPayloadType);
+                }
+            }
             if entry.flags & FLAG_REWRITE != 0 {
                 // Offsets belong to one source stream; another SSRC is the
                 // relay's to re-anchor.

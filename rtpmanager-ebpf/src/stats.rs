@@ -60,13 +60,32 @@ fn rtp(stats: &mut StreamStats, clock_rate: u32, now_ns: u64, packet: &Packet) {
     // within 64 bits for years of uptime; only differences matter.
     let arrival = ((now_ns / 1_000) * u64::from(clock_rate) / 1_000_000) as u32;
     let transit = arrival.wrapping_sub(packet.rtp_timestamp);
+    if !sequence(stats, seq) {
+        stats.transit = transit;
+        return;
+    }
+    if clock_rate != 0 {
+        let d = transit.wrapping_sub(stats.transit) as i32;
+        let d = d.unsigned_abs();
+        // J += (|D| − J)/16 with J kept scaled by 16 (RFC 3550 A.8).
+        stats.jitter_x16 = stats
+            .jitter_x16
+            .wrapping_add(d)
+            .wrapping_sub((stats.jitter_x16 + 8) >> 4);
+    }
+    stats.transit = transit;
+}
+
+/// Counts `seq` in the stream's sequence tracking (RFC 3550 A.1/A.3);
+/// false when it was the stream's first packet.
+#[inline(always)]
+fn sequence(stats: &mut StreamStats, seq: u16) -> bool {
     if stats.state & STATS_STARTED == 0 {
         stats.state = STATS_STARTED;
         stats.base_seq = u32::from(seq);
         stats.highest_seq = u32::from(seq);
         stats.received = 1;
-        stats.transit = transit;
-        return;
+        return false;
     }
     let highest = stats.highest_seq as u16;
     let delta = seq.wrapping_sub(highest);
@@ -78,16 +97,24 @@ fn rtp(stats: &mut StreamStats, clock_rate: u32, now_ns: u64, packet: &Packet) {
         stats.highest_seq = cycles | u32::from(seq);
     }
     stats.received = stats.received.wrapping_add(1);
-    if clock_rate != 0 {
-        let d = transit.wrapping_sub(stats.transit) as i32;
-        let d = d.unsigned_abs();
-        // J += (|D| − J)/16 with J kept scaled by 16 (RFC 3550 A.8).
-        stats.jitter_x16 = stats
-            .jitter_x16
-            .wrapping_add(d)
-            .wrapping_sub((stats.jitter_x16 + 8) >> 4);
+    true
+}
+
+/// Counts a packet passed to userspace in the stream's sequence tracking
+/// only: it is not forwarded (no packets, bytes or last seen) and its
+/// timestamp (a telephone-event's start) says nothing about jitter.
+#[inline(always)]
+pub fn record_passed(entry: &ForwardEntry, seq: u16) {
+    let Some(stats) = STREAM_STATS.get_ptr_mut(entry.stats_slot) else {
+        return;
+    };
+    // SAFETY: as in `record`: plain stores on a live array element.
+    let stats = unsafe { &mut *stats };
+    // The stream starts with a forwarded packet, whose transit time the
+    // jitter estimate needs.
+    if stats.state & STATS_STARTED != 0 {
+        sequence(stats, seq);
     }
-    stats.transit = transit;
 }
 
 /// Remembers the header fields the packet left with.

@@ -1097,3 +1097,64 @@ fn xdp_and_tc_rewrite_the_rtp_header_of_a_rewriting_entry_with_valid_checksums()
         );
     });
 }
+
+#[test]
+fn telephone_events_of_a_pass_up_entry_go_to_userspace_and_count_in_the_sequence() {
+    require_kernel_path!();
+    let ns = Namespace::new("d");
+    ns.run(|| {
+        let mut programs = Programs::load();
+        for (slot, program) in [(11u32, "xdp"), (12, "tc")] {
+            programs
+                .maps
+                .install(
+                    ForwardKey::new(relay(30000)),
+                    ForwardEntry::new(
+                        relay(30002),
+                        addr(CALLEE),
+                        addr(CALLER),
+                        FLAG_RTP,
+                        8000,
+                        slot,
+                    )
+                    .with_pass_payload_type(101),
+                )
+                .expect("install the pass-up entry");
+            programs.maps.reset_stream_stats(slot).expect("reset");
+            let run = |packet: &[u8]| match program {
+                "xdp" => programs.xdp(packet),
+                _ => programs.tc(packet),
+            };
+            let voice = |seq: u16| ipv4(addr(CALLER), relay(30000), &rtp(seq, 172), PLAIN);
+            let (verdict, _) = run(&voice(1));
+            assert_ne!(verdict, XDP_PASS, "{program}: voice is forwarded");
+            let mut event = rtp(2, 16);
+            event[1] = 0x80 | 101;
+            let event = ipv4(addr(CALLER), relay(30000), &event, PLAIN);
+            let passed = if program == "xdp" {
+                XDP_PASS
+            } else {
+                TC_ACT_OK
+            };
+            assert_eq!(
+                run(&event),
+                (passed, event.clone()),
+                "{program}: the telephone-event (marker set) is passed up unchanged"
+            );
+            let (verdict, _) = run(&voice(3));
+            assert_ne!(verdict, passed, "{program}: voice after it is forwarded");
+            let stats = programs.maps.stream_stats(slot).expect("slot");
+            assert_eq!(
+                (
+                    stats.packets,
+                    stats.received,
+                    stats.expected(),
+                    stats.lost()
+                ),
+                (2, 3, 3, 0),
+                "{program}: two forwarded, three in sequence, none lost"
+            );
+        }
+        programs.assert_counters(&[(Counter::Redirected, 4), (Counter::PassedPayloadType, 2)]);
+    });
+}

@@ -355,14 +355,14 @@ fn udp_in_csum_errors() -> u64 {
 /// told and reports what it received (source, payload) and its checksum
 /// errors.
 struct Peer {
-    send: mpsc::Sender<(SocketAddr, Vec<u16>)>,
+    send: mpsc::Sender<(SocketAddr, Vec<Vec<u8>>)>,
     received: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
     csum_errors: Arc<Mutex<(u64, u64)>>,
 }
 
 impl Peer {
     fn start(ns: &str, local: SocketAddr) -> Peer {
-        let (send, jobs) = mpsc::channel::<(SocketAddr, Vec<u16>)>();
+        let (send, jobs) = mpsc::channel::<(SocketAddr, Vec<Vec<u8>>)>();
         let (got, received) = mpsc::channel();
         let csum_errors = Arc::new(Mutex::new((0, 0)));
         let csum = Arc::clone(&csum_errors);
@@ -378,9 +378,9 @@ impl Peer {
             let mut buf = [0u8; 2048];
             loop {
                 match jobs.try_recv() {
-                    Ok((to, seqs)) => {
-                        for seq in seqs {
-                            socket.send_to(&rtp(seq), to).expect("send");
+                    Ok((to, packets)) => {
+                        for packet in packets {
+                            socket.send_to(&packet, to).expect("send");
                         }
                     }
                     Err(mpsc::TryRecvError::Disconnected) => return,
@@ -403,7 +403,11 @@ impl Peer {
     }
 
     fn send(&self, to: SocketAddr, seqs: Vec<u16>) {
-        self.send.send((to, seqs)).expect("peer thread alive");
+        self.send_packets(to, seqs.into_iter().map(rtp).collect());
+    }
+
+    fn send_packets(&self, to: SocketAddr, packets: Vec<Vec<u8>>) {
+        self.send.send((to, packets)).expect("peer thread alive");
     }
 
     /// Waits for `n` packets (3 s at most).
@@ -1125,5 +1129,126 @@ fn strict_source_drops_in_the_kernel_count_in_the_leg_stats() {
     assert!(
         counters.contains(&("source_mismatch_drop".to_owned(), 3)),
         "dropped by the program: {counters:?}"
+    );
+}
+
+/// An RFC 4733 telephone-event packet (payload type 101) of digit 5, in the
+/// peer's stream: every packet of the event carries its start timestamp.
+fn telephone_event(seq: u16, marker: bool, end: bool, duration: u16) -> Vec<u8> {
+    let mut p = vec![0x80, if marker { 0x80 | 101 } else { 101 }];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(6u32 * 160).to_be_bytes());
+    p.extend_from_slice(&PEER_SSRC.to_be_bytes());
+    p.extend_from_slice(&[5, if end { 0x80 | 10 } else { 10 }]);
+    p.extend_from_slice(&duration.to_be_bytes());
+    p
+}
+
+#[test]
+fn telephone_events_of_an_offloaded_call_reach_the_dtmf_detector() {
+    require_kernel_path!();
+    let bed = TestBed::new("d");
+    let (manager, grpc) = Manager::start(&bed.relay, "xdp-generic", &[]);
+    let caller = Peer::start(&bed.caller, addr(CALLER));
+    let callee = Peer::start(&bed.callee, addr(CALLEE));
+    let (heard, dtmf, stats) = with_client(&bed.relay, grpc, move |mut client| {
+        Box::pin(async move {
+            let (leg_a_addr, leg_b_addr) = bridged_call(&mut client).await;
+            caller.send(leg_a_addr, vec![0]);
+            let mut heard = callee.receive(1);
+            callee.send(leg_b_addr, vec![0]);
+            assert_eq!(caller.receive(1).len(), 1, "callee latched");
+            assert!(
+                wait_offloaded(&mut client, "a", true).await,
+                "caller → callee in the kernel"
+            );
+            let mut watch = client
+                .watch(v1::WatchRequest {
+                    stats_interval_secs: 0,
+                })
+                .await
+                .expect("Watch")
+                .into_inner();
+            // Voice 1..=5, digit 5 as 6..=11 (three updates, three ends),
+            // voice 12..=15.
+            let mut packets: Vec<Vec<u8>> = (1..=5).map(rtp).collect();
+            for (seq, end, duration) in [
+                (6u16, false, 160u16),
+                (7, false, 320),
+                (8, false, 480),
+                (9, true, 480),
+                (10, true, 480),
+                (11, true, 480),
+            ] {
+                packets.push(telephone_event(seq, seq == 6, end, duration));
+            }
+            packets.extend((12..=15).map(rtp));
+            // Paced as a phone sends (20 ms): a passed-up packet takes the
+            // slower userspace path, and a burst would let the next voice
+            // packets overtake it.
+            for packet in packets {
+                caller.send_packets(leg_a_addr, vec![packet]);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            heard.extend(callee.receive(15));
+            let dtmf = loop {
+                let event = tokio::time::timeout(Duration::from_secs(5), watch.message())
+                    .await
+                    .expect("a manager event within 5 s")
+                    .expect("Watch stream ok")
+                    .expect("Watch stream open");
+                if let Some(v1::manager_event::Event::Dtmf(d)) = event.event {
+                    break (d.leg_id, d.digit, d.duration_ms);
+                }
+            };
+            let stats = client
+                .get_stats(v1::GetStatsRequest {
+                    call_id: "call-1".into(),
+                    leg_id: "a".into(),
+                })
+                .await
+                .expect("GetStats")
+                .into_inner()
+                .legs;
+            let a = stats.first().expect("leg a");
+            (
+                heard,
+                dtmf,
+                (a.rtp_in.map(|c| c.packets), a.kernel_packets, a.rtp_lost),
+            )
+        })
+    });
+    assert_eq!(
+        dtmf,
+        ("a".to_owned(), "5".to_owned(), 60),
+        "the relay's detector saw the digit the kernel passed up"
+    );
+    let seqs: Vec<u16> = heard
+        .iter()
+        .map(|(_, p)| u16::from_be_bytes([p[2], p[3]]))
+        .collect();
+    assert_eq!(
+        seqs,
+        (0..=15).collect::<Vec<u16>>(),
+        "the callee got voice and DTMF, in order"
+    );
+    assert_eq!(
+        stats,
+        (Some(16), 9, 0),
+        "16 received (9 by the kernel), nothing counted lost"
+    );
+    let media: Vec<(String, u64)> = manager
+        .stop()
+        .into_iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "not_ip" | "not_udp"))
+        .collect();
+    assert_eq!(
+        media,
+        vec![
+            ("no_entry".to_owned(), 2),
+            ("forwarded".to_owned(), 9),
+            ("passed_payload_type".to_owned(), 6)
+        ],
+        "voice forwarded by the program, telephone-events passed up"
     );
 }

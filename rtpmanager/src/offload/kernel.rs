@@ -210,6 +210,7 @@ impl KernelOffload {
                     if let Err(e) = fast_path.remove(&key) {
                         tracing::warn!(slot = direction.from, kind = ?direction.kind, error = %e, "kernel entry not removed");
                     }
+                    self.set_kernel_inbound(direction, false);
                     self.close_episode(fast_path, direction, stats_slot);
                 }
                 OffloadCommand::Install {
@@ -226,13 +227,16 @@ impl KernelOffload {
                     let to = self.legs.get(&direction.from).and_then(|r| r.forward_to);
                     self.accounts.entry(direction).or_default().to = to;
                     match fast_path.install(key, entry) {
-                        Ok(()) => tracing::debug!(
-                            slot = direction.from,
-                            kind = ?direction.kind,
-                            key = %key.socket_addr(),
-                            destination = %entry.destination(),
-                            "stream in the kernel"
-                        ),
+                        Ok(()) => {
+                            self.set_kernel_inbound(direction, true);
+                            tracing::debug!(
+                                slot = direction.from,
+                                kind = ?direction.kind,
+                                key = %key.socket_addr(),
+                                destination = %entry.destination(),
+                                "stream in the kernel"
+                            )
+                        }
                         Err(e) => {
                             tracing::warn!(slot = direction.from, kind = ?direction.kind, error = %e, "kernel entry not installed; stays in userspace");
                             self.decision.forget_installed(direction);
@@ -240,6 +244,16 @@ impl KernelOffload {
                     }
                 }
             }
+        }
+    }
+
+    /// Tells the relay whether the kernel carries a leg's inbound RTP.
+    fn set_kernel_inbound(&self, direction: Direction, on: bool) {
+        if direction.kind != StreamKind::Rtp {
+            return;
+        }
+        if let Some(record) = self.legs.get(&direction.from) {
+            record.shared.kernel_inbound.store(on, Ordering::Relaxed);
         }
     }
 

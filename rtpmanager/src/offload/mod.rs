@@ -529,15 +529,22 @@ impl Offload {
             StreamKind::Rtp => a.input.params.clock_rate,
             StreamKind::Rtcp => 0,
         };
+        let pass_payload_type = match kind {
+            StreamKind::Rtp => a.input.params.telephone_event,
+            StreamKind::Rtcp => None,
+        };
         let stats_slot = self.stats_slot_of(direction).ok_or(Reason::NoStatsSlot)?;
-        let entry = ForwardEntry::new(source, destination, expected, flags, clock_rate, stats_slot);
-        Ok((
-            ForwardKey::new(key),
-            match rewrite {
-                Some(r) => entry.with_rewrite(r),
-                None => entry,
-            },
-        ))
+        let mut entry =
+            ForwardEntry::new(source, destination, expected, flags, clock_rate, stats_slot);
+        if let Some(r) = rewrite {
+            entry = entry.with_rewrite(r);
+        }
+        // The relay's DTMF detector must see telephone-events; the kernel
+        // passes them up and forwards the rest.
+        if let Some(pt) = pass_payload_type {
+            entry = entry.with_pass_payload_type(pt);
+        }
+        Ok((ForwardKey::new(key), entry))
     }
 
     /// The stats slot of a direction, allocated on first use.

@@ -83,8 +83,15 @@ fn remove(from: Slot, kind: StreamKind, key: &str, stats_slot: u32) -> OffloadCo
     }
 }
 
+/// An entry as the decision makes it for these legs: RTP entries pass the
+/// legs' telephone-event payload type (101) up to the relay's DTMF detector.
 fn entry(src: &str, dst: &str, expected: &str, flags: u16, clock: u32, slot: u32) -> ForwardEntry {
-    ForwardEntry::new(addr(src), addr(dst), addr(expected), flags, clock, slot)
+    let entry = ForwardEntry::new(addr(src), addr(dst), addr(expected), flags, clock, slot);
+    if flags & FLAG_RTP != 0 {
+        entry.with_pass_payload_type(101)
+    } else {
+        entry
+    }
 }
 
 /// A bridged call where both peers have sent RTP; the commands so far are

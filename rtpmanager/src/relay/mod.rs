@@ -38,7 +38,7 @@ mod worker;
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -143,6 +143,10 @@ pub struct LegShared {
     /// The RTP stream this leg's peer receives, shared by the relay's
     /// forwarding and by injections (playback, DTMF).
     pub outbound: Mutex<OutboundStream>,
+    /// The kernel forwards this leg's RTP and passes only its
+    /// telephone-events up: those are then left out of the relay's RFC 3550
+    /// figures, which the kernel's cover (see `offload::kernel`).
+    pub kernel_inbound: AtomicBool,
 }
 
 impl LegShared {
@@ -155,6 +159,7 @@ impl LegShared {
             rtp_socket,
             destination: Mutex::new(None),
             outbound: Mutex::new(OutboundStream::default()),
+            kernel_inbound: AtomicBool::new(false),
         }
     }
 

@@ -449,9 +449,19 @@ impl Worker {
             LegCounters::add(&counters.rtp_in_packets, 1);
             LegCounters::add(&counters.rtp_in_bytes, len as u64);
             if let Ok(packet) = RtpPacket::parse(datagram.data) {
-                leg.stats
-                    .handle_packet(now, packet.sequence(), packet.timestamp(), len);
                 telephone_event = leg.params.telephone_event == Some(packet.payload_type().get());
+                // The kernel counts a telephone-event it passed up in its
+                // own sequence figures; counting it here too would turn the
+                // packets only the kernel saw into a loss.
+                let kernel_counts = telephone_event
+                    && leg
+                        .shared
+                        .kernel_inbound
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                if !kernel_counts {
+                    leg.stats
+                        .handle_packet(now, packet.sequence(), packet.timestamp(), len);
+                }
                 if telephone_event {
                     if let Some(detector) = leg.dtmf.as_mut() {
                         if let Err(e) = detector.handle_packet(
