@@ -101,6 +101,14 @@ pub struct Config {
     #[arg(long, env = "KEEP_ON_EXIT")]
     pub keep_on_exit: bool,
 
+    /// Directory where the manager saves its calls (`sessions.json`,
+    /// replaced atomically on every change), so a restarted manager binds
+    /// their ports again, lists them and keeps their kernel entries (with a
+    /// pinned fast path, media never stopped). Without it a restart forgets
+    /// every call and removes their kernel entries.
+    #[arg(long, env = "STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
     /// Seconds without RTP on a confirmed bridged leg before a media-timeout event.
     #[arg(long, env = "MEDIA_TIMEOUT", default_value_t = 30)]
     pub media_timeout: u32,

@@ -24,6 +24,7 @@ use crate::playback::{
 };
 use crate::relay::{LegCounters, LegRef, LegShared, LegSnapshot, Relay, RelayEvent};
 use crate::sdp::Negotiation;
+use crate::session::persist::{SavedState, StateFile};
 use crate::session::{LegOptions, LegView, OfferInput, RelayCommand, SessionError, SessionTable};
 
 /// Codecs the manager can terminate (playback, DTMF) or transcode.
@@ -57,6 +58,8 @@ struct Inner {
     /// Where Play finds its files; nothing outside it is read.
     audio_dir: PathBuf,
     injections: Arc<Injections>,
+    /// Where the calls are saved for a restarted manager, when configured.
+    state: Option<StateFile>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -156,6 +159,7 @@ impl ControlService {
         relay: Relay,
         offload: KernelOffload,
         audio_dir: PathBuf,
+        state: Option<StateFile>,
     ) -> Self {
         let (events, _) = broadcast::channel(4096);
         ControlService {
@@ -168,6 +172,7 @@ impl ControlService {
                 events,
                 audio_dir,
                 injections: Arc::new(Injections::default()),
+                state,
             }),
         }
     }
@@ -224,7 +229,67 @@ impl ControlService {
         let events = offload.events();
         drop(offload);
         self.publish_offload(events);
+        self.persist();
         Ok(removed)
+    }
+
+    /// Saves the calls, with the relay's latches, for a restarted manager.
+    fn persist(&self) {
+        let Some(file) = &self.inner.state else {
+            return;
+        };
+        let mut saved = self.table().saved();
+        {
+            let offload = self.offload();
+            for call in &mut saved.calls {
+                for leg in &mut call.legs {
+                    (leg.latched_rtp, leg.latched_rtcp) = offload.latched_of(leg.slot);
+                }
+            }
+        }
+        if let Err(e) = file.write(&saved) {
+            tracing::warn!(error = %e, "session state not saved; a restart would not re-adopt the calls");
+        }
+    }
+
+    /// Takes back the calls a previous run saved: ports bound again, the
+    /// table rebuilt, latches fed to the offload decision (which installs
+    /// the same entries the kernel still holds). Returns how many legs came
+    /// back.
+    pub fn restore(&self, saved: &SavedState) -> Result<usize, Status> {
+        let (commands, failed) = self.table().restore(Instant::now(), saved);
+        for f in &failed {
+            tracing::warn!(call = %f.call_id, leg = %f.leg_id, reason = %f.reason, "leg not re-adopted");
+        }
+        self.apply(commands)?;
+        let mut legs = 0;
+        for call in &saved.calls {
+            for leg in &call.legs {
+                if failed
+                    .iter()
+                    .any(|f| f.call_id == call.call_id && f.leg_id == leg.leg_id)
+                {
+                    continue;
+                }
+                legs += 1;
+                let leg_ref = LegRef {
+                    call_id: Arc::from(call.call_id.as_str()),
+                    leg_id: Arc::from(leg.leg_id.as_str()),
+                };
+                if let Some(source) = leg.latched_rtp {
+                    self.latched(&leg_ref, StreamKind::Rtp, source);
+                }
+                if let Some(source) = leg.latched_rtcp {
+                    self.latched(&leg_ref, StreamKind::Rtcp, source);
+                }
+            }
+        }
+        Ok(legs)
+    }
+
+    /// The keys of the entries this manager has in the kernel.
+    pub fn kernel_keys(&self) -> Vec<rtpmanager_common::ForwardKey> {
+        self.offload().installed_keys()
     }
 
     /// Tells the offload decision what the relay commands change.
@@ -297,6 +362,7 @@ impl ControlService {
         let events = offload.events();
         drop(offload);
         self.publish_offload(events);
+        self.persist();
     }
 
     /// The relay fixed new rewrite offsets for the stream towards `leg`'s

@@ -99,6 +99,9 @@ pub enum PortError {
     /// The port released is not an allocated pair of this pool.
     #[error("RTP port {0} is not allocated from this pool")]
     NotAllocated(RtpPort),
+    /// A re-adopted leg's pair is outside the range, in use or not bindable.
+    #[error("RTP port {0} cannot be taken again: outside the range, in use or not bindable")]
+    Unavailable(u16),
 }
 
 /// The state of one pair.
@@ -215,6 +218,24 @@ impl PortPool {
             in_use: self.count(Slot::InUse),
             unbindable: self.count(Slot::Unbindable),
         }))
+    }
+
+    /// Binds the pair of RTP port `port` (a restarted manager re-adopting a
+    /// leg); fails when it is outside the range, in use, or cannot be bound.
+    pub fn allocate_port(&mut self, port: u16) -> Result<PortAllocation, PortError> {
+        let index = port
+            .checked_sub(self.min)
+            .filter(|d| d % 2 == 0)
+            .map(|d| usize::from(d / 2))
+            .filter(|i| *i < self.slots.len() && self.slots[*i] != Slot::InUse)
+            .ok_or(PortError::Unavailable(port))?;
+        let pair = self.port_of(index);
+        let (rtp, rtcp) = self
+            .bind_pair(pair, false)
+            .map_err(|_| PortError::Unavailable(port))?;
+        let port = pair;
+        self.slots[index] = Slot::InUse;
+        Ok(PortAllocation { port, rtp, rtcp })
     }
 
     fn bind_pair(

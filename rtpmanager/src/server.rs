@@ -16,6 +16,7 @@ use crate::interfaces;
 use crate::offload::kernel::KernelOffload;
 use crate::ports::PortPool;
 use crate::relay::Relay;
+use crate::session::persist::StateFile;
 use crate::session::{SessionTable, TableConfig};
 
 /// Runs the manager until SIGINT/SIGTERM.
@@ -36,15 +37,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         Some(&config.bpf_pin_path),
     );
-    // Pinned maps come back with a previous run's entries; this run starts
-    // with no calls, so none of them belongs to a call it knows.
-    let stale = fast_path.retain_entries(|_| false);
-    if stale > 0 {
-        tracing::info!(
-            entries = stale,
-            "removed the kernel entries a previous run left: their calls are not in this manager"
-        );
-    }
+
     if fast_path.mode() != Mode::Off {
         check_forwarding(
             &interface,
@@ -81,6 +74,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pool,
     );
     let relay = Relay::start().context("starting the media relay")?;
+    let state = config
+        .state_dir
+        .as_deref()
+        .and_then(|dir| match StateFile::in_dir(dir) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                tracing::warn!(error = %e, "--state-dir unusable: calls are not saved for a restart");
+                None
+            }
+        });
     let service = ControlService::new(
         info,
         fast_path,
@@ -88,7 +91,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         relay,
         offload,
         config.audio_path.clone(),
+        state.clone(),
     );
+    readopt(&service, state.as_ref());
     tokio::spawn(service.clone().watch_offloaded(Duration::from_secs(1)));
     tokio::spawn(service.clone().forward_relay_events());
     tokio::spawn(service.clone().reap_idle_legs(
@@ -130,7 +135,38 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(counters = %summary.join(" "), "fast path detached");
     }
     service.fast_path().shutdown(config.keep_on_exit);
+    // A clean exit without --keep-on-exit ended the calls' kernel path;
+    // the next manager must not take them back.
+    if let (Some(state), false) = (&state, config.keep_on_exit) {
+        state.remove();
+    }
     Ok(())
+}
+
+/// Takes back the calls a previous run saved, then removes the kernel
+/// entries (pinned maps come back with them) of calls this run does not
+/// have: deleted from the state, or never saved.
+fn readopt(service: &ControlService, state: Option<&StateFile>) {
+    match state.map(StateFile::read) {
+        Some(Ok(Some(saved))) => match service.restore(&saved) {
+            Ok(legs) => {
+                tracing::info!(legs, path = %state.map_or(String::new(), |s| s.path().display().to_string()), "calls of the previous run re-adopted")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.message(), "re-adopting the previous run's calls failed")
+            }
+        },
+        Some(Ok(None)) | None => {}
+        Some(Err(e)) => tracing::warn!(error = %e, "session state unreadable: no call re-adopted"),
+    }
+    let keep: std::collections::HashSet<_> = service.kernel_keys().into_iter().collect();
+    let stale = service.fast_path().retain_entries(|key| keep.contains(key));
+    if stale > 0 {
+        tracing::info!(
+            entries = stale,
+            "removed the kernel entries a previous run left for calls this manager does not have"
+        );
+    }
 }
 
 /// The address packets for each advertised address carry on the wire at

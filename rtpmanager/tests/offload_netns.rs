@@ -966,15 +966,52 @@ fn with_client<T: Send + 'static>(
     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
-fn kernel_forwarding_outlives_a_killed_manager(tag: &str, fast_path: &str, mode: Mode) {
-    let bed = TestBed::new(tag);
-    let bpffs = BpfFs::mount();
-    let pin_dir = bpffs.pin_dir();
-    let pinned_args = ["--bpf-pin-path", pin_dir.as_str()];
-    let (manager, grpc) = Manager::start(&bed.relay, fast_path, &pinned_args);
+/// Pins on a test bpffs and a test state directory.
+struct Restartable {
+    bpffs: BpfFs,
+    state: tempfile::TempDir,
+}
+
+impl Restartable {
+    fn new() -> Restartable {
+        Restartable {
+            bpffs: BpfFs::mount(),
+            state: tempfile::tempdir().expect("state directory"),
+        }
+    }
+
+    fn args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args = vec![
+            "--bpf-pin-path".to_owned(),
+            self.bpffs.pin_dir(),
+            "--state-dir".to_owned(),
+            self.state.path().display().to_string(),
+        ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        args
+    }
+
+    fn state_file(&self) -> std::path::PathBuf {
+        self.state.path().join("sessions.json")
+    }
+}
+
+fn start(bed: &TestBed, fast_path: &str, args: &[String]) -> (Manager, String) {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Manager::start(&bed.relay, fast_path, &args)
+}
+
+/// A bridged call in the kernel, 20 packets forwarded, then the manager
+/// SIGKILLed and 20 more packets forwarded with no manager running.
+fn call_then_kill(
+    bed: &TestBed,
+    saved: &Restartable,
+    fast_path: &str,
+    mode: Mode,
+) -> (Peer, Peer, SocketAddr, SocketAddr) {
+    let (manager, grpc) = start(bed, fast_path, &saved.args(&[]));
     let caller = Peer::start(&bed.caller, addr(CALLER));
     let callee = Peer::start(&bed.callee, addr(CALLEE));
-
     let (leg_a_addr, leg_b_addr) = with_client(&bed.relay, grpc.clone(), |mut client| {
         Box::pin(async move { bridged_call(&mut client).await })
     });
@@ -992,17 +1029,21 @@ fn kernel_forwarding_outlives_a_killed_manager(tag: &str, fast_path: &str, mode:
         20,
         "{mode}: forwarded while running"
     );
-    let link = format!("link-{mode}");
     assert_eq!(
-        bpffs.pinned(),
+        saved.bpffs.pinned(),
         vec![
             "SB_CONFIG".to_owned(),
             "SB_COUNTERS".to_owned(),
             "SB_FORWARD".to_owned(),
             "SB_STREAM_STATS".to_owned(),
-            link.clone()
+            format!("link-{mode}")
         ],
         "{mode}: maps and link pinned"
+    );
+    let state = std::fs::read_to_string(saved.state_file()).expect("the state file exists");
+    assert!(
+        state.contains("\"call_id\": \"call-1\"") && state.contains(&addr(CALLER).to_string()),
+        "{mode}: the call and the caller's latched address are saved: {state}"
     );
 
     manager.kill();
@@ -1023,60 +1064,125 @@ fn kernel_forwarding_outlives_a_killed_manager(tag: &str, fast_path: &str, mode:
         assert_eq!(*payload, rtp(seq), "{mode}: seq {seq} intact, in order");
     }
     assert_eq!(callee.new_csum_errors(), 0, "{mode}: valid checksums");
+    (caller, callee, leg_a_addr, leg_b_addr)
+}
 
-    // The next manager knows no calls: it removes their entries at start.
-    let (manager, grpc) = Manager::start(&bed.relay, fast_path, &pinned_args);
+fn killed_manager_is_readopted(tag: &str, fast_path: &str, mode: Mode) {
+    let bed = TestBed::new(tag);
+    let saved = Restartable::new();
+    let (caller, callee, leg_a_addr, _) = call_then_kill(&bed, &saved, fast_path, mode);
+
+    // The next manager takes the call back and keeps its entries.
+    let (manager, grpc) = start(&bed, fast_path, &saved.args(&[]));
+    let states = with_client(&bed.relay, grpc.clone(), |mut client| {
+        Box::pin(async move {
+            wait_offloaded(&mut client, "a", true).await;
+            offloaded(&mut client).await
+        })
+    });
+    assert_eq!(
+        states,
+        vec![("a".to_owned(), true), ("b".to_owned(), true)],
+        "{mode}: the restarted manager lists the call, in the kernel"
+    );
+    caller.send(leg_a_addr, (41..=50).collect());
+    assert_eq!(
+        callee.receive(10).len(),
+        10,
+        "{mode}: forwarded after the restart"
+    );
+    with_client(&bed.relay, grpc, |mut client| {
+        Box::pin(async move {
+            client
+                .delete(v1::DeleteRequest {
+                    call_id: "call-1".into(),
+                    leg_id: String::new(),
+                    ..Default::default()
+                })
+                .await
+                .expect("Delete");
+        })
+    });
+    caller.send(leg_a_addr, vec![51]);
+    assert_eq!(
+        callee.receive(0).len(),
+        0,
+        "{mode}: Delete removed the re-adopted call's entries"
+    );
+    let verdict = if mode == Mode::Tc {
+        "redirected"
+    } else {
+        "forwarded"
+    };
+    let media: Vec<(String, u64)> = manager
+        .stop()
+        .into_iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "not_ip" | "not_udp"))
+        .collect();
+    assert_eq!(
+        media,
+        vec![("no_entry".to_owned(), 3), (verdict.to_owned(), 50)],
+        "{mode}: pinned counters over both runs: the latches and packet 51 found no entry, \
+         1..=50 were forwarded by the program"
+    );
+    assert_eq!(
+        saved.bpffs.pinned(),
+        Vec::<String>::new(),
+        "{mode}: a clean exit unpins maps and link (the program is detached)"
+    );
+    assert!(
+        !saved.state_file().exists(),
+        "{mode}: a clean exit forgets the calls"
+    );
+
+    // Upgrade mode keeps everything pinned at a clean exit.
+    let (manager, _) = start(&bed, fast_path, &saved.args(&["--keep-on-exit"]));
+    manager.stop();
+    assert_eq!(
+        saved.bpffs.pinned().len(),
+        5,
+        "{mode}: --keep-on-exit keeps the maps and the link: {:?}",
+        saved.bpffs.pinned()
+    );
+}
+
+#[test]
+fn xdp_forwarding_outlives_a_killed_manager_which_readopts_the_call() {
+    require_kernel_path!();
+    killed_manager_is_readopted("k", "xdp-generic", Mode::XdpGeneric);
+}
+
+#[test]
+fn tc_forwarding_outlives_a_killed_manager_which_readopts_the_call() {
+    require_kernel_path!();
+    killed_manager_is_readopted("l", "tc", Mode::Tc);
+}
+
+#[test]
+fn entries_of_a_call_deleted_from_the_state_are_removed_at_start() {
+    require_kernel_path!();
+    let mode = Mode::XdpGeneric;
+    let bed = TestBed::new("x");
+    let saved = Restartable::new();
+    let (caller, callee, leg_a_addr, _) = call_then_kill(&bed, &saved, "xdp-generic", mode);
+    std::fs::write(saved.state_file(), r#"{"version": 1, "calls": []}"#)
+        .expect("rewrite the state file");
+    let (manager, grpc) = start(&bed, "xdp-generic", &saved.args(&[]));
     let calls = with_client(&bed.relay, grpc, |mut client| {
         Box::pin(async move { offloaded(&mut client).await })
     });
-    assert_eq!(calls, vec![], "{mode}: the restarted manager has no calls");
+    assert_eq!(calls, vec![], "the call is not in the state any more");
     caller.send(leg_a_addr, vec![41]);
     assert_eq!(
         callee.receive(0).len(),
         0,
-        "{mode}: the unknown call's entry was removed at start"
-    );
-    assert_eq!(
-        bpffs.pinned().last(),
-        Some(&link),
-        "{mode}: the restarted manager took the pinned link over"
+        "its entries were removed at start"
     );
     let counters = manager.stop();
     assert!(
-        counters
-            .iter()
-            .any(|(name, n)| name == "no_entry" && *n >= 1),
-        "{mode}: packet 41 found no entry: {counters:?}"
+        counters.contains(&("no_entry".to_owned(), 3)),
+        "packet 41 found no entry: {counters:?}"
     );
-    assert_eq!(
-        bpffs.pinned(),
-        Vec::<String>::new(),
-        "{mode}: a clean exit unpins maps and link (the program is detached)"
-    );
-
-    // Upgrade mode keeps everything pinned at a clean exit.
-    let mut upgrade_args = pinned_args.to_vec();
-    upgrade_args.push("--keep-on-exit");
-    let (manager, _) = Manager::start(&bed.relay, fast_path, &upgrade_args);
-    manager.stop();
-    assert_eq!(
-        bpffs.pinned().len(),
-        5,
-        "{mode}: --keep-on-exit keeps the maps and the link: {:?}",
-        bpffs.pinned()
-    );
-}
-
-#[test]
-fn xdp_forwarding_outlives_a_killed_manager_and_a_clean_exit_unpins_it() {
-    require_kernel_path!();
-    kernel_forwarding_outlives_a_killed_manager("k", "xdp-generic", Mode::XdpGeneric);
-}
-
-#[test]
-fn tc_forwarding_outlives_a_killed_manager_and_a_clean_exit_unpins_it() {
-    require_kernel_path!();
-    kernel_forwarding_outlives_a_killed_manager("l", "tc", Mode::Tc);
 }
 
 #[test]

@@ -295,6 +295,16 @@ impl KernelOffload {
         });
     }
 
+    /// The latched RTP and RTCP sources of a leg.
+    pub fn latched_of(&self, slot: Slot) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        self.decision.latched_of(slot)
+    }
+
+    /// The keys of every entry the decision has in the kernel.
+    pub fn installed_keys(&self) -> Vec<rtpmanager_common::ForwardKey> {
+        self.decision.installed_keys()
+    }
+
     /// Whether media received on `slot` is forwarded by the kernel now.
     pub fn offloaded(&self, slot: Slot) -> bool {
         self.decision.offloaded(slot)

@@ -369,6 +369,18 @@ impl Offload {
         self.installed.remove(&direction);
     }
 
+    /// The latched RTP and RTCP sources of a leg.
+    pub fn latched_of(&self, slot: Slot) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        self.legs
+            .get(&slot)
+            .map_or((None, None), |s| (s.latched_rtp, s.latched_rtcp))
+    }
+
+    /// The keys of every installed entry.
+    pub fn installed_keys(&self) -> Vec<ForwardKey> {
+        self.installed.values().map(|i| i.key).collect()
+    }
+
     /// The installed directions with their stats slots, in order.
     pub fn installed(&self) -> Vec<(Direction, u32)> {
         self.installed

@@ -798,5 +798,7 @@ fn now_session_id(slot: Slot) -> u64 {
     secs.wrapping_mul(1000).wrapping_add(u64::from(slot))
 }
 
+pub mod persist;
+
 #[cfg(test)]
 mod tests;
