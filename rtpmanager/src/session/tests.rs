@@ -338,3 +338,88 @@ fn idle_legs_are_those_without_control_or_media() {
     let idle = t.idle_legs(start + Duration::from_secs(11), 0, Duration::from_secs(10));
     assert_eq!(idle, vec![("c1".to_owned(), "a".to_owned())]);
 }
+
+#[test]
+fn saved_calls_are_restored_on_the_same_ports_with_the_same_params() {
+    let mut t = table();
+    let now = Instant::now();
+    let offer = t.offer(now, input("c1", "a", "b", OFFER)).expect("offer");
+    let answer = t.answer(now, "c1", "b", "a", ANSWER_PCMA).expect("answer");
+    let bridged = updates(&t.bridge(now, "c1", "a", "b").expect("bridge"));
+    let saved = t.saved();
+    let json = serde_json::to_string(&saved).expect("serialize");
+    let read: persist::SavedState = serde_json::from_str(&json).expect("deserialize");
+    assert_eq!(read, saved, "the JSON round trip is exact");
+    let ports: Vec<u16> = saved.calls[0].legs.iter().map(|l| l.rtp_port).collect();
+    assert_eq!(
+        ports,
+        vec![port_of(&answer.sdp), port_of(&offer.sdp)],
+        "legs a and b with the ports their peers were given"
+    );
+    // The old run ends: its sockets close with the table and the commands.
+    drop((t, offer, answer));
+
+    let base = *ports.iter().min().expect("two ports");
+    let pool = PortPool::new(IpAddr::V4(Ipv4Addr::LOCALHOST), base, base + 19).expect("pool");
+    let mut restored = SessionTable::new(
+        TableConfig {
+            advertise_v4: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 5)),
+            advertise_v6: Some("2001:db8::5".parse().expect("v6")),
+            media_timeout: Duration::from_secs(30),
+        },
+        pool,
+    );
+    let (commands, failed) = restored.restore(now, &read);
+    assert!(failed.is_empty(), "every leg came back: {failed:?}");
+    let added: Vec<Slot> = commands
+        .iter()
+        .filter_map(|c| match c {
+            RelayCommand::Add { slot, .. } => Some(*slot),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(added.len(), 2, "both legs added to the relay");
+    let mut params = updates(&commands);
+    params.sort_by_key(|(slot, _)| *slot);
+    let mut want = bridged.clone();
+    want.sort_by_key(|(slot, _)| *slot);
+    assert_eq!(params, want, "the relay params of the bridged call again");
+    assert_eq!(
+        restored.saved(),
+        read,
+        "the restored table saves the same state"
+    );
+    let views = restored.leg_views("c1", "").expect("the call is listed");
+    assert_eq!(
+        views
+            .iter()
+            .map(|v| (
+                v.leg_id.as_str(),
+                v.rtp_port,
+                v.bridged_to.clone(),
+                v.codec.clone()
+            ))
+            .collect::<Vec<_>>(),
+        vec![
+            (
+                "a",
+                ports[0],
+                Some("b".to_owned()),
+                Some("PCMA/8000".to_owned())
+            ),
+            (
+                "b",
+                ports[1],
+                Some("a".to_owned()),
+                Some("PCMA/8000".to_owned())
+            )
+        ]
+    );
+    let new_leg = restored
+        .offer(now, input("c2", "x", "", OFFER))
+        .expect("a new call");
+    assert!(
+        !ports.contains(&new_leg.leg.rtp_port) && !added.contains(&new_leg.leg.slot),
+        "new legs get other ports and slots"
+    );
+}
