@@ -376,6 +376,8 @@ impl ControlService {
         let events = offload.events();
         drop(offload);
         self.publish_offload(events);
+        // The new offsets are in the kernel now: a restart must keep them.
+        self.persist();
     }
 
     /// Feeds the offload decision every leg's latched addresses after

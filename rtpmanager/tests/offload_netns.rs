@@ -1358,3 +1358,107 @@ fn telephone_events_of_an_offloaded_call_reach_the_dtmf_detector() {
         "voice forwarded by the program, telephone-events passed up"
     );
 }
+
+/// Plays `file` into leg b and waits until the playback completed.
+async fn play_to_b(client: &mut RtpManagerClient<Channel>, file: &str) {
+    let mut play = client
+        .play(v1::PlayRequest {
+            call_id: "call-1".into(),
+            leg_id: "b".into(),
+            files: vec![file.into()],
+            repeat: 0,
+            loop_forever: false,
+        })
+        .await
+        .expect("Play")
+        .into_inner();
+    let mut completed = false;
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(5), play.message())
+        .await
+        .expect("a Play event within 5 s")
+        .expect("Play stream ok")
+    {
+        completed |= matches!(event.event, Some(v1::play_event::Event::Completed(_)));
+    }
+    assert!(completed, "the playback completed");
+}
+
+#[test]
+fn a_continuity_rewrite_in_the_kernel_survives_a_killed_manager() {
+    require_kernel_path!();
+    let bed = TestBed::new("w");
+    let saved = Restartable::new();
+    let audio = tempfile::tempdir().expect("audio directory");
+    std::fs::write(audio.path().join("short.wav"), wav_8k(200)).expect("write short.wav");
+    let audio_path = audio.path().display().to_string();
+    let args = saved.args(&["--audio-path", &audio_path]);
+    let (manager, grpc) = start(&bed, "xdp-generic", &args);
+    let caller = Peer::start(&bed.caller, addr(CALLER));
+    let callee = Peer::start(&bed.callee, addr(CALLEE));
+    let (leg_a_addr, leg_b_addr) = with_client(&bed.relay, grpc.clone(), |mut client| {
+        Box::pin(async move { bridged_call(&mut client).await })
+    });
+    caller.send(leg_a_addr, vec![0]);
+    let mut heard = callee.receive(1);
+    callee.send(leg_b_addr, vec![0]);
+    assert_eq!(caller.receive(1).len(), 1, "callee latched");
+    let in_kernel = with_client(&bed.relay, grpc.clone(), |mut client| {
+        Box::pin(async move { wait_offloaded(&mut client, "a", true).await })
+    });
+    assert!(in_kernel, "caller → callee in the kernel");
+    caller.send(leg_a_addr, (1..=20).collect());
+    heard.extend(callee.receive(20));
+    with_client(&bed.relay, grpc.clone(), |mut client| {
+        Box::pin(async move { play_to_b(&mut client, "short.wav").await })
+    });
+    heard.extend(callee.receive(10));
+    // The anchoring packet, then the kernel with the offsets.
+    caller.send(leg_a_addr, vec![100]);
+    heard.extend(callee.receive(1));
+    let back = with_client(&bed.relay, grpc, |mut client| {
+        Box::pin(async move { wait_offloaded(&mut client, "a", true).await })
+    });
+    assert!(back, "back in the kernel after the playback");
+    caller.send(leg_a_addr, (101..=110).collect());
+    heard.extend(callee.receive(10));
+    let state = std::fs::read_to_string(saved.state_file()).expect("state file");
+    assert!(
+        state.contains("\"rewrite\": {"),
+        "the anchored rewrite is saved: {state}"
+    );
+
+    manager.kill();
+    caller.send(leg_a_addr, (111..=120).collect());
+    heard.extend(callee.receive(10));
+
+    let (manager, grpc) = start(&bed, "xdp-generic", &args);
+    let readopted = with_client(&bed.relay, grpc, |mut client| {
+        Box::pin(async move { wait_offloaded(&mut client, "a", true).await })
+    });
+    assert!(readopted, "re-adopted in the kernel");
+    caller.send(leg_a_addr, (121..=130).collect());
+    heard.extend(callee.receive(10));
+
+    let headers: Vec<(u32, u16, u32)> = heard.iter().map(|(_, p)| header(p)).collect();
+    let seqs: Vec<u16> = headers.iter().map(|h| h.1).collect();
+    assert_eq!(
+        seqs,
+        (0..=61).collect::<Vec<u16>>(),
+        "consecutive sequence numbers: forwarded, played, forwarded with offsets, \
+         with no manager, and after the restart"
+    );
+    assert!(
+        headers.iter().all(|h| h.0 == PEER_SSRC),
+        "one SSRC throughout: {headers:?}"
+    );
+    let media: Vec<(String, u64)> = manager
+        .stop()
+        .into_iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "not_ip" | "not_udp"))
+        .collect();
+    assert_eq!(
+        media,
+        vec![("no_entry".to_owned(), 3), ("forwarded".to_owned(), 50)],
+        "the latches and the anchor in userspace, 50 packets forwarded by the program over both runs"
+    );
+}

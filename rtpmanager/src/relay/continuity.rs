@@ -217,6 +217,26 @@ impl OutboundStream {
         }
     }
 
+    /// Takes back the anchored rewrite of a previous run of the manager
+    /// (whose kernel entries still rewrite with it), so the relay and the
+    /// re-installed entries go on with the same offsets.
+    pub fn resume(&mut self, rewrite: Rewrite) {
+        if let Rewrite::Anchored {
+            source,
+            ssrc,
+            sequence_offset,
+            timestamp_offset,
+        } = rewrite
+        {
+            self.rewrite_ssrc = Some(ssrc);
+            self.offsets = Some(Offsets {
+                source,
+                sequence: sequence_offset,
+                timestamp: timestamp_offset,
+            });
+        }
+    }
+
     /// Whether [`OutboundStream::forward`] fixed new offsets since the last
     /// call: [`OutboundStream::rewrite`] changed to a new anchor.
     pub fn take_anchored(&mut self) -> bool {
@@ -431,6 +451,24 @@ mod tests {
             FRESH,
         );
         assert_eq!(start, pos(0xAA, 301, 48_160));
+    }
+
+    #[test]
+    fn a_resumed_rewrite_applies_the_saved_offsets() {
+        let mut s = OutboundStream::default();
+        let anchored = Rewrite::Anchored {
+            source: Ssrc(0xAA),
+            ssrc: Ssrc(0xBB),
+            sequence_offset: 10,
+            timestamp_offset: 1600,
+        };
+        s.resume(anchored);
+        assert_eq!(s.rewrite(), anchored);
+        assert_eq!(
+            s.forward(Instant::now(), 8000, pos(0xAA, 100, 16_000)),
+            ForwardVerdict::Rewrite(pos(0xBB, 110, 17_600))
+        );
+        assert!(!s.take_anchored(), "the same anchor, nothing new");
     }
 
     #[test]

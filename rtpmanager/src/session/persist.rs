@@ -1,6 +1,11 @@
 //! The session state a restarted manager needs to re-adopt its calls: the
 //! calls and legs with their ports, options, SDP state, settled
-//! negotiation, bridges and the relay's latched peers.
+//! negotiation, bridges, the relay's latched peers and the anchored stream
+//! continuity rewrites.
+//!
+//! Not kept: the `o=` version sent to each peer (a restored leg starts a
+//! fresh session id), the kernel's per-stream figures of earlier episodes,
+//! and a rewrite that was not anchored yet (its direction was in userspace).
 //!
 //! The kernel's forwarding entries outlive the manager when the fast path
 //! is pinned; with this state the next manager binds the same ports again,
@@ -22,6 +27,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{Call, CallId, Leg, LegId, LegOptions, RelayCommand, SessionTable};
+use crate::media::rtp::Ssrc;
+use crate::relay::continuity::Rewrite;
 use crate::relay::{LegParams, LegRef, LegShared, Slot};
 use crate::sdp::{self, Codec, Direction, Negotiation, OriginState, PayloadType, PeerMedia};
 
@@ -78,6 +85,18 @@ pub struct SavedLeg {
     pub bridged_to: Option<String>,
     pub latched_rtp: Option<SocketAddr>,
     pub latched_rtcp: Option<SocketAddr>,
+    /// The anchored continuity rewrite of the stream towards this leg's
+    /// peer (after an injection), which its kernel entries apply.
+    #[serde(default)]
+    pub rewrite: Option<SavedRewrite>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SavedRewrite {
+    pub source_ssrc: u32,
+    pub ssrc: u32,
+    pub sequence_offset: u16,
+    pub timestamp_offset: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -218,6 +237,20 @@ impl SessionTable {
                         bridged_to: l.bridged_to.as_ref().map(|b| b.0.clone()),
                         latched_rtp: None,
                         latched_rtcp: None,
+                        rewrite: match l.shared.outbound().rewrite() {
+                            Rewrite::Anchored {
+                                source,
+                                ssrc,
+                                sequence_offset,
+                                timestamp_offset,
+                            } => Some(SavedRewrite {
+                                source_ssrc: source.0,
+                                ssrc: ssrc.0,
+                                sequence_offset,
+                                timestamp_offset,
+                            }),
+                            Rewrite::Unchanged | Rewrite::Unanchored => None,
+                        },
                     })
                     .collect();
                 legs.sort_by(|a, b| a.leg_id.cmp(&b.leg_id));
@@ -267,6 +300,14 @@ impl SessionTable {
                     },
                     Arc::new(allocation.rtp),
                 ));
+                if let Some(r) = &l.rewrite {
+                    shared.outbound().resume(Rewrite::Anchored {
+                        source: Ssrc(r.source_ssrc),
+                        ssrc: Ssrc(r.ssrc),
+                        sequence_offset: r.sequence_offset,
+                        timestamp_offset: r.timestamp_offset,
+                    });
+                }
                 let parse =
                     |text: &Option<String>| text.as_deref().and_then(|t| sdp::parse(t).ok());
                 let leg = Leg {
