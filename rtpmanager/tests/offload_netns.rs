@@ -34,7 +34,7 @@ use nix::sched::{setns, CloneFlags};
 use switchboard_proto::v1;
 use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
 use switchboard_rtpmanager::config::FastPathRequest;
-use switchboard_rtpmanager::fastpath::{self, FastPath, Mode, Settings};
+use switchboard_rtpmanager::fastpath::{self, FastPath, Mode, PinError, Pins, Settings};
 use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard-rtpmanager");
@@ -1460,5 +1460,30 @@ fn a_continuity_rewrite_in_the_kernel_survives_a_killed_manager() {
         media,
         vec![("no_entry".to_owned(), 3), ("forwarded".to_owned(), 50)],
         "the latches and the anchor in userspace, 50 packets forwarded by the program over both runs"
+    );
+}
+
+#[test]
+fn a_pin_directory_serves_one_manager_at_a_time_and_must_be_on_bpffs() {
+    require_kernel_path!();
+    let bpffs = BpfFs::mount();
+    let dir = std::path::PathBuf::from(bpffs.pin_dir());
+    let first = Pins::prepare(&dir).expect("the first manager pins");
+    let second = Pins::prepare(&dir).expect_err("a second manager is refused");
+    assert!(
+        matches!(&second, PinError::InUse(d) if *d == dir),
+        "in use: {second}"
+    );
+    drop(first);
+    Pins::prepare(&dir).expect("free again once the first is gone");
+    let plain = tempfile::tempdir().expect("a directory on tmpfs or disk");
+    let refused = Pins::prepare(&plain.path().join("switchboard")).expect_err("not bpffs");
+    assert!(
+        matches!(refused, PinError::NotBpffs(_)),
+        "not bpffs: {refused}"
+    );
+    assert!(
+        refused.to_string().contains("mount -t bpf bpf /sys/fs/bpf"),
+        "the error says how to fix it: {refused}"
     );
 }

@@ -33,12 +33,16 @@ pub enum PinError {
     /// The pin directory is not on a bpffs mount.
     #[error("{0} is not on a bpffs (mount one with `mount -t bpf bpf /sys/fs/bpf`, or choose another --bpf-pin-path)")]
     NotBpffs(PathBuf),
-    /// The pin directory could not be created.
+    /// The pin directory could not be created or opened.
     #[error("cannot create {path}")]
     Create {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Another manager holds the pin directory: taking its link and maps
+    /// over would break its calls.
+    #[error("{0} is in use by another manager (choose another --bpf-pin-path)")]
+    InUse(PathBuf),
 }
 
 /// The maps that are pinned, with the layout this build expects:
@@ -70,10 +74,12 @@ const PINNED_MAPS: [(&str, usize, usize, u32); 4] = [
     ),
 ];
 
-/// A pin directory on bpffs.
-#[derive(Clone, Debug)]
+/// A pin directory on bpffs, locked (`flock` on the directory) for as long
+/// as this value lives, so two managers never share one.
+#[derive(Debug)]
 pub struct Pins {
     dir: PathBuf,
+    _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 fn on_bpffs(path: &Path) -> bool {
@@ -89,12 +95,17 @@ impl Pins {
         if !on_bpffs(existing) {
             return Err(PinError::NotBpffs(dir.to_owned()));
         }
-        std::fs::create_dir_all(dir).map_err(|source| PinError::Create {
+        let create = |source| PinError::Create {
             path: dir.to_owned(),
             source,
-        })?;
+        };
+        std::fs::create_dir_all(dir).map_err(create)?;
+        let handle = std::fs::File::open(dir).map_err(create)?;
+        let lock = nix::fcntl::Flock::lock(handle, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| PinError::InUse(dir.to_owned()))?;
         Ok(Pins {
             dir: dir.to_owned(),
+            _lock: lock,
         })
     }
 
