@@ -1069,6 +1069,19 @@ fn call_then_kill(
 
 fn killed_manager_is_readopted(tag: &str, fast_path: &str, mode: Mode) {
     let bed = TestBed::new(tag);
+    // Native XDP_TX out of a veth is delivered only when the peer runs an
+    // XDP program; ours with an unused media range passes everything.
+    let _peer_pass = (mode == Mode::XdpNative).then(|| {
+        let settings = Settings {
+            request: FastPathRequest::Xdp,
+            interface: "pr".into(),
+            port_min: 1,
+            port_max: 1,
+        };
+        spawn_in_ns(&bed.bridge, move || FastPath::start(&settings))
+            .join()
+            .expect("peer pass program")
+    });
     let saved = Restartable::new();
     let (caller, callee, leg_a_addr, _) = call_then_kill(&bed, &saved, fast_path, mode);
 
@@ -1150,6 +1163,12 @@ fn killed_manager_is_readopted(tag: &str, fast_path: &str, mode: Mode) {
 fn xdp_forwarding_outlives_a_killed_manager_which_readopts_the_call() {
     require_kernel_path!();
     killed_manager_is_readopted("k", "xdp-generic", Mode::XdpGeneric);
+}
+
+#[test]
+fn xdp_native_forwarding_outlives_a_killed_manager_which_readopts_the_call() {
+    require_kernel_path!();
+    killed_manager_is_readopted("m", "xdp", Mode::XdpNative);
 }
 
 #[test]
