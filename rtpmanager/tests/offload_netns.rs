@@ -1506,3 +1506,42 @@ fn a_pin_directory_serves_one_manager_at_a_time_and_must_be_on_bpffs() {
         "the error says how to fix it: {refused}"
     );
 }
+
+/// The experiment behind pinning: without a bpffs (inside `ip netns exec`
+/// /sys/fs/bpf is plain sysfs) the link is the process's alone, and a
+/// SIGKILL detaches the program with it.
+#[test]
+fn an_unpinned_fast_path_ends_with_a_killed_manager() {
+    require_kernel_path!();
+    let bed = TestBed::new("u");
+    let (manager, grpc) = Manager::start(&bed.relay, "xdp-generic", &[]);
+    let caller = Peer::start(&bed.caller, addr(CALLER));
+    let callee = Peer::start(&bed.callee, addr(CALLEE));
+    let (leg_a_addr, leg_b_addr) = with_client(&bed.relay, grpc.clone(), |mut client| {
+        Box::pin(async move { bridged_call(&mut client).await })
+    });
+    caller.send(leg_a_addr, vec![0]);
+    assert_eq!(callee.receive(1).len(), 1, "caller latched");
+    callee.send(leg_b_addr, vec![0]);
+    assert_eq!(caller.receive(1).len(), 1, "callee latched");
+    let in_kernel = with_client(&bed.relay, grpc, |mut client| {
+        Box::pin(async move { wait_offloaded(&mut client, "a", true).await })
+    });
+    assert!(in_kernel, "caller → callee in the kernel");
+    caller.send(leg_a_addr, (1..=5).collect());
+    assert_eq!(callee.receive(5).len(), 5, "forwarded while running");
+    let unpinned = manager
+        .log
+        .lock()
+        .expect("log lock")
+        .iter()
+        .any(|l| l.contains("kernel fast path not pinned"));
+    assert!(unpinned, "the manager said it runs unpinned");
+    manager.kill();
+    caller.send(leg_a_addr, (6..=10).collect());
+    assert_eq!(
+        callee.receive(0).len(),
+        0,
+        "nothing is forwarded once the process that held the link is gone"
+    );
+}
