@@ -209,39 +209,26 @@ fn sip_register(args: &SipRegisterArgs) -> anyhow::Result<()> {
 
     let mut results = Vec::new();
     for &rate in &args.rates {
-        let result = run_sipp(&sipp, &scenario, &work, sip_port, rate, args.seconds)?;
+        let auth = ["-s", "1001", "-au", "1001", "-ap", "bench1001"];
+        let result = run_sipp(&sipp, &scenario, &auth, &work, sip_port, rate, args.seconds)?;
         print_result(&result);
         results.push(result);
     }
     drop(server);
-    println!();
-    println!(
-        "sip-register: REGISTER + 401 + REGISTER + 200, digest MD5, journal fsync before each 200"
+    print_table(
+        "sip-register: REGISTER + 401 + REGISTER + 200, digest MD5, journal fsync before each 200",
+        &results,
     );
-    println!(
-        "{:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "offered", "achieved", "failed", "p50 ms", "p90 ms", "p99 ms", "max ms"
-    );
-    for r in &results {
-        let (p50, p90, p99, max) = percentiles(&r.times_ms);
-        println!(
-            "{:>8} {:>10.1} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
-            r.offered,
-            r.successful as f64 / r.elapsed.as_secs_f64(),
-            r.failed,
-            p50,
-            p90,
-            p99,
-            max
-        );
-    }
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
 
+/// Runs one SIPp load of `rate` calls per second for `seconds` against the
+/// server, with the scenario's own arguments, in a directory of its own.
 fn run_sipp(
     sipp: &Path,
     scenario: &Path,
+    scenario_args: &[&str],
     work: &Path,
     sip_port: u16,
     rate: u32,
@@ -254,7 +241,7 @@ fn run_sipp(
     command
         .arg("-sf")
         .arg(scenario)
-        .args(["-s", "1001", "-au", "1001", "-ap", "bench1001"])
+        .args(scenario_args)
         .args(["-i", "127.0.0.1", "-p", &free_port()?.to_string()])
         .args([
             "-r",
@@ -280,28 +267,36 @@ fn run_sipp(
     let output = command.output().context("running sipp")?;
     let elapsed = started.elapsed();
     let screen = String::from_utf8_lossy(&output.stdout);
-    let cumulative = |name: &str| -> u64 {
-        screen
-            .lines()
-            .filter(|l| l.trim_start().starts_with(name))
-            .filter_map(|l| {
-                l.rsplit('|')
-                    .next()?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .next_back()
-            .unwrap_or(0)
-    };
     Ok(RateResult {
         offered: rate,
-        successful: cumulative("Successful call"),
-        failed: cumulative("Failed call"),
+        successful: sipp_counter(&screen, "Successful call"),
+        failed: sipp_counter(&screen, "Failed call"),
         elapsed,
         times_ms: read_rtt(&dir)?,
     })
+}
+
+/// Prints the summary table of a SIPp benchmark.
+fn print_table(title: &str, results: &[RateResult]) {
+    println!();
+    println!("{title}");
+    println!(
+        "{:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "offered", "achieved", "failed", "p50 ms", "p90 ms", "p99 ms", "max ms"
+    );
+    for r in results {
+        let (p50, p90, p99, max) = percentiles(&r.times_ms);
+        println!(
+            "{:>8} {:>10.1} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            r.offered,
+            r.successful as f64 / r.elapsed.as_secs_f64(),
+            r.failed,
+            p50,
+            p90,
+            p99,
+            max
+        );
+    }
 }
 
 /// Response times from SIPp's `*_rtt.csv` (`date_ms;response_time_ms;rtd_no`).
@@ -473,71 +468,27 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
 
     let mut results = Vec::new();
     for &rate in &args.rates {
-        let dir = work.join(format!("rate-{rate}"));
-        std::fs::create_dir_all(&dir)?;
-        let calls = rate * args.seconds;
-        let mut command = Command::new(&sipp);
-        command
-            .arg("-sf")
-            .arg(scenarios.join("b2bua_uac.xml"))
-            .args(["-s", "1001", "-key", "rtp_a", "9", "-d", "0"])
-            .args(["-i", "127.0.0.1", "-p", &free_port()?.to_string()])
-            .args([
-                "-r",
-                &rate.to_string(),
-                "-m",
-                &calls.to_string(),
-                "-l",
-                "5000",
-            ])
-            .args([
-                "-timeout",
-                "120s",
-                "-nostdin",
-                "-trace_rtt",
-                "-rtt_freq",
-                "1",
-            ])
-            .arg(format!("127.0.0.1:{sip_port}"))
-            .current_dir(&dir)
-            .stdin(Stdio::null());
-        println!("+ {}", util::describe(&command));
-        let started = Instant::now();
-        let output = command.output().context("running sipp")?;
-        let elapsed = started.elapsed();
-        let screen = String::from_utf8_lossy(&output.stdout);
-        let result = RateResult {
-            offered: rate,
-            successful: sipp_counter(&screen, "Successful call"),
-            failed: sipp_counter(&screen, "Failed call"),
-            elapsed,
-            times_ms: read_rtt(&dir)?,
-        };
+        let caller = ["-s", "1001", "-key", "rtp_a", "9", "-d", "0"];
+        let scenario = scenarios.join("b2bua_uac.xml");
+        let result = run_sipp(
+            &sipp,
+            &scenario,
+            &caller,
+            &work,
+            sip_port,
+            rate,
+            args.seconds,
+        )?;
         print_result(&result);
         results.push(result);
     }
     drop(callee);
     drop(server);
     drop(manager);
-    println!();
-    println!("sip-calls: INVITE(SDP)/100/180/200(SDP)/ACK/BYE/200 through signaling + rtpmanager (Offer, Answer, Bridge, Delete); INVITE→200 times");
-    println!(
-        "{:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "offered", "achieved", "failed", "p50 ms", "p90 ms", "p99 ms", "max ms"
+    print_table(
+        "sip-calls: INVITE(SDP)/100/180/200(SDP)/ACK/BYE/200 through signaling + rtpmanager (Offer, Answer, Bridge, Delete); INVITE→200 times",
+        &results,
     );
-    for r in &results {
-        let (p50, p90, p99, max) = percentiles(&r.times_ms);
-        println!(
-            "{:>8} {:>10.1} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
-            r.offered,
-            r.successful as f64 / r.elapsed.as_secs_f64(),
-            r.failed,
-            p50,
-            p90,
-            p99,
-            max
-        );
-    }
     match results
         .iter()
         .filter(|r| r.failed == 0 && r.successful == u64::from(r.offered) * u64::from(args.seconds))
