@@ -92,6 +92,24 @@ fn rtpmanager_unit_and_shipped_config_load() {
     assert_eq!((config.rtp_port_min, config.rtp_port_max), (10000, 20000));
     assert_eq!(config.fast_path, FastPathRequest::Auto);
     assert_eq!(config.bpf_pin_path, Path::new("/sys/fs/bpf/switchboard"));
+    assert_eq!(
+        config.state_dir.as_deref(),
+        Some(Path::new("/var/lib/switchboard/rtpmanager"))
+    );
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/systemd/switchboard-rtpmanager.service"),
+    )
+    .expect("read the rtpmanager unit");
+    let state_directory = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("StateDirectory="))
+        .expect("the unit creates the state directory");
+    assert_eq!(
+        Path::new("/var/lib").join(state_directory),
+        Path::new("/var/lib/switchboard/rtpmanager"),
+        "systemd creates exactly the --state-dir of the shipped config"
+    );
     assert_eq!(config.audio_path, Path::new("/var/lib/switchboard/audio"));
     assert_eq!(config.log_level, "info");
 }
