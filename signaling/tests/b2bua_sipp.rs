@@ -19,15 +19,7 @@ use switchboard_proto::v1;
 use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
 
 fn sipp_binary() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("sipp"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        eprintln!("skipped: `sipp` is not installed (cargo xtask setup installs it)");
-    }
-    found
+    common::peer_tool("sipp")
 }
 
 /// The manager binary beside the signaling one, built if missing (it is

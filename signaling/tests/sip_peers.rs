@@ -13,15 +13,7 @@ use std::process::{Command, Stdio};
 use common::{free_port, users_file, Server};
 
 fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        eprintln!("skipped: `{name}` is not installed (cargo xtask setup installs it)");
-    }
-    found
+    common::peer_tool(name)
 }
 
 fn start(data: &Path) -> Server {

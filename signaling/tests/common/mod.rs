@@ -281,3 +281,22 @@ pub fn users_file(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
     std::fs::write(&path, text).expect("write users file");
     path
 }
+
+/// A real SIP peer (`sipp`, `sipsak`) from PATH. Without it the test is
+/// skipped with a message; under CI (`CI` set), where `cargo xtask setup`
+/// installs them, a missing peer is a failure rather than a silent pass.
+pub fn peer_tool(name: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the real-peer tests: `{name}` is not installed (cargo xtask setup installs it)"
+        );
+        eprintln!("SKIPPED: `{name}` is not installed (cargo xtask setup installs it)");
+    }
+    found
+}
