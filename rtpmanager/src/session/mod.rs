@@ -176,6 +176,16 @@ pub struct TableConfig {
     pub media_timeout: Duration,
 }
 
+impl TableConfig {
+    /// The address advertised to a peer of `family`.
+    fn advertise_for(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V6 => self.advertise_v6.unwrap_or(self.advertise_v4),
+            Family::V4 => self.advertise_v4,
+        }
+    }
+}
+
 /// All calls of this manager.
 pub struct SessionTable {
     config: TableConfig,
@@ -269,7 +279,7 @@ impl SessionTable {
         if !peer.is_empty() {
             self.ensure_leg(now, &call_id, peer, peer_options, &mut commands)?;
         }
-        let advertise = self.advertise_for(offerer_family);
+        let advertise = self.config.advertise_for(offerer_family);
         let advertise_peer = self.config.advertise_v4;
 
         let call_state = self
@@ -341,7 +351,6 @@ impl SessionTable {
         require("peer_leg_id", peer)?;
         let answer = sdp::parse(sdp_text)?;
         let call_id = CallId(call.to_owned());
-        let advertise = self.config.advertise_v4;
         let call_state = self
             .calls
             .get_mut(&call_id)
@@ -367,12 +376,7 @@ impl SessionTable {
             .received_offer
             .clone()
             .ok_or_else(|| SessionError::FailedPrecondition(format!("leg {peer} made no offer")))?;
-        let family = offer_family(&received_offer);
-        let address = if family == Family::V6 {
-            self.config.advertise_v6.unwrap_or(advertise)
-        } else {
-            advertise
-        };
+        let address = self.config.advertise_for(offer_family(&received_offer));
         let rewritten = sdp::rewrite_answer(
             &received_offer,
             &answer,
@@ -649,13 +653,6 @@ impl SessionTable {
         Ok(())
     }
 
-    fn advertise_for(&self, family: Family) -> IpAddr {
-        match family {
-            Family::V6 => self.config.advertise_v6.unwrap_or(self.config.advertise_v4),
-            Family::V4 => self.config.advertise_v4,
-        }
-    }
-
     /// Recomputes the relay params of every leg of a call and emits updates.
     fn refresh_params(&self, call_id: &CallId, commands: &mut Vec<RelayCommand>) {
         let Some(call) = self.calls.get(call_id) else {
@@ -727,7 +724,7 @@ impl SessionTable {
             call_id: call_id.0.clone(),
             leg_id: leg_id.0.clone(),
             slot: leg.slot,
-            local_address: self.advertise_for(family),
+            local_address: self.config.advertise_for(family),
             rtp_port: leg.port.get(),
             rtcp_port: leg.port.rtcp(),
             rtcp_mux: leg.negotiation.as_ref().is_some_and(|n| n.rtcp_mux),
@@ -767,11 +764,18 @@ enum Family {
     V6,
 }
 
-/// The address family the offerer uses for its audio.
+/// The address family the offerer uses: IPv6 when its `c=` lines (session
+/// and media level) are all IPv6.
 fn offer_family(offer: &SessionDescription) -> Family {
-    let text = offer.to_string();
-    let ip6 = text.lines().any(|l| l.starts_with("c=IN IP6"));
-    let ip4 = text.lines().any(|l| l.starts_with("c=IN IP4"));
+    let addresses = || {
+        offer
+            .connection
+            .iter()
+            .chain(offer.media.iter().filter_map(|m| m.connection.as_ref()))
+            .map(|c| c.address)
+    };
+    let ip6 = addresses().any(|a| a.is_ipv6());
+    let ip4 = addresses().any(|a| a.is_ipv4());
     if ip6 && !ip4 {
         Family::V6
     } else {

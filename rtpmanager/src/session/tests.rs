@@ -12,9 +12,13 @@ const ANSWER_PCMA: &str =
     "v=0\r\no=bob 5 1 IN IP4 192.0.2.20\r\ns=-\r\nc=IN IP4 192.0.2.20\r\nt=0 0\r\n\
 m=audio 50000 RTP/AVP 8 101\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n";
 
-/// A free range of 10 pairs on loopback, found by probing.
+/// A free range of 10 pairs on loopback, found by probing. Tests run in
+/// parallel, so each starts its search at a range of its own: two tables
+/// probing the same range before either binds would take each other's ports.
 fn pool() -> PortPool {
-    for base in (46000u16..56000).step_by(40) {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let start = 46000 + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 200 * 40;
+    for base in (start..56000).step_by(40) {
         let free = (base..base + 20).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok());
         if free {
             return PortPool::new(IpAddr::V4(Ipv4Addr::LOCALHOST), base, base + 19).expect("pool");
@@ -421,5 +425,37 @@ fn saved_calls_are_restored_on_the_same_ports_with_the_same_params() {
     assert!(
         !ports.contains(&new_leg.leg.rtp_port) && !added.contains(&new_leg.leg.slot),
         "new legs get other ports and slots"
+    );
+}
+
+#[test]
+fn ipv6_offerers_get_the_ipv6_advertised_address() {
+    let mut t = table();
+    let now = Instant::now();
+    let offer_v6 = OFFER.replace("IN IP4 192.0.2.10", "IN IP6 2001:db8::10");
+    let answer = t
+        .offer(now, input("c6", "a", "", &offer_v6))
+        .expect("self answer");
+    assert!(
+        answer.sdp.contains("c=IN IP6 2001:db8::5\r\n"),
+        "{}",
+        answer.sdp
+    );
+    assert_eq!(answer.leg.local_address.to_string(), "2001:db8::5");
+
+    // Relayed: the offerer's side answers in IPv6, the callee's offer is IPv4.
+    let offer = t
+        .offer(now, input("r6", "a", "b", &offer_v6))
+        .expect("offer");
+    assert!(
+        offer.sdp.contains("c=IN IP4 203.0.113.5\r\n"),
+        "{}",
+        offer.sdp
+    );
+    let back = t.answer(now, "r6", "b", "a", ANSWER_PCMA).expect("answer");
+    assert!(
+        back.sdp.contains("c=IN IP6 2001:db8::5\r\n"),
+        "{}",
+        back.sdp
     );
 }
