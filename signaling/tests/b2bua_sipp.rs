@@ -391,35 +391,67 @@ fn wait_no_calls(manager: &Manager) {
     }
 }
 
-#[test]
-fn basic_call_with_rtp_both_ways_caller_hangs_up() {
-    if sipp_binary().is_none() {
-        return;
+/// One call from a SIPp caller (dialling 1001) through signaling and the
+/// manager to a SIPp callee. Both get the RTP port of a media socket of their
+/// own as `rtp_a`/`rtp_b`; with `rtp`, packets are checked both ways through
+/// the bridge while the call is up.
+struct TwoParty<'a> {
+    callee: &'a str,
+    callee_args: &'a [&'a str],
+    caller: &'a str,
+    caller_args: &'a [&'a str],
+    rtp: bool,
+}
+
+/// Places the call on `bed` (whose dial target is the callee on
+/// `callee_port`), waits for both SIPp sides to succeed and for the manager
+/// to hold no call.
+fn two_party_call(bed: &Bed, callee_port: u16, call: TwoParty<'_>) {
+    let (a, rtp_a) = media_socket();
+    let (b, rtp_b) = media_socket();
+    let mut callee_args = vec!["-key", "rtp_b", &rtp_b];
+    callee_args.extend_from_slice(call.callee_args);
+    let callee = sipp(bed, call.callee, callee_port, &callee_args);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut caller_args = vec!["-key", "rtp_a", &rtp_a];
+    caller_args.extend_from_slice(call.caller_args);
+    let caller = start_caller(bed, call.caller, "1001", &caller_args);
+    if call.rtp {
+        rtp_both_ways(&bed.manager, &a, &b);
     }
+    finish(bed, "caller", caller);
+    finish(bed, "callee", callee);
+    wait_no_calls(&bed.manager);
+}
+
+/// A bed with anonymous authentication whose extensions dial a SIPp callee
+/// on a fresh port; returns the bed and that port.
+fn anonymous_bed() -> (Bed, u16) {
     let callee_port = free_port();
     let bed = bed(
         &format!("sip:bob@127.0.0.1:{callee_port}"),
         &["--auth", "anonymous"],
     );
-    let (a, rtp_a) = media_socket();
-    let (b, rtp_b) = media_socket();
-    let callee = sipp(
+    (bed, callee_port)
+}
+
+#[test]
+fn basic_call_with_rtp_both_ways_caller_hangs_up() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    let (bed, callee_port) = anonymous_bed();
+    two_party_call(
         &bed,
-        "b2bua_uas.xml",
         callee_port,
-        &["-key", "rtp_b", &rtp_b],
+        TwoParty {
+            callee: "b2bua_uas.xml",
+            callee_args: &[],
+            caller: "b2bua_uac.xml",
+            caller_args: &["-d", "4000"],
+            rtp: true,
+        },
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let caller = start_caller(
-        &bed,
-        "b2bua_uac.xml",
-        "1001",
-        &["-key", "rtp_a", &rtp_a, "-d", "4000"],
-    );
-    rtp_both_ways(&bed.manager, &a, &b);
-    finish(&bed, "caller", caller);
-    finish(&bed, "callee", callee);
-    wait_no_calls(&bed.manager);
 }
 
 #[test]
@@ -427,30 +459,18 @@ fn basic_call_callee_hangs_up() {
     if sipp_binary().is_none() {
         return;
     }
-    let callee_port = free_port();
-    let bed = bed(
-        &format!("sip:bob@127.0.0.1:{callee_port}"),
-        &["--auth", "anonymous"],
-    );
-    let (a, rtp_a) = media_socket();
-    let (b, rtp_b) = media_socket();
-    let callee = sipp(
+    let (bed, callee_port) = anonymous_bed();
+    two_party_call(
         &bed,
-        "b2bua_uas_bye.xml",
         callee_port,
-        &["-key", "rtp_b", &rtp_b, "-d", "3000"],
+        TwoParty {
+            callee: "b2bua_uas_bye.xml",
+            callee_args: &["-d", "3000"],
+            caller: "b2bua_uac_wait_bye.xml",
+            caller_args: &[],
+            rtp: true,
+        },
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let caller = start_caller(
-        &bed,
-        "b2bua_uac_wait_bye.xml",
-        "1001",
-        &["-key", "rtp_a", &rtp_a],
-    );
-    rtp_both_ways(&bed.manager, &a, &b);
-    finish(&bed, "callee", callee);
-    finish(&bed, "caller", caller);
-    wait_no_calls(&bed.manager);
 }
 
 #[test]
@@ -458,23 +478,18 @@ fn cancel_before_answer_reaches_the_callee() {
     if sipp_binary().is_none() {
         return;
     }
-    let callee_port = free_port();
-    let bed = bed(
-        &format!("sip:bob@127.0.0.1:{callee_port}"),
-        &["--auth", "anonymous"],
-    );
-    let (_a, rtp_a) = media_socket();
-    let callee = sipp(&bed, "b2bua_uas_ring.xml", callee_port, &[]);
-    std::thread::sleep(Duration::from_millis(300));
-    let caller = start_caller(
+    let (bed, callee_port) = anonymous_bed();
+    two_party_call(
         &bed,
-        "b2bua_uac_cancel.xml",
-        "1001",
-        &["-key", "rtp_a", &rtp_a],
+        callee_port,
+        TwoParty {
+            callee: "b2bua_uas_ring.xml",
+            callee_args: &[],
+            caller: "b2bua_uac_cancel.xml",
+            caller_args: &[],
+            rtp: false,
+        },
     );
-    finish(&bed, "caller", caller);
-    finish(&bed, "callee", callee);
-    wait_no_calls(&bed.manager);
 }
 
 #[test]
@@ -516,23 +531,18 @@ fn busy_callee_486_is_relayed() {
     if sipp_binary().is_none() {
         return;
     }
-    let callee_port = free_port();
-    let bed = bed(
-        &format!("sip:bob@127.0.0.1:{callee_port}"),
-        &["--auth", "anonymous"],
-    );
-    let (_a, rtp_a) = media_socket();
-    let callee = sipp(&bed, "b2bua_uas_busy.xml", callee_port, &[]);
-    std::thread::sleep(Duration::from_millis(300));
-    let caller = start_caller(
+    let (bed, callee_port) = anonymous_bed();
+    two_party_call(
         &bed,
-        "b2bua_uac_busy.xml",
-        "1001",
-        &["-key", "rtp_a", &rtp_a],
+        callee_port,
+        TwoParty {
+            callee: "b2bua_uas_busy.xml",
+            callee_args: &[],
+            caller: "b2bua_uac_busy.xml",
+            caller_args: &[],
+            rtp: false,
+        },
     );
-    finish(&bed, "caller", caller);
-    finish(&bed, "callee", callee);
-    wait_no_calls(&bed.manager);
 }
 
 #[test]
@@ -699,30 +709,18 @@ fn late_offer_call_with_rtp_both_ways() {
     if sipp_binary().is_none() {
         return;
     }
-    let callee_port = free_port();
-    let bed = bed(
-        &format!("sip:bob@127.0.0.1:{callee_port}"),
-        &["--auth", "anonymous"],
-    );
-    let (a, rtp_a) = media_socket();
-    let (b, rtp_b) = media_socket();
-    let callee = sipp(
+    let (bed, callee_port) = anonymous_bed();
+    two_party_call(
         &bed,
-        "b2bua_uas.xml",
         callee_port,
-        &["-key", "rtp_b", &rtp_b],
+        TwoParty {
+            callee: "b2bua_uas.xml",
+            callee_args: &[],
+            caller: "b2bua_uac_late.xml",
+            caller_args: &["-d", "3000"],
+            rtp: true,
+        },
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let caller = start_caller(
-        &bed,
-        "b2bua_uac_late.xml",
-        "1001",
-        &["-key", "rtp_a", &rtp_a, "-d", "3000"],
-    );
-    rtp_both_ways(&bed.manager, &a, &b);
-    finish(&bed, "caller", caller);
-    finish(&bed, "callee", callee);
-    wait_no_calls(&bed.manager);
 }
 
 #[test]
@@ -730,30 +728,18 @@ fn hold_and_resume_by_reinvite_are_relayed_through_the_manager() {
     if sipp_binary().is_none() {
         return;
     }
-    let callee_port = free_port();
-    let bed = bed(
-        &format!("sip:bob@127.0.0.1:{callee_port}"),
-        &["--auth", "anonymous"],
-    );
-    let (a, rtp_a) = media_socket();
-    let (b, rtp_b) = media_socket();
-    let callee = sipp(
+    let (bed, callee_port) = anonymous_bed();
+    two_party_call(
         &bed,
-        "b2bua_uas_held.xml",
         callee_port,
-        &["-key", "rtp_b", &rtp_b],
+        TwoParty {
+            callee: "b2bua_uas_held.xml",
+            callee_args: &[],
+            caller: "b2bua_uac_hold.xml",
+            caller_args: &["-d", "2500"],
+            rtp: true,
+        },
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let caller = start_caller(
-        &bed,
-        "b2bua_uac_hold.xml",
-        "1001",
-        &["-key", "rtp_a", &rtp_a, "-d", "2500"],
-    );
-    rtp_both_ways(&bed.manager, &a, &b);
-    finish(&bed, "caller", caller);
-    finish(&bed, "callee", callee);
-    wait_no_calls(&bed.manager);
 }
 
 #[test]
@@ -761,30 +747,18 @@ fn a_tcp_caller_reaches_a_udp_callee() {
     if sipp_binary().is_none() {
         return;
     }
-    let callee_port = free_port();
-    let bed = bed(
-        &format!("sip:bob@127.0.0.1:{callee_port}"),
-        &["--auth", "anonymous"],
-    );
-    let (a, rtp_a) = media_socket();
-    let (b, rtp_b) = media_socket();
-    let callee = sipp(
+    let (bed, callee_port) = anonymous_bed();
+    two_party_call(
         &bed,
-        "b2bua_uas_bye.xml",
         callee_port,
-        &["-key", "rtp_b", &rtp_b, "-d", "3000"],
+        TwoParty {
+            callee: "b2bua_uas_bye.xml",
+            callee_args: &["-d", "3000"],
+            caller: "b2bua_uac_wait_bye.xml",
+            caller_args: &["-t", "t1"],
+            rtp: true,
+        },
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let caller = start_caller(
-        &bed,
-        "b2bua_uac_wait_bye.xml",
-        "1001",
-        &["-key", "rtp_a", &rtp_a, "-t", "t1"],
-    );
-    rtp_both_ways(&bed.manager, &a, &b);
-    finish(&bed, "callee", callee);
-    finish(&bed, "caller", caller);
-    wait_no_calls(&bed.manager);
 }
 
 /// A cumulative counter from SIPp's final screen.
