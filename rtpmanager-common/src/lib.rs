@@ -38,8 +38,12 @@ pub struct ProgramConfig {
     pub port_min: u16,
     /// Highest UDP port of the manager's media range (host byte order).
     pub port_max: u16,
-    /// Reserved; keeps the struct 8 bytes and free of implicit padding.
+    /// Reserved; keeps the struct free of implicit padding.
     pub flags: u32,
+    /// How long the programs reuse an entry's next hop (route, egress
+    /// interface, MACs) before looking it up again, in nanoseconds; 0 looks
+    /// it up for every packet. See [`CachedHop`].
+    pub next_hop_ttl_ns: u64,
 }
 
 /// The IPv4-mapped IPv6 prefix (`::ffff:0:0/96`).
@@ -176,6 +180,92 @@ pub struct ForwardEntry {
     pub pass_payload_type: u8,
     /// Always zero: keeps the struct free of implicit padding.
     pub pad: u8,
+    /// `clock_rate` as the multiplier of [`arrival_ticks`], so the
+    /// programs convert time to RTP clock units without a division.
+    pub clock_mult: u32,
+    /// Always zero: keeps `hop` 8-byte aligned.
+    pub reserved: u32,
+    /// The programs' next-hop cache for this entry; userspace writes it
+    /// zeroed (empty), so a replaced entry always starts with a fresh lookup.
+    pub hop: CachedHop,
+}
+
+/// Shift of [`ForwardEntry::clock_mult`]: ticks = ((ns >> 10) × mult) >> 20.
+pub const CLOCK_MULT_SHIFT: u32 = 20;
+
+/// The multiplier turning (ns >> 10) into RTP clock units for `clock_rate`
+/// Hz with [`CLOCK_MULT_SHIFT`]: clock_rate × 1024 × 2^20 / 10^9, rounded.
+/// Its rounding error is below 10^-5 for 8 kHz and up; the product stays
+/// within 64 bits for 2^45 of the shifted nanoseconds (over a year) at
+/// 48 kHz, and arrival times only matter as differences.
+pub const fn clock_mult(clock_rate: u32) -> u32 {
+    let scaled = (clock_rate as u64) << (10 + CLOCK_MULT_SHIFT);
+    ((scaled + 500_000_000) / 1_000_000_000) as u32
+}
+
+/// Arrival time `now_ns` in RTP clock units of an entry's clock rate,
+/// modulo 2^32 (RFC 3550 A.8 only uses differences).
+#[inline(always)]
+pub fn arrival_ticks(now_ns: u64, clock_mult: u32) -> u32 {
+    (((now_ns >> 10).wrapping_mul(clock_mult as u64)) >> CLOCK_MULT_SHIFT) as u32
+}
+
+/// An entry's next hop as a program last looked it up (`bpf_fib_lookup`):
+/// reused for [`ProgramConfig::next_hop_ttl_ns`] by packets that arrive on
+/// the same interface, which spares the route and neighbour lookup — the
+/// largest part of a forwarded packet's cost — for all but one packet per
+/// TTL and stream.
+///
+/// Packets of one stream arrive on one RX queue, so one CPU writes it; if
+/// two ever refresh it at once with different results, the fields may end
+/// up mixed from both. `tag` (a hash of the other fields, written with
+/// them) then no longer matches, and the next packet looks the hop up
+/// again instead of using a torn one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedHop {
+    /// `bpf_ktime_get_ns` after which the hop is looked up again; 0: empty.
+    pub expires_ns: u64,
+    /// Interface the packet arrived on when the hop was looked up.
+    pub ingress: u32,
+    /// Egress interface.
+    pub ifindex: u32,
+    /// Egress interface's MAC.
+    pub smac: [u8; 6],
+    /// Neighbour's MAC.
+    pub dmac: [u8; 6],
+    /// [`CachedHop::tag_of`] of the fields above.
+    pub tag: u32,
+}
+
+impl CachedHop {
+    /// A hash of the hop's fields (multiply–xor over 32-bit words): a
+    /// mix of two writers' fields is all but certain to hash differently
+    /// from either writer's tag.
+    #[inline(always)]
+    pub fn tag_of(&self) -> u32 {
+        #[inline(always)]
+        fn mix(h: u32, word: u32) -> u32 {
+            (h ^ word).wrapping_mul(0x0100_0193).rotate_left(13)
+        }
+        let m = |a: &[u8; 6], i: usize| u32::from(a[i]) | (u32::from(a[i + 1]) << 8);
+        let mut h: u32 = 0x811C_9DC5;
+        h = mix(h, self.expires_ns as u32);
+        h = mix(h, (self.expires_ns >> 32) as u32);
+        h = mix(h, self.ingress);
+        h = mix(h, self.ifindex);
+        h = mix(h, m(&self.smac, 0) | (m(&self.smac, 2) << 16));
+        h = mix(h, m(&self.smac, 4) | (m(&self.dmac, 0) << 16));
+        h = mix(h, m(&self.dmac, 2) | (m(&self.dmac, 4) << 16));
+        // Never 0, so an all-zero (empty) hop never matches.
+        h | 1
+    }
+
+    /// Whether the hop may be used at `now_ns` for a packet from `ingress`.
+    #[inline(always)]
+    pub fn usable(&self, now_ns: u64, ingress: u32) -> bool {
+        self.expires_ns > now_ns && self.ingress == ingress && self.tag == self.tag_of()
+    }
 }
 
 impl ForwardEntry {
@@ -205,6 +295,16 @@ impl ForwardEntry {
             rewrite_sequence_offset: 0,
             pass_payload_type: 0,
             pad: 0,
+            clock_mult: clock_mult(clock_rate),
+            reserved: 0,
+            hop: CachedHop {
+                expires_ns: 0,
+                ingress: 0,
+                ifindex: 0,
+                smac: [0; 6],
+                dmac: [0; 6],
+                tag: 0,
+            },
         }
     }
 
@@ -434,15 +534,18 @@ impl Counter {
 
 // Layouts are part of the kernel/userspace contract: these fail the build
 // when a field change introduces padding or changes a size.
-const _: () = assert!(core::mem::size_of::<ProgramConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<ProgramConfig>() == 16);
 const _: () = assert!(core::mem::size_of::<ForwardKey>() == 20);
-const _: () = assert!(core::mem::size_of::<ForwardEntry>() == 80);
+const _: () = assert!(core::mem::size_of::<CachedHop>() == 32);
+const _: () = assert!(core::mem::size_of::<ForwardEntry>() == 120);
 const _: () = assert!(core::mem::size_of::<StreamStats>() == 72);
 const _: () = assert!(Counter::ALL.len() == Counter::SLOTS as usize);
 
 #[cfg(feature = "user")]
 mod pod {
     use super::{ForwardEntry, ForwardKey, ProgramConfig, StreamStats};
+
+    // CachedHop is only ever read and written inside ForwardEntry.
 
     // SAFETY (all four): repr(C), Copy, no padding (sizes asserted above
     // equal the sum of the fields) and every bit pattern is a valid value.
@@ -534,5 +637,85 @@ mod tests {
         assert_eq!(stats.lost(), 3);
         assert_eq!(stats.jitter(), 3);
         assert_eq!(StreamStats::default().expected(), 0);
+    }
+
+    #[test]
+    fn arrival_ticks_count_the_clock_rate_without_a_division() {
+        for rate in [8000u32, 16000, 48000, 90000] {
+            let mult = clock_mult(rate);
+            // One second apart, anywhere in a year of uptime.
+            for start in [
+                0u64,
+                1_000_000_007,
+                86_400 * 1_000_000_000,
+                365 * 86_400 * 1_000_000_000,
+            ] {
+                let ticks = arrival_ticks(start + 1_000_000_000, mult)
+                    .wrapping_sub(arrival_ticks(start, mult));
+                let error = (i64::from(ticks) - i64::from(rate)).abs();
+                assert!(
+                    error <= 1,
+                    "{rate} Hz from {start} ns: {ticks} ticks in 1 s"
+                );
+            }
+            // 20 ms, one G.711 packet at 8 kHz: 160 ticks.
+            let ticks = arrival_ticks(5_000_000_000 + 20_000_000, mult)
+                .wrapping_sub(arrival_ticks(5_000_000_000, mult));
+            assert_eq!(ticks, rate / 50, "{rate} Hz over 20 ms");
+        }
+        assert_eq!(clock_mult(0), 0, "no clock rate, no ticks");
+    }
+
+    #[test]
+    fn a_cached_hop_is_usable_only_whole_fresh_and_from_its_ingress() {
+        let mut hop = CachedHop {
+            expires_ns: 5_000,
+            ingress: 3,
+            ifindex: 4,
+            smac: [2, 0, 0, 0, 0, 1],
+            dmac: [2, 0, 0, 0, 0, 2],
+            tag: 0,
+        };
+        assert!(!hop.usable(1_000, 3), "untagged");
+        hop.tag = hop.tag_of();
+        assert!(hop.usable(1_000, 3));
+        assert!(!hop.usable(5_000, 3), "expired");
+        assert!(!hop.usable(1_000, 4), "another ingress");
+        assert!(!CachedHop::default().usable(0, 0), "empty never matches");
+        // A mix of two writers' fields: the tag of either no longer fits.
+        let other = CachedHop {
+            expires_ns: 5_100,
+            ifindex: 5,
+            dmac: [2, 0, 0, 0, 0, 9],
+            ..hop
+        };
+        let other = CachedHop {
+            tag: other.tag_of(),
+            ..other
+        };
+        for mixed in [
+            CachedHop {
+                ifindex: other.ifindex,
+                ..hop
+            },
+            CachedHop {
+                dmac: other.dmac,
+                ..hop
+            },
+            CachedHop {
+                expires_ns: other.expires_ns,
+                ..hop
+            },
+            CachedHop {
+                ifindex: hop.ifindex,
+                ..other
+            },
+            CachedHop {
+                dmac: hop.dmac,
+                ..other
+            },
+        ] {
+            assert!(!mixed.usable(1_000, 3), "torn hop {mixed:?} refused");
+        }
     }
 }

@@ -37,7 +37,7 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_SUCCESS, BPF_F_MARK_MANGLED_0, BPF_F_NO_PREALLOC, BPF_F_PSEUDO_HDR,
         BPF_F_RECOMPUTE_CSUM, TC_ACT_OK, TC_ACT_SHOT,
     },
-    helpers::{bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_redirect},
+    helpers::{bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
@@ -201,10 +201,48 @@ struct NextHop {
     dmac: [u8; 6],
 }
 
-/// Looks up the route to the entry's destination as the stack would when
-/// forwarding a packet received on `ingress`, neighbour included.
+/// The next hop of a packet of `entry` that arrived on `ingress`: the
+/// entry's cached hop while it is fresh, else a route and neighbour lookup
+/// (cached for the configured TTL when it succeeds).
 #[inline(always)]
 fn next_hop(
+    ctx: *mut c_void,
+    ingress: u32,
+    now: u64,
+    packet: &Packet,
+    entry: *mut ForwardEntry,
+) -> Result<NextHop, Error> {
+    // SAFETY: `entry` points at a live SB_FORWARD value for the program
+    // run (see packet::admit); the hop is plain data this program owns.
+    let cached = unsafe { &mut (*entry).hop };
+    if cached.usable(now, ingress) {
+        return Ok(NextHop {
+            ifindex: cached.ifindex,
+            smac: cached.smac,
+            dmac: cached.dmac,
+        });
+    }
+    // SAFETY: as above, read only.
+    let hop = lookup_next_hop(ctx, ingress, packet, unsafe { &*entry })?;
+    let ttl = CONFIG.get(0).map_or(0, |c| c.next_hop_ttl_ns);
+    if ttl != 0 {
+        cached.expires_ns = now + ttl;
+        cached.ingress = ingress;
+        cached.ifindex = hop.ifindex;
+        cached.smac = hop.smac;
+        cached.dmac = hop.dmac;
+        cached.tag = cached.tag_of();
+    }
+    Ok(hop)
+}
+
+/// Looks up the route to the entry's destination as the stack would when
+/// forwarding a packet received on `ingress`, neighbour included.
+///
+/// A BPF subprogram rather than inlined: it is the cache-miss path, and
+/// its own stack frame keeps the programs' main frame under 512 bytes.
+#[inline(never)]
+fn lookup_next_hop(
     ctx: *mut c_void,
     ingress: u32,
     packet: &Packet,
@@ -264,15 +302,19 @@ fn next_hop(
 fn try_xdp(ctx: &XdpContext) -> Result<u32, Error> {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let mut packet = packet::parse(data, data_end)?;
-    let entry = packet::admit(data, data_end, &mut packet)?;
+    let entry_ptr = packet::admit(data, data_end, &mut packet)?;
     let ingress = ctx.ingress_ifindex() as u32;
-    let hop = next_hop(ctx.ctx as *mut c_void, ingress, &packet, entry)?;
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let hop = next_hop(ctx.ctx as *mut c_void, ingress, now, &packet, entry_ptr)?;
+    // SAFETY: see packet::admit; read only from here on.
+    let entry = unsafe { &*entry_ptr };
     if packet.v6 {
         rewrite_xdp_v6(data, data_end, &packet, entry, &hop)?;
     } else {
         rewrite_xdp_v4(data, data_end, &packet, entry, &hop)?;
     }
-    stats::record(entry, &packet);
+    stats::record(entry, &packet, now);
     if hop.ifindex == ingress {
         count(Counter::Forwarded);
         Ok(xdp_action::XDP_TX)
@@ -426,14 +468,18 @@ fn try_tc(ctx: &TcContext) -> Result<i32, Error> {
     }
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let mut packet = packet::parse(data, data_end)?;
-    let entry = packet::admit(data, data_end, &mut packet)?;
+    let entry_ptr = packet::admit(data, data_end, &mut packet)?;
     // SAFETY: ctx.skb.skb is the program's context pointer.
     let ingress = unsafe { (*ctx.skb.skb).ifindex };
-    let hop = next_hop(ctx.skb.skb as *mut c_void, ingress, &packet, entry)?;
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let hop = next_hop(ctx.skb.skb as *mut c_void, ingress, now, &packet, entry_ptr)?;
+    // SAFETY: see packet::admit; read only from here on.
+    let entry = unsafe { &*entry_ptr };
     // From here on the skb is being changed: a helper failure leaves it
     // inconsistent, so it is dropped rather than passed.
     rewrite_tc(ctx, &packet, entry, &hop).map_err(|_| Error::RewriteFailed)?;
-    stats::record(entry, &packet);
+    stats::record(entry, &packet, now);
     count(Counter::Redirected);
     // SAFETY: bpf_redirect only records the target for after the program.
     Ok(unsafe { bpf_redirect(hop.ifindex, 0) } as i32)

@@ -232,20 +232,25 @@ pub fn parse(data: usize, data_end: usize) -> Result<Packet, Error> {
 /// like RTP/RTCP, of the rewritten SSRC on a rewriting entry. Reads the RTP
 /// fields into `packet` for the stream stats and the rewrite.
 #[inline(always)]
-pub fn admit<'a>(
+///
+/// The entry is returned as a pointer because the programs write its
+/// next-hop cache ([`ForwardEntry::hop`]); SB_FORWARD is not preallocated,
+/// so a replaced or removed element is freed only after an RCU grace
+/// period and the pointer stays valid for the program run.
+pub fn admit(
     data: usize,
     data_end: usize,
     packet: &mut Packet,
-) -> Result<&'a ForwardEntry, Error> {
+) -> Result<*mut ForwardEntry, Error> {
     let key = ForwardKey {
         addr: packet.dst,
         port: packet.dport,
         pad: [0; 2],
     };
-    // SAFETY: the value is only read, and stays valid for the program run:
-    // SB_FORWARD is not preallocated, so a replaced or removed element is
-    // freed only after an RCU grace period.
-    let entry: &ForwardEntry = unsafe { FORWARD.get(key) }.ok_or(Error::NoEntry)?;
+    let entry_ptr = FORWARD.get_ptr_mut(&key).ok_or(Error::NoEntry)?;
+    // SAFETY: valid for the program run (see above); only the hop cache
+    // is ever written, by next_hop.
+    let entry: &ForwardEntry = unsafe { &*entry_ptr };
     // Changing the family would change the header sizes: that is the
     // userspace relay's job.
     let v4 = !packet.v6;
@@ -322,5 +327,5 @@ pub fn admit<'a>(
             }
         }
     }
-    Ok(entry)
+    Ok(entry_ptr)
 }

@@ -8,21 +8,19 @@
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
-use rtpmanager_common::{ForwardEntry, StreamStats, FLAG_RTP, STATS_STARTED};
+use rtpmanager_common::{arrival_ticks, ForwardEntry, StreamStats, FLAG_RTP, STATS_STARTED};
 
 use crate::packet::Packet;
 use crate::STREAM_STATS;
 
-/// Records a forwarded packet in the entry's stats slot; a slot out of
-/// range records nothing (the loader rejects such entries).
+/// Records a forwarded packet, arrived at `now` (bpf_ktime_get_ns), in the
+/// entry's stats slot; a slot out of range records nothing (the loader
+/// rejects such entries).
 #[inline(always)]
-pub fn record(entry: &ForwardEntry, packet: &Packet) {
+pub fn record(entry: &ForwardEntry, packet: &Packet, now: u64) {
     let Some(stats) = STREAM_STATS.get_ptr_mut(entry.stats_slot) else {
         return;
     };
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: `stats` points at a live array element for the whole program
     // run; packets and bytes may be updated from several CPUs at once, so
     // they use atomic adds (BPF_ATOMIC; the bpf target has no AtomicU64
@@ -36,7 +34,7 @@ pub fn record(entry: &ForwardEntry, packet: &Packet) {
         (*stats).last_seen_ns = now;
         if entry.flags & FLAG_RTP != 0 {
             sent(&mut *stats, packet);
-            rtp(&mut *stats, entry.clock_rate, now, packet);
+            rtp(&mut *stats, entry.clock_mult, now, packet);
         }
     }
 }
@@ -54,17 +52,17 @@ pub fn record_source_drop(entry: &ForwardEntry) {
 }
 
 #[inline(always)]
-fn rtp(stats: &mut StreamStats, clock_rate: u32, now_ns: u64, packet: &Packet) {
+fn rtp(stats: &mut StreamStats, clock_mult: u32, now_ns: u64, packet: &Packet) {
     let seq = packet.rtp_seq;
-    // Arrival in RTP clock units, from microseconds so the product stays
-    // within 64 bits for years of uptime; only differences matter.
-    let arrival = ((now_ns / 1_000) * u64::from(clock_rate) / 1_000_000) as u32;
+    // Arrival in RTP clock units by a multiply and shifts: two 64-bit
+    // divisions per packet were a measurable part of its cost.
+    let arrival = arrival_ticks(now_ns, clock_mult);
     let transit = arrival.wrapping_sub(packet.rtp_timestamp);
     if !sequence(stats, seq) {
         stats.transit = transit;
         return;
     }
-    if clock_rate != 0 {
+    if clock_mult != 0 {
         let d = transit.wrapping_sub(stats.transit) as i32;
         let d = d.unsigned_abs();
         // J += (|D| − J)/16 with J kept scaled by 16 (RFC 3550 A.8).

@@ -37,7 +37,7 @@ use nix::sched::{setns, CloneFlags};
 use switchboard_proto::v1;
 use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
 use switchboard_rtpmanager::config::FastPathRequest;
-use switchboard_rtpmanager::fastpath::{FastPath, Mode, Settings};
+use switchboard_rtpmanager::fastpath::{self, FastPath, Mode, Settings};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard-rtpmanager");
 const RELAY_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 1);
@@ -551,6 +551,8 @@ struct Row {
     bpf_ns_per_packet: Option<f64>,
     /// Share of received packets the program forwarded (kernel paths).
     bpf_packets_pct: Option<f64>,
+    /// Run time per packet of the peer's pass-all program (native XDP).
+    floor_ns_per_packet: Option<f64>,
 }
 
 /// Kernel BPF run-time statistics, on while this is alive.
@@ -636,9 +638,15 @@ fn programs() -> anyhow::Result<Vec<(u64, String, u64, u64)>> {
 /// bpftool 7.1 does not list TCX attachments, which aya uses for TC on
 /// kernels from 6.6, and this build of it shows no owner pids.
 fn program_stats(before: &[u64]) -> anyhow::Result<(u64, u64)> {
+    programs_stats(|id| !before.contains(&id))
+}
+
+/// Run time (ns) and run count of the `switchboard_*` programs whose id
+/// `wanted` accepts.
+fn programs_stats(wanted: impl Fn(u64) -> bool) -> anyhow::Result<(u64, u64)> {
     Ok(programs()?
         .into_iter()
-        .filter(|(id, name, _, _)| name.starts_with("switchboard_") && !before.contains(id))
+        .filter(|(id, name, _, _)| name.starts_with("switchboard_") && wanted(*id))
         .fold((0, 0), |(t, c), (_, _, time, count)| (t + time, c + count)))
 }
 
@@ -647,6 +655,7 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
     let fast_path = if path == "userspace" { "off" } else { path };
     let port_max =
         20000 + u16::try_from(calls * 4 + 16).context("too many calls for the port range")?;
+    let existing: Vec<u64> = programs()?.into_iter().map(|p| p.0).collect();
     // Native XDP transmits out of r0 reach p0 only when p0 runs XDP.
     let _peer_pass = if path == "xdp" {
         let settings = Settings {
@@ -654,6 +663,7 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
             interface: "p0".into(),
             port_min: 1,
             port_max: 1,
+            next_hop_cache: fastpath::DEFAULT_NEXT_HOP_CACHE,
         };
         let pass = Bed::in_ns(&bed.peers, move || FastPath::start(&settings))?;
         if pass.mode() != Mode::XdpNative {
@@ -747,6 +757,11 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
         Some(_) => Some(program_stats(&loaded_before)?),
         None => None,
     };
+    // The peer's pass-all program: the same object stopping at the port
+    // check, i.e. the floor of a run under the same load (stats overhead,
+    // cold caches) for comparison.
+    let is_peer = |id: u64| loaded_before.contains(&id) && !existing.contains(&id);
+    let peer_before = programs_stats(is_peer)?;
     traffic.measuring.store(true, Ordering::Relaxed);
     let measure_start = Instant::now();
     std::thread::sleep(Duration::from_secs(seconds));
@@ -759,6 +774,10 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
             Some((time_after - time, count_after - count))
         }
         None => None,
+    };
+    let peer = {
+        let (time, count) = programs_stats(is_peer)?;
+        (time - peer_before.0, count - peer_before.1)
     };
     drop(bpf_stats);
     // Packets still in flight when measuring stopped are not counted as
@@ -796,6 +815,7 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
         },
         bpf_ns_per_packet: bpf.map(|(time, count)| time as f64 / count.max(1) as f64),
         bpf_packets_pct: bpf.map(|(_, count)| count as f64 * 100.0 / received.max(1) as f64),
+        floor_ns_per_packet: (peer.1 != 0).then(|| peer.0 as f64 / peer.1 as f64),
     })
 }
 
@@ -813,7 +833,7 @@ fn main() -> anyhow::Result<()> {
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
     println!("media benchmark: path={} ({} s per point, 50 pps per call and direction, {PACKET_LEN}-byte packets)", args.path, args.seconds);
     println!(
-        "{:>6} {:>10} {:>8} {:>9} {:>9} {:>10} {:>12} {:>12} {:>9}",
+        "{:>6} {:>10} {:>8} {:>9} {:>9} {:>10} {:>12} {:>12} {:>9} {:>11}",
         "calls",
         "pps",
         "loss%",
@@ -822,7 +842,8 @@ fn main() -> anyhow::Result<()> {
         "relay CPU%",
         "proc ns/pkt",
         "BPF ns/pkt",
-        "BPF runs%"
+        "BPF runs%",
+        "floor ns"
     );
     let optional = |v: Option<f64>, precision: usize| {
         v.map_or_else(|| "-".to_owned(), |v| format!("{v:.precision$}"))
@@ -830,7 +851,7 @@ fn main() -> anyhow::Result<()> {
     for &calls in &args.calls {
         match run_once(&args.path, calls, args.seconds) {
             Ok(r) => println!(
-                "{:>6} {:>10} {:>8.3} {:>9} {:>9} {:>10.1} {:>12.0} {:>12} {:>9}",
+                "{:>6} {:>10} {:>8.3} {:>9} {:>9} {:>10.1} {:>12.0} {:>12} {:>9} {:>11}",
                 r.calls,
                 r.offered_pps,
                 r.loss_pct,
@@ -839,7 +860,8 @@ fn main() -> anyhow::Result<()> {
                 r.cpu_pct,
                 r.ns_per_packet,
                 optional(r.bpf_ns_per_packet, 0),
-                optional(r.bpf_packets_pct, 1)
+                optional(r.bpf_packets_pct, 1),
+                optional(r.floor_ns_per_packet, 0)
             ),
             Err(e) => println!("{calls:>6} failed: {e:#}"),
         }

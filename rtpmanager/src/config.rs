@@ -79,6 +79,15 @@ pub struct Config {
     #[arg(long, env = "MEDIA_INTERFACE")]
     pub media_interface: Option<String>,
 
+    /// How long the kernel fast path reuses a stream's route and neighbour
+    /// lookup, in milliseconds, before looking it up again; 0 looks it up
+    /// for every packet. The lookup is most of a forwarded packet's cost; a
+    /// route or neighbour (MAC) change reaches offloaded streams within
+    /// this time. A neighbour that becomes unresolved is passed to the
+    /// stack on the next lookup.
+    #[arg(long, env = "NEXT_HOP_CACHE_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub next_hop_cache_ms: u64,
+
     /// Turn on IP forwarding on the media interface when the kernel fast
     /// path needs it (its route lookup answers "forwarding disabled"
     /// otherwise). Off by default: host sysctls are the operator's call, and

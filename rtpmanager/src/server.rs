@@ -34,6 +34,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             interface: interface.clone(),
             port_min: config.rtp_port_min,
             port_max: config.rtp_port_max,
+            next_hop_cache: std::time::Duration::from_millis(config.next_hop_cache_ms),
         },
         Some(&config.bpf_pin_path),
     );

@@ -372,6 +372,7 @@ fn forward_in_every_mode(plan: &Plan) {
             interface: "r0".into(),
             port_min: 30000,
             port_max: 30100,
+            next_hop_cache: fastpath::DEFAULT_NEXT_HOP_CACHE,
         };
         let fast_path = in_ns(&bed.relay, move || FastPath::start(&settings));
         // Native XDP_TX out of a veth is delivered only when the peer runs
@@ -384,6 +385,7 @@ fn forward_in_every_mode(plan: &Plan) {
                 interface: "pr".into(),
                 port_min: 1,
                 port_max: 1,
+                next_hop_cache: fastpath::DEFAULT_NEXT_HOP_CACHE,
             };
             let pass = in_ns(&bed.bridge, move || FastPath::start(&settings));
             assert_eq!(

@@ -249,6 +249,7 @@ fn each_mode_attaches_to_a_veth_and_counts_udp_to_the_media_range() {
             interface: "r0".into(),
             port_min: 20000,
             port_max: 20100,
+            next_hop_cache: fastpath::DEFAULT_NEXT_HOP_CACHE,
         };
         // The loader must run in the relay namespace to find r0; the
         // returned FastPath keeps working from any thread.

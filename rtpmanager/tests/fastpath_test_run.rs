@@ -16,6 +16,7 @@ use std::fs::File;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use aya::Ebpf;
 use nix::sched::{setns, CloneFlags};
@@ -191,11 +192,16 @@ struct Programs {
 
 impl Programs {
     fn load() -> Programs {
+        Programs::load_with_next_hop_cache(fastpath::DEFAULT_NEXT_HOP_CACHE)
+    }
+
+    fn load_with_next_hop_cache(next_hop_cache: Duration) -> Programs {
         let (ebpf, maps) = fastpath::load_unattached(&Settings {
             request: FastPathRequest::Auto,
             interface: String::new(),
             port_min: 30000,
             port_max: 30100,
+            next_hop_cache,
         })
         .unwrap_or_else(|e| panic!("load the programs: {e:?}"));
         Programs { ebpf, maps }
@@ -605,6 +611,81 @@ fn xdp_forwards_ipv4_rtp_with_valid_checksums_by_redirect_and_by_tx() {
             (7, 7, 2)
         );
         assert_ne!(stats.last_seen_ns, 0, "last seen is set");
+    });
+}
+
+/// The neighbour of CALLEE now answers with `mac`.
+fn move_callee_to(mac: [u8; 6]) {
+    let mac = mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    // The calling thread is in the namespace: plain `ip` acts there.
+    sh(&[
+        "ip",
+        "neigh",
+        "replace",
+        &addr(CALLEE).ip().to_string(),
+        "lladdr",
+        &mac,
+        "dev",
+        "v0",
+        "nud",
+        "permanent",
+    ]);
+}
+
+#[test]
+fn the_next_hop_is_reused_for_its_ttl_then_looked_up_again() {
+    require_kernel_path!();
+    const MOVED_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x03, 0x77];
+    let ns = Namespace::new("h");
+    ns.run(|| {
+        let v0 = ifindex("v0");
+        let dst_mac = |out: &[u8]| -> [u8; 6] { out[0..6].try_into().expect("6 bytes") };
+        let packet = ipv4(addr(CALLER), relay(30000), &rtp(7, 172), PLAIN);
+
+        // A 300 ms cache: the neighbour's new MAC is used once it expired.
+        let mut programs = Programs::load_with_next_hop_cache(Duration::from_millis(300));
+        install_v4(&mut programs, CALLEE, FLAG_RTP, 3);
+        let (verdict, out) = programs.xdp_on(v0, &packet);
+        assert_eq!((verdict, dst_mac(&out)), (XDP_TX, NEIGH_MAC));
+        move_callee_to(MOVED_MAC);
+        let (verdict, out) = programs.xdp_on(v0, &packet);
+        assert_eq!(
+            (verdict, dst_mac(&out)),
+            (XDP_TX, NEIGH_MAC),
+            "within the TTL the cached hop is used"
+        );
+        let (verdict, out) = programs.tc(&packet);
+        assert_eq!(
+            (verdict, dst_mac(&out)),
+            (TC_ACT_REDIRECT, MOVED_MAC),
+            "another ingress (TC sees loopback) looks the hop up itself"
+        );
+        std::thread::sleep(Duration::from_millis(400));
+        let (verdict, out) = programs.xdp_on(v0, &packet);
+        assert_eq!(
+            (verdict, dst_mac(&out)),
+            (XDP_TX, MOVED_MAC),
+            "after the TTL the hop is looked up again"
+        );
+        // Replacing the entry starts with an empty cache.
+        move_callee_to(NEIGH_MAC);
+        install_v4(&mut programs, CALLEE, FLAG_RTP, 3);
+        let (_, out) = programs.xdp_on(v0, &packet);
+        assert_eq!(dst_mac(&out), NEIGH_MAC, "a replaced entry looks up afresh");
+        drop(programs);
+
+        // No cache: every packet sees the neighbour as it is.
+        let mut programs = Programs::load_with_next_hop_cache(Duration::ZERO);
+        install_v4(&mut programs, CALLEE, FLAG_RTP, 3);
+        let (_, out) = programs.xdp_on(v0, &packet);
+        assert_eq!(dst_mac(&out), NEIGH_MAC);
+        move_callee_to(MOVED_MAC);
+        let (_, out) = programs.xdp_on(v0, &packet);
+        assert_eq!(dst_mac(&out), MOVED_MAC, "TTL 0 looks up every packet");
     });
 }
 

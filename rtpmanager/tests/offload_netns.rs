@@ -515,6 +515,7 @@ fn call_in_every_path(tag: &str, fast_path: &str, mode: Mode) {
             interface: "pr".into(),
             port_min: 1,
             port_max: 1,
+            next_hop_cache: fastpath::DEFAULT_NEXT_HOP_CACHE,
         };
         spawn_in_ns(&bed.bridge, move || FastPath::start(&settings))
             .join()
@@ -1077,6 +1078,7 @@ fn killed_manager_is_readopted(tag: &str, fast_path: &str, mode: Mode) {
             interface: "pr".into(),
             port_min: 1,
             port_max: 1,
+            next_hop_cache: fastpath::DEFAULT_NEXT_HOP_CACHE,
         };
         spawn_in_ns(&bed.bridge, move || FastPath::start(&settings))
             .join()

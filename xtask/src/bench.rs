@@ -3,6 +3,9 @@
 //! `media`: the RTP manager's relay on a network-namespace bed (see
 //! rtpmanager/benches/media.rs), for one media path at several call counts.
 //!
+//! `program`: the XDP and TC programs' own run time per packet on crafted
+//! packets (rtpmanager/benches/program.rs), forwarding and pass cases.
+//!
 //! `sip-register`: starts switchboard-signaling (release) with a users file
 //! and a fresh data directory, runs SIPp's REGISTER-with-digest scenario
 //! (signaling/tests/sipp/register_auth.xml) at increasing rates, and prints
@@ -46,6 +49,16 @@ enum BenchTarget {
     /// Bridged calls relayed by the RTP manager on a network-namespace bed
     /// (needs root): loss, latency and CPU per packet for one media path.
     Media(MediaArgs),
+    /// Per-packet run time of the XDP and TC programs on crafted packets
+    /// (BPF_PROG_TEST_RUN, needs root): forwarding and pass cases.
+    Program(ProgramArgs),
+}
+
+#[derive(clap::Args)]
+struct ProgramArgs {
+    /// Runs per case (the kernel reports their mean).
+    #[arg(long, default_value_t = 1_000_000)]
+    repeat: u32,
 }
 
 #[derive(clap::Args)]
@@ -86,7 +99,29 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         BenchTarget::SipRegister(args) => sip_register(args),
         BenchTarget::SipCalls(args) => sip_calls(args),
         BenchTarget::Media(args) => media(args),
+        BenchTarget::Program(args) => program(args),
     }
+}
+
+/// Runs rtpmanager/benches/program.rs (release): each program on crafted
+/// packets in a namespace it creates, timed by the kernel.
+fn program(args: &ProgramArgs) -> anyhow::Result<()> {
+    if !util::is_root() {
+        bail!("the program benchmark loads eBPF programs in a new namespace: run it as root");
+    }
+    crate::ebpf::build(&crate::ebpf::BuildArgs {})?;
+    util::run(
+        util::cargo()
+            .args([
+                "bench",
+                "-p",
+                "switchboard-rtpmanager",
+                "--bench",
+                "program",
+                "--",
+            ])
+            .args(["--repeat", &args.repeat.to_string()]),
+    )
 }
 
 /// Runs rtpmanager/benches/media.rs (release), which builds the namespace

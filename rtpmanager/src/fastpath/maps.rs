@@ -206,6 +206,7 @@ mod tests {
         port_min: 30000,
         port_max: 30100,
         flags: 0,
+        next_hop_ttl_ns: 500_000_000,
     };
 
     fn entry(dst: &str, flags: u16, slot: u32) -> ForwardEntry {

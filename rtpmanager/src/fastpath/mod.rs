@@ -22,6 +22,7 @@ pub mod pin;
 use std::fmt;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::SchedClassifierLink;
@@ -131,7 +132,13 @@ pub struct Settings {
     pub interface: String,
     pub port_min: u16,
     pub port_max: u16,
+    /// How long the programs reuse an entry's route and neighbour lookup
+    /// (see `rtpmanager_common::CachedHop`); zero looks up every packet.
+    pub next_hop_cache: Duration,
 }
+
+/// The default of `--next-hop-cache-ms`.
+pub const DEFAULT_NEXT_HOP_CACHE: Duration = Duration::from_millis(500);
 
 /// The fast path in force. Dropping it detaches the programs unless they
 /// are pinned.
@@ -421,6 +428,7 @@ fn load(
         port_min: settings.port_min,
         port_max: settings.port_max,
         flags: 0,
+        next_hop_ttl_ns: u64::try_from(settings.next_hop_cache.as_nanos()).unwrap_or(u64::MAX),
     })?;
     Ok((ebpf, maps))
 }
