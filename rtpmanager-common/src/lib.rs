@@ -474,13 +474,16 @@ pub enum Counter {
     /// RTP of the entry's pass-up payload type (telephone-event): passed,
     /// so the relay's DTMF detector sees it.
     PassedPayloadType = 20,
+    /// RTCP on an RTP entry (rtcp-mux; packet type 200–204 where RTP has
+    /// its payload type, RFC 5761 §4): passed, the relay forwards it.
+    MuxedRtcp = 21,
 }
 
 impl Counter {
     /// Number of slots in [`COUNTERS_MAP`].
-    pub const SLOTS: u32 = 21;
+    pub const SLOTS: u32 = 22;
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 21] = [
+    pub const ALL: [Counter; 22] = [
         Counter::NotIp,
         Counter::NotUdp,
         Counter::Truncated,
@@ -502,6 +505,7 @@ impl Counter {
         Counter::Redirected,
         Counter::RewriteSsrcMismatch,
         Counter::PassedPayloadType,
+        Counter::MuxedRtcp,
     ];
 
     /// A stable name for logs and metrics.
@@ -528,6 +532,7 @@ impl Counter {
             Counter::Redirected => "redirected",
             Counter::RewriteSsrcMismatch => "rewrite_ssrc_mismatch",
             Counter::PassedPayloadType => "passed_payload_type",
+            Counter::MuxedRtcp => "muxed_rtcp",
         }
     }
 }

@@ -98,6 +98,7 @@ pub enum Error {
     RewriteFailed,
     RewriteSsrcMismatch,
     PassedPayloadType,
+    MuxedRtcp,
 }
 
 impl Error {
@@ -123,6 +124,7 @@ impl Error {
             Error::RewriteFailed => Counter::RewriteFailed,
             Error::RewriteSsrcMismatch => Counter::RewriteSsrcMismatch,
             Error::PassedPayloadType => Counter::PassedPayloadType,
+            Error::MuxedRtcp => Counter::MuxedRtcp,
         }
     }
 
@@ -151,7 +153,8 @@ impl Error {
             | Error::FibForwardingDisabled
             | Error::FibOther
             | Error::RewriteSsrcMismatch
-            | Error::PassedPayloadType => false,
+            | Error::PassedPayloadType
+            | Error::MuxedRtcp => false,
         }
     }
 }

@@ -298,6 +298,14 @@ pub fn admit(
                     read::<4>(rtp.add(8)),
                 )
             };
+            // SAFETY: RTP_HLEN bytes are in bounds.
+            let marker_payload_type = unsafe { *rtp.add(1) };
+            // RFC 5761 §4: with rtcp-mux, RTCP (packet types 200–204) sits
+            // where RTP has marker and payload type 64–95, which RTP does
+            // not use. The relay forwards it to the RTCP destination.
+            if (64..=95).contains(&(marker_payload_type & 0x7F)) {
+                return Err(Error::MuxedRtcp);
+            }
             let ts = u32::from_be_bytes(ts);
             packet.rtp_seq = seq;
             packet.rtp_timestamp = ts;
@@ -306,8 +314,7 @@ pub fn admit(
             packet.sent_seq = seq;
             packet.sent_timestamp = ts;
             if entry.flags & FLAG_PASS_PAYLOAD_TYPE != 0 {
-                // SAFETY: RTP_HLEN bytes are in bounds.
-                let payload_type = unsafe { *rtp.add(1) } & 0x7F;
+                let payload_type = marker_payload_type & 0x7F;
                 if payload_type == entry.pass_payload_type {
                     // Its sequence number is the stream's: the kernel's
                     // loss figure must not count it as lost.

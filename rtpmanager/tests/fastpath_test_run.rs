@@ -1239,3 +1239,55 @@ fn telephone_events_of_a_pass_up_entry_go_to_userspace_and_count_in_the_sequence
         programs.assert_counters(&[(Counter::Redirected, 4), (Counter::PassedPayloadType, 2)]);
     });
 }
+
+/// A compound RTCP packet (SR then SDES) as an rtcp-mux peer sends it on
+/// its RTP port.
+fn muxed_rtcp() -> Vec<u8> {
+    let mut p = vec![0x80, 200, 0, 6];
+    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    p.extend_from_slice(&[0u8; 20]);
+    p.extend_from_slice(&[0x81, 202, 0, 2]);
+    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    p.extend_from_slice(&[1, 1, b'a', 0]);
+    p
+}
+
+#[test]
+fn rtcp_on_an_rtp_entry_goes_to_userspace_outside_the_rtp_figures() {
+    require_kernel_path!();
+    let ns = Namespace::new("m");
+    ns.run(|| {
+        let mut programs = Programs::load();
+        install_v4(&mut programs, CALLEE, FLAG_RTP, 13);
+        programs.maps.reset_stream_stats(13).expect("reset");
+        let voice = |seq: u16| ipv4(addr(CALLER), relay(30000), &rtp(seq, 172), PLAIN);
+        let rtcp = ipv4(addr(CALLER), relay(30000), &muxed_rtcp(), PLAIN);
+        assert_eq!(programs.xdp(&voice(1)).0, XDP_REDIRECT);
+        assert_eq!(
+            programs.xdp(&rtcp),
+            (XDP_PASS, rtcp.clone()),
+            "XDP passes the muxed SR up unchanged"
+        );
+        assert_eq!(
+            programs.tc(&rtcp),
+            (TC_ACT_OK, rtcp.clone()),
+            "TC passes the muxed SR up unchanged"
+        );
+        // Every RTCP packet type of RFC 3550 and the feedback ones sit in
+        // the reserved payload types 64–95 with the marker bit.
+        for packet_type in [192u8, 193, 200, 201, 202, 203, 204, 205, 206, 207] {
+            let mut p = muxed_rtcp();
+            p[1] = packet_type;
+            let p = ipv4(addr(CALLER), relay(30000), &p, PLAIN);
+            assert_eq!(programs.xdp(&p).0, XDP_PASS, "RTCP type {packet_type}");
+        }
+        assert_eq!(programs.xdp(&voice(2)).0, XDP_REDIRECT);
+        programs.assert_counters(&[(Counter::Redirected, 2), (Counter::MuxedRtcp, 12)]);
+        let stats = programs.maps.stream_stats(13).expect("slot 13");
+        assert_eq!(
+            (stats.packets, stats.received, stats.lost()),
+            (2, 2, 0),
+            "only the two RTP packets count"
+        );
+    });
+}

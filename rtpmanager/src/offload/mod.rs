@@ -120,8 +120,8 @@ pub enum Reason {
     /// The stream into the bridged leg is rewritten after an injection and
     /// the relay has not fixed the offsets yet.
     Rewriting,
-    /// One of the legs uses rtcp-mux, whose RTCP the programs would count
-    /// as RTP.
+    /// The receiving leg uses rtcp-mux: its RTCP arrives on the RTP port,
+    /// where the kernel passes it to the relay.
     RtcpMux,
     /// The addresses are not all of one family.
     FamilyMismatch,
@@ -143,7 +143,7 @@ impl fmt::Display for Reason {
             Reason::TelephoneEventMapping => "telephone-event payload types differ",
             Reason::Injecting => "playback or DTMF",
             Reason::Rewriting => "stream rewrite not anchored yet",
-            Reason::RtcpMux => "rtcp-mux",
+            Reason::RtcpMux => "rtcp-mux: RTCP rides on the RTP port",
             Reason::FamilyMismatch => "address families differ",
             Reason::NoStatsSlot => "no free stats slot",
             Reason::Deleted => "leg deleted",
@@ -188,23 +188,34 @@ impl LegState {
     }
 
     /// Where the relay sends media of `kind` to this leg's peer: the same
-    /// rule as the relay's (latched, else SDP, else RTCP on RTP's port + 1).
+    /// rule as the relay's (latched, else SDP, else RTCP on RTP's port + 1,
+    /// or on RTP's own port with rtcp-mux).
     fn destination(&self, kind: StreamKind) -> Option<SocketAddr> {
         let rtp = self.latched_rtp.or(self.input.params.expected_rtp);
+        let mux = self.input.rtcp_mux;
         match kind {
             StreamKind::Rtp => rtp,
             StreamKind::Rtcp => self
                 .latched_rtcp
                 .or(self.input.params.expected_rtcp)
-                .or_else(|| rtp.map(|a| SocketAddr::new(a.ip(), a.port().wrapping_add(1)))),
+                .or_else(|| {
+                    rtp.map(|a| match mux {
+                        true => a,
+                        false => SocketAddr::new(a.ip(), a.port().wrapping_add(1)),
+                    })
+                }),
         }
     }
 
+    /// The relay's socket for `kind` on this leg: RTCP shares the RTP port
+    /// with rtcp-mux.
     fn local(&self, kind: StreamKind) -> SocketAddr {
         let rtp = self.input.local_rtp;
         match kind {
-            StreamKind::Rtp => rtp,
-            StreamKind::Rtcp => SocketAddr::new(rtp.ip(), rtp.port().wrapping_add(1)),
+            StreamKind::Rtcp if !self.input.rtcp_mux => {
+                SocketAddr::new(rtp.ip(), rtp.port().wrapping_add(1))
+            }
+            _ => rtp,
         }
     }
 }
@@ -517,7 +528,11 @@ impl Offload {
                 timestamp_offset,
             }),
         };
-        if a.input.rtcp_mux || b.input.rtcp_mux {
+        // A muxed leg's RTCP arrives on its RTP port, where the RTP entry
+        // passes it up (the programs tell RTCP by its packet type, RFC
+        // 5761) and the relay forwards it; there is no RTCP direction to
+        // install. Towards a muxed leg, RTCP leaves from its RTP port.
+        if kind == StreamKind::Rtcp && a.input.rtcp_mux {
             return Err(Reason::RtcpMux);
         }
         let expected = a.latched(kind).ok_or(Reason::NotLatched)?;

@@ -554,7 +554,97 @@ fn unbridge_and_delete_take_everything_out_and_free_the_slots() {
 }
 
 #[test]
-fn fast_path_off_mux_and_mixed_families_install_nothing() {
+fn a_muxed_leg_offloads_rtp_and_its_rtcp_stays_on_the_rtp_port() {
+    let now = Instant::now();
+    let mut o = Offload::new(true);
+    let mut a = leg("a");
+    a.rtcp_mux = true;
+    // A muxed peer's RTCP is its RTP address (see sdp::negotiation).
+    a.params.expected_rtcp = a.params.expected_rtp;
+    o.handle_leg(now, A, a);
+    o.handle_leg(now, B, leg("b"));
+    o.handle_latched(
+        now,
+        &leg_ref("a"),
+        StreamKind::Rtp,
+        addr("192.0.2.10:40000"),
+    );
+    o.handle_latched(
+        now,
+        &leg_ref("b"),
+        StreamKind::Rtp,
+        addr("192.0.2.20:50000"),
+    );
+    o.handle_latched(
+        now,
+        &leg_ref("b"),
+        StreamKind::Rtcp,
+        addr("192.0.2.20:50001"),
+    );
+    assert_eq!(
+        commands(&mut o),
+        vec![
+            install(
+                A,
+                StreamKind::Rtp,
+                "10.0.0.1:30000",
+                entry(
+                    "10.0.0.1:30002",
+                    "192.0.2.20:50000",
+                    "192.0.2.10:40000",
+                    FLAG_RTP,
+                    8000,
+                    0
+                ),
+                true
+            ),
+            install(
+                B,
+                StreamKind::Rtp,
+                "10.0.0.1:30002",
+                entry(
+                    "10.0.0.1:30000",
+                    "192.0.2.10:40000",
+                    "192.0.2.20:50000",
+                    FLAG_RTP,
+                    8000,
+                    1
+                ),
+                true
+            ),
+            install(
+                B,
+                StreamKind::Rtcp,
+                "10.0.0.1:30003",
+                entry(
+                    "10.0.0.1:30000",
+                    "192.0.2.10:40000",
+                    "192.0.2.20:50001",
+                    FLAG_RTCP,
+                    0,
+                    2
+                ),
+                true
+            ),
+        ],
+        "RTP both ways; b's RTCP goes to a's muxed RTP port, from a's RTP socket"
+    );
+    o.handle_latched(
+        now,
+        &leg_ref("a"),
+        StreamKind::Rtcp,
+        addr("192.0.2.10:40000"),
+    );
+    assert_eq!(
+        commands(&mut o),
+        vec![],
+        "a's RTCP arrives on its RTP port, where the RTP entry passes it up: no entry of its own"
+    );
+    assert!(o.offloaded(A) && o.offloaded(B));
+}
+
+#[test]
+fn fast_path_off_and_mixed_families_install_nothing() {
     let now = Instant::now();
     let mut off = Offload::new(false);
     off.handle_leg(now, A, leg("a"));
@@ -566,19 +656,6 @@ fn fast_path_off_mux_and_mixed_families_install_nothing() {
         addr("192.0.2.10:40000"),
     );
     assert_eq!(commands(&mut off), vec![]);
-
-    let mut o = Offload::new(true);
-    let mut a = leg("a");
-    a.rtcp_mux = true;
-    o.handle_leg(now, A, a);
-    o.handle_leg(now, B, leg("b"));
-    o.handle_latched(
-        now,
-        &leg_ref("a"),
-        StreamKind::Rtp,
-        addr("192.0.2.10:40000"),
-    );
-    assert_eq!(commands(&mut o), vec![], "rtcp-mux stays in userspace");
 
     let mut o = Offload::new(true);
     let mut b = leg("b");
