@@ -4,7 +4,7 @@
 //! UPPER_SNAKE_CASE) and a key of the optional TOML file given by `--config`;
 //! precedence is flag > environment > file > default.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
@@ -118,6 +118,14 @@ pub struct Config {
     #[arg(long, env = "STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
+    /// Address and port of the Prometheus endpoint (`GET /metrics`): the fast
+    /// path in force, its kernel verdict counters, calls, legs and port
+    /// pairs. Off by default, so no new port opens on an upgrade; it is
+    /// unauthenticated, so give it a loopback or private address
+    /// (`127.0.0.1:9190`). Port 0 takes an ephemeral port, logged at start.
+    #[arg(long, env = "METRICS_LISTEN", value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Seconds without RTP on a confirmed bridged leg before a media-timeout event.
     #[arg(long, env = "MEDIA_TIMEOUT", default_value_t = 30)]
     pub media_timeout: u32,
@@ -216,6 +224,22 @@ mod tests {
             !c.keep_on_exit,
             "a clean exit removes the kernel path by default"
         );
+        assert_eq!(c.metrics_listen, None, "no metrics listener by default");
+    }
+
+    #[test]
+    fn metrics_listen_parses_and_names_the_option_when_invalid() {
+        let c = load(&["--metrics-listen", "127.0.0.1:9190"]).expect("valid");
+        assert_eq!(
+            c.metrics_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9190)))
+        );
+        let c = load(&["--metrics-listen", "[::1]:9190"]).expect("valid IPv6");
+        assert_eq!(c.metrics_listen.map(|a| a.port()), Some(9190));
+        for bad in ["127.0.0.1", "localhost:9190", "127.0.0.1:70000", ""] {
+            let err = load(&["--metrics-listen", bad]).expect_err(bad);
+            assert!(err.to_string().contains("--metrics-listen"), "{bad}: {err}");
+        }
     }
 
     #[test]

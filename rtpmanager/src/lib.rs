@@ -5,13 +5,14 @@
 //! streams that need no userspace work are offloaded to the eBPF programs
 //! loaded by [`fastpath`], which are a cache of the userspace path, never a
 //! different behaviour. Playback and DTMF sending into a leg live in
-//! [`playback`].
+//! [`playback`]; the optional Prometheus endpoint in [`metrics`].
 
 pub mod config;
 pub mod fastpath;
 pub mod grpc;
 pub mod interfaces;
 pub mod media;
+pub mod metrics;
 pub mod offload;
 pub mod playback;
 pub mod ports;

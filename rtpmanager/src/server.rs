@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::fastpath::{FastPath, Mode, Settings};
 use crate::grpc::{unix_millis, ControlService, ManagerInfo};
 use crate::interfaces;
+use crate::metrics;
 use crate::offload::kernel::KernelOffload;
 use crate::ports::PortPool;
 use crate::relay::Relay;
@@ -109,6 +110,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             format!("cannot listen for gRPC on {grpc_addr} (--grpc-address/--grpc-port)")
         })?;
     let bound = listener.local_addr().context("gRPC listener address")?;
+    if let Some(addr) = config.metrics_listen {
+        serve_metrics(addr, service.clone()).await?;
+    }
     tracing::info!(
         grpc = %bound,
         %advertise,
@@ -141,6 +145,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let (Some(state), false) = (&state, config.keep_on_exit) {
         state.remove();
     }
+    Ok(())
+}
+
+/// Binds `--metrics-listen` and serves the Prometheus endpoint in the
+/// background until the process ends.
+async fn serve_metrics(addr: SocketAddr, service: ControlService) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {addr} (--metrics-listen)"))?;
+    let bound = listener.local_addr().context("metrics listener address")?;
+    tracing::info!(metrics = %bound, "serving Prometheus metrics at /metrics");
+    tokio::spawn(async move {
+        if let Err(e) = metrics::serve(listener, service).await {
+            tracing::warn!(error = %e, "the metrics endpoint stopped");
+        }
+    });
     Ok(())
 }
 

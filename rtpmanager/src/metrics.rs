@@ -1,0 +1,293 @@
+//! The Prometheus endpoint (`--metrics-listen`): `GET /metrics` in the text
+//! exposition format 0.0.4; any other path answers 404.
+//!
+//! A scrape reads a [`Snapshot`] of what the manager already tracks (the
+//! fast path in force, the kernel's verdict counters, the session table's
+//! calls, legs and port pairs, the directions the kernel forwards) and
+//! renders it with [`render`], which does no I/O. Reading goes through the
+//! gRPC Health and Info handlers and takes each lock briefly, as they do; the
+//! relay worker takes none of these locks and is never waited on.
+//!
+//! The userspace relay keeps per-leg counters only, which go away with their
+//! leg, so it has no manager-wide packet or byte totals to export here.
+
+use std::fmt::Write;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use rtpmanager_common::Counter;
+use switchboard_proto::v1;
+use switchboard_proto::v1::rtp_manager_server::RtpManager;
+use tokio::net::TcpListener;
+
+use crate::fastpath::Mode;
+use crate::grpc::ControlService;
+
+/// Content type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// Prefix of every metric name.
+const PREFIX: &str = "switchboard_rtpmanager_";
+
+/// What one scrape reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The fast-path mode in force.
+    pub mode: Mode,
+    /// The interface the programs are attached to; empty when off.
+    pub interface: String,
+    /// Why this mode is in force (what was tried and failed).
+    pub reason: String,
+    /// The programs' verdict counters summed over CPUs; `None` when the
+    /// fast path is off or its counters map cannot be read.
+    pub kernel_packets: Option<Vec<(Counter, u64)>>,
+    /// Media directions (one leg's RTP or RTCP towards its bridged leg)
+    /// the kernel forwards now.
+    pub kernel_directions: u64,
+    /// Calls in the session table.
+    pub calls: u64,
+    /// Legs of those calls.
+    pub legs: u64,
+    /// RTP/RTCP port pairs in the media range.
+    pub port_pairs: u64,
+    /// Pairs free for new legs.
+    pub port_pairs_free: u64,
+    /// Whether new calls are refused (SetDrain).
+    pub draining: bool,
+}
+
+impl Snapshot {
+    /// Reads the figures through the Health and Info handlers, the fast
+    /// path's counters map and the offload driver's installed entries.
+    pub async fn read(service: &ControlService) -> Result<Snapshot, tonic::Status> {
+        let health = service
+            .health(tonic::Request::new(v1::HealthRequest {}))
+            .await?
+            .into_inner();
+        let info = service
+            .info(tonic::Request::new(v1::InfoRequest {}))
+            .await?
+            .into_inner();
+        let kernel_directions = as_u64(service.kernel_keys().len());
+        let fast_path = service.fast_path();
+        Ok(Snapshot {
+            mode: fast_path.mode(),
+            interface: fast_path.interface().to_owned(),
+            reason: fast_path.reason().to_owned(),
+            kernel_packets: fast_path.counters(),
+            kernel_directions,
+            calls: health.active_calls.into(),
+            legs: health.active_legs.into(),
+            port_pairs: info.ports_total.into(),
+            port_pairs_free: health.ports_free.into(),
+            draining: health.status() == v1::ServingStatus::Draining,
+        })
+    }
+}
+
+fn as_u64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// Renders a snapshot in the text exposition format.
+pub fn render(s: &Snapshot) -> String {
+    let mut out = String::new();
+    let mode = s.mode.to_string();
+    family(
+        &mut out,
+        "fast_path_info",
+        "gauge",
+        "The kernel fast path in force (mode xdp, xdp-generic, tc or off), its interface and why; always 1.",
+    );
+    sample(
+        &mut out,
+        "fast_path_info",
+        &[
+            ("mode", &mode),
+            ("interface", &s.interface),
+            ("reason", &s.reason),
+        ],
+        1,
+    );
+    if let Some(counters) = &s.kernel_packets {
+        family(
+            &mut out,
+            "kernel_packets_total",
+            "counter",
+            "Packets the fast path's programs handled, by verdict, summed over CPUs; pinned maps keep them across a crash or a --keep-on-exit restart.",
+        );
+        for (counter, n) in counters {
+            sample(
+                &mut out,
+                "kernel_packets_total",
+                &[("verdict", counter.name())],
+                *n,
+            );
+        }
+    }
+    let gauges: [(&str, &str, u64); 6] = [
+        (
+            "kernel_directions",
+            "Media directions (one leg's RTP or RTCP towards its bridged leg) the kernel forwards.",
+            s.kernel_directions,
+        ),
+        ("calls", "Calls in the session table.", s.calls),
+        ("legs", "Legs of the calls in the session table.", s.legs),
+        (
+            "port_pairs",
+            "RTP/RTCP port pairs in the media range.",
+            s.port_pairs,
+        ),
+        (
+            "port_pairs_free",
+            "Port pairs free for new legs.",
+            s.port_pairs_free,
+        ),
+        (
+            "draining",
+            "1 while the manager refuses new calls (SetDrain).",
+            u64::from(s.draining),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        family(&mut out, name, "gauge", help);
+        sample(&mut out, name, &[], value);
+    }
+    out
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {PREFIX}{name} {help}");
+    let _ = writeln!(out, "# TYPE {PREFIX}{name} {kind}");
+}
+
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
+    let _ = write!(out, "{PREFIX}{name}");
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (label, text)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{label}=\"{}\"", escape_label(text));
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+/// Escapes a label value: backslash, double quote and line feed.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The endpoint's router: `GET /metrics`, 404 elsewhere.
+pub fn app(service: ControlService) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(service)
+}
+
+/// Serves [`app`] on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, service: ControlService) -> std::io::Result<()> {
+    axum::serve(listener, app(service)).await
+}
+
+async fn metrics(State(service): State<ControlService>) -> Response {
+    match Snapshot::read(&service).await {
+        Ok(snapshot) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], render(&snapshot)).into_response(),
+        Err(status) => {
+            tracing::warn!(error = %status.message(), "metrics scrape failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable\n").into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_exposition_format_exactly() {
+        let snapshot = Snapshot {
+            mode: Mode::XdpGeneric,
+            interface: "eth0".into(),
+            reason: "xdp-generic after: xdp: \"not supported\"\nby driver".into(),
+            kernel_packets: Some(vec![(Counter::NoEntry, 7), (Counter::Redirected, 1234)]),
+            kernel_directions: 4,
+            calls: 1,
+            legs: 2,
+            port_pairs: 50,
+            port_pairs_free: 48,
+            draining: false,
+        };
+        let want = "\
+# HELP switchboard_rtpmanager_fast_path_info The kernel fast path in force (mode xdp, xdp-generic, tc or off), its interface and why; always 1.
+# TYPE switchboard_rtpmanager_fast_path_info gauge
+switchboard_rtpmanager_fast_path_info{mode=\"xdp-generic\",interface=\"eth0\",reason=\"xdp-generic after: xdp: \\\"not supported\\\"\\nby driver\"} 1
+# HELP switchboard_rtpmanager_kernel_packets_total Packets the fast path's programs handled, by verdict, summed over CPUs; pinned maps keep them across a crash or a --keep-on-exit restart.
+# TYPE switchboard_rtpmanager_kernel_packets_total counter
+switchboard_rtpmanager_kernel_packets_total{verdict=\"no_entry\"} 7
+switchboard_rtpmanager_kernel_packets_total{verdict=\"redirected\"} 1234
+# HELP switchboard_rtpmanager_kernel_directions Media directions (one leg's RTP or RTCP towards its bridged leg) the kernel forwards.
+# TYPE switchboard_rtpmanager_kernel_directions gauge
+switchboard_rtpmanager_kernel_directions 4
+# HELP switchboard_rtpmanager_calls Calls in the session table.
+# TYPE switchboard_rtpmanager_calls gauge
+switchboard_rtpmanager_calls 1
+# HELP switchboard_rtpmanager_legs Legs of the calls in the session table.
+# TYPE switchboard_rtpmanager_legs gauge
+switchboard_rtpmanager_legs 2
+# HELP switchboard_rtpmanager_port_pairs RTP/RTCP port pairs in the media range.
+# TYPE switchboard_rtpmanager_port_pairs gauge
+switchboard_rtpmanager_port_pairs 50
+# HELP switchboard_rtpmanager_port_pairs_free Port pairs free for new legs.
+# TYPE switchboard_rtpmanager_port_pairs_free gauge
+switchboard_rtpmanager_port_pairs_free 48
+# HELP switchboard_rtpmanager_draining 1 while the manager refuses new calls (SetDrain).
+# TYPE switchboard_rtpmanager_draining gauge
+switchboard_rtpmanager_draining 0
+";
+        assert_eq!(render(&snapshot), want);
+    }
+
+    #[test]
+    fn without_a_fast_path_the_kernel_counters_are_left_out() {
+        let snapshot = Snapshot {
+            mode: Mode::Off,
+            interface: String::new(),
+            reason: "disabled by --fast-path off".into(),
+            kernel_packets: None,
+            kernel_directions: 0,
+            calls: 0,
+            legs: 0,
+            port_pairs: 5000,
+            port_pairs_free: 5000,
+            draining: true,
+        };
+        let text = render(&snapshot);
+        assert!(
+            text.contains(
+                "switchboard_rtpmanager_fast_path_info{mode=\"off\",interface=\"\",reason=\"disabled by --fast-path off\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("kernel_packets_total"), "{text}");
+        assert!(
+            text.contains("switchboard_rtpmanager_draining 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .all(|l| l.starts_with(PREFIX)),
+            "{text}"
+        );
+    }
+}
