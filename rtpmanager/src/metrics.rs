@@ -100,7 +100,7 @@ pub fn render(s: &Snapshot) -> String {
         &mut out,
         "fast_path_info",
         "gauge",
-        "The kernel fast path in force (mode xdp, xdp-generic, tc or off), its interface and why; always 1.",
+        "The kernel fast path in force (mode xdp, xdp-generic, tc or off), its interface and why (the first line of the reason; the log has all of it); always 1.",
     );
     sample(
         &mut out,
@@ -108,7 +108,7 @@ pub fn render(s: &Snapshot) -> String {
         &[
             ("mode", &mode),
             ("interface", &s.interface),
-            ("reason", &s.reason),
+            ("reason", reason_label(&s.reason)),
         ],
         1,
     );
@@ -179,6 +179,21 @@ fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
     let _ = writeln!(out, " {value}");
 }
 
+/// Longest `reason` label, in characters.
+const REASON_LABEL_MAX: usize = 200;
+
+/// The first line of the fast path's reason, at most [`REASON_LABEL_MAX`]
+/// characters: a failed attach can carry pages of verifier output, which
+/// belongs in the log, not in a label (Prometheus may limit label length and
+/// then rejects the whole scrape).
+fn reason_label(reason: &str) -> &str {
+    let line = reason.lines().next().unwrap_or_default();
+    match line.char_indices().nth(REASON_LABEL_MAX) {
+        Some((end, _)) => &line[..end],
+        None => line,
+    }
+}
+
 /// Escapes a label value: backslash, double quote and line feed.
 fn escape_label(value: &str) -> String {
     value
@@ -218,7 +233,7 @@ mod tests {
         let snapshot = Snapshot {
             mode: Mode::XdpGeneric,
             interface: "eth0".into(),
-            reason: "xdp-generic after: xdp: \"not supported\"\nby driver".into(),
+            reason: "xdp-generic after: xdp: \\ \"not supported\"\nverifier output".into(),
             kernel_packets: Some(vec![(Counter::NoEntry, 7), (Counter::Redirected, 1234)]),
             kernel_directions: 4,
             calls: 1,
@@ -228,9 +243,9 @@ mod tests {
             draining: false,
         };
         let want = "\
-# HELP switchboard_rtpmanager_fast_path_info The kernel fast path in force (mode xdp, xdp-generic, tc or off), its interface and why; always 1.
+# HELP switchboard_rtpmanager_fast_path_info The kernel fast path in force (mode xdp, xdp-generic, tc or off), its interface and why (the first line of the reason; the log has all of it); always 1.
 # TYPE switchboard_rtpmanager_fast_path_info gauge
-switchboard_rtpmanager_fast_path_info{mode=\"xdp-generic\",interface=\"eth0\",reason=\"xdp-generic after: xdp: \\\"not supported\\\"\\nby driver\"} 1
+switchboard_rtpmanager_fast_path_info{mode=\"xdp-generic\",interface=\"eth0\",reason=\"xdp-generic after: xdp: \\\\ \\\"not supported\\\"\"} 1
 # HELP switchboard_rtpmanager_kernel_packets_total Packets the fast path's programs handled, by verdict, summed over CPUs; pinned maps keep them across a crash or a --keep-on-exit restart.
 # TYPE switchboard_rtpmanager_kernel_packets_total counter
 switchboard_rtpmanager_kernel_packets_total{verdict=\"no_entry\"} 7
@@ -255,6 +270,17 @@ switchboard_rtpmanager_port_pairs_free 48
 switchboard_rtpmanager_draining 0
 ";
         assert_eq!(render(&snapshot), want);
+    }
+
+    #[test]
+    fn the_reason_label_is_the_first_line_cut_to_200_characters() {
+        let long = "é".repeat(300);
+        assert_eq!(reason_label(&long), "é".repeat(200));
+        assert_eq!(
+            reason_label("tc after: xdp: denied\nverifier log"),
+            "tc after: xdp: denied"
+        );
+        assert_eq!(reason_label(""), "");
     }
 
     #[test]
