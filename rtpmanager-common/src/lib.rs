@@ -82,7 +82,9 @@ pub fn is_v4_mapped(bytes: &[u8; 16]) -> bool {
 
 /// Key of [`FORWARD_MAP`]: the local (address, port) a packet is addressed
 /// to, i.e. the relay's socket of the incoming leg.
-#[repr(C)]
+///
+/// 4-byte aligned so the programs build it from 16-bit packet words.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ForwardKey {
     /// Destination address, IPv4-mapped for IPv4.
@@ -542,6 +544,9 @@ impl Counter {
 const _: () = assert!(core::mem::size_of::<ProgramConfig>() == 16);
 const _: () = assert!(core::mem::size_of::<ForwardKey>() == 20);
 const _: () = assert!(core::mem::size_of::<CachedHop>() == 32);
+// The programs read entry addresses as aligned words.
+const _: () = assert!(core::mem::align_of::<ForwardEntry>() == 8);
+const _: () = assert!(core::mem::align_of::<ForwardKey>() == 4);
 const _: () = assert!(core::mem::size_of::<ForwardEntry>() == 120);
 const _: () = assert!(core::mem::size_of::<StreamStats>() == 72);
 const _: () = assert!(Counter::ALL.len() == Counter::SLOTS as usize);

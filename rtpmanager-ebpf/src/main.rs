@@ -26,6 +26,7 @@
 #![allow(internal_features)]
 
 mod checksum;
+mod log;
 mod packet;
 mod stats;
 
@@ -37,7 +38,7 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_SUCCESS, BPF_F_MARK_MANGLED_0, BPF_F_NO_PREALLOC, BPF_F_PSEUDO_HDR,
         BPF_F_RECOMPUTE_CSUM, TC_ACT_OK, TC_ACT_SHOT,
     },
-    helpers::{bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
@@ -47,7 +48,7 @@ use rtpmanager_common::{
     MAX_FORWARDS, STREAM_SLOTS,
 };
 
-use packet::{Packet, ETH_HLEN, UDP_OFFSET_V4, UDP_OFFSET_V6};
+use packet::{Packet, ETH_HLEN, SRC_OFFSET_V4, SRC_OFFSET_V6, UDP_OFFSET_V4, UDP_OFFSET_V6};
 
 #[map(name = "SB_CONFIG")]
 static CONFIG: Array<ProgramConfig> = Array::with_max_entries(1, 0);
@@ -197,11 +198,23 @@ pub fn switchboard_tc(ctx: TcContext) -> i32 {
     }
 }
 
-/// The egress of a successful route and neighbour lookup.
+/// The egress of a successful route and neighbour lookup; MACs as three
+/// wire-order words each.
 struct NextHop {
     ifindex: u32,
-    smac: [u8; 6],
-    dmac: [u8; 6],
+    smac: [u16; 3],
+    dmac: [u16; 3],
+}
+
+/// A MAC address as three wire-order words.
+///
+/// # Safety
+/// `mac` is 2-aligned (it is in CachedHop and in bpf_fib_lookup).
+#[inline(always)]
+unsafe fn mac_words(mac: &[u8; 6]) -> [u16; 3] {
+    let p = mac.as_ptr() as *const u16;
+    // SAFETY: forwarded from the caller; 6 bytes.
+    unsafe { [p.read(), p.add(1).read(), p.add(2).read()] }
 }
 
 /// The next hop of a packet of `entry` that arrived on `ingress`: the
@@ -219,38 +232,56 @@ fn next_hop(
     // run (see packet::admit); the hop is plain data this program owns.
     let cached = unsafe { &mut (*entry).hop };
     if cached.usable(now, ingress) {
-        return Ok(NextHop {
-            ifindex: cached.ifindex,
-            smac: cached.smac,
-            dmac: cached.dmac,
+        // SAFETY: CachedHop is 8-aligned with the MACs at even offsets.
+        return Ok(unsafe {
+            NextHop {
+                ifindex: cached.ifindex,
+                smac: mac_words(&cached.smac),
+                dmac: mac_words(&cached.dmac),
+            }
         });
     }
     // SAFETY: as above, read only.
-    let hop = lookup_next_hop(ctx, ingress, packet, unsafe { &*entry })?;
+    let entry = unsafe { &*entry };
+    let params = lookup_next_hop(ctx, ingress, packet, entry).inspect_err(|e| {
+        log::no_next_hop(
+            u16::from_be_bytes(entry.dst_port),
+            ingress,
+            e.counter().name(),
+        );
+    })?;
+    // SAFETY: bpf_fib_lookup is 4-aligned with the MACs at even offsets.
+    let hop = unsafe {
+        NextHop {
+            ifindex: params.ifindex,
+            smac: mac_words(&params.smac),
+            dmac: mac_words(&params.dmac),
+        }
+    };
     let ttl = CONFIG.get(0).map_or(0, |c| c.next_hop_ttl_ns);
     if ttl != 0 {
         cached.expires_ns = now + ttl;
         cached.ingress = ingress;
-        cached.ifindex = hop.ifindex;
-        cached.smac = hop.smac;
-        cached.dmac = hop.dmac;
+        cached.ifindex = params.ifindex;
+        cached.smac = params.smac;
+        cached.dmac = params.dmac;
         cached.tag = cached.tag_of();
     }
     Ok(hop)
 }
 
 /// Looks up the route to the entry's destination as the stack would when
-/// forwarding a packet received on `ingress`, neighbour included.
+/// forwarding a packet received on `ingress`, neighbour included; the
+/// result is in the per-CPU scratch slot.
 ///
-/// A BPF subprogram rather than inlined: it is the cache-miss path, and
-/// its own stack frame keeps the programs' main frame under 512 bytes.
+/// A BPF subprogram rather than inlined: it is the cache-miss path.
 #[inline(never)]
 fn lookup_next_hop(
     ctx: *mut c_void,
     ingress: u32,
     packet: &Packet,
     entry: &ForwardEntry,
-) -> Result<NextHop, Error> {
+) -> Result<&'static bpf_fib_lookup, Error> {
     let params = SCRATCH.get_ptr_mut(0).ok_or(Error::FibOther)?;
     // SAFETY: the per-CPU slot is this program run's alone; bpf_fib_lookup
     // is plain data and all-zero is its neutral value.
@@ -263,17 +294,24 @@ fn lookup_next_hop(
     params.dport = u16::from_ne_bytes(entry.dst_port);
     params.__bindgen_anon_1.tot_len = packet.ip_len;
     params.ifindex = ingress;
-    let (s, d) = (&entry.src_addr, &entry.dst_addr);
-    if packet.v6 {
-        params.family = AF_INET6;
-        let word =
-            |a: &[u8; 16], i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
-        params.__bindgen_anon_3.ipv6_src = [word(s, 0), word(s, 4), word(s, 8), word(s, 12)];
-        params.__bindgen_anon_4.ipv6_dst = [word(d, 0), word(d, 4), word(d, 8), word(d, 12)];
-    } else {
-        params.family = AF_INET;
-        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([s[12], s[13], s[14], s[15]]);
-        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([d[12], d[13], d[14], d[15]]);
+    // Entry addresses are 8-aligned: read them as words.
+    let (s, d) = (
+        entry.src_addr.as_ptr() as *const u32,
+        entry.dst_addr.as_ptr() as *const u32,
+    );
+    // SAFETY: 16-byte, 8-aligned fields.
+    unsafe {
+        if packet.v6 {
+            params.family = AF_INET6;
+            params.__bindgen_anon_3.ipv6_src =
+                [s.read(), s.add(1).read(), s.add(2).read(), s.add(3).read()];
+            params.__bindgen_anon_4.ipv6_dst =
+                [d.read(), d.add(1).read(), d.add(2).read(), d.add(3).read()];
+        } else {
+            params.family = AF_INET;
+            params.__bindgen_anon_3.ipv4_src = s.add(3).read();
+            params.__bindgen_anon_4.ipv4_dst = d.add(3).read();
+        }
     }
     // SAFETY: `params` is a valid, writable bpf_fib_lookup of the size passed.
     let rc = unsafe {
@@ -288,11 +326,7 @@ fn lookup_next_hop(
         return Err(Error::FibOther);
     }
     match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => Ok(NextHop {
-            ifindex: params.ifindex,
-            smac: params.smac,
-            dmac: params.dmac,
-        }),
+        BPF_FIB_LKUP_RET_SUCCESS => Ok(params),
         // The stack resolves the neighbour and the userspace relay sends
         // this packet; later ones find the neighbour.
         BPF_FIB_LKUP_RET_NO_NEIGH => Err(Error::FibNoNeigh),
@@ -313,9 +347,25 @@ fn try_xdp(ctx: &XdpContext) -> Result<u32, Error> {
     // SAFETY: see packet::admit; read only from here on.
     let entry = unsafe { &*entry_ptr };
     if packet.v6 {
-        rewrite_xdp_v6(data, data_end, &packet, entry, &hop)?;
+        rewrite_xdp::<8>(
+            data,
+            data_end,
+            SRC_OFFSET_V6,
+            UDP_OFFSET_V6,
+            &packet,
+            entry,
+            &hop,
+        )?;
     } else {
-        rewrite_xdp_v4(data, data_end, &packet, entry, &hop)?;
+        rewrite_xdp::<2>(
+            data,
+            data_end,
+            SRC_OFFSET_V4,
+            UDP_OFFSET_V4,
+            &packet,
+            entry,
+            &hop,
+        )?;
     }
     stats::record(entry, &packet, now);
     if hop.ifindex == ingress {
@@ -328,133 +378,131 @@ fn try_xdp(ctx: &XdpContext) -> Result<u32, Error> {
     }
 }
 
-/// Writes `N` bytes at `p`.
+/// The checksum changes of a rewrite, as one's complement sums of
+/// Σ(~old + new) over wire-order words: `addresses` is in the IPv4 header
+/// and the UDP pseudo header, `l4` (ports, RTP header) in the UDP header
+/// and payload only.
+struct Sums {
+    addresses: u32,
+    l4: u32,
+}
+
+/// Computes the rewrite's checksum changes from the packet as received
+/// (nothing is written). `WORDS` is 2 for IPv4, 8 for IPv6.
 ///
 /// # Safety
-/// `N` bytes at `p` are inside the packet.
+/// `eth` has `udp_offset + UDP_HLEN + RTP_HLEN` bytes when the entry
+/// rewrites RTP, `udp_offset + UDP_HLEN` otherwise; the frame is 2-aligned.
 #[inline(always)]
-unsafe fn write<const N: usize>(p: *mut u8, bytes: &[u8; N]) {
-    let mut i = 0;
-    while i < N {
-        // SAFETY: the caller guarantees N writable bytes.
-        unsafe { *p.add(i) = bytes[i] };
-        i += 1;
-    }
-}
-
-/// # Safety
-/// `ETH_HLEN` bytes at `eth` are inside the packet.
-#[inline(always)]
-unsafe fn write_macs(eth: *mut u8, hop: &NextHop) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        write(eth, &hop.dmac);
-        write(eth.add(6), &hop.smac);
-    }
-}
-
-#[inline(always)]
-fn v4_of(a: &[u8; 16]) -> [u8; 4] {
-    [a[12], a[13], a[14], a[15]]
-}
-
-/// Writes a rewriting entry's RTP header fields and returns the UDP
-/// checksum change (zero when the entry does not rewrite). The words sit at
-/// even offsets from the UDP header, so they are checksum words as they are.
-#[inline(always)]
-fn rewrite_xdp_rtp(
-    data: usize,
-    data_end: usize,
+unsafe fn sums<const WORDS: usize>(
+    eth: *const u8,
+    addr_offset: usize,
     udp_offset: usize,
     packet: &Packet,
     entry: &ForwardEntry,
-) -> Result<u32, Error> {
-    if entry.flags & (FLAG_RTP | FLAG_REWRITE) != FLAG_RTP | FLAG_REWRITE {
-        return Ok(0);
-    }
-    let rtp = packet::ptr_at(
-        data,
-        data_end,
-        udp_offset + packet::UDP_HLEN,
-        packet::RTP_HLEN as usize,
-    )?;
-    let (seq, ts) = (
-        packet.sent_seq.to_be_bytes(),
-        packet.sent_timestamp.to_be_bytes(),
+) -> Sums {
+    let first = 8 - WORDS;
+    let (src, dst) = (
+        // SAFETY: forwarded from the caller.
+        unsafe { eth.add(addr_offset) },
+        unsafe { eth.add(addr_offset + 2 * WORDS) },
     );
-    // SAFETY: RTP_HLEN bytes from `rtp` are in bounds.
-    unsafe {
-        write(rtp.add(2), &seq);
-        write(rtp.add(4), &ts);
-        write(rtp.add(8), &packet.sent_ssrc);
+    let mut addresses = 0;
+    let mut i = 0;
+    while i < WORDS {
+        // SAFETY: forwarded from the caller.
+        let (old_src, old_dst) =
+            unsafe { (packet::word(src.add(2 * i)), packet::word(dst.add(2 * i))) };
+        addresses += checksum::change(old_src, packet::address_word(&entry.src_addr, first + i))
+            + checksum::change(old_dst, packet::address_word(&entry.dst_addr, first + i));
+        i += 1;
     }
-    Ok(checksum::diff(&packet.rtp_seq.to_be_bytes(), &seq)
-        + checksum::diff(&packet.rtp_timestamp.to_be_bytes(), &ts)
-        + checksum::diff(&packet.rtp_ssrc, &packet.sent_ssrc))
+    let mut l4 = checksum::change(packet.sport, u16::from_ne_bytes(entry.src_port))
+        + checksum::change(packet.dport, u16::from_ne_bytes(entry.dst_port));
+    if rewrites_rtp(entry) {
+        let _ = udp_offset;
+        let (old_ts, new_ts) = (packet.rtp_timestamp.to_be(), packet.sent_timestamp.to_be());
+        l4 += checksum::change(packet.rtp_seq.to_be(), packet.sent_seq.to_be())
+            + checksum::change(old_ts as u16, new_ts as u16)
+            + checksum::change((old_ts >> 16) as u16, (new_ts >> 16) as u16)
+            + checksum::change(packet.rtp_ssrc as u16, packet.sent_ssrc as u16)
+            + checksum::change(
+                (packet.rtp_ssrc >> 16) as u16,
+                (packet.sent_ssrc >> 16) as u16,
+            );
+    }
+    Sums { addresses, l4 }
 }
 
 #[inline(always)]
-fn rewrite_xdp_v4(
+fn rewrites_rtp(entry: &ForwardEntry) -> bool {
+    entry.flags & (FLAG_RTP | FLAG_REWRITE) == FLAG_RTP | FLAG_REWRITE
+}
+
+/// Rewrites addresses, ports, a rewriting entry's RTP header fields and
+/// MACs in place, with RFC 1624 checksum updates. `WORDS` is 2 for IPv4,
+/// 8 for IPv6.
+#[inline(always)]
+fn rewrite_xdp<const WORDS: usize>(
     data: usize,
     data_end: usize,
+    addr_offset: usize,
+    udp_offset: usize,
     packet: &Packet,
     entry: &ForwardEntry,
     hop: &NextHop,
 ) -> Result<(), Error> {
-    let eth = packet::ptr_at(data, data_end, 0, UDP_OFFSET_V4 + packet::UDP_HLEN)?;
-    let (old_src, old_dst) = (v4_of(&packet.src), v4_of(&packet.dst));
-    let (new_src, new_dst) = (v4_of(&entry.src_addr), v4_of(&entry.dst_addr));
-    let addresses = checksum::diff(&old_src, &new_src) + checksum::diff(&old_dst, &new_dst);
-    let ports = checksum::diff(&packet.sport, &entry.src_port)
-        + checksum::diff(&packet.dport, &entry.dst_port);
-    let rtp = rewrite_xdp_rtp(data, data_end, UDP_OFFSET_V4, packet, entry)?;
-    // SAFETY: UDP_OFFSET_V4 + UDP_HLEN bytes from `eth` are in bounds.
+    let len = udp_offset + packet::UDP_HLEN + packet::RTP_HLEN as usize;
+    let eth = if rewrites_rtp(entry) {
+        packet::ptr_at(data, data_end, 0, len)?
+    } else {
+        packet::ptr_at(data, data_end, 0, udp_offset + packet::UDP_HLEN)?
+    };
+    // SAFETY: the lengths were checked just above; the offsets are even
+    // (see the packet module on alignment).
     unsafe {
-        let ip = eth.add(ETH_HLEN);
-        let udp = eth.add(UDP_OFFSET_V4);
-        let ip_check = checksum::apply(packet::be16(ip.add(10)), addresses);
-        write(ip.add(10), &ip_check.to_be_bytes());
-        // IPv4 UDP checksum 0 means "none" and stays so.
-        let udp_check = packet::be16(udp.add(6));
-        if udp_check != 0 {
-            let udp_check = checksum::udp(checksum::apply(udp_check, addresses + ports + rtp));
-            write(udp.add(6), &udp_check.to_be_bytes());
+        let Sums { addresses, l4 } = sums::<WORDS>(eth, addr_offset, udp_offset, packet, entry);
+        let first = 8 - WORDS;
+        let (src, dst) = (eth.add(addr_offset), eth.add(addr_offset + 2 * WORDS));
+        let mut i = 0;
+        while i < WORDS {
+            packet::set_word(
+                src.add(2 * i),
+                packet::address_word(&entry.src_addr, first + i),
+            );
+            packet::set_word(
+                dst.add(2 * i),
+                packet::address_word(&entry.dst_addr, first + i),
+            );
+            i += 1;
         }
-        write(ip.add(12), &new_src);
-        write(ip.add(16), &new_dst);
-        write(udp, &entry.src_port);
-        write(udp.add(2), &entry.dst_port);
-        write_macs(eth, hop);
-    }
-    Ok(())
-}
-
-#[inline(always)]
-fn rewrite_xdp_v6(
-    data: usize,
-    data_end: usize,
-    packet: &Packet,
-    entry: &ForwardEntry,
-    hop: &NextHop,
-) -> Result<(), Error> {
-    let eth = packet::ptr_at(data, data_end, 0, UDP_OFFSET_V6 + packet::UDP_HLEN)?;
-    let rtp = rewrite_xdp_rtp(data, data_end, UDP_OFFSET_V6, packet, entry)?;
-    let sum = checksum::diff(&packet.src, &entry.src_addr)
-        + checksum::diff(&packet.dst, &entry.dst_addr)
-        + checksum::diff(&packet.sport, &entry.src_port)
-        + checksum::diff(&packet.dport, &entry.dst_port)
-        + rtp;
-    // SAFETY: UDP_OFFSET_V6 + UDP_HLEN bytes from `eth` are in bounds.
-    unsafe {
-        let ip = eth.add(ETH_HLEN);
-        let udp = eth.add(UDP_OFFSET_V6);
-        let udp_check = checksum::udp(checksum::apply(packet::be16(udp.add(6)), sum));
-        write(udp.add(6), &udp_check.to_be_bytes());
-        write(ip.add(8), &entry.src_addr);
-        write(ip.add(24), &entry.dst_addr);
-        write(udp, &entry.src_port);
-        write(udp.add(2), &entry.dst_port);
-        write_macs(eth, hop);
+        let udp = eth.add(udp_offset);
+        let check = packet::word(udp.add(6));
+        if WORDS == 2 {
+            let ip_check = eth.add(ETH_HLEN + 10);
+            packet::set_word(ip_check, checksum::apply(packet::word(ip_check), addresses));
+        }
+        // IPv4 UDP checksum 0 means "none" and stays so (IPv6 has none 0).
+        if check != 0 {
+            packet::set_word(
+                udp.add(6),
+                checksum::udp(checksum::apply(check, addresses + l4)),
+            );
+        }
+        packet::set_word(udp, u16::from_ne_bytes(entry.src_port));
+        packet::set_word(udp.add(2), u16::from_ne_bytes(entry.dst_port));
+        if rewrites_rtp(entry) {
+            let rtp = udp.add(packet::UDP_HLEN);
+            packet::set_word(rtp.add(2), packet.sent_seq.to_be());
+            packet::set_word32(rtp.add(4), packet.sent_timestamp.to_be());
+            packet::set_word32(rtp.add(8), packet.sent_ssrc);
+        }
+        let mut i = 0;
+        while i < 3 {
+            packet::set_word(eth.add(2 * i), hop.dmac[i]);
+            packet::set_word(eth.add(6 + 2 * i), hop.smac[i]);
+            i += 1;
+        }
     }
     Ok(())
 }
@@ -481,157 +529,113 @@ fn try_tc(ctx: &TcContext) -> Result<i32, Error> {
     let entry = unsafe { &*entry_ptr };
     // From here on the skb is being changed: a helper failure leaves it
     // inconsistent, so it is dropped rather than passed.
-    rewrite_tc(ctx, &packet, entry, &hop).map_err(|_| Error::RewriteFailed)?;
+    let rewritten = if packet.v6 {
+        rewrite_tc::<8, 18>(
+            ctx,
+            data,
+            data_end,
+            SRC_OFFSET_V6,
+            UDP_OFFSET_V6,
+            &packet,
+            entry,
+            &hop,
+        )
+    } else {
+        rewrite_tc::<2, 6>(
+            ctx,
+            data,
+            data_end,
+            SRC_OFFSET_V4,
+            UDP_OFFSET_V4,
+            &packet,
+            entry,
+            &hop,
+        )
+    };
+    rewritten.map_err(|e| {
+        log::tc_rewrite_failed(e);
+        Error::RewriteFailed
+    })?;
     stats::record(entry, &packet, now);
     count(Counter::Redirected);
     // SAFETY: bpf_redirect only records the target for after the program.
     Ok(unsafe { bpf_redirect(hop.ifindex, 0) } as i32)
 }
 
-/// The 16-byte address as the four native-endian words bpf_csum_diff reads.
+/// The TC rewrite: the same changes as XDP's, through the skb helpers,
+/// which keep `skb->csum` right for CHECKSUM_COMPLETE and update only the
+/// pseudo-header seed of a CHECKSUM_PARTIAL packet (whose payload the stack
+/// or the NIC sums on transmit). `STORE` is the number of words of the
+/// addresses and ports, which are contiguous (2 × WORDS + 2).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn words(a: &[u8; 16]) -> [u32; 4] {
-    let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
-    [w(0), w(4), w(8), w(12)]
-}
-
-#[inline(always)]
-fn rewrite_tc(
+fn rewrite_tc<const WORDS: usize, const STORE: usize>(
     ctx: &TcContext,
+    data: usize,
+    data_end: usize,
+    addr_offset: usize,
+    udp_offset: usize,
     packet: &Packet,
     entry: &ForwardEntry,
     hop: &NextHop,
 ) -> Result<(), i64> {
-    let (udp, addr_offset, addr_len) = if packet.v6 {
-        (UDP_OFFSET_V6, ETH_HLEN + 8, 16)
+    let len = udp_offset + packet::UDP_HLEN + packet::RTP_HLEN as usize;
+    let eth = if rewrites_rtp(entry) {
+        packet::ptr_at(data, data_end, 0, len)
     } else {
-        (UDP_OFFSET_V4, ETH_HLEN + 12, 4)
-    };
-    let udp_check = udp + 6;
-    // bpf_csum_diff over (src, dst) old → new: one diff for the pseudo
-    // header and, on IPv4, the IP header.
-    let (old_src, old_dst, new_src, new_dst) = (
-        words(&packet.src),
-        words(&packet.dst),
-        words(&entry.src_addr),
-        words(&entry.dst_addr),
-    );
-    let (mut old, mut new) = if packet.v6 {
-        (
-            [
-                old_src[0], old_src[1], old_src[2], old_src[3], old_dst[0], old_dst[1], old_dst[2],
-                old_dst[3],
-            ],
-            [
-                new_src[0], new_src[1], new_src[2], new_src[3], new_dst[0], new_dst[1], new_dst[2],
-                new_dst[3],
-            ],
-        )
-    } else {
-        (
-            [old_src[3], old_dst[3], 0, 0, 0, 0, 0, 0],
-            [new_src[3], new_dst[3], 0, 0, 0, 0, 0, 0],
-        )
-    };
-    let size = (addr_len * 2) as u32;
-    // SAFETY: both buffers are 32 bytes on the stack; `size` ≤ 32.
-    let diff = unsafe { bpf_csum_diff(old.as_mut_ptr(), size, new.as_mut_ptr(), size, 0) };
-    if diff < 0 {
-        return Err(diff);
+        packet::ptr_at(data, data_end, 0, udp_offset + packet::UDP_HLEN)
     }
-    // BPF_F_MARK_MANGLED_0 keeps an IPv4 "no checksum" 0 and turns a
-    // computed 0 into 0xFFFF; the pseudo-header flag lets the helper fix a
-    // CHECKSUM_PARTIAL seed instead of the final sum.
-    let l4_flags = u64::from(BPF_F_MARK_MANGLED_0);
+    .map_err(|_| -1i64)?;
+    // SAFETY: as in rewrite_xdp; read only.
+    let Sums { addresses, l4 } =
+        unsafe { sums::<WORDS>(eth, addr_offset, udp_offset, packet, entry) };
+    let check = udp_offset + 6;
+    // Size 0 in the flags: `to` is a checksum difference, not a field.
+    let mangled_0 = u64::from(BPF_F_MARK_MANGLED_0);
     ctx.l4_csum_replace(
-        udp_check,
+        check,
         0,
-        diff as u64,
-        l4_flags | u64::from(BPF_F_PSEUDO_HDR),
+        u64::from(addresses),
+        mangled_0 | u64::from(BPF_F_PSEUDO_HDR),
     )?;
-    if !packet.v6 {
-        ctx.l3_csum_replace(ETH_HLEN + 10, 0, diff as u64, 0)?;
+    ctx.l4_csum_replace(check, 0, u64::from(l4), mangled_0)?;
+    if WORDS == 2 {
+        ctx.l3_csum_replace(ETH_HLEN + 10, 0, u64::from(addresses), 0)?;
     }
-    let old_ports = u32::from_ne_bytes([
-        packet.sport[0],
-        packet.sport[1],
-        packet.dport[0],
-        packet.dport[1],
-    ]);
-    let new_ports = u32::from_ne_bytes([
-        entry.src_port[0],
-        entry.src_port[1],
-        entry.dst_port[0],
-        entry.dst_port[1],
-    ]);
-    ctx.l4_csum_replace(
-        udp_check,
-        u64::from(old_ports),
-        u64::from(new_ports),
-        l4_flags | 4,
-    )?;
-    if packet.v6 {
-        ctx.store(addr_offset, &entry.src_addr, 0)?;
-        ctx.store(addr_offset + 16, &entry.dst_addr, 0)?;
-    } else {
-        ctx.store(addr_offset, &v4_of(&entry.src_addr), 0)?;
-        ctx.store(addr_offset + 4, &v4_of(&entry.dst_addr), 0)?;
-    }
-    ctx.store(udp, &new_ports.to_ne_bytes(), 0)?;
-    if entry.flags & (FLAG_RTP | FLAG_REWRITE) == FLAG_RTP | FLAG_REWRITE {
-        rewrite_tc_rtp(ctx, udp + packet::UDP_HLEN, udp_check, packet)?;
-    }
-    let mut macs = [0u8; 12];
+    // The helpers invalidated the packet pointers: what remains is written
+    // through bpf_skb_store_bytes, with skb->csum kept (RECOMPUTE_CSUM).
+    let recompute = u64::from(BPF_F_RECOMPUTE_CSUM);
+    let first = 8 - WORDS;
+    let mut words = [0u16; STORE];
     let mut i = 0;
-    while i < 6 {
-        macs[i] = hop.dmac[i];
-        macs[i + 6] = hop.smac[i];
+    while i < WORDS {
+        words[i] = packet::address_word(&entry.src_addr, first + i);
+        words[WORDS + i] = packet::address_word(&entry.dst_addr, first + i);
         i += 1;
     }
-    ctx.store(0, &macs, 0)?;
-    Ok(())
-}
-
-/// Writes a rewriting entry's RTP header fields, each with its checksum
-/// update. Payload words, not pseudo-header ones: on a CHECKSUM_PARTIAL
-/// skb the helper leaves the seed alone, the stack sums the payload on
-/// transmit.
-#[inline(always)]
-fn rewrite_tc_rtp(
-    ctx: &TcContext,
-    rtp: usize,
-    udp_check: usize,
-    packet: &Packet,
-) -> Result<(), i64> {
-    let l4_flags = u64::from(BPF_F_MARK_MANGLED_0);
-    // The helpers take the old and new values as the bytes sit in the
-    // packet, i.e. wire-order bytes read as native integers.
-    let (seq, ts) = (
-        packet.sent_seq.to_be_bytes(),
-        packet.sent_timestamp.to_be_bytes(),
-    );
-    ctx.l4_csum_replace(
-        udp_check,
-        u64::from(u16::from_ne_bytes(packet.rtp_seq.to_be_bytes())),
-        u64::from(u16::from_ne_bytes(seq)),
-        l4_flags | 2,
-    )?;
-    ctx.l4_csum_replace(
-        udp_check,
-        u64::from(u32::from_ne_bytes(packet.rtp_timestamp.to_be_bytes())),
-        u64::from(u32::from_ne_bytes(ts)),
-        l4_flags | 4,
-    )?;
-    ctx.l4_csum_replace(
-        udp_check,
-        u64::from(u32::from_ne_bytes(packet.rtp_ssrc)),
-        u64::from(u32::from_ne_bytes(packet.sent_ssrc)),
-        l4_flags | 4,
-    )?;
-    let recompute = u64::from(BPF_F_RECOMPUTE_CSUM);
-    ctx.store(rtp + 2, &seq, recompute)?;
-    ctx.store(rtp + 4, &ts, recompute)?;
-    ctx.store(rtp + 8, &packet.sent_ssrc, recompute)?;
+    words[2 * WORDS] = u16::from_ne_bytes(entry.src_port);
+    words[2 * WORDS + 1] = u16::from_ne_bytes(entry.dst_port);
+    ctx.store(addr_offset, &words, recompute)?;
+    if rewrites_rtp(entry) {
+        let (ts, ssrc) = (packet.sent_timestamp.to_be(), packet.sent_ssrc);
+        let rtp = [
+            packet.sent_seq.to_be(),
+            ts as u16,
+            (ts >> 16) as u16,
+            ssrc as u16,
+            (ssrc >> 16) as u16,
+        ];
+        ctx.store(udp_offset + packet::UDP_HLEN + 2, &rtp, recompute)?;
+    }
+    let macs = [
+        hop.dmac[0],
+        hop.dmac[1],
+        hop.dmac[2],
+        hop.smac[0],
+        hop.smac[1],
+        hop.smac[2],
+    ];
+    ctx.store(0, &macs, recompute)?;
     Ok(())
 }
 

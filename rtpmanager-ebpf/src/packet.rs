@@ -2,10 +2,23 @@
 //! the forwarding-entry lookup and the checks that decide whether the kernel
 //! may own a packet. Nothing here writes to the packet, so every error
 //! leaves the original packet for the stack.
+//!
+//! Headers are read as 16-bit words in place: addresses are never copied
+//! out of the packet (the programs' stack is 512 bytes, and every copy is
+//! instructions on the per-packet path). Frames start at an even address
+//! (XDP data follows a 256-byte headroom; an skb's MAC header sits
+//! NET_IP_ALIGN before a network header every driver places 2-aligned or
+//! better), so every header field at an even offset is 2-aligned and read
+//! as one 16-bit word. (The verifier forbids testing a packet pointer's
+//! bits, so this is an assumption about Linux, not a check; on x86-64 and
+//! arm64, the JIT targets of this manager, a misaligned load would still
+//! be correct, only slower.) Words are kept in wire order
+//! (read as native integers): one's complement sums do not depend on byte
+//! order (RFC 1071 §2(B)), so the checksum updates need no swaps either.
 
 use rtpmanager_common::{
-    is_v4_mapped, ForwardEntry, ForwardKey, FLAG_PASS_PAYLOAD_TYPE, FLAG_REWRITE, FLAG_RTCP,
-    FLAG_RTP, FLAG_STRICT_SOURCE,
+    ForwardEntry, ForwardKey, FLAG_PASS_PAYLOAD_TYPE, FLAG_REWRITE, FLAG_RTCP, FLAG_RTP,
+    FLAG_STRICT_SOURCE,
 };
 
 use crate::{Error, CONFIG, FORWARD};
@@ -18,6 +31,9 @@ pub const UDP_HLEN: usize = 8;
 pub const UDP_OFFSET_V4: usize = ETH_HLEN + IPV4_HLEN;
 /// Offset of the UDP header right behind the IPv6 fixed header.
 pub const UDP_OFFSET_V6: usize = ETH_HLEN + IPV6_HLEN;
+/// Offsets of the source address (the destination follows it).
+pub const SRC_OFFSET_V4: usize = ETH_HLEN + 12;
+pub const SRC_OFFSET_V6: usize = ETH_HLEN + 8;
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -25,13 +41,16 @@ const IPPROTO_UDP: u8 = 17;
 pub const RTP_HLEN: u32 = 12;
 const RTCP_HLEN: u32 = 8;
 
+/// The IPv4-mapped prefix `::ffff:0:0/96` as the three native 32-bit words
+/// of an entry address.
+const V4_MAPPED: [u32; 3] = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff])];
+
 /// What the programs need of a UDP packet, read before any change.
 pub struct Packet {
     pub v6: bool,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-    pub sport: [u8; 2],
-    pub dport: [u8; 2],
+    /// Ports in wire order.
+    pub sport: u16,
+    pub dport: u16,
     /// IPv4 total length or IPv6 fixed header + payload: the fib lookup's MTU check.
     pub ip_len: u16,
     /// UDP payload bytes.
@@ -40,10 +59,10 @@ pub struct Packet {
     pub rtp_seq: u16,
     pub rtp_timestamp: u32,
     /// RTP SSRC as received (wire order).
-    pub rtp_ssrc: [u8; 4],
+    pub rtp_ssrc: u32,
     /// The RTP header fields as the packet leaves: the received ones, or
     /// the rewritten ones on a rewriting entry (zero unless the entry is RTP).
-    pub sent_ssrc: [u8; 4],
+    pub sent_ssrc: u32,
     pub sent_seq: u16,
     pub sent_timestamp: u32,
 }
@@ -58,67 +77,92 @@ pub fn ptr_at(data: usize, data_end: usize, offset: usize, len: usize) -> Result
     Ok(start as *mut u8)
 }
 
+/// The 16-bit word at `p`, in wire order.
+///
+/// # Safety
+/// `p` and `p + 1` are inside the packet at an even offset (see the module).
+#[inline(always)]
+pub unsafe fn word(p: *const u8) -> u16 {
+    // SAFETY: forwarded from the caller.
+    unsafe { (p as *const u16).read() }
+}
+
+/// Writes the wire-order word `w` at `p`.
+///
+/// # Safety
+/// As [`word`], and the packet is writable.
+#[inline(always)]
+pub unsafe fn set_word(p: *mut u8, w: u16) {
+    // SAFETY: forwarded from the caller.
+    unsafe { (p as *mut u16).write(w) }
+}
+
 /// Big-endian u16 at `p`.
 ///
 /// # Safety
-/// `p` and `p + 1` are inside the packet.
+/// As [`word`].
 #[inline(always)]
 pub unsafe fn be16(p: *const u8) -> u16 {
-    // SAFETY: the caller guarantees two readable bytes.
-    unsafe { u16::from_be_bytes([*p, *p.add(1)]) }
-}
-
-/// Copies `N` packet bytes at `p`.
-///
-/// # Safety
-/// `N` bytes at `p` are inside the packet.
-#[inline(always)]
-pub unsafe fn read<const N: usize>(p: *const u8) -> [u8; N] {
-    let mut out = [0u8; N];
-    let mut i = 0;
-    while i < N {
-        // SAFETY: the caller guarantees N readable bytes.
-        out[i] = unsafe { *p.add(i) };
-        i += 1;
-    }
-    out
-}
-
-/// The IPv4-mapped form of the 4 address bytes at `p`.
-///
-/// # Safety
-/// 4 bytes at `p` are inside the packet.
-#[inline(always)]
-unsafe fn read_v4_mapped(p: *const u8) -> [u8; 16] {
     // SAFETY: forwarded from the caller.
-    let v4: [u8; 4] = unsafe { read(p) };
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
-    ]
+    u16::from_be(unsafe { word(p) })
 }
 
-/// Whether two 16-byte addresses are equal (a loop: eBPF has no memcmp).
+/// The wire-order 32-bit value at `p` (two aligned words).
+///
+/// # Safety
+/// As [`word`], for 4 bytes.
 #[inline(always)]
-pub fn same_address(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    let mut diff = 0u8;
-    let mut i = 0;
-    while i < 16 {
-        diff |= a[i] ^ b[i];
-        i += 1;
+pub unsafe fn word32(p: *const u8) -> u32 {
+    // SAFETY: forwarded from the caller.
+    unsafe { u32::from(word(p)) | (u32::from(word(p.add(2))) << 16) }
+}
+
+/// Writes the wire-order 32-bit value `w` at `p`.
+///
+/// # Safety
+/// As [`set_word`], for 4 bytes.
+#[inline(always)]
+pub unsafe fn set_word32(p: *mut u8, w: u32) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        set_word(p, w as u16);
+        set_word(p.add(2), (w >> 16) as u16);
     }
-    diff == 0
+}
+
+/// Word `i` of a 16-byte entry or key address (8-aligned in the entry,
+/// 4-aligned in the key).
+#[inline(always)]
+pub fn address_word(address: &[u8; 16], i: usize) -> u16 {
+    // SAFETY: i < 8 at every call site; the address is at least 2-aligned
+    // (ForwardEntry is 8-aligned with addresses at multiples of 16,
+    // ForwardKey 4-aligned with the address first; asserted in
+    // rtpmanager-common).
+    unsafe { (address.as_ptr() as *const u16).add(i).read() }
+}
+
+/// Whether an entry address is IPv4-mapped (three aligned 32-bit words).
+#[inline(always)]
+fn entry_is_v4(address: &[u8; 16]) -> bool {
+    let p = address.as_ptr() as *const u32;
+    // SAFETY: 8-aligned 16-byte field of ForwardEntry.
+    unsafe {
+        p.read() == V4_MAPPED[0]
+            && p.add(1).read() == V4_MAPPED[1]
+            && p.add(2).read() == V4_MAPPED[2]
+    }
 }
 
 /// Parses the headers up to UDP and applies the port-range filter.
 #[inline(always)]
 pub fn parse(data: usize, data_end: usize) -> Result<Packet, Error> {
     let eth = ptr_at(data, data_end, 0, ETH_HLEN)?;
-    // SAFETY: ETH_HLEN bytes are in bounds.
+    // SAFETY: ETH_HLEN bytes are in bounds, even offset.
     let ethertype = unsafe { be16(eth.add(12)) };
-    let (v6, src, dst, ip_len, ip_payload, udp_offset) = match ethertype {
+    let (v6, ip_len, ip_payload, udp_offset) = match ethertype {
         ETH_P_IP => {
             let ip = ptr_at(data, data_end, ETH_HLEN, IPV4_HLEN)?;
-            // SAFETY: IPV4_HLEN bytes are in bounds.
+            // SAFETY: IPV4_HLEN bytes are in bounds, even offsets.
             let (version_ihl, total, frag, proto) =
                 unsafe { (*ip, be16(ip.add(2)), be16(ip.add(6)), *ip.add(9)) };
             if version_ihl >> 4 != 4 {
@@ -141,20 +185,11 @@ pub fn parse(data: usize, data_end: usize) -> Result<Packet, Error> {
             if total < IPV4_HLEN + UDP_HLEN || data + ETH_HLEN + total > data_end {
                 return Err(Error::Truncated);
             }
-            // SAFETY: IPV4_HLEN bytes are in bounds.
-            let (src, dst) = unsafe { (read_v4_mapped(ip.add(12)), read_v4_mapped(ip.add(16))) };
-            (
-                false,
-                src,
-                dst,
-                total as u16,
-                total - IPV4_HLEN,
-                UDP_OFFSET_V4,
-            )
+            (false, total as u16, total - IPV4_HLEN, UDP_OFFSET_V4)
         }
         ETH_P_IPV6 => {
             let ip = ptr_at(data, data_end, ETH_HLEN, IPV6_HLEN)?;
-            // SAFETY: IPV6_HLEN bytes are in bounds.
+            // SAFETY: IPV6_HLEN bytes are in bounds, even offsets.
             let (version, payload, next) = unsafe { (*ip >> 4, be16(ip.add(4)), *ip.add(6)) };
             if version != 6 {
                 return Err(Error::NotIp);
@@ -172,35 +207,26 @@ pub fn parse(data: usize, data_end: usize) -> Result<Packet, Error> {
             if payload < UDP_HLEN || data + ETH_HLEN + IPV6_HLEN + payload > data_end {
                 return Err(Error::Truncated);
             }
-            // SAFETY: IPV6_HLEN bytes are in bounds.
-            let (src, dst) = unsafe { (read::<16>(ip.add(8)), read::<16>(ip.add(24))) };
-            (
-                true,
-                src,
-                dst,
-                (IPV6_HLEN + payload) as u16,
-                payload,
-                UDP_OFFSET_V6,
-            )
+            (true, (IPV6_HLEN + payload) as u16, payload, UDP_OFFSET_V6)
         }
         _ => return Err(Error::NotIp),
     };
 
     let udp = ptr_at(data, data_end, udp_offset, UDP_HLEN)?;
-    // SAFETY: UDP_HLEN bytes are in bounds.
+    // SAFETY: UDP_HLEN bytes are in bounds, even offsets.
     let (sport, dport, udp_len, check) = unsafe {
         (
-            read::<2>(udp),
-            read::<2>(udp.add(2)),
+            word(udp),
+            word(udp.add(2)),
             be16(udp.add(4)),
-            be16(udp.add(6)),
+            word(udp.add(6)),
         )
     };
     let udp_len = udp_len as usize;
     if udp_len < UDP_HLEN || udp_len > ip_payload {
         return Err(Error::Truncated);
     }
-    let port = u16::from_be_bytes(dport);
+    let port = u16::from_be(dport);
     let Some(config) = CONFIG.get(0) else {
         return Err(Error::OtherPort);
     };
@@ -212,41 +238,87 @@ pub fn parse(data: usize, data_end: usize) -> Result<Packet, Error> {
     }
     Ok(Packet {
         v6,
-        src,
-        dst,
         sport,
         dport,
         ip_len,
         payload_len: (udp_len - UDP_HLEN) as u32,
         rtp_seq: 0,
         rtp_timestamp: 0,
-        rtp_ssrc: [0; 4],
-        sent_ssrc: [0; 4],
+        rtp_ssrc: 0,
+        sent_ssrc: 0,
         sent_seq: 0,
         sent_timestamp: 0,
     })
+}
+
+/// Whether the packet's source address, at `src`, is `expected` (an entry
+/// address).
+///
+/// # Safety
+/// The packet's source address at `src` is inside the packet.
+#[inline(always)]
+unsafe fn source_is(src: *const u8, v6: bool, expected: &[u8; 16]) -> bool {
+    let mut diff = 0u16;
+    if v6 {
+        let mut i = 0;
+        while i < 8 {
+            // SAFETY: forwarded from the caller.
+            diff |= unsafe { word(src.add(2 * i)) } ^ address_word(expected, i);
+            i += 1;
+        }
+    } else {
+        // SAFETY: forwarded from the caller.
+        diff = unsafe { word(src) ^ address_word(expected, 6) }
+            | unsafe { word(src.add(2)) ^ address_word(expected, 7) };
+    }
+    diff == 0
 }
 
 /// Finds the packet's entry and checks that the kernel may forward it:
 /// same family on both legs, the expected source, and RTP/RTCP that looks
 /// like RTP/RTCP, of the rewritten SSRC on a rewriting entry. Reads the RTP
 /// fields into `packet` for the stream stats and the rewrite.
-#[inline(always)]
 ///
 /// The entry is returned as a pointer because the programs write its
 /// next-hop cache ([`ForwardEntry::hop`]); SB_FORWARD is not preallocated,
 /// so a replaced or removed element is freed only after an RCU grace
 /// period and the pointer stays valid for the program run.
+#[inline(always)]
 pub fn admit(
     data: usize,
     data_end: usize,
     packet: &mut Packet,
 ) -> Result<*mut ForwardEntry, Error> {
-    let key = ForwardKey {
-        addr: packet.dst,
-        port: packet.dport,
+    // The source and destination addresses (parse checked the whole IP
+    // header; the verifier needs it said on this path).
+    let addrs = if packet.v6 {
+        ptr_at(data, data_end, SRC_OFFSET_V6, 32)?
+    } else {
+        ptr_at(data, data_end, SRC_OFFSET_V4, 8)?
+    };
+    let mut key = ForwardKey {
+        addr: [0; 16],
+        port: packet.dport.to_ne_bytes(),
         pad: [0; 2],
     };
+    let k = key.addr.as_mut_ptr() as *mut u16;
+    // SAFETY: `k` is the 4-aligned key's 16-byte address; the packet words
+    // are in bounds (`addrs`), even offsets.
+    unsafe {
+        if packet.v6 {
+            let dst = addrs.add(16);
+            let mut i = 0;
+            while i < 8 {
+                k.add(i).write(word(dst.add(2 * i)));
+                i += 1;
+            }
+        } else {
+            let dst = addrs.add(4);
+            k.add(5).write(0xFFFF);
+            k.add(6).write(word(dst));
+            k.add(7).write(word(dst.add(2)));
+        }
+    }
     let entry_ptr = FORWARD.get_ptr_mut(&key).ok_or(Error::NoEntry)?;
     // SAFETY: valid for the program run (see above); only the hop cache
     // is ever written, by next_hop.
@@ -254,12 +326,16 @@ pub fn admit(
     // Changing the family would change the header sizes: that is the
     // userspace relay's job.
     let v4 = !packet.v6;
-    if is_v4_mapped(&entry.src_addr) != v4 || is_v4_mapped(&entry.dst_addr) != v4 {
+    if entry_is_v4(&entry.src_addr) != v4 || entry_is_v4(&entry.dst_addr) != v4 {
         return Err(Error::FamilyMismatch);
     }
-    if !same_address(&packet.src, &entry.expected_addr) || packet.sport != entry.expected_port {
+    // SAFETY: the source address is in bounds (`addrs`).
+    let from_peer = unsafe { source_is(addrs, packet.v6, &entry.expected_addr) }
+        && packet.sport == u16::from_ne_bytes(entry.expected_port);
+    if !from_peer {
         if entry.flags & FLAG_STRICT_SOURCE != 0 {
             crate::stats::record_source_drop(entry);
+            crate::log::strict_source_drop(u16::from_be(packet.dport));
             return Err(Error::SourceMismatchDrop);
         }
         return Err(Error::SourceMismatchPass);
@@ -290,45 +366,43 @@ pub fn admit(
         }
         if entry.flags & FLAG_RTP != 0 {
             let rtp = ptr_at(data, data_end, offset, RTP_HLEN as usize)?;
-            // SAFETY: RTP_HLEN bytes are in bounds.
-            let (seq, ts, ssrc) = unsafe {
+            // SAFETY: RTP_HLEN bytes are in bounds, even offsets.
+            let (marker_payload_type, seq, ts, ssrc) = unsafe {
                 (
+                    *rtp.add(1),
                     be16(rtp.add(2)),
-                    read::<4>(rtp.add(4)),
-                    read::<4>(rtp.add(8)),
+                    word32(rtp.add(4)),
+                    word32(rtp.add(8)),
                 )
             };
-            // SAFETY: RTP_HLEN bytes are in bounds.
-            let marker_payload_type = unsafe { *rtp.add(1) };
             // RFC 5761 §4: with rtcp-mux, RTCP (packet types 200–204) sits
             // where RTP has marker and payload type 64–95, which RTP does
             // not use. The relay forwards it to the RTCP destination.
             if (64..=95).contains(&(marker_payload_type & 0x7F)) {
                 return Err(Error::MuxedRtcp);
             }
-            let ts = u32::from_be_bytes(ts);
+            let ts = u32::from_be(ts);
             packet.rtp_seq = seq;
             packet.rtp_timestamp = ts;
             packet.rtp_ssrc = ssrc;
             packet.sent_ssrc = ssrc;
             packet.sent_seq = seq;
             packet.sent_timestamp = ts;
-            if entry.flags & FLAG_PASS_PAYLOAD_TYPE != 0 {
-                let payload_type = marker_payload_type & 0x7F;
-                if payload_type == entry.pass_payload_type {
-                    // Its sequence number is the stream's: the kernel's
-                    // loss figure must not count it as lost.
-                    crate::stats::record_passed(entry, seq);
-                    return Err(Error::PassedPayloadType);
-                }
+            if entry.flags & FLAG_PASS_PAYLOAD_TYPE != 0
+                && marker_payload_type & 0x7F == entry.pass_payload_type
+            {
+                // Its sequence number is the stream's: the kernel's loss
+                // figure must not count it as lost.
+                crate::stats::record_passed(entry, seq);
+                return Err(Error::PassedPayloadType);
             }
             if entry.flags & FLAG_REWRITE != 0 {
                 // Offsets belong to one source stream; another SSRC is the
                 // relay's to re-anchor.
-                if u32::from_ne_bytes(ssrc) != u32::from_ne_bytes(entry.rewrite_source_ssrc) {
+                if ssrc != u32::from_ne_bytes(entry.rewrite_source_ssrc) {
                     return Err(Error::RewriteSsrcMismatch);
                 }
-                packet.sent_ssrc = entry.rewrite_ssrc;
+                packet.sent_ssrc = u32::from_ne_bytes(entry.rewrite_ssrc);
                 packet.sent_seq = seq.wrapping_add(entry.rewrite_sequence_offset);
                 packet.sent_timestamp = ts.wrapping_add(entry.rewrite_timestamp_offset);
             }

@@ -118,7 +118,7 @@ pub fn record_passed(entry: &ForwardEntry, seq: u16) {
 /// Remembers the header fields the packet left with.
 #[inline(always)]
 fn sent(stats: &mut StreamStats, packet: &Packet) {
-    stats.sent_ssrc = u32::from_be_bytes(packet.sent_ssrc);
+    stats.sent_ssrc = u32::from_be(packet.sent_ssrc);
     stats.sent_sequence = u32::from(packet.sent_seq);
     stats.sent_timestamp = packet.sent_timestamp;
 }

@@ -1291,3 +1291,95 @@ fn rtcp_on_an_rtp_entry_goes_to_userspace_outside_the_rtp_figures() {
         );
     });
 }
+
+/// Records captured from the programs' log.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<(log::Level, String)>>>);
+
+impl log::Log for Captured {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        self.0
+            .lock()
+            .expect("capture lock")
+            .push((record.level(), record.args().to_string()));
+    }
+
+    fn flush(&self) {}
+}
+
+impl Captured {
+    fn take(&self) -> Vec<(log::Level, String)> {
+        std::mem::take(&mut *self.0.lock().expect("capture lock"))
+    }
+
+    /// The records after the reader had time to drain the ring buffer.
+    fn settle(&self) -> Vec<(log::Level, String)> {
+        std::thread::sleep(Duration::from_millis(400));
+        self.take()
+    }
+}
+
+#[test]
+fn programs_log_unusual_paths_at_debug_level_only_when_asked_and_rate_limited() {
+    require_kernel_path!();
+    let ns = Namespace::new("l");
+    ns.run(|| {
+        let packet = ipv4(addr(CALLER), relay(30000), &rtp(1, 172), PLAIN);
+
+        // Debug on for the programs' target: AYA_LOG_LEVEL is debug.
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("switchboard_rtpmanager::fastpath::kernel=debug")
+            .with_writer(std::io::sink)
+            .finish();
+        let (mut programs, captured, reader) =
+            tracing::subscriber::with_default(subscriber, || {
+                assert_eq!(
+                    fastpath::kernel_log::program_level(),
+                    aya_log::Level::Debug as u8
+                );
+                let mut programs = Programs::load();
+                let captured = Captured::default();
+                let reader = fastpath::kernel_log::LogReader::start(
+                    &mut programs.ebpf,
+                    captured.clone(),
+                )
+                .expect("the log reader starts");
+                (programs, captured, reader)
+            });
+        install_v4(&mut programs, UNRESOLVED, FLAG_RTP, 5);
+        assert_eq!(programs.xdp(&packet).0, XDP_PASS, "no neighbour: passed");
+        assert_eq!(programs.xdp(&packet).0, XDP_PASS);
+        let records = captured.settle();
+        assert_eq!(
+            records,
+            vec![(
+                log::Level::Debug,
+                "no next hop towards port 40000 (ingress ifindex 1): fib_no_neigh; passed to the stack"
+                    .to_owned()
+            )],
+            "one debug record for two failures within 100 ms"
+        );
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(programs.xdp(&packet).0, XDP_PASS);
+        assert_eq!(captured.settle().len(), 1, "again after the interval");
+        install_v4(&mut programs, CALLEE, FLAG_RTP, 5);
+        assert_eq!(programs.xdp(&packet).0, XDP_REDIRECT);
+        assert_eq!(captured.settle(), vec![], "a forwarded packet logs nothing");
+        drop(reader);
+        drop(programs);
+
+        // No subscriber showing debug: the programs are loaded silent.
+        assert_eq!(fastpath::kernel_log::program_level(), 0);
+        let mut programs = Programs::load();
+        let captured = Captured::default();
+        let _reader = fastpath::kernel_log::LogReader::start(&mut programs.ebpf, captured.clone())
+            .expect("the log reader starts");
+        install_v4(&mut programs, UNRESOLVED, FLAG_RTP, 5);
+        assert_eq!(programs.xdp(&packet).0, XDP_PASS);
+        assert_eq!(captured.settle(), vec![], "level off: nothing written");
+    });
+}

@@ -16,6 +16,7 @@
 //! entries keep forwarding, and [`FastPath::shutdown`] decides at a clean
 //! exit whether they stay (upgrade) or go.
 
+pub mod kernel_log;
 mod maps;
 pub mod pin;
 
@@ -157,6 +158,9 @@ pub struct FastPath {
     /// The pinned link when pinning took it out of the program; dropped at
     /// [`FastPath::shutdown`] after unpinning, which detaches the program.
     link: Mutex<Option<FdLink>>,
+    /// Drains the programs' debug records while debug logging is on.
+    #[expect(dead_code, reason = "held for its thread, stopped on drop")]
+    log_reader: Option<kernel_log::LogReader>,
 }
 
 impl fmt::Debug for FastPath {
@@ -214,6 +218,7 @@ impl FastPath {
             maps: None,
             pins: None,
             link: Mutex::new(None),
+            log_reader: None,
         }
     }
 
@@ -236,7 +241,14 @@ impl FastPath {
         let mut failures = Vec::new();
         for &mode in candidates {
             match attach(object, mode, settings, pins.as_ref()) {
-                Ok((ebpf, maps, link)) => {
+                Ok((mut ebpf, maps, link)) => {
+                    let log_reader = (kernel_log::program_level() != 0)
+                        .then(|| kernel_log::LogReader::start(&mut ebpf, kernel_log::ToTracing))
+                        .and_then(|started| {
+                            started
+                                .inspect_err(|e| tracing::warn!(error = %e, "the programs' debug records will not be shown"))
+                                .ok()
+                        });
                     let reason = if failures.is_empty() {
                         format!("{mode} as requested")
                     } else {
@@ -260,6 +272,7 @@ impl FastPath {
                         maps: Some(Mutex::new(maps)),
                         pins,
                         link: Mutex::new(link),
+                        log_reader,
                     };
                 }
                 Err(e) => {
@@ -411,6 +424,9 @@ fn load(
     pins: Option<&Pins>,
 ) -> Result<(Ebpf, KernelMaps), FastPathError> {
     let mut loader = EbpfLoader::new();
+    // The programs' aya-log records: debug when this process shows them.
+    let log_level = kernel_log::program_level();
+    loader.override_global(aya_log::LEVEL, &log_level, false);
     if let Some(pins) = pins {
         for name in pins.drop_incompatible_maps() {
             tracing::warn!(
