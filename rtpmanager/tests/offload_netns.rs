@@ -1,7 +1,8 @@
 //! The manager binary offloads a bridged call to the kernel, driven over
 //! gRPC as a signaling server drives it: caller ⇄ relay ⇄ callee in network
 //! namespaces, for the userspace path (`--fast-path off`), XDP native, XDP
-//! generic and TC.
+//! generic and TC, over IPv4 and over IPv6 (a bed whose hosts have IPv6
+//! addresses only, the manager advertising and binding IPv6).
 //!
 //! The manager runs in the relay namespace (`ip netns exec`); the test talks
 //! gRPC from its own thread after entering that namespace (network
@@ -41,9 +42,69 @@ const BIN: &str = env!("CARGO_BIN_EXE_switchboard-rtpmanager");
 const RELAY_IP: &str = "10.205.0.1";
 const CALLER: &str = "10.205.0.2:41000";
 const CALLEE: &str = "10.205.0.3:40000";
+const RELAY_IP6: &str = "fd00:205::1";
+const CALLER6: &str = "[fd00:205::2]:41000";
+const CALLEE6: &str = "[fd00:205::3]:40000";
 const CALLER_MAC: &str = "02:00:00:05:00:02";
 const CALLEE_MAC: &str = "02:00:00:05:00:03";
 const RELAY_MAC: &str = "02:00:00:05:00:01";
+
+/// The address family of a test bed: its hosts have addresses of that
+/// family only, and the manager advertises the relay's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn relay_ip(self) -> IpAddr {
+        match self {
+            Family::V4 => RELAY_IP,
+            Family::V6 => RELAY_IP6,
+        }
+        .parse()
+        .expect("literal")
+    }
+
+    fn caller(self) -> SocketAddr {
+        addr(match self {
+            Family::V4 => CALLER,
+            Family::V6 => CALLER6,
+        })
+    }
+
+    fn callee(self) -> SocketAddr {
+        addr(match self {
+            Family::V4 => CALLEE,
+            Family::V6 => CALLEE6,
+        })
+    }
+
+    fn prefix_len(self) -> u8 {
+        match self {
+            Family::V4 => 24,
+            Family::V6 => 64,
+        }
+    }
+
+    /// The `/proc/sys/net/<family>` directory name.
+    fn sysctl(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
 
 fn skip_reason() -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
@@ -102,7 +163,8 @@ fn spawn_in_ns<T: Send + 'static>(
 }
 
 /// Bridge namespace with ports to caller (c0), callee (e0) and relay (r0);
-/// deleted by name on drop. IPv4 only; the relay namespace does not forward
+/// deleted by name on drop. Every host has addresses of one family only
+/// (the IPv4 bed has no IPv6 at all); the relay namespace does not forward
 /// until the manager turns it on (`--enable-forwarding`).
 struct TestBed {
     bridge: String,
@@ -112,26 +174,37 @@ struct TestBed {
 }
 
 impl TestBed {
+    /// An IPv4 bed.
     fn new(tag: &str) -> TestBed {
+        TestBed::of(Family::V4, tag)
+    }
+
+    fn of(family: Family, tag: &str) -> TestBed {
         let pid = std::process::id();
+        let tag = match family {
+            Family::V4 => tag.to_owned(),
+            Family::V6 => format!("6{tag}"),
+        };
         let bed = TestBed {
             bridge: format!("sbo{pid}{tag}b"),
             caller: format!("sbo{pid}{tag}c"),
             callee: format!("sbo{pid}{tag}e"),
             relay: format!("sbo{pid}{tag}r"),
         };
+        let sysctl =
+            |ns: &str, setting: &str| sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", setting]);
         for ns in [&bed.bridge, &bed.caller, &bed.callee, &bed.relay] {
             sh(&["ip", "netns", "add", ns]);
             for conf in ["all", "default"] {
-                sh(&[
-                    "ip",
-                    "netns",
-                    "exec",
-                    ns,
-                    "sysctl",
-                    "-qw",
-                    &format!("net.ipv6.conf.{conf}.disable_ipv6=1"),
-                ]);
+                match family {
+                    Family::V4 => sysctl(ns, &format!("net.ipv6.conf.{conf}.disable_ipv6=1")),
+                    // No DAD probes or router solicitations; MLD reports
+                    // still go out and are not the test's to count.
+                    Family::V6 => {
+                        sysctl(ns, &format!("net.ipv6.conf.{conf}.accept_dad=0"));
+                        sysctl(ns, &format!("net.ipv6.conf.{conf}.router_solicitations=0"));
+                    }
+                }
             }
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
         }
@@ -139,15 +212,9 @@ impl TestBed {
         sh(&["ip", "-n", b, "link", "add", "br0", "type", "bridge"]);
         sh(&["ip", "-n", b, "link", "set", "br0", "up"]);
         for (ns, dev, port, mac, ip) in [
-            (&bed.caller, "c0", "pc", CALLER_MAC, addr(CALLER).ip()),
-            (&bed.callee, "e0", "pe", CALLEE_MAC, addr(CALLEE).ip()),
-            (
-                &bed.relay,
-                "r0",
-                "pr",
-                RELAY_MAC,
-                RELAY_IP.parse::<IpAddr>().expect("literal"),
-            ),
+            (&bed.caller, "c0", "pc", CALLER_MAC, family.caller().ip()),
+            (&bed.callee, "e0", "pe", CALLEE_MAC, family.callee().ip()),
+            (&bed.relay, "r0", "pr", RELAY_MAC, family.relay_ip()),
         ] {
             sh(&[
                 "ip", "-n", b, "link", "add", port, "type", "veth", "peer", "name", dev, "netns",
@@ -155,29 +222,30 @@ impl TestBed {
             ]);
             sh(&["ip", "-n", b, "link", "set", port, "master", "br0", "up"]);
             sh(&["ip", "-n", ns, "link", "set", dev, "address", mac]);
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                dev,
-            ]);
+            let cidr = format!("{ip}/{}", family.prefix_len());
+            let mut add = vec!["ip", "-n", ns, "addr", "add", &cidr, "dev", dev];
+            if family == Family::V6 {
+                add.push("nodad");
+            }
+            sh(&add);
             sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
         }
         // Senders compute full UDP checksums, as a real NIC delivers them.
         for (ns, dev) in [(&bed.caller, "c0"), (&bed.callee, "e0")] {
             sh(&["ip", "netns", "exec", ns, "ethtool", "-K", dev, "tx", "off"]);
         }
-        let caller_ip = addr(CALLER).ip().to_string();
-        let callee_ip = addr(CALLEE).ip().to_string();
+        // Static neighbours: no ARP or neighbour discovery, no dependence on
+        // its timing.
+        let (relay_ip, caller_ip, callee_ip) = (
+            family.relay_ip().to_string(),
+            family.caller().ip().to_string(),
+            family.callee().ip().to_string(),
+        );
         for (ns, dev, ip, mac) in [
-            (&bed.caller, "c0", RELAY_IP, RELAY_MAC),
-            (&bed.callee, "e0", RELAY_IP, RELAY_MAC),
-            (&bed.relay, "r0", caller_ip.as_str(), CALLER_MAC),
-            (&bed.relay, "r0", callee_ip.as_str(), CALLEE_MAC),
+            (&bed.caller, "c0", &relay_ip, RELAY_MAC),
+            (&bed.callee, "e0", &relay_ip, RELAY_MAC),
+            (&bed.relay, "r0", &caller_ip, CALLER_MAC),
+            (&bed.relay, "r0", &callee_ip, CALLEE_MAC),
         ] {
             sh(&[
                 "ip",
@@ -213,12 +281,43 @@ struct Manager {
 }
 
 impl Manager {
+    /// The manager of an IPv4 bed.
     fn start(relay_ns: &str, fast_path: &str, extra: &[&str]) -> (Manager, String) {
+        Manager::start_for(Family::V4, relay_ns, fast_path, extra)
+    }
+
+    /// The manager advertising the relay's address of `family`.
+    ///
+    /// On IPv6 it runs as an IPv6-only media server: media sockets bound to
+    /// `::`, the IPv6 address given as `--advertise` too, because the offer
+    /// a relayed Offer returns for the peer leg always carries the
+    /// `--advertise` address (LegOptions.address_family is not read), and
+    /// as `--advertise-v6`, because only that one makes
+    /// `--enable-forwarding` turn on IPv6 forwarding on the media interface.
+    fn start_for(
+        family: Family,
+        relay_ns: &str,
+        fast_path: &str,
+        extra: &[&str],
+    ) -> (Manager, String) {
+        let advertise = family.relay_ip().to_string();
+        let family_args: &[&str] = match family {
+            Family::V4 => &["--advertise", &advertise],
+            Family::V6 => &[
+                "--advertise",
+                &advertise,
+                "--advertise-v6",
+                &advertise,
+                "--rtp-bind-address",
+                "::",
+            ],
+        };
         let mut child = Command::new("ip")
             .args(["netns", "exec", relay_ns, BIN])
             .args(["--grpc-port", "0", "--fast-path", fast_path])
             .args(extra)
-            .args(["--media-interface", "r0", "--advertise", RELAY_IP])
+            .args(["--media-interface", "r0"])
+            .args(family_args)
             .args(["--rtp-port-min", "30000", "--rtp-port-max", "30100"])
             .args(["--enable-forwarding", "--log-level", "info"])
             .stdout(Stdio::null())
@@ -294,25 +393,34 @@ impl Drop for Manager {
 }
 
 fn sdp(a: SocketAddr) -> String {
+    let family = if a.is_ipv6() { "IP6" } else { "IP4" };
     format!(
-        "v=0\r\no=peer 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\n\
+        "v=0\r\no=peer 1 1 IN {family} {ip}\r\ns=-\r\nc=IN {family} {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\n\
 a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=sendrecv\r\n",
         ip = a.ip(),
         port = a.port()
     )
 }
 
+/// The media address of `sdp`: its `c=IN IP4` or `c=IN IP6` address.
 fn media_addr(sdp: &str) -> SocketAddr {
-    let ip = sdp
+    let ip: IpAddr = sdp
         .lines()
-        .find_map(|l| l.strip_prefix("c=IN IP4 "))
-        .expect("c= line");
+        .find_map(|l| {
+            l.strip_prefix("c=IN IP4 ")
+                .or_else(|| l.strip_prefix("c=IN IP6 "))
+        })
+        .unwrap_or_else(|| panic!("c= line in {sdp}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("c= address in {sdp}: {e}"));
     let port = sdp
         .lines()
         .find_map(|l| l.strip_prefix("m=audio "))
         .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
         .expect("m= line");
-    addr(&format!("{ip}:{port}"))
+    SocketAddr::new(ip, port)
 }
 
 const PEER_SSRC: u32 = 0x0bad_cafe;
@@ -333,6 +441,8 @@ fn stream() -> Vec<u16> {
 }
 const LOST: i64 = 5;
 
+/// UDP checksum errors counted by the calling thread's namespace, IPv4
+/// (`Udp: InCsumErrors`) plus IPv6 (`Udp6InCsumErrors`).
 fn udp_in_csum_errors() -> u64 {
     let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp");
     let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
@@ -344,11 +454,19 @@ fn udp_in_csum_errors() -> u64 {
         .split_whitespace()
         .position(|n| n == "InCsumErrors")
         .expect("InCsumErrors column");
-    values
+    let v4: u64 = values
         .split_whitespace()
         .nth(index)
         .and_then(|v| v.parse().ok())
-        .expect("InCsumErrors value")
+        .expect("InCsumErrors value");
+    // Absent when IPv6 is disabled in the namespace.
+    let v6: u64 = std::fs::read_to_string("/proc/thread-self/net/snmp6")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Udp6InCsumErrors"))
+        .map(|v| v.trim().parse().expect("Udp6InCsumErrors value"))
+        .unwrap_or(0);
+    v4 + v6
 }
 
 /// A peer's socket in its namespace, served by a thread: sends what it is
@@ -445,12 +563,22 @@ async fn bridged_call_with(
     client: &mut RtpManagerClient<Channel>,
     options: Option<v1::LegOptions>,
 ) -> (SocketAddr, SocketAddr) {
+    bridged_call_between(client, addr(CALLER), addr(CALLEE), options).await
+}
+
+/// [`bridged_call_with`] for a caller and a callee at these addresses.
+async fn bridged_call_between(
+    client: &mut RtpManagerClient<Channel>,
+    caller: SocketAddr,
+    callee: SocketAddr,
+    options: Option<v1::LegOptions>,
+) -> (SocketAddr, SocketAddr) {
     let offer = client
         .offer(v1::OfferRequest {
             call_id: "call-1".into(),
             leg_id: "a".into(),
             peer_leg_id: "b".into(),
-            sdp: sdp(addr(CALLER)),
+            sdp: sdp(caller),
             options: options.clone(),
             peer_options: options,
         })
@@ -462,7 +590,7 @@ async fn bridged_call_with(
             call_id: "call-1".into(),
             leg_id: "b".into(),
             peer_leg_id: "a".into(),
-            sdp: sdp(addr(CALLEE)),
+            sdp: sdp(callee),
         })
         .await
         .expect("Answer")
@@ -505,8 +633,8 @@ async fn wait_offloaded(client: &mut RtpManagerClient<Channel>, leg: &str, want:
     }
 }
 
-fn call_in_every_path(tag: &str, fast_path: &str, mode: Mode) {
-    let bed = TestBed::new(tag);
+fn call_in_every_path(family: Family, tag: &str, fast_path: &str, mode: Mode) {
+    let bed = TestBed::of(family, tag);
     // Native XDP_TX out of a veth is delivered only when the peer runs an
     // XDP program; ours with an unused media range passes everything.
     let _peer_pass = (mode == Mode::XdpNative).then(|| {
@@ -521,9 +649,9 @@ fn call_in_every_path(tag: &str, fast_path: &str, mode: Mode) {
             .join()
             .expect("peer pass program")
     });
-    let (manager, grpc) = Manager::start(&bed.relay, fast_path, &[]);
-    let caller = Peer::start(&bed.caller, addr(CALLER));
-    let callee = Peer::start(&bed.callee, addr(CALLEE));
+    let (manager, grpc) = Manager::start_for(family, &bed.relay, fast_path, &[]);
+    let caller = Peer::start(&bed.caller, family.caller());
+    let callee = Peer::start(&bed.callee, family.callee());
     let relay_ns = bed.relay.clone();
 
     // The gRPC client lives on this thread, moved into the relay namespace.
@@ -544,10 +672,18 @@ fn call_in_every_path(tag: &str, fast_path: &str, mode: Mode) {
             assert_eq!(
                 info.fast_path,
                 i32::from(mode.to_proto()),
-                "{mode}: mode in force: {}",
+                "{family} {mode}: mode in force: {}",
                 info.fast_path_reason
             );
-            let (leg_a_addr, leg_b_addr) = bridged_call(&mut client).await;
+            let (leg_a_addr, leg_b_addr) =
+                bridged_call_between(&mut client, family.caller(), family.callee(), None).await;
+            for (leg, media) in [("a", leg_a_addr), ("b", leg_b_addr)] {
+                assert_eq!(
+                    media,
+                    SocketAddr::new(family.relay_ip(), media.port()),
+                    "{family} {mode}: the SDP of leg {leg} carries the relay's {family} address"
+                );
+            }
 
             // Latching: one packet each way through userspace.
             caller.send(leg_a_addr, vec![0]);
@@ -555,14 +691,14 @@ fn call_in_every_path(tag: &str, fast_path: &str, mode: Mode) {
             assert_eq!(
                 first.len(),
                 1,
-                "{mode}: the latching packet reached the callee"
+                "{family} {mode}: the latching packet reached the callee"
             );
             callee.send(leg_b_addr, vec![0]);
             let first = caller.receive(1);
             assert_eq!(
                 first.len(),
                 1,
-                "{mode}: the latching packet reached the caller"
+                "{family} {mode}: the latching packet reached the caller"
             );
 
             let want_offloaded = mode != Mode::Off;
@@ -583,22 +719,22 @@ fn call_in_every_path(tag: &str, fast_path: &str, mode: Mode) {
                 assert_eq!(
                     got.len(),
                     sent.len(),
-                    "{mode} {direction}: every packet arrived once"
+                    "{family} {mode} {direction}: every packet arrived once"
                 );
                 for ((seen, payload), want) in got.iter().zip(&sent) {
                     assert_eq!(
                         *seen, source,
-                        "{mode} {direction}: the source is the relay's port of the receiver's leg"
+                        "{family} {mode} {direction}: the source is the relay's port of the receiver's leg"
                     );
                     assert_eq!(
                         payload, want,
-                        "{mode} {direction}: payload intact, in order"
+                        "{family} {mode} {direction}: payload intact, in order"
                     );
                 }
                 assert_eq!(
                     receiver.new_csum_errors(),
                     0,
-                    "{mode} {direction}: no UDP checksum errors at the receiver"
+                    "{family} {mode} {direction}: no UDP checksum errors at the receiver"
                 );
             }
             let stats = client
@@ -624,70 +760,80 @@ fn call_in_every_path(tag: &str, fast_path: &str, mode: Mode) {
             ("a".to_owned(), want_offloaded),
             ("b".to_owned(), want_offloaded)
         ],
-        "{mode}: ListCalls reports the offload state of both legs"
+        "{family} {mode}: ListCalls reports the offload state of both legs"
     );
     let n = stream().len() as u64;
     let kernel = if want_offloaded { n } else { 0 };
-    assert_eq!(stats.len(), 2, "{mode}: both legs");
+    assert_eq!(stats.len(), 2, "{family} {mode}: both legs");
     for leg in &stats {
         let rtp_in = leg.rtp_in.expect("rtp_in");
         let rtp_out = leg.rtp_out.expect("rtp_out");
         assert_eq!(
             (rtp_in.packets, rtp_in.bytes),
             (n + 1, 172 * (n + 1)),
-            "{mode} leg {}: received packets and bytes, whichever path",
+            "{family} {mode} leg {}: received packets and bytes, whichever path",
             leg.leg_id
         );
         assert_eq!(
             (rtp_out.packets, rtp_out.bytes),
             (n + 1, 172 * (n + 1)),
-            "{mode} leg {}: sent packets and bytes, whichever path",
+            "{family} {mode} leg {}: sent packets and bytes, whichever path",
             leg.leg_id
         );
         assert_eq!(
             leg.kernel_packets, kernel,
-            "{mode} leg {}: the kernel carried everything after the latch",
+            "{family} {mode} leg {}: the kernel carried everything after the latch",
             leg.leg_id
         );
         assert_eq!(
             leg.rtp_lost, LOST,
-            "{mode} leg {}: the skipped sequence numbers are lost",
+            "{family} {mode} leg {}: the skipped sequence numbers are lost",
             leg.leg_id
         );
         assert!(
             leg.last_packet_ms > 0,
-            "{mode} leg {}: last packet time",
+            "{family} {mode} leg {}: last packet time",
             leg.leg_id
         );
     }
 
     if mode != Mode::Off {
-        let forwarding = spawn_in_ns(&bed.relay, || {
-            std::fs::read_to_string("/proc/sys/net/ipv4/conf/r0/forwarding")
-                .expect("read the forwarding sysctl")
+        let sysctl = format!("/proc/sys/net/{}/conf/r0/forwarding", family.sysctl());
+        let forwarding = spawn_in_ns(&bed.relay, move || {
+            std::fs::read_to_string(&sysctl).expect("read the forwarding sysctl")
         })
         .join()
         .expect("read in the relay namespace");
-        assert_eq!(forwarding.trim(), "1", "{mode}: --enable-forwarding set it");
+        assert_eq!(
+            forwarding.trim(),
+            "1",
+            "{family} {mode}: --enable-forwarding set it"
+        );
     }
     let counters = manager.stop();
     match mode {
-        Mode::Off => assert_eq!(counters, vec![], "off: no kernel counters"),
+        Mode::Off => assert_eq!(counters, vec![], "{family} off: no kernel counters"),
         _ => {
             let verdict = if mode == Mode::Tc {
                 "redirected"
             } else {
                 "forwarded"
             };
-            // The hosts' own traffic (IGMP, ARP) is not the test's to count.
+            // The hosts' own traffic (IGMP, ARP, MLD reports behind a
+            // hop-by-hop header) is not the test's to count.
             let media: Vec<(String, u64)> = counters
                 .into_iter()
-                .filter(|(name, _)| !matches!(name.as_str(), "not_ip" | "not_udp"))
+                .filter(|(name, _)| {
+                    !matches!(
+                        name.as_str(),
+                        "not_ip" | "not_udp" | "ipv6_extension_header"
+                    )
+                })
                 .collect();
             assert_eq!(
                 media,
                 vec![("no_entry".to_owned(), 2), (verdict.to_owned(), 2 * n)],
-                "{mode}: the two latching packets went to userspace (no entry yet), \
+                "{family} {mode}: the two latching packets went to userspace (no entry yet), \
                  every later packet was forwarded by the program"
             );
         }
@@ -697,25 +843,49 @@ fn call_in_every_path(tag: &str, fast_path: &str, mode: Mode) {
 #[test]
 fn bridged_call_over_grpc_in_userspace_only() {
     require_kernel_path!();
-    call_in_every_path("o", "off", Mode::Off);
+    call_in_every_path(Family::V4, "o", "off", Mode::Off);
 }
 
 #[test]
 fn bridged_call_over_grpc_is_offloaded_to_xdp_native() {
     require_kernel_path!();
-    call_in_every_path("n", "xdp", Mode::XdpNative);
+    call_in_every_path(Family::V4, "n", "xdp", Mode::XdpNative);
 }
 
 #[test]
 fn bridged_call_over_grpc_is_offloaded_to_xdp_generic() {
     require_kernel_path!();
-    call_in_every_path("g", "xdp-generic", Mode::XdpGeneric);
+    call_in_every_path(Family::V4, "g", "xdp-generic", Mode::XdpGeneric);
 }
 
 #[test]
 fn bridged_call_over_grpc_is_offloaded_to_tc() {
     require_kernel_path!();
-    call_in_every_path("t", "tc", Mode::Tc);
+    call_in_every_path(Family::V4, "t", "tc", Mode::Tc);
+}
+
+#[test]
+fn bridged_ipv6_call_over_grpc_in_userspace_only() {
+    require_kernel_path!();
+    call_in_every_path(Family::V6, "o", "off", Mode::Off);
+}
+
+#[test]
+fn bridged_ipv6_call_over_grpc_is_offloaded_to_xdp_native() {
+    require_kernel_path!();
+    call_in_every_path(Family::V6, "n", "xdp", Mode::XdpNative);
+}
+
+#[test]
+fn bridged_ipv6_call_over_grpc_is_offloaded_to_xdp_generic() {
+    require_kernel_path!();
+    call_in_every_path(Family::V6, "g", "xdp-generic", Mode::XdpGeneric);
+}
+
+#[test]
+fn bridged_ipv6_call_over_grpc_is_offloaded_to_tc() {
+    require_kernel_path!();
+    call_in_every_path(Family::V6, "t", "tc", Mode::Tc);
 }
 
 /// A mono 16-bit 8 kHz WAV of `ms` milliseconds of a quiet square wave.
