@@ -24,87 +24,23 @@
 //! They need root; without it they skip loudly. Without the embedded object
 //! they skip too, except under CI, where that is a failure.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sched::{setns, CloneFlags};
 use switchboard_proto::v1;
 use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
-use switchboard_rtpmanager::config::FastPathRequest;
-use switchboard_rtpmanager::fastpath::{self, FastPath, Mode, PinError, Pins, Settings};
+use switchboard_rtpmanager::fastpath::{self, Mode, PinError, Pins};
 use tonic::transport::Channel;
 
+#[path = "common/bed.rs"]
+mod bed;
+
+use bed::{addr, sh, spawn_in_ns, Family, TestBed, CALLEE, CALLER};
+
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard-rtpmanager");
-const RELAY_IP: &str = "10.205.0.1";
-const CALLER: &str = "10.205.0.2:41000";
-const CALLEE: &str = "10.205.0.3:40000";
-const RELAY_IP6: &str = "fd00:205::1";
-const CALLER6: &str = "[fd00:205::2]:41000";
-const CALLEE6: &str = "[fd00:205::3]:40000";
-const CALLER_MAC: &str = "02:00:00:05:00:02";
-const CALLEE_MAC: &str = "02:00:00:05:00:03";
-const RELAY_MAC: &str = "02:00:00:05:00:01";
-
-/// The address family of a test bed: its hosts have addresses of that
-/// family only, and the manager advertises the relay's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    fn relay_ip(self) -> IpAddr {
-        match self {
-            Family::V4 => RELAY_IP,
-            Family::V6 => RELAY_IP6,
-        }
-        .parse()
-        .expect("literal")
-    }
-
-    fn caller(self) -> SocketAddr {
-        addr(match self {
-            Family::V4 => CALLER,
-            Family::V6 => CALLER6,
-        })
-    }
-
-    fn callee(self) -> SocketAddr {
-        addr(match self {
-            Family::V4 => CALLEE,
-            Family::V6 => CALLEE6,
-        })
-    }
-
-    fn prefix_len(self) -> u8 {
-        match self {
-            Family::V4 => 24,
-            Family::V6 => 64,
-        }
-    }
-
-    /// The `/proc/sys/net/<family>` directory name.
-    fn sysctl(self) -> &'static str {
-        match self {
-            Family::V4 => "ipv4",
-            Family::V6 => "ipv6",
-        }
-    }
-}
-
-impl std::fmt::Display for Family {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Family::V4 => "IPv4",
-            Family::V6 => "IPv6",
-        })
-    }
-}
 
 fn skip_reason() -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
@@ -130,148 +66,6 @@ macro_rules! require_kernel_path {
             return;
         }
     };
-}
-
-fn sh(args: &[&str]) {
-    let status = Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(status.success(), "{args:?} failed: {status}");
-}
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
-
-fn enter(ns: &str) {
-    let path = format!("/var/run/netns/{ns}");
-    let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-    setns(file, CloneFlags::CLONE_NEWNET).expect("setns into the test namespace");
-}
-
-fn spawn_in_ns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let ns = ns.to_owned();
-    std::thread::spawn(move || {
-        enter(&ns);
-        f()
-    })
-}
-
-/// Bridge namespace with ports to caller (c0), callee (e0) and relay (r0);
-/// deleted by name on drop. Every host has addresses of one family only
-/// (the IPv4 bed has no IPv6 at all); the relay namespace does not forward
-/// until the manager turns it on (`--enable-forwarding`).
-struct TestBed {
-    bridge: String,
-    caller: String,
-    callee: String,
-    relay: String,
-}
-
-impl TestBed {
-    /// An IPv4 bed.
-    fn new(tag: &str) -> TestBed {
-        TestBed::of(Family::V4, tag)
-    }
-
-    fn of(family: Family, tag: &str) -> TestBed {
-        let pid = std::process::id();
-        let tag = match family {
-            Family::V4 => tag.to_owned(),
-            Family::V6 => format!("6{tag}"),
-        };
-        let bed = TestBed {
-            bridge: format!("sbo{pid}{tag}b"),
-            caller: format!("sbo{pid}{tag}c"),
-            callee: format!("sbo{pid}{tag}e"),
-            relay: format!("sbo{pid}{tag}r"),
-        };
-        let sysctl =
-            |ns: &str, setting: &str| sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", setting]);
-        for ns in [&bed.bridge, &bed.caller, &bed.callee, &bed.relay] {
-            sh(&["ip", "netns", "add", ns]);
-            for conf in ["all", "default"] {
-                match family {
-                    Family::V4 => sysctl(ns, &format!("net.ipv6.conf.{conf}.disable_ipv6=1")),
-                    // No DAD probes or router solicitations; MLD reports
-                    // still go out and are not the test's to count.
-                    Family::V6 => {
-                        sysctl(ns, &format!("net.ipv6.conf.{conf}.accept_dad=0"));
-                        sysctl(ns, &format!("net.ipv6.conf.{conf}.router_solicitations=0"));
-                    }
-                }
-            }
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
-        let b = bed.bridge.as_str();
-        sh(&["ip", "-n", b, "link", "add", "br0", "type", "bridge"]);
-        sh(&["ip", "-n", b, "link", "set", "br0", "up"]);
-        for (ns, dev, port, mac, ip) in [
-            (&bed.caller, "c0", "pc", CALLER_MAC, family.caller().ip()),
-            (&bed.callee, "e0", "pe", CALLEE_MAC, family.callee().ip()),
-            (&bed.relay, "r0", "pr", RELAY_MAC, family.relay_ip()),
-        ] {
-            sh(&[
-                "ip", "-n", b, "link", "add", port, "type", "veth", "peer", "name", dev, "netns",
-                ns,
-            ]);
-            sh(&["ip", "-n", b, "link", "set", port, "master", "br0", "up"]);
-            sh(&["ip", "-n", ns, "link", "set", dev, "address", mac]);
-            let cidr = format!("{ip}/{}", family.prefix_len());
-            let mut add = vec!["ip", "-n", ns, "addr", "add", &cidr, "dev", dev];
-            if family == Family::V6 {
-                add.push("nodad");
-            }
-            sh(&add);
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        }
-        // Senders compute full UDP checksums, as a real NIC delivers them.
-        for (ns, dev) in [(&bed.caller, "c0"), (&bed.callee, "e0")] {
-            sh(&["ip", "netns", "exec", ns, "ethtool", "-K", dev, "tx", "off"]);
-        }
-        // Static neighbours: no ARP or neighbour discovery, no dependence on
-        // its timing.
-        let (relay_ip, caller_ip, callee_ip) = (
-            family.relay_ip().to_string(),
-            family.caller().ip().to_string(),
-            family.callee().ip().to_string(),
-        );
-        for (ns, dev, ip, mac) in [
-            (&bed.caller, "c0", &relay_ip, RELAY_MAC),
-            (&bed.callee, "e0", &relay_ip, RELAY_MAC),
-            (&bed.relay, "r0", &caller_ip, CALLER_MAC),
-            (&bed.relay, "r0", &callee_ip, CALLEE_MAC),
-        ] {
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "neigh",
-                "replace",
-                ip,
-                "lladdr",
-                mac,
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ]);
-        }
-        bed
-    }
-}
-
-impl Drop for TestBed {
-    fn drop(&mut self) {
-        for ns in [&self.bridge, &self.caller, &self.callee, &self.relay] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
 }
 
 /// The manager started in the relay namespace; killed by pid on drop.
@@ -635,20 +429,7 @@ async fn wait_offloaded(client: &mut RtpManagerClient<Channel>, leg: &str, want:
 
 fn call_in_every_path(family: Family, tag: &str, fast_path: &str, mode: Mode) {
     let bed = TestBed::of(family, tag);
-    // Native XDP_TX out of a veth is delivered only when the peer runs an
-    // XDP program; ours with an unused media range passes everything.
-    let _peer_pass = (mode == Mode::XdpNative).then(|| {
-        let settings = Settings {
-            request: FastPathRequest::Xdp,
-            interface: "pr".into(),
-            port_min: 1,
-            port_max: 1,
-            next_hop_cache: fastpath::DEFAULT_NEXT_HOP_CACHE,
-        };
-        spawn_in_ns(&bed.bridge, move || FastPath::start(&settings))
-            .join()
-            .expect("peer pass program")
-    });
+    let _peer_pass = bed.xdp_peer_pass(mode);
     let (manager, grpc) = Manager::start_for(family, &bed.relay, fast_path, &[]);
     let caller = Peer::start(&bed.caller, family.caller());
     let callee = Peer::start(&bed.callee, family.callee());
@@ -1240,20 +1021,7 @@ fn call_then_kill(
 
 fn killed_manager_is_readopted(tag: &str, fast_path: &str, mode: Mode) {
     let bed = TestBed::new(tag);
-    // Native XDP_TX out of a veth is delivered only when the peer runs an
-    // XDP program; ours with an unused media range passes everything.
-    let _peer_pass = (mode == Mode::XdpNative).then(|| {
-        let settings = Settings {
-            request: FastPathRequest::Xdp,
-            interface: "pr".into(),
-            port_min: 1,
-            port_max: 1,
-            next_hop_cache: fastpath::DEFAULT_NEXT_HOP_CACHE,
-        };
-        spawn_in_ns(&bed.bridge, move || FastPath::start(&settings))
-            .join()
-            .expect("peer pass program")
-    });
+    let _peer_pass = bed.xdp_peer_pass(mode);
     let saved = Restartable::new();
     let (caller, callee, leg_a_addr, _) = call_then_kill(&bed, &saved, fast_path, mode);
 
