@@ -458,7 +458,8 @@ pub enum Counter {
     FamilyMismatch = 11,
     /// IPv6 UDP with a zero checksum (invalid, RFC 8200): passed.
     Ipv6ZeroChecksum = 12,
-    /// The next hop has no resolved neighbour: passed so the stack resolves it.
+    /// The next hop has no resolved neighbour (XDP): passed so the stack
+    /// resolves it.
     FibNoNeigh = 13,
     /// Forwarding is disabled on the ingress interface: passed.
     FibForwardingDisabled = 14,
@@ -479,13 +480,16 @@ pub enum Counter {
     /// RTCP on an RTP entry (rtcp-mux; packet type 200–204 where RTP has
     /// its payload type, RFC 5761 §4): passed, the relay forwards it.
     MuxedRtcp = 21,
+    /// TC: rewritten and handed to `bpf_redirect_neigh`, the route being
+    /// known and its neighbour not yet resolved (XDP passes those up).
+    RedirectedNeigh = 22,
 }
 
 impl Counter {
     /// Number of slots in [`COUNTERS_MAP`].
-    pub const SLOTS: u32 = 22;
+    pub const SLOTS: u32 = 23;
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 22] = [
+    pub const ALL: [Counter; 23] = [
         Counter::NotIp,
         Counter::NotUdp,
         Counter::Truncated,
@@ -508,6 +512,7 @@ impl Counter {
         Counter::RewriteSsrcMismatch,
         Counter::PassedPayloadType,
         Counter::MuxedRtcp,
+        Counter::RedirectedNeigh,
     ];
 
     /// A stable name for logs and metrics.
@@ -535,6 +540,7 @@ impl Counter {
             Counter::RewriteSsrcMismatch => "rewrite_ssrc_mismatch",
             Counter::PassedPayloadType => "passed_payload_type",
             Counter::MuxedRtcp => "muxed_rtcp",
+            Counter::RedirectedNeigh => "redirected_neigh",
         }
     }
 }

@@ -38,17 +38,15 @@ fn allowed() -> bool {
     true
 }
 
-/// The route/neighbour lookup for an entry's destination failed; the
-/// packet goes to the stack. `why` is the verdict's counter name.
+/// The route/neighbour lookup for an entry's destination failed (XDP
+/// passes the packet to the stack; TC hands an unresolved neighbour to
+/// bpf_redirect_neigh). `why` is the lookup's counter name.
 #[inline(never)]
 pub fn no_next_hop(dst_port: u16, ingress: u32, why: &'static str) {
     if allowed() {
         debug!(
             &(),
-            "no next hop towards port {} (ingress ifindex {}): {}; passed to the stack",
-            dst_port,
-            ingress,
-            why
+            "no next hop towards port {} (ingress ifindex {}): {}", dst_port, ingress, why
         );
     }
 }

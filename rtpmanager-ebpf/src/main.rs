@@ -34,11 +34,11 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS, BPF_F_MARK_MANGLED_0, BPF_F_NO_PREALLOC, BPF_F_PSEUDO_HDR,
-        BPF_F_RECOMPUTE_CSUM, TC_ACT_OK, TC_ACT_SHOT,
+        bpf_fib_lookup, bpf_redir_neigh, xdp_action, BPF_FIB_LKUP_RET_FWD_DISABLED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_F_MARK_MANGLED_0,
+        BPF_F_NO_PREALLOC, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, TC_ACT_OK, TC_ACT_SHOT,
     },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
@@ -524,7 +524,14 @@ fn try_tc(ctx: &TcContext) -> Result<i32, Error> {
     let ingress = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let hop = next_hop(ctx.skb.skb as *mut c_void, ingress, now, &packet, entry_ptr)?;
+    let hop = match next_hop(ctx.skb.skb as *mut c_void, ingress, now, &packet, entry_ptr) {
+        Ok(hop) => Some(hop),
+        // The route is known, its neighbour not yet: the rewritten packet
+        // goes to bpf_redirect_neigh, which resolves it as the stack would
+        // (queued meanwhile) and writes the MACs.
+        Err(Error::FibNoNeigh) => None,
+        Err(e) => return Err(e),
+    };
     // SAFETY: see packet::admit; read only from here on.
     let entry = unsafe { &*entry_ptr };
     // From here on the skb is being changed: a helper failure leaves it
@@ -538,7 +545,7 @@ fn try_tc(ctx: &TcContext) -> Result<i32, Error> {
             UDP_OFFSET_V6,
             &packet,
             entry,
-            &hop,
+            hop.as_ref(),
         )
     } else {
         rewrite_tc::<2, 6>(
@@ -549,7 +556,7 @@ fn try_tc(ctx: &TcContext) -> Result<i32, Error> {
             UDP_OFFSET_V4,
             &packet,
             entry,
-            &hop,
+            hop.as_ref(),
         )
     };
     rewritten.map_err(|e| {
@@ -557,9 +564,41 @@ fn try_tc(ctx: &TcContext) -> Result<i32, Error> {
         Error::RewriteFailed
     })?;
     stats::record(entry, &packet, now);
-    count(Counter::Redirected);
-    // SAFETY: bpf_redirect only records the target for after the program.
-    Ok(unsafe { bpf_redirect(hop.ifindex, 0) } as i32)
+    match hop {
+        Some(hop) => {
+            count(Counter::Redirected);
+            // SAFETY: bpf_redirect only records the target for after the program.
+            Ok(unsafe { bpf_redirect(hop.ifindex, 0) } as i32)
+        }
+        None => {
+            let params = SCRATCH.get_ptr_mut(0).ok_or(Error::RewriteFailed)?;
+            // SAFETY: the per-CPU slot still holds this run's lookup, which
+            // left the egress and the next hop's address (the gateway, or
+            // the destination on a link) in it.
+            let (ifindex, mut neigh) = unsafe {
+                let params = &*params;
+                let mut neigh: bpf_redir_neigh = core::mem::zeroed();
+                if packet.v6 {
+                    neigh.nh_family = u32::from(AF_INET6);
+                    neigh.__bindgen_anon_1.ipv6_nh = params.__bindgen_anon_4.ipv6_dst;
+                } else {
+                    neigh.nh_family = u32::from(AF_INET);
+                    neigh.__bindgen_anon_1.ipv4_nh = params.__bindgen_anon_4.ipv4_dst;
+                }
+                (params.ifindex, neigh)
+            };
+            count(Counter::RedirectedNeigh);
+            // SAFETY: `neigh` is a valid bpf_redir_neigh of the size passed.
+            Ok(unsafe {
+                bpf_redirect_neigh(
+                    ifindex,
+                    &mut neigh,
+                    core::mem::size_of::<bpf_redir_neigh>() as i32,
+                    0,
+                )
+            } as i32)
+        }
+    }
 }
 
 /// The TC rewrite: the same changes as XDP's, through the skb helpers,
@@ -577,7 +616,7 @@ fn rewrite_tc<const WORDS: usize, const STORE: usize>(
     udp_offset: usize,
     packet: &Packet,
     entry: &ForwardEntry,
-    hop: &NextHop,
+    hop: Option<&NextHop>,
 ) -> Result<(), i64> {
     let len = udp_offset + packet::UDP_HLEN + packet::RTP_HLEN as usize;
     let eth = if rewrites_rtp(entry) {
@@ -627,15 +666,18 @@ fn rewrite_tc<const WORDS: usize, const STORE: usize>(
         ];
         ctx.store(udp_offset + packet::UDP_HLEN + 2, &rtp, recompute)?;
     }
-    let macs = [
-        hop.dmac[0],
-        hop.dmac[1],
-        hop.dmac[2],
-        hop.smac[0],
-        hop.smac[1],
-        hop.smac[2],
-    ];
-    ctx.store(0, &macs, recompute)?;
+    // Without a hop the neighbour subsystem writes the MACs.
+    if let Some(hop) = hop {
+        let macs = [
+            hop.dmac[0],
+            hop.dmac[1],
+            hop.dmac[2],
+            hop.smac[0],
+            hop.smac[1],
+            hop.smac[2],
+        ];
+        ctx.store(0, &macs, recompute)?;
+    }
     Ok(())
 }
 

@@ -433,11 +433,14 @@ fn sendmmsg_to(socket: &UdpSocket, packets: &[[u8; PACKET_LEN]], dests: &[Socket
     done
 }
 
-/// Sends 50 pps per call and direction, spread over each 20 ms period.
+/// Sends 50 pps per call in one direction from `socket` (`pick` 0: to the
+/// relay's caller-side ports, 1: callee-side), spread over each 20 ms
+/// period. One thread per direction: on veth every in-kernel path runs in
+/// the sender's softirq, so one thread alone cannot offer 4000 calls.
 fn send_loop(
     traffic: &Traffic,
-    caller: &UdpSocket,
-    callee: &UdpSocket,
+    socket: &UdpSocket,
+    pick: usize,
     ports: &[(u16, u16)],
     epoch: Instant,
 ) {
@@ -456,26 +459,24 @@ fn send_loop(
             if let Some(wait) = slice_at.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
-            for (socket, pick) in [(caller, 0usize), (callee, 1)] {
-                dests.clear();
-                for (i, &(to_caller_side, to_callee_side)) in calls.iter().enumerate() {
-                    let packet = &mut packets[i];
-                    packet[0] = 0x80;
-                    packet[2..4].copy_from_slice(&seq.to_be_bytes());
-                    packet[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-                    let sent_at = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(0);
-                    packet[12..20].copy_from_slice(&sent_at.to_be_bytes());
-                    let port = if pick == 0 {
-                        to_caller_side
-                    } else {
-                        to_callee_side
-                    };
-                    dests.push(SocketAddrV4::new(RELAY_IP, port));
-                }
-                let n = sendmmsg_to(socket, &packets[..calls.len()], &dests);
-                if traffic.measuring.load(Ordering::Relaxed) {
-                    traffic.sent.fetch_add(n as u64, Ordering::Relaxed);
-                }
+            dests.clear();
+            for (i, &(to_caller_side, to_callee_side)) in calls.iter().enumerate() {
+                let packet = &mut packets[i];
+                packet[0] = 0x80;
+                packet[2..4].copy_from_slice(&seq.to_be_bytes());
+                packet[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+                let sent_at = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(0);
+                packet[12..20].copy_from_slice(&sent_at.to_be_bytes());
+                let port = if pick == 0 {
+                    to_caller_side
+                } else {
+                    to_callee_side
+                };
+                dests.push(SocketAddrV4::new(RELAY_IP, port));
+            }
+            let n = sendmmsg_to(socket, &packets[..calls.len()], &dests);
+            if traffic.measuring.load(Ordering::Relaxed) {
+                traffic.sent.fetch_add(n as u64, Ordering::Relaxed);
             }
         }
         next += period;
@@ -742,11 +743,11 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
         let t = Arc::clone(&traffic);
         threads.push(std::thread::spawn(move || receive_loop(&t, &socket, epoch)));
     }
-    {
+    for (socket, pick) in [(caller, 0), (callee, 1)] {
         let t = Arc::clone(&traffic);
         let ports = ports.clone();
         threads.push(std::thread::spawn(move || {
-            send_loop(&t, &caller, &callee, &ports, epoch)
+            send_loop(&t, &socket, pick, &ports, epoch)
         }));
     }
 

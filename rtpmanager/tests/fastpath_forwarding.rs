@@ -516,3 +516,85 @@ fn forward_in_every_mode(plan: &Plan) {
         );
     }
 }
+
+#[test]
+fn tc_hands_packets_to_an_unresolved_neighbour_to_redirect_neigh_ipv4() {
+    require_kernel_path!();
+    tc_resolves_the_neighbour(&Plan::v4());
+}
+
+#[test]
+fn tc_hands_packets_to_an_unresolved_neighbour_to_redirect_neigh_ipv6() {
+    require_kernel_path!();
+    tc_resolves_the_neighbour(&Plan::v6());
+}
+
+/// TC mode without a neighbour entry for the callee: the first packets are
+/// rewritten and handed to bpf_redirect_neigh, which resolves the callee
+/// (ARP or ND) and sends them; nothing is passed up (nothing listens in the
+/// relay, so a passed packet would be lost) and every packet arrives.
+fn tc_resolves_the_neighbour(plan: &Plan) {
+    let (caller, callee) = (plan.caller, plan.callee);
+    let relay = |port| plan.relay(port);
+    let bed = TestBed::new(plan, "u");
+    let callee_ip = callee.ip().to_string();
+    sh(&[
+        "ip", "-n", &bed.relay, "neigh", "del", &callee_ip, "dev", "r0",
+    ]);
+    let settings = Settings {
+        request: FastPathRequest::Tc,
+        interface: "r0".into(),
+        port_min: 30000,
+        port_max: 30100,
+        next_hop_cache: fastpath::DEFAULT_NEXT_HOP_CACHE,
+    };
+    let fast_path = in_ns(&bed.relay, move || FastPath::start(&settings));
+    assert_eq!(fast_path.mode(), Mode::Tc, "{}", fast_path.reason());
+    fast_path
+        .install(
+            ForwardKey::new(relay(RELAY_CALLER_PORT)),
+            ForwardEntry::new(relay(RELAY_CALLEE_PORT), callee, caller, FLAG_RTP, 8000, 1),
+        )
+        .expect("install caller → callee");
+    fast_path.reset_stream_stats(1).expect("reset the slot");
+    let sent = sent_sequence().len() as u64;
+    let (got, csum_before, csum_after) = exchange(
+        &bed.caller,
+        caller,
+        relay(RELAY_CALLER_PORT),
+        &bed.callee,
+        callee,
+    );
+    assert_eq!(
+        got.len() as u64,
+        sent,
+        "every packet arrived; counters {:?}",
+        counters(&fast_path)
+    );
+    assert!(
+        got.iter()
+            .all(|(source, _)| *source == relay(RELAY_CALLEE_PORT)),
+        "from the relay's callee-side port"
+    );
+    assert_eq!(csum_after, csum_before, "no UDP checksum errors");
+    let counted = counters(&fast_path);
+    let neigh = counted
+        .iter()
+        .find(|(c, _)| *c == Counter::RedirectedNeigh)
+        .map_or(0, |(_, n)| *n);
+    let redirected = counted
+        .iter()
+        .find(|(c, _)| *c == Counter::Redirected)
+        .map_or(0, |(_, n)| *n);
+    assert!(neigh >= 1, "the first packet met no neighbour: {counted:?}");
+    assert_eq!(
+        neigh + redirected,
+        sent,
+        "all forwarded by the program, none passed up: {counted:?}"
+    );
+    assert_eq!(
+        fast_path.stream_stats(1).expect("slot").packets,
+        sent,
+        "the stream counts them all"
+    );
+}

@@ -986,20 +986,30 @@ fn tc_forwards_with_the_csum_helpers_and_passes_the_rest() {
         );
         install_v4(&mut programs, UNRESOLVED, FLAG_RTP, 4);
         let packet = ipv4(addr(CALLER), relay(30000), &rtp(5, 172), PLAIN);
+        let (verdict, out) = programs.tc(&packet);
         assert_eq!(
-            programs.tc(&packet),
-            (TC_ACT_OK, packet.clone()),
-            "no neighbour: passed unchanged"
+            verdict, TC_ACT_REDIRECT,
+            "no neighbour yet: rewritten and handed to bpf_redirect_neigh"
+        );
+        let seen = check_ipv4(&out);
+        assert_eq!(
+            (seen.src, seen.dst, &out[0..12]),
+            (relay(30002), addr(UNRESOLVED), &packet[0..12]),
+            "addresses rewritten with valid checksums; the MACs are the neighbour subsystem's to write"
         );
 
         programs.assert_counters(&[
             (Counter::Fragment, 1),
             (Counter::SourceMismatchDrop, 1),
-            (Counter::FibNoNeigh, 1),
             (Counter::Redirected, 66),
+            (Counter::RedirectedNeigh, 1),
         ]);
         let stats = programs.maps.stream_stats(4).expect("slot 4");
-        assert_eq!((stats.packets, stats.bytes, stats.lost()), (2, 2 * 172, 0));
+        assert_eq!(
+            (stats.packets, stats.bytes, stats.lost()),
+            (3, 3 * 172, 2),
+            "seq 1, 2 and 5 forwarded: 3 and 4 missing"
+        );
         assert_eq!(
             stats.source_drops, 1,
             "the strict entry's drop is counted in its stream"
@@ -1343,11 +1353,9 @@ fn programs_log_unusual_paths_at_debug_level_only_when_asked_and_rate_limited() 
                 );
                 let mut programs = Programs::load();
                 let captured = Captured::default();
-                let reader = fastpath::kernel_log::LogReader::start(
-                    &mut programs.ebpf,
-                    captured.clone(),
-                )
-                .expect("the log reader starts");
+                let reader =
+                    fastpath::kernel_log::LogReader::start(&mut programs.ebpf, captured.clone())
+                        .expect("the log reader starts");
                 (programs, captured, reader)
             });
         install_v4(&mut programs, UNRESOLVED, FLAG_RTP, 5);
@@ -1358,8 +1366,7 @@ fn programs_log_unusual_paths_at_debug_level_only_when_asked_and_rate_limited() 
             records,
             vec![(
                 log::Level::Debug,
-                "no next hop towards port 40000 (ingress ifindex 1): fib_no_neigh; passed to the stack"
-                    .to_owned()
+                "no next hop towards port 40000 (ingress ifindex 1): fib_no_neigh".to_owned()
             )],
             "one debug record for two failures within 100 ms"
         );
