@@ -1,12 +1,19 @@
 //! The manager binary serves Prometheus metrics on `--metrics-listen`: the
 //! fast path in force, calls, legs and port pairs follow the calls set up
 //! over gRPC; any other path is 404; a bad address fails at start naming
-//! the option.
+//! the option. With the fast path attached (in a network namespace; root
+//! only, skipped loudly otherwise), the scrape reports the mode and the
+//! kernel's verdict counters.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use nix::sched::{setns, CloneFlags};
+use rtpmanager_common::Counter;
+use switchboard_rtpmanager::fastpath;
 
 use switchboard_proto::v1;
 use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
@@ -277,4 +284,201 @@ fn a_metrics_port_in_use_fails_at_start_naming_the_option() {
         stderr.contains("--metrics-listen") && stderr.contains(&addr.to_string()),
         "{stderr}"
     );
+}
+
+/// Why the kernel-mode test cannot run here, if it cannot.
+fn kernel_skip_reason() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root: the kernel fast path needs CAP_BPF and CAP_NET_ADMIN".into());
+    }
+    if !fastpath::object_embedded() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the kernel-path tests: the eBPF object was not built (cargo xtask build-ebpf)"
+        );
+        return Some("this build has no eBPF object (cargo xtask build-ebpf)".into());
+    }
+    None
+}
+
+fn sh(args: &[&str]) {
+    let status = Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(status.success(), "{args:?} failed: {status}");
+}
+
+/// Two namespaces joined by a veth pair: the manager's (`m0`, 10.209.0.1)
+/// and a peer's (`p0`, 10.209.0.2); deleted on drop.
+struct Bed {
+    relay: String,
+    peer: String,
+}
+
+impl Bed {
+    fn new() -> Bed {
+        let tag = std::process::id();
+        let bed = Bed {
+            relay: format!("sbmet-r{tag}"),
+            peer: format!("sbmet-p{tag}"),
+        };
+        for ns in [&bed.relay, &bed.peer] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        sh(&[
+            "ip", "-n", &bed.relay, "link", "add", "m0", "type", "veth", "peer", "name", "p0",
+            "netns", &bed.peer,
+        ]);
+        for (ns, dev, ip) in [
+            (&bed.relay, "m0", "10.209.0.1/24"),
+            (&bed.peer, "p0", "10.209.0.2/24"),
+        ] {
+            sh(&["ip", "-n", ns, "addr", "add", ip, "dev", dev]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        bed
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        for ns in [&self.relay, &self.peer] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Runs `f` on a thread inside namespace `ns` (namespaces are per thread).
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        setns(file, CloneFlags::CLONE_NEWNET).expect("setns into the test namespace");
+        f()
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+/// `GET /metrics` from inside the manager's namespace; the body.
+fn scrape_in(ns: &str, addr: SocketAddr) -> String {
+    in_ns(ns, move || {
+        let mut stream = TcpStream::connect(addr).expect("connect to the metrics endpoint");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send the request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .expect("read the response");
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no header end in {response:?}"));
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        body.to_owned()
+    })
+}
+
+#[tokio::test]
+async fn kernel_mode_scrape_reports_the_program_and_its_verdict_counters() {
+    if let Some(reason) = kernel_skip_reason() {
+        eprintln!(
+            "\n!!!!!!!! SKIPPED kernel-path test {}: {reason} !!!!!!!!\n",
+            module_path!()
+        );
+        return;
+    }
+    let bed = Bed::new();
+    // `ip netns exec` mounts a bpffs of its own on /sys/fs/bpf, so the
+    // default pin directory is private to this manager.
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &bed.relay, BIN])
+        .args(["--grpc-port", "0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--fast-path", "xdp-generic", "--media-interface", "m0"])
+        .args([
+            "--advertise",
+            "10.209.0.1",
+            "--rtp-bind-address",
+            "10.209.0.1",
+        ])
+        .args(["--rtp-port-min", "30000", "--rtp-port-max", "30019"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the manager");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let _daemon = Daemon(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let verbose = std::env::var_os("SB_TEST_LOG").is_some();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if verbose {
+                eprintln!("{line}");
+            }
+            if let Some(addr) = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("metrics="))
+            {
+                let _ = tx.send(addr.to_owned());
+            }
+        }
+    });
+    let metrics: SocketAddr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the manager logs its metrics address")
+        .parse()
+        .expect("a socket address");
+
+    let before = scrape_in(&bed.relay, metrics);
+    assert_eq!(
+        value(
+            &before,
+            "switchboard_rtpmanager_fast_path_info{mode=\"xdp-generic\",interface=\"m0\",reason=\"xdp-generic as requested\"}"
+        ),
+        1,
+        "{before}"
+    );
+    for counter in Counter::ALL {
+        let series = format!(
+            "switchboard_rtpmanager_kernel_packets_total{{verdict=\"{}\"}}",
+            counter.name()
+        );
+        value(&before, &series);
+    }
+    let no_entry = "switchboard_rtpmanager_kernel_packets_total{verdict=\"no_entry\"}";
+    let forwarded = "switchboard_rtpmanager_kernel_packets_total{verdict=\"forwarded\"}";
+    let no_entry_before = value(&before, no_entry);
+
+    // UDP into the media range with no call: the program passes each
+    // packet up with the no_entry verdict.
+    in_ns(&bed.peer, || {
+        let socket = UdpSocket::bind("10.209.0.2:0").expect("bind the peer");
+        for _ in 0..5 {
+            socket
+                .send_to(&[0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1], "10.209.0.1:30000")
+                .expect("send");
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        let after = scrape_in(&bed.relay, metrics);
+        if value(&after, no_entry) >= no_entry_before + 5 || Instant::now() > deadline {
+            break after;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(value(&after, no_entry), no_entry_before + 5, "{after}");
+    assert_eq!(value(&after, forwarded), 0, "{after}");
+    assert_eq!(value(&after, "switchboard_rtpmanager_kernel_directions"), 0);
 }
