@@ -483,6 +483,16 @@ fn send_loop(
     }
 }
 
+/// Pins the calling thread to CPU `n` modulo the CPUs there are; best
+/// effort (the bench still runs unpinned if the kernel refuses).
+fn pin_to_cpu(n: usize) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(n % cpus).is_ok() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
 /// Receives with `recvmmsg` so the bed's own receiving costs little next to
 /// the relay it measures; each packet carries its send time.
 fn receive_loop(traffic: &Traffic, socket: &UdpSocket, epoch: Instant) {
@@ -747,6 +757,11 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
         let t = Arc::clone(&traffic);
         let ports = ports.clone();
         threads.push(std::thread::spawn(move || {
+            // Each direction's packets on one CPU, as a NIC's RSS keeps a
+            // 5-tuple on one queue: the bed runs the relay's kernel path in
+            // the sender's softirq, so this is where the stream's entry and
+            // stats live.
+            pin_to_cpu(pick);
             send_loop(&t, &socket, pick, &ports, epoch)
         }));
     }

@@ -25,7 +25,9 @@ use crate::playback::{
 use crate::relay::{LegCounters, LegRef, LegShared, LegSnapshot, Relay, RelayEvent};
 use crate::sdp::Negotiation;
 use crate::session::persist::{SavedState, StateFile};
-use crate::session::{LegOptions, LegView, OfferInput, RelayCommand, SessionError, SessionTable};
+use crate::session::{
+    Family, LegOptions, LegView, OfferInput, RelayCommand, SessionError, SessionTable,
+};
 
 /// Codecs the manager can terminate (playback, DTMF) or transcode.
 pub const CODECS: [&str; 3] = ["PCMU/8000", "PCMA/8000", "telephone-event/8000"];
@@ -89,6 +91,12 @@ fn options_of(o: Option<v1::LegOptions>) -> LegOptions {
         media_timeout: (o.media_timeout_secs > 0)
             .then(|| Duration::from_secs(u64::from(o.media_timeout_secs))),
         allow_transcoding: o.allow_transcoding,
+        family: match v1::AddressFamily::try_from(o.address_family) {
+            Ok(v1::AddressFamily::Ipv4) => Some(Family::V4),
+            Ok(v1::AddressFamily::Ipv6) => Some(Family::V6),
+            // Unspecified, or a value of a newer protocol: follow the SDP.
+            Ok(v1::AddressFamily::Unspecified) | Err(_) => None,
+        },
         label: o.label,
     }
 }

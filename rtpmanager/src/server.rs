@@ -44,7 +44,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         check_forwarding(
             &interface,
             config.enable_forwarding,
-            config.advertise_v6.is_some(),
+            advertise.is_ipv6() || config.advertise_v6.is_some(),
         );
     }
     let advertised: Vec<IpAddr> = std::iter::once(advertise)
@@ -235,7 +235,8 @@ fn interface_address(interface: &str, v4: bool) -> Option<IpAddr> {
 /// disabled" unless the ingress interface forwards, and such packets go to
 /// the userspace relay: correct, but slow. Sets the sysctls when the
 /// operator asked for it, else warns once naming them.
-/// IPv6 is checked only when the manager advertises an IPv6 address.
+/// IPv6 is checked only when the manager advertises an IPv6 address
+/// (`--advertise` or `--advertise-v6`).
 fn check_forwarding(interface: &str, enable: bool, ipv6: bool) {
     let families: &[&str] = if ipv6 { &["ipv4", "ipv6"] } else { &["ipv4"] };
     for family in families {

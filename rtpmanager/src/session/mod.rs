@@ -54,6 +54,10 @@ pub struct LegOptions {
     pub media_timeout: Option<Duration>,
     pub allow_transcoding: bool,
     pub label: String,
+    /// The address family of the leg's peer, which picks the address the
+    /// relay advertises to it; `None` follows the SDP received (an offer
+    /// relayed to this leg keeps the offerer's family).
+    pub family: Option<Family>,
 }
 
 /// Why a control request failed; each maps to one gRPC code.
@@ -280,7 +284,6 @@ impl SessionTable {
             self.ensure_leg(now, &call_id, peer, peer_options, &mut commands)?;
         }
         let advertise = self.config.advertise_for(offerer_family);
-        let advertise_peer = self.config.advertise_v4;
 
         let call_state = self
             .calls
@@ -315,6 +318,9 @@ impl SessionTable {
             } else {
                 CodecPolicy::Passthrough
             };
+            let advertise_peer = self
+                .config
+                .advertise_for(b.options.family.unwrap_or(offerer_family));
             let endpoint = endpoint(advertise_peer, b.port);
             let rewritten = sdp::rewrite_offer(&offer, &endpoint, &policy, &mut b.origin)?;
             b.sent_offer = Some(rewritten.clone());
@@ -758,8 +764,9 @@ fn merge_options(old: &LegOptions, new: LegOptions) -> LegOptions {
     }
 }
 
+/// An address family, of an SDP or of a leg's peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Family {
+pub enum Family {
     V4,
     V6,
 }

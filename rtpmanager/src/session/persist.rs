@@ -319,6 +319,9 @@ impl SessionTable {
                         media_timeout: l.media_timeout_ms.map(Duration::from_millis),
                         allow_transcoding: l.allow_transcoding,
                         label: l.label.clone(),
+                        // Only read when an offer is relayed to the leg;
+                        // later offers carry it again.
+                        family: None,
                     },
                     // The previous run's o= version is not kept: a fresh
                     // session id keeps later bodies distinct from older ones.

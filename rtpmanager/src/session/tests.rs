@@ -443,19 +443,65 @@ fn ipv6_offerers_get_the_ipv6_advertised_address() {
     );
     assert_eq!(answer.leg.local_address.to_string(), "2001:db8::5");
 
-    // Relayed: the offerer's side answers in IPv6, the callee's offer is IPv4.
+    // Relayed without a family for the callee: its offer keeps the
+    // offerer's family.
     let offer = t
         .offer(now, input("r6", "a", "b", &offer_v6))
         .expect("offer");
+    assert!(
+        offer.sdp.contains("c=IN IP6 2001:db8::5\r\n"),
+        "{}",
+        offer.sdp
+    );
+    let answer_v6 = ANSWER_PCMA.replace("IN IP4 192.0.2.20", "IN IP6 2001:db8::20");
+    let back = t.answer(now, "r6", "b", "a", &answer_v6).expect("answer");
+    assert!(
+        back.sdp.contains("c=IN IP6 2001:db8::5\r\n"),
+        "{}",
+        back.sdp
+    );
+}
+
+#[test]
+fn the_peer_legs_family_picks_the_address_its_offer_advertises() {
+    let mut t = table();
+    let now = Instant::now();
+    let offer_v6 = OFFER.replace("IN IP4 192.0.2.10", "IN IP6 2001:db8::10");
+    // An IPv6 caller, an IPv4 callee (a trunk): the callee's offer is IPv4,
+    // the caller's answer IPv6.
+    let mut relayed = input("f1", "a", "b", &offer_v6);
+    relayed.peer_options.family = Some(Family::V4);
+    let offer = t.offer(now, relayed).expect("offer");
     assert!(
         offer.sdp.contains("c=IN IP4 203.0.113.5\r\n"),
         "{}",
         offer.sdp
     );
-    let back = t.answer(now, "r6", "b", "a", ANSWER_PCMA).expect("answer");
+    assert_eq!(offer.leg.leg_id, "b");
+    let back = t.answer(now, "f1", "b", "a", ANSWER_PCMA).expect("answer");
     assert!(
         back.sdp.contains("c=IN IP6 2001:db8::5\r\n"),
         "{}",
         back.sdp
+    );
+
+    // And the other way round.
+    let mut relayed = input("f2", "a", "b", OFFER);
+    relayed.peer_options.family = Some(Family::V6);
+    let offer = t.offer(now, relayed).expect("offer");
+    assert!(
+        offer.sdp.contains("c=IN IP6 2001:db8::5\r\n"),
+        "{}",
+        offer.sdp
+    );
+    // A re-offer without options keeps the leg's family.
+    let reoffer = OFFER.replace("o=alice 1 1", "o=alice 1 2");
+    let offer = t
+        .offer(now, input("f2", "a", "b", &reoffer))
+        .expect("re-offer");
+    assert!(
+        offer.sdp.contains("c=IN IP6 2001:db8::5\r\n"),
+        "{}",
+        offer.sdp
     );
 }
