@@ -334,7 +334,6 @@ impl ControlService {
                 &shared,
                 view.local_address,
                 view.rtp_port,
-                view.rtcp_mux,
                 params,
             );
         }

@@ -1477,3 +1477,133 @@ fn an_unpinned_fast_path_ends_with_a_killed_manager() {
         "nothing is forwarded once the process that held the link is gone"
     );
 }
+
+/// A compound RTCP packet (RR then SDES) of the peer's SSRC, as an
+/// rtcp-mux peer sends it on its RTP port.
+fn muxed_receiver_report(n: u8) -> Vec<u8> {
+    let mut p = vec![0x81, 201, 0, 7];
+    p.extend_from_slice(&PEER_SSRC.to_be_bytes());
+    // One report block: SSRC, fraction/cumulative lost, highest seq,
+    // jitter, LSR, DLSR.
+    p.extend_from_slice(&0x5151_5151u32.to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, n]);
+    p.extend_from_slice(&[0u8; 16]);
+    p.extend_from_slice(&[0x81, 202, 0, 2]);
+    p.extend_from_slice(&PEER_SSRC.to_be_bytes());
+    p.extend_from_slice(&[1, 1, b'p', 0]);
+    p
+}
+
+#[test]
+fn an_rtcp_mux_call_is_offloaded_and_its_rtcp_relayed_by_userspace() {
+    require_kernel_path!();
+    let bed = TestBed::new("x");
+    let (manager, grpc) = Manager::start(&bed.relay, "xdp-generic", &[]);
+    let caller = Peer::start(&bed.caller, addr(CALLER));
+    let callee = Peer::start(&bed.callee, addr(CALLEE));
+    let mux = |a: SocketAddr| sdp(a).replace("a=sendrecv\r\n", "a=rtcp-mux\r\na=sendrecv\r\n");
+    let (stats, rtcp_heard, voice_heard) = with_client(&bed.relay, grpc, move |mut client| {
+        Box::pin(async move {
+            let offer = client
+                .offer(v1::OfferRequest {
+                    call_id: "call-1".into(),
+                    leg_id: "a".into(),
+                    peer_leg_id: "b".into(),
+                    sdp: mux(addr(CALLER)),
+                    options: None,
+                    peer_options: None,
+                })
+                .await
+                .expect("Offer")
+                .into_inner();
+            assert!(offer.sdp.contains("a=rtcp-mux\r\n"), "{}", offer.sdp);
+            let answer = client
+                .answer(v1::AnswerRequest {
+                    call_id: "call-1".into(),
+                    leg_id: "b".into(),
+                    peer_leg_id: "a".into(),
+                    sdp: mux(addr(CALLEE)),
+                })
+                .await
+                .expect("Answer")
+                .into_inner();
+            assert!(answer.sdp.contains("a=rtcp-mux\r\n"), "{}", answer.sdp);
+            client
+                .bridge(v1::BridgeRequest {
+                    call_id: "call-1".into(),
+                    leg_a: "a".into(),
+                    leg_b: "b".into(),
+                })
+                .await
+                .expect("Bridge");
+            let (leg_a_addr, leg_b_addr) = (media_addr(&answer.sdp), media_addr(&offer.sdp));
+            caller.send(leg_a_addr, vec![0]);
+            assert_eq!(callee.receive(1).len(), 1, "caller latched");
+            callee.send(leg_b_addr, vec![0]);
+            assert_eq!(caller.receive(1).len(), 1, "callee latched");
+            assert!(
+                wait_offloaded(&mut client, "a", true).await,
+                "caller → callee in the kernel despite rtcp-mux"
+            );
+            // Voice, then RTCP on the same port, then voice again.
+            caller.send(leg_a_addr, (1..=10).collect());
+            let mut voice = callee.receive(10);
+            let reports: Vec<Vec<u8>> = (1..=3).map(muxed_receiver_report).collect();
+            caller.send_packets(leg_a_addr, reports.clone());
+            let rtcp = callee.receive(3);
+            caller.send(leg_a_addr, (11..=20).collect());
+            voice.extend(callee.receive(10));
+            let stats = client
+                .get_stats(v1::GetStatsRequest {
+                    call_id: "call-1".into(),
+                    leg_id: "a".into(),
+                })
+                .await
+                .expect("GetStats")
+                .into_inner()
+                .legs;
+            let heard_rtcp: Vec<(SocketAddr, Vec<u8>)> = rtcp;
+            assert_eq!(
+                heard_rtcp
+                    .iter()
+                    .map(|(from, p)| (*from, p.clone()))
+                    .collect::<Vec<_>>(),
+                reports
+                    .into_iter()
+                    .map(|p| (leg_b_addr, p))
+                    .collect::<Vec<_>>(),
+                "the three reports reach the callee's (muxed) RTP port, from the relay's leg b port, unchanged"
+            );
+            (stats, heard_rtcp.len(), voice)
+        })
+    });
+    assert_eq!(rtcp_heard, 3);
+    assert_eq!(voice_heard.len(), 20, "all voice arrived");
+    assert!(
+        voice_heard
+            .iter()
+            .zip(1..=20u16)
+            .all(|((_, p), seq)| p == &rtp(seq)),
+        "voice intact and in order"
+    );
+    let a = stats.first().expect("leg a");
+    assert_eq!(
+        a.kernel_packets, 20,
+        "the kernel carried the voice after the latch"
+    );
+    assert_eq!(
+        a.rtcp_in.as_ref().map(|c| c.packets),
+        Some(3),
+        "the relay saw the three reports"
+    );
+    assert_eq!(
+        a.rtp_in.as_ref().map(|c| c.packets),
+        Some(21),
+        "voice counted once, whichever path, reports not counted as RTP"
+    );
+    let counters = manager.stop();
+    assert!(
+        counters.contains(&("muxed_rtcp".to_owned(), 3)),
+        "passed up by the program as muxed RTCP: {counters:?}"
+    );
+}

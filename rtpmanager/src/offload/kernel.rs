@@ -101,7 +101,6 @@ impl KernelOffload {
 
     /// A leg was added or got new params. `advertised` is the address the
     /// leg's peer was given; `rtp_port` the leg's RTP port.
-    #[allow(clippy::too_many_arguments)]
     pub fn leg_changed(
         &mut self,
         now: Instant,
@@ -109,7 +108,6 @@ impl KernelOffload {
         shared: &Arc<LegShared>,
         advertised: IpAddr,
         rtp_port: u16,
-        rtcp_mux: bool,
         params: &LegParams,
     ) {
         let ip = self.wire.get(&advertised).copied().unwrap_or(advertised);
@@ -130,7 +128,6 @@ impl KernelOffload {
             OffloadLeg {
                 leg: shared.leg.clone(),
                 local_rtp: SocketAddr::new(ip, rtp_port),
-                rtcp_mux,
                 params: params.clone(),
                 rewrite: shared.outbound().rewrite(),
             },

@@ -68,8 +68,6 @@ pub struct OffloadLeg {
     /// on the wire at the media interface (not a NAT's public address, not
     /// the wildcard the socket may be bound to). RTCP is on the next port.
     pub local_rtp: SocketAddr,
-    /// The leg negotiated rtcp-mux.
-    pub rtcp_mux: bool,
     /// The relay's params of the leg.
     pub params: LegParams,
     /// How the relay rewrites the stream towards this leg's peer (after an
@@ -192,7 +190,7 @@ impl LegState {
     /// or on RTP's own port with rtcp-mux).
     fn destination(&self, kind: StreamKind) -> Option<SocketAddr> {
         let rtp = self.latched_rtp.or(self.input.params.expected_rtp);
-        let mux = self.input.rtcp_mux;
+        let mux = self.input.params.rtcp_mux;
         match kind {
             StreamKind::Rtp => rtp,
             StreamKind::Rtcp => self
@@ -212,7 +210,7 @@ impl LegState {
     fn local(&self, kind: StreamKind) -> SocketAddr {
         let rtp = self.input.local_rtp;
         match kind {
-            StreamKind::Rtcp if !self.input.rtcp_mux => {
+            StreamKind::Rtcp if !self.input.params.rtcp_mux => {
                 SocketAddr::new(rtp.ip(), rtp.port().wrapping_add(1))
             }
             _ => rtp,
@@ -532,7 +530,7 @@ impl Offload {
         // passes it up (the programs tell RTCP by its packet type, RFC
         // 5761) and the relay forwards it; there is no RTCP direction to
         // install. Towards a muxed leg, RTCP leaves from its RTP port.
-        if kind == StreamKind::Rtcp && a.input.rtcp_mux {
+        if kind == StreamKind::Rtcp && a.input.params.rtcp_mux {
             return Err(Reason::RtcpMux);
         }
         let expected = a.latched(kind).ok_or(Reason::NotLatched)?;

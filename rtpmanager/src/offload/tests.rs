@@ -34,10 +34,10 @@ fn leg(name: &str) -> OffloadLeg {
     OffloadLeg {
         leg: leg_ref(name),
         local_rtp: SocketAddr::new(addr("10.0.0.1:0").ip(), port),
-        rtcp_mux: false,
         params: LegParams {
             expected_rtp: Some(peer),
             expected_rtcp: Some(SocketAddr::new(peer.ip(), peer.port() + 1)),
+            rtcp_mux: false,
             strict_source: false,
             forward_to: Some(forward_to),
             transcode: None,
@@ -558,7 +558,7 @@ fn a_muxed_leg_offloads_rtp_and_its_rtcp_stays_on_the_rtp_port() {
     let now = Instant::now();
     let mut o = Offload::new(true);
     let mut a = leg("a");
-    a.rtcp_mux = true;
+    a.params.rtcp_mux = true;
     // A muxed peer's RTCP is its RTP address (see sdp::negotiation).
     a.params.expected_rtcp = a.params.expected_rtp;
     o.handle_leg(now, A, a);

@@ -83,6 +83,10 @@ pub struct LegParams {
     pub expected_rtp: Option<SocketAddr>,
     /// Where the peer said it receives RTCP.
     pub expected_rtcp: Option<SocketAddr>,
+    /// The leg negotiated rtcp-mux: RTCP to its peer leaves from the RTP
+    /// socket (RFC 5761 §5.1.1), even if an RTCP socket was bound before
+    /// the answer said so.
+    pub rtcp_mux: bool,
     /// Drop packets from sources other than the latched one.
     pub strict_source: bool,
     /// The leg media received here is forwarded to.

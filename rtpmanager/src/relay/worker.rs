@@ -71,9 +71,9 @@ impl LegState {
     fn rtcp_destination(&self) -> Option<SocketAddr> {
         self.latched_rtcp.or(self.params.expected_rtcp).or_else(|| {
             // Without a known RTCP address, RTCP follows RTP on port + 1
-            // (RFC 3550), or RTP itself when there is no RTCP socket (mux).
+            // (RFC 3550), or RTP itself with rtcp-mux.
             let rtp = self.rtp_destination()?;
-            if self.rtcp.is_some() {
+            if self.rtcp.is_some() && !self.params.rtcp_mux {
                 Some(SocketAddr::new(rtp.ip(), rtp.port().wrapping_add(1)))
             } else {
                 Some(rtp)
@@ -367,10 +367,10 @@ impl Worker {
             }
         }
         if !self.send_rtcp.is_empty() {
-            let fd = out
-                .rtcp
-                .as_ref()
-                .map_or(out.shared.rtp_socket.as_raw_fd(), |s| s.as_raw_fd());
+            let fd = match (&out.rtcp, out.params.rtcp_mux) {
+                (Some(rtcp), false) => rtcp.as_raw_fd(),
+                _ => out.shared.rtp_socket.as_raw_fd(),
+            };
             let sent = self.send_rtcp.send(fd);
             LegCounters::add(&counters.rtcp_out_packets, sent as u64);
         }

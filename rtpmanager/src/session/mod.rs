@@ -695,6 +695,7 @@ impl SessionTable {
         LegParams {
             expected_rtp: peer.map(|p| p.rtp),
             expected_rtcp: peer.map(|p| p.rtcp),
+            rtcp_mux: leg.negotiation.as_ref().is_some_and(|n| n.rtcp_mux),
             strict_source: leg.options.strict_source,
             forward_to: bridged.map(|b| b.slot),
             transcode,
