@@ -1,9 +1,10 @@
 //! The manager binary serves Prometheus metrics on `--metrics-listen`: the
 //! fast path in force, calls, legs and port pairs follow the calls set up
 //! over gRPC; any other path is 404; a bad address fails at start naming
-//! the option. With the fast path attached (in a network namespace; root
-//! only, skipped loudly otherwise), the scrape reports the mode and the
-//! kernel's verdict counters.
+//! the option. With the fast path attached (xdp-generic in network
+//! namespaces; root only, skipped loudly otherwise), the scrape reports the
+//! mode, the kernel's verdict counters and the directions of an offloaded
+//! call, and the forwarded counter follows the packets the callee gets.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -22,7 +23,7 @@ use tonic::transport::Channel;
 
 mod common;
 
-use common::{endpoint, free_media_range, sdp, Daemon, BIN};
+use common::{endpoint, free_media_range, media_addr, sdp, Daemon, BIN};
 
 /// Starts the manager like `common::start`, with `--metrics-listen` on an
 /// ephemeral loopback port; reads both bound addresses from its log.
@@ -390,8 +391,82 @@ fn scrape_in(ns: &str, addr: SocketAddr) -> String {
     })
 }
 
+/// An RTP packet of payload type 0 with sequence number `seq`.
+fn rtp(seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, 0x00];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&0x0bad_cafe_u32.to_be_bytes());
+    p.extend(std::iter::repeat_n(0x55, 160));
+    p
+}
+
+/// The kernel-mode peers, both in the peer namespace.
+const CALLER: &str = "10.209.0.2:41000";
+const CALLEE: &str = "10.209.0.2:40000";
+
+/// Sets up a bridged call between [`CALLER`] (leg a) and [`CALLEE`] (leg
+/// b) over gRPC from inside the manager's namespace; returns the manager's
+/// address for the caller and for the callee.
+fn bridged_call_in(ns: &str, grpc: String) -> (SocketAddr, SocketAddr) {
+    in_ns(ns, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let mut client = RtpManagerClient::connect(format!("http://{grpc}"))
+                .await
+                .expect("connect");
+            let offer = client
+                .offer(v1::OfferRequest {
+                    call_id: "call-k".into(),
+                    leg_id: "a".into(),
+                    peer_leg_id: "b".into(),
+                    sdp: sdp(CALLER.parse().expect("literal"), "0 101"),
+                    options: None,
+                    peer_options: None,
+                })
+                .await
+                .expect("Offer")
+                .into_inner();
+            let answer = client
+                .answer(v1::AnswerRequest {
+                    call_id: "call-k".into(),
+                    leg_id: "b".into(),
+                    peer_leg_id: "a".into(),
+                    sdp: sdp(CALLEE.parse().expect("literal"), "0 101"),
+                })
+                .await
+                .expect("Answer")
+                .into_inner();
+            client
+                .bridge(v1::BridgeRequest {
+                    call_id: "call-k".into(),
+                    leg_a: "a".into(),
+                    leg_b: "b".into(),
+                })
+                .await
+                .expect("Bridge");
+            (media_addr(&answer.sdp), media_addr(&offer.sdp))
+        })
+    })
+}
+
+/// Scrapes until `done` holds for the body (5 s at most); the last body.
+fn scrape_until(ns: &str, addr: SocketAddr, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let body = scrape_in(ns, addr);
+        if done(&body) || Instant::now() > deadline {
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[tokio::test]
-async fn kernel_mode_scrape_reports_the_program_and_its_verdict_counters() {
+async fn kernel_mode_scrape_reports_the_program_its_counters_and_offloaded_directions() {
     if let Some(reason) = kernel_skip_reason() {
         eprintln!(
             "\n!!!!!!!! SKIPPED kernel-path test {}: {reason} !!!!!!!!\n",
@@ -400,8 +475,14 @@ async fn kernel_mode_scrape_reports_the_program_and_its_verdict_counters() {
         return;
     }
     let bed = Bed::new();
-    // `ip netns exec` mounts a bpffs of its own on /sys/fs/bpf, so the
-    // default pin directory is private to this manager.
+    // The programs' checksum update is by difference: senders must put
+    // complete UDP checksums on the wire.
+    sh(&[
+        "ip", "netns", "exec", &bed.peer, "ethtool", "-K", "p0", "tx", "off",
+    ]);
+    // `ip netns exec` gives the manager a /sys of its own: the default pin
+    // directory is not on a bpffs there, so the fast path runs unpinned
+    // and ends with the manager.
     let mut child = Command::new("ip")
         .args(["netns", "exec", &bed.relay, BIN])
         .args(["--grpc-port", "0", "--metrics-listen", "127.0.0.1:0"])
@@ -413,6 +494,7 @@ async fn kernel_mode_scrape_reports_the_program_and_its_verdict_counters() {
             "10.209.0.1",
         ])
         .args(["--rtp-port-min", "30000", "--rtp-port-max", "30019"])
+        .args(["--enable-forwarding"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -422,21 +504,26 @@ async fn kernel_mode_scrape_reports_the_program_and_its_verdict_counters() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let verbose = std::env::var_os("SB_TEST_LOG").is_some();
+        let mut metrics = None;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if verbose {
                 eprintln!("{line}");
             }
-            if let Some(addr) = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("metrics="))
-            {
-                let _ = tx.send(addr.to_owned());
+            for word in line.split_whitespace() {
+                if let Some(addr) = word.strip_prefix("metrics=") {
+                    metrics = Some(addr.to_owned());
+                }
+                if let Some(addr) = word.strip_prefix("grpc=") {
+                    let _ = tx.send((addr.to_owned(), metrics.clone()));
+                }
             }
         }
     });
-    let metrics: SocketAddr = rx
+    let (grpc, metrics) = rx
         .recv_timeout(Duration::from_secs(30))
-        .expect("the manager logs its metrics address")
+        .expect("the manager logs its gRPC address");
+    let metrics: SocketAddr = metrics
+        .expect("the manager logs its metrics address before it is ready")
         .parse()
         .expect("a socket address");
 
@@ -457,28 +544,85 @@ async fn kernel_mode_scrape_reports_the_program_and_its_verdict_counters() {
         value(&before, &series);
     }
     let no_entry = "switchboard_rtpmanager_kernel_packets_total{verdict=\"no_entry\"}";
-    let forwarded = "switchboard_rtpmanager_kernel_packets_total{verdict=\"forwarded\"}";
+    let forwarded = |body: &str| {
+        value(
+            body,
+            "switchboard_rtpmanager_kernel_packets_total{verdict=\"forwarded\"}",
+        ) + value(
+            body,
+            "switchboard_rtpmanager_kernel_packets_total{verdict=\"redirected\"}",
+        )
+    };
+    let directions = "switchboard_rtpmanager_kernel_directions";
     let no_entry_before = value(&before, no_entry);
+    assert_eq!(forwarded(&before), 0);
+    assert_eq!(value(&before, directions), 0);
 
     // UDP into the media range with no call: the program passes each
     // packet up with the no_entry verdict.
     in_ns(&bed.peer, || {
         let socket = UdpSocket::bind("10.209.0.2:0").expect("bind the peer");
-        for _ in 0..5 {
-            socket
-                .send_to(&[0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1], "10.209.0.1:30000")
-                .expect("send");
+        for seq in 0..5 {
+            socket.send_to(&rtp(seq), "10.209.0.1:30018").expect("send");
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let after = loop {
-        let after = scrape_in(&bed.relay, metrics);
-        if value(&after, no_entry) >= no_entry_before + 5 || Instant::now() > deadline {
-            break after;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let after = scrape_until(&bed.relay, metrics, |b| {
+        value(b, no_entry) >= no_entry_before + 5
+    });
     assert_eq!(value(&after, no_entry), no_entry_before + 5, "{after}");
-    assert_eq!(value(&after, forwarded), 0, "{after}");
-    assert_eq!(value(&after, "switchboard_rtpmanager_kernel_directions"), 0);
+
+    // A bridged call: once both peers sent a packet (latched in
+    // userspace), both RTP directions go into the kernel.
+    let (to_a, to_b) = bridged_call_in(&bed.relay, grpc);
+    in_ns(&bed.peer, move || {
+        let caller = UdpSocket::bind(CALLER).expect("bind the caller");
+        let callee = UdpSocket::bind(CALLEE).expect("bind the callee");
+        for socket in [&caller, &callee] {
+            socket
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+        }
+        let mut buf = [0u8; 2048];
+        caller.send_to(&rtp(1), to_a).expect("send");
+        callee
+            .recv_from(&mut buf)
+            .expect("the callee gets the first packet");
+        callee.send_to(&rtp(1), to_b).expect("send");
+        caller
+            .recv_from(&mut buf)
+            .expect("the caller gets the first packet");
+    });
+    let offloaded = scrape_until(&bed.relay, metrics, |b| value(b, directions) >= 2);
+    assert_eq!(
+        value(&offloaded, directions),
+        2,
+        "RTP both ways; no RTCP was sent:\n{offloaded}"
+    );
+    assert_eq!(value(&offloaded, "switchboard_rtpmanager_calls"), 1);
+    assert_eq!(value(&offloaded, "switchboard_rtpmanager_legs"), 2);
+    let forwarded_before = forwarded(&offloaded);
+
+    let received = in_ns(&bed.peer, move || {
+        let caller = UdpSocket::bind(CALLER).expect("bind the caller");
+        let callee = UdpSocket::bind(CALLEE).expect("bind the callee");
+        callee
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        for seq in 2..7 {
+            caller.send_to(&rtp(seq), to_a).expect("send");
+        }
+        let mut buf = [0u8; 2048];
+        (0..5)
+            .filter_map(|_| callee.recv_from(&mut buf).ok())
+            .count()
+    });
+    assert_eq!(received, 5, "the callee gets every packet");
+    let after = scrape_until(&bed.relay, metrics, |b| {
+        forwarded(b) >= forwarded_before + 5
+    });
+    assert_eq!(
+        forwarded(&after),
+        forwarded_before + 5,
+        "the kernel forwarded the stream:\n{after}"
+    );
 }
