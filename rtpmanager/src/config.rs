@@ -83,8 +83,9 @@ pub struct Config {
     /// lookup, in milliseconds, before looking it up again; 0 looks it up
     /// for every packet. The lookup is most of a forwarded packet's cost; a
     /// route or neighbour (MAC) change reaches offloaded streams within
-    /// this time. A neighbour that becomes unresolved is passed to the
-    /// stack on the next lookup.
+    /// this time. A neighbour that becomes unresolved is seen on the next
+    /// lookup (XDP passes its packets to the stack, TC hands them to
+    /// bpf_redirect_neigh).
     #[arg(long, env = "NEXT_HOP_CACHE_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub next_hop_cache_ms: u64,
 
