@@ -5,7 +5,9 @@
 //! peers), starts the manager in the relay namespace with the requested
 //! fast path, sets up N bridged calls over gRPC, and sends 50 packets per
 //! second each way per call from the peers' namespace. It prints offered
-//! packets per second, loss, one-way latency p50/p99 through the relay, and
+//! packets per second, loss (and the part of it the peers' own sockets
+//! dropped for a full receive buffer: the bed, not the relay), one-way
+//! latency p50/p99 through the relay, and
 //! the relay's CPU time per forwarded packet: the manager process's CPU time
 //! for the userspace path, and for the kernel paths also the program's own
 //! run time per packet from the kernel's BPF statistics (enabled with the
@@ -564,6 +566,24 @@ struct Row {
     bpf_packets_pct: Option<f64>,
     /// Run time per packet of the peer's pass-all program (native XDP).
     floor_ns_per_packet: Option<f64>,
+    /// Share of the sent packets the peers' own sockets dropped for a full
+    /// receive buffer (the bed's receivers falling behind, not the relay).
+    bed_drops_pct: f64,
+}
+
+/// `Udp: RcvbufErrors` of the calling thread's namespace.
+fn udp_rcvbuf_errors() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "RcvbufErrors")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Kernel BPF run-time statistics, on while this is alive.
@@ -778,6 +798,8 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
     // cold caches) for comparison.
     let is_peer = |id: u64| loaded_before.contains(&id) && !existing.contains(&id);
     let peer_before = programs_stats(is_peer)?;
+    let peers_ns = bed.peers.clone();
+    let rcvbuf_before = Bed::in_ns(&peers_ns, udp_rcvbuf_errors)?;
     traffic.measuring.store(true, Ordering::Relaxed);
     let measure_start = Instant::now();
     std::thread::sleep(Duration::from_secs(seconds));
@@ -795,6 +817,7 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
         let (time, count) = programs_stats(is_peer)?;
         (time - peer_before.0, count - peer_before.1)
     };
+    let rcvbuf_drops = Bed::in_ns(&peers_ns, udp_rcvbuf_errors)?.saturating_sub(rcvbuf_before);
     drop(bpf_stats);
     // Packets still in flight when measuring stopped are not counted as
     // received; with ~100 µs transit that is well under 0.1 % of a window.
@@ -832,6 +855,11 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
         bpf_ns_per_packet: bpf.map(|(time, count)| time as f64 / count.max(1) as f64),
         bpf_packets_pct: bpf.map(|(_, count)| count as f64 * 100.0 / received.max(1) as f64),
         floor_ns_per_packet: (peer.1 != 0).then(|| peer.0 as f64 / peer.1 as f64),
+        bed_drops_pct: if sent == 0 {
+            0.0
+        } else {
+            rcvbuf_drops as f64 * 100.0 / sent as f64
+        },
     })
 }
 
@@ -849,10 +877,11 @@ fn main() -> anyhow::Result<()> {
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
     println!("media benchmark: path={} ({} s per point, 50 pps per call and direction, {PACKET_LEN}-byte packets)", args.path, args.seconds);
     println!(
-        "{:>6} {:>10} {:>8} {:>9} {:>9} {:>10} {:>12} {:>12} {:>9} {:>11}",
+        "{:>6} {:>10} {:>8} {:>10} {:>9} {:>9} {:>10} {:>12} {:>12} {:>9} {:>11}",
         "calls",
         "pps",
         "loss%",
+        "bed drop%",
         "p50 µs",
         "p99 µs",
         "relay CPU%",
@@ -867,10 +896,11 @@ fn main() -> anyhow::Result<()> {
     for &calls in &args.calls {
         match run_once(&args.path, calls, args.seconds) {
             Ok(r) => println!(
-                "{:>6} {:>10} {:>8.3} {:>9} {:>9} {:>10.1} {:>12.0} {:>12} {:>9} {:>11}",
+                "{:>6} {:>10} {:>8.3} {:>10.3} {:>9} {:>9} {:>10.1} {:>12.0} {:>12} {:>9} {:>11}",
                 r.calls,
                 r.offered_pps,
                 r.loss_pct,
+                r.bed_drops_pct,
                 r.p50_us,
                 r.p99_us,
                 r.cpu_pct,
