@@ -15,7 +15,8 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 pub const CONFIG_MAP: &str = "SB_CONFIG";
 /// Name of the per-CPU array of verdict counters, indexed by [`Counter`].
 pub const COUNTERS_MAP: &str = "SB_COUNTERS";
-/// Name of the hash map from [`ForwardKey`] to [`ForwardEntry`].
+/// Name of the array of [`PortEntry`], indexed by local UDP port minus the
+/// media range's lowest port.
 pub const FORWARD_MAP: &str = "SB_FORWARD";
 /// Name of the array of [`StreamStats`], indexed by [`ForwardEntry::stats_slot`].
 pub const STREAM_STATS_MAP: &str = "SB_STREAM_STATS";
@@ -24,9 +25,9 @@ pub const XDP_PROGRAM: &str = "switchboard_xdp";
 /// Name of the TC (clsact ingress) program in the object.
 pub const TC_PROGRAM: &str = "switchboard_tc";
 
-/// Capacity of [`FORWARD_MAP`]: one entry per offloaded local (address,
-/// port), i.e. RTP and RTCP of each direction of each bridged leg.
-pub const MAX_FORWARDS: u32 = 16384;
+/// Capacity of [`FORWARD_MAP`] in the object: every port. The loader sizes
+/// it to the configured media range (one slot per port).
+pub const MAX_FORWARDS: u32 = 65536;
 /// Number of slots in [`STREAM_STATS_MAP`].
 pub const STREAM_SLOTS: u32 = 16384;
 
@@ -192,6 +193,30 @@ pub struct ForwardEntry {
     pub hop: CachedHop,
 }
 
+/// Value of [`FORWARD_MAP`]: the entry of one local port, changed by
+/// userspace under a sequence count (a seqlock), since an array element is
+/// rewritten in place while programs may read it.
+///
+/// Userspace writes the element three times: with `seq` odd and the old
+/// contents, then the new contents (still odd), then the new contents with
+/// `seq` even again. A program reads `seq`, passes the packet up untouched
+/// when it is odd, and reads it again before sending: a change means the
+/// entry moved under it, and the (rewritten) packet is dropped and counted.
+/// The array spares the hash computation and the scattered element of a
+/// hash map — most of a packet's cost once caches are cold.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortEntry {
+    /// Even while stable, odd while userspace changes the element.
+    pub seq: u32,
+    /// 1 when the port has an entry.
+    pub in_use: u32,
+    /// The local address the entry is for (IPv4-mapped for IPv4): the
+    /// [`ForwardKey`] address, checked against the packet's destination.
+    pub local_addr: [u8; 16],
+    pub entry: ForwardEntry,
+}
+
 /// Shift of [`ForwardEntry::clock_mult`]: ticks = ((ns >> 10) × mult) >> 20.
 pub const CLOCK_MULT_SHIFT: u32 = 20;
 
@@ -245,13 +270,18 @@ impl CachedHop {
     /// mix of two writers' fields is all but certain to hash differently
     /// from either writer's tag.
     #[inline(always)]
-    pub fn tag_of(&self) -> u32 {
+    ///
+    /// `destination` is [`ForwardEntry::destination_tag`] of the entry the
+    /// hop was looked up for: a hop written for an entry that userspace
+    /// replaced meanwhile (another destination) does not fit the new one.
+    pub fn tag_of(&self, destination: u32) -> u32 {
         #[inline(always)]
         fn mix(h: u32, word: u32) -> u32 {
             (h ^ word).wrapping_mul(0x0100_0193).rotate_left(13)
         }
         let m = |a: &[u8; 6], i: usize| u32::from(a[i]) | (u32::from(a[i + 1]) << 8);
         let mut h: u32 = 0x811C_9DC5;
+        h = mix(h, destination);
         h = mix(h, self.expires_ns as u32);
         h = mix(h, (self.expires_ns >> 32) as u32);
         h = mix(h, self.ingress);
@@ -265,8 +295,8 @@ impl CachedHop {
 
     /// Whether the hop may be used at `now_ns` for a packet from `ingress`.
     #[inline(always)]
-    pub fn usable(&self, now_ns: u64, ingress: u32) -> bool {
-        self.expires_ns > now_ns && self.ingress == ingress && self.tag == self.tag_of()
+    pub fn usable(&self, now_ns: u64, ingress: u32, destination: u32) -> bool {
+        self.expires_ns > now_ns && self.ingress == ingress && self.tag == self.tag_of(destination)
     }
 }
 
@@ -336,6 +366,19 @@ impl ForwardEntry {
             sequence_offset: self.rewrite_sequence_offset,
             timestamp_offset: self.rewrite_timestamp_offset,
         })
+    }
+
+    /// A fingerprint of the destination (address and port) for the
+    /// next-hop cache's tag. The address is read as 32-bit words: the
+    /// entry is 8-aligned.
+    #[inline(always)]
+    pub fn destination_tag(&self) -> u32 {
+        let a = self.dst_addr.as_ptr() as *const u32;
+        // SAFETY: `dst_addr` is 16 bytes at offset 16 of an 8-aligned struct.
+        let (w0, w1, w2, w3) =
+            unsafe { (a.read(), a.add(1).read(), a.add(2).read(), a.add(3).read()) };
+        (w0 ^ w1.rotate_left(8) ^ w2.rotate_left(16) ^ w3.rotate_left(24))
+            .wrapping_add(u32::from(u16::from_ne_bytes(self.dst_port)))
     }
 
     /// The new source of forwarded packets.
@@ -483,13 +526,20 @@ pub enum Counter {
     /// TC: rewritten and handed to `bpf_redirect_neigh`, the route being
     /// known and its neighbour not yet resolved (XDP passes those up).
     RedirectedNeigh = 22,
+    /// The port's entry was being changed by userspace (odd sequence):
+    /// passed unchanged, the relay forwards it.
+    EntryChanging = 23,
+    /// The port's entry changed while the program rewrote the packet: the
+    /// rewrite may mix old and new, so the packet is dropped (a packet in
+    /// flight during the switch).
+    EntryChanged = 24,
 }
 
 impl Counter {
     /// Number of slots in [`COUNTERS_MAP`].
-    pub const SLOTS: u32 = 23;
+    pub const SLOTS: u32 = 25;
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 23] = [
+    pub const ALL: [Counter; 25] = [
         Counter::NotIp,
         Counter::NotUdp,
         Counter::Truncated,
@@ -513,6 +563,8 @@ impl Counter {
         Counter::PassedPayloadType,
         Counter::MuxedRtcp,
         Counter::RedirectedNeigh,
+        Counter::EntryChanging,
+        Counter::EntryChanged,
     ];
 
     /// A stable name for logs and metrics.
@@ -541,6 +593,8 @@ impl Counter {
             Counter::PassedPayloadType => "passed_payload_type",
             Counter::MuxedRtcp => "muxed_rtcp",
             Counter::RedirectedNeigh => "redirected_neigh",
+            Counter::EntryChanging => "entry_changing",
+            Counter::EntryChanged => "entry_changed",
         }
     }
 }
@@ -554,12 +608,14 @@ const _: () = assert!(core::mem::size_of::<CachedHop>() == 32);
 const _: () = assert!(core::mem::align_of::<ForwardEntry>() == 8);
 const _: () = assert!(core::mem::align_of::<ForwardKey>() == 4);
 const _: () = assert!(core::mem::size_of::<ForwardEntry>() == 120);
+const _: () = assert!(core::mem::size_of::<PortEntry>() == 144);
+const _: () = assert!(core::mem::align_of::<PortEntry>() == 8);
 const _: () = assert!(core::mem::size_of::<StreamStats>() == 72);
 const _: () = assert!(Counter::ALL.len() == Counter::SLOTS as usize);
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{ForwardEntry, ForwardKey, ProgramConfig, StreamStats};
+    use super::{ForwardEntry, ForwardKey, PortEntry, ProgramConfig, StreamStats};
 
     // CachedHop is only ever read and written inside ForwardEntry.
 
@@ -569,6 +625,7 @@ mod pod {
     unsafe impl aya::Pod for ForwardKey {}
     unsafe impl aya::Pod for ForwardEntry {}
     unsafe impl aya::Pod for StreamStats {}
+    unsafe impl aya::Pod for PortEntry {}
 }
 
 #[cfg(test)]
@@ -692,12 +749,17 @@ mod tests {
             dmac: [2, 0, 0, 0, 0, 2],
             tag: 0,
         };
-        assert!(!hop.usable(1_000, 3), "untagged");
-        hop.tag = hop.tag_of();
-        assert!(hop.usable(1_000, 3));
-        assert!(!hop.usable(5_000, 3), "expired");
-        assert!(!hop.usable(1_000, 4), "another ingress");
-        assert!(!CachedHop::default().usable(0, 0), "empty never matches");
+        const DST: u32 = 0x0A00_0002;
+        assert!(!hop.usable(1_000, 3, DST), "untagged");
+        hop.tag = hop.tag_of(DST);
+        assert!(hop.usable(1_000, 3, DST));
+        assert!(!hop.usable(5_000, 3, DST), "expired");
+        assert!(!hop.usable(1_000, 4, DST), "another ingress");
+        assert!(
+            !hop.usable(1_000, 3, DST + 1),
+            "written for another destination"
+        );
+        assert!(!CachedHop::default().usable(0, 0, 0), "empty never matches");
         // A mix of two writers' fields: the tag of either no longer fits.
         let other = CachedHop {
             expires_ns: 5_100,
@@ -706,7 +768,7 @@ mod tests {
             ..hop
         };
         let other = CachedHop {
-            tag: other.tag_of(),
+            tag: other.tag_of(DST),
             ..other
         };
         for mixed in [
@@ -731,7 +793,7 @@ mod tests {
                 ..other
             },
         ] {
-            assert!(!mixed.usable(1_000, 3), "torn hop {mixed:?} refused");
+            assert!(!mixed.usable(1_000, 3, DST), "torn hop {mixed:?} refused");
         }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! The XDP and TC programs forward bridged RTP/RTCP the way the userspace
 //! relay would: a packet addressed to a relay (address, port) with an entry
-//! in `SB_FORWARD`, coming from the entry's expected peer, leaves with the
+//! in `SB_FORWARD` (indexed by port), coming from the entry's expected peer, leaves with the
 //! relay's outgoing-leg address/port as source and the other leg's peer as
 //! destination, with valid checksums. Everything else is passed to the
 //! stack unchanged, where the userspace relay handles it: the kernel path is
@@ -36,15 +36,15 @@ use aya_ebpf::{
     bindings::{
         bpf_fib_lookup, bpf_redir_neigh, xdp_action, BPF_FIB_LKUP_RET_FWD_DISABLED,
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_F_MARK_MANGLED_0,
-        BPF_F_NO_PREALLOC, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, TC_ACT_OK, TC_ACT_SHOT,
+        BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, TC_ACT_OK, TC_ACT_SHOT,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh},
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 use rtpmanager_common::{
-    Counter, ForwardEntry, ForwardKey, ProgramConfig, StreamStats, FLAG_REWRITE, FLAG_RTP,
+    Counter, ForwardEntry, PortEntry, ProgramConfig, StreamStats, FLAG_REWRITE, FLAG_RTP,
     MAX_FORWARDS, STREAM_SLOTS,
 };
 
@@ -56,13 +56,10 @@ static CONFIG: Array<ProgramConfig> = Array::with_max_entries(1, 0);
 #[map(name = "SB_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::SLOTS, 0);
 
-/// Not preallocated: a preallocated element replaced by userspace is
-/// recycled at once and could change under a program reading it, while
-/// these are freed after an RCU grace period. Updates are control-plane
-/// rare; lookups cost the same.
+/// One element per media port (the loader sizes it to the range), changed
+/// by userspace under a sequence count: see `PortEntry`.
 #[map(name = "SB_FORWARD")]
-static FORWARD: HashMap<ForwardKey, ForwardEntry> =
-    HashMap::with_max_entries(MAX_FORWARDS, BPF_F_NO_PREALLOC);
+static FORWARD: Array<PortEntry> = Array::with_max_entries(MAX_FORWARDS, 0);
 
 /// Scratch space for the route lookup's 64-byte parameters: the XDP
 /// program's stack (512 bytes) has no room left for them once the RTP
@@ -100,6 +97,8 @@ pub enum Error {
     RewriteSsrcMismatch,
     PassedPayloadType,
     MuxedRtcp,
+    EntryChanging,
+    EntryChanged,
 }
 
 impl Error {
@@ -126,6 +125,8 @@ impl Error {
             Error::RewriteSsrcMismatch => Counter::RewriteSsrcMismatch,
             Error::PassedPayloadType => Counter::PassedPayloadType,
             Error::MuxedRtcp => Counter::MuxedRtcp,
+            Error::EntryChanging => Counter::EntryChanging,
+            Error::EntryChanged => Counter::EntryChanged,
         }
     }
 
@@ -137,7 +138,7 @@ impl Error {
             // injection protection configured by the session table).
             Error::SourceMismatchDrop => true,
             // A half-rewritten packet must not reach anyone.
-            Error::RewriteFailed => true,
+            Error::RewriteFailed | Error::EntryChanged => true,
             Error::NotIp
             | Error::NotUdp
             | Error::Truncated
@@ -155,7 +156,8 @@ impl Error {
             | Error::FibOther
             | Error::RewriteSsrcMismatch
             | Error::PassedPayloadType
-            | Error::MuxedRtcp => false,
+            | Error::MuxedRtcp
+            | Error::EntryChanging => false,
         }
     }
 }
@@ -230,8 +232,10 @@ fn next_hop(
 ) -> Result<NextHop, Error> {
     // SAFETY: `entry` points at a live SB_FORWARD value for the program
     // run (see packet::admit); the hop is plain data this program owns.
+    let destination = unsafe { (*entry).destination_tag() };
+    // SAFETY: as above.
     let cached = unsafe { &mut (*entry).hop };
-    if cached.usable(now, ingress) {
+    if cached.usable(now, ingress, destination) {
         // SAFETY: CachedHop is 8-aligned with the MACs at even offsets.
         return Ok(unsafe {
             NextHop {
@@ -265,7 +269,7 @@ fn next_hop(
         cached.ifindex = params.ifindex;
         cached.smac = params.smac;
         cached.dmac = params.dmac;
-        cached.tag = cached.tag_of();
+        cached.tag = cached.tag_of(destination);
     }
     Ok(hop)
 }
@@ -339,7 +343,10 @@ fn lookup_next_hop(
 fn try_xdp(ctx: &XdpContext) -> Result<u32, Error> {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let mut packet = packet::parse(data, data_end)?;
-    let entry_ptr = packet::admit(data, data_end, &mut packet)?;
+    let (port, seq) = packet::admit(data, data_end, &mut packet)?;
+    // SAFETY: `port` is a live SB_FORWARD element (array elements live as
+    // long as the map).
+    let entry_ptr = unsafe { &raw mut (*port).entry };
     let ingress = ctx.ingress_ifindex() as u32;
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -367,6 +374,7 @@ fn try_xdp(ctx: &XdpContext) -> Result<u32, Error> {
             &hop,
         )?;
     }
+    packet::unchanged_since(port, seq)?;
     stats::record(entry, &packet, now);
     if hop.ifindex == ingress {
         count(Counter::Forwarded);
@@ -519,7 +527,9 @@ fn try_tc(ctx: &TcContext) -> Result<i32, Error> {
     }
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let mut packet = packet::parse(data, data_end)?;
-    let entry_ptr = packet::admit(data, data_end, &mut packet)?;
+    let (port, seq) = packet::admit(data, data_end, &mut packet)?;
+    // SAFETY: as in try_xdp.
+    let entry_ptr = unsafe { &raw mut (*port).entry };
     // SAFETY: ctx.skb.skb is the program's context pointer.
     let ingress = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: bpf_ktime_get_ns has no preconditions.
@@ -563,6 +573,7 @@ fn try_tc(ctx: &TcContext) -> Result<i32, Error> {
         log::tc_rewrite_failed(e);
         Error::RewriteFailed
     })?;
+    packet::unchanged_since(port, seq)?;
     stats::record(entry, &packet, now);
     match hop {
         Some(hop) => {

@@ -17,7 +17,7 @@
 //! order (RFC 1071 §2(B)), so the checksum updates need no swaps either.
 
 use rtpmanager_common::{
-    ForwardEntry, ForwardKey, FLAG_PASS_PAYLOAD_TYPE, FLAG_REWRITE, FLAG_RTCP, FLAG_RTP,
+    ForwardEntry, PortEntry, FLAG_PASS_PAYLOAD_TYPE, FLAG_REWRITE, FLAG_RTCP, FLAG_RTP,
     FLAG_STRICT_SOURCE,
 };
 
@@ -51,6 +51,8 @@ pub struct Packet {
     /// Ports in wire order.
     pub sport: u16,
     pub dport: u16,
+    /// The destination port's index in SB_FORWARD (port − port_min).
+    pub port_index: u32,
     /// IPv4 total length or IPv6 fixed header + payload: the fib lookup's MTU check.
     pub ip_len: u16,
     /// UDP payload bytes.
@@ -240,6 +242,7 @@ pub fn parse(data: usize, data_end: usize) -> Result<Packet, Error> {
         v6,
         sport,
         dport,
+        port_index: u32::from(port - config.port_min),
         ip_len,
         payload_len: (udp_len - UDP_HLEN) as u32,
         rtp_seq: 0,
@@ -251,13 +254,12 @@ pub fn parse(data: usize, data_end: usize) -> Result<Packet, Error> {
     })
 }
 
-/// Whether the packet's source address, at `src`, is `expected` (an entry
-/// address).
+/// Whether the packet's address at `src` is `expected` (an entry address).
 ///
 /// # Safety
-/// The packet's source address at `src` is inside the packet.
+/// The address at `src` is inside the packet.
 #[inline(always)]
-unsafe fn source_is(src: *const u8, v6: bool, expected: &[u8; 16]) -> bool {
+unsafe fn address_is(src: *const u8, v6: bool, expected: &[u8; 16]) -> bool {
     let mut diff = 0u16;
     if v6 {
         let mut i = 0;
@@ -279,16 +281,16 @@ unsafe fn source_is(src: *const u8, v6: bool, expected: &[u8; 16]) -> bool {
 /// like RTP/RTCP, of the rewritten SSRC on a rewriting entry. Reads the RTP
 /// fields into `packet` for the stream stats and the rewrite.
 ///
-/// The entry is returned as a pointer because the programs write its
-/// next-hop cache ([`ForwardEntry::hop`]); SB_FORWARD is not preallocated,
-/// so a replaced or removed element is freed only after an RCU grace
-/// period and the pointer stays valid for the program run.
+/// Returns the port's element and the sequence count it was read under
+/// (see `PortEntry`); the caller checks it again with [`unchanged_since`]
+/// before the packet leaves. The programs write the entry's next-hop cache
+/// ([`ForwardEntry::hop`]), hence the pointer.
 #[inline(always)]
 pub fn admit(
     data: usize,
     data_end: usize,
     packet: &mut Packet,
-) -> Result<*mut ForwardEntry, Error> {
+) -> Result<(*mut PortEntry, u32), Error> {
     // The source and destination addresses (parse checked the whole IP
     // header; the verifier needs it said on this path).
     let addrs = if packet.v6 {
@@ -296,33 +298,26 @@ pub fn admit(
     } else {
         ptr_at(data, data_end, SRC_OFFSET_V4, 8)?
     };
-    let mut key = ForwardKey {
-        addr: [0; 16],
-        port: packet.dport.to_ne_bytes(),
-        pad: [0; 2],
-    };
-    let k = key.addr.as_mut_ptr() as *mut u16;
-    // SAFETY: `k` is the 4-aligned key's 16-byte address; the packet words
-    // are in bounds (`addrs`), even offsets.
-    unsafe {
-        if packet.v6 {
-            let dst = addrs.add(16);
-            let mut i = 0;
-            while i < 8 {
-                k.add(i).write(word(dst.add(2 * i)));
-                i += 1;
-            }
-        } else {
-            let dst = addrs.add(4);
-            k.add(5).write(0xFFFF);
-            k.add(6).write(word(dst));
-            k.add(7).write(word(dst.add(2)));
-        }
+    let port = FORWARD
+        .get_ptr_mut(packet.port_index)
+        .ok_or(Error::NoEntry)?;
+    // SAFETY: a live array element; `seq` is read once, as userspace left
+    // it, and compared again before the packet leaves.
+    let seq = unsafe { core::ptr::read_volatile(&raw const (*port).seq) };
+    if seq & 1 != 0 {
+        return Err(Error::EntryChanging);
     }
-    let entry_ptr = FORWARD.get_ptr_mut(&key).ok_or(Error::NoEntry)?;
-    // SAFETY: valid for the program run (see above); only the hop cache
-    // is ever written, by next_hop.
-    let entry: &ForwardEntry = unsafe { &*entry_ptr };
+    // SAFETY: as above; plain data.
+    let (in_use, local) = unsafe { ((*port).in_use, &(*port).local_addr) };
+    // SAFETY: the destination address follows the source (`addrs`).
+    let for_us = in_use != 0
+        && unsafe { address_is(addrs.add(if packet.v6 { 16 } else { 4 }), packet.v6, local) };
+    if !for_us {
+        return Err(Error::NoEntry);
+    }
+    // SAFETY: part of the live element; only the hop cache is ever
+    // written, by next_hop.
+    let entry: &ForwardEntry = unsafe { &(*port).entry };
     // Changing the family would change the header sizes: that is the
     // userspace relay's job.
     let v4 = !packet.v6;
@@ -330,7 +325,7 @@ pub fn admit(
         return Err(Error::FamilyMismatch);
     }
     // SAFETY: the source address is in bounds (`addrs`).
-    let from_peer = unsafe { source_is(addrs, packet.v6, &entry.expected_addr) }
+    let from_peer = unsafe { address_is(addrs, packet.v6, &entry.expected_addr) }
         && packet.sport == u16::from_ne_bytes(entry.expected_port);
     if !from_peer {
         if entry.flags & FLAG_STRICT_SOURCE != 0 {
@@ -408,5 +403,18 @@ pub fn admit(
             }
         }
     }
-    Ok(entry_ptr)
+    Ok((port, seq))
+}
+
+/// Whether the port's element still has sequence count `seq`: else
+/// userspace changed it while the program used it, and the packet, which
+/// may be rewritten from a mix of both entries, is dropped.
+#[inline(always)]
+pub fn unchanged_since(port: *mut PortEntry, seq: u32) -> Result<(), Error> {
+    // SAFETY: a live array element.
+    if unsafe { core::ptr::read_volatile(&raw const (*port).seq) } == seq {
+        Ok(())
+    } else {
+        Err(Error::EntryChanged)
+    }
 }

@@ -38,9 +38,9 @@ const NEIGH_MAC: &str = "02:00:00:00:04:02";
 const LOCAL4: &str = "10.204.0.1/24";
 const LOCAL6: &str = "fd00:204::1/64";
 const NEIGH4: &str = "10.204.0.2:30000";
-const NEIGH6: &str = "[fd00:204::2]:30000";
+const NEIGH6: &str = "[fd00:204::2]:30010";
 const PEER4: &str = "10.204.0.9:30000";
-const PEER6: &str = "[fd00:204::9]:30000";
+const PEER6: &str = "[fd00:204::9]:30010";
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
 fn sh(args: &[&str]) -> anyhow::Result<()> {

@@ -1390,3 +1390,95 @@ fn programs_log_unusual_paths_at_debug_level_only_when_asked_and_rate_limited() 
         assert_eq!(captured.settle(), vec![], "level off: nothing written");
     });
 }
+
+/// The programs' forwarding array, opened by id from the XDP program (the
+/// loader's handle is inside `KernelMaps`): to write an element as a
+/// writer caught mid-change leaves it.
+fn forward_array(
+    programs: &Programs,
+) -> aya::maps::Array<aya::maps::MapData, rtpmanager_common::PortEntry> {
+    let info = programs
+        .ebpf
+        .program(XDP_PROGRAM)
+        .expect("the XDP program")
+        .info()
+        .expect("program info");
+    let id = info
+        .map_ids()
+        .expect("map ids")
+        .expect("the program uses maps")
+        .into_iter()
+        .find(|id| {
+            aya::maps::MapInfo::from_id(*id)
+                .is_ok_and(|m| m.name_as_str() == Some(rtpmanager_common::FORWARD_MAP))
+        })
+        .expect("SB_FORWARD among the program's maps");
+    let data = aya::maps::MapData::from_id(id).expect("open SB_FORWARD");
+    aya::maps::Array::try_from(aya::maps::Map::Array(data)).expect("an array of PortEntry")
+}
+
+#[test]
+fn a_port_entry_being_changed_passes_packets_up_unchanged() {
+    require_kernel_path!();
+    let ns = Namespace::new("q");
+    ns.run(|| {
+        let mut programs = Programs::load();
+        install_v4(&mut programs, CALLEE, FLAG_RTP, 6);
+        let packet = ipv4(addr(CALLER), relay(30000), &rtp(1, 172), PLAIN);
+        assert_eq!(programs.xdp(&packet).0, XDP_REDIRECT);
+
+        let mut forward = forward_array(&programs);
+        let element = forward.get(&0, 0).expect("port 30000 is element 0");
+        assert_eq!(
+            (element.seq, element.in_use, element.local_addr),
+            (2, 1, ForwardKey::new(relay(30000)).addr),
+            "one install: odd then even again, for the relay's address"
+        );
+        // As a writer leaves it between its first and last write.
+        let changing = rtpmanager_common::PortEntry {
+            seq: element.seq + 1,
+            ..element
+        };
+        forward.set(0, changing, 0).expect("write the element");
+        assert_eq!(
+            programs.xdp(&packet),
+            (XDP_PASS, packet.clone()),
+            "XDP passes it up unchanged while the entry changes"
+        );
+        assert_eq!(programs.tc(&packet), (TC_ACT_OK, packet.clone()), "TC too");
+
+        // Another address on the port is not this entry's.
+        let elsewhere = ipv4(addr(CALLER), addr("10.203.0.7:30000"), &rtp(2, 172), PLAIN);
+        install_v4(&mut programs, CALLEE, FLAG_RTP, 6);
+        assert_eq!(
+            forward.get(&0, 0).expect("element").seq,
+            4,
+            "the next install completes from the odd count"
+        );
+        assert_eq!(
+            programs.xdp(&elsewhere).0,
+            XDP_PASS,
+            "no entry for 10.203.0.7"
+        );
+        assert_eq!(programs.xdp(&packet).0, XDP_REDIRECT, "forwarded again");
+
+        assert!(programs
+            .maps
+            .remove(&ForwardKey::new(relay(30000)))
+            .expect("remove"));
+        assert_eq!(
+            (
+                forward.get(&0, 0).expect("element").seq,
+                forward.get(&0, 0).expect("element").in_use
+            ),
+            (6, 0),
+            "removed under the count too"
+        );
+        assert_eq!(programs.xdp(&packet).0, XDP_PASS);
+        programs.assert_counters(&[
+            (Counter::NoEntry, 2),
+            (Counter::Redirected, 2),
+            (Counter::EntryChanging, 2),
+        ]);
+    });
+}

@@ -10,11 +10,12 @@
 //! Pinning (see [`super::pin`]) happens in the loader and does not change
 //! this API: pinned maps come back with a previous run's contents.
 
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, MapData, MapError, PerCpuArray};
 use aya::Ebpf;
 use rtpmanager_common::{
-    is_v4_mapped, Counter, ForwardEntry, ForwardKey, ProgramConfig, StreamStats, CONFIG_MAP,
-    COUNTERS_MAP, FLAGS_KNOWN, FLAG_RTCP, FLAG_RTP, FORWARD_MAP, STREAM_SLOTS, STREAM_STATS_MAP,
+    is_v4_mapped, Counter, ForwardEntry, ForwardKey, PortEntry, ProgramConfig, StreamStats,
+    CONFIG_MAP, COUNTERS_MAP, FLAGS_KNOWN, FLAG_RTCP, FLAG_RTP, FORWARD_MAP, STREAM_SLOTS,
+    STREAM_STATS_MAP,
 };
 
 use super::FastPathError;
@@ -45,7 +46,9 @@ pub struct KernelMaps {
     config: Array<MapData, ProgramConfig>,
     /// What `config` holds, for validating entries without a syscall.
     current: ProgramConfig,
-    forward: HashMap<MapData, ForwardKey, ForwardEntry>,
+    /// One element per media port, changed under a sequence count (see
+    /// `PortEntry`).
+    forward: Array<MapData, PortEntry>,
     stream_stats: Array<MapData, StreamStats>,
     counters: PerCpuArray<MapData, u64>,
 }
@@ -71,7 +74,7 @@ impl KernelMaps {
         Ok(KernelMaps {
             config: Array::try_from(take(ebpf, CONFIG_MAP)?).map_err(map_err(CONFIG_MAP))?,
             current: ProgramConfig::default(),
-            forward: HashMap::try_from(take(ebpf, FORWARD_MAP)?).map_err(map_err(FORWARD_MAP))?,
+            forward: Array::try_from(take(ebpf, FORWARD_MAP)?).map_err(map_err(FORWARD_MAP))?,
             stream_stats: Array::try_from(take(ebpf, STREAM_STATS_MAP)?)
                 .map_err(map_err(STREAM_STATS_MAP))?,
             counters: PerCpuArray::try_from(take(ebpf, COUNTERS_MAP)?)
@@ -86,35 +89,105 @@ impl KernelMaps {
         Ok(())
     }
 
-    /// Installs or replaces the entry for packets addressed to `key`.
+    /// Installs or replaces the entry for packets addressed to `key` (one
+    /// per port: another address on the same port is replaced).
     pub fn install(&mut self, key: ForwardKey, entry: ForwardEntry) -> Result<(), FastPathError> {
         validate(&self.current, &key, &entry)?;
-        self.forward
-            .insert(key, entry, 0)
-            .map_err(map_err(FORWARD_MAP))
+        self.write_port(&key, Some(entry))
     }
 
     /// Removes the entry for `key`; `false` when there was none.
     pub fn remove(&mut self, key: &ForwardKey) -> Result<bool, FastPathError> {
-        match self.forward.remove(key) {
-            Ok(()) => Ok(true),
-            Err(MapError::KeyNotFound) => Ok(false),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(false)
-            }
-            Err(source) => Err(FastPathError::Map {
-                name: FORWARD_MAP,
-                source,
-            }),
+        if self.entry(key).is_none() {
+            return Ok(false);
         }
+        self.write_port(key, None)?;
+        Ok(true)
+    }
+
+    /// The element index of `key`'s port, when the port is in the range.
+    fn index(&self, key: &ForwardKey) -> Option<u32> {
+        let port = u16::from_be_bytes(key.port);
+        (self.current.port_min..=self.current.port_max)
+            .contains(&port)
+            .then(|| u32::from(port - self.current.port_min))
+    }
+
+    /// Changes the element of `key`'s port under its sequence count, so a
+    /// program never uses a half-written entry: odd with the old contents,
+    /// the new contents, then even (see `PortEntry`).
+    fn write_port(
+        &mut self,
+        key: &ForwardKey,
+        entry: Option<ForwardEntry>,
+    ) -> Result<(), FastPathError> {
+        let index = self.index(key).ok_or(InvalidEntry::OutsideMediaRange {
+            port: u16::from_be_bytes(key.port),
+            min: self.current.port_min,
+            max: self.current.port_max,
+        })?;
+        let old = self.forward.get(&index, 0).map_err(map_err(FORWARD_MAP))?;
+        // An odd count left by a manager that died mid-write.
+        let seq = old.seq | 1;
+        let changing = PortEntry { seq, ..old };
+        let new = match entry {
+            Some(entry) => PortEntry {
+                seq,
+                in_use: 1,
+                local_addr: key.addr,
+                entry,
+            },
+            None => PortEntry {
+                in_use: 0,
+                ..changing
+            },
+        };
+        for value in [
+            changing,
+            new,
+            PortEntry {
+                seq: seq.wrapping_add(1),
+                ..new
+            },
+        ] {
+            self.forward
+                .set(index, value, 0)
+                .map_err(map_err(FORWARD_MAP))?;
+        }
+        Ok(())
+    }
+
+    /// Every installed entry's key and entry, in port order.
+    fn installed(&self) -> Vec<(ForwardKey, ForwardEntry)> {
+        self.forward
+            .iter()
+            .enumerate()
+            .filter_map(|(index, value)| {
+                let value = value.ok()?;
+                let port = self
+                    .current
+                    .port_min
+                    .checked_add(u16::try_from(index).ok()?)?;
+                (value.in_use != 0 && value.seq & 1 == 0).then(|| {
+                    (
+                        ForwardKey {
+                            addr: value.local_addr,
+                            port: port.to_be_bytes(),
+                            pad: [0; 2],
+                        },
+                        value.entry,
+                    )
+                })
+            })
+            .collect()
     }
 
     /// Removes every entry whose key `keep` refuses; returns how many went.
     pub fn retain_forwards(&mut self, keep: impl Fn(&ForwardKey) -> bool) -> usize {
         let doomed: Vec<ForwardKey> = self
-            .forward
-            .keys()
-            .filter_map(Result::ok)
+            .installed()
+            .into_iter()
+            .map(|(key, _)| key)
             .filter(|key| !keep(key))
             .collect();
         doomed
@@ -125,12 +198,14 @@ impl KernelMaps {
 
     /// The keys of every installed entry.
     pub fn forward_keys(&self) -> Vec<ForwardKey> {
-        self.forward.keys().filter_map(Result::ok).collect()
+        self.installed().into_iter().map(|(key, _)| key).collect()
     }
 
-    /// The installed entry for `key`, if any.
+    /// The installed entry for `key`, if any (the hop cache as the
+    /// programs left it).
     pub fn entry(&self, key: &ForwardKey) -> Option<ForwardEntry> {
-        self.forward.get(key, 0).ok()
+        let value = self.forward.get(&self.index(key)?, 0).ok()?;
+        (value.in_use != 0 && value.local_addr == key.addr).then_some(value.entry)
     }
 
     /// The stats of slot `slot`; `None` when out of range.

@@ -30,7 +30,7 @@ use aya::programs::tc::SchedClassifierLink;
 use aya::programs::xdp::XdpLink;
 use aya::programs::{tc, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
-use rtpmanager_common::{ProgramConfig, TC_PROGRAM, XDP_PROGRAM};
+use rtpmanager_common::{ProgramConfig, FORWARD_MAP, TC_PROGRAM, XDP_PROGRAM};
 use switchboard_proto::v1;
 
 use crate::config::FastPathRequest;
@@ -427,8 +427,11 @@ fn load(
     // The programs' aya-log records: debug when this process shows them.
     let log_level = kernel_log::program_level();
     loader.override_global(aya_log::LEVEL, &log_level, false);
+    // One forwarding element per media port.
+    let ports = u32::from(settings.port_max.saturating_sub(settings.port_min)) + 1;
+    loader.map_max_entries(FORWARD_MAP, ports);
     if let Some(pins) = pins {
-        for name in pins.drop_incompatible_maps() {
+        for name in pins.drop_incompatible_maps(ports) {
             tracing::warn!(
                 map = name,
                 "a pinned map of another layout was replaced; its entries are gone"

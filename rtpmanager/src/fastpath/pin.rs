@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::MapInfo;
 use rtpmanager_common::{
-    Counter, ForwardEntry, ForwardKey, ProgramConfig, StreamStats, CONFIG_MAP, COUNTERS_MAP,
-    FORWARD_MAP, MAX_FORWARDS, STREAM_SLOTS, STREAM_STATS_MAP,
+    Counter, PortEntry, ProgramConfig, StreamStats, CONFIG_MAP, COUNTERS_MAP, FORWARD_MAP,
+    STREAM_SLOTS, STREAM_STATS_MAP,
 };
 
 use super::Mode;
@@ -62,9 +62,10 @@ const PINNED_MAPS: [(&str, usize, usize, u32); 4] = [
     ),
     (
         FORWARD_MAP,
-        std::mem::size_of::<ForwardKey>(),
-        std::mem::size_of::<ForwardEntry>(),
-        MAX_FORWARDS,
+        std::mem::size_of::<u32>(),
+        std::mem::size_of::<PortEntry>(),
+        // Sized to the media range at load: see drop_incompatible_maps.
+        0,
     ),
     (
         STREAM_STATS_MAP,
@@ -131,9 +132,16 @@ impl Pins {
 
     /// Unpins maps whose layout is not this build's, so they are created
     /// afresh; returns their names.
-    pub fn drop_incompatible_maps(&self) -> Vec<&'static str> {
+    pub fn drop_incompatible_maps(&self, forward_entries: u32) -> Vec<&'static str> {
         let mut dropped = Vec::new();
         for (name, key, value, max) in PINNED_MAPS {
+            // The forwarding array has one element per port of the range:
+            // another range is another layout.
+            let max = if name == FORWARD_MAP {
+                forward_entries
+            } else {
+                max
+            };
             let path = self.map_path(name);
             if !path.exists() {
                 continue;
