@@ -5,8 +5,9 @@
 //! peers), starts the manager in the relay namespace with the requested
 //! fast path, sets up N bridged calls over gRPC, and sends 50 packets per
 //! second each way per call from the peers' namespace. It prints offered
-//! packets per second, loss (and the part of it the peers' own sockets
-//! dropped for a full receive buffer: the bed, not the relay), one-way
+//! packets per second, loss (and the part of it the bed itself dropped:
+//! the peers' sockets for a full receive buffer, the veth rings for a
+//! burst larger than they hold), one-way
 //! latency p50/p99 through the relay, and
 //! the relay's CPU time per forwarded packet: the manager process's CPU time
 //! for the userspace path, and for the kernel paths also the program's own
@@ -566,14 +567,46 @@ struct Row {
     bpf_packets_pct: Option<f64>,
     /// Run time per packet of the peer's pass-all program (native XDP).
     floor_ns_per_packet: Option<f64>,
-    /// Share of the sent packets the peers' own sockets dropped for a full
-    /// receive buffer (the bed's receivers falling behind, not the relay).
+    /// Share of the sent packets the bed itself dropped: the peers' sockets
+    /// for a full receive buffer, and the veth pair's rings (a native XDP_TX
+    /// burst larger than the peer's 256-frame ring is dropped there, with
+    /// the program's verdict already counted).
     bed_drops_pct: f64,
+}
+
+/// Drops of the veth pair's rings, both ends: `rx_queue_N_drops`,
+/// `rx_queue_N_xdp_tx_errors` and `tx_queue_N_xdp_xmit_errors` of
+/// `ethtool -S` (not `xdp_drops`, the programs' own XDP_DROP verdicts).
+fn veth_drops(bed: &Bed) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for (ns, dev) in [(&bed.relay, "r0"), (&bed.peers, "p0")] {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "ethtool", "-S", dev])
+            .output()
+            .context("ethtool -S")?;
+        total += String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| line.trim().split_once(':'))
+            .filter(|(name, _)| {
+                (name.ends_with("_drops") && !name.ends_with("xdp_drops"))
+                    || name.ends_with("xdp_tx_errors")
+                    || name.ends_with("xdp_xmit_errors")
+            })
+            .filter_map(|(_, value)| value.trim().parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Ok(total)
 }
 
 /// `Udp: RcvbufErrors` of the calling thread's namespace.
 fn udp_rcvbuf_errors() -> u64 {
-    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    udp_counter("RcvbufErrors")
+}
+
+/// A `Udp:` counter of the calling thread's namespace.
+fn udp_counter(wanted: &str) -> u64 {
+    // thread-self: /proc/net follows the process, not this thread's setns.
+    let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap_or_default();
     let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
     let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
         return 0;
@@ -581,7 +614,7 @@ fn udp_rcvbuf_errors() -> u64 {
     names
         .split_whitespace()
         .zip(values.split_whitespace())
-        .find(|(name, _)| *name == "RcvbufErrors")
+        .find(|(name, _)| *name == wanted)
         .and_then(|(_, value)| value.parse().ok())
         .unwrap_or(0)
 }
@@ -800,6 +833,7 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
     let peer_before = programs_stats(is_peer)?;
     let peers_ns = bed.peers.clone();
     let rcvbuf_before = Bed::in_ns(&peers_ns, udp_rcvbuf_errors)?;
+    let veth_before = veth_drops(&bed)?;
     traffic.measuring.store(true, Ordering::Relaxed);
     let measure_start = Instant::now();
     std::thread::sleep(Duration::from_secs(seconds));
@@ -818,6 +852,7 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
         (time - peer_before.0, count - peer_before.1)
     };
     let rcvbuf_drops = Bed::in_ns(&peers_ns, udp_rcvbuf_errors)?.saturating_sub(rcvbuf_before);
+    let veth = veth_drops(&bed)?.saturating_sub(veth_before);
     drop(bpf_stats);
     // Packets still in flight when measuring stopped are not counted as
     // received; with ~100 µs transit that is well under 0.1 % of a window.
@@ -858,7 +893,7 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
         bed_drops_pct: if sent == 0 {
             0.0
         } else {
-            rcvbuf_drops as f64 * 100.0 / sent as f64
+            (rcvbuf_drops + veth) as f64 * 100.0 / sent as f64
         },
     })
 }
