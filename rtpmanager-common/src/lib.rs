@@ -533,13 +533,15 @@ pub enum Counter {
     /// rewrite may mix old and new, so the packet is dropped (a packet in
     /// flight during the switch).
     EntryChanged = 24,
+    /// IPv4 header with a bad checksum: passed, the stack drops it.
+    Ipv4HeaderChecksum = 25,
 }
 
 impl Counter {
     /// Number of slots in [`COUNTERS_MAP`].
-    pub const SLOTS: u32 = 25;
+    pub const SLOTS: u32 = 26;
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 25] = [
+    pub const ALL: [Counter; 26] = [
         Counter::NotIp,
         Counter::NotUdp,
         Counter::Truncated,
@@ -565,6 +567,7 @@ impl Counter {
         Counter::RedirectedNeigh,
         Counter::EntryChanging,
         Counter::EntryChanged,
+        Counter::Ipv4HeaderChecksum,
     ];
 
     /// A stable name for logs and metrics.
@@ -595,6 +598,7 @@ impl Counter {
             Counter::RedirectedNeigh => "redirected_neigh",
             Counter::EntryChanging => "entry_changing",
             Counter::EntryChanged => "entry_changed",
+            Counter::Ipv4HeaderChecksum => "ipv4_header_checksum",
         }
     }
 }

@@ -99,6 +99,7 @@ pub enum Error {
     MuxedRtcp,
     EntryChanging,
     EntryChanged,
+    Ipv4HeaderChecksum,
 }
 
 impl Error {
@@ -127,6 +128,7 @@ impl Error {
             Error::MuxedRtcp => Counter::MuxedRtcp,
             Error::EntryChanging => Counter::EntryChanging,
             Error::EntryChanged => Counter::EntryChanged,
+            Error::Ipv4HeaderChecksum => Counter::Ipv4HeaderChecksum,
         }
     }
 
@@ -157,7 +159,8 @@ impl Error {
             | Error::RewriteSsrcMismatch
             | Error::PassedPayloadType
             | Error::MuxedRtcp
-            | Error::EntryChanging => false,
+            | Error::EntryChanging
+            | Error::Ipv4HeaderChecksum => false,
         }
     }
 }

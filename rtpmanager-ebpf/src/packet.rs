@@ -187,6 +187,20 @@ pub fn parse(data: usize, data_end: usize) -> Result<Packet, Error> {
             if total < IPV4_HLEN + UDP_HLEN || data + ETH_HLEN + total > data_end {
                 return Err(Error::Truncated);
             }
+            // The stack drops a header with a bad checksum (ip_rcv) before
+            // any socket sees it; forwarding it would let it through.
+            let mut sum = 0u32;
+            let mut i = 0;
+            while i < IPV4_HLEN {
+                // SAFETY: IPV4_HLEN bytes are in bounds, even offsets.
+                sum += u32::from(unsafe { word(ip.add(i)) });
+                i += 2;
+            }
+            sum = (sum & 0xFFFF) + (sum >> 16);
+            sum = (sum & 0xFFFF) + (sum >> 16);
+            if sum != 0xFFFF {
+                return Err(Error::Ipv4HeaderChecksum);
+            }
             (false, total as u16, total - IPV4_HLEN, UDP_OFFSET_V4)
         }
         ETH_P_IPV6 => {
