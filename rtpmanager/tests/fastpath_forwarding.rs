@@ -598,3 +598,143 @@ fn tc_resolves_the_neighbour(plan: &Plan) {
         "the stream counts them all"
     );
 }
+
+/// A `Udp:` counter of the calling thread's namespace.
+fn udp_counter(wanted: &str) -> u64 {
+    let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp");
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (
+        udp.next().expect("Udp header"),
+        udp.next().expect("Udp values"),
+    );
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == wanted)
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("the counter")
+}
+
+#[test]
+fn entries_changed_under_traffic_never_forward_a_torn_rewrite() {
+    require_kernel_path!();
+    for (tag, request, mode) in [
+        ("wg", FastPathRequest::XdpGeneric, Mode::XdpGeneric),
+        ("wt", FastPathRequest::Tc, Mode::Tc),
+    ] {
+        entries_changed_under_traffic(tag, request, mode);
+    }
+}
+
+/// The caller streams to the relay while the entry's destination flips
+/// between the callee (port 40000) and the caller itself (port 42000), 400
+/// times. A packet rewritten from a mix of both entries would reach one
+/// host on the other's port, where no socket listens: `NoPorts` in either
+/// namespace would count it. Every packet is either received intact or
+/// accounted for by a counter (the relay runs no relay: a passed packet is
+/// lost, and counted as `entry_changing`).
+fn entries_changed_under_traffic(tag: &str, request: FastPathRequest, mode: Mode) {
+    let plan = Plan::v4();
+    let bed = TestBed::new(&plan, tag);
+    let (caller, callee) = (plan.caller, plan.callee);
+    let back_home = SocketAddr::new(caller.ip(), 42000);
+    let (relay_caller_side, relay_callee_side) =
+        (plan.relay(RELAY_CALLER_PORT), plan.relay(RELAY_CALLEE_PORT));
+    let settings = Settings {
+        request,
+        interface: "r0".into(),
+        port_min: 30000,
+        port_max: 30100,
+        next_hop_cache: fastpath::DEFAULT_NEXT_HOP_CACHE,
+    };
+    let fast_path = in_ns(&bed.relay, move || FastPath::start(&settings));
+    assert_eq!(fast_path.mode(), mode, "{}", fast_path.reason());
+    let entry_to =
+        |destination| ForwardEntry::new(relay_callee_side, destination, caller, FLAG_RTP, 8000, 1);
+    let key = ForwardKey::new(relay_caller_side);
+    fast_path.install(key, entry_to(callee)).expect("install");
+
+    let receive = |ns: &str, at: SocketAddr| {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let handle = spawn_in_ns(ns, move || {
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+                .expect("socket");
+            socket.set_recv_buffer_size(8 << 20).expect("SO_RCVBUF");
+            socket.bind(&at.into()).expect("bind a receiver");
+            let socket: UdpSocket = socket.into();
+            socket
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .expect("timeout");
+            let (no_ports, overflows) = (udp_counter("NoPorts"), udp_counter("RcvbufErrors"));
+            ready_tx.send(()).expect("ready");
+            let (mut intact, mut damaged) = (0u64, 0u64);
+            let mut buf = [0u8; 2048];
+            while let Ok((n, source)) = socket.recv_from(&mut buf) {
+                let seq = u16::from_be_bytes([buf[2], buf[3]]);
+                if source == relay_callee_side && buf[..n] == rtp(seq)[..] {
+                    intact += 1;
+                } else {
+                    damaged += 1;
+                }
+            }
+            (
+                intact,
+                damaged,
+                udp_counter("NoPorts") - no_ports,
+                udp_counter("RcvbufErrors") - overflows,
+            )
+        });
+        ready_rx.recv().expect("receiver ready");
+        handle
+    };
+    let at_callee = receive(&bed.callee, callee);
+    let at_caller = receive(&bed.caller, back_home);
+    const SENT: u64 = 20_000;
+    let sender = spawn_in_ns(&bed.caller, move || {
+        let socket = UdpSocket::bind(caller).expect("bind the sender");
+        for i in 0..SENT {
+            socket
+                .send_to(&rtp(i as u16), relay_caller_side)
+                .expect("send");
+            if i % 50 == 0 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+    });
+    for flip in 0..400 {
+        let destination = if flip % 2 == 0 { back_home } else { callee };
+        fast_path
+            .install(key, entry_to(destination))
+            .expect("replace the entry");
+        std::thread::sleep(Duration::from_micros(250));
+    }
+    sender.join().expect("sender");
+    let (callee_intact, callee_damaged, callee_no_ports, callee_overflows) =
+        at_callee.join().expect("callee");
+    let (caller_intact, caller_damaged, caller_no_ports, caller_overflows) =
+        at_caller.join().expect("caller");
+    let counted = counters(&fast_path);
+    let count = |c: Counter| counted.iter().find(|(k, _)| *k == c).map_or(0, |(_, n)| *n);
+    assert_eq!(
+        (callee_damaged, caller_damaged, callee_no_ports, caller_no_ports),
+        (0, 0, 0, 0),
+        "{mode}: no damaged packet, none at a host on the other destination's port; counters {counted:?}"
+    );
+    assert!(
+        callee_intact > 0 && caller_intact > 0,
+        "{mode}: both destinations got traffic ({callee_intact}, {caller_intact})"
+    );
+    let forwarded = count(Counter::Forwarded) + count(Counter::Redirected);
+    assert_eq!(
+        forwarded,
+        callee_intact + caller_intact + callee_overflows + caller_overflows,
+        "{mode}: every forward arrived intact (or overflowed a receiver's buffer: {} + {}); counters {counted:?}",
+        callee_overflows,
+        caller_overflows
+    );
+    assert_eq!(
+        forwarded + count(Counter::EntryChanging) + count(Counter::EntryChanged),
+        SENT,
+        "{mode}: every packet forwarded, or passed or dropped while its entry changed: {counted:?}"
+    );
+}
