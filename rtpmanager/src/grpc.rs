@@ -22,7 +22,7 @@ use crate::offload::{OffloadChanged, StreamKind};
 use crate::playback::{
     self, Clip, DtmfPlan, FileError, Injections, LegControl, PlayJob, PlayUpdate, PlaybackId,
 };
-use crate::relay::{LegCounters, LegRef, LegShared, LegSnapshot, Relay, RelayEvent};
+use crate::relay::{LegCounters, LegRef, LegShared, LegSnapshot, Relay, RelayEvent, RelayTotals};
 use crate::sdp::Negotiation;
 use crate::session::persist::{SavedState, StateFile};
 use crate::session::{
@@ -62,6 +62,9 @@ struct Inner {
     injections: Arc<Injections>,
     /// Where the calls are saved for a restarted manager, when configured.
     state: Option<StateFile>,
+    /// The relay counters of the legs removed so far, so the manager-wide
+    /// totals do not go back down when a call ends.
+    retired: Mutex<RelayTotals>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -181,6 +184,7 @@ impl ControlService {
                 audio_dir,
                 injections: Arc::new(Injections::default()),
                 state,
+                retired: Mutex::new(RelayTotals::default()),
             }),
         }
     }
@@ -226,6 +230,12 @@ impl ControlService {
                 RelayCommand::Remove { slot, shared } => {
                     self.inner.injections.leg_deleted(&shared.leg);
                     let snapshot = relay.remove_leg(slot).map_err(stopped)?;
+                    // The worker has let go of the leg: its counters are final.
+                    self.inner
+                        .retired
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .add(&shared.counters);
                     let mut stats = leg_stats(&shared, snapshot.as_ref());
                     offload.merge(fast_path, slot, &mut stats);
                     offload.forget(slot);
@@ -293,6 +303,22 @@ impl ControlService {
             }
         }
         Ok(legs)
+    }
+
+    /// The userspace relay's packets and bytes since start: the live legs'
+    /// counters plus those of the legs already removed.
+    pub fn relay_totals(&self) -> RelayTotals {
+        let mut totals = *self
+            .inner
+            .retired
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (_, _, legs) in self.table().list(Instant::now()) {
+            for leg in legs {
+                totals.add(&leg.shared.counters);
+            }
+        }
+        totals
     }
 
     /// The keys of the entries this manager has in the kernel.

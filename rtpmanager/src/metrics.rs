@@ -8,8 +8,9 @@
 //! gRPC Health and Info handlers and takes each lock briefly, as they do; the
 //! relay worker takes none of these locks and is never waited on.
 //!
-//! The userspace relay keeps per-leg counters only, which go away with their
-//! leg, so it has no manager-wide packet or byte totals to export here.
+//! The userspace relay's totals are the live legs' counters plus those of
+//! the legs already removed (kept by the control service), so they only
+//! grow; what the kernel forwarded is in the verdict counters instead.
 
 use std::fmt::Write;
 
@@ -25,6 +26,7 @@ use tokio::net::TcpListener;
 
 use crate::fastpath::Mode;
 use crate::grpc::ControlService;
+use crate::relay::RelayTotals;
 
 /// Content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -57,6 +59,8 @@ pub struct Snapshot {
     pub port_pairs_free: u64,
     /// Whether new calls are refused (SetDrain).
     pub draining: bool,
+    /// What the userspace relay received and sent since start.
+    pub relay: RelayTotals,
 }
 
 impl Snapshot {
@@ -84,6 +88,7 @@ impl Snapshot {
             port_pairs: info.ports_total.into(),
             port_pairs_free: health.ports_free.into(),
             draining: health.status() == v1::ServingStatus::Draining,
+            relay: service.relay_totals(),
         })
     }
 }
@@ -125,6 +130,39 @@ pub fn render(s: &Snapshot) -> String {
                 "kernel_packets_total",
                 &[("verdict", counter.name())],
                 *n,
+            );
+        }
+    }
+    let r = &s.relay;
+    for (name, help, samples) in [
+        (
+            "relay_packets_total",
+            "Packets the userspace relay received from peers (in) and sent to them (out), ended calls included; what the kernel forwards is counted by verdict instead.",
+            [
+                ("rtp", "in", r.rtp_in_packets),
+                ("rtp", "out", r.rtp_out_packets),
+                ("rtcp", "in", r.rtcp_in_packets),
+                ("rtcp", "out", r.rtcp_out_packets),
+            ],
+        ),
+        (
+            "relay_bytes_total",
+            "UDP payload bytes of relay_packets_total.",
+            [
+                ("rtp", "in", r.rtp_in_bytes),
+                ("rtp", "out", r.rtp_out_bytes),
+                ("rtcp", "in", r.rtcp_in_bytes),
+                ("rtcp", "out", r.rtcp_out_bytes),
+            ],
+        ),
+    ] {
+        family(&mut out, name, "counter", help);
+        for (stream, direction, n) in samples {
+            sample(
+                &mut out,
+                name,
+                &[("stream", stream), ("direction", direction)],
+                n,
             );
         }
     }
@@ -241,6 +279,16 @@ mod tests {
             port_pairs: 50,
             port_pairs_free: 48,
             draining: false,
+            relay: RelayTotals {
+                rtp_in_packets: 3,
+                rtp_in_bytes: 516,
+                rtp_out_packets: 2,
+                rtp_out_bytes: 344,
+                rtcp_in_packets: 1,
+                rtcp_in_bytes: 52,
+                rtcp_out_packets: 0,
+                rtcp_out_bytes: 0,
+            },
         };
         let want = "\
 # HELP switchboard_rtpmanager_fast_path_info The kernel fast path in force (mode xdp, xdp-generic, tc or off), its interface and why (the first line of the reason; the log has all of it); always 1.
@@ -250,6 +298,18 @@ switchboard_rtpmanager_fast_path_info{mode=\"xdp-generic\",interface=\"eth0\",re
 # TYPE switchboard_rtpmanager_kernel_packets_total counter
 switchboard_rtpmanager_kernel_packets_total{verdict=\"no_entry\"} 7
 switchboard_rtpmanager_kernel_packets_total{verdict=\"redirected\"} 1234
+# HELP switchboard_rtpmanager_relay_packets_total Packets the userspace relay received from peers (in) and sent to them (out), ended calls included; what the kernel forwards is counted by verdict instead.
+# TYPE switchboard_rtpmanager_relay_packets_total counter
+switchboard_rtpmanager_relay_packets_total{stream=\"rtp\",direction=\"in\"} 3
+switchboard_rtpmanager_relay_packets_total{stream=\"rtp\",direction=\"out\"} 2
+switchboard_rtpmanager_relay_packets_total{stream=\"rtcp\",direction=\"in\"} 1
+switchboard_rtpmanager_relay_packets_total{stream=\"rtcp\",direction=\"out\"} 0
+# HELP switchboard_rtpmanager_relay_bytes_total UDP payload bytes of relay_packets_total.
+# TYPE switchboard_rtpmanager_relay_bytes_total counter
+switchboard_rtpmanager_relay_bytes_total{stream=\"rtp\",direction=\"in\"} 516
+switchboard_rtpmanager_relay_bytes_total{stream=\"rtp\",direction=\"out\"} 344
+switchboard_rtpmanager_relay_bytes_total{stream=\"rtcp\",direction=\"in\"} 52
+switchboard_rtpmanager_relay_bytes_total{stream=\"rtcp\",direction=\"out\"} 0
 # HELP switchboard_rtpmanager_kernel_directions Media directions (one leg's RTP or RTCP towards its bridged leg) the kernel forwards.
 # TYPE switchboard_rtpmanager_kernel_directions gauge
 switchboard_rtpmanager_kernel_directions 4
@@ -296,6 +356,7 @@ switchboard_rtpmanager_draining 0
             port_pairs: 5000,
             port_pairs_free: 5000,
             draining: true,
+            relay: RelayTotals::default(),
         };
         let text = render(&snapshot);
         assert!(

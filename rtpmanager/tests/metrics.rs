@@ -183,7 +183,7 @@ async fn scrape_follows_a_call_set_up_over_grpc() {
         })
         .await
         .expect("Offer");
-    client
+    let answer = client
         .answer(v1::AnswerRequest {
             call_id: "call-1".into(),
             leg_id: "b".into(),
@@ -191,7 +191,8 @@ async fn scrape_follows_a_call_set_up_over_grpc() {
             sdp: sdp(callee.local_addr().expect("addr"), "0 101"),
         })
         .await
-        .expect("Answer");
+        .expect("Answer")
+        .into_inner();
     client
         .bridge(v1::BridgeRequest {
             call_id: "call-1".into(),
@@ -201,7 +202,38 @@ async fn scrape_follows_a_call_set_up_over_grpc() {
         .await
         .expect("Bridge");
 
+    // Five PCMU packets caller → callee through the userspace relay.
+    let leg_a = media_addr(&answer.sdp);
+    for seq in 0..5u16 {
+        let mut packet = vec![0x80, 0x00];
+        packet.extend_from_slice(&seq.to_be_bytes());
+        packet.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        packet.extend_from_slice(&0x0102_0304u32.to_be_bytes());
+        packet.extend_from_slice(&[0xFF; 160]);
+        caller.send_to(&packet, leg_a).expect("send");
+        let mut buf = [0u8; 512];
+        let (n, _) = callee.recv_from(&mut buf).expect("relayed to the callee");
+        assert_eq!(n, 172);
+    }
+
     let during = scrape(metrics).await;
+    for (direction, packets) in [("in", 5), ("out", 5)] {
+        assert_eq!(
+            value(
+                &during,
+                &format!("switchboard_rtpmanager_relay_packets_total{{stream=\"rtp\",direction=\"{direction}\"}}")
+            ),
+            packets,
+            "{during}"
+        );
+        assert_eq!(
+            value(
+                &during,
+                &format!("switchboard_rtpmanager_relay_bytes_total{{stream=\"rtp\",direction=\"{direction}\"}}")
+            ),
+            packets * 172
+        );
+    }
     assert_eq!(value(&during, "switchboard_rtpmanager_calls"), 1);
     assert_eq!(value(&during, "switchboard_rtpmanager_legs"), 2);
     assert_eq!(
@@ -235,6 +267,14 @@ async fn scrape_follows_a_call_set_up_over_grpc() {
         free_before
     );
     assert_eq!(value(&after, "switchboard_rtpmanager_draining"), 1);
+    assert_eq!(
+        value(
+            &after,
+            "switchboard_rtpmanager_relay_packets_total{stream=\"rtp\",direction=\"in\"}"
+        ),
+        5,
+        "the ended call's packets stay counted"
+    );
 
     for path in ["/", "/metric", "/metrics/x", "/api/v1/health"] {
         assert_eq!(get(metrics, path).await.status, 404, "GET {path}");

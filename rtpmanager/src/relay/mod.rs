@@ -134,6 +134,35 @@ impl LegCounters {
     }
 }
 
+/// The userspace relay's packet and byte counts summed over legs (what the
+/// kernel forwarded is not in them: the kernel counts its own).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayTotals {
+    pub rtp_in_packets: u64,
+    pub rtp_in_bytes: u64,
+    pub rtp_out_packets: u64,
+    pub rtp_out_bytes: u64,
+    pub rtcp_in_packets: u64,
+    pub rtcp_in_bytes: u64,
+    pub rtcp_out_packets: u64,
+    pub rtcp_out_bytes: u64,
+}
+
+impl RelayTotals {
+    /// Adds one leg's counters as they are now.
+    pub fn add(&mut self, c: &LegCounters) {
+        let get = LegCounters::get;
+        self.rtp_in_packets += get(&c.rtp_in_packets);
+        self.rtp_in_bytes += get(&c.rtp_in_bytes);
+        self.rtp_out_packets += get(&c.rtp_out_packets);
+        self.rtp_out_bytes += get(&c.rtp_out_bytes);
+        self.rtcp_in_packets += get(&c.rtcp_in_packets);
+        self.rtcp_in_bytes += get(&c.rtcp_in_bytes);
+        self.rtcp_out_packets += get(&c.rtcp_out_packets);
+        self.rtcp_out_bytes += get(&c.rtcp_out_bytes);
+    }
+}
+
 /// What control shares with the worker about one leg.
 #[derive(Debug)]
 pub struct LegShared {
