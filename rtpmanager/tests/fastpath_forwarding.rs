@@ -14,16 +14,20 @@
 //! They need root; without it they skip loudly. Without the embedded object
 //! they skip too, except under CI, where that is a failure.
 
-use std::fs::File;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use nix::sched::{setns, CloneFlags};
 use rtpmanager_common::{Counter, ForwardEntry, ForwardKey, FLAG_RTP};
 use switchboard_rtpmanager::config::FastPathRequest;
 use switchboard_rtpmanager::fastpath::{self, FastPath, Mode, Settings};
+
+#[macro_use]
+#[path = "common/kernel.rs"]
+mod kernel;
+
+use kernel::{addr, in_ns, sh, spawn_in_ns};
 
 /// The addresses of one test bed.
 struct Plan {
@@ -69,64 +73,6 @@ impl Plan {
 const RELAY_CALLER_PORT: u16 = 30000;
 const RELAY_CALLEE_PORT: u16 = 30002;
 const PACKETS: u16 = 50;
-
-fn skip_reason() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("not root: kernel-path tests need CAP_BPF and CAP_NET_ADMIN".into());
-    }
-    if !fastpath::object_embedded() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the kernel-path tests: the eBPF object was not built (cargo xtask build-ebpf)"
-        );
-        return Some("this build has no eBPF object (cargo xtask build-ebpf)".into());
-    }
-    None
-}
-
-macro_rules! require_kernel_path {
-    () => {
-        if let Some(reason) = skip_reason() {
-            eprintln!(
-                "\n!!!!!!!! SKIPPED kernel-path test {}: {reason} !!!!!!!!\n",
-                module_path!()
-            );
-            return;
-        }
-    };
-}
-
-fn sh(args: &[&str]) {
-    let status = Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(status.success(), "{args:?} failed: {status}");
-}
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
-
-/// Runs `f` on a thread inside namespace `ns` (namespaces are per thread).
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    spawn_in_ns(ns, f)
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
-
-fn spawn_in_ns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        setns(file, CloneFlags::CLONE_NEWNET).expect("setns into the test namespace");
-        f()
-    })
-}
 
 /// Bridge namespace `b` with ports to `caller` (c0), `callee` (e0) and
 /// `relay` (r0). Namespaces are deleted by name on drop.

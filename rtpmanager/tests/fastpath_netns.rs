@@ -17,44 +17,15 @@ use switchboard_proto::v1;
 use switchboard_rtpmanager::config::FastPathRequest;
 use switchboard_rtpmanager::fastpath::{self, FastPath, Mode, Settings};
 
+#[macro_use]
+#[path = "common/kernel.rs"]
+mod kernel;
+
+use kernel::sh;
+
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard-rtpmanager");
 const RELAY_IP: &str = "10.201.0.1";
 const CLIENT_IP: &str = "10.201.0.2";
-
-fn skip_reason() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("not root: kernel-path tests need CAP_BPF and CAP_NET_ADMIN".into());
-    }
-    if !fastpath::object_embedded() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the kernel-path tests: the eBPF object was not built (cargo xtask build-ebpf)"
-        );
-        return Some("this build has no eBPF object (cargo xtask build-ebpf)".into());
-    }
-    None
-}
-
-macro_rules! require_kernel_path {
-    () => {
-        if let Some(reason) = skip_reason() {
-            eprintln!(
-                "\n!!!!!!!! SKIPPED kernel-path test {}: {reason} !!!!!!!!\n",
-                module_path!()
-            );
-            return;
-        }
-    };
-}
-
-fn sh(args: &[&str]) {
-    let status = Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(status.success(), "{args:?} failed: {status}");
-}
 
 /// Two namespaces joined by a veth pair: `client` (c0, 10.201.0.2) and
 /// `relay` (r0, 10.201.0.1). Deleted by name on drop.

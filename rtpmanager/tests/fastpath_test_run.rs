@@ -15,8 +15,12 @@
 use std::fs::File;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
+
+#[macro_use]
+#[path = "common/kernel.rs"]
+mod kernel;
 
 use aya::Ebpf;
 use nix::sched::{setns, CloneFlags};
@@ -26,6 +30,8 @@ use rtpmanager_common::{
 };
 use switchboard_rtpmanager::config::FastPathRequest;
 use switchboard_rtpmanager::fastpath::{self, KernelMaps, Settings};
+
+use kernel::{addr, sh};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -48,45 +54,6 @@ const UNRESOLVED: &str = "10.203.0.3:40000";
 const RELAY6: &str = "fd00:203::1";
 const CALLER6: &str = "[fd00:203::9]:41000";
 const CALLEE6: &str = "[fd00:203::2]:40000";
-
-fn skip_reason() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("not root: BPF_PROG_TEST_RUN tests need CAP_BPF and CAP_NET_ADMIN".into());
-    }
-    if !fastpath::object_embedded() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the kernel-path tests: the eBPF object was not built (cargo xtask build-ebpf)"
-        );
-        return Some("this build has no eBPF object (cargo xtask build-ebpf)".into());
-    }
-    None
-}
-
-macro_rules! require_kernel_path {
-    () => {
-        if let Some(reason) = skip_reason() {
-            eprintln!(
-                "\n!!!!!!!! SKIPPED kernel-path test {}: {reason} !!!!!!!!\n",
-                module_path!()
-            );
-            return;
-        }
-    };
-}
-
-fn sh(args: &[&str]) {
-    let status = Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(status.success(), "{args:?} failed: {status}");
-}
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
 
 /// A namespace with `v0` (peer `v1`), deleted by name on drop.
 struct Namespace(String);

@@ -6,15 +6,12 @@
 //! mode, the kernel's verdict counters and the directions of an offloaded
 //! call, and the forwarded counter follows the packets the callee gets.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sched::{setns, CloneFlags};
 use rtpmanager_common::Counter;
-use switchboard_rtpmanager::fastpath;
 
 use switchboard_proto::v1;
 use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
@@ -22,8 +19,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
 mod common;
+#[macro_use]
+#[path = "common/kernel.rs"]
+mod kernel;
 
 use common::{endpoint, free_media_range, media_addr, sdp, Daemon, BIN};
+use kernel::{in_ns, sh};
 
 /// Starts the manager like `common::start`, with `--metrics-listen` on an
 /// ephemeral loopback port; reads both bound addresses from its log.
@@ -327,29 +328,6 @@ fn a_metrics_port_in_use_fails_at_start_naming_the_option() {
     );
 }
 
-/// Why the kernel-mode test cannot run here, if it cannot.
-fn kernel_skip_reason() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("not root: the kernel fast path needs CAP_BPF and CAP_NET_ADMIN".into());
-    }
-    if !fastpath::object_embedded() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the kernel-path tests: the eBPF object was not built (cargo xtask build-ebpf)"
-        );
-        return Some("this build has no eBPF object (cargo xtask build-ebpf)".into());
-    }
-    None
-}
-
-fn sh(args: &[&str]) {
-    let status = Command::new(args[0])
-        .args(&args[1..])
-        .status()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(status.success(), "{args:?} failed: {status}");
-}
-
 /// Two namespaces joined by a veth pair: the manager's (`m0`, 10.209.0.1)
 /// and a peer's (`p0`, 10.209.0.2); deleted on drop.
 struct Bed {
@@ -393,18 +371,6 @@ impl Drop for Bed {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
-}
-
-/// Runs `f` on a thread inside namespace `ns` (namespaces are per thread).
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        setns(file, CloneFlags::CLONE_NEWNET).expect("setns into the test namespace");
-        f()
-    })
-    .join()
-    .expect("namespace thread")
 }
 
 /// `GET /metrics` from inside the manager's namespace; the body.
@@ -507,13 +473,7 @@ fn scrape_until(ns: &str, addr: SocketAddr, done: impl Fn(&str) -> bool) -> Stri
 
 #[tokio::test]
 async fn kernel_mode_scrape_reports_the_program_its_counters_and_offloaded_directions() {
-    if let Some(reason) = kernel_skip_reason() {
-        eprintln!(
-            "\n!!!!!!!! SKIPPED kernel-path test {}: {reason} !!!!!!!!\n",
-            module_path!()
-        );
-        return;
-    }
+    require_kernel_path!();
     let bed = Bed::new();
     // The programs' checksum update is by difference: senders must put
     // complete UDP checksums on the wire.

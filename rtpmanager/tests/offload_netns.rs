@@ -32,41 +32,19 @@ use std::time::{Duration, Instant};
 
 use switchboard_proto::v1;
 use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
-use switchboard_rtpmanager::fastpath::{self, Mode, PinError, Pins};
+use switchboard_rtpmanager::fastpath::{Mode, PinError, Pins};
 use tonic::transport::Channel;
 
+#[macro_use]
+#[path = "common/kernel.rs"]
+mod kernel;
 #[path = "common/bed.rs"]
 mod bed;
 
-use bed::{addr, sh, spawn_in_ns, Family, TestBed, CALLEE, CALLER};
+use bed::{Family, TestBed, CALLEE, CALLER};
+use kernel::{addr, sh, spawn_in_ns};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard-rtpmanager");
-
-fn skip_reason() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("not root: kernel-path tests need CAP_BPF and CAP_NET_ADMIN".into());
-    }
-    if !fastpath::object_embedded() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the kernel-path tests: the eBPF object was not built (cargo xtask build-ebpf)"
-        );
-        return Some("this build has no eBPF object (cargo xtask build-ebpf)".into());
-    }
-    None
-}
-
-macro_rules! require_kernel_path {
-    () => {
-        if let Some(reason) = skip_reason() {
-            eprintln!(
-                "\n!!!!!!!! SKIPPED kernel-path test {}: {reason} !!!!!!!!\n",
-                module_path!()
-            );
-            return;
-        }
-    };
-}
 
 /// The manager started in the relay namespace; killed by pid on drop.
 struct Manager {

@@ -10,13 +10,13 @@
 //! partial checksums. Neighbours are static, so nothing depends on ARP or
 //! neighbour discovery timing.
 
-use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use nix::sched::{setns, CloneFlags};
 use switchboard_rtpmanager::config::FastPathRequest;
 use switchboard_rtpmanager::fastpath::{self, FastPath, Mode, Settings};
+
+use crate::kernel::{addr, sh, spawn_in_ns};
 
 pub const RELAY_IP: &str = "10.205.0.1";
 pub const CALLER: &str = "10.205.0.2:41000";
@@ -86,41 +86,6 @@ impl std::fmt::Display for Family {
             Family::V6 => "IPv6",
         })
     }
-}
-
-/// Runs a command to completion; panics unless it succeeds.
-pub fn sh(args: &[&str]) {
-    let status = Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(status.success(), "{args:?} failed: {status}");
-}
-
-/// A socket address literal.
-pub fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
-
-/// Moves the calling thread into network namespace `ns`.
-pub fn enter(ns: &str) {
-    let path = format!("/var/run/netns/{ns}");
-    let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-    setns(file, CloneFlags::CLONE_NEWNET).expect("setns into the test namespace");
-}
-
-/// Runs `f` on a new thread inside network namespace `ns` (namespaces are
-/// per thread).
-pub fn spawn_in_ns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let ns = ns.to_owned();
-    std::thread::spawn(move || {
-        enter(&ns);
-        f()
-    })
 }
 
 /// Bridge namespace with ports to caller (c0), callee (e0) and relay (r0);
