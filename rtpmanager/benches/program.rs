@@ -34,6 +34,10 @@ use rtpmanager_common::{
 use switchboard_rtpmanager::config::FastPathRequest;
 use switchboard_rtpmanager::fastpath::{self, KernelMaps, Settings};
 
+// The tests' helpers: namespaces, commands and BPF_PROG_TEST_RUN.
+#[path = "../tests/common/kernel.rs"]
+mod kernel;
+
 const NEIGH_MAC: &str = "02:00:00:00:04:02";
 const LOCAL4: &str = "10.204.0.1/24";
 const LOCAL6: &str = "fd00:204::1/64";
@@ -41,7 +45,6 @@ const NEIGH4: &str = "10.204.0.2:30000";
 const NEIGH6: &str = "[fd00:204::2]:30010";
 const PEER4: &str = "10.204.0.9:30000";
 const PEER6: &str = "[fd00:204::9]:30010";
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
 fn sh(args: &[&str]) -> anyhow::Result<()> {
     let status = Command::new(args[0])
@@ -185,58 +188,10 @@ fn rtp() -> Vec<u8> {
     p
 }
 
-/// The `test` member of `union bpf_attr` (BPF_PROG_TEST_RUN).
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    pad: u32,
-}
-
 /// Runs the program `repeat` times on `packet`: (verdict, mean ns per run).
 fn test_run(fd: i32, packet: &[u8], ctx: Option<&[u8]>, repeat: u32) -> anyhow::Result<(u32, u32)> {
-    let mut out = vec![0u8; packet.len() + 256];
-    let mut attr = TestRunAttr {
-        prog_fd: u32::try_from(fd)?,
-        data_size_in: u32::try_from(packet.len())?,
-        data_size_out: u32::try_from(out.len())?,
-        data_in: packet.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat,
-        ..TestRunAttr::default()
-    };
-    if let Some(ctx) = ctx {
-        attr.ctx_size_in = u32::try_from(ctx.len())?;
-        attr.ctx_in = ctx.as_ptr() as u64;
-    }
-    // SAFETY: attr is a valid bpf_attr prefix; the buffers it points at
-    // outlive the call and data_size_out bounds the kernel's writes.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>(),
-        )
-    };
-    if rc != 0 {
-        bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
-    }
-    Ok((attr.retval, attr.duration))
+    let run = kernel::test_run(fd, packet, ctx, repeat).context("BPF_PROG_TEST_RUN")?;
+    Ok((run.verdict, run.mean_ns))
 }
 
 fn ifindex(name: &str) -> anyhow::Result<u32> {

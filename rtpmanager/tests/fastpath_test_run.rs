@@ -40,7 +40,6 @@ const XDP_REDIRECT: u32 = 4;
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
 const V0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x03, 0x01];
 const NEIGH_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x03, 0x02];
@@ -217,28 +216,6 @@ impl Programs {
     }
 }
 
-/// The `test` member of `union bpf_attr` (BPF_PROG_TEST_RUN).
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    pad: u32,
-}
-
 fn test_run(fd: i32, packet: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>) {
     try_test_run(fd, packet, ctx).unwrap_or_else(|e| {
         panic!(
@@ -255,35 +232,7 @@ fn try_test_run(
     packet: &[u8],
     ctx: Option<&[u8]>,
 ) -> Result<(u32, Vec<u8>), std::io::Error> {
-    let mut out = vec![0u8; packet.len() + 256];
-    let mut attr = TestRunAttr {
-        prog_fd: u32::try_from(fd).expect("fd"),
-        data_size_in: u32::try_from(packet.len()).expect("len"),
-        data_size_out: u32::try_from(out.len()).expect("len"),
-        data_in: packet.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat: 1,
-        ..TestRunAttr::default()
-    };
-    if let Some(ctx) = ctx {
-        attr.ctx_size_in = u32::try_from(ctx.len()).expect("len");
-        attr.ctx_in = ctx.as_ptr() as u64;
-    }
-    // SAFETY: attr is a valid bpf_attr prefix; the buffers it points at
-    // outlive the call and data_size_out bounds the kernel's writes.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    out.truncate(attr.data_size_out as usize);
-    Ok((attr.retval, out))
+    kernel::test_run(fd, packet, ctx, 1).map(|run| (run.verdict, run.packet))
 }
 
 /// One's complement sum of `bytes` as big-endian words, folded.
