@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -122,15 +123,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let shutdown = async {
-        let signal = switchboard_service::shutdown_signal().await;
-        tracing::info!(signal, "shutting down");
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let shutdown = {
+        let stopping = Arc::clone(&stopping);
+        async move {
+            let signal = switchboard_service::shutdown_signal().await;
+            tracing::info!(signal, "shutting down");
+            stopping.notify_one();
+        }
     };
-    tonic::transport::Server::builder()
+    let serve = tonic::transport::Server::builder()
         .add_service(RtpManagerServer::new(service.clone()))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .context("gRPC server")?;
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    // Graceful, but bounded: an open stream (a Watch) would otherwise hold
+    // the process until systemd's SIGKILL, which skips the fast path's
+    // clean detach below.
+    tokio::select! {
+        served = serve => served.context("gRPC server")?,
+        () = async {
+            stopping.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::warn!(
+            grace_secs = SHUTDOWN_GRACE.as_secs(),
+            "gRPC requests or streams still open after the grace period; stopping without them"
+        ),
+    }
 
     if let Some(counters) = service.fast_path().counters() {
         let summary: Vec<String> = counters
@@ -147,6 +164,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// How long in-flight gRPC requests and streams may run after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Binds `--metrics-listen` and serves the Prometheus endpoint in the
 /// background until the process ends.

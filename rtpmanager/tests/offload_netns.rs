@@ -120,7 +120,13 @@ impl Manager {
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.child.try_wait().expect("wait").is_none() {
-            assert!(Instant::now() < deadline, "the manager stops on SIGTERM");
+            if Instant::now() >= deadline {
+                let log = self.log.lock().expect("log lock");
+                let tail = log[log.len().saturating_sub(15)..].join("\n");
+                panic!(
+                    "the manager did not stop within 10 s of SIGTERM; its last log lines:\n{tail}"
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         std::thread::sleep(Duration::from_millis(100));
