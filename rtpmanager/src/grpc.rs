@@ -389,13 +389,7 @@ impl ControlService {
     fn latched(&self, leg: &LegRef, kind: StreamKind, source: std::net::SocketAddr) {
         let mut offload = self.offload();
         offload.latched(Instant::now(), leg, kind, source);
-        let pending = offload.pending();
-        offload.execute(&self.inner.fast_path, pending.removes);
-        offload.execute(&self.inner.fast_path, pending.installs);
-        let events = offload.events();
-        drop(offload);
-        self.publish_offload(events);
-        self.persist();
+        self.settle_offload(offload);
     }
 
     /// The relay fixed new rewrite offsets for the stream towards `leg`'s
@@ -403,13 +397,19 @@ impl ControlService {
     fn anchored(&self, leg: &LegRef) {
         let mut offload = self.offload();
         offload.rewrite_changed(Instant::now(), leg);
+        // The new offsets go into the kernel: a restart must keep them.
+        self.settle_offload(offload);
+    }
+
+    /// Carries out what the offload decision now wants (removes first, then
+    /// installs), publishes the changes and saves the calls.
+    fn settle_offload(&self, mut offload: MutexGuard<'_, KernelOffload>) {
         let pending = offload.pending();
         offload.execute(&self.inner.fast_path, pending.removes);
         offload.execute(&self.inner.fast_path, pending.installs);
         let events = offload.events();
         drop(offload);
         self.publish_offload(events);
-        // The new offsets are in the kernel now: a restart must keep them.
         self.persist();
     }
 
