@@ -343,12 +343,25 @@ async fn bridged_call_between(
     callee: SocketAddr,
     options: Option<v1::LegOptions>,
 ) -> (SocketAddr, SocketAddr) {
+    let (offer, answer) = bridged_call_of(client, sdp(caller), sdp(callee), options).await;
+    (media_addr(&answer), media_addr(&offer))
+}
+
+/// Offer (caller's SDP on leg a, peer leg b), Answer (callee's SDP) and
+/// Bridge; returns the SDP the manager gave the callee (leg b's) and the
+/// caller (leg a's).
+async fn bridged_call_of(
+    client: &mut RtpManagerClient<Channel>,
+    caller_sdp: String,
+    callee_sdp: String,
+    options: Option<v1::LegOptions>,
+) -> (String, String) {
     let offer = client
         .offer(v1::OfferRequest {
             call_id: "call-1".into(),
             leg_id: "a".into(),
             peer_leg_id: "b".into(),
-            sdp: sdp(caller),
+            sdp: caller_sdp,
             options: options.clone(),
             peer_options: options,
         })
@@ -360,7 +373,7 @@ async fn bridged_call_between(
             call_id: "call-1".into(),
             leg_id: "b".into(),
             peer_leg_id: "a".into(),
-            sdp: sdp(callee),
+            sdp: callee_sdp,
         })
         .await
         .expect("Answer")
@@ -373,7 +386,7 @@ async fn bridged_call_between(
         })
         .await
         .expect("Bridge");
-    (media_addr(&answer.sdp), media_addr(&offer.sdp))
+    (offer.sdp, answer.sdp)
 }
 
 async fn offloaded(client: &mut RtpManagerClient<Channel>) -> Vec<(String, bool)> {
@@ -1488,39 +1501,11 @@ fn an_rtcp_mux_call_is_offloaded_and_its_rtcp_relayed_by_userspace() {
     let mux = |a: SocketAddr| sdp(a).replace("a=sendrecv\r\n", "a=rtcp-mux\r\na=sendrecv\r\n");
     let (stats, rtcp_heard, voice_heard) = with_client(&bed.relay, grpc, move |mut client| {
         Box::pin(async move {
-            let offer = client
-                .offer(v1::OfferRequest {
-                    call_id: "call-1".into(),
-                    leg_id: "a".into(),
-                    peer_leg_id: "b".into(),
-                    sdp: mux(addr(CALLER)),
-                    options: None,
-                    peer_options: None,
-                })
-                .await
-                .expect("Offer")
-                .into_inner();
-            assert!(offer.sdp.contains("a=rtcp-mux\r\n"), "{}", offer.sdp);
-            let answer = client
-                .answer(v1::AnswerRequest {
-                    call_id: "call-1".into(),
-                    leg_id: "b".into(),
-                    peer_leg_id: "a".into(),
-                    sdp: mux(addr(CALLEE)),
-                })
-                .await
-                .expect("Answer")
-                .into_inner();
-            assert!(answer.sdp.contains("a=rtcp-mux\r\n"), "{}", answer.sdp);
-            client
-                .bridge(v1::BridgeRequest {
-                    call_id: "call-1".into(),
-                    leg_a: "a".into(),
-                    leg_b: "b".into(),
-                })
-                .await
-                .expect("Bridge");
-            let (leg_a_addr, leg_b_addr) = (media_addr(&answer.sdp), media_addr(&offer.sdp));
+            let (offer, answer) =
+                bridged_call_of(&mut client, mux(addr(CALLER)), mux(addr(CALLEE)), None).await;
+            assert!(offer.contains("a=rtcp-mux\r\n"), "{offer}");
+            assert!(answer.contains("a=rtcp-mux\r\n"), "{answer}");
+            let (leg_a_addr, leg_b_addr) = (media_addr(&answer), media_addr(&offer));
             caller.send(leg_a_addr, vec![0]);
             assert_eq!(callee.receive(1).len(), 1, "caller latched");
             callee.send(leg_b_addr, vec![0]);
