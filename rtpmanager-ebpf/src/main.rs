@@ -402,13 +402,12 @@ struct Sums {
 /// (nothing is written). `WORDS` is 2 for IPv4, 8 for IPv6.
 ///
 /// # Safety
-/// `eth` has `udp_offset + UDP_HLEN + RTP_HLEN` bytes when the entry
-/// rewrites RTP, `udp_offset + UDP_HLEN` otherwise; the frame is 2-aligned.
+/// The addresses at `addr_offset` from `eth` are inside the packet, at
+/// even offsets (see the packet module on alignment).
 #[inline(always)]
 unsafe fn sums<const WORDS: usize>(
     eth: *const u8,
     addr_offset: usize,
-    udp_offset: usize,
     packet: &Packet,
     entry: &ForwardEntry,
 ) -> Sums {
@@ -431,7 +430,6 @@ unsafe fn sums<const WORDS: usize>(
     let mut l4 = checksum::change(packet.sport, u16::from_ne_bytes(entry.src_port))
         + checksum::change(packet.dport, u16::from_ne_bytes(entry.dst_port));
     if rewrites_rtp(entry) {
-        let _ = udp_offset;
         let (old_ts, new_ts) = (packet.rtp_timestamp.to_be(), packet.sent_timestamp.to_be());
         l4 += checksum::change(packet.rtp_seq.to_be(), packet.sent_seq.to_be())
             + checksum::change(old_ts as u16, new_ts as u16)
@@ -472,7 +470,7 @@ fn rewrite_xdp<const WORDS: usize>(
     // SAFETY: the lengths were checked just above; the offsets are even
     // (see the packet module on alignment).
     unsafe {
-        let Sums { addresses, l4 } = sums::<WORDS>(eth, addr_offset, udp_offset, packet, entry);
+        let Sums { addresses, l4 } = sums::<WORDS>(eth, addr_offset, packet, entry);
         let first = 8 - WORDS;
         let (src, dst) = (eth.add(addr_offset), eth.add(addr_offset + 2 * WORDS));
         let mut i = 0;
@@ -640,8 +638,7 @@ fn rewrite_tc<const WORDS: usize, const STORE: usize>(
     }
     .map_err(|_| -1i64)?;
     // SAFETY: as in rewrite_xdp; read only.
-    let Sums { addresses, l4 } =
-        unsafe { sums::<WORDS>(eth, addr_offset, udp_offset, packet, entry) };
+    let Sums { addresses, l4 } = unsafe { sums::<WORDS>(eth, addr_offset, packet, entry) };
     let check = udp_offset + 6;
     // Size 0 in the flags: `to` is a checksum difference, not a field.
     let mangled_0 = u64::from(BPF_F_MARK_MANGLED_0);
