@@ -45,35 +45,36 @@ pub enum PinError {
     InUse(PathBuf),
 }
 
-/// The maps that are pinned, with the layout this build expects:
-/// (name, key size, value size, max entries).
-const PINNED_MAPS: [(&str, usize, usize, u32); 4] = [
-    (
-        CONFIG_MAP,
-        std::mem::size_of::<u32>(),
-        std::mem::size_of::<ProgramConfig>(),
-        1,
-    ),
-    (
-        COUNTERS_MAP,
-        std::mem::size_of::<u32>(),
-        std::mem::size_of::<u64>(),
-        Counter::SLOTS,
-    ),
-    (
-        FORWARD_MAP,
-        std::mem::size_of::<u32>(),
-        std::mem::size_of::<PortEntry>(),
-        // Sized to the media range at load: see drop_incompatible_maps.
-        0,
-    ),
-    (
-        STREAM_STATS_MAP,
-        std::mem::size_of::<u32>(),
-        std::mem::size_of::<StreamStats>(),
-        STREAM_SLOTS,
-    ),
-];
+/// The names of the pinned maps.
+const PINNED_MAPS: [&str; 4] = [CONFIG_MAP, COUNTERS_MAP, FORWARD_MAP, STREAM_STATS_MAP];
+
+/// The pinned maps with the layout this build expects, the forwarding
+/// array holding `forward_entries` elements (one per media port: another
+/// range is another layout): (name, key size, value size, max entries).
+fn layouts(forward_entries: u32) -> [(&'static str, usize, usize, u32); 4] {
+    let index = std::mem::size_of::<u32>();
+    [
+        (CONFIG_MAP, index, std::mem::size_of::<ProgramConfig>(), 1),
+        (
+            COUNTERS_MAP,
+            index,
+            std::mem::size_of::<u64>(),
+            Counter::SLOTS,
+        ),
+        (
+            FORWARD_MAP,
+            index,
+            std::mem::size_of::<PortEntry>(),
+            forward_entries,
+        ),
+        (
+            STREAM_STATS_MAP,
+            index,
+            std::mem::size_of::<StreamStats>(),
+            STREAM_SLOTS,
+        ),
+    ]
+}
 
 /// A pin directory on bpffs, locked (`flock` on the directory) for as long
 /// as this value lives, so two managers never share one.
@@ -122,7 +123,7 @@ impl Pins {
 
     /// The names of the pinned maps.
     pub fn map_names() -> impl Iterator<Item = &'static str> {
-        PINNED_MAPS.iter().map(|m| m.0)
+        PINNED_MAPS.into_iter()
     }
 
     /// Where the link of `mode` is pinned.
@@ -134,14 +135,7 @@ impl Pins {
     /// afresh; returns their names.
     pub fn drop_incompatible_maps(&self, forward_entries: u32) -> Vec<&'static str> {
         let mut dropped = Vec::new();
-        for (name, key, value, max) in PINNED_MAPS {
-            // The forwarding array has one element per port of the range:
-            // another range is another layout.
-            let max = if name == FORWARD_MAP {
-                forward_entries
-            } else {
-                max
-            };
+        for (name, key, value, max) in layouts(forward_entries) {
             let path = self.map_path(name);
             if !path.exists() {
                 continue;
