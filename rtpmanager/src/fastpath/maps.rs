@@ -93,15 +93,17 @@ impl KernelMaps {
     /// per port: another address on the same port is replaced).
     pub fn install(&mut self, key: ForwardKey, entry: ForwardEntry) -> Result<(), FastPathError> {
         validate(&self.current, &key, &entry)?;
-        self.write_port(&key, Some(entry))
+        let (index, old) = self.element(&key)?;
+        self.write_port(index, old, &key, Some(entry))
     }
 
     /// Removes the entry for `key`; `false` when there was none.
     pub fn remove(&mut self, key: &ForwardKey) -> Result<bool, FastPathError> {
-        if self.entry(key).is_none() {
+        let (index, old) = self.element(key)?;
+        if old.in_use == 0 || old.local_addr != key.addr {
             return Ok(false);
         }
-        self.write_port(key, None)?;
+        self.write_port(index, old, key, None)?;
         Ok(true)
     }
 
@@ -113,20 +115,27 @@ impl KernelMaps {
             .then(|| u32::from(port - self.current.port_min))
     }
 
-    /// Changes the element of `key`'s port under its sequence count, so a
-    /// program never uses a half-written entry: odd with the old contents,
-    /// the new contents, then even (see `PortEntry`).
-    fn write_port(
-        &mut self,
-        key: &ForwardKey,
-        entry: Option<ForwardEntry>,
-    ) -> Result<(), FastPathError> {
+    /// The element of `key`'s port and its index.
+    fn element(&self, key: &ForwardKey) -> Result<(u32, PortEntry), FastPathError> {
         let index = self.index(key).ok_or(InvalidEntry::OutsideMediaRange {
             port: u16::from_be_bytes(key.port),
             min: self.current.port_min,
             max: self.current.port_max,
         })?;
-        let old = self.forward.get(&index, 0).map_err(map_err(FORWARD_MAP))?;
+        let element = self.forward.get(&index, 0).map_err(map_err(FORWARD_MAP))?;
+        Ok((index, element))
+    }
+
+    /// Changes element `index` (now `old`) under its sequence count, so a
+    /// program never uses a half-written entry: odd with the old contents,
+    /// the new contents, then even (see `PortEntry`).
+    fn write_port(
+        &mut self,
+        index: u32,
+        old: PortEntry,
+        key: &ForwardKey,
+        entry: Option<ForwardEntry>,
+    ) -> Result<(), FastPathError> {
         // An odd count left by a manager that died mid-write.
         let seq = old.seq | 1;
         let changing = PortEntry { seq, ..old };
@@ -204,7 +213,7 @@ impl KernelMaps {
     /// The installed entry for `key`, if any (the hop cache as the
     /// programs left it).
     pub fn entry(&self, key: &ForwardKey) -> Option<ForwardEntry> {
-        let value = self.forward.get(&self.index(key)?, 0).ok()?;
+        let (_, value) = self.element(key).ok()?;
         (value.in_use != 0 && value.local_addr == key.addr).then_some(value.entry)
     }
 
