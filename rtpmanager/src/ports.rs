@@ -8,9 +8,12 @@
 //! [`PortPool::free_pairs`] feed health/info. Exhaustion is [`PortError::Exhausted`],
 //! which the gRPC layer maps to `RESOURCE_EXHAUSTED`.
 //!
-//! Allocation is round-robin from the pair after the last one handed out, so a
-//! released pair is reused as late as possible and stray packets from its
-//! previous call have died out by then. A pair whose sockets cannot be bound
+//! Allocation picks a random free pair anywhere in the range (a scan from a
+//! random pair), so a leg's ports cannot be guessed from the previous call's
+//! (a hijacker would otherwise know where the next call's media lands). A
+//! released pair *cools* for a while: it is handed out again only when no
+//! other pair is free, until [`COOLING_PAIRS`] later releases, so stray
+//! packets from its previous call have died out. A pair whose sockets cannot be bound
 //! (another process holds a port) is skipped and set aside until
 //! [`PortPool::retry_unbindable`] or a release of that pair. The pool is not
 //! shared by itself: the owner wraps it in a mutex.
@@ -104,12 +107,64 @@ pub enum PortError {
     Unavailable(u16),
 }
 
+/// Released pairs kept out of use (unless nothing else is free) until this
+/// many later releases, at most a quarter of the range.
+pub const COOLING_PAIRS: usize = 256;
+
 /// The state of one pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Slot {
     Free,
+    /// Released recently; free, but taken only when no `Free` pair is left.
+    Cooling,
     InUse,
     Unbindable,
+}
+
+/// A small xorshift64* generator: port choice needs unpredictability
+/// from outside, not cryptographic strength, and the seed comes from the
+/// kernel's random source.
+#[derive(Clone, Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn from_os() -> Rng {
+        let mut seed = [0u8; 8];
+        // SAFETY: getrandom(2) writes at most `seed.len()` bytes into the
+        // buffer it is given.
+        let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+        let seed = if n == 8 {
+            u64::from_ne_bytes(seed)
+        } else {
+            // No kernel randomness (very old kernel): time and pid still
+            // differ per start.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            nanos ^ (u64::from(std::process::id()) << 32)
+        };
+        Rng::seeded(seed)
+    }
+
+    fn seeded(seed: u64) -> Rng {
+        // xorshift must not start at 0.
+        Rng(seed | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n` (`n` > 0); the modulo bias is irrelevant for a
+    /// range of at most 32768 pairs.
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
 }
 
 /// A bound pair handed to a leg.
@@ -130,8 +185,9 @@ pub struct PortPool {
     min: u16,
     max: u16,
     slots: Vec<Slot>,
-    /// Index of the pair the next allocation tries first.
-    cursor: usize,
+    /// Released pairs, oldest first, still cooling.
+    cooling: std::collections::VecDeque<usize>,
+    rng: Rng,
 }
 
 fn bind_nonblocking(addr: SocketAddr) -> io::Result<UdpSocket> {
@@ -143,6 +199,10 @@ fn bind_nonblocking(addr: SocketAddr) -> io::Result<UdpSocket> {
 impl PortPool {
     /// A pool over `min..=max` whose sockets bind to `bind`.
     pub fn new(bind: IpAddr, min: u16, max: u16) -> Result<PortPool, PortError> {
+        Self::with_rng(bind, min, max, Rng::from_os())
+    }
+
+    fn with_rng(bind: IpAddr, min: u16, max: u16, rng: Rng) -> Result<PortPool, PortError> {
         let invalid = |reason| Err(PortError::InvalidRange { min, max, reason });
         if !min.is_multiple_of(2) {
             return invalid("the lowest port must be even");
@@ -156,7 +216,8 @@ impl PortPool {
             min,
             max,
             slots: vec![Slot::Free; pairs],
-            cursor: 0,
+            cooling: std::collections::VecDeque::new(),
+            rng,
         })
     }
 
@@ -172,7 +233,7 @@ impl PortPool {
 
     /// Pairs available for allocation (neither in use nor set aside as unbindable).
     pub fn free_pairs(&self) -> usize {
-        self.count(Slot::Free)
+        self.count(Slot::Free) + self.count(Slot::Cooling)
     }
 
     /// Pairs set aside because a port could not be bound.
@@ -189,28 +250,32 @@ impl PortPool {
         RtpPort(self.min + 2 * index as u16)
     }
 
-    /// Binds the next free pair, round-robin; with `rtcp_mux` only the RTP port is
-    /// bound, though the RTCP port stays reserved with it.
+    /// Binds a random free pair (a cooling one only when no other is
+    /// free); with `rtcp_mux` only the RTP port is bound, though the RTCP
+    /// port stays reserved with it.
     pub fn allocate(&mut self, rtcp_mux: bool) -> Result<PortAllocation, PortError> {
         let pairs = self.slots.len();
-        for offset in 0..pairs {
-            let index = (self.cursor + offset) % pairs;
-            if self.slots[index] != Slot::Free {
-                continue;
-            }
-            let port = self.port_of(index);
-            match self.bind_pair(port, rtcp_mux) {
-                Ok((rtp, rtcp)) => {
-                    self.slots[index] = Slot::InUse;
-                    self.cursor = (index + 1) % pairs;
-                    return Ok(PortAllocation { port, rtp, rtcp });
+        for wanted in [Slot::Free, Slot::Cooling] {
+            let start = self.rng.below(pairs);
+            for offset in 0..pairs {
+                let index = (start + offset) % pairs;
+                if self.slots[index] != wanted {
+                    continue;
                 }
-                Err(error) => {
-                    tracing::debug!(%port, %error, "media port pair cannot be bound, skipped");
-                    self.slots[index] = Slot::Unbindable;
+                let port = self.port_of(index);
+                match self.bind_pair(port, rtcp_mux) {
+                    Ok((rtp, rtcp)) => {
+                        self.slots[index] = Slot::InUse;
+                        return Ok(PortAllocation { port, rtp, rtcp });
+                    }
+                    Err(error) => {
+                        tracing::debug!(%port, %error, "media port pair cannot be bound, skipped");
+                        self.slots[index] = Slot::Unbindable;
+                    }
                 }
             }
         }
+        let pairs = self.slots.len();
         Err(PortError::Exhausted(Exhaustion {
             min: self.min,
             max: self.max,
@@ -260,7 +325,18 @@ impl PortPool {
             .map(|d| usize::from(d / 2))
             .filter(|i| *i < self.slots.len() && self.slots[*i] == Slot::InUse)
             .ok_or(PortError::NotAllocated(port))?;
-        self.slots[index] = Slot::Free;
+        self.slots[index] = Slot::Cooling;
+        self.cooling.push_back(index);
+        let limit = COOLING_PAIRS.min(self.slots.len() / 4);
+        while self.cooling.len() > limit {
+            let Some(cooled) = self.cooling.pop_front() else {
+                break;
+            };
+            // Taken again meanwhile (nothing else was free): leave it.
+            if self.slots[cooled] == Slot::Cooling {
+                self.slots[cooled] = Slot::Free;
+            }
+        }
         Ok(())
     }
 
@@ -317,7 +393,8 @@ mod tests {
         let held: Vec<PortAllocation> = (0..5)
             .map(|_| pool.allocate(false).expect("pair available"))
             .collect();
-        let ports: Vec<u16> = held.iter().map(|a| a.port.get()).collect();
+        let mut ports: Vec<u16> = held.iter().map(|a| a.port.get()).collect();
+        ports.sort_unstable();
         assert_eq!(ports, [base, base + 2, base + 4, base + 6, base + 8]);
         for a in &held {
             let rtp = a.rtp.local_addr().expect("bound RTP socket");
@@ -340,29 +417,76 @@ mod tests {
     }
 
     #[test]
-    fn released_pairs_are_reused_round_robin() {
-        let (mut pool, base) = pool(41000, 3);
-        let first = pool.allocate(false).expect("pair");
-        assert_eq!(first.port.get(), base);
-        drop(first.rtp);
-        drop(first.rtcp);
-        pool.release(first.port).expect("allocated pair");
-        assert_eq!(pool.free_pairs(), 3);
-        let order: Vec<u16> = (0..3)
-            .map(|_| pool.allocate(false).expect("pair").port.get())
+    fn allocations_are_spread_over_the_range_not_sequential() {
+        let (mut pool, base) = pool(41000, 40);
+        let mut pool_b =
+            PortPool::with_rng(LOCALHOST, base, base + 80, Rng::seeded(7)).expect("valid range");
+        let held: Vec<PortAllocation> = (0..10)
+            .map(|_| pool.allocate(false).expect("pair"))
             .collect();
-        // Sockets of these allocations are dropped at once; the pool still holds the pairs.
-        assert_eq!(order, [base + 2, base + 4, base], "just-released pair last");
-        assert!(matches!(pool.release(RtpPort(base + 2)), Ok(())));
+        let ports: Vec<u16> = held.iter().map(|a| a.port.get()).collect();
+        let steps = ports.windows(2).filter(|w| w[1] == w[0] + 2).count();
+        assert!(
+            steps < 5,
+            "successive allocations do not follow each other: {ports:?}"
+        );
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), 10, "no pair handed out twice while held");
+        assert!(
+            unique.iter().any(|p| *p >= base + 40),
+            "the upper half of the range is used: {ports:?}"
+        );
+        drop(held);
+        // The same over the whole range, with a fixed seed: every pair once.
+        let all: Vec<u16> = (0..40)
+            .map(|_| pool_b.allocate(false).expect("pair").port.get())
+            .collect();
+        let mut sorted = all.clone();
+        sorted.sort_unstable();
+        let want: Vec<u16> = (0..40).map(|i| base + 2 * i).collect();
+        assert_eq!(sorted, want, "every pair, each once");
+        assert_ne!(all, want, "not in order");
+        assert!(pool_b.allocate(false).is_err(), "then exhausted");
+    }
+
+    #[test]
+    fn a_released_pair_cools_while_others_are_free() {
+        let (mut pool, _) = pool(41000, 8);
+        for _ in 0..50 {
+            let a = pool.allocate(false).expect("pair");
+            let port = a.port;
+            drop(a);
+            pool.release(port).expect("allocated pair");
+            let b = pool.allocate(false).expect("pair");
+            assert_ne!(b.port, port, "the pair just released is not reused at once");
+            let next = b.port;
+            drop(b);
+            pool.release(next).expect("allocated pair");
+        }
+        assert_eq!(pool.free_pairs(), 8, "cooling pairs count as free");
         assert!(matches!(
-            pool.release(RtpPort(base + 2)),
-            Err(PortError::NotAllocated(RtpPort(p))) if p == base + 2
-        ));
-        assert!(matches!(
-            pool.release(RtpPort(base - 2)),
+            pool.release(RtpPort(1)),
             Err(PortError::NotAllocated(_))
         ));
-        assert_eq!(pool.allocate(false).expect("pair").port.get(), base + 2);
+    }
+
+    #[test]
+    fn a_cooling_pair_is_taken_when_nothing_else_is_free() {
+        let (mut pool, _) = pool(41100, 4);
+        let mut held: Vec<PortAllocation> = (0..3)
+            .map(|_| pool.allocate(false).expect("pair"))
+            .collect();
+        let released = held.remove(0);
+        let port = released.port;
+        drop(released);
+        pool.release(port).expect("allocated");
+        let last_free = pool.allocate(false).expect("the free pair first");
+        assert_ne!(last_free.port, port);
+        let again = pool.allocate(false).expect("then the cooling pair");
+        assert_eq!(again.port, port);
+        assert!(pool.allocate(false).is_err());
     }
 
     #[test]
@@ -372,7 +496,9 @@ mod tests {
         let blocker = UdpSocket::bind((LOCALHOST, base + 3)).expect("blocker binds");
         let a = pool.allocate(false).expect("first pair");
         let b = pool.allocate(false).expect("third pair");
-        assert_eq!((a.port.get(), b.port.get()), (base, base + 4));
+        let mut got = [a.port.get(), b.port.get()];
+        got.sort_unstable();
+        assert_eq!(got, [base, base + 4]);
         assert_eq!(pool.unbindable_pairs(), 1);
         assert_eq!(pool.free_pairs(), 0);
         let err = pool.allocate(false).expect_err("exhausted");
@@ -393,11 +519,12 @@ mod tests {
     fn rtcp_mux_binds_only_rtp() {
         let (mut pool, base) = pool(43000, 2);
         let a = pool.allocate(true).expect("pair");
-        assert_eq!(a.port.get(), base);
         assert!(a.rtcp.is_none());
-        assert_eq!(a.rtp.local_addr().expect("bound").port(), base, "RTP bound");
-        // The RTCP port stays reserved: the next allocation takes the next pair.
-        assert_eq!(pool.allocate(true).expect("pair").port.get(), base + 2);
+        let port = a.port.get();
+        assert_eq!(a.rtp.local_addr().expect("bound").port(), port, "RTP bound");
+        // The RTCP port stays reserved: the next allocation takes the other pair.
+        let other = if port == base { base + 2 } else { base };
+        assert_eq!(pool.allocate(true).expect("pair").port.get(), other);
     }
 
     #[test]
