@@ -127,9 +127,37 @@ pub struct Config {
     #[arg(long, env = "METRICS_LISTEN", value_name = "ADDR:PORT")]
     pub metrics_listen: Option<SocketAddr>,
 
-    /// Seconds without RTP on a confirmed bridged leg before a media-timeout event.
-    #[arg(long, env = "MEDIA_TIMEOUT", default_value_t = 30)]
+    /// Seconds an answered call may receive no media (on any leg, from
+    /// the legs' accepted sources only: a stranger's packets do not count)
+    /// before the manager reaps it, publishing MediaTimeout and LegReaped
+    /// events, as rtpengine's timeout. A leg that stays silent this long
+    /// also gets a MediaTimeout event on its own. Legs on hold get
+    /// --hold-timeout instead; a leg's own LegOptions.media_timeout_secs
+    /// overrides it.
+    #[arg(long, env = "MEDIA_TIMEOUT", default_value_t = 60)]
     pub media_timeout: u32,
+
+    /// Seconds a leg on hold (its SDP sendonly, recvonly or inactive) may
+    /// receive no media before its call is reaped, as rtpengine's
+    /// silent-timeout: a held peer may rightly send nothing. At least
+    /// --media-timeout.
+    #[arg(long, env = "HOLD_TIMEOUT", default_value_t = 3600)]
+    pub hold_timeout: u32,
+
+    /// The most legs one call may hold (each holds an RTP/RTCP port pair);
+    /// an Offer that would add more is refused with RESOURCE_EXHAUSTED. A
+    /// B2BUA call uses 2.
+    #[arg(long, env = "MAX_LEGS_PER_CALL", default_value_t = 4, value_parser = clap::value_parser!(u16).range(2..=1000))]
+    pub max_legs_per_call: u16,
+
+    /// Milliseconds a strict-source leg learns its peer's media source,
+    /// from the first packet after each answer or re-INVITE, before locking
+    /// it; packets from other sources are then dropped and counted (media
+    /// hijack protection, as rtpengine's endpoint learning). A packet from
+    /// the exact address and port of the peer's SDP locks at once; within
+    /// the window a source with the SDP's address beats any other (NAT).
+    #[arg(long, env = "SOURCE_LEARNING_MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub source_learning_ms: u64,
 
     /// Seconds without media or control activity before a leg is reaped.
     #[arg(long, env = "IDLE_TIMEOUT", default_value_t = 3600)]
@@ -182,6 +210,15 @@ impl Config {
                 "must be at least 1 second",
             ));
         }
+        if self.hold_timeout < self.media_timeout {
+            return Err(ConfigError::invalid(
+                "hold-timeout",
+                format!(
+                    "must be at least --media-timeout ({} s): a held leg gets the longer timeout",
+                    self.media_timeout
+                ),
+            ));
+        }
         if self.idle_timeout == 0 {
             return Err(ConfigError::invalid(
                 "idle-timeout",
@@ -226,6 +263,13 @@ mod tests {
             "a clean exit removes the kernel path by default"
         );
         assert_eq!(c.metrics_listen, None, "no metrics listener by default");
+        assert_eq!(
+            (c.media_timeout, c.hold_timeout),
+            (60, 3600),
+            "rtpengine's timeout and silent-timeout"
+        );
+        assert_eq!(c.source_learning_ms, 3000, "rtpengine's delayed learning");
+        assert_eq!(c.max_legs_per_call, 4);
     }
 
     #[test]
@@ -257,6 +301,13 @@ mod tests {
         assert!(err.to_string().contains("--fast-path"), "{err}");
         let err = load(&["--advertise", "0.0.0.0"]).expect_err("unspecified");
         assert!(err.to_string().contains("--advertise"), "{err}");
+        let err =
+            load(&["--media-timeout", "120", "--hold-timeout", "60"]).expect_err("hold shorter");
+        assert!(err.to_string().contains("--hold-timeout"), "{err}");
+        let err = load(&["--max-legs-per-call", "1"]).expect_err("too few");
+        assert!(err.to_string().contains("--max-legs-per-call"), "{err}");
+        let err = load(&["--source-learning-ms", "70000"]).expect_err("too long");
+        assert!(err.to_string().contains("--source-learning-ms"), "{err}");
         let err = load(&["--log-level", "loud=="]).expect_err("bad filter");
         assert!(err.to_string().contains("--log-level"), "{err}");
     }

@@ -26,7 +26,7 @@ use crate::relay::{LegCounters, LegRef, LegShared, LegSnapshot, Relay, RelayEven
 use crate::sdp::Negotiation;
 use crate::session::persist::{SavedState, StateFile};
 use crate::session::{
-    Family, LegOptions, LegView, OfferInput, RelayCommand, SessionError, SessionTable,
+    Family, LegOptions, LegView, OfferInput, RelayCommand, SessionError, SessionTable, TimedOut,
 };
 
 /// Codecs the manager can terminate (playback, DTMF) or transcode.
@@ -294,11 +294,12 @@ impl ControlService {
                     call_id: Arc::from(call.call_id.as_str()),
                     leg_id: Arc::from(leg.leg_id.as_str()),
                 };
+                // Saved latches were locked ones (`latched_of`).
                 if let Some(source) = leg.latched_rtp {
-                    self.latched(&leg_ref, StreamKind::Rtp, source);
+                    self.latched(&leg_ref, StreamKind::Rtp, source, true);
                 }
                 if let Some(source) = leg.latched_rtcp {
-                    self.latched(&leg_ref, StreamKind::Rtcp, source);
+                    self.latched(&leg_ref, StreamKind::Rtcp, source, true);
                 }
             }
         }
@@ -385,10 +386,24 @@ impl ControlService {
         }
     }
 
-    /// The relay latched a peer: a direction may go into the kernel.
-    fn latched(&self, leg: &LegRef, kind: StreamKind, source: std::net::SocketAddr) {
+    /// The relay latched a peer: once locked, a direction may go into the
+    /// kernel.
+    fn latched(&self, leg: &LegRef, kind: StreamKind, source: std::net::SocketAddr, locked: bool) {
         let mut offload = self.offload();
-        offload.latched(Instant::now(), leg, kind, source);
+        offload.latched(Instant::now(), leg, kind, source, locked);
+        self.settle_offload(offload);
+    }
+
+    /// The relay learns a leg's sources again: its directions leave the
+    /// kernel until they are locked.
+    fn learning(
+        &self,
+        leg: &LegRef,
+        rtp: Option<std::net::SocketAddr>,
+        rtcp: Option<std::net::SocketAddr>,
+    ) {
+        let mut offload = self.offload();
+        offload.learning(Instant::now(), leg, rtp, rtcp);
         self.settle_offload(offload);
     }
 
@@ -427,7 +442,10 @@ impl ControlService {
             let counters = &shared.counters;
             if LegCounters::get(&counters.rtp_in_packets) > 0 {
                 if let Some(source) = shared.destination() {
-                    self.latched(&shared.leg, StreamKind::Rtp, source);
+                    let locked = shared
+                        .source_locked
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                    self.latched(&shared.leg, StreamKind::Rtp, source, locked);
                 }
             }
             if LegCounters::get(&counters.rtcp_in_packets) == 0 {
@@ -435,7 +453,7 @@ impl ControlService {
             }
             if let Ok(Some(snapshot)) = self.inner.relay.snapshot(slot) {
                 if let Some(source) = snapshot.latched_rtcp {
-                    self.latched(&shared.leg, StreamKind::Rtcp, source);
+                    self.latched(&shared.leg, StreamKind::Rtcp, source, snapshot.rtcp_locked);
                 }
             }
         }
@@ -499,12 +517,17 @@ impl ControlService {
                     duration_ms: u32::try_from(duration.as_millis()).unwrap_or(u32::MAX),
                     volume: volume.into(),
                 })),
-                Ok(RelayEvent::Latched { leg, source }) => {
-                    self.latched(&leg, StreamKind::Rtp, source)
-                }
-                Ok(RelayEvent::LatchedRtcp { leg, source }) => {
-                    self.latched(&leg, StreamKind::Rtcp, source)
-                }
+                Ok(RelayEvent::Latched {
+                    leg,
+                    source,
+                    locked,
+                }) => self.latched(&leg, StreamKind::Rtp, source, locked),
+                Ok(RelayEvent::LatchedRtcp {
+                    leg,
+                    source,
+                    locked,
+                }) => self.latched(&leg, StreamKind::Rtcp, source, locked),
+                Ok(RelayEvent::Learning { leg, rtp, rtcp }) => self.learning(&leg, rtp, rtcp),
                 Ok(RelayEvent::Anchored { leg }) => self.anchored(&leg),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(
@@ -518,13 +541,20 @@ impl ControlService {
         }
     }
 
-    /// Deletes legs nobody controls any more (no media, no requests for
-    /// `idle`), reporting each, every `period`.
+    /// Every `period`: deletes answered calls without media for their
+    /// media (or hold) timeout, publishing a MediaTimeout (so a signaling
+    /// server still holding the call hangs it up) and a LegReaped per leg;
+    /// then legs nobody controls any more (no media, no requests for
+    /// `idle`), reporting each.
     pub async fn reap_idle_legs(self, idle: Duration, period: Duration) {
         let mut ticker = tokio::time::interval(period);
         loop {
             ticker.tick().await;
             let now_ms = unix_millis(SystemTime::now());
+            let silent = self.table().media_timeouts(Instant::now(), now_ms);
+            for call in silent {
+                self.reap_silent_call(call);
+            }
             let idle_legs = self.table().idle_legs(Instant::now(), now_ms, idle);
             for (call, leg) in idle_legs {
                 let commands = self.table().delete(&call, &leg);
@@ -539,6 +569,32 @@ impl ControlService {
                     }
                 }
             }
+        }
+    }
+}
+
+impl ControlService {
+    fn reap_silent_call(&self, call: TimedOut) {
+        let Ok(commands) = self.table().delete(&call.call_id, "") else {
+            return;
+        };
+        if let Err(e) = self.apply(commands) {
+            tracing::warn!(call = %call.call_id, error = %e.message(), "reaping a call without media failed");
+            return;
+        }
+        for (leg, silent) in &call.legs {
+            let idle_secs = u32::try_from(silent.as_secs()).unwrap_or(u32::MAX);
+            tracing::info!(call = %call.call_id, %leg, idle_s = idle_secs, "media timeout: call reaped");
+            self.publish(v1::manager_event::Event::MediaTimeout(v1::MediaTimeout {
+                call_id: call.call_id.clone(),
+                leg_id: leg.clone(),
+                idle_secs,
+            }));
+            self.publish(v1::manager_event::Event::Reaped(v1::LegReaped {
+                call_id: call.call_id.clone(),
+                leg_id: leg.clone(),
+                idle_secs,
+            }));
         }
     }
 }

@@ -166,6 +166,18 @@ pub fn render(s: &Snapshot) -> String {
             );
         }
     }
+    family(
+        &mut out,
+        "relay_source_rejected_packets_total",
+        "counter",
+        "Packets the userspace relay dropped because they came from a source the leg does not accept (a strict leg after it locked its peer's source, or worse than its candidate while learning), ended calls included; what the kernel drops for its source is its source_mismatch_drop verdict.",
+    );
+    sample(
+        &mut out,
+        "relay_source_rejected_packets_total",
+        &[],
+        r.source_rejected_packets,
+    );
     let gauges: [(&str, &str, u64); 6] = [
         (
             "kernel_directions",
@@ -288,6 +300,7 @@ mod tests {
                 rtcp_in_bytes: 52,
                 rtcp_out_packets: 0,
                 rtcp_out_bytes: 0,
+                source_rejected_packets: 5,
             },
         };
         let want = "\
@@ -310,6 +323,9 @@ switchboard_rtpmanager_relay_bytes_total{stream=\"rtp\",direction=\"in\"} 516
 switchboard_rtpmanager_relay_bytes_total{stream=\"rtp\",direction=\"out\"} 344
 switchboard_rtpmanager_relay_bytes_total{stream=\"rtcp\",direction=\"in\"} 52
 switchboard_rtpmanager_relay_bytes_total{stream=\"rtcp\",direction=\"out\"} 0
+# HELP switchboard_rtpmanager_relay_source_rejected_packets_total Packets the userspace relay dropped because they came from a source the leg does not accept (a strict leg after it locked its peer's source, or worse than its candidate while learning), ended calls included; what the kernel drops for its source is its source_mismatch_drop verdict.
+# TYPE switchboard_rtpmanager_relay_source_rejected_packets_total counter
+switchboard_rtpmanager_relay_source_rejected_packets_total 5
 # HELP switchboard_rtpmanager_kernel_directions Media directions (one leg's RTP or RTCP towards its bridged leg) the kernel forwards.
 # TYPE switchboard_rtpmanager_kernel_directions gauge
 switchboard_rtpmanager_kernel_directions 4

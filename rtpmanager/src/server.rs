@@ -73,6 +73,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             advertise_v4: advertise,
             advertise_v6: config.advertise_v6,
             media_timeout: Duration::from_secs(u64::from(config.media_timeout)),
+            hold_timeout: Duration::from_secs(u64::from(config.hold_timeout)),
+            source_learning: Duration::from_millis(config.source_learning_ms),
+            max_legs_per_call: usize::from(config.max_legs_per_call),
         },
         pool,
     );
@@ -99,9 +102,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     readopt(&service, state.as_ref());
     tokio::spawn(service.clone().watch_offloaded(Duration::from_secs(1)));
     tokio::spawn(service.clone().forward_relay_events());
+    // Every second: the media timeout may be as short as a second, and a
+    // scan of the table is cheap next to the relay's work.
     tokio::spawn(service.clone().reap_idle_legs(
         Duration::from_secs(u64::from(config.idle_timeout)),
-        Duration::from_secs(10),
+        Duration::from_secs(1),
     ));
 
     let grpc_addr = SocketAddr::new(config.grpc_address, config.grpc_port);

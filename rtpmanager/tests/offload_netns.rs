@@ -1186,6 +1186,83 @@ fn strict_source_drops_in_the_kernel_count_in_the_leg_stats() {
     );
 }
 
+/// The attack on the kernel path: with the call offloaded both
+/// ways, a stranger's packets to the callee-side port are dropped and
+/// counted by the program; they neither redirect the caller's media nor
+/// take the direction out of the kernel. The default learning window does
+/// not delay peers that send from their SDP address.
+#[test]
+fn a_strangers_packets_to_an_offloaded_strict_call_change_nothing_and_are_counted() {
+    require_kernel_path!();
+    let bed = TestBed::new("j");
+    let (manager, grpc) = Manager::start(&bed.relay, "xdp-generic", &[]);
+    let caller = Peer::start(&bed.caller, addr(CALLER));
+    let callee = Peer::start(&bed.callee, addr(CALLEE));
+    let stranger = Peer::start(&bed.caller, addr("10.205.0.2:41500"));
+    let strict = Some(v1::LegOptions {
+        strict_source: true,
+        ..Default::default()
+    });
+    let (leg_a_addr, leg_b_addr) = with_client(&bed.relay, grpc.clone(), |mut client| {
+        Box::pin(async move { bridged_call_with(&mut client, strict).await })
+    });
+    caller.send(leg_a_addr, vec![0]);
+    assert_eq!(callee.receive(1).len(), 1, "caller locked");
+    callee.send(leg_b_addr, vec![0]);
+    assert_eq!(caller.receive(1).len(), 1, "callee locked");
+    let (delivered, to_stranger, stats) = with_client(&bed.relay, grpc, move |mut client| {
+        Box::pin(async move {
+            assert!(
+                wait_offloaded(&mut client, "a", true).await,
+                "a in the kernel"
+            );
+            assert!(
+                wait_offloaded(&mut client, "b", true).await,
+                "b in the kernel"
+            );
+            stranger.send(leg_b_addr, vec![100, 101, 102]);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            caller.send(leg_a_addr, (1..=10).collect());
+            let delivered = callee.receive(10);
+            let to_stranger = stranger.receive(0).len();
+            assert!(
+                wait_offloaded(&mut client, "b", true).await,
+                "b stays in the kernel"
+            );
+            let stats = client
+                .get_stats(v1::GetStatsRequest {
+                    call_id: "call-1".into(),
+                    leg_id: "b".into(),
+                })
+                .await
+                .expect("GetStats")
+                .into_inner()
+                .legs;
+            (delivered, to_stranger, stats)
+        })
+    });
+    assert_eq!(
+        delivered.len(),
+        10,
+        "every caller packet still reaches the callee"
+    );
+    assert!(
+        delivered.iter().all(|(from, _)| *from == leg_b_addr),
+        "from the callee's leg"
+    );
+    assert_eq!(to_stranger, 0, "nothing reaches the stranger");
+    assert_eq!(
+        stats.first().map(|l| l.source_mismatch_drops),
+        Some(3),
+        "the stranger's packets are counted on the callee's leg"
+    );
+    let counters = manager.stop();
+    assert!(
+        counters.contains(&("source_mismatch_drop".to_owned(), 3)),
+        "dropped by the program: {counters:?}"
+    );
+}
+
 /// An RFC 4733 telephone-event packet (payload type 101) of digit 5, in the
 /// peer's stream: every packet of the event carries its start timestamp.
 fn telephone_event(seq: u16, marker: bool, end: bool, duration: u16) -> Vec<u8> {

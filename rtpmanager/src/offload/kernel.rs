@@ -162,9 +162,32 @@ impl KernelOffload {
         }
     }
 
-    /// The relay latched a leg's peer.
-    pub fn latched(&mut self, now: Instant, leg: &LegRef, kind: StreamKind, source: SocketAddr) {
-        self.decision.handle_latched(now, leg, kind, source);
+    /// The relay latched a leg's peer: locked, or a candidate while it
+    /// learns.
+    pub fn latched(
+        &mut self,
+        now: Instant,
+        leg: &LegRef,
+        kind: StreamKind,
+        source: SocketAddr,
+        locked: bool,
+    ) {
+        if locked {
+            self.decision.handle_latched(now, leg, kind, source);
+        } else {
+            self.decision.handle_candidate(now, leg, kind, source);
+        }
+    }
+
+    /// The relay restarted learning a leg's sources.
+    pub fn learning(
+        &mut self,
+        now: Instant,
+        leg: &LegRef,
+        rtp: Option<SocketAddr>,
+        rtcp: Option<SocketAddr>,
+    ) {
+        self.decision.handle_learning(now, leg, rtp, rtcp);
     }
 
     /// The relay fixed new rewrite offsets for the stream towards `leg`'s

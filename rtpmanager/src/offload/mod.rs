@@ -3,7 +3,8 @@
 //!
 //! A *direction* is media received on leg A (RTP or RTCP) and sent out of
 //! the bridged leg B's socket to B's peer. It belongs in the kernel while
-//! the userspace relay would forward it unchanged: A's peer is latched, B's
+//! the userspace relay would forward it unchanged: A's peer's source is
+//! locked (endpoint learning is over, see [`crate::relay::latch`]), B's
 //! destination is known (latched, or from SDP), nothing rewrites the
 //! payload (no transcoding, no telephone-event payload type mapping),
 //! nothing pauses B (playback, DTMF sending), neither leg uses rtcp-mux, and
@@ -18,19 +19,24 @@
 //! then.
 //!
 //! Sans-IO, driven like this: feed every leg's state with
-//! [`Offload::handle_leg`] (after each relay `Add`/`Update`), every latch the
-//! relay reports with [`Offload::handle_latched`], and every removed leg with
+//! [`Offload::handle_leg`] (after each relay `Add`/`Update`), every locked
+//! source the relay reports with [`Offload::handle_latched`], every
+//! candidate it learns with [`Offload::handle_candidate`], every restart
+//! of learning with [`Offload::handle_learning`], and every removed leg with
 //! [`Offload::handle_leg_removed`]; then drain [`Offload::poll_command`]
 //! (map writes: apply `Remove`s before the relay sees the new params and
 //! `Install`s after, so no packet is handled by neither path) and
 //! [`Offload::poll_event`] (for `OffloadChanged` watchers). Identical inputs
 //! give identical outputs; nothing here reads a clock or touches a map.
 //!
-//! A re-latch (the peer moved) or a new SDP address replaces the entry in
-//! place rather than taking the direction out: the kernel passes packets
-//! from an unexpected source up to the relay (or drops them with
-//! strict-source, as the relay does), the relay re-latches, and the new
-//! latch comes back here as an input.
+//! A re-latch (a roaming peer moved) or a new SDP address replaces the
+//! entry in place rather than taking the direction out: the kernel passes
+//! packets from an unexpected source up to the relay, the relay re-latches,
+//! and the new latch comes back here as an input. A strict entry drops
+//! them instead and counts them, as the relay does after the lock; while a
+//! strict leg learns (after each answer) its directions stay in userspace,
+//! so the kernel only ever expects a locked source and never decides
+//! between candidates.
 
 pub mod kernel;
 
@@ -107,6 +113,8 @@ pub enum Reason {
     NotBridged,
     /// The receiving leg's peer has not sent yet.
     NotLatched,
+    /// The receiving leg is still learning its peer's source.
+    Learning,
     /// Where to send is not known yet.
     NoDestination,
     /// G.711 law conversion needs userspace.
@@ -136,6 +144,7 @@ impl fmt::Display for Reason {
             Reason::FastPathOff => "fast path off",
             Reason::NotBridged => "not bridged",
             Reason::NotLatched => "peer not latched",
+            Reason::Learning => "learning the peer's source",
             Reason::NoDestination => "no destination",
             Reason::Transcoding => "transcoding",
             Reason::TelephoneEventMapping => "telephone-event payload types differ",
@@ -172,6 +181,10 @@ struct LegState {
     input: OffloadLeg,
     latched_rtp: Option<SocketAddr>,
     latched_rtcp: Option<SocketAddr>,
+    /// Whether those sources are locked; only a locked source is expected
+    /// by a kernel entry.
+    locked_rtp: bool,
+    locked_rtcp: bool,
     /// Stats slots of the directions from this leg, kept for its lifetime
     /// so its kernel figures stay in one place.
     stats_slots: HashMap<StreamKind, u32>,
@@ -182,6 +195,13 @@ impl LegState {
         match kind {
             StreamKind::Rtp => self.latched_rtp,
             StreamKind::Rtcp => self.latched_rtcp,
+        }
+    }
+
+    fn locked(&self, kind: StreamKind) -> bool {
+        match kind {
+            StreamKind::Rtp => self.locked_rtp,
+            StreamKind::Rtcp => self.locked_rtcp,
         }
     }
 
@@ -275,6 +295,8 @@ impl Offload {
                         input,
                         latched_rtp: None,
                         latched_rtcp: None,
+                        locked_rtp: false,
+                        locked_rtcp: false,
                         stats_slots: HashMap::new(),
                     },
                 );
@@ -283,13 +305,56 @@ impl Offload {
         self.reevaluate(now, slot);
     }
 
-    /// The relay latched the peer of `leg` to `source`.
+    /// The relay latched the peer of `leg` to `source` and locked it.
     pub fn handle_latched(
         &mut self,
         now: Instant,
         leg: &LegRef,
         kind: StreamKind,
         source: SocketAddr,
+    ) {
+        self.set_source(now, leg, kind, source, true);
+    }
+
+    /// The relay, still learning, sends media for the peer of `leg` to
+    /// `source` but does not lock it yet.
+    pub fn handle_candidate(
+        &mut self,
+        now: Instant,
+        leg: &LegRef,
+        kind: StreamKind,
+        source: SocketAddr,
+    ) {
+        self.set_source(now, leg, kind, source, false);
+    }
+
+    /// The relay restarted learning on `leg` (a new remote description):
+    /// nothing is locked, media goes to `rtp`/`rtcp` (or the SDP's).
+    pub fn handle_learning(
+        &mut self,
+        now: Instant,
+        leg: &LegRef,
+        rtp: Option<SocketAddr>,
+        rtcp: Option<SocketAddr>,
+    ) {
+        let Some(&slot) = self.by_ref.get(leg) else {
+            return;
+        };
+        let Some(state) = self.legs.get_mut(&slot) else {
+            return;
+        };
+        (state.latched_rtp, state.latched_rtcp) = (rtp, rtcp);
+        (state.locked_rtp, state.locked_rtcp) = (false, false);
+        self.reevaluate(now, slot);
+    }
+
+    fn set_source(
+        &mut self,
+        now: Instant,
+        leg: &LegRef,
+        kind: StreamKind,
+        source: SocketAddr,
+        locked: bool,
     ) {
         let Some(&slot) = self.by_ref.get(leg) else {
             return;
@@ -298,8 +363,8 @@ impl Offload {
             return;
         };
         match kind {
-            StreamKind::Rtp => state.latched_rtp = Some(source),
-            StreamKind::Rtcp => state.latched_rtcp = Some(source),
+            StreamKind::Rtp => (state.latched_rtp, state.locked_rtp) = (Some(source), locked),
+            StreamKind::Rtcp => (state.latched_rtcp, state.locked_rtcp) = (Some(source), locked),
         }
         self.reevaluate(now, slot);
     }
@@ -378,11 +443,15 @@ impl Offload {
         self.installed.remove(&direction);
     }
 
-    /// The latched RTP and RTCP sources of a leg.
+    /// The locked RTP and RTCP sources of a leg (a candidate still being
+    /// learned is left out: a restarted manager learns it again).
     pub fn latched_of(&self, slot: Slot) -> (Option<SocketAddr>, Option<SocketAddr>) {
-        self.legs
-            .get(&slot)
-            .map_or((None, None), |s| (s.latched_rtp, s.latched_rtcp))
+        self.legs.get(&slot).map_or((None, None), |s| {
+            (
+                s.latched_rtp.filter(|_| s.locked_rtp),
+                s.latched_rtcp.filter(|_| s.locked_rtcp),
+            )
+        })
     }
 
     /// The keys of every installed entry.
@@ -534,6 +603,9 @@ impl Offload {
             return Err(Reason::RtcpMux);
         }
         let expected = a.latched(kind).ok_or(Reason::NotLatched)?;
+        if !a.locked(kind) {
+            return Err(Reason::Learning);
+        }
         let destination = b.destination(kind).ok_or(Reason::NoDestination)?;
         let (key, source) = (a.local(kind), b.local(kind));
         let v4 = key.is_ipv4();

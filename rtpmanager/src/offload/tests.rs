@@ -45,6 +45,7 @@ fn leg(name: &str) -> OffloadLeg {
             media_timeout: Some(Duration::from_secs(30)),
             clock_rate: 8000,
             telephone_event: Some(101),
+            ..LegParams::default()
         },
         rewrite: Rewrite::Unchanged,
     }
@@ -673,4 +674,58 @@ fn fast_path_off_and_mixed_families_install_nothing() {
         vec![],
         "IPv4 in, IPv6 out needs userspace"
     );
+}
+
+#[test]
+fn a_candidate_stays_in_userspace_until_locked_and_learning_takes_it_out() {
+    let now = Instant::now();
+    let mut o = latched_call(now);
+    // A re-INVITE settled b's remote description again: the relay learns
+    // b's source anew. b's direction leaves the kernel; a's stays, still
+    // sending to b's current source.
+    o.handle_learning(now, &leg_ref("b"), Some(addr("198.51.100.7:6000")), None);
+    assert_eq!(
+        commands(&mut o),
+        vec![remove(B, StreamKind::Rtp, "10.0.0.1:30002", 1)]
+    );
+    assert_eq!(
+        events(&mut o),
+        vec![("b".to_owned(), false, Reason::Learning)]
+    );
+    assert!(o.offloaded(A) && !o.offloaded(B));
+    // A new candidate while learning: a's entry follows it, b's direction
+    // does not go in (the kernel never expects an unlocked source).
+    o.handle_candidate(
+        now,
+        &leg_ref("b"),
+        StreamKind::Rtp,
+        addr("198.51.100.7:6010"),
+    );
+    assert_eq!(
+        commands(&mut o),
+        vec![install(
+            A,
+            StreamKind::Rtp,
+            "10.0.0.1:30000",
+            entry(
+                "10.0.0.1:30002",
+                "198.51.100.7:6010",
+                "192.0.2.10:40000",
+                FLAG_RTP,
+                8000,
+                0
+            ),
+            false
+        )]
+    );
+    assert!(!o.offloaded(B));
+    assert_eq!(o.latched_of(B), (None, None), "nothing locked to save");
+    o.handle_latched(
+        now,
+        &leg_ref("b"),
+        StreamKind::Rtp,
+        addr("198.51.100.7:6010"),
+    );
+    assert!(o.offloaded(B), "locked: b's direction goes back in");
+    assert_eq!(o.latched_of(B).0, Some(addr("198.51.100.7:6010")));
 }

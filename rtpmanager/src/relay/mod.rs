@@ -9,10 +9,12 @@
 //! channel.
 //!
 //! Forwarding rules, the ones the kernel fast path caches:
-//! - *latching* (symmetric RTP): while a leg is unconfirmed, the first packet
-//!   from any source fixes where media for that leg's peer is sent (NAT);
-//!   once confirmed, a packet from another source is dropped and counted when
-//!   the leg is `strict_source`, and re-latches the leg otherwise;
+//! - *latching* (symmetric RTP): the source media is accepted from is where
+//!   media for that leg's peer is sent (NAT). A `strict_source` leg learns
+//!   it during a short window after each remote description and then locks
+//!   it; packets from other sources are dropped and counted, and are not
+//!   media (they keep no leg alive). Without `strict_source` every new
+//!   source re-latches the leg (roaming). See [`latch`];
 //! - a packet received on a bridged leg goes out of the other leg's socket
 //!   (so the peer sees the manager's port of its own leg) to that leg's
 //!   latched address, or the address its SDP gave until it latches;
@@ -34,6 +36,7 @@
 
 mod batch;
 pub mod continuity;
+pub mod latch;
 mod worker;
 
 use std::io;
@@ -87,8 +90,15 @@ pub struct LegParams {
     /// socket (RFC 5761 §5.1.1), even if an RTCP socket was bound before
     /// the answer said so.
     pub rtcp_mux: bool,
-    /// Drop packets from sources other than the latched one.
+    /// Learn the peer's source, lock it, then drop packets from other
+    /// sources; without it every new source re-latches the leg.
     pub strict_source: bool,
+    /// How long a strict leg learns its peer's source before locking it,
+    /// counted from the first packet after a new remote description.
+    pub source_learning: Duration,
+    /// Changes whenever the leg's remote description is settled (answer,
+    /// re-INVITE): a change restarts endpoint learning.
+    pub learning_epoch: u32,
     /// The leg media received here is forwarded to.
     pub forward_to: Option<Slot>,
     /// Law conversion for media received here.
@@ -118,6 +128,8 @@ pub struct LegCounters {
     pub rtp_out_bytes: AtomicU64,
     pub rtcp_out_packets: AtomicU64,
     pub rtcp_out_bytes: AtomicU64,
+    /// Packets dropped because they came from a source the leg does not
+    /// accept (after the lock, or worse than the candidate while learning).
     pub source_mismatch_drops: AtomicU64,
     pub overload_drops: AtomicU64,
     /// Milliseconds since the Unix epoch of the last packet received; 0 if none.
@@ -146,6 +158,8 @@ pub struct RelayTotals {
     pub rtcp_in_bytes: u64,
     pub rtcp_out_packets: u64,
     pub rtcp_out_bytes: u64,
+    /// Packets dropped for their source (see [`LegCounters::source_mismatch_drops`]).
+    pub source_rejected_packets: u64,
 }
 
 impl RelayTotals {
@@ -160,6 +174,7 @@ impl RelayTotals {
         self.rtcp_in_bytes += get(&c.rtcp_in_bytes);
         self.rtcp_out_packets += get(&c.rtcp_out_packets);
         self.rtcp_out_bytes += get(&c.rtcp_out_bytes);
+        self.source_rejected_packets += get(&c.source_mismatch_drops);
     }
 }
 
@@ -180,6 +195,8 @@ pub struct LegShared {
     /// telephone-events up: those are then left out of the relay's RFC 3550
     /// figures, which the kernel's cover (see `offload::kernel`).
     pub kernel_inbound: AtomicBool,
+    /// The RTP source in `destination` is locked (learning is over).
+    pub source_locked: AtomicBool,
 }
 
 impl LegShared {
@@ -193,6 +210,7 @@ impl LegShared {
             destination: Mutex::new(None),
             outbound: Mutex::new(OutboundStream::default()),
             kernel_inbound: AtomicBool::new(false),
+            source_locked: AtomicBool::new(false),
         }
     }
 
@@ -217,6 +235,9 @@ impl LegShared {
 pub struct LegSnapshot {
     pub latched_rtp: Option<SocketAddr>,
     pub latched_rtcp: Option<SocketAddr>,
+    /// Whether those sources are locked (learning over).
+    pub rtp_locked: bool,
+    pub rtcp_locked: bool,
     pub rtp_lost: i64,
     pub jitter_us: u32,
     /// The last reception report the peer sent about the stream we send it.
@@ -228,11 +249,28 @@ pub struct LegSnapshot {
 /// Something the relay noticed on its own.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RelayEvent {
-    /// A leg's peer was (re)latched to `source`.
-    Latched { leg: LegRef, source: SocketAddr },
+    /// A leg's peer was (re)latched to `source`; `locked` once learning is
+    /// over (only a locked source may be expected by a kernel entry).
+    Latched {
+        leg: LegRef,
+        source: SocketAddr,
+        locked: bool,
+    },
     /// A leg's peer was (re)latched to `source` for RTCP on the RTCP port
     /// (the offload decision needs the expected RTCP source).
-    LatchedRtcp { leg: LegRef, source: SocketAddr },
+    LatchedRtcp {
+        leg: LegRef,
+        source: SocketAddr,
+        locked: bool,
+    },
+    /// A leg's learning restarted (new remote description): its sources
+    /// are unlocked, media goes to `rtp`/`rtcp` (or the SDP addresses)
+    /// until they are learned again.
+    Learning {
+        leg: LegRef,
+        rtp: Option<SocketAddr>,
+        rtcp: Option<SocketAddr>,
+    },
     /// The stream towards `leg`'s peer got new rewrite offsets (the first
     /// packet forwarded after an injection, or a new source SSRC): see
     /// [`continuity::OutboundStream::rewrite`].

@@ -13,6 +13,7 @@ use tokio::sync::broadcast;
 
 use super::batch::{RecvBatch, SendBatch};
 use super::continuity::{ForwardVerdict, StreamPosition};
+use super::latch::{self, SourceLatch};
 use super::{
     Command, LegCounters, LegParams, LegShared, LegSnapshot, RelayEvent, Slot, MAX_BATCHES_PER_WAKE,
 };
@@ -53,8 +54,9 @@ struct LegState {
     shared: Arc<LegShared>,
     rtcp: Option<UdpSocket>,
     params: LegParams,
-    latched_rtp: Option<SocketAddr>,
-    latched_rtcp: Option<SocketAddr>,
+    /// Where RTP and RTCP are accepted from and sent back to.
+    rtp_latch: SourceLatch,
+    rtcp_latch: SourceLatch,
     stats: ReceiverStats,
     last_rtp_at: Option<Instant>,
     timeout_reported: bool,
@@ -65,20 +67,23 @@ struct LegState {
 
 impl LegState {
     fn rtp_destination(&self) -> Option<SocketAddr> {
-        self.latched_rtp.or(self.params.expected_rtp)
+        self.rtp_latch.current().or(self.params.expected_rtp)
     }
 
     fn rtcp_destination(&self) -> Option<SocketAddr> {
-        self.latched_rtcp.or(self.params.expected_rtcp).or_else(|| {
-            // Without a known RTCP address, RTCP follows RTP on port + 1
-            // (RFC 3550), or RTP itself with rtcp-mux.
-            let rtp = self.rtp_destination()?;
-            if self.rtcp.is_some() && !self.params.rtcp_mux {
-                Some(SocketAddr::new(rtp.ip(), rtp.port().wrapping_add(1)))
-            } else {
-                Some(rtp)
-            }
-        })
+        self.rtcp_latch
+            .current()
+            .or(self.params.expected_rtcp)
+            .or_else(|| {
+                // Without a known RTCP address, RTCP follows RTP on port + 1
+                // (RFC 3550), or RTP itself with rtcp-mux.
+                let rtp = self.rtp_destination()?;
+                if self.rtcp.is_some() && !self.params.rtcp_mux {
+                    Some(SocketAddr::new(rtp.ip(), rtp.port().wrapping_add(1)))
+                } else {
+                    Some(rtp)
+                }
+            })
     }
 
     /// Keeps a DTMF detector exactly while the leg has a telephone-event
@@ -119,6 +124,60 @@ impl LegState {
         if let Ok(mut d) = self.shared.destination.lock() {
             *d = self.rtp_destination();
         }
+        self.shared.source_locked.store(
+            self.rtp_latch.locked(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// New params: a new remote description (or a new policy) restarts
+    /// endpoint learning on both streams; true when it did.
+    fn update(&mut self, params: LegParams) -> bool {
+        let relearn = params.learning_epoch != self.params.learning_epoch
+            || params.strict_source != self.params.strict_source;
+        if self.params.clock_rate != params.clock_rate {
+            self.stats = ReceiverStats::new(params.clock_rate.max(1));
+        }
+        self.params = params;
+        if relearn {
+            let p = &self.params;
+            self.rtp_latch
+                .restart(p.strict_source, p.source_learning, p.expected_rtp);
+            self.rtcp_latch
+                .restart(p.strict_source, p.source_learning, p.expected_rtcp);
+        }
+        self.timeout_reported = false;
+        self.sync_dtmf_detector();
+        self.publish_destination();
+        relearn
+    }
+
+    /// Publishes what a latch changed.
+    fn drain_latch(&mut self, rtcp: bool, events: &broadcast::Sender<RelayEvent>) {
+        let latch = if rtcp {
+            &mut self.rtcp_latch
+        } else {
+            &mut self.rtp_latch
+        };
+        let Some(latch::Latched { source, locked }) = latch.poll_event() else {
+            return;
+        };
+        let leg = self.shared.leg.clone();
+        if rtcp {
+            let _ = events.send(RelayEvent::LatchedRtcp {
+                leg,
+                source,
+                locked,
+            });
+        } else {
+            self.publish_destination();
+            tracing::debug!(call = %leg.call_id, leg = %leg.leg_id, %source, locked, "latched");
+            let _ = events.send(RelayEvent::Latched {
+                leg,
+                source,
+                locked,
+            });
+        }
     }
 
     fn snapshot(&self) -> LegSnapshot {
@@ -132,8 +191,10 @@ impl LegState {
             None => (0, 0, 0),
         };
         LegSnapshot {
-            latched_rtp: self.latched_rtp,
-            latched_rtcp: self.latched_rtcp,
+            latched_rtp: self.rtp_latch.current(),
+            latched_rtcp: self.rtcp_latch.current(),
+            rtp_locked: self.rtp_latch.locked(),
+            rtcp_locked: self.rtcp_latch.locked(),
             rtp_lost: i64::from(self.stats.cumulative_lost()),
             jitter_us: self.stats.jitter_micros() as u32,
             peer_fraction_lost,
@@ -230,13 +291,13 @@ impl Worker {
                 } => self.add(slot, shared, rtcp, params),
                 Command::Update { slot, params } => {
                     if let Some(leg) = self.legs.get_mut(&slot) {
-                        if leg.params.clock_rate != params.clock_rate {
-                            leg.stats = ReceiverStats::new(params.clock_rate.max(1));
+                        if leg.update(params) {
+                            let _ = self.events.send(RelayEvent::Learning {
+                                leg: leg.shared.leg.clone(),
+                                rtp: leg.rtp_latch.current(),
+                                rtcp: leg.rtcp_latch.current(),
+                            });
                         }
-                        leg.params = params;
-                        leg.timeout_reported = false;
-                        leg.sync_dtmf_detector();
-                        leg.publish_destination();
                     }
                 }
                 Command::Remove { slot, reply } => {
@@ -284,11 +345,19 @@ impl Worker {
         }
         let mut state = LegState {
             stats: ReceiverStats::new(params.clock_rate.max(1)),
+            rtp_latch: SourceLatch::new(
+                params.strict_source,
+                params.source_learning,
+                params.expected_rtp,
+            ),
+            rtcp_latch: SourceLatch::new(
+                params.strict_source,
+                params.source_learning,
+                params.expected_rtcp,
+            ),
             shared,
             rtcp,
             params,
-            latched_rtp: None,
-            latched_rtcp: None,
             last_rtp_at: None,
             timeout_reported: false,
             peer_report: None,
@@ -398,35 +467,18 @@ impl Worker {
         };
         let mut telephone_event = false;
 
-        // Latching.
-        let latched = if is_rtcp {
-            &mut leg.latched_rtcp
+        // Endpoint learning: a packet from a source the leg does not accept
+        // is neither forwarded nor media (it keeps no leg alive).
+        let latch = if is_rtcp {
+            &mut leg.rtcp_latch
         } else {
-            &mut leg.latched_rtp
+            &mut leg.rtp_latch
         };
-        match *latched {
-            Some(addr) if addr == source => {}
-            Some(_) if leg.params.strict_source => {
-                LegCounters::add(&leg.shared.counters.source_mismatch_drops, 1);
-                return Verdict::Drop;
-            }
-            _ => {
-                *latched = Some(source);
-                if !is_rtcp {
-                    leg.publish_destination();
-                    let _ = self.events.send(RelayEvent::Latched {
-                        leg: leg.shared.leg.clone(),
-                        source,
-                    });
-                    tracing::debug!(call = %leg.shared.leg.call_id, leg = %leg.shared.leg.leg_id, %source, "latched");
-                } else {
-                    let _ = self.events.send(RelayEvent::LatchedRtcp {
-                        leg: leg.shared.leg.clone(),
-                        source,
-                    });
-                }
-            }
+        if latch.handle_packet(now, source) == latch::Verdict::Reject {
+            LegCounters::add(&leg.shared.counters.source_mismatch_drops, 1);
+            return Verdict::Drop;
         }
+        leg.drain_latch(is_rtcp, &self.events);
 
         let counters = &leg.shared.counters;
         counters
@@ -552,6 +604,10 @@ impl Worker {
 
     fn check_media_timeouts(&mut self, now: Instant) {
         for leg in self.legs.values_mut() {
+            leg.rtp_latch.handle_timeout(now);
+            leg.rtcp_latch.handle_timeout(now);
+            leg.drain_latch(false, &self.events);
+            leg.drain_latch(true, &self.events);
             if let Some(detector) = leg.dtmf.as_mut() {
                 detector.handle_timeout(now);
                 leg.drain_dtmf(&self.events);

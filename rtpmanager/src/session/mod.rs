@@ -163,6 +163,46 @@ struct Leg {
     inbound_paused: bool,
     shared: Arc<LegShared>,
     last_control: Instant,
+    /// Bumped whenever `peer` is settled (answer, re-INVITE): the relay
+    /// learns the peer's source again.
+    learning_epoch: u32,
+    /// When the last offer/answer exchange of this leg settled; `None`
+    /// until the leg is answered (ringing legs are the idle reaper's).
+    settled_at: Option<Instant>,
+    /// The last exchange put the stream on hold (sendonly, recvonly or
+    /// inactive on either side): the leg gets the hold timeout.
+    on_hold: bool,
+}
+
+/// A call reaped for lack of media: each leg with how long it was silent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimedOut {
+    pub call_id: String,
+    pub legs: Vec<(String, Duration)>,
+}
+
+impl Leg {
+    /// An offer/answer exchange settled the leg's media: learning starts
+    /// again, and the hold state follows the exchange's directions.
+    fn settle(&mut self, now: Instant, offer: &SessionDescription, answer: &SessionDescription) {
+        self.learning_epoch = self.learning_epoch.wrapping_add(1);
+        self.settled_at = Some(now);
+        self.on_hold = self.negotiation.as_ref().is_some_and(|n| {
+            [offer, answer]
+                .iter()
+                .any(|d| d.media_direction(n.media_index) != sdp::Direction::SendRecv)
+        });
+    }
+
+    /// How long this leg may go without media: the hold timeout on hold,
+    /// else its own media timeout or the manager's.
+    fn media_limit(&self, config: &TableConfig) -> Duration {
+        if self.on_hold {
+            config.hold_timeout
+        } else {
+            self.options.media_timeout.unwrap_or(config.media_timeout)
+        }
+    }
 }
 
 struct Call {
@@ -177,7 +217,16 @@ pub struct TableConfig {
     pub advertise_v4: IpAddr,
     /// Address advertised to IPv6 peers, when the manager has one.
     pub advertise_v6: Option<IpAddr>,
+    /// A settled call whose legs all received no media for this long is
+    /// reaped (rtpengine's `timeout`).
     pub media_timeout: Duration,
+    /// The same for a leg on hold (sendonly, recvonly or inactive), whose
+    /// peer may rightly send nothing (rtpengine's `silent-timeout`).
+    pub hold_timeout: Duration,
+    /// How long a strict leg learns its peer's source before locking it.
+    pub source_learning: Duration,
+    /// The most legs one call may hold (each holds a port pair).
+    pub max_legs_per_call: usize,
 }
 
 impl TableConfig {
@@ -279,9 +328,31 @@ impl SessionTable {
         }
         let mut commands = Vec::new();
         let offerer_family = offer_family(&offer);
+        let exists = |id: &str| {
+            self.calls
+                .get(&call_id)
+                .is_some_and(|c| c.legs.contains_key(&LegId(id.to_owned())))
+        };
+        let leg_is_new = !exists(leg);
+        let new_legs = usize::from(leg_is_new) + usize::from(!peer.is_empty() && !exists(peer));
+        let held = self.calls.get(&call_id).map_or(0, |c| c.legs.len());
+        if new_legs > 0 && held + new_legs > self.config.max_legs_per_call {
+            return Err(SessionError::Exhausted(format!(
+                "call {call} holds {held} legs and this offer adds {new_legs}: at most {} legs per call (--max-legs-per-call)",
+                self.config.max_legs_per_call
+            )));
+        }
         self.ensure_leg(now, &call_id, leg, options, &mut commands)?;
         if !peer.is_empty() {
-            self.ensure_leg(now, &call_id, peer, peer_options, &mut commands)?;
+            if let Err(e) = self.ensure_leg(now, &call_id, peer, peer_options, &mut commands) {
+                // No half-made call: the leg this offer created goes too,
+                // its sockets closed (with the unsent commands) first.
+                drop(commands);
+                if leg_is_new {
+                    self.discard_leg(&call_id, leg);
+                }
+                return Err(e);
+            }
         }
         let advertise = self.config.advertise_for(offerer_family);
 
@@ -300,6 +371,7 @@ impl SessionTable {
             let answer = sdp::answer_locally(&offer, &endpoint, &mut a.origin)?;
             a.negotiation = sdp::negotiate(&offer, &answer)?;
             a.peer = a.negotiation.as_ref().map(|n| n.offerer);
+            a.settle(now, &offer, &answer);
             a.received_offer = Some(offer);
             a.last_control = now;
             (answer.to_string(), leg_id.clone())
@@ -373,6 +445,7 @@ impl SessionTable {
         b.negotiation = sdp::negotiate(&sent_offer, &answer)?;
         b.peer = b.negotiation.as_ref().map(|n| n.answerer);
         b.last_control = now;
+        b.settle(now, &sent_offer, &answer);
 
         let a = call_state
             .legs
@@ -392,6 +465,7 @@ impl SessionTable {
         a.negotiation = sdp::negotiate(&received_offer, &rewritten)?;
         a.peer = a.negotiation.as_ref().map(|n| n.offerer);
         a.last_control = now;
+        a.settle(now, &received_offer, &rewritten);
 
         let mut commands = Vec::new();
         self.refresh_params(&call_id, &mut commands);
@@ -524,6 +598,47 @@ impl SessionTable {
         Ok(commands)
     }
 
+    /// Answered calls whose every answered leg received no media (from its
+    /// accepted source; the relay counts nothing else) for its limit, as
+    /// rtpengine's `timeout`/`silent-timeout`: a leg is silent since its
+    /// last packet or since its last exchange settled, whichever is later.
+    /// Calls never answered are left to [`Self::idle_legs`].
+    pub fn media_timeouts(&self, now: Instant, now_ms: u64) -> Vec<TimedOut> {
+        let mut out = Vec::new();
+        for (call_id, call) in &self.calls {
+            let mut legs = Vec::new();
+            let mut alive = false;
+            for leg in call.legs.values() {
+                let Some(settled) = leg.settled_at else {
+                    continue;
+                };
+                let mut silent = now.saturating_duration_since(settled);
+                let last_packet = leg
+                    .shared
+                    .counters
+                    .last_packet_ms
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if last_packet > 0 {
+                    silent = silent.min(Duration::from_millis(now_ms.saturating_sub(last_packet)));
+                }
+                if silent < leg.media_limit(&self.config) {
+                    alive = true;
+                    break;
+                }
+                legs.push((leg.id.0.clone(), silent));
+            }
+            if !alive && !legs.is_empty() {
+                legs.sort();
+                out.push(TimedOut {
+                    call_id: call_id.0.clone(),
+                    legs,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.call_id.cmp(&b.call_id));
+        out
+    }
+
     /// Legs whose last control request and last packet are both older than
     /// `idle`: a signaling server that vanished without deleting them.
     pub fn idle_legs(&self, now: Instant, now_ms: u64, idle: Duration) -> Vec<(String, String)> {
@@ -600,6 +715,21 @@ impl SessionTable {
         Ok((Arc::clone(&l.shared), l.negotiation.clone()))
     }
 
+    /// Forgets a leg the relay never got, releasing its port pair.
+    fn discard_leg(&mut self, call_id: &CallId, leg: &str) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        if let Some(l) = call.legs.remove(&LegId(leg.to_owned())) {
+            if let Err(e) = self.pool.release(l.port) {
+                tracing::warn!(call = %call_id, leg, error = %e, "port release failed");
+            }
+        }
+        if call.legs.is_empty() {
+            self.calls.remove(call_id);
+        }
+    }
+
     fn ensure_leg(
         &mut self,
         now: Instant,
@@ -648,6 +778,9 @@ impl SessionTable {
                 inbound_paused: false,
                 shared: Arc::clone(&shared),
                 last_control: now,
+                learning_epoch: 0,
+                settled_at: None,
+                on_hold: false,
             },
         );
         commands.push(RelayCommand::Add {
@@ -697,14 +830,12 @@ impl SessionTable {
             expected_rtcp: peer.map(|p| p.rtcp),
             rtcp_mux: leg.negotiation.as_ref().is_some_and(|n| n.rtcp_mux),
             strict_source: leg.options.strict_source,
+            source_learning: self.config.source_learning,
+            learning_epoch: leg.learning_epoch,
             forward_to: bridged.map(|b| b.slot),
             transcode,
             inbound_paused: leg.inbound_paused,
-            media_timeout: Some(
-                leg.options
-                    .media_timeout
-                    .unwrap_or(self.config.media_timeout),
-            ),
+            media_timeout: Some(leg.media_limit(&self.config)),
             clock_rate: leg
                 .negotiation
                 .as_ref()

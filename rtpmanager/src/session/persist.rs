@@ -334,6 +334,12 @@ impl SessionTable {
                     inbound_paused: false,
                     shared: Arc::clone(&shared),
                     last_control: now,
+                    // Settled once in this run (the relay learns afresh).
+                    learning_epoch: u32::from(l.negotiation.is_some()),
+                    // A re-adopted call counts its silence from now: the
+                    // previous run's media times are not kept.
+                    settled_at: l.negotiation.as_ref().map(|_| now),
+                    on_hold: false,
                 };
                 commands.push(RelayCommand::Add {
                     slot: l.slot,

@@ -27,15 +27,19 @@ fn pool() -> PortPool {
     panic!("no free port range on loopback");
 }
 
+fn config() -> TableConfig {
+    TableConfig {
+        advertise_v4: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 5)),
+        advertise_v6: Some("2001:db8::5".parse().expect("v6")),
+        media_timeout: Duration::from_secs(30),
+        hold_timeout: Duration::from_secs(3600),
+        source_learning: Duration::from_secs(3),
+        max_legs_per_call: 4,
+    }
+}
+
 fn table() -> SessionTable {
-    SessionTable::new(
-        TableConfig {
-            advertise_v4: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 5)),
-            advertise_v6: Some("2001:db8::5".parse().expect("v6")),
-            media_timeout: Duration::from_secs(30),
-        },
-        pool(),
-    )
+    SessionTable::new(config(), pool())
 }
 
 fn input<'a>(call: &'a str, leg: &'a str, peer: &'a str, sdp: &'a str) -> OfferInput<'a> {
@@ -365,14 +369,7 @@ fn saved_calls_are_restored_on_the_same_ports_with_the_same_params() {
 
     let base = *ports.iter().min().expect("two ports");
     let pool = PortPool::new(IpAddr::V4(Ipv4Addr::LOCALHOST), base, base + 19).expect("pool");
-    let mut restored = SessionTable::new(
-        TableConfig {
-            advertise_v4: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 5)),
-            advertise_v6: Some("2001:db8::5".parse().expect("v6")),
-            media_timeout: Duration::from_secs(30),
-        },
-        pool,
-    );
+    let mut restored = SessionTable::new(config(), pool);
     let (commands, failed) = restored.restore(now, &read);
     assert!(failed.is_empty(), "every leg came back: {failed:?}");
     let added: Vec<Slot> = commands
@@ -504,4 +501,135 @@ fn the_peer_legs_family_picks_the_address_its_offer_advertises() {
         "{}",
         offer.sdp
     );
+}
+
+fn params_of(commands: &[RelayCommand], slot: Slot) -> LegParams {
+    updates(commands)
+        .into_iter()
+        .rev()
+        .find(|(s, _)| *s == slot)
+        .expect("params of the leg")
+        .1
+}
+
+#[test]
+fn each_settled_exchange_restarts_learning_on_both_legs() {
+    let mut t = table();
+    let now = Instant::now();
+    let offer = t.offer(now, input("c1", "a", "b", OFFER)).expect("offer");
+    let b_slot = offer.leg.slot;
+    let answer = t.answer(now, "c1", "b", "a", ANSWER_PCMA).expect("answer");
+    let a_slot = answer.leg.slot;
+    let first = (
+        params_of(&answer.commands, a_slot).learning_epoch,
+        params_of(&answer.commands, b_slot).learning_epoch,
+    );
+    assert_eq!(
+        params_of(&answer.commands, a_slot).source_learning,
+        Duration::from_secs(3),
+        "the manager's window"
+    );
+    let bridged = t.bridge(now, "c1", "a", "b").expect("bridge");
+    assert_eq!(
+        params_of(&bridged, a_slot).learning_epoch,
+        first.0,
+        "a bridge settles no remote description"
+    );
+    // A re-INVITE from the callee: offer on b, answer on a.
+    t.offer(now, input("c1", "b", "a", ANSWER_PCMA))
+        .expect("re-offer");
+    let reanswer = t.answer(now, "c1", "a", "b", OFFER).expect("re-answer");
+    assert_ne!(
+        params_of(&reanswer.commands, a_slot).learning_epoch,
+        first.0
+    );
+    assert_ne!(
+        params_of(&reanswer.commands, b_slot).learning_epoch,
+        first.1
+    );
+}
+
+/// A leg's last packet, as the relay (or the kernel's tick) records it.
+fn heard(t: &SessionTable, call: &str, leg: &str, at_ms: u64) {
+    let (shared, _) = t.leg_media(call, leg).expect("leg");
+    shared
+        .counters
+        .last_packet_ms
+        .store(at_ms, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[test]
+fn an_answered_call_times_out_when_every_leg_is_silent() {
+    let mut t = table();
+    let t0 = Instant::now();
+    let ms0 = 1_000_000;
+    t.offer(t0, input("c1", "a", "b", OFFER)).expect("offer");
+    assert_eq!(
+        t.media_timeouts(t0 + Duration::from_secs(100), ms0 + 100_000),
+        vec![],
+        "a call never answered is the idle reaper's"
+    );
+    t.answer(t0, "c1", "b", "a", ANSWER_PCMA).expect("answer");
+    let at = |s: u64| (t0 + Duration::from_secs(s), ms0 + s * 1000);
+    let (now, now_ms) = at(29);
+    assert_eq!(t.media_timeouts(now, now_ms), vec![]);
+    // b spoke at 20 s: the call lives until b is silent for 30 s too.
+    heard(&t, "c1", "b", ms0 + 20_000);
+    let (now, now_ms) = at(45);
+    assert_eq!(t.media_timeouts(now, now_ms), vec![], "b spoke 25 s ago");
+    let (now, now_ms) = at(50);
+    assert_eq!(
+        t.media_timeouts(now, now_ms),
+        vec![TimedOut {
+            call_id: "c1".into(),
+            legs: vec![
+                ("a".into(), Duration::from_secs(50)),
+                ("b".into(), Duration::from_secs(30))
+            ],
+        }]
+    );
+}
+
+#[test]
+fn a_call_on_hold_gets_the_hold_timeout() {
+    let mut t = table();
+    let t0 = Instant::now();
+    let sendonly = OFFER.replace("a=sendrecv", "a=sendonly");
+    let recvonly = ANSWER_PCMA.replace("a=sendrecv", "a=recvonly");
+    t.offer(t0, input("c1", "a", "b", &sendonly))
+        .expect("offer");
+    let answer = t.answer(t0, "c1", "b", "a", &recvonly).expect("answer");
+    assert_eq!(
+        params_of(&answer.commands, answer.leg.slot).media_timeout,
+        Some(Duration::from_secs(3600)),
+        "the relay's own timeout event waits as long"
+    );
+    let later = Duration::from_secs(600);
+    assert_eq!(t.media_timeouts(t0 + later, 600_000), vec![]);
+    let hours = Duration::from_secs(3600);
+    assert_eq!(t.media_timeouts(t0 + hours, 3_600_000).len(), 1);
+    // Resumed: back to the media timeout.
+    t.offer(t0 + hours, input("c1", "a", "b", OFFER))
+        .expect("re-offer");
+    t.answer(t0 + hours, "c1", "b", "a", ANSWER_PCMA)
+        .expect("re-answer");
+    let resumed = t0 + hours + Duration::from_secs(31);
+    assert_eq!(t.media_timeouts(resumed, 3_631_000).len(), 1);
+}
+
+#[test]
+fn an_offer_beyond_the_legs_per_call_is_refused_without_leaving_a_leg() {
+    let mut t = table();
+    let now = Instant::now();
+    t.offer(now, input("c1", "a", "b", OFFER))
+        .expect("two legs");
+    t.offer(now, input("c1", "c", "d", OFFER))
+        .expect("four legs");
+    let err = t
+        .offer(now, input("c1", "e", "a", OFFER))
+        .expect_err("a fifth leg");
+    assert!(matches!(err, SessionError::Exhausted(_)), "{err}");
+    assert_eq!((t.legs(), t.ports_free()), (4, 6));
+    t.offer(now, input("c1", "a", "d", OFFER))
+        .expect("legs it holds may exchange offers");
 }

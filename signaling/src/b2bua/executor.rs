@@ -273,8 +273,12 @@ async fn run_op(
     outcome.unwrap_or_else(|status| failed(&status))
 }
 
+/// Both legs face phones or trunks: strict source, so the manager learns
+/// each peer's media source after the answer, locks it and drops strangers
+/// (a single packet from anyone must not redirect a call's media).
 fn options(leg: LegId) -> v1::LegOptions {
     v1::LegOptions {
+        strict_source: true,
         label: match leg {
             LegId::A => "caller",
             LegId::B => "callee",
@@ -385,6 +389,15 @@ async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_legs_ask_the_manager_for_strict_source() {
+        for (leg, label) in [(LegId::A, "caller"), (LegId::B, "callee")] {
+            let o = options(leg);
+            assert!(o.strict_source, "leg {leg} must lock its peer's source");
+            assert_eq!(o.label, label);
+        }
+    }
 
     #[test]
     fn a_new_call_goes_to_the_least_loaded_candidate() {
