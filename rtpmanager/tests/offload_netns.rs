@@ -1263,6 +1263,55 @@ fn a_strangers_packets_to_an_offloaded_strict_call_change_nothing_and_are_counte
     );
 }
 
+/// A callee behind a port-rewriting NAT (its packets come from another port
+/// than its SDP's) is learned by the relay during the window, its media
+/// follows the learned source at once (the caller's direction in the kernel
+/// too), and its own direction goes into the kernel only once the source is
+/// locked: the kernel never expects a source that learning may still
+/// replace.
+#[test]
+fn a_nat_source_goes_into_the_kernel_only_once_learning_locked_it() {
+    require_kernel_path!();
+    let bed = TestBed::new("n");
+    let (manager, grpc) =
+        Manager::start(&bed.relay, "xdp-generic", &["--source-learning-ms", "1500"]);
+    let caller = Peer::start(&bed.caller, addr(CALLER));
+    let callee_nat = Peer::start(&bed.callee, addr("10.205.0.3:40500"));
+    let strict = Some(v1::LegOptions {
+        strict_source: true,
+        ..Default::default()
+    });
+    let (leg_a_addr, leg_b_addr) = with_client(&bed.relay, grpc.clone(), |mut client| {
+        Box::pin(async move { bridged_call_with(&mut client, strict).await })
+    });
+    caller.send(leg_a_addr, vec![0]);
+    let (learning, locked, relayed) = with_client(&bed.relay, grpc, move |mut client| {
+        Box::pin(async move {
+            assert!(
+                wait_offloaded(&mut client, "a", true).await,
+                "the caller sends from its SDP address: locked at once"
+            );
+            callee_nat.send(leg_b_addr, vec![1]);
+            assert_eq!(caller.receive(1).len(), 1, "the candidate's media flows");
+            caller.send(leg_a_addr, vec![2]);
+            let relayed = callee_nat.receive(1).len();
+            let learning = offloaded(&mut client)
+                .await
+                .contains(&("b".to_owned(), true));
+            // The window ends 1.5 s after the callee's first packet.
+            let locked = wait_offloaded(&mut client, "b", true).await;
+            (learning, locked, relayed)
+        })
+    });
+    assert_eq!(
+        relayed, 1,
+        "the caller's media goes to the learned NAT source"
+    );
+    assert!(!learning, "b stays in userspace while it learns");
+    assert!(locked, "b goes into the kernel once locked");
+    manager.stop();
+}
+
 /// An RFC 4733 telephone-event packet (payload type 101) of digit 5, in the
 /// peer's stream: every packet of the event carries its start timestamp.
 fn telephone_event(seq: u16, marker: bool, end: bool, duration: u16) -> Vec<u8> {
