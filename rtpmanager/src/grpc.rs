@@ -113,7 +113,15 @@ fn leg_info(view: &LegView, offloaded: bool) -> v1::LegInfo {
         rtcp_port: view.rtcp_port.into(),
         rtcp_mux: view.rtcp_mux,
         remote_address: view.remote.map(|r| r.to_string()).unwrap_or_default(),
-        latched_address: String::new(),
+        // Only a locked source: a candidate may still be replaced.
+        latched_address: view
+            .shared
+            .source_locked
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| view.shared.destination())
+            .flatten()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
         codec: view.codec.clone().unwrap_or_default(),
         bridged_to: view.bridged_to.clone().unwrap_or_default(),
         offloaded,

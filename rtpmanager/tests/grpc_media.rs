@@ -370,6 +370,21 @@ async fn a_strangers_packets_after_the_lock_change_nothing_and_are_counted() {
         assert_eq!((got, from), (rtp(seq, 0, 2), to_b));
     }
     assert!(recv(&stranger).is_none(), "nothing reaches the stranger");
+    let listed = client
+        .list_calls(v1::ListCallsRequest {})
+        .await
+        .expect("ListCalls")
+        .into_inner();
+    let b_info = listed.calls[0]
+        .legs
+        .iter()
+        .find(|l| l.leg_id == "b")
+        .expect("leg b");
+    assert_eq!(
+        b_info.latched_address,
+        callee.local_addr().expect("addr").to_string(),
+        "still locked on the callee"
+    );
     let b = leg_stats(&mut client, "bleed", "b").await;
     assert_eq!(b.source_mismatch_drops, 5, "each stranger packet counted");
     assert_eq!(
