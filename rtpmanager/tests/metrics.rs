@@ -179,7 +179,10 @@ async fn scrape_follows_a_call_set_up_over_grpc() {
             leg_id: "a".into(),
             peer_leg_id: "b".into(),
             sdp: sdp(caller.local_addr().expect("addr"), "0 101"),
-            options: None,
+            options: Some(v1::LegOptions {
+                strict_source: true,
+                ..Default::default()
+            }),
             peer_options: None,
         })
         .await
@@ -217,7 +220,21 @@ async fn scrape_follows_a_call_set_up_over_grpc() {
         assert_eq!(n, 172);
     }
 
-    let during = scrape(metrics).await;
+    // A stranger's two packets to the caller's leg, locked on the caller.
+    let stranger = endpoint();
+    for _ in 0..2 {
+        stranger
+            .send_to(&[0x80, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 9], leg_a)
+            .expect("send");
+    }
+    let rejected = "switchboard_rtpmanager_relay_source_rejected_packets_total";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut during = scrape(metrics).await;
+    while value(&during, rejected) < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        during = scrape(metrics).await;
+    }
+    assert_eq!(value(&during, rejected), 2, "{during}");
     for (direction, packets) in [("in", 5), ("out", 5)] {
         assert_eq!(
             value(
@@ -276,6 +293,7 @@ async fn scrape_follows_a_call_set_up_over_grpc() {
         5,
         "the ended call's packets stay counted"
     );
+    assert_eq!(value(&after, rejected), 2, "and its rejected ones");
 
     for path in ["/", "/metric", "/metrics/x", "/api/v1/health"] {
         assert_eq!(get(metrics, path).await.status, 404, "GET {path}");
