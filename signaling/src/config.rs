@@ -137,8 +137,10 @@ pub struct Config {
     #[arg(long, env = "NONCE_LIFETIME", default_value_t = 300)]
     pub nonce_lifetime: u64,
 
-    /// Authentication failures (per source address or per user) within
-    /// --lockout-window that lock the address or user out.
+    /// Authentication failures from one source (an IPv4 address or an IPv6
+    /// /64) within --lockout-window that block that source. Failures are
+    /// never charged to the user name, so guesses from elsewhere cannot
+    /// lock a user out.
     #[arg(long, env = "LOCKOUT_MAX_FAILURES", default_value_t = 5)]
     pub lockout_max_failures: usize,
 
@@ -146,7 +148,7 @@ pub struct Config {
     #[arg(long, env = "LOCKOUT_WINDOW", default_value_t = 60)]
     pub lockout_window: u64,
 
-    /// Seconds a locked-out address or user is answered 403.
+    /// Seconds a blocked source is answered 403.
     #[arg(long, env = "LOCKOUT_COOL_DOWN", default_value_t = 300)]
     pub lockout_cool_down: u64,
 
@@ -346,6 +348,7 @@ impl Config {
                 max_failures: self.lockout_max_failures,
                 window: Duration::from_secs(self.lockout_window),
                 cool_down: Duration::from_secs(self.lockout_cool_down),
+                ..LockoutConfig::default()
             },
             ..AuthConfig::digest(&self.realm, secret)
         }

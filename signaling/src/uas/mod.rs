@@ -319,6 +319,10 @@ struct Current {
     destination: Destination,
     /// The Request-URI as written, which digest `uri` must equal.
     request_uri: String,
+    /// Who sent it, when it was authenticated before the transaction layer
+    /// saw it (see `handle_request`); verifying again would trip the
+    /// nonce-count replay check.
+    identity: Option<Authenticated>,
 }
 
 /// The SIP request-handling core. See the [module documentation](self).
@@ -506,14 +510,34 @@ impl Uas {
             }
             return;
         }
-        let current = Current {
+        let mut current = Current {
             message,
             flow,
             destination,
             request_uri,
+            identity: None,
         };
         let layered = match current.message.rsip() {
             Some(rsip::SipMessage::Request(request)) => {
+                let retransmission = TransactionKey::server_for_request(request)
+                    .is_ok_and(|key| self.wire.transactions.contains(&key));
+                if !retransmission && needs_authentication(current.message.method()) {
+                    // Challenged statelessly, as Kamailio's auth_challenge +
+                    // sl_send_reply: a refusal creates no server transaction,
+                    // so it is sent once per request received and never
+                    // retransmitted towards a source that may be spoofed
+                    // (an INVITE transaction would repeat a 407 until Timer H,
+                    // 11 times). The To tag is derived from the request, so
+                    // the ACK of a 407 matches it; it arrives as a stray ACK
+                    // and is dropped.
+                    match self.authenticate(now, &current) {
+                        Ok(identity) => current.identity = Some(identity),
+                        Err((status, reason, headers)) => {
+                            self.reply(now, None, &current, Reply::new(status, reason, &headers));
+                            return;
+                        }
+                    }
+                }
                 let reliability = match flow {
                     Flow::Udp { .. } => Reliability::Unreliable,
                     Flow::Tcp { .. } => Reliability::Reliable,
@@ -721,9 +745,10 @@ impl Uas {
         current: Current,
     ) {
         let method = current.message.method().clone();
-        // RFC 3261 §22.1: CANCEL cannot be challenged (it could not be resubmitted).
-        let identity = if method == Method::Cancel {
+        let identity = if !needs_authentication(&method) {
             Authenticated::NotRequired
+        } else if let Some(identity) = current.identity.clone() {
+            identity
         } else {
             match self.authenticate(now, &current) {
                 Ok(identity) => identity,
@@ -858,6 +883,21 @@ impl Uas {
             tracing::warn!(%error, "response not sent");
         }
     }
+}
+
+/// Whether requests of `method` go through [`Uas::authenticate`]: REGISTER
+/// and the call requests except CANCEL, which cannot be challenged (RFC 3261
+/// §22.1: it could not be resubmitted). ACK is never challenged.
+fn needs_authentication(method: &Method) -> bool {
+    matches!(
+        method,
+        Method::Register
+            | Method::Invite
+            | Method::Bye
+            | Method::Update
+            | Method::Info
+            | Method::Prack
+    )
 }
 
 /// The headers of an OPTIONS answer (RFC 3261 §11.2).

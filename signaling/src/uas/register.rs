@@ -59,7 +59,11 @@ impl Uas {
     }
 
     pub(super) fn register(&mut self, now: Now, key: Option<TransactionKey>, current: Current) {
-        let identity = match self.authenticate(now, &current) {
+        let verified = match current.identity.clone() {
+            Some(identity) => Ok(identity),
+            None => self.authenticate(now, &current),
+        };
+        let identity = match verified {
             Ok(identity) => identity,
             Err((status, reason, headers)) => {
                 self.reply(

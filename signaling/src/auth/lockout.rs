@@ -1,0 +1,227 @@
+//! The brute-force defence: failures are charged to the source that made
+//! them, never to the user name they named.
+//!
+//! Blocking a user for everyone would let anyone lock a real user out with
+//! a few wrong guesses from anywhere (and every phone behind a NAT with
+//! them); blocking the source stops the guessing without that lever. An
+//! IPv6 source is charged per /64, because one host commonly owns a whole
+//! /64 and could otherwise rotate addresses to escape the count.
+//!
+//! Both tables are bounded in entries and in age: an entry is forgotten
+//! when its window or cool-down has passed, and when a table is full the
+//! oldest entry gives way. Keys are fixed-size ([`SourceKey`]), so nothing
+//! the attacker writes is stored and each entry costs the same few bytes.
+//! Time is passed in; nothing here reads a clock.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, SystemTime};
+
+/// Brute-force defence settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockoutConfig {
+    /// Failures from one source that block it.
+    pub max_failures: usize,
+    /// The window in which they are counted.
+    pub window: Duration,
+    /// How long a block lasts.
+    pub cool_down: Duration,
+    /// Most sources tracked in each table (failures, blocks); the oldest
+    /// entry is forgotten to make room.
+    pub max_sources: usize,
+}
+
+impl Default for LockoutConfig {
+    fn default() -> Self {
+        Self {
+            max_failures: 5,
+            window: Duration::from_secs(60),
+            cool_down: Duration::from_secs(300),
+            max_sources: 4096,
+        }
+    }
+}
+
+/// The unit failures are charged to: an IPv4 address, or the /64 network
+/// of an IPv6 address (an IPv4-mapped IPv6 address counts as IPv4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceKey {
+    /// One IPv4 address.
+    V4(Ipv4Addr),
+    /// The upper 64 bits of an IPv6 address.
+    V6Prefix(u64),
+}
+
+impl SourceKey {
+    /// The key `ip` is charged to.
+    pub fn of(ip: IpAddr) -> Self {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => Self::V4(v4),
+            IpAddr::V6(v6) => Self::V6Prefix((u128::from(v6) >> 64) as u64),
+        }
+    }
+}
+
+/// A map bounded in entries that forgets its oldest-inserted entry first.
+///
+/// Insertion order is kept in a queue of `(generation, key)`; an entry
+/// removed early leaves a stale queue item that is skipped (its generation
+/// no longer matches) and swept once the queue holds twice the bound.
+#[derive(Debug)]
+pub(crate) struct BoundedMap<K, V> {
+    cap: usize,
+    generation: u64,
+    entries: HashMap<K, (u64, V)>,
+    order: VecDeque<(u64, K)>,
+}
+
+impl<K: Copy + Eq + Hash, V> BoundedMap<K, V> {
+    pub(crate) fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            generation: 0,
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(crate) fn get(&self, key: &K) -> Option<&V> {
+        self.entries.get(key).map(|(_, v)| v)
+    }
+
+    pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.entries.get_mut(key).map(|(_, v)| v)
+    }
+
+    pub(crate) fn remove(&mut self, key: &K) -> Option<V> {
+        self.entries.remove(key).map(|(_, v)| v)
+    }
+
+    /// Inserts or replaces; a new key may push out the oldest one.
+    pub(crate) fn insert(&mut self, key: K, value: V) {
+        if let Some(entry) = self.entries.get_mut(&key) {
+            entry.1 = value;
+            return;
+        }
+        while self.entries.len() >= self.cap {
+            let Some((generation, oldest)) = self.order.pop_front() else {
+                break;
+            };
+            if self
+                .entries
+                .get(&oldest)
+                .is_some_and(|(g, _)| *g == generation)
+            {
+                self.entries.remove(&oldest);
+            }
+        }
+        self.generation += 1;
+        self.entries.insert(key, (self.generation, value));
+        self.order.push_back((self.generation, key));
+        if self.order.len() > self.cap.saturating_mul(2) {
+            let entries = &self.entries;
+            self.order
+                .retain(|(g, k)| entries.get(k).is_some_and(|(live, _)| live == g));
+        }
+    }
+}
+
+/// Failure counts and blocks per source. See the [module documentation](self).
+#[derive(Debug)]
+pub(crate) struct Lockout {
+    config: LockoutConfig,
+    /// Times of the recent failures of each source, at most `max_failures`.
+    failures: BoundedMap<SourceKey, VecDeque<SystemTime>>,
+    /// When each blocked source is let in again.
+    blocked: BoundedMap<SourceKey, SystemTime>,
+}
+
+impl Lockout {
+    pub(crate) fn new(config: LockoutConfig) -> Self {
+        Self {
+            config,
+            failures: BoundedMap::new(config.max_sources),
+            blocked: BoundedMap::new(config.max_sources),
+        }
+    }
+
+    /// Whether `source` is blocked at `now`; an ended block is forgotten.
+    pub(crate) fn is_blocked(&mut self, now: SystemTime, source: SourceKey) -> bool {
+        match self.blocked.get(&source) {
+            Some(until) if now < *until => true,
+            Some(_) => {
+                self.blocked.remove(&source);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Charges a failure to `source`; returns whether it is now blocked.
+    pub(crate) fn record_failure(&mut self, now: SystemTime, source: SourceKey) -> bool {
+        let LockoutConfig {
+            max_failures,
+            window,
+            cool_down,
+            ..
+        } = self.config;
+        let count = match self.failures.get_mut(&source) {
+            Some(times) => {
+                while times.front().is_some_and(|first| *first + window <= now) {
+                    times.pop_front();
+                }
+                times.push_back(now);
+                times.len()
+            }
+            None => {
+                self.failures.insert(source, VecDeque::from([now]));
+                1
+            }
+        };
+        if count >= max_failures {
+            self.failures.remove(&source);
+            self.blocked.insert(source, now + cool_down);
+            return true;
+        }
+        false
+    }
+
+    /// Entries in the failure and block tables.
+    #[cfg(test)]
+    pub(crate) fn tracked(&self) -> (usize, usize) {
+        (self.failures.len(), self.blocked.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_map_forgets_the_oldest_and_never_exceeds_its_cap() {
+        let mut map = BoundedMap::new(3);
+        for key in 0..10u32 {
+            map.insert(key, key * 10);
+            assert!(map.len() <= 3);
+        }
+        assert_eq!(
+            (map.get(&6), map.get(&7), map.get(&9)),
+            (None, Some(&70), Some(&90))
+        );
+        // Replacing keeps the slot; a removed key's stale queue item is skipped.
+        map.insert(9, 99);
+        assert_eq!(map.remove(&8), Some(80));
+        for key in 100..1000u32 {
+            map.insert(key, 0);
+            map.remove(&key);
+        }
+        assert!(map.order.len() <= 6, "the order queue is swept");
+        assert_eq!(map.get(&9), Some(&99));
+    }
+}
