@@ -164,6 +164,13 @@ pub struct Config {
     #[arg(long, env = "DEFAULT_EXPIRES", default_value_t = 3600)]
     pub default_expires: u32,
 
+    /// Most contacts (bindings) one address-of-record may have, existing
+    /// and new counted together, like Kamailio's `max_contacts`: a REGISTER
+    /// that would go beyond is refused whole with 403. Each binding is a
+    /// branch when a call forks.
+    #[arg(long, env = "MAX_CONTACTS", default_value_t = 5)]
+    pub max_contacts: usize,
+
     /// Seconds after which an idle TCP connection is closed.
     #[arg(long, env = "TCP_IDLE_TIMEOUT", default_value_t = 120)]
     pub tcp_idle_timeout: u64,
@@ -270,6 +277,9 @@ impl Config {
                 "must lie between --min-expires and --max-expires",
             ));
         }
+        if self.max_contacts == 0 {
+            return Err(ConfigError::invalid("max-contacts", "must be at least 1"));
+        }
         if self.tcp_idle_timeout == 0 {
             return Err(ConfigError::invalid(
                 "tcp-idle-timeout",
@@ -322,6 +332,7 @@ impl Config {
             max_expires: self.max_expires,
             domains: self.domains.clone(),
             default_domain: self.domains.first().cloned(),
+            max_contacts: self.max_contacts,
         }
     }
 

@@ -150,6 +150,20 @@ impl Uas {
             Decision::BadRequest { reason } => (400, reason, Vec::new()),
             Decision::NotFound => (404, "Not Found (domain not served here)", Vec::new()),
             Decision::ServerError { reason } => (500, reason, Vec::new()),
+            Decision::TooManyContacts { max } => {
+                tracing::info!(
+                    max,
+                    "REGISTER refused: too many contacts for one address-of-record"
+                );
+                (
+                    403,
+                    "Forbidden (too many contacts for this address-of-record)",
+                    vec![(
+                        "Warning".to_owned(),
+                        format!("399 switchboard \"at most {max} contacts per address-of-record\""),
+                    )],
+                )
+            }
         };
         self.reply(
             now,
