@@ -12,6 +12,7 @@ use clap::{Parser, ValueEnum};
 use switchboard_service::ConfigError;
 
 use crate::auth::{Algorithm, AuthConfig, AuthMode, Cidr, LockoutConfig};
+use crate::b2bua::{DisplayNamePolicy, FromPolicy, IdentityPolicy};
 use crate::registrar::RegistrarConfig;
 use crate::sip::FramingLimits;
 use crate::transaction::TimerConfig;
@@ -23,6 +24,28 @@ pub enum AuthOption {
     Digest,
     /// No authentication at all.
     Anonymous,
+}
+
+/// What happens to a From user that is not the authenticated user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FromIdentityOption {
+    /// The callee sees the authenticated user in From.
+    Replace,
+    /// The INVITE is refused with 403.
+    Reject,
+    /// The caller's From passes unchanged (P-Asserted-Identity still names the user).
+    Keep,
+}
+
+/// Whether an authenticated caller's display name reaches the callee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DisplayNameOption {
+    /// Always.
+    Keep,
+    /// Only when the From user was the authenticated user.
+    IfMatching,
+    /// Never.
+    Drop,
 }
 
 /// Where the dialplan is read from when `--dialplan` is not given.
@@ -151,6 +174,24 @@ pub struct Config {
     /// Seconds a blocked source is answered 403.
     #[arg(long, env = "LOCKOUT_COOL_DOWN", default_value_t = 300)]
     pub lockout_cool_down: u64,
+
+    /// Callee-side From of an authenticated caller whose From user is not
+    /// the authenticated user: `replace` it with that user, `reject` the
+    /// INVITE with 403, or `keep` it. Every callee INVITE of an
+    /// authenticated caller carries the user in P-Asserted-Identity (RFC 3325).
+    #[arg(long, env = "FROM_IDENTITY", value_enum, default_value = "replace")]
+    pub from_identity: FromIdentityOption,
+
+    /// Whether an authenticated caller's From display name reaches the
+    /// callee: `keep`, `if-matching` (only when the From user was the
+    /// authenticated user; a replaced From loses its name too) or `drop`.
+    #[arg(
+        long,
+        env = "FROM_DISPLAY_NAME",
+        value_enum,
+        default_value = "if-matching"
+    )]
+    pub from_display_name: DisplayNameOption,
 
     /// Shortest registration accepted, in seconds (shorter: 423 with Min-Expires).
     #[arg(long, env = "MIN_EXPIRES", default_value_t = 60)]
@@ -365,6 +406,22 @@ impl Config {
         }
     }
 
+    /// The caller identity policy of the B2BUA.
+    pub fn identity_policy(&self) -> IdentityPolicy {
+        IdentityPolicy {
+            from: match self.from_identity {
+                FromIdentityOption::Replace => FromPolicy::Replace,
+                FromIdentityOption::Reject => FromPolicy::Reject,
+                FromIdentityOption::Keep => FromPolicy::Keep,
+            },
+            display_name: match self.from_display_name {
+                DisplayNameOption::Keep => DisplayNamePolicy::Keep,
+                DisplayNameOption::IfMatching => DisplayNamePolicy::IfMatching,
+                DisplayNameOption::Drop => DisplayNamePolicy::Drop,
+            },
+        }
+    }
+
     /// The digest algorithms to offer, in order.
     pub fn digest_algorithms(&self) -> Vec<Algorithm> {
         self.auth_algorithms
@@ -494,6 +551,19 @@ mod tests {
         assert_eq!(c.digest_algorithms(), vec![Algorithm::Md5]);
         let err = load(&["--auth-algorithms", "sha-512"]).expect_err("unknown algorithm");
         assert!(err.to_string().contains("--auth-algorithms"), "{err}");
+        assert_eq!(c.identity_policy(), IdentityPolicy::default());
+        let c = load(&["--from-identity", "reject", "--from-display-name", "drop"])
+            .expect("identity options");
+        assert_eq!(
+            c.identity_policy(),
+            IdentityPolicy {
+                from: FromPolicy::Reject,
+                display_name: DisplayNamePolicy::Drop
+            }
+        );
+        assert_eq!(load(&[]).expect("defaults").max_contacts, 5);
+        let err = load(&["--max-contacts", "0"]).expect_err("no contact allowed");
+        assert!(err.to_string().contains("--max-contacts"), "{err}");
         let err = load(&["--auth", "basic"]).expect_err("unknown auth mode");
         assert!(err.to_string().contains("--auth"), "{err}");
     }
