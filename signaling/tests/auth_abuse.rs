@@ -134,8 +134,9 @@ fn ten_thousand_failures_with_huge_user_names_keep_memory_flat() {
     let data = tempfile::tempdir().expect("temp dir");
     let server = start(&data, &[]);
     let huge = "u".repeat(12 * 1024);
-    // Each source guesses once on a fresh nonce with a 12 KB user name.
+    // Each source guesses once on a fresh nonce with its own 12 KB user name.
     let guess = |i: u32| {
+        let name = format!("{i:05}{huge}");
         let peer = peer_on(&format!(
             "127.{}.{}.{}",
             100 + i / 40_000,
@@ -149,7 +150,7 @@ fn ten_thousand_failures_with_huge_user_names_keep_memory_flat() {
         let nonce =
             challenge_param(headers(&challenge, "WWW-Authenticate")[0], "nonce").expect("nonce");
         let authorization = format!(
-            "Digest username=\"{huge}\", realm=\"{REALM}\", nonce=\"{nonce}\", \
+            "Digest username=\"{name}\", realm=\"{REALM}\", nonce=\"{nonce}\", \
              uri=\"sip:{REALM}\", response=\"{}\", algorithm=MD5, qop=auth, \
              nc=00000001, cnonce=\"c0ffee\"",
             "0".repeat(32)
