@@ -7,9 +7,9 @@
 //! IPv6 source is charged per /64, because one host commonly owns a whole
 //! /64 and could otherwise rotate addresses to escape the count.
 //!
-//! Both tables are bounded in entries and in age: an entry is forgotten
-//! when its window or cool-down has passed, and when a table is full the
-//! oldest entry gives way. Keys are fixed-size ([`SourceKey`]), so nothing
+//! Both tables are bounded in entries and in age: each insertion first
+//! forgets the oldest entries whose window or cool-down has passed, and
+//! when a table is still full the oldest entry gives way. Keys are fixed-size ([`SourceKey`]), so nothing
 //! the attacker writes is stored and each entry costs the same few bytes.
 //! Time is passed in; nothing here reads a clock.
 
@@ -103,6 +103,24 @@ impl<K: Copy + Eq + Hash, V> BoundedMap<K, V> {
         self.entries.remove(key).map(|(_, v)| v)
     }
 
+    /// Forgets entries from the oldest on while `expired` holds for them;
+    /// stops at the first that is still live.
+    pub(crate) fn forget_expired(&mut self, expired: impl Fn(&V) -> bool) {
+        while let Some((generation, oldest)) = self.order.front().copied() {
+            match self.entries.get(&oldest) {
+                Some((g, value)) if *g == generation => {
+                    if !expired(value) {
+                        break;
+                    }
+                    self.entries.remove(&oldest);
+                }
+                // A stale queue item: its entry was removed or replaced.
+                _ => {}
+            }
+            self.order.pop_front();
+        }
+    }
+
     /// Inserts or replaces; a new key may push out the oldest one.
     pub(crate) fn insert(&mut self, key: K, value: V) {
         if let Some(entry) = self.entries.get_mut(&key) {
@@ -180,12 +198,15 @@ impl Lockout {
                 times.len()
             }
             None => {
+                self.failures
+                    .forget_expired(|times| times.back().is_none_or(|last| *last + window <= now));
                 self.failures.insert(source, VecDeque::from([now]));
                 1
             }
         };
         if count >= max_failures {
             self.failures.remove(&source);
+            self.blocked.forget_expired(|until| *until <= now);
             self.blocked.insert(source, now + cool_down);
             return true;
         }
@@ -223,5 +244,42 @@ mod tests {
         }
         assert!(map.order.len() <= 6, "the order queue is swept");
         assert_eq!(map.get(&9), Some(&99));
+    }
+
+    #[test]
+    fn expired_entries_are_forgotten_oldest_first_up_to_the_first_live_one() {
+        let mut map = BoundedMap::new(100);
+        for (key, until) in [(1u32, 10u32), (2, 20), (3, 5), (4, 40)] {
+            map.insert(key, until);
+        }
+        map.forget_expired(|until| *until <= 25);
+        // 1, 2 and 3 (all before the live 4 in insertion order) go; 4 stops the sweep.
+        assert_eq!((map.get(&1), map.get(&2), map.get(&3)), (None, None, None));
+        assert_eq!(map.get(&4), Some(&40));
+        map.insert(5, 1);
+        map.forget_expired(|until| *until <= 25);
+        assert_eq!(
+            map.get(&5),
+            Some(&1),
+            "behind a live entry, kept until it fails or is evicted"
+        );
+    }
+
+    #[test]
+    fn a_quiet_source_is_forgotten_once_its_window_has_passed() {
+        let t = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let mut lockout = Lockout::new(LockoutConfig {
+            max_failures: 3,
+            ..LockoutConfig::default()
+        });
+        let a = SourceKey::of("192.0.2.1".parse().expect("address"));
+        let b = SourceKey::of("192.0.2.2".parse().expect("address"));
+        assert!(!lockout.record_failure(t(0), a));
+        assert!(!lockout.record_failure(t(30), a));
+        assert_eq!(lockout.tracked(), (1, 0));
+        // 60 s after a's last failure another source's failure sweeps it.
+        assert!(!lockout.record_failure(t(90), b));
+        assert_eq!(lockout.tracked(), (1, 0));
+        assert!(!lockout.record_failure(t(91), a), "a starts again from one");
     }
 }
