@@ -577,6 +577,11 @@ impl Registrar {
             // RFC 5626 §6 step 2: one flow per REGISTER.
             return Err(Rejection::BadRequest("Multiple Contacts with reg-id"));
         }
+        if request.contacts.len() > self.config.max_contacts.saturating_add(current.len()) {
+            // Beyond what any outcome could accept (short of duplicates and
+            // removals of unknown contacts): refused before the quadratic merge.
+            return Err(Rejection::TooManyContacts(self.config.max_contacts));
+        }
         let expiries: Vec<u32> = request
             .contacts
             .iter()
