@@ -18,6 +18,11 @@
 //! Responses received that match no client transaction are dropped, and a
 //! response is never answered.
 //!
+//! Authentication comes first, before a new request reaches the
+//! transaction layer: a challenge or an authentication refusal is sent
+//! statelessly, once per request received, and leaves no transaction
+//! behind (no retransmitted 407, no state per spoofed source).
+//!
 //! # Driving it
 //!
 //! 1. `handle_inbound(now, inbound)` for each message from the transports;
