@@ -350,7 +350,10 @@ impl Authenticator {
             return Err(AuthFailure::Rejected);
         }
         let Some(issued) = self.check_nonce(nonce) else {
-            self.record_failure(now, source);
+            // Not a nonce of ours (forged, or issued before a restart with a
+            // random secret): no digest is tested, so no guess is made and
+            // none is charged. Counting it would let phones re-registering
+            // after a restart block their own NAT address.
             return Err(AuthFailure::Rejected);
         };
         if self.nonce_counts.get(nonce) == Some(&BURNED) {
