@@ -42,7 +42,8 @@ pub enum FromIdentityOption {
 pub enum DisplayNameOption {
     /// Always.
     Keep,
-    /// Only when the From user was the authenticated user.
+    /// Only when the From user was the authenticated user (a replaced From
+    /// loses its display name too, which was part of the disguise).
     IfMatching,
     /// Never.
     Drop,
@@ -175,16 +176,13 @@ pub struct Config {
     #[arg(long, env = "LOCKOUT_COOL_DOWN", default_value_t = 300)]
     pub lockout_cool_down: u64,
 
-    /// Callee-side From of an authenticated caller whose From user is not
-    /// the authenticated user: `replace` it with that user, `reject` the
-    /// INVITE with 403, or `keep` it. Every callee INVITE of an
-    /// authenticated caller carries the user in P-Asserted-Identity (RFC 3325).
+    /// What callees see when an authenticated caller's From user is not
+    /// the authenticated user. Every callee INVITE of an authenticated
+    /// caller carries that user in P-Asserted-Identity (RFC 3325).
     #[arg(long, env = "FROM_IDENTITY", value_enum, default_value = "replace")]
     pub from_identity: FromIdentityOption,
 
-    /// Whether an authenticated caller's From display name reaches the
-    /// callee: `keep`, `if-matching` (only when the From user was the
-    /// authenticated user; a replaced From loses its name too) or `drop`.
+    /// Whether an authenticated caller's From display name reaches the callee.
     #[arg(
         long,
         env = "FROM_DISPLAY_NAME",
