@@ -176,6 +176,13 @@ pub struct Config {
     #[arg(long, env = "LOCKOUT_COOL_DOWN", default_value_t = 300)]
     pub lockout_cool_down: u64,
 
+    /// Milliseconds by which a wrong guess for a user name is answered late
+    /// once that name has collected --lockout-max-failures failures within
+    /// --lockout-window from any sources; the right password is never
+    /// delayed and the user is never locked out. 0 turns it off.
+    #[arg(long, env = "LOCKOUT_USER_DELAY_MS", default_value_t = 2000)]
+    pub lockout_user_delay_ms: u64,
+
     /// What callees see when an authenticated caller's From user is not
     /// the authenticated user. Every callee INVITE of an authenticated
     /// caller carries that user in P-Asserted-Identity (RFC 3325).
@@ -337,6 +344,12 @@ impl Config {
                 "T1 and T4 must be positive and T2 at least T1",
             ));
         }
+        if self.lockout_user_delay_ms > 60_000 {
+            return Err(ConfigError::invalid(
+                "lockout-user-delay-ms",
+                "at most 60000 (a longer wait only holds answers in memory)",
+            ));
+        }
         if self.lockout_max_failures == 0 {
             return Err(ConfigError::invalid(
                 "lockout-max-failures",
@@ -398,6 +411,7 @@ impl Config {
                 max_failures: self.lockout_max_failures,
                 window: Duration::from_secs(self.lockout_window),
                 cool_down: Duration::from_secs(self.lockout_cool_down),
+                user_delay: Duration::from_millis(self.lockout_user_delay_ms),
                 ..LockoutConfig::default()
             },
             ..AuthConfig::digest(&self.realm, secret)
@@ -562,6 +576,16 @@ mod tests {
         assert_eq!(load(&[]).expect("defaults").max_contacts, 5);
         let err = load(&["--max-contacts", "0"]).expect_err("no contact allowed");
         assert!(err.to_string().contains("--max-contacts"), "{err}");
+        assert_eq!(
+            load(&[])
+                .expect("defaults")
+                .auth_config(vec![1])
+                .lockout
+                .user_delay,
+            Duration::from_secs(2)
+        );
+        let err = load(&["--lockout-user-delay-ms", "60001"]).expect_err("too long a delay");
+        assert!(err.to_string().contains("--lockout-user-delay-ms"), "{err}");
         let err = load(&["--auth", "basic"]).expect_err("unknown auth mode");
         assert!(err.to_string().contains("--auth"), "{err}");
     }

@@ -1,5 +1,6 @@
 //! Authentication under attack, against the running server: guesses from
-//! many sources do not lock the user out, the guessing source is blocked,
+//! many sources do not lock the user out (they are only answered late),
+//! the guessing source is blocked,
 //! thousands of failures with huge user names do not grow the server's
 //! memory, and an INVITE without credentials draws exactly one 407.
 
@@ -100,11 +101,20 @@ fn rss_kib(server: &Server) -> u64 {
 #[test]
 fn guesses_from_other_sources_never_lock_the_user_out_and_the_guesser_is_blocked() {
     let data = tempfile::tempdir().expect("temp dir");
-    let server = start(&data, &[]);
-    // 50 wrong guesses for 1002, one from each of 50 addresses.
+    let server = start(&data, &["--lockout-user-delay-ms", "300"]);
+    // 50 wrong guesses for 1002, one from each of 50 addresses: never
+    // locked, only slowed once 1002 has collected 5 failures.
     for i in 1..=50 {
+        let started = Instant::now();
         let answer = register(&server, &peer_on(&format!("127.0.22.{i}")), "1002", "guess");
         assert_eq!(status(&answer), 401, "guess {i}: {answer}");
+        if i > 5 {
+            assert!(
+                started.elapsed() >= Duration::from_millis(300),
+                "guess {i} answered after {:?}",
+                started.elapsed()
+            );
+        }
     }
     // One address guessing on: blocked after 5 (the default), then even
     // the right password from there is refused.

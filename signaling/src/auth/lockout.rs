@@ -7,14 +7,21 @@
 //! IPv6 source is charged per /64, because one host commonly owns a whole
 //! /64 and could otherwise rotate addresses to escape the count.
 //!
-//! Both tables are bounded in entries and in age: each insertion first
+//! A user name guessed at from many sources is only slowed down: once it
+//! has collected `max_failures` failures within the window, from wherever,
+//! each further wrong guess for it is answered `user_delay` later. The
+//! right password is never delayed, so the user's own phone is not
+//! affected. Names are kept as a keyed 64-bit hash (keys drawn per process),
+//! never as the attacker's bytes.
+//!
+//! The tables are bounded in entries and in age: each insertion first
 //! forgets the oldest entries whose window or cool-down has passed, and
 //! when a table is still full the oldest entry gives way. Keys are fixed-size ([`SourceKey`]), so nothing
 //! the attacker writes is stored and each entry costs the same few bytes.
 //! Time is passed in; nothing here reads a clock.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, SystemTime};
 
@@ -27,9 +34,12 @@ pub struct LockoutConfig {
     pub window: Duration,
     /// How long a block lasts.
     pub cool_down: Duration,
-    /// Most sources tracked in each table (failures, blocks); the oldest
+    /// Most sources (or user names) tracked in each table; the oldest
     /// entry is forgotten to make room.
     pub max_sources: usize,
+    /// How much later a wrong guess for a user name that has collected
+    /// `max_failures` failures in the window is answered; zero: at once.
+    pub user_delay: Duration,
 }
 
 impl Default for LockoutConfig {
@@ -39,6 +49,7 @@ impl Default for LockoutConfig {
             window: Duration::from_secs(60),
             cool_down: Duration::from_secs(300),
             max_sources: 4096,
+            user_delay: Duration::from_secs(2),
         }
     }
 }
@@ -158,6 +169,10 @@ pub(crate) struct Lockout {
     failures: BoundedMap<SourceKey, VecDeque<SystemTime>>,
     /// When each blocked source is let in again.
     blocked: BoundedMap<SourceKey, SystemTime>,
+    /// Times of the recent failures per user-name hash, at most `max_failures`.
+    users: BoundedMap<u64, VecDeque<SystemTime>>,
+    /// Keys the user-name hash, so that names cannot be chosen to collide.
+    hasher: RandomState,
 }
 
 impl Lockout {
@@ -166,6 +181,46 @@ impl Lockout {
             config,
             failures: BoundedMap::new(config.max_sources),
             blocked: BoundedMap::new(config.max_sources),
+            users: BoundedMap::new(config.max_sources),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// Charges a wrong guess to the user name `username`; returns how much
+    /// later the answer should go (zero until the name has collected
+    /// `max_failures` failures within the window).
+    pub(crate) fn record_user_failure(&mut self, now: SystemTime, username: &str) -> Duration {
+        let LockoutConfig {
+            max_failures,
+            window,
+            user_delay,
+            ..
+        } = self.config;
+        let key = self.hasher.hash_one(username);
+        let earlier = match self.users.get_mut(&key) {
+            Some(times) => {
+                while times.front().is_some_and(|first| *first + window <= now) {
+                    times.pop_front();
+                }
+                let earlier = times.len();
+                // Only the last `max_failures` matter: the deque stays bounded.
+                if earlier >= max_failures {
+                    times.pop_front();
+                }
+                times.push_back(now);
+                earlier
+            }
+            None => {
+                self.users
+                    .forget_expired(|times| times.back().is_none_or(|last| *last + window <= now));
+                self.users.insert(key, VecDeque::from([now]));
+                0
+            }
+        };
+        if earlier >= max_failures {
+            user_delay
+        } else {
+            Duration::ZERO
         }
     }
 
@@ -217,6 +272,12 @@ impl Lockout {
     #[cfg(test)]
     pub(crate) fn tracked(&self) -> (usize, usize) {
         (self.failures.len(), self.blocked.len())
+    }
+
+    /// Entries in the user-name table.
+    #[cfg(test)]
+    pub(crate) fn tracked_users(&self) -> usize {
+        self.users.len()
     }
 }
 

@@ -43,6 +43,10 @@ pub enum AuthFailure {
     /// Wrong password, unknown user, forged nonce or unsupported parameters:
     /// challenge again, indistinguishably.
     Rejected,
+    /// Like `Rejected`, for a user name that has collected many failures
+    /// from anywhere: challenge again, this much later (known and unknown
+    /// names alike).
+    Slowed(Duration),
     /// Correct credentials on an expired nonce: challenge with `stale=true`.
     Stale,
     /// A nonce-count not above the last one seen for this nonce: challenge again.
@@ -270,9 +274,10 @@ impl Authenticator {
     /// The response for a failure of a `method` request.
     pub fn answer(&mut self, now: SystemTime, method: &str, failure: &AuthFailure) -> Answer {
         match failure {
-            AuthFailure::Missing | AuthFailure::Rejected | AuthFailure::Replay => {
-                self.challenge(now, method, false)
-            }
+            AuthFailure::Missing
+            | AuthFailure::Rejected
+            | AuthFailure::Slowed(_)
+            | AuthFailure::Replay => self.challenge(now, method, false),
             AuthFailure::Stale => self.challenge(now, method, true),
             AuthFailure::LockedOut => Answer {
                 status: 403,
@@ -374,7 +379,12 @@ impl Authenticator {
         if !(matches && known) {
             self.burn_nonce(nonce);
             self.record_failure(now, source);
-            return Err(AuthFailure::Rejected);
+            let delay = self.lockout.record_user_failure(now, &username);
+            return Err(if delay.is_zero() {
+                AuthFailure::Rejected
+            } else {
+                AuthFailure::Slowed(delay)
+            });
         }
         if issued + self.config.nonce_lifetime < now {
             return Err(AuthFailure::Stale);

@@ -438,10 +438,10 @@ fn fail_once(auth: &mut Authenticator, now: SystemTime, user: &str, source: IpAd
         "00000001",
         "REGISTER",
     );
-    assert_eq!(
-        auth.verify(now, "REGISTER", URI, Some(&wrong), source),
-        Err(AuthFailure::Rejected),
-        "a wrong guess from {source}"
+    let result = auth.verify(now, "REGISTER", URI, Some(&wrong), source);
+    assert!(
+        matches!(result, Err(AuthFailure::Rejected | AuthFailure::Slowed(_))),
+        "a wrong guess from {source}: {result:?}"
     );
 }
 
@@ -688,5 +688,107 @@ fn users_file_reload_keeps_old_users_on_error() {
             Err(UsersError::InvalidUser { reason: got, .. }) => assert_eq!(got, reason),
             other => panic!("expected {reason:?}, got {other:?}"),
         }
+    }
+}
+
+#[test]
+fn a_user_name_guessed_at_from_many_sources_slows_wrong_guesses_only() {
+    let mut auth = authenticator();
+    // Threshold 3: three failures for alice from three sources ...
+    for i in 1..=3 {
+        fail_once(&mut auth, t(1), "alice", ip(&format!("203.0.113.{i}")));
+    }
+    // ... then each further wrong guess, from anywhere, is answered late.
+    for i in 4..=10 {
+        let nonce = nonce_of(&auth.challenge(t(2), "REGISTER", false));
+        let wrong = authorization(
+            Algorithm::Md5,
+            "alice",
+            "guess",
+            &nonce,
+            "00000001",
+            "REGISTER",
+        );
+        assert_eq!(
+            auth.verify(
+                t(2),
+                "REGISTER",
+                URI,
+                Some(&wrong),
+                ip(&format!("203.0.113.{i}"))
+            ),
+            Err(AuthFailure::Slowed(Duration::from_secs(2)))
+        );
+    }
+    assert_eq!(
+        auth.answer(
+            t(2),
+            "REGISTER",
+            &AuthFailure::Slowed(Duration::from_secs(2))
+        )
+        .status,
+        401,
+        "a slowed answer is the same challenge"
+    );
+    // The right password is never slowed.
+    assert!(alice_from(&mut auth, t(2), ip("192.0.2.10")).is_ok());
+    // Unknown names are slowed alike (nothing tells them apart) ...
+    for i in 1..=4 {
+        let nonce = nonce_of(&auth.challenge(t(3), "REGISTER", false));
+        let wrong = authorization(
+            Algorithm::Md5,
+            "mallory",
+            "x",
+            &nonce,
+            "00000001",
+            "REGISTER",
+        );
+        let result = auth.verify(
+            t(3),
+            "REGISTER",
+            URI,
+            Some(&wrong),
+            ip(&format!("198.51.100.{i}")),
+        );
+        let expected = if i <= 3 {
+            AuthFailure::Rejected
+        } else {
+            AuthFailure::Slowed(Duration::from_secs(2))
+        };
+        assert_eq!(result, Err(expected), "guess {i}");
+    }
+    // ... and a name's count ends with the window.
+    let nonce = nonce_of(&auth.challenge(t(70), "REGISTER", false));
+    let wrong = authorization(
+        Algorithm::Md5,
+        "alice",
+        "guess",
+        &nonce,
+        "00000001",
+        "REGISTER",
+    );
+    assert_eq!(
+        auth.verify(t(70), "REGISTER", URI, Some(&wrong), ip("203.0.113.99")),
+        Err(AuthFailure::Rejected)
+    );
+}
+
+#[test]
+fn the_user_name_table_stays_within_its_bound() {
+    let mut config = AuthConfig::digest(REALM, b"test secret".to_vec());
+    config.lockout = LockoutConfig {
+        max_sources: 50,
+        ..LockoutConfig::default()
+    };
+    let mut auth = Authenticator::new(config, users());
+    for i in 0..500u32 {
+        let name = format!("{i}{}", "n".repeat(4000));
+        fail_once(
+            &mut auth,
+            t(1),
+            &name,
+            IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
+        );
+        assert!(auth.lockout.tracked_users() <= 50);
     }
 }

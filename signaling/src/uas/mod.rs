@@ -314,8 +314,18 @@ impl Wire {
     }
 }
 
-/// An authentication failure's answer: status, reason and headers.
-type Refusal = (u16, &'static str, Vec<(String, String)>);
+/// An authentication failure's answer.
+struct Refusal {
+    status: u16,
+    reason: &'static str,
+    headers: Vec<(String, String)>,
+    /// How much later it goes out (a user name guessed at from many sources).
+    delay: Duration,
+}
+
+/// Most answers held back at once; beyond, a slowed answer is not sent at
+/// all (the guesser learns nothing, a real client retransmits).
+const MAX_DELAYED: usize = 1024;
 
 /// The request being processed, with what the layer does not keep.
 struct Current {
@@ -339,6 +349,9 @@ pub struct Uas {
     auth: Authenticator,
     store: Box<dyn BindingStore>,
     handler: Option<Box<dyn CallHandler>>,
+    /// Slowed authentication answers and when they are due, in due order
+    /// (the delay is one constant).
+    delayed: VecDeque<(Instant, Outbound)>,
 }
 
 impl std::fmt::Debug for Uas {
@@ -379,6 +392,7 @@ impl Uas {
             auth,
             store,
             handler: None,
+            delayed: VecDeque::new(),
         }
     }
 
@@ -429,6 +443,15 @@ impl Uas {
     /// Fires every timer due at `now`: transactions, binding expiry and the
     /// call handler's.
     pub fn handle_timeout(&mut self, now: Now) {
+        while self
+            .delayed
+            .front()
+            .is_some_and(|(due, _)| *due <= now.instant)
+        {
+            if let Some((_, outbound)) = self.delayed.pop_front() {
+                self.wire.outbox.push_back(outbound);
+            }
+        }
         self.wire.transactions.handle_timeout(now.instant);
         self.drain(now, None);
         if self
@@ -460,6 +483,7 @@ impl Uas {
             .map(|at| now.instant + at.duration_since(now.wall).unwrap_or(Duration::ZERO));
         [
             self.wire.transactions.poll_timeout(),
+            self.delayed.front().map(|(due, _)| *due),
             expiry,
             self.handler.as_ref().and_then(|h| h.poll_timeout()),
         ]
@@ -537,8 +561,8 @@ impl Uas {
                     // and is dropped.
                     match self.authenticate(now, &current) {
                         Ok(identity) => current.identity = Some(identity),
-                        Err((status, reason, headers)) => {
-                            self.reply(now, None, &current, Reply::new(status, reason, &headers));
+                        Err(refusal) => {
+                            self.refuse(now, None, &current, refusal);
                             return;
                         }
                     }
@@ -757,14 +781,8 @@ impl Uas {
         } else {
             match self.authenticate(now, &current) {
                 Ok(identity) => identity,
-                Err(answer) => {
-                    let (status, reason, headers) = answer;
-                    self.reply(
-                        now,
-                        key.as_ref(),
-                        &current,
-                        Reply::new(status, reason, &headers),
-                    );
+                Err(refusal) => {
+                    self.refuse(now, key.as_ref(), &current, refusal);
                     return;
                 }
             }
@@ -869,7 +887,46 @@ impl Uas {
                             .collect()
                     })
                     .unwrap_or_default();
-                Err((answer.status, reason, headers))
+                let delay = match failure {
+                    crate::auth::AuthFailure::Slowed(delay) => delay,
+                    _ => Duration::ZERO,
+                };
+                Err(Refusal {
+                    status: answer.status,
+                    reason,
+                    headers,
+                    delay,
+                })
+            }
+        }
+    }
+
+    /// Sends an authentication refusal, at once or after its delay. A
+    /// delayed one is always stateless (it was refused before the
+    /// transaction layer), so its octets can simply be held back.
+    fn refuse(
+        &mut self,
+        now: Now,
+        key: Option<&TransactionKey>,
+        current: &Current,
+        refusal: Refusal,
+    ) {
+        let queued = self.wire.outbox.len();
+        self.reply(
+            now,
+            key,
+            current,
+            Reply::new(refusal.status, refusal.reason, &refusal.headers),
+        );
+        if refusal.delay.is_zero() || key.is_some() || self.wire.outbox.len() != queued + 1 {
+            return;
+        }
+        if let Some(outbound) = self.wire.outbox.pop_back() {
+            if self.delayed.len() < MAX_DELAYED {
+                self.delayed
+                    .push_back((now.instant + refusal.delay, outbound));
+            } else {
+                tracing::debug!("slowed authentication answer dropped: too many held back");
             }
         }
     }

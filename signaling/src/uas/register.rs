@@ -65,13 +65,8 @@ impl Uas {
         };
         let identity = match verified {
             Ok(identity) => identity,
-            Err((status, reason, headers)) => {
-                self.reply(
-                    now,
-                    key.as_ref(),
-                    &current,
-                    Reply::new(status, reason, &headers),
-                );
+            Err(refusal) => {
+                self.refuse(now, key.as_ref(), &current, refusal);
                 return;
             }
         };
