@@ -10,9 +10,11 @@
 //! so validating one needs only the secret. The only state is the highest
 //! nonce-count seen per nonce (a bounded map) and the bounded failure
 //! tables of the brute-force defence ([`lockout`]), which blocks the
-//! failing source, never the user. Time is [`SystemTime`] because a nonce carries a
-//! wall-clock timestamp that must keep its meaning across restarts when the
-//! secret is configured.
+//! failing source and only slows wrong guesses for a much-guessed user
+//! name: a user is never locked out. A nonce that failed a digest check is
+//! burned, so each guess needs a fresh challenge. Time is [`SystemTime`]
+//! because a nonce carries a wall-clock timestamp that must keep its
+//! meaning across restarts when the secret is configured.
 //!
 //! An unknown user and a wrong password get the same answer, and both pay
 //! for a full digest computation, so neither status, headers nor timing tell
@@ -27,11 +29,11 @@ pub use lockout::{LockoutConfig, SourceKey};
 pub use users::{UserEntry, Users, UsersError};
 
 use std::collections::{HashMap, VecDeque};
-
-use lockout::Lockout;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lockout::Lockout;
 
 /// Why a request was not authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +51,8 @@ pub enum AuthFailure {
     Slowed(Duration),
     /// Correct credentials on an expired nonce: challenge with `stale=true`.
     Stale,
-    /// A nonce-count not above the last one seen for this nonce: challenge again.
+    /// A nonce-count not above the last one seen for this nonce, or a nonce
+    /// burned by a failed guess: challenge again (no digest is tested).
     Replay,
     /// Too many failures from this source (address, or IPv6 /64): 403 until the cool-down ends.
     LockedOut,
