@@ -12,6 +12,7 @@ use clap::{Parser, ValueEnum};
 use switchboard_service::ConfigError;
 
 use crate::auth::{Algorithm, AuthConfig, AuthMode, Cidr, LockoutConfig};
+use crate::b2bua::{DisplayNamePolicy, FromPolicy, IdentityPolicy};
 use crate::registrar::RegistrarConfig;
 use crate::sip::FramingLimits;
 use crate::transaction::TimerConfig;
@@ -23,6 +24,29 @@ pub enum AuthOption {
     Digest,
     /// No authentication at all.
     Anonymous,
+}
+
+/// What happens to a From user that is not the authenticated user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FromIdentityOption {
+    /// The callee sees the authenticated user in From.
+    Replace,
+    /// The INVITE is refused with 403.
+    Reject,
+    /// The caller's From passes unchanged (P-Asserted-Identity still names the user).
+    Keep,
+}
+
+/// Whether an authenticated caller's display name reaches the callee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DisplayNameOption {
+    /// Always.
+    Keep,
+    /// Only when the From user was the authenticated user (a replaced From
+    /// loses its display name too, which was part of the disguise).
+    IfMatching,
+    /// Never.
+    Drop,
 }
 
 /// Where the dialplan is read from when `--dialplan` is not given.
@@ -137,8 +161,10 @@ pub struct Config {
     #[arg(long, env = "NONCE_LIFETIME", default_value_t = 300)]
     pub nonce_lifetime: u64,
 
-    /// Authentication failures (per source address or per user) within
-    /// --lockout-window that lock the address or user out.
+    /// Authentication failures from one source (an IPv4 address or an IPv6
+    /// /64) within --lockout-window that block that source. Failures are
+    /// never charged to the user name, so guesses from elsewhere cannot
+    /// lock a user out.
     #[arg(long, env = "LOCKOUT_MAX_FAILURES", default_value_t = 5)]
     pub lockout_max_failures: usize,
 
@@ -146,9 +172,31 @@ pub struct Config {
     #[arg(long, env = "LOCKOUT_WINDOW", default_value_t = 60)]
     pub lockout_window: u64,
 
-    /// Seconds a locked-out address or user is answered 403.
+    /// Seconds a blocked source is answered 403.
     #[arg(long, env = "LOCKOUT_COOL_DOWN", default_value_t = 300)]
     pub lockout_cool_down: u64,
+
+    /// Milliseconds by which a wrong guess for a user name is answered late
+    /// once that name has collected --lockout-max-failures failures within
+    /// --lockout-window from any sources; the right password is never
+    /// delayed and the user is never locked out. 0 turns it off.
+    #[arg(long, env = "LOCKOUT_USER_DELAY_MS", default_value_t = 2000)]
+    pub lockout_user_delay_ms: u64,
+
+    /// What callees see when an authenticated caller's From user is not
+    /// the authenticated user. Every callee INVITE of an authenticated
+    /// caller carries that user in P-Asserted-Identity (RFC 3325).
+    #[arg(long, env = "FROM_IDENTITY", value_enum, default_value = "replace")]
+    pub from_identity: FromIdentityOption,
+
+    /// Whether an authenticated caller's From display name reaches the callee.
+    #[arg(
+        long,
+        env = "FROM_DISPLAY_NAME",
+        value_enum,
+        default_value = "if-matching"
+    )]
+    pub from_display_name: DisplayNameOption,
 
     /// Shortest registration accepted, in seconds (shorter: 423 with Min-Expires).
     #[arg(long, env = "MIN_EXPIRES", default_value_t = 60)]
@@ -161,6 +209,13 @@ pub struct Config {
     /// Registration length when the REGISTER gives none, in seconds.
     #[arg(long, env = "DEFAULT_EXPIRES", default_value_t = 3600)]
     pub default_expires: u32,
+
+    /// Most contacts (bindings) one address-of-record may have, existing
+    /// and new counted together, like Kamailio's `max_contacts`: a REGISTER
+    /// that would go beyond is refused whole with 403. Each binding is a
+    /// branch when a call forks.
+    #[arg(long, env = "MAX_CONTACTS", default_value_t = 5)]
+    pub max_contacts: usize,
 
     /// Seconds after which an idle TCP connection is closed.
     #[arg(long, env = "TCP_IDLE_TIMEOUT", default_value_t = 120)]
@@ -268,6 +323,9 @@ impl Config {
                 "must lie between --min-expires and --max-expires",
             ));
         }
+        if self.max_contacts == 0 {
+            return Err(ConfigError::invalid("max-contacts", "must be at least 1"));
+        }
         if self.tcp_idle_timeout == 0 {
             return Err(ConfigError::invalid(
                 "tcp-idle-timeout",
@@ -284,6 +342,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "t1-ms",
                 "T1 and T4 must be positive and T2 at least T1",
+            ));
+        }
+        if self.lockout_user_delay_ms > 60_000 {
+            return Err(ConfigError::invalid(
+                "lockout-user-delay-ms",
+                "at most 60000 (a longer wait only holds answers in memory)",
             ));
         }
         if self.lockout_max_failures == 0 {
@@ -320,6 +384,7 @@ impl Config {
             max_expires: self.max_expires,
             domains: self.domains.clone(),
             default_domain: self.domains.first().cloned(),
+            max_contacts: self.max_contacts,
         }
     }
 
@@ -346,8 +411,26 @@ impl Config {
                 max_failures: self.lockout_max_failures,
                 window: Duration::from_secs(self.lockout_window),
                 cool_down: Duration::from_secs(self.lockout_cool_down),
+                user_delay: Duration::from_millis(self.lockout_user_delay_ms),
+                ..LockoutConfig::default()
             },
             ..AuthConfig::digest(&self.realm, secret)
+        }
+    }
+
+    /// The caller identity policy of the B2BUA.
+    pub fn identity_policy(&self) -> IdentityPolicy {
+        IdentityPolicy {
+            from: match self.from_identity {
+                FromIdentityOption::Replace => FromPolicy::Replace,
+                FromIdentityOption::Reject => FromPolicy::Reject,
+                FromIdentityOption::Keep => FromPolicy::Keep,
+            },
+            display_name: match self.from_display_name {
+                DisplayNameOption::Keep => DisplayNamePolicy::Keep,
+                DisplayNameOption::IfMatching => DisplayNamePolicy::IfMatching,
+                DisplayNameOption::Drop => DisplayNamePolicy::Drop,
+            },
         }
     }
 
@@ -480,6 +563,29 @@ mod tests {
         assert_eq!(c.digest_algorithms(), vec![Algorithm::Md5]);
         let err = load(&["--auth-algorithms", "sha-512"]).expect_err("unknown algorithm");
         assert!(err.to_string().contains("--auth-algorithms"), "{err}");
+        assert_eq!(c.identity_policy(), IdentityPolicy::default());
+        let c = load(&["--from-identity", "reject", "--from-display-name", "drop"])
+            .expect("identity options");
+        assert_eq!(
+            c.identity_policy(),
+            IdentityPolicy {
+                from: FromPolicy::Reject,
+                display_name: DisplayNamePolicy::Drop
+            }
+        );
+        assert_eq!(load(&[]).expect("defaults").max_contacts, 5);
+        let err = load(&["--max-contacts", "0"]).expect_err("no contact allowed");
+        assert!(err.to_string().contains("--max-contacts"), "{err}");
+        assert_eq!(
+            load(&[])
+                .expect("defaults")
+                .auth_config(vec![1])
+                .lockout
+                .user_delay,
+            Duration::from_secs(2)
+        );
+        let err = load(&["--lockout-user-delay-ms", "60001"]).expect_err("too long a delay");
+        assert!(err.to_string().contains("--lockout-user-delay-ms"), "{err}");
         let err = load(&["--auth", "basic"]).expect_err("unknown auth mode");
         assert!(err.to_string().contains("--auth"), "{err}");
     }

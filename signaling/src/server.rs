@@ -59,6 +59,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                         .and_then(|b| b.try_into().ok())
                         .unwrap_or_default(),
                 ),
+                identity: config.identity_policy(),
             },
             dialplan,
             link.clone(),

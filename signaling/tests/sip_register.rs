@@ -77,9 +77,20 @@ fn register_text(
 
 /// REGISTER, answer the challenge of `algorithm`, return the final response.
 fn register(server: &Server, peer: &UdpPeer, r: &Registration<'_>, algorithm: Algorithm) -> String {
+    register_edited(server, peer, r, algorithm, &|text| text)
+}
+
+/// [`register`] with both requests passed through `edit` first.
+fn register_edited(
+    server: &Server,
+    peer: &UdpPeer,
+    r: &Registration<'_>,
+    algorithm: Algorithm,
+    edit: &dyn Fn(String) -> String,
+) -> String {
     let challenge = peer.request(
         server.sip_addr(),
-        register_text(r, peer, 1, None).as_bytes(),
+        edit(register_text(r, peer, 1, None)).as_bytes(),
     );
     assert_eq!(status(&challenge), 401, "{challenge}");
     let offers = headers(&challenge, "WWW-Authenticate");
@@ -103,7 +114,7 @@ fn register(server: &Server, peer: &UdpPeer, r: &Registration<'_>, algorithm: Al
     );
     peer.request(
         server.sip_addr(),
-        register_text(r, peer, 2, Some(&authorization)).as_bytes(),
+        edit(register_text(r, peer, 2, Some(&authorization))).as_bytes(),
     )
 }
 
@@ -211,7 +222,8 @@ fn digest_md5_and_sha256_register_and_survive_sigterm_restart() {
 #[test]
 fn sigkill_right_after_the_200s_loses_nothing() {
     let data = tempfile::tempdir().expect("temp dir");
-    let mut server = start(&data, &[]);
+    // Ten bindings per address-of-record, above the default limit of 5.
+    let mut server = start(&data, &["--max-contacts", "10"]);
     let peer = UdpPeer::new();
     for index in 0..20u16 {
         let r = Registration {
@@ -305,6 +317,51 @@ fn refusals_wrong_password_foreign_aor_short_expiry_and_lockout() {
     assert_eq!(status(&answer), 403, "source locked out: {answer}");
     assert!(bindings(&server).is_empty());
     assert_eq!(peer.recv(Duration::from_millis(100)), None);
+}
+
+#[test]
+fn a_300_contact_register_is_refused_whole_beyond_max_contacts() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let server = start(&data, &["--max-contacts", "3"]);
+    let peer = UdpPeer::new();
+    let r = Registration {
+        user: "1001",
+        password: "secret1",
+        call_id: "many@test".to_owned(),
+        contact_port: 5080,
+        expires: 600,
+    };
+    let contacts = |count: u16| {
+        move |text: String| {
+            let many: String = (0..count)
+                .map(|i| format!("Contact: <sip:1001@127.0.0.1:{}>\r\n", 20_000 + i))
+                .collect();
+            text.replace("Contact: <sip:1001@127.0.0.1:5080>\r\n", &many)
+        }
+    };
+    let answer = register_edited(&server, &peer, &r, Algorithm::Md5, &contacts(300));
+    assert_eq!(status(&answer), 403, "{answer}");
+    assert_eq!(
+        header(&answer, "Warning"),
+        Some("399 switchboard \"at most 3 contacts per address-of-record\"")
+    );
+    assert!(bindings(&server).is_empty(), "nothing stored");
+    // Up to the limit is accepted; one more on top is refused.
+    let r = Registration {
+        call_id: "three@test".to_owned(),
+        ..r
+    };
+    let answer = register_edited(&server, &peer, &r, Algorithm::Md5, &contacts(3));
+    assert_eq!(status(&answer), 200, "{answer}");
+    assert_eq!(bindings(&server).len(), 3);
+    let r = Registration {
+        call_id: "fourth@test".to_owned(),
+        contact_port: 5081,
+        ..r
+    };
+    let answer = register(&server, &peer, &r, Algorithm::Md5);
+    assert_eq!(status(&answer), 403, "{answer}");
+    assert_eq!(bindings(&server).len(), 3);
 }
 
 #[test]

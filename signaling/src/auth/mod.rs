@@ -8,25 +8,32 @@
 //!
 //! Nonces are stateless: `<timestamp>-<sequence>-<HMAC-SHA-256(secret, both)>`,
 //! so validating one needs only the secret. The only state is the highest
-//! nonce-count seen per nonce (a bounded map) and the failure counters of
-//! the brute-force defence. Time is [`SystemTime`] because a nonce carries a
-//! wall-clock timestamp that must keep its meaning across restarts when the
-//! secret is configured.
+//! nonce-count seen per nonce (a bounded map) and the bounded failure
+//! tables of the brute-force defence ([`lockout`]), which blocks the
+//! failing source and only slows wrong guesses for a much-guessed user
+//! name: a user is never locked out. A nonce that failed a digest check is
+//! burned, so each guess needs a fresh challenge. Time is [`SystemTime`]
+//! because a nonce carries a wall-clock timestamp that must keep its
+//! meaning across restarts when the secret is configured.
 //!
 //! An unknown user and a wrong password get the same answer, and both pay
 //! for a full digest computation, so neither status, headers nor timing tell
 //! them apart.
 
 mod digest;
+mod lockout;
 mod users;
 
 pub use digest::{ha1, response, Algorithm, Credentials};
+pub use lockout::{LockoutConfig, SourceKey};
 pub use users::{UserEntry, Users, UsersError};
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lockout::Lockout;
 
 /// Why a request was not authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,11 +45,16 @@ pub enum AuthFailure {
     /// Wrong password, unknown user, forged nonce or unsupported parameters:
     /// challenge again, indistinguishably.
     Rejected,
+    /// Like `Rejected`, for a user name that has collected many failures
+    /// from anywhere: challenge again, this much later (known and unknown
+    /// names alike).
+    Slowed(Duration),
     /// Correct credentials on an expired nonce: challenge with `stale=true`.
     Stale,
-    /// A nonce-count not above the last one seen for this nonce: challenge again.
+    /// A nonce-count not above the last one seen for this nonce, or a nonce
+    /// burned by a failed guess: challenge again (no digest is tested).
     Replay,
-    /// Too many failures from this address or for this user: 403 until the cool-down ends.
+    /// Too many failures from this source (address, or IPv6 /64): 403 until the cool-down ends.
     LockedOut,
 }
 
@@ -137,27 +149,6 @@ impl Cidr {
     }
 }
 
-/// Brute-force defence settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LockoutConfig {
-    /// Failures that trigger a lockout.
-    pub max_failures: usize,
-    /// The window in which they are counted.
-    pub window: Duration,
-    /// How long the lockout lasts.
-    pub cool_down: Duration,
-}
-
-impl Default for LockoutConfig {
-    fn default() -> Self {
-        Self {
-            max_failures: 5,
-            window: Duration::from_secs(60),
-            cool_down: Duration::from_secs(300),
-        }
-    }
-}
-
 /// Authenticator settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthConfig {
@@ -216,12 +207,6 @@ pub fn credentials_header(method: &str) -> &'static str {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Subject {
-    Ip(IpAddr),
-    User(String),
-}
-
 /// The digest authenticator.
 #[derive(Debug)]
 pub struct Authenticator {
@@ -231,24 +216,23 @@ pub struct Authenticator {
     sequence: u64,
     nonce_counts: HashMap<String, u32>,
     nonce_order: VecDeque<String>,
-    failures: HashMap<Subject, VecDeque<SystemTime>>,
-    locked_until: HashMap<Subject, SystemTime>,
+    lockout: Lockout,
 }
 
-/// Bound of the failure-tracking map, so a spray of source addresses cannot grow it without limit.
-const MAX_TRACKED_SUBJECTS: usize = 100_000;
+/// The nonce-count recorded for a nonce that failed a digest check: no
+/// later nonce-count is above it, so the nonce cannot carry another guess.
+const BURNED: u32 = u32::MAX;
 
 impl Authenticator {
     /// An authenticator with these settings and users.
     pub fn new(config: AuthConfig, users: Users) -> Self {
         Self {
-            config,
             users,
             sequence: 0,
             nonce_counts: HashMap::new(),
             nonce_order: VecDeque::new(),
-            failures: HashMap::new(),
-            locked_until: HashMap::new(),
+            lockout: Lockout::new(config.lockout),
+            config,
         }
     }
 
@@ -293,9 +277,10 @@ impl Authenticator {
     /// The response for a failure of a `method` request.
     pub fn answer(&mut self, now: SystemTime, method: &str, failure: &AuthFailure) -> Answer {
         match failure {
-            AuthFailure::Missing | AuthFailure::Rejected | AuthFailure::Replay => {
-                self.challenge(now, method, false)
-            }
+            AuthFailure::Missing
+            | AuthFailure::Rejected
+            | AuthFailure::Slowed(_)
+            | AuthFailure::Replay => self.challenge(now, method, false),
             AuthFailure::Stale => self.challenge(now, method, true),
             AuthFailure::LockedOut => Answer {
                 status: 403,
@@ -337,7 +322,8 @@ impl Authenticator {
         {
             return Ok(Authenticated::Trusted);
         }
-        if self.is_locked(now, &Subject::Ip(source_ip)) {
+        let source = SourceKey::of(source_ip);
+        if self.lockout.is_blocked(now, source) {
             return Err(AuthFailure::LockedOut);
         }
         let Some(header_value) = header_value else {
@@ -347,9 +333,6 @@ impl Authenticator {
         let username = credentials.require("username")?.to_string();
         if credentials.require("realm")? != self.config.realm {
             return Err(AuthFailure::Missing);
-        }
-        if self.is_locked(now, &Subject::User(username.clone())) {
-            return Err(AuthFailure::LockedOut);
         }
         let nonce = credentials.require("nonce")?;
         let uri = credentials.require("uri")?;
@@ -375,9 +358,17 @@ impl Authenticator {
             return Err(AuthFailure::Rejected);
         }
         let Some(issued) = self.check_nonce(nonce) else {
-            self.record_failure(now, Subject::Ip(source_ip));
+            // Not a nonce of ours (forged, or issued before a restart with a
+            // random secret): no digest is tested, so no guess is made and
+            // none is charged. Counting it would let phones re-registering
+            // after a restart block their own NAT address.
             return Err(AuthFailure::Rejected);
         };
+        if self.nonce_counts.get(nonce) == Some(&BURNED) {
+            // A failed guess burned this nonce: challenge again without
+            // testing the digest, so one nonce buys one guess.
+            return Err(AuthFailure::Replay);
+        }
         // Unknown users get a dummy HA1 so the same hashing work is done.
         let (ha1, known) = match self.users.ha1(&username, algorithm) {
             Some(ha1) => (ha1.to_string(), true),
@@ -389,9 +380,14 @@ impl Authenticator {
         let expected = response(algorithm, &ha1, nonce, nc_text, cnonce, method, uri);
         let matches = constant_time(&expected, &given.to_ascii_lowercase());
         if !(matches && known) {
-            self.record_failure(now, Subject::Ip(source_ip));
-            self.record_failure(now, Subject::User(username));
-            return Err(AuthFailure::Rejected);
+            self.burn_nonce(nonce);
+            self.record_failure(now, source);
+            let delay = self.lockout.record_user_failure(now, &username);
+            return Err(if delay.is_zero() {
+                AuthFailure::Rejected
+            } else {
+                AuthFailure::Slowed(delay)
+            });
         }
         if issued + self.config.nonce_lifetime < now {
             return Err(AuthFailure::Stale);
@@ -452,38 +448,22 @@ impl Authenticator {
         }
     }
 
-    fn is_locked(&mut self, now: SystemTime, subject: &Subject) -> bool {
-        match self.locked_until.get(subject) {
-            Some(until) if now < *until => true,
-            Some(_) => {
-                self.locked_until.remove(subject);
-                false
+    /// Marks `nonce` as used up (see [`BURNED`]).
+    fn burn_nonce(&mut self, nonce: &str) {
+        match self.nonce_counts.get_mut(nonce) {
+            Some(last) => *last = BURNED,
+            None => {
+                self.accept_nonce_count(nonce, BURNED);
             }
-            None => false,
         }
     }
 
-    fn record_failure(&mut self, now: SystemTime, subject: Subject) {
-        let lockout = self.config.lockout;
-        if self.failures.len() >= MAX_TRACKED_SUBJECTS {
-            self.failures.retain(|_, times| {
-                times
-                    .back()
-                    .is_some_and(|last| *last + lockout.window > now)
-            });
-            self.locked_until.retain(|_, until| *until > now);
-        }
-        let times = self.failures.entry(subject.clone()).or_default();
-        times.push_back(now);
-        while times
-            .front()
-            .is_some_and(|first| *first + lockout.window <= now)
-        {
-            times.pop_front();
-        }
-        if times.len() >= lockout.max_failures {
-            self.failures.remove(&subject);
-            self.locked_until.insert(subject, now + lockout.cool_down);
+    fn record_failure(&mut self, now: SystemTime, source: SourceKey) {
+        if self.lockout.record_failure(now, source) {
+            tracing::info!(
+                cool_down_s = self.config.lockout.cool_down.as_secs(),
+                "authentication failures from one source: source blocked"
+            );
         }
     }
 }

@@ -72,6 +72,7 @@ fn authenticator() -> Authenticator {
         max_failures: 3,
         window: Duration::from_secs(60),
         cool_down: Duration::from_secs(300),
+        ..LockoutConfig::default()
     };
     Authenticator::new(config, users())
 }
@@ -272,11 +273,13 @@ fn wrong_password_and_unknown_user_are_indistinguishable() {
         "00000001",
         "INVITE",
     );
+    // Its own nonce: a failed guess burns the nonce it used.
+    let other_nonce = nonce_of(&auth.challenge(t(0), "INVITE", false));
     let unknown = authorization(
         Algorithm::Sha256,
         "mallory",
         "guess",
-        &nonce,
+        &other_nonce,
         "00000001",
         "INVITE",
     );
@@ -314,11 +317,13 @@ fn expired_nonce_with_right_password_is_stale_wrong_password_is_rejected() {
         "00000001",
         "REGISTER",
     );
+    // Its own nonce: a failed guess burns the nonce it used.
+    let bad_nonce = nonce_of(&auth.challenge(t(0), "REGISTER", false));
     let bad = authorization(
         Algorithm::Md5,
         "alice",
         "nope",
-        &nonce,
+        &bad_nonce,
         "00000001",
         "REGISTER",
     );
@@ -367,6 +372,9 @@ fn forged_or_foreign_nonces_are_rejected() {
             "nonce {nonce}"
         );
     }
+    // No digest was tested, so none of the three counted as a guess: the
+    // source is not blocked (the threshold is 3).
+    assert!(alice_from(&mut auth, t(2), ip("198.51.100.1")).is_ok());
 }
 
 #[test]
@@ -419,29 +427,52 @@ fn missing_malformed_wrong_realm_and_wrong_uri() {
     );
 }
 
-#[test]
-fn lockout_by_source_and_by_user_then_cool_down() {
-    let mut auth = authenticator();
-    let nonce = nonce_of(&auth.challenge(t(0), "REGISTER", false));
-    let attacker = ip("203.0.113.66");
-    let wrong = authorization(Algorithm::Md5, "alice", "x", &nonce, "00000001", "REGISTER");
-    for second in 1..=3 {
-        assert_eq!(
-            auth.verify(t(second), "REGISTER", URI, Some(&wrong), attacker),
-            Err(AuthFailure::Rejected)
-        );
-    }
-    // Locked: even the right password from that address gets 403 ...
-    let right = authorization(
+/// A wrong guess for `user` from `source` on a fresh nonce.
+fn fail_once(auth: &mut Authenticator, now: SystemTime, user: &str, source: IpAddr) {
+    let nonce = nonce_of(&auth.challenge(now, "REGISTER", false));
+    let wrong = authorization(
         Algorithm::Md5,
-        "bob",
-        "builder",
+        user,
+        "guess",
         &nonce,
         "00000001",
         "REGISTER",
     );
+    let result = auth.verify(now, "REGISTER", URI, Some(&wrong), source);
+    assert!(
+        matches!(result, Err(AuthFailure::Rejected | AuthFailure::Slowed(_))),
+        "a wrong guess from {source}: {result:?}"
+    );
+}
+
+/// alice's right password from `source` on a fresh nonce.
+fn alice_from(
+    auth: &mut Authenticator,
+    now: SystemTime,
+    source: IpAddr,
+) -> Result<Authenticated, AuthFailure> {
+    let nonce = nonce_of(&auth.challenge(now, "REGISTER", false));
+    let right = authorization(
+        Algorithm::Md5,
+        "alice",
+        "wonderland",
+        &nonce,
+        "00000001",
+        "REGISTER",
+    );
+    auth.verify(now, "REGISTER", URI, Some(&right), source)
+}
+
+#[test]
+fn failing_source_is_blocked_even_with_the_right_password_then_cool_down() {
+    let mut auth = authenticator();
+    let attacker = ip("203.0.113.66");
+    for second in 1..=3 {
+        fail_once(&mut auth, t(second), "alice", attacker);
+    }
+    // Blocked: even the right password from that address gets 403 ...
     assert_eq!(
-        auth.verify(t(4), "REGISTER", URI, Some(&right), attacker),
+        alice_from(&mut auth, t(4), attacker),
         Err(AuthFailure::LockedOut)
     );
     assert_eq!(
@@ -449,36 +480,114 @@ fn lockout_by_source_and_by_user_then_cool_down() {
             .status,
         403
     );
-    // ... and alice is locked from anywhere.
-    let alice = authorization(
-        Algorithm::Md5,
-        "alice",
-        "wonderland",
-        &nonce,
-        "00000001",
-        "REGISTER",
-    );
+    // ... until 300 s after the third failure (t=3).
     assert_eq!(
-        auth.verify(t(4), "REGISTER", URI, Some(&alice), ip("198.51.100.1")),
+        alice_from(&mut auth, t(302), attacker),
         Err(AuthFailure::LockedOut)
     );
-    // The cool-down runs 300 s from the third failure (t=3).
+    assert!(alice_from(&mut auth, t(303), attacker).is_ok());
+}
+
+#[test]
+fn right_password_from_a_fresh_source_works_after_50_failures_for_that_user_elsewhere() {
+    let mut auth = authenticator();
+    // 50 guesses for alice from 50 addresses, and 50 more from one address
+    // (blocked after its third).
+    for i in 0..50u8 {
+        fail_once(&mut auth, t(1), "alice", ip(&format!("203.0.113.{i}")));
+    }
+    let persistent = ip("198.51.100.99");
+    for _ in 0..3 {
+        fail_once(&mut auth, t(2), "alice", persistent);
+    }
+    for _ in 3..50 {
+        assert_eq!(
+            alice_from(&mut auth, t(2), persistent),
+            Err(AuthFailure::LockedOut)
+        );
+    }
     assert_eq!(
-        auth.verify(t(302), "REGISTER", URI, Some(&alice), ip("198.51.100.1")),
+        alice_from(&mut auth, t(3), ip("192.0.2.10")),
+        Ok(Authenticated::User {
+            username: "alice".to_string(),
+            algorithm: Algorithm::Md5
+        }),
+        "alice's own phone is not locked out by others' guesses"
+    );
+}
+
+#[test]
+fn ipv6_sources_in_one_64_share_a_block_and_other_64s_do_not() {
+    let mut auth = authenticator();
+    for host in ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3"] {
+        fail_once(&mut auth, t(1), "alice", ip(host));
+    }
+    assert_eq!(
+        alice_from(&mut auth, t(2), ip("2001:db8:1:2:abcd::9")),
+        Err(AuthFailure::LockedOut),
+        "a fourth address of the same /64 is blocked"
+    );
+    assert!(alice_from(&mut auth, t(2), ip("2001:db8:1:3::1")).is_ok());
+    // An IPv4-mapped address is the IPv4 address.
+    assert_eq!(
+        SourceKey::of(ip("::ffff:192.0.2.1")),
+        SourceKey::of(ip("192.0.2.1"))
+    );
+}
+
+#[test]
+fn a_nonce_that_failed_once_carries_no_second_guess() {
+    let mut auth = authenticator();
+    let nonce = nonce_of(&auth.challenge(t(0), "REGISTER", false));
+    let source = ip("203.0.113.66");
+    let wrong = authorization(Algorithm::Md5, "alice", "x", &nonce, "00000001", "REGISTER");
+    assert_eq!(
+        auth.verify(t(1), "REGISTER", URI, Some(&wrong), source),
+        Err(AuthFailure::Rejected)
+    );
+    // Another guess (nc above the first) and even the right password on
+    // that nonce are re-challenged without being tested or counted.
+    for (password, nc) in [("y", "00000002"), ("wonderland", "00000003")] {
+        let header = authorization(Algorithm::Md5, "alice", password, &nonce, nc, "REGISTER");
+        assert_eq!(
+            auth.verify(t(1), "REGISTER", URI, Some(&header), source),
+            Err(AuthFailure::Replay),
+            "{password}"
+        );
+    }
+    // Not counted: two more failures are needed to reach the threshold of 3.
+    fail_once(&mut auth, t(2), "alice", source);
+    assert!(alice_from(&mut auth, t(2), source).is_ok());
+}
+
+#[test]
+fn failure_tables_stay_within_their_bound_and_store_no_user_name() {
+    let mut config = AuthConfig::digest(REALM, b"test secret".to_vec());
+    config.lockout = LockoutConfig {
+        max_failures: 2,
+        max_sources: 100,
+        ..LockoutConfig::default()
+    };
+    let mut auth = Authenticator::new(config, users());
+    let huge = "u".repeat(12_000);
+    for i in 0..1000u32 {
+        let source = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        // Two failures each: every source ends up blocked.
+        fail_once(&mut auth, t(1), &huge, source);
+        fail_once(&mut auth, t(1), &huge, source);
+        let (failures, blocked) = auth.lockout.tracked();
+        assert!(
+            failures <= 100 && blocked <= 100,
+            "{failures} / {blocked} after {i}"
+        );
+    }
+    assert_eq!(auth.lockout.tracked(), (0, 100));
+    // The newest blocks are kept, the oldest gave way.
+    assert_eq!(
+        alice_from(&mut auth, t(2), ip("10.0.3.231")),
         Err(AuthFailure::LockedOut)
     );
-    let fresh = nonce_of(&auth.challenge(t(303), "REGISTER", false));
-    let alice = authorization(
-        Algorithm::Md5,
-        "alice",
-        "wonderland",
-        &fresh,
-        "00000001",
-        "REGISTER",
-    );
-    assert!(auth
-        .verify(t(303), "REGISTER", URI, Some(&alice), ip("198.51.100.1"))
-        .is_ok());
+    assert!(alice_from(&mut auth, t(2), ip("10.0.0.0")).is_ok());
 }
 
 #[test]
@@ -579,5 +688,107 @@ fn users_file_reload_keeps_old_users_on_error() {
             Err(UsersError::InvalidUser { reason: got, .. }) => assert_eq!(got, reason),
             other => panic!("expected {reason:?}, got {other:?}"),
         }
+    }
+}
+
+#[test]
+fn a_user_name_guessed_at_from_many_sources_slows_wrong_guesses_only() {
+    let mut auth = authenticator();
+    // Threshold 3: three failures for alice from three sources ...
+    for i in 1..=3 {
+        fail_once(&mut auth, t(1), "alice", ip(&format!("203.0.113.{i}")));
+    }
+    // ... then each further wrong guess, from anywhere, is answered late.
+    for i in 4..=10 {
+        let nonce = nonce_of(&auth.challenge(t(2), "REGISTER", false));
+        let wrong = authorization(
+            Algorithm::Md5,
+            "alice",
+            "guess",
+            &nonce,
+            "00000001",
+            "REGISTER",
+        );
+        assert_eq!(
+            auth.verify(
+                t(2),
+                "REGISTER",
+                URI,
+                Some(&wrong),
+                ip(&format!("203.0.113.{i}"))
+            ),
+            Err(AuthFailure::Slowed(Duration::from_secs(2)))
+        );
+    }
+    assert_eq!(
+        auth.answer(
+            t(2),
+            "REGISTER",
+            &AuthFailure::Slowed(Duration::from_secs(2))
+        )
+        .status,
+        401,
+        "a slowed answer is the same challenge"
+    );
+    // The right password is never slowed.
+    assert!(alice_from(&mut auth, t(2), ip("192.0.2.10")).is_ok());
+    // Unknown names are slowed alike (nothing tells them apart) ...
+    for i in 1..=4 {
+        let nonce = nonce_of(&auth.challenge(t(3), "REGISTER", false));
+        let wrong = authorization(
+            Algorithm::Md5,
+            "mallory",
+            "x",
+            &nonce,
+            "00000001",
+            "REGISTER",
+        );
+        let result = auth.verify(
+            t(3),
+            "REGISTER",
+            URI,
+            Some(&wrong),
+            ip(&format!("198.51.100.{i}")),
+        );
+        let expected = if i <= 3 {
+            AuthFailure::Rejected
+        } else {
+            AuthFailure::Slowed(Duration::from_secs(2))
+        };
+        assert_eq!(result, Err(expected), "guess {i}");
+    }
+    // ... and a name's count ends with the window.
+    let nonce = nonce_of(&auth.challenge(t(70), "REGISTER", false));
+    let wrong = authorization(
+        Algorithm::Md5,
+        "alice",
+        "guess",
+        &nonce,
+        "00000001",
+        "REGISTER",
+    );
+    assert_eq!(
+        auth.verify(t(70), "REGISTER", URI, Some(&wrong), ip("203.0.113.99")),
+        Err(AuthFailure::Rejected)
+    );
+}
+
+#[test]
+fn the_user_name_table_stays_within_its_bound() {
+    let mut config = AuthConfig::digest(REALM, b"test secret".to_vec());
+    config.lockout = LockoutConfig {
+        max_sources: 50,
+        ..LockoutConfig::default()
+    };
+    let mut auth = Authenticator::new(config, users());
+    for i in 0..500u32 {
+        let name = format!("{i}{}", "n".repeat(4000));
+        fail_once(
+            &mut auth,
+            t(1),
+            &name,
+            IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
+        );
+        assert!(auth.lockout.tracked_users() <= 50);
     }
 }

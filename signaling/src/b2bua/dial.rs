@@ -17,6 +17,7 @@ impl B2bua {
         key: TransactionKey,
         request: SipMessage,
         flow: crate::transport::Flow,
+        identity: &crate::auth::Authenticated,
         sip: &mut SipActions<'_>,
     ) {
         if request.vias().iter().any(|via| {
@@ -62,8 +63,27 @@ impl B2bua {
             respond(sip, &key, 404, "Not Found", None, &[], None);
             return;
         };
-        let caller_number = request.from().uri.user().unwrap_or_default();
-        let caller_name = request.from().display_name.clone();
+        let Ok(caller) = self.config.identity.caller_id(request.from(), identity) else {
+            tracing::info!(
+                call_id,
+                "INVITE refused: From is not the authenticated user"
+            );
+            respond(
+                sip,
+                &key,
+                403,
+                "Forbidden (From is not the authenticated user)",
+                None,
+                &[],
+                None,
+            );
+            return;
+        };
+        let identity::CallerId {
+            number: caller_number,
+            name: caller_name,
+            asserted,
+        } = caller;
         let vars = CallVars {
             destination: &destination,
             caller_id: &caller_number,
@@ -115,6 +135,7 @@ impl B2bua {
                 .unwrap_or_default(),
             caller_number,
             caller_name,
+            asserted,
             phase: Phase::Working,
             actions,
             dial: None,
@@ -341,18 +362,23 @@ impl B2bua {
         let interval = contact
             .session_expires
             .unwrap_or_else(|| call.session[0].map_or(DEFAULT_SE, |t| t.interval));
-        let extra = with_routes(
-            &sent.route,
-            &[
-                (
-                    "Allow".to_owned(),
-                    "INVITE, ACK, BYE, CANCEL, UPDATE, INFO".to_owned(),
-                ),
-                ("Supported".to_owned(), "timer".to_owned()),
-                ("Session-Expires".to_owned(), interval.to_string()),
-                ("Min-SE".to_owned(), MIN_SE.to_string()),
-            ],
-        );
+        let mut headers = vec![
+            (
+                "Allow".to_owned(),
+                "INVITE, ACK, BYE, CANCEL, UPDATE, INFO".to_owned(),
+            ),
+            ("Supported".to_owned(), "timer".to_owned()),
+            ("Session-Expires".to_owned(), interval.to_string()),
+            ("Min-SE".to_owned(), MIN_SE.to_string()),
+        ];
+        if let Some(user) = &call.asserted {
+            // RFC 3325: the identity we verified, whatever From says.
+            headers.push((
+                "P-Asserted-Identity".to_owned(),
+                format!("<sip:{user}@{host}>"),
+            ));
+        }
+        let extra = with_routes(&sent.route, &headers);
         let from_text = with_tag(&sent.from, Some(&sent.from_tag));
         let to_text = with_tag(&sent.to, None);
         let text = build::request(&Outgoing {

@@ -55,12 +55,14 @@ mod build;
 mod dial;
 mod dialog;
 pub mod executor;
+mod identity;
 mod media;
 mod session_timer;
 
 #[cfg(test)]
 mod tests;
 
+pub use identity::{DisplayNamePolicy, FromPolicy, IdentityPolicy};
 pub use media::{
     DeleteReason, LegId, LinkInput, MediaCallId, MediaEvent, MediaFailure, MediaLink, MediaOp,
     MediaRequest, MediaRequestId, MediaResult,
@@ -92,6 +94,8 @@ pub struct B2buaConfig {
     /// Seeds Call-IDs, tags and branches so that two processes never
     /// produce the same ones; the driver draws it at random.
     pub seed: u64,
+    /// Who callees are told is calling (identity.rs).
+    pub identity: IdentityPolicy,
 }
 
 /// How many entries each table holds: all zero once every call has ended
@@ -291,6 +295,8 @@ struct Call {
     domain: String,
     caller_number: String,
     caller_name: Option<String>,
+    /// The authenticated caller, for P-Asserted-Identity towards callees.
+    asserted: Option<String>,
     phase: Phase,
     actions: VecDeque<Action>,
     dial: Option<Dialing>,
@@ -444,12 +450,12 @@ impl B2bua {
 
     // ----- SIP events -------------------------------------------------
 
+    /// A request other than a new INVITE (handle_event sends those to `invite`).
     fn request(
         &mut self,
         now: Now,
         key: TransactionKey,
         request: SipMessage,
-        flow: crate::transport::Flow,
         cancels: Option<TransactionKey>,
         sip: &mut SipActions<'_>,
     ) {
@@ -458,9 +464,6 @@ impl B2bua {
                 if let Some(invite) = cancels {
                     self.cancel(&invite, sip);
                 }
-            }
-            Method::Invite if request.to_tag().is_none() => {
-                self.invite(now, key, request, flow, sip);
             }
             _ => self.in_dialog(now, key, request, sip),
         }
@@ -935,8 +938,13 @@ impl CallHandler for B2bua {
                 request,
                 flow,
                 cancels,
-                ..
-            } => self.request(now, key, request, flow, cancels, sip),
+                identity,
+            } => match request.method() {
+                Method::Invite if request.to_tag().is_none() => {
+                    self.invite(now, key, request, flow, &identity, sip);
+                }
+                _ => self.request(now, key, request, cancels, sip),
+            },
             CallEvent::Ack { request, .. } => self.ack(request, sip),
             CallEvent::Response { key, response } => self.response(now, key, response, sip),
             CallEvent::Timeout { key, .. } => {

@@ -89,6 +89,16 @@ impl Harness {
     fn new(plan_json: &str) -> Harness {
         let mut auth = AuthConfig::digest("test", vec![7; 32]);
         auth.mode = AuthMode::Anonymous;
+        Harness::with_auth(
+            plan_json,
+            Authenticator::new(auth, Users::default()),
+            IdentityPolicy::default(),
+        )
+    }
+
+    /// A harness whose core authenticates with `auth` and whose B2BUA
+    /// applies `identity`.
+    fn with_auth(plan_json: &str, auth: Authenticator, identity: IdentityPolicy) -> Harness {
         let registrar = RegistrarConfig {
             default_domain: Some("example.com".to_owned()),
             ..RegistrarConfig::default()
@@ -96,7 +106,7 @@ impl Harness {
         let mut uas = Uas::new(
             UasConfig::new("test"),
             Registrar::new(registrar),
-            Authenticator::new(auth, Users::default()),
+            auth,
             Box::new(NoStore),
         );
         let link = MediaLink::new();
@@ -105,6 +115,7 @@ impl Harness {
                 local: LOCAL.to_owned(),
                 timers: TimerConfig::default(),
                 seed: 42,
+                identity,
             },
             plan(plan_json),
             link.clone(),
@@ -1794,4 +1805,116 @@ fn info_from_the_callee_and_prack_without_100rel() {
     h.from(CALLER, &prack);
     h.response_to(CALLER, 481);
     h.nothing_to(BOB);
+}
+
+// ----- caller identity (identity.rs) -------------------------------------
+
+/// Digest auth for INVITE in realm `test`, user 1001 with password `pw`.
+fn digest_auth() -> Authenticator {
+    let users = Users::parse(
+        std::path::Path::new("users.toml"),
+        "[[user]]\nname = \"1001\"\npassword = \"pw\"\n",
+        "test",
+    )
+    .expect("test users parse");
+    Authenticator::new(AuthConfig::digest("test", vec![7; 32]), users)
+}
+
+/// Sends an INVITE from 1001 with `from` as its From, then again with
+/// credentials answering the 407.
+fn spoofed_invite(h: &mut Harness, from: &str) {
+    let with_from = |text: String| {
+        text.replace(
+            "From: \"Alice\" <sip:alice@192.0.2.1>;tag=alice1\r\n",
+            &format!("From: {from}\r\n"),
+        )
+    };
+    let first = with_from(h.invite("1001", "spoof-1", Some(CALLER_SDP)));
+    h.from(CALLER, &first);
+    let challenge = h.response_to(CALLER, 407);
+    h.nothing_to(BOB);
+    let offer = challenge
+        .header_values("Proxy-Authenticate")
+        .find(|v| v.contains("algorithm=MD5"))
+        .expect("an MD5 challenge")
+        .to_owned();
+    let nonce = crate::auth::Credentials::parse(&offer)
+        .expect("challenge parses")
+        .get("nonce")
+        .expect("nonce")
+        .to_owned();
+    let uri = "sip:1001@192.0.2.100";
+    let ha1 = crate::auth::ha1(crate::auth::Algorithm::Md5, "1001", "test", "pw");
+    let response = crate::auth::response(
+        crate::auth::Algorithm::Md5,
+        &ha1,
+        &nonce,
+        "00000001",
+        "c1",
+        "INVITE",
+        uri,
+    );
+    let credentials = format!(
+        "Digest username=\"1001\", realm=\"test\", nonce=\"{nonce}\", uri=\"{uri}\", \
+         response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c1\""
+    );
+    let second = with_from(h.invite_with(
+        "1001",
+        "spoof-1",
+        Some(CALLER_SDP),
+        &[("Proxy-Authorization", &credentials)],
+    ))
+    .replace("CSeq: 1 INVITE\r\n", "CSeq: 2 INVITE\r\n");
+    h.from(CALLER, &second);
+}
+
+#[test]
+fn the_callee_sees_the_authenticated_user_in_from_and_pai_whatever_the_caller_wrote() {
+    let mut h = Harness::with_auth(&bob_plan(), digest_auth(), IdentityPolicy::default());
+    spoofed_invite(
+        &mut h,
+        "\"Accounts Office\" <sip:1002@192.0.2.1>;tag=alice1",
+    );
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    assert_eq!(to_bob.from().uri.to_string(), "sip:1001@192.0.2.100");
+    assert_eq!(
+        to_bob.from().display_name,
+        None,
+        "the disguise's name goes too"
+    );
+    assert_eq!(
+        to_bob.header("P-Asserted-Identity"),
+        Some("<sip:1001@192.0.2.100>")
+    );
+}
+
+#[test]
+fn a_spoofed_from_is_refused_with_403_under_reject() {
+    let reject = IdentityPolicy {
+        from: FromPolicy::Reject,
+        ..IdentityPolicy::default()
+    };
+    let mut h = Harness::with_auth(&bob_plan(), digest_auth(), reject);
+    spoofed_invite(
+        &mut h,
+        "\"Accounts Office\" <sip:1002@192.0.2.1>;tag=alice1",
+    );
+    let refused = h.response_to(CALLER, 403);
+    assert_eq!(
+        refused.reason(),
+        Some("Forbidden (From is not the authenticated user)")
+    );
+    h.nothing_to(BOB);
+    // The caller's own number passes, with its display name and the PAI.
+    let mut h = Harness::with_auth(&bob_plan(), digest_auth(), reject);
+    spoofed_invite(&mut h, "\"Alice\" <sip:1001@192.0.2.1>;tag=alice1");
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    assert_eq!(to_bob.from().uri.to_string(), "sip:1001@192.0.2.100");
+    assert_eq!(to_bob.from().display_name.as_deref(), Some("Alice"));
+    assert_eq!(
+        to_bob.header("P-Asserted-Identity"),
+        Some("<sip:1001@192.0.2.100>")
+    );
 }

@@ -309,6 +309,9 @@ pub struct RegistrarConfig {
     pub domains: Vec<String>,
     /// The domain of an address-of-record given as a bare user.
     pub default_domain: Option<String>,
+    /// Most bindings of one address-of-record: each is a branch when a call
+    /// forks, so an unbounded set turns one INVITE into hundreds.
+    pub max_contacts: usize,
 }
 
 impl Default for RegistrarConfig {
@@ -319,6 +322,7 @@ impl Default for RegistrarConfig {
             max_expires: 86_400,
             domains: Vec::new(),
             default_domain: None,
+            max_contacts: 5,
         }
     }
 }
@@ -392,6 +396,11 @@ pub enum Decision {
         /// The reason.
         reason: &'static str,
     },
+    /// 403 Forbidden: the request would leave more bindings than the limit.
+    TooManyContacts {
+        /// The limit per address-of-record.
+        max: usize,
+    },
 }
 
 impl Decision {
@@ -403,6 +412,7 @@ impl Decision {
             Self::BadRequest { .. } => 400,
             Self::NotFound => 404,
             Self::ServerError { .. } => 500,
+            Self::TooManyContacts { .. } => 403,
         }
     }
 }
@@ -413,6 +423,7 @@ enum Rejection {
     IntervalTooBrief(u32),
     BadRequest(&'static str),
     OutOfOrder,
+    TooManyContacts(usize),
 }
 
 impl From<Rejection> for Decision {
@@ -423,6 +434,7 @@ impl From<Rejection> for Decision {
             Rejection::OutOfOrder => Decision::ServerError {
                 reason: "Out of order CSeq",
             },
+            Rejection::TooManyContacts(max) => Decision::TooManyContacts { max },
         }
     }
 }
@@ -565,6 +577,11 @@ impl Registrar {
             // RFC 5626 §6 step 2: one flow per REGISTER.
             return Err(Rejection::BadRequest("Multiple Contacts with reg-id"));
         }
+        if request.contacts.len() > self.config.max_contacts.saturating_add(current.len()) {
+            // Beyond what any outcome could accept (short of duplicates and
+            // removals of unknown contacts): refused before the quadratic merge.
+            return Err(Rejection::TooManyContacts(self.config.max_contacts));
+        }
         let expiries: Vec<u32> = request
             .contacts
             .iter()
@@ -612,6 +629,12 @@ impl Registrar {
                 (None, Some(binding)) => new.push(binding),
                 (None, None) => {}
             }
+        }
+        // Existing and new bindings count together (Kamailio's
+        // max_contacts); a set already above the limit (the limit was
+        // lowered) may still be refreshed or shrunk, never grown.
+        if new.len() > self.config.max_contacts && new.len() > current.len() {
+            return Err(Rejection::TooManyContacts(self.config.max_contacts));
         }
         Ok(new)
     }

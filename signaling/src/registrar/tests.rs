@@ -22,6 +22,7 @@ fn config() -> RegistrarConfig {
         max_expires: 7200,
         domains: vec!["example.com".to_string()],
         default_domain: Some("example.com".to_string()),
+        max_contacts: 5,
     }
 }
 
@@ -613,4 +614,76 @@ fn a_damaged_line_before_the_end_is_an_error_naming_it() {
         Err(StoreError::Corrupt { line, .. }) => assert_eq!(line, 2),
         other => panic!("expected a corrupt-journal error, got {other:?}"),
     }
+}
+
+#[test]
+fn contacts_beyond_the_limit_are_refused_and_nothing_changes() {
+    let mut registrar = Registrar::new(config());
+    let first = register(
+        (0..3)
+            .map(|i| contact(&format!("sip:a{i}@192.0.2.1"), None))
+            .collect(),
+        Some(600),
+        "c1",
+        1,
+    );
+    assert_eq!(
+        ok(registrar.handle_register(t(0), &first)).contacts.len(),
+        3
+    );
+    // 3 existing + 3 new > 5: refused whole, the 3 stay as they were.
+    let more = register(
+        (3..6)
+            .map(|i| contact(&format!("sip:a{i}@192.0.2.1"), None))
+            .collect(),
+        Some(600),
+        "c2",
+        1,
+    );
+    assert_eq!(
+        registrar.handle_register(t(1), &more),
+        Decision::TooManyContacts { max: 5 }
+    );
+    assert_eq!(Decision::TooManyContacts { max: 5 }.status(), 403);
+    let three = register(Vec::new(), None, "c3", 1);
+    assert_eq!(
+        listed(&ok(registrar.handle_register(t(2), &three))),
+        (0..3)
+            .map(|i| (format!("sip:a{i}@192.0.2.1"), 598))
+            .collect::<Vec<_>>()
+    );
+    // 300 in one request: refused, nothing stored.
+    let flood = register(
+        (0..300)
+            .map(|i| contact(&format!("sip:f{i}@192.0.2.9"), None))
+            .collect(),
+        Some(600),
+        "c4",
+        1,
+    );
+    assert_eq!(
+        registrar.handle_register(t(3), &flood),
+        Decision::TooManyContacts { max: 5 }
+    );
+    // Up to the limit is fine, and removing one while adding one keeps it.
+    let two = register(
+        vec![
+            contact("sip:a3@192.0.2.1", None),
+            contact("sip:a4@192.0.2.1", None),
+        ],
+        Some(600),
+        "c5",
+        1,
+    );
+    assert_eq!(ok(registrar.handle_register(t(4), &two)).contacts.len(), 5);
+    let swap = register(
+        vec![
+            contact("sip:a0@192.0.2.1", Some(0)),
+            contact("sip:a5@192.0.2.1", None),
+        ],
+        Some(600),
+        "c6",
+        1,
+    );
+    assert_eq!(ok(registrar.handle_register(t(5), &swap)).contacts.len(), 5);
 }

@@ -18,6 +18,11 @@
 //! Responses received that match no client transaction are dropped, and a
 //! response is never answered.
 //!
+//! Authentication comes first, before a new request reaches the
+//! transaction layer: a challenge or an authentication refusal is sent
+//! statelessly, once per request received, and leaves no transaction
+//! behind (no retransmitted 407, no state per spoofed source).
+//!
 //! # Driving it
 //!
 //! 1. `handle_inbound(now, inbound)` for each message from the transports;
@@ -309,8 +314,18 @@ impl Wire {
     }
 }
 
-/// An authentication failure's answer: status, reason and headers.
-type Refusal = (u16, &'static str, Vec<(String, String)>);
+/// An authentication failure's answer.
+struct Refusal {
+    status: u16,
+    reason: &'static str,
+    headers: Vec<(String, String)>,
+    /// How much later it goes out (a user name guessed at from many sources).
+    delay: Duration,
+}
+
+/// Most answers held back at once; beyond, a slowed answer is not sent at
+/// all (the guesser learns nothing, a real client retransmits).
+const MAX_DELAYED: usize = 1024;
 
 /// The request being processed, with what the layer does not keep.
 struct Current {
@@ -319,6 +334,10 @@ struct Current {
     destination: Destination,
     /// The Request-URI as written, which digest `uri` must equal.
     request_uri: String,
+    /// Who sent it, when it was authenticated before the transaction layer
+    /// saw it (see `handle_request`); verifying again would trip the
+    /// nonce-count replay check.
+    identity: Option<Authenticated>,
 }
 
 /// The SIP request-handling core. See the [module documentation](self).
@@ -330,6 +349,9 @@ pub struct Uas {
     auth: Authenticator,
     store: Box<dyn BindingStore>,
     handler: Option<Box<dyn CallHandler>>,
+    /// Slowed authentication answers and when they are due, in due order
+    /// (the delay is one constant).
+    delayed: VecDeque<(Instant, Outbound)>,
 }
 
 impl std::fmt::Debug for Uas {
@@ -370,6 +392,7 @@ impl Uas {
             auth,
             store,
             handler: None,
+            delayed: VecDeque::new(),
         }
     }
 
@@ -420,6 +443,15 @@ impl Uas {
     /// Fires every timer due at `now`: transactions, binding expiry and the
     /// call handler's.
     pub fn handle_timeout(&mut self, now: Now) {
+        while self
+            .delayed
+            .front()
+            .is_some_and(|(due, _)| *due <= now.instant)
+        {
+            if let Some((_, outbound)) = self.delayed.pop_front() {
+                self.wire.outbox.push_back(outbound);
+            }
+        }
         self.wire.transactions.handle_timeout(now.instant);
         self.drain(now, None);
         if self
@@ -451,6 +483,7 @@ impl Uas {
             .map(|at| now.instant + at.duration_since(now.wall).unwrap_or(Duration::ZERO));
         [
             self.wire.transactions.poll_timeout(),
+            self.delayed.front().map(|(due, _)| *due),
             expiry,
             self.handler.as_ref().and_then(|h| h.poll_timeout()),
         ]
@@ -506,14 +539,34 @@ impl Uas {
             }
             return;
         }
-        let current = Current {
+        let mut current = Current {
             message,
             flow,
             destination,
             request_uri,
+            identity: None,
         };
         let layered = match current.message.rsip() {
             Some(rsip::SipMessage::Request(request)) => {
+                let retransmission = TransactionKey::server_for_request(request)
+                    .is_ok_and(|key| self.wire.transactions.contains(&key));
+                if !retransmission && needs_authentication(current.message.method()) {
+                    // Challenged statelessly, as Kamailio's auth_challenge +
+                    // sl_send_reply: a refusal creates no server transaction,
+                    // so it is sent once per request received and never
+                    // retransmitted towards a source that may be spoofed
+                    // (an INVITE transaction would repeat a 407 until Timer H,
+                    // 11 times). The To tag is derived from the request, so
+                    // the ACK of a 407 matches it; it arrives as a stray ACK
+                    // and is dropped.
+                    match self.authenticate(now, &current) {
+                        Ok(identity) => current.identity = Some(identity),
+                        Err(refusal) => {
+                            self.refuse(now, None, &current, refusal);
+                            return;
+                        }
+                    }
+                }
                 let reliability = match flow {
                     Flow::Udp { .. } => Reliability::Unreliable,
                     Flow::Tcp { .. } => Reliability::Reliable,
@@ -721,20 +774,15 @@ impl Uas {
         current: Current,
     ) {
         let method = current.message.method().clone();
-        // RFC 3261 §22.1: CANCEL cannot be challenged (it could not be resubmitted).
-        let identity = if method == Method::Cancel {
+        let identity = if !needs_authentication(&method) {
             Authenticated::NotRequired
+        } else if let Some(identity) = current.identity.clone() {
+            identity
         } else {
             match self.authenticate(now, &current) {
                 Ok(identity) => identity,
-                Err(answer) => {
-                    let (status, reason, headers) = answer;
-                    self.reply(
-                        now,
-                        key.as_ref(),
-                        &current,
-                        Reply::new(status, reason, &headers),
-                    );
+                Err(refusal) => {
+                    self.refuse(now, key.as_ref(), &current, refusal);
                     return;
                 }
             }
@@ -839,7 +887,46 @@ impl Uas {
                             .collect()
                     })
                     .unwrap_or_default();
-                Err((answer.status, reason, headers))
+                let delay = match failure {
+                    crate::auth::AuthFailure::Slowed(delay) => delay,
+                    _ => Duration::ZERO,
+                };
+                Err(Refusal {
+                    status: answer.status,
+                    reason,
+                    headers,
+                    delay,
+                })
+            }
+        }
+    }
+
+    /// Sends an authentication refusal, at once or after its delay. A
+    /// delayed one is always stateless (it was refused before the
+    /// transaction layer), so its octets can simply be held back.
+    fn refuse(
+        &mut self,
+        now: Now,
+        key: Option<&TransactionKey>,
+        current: &Current,
+        refusal: Refusal,
+    ) {
+        let queued = self.wire.outbox.len();
+        self.reply(
+            now,
+            key,
+            current,
+            Reply::new(refusal.status, refusal.reason, &refusal.headers),
+        );
+        if refusal.delay.is_zero() || key.is_some() || self.wire.outbox.len() != queued + 1 {
+            return;
+        }
+        if let Some(outbound) = self.wire.outbox.pop_back() {
+            if self.delayed.len() < MAX_DELAYED {
+                self.delayed
+                    .push_back((now.instant + refusal.delay, outbound));
+            } else {
+                tracing::debug!("slowed authentication answer dropped: too many held back");
             }
         }
     }
@@ -858,6 +945,21 @@ impl Uas {
             tracing::warn!(%error, "response not sent");
         }
     }
+}
+
+/// Whether requests of `method` go through [`Uas::authenticate`]: REGISTER
+/// and the call requests except CANCEL, which cannot be challenged (RFC 3261
+/// §22.1: it could not be resubmitted). ACK is never challenged.
+fn needs_authentication(method: &Method) -> bool {
+    matches!(
+        method,
+        Method::Register
+            | Method::Invite
+            | Method::Bye
+            | Method::Update
+            | Method::Info
+            | Method::Prack
+    )
 }
 
 /// The headers of an OPTIONS answer (RFC 3261 §11.2).

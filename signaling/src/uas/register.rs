@@ -59,15 +59,14 @@ impl Uas {
     }
 
     pub(super) fn register(&mut self, now: Now, key: Option<TransactionKey>, current: Current) {
-        let identity = match self.authenticate(now, &current) {
+        let verified = match current.identity.clone() {
+            Some(identity) => Ok(identity),
+            None => self.authenticate(now, &current),
+        };
+        let identity = match verified {
             Ok(identity) => identity,
-            Err((status, reason, headers)) => {
-                self.reply(
-                    now,
-                    key.as_ref(),
-                    &current,
-                    Reply::new(status, reason, &headers),
-                );
+            Err(refusal) => {
+                self.refuse(now, key.as_ref(), &current, refusal);
                 return;
             }
         };
@@ -146,6 +145,20 @@ impl Uas {
             Decision::BadRequest { reason } => (400, reason, Vec::new()),
             Decision::NotFound => (404, "Not Found (domain not served here)", Vec::new()),
             Decision::ServerError { reason } => (500, reason, Vec::new()),
+            Decision::TooManyContacts { max } => {
+                tracing::info!(
+                    max,
+                    "REGISTER refused: too many contacts for one address-of-record"
+                );
+                (
+                    403,
+                    "Forbidden (too many contacts for this address-of-record)",
+                    vec![(
+                        "Warning".to_owned(),
+                        format!("399 switchboard \"at most {max} contacts per address-of-record\""),
+                    )],
+                )
+            }
         };
         self.reply(
             now,

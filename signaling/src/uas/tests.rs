@@ -252,3 +252,190 @@ fn two_responses_queued_in_one_input_both_go_out_whole() {
         );
     }
 }
+
+fn digest_core(store: &MemoryStore) -> Uas {
+    Uas::new(
+        UasConfig::new("test"),
+        Registrar::new(RegistrarConfig::default()),
+        Authenticator::new(AuthConfig::digest("test", vec![7; 32]), Users::default()),
+        Box::new(store.clone()),
+    )
+}
+
+fn udp(text: &str) -> Inbound {
+    Inbound {
+        flow: Flow::Udp {
+            remote: SOURCE.parse().expect("address"),
+        },
+        bytes: text.as_bytes().to_vec(),
+    }
+}
+
+#[test]
+fn a_challenge_is_sent_once_per_request_and_its_ack_is_absorbed() {
+    let store = MemoryStore::default();
+    let mut uas = digest_core(&store);
+    uas.set_call_handler(Box::new(EarlyThenAnswer));
+    let invite = "INVITE sip:bob@example.com SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKchal\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:alice@example.com>;tag=1\r\n\
+         To: <sip:bob@example.com>\r\n\
+         Call-ID: challenged\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:alice@192.0.2.10:5062>\r\n\
+         Content-Length: 0\r\n\r\n";
+    let now = Now::current();
+    uas.handle_inbound(now, udp(invite));
+    let out = sent(&mut uas);
+    assert_eq!(out.len(), 1, "one 407 and no 100 Trying: {out:?}");
+    assert_eq!(status_of(&out[0].1), "407");
+    assert_eq!(uas.transactions(), 0, "no transaction keeps or repeats it");
+    assert_eq!(uas.poll_timeout(now), None);
+    // Never ACKed: past Timer H (64·T1) nothing more is sent.
+    for secs in [1, 2, 4, 8, 16, 32, 40] {
+        uas.handle_timeout(now.advanced(Duration::from_secs(secs)));
+        assert!(sent(&mut uas).is_empty(), "nothing at {secs} s");
+    }
+    // A retransmission of the INVITE is one more request: one more 407,
+    // with the same To tag so the caller's ACK matches either.
+    uas.handle_inbound(now.advanced(Duration::from_millis(500)), udp(invite));
+    let again = sent(&mut uas);
+    assert_eq!(again.len(), 1);
+    assert_eq!(status_of(&again[0].1), "407");
+    let to_of = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("To:"))
+            .map(str::to_owned)
+    };
+    assert_eq!(to_of(&again[0].1), to_of(&out[0].1));
+    let tag = to_of(&out[0].1)
+        .and_then(|to| to.split(";tag=").nth(1).map(str::to_owned))
+        .expect("the 407 has a To tag");
+    let ack = invite
+        .replace("INVITE sip", "ACK sip")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 ACK")
+        .replace(
+            "To: <sip:bob@example.com>",
+            &format!("To: <sip:bob@example.com>;tag={tag}"),
+        );
+    uas.handle_inbound(now.advanced(Duration::from_secs(1)), udp(&ack));
+    assert!(sent(&mut uas).is_empty(), "the ACK is absorbed");
+    assert_eq!(uas.transactions(), 0);
+}
+
+#[test]
+fn register_challenges_leave_no_transaction_behind() {
+    let store = MemoryStore::default();
+    let mut uas = digest_core(&store);
+    let now = Now::current();
+    for i in 0..100 {
+        uas.handle_inbound(
+            now,
+            register(
+                &format!("r{i}"),
+                &format!("c{i}"),
+                1,
+                "sip:alice@192.0.2.10:5062",
+            ),
+        );
+    }
+    let out = sent(&mut uas);
+    assert_eq!(out.len(), 100);
+    assert!(out.iter().all(|(_, text)| status_of(text) == "401"));
+    assert_eq!(uas.transactions(), 0);
+    assert!(store.records().is_empty());
+}
+
+#[test]
+fn a_wrong_guess_for_a_user_guessed_at_elsewhere_is_answered_late() {
+    use crate::auth::{ha1, response, Algorithm, Credentials, LockoutConfig};
+    let users = Users::parse(
+        std::path::Path::new("users.toml"),
+        "[[user]]\nname = \"alice\"\npassword = \"right\"\n",
+        "test",
+    )
+    .expect("test users parse");
+    let mut config = AuthConfig::digest("test", vec![7; 32]);
+    config.lockout = LockoutConfig {
+        max_failures: 1,
+        user_delay: Duration::from_secs(2),
+        ..LockoutConfig::default()
+    };
+    let store = MemoryStore::default();
+    let mut uas = Uas::new(
+        UasConfig::new("test"),
+        Registrar::new(RegistrarConfig::default()),
+        Authenticator::new(config, users),
+        Box::new(store.clone()),
+    );
+    let now = Now::current();
+    // A guess from `source` with `password`, on a fresh nonce.
+    let guess = |uas: &mut Uas, branch: &str, source: &str, password: &str| {
+        uas.handle_inbound(
+            now,
+            register(branch, branch, 1, "sip:alice@192.0.2.10:5062"),
+        );
+        let challenge = sent(uas).pop().expect("a challenge").1;
+        let offer = challenge
+            .lines()
+            .find(|l| l.starts_with("WWW-Authenticate:") && l.contains("MD5"))
+            .expect("an MD5 challenge")
+            .trim_start_matches("WWW-Authenticate:")
+            .to_owned();
+        let nonce = Credentials::parse(&offer)
+            .expect("challenge parses")
+            .get("nonce")
+            .expect("nonce")
+            .to_owned();
+        let ha1 = ha1(Algorithm::Md5, "alice", "test", password);
+        let response = response(
+            Algorithm::Md5,
+            &ha1,
+            &nonce,
+            "00000001",
+            "c",
+            "REGISTER",
+            "sip:example.com",
+        );
+        let mut inbound = register(
+            &format!("{branch}b"),
+            branch,
+            2,
+            "sip:alice@192.0.2.10:5062",
+        );
+        let text = String::from_utf8(inbound.bytes).expect("UTF-8").replace(
+            "Content-Length: 0",
+            &format!(
+                "Authorization: Digest username=\"alice\", realm=\"test\", nonce=\"{nonce}\", \
+                 uri=\"sip:example.com\", response=\"{response}\", algorithm=MD5, qop=auth, \
+                 nc=00000001, cnonce=\"c\"\r\nContent-Length: 0"
+            ),
+        );
+        inbound.bytes = text.into_bytes();
+        inbound.flow = Flow::Udp {
+            remote: source.parse().expect("address"),
+        };
+        uas.handle_inbound(now, inbound);
+        sent(uas)
+    };
+    let first = guess(&mut uas, "g1", "198.51.100.1:5060", "wrong");
+    assert_eq!(first.len(), 1, "the first failure is answered at once");
+    assert_eq!(status_of(&first[0].1), "401");
+    // alice has had her one failure: a wrong guess from elsewhere waits 2 s.
+    assert!(guess(&mut uas, "g2", "198.51.100.2:5060", "wrong").is_empty());
+    assert_eq!(
+        uas.poll_timeout(now),
+        Some(now.instant + Duration::from_secs(2))
+    );
+    uas.handle_timeout(now.advanced(Duration::from_millis(1999)));
+    assert!(sent(&mut uas).is_empty());
+    uas.handle_timeout(now.advanced(Duration::from_secs(2)));
+    let late = sent(&mut uas);
+    assert_eq!(late.len(), 1);
+    assert_eq!(status_of(&late[0].1), "401");
+    // Her right password from a third source is answered at once.
+    let right = guess(&mut uas, "g3", "198.51.100.3:5060", "right");
+    assert_eq!(right.len(), 1);
+    assert_eq!(status_of(&right[0].1), "200", "{}", right[0].1);
+}
