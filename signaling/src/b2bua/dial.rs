@@ -19,6 +19,19 @@ impl B2bua {
         flow: crate::transport::Flow,
         sip: &mut SipActions<'_>,
     ) {
+        if self.closing {
+            tracing::info!(call_id = %request.call_id(), "shutting down: new call refused");
+            respond(
+                sip,
+                &key,
+                503,
+                "Service Unavailable",
+                None,
+                &[retry_after()],
+                None,
+            );
+            return;
+        }
         if request.vias().iter().any(|via| {
             via.branch()
                 .is_some_and(|b| b.as_str().starts_with(&self.branch_prefix))
@@ -73,9 +86,10 @@ impl B2bua {
         let actions: VecDeque<Action> = route.actions.iter().map(|a| a.with_vars(&vars)).collect();
         tracing::info!(call_id, route = %route.id, actions = actions.len(), "new call routed");
 
-        let mut media_id = MediaCallId(call_id.clone());
+        let mut media_id = self.config.owner.media_id(&call_id);
         while self.media_calls.contains_key(&media_id) {
-            media_id = MediaCallId(format!("{call_id}~{}", self.next()));
+            let unique = format!("{call_id}~{}", self.next());
+            media_id = self.config.owner.media_id(&unique);
         }
         let call_key = CallKey(self.next());
         let local_tag = Tag::new(format!("sb{}", self.unique()));
@@ -101,6 +115,7 @@ impl B2bua {
         };
         let call = Call {
             media_id: media_id.clone(),
+            started: now.instant,
             invite: Some(key.clone()),
             a,
             b: None,
@@ -609,7 +624,10 @@ impl B2bua {
                 if branch.cancel == Cancel::No {
                     if branch.provisional {
                         branch.cancel = Cancel::Sent;
-                        send_cancel(&self.config.local, &branch.sent, sip);
+                        let cancel = send_cancel(&self.config.local, &branch.sent, sip);
+                        // Its 487 and the CANCEL's 200 end the branch.
+                        self.ending.extend(cancel);
+                        self.ending.insert(key.clone());
                     } else {
                         branch.cancel = Cancel::Wanted;
                     }
@@ -642,6 +660,7 @@ impl B2bua {
         };
         tracing::debug!(b_call_id = %sent.call_id, "unwanted 2xx: ACK and BYE");
         if let Some(key) = self.send_in_dialog(&mut dialog, &Method::Bye, &[], None, sip) {
+            self.ending.insert(key.clone());
             self.clients.insert(key, ClientTx::Fire);
         }
     }

@@ -16,6 +16,10 @@
 //!    and new dialplans the same way.
 //! 3. After pushing, make the core call `handle_timeout`: an input pushed at
 //!    `at` makes [`CallHandler::poll_timeout`] return `at`.
+//! 4. To stop, push [`LinkInput::Shutdown`]: [`Shutdown::Drain`] (optional)
+//!    refuses new calls, [`Shutdown::HangUp`] ends the rest; keep the core
+//!    and the executor running until `link.occupancy()` shows no call and
+//!    nothing [`ending`](Occupancy::ending), or a deadline passes.
 //!
 //! # Call flow
 //!
@@ -56,6 +60,7 @@ mod dial;
 mod dialog;
 pub mod executor;
 mod media;
+pub mod reconcile;
 mod session_timer;
 
 #[cfg(test)]
@@ -65,8 +70,9 @@ pub use media::{
     DeleteReason, LegId, LinkInput, MediaCallId, MediaEvent, MediaFailure, MediaLink, MediaOp,
     MediaRequest, MediaRequestId, MediaResult,
 };
+pub use reconcile::Owner;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,6 +88,22 @@ use session_timer::SessionTimer;
 
 const SDP: &str = "application/sdp";
 
+/// Seconds a caller refused during shutdown is told to wait (Retry-After):
+/// long enough for a restart, short enough not to lose the caller.
+const SHUTDOWN_RETRY_AFTER: u32 = 30;
+
+/// A step of the signaling server's shutdown, pushed on the [`MediaLink`]
+/// as [`LinkInput::Shutdown`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// New INVITEs are refused 503 with Retry-After; calls in progress go on.
+    Drain,
+    /// New INVITEs are refused, and every call ends now: BYE on each
+    /// confirmed leg, CANCEL to ringing callees and 503 to their callers,
+    /// media deleted with the reason "shutdown".
+    HangUp,
+}
+
 /// Settings of the B2BUA.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct B2buaConfig {
@@ -92,6 +114,9 @@ pub struct B2buaConfig {
     /// Seeds Call-IDs, tags and branches so that two processes never
     /// produce the same ones; the driver draws it at random.
     pub seed: u64,
+    /// Prefixes media call ids, so that this node finds its own calls on
+    /// a shared manager after a restart (reconcile.rs).
+    pub owner: Owner,
 }
 
 /// How many entries each table holds: all zero once every call has ended
@@ -105,6 +130,10 @@ pub struct Occupancy {
     pub media_requests: usize,
     pub retransmissions: usize,
     pub timers: usize,
+    /// BYE, CANCEL and cancelled INVITE transactions of ended calls still
+    /// waiting for their final response, and media deletes waiting for
+    /// their result: a shutdown waits for these.
+    pub ending: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -278,6 +307,8 @@ struct PendingAck {
 #[derive(Debug)]
 struct Call {
     media_id: MediaCallId,
+    /// When the INVITE arrived: the call's duration in its end record.
+    started: Instant,
     /// The caller's INVITE transaction until its final response.
     invite: Option<TransactionKey>,
     a: Dialog,
@@ -352,6 +383,13 @@ pub struct B2bua {
     media: HashMap<MediaRequestId, (CallKey, Purpose)>,
     retransmits: HashMap<TransactionKey, Retransmit>,
     timers: BTreeSet<(Instant, TimerId)>,
+    /// Client transactions of ended calls awaiting a final response (see
+    /// [`Occupancy::ending`]).
+    ending: HashSet<TransactionKey>,
+    /// Media deletes awaiting their result.
+    deleting: HashSet<MediaRequestId>,
+    /// Set by [`Shutdown`]: new calls are refused.
+    closing: bool,
     counter: u64,
     branch_prefix: String,
 }
@@ -380,6 +418,9 @@ impl B2bua {
             media: HashMap::new(),
             retransmits: HashMap::new(),
             timers: BTreeSet::new(),
+            ending: HashSet::new(),
+            deleting: HashSet::new(),
+            closing: false,
             counter: 0,
             branch_prefix,
         }
@@ -395,6 +436,28 @@ impl B2bua {
             media_requests: self.media.len(),
             retransmissions: self.retransmits.len(),
             timers: self.timers.len(),
+            ending: self.ending.len() + self.deleting.len(),
+        }
+    }
+
+    /// Runs a step of the shutdown (see [`Shutdown`]).
+    fn handle_shutdown(&mut self, step: Shutdown, sip: &mut SipActions<'_>) {
+        if !self.closing {
+            tracing::info!(calls = self.calls.len(), ?step, "refusing new calls");
+        }
+        self.closing = true;
+        if step == Shutdown::HangUp {
+            let mut keys: Vec<CallKey> = self.calls.keys().copied().collect();
+            keys.sort_unstable();
+            for key in keys {
+                self.end_call(
+                    key,
+                    DeleteReason::Shutdown,
+                    None,
+                    (503, "Service Unavailable"),
+                    sip,
+                );
+            }
         }
     }
 
@@ -474,6 +537,9 @@ impl B2bua {
         sip: &mut SipActions<'_>,
     ) {
         let status = response.status().unwrap_or(500);
+        if status >= 200 {
+            self.ending.remove(&key);
+        }
         let Some(client) = self.clients.get_mut(&key) else {
             return;
         };
@@ -483,7 +549,9 @@ impl B2bua {
                     branch.provisional = true;
                     if branch.cancel == Cancel::Wanted {
                         branch.cancel = Cancel::Sent;
-                        send_cancel(&self.config.local, &branch.sent, sip);
+                        let cancel = send_cancel(&self.config.local, &branch.sent, sip);
+                        self.ending.extend(cancel);
+                        self.ending.insert(key.clone());
                     }
                 }
                 let call = branch.call;
@@ -574,7 +642,16 @@ impl B2bua {
         let Some(mut call) = self.calls.remove(&key) else {
             return;
         };
-        tracing::info!(call_id = %call.media_id, ?reason, "call ended");
+        // The call's end record (CDRs will build on it).
+        tracing::info!(
+            call_id = %call.media_id,
+            reason = reason_name(reason),
+            answered = call.answered,
+            bye_from = from.map(LegId::as_str),
+            status = (!call.answered).then_some(status.0),
+            duration_ms = sip.now().instant.saturating_duration_since(call.started).as_millis() as u64,
+            "call ended"
+        );
         self.dialogs
             .remove(&(call.a.call_id.clone(), call.a.local_tag.clone()));
         self.dialogs
@@ -603,7 +680,20 @@ impl B2bua {
                 } else {
                     text
                 };
-                respond(sip, &invite, code, text, Some(&call.a.local_tag), &[], None);
+                let headers = if reason == DeleteReason::Shutdown {
+                    vec![retry_after()]
+                } else {
+                    Vec::new()
+                };
+                respond(
+                    sip,
+                    &invite,
+                    code,
+                    text,
+                    Some(&call.a.local_tag),
+                    &headers,
+                    None,
+                );
             }
         }
         if let Some(pending) = call.pending_ack.take() {
@@ -612,24 +702,28 @@ impl B2bua {
         if call.answered && from != Some(LegId::A) {
             let mut a = call.a.clone();
             if let Some(bye) = self.send_in_dialog(&mut a, &Method::Bye, &[], None, sip) {
+                self.ending.insert(bye.clone());
                 self.clients.insert(bye, ClientTx::Fire);
             }
         }
         if from != Some(LegId::B) {
             if let Some(mut b) = call.b.clone() {
                 if let Some(bye) = self.send_in_dialog(&mut b, &Method::Bye, &[], None, sip) {
+                    self.ending.insert(bye.clone());
                     self.clients.insert(bye, ClientTx::Fire);
                 }
             }
         }
         if call.media_used {
             let detail = match from {
+                _ if reason == DeleteReason::Shutdown => "signaling server shutdown".to_owned(),
                 Some(leg) => format!("BYE from leg {leg}"),
                 None if call.answered => format!("hangup: {}", status.1),
                 None => format!("{} {}", status.0, status.1),
             };
             let media_id = call.media_id.clone();
             let id = MediaRequestId(self.next());
+            self.deleting.insert(id);
             self.link.push_request(MediaRequest {
                 id,
                 call: media_id,
@@ -647,6 +741,9 @@ impl B2bua {
         result: MediaResult,
         sip: &mut SipActions<'_>,
     ) {
+        if self.deleting.remove(&id) {
+            return;
+        }
         let Some((key, purpose)) = self.media.remove(&id) else {
             return;
         };
@@ -922,6 +1019,7 @@ impl B2bua {
                     tracing::info!(routes = plan.routes().len(), "dialplan replaced");
                     self.dialplan = plan;
                 }
+                LinkInput::Shutdown(step) => self.handle_shutdown(step, sip),
             }
         }
     }
@@ -940,6 +1038,7 @@ impl CallHandler for B2bua {
             CallEvent::Ack { request, .. } => self.ack(request, sip),
             CallEvent::Response { key, response } => self.response(now, key, response, sip),
             CallEvent::Timeout { key, .. } => {
+                self.ending.remove(&key);
                 // Timer B or F: the peer is gone; treat as 408 from it.
                 if let Some(ClientTx::Branch(branch)) = self.clients.get(&key) {
                     let call = branch.call;
@@ -980,6 +1079,7 @@ impl CallHandler for B2bua {
             }
             CallEvent::Terminated { key } => {
                 self.servers.remove(&key);
+                self.ending.remove(&key);
                 if let Some(ClientTx::Branch(branch)) = self.clients.remove(&key) {
                     if let Some(call) = self.calls.get_mut(&branch.call) {
                         call.branches.retain(|k| *k != key);
@@ -1066,6 +1166,22 @@ fn leg_headers(local: &str, call: &Call, leg: LegId) -> Vec<(String, String)> {
     headers
 }
 
+/// The end reason as the call's end record names it.
+fn reason_name(reason: DeleteReason) -> &'static str {
+    match reason {
+        DeleteReason::Hangup => "hangup",
+        DeleteReason::Cancelled => "cancelled",
+        DeleteReason::Failed => "failed",
+        DeleteReason::MediaTimeout => "media_timeout",
+        DeleteReason::SessionTimer => "session_timer",
+        DeleteReason::Shutdown => "shutdown",
+    }
+}
+
+fn retry_after() -> (String, String) {
+    ("Retry-After".to_owned(), SHUTDOWN_RETRY_AFTER.to_string())
+}
+
 fn default_reason(code: u16) -> &'static str {
     match code {
         404 => "Not Found",
@@ -1113,7 +1229,7 @@ fn send(sip: &mut SipActions<'_>, text: &str, destination: Destination) -> Optio
     }
 }
 
-fn send_cancel(local: &str, sent: &SentInvite, sip: &mut SipActions<'_>) {
+fn send_cancel(local: &str, sent: &SentInvite, sip: &mut SipActions<'_>) -> Option<TransactionKey> {
     let from = with_tag(&sent.from, Some(&sent.from_tag));
     let to = with_tag(&sent.to, None);
     let text = build::request(&Outgoing {
@@ -1131,5 +1247,5 @@ fn send_cancel(local: &str, sent: &SentInvite, sip: &mut SipActions<'_>) {
         extra: &with_routes(&sent.route, &[]),
         body: None,
     });
-    send(sip, &text, sent.destination);
+    send(sip, &text, sent.destination)
 }

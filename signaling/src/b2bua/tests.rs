@@ -105,6 +105,7 @@ impl Harness {
                 local: LOCAL.to_owned(),
                 timers: TimerConfig::default(),
                 seed: 42,
+                owner: Owner::new("test", 1),
             },
             plan(plan_json),
             link.clone(),
@@ -1149,7 +1150,7 @@ fn media_timeout_hangs_up_both_legs() {
     let mut h = Harness::new(&bob_plan());
     answered_call(&mut h);
     h.event(MediaEvent::Timeout {
-        call: MediaCallId("call-1".to_owned()),
+        call: MediaCallId("test/00000001/call-1".to_owned()),
         leg: "b".to_owned(),
         idle_secs: 30,
     });
@@ -1794,4 +1795,135 @@ fn info_from_the_callee_and_prack_without_100rel() {
     h.from(CALLER, &prack);
     h.response_to(CALLER, 481);
     h.nothing_to(BOB);
+}
+
+// ----- shutdown --------------------------------------------------------
+
+impl Harness {
+    /// The driver's shutdown step, as the signal handler pushes it.
+    fn shutdown(&mut self, step: Shutdown) {
+        self.link
+            .push_input(self.now.instant, LinkInput::Shutdown(step));
+        self.uas.handle_timeout(self.now);
+        self.settle();
+    }
+}
+
+#[test]
+fn shutdown_cancels_a_ringing_callee_and_answers_the_caller_503() {
+    let mut h = Harness::new(&bob_plan());
+    let invite = h.invite("1001", "call-ring", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    h.from(BOB, &reply(&to_bob, 180, Some("bob1"), None));
+    h.response_to(CALLER, 180);
+    h.ops();
+
+    h.shutdown(Shutdown::HangUp);
+    let refused = h.response_to(CALLER, 503);
+    assert_eq!(refused.header("Retry-After"), Some("30"));
+    let cancel = h.request_to(BOB, "CANCEL");
+    assert_eq!(
+        cancel.top_via().branch(),
+        to_bob.top_via().branch(),
+        "CANCEL matches the INVITE"
+    );
+    assert_eq!(
+        h.ops(),
+        vec![MediaOp::Delete {
+            reason: DeleteReason::Shutdown,
+            detail: "signaling server shutdown".to_owned()
+        }]
+    );
+    let occupancy = h.occupancy();
+    assert_eq!(occupancy.calls, 0);
+    assert_eq!(
+        occupancy.ending, 2,
+        "the CANCEL and the cancelled INVITE await their final responses"
+    );
+    h.from(BOB, &reply(&cancel, 200, Some("bob1"), None));
+    assert_eq!(h.occupancy().ending, 1, "the INVITE still awaits its 487");
+    h.from(BOB, &reply(&to_bob, 487, Some("bob1"), None));
+    h.request_to(BOB, "ACK");
+    assert_eq!(h.occupancy().ending, 0, "nothing left to wait for");
+    h.nothing_to(CALLER);
+
+    // A new call during the shutdown: 503 at once, nothing asked of the manager.
+    let late = h.invite("1001", "call-late", Some(CALLER_SDP));
+    h.from(CALLER, &late);
+    let refused = h.response_to(CALLER, 503);
+    assert_eq!(refused.header("Retry-After"), Some("30"));
+    h.nothing_to(BOB);
+    assert_eq!(h.ops(), Vec::<MediaOp>::new());
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.occupancy(), Occupancy::default());
+    assert_eq!(h.uas.transactions(), 0);
+}
+
+#[test]
+fn shutdown_byes_both_legs_of_an_answered_call_and_waits_for_their_200() {
+    let mut h = Harness::new(&bob_plan());
+    answered_call(&mut h);
+    h.shutdown(Shutdown::HangUp);
+    let bye_caller = h.request_to(CALLER, "BYE");
+    let bye_bob = h.request_to(BOB, "BYE");
+    assert_eq!(
+        h.ops(),
+        vec![MediaOp::Delete {
+            reason: DeleteReason::Shutdown,
+            detail: "signaling server shutdown".to_owned()
+        }]
+    );
+    assert_eq!(h.occupancy().calls, 0);
+    assert_eq!(h.occupancy().ending, 2, "two BYEs unanswered");
+    h.from(CALLER, &reply(&bye_caller, 200, None, None));
+    h.from(BOB, &reply(&bye_bob, 200, None, None));
+    assert_eq!(h.occupancy().ending, 0, "both BYEs answered");
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.occupancy(), Occupancy::default());
+}
+
+#[test]
+fn shutdown_waits_for_the_media_delete_and_gives_up_on_a_silent_peer() {
+    let mut h = Harness::new(&bob_plan());
+    answered_call(&mut h);
+    h.manager.hold = true;
+    h.shutdown(Shutdown::HangUp);
+    h.request_to(CALLER, "BYE");
+    h.request_to(BOB, "BYE");
+    assert_eq!(h.occupancy().ending, 3, "two BYEs and the media delete");
+    h.release();
+    assert_eq!(h.occupancy().ending, 2, "the delete is done");
+    // Nobody answers the BYEs: timer F (64·T1) ends them.
+    h.advance(Duration::from_secs(33));
+    assert_eq!(h.occupancy().ending, 0);
+}
+
+#[test]
+fn draining_refuses_new_calls_and_lets_calls_in_progress_end() {
+    let mut h = Harness::new(&bob_plan());
+    let (ok, _) = answered_call(&mut h);
+    h.shutdown(Shutdown::Drain);
+    h.nothing_to(CALLER);
+    h.nothing_to(BOB);
+    assert_eq!(h.occupancy().calls, 1, "the call goes on");
+    let late = h.invite("1002", "call-late", Some(CALLER_SDP));
+    h.from(CALLER, &late);
+    let refused = h.response_to(CALLER, 503);
+    assert_eq!(refused.header("Retry-After"), Some("30"));
+    assert_eq!(h.ops(), Vec::<MediaOp>::new(), "no Offer for it");
+    let bye = h.in_dialog(CALLER, &ok, "BYE", 2, None);
+    h.from(CALLER, &bye);
+    h.response_to(CALLER, 200);
+    h.request_to(BOB, "BYE");
+    assert_eq!(
+        h.ops(),
+        vec![MediaOp::Delete {
+            reason: DeleteReason::Hangup,
+            detail: "BYE from leg a".to_owned()
+        }],
+        "the call ended by itself, not by the shutdown"
+    );
+    assert_eq!(h.occupancy().calls, 0);
 }
