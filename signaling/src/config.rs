@@ -12,6 +12,7 @@ use clap::{Parser, ValueEnum};
 use switchboard_service::ConfigError;
 
 use crate::auth::{Algorithm, AuthConfig, AuthMode, Cidr, LockoutConfig};
+use crate::b2bua::CallLimits;
 use crate::registrar::RegistrarConfig;
 use crate::sip::FramingLimits;
 use crate::transaction::TimerConfig;
@@ -215,6 +216,18 @@ pub struct Config {
     /// is deleted; checked at start and whenever a manager comes back.
     #[arg(long, env = "RECONCILE_GRACE", default_value_t = 30)]
     pub reconcile_grace: u64,
+
+    /// Calls an authenticated user may have at once (being set up, ringing
+    /// or answered); the next INVITE is refused 486 before any media is
+    /// allocated. 0: no limit.
+    #[arg(long, env = "MAX_CALLS_PER_USER", default_value_t = 20)]
+    pub max_calls_per_user: usize,
+
+    /// Calls one source address may have at once when they are not
+    /// authenticated (trusted networks, e.g. trunks; anonymous mode);
+    /// refused 486 beyond. 0: no limit.
+    #[arg(long, env = "MAX_CALLS_PER_SOURCE", default_value_t = 100)]
+    pub max_calls_per_source: usize,
 
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(long, env = "LOG_LEVEL", default_value = "info", value_parser = switchboard_service::parse_log_level)]
@@ -436,6 +449,14 @@ impl Config {
         Duration::from_secs(self.reconcile_grace)
     }
 
+    /// The concurrent-call limits.
+    pub fn call_limits(&self) -> CallLimits {
+        CallLimits {
+            per_user: (self.max_calls_per_user > 0).then_some(self.max_calls_per_user),
+            per_source: (self.max_calls_per_source > 0).then_some(self.max_calls_per_source),
+        }
+    }
+
     /// Interval between RTP manager health checks.
     pub fn health_interval(&self) -> Duration {
         Duration::from_secs(self.rtpmanager_health_interval)
@@ -579,6 +600,23 @@ mod tests {
             "no drain, 10 s to hang up"
         );
         assert_eq!(c.reconcile_grace(), Duration::from_secs(30));
+        assert_eq!(
+            c.call_limits(),
+            CallLimits {
+                per_user: Some(20),
+                per_source: Some(100)
+            }
+        );
+        let c = load(&["--max-calls-per-user", "0", "--max-calls-per-source", "3"])
+            .expect("valid limits");
+        assert_eq!(
+            c.call_limits(),
+            CallLimits {
+                per_user: None,
+                per_source: Some(3)
+            },
+            "0: no limit"
+        );
         assert!(!c.node_id().is_empty(), "the host name, or `signaling`");
         assert!(check_node_id(&c.node_id()).is_ok(), "{}", c.node_id());
         let c = load(&["--node-id", "sig-1.example_a", "--shutdown-drain", "60"])

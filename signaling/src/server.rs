@@ -72,6 +72,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 timers: config.timers(),
                 seed,
                 owner: owner.clone(),
+                limits: config.call_limits(),
             },
             dialplan,
             link.clone(),

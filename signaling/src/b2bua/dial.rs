@@ -17,6 +17,7 @@ impl B2bua {
         key: TransactionKey,
         request: SipMessage,
         flow: crate::transport::Flow,
+        originator: Originator,
         sip: &mut SipActions<'_>,
     ) {
         if self.closing {
@@ -39,6 +40,25 @@ impl B2bua {
             tracing::info!(call_id = %request.call_id(), "loop detected: our own INVITE came back");
             respond(sip, &key, 482, "Loop Detected", None, &[], None);
             return;
+        }
+        let calls = self.originators.get(&originator).copied().unwrap_or(0);
+        if let Some(limit) = originator.limit(self.config.limits) {
+            if calls >= limit {
+                // 486: the caller's own capacity is used up, as a busy
+                // line's is; 503 would send it (or its proxy) to another
+                // server and mark this one down for everybody.
+                self.refused_over_limit += 1;
+                tracing::info!(
+                    call_id = %request.call_id(),
+                    per = originator.kind(),
+                    calls,
+                    limit,
+                    "too many calls at once: refused 486"
+                );
+                tracing::debug!(?originator, "caller over its call limit");
+                respond(sip, &key, 486, "Busy Here", None, &[], None);
+                return;
+            }
         }
         let destination = request
             .request_uri()
@@ -113,9 +133,11 @@ impl B2bua {
             destination: flow.reply_destination(),
             local_cseq: 1,
         };
+        *self.originators.entry(originator.clone()).or_default() += 1;
         let call = Call {
             media_id: media_id.clone(),
             started: now.instant,
+            originator,
             invite: Some(key.clone()),
             a,
             b: None,

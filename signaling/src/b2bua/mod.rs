@@ -73,9 +73,11 @@ pub use media::{
 pub use reconcile::Owner;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::auth::Authenticated;
 use crate::dialplan::{Action, CallVars, Dialplan, Ring, Target};
 use crate::sip::{Method, NameAddr, SipMessage, Tag, Uri};
 use crate::transaction::{TimerConfig, TransactionKey};
@@ -117,10 +119,60 @@ pub struct B2buaConfig {
     /// Prefixes media call ids, so that this node finds its own calls on
     /// a shared manager after a restart (reconcile.rs).
     pub owner: Owner,
+    /// Concurrent calls per caller.
+    pub limits: CallLimits,
+}
+
+/// How many calls one caller may have at once (being set up, ringing or
+/// answered), so that one caller cannot take every media port of the
+/// managers. Over the limit a new INVITE is refused 486 Busy Here before
+/// anything is asked of a manager. `None`: no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CallLimits {
+    /// Per authenticated user (digest user name).
+    pub per_user: Option<usize>,
+    /// Per source IP address, for calls that were not authenticated (a
+    /// trunk from a trusted network, anonymous mode).
+    pub per_source: Option<usize>,
+}
+
+/// Whom a call counts against for [`CallLimits`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Originator {
+    /// An authenticated user.
+    User(String),
+    /// An unauthenticated source address.
+    Source(IpAddr),
+}
+
+impl Originator {
+    fn of(identity: &Authenticated, flow: &crate::transport::Flow) -> Originator {
+        match identity {
+            Authenticated::User { username, .. } => Originator::User(username.clone()),
+            Authenticated::Trusted | Authenticated::NotRequired => {
+                Originator::Source(flow.remote().ip())
+            }
+        }
+    }
+
+    fn limit(&self, limits: CallLimits) -> Option<usize> {
+        match self {
+            Originator::User(_) => limits.per_user,
+            Originator::Source(_) => limits.per_source,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Originator::User(_) => "user",
+            Originator::Source(_) => "source",
+        }
+    }
 }
 
 /// How many entries each table holds: all zero once every call has ended
-/// and its transactions have terminated.
+/// and its transactions have terminated (but for `refused_over_limit`, a
+/// running total).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Occupancy {
     pub calls: usize,
@@ -134,6 +186,11 @@ pub struct Occupancy {
     /// waiting for their final response, and media deletes waiting for
     /// their result: a shutdown waits for these.
     pub ending: usize,
+    /// Callers (users, sources) with calls, counted for [`CallLimits`].
+    pub originators: usize,
+    /// INVITEs refused over a [`CallLimits`] limit since the start: a
+    /// running total, not a table size.
+    pub refused_over_limit: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -309,6 +366,8 @@ struct Call {
     media_id: MediaCallId,
     /// When the INVITE arrived: the call's duration in its end record.
     started: Instant,
+    /// Whom the call counts against.
+    originator: Originator,
     /// The caller's INVITE transaction until its final response.
     invite: Option<TransactionKey>,
     a: Dialog,
@@ -390,6 +449,9 @@ pub struct B2bua {
     deleting: HashSet<MediaRequestId>,
     /// Set by [`Shutdown`]: new calls are refused.
     closing: bool,
+    /// Live calls per caller.
+    originators: HashMap<Originator, usize>,
+    refused_over_limit: u64,
     counter: u64,
     branch_prefix: String,
 }
@@ -421,6 +483,8 @@ impl B2bua {
             ending: HashSet::new(),
             deleting: HashSet::new(),
             closing: false,
+            originators: HashMap::new(),
+            refused_over_limit: 0,
             counter: 0,
             branch_prefix,
         }
@@ -437,6 +501,8 @@ impl B2bua {
             retransmissions: self.retransmits.len(),
             timers: self.timers.len(),
             ending: self.ending.len() + self.deleting.len(),
+            originators: self.originators.len(),
+            refused_over_limit: self.refused_over_limit,
         }
     }
 
@@ -513,17 +579,16 @@ impl B2bua {
         key: TransactionKey,
         request: SipMessage,
         flow: crate::transport::Flow,
-        cancels: Option<TransactionKey>,
+        identity: &Authenticated,
         sip: &mut SipActions<'_>,
     ) {
         match request.method() {
-            Method::Cancel => {
-                if let Some(invite) = cancels {
-                    self.cancel(&invite, sip);
-                }
-            }
+            // The core answered it; one that cancels an INVITE of ours
+            // was handled before (`handle_event`).
+            Method::Cancel => {}
             Method::Invite if request.to_tag().is_none() => {
-                self.invite(now, key, request, flow, sip);
+                let originator = Originator::of(identity, &flow);
+                self.invite(now, key, request, flow, originator, sip);
             }
             _ => self.in_dialog(now, key, request, sip),
         }
@@ -642,6 +707,12 @@ impl B2bua {
         let Some(mut call) = self.calls.remove(&key) else {
             return;
         };
+        if let Some(count) = self.originators.get_mut(&call.originator) {
+            *count -= 1;
+            if *count == 0 {
+                self.originators.remove(&call.originator);
+            }
+        }
         // The call's end record (CDRs will build on it).
         tracing::info!(
             call_id = %call.media_id,
@@ -1029,12 +1100,16 @@ impl CallHandler for B2bua {
     fn handle_event(&mut self, now: Now, event: CallEvent, sip: &mut SipActions<'_>) {
         match event {
             CallEvent::Request {
+                cancels: Some(invite),
+                ..
+            } => self.cancel(&invite, sip),
+            CallEvent::Request {
                 key,
                 request,
                 flow,
-                cancels,
+                identity,
                 ..
-            } => self.request(now, key, request, flow, cancels, sip),
+            } => self.request(now, key, request, flow, &identity, sip),
             CallEvent::Ack { request, .. } => self.ack(request, sip),
             CallEvent::Response { key, response } => self.response(now, key, response, sip),
             CallEvent::Timeout { key, .. } => {

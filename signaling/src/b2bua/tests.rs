@@ -87,16 +87,34 @@ fn dial_plan(targets: &str, extra: &str) -> String {
 
 impl Harness {
     fn new(plan_json: &str) -> Harness {
+        Harness::with(plan_json, CallLimits::default(), None)
+    }
+
+    /// A harness with call limits; with `users` (a users file's text),
+    /// INVITEs need digest authentication (MD5) in realm `test`.
+    fn with(plan_json: &str, limits: CallLimits, users: Option<&str>) -> Harness {
         let mut auth = AuthConfig::digest("test", vec![7; 32]);
-        auth.mode = AuthMode::Anonymous;
+        let mut uas_config = UasConfig::new("test");
+        let users = match users {
+            Some(text) => {
+                auth.methods = vec!["INVITE".to_owned()];
+                uas_config.digest_algorithms = vec![crate::auth::Algorithm::Md5];
+                Users::parse(std::path::Path::new("users.toml"), text, "test")
+                    .expect("test users parse")
+            }
+            None => {
+                auth.mode = AuthMode::Anonymous;
+                Users::default()
+            }
+        };
         let registrar = RegistrarConfig {
             default_domain: Some("example.com".to_owned()),
             ..RegistrarConfig::default()
         };
         let mut uas = Uas::new(
-            UasConfig::new("test"),
+            uas_config,
             Registrar::new(registrar),
-            Authenticator::new(auth, Users::default()),
+            Authenticator::new(auth, users),
             Box::new(NoStore),
         );
         let link = MediaLink::new();
@@ -106,6 +124,7 @@ impl Harness {
                 timers: TimerConfig::default(),
                 seed: 42,
                 owner: Owner::new("test", 1),
+                limits,
             },
             plan(plan_json),
             link.clone(),
@@ -1926,4 +1945,128 @@ fn draining_refuses_new_calls_and_lets_calls_in_progress_end() {
         "the call ended by itself, not by the shutdown"
     );
     assert_eq!(h.occupancy().calls, 0);
+}
+
+// ----- call limits -----------------------------------------------------
+
+fn offers(ops: &[MediaOp]) -> usize {
+    ops.iter()
+        .filter(|op| matches!(op, MediaOp::Offer { .. }))
+        .count()
+}
+
+fn md5_hex(text: &str) -> String {
+    use md5::{Digest, Md5};
+    Md5::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Digest credentials of `user` (password `secret`) for an INVITE to 1001,
+/// written independently of the authenticator (RFC 2617, qop=auth).
+fn proxy_authorization(user: &str, nonce: &str, nc: u32) -> String {
+    let uri = "sip:1001@192.0.2.100";
+    let ha1 = md5_hex(&format!("{user}:test:secret"));
+    let ha2 = md5_hex(&format!("INVITE:{uri}"));
+    let nc = format!("{nc:08x}");
+    let response = md5_hex(&format!("{ha1}:{nonce}:{nc}:cn0nce:auth:{ha2}"));
+    format!(
+        "Digest username=\"{user}\", realm=\"test\", nonce=\"{nonce}\", uri=\"{uri}\", \
+         response=\"{response}\", algorithm=MD5, qop=auth, nc={nc}, cnonce=\"cn0nce\""
+    )
+}
+
+/// Calls to 1001 rung at Bob from the caller's address.
+fn ring(h: &mut Harness, call_id: &str, extra: &[(&str, &str)]) -> SipMessage {
+    let invite = h.invite_with("1001", call_id, Some(CALLER_SDP), extra);
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    h.request_to(BOB, "INVITE")
+}
+
+#[test]
+fn a_source_over_its_call_limit_is_refused_486_before_any_offer() {
+    let limits = CallLimits {
+        per_user: Some(10),
+        per_source: Some(3),
+    };
+    let mut h = Harness::with(&bob_plan(), limits, None);
+    let ringing: Vec<SipMessage> = (1..=3)
+        .map(|n| ring(&mut h, &format!("call-{n}"), &[]))
+        .collect();
+    let fourth = h.invite("1001", "call-4", Some(CALLER_SDP));
+    h.from(CALLER, &fourth);
+    let busy = h.response_to(CALLER, 486);
+    assert_eq!(busy.reason(), Some("Busy Here"));
+    h.nothing_to(BOB);
+    assert_eq!(offers(&h.ops()), 3, "the manager saw three offers only");
+    assert_eq!(h.occupancy().refused_over_limit, 1);
+    assert_eq!(h.occupancy().originators, 1);
+
+    // One call ends (Bob is busy for it): a new one goes through.
+    h.from(BOB, &reply(&ringing[0], 486, Some("bob1"), None));
+    h.request_to(BOB, "ACK");
+    h.response_to(CALLER, 486);
+    ring(&mut h, "call-5", &[]);
+    assert_eq!(offers(&h.ops()), 1);
+    assert_eq!(h.occupancy().calls, 3);
+    assert_eq!(h.occupancy().refused_over_limit, 1, "not counted again");
+}
+
+#[test]
+fn an_authenticated_user_over_its_call_limit_is_refused_whatever_its_address() {
+    let users = "[[user]]\nname = \"alice\"\npassword = \"secret\"\n\n\
+                 [[user]]\nname = \"carol\"\npassword = \"secret\"\n";
+    let limits = CallLimits {
+        per_user: Some(3),
+        per_source: Some(1),
+    };
+    let mut h = Harness::with(&bob_plan(), limits, Some(users));
+    // A first INVITE without credentials draws the nonce.
+    let invite = h.invite("1001", "call-0", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    let challenge = h.response_to(CALLER, 407);
+    let header = challenge
+        .header("Proxy-Authenticate")
+        .expect("a challenge")
+        .to_owned();
+    let nonce = header
+        .split("nonce=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a nonce")
+        .to_owned();
+    let mut nc = 0;
+    let mut credentials = |user: &str| {
+        nc += 1;
+        proxy_authorization(user, &nonce, nc)
+    };
+    // Per user, not per source: three of alice's calls from one address
+    // although a source may have one unauthenticated call.
+    for n in 1..=3 {
+        let auth = credentials("alice");
+        ring(
+            &mut h,
+            &format!("alice-{n}"),
+            &[("Proxy-Authorization", &auth)],
+        );
+    }
+    let auth = credentials("alice");
+    let fourth = h.invite_with(
+        "1001",
+        "alice-4",
+        Some(CALLER_SDP),
+        &[("Proxy-Authorization", &auth)],
+    );
+    h.from(CALLER, &fourth);
+    h.response_to(CALLER, 486);
+    h.nothing_to(BOB);
+    // Another user from the same address is not held back by alice.
+    let auth = credentials("carol");
+    ring(&mut h, "carol-1", &[("Proxy-Authorization", &auth)]);
+    assert_eq!(offers(&h.ops()), 4, "three for alice, one for carol");
+    let occupancy = h.occupancy();
+    assert_eq!(occupancy.refused_over_limit, 1);
+    assert_eq!(occupancy.originators, 2, "alice and carol");
 }
