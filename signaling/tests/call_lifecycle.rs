@@ -113,22 +113,22 @@ fn sipp(bed: &Bed, name: &str, port: u16, calls: u32, args: &[&str]) -> Child {
 /// `calls` answered calls, a SIPp callee answering and a SIPp caller
 /// waiting to be hung up on; returns once the manager bridges them all.
 fn calls_up(bed: &Bed, calls: u32) -> (Child, Child) {
-    let callee = sipp(bed, "b2bua_uas.xml", bed.callee_port, calls, &[]);
+    calls_with(bed, "b2bua_uac_wait_bye.xml", "b2bua_uas.xml", calls, true)
+}
+
+/// `calls` calls from a SIPp `caller` to a SIPp `callee`; returns once the
+/// manager holds them all (and bridges them, when `bridged`).
+fn calls_with(bed: &Bed, caller: &str, callee: &str, calls: u32, bridged: bool) -> (Child, Child) {
+    let callee = sipp(bed, callee, bed.callee_port, calls, &[]);
     std::thread::sleep(Duration::from_millis(300));
     let target = bed.server.sip_addr().to_string();
-    let caller = sipp(
-        bed,
-        "b2bua_uac_wait_bye.xml",
-        free_port(),
-        calls,
-        &["-s", "1001", &target],
-    );
+    let caller = sipp(bed, caller, free_port(), calls, &["-s", "1001", &target]);
     let expected = calls as usize;
     let up = bed.manager.wait_calls(Duration::from_secs(15), |list| {
         list.len() == expected
-            && list
-                .iter()
-                .all(|c| c.legs.iter().filter(|l| !l.bridged_to.is_empty()).count() == 2)
+            && list.iter().all(|c| {
+                !bridged || c.legs.iter().filter(|l| !l.bridged_to.is_empty()).count() == 2
+            })
     });
     assert_eq!(
         up.len(),
@@ -225,6 +225,42 @@ fn sigterm_byes_every_leg_deletes_the_media_and_exits_within_the_timeout() {
     );
     assert!(log.contains("every call ended"), "{log}");
     eprintln!("SIGTERM with {CALLS} calls up: stopped in {took:?}");
+}
+
+#[test]
+fn sigterm_cancels_ringing_callees_and_refuses_their_callers_503() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    const CALLS: u32 = 3;
+    let mut bed = bed(&["--shutdown-timeout", "5"]);
+    let (caller, callee) = calls_with(
+        &bed,
+        "b2bua_uac_shutdown.xml",
+        "b2bua_uas_ring.xml",
+        CALLS,
+        false,
+    );
+    // Let the callee's 180s arrive: a CANCEL waits for a provisional.
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let exit = bed.server.stop_with(Signal::SIGTERM);
+    let took = started.elapsed();
+    assert!(exit.success(), "signaling exits 0, not {exit}");
+    // The callee saw a CANCEL for every call (answered 200 and 487, got
+    // the ACK) and the caller a 503 it ACKed: SIPp counts them successful.
+    for (role, child) in [("caller", caller), ("callee", callee)] {
+        let output = finish(&bed, role, child);
+        let screen = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(
+            sipp_counter(&screen, "Successful call"),
+            u64::from(CALLS),
+            "{role}: {screen}"
+        );
+    }
+    let left = bed.manager.calls();
+    assert!(left.is_empty(), "media left on the manager: {left:?}");
+    eprintln!("SIGTERM with {CALLS} ringing calls: stopped in {took:?}");
 }
 
 #[test]
