@@ -213,7 +213,8 @@ pub struct Config {
 
     /// Seconds a call on an RTP manager that this server placed but no
     /// longer knows (it was restarted, killed) must have existed before it
-    /// is deleted; checked at start and whenever a manager comes back.
+    /// is deleted; checked at start, whenever a manager comes back and
+    /// every 5 minutes.
     #[arg(long, env = "RECONCILE_GRACE", default_value_t = 30)]
     pub reconcile_grace: u64,
 

@@ -10,8 +10,8 @@
 //! A playback's stream is read on a task of its own so that the call's
 //! next requests (a Delete on hangup) are not held behind it.
 //!
-//! Each time a manager becomes healthy (at start, and when it comes back)
-//! its calls are reconciled: those this node placed and no longer knows
+//! Each time a manager becomes healthy (at start, and when it comes back),
+//! and every five minutes while it stays so, its calls are reconciled: those this node placed and no longer knows
 //! (an earlier process's, after a crash) are deleted once older than the
 //! grace period (reconcile.rs decides).
 
@@ -31,7 +31,12 @@ use super::media::{
     MediaRequest, MediaResult,
 };
 use super::reconcile::{orphans, Owner};
-use crate::rtpmanager_pool::ManagerPool;
+use crate::rtpmanager_pool::{Health, ManagerPool};
+
+/// How often a healthy manager's calls are reconciled besides its
+/// recoveries: a Delete lost to a transient error (a timeout on a busy
+/// manager) otherwise leaves its media until the manager's own idle timeout.
+const RECONCILE_EVERY: Duration = Duration::from_secs(300);
 
 /// How the executor wakes the SIP core after pushing an input.
 pub type Wake = Arc<dyn Fn() + Send + Sync>;
@@ -85,8 +90,9 @@ pub fn spawn(pool: ManagerPool, link: MediaLink, wake: Wake, reconcile: Reconcil
     tokio::spawn(dispatch(pool, link, wake, notify, live, placed));
 }
 
-/// Reconciles manager `index` each time it becomes healthy, and again while
-/// orphan candidates are in their grace period.
+/// Reconciles manager `index` each time it becomes healthy, again while
+/// orphan candidates are in their grace period, and every
+/// [`RECONCILE_EVERY`] while it stays healthy.
 async fn reconcile_forever(pool: ManagerPool, index: usize, placed: Placed, reconcile: Reconcile) {
     let endpoint = pool.endpoint(index);
     let mut client = pool.client(index);
@@ -95,10 +101,20 @@ async fn reconcile_forever(pool: ManagerPool, index: usize, placed: Placed, reco
     loop {
         let epoch = *healthy.borrow_and_update();
         if epoch == seen {
-            if healthy.changed().await.is_err() {
-                return;
+            tokio::select! {
+                changed = healthy.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                () = tokio::time::sleep(RECONCILE_EVERY) => {
+                    let up = pool.statuses().get(index).is_some_and(|s| s.health == Health::Healthy);
+                    if !up {
+                        continue;
+                    }
+                }
             }
-            continue;
         }
         seen = epoch;
         loop {
