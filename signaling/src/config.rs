@@ -224,9 +224,9 @@ pub struct Config {
     #[arg(long, env = "MAX_CALLS_PER_USER", default_value_t = 20)]
     pub max_calls_per_user: usize,
 
-    /// Calls one source address may have at once when they are not
-    /// authenticated (trusted networks, e.g. trunks; anonymous mode);
-    /// refused 486 beyond. 0: no limit.
+    /// Calls one source address (an IPv6 source: its /64) may have at once
+    /// when they are not authenticated (trusted networks, e.g. trunks;
+    /// anonymous mode); refused 486 beyond. 0: no limit.
     #[arg(long, env = "MAX_CALLS_PER_SOURCE", default_value_t = 100)]
     pub max_calls_per_source: usize,
 

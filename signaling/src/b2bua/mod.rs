@@ -141,7 +141,8 @@ pub struct CallLimits {
 enum Originator {
     /// An authenticated user.
     User(String),
-    /// An unauthenticated source address.
+    /// An unauthenticated source address; an IPv6 source by its /64, which
+    /// one host usually holds whole.
     Source(IpAddr),
 }
 
@@ -150,7 +151,13 @@ impl Originator {
         match identity {
             Authenticated::User { username, .. } => Originator::User(username.clone()),
             Authenticated::Trusted | Authenticated::NotRequired => {
-                Originator::Source(flow.remote().ip())
+                Originator::Source(match flow.remote().ip() {
+                    IpAddr::V6(v6) => {
+                        let prefix = u128::from(v6) & !u128::from(u64::MAX);
+                        IpAddr::V6(prefix.into())
+                    }
+                    v4 => v4,
+                })
             }
         }
     }

@@ -2070,3 +2070,40 @@ fn an_authenticated_user_over_its_call_limit_is_refused_whatever_its_address() {
     assert_eq!(occupancy.refused_over_limit, 1);
     assert_eq!(occupancy.originators, 2, "alice and carol");
 }
+
+#[test]
+fn callers_are_counted_per_user_or_per_source_address_and_ipv6_per_64() {
+    let udp = |addr: &str| Flow::Udp {
+        remote: addr.parse().expect("test address"),
+    };
+    let alice = Authenticated::User {
+        username: "alice".to_owned(),
+        algorithm: crate::auth::Algorithm::Md5,
+    };
+    assert_eq!(
+        Originator::of(&alice, &udp("192.0.2.1:5060")),
+        Originator::of(&alice, &udp("198.51.100.7:5062")),
+        "a user wherever it calls from"
+    );
+    assert_eq!(
+        Originator::of(&Authenticated::Trusted, &udp("192.0.2.1:5060")),
+        Originator::of(&Authenticated::NotRequired, &udp("192.0.2.1:5070")),
+        "a source whatever its port"
+    );
+    assert_ne!(
+        Originator::of(&Authenticated::NotRequired, &udp("192.0.2.1:5060")),
+        Originator::of(&Authenticated::NotRequired, &udp("192.0.2.2:5060"))
+    );
+    assert_eq!(
+        Originator::of(&Authenticated::NotRequired, &udp("[2001:db8:1:2::1]:5060")),
+        Originator::of(
+            &Authenticated::NotRequired,
+            &udp("[2001:db8:1:2:ffff::9]:5060")
+        ),
+        "one IPv6 /64"
+    );
+    assert_ne!(
+        Originator::of(&Authenticated::NotRequired, &udp("[2001:db8:1:2::1]:5060")),
+        Originator::of(&Authenticated::NotRequired, &udp("[2001:db8:1:3::1]:5060"))
+    );
+}
