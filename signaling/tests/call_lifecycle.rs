@@ -2,6 +2,7 @@
 //! binaries (signaling, RTP manager) and SIPp peers on loopback: SIGTERM
 //! hangs every call up cleanly (BYE on both legs, media deleted) within
 //! --shutdown-timeout; a drain first lets calls end and refuses new ones;
+//! a peer that never answers its BYE holds the stop no longer than that;
 //! a server killed with SIGKILL and restarted deletes its orphaned media
 //! from the manager and leaves other nodes' calls alone.
 
@@ -361,4 +362,34 @@ fn a_restart_after_sigkill_deletes_this_nodes_orphans_and_no_one_elses() {
     let _ = callee.kill();
     let _ = caller.wait();
     let _ = callee.wait();
+}
+
+#[test]
+fn a_callee_that_never_answers_the_bye_holds_the_stop_no_longer_than_the_timeout() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    let mut bed = bed(&["--shutdown-timeout", "2"]);
+    let (caller, mut callee) = calls_up(&bed, 1);
+    // The callee goes away: its BYE is retransmitted unanswered.
+    let _ = callee.kill();
+    let _ = callee.wait();
+    let started = Instant::now();
+    let exit = bed.server.stop_with(Signal::SIGTERM);
+    let took = started.elapsed();
+    assert!(exit.success(), "signaling exits 0, not {exit}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(4),
+        "stopped at --shutdown-timeout, not after {took:?}"
+    );
+    finish(&bed, "caller", caller);
+    assert!(
+        bed.manager.calls().is_empty(),
+        "the media is deleted all the same"
+    );
+    let log = bed.server.log();
+    assert!(
+        log.contains("shutdown timeout") && log.contains("unfinished=1"),
+        "the unanswered BYE is reported:\n{log}"
+    );
 }
