@@ -52,29 +52,40 @@ pub async fn shutdown_signal() -> &'static str {
     }
 }
 
+/// How a [`wait_while_stopping`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waited {
+    /// The work finished.
+    Done,
+    /// The limit passed first.
+    TimedOut,
+    /// Another SIGINT or SIGTERM came: stop without waiting any longer.
+    Insisted,
+}
+
 /// Waits until `done` holds, checking every `poll`, for at most `limit`: the
 /// bounded wait of a graceful stop (calls hanging up, requests finishing).
 /// A second SIGINT or SIGTERM ends the wait at once, so an operator who
-/// insists is not kept waiting. Returns whether `done` held.
+/// insists is not kept waiting.
 pub async fn wait_while_stopping(
     limit: std::time::Duration,
     poll: std::time::Duration,
     mut done: impl FnMut() -> bool,
-) -> bool {
+) -> Waited {
     let deadline = tokio::time::Instant::now() + limit;
     let insisted = shutdown_signal();
     tokio::pin!(insisted);
     loop {
         if done() {
-            return true;
+            return Waited::Done;
         }
         if tokio::time::Instant::now() >= deadline {
-            return false;
+            return Waited::TimedOut;
         }
         tokio::select! {
             signal = &mut insisted => {
                 tracing::warn!(signal, "second signal: stopping without waiting");
-                return done();
+                return Waited::Insisted;
             }
             () = tokio::time::sleep(poll.min(deadline - tokio::time::Instant::now())) => {}
         }
@@ -89,19 +100,24 @@ mod tests {
     #[tokio::test]
     async fn waiting_while_stopping_ends_when_done_or_at_the_limit() {
         let mut polls = 0;
-        let done = wait_while_stopping(Duration::from_secs(5), Duration::from_millis(1), || {
+        let outcome = wait_while_stopping(Duration::from_secs(5), Duration::from_millis(1), || {
             polls += 1;
             polls == 3
         })
         .await;
-        assert!(done, "done on the third check");
+        assert_eq!(outcome, Waited::Done, "done on the third check");
         assert_eq!(polls, 3);
         let started = std::time::Instant::now();
-        let done = wait_while_stopping(Duration::from_millis(50), Duration::from_millis(5), || {
-            false
-        })
-        .await;
-        assert!(!done, "never done: the limit ends the wait");
+        let outcome =
+            wait_while_stopping(Duration::from_millis(50), Duration::from_millis(5), || {
+                false
+            })
+            .await;
+        assert_eq!(
+            outcome,
+            Waited::TimedOut,
+            "never done: the limit ends the wait"
+        );
         let waited = started.elapsed();
         assert!(
             waited >= Duration::from_millis(50) && waited < Duration::from_secs(2),

@@ -193,7 +193,7 @@ pub struct Config {
 
     /// Seconds a shutdown (SIGTERM, SIGINT) first waits for calls to end by
     /// themselves, refusing new ones with 503 and Retry-After; 0 hangs up
-    /// at once.
+    /// at once. A second signal ends the wait.
     #[arg(long, env = "SHUTDOWN_DRAIN", default_value_t = 0)]
     pub shutdown_drain: u64,
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use switchboard_service::Waited;
 
 use crate::auth::{Authenticator, Users};
 use crate::b2bua::{self, B2bua, B2buaConfig, LinkInput, MediaLink, Owner, Shutdown};
@@ -153,6 +154,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// legs, CANCEL to ringing callees, media deleted) and their transactions
 /// and deletes get up to `timeout` to finish. The SIP core and the media
 /// executor keep running meanwhile: they carry the BYEs and the deletes.
+/// Another signal during the drain still sends the BYEs and CANCELs but
+/// waits for nothing.
 async fn end_calls(link: &MediaLink, core: &CoreHandle, drain: Duration, timeout: Duration) {
     let started = Instant::now();
     let poll = Duration::from_millis(10);
@@ -162,6 +165,7 @@ async fn end_calls(link: &MediaLink, core: &CoreHandle, drain: Duration, timeout
         link.push_input(Instant::now(), LinkInput::Shutdown(shutdown));
         core.wake();
     };
+    let mut timeout = timeout;
     if !drain.is_zero() && at_signal > 0 {
         step(Shutdown::Drain);
         let drained = switchboard_service::wait_while_stopping(drain, poll, || {
@@ -169,11 +173,14 @@ async fn end_calls(link: &MediaLink, core: &CoreHandle, drain: Duration, timeout
         })
         .await;
         tracing::info!(
-            drained,
+            ?drained,
             calls = link.occupancy().calls,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "shutdown drain over"
         );
+        if drained == Waited::Insisted {
+            timeout = Duration::ZERO;
+        }
     }
     let hung_up = link.occupancy().calls;
     step(Shutdown::HangUp);
@@ -184,18 +191,22 @@ async fn end_calls(link: &MediaLink, core: &CoreHandle, drain: Duration, timeout
     .await;
     let occupancy = link.occupancy();
     let elapsed_ms = started.elapsed().as_millis() as u64;
-    if finished {
-        tracing::info!(calls = at_signal, hung_up, elapsed_ms, "every call ended");
-    } else {
-        tracing::warn!(
-            calls = at_signal,
-            hung_up,
-            left = occupancy.calls,
-            unfinished = occupancy.ending,
-            elapsed_ms,
-            "shutdown timeout: stopping with BYEs, CANCELs or media deletes unanswered (--shutdown-timeout)"
-        );
-    }
+    let why = match finished {
+        Waited::Done => {
+            tracing::info!(calls = at_signal, hung_up, elapsed_ms, "every call ended");
+            return;
+        }
+        Waited::TimedOut => "shutdown timeout (--shutdown-timeout)",
+        Waited::Insisted => "second signal",
+    };
+    tracing::warn!(
+        calls = at_signal,
+        hung_up,
+        left = occupancy.calls,
+        unfinished = occupancy.ending,
+        elapsed_ms,
+        "{why}: stopping with BYEs, CANCELs or media deletes unanswered"
+    );
 }
 
 /// The SIP core with its registrar rebuilt from the data directory.

@@ -393,3 +393,29 @@ fn a_callee_that_never_answers_the_bye_holds_the_stop_no_longer_than_the_timeout
         "the unanswered BYE is reported:\n{log}"
     );
 }
+
+#[test]
+fn a_second_sigterm_cuts_a_long_drain_short() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    let mut bed = bed(&["--shutdown-drain", "60"]);
+    let (mut caller, mut callee) = calls_up(&bed, 1);
+    let pid = bed.server.pid();
+    let started = Instant::now();
+    nix::sys::signal::kill(pid, Signal::SIGTERM).expect("signal the server");
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(pid, Signal::SIGTERM).expect("signal the server again");
+    let exit = bed.server.wait_exit();
+    let took = started.elapsed();
+    assert!(exit.success(), "signaling exits 0, not {exit}");
+    assert!(
+        took < Duration::from_secs(3),
+        "the operator insisted: no 60 s drain, stopped after {took:?}"
+    );
+    assert!(bed.server.log().contains("second signal"));
+    for child in [&mut caller, &mut callee] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
