@@ -87,6 +87,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             b2bua::executor::Reconcile {
                 owner,
                 grace: config.reconcile_grace(),
+                started: Instant::now(),
             },
         );
         spawn_dialplan_reload_on_sighup(config.dialplan.clone(), link.clone(), core);

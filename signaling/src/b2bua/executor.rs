@@ -62,6 +62,9 @@ pub struct Reconcile {
     pub owner: Owner,
     /// The age below which an unknown call of ours is left alone.
     pub grace: Duration,
+    /// When this process started: an earlier instance cannot have placed
+    /// calls since.
+    pub started: Instant,
 }
 
 /// Starts the executor, the Watch subscriptions and the reconciliation of
@@ -135,8 +138,17 @@ async fn reconcile_forever(pool: ManagerPool, index: usize, placed: Placed, reco
                         .map(|c| (c.call_id.as_str(), Duration::from_secs(c.age_secs))),
                     |id| placed.contains(id),
                     reconcile.grace,
+                    reconcile.started.elapsed(),
                 )
             };
+            if !verdict.twins.is_empty() {
+                tracing::error!(
+                    rtpmanager = %endpoint,
+                    node_id = reconcile.owner.node(),
+                    instances = ?verdict.twins,
+                    "another running signaling server uses this --node-id: its calls are left alone, but give each server its own node id"
+                );
+            }
             for call_id in verdict.delete {
                 let deleted = client
                     .delete(v1::DeleteRequest {

@@ -12,6 +12,11 @@
 //! again. A call is deleted only once it is older than the grace period,
 //! so a call set up while the list was in flight is never taken for an
 //! orphan; the executor runs the decision (executor.rs).
+//!
+//! A node id given to two running servers would make each take the other's
+//! calls for orphans. An earlier instance cannot have placed a call after
+//! this process started, so an instance that did is alive: its calls are
+//! left alone and the verdict names it, for a loud log.
 
 use std::time::Duration;
 
@@ -55,6 +60,14 @@ impl Owner {
         MediaCallId(format!("{}/{}/{call_id}", self.node, self.instance))
     }
 
+    /// The instance part of a call id of this node.
+    fn instance_of<'a>(&self, id: &'a str) -> Option<&'a str> {
+        id.strip_prefix(self.node.as_str())?
+            .strip_prefix('/')?
+            .split_once('/')
+            .map(|(instance, _)| instance)
+    }
+
     /// Whose the manager's call `id` is.
     pub fn ownership(&self, id: &str) -> Ownership {
         let Some(rest) = id
@@ -79,22 +92,42 @@ pub struct Verdict {
     /// When to list again: some orphan candidates are still in their grace
     /// period. `None`: nothing left to watch.
     pub again_in: Option<Duration>,
+    /// Instances of this node id that placed calls after this process
+    /// started: another running server with the same node id.
+    pub twins: Vec<String>,
 }
 
 /// Decides which of a manager's `calls` (id, age) are orphans of this
 /// node: an earlier instance's, or ours but unknown to this process
-/// (`known`), once older than `grace`. Other nodes' calls are left alone.
+/// (`known`), once older than `grace`. Other nodes' calls are left alone,
+/// and so are those of an instance that placed a call during this
+/// process's `uptime` (a twin, see the module documentation).
 pub fn orphans<'a>(
     owner: &Owner,
     calls: impl IntoIterator<Item = (&'a str, Duration)>,
     known: impl Fn(&str) -> bool,
     grace: Duration,
+    uptime: Duration,
 ) -> Verdict {
+    let calls: Vec<(&str, Duration)> = calls.into_iter().collect();
     let mut verdict = Verdict::default();
+    // Ages are whole seconds, rounded down: a call is surely younger than
+    // this process when its age plus one second is.
+    for (id, age) in &calls {
+        if owner.ownership(id) == Ownership::Earlier && *age + Duration::from_secs(1) <= uptime {
+            if let Some(instance) = owner.instance_of(id) {
+                if !verdict.twins.iter().any(|t| t == instance) {
+                    verdict.twins.push(instance.to_owned());
+                }
+            }
+        }
+    }
     for (id, age) in calls {
         let orphan = match owner.ownership(id) {
             Ownership::Foreign => false,
-            Ownership::Earlier => true,
+            Ownership::Earlier => owner
+                .instance_of(id)
+                .is_none_or(|i| !verdict.twins.iter().any(|t| t == i)),
             Ownership::Ours => !known(id),
         };
         if !orphan {
@@ -156,18 +189,52 @@ mod tests {
             (foreign.as_str(), Duration::from_secs(3000)),
             ("no-owner", Duration::from_secs(3000)),
         ];
-        let verdict = orphans(&owner, calls, |id| id == ours_known, GRACE);
+        let just_restarted = Duration::from_secs(5);
+        let verdict = orphans(&owner, calls, |id| id == ours_known, GRACE, just_restarted);
         assert_eq!(verdict.delete, vec![earlier_old, ours_lost]);
         assert_eq!(
             verdict.again_in,
             Some(Duration::from_secs(10)),
             "the young orphan is looked at again when its grace ends"
         );
-        let verdict = orphans(&owner, [(foreign.as_str(), GRACE * 10)], |_| false, GRACE);
+        let verdict = orphans(
+            &owner,
+            [(foreign.as_str(), GRACE * 10)],
+            |_| false,
+            GRACE,
+            GRACE,
+        );
         assert_eq!(
             verdict,
             Verdict::default(),
             "nothing of ours: nothing to do"
         );
+    }
+
+    #[test]
+    fn an_instance_that_placed_calls_since_our_start_is_a_live_twin_left_alone() {
+        let owner = Owner::new("sig-a", 2);
+        let twin = Owner::new("sig-a", 3);
+        let dead = Owner::new("sig-a", 1);
+        let twin_old = twin.media_id("old").0;
+        let twin_new = twin.media_id("new").0;
+        let dead_call = dead.media_id("gone").0;
+        let uptime = Duration::from_secs(600);
+        let calls = [
+            (twin_old.as_str(), Duration::from_secs(3600)),
+            (twin_new.as_str(), Duration::from_secs(60)),
+            (dead_call.as_str(), Duration::from_secs(601)),
+        ];
+        let verdict = orphans(&owner, calls, |_| false, GRACE, uptime);
+        assert_eq!(verdict.twins, vec!["00000003"]);
+        assert_eq!(
+            verdict.delete,
+            vec![dead_call],
+            "the twin's calls stay, even those older than this process"
+        );
+        // Just after a restart every earlier call is older than us.
+        let calls = [(twin_old.as_str(), Duration::from_secs(5))];
+        let verdict = orphans(&owner, calls, |_| false, GRACE, Duration::from_secs(5));
+        assert!(verdict.twins.is_empty(), "{verdict:?}");
     }
 }
