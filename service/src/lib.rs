@@ -4,7 +4,9 @@
 //! - [`config`]: flag > environment > TOML file > default, with clap doing
 //!   all validation;
 //! - [`init_logging`]: `--log-level` applied to `tracing`;
-//! - [`shutdown_signal`]: resolves on SIGINT or SIGTERM for graceful stop.
+//! - [`shutdown_signal`]: resolves on SIGINT or SIGTERM for graceful stop;
+//! - [`wait_while_stopping`]: a bounded wait for work to finish after that,
+//!   which a second signal cuts short.
 
 pub mod config;
 
@@ -47,5 +49,79 @@ pub async fn shutdown_signal() -> &'static str {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => "SIGINT",
         _ = term.recv() => "SIGTERM",
+    }
+}
+
+/// How a [`wait_while_stopping`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waited {
+    /// The work finished.
+    Done,
+    /// The limit passed first.
+    TimedOut,
+    /// Another SIGINT or SIGTERM came: stop without waiting any longer.
+    Insisted,
+}
+
+/// Waits until `done` holds, checking every `poll`, for at most `limit`: the
+/// bounded wait of a graceful stop (calls hanging up, requests finishing).
+/// A second SIGINT or SIGTERM ends the wait at once, so an operator who
+/// insists is not kept waiting.
+pub async fn wait_while_stopping(
+    limit: std::time::Duration,
+    poll: std::time::Duration,
+    mut done: impl FnMut() -> bool,
+) -> Waited {
+    let deadline = tokio::time::Instant::now() + limit;
+    let insisted = shutdown_signal();
+    tokio::pin!(insisted);
+    loop {
+        if done() {
+            return Waited::Done;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Waited::TimedOut;
+        }
+        tokio::select! {
+            signal = &mut insisted => {
+                tracing::warn!(signal, "second signal: stopping without waiting");
+                return Waited::Insisted;
+            }
+            () = tokio::time::sleep(poll.min(deadline - tokio::time::Instant::now())) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn waiting_while_stopping_ends_when_done_or_at_the_limit() {
+        let mut polls = 0;
+        let outcome = wait_while_stopping(Duration::from_secs(5), Duration::from_millis(1), || {
+            polls += 1;
+            polls == 3
+        })
+        .await;
+        assert_eq!(outcome, Waited::Done, "done on the third check");
+        assert_eq!(polls, 3);
+        let started = std::time::Instant::now();
+        let outcome =
+            wait_while_stopping(Duration::from_millis(50), Duration::from_millis(5), || {
+                false
+            })
+            .await;
+        assert_eq!(
+            outcome,
+            Waited::TimedOut,
+            "never done: the limit ends the wait"
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(50) && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
     }
 }

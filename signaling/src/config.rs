@@ -12,7 +12,7 @@ use clap::{Parser, ValueEnum};
 use switchboard_service::ConfigError;
 
 use crate::auth::{Algorithm, AuthConfig, AuthMode, Cidr, LockoutConfig};
-use crate::b2bua::{DisplayNamePolicy, FromPolicy, IdentityPolicy};
+use crate::b2bua::{CallLimits, DisplayNamePolicy, FromPolicy, IdentityPolicy};
 use crate::registrar::RegistrarConfig;
 use crate::sip::FramingLimits;
 use crate::transaction::TimerConfig;
@@ -245,6 +245,45 @@ pub struct Config {
     #[arg(long, env = "FORCE_RPORT")]
     pub force_rport: bool,
 
+    /// Seconds a shutdown (SIGTERM, SIGINT) first waits for calls to end by
+    /// themselves, refusing new ones with 503 and Retry-After; 0 hangs up
+    /// at once. A second signal ends the wait.
+    #[arg(long, env = "SHUTDOWN_DRAIN", default_value_t = 0)]
+    pub shutdown_drain: u64,
+
+    /// Seconds a shutdown gives the calls it hangs up (BYE on both legs,
+    /// CANCEL to ringing callees, media deleted) to finish before the
+    /// process exits anyway; comes after --shutdown-drain.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value_t = 10)]
+    pub shutdown_timeout: u64,
+
+    /// This server's name on shared RTP managers (letters, digits, `.`,
+    /// `_`, `-`; unique among the signaling servers of a pool, stable across
+    /// restarts): every call it places there is named after it, so that
+    /// after a crash it deletes its own orphans and never another node's
+    /// calls. Defaults to the host name.
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Seconds a call on an RTP manager that this server placed but no
+    /// longer knows (it was restarted, killed) must have existed before it
+    /// is deleted; checked at start, whenever a manager comes back and
+    /// every 5 minutes.
+    #[arg(long, env = "RECONCILE_GRACE", default_value_t = 30)]
+    pub reconcile_grace: u64,
+
+    /// Calls an authenticated user may have at once (being set up, ringing
+    /// or answered); the next INVITE is refused 486 before any media is
+    /// allocated. 0: no limit.
+    #[arg(long, env = "MAX_CALLS_PER_USER", default_value_t = 20)]
+    pub max_calls_per_user: usize,
+
+    /// Calls one source address (an IPv6 source: its /64) may have at once
+    /// when they are not authenticated (trusted networks, e.g. trunks;
+    /// anonymous mode); refused 486 beyond. 0: no limit.
+    #[arg(long, env = "MAX_CALLS_PER_SOURCE", default_value_t = 100)]
+    pub max_calls_per_source: usize,
+
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(long, env = "LOG_LEVEL", default_value = "info", value_parser = switchboard_service::parse_log_level)]
     pub log_level: String,
@@ -330,6 +369,15 @@ impl Config {
             return Err(ConfigError::invalid(
                 "tcp-idle-timeout",
                 "must be at least 1 second",
+            ));
+        }
+        if let Some(node) = &self.node_id {
+            check_node_id(node).map_err(|reason| ConfigError::invalid("node-id", reason))?;
+        }
+        if self.shutdown_timeout == 0 {
+            return Err(ConfigError::invalid(
+                "shutdown-timeout",
+                "must be at least 1 second (BYEs and media deletes need a round trip)",
             ));
         }
         if self.max_message_size < 1024 {
@@ -450,10 +498,69 @@ impl Config {
         }
     }
 
+    /// How long a shutdown drains, then how long it waits for the calls it
+    /// hangs up.
+    pub fn shutdown(&self) -> (Duration, Duration) {
+        (
+            Duration::from_secs(self.shutdown_drain),
+            Duration::from_secs(self.shutdown_timeout),
+        )
+    }
+
+    /// The node id: `--node-id`, else the host name (reduced to the
+    /// characters a node id may hold), else `signaling`.
+    pub fn node_id(&self) -> String {
+        if let Some(node) = &self.node_id {
+            return node.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let host: String = host
+            .trim()
+            .chars()
+            .filter(|c| node_id_char(*c))
+            .take(MAX_NODE_ID)
+            .collect();
+        if host.is_empty() {
+            "signaling".to_owned()
+        } else {
+            host
+        }
+    }
+
+    /// The age below which an unknown call of this node is left alone.
+    pub fn reconcile_grace(&self) -> Duration {
+        Duration::from_secs(self.reconcile_grace)
+    }
+
+    /// The concurrent-call limits.
+    pub fn call_limits(&self) -> CallLimits {
+        CallLimits {
+            per_user: (self.max_calls_per_user > 0).then_some(self.max_calls_per_user),
+            per_source: (self.max_calls_per_source > 0).then_some(self.max_calls_per_source),
+        }
+    }
+
     /// Interval between RTP manager health checks.
     pub fn health_interval(&self) -> Duration {
         Duration::from_secs(self.rtpmanager_health_interval)
     }
+}
+
+/// Longest node id: it prefixes every media call id.
+const MAX_NODE_ID: usize = 64;
+
+fn node_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// Checks a `--node-id`: `/` would make media call ids ambiguous.
+fn check_node_id(node: &str) -> Result<(), String> {
+    if node.is_empty() || node.len() > MAX_NODE_ID || !node.chars().all(node_id_char) {
+        return Err(format!(
+            "`{node}` must be 1 to {MAX_NODE_ID} letters, digits, `.`, `_` or `-`"
+        ));
+    }
+    Ok(())
 }
 
 /// Normalises an RTP manager endpoint to an `http://host:port` URI.
@@ -588,6 +695,46 @@ mod tests {
         assert!(err.to_string().contains("--lockout-user-delay-ms"), "{err}");
         let err = load(&["--auth", "basic"]).expect_err("unknown auth mode");
         assert!(err.to_string().contains("--auth"), "{err}");
+    }
+
+    #[test]
+    fn shutdown_and_reconciliation_options_are_checked() {
+        let c = load(&[]).expect("defaults are valid");
+        assert_eq!(
+            c.shutdown(),
+            (Duration::ZERO, Duration::from_secs(10)),
+            "no drain, 10 s to hang up"
+        );
+        assert_eq!(c.reconcile_grace(), Duration::from_secs(30));
+        assert_eq!(
+            c.call_limits(),
+            CallLimits {
+                per_user: Some(20),
+                per_source: Some(100)
+            }
+        );
+        let c = load(&["--max-calls-per-user", "0", "--max-calls-per-source", "3"])
+            .expect("valid limits");
+        assert_eq!(
+            c.call_limits(),
+            CallLimits {
+                per_user: None,
+                per_source: Some(3)
+            },
+            "0: no limit"
+        );
+        assert!(!c.node_id().is_empty(), "the host name, or `signaling`");
+        assert!(check_node_id(&c.node_id()).is_ok(), "{}", c.node_id());
+        let c = load(&["--node-id", "sig-1.example_a", "--shutdown-drain", "60"])
+            .expect("valid options");
+        assert_eq!(c.node_id(), "sig-1.example_a");
+        assert_eq!(c.shutdown().0, Duration::from_secs(60));
+        for bad in ["a/b", "", "with space", &"x".repeat(65)] {
+            let err = load(&["--node-id", bad]).expect_err("invalid node id");
+            assert!(err.to_string().contains("--node-id"), "{bad}: {err}");
+        }
+        let err = load(&["--shutdown-timeout", "0"]).expect_err("no time to hang up");
+        assert!(err.to_string().contains("--shutdown-timeout"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 use switchboard_proto::v1;
 use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
+use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
 /// Consecutive failed probes before a healthy manager is declared down; one
@@ -112,6 +113,9 @@ pub struct ManagerPool {
 struct Manager {
     client: RtpManagerClient<Channel>,
     status: RwLock<ManagerStatus>,
+    /// Counts the times the manager became healthy (see
+    /// [`ManagerPool::healthy_changes`]).
+    became_healthy: watch::Sender<u64>,
 }
 
 impl ManagerPool {
@@ -126,6 +130,7 @@ impl ManagerPool {
                     .connect_lazy();
                 Ok(Manager {
                     client: RtpManagerClient::new(channel),
+                    became_healthy: watch::Sender::new(0),
                     status: RwLock::new(ManagerStatus {
                         endpoint: uri.clone(),
                         health: Health::Unknown,
@@ -180,6 +185,13 @@ impl ManagerPool {
     /// A client of manager `index` (clones share its channel).
     pub fn client(&self, index: usize) -> RtpManagerClient<Channel> {
         self.managers[index].client.clone()
+    }
+
+    /// Changes each time manager `index` becomes healthy: at its first
+    /// good probe and whenever it comes back after being down (it may have
+    /// kept calls this server has since forgotten, or lost them).
+    pub fn healthy_changes(&self, index: usize) -> watch::Receiver<u64> {
+        self.managers[index].became_healthy.subscribe()
     }
 
     /// The managers that may take a new call: the healthy ones, or when
@@ -249,6 +261,9 @@ impl ManagerPool {
             if let Some(health) = tracker.observe(&probe) {
                 if let Ok(mut s) = manager.status.write() {
                     s.health = health.clone();
+                }
+                if health == Health::Healthy {
+                    manager.became_healthy.send_modify(|n| *n += 1);
                 }
                 match (&health, &probe) {
                     (Health::Down, Probe::Failed { error }) => {

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use switchboard_service::Waited;
 
 use crate::auth::{Authenticator, Users};
-use crate::b2bua::{self, B2bua, B2buaConfig, LinkInput, MediaLink};
+use crate::b2bua::{self, B2bua, B2buaConfig, LinkInput, MediaLink, Owner, Shutdown};
 use crate::config::{manager_uri, AuthOption, Config, DEFAULT_DIALPLAN};
 use crate::dialplan::Dialplan;
 use crate::registrar::{Registrar, Store};
@@ -20,7 +21,8 @@ use crate::transport::{TransportConfig, Transports};
 use crate::uas::driver::{CoreHandle, CoreQueue};
 use crate::uas::{Now, Uas, UasConfig};
 
-/// Runs the signaling server until SIGINT/SIGTERM.
+/// Runs the signaling server until SIGINT/SIGTERM, then ends its calls
+/// (new ones refused, then hung up within `--shutdown-timeout`) and stops.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let uris = config
         .rtpmanagers
@@ -45,29 +47,52 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await
     .context("SIP transports (--bind-address/--port)")?;
+    let mut calls = None;
     if let Some(dialplan) = dialplan {
         let link = MediaLink::new();
         let core = queue.handle();
+        let random = random_secret().context("drawing a seed from /dev/urandom")?;
+        let seed = u64::from_le_bytes(
+            random
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .unwrap_or_default(),
+        );
+        // A new instance at each start: calls of an earlier one are orphans.
+        let instance = u32::from_le_bytes(
+            random
+                .get(8..12)
+                .and_then(|b| b.try_into().ok())
+                .unwrap_or_default(),
+        );
+        let owner = Owner::new(&config.node_id(), instance);
+        tracing::info!(node_id = owner.node(), "media calls named after this node");
         let b2bua = B2bua::new(
             B2buaConfig {
                 local: advertised(&config, transports.local_addr().port()),
                 timers: config.timers(),
-                seed: u64::from_le_bytes(
-                    random_secret()
-                        .context("drawing a seed from /dev/urandom")?
-                        .get(..8)
-                        .and_then(|b| b.try_into().ok())
-                        .unwrap_or_default(),
-                ),
+                seed,
                 identity: config.identity_policy(),
+                owner: owner.clone(),
+                limits: config.call_limits(),
             },
             dialplan,
             link.clone(),
         );
         uas.set_call_handler(Box::new(b2bua));
         let waker = core.clone();
-        b2bua::executor::spawn(pool.clone(), link.clone(), Arc::new(move || waker.wake()));
-        spawn_dialplan_reload_on_sighup(config.dialplan.clone(), link, core);
+        b2bua::executor::spawn(
+            pool.clone(),
+            link.clone(),
+            Arc::new(move || waker.wake()),
+            b2bua::executor::Reconcile {
+                owner,
+                grace: config.reconcile_grace(),
+                started: Instant::now(),
+            },
+        );
+        spawn_dialplan_reload_on_sighup(config.dialplan.clone(), link.clone(), core);
+        calls = Some(link);
     }
     let core = queue
         .run(uas, transports.clone())
@@ -92,17 +117,98 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pool,
         sip: Some(core.handle()),
     };
-    let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(async {
-            let signal = switchboard_service::shutdown_signal().await;
+    let (stop_rest, rest_stopping) = tokio::sync::oneshot::channel::<()>();
+    let mut rest = tokio::spawn(async move {
+        axum::serve(listener, app(state))
+            .with_graceful_shutdown(async {
+                let _ = rest_stopping.await;
+            })
+            .await
+    });
+    let early = tokio::select! {
+        signal = switchboard_service::shutdown_signal() => {
             tracing::info!(signal, "shutting down");
-        })
-        .await
-        .context("REST server");
+            None
+        }
+        served = &mut rest => Some(served),
+    };
+    // The REST API stays up while calls end: operators watch the drain there.
+    if let (None, Some(link)) = (&early, &calls) {
+        let (drain, timeout) = config.shutdown();
+        end_calls(link, &core.handle(), drain, timeout).await;
+    }
+    let served = match early {
+        Some(served) => served,
+        None => {
+            let _ = stop_rest.send(());
+            rest.await
+        }
+    };
     tokio::task::spawn_blocking(move || core.stop())
         .await
         .context("stopping the SIP core")?;
-    served
+    served.context("REST server task")?.context("REST server")
+}
+
+/// Ends every call before the process exits. New INVITEs are refused (503
+/// with Retry-After) from the start; with a `drain`, calls get up to that
+/// long to end by themselves; then the rest are hung up (BYE on confirmed
+/// legs, CANCEL to ringing callees, media deleted) and their transactions
+/// and deletes get up to `timeout` to finish. The SIP core and the media
+/// executor keep running meanwhile: they carry the BYEs and the deletes.
+/// Another signal during the drain still sends the BYEs and CANCELs but
+/// waits for nothing.
+async fn end_calls(link: &MediaLink, core: &CoreHandle, drain: Duration, timeout: Duration) {
+    let started = Instant::now();
+    let poll = Duration::from_millis(10);
+    let at_signal = link.occupancy().calls;
+    // The B2BUA has taken a step once the link holds no input before it.
+    let step = |shutdown| {
+        link.push_input(Instant::now(), LinkInput::Shutdown(shutdown));
+        core.wake();
+    };
+    let mut timeout = timeout;
+    if !drain.is_zero() && at_signal > 0 {
+        step(Shutdown::Drain);
+        let drained = switchboard_service::wait_while_stopping(drain, poll, || {
+            link.next_input_at().is_none() && link.occupancy().calls == 0
+        })
+        .await;
+        tracing::info!(
+            ?drained,
+            calls = link.occupancy().calls,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "shutdown drain over"
+        );
+        if drained == Waited::Insisted {
+            timeout = Duration::ZERO;
+        }
+    }
+    let hung_up = link.occupancy().calls;
+    step(Shutdown::HangUp);
+    let finished = switchboard_service::wait_while_stopping(timeout, poll, || {
+        let occupancy = link.occupancy();
+        link.next_input_at().is_none() && occupancy.calls == 0 && occupancy.ending == 0
+    })
+    .await;
+    let occupancy = link.occupancy();
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let why = match finished {
+        Waited::Done => {
+            tracing::info!(calls = at_signal, hung_up, elapsed_ms, "every call ended");
+            return;
+        }
+        Waited::TimedOut => "shutdown timeout (--shutdown-timeout)",
+        Waited::Insisted => "second signal",
+    };
+    tracing::warn!(
+        calls = at_signal,
+        hung_up,
+        left = occupancy.calls,
+        unfinished = occupancy.ending,
+        elapsed_ms,
+        "{why}: stopping with BYEs, CANCELs or media deletes unanswered"
+    );
 }
 
 /// The SIP core with its registrar rebuilt from the data directory.

@@ -8,107 +8,18 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, users_file, Server, SIGNALING};
+use common::manager::{runtime, start_manager, Manager};
+use common::{free_port, users_file, Server};
 use switchboard_proto::v1;
 use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
 
 fn sipp_binary() -> Option<PathBuf> {
     common::peer_tool("sipp")
-}
-
-/// The manager binary beside the signaling one, built if missing (it is
-/// another package of the workspace, so cargo does not build it for us).
-fn manager_binary() -> PathBuf {
-    let path = Path::new(SIGNALING).with_file_name("switchboard-rtpmanager");
-    if !path.is_file() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "-p",
-                "switchboard-rtpmanager",
-                "--bin",
-                "switchboard-rtpmanager",
-            ])
-            .status()
-            .expect("run cargo build for the manager");
-        assert!(status.success(), "building switchboard-rtpmanager failed");
-    }
-    path
-}
-
-/// A running RTP manager, killed by pid when dropped.
-struct Manager {
-    child: Child,
-    grpc: SocketAddr,
-}
-
-impl Drop for Manager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_media_range(pairs: u16) -> (u16, u16) {
-    let salt = (std::process::id() % 50) as u16 * 400;
-    for base in (20000u16 + salt..60000).step_by(2 * usize::from(pairs) + 2) {
-        if (base..base + 2 * pairs).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
-            return (base, base + 2 * pairs - 1);
-        }
-    }
-    panic!("no free media range");
-}
-
-fn start_manager(audio: &Path, extra: &[&str]) -> Manager {
-    let (min, max) = free_media_range(16);
-    let mut child = Command::new(manager_binary())
-        .args([
-            "--grpc-port",
-            "0",
-            "--fast-path",
-            "off",
-            "--advertise",
-            "127.0.0.1",
-        ])
-        .args(["--rtp-bind-address", "127.0.0.1", "--log-level", "info"])
-        .args([
-            "--rtp-port-min",
-            &min.to_string(),
-            "--rtp-port-max",
-            &max.to_string(),
-        ])
-        .arg("--audio-path")
-        .arg(audio)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the manager");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("grpc="))
-            {
-                let _ = tx.send(addr.to_owned());
-            }
-        }
-    });
-    let grpc = rx
-        .recv_timeout(Duration::from_secs(15))
-        .expect("the manager logs its gRPC address")
-        .parse()
-        .expect("a socket address");
-    Manager { child, grpc }
 }
 
 /// A 0.4 s 1 kHz tone, 8 kHz 16-bit mono WAV.
@@ -165,7 +76,7 @@ fn bed_with_timeout(
     let audio = data.path().join("audio");
     std::fs::create_dir_all(&audio).expect("audio dir");
     std::fs::write(audio.join("welcome.wav"), tone_wav()).expect("write the announcement");
-    let manager = start_manager(&audio, manager_args);
+    let manager = start_manager(&audio, 16, manager_args);
     let plan = format!(
         r#"{{"version": "1.0", "routes": [
           {{"id": "announcement", "pattern": "9000", "priority": 10, "actions": [
@@ -285,13 +196,6 @@ fn rtp(seq: u16, fill: u8) -> Vec<u8> {
     packet.extend_from_slice(&0x1234_5678u32.to_be_bytes());
     packet.extend(std::iter::repeat_n(fill, 160));
     packet
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
 }
 
 /// The manager's (leg a, leg b) media addresses of the only bridged call,

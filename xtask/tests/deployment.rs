@@ -203,6 +203,27 @@ fn rtpmanager_file_limit_covers_its_port_range() {
 }
 
 #[test]
+fn signaling_ends_its_calls_before_systemd_kills_it() {
+    let argv = unit_argv("switchboard-signaling");
+    let config =
+        switchboard_signaling::config::Config::load_from(&argv).expect("shipped config loads");
+    let unit = unit_text("switchboard-signaling.service");
+    let stop = single(&unit, "TimeoutStopSec");
+    let stop: u64 = stop
+        .strip_suffix('s')
+        .unwrap_or(&stop)
+        .parse()
+        .expect("TimeoutStopSec in seconds");
+    let (drain, timeout) = config.shutdown();
+    // A second for the process itself (REST API, SIP core) after its calls.
+    let needed = drain.as_secs() + timeout.as_secs() + 1;
+    assert!(
+        stop >= needed,
+        "TimeoutStopSec={stop}s leaves SIGKILL to end calls: shutdown_drain + shutdown_timeout need {needed}s"
+    );
+}
+
+#[test]
 fn units_grant_the_measured_capabilities_and_no_more() {
     for (service, caps) in [
         (

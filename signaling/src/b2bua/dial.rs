@@ -18,8 +18,22 @@ impl B2bua {
         request: SipMessage,
         flow: crate::transport::Flow,
         identity: &crate::auth::Authenticated,
+        originator: Originator,
         sip: &mut SipActions<'_>,
     ) {
+        if self.closing {
+            tracing::info!(call_id = %request.call_id(), "shutting down: new call refused");
+            respond(
+                sip,
+                &key,
+                503,
+                "Service Unavailable",
+                None,
+                &[retry_after()],
+                None,
+            );
+            return;
+        }
         if request.vias().iter().any(|via| {
             via.branch()
                 .is_some_and(|b| b.as_str().starts_with(&self.branch_prefix))
@@ -27,6 +41,25 @@ impl B2bua {
             tracing::info!(call_id = %request.call_id(), "loop detected: our own INVITE came back");
             respond(sip, &key, 482, "Loop Detected", None, &[], None);
             return;
+        }
+        let calls = self.originators.get(&originator).copied().unwrap_or(0);
+        if let Some(limit) = originator.limit(self.config.limits) {
+            if calls >= limit {
+                // 486: the caller's own capacity is used up, as a busy
+                // line's is; 503 would send it (or its proxy) to another
+                // server and mark this one down for everybody.
+                self.refused_over_limit += 1;
+                tracing::info!(
+                    call_id = %request.call_id(),
+                    per = originator.kind(),
+                    calls,
+                    limit,
+                    "too many calls at once: refused 486"
+                );
+                tracing::debug!(?originator, "caller over its call limit");
+                respond(sip, &key, 486, "Busy Here", None, &[], None);
+                return;
+            }
         }
         let destination = request
             .request_uri()
@@ -93,9 +126,10 @@ impl B2bua {
         let actions: VecDeque<Action> = route.actions.iter().map(|a| a.with_vars(&vars)).collect();
         tracing::info!(call_id, route = %route.id, actions = actions.len(), "new call routed");
 
-        let mut media_id = MediaCallId(call_id.clone());
+        let mut media_id = self.config.owner.media_id(&call_id);
         while self.media_calls.contains_key(&media_id) {
-            media_id = MediaCallId(format!("{call_id}~{}", self.next()));
+            let unique = format!("{call_id}~{}", self.next());
+            media_id = self.config.owner.media_id(&unique);
         }
         let call_key = CallKey(self.next());
         let local_tag = Tag::new(format!("sb{}", self.unique()));
@@ -119,8 +153,11 @@ impl B2bua {
             destination: flow.reply_destination(),
             local_cseq: 1,
         };
+        *self.originators.entry(originator.clone()).or_default() += 1;
         let call = Call {
             media_id: media_id.clone(),
+            started: now.instant,
+            originator,
             invite: Some(key.clone()),
             a,
             b: None,
@@ -635,7 +672,10 @@ impl B2bua {
                 if branch.cancel == Cancel::No {
                     if branch.provisional {
                         branch.cancel = Cancel::Sent;
-                        send_cancel(&self.config.local, &branch.sent, sip);
+                        let cancel = send_cancel(&self.config.local, &branch.sent, sip);
+                        // Its 487 and the CANCEL's 200 end the branch.
+                        self.ending.extend(cancel);
+                        self.ending.insert(key.clone());
                     } else {
                         branch.cancel = Cancel::Wanted;
                     }
@@ -668,6 +708,7 @@ impl B2bua {
         };
         tracing::debug!(b_call_id = %sent.call_id, "unwanted 2xx: ACK and BYE");
         if let Some(key) = self.send_in_dialog(&mut dialog, &Method::Bye, &[], None, sip) {
+            self.ending.insert(key.clone());
             self.clients.insert(key, ClientTx::Fire);
         }
     }

@@ -9,10 +9,15 @@
 //! down or draining gets no new calls, and calls already on it stay.
 //! A playback's stream is read on a task of its own so that the call's
 //! next requests (a Delete on hangup) are not held behind it.
+//!
+//! Each time a manager becomes healthy (at start, and when it comes back),
+//! and every five minutes while it stays so, its calls are reconciled: those this node placed and no longer knows
+//! (an earlier process's, after a crash) are deleted once older than the
+//! grace period (reconcile.rs decides).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use switchboard_proto::v1;
@@ -25,18 +30,52 @@ use super::media::{
     DeleteReason, LegId, LinkInput, MediaCallId, MediaEvent, MediaFailure, MediaLink, MediaOp,
     MediaRequest, MediaResult,
 };
-use crate::rtpmanager_pool::ManagerPool;
+use super::reconcile::{orphans, Owner};
+use crate::rtpmanager_pool::{Health, ManagerPool};
+
+/// How often a healthy manager's calls are reconciled besides its
+/// recoveries: a Delete lost to a transient error (a timeout on a busy
+/// manager) otherwise leaves its media until the manager's own idle timeout.
+const RECONCILE_EVERY: Duration = Duration::from_secs(300);
 
 /// How the executor wakes the SIP core after pushing an input.
 pub type Wake = Arc<dyn Fn() + Send + Sync>;
 
-/// Starts the executor and the Watch subscriptions on the current runtime.
-pub fn spawn(pool: ManagerPool, link: MediaLink, wake: Wake) {
+/// The media call ids this process has on managers: a call is added before
+/// its first request and removed once its task ends (after its Delete).
+#[derive(Clone, Default)]
+struct Placed(Arc<Mutex<HashSet<String>>>);
+
+impl Placed {
+    fn lock(&self) -> MutexGuard<'_, HashSet<String>> {
+        // Every critical section is one insert, remove or lookup.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// How managers' calls are reconciled with this process's.
+#[derive(Debug, Clone)]
+pub struct Reconcile {
+    /// This process, as media call ids name it.
+    pub owner: Owner,
+    /// The age below which an unknown call of ours is left alone.
+    pub grace: Duration,
+    /// When this process started: an earlier instance cannot have placed
+    /// calls since.
+    pub started: Instant,
+}
+
+/// Starts the executor, the Watch subscriptions and the reconciliation of
+/// each manager's calls on the current runtime.
+pub fn spawn(pool: ManagerPool, link: MediaLink, wake: Wake, reconcile: Reconcile) {
     let notify = Arc::new(Notify::new());
     let waker = notify.clone();
     link.on_request(move || waker.notify_one());
     let live: Arc<Vec<AtomicUsize>> =
         Arc::new((0..pool.len()).map(|_| AtomicUsize::new(0)).collect());
+    let placed = Placed::default();
     for index in 0..pool.len() {
         tokio::spawn(watch(
             pool.endpoint(index),
@@ -44,8 +83,103 @@ pub fn spawn(pool: ManagerPool, link: MediaLink, wake: Wake) {
             link.clone(),
             wake.clone(),
         ));
+        tokio::spawn(reconcile_forever(
+            pool.clone(),
+            index,
+            placed.clone(),
+            reconcile.clone(),
+        ));
     }
-    tokio::spawn(dispatch(pool, link, wake, notify, live));
+    tokio::spawn(dispatch(pool, link, wake, notify, live, placed));
+}
+
+/// Reconciles manager `index` each time it becomes healthy, again while
+/// orphan candidates are in their grace period, and every
+/// [`RECONCILE_EVERY`] while it stays healthy.
+async fn reconcile_forever(pool: ManagerPool, index: usize, placed: Placed, reconcile: Reconcile) {
+    let endpoint = pool.endpoint(index);
+    let mut client = pool.client(index);
+    let mut healthy = pool.healthy_changes(index);
+    let mut seen = 0;
+    loop {
+        let epoch = *healthy.borrow_and_update();
+        if epoch == seen {
+            tokio::select! {
+                changed = healthy.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                () = tokio::time::sleep(RECONCILE_EVERY) => {
+                    let up = pool.statuses().get(index).is_some_and(|s| s.health == Health::Healthy);
+                    if !up {
+                        continue;
+                    }
+                }
+            }
+        }
+        seen = epoch;
+        loop {
+            let calls = match client.list_calls(v1::ListCallsRequest {}).await {
+                Ok(response) => response.into_inner().calls,
+                Err(status) => {
+                    // It is down again; the next recovery starts over.
+                    tracing::debug!(rtpmanager = %endpoint, %status, "ListCalls failed: not reconciled");
+                    break;
+                }
+            };
+            let verdict = {
+                let placed = placed.lock();
+                orphans(
+                    &reconcile.owner,
+                    calls
+                        .iter()
+                        .map(|c| (c.call_id.as_str(), Duration::from_secs(c.age_secs))),
+                    |id| placed.contains(id),
+                    reconcile.grace,
+                    reconcile.started.elapsed(),
+                )
+            };
+            if !verdict.twins.is_empty() {
+                tracing::error!(
+                    rtpmanager = %endpoint,
+                    node_id = reconcile.owner.node(),
+                    instances = ?verdict.twins,
+                    "another running signaling server uses this --node-id: its calls are left alone, but give each server its own node id"
+                );
+            }
+            for call_id in verdict.delete {
+                let deleted = client
+                    .delete(v1::DeleteRequest {
+                        call_id: call_id.clone(),
+                        leg_id: String::new(),
+                        reason: v1::DeleteReason::Admin as i32,
+                        detail: format!(
+                            "orphan: signaling node {} no longer knows the call",
+                            reconcile.owner.node()
+                        ),
+                    })
+                    .await;
+                match deleted {
+                    Ok(_) => {
+                        tracing::info!(rtpmanager = %endpoint, call_id, "orphaned call deleted")
+                    }
+                    // Gone meanwhile, or the manager went down: either way
+                    // the next pass sees the truth.
+                    Err(status) => {
+                        tracing::debug!(rtpmanager = %endpoint, call_id, %status, "orphan not deleted")
+                    }
+                }
+            }
+            match verdict.again_in {
+                // A second past the youngest candidate's grace: the
+                // manager's ages are whole seconds.
+                Some(wait) => tokio::time::sleep(wait + Duration::from_secs(1)).await,
+                None => break,
+            }
+        }
+    }
 }
 
 async fn dispatch(
@@ -54,6 +188,7 @@ async fn dispatch(
     wake: Wake,
     notify: Arc<Notify>,
     live: Arc<Vec<AtomicUsize>>,
+    placed: Placed,
 ) {
     let mut calls: HashMap<MediaCallId, mpsc::UnboundedSender<MediaRequest>> = HashMap::new();
     let mut deletes = 0usize;
@@ -80,8 +215,15 @@ async fn dispatch(
                     }
                     None => match choose(&pool, &live) {
                         Some(index) => {
-                            let sender =
-                                start_call(&pool, index, &link, &wake, &live, &request.call);
+                            let sender = start_call(
+                                &pool,
+                                index,
+                                &link,
+                                &wake,
+                                &live,
+                                &placed,
+                                &request.call,
+                            );
                             calls.insert(request.call.clone(), sender.clone());
                             sender
                         }
@@ -123,10 +265,14 @@ fn start_call(
     link: &MediaLink,
     wake: &Wake,
     live: &Arc<Vec<AtomicUsize>>,
+    placed: &Placed,
     call: &MediaCallId,
 ) -> mpsc::UnboundedSender<MediaRequest> {
     let (sender, receiver) = mpsc::unbounded_channel();
     live[index].fetch_add(1, Ordering::Relaxed);
+    // Known before the manager hears of it: reconciliation never takes a
+    // call being set up for an orphan.
+    placed.lock().insert(call.0.clone());
     tracing::debug!(call_id = %call, rtpmanager = %pool.endpoint(index), "call placed on manager");
     let span = tracing::debug_span!("call", call_id = %call);
     tokio::spawn(
@@ -137,6 +283,7 @@ fn start_call(
             wake.clone(),
             live.clone(),
             index,
+            (placed.clone(), call.clone()),
         )
         .instrument(span),
     );
@@ -176,6 +323,7 @@ async fn run_call(
     wake: Wake,
     live: Arc<Vec<AtomicUsize>>,
     index: usize,
+    (placed, call): (Placed, MediaCallId),
 ) {
     while let Some(request) = requests.recv().await {
         let ends = matches!(request.op, MediaOp::Delete { .. });
@@ -220,6 +368,7 @@ async fn run_call(
         }
     }
     live[index].fetch_sub(1, Ordering::Relaxed);
+    placed.lock().remove(&call.0);
 }
 
 async fn run_op(
@@ -295,6 +444,8 @@ fn delete_reason(reason: DeleteReason) -> v1::DeleteReason {
         DeleteReason::Failed => v1::DeleteReason::Failed,
         DeleteReason::MediaTimeout => v1::DeleteReason::MediaTimeout,
         DeleteReason::SessionTimer => v1::DeleteReason::SessionTimer,
+        // An operator's decision: the manager's reason for it.
+        DeleteReason::Shutdown => v1::DeleteReason::Admin,
     }
 }
 

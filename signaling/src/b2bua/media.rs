@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use super::Occupancy;
+use super::{Occupancy, Shutdown};
 use crate::dialplan::Dialplan;
 
 /// One side of a call as the manager sees it.
@@ -84,6 +84,8 @@ pub enum DeleteReason {
     MediaTimeout,
     /// A session timer expired without a refresh (RFC 4028).
     SessionTimer,
+    /// The signaling server is shutting down.
+    Shutdown,
 }
 
 /// One operation on the manager, in the control protocol's terms.
@@ -195,6 +197,8 @@ pub enum LinkInput {
     Event(MediaEvent),
     /// A validated dialplan replacing the current one for new calls.
     Dialplan(Arc<Dialplan>),
+    /// The signaling server is stopping: see [`Shutdown`].
+    Shutdown(Shutdown),
 }
 
 type Wakeup = Arc<dyn Fn() + Send + Sync>;

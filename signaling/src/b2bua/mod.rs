@@ -16,6 +16,10 @@
 //!    and new dialplans the same way.
 //! 3. After pushing, make the core call `handle_timeout`: an input pushed at
 //!    `at` makes [`CallHandler::poll_timeout`] return `at`.
+//! 4. To stop, push [`LinkInput::Shutdown`]: [`Shutdown::Drain`] (optional)
+//!    refuses new calls, [`Shutdown::HangUp`] ends the rest; keep the core
+//!    and the executor running until `link.occupancy()` shows no call and
+//!    nothing [`ending`](Occupancy::ending), or a deadline passes.
 //!
 //! # Call flow
 //!
@@ -57,6 +61,7 @@ mod dialog;
 pub mod executor;
 mod identity;
 mod media;
+pub mod reconcile;
 mod session_timer;
 
 #[cfg(test)]
@@ -67,11 +72,14 @@ pub use media::{
     DeleteReason, LegId, LinkInput, MediaCallId, MediaEvent, MediaFailure, MediaLink, MediaOp,
     MediaRequest, MediaRequestId, MediaResult,
 };
+pub use reconcile::Owner;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::auth::Authenticated;
 use crate::dialplan::{Action, CallVars, Dialplan, Ring, Target};
 use crate::sip::{Method, NameAddr, SipMessage, Tag, Uri};
 use crate::transaction::{TimerConfig, TransactionKey};
@@ -83,6 +91,22 @@ use dial::record_failure;
 use session_timer::SessionTimer;
 
 const SDP: &str = "application/sdp";
+
+/// Seconds a caller refused during shutdown is told to wait (Retry-After):
+/// long enough for a restart, short enough not to lose the caller.
+const SHUTDOWN_RETRY_AFTER: u32 = 30;
+
+/// A step of the signaling server's shutdown, pushed on the [`MediaLink`]
+/// as [`LinkInput::Shutdown`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// New INVITEs are refused 503 with Retry-After; calls in progress go on.
+    Drain,
+    /// New INVITEs are refused, and every call ends now: BYE on each
+    /// confirmed leg, CANCEL to ringing callees and 503 to their callers,
+    /// media deleted with the reason "shutdown".
+    HangUp,
+}
 
 /// Settings of the B2BUA.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,10 +120,70 @@ pub struct B2buaConfig {
     pub seed: u64,
     /// Who callees are told is calling (identity.rs).
     pub identity: IdentityPolicy,
+    /// Prefixes media call ids, so that this node finds its own calls on
+    /// a shared manager after a restart (reconcile.rs).
+    pub owner: Owner,
+    /// Concurrent calls per caller.
+    pub limits: CallLimits,
+}
+
+/// How many calls one caller may have at once (being set up, ringing or
+/// answered), so that one caller cannot take every media port of the
+/// managers. Over the limit a new INVITE is refused 486 Busy Here before
+/// anything is asked of a manager. `None`: no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CallLimits {
+    /// Per authenticated user (digest user name).
+    pub per_user: Option<usize>,
+    /// Per source IP address, for calls that were not authenticated (a
+    /// trunk from a trusted network, anonymous mode).
+    pub per_source: Option<usize>,
+}
+
+/// Whom a call counts against for [`CallLimits`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Originator {
+    /// An authenticated user.
+    User(String),
+    /// An unauthenticated source address; an IPv6 source by its /64, which
+    /// one host usually holds whole.
+    Source(IpAddr),
+}
+
+impl Originator {
+    fn of(identity: &Authenticated, flow: &crate::transport::Flow) -> Originator {
+        match identity {
+            Authenticated::User { username, .. } => Originator::User(username.clone()),
+            Authenticated::Trusted | Authenticated::NotRequired => {
+                Originator::Source(match flow.remote().ip() {
+                    IpAddr::V6(v6) => {
+                        let prefix = u128::from(v6) & !u128::from(u64::MAX);
+                        IpAddr::V6(prefix.into())
+                    }
+                    v4 => v4,
+                })
+            }
+        }
+    }
+
+    fn limit(&self, limits: CallLimits) -> Option<usize> {
+        match self {
+            Originator::User(_) => limits.per_user,
+            Originator::Source(_) => limits.per_source,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Originator::User(_) => "user",
+            Originator::Source(_) => "source",
+        }
+    }
 }
 
 /// How many entries each table holds: all zero once every call has ended
-/// and its transactions have terminated.
+/// and its transactions have terminated (but for `refused_over_limit`, a
+/// running total).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Occupancy {
     pub calls: usize,
@@ -109,6 +193,15 @@ pub struct Occupancy {
     pub media_requests: usize,
     pub retransmissions: usize,
     pub timers: usize,
+    /// BYE, CANCEL and cancelled INVITE transactions of ended calls still
+    /// waiting for their final response, and media deletes waiting for
+    /// their result: a shutdown waits for these.
+    pub ending: usize,
+    /// Callers (users, sources) with calls, counted for [`CallLimits`].
+    pub originators: usize,
+    /// INVITEs refused over a [`CallLimits`] limit since the start: a
+    /// running total, not a table size.
+    pub refused_over_limit: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -282,6 +375,10 @@ struct PendingAck {
 #[derive(Debug)]
 struct Call {
     media_id: MediaCallId,
+    /// When the INVITE arrived: the call's duration in its end record.
+    started: Instant,
+    /// Whom the call counts against.
+    originator: Originator,
     /// The caller's INVITE transaction until its final response.
     invite: Option<TransactionKey>,
     a: Dialog,
@@ -358,6 +455,16 @@ pub struct B2bua {
     media: HashMap<MediaRequestId, (CallKey, Purpose)>,
     retransmits: HashMap<TransactionKey, Retransmit>,
     timers: BTreeSet<(Instant, TimerId)>,
+    /// Client transactions of ended calls awaiting a final response (see
+    /// [`Occupancy::ending`]).
+    ending: HashSet<TransactionKey>,
+    /// Media deletes awaiting their result.
+    deleting: HashSet<MediaRequestId>,
+    /// Set by [`Shutdown`]: new calls are refused.
+    closing: bool,
+    /// Live calls per caller.
+    originators: HashMap<Originator, usize>,
+    refused_over_limit: u64,
     counter: u64,
     branch_prefix: String,
 }
@@ -386,6 +493,11 @@ impl B2bua {
             media: HashMap::new(),
             retransmits: HashMap::new(),
             timers: BTreeSet::new(),
+            ending: HashSet::new(),
+            deleting: HashSet::new(),
+            closing: false,
+            originators: HashMap::new(),
+            refused_over_limit: 0,
             counter: 0,
             branch_prefix,
         }
@@ -401,6 +513,30 @@ impl B2bua {
             media_requests: self.media.len(),
             retransmissions: self.retransmits.len(),
             timers: self.timers.len(),
+            ending: self.ending.len() + self.deleting.len(),
+            originators: self.originators.len(),
+            refused_over_limit: self.refused_over_limit,
+        }
+    }
+
+    /// Runs a step of the shutdown (see [`Shutdown`]).
+    fn handle_shutdown(&mut self, step: Shutdown, sip: &mut SipActions<'_>) {
+        if !self.closing {
+            tracing::info!(calls = self.calls.len(), ?step, "refusing new calls");
+        }
+        self.closing = true;
+        if step == Shutdown::HangUp {
+            let mut keys: Vec<CallKey> = self.calls.keys().copied().collect();
+            keys.sort_unstable();
+            for key in keys {
+                self.end_call(
+                    key,
+                    DeleteReason::Shutdown,
+                    None,
+                    (503, "Service Unavailable"),
+                    sip,
+                );
+            }
         }
     }
 
@@ -456,15 +592,12 @@ impl B2bua {
         now: Now,
         key: TransactionKey,
         request: SipMessage,
-        cancels: Option<TransactionKey>,
         sip: &mut SipActions<'_>,
     ) {
         match request.method() {
-            Method::Cancel => {
-                if let Some(invite) = cancels {
-                    self.cancel(&invite, sip);
-                }
-            }
+            // The core answered it; one that cancels an INVITE of ours
+            // was handled before (`handle_event`).
+            Method::Cancel => {}
             _ => self.in_dialog(now, key, request, sip),
         }
     }
@@ -477,6 +610,9 @@ impl B2bua {
         sip: &mut SipActions<'_>,
     ) {
         let status = response.status().unwrap_or(500);
+        if status >= 200 {
+            self.ending.remove(&key);
+        }
         let Some(client) = self.clients.get_mut(&key) else {
             return;
         };
@@ -486,7 +622,9 @@ impl B2bua {
                     branch.provisional = true;
                     if branch.cancel == Cancel::Wanted {
                         branch.cancel = Cancel::Sent;
-                        send_cancel(&self.config.local, &branch.sent, sip);
+                        let cancel = send_cancel(&self.config.local, &branch.sent, sip);
+                        self.ending.extend(cancel);
+                        self.ending.insert(key.clone());
                     }
                 }
                 let call = branch.call;
@@ -577,7 +715,22 @@ impl B2bua {
         let Some(mut call) = self.calls.remove(&key) else {
             return;
         };
-        tracing::info!(call_id = %call.media_id, ?reason, "call ended");
+        if let Some(count) = self.originators.get_mut(&call.originator) {
+            *count -= 1;
+            if *count == 0 {
+                self.originators.remove(&call.originator);
+            }
+        }
+        // The call's end record (CDRs will build on it).
+        tracing::info!(
+            call_id = %call.media_id,
+            reason = reason_name(reason),
+            answered = call.answered,
+            bye_from = from.map(LegId::as_str),
+            status = (!call.answered).then_some(status.0),
+            duration_ms = sip.now().instant.saturating_duration_since(call.started).as_millis() as u64,
+            "call ended"
+        );
         self.dialogs
             .remove(&(call.a.call_id.clone(), call.a.local_tag.clone()));
         self.dialogs
@@ -606,7 +759,20 @@ impl B2bua {
                 } else {
                     text
                 };
-                respond(sip, &invite, code, text, Some(&call.a.local_tag), &[], None);
+                let headers = if reason == DeleteReason::Shutdown {
+                    vec![retry_after()]
+                } else {
+                    Vec::new()
+                };
+                respond(
+                    sip,
+                    &invite,
+                    code,
+                    text,
+                    Some(&call.a.local_tag),
+                    &headers,
+                    None,
+                );
             }
         }
         if let Some(pending) = call.pending_ack.take() {
@@ -615,24 +781,28 @@ impl B2bua {
         if call.answered && from != Some(LegId::A) {
             let mut a = call.a.clone();
             if let Some(bye) = self.send_in_dialog(&mut a, &Method::Bye, &[], None, sip) {
+                self.ending.insert(bye.clone());
                 self.clients.insert(bye, ClientTx::Fire);
             }
         }
         if from != Some(LegId::B) {
             if let Some(mut b) = call.b.clone() {
                 if let Some(bye) = self.send_in_dialog(&mut b, &Method::Bye, &[], None, sip) {
+                    self.ending.insert(bye.clone());
                     self.clients.insert(bye, ClientTx::Fire);
                 }
             }
         }
         if call.media_used {
             let detail = match from {
+                _ if reason == DeleteReason::Shutdown => "signaling server shutdown".to_owned(),
                 Some(leg) => format!("BYE from leg {leg}"),
                 None if call.answered => format!("hangup: {}", status.1),
                 None => format!("{} {}", status.0, status.1),
             };
             let media_id = call.media_id.clone();
             let id = MediaRequestId(self.next());
+            self.deleting.insert(id);
             self.link.push_request(MediaRequest {
                 id,
                 call: media_id,
@@ -650,6 +820,9 @@ impl B2bua {
         result: MediaResult,
         sip: &mut SipActions<'_>,
     ) {
+        if self.deleting.remove(&id) {
+            return;
+        }
         let Some((key, purpose)) = self.media.remove(&id) else {
             return;
         };
@@ -925,6 +1098,7 @@ impl B2bua {
                     tracing::info!(routes = plan.routes().len(), "dialplan replaced");
                     self.dialplan = plan;
                 }
+                LinkInput::Shutdown(step) => self.handle_shutdown(step, sip),
             }
         }
     }
@@ -934,20 +1108,26 @@ impl CallHandler for B2bua {
     fn handle_event(&mut self, now: Now, event: CallEvent, sip: &mut SipActions<'_>) {
         match event {
             CallEvent::Request {
+                cancels: Some(invite),
+                ..
+            } => self.cancel(&invite, sip),
+            CallEvent::Request {
                 key,
                 request,
                 flow,
-                cancels,
                 identity,
+                ..
             } => match request.method() {
                 Method::Invite if request.to_tag().is_none() => {
-                    self.invite(now, key, request, flow, &identity, sip);
+                    let originator = Originator::of(&identity, &flow);
+                    self.invite(now, key, request, flow, &identity, originator, sip);
                 }
-                _ => self.request(now, key, request, cancels, sip),
+                _ => self.request(now, key, request, sip),
             },
             CallEvent::Ack { request, .. } => self.ack(request, sip),
             CallEvent::Response { key, response } => self.response(now, key, response, sip),
             CallEvent::Timeout { key, .. } => {
+                self.ending.remove(&key);
                 // Timer B or F: the peer is gone; treat as 408 from it.
                 if let Some(ClientTx::Branch(branch)) = self.clients.get(&key) {
                     let call = branch.call;
@@ -988,6 +1168,7 @@ impl CallHandler for B2bua {
             }
             CallEvent::Terminated { key } => {
                 self.servers.remove(&key);
+                self.ending.remove(&key);
                 if let Some(ClientTx::Branch(branch)) = self.clients.remove(&key) {
                     if let Some(call) = self.calls.get_mut(&branch.call) {
                         call.branches.retain(|k| *k != key);
@@ -1074,6 +1255,22 @@ fn leg_headers(local: &str, call: &Call, leg: LegId) -> Vec<(String, String)> {
     headers
 }
 
+/// The end reason as the call's end record names it.
+fn reason_name(reason: DeleteReason) -> &'static str {
+    match reason {
+        DeleteReason::Hangup => "hangup",
+        DeleteReason::Cancelled => "cancelled",
+        DeleteReason::Failed => "failed",
+        DeleteReason::MediaTimeout => "media_timeout",
+        DeleteReason::SessionTimer => "session_timer",
+        DeleteReason::Shutdown => "shutdown",
+    }
+}
+
+fn retry_after() -> (String, String) {
+    ("Retry-After".to_owned(), SHUTDOWN_RETRY_AFTER.to_string())
+}
+
 fn default_reason(code: u16) -> &'static str {
     match code {
         404 => "Not Found",
@@ -1121,7 +1318,7 @@ fn send(sip: &mut SipActions<'_>, text: &str, destination: Destination) -> Optio
     }
 }
 
-fn send_cancel(local: &str, sent: &SentInvite, sip: &mut SipActions<'_>) {
+fn send_cancel(local: &str, sent: &SentInvite, sip: &mut SipActions<'_>) -> Option<TransactionKey> {
     let from = with_tag(&sent.from, Some(&sent.from_tag));
     let to = with_tag(&sent.to, None);
     let text = build::request(&Outgoing {
@@ -1139,5 +1336,5 @@ fn send_cancel(local: &str, sent: &SentInvite, sip: &mut SipActions<'_>) {
         extra: &with_routes(&sent.route, &[]),
         body: None,
     });
-    send(sip, &text, sent.destination);
+    send(sip, &text, sent.destination)
 }

@@ -87,24 +87,60 @@ fn dial_plan(targets: &str, extra: &str) -> String {
 
 impl Harness {
     fn new(plan_json: &str) -> Harness {
+        Harness::with(plan_json, CallLimits::default(), None)
+    }
+
+    /// A harness with call limits; with `users` (a users file's text),
+    /// INVITEs need digest authentication (MD5) in realm `test`.
+    fn with(plan_json: &str, limits: CallLimits, users: Option<&str>) -> Harness {
         let mut auth = AuthConfig::digest("test", vec![7; 32]);
-        auth.mode = AuthMode::Anonymous;
-        Harness::with_auth(
+        let mut uas_config = UasConfig::new("test");
+        let users = match users {
+            Some(text) => {
+                auth.methods = vec!["INVITE".to_owned()];
+                uas_config.digest_algorithms = vec![crate::auth::Algorithm::Md5];
+                Users::parse(std::path::Path::new("users.toml"), text, "test")
+                    .expect("test users parse")
+            }
+            None => {
+                auth.mode = AuthMode::Anonymous;
+                Users::default()
+            }
+        };
+        Harness::build(
             plan_json,
-            Authenticator::new(auth, Users::default()),
+            Authenticator::new(auth, users),
+            uas_config,
             IdentityPolicy::default(),
+            limits,
         )
     }
 
     /// A harness whose core authenticates with `auth` and whose B2BUA
     /// applies `identity`.
     fn with_auth(plan_json: &str, auth: Authenticator, identity: IdentityPolicy) -> Harness {
+        Harness::build(
+            plan_json,
+            auth,
+            UasConfig::new("test"),
+            identity,
+            CallLimits::default(),
+        )
+    }
+
+    fn build(
+        plan_json: &str,
+        auth: Authenticator,
+        uas_config: UasConfig,
+        identity: IdentityPolicy,
+        limits: CallLimits,
+    ) -> Harness {
         let registrar = RegistrarConfig {
             default_domain: Some("example.com".to_owned()),
             ..RegistrarConfig::default()
         };
         let mut uas = Uas::new(
-            UasConfig::new("test"),
+            uas_config,
             Registrar::new(registrar),
             auth,
             Box::new(NoStore),
@@ -116,6 +152,8 @@ impl Harness {
                 timers: TimerConfig::default(),
                 seed: 42,
                 identity,
+                owner: Owner::new("test", 1),
+                limits,
             },
             plan(plan_json),
             link.clone(),
@@ -1160,7 +1198,7 @@ fn media_timeout_hangs_up_both_legs() {
     let mut h = Harness::new(&bob_plan());
     answered_call(&mut h);
     h.event(MediaEvent::Timeout {
-        call: MediaCallId("call-1".to_owned()),
+        call: MediaCallId("test/00000001/call-1".to_owned()),
         leg: "b".to_owned(),
         idle_secs: 30,
     });
@@ -1916,5 +1954,297 @@ fn a_spoofed_from_is_refused_with_403_under_reject() {
     assert_eq!(
         to_bob.header("P-Asserted-Identity"),
         Some("<sip:1001@192.0.2.100>")
+    );
+}
+
+// ----- shutdown --------------------------------------------------------
+
+impl Harness {
+    /// The driver's shutdown step, as the signal handler pushes it.
+    fn shutdown(&mut self, step: Shutdown) {
+        self.link
+            .push_input(self.now.instant, LinkInput::Shutdown(step));
+        self.uas.handle_timeout(self.now);
+        self.settle();
+    }
+}
+
+#[test]
+fn shutdown_cancels_a_ringing_callee_and_answers_the_caller_503() {
+    let mut h = Harness::new(&bob_plan());
+    let invite = h.invite("1001", "call-ring", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    h.from(BOB, &reply(&to_bob, 180, Some("bob1"), None));
+    h.response_to(CALLER, 180);
+    h.ops();
+
+    h.shutdown(Shutdown::HangUp);
+    let refused = h.response_to(CALLER, 503);
+    assert_eq!(refused.header("Retry-After"), Some("30"));
+    let cancel = h.request_to(BOB, "CANCEL");
+    assert_eq!(
+        cancel.top_via().branch(),
+        to_bob.top_via().branch(),
+        "CANCEL matches the INVITE"
+    );
+    assert_eq!(
+        h.ops(),
+        vec![MediaOp::Delete {
+            reason: DeleteReason::Shutdown,
+            detail: "signaling server shutdown".to_owned()
+        }]
+    );
+    let occupancy = h.occupancy();
+    assert_eq!(occupancy.calls, 0);
+    assert_eq!(
+        occupancy.ending, 2,
+        "the CANCEL and the cancelled INVITE await their final responses"
+    );
+    h.from(BOB, &reply(&cancel, 200, Some("bob1"), None));
+    assert_eq!(h.occupancy().ending, 1, "the INVITE still awaits its 487");
+    h.from(BOB, &reply(&to_bob, 487, Some("bob1"), None));
+    h.request_to(BOB, "ACK");
+    assert_eq!(h.occupancy().ending, 0, "nothing left to wait for");
+    h.nothing_to(CALLER);
+
+    // A new call during the shutdown: 503 at once, nothing asked of the manager.
+    let late = h.invite("1001", "call-late", Some(CALLER_SDP));
+    h.from(CALLER, &late);
+    let refused = h.response_to(CALLER, 503);
+    assert_eq!(refused.header("Retry-After"), Some("30"));
+    h.nothing_to(BOB);
+    assert_eq!(h.ops(), Vec::<MediaOp>::new());
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.occupancy(), Occupancy::default());
+    assert_eq!(h.uas.transactions(), 0);
+}
+
+#[test]
+fn shutdown_byes_both_legs_of_an_answered_call_and_waits_for_their_200() {
+    let mut h = Harness::new(&bob_plan());
+    answered_call(&mut h);
+    h.shutdown(Shutdown::HangUp);
+    let bye_caller = h.request_to(CALLER, "BYE");
+    let bye_bob = h.request_to(BOB, "BYE");
+    assert_eq!(
+        h.ops(),
+        vec![MediaOp::Delete {
+            reason: DeleteReason::Shutdown,
+            detail: "signaling server shutdown".to_owned()
+        }]
+    );
+    assert_eq!(h.occupancy().calls, 0);
+    assert_eq!(h.occupancy().ending, 2, "two BYEs unanswered");
+    h.from(CALLER, &reply(&bye_caller, 200, None, None));
+    h.from(BOB, &reply(&bye_bob, 200, None, None));
+    assert_eq!(h.occupancy().ending, 0, "both BYEs answered");
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.occupancy(), Occupancy::default());
+}
+
+#[test]
+fn shutdown_waits_for_the_media_delete_and_gives_up_on_a_silent_peer() {
+    let mut h = Harness::new(&bob_plan());
+    answered_call(&mut h);
+    h.manager.hold = true;
+    h.shutdown(Shutdown::HangUp);
+    h.request_to(CALLER, "BYE");
+    h.request_to(BOB, "BYE");
+    assert_eq!(h.occupancy().ending, 3, "two BYEs and the media delete");
+    h.release();
+    assert_eq!(h.occupancy().ending, 2, "the delete is done");
+    // Nobody answers the BYEs: timer F (64·T1) ends them.
+    h.advance(Duration::from_secs(33));
+    assert_eq!(h.occupancy().ending, 0);
+}
+
+#[test]
+fn draining_refuses_new_calls_and_lets_calls_in_progress_end() {
+    let mut h = Harness::new(&bob_plan());
+    let (ok, _) = answered_call(&mut h);
+    h.shutdown(Shutdown::Drain);
+    h.nothing_to(CALLER);
+    h.nothing_to(BOB);
+    assert_eq!(h.occupancy().calls, 1, "the call goes on");
+    let late = h.invite("1002", "call-late", Some(CALLER_SDP));
+    h.from(CALLER, &late);
+    let refused = h.response_to(CALLER, 503);
+    assert_eq!(refused.header("Retry-After"), Some("30"));
+    assert_eq!(h.ops(), Vec::<MediaOp>::new(), "no Offer for it");
+    let bye = h.in_dialog(CALLER, &ok, "BYE", 2, None);
+    h.from(CALLER, &bye);
+    h.response_to(CALLER, 200);
+    h.request_to(BOB, "BYE");
+    assert_eq!(
+        h.ops(),
+        vec![MediaOp::Delete {
+            reason: DeleteReason::Hangup,
+            detail: "BYE from leg a".to_owned()
+        }],
+        "the call ended by itself, not by the shutdown"
+    );
+    assert_eq!(h.occupancy().calls, 0);
+}
+
+// ----- call limits -----------------------------------------------------
+
+fn offers(ops: &[MediaOp]) -> usize {
+    ops.iter()
+        .filter(|op| matches!(op, MediaOp::Offer { .. }))
+        .count()
+}
+
+fn md5_hex(text: &str) -> String {
+    use md5::{Digest, Md5};
+    Md5::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Digest credentials of `user` (password `secret`) for an INVITE to 1001,
+/// written independently of the authenticator (RFC 2617, qop=auth).
+fn proxy_authorization(user: &str, nonce: &str, nc: u32) -> String {
+    let uri = "sip:1001@192.0.2.100";
+    let ha1 = md5_hex(&format!("{user}:test:secret"));
+    let ha2 = md5_hex(&format!("INVITE:{uri}"));
+    let nc = format!("{nc:08x}");
+    let response = md5_hex(&format!("{ha1}:{nonce}:{nc}:cn0nce:auth:{ha2}"));
+    format!(
+        "Digest username=\"{user}\", realm=\"test\", nonce=\"{nonce}\", uri=\"{uri}\", \
+         response=\"{response}\", algorithm=MD5, qop=auth, nc={nc}, cnonce=\"cn0nce\""
+    )
+}
+
+/// Calls to 1001 rung at Bob from the caller's address.
+fn ring(h: &mut Harness, call_id: &str, extra: &[(&str, &str)]) -> SipMessage {
+    let invite = h.invite_with("1001", call_id, Some(CALLER_SDP), extra);
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    h.request_to(BOB, "INVITE")
+}
+
+#[test]
+fn a_source_over_its_call_limit_is_refused_486_before_any_offer() {
+    let limits = CallLimits {
+        per_user: Some(10),
+        per_source: Some(3),
+    };
+    let mut h = Harness::with(&bob_plan(), limits, None);
+    let ringing: Vec<SipMessage> = (1..=3)
+        .map(|n| ring(&mut h, &format!("call-{n}"), &[]))
+        .collect();
+    let fourth = h.invite("1001", "call-4", Some(CALLER_SDP));
+    h.from(CALLER, &fourth);
+    let busy = h.response_to(CALLER, 486);
+    assert_eq!(busy.reason(), Some("Busy Here"));
+    h.nothing_to(BOB);
+    assert_eq!(offers(&h.ops()), 3, "the manager saw three offers only");
+    assert_eq!(h.occupancy().refused_over_limit, 1);
+    assert_eq!(h.occupancy().originators, 1);
+
+    // One call ends (Bob is busy for it): a new one goes through.
+    h.from(BOB, &reply(&ringing[0], 486, Some("bob1"), None));
+    h.request_to(BOB, "ACK");
+    h.response_to(CALLER, 486);
+    ring(&mut h, "call-5", &[]);
+    assert_eq!(offers(&h.ops()), 1);
+    assert_eq!(h.occupancy().calls, 3);
+    assert_eq!(h.occupancy().refused_over_limit, 1, "not counted again");
+}
+
+#[test]
+fn an_authenticated_user_over_its_call_limit_is_refused_whatever_its_address() {
+    let users = "[[user]]\nname = \"alice\"\npassword = \"secret\"\n\n\
+                 [[user]]\nname = \"carol\"\npassword = \"secret\"\n";
+    let limits = CallLimits {
+        per_user: Some(3),
+        per_source: Some(1),
+    };
+    let mut h = Harness::with(&bob_plan(), limits, Some(users));
+    // A first INVITE without credentials draws the nonce.
+    let invite = h.invite("1001", "call-0", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    let challenge = h.response_to(CALLER, 407);
+    let header = challenge
+        .header("Proxy-Authenticate")
+        .expect("a challenge")
+        .to_owned();
+    let nonce = header
+        .split("nonce=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a nonce")
+        .to_owned();
+    let mut nc = 0;
+    let mut credentials = |user: &str| {
+        nc += 1;
+        proxy_authorization(user, &nonce, nc)
+    };
+    // Per user, not per source: three of alice's calls from one address
+    // although a source may have one unauthenticated call.
+    for n in 1..=3 {
+        let auth = credentials("alice");
+        ring(
+            &mut h,
+            &format!("alice-{n}"),
+            &[("Proxy-Authorization", &auth)],
+        );
+    }
+    let auth = credentials("alice");
+    let fourth = h.invite_with(
+        "1001",
+        "alice-4",
+        Some(CALLER_SDP),
+        &[("Proxy-Authorization", &auth)],
+    );
+    h.from(CALLER, &fourth);
+    h.response_to(CALLER, 486);
+    h.nothing_to(BOB);
+    // Another user from the same address is not held back by alice.
+    let auth = credentials("carol");
+    ring(&mut h, "carol-1", &[("Proxy-Authorization", &auth)]);
+    assert_eq!(offers(&h.ops()), 4, "three for alice, one for carol");
+    let occupancy = h.occupancy();
+    assert_eq!(occupancy.refused_over_limit, 1);
+    assert_eq!(occupancy.originators, 2, "alice and carol");
+}
+
+#[test]
+fn callers_are_counted_per_user_or_per_source_address_and_ipv6_per_64() {
+    let udp = |addr: &str| Flow::Udp {
+        remote: addr.parse().expect("test address"),
+    };
+    let alice = Authenticated::User {
+        username: "alice".to_owned(),
+        algorithm: crate::auth::Algorithm::Md5,
+    };
+    assert_eq!(
+        Originator::of(&alice, &udp("192.0.2.1:5060")),
+        Originator::of(&alice, &udp("198.51.100.7:5062")),
+        "a user wherever it calls from"
+    );
+    assert_eq!(
+        Originator::of(&Authenticated::Trusted, &udp("192.0.2.1:5060")),
+        Originator::of(&Authenticated::NotRequired, &udp("192.0.2.1:5070")),
+        "a source whatever its port"
+    );
+    assert_ne!(
+        Originator::of(&Authenticated::NotRequired, &udp("192.0.2.1:5060")),
+        Originator::of(&Authenticated::NotRequired, &udp("192.0.2.2:5060"))
+    );
+    assert_eq!(
+        Originator::of(&Authenticated::NotRequired, &udp("[2001:db8:1:2::1]:5060")),
+        Originator::of(
+            &Authenticated::NotRequired,
+            &udp("[2001:db8:1:2:ffff::9]:5060")
+        ),
+        "one IPv6 /64"
+    );
+    assert_ne!(
+        Originator::of(&Authenticated::NotRequired, &udp("[2001:db8:1:2::1]:5060")),
+        Originator::of(&Authenticated::NotRequired, &udp("[2001:db8:1:3::1]:5060"))
     );
 }

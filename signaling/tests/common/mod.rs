@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod manager;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -115,6 +117,11 @@ impl Server {
     /// Sends `signal` to the server and waits for it to exit.
     pub fn stop_with(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
         nix::sys::signal::kill(self.pid(), signal).expect("signal the server");
+        self.wait_exit()
+    }
+
+    /// Waits (10 s at most) for the server to exit after a signal.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("server running");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -123,7 +130,7 @@ impl Server {
             }
             assert!(
                 Instant::now() < deadline,
-                "server ignored {signal}:\n{}",
+                "server did not stop:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
