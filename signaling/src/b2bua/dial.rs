@@ -18,7 +18,6 @@ impl B2bua {
         request: SipMessage,
         flow: crate::transport::Flow,
         identity: &crate::auth::Authenticated,
-        originator: Originator,
         sip: &mut SipActions<'_>,
     ) {
         if self.closing {
@@ -42,6 +41,7 @@ impl B2bua {
             respond(sip, &key, 482, "Loop Detected", None, &[], None);
             return;
         }
+        let originator = Originator::of(identity, &flow);
         let calls = self.originators.get(&originator).copied().unwrap_or(0);
         if let Some(limit) = originator.limit(self.config.limits) {
             if calls >= limit {

@@ -1119,8 +1119,7 @@ impl CallHandler for B2bua {
                 ..
             } => match request.method() {
                 Method::Invite if request.to_tag().is_none() => {
-                    let originator = Originator::of(&identity, &flow);
-                    self.invite(now, key, request, flow, &identity, originator, sip);
+                    self.invite(now, key, request, flow, &identity, sip);
                 }
                 _ => self.request(now, key, request, sip),
             },
