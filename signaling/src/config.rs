@@ -210,6 +210,11 @@ pub struct Config {
     #[arg(long, env = "REST_MAX_CONNECTIONS", default_value_t = 256)]
     pub rest_max_connections: usize,
 
+    /// Seconds after which a REST API connection with nothing read or
+    /// written is closed, so idle clients cannot hold --rest-max-connections.
+    #[arg(long, env = "REST_IDLE_TIMEOUT", default_value_t = 60)]
+    pub rest_idle_timeout: u64,
+
     /// Value of the Server header of SIP responses; empty: no Server header.
     /// The default names no version, which would tell an attacker which
     /// flaws to try.
@@ -342,6 +347,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "tcp-max-connections-per-source",
                 "must be at least 1 and at most --tcp-max-connections",
+            ));
+        }
+        if self.rest_idle_timeout == 0 {
+            return Err(ConfigError::invalid(
+                "rest-idle-timeout",
+                "must be at least 1 second",
             ));
         }
         if self.rest_max_connections == 0 {
@@ -570,6 +581,7 @@ mod tests {
         assert_eq!(c.source_rate_limit, 1000);
         assert_eq!(c.input_queue_bytes, 32 * 1024 * 1024);
         assert_eq!(c.rest_max_connections, 256);
+        assert_eq!(c.rest_idle_timeout, 60);
         assert_eq!(c.server_header, "Switchboard");
         assert_eq!(c.timers(), TimerConfig::default());
         assert_eq!(c.registrar(), RegistrarConfig::default());

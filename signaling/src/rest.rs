@@ -1,5 +1,6 @@
 //! The REST API: JSON for the dashboard and operators, Prometheus metrics.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -156,22 +157,27 @@ fn write_transport_metrics(out: &mut String, s: &StatsSnapshot) {
 
 /// The REST API's listener with a cap on open connections: one over the
 /// cap is closed at once (and counted), so REST clients cannot take the
-/// descriptors the SIP transports need, and failed accepts (out of
-/// descriptors) pause and retry without a log line each.
+/// descriptors the SIP transports need; a connection with nothing read or
+/// written for the idle time is closed, so idle clients cannot hold the
+/// slots either; failed accepts (out of descriptors) pause and retry
+/// without a log line each.
 #[derive(Debug)]
 pub struct CappedListener {
     listener: TcpListener,
     permits: Arc<Semaphore>,
+    idle_timeout: Duration,
     refused: Arc<AtomicU64>,
     accept_errors: u64,
 }
 
 impl CappedListener {
-    /// Caps `listener` at `max` open connections.
-    pub fn new(listener: TcpListener, max: usize) -> CappedListener {
+    /// Caps `listener` at `max` open connections, each closed after
+    /// `idle_timeout` without traffic.
+    pub fn new(listener: TcpListener, max: usize, idle_timeout: Duration) -> CappedListener {
         CappedListener {
             listener,
             permits: Arc::new(Semaphore::new(max)),
+            idle_timeout,
             refused: Arc::default(),
             accept_errors: 0,
         }
@@ -197,6 +203,8 @@ impl axum::serve::Listener for CappedListener {
                             CappedStream {
                                 stream,
                                 _permit: permit,
+                                idle_timeout: self.idle_timeout,
+                                idle: Box::pin(tokio::time::sleep(self.idle_timeout)),
                             },
                             remote,
                         )
@@ -234,11 +242,22 @@ impl axum::serve::Listener for CappedListener {
     }
 }
 
-/// A REST connection holding one of the listener's slots until dropped.
+/// A REST connection holding one of the listener's slots until dropped;
+/// reading fails once nothing was read or written for the idle time, which
+/// makes the HTTP server close it.
 #[derive(Debug)]
 pub struct CappedStream {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
+    idle_timeout: Duration,
+    idle: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl CappedStream {
+    fn active(&mut self) {
+        let next = tokio::time::Instant::now() + self.idle_timeout;
+        self.idle.as_mut().reset(next);
+    }
 }
 
 impl AsyncRead for CappedStream {
@@ -247,7 +266,22 @@ impl AsyncRead for CappedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    self.active();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => match self.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "REST connection idle",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 }
 
@@ -257,7 +291,11 @@ impl AsyncWrite for CappedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.active();
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -273,7 +311,11 @@ impl AsyncWrite for CappedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.active();
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

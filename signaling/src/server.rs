@@ -100,7 +100,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| {
             format!("cannot listen for the REST API on {rest_addr} (--rest-address/--rest-port)")
         })?;
-    let listener = CappedListener::new(listener, config.rest_max_connections);
+    let listener = CappedListener::new(
+        listener,
+        config.rest_max_connections,
+        Duration::from_secs(config.rest_idle_timeout),
+    );
     tracing::info!(
         sip = %transports.local_addr(),
         rest = %listener.local_addr().context("REST listener address")?,

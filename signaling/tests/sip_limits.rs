@@ -430,3 +430,45 @@ fn a_flooding_source_does_not_starve_another_and_leaves_memory_bounded() {
         "RSS grew from {rss_before} to {rss_after} KiB"
     );
 }
+
+#[test]
+fn idle_rest_connections_are_closed_and_those_over_the_cap_at_once() {
+    let data = tempfile::tempdir().expect("temp data dir");
+    let server = Server::start(
+        data.path(),
+        &[
+            "--auth",
+            "anonymous",
+            "--rest-max-connections",
+            "4",
+            "--rest-idle-timeout",
+            "1",
+        ],
+    );
+    let rest = SocketAddr::from(([127, 0, 0, 1], server.rest_port));
+    let mut idle: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(rest).expect("connect REST"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let mut over = TcpStream::connect(rest).expect("connect REST");
+    assert!(closed_within(&mut over, Duration::from_secs(1)));
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "closed at once"
+    );
+    // The idle ones are closed after a second, and the API answers again.
+    for stream in &mut idle {
+        assert!(closed_within(stream, Duration::from_secs(3)));
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(3),
+        "idle closed after {waited:?}"
+    );
+    assert_eq!(server.get_json("/api/v1/health")["status"], "degraded");
+    assert_eq!(
+        metric(&server, "switchboard_rest_connections_refused_total"),
+        1
+    );
+}
