@@ -200,6 +200,11 @@ pub struct Config {
     #[arg(long, env = "SOURCE_RATE_LIMIT", default_value_t = 1000)]
     pub source_rate_limit: u32,
 
+    /// Networks (CIDR, comma-separated) exempt from --source-rate-limit:
+    /// trunks, or a proxy or SBC in front that carries many users' traffic.
+    #[arg(long, env = "SOURCE_RATE_EXEMPT", value_delimiter = ',')]
+    pub source_rate_exempt: Vec<String>,
+
     /// Octets of received messages waiting for the SIP core at most; one
     /// source may hold a quarter of them. Beyond, messages are dropped
     /// (UDP peers retransmit).
@@ -349,6 +354,10 @@ impl Config {
                 "must be at least 1 and at most --tcp-max-connections",
             ));
         }
+        for network in &self.source_rate_exempt {
+            Cidr::parse(network)
+                .map_err(|e| ConfigError::invalid("source-rate-exempt", e.to_string()))?;
+        }
         if self.rest_idle_timeout == 0 {
             return Err(ConfigError::invalid(
                 "rest-idle-timeout",
@@ -476,6 +485,14 @@ impl Config {
             max_total: self.tcp_max_connections,
             max_per_source: self.tcp_max_connections_per_source,
         }
+    }
+
+    /// Networks exempt from the per-source message rate.
+    pub fn source_rate_exempt(&self) -> Vec<Cidr> {
+        self.source_rate_exempt
+            .iter()
+            .filter_map(|n| Cidr::parse(n).ok())
+            .collect()
     }
 
     /// Open files the limits allow: SIP TCP and REST connections plus
@@ -632,6 +649,10 @@ mod tests {
         assert!(err.to_string().contains("--input-queue-bytes"), "{err}");
         let err = load(&["--server-header", "a\r\nX-Evil: 1"]).expect_err("header injection");
         assert!(err.to_string().contains("--server-header"), "{err}");
+        let err = load(&["--source-rate-exempt", "10.0.0.0/40"]).expect_err("bad prefix");
+        assert!(err.to_string().contains("--source-rate-exempt"), "{err}");
+        let c = load(&["--source-rate-exempt", "10.0.0.0/8,2001:db8::/32"]).expect("valid");
+        assert_eq!(c.source_rate_exempt().len(), 2);
         let c = load(&["--server-header", "", "--source-rate-limit", "0"]).expect("both off");
         assert_eq!(c.server_header, "");
         assert_eq!(c.source_rate_limit, 0);

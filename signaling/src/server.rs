@@ -58,6 +58,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tcp_connect_timeout: config.timers().t1x64().min(Duration::from_secs(10)),
             tcp_connections,
             source_rate: config.source_rate_limit,
+            source_rate_exempt: config.source_rate_exempt(),
         },
         queue.sink(),
         Arc::clone(&stats),

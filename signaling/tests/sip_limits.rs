@@ -472,3 +472,52 @@ fn idle_rest_connections_are_closed_and_those_over_the_cap_at_once() {
         1
     );
 }
+
+#[test]
+fn a_source_over_its_rate_gets_its_burst_answered_and_an_exempt_network_everything() {
+    let data = tempfile::tempdir().expect("temp data dir");
+    let server = Server::start(
+        data.path(),
+        &[
+            "--auth",
+            "anonymous",
+            "--source-rate-limit",
+            "10",
+            "--source-rate-exempt",
+            "127.0.6.0/30",
+        ],
+    );
+    let answered_of_100 = |source: &str| {
+        let socket = std::net::UdpSocket::bind(format!("{source}:0")).expect("bind");
+        for i in 0..100 {
+            let request = options("UDP", &format!("rate-{source}-{i}"));
+            socket
+                .send_to(request.as_bytes(), server.sip_addr())
+                .expect("send");
+        }
+        socket
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        let mut buffer = vec![0u8; 65_536];
+        let mut answered = 0;
+        while let Ok(len) = socket.recv(&mut buffer) {
+            if status(&String::from_utf8_lossy(&buffer[..len])) == 200 {
+                answered += 1;
+            }
+        }
+        answered
+    };
+    assert_eq!(answered_of_100("127.0.6.1"), 100, "exempt");
+    assert_eq!(
+        metric(&server, "switchboard_sip_rate_limited_total"),
+        0,
+        "nothing dropped from the exempt network"
+    );
+    // 10/s with bursts of 20: 20 answered at once, maybe one more refilled.
+    let limited = answered_of_100("127.0.6.9");
+    assert!((20..=22).contains(&limited), "{limited} answered");
+    assert_eq!(
+        metric(&server, "switchboard_sip_rate_limited_total"),
+        100 - limited
+    );
+}

@@ -12,6 +12,8 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::auth::Cidr;
+
 /// The unit every per-source limit counts by: an IPv4 address, or the /64
 /// of an IPv6 address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -148,6 +150,8 @@ pub struct RateLimiter {
     /// No pruning before this time, so a table full of active sources is
     /// not scanned for every new one.
     next_prune: Option<Instant>,
+    /// Networks never limited (a trunk, a proxy or SBC in front).
+    exempt: Vec<Cidr>,
 }
 
 #[derive(Debug)]
@@ -173,14 +177,22 @@ impl RateLimiter {
             max_sources,
             buckets: HashMap::new(),
             next_prune: None,
+            exempt: Vec::new(),
         }
     }
 
-    /// Whether a message from `source` received at `now` may pass.
-    pub fn admit(&mut self, now: Instant, source: Source) -> Admission {
-        if self.rate == 0 {
+    /// The same limiter, admitting everything from `networks`.
+    pub fn exempting(mut self, networks: Vec<Cidr>) -> RateLimiter {
+        self.exempt = networks;
+        self
+    }
+
+    /// Whether a message from `ip` received at `now` may pass.
+    pub fn admit(&mut self, now: Instant, ip: IpAddr) -> Admission {
+        if self.rate == 0 || self.exempt.iter().any(|n| n.contains(ip)) {
             return Admission::Admit;
         }
+        let source = Source::of(ip);
         let rate = f64::from(self.rate);
         if !self.buckets.contains_key(&source) && self.buckets.len() >= self.max_sources {
             self.prune(now);
@@ -329,8 +341,12 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, last))
+    }
+
     fn v4(last: u8) -> Source {
-        Source::of(IpAddr::V4(Ipv4Addr::new(192, 0, 2, last)))
+        Source::of(ip(last))
     }
 
     #[test]
@@ -393,14 +409,14 @@ mod tests {
         let start = Instant::now();
         let mut limiter = RateLimiter::new(100);
         let admitted = (0..1000)
-            .filter(|_| limiter.admit(start, v4(1)) == Admission::Admit)
+            .filter(|_| limiter.admit(start, ip(1)) == Admission::Admit)
             .count();
         assert_eq!(admitted, 200, "the burst is two seconds' worth");
-        assert_eq!(limiter.admit(start, v4(2)), Admission::Admit);
+        assert_eq!(limiter.admit(start, ip(2)), Admission::Admit);
         // One second later, one second's worth passes again.
         let later = start + Duration::from_secs(1);
         let admitted = (0..1000)
-            .filter(|_| limiter.admit(later, v4(1)) == Admission::Admit)
+            .filter(|_| limiter.admit(later, ip(1)) == Admission::Admit)
             .count();
         assert_eq!(admitted, 100);
     }
@@ -409,33 +425,47 @@ mod tests {
     fn a_blocked_source_is_reported_once_per_interval_with_its_drop_count() {
         let start = Instant::now();
         let mut limiter = RateLimiter::new(1);
-        assert_eq!(limiter.admit(start, v4(1)), Admission::Admit);
-        assert_eq!(limiter.admit(start, v4(1)), Admission::Admit);
+        assert_eq!(limiter.admit(start, ip(1)), Admission::Admit);
+        assert_eq!(limiter.admit(start, ip(1)), Admission::Admit);
         assert_eq!(
-            limiter.admit(start, v4(1)),
+            limiter.admit(start, ip(1)),
             Admission::Drop { report: Some(1) }
         );
         for _ in 0..4 {
             assert_eq!(
-                limiter.admit(start, v4(1)),
+                limiter.admit(start, ip(1)),
                 Admission::Drop { report: None }
             );
         }
         // Over the next interval the source refills to at most two tokens.
         let later = start + REPORT_INTERVAL;
-        assert_eq!(limiter.admit(later, v4(1)), Admission::Admit);
-        assert_eq!(limiter.admit(later, v4(1)), Admission::Admit);
+        assert_eq!(limiter.admit(later, ip(1)), Admission::Admit);
+        assert_eq!(limiter.admit(later, ip(1)), Admission::Admit);
         assert_eq!(
-            limiter.admit(later, v4(1)),
+            limiter.admit(later, ip(1)),
             Admission::Drop { report: Some(5) }
         );
+    }
+
+    #[test]
+    fn exempt_networks_are_never_limited_nor_remembered() {
+        let now = Instant::now();
+        let network = Cidr::parse("192.0.2.0/28").expect("CIDR");
+        let mut limiter = RateLimiter::new(1).exempting(vec![network]);
+        assert!((0..1000).all(|_| limiter.admit(now, ip(5)) == Admission::Admit));
+        assert_eq!(limiter.sources(), 0);
+        // Outside the /28: limited as usual.
+        let admitted = (0..10)
+            .filter(|_| limiter.admit(now, ip(20)) == Admission::Admit)
+            .count();
+        assert_eq!(admitted, 2);
     }
 
     #[test]
     fn rate_zero_admits_everything() {
         let now = Instant::now();
         let mut limiter = RateLimiter::new(0);
-        assert!((0..10_000).all(|_| limiter.admit(now, v4(1)) == Admission::Admit));
+        assert!((0..10_000).all(|_| limiter.admit(now, ip(1)) == Admission::Admit));
         assert_eq!(limiter.sources(), 0);
     }
 
@@ -444,17 +474,17 @@ mod tests {
         let start = Instant::now();
         let mut limiter = RateLimiter::with_table(10, 4);
         for last in 1..=4 {
-            let _ = limiter.admit(start, v4(last));
+            let _ = limiter.admit(start, ip(last));
         }
         // Full of active sources: a new one passes unmetered, untracked.
         for _ in 0..100 {
-            assert_eq!(limiter.admit(start, v4(5)), Admission::Admit);
+            assert_eq!(limiter.admit(start, ip(5)), Admission::Admit);
         }
         assert_eq!(limiter.sources(), 4);
         // Once the old buckets have refilled they are forgotten.
         let later = start + Duration::from_secs(3);
         let admitted = (0..100)
-            .filter(|_| limiter.admit(later, v4(6)) == Admission::Admit)
+            .filter(|_| limiter.admit(later, ip(6)) == Admission::Admit)
             .count();
         assert_eq!(limiter.sources(), 1);
         assert_eq!(admitted, 20, "the new source is metered");

@@ -41,6 +41,7 @@ use tokio::sync::mpsc;
 use self::limits::{
     Admission, ConnectionCount, ConnectionLimits, RateLimiter, Source, TransportStats,
 };
+use crate::auth::Cidr;
 use crate::sip::{FramingLimits, Transport};
 
 /// Errors of the transports.
@@ -173,7 +174,7 @@ pub struct Outbound {
 pub type InboundSink = Arc<dyn Fn(Inbound) + Send + Sync>;
 
 /// Transport settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransportConfig {
     /// Address and port of both transports; port 0 picks one free for both.
     pub bind: SocketAddr,
@@ -191,6 +192,8 @@ pub struct TransportConfig {
     pub tcp_connections: ConnectionLimits,
     /// Messages per second per source, UDP and TCP together; 0 is no limit.
     pub source_rate: u32,
+    /// Networks the per-source rate does not apply to.
+    pub source_rate_exempt: Vec<Cidr>,
 }
 
 /// Messages queued per TCP connection before it is considered stuck and closed.
@@ -251,6 +254,8 @@ impl Transports {
                 transport: "UDP",
                 source,
             })?;
+        let limiter =
+            RateLimiter::new(config.source_rate).exempting(config.source_rate_exempt.clone());
         let transports = Transports {
             inner: Arc::new(Inner {
                 config,
@@ -258,7 +263,7 @@ impl Transports {
                 udp: Arc::new(udp),
                 connections: Mutex::new(Connections::default()),
                 next_connection: AtomicU64::new(1),
-                limiter: Mutex::new(RateLimiter::new(config.source_rate)),
+                limiter: Mutex::new(limiter),
                 stats: Arc::clone(&stats),
                 sink,
                 runtime: tokio::runtime::Handle::current(),
@@ -319,7 +324,7 @@ impl Transports {
             .limiter
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .admit(std::time::Instant::now(), source);
+            .admit(std::time::Instant::now(), remote.ip());
         match admission {
             Admission::Admit => true,
             Admission::Drop { report } => {

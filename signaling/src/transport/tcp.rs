@@ -194,7 +194,7 @@ async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
-    let config = transports.inner.config;
+    let config = &transports.inner.config;
     let mut framer = StreamFramer::new(config.limits);
     let mut idle_deadline = Instant::now() + config.tcp_idle_timeout;
     // When the message being received must be complete; `None` between messages.
