@@ -28,6 +28,15 @@ fn raise_own_file_limit() {
 fn connect_from(source: Ipv4Addr, server: SocketAddr) -> TcpStream {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
         .expect("TCP socket");
+    // Thousands of client ports must not linger in TIME_WAIT after the
+    // test, where they would keep other tests' servers from binding `::`
+    // on the same port: SO_REUSEADDR, and RST rather than FIN on close.
+    socket
+        .set_reuse_address(true)
+        .expect("SO_REUSEADDR on the client");
+    socket
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER 0 on the client");
     socket
         .bind(&SocketAddr::new(IpAddr::V4(source), 0).into())
         .expect("bind the client to its source address");
