@@ -128,8 +128,8 @@ fn write_transport_metrics(out: &mut String, s: &StatsSnapshot) {
         ),
         (
             "switchboard_sip_tcp_closed_total",
-            "SIP TCP connections closed by a timeout (idle: no complete message for --tcp-idle-timeout; message: not complete within --tcp-message-timeout).",
-            &[("reason=\"idle\"", s.tcp_idle_closed), ("reason=\"message_timeout\"", s.tcp_message_timeouts)],
+            "SIP TCP connections closed by a limit (idle: no complete message for --tcp-idle-timeout; message_timeout: not complete within --tcp-message-timeout; buffer_budget: holding part of a message while all connections held over 64 MiB).",
+            &[("reason=\"idle\"", s.tcp_idle_closed), ("reason=\"message_timeout\"", s.tcp_message_timeouts), ("reason=\"buffer_budget\"", s.tcp_buffer_closed)],
         ),
         (
             "switchboard_sip_rate_limited_total",

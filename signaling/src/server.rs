@@ -19,7 +19,7 @@ use axum::serve::Listener;
 use crate::rest::{app, ApiState, CappedListener};
 use crate::rtpmanager_pool::ManagerPool;
 use crate::transport::limits::{ConnectionLimits, TransportStats};
-use crate::transport::{TransportConfig, Transports};
+use crate::transport::{TransportConfig, Transports, TCP_BUFFER_BUDGET};
 use crate::uas::driver::{CoreHandle, CoreQueue, QueueLimits};
 use crate::uas::{Now, Uas, UasConfig};
 
@@ -59,6 +59,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tcp_connections,
             source_rate: config.source_rate_limit,
             source_rate_exempt: config.source_rate_exempt(),
+            tcp_buffer_budget: TCP_BUFFER_BUDGET,
         },
         queue.sink(),
         Arc::clone(&stats),

@@ -257,6 +257,9 @@ pub struct TransportStats {
     pub tcp_idle_closed: AtomicU64,
     /// TCP connections closed because a message was not complete in time.
     pub tcp_message_timeouts: AtomicU64,
+    /// TCP connections closed holding part of a message while all
+    /// connections together held more than the buffer budget.
+    pub tcp_buffer_closed: AtomicU64,
     /// Messages dropped by the per-source rate limit.
     pub rate_limited: AtomicU64,
     /// Messages dropped because the core's input queue was full.
@@ -278,6 +281,8 @@ pub struct StatsSnapshot {
     pub tcp_idle_closed: u64,
     /// See [`TransportStats::tcp_message_timeouts`].
     pub tcp_message_timeouts: u64,
+    /// See [`TransportStats::tcp_buffer_closed`].
+    pub tcp_buffer_closed: u64,
     /// See [`TransportStats::rate_limited`].
     pub rate_limited: u64,
     /// See [`TransportStats::queue_full`].
@@ -301,6 +306,7 @@ impl TransportStats {
             tcp_accept_errors: get(&self.tcp_accept_errors),
             tcp_idle_closed: get(&self.tcp_idle_closed),
             tcp_message_timeouts: get(&self.tcp_message_timeouts),
+            tcp_buffer_closed: get(&self.tcp_buffer_closed),
             rate_limited: get(&self.rate_limited),
             queue_full: get(&self.queue_full),
             queue_source_share: get(&self.queue_source_share),
@@ -317,6 +323,7 @@ impl StatsSnapshot {
             tcp_accept_errors: self.tcp_accept_errors - earlier.tcp_accept_errors,
             tcp_idle_closed: self.tcp_idle_closed - earlier.tcp_idle_closed,
             tcp_message_timeouts: self.tcp_message_timeouts - earlier.tcp_message_timeouts,
+            tcp_buffer_closed: self.tcp_buffer_closed - earlier.tcp_buffer_closed,
             rate_limited: self.rate_limited - earlier.rate_limited,
             queue_full: self.queue_full - earlier.queue_full,
             queue_source_share: self.queue_source_share - earlier.queue_source_share,
@@ -329,6 +336,7 @@ impl StatsSnapshot {
             + self.tcp_refused_per_source
             + self.tcp_accept_errors
             + self.tcp_message_timeouts
+            + self.tcp_buffer_closed
             + self.rate_limited
             + self.queue_full
             + self.queue_source_share

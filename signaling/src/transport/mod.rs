@@ -31,7 +31,7 @@ mod udp;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -194,7 +194,15 @@ pub struct TransportConfig {
     pub source_rate: u32,
     /// Networks the per-source rate does not apply to.
     pub source_rate_exempt: Vec<Cidr>,
+    /// Octets of incomplete TCP messages held across all connections; a
+    /// connection that holds some while the total is over it is closed.
+    pub tcp_buffer_budget: usize,
 }
+
+/// Default [`TransportConfig::tcp_buffer_budget`]: each connection may hold
+/// a message of up to twice `--max-message-size` (header and body), so 2048
+/// connections could otherwise hold 256 MiB or more of half-sent messages.
+pub const TCP_BUFFER_BUDGET: usize = 64 * 1024 * 1024;
 
 /// Messages queued per TCP connection before it is considered stuck and closed.
 const CONNECTION_QUEUE: usize = 256;
@@ -211,6 +219,8 @@ struct Inner {
     udp: Arc<UdpSocket>,
     connections: Mutex<Connections>,
     next_connection: AtomicU64,
+    /// Octets of incomplete messages held by all TCP connections.
+    tcp_buffered: AtomicUsize,
     limiter: Mutex<RateLimiter>,
     stats: Arc<TransportStats>,
     sink: InboundSink,
@@ -263,6 +273,7 @@ impl Transports {
                 udp: Arc::new(udp),
                 connections: Mutex::new(Connections::default()),
                 next_connection: AtomicU64::new(1),
+                tcp_buffered: AtomicUsize::new(0),
                 limiter: Mutex::new(limiter),
                 stats: Arc::clone(&stats),
                 sink,
@@ -340,6 +351,17 @@ impl Transports {
     fn stats(&self) -> &TransportStats {
         &self.inner.stats
     }
+
+    /// Records that a connection now holds `now` octets of an incomplete
+    /// message instead of `before`; returns what all connections hold.
+    fn hold_buffered(&self, before: usize, now: usize) -> usize {
+        let total = &self.inner.tcp_buffered;
+        if now >= before {
+            total.fetch_add(now - before, Ordering::Relaxed) + (now - before)
+        } else {
+            total.fetch_sub(before - now, Ordering::Relaxed) - (before - now)
+        }
+    }
 }
 
 /// Logs, at most once per interval, what the limits refused or dropped
@@ -362,6 +384,7 @@ async fn report_losses(stats: Arc<TransportStats>) {
                 tcp_refused_source_limit = delta.tcp_refused_per_source,
                 tcp_accept_errors = delta.tcp_accept_errors,
                 tcp_message_timeouts = delta.tcp_message_timeouts,
+                tcp_buffer_budget_closed = delta.tcp_buffer_closed,
                 rate_limited = delta.rate_limited,
                 queue_full = delta.queue_full,
                 queue_source_share = delta.queue_source_share,

@@ -199,6 +199,8 @@ async fn serve(
     let mut idle_deadline = Instant::now() + config.tcp_idle_timeout;
     // When the message being received must be complete; `None` between messages.
     let mut message_deadline: Option<Instant> = None;
+    // Octets of an incomplete message this connection holds in the budget.
+    let mut held = 0;
     let reason = loop {
         let deadline = message_deadline.map_or(idle_deadline, |m| m.min(idle_deadline));
         tokio::select! {
@@ -213,7 +215,14 @@ async fn serve(
                     Read::Failed => break Closed::ReadError,
                 }
                 let now = Instant::now();
-                match drain(&transports, &mut framer, remote, id) {
+                let drained = drain(&transports, &mut framer, remote, id);
+                let holding = framer.buffered();
+                let total = transports.hold_buffered(held, holding);
+                held = holding;
+                if holding > 0 && total > config.tcp_buffer_budget {
+                    break Closed::BufferBudget;
+                }
+                match drained {
                     Ok(Drained { messages, pings }) => {
                         if messages + pings > 0 {
                             idle_deadline = now + config.tcp_idle_timeout;
@@ -257,9 +266,11 @@ async fn serve(
             }
         }
     };
+    transports.hold_buffered(held, 0);
     match reason {
         Closed::IdleTimeout => TransportStats::bump(&transports.stats().tcp_idle_closed),
         Closed::MessageTimeout => TransportStats::bump(&transports.stats().tcp_message_timeouts),
+        Closed::BufferBudget => TransportStats::bump(&transports.stats().tcp_buffer_closed),
         _ => {}
     }
     unregister(&transports, remote, id);
@@ -315,6 +326,9 @@ enum Closed {
     IdleTimeout,
     /// A message begun was not complete within the message timeout.
     MessageTimeout,
+    /// The connection held part of a message while all connections held
+    /// more than the buffer budget.
+    BufferBudget,
 }
 
 /// What one [`drain`] found.
@@ -364,5 +378,102 @@ fn drain(
                 return Err(answer);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::super::limits::{ConnectionLimits, TransportStats};
+    use super::super::{Flow, Inbound, InboundSink, TransportConfig, Transports};
+    use crate::sip::FramingLimits;
+
+    fn head(padding: usize) -> String {
+        format!(
+            "OPTIONS sip:a@example.com SIP/2.0\r\n\
+             Via: SIP/2.0/TCP client.invalid;branch=z9hG4bKbudget\r\n\
+             Content-Length: 0\r\n\
+             X-Padding: {}",
+            "x".repeat(padding)
+        )
+    }
+
+    #[tokio::test]
+    async fn a_connection_growing_a_partial_message_over_the_budget_is_closed_others_are_not() {
+        let (sender, mut received) = tokio::sync::mpsc::unbounded_channel::<Inbound>();
+        let sink: InboundSink = Arc::new(move |inbound| {
+            let _ = sender.send(inbound);
+        });
+        let stats = Arc::new(TransportStats::default());
+        let transports = Transports::start(
+            TransportConfig {
+                bind: "127.0.0.1:0".parse().expect("address"),
+                limits: FramingLimits::default(),
+                tcp_idle_timeout: Duration::from_secs(30),
+                tcp_message_timeout: Duration::from_secs(30),
+                tcp_connect_timeout: Duration::from_secs(1),
+                tcp_connections: ConnectionLimits {
+                    max_total: 10,
+                    max_per_source: 10,
+                },
+                source_rate: 0,
+                source_rate_exempt: Vec::new(),
+                tcp_buffer_budget: 100_000,
+            },
+            sink,
+            Arc::clone(&stats),
+        )
+        .await
+        .expect("transports start");
+        let server = transports.local_addr();
+
+        // 60 kB of a header held: within the budget.
+        let mut first = TcpStream::connect(server).await.expect("connect");
+        first
+            .write_all(head(60_000).as_bytes())
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Another 60 kB takes the total over 100 kB: that connection goes.
+        let mut second = TcpStream::connect(server).await.expect("connect");
+        let _ = second.write_all(head(60_000).as_bytes()).await;
+        let mut buffer = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buffer))
+            .await
+            .expect("the second connection is closed");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        assert_eq!(stats.snapshot().tcp_buffer_closed, 1);
+
+        // The first still completes its message; a complete message from a
+        // third connection passes too, since it leaves nothing held.
+        first.write_all(b"\r\n\r\n").await.expect("write");
+        let inbound = tokio::time::timeout(Duration::from_secs(5), received.recv())
+            .await
+            .expect("the first message arrives")
+            .expect("sink open");
+        assert!(inbound.bytes.len() > 60_000);
+        assert!(matches!(inbound.flow, Flow::Tcp { .. }));
+        let mut third = TcpStream::connect(server).await.expect("connect");
+        third
+            .write_all((head(10) + "\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let inbound = tokio::time::timeout(Duration::from_secs(5), received.recv())
+            .await
+            .expect("the third message arrives")
+            .expect("sink open");
+        assert_eq!(inbound.bytes.len(), head(10).len() + 4);
+        assert_eq!(
+            transports
+                .inner
+                .tcp_buffered
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
     }
 }
