@@ -128,3 +128,64 @@ fn a_server_with_few_descriptors_keeps_them_for_rest_and_logs_no_storm() {
         "800 descriptors: 288 SIP TCP connections kept of 1000, 712 refused, {lines} log line"
     );
 }
+
+#[test]
+fn out_of_descriptors_accepts_back_off_quietly_and_recover() {
+    raise_own_file_limit();
+    let data = tempfile::tempdir().expect("temp data dir");
+    // 64 descriptors: the REST connections below exhaust them, so both
+    // listeners' accepts fail with EMFILE until they are closed.
+    let server = Server::start_with_file_limit(
+        data.path(),
+        64,
+        &["--auth", "anonymous", "--rest-max-connections", "200"],
+    );
+    let rest = SocketAddr::from(([127, 0, 0, 1], server.rest_port));
+    let hogs: Vec<TcpStream> = (0..80)
+        .map(|_| TcpStream::connect(rest).expect("connect REST"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let files = std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+        .expect("fd dir")
+        .count();
+    assert!(files >= 63, "only {files} descriptors open: not exhausted");
+    // A SIP connection now waits in the backlog: accept fails for lack
+    // of descriptors, and is retried with a growing pause.
+    let mut sip = connect_from(Ipv4Addr::new(127, 0, 7, 1), server.sip_addr());
+    std::thread::sleep(Duration::from_secs(2));
+    drop(hogs);
+    let options = "OPTIONS sip:switchboard@127.0.0.1 SIP/2.0\r\n\
+         Via: SIP/2.0/TCP client.invalid:5060;branch=z9hG4bKemfile1;rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:probe@example.com>;tag=emfile1\r\n\
+         To: <sip:switchboard@127.0.0.1>\r\n\
+         Call-ID: emfile1@example.com\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n";
+    sip.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    sip.write_all(options.as_bytes()).expect("send");
+    let response = read_stream_message(&mut sip)
+        .unwrap_or_else(|| panic!("no answer once descriptors were free:\n{}", server.log()));
+    assert_eq!(status(&response), 200);
+    assert_eq!(server.get_json("/api/v1/health")["status"], "degraded");
+    // The failed accepts are summed up in the periodic line, not logged each.
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while !server.log().contains("tcp_accept_errors=") {
+        assert!(Instant::now() < deadline, "no summary:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = server.log();
+    let accept_lines = log.lines().filter(|l| l.contains("accept failed")).count();
+    let summary = log
+        .lines()
+        .find(|l| l.contains("tcp_accept_errors="))
+        .expect("summary line");
+    assert!(!summary.contains("tcp_accept_errors=0 "), "{summary}");
+    // REST logs its failures at powers of two only: 1, 2, 4, 8 …
+    assert!(
+        accept_lines <= 8,
+        "{accept_lines} accept-failure lines:\n{log}"
+    );
+    eprintln!("EMFILE: {accept_lines} REST accept lines; summary: {summary}");
+}
