@@ -182,7 +182,9 @@ pub struct Config {
 
     /// Open SIP TCP connections at most, accepted and opened by the server
     /// (Kamailio's and OpenSIPS' tcp_max_connections default); more are
-    /// closed at once. Lowered at start to fit the open-file limit.
+    /// closed at once. A sixteenth is kept for connections the server opens
+    /// (to phones registered over TCP). Lowered at start to fit the
+    /// open-file limit.
     #[arg(long, env = "TCP_MAX_CONNECTIONS", default_value_t = 2048)]
     pub tcp_max_connections: usize,
 

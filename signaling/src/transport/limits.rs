@@ -50,6 +50,18 @@ pub struct ConnectionLimits {
     pub max_per_source: usize,
 }
 
+/// One in this many connection slots is kept for connections the server
+/// opens itself (to phones registered over TCP, to trunks), so peers that
+/// fill the accepted slots cannot stop calls from reaching them.
+pub const OUTGOING_SHARE: usize = 16;
+
+impl ConnectionLimits {
+    /// Accepted connections at most: the total less the outgoing share.
+    pub fn max_accepted(&self) -> usize {
+        self.max_total - self.max_total / OUTGOING_SHARE
+    }
+}
+
 /// Why a connection was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -75,7 +87,11 @@ impl ConnectionCount {
         limits: ConnectionLimits,
         source: Option<Source>,
     ) -> Result<(), Refusal> {
-        if self.total >= limits.max_total {
+        let cap = match source {
+            Some(_) => limits.max_accepted(),
+            None => limits.max_total,
+        };
+        if self.total >= cap {
             return Err(Refusal::Total);
         }
         if let Some(source) = source {
@@ -410,6 +426,23 @@ mod tests {
         count.close(None);
         assert_eq!(count.total(), 0);
         assert_eq!(count.of(v4(1)), 0);
+    }
+
+    #[test]
+    fn a_sixteenth_of_the_slots_is_kept_for_our_own_connections() {
+        let limits = ConnectionLimits {
+            max_total: 32,
+            max_per_source: 32,
+        };
+        assert_eq!(limits.max_accepted(), 30);
+        let mut count = ConnectionCount::default();
+        let accepted = (0..40)
+            .filter(|_| count.open(limits, Some(v4(1))).is_ok())
+            .count();
+        assert_eq!(accepted, 30);
+        assert_eq!(count.open(limits, None), Ok(()));
+        assert_eq!(count.open(limits, None), Ok(()));
+        assert_eq!(count.open(limits, None), Err(Refusal::Total));
     }
 
     #[test]
