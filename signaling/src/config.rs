@@ -16,6 +16,7 @@ use crate::b2bua::{CallLimits, DisplayNamePolicy, FromPolicy, IdentityPolicy};
 use crate::registrar::RegistrarConfig;
 use crate::sip::FramingLimits;
 use crate::transaction::TimerConfig;
+use crate::transport::limits::ConnectionLimits;
 
 /// Whether SIP requests are authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -48,6 +49,11 @@ pub enum DisplayNameOption {
     /// Never.
     Drop,
 }
+
+/// Descriptors kept out of the SIP TCP connection limit for everything
+/// else: the UDP and listening sockets, RTP manager channels, the
+/// registrar's files, the runtime's own.
+pub const RESERVED_FILES: usize = 256;
 
 /// Where the dialplan is read from when `--dialplan` is not given.
 pub const DEFAULT_DIALPLAN: &str = "/etc/switchboard/dialplan.json";
@@ -217,9 +223,65 @@ pub struct Config {
     #[arg(long, env = "MAX_CONTACTS", default_value_t = 5)]
     pub max_contacts: usize,
 
-    /// Seconds after which an idle TCP connection is closed.
+    /// Seconds after which a TCP connection without a complete message (or
+    /// keep-alive ping) received or sent is closed; octets of an incomplete
+    /// message do not count.
     #[arg(long, env = "TCP_IDLE_TIMEOUT", default_value_t = 120)]
     pub tcp_idle_timeout: u64,
+
+    /// Seconds a SIP message on TCP may take from its first octet to its
+    /// last before the connection is closed (Kamailio's tcp_msg_read_timeout
+    /// is 20 s); a peer trickling octets cannot hold a connection longer.
+    #[arg(long, env = "TCP_MESSAGE_TIMEOUT", default_value_t = 20)]
+    pub tcp_message_timeout: u64,
+
+    /// Open SIP TCP connections at most, accepted and opened by the server
+    /// (Kamailio's and OpenSIPS' tcp_max_connections default); more are
+    /// closed at once. A sixteenth is kept for connections the server opens
+    /// (to phones registered over TCP). Lowered at start to fit the
+    /// open-file limit.
+    #[arg(long, env = "TCP_MAX_CONNECTIONS", default_value_t = 2048)]
+    pub tcp_max_connections: usize,
+
+    /// SIP TCP connections one source address (IPv6: one /64) may hold;
+    /// more are closed at once. Room for a site of 64 phones behind one NAT,
+    /// while 32 sources are needed to fill --tcp-max-connections.
+    #[arg(long, env = "TCP_MAX_CONNECTIONS_PER_SOURCE", default_value_t = 64)]
+    pub tcp_max_connections_per_source: usize,
+
+    /// SIP messages per second one source address (IPv6: one /64) may send,
+    /// UDP and TCP together, with bursts of twice that; the excess is
+    /// dropped unanswered before parsing (like Kamailio's pike). 0: no limit.
+    /// 1000/s carries a trunk (or a proxy in front) at about 150 calls per
+    /// second, some 7 messages each; load generators need 0.
+    #[arg(long, env = "SOURCE_RATE_LIMIT", default_value_t = 1000)]
+    pub source_rate_limit: u32,
+
+    /// Networks (CIDR, comma-separated) exempt from --source-rate-limit:
+    /// trunks, or a proxy or SBC in front that carries many users' traffic.
+    #[arg(long, env = "SOURCE_RATE_EXEMPT", value_delimiter = ',')]
+    pub source_rate_exempt: Vec<String>,
+
+    /// Octets of received messages waiting for the SIP core at most; one
+    /// source may hold a quarter of them. Beyond, messages are dropped
+    /// (UDP peers retransmit).
+    #[arg(long, env = "INPUT_QUEUE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub input_queue_bytes: usize,
+
+    /// Open REST API connections at most; more are closed at once.
+    #[arg(long, env = "REST_MAX_CONNECTIONS", default_value_t = 256)]
+    pub rest_max_connections: usize,
+
+    /// Seconds after which a REST API connection with nothing read or
+    /// written is closed, so idle clients cannot hold --rest-max-connections.
+    #[arg(long, env = "REST_IDLE_TIMEOUT", default_value_t = 60)]
+    pub rest_idle_timeout: u64,
+
+    /// Value of the Server header of SIP responses; empty: no Server header.
+    /// The default names no version, which would tell an attacker which
+    /// flaws to try.
+    #[arg(long, env = "SERVER_HEADER", default_value = "Switchboard")]
+    pub server_header: String,
 
     /// Largest header section and largest body accepted, each, in octets:
     /// a larger header is answered 513, a larger body 413 (then a TCP
@@ -378,6 +440,57 @@ impl Config {
             return Err(ConfigError::invalid(
                 "shutdown-timeout",
                 "must be at least 1 second (BYEs and media deletes need a round trip)",
+            ));
+        }
+        if self.tcp_message_timeout == 0 {
+            return Err(ConfigError::invalid(
+                "tcp-message-timeout",
+                "must be at least 1 second",
+            ));
+        }
+        if self.tcp_max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "tcp-max-connections",
+                "must be at least 1",
+            ));
+        }
+        if self.tcp_max_connections_per_source == 0
+            || self.tcp_max_connections_per_source > self.tcp_max_connections
+        {
+            return Err(ConfigError::invalid(
+                "tcp-max-connections-per-source",
+                "must be at least 1 and at most --tcp-max-connections",
+            ));
+        }
+        for network in &self.source_rate_exempt {
+            Cidr::parse(network)
+                .map_err(|e| ConfigError::invalid("source-rate-exempt", e.to_string()))?;
+        }
+        if self.rest_idle_timeout == 0 {
+            return Err(ConfigError::invalid(
+                "rest-idle-timeout",
+                "must be at least 1 second",
+            ));
+        }
+        if self.rest_max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "rest-max-connections",
+                "must be at least 1",
+            ));
+        }
+        if self.server_header.chars().any(char::is_control) {
+            return Err(ConfigError::invalid(
+                "server-header",
+                "must not contain control characters",
+            ));
+        }
+        if self.input_queue_bytes < 8 * self.max_message_size {
+            return Err(ConfigError::invalid(
+                "input-queue-bytes",
+                format!(
+                    "must be at least 8 × --max-message-size ({}), so one source's quarter holds two of the largest messages",
+                    8 * self.max_message_size
+                ),
             ));
         }
         if self.max_message_size < 1024 {
@@ -540,6 +653,29 @@ impl Config {
         }
     }
 
+    /// Limits on SIP TCP connections, before they are fitted to the
+    /// open-file limit.
+    pub fn tcp_connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_total: self.tcp_max_connections,
+            max_per_source: self.tcp_max_connections_per_source,
+        }
+    }
+
+    /// Networks exempt from the per-source message rate.
+    pub fn source_rate_exempt(&self) -> Vec<Cidr> {
+        self.source_rate_exempt
+            .iter()
+            .filter_map(|n| Cidr::parse(n).ok())
+            .collect()
+    }
+
+    /// Open files the limits allow: SIP TCP and REST connections plus
+    /// [`RESERVED_FILES`]; the open-file limit (`LimitNOFILE=`) must cover it.
+    pub fn files_needed(&self) -> usize {
+        self.tcp_max_connections + self.rest_max_connections + RESERVED_FILES
+    }
+
     /// Interval between RTP manager health checks.
     pub fn health_interval(&self) -> Duration {
         Duration::from_secs(self.rtpmanager_health_interval)
@@ -643,6 +779,19 @@ mod tests {
         assert_eq!(c.auth_methods, vec!["REGISTER", "INVITE"]);
         assert_eq!(c.realm, "switchboard");
         assert_eq!(c.tcp_idle_timeout, 120);
+        assert_eq!(c.tcp_message_timeout, 20);
+        assert_eq!(
+            c.tcp_connection_limits(),
+            ConnectionLimits {
+                max_total: 2048,
+                max_per_source: 64
+            }
+        );
+        assert_eq!(c.source_rate_limit, 1000);
+        assert_eq!(c.input_queue_bytes, 32 * 1024 * 1024);
+        assert_eq!(c.rest_max_connections, 256);
+        assert_eq!(c.rest_idle_timeout, 60);
+        assert_eq!(c.server_header, "Switchboard");
         assert_eq!(c.timers(), TimerConfig::default());
         assert_eq!(c.registrar(), RegistrarConfig::default());
         let c = load(&[
@@ -735,6 +884,33 @@ mod tests {
         }
         let err = load(&["--shutdown-timeout", "0"]).expect_err("no time to hang up");
         assert!(err.to_string().contains("--shutdown-timeout"), "{err}");
+    }
+
+    #[test]
+    fn limit_options_are_checked() {
+        let err = load(&["--tcp-max-connections-per-source", "0"]).expect_err("zero share");
+        assert!(
+            err.to_string().contains("--tcp-max-connections-per-source"),
+            "{err}"
+        );
+        let err = load(&["--tcp-max-connections", "10"]).expect_err("per source above total");
+        assert!(
+            err.to_string().contains("--tcp-max-connections-per-source"),
+            "{err}"
+        );
+        let err = load(&["--tcp-message-timeout", "0"]).expect_err("zero timeout");
+        assert!(err.to_string().contains("--tcp-message-timeout"), "{err}");
+        let err = load(&["--input-queue-bytes", "100000"]).expect_err("queue too small");
+        assert!(err.to_string().contains("--input-queue-bytes"), "{err}");
+        let err = load(&["--server-header", "a\r\nX-Evil: 1"]).expect_err("header injection");
+        assert!(err.to_string().contains("--server-header"), "{err}");
+        let err = load(&["--source-rate-exempt", "10.0.0.0/40"]).expect_err("bad prefix");
+        assert!(err.to_string().contains("--source-rate-exempt"), "{err}");
+        let c = load(&["--source-rate-exempt", "10.0.0.0/8,2001:db8::/32"]).expect("valid");
+        assert_eq!(c.source_rate_exempt().len(), 2);
+        let c = load(&["--server-header", "", "--source-rate-limit", "0"]).expect("both off");
+        assert_eq!(c.server_header, "");
+        assert_eq!(c.source_rate_limit, 0);
     }
 
     #[test]

@@ -1,13 +1,26 @@
 //! The REST API: JSON for the dashboard and operators, Prometheus metrics.
 
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::rtpmanager_pool::{Health, ManagerPool, ManagerStatus};
+use crate::transport::limits::{StatsSnapshot, TransportStats};
 use crate::uas::driver::CoreHandle;
 use crate::uas::RegistrationView;
 
@@ -17,6 +30,10 @@ pub struct ApiState {
     pub pool: ManagerPool,
     /// The SIP core; `None` where no SIP server runs (handler tests).
     pub sip: Option<CoreHandle>,
+    /// The SIP transports' counters; `None` where no SIP server runs.
+    pub transport: Option<Arc<TransportStats>>,
+    /// REST connections closed over `--rest-max-connections`.
+    pub rest_refused: Option<Arc<AtomicU64>>,
 }
 
 /// The REST router; tests drive it with `tower::ServiceExt::oneshot`.
@@ -77,7 +94,233 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
             escape_label(&s.endpoint)
         );
     }
+    if let Some(stats) = &state.transport {
+        write_transport_metrics(&mut out, &stats.snapshot());
+    }
+    if let Some(refused) = &state.rest_refused {
+        out.push_str("# HELP switchboard_rest_connections_refused_total REST connections closed at once over --rest-max-connections.\n");
+        out.push_str("# TYPE switchboard_rest_connections_refused_total counter\n");
+        let _ = writeln!(
+            out,
+            "switchboard_rest_connections_refused_total {}",
+            refused.load(Ordering::Relaxed)
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// A counter family: name, help text, and (labels, value) per series.
+type Family<'a> = (&'a str, &'a str, &'a [(&'a str, u64)]);
+
+/// The SIP transports' and input queue's counters in Prometheus text.
+fn write_transport_metrics(out: &mut String, s: &StatsSnapshot) {
+    use std::fmt::Write;
+    let families: [Family<'_>; 5] = [
+        (
+            "switchboard_sip_tcp_refused_total",
+            "SIP TCP connections closed at once over a limit (total: --tcp-max-connections, source: --tcp-max-connections-per-source).",
+            &[("limit=\"total\"", s.tcp_refused_total), ("limit=\"source\"", s.tcp_refused_per_source)],
+        ),
+        (
+            "switchboard_sip_tcp_accept_errors_total",
+            "Failed accepts on the SIP TCP listener (e.g. out of file descriptors).",
+            &[("", s.tcp_accept_errors)],
+        ),
+        (
+            "switchboard_sip_tcp_closed_total",
+            "SIP TCP connections closed by a limit (idle: no complete message for --tcp-idle-timeout; message_timeout: not complete within --tcp-message-timeout; buffer_budget: holding part of a message while all connections held over 64 MiB).",
+            &[("reason=\"idle\"", s.tcp_idle_closed), ("reason=\"message_timeout\"", s.tcp_message_timeouts), ("reason=\"buffer_budget\"", s.tcp_buffer_closed)],
+        ),
+        (
+            "switchboard_sip_rate_limited_total",
+            "SIP messages dropped unanswered over --source-rate-limit.",
+            &[("", s.rate_limited)],
+        ),
+        (
+            "switchboard_sip_queue_dropped_total",
+            "SIP messages dropped at the core's input queue (full: --input-queue-bytes or its message limit; source_share: the source held a quarter of it).",
+            &[("reason=\"full\"", s.queue_full), ("reason=\"source_share\"", s.queue_source_share)],
+        ),
+    ];
+    for (name, help, series) in families {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (labels, value) in series {
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name} {value}");
+            } else {
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            }
+        }
+    }
+}
+
+/// The REST API's listener with a cap on open connections: one over the
+/// cap is closed at once (and counted), so REST clients cannot take the
+/// descriptors the SIP transports need; a connection with nothing read or
+/// written for the idle time is closed, so idle clients cannot hold the
+/// slots either; failed accepts (out of descriptors) pause and retry
+/// without a log line each.
+#[derive(Debug)]
+pub struct CappedListener {
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+    idle_timeout: Duration,
+    refused: Arc<AtomicU64>,
+    accept_errors: u64,
+}
+
+impl CappedListener {
+    /// Caps `listener` at `max` open connections, each closed after
+    /// `idle_timeout` without traffic.
+    pub fn new(listener: TcpListener, max: usize, idle_timeout: Duration) -> CappedListener {
+        CappedListener {
+            listener,
+            permits: Arc::new(Semaphore::new(max)),
+            idle_timeout,
+            refused: Arc::default(),
+            accept_errors: 0,
+        }
+    }
+
+    /// The count of connections closed over the cap.
+    pub fn refused(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.refused)
+    }
+}
+
+impl axum::serve::Listener for CappedListener {
+    type Io = CappedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, remote)) => match Arc::clone(&self.permits).try_acquire_owned() {
+                    Ok(permit) => {
+                        return (
+                            CappedStream {
+                                stream,
+                                _permit: permit,
+                                idle_timeout: self.idle_timeout,
+                                idle: Box::pin(tokio::time::sleep(self.idle_timeout)),
+                            },
+                            remote,
+                        )
+                    }
+                    Err(_) => {
+                        let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+                        // Powers of two: a flood gives a handful of lines.
+                        if refused.is_power_of_two() {
+                            tracing::warn!(
+                                refused,
+                                "REST connection over --rest-max-connections closed"
+                            );
+                        }
+                    }
+                },
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+                    ) => {}
+                Err(error) => {
+                    self.accept_errors += 1;
+                    if self.accept_errors.is_power_of_two() {
+                        tracing::warn!(%error, errors = self.accept_errors, "REST accept failed; retrying");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A REST connection holding one of the listener's slots until dropped;
+/// reading fails once nothing was read or written for the idle time, which
+/// makes the HTTP server close it.
+#[derive(Debug)]
+pub struct CappedStream {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+    idle_timeout: Duration,
+    idle: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl CappedStream {
+    fn active(&mut self) {
+        let next = tokio::time::Instant::now() + self.idle_timeout;
+        self.idle.as_mut().reset(next);
+    }
+}
+
+impl AsyncRead for CappedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    self.active();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => match self.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "REST connection idle",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for CappedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.active();
+        }
+        written
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.active();
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
 }
 
 /// Escapes a Prometheus label value.

@@ -12,13 +12,16 @@ use switchboard_service::Waited;
 
 use crate::auth::{Authenticator, Users};
 use crate::b2bua::{self, B2bua, B2buaConfig, LinkInput, MediaLink, Owner, Shutdown};
-use crate::config::{manager_uri, AuthOption, Config, DEFAULT_DIALPLAN};
+use crate::config::{manager_uri, AuthOption, Config, DEFAULT_DIALPLAN, RESERVED_FILES};
 use crate::dialplan::Dialplan;
 use crate::registrar::{Registrar, Store};
-use crate::rest::{app, ApiState};
+use axum::serve::Listener;
+
+use crate::rest::{app, ApiState, CappedListener};
 use crate::rtpmanager_pool::ManagerPool;
-use crate::transport::{TransportConfig, Transports};
-use crate::uas::driver::{CoreHandle, CoreQueue};
+use crate::transport::limits::{ConnectionLimits, TransportStats};
+use crate::transport::{TransportConfig, Transports, TCP_BUFFER_BUDGET};
+use crate::uas::driver::{CoreHandle, CoreQueue, QueueLimits};
 use crate::uas::{Now, Uas, UasConfig};
 
 /// Runs the signaling server until SIGINT/SIGTERM, then ends its calls
@@ -35,15 +38,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut uas = build_core(&config)?;
     let dialplan = load_dialplan(&config)?;
-    let queue = CoreQueue::new();
+    let stats = Arc::new(TransportStats::default());
+    let queue = CoreQueue::with_limits(
+        QueueLimits {
+            bytes: config.input_queue_bytes,
+            ..QueueLimits::default()
+        },
+        Arc::clone(&stats),
+    );
+    let tcp_connections = fit_to_file_limit(
+        config.tcp_connection_limits(),
+        config.rest_max_connections,
+        raise_file_limit(),
+    );
     let transports = Transports::start(
         TransportConfig {
             bind: SocketAddr::new(config.bind_address, config.port),
             limits: config.framing_limits(),
             tcp_idle_timeout: Duration::from_secs(config.tcp_idle_timeout),
+            tcp_message_timeout: Duration::from_secs(config.tcp_message_timeout),
             tcp_connect_timeout: config.timers().t1x64().min(Duration::from_secs(10)),
+            tcp_connections,
+            source_rate: config.source_rate_limit,
+            source_rate_exempt: config.source_rate_exempt(),
+            tcp_buffer_budget: TCP_BUFFER_BUDGET,
         },
         queue.sink(),
+        Arc::clone(&stats),
     )
     .await
     .context("SIP transports (--bind-address/--port)")?;
@@ -107,6 +128,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| {
             format!("cannot listen for the REST API on {rest_addr} (--rest-address/--rest-port)")
         })?;
+    let listener = CappedListener::new(
+        listener,
+        config.rest_max_connections,
+        Duration::from_secs(config.rest_idle_timeout),
+    );
     tracing::info!(
         sip = %transports.local_addr(),
         rest = %listener.local_addr().context("REST listener address")?,
@@ -116,6 +142,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let state = ApiState {
         pool,
         sip: Some(core.handle()),
+        transport: Some(stats),
+        rest_refused: Some(listener.refused()),
     };
     let (stop_rest, rest_stopping) = tokio::sync::oneshot::channel::<()>();
     let mut rest = tokio::spawn(async move {
@@ -211,6 +239,71 @@ async fn end_calls(link: &MediaLink, core: &CoreHandle, drain: Duration, timeout
     );
 }
 
+/// Raises the soft open-file limit to the hard one (systemd's default soft
+/// limit of 1024 is below the connection limits) and returns the limit in
+/// force, `None` when it cannot be read.
+fn raise_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        let error = std::io::Error::last_os_error();
+        tracing::warn!(%error, "cannot read the open-file limit");
+        return None;
+    }
+    let before = limit.rlim_cur;
+    if before < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            tracing::info!(
+                from = before,
+                to = raised.rlim_cur,
+                "open-file limit raised to the hard limit"
+            );
+            return Some(raised.rlim_cur);
+        }
+        let error = std::io::Error::last_os_error();
+        tracing::warn!(%error, limit = before, "cannot raise the open-file limit");
+    }
+    Some(before)
+}
+
+/// The SIP TCP limits, the total lowered when the open-file limit cannot
+/// hold it beside the REST connections and [`RESERVED_FILES`]: running out
+/// of descriptors stops accepting on every listener, the REST API's too.
+fn fit_to_file_limit(
+    limits: ConnectionLimits,
+    rest_connections: usize,
+    file_limit: Option<u64>,
+) -> ConnectionLimits {
+    let Some(file_limit) = file_limit else {
+        return limits;
+    };
+    let room = file_limit
+        .saturating_sub(RESERVED_FILES as u64)
+        .saturating_sub(rest_connections as u64);
+    let room = usize::try_from(room).unwrap_or(usize::MAX).max(1);
+    if limits.max_total <= room {
+        return limits;
+    }
+    tracing::warn!(
+        configured = limits.max_total,
+        used = room,
+        file_limit,
+        "--tcp-max-connections lowered to fit the open-file limit (raise LimitNOFILE)"
+    );
+    ConnectionLimits {
+        max_total: room,
+        max_per_source: limits.max_per_source.min(room),
+    }
+}
+
 /// The SIP core with its registrar rebuilt from the data directory.
 fn build_core(config: &Config) -> anyhow::Result<Uas> {
     let users = match &config.users_file {
@@ -245,6 +338,7 @@ fn build_core(config: &Config) -> anyhow::Result<Uas> {
     uas_config.limits = config.framing_limits();
     uas_config.force_rport = config.force_rport;
     uas_config.digest_algorithms = config.digest_algorithms();
+    uas_config.server = config.server_header.clone();
     Ok(Uas::new(uas_config, registrar, auth, Box::new(store)))
 }
 
@@ -328,4 +422,41 @@ fn spawn_reload_on_sighup(core: CoreHandle, path: std::path::PathBuf) {
             core.reload_users(path.clone());
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: ConnectionLimits = ConnectionLimits {
+        max_total: 2048,
+        max_per_source: 64,
+    };
+
+    #[test]
+    fn connection_limits_are_lowered_below_the_file_limit_with_room_for_rest() {
+        assert_eq!(fit_to_file_limit(LIMITS, 256, Some(8192)), LIMITS);
+        assert_eq!(fit_to_file_limit(LIMITS, 256, None), LIMITS);
+        assert_eq!(
+            fit_to_file_limit(LIMITS, 256, Some(1024)),
+            ConnectionLimits {
+                max_total: 1024 - 256 - 256,
+                max_per_source: 64
+            }
+        );
+        assert_eq!(fit_to_file_limit(LIMITS, 256, Some(100)).max_total, 1);
+    }
+
+    #[test]
+    fn the_soft_file_limit_is_raised_to_the_hard_one() {
+        let limit = raise_file_limit().expect("the limit is readable");
+        let mut now = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes only into the struct it is given.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) }, 0);
+        assert_eq!(now.rlim_cur, now.rlim_max);
+        assert_eq!(limit, now.rlim_cur);
+    }
 }

@@ -226,6 +226,8 @@ fn sip_register(args: &SipRegisterArgs) -> anyhow::Result<()> {
         ])
         .args(["--rtpmanager-health-interval", "60", "--log-level", "warn"])
         .args(["--realm", "bench", "--auth-algorithms", "MD5"])
+        // SIPp is one source: the per-source rate limit would cap the bench.
+        .args(["--source-rate-limit", "0"])
         .arg("--users-file")
         .arg(&users)
         .arg("--data-dir")
@@ -469,6 +471,8 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
         ])
         .args(["--rest-port", &rest_port.to_string(), "--rtpmanager", &grpc])
         .args(["--auth", "anonymous", "--log-level", "warn"])
+        // Both SIPp peers are one source: the per-source rate limit would cap the bench.
+        .args(["--source-rate-limit", "0"])
         .arg("--dialplan")
         .arg(&plan)
         .arg("--data-dir")

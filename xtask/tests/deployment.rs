@@ -224,6 +224,38 @@ fn signaling_ends_its_calls_before_systemd_kills_it() {
 }
 
 #[test]
+fn signaling_file_limit_covers_its_connection_limits() {
+    let argv = unit_argv("switchboard-signaling");
+    let config =
+        switchboard_signaling::config::Config::load_from(&argv).expect("shipped config loads");
+    let unit = unit_text("switchboard-signaling.service");
+    let limit: usize = single(&unit, "LimitNOFILE")
+        .parse()
+        .expect("LimitNOFILE is a number");
+    // SIP TCP and REST connections plus the reserve the server keeps.
+    assert_eq!(config.files_needed(), 2048 + 256 + 256);
+    assert!(
+        limit >= config.files_needed(),
+        "LimitNOFILE={limit} is below {} for --tcp-max-connections {} and --rest-max-connections {}",
+        config.files_needed(),
+        config.tcp_max_connections,
+        config.rest_max_connections
+    );
+}
+
+#[test]
+fn every_unit_sets_its_file_limit() {
+    for service in SERVICES {
+        let unit = unit_text(&format!("{service}.service"));
+        let limit: u32 = single(&unit, "LimitNOFILE")
+            .parse()
+            .unwrap_or_else(|e| panic!("{service}: LimitNOFILE is not a number: {e}"));
+        // systemd's soft default is 1024: each unit states more explicitly.
+        assert!(limit > 1024, "{service}: LimitNOFILE={limit}");
+    }
+}
+
+#[test]
 fn units_grant_the_measured_capabilities_and_no_more() {
     for (service, caps) in [
         (

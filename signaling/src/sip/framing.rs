@@ -284,6 +284,12 @@ impl StreamFramer {
         Ok(Some(message))
     }
 
+    /// Octets held of a message not yet complete (0 between messages, once
+    /// [`next_message`](Self::next_message) has returned `Ok(None)`).
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
     /// Returns how many double-CRLF pings arrived since the last call.
     pub fn take_pings(&mut self) -> usize {
         std::mem::take(&mut self.pings)

@@ -10,24 +10,38 @@
 //! connection its request came on (§18.2.2) and goes back on it while it is
 //! open, else on a connection to the same remote address, opened if needed.
 //! Requests to a TCP target reuse a connection to that address when one is
-//! open. A connection idle for the configured time is closed; a framing
-//! error (oversized header or body, bad Content-Length) is answered when
-//! [`FrameError::status`](crate::sip::FrameError::status) says so and closes
-//! the connection, so no peer can make a connection buffer grow without bound.
+//! open. A framing error (oversized header or body, bad Content-Length) is
+//! answered when [`FrameError::status`](crate::sip::FrameError::status) says
+//! so and closes the connection, so no peer can make a connection buffer
+//! grow without bound.
+//!
+//! What one peer can take is bounded ([`limits`]): TCP connections in all
+//! and per source (a connection over a limit is closed at once), the time a
+//! connection may stay without a complete message (only a whole message, a
+//! keep-alive ping or a message we send resets the idle timer, and a message
+//! once begun must be complete within its own deadline, so a trickle of
+//! octets holds nothing), and messages per second per source, checked
+//! before anything is copied or parsed. Refusals and drops are counted in
+//! [`TransportStats`] and logged at most once per [`limits::REPORT_INTERVAL`].
 
+pub mod limits;
 mod tcp;
 mod udp;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use self::limits::{
+    Admission, ConnectionCount, ConnectionLimits, RateLimiter, Source, TransportStats,
+};
+use crate::auth::Cidr;
 use crate::sip::{FramingLimits, Transport};
 
 /// Errors of the transports.
@@ -160,17 +174,35 @@ pub struct Outbound {
 pub type InboundSink = Arc<dyn Fn(Inbound) + Send + Sync>;
 
 /// Transport settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransportConfig {
     /// Address and port of both transports; port 0 picks one free for both.
     pub bind: SocketAddr,
     /// Framing limits of TCP streams and UDP datagrams.
     pub limits: FramingLimits,
-    /// Idle TCP connections are closed after this time.
+    /// TCP connections without a complete message (or keep-alive ping)
+    /// for this time are closed.
     pub tcp_idle_timeout: Duration,
+    /// A TCP message whose first octet has arrived must be complete within
+    /// this time, or the connection is closed.
+    pub tcp_message_timeout: Duration,
     /// Time allowed to open an outgoing TCP connection.
     pub tcp_connect_timeout: Duration,
+    /// TCP connections in all and per source.
+    pub tcp_connections: ConnectionLimits,
+    /// Messages per second per source, UDP and TCP together; 0 is no limit.
+    pub source_rate: u32,
+    /// Networks the per-source rate does not apply to.
+    pub source_rate_exempt: Vec<Cidr>,
+    /// Octets of incomplete TCP messages held across all connections; a
+    /// connection that holds some while the total is over it is closed.
+    pub tcp_buffer_budget: usize,
 }
+
+/// Default [`TransportConfig::tcp_buffer_budget`]: each connection may hold
+/// a message of up to twice `--max-message-size` (header and body), so 2048
+/// connections could otherwise hold 256 MiB or more of half-sent messages.
+pub const TCP_BUFFER_BUDGET: usize = 64 * 1024 * 1024;
 
 /// Messages queued per TCP connection before it is considered stuck and closed.
 const CONNECTION_QUEUE: usize = 256;
@@ -187,14 +219,25 @@ struct Inner {
     udp: Arc<UdpSocket>,
     connections: Mutex<Connections>,
     next_connection: AtomicU64,
+    /// Octets of incomplete messages held by all TCP connections.
+    tcp_buffered: AtomicUsize,
+    limiter: Mutex<RateLimiter>,
+    stats: Arc<TransportStats>,
     sink: InboundSink,
     runtime: tokio::runtime::Handle,
 }
 
 #[derive(Default)]
 struct Connections {
-    by_id: HashMap<ConnectionId, (SocketAddr, mpsc::Sender<Vec<u8>>)>,
+    by_id: HashMap<ConnectionId, Connection>,
     by_remote: HashMap<SocketAddr, ConnectionId>,
+    count: ConnectionCount,
+}
+
+struct Connection {
+    sender: mpsc::Sender<Vec<u8>>,
+    /// The source whose share it takes; `None` for connections we opened.
+    source: Option<Source>,
 }
 
 impl fmt::Debug for Transports {
@@ -207,10 +250,12 @@ impl fmt::Debug for Transports {
 
 impl Transports {
     /// Binds UDP and TCP on `config.bind` (dual-stack when it is `::`) and
-    /// spawns their tasks on the current tokio runtime.
+    /// spawns their tasks on the current tokio runtime. Refusals and drops
+    /// are counted in `stats` (shared with the core's input queue).
     pub async fn start(
         config: TransportConfig,
         sink: InboundSink,
+        stats: Arc<TransportStats>,
     ) -> Result<Transports, TransportError> {
         let (udp, listener) = bind_both(config.bind)?;
         let local = udp
@@ -219,6 +264,8 @@ impl Transports {
                 transport: "UDP",
                 source,
             })?;
+        let limiter =
+            RateLimiter::new(config.source_rate).exempting(config.source_rate_exempt.clone());
         let transports = Transports {
             inner: Arc::new(Inner {
                 config,
@@ -226,12 +273,16 @@ impl Transports {
                 udp: Arc::new(udp),
                 connections: Mutex::new(Connections::default()),
                 next_connection: AtomicU64::new(1),
+                tcp_buffered: AtomicUsize::new(0),
+                limiter: Mutex::new(limiter),
+                stats: Arc::clone(&stats),
                 sink,
                 runtime: tokio::runtime::Handle::current(),
             }),
         };
         tokio::spawn(udp::receive(transports.clone()));
         tokio::spawn(tcp::accept(transports.clone(), listener));
+        tokio::spawn(report_losses(stats));
         Ok(transports)
     }
 
@@ -273,6 +324,73 @@ impl Transports {
 
     fn deliver(&self, inbound: Inbound) {
         (self.inner.sink)(inbound);
+    }
+
+    /// Whether the per-source rate lets a message from `remote` through;
+    /// a drop is counted, and logged once per interval per source.
+    fn admit(&self, remote: SocketAddr) -> bool {
+        let source = Source::of(remote.ip());
+        let admission = self
+            .inner
+            .limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(std::time::Instant::now(), remote.ip());
+        match admission {
+            Admission::Admit => true,
+            Admission::Drop { report } => {
+                TransportStats::bump(&self.inner.stats.rate_limited);
+                if let Some(dropped) = report {
+                    tracing::debug!(%source, dropped, "source over its message rate; dropping its messages");
+                }
+                false
+            }
+        }
+    }
+
+    fn stats(&self) -> &TransportStats {
+        &self.inner.stats
+    }
+
+    /// Records that a connection now holds `now` octets of an incomplete
+    /// message instead of `before`; returns what all connections hold.
+    fn hold_buffered(&self, before: usize, now: usize) -> usize {
+        let total = &self.inner.tcp_buffered;
+        if now >= before {
+            total.fetch_add(now - before, Ordering::Relaxed) + (now - before)
+        } else {
+            total.fetch_sub(before - now, Ordering::Relaxed) - (before - now)
+        }
+    }
+}
+
+/// Logs, at most once per interval, what the limits refused or dropped
+/// since the last report: a flood or descriptor shortage gives one line
+/// per interval with counts, never one per event.
+async fn report_losses(stats: Arc<TransportStats>) {
+    let mut last = stats.snapshot();
+    let mut ticks = tokio::time::interval(limits::REPORT_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let now = stats.snapshot();
+        let delta = now.since(&last);
+        last = now;
+        if delta.has_losses() {
+            tracing::warn!(
+                interval_s = limits::REPORT_INTERVAL.as_secs(),
+                tcp_refused_total_limit = delta.tcp_refused_total,
+                tcp_refused_source_limit = delta.tcp_refused_per_source,
+                tcp_accept_errors = delta.tcp_accept_errors,
+                tcp_message_timeouts = delta.tcp_message_timeouts,
+                tcp_buffer_budget_closed = delta.tcp_buffer_closed,
+                rate_limited = delta.rate_limited,
+                queue_full = delta.queue_full,
+                queue_source_share = delta.queue_source_share,
+                "SIP traffic refused or dropped by the limits"
+            );
+        }
     }
 }
 

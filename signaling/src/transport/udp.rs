@@ -9,15 +9,26 @@ use super::{canonical, for_socket, socket_for, Flow, Inbound, TransportError, Tr
 /// Largest UDP payload; a datagram is read whole or not at all.
 const MAX_DATAGRAM: usize = 65_535;
 
+/// Receive buffer asked for (the kernel caps it at `net.core.rmem_max`):
+/// the default ~200 KiB overflows within milliseconds of a flood, and the
+/// kernel then drops every source's datagrams alike, before the per-source
+/// rate limit can tell them apart.
+const RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
+
 pub(super) fn bind(addr: SocketAddr) -> Result<UdpSocket, TransportError> {
     let socket = socket_for(addr, socket2::Type::DGRAM, "UDP")?;
+    if let Err(error) = socket.set_recv_buffer_size(RECEIVE_BUFFER) {
+        tracing::debug!(%error, "UDP receive buffer left at the system default");
+    }
     UdpSocket::from_std(socket.into()).map_err(|source| TransportError::Configure {
         transport: "UDP",
         source,
     })
 }
 
-/// Reads datagrams and hands each to the sink until the socket fails.
+/// Reads datagrams and hands each to the sink until the socket fails. A
+/// datagram from a source over its rate is dropped here, before it is
+/// copied or parsed: a flood costs one receive and one table look-up each.
 pub(super) async fn receive(transports: Transports) {
     let socket = std::sync::Arc::clone(&transports.inner.udp);
     // One spare octet shows a datagram that filled the buffer was not cut.
@@ -26,6 +37,9 @@ pub(super) async fn receive(transports: Transports) {
         match socket.recv_from(&mut buffer).await {
             Ok((len, remote)) => {
                 let remote = canonical(remote);
+                if !transports.admit(remote) {
+                    continue;
+                }
                 tracing::trace!(%remote, len, "UDP datagram received");
                 transports.deliver(Inbound {
                     flow: Flow::Udp { remote },

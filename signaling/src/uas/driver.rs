@@ -6,19 +6,124 @@
 //! the fsync), never the transports, the REST API or the RTP manager health
 //! checks on the runtime.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 
 use super::{Now, RegistrationView, Uas};
+use crate::transport::limits::{Source, TransportStats};
 use crate::transport::{Inbound, InboundSink, Transports};
 
-/// Inputs queued for the core before the transports start dropping
+/// How much the core's input queue holds before the transports drop
 /// messages (UDP peers retransmit; TCP ones time out their transaction).
-const QUEUE: usize = 8192;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Inputs of any kind.
+    pub messages: usize,
+    /// Octets of received messages (as allocated, not only as used).
+    pub bytes: usize,
+}
+
+impl Default for QueueLimits {
+    /// 8192 messages and 32 MiB: a second or more of a busy server's
+    /// traffic, while a queue full of the largest messages stays bounded.
+    fn default() -> Self {
+        QueueLimits {
+            messages: 8192,
+            bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// One source may hold this fraction (1/n) of the queue's messages and
+/// octets, so a flooding source leaves the rest to everyone else.
+const SOURCE_SHARE: usize = 4;
+
+/// Why a message was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Overflow {
+    /// The queue holds its limit of octets or messages.
+    Full,
+    /// The source holds its share of them.
+    SourceShare,
+}
+
+/// The octets and messages queued, in all and per source: reserved by the
+/// transports' sink before a message is queued, released by the core when
+/// it takes it.
+#[derive(Debug)]
+struct Budget {
+    limits: QueueLimits,
+    bytes: usize,
+    messages: usize,
+    per_source: HashMap<Source, (usize, usize)>,
+}
+
+impl Budget {
+    fn new(limits: QueueLimits) -> Budget {
+        Budget {
+            limits,
+            bytes: 0,
+            messages: 0,
+            per_source: HashMap::new(),
+        }
+    }
+
+    fn reserve(&mut self, source: Source, bytes: usize) -> Result<(), Overflow> {
+        if self.bytes + bytes > self.limits.bytes || self.messages >= self.limits.messages {
+            return Err(Overflow::Full);
+        }
+        let (held_bytes, held_messages) = self.per_source.get(&source).copied().unwrap_or((0, 0));
+        if held_bytes + bytes > self.limits.bytes / SOURCE_SHARE
+            || held_messages >= self.limits.messages / SOURCE_SHARE
+        {
+            return Err(Overflow::SourceShare);
+        }
+        self.per_source
+            .insert(source, (held_bytes + bytes, held_messages + 1));
+        self.bytes += bytes;
+        self.messages += 1;
+        Ok(())
+    }
+
+    fn release(&mut self, source: Source, bytes: usize) {
+        self.bytes = self.bytes.saturating_sub(bytes);
+        self.messages = self.messages.saturating_sub(1);
+        if let Some((held_bytes, held_messages)) = self.per_source.get_mut(&source) {
+            *held_bytes = held_bytes.saturating_sub(bytes);
+            *held_messages = held_messages.saturating_sub(1);
+            if *held_messages == 0 {
+                self.per_source.remove(&source);
+            }
+        }
+    }
+}
+
+/// The budget shared by the sink and the core's thread.
+#[derive(Debug, Clone)]
+struct SharedBudget(Arc<Mutex<Budget>>);
+
+impl SharedBudget {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Budget> {
+        // Every update is a few additions: a panic cannot leave it half done.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The source and allocated size a queued message is accounted under.
+fn account(inbound: &Inbound) -> (Source, usize) {
+    (
+        Source::of(inbound.flow.remote().ip()),
+        inbound.bytes.capacity(),
+    )
+}
 
 /// Longest sleep when nothing is scheduled.
 const IDLE_WAKEUP: Duration = Duration::from_secs(60);
@@ -44,15 +149,24 @@ pub struct CoreHandle {
 pub struct CoreQueue {
     handle: CoreHandle,
     receiver: Receiver<Input>,
+    budget: SharedBudget,
+    stats: Arc<TransportStats>,
 }
 
 impl CoreQueue {
-    /// A new queue.
+    /// A queue with the default limits.
     pub fn new() -> CoreQueue {
-        let (sender, receiver) = sync_channel(QUEUE);
+        CoreQueue::with_limits(QueueLimits::default(), Arc::default())
+    }
+
+    /// A queue bounded by `limits`; drops are counted in `stats`.
+    pub fn with_limits(limits: QueueLimits, stats: Arc<TransportStats>) -> CoreQueue {
+        let (sender, receiver) = sync_channel(limits.messages);
         CoreQueue {
             handle: CoreHandle { sender },
             receiver,
+            budget: SharedBudget(Arc::new(Mutex::new(Budget::new(limits)))),
+            stats,
         }
     }
 
@@ -61,16 +175,31 @@ impl CoreQueue {
         self.handle.clone()
     }
 
-    /// The sink to give [`Transports::start`].
+    /// The sink to give [`Transports::start`]: it queues a message unless
+    /// the queue, or the message's source, holds its limit of octets or
+    /// messages; then the message is dropped and counted.
     pub fn sink(&self) -> InboundSink {
         let sender = self.handle.sender.clone();
-        std::sync::Arc::new(move |inbound: Inbound| {
+        let budget = self.budget.clone();
+        let stats = Arc::clone(&self.stats);
+        Arc::new(move |inbound: Inbound| {
+            let (source, bytes) = account(&inbound);
+            if let Err(overflow) = budget.lock().reserve(source, bytes) {
+                TransportStats::bump(match overflow {
+                    Overflow::Full => &stats.queue_full,
+                    Overflow::SourceShare => &stats.queue_source_share,
+                });
+                tracing::trace!(?overflow, "SIP core input queue: message dropped");
+                return;
+            }
             match sender.try_send(Input::Inbound(inbound)) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
-                    tracing::debug!("SIP core overloaded; message dropped");
+                    // Other inputs (wake-ups, queries) fill the channel too.
+                    budget.lock().release(source, bytes);
+                    TransportStats::bump(&stats.queue_full);
                 }
-                Err(TrySendError::Disconnected(_)) => {}
+                Err(TrySendError::Disconnected(_)) => budget.lock().release(source, bytes),
             }
         })
     }
@@ -78,9 +207,10 @@ impl CoreQueue {
     /// Starts the core's thread; it sends through `transports`.
     pub fn run(self, uas: Uas, transports: Transports) -> std::io::Result<RunningCore> {
         let receiver = self.receiver;
+        let budget = self.budget;
         let thread = std::thread::Builder::new()
             .name("sip-core".to_owned())
-            .spawn(move || run(uas, &receiver, &transports))?;
+            .spawn(move || run(uas, &receiver, &budget, &transports))?;
         Ok(RunningCore {
             handle: self.handle,
             thread,
@@ -138,14 +268,18 @@ impl CoreHandle {
     }
 }
 
-fn run(mut uas: Uas, receiver: &Receiver<Input>, transports: &Transports) {
+fn run(mut uas: Uas, receiver: &Receiver<Input>, budget: &SharedBudget, transports: &Transports) {
     loop {
         let now = Now::current();
         let wait = uas
             .poll_timeout(now)
             .map_or(IDLE_WAKEUP, |at| at.saturating_duration_since(now.instant));
         match receiver.recv_timeout(wait) {
-            Ok(Input::Inbound(inbound)) => uas.handle_inbound(Now::current(), inbound),
+            Ok(Input::Inbound(inbound)) => {
+                let (source, bytes) = account(&inbound);
+                budget.lock().release(source, bytes);
+                uas.handle_inbound(Now::current(), inbound);
+            }
             Ok(Input::Registrations(reply)) => {
                 let _ = reply.send(uas.registrations(Now::current()));
             }
@@ -164,4 +298,85 @@ fn run(mut uas: Uas, receiver: &Receiver<Input>, transports: &Transports) {
         }
     }
     tracing::debug!("SIP core stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::Flow;
+    use std::net::SocketAddr;
+
+    fn from(addr: &str, len: usize) -> Inbound {
+        let remote: SocketAddr = addr.parse().expect("address");
+        Inbound {
+            flow: Flow::Udp { remote },
+            bytes: vec![b'x'; len],
+        }
+    }
+
+    fn drain(receiver: &Receiver<Input>, budget: &SharedBudget) -> usize {
+        let mut taken = 0;
+        while let Ok(input) = receiver.try_recv() {
+            if let Input::Inbound(inbound) = input {
+                let (source, bytes) = account(&inbound);
+                budget.lock().release(source, bytes);
+                taken += 1;
+            }
+        }
+        taken
+    }
+
+    #[test]
+    fn a_flooding_source_gets_a_quarter_of_the_queue_and_others_still_get_in() {
+        let stats = Arc::new(TransportStats::default());
+        let queue = CoreQueue::with_limits(
+            QueueLimits {
+                messages: 100,
+                bytes: 1_000_000,
+            },
+            Arc::clone(&stats),
+        );
+        let sink = queue.sink();
+        for _ in 0..1000 {
+            sink(from("192.0.2.1:5060", 100));
+        }
+        for _ in 0..10 {
+            sink(from("192.0.2.2:5060", 100));
+        }
+        let snapshot = stats.snapshot();
+        assert_eq!(snapshot.queue_source_share, 975, "25 of 1000 queued");
+        assert_eq!(snapshot.queue_full, 0);
+        assert_eq!(drain(&queue.receiver, &queue.budget), 35);
+        // Taken by the core, the share is free again.
+        sink(from("192.0.2.1:5060", 100));
+        assert_eq!(drain(&queue.receiver, &queue.budget), 1);
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_octets_whatever_the_message_count() {
+        let stats = Arc::new(TransportStats::default());
+        let queue = CoreQueue::with_limits(
+            QueueLimits {
+                messages: 8192,
+                bytes: 400_000,
+            },
+            Arc::clone(&stats),
+        );
+        let sink = queue.sink();
+        // Ten sources of 60 KB messages: 100 KB (a quarter) each at most,
+        // 400 KB in all.
+        for _ in 0..5 {
+            for host in 1..=10 {
+                sink(from(&format!("192.0.2.{host}:5060"), 60_000));
+            }
+        }
+        let budget = queue.budget.lock();
+        assert!(budget.bytes <= 400_000, "{} octets queued", budget.bytes);
+        assert_eq!(budget.messages, 6, "six of 60 KB fit in 400 KB");
+        drop(budget);
+        let snapshot = stats.snapshot();
+        assert_eq!(snapshot.queue_full + snapshot.queue_source_share, 44);
+        assert_eq!(drain(&queue.receiver, &queue.budget), 6);
+        assert_eq!(queue.budget.lock().bytes, 0);
+    }
 }

@@ -140,7 +140,7 @@ pub struct UasConfig {
     pub realm: String,
     /// Digest algorithms offered in challenges, in this order.
     pub digest_algorithms: Vec<crate::auth::Algorithm>,
-    /// Value of the Server header.
+    /// Value of the Server header; empty: no Server header.
     pub server: String,
     /// Journal records after which the store is compacted (at least twice
     /// the number of addresses-of-record, so compaction stays amortised).
@@ -156,7 +156,8 @@ impl UasConfig {
             force_rport: false,
             realm: realm.to_owned(),
             digest_algorithms: vec![crate::auth::Algorithm::Sha256, crate::auth::Algorithm::Md5],
-            server: concat!("switchboard/", env!("CARGO_PKG_VERSION")).to_owned(),
+            // No version: it would tell an attacker which flaws to try.
+            server: "Switchboard".to_owned(),
             compact_after: 10_000,
         }
     }
@@ -217,7 +218,9 @@ impl Wire {
     ) -> Result<(), UasError> {
         let mut headers = Vec::with_capacity(reply.headers.len() + 1);
         headers.extend_from_slice(reply.headers);
-        headers.push(("Server".to_owned(), self.server_header.clone()));
+        if !self.server_header.is_empty() {
+            headers.push(("Server".to_owned(), self.server_header.clone()));
+        }
         let bytes = build_response_with_body(
             request,
             reply.status,

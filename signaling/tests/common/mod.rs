@@ -34,6 +34,8 @@ pub struct Server {
     pub rest_port: u16,
     pub data_dir: PathBuf,
     args: Vec<String>,
+    /// Soft and hard open-file limit the server starts with, when set.
+    file_limit: Option<u64>,
 }
 
 impl Server {
@@ -51,6 +53,24 @@ impl Server {
             rest_port,
             data_dir: data_dir.to_path_buf(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
+            file_limit: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts the server on new ports with `files` as its soft and hard
+    /// open-file limit (a limit can be lowered without privileges, and is
+    /// set in the child only, so the test process keeps its own).
+    pub fn start_with_file_limit(data_dir: &Path, files: u64, args: &[&str]) -> Server {
+        let mut server = Server {
+            child: None,
+            log: Arc::new(Mutex::new(String::new())),
+            sip_port: free_port(),
+            rest_port: free_port(),
+            data_dir: data_dir.to_path_buf(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            file_limit: Some(files),
         };
         server.spawn();
         server
@@ -60,6 +80,24 @@ impl Server {
         let mut command = Command::new(SIGNALING);
         if !self.args.iter().any(|a| a == "--bind-address") {
             command.args(["--bind-address", "127.0.0.1"]);
+        }
+        if let Some(files) = self.file_limit {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: files,
+                rlim_max: files,
+            };
+            // SAFETY: setrlimit is async-signal-safe and only reads `limit`,
+            // copied into the closure before the fork.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
         }
         let mut child = command
             .args(["--port", &self.sip_port.to_string()])
