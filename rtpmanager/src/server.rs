@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use switchboard_proto::v1::rtp_manager_server::RtpManagerServer;
+use tonic::service::Interceptor;
 
+use crate::access::{Access, TokenCheck};
 use crate::config::Config;
 use crate::fastpath::{FastPath, Mode, Settings};
 use crate::grpc::{unix_millis, ControlService, ManagerInfo};
@@ -23,6 +25,13 @@ use crate::session::{SessionTable, TableConfig};
 
 /// Runs the manager until SIGINT/SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Read first: a missing certificate or token file stops the start
+    // with the option's name, before the fast path attaches or anything
+    // listens.
+    let access = Access::from_config(&config)?;
+    if let Some(warning) = access.exposure_warning(config.grpc_address) {
+        tracing::warn!("{warning}");
+    }
     let advertise = config
         .advertise
         .unwrap_or_else(interfaces::default_advertise_address);
@@ -116,6 +125,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(
         grpc = %bound,
+        grpc_access = %access.summary(),
         %advertise,
         ports = %format_args!("{}-{}", config.rtp_port_min, config.rtp_port_max),
         fast_path = %service.fast_path().mode(),
@@ -132,8 +142,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             stopping.notify_one();
         }
     };
-    let serve = tonic::transport::Server::builder()
-        .add_service(RtpManagerServer::new(service.clone()))
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = access.tls {
+        builder = builder
+            .tls_config(tls)
+            .context("--grpc-tls-cert/--grpc-tls-key/--grpc-tls-client-ca")?;
+    }
+    // One interceptor type either way: without tokens it lets every
+    // request through.
+    let mut check = access.tokens.map(TokenCheck::new);
+    let serve = builder
+        .add_service(RtpManagerServer::with_interceptor(
+            service.clone(),
+            move |request: tonic::Request<()>| match &mut check {
+                Some(check) => check.call(request),
+                None => Ok(request),
+            },
+        ))
         .serve_with_incoming_shutdown(incoming, shutdown);
     // Graceful, but bounded: an open stream (a Watch) would otherwise hold
     // the process until systemd's SIGKILL, which skips the fast path's

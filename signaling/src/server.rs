@@ -11,10 +11,11 @@ use anyhow::Context;
 
 use crate::auth::{Authenticator, Users};
 use crate::b2bua::{self, B2bua, B2buaConfig, LinkInput, MediaLink};
-use crate::config::{manager_uri, AuthOption, Config, DEFAULT_DIALPLAN};
+use crate::config::{AuthOption, Config, DEFAULT_DIALPLAN};
 use crate::dialplan::Dialplan;
 use crate::registrar::{Registrar, Store};
 use crate::rest::{app, ApiState};
+use crate::rtpmanager_client::ClientAccess;
 use crate::rtpmanager_pool::ManagerPool;
 use crate::transport::{TransportConfig, Transports};
 use crate::uas::driver::{CoreHandle, CoreQueue};
@@ -22,13 +23,8 @@ use crate::uas::{Now, Uas, UasConfig};
 
 /// Runs the signaling server until SIGINT/SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let uris = config
-        .rtpmanagers
-        .iter()
-        .map(|m| manager_uri(m).map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<Vec<_>>>()
-        .context("--rtpmanager")?;
-    let pool = ManagerPool::new(&uris).context("--rtpmanager")?;
+    let access = ClientAccess::from_config(&config)?;
+    let pool = ManagerPool::with_access(&config.manager_uris(), &access).context("--rtpmanager")?;
     pool.spawn_health_checks(config.health_interval());
 
     let mut uas = build_core(&config)?;
@@ -84,7 +80,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         sip = %transports.local_addr(),
         rest = %listener.local_addr().context("REST listener address")?,
-        rtpmanagers = uris.len(),
+        rtpmanagers = pool.len(),
         "signaling ready"
     );
     let state = ApiState {

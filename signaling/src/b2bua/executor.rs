@@ -16,15 +16,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchboard_proto::v1;
-use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
 use tokio::sync::{mpsc, Notify};
-use tonic::transport::Channel;
 use tracing::Instrument;
 
 use super::media::{
     DeleteReason, LegId, LinkInput, MediaCallId, MediaEvent, MediaFailure, MediaLink, MediaOp,
     MediaRequest, MediaResult,
 };
+use crate::rtpmanager_client::ManagerClient;
 use crate::rtpmanager_pool::ManagerPool;
 
 /// How the executor wakes the SIP core after pushing an input.
@@ -170,7 +169,7 @@ fn finish(link: &MediaLink, wake: &Wake, request: &MediaRequest, result: MediaRe
 }
 
 async fn run_call(
-    mut client: RtpManagerClient<Channel>,
+    mut client: ManagerClient,
     mut requests: mpsc::UnboundedReceiver<MediaRequest>,
     link: MediaLink,
     wake: Wake,
@@ -222,11 +221,7 @@ async fn run_call(
     live[index].fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn run_op(
-    client: &mut RtpManagerClient<Channel>,
-    call_id: String,
-    op: &MediaOp,
-) -> MediaResult {
+async fn run_op(client: &mut ManagerClient, call_id: String, op: &MediaOp) -> MediaResult {
     let outcome = match op {
         MediaOp::Offer { leg, peer, sdp } => client
             .offer(v1::OfferRequest {
@@ -339,12 +334,7 @@ async fn follow_playback(
 
 /// Follows one manager's Watch stream for as long as the process runs,
 /// reconnecting after errors.
-async fn watch(
-    endpoint: String,
-    mut client: RtpManagerClient<Channel>,
-    link: MediaLink,
-    wake: Wake,
-) {
+async fn watch(endpoint: String, mut client: ManagerClient, link: MediaLink, wake: Wake) {
     use v1::manager_event::Event;
     loop {
         match client
