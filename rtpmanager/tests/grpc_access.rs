@@ -104,6 +104,26 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_of_the_client_ca() {
         refused.as_ref().is_err_and(|e| e.contains("UnknownIssuer")),
         "a client that does not trust the manager's CA stops: {refused:?}"
     );
+    let by_name = Endpoint::from_shared(format!("https://{}", manager.grpc))
+        .expect("uri")
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(pki.read("ca.crt")))
+                .identity(Identity::from_pem(
+                    pki.read("client.crt"),
+                    pki.read("client.key"),
+                ))
+                .domain_name("rtpmanager-9.example"),
+        )
+        .expect("tls config")
+        .connect()
+        .await;
+    assert!(
+        by_name
+            .as_ref()
+            .is_err_and(|e| format!("{e:?}").contains("NotValidForName")),
+        "the manager's certificate must name what the client connects to: {by_name:?}"
+    );
     let plaintext = async {
         RtpManagerClient::connect(format!("http://{}", manager.grpc))
             .await
