@@ -146,6 +146,34 @@ impl ClientAccess {
     }
 }
 
+/// Whether the manager at `uri` is reached on this host's loopback.
+fn is_loopback(uri: &str) -> bool {
+    let Ok(uri) = uri.parse::<tonic::transport::Uri>() else {
+        return false;
+    };
+    match uri.host() {
+        Some("localhost") => true,
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
+impl ClientAccess {
+    /// The warning to log when the token would cross the network in clear:
+    /// a plaintext (`http://`) manager that is not on loopback.
+    pub fn cleartext_warning(&self, uri: &str) -> Option<String> {
+        (self.token.0.is_some() && uri.starts_with("http://") && !is_loopback(uri)).then(|| {
+            format!(
+                "the RTP manager {uri} is reached in plaintext: its bearer token crosses the network in clear; use TLS (--rtpmanager-tls-ca, https://)"
+            )
+        })
+    }
+}
+
 /// A failed request in one line for the log and the REST API: the status
 /// and the causes a transport error hides behind it (a refused TLS
 /// handshake, an unknown CA, a closed connection).
@@ -223,6 +251,32 @@ mod tests {
             .expect_err("missing file")
             .to_string();
         assert!(err.contains("cannot read"), "{err}");
+    }
+
+    #[test]
+    fn a_token_sent_in_clear_beyond_loopback_is_warned_about() {
+        let with_token = ClientAccess {
+            tls: None,
+            token: BearerToken::parse(TOKEN).expect("token"),
+        };
+        for local in [
+            "http://127.0.0.1:9090",
+            "http://[::1]:9090",
+            "http://localhost:9090",
+        ] {
+            assert_eq!(with_token.cleartext_warning(local), None, "{local}");
+        }
+        let warning = with_token
+            .cleartext_warning("http://10.0.0.11:9090")
+            .expect("plaintext across the network");
+        assert!(warning.contains("--rtpmanager-tls-ca"), "{warning}");
+        assert!(!warning.contains(TOKEN), "{warning}");
+        assert_eq!(with_token.cleartext_warning("https://10.0.0.11:9090"), None);
+        assert_eq!(
+            ClientAccess::default().cleartext_warning("http://10.0.0.11:9090"),
+            None,
+            "no token, nothing to leak"
+        );
     }
 
     #[test]

@@ -24,6 +24,11 @@ use crate::uas::{Now, Uas, UasConfig};
 /// Runs the signaling server until SIGINT/SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let access = ClientAccess::from_config(&config)?;
+    for uri in config.manager_uris() {
+        if let Some(warning) = access.cleartext_warning(&uri) {
+            tracing::warn!("{warning}");
+        }
+    }
     let pool = ManagerPool::with_access(&config.manager_uris(), &access).context("--rtpmanager")?;
     pool.spawn_health_checks(config.health_interval());
 
