@@ -197,16 +197,40 @@ pub fn check(tokens: &Tokens, authorization: Option<&[u8]>) -> Result<(), Reject
 /// The tonic interceptor that refuses requests without an accepted token.
 #[derive(Clone, Debug)]
 pub struct TokenCheck {
-    tokens: Arc<Tokens>,
+    // Replaced whole by a reload; requests read it under a short lock.
+    tokens: Arc<std::sync::RwLock<Arc<Tokens>>>,
     log: Arc<RejectLog>,
 }
 
 impl TokenCheck {
     pub fn new(tokens: Tokens) -> TokenCheck {
         TokenCheck {
-            tokens: Arc::new(tokens),
+            tokens: Arc::new(std::sync::RwLock::new(Arc::new(tokens))),
             log: Arc::new(RejectLog::default()),
         }
+    }
+
+    /// Reads the token file again (SIGHUP) and, when it is valid, accepts
+    /// its tokens from now on; otherwise keeps the old ones. Returns how
+    /// many tokens are in force.
+    pub fn reload(&self, path: &Path) -> Result<usize, AccessError> {
+        let tokens = Tokens::load(path)?;
+        let count = tokens.0.len();
+        let mut current = self
+            .tokens
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *current = Arc::new(tokens);
+        Ok(count)
+    }
+
+    fn current(&self) -> Arc<Tokens> {
+        Arc::clone(
+            &self
+                .tokens
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 }
 
@@ -216,7 +240,7 @@ impl Interceptor for TokenCheck {
             .metadata()
             .get("authorization")
             .map(|value| value.as_bytes());
-        match check(&self.tokens, authorization) {
+        match check(&self.current(), authorization) {
             Ok(()) => Ok(request),
             Err(rejection) => {
                 self.log.rejected(rejection, request.remote_addr());
@@ -423,6 +447,27 @@ mod tests {
         for r in [Rejection::Missing, Rejection::NotBearer, Rejection::Wrong] {
             assert_eq!(r.status().code(), tonic::Code::Unauthenticated);
         }
+    }
+
+    #[test]
+    fn a_reload_replaces_the_tokens_and_a_bad_file_keeps_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("tokens");
+        let check = TokenCheck::new(tokens());
+        std::fs::write(&path, format!("{B}\n")).expect("write");
+        assert_eq!(check.reload(&path).expect("valid file"), 1);
+        assert!(check.current().accepts(B.as_bytes()));
+        assert!(!check.current().accepts(A.as_bytes()), "A was removed");
+        std::fs::write(&path, "short\n").expect("write");
+        assert!(check.reload(&path).is_err());
+        assert!(check.current().accepts(B.as_bytes()), "the old tokens stay");
+        let clone = check.clone();
+        std::fs::write(&path, format!("{A}\n")).expect("write");
+        check.reload(&path).expect("valid file");
+        assert!(
+            clone.current().accepts(A.as_bytes()),
+            "clones share the tokens"
+        );
     }
 
     #[test]

@@ -63,8 +63,10 @@ pub struct Config {
     /// File of bearer tokens, one per line (blank lines and lines starting
     /// with `#` are skipped; each at least 16 visible ASCII characters):
     /// every gRPC request must then carry `authorization: Bearer <token>`
-    /// with one of them, else it is answered UNAUTHENTICATED. Several
-    /// tokens allow rotating them without downtime. Read at start.
+    /// with one of them, else it is answered UNAUTHENTICATED. Read at
+    /// start and again on SIGHUP (an invalid new file is refused and the
+    /// tokens in force kept), so several tokens allow rotating them
+    /// without a restart.
     #[arg(long, env = "GRPC_TOKEN_FILE", value_name = "FILE")]
     pub grpc_token_file: Option<PathBuf>,
 

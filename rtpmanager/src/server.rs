@@ -32,6 +32,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(warning) = access.exposure_warning(config.grpc_address) {
         tracing::warn!("{warning}");
     }
+    let access_summary = access.summary();
+    let (tls, tokens) = (access.tls, access.tokens);
+    let mut check = tokens.map(TokenCheck::new);
+    // Before anything else runs: SIGHUP's default action ends the process.
+    reload_on_sighup(check.clone(), config.grpc_token_file.clone())?;
     let advertise = config
         .advertise
         .unwrap_or_else(interfaces::default_advertise_address);
@@ -125,7 +130,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(
         grpc = %bound,
-        grpc_access = %access.summary(),
+        grpc_access = %access_summary,
         %advertise,
         ports = %format_args!("{}-{}", config.rtp_port_min, config.rtp_port_max),
         fast_path = %service.fast_path().mode(),
@@ -143,14 +148,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = access.tls {
+    if let Some(tls) = tls {
         builder = builder
             .tls_config(tls)
             .context("--grpc-tls-cert/--grpc-tls-key/--grpc-tls-client-ca")?;
     }
     // One interceptor type either way: without tokens it lets every
     // request through.
-    let mut check = access.tokens.map(TokenCheck::new);
     let serve = builder
         .add_service(RtpManagerServer::with_interceptor(
             service.clone(),
@@ -187,6 +191,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let (Some(state), false) = (&state, config.keep_on_exit) {
         state.remove();
     }
+    Ok(())
+}
+
+/// Reads the token file again on each SIGHUP (`systemctl reload`), so a
+/// token can be added or retired without a restart; an invalid file is
+/// refused and the tokens in force stay. Without a token file SIGHUP only
+/// says so: its default action would end the manager and its calls.
+fn reload_on_sighup(
+    check: Option<TokenCheck>,
+    path: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let (Some(check), Some(path)) = (&check, &path) else {
+                tracing::info!("SIGHUP: nothing to reload (no --grpc-token-file)");
+                continue;
+            };
+            match check.reload(path) {
+                Ok(tokens) => tracing::info!(tokens, "SIGHUP: --grpc-token-file reloaded"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "SIGHUP: --grpc-token-file refused; the tokens in force stay")
+                }
+            }
+        }
+    });
     Ok(())
 }
 

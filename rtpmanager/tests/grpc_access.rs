@@ -1,7 +1,7 @@
 //! Who may use the control API: the real manager binary started with TLS
 //! and a client CA admits only clients with a certificate of that CA; with
 //! a token file it answers UNAUTHENTICATED to requests without one of its
-//! tokens, and never logs a token; beyond loopback without either it warns.
+//! tokens, takes a rewritten file on SIGHUP, and never logs a token; beyond loopback without either it warns.
 
 mod common;
 #[path = "common/pki.rs"]
@@ -232,19 +232,51 @@ async fn requests_need_a_token_of_the_token_file_which_is_never_logged() {
         .into_inner();
     assert!(calls.calls.is_empty(), "{calls:?}");
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !manager.log().contains("gRPC request refused") {
-        assert!(
-            Instant::now() < deadline,
-            "no refusal logged:\n{}",
-            manager.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Rotation: the file loses FIRST, SIGHUP, and FIRST is refused.
+    std::fs::write(&tokens, format!("{SECOND}\n")).expect("rewrite tokens");
+    hangup(&manager);
+    wait_for_log(&manager, "--grpc-token-file reloaded").await;
+    let retired = with_token(manager.grpc, Some(FIRST))
+        .await
+        .health(v1::HealthRequest {})
+        .await
+        .expect_err("a retired token");
+    assert_eq!(retired.code(), Code::Unauthenticated, "{retired:?}");
+    std::fs::write(&tokens, "short\n").expect("break the file");
+    hangup(&manager);
+    wait_for_log(&manager, "--grpc-token-file refused").await;
+    with_token(manager.grpc, Some(SECOND))
+        .await
+        .health(v1::HealthRequest {})
+        .await
+        .expect("an invalid new file keeps the tokens in force");
+
+    wait_for_log(&manager, "gRPC request refused").await;
     let log = manager.log();
     assert!(log.contains("reason=missing"), "{log}");
     for token in [FIRST, SECOND, WRONG] {
         assert!(!log.contains(token), "a token reached the log:\n{log}");
+    }
+}
+
+fn hangup(manager: &common::Started) {
+    let pid = i32::try_from(manager.daemon.0.id()).expect("pid fits i32");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+}
+
+async fn wait_for_log(manager: &common::Started, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !manager.log().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "`{text}` not logged:\n{}",
+            manager.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -307,6 +339,10 @@ async fn an_open_listener_beyond_loopback_is_warned_about_but_serves() {
         "{}",
         manager.log()
     );
+    // `systemctl reload` sends SIGHUP; without a token file it must not
+    // end the manager (the signal's default action).
+    hangup(&manager);
+    wait_for_log(&manager, "SIGHUP: nothing to reload").await;
     let loopback = SocketAddr::from(([127, 0, 0, 1], manager.grpc.port()));
     let health = RtpManagerClient::connect(format!("http://{loopback}"))
         .await
