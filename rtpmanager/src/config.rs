@@ -34,14 +34,41 @@ pub struct Config {
     #[arg(long, env = "RTPMANAGER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Address the gRPC control API listens on. It is unauthenticated: keep it
-    /// on loopback or a private network reachable only by signaling servers.
+    /// Address the gRPC control API listens on. Without
+    /// --grpc-tls-client-ca or --grpc-token-file anyone who reaches it can
+    /// drive the manager (delete calls, drain it): on an address other than
+    /// loopback the manager then warns at start.
     #[arg(long, env = "GRPC_ADDRESS", default_value = "127.0.0.1")]
     pub grpc_address: IpAddr,
 
     /// TCP port of the gRPC control API.
     #[arg(long, env = "GRPC_PORT", default_value_t = 9090)]
     pub grpc_port: u16,
+
+    /// PEM certificate (chain) the gRPC control API presents. With
+    /// --grpc-tls-key the API speaks TLS only; without both it is plaintext.
+    #[arg(long, env = "GRPC_TLS_CERT", value_name = "FILE")]
+    pub grpc_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --grpc-tls-cert.
+    #[arg(long, env = "GRPC_TLS_KEY", value_name = "FILE")]
+    pub grpc_tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s) that sign the clients' certificates: with it,
+    /// a client must present a certificate signed by one of them (mutual
+    /// TLS), else its connection is refused. Needs --grpc-tls-cert.
+    #[arg(long, env = "GRPC_TLS_CLIENT_CA", value_name = "FILE")]
+    pub grpc_tls_client_ca: Option<PathBuf>,
+
+    /// File of bearer tokens, one per line (blank lines and lines starting
+    /// with `#` are skipped; each at least 16 visible ASCII characters):
+    /// every gRPC request must then carry `authorization: Bearer <token>`
+    /// with one of them, else it is answered UNAUTHENTICATED. Read at
+    /// start and again on SIGHUP (an invalid new file is refused and the
+    /// tokens in force kept), so several tokens allow rotating them
+    /// without a restart.
+    #[arg(long, env = "GRPC_TOKEN_FILE", value_name = "FILE")]
+    pub grpc_token_file: Option<PathBuf>,
 
     /// Address advertised in SDP (c= lines) for IPv4 peers. Defaults to the
     /// address of the interface holding the default route, else 127.0.0.1.
@@ -225,6 +252,27 @@ impl Config {
                 "must be at least 1 second",
             ));
         }
+        match (&self.grpc_tls_cert, &self.grpc_tls_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "grpc-tls-cert",
+                    "needs --grpc-tls-key (the certificate's private key)",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "grpc-tls-key",
+                    "needs --grpc-tls-cert (the certificate it belongs to)",
+                ))
+            }
+            _ => {}
+        }
+        if self.grpc_tls_client_ca.is_some() && self.grpc_tls_cert.is_none() {
+            return Err(ConfigError::invalid(
+                "grpc-tls-client-ca",
+                "needs --grpc-tls-cert and --grpc-tls-key: client certificates are checked in a TLS handshake",
+            ));
+        }
         if let Some(addr) = self.advertise {
             if addr.is_unspecified() || addr.is_multicast() {
                 return Err(ConfigError::invalid(
@@ -310,6 +358,44 @@ mod tests {
         assert!(err.to_string().contains("--source-learning-ms"), "{err}");
         let err = load(&["--log-level", "loud=="]).expect_err("bad filter");
         assert!(err.to_string().contains("--log-level"), "{err}");
+    }
+
+    #[test]
+    fn grpc_tls_options_come_in_pairs() {
+        let c = load(&[]).expect("defaults are valid");
+        assert_eq!(
+            (
+                &c.grpc_tls_cert,
+                &c.grpc_tls_key,
+                &c.grpc_tls_client_ca,
+                &c.grpc_token_file
+            ),
+            (&None, &None, &None, &None),
+            "plaintext without tokens by default"
+        );
+        let err = load(&["--grpc-tls-cert", "m.crt"]).expect_err("cert alone");
+        assert!(
+            err.to_string()
+                .contains("--grpc-tls-cert: needs --grpc-tls-key"),
+            "{err}"
+        );
+        let err = load(&["--grpc-tls-key", "m.key"]).expect_err("key alone");
+        assert!(err.to_string().contains("--grpc-tls-key"), "{err}");
+        let err = load(&["--grpc-tls-client-ca", "ca.crt"]).expect_err("client CA alone");
+        assert!(err.to_string().contains("--grpc-tls-client-ca"), "{err}");
+        let c = load(&[
+            "--grpc-tls-cert",
+            "m.crt",
+            "--grpc-tls-key",
+            "m.key",
+            "--grpc-tls-client-ca",
+            "ca.crt",
+            "--grpc-token-file",
+            "tokens",
+        ])
+        .expect("a complete set");
+        assert_eq!(c.grpc_tls_client_ca, Some(PathBuf::from("ca.crt")));
+        assert_eq!(c.grpc_token_file, Some(PathBuf::from("tokens")));
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! streams that need no userspace work are offloaded to the eBPF programs
 //! loaded by [`fastpath`], which are a cache of the userspace path, never a
 //! different behaviour. Playback and DTMF sending into a leg live in
-//! [`playback`]; the optional Prometheus endpoint in [`metrics`].
+//! [`playback`]; the optional Prometheus endpoint in [`metrics`]; who may
+//! use the control API (TLS, client certificates, tokens) in [`access`].
 
+pub mod access;
 pub mod config;
 pub mod fastpath;
 pub mod grpc;

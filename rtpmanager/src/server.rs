@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use switchboard_proto::v1::rtp_manager_server::RtpManagerServer;
+use tonic::service::Interceptor;
 
+use crate::access::{Access, TokenCheck};
 use crate::config::Config;
 use crate::fastpath::{FastPath, Mode, Settings};
 use crate::grpc::{unix_millis, ControlService, ManagerInfo};
@@ -23,6 +25,18 @@ use crate::session::{SessionTable, TableConfig};
 
 /// Runs the manager until SIGINT/SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Read first: a missing certificate or token file stops the start
+    // with the option's name, before the fast path attaches or anything
+    // listens.
+    let access = Access::from_config(&config)?;
+    if let Some(warning) = access.exposure_warning(config.grpc_address) {
+        tracing::warn!("{warning}");
+    }
+    let access_summary = access.summary();
+    let (tls, tokens) = (access.tls, access.tokens);
+    let mut check = tokens.map(TokenCheck::new);
+    // Before anything else runs: SIGHUP's default action ends the process.
+    reload_on_sighup(check.clone(), config.grpc_token_file.clone())?;
     let advertise = config
         .advertise
         .unwrap_or_else(interfaces::default_advertise_address);
@@ -121,6 +135,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(
         grpc = %bound,
+        grpc_access = %access_summary,
         %advertise,
         ports = %format_args!("{}-{}", config.rtp_port_min, config.rtp_port_max),
         fast_path = %service.fast_path().mode(),
@@ -137,8 +152,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             stopping.notify_one();
         }
     };
-    let serve = tonic::transport::Server::builder()
-        .add_service(RtpManagerServer::new(service.clone()))
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .context("--grpc-tls-cert/--grpc-tls-key/--grpc-tls-client-ca")?;
+    }
+    // One interceptor type either way: without tokens it lets every
+    // request through.
+    let serve = builder
+        .add_service(RtpManagerServer::with_interceptor(
+            service.clone(),
+            move |request: tonic::Request<()>| match &mut check {
+                Some(check) => check.call(request),
+                None => Ok(request),
+            },
+        ))
         .serve_with_incoming_shutdown(incoming, shutdown);
     // Graceful, but bounded: an open stream (a Watch) would otherwise hold
     // the process until systemd's SIGKILL, which skips the fast path's
@@ -167,6 +196,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let (Some(state), false) = (&state, config.keep_on_exit) {
         state.remove();
     }
+    Ok(())
+}
+
+/// Reads the token file again on each SIGHUP (`systemctl reload`), so a
+/// token can be added or retired without a restart; an invalid file is
+/// refused and the tokens in force stay. Without a token file SIGHUP only
+/// says so: its default action would end the manager and its calls.
+fn reload_on_sighup(
+    check: Option<TokenCheck>,
+    path: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let (Some(check), Some(path)) = (&check, &path) else {
+                tracing::info!("SIGHUP: nothing to reload (no --grpc-token-file)");
+                continue;
+            };
+            match check.reload(path) {
+                Ok(tokens) => tracing::info!(tokens, "SIGHUP: --grpc-token-file reloaded"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "SIGHUP: --grpc-token-file refused; the tokens in force stay")
+                }
+            }
+        }
+    });
     Ok(())
 }
 

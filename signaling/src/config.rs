@@ -80,7 +80,9 @@ pub struct Config {
     #[arg(long, env = "ADVERTISE")]
     pub advertise: Option<String>,
 
-    /// RTP managers' gRPC endpoints (host:port or http://host:port), comma-separated.
+    /// RTP managers' gRPC endpoints (host:port, http://host:port or
+    /// https://host:port), comma-separated. host:port means https:// when
+    /// --rtpmanager-tls-ca is set, else http://.
     #[arg(
         long = "rtpmanager",
         env = "RTPMANAGER",
@@ -93,7 +95,30 @@ pub struct Config {
     #[arg(long, env = "RTPMANAGER_HEALTH_INTERVAL", default_value_t = 2)]
     pub rtpmanager_health_interval: u64,
 
-    /// Address of the REST API (JSON, event stream, Prometheus metrics).
+    /// PEM CA certificate(s) that sign the RTP managers' certificates (their
+    /// --grpc-tls-cert). With it, managers are reached over TLS (an explicit
+    /// http:// endpoint stays plaintext) and each must present a
+    /// certificate for the host name or IP address it is listed under.
+    #[arg(long, env = "RTPMANAGER_TLS_CA", value_name = "FILE")]
+    pub rtpmanager_tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate presented to the RTP managers, for managers
+    /// that require one (their --grpc-tls-client-ca). Needs
+    /// --rtpmanager-tls-key and --rtpmanager-tls-ca.
+    #[arg(long, env = "RTPMANAGER_TLS_CERT", value_name = "FILE")]
+    pub rtpmanager_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --rtpmanager-tls-cert.
+    #[arg(long, env = "RTPMANAGER_TLS_KEY", value_name = "FILE")]
+    pub rtpmanager_tls_key: Option<PathBuf>,
+
+    /// File whose first token line (blank and `#` lines skipped) is sent to
+    /// every RTP manager as `authorization: Bearer <token>`, for managers
+    /// started with --grpc-token-file. Read at start.
+    #[arg(long, env = "RTPMANAGER_TOKEN_FILE", value_name = "FILE")]
+    pub rtpmanager_token_file: Option<PathBuf>,
+
+    /// Address of the REST API (JSON and Prometheus metrics).
     #[arg(long, env = "REST_ADDRESS", default_value = "127.0.0.1")]
     pub rest_address: IpAddr,
 
@@ -376,8 +401,35 @@ impl Config {
                 "at least one RTP manager is needed",
             ));
         }
+        let tls = self.rtpmanager_tls_ca.is_some();
         for manager in &self.rtpmanagers {
-            manager_uri(manager).map_err(|reason| ConfigError::invalid("rtpmanager", reason))?;
+            let uri = manager_uri(manager, tls)
+                .map_err(|reason| ConfigError::invalid("rtpmanager", reason))?;
+            if !tls && uri.starts_with("https://") {
+                return Err(ConfigError::invalid(
+                    "rtpmanager",
+                    format!("`{manager}` is https://: name the CA of the managers' certificates with --rtpmanager-tls-ca"),
+                ));
+            }
+        }
+        match (&self.rtpmanager_tls_cert, &self.rtpmanager_tls_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "rtpmanager-tls-cert",
+                    "needs --rtpmanager-tls-key (the certificate's private key)",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "rtpmanager-tls-key",
+                    "needs --rtpmanager-tls-cert (the certificate it belongs to)",
+                ))
+            }
+            (Some(_), Some(_)) if !tls => return Err(ConfigError::invalid(
+                "rtpmanager-tls-cert",
+                "needs --rtpmanager-tls-ca: a client certificate is presented in a TLS handshake",
+            )),
+            _ => {}
         }
         if self.rtpmanager_health_interval == 0 {
             return Err(ConfigError::invalid(
@@ -676,6 +728,15 @@ impl Config {
         self.tcp_max_connections + self.rest_max_connections + RESERVED_FILES
     }
 
+    /// The managers' endpoints as URIs (validated at load).
+    pub fn manager_uris(&self) -> Vec<String> {
+        let tls = self.rtpmanager_tls_ca.is_some();
+        self.rtpmanagers
+            .iter()
+            .filter_map(|m| manager_uri(m, tls).ok())
+            .collect()
+    }
+
     /// Interval between RTP manager health checks.
     pub fn health_interval(&self) -> Duration {
         Duration::from_secs(self.rtpmanager_health_interval)
@@ -699,11 +760,14 @@ fn check_node_id(node: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Normalises an RTP manager endpoint to an `http://host:port` URI.
-pub fn manager_uri(endpoint: &str) -> Result<String, String> {
+/// Normalises an RTP manager endpoint to an `http://host:port` URI, or
+/// `https://host:port` for a bare `host:port` when `tls` (a CA is set).
+pub fn manager_uri(endpoint: &str, tls: bool) -> Result<String, String> {
     let endpoint = endpoint.trim();
     let uri = if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
         endpoint.to_owned()
+    } else if tls {
+        format!("https://{endpoint}")
     } else {
         format!("http://{endpoint}")
     };
@@ -916,13 +980,84 @@ mod tests {
     #[test]
     fn manager_uris_normalise() {
         assert_eq!(
-            manager_uri("127.0.0.1:9090").as_deref(),
+            manager_uri("127.0.0.1:9090", false).as_deref(),
             Ok("http://127.0.0.1:9090")
         );
         assert_eq!(
-            manager_uri("http://[::1]:9090").as_deref(),
+            manager_uri("http://[::1]:9090", false).as_deref(),
             Ok("http://[::1]:9090")
         );
-        assert!(manager_uri("http://host").is_err());
+        assert!(manager_uri("http://host", false).is_err());
+        assert_eq!(
+            manager_uri("10.0.0.11:9090", true).as_deref(),
+            Ok("https://10.0.0.11:9090"),
+            "TLS for bare endpoints once a CA is set"
+        );
+        assert_eq!(
+            manager_uri("http://127.0.0.1:9090", true).as_deref(),
+            Ok("http://127.0.0.1:9090"),
+            "an explicit http:// stays plaintext"
+        );
+    }
+
+    #[test]
+    fn rtpmanager_tls_options_are_checked_together() {
+        let c = load(&[]).expect("defaults are valid");
+        assert_eq!(
+            (
+                &c.rtpmanager_tls_ca,
+                &c.rtpmanager_tls_cert,
+                &c.rtpmanager_tls_key,
+                &c.rtpmanager_token_file
+            ),
+            (&None, &None, &None, &None),
+            "plaintext without a token by default"
+        );
+        let err = load(&["--rtpmanager", "https://m1.example:9090"]).expect_err("no CA");
+        assert!(
+            err.to_string().contains("--rtpmanager")
+                && err.to_string().contains("--rtpmanager-tls-ca"),
+            "{err}"
+        );
+        let err = load(&[
+            "--rtpmanager-tls-cert",
+            "c.crt",
+            "--rtpmanager-tls-ca",
+            "ca.crt",
+        ])
+        .expect_err("cert without key");
+        assert!(
+            err.to_string()
+                .contains("--rtpmanager-tls-cert: needs --rtpmanager-tls-key"),
+            "{err}"
+        );
+        let err = load(&["--rtpmanager-tls-key", "c.key"]).expect_err("key without cert");
+        assert!(err.to_string().contains("--rtpmanager-tls-key"), "{err}");
+        let err = load(&[
+            "--rtpmanager-tls-cert",
+            "c.crt",
+            "--rtpmanager-tls-key",
+            "c.key",
+        ])
+        .expect_err("client certificate without TLS");
+        assert!(err.to_string().contains("--rtpmanager-tls-ca"), "{err}");
+        let c = load(&[
+            "--rtpmanager",
+            "https://m1.example:9090,m2.example:9090",
+            "--rtpmanager-tls-ca",
+            "ca.crt",
+            "--rtpmanager-tls-cert",
+            "c.crt",
+            "--rtpmanager-tls-key",
+            "c.key",
+            "--rtpmanager-token-file",
+            "token",
+        ])
+        .expect("a complete set");
+        assert_eq!(c.rtpmanager_token_file, Some(PathBuf::from("token")));
+        assert_eq!(
+            c.manager_uris(),
+            vec!["https://m1.example:9090", "https://m2.example:9090"]
+        );
     }
 }

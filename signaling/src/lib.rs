@@ -10,6 +10,7 @@ pub mod config;
 pub mod dialplan;
 pub mod registrar;
 pub mod rest;
+pub mod rtpmanager_client;
 pub mod rtpmanager_pool;
 pub mod server;
 pub mod sip;

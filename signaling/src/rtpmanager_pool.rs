@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 use switchboard_proto::v1;
-use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+
+use crate::rtpmanager_client::{describe, ClientAccess, ManagerClient};
 
 /// Consecutive failed probes before a healthy manager is declared down; one
 /// lost probe on a busy host must not move calls away.
@@ -111,7 +111,7 @@ pub struct ManagerPool {
 
 #[derive(Debug)]
 struct Manager {
-    client: RtpManagerClient<Channel>,
+    client: ManagerClient,
     status: RwLock<ManagerStatus>,
     /// Counts the times the manager became healthy (see
     /// [`ManagerPool::healthy_changes`]).
@@ -119,17 +119,22 @@ struct Manager {
 }
 
 impl ManagerPool {
-    /// Creates the pool; connections are made lazily by the health checks.
+    /// Creates the pool of plaintext managers without a token.
     pub fn new(uris: &[String]) -> Result<Self, tonic::transport::Error> {
+        Self::with_access(uris, &ClientAccess::default())
+    }
+
+    /// Creates the pool; connections, with the TLS and token settings of
+    /// `access`, are made lazily by the health checks.
+    pub fn with_access(
+        uris: &[String],
+        access: &ClientAccess,
+    ) -> Result<Self, tonic::transport::Error> {
         let managers = uris
             .iter()
             .map(|uri| {
-                let channel = Endpoint::from_shared(uri.clone())?
-                    .connect_timeout(Duration::from_secs(2))
-                    .timeout(Duration::from_secs(5))
-                    .connect_lazy();
                 Ok(Manager {
-                    client: RtpManagerClient::new(channel),
+                    client: access.connect_lazy(uri)?,
                     became_healthy: watch::Sender::new(0),
                     status: RwLock::new(ManagerStatus {
                         endpoint: uri.clone(),
@@ -183,7 +188,7 @@ impl ManagerPool {
     }
 
     /// A client of manager `index` (clones share its channel).
-    pub fn client(&self, index: usize) -> RtpManagerClient<Channel> {
+    pub fn client(&self, index: usize) -> ManagerClient {
         self.managers[index].client.clone()
     }
 
@@ -254,7 +259,7 @@ impl ManagerPool {
                     }
                 }
                 Err(status) => Probe::Failed {
-                    error: format!("{}: {}", status.code(), status.message()),
+                    error: describe(&status),
                 },
             };
             let endpoint = self.set_detail(index, &probe);

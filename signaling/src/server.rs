@@ -12,12 +12,13 @@ use switchboard_service::Waited;
 
 use crate::auth::{Authenticator, Users};
 use crate::b2bua::{self, B2bua, B2buaConfig, LinkInput, MediaLink, Owner, Shutdown};
-use crate::config::{manager_uri, AuthOption, Config, DEFAULT_DIALPLAN, RESERVED_FILES};
+use crate::config::{AuthOption, Config, DEFAULT_DIALPLAN, RESERVED_FILES};
 use crate::dialplan::Dialplan;
 use crate::registrar::{Registrar, Store};
 use axum::serve::Listener;
 
 use crate::rest::{app, ApiState, CappedListener};
+use crate::rtpmanager_client::ClientAccess;
 use crate::rtpmanager_pool::ManagerPool;
 use crate::transport::limits::{ConnectionLimits, TransportStats};
 use crate::transport::{TransportConfig, Transports, TCP_BUFFER_BUDGET};
@@ -27,13 +28,13 @@ use crate::uas::{Now, Uas, UasConfig};
 /// Runs the signaling server until SIGINT/SIGTERM, then ends its calls
 /// (new ones refused, then hung up within `--shutdown-timeout`) and stops.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let uris = config
-        .rtpmanagers
-        .iter()
-        .map(|m| manager_uri(m).map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<Vec<_>>>()
-        .context("--rtpmanager")?;
-    let pool = ManagerPool::new(&uris).context("--rtpmanager")?;
+    let access = ClientAccess::from_config(&config)?;
+    for uri in config.manager_uris() {
+        if let Some(warning) = access.cleartext_warning(&uri) {
+            tracing::warn!("{warning}");
+        }
+    }
+    let pool = ManagerPool::with_access(&config.manager_uris(), &access).context("--rtpmanager")?;
     pool.spawn_health_checks(config.health_interval());
 
     let mut uas = build_core(&config)?;
@@ -136,7 +137,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         sip = %transports.local_addr(),
         rest = %listener.local_addr().context("REST listener address")?,
-        rtpmanagers = uris.len(),
+        rtpmanagers = pool.len(),
         "signaling ready"
     );
     let state = ApiState {

@@ -1,5 +1,10 @@
 //! Starts an RTP manager and a signaling server as processes and checks that
-//! signaling sees the manager healthy over gRPC, then sees it go down.
+//! signaling sees the manager healthy over gRPC, then sees it go down; and
+//! that with mutual TLS and a token it sees the manager healthy only with
+//! the right client settings, saying why otherwise, never logging a token.
+
+#[path = "../../rtpmanager/tests/common/pki.rs"]
+mod pki;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -96,6 +101,30 @@ fn http_get_json(port: u16, path: &str) -> Option<serde_json::Value> {
     serde_json::from_str(body).ok()
 }
 
+/// Starts signaling on free ports, driving the manager at `rtpmanager`
+/// with health checks every second; `extra` adds options.
+fn start_signaling(rtpmanager: &str, extra: &[&str]) -> (Daemon, u16, tempfile::TempDir) {
+    let rest_port = free_port();
+    let data = tempfile::tempdir().expect("temp data dir");
+    let signaling = Daemon::start(
+        Command::new(SIGNALING)
+            .args(["--rtpmanager", rtpmanager])
+            .args(["--rtpmanager-health-interval", "1"])
+            .args(["--rest-port", &rest_port.to_string()])
+            .args([
+                "--bind-address",
+                "127.0.0.1",
+                "--port",
+                &free_port().to_string(),
+            ])
+            .args(["--auth", "anonymous"])
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(extra),
+    );
+    (signaling, rest_port, data)
+}
+
 fn wait_for_health(rest_port: u16, want: &str, signaling: &Daemon) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -116,29 +145,12 @@ fn wait_for_health(rest_port: u16, want: &str, signaling: &Daemon) -> serde_json
 #[test]
 fn signaling_sees_the_manager_healthy_then_down() {
     let grpc_port = free_port();
-    let rest_port = free_port();
-    let data = tempfile::tempdir().expect("temp data dir");
-
     let mut manager = Daemon::start(
         Command::new(rtpmanager_bin())
             .args(["--grpc-port", &grpc_port.to_string(), "--fast-path", "off"])
             .args(["--rtp-port-min", "31000", "--rtp-port-max", "31100"]),
     );
-    let mut signaling = Daemon::start(
-        Command::new(SIGNALING)
-            .args(["--rtpmanager", &format!("127.0.0.1:{grpc_port}")])
-            .args(["--rtpmanager-health-interval", "1"])
-            .args(["--rest-port", &rest_port.to_string()])
-            .args([
-                "--bind-address",
-                "127.0.0.1",
-                "--port",
-                &free_port().to_string(),
-            ])
-            .args(["--auth", "anonymous"])
-            .arg("--data-dir")
-            .arg(data.path()),
-    );
+    let (mut signaling, rest_port, _data) = start_signaling(&format!("127.0.0.1:{grpc_port}"), &[]);
 
     let status = wait_for_health(rest_port, "healthy", &signaling);
     assert_eq!(status["endpoint"], format!("http://127.0.0.1:{grpc_port}"));
@@ -194,5 +206,112 @@ fn signaling_sees_the_manager_healthy_then_down() {
         signaling.log().contains("shutting down"),
         "{}",
         signaling.log()
+    );
+}
+
+const TOKEN: &str = "9f86d081884c7d659a2feaa0c55ad015";
+const WRONG_TOKEN: &str = "60303ae22b998861bce3b28f33eec1be";
+
+#[test]
+fn signaling_sees_a_manager_behind_mutual_tls_and_a_token_only_with_the_right_settings() {
+    let pki = pki::Pki::new();
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let write = |name: &str, text: &str| {
+        let path = secrets.path().join(name);
+        std::fs::write(&path, text).expect("write token file");
+        path.to_str().expect("utf-8").to_owned()
+    };
+    let manager_tokens = write("manager-tokens", &format!("# pool\n{TOKEN}\n"));
+    let right = write("right", &format!("{TOKEN}\n"));
+    let wrong = write("wrong", &format!("{WRONG_TOKEN}\n"));
+
+    let grpc_port = free_port();
+    let manager = Daemon::start(
+        Command::new(rtpmanager_bin())
+            .args(["--grpc-port", &grpc_port.to_string(), "--fast-path", "off"])
+            .args(["--rtp-port-min", "31400", "--rtp-port-max", "31440"])
+            .args(["--grpc-tls-cert", &pki.arg("server.crt")])
+            .args(["--grpc-tls-key", &pki.arg("server.key")])
+            .args(["--grpc-tls-client-ca", &pki.arg("ca.crt")])
+            .args(["--grpc-token-file", &manager_tokens]),
+    );
+    let endpoint = format!("127.0.0.1:{grpc_port}");
+    let tls = [
+        "--rtpmanager-tls-ca",
+        &pki.arg("ca.crt"),
+        "--rtpmanager-tls-cert",
+        &pki.arg("client.crt"),
+        "--rtpmanager-tls-key",
+        &pki.arg("client.key"),
+    ];
+
+    let (trusted, rest, _data) = start_signaling(
+        &endpoint,
+        &[&tls[..], &["--rtpmanager-token-file", &right]].concat(),
+    );
+    let status = wait_for_health(rest, "healthy", &trusted);
+    assert_eq!(status["endpoint"], format!("https://{endpoint}"));
+    assert_eq!(status["detail"], "ok");
+    assert_eq!(status["ports_free"], 20);
+    assert!(
+        status["instance_id"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "Info went through too: {status}"
+    );
+
+    let (stranger, rest, _data) = start_signaling(
+        &endpoint,
+        &[&tls[..], &["--rtpmanager-token-file", &wrong]].concat(),
+    );
+    let status = wait_for_health(rest, "down", &stranger);
+    let detail = status["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("authentication credentials")
+            && detail.contains("bearer token is not one this RTP manager accepts"),
+        "{status}"
+    );
+    let log = stranger.log();
+    assert!(
+        log.contains("RTP manager down") && log.contains("bearer token is not one"),
+        "{log}"
+    );
+
+    let (no_certificate, rest, _data) = start_signaling(
+        &endpoint,
+        &[
+            "--rtpmanager-tls-ca",
+            &pki.arg("ca.crt"),
+            "--rtpmanager-token-file",
+            &right,
+        ],
+    );
+    let status = wait_for_health(rest, "down", &no_certificate);
+    assert!(
+        status["detail"].as_str().is_some_and(|d| d != "ok"),
+        "{status}"
+    );
+
+    let (plaintext, rest, _data) = start_signaling(
+        &format!("http://{endpoint}"),
+        &["--rtpmanager-token-file", &right],
+    );
+    wait_for_health(rest, "down", &plaintext);
+
+    for (name, log) in [
+        ("manager", manager.log()),
+        ("trusted", trusted.log()),
+        ("stranger", stranger.log()),
+        ("no certificate", no_certificate.log()),
+        ("plaintext", plaintext.log()),
+    ] {
+        for token in [TOKEN, WRONG_TOKEN] {
+            assert!(!log.contains(token), "{name} logged a token:\n{log}");
+        }
+    }
+    assert!(
+        manager.log().contains("gRPC request refused"),
+        "{}",
+        manager.log()
     );
 }

@@ -155,7 +155,7 @@ fn media(args: &MediaArgs) -> anyhow::Result<()> {
 }
 
 /// Stops the server by pid when dropped, whatever happened.
-struct Daemon(Child);
+pub(crate) struct Daemon(pub(crate) Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
@@ -174,7 +174,7 @@ impl Drop for Daemon {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     loop {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
@@ -372,9 +372,10 @@ fn print_result(r: &RateResult) {
     );
 }
 
-/// Starts the release manager on an ephemeral gRPC port and returns it with
-/// the address it logged; its log is drained so it never blocks on stderr.
-fn start_manager(binary: &Path) -> anyhow::Result<(Daemon, String)> {
+/// Starts the release manager on an ephemeral gRPC port, with `extra`
+/// options, and returns it with the address it logged; its log is drained
+/// so it never blocks on stderr.
+pub(crate) fn start_manager(binary: &Path, extra: &[&str]) -> anyhow::Result<(Daemon, String)> {
     use std::io::{BufRead, BufReader};
     let mut command = Command::new(binary);
     command
@@ -388,6 +389,7 @@ fn start_manager(binary: &Path) -> anyhow::Result<(Daemon, String)> {
         ])
         .args(["--rtp-bind-address", "127.0.0.1", "--log-level", "info"])
         .args(["--rtp-port-min", "30000", "--rtp-port-max", "49999"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     println!("+ {}", util::describe(&command));
@@ -412,7 +414,7 @@ fn start_manager(binary: &Path) -> anyhow::Result<(Daemon, String)> {
 }
 
 /// Whether the signaling server reports a healthy RTP manager.
-fn manager_healthy(rest_port: u16) -> bool {
+pub(crate) fn manager_healthy(rest_port: u16) -> bool {
     use std::io::{Read, Write};
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", rest_port)) else {
         return false;
@@ -448,7 +450,7 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
     let work = std::env::temp_dir().join(format!("switchboard-bench-calls-{}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
 
-    let (manager, grpc) = start_manager(&root.join("target/release/switchboard-rtpmanager"))?;
+    let (manager, grpc) = start_manager(&root.join("target/release/switchboard-rtpmanager"), &[])?;
     let callee_port = free_port()?;
     let plan = work.join("dialplan.json");
     std::fs::write(
@@ -542,7 +544,7 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
 }
 
 /// A cumulative counter from SIPp's final screen.
-fn sipp_counter(screen: &str, name: &str) -> u64 {
+pub(crate) fn sipp_counter(screen: &str, name: &str) -> u64 {
     screen
         .lines()
         .filter(|l| l.trim_start().starts_with(name))

@@ -7,6 +7,7 @@
 //! - `install` / `uninstall`: the daemons, units and configs on a systemd host.
 //! - `docs`: regenerates docs/CONFIGURATION.md from the daemons' options.
 //! - `bench sip-register`: REGISTER throughput and latency through SIPp.
+//! - `soak`: a bounded endurance run under mixed legitimate and hostile load.
 //! - `add-user`: appends a user to a signaling users file.
 #![allow(clippy::print_stdout)]
 
@@ -16,6 +17,7 @@ mod ebpf;
 mod install;
 mod run;
 mod setup;
+mod soak;
 mod test;
 mod users;
 mod util;
@@ -52,6 +54,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Append a user (HA1 values, no plaintext) to a signaling users file.
     AddUser(users::AddUserArgs),
+    /// Endurance run outside CI (release builds, root): mixed calls with
+    /// media, registrations, garbage, an OPTIONS flood and idle TCP for
+    /// --minutes; prints RSS and descriptors, failed calls and orphans.
+    Soak(soak::SoakArgs),
 }
 
 fn main() {
@@ -66,6 +72,7 @@ fn main() {
         Command::Docs(args) => docs::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::AddUser(args) => users::add_user(&args),
+        Command::Soak(args) => soak::run(&args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
@@ -42,6 +43,30 @@ pub fn free_media_range(pairs: u16) -> (u16, u16) {
 /// (`--grpc-port 0`) and reads the port it bound from its "ready" log line,
 /// so parallel tests never race for a port. `SB_TEST_LOG=1` shows its log.
 pub async fn start(extra: &[&str], pairs: u16) -> (Daemon, RtpManagerClient<Channel>) {
+    let started = spawn(extra, pairs);
+    let client = RtpManagerClient::connect(format!("http://{}", started.grpc))
+        .await
+        .expect("connect");
+    (started.daemon, client)
+}
+
+/// A manager started by [`spawn`].
+pub struct Started {
+    pub daemon: Daemon,
+    /// The address its gRPC API listens on.
+    pub grpc: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Started {
+    /// Everything the manager logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+/// Starts the manager as [`start`] does, without connecting to it.
+pub fn spawn(extra: &[&str], pairs: u16) -> Started {
     let (min, max) = free_media_range(pairs);
     let mut child = Command::new(BIN)
         .args([
@@ -66,12 +91,18 @@ pub async fn start(extra: &[&str], pairs: u16) -> (Daemon, RtpManagerClient<Chan
         .expect("start the manager");
     let stderr = child.stderr.take().expect("piped stderr");
     let daemon = Daemon(child);
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&log);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let verbose = std::env::var_os("SB_TEST_LOG").is_some();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if verbose {
                 eprintln!("{line}");
+            }
+            if let Ok(mut log) = sink.lock() {
+                log.push_str(&line);
+                log.push('\n');
             }
             if let Some(addr) = line
                 .split_whitespace()
@@ -81,13 +112,14 @@ pub async fn start(extra: &[&str], pairs: u16) -> (Daemon, RtpManagerClient<Chan
             }
         }
     });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(15))
-        .expect("the manager logs its gRPC address");
-    let client = RtpManagerClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect");
-    (daemon, client)
+    let grpc = match rx.recv_timeout(Duration::from_secs(15)) {
+        Ok(addr) => addr.parse().expect("a socket address after grpc="),
+        Err(_) => panic!(
+            "the manager did not log its gRPC address; its log:\n{}",
+            log.lock().map(|l| l.clone()).unwrap_or_default()
+        ),
+    };
+    Started { daemon, grpc, log }
 }
 
 /// A fake media endpoint on loopback with a 1 s receive timeout.

@@ -21,9 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use switchboard_proto::v1;
-use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
 use tokio::sync::{mpsc, Notify};
-use tonic::transport::Channel;
 use tracing::Instrument;
 
 use super::media::{
@@ -31,6 +29,7 @@ use super::media::{
     MediaRequest, MediaResult,
 };
 use super::reconcile::{orphans, Owner};
+use crate::rtpmanager_client::ManagerClient;
 use crate::rtpmanager_pool::{Health, ManagerPool};
 
 /// How often a healthy manager's calls are reconciled besides its
@@ -317,7 +316,7 @@ fn finish(link: &MediaLink, wake: &Wake, request: &MediaRequest, result: MediaRe
 }
 
 async fn run_call(
-    mut client: RtpManagerClient<Channel>,
+    mut client: ManagerClient,
     mut requests: mpsc::UnboundedReceiver<MediaRequest>,
     link: MediaLink,
     wake: Wake,
@@ -371,11 +370,7 @@ async fn run_call(
     placed.lock().remove(&call.0);
 }
 
-async fn run_op(
-    client: &mut RtpManagerClient<Channel>,
-    call_id: String,
-    op: &MediaOp,
-) -> MediaResult {
+async fn run_op(client: &mut ManagerClient, call_id: String, op: &MediaOp) -> MediaResult {
     let outcome = match op {
         MediaOp::Offer { leg, peer, sdp } => client
             .offer(v1::OfferRequest {
@@ -494,12 +489,7 @@ async fn follow_playback(
 
 /// Follows one manager's Watch stream for as long as the process runs,
 /// reconnecting after errors.
-async fn watch(
-    endpoint: String,
-    mut client: RtpManagerClient<Channel>,
-    link: MediaLink,
-    wake: Wake,
-) {
+async fn watch(endpoint: String, mut client: ManagerClient, link: MediaLink, wake: Wake) {
     use v1::manager_event::Event;
     loop {
         match client
