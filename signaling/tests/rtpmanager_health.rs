@@ -99,9 +99,10 @@ fn http_get_json(port: u16, path: &str) -> Option<serde_json::Value> {
 fn wait_for_health(rest_port: u16, want: &str, signaling: &Daemon) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Some(managers) = http_get_json(rest_port, "/api/v1/rtpmanagers") {
-            if managers[0]["health"] == want {
-                return managers[0].clone();
+        if let Some(pool) = http_get_json(rest_port, "/api/v1/rtpmanagers") {
+            let manager = &pool["members"][0];
+            if manager["health"] == want {
+                return manager.clone();
             }
         }
         assert!(
