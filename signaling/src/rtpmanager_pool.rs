@@ -132,7 +132,7 @@ impl ManagerPool {
                 Ok(Manager {
                     client: RtpManagerClient::new(channel),
                     status: RwLock::new(ManagerStatus {
-                        id: uri.clone(),
+                        id: crate::config::manager_id(uri),
                         endpoint: uri.clone(),
                         health: Health::Unknown,
                         detail: "not probed yet".into(),
@@ -153,7 +153,8 @@ impl ManagerPool {
     }
 
     /// Names the managers, in configuration order (see
-    /// [`crate::config::manager_id`]); without it their ids are their URIs.
+    /// [`crate::config::manager_id`]); without it their ids are their
+    /// `host:port`.
     pub fn with_ids(self, ids: &[String]) -> Self {
         for (manager, id) in self.managers.iter().zip(ids) {
             if let Ok(mut s) = manager.status.write() {
@@ -447,7 +448,13 @@ mod tests {
         set_health(&pool, 0, Health::Healthy);
         set_health(&pool, 1, Health::Healthy);
         assert_eq!(pool.index_of("b"), Some(1));
-        assert_eq!(pool.index_of("http://127.0.0.1:2"), None, "named by id");
+        assert_eq!(pool.index_of("127.0.0.1:2"), None, "named by id");
+        let unnamed = ManagerPool::new(&uris).expect("pool");
+        assert_eq!(
+            unnamed.index_of("127.0.0.1:2"),
+            Some(1),
+            "host:port by default"
+        );
         assert!(pool.set_operator_drain(0, true));
         assert!(!pool.set_operator_drain(0, true), "already drained");
         assert_eq!(pool.candidates(), vec![1]);

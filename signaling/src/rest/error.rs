@@ -95,3 +95,22 @@ impl IntoResponse for AppError {
         response
     }
 }
+
+/// A single path parameter whose rejection (say, percent-encoding that is
+/// not UTF-8) is an [`AppError`] like every other error, not axum's text.
+#[derive(Debug)]
+pub(super) struct PathParam(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| PathParam(value))
+            .map_err(|rejection| AppError::BadRequest(rejection.body_text()))
+    }
+}

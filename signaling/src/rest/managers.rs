@@ -1,9 +1,10 @@
 //! `/api/v1/rtpmanagers`: the pool's members and the operator's drain.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 
+use super::error::PathParam;
 use super::{ApiState, AppError};
 use crate::rtpmanager_pool::{Health, ManagerPool, ManagerStatus};
 
@@ -123,7 +124,7 @@ fn state_of(pool: &ManagerPool, index: usize) -> Result<Json<Drain>, AppError> {
 /// `GET /api/v1/rtpmanagers/{id}/drain`.
 pub(super) async fn drain_state(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Json<Drain>, AppError> {
     let index = find(&state.pool, &id)?;
     state_of(&state.pool, index)
@@ -133,7 +134,7 @@ pub(super) async fn drain_state(
 /// Draining a drained manager changes nothing and answers the same.
 pub(super) async fn drain(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Json<Drain>, AppError> {
     let index = find(&state.pool, &id)?;
     state.pool.set_operator_drain(index, true);
@@ -144,7 +145,7 @@ pub(super) async fn drain(
 /// manager drains itself or is down).
 pub(super) async fn undrain(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Json<Drain>, AppError> {
     let index = find(&state.pool, &id)?;
     state.pool.set_operator_drain(index, false);

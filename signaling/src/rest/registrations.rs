@@ -1,10 +1,11 @@
 //! `/api/v1/registrations`: the registrar's bindings, and unregistering an
 //! address-of-record (stored, so a restart does not bring it back).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 
+use super::error::PathParam;
 use super::{ApiState, AppError};
 use crate::uas::driver::CoreHandle;
 use crate::uas::{RegistrationError, RegistrationView};
@@ -49,7 +50,7 @@ pub(super) struct AorBindings {
 /// `GET /api/v1/registrations/{aor}`: 404 when it has no binding.
 pub(super) async fn one(
     State(state): State<ApiState>,
-    Path(aor): Path<String>,
+    PathParam(aor): PathParam,
 ) -> Result<Json<AorBindings>, AppError> {
     let bindings = core(&state)?
         .registrations_of(aor)
@@ -71,7 +72,7 @@ pub(super) struct Removed {
 /// `DELETE /api/v1/registrations/{aor}`: removes every binding, durably.
 pub(super) async fn remove(
     State(state): State<ApiState>,
-    Path(aor): Path<String>,
+    PathParam(aor): PathParam,
 ) -> Result<Json<Removed>, AppError> {
     let (aor, removed) = core(&state)?
         .unregister(aor)

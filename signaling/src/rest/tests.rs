@@ -155,6 +155,15 @@ async fn errors_are_json_with_the_right_status() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"], "not_found");
     assert_eq!(body["detail"], "no RTP manager with id `nope`");
+    let (status, body) = call(
+        &router,
+        Method::GET,
+        "/api/v1/rtpmanagers/%FF%FE/drain",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "bad_request", "JSON like the others: {body}");
     // No SIP core in this router: 503, not a hang or a 500.
     for (method, path) in [
         (Method::GET, "/api/v1/registrations"),
