@@ -323,3 +323,73 @@ fn a_sipsak_registration_shows_its_user_agent_and_delete_removes_it_for_good() {
     );
     assert_eq!(status, 404);
 }
+
+#[test]
+fn a_named_manager_is_drained_by_its_name_and_a_bad_token_file_stops_the_start() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let missing = data.path().join("no-such-tokens");
+    let output = Command::new(SIGNALING)
+        .args([
+            "--rest-port",
+            "0",
+            "--port",
+            "0",
+            "--bind-address",
+            "127.0.0.1",
+        ])
+        .arg("--api-token-file")
+        .arg(&missing)
+        .arg("--data-dir")
+        .arg(data.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run signaling");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--api-token-file") && stderr.contains("no-such-tokens"),
+        "{stderr}"
+    );
+
+    // Port 11 answers nothing: the manager is down, its name still works.
+    let server = Server::start(
+        &data.path().join("state"),
+        &["--rtpmanager", "edge-b=127.0.0.1:11"],
+    );
+    let (status, pool) = request(server.rest_port, "GET", "/api/v1/rtpmanagers", None);
+    assert_eq!(status, 200, "{pool}");
+    let ids: Vec<&str> = pool["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(ids, vec!["127.0.0.1:9", "edge-b"], "{pool}");
+    assert_eq!(pool["total"], 2);
+    let (status, state) = request(
+        server.rest_port,
+        "POST",
+        "/api/v1/rtpmanagers/edge-b/drain",
+        None,
+    );
+    assert_eq!((status, &state["operator"]), (200, &true.into()), "{state}");
+    let (_, pool) = request(server.rest_port, "GET", "/api/v1/rtpmanagers", None);
+    assert_eq!(pool["members"][1]["drain"]["operator"], true, "{pool}");
+    assert!(
+        server
+            .log()
+            .contains("RTP manager drain set by the operator"),
+        "{}",
+        server.log()
+    );
+    let (status, missing) = request(
+        server.rest_port,
+        "GET",
+        "/api/v1/rtpmanagers/127.0.0.1:11/drain",
+        None,
+    );
+    assert_eq!(
+        status, 404,
+        "named managers answer to their name only: {missing}"
+    );
+}

@@ -143,6 +143,7 @@ fn signaling_sees_the_manager_healthy_then_down() {
 
     let status = wait_for_health(rest_port, "healthy", &signaling);
     assert_eq!(status["endpoint"], format!("http://127.0.0.1:{grpc_port}"));
+    assert_eq!(status["id"], format!("127.0.0.1:{grpc_port}"));
     assert_eq!(status["fast_path"], "off");
     assert_eq!(status["ports_free"], 50);
     assert_eq!(status["detail"], "ok");
