@@ -12,10 +12,10 @@ use switchboard_service::Waited;
 
 use crate::auth::{Authenticator, Users};
 use crate::b2bua::{self, B2bua, B2buaConfig, LinkInput, MediaLink, Owner, Shutdown};
-use crate::config::{manager_uri, AuthOption, Config, DEFAULT_DIALPLAN};
+use crate::config::{manager_id, manager_uri, AuthOption, Config, DEFAULT_DIALPLAN};
 use crate::dialplan::Dialplan;
 use crate::registrar::{Registrar, Store};
-use crate::rest::{app, ApiState};
+use crate::rest::{app, ApiAccess, ApiState, Tokens};
 use crate::rtpmanager_pool::ManagerPool;
 use crate::transport::{TransportConfig, Transports};
 use crate::uas::driver::{CoreHandle, CoreQueue};
@@ -30,7 +30,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map(|m| manager_uri(m).map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<Vec<_>>>()
         .context("--rtpmanager")?;
-    let pool = ManagerPool::new(&uris).context("--rtpmanager")?;
+    let ids: Vec<String> = config.rtpmanagers.iter().map(|m| manager_id(m)).collect();
+    let pool = ManagerPool::new(&uris)
+        .context("--rtpmanager")?
+        .with_ids(&ids);
+    let access = api_access(&config)?;
     pool.spawn_health_checks(config.health_interval());
 
     let mut uas = build_core(&config)?;
@@ -116,6 +120,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let state = ApiState {
         pool,
         sip: Some(core.handle()),
+        access: Arc::new(access),
     };
     let (stop_rest, rest_stopping) = tokio::sync::oneshot::channel::<()>();
     let mut rest = tokio::spawn(async move {
@@ -209,6 +214,31 @@ async fn end_calls(link: &MediaLink, core: &CoreHandle, drain: Duration, timeout
         elapsed_ms,
         "{why}: stopping with BYEs, CANCELs or media deletes unanswered"
     );
+}
+
+/// The REST API's tokens (`--api-token-file`, `--api-token`), said at start
+/// without showing any.
+fn api_access(config: &Config) -> anyhow::Result<ApiAccess> {
+    let mut tokens = match &config.api_token_file {
+        Some(path) => Tokens::load(path)?,
+        None => Tokens::default(),
+    };
+    if let Some(token) = &config.api_token {
+        tokens.add(token.expose());
+    }
+    if tokens.is_empty() {
+        tracing::info!(
+            rest_address = %config.rest_address,
+            "REST API without a token: it answers on loopback only (--api-token-file to open it to the network)"
+        );
+        return Ok(ApiAccess::open());
+    }
+    tracing::info!(
+        tokens = tokens.len(),
+        metrics_require_token = config.metrics_require_token,
+        "REST API requires a bearer token on every endpoint but /api/v1/health"
+    );
+    Ok(ApiAccess::with_tokens(tokens, config.metrics_require_token))
 }
 
 /// The SIP core with its registrar rebuilt from the data directory.

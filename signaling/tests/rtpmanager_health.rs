@@ -99,9 +99,10 @@ fn http_get_json(port: u16, path: &str) -> Option<serde_json::Value> {
 fn wait_for_health(rest_port: u16, want: &str, signaling: &Daemon) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Some(managers) = http_get_json(rest_port, "/api/v1/rtpmanagers") {
-            if managers[0]["health"] == want {
-                return managers[0].clone();
+        if let Some(pool) = http_get_json(rest_port, "/api/v1/rtpmanagers") {
+            let manager = &pool["members"][0];
+            if manager["health"] == want {
+                return manager.clone();
             }
         }
         assert!(
@@ -142,6 +143,7 @@ fn signaling_sees_the_manager_healthy_then_down() {
 
     let status = wait_for_health(rest_port, "healthy", &signaling);
     assert_eq!(status["endpoint"], format!("http://127.0.0.1:{grpc_port}"));
+    assert_eq!(status["id"], format!("127.0.0.1:{grpc_port}"));
     assert_eq!(status["fast_path"], "off");
     assert_eq!(status["ports_free"], 50);
     assert_eq!(status["detail"], "ok");
