@@ -80,8 +80,11 @@ pub struct Config {
     #[arg(long, env = "ADVERTISE")]
     pub advertise: Option<String>,
 
-    /// RTP managers' gRPC endpoints (host:port, http://host:port or
-    /// https://host:port), comma-separated. host:port means https:// when
+    /// RTP managers' gRPC endpoints, comma-separated: `host:port`,
+    /// `http://host:port`, `https://host:port`, or any of them as
+    /// `id=endpoint` to give the manager the id the REST API names it by
+    /// (`/api/v1/rtpmanagers/{id}/drain`); without a name its id is the
+    /// endpoint without scheme. `host:port` means https:// when
     /// --rtpmanager-tls-ca is set, else http://.
     #[arg(
         long = "rtpmanager",
@@ -125,6 +128,26 @@ pub struct Config {
     /// Port of the REST API.
     #[arg(long, env = "REST_PORT", default_value_t = 8080)]
     pub rest_port: u16,
+
+    /// File of bearer tokens for the REST API, one per line (blank lines and
+    /// lines starting with `#` skipped; at least 16 visible characters each,
+    /// e.g. `openssl rand -hex 32`). With a token, every endpoint except
+    /// `/api/v1/health` needs `Authorization: Bearer <token>`. Without one,
+    /// --rest-address must be a loopback address.
+    #[arg(long, env = "API_TOKEN_FILE", value_name = "FILE")]
+    pub api_token_file: Option<PathBuf>,
+
+    /// One bearer token for the REST API, accepted beside those of
+    /// --api-token-file. Prefer the environment variable or the file: a
+    /// flag is visible to every local user in the process list.
+    #[arg(long, env = "API_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub api_token: Option<ApiToken>,
+
+    /// Whether `/metrics` needs the token too, when one is configured.
+    /// `false` lets a scraper without credentials read it (the figures name
+    /// RTP managers and load, so expose them knowingly).
+    #[arg(long, env = "METRICS_REQUIRE_TOKEN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics_require_token: bool,
 
     /// JSON dialplan file, reloaded on SIGHUP (an invalid new plan is
     /// refused and the old one kept). Without the default file, calls are
@@ -402,6 +425,7 @@ impl Config {
             ));
         }
         let tls = self.rtpmanager_tls_ca.is_some();
+        let mut ids = std::collections::BTreeSet::new();
         for manager in &self.rtpmanagers {
             let uri = manager_uri(manager, tls)
                 .map_err(|reason| ConfigError::invalid("rtpmanager", reason))?;
@@ -409,6 +433,13 @@ impl Config {
                 return Err(ConfigError::invalid(
                     "rtpmanager",
                     format!("`{manager}` is https://: name the CA of the managers' certificates with --rtpmanager-tls-ca"),
+                ));
+            }
+            let id = manager_id(manager);
+            if !ids.insert(id.clone()) {
+                return Err(ConfigError::invalid(
+                    "rtpmanager",
+                    format!("the id `{id}` names two managers"),
                 ));
             }
         }
@@ -430,6 +461,21 @@ impl Config {
                 "needs --rtpmanager-tls-ca: a client certificate is presented in a TLS handshake",
             )),
             _ => {}
+        }
+        if let Some(token) = &self.api_token {
+            crate::rest::check_token(token.expose())
+                .map_err(|reason| ConfigError::invalid("api-token", reason))?;
+        }
+        let has_token = self.api_token.is_some() || self.api_token_file.is_some();
+        if !has_token && !self.rest_address.is_loopback() {
+            return Err(ConfigError::invalid(
+                "rest-address",
+                format!(
+                    "{} is not a loopback address, and without --api-token-file (or --api-token) \
+                     the REST API answers on loopback only",
+                    self.rest_address
+                ),
+            ));
         }
         if self.rtpmanager_health_interval == 0 {
             return Err(ConfigError::invalid(
@@ -760,10 +806,71 @@ fn check_node_id(node: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Normalises an RTP manager endpoint to an `http://host:port` URI, or
-/// `https://host:port` for a bare `host:port` when `tls` (a CA is set).
-pub fn manager_uri(endpoint: &str, tls: bool) -> Result<String, String> {
-    let endpoint = endpoint.trim();
+/// A REST API bearer token given as an option; its `Debug` hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken(String);
+
+impl ApiToken {
+    /// The token text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiToken(hidden)")
+    }
+}
+
+impl std::str::FromStr for ApiToken {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(ApiToken(text.trim().to_owned()))
+    }
+}
+
+/// Splits `id=endpoint` into its id and endpoint; a plain endpoint has no
+/// id. An `=` counts only before any `:` or `/`, so a URI is never cut.
+fn split_manager(entry: &str) -> (Option<&str>, &str) {
+    let entry = entry.trim();
+    match entry.split_once('=') {
+        Some((id, endpoint)) if !id.contains([':', '/']) => (Some(id.trim()), endpoint.trim()),
+        _ => (None, entry),
+    }
+}
+
+/// The id of an RTP manager entry (`id=host:port`): its name, or without
+/// one the endpoint without its `http://` scheme.
+pub fn manager_id(entry: &str) -> String {
+    let (id, endpoint) = split_manager(entry);
+    id.unwrap_or_else(|| {
+        endpoint
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .trim_end_matches('/')
+    })
+    .to_owned()
+}
+
+/// Normalises an RTP manager entry (`host:port`, `http://host:port`,
+/// `https://host:port`, with an optional `id=` in front) to a URI:
+/// `https://host:port` for a bare `host:port` when `tls` (a CA is set),
+/// else `http://host:port`.
+pub fn manager_uri(entry: &str, tls: bool) -> Result<String, String> {
+    let (id, endpoint) = split_manager(entry);
+    if let Some(id) = id {
+        let valid = !id.is_empty()
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !valid {
+            return Err(format!(
+                "the manager id `{id}` is not letters, digits, `-`, `_` or `.`"
+            ));
+        }
+    }
     let uri = if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
         endpoint.to_owned()
     } else if tls {
@@ -975,6 +1082,51 @@ mod tests {
         let c = load(&["--server-header", "", "--source-rate-limit", "0"]).expect("both off");
         assert_eq!(c.server_header, "");
         assert_eq!(c.source_rate_limit, 0);
+    }
+
+    #[test]
+    fn managers_may_be_named_and_ids_must_be_unique() {
+        let c = load(&[
+            "--rtpmanager",
+            "edge-a=10.0.0.1:9090,10.0.0.2:9090,http://[::1]:9191",
+        ])
+        .expect("named and plain");
+        let ids: Vec<String> = c.rtpmanagers.iter().map(|m| manager_id(m)).collect();
+        assert_eq!(ids, vec!["edge-a", "10.0.0.2:9090", "[::1]:9191"]);
+        assert_eq!(
+            manager_uri("edge-a=10.0.0.1:9090", false).as_deref(),
+            Ok("http://10.0.0.1:9090")
+        );
+        let err = load(&["--rtpmanager", "a=10.0.0.1:9090,a=10.0.0.2:9090"]).expect_err("dup");
+        assert!(err.to_string().contains("`a` names two managers"), "{err}");
+        let err = load(&["--rtpmanager", "a b=10.0.0.1:9090"]).expect_err("bad id");
+        assert!(err.to_string().contains("--rtpmanager"), "{err}");
+    }
+
+    #[test]
+    fn the_rest_api_leaves_loopback_only_with_a_token() {
+        let err = load(&["--rest-address", "0.0.0.0"]).expect_err("no token");
+        assert!(
+            err.to_string().contains("--rest-address") && err.to_string().contains("loopback"),
+            "{err}"
+        );
+        load(&["--rest-address", "::1"]).expect("IPv6 loopback is fine");
+        let c = load(&[
+            "--rest-address",
+            "0.0.0.0",
+            "--api-token",
+            "0123456789abcdef-x",
+        ])
+        .expect("with a token");
+        assert!(c.metrics_require_token, "metrics guarded by default");
+        assert_eq!(format!("{:?}", c.api_token), "Some(ApiToken(hidden))");
+        let err = load(&["--api-token", "short"]).expect_err("short token");
+        assert!(
+            err.to_string().contains("--api-token") && !err.to_string().contains("short\""),
+            "{err}"
+        );
+        let c = load(&["--metrics-require-token", "false"]).expect("bool value");
+        assert!(!c.metrics_require_token);
     }
 
     #[test]

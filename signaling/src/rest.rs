@@ -1,4 +1,21 @@
 //! The REST API: JSON for the dashboard and operators, Prometheus metrics.
+//!
+//! Every endpoint is listed once, in [`routes`], with who may call it; the
+//! router is built from that list and the OpenAPI document
+//! (`/api/v1/openapi.json`) is checked against it by a test. Errors are
+//! [`AppError`]s: JSON `{"error": code, "detail": text}` with the status
+//! that fits, never an internal message.
+
+mod access;
+mod error;
+mod managers;
+mod openapi;
+mod registrations;
+#[cfg(test)]
+mod tests;
+
+pub use access::{check_token, ApiAccess, Tokens, TokensError};
+pub use error::AppError;
 
 use std::future::Future;
 use std::io;
@@ -10,19 +27,18 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::routing::{delete, get, post, MethodRouter};
+use axum::{middleware, Json, Router};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::rtpmanager_pool::{Health, ManagerPool, ManagerStatus};
+use crate::rtpmanager_pool::{Health, ManagerPool};
 use crate::transport::limits::{StatsSnapshot, TransportStats};
 use crate::uas::driver::CoreHandle;
-use crate::uas::RegistrationView;
 
 /// Shared state of the REST handlers.
 #[derive(Clone, Debug)]
@@ -34,15 +50,116 @@ pub struct ApiState {
     pub transport: Option<Arc<TransportStats>>,
     /// REST connections closed over `--rest-max-connections`.
     pub rest_refused: Option<Arc<AtomicU64>>,
+    /// Who may call the API.
+    pub access: Arc<ApiAccess>,
+}
+
+/// Who may call an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guard {
+    /// Anyone: the load balancer's and the dashboard's liveness check.
+    Public,
+    /// Holders of a token, when tokens are configured.
+    Token,
+    /// Like [`Guard::Token`] unless `--metrics-require-token false`.
+    Metrics,
+}
+
+/// One endpoint of the API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The HTTP method.
+    pub method: Method,
+    /// The path, with `{name}` parameters as in OpenAPI and axum.
+    pub path: &'static str,
+    /// Who may call it.
+    pub guard: Guard,
+}
+
+/// Every endpoint with its handler: the one list the router is built from.
+fn routes() -> Vec<(Endpoint, MethodRouter<ApiState>)> {
+    let endpoint = |method: Method, path: &'static str, guard: Guard| Endpoint {
+        method,
+        path,
+        guard,
+    };
+    vec![
+        (
+            endpoint(Method::GET, "/api/v1/health", Guard::Public),
+            get(health),
+        ),
+        (
+            endpoint(Method::GET, "/api/v1/openapi.json", Guard::Token),
+            get(openapi::document),
+        ),
+        (
+            endpoint(Method::GET, "/api/v1/rtpmanagers", Guard::Token),
+            get(managers::list),
+        ),
+        (
+            endpoint(Method::GET, "/api/v1/rtpmanagers/{id}/drain", Guard::Token),
+            get(managers::drain_state),
+        ),
+        (
+            endpoint(Method::POST, "/api/v1/rtpmanagers/{id}/drain", Guard::Token),
+            post(managers::drain),
+        ),
+        (
+            endpoint(
+                Method::DELETE,
+                "/api/v1/rtpmanagers/{id}/drain",
+                Guard::Token,
+            ),
+            delete(managers::undrain),
+        ),
+        (
+            endpoint(Method::GET, "/api/v1/registrations", Guard::Token),
+            get(registrations::list),
+        ),
+        (
+            endpoint(Method::GET, "/api/v1/registrations/{aor}", Guard::Token),
+            get(registrations::one),
+        ),
+        (
+            endpoint(Method::DELETE, "/api/v1/registrations/{aor}", Guard::Token),
+            delete(registrations::remove),
+        ),
+        (
+            endpoint(Method::GET, "/metrics", Guard::Metrics),
+            get(metrics),
+        ),
+    ]
+}
+
+/// Every endpoint of the API (for the OpenAPI check and the docs).
+pub fn endpoints() -> Vec<Endpoint> {
+    routes().into_iter().map(|(endpoint, _)| endpoint).collect()
 }
 
 /// The REST router; tests drive it with `tower::ServiceExt::oneshot`.
 pub fn app(state: ApiState) -> Router {
-    Router::new()
-        .route("/api/v1/health", get(health))
-        .route("/api/v1/rtpmanagers", get(rtpmanagers))
-        .route("/api/v1/registrations", get(registrations))
-        .route("/metrics", get(metrics))
+    let access = Arc::clone(&state.access);
+    let mut open = Router::new();
+    let mut guarded = Router::new();
+    for (endpoint, handler) in routes() {
+        let needs_token = match endpoint.guard {
+            Guard::Public => false,
+            Guard::Token => true,
+            Guard::Metrics => access.metrics_require_token(),
+        };
+        if needs_token {
+            guarded = guarded.route(endpoint.path, handler);
+        } else {
+            open = open.route(endpoint.path, handler);
+        }
+    }
+    let guarded = guarded.route_layer(middleware::from_fn_with_state(
+        access,
+        access::require_token,
+    ));
+    open.merge(guarded)
+        .fallback(|| async { AppError::NoRoute })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .with_state(state)
 }
 
@@ -66,19 +183,6 @@ async fn health(State(state): State<ApiState>) -> Json<HealthBody> {
         rtpmanagers_healthy: healthy,
         rtpmanagers_total: statuses.len(),
     })
-}
-
-async fn rtpmanagers(State(state): State<ApiState>) -> Json<Vec<ManagerStatus>> {
-    Json(state.pool.statuses())
-}
-
-/// The registrar's bindings: aor, contact, expires (seconds left), source.
-async fn registrations(
-    State(state): State<ApiState>,
-) -> Result<Json<Vec<RegistrationView>>, (StatusCode, &'static str)> {
-    let unavailable = (StatusCode::SERVICE_UNAVAILABLE, "SIP core not running");
-    let core = state.sip.as_ref().ok_or(unavailable)?;
-    core.registrations().await.map(Json).ok_or(unavailable)
 }
 
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {

@@ -34,6 +34,9 @@ pub enum Health {
 /// A manager's state as reported by the REST API.
 #[derive(Clone, Debug, Serialize)]
 pub struct ManagerStatus {
+    /// The operator's name for it (`--rtpmanager id=host:port`), by
+    /// default its `host:port`.
+    pub id: String,
     pub endpoint: String,
     pub health: Health,
     /// Why the manager is in its state (last error, or "ok").
@@ -44,6 +47,8 @@ pub struct ManagerStatus {
     pub version: String,
     pub active_calls: u32,
     pub ports_free: u32,
+    /// Drained by the operator (REST API): no new calls, whatever its health.
+    pub operator_drain: bool,
 }
 
 /// The result of one probe.
@@ -137,6 +142,7 @@ impl ManagerPool {
                     client: access.connect_lazy(uri)?,
                     became_healthy: watch::Sender::new(0),
                     status: RwLock::new(ManagerStatus {
+                        id: crate::config::manager_id(uri),
                         endpoint: uri.clone(),
                         health: Health::Unknown,
                         detail: "not probed yet".into(),
@@ -146,6 +152,7 @@ impl ManagerPool {
                         version: String::new(),
                         active_calls: 0,
                         ports_free: 0,
+                        operator_drain: false,
                     }),
                 })
             })
@@ -153,6 +160,38 @@ impl ManagerPool {
         Ok(ManagerPool {
             managers: Arc::new(managers),
         })
+    }
+
+    /// Names the managers, in configuration order (see
+    /// [`crate::config::manager_id`]); without it their ids are their
+    /// `host:port`.
+    pub fn with_ids(self, ids: &[String]) -> Self {
+        for (manager, id) in self.managers.iter().zip(ids) {
+            if let Ok(mut s) = manager.status.write() {
+                s.id.clone_from(id);
+            }
+        }
+        self
+    }
+
+    /// The index of the manager named `id`.
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.statuses().iter().position(|s| s.id == id)
+    }
+
+    /// Sets or clears the operator's drain of manager `index`; returns
+    /// whether it changed. A drained manager keeps its calls and gets no
+    /// new ones (see [`ManagerPool::candidates`]).
+    pub fn set_operator_drain(&self, index: usize, drain: bool) -> bool {
+        let Some(Ok(mut s)) = self.managers.get(index).map(|m| m.status.write()) else {
+            return false;
+        };
+        let changed = s.operator_drain != drain;
+        s.operator_drain = drain;
+        if changed {
+            tracing::info!(rtpmanager = %s.id, drain, "RTP manager drain set by the operator");
+        }
+        changed
     }
 
     /// A snapshot of every manager's state.
@@ -201,9 +240,20 @@ impl ManagerPool {
 
     /// The managers that may take a new call: the healthy ones, or when
     /// none is, those not probed yet (at start). Draining and down
-    /// managers keep their calls but get no new ones.
+    /// managers keep their calls but get no new ones, nor do those the
+    /// operator drained.
     pub fn candidates(&self) -> Vec<usize> {
-        let healths: Vec<Health> = self.statuses().into_iter().map(|s| s.health).collect();
+        let healths: Vec<Health> = self
+            .statuses()
+            .into_iter()
+            .map(|s| {
+                if s.operator_drain {
+                    Health::Draining
+                } else {
+                    s.health
+                }
+            })
+            .collect();
         let with = |wanted: Health| -> Vec<usize> {
             healths
                 .iter()
@@ -407,6 +457,40 @@ mod tests {
         );
         assert_eq!(pool.len(), 3);
         assert_eq!(pool.endpoint(2), "http://127.0.0.1:3");
+    }
+
+    #[tokio::test]
+    async fn an_operator_drained_manager_gets_no_new_call_until_undrained() {
+        let uris: Vec<String> = (1..=2).map(|p| format!("http://127.0.0.1:{p}")).collect();
+        let pool = ManagerPool::new(&uris)
+            .expect("pool")
+            .with_ids(&["a".into(), "b".into()]);
+        set_health(&pool, 0, Health::Healthy);
+        set_health(&pool, 1, Health::Healthy);
+        assert_eq!(pool.index_of("b"), Some(1));
+        assert_eq!(pool.index_of("127.0.0.1:2"), None, "named by id");
+        let unnamed = ManagerPool::new(&uris).expect("pool");
+        assert_eq!(
+            unnamed.index_of("127.0.0.1:2"),
+            Some(1),
+            "host:port by default"
+        );
+        assert!(pool.set_operator_drain(0, true));
+        assert!(!pool.set_operator_drain(0, true), "already drained");
+        assert_eq!(pool.candidates(), vec![1]);
+        assert!(pool.set_operator_drain(1, true));
+        assert_eq!(
+            pool.candidates(),
+            Vec::<usize>::new(),
+            "not even as a last resort"
+        );
+        assert!(pool.set_operator_drain(0, false));
+        assert_eq!(pool.candidates(), vec![0]);
+        assert_eq!(
+            pool.statuses()[0].health,
+            Health::Healthy,
+            "health untouched"
+        );
     }
 
     #[test]

@@ -12,12 +12,12 @@ use switchboard_service::Waited;
 
 use crate::auth::{Authenticator, Users};
 use crate::b2bua::{self, B2bua, B2buaConfig, LinkInput, MediaLink, Owner, Shutdown};
-use crate::config::{AuthOption, Config, DEFAULT_DIALPLAN, RESERVED_FILES};
+use crate::config::{manager_id, AuthOption, Config, DEFAULT_DIALPLAN, RESERVED_FILES};
 use crate::dialplan::Dialplan;
 use crate::registrar::{Registrar, Store};
 use axum::serve::Listener;
 
-use crate::rest::{app, ApiState, CappedListener};
+use crate::rest::{app, ApiAccess, ApiState, CappedListener, Tokens};
 use crate::rtpmanager_client::ClientAccess;
 use crate::rtpmanager_pool::ManagerPool;
 use crate::transport::limits::{ConnectionLimits, TransportStats};
@@ -34,7 +34,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::warn!("{warning}");
         }
     }
-    let pool = ManagerPool::with_access(&config.manager_uris(), &access).context("--rtpmanager")?;
+    let ids: Vec<String> = config.rtpmanagers.iter().map(|m| manager_id(m)).collect();
+    let pool = ManagerPool::with_access(&config.manager_uris(), &access)
+        .context("--rtpmanager")?
+        .with_ids(&ids);
+    let api_access = api_access(&config)?;
     pool.spawn_health_checks(config.health_interval());
 
     let mut uas = build_core(&config)?;
@@ -145,6 +149,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         sip: Some(core.handle()),
         transport: Some(stats),
         rest_refused: Some(listener.refused()),
+        access: Arc::new(api_access),
     };
     let (stop_rest, rest_stopping) = tokio::sync::oneshot::channel::<()>();
     let mut rest = tokio::spawn(async move {
@@ -303,6 +308,31 @@ fn fit_to_file_limit(
         max_total: room,
         max_per_source: limits.max_per_source.min(room),
     }
+}
+
+/// The REST API's tokens (`--api-token-file`, `--api-token`), said at start
+/// without showing any.
+fn api_access(config: &Config) -> anyhow::Result<ApiAccess> {
+    let mut tokens = match &config.api_token_file {
+        Some(path) => Tokens::load(path)?,
+        None => Tokens::default(),
+    };
+    if let Some(token) = &config.api_token {
+        tokens.add(token.expose());
+    }
+    if tokens.is_empty() {
+        tracing::info!(
+            rest_address = %config.rest_address,
+            "REST API without a token: it answers on loopback only (--api-token-file to open it to the network)"
+        );
+        return Ok(ApiAccess::open());
+    }
+    tracing::info!(
+        tokens = tokens.len(),
+        metrics_require_token = config.metrics_require_token,
+        "REST API requires a bearer token on every endpoint but /api/v1/health"
+    );
+    Ok(ApiAccess::with_tokens(tokens, config.metrics_require_token))
 }
 
 /// The SIP core with its registrar rebuilt from the data directory.

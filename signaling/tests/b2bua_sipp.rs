@@ -105,7 +105,7 @@ fn bed_with_timeout(
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let managers = server.get_json("/api/v1/rtpmanagers");
-        let healthy = managers
+        let healthy = managers["members"]
             .as_array()
             .is_some_and(|list| list.iter().any(|m| m["health"] == "healthy"));
         if healthy {
@@ -740,4 +740,74 @@ fn three_hundred_calls_at_100_per_second_all_succeed_and_leave_no_media() {
     };
     assert_eq!(status.code(), Some(0), "the SIPp callee saw failed calls");
     wait_no_calls(&bed.manager);
+}
+
+/// A POST or DELETE on the bed's REST API; the JSON body of the answer.
+fn rest_call(bed: &Bed, method: &str, path: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", bed.server.rest_port))
+        .expect("connect to the REST API");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    assert!(
+        response.starts_with("HTTP/1.0 200"),
+        "{method} {path}: {response}"
+    );
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).expect("JSON body")
+}
+
+#[test]
+fn a_drained_manager_gets_no_new_call_until_the_drain_is_taken_back() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    let (bed, callee_port) = anonymous_bed();
+    let drain = format!("/api/v1/rtpmanagers/{}/drain", bed.manager.grpc);
+    let state = rest_call(&bed, "POST", &drain);
+    assert_eq!(state["operator"], true, "{state}");
+    let pool = bed.server.get_json("/api/v1/rtpmanagers");
+    assert_eq!(pool["accepting"], 0, "{pool}");
+
+    // The only healthy manager is drained: the INVITE is refused before
+    // any media is set up.
+    let caller = common::UdpPeer::new();
+    let sdp = "v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+               m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+    let invite = format!(
+        "INVITE sip:1001@{server} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-drain-1;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@127.0.0.1>;tag=drain\r\nTo: <sip:1001@{server}>\r\n\
+         Call-ID: drained-manager@test\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@127.0.0.1:{port}>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{sdp}",
+        server = bed.server.sip_addr(),
+        port = caller.port(),
+        len = sdp.len(),
+    );
+    let response = caller.request(bed.server.sip_addr(), invite.as_bytes());
+    assert_eq!(common::status(&response), 503, "{response}");
+    assert_eq!(
+        calls_on(&bed.manager),
+        0,
+        "nothing placed on the drained manager"
+    );
+
+    let state = rest_call(&bed, "DELETE", &drain);
+    assert_eq!(state["draining"], false, "{state}");
+    two_party_call(
+        &bed,
+        callee_port,
+        TwoParty {
+            callee: "b2bua_uas.xml",
+            callee_args: &[],
+            caller: "b2bua_uac.xml",
+            caller_args: &["-d", "500"],
+            rtp: false,
+        },
+    );
 }

@@ -76,7 +76,7 @@ fn wait_healthy(server: &Server) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let managers = server.get_json("/api/v1/rtpmanagers");
-        if managers
+        if managers["members"]
             .as_array()
             .is_some_and(|list| list.iter().any(|m| m["health"] == "healthy"))
         {

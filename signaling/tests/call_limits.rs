@@ -75,8 +75,7 @@ fn a_fourth_call_from_one_source_is_refused_486_and_the_manager_sees_three() {
         ],
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !server
-        .get_json("/api/v1/rtpmanagers")
+    while !server.get_json("/api/v1/rtpmanagers")["members"]
         .as_array()
         .is_some_and(|l| l.iter().any(|m| m["health"] == "healthy"))
     {

@@ -128,9 +128,10 @@ fn start_signaling(rtpmanager: &str, extra: &[&str]) -> (Daemon, u16, tempfile::
 fn wait_for_health(rest_port: u16, want: &str, signaling: &Daemon) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Some(managers) = http_get_json(rest_port, "/api/v1/rtpmanagers") {
-            if managers[0]["health"] == want {
-                return managers[0].clone();
+        if let Some(pool) = http_get_json(rest_port, "/api/v1/rtpmanagers") {
+            let manager = &pool["members"][0];
+            if manager["health"] == want {
+                return manager.clone();
             }
         }
         assert!(
@@ -154,6 +155,7 @@ fn signaling_sees_the_manager_healthy_then_down() {
 
     let status = wait_for_health(rest_port, "healthy", &signaling);
     assert_eq!(status["endpoint"], format!("http://127.0.0.1:{grpc_port}"));
+    assert_eq!(status["id"], format!("127.0.0.1:{grpc_port}"));
     assert_eq!(status["fast_path"], "off");
     assert_eq!(status["ports_free"], 50);
     assert_eq!(status["detail"], "ok");

@@ -129,7 +129,11 @@ fn bindings(server: &Server) -> Vec<(String, String, u64, String)> {
                 b["aor"].as_str().expect("aor").to_owned(),
                 b["contact"].as_str().expect("contact").to_owned(),
                 b["expires"].as_u64().expect("expires"),
-                b["source"].as_str().expect("source").to_owned(),
+                format!(
+                    "{}:{}",
+                    b["transport"].as_str().expect("transport"),
+                    b["source"].as_str().expect("source")
+                ),
             )
         })
         .collect();

@@ -12,9 +12,28 @@ use serde::Deserialize;
 type HttpClient =
     Client<hyper_util::client::legacy::connect::HttpConnector, Empty<axum::body::Bytes>>;
 
+/// A signaling server's RTP manager pool (`GET /api/v1/rtpmanagers`).
+#[derive(Clone, Debug, Deserialize)]
+struct PoolView {
+    members: Vec<RtpManagerView>,
+}
+
+/// Why a manager gets no new calls (`drain` of a pool member).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct DrainView {
+    /// Drained by an operator through the REST API.
+    #[serde(default)]
+    pub operator: bool,
+    /// Draining by its own report.
+    #[serde(default)]
+    pub manager: bool,
+}
+
 /// One RTP manager as a signaling server reports it.
 #[derive(Clone, Debug, Deserialize)]
 pub struct RtpManagerView {
+    #[serde(default)]
+    pub id: String,
     pub endpoint: String,
     pub health: String,
     pub detail: String,
@@ -25,6 +44,20 @@ pub struct RtpManagerView {
     pub active_calls: u32,
     #[serde(default)]
     pub ports_free: u32,
+    #[serde(default)]
+    pub drain: DrainView,
+}
+
+impl RtpManagerView {
+    /// The drain state in a word, for the table.
+    pub fn drain_label(&self) -> &'static str {
+        match (self.drain.operator, self.drain.manager) {
+            (false, false) => "",
+            (true, false) => "drained by operator",
+            (false, true) => "draining",
+            (true, true) => "drained by operator, draining",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -50,6 +83,8 @@ pub struct BackendSnapshot {
 pub struct Backends {
     snapshots: Arc<RwLock<Vec<BackendSnapshot>>>,
     client: HttpClient,
+    /// `Bearer <token>` for the backends' REST APIs, marked sensitive.
+    authorization: Option<axum::http::HeaderValue>,
 }
 
 impl Backends {
@@ -68,7 +103,28 @@ impl Backends {
         Backends {
             snapshots: Arc::new(RwLock::new(snapshots)),
             client: Client::builder(TokioExecutor::new()).build_http(),
+            authorization: None,
         }
+    }
+
+    /// Sends `token` as a bearer token with every request (a token that
+    /// cannot be a header value is dropped with a warning that does not
+    /// show it).
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.authorization = token.and_then(|token| {
+            let value = axum::http::HeaderValue::try_from(format!("Bearer {token}"));
+            match value {
+                Ok(mut value) => {
+                    value.set_sensitive(true);
+                    Some(value)
+                }
+                Err(_) => {
+                    tracing::warn!("the backend token cannot be sent in a header; none is sent");
+                    None
+                }
+            }
+        });
+        self
     }
 
     /// The current snapshots, in configuration order.
@@ -124,14 +180,20 @@ impl Backends {
 
     async fn poll(&self, base: &str) -> Result<(HealthView, Vec<RtpManagerView>), String> {
         let health: HealthView = self.get_json(&format!("{base}/api/v1/health")).await?;
-        let managers: Vec<RtpManagerView> =
-            self.get_json(&format!("{base}/api/v1/rtpmanagers")).await?;
-        Ok((health, managers))
+        let pool: PoolView = self.get_json(&format!("{base}/api/v1/rtpmanagers")).await?;
+        Ok((health, pool.members))
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
         let uri: axum::http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-        let request = self.client.get(uri);
+        let mut request = axum::http::Request::get(uri);
+        if let Some(authorization) = &self.authorization {
+            request = request.header(axum::http::header::AUTHORIZATION, authorization.clone());
+        }
+        let request = request
+            .body(Empty::new())
+            .map_err(|e| format!("{url}: {e}"))?;
+        let request = self.client.request(request);
         let response = tokio::time::timeout(Duration::from_secs(3), request)
             .await
             .map_err(|_| format!("{url}: timed out"))?
@@ -146,5 +208,74 @@ impl Backends {
             .map_err(|e| format!("{url}: {e}"))?
             .to_bytes();
         serde_json::from_slice(&body).map_err(|e| format!("{url}: bad JSON: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_object_of_signaling_parses_with_ids_and_drain() {
+        let json = r#"{"total":2,"healthy":1,"accepting":1,"active_calls":3,"members":[
+            {"id":"edge-a","endpoint":"http://10.0.0.1:9090","health":"healthy","detail":"ok",
+             "fast_path":"xdp","fast_path_reason":"","instance_id":"i","version":"0.1.0",
+             "active_calls":3,"ports_free":4000,"drain":{"operator":true,"manager":false},"accepting":false},
+            {"id":"10.0.0.2:9090","endpoint":"http://10.0.0.2:9090","health":"down","detail":"unavailable",
+             "fast_path":"","fast_path_reason":"","instance_id":"","version":"",
+             "active_calls":0,"ports_free":0,"drain":{"operator":false,"manager":false},"accepting":false}]}"#;
+        let pool: PoolView = serde_json::from_str(json).expect("pool parses");
+        assert_eq!(pool.members.len(), 2);
+        assert_eq!(pool.members[0].id, "edge-a");
+        assert_eq!(pool.members[0].active_calls, 3);
+        assert_eq!(pool.members[0].drain_label(), "drained by operator");
+        assert_eq!(pool.members[1].health, "down");
+        assert_eq!(pool.members[1].drain_label(), "");
+    }
+
+    /// A backend that answers only requests bearing `token`.
+    async fn guarded_backend(token: &'static str) -> String {
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::routing::get;
+        let guard = move |headers: HeaderMap| async move {
+            let expected = format!("Bearer {token}");
+            if headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&expected) {
+                Ok(())
+            } else {
+                Err(StatusCode::UNAUTHORIZED)
+            }
+        };
+        let app = axum::Router::new()
+            .route("/api/v1/health", get(|| async { r#"{"status":"ok","version":"t"}"# }))
+            .route(
+                "/api/v1/rtpmanagers",
+                get(move |headers: HeaderMap| async move {
+                    guard(headers).await.map(|()| {
+                        r#"{"total":1,"members":[{"id":"m","endpoint":"http://x:1","health":"healthy","detail":"ok","fast_path":"off"}]}"#
+                    })
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn the_backend_token_is_sent_and_without_it_the_backend_shows_401() {
+        let url = guarded_backend("ui-token-0123456789abcdef").await;
+        let with = Backends::new(std::slice::from_ref(&url))
+            .with_token(Some("ui-token-0123456789abcdef".to_owned()));
+        with.poll_all().await;
+        let snapshot = &with.snapshot()[0];
+        assert_eq!(snapshot.error, None);
+        assert_eq!(snapshot.rtpmanagers[0].id, "m");
+
+        let without = Backends::new(std::slice::from_ref(&url));
+        without.poll_all().await;
+        let error = without.snapshot()[0].error.clone().expect("refused");
+        assert!(error.contains("401"), "{error}");
     }
 }

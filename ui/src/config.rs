@@ -35,6 +35,12 @@ pub struct Config {
     )]
     pub backends: Vec<String>,
 
+    /// File whose first token (a line not starting with `#`) is sent to every
+    /// backend as `Authorization: Bearer <token>`: one of the tokens of the
+    /// signaling servers' --api-token-file. Without it no token is sent.
+    #[arg(long, env = "BACKEND_TOKEN_FILE", value_name = "FILE")]
+    pub backend_token_file: Option<PathBuf>,
+
     /// Seconds between polls of each backend.
     #[arg(long, env = "POLL_INTERVAL", default_value_t = 2)]
     pub poll_interval: u64,
@@ -76,6 +82,25 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// The token of `--backend-token-file`: its first line that is neither
+/// blank nor a `#` comment. The error never quotes the file's text.
+pub fn read_backend_token(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--backend-token-file: cannot read {}: {e}", path.display()))?;
+    let token = text
+        .lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty() && !line.starts_with('#'))
+        .ok_or_else(|| format!("--backend-token-file: {} holds no token", path.display()))?;
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "--backend-token-file: {}: the token is not visible ASCII without spaces",
+            path.display()
+        ));
+    }
+    Ok(token.to_owned())
 }
 
 /// Checks a backend URL and strips its trailing slash.

@@ -14,7 +14,13 @@ async fn main() -> anyhow::Result<()> {
     switchboard_service::init_logging(&config.log_level);
 
     let poll_interval = Duration::from_secs(config.poll_interval);
-    let backends = Backends::new(&config.backends);
+    let token = config
+        .backend_token_file
+        .as_deref()
+        .map(switchboard_ui::config::read_backend_token)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let backends = Backends::new(&config.backends).with_token(token);
     backends.spawn_polling(poll_interval);
 
     let addr = SocketAddr::new(config.address, config.port);

@@ -430,7 +430,8 @@ pub(crate) fn manager_healthy(rest_port: u16) -> bool {
     }
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    response.contains("\"healthy\"")
+    // A member's `"health":"healthy"`, not the pool's `"healthy"` count.
+    response.contains("\"health\":\"healthy\"")
 }
 
 fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {

@@ -212,6 +212,8 @@ pub struct RegisterRequest {
     pub path: Vec<String>,
     /// Where the request came from.
     pub source: Source,
+    /// The User-Agent header, shown to operators.
+    pub user_agent: Option<String>,
 }
 
 /// A stored binding of an address-of-record to a contact.
@@ -239,6 +241,18 @@ pub struct Binding {
     pub path: Vec<String>,
     /// The address the REGISTER came from.
     pub source: Source,
+    /// The User-Agent of the REGISTER that made or last refreshed it.
+    /// Absent in records stored before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// When the contact was first registered (refreshes keep it). Absent
+    /// in records stored before it was kept.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "unix_millis_opt"
+    )]
+    pub registered_at: Option<SystemTime>,
 }
 
 /// How bindings of one address-of-record are told apart: by instance and
@@ -359,6 +373,13 @@ pub struct Persist {
     pub record: Record,
     /// The bindings before the change, for [`Registrar::revert`].
     previous: Vec<Binding>,
+}
+
+impl Persist {
+    /// How many bindings the address-of-record had before the change.
+    pub fn previous_len(&self) -> usize {
+        self.previous.len()
+    }
 }
 
 /// The 200 answer to a REGISTER.
@@ -607,6 +628,9 @@ impl Registrar {
                 return Err(Rejection::OutOfOrder);
             }
             let existing = new.iter().position(|b| b.key() == key);
+            let registered_at = existing
+                .and_then(|index| new[index].registered_at)
+                .unwrap_or(now);
             let binding = (expires > 0).then(|| Binding {
                 contact: contact.uri.trim().to_string(),
                 q: contact.q,
@@ -620,6 +644,8 @@ impl Registrar {
                 reg_id: contact.reg_id.filter(|_| contact.instance.is_some()),
                 path: request.path.clone(),
                 source: request.source,
+                user_agent: request.user_agent.clone(),
+                registered_at: Some(registered_at),
             });
             match (existing, binding) {
                 (Some(index), Some(binding)) => new[index] = binding,
@@ -687,6 +713,36 @@ impl Registrar {
             Ok(aor) => self.sorted(&aor, now),
             Err(_) => Vec::new(),
         }
+    }
+
+    /// Parses an address-of-record the way REGISTER's To is parsed (a bare
+    /// user takes the default domain).
+    pub fn parse_aor(&self, text: &str) -> Result<Aor, RegistrarError> {
+        Aor::parse(text, self.config.default_domain.as_deref())
+    }
+
+    /// The unexpired bindings of `aor`, in stored order.
+    pub fn bindings_of(&self, now: SystemTime, aor: &Aor) -> Vec<Binding> {
+        self.current(aor, now)
+    }
+
+    /// Removes every binding of `aor` (an operator's unregister). Like a
+    /// REGISTER's change, the returned [`Persist`] must be appended to the
+    /// store (or [`Registrar::revert`]ed), so a restart does not bring the
+    /// bindings back. `None` when `aor` has no unexpired binding.
+    pub fn remove(&mut self, now: SystemTime, aor: &Aor) -> Option<Persist> {
+        let current = self.current(aor, now);
+        if current.is_empty() {
+            return None;
+        }
+        self.replace(aor.clone(), Vec::new());
+        Some(Persist {
+            record: Record {
+                aor: aor.clone(),
+                bindings: Vec::new(),
+            },
+            previous: current,
+        })
     }
 
     /// Removes the bindings that expired at or before `now`.
@@ -757,6 +813,30 @@ mod unix_millis {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
         Ok(UNIX_EPOCH + Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+/// [`unix_millis`] for an optional time.
+mod unix_millis_opt {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        time: &Option<SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match time {
+            Some(time) => super::unix_millis::serialize(time, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SystemTime>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?
+            .map(|millis| std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis)))
     }
 }
 

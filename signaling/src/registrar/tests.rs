@@ -40,6 +40,7 @@ fn register(
         cseq,
         path: Vec::new(),
         source: source(),
+        user_agent: None,
     }
 }
 
@@ -686,4 +687,82 @@ fn contacts_beyond_the_limit_are_refused_and_nothing_changes() {
         1,
     );
     assert_eq!(ok(registrar.handle_register(t(5), &swap)).contacts.len(), 5);
+}
+
+#[test]
+fn a_refresh_keeps_the_first_registration_time_and_takes_the_new_user_agent() {
+    let mut registrar = Registrar::new(config());
+    let first = RegisterRequest {
+        user_agent: Some("phone/1.0".to_string()),
+        ..register(vec![contact("sip:a@192.0.2.1", None)], None, "ua", 1)
+    };
+    ok(registrar.handle_register(t(0), &first));
+    let refresh = RegisterRequest {
+        user_agent: Some("phone/1.1".to_string()),
+        ..register(vec![contact("sip:a@192.0.2.1", None)], None, "ua", 2)
+    };
+    ok(registrar.handle_register(t(100), &refresh));
+    let aor = registrar
+        .parse_aor("alice")
+        .expect("bare user takes the domain");
+    let bindings = registrar.bindings_of(t(100), &aor);
+    assert_eq!(bindings.len(), 1);
+    assert_eq!(bindings[0].registered_at, Some(t(0)));
+    assert_eq!(bindings[0].updated_at, t(100));
+    assert_eq!(bindings[0].user_agent.as_deref(), Some("phone/1.1"));
+}
+
+#[test]
+fn remove_unbinds_everything_and_the_store_keeps_it_removed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut store, _) = Store::open(dir.path()).expect("store opens");
+    let mut registrar = Registrar::new(config());
+    persist_all(
+        &mut store,
+        registrar.handle_register(
+            t(0),
+            &register(
+                vec![
+                    contact("sip:a@192.0.2.1", None),
+                    contact("sip:a@192.0.2.2", None),
+                ],
+                None,
+                "rm",
+                1,
+            ),
+        ),
+    );
+    let aor = registrar.parse_aor("sip:alice@example.com").expect("aor");
+    let persist = registrar
+        .remove(t(10), &aor)
+        .expect("two bindings to remove");
+    assert!(persist.record.bindings.is_empty());
+    assert!(registrar.lookup(t(10), "alice").is_empty());
+    assert!(registrar.remove(t(10), &aor).is_none(), "nothing left");
+    store.append(&persist.record).expect("append succeeds");
+    drop(store);
+    let (_, records) = Store::open(dir.path()).expect("store reopens");
+    let restored = Registrar::from_records(config(), records, t(20));
+    assert!(restored.lookup(t(20), "alice").is_empty(), "stays removed");
+
+    // A failed append is undone like a REGISTER's.
+    let mut registrar = restored;
+    ok(registrar.handle_register(
+        t(30),
+        &register(vec![contact("sip:a@192.0.2.1", None)], None, "rm2", 1),
+    ));
+    let persist = registrar.remove(t(31), &aor).expect("one binding");
+    registrar.revert(persist);
+    assert_eq!(registrar.lookup(t(31), "alice").len(), 1);
+}
+
+#[test]
+fn records_stored_before_user_agent_and_registered_at_still_load() {
+    let old = r#"{"aor":"alice@example.com","bindings":[{"contact":"sip:a@192.0.2.1","q":null,"expires_at":1700003600000,"updated_at":1700000000000,"call_id":"c","cseq":1,"instance":null,"reg_id":null,"path":[],"source":{"transport":"udp","addr":"203.0.113.7:40312"}}]}"#;
+    let record: Record = serde_json::from_str(old).expect("an old record parses");
+    assert_eq!(record.bindings[0].user_agent, None);
+    assert_eq!(record.bindings[0].registered_at, None);
+    let again: Record = serde_json::from_str(&serde_json::to_string(&record).expect("serialises"))
+        .expect("round trip");
+    assert_eq!(again, record);
 }

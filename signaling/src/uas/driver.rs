@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::{Now, RegistrationView, Uas};
+use super::{Now, RegistrationError, RegistrationView, Uas};
 use crate::transport::limits::{Source, TransportStats};
 use crate::transport::{Inbound, InboundSink, Transports};
 
@@ -131,6 +131,14 @@ const IDLE_WAKEUP: Duration = Duration::from_secs(60);
 enum Input {
     Inbound(Inbound),
     Registrations(oneshot::Sender<Vec<RegistrationView>>),
+    RegistrationsOf(
+        String,
+        oneshot::Sender<Result<Vec<RegistrationView>, RegistrationError>>,
+    ),
+    Unregister(
+        String,
+        oneshot::Sender<Result<(String, usize), RegistrationError>>,
+    ),
     ReloadUsers(PathBuf),
     /// Something outside the transports has work for the core (the
     /// B2BUA's media results): run its timers now.
@@ -253,6 +261,30 @@ impl CoreHandle {
         answer.await.ok()
     }
 
+    /// The bindings of one address-of-record; `None` when the core is not
+    /// running or its queue is full.
+    pub async fn registrations_of(
+        &self,
+        aor: String,
+    ) -> Option<Result<Vec<RegistrationView>, RegistrationError>> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .try_send(Input::RegistrationsOf(aor, reply))
+            .ok()?;
+        answer.await.ok()
+    }
+
+    /// Removes (durably) every binding of one address-of-record and says
+    /// how many there were; `None` when the core is not running or busy.
+    pub async fn unregister(
+        &self,
+        aor: String,
+    ) -> Option<Result<(String, usize), RegistrationError>> {
+        let (reply, answer) = oneshot::channel();
+        self.sender.try_send(Input::Unregister(aor, reply)).ok()?;
+        answer.await.ok()
+    }
+
     /// Makes the core run its (and its call handler's) due timers; a full
     /// queue needs no wake-up, the core is about to run anyway.
     pub fn wake(&self) {
@@ -282,6 +314,12 @@ fn run(mut uas: Uas, receiver: &Receiver<Input>, budget: &SharedBudget, transpor
             }
             Ok(Input::Registrations(reply)) => {
                 let _ = reply.send(uas.registrations(Now::current()));
+            }
+            Ok(Input::RegistrationsOf(aor, reply)) => {
+                let _ = reply.send(uas.registrations_of(Now::current(), &aor));
+            }
+            Ok(Input::Unregister(aor, reply)) => {
+                let _ = reply.send(uas.unregister(Now::current(), &aor));
             }
             Ok(Input::ReloadUsers(path)) => match uas.authenticator_mut().reload_users(&path) {
                 Ok(users) => tracing::info!(users, "users file reloaded"),

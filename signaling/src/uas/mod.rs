@@ -41,7 +41,7 @@ mod register;
 mod tests;
 
 pub use call::{CallEvent, CallHandler, SipActions};
-pub use register::RegistrationView;
+pub use register::{rfc3339, RegistrationError, RegistrationView};
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};

@@ -1,10 +1,14 @@
 //! REGISTER (RFC 3261 §10.3): authentication, the registrar, durable
 //! bindings, the 200 with every current Contact.
 
+use std::time::SystemTime;
+
 use serde::Serialize;
 
 use crate::auth::Authenticated;
-use crate::registrar::{ContactInput, Decision, RegisterRequest, Source, Transport, Q};
+use crate::registrar::{
+    Aor, Binding, ContactInput, Decision, RegisterRequest, Source, Transport, Q,
+};
 use crate::transaction::TransactionKey;
 use crate::transport::Flow;
 
@@ -19,10 +23,67 @@ pub struct RegistrationView {
     pub contact: String,
     /// Seconds left.
     pub expires: u32,
-    /// Where the REGISTER came from: `udp:192.0.2.1:5060`.
+    /// When the binding expires (RFC 3339, UTC).
+    pub expires_at: String,
+    /// When the contact was first registered (RFC 3339, UTC); for bindings
+    /// stored before this was kept, their last refresh.
+    pub registered_at: String,
+    /// When it was last registered or refreshed (RFC 3339, UTC).
+    pub updated_at: String,
+    /// The address and port the REGISTER came from.
     pub source: String,
+    /// The transport it came over: `udp`, `tcp`, `tls`, `ws` or `wss`.
+    pub transport: &'static str,
+    /// The User-Agent of the REGISTER, when it had one.
+    pub user_agent: Option<String>,
+    /// `+sip.instance` (RFC 5626), when given.
+    pub instance: Option<String>,
+    /// `reg-id` (RFC 5626), when given with an instance.
+    pub reg_id: Option<u32>,
+    /// The Path (RFC 3327) towards the contact, in order.
+    pub path: Vec<String>,
     /// The q-value, when the UA gave one.
     pub q: Option<String>,
+}
+
+impl RegistrationView {
+    fn of(aor: &Aor, binding: Binding, now: SystemTime) -> RegistrationView {
+        RegistrationView {
+            aor: aor.as_str().to_owned(),
+            expires: binding.remaining(now),
+            expires_at: rfc3339(binding.expires_at),
+            registered_at: rfc3339(binding.registered_at.unwrap_or(binding.updated_at)),
+            updated_at: rfc3339(binding.updated_at),
+            source: binding.source.addr.to_string(),
+            transport: match binding.source.transport {
+                Transport::Udp => "udp",
+                Transport::Tcp => "tcp",
+                Transport::Tls => "tls",
+                Transport::Ws => "ws",
+                Transport::Wss => "wss",
+            },
+            user_agent: binding.user_agent,
+            instance: binding.instance,
+            reg_id: binding.reg_id,
+            path: binding.path,
+            q: binding.q.map(|q| q.to_string()),
+            contact: binding.contact,
+        }
+    }
+}
+
+/// Why an operator's query or unregister of one address-of-record failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistrationError {
+    /// The text is not an address-of-record.
+    #[error("`{0}` is not an address-of-record (user@domain or a SIP URI)")]
+    InvalidAor(String),
+    /// The address-of-record has no unexpired binding.
+    #[error("no registration for {0}")]
+    NotFound(String),
+    /// The removal could not be stored, so it was undone.
+    #[error("the change could not be stored")]
+    NotStored,
 }
 
 impl Uas {
@@ -32,30 +93,65 @@ impl Uas {
             .records()
             .into_iter()
             .flat_map(|record| {
-                let aor = record.aor.as_str().to_owned();
+                let aor = record.aor;
                 record
                     .bindings
                     .into_iter()
                     .filter(|b| b.expires_at > now.wall)
-                    .map(move |b| RegistrationView {
-                        aor: aor.clone(),
-                        expires: b.remaining(now.wall),
-                        source: format!(
-                            "{}:{}",
-                            match b.source.transport {
-                                Transport::Udp => "udp",
-                                Transport::Tcp => "tcp",
-                                Transport::Tls => "tls",
-                                Transport::Ws => "ws",
-                                Transport::Wss => "wss",
-                            },
-                            b.source.addr
-                        ),
-                        q: b.q.map(|q| q.to_string()),
-                        contact: b.contact,
-                    })
+                    .map(move |b| RegistrationView::of(&aor, b, now.wall))
+                    .collect::<Vec<_>>()
             })
             .collect()
+    }
+
+    /// The unexpired bindings of one address-of-record.
+    pub fn registrations_of(
+        &self,
+        now: Now,
+        aor: &str,
+    ) -> Result<Vec<RegistrationView>, RegistrationError> {
+        let aor = self
+            .registrar
+            .parse_aor(aor)
+            .map_err(|_| RegistrationError::InvalidAor(aor.to_owned()))?;
+        let views: Vec<RegistrationView> = self
+            .registrar
+            .bindings_of(now.wall, &aor)
+            .into_iter()
+            .map(|b| RegistrationView::of(&aor, b, now.wall))
+            .collect();
+        if views.is_empty() {
+            return Err(RegistrationError::NotFound(aor.as_str().to_owned()));
+        }
+        Ok(views)
+    }
+
+    /// Removes every binding of one address-of-record and stores the
+    /// removal (fsynced) before returning how many bindings went; on a
+    /// store failure the bindings stay. Returns the normalised
+    /// address-of-record with the count.
+    pub fn unregister(
+        &mut self,
+        now: Now,
+        aor: &str,
+    ) -> Result<(String, usize), RegistrationError> {
+        let aor = self
+            .registrar
+            .parse_aor(aor)
+            .map_err(|_| RegistrationError::InvalidAor(aor.to_owned()))?;
+        let persist = self
+            .registrar
+            .remove(now.wall, &aor)
+            .ok_or_else(|| RegistrationError::NotFound(aor.as_str().to_owned()))?;
+        let removed = persist.previous_len();
+        if let Err(error) = self.store.append(&persist.record) {
+            tracing::error!(%error, "cannot store an operator's unregister; bindings kept");
+            self.registrar.revert(persist);
+            return Err(RegistrationError::NotStored);
+        }
+        self.compact_if_due();
+        tracing::info!(aor = %aor.as_str(), removed, "registration removed through the REST API");
+        Ok((aor.as_str().to_owned(), removed))
     }
 
     pub(super) fn register(&mut self, now: Now, key: Option<TransactionKey>, current: Current) {
@@ -228,5 +324,57 @@ fn register_request(current: &Current) -> Result<RegisterRequest, &'static str> 
             },
             addr: current.flow.remote(),
         },
+        user_agent: message.header("User-Agent").map(str::to_owned),
     })
+}
+
+/// `2026-12-05T16:00:00.000Z`: a wall-clock time in RFC 3339, UTC.
+pub fn rfc3339(time: SystemTime) -> String {
+    let millis = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let secs = i64::try_from(millis / 1000).unwrap_or(i64::MAX);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        millis % 1000
+    )
+}
+
+#[cfg(test)]
+mod time_tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::rfc3339;
+
+    #[test]
+    fn rfc3339_formats_utc_with_milliseconds_across_leap_days() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_millis(1_700_000_000_250)),
+            "2023-11-14T22:13:20.250Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(4_107_542_399)),
+            "2100-02-28T23:59:59.000Z"
+        );
+    }
 }

@@ -162,7 +162,54 @@ fn a_failed_append_is_reverted_and_answered_500() {
     let views = uas.registrations(now);
     assert_eq!(views.len(), 1);
     assert_eq!(views[0].aor, "alice@example.com");
-    assert_eq!(views[0].source, format!("udp:{SOURCE}"));
+    assert_eq!(views[0].transport, "udp");
+    assert_eq!(views[0].source, SOURCE.to_string());
+}
+
+#[test]
+fn an_operator_unregister_is_stored_first_and_kept_back_when_the_store_fails() {
+    let store = MemoryStore::default();
+    let mut uas = core(&store, 100);
+    let now = Now::current();
+    uas.handle_inbound(now, register("u", "c3", 1, "sip:alice@192.0.2.10:5062"));
+    assert_eq!(status_of(&sent(&mut uas)[0].1), "200");
+    let before = store.records().len();
+
+    store.fail(true);
+    assert_eq!(
+        uas.unregister(now, "sip:alice@example.com"),
+        Err(RegistrationError::NotStored)
+    );
+    assert_eq!(uas.registrations(now).len(), 1, "kept: nothing was stored");
+    store.fail(false);
+
+    assert_eq!(
+        uas.registrations_of(now, "alice@EXAMPLE.com")
+            .map(|v| v.len()),
+        Ok(1)
+    );
+    assert_eq!(
+        uas.unregister(now, "alice@example.com"),
+        Ok(("alice@example.com".to_owned(), 1))
+    );
+    assert_eq!(
+        store.records().len(),
+        before + 1,
+        "the removal was journalled"
+    );
+    assert!(store
+        .records()
+        .last()
+        .is_some_and(|r| r.bindings.is_empty()));
+    assert!(uas.registrations(now).is_empty());
+    assert_eq!(
+        uas.registrations_of(now, "alice@example.com"),
+        Err(RegistrationError::NotFound("alice@example.com".to_owned()))
+    );
+    assert_eq!(
+        uas.unregister(now, "@"),
+        Err(RegistrationError::InvalidAor("@".to_owned()))
+    );
 }
 
 #[test]

@@ -1,0 +1,153 @@
+//! `/api/v1/rtpmanagers`: the pool's members and the operator's drain.
+
+use axum::extract::State;
+use axum::Json;
+use serde::Serialize;
+
+use super::error::PathParam;
+use super::{ApiState, AppError};
+use crate::rtpmanager_pool::{Health, ManagerPool, ManagerStatus};
+
+/// The pool as a whole.
+#[derive(Debug, Serialize)]
+pub(super) struct Pool {
+    /// Configured managers.
+    total: usize,
+    /// Managers answering health checks as serving.
+    healthy: usize,
+    /// Managers that would get a new call now.
+    accepting: usize,
+    /// Calls on all managers, as their last health answers said.
+    active_calls: u64,
+    members: Vec<Member>,
+}
+
+/// Why a manager gets no new calls, if it is drained.
+#[derive(Debug, Serialize)]
+pub(super) struct Drain {
+    /// The manager's id.
+    id: String,
+    /// Drained by an operator through this API.
+    operator: bool,
+    /// Draining by its own report (its health answer).
+    manager: bool,
+    /// Either of the two.
+    draining: bool,
+    /// Calls it still carries.
+    active_calls: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct Member {
+    id: String,
+    endpoint: String,
+    health: Health,
+    /// Why it is in its state (the last probe's error, or "ok").
+    detail: String,
+    fast_path: String,
+    fast_path_reason: String,
+    instance_id: String,
+    version: String,
+    active_calls: u32,
+    ports_free: u32,
+    drain: DrainFlags,
+    /// Whether a new call may go to it now.
+    accepting: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct DrainFlags {
+    operator: bool,
+    manager: bool,
+}
+
+fn drain_of(status: &ManagerStatus) -> Drain {
+    let manager = status.health == Health::Draining;
+    Drain {
+        id: status.id.clone(),
+        operator: status.operator_drain,
+        manager,
+        draining: manager || status.operator_drain,
+        active_calls: status.active_calls,
+    }
+}
+
+/// `GET /api/v1/rtpmanagers`.
+pub(super) async fn list(State(state): State<ApiState>) -> Json<Pool> {
+    let statuses = state.pool.statuses();
+    let candidates = state.pool.candidates();
+    let members: Vec<Member> = statuses
+        .into_iter()
+        .enumerate()
+        .map(|(index, s)| Member {
+            drain: DrainFlags {
+                operator: s.operator_drain,
+                manager: s.health == Health::Draining,
+            },
+            accepting: candidates.contains(&index),
+            id: s.id,
+            endpoint: s.endpoint,
+            health: s.health,
+            detail: s.detail,
+            fast_path: s.fast_path,
+            fast_path_reason: s.fast_path_reason,
+            instance_id: s.instance_id,
+            version: s.version,
+            active_calls: s.active_calls,
+            ports_free: s.ports_free,
+        })
+        .collect();
+    Json(Pool {
+        total: members.len(),
+        healthy: members
+            .iter()
+            .filter(|m| m.health == Health::Healthy)
+            .count(),
+        accepting: members.iter().filter(|m| m.accepting).count(),
+        active_calls: members.iter().map(|m| u64::from(m.active_calls)).sum(),
+        members,
+    })
+}
+
+fn find(pool: &ManagerPool, id: &str) -> Result<usize, AppError> {
+    pool.index_of(id)
+        .ok_or_else(|| AppError::NotFound(format!("no RTP manager with id `{id}`")))
+}
+
+fn state_of(pool: &ManagerPool, index: usize) -> Result<Json<Drain>, AppError> {
+    pool.statuses()
+        .get(index)
+        .map(|s| Json(drain_of(s)))
+        .ok_or_else(|| AppError::Internal(format!("manager index {index} vanished")))
+}
+
+/// `GET /api/v1/rtpmanagers/{id}/drain`.
+pub(super) async fn drain_state(
+    State(state): State<ApiState>,
+    PathParam(id): PathParam,
+) -> Result<Json<Drain>, AppError> {
+    let index = find(&state.pool, &id)?;
+    state_of(&state.pool, index)
+}
+
+/// `POST /api/v1/rtpmanagers/{id}/drain`: no new calls; its calls go on.
+/// Draining a drained manager changes nothing and answers the same.
+pub(super) async fn drain(
+    State(state): State<ApiState>,
+    PathParam(id): PathParam,
+) -> Result<Json<Drain>, AppError> {
+    let index = find(&state.pool, &id)?;
+    state.pool.set_operator_drain(index, true);
+    state_of(&state.pool, index)
+}
+
+/// `DELETE /api/v1/rtpmanagers/{id}/drain`: new calls again (unless the
+/// manager drains itself or is down).
+pub(super) async fn undrain(
+    State(state): State<ApiState>,
+    PathParam(id): PathParam,
+) -> Result<Json<Drain>, AppError> {
+    let index = find(&state.pool, &id)?;
+    state.pool.set_operator_drain(index, false);
+    state_of(&state.pool, index)
+}
