@@ -474,8 +474,9 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
         ])
         .args(["--rest-port", &rest_port.to_string(), "--rtpmanager", &grpc])
         .args(["--auth", "anonymous", "--log-level", "warn"])
-        // Both SIPp peers are one source: the per-source rate limit would cap the bench.
-        .args(["--source-rate-limit", "0"])
+        // Both SIPp peers are one source: the per-source rate limit and the
+        // per-source concurrent-call limit would cap the bench, not measure it.
+        .args(["--source-rate-limit", "0", "--max-calls-per-source", "0"])
         .arg("--dialplan")
         .arg(&plan)
         .arg("--data-dir")
