@@ -41,7 +41,35 @@ pub struct Server {
 impl Server {
     /// Starts the server with `args` on new ports and waits until it answers.
     pub fn start(data_dir: &Path, args: &[&str]) -> Server {
-        Server::start_on(data_dir, free_port(), free_port(), args)
+        Server::on_new_ports(data_dir, args, None)
+    }
+
+    /// Starts the server on new ports, drawing others when one was taken
+    /// between `free_port` and the server's bind (parallel tests open
+    /// ephemeral ports all the time).
+    fn on_new_ports(data_dir: &Path, args: &[&str], file_limit: Option<u64>) -> Server {
+        let mut server = Server {
+            child: None,
+            log: Arc::new(Mutex::new(String::new())),
+            sip_port: free_port(),
+            rest_port: free_port(),
+            data_dir: data_dir.to_path_buf(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            file_limit,
+        };
+        for _ in 0..4 {
+            match server.launch() {
+                Ok(()) => return server,
+                Err(log) if log.contains("Address already in use") => {
+                    server.sip_port = free_port();
+                    server.rest_port = free_port();
+                    server.log = Arc::new(Mutex::new(String::new()));
+                }
+                Err(log) => panic!("server exited at start:\n{log}"),
+            }
+        }
+        server.spawn();
+        server
     }
 
     /// Starts the server on the given ports.
@@ -63,20 +91,18 @@ impl Server {
     /// open-file limit (a limit can be lowered without privileges, and is
     /// set in the child only, so the test process keeps its own).
     pub fn start_with_file_limit(data_dir: &Path, files: u64, args: &[&str]) -> Server {
-        let mut server = Server {
-            child: None,
-            log: Arc::new(Mutex::new(String::new())),
-            sip_port: free_port(),
-            rest_port: free_port(),
-            data_dir: data_dir.to_path_buf(),
-            args: args.iter().map(|a| (*a).to_owned()).collect(),
-            file_limit: Some(files),
-        };
-        server.spawn();
-        server
+        Server::on_new_ports(data_dir, args, Some(files))
     }
 
     fn spawn(&mut self) {
+        if let Err(log) = self.launch() {
+            panic!("server exited at start:\n{log}");
+        }
+    }
+
+    /// Starts the process and waits until it is ready; `Err` with its log
+    /// when it exits first.
+    fn launch(&mut self) -> Result<(), String> {
         let mut command = Command::new(SIGNALING);
         if !self.args.iter().any(|a| a == "--bind-address") {
             command.args(["--bind-address", "127.0.0.1"]);
@@ -131,7 +157,8 @@ impl Server {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("server exited at start ({status}):\n{}", self.log());
+                self.child = None;
+                return Err(format!("({status}) {}", self.log()));
             }
             assert!(
                 Instant::now() < deadline,
@@ -140,6 +167,7 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     /// The server's log so far.
