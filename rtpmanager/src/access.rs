@@ -13,14 +13,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use switchboard_service::secrets::{read_pem, PemError, TokenFileError, TokenRules};
 use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Status};
 
-use crate::config::Config;
+pub use switchboard_service::secrets::{Tokens, MIN_TOKEN_LEN};
 
-/// Shortest token accepted: a guessable token protects nothing.
-pub const MIN_TOKEN_LEN: usize = 16;
+use crate::config::Config;
 
 /// How long a client may take to finish its TLS handshake; a client that
 /// opens connections and stalls must not hold them for ever.
@@ -56,93 +56,47 @@ pub enum AccessError {
     },
 }
 
-/// The tokens a manager accepts. Its `Debug` shows how many, never which.
-#[derive(Clone)]
-pub struct Tokens(Vec<Vec<u8>>);
-
-impl std::fmt::Debug for Tokens {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tokens({} hidden)", self.0.len())
+impl From<PemError> for AccessError {
+    fn from(error: PemError) -> AccessError {
+        match error {
+            PemError::Read {
+                option,
+                path,
+                source,
+            } => AccessError::Read {
+                option,
+                path,
+                source,
+            },
+            PemError::NotPem { option, path } => AccessError::NotPem { option, path },
+        }
     }
 }
 
-impl Tokens {
-    /// Reads a token file (see [`Tokens::parse`]).
-    pub fn load(path: &Path) -> Result<Tokens, AccessError> {
-        let text = std::fs::read_to_string(path).map_err(|source| AccessError::Read {
+/// What a manager's token must be (at least [`MIN_TOKEN_LEN`] characters).
+const TOKEN_RULES: TokenRules = TokenRules {
+    min_len: true,
+    not_visible: "a token is visible ASCII without spaces (it travels in an HTTP/2 header)",
+};
+
+/// Reads a token file (`--grpc-token-file`, format in
+/// [`switchboard_service::secrets`]).
+pub fn load_tokens(path: &Path) -> Result<Tokens, AccessError> {
+    Tokens::load(path, &TOKEN_RULES).map_err(|e| match e {
+        TokenFileError::Read(source) => AccessError::Read {
             option: "grpc-token-file",
             path: path.to_owned(),
             source,
-        })?;
-        Tokens::parse(&text).map_err(|e| match e {
-            TokenFileError::Empty => AccessError::NoToken {
-                path: path.to_owned(),
-            },
-            TokenFileError::Line { line, reason } => AccessError::BadToken {
-                path: path.to_owned(),
-                line,
-                reason,
-            },
-        })
-    }
-
-    /// Parses one token per line; blank lines and lines starting with `#`
-    /// are skipped, surrounding white space is not part of a token.
-    pub fn parse(text: &str) -> Result<Tokens, TokenFileError> {
-        let mut tokens = Vec::new();
-        for (index, line) in text.lines().enumerate() {
-            let token = line.trim();
-            if token.is_empty() || token.starts_with('#') {
-                continue;
-            }
-            let bad = |reason| TokenFileError::Line {
-                line: index + 1,
-                reason,
-            };
-            if !token.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(bad(
-                    "a token is visible ASCII without spaces (it travels in an HTTP/2 header)",
-                ));
-            }
-            if token.len() < MIN_TOKEN_LEN {
-                return Err(bad(
-                    "a token needs at least 16 characters (`openssl rand -hex 32` makes one)",
-                ));
-            }
-            tokens.push(token.as_bytes().to_vec());
-        }
-        if tokens.is_empty() {
-            return Err(TokenFileError::Empty);
-        }
-        Ok(Tokens(tokens))
-    }
-
-    /// Whether `presented` is one of the tokens. Every token is compared,
-    /// each in time independent of where it differs.
-    pub fn accepts(&self, presented: &[u8]) -> bool {
-        self.0.iter().fold(false, |found, token| {
-            found | constant_time_eq(token, presented)
-        })
-    }
-}
-
-/// What is wrong with a token file's text.
-#[derive(Debug, PartialEq, Eq)]
-pub enum TokenFileError {
-    /// No token at all.
-    Empty,
-    /// One line is not a usable token.
-    Line { line: usize, reason: &'static str },
-}
-
-/// Compares without an early exit, so the time taken does not tell how
-/// many leading bytes of a guess were right. Lengths are not secret.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
+        },
+        TokenFileError::Empty => AccessError::NoToken {
+            path: path.to_owned(),
+        },
+        TokenFileError::Line { line, reason } => AccessError::BadToken {
+            path: path.to_owned(),
+            line,
+            reason,
+        },
+    })
 }
 
 /// Why a request was refused.
@@ -214,8 +168,8 @@ impl TokenCheck {
     /// its tokens from now on; otherwise keeps the old ones. Returns how
     /// many tokens are in force.
     pub fn reload(&self, path: &Path) -> Result<usize, AccessError> {
-        let tokens = Tokens::load(path)?;
-        let count = tokens.0.len();
+        let tokens = load_tokens(path)?;
+        let count = tokens.len();
         let mut current = self
             .tokens
             .write()
@@ -312,7 +266,7 @@ impl Access {
         let tokens = config
             .grpc_token_file
             .as_deref()
-            .map(Tokens::load)
+            .map(load_tokens)
             .transpose()?;
         Ok(Access {
             client_certificates: tls.is_some() && config.grpc_tls_client_ca.is_some(),
@@ -354,21 +308,6 @@ impl Access {
     }
 }
 
-fn read_pem(option: &'static str, path: &Path) -> Result<Vec<u8>, AccessError> {
-    let bytes = std::fs::read(path).map_err(|source| AccessError::Read {
-        option,
-        path: path.to_owned(),
-        source,
-    })?;
-    if !bytes.windows(10).any(|w| w == b"-----BEGIN") {
-        return Err(AccessError::NotPem {
-            option,
-            path: path.to_owned(),
-        });
-    }
-    Ok(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,47 +316,31 @@ mod tests {
     const B: &str = "fedcba9876543210fedc";
 
     fn tokens() -> Tokens {
-        Tokens::parse(&format!("# pool tokens\n\n  {A}  \n{B}\n")).expect("valid file")
-    }
-
-    #[test]
-    fn token_file_skips_comments_and_blank_lines_and_trims() {
-        let t = tokens();
-        assert_eq!(t.0, vec![A.as_bytes().to_vec(), B.as_bytes().to_vec()]);
-        assert!(t.accepts(A.as_bytes()) && t.accepts(B.as_bytes()));
-        assert!(
-            !t.accepts(b"0123456789abcdef012"),
-            "a prefix is not the token"
-        );
-        assert!(!t.accepts(b"0123456789abcdef01234"), "nor an extension");
-        assert!(!t.accepts(b""));
+        Tokens::parse(&format!("# pool tokens\n\n  {A}  \n{B}\n"), &TOKEN_RULES)
+            .expect("valid file")
     }
 
     #[test]
     fn token_file_errors_name_the_line_never_the_token() {
-        assert_eq!(
-            Tokens::parse("# only a comment\n\n").err(),
-            Some(TokenFileError::Empty)
-        );
-        let short = Tokens::parse(&format!("{A}\nshort-secret\n")).err();
-        assert!(
-            matches!(short, Some(TokenFileError::Line { line: 2, reason }) if reason.contains("16")),
-            "{short:?}"
-        );
-        let spaced = Tokens::parse("has a space inside it\n").err();
-        assert!(
-            matches!(spaced, Some(TokenFileError::Line { line: 1, .. })),
-            "{spaced:?}"
-        );
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("tokens");
         std::fs::write(&path, "tooshortsecret1\n").expect("write");
-        let err = Tokens::load(&path).expect_err("short token").to_string();
+        let err = load_tokens(&path).expect_err("short token").to_string();
         assert!(
             err.starts_with("--grpc-token-file:") && err.contains("line 1"),
             "{err}"
         );
         assert!(!err.contains("tooshortsecret1"), "the token leaked: {err}");
+        std::fs::write(&path, format!("{A}\nhas a space inside it\n")).expect("write");
+        let err = load_tokens(&path).expect_err("spaces").to_string();
+        assert!(err.contains("line 2") && err.contains("HTTP/2"), "{err}");
+        assert!(!err.contains("space inside"), "the token leaked: {err}");
+        std::fs::write(&path, "# only a comment\n\n").expect("write");
+        let err = load_tokens(&path).expect_err("empty").to_string();
+        assert!(
+            err.starts_with("--grpc-token-file:") && err.contains("holds no token"),
+            "{err}"
+        );
         assert!(
             !format!("{:?}", tokens()).contains(A),
             "Debug shows no token"
@@ -468,14 +391,6 @@ mod tests {
             clone.current().accepts(A.as_bytes()),
             "clones share the tokens"
         );
-    }
-
-    #[test]
-    fn constant_time_eq_is_plain_equality() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-        assert!(constant_time_eq(b"", b""));
     }
 
     #[test]

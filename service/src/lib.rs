@@ -6,9 +6,11 @@
 //! - [`init_logging`]: `--log-level` applied to `tracing`;
 //! - [`shutdown_signal`]: resolves on SIGINT or SIGTERM for graceful stop;
 //! - [`wait_while_stopping`]: a bounded wait for work to finish after that,
-//!   which a second signal cuts short.
+//!   which a second signal cuts short;
+//! - [`secrets`]: bearer-token files (constant-time compare) and PEM files.
 
 pub mod config;
+pub mod secrets;
 
 pub use config::{parse_layered, ConfigError};
 

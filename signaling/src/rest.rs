@@ -14,7 +14,7 @@ mod registrations;
 #[cfg(test)]
 mod tests;
 
-pub use access::{check_token, ApiAccess, Tokens, TokensError};
+pub use access::{check_token, load_tokens, ApiAccess, Tokens, TokensError};
 pub use error::AppError;
 
 use std::future::Future;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
+use switchboard_service::secrets::{read_pem, token_lines, PemError, TokenRules};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
@@ -38,6 +39,30 @@ pub enum ClientAccessError {
     Token { path: PathBuf, reason: &'static str },
 }
 
+impl From<PemError> for ClientAccessError {
+    fn from(error: PemError) -> ClientAccessError {
+        match error {
+            PemError::Read {
+                option,
+                path,
+                source,
+            } => ClientAccessError::Read {
+                option,
+                path,
+                source,
+            },
+            PemError::NotPem { option, path } => ClientAccessError::NotPem { option, path },
+        }
+    }
+}
+
+/// What the token sent must be: no length rule here (the manager enforces
+/// its own), only what a header can carry.
+const TOKEN_RULES: TokenRules = TokenRules {
+    min_len: false,
+    not_visible: "the token is not visible ASCII without spaces",
+};
+
 /// The token sent as `authorization: Bearer <token>`. Its `Debug` never
 /// shows the token, and the header is marked sensitive so that HTTP/2
 /// header compression does not index it.
@@ -56,14 +81,10 @@ impl BearerToken {
     /// line, blank lines and `#` lines skipped. A manager may accept
     /// several (rotation); signaling sends one.
     pub fn parse(text: &str) -> Result<BearerToken, &'static str> {
-        let token = text
-            .lines()
-            .map(str::trim)
-            .find(|line| !line.is_empty() && !line.starts_with('#'))
+        let (_, token) = token_lines(text)
+            .next()
             .ok_or("holds no token (one per line; `#` starts a comment line)")?;
-        if !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("the token is not visible ASCII without spaces");
-        }
+        TOKEN_RULES.check(token)?;
         let mut value: MetadataValue<Ascii> = format!("Bearer {token}")
             .parse()
             .map_err(|_| "the token cannot be sent in a header")?;
@@ -189,21 +210,6 @@ pub fn describe(status: &Status) -> String {
         source = cause.source();
     }
     text
-}
-
-fn read_pem(option: &'static str, path: &Path) -> Result<Vec<u8>, ClientAccessError> {
-    let bytes = std::fs::read(path).map_err(|source| ClientAccessError::Read {
-        option,
-        path: path.to_owned(),
-        source,
-    })?;
-    if !bytes.windows(10).any(|w| w == b"-----BEGIN") {
-        return Err(ClientAccessError::NotPem {
-            option,
-            path: path.to_owned(),
-        });
-    }
-    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use crate::dialplan::Dialplan;
 use crate::registrar::{Registrar, Store};
 use axum::serve::Listener;
 
-use crate::rest::{app, ApiAccess, ApiState, CappedListener, Tokens};
+use crate::rest::{app, load_tokens, ApiAccess, ApiState, CappedListener, Tokens};
 use crate::rtpmanager_client::ClientAccess;
 use crate::rtpmanager_pool::ManagerPool;
 use crate::transport::limits::{ConnectionLimits, TransportStats};
@@ -314,7 +314,7 @@ fn fit_to_file_limit(
 /// without showing any.
 fn api_access(config: &Config) -> anyhow::Result<ApiAccess> {
     let mut tokens = match &config.api_token_file {
-        Some(path) => Tokens::load(path)?,
+        Some(path) => load_tokens(path)?,
         None => Tokens::default(),
     };
     if let Some(token) = &config.api_token {

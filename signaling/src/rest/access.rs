@@ -14,11 +14,11 @@ use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::Response;
+use switchboard_service::secrets::{TokenFileError, TokenRules};
+
+pub use switchboard_service::secrets::Tokens;
 
 use super::AppError;
-
-/// Shortest token accepted: a guessable token protects nothing.
-pub const MIN_TOKEN_LEN: usize = 16;
 
 /// Why the token file cannot be used. No variant carries a token.
 #[derive(Debug, thiserror::Error)]
@@ -49,88 +49,35 @@ pub enum TokensError {
     },
 }
 
+/// What an API token must be (at least
+/// [`MIN_TOKEN_LEN`](switchboard_service::secrets::MIN_TOKEN_LEN) characters).
+const TOKEN_RULES: TokenRules = TokenRules {
+    min_len: true,
+    not_visible: "a token is visible ASCII without spaces (it travels in an HTTP header)",
+};
+
 /// Checks that a token is usable; the reason never quotes it.
 pub fn check_token(token: &str) -> Result<(), &'static str> {
-    if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("a token is visible ASCII without spaces (it travels in an HTTP header)");
-    }
-    if token.len() < MIN_TOKEN_LEN {
-        return Err("a token needs at least 16 characters (`openssl rand -hex 32` makes one)");
-    }
-    Ok(())
+    TOKEN_RULES.check(token)
 }
 
-/// The accepted tokens. `Debug` shows how many, never which.
-#[derive(Clone, Default)]
-pub struct Tokens(Vec<Vec<u8>>);
-
-impl std::fmt::Debug for Tokens {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tokens({} hidden)", self.0.len())
-    }
-}
-
-impl Tokens {
-    /// Reads a token file: one token per line, blank lines and lines
-    /// starting with `#` skipped, surrounding white space not part of a token.
-    pub fn load(path: &Path) -> Result<Tokens, TokensError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TokensError::Read {
+/// Reads a token file (`--api-token-file`, format in
+/// [`switchboard_service::secrets`]).
+pub fn load_tokens(path: &Path) -> Result<Tokens, TokensError> {
+    Tokens::load(path, &TOKEN_RULES).map_err(|e| match e {
+        TokenFileError::Read(source) => TokensError::Read {
             path: path.to_owned(),
             source,
-        })?;
-        let mut tokens = Tokens::default();
-        for (index, line) in text.lines().enumerate() {
-            let token = line.trim();
-            if token.is_empty() || token.starts_with('#') {
-                continue;
-            }
-            check_token(token).map_err(|reason| TokensError::BadLine {
-                path: path.to_owned(),
-                line: index + 1,
-                reason,
-            })?;
-            tokens.0.push(token.as_bytes().to_vec());
-        }
-        if tokens.is_empty() {
-            return Err(TokensError::Empty {
-                path: path.to_owned(),
-            });
-        }
-        Ok(tokens)
-    }
-
-    /// Adds one token (already checked with [`check_token`]).
-    pub fn add(&mut self, token: &str) {
-        self.0.push(token.as_bytes().to_vec());
-    }
-
-    /// Number of tokens.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether there is none (the API is open).
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Whether `presented` is one of the tokens. Every token is compared,
-    /// each without an early exit, so the time taken tells nothing of how
-    /// much of a guess was right.
-    pub fn accepts(&self, presented: &[u8]) -> bool {
-        self.0.iter().fold(false, |found, token| {
-            found | constant_time_eq(token, presented)
-        })
-    }
-}
-
-/// Lengths are not secret; contents are compared without an early exit.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
+        },
+        TokenFileError::Empty => TokensError::Empty {
+            path: path.to_owned(),
+        },
+        TokenFileError::Line { line, reason } => TokensError::BadLine {
+            path: path.to_owned(),
+            line,
+            reason,
+        },
+    })
 }
 
 /// The API's access settings.
@@ -253,18 +200,33 @@ mod tests {
             format!("# ops\n\n  {TOKEN}  \nsecond-token-0123456789\n"),
         )
         .expect("write");
-        let tokens = Tokens::load(&path).expect("two tokens");
+        let tokens = load_tokens(&path).expect("two tokens");
         assert_eq!(tokens.len(), 2);
         assert!(tokens.accepts(TOKEN.as_bytes()));
         assert_eq!(format!("{tokens:?}"), "Tokens(2 hidden)");
 
         std::fs::write(&path, "shortsecret\n").expect("write");
-        let error = Tokens::load(&path).expect_err("too short").to_string();
+        let error = load_tokens(&path).expect_err("too short").to_string();
         assert!(error.contains("line 1") && error.contains("16"), "{error}");
         assert!(!error.contains("shortsecret"), "never quoted: {error}");
 
         std::fs::write(&path, "# nothing\n").expect("write");
-        let error = Tokens::load(&path).expect_err("empty").to_string();
+        let error = load_tokens(&path).expect_err("empty").to_string();
         assert!(error.contains("holds no token"), "{error}");
+
+        std::fs::write(&path, format!("{TOKEN}\nwith a space 0123456789\n")).expect("write");
+        let error = load_tokens(&path).expect_err("spaces").to_string();
+        assert!(
+            error.starts_with("--api-token-file:")
+                && error.contains("line 2")
+                && error.contains("HTTP header"),
+            "{error}"
+        );
+        assert!(!error.contains("with a space"), "never quoted: {error}");
+        assert_eq!(
+            check_token("short"),
+            Err(switchboard_service::secrets::TOO_SHORT)
+        );
+        assert!(check_token(TOKEN).is_ok());
     }
 }
