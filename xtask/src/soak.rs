@@ -7,7 +7,7 @@
 //! | source | load | legitimate |
 //! |---|---|---|
 //! | 127.0.0.1 | SIPp calls (INVITE/200/ACK, 7 s of G.711 each way through the manager, BYE) to a SIPp callee that echoes the media | yes |
-//! | 127.0.0.1 | sipsak: REGISTER with a password and OPTIONS pings, one every 2 s | yes |
+//! | 127.0.0.1 | sipsak (one local port, as a phone): REGISTER with a password and OPTIONS pings, one every 2 s | yes |
 //! | 127.0.0.2 | SIPp REGISTER with digest authentication | yes |
 //! | 127.0.20.66 | random UDP datagrams (1–1400 bytes) to the SIP port | no |
 //! | 127.0.20.67 | OPTIONS flood in bursts (10 s on, 20 s off) | no |
@@ -130,6 +130,9 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
     let callee_port = free_port()?;
     let sip_port = free_port()?;
     let rest_port = free_port()?;
+    // sipsak keeps one local port, as a phone keeps its Contact: a new port
+    // each run would be a new binding, refused past --max-contacts.
+    let sipsak_port = free_port()?;
     let plan = work.join("dialplan.json");
     std::fs::write(
         &plan,
@@ -261,7 +264,7 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
     {
         let tally = Arc::clone(&tally);
         threads.push(std::thread::spawn(move || {
-            sipsak_loop(&sipsak, sip_port, load_end, &tally)
+            sipsak_loop(&sipsak, sip_port, sipsak_port, load_end, &tally)
         }));
     }
     {
@@ -465,11 +468,12 @@ fn sipp_loop(
 
 /// sipsak from 127.0.0.1: a REGISTER with a password and an OPTIONS ping,
 /// alternately, every 2 s until `end`.
-fn sipsak_loop(sipsak: &Path, sip_port: u16, end: Instant, tally: &Tally) {
+fn sipsak_loop(sipsak: &Path, sip_port: u16, local_port: u16, end: Instant, tally: &Tally) {
     let uri = format!("sip:1002@127.0.0.1:{sip_port}");
     let mut register = true;
     while Instant::now() < end {
         let mut command = Command::new(sipsak);
+        command.args(["-l", &local_port.to_string()]);
         if register {
             command.args([
                 "-U", "-s", &uri, "-u", "1002", "-a", "soak1002", "-x", "300",
