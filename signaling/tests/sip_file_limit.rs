@@ -6,43 +6,10 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{read_stream_message, status, Server};
-
-/// Raises this test process's soft open-file limit to its hard limit.
-fn raise_own_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read or write the struct given.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-    }
-}
-
-fn connect_from(source: Ipv4Addr, server: SocketAddr) -> TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .expect("TCP socket");
-    // Thousands of client ports must not linger in TIME_WAIT after the
-    // test, where they would keep other tests' servers from binding `::`
-    // on the same port: SO_REUSEADDR, and RST rather than FIN on close.
-    socket
-        .set_reuse_address(true)
-        .expect("SO_REUSEADDR on the client");
-    socket
-        .set_linger(Some(Duration::ZERO))
-        .expect("SO_LINGER 0 on the client");
-    socket
-        .bind(&SocketAddr::new(IpAddr::V4(source), 0).into())
-        .expect("bind the client to its source address");
-    socket.connect(&server.into()).expect("connect");
-    socket.into()
-}
+use common::{connect_from, raise_own_file_limit, read_stream_message, status, Server};
 
 #[test]
 fn a_server_with_few_descriptors_keeps_them_for_rest_and_logs_no_storm() {

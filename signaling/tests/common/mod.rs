@@ -373,3 +373,39 @@ pub fn peer_tool(name: &str) -> Option<std::path::PathBuf> {
     }
     found
 }
+
+/// A TCP connection to `server` from `source` (any free port).
+pub fn connect_from(source: std::net::Ipv4Addr, server: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .expect("TCP socket");
+    // Thousands of client ports must not linger in TIME_WAIT after the
+    // test, where they would keep other tests' servers from binding `::`
+    // on the same port: SO_REUSEADDR, and RST rather than FIN on close.
+    socket
+        .set_reuse_address(true)
+        .expect("SO_REUSEADDR on the client");
+    socket
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER 0 on the client");
+    socket
+        .bind(&SocketAddr::new(std::net::IpAddr::V4(source), 0).into())
+        .expect("bind the client to its source address");
+    socket.connect(&server.into()).expect("connect");
+    socket.into()
+}
+
+/// Raises this test process's soft open-file limit to its hard limit and
+/// returns it: thousands of client sockets need more than the usual 1024.
+pub fn raise_own_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read or write the struct given.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    limit.rlim_cur
+}
