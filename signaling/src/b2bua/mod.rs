@@ -75,7 +75,6 @@ pub use media::{
 pub use reconcile::Owner;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,6 +82,7 @@ use crate::auth::Authenticated;
 use crate::dialplan::{Action, CallVars, Dialplan, Ring, Target};
 use crate::sip::{Method, NameAddr, SipMessage, Tag, Uri};
 use crate::transaction::{TimerConfig, TransactionKey};
+use crate::transport::limits::Source;
 use crate::transport::Destination;
 use crate::uas::{CallEvent, CallHandler, Now, SipActions};
 
@@ -145,9 +145,9 @@ pub struct CallLimits {
 enum Originator {
     /// An authenticated user.
     User(String),
-    /// An unauthenticated source address; an IPv6 source by its /64, which
-    /// one host usually holds whole.
-    Source(IpAddr),
+    /// An unauthenticated source: an IPv4 address or an IPv6 /64, as
+    /// every per-source limit counts ([`Source`]).
+    Source(Source),
 }
 
 impl Originator {
@@ -155,13 +155,7 @@ impl Originator {
         match identity {
             Authenticated::User { username, .. } => Originator::User(username.clone()),
             Authenticated::Trusted | Authenticated::NotRequired => {
-                Originator::Source(match flow.remote().ip() {
-                    IpAddr::V6(v6) => {
-                        let prefix = u128::from(v6) & !u128::from(u64::MAX);
-                        IpAddr::V6(prefix.into())
-                    }
-                    v4 => v4,
-                })
+                Originator::Source(Source::of(flow.remote().ip()))
             }
         }
     }
