@@ -8,6 +8,7 @@ pub mod auth;
 pub mod b2bua;
 pub mod config;
 pub mod dialplan;
+pub mod events;
 pub mod registrar;
 pub mod rest;
 pub mod rtpmanager_client;
