@@ -75,7 +75,13 @@ pub const LEGACY_ENVIRONMENT: &[(&str, &str)] = &[
 /// Switchboard signaling server: SIP over UDP and TCP, registrar, B2BUA with a
 /// JSON dialplan, RTP manager pool, REST API.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "switchboard-signaling", version, about, long_about = None)]
+#[command(
+    name = "switchboard-signaling",
+    version,
+    about,
+    long_about = None,
+    after_help = "Users: `switchboard-signaling add-user --help` adds one to a users file."
+)]
 pub struct Config {
     /// TOML config file; its keys are the long option names.
     #[arg(long, env = "SWITCHBOARD_SIGNALING_CONFIG", value_name = "FILE")]
@@ -192,7 +198,7 @@ pub struct Config {
     pub domains: Vec<String>,
 
     /// Digest realm of the challenges; the HA1 values of the users file are
-    /// computed for it (`cargo xtask add-user --realm`).
+    /// computed for it (`switchboard-signaling add-user --realm`).
     #[arg(long, env = "SWITCHBOARD_REALM", default_value = "switchboard")]
     pub realm: String,
 

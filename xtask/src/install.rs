@@ -182,7 +182,7 @@ pub fn install(args: &InstallArgs) -> anyhow::Result<()> {
             fs::read(configs_src.join("users.toml")).context("reading deploy/etc/users.toml")?;
         write_replacing(&users, &template, 0o640)?;
         println!(
-            "install: config   {} (no users yet: cargo xtask add-user)",
+            "install: config   {} (no users yet: switchboard-signaling add-user)",
             users.display()
         );
     }

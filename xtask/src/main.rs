@@ -8,7 +8,7 @@
 //! - `docs`: regenerates docs/CONFIGURATION.md from the daemons' options.
 //! - `bench sip-register`: REGISTER throughput and latency through SIPp.
 //! - `soak`: a bounded endurance run under mixed legitimate and hostile load.
-//! - `add-user`: appends a user to a signaling users file.
+//! - `add-user`: `switchboard-signaling add-user` (appends a user to a users file).
 #![allow(clippy::print_stdout)]
 
 mod bench;
