@@ -108,6 +108,36 @@ impl CdrSink {
     }
 }
 
+/// The receiving end of a sink without a writer (call-flow tests).
+#[cfg(test)]
+pub(crate) struct CdrQueue(Receiver<Line>);
+
+#[cfg(test)]
+impl CdrQueue {
+    /// A sink and what it received.
+    pub(crate) fn new() -> (CdrSink, CdrQueue) {
+        let (sender, receiver) = sync_channel(1024);
+        (
+            CdrSink {
+                sender,
+                dropped: Arc::default(),
+            },
+            CdrQueue(receiver),
+        )
+    }
+
+    /// The records sent since the last call.
+    pub(crate) fn records(&self) -> Vec<Cdr> {
+        self.0
+            .try_iter()
+            .filter_map(|line| match line {
+                Line::Record(cdr) => Some(*cdr),
+                Line::Reopen => None,
+            })
+            .collect()
+    }
+}
+
 /// Steers the writer thread from signal handlers.
 #[derive(Clone, Debug)]
 pub struct CdrControl {

@@ -493,7 +493,11 @@ impl B2bua {
     /// A B2BUA routing with `dialplan` and exchanging media work over `link`.
     pub fn new(config: B2buaConfig, dialplan: Arc<Dialplan>, link: MediaLink) -> B2bua {
         let branch_prefix = format!("z9hG4bKsb{:x}", config.seed & 0xffff_ffff);
-        let id_prefix = format!("{:08x}", (config.seed >> 32) as u32);
+        // Mixed so that ids differ between processes whatever the seed's bits.
+        let id_prefix = format!(
+            "{:08x}",
+            (config.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32
+        );
         B2bua {
             config,
             dialplan,
