@@ -8,7 +8,7 @@
 //! appends it with a single `write(2)` on a file opened `O_APPEND`, so
 //! lines from a crash are whole but the last, and nothing is ever written
 //! in the middle of another line. [`CdrControl::reopen`] (SIGHUP) makes it
-//! close and reopen the file by its path, for logrotate.
+//! reopen the file by its path before its next record, for logrotate.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -67,10 +67,8 @@ pub struct Cdr {
     pub media_error: Option<String>,
 }
 
-enum Line {
-    Record(Box<Cdr>),
-    Reopen,
-}
+/// What the channel carries (boxed: a record is large, the channel holds many slots).
+type Line = Box<Cdr>;
 
 /// Where the B2BUA sends its records; never blocks.
 #[derive(Clone, Debug)]
@@ -79,19 +77,10 @@ pub struct CdrSink {
     dropped: Arc<AtomicU64>,
 }
 
-impl std::fmt::Debug for Line {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Line::Record(cdr) => f.debug_tuple("Record").field(&cdr.id).finish(),
-            Line::Reopen => f.write_str("Reopen"),
-        }
-    }
-}
-
 impl CdrSink {
     /// Queues a record; a full queue drops it (counted, logged at powers of two).
     pub fn send(&self, cdr: Cdr) {
-        match self.sender.try_send(Line::Record(Box::new(cdr))) {
+        match self.sender.try_send(Box::new(cdr)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -128,31 +117,22 @@ impl CdrQueue {
 
     /// The records sent since the last call.
     pub(crate) fn records(&self) -> Vec<Cdr> {
-        self.0
-            .try_iter()
-            .filter_map(|line| match line {
-                Line::Record(cdr) => Some(*cdr),
-                Line::Reopen => None,
-            })
-            .collect()
+        self.0.try_iter().map(|cdr| *cdr).collect()
     }
 }
 
-/// Steers the writer thread from signal handlers.
+/// Steers the writer thread from signal handlers. It holds no end of the
+/// channel, so the writer still ends once every sink is gone.
 #[derive(Clone, Debug)]
 pub struct CdrControl {
-    sender: SyncSender<Line>,
     reopen: Arc<AtomicBool>,
 }
 
 impl CdrControl {
     /// Makes the writer reopen the file by its path before the next record
-    /// (after logrotate renamed it).
+    /// (after logrotate renamed it; the renamed file gets nothing more).
     pub fn reopen(&self) {
         self.reopen.store(true, Ordering::Relaxed);
-        // Closes the old file at once when the queue has room; otherwise
-        // the flag does it before the next record.
-        let _ = self.sender.try_send(Line::Reopen);
     }
 }
 
@@ -178,10 +158,10 @@ impl CdrWriter {
         Ok((
             CdrWriter { thread },
             CdrSink {
-                sender: sender.clone(),
+                sender,
                 dropped: Arc::default(),
             },
-            CdrControl { sender, reopen },
+            CdrControl { reopen },
         ))
     }
 
@@ -226,9 +206,7 @@ fn write_forever(path: &Path, mut file: File, receiver: &Receiver<Line>, reopen:
                 }
             }
         }
-        let Line::Record(cdr) = next else {
-            continue;
-        };
+        let cdr = next;
         line.clear();
         if let Err(error) = serde_json::to_writer(&mut line, &cdr) {
             tracing::warn!(%error, id = %cdr.id, "CDR not serialized");
