@@ -618,7 +618,10 @@ impl B2bua {
             return;
         };
         match result {
-            MediaResult::Deleted(legs) => cdr.legs = legs,
+            MediaResult::Deleted(mut legs) => {
+                legs.sort_by(|a, b| a.leg.cmp(&b.leg));
+                cdr.legs = legs;
+            }
             MediaResult::Failed { message, .. } => cdr.media_error = Some(message),
             MediaResult::Done => cdr.media_error = Some("no manager held the call".to_owned()),
             MediaResult::Sdp(_) | MediaResult::PlayEnded { .. } => {}
