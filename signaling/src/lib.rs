@@ -9,6 +9,7 @@ pub mod b2bua;
 pub mod config;
 pub mod dialplan;
 pub mod events;
+pub mod metrics;
 pub mod registrar;
 pub mod rest;
 pub mod rtpmanager_client;

@@ -11,6 +11,7 @@ use serde::Serialize;
 use switchboard_proto::v1;
 use tokio::sync::watch;
 
+use crate::events::{Event, EventBus};
 use crate::rtpmanager_client::{describe, ClientAccess, ManagerClient};
 
 /// Consecutive failed probes before a healthy manager is declared down; one
@@ -112,6 +113,8 @@ impl HealthTracker {
 #[derive(Clone, Debug)]
 pub struct ManagerPool {
     managers: Arc<Vec<Manager>>,
+    /// Where health and drain changes are published.
+    events: EventBus,
 }
 
 #[derive(Debug)]
@@ -159,7 +162,14 @@ impl ManagerPool {
             .collect::<Result<Vec<_>, tonic::transport::Error>>()?;
         Ok(ManagerPool {
             managers: Arc::new(managers),
+            events: EventBus::new(),
         })
+    }
+
+    /// Publishes health and drain changes on `events`.
+    pub fn with_events(mut self, events: EventBus) -> Self {
+        self.events = events;
+        self
     }
 
     /// Names the managers, in configuration order (see
@@ -187,9 +197,16 @@ impl ManagerPool {
             return false;
         };
         let changed = s.operator_drain != drain;
+        let draining = is_draining(&s);
         s.operator_drain = drain;
         if changed {
             tracing::info!(rtpmanager = %s.id, drain, "RTP manager drain set by the operator");
+        }
+        if is_draining(&s) != draining {
+            self.events.publish(Event::ManagerDrain {
+                id: s.id.clone(),
+                draining: !draining,
+            });
         }
         changed
     }
@@ -315,7 +332,10 @@ impl ManagerPool {
             let endpoint = self.set_detail(index, &probe);
             if let Some(health) = tracker.observe(&probe) {
                 if let Ok(mut s) = manager.status.write() {
+                    let was_draining = is_draining(&s);
+                    let was_healthy = s.health == Health::Healthy;
                     s.health = health.clone();
+                    self.publish_changes(&s, was_healthy, was_draining);
                 }
                 if health == Health::Healthy {
                     manager.became_healthy.send_modify(|n| *n += 1);
@@ -336,6 +356,24 @@ impl ManagerPool {
                     }
                 }
             }
+        }
+    }
+
+    /// Publishes what changed in a manager's health and drain.
+    fn publish_changes(&self, s: &ManagerStatus, was_healthy: bool, was_draining: bool) {
+        let healthy = s.health == Health::Healthy;
+        if healthy != was_healthy {
+            self.events.publish(Event::ManagerHealth {
+                id: s.id.clone(),
+                healthy,
+            });
+        }
+        let draining = is_draining(s);
+        if draining != was_draining {
+            self.events.publish(Event::ManagerDrain {
+                id: s.id.clone(),
+                draining,
+            });
         }
     }
 
@@ -371,6 +409,11 @@ impl ManagerPool {
         };
         s.endpoint.clone()
     }
+}
+
+/// Whether a manager gets no new calls by a drain: its own or the operator's.
+fn is_draining(s: &ManagerStatus) -> bool {
+    s.operator_drain || s.health == Health::Draining
 }
 
 /// The command-line name of a fast-path mode, as the manager's `--fast-path` spells it.

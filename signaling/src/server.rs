@@ -14,6 +14,8 @@ use crate::auth::{Authenticator, Users};
 use crate::b2bua::{self, B2bua, B2buaConfig, LinkInput, MediaLink, Owner, Shutdown};
 use crate::config::{manager_id, AuthOption, Config, DEFAULT_DIALPLAN, RESERVED_FILES};
 use crate::dialplan::Dialplan;
+use crate::events::EventBus;
+use crate::metrics::{CallCounts, Metrics};
 use crate::registrar::{Registrar, Store};
 use axum::serve::Listener;
 
@@ -34,23 +36,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::warn!("{warning}");
         }
     }
+    let events = EventBus::new();
+    let metrics = Metrics::new(Instant::now());
+    metrics.spawn_sampler();
     let ids: Vec<String> = config.rtpmanagers.iter().map(|m| manager_id(m)).collect();
     let pool = ManagerPool::with_access(&config.manager_uris(), &access)
         .context("--rtpmanager")?
-        .with_ids(&ids);
+        .with_ids(&ids)
+        .with_events(events.clone());
     let api_access = api_access(&config)?;
     pool.spawn_health_checks(config.health_interval());
 
     let mut uas = build_core(&config)?;
     let dialplan = load_dialplan(&config)?;
     let stats = Arc::new(TransportStats::default());
-    let queue = CoreQueue::with_limits(
+    let mut queue = CoreQueue::with_limits(
         QueueLimits {
             bytes: config.input_queue_bytes,
             ..QueueLimits::default()
         },
         Arc::clone(&stats),
     );
+    queue.set_telemetry(metrics.clone(), events.clone());
     let tcp_connections = fit_to_file_limit(
         config.tcp_connection_limits(),
         config.rest_max_connections,
@@ -117,6 +124,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 started: Instant::now(),
             },
         );
+        let probe = link.clone();
+        metrics.set_call_probe(Box::new(move || {
+            let occupancy = probe.occupancy();
+            CallCounts {
+                calls: occupancy.calls as u64,
+                dialogs: occupancy.dialogs as u64,
+            }
+        }));
         spawn_dialplan_reload_on_sighup(config.dialplan.clone(), link.clone(), core);
         calls = Some(link);
     }
@@ -150,6 +165,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         transport: Some(stats),
         rest_refused: Some(listener.refused()),
         access: Arc::new(api_access),
+        events,
+        metrics,
     };
     let (stop_rest, rest_stopping) = tokio::sync::oneshot::channel::<()>();
     let mut rest = tokio::spawn(async move {
