@@ -549,4 +549,44 @@ mod tests {
         );
         assert_eq!(t.observe(&answered(v1::ServingStatus::NotServing)), None);
     }
+
+    #[tokio::test]
+    async fn health_and_drain_changes_are_published_once_each() {
+        let bus = EventBus::new();
+        let mut events = bus.subscribe();
+        let pool = ManagerPool::new(&["http://127.0.0.1:1".to_owned()])
+            .expect("pool")
+            .with_ids(&["edge-a".to_owned()])
+            .with_events(bus);
+        let drain = |draining| Event::ManagerDrain {
+            id: "edge-a".to_owned(),
+            draining,
+        };
+        assert!(pool.set_operator_drain(0, true));
+        assert!(!pool.set_operator_drain(0, true));
+        assert_eq!(events.try_recv().map(|e| (*e).clone()), Ok(drain(true)));
+        assert!(events.try_recv().is_err(), "a repeated drain is no change");
+
+        // The manager drains itself too: lifting the operator's drain
+        // leaves it draining, so no drain event; coming back healthy is
+        // both a health and a drain change.
+        let status = |health| {
+            let mut s = pool.statuses().swap_remove(0);
+            s.health = health;
+            s
+        };
+        set_health(&pool, 0, Health::Draining);
+        assert!(pool.set_operator_drain(0, false));
+        assert!(events.try_recv().is_err(), "still draining by itself");
+        pool.publish_changes(&status(Health::Healthy), false, true);
+        assert_eq!(
+            events.try_recv().map(|e| (*e).clone()),
+            Ok(Event::ManagerHealth {
+                id: "edge-a".to_owned(),
+                healthy: true
+            })
+        );
+        assert_eq!(events.try_recv().map(|e| (*e).clone()), Ok(drain(false)));
+        assert!(events.try_recv().is_err());
+    }
 }

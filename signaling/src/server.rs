@@ -36,7 +36,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::warn!("{warning}");
         }
     }
-    let events = EventBus::new();
+    let events = EventBus::with_capacity(config.event_buffer);
     let metrics = Metrics::new(Instant::now());
     metrics.spawn_sampler();
     let ids: Vec<String> = config.rtpmanagers.iter().map(|m| manager_id(m)).collect();
