@@ -37,7 +37,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::events::EventBus;
 use crate::metrics::Metrics;
 use crate::rtpmanager_pool::{Health, ManagerPool};
 use crate::transport::limits::TransportStats;
@@ -55,8 +54,8 @@ pub struct ApiState {
     pub rest_refused: Option<Arc<AtomicU64>>,
     /// Who may call the API.
     pub access: Arc<ApiAccess>,
-    /// The server's events, streamed by `/api/v1/events`.
-    pub events: EventBus,
+    /// The server's events (calls, registrations, managers).
+    pub events: crate::events::EventBus,
     /// The server's counters, for `/metrics` and `/api/v1/stats`.
     pub metrics: Metrics,
 }

@@ -31,7 +31,7 @@ fn state(access: ApiAccess) -> ApiState {
         transport: None,
         rest_refused: None,
         access: Arc::new(access),
-        events: EventBus::new(),
+        events: crate::events::EventBus::new(),
         metrics: Metrics::default(),
     }
 }
