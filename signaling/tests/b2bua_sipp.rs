@@ -719,10 +719,18 @@ fn three_hundred_calls_at_100_per_second_all_succeed_and_leave_no_media() {
         .output()
         .expect("run the SIPp caller");
     let screen = String::from_utf8_lossy(&caller.stdout);
+    let errors = std::fs::read_dir(bed.data.path())
+        .expect("data dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with("_errors.log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n");
     assert_eq!(
         caller.status.code(),
         Some(0),
-        "SIPp caller failed:\n{screen}\nserver log tail:\n{}",
+        "SIPp caller failed:\n{screen}\nSIPp errors:\n{}\nserver log tail:\n{}",
+        tail(&errors, 60),
         tail(&bed.server.log(), 40)
     );
     assert_eq!(sipp_counter(&screen, "Successful call"), 300, "{screen}");
