@@ -7,9 +7,11 @@
 pub mod add_user;
 pub mod auth;
 pub mod b2bua;
+pub mod cdr;
 pub mod config;
 pub mod dialplan;
 pub mod events;
+pub mod metrics;
 pub mod registrar;
 pub mod rest;
 pub mod rtpmanager_client;

@@ -11,9 +11,12 @@ use anyhow::Context;
 use switchboard_service::Waited;
 
 use crate::auth::{Authenticator, Users};
-use crate::b2bua::{self, B2bua, B2buaConfig, LinkInput, MediaLink, Owner, Shutdown};
+use crate::b2bua::{self, B2bua, B2buaConfig, CallsHandle, LinkInput, MediaLink, Owner, Shutdown};
+use crate::cdr::{self, CdrControl, CdrWriter};
 use crate::config::{manager_id, AuthOption, Config, DEFAULT_DIALPLAN, RESERVED_FILES};
 use crate::dialplan::Dialplan;
+use crate::events::EventBus;
+use crate::metrics::{CallCounts, Metrics};
 use crate::registrar::{Registrar, Store};
 use axum::serve::Listener;
 
@@ -34,23 +37,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::warn!("{warning}");
         }
     }
+    let events = EventBus::with_capacity(config.event_buffer);
+    let metrics = Metrics::new(Instant::now());
+    metrics.spawn_sampler();
     let ids: Vec<String> = config.rtpmanagers.iter().map(|m| manager_id(m)).collect();
     let pool = ManagerPool::with_access(&config.manager_uris(), &access)
         .context("--rtpmanager")?
-        .with_ids(&ids);
+        .with_ids(&ids)
+        .with_events(events.clone());
     let api_access = api_access(&config)?;
     pool.spawn_health_checks(config.health_interval());
 
     let mut uas = build_core(&config)?;
     let dialplan = load_dialplan(&config)?;
     let stats = Arc::new(TransportStats::default());
-    let queue = CoreQueue::with_limits(
+    let mut queue = CoreQueue::with_limits(
         QueueLimits {
             bytes: config.input_queue_bytes,
             ..QueueLimits::default()
         },
         Arc::clone(&stats),
     );
+    queue.set_telemetry(metrics.clone(), events.clone());
     let tcp_connections = fit_to_file_limit(
         config.tcp_connection_limits(),
         config.rest_max_connections,
@@ -73,6 +81,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await
     .context("SIP transports (--bind-address/--port)")?;
+    let cdr = match &config.cdr_file {
+        Some(path) => {
+            let (writer, sink, control) = CdrWriter::start(path, cdr::QUEUE)
+                .with_context(|| format!("--cdr-file {}", path.display()))?;
+            tracing::info!(path = %path.display(), "call detail records appended to the CDR file");
+            spawn_cdr_reopen_on_sighup(control);
+            Some((writer, sink))
+        }
+        None => None,
+    };
     let mut calls = None;
     if let Some(dialplan) = dialplan {
         let link = MediaLink::new();
@@ -105,6 +123,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             dialplan,
             link.clone(),
         );
+        let mut b2bua = b2bua;
+        b2bua.set_events(events.clone());
+        if let Some((_, sink)) = &cdr {
+            b2bua.set_cdrs(sink.clone());
+        }
         uas.set_call_handler(Box::new(b2bua));
         let waker = core.clone();
         b2bua::executor::spawn(
@@ -117,9 +140,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 started: Instant::now(),
             },
         );
-        spawn_dialplan_reload_on_sighup(config.dialplan.clone(), link.clone(), core);
-        calls = Some(link);
+        let probe = link.clone();
+        metrics.set_call_probe(Box::new(move || {
+            let occupancy = probe.occupancy();
+            CallCounts {
+                calls: occupancy.calls as u64,
+                dialogs: occupancy.dialogs as u64,
+            }
+        }));
+        spawn_dialplan_reload_on_sighup(config.dialplan.clone(), link.clone(), core.clone());
+        calls = Some((link.clone(), CallsHandle::new(link, core)));
     }
+    // Only the B2BUA holds the sink from here: the writer ends once the
+    // core has stopped and the last records are written.
+    let cdr_writer = cdr.map(|(writer, _)| writer);
     let core = queue
         .run(uas, transports.clone())
         .context("starting the SIP core thread")?;
@@ -150,6 +184,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         transport: Some(stats),
         rest_refused: Some(listener.refused()),
         access: Arc::new(api_access),
+        calls: calls.as_ref().map(|(_, handle)| handle.clone()),
+        events,
+        metrics,
     };
     let (stop_rest, rest_stopping) = tokio::sync::oneshot::channel::<()>();
     let mut rest = tokio::spawn(async move {
@@ -167,7 +204,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         served = &mut rest => Some(served),
     };
     // The REST API stays up while calls end: operators watch the drain there.
-    if let (None, Some(link)) = (&early, &calls) {
+    if let (None, Some((link, _))) = (&early, &calls) {
         let (drain, timeout) = config.shutdown();
         end_calls(link, &core.handle(), drain, timeout).await;
     }
@@ -178,9 +215,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             rest.await
         }
     };
-    tokio::task::spawn_blocking(move || core.stop())
-        .await
-        .context("stopping the SIP core")?;
+    tokio::task::spawn_blocking(move || {
+        core.stop();
+        // Records of calls ended by the shutdown are written before exit.
+        if let Some(writer) = cdr_writer {
+            writer.join();
+        }
+    })
+    .await
+    .context("stopping the SIP core")?;
     served.context("REST server task")?.context("REST server")
 }
 
@@ -428,6 +471,23 @@ fn spawn_dialplan_reload_on_sighup(path: PathBuf, link: MediaLink, core: CoreHan
                     tracing::warn!(%error, "SIGHUP: dialplan not reloaded; the previous plan stays");
                 }
             }
+        }
+    });
+}
+
+/// SIGHUP reopens the CDR file by its path (after logrotate renamed it).
+fn spawn_cdr_reopen_on_sighup(control: CdrControl) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGHUP; the CDR file will not be reopened");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            control.reopen();
         }
     });
 }

@@ -36,6 +36,8 @@ pub struct Server {
     args: Vec<String>,
     /// Soft and hard open-file limit the server starts with, when set.
     file_limit: Option<u64>,
+    /// The network namespace it runs in (`ip netns exec`), when set.
+    netns: Option<String>,
 }
 
 impl Server {
@@ -48,6 +50,21 @@ impl Server {
     /// between `free_port` and the server's bind (parallel tests open
     /// ephemeral ports all the time).
     fn on_new_ports(data_dir: &Path, args: &[&str], file_limit: Option<u64>) -> Server {
+        Server::on_new_ports_in(data_dir, args, file_limit, None)
+    }
+
+    /// Starts the server inside network namespace `netns` (the calling
+    /// thread must be in it too: its ports and REST requests are there).
+    pub fn start_in_netns(netns: &str, data_dir: &Path, args: &[&str]) -> Server {
+        Server::on_new_ports_in(data_dir, args, None, Some(netns.to_owned()))
+    }
+
+    fn on_new_ports_in(
+        data_dir: &Path,
+        args: &[&str],
+        file_limit: Option<u64>,
+        netns: Option<String>,
+    ) -> Server {
         let mut server = Server {
             child: None,
             log: Arc::new(Mutex::new(String::new())),
@@ -56,6 +73,7 @@ impl Server {
             data_dir: data_dir.to_path_buf(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             file_limit,
+            netns,
         };
         for _ in 0..4 {
             match server.launch() {
@@ -82,6 +100,7 @@ impl Server {
             data_dir: data_dir.to_path_buf(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             file_limit: None,
+            netns: None,
         };
         server.spawn();
         server
@@ -103,7 +122,15 @@ impl Server {
     /// Starts the process and waits until it is ready; `Err` with its log
     /// when it exits first.
     fn launch(&mut self) -> Result<(), String> {
-        let mut command = Command::new(SIGNALING);
+        let mut command = match &self.netns {
+            // `ip netns exec` execs the server: the child's pid is its own.
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns, SIGNALING]);
+                command
+            }
+            None => Command::new(SIGNALING),
+        };
         if !self.args.iter().any(|a| a == "--bind-address") {
             command.args(["--bind-address", "127.0.0.1"]);
         }
@@ -211,6 +238,32 @@ impl Server {
 
     pub fn sip_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.sip_port))
+    }
+
+    /// A request on the REST API: its status and its body parsed as JSON.
+    pub fn rest(&self, method: &str, path: &str) -> (u16, serde_json::Value) {
+        let mut stream =
+            TcpStream::connect(("127.0.0.1", self.rest_port)).expect("connect to the REST API");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        write!(
+            stream,
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
+        )
+        .expect("send the request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read response");
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no HTTP body in {response:?}"));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {head:?}"));
+        let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+        (status, body)
     }
 
     /// GET on the REST API, parsed as JSON.
