@@ -328,7 +328,7 @@ pub struct Config {
     /// Events an /api/v1/events client may fall behind before it is told
     /// (`event: lagged`) and dropped: the ring all clients read, the only
     /// memory slow clients cost (a few hundred octets an event).
-    #[arg(long, env = "EVENT_BUFFER", default_value_t = 4096)]
+    #[arg(long, env = "SWITCHBOARD_EVENT_BUFFER", default_value_t = 4096)]
     pub event_buffer: usize,
 
     /// Value of the Server header of SIP responses; empty: no Server header.
