@@ -1244,3 +1244,90 @@ fn the_event_stream_delivers_a_sipp_call_created_ringing_answered_ended_in_order
         "{ended}"
     );
 }
+
+/// `switchboard-ctl` beside the signaling binary, built if missing (another
+/// package of the workspace).
+fn ctl_binary() -> std::path::PathBuf {
+    let path = std::path::Path::new(common::SIGNALING).with_file_name("switchboard-ctl");
+    if !path.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "switchboard-ctl", "--bin", "switchboard-ctl"])
+            .status()
+            .expect("run cargo build for switchboard-ctl");
+        assert!(status.success(), "building switchboard-ctl failed");
+    }
+    path
+}
+
+#[test]
+fn switchboard_ctl_lists_shows_and_hangs_up_a_sipp_call() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    let (bed, callee_port) = anonymous_bed();
+    let (_a, rtp_a) = media_socket();
+    let (_b, rtp_b) = media_socket();
+    let callee = sipp(
+        &bed,
+        "b2bua_uas.xml",
+        callee_port,
+        &["-key", "rtp_b", &rtp_b],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = start_caller(
+        &bed,
+        "b2bua_uac_wait_bye.xml",
+        "1001",
+        &["-key", "rtp_a", &rtp_a],
+    );
+    let page = answered_call(&bed);
+    let id = page["calls"][0]["id"].as_str().expect("an id").to_owned();
+    let url = format!("http://127.0.0.1:{}", bed.server.rest_port);
+    let ctl = |args: &[&str]| {
+        let output = std::process::Command::new(ctl_binary())
+            .args(["--url", &url])
+            .args(args)
+            .output()
+            .expect("run switchboard-ctl");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+
+    let (code, table, stderr) = ctl(&["calls"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("the call is listed:\n{table}"));
+    assert!(row.contains("answered"), "{row}");
+    assert!(row.contains("PCMU/8000"), "{row}");
+
+    let (code, json, _) = ctl(&["--json", "calls"]);
+    assert_eq!(code, Some(0));
+    let parsed: serde_json::Value = serde_json::from_str(&json).expect("--json is JSON");
+    assert_eq!(parsed["total"], 1);
+    assert_eq!(parsed["calls"][0]["id"], id.as_str());
+
+    let (code, detail, _) = ctl(&["calls", "show", &id]);
+    assert_eq!(code, Some(0));
+    assert!(detail.contains("caller → sb  INVITE"), "{detail}");
+    assert!(detail.contains("sb → callee  INVITE"), "{detail}");
+
+    let (code, out, stderr) = ctl(&["calls", "hangup", &id]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(out.contains("ending"), "{out}");
+    finish(&bed, "caller", caller);
+    finish(&bed, "callee", callee);
+    wait_no_calls(&bed.manager);
+
+    let (code, _, stderr) = ctl(&["calls", "hangup", &id]);
+    assert_eq!(code, Some(1), "an unknown call is refused");
+    assert!(
+        stderr.starts_with("switchboard-ctl: 404 not_found: "),
+        "{stderr}"
+    );
+}
