@@ -124,10 +124,37 @@ impl Event {
     }
 }
 
+/// An event as it travels the bus: the event, and its SSE frame made once
+/// by the first subscriber that needs it (on the runtime, never on the SIP
+/// core's thread), so ten clients cost one serialisation, not ten.
+#[derive(Debug)]
+pub struct Published {
+    event: Event,
+    frame: std::sync::OnceLock<String>,
+}
+
+impl Published {
+    /// `event: <type>` and `data: <JSON>`, ending with the blank line.
+    pub fn frame(&self) -> &str {
+        self.frame.get_or_init(|| {
+            let data = serde_json::to_string(&self.event).unwrap_or_else(|_| "{}".to_owned());
+            format!("event: {}\ndata: {data}\n\n", self.event.kind())
+        })
+    }
+}
+
+impl std::ops::Deref for Published {
+    type Target = Event;
+
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
 /// The server's events; clones publish on the same bus.
 #[derive(Debug, Clone)]
 pub struct EventBus {
-    sender: broadcast::Sender<Arc<Event>>,
+    sender: broadcast::Sender<Arc<Published>>,
 }
 
 impl EventBus {
@@ -150,12 +177,15 @@ impl EventBus {
     /// listens.
     pub fn publish(&self, event: Event) {
         if self.sender.receiver_count() > 0 {
-            let _ = self.sender.send(Arc::new(event));
+            let _ = self.sender.send(Arc::new(Published {
+                event,
+                frame: std::sync::OnceLock::new(),
+            }));
         }
     }
 
     /// Events from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
         self.sender.subscribe()
     }
 }
@@ -192,8 +222,27 @@ mod tests {
             });
         }
         assert_eq!(
-            slow.try_recv(),
+            slow.try_recv().map(|e| (**e).clone()),
             Err(broadcast::error::TryRecvError::Lagged(10))
+        );
+    }
+
+    #[test]
+    fn every_subscriber_shares_one_frame_per_event() {
+        let bus = EventBus::new();
+        let (mut one, mut two) = (bus.subscribe(), bus.subscribe());
+        bus.publish(Event::CallAnswered {
+            id: "c1".to_owned(),
+            at_ms: 5,
+        });
+        let (first, second) = (one.try_recv().expect("one"), two.try_recv().expect("two"));
+        assert_eq!(
+            first.frame(),
+            "event: call_answered\ndata: {\"type\":\"call_answered\",\"id\":\"c1\",\"at_ms\":5}\n\n"
+        );
+        assert!(
+            std::ptr::eq(first.frame(), second.frame()),
+            "serialised once"
         );
     }
 }

@@ -573,7 +573,7 @@ mod tests {
         };
         assert!(pool.set_operator_drain(0, true));
         assert!(!pool.set_operator_drain(0, true));
-        assert_eq!(events.try_recv().map(|e| (*e).clone()), Ok(drain(true)));
+        assert_eq!(events.try_recv().map(|e| (**e).clone()), Ok(drain(true)));
         assert!(events.try_recv().is_err(), "a repeated drain is no change");
 
         // The manager drains itself too: lifting the operator's drain
@@ -589,13 +589,13 @@ mod tests {
         assert!(events.try_recv().is_err(), "still draining by itself");
         pool.publish_changes(&status(Health::Healthy), false, true);
         assert_eq!(
-            events.try_recv().map(|e| (*e).clone()),
+            events.try_recv().map(|e| (**e).clone()),
             Ok(Event::ManagerHealth {
                 id: "edge-a".to_owned(),
                 healthy: true
             })
         );
-        assert_eq!(events.try_recv().map(|e| (*e).clone()), Ok(drain(false)));
+        assert_eq!(events.try_recv().map(|e| (**e).clone()), Ok(drain(false)));
         assert!(events.try_recv().is_err());
     }
 }

@@ -64,7 +64,7 @@ struct Manager {
 struct Harness {
     uas: Uas,
     link: MediaLink,
-    events: tokio::sync::broadcast::Receiver<Arc<Event>>,
+    events: tokio::sync::broadcast::Receiver<Arc<crate::events::Published>>,
     cdrs: crate::cdr::CdrQueue,
     now: Now,
     manager: Manager,
@@ -2533,7 +2533,7 @@ fn events_follow_the_call_created_ringing_answered_ended() {
             "call_ended"
         ]
     );
-    match events[3].as_ref() {
+    match &**events[3] {
         Event::CallEnded {
             final_status,
             ended_by,

@@ -30,7 +30,7 @@ use tokio::time::Sleep;
 use tokio_stream::Stream;
 
 use super::ApiState;
-use crate::events::Event;
+use crate::events::Published;
 use crate::metrics::{Metrics, SseClient};
 
 /// Interval of the keep-alive comment.
@@ -56,10 +56,11 @@ pub(super) async fn stream(State(state): State<ApiState>) -> Response {
 }
 
 /// A wait for the next event that owns the receiver and gives it back.
-type Recv =
-    Pin<Box<dyn Future<Output = (Result<Arc<Event>, RecvError>, Receiver<Arc<Event>>)> + Send>>;
+type Recv = Pin<
+    Box<dyn Future<Output = (Result<Arc<Published>, RecvError>, Receiver<Arc<Published>>)> + Send>,
+>;
 
-fn recv(mut receiver: Receiver<Arc<Event>>) -> Recv {
+fn recv(mut receiver: Receiver<Arc<Published>>) -> Recv {
     Box::pin(async move {
         let result = receiver.recv().await;
         (result, receiver)
@@ -78,7 +79,11 @@ struct ClientStream {
 }
 
 impl ClientStream {
-    fn new(receiver: Receiver<Arc<Event>>, metrics: &Metrics, interval: Duration) -> ClientStream {
+    fn new(
+        receiver: Receiver<Arc<Published>>,
+        metrics: &Metrics,
+        interval: Duration,
+    ) -> ClientStream {
         ClientStream {
             next: Some(recv(receiver)),
             keep_alive: Box::pin(tokio::time::sleep(interval)),
@@ -92,14 +97,14 @@ impl ClientStream {
     /// returns whether the stream goes on (and the receiver if so).
     fn gather(
         &mut self,
-        first: Result<Arc<Event>, RecvError>,
-        mut receiver: Receiver<Arc<Event>>,
-    ) -> (String, Option<Receiver<Arc<Event>>>) {
+        first: Result<Arc<Published>, RecvError>,
+        mut receiver: Receiver<Arc<Published>>,
+    ) -> (String, Option<Receiver<Arc<Published>>>) {
         let mut text = String::new();
         let mut next = first;
         loop {
             match next {
-                Ok(event) => write_frame(&mut text, &event),
+                Ok(event) => text.push_str(event.frame()),
                 Err(RecvError::Lagged(missed)) => {
                     self.metrics.sse_dropped();
                     tracing::info!(missed, "event stream client fell behind: dropped");
@@ -152,13 +157,6 @@ impl Stream for ClientStream {
     }
 }
 
-/// An event as SSE: its type as the event name, its JSON (one line) as
-/// the data.
-pub fn write_frame(out: &mut String, event: &Event) {
-    let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".to_owned());
-    let _ = write!(out, "event: {}\ndata: {data}\n\n", event.kind());
-}
-
 /// The last frame a lagging client gets.
 pub fn write_lagged(out: &mut String, missed: u64) {
     let _ = write!(out, "event: lagged\ndata: {{\"missed\":{missed}}}\n\n");
@@ -167,6 +165,8 @@ pub fn write_lagged(out: &mut String, missed: u64) {
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use crate::events::Event;
 
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
