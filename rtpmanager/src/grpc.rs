@@ -907,7 +907,11 @@ impl RtpManager for ControlService {
             .iter()
             .map(|v| self.stats_of(v))
             .collect::<Result<Vec<_>, Status>>()?;
-        Ok(Response::new(v1::GetStatsResponse { legs }))
+        let info = views
+            .iter()
+            .map(|v| leg_info(v, self.offload().offloaded(v.slot)))
+            .collect();
+        Ok(Response::new(v1::GetStatsResponse { legs, info }))
     }
 
     async fn list_calls(

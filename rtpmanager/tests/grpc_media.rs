@@ -123,6 +123,22 @@ async fn bridged_call_relays_rtp_both_ways_and_reports_stats() {
     assert_eq!(b.rtp_in.as_ref().map(|c| c.packets), Some(3));
     assert_eq!(a.rtp_out.as_ref().map(|c| c.packets), Some(3));
     assert!(a.last_packet_ms > 0);
+    // The same legs' facts beside their figures, in the same order.
+    let info: Vec<(&str, &str, bool)> = stats
+        .info
+        .iter()
+        .map(|i| (i.leg_id.as_str(), i.codec.as_str(), i.offloaded))
+        .collect();
+    let order: Vec<&str> = stats.legs.iter().map(|l| l.leg_id.as_str()).collect();
+    assert_eq!(info.iter().map(|i| i.0).collect::<Vec<_>>(), order);
+    assert!(
+        info.iter().all(|(_, codec, _)| *codec == "PCMU/8000"),
+        "{info:?}"
+    );
+    assert!(stats
+        .info
+        .iter()
+        .all(|i| !i.local_address.is_empty() && i.rtp_port > 0));
 
     let list = client
         .list_calls(v1::ListCallsRequest {})

@@ -159,6 +159,15 @@ pub struct Config {
     #[arg(long, env = "DATA_DIR", default_value = "/var/lib/switchboard")]
     pub data_dir: PathBuf,
 
+    /// Call detail records: one JSON line per ended call, appended to this
+    /// file (created if missing; opened at start, so a path that cannot be
+    /// written stops the start). Each line is one write on an O_APPEND
+    /// file: a crash can cut only the last line. SIGHUP reopens the file by
+    /// its path (logrotate: rename, then `kill -HUP`). Without it no CDR
+    /// is written.
+    #[arg(long, env = "CDR_FILE", value_name = "FILE")]
+    pub cdr_file: Option<PathBuf>,
+
     /// Domains this server is responsible for (registrar and calls); the first
     /// is the domain of a bare user name. Empty: every domain is served.
     #[arg(long = "domain", env = "DOMAIN", value_delimiter = ',')]

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod b2bua;
+pub mod cdr;
 pub mod config;
 pub mod dialplan;
 pub mod events;

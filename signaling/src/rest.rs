@@ -7,6 +7,7 @@
 //! that fits, never an internal message.
 
 mod access;
+mod calls;
 mod error;
 mod managers;
 mod openapi;
@@ -52,6 +53,10 @@ pub struct ApiState {
     pub rest_refused: Option<Arc<AtomicU64>>,
     /// Who may call the API.
     pub access: Arc<ApiAccess>,
+    /// The B2BUA's calls; `None` where no B2BUA runs (no dialplan, handler tests).
+    pub calls: Option<crate::b2bua::CallsHandle>,
+    /// The server's events (calls, registrations, managers).
+    pub events: crate::events::EventBus,
 }
 
 /// Who may call an endpoint.
@@ -111,6 +116,18 @@ fn routes() -> Vec<(Endpoint, MethodRouter<ApiState>)> {
                 Guard::Token,
             ),
             delete(managers::undrain),
+        ),
+        (
+            endpoint(Method::GET, "/api/v1/calls", Guard::Token),
+            get(calls::list),
+        ),
+        (
+            endpoint(Method::GET, "/api/v1/calls/{id}", Guard::Token),
+            get(calls::one),
+        ),
+        (
+            endpoint(Method::DELETE, "/api/v1/calls/{id}", Guard::Token),
+            delete(calls::hang_up),
         ),
         (
             endpoint(Method::GET, "/api/v1/registrations", Guard::Token),

@@ -226,6 +226,15 @@ impl ManagerPool {
             .unwrap_or_default()
     }
 
+    /// The id of manager `index`, as `/api/v1/rtpmanagers` shows it.
+    pub fn id(&self, index: usize) -> String {
+        self.managers[index]
+            .status
+            .read()
+            .map(|s| s.id.clone())
+            .unwrap_or_default()
+    }
+
     /// A client of manager `index` (clones share its channel).
     pub fn client(&self, index: usize) -> ManagerClient {
         self.managers[index].client.clone()

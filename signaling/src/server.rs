@@ -11,7 +11,8 @@ use anyhow::Context;
 use switchboard_service::Waited;
 
 use crate::auth::{Authenticator, Users};
-use crate::b2bua::{self, B2bua, B2buaConfig, LinkInput, MediaLink, Owner, Shutdown};
+use crate::b2bua::{self, B2bua, B2buaConfig, CallsHandle, LinkInput, MediaLink, Owner, Shutdown};
+use crate::cdr::{self, CdrControl, CdrWriter};
 use crate::config::{manager_id, AuthOption, Config, DEFAULT_DIALPLAN, RESERVED_FILES};
 use crate::dialplan::Dialplan;
 use crate::registrar::{Registrar, Store};
@@ -73,6 +74,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await
     .context("SIP transports (--bind-address/--port)")?;
+    // One bus for the whole server: the B2BUA, the registrar and the pool
+    // publish on it, the REST API's event stream reads it.
+    let events = crate::events::EventBus::new();
+    let cdr = match &config.cdr_file {
+        Some(path) => {
+            let (writer, sink, control) = CdrWriter::start(path, cdr::QUEUE)
+                .with_context(|| format!("--cdr-file {}", path.display()))?;
+            tracing::info!(path = %path.display(), "call detail records appended to the CDR file");
+            spawn_cdr_reopen_on_sighup(control);
+            Some((writer, sink))
+        }
+        None => None,
+    };
     let mut calls = None;
     if let Some(dialplan) = dialplan {
         let link = MediaLink::new();
@@ -105,6 +119,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             dialplan,
             link.clone(),
         );
+        let mut b2bua = b2bua;
+        b2bua.set_events(events.clone());
+        if let Some((_, sink)) = &cdr {
+            b2bua.set_cdrs(sink.clone());
+        }
         uas.set_call_handler(Box::new(b2bua));
         let waker = core.clone();
         b2bua::executor::spawn(
@@ -117,9 +136,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 started: Instant::now(),
             },
         );
-        spawn_dialplan_reload_on_sighup(config.dialplan.clone(), link.clone(), core);
-        calls = Some(link);
+        spawn_dialplan_reload_on_sighup(config.dialplan.clone(), link.clone(), core.clone());
+        calls = Some((link.clone(), CallsHandle::new(link, core)));
     }
+    // Only the B2BUA holds the sink from here: the writer ends once the
+    // core has stopped and the last records are written.
+    let cdr_writer = cdr.map(|(writer, _)| writer);
     let core = queue
         .run(uas, transports.clone())
         .context("starting the SIP core thread")?;
@@ -150,6 +172,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         transport: Some(stats),
         rest_refused: Some(listener.refused()),
         access: Arc::new(api_access),
+        calls: calls.as_ref().map(|(_, handle)| handle.clone()),
+        events,
     };
     let (stop_rest, rest_stopping) = tokio::sync::oneshot::channel::<()>();
     let mut rest = tokio::spawn(async move {
@@ -167,7 +191,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         served = &mut rest => Some(served),
     };
     // The REST API stays up while calls end: operators watch the drain there.
-    if let (None, Some(link)) = (&early, &calls) {
+    if let (None, Some((link, _))) = (&early, &calls) {
         let (drain, timeout) = config.shutdown();
         end_calls(link, &core.handle(), drain, timeout).await;
     }
@@ -178,9 +202,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             rest.await
         }
     };
-    tokio::task::spawn_blocking(move || core.stop())
-        .await
-        .context("stopping the SIP core")?;
+    tokio::task::spawn_blocking(move || {
+        core.stop();
+        // Records of calls ended by the shutdown are written before exit.
+        if let Some(writer) = cdr_writer {
+            writer.join();
+        }
+    })
+    .await
+    .context("stopping the SIP core")?;
     served.context("REST server task")?.context("REST server")
 }
 
@@ -428,6 +458,23 @@ fn spawn_dialplan_reload_on_sighup(path: PathBuf, link: MediaLink, core: CoreHan
                     tracing::warn!(%error, "SIGHUP: dialplan not reloaded; the previous plan stays");
                 }
             }
+        }
+    });
+}
+
+/// SIGHUP reopens the CDR file by its path (after logrotate renamed it).
+fn spawn_cdr_reopen_on_sighup(control: CdrControl) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGHUP; the CDR file will not be reopened");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            control.reopen();
         }
     });
 }

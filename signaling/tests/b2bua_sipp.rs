@@ -811,3 +811,242 @@ fn a_drained_manager_gets_no_new_call_until_the_drain_is_taken_back() {
         },
     );
 }
+
+// ----- the operator's API: calls and CDRs ------------------------------
+
+/// Sends RTP from both media sockets to their legs every 20 ms until
+/// `stop`, as two phones would.
+fn stream_rtp(
+    a: UdpSocket,
+    b: UdpSocket,
+    leg_a: SocketAddr,
+    leg_b: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u16> {
+    std::thread::spawn(move || {
+        let mut seq = 1u16;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = a.send_to(&rtp(seq, 0x11), leg_a);
+            let _ = b.send_to(&rtp(seq, 0x22), leg_b);
+            seq = seq.wrapping_add(1);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        seq
+    })
+}
+
+/// The only call of `/api/v1/calls` once it is answered.
+fn answered_call(bed: &Bed) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let page = bed.server.get_json("/api/v1/calls");
+        if page["calls"][0]["state"] == "answered" {
+            return page;
+        }
+        assert!(Instant::now() < deadline, "no answered call listed: {page}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn leg<'a>(call: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    call["legs"]
+        .as_array()
+        .and_then(|legs| legs.iter().find(|l| l["leg"] == id))
+        .unwrap_or_else(|| panic!("no leg {id} in {call}"))
+}
+
+#[test]
+fn a_call_in_progress_is_listed_with_both_legs_and_rising_packets_and_leaves_a_cdr() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    let records = tempfile::tempdir().expect("temp dir");
+    let cdr_file = records.path().join("cdr.jsonl");
+    let callee_port = free_port();
+    let bed = bed(
+        &format!("sip:bob@127.0.0.1:{callee_port}"),
+        &[
+            "--auth",
+            "anonymous",
+            "--cdr-file",
+            cdr_file.to_str().expect("UTF-8 path"),
+        ],
+    );
+    let (a, rtp_a) = media_socket();
+    let (b, rtp_b) = media_socket();
+    let callee = sipp(
+        &bed,
+        "b2bua_uas.xml",
+        callee_port,
+        &["-key", "rtp_b", &rtp_b],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let caller = start_caller(
+        &bed,
+        "b2bua_uac.xml",
+        "1001",
+        &["-key", "rtp_a", &rtp_a, "-d", "4000"],
+    );
+    let (_, leg_a, leg_b) = bridged_legs(&bed.manager);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let streaming = stream_rtp(a, b, leg_a, leg_b, std::sync::Arc::clone(&stop));
+
+    std::thread::sleep(Duration::from_millis(500));
+    let first = answered_call(&bed);
+    std::thread::sleep(Duration::from_millis(600));
+    let second = bed.server.get_json("/api/v1/calls");
+    assert_eq!(first["total"], 1, "{first}");
+    assert_eq!(first["next"], serde_json::Value::Null);
+    let call = &first["calls"][0];
+    assert_eq!(call["media_error"], serde_json::Value::Null, "{call}");
+    assert_eq!(call["manager"], bed.manager.grpc.to_string());
+    assert_eq!(call["route"], "extensions");
+    assert_eq!(call["caller"]["transport"], "udp");
+    assert_eq!(call["caller"]["display_name"], "Alice");
+    assert_eq!(
+        call["callee"]["address"],
+        format!("127.0.0.1:{callee_port}")
+    );
+    assert_eq!(call["legs"].as_array().map(Vec::len), Some(2), "{call}");
+    for id in ["a", "b"] {
+        let before = leg(call, id);
+        let after = leg(&second["calls"][0], id);
+        assert_eq!(before["codec"], "PCMU/8000", "leg {id}: {before}");
+        let (p1, p2) = (
+            before["rtp_in"]["packets"].as_u64().expect("packets"),
+            after["rtp_in"]["packets"].as_u64().expect("packets"),
+        );
+        assert!(p1 > 0 && p2 > p1, "leg {id}: packets {p1} then {p2}");
+        assert!(
+            after["rtp_out"]["packets"].as_u64() > before["rtp_out"]["packets"].as_u64(),
+            "leg {id} sends more too"
+        );
+    }
+    assert_eq!(
+        leg(call, "a")["latched_address"],
+        format!("127.0.0.1:{rtp_a}"),
+        "the caller's media source, locked"
+    );
+
+    let id = call["id"].as_str().expect("an id").to_owned();
+    let one = bed.server.get_json(&format!("/api/v1/calls/{id}"));
+    let ladder: Vec<&str> = one["sip"]
+        .as_array()
+        .expect("a ladder")
+        .iter()
+        .filter_map(|e| e["first_line"].as_str())
+        .collect();
+    assert!(
+        ladder[0].starts_with("INVITE sip:1001@"),
+        "the caller's INVITE first: {ladder:?}"
+    );
+    assert!(
+        ladder.iter().any(|l| l.starts_with("INVITE sip:bob@")),
+        "the callee's INVITE: {ladder:?}"
+    );
+    assert!(
+        one["sdp"]["b_answer"]
+            .as_str()
+            .is_some_and(|s| s.contains(&format!("m=audio {rtp_b} "))),
+        "{}",
+        one["sdp"]
+    );
+
+    finish(&bed, "caller", caller);
+    finish(&bed, "callee", callee);
+    let talked = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    streaming.join().expect("RTP thread");
+    wait_no_calls(&bed.manager);
+    let listed = bed.server.get_json("/api/v1/calls");
+    assert_eq!(listed["total"], 0, "{listed}");
+    let (status, _) = bed.server.rest("GET", &format!("/api/v1/calls/{id}"));
+    assert_eq!(status, 404);
+
+    // The CDR: one line, with the figures the manager had at the delete.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = std::fs::read_to_string(&cdr_file).unwrap_or_default();
+        if text.ends_with('\n') {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no CDR line in {}",
+            cdr_file.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let cdr: serde_json::Value = serde_json::from_str(text.trim()).expect("a JSON line");
+    assert_eq!(cdr["id"], id.as_str());
+    assert_eq!(cdr["final_status"], 200);
+    assert_eq!(cdr["ended_by"], "caller");
+    assert_eq!(cdr["reason"], "hangup");
+    assert_eq!(cdr["codec"], "PCMU/8000");
+    assert_eq!(cdr["manager"], bed.manager.grpc.to_string());
+    let duration = cdr["duration_ms"].as_u64().expect("duration");
+    assert!(
+        (4000..=talked.as_millis() as u64 + 1000).contains(&duration),
+        "duration {duration} ms for a 4 s call"
+    );
+    assert!(cdr["talk_ms"]
+        .as_u64()
+        .is_some_and(|t| t >= 4000 && t <= duration));
+    for id in ["a", "b"] {
+        let final_in = leg(&cdr, id)["rtp_in"]["packets"]
+            .as_u64()
+            .expect("packets");
+        let live_in = leg(&second["calls"][0], id)["rtp_in"]["packets"]
+            .as_u64()
+            .expect("packets");
+        assert!(
+            final_in >= live_in,
+            "leg {id}: {final_in} final, {live_in} live"
+        );
+    }
+    eprintln!("CDR: {}", text.trim());
+}
+
+#[test]
+fn delete_hangs_up_a_sipp_call_with_a_bye_to_each_side() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    let (bed, callee_port) = anonymous_bed();
+    let (_a, rtp_a) = media_socket();
+    let (_b, rtp_b) = media_socket();
+    // Neither side hangs up: each waits for a BYE and answers it.
+    let callee = sipp(
+        &bed,
+        "b2bua_uas.xml",
+        callee_port,
+        &["-key", "rtp_b", &rtp_b],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = start_caller(
+        &bed,
+        "b2bua_uac_wait_bye.xml",
+        "1001",
+        &["-key", "rtp_a", &rtp_a],
+    );
+    let page = answered_call(&bed);
+    let id = page["calls"][0]["id"].as_str().expect("an id").to_owned();
+    let (status, body) = bed.server.rest("DELETE", &format!("/api/v1/calls/{id}"));
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body, serde_json::json!({"id": id, "state": "ending"}));
+    finish(&bed, "caller", caller);
+    finish(&bed, "callee", callee);
+    wait_no_calls(&bed.manager);
+    assert_eq!(bed.server.get_json("/api/v1/calls")["total"], 0);
+    let (status, body) = bed.server.rest("DELETE", &format!("/api/v1/calls/{id}"));
+    assert_eq!(
+        (status, &body["error"]),
+        (404, &serde_json::json!("not_found"))
+    );
+    assert!(
+        bed.server.log().contains("call hung up by the operator"),
+        "the hang-up is logged"
+    );
+}

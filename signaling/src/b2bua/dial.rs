@@ -124,6 +124,7 @@ impl B2bua {
             call_id: &call_id,
         };
         let actions: VecDeque<Action> = route.actions.iter().map(|a| a.with_vars(&vars)).collect();
+        let route_name = route.id.to_string();
         tracing::info!(call_id, route = %route.id, actions = actions.len(), "new call routed");
 
         let mut media_id = self.config.owner.media_id(&call_id);
@@ -154,7 +155,35 @@ impl B2bua {
             local_cseq: 1,
         };
         *self.originators.entry(originator.clone()).or_default() += 1;
+        let info = CallInfo {
+            id: self.api_id(call_key),
+            started: now.wall,
+            answered: None,
+            ringing: false,
+            caller: crate::events::Party {
+                uri: request.from().uri.to_string(),
+                display_name: request.from().display_name.clone(),
+                address: flow.remote().to_string(),
+                transport: flow.transport().to_string().to_ascii_lowercase(),
+            },
+            callee: None,
+            dialled: request
+                .request_uri()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            route: route_name,
+            manager: None,
+            callee_sdp: None,
+            history: view::History::default(),
+        };
+        self.publish(|| Event::CallCreated {
+            id: info.id.clone(),
+            at_ms: view::unix_ms(now.wall),
+            caller: info.caller.clone(),
+            callee: info.dialled.clone(),
+        });
         let call = Call {
+            info,
             media_id: media_id.clone(),
             started: now.instant,
             originator,
@@ -188,6 +217,9 @@ impl B2bua {
             reoffer: false,
             media_used: false,
         };
+        self.sip_ids.insert(call_id.clone(), (call_key, LegId::A));
+        self.sip_ids
+            .insert(call.b_call_id.clone(), (call_key, LegId::B));
         self.dialogs
             .insert((call_id, local_tag), (call_key, LegId::A));
         self.dialogs
@@ -436,6 +468,7 @@ impl B2bua {
         match send(sip, &text, sent.destination) {
             Some(client) => {
                 tracing::debug!(call_id = %call.media_id, b_call_id = %sent.call_id, "callee INVITE sent");
+                call.info.callee = Some(view::party_at(&sent.uri, &sent.destination));
                 call.branches.push(client.clone());
                 self.clients.insert(
                     client,
@@ -499,6 +532,16 @@ impl B2bua {
                 let Some(invite) = call.invite.clone() else {
                     return;
                 };
+                if !call.info.ringing {
+                    call.info.ringing = true;
+                    let id = call.info.id.clone();
+                    if let Some(bus) = &self.events {
+                        bus.publish(Event::CallRinging {
+                            id,
+                            at_ms: view::unix_ms(now.wall),
+                        });
+                    }
+                }
                 let sdp = sdp_of(&response).filter(|_| call.b_offer.is_some());
                 match sdp {
                     Some(sdp) => {
@@ -558,6 +601,8 @@ impl B2bua {
                 };
                 let target = contact_of(&response).unwrap_or_else(|| sent.uri.clone());
                 let route_set = route_set_of_response(&response);
+                call.info.callee = Some(view::party_at(&sent.uri, &sent.destination));
+                call.info.callee_sdp = sdp_of(&response);
                 call.b = Some(Dialog {
                     call_id: sent.call_id.clone(),
                     local: sent.from.clone(),

@@ -37,6 +37,12 @@ impl B2bua {
             body: sdp.map(|s| (SDP, s.as_bytes())),
         });
         sip.send_stateless(sent.destination, text.into_bytes());
+        sip.note_sent(Note {
+            call_id: sent.call_id.clone(),
+            first_line: format!("ACK {target} SIP/2.0"),
+            cseq: format!("{} ACK", sent.cseq),
+            peer: Some(sent.destination.remote()),
+        });
     }
 
     /// Sends a request inside `dialog`; `None` when it could not be sent.

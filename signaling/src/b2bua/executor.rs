@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, Notify};
 use tracing::Instrument;
 
 use super::media::{
-    DeleteReason, LegId, LinkInput, MediaCallId, MediaEvent, MediaFailure, MediaLink, MediaOp,
-    MediaRequest, MediaResult,
+    Counters, DeleteReason, LegFigures, LegId, LinkInput, MediaCallId, MediaEvent, MediaFailure,
+    MediaLink, MediaOp, MediaRequest, MediaResult,
 };
 use super::reconcile::{orphans, Owner};
 use crate::rtpmanager_client::ManagerClient;
@@ -273,6 +273,15 @@ fn start_call(
     // call being set up for an orphan.
     placed.lock().insert(call.0.clone());
     tracing::debug!(call_id = %call, rtpmanager = %pool.endpoint(index), "call placed on manager");
+    // Queued before the result of the call's first request: the core
+    // knows the manager by the time it hears of the media.
+    link.push_input(
+        Instant::now(),
+        LinkInput::Placed {
+            call: call.clone(),
+            manager: pool.id(index),
+        },
+    );
     let span = tracing::debug_span!("call", call_id = %call);
     tokio::spawn(
         run_call(
@@ -408,7 +417,7 @@ async fn run_op(client: &mut ManagerClient, call_id: String, op: &MediaOp) -> Me
                 detail: detail.clone(),
             })
             .await
-            .map(|_| MediaResult::Done),
+            .map(|r| MediaResult::Deleted(r.into_inner().legs.iter().map(figures).collect())),
         MediaOp::Play { .. } => Ok(MediaResult::Failed {
             failure: MediaFailure::Internal,
             message: "playback runs on its own task".to_owned(),
@@ -432,6 +441,22 @@ fn options(leg: LegId) -> v1::LegOptions {
     }
 }
 
+/// A leg's figures in the core's terms.
+pub fn figures(stats: &v1::LegStats) -> LegFigures {
+    let counters = |c: Option<&v1::StreamCounters>| Counters {
+        packets: c.map_or(0, |c| c.packets),
+        bytes: c.map_or(0, |c| c.bytes),
+    };
+    LegFigures {
+        leg: stats.leg_id.clone(),
+        rtp_in: counters(stats.rtp_in.as_ref()),
+        rtp_out: counters(stats.rtp_out.as_ref()),
+        lost: stats.rtp_lost,
+        jitter_us: stats.jitter_us,
+        kernel_packets: stats.kernel_packets,
+    }
+}
+
 fn delete_reason(reason: DeleteReason) -> v1::DeleteReason {
     match reason {
         DeleteReason::Hangup => v1::DeleteReason::Hangup,
@@ -440,7 +465,7 @@ fn delete_reason(reason: DeleteReason) -> v1::DeleteReason {
         DeleteReason::MediaTimeout => v1::DeleteReason::MediaTimeout,
         DeleteReason::SessionTimer => v1::DeleteReason::SessionTimer,
         // An operator's decision: the manager's reason for it.
-        DeleteReason::Shutdown => v1::DeleteReason::Admin,
+        DeleteReason::Shutdown | DeleteReason::Admin => v1::DeleteReason::Admin,
     }
 }
 

@@ -86,6 +86,8 @@ pub enum DeleteReason {
     SessionTimer,
     /// The signaling server is shutting down.
     Shutdown,
+    /// An operator hung the call up (`DELETE /api/v1/calls/{id}`).
+    Admin,
 }
 
 /// One operation on the manager, in the control protocol's terms.
@@ -157,8 +159,10 @@ pub enum MediaFailure {
 pub enum MediaResult {
     /// `Offer`/`Answer` succeeded: the SDP to send.
     Sdp(String),
-    /// `Bridge` or `Delete` succeeded.
+    /// `Bridge` succeeded (or a `Delete` of a call no manager had).
     Done,
+    /// `Delete` succeeded: the manager's final figures of each leg.
+    Deleted(Vec<LegFigures>),
     /// A playback ended: `true` when it played to the end.
     PlayEnded { completed: bool },
     /// The operation failed.
@@ -166,6 +170,38 @@ pub enum MediaResult {
         failure: MediaFailure,
         message: String,
     },
+}
+
+/// Packets and octets of one direction of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// A leg's media figures as the manager counts them (RTP only).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct LegFigures {
+    /// The leg, `a` or `b`.
+    pub leg: String,
+    /// Received from the leg's peer (userspace and kernel merged).
+    pub rtp_in: Counters,
+    /// Sent to the leg's peer.
+    pub rtp_out: Counters,
+    /// RTP sequence numbers missing (RFC 3550 cumulative loss).
+    pub lost: i64,
+    /// Interarrival jitter in microseconds.
+    pub jitter_us: u32,
+    /// Packets of `rtp_in` the kernel fast path forwarded.
+    pub kernel_packets: u64,
+}
+
+impl LegFigures {
+    /// `kernel_packets / rtp_in.packets`; `None` before any packet came in.
+    pub fn kernel_share(&self) -> Option<f64> {
+        // Exact for any realistic count (below 2^53 packets).
+        (self.rtp_in.packets > 0).then(|| self.kernel_packets as f64 / self.rtp_in.packets as f64)
+    }
 }
 
 /// Something a manager noticed on its own (the Watch stream).
@@ -186,7 +222,7 @@ pub enum MediaEvent {
 }
 
 /// What the driver hands the core through the link.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum LinkInput {
     /// The result of a request.
     Result {
@@ -199,6 +235,12 @@ pub enum LinkInput {
     Dialplan(Arc<Dialplan>),
     /// The signaling server is stopping: see [`Shutdown`].
     Shutdown(Shutdown),
+    /// The executor placed the call on the manager with this id (as the
+    /// pool and `/api/v1/rtpmanagers` name it): pushed before the result
+    /// of the call's first request.
+    Placed { call: MediaCallId, manager: String },
+    /// The REST API asks about calls (see [`CallQuery`](super::view::CallQuery)).
+    Query(super::view::CallQuery),
 }
 
 type Wakeup = Arc<dyn Fn() + Send + Sync>;
@@ -277,6 +319,12 @@ impl MediaLink {
         if let Some(wake) = wake {
             wake();
         }
+    }
+
+    /// Inputs waiting for the core: the REST API refuses queries over a
+    /// bound rather than queue them without end behind a busy core.
+    pub fn pending_inputs(&self) -> usize {
+        self.lock().inputs.len()
     }
 
     /// Core side: when the oldest input became due.

@@ -63,20 +63,26 @@ mod identity;
 mod media;
 pub mod reconcile;
 mod session_timer;
+pub mod view;
 
 #[cfg(test)]
 mod tests;
 
 pub use identity::{DisplayNamePolicy, FromPolicy, IdentityPolicy};
 pub use media::{
-    DeleteReason, LegId, LinkInput, MediaCallId, MediaEvent, MediaFailure, MediaLink, MediaOp,
-    MediaRequest, MediaRequestId, MediaResult,
+    Counters, DeleteReason, LegFigures, LegId, LinkInput, MediaCallId, MediaEvent, MediaFailure,
+    MediaLink, MediaOp, MediaRequest, MediaRequestId, MediaResult,
 };
 pub use reconcile::Owner;
+pub use view::{CallQuery, CallsHandle, Note};
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::cdr::{Cdr, CdrSink};
+use crate::events::{Event, EventBus};
+use view::{CallInfo, Direction};
 
 use crate::auth::Authenticated;
 use crate::dialplan::{Action, CallVars, Dialplan, Ring, Target};
@@ -368,6 +374,8 @@ struct PendingAck {
 
 #[derive(Debug)]
 struct Call {
+    /// What the API, the CDR and the events show of the call.
+    info: CallInfo,
     media_id: MediaCallId,
     /// When the INVITE arrived: the call's duration in its end record.
     started: Instant,
@@ -441,7 +449,17 @@ pub struct B2bua {
     config: B2buaConfig,
     dialplan: Arc<Dialplan>,
     link: MediaLink,
-    calls: HashMap<CallKey, Call>,
+    /// Ordered by key, i.e. by start: the API pages through them in order.
+    calls: BTreeMap<CallKey, Call>,
+    /// Each leg's Call-ID: the call a message belongs to, for its history.
+    sip_ids: HashMap<String, (CallKey, LegId)>,
+    /// Starts every API call id of this process (ids of an earlier
+    /// process never name a call of this one).
+    id_prefix: String,
+    events: Option<EventBus>,
+    cdrs: Option<CdrSink>,
+    /// Records of ended calls waiting for their media delete's figures.
+    finishing: HashMap<MediaRequestId, Cdr>,
     servers: HashMap<TransactionKey, ServerTx>,
     clients: HashMap<TransactionKey, ClientTx>,
     dialogs: HashMap<(String, Tag), (CallKey, LegId)>,
@@ -475,11 +493,21 @@ impl B2bua {
     /// A B2BUA routing with `dialplan` and exchanging media work over `link`.
     pub fn new(config: B2buaConfig, dialplan: Arc<Dialplan>, link: MediaLink) -> B2bua {
         let branch_prefix = format!("z9hG4bKsb{:x}", config.seed & 0xffff_ffff);
+        // Mixed so that ids differ between processes whatever the seed's bits.
+        let id_prefix = format!(
+            "{:08x}",
+            (config.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32
+        );
         B2bua {
             config,
             dialplan,
             link,
-            calls: HashMap::new(),
+            calls: BTreeMap::new(),
+            sip_ids: HashMap::new(),
+            id_prefix,
+            events: None,
+            cdrs: None,
+            finishing: HashMap::new(),
             servers: HashMap::new(),
             clients: HashMap::new(),
             dialogs: HashMap::new(),
@@ -494,6 +522,22 @@ impl B2bua {
             refused_over_limit: 0,
             counter: 0,
             branch_prefix,
+        }
+    }
+
+    /// Publishes call events (created, ringing, answered, ended) on `bus`.
+    pub fn set_events(&mut self, bus: EventBus) {
+        self.events = Some(bus);
+    }
+
+    /// Hands a record of every ended call to `sink`.
+    pub fn set_cdrs(&mut self, sink: CdrSink) {
+        self.cdrs = Some(sink);
+    }
+
+    fn publish(&self, event: impl FnOnce() -> Event) {
+        if let Some(bus) = &self.events {
+            bus.publish(event());
         }
     }
 
@@ -715,7 +759,6 @@ impl B2bua {
                 self.originators.remove(&call.originator);
             }
         }
-        // The call's end record (CDRs will build on it).
         tracing::info!(
             call_id = %call.media_id,
             reason = reason_name(reason),
@@ -729,6 +772,12 @@ impl B2bua {
             .remove(&(call.a.call_id.clone(), call.a.local_tag.clone()));
         self.dialogs
             .remove(&(call.b_call_id.clone(), call.b_tag.clone()));
+        for call_id in [&call.a.call_id, &call.b_call_id] {
+            // A later call that took the same Call-ID keeps its entry.
+            if self.sip_ids.get(call_id).is_some_and(|(k, _)| *k == key) {
+                self.sip_ids.remove(call_id);
+            }
+        }
         self.media_calls.remove(&call.media_id);
         // Timers go with the call, so none outlives it.
         for server in call.awaiting_ack.iter().flatten() {
@@ -787,6 +836,7 @@ impl B2bua {
                 }
             }
         }
+        let mut delete = None;
         if call.media_used {
             let detail = match from {
                 _ if reason == DeleteReason::Shutdown => "signaling server shutdown".to_owned(),
@@ -802,7 +852,9 @@ impl B2bua {
                 call: media_id,
                 op: MediaOp::Delete { reason, detail },
             });
+            delete = Some(id);
         }
+        self.record_end(sip.now(), &call, reason, from, status.0, delete);
     }
 
     // ----- media results ---------------------------------------------
@@ -815,6 +867,7 @@ impl B2bua {
         sip: &mut SipActions<'_>,
     ) {
         if self.deleting.remove(&id) {
+            self.deleted(id, result);
             return;
         }
         let Some((key, purpose)) = self.media.remove(&id) else {
@@ -825,7 +878,7 @@ impl B2bua {
         };
         let sdp = match result {
             MediaResult::Sdp(sdp) => sdp,
-            MediaResult::Done => return,
+            MediaResult::Done | MediaResult::Deleted(_) => return,
             MediaResult::PlayEnded { completed } => {
                 tracing::debug!(call_id = %call.media_id, completed, "playback ended");
                 if purpose == Purpose::Play && call.phase == Phase::Playing {
@@ -868,6 +921,15 @@ impl B2bua {
                     return;
                 };
                 call.answered = true;
+                call.info.answered = Some(now.wall);
+                let id = call.info.id.clone();
+                self.publish(|| Event::CallAnswered {
+                    id,
+                    at_ms: view::unix_ms(now.wall),
+                });
+                let Some(call) = self.calls.get_mut(&key) else {
+                    return;
+                };
                 call.phase = if purpose == Purpose::SelfAnswer {
                     Phase::Working
                 } else {
@@ -1093,6 +1155,14 @@ impl B2bua {
                     self.dialplan = plan;
                 }
                 LinkInput::Shutdown(step) => self.handle_shutdown(step, sip),
+                LinkInput::Placed { call, manager } => {
+                    if let Some(key) = self.media_calls.get(&call) {
+                        if let Some(call) = self.calls.get_mut(key) {
+                            call.info.manager = Some(manager);
+                        }
+                    }
+                }
+                LinkInput::Query(query) => self.query(now, query, sip),
             }
         }
     }
@@ -1100,6 +1170,51 @@ impl B2bua {
 
 impl CallHandler for B2bua {
     fn handle_event(&mut self, now: Now, event: CallEvent, sip: &mut SipActions<'_>) {
+        // Noted after handling (a new INVITE's call exists only then),
+        // before what the handling sent.
+        let received = match &event {
+            CallEvent::Request { request, flow, .. } | CallEvent::Ack { request, flow, .. } => self
+                .wants_note(request)
+                .then(|| view::note_of(request, Some(flow.remote()))),
+            CallEvent::Response { key, response } => self
+                .wants_note(response)
+                .then(|| view::note_of(response, self.response_peer(key))),
+            CallEvent::Timeout { .. } | CallEvent::Terminated { .. } => None,
+        };
+        self.handle(now, event, sip);
+        if let Some(note) = received {
+            self.note(now.wall, Direction::In, note);
+        }
+        self.note_sent(sip);
+        self.link.publish(self.occupancy());
+    }
+
+    fn handle_timeout(&mut self, now: Now, sip: &mut SipActions<'_>) {
+        while let Some((at, timer)) = self.timers.first().cloned() {
+            if at > now.instant {
+                break;
+            }
+            self.timers.remove(&(at, timer.clone()));
+            self.fire(now, timer, sip);
+        }
+        self.drain_link(now, sip);
+        self.note_sent(sip);
+        self.link.publish(self.occupancy());
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.timers.first().map(|(at, _)| *at),
+            self.link.next_input_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
+impl B2bua {
+    fn handle(&mut self, now: Now, event: CallEvent, sip: &mut SipActions<'_>) {
         match event {
             CallEvent::Request {
                 cancels: Some(invite),
@@ -1169,29 +1284,6 @@ impl CallHandler for B2bua {
                 }
             }
         }
-        self.link.publish(self.occupancy());
-    }
-
-    fn handle_timeout(&mut self, now: Now, sip: &mut SipActions<'_>) {
-        while let Some((at, timer)) = self.timers.first().cloned() {
-            if at > now.instant {
-                break;
-            }
-            self.timers.remove(&(at, timer.clone()));
-            self.fire(now, timer, sip);
-        }
-        self.drain_link(now, sip);
-        self.link.publish(self.occupancy());
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        [
-            self.timers.first().map(|(at, _)| *at),
-            self.link.next_input_at(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
     }
 }
 
@@ -1220,7 +1312,7 @@ fn leg_index(leg: LegId) -> usize {
     }
 }
 
-fn call_id_of(calls: &HashMap<CallKey, Call>, key: CallKey) -> String {
+fn call_id_of(calls: &BTreeMap<CallKey, Call>, key: CallKey) -> String {
     calls
         .get(&key)
         .map(|c| c.media_id.0.clone())
@@ -1257,6 +1349,7 @@ fn reason_name(reason: DeleteReason) -> &'static str {
         DeleteReason::MediaTimeout => "media_timeout",
         DeleteReason::SessionTimer => "session_timer",
         DeleteReason::Shutdown => "shutdown",
+        DeleteReason::Admin => "admin",
     }
 }
 

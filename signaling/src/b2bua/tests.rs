@@ -62,6 +62,8 @@ struct Manager {
 struct Harness {
     uas: Uas,
     link: MediaLink,
+    events: tokio::sync::broadcast::Receiver<Arc<Event>>,
+    cdrs: crate::cdr::CdrQueue,
     now: Now,
     manager: Manager,
     sent: VecDeque<(SocketAddr, SipMessage)>,
@@ -158,10 +160,18 @@ impl Harness {
             plan(plan_json),
             link.clone(),
         );
+        let bus = EventBus::new();
+        let events = bus.subscribe();
+        let (sink, cdrs) = crate::cdr::CdrQueue::new();
+        let mut b2bua = b2bua;
+        b2bua.set_events(bus);
+        b2bua.set_cdrs(sink);
         uas.set_call_handler(Box::new(b2bua));
         Harness {
             uas,
             link,
+            events,
+            cdrs,
             now: Now {
                 instant: Instant::now(),
                 wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
@@ -242,7 +252,26 @@ impl Harness {
                 failure: MediaFailure::Internal,
                 message: "test".to_owned(),
             },
-            MediaOp::Bridge | MediaOp::Delete { .. } => MediaResult::Done,
+            MediaOp::Bridge => MediaResult::Done,
+            MediaOp::Delete { .. } => MediaResult::Deleted(
+                ["a", "b"]
+                    .into_iter()
+                    .map(|leg| LegFigures {
+                        leg: leg.to_owned(),
+                        rtp_in: Counters {
+                            packets: 500,
+                            bytes: 86_000,
+                        },
+                        rtp_out: Counters {
+                            packets: 499,
+                            bytes: 85_828,
+                        },
+                        lost: 1,
+                        jitter_us: 250,
+                        kernel_packets: 490,
+                    })
+                    .collect(),
+            ),
         })
     }
 
@@ -2246,5 +2275,296 @@ fn callers_are_counted_per_user_or_per_source_address_and_ipv6_per_64() {
     assert_ne!(
         Originator::of(&Authenticated::NotRequired, &udp("[2001:db8:1:2::1]:5060")),
         Originator::of(&Authenticated::NotRequired, &udp("[2001:db8:1:3::1]:5060"))
+    );
+}
+
+// ----- the operator's view: API queries, events, CDRs ---------------------
+
+impl Harness {
+    /// Asks the core as the REST API does and returns its answer.
+    fn ask<T>(&mut self, query: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> CallQuery) -> T {
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        self.link
+            .push_input(self.now.instant, LinkInput::Query(query(reply)));
+        self.uas.handle_timeout(self.now);
+        self.settle();
+        answer.try_recv().expect("the core answered the query")
+    }
+
+    fn page(&mut self, limit: usize, after: Option<&str>) -> view::CallPage {
+        let after = after.map(str::to_owned);
+        self.ask(|reply| CallQuery::List {
+            limit,
+            after,
+            reply,
+        })
+        .expect("a valid cursor")
+    }
+
+    fn call(&mut self, id: &str) -> Option<view::CallSnapshot> {
+        let id = id.to_owned();
+        self.ask(|reply| CallQuery::Get { id, reply })
+    }
+
+    fn hang_up(&mut self, id: &str) -> view::HangUp {
+        let id = id.to_owned();
+        self.ask(|reply| CallQuery::HangUp { id, reply })
+    }
+
+    /// The kinds of the events published since the last call.
+    fn event_kinds(&mut self) -> Vec<&'static str> {
+        let mut kinds = Vec::new();
+        while let Ok(event) = self.events.try_recv() {
+            kinds.push(event.kind());
+        }
+        kinds
+    }
+}
+
+#[test]
+fn an_answered_call_is_listed_with_its_parties_route_manager_and_ladder() {
+    let mut h = Harness::new(&bob_plan());
+    let invite = h.invite("1001", "call-1", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.link.push_input(
+        h.now.instant,
+        LinkInput::Placed {
+            call: MediaCallId(Owner::new("test", 1).media_id("call-1").0),
+            manager: "edge-a".to_owned(),
+        },
+    );
+    let page = h.page(10, None);
+    assert_eq!(page.total, 1);
+    assert_eq!(page.calls[0].state, view::CallState::Routing);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    h.from(BOB, &reply(&to_bob, 180, Some("bob1"), None));
+    h.response_to(CALLER, 180);
+    assert_eq!(h.page(10, None).calls[0].state, view::CallState::Ringing);
+    h.from(BOB, &reply(&to_bob, 200, Some("bob1"), Some(CALLEE_SDP)));
+    let ok = h.response_to(CALLER, 200);
+    let ack = h.ack_for(&ok, None);
+    h.from(CALLER, &ack);
+    h.request_to(BOB, "ACK");
+
+    let page = h.page(10, None);
+    assert_eq!((page.total, page.next.clone()), (1, None));
+    let listed = &page.calls[0];
+    assert_eq!(listed.state, view::CallState::Answered);
+    assert_eq!(listed.started_at_ms, 1_800_000_000_000);
+    assert_eq!(listed.answered_at_ms, Some(1_800_000_000_000));
+    assert_eq!(listed.caller.uri, "sip:alice@192.0.2.1");
+    assert_eq!(listed.caller.display_name.as_deref(), Some("Alice"));
+    assert_eq!(listed.caller.address, CALLER);
+    assert_eq!(listed.caller.transport, "udp");
+    let callee = listed.callee.as_ref().expect("the callee is known");
+    assert_eq!(callee.uri, "sip:bob@192.0.2.2:5060");
+    assert_eq!(callee.address, BOB);
+    assert_eq!(listed.dialled, "sip:1001@192.0.2.100");
+    assert_eq!(listed.route.as_deref(), Some("dial"));
+    assert_eq!(listed.manager.as_deref(), Some("edge-a"));
+    assert!(listed.media_call_id.contains("call-1"));
+    assert!(
+        listed
+            .id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-'),
+        "URL-safe id: {}",
+        listed.id
+    );
+    assert!(listed.detail.is_none(), "no history in a list");
+
+    let one = h.call(&listed.id).expect("the call by its id");
+    let detail = one.detail.expect("one call has its history");
+    let ladder: Vec<(view::Direction, &str, &str)> = detail
+        .sip
+        .iter()
+        .map(|e| (e.direction, e.leg.as_str(), e.first_line.as_str()))
+        .collect();
+    use view::Direction::{In, Out};
+    assert_eq!(
+        ladder,
+        vec![
+            (In, "a", "INVITE sip:1001@192.0.2.100 SIP/2.0"),
+            (Out, "a", "SIP/2.0 100 Trying"),
+            (Out, "b", "INVITE sip:bob@192.0.2.2:5060 SIP/2.0"),
+            (In, "b", "SIP/2.0 180 Ringing"),
+            (Out, "a", "SIP/2.0 180 Ringing"),
+            (In, "b", "SIP/2.0 200 OK"),
+            (Out, "a", "SIP/2.0 200 OK"),
+            (In, "a", "ACK sip:sb@192.0.2.100:5060 SIP/2.0"),
+            (Out, "b", "ACK sip:peer@192.0.2.2:5060 SIP/2.0"),
+        ]
+    );
+    let invite_b = &detail.sip[2];
+    assert_eq!(invite_b.call_id, to_bob.call_id().as_str());
+    assert_eq!(invite_b.cseq, "1 INVITE");
+    assert_eq!(invite_b.peer, BOB);
+    assert_eq!(detail.sip[0].call_id, "call-1");
+    assert_eq!(detail.sip[0].peer, CALLER);
+    assert!(!detail.sip_truncated);
+    assert_eq!(detail.sdp.a_offer.as_deref(), Some(CALLER_SDP));
+    assert_eq!(detail.sdp.b_offer, Some(manager_sdp("offer-a-b")));
+    assert_eq!(detail.sdp.b_answer.as_deref(), Some(CALLEE_SDP));
+    assert_eq!(detail.sdp.a_answer, Some(manager_sdp("answer-b-a")));
+    assert_eq!(h.call("00000000-1"), None, "another process's id");
+    assert_eq!(h.call("nonsense"), None);
+}
+
+#[test]
+fn an_operator_hangup_byes_both_legs_deletes_the_media_and_writes_its_cdr() {
+    let mut h = Harness::new(&bob_plan());
+    let (ok, to_bob) = answered_call(&mut h);
+    h.cdrs.records();
+    let id = h.page(1, None).calls[0].id.clone();
+    h.event_kinds();
+    assert_eq!(h.hang_up(&id), view::HangUp::Ending);
+    let bye_caller = h.request_to(CALLER, "BYE");
+    assert_eq!(bye_caller.call_id().as_str(), "call-1");
+    let bye_bob = h.request_to(BOB, "BYE");
+    assert_eq!(bye_bob.call_id(), to_bob.call_id());
+    assert!(matches!(
+        h.ops().as_slice(),
+        [MediaOp::Delete {
+            reason: DeleteReason::Admin,
+            ..
+        }]
+    ));
+    assert_eq!(h.page(10, None).total, 0, "the call is gone from the list");
+    assert_eq!(h.hang_up(&id), view::HangUp::NotFound);
+    assert_eq!(h.event_kinds(), vec!["call_ended"]);
+    let cdrs = h.cdrs.records();
+    assert_eq!(cdrs.len(), 1, "one record per call");
+    let cdr = &cdrs[0];
+    assert_eq!(cdr.id, id);
+    assert_eq!(cdr.ended_by, crate::events::EndedBy::Operator);
+    assert_eq!(cdr.reason, "admin");
+    assert_eq!(cdr.final_status, 200);
+    assert_eq!(cdr.call_id, "call-1");
+    assert_eq!(
+        cdr.callee_call_id.as_deref(),
+        Some(to_bob.call_id().as_str())
+    );
+    assert_eq!(cdr.codec.as_deref(), Some("PCMU/8000"));
+    assert_eq!(cdr.legs.len(), 2, "the manager's final figures per leg");
+    assert_eq!(cdr.legs[0].rtp_in.packets, 500);
+    assert_eq!(cdr.legs[1].kernel_packets, 490);
+    assert_eq!(cdr.media_error, None);
+    h.from(CALLER, &reply(&bye_caller, 200, None, None));
+    h.from(BOB, &reply(&bye_bob, 200, None, None));
+    drop(ok);
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.occupancy(), Occupancy::default());
+}
+
+#[test]
+fn an_operator_hangup_of_a_ringing_call_cancels_the_callee_and_answers_the_caller() {
+    let mut h = Harness::new(&bob_plan());
+    let invite = h.invite("1001", "call-ring", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    h.from(BOB, &reply(&to_bob, 180, Some("bob1"), None));
+    h.response_to(CALLER, 180);
+    let id = h.page(1, None).calls[0].id.clone();
+    assert_eq!(h.hang_up(&id), view::HangUp::Ending);
+    h.response_to(CALLER, 480);
+    h.request_to(BOB, "CANCEL");
+    let cdrs = h.cdrs.records();
+    assert_eq!(cdrs.len(), 1);
+    assert_eq!(cdrs[0].final_status, 480);
+    assert_eq!(cdrs[0].answered_at_ms, None);
+    assert_eq!(cdrs[0].talk_ms, 0);
+}
+
+#[test]
+fn calls_are_paged_oldest_first_and_a_foreign_cursor_is_refused() {
+    let mut h = Harness::new(&bob_plan());
+    for n in 0..3 {
+        let invite = h.invite("1001", &format!("call-{n}"), Some(CALLER_SDP));
+        h.from(CALLER, &invite);
+    }
+    let first = h.page(2, None);
+    assert_eq!(first.total, 3);
+    let ids: Vec<String> = first.calls.iter().map(|c| c.id.clone()).collect();
+    assert_eq!(first.next.as_deref(), Some(ids[1].as_str()));
+    assert!(first.calls[0].media_call_id.contains("call-0"));
+    let second = h.page(2, first.next.as_deref());
+    assert_eq!(second.calls.len(), 1);
+    assert!(second.calls[0].media_call_id.contains("call-2"));
+    assert_eq!(second.next, None, "nothing after the last page");
+    let refused = h.ask(|reply| CallQuery::List {
+        limit: 2,
+        after: Some("ffffffff-1".to_owned()),
+        reply,
+    });
+    assert_eq!(
+        refused,
+        Err(view::BadCursor("ffffffff-1".to_owned())),
+        "an id of another process"
+    );
+    // A cursor whose call ended meanwhile still pages on.
+    let id = ids[1].clone();
+    assert_eq!(h.hang_up(&id), view::HangUp::Ending);
+    let after_gone = h.page(10, Some(&id));
+    assert_eq!(after_gone.calls.len(), 1);
+    assert!(after_gone.calls[0].media_call_id.contains("call-2"));
+}
+
+#[test]
+fn events_follow_the_call_created_ringing_answered_ended() {
+    let mut h = Harness::new(&bob_plan());
+    let (ok, _) = answered_call(&mut h);
+    let bye = h.in_dialog(CALLER, &ok, "BYE", 2, None);
+    h.from(CALLER, &bye);
+    let mut events = Vec::new();
+    while let Ok(event) = h.events.try_recv() {
+        events.push(event);
+    }
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind()).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "call_created",
+            "call_ringing",
+            "call_answered",
+            "call_ended"
+        ]
+    );
+    match events[3].as_ref() {
+        Event::CallEnded {
+            final_status,
+            ended_by,
+            ..
+        } => {
+            assert_eq!(*final_status, 200);
+            assert_eq!(*ended_by, crate::events::EndedBy::Caller);
+        }
+        other => panic!("not an end: {other:?}"),
+    }
+    let cdr = h.cdrs.records().pop().expect("a record");
+    assert_eq!(cdr.ended_by, crate::events::EndedBy::Caller);
+    assert_eq!(cdr.reason, "hangup");
+}
+
+#[test]
+fn a_call_refused_before_any_media_still_gets_its_cdr() {
+    // A dial of an unregistered user: 480 before the manager is asked.
+    let mut h = Harness::new(&dial_plan(r#"["user/nobody"]"#, ""));
+    let invite = h.invite("1001", "call-nobody", None);
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 480);
+    assert!(h.ops().is_empty(), "no media asked for");
+    let cdrs = h.cdrs.records();
+    assert_eq!(cdrs.len(), 1);
+    assert_eq!(cdrs[0].final_status, 480);
+    assert_eq!(cdrs[0].ended_by, crate::events::EndedBy::System);
+    assert_eq!(cdrs[0].manager, None);
+    assert!(cdrs[0].legs.is_empty());
+    assert_eq!(cdrs[0].route, "dial");
+    assert_eq!(
+        h.event_kinds(),
+        vec!["call_created", "call_ended"],
+        "no ringing, no answer"
     );
 }

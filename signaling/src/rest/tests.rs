@@ -30,6 +30,8 @@ fn state(access: ApiAccess) -> ApiState {
         transport: None,
         rest_refused: None,
         access: Arc::new(access),
+        calls: None,
+        events: crate::events::EventBus::new(),
     }
 }
 
@@ -325,14 +327,304 @@ async fn the_openapi_document_lists_exactly_the_routes_and_each_answers() {
             &Value::from("method_not_allowed")
         )
     );
-    let (status, _) = call(&router, Method::GET, "/api/v1/calls", Some(TOKEN)).await;
-    assert_eq!(
-        status,
-        StatusCode::NOT_FOUND,
-        "not built yet, not documented"
-    );
+    let (status, _) = call(&router, Method::GET, "/api/v1/dialogs", Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "not routed, not documented");
 
     let (status, body) = call(&router, Method::GET, "/api/v1/openapi.json", Some(TOKEN)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["info"]["title"], "Switchboard signaling REST API");
+}
+
+// ----- /api/v1/calls ---------------------------------------------------
+
+mod calls {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::b2bua::view::{
+        BadCursor, CallDetail, CallPage, CallQuery, CallSnapshot, CallState, Direction, HangUp,
+        SdpView, SipEntry,
+    };
+    use crate::b2bua::{CallsHandle, LegId, LinkInput, MediaLink};
+    use crate::events::Party;
+    use crate::uas::driver::CoreQueue;
+
+    const ID: &str = "0a0b0c0d-1";
+
+    fn snapshot(manager: Option<&str>, detail: bool) -> CallSnapshot {
+        CallSnapshot {
+            id: ID.to_owned(),
+            state: CallState::Answered,
+            started_at_ms: 1_000,
+            answered_at_ms: Some(3_000),
+            duration_ms: 12_345,
+            caller: Party {
+                uri: "sip:1001@example.com".to_owned(),
+                display_name: Some("Alice".to_owned()),
+                address: "192.0.2.1:5060".to_owned(),
+                transport: "udp".to_owned(),
+            },
+            callee: None,
+            dialled: "sip:1002@example.com".to_owned(),
+            route: Some("local".to_owned()),
+            manager: manager.map(str::to_owned),
+            media_call_id: "node/1/abc".to_owned(),
+            has_media: manager.is_some(),
+            detail: detail.then(|| CallDetail {
+                sip: vec![SipEntry {
+                    at_ms: 1_000,
+                    direction: Direction::In,
+                    leg: LegId::A,
+                    peer: "192.0.2.1:5060".to_owned(),
+                    first_line: "INVITE sip:1002@example.com SIP/2.0".to_owned(),
+                    call_id: "abc".to_owned(),
+                    cseq: "1 INVITE".to_owned(),
+                }],
+                sip_truncated: false,
+                sdp: SdpView::default(),
+            }),
+        }
+    }
+
+    /// A core that answers queries as the B2BUA would, with one call on
+    /// manager `manager`; the hang-ups it was asked for are counted.
+    fn fake_core(manager: Option<&'static str>) -> (CallsHandle, MediaLink) {
+        let link = MediaLink::new();
+        let queue = CoreQueue::new();
+        let handle = CallsHandle::new(link.clone(), queue.handle());
+        let served = link.clone();
+        tokio::spawn(async move {
+            let _queue = queue;
+            loop {
+                while let Some(input) = served.pop_input(Instant::now()) {
+                    let LinkInput::Query(query) = input else {
+                        continue;
+                    };
+                    match query {
+                        CallQuery::List {
+                            limit,
+                            after,
+                            reply,
+                        } => {
+                            let page = match after.as_deref() {
+                                Some("ffffffff-1") => Err(BadCursor("ffffffff-1".to_owned())),
+                                Some(_) => Ok(CallPage {
+                                    total: 1,
+                                    calls: Vec::new(),
+                                    next: None,
+                                }),
+                                None => Ok(CallPage {
+                                    total: 1,
+                                    calls: vec![snapshot(manager, false)],
+                                    next: (limit == 0).then(|| ID.to_owned()),
+                                }),
+                            };
+                            let _ = reply.send(page);
+                        }
+                        CallQuery::Get { id, reply } => {
+                            let _ = reply.send((id == ID).then(|| snapshot(manager, true)));
+                        }
+                        CallQuery::HangUp { id, reply } => {
+                            let _ = reply.send(if id == ID {
+                                HangUp::Ending
+                            } else {
+                                HangUp::NotFound
+                            });
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        (handle, link)
+    }
+
+    fn router(calls: Option<CallsHandle>) -> Router {
+        let mut state = state(with_token(true));
+        state.calls = calls;
+        app(state)
+    }
+
+    #[tokio::test]
+    async fn calls_are_listed_with_their_parties_and_a_page_cursor() {
+        let (handle, _) = fake_core(None);
+        let router = router(Some(handle));
+        let (status, body) = call(&router, Method::GET, "/api/v1/calls", Some(TOKEN)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["total"], 1);
+        assert_eq!(body["next"], Value::Null);
+        let listed = &body["calls"][0];
+        assert_eq!(listed["id"], ID);
+        assert_eq!(listed["state"], "answered");
+        assert_eq!(listed["caller"]["display_name"], "Alice");
+        assert_eq!(listed["caller"]["transport"], "udp");
+        assert_eq!(listed["callee"], Value::Null);
+        assert_eq!(listed["route"], "local");
+        assert_eq!(listed["media_call_id"], "node/1/abc");
+        assert_eq!(listed["legs"], serde_json::json!([]));
+        assert_eq!(listed["media_error"], Value::Null, "no media, no error");
+        assert!(listed.get("sip").is_none(), "no history in a list");
+        assert!(listed.get("has_media").is_none());
+        let (status, body) = call(
+            &router,
+            Method::GET,
+            "/api/v1/calls?limit=10&after=0a0b0c0d-1",
+            Some(TOKEN),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["calls"], serde_json::json!([]));
+    }
+
+    #[tokio::test]
+    async fn a_bad_limit_or_cursor_is_a_json_400() {
+        let (handle, _) = fake_core(None);
+        let router = router(Some(handle));
+        for query in [
+            "limit=0",
+            "limit=5000",
+            "limit=ten",
+            "after=a/b",
+            "after=ffffffff-1",
+        ] {
+            let path = format!("/api/v1/calls?{query}");
+            let (status, body) = call(&router, Method::GET, &path, Some(TOKEN)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+            assert_eq!(body["error"], "bad_request", "{query}");
+        }
+    }
+
+    #[tokio::test]
+    async fn one_call_has_its_ladder_and_sdp_and_an_unknown_id_is_404() {
+        let (handle, _) = fake_core(None);
+        let router = router(Some(handle));
+        let path = format!("/api/v1/calls/{ID}");
+        let (status, body) = call(&router, Method::GET, &path, Some(TOKEN)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["id"], ID);
+        assert_eq!(
+            body["sip"][0]["first_line"],
+            "INVITE sip:1002@example.com SIP/2.0"
+        );
+        assert_eq!(body["sip"][0]["direction"], "in");
+        assert_eq!(body["sip"][0]["leg"], "a");
+        assert_eq!(body["sip_truncated"], false);
+        assert_eq!(body["sdp"]["a_offer"], Value::Null);
+        let (status, body) = call(
+            &router,
+            Method::GET,
+            "/api/v1/calls/0a0b0c0d-2",
+            Some(TOKEN),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"], "not_found");
+    }
+
+    #[tokio::test]
+    async fn delete_hangs_up_with_202_and_an_unknown_id_is_404() {
+        let (handle, _) = fake_core(None);
+        let router = router(Some(handle));
+        let path = format!("/api/v1/calls/{ID}");
+        let (status, body) = call(&router, Method::DELETE, &path, Some(TOKEN)).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(body, serde_json::json!({"id": ID, "state": "ending"}));
+        let (status, body) = call(
+            &router,
+            Method::DELETE,
+            "/api/v1/calls/0a0b0c0d-2",
+            Some(TOKEN),
+        )
+        .await;
+        assert_eq!(
+            (status, &body["error"]),
+            (StatusCode::NOT_FOUND, &Value::from("not_found"))
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_b2bua_or_with_a_busy_core_the_calls_endpoints_are_503() {
+        let router = router(None);
+        for (method, path) in [
+            (Method::GET, "/api/v1/calls".to_owned()),
+            (Method::GET, format!("/api/v1/calls/{ID}")),
+            (Method::DELETE, format!("/api/v1/calls/{ID}")),
+        ] {
+            let (status, body) = call(&router, method.clone(), &path, Some(TOKEN)).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{method} {path}");
+            assert_eq!(body["error"], "unavailable");
+        }
+        // A core with thousands of inputs waiting: refused at once.
+        let link = MediaLink::new();
+        let queue = CoreQueue::new();
+        for _ in 0..5000 {
+            link.push_input(
+                Instant::now(),
+                LinkInput::Dialplan(Arc::new(
+                    crate::dialplan::Dialplan::parse(r#"{"version": "1.0", "routes": []}"#)
+                        .expect("empty plan"),
+                )),
+            );
+        }
+        let router = self::router(Some(CallsHandle::new(link, queue.handle())));
+        let started = Instant::now();
+        let (status, body) = call(&router, Method::GET, "/api/v1/calls", Some(TOKEN)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(
+            body["detail"].as_str().is_some_and(|d| d.contains("busy")),
+            "{body}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "refused without waiting"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_manager_that_never_answers_gives_a_media_error_not_a_hung_request() {
+        // Accepts connections and says nothing: GetStats waits for ever.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = silent.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = silent.accept().await {
+                held.push(stream);
+            }
+        });
+        let (handle, _) = fake_core(Some("mute"));
+        let mut state = state(with_token(true));
+        state.pool = ManagerPool::new(&[format!("http://127.0.0.1:{port}")])
+            .expect("pool")
+            .with_ids(&["mute".to_owned()]);
+        state.calls = Some(handle);
+        let router = app(state);
+        let started = Instant::now();
+        let (status, body) = call(&router, Method::GET, "/api/v1/calls", Some(TOKEN)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "bounded by the stats timeout"
+        );
+        let listed = &body["calls"][0];
+        assert_eq!(listed["manager"], "mute");
+        assert_eq!(listed["legs"], serde_json::json!([]));
+        let error = listed["media_error"].as_str().expect("a media error");
+        assert!(
+            error.contains("mute") && error.contains("did not answer"),
+            "{error}"
+        );
+        // A manager the pool does not know.
+        let (handle, _) = fake_core(Some("gone"));
+        let router = self::router(Some(handle));
+        let (_, body) = call(
+            &router,
+            Method::GET,
+            &format!("/api/v1/calls/{ID}"),
+            Some(TOKEN),
+        )
+        .await;
+        assert_eq!(body["media_error"], "manager gone is not configured");
+    }
 }

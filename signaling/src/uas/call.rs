@@ -89,6 +89,9 @@ pub struct SipActions<'a> {
     pub(super) now: Now,
     pub(super) wire: &'a mut Wire,
     pub(super) registrar: &'a crate::registrar::Registrar,
+    /// What the handler sent through this, noted for its calls' histories
+    /// (first line and a few fields, never the message).
+    pub(super) sent: Vec<crate::b2bua::Note>,
 }
 
 impl SipActions<'_> {
@@ -110,6 +113,12 @@ impl SipActions<'_> {
             .get(key)
             .cloned()
             .ok_or(UasError::UnknownTransaction)?;
+        self.sent.push(crate::b2bua::Note {
+            call_id: request.call_id().as_str().to_owned(),
+            first_line: format!("SIP/2.0 {status} {reason}"),
+            cseq: format!("{} {}", request.cseq().seq, request.cseq().method.as_str()),
+            peer: self.wire.server_routes.get(key).map(Destination::remote),
+        });
         self.wire.respond(
             self.now,
             Some(key),
@@ -133,7 +142,32 @@ impl SipActions<'_> {
         request: rsip::Request,
         destination: Destination,
     ) -> Result<TransactionKey, UasError> {
-        self.wire.send_request(self.now, request, destination)
+        use rsip::prelude::{HeadersExt, UntypedHeader};
+        let note = crate::b2bua::Note {
+            call_id: request
+                .call_id_header()
+                .map(|h| h.value().to_owned())
+                .unwrap_or_default(),
+            first_line: format!("{} {} SIP/2.0", request.method, request.uri),
+            cseq: request
+                .cseq_header()
+                .map(|h| h.value().to_owned())
+                .unwrap_or_default(),
+            peer: Some(destination.remote()),
+        };
+        let key = self.wire.send_request(self.now, request, destination)?;
+        self.sent.push(note);
+        Ok(key)
+    }
+
+    /// Notes a message the handler sent another way (a stateless ACK).
+    pub fn note_sent(&mut self, note: crate::b2bua::Note) {
+        self.sent.push(note);
+    }
+
+    /// The messages sent since the last call, oldest first.
+    pub fn take_sent(&mut self) -> Vec<crate::b2bua::Note> {
+        std::mem::take(&mut self.sent)
     }
 
     /// Sends octets outside any transaction: the ACK for a 2xx, or the

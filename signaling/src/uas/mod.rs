@@ -470,6 +470,7 @@ impl Uas {
                     now,
                     wire: &mut self.wire,
                     registrar: &self.registrar,
+                    sent: Vec::new(),
                 };
                 handler.handle_timeout(now, &mut sip);
             }
@@ -704,6 +705,7 @@ impl Uas {
             now,
             wire: &mut self.wire,
             registrar: &self.registrar,
+            sent: Vec::new(),
         };
         handler.handle_event(now, event, &mut sip);
         self.handler = Some(handler);

@@ -213,6 +213,32 @@ impl Server {
         SocketAddr::from(([127, 0, 0, 1], self.sip_port))
     }
 
+    /// A request on the REST API: its status and its body parsed as JSON.
+    pub fn rest(&self, method: &str, path: &str) -> (u16, serde_json::Value) {
+        let mut stream =
+            TcpStream::connect(("127.0.0.1", self.rest_port)).expect("connect to the REST API");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        write!(
+            stream,
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
+        )
+        .expect("send the request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read response");
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no HTTP body in {response:?}"));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {head:?}"));
+        let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+        (status, body)
+    }
+
     /// GET on the REST API, parsed as JSON.
     pub fn get_json(&self, path: &str) -> serde_json::Value {
         let mut stream =
