@@ -334,6 +334,12 @@ pub struct Config {
     #[arg(long, env = "REST_IDLE_TIMEOUT", default_value_t = 60)]
     pub rest_idle_timeout: u64,
 
+    /// Events an /api/v1/events client may fall behind before it is told
+    /// (`event: lagged`) and dropped: the ring all clients read, the only
+    /// memory slow clients cost (a few hundred octets an event).
+    #[arg(long, env = "EVENT_BUFFER", default_value_t = 4096)]
+    pub event_buffer: usize,
+
     /// Value of the Server header of SIP responses; empty: no Server header.
     /// The default names no version, which would tell an attacker which
     /// flaws to try.
@@ -577,6 +583,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "rest-idle-timeout",
                 "must be at least 1 second",
+            ));
+        }
+        if self.event_buffer < 16 {
+            return Err(ConfigError::invalid(
+                "event-buffer",
+                "must be at least 16 events",
             ));
         }
         if self.rest_max_connections == 0 {
@@ -971,6 +983,7 @@ mod tests {
         assert_eq!(c.input_queue_bytes, 32 * 1024 * 1024);
         assert_eq!(c.rest_max_connections, 256);
         assert_eq!(c.rest_idle_timeout, 60);
+        assert_eq!(c.event_buffer, 4096);
         assert_eq!(c.server_header, "Switchboard");
         assert_eq!(c.timers(), TimerConfig::default());
         assert_eq!(c.registrar(), RegistrarConfig::default());
@@ -1082,6 +1095,8 @@ mod tests {
         assert!(err.to_string().contains("--tcp-message-timeout"), "{err}");
         let err = load(&["--input-queue-bytes", "100000"]).expect_err("queue too small");
         assert!(err.to_string().contains("--input-queue-bytes"), "{err}");
+        let err = load(&["--event-buffer", "8"]).expect_err("event buffer too small");
+        assert!(err.to_string().contains("--event-buffer"), "{err}");
         let err = load(&["--server-header", "a\r\nX-Evil: 1"]).expect_err("header injection");
         assert!(err.to_string().contains("--server-header"), "{err}");
         let err = load(&["--source-rate-exempt", "10.0.0.0/40"]).expect_err("bad prefix");

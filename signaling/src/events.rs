@@ -136,8 +136,13 @@ impl EventBus {
     pub const CAPACITY: usize = 4096;
 
     pub fn new() -> EventBus {
+        EventBus::with_capacity(Self::CAPACITY)
+    }
+
+    /// A bus keeping `capacity` events (at least one) for its subscribers.
+    pub fn with_capacity(capacity: usize) -> EventBus {
         EventBus {
-            sender: broadcast::channel(Self::CAPACITY).0,
+            sender: broadcast::channel(capacity.max(1)).0,
         }
     }
 

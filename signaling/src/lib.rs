@@ -10,6 +10,7 @@ pub mod cdr;
 pub mod config;
 pub mod dialplan;
 pub mod events;
+pub mod metrics;
 pub mod registrar;
 pub mod rest;
 pub mod rtpmanager_client;

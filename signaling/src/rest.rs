@@ -9,7 +9,9 @@
 mod access;
 mod calls;
 mod error;
+pub mod events;
 mod managers;
+mod metrics;
 mod openapi;
 mod registrations;
 #[cfg(test)]
@@ -28,8 +30,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, Method};
-use axum::response::IntoResponse;
+use axum::http::Method;
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::{middleware, Json, Router};
 use serde::Serialize;
@@ -37,8 +38,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::events::EventBus;
+use crate::metrics::Metrics;
 use crate::rtpmanager_pool::{Health, ManagerPool};
-use crate::transport::limits::{StatsSnapshot, TransportStats};
+use crate::transport::limits::TransportStats;
 use crate::uas::driver::CoreHandle;
 
 /// Shared state of the REST handlers.
@@ -55,8 +58,11 @@ pub struct ApiState {
     pub access: Arc<ApiAccess>,
     /// The B2BUA's calls; `None` where no B2BUA runs (no dialplan, handler tests).
     pub calls: Option<crate::b2bua::CallsHandle>,
-    /// The server's events (calls, registrations, managers).
-    pub events: crate::events::EventBus,
+    /// The server's events (calls, registrations, managers), streamed by
+    /// `/api/v1/events`.
+    pub events: EventBus,
+    /// The server's counters, for `/metrics` and `/api/v1/stats`.
+    pub metrics: Metrics,
 }
 
 /// Who may call an endpoint.
@@ -142,8 +148,16 @@ fn routes() -> Vec<(Endpoint, MethodRouter<ApiState>)> {
             delete(registrations::remove),
         ),
         (
+            endpoint(Method::GET, "/api/v1/stats", Guard::Token),
+            get(metrics::stats),
+        ),
+        (
+            endpoint(Method::GET, "/api/v1/events", Guard::Token),
+            get(events::stream),
+        ),
+        (
             endpoint(Method::GET, "/metrics", Guard::Metrics),
-            get(metrics),
+            get(metrics::metrics),
         ),
     ]
 }
@@ -200,80 +214,6 @@ async fn health(State(state): State<ApiState>) -> Json<HealthBody> {
         rtpmanagers_healthy: healthy,
         rtpmanagers_total: statuses.len(),
     })
-}
-
-async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
-    use std::fmt::Write;
-    let mut out = String::new();
-    out.push_str("# HELP switchboard_rtpmanager_up Whether the RTP manager answers health checks and accepts calls.\n");
-    out.push_str("# TYPE switchboard_rtpmanager_up gauge\n");
-    for s in state.pool.statuses() {
-        let up = u8::from(s.health == Health::Healthy);
-        let _ = writeln!(
-            out,
-            "switchboard_rtpmanager_up{{endpoint=\"{}\"}} {up}",
-            escape_label(&s.endpoint)
-        );
-    }
-    if let Some(stats) = &state.transport {
-        write_transport_metrics(&mut out, &stats.snapshot());
-    }
-    if let Some(refused) = &state.rest_refused {
-        out.push_str("# HELP switchboard_rest_connections_refused_total REST connections closed at once over --rest-max-connections.\n");
-        out.push_str("# TYPE switchboard_rest_connections_refused_total counter\n");
-        let _ = writeln!(
-            out,
-            "switchboard_rest_connections_refused_total {}",
-            refused.load(Ordering::Relaxed)
-        );
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
-}
-
-/// A counter family: name, help text, and (labels, value) per series.
-type Family<'a> = (&'a str, &'a str, &'a [(&'a str, u64)]);
-
-/// The SIP transports' and input queue's counters in Prometheus text.
-fn write_transport_metrics(out: &mut String, s: &StatsSnapshot) {
-    use std::fmt::Write;
-    let families: [Family<'_>; 5] = [
-        (
-            "switchboard_sip_tcp_refused_total",
-            "SIP TCP connections closed at once over a limit (total: --tcp-max-connections, source: --tcp-max-connections-per-source).",
-            &[("limit=\"total\"", s.tcp_refused_total), ("limit=\"source\"", s.tcp_refused_per_source)],
-        ),
-        (
-            "switchboard_sip_tcp_accept_errors_total",
-            "Failed accepts on the SIP TCP listener (e.g. out of file descriptors).",
-            &[("", s.tcp_accept_errors)],
-        ),
-        (
-            "switchboard_sip_tcp_closed_total",
-            "SIP TCP connections closed by a limit (idle: no complete message for --tcp-idle-timeout; message_timeout: not complete within --tcp-message-timeout; buffer_budget: holding part of a message while all connections held over 64 MiB).",
-            &[("reason=\"idle\"", s.tcp_idle_closed), ("reason=\"message_timeout\"", s.tcp_message_timeouts), ("reason=\"buffer_budget\"", s.tcp_buffer_closed)],
-        ),
-        (
-            "switchboard_sip_rate_limited_total",
-            "SIP messages dropped unanswered over --source-rate-limit.",
-            &[("", s.rate_limited)],
-        ),
-        (
-            "switchboard_sip_queue_dropped_total",
-            "SIP messages dropped at the core's input queue (full: --input-queue-bytes or its message limit; source_share: the source held a quarter of it).",
-            &[("reason=\"full\"", s.queue_full), ("reason=\"source_share\"", s.queue_source_share)],
-        ),
-    ];
-    for (name, help, series) in families {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} counter");
-        for (labels, value) in series {
-            if labels.is_empty() {
-                let _ = writeln!(out, "{name} {value}");
-            } else {
-                let _ = writeln!(out, "{name}{{{labels}}} {value}");
-            }
-        }
-    }
 }
 
 /// The REST API's listener with a cap on open connections: one over the
@@ -442,12 +382,4 @@ impl AsyncWrite for CappedStream {
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
     }
-}
-
-/// Escapes a Prometheus label value.
-fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }

@@ -11,6 +11,7 @@ use serde::Serialize;
 use switchboard_proto::v1;
 use tokio::sync::watch;
 
+use crate::events::{Event, EventBus};
 use crate::rtpmanager_client::{describe, ClientAccess, ManagerClient};
 
 /// Consecutive failed probes before a healthy manager is declared down; one
@@ -112,6 +113,8 @@ impl HealthTracker {
 #[derive(Clone, Debug)]
 pub struct ManagerPool {
     managers: Arc<Vec<Manager>>,
+    /// Where health and drain changes are published.
+    events: EventBus,
 }
 
 #[derive(Debug)]
@@ -159,7 +162,14 @@ impl ManagerPool {
             .collect::<Result<Vec<_>, tonic::transport::Error>>()?;
         Ok(ManagerPool {
             managers: Arc::new(managers),
+            events: EventBus::new(),
         })
+    }
+
+    /// Publishes health and drain changes on `events`.
+    pub fn with_events(mut self, events: EventBus) -> Self {
+        self.events = events;
+        self
     }
 
     /// Names the managers, in configuration order (see
@@ -187,9 +197,16 @@ impl ManagerPool {
             return false;
         };
         let changed = s.operator_drain != drain;
+        let draining = is_draining(&s);
         s.operator_drain = drain;
         if changed {
             tracing::info!(rtpmanager = %s.id, drain, "RTP manager drain set by the operator");
+        }
+        if is_draining(&s) != draining {
+            self.events.publish(Event::ManagerDrain {
+                id: s.id.clone(),
+                draining: !draining,
+            });
         }
         changed
     }
@@ -324,7 +341,10 @@ impl ManagerPool {
             let endpoint = self.set_detail(index, &probe);
             if let Some(health) = tracker.observe(&probe) {
                 if let Ok(mut s) = manager.status.write() {
+                    let was_draining = is_draining(&s);
+                    let was_healthy = s.health == Health::Healthy;
                     s.health = health.clone();
+                    self.publish_changes(&s, was_healthy, was_draining);
                 }
                 if health == Health::Healthy {
                     manager.became_healthy.send_modify(|n| *n += 1);
@@ -345,6 +365,24 @@ impl ManagerPool {
                     }
                 }
             }
+        }
+    }
+
+    /// Publishes what changed in a manager's health and drain.
+    fn publish_changes(&self, s: &ManagerStatus, was_healthy: bool, was_draining: bool) {
+        let healthy = s.health == Health::Healthy;
+        if healthy != was_healthy {
+            self.events.publish(Event::ManagerHealth {
+                id: s.id.clone(),
+                healthy,
+            });
+        }
+        let draining = is_draining(s);
+        if draining != was_draining {
+            self.events.publish(Event::ManagerDrain {
+                id: s.id.clone(),
+                draining,
+            });
         }
     }
 
@@ -380,6 +418,11 @@ impl ManagerPool {
         };
         s.endpoint.clone()
     }
+}
+
+/// Whether a manager gets no new calls by a drain: its own or the operator's.
+fn is_draining(s: &ManagerStatus) -> bool {
+    s.operator_drain || s.health == Health::Draining
 }
 
 /// The command-line name of a fast-path mode, as the manager's `--fast-path` spells it.
@@ -514,5 +557,45 @@ mod tests {
             Some(Health::Down)
         );
         assert_eq!(t.observe(&answered(v1::ServingStatus::NotServing)), None);
+    }
+
+    #[tokio::test]
+    async fn health_and_drain_changes_are_published_once_each() {
+        let bus = EventBus::new();
+        let mut events = bus.subscribe();
+        let pool = ManagerPool::new(&["http://127.0.0.1:1".to_owned()])
+            .expect("pool")
+            .with_ids(&["edge-a".to_owned()])
+            .with_events(bus);
+        let drain = |draining| Event::ManagerDrain {
+            id: "edge-a".to_owned(),
+            draining,
+        };
+        assert!(pool.set_operator_drain(0, true));
+        assert!(!pool.set_operator_drain(0, true));
+        assert_eq!(events.try_recv().map(|e| (*e).clone()), Ok(drain(true)));
+        assert!(events.try_recv().is_err(), "a repeated drain is no change");
+
+        // The manager drains itself too: lifting the operator's drain
+        // leaves it draining, so no drain event; coming back healthy is
+        // both a health and a drain change.
+        let status = |health| {
+            let mut s = pool.statuses().swap_remove(0);
+            s.health = health;
+            s
+        };
+        set_health(&pool, 0, Health::Draining);
+        assert!(pool.set_operator_drain(0, false));
+        assert!(events.try_recv().is_err(), "still draining by itself");
+        pool.publish_changes(&status(Health::Healthy), false, true);
+        assert_eq!(
+            events.try_recv().map(|e| (*e).clone()),
+            Ok(Event::ManagerHealth {
+                id: "edge-a".to_owned(),
+                healthy: true
+            })
+        );
+        assert_eq!(events.try_recv().map(|e| (*e).clone()), Ok(drain(false)));
+        assert!(events.try_recv().is_err());
     }
 }

@@ -15,6 +15,8 @@ use crate::b2bua::{self, B2bua, B2buaConfig, CallsHandle, LinkInput, MediaLink, 
 use crate::cdr::{self, CdrControl, CdrWriter};
 use crate::config::{manager_id, AuthOption, Config, DEFAULT_DIALPLAN, RESERVED_FILES};
 use crate::dialplan::Dialplan;
+use crate::events::EventBus;
+use crate::metrics::{CallCounts, Metrics};
 use crate::registrar::{Registrar, Store};
 use axum::serve::Listener;
 
@@ -35,23 +37,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::warn!("{warning}");
         }
     }
+    let events = EventBus::with_capacity(config.event_buffer);
+    let metrics = Metrics::new(Instant::now());
+    metrics.spawn_sampler();
     let ids: Vec<String> = config.rtpmanagers.iter().map(|m| manager_id(m)).collect();
     let pool = ManagerPool::with_access(&config.manager_uris(), &access)
         .context("--rtpmanager")?
-        .with_ids(&ids);
+        .with_ids(&ids)
+        .with_events(events.clone());
     let api_access = api_access(&config)?;
     pool.spawn_health_checks(config.health_interval());
 
     let mut uas = build_core(&config)?;
     let dialplan = load_dialplan(&config)?;
     let stats = Arc::new(TransportStats::default());
-    let queue = CoreQueue::with_limits(
+    let mut queue = CoreQueue::with_limits(
         QueueLimits {
             bytes: config.input_queue_bytes,
             ..QueueLimits::default()
         },
         Arc::clone(&stats),
     );
+    queue.set_telemetry(metrics.clone(), events.clone());
     let tcp_connections = fit_to_file_limit(
         config.tcp_connection_limits(),
         config.rest_max_connections,
@@ -74,9 +81,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await
     .context("SIP transports (--bind-address/--port)")?;
-    // One bus for the whole server: the B2BUA, the registrar and the pool
-    // publish on it, the REST API's event stream reads it.
-    let events = crate::events::EventBus::new();
     let cdr = match &config.cdr_file {
         Some(path) => {
             let (writer, sink, control) = CdrWriter::start(path, cdr::QUEUE)
@@ -136,6 +140,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 started: Instant::now(),
             },
         );
+        let probe = link.clone();
+        metrics.set_call_probe(Box::new(move || {
+            let occupancy = probe.occupancy();
+            CallCounts {
+                calls: occupancy.calls as u64,
+                dialogs: occupancy.dialogs as u64,
+            }
+        }));
         spawn_dialplan_reload_on_sighup(config.dialplan.clone(), link.clone(), core.clone());
         calls = Some((link.clone(), CallsHandle::new(link, core)));
     }
@@ -174,6 +186,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         access: Arc::new(api_access),
         calls: calls.as_ref().map(|(_, handle)| handle.clone()),
         events,
+        metrics,
     };
     let (stop_rest, rest_stopping) = tokio::sync::oneshot::channel::<()>();
     let mut rest = tokio::spawn(async move {

@@ -21,10 +21,19 @@
 //! rates. Every call goes through the manager (Offer, Answer, Bridge,
 //! Delete). Prints per rate the calls per second achieved, failures and
 //! the INVITE→200 percentiles, then the highest rate with no failed call.
+//! With `--sse-clients N` it runs the rates twice, with the same REGISTER
+//! load (`--register-rate`, ten contacts each: ten binding events per
+//! REGISTER) beside the calls: first alone, then with N clients reading
+//! `/api/v1/events` and one that never reads; it prints both side by side
+//! and what the readers received.
 
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -92,6 +101,14 @@ struct SipCallsArgs {
     /// Seconds per rate.
     #[arg(long, default_value_t = 5)]
     seconds: u32,
+    /// Clients reading /api/v1/events in a second run of the rates (plus
+    /// one that never reads); 0: one run, no event load.
+    #[arg(long, default_value_t = 0)]
+    sse_clients: usize,
+    /// REGISTERs per second (ten contacts each) beside the calls in both
+    /// runs when --sse-clients is set, so the event stream carries events.
+    #[arg(long, default_value_t = 100)]
+    register_rate: u32,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -477,6 +494,8 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
         // Both SIPp peers are one source: the per-source rate limit and the
         // per-source concurrent-call limit would cap the bench, not measure it.
         .args(["--source-rate-limit", "0", "--max-calls-per-source", "0"])
+        // The REGISTER load beside --sse-clients binds ten contacts each.
+        .args(["--max-contacts", "20"])
         .arg("--dialplan")
         .arg(&plan)
         .arg("--data-dir")
@@ -509,22 +528,52 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
     let callee = Daemon(command.spawn().context("starting the SIPp callee")?);
     std::thread::sleep(Duration::from_millis(500));
 
-    let mut results = Vec::new();
-    for &rate in &args.rates {
-        let caller = ["-s", "1001", "-key", "rtp_a", "9", "-d", "0"];
-        let scenario = scenarios.join("b2bua_uac.xml");
-        let result = run_sipp(
-            &sipp,
-            &scenario,
-            &caller,
-            &work,
-            sip_port,
-            rate,
-            args.seconds,
-        )?;
-        print_result(&result);
-        results.push(result);
+    let with_sse: &[bool] = if args.sse_clients > 0 {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    let mut runs = Vec::new();
+    for &sse in with_sse {
+        let registers = (args.sse_clients > 0)
+            .then(|| RegisterLoad::start(sip_port, args.register_rate))
+            .transpose()?;
+        let clients = sse
+            .then(|| SseLoad::start(rest_port, args.sse_clients))
+            .transpose()?;
+        let phase = work.join(if sse { "with-sse" } else { "without-sse" });
+        let mut results = Vec::new();
+        for &rate in &args.rates {
+            let caller = ["-s", "1001", "-key", "rtp_a", "9", "-d", "0"];
+            let scenario = scenarios.join("b2bua_uac.xml");
+            let result = run_sipp(
+                &sipp,
+                &scenario,
+                &caller,
+                &phase,
+                sip_port,
+                rate,
+                args.seconds,
+            )?;
+            print_result(&result);
+            results.push(result);
+        }
+        if let Some(registers) = registers {
+            let (sent, ok) = registers.finish();
+            println!("bench: REGISTERs beside the calls: {sent} sent, {ok} answered 200");
+        }
+        if let Some(clients) = clients {
+            let (counts, ended) = clients.finish();
+            println!(
+                "bench: {} SSE readers received {:?} events{}; one client never read",
+                counts.len(),
+                counts,
+                if ended { " (a stream ended early)" } else { "" }
+            );
+        }
+        runs.push(results);
     }
+    let results = runs.swap_remove(0);
     drop(callee);
     drop(server);
     drop(manager);
@@ -532,6 +581,16 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
         "sip-calls: INVITE(SDP)/100/180/200(SDP)/ACK/BYE/200 through signaling + rtpmanager (Offer, Answer, Bridge, Delete); INVITE→200 times",
         &results,
     );
+    if let Some(with) = runs.first() {
+        print_side_by_side(
+            &format!(
+                "sip-calls without and with {} SSE readers + 1 that never reads (same REGISTER load: {}/s, 10 contacts each)",
+                args.sse_clients, args.register_rate
+            ),
+            &results,
+            with,
+        );
+    }
     match results
         .iter()
         .filter(|r| r.failed == 0 && r.successful == u64::from(r.offered) * u64::from(args.seconds))
@@ -543,6 +602,176 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
+}
+
+/// Clients of `/api/v1/events` during a run: readers that read everything
+/// and count the events, and one connection that never reads.
+struct SseLoad {
+    stop: Arc<AtomicBool>,
+    readers: Vec<JoinHandle<(u64, bool)>>,
+    stalled: TcpStream,
+}
+
+impl SseLoad {
+    fn start(rest_port: u16, readers: usize) -> anyhow::Result<SseLoad> {
+        let open = || -> anyhow::Result<TcpStream> {
+            let mut stream = TcpStream::connect(("127.0.0.1", rest_port))
+                .context("connecting to /api/v1/events")?;
+            write!(
+                stream,
+                "GET /api/v1/events HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+            )?;
+            Ok(stream)
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut handles = Vec::new();
+        for _ in 0..readers {
+            let mut stream = open()?;
+            stream.set_read_timeout(Some(Duration::from_millis(200)))?;
+            let stop = Arc::clone(&stop);
+            handles.push(std::thread::spawn(move || {
+                let mut buffer = vec![0u8; 64 * 1024];
+                let mut events = 0u64;
+                let mut tail = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match stream.read(&mut buffer) {
+                        Ok(0) => return (events, true),
+                        Ok(n) => {
+                            // Counted on "\nevent: " across read boundaries.
+                            tail.extend_from_slice(&buffer[..n]);
+                            events += count(&tail, b"\nevent: ");
+                            let keep = tail.len().min(8);
+                            tail.drain(..tail.len() - keep);
+                        }
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) => {}
+                        Err(_) => return (events, true),
+                    }
+                }
+                (events, false)
+            }));
+        }
+        Ok(SseLoad {
+            stop,
+            readers: handles,
+            stalled: open()?,
+        })
+    }
+
+    /// Stops the readers; returns the events each read and whether any
+    /// stream ended early.
+    fn finish(self) -> (Vec<u64>, bool) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut counts = Vec::new();
+        let mut ended = false;
+        for handle in self.readers {
+            let (events, closed) = handle.join().unwrap_or((0, true));
+            counts.push(events);
+            ended |= closed;
+        }
+        drop(self.stalled);
+        (counts, ended)
+    }
+}
+
+fn count(haystack: &[u8], needle: &[u8]) -> u64 {
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count() as u64
+}
+
+/// REGISTERs at a steady rate from one UDP socket, ten contacts each, over
+/// 50 addresses-of-record in turn (the first round adds bindings, the
+/// next ones refresh them); answers are drained and counted.
+struct RegisterLoad {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    thread: JoinHandle<u64>,
+}
+
+impl RegisterLoad {
+    fn start(sip_port: u16, rate: u32) -> anyhow::Result<RegisterLoad> {
+        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        socket.set_nonblocking(true)?;
+        let port = socket.local_addr()?.port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let (stop_flag, answered) = (Arc::clone(&stop), Arc::clone(&ok));
+        let thread = std::thread::spawn(move || {
+            let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+            let started = Instant::now();
+            let mut sent = 0u64;
+            let mut buffer = vec![0u8; 65_536];
+            while !stop_flag.load(Ordering::Relaxed) {
+                let due = started + interval * u32::try_from(sent).unwrap_or(u32::MAX);
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep((due - now).min(Duration::from_millis(5)));
+                } else {
+                    let user = 5000 + sent % 50;
+                    let contacts: String = (0..10)
+                        .map(|n| format!("Contact: <sip:{user}-{n}@127.0.0.1:{port}>\r\n"))
+                        .collect();
+                    let text = format!(
+                        "REGISTER sip:bench SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKbench{sent}\r\n\
+                         Max-Forwards: 70\r\nFrom: <sip:{user}@bench>;tag=b\r\nTo: <sip:{user}@bench>\r\n\
+                         Call-ID: bench-{user}\r\nCSeq: {sent} REGISTER\r\n{contacts}Expires: 600\r\nContent-Length: 0\r\n\r\n"
+                    );
+                    let _ = socket.send_to(text.as_bytes(), ("127.0.0.1", sip_port));
+                    sent += 1;
+                }
+                while let Ok(n) = socket.recv(&mut buffer) {
+                    if buffer[..n].starts_with(b"SIP/2.0 200") {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            sent
+        });
+        Ok(RegisterLoad { stop, ok, thread })
+    }
+
+    /// Stops; returns (sent, answered 200).
+    fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(200));
+        let sent = self.thread.join().unwrap_or(0);
+        (sent, self.ok.load(Ordering::Relaxed))
+    }
+}
+
+/// Prints two runs of the same rates side by side.
+fn print_side_by_side(title: &str, without: &[RateResult], with: &[RateResult]) {
+    println!();
+    println!("{title}");
+    println!(
+        "{:>8} | {:>9} {:>7} {:>8} {:>8} | {:>9} {:>7} {:>8} {:>8}",
+        "", "without", "", "", "", "with SSE", "", "", ""
+    );
+    println!(
+        "{:>8} | {:>9} {:>7} {:>8} {:>8} | {:>9} {:>7} {:>8} {:>8}",
+        "offered", "calls/s", "failed", "p50 ms", "p99 ms", "calls/s", "failed", "p50 ms", "p99 ms"
+    );
+    for (a, b) in without.iter().zip(with) {
+        let (a50, _, a99, _) = percentiles(&a.times_ms);
+        let (b50, _, b99, _) = percentiles(&b.times_ms);
+        println!(
+            "{:>8} | {:>9.1} {:>7} {:>8.2} {:>8.2} | {:>9.1} {:>7} {:>8.2} {:>8.2}",
+            a.offered,
+            a.successful as f64 / a.elapsed.as_secs_f64(),
+            a.failed,
+            a50,
+            a99,
+            b.successful as f64 / b.elapsed.as_secs_f64(),
+            b.failed,
+            b50,
+            b99
+        );
+    }
 }
 
 /// A cumulative counter from SIPp's final screen.

@@ -217,6 +217,8 @@ pub struct Authenticator {
     nonce_counts: HashMap<String, u32>,
     nonce_order: VecDeque<String>,
     lockout: Lockout,
+    /// Sources locked out since the start (for metrics).
+    lockouts: u64,
 }
 
 /// The nonce-count recorded for a nonce that failed a digest check: no
@@ -232,8 +234,14 @@ impl Authenticator {
             nonce_counts: HashMap::new(),
             nonce_order: VecDeque::new(),
             lockout: Lockout::new(config.lockout),
+            lockouts: 0,
             config,
         }
+    }
+
+    /// How many times a source was locked out since the start.
+    pub fn lockouts(&self) -> u64 {
+        self.lockouts
     }
 
     /// Replaces the users with the file at `path`; on error the old users stay.
@@ -460,6 +468,7 @@ impl Authenticator {
 
     fn record_failure(&mut self, now: SystemTime, source: SourceKey) {
         if self.lockout.record_failure(now, source) {
+            self.lockouts += 1;
             tracing::info!(
                 cool_down_s = self.config.lockout.cool_down.as_secs(),
                 "authentication failures from one source: source blocked"

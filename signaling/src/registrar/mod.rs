@@ -380,6 +380,36 @@ impl Persist {
     pub fn previous_len(&self) -> usize {
         self.previous.len()
     }
+
+    /// What the change does to each binding it touches: new ones are
+    /// added, changed ones refreshed, missing ones removed.
+    pub fn changes(&self) -> Vec<(Change, &Binding)> {
+        let mut changes = Vec::new();
+        for binding in &self.record.bindings {
+            match self.previous.iter().find(|b| b.key() == binding.key()) {
+                None => changes.push((Change::Added, binding)),
+                Some(before) if before != binding => changes.push((Change::Refreshed, binding)),
+                Some(_) => {}
+            }
+        }
+        for before in &self.previous {
+            if !self.record.bindings.iter().any(|b| b.key() == before.key()) {
+                changes.push((Change::Removed, before));
+            }
+        }
+        changes
+    }
+}
+
+/// What a [`Persist`] does to one binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// A contact not bound before.
+    Added,
+    /// A bound contact registered again (new expiry, or other details).
+    Refreshed,
+    /// A contact unbound (expires 0, `Contact: *`, the operator).
+    Removed,
 }
 
 /// The 200 answer to a REGISTER.
@@ -490,7 +520,8 @@ impl Registrar {
         for record in records {
             registrar.replace(record.aor, record.bindings);
         }
-        registrar.handle_timeout(now);
+        // Bindings that expired while the server was down go unreported.
+        let _ = registrar.handle_timeout(now);
         registrar
     }
 
@@ -745,8 +776,10 @@ impl Registrar {
         })
     }
 
-    /// Removes the bindings that expired at or before `now`.
-    pub fn handle_timeout(&mut self, now: SystemTime) {
+    /// Removes the bindings that expired at or before `now` and returns
+    /// them with their address-of-record.
+    pub fn handle_timeout(&mut self, now: SystemTime) -> Vec<(Aor, Binding)> {
+        let mut purged = Vec::new();
         let expired: Vec<(SystemTime, Aor, BindingKey)> = self
             .expiries
             .iter()
@@ -756,17 +789,25 @@ impl Registrar {
         for (at, aor, key) in expired {
             self.expiries.remove(&(at, aor.clone(), key.clone()));
             if let Some(bindings) = self.bindings.get_mut(&aor) {
-                bindings.retain(|b| b.key() != key);
+                if let Some(index) = bindings.iter().position(|b| b.key() == key) {
+                    purged.push((aor.clone(), bindings.remove(index)));
+                }
                 if bindings.is_empty() {
                     self.bindings.remove(&aor);
                 }
             }
         }
+        purged
     }
 
     /// When the next binding expires.
     pub fn poll_timeout(&self) -> Option<SystemTime> {
         self.expiries.first().map(|(at, _, _)| *at)
+    }
+
+    /// Number of bindings, over all addresses-of-record.
+    pub fn bindings_len(&self) -> usize {
+        self.expiries.len()
     }
 
     /// Number of addresses-of-record with at least one binding.

@@ -11,11 +11,13 @@ use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::{Now, RegistrationError, RegistrationView, Uas};
+use super::{Now, Observation, RegistrationError, RegistrationView, Uas};
+use crate::events::EventBus;
+use crate::metrics::Metrics;
 use crate::transport::limits::{Source, TransportStats};
 use crate::transport::{Inbound, InboundSink, Transports};
 
@@ -129,7 +131,8 @@ fn account(inbound: &Inbound) -> (Source, usize) {
 const IDLE_WAKEUP: Duration = Duration::from_secs(60);
 
 enum Input {
-    Inbound(Inbound),
+    /// A message and when the transports handed it over.
+    Inbound(Inbound, Instant),
     Registrations(oneshot::Sender<Vec<RegistrationView>>),
     RegistrationsOf(
         String,
@@ -159,6 +162,28 @@ pub struct CoreQueue {
     receiver: Receiver<Input>,
     budget: SharedBudget,
     stats: Arc<TransportStats>,
+    telemetry: Option<Telemetry>,
+}
+
+/// Where the core's observations go: counted, and registration changes
+/// published.
+#[derive(Debug, Clone)]
+struct Telemetry {
+    metrics: Metrics,
+    events: EventBus,
+}
+
+impl Telemetry {
+    fn take(&self, uas: &mut Uas) {
+        let now = Instant::now();
+        while let Some(observation) = uas.poll_observation() {
+            self.metrics.observe(&observation, now);
+            if let Observation::Registration(event) = observation {
+                self.events.publish(event);
+            }
+        }
+        self.metrics.set_core(uas.gauges());
+    }
 }
 
 impl CoreQueue {
@@ -175,7 +200,14 @@ impl CoreQueue {
             receiver,
             budget: SharedBudget(Arc::new(Mutex::new(Budget::new(limits)))),
             stats,
+            telemetry: None,
         }
+    }
+
+    /// Counts the core's work in `metrics` and publishes its registration
+    /// changes on `events`.
+    pub fn set_telemetry(&mut self, metrics: Metrics, events: EventBus) {
+        self.telemetry = Some(Telemetry { metrics, events });
     }
 
     /// A handle to the core before it runs (for tasks that wake it).
@@ -200,7 +232,7 @@ impl CoreQueue {
                 tracing::trace!(?overflow, "SIP core input queue: message dropped");
                 return;
             }
-            match sender.try_send(Input::Inbound(inbound)) {
+            match sender.try_send(Input::Inbound(inbound, Instant::now())) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
                     // Other inputs (wake-ups, queries) fill the channel too.
@@ -216,9 +248,10 @@ impl CoreQueue {
     pub fn run(self, uas: Uas, transports: Transports) -> std::io::Result<RunningCore> {
         let receiver = self.receiver;
         let budget = self.budget;
+        let telemetry = self.telemetry;
         let thread = std::thread::Builder::new()
             .name("sip-core".to_owned())
-            .spawn(move || run(uas, &receiver, &budget, &transports))?;
+            .spawn(move || run(uas, &receiver, &budget, &transports, telemetry.as_ref()))?;
         Ok(RunningCore {
             handle: self.handle,
             thread,
@@ -300,17 +333,23 @@ impl CoreHandle {
     }
 }
 
-fn run(mut uas: Uas, receiver: &Receiver<Input>, budget: &SharedBudget, transports: &Transports) {
+fn run(
+    mut uas: Uas,
+    receiver: &Receiver<Input>,
+    budget: &SharedBudget,
+    transports: &Transports,
+    telemetry: Option<&Telemetry>,
+) {
     loop {
         let now = Now::current();
         let wait = uas
             .poll_timeout(now)
             .map_or(IDLE_WAKEUP, |at| at.saturating_duration_since(now.instant));
         match receiver.recv_timeout(wait) {
-            Ok(Input::Inbound(inbound)) => {
+            Ok(Input::Inbound(inbound, received)) => {
                 let (source, bytes) = account(&inbound);
                 budget.lock().release(source, bytes);
-                uas.handle_inbound(Now::current(), inbound);
+                uas.handle_received(Now::current(), inbound, received);
             }
             Ok(Input::Registrations(reply)) => {
                 let _ = reply.send(uas.registrations(Now::current()));
@@ -334,6 +373,10 @@ fn run(mut uas: Uas, receiver: &Receiver<Input>, budget: &SharedBudget, transpor
         while let Some(outbound) = uas.poll_transmit() {
             transports.send(outbound);
         }
+        match telemetry {
+            Some(telemetry) => telemetry.take(&mut uas),
+            None => while uas.poll_observation().is_some() {},
+        }
     }
     tracing::debug!("SIP core stopped");
 }
@@ -355,7 +398,7 @@ mod tests {
     fn drain(receiver: &Receiver<Input>, budget: &SharedBudget) -> usize {
         let mut taken = 0;
         while let Ok(input) = receiver.try_recv() {
-            if let Input::Inbound(inbound) = input {
+            if let Input::Inbound(inbound, _) = input {
                 let (source, bytes) = account(&inbound);
                 budget.lock().release(source, bytes);
                 taken += 1;

@@ -35,18 +35,21 @@
 
 mod call;
 pub mod driver;
+mod observation;
 mod register;
 
 #[cfg(test)]
 mod tests;
 
 pub use call::{CallEvent, CallHandler, SipActions};
+pub use observation::{CoreGauges, Observation};
 pub use register::{rfc3339, RegistrationError, RegistrationView};
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::auth::{Authenticated, Authenticator};
+use crate::events::Event;
 use crate::registrar::{Record, Registrar, Store, StoreError};
 use crate::sip::{
     build_error_response, build_rejection, build_response_with_body, check_request_with,
@@ -57,6 +60,7 @@ use crate::transaction::{
     TryingPolicy,
 };
 use crate::transport::{Destination, Flow, Inbound, Outbound};
+use observation::{Timed, MAX_OBSERVATIONS};
 
 /// Methods this server implements (the Allow header).
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, INFO, PRACK";
@@ -199,11 +203,22 @@ pub(crate) struct Wire {
     /// Requests handed to the call handler, so it can answer them by key.
     requests: HashMap<TransactionKey, SipMessage>,
     outbox: VecDeque<Outbound>,
+    /// Callers' INVITEs and REGISTERs until their final response, with
+    /// their arrival: their latency is observed when it is sent.
+    timed: HashMap<TransactionKey, (Timed, Instant)>,
+    observations: VecDeque<Observation>,
 }
 
 impl Wire {
     fn push(&mut self, destination: Destination, bytes: Vec<u8>) {
         self.outbox.push_back(Outbound { destination, bytes });
+    }
+
+    fn observe(&mut self, observation: Observation) {
+        if self.observations.len() >= MAX_OBSERVATIONS {
+            self.observations.pop_front();
+        }
+        self.observations.push_back(observation);
     }
 
     /// Builds and sends a response: through server transaction `key`, or
@@ -232,6 +247,15 @@ impl Wire {
         tracing::debug!(status = reply.status, method = %request.method(), call_id = %request.call_id(), "response");
         match key {
             Some(key) => {
+                if reply.status >= 200 {
+                    if let Some((timed, received)) = self.timed.remove(key) {
+                        let status = reply.status;
+                        self.observe(match timed {
+                            Timed::Invite => Observation::InviteAnswered { status, received },
+                            Timed::Register => Observation::RegisterAnswered { status, received },
+                        });
+                    }
+                }
                 self.sent
                     .entry(key.clone())
                     .or_default()
@@ -314,6 +338,7 @@ impl Wire {
         self.client_routes.remove(key);
         self.sent.remove(key);
         self.requests.remove(key);
+        self.timed.remove(key);
     }
 }
 
@@ -341,6 +366,8 @@ struct Current {
     /// saw it (see `handle_request`); verifying again would trip the
     /// nonce-count replay check.
     identity: Option<Authenticated>,
+    /// When it arrived (before queueing), for latency metrics.
+    received: Instant,
 }
 
 /// The SIP request-handling core. See the [module documentation](self).
@@ -384,6 +411,8 @@ impl Uas {
             sent: HashMap::new(),
             requests: HashMap::new(),
             outbox: VecDeque::new(),
+            timed: HashMap::new(),
+            observations: VecDeque::new(),
         };
         Uas {
             policy: RequestPolicy {
@@ -421,6 +450,12 @@ impl Uas {
 
     /// Processes one received message.
     pub fn handle_inbound(&mut self, now: Now, inbound: Inbound) {
+        self.handle_received(now, inbound, now.instant);
+    }
+
+    /// Processes one message that arrived at `received` (it may have
+    /// waited in a queue since): latencies count from then.
+    pub fn handle_received(&mut self, now: Now, inbound: Inbound, received: Instant) {
         let message = match parse_with(&inbound.bytes, self.config.limits) {
             Ok(message) => message,
             Err(error) => {
@@ -437,7 +472,7 @@ impl Uas {
         };
         if message.is_request() {
             let request_uri = request_uri_text(&inbound.bytes);
-            self.handle_request(now, message, inbound.flow, request_uri);
+            self.handle_request(now, message, inbound.flow, request_uri, received);
         } else {
             self.handle_response(now, message);
         }
@@ -462,7 +497,13 @@ impl Uas {
             .poll_timeout()
             .is_some_and(|at| at <= now.wall)
         {
-            self.registrar.handle_timeout(now.wall);
+            for (aor, binding) in self.registrar.handle_timeout(now.wall) {
+                self.wire
+                    .observe(Observation::Registration(Event::RegistrationExpired {
+                        aor: aor.as_str().to_owned(),
+                        contact: binding.contact,
+                    }));
+            }
         }
         if let Some(mut handler) = self.handler.take() {
             if handler.poll_timeout().is_some_and(|at| at <= now.instant) {
@@ -501,6 +542,21 @@ impl Uas {
         self.wire.outbox.pop_front()
     }
 
+    /// The next thing the core reports for metrics and events; take them
+    /// after sending, so that latencies include the sending.
+    pub fn poll_observation(&mut self) -> Option<Observation> {
+        self.wire.observations.pop_front()
+    }
+
+    /// The sizes of the core's tables.
+    pub fn gauges(&self) -> CoreGauges {
+        CoreGauges {
+            transactions: self.wire.transactions.len() as u64,
+            bindings: self.registrar.bindings_len() as u64,
+            aors: self.registrar.len() as u64,
+        }
+    }
+
     /// Where a response to a request with this top Via goes.
     fn destination(&self, via: &Via, flow: &Flow) -> Destination {
         match flow {
@@ -524,6 +580,7 @@ impl Uas {
         mut message: SipMessage,
         flow: Flow,
         request_uri: String,
+        received: Instant,
     ) {
         if self.config.force_rport
             && matches!(flow, Flow::Udp { .. })
@@ -549,6 +606,7 @@ impl Uas {
             destination,
             request_uri,
             identity: None,
+            received,
         };
         let layered = match current.message.rsip() {
             Some(rsip::SipMessage::Request(request)) => {
@@ -733,7 +791,14 @@ impl Uas {
         let method = current.message.method().clone();
         match method {
             Method::Ack => self.ack(now, None, current),
-            Method::Register => self.register(now, key, current),
+            Method::Register => {
+                if let Some(key) = &key {
+                    self.wire
+                        .timed
+                        .insert(key.clone(), (Timed::Register, current.received));
+                }
+                self.register(now, key, current);
+            }
             Method::Options => {
                 let headers = capabilities();
                 self.reply(now, key.as_ref(), &current, Reply::new(200, "OK", &headers));
@@ -792,6 +857,14 @@ impl Uas {
                 }
             }
         };
+        if method == Method::Invite && current.message.to_tag().is_none() {
+            if let Some(key) = &key {
+                self.wire
+                    .timed
+                    .insert(key.clone(), (Timed::Invite, current.received));
+                self.wire.observe(Observation::CallStarted);
+            }
+        }
         if method == Method::Cancel {
             // §9.2: the CANCEL itself is answered at once, 481 when it matches nothing.
             let (status, reason) = if cancels.is_some() {
@@ -859,12 +932,19 @@ impl Uas {
             .or(values.first())
             .copied();
         let source = current.flow.remote().ip();
-        match self
+        let lockouts = self.auth.lockouts();
+        let verified = self
             .auth
-            .verify(now.wall, method, &current.request_uri, value, source)
-        {
+            .verify(now.wall, method, &current.request_uri, value, source);
+        if self.auth.lockouts() > lockouts {
+            self.wire.observe(Observation::LockedOut);
+        }
+        match verified {
             Ok(identity) => Ok(identity),
             Err(failure) => {
+                if let Some(reason) = failure_reason(&failure) {
+                    self.wire.observe(Observation::AuthFailed { reason });
+                }
                 tracing::debug!(?failure, %source, method, "authentication failed");
                 if failure == crate::auth::AuthFailure::LockedOut {
                     tracing::info!(method, "request refused: authentication lockout in force");
@@ -949,6 +1029,20 @@ impl Uas {
         {
             tracing::warn!(%error, "response not sent");
         }
+    }
+}
+
+/// How an authentication failure is counted; `None` for a challenge (no
+/// credentials yet, or a stale nonce), which is how digest starts.
+fn failure_reason(failure: &crate::auth::AuthFailure) -> Option<&'static str> {
+    use crate::auth::AuthFailure;
+    match failure {
+        AuthFailure::Missing | AuthFailure::Stale => None,
+        AuthFailure::Malformed(_) => Some("malformed"),
+        AuthFailure::Rejected => Some("rejected"),
+        AuthFailure::Slowed(_) => Some("slowed"),
+        AuthFailure::Replay => Some("replay"),
+        AuthFailure::LockedOut => Some("locked_out"),
     }
 }
 

@@ -6,13 +6,14 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::auth::Authenticated;
+use crate::events::Event;
 use crate::registrar::{
-    Aor, Binding, ContactInput, Decision, RegisterRequest, Source, Transport, Q,
+    Aor, Binding, Change, ContactInput, Decision, Persist, RegisterRequest, Source, Transport, Q,
 };
 use crate::transaction::TransactionKey;
 use crate::transport::Flow;
 
-use super::{Current, Now, Reply, Uas};
+use super::{Current, Now, Observation, Reply, Uas};
 
 /// One binding as the REST API lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -144,10 +145,14 @@ impl Uas {
             .remove(now.wall, &aor)
             .ok_or_else(|| RegistrationError::NotFound(aor.as_str().to_owned()))?;
         let removed = persist.previous_len();
+        let events = binding_events(aor.as_str(), &persist, now.wall);
         if let Err(error) = self.store.append(&persist.record) {
             tracing::error!(%error, "cannot store an operator's unregister; bindings kept");
             self.registrar.revert(persist);
             return Err(RegistrationError::NotStored);
+        }
+        for event in events {
+            self.wire.observe(Observation::Registration(event));
         }
         self.compact_if_due();
         tracing::info!(aor = %aor.as_str(), removed, "registration removed through the REST API");
@@ -194,6 +199,7 @@ impl Uas {
         let (status, reason, headers) = match decision {
             Decision::Ok(registered) => {
                 if let Some(persist) = registered.persist {
+                    let events = binding_events(registered.aor.as_str(), &persist, now.wall);
                     if let Err(error) = self.store.append(&persist.record) {
                         tracing::error!(%error, "cannot store a binding change; REGISTER answered 500");
                         self.registrar.revert(persist);
@@ -204,6 +210,9 @@ impl Uas {
                             Reply::new(500, "Server Internal Error (bindings not stored)", &[]),
                         );
                         return;
+                    }
+                    for event in events {
+                        self.wire.observe(Observation::Registration(event));
                     }
                     self.compact_if_due();
                 }
@@ -281,6 +290,32 @@ impl Uas {
             }
         }
     }
+}
+
+/// The events of a stored change to the bindings of `aor`.
+fn binding_events(aor: &str, persist: &Persist, now: SystemTime) -> Vec<Event> {
+    persist
+        .changes()
+        .into_iter()
+        .map(|(change, binding)| {
+            let aor = aor.to_owned();
+            let contact = binding.contact.clone();
+            let expires_in_secs = u64::from(binding.remaining(now));
+            match change {
+                Change::Added => Event::RegistrationAdded {
+                    aor,
+                    contact,
+                    expires_in_secs,
+                },
+                Change::Refreshed => Event::RegistrationRefreshed {
+                    aor,
+                    contact,
+                    expires_in_secs,
+                },
+                Change::Removed => Event::RegistrationRemoved { aor, contact },
+            }
+        })
+        .collect()
 }
 
 /// Reads what the registrar needs from a REGISTER.

@@ -8,6 +8,8 @@ use super::*;
 use crate::auth::{AuthConfig, AuthMode, Users};
 use crate::registrar::RegistrarConfig;
 
+mod observations;
+
 /// A store that keeps records in memory and can be told to fail.
 #[derive(Clone, Default)]
 struct MemoryStore {
