@@ -250,6 +250,11 @@ fn a_sipp_call_is_watched_read_as_a_ladder_and_hung_up_from_a_real_browser() {
         "the call row showed {} ms after the INVITE reached signaling",
         seen_at.saturating_sub(started)
     );
+    assert!(
+        seen_at.saturating_sub(started) < 1000,
+        "the row took {} ms to show",
+        seen_at.saturating_sub(started)
+    );
     assert_eq!(row["legs"], json!(["a", "b"]), "{row}");
     assert!(
         row["caller"].as_str().is_some_and(|c| c.starts_with(XSS)),
@@ -325,14 +330,26 @@ fn a_sipp_call_is_watched_read_as_a_ladder_and_hung_up_from_a_real_browser() {
             .is_some_and(|c| c.starts_with(XSS)),
         "escaped on the call page too"
     );
+    browser.script(
+        "document.querySelector('#ladder').scrollIntoView()",
+        json!([]),
+    );
     browser.screenshot(&shots.join("ladder.png"));
 
-    // Hang up from the call page: SIPp gets its BYE and exits 0.
-    browser.click("button.hangup");
-    browser.accept_confirm();
+    // Hang up from the live calls table: SIPp gets its BYE and exits 0,
+    // and the row leaves the table that stayed open.
+    browser.goto(&system.ui_url("/calls"));
+    browser.wait_for(
+        "the call row again",
+        Duration::from_secs(5),
+        "return document.querySelector('tbody.call button.hangup') !== null",
+    );
+    browser.click("tbody.call button.hangup");
+    assert_eq!(browser.accept_confirm(), "Hang up this call?");
     let hung_up = Instant::now();
     let caller = wait_exit(caller, Duration::from_secs(15))
         .unwrap_or_else(|| panic!("the SIPp caller got no BYE:\n{}", system.logs()));
+    let bye_answered = Instant::now();
     assert_eq!(
         caller.status.code(),
         Some(0),
@@ -340,17 +357,17 @@ fn a_sipp_call_is_watched_read_as_a_ladder_and_hung_up_from_a_real_browser() {
         String::from_utf8_lossy(&caller.stdout),
         system.logs()
     );
-    eprintln!(
-        "the SIPp caller ended {} ms after the hang-up click",
-        hung_up.elapsed().as_millis()
-    );
     let callee = wait_exit(callee, Duration::from_secs(15)).expect("the SIPp callee got its BYE");
     assert_eq!(callee.status.code(), Some(0), "SIPp callee");
-
-    browser.goto(&system.ui_url("/calls"));
     browser.wait_for(
         "the call gone from the live table",
-        Duration::from_secs(3),
+        Duration::from_secs(1),
         "return document.querySelector('#calls-count') !== null && document.querySelectorAll('tbody.call').length === 0",
     );
+    eprintln!(
+        "the SIPp caller had its BYE {} ms after the hang-up click; the row left the open page {} ms after that",
+        bye_answered.duration_since(hung_up).as_millis(),
+        bye_answered.elapsed().as_millis()
+    );
+    assert_eq!(browser.alert_text(), None, "no alert ran");
 }

@@ -235,14 +235,23 @@ impl Session {
             .to_owned()
     }
 
-    /// Clicks the first element matching `css`.
+    /// Clicks the first element matching `css`. Live tables are swapped
+    /// in by the server's pushes, so an element found may be replaced
+    /// before the click: it is then found again.
     pub fn click(&self, css: &str) {
-        let element = self.element(css);
-        self.command(
-            "POST",
-            &format!("/element/{element}/click"),
-            Some(json!({})),
-        );
+        for _ in 0..5 {
+            let element = self.element(css);
+            match self.command_result(
+                "POST",
+                &format!("/element/{element}/click"),
+                Some(json!({})),
+            ) {
+                Ok(_) => return,
+                Err(e) if e["error"] == "stale element reference" => continue,
+                Err(e) => panic!("click {css}: {e}"),
+            }
+        }
+        panic!("click {css}: the element kept being replaced");
     }
 
     /// Types `text` into the first element matching `css`.
