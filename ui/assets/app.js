@@ -23,7 +23,7 @@
       cell.textContent = format(base + now - Number(cell.dataset.shownAt));
     }
   }
-  setInterval(tick, 1000);
+  setInterval(tick, 500);
   document.addEventListener("htmx:afterSettle", tick);
   document.addEventListener("htmx:sseMessage", tick);
   document.addEventListener("DOMContentLoaded", tick);

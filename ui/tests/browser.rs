@@ -271,12 +271,14 @@ fn a_sipp_call_is_watched_read_as_a_ladder_and_hung_up_from_a_real_browser() {
     );
     assert_eq!(browser.alert_text(), None, "no alert ran");
 
-    // Its duration ticks on.
+    // Its duration ticks on, between pushes too.
     let first = browser.script(
         "return document.querySelector('tbody.call .duration').textContent",
         json!([]),
     );
-    std::thread::sleep(Duration::from_millis(2500));
+    // The page's script refreshes the text every half second: 3.5 s of
+    // wall time show at least 2 s more even read at the worst moments.
+    std::thread::sleep(Duration::from_millis(3500));
     let later = browser.script(
         "return document.querySelector('tbody.call .duration').textContent",
         json!([]),
