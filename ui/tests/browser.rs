@@ -101,6 +101,15 @@ fn registrations_and_managers_are_steered_from_a_real_browser() {
     assert_eq!(browser.alert_text(), None, "no alert ran");
     browser.screenshot(&shots.join("registrations.png"));
 
+    // A phone registering while the page is open appears without a reload
+    // (the backend's registration_added event, then the pushed table).
+    system.register("2003", "Grandstream GXP");
+    browser.wait_for(
+        "2003 pushed into the open page",
+        Duration::from_secs(2),
+        "return [...document.querySelectorAll('#registrations-table td.aor')].some(c => c.textContent === '2003@127.0.0.1')",
+    );
+
     // Filter by AOR as the operator types.
     browser.type_into("#aor", "2002");
     browser.wait_for(
@@ -124,7 +133,7 @@ fn registrations_and_managers_are_steered_from_a_real_browser() {
     let (status, _) = system.api("GET", "/api/v1/registrations/2001@127.0.0.1");
     assert_eq!(status, 404, "the backend unregistered it");
     let (status, _) = system.api("GET", "/api/v1/registrations/2002@127.0.0.1");
-    assert_eq!(status, 200, "the other binding stays");
+    assert_eq!(status, 200, "the other bindings stay");
 
     // Drain and undrain the manager, each confirmed.
     browser.goto(&system.ui_url("/managers"));
