@@ -1050,3 +1050,108 @@ fn delete_hangs_up_a_sipp_call_with_a_bye_to_each_side() {
         "the hang-up is logged"
     );
 }
+
+#[test]
+fn cdrs_follow_a_logrotate_and_calls_ended_by_shutdown_are_recorded() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    let records = tempfile::tempdir().expect("temp dir");
+    let cdr_file = records.path().join("cdr.jsonl");
+    let rotated = records.path().join("cdr.jsonl.1");
+    let callee_port = free_port();
+    let mut bed = bed(
+        &format!("sip:bob@127.0.0.1:{callee_port}"),
+        &[
+            "--auth",
+            "anonymous",
+            "--cdr-file",
+            cdr_file.to_str().expect("UTF-8 path"),
+        ],
+    );
+    let lines = |path: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect()
+    };
+    let wait_lines = |path: &std::path::Path, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lines(path).len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} CDRs in {}",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    two_party_call(
+        &bed,
+        callee_port,
+        TwoParty {
+            callee: "b2bua_uas.xml",
+            callee_args: &[],
+            caller: "b2bua_uac.xml",
+            caller_args: &["-d", "200"],
+            rtp: false,
+        },
+    );
+    wait_lines(&cdr_file, 1);
+
+    // logrotate: rename, then SIGHUP.
+    std::fs::rename(&cdr_file, &rotated).expect("rotate");
+    nix::sys::signal::kill(bed.server.pid(), nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !bed.server.log().contains("SIGHUP: dialplan reloaded") {
+        assert!(Instant::now() < deadline, "SIGHUP not handled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A call the server ends at SIGTERM: BYE to both SIPp sides, and its CDR.
+    let (_a, rtp_a) = media_socket();
+    let (_b, rtp_b) = media_socket();
+    let callee = sipp(
+        &bed,
+        "b2bua_uas.xml",
+        callee_port,
+        &["-key", "rtp_b", &rtp_b],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = start_caller(
+        &bed,
+        "b2bua_uac_wait_bye.xml",
+        "1001",
+        &["-key", "rtp_a", &rtp_a],
+    );
+    let id = answered_call(&bed)["calls"][0]["id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    let status = bed.server.stop_with(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "clean exit: {status}");
+    finish(&bed, "caller", caller);
+    finish(&bed, "callee", callee);
+
+    let rotated_lines = lines(&rotated);
+    assert_eq!(
+        rotated_lines.len(),
+        1,
+        "nothing more went to the rotated file"
+    );
+    assert_eq!(rotated_lines[0]["ended_by"], "caller");
+    let new = lines(&cdr_file);
+    assert_eq!(new.len(), 1, "the shutdown's record, written before exit");
+    assert_eq!(new[0]["id"], id.as_str());
+    assert_eq!(new[0]["reason"], "shutdown");
+    assert_eq!(new[0]["ended_by"], "system");
+    assert_eq!(new[0]["final_status"], 200);
+    assert_eq!(
+        new[0]["legs"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        new[0]
+    );
+    assert_eq!(new[0]["media_error"], serde_json::Value::Null);
+}

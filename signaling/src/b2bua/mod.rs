@@ -199,6 +199,10 @@ pub struct Occupancy {
     pub ending: usize,
     /// Callers (users, sources) with calls, counted for [`CallLimits`].
     pub originators: usize,
+    /// Call-IDs of live calls' legs, for their SIP histories.
+    pub call_ids: usize,
+    /// Records of ended calls waiting for their media delete's figures.
+    pub records: usize,
     /// INVITEs refused over a [`CallLimits`] limit since the start: a
     /// running total, not a table size.
     pub refused_over_limit: u64,
@@ -553,6 +557,8 @@ impl B2bua {
             timers: self.timers.len(),
             ending: self.ending.len() + self.deleting.len(),
             originators: self.originators.len(),
+            call_ids: self.sip_ids.len(),
+            records: self.finishing.len(),
             refused_over_limit: self.refused_over_limit,
         }
     }

@@ -2568,3 +2568,28 @@ fn a_call_refused_before_any_media_still_gets_its_cdr() {
         "no ringing, no answer"
     );
 }
+
+#[test]
+fn a_record_still_waiting_for_its_delete_goes_out_when_the_core_stops() {
+    let mut h = Harness::new(&bob_plan());
+    answered_call(&mut h);
+    h.cdrs.records();
+    h.manager.hold = true;
+    let id = h.page(1, None).calls[0].id.clone();
+    assert_eq!(h.hang_up(&id), view::HangUp::Ending);
+    assert!(
+        h.cdrs.records().is_empty(),
+        "waiting for the delete's figures"
+    );
+    assert_eq!(h.occupancy().records, 1);
+    let Harness { uas, cdrs, .. } = h;
+    drop(uas);
+    let cdrs = cdrs.records();
+    assert_eq!(cdrs.len(), 1);
+    assert_eq!(cdrs[0].id, id);
+    assert!(cdrs[0].legs.is_empty());
+    assert_eq!(
+        cdrs[0].media_error.as_deref(),
+        Some("the server stopped before the manager answered")
+    );
+}

@@ -632,6 +632,23 @@ impl B2bua {
     }
 }
 
+impl Drop for B2bua {
+    /// Records still waiting for their media delete when the core stops
+    /// (a shutdown past its timeout) go out without the final figures
+    /// rather than not at all.
+    fn drop(&mut self) {
+        let Some(cdrs) = &self.cdrs else {
+            return;
+        };
+        let mut waiting: Vec<Cdr> = self.finishing.drain().map(|(_, cdr)| cdr).collect();
+        waiting.sort_by_key(|cdr| cdr.ended_at_ms);
+        for mut cdr in waiting {
+            cdr.media_error = Some("the server stopped before the manager answered".to_owned());
+            cdrs.send(cdr);
+        }
+    }
+}
+
 /// Milliseconds from `since` to `at` (0 if the clock went back).
 fn millis(at: SystemTime, since: SystemTime) -> u64 {
     at.duration_since(since)

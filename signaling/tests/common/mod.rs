@@ -36,6 +36,8 @@ pub struct Server {
     args: Vec<String>,
     /// Soft and hard open-file limit the server starts with, when set.
     file_limit: Option<u64>,
+    /// The network namespace it runs in (`ip netns exec`), when set.
+    netns: Option<String>,
 }
 
 impl Server {
@@ -48,6 +50,21 @@ impl Server {
     /// between `free_port` and the server's bind (parallel tests open
     /// ephemeral ports all the time).
     fn on_new_ports(data_dir: &Path, args: &[&str], file_limit: Option<u64>) -> Server {
+        Server::on_new_ports_in(data_dir, args, file_limit, None)
+    }
+
+    /// Starts the server inside network namespace `netns` (the calling
+    /// thread must be in it too: its ports and REST requests are there).
+    pub fn start_in_netns(netns: &str, data_dir: &Path, args: &[&str]) -> Server {
+        Server::on_new_ports_in(data_dir, args, None, Some(netns.to_owned()))
+    }
+
+    fn on_new_ports_in(
+        data_dir: &Path,
+        args: &[&str],
+        file_limit: Option<u64>,
+        netns: Option<String>,
+    ) -> Server {
         let mut server = Server {
             child: None,
             log: Arc::new(Mutex::new(String::new())),
@@ -56,6 +73,7 @@ impl Server {
             data_dir: data_dir.to_path_buf(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             file_limit,
+            netns,
         };
         for _ in 0..4 {
             match server.launch() {
@@ -82,6 +100,7 @@ impl Server {
             data_dir: data_dir.to_path_buf(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             file_limit: None,
+            netns: None,
         };
         server.spawn();
         server
@@ -103,7 +122,15 @@ impl Server {
     /// Starts the process and waits until it is ready; `Err` with its log
     /// when it exits first.
     fn launch(&mut self) -> Result<(), String> {
-        let mut command = Command::new(SIGNALING);
+        let mut command = match &self.netns {
+            // `ip netns exec` execs the server: the child's pid is its own.
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns, SIGNALING]);
+                command
+            }
+            None => Command::new(SIGNALING),
+        };
         if !self.args.iter().any(|a| a == "--bind-address") {
             command.args(["--bind-address", "127.0.0.1"]);
         }
