@@ -38,7 +38,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::events::EventBus;
 use crate::metrics::Metrics;
 use crate::rtpmanager_pool::{Health, ManagerPool};
 use crate::transport::limits::TransportStats;
@@ -58,9 +57,8 @@ pub struct ApiState {
     pub access: Arc<ApiAccess>,
     /// The B2BUA's calls; `None` where no B2BUA runs (no dialplan, handler tests).
     pub calls: Option<crate::b2bua::CallsHandle>,
-    /// The server's events (calls, registrations, managers), streamed by
-    /// `/api/v1/events`.
-    pub events: EventBus,
+    /// The server's events (calls, registrations, managers).
+    pub events: crate::events::EventBus,
     /// The server's counters, for `/metrics` and `/api/v1/stats`.
     pub metrics: Metrics,
 }

@@ -13,6 +13,8 @@ use crate::sip::{build_response_with_body, parse};
 use crate::transport::{Flow, Inbound};
 use crate::uas::{BindingStore, Uas, UasConfig};
 
+mod observations;
+
 const CALLER: &str = "192.0.2.1:5060";
 const BOB: &str = "192.0.2.2:5060";
 const CAROL: &str = "192.0.2.3:5060";

@@ -36,7 +36,7 @@ pub(super) async fn stream(
         metrics: state.metrics.clone(),
         _client: state.metrics.sse_client(),
     };
-    Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text(" keep-alive"))
+    Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
 }
 
 /// One client's events: the bus's, then `lagged` and the end if it fell

@@ -32,7 +32,7 @@ fn state(access: ApiAccess) -> ApiState {
         rest_refused: None,
         access: Arc::new(access),
         calls: None,
-        events: EventBus::new(),
+        events: crate::events::EventBus::new(),
         metrics: Metrics::default(),
     }
 }
