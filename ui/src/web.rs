@@ -535,12 +535,45 @@ async fn calls(State(state): State<UiState>, Extension(session): Extension<Sessi
 struct CallPage {
     layout: Layout,
     backend: String,
+    backend_query: String,
+    ended: bool,
     call: Call,
     ladder: Ladder,
     columns: [u32; 3],
     width: u32,
     sip_truncated: bool,
     sdp: Vec<(&'static str, String)>,
+}
+
+/// A call's media figures, pushed on its page as polls bring them.
+#[derive(Template)]
+#[template(path = "call_media.html")]
+struct CallMedia {
+    call: Call,
+    ended: bool,
+}
+
+impl CallMedia {
+    /// The call `id` of backend `name` as the dashboard knows it; `None`
+    /// while that cannot be told (the backend or its calls API does not
+    /// answer), so the page keeps what it shows.
+    fn of(state: &UiState, name: &str, id: &str) -> Option<CallMedia> {
+        let backend = state
+            .backends
+            .snapshot()
+            .into_iter()
+            .find(|b| b.name == name)?;
+        if !backend.reachable() || backend.calls_error.is_some() {
+            return None;
+        }
+        Some(match backend.calls.into_iter().find(|c| c.id == id) {
+            Some(call) => CallMedia { call, ended: false },
+            None => CallMedia {
+                call: Call::default(),
+                ended: true,
+            },
+        })
+    }
 }
 
 #[derive(Template, WebTemplate)]
@@ -577,6 +610,8 @@ async fn call_detail(
             let sdp = detail.sdp;
             CallPage {
                 layout: Layout::of(&session, "calls"),
+                backend_query: encode(&backend),
+                ended: false,
                 backend,
                 ladder: Ladder::of(&detail.sip),
                 columns: ladder::COLUMNS,
@@ -691,6 +726,17 @@ async fn hang_up(
 struct AorFilter {
     #[serde(default)]
     aor: String,
+}
+
+/// What a live view shows: the registrations' filter, or the call.
+#[derive(Deserialize, Default)]
+struct LiveQuery {
+    #[serde(default)]
+    aor: String,
+    #[serde(default)]
+    backend: String,
+    #[serde(default)]
+    id: String,
 }
 
 /// The bindings whose AOR contains `filter` (case-insensitive), with their
@@ -926,6 +972,7 @@ enum LiveView {
     Calls,
     Registrations,
     Managers,
+    Call,
 }
 
 impl LiveView {
@@ -935,6 +982,7 @@ impl LiveView {
             "calls" => Some(LiveView::Calls),
             "registrations" => Some(LiveView::Registrations),
             "managers" => Some(LiveView::Managers),
+            "call" => Some(LiveView::Call),
             _ => None,
         }
     }
@@ -946,12 +994,18 @@ impl LiveView {
             LiveView::Calls => "calls",
             LiveView::Registrations => "registrations",
             LiveView::Managers => "managers",
+            LiveView::Call => "call",
         }
     }
 
-    /// The view's HTML now.
-    fn render(self, state: &UiState, csrf: &str, filter: &str) -> askama::Result<String> {
-        match self {
+    /// The view's HTML now; `None` when there is nothing to tell.
+    fn render(
+        self,
+        state: &UiState,
+        csrf: &str,
+        query: &LiveQuery,
+    ) -> askama::Result<Option<String>> {
+        let html = match self {
             LiveView::Overview => {
                 let backends = state.backends.snapshot();
                 OverviewBody {
@@ -969,13 +1023,18 @@ impl LiveView {
                 }
                 .render()
             }
-            LiveView::Registrations => registrations_table(state, filter, csrf).render(),
+            LiveView::Registrations => registrations_table(state, &query.aor, csrf).render(),
             LiveView::Managers => ManagersTable {
                 backends: state.backends.snapshot(),
                 csrf: csrf.to_owned(),
             }
             .render(),
-        }
+            LiveView::Call => match CallMedia::of(state, &query.backend, &query.id) {
+                Some(media) => media.render(),
+                None => return Ok(None),
+            },
+        };
+        html.map(Some)
     }
 }
 
@@ -989,7 +1048,7 @@ async fn live(
     State(state): State<UiState>,
     Extension(session): Extension<Session>,
     Path(view): Path<String>,
-    Query(filter): Query<AorFilter>,
+    Query(query): Query<LiveQuery>,
 ) -> Response {
     let Some(view) = LiveView::parse(&view) else {
         return (StatusCode::NOT_FOUND, "no such live view").into_response();
@@ -999,8 +1058,9 @@ async fn live(
     tokio::spawn(async move {
         let mut last = String::new();
         loop {
-            let html = match view.render(&state, &session.csrf, &filter.aor) {
-                Ok(html) => html,
+            let html = match view.render(&state, &session.csrf, &query) {
+                Ok(Some(html)) => html,
+                Ok(None) => last.clone(),
                 Err(e) => {
                     tracing::error!(error = %e, view = view.name(), "live view failed to render");
                     return;

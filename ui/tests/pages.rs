@@ -581,3 +581,48 @@ async fn a_call_appears_and_vanishes_on_the_live_stream_within_a_second_of_its_e
     .await;
     assert!(published.elapsed() < Duration::from_secs(1));
 }
+
+#[tokio::test]
+async fn a_call_page_gets_its_media_figures_pushed_and_learns_when_the_call_ends() {
+    let fake = fake::start(vec![fake::call("c1", "Alice")]).await;
+    let (app, state) = dashboard(&[spec("b1", &fake.url)]).await;
+    state.backends.spawn(Duration::from_secs(3600));
+    let (cookie, _) = login(&app, fake::TOKEN).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while state.backends.snapshot()[0].events != "live" {
+        assert!(Instant::now() < deadline, "event stream never opened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let page = text(get(&app, "/calls/b1/c1", &cookie).await).await;
+    assert!(
+        page.contains(r#"sse-connect="/live/call?backend=b1&amp;id=c1""#),
+        "{page}"
+    );
+    let response = get(&app, "/live/call?backend=b1&id=c1", &cookie).await;
+    let mut body = response.into_body();
+    let mut buffer = String::new();
+    let media = wait_sse(
+        &mut body,
+        &mut buffer,
+        "call",
+        Duration::from_secs(1),
+        |d| d.contains(r#"<table id="call-media">"#),
+    )
+    .await;
+    assert!(media.contains("172000"), "leg a bytes in: {media}");
+    assert!(!media.contains("call-ended"), "{media}");
+
+    fake.calls.lock().expect("calls").clear();
+    fake.publish(
+        json!({"type": "call_ended", "id": "c1", "at_ms": 1764950009000u64,
+        "final_status": 200, "ended_by": "callee", "duration_ms": 9000}),
+    );
+    wait_sse(
+        &mut body,
+        &mut buffer,
+        "call",
+        Duration::from_secs(1),
+        |d| d.contains("This call has ended."),
+    )
+    .await;
+}
