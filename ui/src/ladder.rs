@@ -35,7 +35,7 @@ pub struct Arrow {
 impl Arrow {
     /// The first line, clipped to fit between two columns.
     pub fn short_line(&self) -> String {
-        clip(&self.first_line, 44)
+        clip(&self.first_line, 38)
     }
 }
 
