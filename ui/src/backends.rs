@@ -409,13 +409,20 @@ impl Backends {
                     "not offered by this backend: calls are polled".to_owned(),
                     Duration::from_secs(15),
                 ),
-                Err(e) => (format!("not connected: {e}"), pause),
-                Ok(why) => (format!("reconnecting ({why})"), Duration::from_millis(200)),
+                Err(e) => {
+                    // A backend that keeps failing is retried less often.
+                    let wait = pause;
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                    (format!("not connected: {e}"), wait)
+                }
+                Ok(why) => {
+                    pause = Duration::from_millis(500);
+                    (format!("reconnecting ({why})"), Duration::from_millis(200))
+                }
             };
             self.with_state(index, |s| s.view.events = state);
             self.notify();
             tokio::time::sleep(wait).await;
-            pause = (pause * 2).min(Duration::from_secs(10));
         }
     }
 

@@ -626,3 +626,44 @@ async fn a_call_page_gets_its_media_figures_pushed_and_learns_when_the_call_ends
     )
     .await;
 }
+
+#[tokio::test]
+async fn after_a_lagged_notice_the_dashboard_reconnects_and_rereads_the_calls() {
+    let fake = fake::start(vec![]).await;
+    let (_, state) = dashboard(&[spec("b1", &fake.url)]).await;
+    state.backends.spawn(Duration::from_secs(3600));
+    let wait_live = |what: &'static str| {
+        let state = state.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while state.backends.snapshot()[0].events != "live" {
+                assert!(Instant::now() < deadline, "{what}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    wait_live("event stream never opened").await;
+    // A call the dashboard missed (no event), then the notice that events
+    // were lost.
+    fake.calls
+        .lock()
+        .expect("calls")
+        .push(fake::call("missed", "Bob"));
+    let _ = fake
+        .events
+        .send(("lagged".into(), r#"{"missed":7}"#.into()));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let view = &state.backends.snapshot()[0];
+        if view.calls.iter().any(|c| c.id == "missed") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the calls were not reread: {}",
+            view.events
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    wait_live("the stream was not reopened").await;
+}
