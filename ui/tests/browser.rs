@@ -22,6 +22,17 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 const XSS: &str = "<script>alert(1)</script>";
 
+/// No script error and no Content-Security-Policy violation in the
+/// console: htmx and the SSE extension run under `script-src 'self'`.
+fn assert_clean_console(browser: &Session) {
+    let console = browser.console();
+    let bad: Vec<&String> = console
+        .iter()
+        .filter(|m| m.contains("SEVERE") || m.contains("Content Security Policy"))
+        .collect();
+    assert!(bad.is_empty(), "console: {console:#?}");
+}
+
 fn log_in(browser: &Session, system: &System) {
     browser.goto(&system.ui_url("/"));
     assert!(
@@ -157,6 +168,8 @@ fn registrations_and_managers_are_steered_from_a_real_browser() {
     );
     let (_, drain) = system.api("GET", "/api/v1/rtpmanagers/sb-manager/drain");
     assert_eq!(drain["operator"], false, "{drain}");
+
+    assert_clean_console(&browser);
 
     // On a phone's width the page does not scroll sideways: wide tables
     // scroll inside their own box.
@@ -381,4 +394,5 @@ fn a_sipp_call_is_watched_read_as_a_ladder_and_hung_up_from_a_real_browser() {
         bye_answered.elapsed().as_millis()
     );
     assert_eq!(browser.alert_text(), None, "no alert ran");
+    assert_clean_console(&browser);
 }

@@ -145,6 +145,7 @@ impl Driver {
     pub fn session(&self, chromium: &Path) -> Session {
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
+            "goog:loggingPrefs": {"browser": "ALL"},
             "goog:chromeOptions": {
                 "binary": chromium.to_string_lossy(),
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
@@ -306,6 +307,20 @@ impl Session {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The browser console's messages since the last call (Chrome's log
+    /// endpoint), as text.
+    pub fn console(&self) -> Vec<String> {
+        self.command("POST", "/se/log", Some(json!({"type": "browser"})))
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|e| format!("{} {}", e["level"], e["message"]))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Resizes the browser window (CSS pixels).
