@@ -241,18 +241,14 @@ fn a_sipp_call_is_watched_read_as_a_ladder_and_hung_up_from_a_real_browser() {
     );
     std::thread::sleep(Duration::from_millis(300));
     let target = format!("127.0.0.1:{}", system.sip_port);
+    // The caller's media socket: the test sends its RTP.
+    let media = std::net::UdpSocket::bind("127.0.0.1:0").expect("media socket");
+    let rtp_a = media.local_addr().expect("address").port().to_string();
     let caller = system.sipp(
         &sipp,
         "caller_xss_waits_for_bye.xml",
         free_port(),
-        &[
-            "-s",
-            "1001",
-            "-key",
-            "rtp_a",
-            &free_port().to_string(),
-            &target,
-        ],
+        &["-s", "1001", "-key", "rtp_a", &rtp_a, &target],
     );
 
     // The row appears, with both legs, while the page is left alone.
@@ -292,6 +288,30 @@ fn a_sipp_call_is_watched_read_as_a_ladder_and_hung_up_from_a_real_browser() {
         "no script element made of the display name"
     );
     assert_eq!(browser.alert_text(), None, "no alert ran");
+
+    // The caller's RTP shows in leg a's packet count, pushed by the next poll.
+    let relay = call["legs"]
+        .as_array()
+        .and_then(|legs| legs.iter().find(|l| l["leg"] == "a"))
+        .and_then(|l| l["local_address"].as_str())
+        .unwrap_or_else(|| panic!("leg a's relay address: {call}"))
+        .to_owned();
+    for seq in 0..50u16 {
+        let mut packet = vec![0x80, 0x00];
+        packet.extend_from_slice(&seq.to_be_bytes());
+        packet.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        packet.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+        packet.extend_from_slice(&[0xff; 160]);
+        media.send_to(&packet, &relay).expect("send RTP");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let packets = browser.wait_for(
+        "leg a's packets in the table",
+        Duration::from_secs(5),
+        "const cell = document.querySelector('tbody.call tr.leg[data-leg=a] .packets');
+         return cell && !cell.textContent.startsWith('0/') ? cell.textContent : null;",
+    );
+    eprintln!("leg a packets in/out on the page: {packets}");
 
     // Its duration ticks on, between pushes too.
     let first = browser.script(
