@@ -138,17 +138,20 @@ pub struct CallStats {
 impl CallStats {
     /// Failed final statuses (300 and up), by status, highest count first.
     pub fn failures(&self) -> Vec<(String, u64)> {
-        let mut failures: Vec<(String, u64)> = self
-            .by_status
-            .iter()
-            .filter(|(status, count)| {
-                **count > 0 && status.parse::<u16>().map_or(true, |s| s >= 300)
-            })
-            .map(|(status, count)| (status.clone(), *count))
-            .collect();
-        failures.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        failures
+        failures_of(&self.by_status)
     }
+}
+
+/// The failed final statuses (300 and up, or not a number) of `by_status`
+/// with a count, highest count first.
+pub fn failures_of(by_status: &BTreeMap<String, u64>) -> Vec<(String, u64)> {
+    let mut failures: Vec<(String, u64)> = by_status
+        .iter()
+        .filter(|(status, count)| **count > 0 && status.parse::<u16>().map_or(true, |s| s >= 300))
+        .map(|(status, count)| (status.clone(), *count))
+        .collect();
+    failures.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    failures
 }
 
 /// `GET /api/v1/calls`: one page.

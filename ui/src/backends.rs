@@ -13,7 +13,7 @@
 //! live stream) wait on. Tests call [`Backends::poll_all`] and
 //! [`Backends::apply_event`] directly.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -42,6 +42,47 @@ const ENDED_MEMORY: Duration = Duration::from_secs(60);
 /// every 15 s) is taken as dead and reopened.
 const STREAM_IDLE: Duration = Duration::from_secs(45);
 
+/// How far back the overview's recent failures reach.
+pub const RECENT: Duration = Duration::from_secs(300);
+
+/// Failed final statuses over the last [`RECENT`], from the cumulative
+/// `by_status` counters of successive polls. Reads no clock: the poll
+/// gives the time.
+#[derive(Debug, Default)]
+struct StatusWindow {
+    /// Polls' counters, oldest first; the first is the newest at least
+    /// [`RECENT`] old (or the oldest there is): the baseline.
+    samples: VecDeque<(Instant, BTreeMap<String, u64>)>,
+}
+
+impl StatusWindow {
+    /// Takes a poll's counters; returns the failures since the baseline.
+    fn handle_stats(
+        &mut self,
+        now: Instant,
+        by_status: &BTreeMap<String, u64>,
+    ) -> Vec<(String, u64)> {
+        self.samples.push_back((now, by_status.clone()));
+        while self
+            .samples
+            .get(1)
+            .is_some_and(|(at, _)| now.duration_since(*at) >= RECENT)
+        {
+            self.samples.pop_front();
+        }
+        let baseline = self.samples.front().map(|(_, b)| b);
+        let delta: BTreeMap<String, u64> = by_status
+            .iter()
+            .map(|(status, count)| {
+                let before = baseline.and_then(|b| b.get(status)).copied().unwrap_or(0);
+                // A restarted backend counts from 0 again: never negative.
+                (status.clone(), count.saturating_sub(before))
+            })
+            .collect();
+        api::failures_of(&delta)
+    }
+}
+
 /// One call as the dashboard holds it.
 #[derive(Clone, Debug)]
 struct CallEntry {
@@ -68,6 +109,9 @@ pub struct BackendView {
     pub registrations_error: Option<String>,
     pub stats: Option<Stats>,
     pub stats_error: Option<String>,
+    /// Failed final statuses over the last [`RECENT`] (since the dashboard
+    /// started watching, when that is shorter).
+    pub recent_failures: Vec<(String, u64)>,
     /// Calls in progress, oldest first, durations as of the snapshot.
     pub calls: Vec<Call>,
     /// Calls the backend has in all (more than `calls` past one page).
@@ -92,6 +136,7 @@ impl BackendView {
             registrations_error: None,
             stats: None,
             stats_error: None,
+            recent_failures: Vec::new(),
             calls: Vec::new(),
             calls_total: 0,
             calls_error: None,
@@ -164,6 +209,7 @@ struct BackendState {
     calls: BTreeMap<String, CallEntry>,
     /// Ids of calls that ended, and when (pruned after [`ENDED_MEMORY`]).
     ended: HashMap<String, Instant>,
+    statuses: StatusWindow,
 }
 
 #[derive(Debug)]
@@ -214,6 +260,7 @@ impl Backends {
                             view: BackendView::new(s),
                             calls: BTreeMap::new(),
                             ended: HashMap::new(),
+                            statuses: StatusWindow::default(),
                         })
                         .collect(),
                 ),
@@ -379,6 +426,9 @@ impl Backends {
             }
             match stats {
                 Ok(stats) => {
+                    view.recent_failures = state
+                        .statuses
+                        .handle_stats(Instant::now(), &stats.calls.by_status);
                     view.stats = Some(stats);
                     view.stats_error = None;
                 }
@@ -647,6 +697,32 @@ mod tests {
     }
 
     #[test]
+    fn recent_failures_are_the_growth_of_the_counters_over_five_minutes() {
+        let start = Instant::now();
+        let counts = |pairs: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            pairs.iter().map(|(s, c)| ((*s).to_owned(), *c)).collect()
+        };
+        let mut window = StatusWindow::default();
+        assert!(window
+            .handle_stats(start, &counts(&[("200", 5), ("486", 4)]))
+            .is_empty());
+        let at = |secs| start + Duration::from_secs(secs);
+        assert_eq!(
+            window.handle_stats(at(60), &counts(&[("200", 9), ("486", 6), ("404", 1)])),
+            vec![("486".to_owned(), 2), ("404".to_owned(), 1)]
+        );
+        // Six minutes on, the 486s of the first minute are out of the window.
+        assert_eq!(
+            window.handle_stats(at(360), &counts(&[("200", 9), ("486", 7), ("404", 1)])),
+            vec![("486".to_owned(), 1)]
+        );
+        // A restarted backend's smaller counters are no negative failures.
+        assert!(window
+            .handle_stats(at(370), &counts(&[("486", 0)]))
+            .is_empty());
+    }
+
+    #[test]
     fn path_segments_are_percent_encoded() {
         assert_eq!(encode("1001@switchboard"), "1001%40switchboard");
         assert_eq!(encode("a/b c"), "a%2Fb%20c");
@@ -701,6 +777,7 @@ mod tests {
             view: BackendView::new(&spec("http://x:1")),
             calls: BTreeMap::new(),
             ended: HashMap::new(),
+            statuses: StatusWindow::default(),
         };
         state.calls.insert(
             "old".into(),
