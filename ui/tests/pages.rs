@@ -190,8 +190,12 @@ async fn the_overview_sums_calls_registrations_managers_and_failures() {
     assert!(page.contains("0.25"), "calls/s: {page}");
     assert!(page.contains("90.0 %"), "kernel share: {page}");
     assert!(
-        page.contains("486: 2, 404: 1"),
+        page.contains("since start: 486: 2, 404: 1"),
         "failures by status: {page}"
+    );
+    assert!(
+        page.contains(r#"<span class="recent">none</span>"#),
+        "no failure since the dashboard started watching: {page}"
     );
     assert!(
         page.contains("edge-a: xdp"),
