@@ -24,6 +24,12 @@ async fn main() -> anyhow::Result<()> {
     let backends = Backends::with_token(&specs, config.backend_timeout(), token);
     backends.spawn(poll_interval);
 
+    if !config.address.is_loopback() {
+        tracing::warn!(
+            address = %config.address,
+            "the dashboard listens beyond loopback over plain HTTP: operators' API tokens cross the network at login; serve it behind a TLS proxy"
+        );
+    }
     let addr = SocketAddr::new(config.address, config.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -88,17 +88,27 @@ impl Sessions {
     }
 }
 
-/// The `Set-Cookie` value that stores session `id` (no `Secure` flag: the
-/// dashboard may be served over plain HTTP on loopback; behind a TLS proxy
-/// the proxy may add it).
-pub fn set_cookie(id: &str) -> HeaderValue {
+/// The `Set-Cookie` value that stores session `id`; `Secure` when the
+/// browser reached the dashboard over HTTPS (a TLS proxy in front says so
+/// with `X-Forwarded-Proto: https`), not on plain HTTP on loopback, where
+/// the browser would refuse to send it back.
+pub fn set_cookie(id: &str, secure: bool) -> HeaderValue {
     let value = format!(
-        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
-        LIFETIME.as_secs()
+        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        LIFETIME.as_secs(),
+        if secure { "; Secure" } else { "" }
     );
     let mut value = HeaderValue::try_from(value).unwrap_or(HeaderValue::from_static(""));
     value.set_sensitive(true);
     value
+}
+
+/// Whether the request came over HTTPS through a proxy.
+pub fn over_https(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
 }
 
 /// The `Set-Cookie` value that removes the session cookie.
@@ -158,11 +168,18 @@ mod tests {
 
     #[test]
     fn the_cookie_is_http_only_and_same_site_strict() {
-        let value = set_cookie("abc");
+        let value = set_cookie("abc", false);
         let text = value.to_str().expect("ASCII");
         assert!(text.starts_with(&format!("{COOKIE}=abc;")), "{text}");
         assert!(text.contains("HttpOnly"), "{text}");
         assert!(text.contains("SameSite=Strict"), "{text}");
+        assert!(!text.contains("Secure"), "{text}");
         assert!(value.is_sensitive());
+        let secure = set_cookie("abc", true);
+        assert!(secure.to_str().expect("ASCII").ends_with("; Secure"));
+        let mut headers = HeaderMap::new();
+        assert!(!over_https(&headers));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        assert!(over_https(&headers));
     }
 }

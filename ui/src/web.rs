@@ -272,7 +272,7 @@ struct LoginForm {
     token: String,
 }
 
-async fn login(State(state): State<UiState>, body: Bytes) -> Response {
+async fn login(State(state): State<UiState>, headers: HeaderMap, body: Bytes) -> Response {
     let refused = |status: StatusCode, error: String| {
         (
             status,
@@ -300,7 +300,10 @@ async fn login(State(state): State<UiState>, body: Bytes) -> Response {
                 (
                     StatusCode::SEE_OTHER,
                     [
-                        (header::SET_COOKIE, session::set_cookie(&id)),
+                        (
+                            header::SET_COOKIE,
+                            session::set_cookie(&id, session::over_https(&headers)),
+                        ),
                         (header::LOCATION, HeaderValue::from_static("/")),
                     ],
                 )
