@@ -331,6 +331,17 @@ fn a_sipp_call_is_watched_read_as_a_ladder_and_hung_up_from_a_real_browser() {
     );
     assert!(later >= first + 2, "duration {first} s then {later} s");
     browser.screenshot(&shots.join("calls.png"));
+    browser.resize(390, 844);
+    let overflow = browser.script(
+        "return document.documentElement.scrollWidth - window.innerWidth",
+        json!([]),
+    );
+    assert!(
+        overflow.as_i64().is_some_and(|o| o <= 0),
+        "the calls page is {overflow} px wider than a phone"
+    );
+    browser.screenshot(&shots.join("calls-phone.png"));
+    browser.resize(1280, 900);
 
     browser.goto(&system.ui_url("/"));
     browser.wait_for(
