@@ -175,6 +175,16 @@ impl BackendView {
         api::share_label(self.kernel_share())
     }
 
+    /// Kernel share of the packets of the calls on manager `id`.
+    pub fn manager_kernel_share_label(&self, id: &str) -> String {
+        api::share_label(api::kernel_share(
+            self.calls
+                .iter()
+                .filter(|c| c.manager.as_deref() == Some(id))
+                .flat_map(|c| c.legs.iter()),
+        ))
+    }
+
     pub fn stats_error_label(&self) -> &str {
         self.stats_error.as_deref().unwrap_or("no stats yet")
     }

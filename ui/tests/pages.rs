@@ -202,6 +202,13 @@ async fn the_overview_sums_calls_registrations_managers_and_failures() {
         "fast path per manager: {page}"
     );
     assert!(page.contains(r#"sse-connect="/live/overview""#), "{page}");
+    let managers = text(get(&app, "/managers", &cookie).await).await;
+    let shares: Vec<&str> = managers
+        .split(r#"<td class="num kernel-share">"#)
+        .skip(1)
+        .map(|s| s.split('<').next().unwrap_or_default())
+        .collect();
+    assert_eq!(shares, vec!["90.0 %", "—"], "per manager: {managers}");
     assert!(!page.contains("https://"), "no CDN: {page}");
 }
 
