@@ -171,7 +171,7 @@ fn start_all(
         "--port",
         &args.ui_port.to_string(),
         "--backends",
-        "http://127.0.0.1:8080",
+        "local=http://127.0.0.1:8080",
         "--log-level",
         log,
     ]);
