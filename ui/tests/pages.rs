@@ -678,3 +678,28 @@ async fn after_a_lagged_notice_the_dashboard_reconnects_and_rereads_the_calls() 
     }
     wait_live("the stream was not reopened").await;
 }
+
+#[tokio::test]
+async fn an_unnamed_backend_is_addressed_by_its_host_and_port_in_urls() {
+    let fake = fake::start(vec![fake::call("c1", "Alice")]).await;
+    let name = fake.url.trim_start_matches("http://").to_owned();
+    let (app, _) = dashboard(&[spec(&name, &fake.url)]).await;
+    let (cookie, csrf) = login(&app, fake::TOKEN).await;
+    let calls = text(get(&app, "/calls", &cookie).await).await;
+    assert!(calls.contains(&format!("/calls/{name}/c1")), "{calls}");
+    assert_eq!(
+        get(&app, &format!("/calls/{name}/c1"), &cookie)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let response = post_form(
+        &app,
+        &format!("/managers/{name}/drain"),
+        &cookie,
+        &format!("csrf={csrf}&id=edge-a"),
+        true,
+    )
+    .await;
+    assert!(text(response).await.contains("edge-a is drained"));
+}
