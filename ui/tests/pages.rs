@@ -703,3 +703,28 @@ async fn an_unnamed_backend_is_addressed_by_its_host_and_port_in_urls() {
     .await;
     assert!(text(response).await.contains("edge-a is drained"));
 }
+
+#[tokio::test]
+async fn logging_out_ends_the_session_and_needs_the_csrf_token() {
+    let fake = fake::start(vec![]).await;
+    let (app, _) = dashboard(&[spec("b1", &fake.url)]).await;
+    let (cookie, csrf) = login(&app, fake::TOKEN).await;
+    let response = post_form(&app, "/logout", &cookie, "csrf=forged", false).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(get(&app, "/", &cookie).await.status(), StatusCode::OK);
+
+    let response = post_form(&app, "/logout", &cookie, &format!("csrf={csrf}"), false).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(response.headers()[header::LOCATION], "/login");
+    let cleared = response.headers()[header::SET_COOKIE]
+        .to_str()
+        .expect("ASCII")
+        .to_owned();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    let response = get(&app, "/", &cookie).await;
+    assert_eq!(
+        response.status(),
+        StatusCode::SEE_OTHER,
+        "the old cookie opens nothing"
+    );
+}
