@@ -14,9 +14,17 @@
 //!    the manager chosen for that call) and push each result with
 //!    `link.push_input(now, LinkInput::Result { .. })`; push Watch events
 //!    and new dialplans the same way.
+//!    When the executor places a call on a manager it pushes
+//!    [`LinkInput::Placed`] first, so the core knows the call's manager.
 //! 3. After pushing, make the core call `handle_timeout`: an input pushed at
-//!    `at` makes [`CallHandler::poll_timeout`] return `at`.
-//! 4. To stop, push [`LinkInput::Shutdown`]: [`Shutdown::Drain`] (optional)
+//!    `at` makes [`CallHandler::poll_timeout`] return `at`. The REST API's
+//!    questions ([`LinkInput::Query`], see [`CallsHandle`]) travel the
+//!    same way and are answered through their oneshot replies.
+//! 4. Optionally hand it an [`EventBus`] ([`B2bua::set_events`]) for call
+//!    events and a [`CdrSink`] ([`B2bua::set_cdrs`]) for one record per
+//!    ended call (written once the media delete returns the manager's
+//!    final figures; see view.rs).
+//! 5. To stop, push [`LinkInput::Shutdown`]: [`Shutdown::Drain`] (optional)
 //!    refuses new calls, [`Shutdown::HangUp`] ends the rest; keep the core
 //!    and the executor running until `link.occupancy()` shows no call and
 //!    nothing [`ending`](Occupancy::ending), or a deadline passes.

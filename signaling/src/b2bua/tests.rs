@@ -2595,3 +2595,33 @@ fn a_record_still_waiting_for_its_delete_goes_out_when_the_core_stops() {
         Some("the server stopped before the manager answered")
     );
 }
+
+#[test]
+fn paging_through_thousands_of_calls_sees_each_once_in_start_order() {
+    let mut h = Harness::new(&bob_plan());
+    let calls = 3000;
+    for n in 0..calls {
+        let invite = h.invite("1001", &format!("many-{n}"), Some(CALLER_SDP));
+        h.from(CALLER, &invite);
+        h.sent.clear();
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = h.page(view::MAX_PAGE, after.as_deref());
+        assert_eq!(page.total, calls);
+        assert!(page.calls.len() <= view::MAX_PAGE);
+        seen.extend(page.calls.iter().map(|c| c.media_call_id.clone()));
+        pages += 1;
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let expected: Vec<String> = (0..calls)
+        .map(|n| Owner::new("test", 1).media_id(&format!("many-{n}")).0)
+        .collect();
+    assert_eq!(seen, expected, "every call once, oldest first");
+}
