@@ -1,7 +1,8 @@
 //! `/api/v1/events` of the running binary: a REGISTER over UDP arrives as a
 //! `registration_added` event on a client's stream (and the stream needs
-//! the token), and a client that stops reading is told it lagged, with how
-//! much it missed, and its stream ends, while the server goes on.
+//! the token), a client that stops reading is told it lagged, with how
+//! much it missed, and its stream ends, while the server goes on; one that
+//! never reads at all is closed when its connection stalls.
 
 mod common;
 
@@ -201,7 +202,16 @@ fn a_client_that_stops_reading_is_told_it_lagged_and_its_stream_ends() {
     );
 
     // The server goes on: a new REGISTER is answered and reaches a new
-    // client.
+    // client. (The last removals are published just after their 200: the
+    // new client waits for them to be counted, or it would lag on them.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.get_json("/api/v1/stats")["registrations"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the bindings were not all removed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut fresh = TcpStream::connect(rest).expect("connect");
     open_stream(&mut fresh, None);
     let one = vec![format!("sip:late@127.0.0.1:{}", peer.port())];
@@ -212,4 +222,72 @@ fn a_client_that_stops_reading_is_told_it_lagged_and_its_stream_ends() {
     assert_eq!(status(&response), 200);
     let (events, _) = read_until(&mut fresh, |t| t.contains("3003@example.com"));
     assert!(events.contains("event: registration_added"), "{events}");
+}
+
+#[test]
+fn a_client_that_never_reads_is_closed_once_its_connection_stalls() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--auth",
+            "anonymous",
+            "--event-buffer",
+            "16",
+            "--rest-idle-timeout",
+            "2",
+            "--max-contacts",
+            "20",
+        ],
+    );
+    let rest: SocketAddr = ([127, 0, 0, 1], server.rest_port).into();
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("receive buffer");
+    socket.connect(&rest.into()).expect("connect");
+    let mut never: TcpStream = socket.into();
+    open_stream(&mut never, None);
+    let gauge = |server: &Server, name: &str| {
+        let text = http_get(server.rest_port, "/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    assert_eq!(gauge(&server, "switchboard_events_clients"), 1);
+
+    // 3000 events of about 1 kB: more than the connection's buffers hold,
+    // ten per REGISTER so a client that reads would keep up with the ring.
+    let peer = UdpPeer::new();
+    let long = "x".repeat(1000);
+    for round in 0..300u32 {
+        let contacts: Vec<String> = (0..10)
+            .map(|n| format!("sip:{long}{n}@127.0.0.1:{}", peer.port()))
+            .collect();
+        let text = register(&peer, "4004", round + 1, &contacts, 600 + round % 2);
+        assert_eq!(status(&peer.request(sip(&server), text.as_bytes())), 200);
+    }
+    // It cannot even be told it lagged: its writes stall, and after
+    // --rest-idle-timeout without progress the server closes it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gauge(&server, "switchboard_events_clients") != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled client is still connected"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, ended) = read_until(&mut never, |_| false);
+    assert!(ended, "its connection is closed");
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("send");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read");
+    text
 }

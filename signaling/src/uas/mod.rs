@@ -25,10 +25,14 @@
 //!
 //! # Driving it
 //!
-//! 1. `handle_inbound(now, inbound)` for each message from the transports;
+//! 1. `handle_inbound(now, inbound)` for each message from the transports
+//!    (`handle_received` when it waited in a queue since it arrived);
 //! 2. after every input, send each `poll_transmit()`;
 //! 3. call `handle_timeout(now)` when the deadline of `poll_timeout(now)`
-//!    has passed, then send again.
+//!    has passed, then send again;
+//! 4. after sending, take each `poll_observation()` (call attempts, final
+//!    statuses with the arrival time given to `handle_received`, binding
+//!    changes, authentication failures) for metrics and the event bus.
 //!
 //! REGISTER handling blocks on the store's fsync: run the core where that
 //! does not stall other work (the [`driver`] gives it a thread of its own).
