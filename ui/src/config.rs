@@ -43,7 +43,7 @@ pub struct Config {
     /// Milliseconds one request to a backend may take (connect and answer);
     /// a backend slower than that is shown as unreachable and never holds
     /// a page or another backend.
-    #[arg(long, env = "BACKEND_TIMEOUT_MS", default_value_t = 2000)]
+    #[arg(long, env = "SWITCHBOARD_BACKEND_TIMEOUT_MS", default_value_t = 2000)]
     pub backend_timeout_ms: u64,
 
     /// File whose first token (a line not starting with `#`) is sent to every
