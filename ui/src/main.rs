@@ -22,7 +22,6 @@ async fn main() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let specs = config.backend_specs().unwrap_or_else(|e| e.exit());
     let backends = Backends::with_token(&specs, config.backend_timeout(), token);
-    backends.spawn(poll_interval);
 
     if !config.address.is_loopback() {
         tracing::warn!(
@@ -34,6 +33,9 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (--address/--port)"))?;
+    // Backends are followed only once the dashboard can serve them (a
+    // failed start says one thing, not also that a backend is unreachable).
+    backends.spawn(poll_interval);
     tracing::info!(http = %addr, backends = specs.len(), "dashboard ready");
     axum::serve(
         listener,
