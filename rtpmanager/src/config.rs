@@ -1,7 +1,7 @@
 //! Command-line, environment and config-file options of `switchboard-rtpmanager`.
 //!
-//! Every option is a flag, an environment variable (the flag's name in
-//! UPPER_SNAKE_CASE) and a key of the optional TOML file given by `--config`;
+//! Every option is a flag, an environment variable (`SWITCHBOARD_` and the
+//! flag's name in UPPER_SNAKE_CASE; see [`LEGACY_ENVIRONMENT`] for the exceptions) and a key of the optional TOML file given by `--config`;
 //! precedence is flag > environment > file > default.
 
 use std::net::{IpAddr, SocketAddr};
@@ -25,39 +25,51 @@ pub enum FastPathRequest {
     Off,
 }
 
+/// Environment variables once read under another name (old unprefixed
+/// names, and those of the system Switchboard replaces), with the option
+/// that took their place: set, they are reported at start, never read.
+/// The unprefixed form of every current variable is reported too.
+pub const LEGACY_ENVIRONMENT: &[(&str, &str)] = &[
+    ("ADVERTISE", "advertise"),
+    ("ADVERTISE_V6", "advertise-v6"),
+    // The system Switchboard replaces.
+    ("GRPC_BIND", "grpc-address"),
+    ("LOGLEVEL", "log-level"),
+];
+
 /// Switchboard RTP manager: owns media ports, rewrites SDP, relays RTP/RTCP in
 /// userspace and offloads bridged streams to an XDP/TC eBPF fast path.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "switchboard-rtpmanager", version, about, long_about = None)]
 pub struct Config {
     /// TOML config file; its keys are the long option names.
-    #[arg(long, env = "RTPMANAGER_CONFIG", value_name = "FILE")]
+    #[arg(long, env = "SWITCHBOARD_RTPMANAGER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
     /// Address the gRPC control API listens on. Without
     /// --grpc-tls-client-ca or --grpc-token-file anyone who reaches it can
     /// drive the manager (delete calls, drain it): on an address other than
     /// loopback the manager then warns at start.
-    #[arg(long, env = "GRPC_ADDRESS", default_value = "127.0.0.1")]
+    #[arg(long, env = "SWITCHBOARD_GRPC_ADDRESS", default_value = "127.0.0.1")]
     pub grpc_address: IpAddr,
 
     /// TCP port of the gRPC control API.
-    #[arg(long, env = "GRPC_PORT", default_value_t = 9090)]
+    #[arg(long, env = "SWITCHBOARD_GRPC_PORT", default_value_t = 9090)]
     pub grpc_port: u16,
 
     /// PEM certificate (chain) the gRPC control API presents. With
     /// --grpc-tls-key the API speaks TLS only; without both it is plaintext.
-    #[arg(long, env = "GRPC_TLS_CERT", value_name = "FILE")]
+    #[arg(long, env = "SWITCHBOARD_GRPC_TLS_CERT", value_name = "FILE")]
     pub grpc_tls_cert: Option<PathBuf>,
 
     /// PEM private key of --grpc-tls-cert.
-    #[arg(long, env = "GRPC_TLS_KEY", value_name = "FILE")]
+    #[arg(long, env = "SWITCHBOARD_GRPC_TLS_KEY", value_name = "FILE")]
     pub grpc_tls_key: Option<PathBuf>,
 
     /// PEM CA certificate(s) that sign the clients' certificates: with it,
     /// a client must present a certificate signed by one of them (mutual
     /// TLS), else its connection is refused. Needs --grpc-tls-cert.
-    #[arg(long, env = "GRPC_TLS_CLIENT_CA", value_name = "FILE")]
+    #[arg(long, env = "SWITCHBOARD_GRPC_TLS_CLIENT_CA", value_name = "FILE")]
     pub grpc_tls_client_ca: Option<PathBuf>,
 
     /// File of bearer tokens, one per line (blank lines and lines starting
@@ -67,43 +79,47 @@ pub struct Config {
     /// start and again on SIGHUP (an invalid new file is refused and the
     /// tokens in force kept), so several tokens allow rotating them
     /// without a restart.
-    #[arg(long, env = "GRPC_TOKEN_FILE", value_name = "FILE")]
+    #[arg(long, env = "SWITCHBOARD_GRPC_TOKEN_FILE", value_name = "FILE")]
     pub grpc_token_file: Option<PathBuf>,
 
     /// Address advertised in SDP (c= lines) for IPv4 peers. Defaults to the
     /// address of the interface holding the default route, else 127.0.0.1.
-    #[arg(long, env = "ADVERTISE")]
+    #[arg(long, env = "SWITCHBOARD_RTP_ADVERTISE")]
     pub advertise: Option<IpAddr>,
 
     /// Address advertised in SDP to IPv6 peers; without it, IPv6 offers are
     /// answered with the IPv4 address.
-    #[arg(long, env = "ADVERTISE_V6")]
+    #[arg(long, env = "SWITCHBOARD_RTP_ADVERTISE_V6")]
     pub advertise_v6: Option<IpAddr>,
 
     /// Address the media sockets bind to (`::` for IPv4 and IPv6).
-    #[arg(long, env = "RTP_BIND_ADDRESS", default_value = "0.0.0.0")]
+    #[arg(long, env = "SWITCHBOARD_RTP_BIND_ADDRESS", default_value = "0.0.0.0")]
     pub rtp_bind_address: IpAddr,
 
     /// Lowest UDP port of the media range (even; RTP on even ports, RTCP on the next odd one).
-    #[arg(long, env = "RTP_PORT_MIN", default_value_t = 10000)]
+    #[arg(long, env = "SWITCHBOARD_RTP_PORT_MIN", default_value_t = 10000)]
     pub rtp_port_min: u16,
 
     /// Highest UDP port of the media range.
-    #[arg(long, env = "RTP_PORT_MAX", default_value_t = 20000)]
+    #[arg(long, env = "SWITCHBOARD_RTP_PORT_MAX", default_value_t = 20000)]
     pub rtp_port_max: u16,
 
     /// Directory holding the audio files that Play may use; nothing outside
     /// it is ever read.
-    #[arg(long, env = "AUDIO_PATH", default_value = "/var/lib/switchboard/audio")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_AUDIO_PATH",
+        default_value = "/var/lib/switchboard/audio"
+    )]
     pub audio_path: PathBuf,
 
     /// Kernel fast path: auto tries xdp, xdp-generic, tc, then off.
-    #[arg(long, env = "FAST_PATH", value_enum, default_value_t = FastPathRequest::Auto)]
+    #[arg(long, env = "SWITCHBOARD_FAST_PATH", value_enum, default_value_t = FastPathRequest::Auto)]
     pub fast_path: FastPathRequest,
 
     /// Network interface the fast path attaches to. Defaults to the interface
     /// holding the advertised address.
-    #[arg(long, env = "MEDIA_INTERFACE")]
+    #[arg(long, env = "SWITCHBOARD_MEDIA_INTERFACE")]
     pub media_interface: Option<String>,
 
     /// How long the kernel fast path reuses a stream's route and neighbour
@@ -113,14 +129,14 @@ pub struct Config {
     /// this time. A neighbour that becomes unresolved is seen on the next
     /// lookup (XDP passes its packets to the stack, TC hands them to
     /// bpf_redirect_neigh).
-    #[arg(long, env = "NEXT_HOP_CACHE_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    #[arg(long, env = "SWITCHBOARD_NEXT_HOP_CACHE_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub next_hop_cache_ms: u64,
 
     /// Turn on IP forwarding on the media interface when the kernel fast
     /// path needs it (its route lookup answers "forwarding disabled"
     /// otherwise). Off by default: host sysctls are the operator's call, and
     /// without it the manager only warns, naming the sysctl to set.
-    #[arg(long, env = "ENABLE_FORWARDING")]
+    #[arg(long, env = "SWITCHBOARD_ENABLE_FORWARDING")]
     pub enable_forwarding: bool,
 
     /// bpffs directory where the fast path pins its maps and its link to the
@@ -128,14 +144,18 @@ pub struct Config {
     /// SIGKILL keeps media flowing). Created if missing; it must be on a
     /// mounted bpffs (`mount -t bpf bpf /sys/fs/bpf`), else the fast path
     /// runs unpinned and says so.
-    #[arg(long, env = "BPF_PIN_PATH", default_value = "/sys/fs/bpf/switchboard")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_BPF_PIN_PATH",
+        default_value = "/sys/fs/bpf/switchboard"
+    )]
     pub bpf_pin_path: PathBuf,
 
     /// Upgrade mode: at a clean exit (SIGTERM/SIGINT) keep the pinned
     /// kernel entries, maps and link, so offloaded media keeps flowing
     /// after the process ends. Without it a clean exit removes its entries
     /// and detaches the programs.
-    #[arg(long, env = "KEEP_ON_EXIT")]
+    #[arg(long, env = "SWITCHBOARD_KEEP_ON_EXIT")]
     pub keep_on_exit: bool,
 
     /// Directory where the manager saves its calls (`sessions.json`,
@@ -143,7 +163,7 @@ pub struct Config {
     /// their ports again, lists them and keeps their kernel entries (with a
     /// pinned fast path, media never stopped). Without it a restart forgets
     /// every call and removes their kernel entries.
-    #[arg(long, env = "STATE_DIR", value_name = "DIR")]
+    #[arg(long, env = "SWITCHBOARD_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
     /// Address and port of the Prometheus endpoint (`GET /metrics`): the fast
@@ -151,7 +171,7 @@ pub struct Config {
     /// pairs. Off by default, so no new port opens on an upgrade; it is
     /// unauthenticated, so give it a loopback or private address
     /// (`127.0.0.1:9190`). Port 0 takes an ephemeral port, logged at start.
-    #[arg(long, env = "METRICS_LISTEN", value_name = "ADDR:PORT")]
+    #[arg(long, env = "SWITCHBOARD_METRICS_LISTEN", value_name = "ADDR:PORT")]
     pub metrics_listen: Option<SocketAddr>,
 
     /// Seconds an answered call may receive no media (on any leg, from
@@ -161,20 +181,20 @@ pub struct Config {
     /// also gets a MediaTimeout event on its own. Legs on hold get
     /// --hold-timeout instead; a leg's own LegOptions.media_timeout_secs
     /// overrides it.
-    #[arg(long, env = "MEDIA_TIMEOUT", default_value_t = 60)]
+    #[arg(long, env = "SWITCHBOARD_MEDIA_TIMEOUT", default_value_t = 60)]
     pub media_timeout: u32,
 
     /// Seconds a leg on hold (its SDP sendonly, recvonly or inactive) may
     /// receive no media before its call is reaped, as rtpengine's
     /// silent-timeout: a held peer may rightly send nothing. At least
     /// --media-timeout.
-    #[arg(long, env = "HOLD_TIMEOUT", default_value_t = 3600)]
+    #[arg(long, env = "SWITCHBOARD_HOLD_TIMEOUT", default_value_t = 3600)]
     pub hold_timeout: u32,
 
     /// The most legs one call may hold (each holds an RTP/RTCP port pair);
     /// an Offer that would add more is refused with RESOURCE_EXHAUSTED. A
     /// B2BUA call uses 2.
-    #[arg(long, env = "MAX_LEGS_PER_CALL", default_value_t = 4, value_parser = clap::value_parser!(u16).range(2..=1000))]
+    #[arg(long, env = "SWITCHBOARD_MAX_LEGS_PER_CALL", default_value_t = 4, value_parser = clap::value_parser!(u16).range(2..=1000))]
     pub max_legs_per_call: u16,
 
     /// Milliseconds a strict-source leg learns its peer's media source,
@@ -183,15 +203,15 @@ pub struct Config {
     /// hijack protection, as rtpengine's endpoint learning). A packet from
     /// the exact address and port of the peer's SDP locks at once; within
     /// the window a source with the SDP's address beats any other (NAT).
-    #[arg(long, env = "SOURCE_LEARNING_MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    #[arg(long, env = "SWITCHBOARD_SOURCE_LEARNING_MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub source_learning_ms: u64,
 
     /// Seconds without media or control activity before a leg is reaped.
-    #[arg(long, env = "IDLE_TIMEOUT", default_value_t = 3600)]
+    #[arg(long, env = "SWITCHBOARD_IDLE_TIMEOUT", default_value_t = 3600)]
     pub idle_timeout: u32,
 
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
-    #[arg(long, env = "LOG_LEVEL", default_value = "info", value_parser = switchboard_service::parse_log_level)]
+    #[arg(long, env = "SWITCHBOARD_LOG_LEVEL", default_value = "info", value_parser = switchboard_service::parse_log_level)]
     pub log_level: String,
 }
 
@@ -293,6 +313,14 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_environment_variable_begins_with_switchboard() {
+        assert_eq!(
+            switchboard_service::config::unprefixed_variables::<Config>(),
+            Vec::<String>::new()
+        );
+    }
 
     fn load(args: &[&str]) -> Result<Config, ConfigError> {
         Config::load_from(std::iter::once("switchboard-rtpmanager").chain(args.iter().copied()))

@@ -3,8 +3,16 @@
 use switchboard_rtpmanager::config::Config;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let config = Config::load().unwrap_or_else(|e| e.exit());
     switchboard_service::init_logging(&config.log_level);
-    switchboard_rtpmanager::server::run(config).await
+    for unread in switchboard_service::unread_variables::<Config>(
+        switchboard_rtpmanager::config::LEGACY_ENVIRONMENT,
+    ) {
+        tracing::warn!("{unread}");
+    }
+    switchboard_service::failure::exit_status(
+        "switchboard-rtpmanager",
+        switchboard_rtpmanager::server::run(config).await,
+    )
 }

@@ -118,7 +118,7 @@ fn invalid_configuration_fails_at_start_naming_the_option() {
     );
 
     let output = Command::new(BIN)
-        .env("GRPC_PORT", "nope")
+        .env("SWITCHBOARD_GRPC_PORT", "nope")
         .output()
         .expect("run the manager");
     assert_eq!(output.status.code(), Some(2));

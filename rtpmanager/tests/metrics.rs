@@ -312,7 +312,7 @@ fn an_invalid_metrics_address_fails_at_start_naming_the_option() {
         assert!(stderr.contains("--metrics-listen"), "{bad}: {stderr}");
     }
     let output = Command::new(BIN)
-        .env("METRICS_LISTEN", "not-an-address")
+        .env("SWITCHBOARD_METRICS_LISTEN", "not-an-address")
         .output()
         .expect("run the manager");
     assert_eq!(output.status.code(), Some(2));

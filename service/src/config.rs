@@ -110,6 +110,96 @@ where
     Ok(T::from_arg_matches(&matches)?)
 }
 
+/// Every daemon's environment variables begin with this, so that a `PORT`
+/// or `DOMAIN` meant for another program never reconfigures one.
+pub const ENV_PREFIX: &str = "SWITCHBOARD_";
+
+/// An environment variable that is set but not read: a name this daemon
+/// read before its variables took [`ENV_PREFIX`], or one the system it
+/// replaces read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadVariable {
+    /// The variable that is set.
+    pub name: String,
+    /// The option to use instead (`--dialplan`).
+    pub option: String,
+    /// Its environment variable, when it has one.
+    pub instead: Option<String>,
+}
+
+impl std::fmt::Display for UnreadVariable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "environment variable {} is set but not read", self.name)?;
+        match &self.instead {
+            Some(env) => write!(
+                f,
+                "; if it was meant for this daemon, set {env} (--{})",
+                self.option
+            ),
+            None => write!(
+                f,
+                "; if it was meant for this daemon, use --{}",
+                self.option
+            ),
+        }
+    }
+}
+
+/// The environment variables of `T`'s options that lack [`ENV_PREFIX`]
+/// (each daemon's tests check there is none).
+pub fn unprefixed_variables<T: CommandFactory>() -> Vec<String> {
+    T::command()
+        .get_arguments()
+        .filter_map(|arg| arg.get_env())
+        .map(|env| env.to_string_lossy().into_owned())
+        .filter(|env| !env.starts_with(ENV_PREFIX))
+        .collect()
+}
+
+/// The variables of `T`'s options without their [`ENV_PREFIX`], and the
+/// `legacy` names (name, long option), that are set in the environment.
+/// The daemon logs them as warnings once its logging is up.
+pub fn unread_variables<T: CommandFactory>(legacy: &[(&str, &str)]) -> Vec<UnreadVariable> {
+    unread_variables_in::<T>(legacy, |name| std::env::var_os(name).is_some())
+}
+
+fn unread_variables_in<T: CommandFactory>(
+    legacy: &[(&str, &str)],
+    is_set: impl Fn(&str) -> bool,
+) -> Vec<UnreadVariable> {
+    let command = T::command();
+    let env_of = |option: &str| {
+        command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(option))
+            .and_then(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+    };
+    let bare = command.get_arguments().filter_map(|arg| {
+        let env = arg.get_env()?.to_str()?;
+        Some((
+            env.strip_prefix(ENV_PREFIX)?.to_owned(),
+            arg.get_long()?.to_owned(),
+        ))
+    });
+    let mut unread: Vec<UnreadVariable> = bare
+        .chain(
+            legacy
+                .iter()
+                .map(|(n, o)| ((*n).to_owned(), (*o).to_owned())),
+        )
+        .filter(|(name, _)| is_set(name))
+        .map(|(name, option)| UnreadVariable {
+            instead: env_of(&option),
+            name,
+            option,
+        })
+        .collect();
+    unread.sort_by(|a, b| a.name.cmp(&b.name));
+    unread.dedup_by(|a, b| a.name == b.name);
+    unread
+}
+
 fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
@@ -177,6 +267,30 @@ mod tests {
         list: Vec<String>,
         #[arg(long, env = "SBTEST_VERBOSE")]
         verbose: bool,
+    }
+
+    #[derive(Debug, Parser)]
+    struct Prefixed {
+        #[arg(long, env = "SWITCHBOARD_SIP_PORT", default_value_t = 5060)]
+        port: u16,
+        #[arg(long, env = "SWITCHBOARD_DIALPLAN")]
+        dialplan: Option<String>,
+    }
+
+    #[test]
+    fn bare_and_legacy_variables_that_are_set_are_named_with_their_replacement() {
+        let set = ["SIP_PORT", "DIALPLAN_PATH", "HOME"];
+        let unread = unread_variables_in::<Prefixed>(&[("DIALPLAN_PATH", "dialplan")], |name| {
+            set.contains(&name)
+        });
+        let shown: Vec<String> = unread.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "environment variable DIALPLAN_PATH is set but not read; if it was meant for this daemon, set SWITCHBOARD_DIALPLAN (--dialplan)",
+                "environment variable SIP_PORT is set but not read; if it was meant for this daemon, set SWITCHBOARD_SIP_PORT (--port)",
+            ]
+        );
     }
 
     fn config_file(text: &str) -> tempfile::NamedTempFile {

@@ -7,12 +7,14 @@
 //! - [`shutdown_signal`]: resolves on SIGINT or SIGTERM for graceful stop;
 //! - [`wait_while_stopping`]: a bounded wait for work to finish after that,
 //!   which a second signal cuts short;
-//! - [`secrets`]: bearer-token files (constant-time compare) and PEM files.
+//! - [`secrets`]: bearer-token files (constant-time compare) and PEM files;
+//! - [`failure`]: a failed start as one line and an exit status.
 
 pub mod config;
+pub mod failure;
 pub mod secrets;
 
-pub use config::{parse_layered, ConfigError};
+pub use config::{parse_layered, unread_variables, ConfigError, UnreadVariable, ENV_PREFIX};
 
 use tracing_subscriber::EnvFilter;
 

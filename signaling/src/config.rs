@@ -1,7 +1,7 @@
 //! Command-line, environment and config-file options of `switchboard-signaling`.
 //!
-//! Every option is a flag, an environment variable (the flag's name in
-//! UPPER_SNAKE_CASE) and a key of the optional TOML file given by `--config`;
+//! Every option is a flag, an environment variable (`SWITCHBOARD_` and the
+//! flag's name in UPPER_SNAKE_CASE; see [`LEGACY_ENVIRONMENT`] for the exceptions) and a key of the optional TOML file given by `--config`;
 //! precedence is flag > environment > file > default.
 
 use std::net::IpAddr;
@@ -58,26 +58,46 @@ pub const RESERVED_FILES: usize = 256;
 /// Where the dialplan is read from when `--dialplan` is not given.
 pub const DEFAULT_DIALPLAN: &str = "/etc/switchboard/dialplan.json";
 
+/// Environment variables once read under another name (old unprefixed
+/// names, and those of the system Switchboard replaces), with the option
+/// that took their place: set, they are reported at start, never read.
+/// The unprefixed form of every current variable is reported too.
+pub const LEGACY_ENVIRONMENT: &[(&str, &str)] = &[
+    ("PORT", "port"),
+    ("BIND_ADDRESS", "bind-address"),
+    ("ADVERTISE", "advertise"),
+    // The system Switchboard replaces.
+    ("DIALPLAN_PATH", "dialplan"),
+    ("LOGLEVEL", "log-level"),
+    ("RTPMANAGER_ADDRS", "rtpmanager"),
+];
+
 /// Switchboard signaling server: SIP over UDP and TCP, registrar, B2BUA with a
 /// JSON dialplan, RTP manager pool, REST API.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "switchboard-signaling", version, about, long_about = None)]
+#[command(
+    name = "switchboard-signaling",
+    version,
+    about,
+    long_about = None,
+    after_help = "Users: `switchboard-signaling add-user --help` adds one to a users file."
+)]
 pub struct Config {
     /// TOML config file; its keys are the long option names.
-    #[arg(long, env = "SIGNALING_CONFIG", value_name = "FILE")]
+    #[arg(long, env = "SWITCHBOARD_SIGNALING_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
     /// Address the SIP transports (UDP and TCP) bind to; `::` listens on IPv4 and IPv6.
-    #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
+    #[arg(long, env = "SWITCHBOARD_SIP_BIND_ADDRESS", default_value = "0.0.0.0")]
     pub bind_address: IpAddr,
 
     /// SIP port, UDP and TCP.
-    #[arg(long, env = "PORT", default_value_t = 5060)]
+    #[arg(long, env = "SWITCHBOARD_SIP_PORT", default_value_t = 5060)]
     pub port: u16,
 
     /// Host or address put in Via, Contact and Record-Route; defaults to the
     /// bind address (or 127.0.0.1 when binding to all addresses).
-    #[arg(long, env = "ADVERTISE")]
+    #[arg(long, env = "SWITCHBOARD_SIP_ADVERTISE")]
     pub advertise: Option<String>,
 
     /// RTP managers' gRPC endpoints, comma-separated: `host:port`,
@@ -88,45 +108,49 @@ pub struct Config {
     /// --rtpmanager-tls-ca is set, else http://.
     #[arg(
         long = "rtpmanager",
-        env = "RTPMANAGER",
+        env = "SWITCHBOARD_RTPMANAGER",
         value_delimiter = ',',
         default_value = "127.0.0.1:9090"
     )]
     pub rtpmanagers: Vec<String>,
 
     /// Seconds between health checks of each RTP manager.
-    #[arg(long, env = "RTPMANAGER_HEALTH_INTERVAL", default_value_t = 2)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_RTPMANAGER_HEALTH_INTERVAL",
+        default_value_t = 2
+    )]
     pub rtpmanager_health_interval: u64,
 
     /// PEM CA certificate(s) that sign the RTP managers' certificates (their
     /// --grpc-tls-cert). With it, managers are reached over TLS (an explicit
     /// http:// endpoint stays plaintext) and each must present a
     /// certificate for the host name or IP address it is listed under.
-    #[arg(long, env = "RTPMANAGER_TLS_CA", value_name = "FILE")]
+    #[arg(long, env = "SWITCHBOARD_RTPMANAGER_TLS_CA", value_name = "FILE")]
     pub rtpmanager_tls_ca: Option<PathBuf>,
 
     /// PEM client certificate presented to the RTP managers, for managers
     /// that require one (their --grpc-tls-client-ca). Needs
     /// --rtpmanager-tls-key and --rtpmanager-tls-ca.
-    #[arg(long, env = "RTPMANAGER_TLS_CERT", value_name = "FILE")]
+    #[arg(long, env = "SWITCHBOARD_RTPMANAGER_TLS_CERT", value_name = "FILE")]
     pub rtpmanager_tls_cert: Option<PathBuf>,
 
     /// PEM private key of --rtpmanager-tls-cert.
-    #[arg(long, env = "RTPMANAGER_TLS_KEY", value_name = "FILE")]
+    #[arg(long, env = "SWITCHBOARD_RTPMANAGER_TLS_KEY", value_name = "FILE")]
     pub rtpmanager_tls_key: Option<PathBuf>,
 
     /// File whose first token line (blank and `#` lines skipped) is sent to
     /// every RTP manager as `authorization: Bearer <token>`, for managers
     /// started with --grpc-token-file. Read at start.
-    #[arg(long, env = "RTPMANAGER_TOKEN_FILE", value_name = "FILE")]
+    #[arg(long, env = "SWITCHBOARD_RTPMANAGER_TOKEN_FILE", value_name = "FILE")]
     pub rtpmanager_token_file: Option<PathBuf>,
 
     /// Address of the REST API (JSON and Prometheus metrics).
-    #[arg(long, env = "REST_ADDRESS", default_value = "127.0.0.1")]
+    #[arg(long, env = "SWITCHBOARD_REST_ADDRESS", default_value = "127.0.0.1")]
     pub rest_address: IpAddr,
 
     /// Port of the REST API.
-    #[arg(long, env = "REST_PORT", default_value_t = 8080)]
+    #[arg(long, env = "SWITCHBOARD_REST_PORT", default_value_t = 8080)]
     pub rest_port: u16,
 
     /// File of bearer tokens for the REST API, one per line (blank lines and
@@ -134,29 +158,38 @@ pub struct Config {
     /// e.g. `openssl rand -hex 32`). With a token, every endpoint except
     /// `/api/v1/health` needs `Authorization: Bearer <token>`. Without one,
     /// --rest-address must be a loopback address.
-    #[arg(long, env = "API_TOKEN_FILE", value_name = "FILE")]
+    #[arg(long, env = "SWITCHBOARD_API_TOKEN_FILE", value_name = "FILE")]
     pub api_token_file: Option<PathBuf>,
 
     /// One bearer token for the REST API, accepted beside those of
     /// --api-token-file. Prefer the environment variable or the file: a
     /// flag is visible to every local user in the process list.
-    #[arg(long, env = "API_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_API_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub api_token: Option<ApiToken>,
 
     /// Whether `/metrics` needs the token too, when one is configured.
     /// `false` lets a scraper without credentials read it (the figures name
     /// RTP managers and load, so expose them knowingly).
-    #[arg(long, env = "METRICS_REQUIRE_TOKEN", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "SWITCHBOARD_METRICS_REQUIRE_TOKEN", default_value_t = true, action = clap::ArgAction::Set)]
     pub metrics_require_token: bool,
 
     /// JSON dialplan file, reloaded on SIGHUP (an invalid new plan is
     /// refused and the old one kept). Without the default file, calls are
     /// refused with 480; a file named here must exist and be valid.
-    #[arg(long, env = "DIALPLAN", default_value = DEFAULT_DIALPLAN)]
+    #[arg(long, env = "SWITCHBOARD_DIALPLAN", default_value = DEFAULT_DIALPLAN)]
     pub dialplan: PathBuf,
 
     /// Directory for persistent state (registrations).
-    #[arg(long, env = "DATA_DIR", default_value = "/var/lib/switchboard")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_DATA_DIR",
+        default_value = "/var/lib/switchboard"
+    )]
     pub data_dir: PathBuf,
 
     /// Call detail records: one JSON line per ended call, appended to this
@@ -165,34 +198,34 @@ pub struct Config {
     /// file: a crash can cut only the last line. SIGHUP reopens the file by
     /// its path (logrotate: rename, then `kill -HUP`). Without it no CDR
     /// is written.
-    #[arg(long, env = "CDR_FILE", value_name = "FILE")]
+    #[arg(long, env = "SWITCHBOARD_CDR_FILE", value_name = "FILE")]
     pub cdr_file: Option<PathBuf>,
 
     /// Domains this server is responsible for (registrar and calls); the first
     /// is the domain of a bare user name. Empty: every domain is served.
-    #[arg(long = "domain", env = "DOMAIN", value_delimiter = ',')]
+    #[arg(long = "domain", env = "SWITCHBOARD_DOMAIN", value_delimiter = ',')]
     pub domains: Vec<String>,
 
     /// Digest realm of the challenges; the HA1 values of the users file are
-    /// computed for it (`cargo xtask add-user --realm`).
-    #[arg(long, env = "REALM", default_value = "switchboard")]
+    /// computed for it (`switchboard-signaling add-user --realm`).
+    #[arg(long, env = "SWITCHBOARD_REALM", default_value = "switchboard")]
     pub realm: String,
 
     /// TOML users file (`[[user]]` entries with HA1 values or demo passwords),
     /// reloaded on SIGHUP. Without one, digest authentication knows no user
     /// and refuses every request that needs it.
-    #[arg(long, env = "USERS_FILE", value_name = "FILE")]
+    #[arg(long, env = "SWITCHBOARD_USERS_FILE", value_name = "FILE")]
     pub users_file: Option<PathBuf>,
 
     /// `digest` authenticates the methods of --auth-methods; `anonymous`
     /// authenticates nothing (logged as a warning at start: for tests and labs).
-    #[arg(long, env = "AUTH", value_enum, default_value = "digest")]
+    #[arg(long, env = "SWITCHBOARD_AUTH", value_enum, default_value = "digest")]
     pub auth: AuthOption,
 
     /// Methods that need digest authentication, comma-separated.
     #[arg(
         long,
-        env = "AUTH_METHODS",
+        env = "SWITCHBOARD_AUTH_METHODS",
         value_delimiter = ',',
         default_value = "REGISTER,INVITE"
     )]
@@ -203,93 +236,102 @@ pub struct Config {
     /// algorithm and only know MD5 (SIPp, older phones) need `MD5` first or alone.
     #[arg(
         long,
-        env = "AUTH_ALGORITHMS",
+        env = "SWITCHBOARD_AUTH_ALGORITHMS",
         value_delimiter = ',',
         default_value = "SHA-256,MD5"
     )]
     pub auth_algorithms: Vec<String>,
 
     /// Networks (CIDR, comma-separated) whose requests need no authentication.
-    #[arg(long, env = "TRUSTED_NETWORKS", value_delimiter = ',')]
+    #[arg(long, env = "SWITCHBOARD_TRUSTED_NETWORKS", value_delimiter = ',')]
     pub trusted_networks: Vec<String>,
 
     /// Secret keying the nonces. Without it a random secret is drawn at each
     /// start, so nonces issued before a restart are refused (clients simply
     /// authenticate again); set it to keep them valid across restarts or to
     /// share them between servers.
-    #[arg(long, env = "AUTH_SECRET", hide_env_values = true)]
+    #[arg(long, env = "SWITCHBOARD_AUTH_SECRET", hide_env_values = true)]
     pub auth_secret: Option<String>,
 
     /// Seconds a nonce stays fresh; a late one is answered with `stale=true`.
-    #[arg(long, env = "NONCE_LIFETIME", default_value_t = 300)]
+    #[arg(long, env = "SWITCHBOARD_NONCE_LIFETIME", default_value_t = 300)]
     pub nonce_lifetime: u64,
 
     /// Authentication failures from one source (an IPv4 address or an IPv6
     /// /64) within --lockout-window that block that source. Failures are
     /// never charged to the user name, so guesses from elsewhere cannot
     /// lock a user out.
-    #[arg(long, env = "LOCKOUT_MAX_FAILURES", default_value_t = 5)]
+    #[arg(long, env = "SWITCHBOARD_LOCKOUT_MAX_FAILURES", default_value_t = 5)]
     pub lockout_max_failures: usize,
 
     /// Seconds in which --lockout-max-failures failures are counted.
-    #[arg(long, env = "LOCKOUT_WINDOW", default_value_t = 60)]
+    #[arg(long, env = "SWITCHBOARD_LOCKOUT_WINDOW", default_value_t = 60)]
     pub lockout_window: u64,
 
     /// Seconds a blocked source is answered 403.
-    #[arg(long, env = "LOCKOUT_COOL_DOWN", default_value_t = 300)]
+    #[arg(long, env = "SWITCHBOARD_LOCKOUT_COOL_DOWN", default_value_t = 300)]
     pub lockout_cool_down: u64,
 
     /// Milliseconds by which a wrong guess for a user name is answered late
     /// once that name has collected --lockout-max-failures failures within
     /// --lockout-window from any sources; the right password is never
     /// delayed and the user is never locked out. 0 turns it off.
-    #[arg(long, env = "LOCKOUT_USER_DELAY_MS", default_value_t = 2000)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_LOCKOUT_USER_DELAY_MS",
+        default_value_t = 2000
+    )]
     pub lockout_user_delay_ms: u64,
 
     /// What callees see when an authenticated caller's From user is not
     /// the authenticated user. Every callee INVITE of an authenticated
     /// caller carries that user in P-Asserted-Identity (RFC 3325).
-    #[arg(long, env = "FROM_IDENTITY", value_enum, default_value = "replace")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_FROM_IDENTITY",
+        value_enum,
+        default_value = "replace"
+    )]
     pub from_identity: FromIdentityOption,
 
     /// Whether an authenticated caller's From display name reaches the callee.
     #[arg(
         long,
-        env = "FROM_DISPLAY_NAME",
+        env = "SWITCHBOARD_FROM_DISPLAY_NAME",
         value_enum,
         default_value = "if-matching"
     )]
     pub from_display_name: DisplayNameOption,
 
     /// Shortest registration accepted, in seconds (shorter: 423 with Min-Expires).
-    #[arg(long, env = "MIN_EXPIRES", default_value_t = 60)]
+    #[arg(long, env = "SWITCHBOARD_MIN_EXPIRES", default_value_t = 60)]
     pub min_expires: u32,
 
     /// Longest registration granted, in seconds (longer ones are shortened).
-    #[arg(long, env = "MAX_EXPIRES", default_value_t = 86_400)]
+    #[arg(long, env = "SWITCHBOARD_MAX_EXPIRES", default_value_t = 86_400)]
     pub max_expires: u32,
 
     /// Registration length when the REGISTER gives none, in seconds.
-    #[arg(long, env = "DEFAULT_EXPIRES", default_value_t = 3600)]
+    #[arg(long, env = "SWITCHBOARD_DEFAULT_EXPIRES", default_value_t = 3600)]
     pub default_expires: u32,
 
     /// Most contacts (bindings) one address-of-record may have, existing
     /// and new counted together, like Kamailio's `max_contacts`: a REGISTER
     /// that would go beyond is refused whole with 403. Each binding is a
     /// branch when a call forks.
-    #[arg(long, env = "MAX_CONTACTS", default_value_t = 5)]
+    #[arg(long, env = "SWITCHBOARD_MAX_CONTACTS", default_value_t = 5)]
     pub max_contacts: usize,
 
     /// Seconds after which a TCP connection without a complete message (or
     /// keep-alive ping) received or sent is closed; octets of an incomplete
     /// message do not count.
-    #[arg(long, env = "TCP_IDLE_TIMEOUT", default_value_t = 120)]
+    #[arg(long, env = "SWITCHBOARD_TCP_IDLE_TIMEOUT", default_value_t = 120)]
     pub tcp_idle_timeout: u64,
 
     /// Seconds a SIP message on TCP may take from its first octet to its
     /// last before the connection is closed (Kamailio's tcp_msg_read_timeout
     /// is 20 s); a peer trickling octets cannot hold a connection longer.
-    #[arg(long, env = "TCP_MESSAGE_TIMEOUT", default_value_t = 20)]
+    #[arg(long, env = "SWITCHBOARD_TCP_MESSAGE_TIMEOUT", default_value_t = 20)]
     pub tcp_message_timeout: u64,
 
     /// Open SIP TCP connections at most, accepted and opened by the server
@@ -297,13 +339,17 @@ pub struct Config {
     /// closed at once. A sixteenth is kept for connections the server opens
     /// (to phones registered over TCP). Lowered at start to fit the
     /// open-file limit.
-    #[arg(long, env = "TCP_MAX_CONNECTIONS", default_value_t = 2048)]
+    #[arg(long, env = "SWITCHBOARD_TCP_MAX_CONNECTIONS", default_value_t = 2048)]
     pub tcp_max_connections: usize,
 
     /// SIP TCP connections one source address (IPv6: one /64) may hold;
     /// more are closed at once. Room for a site of 64 phones behind one NAT,
     /// while 32 sources are needed to fill --tcp-max-connections.
-    #[arg(long, env = "TCP_MAX_CONNECTIONS_PER_SOURCE", default_value_t = 64)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TCP_MAX_CONNECTIONS_PER_SOURCE",
+        default_value_t = 64
+    )]
     pub tcp_max_connections_per_source: usize,
 
     /// SIP messages per second one source address (IPv6: one /64) may send,
@@ -311,75 +357,75 @@ pub struct Config {
     /// dropped unanswered before parsing (like Kamailio's pike). 0: no limit.
     /// 1000/s carries a trunk (or a proxy in front) at about 150 calls per
     /// second, some 7 messages each; load generators need 0.
-    #[arg(long, env = "SOURCE_RATE_LIMIT", default_value_t = 1000)]
+    #[arg(long, env = "SWITCHBOARD_SOURCE_RATE_LIMIT", default_value_t = 1000)]
     pub source_rate_limit: u32,
 
     /// Networks (CIDR, comma-separated) exempt from --source-rate-limit:
     /// trunks, or a proxy or SBC in front that carries many users' traffic.
-    #[arg(long, env = "SOURCE_RATE_EXEMPT", value_delimiter = ',')]
+    #[arg(long, env = "SWITCHBOARD_SOURCE_RATE_EXEMPT", value_delimiter = ',')]
     pub source_rate_exempt: Vec<String>,
 
     /// Octets of received messages waiting for the SIP core at most; one
     /// source may hold a quarter of them. Beyond, messages are dropped
     /// (UDP peers retransmit).
-    #[arg(long, env = "INPUT_QUEUE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    #[arg(long, env = "SWITCHBOARD_INPUT_QUEUE_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub input_queue_bytes: usize,
 
     /// Open REST API connections at most; more are closed at once.
-    #[arg(long, env = "REST_MAX_CONNECTIONS", default_value_t = 256)]
+    #[arg(long, env = "SWITCHBOARD_REST_MAX_CONNECTIONS", default_value_t = 256)]
     pub rest_max_connections: usize,
 
     /// Seconds after which a REST API connection with nothing read or
     /// written is closed, so idle clients cannot hold --rest-max-connections.
-    #[arg(long, env = "REST_IDLE_TIMEOUT", default_value_t = 60)]
+    #[arg(long, env = "SWITCHBOARD_REST_IDLE_TIMEOUT", default_value_t = 60)]
     pub rest_idle_timeout: u64,
 
     /// Events an /api/v1/events client may fall behind before it is told
     /// (`event: lagged`) and dropped: the ring all clients read, the only
     /// memory slow clients cost (a few hundred octets an event).
-    #[arg(long, env = "EVENT_BUFFER", default_value_t = 4096)]
+    #[arg(long, env = "SWITCHBOARD_EVENT_BUFFER", default_value_t = 4096)]
     pub event_buffer: usize,
 
     /// Value of the Server header of SIP responses; empty: no Server header.
     /// The default names no version, which would tell an attacker which
     /// flaws to try.
-    #[arg(long, env = "SERVER_HEADER", default_value = "Switchboard")]
+    #[arg(long, env = "SWITCHBOARD_SERVER_HEADER", default_value = "Switchboard")]
     pub server_header: String,
 
     /// Largest header section and largest body accepted, each, in octets:
     /// a larger header is answered 513, a larger body 413 (then a TCP
     /// connection is closed).
-    #[arg(long, env = "MAX_MESSAGE_SIZE", default_value_t = 65_535)]
+    #[arg(long, env = "SWITCHBOARD_MAX_MESSAGE_SIZE", default_value_t = 65_535)]
     pub max_message_size: usize,
 
     /// SIP timer T1 (round-trip estimate), milliseconds.
-    #[arg(long, env = "T1_MS", default_value_t = 500)]
+    #[arg(long, env = "SWITCHBOARD_T1_MS", default_value_t = 500)]
     pub t1_ms: u64,
 
     /// SIP timer T2 (longest retransmit interval), milliseconds.
-    #[arg(long, env = "T2_MS", default_value_t = 4000)]
+    #[arg(long, env = "SWITCHBOARD_T2_MS", default_value_t = 4000)]
     pub t2_ms: u64,
 
     /// SIP timer T4 (longest time a message lives in the network), milliseconds.
-    #[arg(long, env = "T4_MS", default_value_t = 5000)]
+    #[arg(long, env = "SWITCHBOARD_T4_MS", default_value_t = 5000)]
     pub t4_ms: u64,
 
     /// Answer every UDP request at the address and port it came from, as if
     /// it asked for rport (RFC 3581), for clients behind NAT that do not.
     /// Off: responses go where the top Via says (RFC 3261 §18.2.2).
-    #[arg(long, env = "FORCE_RPORT")]
+    #[arg(long, env = "SWITCHBOARD_FORCE_RPORT")]
     pub force_rport: bool,
 
     /// Seconds a shutdown (SIGTERM, SIGINT) first waits for calls to end by
     /// themselves, refusing new ones with 503 and Retry-After; 0 hangs up
     /// at once. A second signal ends the wait.
-    #[arg(long, env = "SHUTDOWN_DRAIN", default_value_t = 0)]
+    #[arg(long, env = "SWITCHBOARD_SHUTDOWN_DRAIN", default_value_t = 0)]
     pub shutdown_drain: u64,
 
     /// Seconds a shutdown gives the calls it hangs up (BYE on both legs,
     /// CANCEL to ringing callees, media deleted) to finish before the
     /// process exits anyway; comes after --shutdown-drain.
-    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value_t = 10)]
+    #[arg(long, env = "SWITCHBOARD_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout: u64,
 
     /// This server's name on shared RTP managers (letters, digits, `.`,
@@ -387,30 +433,30 @@ pub struct Config {
     /// restarts): every call it places there is named after it, so that
     /// after a crash it deletes its own orphans and never another node's
     /// calls. Defaults to the host name.
-    #[arg(long, env = "NODE_ID")]
+    #[arg(long, env = "SWITCHBOARD_NODE_ID")]
     pub node_id: Option<String>,
 
     /// Seconds a call on an RTP manager that this server placed but no
     /// longer knows (it was restarted, killed) must have existed before it
     /// is deleted; checked at start, whenever a manager comes back and
     /// every 5 minutes.
-    #[arg(long, env = "RECONCILE_GRACE", default_value_t = 30)]
+    #[arg(long, env = "SWITCHBOARD_RECONCILE_GRACE", default_value_t = 30)]
     pub reconcile_grace: u64,
 
     /// Calls an authenticated user may have at once (being set up, ringing
     /// or answered); the next INVITE is refused 486 before any media is
     /// allocated. 0: no limit.
-    #[arg(long, env = "MAX_CALLS_PER_USER", default_value_t = 20)]
+    #[arg(long, env = "SWITCHBOARD_MAX_CALLS_PER_USER", default_value_t = 20)]
     pub max_calls_per_user: usize,
 
     /// Calls one source address (an IPv6 source: its /64) may have at once
     /// when they are not authenticated (trusted networks, e.g. trunks;
     /// anonymous mode); refused 486 beyond. 0: no limit.
-    #[arg(long, env = "MAX_CALLS_PER_SOURCE", default_value_t = 100)]
+    #[arg(long, env = "SWITCHBOARD_MAX_CALLS_PER_SOURCE", default_value_t = 100)]
     pub max_calls_per_source: usize,
 
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
-    #[arg(long, env = "LOG_LEVEL", default_value = "info", value_parser = switchboard_service::parse_log_level)]
+    #[arg(long, env = "SWITCHBOARD_LOG_LEVEL", default_value = "info", value_parser = switchboard_service::parse_log_level)]
     pub log_level: String,
 }
 
@@ -916,6 +962,14 @@ pub fn manager_uri(entry: &str, tls: bool) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_environment_variable_begins_with_switchboard() {
+        assert_eq!(
+            switchboard_service::config::unprefixed_variables::<Config>(),
+            Vec::<String>::new()
+        );
+    }
     use std::io::Write;
 
     fn load(args: &[&str]) -> Result<Config, ConfigError> {

@@ -4,6 +4,7 @@
 //! dialplan, the pool of RTP managers and the REST API. Protocol state
 //! machines are sans-IO; sockets, timers and gRPC live in thin drivers.
 
+pub mod add_user;
 pub mod auth;
 pub mod b2bua;
 pub mod cdr;

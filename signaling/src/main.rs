@@ -3,8 +3,19 @@
 use switchboard_signaling::config::Config;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "add-user") {
+        return switchboard_signaling::add_user::main(std::env::args_os().skip(1));
+    }
     let config = Config::load().unwrap_or_else(|e| e.exit());
     switchboard_service::init_logging(&config.log_level);
-    switchboard_signaling::server::run(config).await
+    for unread in switchboard_service::unread_variables::<Config>(
+        switchboard_signaling::config::LEGACY_ENVIRONMENT,
+    ) {
+        tracing::warn!("{unread}");
+    }
+    switchboard_service::failure::exit_status(
+        "switchboard-signaling",
+        switchboard_signaling::server::run(config).await,
+    )
 }

@@ -38,6 +38,10 @@ const LATENCY_BUCKETS: [f64; 14] = [
 /// How far back `per_second_last_minute` looks.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
 
+/// The reasons of `switchboard_auth_failures_total` (see
+/// [`Observation::AuthFailed`]).
+const AUTH_FAILURES: [&str; 5] = ["malformed", "rejected", "slowed", "replay", "locked_out"];
+
 /// One label, e.g. `reason="rejected"`.
 type Label = [(&'static str, &'static str); 1];
 
@@ -207,7 +211,7 @@ impl Metrics {
     pub fn new(started: Instant) -> Metrics {
         let mut window = RateWindow::default();
         window.record(started, 0);
-        Metrics(Arc::new(Inner {
+        let metrics = Metrics(Arc::new(Inner {
             started,
             calls_started: Counter::default(),
             calls_by_status: StatusCounts::new(),
@@ -226,7 +230,19 @@ impl Metrics {
             sse_dropped: Counter::default(),
             call_probe: OnceLock::new(),
             window: Mutex::new(window),
-        }))
+        }));
+        // Every series exists from the start at 0, so rate() and alerts
+        // see the first increase.
+        for reason in AUTH_FAILURES {
+            let _ = metrics.0.auth_failures.get_or_create(&[("reason", reason)]);
+        }
+        for change in ["added", "refreshed", "removed", "expired"] {
+            let _ = metrics
+                .0
+                .registration_changes
+                .get_or_create(&[("change", change)]);
+        }
+        metrics
     }
 
     /// Reads calls in progress and dialogs through `probe` from now on
@@ -326,7 +342,7 @@ impl Metrics {
             .lock()
             .map(|w| w.per_second(now, total))
             .unwrap_or(0.0);
-        let failures = ["malformed", "rejected", "slowed", "replay", "locked_out"]
+        let failures = AUTH_FAILURES
             .iter()
             .filter_map(|reason| m.auth_failures.get(&[("reason", reason)]).map(|c| c.get()))
             .sum();

@@ -719,10 +719,18 @@ fn three_hundred_calls_at_100_per_second_all_succeed_and_leave_no_media() {
         .output()
         .expect("run the SIPp caller");
     let screen = String::from_utf8_lossy(&caller.stdout);
+    let errors = std::fs::read_dir(bed.data.path())
+        .expect("data dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with("_errors.log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n");
     assert_eq!(
         caller.status.code(),
         Some(0),
-        "SIPp caller failed:\n{screen}\nserver log tail:\n{}",
+        "SIPp caller failed:\n{screen}\nSIPp errors:\n{}\nserver log tail:\n{}",
+        tail(&errors, 60),
         tail(&bed.server.log(), 40)
     );
     assert_eq!(sipp_counter(&screen, "Successful call"), 300, "{screen}");
@@ -1154,4 +1162,85 @@ fn cdrs_follow_a_logrotate_and_calls_ended_by_shutdown_are_recorded() {
         new[0]
     );
     assert_eq!(new[0]["media_error"], serde_json::Value::Null);
+}
+
+#[test]
+fn the_event_stream_delivers_a_sipp_call_created_ringing_answered_ended_in_order() {
+    use std::io::{Read, Write};
+    if sipp_binary().is_none() {
+        return;
+    }
+    let (bed, callee_port) = anonymous_bed();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", bed.server.rest_port))
+        .expect("connect to the REST API");
+    write!(
+        stream,
+        "GET /api/v1/events HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    .expect("open the event stream");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    // The stream is open once its head arrived.
+    let mut text = Vec::new();
+    let mut buffer = [0u8; 65_536];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(&text).contains("\r\n\r\n") {
+        assert!(Instant::now() < deadline, "no response head");
+        if let Ok(n) = stream.read(&mut buffer) {
+            text.extend_from_slice(&buffer[..n]);
+        }
+    }
+    two_party_call(
+        &bed,
+        callee_port,
+        TwoParty {
+            callee: "b2bua_uas.xml",
+            callee_args: &[],
+            caller: "b2bua_uac.xml",
+            caller_args: &["-d", "500"],
+            rtp: false,
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(&text).contains("event: call_ended") {
+        assert!(
+            Instant::now() < deadline,
+            "no call_ended: {}",
+            String::from_utf8_lossy(&text)
+        );
+        if let Ok(n) = stream.read(&mut buffer) {
+            text.extend_from_slice(&buffer[..n]);
+        }
+    }
+    let text = String::from_utf8_lossy(&text);
+    let calls: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter(|e| e["type"].as_str().is_some_and(|t| t.starts_with("call_")))
+        .collect();
+    let kinds: Vec<&str> = calls.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "call_created",
+            "call_ringing",
+            "call_answered",
+            "call_ended"
+        ],
+        "{text}"
+    );
+    assert!(
+        calls.iter().all(|e| e["id"] == calls[0]["id"]),
+        "one call's events: {text}"
+    );
+    assert_eq!(calls[0]["caller"]["display_name"], "Alice");
+    let ended = &calls[3];
+    assert_eq!(ended["final_status"], 200);
+    assert_eq!(ended["ended_by"], "caller");
+    assert!(
+        ended["duration_ms"].as_u64().is_some_and(|d| d >= 500),
+        "{ended}"
+    );
 }

@@ -11,22 +11,32 @@ use switchboard_service::ConfigError;
 
 use crate::backends::BackendSpec;
 
+/// Environment variables once read under another name (old unprefixed
+/// names, and those of the system Switchboard replaces), with the option
+/// that took their place: set, they are reported at start, never read.
+/// The unprefixed form of every current variable is reported too.
+pub const LEGACY_ENVIRONMENT: &[(&str, &str)] = &[
+    // The system Switchboard replaces.
+    ("UI_BACKENDS", "backends"),
+    ("LOGLEVEL", "log-level"),
+];
+
 /// Switchboard dashboard: aggregates several signaling servers' REST APIs, live.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "switchboard-ui", version, about, long_about = None)]
 pub struct Config {
     /// TOML config file; its keys are the long option names.
-    #[arg(long, env = "UI_CONFIG", value_name = "FILE")]
+    #[arg(long, env = "SWITCHBOARD_UI_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
     /// Address the dashboard listens on. Operators log in with an API token
     /// of the signaling servers; over plain HTTP keep it on loopback or
     /// behind a TLS proxy, since the login token crosses the network.
-    #[arg(long, env = "UI_ADDRESS", default_value = "127.0.0.1")]
+    #[arg(long, env = "SWITCHBOARD_UI_ADDRESS", default_value = "127.0.0.1")]
     pub address: IpAddr,
 
     /// HTTP port of the dashboard.
-    #[arg(long, env = "UI_PORT", default_value_t = 3000)]
+    #[arg(long, env = "SWITCHBOARD_UI_PORT", default_value_t = 3000)]
     pub port: u16,
 
     /// Signaling servers' REST base URLs, comma-separated, each optionally
@@ -34,7 +44,7 @@ pub struct Config {
     /// after its host:port. Names appear in the dashboard's URLs.
     #[arg(
         long,
-        env = "BACKENDS",
+        env = "SWITCHBOARD_BACKENDS",
         value_delimiter = ',',
         default_value = "http://127.0.0.1:8080"
     )]
@@ -49,16 +59,16 @@ pub struct Config {
     /// File whose first token (a line not starting with `#`) is sent to every
     /// backend as `Authorization: Bearer <token>`: one of the tokens of the
     /// signaling servers' --api-token-file. Without it no token is sent.
-    #[arg(long, env = "BACKEND_TOKEN_FILE", value_name = "FILE")]
+    #[arg(long, env = "SWITCHBOARD_BACKEND_TOKEN_FILE", value_name = "FILE")]
     pub backend_token_file: Option<PathBuf>,
 
     /// Seconds between polls of each backend (calls also arrive through each
     /// backend's event stream as they start and end).
-    #[arg(long, env = "POLL_INTERVAL", default_value_t = 2)]
+    #[arg(long, env = "SWITCHBOARD_POLL_INTERVAL", default_value_t = 2)]
     pub poll_interval: u64,
 
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
-    #[arg(long, env = "LOG_LEVEL", default_value = "info", value_parser = switchboard_service::parse_log_level)]
+    #[arg(long, env = "SWITCHBOARD_LOG_LEVEL", default_value = "info", value_parser = switchboard_service::parse_log_level)]
     pub log_level: String,
 }
 
@@ -178,6 +188,14 @@ fn backend_base(url: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_environment_variable_begins_with_switchboard() {
+        assert_eq!(
+            switchboard_service::config::unprefixed_variables::<Config>(),
+            Vec::<String>::new()
+        );
+    }
 
     fn load(args: &[&str]) -> Result<Config, ConfigError> {
         Config::load_from(std::iter::once("switchboard-ui").chain(args.iter().copied()))

@@ -9,10 +9,18 @@ use switchboard_ui::config::Config;
 use switchboard_ui::web::{app, UiState};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let config = Config::load().unwrap_or_else(|e| e.exit());
     switchboard_service::init_logging(&config.log_level);
+    for unread in
+        switchboard_service::unread_variables::<Config>(switchboard_ui::config::LEGACY_ENVIRONMENT)
+    {
+        tracing::warn!("{unread}");
+    }
+    switchboard_service::failure::exit_status("switchboard-ui", run(config).await)
+}
 
+async fn run(config: Config) -> anyhow::Result<()> {
     let poll_interval = Duration::from_secs(config.poll_interval);
     let token = config
         .backend_token_file

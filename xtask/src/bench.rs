@@ -534,7 +534,9 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
         &[false]
     };
     let mut runs = Vec::new();
+    let server_pid = server.0.id();
     for &sse in with_sse {
+        let cpu_before = cpu_seconds(server_pid);
         let registers = (args.sse_clients > 0)
             .then(|| RegisterLoad::start(sip_port, args.register_rate))
             .transpose()?;
@@ -557,6 +559,17 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
             )?;
             print_result(&result);
             results.push(result);
+        }
+        if let (Some(before), Some(after)) = (cpu_before, cpu_seconds(server_pid)) {
+            println!(
+                "bench: switchboard-signaling used {:.1} s of CPU (user + system) {}",
+                after - before,
+                if sse {
+                    "with the SSE clients"
+                } else {
+                    "without SSE clients"
+                }
+            );
         }
         if let Some(registers) = registers {
             let (sent, ok) = registers.finish();
@@ -675,6 +688,17 @@ impl SseLoad {
         drop(self.stalled);
         (counts, ended)
     }
+}
+
+/// User plus system CPU seconds a process used so far (/proc/PID/stat).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which ends with the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| ticks / per_second as f64)
 }
 
 fn count(haystack: &[u8], needle: &[u8]) -> u64 {

@@ -26,14 +26,14 @@ use crate::util::{self, is_root, workspace_root};
 use crate::{ebpf, run};
 
 /// The daemons' binaries, as cargo names them.
-const DAEMONS: [&str; 3] = [
+pub(crate) const DAEMONS: [&str; 3] = [
     "switchboard-signaling",
     "switchboard-rtpmanager",
     "switchboard-ui",
 ];
 
 /// The units in `deploy/systemd/`, in the order `systemctl` should see them.
-const UNITS: [&str; 4] = [
+pub(crate) const UNITS: [&str; 4] = [
     "switchboard-rtpmanager.service",
     "switchboard-signaling.service",
     "switchboard-ui.service",
@@ -41,16 +41,16 @@ const UNITS: [&str; 4] = [
 ];
 
 /// The config templates in `deploy/etc/`.
-const CONFIGS: [&str; 3] = ["signaling.toml", "rtpmanager.toml", "ui.toml"];
+pub(crate) const CONFIGS: [&str; 3] = ["signaling.toml", "rtpmanager.toml", "ui.toml"];
 
 /// Where the committed units expect the binaries; rewritten to `<prefix>/bin`.
 const UNIT_BIN_DIR: &str = "/usr/local/bin";
 
-const CONFIG_DIR: &str = "/etc/switchboard";
-const STATE_DIR: &str = "/var/lib/switchboard";
+pub(crate) const CONFIG_DIR: &str = "/etc/switchboard";
+pub(crate) const STATE_DIR: &str = "/var/lib/switchboard";
 /// The pin directory the rtpmanager unit prepares; removed by `--purge`.
 const BPF_PIN_DIR: &str = "/sys/fs/bpf/switchboard";
-const SERVICE_USER: &str = "switchboard";
+pub(crate) const SERVICE_USER: &str = "switchboard";
 const ANNOUNCEMENT: &str = "welcome.wav";
 
 #[derive(clap::Args)]
@@ -182,7 +182,7 @@ pub fn install(args: &InstallArgs) -> anyhow::Result<()> {
             fs::read(configs_src.join("users.toml")).context("reading deploy/etc/users.toml")?;
         write_replacing(&users, &template, 0o640)?;
         println!(
-            "install: config   {} (no users yet: cargo xtask add-user)",
+            "install: config   {} (no users yet: switchboard-signaling add-user)",
             users.display()
         );
     }
@@ -280,7 +280,7 @@ pub fn uninstall(args: &UninstallArgs) -> anyhow::Result<()> {
 }
 
 /// The release directory cargo builds into.
-fn release_dir() -> PathBuf {
+pub(crate) fn release_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"))
@@ -290,6 +290,11 @@ fn release_dir() -> PathBuf {
 /// Builds the eBPF object when this machine can (the manager embeds it), then
 /// the release binaries. A manager built without the object runs userspace-only.
 fn build() -> anyhow::Result<()> {
+    build_release(&DAEMONS)
+}
+
+/// Builds the eBPF object when this machine can, then `binaries` in release.
+pub(crate) fn build_release(binaries: &[&str]) -> anyhow::Result<()> {
     let missing = ebpf::missing_prerequisites();
     if missing.is_empty() {
         if let Err(e) = ebpf::build(&ebpf::BuildArgs {}) {
@@ -304,14 +309,14 @@ fn build() -> anyhow::Result<()> {
     }
     let mut cmd = util::cargo();
     cmd.args(["build", "--release", "--bins"]);
-    for daemon in DAEMONS {
-        cmd.args(["-p", daemon]);
+    for binary in binaries {
+        cmd.args(["-p", binary]);
     }
     util::run(&mut cmd)
 }
 
 /// Points a committed unit's `ExecStart=` at the binaries under the prefix.
-fn render_unit(text: &str, bin_dir: &Path) -> String {
+pub(crate) fn render_unit(text: &str, bin_dir: &Path) -> String {
     text.replace(
         &format!("{UNIT_BIN_DIR}/switchboard-"),
         &format!("{}/switchboard-", bin_dir.display()),

@@ -8,10 +8,11 @@
 //! - `docs`: regenerates docs/CONFIGURATION.md from the daemons' options.
 //! - `bench sip-register`: REGISTER throughput and latency through SIPp.
 //! - `soak`: a bounded endurance run under mixed legitimate and hostile load.
-//! - `add-user`: appends a user to a signaling users file.
+//! - `add-user`: `switchboard-signaling add-user` (appends a user to a users file).
 #![allow(clippy::print_stdout)]
 
 mod bench;
+mod deb;
 mod docs;
 mod ebpf;
 mod install;
@@ -48,6 +49,9 @@ enum Command {
     Install(install::InstallArgs),
     /// Remove the installed daemons and units (--purge: also configuration and state).
     Uninstall(install::UninstallArgs),
+    /// Build Debian packages of the three daemons (release builds, the eBPF
+    /// object embedded) into target/debian.
+    Deb(deb::DebArgs),
     /// Regenerate docs/CONFIGURATION.md from the daemons' option definitions.
     Docs(docs::DocsArgs),
     /// Benchmarks against release builds (sip-register: SIPp REGISTER with digest auth).
@@ -69,6 +73,7 @@ fn main() {
         Command::Test(args) => test::run(&args),
         Command::Install(args) => install::install(&args),
         Command::Uninstall(args) => install::uninstall(&args),
+        Command::Deb(args) => deb::run(&args),
         Command::Docs(args) => docs::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::AddUser(args) => users::add_user(&args),

@@ -36,6 +36,11 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ("espeak-ng", "synthesises the demo announcement"),
     ("sox", "converts the demo announcement to 8 kHz WAV"),
     ("systemd", "systemd-analyze verifies the units"),
+    ("lintian", "checks the Debian packages of cargo xtask deb"),
+    (
+        "binutils",
+        "objcopy strips the binaries cargo xtask deb packages",
+    ),
 ];
 
 pub fn run(_: &SetupArgs) -> anyhow::Result<()> {

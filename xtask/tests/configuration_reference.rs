@@ -20,7 +20,9 @@ const PREAMBLE: &str = "\
 Every option of every Switchboard daemon can be given three ways:
 
 - a command-line flag (`--rtp-port-min 20000`);
-- an environment variable (`RTP_PORT_MIN=20000`);
+- an environment variable, `SWITCHBOARD_` and the flag's name
+  (`SWITCHBOARD_RTP_PORT_MIN=20000`), so that a `PORT` or `DOMAIN` set for
+  another program never reconfigures a daemon;
 - a key of the TOML file named by `--config` (`rtp_port_min = 20000`). Keys are
   the long flag names, spelled with `-` or `_`; lists are TOML arrays
   (`rtpmanager = [\"a:9090\", \"b:9090\"]`). An unknown key is an error, so a
@@ -31,9 +33,24 @@ the file goes through the same validation, and the same error messages, as
 one typed on the command line.
 
 The systemd units pass only `--config /etc/switchboard/<daemon>.toml`; see
-[DEPLOYMENT.md](DEPLOYMENT.md). Options whose environment variables share a
-name across daemons (`ADVERTISE`, `LOG_LEVEL`) are read by each daemon from
-its own environment, so set them per unit, never globally.
+[DEPLOYMENT.md](DEPLOYMENT.md). `SWITCHBOARD_LOG_LEVEL` is read by every
+daemon from its own environment; set it per unit to tell them apart.
+
+Variables are named after the flag, except the SIP ones of
+`switchboard-signaling` (`SWITCHBOARD_SIP_PORT`, `SWITCHBOARD_SIP_BIND_ADDRESS`,
+`SWITCHBOARD_SIP_ADVERTISE`) and the media address of `switchboard-rtpmanager`
+(`SWITCHBOARD_RTP_ADVERTISE`, `SWITCHBOARD_RTP_ADVERTISE_V6`). A variable without
+the prefix (`PORT`, the names read before the prefix), or one of the system
+Switchboard replaces (`DIALPLAN_PATH`, `LOGLEVEL`, `GRPC_BIND`,
+`RTPMANAGER_ADDRS`, `UI_BACKENDS`), is never read: when set, the daemon logs a
+warning at start naming the variable to use instead.
+
+A daemon that cannot start prints one line, `<daemon>: <what>: <why>` (the
+option, its value, the operating system's reason), and exits with a status
+that says what kind of failure it was: 2 a bad option, 66 a missing or
+unreadable file, 69 an address in use or not on this host, 77 no permission
+(a privileged port, a missing capability), 70 anything else. The units do not
+restart after 2, 66 or 77. `SWITCHBOARD_BACKTRACE=1` adds a backtrace.
 ";
 
 fn reference() -> String {
@@ -177,13 +194,13 @@ fn configuration_reference_matches_the_daemons_options() {
 fn reference_lists_every_option_with_its_environment_variable() {
     let text = reference();
     for row in [
-        "| `--grpc-port <GRPC_PORT>` | `GRPC_PORT` | `grpc_port` | `9090` |",
-        "| `--fast-path <FAST_PATH>` | `FAST_PATH` | `fast_path` | `auto` |",
-        "| `--bpf-pin-path <BPF_PIN_PATH>` | `BPF_PIN_PATH` | `bpf_pin_path` | `/sys/fs/bpf/switchboard` |",
-        "| `--rtpmanager <RTPMANAGERS>` | `RTPMANAGER` | `rtpmanager` (array) | `127.0.0.1:9090` |",
-        "| `--port <PORT>` | `PORT` | `port` | `5060` |",
-        "| `--port <PORT>` | `UI_PORT` | `port` | `3000` |",
-        "| `--backends <BACKENDS>` | `BACKENDS` | `backends` (array) | `http://127.0.0.1:8080` |",
+        "| `--grpc-port <GRPC_PORT>` | `SWITCHBOARD_GRPC_PORT` | `grpc_port` | `9090` |",
+        "| `--fast-path <FAST_PATH>` | `SWITCHBOARD_FAST_PATH` | `fast_path` | `auto` |",
+        "| `--bpf-pin-path <BPF_PIN_PATH>` | `SWITCHBOARD_BPF_PIN_PATH` | `bpf_pin_path` | `/sys/fs/bpf/switchboard` |",
+        "| `--rtpmanager <RTPMANAGERS>` | `SWITCHBOARD_RTPMANAGER` | `rtpmanager` (array) | `127.0.0.1:9090` |",
+        "| `--port <PORT>` | `SWITCHBOARD_SIP_PORT` | `port` | `5060` |",
+        "| `--port <PORT>` | `SWITCHBOARD_UI_PORT` | `port` | `3000` |",
+        "| `--backends <BACKENDS>` | `SWITCHBOARD_BACKENDS` | `backends` (array) | `http://127.0.0.1:8080` |",
     ] {
         assert!(text.contains(row), "the reference lacks the row starting {row}");
     }

@@ -313,6 +313,14 @@ mod tests {
             value("switchboard_registration_changes_total{change=\"added\"}"),
             1.0
         );
+        assert_eq!(
+            value("switchboard_registration_changes_total{change=\"expired\"}"),
+            0.0
+        );
+        assert_eq!(
+            value("switchboard_auth_failures_total{reason=\"rejected\"}"),
+            0.0
+        );
         assert_eq!(value("switchboard_registrations"), 1.0);
         assert_eq!(value("switchboard_registered_aors"), 1.0);
         assert_eq!(value("switchboard_sip_transactions"), 2.0);
