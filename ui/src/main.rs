@@ -28,20 +28,30 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .map(switchboard_ui::config::read_backend_token)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let backends = Backends::new(&config.backends).with_token(token);
-    backends.spawn_polling(poll_interval);
+    let specs = config.backend_specs().unwrap_or_else(|e| e.exit());
+    let backends = Backends::with_token(&specs, config.backend_timeout(), token);
 
+    if !config.address.is_loopback() {
+        tracing::warn!(
+            address = %config.address,
+            "the dashboard listens beyond loopback over plain HTTP: operators' API tokens cross the network at login; serve it behind a TLS proxy"
+        );
+    }
     let addr = SocketAddr::new(config.address, config.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (--address/--port)"))?;
-    tracing::info!(http = %addr, backends = config.backends.len(), "dashboard ready");
+    // Backends are followed only once the dashboard can serve them (a
+    // failed start says one thing, not also that a backend is unreachable).
+    backends.spawn(poll_interval);
+    tracing::info!(http = %addr, backends = specs.len(), "dashboard ready");
     axum::serve(
         listener,
-        app(UiState {
+        app(UiState::new(
             backends,
             poll_interval,
-        }),
+            config.backend_timeout(),
+        )),
     )
     .with_graceful_shutdown(async {
         let signal = switchboard_service::shutdown_signal().await;

@@ -1,7 +1,7 @@
 //! `cargo xtask run`: the whole system on one box.
 //!
 //! Builds the eBPF object when the machine can, builds the three daemons,
-//! prepares a demo directory (`.run/`: dialplan, audio, data), starts
+//! prepares a demo directory (`.run/`: dialplan, audio, data, API token), starts
 //! rtpmanager, signaling and ui, and stops them all on Ctrl-C or SIGTERM, or
 //! as soon as one of them exits.
 
@@ -41,6 +41,10 @@ pub struct RunArgs {
 
 /// The realm of deploy/demo/users.toml.
 const DEMO_REALM: &str = "switchboard";
+
+/// The demo's API token, in `.run/`: signaling's --api-token-file, the
+/// dashboard's --backend-token-file and the dashboard's login.
+const API_TOKEN_FILE: &str = "api-token";
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -98,8 +102,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             "  SIP        udp+tcp 0.0.0.0:{} (realm {DEMO_REALM}; users 1001-1003, passwords demo1001-demo1003)",
             args.sip_port
         );
-        println!("  REST API   http://127.0.0.1:8080/api/v1/health");
-        println!("  dashboard  http://127.0.0.1:{}/", args.ui_port);
+        println!("  REST API   http://127.0.0.1:8080/api/v1/health (token: .run/api-token)");
+        println!(
+            "  dashboard  http://127.0.0.1:{}/ (log in with the token: cat .run/api-token)",
+            args.ui_port
+        );
         println!("  gRPC       127.0.0.1:9090 (rtpmanager)");
         println!("Press Ctrl-C to stop.");
         supervise(&mut children)
@@ -152,6 +159,11 @@ fn start_all(
     // MD5 first: many phones and test tools (sipsak, SIPp) answer only the
     // first challenge and know only MD5; SHA-256 is still offered.
     signaling.args(["--auth-algorithms", "MD5,SHA-256"]);
+    // The demo runs the API as deployed: with a token, which the dashboard
+    // uses for its reads and the operator enters at its login.
+    signaling
+        .arg("--api-token-file")
+        .arg(demo.join(API_TOKEN_FILE));
     spawn(children, "signaling", &mut signaling)?;
 
     let mut ui = Command::new(bin_dir.join("switchboard-ui"));
@@ -159,10 +171,12 @@ fn start_all(
         "--port",
         &args.ui_port.to_string(),
         "--backends",
-        "http://127.0.0.1:8080",
+        "local=http://127.0.0.1:8080",
         "--log-level",
         log,
     ]);
+    ui.arg("--backend-token-file")
+        .arg(demo.join(API_TOKEN_FILE));
     spawn(children, "ui", &mut ui)?;
     Ok(())
 }
@@ -237,6 +251,7 @@ fn prepare_demo_dir() -> anyhow::Result<PathBuf> {
     .context("copying the demo dialplan")?;
     std::fs::copy(root.join("deploy/demo/users.toml"), demo.join("users.toml"))
         .context("copying the demo users")?;
+    write_api_token(&demo.join(API_TOKEN_FILE))?;
     let announcement = demo.join("audio/welcome.wav");
     if !announcement.exists() {
         if let Err(e) = synthesise_announcement(&announcement) {
@@ -246,6 +261,28 @@ fn prepare_demo_dir() -> anyhow::Result<PathBuf> {
         }
     }
     Ok(demo)
+}
+
+/// A random API token (32 bytes, hex) in `path`, readable by the owner
+/// only; an existing one is kept so a browser's login survives a restart.
+fn write_api_token(path: &Path) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.exists() {
+        return Ok(());
+    }
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .context("reading /dev/urandom for the demo API token")?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| writeln!(file, "{token}"))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Speaks the demo announcement with espeak-ng and converts it to 8 kHz

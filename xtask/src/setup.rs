@@ -25,6 +25,14 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "SIPp, the real SIP peer in tests and benchmarks",
     ),
     ("sipsak", "a second real SIP peer in tests"),
+    (
+        "chromium",
+        "the dashboard's browser test (headless, over WebDriver)",
+    ),
+    (
+        "chromium-driver",
+        "chromedriver, the WebDriver server of the browser test",
+    ),
     ("espeak-ng", "synthesises the demo announcement"),
     ("sox", "converts the demo announcement to 8 kHz WAV"),
     ("systemd", "systemd-analyze verifies the units"),
