@@ -74,8 +74,17 @@ enum Command {
         #[command(subcommand)]
         action: Option<ManagersAction>,
     },
+    /// Reloads the dialplan or the users file (as SIGHUP does); a file that
+    /// does not load is refused with its error and the previous one stays.
+    Reload { what: Reloadable },
     /// Prints a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Reloadable {
+    Dialplan,
+    Users,
 }
 
 #[derive(Debug, Subcommand)]
@@ -204,6 +213,13 @@ fn plan(command: &Command) -> Call<'_> {
                 render::fields,
             )
         }
+        Command::Reload { what } => {
+            let what = match what {
+                Reloadable::Dialplan => "dialplan",
+                Reloadable::Users => "users",
+            };
+            call("POST", format!("/api/v1/reload/{what}"), render::fields)
+        }
         Command::Completions { .. } => unreachable!("handled before any request"),
     }
 }
@@ -312,6 +328,11 @@ mod tests {
             "DELETE /api/v1/rtpmanagers/m1/drain"
         );
         assert_eq!(path(&["--json", "stats"]), "GET /api/v1/stats");
+        assert_eq!(
+            path(&["reload", "dialplan"]),
+            "POST /api/v1/reload/dialplan"
+        );
+        assert_eq!(path(&["reload", "users"]), "POST /api/v1/reload/users");
     }
 
     #[test]

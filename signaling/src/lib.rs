@@ -13,6 +13,7 @@ pub mod dialplan;
 pub mod events;
 pub mod metrics;
 pub mod registrar;
+pub mod reload;
 pub mod rest;
 pub mod rtpmanager_client;
 pub mod rtpmanager_pool;

@@ -14,6 +14,7 @@ mod managers;
 mod metrics;
 mod openapi;
 mod registrations;
+mod reload;
 #[cfg(test)]
 mod tests;
 
@@ -61,6 +62,9 @@ pub struct ApiState {
     pub events: crate::events::EventBus,
     /// The server's counters, for `/metrics` and `/api/v1/stats`.
     pub metrics: Metrics,
+    /// Reloads the dialplan and the users file; `None` where no SIP server
+    /// runs (handler tests).
+    pub reload: Option<crate::reload::Reloader>,
 }
 
 /// Who may call an endpoint.
@@ -152,6 +156,14 @@ fn routes() -> Vec<(Endpoint, MethodRouter<ApiState>)> {
         (
             endpoint(Method::GET, "/api/v1/events", Guard::Token),
             get(events::stream),
+        ),
+        (
+            endpoint(Method::POST, "/api/v1/reload/dialplan", Guard::Token),
+            post(reload::dialplan),
+        ),
+        (
+            endpoint(Method::POST, "/api/v1/reload/users", Guard::Token),
+            post(reload::users),
         ),
         (
             endpoint(Method::GET, "/metrics", Guard::Metrics),

@@ -3,7 +3,7 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use crate::metrics::{CallCounts, Metrics};
 use crate::registrar::{Registrar, Store};
 use axum::serve::Listener;
 
+use crate::reload::Reloader;
 use crate::rest::{app, load_tokens, ApiAccess, ApiState, CappedListener, Tokens};
 use crate::rtpmanager_client::ClientAccess;
 use crate::rtpmanager_pool::ManagerPool;
@@ -148,7 +149,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 dialogs: occupancy.dialogs as u64,
             }
         }));
-        spawn_dialplan_reload_on_sighup(config.dialplan.clone(), link.clone(), core.clone());
         calls = Some((link.clone(), CallsHandle::new(link, core)));
     }
     // Only the B2BUA holds the sink from here: the writer ends once the
@@ -157,9 +157,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let core = queue
         .run(uas, transports.clone())
         .context("starting the SIP core thread")?;
-    if let Some(path) = config.users_file.clone() {
-        spawn_reload_on_sighup(core.handle(), path);
-    }
+    let reloader = Reloader::new(
+        calls
+            .as_ref()
+            .map(|(link, _)| (config.dialplan.clone(), link.clone())),
+        config.users_file.clone(),
+        core.handle(),
+    );
+    reloader.clone().reload_on_sighup();
 
     let rest_addr = SocketAddr::new(config.rest_address, config.rest_port);
     let listener = tokio::net::TcpListener::bind(rest_addr)
@@ -185,6 +190,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         rest_refused: Some(listener.refused()),
         access: Arc::new(api_access),
         calls: calls.as_ref().map(|(_, handle)| handle.clone()),
+        reload: Some(reloader),
         events,
         metrics,
     };
@@ -450,31 +456,6 @@ fn advertised(config: &Config, port: u16) -> String {
     }
 }
 
-fn spawn_dialplan_reload_on_sighup(path: PathBuf, link: MediaLink, core: CoreHandle) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(hangup) => hangup,
-        Err(error) => {
-            tracing::warn!(%error, "cannot watch SIGHUP; the dialplan will not be reloaded");
-            return;
-        }
-    };
-    tokio::spawn(async move {
-        while hangup.recv().await.is_some() {
-            match Dialplan::load(&path) {
-                Ok(plan) => {
-                    tracing::info!(routes = plan.routes().len(), "SIGHUP: dialplan reloaded");
-                    link.push_input(Instant::now(), LinkInput::Dialplan(Arc::new(plan)));
-                    core.wake();
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "SIGHUP: dialplan not reloaded; the previous plan stays");
-                }
-            }
-        }
-    });
-}
-
 /// SIGHUP reopens the CDR file by its path (after logrotate renamed it).
 fn spawn_cdr_reopen_on_sighup(control: CdrControl) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -496,23 +477,6 @@ fn random_secret() -> std::io::Result<Vec<u8>> {
     let mut secret = vec![0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut secret)?;
     Ok(secret)
-}
-
-fn spawn_reload_on_sighup(core: CoreHandle, path: std::path::PathBuf) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(hangup) => hangup,
-        Err(error) => {
-            tracing::warn!(%error, "cannot watch SIGHUP; the users file will not be reloaded");
-            return;
-        }
-    };
-    tokio::spawn(async move {
-        while hangup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading the users file");
-            core.reload_users(path.clone());
-        }
-    });
 }
 
 #[cfg(test)]

@@ -180,3 +180,65 @@ fn sighup_reloads_the_dialplan_and_keeps_the_old_one_when_invalid() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn the_reload_endpoints_swap_the_dialplan_and_say_why_a_broken_file_is_refused() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let plan = data.path().join("dialplan.json");
+    std::fs::write(&plan, hangup_plan(486)).expect("write plan");
+    let plan_arg = plan.to_str().expect("UTF-8 path").to_owned();
+    let users = common::users_file(data.path(), &[("1001", "one")]);
+    let users_arg = users.to_str().expect("UTF-8 path").to_owned();
+    let server = Server::start(
+        &data.path().join("state"),
+        &[
+            "--auth",
+            "anonymous",
+            "--dialplan",
+            &plan_arg,
+            "--users-file",
+            &users_arg,
+        ],
+    );
+    let peer = UdpPeer::new();
+    assert_eq!(call(&server, &peer, 1), (486, "Plan 486".to_owned()));
+
+    std::fs::write(&plan, r#"{"version": "1.0", "routes": [{"id": "broken"}]}"#)
+        .expect("write plan");
+    let (status, body) = server.rest("POST", "/api/v1/reload/dialplan");
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"], "conflict");
+    let detail = body["detail"].as_str().expect("a detail");
+    assert!(detail.contains("dialplan route `broken`"), "{detail}");
+    assert!(detail.ends_with("the previous plan stays"), "{detail}");
+    assert_eq!(call(&server, &peer, 2), (486, "Plan 486".to_owned()));
+
+    std::fs::write(&plan, hangup_plan(403)).expect("write plan");
+    let (status, body) = server.rest("POST", "/api/v1/reload/dialplan");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({"reloaded": "dialplan", "count": 1})
+    );
+    // The core takes the new plan on its next turn.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut n = 3;
+    while call(&server, &peer, n).0 != 403 {
+        assert!(Instant::now() < deadline, "the new plan never took over");
+        n += 1;
+    }
+
+    common::users_file(data.path(), &[("1001", "one"), ("1002", "two")]);
+    let (status, body) = server.rest("POST", "/api/v1/reload/users");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, serde_json::json!({"reloaded": "users", "count": 2}));
+    std::fs::write(&users, "[[user]]\nname = 1\n").expect("break the users file");
+    let (status, body) = server.rest("POST", "/api/v1/reload/users");
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.ends_with("the previous users stay")),
+        "{body}"
+    );
+}

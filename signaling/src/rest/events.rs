@@ -188,6 +188,7 @@ mod tests {
             calls: None,
             events,
             metrics,
+            reload: None,
         })
     }
 

@@ -218,6 +218,7 @@ mod tests {
             calls: None,
             events: EventBus::new(),
             metrics,
+            reload: None,
         })
     }
 
@@ -362,6 +363,7 @@ mod tests {
             calls: None,
             events: EventBus::new(),
             metrics: Metrics::default(),
+            reload: None,
         });
         let (_, _, text) = get(&router, "/metrics").await;
         let series = parse(&text);

@@ -34,6 +34,7 @@ fn state(access: ApiAccess) -> ApiState {
         calls: None,
         events: crate::events::EventBus::new(),
         metrics: Metrics::default(),
+        reload: None,
     }
 }
 

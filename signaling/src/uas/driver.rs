@@ -142,7 +142,9 @@ enum Input {
         String,
         oneshot::Sender<Result<(String, usize), RegistrationError>>,
     ),
-    ReloadUsers(PathBuf),
+    /// Reload the users file; the reply (when asked for) says how many users
+    /// it holds, or why it was refused (the previous users stay).
+    ReloadUsers(PathBuf, Option<oneshot::Sender<Result<usize, String>>>),
     /// Something outside the transports has work for the core (the
     /// B2BUA's media results): run its timers now.
     Wake,
@@ -318,6 +320,17 @@ impl CoreHandle {
         answer.await.ok()
     }
 
+    /// Reloads the users file and says how many users it holds, or why it
+    /// was refused (the previous users stay); `None` when the core is not
+    /// running or its queue is full.
+    pub async fn reload_users_now(&self, path: PathBuf) -> Option<Result<usize, String>> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .try_send(Input::ReloadUsers(path, Some(reply)))
+            .ok()?;
+        answer.await.ok()
+    }
+
     /// Makes the core run its (and its call handler's) due timers; a full
     /// queue needs no wake-up, the core is about to run anyway.
     pub fn wake(&self) {
@@ -327,7 +340,11 @@ impl CoreHandle {
     /// Reloads the users file; on error the core keeps the previous users
     /// and logs why.
     pub fn reload_users(&self, path: PathBuf) {
-        if self.sender.try_send(Input::ReloadUsers(path)).is_err() {
+        if self
+            .sender
+            .try_send(Input::ReloadUsers(path, None))
+            .is_err()
+        {
             tracing::warn!("users file not reloaded: the SIP core is busy or stopped");
         }
     }
@@ -360,12 +377,18 @@ fn run(
             Ok(Input::Unregister(aor, reply)) => {
                 let _ = reply.send(uas.unregister(Now::current(), &aor));
             }
-            Ok(Input::ReloadUsers(path)) => match uas.authenticator_mut().reload_users(&path) {
-                Ok(users) => tracing::info!(users, "users file reloaded"),
-                Err(error) => {
-                    tracing::warn!(%error, "users file not reloaded; the previous users stay");
+            Ok(Input::ReloadUsers(path, reply)) => {
+                let result = uas.authenticator_mut().reload_users(&path);
+                match &result {
+                    Ok(users) => tracing::info!(users, "users file reloaded"),
+                    Err(error) => {
+                        tracing::warn!(%error, "users file not reloaded; the previous users stay");
+                    }
                 }
-            },
+                if let Some(reply) = reply {
+                    let _ = reply.send(result.map_err(|e| e.to_string()));
+                }
+            }
             Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             Ok(Input::Wake) | Err(RecvTimeoutError::Timeout) => {}
         }
