@@ -55,6 +55,13 @@ pub(super) async fn stream(State(state): State<ApiState>) -> Response {
         .into_response()
 }
 
+/// How long a client's first event waits for others before they leave in
+/// one write. A dashboard does not see 50 ms; the server does: under load a
+/// client costs a wake-up and a write per linger instead of per event, and
+/// while it lingers it is not waiting on the bus, so publishing (on the SIP
+/// core's thread) does not wake it at all.
+pub const LINGER: Duration = Duration::from_millis(50);
+
 /// A wait for the next event that owns the receiver and gives it back.
 type Recv = Pin<
     Box<dyn Future<Output = (Result<Arc<Published>, RecvError>, Receiver<Arc<Published>>)> + Send>,
@@ -63,6 +70,9 @@ type Recv = Pin<
 fn recv(mut receiver: Receiver<Arc<Published>>) -> Recv {
     Box::pin(async move {
         let result = receiver.recv().await;
+        if result.is_ok() {
+            tokio::time::sleep(LINGER).await;
+        }
         (result, receiver)
     })
 }
