@@ -1017,15 +1017,20 @@ fn a_call_in_progress_is_listed_with_both_legs_and_rising_packets_and_leaves_a_c
     eprintln!("CDR: {}", text.trim());
 }
 
-#[test]
-fn delete_hangs_up_a_sipp_call_with_a_bye_to_each_side() {
-    if sipp_binary().is_none() {
-        return;
-    }
+/// An answered SIPp call in which neither side hangs up: each waits for a
+/// BYE and answers it (the operator's hang-up tests).
+struct WaitingCall {
+    bed: Bed,
+    id: String,
+    caller: std::process::Child,
+    callee: std::process::Child,
+    _media: [std::net::UdpSocket; 2],
+}
+
+fn call_waiting_for_bye() -> WaitingCall {
     let (bed, callee_port) = anonymous_bed();
-    let (_a, rtp_a) = media_socket();
-    let (_b, rtp_b) = media_socket();
-    // Neither side hangs up: each waits for a BYE and answers it.
+    let (a, rtp_a) = media_socket();
+    let (b, rtp_b) = media_socket();
     let callee = sipp(
         &bed,
         "b2bua_uas.xml",
@@ -1041,11 +1046,27 @@ fn delete_hangs_up_a_sipp_call_with_a_bye_to_each_side() {
     );
     let page = answered_call(&bed);
     let id = page["calls"][0]["id"].as_str().expect("an id").to_owned();
+    WaitingCall {
+        bed,
+        id,
+        caller,
+        callee,
+        _media: [a, b],
+    }
+}
+
+#[test]
+fn delete_hangs_up_a_sipp_call_with_a_bye_to_each_side() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    let call = call_waiting_for_bye();
+    let (bed, id, caller, callee) = (&call.bed, &call.id, call.caller, call.callee);
     let (status, body) = bed.server.rest("DELETE", &format!("/api/v1/calls/{id}"));
     assert_eq!(status, 202, "{body}");
     assert_eq!(body, serde_json::json!({"id": id, "state": "ending"}));
-    finish(&bed, "caller", caller);
-    finish(&bed, "callee", callee);
+    finish(bed, "caller", caller);
+    finish(bed, "callee", callee);
     wait_no_calls(&bed.manager);
     assert_eq!(bed.server.get_json("/api/v1/calls")["total"], 0);
     let (status, body) = bed.server.rest("DELETE", &format!("/api/v1/calls/{id}"));
@@ -1265,24 +1286,8 @@ fn switchboard_ctl_lists_shows_and_hangs_up_a_sipp_call() {
     if sipp_binary().is_none() {
         return;
     }
-    let (bed, callee_port) = anonymous_bed();
-    let (_a, rtp_a) = media_socket();
-    let (_b, rtp_b) = media_socket();
-    let callee = sipp(
-        &bed,
-        "b2bua_uas.xml",
-        callee_port,
-        &["-key", "rtp_b", &rtp_b],
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let caller = start_caller(
-        &bed,
-        "b2bua_uac_wait_bye.xml",
-        "1001",
-        &["-key", "rtp_a", &rtp_a],
-    );
-    let page = answered_call(&bed);
-    let id = page["calls"][0]["id"].as_str().expect("an id").to_owned();
+    let call = call_waiting_for_bye();
+    let (bed, id, caller, callee) = (&call.bed, &call.id, call.caller, call.callee);
     let url = format!("http://127.0.0.1:{}", bed.server.rest_port);
     let ctl = |args: &[&str]| {
         let output = std::process::Command::new(ctl_binary())
@@ -1301,7 +1306,7 @@ fn switchboard_ctl_lists_shows_and_hangs_up_a_sipp_call() {
     assert_eq!(code, Some(0), "{stderr}");
     let row = table
         .lines()
-        .find(|l| l.starts_with(&id))
+        .find(|l| l.starts_with(id.as_str()))
         .unwrap_or_else(|| panic!("the call is listed:\n{table}"));
     assert!(row.contains("answered"), "{row}");
     assert!(row.contains("PCMU/8000"), "{row}");
@@ -1312,19 +1317,19 @@ fn switchboard_ctl_lists_shows_and_hangs_up_a_sipp_call() {
     assert_eq!(parsed["total"], 1);
     assert_eq!(parsed["calls"][0]["id"], id.as_str());
 
-    let (code, detail, _) = ctl(&["calls", "show", &id]);
+    let (code, detail, _) = ctl(&["calls", "show", id]);
     assert_eq!(code, Some(0));
     assert!(detail.contains("caller → sb  INVITE"), "{detail}");
     assert!(detail.contains("sb → callee  INVITE"), "{detail}");
 
-    let (code, out, stderr) = ctl(&["calls", "hangup", &id]);
+    let (code, out, stderr) = ctl(&["calls", "hangup", id]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(out.contains("ending"), "{out}");
-    finish(&bed, "caller", caller);
-    finish(&bed, "callee", callee);
+    finish(bed, "caller", caller);
+    finish(bed, "callee", callee);
     wait_no_calls(&bed.manager);
 
-    let (code, _, stderr) = ctl(&["calls", "hangup", &id]);
+    let (code, _, stderr) = ctl(&["calls", "hangup", id]);
     assert_eq!(code, Some(1), "an unknown call is refused");
     assert!(
         stderr.starts_with("switchboard-ctl: 404 not_found: "),
