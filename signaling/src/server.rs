@@ -469,6 +469,7 @@ fn spawn_cdr_reopen_on_sighup(control: CdrControl) {
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
             control.reopen();
+            tracing::info!("SIGHUP: the CDR file is reopened by its path before the next record");
         }
     });
 }

@@ -1133,7 +1133,11 @@ fn cdrs_follow_a_logrotate_and_calls_ended_by_shutdown_are_recorded() {
     std::fs::rename(&cdr_file, &rotated).expect("rotate");
     nix::sys::signal::kill(bed.server.pid(), nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !bed.server.log().contains("SIGHUP: dialplan reloaded") {
+    while !bed
+        .server
+        .log()
+        .contains("SIGHUP: the CDR file is reopened")
+    {
         assert!(Instant::now() < deadline, "SIGHUP not handled");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -1307,7 +1311,12 @@ fn switchboard_ctl_lists_shows_and_hangs_up_a_sipp_call() {
     let row = table
         .lines()
         .find(|l| l.starts_with(id.as_str()))
-        .unwrap_or_else(|| panic!("the call is listed:\n{table}"));
+        .unwrap_or_else(|| {
+            panic!(
+                "the call is listed:\n{table}\nserver log:\n{}",
+                bed.server.log()
+            )
+        });
     assert!(row.contains("answered"), "{row}");
     assert!(row.contains("PCMU/8000"), "{row}");
 
