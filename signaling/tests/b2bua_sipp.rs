@@ -1290,11 +1290,15 @@ fn switchboard_ctl_lists_shows_and_hangs_up_a_sipp_call() {
     if sipp_binary().is_none() {
         return;
     }
+    // Built (when missing) before the call: cargo test builds no binary of
+    // a package without integration tests, and a build here can outlast
+    // the SIPp call's 30 s.
+    let ctl_binary = ctl_binary();
     let call = call_waiting_for_bye();
     let (bed, id, caller, callee) = (&call.bed, &call.id, call.caller, call.callee);
     let url = format!("http://127.0.0.1:{}", bed.server.rest_port);
     let ctl = |args: &[&str]| {
-        let output = std::process::Command::new(ctl_binary())
+        let output = std::process::Command::new(&ctl_binary)
             .args(["--url", &url])
             .args(args)
             .output()
