@@ -19,23 +19,20 @@ pub struct Health {
 
 /// `GET /api/v1/rtpmanagers`: the pool of one signaling server.
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct Pool {
-    #[serde(default)]
     pub total: usize,
-    #[serde(default)]
     pub healthy: usize,
-    #[serde(default)]
     pub members: Vec<Manager>,
 }
 
 /// Why a manager gets no new calls (`drain` of a pool member).
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct DrainFlags {
     /// Drained by an operator through the REST API.
-    #[serde(default)]
     pub operator: bool,
     /// Draining by its own report.
-    #[serde(default)]
     pub manager: bool,
 }
 
@@ -112,26 +109,21 @@ impl Registration {
 
 /// `GET /api/v1/stats`.
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct Stats {
-    #[serde(default)]
     pub uptime_secs: u64,
-    #[serde(default)]
     pub calls: CallStats,
-    #[serde(default)]
     pub registrations: u64,
 }
 
 /// The `calls` part of [`Stats`].
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct CallStats {
-    #[serde(default)]
     pub active: u64,
-    #[serde(default)]
     pub total: u64,
     /// Final statuses the callers got, as text keys (`"486"`).
-    #[serde(default)]
     pub by_status: BTreeMap<String, u64>,
-    #[serde(default)]
     pub per_second_last_minute: f64,
 }
 
@@ -156,23 +148,19 @@ pub fn failures_of(by_status: &BTreeMap<String, u64>) -> Vec<(String, u64)> {
 
 /// `GET /api/v1/calls`: one page.
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct CallPage {
-    #[serde(default)]
     pub total: usize,
-    #[serde(default)]
     pub calls: Vec<Call>,
 }
 
 /// One party of a call.
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct Party {
-    #[serde(default)]
     pub uri: String,
-    #[serde(default)]
     pub display_name: Option<String>,
-    #[serde(default)]
     pub address: String,
-    #[serde(default)]
     pub transport: String,
 }
 
@@ -188,39 +176,27 @@ impl Party {
 
 /// Packets and bytes one way.
 #[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct Flow {
-    #[serde(default)]
     pub packets: u64,
-    #[serde(default)]
     pub bytes: u64,
 }
 
 /// One leg's media (`a`: caller side, `b`: callee side).
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct Leg {
-    #[serde(default)]
     pub leg: String,
-    #[serde(default)]
     pub codec: Option<String>,
-    #[serde(default)]
     pub local_address: Option<String>,
-    #[serde(default)]
     pub remote_address: Option<String>,
-    #[serde(default)]
     pub latched_address: Option<String>,
-    #[serde(default)]
     pub offloaded: bool,
-    #[serde(default)]
     pub rtp_in: Flow,
-    #[serde(default)]
     pub rtp_out: Flow,
-    #[serde(default)]
     pub lost: u64,
-    #[serde(default)]
     pub jitter_us: u64,
-    #[serde(default)]
     pub kernel_packets: u64,
-    #[serde(default)]
     pub kernel_share: Option<f64>,
 }
 
@@ -372,14 +348,11 @@ pub struct SipMessage {
 
 /// Each leg's SDP before and after the manager rewrote it.
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct Sdp {
-    #[serde(default)]
     pub a_offer: Option<String>,
-    #[serde(default)]
     pub a_answer: Option<String>,
-    #[serde(default)]
     pub b_offer: Option<String>,
-    #[serde(default)]
     pub b_answer: Option<String>,
 }
 
@@ -413,14 +386,11 @@ pub enum Event {
 
 /// The caller of a `call_created` event.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default)]
 pub struct EventParty {
-    #[serde(default)]
     pub uri: String,
-    #[serde(default)]
     pub display_name: Option<String>,
-    #[serde(default)]
     pub address: String,
-    #[serde(default)]
     pub transport: String,
 }
 
