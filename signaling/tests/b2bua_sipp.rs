@@ -1270,19 +1270,9 @@ fn the_event_stream_delivers_a_sipp_call_created_ringing_answered_ended_in_order
     );
 }
 
-/// `switchboard-ctl` beside the signaling binary, built if missing (another
-/// package of the workspace).
+/// `switchboard-ctl`, up to date (another package of the workspace).
 fn ctl_binary() -> std::path::PathBuf {
-    let path = std::path::Path::new(common::SIGNALING).with_file_name("switchboard-ctl");
-    if !path.is_file() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "-p", "switchboard-ctl", "--bin", "switchboard-ctl"])
-            .status()
-            .expect("run cargo build for switchboard-ctl");
-        assert!(status.success(), "building switchboard-ctl failed");
-    }
-    path
+    switchboard_testkit::workspace_binary("switchboard-ctl")
 }
 
 #[test]
@@ -1290,7 +1280,7 @@ fn switchboard_ctl_lists_shows_and_hangs_up_a_sipp_call() {
     if sipp_binary().is_none() {
         return;
     }
-    // Built (when missing) before the call: cargo test builds no binary of
+    // Built (when out of date) before the call: cargo test builds no binary of
     // a package without integration tests, and a build here can outlast
     // the SIPp call's 30 s.
     let ctl_binary = ctl_binary();

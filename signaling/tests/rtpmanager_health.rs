@@ -15,16 +15,9 @@ use std::time::{Duration, Instant};
 
 const SIGNALING: &str = env!("CARGO_BIN_EXE_switchboard-signaling");
 
-/// The manager binary sits next to ours in the target directory; the
-/// workspace's `cargo test` builds it (xtask test builds all binaries first).
+/// The manager binary, up to date (another package of the workspace).
 fn rtpmanager_bin() -> PathBuf {
-    let path = PathBuf::from(SIGNALING).with_file_name("switchboard-rtpmanager");
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --workspace --bins` (cargo xtask test does)",
-        path.display()
-    );
-    path
+    switchboard_testkit::workspace_binary("switchboard-rtpmanager")
 }
 
 /// A daemon whose stderr is collected; killed by pid when dropped.

@@ -13,38 +13,19 @@ const PACKAGES: [&str; 3] = [
     "switchboard-ui",
 ];
 
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask sits in the workspace")
-        .to_path_buf()
-}
-
-/// The debug binaries `cargo test --workspace` has built.
+/// The directory of the workspace's debug binaries, each up to date.
 fn built_binaries() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"));
-    let dir = target.join("debug");
+    let mut dir = None;
     for binary in [
         "switchboard-signaling",
         "switchboard-ctl",
         "switchboard-rtpmanager",
         "switchboard-ui",
     ] {
-        // cargo test builds no binary of a package without integration
-        // tests (switchboard-ctl): build what is missing.
-        if !dir.join(binary).is_file() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-            run(Command::new(cargo).args(["build", "-p", binary, "--bin", binary]));
-        }
-        assert!(
-            dir.join(binary).is_file(),
-            "{} is missing",
-            dir.join(binary).display()
-        );
+        let path = switchboard_testkit::workspace_binary(binary);
+        dir = path.parent().map(Path::to_path_buf);
     }
-    dir
+    dir.expect("four binaries, one directory")
 }
 
 fn run(command: &mut Command) -> Output {

@@ -11,27 +11,10 @@ use std::time::{Duration, Instant};
 use switchboard_proto::v1;
 use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
 
-use super::SIGNALING;
-
-/// The manager binary beside the signaling one, built if missing (it is
-/// another package of the workspace, so cargo does not build it for us).
+/// The manager binary, up to date (another package of the workspace, so
+/// cargo does not build it for our tests).
 pub fn manager_binary() -> PathBuf {
-    let path = Path::new(SIGNALING).with_file_name("switchboard-rtpmanager");
-    if !path.is_file() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "-p",
-                "switchboard-rtpmanager",
-                "--bin",
-                "switchboard-rtpmanager",
-            ])
-            .status()
-            .expect("run cargo build for the manager");
-        assert!(status.success(), "building switchboard-rtpmanager failed");
-    }
-    path
+    switchboard_testkit::workspace_binary("switchboard-rtpmanager")
 }
 
 /// A running RTP manager, killed by pid when dropped.

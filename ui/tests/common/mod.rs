@@ -28,20 +28,9 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// A binary of another package of the workspace, beside the dashboard's,
-/// built if missing (cargo builds only this package's binaries for its
-/// tests; `cargo test --workspace` builds them all first).
-pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
-    let path = Path::new(UI).with_file_name(name);
-    if !path.is_file() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = Command::new(cargo)
-            .args(["build", "-p", package, "--bin", name])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building {name} failed");
-    }
-    path
+/// A binary of another package of the workspace, up to date.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    switchboard_testkit::workspace_binary(name)
 }
 
 /// A tool from PATH; under CI its absence is a failure, elsewhere a skip.
@@ -171,27 +160,24 @@ impl System {
         let (min, max) = free_media_range(8);
         let (manager, grpc) = Daemon::start(
             "rtpmanager",
-            Command::new(workspace_binary(
-                "switchboard-rtpmanager",
-                "switchboard-rtpmanager",
-            ))
-            .args([
-                "--grpc-port",
-                "0",
-                "--fast-path",
-                "off",
-                "--advertise",
-                "127.0.0.1",
-            ])
-            .args(["--rtp-bind-address", "127.0.0.1", "--log-level", "info"])
-            .args([
-                "--rtp-port-min",
-                &min.to_string(),
-                "--rtp-port-max",
-                &max.to_string(),
-            ])
-            .arg("--audio-path")
-            .arg(&audio),
+            Command::new(workspace_binary("switchboard-rtpmanager"))
+                .args([
+                    "--grpc-port",
+                    "0",
+                    "--fast-path",
+                    "off",
+                    "--advertise",
+                    "127.0.0.1",
+                ])
+                .args(["--rtp-bind-address", "127.0.0.1", "--log-level", "info"])
+                .args([
+                    "--rtp-port-min",
+                    &min.to_string(),
+                    "--rtp-port-max",
+                    &max.to_string(),
+                ])
+                .arg("--audio-path")
+                .arg(&audio),
             "grpc=",
             Some("grpc="),
         );
@@ -214,30 +200,27 @@ impl System {
         let rest_port = free_port();
         let (signaling, _) = Daemon::start(
             "signaling",
-            Command::new(workspace_binary(
-                "switchboard-signaling",
-                "switchboard-signaling",
-            ))
-            .args([
-                "--bind-address",
-                "127.0.0.1",
-                "--port",
-                &sip_port.to_string(),
-            ])
-            .args([
-                "--rest-port",
-                &rest_port.to_string(),
-                "--rtpmanager",
-                &format!("sb-manager={grpc}"),
-            ])
-            .args(["--rtpmanager-health-interval", "1", "--auth", "anonymous"])
-            .arg("--dialplan")
-            .arg(&plan_path)
-            .arg("--data-dir")
-            .arg(dir.path().join("state"))
-            .arg("--api-token-file")
-            .arg(&tokens)
-            .args(["--log-level", "info"]),
+            Command::new(workspace_binary("switchboard-signaling"))
+                .args([
+                    "--bind-address",
+                    "127.0.0.1",
+                    "--port",
+                    &sip_port.to_string(),
+                ])
+                .args([
+                    "--rest-port",
+                    &rest_port.to_string(),
+                    "--rtpmanager",
+                    &format!("sb-manager={grpc}"),
+                ])
+                .args(["--rtpmanager-health-interval", "1", "--auth", "anonymous"])
+                .arg("--dialplan")
+                .arg(&plan_path)
+                .arg("--data-dir")
+                .arg(dir.path().join("state"))
+                .arg("--api-token-file")
+                .arg(&tokens)
+                .args(["--log-level", "info"]),
             "signaling ready",
             None,
         );

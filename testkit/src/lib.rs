@@ -1,0 +1,72 @@
+//! What the integration tests of every package share.
+//!
+//! Start here when a test needs a daemon binary of another package. More of
+//! the scaffolding the tests repeat (daemon start-up, namespace beds, SIPp
+//! runners) moves here over time.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+/// The path of a binary of this workspace, built up to date first.
+///
+/// Cargo builds the binaries of a package for its own integration tests
+/// only, so a test that starts another package's daemon (signaling tests
+/// start the RTP manager, the dashboard's start signaling) must build it.
+/// Checking that the file exists is not enough: after an edit the old
+/// binary is still there and the test silently runs yesterday's code.
+///
+/// The build is `cargo build --workspace --bins --tests`, the same feature
+/// set as `cargo test --workspace` (what CI runs), so there it is a no-op;
+/// `cargo build -p <one package>` would resolve features for that package
+/// alone and rebuild the daemon and its dependencies, minutes in the
+/// middle of a test. Run once per test process.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    static BUILT: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+    let dir = binary_dir();
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let built = built.get_or_insert_with(HashSet::new);
+    if !built.contains(&dir) {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut command = Command::new(cargo);
+        command.args(["build", "--workspace", "--bins", "--tests"]);
+        if dir.file_name().is_some_and(|profile| profile == "release") {
+            command.arg("--release");
+        }
+        let status = command
+            .current_dir(workspace_root())
+            .status()
+            .expect("run cargo build for the workspace's binaries");
+        assert!(status.success(), "cargo build --workspace --bins failed");
+        built.insert(dir.clone());
+    }
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is not a binary of this workspace",
+        path.display()
+    );
+    path
+}
+
+/// The profile directory holding the binaries (`target/debug`): the test
+/// executable runs from its `deps/` subdirectory.
+fn binary_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let deps = exe.parent().expect("the test executable's directory");
+    let dir = if deps.file_name().is_some_and(|name| name == "deps") {
+        deps.parent().expect("the profile directory")
+    } else {
+        deps
+    };
+    dir.to_path_buf()
+}
+
+fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit lives in the workspace root")
+}
