@@ -70,3 +70,44 @@ fn workspace_root() -> &'static Path {
         .parent()
         .expect("testkit lives in the workspace root")
 }
+
+/// An even range of `pairs` RTP/RTCP port pairs on loopback where nothing
+/// is bound right now, for a manager's `--rtp-port-min`/`--rtp-port-max`.
+///
+/// The range lies below the kernel's ephemeral ports (32768-60999 by
+/// default): a socket bound to port 0 (a gRPC client, SIPp, a test's RTP
+/// sender) would otherwise land in a manager's range and hold a pair the
+/// manager just released, so its next call fails with "could not be
+/// bound" (seen with 300 calls on 16 pairs). Tests running in parallel in
+/// one process get disjoint ranges; processes start at different places.
+pub fn free_media_range(pairs: u16) -> (u16, u16) {
+    const LOW: u32 = 20_000;
+    const HIGH: u32 = 32_768;
+    static CLAIMED: Mutex<Vec<(u32, u32)>> = Mutex::new(Vec::new());
+    let span = 2 * u32::from(pairs.max(1));
+    let step = span + 2;
+    let slots = (HIGH - LOW) / step;
+    assert!(
+        slots > 0,
+        "{pairs} pairs do not fit below the ephemeral ports"
+    );
+    let mut claimed = CLAIMED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let first = std::process::id().wrapping_mul(7919) % slots;
+    for slot in (0..slots).map(|i| (first + i) % slots) {
+        let (min, max) = (LOW + slot * step, LOW + slot * step + span - 1);
+        if claimed.iter().any(|&(a, b)| min <= b && a <= max) {
+            continue;
+        }
+        let free = (min..=max).all(|port| {
+            std::net::UdpSocket::bind(("127.0.0.1", port as u16)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok()
+        });
+        if free {
+            claimed.push((min, max));
+            return (min as u16, max as u16);
+        }
+    }
+    panic!("no free range of {pairs} port pairs below the ephemeral ports");
+}

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,19 +25,7 @@ impl Drop for Daemon {
     }
 }
 
-/// An even port range of `pairs` pairs where nothing is bound right now;
-/// tests running in parallel start their search at different places.
-pub fn free_media_range(pairs: u16) -> (u16, u16) {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let salt =
-        (std::process::id() % 100) as u16 * 100 + NEXT.fetch_add(1, Ordering::Relaxed) * 2000;
-    for base in (32000u16 + salt % 20000..60000).step_by(2 * usize::from(pairs) + 2) {
-        if (base..base + 2 * pairs).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
-            return (base, base + 2 * pairs - 1);
-        }
-    }
-    panic!("no free media range");
-}
+pub use switchboard_testkit::free_media_range;
 
 /// Starts the manager with `extra` arguments on an ephemeral gRPC port
 /// (`--grpc-port 0`) and reads the port it bound from its "ready" log line,

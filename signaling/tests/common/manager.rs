@@ -3,7 +3,7 @@
 //! free media range, killed by pid when dropped; and its `ListCalls`.
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,16 +30,7 @@ impl Drop for Manager {
     }
 }
 
-/// `pairs` free RTP/RTCP port pairs on loopback.
-pub fn free_media_range(pairs: u16) -> (u16, u16) {
-    let salt = (std::process::id() % 50) as u16 * 400;
-    for base in (20000u16 + salt..60000).step_by(2 * usize::from(pairs) + 2) {
-        if (base..base + 2 * pairs).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
-            return (base, base + 2 * pairs - 1);
-        }
-    }
-    panic!("no free media range");
-}
+pub use switchboard_testkit::free_media_range;
 
 /// Starts a manager (userspace path, loopback) with `pairs` port pairs.
 pub fn start_manager(audio: &Path, pairs: u16, extra: &[&str]) -> Manager {

@@ -139,16 +139,7 @@ pub struct System {
     pub callee_port: u16,
 }
 
-/// `pairs` free RTP/RTCP port pairs on loopback.
-fn free_media_range(pairs: u16) -> (u16, u16) {
-    let salt = (std::process::id() % 50) as u16 * 400;
-    for base in (21000u16 + salt..60000).step_by(2 * usize::from(pairs) + 2) {
-        if (base..base + 2 * pairs).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
-            return (base, base + 2 * pairs - 1);
-        }
-    }
-    panic!("no free media range");
-}
+use switchboard_testkit::free_media_range;
 
 impl System {
     /// Starts manager, signaling (token `TOKEN`, anonymous SIP, extensions
