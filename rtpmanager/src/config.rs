@@ -136,7 +136,12 @@ pub struct Config {
     /// by. Without it, --advertise, --advertise-v6, --rtp-bind-address,
     /// --rtp-port-min/max, --media-interface and --fast-path make one
     /// interface named `default`.
-    #[arg(long = "interface", env = "SWITCHBOARD_INTERFACE", value_delimiter = ';', value_name = "SPEC")]
+    #[arg(
+        long = "interface",
+        env = "SWITCHBOARD_INTERFACE",
+        value_delimiter = ';',
+        value_name = "SPEC"
+    )]
     pub interface: Vec<String>,
 
     /// How long the kernel fast path reuses a stream's route and neighbour
@@ -426,8 +431,8 @@ impl InterfaceSpec {
                     ports = true;
                 }
                 "fast-path" => {
-                    spec.fast_path =
-                        FastPathRequest::from_str(value, true).map_err(|_| bad("auto, xdp, xdp-generic, tc or off"))?;
+                    spec.fast_path = FastPathRequest::from_str(value, true)
+                        .map_err(|_| bad("auto, xdp, xdp-generic, tc or off"))?;
                 }
                 _ => return Err(format!("unknown key `{key}` in `{text}`")),
             }
@@ -577,10 +582,21 @@ mod tests {
         assert_eq!(specs[0].advertise_v6, "2001:db8::5".parse().ok());
         assert_eq!((specs[0].port_min, specs[0].port_max), (20000, 20999));
         assert_eq!(specs[0].fast_path, FastPathRequest::Tc);
-        assert_eq!(specs[1].bind, "10.0.0.1".parse::<IpAddr>().expect("literal"));
+        assert_eq!(
+            specs[1].bind,
+            "10.0.0.1".parse::<IpAddr>().expect("literal")
+        );
         assert_eq!(specs[1].device, None);
-        assert_eq!(specs[1].fast_path, FastPathRequest::Auto, "--fast-path by default");
-        assert!(load(&[]).expect("defaults").named_interfaces().expect("none").is_empty());
+        assert_eq!(
+            specs[1].fast_path,
+            FastPathRequest::Auto,
+            "--fast-path by default"
+        );
+        assert!(load(&[])
+            .expect("defaults")
+            .named_interfaces()
+            .expect("none")
+            .is_empty());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::fastpath::FastPath;
 use crate::media::g711::Law;
 use crate::media::rtp::PayloadType;
-use crate::offload::kernel::KernelOffload;
+use crate::offload::kernel::{KernelOffload, LegLocal};
 use crate::offload::{OffloadChanged, StreamKind};
 use crate::playback::{
     self, Clip, DtmfPlan, FileError, Injections, LegControl, PlayJob, PlayUpdate, PlaybackId,
@@ -431,9 +431,11 @@ impl ControlService {
                 now,
                 slot,
                 &shared,
-                view.local_address,
-                view.rtp_port,
-                kernel,
+                LegLocal {
+                    advertised: view.local_address,
+                    rtp_port: view.rtp_port,
+                    kernel,
+                },
                 params,
             );
         }
@@ -518,7 +520,11 @@ impl ControlService {
             .filter(|(_, shared)| LegCounters::get(&shared.counters.rtcp_in_packets) > 0)
             .filter_map(|(slot, shared)| {
                 let snapshot = self.inner.relay.snapshot(*slot).ok().flatten()?;
-                Some((shared.leg.clone(), snapshot.latched_rtcp?, snapshot.rtcp_locked))
+                Some((
+                    shared.leg.clone(),
+                    snapshot.latched_rtcp?,
+                    snapshot.rtcp_locked,
+                ))
             })
             .collect();
         let now = Instant::now();
@@ -1090,7 +1096,10 @@ impl ControlService {
             .interfaces()
             .iter()
             .map(|i| {
-                let attachment = fast_path.attachments().iter().find(|a| a.device == i.device);
+                let attachment = fast_path
+                    .attachments()
+                    .iter()
+                    .find(|a| a.device == i.device);
                 let (min, max) = i.pool.range();
                 v1::MediaInterface {
                     name: i.name.clone(),

@@ -243,7 +243,11 @@ pub fn render(s: &Snapshot) -> String {
             sample(
                 &mut out,
                 "interface_fast_path_info",
-                &[("interface", &i.name), ("device", &i.device), ("mode", &mode)],
+                &[
+                    ("interface", &i.name),
+                    ("device", &i.device),
+                    ("mode", &mode),
+                ],
                 1,
             );
         }

@@ -41,8 +41,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let media = media_interfaces(&config);
     // The programs' config spans every interface's range (they do not
     // overlap); one forwarding map serves all devices.
-    let port_min = media.iter().map(|m| m.port_min).min().unwrap_or(config.rtp_port_min);
-    let port_max = media.iter().map(|m| m.port_max).max().unwrap_or(config.rtp_port_max);
+    let port_min = media
+        .iter()
+        .map(|m| m.port_min)
+        .min()
+        .unwrap_or(config.rtp_port_min);
+    let port_max = media
+        .iter()
+        .map(|m| m.port_max)
+        .max()
+        .unwrap_or(config.rtp_port_max);
     // The first interface that wants the fast path loads it; the others
     // attach the same programs.
     let primary = media
@@ -51,7 +59,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .unwrap_or(0);
     let mut more = Vec::new();
     for (i, m) in media.iter().enumerate() {
-        if i != primary && m.device != media[primary].device && !more.iter().any(|d: &MoreDevice| d.device == m.device) {
+        if i != primary
+            && m.device != media[primary].device
+            && !more.iter().any(|d: &MoreDevice| d.device == m.device)
+        {
             more.push(MoreDevice {
                 device: m.device.clone(),
                 request: m.request,
@@ -238,7 +249,11 @@ struct MediaInterface {
 impl MediaInterface {
     /// The advertised addresses, IPv4 first; never empty.
     fn advertised(&self) -> Vec<IpAddr> {
-        self.advertise_v4.iter().chain(self.advertise_v6.iter()).copied().collect()
+        self.advertise_v4
+            .iter()
+            .chain(self.advertise_v6.iter())
+            .copied()
+            .collect()
     }
 }
 
@@ -254,7 +269,9 @@ fn media_interfaces(config: &Config) -> Vec<MediaInterface> {
             .unwrap_or_else(interfaces::default_advertise_address);
         let device = match &config.media_interface {
             Some(name) => name.clone(),
-            None => interfaces::interface_with_address(advertise).unwrap_or_else(|| "lo".to_owned()),
+            None => {
+                interfaces::interface_with_address(advertise).unwrap_or_else(|| "lo".to_owned())
+            }
         };
         return vec![MediaInterface {
             name: "default".to_owned(),

@@ -25,6 +25,8 @@ use tonic::transport::Channel;
 #[macro_use]
 #[path = "common/kernel.rs"]
 mod kernel;
+// Shared with other namespace tests, which use other parts of it.
+#[allow(dead_code)]
 #[path = "common/bed.rs"]
 mod bed;
 #[path = "common/netns_call.rs"]
@@ -139,9 +141,17 @@ fn call(bed: &TwoSidedBed, grpc: String, offloaded: (bool, bool), what: String) 
             let (leg_a, leg_b) = (media_addr(&answer.sdp), media_addr(&offer.sdp));
 
             caller.send(leg_a, vec![0]);
-            assert_eq!(callee.receive(1).len(), 1, "{what}: caller's latching packet");
+            assert_eq!(
+                callee.receive(1).len(),
+                1,
+                "{what}: caller's latching packet"
+            );
             callee.send(leg_b, vec![0]);
-            assert_eq!(caller.receive(1).len(), 1, "{what}: callee's latching packet");
+            assert_eq!(
+                caller.receive(1).len(),
+                1,
+                "{what}: callee's latching packet"
+            );
 
             let deadline = Instant::now() + Duration::from_secs(3);
             let legs = loop {
@@ -160,12 +170,26 @@ fn call(bed: &TwoSidedBed, grpc: String, offloaded: (bool, bool), what: String) 
             ] {
                 from.send(to, stream());
                 let got = receiver.receive(sent.len());
-                assert_eq!(got.len(), sent.len(), "{what} {direction}: every packet arrived once");
+                assert_eq!(
+                    got.len(),
+                    sent.len(),
+                    "{what} {direction}: every packet arrived once"
+                );
                 for ((seen, payload), want) in got.iter().zip(&sent) {
-                    assert_eq!(*seen, source, "{what} {direction}: from the receiver's leg's port");
-                    assert_eq!(payload, want, "{what} {direction}: payload intact, in order");
+                    assert_eq!(
+                        *seen, source,
+                        "{what} {direction}: from the receiver's leg's port"
+                    );
+                    assert_eq!(
+                        payload, want,
+                        "{what} {direction}: payload intact, in order"
+                    );
                 }
-                assert_eq!(receiver.new_csum_errors(), 0, "{what} {direction}: no checksum errors");
+                assert_eq!(
+                    receiver.new_csum_errors(),
+                    0,
+                    "{what} {direction}: no checksum errors"
+                );
             }
             let stats = client
                 .get_stats(v1::GetStatsRequest {
@@ -236,7 +260,12 @@ fn media_counters(manager: Manager) -> Vec<(String, u64)> {
     manager
         .stop()
         .into_iter()
-        .filter(|(name, _)| !matches!(name.as_str(), "not_ip" | "not_udp" | "ipv6_extension_header"))
+        .filter(|(name, _)| {
+            !matches!(
+                name.as_str(),
+                "not_ip" | "not_udp" | "ipv6_extension_header"
+            )
+        })
         .collect()
 }
 
@@ -281,8 +310,16 @@ fn both_sides_in(family: Family, tag: &str, mode: Mode) {
         "{what}: Info reports each interface in its mode: {:?}",
         seen.info.interfaces
     );
-    assert_eq!(media_addr(&seen.caller_sdp).ip(), bed.relay_a(), "{what}: the caller's SDP has a0's address");
-    assert_eq!(media_addr(&seen.callee_sdp).ip(), bed.relay_b(), "{what}: the callee's SDP has b0's address");
+    assert_eq!(
+        media_addr(&seen.caller_sdp).ip(),
+        bed.relay_a(),
+        "{what}: the caller's SDP has a0's address"
+    );
+    assert_eq!(
+        media_addr(&seen.callee_sdp).ip(),
+        bed.relay_b(),
+        "{what}: the callee's SDP has b0's address"
+    );
     let placed: Vec<(String, String, bool)> = seen
         .legs
         .iter()
@@ -302,10 +339,22 @@ fn both_sides_in(family: Family, tag: &str, mode: Mode) {
         ("a".to_owned(), n + 1, n + 1, in_kernel),
         ("b".to_owned(), n + 1, n + 1, in_kernel),
     ];
-    assert_eq!(figures(&seen.stats), want, "{what}: GetStats counts every packet both ways");
-    assert_eq!(figures(&seen.deleted), want, "{what}: Delete's final figures count every packet both ways");
+    assert_eq!(
+        figures(&seen.stats),
+        want,
+        "{what}: GetStats counts every packet both ways"
+    );
+    assert_eq!(
+        figures(&seen.deleted),
+        want,
+        "{what}: Delete's final figures count every packet both ways"
+    );
     for leg in &seen.stats {
-        assert_eq!(leg.rtp_lost, LOST, "{what} leg {}: the skipped sequence numbers", leg.leg_id);
+        assert_eq!(
+            leg.rtp_lost, LOST,
+            "{what} leg {}: the skipped sequence numbers",
+            leg.leg_id
+        );
     }
     let counters = media_counters(manager);
     if kernel {
@@ -333,11 +382,18 @@ fn mixed(family: Family, tag: &str, mode: Mode) {
         seen.info.interfaces
     );
     let offloaded: Vec<bool> = seen.legs.iter().map(|l| l.offloaded).collect();
-    assert_eq!(offloaded, vec![true, false], "{what}: a's media in the kernel, b's in userspace");
+    assert_eq!(
+        offloaded,
+        vec![true, false],
+        "{what}: a's media in the kernel, b's in userspace"
+    );
     let n = stream().len() as u64;
     assert_eq!(
         figures(&seen.stats),
-        vec![("a".to_owned(), n + 1, n + 1, n), ("b".to_owned(), n + 1, n + 1, 0)],
+        vec![
+            ("a".to_owned(), n + 1, n + 1, n),
+            ("b".to_owned(), n + 1, n + 1, 0)
+        ],
         "{what}: every packet counted, the kernel's on a only"
     );
     assert_eq!(
@@ -357,13 +413,43 @@ macro_rules! kernel_test {
     };
 }
 
-kernel_test!(two_interfaces_relay_in_userspace_only, both_sides_in(Family::V4, "o", Mode::Off));
-kernel_test!(two_interfaces_redirect_both_ways_in_xdp_native, both_sides_in(Family::V4, "x", Mode::XdpNative));
-kernel_test!(two_interfaces_redirect_both_ways_in_xdp_generic, both_sides_in(Family::V4, "g", Mode::XdpGeneric));
-kernel_test!(two_interfaces_redirect_both_ways_in_tc, both_sides_in(Family::V4, "t", Mode::Tc));
-kernel_test!(two_ipv6_interfaces_relay_in_userspace_only, both_sides_in(Family::V6, "o", Mode::Off));
-kernel_test!(two_ipv6_interfaces_redirect_both_ways_in_xdp_native, both_sides_in(Family::V6, "x", Mode::XdpNative));
-kernel_test!(two_ipv6_interfaces_redirect_both_ways_in_xdp_generic, both_sides_in(Family::V6, "g", Mode::XdpGeneric));
-kernel_test!(two_ipv6_interfaces_redirect_both_ways_in_tc, both_sides_in(Family::V6, "t", Mode::Tc));
-kernel_test!(an_interface_forced_off_relays_in_userspace_while_the_other_redirects_in_tc, mixed(Family::V4, "mt", Mode::Tc));
-kernel_test!(an_interface_forced_off_relays_in_userspace_while_the_other_redirects_in_xdp, mixed(Family::V4, "mx", Mode::XdpNative));
+kernel_test!(
+    two_interfaces_relay_in_userspace_only,
+    both_sides_in(Family::V4, "o", Mode::Off)
+);
+kernel_test!(
+    two_interfaces_redirect_both_ways_in_xdp_native,
+    both_sides_in(Family::V4, "x", Mode::XdpNative)
+);
+kernel_test!(
+    two_interfaces_redirect_both_ways_in_xdp_generic,
+    both_sides_in(Family::V4, "g", Mode::XdpGeneric)
+);
+kernel_test!(
+    two_interfaces_redirect_both_ways_in_tc,
+    both_sides_in(Family::V4, "t", Mode::Tc)
+);
+kernel_test!(
+    two_ipv6_interfaces_relay_in_userspace_only,
+    both_sides_in(Family::V6, "o", Mode::Off)
+);
+kernel_test!(
+    two_ipv6_interfaces_redirect_both_ways_in_xdp_native,
+    both_sides_in(Family::V6, "x", Mode::XdpNative)
+);
+kernel_test!(
+    two_ipv6_interfaces_redirect_both_ways_in_xdp_generic,
+    both_sides_in(Family::V6, "g", Mode::XdpGeneric)
+);
+kernel_test!(
+    two_ipv6_interfaces_redirect_both_ways_in_tc,
+    both_sides_in(Family::V6, "t", Mode::Tc)
+);
+kernel_test!(
+    an_interface_forced_off_relays_in_userspace_while_the_other_redirects_in_tc,
+    mixed(Family::V4, "mt", Mode::Tc)
+);
+kernel_test!(
+    an_interface_forced_off_relays_in_userspace_while_the_other_redirects_in_xdp,
+    mixed(Family::V4, "mx", Mode::XdpNative)
+);

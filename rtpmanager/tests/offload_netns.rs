@@ -36,6 +36,8 @@ use tonic::transport::Channel;
 #[macro_use]
 #[path = "common/kernel.rs"]
 mod kernel;
+// Shared with other namespace tests, which use other parts of it.
+#[allow(dead_code)]
 #[path = "common/bed.rs"]
 mod bed;
 #[path = "common/netns_call.rs"]
@@ -45,7 +47,6 @@ use bed::{Family, TestBed, CALLEE, CALLER};
 use kernel::{addr, sh, spawn_in_ns};
 
 use netns_call::{media_addr, rtp, sdp, stream, Manager, Peer, LOST, PEER_SSRC};
-
 
 impl Manager {
     /// The manager of an IPv4 bed.

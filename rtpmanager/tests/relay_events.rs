@@ -149,7 +149,12 @@ async fn latches_lost_in_a_lagged_event_channel_still_reach_the_offload_decision
         if latched.len() == legs.len() {
             break;
         }
-        assert!(Instant::now() < deadline, "only {} of {} legs latched", latched.len(), legs.len());
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {} legs latched",
+            latched.len(),
+            legs.len()
+        );
         for (call, leg, port) in &legs {
             if !latched.contains(&(call.clone(), leg.clone())) {
                 peer.send_to(&rtp(1), SocketAddr::from(([127, 0, 0, 1], *port)))
@@ -178,7 +183,11 @@ async fn latches_lost_in_a_lagged_event_channel_still_reach_the_offload_decision
             .map(|(leg, _)| format!("{}/{}", leg.call_id, leg.leg_id))
             .collect();
         if missing.is_empty() {
-            assert_eq!(decided.len(), legs.len(), "every leg is known to the decision");
+            assert_eq!(
+                decided.len(),
+                legs.len(),
+                "every leg is known to the decision"
+            );
             break;
         }
         assert!(

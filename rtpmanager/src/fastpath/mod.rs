@@ -295,7 +295,9 @@ impl FastPath {
                     if let Some(pins) = &self.pins {
                         for other in [Mode::XdpNative, Mode::XdpGeneric, Mode::Tc] {
                             if other != mode {
-                                let _ = std::fs::remove_file(pins.device_link_path(other, &more.device));
+                                let _ = std::fs::remove_file(
+                                    pins.device_link_path(other, &more.device),
+                                );
                             }
                         }
                     }

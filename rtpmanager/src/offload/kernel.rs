@@ -80,6 +80,18 @@ pub struct KernelOffload {
     sent_into: HashMap<(Slot, StreamKind), (u64, u64)>,
 }
 
+/// Where a leg's packets arrive.
+#[derive(Clone, Copy, Debug)]
+pub struct LegLocal {
+    /// The address the leg's peer was given.
+    pub advertised: IpAddr,
+    /// The leg's RTP port.
+    pub rtp_port: u16,
+    /// Whether the programs are attached to the device of the leg's media
+    /// interface.
+    pub kernel: bool,
+}
+
 /// Map writes split by when they must happen relative to the relay.
 #[derive(Debug, Default)]
 pub struct Pending {
@@ -105,18 +117,21 @@ impl KernelOffload {
         }
     }
 
-    /// A leg was added or got new params. `advertised` is the address the
-    /// leg's peer was given; `rtp_port` the leg's RTP port.
+    /// A leg was added or got new params; `local` is where its packets
+    /// arrive.
     pub fn leg_changed(
         &mut self,
         now: Instant,
         slot: Slot,
         shared: &Arc<LegShared>,
-        advertised: IpAddr,
-        rtp_port: u16,
-        kernel: bool,
+        local: LegLocal,
         params: &LegParams,
     ) {
+        let LegLocal {
+            advertised,
+            rtp_port,
+            kernel,
+        } = local;
         let ip = self.wire.get(&advertised).copied().unwrap_or(advertised);
         let record = self.legs.entry(slot).or_insert_with(|| LegRecord {
             shared: Arc::clone(shared),
@@ -416,7 +431,11 @@ impl KernelOffload {
         // symmetric: the leg forwarding here is the one this leg forwards
         // to (a lookup, not a scan, for Watch's all-legs stats).
         for kind in [StreamKind::Rtp, StreamKind::Rtcp] {
-            let closed = self.sent_into.get(&(slot, kind)).copied().unwrap_or_default();
+            let closed = self
+                .sent_into
+                .get(&(slot, kind))
+                .copied()
+                .unwrap_or_default();
             let live = record
                 .forward_to
                 .map(|from| Direction { from, kind })

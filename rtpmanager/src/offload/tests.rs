@@ -695,7 +695,11 @@ fn a_leg_on_an_interface_without_the_programs_stays_in_userspace_while_its_peer_
             OffloadCommand::Remove { direction, .. } => direction.from,
         })
         .collect();
-    assert_eq!(installed, vec![A], "only a's packets arrive where the programs are");
+    assert_eq!(
+        installed,
+        vec![A],
+        "only a's packets arrive where the programs are"
+    );
     assert!(o.offloaded(A) && !o.offloaded(B));
     assert_eq!(
         events(&mut o),

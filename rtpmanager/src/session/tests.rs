@@ -671,15 +671,28 @@ fn each_leg_advertises_the_address_and_ports_of_the_interface_signaling_names() 
     let offer = t.offer(now, offer_input).expect("offer");
     assert!(offer.sdp.contains("c=IN IP4 10.0.0.1\r\n"), "{}", offer.sdp);
     assert_eq!(offer.leg.interface, "private");
-    assert_eq!(offer.leg.local_address, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+    assert_eq!(
+        offer.leg.local_address,
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))
+    );
     let (min, max) = range_of(&t, "private");
-    assert!((min..=max).contains(&port_of(&offer.sdp)), "b's port is private's");
+    assert!(
+        (min..=max).contains(&port_of(&offer.sdp)),
+        "b's port is private's"
+    );
 
     let answer = t.answer(now, "c1", "b", "a", ANSWER_PCMA).expect("answer");
-    assert!(answer.sdp.contains("c=IN IP4 203.0.113.5\r\n"), "{}", answer.sdp);
+    assert!(
+        answer.sdp.contains("c=IN IP4 203.0.113.5\r\n"),
+        "{}",
+        answer.sdp
+    );
     assert_eq!(answer.leg.interface, "public");
     let (min, max) = range_of(&t, "public");
-    assert!((min..=max).contains(&port_of(&answer.sdp)), "a's port is public's");
+    assert!(
+        (min..=max).contains(&port_of(&answer.sdp)),
+        "a's port is public's"
+    );
 }
 
 #[test]
@@ -690,7 +703,8 @@ fn without_a_name_the_route_to_the_offerer_picks_its_interface_and_an_unknown_na
     // private interface's device. The callee's leg has no SDP yet: the
     // first interface.
     let loopback_offer = OFFER.replace("192.0.2.10", "127.0.0.7");
-    t.offer(now, input("c1", "a", "b", &loopback_offer)).expect("offer");
+    t.offer(now, input("c1", "a", "b", &loopback_offer))
+        .expect("offer");
     let views = |t: &SessionTable, leg: &str| t.leg_views("c1", leg).expect("leg").remove(0);
     assert_eq!(views(&t, "a").interface, "private");
     assert_eq!(views(&t, "b").interface, "public");

@@ -14,9 +14,6 @@
 //! network of their own, reaching the relay on its own interface (`a0`,
 //! `b0`), with no path between them but through the relay.
 
-// Shared by test binaries that each use part of it.
-#![allow(dead_code)]
-
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 
@@ -335,7 +332,9 @@ impl TwoSidedBed {
                 "ip", "-n", r, "link", "add", relay_dev, "type", "veth", "peer", "name", dev,
                 "netns", peer_ns,
             ]);
-            sh(&["ip", "-n", r, "link", "set", relay_dev, "address", relay_mac]);
+            sh(&[
+                "ip", "-n", r, "link", "set", relay_dev, "address", relay_mac,
+            ]);
             sh(&["ip", "-n", peer_ns, "link", "set", dev, "address", peer_mac]);
             for (ns, d, ip) in [(r, relay_dev, relay_ip), (peer_ns.as_str(), dev, peer_ip)] {
                 let cidr = format!("{ip}/{}", family.prefix_len());
@@ -347,14 +346,26 @@ impl TwoSidedBed {
                 sh(&["ip", "-n", ns, "link", "set", d, "up"]);
             }
             // Senders compute full UDP checksums, as a real NIC delivers them.
-            sh(&["ip", "netns", "exec", peer_ns, "ethtool", "-K", dev, "tx", "off"]);
+            sh(&[
+                "ip", "netns", "exec", peer_ns, "ethtool", "-K", dev, "tx", "off",
+            ]);
             let (peer_ip, relay_ip) = (peer_ip.to_string(), relay_ip.to_string());
             for (ns, d, ip, mac) in [
                 (peer_ns.as_str(), dev, relay_ip.as_str(), relay_mac),
                 (r, relay_dev, peer_ip.as_str(), peer_mac),
             ] {
                 sh(&[
-                    "ip", "-n", ns, "neigh", "replace", ip, "lladdr", mac, "dev", d, "nud",
+                    "ip",
+                    "-n",
+                    ns,
+                    "neigh",
+                    "replace",
+                    ip,
+                    "lladdr",
+                    mac,
+                    "dev",
+                    d,
+                    "nud",
                     "permanent",
                 ]);
             }
@@ -383,7 +394,12 @@ impl TwoSidedBed {
                 let pass = spawn_in_ns(ns, move || FastPath::start(&settings))
                     .join()
                     .expect("peer pass program");
-                assert_eq!(pass.mode(), Mode::XdpNative, "pass-all XDP on {dev}: {}", pass.reason());
+                assert_eq!(
+                    pass.mode(),
+                    Mode::XdpNative,
+                    "pass-all XDP on {dev}: {}",
+                    pass.reason()
+                );
                 pass
             })
             .collect()

@@ -107,7 +107,6 @@ impl Drop for Manager {
     }
 }
 
-
 pub fn sdp(a: SocketAddr) -> String {
     let family = if a.is_ipv6() { "IP6" } else { "IP4" };
     format!(
@@ -267,4 +266,3 @@ impl Peer {
         now - before
     }
 }
-
