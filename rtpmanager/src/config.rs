@@ -600,6 +600,25 @@ mod tests {
     }
 
     #[test]
+    fn named_interfaces_come_from_a_config_file_array() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("rtpmanager.toml");
+        std::fs::write(
+            &file,
+            "interface = [\"name=a,advertise=10.0.0.1,ports=20000-20099\", \"name=b,advertise=10.0.1.1,ports=20100-20199\"]\n",
+        )
+        .expect("write");
+        let c = load(&["--config", file.to_str().expect("utf-8")]).expect("valid file");
+        let names: Vec<String> = c
+            .named_interfaces()
+            .expect("valid")
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        assert_eq!(names, vec!["a", "b"]);
+    }
+
+    #[test]
     fn overlapping_or_incomplete_interfaces_are_refused_naming_the_option() {
         let err = load(&[
             "--interface",
