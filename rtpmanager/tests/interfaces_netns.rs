@@ -59,8 +59,29 @@ fn start(bed: &TwoSidedBed, mode_a: &str, mode_b: &str) -> (Manager, String) {
             "--enable-forwarding",
             "--log-level",
             "info",
+            // The relay's own namespace: the port is free.
+            "--metrics-listen",
+            METRICS,
         ],
     )
+}
+
+const METRICS: &str = "127.0.0.1:9190";
+
+/// The manager's Prometheus text, scraped in the relay's namespace.
+fn scrape(bed: &TwoSidedBed) -> String {
+    spawn_in_ns(&bed.relay, || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(METRICS).expect("metrics endpoint");
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: relay\r\n\r\n")
+            .expect("request");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("response");
+        text
+    })
+    .join()
+    .expect("scrape in the relay namespace")
 }
 
 fn mode_arg(mode: Mode) -> &'static str {
@@ -396,6 +417,19 @@ fn mixed(family: Family, tag: &str, mode: Mode) {
         ],
         "{what}: every packet counted, the kernel's on a only"
     );
+    let metrics = scrape(&bed);
+    for line in [
+        format!(
+            "switchboard_rtpmanager_interface_fast_path_info{{interface=\"public\",device=\"a0\",mode=\"{mode}\"}} 1"
+        ),
+        "switchboard_rtpmanager_interface_fast_path_info{interface=\"private\",device=\"b0\",mode=\"off\"} 1".to_owned(),
+        // The deleted call's legs still count: a's latching packet, all
+        // of b's.
+        "switchboard_rtpmanager_interface_userspace_packets_total{interface=\"public\"} 1".to_owned(),
+        format!("switchboard_rtpmanager_interface_userspace_packets_total{{interface=\"private\"}} {}", n + 1),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{what}: {line} missing from\n{metrics}");
+    }
     assert_eq!(
         media_counters(manager),
         vec![("no_entry".to_owned(), 1), ("redirected".to_owned(), n)],
