@@ -21,11 +21,19 @@
 //! frames an XDP program transmits out of a veth are dropped unless the
 //! peer has one (GRO on the peer was not enough, see EBPF-NOTES).
 //!
+//! `--bed two-interface` is an SBC's relay instead: the callers reach it on
+//! `a0`, the callees on `b0`, each side a namespace and subnet of its own
+//! (no path between them but through the relay); the manager runs one
+//! named interface per side (`--interface`), the callee's leg named
+//! `private` as signaling names it, the caller's placed by route. Both
+//! beds print the kernel's share of each direction (GetStats' kernel
+//! packets over received packets, summed over the calls' legs) and how many
+//! legs were offloaded after the warm-up, where every call latched at once.
+//!
 //! All traffic stays inside the namespaces this program creates; they are
 //! deleted by name at the end, and the manager it started is stopped by pid.
 #![allow(clippy::print_stdout)]
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -45,6 +53,11 @@ use switchboard_rtpmanager::fastpath::{self, FastPath, Mode, Settings};
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard-rtpmanager");
 const RELAY_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 1);
 const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 2);
+/// The two-interface bed: the callers' side and the callees' side.
+const RELAY_A_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 1, 1);
+const CALLERS_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 1, 2);
+const RELAY_B_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 2, 1);
+const CALLEES_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 2, 2);
 const CALLER_PORT: u16 = 7000;
 const CALLEE_PORT: u16 = 7002;
 const PACKET_LEN: usize = 172;
@@ -54,6 +67,8 @@ struct Args {
     path: String,
     calls: Vec<usize>,
     seconds: u64,
+    /// The two-interface bed (`--bed two-interface`).
+    two_sided: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -61,6 +76,7 @@ fn parse_args() -> anyhow::Result<Args> {
         path: "userspace".into(),
         calls: vec![100, 500, 1000, 2000],
         seconds: 10,
+        two_sided: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -78,9 +94,16 @@ fn parse_args() -> anyhow::Result<Args> {
                     .collect::<anyhow::Result<_>>()?;
             }
             "--seconds" => args.seconds = it.next().context("--seconds needs a value")?.parse()?,
+            "--bed" => {
+                args.two_sided = match it.next().context("--bed needs a value")?.as_str() {
+                    "one-interface" => false,
+                    "two-interface" => true,
+                    other => bail!("--bed: `{other}` is not one-interface or two-interface"),
+                }
+            }
             // cargo bench passes --bench to harness-less benches.
             "--bench" => {}
-            other => bail!("unknown argument `{other}` (use --path, --calls, --seconds)"),
+            other => bail!("unknown argument `{other}` (use --path, --calls, --seconds, --bed)"),
         }
     }
     let fast_path = match args.path.as_str() {
@@ -104,104 +127,169 @@ fn sh(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The relay and peers namespaces, deleted by name on drop.
+/// One side of the relay: a peers' namespace joined to the relay by a
+/// veth pair.
+struct Side {
+    ns: String,
+    peer_dev: &'static str,
+    relay_dev: &'static str,
+    peer_ip: Ipv4Addr,
+    relay_ip: Ipv4Addr,
+}
+
+/// The relay and its sides' namespaces, deleted by name on drop: one side
+/// (callers and callees together, the relay hairpins on `r0`) or two
+/// (callers on `a0`, callees on `b0`).
 struct Bed {
     relay: String,
-    peers: String,
+    sides: Vec<Side>,
 }
 
 impl Bed {
-    fn new() -> anyhow::Result<Bed> {
+    fn new(two_sided: bool) -> anyhow::Result<Bed> {
         let pid = std::process::id();
+        let side = |tag: &str, peer_dev, relay_dev, peer_ip, relay_ip| Side {
+            ns: format!("sbbench{pid}{tag}"),
+            peer_dev,
+            relay_dev,
+            peer_ip,
+            relay_ip,
+        };
         let bed = Bed {
             relay: format!("sbbench{pid}r"),
-            peers: format!("sbbench{pid}p"),
+            sides: if two_sided {
+                vec![
+                    side("p", "p0", "a0", CALLERS_IP, RELAY_A_IP),
+                    side("q", "q0", "b0", CALLEES_IP, RELAY_B_IP),
+                ]
+            } else {
+                vec![side("p", "p0", "r0", PEER_IP, RELAY_IP)]
+            },
         };
-        for ns in [&bed.relay, &bed.peers] {
-            sh(&["ip", "netns", "add", ns])?;
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
-        }
-        sh(&[
-            "ip", "link", "add", "sbbp0", "netns", &bed.peers, "type", "veth", "peer", "name",
-            "sbbr0", "netns", &bed.relay,
-        ])?;
-        sh(&["ip", "-n", &bed.peers, "link", "set", "sbbp0", "name", "p0"])?;
-        sh(&["ip", "-n", &bed.relay, "link", "set", "sbbr0", "name", "r0"])?;
-        for (ns, dev, ip) in [(&bed.peers, "p0", PEER_IP), (&bed.relay, "r0", RELAY_IP)] {
+        sh(&["ip", "netns", "add", &bed.relay])?;
+        sh(&["ip", "-n", &bed.relay, "link", "set", "lo", "up"])?;
+        for side in &bed.sides {
+            sh(&["ip", "netns", "add", &side.ns])?;
+            sh(&["ip", "-n", &side.ns, "link", "set", "lo", "up"])?;
+            let (peer_tmp, relay_tmp) = (
+                format!("sbb{}", side.peer_dev),
+                format!("sbb{}", side.relay_dev),
+            );
             sh(&[
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "sysctl",
-                "-qw",
-                &format!("net.ipv6.conf.{dev}.disable_ipv6=1"),
+                "ip", "link", "add", &peer_tmp, "netns", &side.ns, "type", "veth", "peer", "name",
+                &relay_tmp, "netns", &bed.relay,
             ])?;
             sh(&[
                 "ip",
                 "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                dev,
+                &side.ns,
+                "link",
+                "set",
+                &peer_tmp,
+                "name",
+                side.peer_dev,
             ])?;
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
+            sh(&[
+                "ip",
+                "-n",
+                &bed.relay,
+                "link",
+                "set",
+                &relay_tmp,
+                "name",
+                side.relay_dev,
+            ])?;
+            for (ns, dev, ip) in [
+                (&side.ns, side.peer_dev, side.peer_ip),
+                (&bed.relay, side.relay_dev, side.relay_ip),
+            ] {
+                sh(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv6.conf.{dev}.disable_ipv6=1"),
+                ])?;
+                sh(&[
+                    "ip",
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("{ip}/24"),
+                    "dev",
+                    dev,
+                ])?;
+                sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
+            }
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &bed.relay,
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.conf.{}.forwarding=1", side.relay_dev),
+            ])?;
+            // Full UDP checksums on the wire, as a real NIC delivers them.
+            let _ = sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &side.ns,
+                "ethtool",
+                "-K",
+                side.peer_dev,
+                "tx",
+                "off",
+            ]);
+            let mac = |ns: &str, dev: &str| -> anyhow::Result<String> {
+                let out = Command::new("ip")
+                    .args(["-n", ns, "-br", "link", "show", dev])
+                    .output()?;
+                String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .nth(2)
+                    .map(str::to_owned)
+                    .context("MAC address")
+            };
+            let (peer_mac, relay_mac) = (
+                mac(&side.ns, side.peer_dev)?,
+                mac(&bed.relay, side.relay_dev)?,
+            );
+            for (ns, ip, mac, dev) in [
+                (&side.ns, side.relay_ip, &relay_mac, side.peer_dev),
+                (&bed.relay, side.peer_ip, &peer_mac, side.relay_dev),
+            ] {
+                sh(&[
+                    "ip",
+                    "-n",
+                    ns,
+                    "neigh",
+                    "replace",
+                    &ip.to_string(),
+                    "lladdr",
+                    mac,
+                    "dev",
+                    dev,
+                    "nud",
+                    "permanent",
+                ])?;
+            }
         }
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &bed.relay,
-            "sysctl",
-            "-qw",
-            "net.ipv4.conf.r0.forwarding=1",
-        ])?;
-        // Full UDP checksums on the wire, as a real NIC delivers them.
-        let _ = sh(&[
-            "ip", "netns", "exec", &bed.peers, "ethtool", "-K", "p0", "tx", "off",
-        ]);
-        let mac = |ns: &str, dev: &str| -> anyhow::Result<String> {
-            let out = Command::new("ip")
-                .args(["-n", ns, "-br", "link", "show", dev])
-                .output()?;
-            String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .nth(2)
-                .map(str::to_owned)
-                .context("MAC address")
-        };
-        let (peer_mac, relay_mac) = (mac(&bed.peers, "p0")?, mac(&bed.relay, "r0")?);
-        sh(&[
-            "ip",
-            "-n",
-            &bed.peers,
-            "neigh",
-            "replace",
-            &RELAY_IP.to_string(),
-            "lladdr",
-            &relay_mac,
-            "dev",
-            "p0",
-            "nud",
-            "permanent",
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
-            &bed.relay,
-            "neigh",
-            "replace",
-            &PEER_IP.to_string(),
-            "lladdr",
-            &peer_mac,
-            "dev",
-            "r0",
-            "nud",
-            "permanent",
-        ])?;
         Ok(bed)
+    }
+
+    /// The callers' side.
+    fn callers(&self) -> &Side {
+        &self.sides[0]
+    }
+
+    /// The callees' side (the callers' own on a one-interface bed).
+    fn callees(&self) -> &Side {
+        &self.sides[self.sides.len() - 1]
     }
 
     fn enter(ns: &str) -> anyhow::Result<()> {
@@ -227,8 +315,11 @@ impl Bed {
 
 impl Drop for Bed {
     fn drop(&mut self) {
-        for ns in [&self.relay, &self.peers] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.relay])
+            .status();
+        for side in &self.sides {
+            let _ = Command::new("ip").args(["netns", "del", &side.ns]).status();
         }
     }
 }
@@ -277,9 +368,9 @@ impl Manager {
     }
 }
 
-fn sdp(port: u16) -> String {
+fn sdp(ip: Ipv4Addr, port: u16) -> String {
     format!(
-        "v=0\r\no=bench 1 1 IN IP4 {PEER_IP}\r\ns=-\r\nc=IN IP4 {PEER_IP}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=sendrecv\r\n"
+        "v=0\r\no=bench 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=sendrecv\r\n"
     )
 }
 
@@ -292,8 +383,15 @@ fn media_port(sdp: &str) -> anyhow::Result<u16> {
 }
 
 /// Sets up `calls` bridged calls; returns for each call the relay's port
-/// facing the caller and the one facing the callee.
-fn set_up_calls(relay_ns: &str, calls: usize) -> anyhow::Result<Vec<(u16, u16)>> {
+/// facing the caller and the one facing the callee. With `callee_interface`
+/// the callee's leg is named onto it, as signaling's dial action does.
+fn set_up_calls(
+    relay_ns: &str,
+    calls: usize,
+    caller_ip: Ipv4Addr,
+    callee_ip: Ipv4Addr,
+    callee_interface: &'static str,
+) -> anyhow::Result<Vec<(u16, u16)>> {
     Bed::in_ns(relay_ns, move || -> anyhow::Result<Vec<(u16, u16)>> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -318,13 +416,14 @@ fn set_up_calls(relay_ns: &str, calls: usize) -> anyhow::Result<Vec<(u16, u16)>>
                         call_id: call_id.clone(),
                         leg_id: "a".into(),
                         peer_leg_id: "b".into(),
-                        sdp: sdp(CALLER_PORT),
+                        sdp: sdp(caller_ip, CALLER_PORT),
                         options: Some(v1::LegOptions {
                             strict_source: true,
                             ..Default::default()
                         }),
                         peer_options: Some(v1::LegOptions {
                             strict_source: true,
+                            interface: callee_interface.to_owned(),
                             ..Default::default()
                         }),
                     })
@@ -335,7 +434,7 @@ fn set_up_calls(relay_ns: &str, calls: usize) -> anyhow::Result<Vec<(u16, u16)>>
                         call_id: call_id.clone(),
                         leg_id: "b".into(),
                         peer_leg_id: "a".into(),
-                        sdp: sdp(CALLEE_PORT),
+                        sdp: sdp(callee_ip, CALLEE_PORT),
                     })
                     .await?
                     .into_inner();
@@ -443,7 +542,7 @@ fn sendmmsg_to(socket: &UdpSocket, packets: &[[u8; PACKET_LEN]], dests: &[Socket
 fn send_loop(
     traffic: &Traffic,
     socket: &UdpSocket,
-    pick: usize,
+    (pick, relay_ip): (usize, Ipv4Addr),
     ports: &[(u16, u16)],
     epoch: Instant,
 ) {
@@ -475,7 +574,7 @@ fn send_loop(
                 } else {
                     to_callee_side
                 };
-                dests.push(SocketAddrV4::new(RELAY_IP, port));
+                dests.push(SocketAddrV4::new(relay_ip, port));
             }
             let n = sendmmsg_to(socket, &packets[..calls.len()], &dests);
             if traffic.measuring.load(Ordering::Relaxed) {
@@ -572,6 +671,11 @@ struct Row {
     /// burst larger than the peer's 256-frame ring is dropped there, with
     /// the program's verdict already counted).
     bed_drops_pct: f64,
+    /// The kernel's share of the packets received on the callers' legs
+    /// (caller → callee) and on the callees' (callee → caller), in %.
+    kernel_share_pct: (f64, f64),
+    /// Legs offloaded after the warm-up, and legs.
+    offloaded: (usize, usize),
 }
 
 /// Drops of the veth pair's rings, both ends: `rx_queue_N_drops`,
@@ -579,7 +683,11 @@ struct Row {
 /// `ethtool -S` (not `xdp_drops`, the programs' own XDP_DROP verdicts).
 fn veth_drops(bed: &Bed) -> anyhow::Result<u64> {
     let mut total = 0;
-    for (ns, dev) in [(&bed.relay, "r0"), (&bed.peers, "p0")] {
+    let devices = bed
+        .sides
+        .iter()
+        .flat_map(|s| [(&bed.relay, s.relay_dev), (&s.ns, s.peer_dev)]);
+    for (ns, dev) in devices {
         let out = Command::new("ip")
             .args(["netns", "exec", ns, "ethtool", "-S", dev])
             .output()
@@ -714,29 +822,33 @@ fn programs_stats(wanted: impl Fn(u64) -> bool) -> anyhow::Result<(u64, u64)> {
         .fold((0, 0), |(t, c), (_, _, time, count)| (t + time, c + count)))
 }
 
-fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
-    let bed = Bed::new()?;
+fn run_once(path: &str, calls: usize, seconds: u64, two_sided: bool) -> anyhow::Result<Row> {
+    let bed = Bed::new(two_sided)?;
     let fast_path = if path == "userspace" { "off" } else { path };
     let port_max =
         20000 + u16::try_from(calls * 4 + 16).context("too many calls for the port range")?;
+    // Two-interface: one leg per call on each side, each side its range.
+    let port_mid = 20000 + u16::try_from(calls * 2 + 8).context("too many calls")?;
     let existing: Vec<u64> = programs()?.into_iter().map(|p| p.0).collect();
-    // Native XDP transmits out of r0 reach p0 only when p0 runs XDP.
-    let _peer_pass = if path == "xdp" {
-        let settings = Settings {
-            request: FastPathRequest::Xdp,
-            interface: "p0".into(),
-            port_min: 1,
-            port_max: 1,
-            next_hop_cache: fastpath::DEFAULT_NEXT_HOP_CACHE,
-        };
-        let pass = Bed::in_ns(&bed.peers, move || FastPath::start(&settings))?;
-        if pass.mode() != Mode::XdpNative {
-            bail!("pass-all XDP on the peer veth: {}", pass.reason());
+    // Native XDP transmits out of a relay device reach its peer only when
+    // the peer runs XDP.
+    let mut _peer_pass = Vec::new();
+    if path == "xdp" {
+        for side in &bed.sides {
+            let settings = Settings {
+                request: FastPathRequest::Xdp,
+                interface: side.peer_dev.into(),
+                port_min: 1,
+                port_max: 1,
+                next_hop_cache: fastpath::DEFAULT_NEXT_HOP_CACHE,
+            };
+            let pass = Bed::in_ns(&side.ns, move || FastPath::start(&settings))?;
+            if pass.mode() != Mode::XdpNative {
+                bail!("pass-all XDP on the peer veth: {}", pass.reason());
+            }
+            _peer_pass.push(pass);
         }
-        Some(pass)
-    } else {
-        None
-    };
+    }
     // Taken before the manager starts, so its programs are the new ones.
     let loaded_before: Vec<u64> = programs()?.into_iter().map(|p| p.0).collect();
     let bpf_stats = if path == "userspace" {
@@ -744,30 +856,49 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
     } else {
         Some(BpfStats::enable()?)
     };
+    let interfaces = if two_sided {
+        vec![
+            "--interface".to_owned(),
+            format!(
+                "name=public,device=a0,advertise={RELAY_A_IP},ports=20000-{}",
+                port_mid - 1
+            ),
+            "--interface".to_owned(),
+            format!("name=private,device=b0,advertise={RELAY_B_IP},ports={port_mid}-{port_max}"),
+        ]
+    } else {
+        [
+            "--media-interface",
+            "r0",
+            "--advertise",
+            &RELAY_IP.to_string(),
+            "--rtp-port-min",
+            "20000",
+            "--rtp-port-max",
+            &port_max.to_string(),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
     let manager = Manager(
         Command::new("ip")
             .args(["netns", "exec", &bed.relay, BIN])
-            .args(["--fast-path", fast_path, "--media-interface", "r0"])
-            .args([
-                "--advertise",
-                &RELAY_IP.to_string(),
-                "--grpc-port",
-                "9090",
-                "--log-level",
-                "warn",
-            ])
-            .args([
-                "--rtp-port-min",
-                "20000",
-                "--rtp-port-max",
-                &port_max.to_string(),
-            ])
+            .args(["--fast-path", fast_path])
+            .args(&interfaces)
+            .args(["--grpc-port", "9090", "--log-level", "warn"])
             .args(["--media-timeout", "600"])
             .stdout(Stdio::null())
             .spawn()
             .context("starting the manager")?,
     );
-    let ports = set_up_calls(&bed.relay, calls)?;
+    let (callers, callees) = (bed.callers(), bed.callees());
+    let ports = set_up_calls(
+        &bed.relay,
+        calls,
+        callers.peer_ip,
+        callees.peer_ip,
+        if two_sided { "private" } else { "" },
+    )?;
 
     let traffic = Arc::new(Traffic {
         sent: AtomicU64::new(0),
@@ -777,36 +908,28 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
         histogram: Mutex::new(Histogram::new()),
     });
     let epoch = Instant::now();
-    let sockets: HashMap<&str, Arc<UdpSocket>> = {
-        let peers = bed.peers.clone();
-        Bed::in_ns(
-            &peers,
-            move || -> anyhow::Result<HashMap<&'static str, Arc<UdpSocket>>> {
-                let mut m = HashMap::new();
-                for (name, port) in [("caller", CALLER_PORT), ("callee", CALLEE_PORT)] {
-                    let s =
-                        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
-                    s.set_recv_buffer_size(16 << 20)?;
-                    s.set_send_buffer_size(16 << 20)?;
-                    s.bind(&SocketAddr::from((PEER_IP, port)).into())?;
-                    let s: UdpSocket = s.into();
-                    s.set_read_timeout(Some(Duration::from_millis(100)))?;
-                    m.insert(name, Arc::new(s));
-                }
-                Ok(m)
-            },
-        )??
+    let peer_socket = |ns: &str, ip: Ipv4Addr, port: u16| {
+        Bed::in_ns(ns, move || -> anyhow::Result<Arc<UdpSocket>> {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+            s.set_recv_buffer_size(16 << 20)?;
+            s.set_send_buffer_size(16 << 20)?;
+            s.bind(&SocketAddr::from((ip, port)).into())?;
+            let s: UdpSocket = s.into();
+            s.set_read_timeout(Some(Duration::from_millis(100)))?;
+            Ok(Arc::new(s))
+        })?
     };
-    let (caller, callee) = (
-        Arc::clone(&sockets["caller"]),
-        Arc::clone(&sockets["callee"]),
-    );
+    let caller = peer_socket(&callers.ns, callers.peer_ip, CALLER_PORT)?;
+    let callee = peer_socket(&callees.ns, callees.peer_ip, CALLEE_PORT)?;
     let mut threads = Vec::new();
     for socket in [Arc::clone(&caller), Arc::clone(&callee)] {
         let t = Arc::clone(&traffic);
         threads.push(std::thread::spawn(move || receive_loop(&t, &socket, epoch)));
     }
-    for (socket, pick) in [(caller, 0), (callee, 1)] {
+    for (socket, pick) in [
+        (caller, (0, callers.relay_ip)),
+        (callee, (1, callees.relay_ip)),
+    ] {
         let t = Arc::clone(&traffic);
         let ports = ports.clone();
         threads.push(std::thread::spawn(move || {
@@ -814,13 +937,14 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
             // 5-tuple on one queue: the bed runs the relay's kernel path in
             // the sender's softirq, so this is where the stream's entry and
             // stats live.
-            pin_to_cpu(pick);
+            pin_to_cpu(pick.0);
             send_loop(&t, &socket, pick, &ports, epoch)
         }));
     }
 
     // Warm-up: latching, caches, socket buffers.
     std::thread::sleep(Duration::from_secs(2));
+    let offloaded = offloaded_legs(&bed.relay)?;
     let cpu_before = manager.cpu_time();
     let bpf_before = match bpf_stats {
         Some(_) => Some(program_stats(&loaded_before)?),
@@ -831,8 +955,14 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
     // cold caches) for comparison.
     let is_peer = |id: u64| loaded_before.contains(&id) && !existing.contains(&id);
     let peer_before = programs_stats(is_peer)?;
-    let peers_ns = bed.peers.clone();
-    let rcvbuf_before = Bed::in_ns(&peers_ns, udp_rcvbuf_errors)?;
+    let side_namespaces: Vec<String> = bed.sides.iter().map(|s| s.ns.clone()).collect();
+    let rcvbuf = || -> anyhow::Result<u64> {
+        side_namespaces
+            .iter()
+            .map(|ns| Bed::in_ns(ns, udp_rcvbuf_errors))
+            .sum()
+    };
+    let rcvbuf_before = rcvbuf()?;
     let veth_before = veth_drops(&bed)?;
     traffic.measuring.store(true, Ordering::Relaxed);
     let measure_start = Instant::now();
@@ -851,7 +981,8 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
         let (time, count) = programs_stats(is_peer)?;
         (time - peer_before.0, count - peer_before.1)
     };
-    let rcvbuf_drops = Bed::in_ns(&peers_ns, udp_rcvbuf_errors)?.saturating_sub(rcvbuf_before);
+    let rcvbuf_drops = rcvbuf()?.saturating_sub(rcvbuf_before);
+    let kernel_share_pct = kernel_share(&bed.relay, calls)?;
     let veth = veth_drops(&bed)?.saturating_sub(veth_before);
     drop(bpf_stats);
     // Packets still in flight when measuring stopped are not counted as
@@ -895,6 +1026,74 @@ fn run_once(path: &str, calls: usize, seconds: u64) -> anyhow::Result<Row> {
         } else {
             (rcvbuf_drops + veth) as f64 * 100.0 / sent as f64
         },
+        kernel_share_pct,
+        offloaded,
+    })
+}
+
+/// Runs `f` on a current-thread runtime with a client of the manager, in
+/// the relay's namespace.
+fn with_client<T: Send + 'static>(
+    relay_ns: &str,
+    f: impl FnOnce(
+            RtpManagerClient<tonic::transport::Channel>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<T>>>>
+        + Send
+        + 'static,
+) -> anyhow::Result<T> {
+    Bed::in_ns(relay_ns, move || -> anyhow::Result<T> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let client = RtpManagerClient::connect("http://127.0.0.1:9090").await?;
+            f(client).await
+        })
+    })?
+}
+
+/// Legs ListCalls reports offloaded, and legs.
+fn offloaded_legs(relay_ns: &str) -> anyhow::Result<(usize, usize)> {
+    with_client(relay_ns, |mut client| {
+        Box::pin(async move {
+            let calls = client
+                .list_calls(v1::ListCallsRequest {})
+                .await?
+                .into_inner()
+                .calls;
+            let legs: Vec<bool> = calls
+                .iter()
+                .flat_map(|c| c.legs.iter().map(|l| l.offloaded))
+                .collect();
+            Ok((legs.iter().filter(|o| **o).count(), legs.len()))
+        })
+    })
+}
+
+/// The kernel's share of the RTP received on the callers' legs (`a`) and
+/// on the callees' (`b`), over every call, from GetStats.
+fn kernel_share(relay_ns: &str, calls: usize) -> anyhow::Result<(f64, f64)> {
+    with_client(relay_ns, move |mut client| {
+        Box::pin(async move {
+            let mut sums = [(0u64, 0u64); 2];
+            for i in 0..calls {
+                let legs = client
+                    .get_stats(v1::GetStatsRequest {
+                        call_id: format!("bench-{i}"),
+                        leg_id: String::new(),
+                    })
+                    .await?
+                    .into_inner()
+                    .legs;
+                for leg in legs {
+                    let side = usize::from(leg.leg_id == "b");
+                    sums[side].0 += leg.kernel_packets;
+                    sums[side].1 += leg.rtp_in.map_or(0, |c| c.packets);
+                }
+            }
+            let share = |(kernel, all): (u64, u64)| kernel as f64 * 100.0 / all.max(1) as f64;
+            Ok((share(sums[0]), share(sums[1])))
+        })
     })
 }
 
@@ -910,9 +1109,14 @@ fn main() -> anyhow::Result<()> {
     };
     // SAFETY: setrlimit reads the struct only.
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
-    println!("media benchmark: path={} ({} s per point, 50 pps per call and direction, {PACKET_LEN}-byte packets)", args.path, args.seconds);
     println!(
-        "{:>6} {:>10} {:>8} {:>10} {:>9} {:>9} {:>10} {:>12} {:>12} {:>9} {:>11}",
+        "media benchmark: path={} bed={} ({} s per point, 50 pps per call and direction, {PACKET_LEN}-byte packets)",
+        args.path,
+        if args.two_sided { "two-interface" } else { "one-interface" },
+        args.seconds
+    );
+    println!(
+        "{:>6} {:>10} {:>8} {:>10} {:>9} {:>9} {:>10} {:>12} {:>12} {:>9} {:>11} {:>10} {:>10} {:>11}",
         "calls",
         "pps",
         "loss%",
@@ -923,15 +1127,18 @@ fn main() -> anyhow::Result<()> {
         "proc ns/pkt",
         "BPF ns/pkt",
         "BPF runs%",
-        "floor ns"
+        "floor ns",
+        "kernel a→b",
+        "kernel b→a",
+        "offloaded"
     );
     let optional = |v: Option<f64>, precision: usize| {
         v.map_or_else(|| "-".to_owned(), |v| format!("{v:.precision$}"))
     };
     for &calls in &args.calls {
-        match run_once(&args.path, calls, args.seconds) {
+        match run_once(&args.path, calls, args.seconds, args.two_sided) {
             Ok(r) => println!(
-                "{:>6} {:>10} {:>8.3} {:>10.3} {:>9} {:>9} {:>10.1} {:>12.0} {:>12} {:>9} {:>11}",
+                "{:>6} {:>10} {:>8.3} {:>10.3} {:>9} {:>9} {:>10.1} {:>12.0} {:>12} {:>9} {:>11} {:>9.2}% {:>9.2}% {:>11}",
                 r.calls,
                 r.offered_pps,
                 r.loss_pct,
@@ -942,7 +1149,10 @@ fn main() -> anyhow::Result<()> {
                 r.ns_per_packet,
                 optional(r.bpf_ns_per_packet, 0),
                 optional(r.bpf_packets_pct, 1),
-                optional(r.floor_ns_per_packet, 0)
+                optional(r.floor_ns_per_packet, 0),
+                r.kernel_share_pct.0,
+                r.kernel_share_pct.1,
+                format!("{}/{}", r.offloaded.0, r.offloaded.1)
             ),
             Err(e) => println!("{calls:>6} failed: {e:#}"),
         }

@@ -122,6 +122,28 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_MEDIA_INTERFACE")]
     pub media_interface: Option<String>,
 
+    /// A named media interface (repeatable; environment: `;`-separated;
+    /// file: `interface = [...]`), for a relay whose peers reach it on
+    /// several networks (public and private side): comma-separated
+    /// `name=N,device=D,bind=A,advertise=A[,advertise=A6],ports=MIN-MAX,fast-path=MODE`.
+    /// `name`, `advertise` (once per family; for a 1:1 NAT another than
+    /// the bound one) and `ports` are required; `device` defaults to the
+    /// interface holding the first advertised address, `bind` to 0.0.0.0,
+    /// `fast-path` to --fast-path. Port ranges may not overlap (the kernel's
+    /// forwarding map is keyed by port). The fast path attaches to every
+    /// interface's device; a leg's interface is the one signaling names
+    /// (LegOptions.interface), else the one the route to its peer leaves
+    /// by. Without it, --advertise, --advertise-v6, --rtp-bind-address,
+    /// --rtp-port-min/max, --media-interface and --fast-path make one
+    /// interface named `default`.
+    #[arg(
+        long = "interface",
+        env = "SWITCHBOARD_INTERFACE",
+        value_delimiter = ';',
+        value_name = "SPEC"
+    )]
+    pub interface: Vec<String>,
+
     /// How long the kernel fast path reuses a stream's route and neighbour
     /// lookup, in milliseconds, before looking it up again; 0 looks it up
     /// for every packet. The lookup is most of a forwarded packet's cost; a
@@ -301,12 +323,130 @@ impl Config {
                 ));
             }
         }
+        self.named_interfaces()?;
         Ok(())
+    }
+
+    /// The `--interface` specifications, parsed and checked (names unique,
+    /// port ranges apart); empty without the option.
+    pub fn named_interfaces(&self) -> Result<Vec<InterfaceSpec>, ConfigError> {
+        let specs = self
+            .interface
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| InterfaceSpec::parse(s, self.fast_path))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError::invalid("interface", e))?;
+        for (i, a) in specs.iter().enumerate() {
+            for b in &specs[..i] {
+                if a.name == b.name {
+                    return Err(ConfigError::invalid(
+                        "interface",
+                        format!("the name {} is used twice", a.name),
+                    ));
+                }
+                if a.port_min <= b.port_max && b.port_min <= a.port_max {
+                    return Err(ConfigError::invalid(
+                        "interface",
+                        format!(
+                            "the ports of {} ({}-{}) overlap those of {} ({}-{}): the kernel's forwarding map is keyed by port",
+                            a.name, a.port_min, a.port_max, b.name, b.port_min, b.port_max
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(specs)
     }
 
     /// Number of RTP/RTCP port pairs in the range.
     pub fn port_pairs(&self) -> u32 {
         (u32::from(self.rtp_port_max) - u32::from(self.rtp_port_min)).div_ceil(2)
+    }
+}
+
+/// One `--interface`: a named media interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfaceSpec {
+    pub name: String,
+    /// The network device the fast path attaches to; `None` finds it from
+    /// the advertised address.
+    pub device: Option<String>,
+    pub bind: IpAddr,
+    /// The addresses advertised in SDP: at most one per family.
+    pub advertise_v4: Option<IpAddr>,
+    pub advertise_v6: Option<IpAddr>,
+    pub port_min: u16,
+    pub port_max: u16,
+    pub fast_path: FastPathRequest,
+}
+
+impl InterfaceSpec {
+    /// Parses `name=N,device=D,bind=A,advertise=A,ports=MIN-MAX,fast-path=M`;
+    /// `fast_path` is the default mode.
+    pub fn parse(text: &str, fast_path: FastPathRequest) -> Result<InterfaceSpec, String> {
+        let mut spec = InterfaceSpec {
+            name: String::new(),
+            device: None,
+            bind: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            advertise_v4: None,
+            advertise_v6: None,
+            port_min: 0,
+            port_max: 0,
+            fast_path,
+        };
+        let mut ports = false;
+        for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| format!("`{item}` in `{text}` is not key=value"))?;
+            let bad = |what: &str| format!("{key}={value} in `{text}`: {what}");
+            match key {
+                "name" => spec.name = value.to_owned(),
+                "device" => spec.device = Some(value.to_owned()),
+                "bind" => spec.bind = value.parse().map_err(|_| bad("not an IP address"))?,
+                "advertise" => {
+                    let addr: IpAddr = value.parse().map_err(|_| bad("not an IP address"))?;
+                    if addr.is_unspecified() || addr.is_multicast() {
+                        return Err(bad("cannot be reached by peers"));
+                    }
+                    let slot = if addr.is_ipv4() {
+                        &mut spec.advertise_v4
+                    } else {
+                        &mut spec.advertise_v6
+                    };
+                    if slot.replace(addr).is_some() {
+                        return Err(bad("one advertised address per family"));
+                    }
+                }
+                "ports" => {
+                    let (min, max) = value
+                        .split_once('-')
+                        .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)))
+                        .ok_or_else(|| bad("not MIN-MAX"))?;
+                    if min < 1024 || !min.is_multiple_of(2) || max <= min {
+                        return Err(bad("MIN must be even and 1024 or above, MAX above MIN"));
+                    }
+                    (spec.port_min, spec.port_max) = (min, max);
+                    ports = true;
+                }
+                "fast-path" => {
+                    spec.fast_path = FastPathRequest::from_str(value, true)
+                        .map_err(|_| bad("auto, xdp, xdp-generic, tc or off"))?;
+                }
+                _ => return Err(format!("unknown key `{key}` in `{text}`")),
+            }
+        }
+        if spec.name.is_empty() {
+            return Err(format!("`{text}` has no name="));
+        }
+        if spec.advertise_v4.is_none() && spec.advertise_v6.is_none() {
+            return Err(format!("interface {} has no advertise=", spec.name));
+        }
+        if !ports {
+            return Err(format!("interface {} has no ports=MIN-MAX", spec.name));
+        }
+        Ok(spec)
     }
 }
 
@@ -424,6 +564,84 @@ mod tests {
         .expect("a complete set");
         assert_eq!(c.grpc_tls_client_ca, Some(PathBuf::from("ca.crt")));
         assert_eq!(c.grpc_token_file, Some(PathBuf::from("tokens")));
+    }
+
+    #[test]
+    fn named_interfaces_parse_with_their_defaults() {
+        let c = load(&[
+            "--interface",
+            "name=public,device=eth0,advertise=203.0.113.5,advertise=2001:db8::5,ports=20000-20999,fast-path=tc",
+            "--interface",
+            "name=private,bind=10.0.0.1,advertise=10.0.0.1,ports=21000-21999",
+        ])
+        .expect("valid");
+        let specs = c.named_interfaces().expect("valid");
+        assert_eq!(specs.len(), 2);
+        assert_eq!(specs[0].name, "public");
+        assert_eq!(specs[0].device.as_deref(), Some("eth0"));
+        assert_eq!(specs[0].advertise_v6, "2001:db8::5".parse().ok());
+        assert_eq!((specs[0].port_min, specs[0].port_max), (20000, 20999));
+        assert_eq!(specs[0].fast_path, FastPathRequest::Tc);
+        assert_eq!(
+            specs[1].bind,
+            "10.0.0.1".parse::<IpAddr>().expect("literal")
+        );
+        assert_eq!(specs[1].device, None);
+        assert_eq!(
+            specs[1].fast_path,
+            FastPathRequest::Auto,
+            "--fast-path by default"
+        );
+        assert!(load(&[])
+            .expect("defaults")
+            .named_interfaces()
+            .expect("none")
+            .is_empty());
+    }
+
+    #[test]
+    fn named_interfaces_come_from_a_config_file_array() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("rtpmanager.toml");
+        std::fs::write(
+            &file,
+            "interface = [\"name=a,advertise=10.0.0.1,ports=20000-20099\", \"name=b,advertise=10.0.1.1,ports=20100-20199\"]\n",
+        )
+        .expect("write");
+        let c = load(&["--config", file.to_str().expect("utf-8")]).expect("valid file");
+        let names: Vec<String> = c
+            .named_interfaces()
+            .expect("valid")
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        assert_eq!(names, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn overlapping_or_incomplete_interfaces_are_refused_naming_the_option() {
+        let err = load(&[
+            "--interface",
+            "name=a,advertise=10.0.0.1,ports=20000-20999",
+            "--interface",
+            "name=b,advertise=10.0.1.1,ports=20998-21999",
+        ])
+        .expect_err("overlap");
+        assert!(
+            err.to_string().contains("--interface") && err.to_string().contains("overlap"),
+            "{err}"
+        );
+        for bad in [
+            "advertise=10.0.0.1,ports=20000-20999",
+            "name=a,ports=20000-20999",
+            "name=a,advertise=10.0.0.1",
+            "name=a,advertise=10.0.0.1,ports=20001-20999",
+            "name=a,advertise=10.0.0.1,ports=20000-20999,colour=blue",
+            "name=a,advertise=0.0.0.0,ports=20000-20999",
+        ] {
+            let err = load(&["--interface", bad]).expect_err(bad);
+            assert!(err.to_string().contains("--interface"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::fastpath::FastPath;
 use crate::media::g711::Law;
 use crate::media::rtp::PayloadType;
-use crate::offload::kernel::KernelOffload;
+use crate::offload::kernel::{KernelOffload, LegLocal};
 use crate::offload::{OffloadChanged, StreamKind};
 use crate::playback::{
     self, Clip, DtmfPlan, FileError, Injections, LegControl, PlayJob, PlayUpdate, PlaybackId,
@@ -65,6 +65,10 @@ struct Inner {
     /// The relay counters of the legs removed so far, so the manager-wide
     /// totals do not go back down when a call ends.
     retired: Mutex<RelayTotals>,
+    /// Each leg's media interface by slot, and the packets the relay
+    /// received on the removed legs of each interface.
+    leg_interfaces: Mutex<std::collections::HashMap<crate::relay::Slot, String>>,
+    retired_by_interface: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -101,6 +105,7 @@ fn options_of(o: Option<v1::LegOptions>) -> LegOptions {
             Ok(v1::AddressFamily::Unspecified) | Err(_) => None,
         },
         label: o.label,
+        interface: (!o.interface.is_empty()).then_some(o.interface),
     }
 }
 
@@ -126,6 +131,7 @@ fn leg_info(view: &LegView, offloaded: bool) -> v1::LegInfo {
         bridged_to: view.bridged_to.clone().unwrap_or_default(),
         offloaded,
         label: view.label.clone(),
+        interface: view.interface.clone(),
     }
 }
 
@@ -163,6 +169,11 @@ pub fn leg_stats(shared: &LegShared, snapshot: Option<&LegSnapshot>) -> v1::LegS
     }
 }
 
+/// The packets the relay received on a leg, RTP and RTCP.
+fn received_packets(c: &LegCounters) -> u64 {
+    LegCounters::get(&c.rtp_in_packets) + LegCounters::get(&c.rtcp_in_packets)
+}
+
 fn event(event: v1::manager_event::Event) -> v1::ManagerEvent {
     v1::ManagerEvent {
         timestamp_ms: unix_millis(SystemTime::now()),
@@ -193,6 +204,8 @@ impl ControlService {
                 injections: Arc::new(Injections::default()),
                 state,
                 retired: Mutex::new(RelayTotals::default()),
+                leg_interfaces: Mutex::new(std::collections::HashMap::new()),
+                retired_by_interface: Mutex::new(std::collections::HashMap::new()),
             }),
         }
     }
@@ -244,6 +257,21 @@ impl ControlService {
                         .lock()
                         .unwrap_or_else(|poisoned| poisoned.into_inner())
                         .add(&shared.counters);
+                    let interface = self
+                        .inner
+                        .leg_interfaces
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .remove(&slot);
+                    if let Some(interface) = interface {
+                        *self
+                            .inner
+                            .retired_by_interface
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .entry(interface)
+                            .or_default() += received_packets(&shared.counters);
+                    }
                     let mut stats = leg_stats(&shared, snapshot.as_ref());
                     offload.merge(fast_path, slot, &mut stats);
                     offload.forget(slot);
@@ -330,6 +358,36 @@ impl ControlService {
         totals
     }
 
+    /// Packets the userspace relay received (RTP and RTCP) on each media
+    /// interface's legs, removed legs included.
+    pub fn interface_userspace_packets(&self) -> std::collections::HashMap<String, u64> {
+        let mut totals = self
+            .inner
+            .retired_by_interface
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        for (_, _, legs) in self.table().list(Instant::now()) {
+            for leg in legs {
+                *totals.entry(leg.interface.clone()).or_default() +=
+                    received_packets(&leg.shared.counters);
+            }
+        }
+        totals
+    }
+
+    /// The locked RTP source of every leg as the offload decision knows
+    /// it (`None` while it has none): what decides whether a direction can
+    /// go into the kernel, so a latch lost on the way must still get here.
+    pub fn decided_latches(&self) -> Vec<(LegRef, Option<std::net::SocketAddr>)> {
+        let offload = self.offload();
+        offload
+            .legs()
+            .into_iter()
+            .map(|(slot, shared)| (shared.leg.clone(), offload.latched_of(slot).0))
+            .collect()
+    }
+
     /// The keys of the entries this manager has in the kernel.
     pub fn kernel_keys(&self) -> Vec<rtpmanager_common::ForwardKey> {
         self.offload().installed_keys()
@@ -363,12 +421,21 @@ impl ControlService {
             let Some(view) = view else {
                 continue;
             };
+            self.inner
+                .leg_interfaces
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(slot, view.interface.clone());
+            let kernel = self.inner.fast_path.mode_on(&view.device) != crate::fastpath::Mode::Off;
             offload.leg_changed(
                 now,
                 slot,
                 &shared,
-                view.local_address,
-                view.rtp_port,
+                LegLocal {
+                    advertised: view.local_address,
+                    rtp_port: view.rtp_port,
+                    kernel,
+                },
                 params,
             );
         }
@@ -438,33 +505,48 @@ impl ControlService {
 
     /// Feeds the offload decision every leg's latched addresses after
     /// latch events were lost (a burst of new calls overflows the event
-    /// channel). RTP latches are read from the legs' shared state (a leg
-    /// that received RTP is latched to its published destination), without
-    /// a round trip to a relay that is busy with that burst; RTCP ones from
-    /// the relay, only for legs that received RTCP.
+    /// channel): a lost lock must never leave a stream in userspace. RTP
+    /// latches are read from the legs' shared state (a leg that received
+    /// RTP is latched to its published destination), without a round trip
+    /// to a relay that is busy with that burst; RTCP ones from the relay,
+    /// only for legs that received RTCP. One batch under one lock, then
+    /// one settle and one state save: per-leg settles (each saving every
+    /// call) made a resync of thousands of legs slow enough to lag again.
     fn resync_latches(&self) {
         let legs = self.offload().legs();
-        for (slot, shared) in legs {
+        // RTCP latches need the relay; read them before taking the lock.
+        let rtcp: Vec<_> = legs
+            .iter()
+            .filter(|(_, shared)| LegCounters::get(&shared.counters.rtcp_in_packets) > 0)
+            .filter_map(|(slot, shared)| {
+                let snapshot = self.inner.relay.snapshot(*slot).ok().flatten()?;
+                Some((
+                    shared.leg.clone(),
+                    snapshot.latched_rtcp?,
+                    snapshot.rtcp_locked,
+                ))
+            })
+            .collect();
+        let now = Instant::now();
+        let mut offload = self.offload();
+        for (_, shared) in &legs {
             // Anchors were in the lost events too.
-            self.anchored(&shared.leg);
-            let counters = &shared.counters;
-            if LegCounters::get(&counters.rtp_in_packets) > 0 {
-                if let Some(source) = shared.destination() {
-                    let locked = shared
-                        .source_locked
-                        .load(std::sync::atomic::Ordering::Relaxed);
-                    self.latched(&shared.leg, StreamKind::Rtp, source, locked);
-                }
-            }
-            if LegCounters::get(&counters.rtcp_in_packets) == 0 {
+            offload.rewrite_changed(now, &shared.leg);
+            if LegCounters::get(&shared.counters.rtp_in_packets) == 0 {
                 continue;
             }
-            if let Ok(Some(snapshot)) = self.inner.relay.snapshot(slot) {
-                if let Some(source) = snapshot.latched_rtcp {
-                    self.latched(&shared.leg, StreamKind::Rtcp, source, snapshot.rtcp_locked);
-                }
+            if let Some(source) = shared.destination() {
+                let locked = shared
+                    .source_locked
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                offload.latched(now, &shared.leg, StreamKind::Rtp, source, locked);
             }
         }
+        for (leg, source, locked) in rtcp {
+            offload.latched(now, &leg, StreamKind::Rtcp, source, locked);
+        }
+        tracing::info!(legs = legs.len(), "latches re-read after lost relay events");
+        self.settle_offload(offload);
     }
 
     /// Reads the kernel's figures every `period`: last-seen times for idle
@@ -496,7 +578,19 @@ impl ControlService {
 
     /// Turns relay events into manager events, forever.
     pub async fn forward_relay_events(self) {
-        let mut events = self.inner.relay.subscribe();
+        let events = self.inner.relay.subscribe();
+        self.forward_from(events).await;
+    }
+
+    /// The relay's events from now on, for [`Self::forward_from`].
+    pub fn relay_events(&self) -> broadcast::Receiver<RelayEvent> {
+        self.inner.relay.subscribe()
+    }
+
+    /// [`Self::forward_relay_events`] from a given subscription: a test
+    /// subscribes, lets events pile up past the channel's capacity, then
+    /// forwards, as a manager too busy to read them would.
+    pub async fn forward_from(self, mut events: broadcast::Receiver<RelayEvent>) {
         loop {
             match events.recv().await {
                 // The relay sees no packets of an offloaded stream; the
@@ -951,6 +1045,7 @@ impl RtpManager for ControlService {
             active_calls: count(table.calls()),
             active_legs: count(table.legs()),
             ports_free: count(table.ports_free()),
+            interfaces: self.media_interfaces(&table),
         }))
     }
 
@@ -975,6 +1070,7 @@ impl RtpManager for ControlService {
             codecs: CODECS.iter().map(|c| (*c).to_owned()).collect(),
             started_at_ms: info.started_at_ms,
             draining: table.draining(),
+            interfaces: self.media_interfaces(&table),
         }))
     }
 
@@ -993,6 +1089,37 @@ impl RtpManager for ControlService {
 }
 
 impl ControlService {
+    /// Every media interface with the fast-path mode on its device.
+    fn media_interfaces(&self, table: &SessionTable) -> Vec<v1::MediaInterface> {
+        let fast_path = &self.inner.fast_path;
+        table
+            .interfaces()
+            .iter()
+            .map(|i| {
+                let attachment = fast_path
+                    .attachments()
+                    .iter()
+                    .find(|a| a.device == i.device);
+                let (min, max) = i.pool.range();
+                v1::MediaInterface {
+                    name: i.name.clone(),
+                    device: i.device.clone(),
+                    fast_path: fast_path.mode_on(&i.device).to_proto().into(),
+                    fast_path_reason: attachment
+                        .map_or_else(|| fast_path.reason().to_owned(), |a| a.reason.clone()),
+                    advertised_addresses: i
+                        .advertise_v4
+                        .iter()
+                        .chain(i.advertise_v6.iter())
+                        .map(ToString::to_string)
+                        .collect(),
+                    rtp_port_min: min.into(),
+                    rtp_port_max: max.into(),
+                }
+            })
+            .collect()
+    }
+
     fn stats_of(&self, view: &LegView) -> Result<v1::LegStats, Status> {
         let snapshot = self
             .inner

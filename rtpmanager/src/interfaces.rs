@@ -31,6 +31,34 @@ pub fn interface_with_address(addr: IpAddr) -> Option<String> {
     None
 }
 
+/// Where the kernel's route to a peer leaves from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The source address the kernel picks for the peer.
+    pub source: IpAddr,
+    /// The device holding that address.
+    pub device: String,
+}
+
+/// The route to `peer` as the kernel would take it: a connected UDP
+/// socket (no packet is sent) gets the source address the routing table
+/// chooses, and the device holding it. `None` when there is no route.
+pub fn route_to(peer: IpAddr) -> Option<Route> {
+    if peer.is_unspecified() {
+        return None;
+    }
+    let any: IpAddr = if peer.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    let socket = std::net::UdpSocket::bind((any, 0)).ok()?;
+    socket.connect((peer, 9)).ok()?;
+    let source = socket.local_addr().ok()?.ip();
+    let device = interface_with_address(source)?;
+    Some(Route { source, device })
+}
+
 fn first_address_of(interface: &str) -> Option<IpAddr> {
     nix::ifaddrs::getifaddrs()
         .ok()?
@@ -59,6 +87,14 @@ mod tests {
             interface_with_address(IpAddr::V4(Ipv4Addr::LOCALHOST)).as_deref(),
             Some("lo")
         );
+    }
+
+    #[test]
+    fn the_route_to_a_loopback_peer_leaves_by_lo() {
+        let route = route_to(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9))).expect("a route");
+        assert_eq!(route.device, "lo");
+        assert!(route.source.is_loopback(), "{route:?}");
+        assert_eq!(route_to(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), None);
     }
 
     #[test]

@@ -61,6 +61,19 @@ pub struct Snapshot {
     pub draining: bool,
     /// What the userspace relay received and sent since start.
     pub relay: RelayTotals,
+    /// Every media interface (empty leaves their families out).
+    pub interfaces: Vec<InterfaceFigures>,
+}
+
+/// One media interface's fast path and userspace load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfaceFigures {
+    pub name: String,
+    pub device: String,
+    pub mode: Mode,
+    /// Packets the userspace relay received on the interface's legs
+    /// (RTP and RTCP), ended calls included.
+    pub userspace_packets: u64,
 }
 
 impl Snapshot {
@@ -89,6 +102,18 @@ impl Snapshot {
             port_pairs_free: health.ports_free.into(),
             draining: health.status() == v1::ServingStatus::Draining,
             relay: service.relay_totals(),
+            interfaces: {
+                let userspace = service.interface_userspace_packets();
+                info.interfaces
+                    .iter()
+                    .map(|i| InterfaceFigures {
+                        name: i.name.clone(),
+                        device: i.device.clone(),
+                        mode: fast_path.mode_on(&i.device),
+                        userspace_packets: userspace.get(&i.name).copied().unwrap_or(0),
+                    })
+                    .collect()
+            },
         })
     }
 }
@@ -206,6 +231,41 @@ pub fn render(s: &Snapshot) -> String {
         family(&mut out, name, "gauge", help);
         sample(&mut out, name, &[], value);
     }
+    if !s.interfaces.is_empty() {
+        family(
+            &mut out,
+            "interface_fast_path_info",
+            "gauge",
+            "Each media interface, its device and the fast-path mode in force on it (xdp, xdp-generic, tc or off: its media is relayed in userspace); always 1.",
+        );
+        for i in &s.interfaces {
+            let mode = i.mode.to_string();
+            sample(
+                &mut out,
+                "interface_fast_path_info",
+                &[
+                    ("interface", &i.name),
+                    ("device", &i.device),
+                    ("mode", &mode),
+                ],
+                1,
+            );
+        }
+        family(
+            &mut out,
+            "interface_userspace_packets_total",
+            "counter",
+            "Packets the userspace relay received on each media interface's legs (RTP and RTCP), ended calls included: all of an interface's media when its fast path is off, else what the kernel did not carry.",
+        );
+        for i in &s.interfaces {
+            sample(
+                &mut out,
+                "interface_userspace_packets_total",
+                &[("interface", &i.name)],
+                i.userspace_packets,
+            );
+        }
+    }
     out
 }
 
@@ -302,6 +362,7 @@ mod tests {
                 rtcp_out_bytes: 0,
                 source_rejected_packets: 5,
             },
+            interfaces: Vec::new(),
         };
         let want = "\
 # HELP switchboard_rtpmanager_fast_path_info The kernel fast path in force (mode xdp, xdp-generic, tc or off), its interface and why (the first line of the reason; the log has all of it); always 1.
@@ -360,6 +421,46 @@ switchboard_rtpmanager_draining 0
     }
 
     #[test]
+    fn each_media_interface_reports_its_mode_and_userspace_packets() {
+        let snapshot = Snapshot {
+            mode: Mode::Tc,
+            interface: "a0".into(),
+            reason: "tc as requested".into(),
+            kernel_packets: None,
+            kernel_directions: 0,
+            calls: 0,
+            legs: 0,
+            port_pairs: 10,
+            port_pairs_free: 10,
+            draining: false,
+            relay: RelayTotals::default(),
+            interfaces: vec![
+                InterfaceFigures {
+                    name: "public".into(),
+                    device: "a0".into(),
+                    mode: Mode::Tc,
+                    userspace_packets: 3,
+                },
+                InterfaceFigures {
+                    name: "private".into(),
+                    device: "b0".into(),
+                    mode: Mode::Off,
+                    userspace_packets: 400,
+                },
+            ],
+        };
+        let text = render(&snapshot);
+        for line in [
+            "switchboard_rtpmanager_interface_fast_path_info{interface=\"public\",device=\"a0\",mode=\"tc\"} 1\n",
+            "switchboard_rtpmanager_interface_fast_path_info{interface=\"private\",device=\"b0\",mode=\"off\"} 1\n",
+            "switchboard_rtpmanager_interface_userspace_packets_total{interface=\"public\"} 3\n",
+            "switchboard_rtpmanager_interface_userspace_packets_total{interface=\"private\"} 400\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[test]
     fn without_a_fast_path_the_kernel_counters_are_left_out() {
         let snapshot = Snapshot {
             mode: Mode::Off,
@@ -373,6 +474,7 @@ switchboard_rtpmanager_draining 0
             port_pairs_free: 5000,
             draining: true,
             relay: RelayTotals::default(),
+            interfaces: Vec::new(),
         };
         let text = render(&snapshot);
         assert!(

@@ -226,6 +226,16 @@ impl PortPool {
         self.bind
     }
 
+    /// Whether `port` is in the pool's range.
+    pub fn contains(&self, port: u16) -> bool {
+        (self.min..=self.max).contains(&port)
+    }
+
+    /// The lowest and highest port of the range.
+    pub fn range(&self) -> (u16, u16) {
+        (self.min, self.max)
+    }
+
     /// Pairs in the range.
     pub fn total_pairs(&self) -> usize {
         self.slots.len()

@@ -13,7 +13,8 @@ use tonic::service::Interceptor;
 
 use crate::access::{Access, TokenCheck};
 use crate::config::Config;
-use crate::fastpath::{FastPath, Mode, Settings};
+use crate::config::FastPathRequest;
+use crate::fastpath::{FastPath, Mode, MoreDevice, Settings};
 use crate::grpc::{unix_millis, ControlService, ManagerInfo};
 use crate::interfaces;
 use crate::metrics;
@@ -21,7 +22,7 @@ use crate::offload::kernel::KernelOffload;
 use crate::ports::PortPool;
 use crate::relay::Relay;
 use crate::session::persist::StateFile;
-use crate::session::{SessionTable, TableConfig};
+use crate::session::{SessionTable, TableConfig, TableInterface};
 
 /// Runs the manager until SIGINT/SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -37,61 +38,93 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut check = tokens.map(TokenCheck::new);
     // Before anything else runs: SIGHUP's default action ends the process.
     reload_on_sighup(check.clone(), config.grpc_token_file.clone())?;
-    let advertise = config
-        .advertise
-        .unwrap_or_else(interfaces::default_advertise_address);
-    let interface = match &config.media_interface {
-        Some(name) => name.clone(),
-        None => interfaces::interface_with_address(advertise).unwrap_or_else(|| "lo".to_owned()),
-    };
-    let fast_path = FastPath::start_pinned(
+    let media = media_interfaces(&config);
+    // The programs' config spans every interface's range (they do not
+    // overlap); one forwarding map serves all devices.
+    let port_min = media
+        .iter()
+        .map(|m| m.port_min)
+        .min()
+        .unwrap_or(config.rtp_port_min);
+    let port_max = media
+        .iter()
+        .map(|m| m.port_max)
+        .max()
+        .unwrap_or(config.rtp_port_max);
+    // The first interface that wants the fast path loads it; the others
+    // attach the same programs.
+    let primary = media
+        .iter()
+        .position(|m| m.request != crate::config::FastPathRequest::Off)
+        .unwrap_or(0);
+    let mut more = Vec::new();
+    for (i, m) in media.iter().enumerate() {
+        if i != primary
+            && m.device != media[primary].device
+            && !more.iter().any(|d: &MoreDevice| d.device == m.device)
+        {
+            more.push(MoreDevice {
+                device: m.device.clone(),
+                request: m.request,
+            });
+        }
+    }
+    let fast_path = FastPath::start_on(
         &Settings {
-            request: config.fast_path,
-            interface: interface.clone(),
-            port_min: config.rtp_port_min,
-            port_max: config.rtp_port_max,
+            request: media[primary].request,
+            interface: media[primary].device.clone(),
+            port_min,
+            port_max,
             next_hop_cache: std::time::Duration::from_millis(config.next_hop_cache_ms),
         },
+        &more,
         Some(&config.bpf_pin_path),
     );
 
-    if fast_path.mode() != Mode::Off {
-        check_forwarding(
-            &interface,
-            config.enable_forwarding,
-            advertise.is_ipv6() || config.advertise_v6.is_some(),
-        );
+    let mut wire = HashMap::new();
+    for m in &media {
+        if fast_path.mode_on(&m.device) != Mode::Off {
+            check_forwarding(
+                &m.device,
+                config.enable_forwarding,
+                m.advertised().iter().any(IpAddr::is_ipv6),
+            );
+        }
+        wire.extend(wire_addresses(&m.advertised(), m.bind, &m.device));
     }
-    let advertised: Vec<IpAddr> = std::iter::once(advertise)
-        .chain(config.advertise_v6)
-        .collect();
-    let wire = wire_addresses(&advertised, config.rtp_bind_address, &interface);
     let offload = KernelOffload::new(fast_path.mode() != Mode::Off, wire);
 
     let started = SystemTime::now();
+    let advertise = media[0].advertised()[0];
     let info = ManagerInfo {
         instance_id: format!("{:x}-{:x}", std::process::id(), unix_millis(started)),
         started_at_ms: unix_millis(started),
-        advertised: vec![advertise],
-        rtp_port_min: config.rtp_port_min,
-        rtp_port_max: config.rtp_port_max,
+        advertised: media[0].advertised(),
+        rtp_port_min: port_min,
+        rtp_port_max: port_max,
     };
-    let pool = PortPool::new(
-        config.rtp_bind_address,
-        config.rtp_port_min,
-        config.rtp_port_max,
-    )
-    .context("--rtp-port-min/--rtp-port-max")?;
-    let table = SessionTable::new(
+    let mut interfaces = Vec::new();
+    for m in &media {
+        let pool = PortPool::new(m.bind, m.port_min, m.port_max)
+            .with_context(|| format!("the ports of media interface {}", m.name))?;
+        interfaces.push(TableInterface {
+            name: m.name.clone(),
+            device: m.device.clone(),
+            advertise_v4: m.advertise_v4,
+            advertise_v6: m.advertise_v6,
+            pool,
+        });
+    }
+    let table = SessionTable::with_interfaces(
         TableConfig {
             advertise_v4: advertise,
-            advertise_v6: config.advertise_v6,
+            advertise_v6: media[0].advertise_v6,
             media_timeout: Duration::from_secs(u64::from(config.media_timeout)),
             hold_timeout: Duration::from_secs(u64::from(config.hold_timeout)),
             source_learning: Duration::from_millis(config.source_learning_ms),
             max_legs_per_call: usize::from(config.max_legs_per_call),
         },
-        pool,
+        interfaces,
     );
     let relay = Relay::start().context("starting the media relay")?;
     let state = config
@@ -137,8 +170,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         grpc = %bound,
         grpc_access = %access_summary,
         %advertise,
-        ports = %format_args!("{}-{}", config.rtp_port_min, config.rtp_port_max),
+        ports = %format_args!("{port_min}-{port_max}"),
         fast_path = %service.fast_path().mode(),
+        interfaces = %media.iter().map(|m| format!("{}@{}:{}", m.name, m.device, service.fast_path().mode_on(&m.device))).collect::<Vec<_>>().join(" "),
         "rtpmanager ready"
     );
 
@@ -197,6 +231,84 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         state.remove();
     }
     Ok(())
+}
+
+/// One media interface as configured, its device resolved.
+#[derive(Debug)]
+struct MediaInterface {
+    name: String,
+    device: String,
+    bind: IpAddr,
+    advertise_v4: Option<IpAddr>,
+    advertise_v6: Option<IpAddr>,
+    port_min: u16,
+    port_max: u16,
+    request: FastPathRequest,
+}
+
+impl MediaInterface {
+    /// The advertised addresses, IPv4 first; never empty.
+    fn advertised(&self) -> Vec<IpAddr> {
+        self.advertise_v4
+            .iter()
+            .chain(self.advertise_v6.iter())
+            .copied()
+            .collect()
+    }
+}
+
+/// The `--interface`s, or without them one interface named `default` of
+/// the single-interface options (their meaning unchanged: `--advertise`
+/// is what IPv4 peers get, whatever its family).
+fn media_interfaces(config: &Config) -> Vec<MediaInterface> {
+    // Validated when the config was loaded.
+    let named = config.named_interfaces().unwrap_or_default();
+    if named.is_empty() {
+        let advertise = config
+            .advertise
+            .unwrap_or_else(interfaces::default_advertise_address);
+        let device = match &config.media_interface {
+            Some(name) => name.clone(),
+            None => {
+                interfaces::interface_with_address(advertise).unwrap_or_else(|| "lo".to_owned())
+            }
+        };
+        return vec![MediaInterface {
+            name: "default".to_owned(),
+            device,
+            bind: config.rtp_bind_address,
+            advertise_v4: Some(advertise),
+            advertise_v6: config.advertise_v6,
+            port_min: config.rtp_port_min,
+            port_max: config.rtp_port_max,
+            request: config.fast_path,
+        }];
+    }
+    named
+        .into_iter()
+        .map(|spec| {
+            let first = spec.advertise_v4.or(spec.advertise_v6);
+            // Behind a 1:1 NAT the advertised address is not local: the
+            // bound one names the device then.
+            let device = spec.device.clone().unwrap_or_else(|| {
+                first
+                    .into_iter()
+                    .chain(std::iter::once(spec.bind))
+                    .find_map(interfaces::interface_with_address)
+                    .unwrap_or_else(|| "lo".to_owned())
+            });
+            MediaInterface {
+                name: spec.name,
+                device,
+                bind: spec.bind,
+                advertise_v4: spec.advertise_v4,
+                advertise_v6: spec.advertise_v6,
+                port_min: spec.port_min,
+                port_max: spec.port_max,
+                request: spec.fast_path,
+            }
+        })
+        .collect()
 }
 
 /// Reads the token file again on each SIGHUP (`systemctl reload`), so a

@@ -91,6 +91,29 @@ async fn health_and_info_are_real() {
         info.codecs
     );
     assert!(!info.instance_id.is_empty());
+    let default: Vec<_> = info
+        .interfaces
+        .iter()
+        .map(|i| {
+            (
+                i.name.as_str(),
+                i.fast_path(),
+                i.advertised_addresses.clone(),
+                (i.rtp_port_min, i.rtp_port_max),
+            )
+        })
+        .collect();
+    assert_eq!(
+        default,
+        vec![(
+            "default",
+            v1::FastPathMode::Off,
+            vec!["127.0.0.1".to_owned()],
+            (30000, 30100)
+        )],
+        "the single-interface options make one interface named default"
+    );
+    assert_eq!(health.interfaces, info.interfaces);
 
     client
         .set_drain(v1::SetDrainRequest { drain: true })
@@ -102,6 +125,70 @@ async fn health_and_info_are_real() {
         .expect("Health")
         .into_inner();
     assert_eq!(health.status(), v1::ServingStatus::Draining);
+}
+
+#[tokio::test]
+async fn each_leg_gets_the_address_and_ports_of_its_named_interface() {
+    let port = free_port();
+    let _manager = Daemon(
+        Command::new(BIN)
+            .args(["--grpc-port", &port.to_string(), "--fast-path", "off"])
+            .args([
+                "--interface",
+                "name=public,device=lo,bind=127.0.0.1,advertise=127.0.0.1,ports=30200-30219",
+                "--interface",
+                "name=private,device=lo,bind=127.0.0.2,advertise=127.0.0.2,ports=30220-30239",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the manager"),
+    );
+    let mut client = connect(port).await;
+    let info = client
+        .info(v1::InfoRequest {})
+        .await
+        .expect("Info")
+        .into_inner();
+    let names: Vec<&str> = info.interfaces.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, vec!["public", "private"]);
+    assert_eq!(info.ports_total, 20, "both ranges");
+
+    let sdp = "v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 41000 RTP/AVP 0\r\n";
+    let offer = |peer_interface: &str| v1::OfferRequest {
+        call_id: "c1".into(),
+        leg_id: "a".into(),
+        peer_leg_id: "b".into(),
+        sdp: sdp.into(),
+        options: Some(v1::LegOptions {
+            interface: "public".into(),
+            ..Default::default()
+        }),
+        peer_options: Some(v1::LegOptions {
+            interface: peer_interface.into(),
+            ..Default::default()
+        }),
+    };
+    let err = client.offer(offer("dmz")).await.expect_err("unknown");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("\"dmz\""), "{}", err.message());
+
+    let relayed = client
+        .offer(offer("private"))
+        .await
+        .expect("Offer")
+        .into_inner();
+    assert!(
+        relayed.sdp.contains("c=IN IP4 127.0.0.2\r\n"),
+        "{}",
+        relayed.sdp
+    );
+    let leg = relayed.leg.expect("leg");
+    assert_eq!(
+        (leg.interface.as_str(), leg.local_address.as_str()),
+        ("private", "127.0.0.2")
+    );
+    assert!((30220..=30239).contains(&leg.rtp_port), "{}", leg.rtp_port);
 }
 
 #[test]
@@ -124,6 +211,20 @@ fn invalid_configuration_fails_at_start_naming_the_option() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--grpc-port"), "{stderr}");
+
+    let output = Command::new(BIN)
+        .env(
+            "SWITCHBOARD_INTERFACE",
+            "name=a,advertise=127.0.0.1,ports=30000-30099;name=b,advertise=127.0.0.2,ports=30050-30149",
+        )
+        .output()
+        .expect("run the manager");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--interface") && stderr.contains("overlap"),
+        "{stderr}"
+    );
 }
 
 #[test]

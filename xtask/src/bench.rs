@@ -83,6 +83,11 @@ struct MediaArgs {
     /// Seconds measured per point (after a 2 s warm-up).
     #[arg(long, default_value_t = 10)]
     seconds: u32,
+    /// Test bed: one-interface (callers and callees behind the relay's one
+    /// device) or two-interface (an SBC: callers on a0, callees on b0,
+    /// the manager with one named interface per side).
+    #[arg(long, default_value = "one-interface", value_parser = ["one-interface", "two-interface"])]
+    bed: String,
 }
 
 #[derive(clap::Args)]
@@ -169,6 +174,8 @@ fn media(args: &MediaArgs) -> anyhow::Result<()> {
                 &args.calls,
                 "--seconds",
                 &args.seconds.to_string(),
+                "--bed",
+                &args.bed,
             ]),
     )
 }

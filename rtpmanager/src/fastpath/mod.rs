@@ -138,6 +138,22 @@ pub struct Settings {
     pub next_hop_cache: Duration,
 }
 
+/// Where the programs are attached on one media device, or why not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub device: String,
+    pub mode: Mode,
+    pub reason: String,
+}
+
+/// Another device the programs attach to, after the first
+/// ([`FastPath::start_on`]), in the best mode its own request allows.
+#[derive(Clone, Debug)]
+pub struct MoreDevice {
+    pub device: String,
+    pub request: FastPathRequest,
+}
+
 /// The default of `--next-hop-cache-ms`.
 pub const DEFAULT_NEXT_HOP_CACHE: Duration = Duration::from_millis(500);
 
@@ -147,8 +163,8 @@ pub struct FastPath {
     mode: Mode,
     reason: String,
     interface: String,
-    /// Keeps the programs attached until dropped; `None` when off.
-    #[expect(dead_code, reason = "held for its Drop, which detaches the programs")]
+    /// Keeps the programs attached until dropped (and attaches them to
+    /// more devices); `None` when off.
     ebpf: Option<Ebpf>,
     /// Behind a mutex so the session table's driver can share the fast
     /// path (`&self`); map syscalls dominate the cost of the lock.
@@ -161,6 +177,12 @@ pub struct FastPath {
     /// Drains the programs' debug records while debug logging is on.
     #[expect(dead_code, reason = "held for its thread, stopped on drop")]
     log_reader: Option<kernel_log::LogReader>,
+    /// Every device and its mode: the first device's, then those of
+    /// [`FastPath::start_on`]'s other devices.
+    attachments: Vec<Attachment>,
+    /// The pinned links of the other devices (path, link), unpinned and
+    /// dropped at [`FastPath::shutdown`].
+    more_links: Mutex<Vec<(std::path::PathBuf, Option<FdLink>)>>,
 }
 
 impl fmt::Debug for FastPath {
@@ -185,6 +207,17 @@ impl FastPath {
     /// of a previous run are reused with their entries, and a pinned link
     /// gets this run's program atomically.
     pub fn start_pinned(settings: &Settings, pin_dir: Option<&Path>) -> FastPath {
+        Self::start_on(settings, &[], pin_dir)
+    }
+
+    /// [`FastPath::start_pinned`] on `settings.interface`, then the same
+    /// programs (one object, shared maps: an entry installed once serves
+    /// every device) attached to each of `more` in the best mode its own
+    /// request allows. The programs' route lookup redirects a packet to
+    /// the egress device, whichever device it arrived on. A device where
+    /// nothing attaches is reported off in [`FastPath::attachments`]; its
+    /// packets reach the userspace relay.
+    pub fn start_on(settings: &Settings, more: &[MoreDevice], pin_dir: Option<&Path>) -> FastPath {
         let pins = match pin_dir {
             Some(dir) if settings.request != FastPathRequest::Off => match Pins::prepare(dir) {
                 Ok(pins) => Some(pins),
@@ -195,7 +228,21 @@ impl FastPath {
             },
             _ => None,
         };
-        let fast_path = Self::try_modes(settings, pins);
+        let mut fast_path = Self::try_modes(settings, pins);
+        fast_path.attachments.push(Attachment {
+            device: settings.interface.clone(),
+            mode: fast_path.mode,
+            reason: fast_path.reason.clone(),
+        });
+        for device in more {
+            let attachment = fast_path.attach_more(device);
+            if attachment.mode == Mode::Off {
+                tracing::warn!(device = %attachment.device, reason = %attachment.reason, "kernel fast path off on this device; its media is relayed in userspace");
+            } else {
+                tracing::info!(device = %attachment.device, mode = %attachment.mode, "kernel fast path attached to another media device");
+            }
+            fast_path.attachments.push(attachment);
+        }
         if fast_path.mode == Mode::Off {
             tracing::warn!(reason = %fast_path.reason, "kernel fast path off; relaying media in userspace only");
         } else {
@@ -219,7 +266,78 @@ impl FastPath {
             pins: None,
             link: Mutex::new(None),
             log_reader: None,
+            attachments: Vec::new(),
+            more_links: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Attaches the loaded programs to one more device.
+    fn attach_more(&mut self, more: &MoreDevice) -> Attachment {
+        let off = |reason: String| Attachment {
+            device: more.device.clone(),
+            mode: Mode::Off,
+            reason,
+        };
+        let candidates: &[Mode] = match more.request {
+            FastPathRequest::Off => return off("disabled by the interface's fast-path=off".into()),
+            FastPathRequest::Auto => &[Mode::XdpNative, Mode::XdpGeneric, Mode::Tc],
+            FastPathRequest::Xdp => &[Mode::XdpNative],
+            FastPathRequest::XdpGeneric => &[Mode::XdpGeneric],
+            FastPathRequest::Tc => &[Mode::Tc],
+        };
+        let Some(ebpf) = self.ebpf.as_mut() else {
+            return off(format!("the programs are not loaded: {}", self.reason));
+        };
+        let mut failures = Vec::new();
+        for &mode in candidates {
+            match attach_device(ebpf, &more.device, mode, self.pins.as_ref()) {
+                Ok((path, link)) => {
+                    if let Some(pins) = &self.pins {
+                        for other in [Mode::XdpNative, Mode::XdpGeneric, Mode::Tc] {
+                            if other != mode {
+                                let _ = std::fs::remove_file(
+                                    pins.device_link_path(other, &more.device),
+                                );
+                            }
+                        }
+                    }
+                    self.more_links
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .extend(path.map(|p| (p, link)));
+                    let reason = if failures.is_empty() {
+                        format!("{mode} as requested")
+                    } else {
+                        format!("{mode} after: {}", failures.join("; "))
+                    };
+                    return Attachment {
+                        device: more.device.clone(),
+                        mode,
+                        reason,
+                    };
+                }
+                Err(e) => failures.push(error_chain(&e)),
+            }
+        }
+        off(format!("on {}: {}", more.device, failures.join("; ")))
+    }
+
+    /// Every media device with its mode, the first device first.
+    pub fn attachments(&self) -> &[Attachment] {
+        &self.attachments
+    }
+
+    /// The mode in force on `device`: off for a device the programs are
+    /// not attached to.
+    pub fn mode_on(&self, device: &str) -> Mode {
+        // A table made without devices (tests) follows the first device.
+        if device.is_empty() {
+            return self.mode;
+        }
+        self.attachments
+            .iter()
+            .find(|a| a.device == device)
+            .map_or(Mode::Off, |a| a.mode)
     }
 
     fn try_modes(settings: &Settings, pins: Option<Pins>) -> FastPath {
@@ -273,6 +391,8 @@ impl FastPath {
                         pins,
                         link: Mutex::new(link),
                         log_reader,
+                        attachments: Vec::new(),
+                        more_links: Mutex::new(Vec::new()),
                     };
                 }
                 Err(e) => {
@@ -341,6 +461,17 @@ impl FastPath {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .take(),
         );
+        for (path, link) in self
+            .more_links
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .drain(..)
+        {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(error = %e, path = %path.display(), "cannot unpin a device's link");
+            }
+            drop(link);
+        }
         pins.remove_maps();
         pins.remove_dir_if_empty();
         tracing::info!(
@@ -571,6 +702,105 @@ fn attach(
         Mode::Off => return Err(FastPathError::Object("off is not an attach mode".into())),
     };
     Ok((ebpf, maps, link))
+}
+
+/// Attaches the programs of a loaded object to one more device in `mode`
+/// (loading the program of that mode if the first device did not need
+/// it). Returns the pin path and link when pinned.
+fn attach_device(
+    ebpf: &mut Ebpf,
+    device: &str,
+    mode: Mode,
+    pins: Option<&Pins>,
+) -> Result<(Option<std::path::PathBuf>, Option<FdLink>), FastPathError> {
+    let program_err = |source| FastPathError::Program { mode, source };
+    let path = pins.map(|p| p.device_link_path(mode, device));
+    let previous = path.as_ref().filter(|p| p.exists()).and_then(|p| {
+        PinnedLink::from_pin(p)
+            .map(FdLink::from)
+            .inspect_err(|e| {
+                tracing::warn!(error = %error_chain(e), path = %p.display(), "unusable pinned link removed");
+                let _ = std::fs::remove_file(p);
+            })
+            .ok()
+    });
+    let adopted = previous.is_some();
+    let pin = |link: Result<FdLink, aya::programs::links::LinkError>| -> Result<Option<FdLink>, FastPathError> {
+        let (Some(path), Ok(link)) = (&path, link) else {
+            return Ok(None);
+        };
+        if adopted {
+            return Ok(Some(link));
+        }
+        let pinned = link
+            .pin(path)
+            .map_err(|e| FastPathError::Object(format!("pinning the link: {}", error_chain(&e))))?;
+        Ok(Some(FdLink::from(pinned)))
+    };
+    let link = match mode {
+        Mode::XdpNative | Mode::XdpGeneric => {
+            let program: &mut Xdp = ebpf
+                .program_mut(XDP_PROGRAM)
+                .ok_or_else(|| FastPathError::Object(format!("no program {XDP_PROGRAM}")))?
+                .try_into()
+                .map_err(program_err)?;
+            if program.fd().is_err() {
+                program.load().map_err(program_err)?;
+            }
+            let xdp_mode = if mode == Mode::XdpNative {
+                XdpMode::Driver
+            } else {
+                XdpMode::Skb
+            };
+            let id = match previous {
+                Some(link) => {
+                    let link = XdpLink::try_from(link).map_err(|e| {
+                        FastPathError::Object(format!("pinned link: {}", error_chain(&e)))
+                    })?;
+                    program.attach_to_link(link).map_err(program_err)?
+                }
+                None => program.attach(device, xdp_mode).map_err(program_err)?,
+            };
+            if path.is_some() {
+                let link = program.take_link(id).map_err(program_err)?;
+                pin(FdLink::try_from(link))?
+            } else {
+                None
+            }
+        }
+        Mode::Tc => {
+            if let Err(e) = tc::qdisc_add_clsact(device) {
+                tracing::debug!(error = %e, "clsact qdisc not added (probably present)");
+            }
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(TC_PROGRAM)
+                .ok_or_else(|| FastPathError::Object(format!("no program {TC_PROGRAM}")))?
+                .try_into()
+                .map_err(program_err)?;
+            if program.fd().is_err() {
+                program.load().map_err(program_err)?;
+            }
+            let id = match previous {
+                Some(link) => {
+                    let link = SchedClassifierLink::try_from(link).map_err(|e| {
+                        FastPathError::Object(format!("pinned link: {}", error_chain(&e)))
+                    })?;
+                    program.attach_to_link(link).map_err(program_err)?
+                }
+                None => program
+                    .attach(device, TcAttachType::Ingress)
+                    .map_err(program_err)?,
+            };
+            if path.is_some() {
+                let link = program.take_link(id).map_err(program_err)?;
+                pin(FdLink::try_from(link))?
+            } else {
+                None
+            }
+        }
+        Mode::Off => return Err(FastPathError::Object("off is not an attach mode".into())),
+    };
+    Ok((path, link))
 }
 
 /// An error with its sources, so "bpf_link_create failed" says why.

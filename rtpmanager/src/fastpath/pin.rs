@@ -131,6 +131,13 @@ impl Pins {
         self.dir.join(format!("link-{mode}"))
     }
 
+    /// Where the link of `mode` on another device than the first is
+    /// pinned (the first keeps [`Pins::link_path`], so an upgraded manager
+    /// re-adopts a single-interface run's link).
+    pub fn device_link_path(&self, mode: Mode, device: &str) -> PathBuf {
+        self.dir.join(format!("link-{mode}-{device}"))
+    }
+
     /// Unpins maps whose layout is not this build's, so they are created
     /// afresh; returns their names.
     pub fn drop_incompatible_maps(&self, forward_entries: u32) -> Vec<&'static str> {

@@ -73,6 +73,23 @@ pub struct KernelOffload {
     legs: HashMap<Slot, LegRecord>,
     by_ref: HashMap<LegRef, Slot>,
     accounts: HashMap<Direction, Account>,
+    /// What the kernel's closed episodes sent into each leg (its `*_out`),
+    /// packets and bytes by receiving leg and kind. Kept with the
+    /// receiving leg, not the sending one: a Delete removes a call's legs
+    /// one by one, and the sender's figures go with it.
+    sent_into: HashMap<(Slot, StreamKind), (u64, u64)>,
+}
+
+/// Where a leg's packets arrive.
+#[derive(Clone, Copy, Debug)]
+pub struct LegLocal {
+    /// The address the leg's peer was given.
+    pub advertised: IpAddr,
+    /// The leg's RTP port.
+    pub rtp_port: u16,
+    /// Whether the programs are attached to the device of the leg's media
+    /// interface.
+    pub kernel: bool,
 }
 
 /// Map writes split by when they must happen relative to the relay.
@@ -96,20 +113,25 @@ impl KernelOffload {
             legs: HashMap::new(),
             by_ref: HashMap::new(),
             accounts: HashMap::new(),
+            sent_into: HashMap::new(),
         }
     }
 
-    /// A leg was added or got new params. `advertised` is the address the
-    /// leg's peer was given; `rtp_port` the leg's RTP port.
+    /// A leg was added or got new params; `local` is where its packets
+    /// arrive.
     pub fn leg_changed(
         &mut self,
         now: Instant,
         slot: Slot,
         shared: &Arc<LegShared>,
-        advertised: IpAddr,
-        rtp_port: u16,
+        local: LegLocal,
         params: &LegParams,
     ) {
+        let LegLocal {
+            advertised,
+            rtp_port,
+            kernel,
+        } = local;
         let ip = self.wire.get(&advertised).copied().unwrap_or(advertised);
         let record = self.legs.entry(slot).or_insert_with(|| LegRecord {
             shared: Arc::clone(shared),
@@ -128,6 +150,7 @@ impl KernelOffload {
             OffloadLeg {
                 leg: shared.leg.clone(),
                 local_rtp: SocketAddr::new(ip, rtp_port),
+                kernel,
                 params: params.clone(),
                 rewrite: shared.outbound().rewrite(),
             },
@@ -159,6 +182,7 @@ impl KernelOffload {
         }
         for kind in [StreamKind::Rtp, StreamKind::Rtcp] {
             self.accounts.remove(&Direction { from: slot, kind });
+            self.sent_into.remove(&(slot, kind));
         }
     }
 
@@ -308,6 +332,11 @@ impl KernelOffload {
         account.packets += stats.packets;
         account.bytes += stats.bytes;
         account.source_drops += stats.source_drops;
+        if let Some(to) = account.to {
+            let sent = self.sent_into.entry((to, direction.kind)).or_default();
+            sent.0 += stats.packets;
+            sent.1 += stats.bytes;
+        }
         account.episodes.push(Episode {
             received: stats.received,
             lost: stats.lost(),
@@ -397,19 +426,25 @@ impl KernelOffload {
             }
         }
 
-        // Outbound: the directions of the bridged leg into this one.
-        // Bridges are symmetric: the leg forwarding here is the one this
-        // leg forwards to (a lookup, not a scan, for Watch's all-legs stats).
-        let peers = record.forward_to.into_iter().flat_map(|from| {
-            [StreamKind::Rtp, StreamKind::Rtcp].map(|kind| Direction { from, kind })
-        });
-        for direction in peers.filter(|d| self.accounts.get(d).is_some_and(|a| a.to == Some(slot)))
-        {
-            let live = self.live(fast_path, direction);
-            let account = self.accounts.get(&direction);
-            let packets = account.map_or(0, |a| a.packets) + live.stats.packets;
-            let bytes = account.map_or(0, |a| a.bytes) + live.stats.bytes;
-            let c = match direction.kind {
+        // Outbound: the closed episodes that sent into this leg, and the
+        // live directions of the bridged leg into it. Bridges are
+        // symmetric: the leg forwarding here is the one this leg forwards
+        // to (a lookup, not a scan, for Watch's all-legs stats).
+        for kind in [StreamKind::Rtp, StreamKind::Rtcp] {
+            let closed = self
+                .sent_into
+                .get(&(slot, kind))
+                .copied()
+                .unwrap_or_default();
+            let live = record
+                .forward_to
+                .map(|from| Direction { from, kind })
+                .filter(|d| self.accounts.get(d).is_some_and(|a| a.to == Some(slot)))
+                .map(|d| self.live(fast_path, d))
+                .unwrap_or_default();
+            let packets = closed.0 + live.stats.packets;
+            let bytes = closed.1 + live.stats.bytes;
+            let c = match kind {
                 StreamKind::Rtp => &mut stats.rtp_out,
                 StreamKind::Rtcp => &mut stats.rtcp_out,
             }

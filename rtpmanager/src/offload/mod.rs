@@ -74,6 +74,10 @@ pub struct OffloadLeg {
     /// on the wire at the media interface (not a NAT's public address, not
     /// the wildcard the socket may be bound to). RTCP is on the next port.
     pub local_rtp: SocketAddr,
+    /// Whether the programs are attached to the device this leg's packets
+    /// arrive on: a leg on a media interface where nothing attached stays
+    /// in userspace (the kernel never sees its packets).
+    pub kernel: bool,
     /// The relay's params of the leg.
     pub params: LegParams,
     /// How the relay rewrites the stream towards this leg's peer (after an
@@ -109,6 +113,8 @@ pub enum Reason {
     Passthrough,
     /// The fast path is off.
     FastPathOff,
+    /// The fast path is off on the receiving leg's media interface.
+    InterfaceOff,
     /// The leg is not bridged (or its bridged leg is gone).
     NotBridged,
     /// The receiving leg's peer has not sent yet.
@@ -142,6 +148,7 @@ impl fmt::Display for Reason {
         f.write_str(match self {
             Reason::Passthrough => "both legs known, passthrough",
             Reason::FastPathOff => "fast path off",
+            Reason::InterfaceOff => "fast path off on the leg's media interface",
             Reason::NotBridged => "not bridged",
             Reason::NotLatched => "peer not latched",
             Reason::Learning => "learning the peer's source",
@@ -561,6 +568,9 @@ impl Offload {
             return Err(Reason::FastPathOff);
         }
         let a = self.legs.get(&from).ok_or(Reason::Deleted)?;
+        if !a.input.kernel {
+            return Err(Reason::InterfaceOff);
+        }
         let b = a
             .input
             .params

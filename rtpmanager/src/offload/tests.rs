@@ -34,6 +34,7 @@ fn leg(name: &str) -> OffloadLeg {
     OffloadLeg {
         leg: leg_ref(name),
         local_rtp: SocketAddr::new(addr("10.0.0.1:0").ip(), port),
+        kernel: true,
         params: LegParams {
             expected_rtp: Some(peer),
             expected_rtcp: Some(SocketAddr::new(peer.ip(), peer.port() + 1)),
@@ -673,6 +674,37 @@ fn fast_path_off_and_mixed_families_install_nothing() {
         commands(&mut o),
         vec![],
         "IPv4 in, IPv6 out needs userspace"
+    );
+}
+
+#[test]
+fn a_leg_on_an_interface_without_the_programs_stays_in_userspace_while_its_peer_offloads() {
+    let now = Instant::now();
+    let mut o = Offload::new(true);
+    let mut b = leg("b");
+    b.kernel = false;
+    o.handle_leg(now, A, leg("a"));
+    o.handle_leg(now, B, b);
+    for (name, peer) in [("a", "192.0.2.10:40000"), ("b", "192.0.2.20:50000")] {
+        o.handle_latched(now, &leg_ref(name), StreamKind::Rtp, addr(peer));
+    }
+    let installed: Vec<Slot> = commands(&mut o)
+        .iter()
+        .map(|c| match c {
+            OffloadCommand::Install { direction, .. } => direction.from,
+            OffloadCommand::Remove { direction, .. } => direction.from,
+        })
+        .collect();
+    assert_eq!(
+        installed,
+        vec![A],
+        "only a's packets arrive where the programs are"
+    );
+    assert!(o.offloaded(A) && !o.offloaded(B));
+    assert_eq!(
+        events(&mut o),
+        vec![("a".to_owned(), true, Reason::Passthrough)],
+        "b never went in"
     );
 }
 

@@ -58,6 +58,9 @@ pub struct LegOptions {
     /// relay advertises to it; `None` follows the SDP received (an offer
     /// relayed to this leg keeps the offerer's family).
     pub family: Option<Family>,
+    /// The media interface the leg is created on, by name; `None` lets
+    /// the table choose (route to the peer, else the first interface).
+    pub interface: Option<String>,
 }
 
 /// Why a control request failed; each maps to one gRPC code.
@@ -143,12 +146,17 @@ pub struct LegView {
     pub codec: Option<String>,
     pub bridged_to: Option<String>,
     pub label: String,
+    /// The media interface the leg is on, and its network device.
+    pub interface: String,
+    pub device: String,
     pub shared: Arc<LegShared>,
 }
 
 struct Leg {
     id: LegId,
     slot: Slot,
+    /// Index of the leg's media interface in the table's.
+    interface: usize,
     port: RtpPort,
     options: LegOptions,
     origin: OriginState,
@@ -229,20 +237,45 @@ pub struct TableConfig {
     pub max_legs_per_call: usize,
 }
 
-impl TableConfig {
+/// One media interface of the table: the addresses legs on it advertise
+/// and the port pool their sockets come from.
+#[derive(Debug)]
+pub struct TableInterface {
+    pub name: String,
+    /// The network device the interface's traffic uses (where the fast
+    /// path attaches); a route to a peer through it picks the interface.
+    pub device: String,
+    /// Advertised to IPv4 peers (to IPv6 ones without `advertise_v6`).
+    pub advertise_v4: Option<IpAddr>,
+    /// Advertised to IPv6 peers (to IPv4 ones without `advertise_v4`).
+    pub advertise_v6: Option<IpAddr>,
+    pub pool: PortPool,
+}
+
+impl TableInterface {
     /// The address advertised to a peer of `family`.
     fn advertise_for(&self, family: Family) -> IpAddr {
-        match family {
-            Family::V6 => self.advertise_v6.unwrap_or(self.advertise_v4),
-            Family::V4 => self.advertise_v4,
-        }
+        let (own, other) = match family {
+            Family::V6 => (self.advertise_v6, self.advertise_v4),
+            Family::V4 => (self.advertise_v4, self.advertise_v6),
+        };
+        own.or(other)
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+    }
+
+    /// Whether `addr` is one of the interface's own (advertised or bound).
+    fn owns(&self, addr: IpAddr) -> bool {
+        self.advertise_v4 == Some(addr)
+            || self.advertise_v6 == Some(addr)
+            || self.pool.bind_address() == addr
     }
 }
 
 /// All calls of this manager.
 pub struct SessionTable {
     config: TableConfig,
-    pool: PortPool,
+    /// The media interfaces; the first is the default.
+    interfaces: Vec<TableInterface>,
     calls: HashMap<CallId, Call>,
     next_slot: Slot,
     draining: bool,
@@ -264,10 +297,26 @@ fn require(field: &str, value: &str) -> Result<(), SessionError> {
 }
 
 impl SessionTable {
+    /// A table with one media interface, `default`, of the config's
+    /// addresses and `pool`.
     pub fn new(config: TableConfig, pool: PortPool) -> SessionTable {
+        let default = TableInterface {
+            name: "default".to_owned(),
+            device: String::new(),
+            advertise_v4: Some(config.advertise_v4),
+            advertise_v6: config.advertise_v6,
+            pool,
+        };
+        SessionTable::with_interfaces(config, vec![default])
+    }
+
+    /// A table over several media interfaces (at least one; the first is
+    /// the default); the config's addresses are not used.
+    pub fn with_interfaces(config: TableConfig, interfaces: Vec<TableInterface>) -> SessionTable {
+        assert!(!interfaces.is_empty(), "a table needs a media interface");
         SessionTable {
             config,
-            pool,
+            interfaces,
             calls: HashMap::new(),
             next_slot: 0,
             draining: false,
@@ -292,11 +341,54 @@ impl SessionTable {
     }
 
     pub fn ports_total(&self) -> usize {
-        self.pool.total_pairs()
+        self.interfaces.iter().map(|i| i.pool.total_pairs()).sum()
     }
 
     pub fn ports_free(&self) -> usize {
-        self.pool.free_pairs()
+        self.interfaces.iter().map(|i| i.pool.free_pairs()).sum()
+    }
+
+    /// The media interfaces, the default first.
+    pub fn interfaces(&self) -> &[TableInterface] {
+        &self.interfaces
+    }
+
+    /// The interface a new leg goes on: the one `name` names, else the one
+    /// whose device the route to `peer` leaves by (or whose address is the
+    /// route's source), else the first.
+    fn choose_interface(
+        &self,
+        name: Option<&str>,
+        peer: Option<IpAddr>,
+    ) -> Result<usize, SessionError> {
+        if let Some(name) = name.filter(|n| !n.is_empty()) {
+            return self
+                .interfaces
+                .iter()
+                .position(|i| i.name == name)
+                .ok_or_else(|| {
+                    SessionError::InvalidArgument(format!(
+                        "unknown media interface {name:?} (this manager has {})",
+                        self.interfaces
+                            .iter()
+                            .map(|i| i.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                });
+        }
+        if self.interfaces.len() == 1 {
+            return Ok(0);
+        }
+        let Some(route) = peer.and_then(crate::interfaces::route_to) else {
+            return Ok(0);
+        };
+        Ok(self
+            .interfaces
+            .iter()
+            .position(|i| i.device == route.device)
+            .or_else(|| self.interfaces.iter().position(|i| i.owns(route.source)))
+            .unwrap_or(0))
     }
 
     /// Records the offer the peer of `leg` sent and returns the offer for the
@@ -342,9 +434,11 @@ impl SessionTable {
                 self.config.max_legs_per_call
             )));
         }
-        self.ensure_leg(now, &call_id, leg, options, &mut commands)?;
+        let offerer = offer_address(&offer);
+        self.ensure_leg(now, &call_id, leg, options, offerer, &mut commands)?;
         if !peer.is_empty() {
-            if let Err(e) = self.ensure_leg(now, &call_id, peer, peer_options, &mut commands) {
+            if let Err(e) = self.ensure_leg(now, &call_id, peer, peer_options, None, &mut commands)
+            {
                 // No half-made call: the leg this offer created goes too,
                 // its sockets closed (with the unsent commands) first.
                 drop(commands);
@@ -354,8 +448,6 @@ impl SessionTable {
                 return Err(e);
             }
         }
-        let advertise = self.config.advertise_for(offerer_family);
-
         let call_state = self
             .calls
             .get_mut(&call_id)
@@ -367,6 +459,7 @@ impl SessionTable {
                 .legs
                 .get_mut(&leg_id)
                 .ok_or_else(|| SessionError::NotFound(format!("leg {leg}")))?;
+            let advertise = self.interfaces[a.interface].advertise_for(offerer_family);
             let endpoint = endpoint(advertise, a.port);
             let answer = sdp::answer_locally(&offer, &endpoint, &mut a.origin)?;
             a.negotiation = sdp::negotiate(&offer, &answer)?;
@@ -390,8 +483,7 @@ impl SessionTable {
             } else {
                 CodecPolicy::Passthrough
             };
-            let advertise_peer = self
-                .config
+            let advertise_peer = self.interfaces[b.interface]
                 .advertise_for(b.options.family.unwrap_or(offerer_family));
             let endpoint = endpoint(advertise_peer, b.port);
             let rewritten = sdp::rewrite_offer(&offer, &endpoint, &policy, &mut b.origin)?;
@@ -455,7 +547,7 @@ impl SessionTable {
             .received_offer
             .clone()
             .ok_or_else(|| SessionError::FailedPrecondition(format!("leg {peer} made no offer")))?;
-        let address = self.config.advertise_for(offer_family(&received_offer));
+        let address = self.interfaces[a.interface].advertise_for(offer_family(&received_offer));
         let rewritten = sdp::rewrite_answer(
             &received_offer,
             &answer,
@@ -584,7 +676,7 @@ impl SessionTable {
         }
         let mut commands = Vec::new();
         for l in removed {
-            if let Err(e) = self.pool.release(l.port) {
+            if let Err(e) = self.interfaces[l.interface].pool.release(l.port) {
                 tracing::warn!(call, leg = %l.id, error = %e, "port release failed");
             }
             commands.push(RelayCommand::Remove {
@@ -721,7 +813,7 @@ impl SessionTable {
             return;
         };
         if let Some(l) = call.legs.remove(&LegId(leg.to_owned())) {
-            if let Err(e) = self.pool.release(l.port) {
+            if let Err(e) = self.interfaces[l.interface].pool.release(l.port) {
                 tracing::warn!(call = %call_id, leg, error = %e, "port release failed");
             }
         }
@@ -736,6 +828,7 @@ impl SessionTable {
         call_id: &CallId,
         leg: &str,
         options: LegOptions,
+        peer: Option<IpAddr>,
         commands: &mut Vec<RelayCommand>,
     ) -> Result<(), SessionError> {
         let leg_id = LegId(leg.to_owned());
@@ -747,7 +840,8 @@ impl SessionTable {
             existing.options = merge_options(&existing.options, options);
             return Ok(());
         }
-        let allocation = self.pool.allocate(false)?;
+        let interface = self.choose_interface(options.interface.as_deref(), peer)?;
+        let allocation = self.interfaces[interface].pool.allocate(false)?;
         let slot = self.next_slot;
         self.next_slot = self.next_slot.wrapping_add(1);
         let shared = Arc::new(LegShared::new(
@@ -767,6 +861,7 @@ impl SessionTable {
             Leg {
                 id: leg_id,
                 slot,
+                interface,
                 port: allocation.port,
                 options,
                 origin: OriginState::new(session_id),
@@ -858,11 +953,12 @@ impl SessionTable {
             .get(leg_id)
             .ok_or_else(|| SessionError::NotFound(format!("leg {leg_id}")))?;
         let family = leg.received_offer.as_ref().map_or(Family::V4, offer_family);
+        let interface = &self.interfaces[leg.interface];
         Ok(LegView {
             call_id: call_id.0.clone(),
             leg_id: leg_id.0.clone(),
             slot: leg.slot,
-            local_address: self.config.advertise_for(family),
+            local_address: interface.advertise_for(family),
             rtp_port: leg.port.get(),
             rtcp_port: leg.port.rtcp(),
             rtcp_mux: leg.negotiation.as_ref().is_some_and(|n| n.rtcp_mux),
@@ -873,6 +969,8 @@ impl SessionTable {
                 .map(|n| format!("{}/{}", n.codec.encoding, n.codec.clock_rate)),
             bridged_to: leg.bridged_to.as_ref().map(|b| b.0.clone()),
             label: leg.options.label.clone(),
+            interface: interface.name.clone(),
+            device: interface.device.clone(),
             shared: Arc::clone(&leg.shared),
         })
     }
@@ -920,6 +1018,17 @@ fn offer_family(offer: &SessionDescription) -> Family {
     } else {
         Family::V4
     }
+}
+
+/// The offerer's media address: its first `c=` line.
+fn offer_address(offer: &SessionDescription) -> Option<IpAddr> {
+    offer
+        .media
+        .iter()
+        .filter_map(|m| m.connection.as_ref())
+        .chain(offer.connection.iter())
+        .map(|c| c.address)
+        .find(|a| !a.is_unspecified())
 }
 
 fn endpoint(address: IpAddr, port: RtpPort) -> LocalEndpoint {

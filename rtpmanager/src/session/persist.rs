@@ -281,7 +281,13 @@ impl SessionTable {
         for call in &saved.calls {
             let call_id = CallId(call.call_id.clone());
             for l in &call.legs {
-                let allocation = match self.pool.allocate_port(l.rtp_port) {
+                // Port ranges do not overlap: the port names the interface.
+                let interface = self
+                    .interfaces
+                    .iter()
+                    .position(|i| i.pool.contains(l.rtp_port))
+                    .unwrap_or(0);
+                let allocation = match self.interfaces[interface].pool.allocate_port(l.rtp_port) {
                     Ok(a) => a,
                     Err(e) => {
                         failed.push(NotRestored {
@@ -313,6 +319,7 @@ impl SessionTable {
                 let leg = Leg {
                     id: LegId(l.leg_id.clone()),
                     slot: l.slot,
+                    interface,
                     port: allocation.port,
                     options: LegOptions {
                         strict_source: l.strict_source,
@@ -322,6 +329,8 @@ impl SessionTable {
                         // Only read when an offer is relayed to the leg;
                         // later offers carry it again.
                         family: None,
+                        // Read only when a leg is created.
+                        interface: None,
                     },
                     // The previous run's o= version is not kept: a fresh
                     // session id keeps later bodies distinct from older ones.

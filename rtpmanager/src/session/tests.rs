@@ -633,3 +633,88 @@ fn an_offer_beyond_the_legs_per_call_is_refused_without_leaving_a_leg() {
     t.offer(now, input("c1", "a", "d", OFFER))
         .expect("legs it holds may exchange offers");
 }
+
+/// A table with a `public` interface on a device no route uses and a
+/// `private` one on loopback, each with its own range and addresses.
+fn two_sided() -> SessionTable {
+    let interface = |name: &str, device: &str, v4: [u8; 4]| TableInterface {
+        name: name.to_owned(),
+        device: device.to_owned(),
+        advertise_v4: Some(IpAddr::V4(Ipv4Addr::from(v4))),
+        advertise_v6: None,
+        pool: pool(),
+    };
+    SessionTable::with_interfaces(
+        config(),
+        vec![
+            interface("public", "sbnodevice0", [203, 0, 113, 5]),
+            interface("private", "lo", [10, 0, 0, 1]),
+        ],
+    )
+}
+
+fn range_of(t: &SessionTable, name: &str) -> (u16, u16) {
+    t.interfaces()
+        .iter()
+        .find(|i| i.name == name)
+        .map(|i| i.pool.range())
+        .expect("interface")
+}
+
+#[test]
+fn each_leg_advertises_the_address_and_ports_of_the_interface_signaling_names() {
+    let mut t = two_sided();
+    let now = Instant::now();
+    let mut offer_input = input("c1", "a", "b", OFFER);
+    offer_input.options.interface = Some("public".into());
+    offer_input.peer_options.interface = Some("private".into());
+    let offer = t.offer(now, offer_input).expect("offer");
+    assert!(offer.sdp.contains("c=IN IP4 10.0.0.1\r\n"), "{}", offer.sdp);
+    assert_eq!(offer.leg.interface, "private");
+    assert_eq!(
+        offer.leg.local_address,
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))
+    );
+    let (min, max) = range_of(&t, "private");
+    assert!(
+        (min..=max).contains(&port_of(&offer.sdp)),
+        "b's port is private's"
+    );
+
+    let answer = t.answer(now, "c1", "b", "a", ANSWER_PCMA).expect("answer");
+    assert!(
+        answer.sdp.contains("c=IN IP4 203.0.113.5\r\n"),
+        "{}",
+        answer.sdp
+    );
+    assert_eq!(answer.leg.interface, "public");
+    let (min, max) = range_of(&t, "public");
+    assert!(
+        (min..=max).contains(&port_of(&answer.sdp)),
+        "a's port is public's"
+    );
+}
+
+#[test]
+fn without_a_name_the_route_to_the_offerer_picks_its_interface_and_an_unknown_name_is_refused() {
+    let mut t = two_sided();
+    let now = Instant::now();
+    // The offerer is on loopback: the route to it leaves by lo, the
+    // private interface's device. The callee's leg has no SDP yet: the
+    // first interface.
+    let loopback_offer = OFFER.replace("192.0.2.10", "127.0.0.7");
+    t.offer(now, input("c1", "a", "b", &loopback_offer))
+        .expect("offer");
+    let views = |t: &SessionTable, leg: &str| t.leg_views("c1", leg).expect("leg").remove(0);
+    assert_eq!(views(&t, "a").interface, "private");
+    assert_eq!(views(&t, "b").interface, "public");
+
+    let mut bad = input("c2", "a", "b", OFFER);
+    bad.peer_options.interface = Some("dmz".into());
+    let free = t.ports_free();
+    let err = t.offer(now, bad).expect_err("unknown interface");
+    assert!(matches!(err, SessionError::InvalidArgument(_)), "{err:?}");
+    assert!(err.to_string().contains("\"dmz\""), "{err}");
+    assert_eq!(t.ports_free(), free, "the half-made call's leg is released");
+    assert!(t.leg_views("c2", "a").is_err(), "no half-made call");
+}

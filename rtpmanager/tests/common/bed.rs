@@ -9,6 +9,10 @@
 //! real NIC delivers them: with veth checksum offload the programs would see
 //! partial checksums. Neighbours are static, so nothing depends on ARP or
 //! neighbour discovery timing.
+//!
+//! [`TwoSidedBed`] is the relay of an SBC: caller and callee each on a
+//! network of their own, reaching the relay on its own interface (`a0`,
+//! `b0`), with no path between them but through the relay.
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
@@ -224,6 +228,187 @@ impl TestBed {
 impl Drop for TestBed {
     fn drop(&mut self) {
         for ns in [&self.bridge, &self.caller, &self.callee, &self.relay] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Three namespaces, caller — relay — callee, the relay with one interface
+/// per side (`a0` towards the caller, `b0` towards the callee), each side
+/// its own subnet: the peers have no route to each other, so every packet
+/// between them is the relay's. Deleted by name on drop.
+pub struct TwoSidedBed {
+    pub family: Family,
+    pub caller: String,
+    pub callee: String,
+    pub relay: String,
+}
+
+pub const A0_MAC: &str = "02:00:00:06:0a:01";
+pub const B0_MAC: &str = "02:00:00:06:0b:01";
+pub const SIDE_CALLER_MAC: &str = "02:00:00:06:0a:02";
+pub const SIDE_CALLEE_MAC: &str = "02:00:00:06:0b:02";
+
+impl TwoSidedBed {
+    /// The relay's address on `a0` (the caller's side).
+    pub fn relay_a(&self) -> IpAddr {
+        self.ip("10.206.1.1", "fd00:206:1::1")
+    }
+
+    /// The relay's address on `b0` (the callee's side).
+    pub fn relay_b(&self) -> IpAddr {
+        self.ip("10.206.2.1", "fd00:206:2::1")
+    }
+
+    /// The caller's media socket.
+    pub fn caller_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip("10.206.1.2", "fd00:206:1::2"), 41000)
+    }
+
+    /// The callee's media socket.
+    pub fn callee_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip("10.206.2.2", "fd00:206:2::2"), 40000)
+    }
+
+    fn ip(&self, v4: &str, v6: &str) -> IpAddr {
+        match self.family {
+            Family::V4 => v4,
+            Family::V6 => v6,
+        }
+        .parse()
+        .expect("literal")
+    }
+
+    /// A bed of `family`; `tag` tells its namespaces from other tests'.
+    pub fn new(family: Family, tag: &str) -> TwoSidedBed {
+        let pid = std::process::id();
+        let tag = match family {
+            Family::V4 => tag.to_owned(),
+            Family::V6 => format!("6{tag}"),
+        };
+        let bed = TwoSidedBed {
+            family,
+            caller: format!("sbt{pid}{tag}c"),
+            callee: format!("sbt{pid}{tag}e"),
+            relay: format!("sbt{pid}{tag}r"),
+        };
+        let sysctl =
+            |ns: &str, setting: &str| sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", setting]);
+        for ns in [&bed.caller, &bed.callee, &bed.relay] {
+            sh(&["ip", "netns", "add", ns]);
+            for conf in ["all", "default"] {
+                match family {
+                    Family::V4 => sysctl(ns, &format!("net.ipv6.conf.{conf}.disable_ipv6=1")),
+                    Family::V6 => {
+                        sysctl(ns, &format!("net.ipv6.conf.{conf}.accept_dad=0"));
+                        sysctl(ns, &format!("net.ipv6.conf.{conf}.router_solicitations=0"));
+                    }
+                }
+            }
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        let r = bed.relay.as_str();
+        for (peer_ns, dev, relay_dev, peer_mac, relay_mac, peer_ip, relay_ip) in [
+            (
+                &bed.caller,
+                "c0",
+                "a0",
+                SIDE_CALLER_MAC,
+                A0_MAC,
+                bed.caller_addr().ip(),
+                bed.relay_a(),
+            ),
+            (
+                &bed.callee,
+                "e0",
+                "b0",
+                SIDE_CALLEE_MAC,
+                B0_MAC,
+                bed.callee_addr().ip(),
+                bed.relay_b(),
+            ),
+        ] {
+            sh(&[
+                "ip", "-n", r, "link", "add", relay_dev, "type", "veth", "peer", "name", dev,
+                "netns", peer_ns,
+            ]);
+            sh(&[
+                "ip", "-n", r, "link", "set", relay_dev, "address", relay_mac,
+            ]);
+            sh(&["ip", "-n", peer_ns, "link", "set", dev, "address", peer_mac]);
+            for (ns, d, ip) in [(r, relay_dev, relay_ip), (peer_ns.as_str(), dev, peer_ip)] {
+                let cidr = format!("{ip}/{}", family.prefix_len());
+                let mut add = vec!["ip", "-n", ns, "addr", "add", &cidr, "dev", d];
+                if family == Family::V6 {
+                    add.push("nodad");
+                }
+                sh(&add);
+                sh(&["ip", "-n", ns, "link", "set", d, "up"]);
+            }
+            // Senders compute full UDP checksums, as a real NIC delivers them.
+            sh(&[
+                "ip", "netns", "exec", peer_ns, "ethtool", "-K", dev, "tx", "off",
+            ]);
+            let (peer_ip, relay_ip) = (peer_ip.to_string(), relay_ip.to_string());
+            for (ns, d, ip, mac) in [
+                (peer_ns.as_str(), dev, relay_ip.as_str(), relay_mac),
+                (r, relay_dev, peer_ip.as_str(), peer_mac),
+            ] {
+                sh(&[
+                    "ip",
+                    "-n",
+                    ns,
+                    "neigh",
+                    "replace",
+                    ip,
+                    "lladdr",
+                    mac,
+                    "dev",
+                    d,
+                    "nud",
+                    "permanent",
+                ]);
+            }
+        }
+        bed
+    }
+
+    /// In native mode a frame redirected out of a veth is delivered only
+    /// when its peer runs an XDP program: the fast path's own program with
+    /// a media range nothing uses, which passes everything, on both peers'
+    /// devices. Detached when dropped.
+    pub fn xdp_peer_pass(&self, mode: Mode) -> Vec<FastPath> {
+        if mode != Mode::XdpNative {
+            return Vec::new();
+        }
+        [(&self.caller, "c0"), (&self.callee, "e0")]
+            .into_iter()
+            .map(|(ns, dev)| {
+                let settings = Settings {
+                    request: FastPathRequest::Xdp,
+                    interface: dev.into(),
+                    port_min: 1,
+                    port_max: 1,
+                    next_hop_cache: fastpath::DEFAULT_NEXT_HOP_CACHE,
+                };
+                let pass = spawn_in_ns(ns, move || FastPath::start(&settings))
+                    .join()
+                    .expect("peer pass program");
+                assert_eq!(
+                    pass.mode(),
+                    Mode::XdpNative,
+                    "pass-all XDP on {dev}: {}",
+                    pass.reason()
+                );
+                pass
+            })
+            .collect()
+    }
+}
+
+impl Drop for TwoSidedBed {
+    fn drop(&mut self) {
+        for ns in [&self.caller, &self.callee, &self.relay] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }

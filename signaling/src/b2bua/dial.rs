@@ -278,6 +278,7 @@ impl B2bua {
                         leg: LegId::A,
                         peer: None,
                         sdp,
+                        callee_interface: None,
                     },
                 ),
                 None => {
@@ -324,8 +325,10 @@ impl B2bua {
                 targets,
                 timeout,
                 ring,
+                media_interface,
             } => {
                 call.dial = Some(Dialing {
+                    media_interface: media_interface.clone(),
                     targets: targets.into(),
                     attempts: VecDeque::new(),
                     ring,
@@ -341,6 +344,7 @@ impl B2bua {
                             leg: LegId::A,
                             peer: Some(LegId::B),
                             sdp,
+                            callee_interface: media_interface,
                         },
                     ),
                     None => {
@@ -622,7 +626,9 @@ impl B2bua {
                     sent: sent.clone(),
                 });
                 call.phase = Phase::Connecting;
-                call.dial = None;
+                // A late offer creates the callee's leg below: on the dial
+                // action's interface.
+                let callee_interface = call.dial.take().and_then(|d| d.media_interface);
                 if let Some(se) = SessionExpires::of(&response) {
                     // We are the UAC of leg b: refresher=uac means us.
                     let timer = SessionTimer {
@@ -651,6 +657,7 @@ impl B2bua {
                             leg: LegId::B,
                             peer: Some(LegId::A),
                             sdp,
+                            callee_interface,
                         },
                     ),
                     (false, Some(sdp)) => {

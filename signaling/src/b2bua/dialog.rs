@@ -188,6 +188,8 @@ impl B2bua {
                                 leg,
                                 peer: Some(leg.other()),
                                 sdp,
+                                // Both legs exist: their interfaces stay.
+                                callee_interface: None,
                             },
                         );
                     }

@@ -381,14 +381,19 @@ async fn run_call(
 
 async fn run_op(client: &mut ManagerClient, call_id: String, op: &MediaOp) -> MediaResult {
     let outcome = match op {
-        MediaOp::Offer { leg, peer, sdp } => client
+        MediaOp::Offer {
+            leg,
+            peer,
+            sdp,
+            callee_interface,
+        } => client
             .offer(v1::OfferRequest {
                 call_id,
                 leg_id: leg.as_str().to_owned(),
                 peer_leg_id: peer.map(|p| p.as_str().to_owned()).unwrap_or_default(),
                 sdp: sdp.clone(),
-                options: Some(options(*leg)),
-                peer_options: peer.map(options),
+                options: Some(options(*leg, callee_interface.as_deref())),
+                peer_options: peer.map(|p| options(p, callee_interface.as_deref())),
             })
             .await
             .map(|r| MediaResult::Sdp(r.into_inner().sdp)),
@@ -429,7 +434,9 @@ async fn run_op(client: &mut ManagerClient, call_id: String, op: &MediaOp) -> Me
 /// Both legs face phones or trunks: strict source, so the manager learns
 /// each peer's media source after the answer, locks it and drops strangers
 /// (a single packet from anyone must not redirect a call's media).
-fn options(leg: LegId) -> v1::LegOptions {
+/// The callee's leg goes on `callee_interface` when the dial action names
+/// one; the caller's is placed by the manager (the route to its SDP).
+fn options(leg: LegId, callee_interface: Option<&str>) -> v1::LegOptions {
     v1::LegOptions {
         strict_source: true,
         label: match leg {
@@ -437,6 +444,10 @@ fn options(leg: LegId) -> v1::LegOptions {
             LegId::B => "callee",
         }
         .to_owned(),
+        interface: match leg {
+            LegId::A => String::new(),
+            LegId::B => callee_interface.unwrap_or_default().to_owned(),
+        },
         ..v1::LegOptions::default()
     }
 }
@@ -559,10 +570,21 @@ mod tests {
     #[test]
     fn both_legs_ask_the_manager_for_strict_source() {
         for (leg, label) in [(LegId::A, "caller"), (LegId::B, "callee")] {
-            let o = options(leg);
+            let o = options(leg, None);
             assert!(o.strict_source, "leg {leg} must lock its peer's source");
             assert_eq!(o.label, label);
+            assert_eq!(o.interface, "", "the manager chooses");
         }
+    }
+
+    #[test]
+    fn the_dial_actions_media_interface_goes_to_the_callees_leg_only() {
+        assert_eq!(options(LegId::B, Some("private")).interface, "private");
+        assert_eq!(
+            options(LegId::A, Some("private")).interface,
+            "",
+            "the caller's leg is placed by the route to its SDP"
+        );
     }
 
     #[test]

@@ -99,6 +99,10 @@ pub enum MediaOp {
         leg: LegId,
         peer: Option<LegId>,
         sdp: String,
+        /// The manager's media interface for the callee's leg (B), from
+        /// the dial action; read by the manager only when it creates the
+        /// leg.
+        callee_interface: Option<String>,
     },
     /// `Answer`: the answer the peer of `leg` sent to an offer from `peer`.
     Answer {

@@ -371,6 +371,8 @@ struct Dialing {
     timeout: Duration,
     deadline: Option<Instant>,
     best: Option<(u16, String)>,
+    /// The callee leg's media interface (the dial action's).
+    media_interface: Option<String>,
 }
 
 /// The callee's 2xx not yet ACKed (end to end: on the caller's ACK).

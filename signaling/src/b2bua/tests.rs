@@ -602,6 +602,7 @@ fn offer(sdp: &str) -> MediaOp {
         leg: LegId::A,
         peer: Some(LegId::B),
         sdp: sdp.to_owned(),
+        callee_interface: None,
     }
 }
 
@@ -1053,7 +1054,8 @@ fn playback_route_answers_plays_then_hangs_up() {
             MediaOp::Offer {
                 leg: LegId::A,
                 peer: None,
-                sdp: CALLER_SDP.to_owned()
+                sdp: CALLER_SDP.to_owned(),
+                callee_interface: None
             },
             MediaOp::Play {
                 leg: LegId::A,
@@ -1149,7 +1151,8 @@ fn late_offer_takes_the_offer_from_the_callee_and_the_answer_from_the_ack() {
             MediaOp::Offer {
                 leg: LegId::B,
                 peer: Some(LegId::A),
-                sdp: CALLEE_SDP.to_owned()
+                sdp: CALLEE_SDP.to_owned(),
+                callee_interface: None
             },
             MediaOp::Answer {
                 leg: LegId::A,
@@ -1158,6 +1161,45 @@ fn late_offer_takes_the_offer_from_the_callee_and_the_answer_from_the_ack() {
             },
             MediaOp::Bridge
         ]
+    );
+}
+
+#[test]
+fn the_dial_actions_media_interface_names_the_callees_leg_in_early_and_late_offers() {
+    let plan = dial_plan(
+        r#"["sip:bob@192.0.2.2:5060"]"#,
+        r#", "media_interface": "private""#,
+    );
+    let mut h = Harness::new(&plan);
+    let invite = h.invite("1001", "call-early", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    assert_eq!(
+        h.ops(),
+        vec![MediaOp::Offer {
+            leg: LegId::A,
+            peer: Some(LegId::B),
+            sdp: CALLER_SDP.to_owned(),
+            callee_interface: Some("private".to_owned())
+        }],
+        "early offer: the caller's SDP relayed to the callee's leg on private"
+    );
+
+    let mut h = Harness::new(&plan);
+    let invite = h.invite("1001", "call-late", None);
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    h.from(BOB, &reply(&to_bob, 200, Some("bob1"), Some(CALLEE_SDP)));
+    h.response_to(CALLER, 200);
+    assert_eq!(
+        h.ops(),
+        vec![MediaOp::Offer {
+            leg: LegId::B,
+            peer: Some(LegId::A),
+            sdp: CALLEE_SDP.to_owned(),
+            callee_interface: Some("private".to_owned())
+        }],
+        "late offer: the callee's SDP on its leg on private"
     );
 }
 
@@ -1173,7 +1215,8 @@ fn reinvite_from_the_callee_goes_through_the_manager_and_glare_is_491() {
         vec![MediaOp::Offer {
             leg: LegId::B,
             peer: Some(LegId::A),
-            sdp: hold.clone()
+            sdp: hold.clone(),
+            callee_interface: None
         }]
     );
     let to_caller = h.request_to(CALLER, "INVITE");
@@ -1404,7 +1447,8 @@ fn hold_from_the_caller_and_its_2xx_retransmission() {
             MediaOp::Offer {
                 leg: LegId::A,
                 peer: Some(LegId::B),
-                sdp: hold
+                sdp: hold,
+                callee_interface: None
             },
             MediaOp::Answer {
                 leg: LegId::B,

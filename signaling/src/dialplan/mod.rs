@@ -84,6 +84,11 @@ pub enum Action {
         targets: Vec<Target>,
         timeout: Duration,
         ring: Ring,
+        /// The RTP manager's media interface for the callee's leg
+        /// (`"media_interface": "private"`), for a relay whose callees are
+        /// on another network than its callers; `None` lets the manager
+        /// choose.
+        media_interface: Option<String>,
     },
     /// Play audio files to the caller (answering first if needed).
     PlayAudio { files: Vec<String> },
@@ -246,6 +251,7 @@ impl Action {
                 targets,
                 timeout,
                 ring,
+                media_interface,
             } => Action::Dial {
                 targets: targets
                     .iter()
@@ -256,6 +262,7 @@ impl Action {
                     .collect(),
                 timeout: *timeout,
                 ring: *ring,
+                media_interface: media_interface.clone(),
             },
             Action::PlayAudio { files } => Action::PlayAudio {
                 files: files.iter().map(|f| s(f)).collect(),
@@ -412,10 +419,28 @@ fn parse_action(raw: &RawAction) -> Result<Action, FieldError> {
                     ))
                 }
             };
+            let media_interface = match params.get("media_interface") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(name))
+                    if !name.is_empty()
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') =>
+                {
+                    Some(name.clone())
+                }
+                Some(_) => {
+                    return Err(field(
+                        "params.media_interface",
+                        "must be the name of one of the RTP manager's --interface (letters, digits, - and _)",
+                    ))
+                }
+            };
             Ok(Action::Dial {
                 targets,
                 timeout: Duration::from_secs(timeout),
                 ring,
+                media_interface,
             })
         }
         "play_audio" | "playback" => {

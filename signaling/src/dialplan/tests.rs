@@ -46,7 +46,8 @@ fn the_shipped_demo_plan_is_valid_and_routes_as_documented() {
         Action::Dial {
             targets: vec![Target::User("1001".into())],
             timeout: Duration::from_secs(30),
-            ring: Ring::Parallel
+            ring: Ring::Parallel,
+            media_interface: None
         }
     );
 }
@@ -190,7 +191,8 @@ fn dial_options_and_seed_spellings() {
                 Target::Uri("sip:bob@example.com".into())
             ],
             timeout: Duration::from_secs(12),
-            ring: Ring::Sequential
+            ring: Ring::Sequential,
+            media_interface: None
         }
     );
     assert_eq!(
@@ -206,4 +208,26 @@ fn dial_options_and_seed_spellings() {
             reason: "Busy Here".into()
         }
     );
+}
+
+#[test]
+fn a_dial_action_may_name_the_callees_media_interface() {
+    let p = plan(
+        r#"{"id":"x","pattern":"*","actions":[
+            {"type":"dial","params":{"targets":["user/1001"],"media_interface":"private"}}]}"#,
+    );
+    match &p.route("1").expect("route").actions[0] {
+        Action::Dial {
+            media_interface, ..
+        } => assert_eq!(media_interface.as_deref(), Some("private")),
+        other => panic!("not a dial: {other:?}"),
+    }
+    for bad in [r#""""#, r#""pri vate""#, "7"] {
+        let text = format!(
+            r#"{{"version":"1.0","routes":[{{"id":"x","pattern":"*","actions":[
+                {{"type":"dial","params":{{"targets":["user/1001"],"media_interface":{bad}}}}}]}}]}}"#
+        );
+        let err = Dialplan::parse(&text).expect_err(bad);
+        assert!(err.to_string().contains("media_interface"), "{bad}: {err}");
+    }
 }
