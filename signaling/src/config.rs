@@ -122,6 +122,20 @@ pub struct Config {
     )]
     pub rtpmanager_health_interval: u64,
 
+    /// Consecutive failed health checks before an RTP manager is declared
+    /// down (no new calls go to it). One lost check on a busy host is not
+    /// an outage.
+    #[arg(long, env = "SWITCHBOARD_RTPMANAGER_FAILURES", default_value_t = 2)]
+    pub rtpmanager_failures: u32,
+
+    /// Seconds an RTP manager may stay down before its calls are treated as
+    /// lost and moved to another manager. Its pinned fast path keeps their
+    /// media flowing meanwhile, and a manager restarted with its
+    /// --state-dir re-adopts them: moving them sooner costs a re-INVITE for
+    /// nothing.
+    #[arg(long, env = "SWITCHBOARD_RTPMANAGER_LOST_GRACE", default_value_t = 15)]
+    pub rtpmanager_lost_grace: u64,
+
     /// PEM CA certificate(s) that sign the RTP managers' certificates (their
     /// --grpc-tls-cert). With it, managers are reached over TLS (an explicit
     /// http:// endpoint stays plaintext) and each must present a
@@ -544,6 +558,12 @@ impl Config {
                 "must be at least 1 second",
             ));
         }
+        if self.rtpmanager_failures == 0 {
+            return Err(ConfigError::invalid(
+                "rtpmanager-failures",
+                "must be at least 1 check",
+            ));
+        }
         for network in &self.trusted_networks {
             Cidr::parse(network)
                 .map_err(|e| ConfigError::invalid("trusted-networks", e.to_string()))?;
@@ -853,6 +873,14 @@ impl Config {
     /// Interval between RTP manager health checks.
     pub fn health_interval(&self) -> Duration {
         Duration::from_secs(self.rtpmanager_health_interval)
+    }
+
+    /// When an RTP manager is declared down, and when lost.
+    pub fn loss_policy(&self) -> crate::rtpmanager_pool::LossPolicy {
+        crate::rtpmanager_pool::LossPolicy {
+            failures: self.rtpmanager_failures,
+            grace: Duration::from_secs(self.rtpmanager_lost_grace),
+        }
     }
 }
 
