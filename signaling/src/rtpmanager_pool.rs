@@ -140,6 +140,15 @@ impl LossWatch {
     pub fn down_since(&self) -> Option<Instant> {
         self.down_since
     }
+
+    /// When the grace period of the manager's outage runs out, if it is
+    /// down and not reported yet: feed [`LossWatch::health`] then, so the
+    /// loss is not held until the next check.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.down_since
+            .filter(|_| !self.reported)
+            .map(|since| since + self.grace)
+    }
 }
 
 /// What the signaling server believes about one manager.
@@ -500,7 +509,16 @@ impl ManagerPool {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
+            let grace_end = loss.poll_timeout();
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = sleep_until(grace_end) => {
+                    if loss.health(Instant::now(), tracker.health()) {
+                        self.publish_loss(index, LossKind::GraceExpired);
+                    }
+                    continue;
+                }
+            }
             let mut client = manager.client.clone();
             let (probe, instance) = match client.health(v1::HealthRequest {}).await {
                 Ok(resp) => {
@@ -706,7 +724,8 @@ impl Placement {
     /// `code`; returns whether the next manager should be tried: not after
     /// a refusal every manager would repeat (an SDP it cannot take).
     pub fn refused(&mut self, id: &str, code: tonic::Code, message: &str) -> bool {
-        self.refusals.push((id.to_owned(), format!("{code:?}: {message}")));
+        self.refusals
+            .push((id.to_owned(), format!("{code:?}: {message}")));
         retryable(code)
     }
 
@@ -738,6 +757,14 @@ pub fn retryable(code: tonic::Code) -> bool {
             | tonic::Code::Cancelled
             | tonic::Code::Unknown
     )
+}
+
+/// Sleeps until `deadline`, or for ever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The calls a restarted manager lost: pinned on it before its calls were
@@ -964,7 +991,9 @@ mod tests {
         assert!(!w.health(t0 + secs(2), &Health::Down), "just down");
         assert_eq!(w.down_since(), Some(t0 + secs(2)));
         assert!(!w.health(t0 + secs(16), &Health::Down), "14 s down");
+        assert_eq!(w.poll_timeout(), Some(t0 + secs(17)), "when to look again");
         assert!(w.health(t0 + secs(17), &Health::Down), "15 s down: lost");
+        assert_eq!(w.poll_timeout(), None, "reported");
         assert!(!w.health(t0 + secs(18), &Health::Down), "once");
         assert!(!w.health(t0 + secs(600), &Health::Down), "once per outage");
         assert_eq!(w.down_since(), Some(t0 + secs(2)));
@@ -1037,7 +1066,11 @@ mod tests {
         let live = [3, 1, 2];
         assert_eq!(p.next(&[0, 1, 2], &live), Some(1));
         assert!(p.refused("m2", tonic::Code::ResourceExhausted, "no port pair"));
-        assert_eq!(p.next(&[0, 1, 2], &live), Some(2), "then the next least loaded");
+        assert_eq!(
+            p.next(&[0, 1, 2], &live),
+            Some(2),
+            "then the next least loaded"
+        );
         assert!(p.refused("m3", tonic::Code::Unavailable, "draining"));
         assert_eq!(p.next(&[0, 1, 2], &live), Some(0));
         assert!(p.refused("m1", tonic::Code::DeadlineExceeded, "slow"));
@@ -1049,7 +1082,11 @@ mod tests {
              m1: DeadlineExceeded: slow"
         );
         let mut p = Placement::default();
-        assert_eq!(p.next(&[0, 2], &[0, 0, 0]), Some(0), "the first among equals");
+        assert_eq!(
+            p.next(&[0, 2], &[0, 0, 0]),
+            Some(0),
+            "the first among equals"
+        );
         assert_eq!(p.next(&[], &[0, 0, 0]), None, "no candidate");
     }
 

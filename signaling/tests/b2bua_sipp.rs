@@ -917,7 +917,11 @@ fn a_manager_out_of_ports_is_passed_over_and_every_call_connects_through_the_nex
     assert_eq!(
         log_lines(
             &log,
-            &["RTP manager refused the call: trying the next", "rtpmanager=m1", "ResourceExhausted"]
+            &[
+                "RTP manager refused the call: trying the next",
+                "rtpmanager=m1",
+                "ResourceExhausted"
+            ]
         ),
         5,
         "m1 (least loaded, first among equals) is tried and refuses each call:\n{}",
@@ -936,7 +940,11 @@ fn when_every_manager_refuses_the_caller_gets_503_with_retry_after_and_no_media_
     let invite = invite_1001(&bed, &caller, "all-refused");
     let response = caller.request(bed.server.sip_addr(), invite.as_bytes());
     assert_eq!(common::status(&response), 503, "{response}");
-    assert_eq!(common::header(&response, "Retry-After"), Some("30"), "{response}");
+    assert_eq!(
+        common::header(&response, "Retry-After"),
+        Some("30"),
+        "{response}"
+    );
     let log = bed.server.log();
     let all = log
         .lines()
@@ -944,7 +952,8 @@ fn when_every_manager_refuses_the_caller_gets_503_with_retry_after_and_no_media_
         .unwrap_or_else(|| panic!("the refusals are logged:\n{}", tail(&log, 40)));
     let m2_id = m2.grpc.to_string();
     let (first, second) = (
-        all.find("m1: ResourceExhausted").expect("m1's refusal named"),
+        all.find("m1: ResourceExhausted")
+            .expect("m1's refusal named"),
         all.find(&format!("{m2_id}: ResourceExhausted"))
             .expect("m2's refusal named"),
     );
@@ -1016,7 +1025,10 @@ fn a_killed_manager_is_lost_once_after_the_grace_and_a_restart_reports_only_the_
     // Lines about our manager (the harness names one more, always down).
     let ours = format!("127.0.0.1:{grpc_port}");
     let mut call = call_waiting_for_bye_on(bed, callee_port);
-    let media = call.bed.manager.wait_calls(Duration::from_secs(10), |c| c.len() == 1);
+    let media = call
+        .bed
+        .manager
+        .wait_calls(Duration::from_secs(10), |c| c.len() == 1);
     assert_eq!(media.len(), 1, "the call's media is on the manager");
     let lost = "RTP manager lost: its calls must move";
 
@@ -1034,11 +1046,19 @@ fn a_killed_manager_is_lost_once_after_the_grace_and_a_restart_reports_only_the_
         &["RTP manager's calls after its restart", &ours],
         Duration::from_secs(10),
     );
-    assert!(after.contains("kept=1") && after.contains("lost=0"), "{after}");
+    assert!(
+        after.contains("kept=1") && after.contains("lost=0"),
+        "{after}"
+    );
     assert_eq!(call.bed.manager.calls().len(), 1, "re-adopted");
     std::thread::sleep(Duration::from_secs(4));
     let log = call.bed.server.log();
-    assert_eq!(log_lines(&log, &[lost]), 0, "past the grace:\n{}", tail(&log, 40));
+    assert_eq!(
+        log_lines(&log, &[lost]),
+        0,
+        "past the grace:\n{}",
+        tail(&log, 40)
+    );
 
     // Killed for good: lost once, about 2 failed checks + 3 s after.
     let killed = Instant::now();
@@ -1050,10 +1070,11 @@ fn a_killed_manager_is_lost_once_after_the_grace_and_a_restart_reports_only_the_
     );
     let took = killed.elapsed();
     assert!(
-        took >= Duration::from_secs(3) && took <= Duration::from_secs(8),
+        took >= Duration::from_secs(3) && took <= Duration::from_secs(7),
         "lost {took:?} after the kill: {line}"
     );
     assert!(line.contains("calls=1"), "the pinned call: {line}");
+    eprintln!("lost {took:?} after the kill (2 checks 1 s apart, grace 3 s)");
     std::thread::sleep(Duration::from_secs(3));
     let log = call.bed.server.log();
     assert_eq!(log_lines(&log, &[lost]), 1, "once:\n{}", tail(&log, 40));

@@ -134,7 +134,11 @@ impl Server {
         if !self.args.iter().any(|a| a == "--bind-address") {
             command.args(["--bind-address", "127.0.0.1"]);
         }
-        if !self.args.iter().any(|a| a == "--rtpmanager-health-interval") {
+        if !self
+            .args
+            .iter()
+            .any(|a| a == "--rtpmanager-health-interval")
+        {
             command.args(["--rtpmanager-health-interval", "60"]);
         }
         if let Some(files) = self.file_limit {
