@@ -1044,6 +1044,23 @@ mod tests {
             err.to_string().contains("--rtpmanager-health-interval"),
             "{err}"
         );
+        let err = load(&["--rtpmanager-failures", "0"]).expect_err("zero failures");
+        assert!(err.to_string().contains("--rtpmanager-failures"), "{err}");
+    }
+
+    #[test]
+    fn a_manager_is_down_after_two_failed_checks_and_lost_15_s_later_by_default() {
+        let c = load(&[]).expect("defaults");
+        assert_eq!(
+            c.loss_policy(),
+            crate::rtpmanager_pool::LossPolicy {
+                failures: 2,
+                grace: Duration::from_secs(15)
+            }
+        );
+        let c = load(&["--rtpmanager-failures", "4", "--rtpmanager-lost-grace", "0"]).expect("set");
+        assert_eq!(c.loss_policy().failures, 4);
+        assert_eq!(c.loss_policy().grace, Duration::ZERO, "lost at once");
     }
 
     #[test]
