@@ -104,6 +104,14 @@ pub enum Event {
         id: String,
         draining: bool,
     },
+    /// A manager's calls must move: down past the grace period
+    /// (`grace_expired`), or restarted without some of them (`restarted`).
+    ManagerLost {
+        id: String,
+        kind: String,
+        /// How many calls it lost.
+        calls: u32,
+    },
 }
 
 impl Event {
@@ -120,6 +128,7 @@ impl Event {
             Event::RegistrationExpired { .. } => "registration_expired",
             Event::ManagerHealth { .. } => "manager_health",
             Event::ManagerDrain { .. } => "manager_drain",
+            Event::ManagerLost { .. } => "manager_lost",
         }
     }
 }

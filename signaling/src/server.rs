@@ -45,9 +45,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let pool = ManagerPool::with_access(&config.manager_uris(), &access)
         .context("--rtpmanager")?
         .with_ids(&ids)
-        .with_events(events.clone());
+        .with_events(events.clone())
+        .with_loss_policy(config.loss_policy());
     let api_access = api_access(&config)?;
-    pool.spawn_health_checks(config.health_interval());
 
     let mut uas = build_core(&config)?;
     let dialplan = load_dialplan(&config)?;
@@ -177,6 +177,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.rest_max_connections,
         Duration::from_secs(config.rest_idle_timeout),
     );
+    // Only now: an error of the start-up above is the first thing logged,
+    // not a manager's health.
+    pool.spawn_health_checks(config.health_interval());
     tracing::info!(
         sip = %transports.local_addr(),
         rest = %listener.local_addr().context("REST listener address")?,

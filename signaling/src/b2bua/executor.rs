@@ -7,6 +7,9 @@
 //! (affinity): the manager is chosen at the call's first request, the
 //! healthy one this server gave the fewest live calls; a manager that is
 //! down or draining gets no new calls, and calls already on it stay.
+//! A new call's first Offer refused for want of ports or of a reachable
+//! manager moves on to the next manager ([`Placement`]); the caller hears
+//! of it only when every manager refused.
 //! A playback's stream is read on a task of its own so that the call's
 //! next requests (a Delete on hangup) are not held behind it.
 //!
@@ -30,7 +33,7 @@ use super::media::{
 };
 use super::reconcile::{orphans, Owner};
 use crate::rtpmanager_client::ManagerClient;
-use crate::rtpmanager_pool::{Health, ManagerPool};
+use crate::rtpmanager_pool::{Health, ManagerPool, Placement};
 
 /// How often a healthy manager's calls are reconciled besides its
 /// recoveries: a Delete lost to a transient error (a timeout on a busy
@@ -213,10 +216,10 @@ async fn dispatch(
                         break;
                     }
                     None => match choose(&pool, &live) {
-                        Some(index) => {
+                        Some((index, placement)) => {
                             let sender = start_call(
                                 &pool,
-                                index,
+                                (index, placement),
                                 &link,
                                 &wake,
                                 &live,
@@ -257,10 +260,11 @@ async fn dispatch(
     }
 }
 
-/// Starts the task that runs a call's requests in order on manager `index`.
+/// Starts the task that runs a call's requests in order on manager `index`
+/// (the first `placement` chose).
 fn start_call(
     pool: &ManagerPool,
-    index: usize,
+    (index, placement): (usize, Placement),
     link: &MediaLink,
     wake: &Wake,
     live: &Arc<Vec<AtomicUsize>>,
@@ -283,14 +287,19 @@ fn start_call(
         },
     );
     let span = tracing::debug_span!("call", call_id = %call);
+    let seat = Seat {
+        pool: pool.clone(),
+        index,
+        client: pool.client(index),
+        live: live.clone(),
+        placement: Some(placement),
+    };
     tokio::spawn(
         run_call(
-            pool.client(index),
+            seat,
             receiver,
             link.clone(),
             wake.clone(),
-            live.clone(),
-            index,
             (placed.clone(), call.clone()),
         )
         .instrument(span),
@@ -299,18 +308,101 @@ fn start_call(
 }
 
 /// The manager for a new call: among those that may take calls, the one
-/// with the fewest calls placed by this executor.
-fn choose(pool: &ManagerPool, live: &[AtomicUsize]) -> Option<usize> {
-    let counts: Vec<usize> = live.iter().map(|n| n.load(Ordering::Relaxed)).collect();
-    least_loaded(&pool.candidates(), &counts)
+/// with the fewest calls placed by this executor; and the placement that
+/// chose it, for the next choice should it refuse.
+fn choose(pool: &ManagerPool, live: &[AtomicUsize]) -> Option<(usize, Placement)> {
+    let mut placement = Placement::default();
+    let index = placement.next(&pool.candidates(), &counts(live))?;
+    Some((index, placement))
 }
 
-/// The candidate with the fewest live calls, the first among equals.
-fn least_loaded(candidates: &[usize], live: &[usize]) -> Option<usize> {
-    candidates
-        .iter()
-        .copied()
-        .min_by_key(|index| (live.get(*index).copied().unwrap_or(usize::MAX), *index))
+fn counts(live: &[AtomicUsize]) -> Vec<usize> {
+    live.iter().map(|n| n.load(Ordering::Relaxed)).collect()
+}
+
+/// The manager a call's requests run on.
+struct Seat {
+    pool: ManagerPool,
+    index: usize,
+    client: ManagerClient,
+    live: Arc<Vec<AtomicUsize>>,
+    /// Until the call's first request succeeds: the managers its setup
+    /// tried, so a refused first Offer moves on to another one.
+    placement: Option<Placement>,
+}
+
+impl Seat {
+    /// The call's request succeeded: it has media here from now on.
+    fn settled(&mut self, call: &MediaCallId) {
+        if self.placement.take().is_some() {
+            self.pool.pin(self.index, &call.0);
+        }
+    }
+
+    /// The manager refused the call's request `op`: moves the call to the
+    /// next manager (`None`: send `op` again) when `op` is its first Offer,
+    /// the refusal one another manager may not repeat and a manager is
+    /// left; else the request's result.
+    fn refused(
+        &mut self,
+        (call, op): (&MediaCallId, &MediaOp),
+        status: &tonic::Status,
+        link: &MediaLink,
+    ) -> Option<MediaResult> {
+        let first_offer = matches!(op, MediaOp::Offer { .. });
+        let Some(placement) = self.placement.as_mut().filter(|_| first_offer) else {
+            self.placement = None;
+            return Some(failed(status));
+        };
+        let id = self.pool.id(self.index);
+        if !placement.refused(&id, status.code(), status.message()) {
+            self.placement = None;
+            return Some(failed(status));
+        }
+        // Nothing half-made left behind should the refusal have come
+        // after part of the offer was set up; best effort, off the path.
+        let mut refusing = self.client.clone();
+        let call_id = call.0.clone();
+        tokio::spawn(async move {
+            let _ = refusing
+                .delete(v1::DeleteRequest {
+                    call_id,
+                    leg_id: String::new(),
+                    reason: v1::DeleteReason::Failed as i32,
+                    detail: "offer refused: the call went to another manager".to_owned(),
+                })
+                .await;
+        });
+        let next = placement.next(&self.pool.candidates(), &counts(&self.live));
+        let Some(next) = next else {
+            let refusals = placement.refusals();
+            tracing::warn!(call_id = %call, %refusals, "every RTP manager refused the call");
+            self.placement = None;
+            return Some(MediaResult::Failed {
+                failure: MediaFailure::Unavailable,
+                message: format!("every RTP manager refused the call: {refusals}"),
+            });
+        };
+        tracing::warn!(
+            call_id = %call,
+            rtpmanager = %id,
+            error = %format!("{:?}: {}", status.code(), status.message()),
+            next = %self.pool.id(next),
+            "RTP manager refused the call: trying the next"
+        );
+        self.live[self.index].fetch_sub(1, Ordering::Relaxed);
+        self.live[next].fetch_add(1, Ordering::Relaxed);
+        self.index = next;
+        self.client = self.pool.client(next);
+        link.push_input(
+            Instant::now(),
+            LinkInput::Placed {
+                call: call.clone(),
+                manager: self.pool.id(next),
+            },
+        );
+        None
+    }
 }
 
 fn finish(link: &MediaLink, wake: &Wake, request: &MediaRequest, result: MediaResult) {
@@ -325,12 +417,10 @@ fn finish(link: &MediaLink, wake: &Wake, request: &MediaRequest, result: MediaRe
 }
 
 async fn run_call(
-    mut client: ManagerClient,
+    mut seat: Seat,
     mut requests: mpsc::UnboundedReceiver<MediaRequest>,
     link: MediaLink,
     wake: Wake,
-    live: Arc<Vec<AtomicUsize>>,
-    index: usize,
     (placed, call): (Placed, MediaCallId),
 ) {
     while let Some(request) = requests.recv().await {
@@ -339,7 +429,8 @@ async fn run_call(
         let started = Instant::now();
         let result = match &request.op {
             MediaOp::Play { leg, files } => {
-                let play = client
+                let play = seat
+                    .client
                     .play(v1::PlayRequest {
                         call_id,
                         leg_id: leg.as_str().to_owned(),
@@ -350,6 +441,7 @@ async fn run_call(
                     .await;
                 match play {
                     Ok(stream) => {
+                        seat.settled(&request.call);
                         tokio::spawn(follow_playback(
                             stream.into_inner(),
                             request.clone(),
@@ -358,10 +450,25 @@ async fn run_call(
                         ));
                         continue;
                     }
-                    Err(status) => failed(&status),
+                    Err(status) => {
+                        seat.placement = None;
+                        failed(&status)
+                    }
                 }
             }
-            op => run_op(&mut client, call_id, op).await,
+            op => loop {
+                match run_op(&mut seat.client, call_id.clone(), op).await {
+                    Ok(result) => {
+                        seat.settled(&request.call);
+                        break result;
+                    }
+                    Err(status) => {
+                        if let Some(result) = seat.refused((&request.call, op), &status, &link) {
+                            break result;
+                        }
+                    }
+                }
+            },
         };
         tracing::debug!(
             call_id = %request.call,
@@ -375,11 +482,16 @@ async fn run_call(
             break;
         }
     }
-    live[index].fetch_sub(1, Ordering::Relaxed);
+    seat.live[seat.index].fetch_sub(1, Ordering::Relaxed);
+    seat.pool.unpin(seat.index, &call.0);
     placed.lock().remove(&call.0);
 }
 
-async fn run_op(client: &mut ManagerClient, call_id: String, op: &MediaOp) -> MediaResult {
+async fn run_op(
+    client: &mut ManagerClient,
+    call_id: String,
+    op: &MediaOp,
+) -> Result<MediaResult, tonic::Status> {
     let outcome = match op {
         MediaOp::Offer { leg, peer, sdp } => client
             .offer(v1::OfferRequest {
@@ -423,7 +535,7 @@ async fn run_op(client: &mut ManagerClient, call_id: String, op: &MediaOp) -> Me
             message: "playback runs on its own task".to_owned(),
         }),
     };
-    outcome.unwrap_or_else(|status| failed(&status))
+    outcome
 }
 
 /// Both legs face phones or trunks: strict source, so the manager learns
@@ -563,17 +675,6 @@ mod tests {
             assert!(o.strict_source, "leg {leg} must lock its peer's source");
             assert_eq!(o.label, label);
         }
-    }
-
-    #[test]
-    fn a_new_call_goes_to_the_least_loaded_candidate() {
-        assert_eq!(least_loaded(&[0, 1, 2], &[3, 1, 1]), Some(1));
-        assert_eq!(
-            least_loaded(&[0, 2], &[3, 0, 2]),
-            Some(2),
-            "1 is not a candidate"
-        );
-        assert_eq!(least_loaded(&[], &[0, 0]), None, "no manager: no call");
     }
 
     #[test]

@@ -764,6 +764,21 @@ impl B2bua {
         status: (u16, &str),
         sip: &mut SipActions<'_>,
     ) {
+        let retry_after = reason == DeleteReason::Shutdown;
+        self.end_call_with(key, reason, from, status, retry_after, sip);
+    }
+
+    /// [`B2bua::end_call`], telling an unanswered caller when to try again
+    /// (Retry-After) when `retry_after`.
+    fn end_call_with(
+        &mut self,
+        key: CallKey,
+        reason: DeleteReason,
+        from: Option<LegId>,
+        status: (u16, &str),
+        retry_after: bool,
+        sip: &mut SipActions<'_>,
+    ) {
         let Some(mut call) = self.calls.remove(&key) else {
             return;
         };
@@ -816,8 +831,8 @@ impl B2bua {
                 } else {
                     text
                 };
-                let headers = if reason == DeleteReason::Shutdown {
-                    vec![retry_after()]
+                let headers = if retry_after {
+                    vec![self::retry_after()]
                 } else {
                     Vec::new()
                 };
@@ -1068,7 +1083,10 @@ impl B2bua {
             | Purpose::LateOffer
             | Purpose::LateAnswer
             | Purpose::SelfAnswer => {
-                self.end_call(key, DeleteReason::Failed, None, status, sip);
+                // Every manager refused (or none may take calls): a
+                // passing shortage, the caller may try again.
+                let retry_after = failure == MediaFailure::Unavailable;
+                self.end_call_with(key, DeleteReason::Failed, None, status, retry_after, sip);
             }
         }
     }

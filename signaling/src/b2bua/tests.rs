@@ -1252,18 +1252,22 @@ fn no_route_no_manager_and_loops_are_refused() {
     h.response_to(CALLER, 404);
     assert_eq!(h.ops(), vec![]);
 
+    // Every manager refused: a passing shortage, worth a retry later.
     h.manager.fail_offer = Some(MediaFailure::Unavailable);
     let invite = h.invite("1001", "call-nomanager", Some(CALLER_SDP));
     h.from(CALLER, &invite);
     h.response_to(CALLER, 100);
-    h.response_to(CALLER, 503);
+    let refused = h.response_to(CALLER, 503);
+    assert_eq!(refused.header("Retry-After"), Some("30"));
     h.nothing_to(BOB);
 
+    // An SDP no manager takes: trying again changes nothing.
     h.manager.fail_offer = Some(MediaFailure::Unacceptable);
     let invite = h.invite("1001", "call-badsdp", Some(CALLER_SDP));
     h.from(CALLER, &invite);
     h.response_to(CALLER, 100);
-    h.response_to(CALLER, 488);
+    let refused = h.response_to(CALLER, 488);
+    assert_eq!(refused.header("Retry-After"), None);
 
     // Our own INVITE routed back to us.
     let invite = h.invite("1001", "call-loop", Some(CALLER_SDP));

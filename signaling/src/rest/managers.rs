@@ -50,6 +50,9 @@ pub(super) struct Member {
     version: String,
     active_calls: u32,
     ports_free: u32,
+    /// When it was declared down (Unix milliseconds), while it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    down_since_ms: Option<u64>,
     drain: DrainFlags,
     /// Whether a new call may go to it now.
     accepting: bool,
@@ -95,6 +98,7 @@ pub(super) async fn list(State(state): State<ApiState>) -> Json<Pool> {
             version: s.version,
             active_calls: s.active_calls,
             ports_free: s.ports_free,
+            down_since_ms: s.down_since_ms,
         })
         .collect();
     Json(Pool {
