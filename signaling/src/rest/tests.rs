@@ -26,6 +26,7 @@ fn pool() -> ManagerPool {
 
 fn state(access: ApiAccess) -> ApiState {
     ApiState {
+        migrations: None,
         pool: pool(),
         sip: None,
         transport: None,
