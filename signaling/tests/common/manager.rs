@@ -60,7 +60,13 @@ pub fn free_media_range(pairs: u16) -> (u16, u16) {
 
 /// Starts a manager (userspace path, loopback) with `pairs` port pairs.
 pub fn start_manager(audio: &Path, pairs: u16, extra: &[&str]) -> Manager {
-    let (min, max) = free_media_range(pairs);
+    start_manager_in(audio, free_media_range(pairs), extra)
+}
+
+/// Starts a manager on the media ports `min..=max` (several managers take
+/// parts of one free range: a manager binds its ports only for calls, so
+/// a second search would find the first one's range free again).
+pub fn start_manager_in(audio: &Path, (min, max): (u16, u16), extra: &[&str]) -> Manager {
     let mut child = Command::new(manager_binary())
         .args([
             "--grpc-port",
