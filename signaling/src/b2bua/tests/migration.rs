@@ -155,7 +155,10 @@ fn a_moved_call_gets_new_legs_both_sides_reinvited_and_the_old_manager_released(
 fn wait_for(h: &mut Harness, peer: &str, limit: Duration) -> Duration {
     let start = h.now.instant;
     while !h.sent.iter().any(|(to, _)| *to == addr(peer)) {
-        assert!(h.now.instant - start < limit, "nothing to {peer} within {limit:?}");
+        assert!(
+            h.now.instant - start < limit,
+            "nothing to {peer} within {limit:?}"
+        );
         h.advance(Duration::from_millis(10));
     }
     h.now.instant - start
