@@ -194,6 +194,13 @@ impl Migrations {
         tokio::spawn(async move { this.run(manager, scope, gone, batch, cancel).await })
     }
 
+    /// Manager `manager` is lost (the pool's detector: failures past the
+    /// grace, or back with another instance id): every call on it moves
+    /// now, [`default_batch`](Self::default_batch) at a time, as `gone`.
+    pub fn manager_lost(&self, manager: usize) -> tokio::task::JoinHandle<Progress> {
+        self.migrate_off(manager, MoveScope::All, true, self.default_batch)
+    }
+
     /// Stops the manager's migration after its current round; `false` when
     /// none runs.
     pub fn cancel(&self, manager: usize) -> bool {

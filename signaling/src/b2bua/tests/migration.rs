@@ -323,3 +323,28 @@ fn a_call_not_answered_yet_is_not_movable() {
     );
     assert!(h.ops().is_empty());
 }
+
+#[test]
+fn a_call_in_a_reinvite_is_not_movable_and_is_left_alone() {
+    let mut h = Harness::new(&bob_plan());
+    let (ok, _) = answered_call(&mut h);
+    on_m1(&mut h);
+    // The caller's re-INVITE waits on the manager.
+    h.manager.hold = true;
+    let reoffer = h.in_dialog(CALLER, &ok, "INVITE", 2, Some(CALLER_SDP));
+    h.from(CALLER, &reoffer);
+    let mut r = move_off_m1(&mut h, false);
+    let got = reports(&mut r);
+    assert!(
+        matches!(&got[..], [MoveReport::Started { started, not_movable, left: 0, in_scope: 1 }]
+            if started.is_empty() && not_movable.len() == 1),
+        "{got:?}"
+    );
+    h.release();
+    assert!(
+        h.ops().iter().all(|op| !matches!(op, MediaOp::Move)),
+        "nothing moved"
+    );
+    // The re-INVITE goes on as usual.
+    h.request_to(BOB, "INVITE");
+}
