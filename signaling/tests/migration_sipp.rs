@@ -294,3 +294,73 @@ fn drain_migrate_moves_fifty_answered_calls_off_a_manager_with_their_media() {
         );
     }
 }
+
+#[test]
+fn calls_whose_callee_refuses_the_move_stay_on_the_drained_manager_with_their_media() {
+    if common::sipp::binary().is_none() {
+        return;
+    }
+    const CALLS: usize = 5;
+    let bed = ThreeManagers::start(&[]);
+    bed.rest_ok("POST", "/api/v1/rtpmanagers/m2/drain");
+    bed.rest_ok("POST", "/api/v1/rtpmanagers/m3/drain");
+    let (a, rtp_a) = media_socket();
+    let (b, rtp_b) = media_socket();
+    let (caller, callee) = bed.sipp_calls(
+        ("b2bua_uac.xml", "b2bua_uas_refuse_move.xml"),
+        CALLS as u32,
+        20,
+        10_000,
+        (&rtp_a, &rtp_b),
+    );
+    bed.wait_bridged(0, CALLS, Duration::from_secs(20));
+    bed.rest_ok("DELETE", "/api/v1/rtpmanagers/m2/drain");
+    bed.rest_ok("DELETE", "/api/v1/rtpmanagers/m3/drain");
+
+    bed.rest_ok("POST", "/api/v1/rtpmanagers/m1/drain?mode=migrate");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let migration = loop {
+        let state = bed.rest_ok("GET", "/api/v1/rtpmanagers/m1/drain");
+        if state["migration"]["state"] != "running" {
+            break state["migration"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "migration still running: {state}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(migration["state"], "incomplete", "{migration}");
+    assert_eq!(migration["stayed"], CALLS, "{migration}");
+    assert_eq!(migration["moved"], 0, "{migration}");
+    assert_eq!(migration["ended"], 0, "{migration}");
+    assert_eq!(
+        migration["batch"], 10,
+        "--rtpmanager-migrate-batch's default"
+    );
+    let errors = migration["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), CALLS);
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.as_str().is_some_and(|e| e.contains("488"))),
+        "{errors:?}"
+    );
+
+    // The new managers' legs are gone; the calls and their media stay on m1.
+    for i in [1, 2] {
+        let calls = bed.managers[i].wait_calls(Duration::from_secs(5), <[_]>::is_empty);
+        assert!(
+            calls.is_empty(),
+            "m{} keeps {} aborted calls",
+            i + 1,
+            calls.len()
+        );
+    }
+    let kept = bed.wait_bridged(0, CALLS, Duration::from_secs(1));
+    let kept: Vec<(SocketAddr, SocketAddr)> = kept.iter().filter_map(legs).collect();
+    rtp_through(&kept, &a, &b);
+
+    bed.finish("caller", caller);
+    bed.finish("callee", callee);
+}
