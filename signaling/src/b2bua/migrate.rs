@@ -367,6 +367,10 @@ impl B2bua {
         if !first {
             return;
         }
+        if (200..300).contains(&status) {
+            // A 2xx to a re-INVITE refreshes the leg's session (RFC 4028).
+            self.session_refreshed(key, leg, sip.now());
+        }
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };

@@ -53,6 +53,11 @@
 //! is already in progress on the call); a re-INVITE without SDP is answered
 //! locally with the last SDP sent on that leg; INFO is relayed.
 //!
+//! Migration (migrate.rs): a [`MoveOrder`] moves answered calls off a
+//! manager: new legs on another one, a re-INVITE of each side with its
+//! SDP, bridge, then the old legs deleted; `rtpmanager_moves.rs` runs the
+//! orders a batch at a time (drain `mode=migrate`, a lost manager).
+//!
 //! Session timers (RFC 4028) run per leg (session_timer.rs): each leg
 //! negotiates its interval and refresher; we refresh or expire per leg.
 //!
