@@ -118,6 +118,13 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 impl Manager {
+    /// Kills the manager at once (SIGKILL: no Delete, no goodbye), as a
+    /// crashed or unplugged manager goes; waits for it to be reaped.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// A gRPC client of this manager (use it inside [`runtime`]).
     pub async fn client(&self) -> RtpManagerClient<tonic::transport::Channel> {
         RtpManagerClient::connect(format!("http://{}", self.grpc))

@@ -348,3 +348,24 @@ fn a_call_in_a_reinvite_is_not_movable_and_is_left_alone() {
     // The re-INVITE goes on as usual.
     h.request_to(BOB, "INVITE");
 }
+
+#[test]
+fn a_call_moved_off_a_lost_manager_sends_it_nothing() {
+    let mut h = Harness::new(&bob_plan());
+    let (_, reinvite, mut r) = moving_call(&mut h, true);
+    h.from(BOB, &reply(&reinvite, 200, None, Some(CALLEE_SDP)));
+    h.request_to(BOB, "ACK");
+    let to_alice = h.request_to(CALLER, "INVITE");
+    h.from(CALLER, &reply(&to_alice, 200, None, Some(CALLER_SDP)));
+    h.request_to(CALLER, "ACK");
+    let ops = h.ops();
+    assert_eq!(
+        &ops[ops.len() - 2..],
+        &[MediaOp::Bridge, MediaOp::Release { delete: false }],
+        "no Delete for the lost manager: {ops:?}"
+    );
+    assert_eq!(
+        outcome(&reports(&mut r)),
+        (MoveOutcome::Moved, Some("m2".to_owned()))
+    );
+}
