@@ -33,6 +33,8 @@ const IDLE_PAUSE: Duration = Duration::from_secs(1);
 /// How long one call's migration may take before the round stops waiting
 /// for it: a few 491 retries and re-INVITE timeouts (64·T1 each).
 const ROUND_TIMEOUT: Duration = Duration::from_secs(180);
+/// How often a round waiting for its calls looks for a cancel.
+const CANCEL_CHECK: Duration = Duration::from_millis(50);
 
 /// Where a manager's migration is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -248,7 +250,9 @@ impl Migrations {
                 break MigrationState::Cancelled;
             }
             let skipped: Vec<String> = skip.iter().cloned().collect();
-            let round = self.round(&id, scope.clone(), skipped, gone, batch).await;
+            let round = self
+                .round(&id, scope.clone(), skipped, gone, batch, &cancel)
+                .await;
             progress.rounds += 1;
             let round = match round {
                 Ok(round) => round,
@@ -278,6 +282,9 @@ impl Migrations {
                 .filter(|(_, o, _)| *o != MoveOutcome::Stayed)
                 .count();
             progress.remaining = (round.in_scope + skip.len()).saturating_sub(gone_now) as u64;
+            if round.cancelled {
+                break MigrationState::Cancelled;
+            }
             self.publish(&id, &progress);
             self.update(manager, &cancel, |p| *p = progress.clone());
             // Every call in scope moved or ended: only those that stayed are left.
@@ -333,6 +340,7 @@ impl Migrations {
         skip: Vec<String>,
         gone: bool,
         batch: usize,
+        cancel: &AtomicBool,
     ) -> Result<Round, String> {
         let (reply, mut reports) = mpsc::unbounded_channel();
         self.link.push_input(
@@ -354,10 +362,18 @@ impl Migrations {
             if waiting.as_ref().is_some_and(HashSet::is_empty) {
                 return Ok(round);
             }
-            let report = match tokio::time::timeout_at(deadline, reports.recv()).await {
+            // A cancel does not wait for the round: the moves under way
+            // finish in the core all the same, unreported here.
+            if cancel.load(Ordering::Relaxed) {
+                round.cancelled = true;
+                return Ok(round);
+            }
+            let tick = tokio::time::Instant::now() + CANCEL_CHECK;
+            let report = match tokio::time::timeout_at(tick.min(deadline), reports.recv()).await {
                 Ok(Some(report)) => report,
                 // The core dropped the order: it stopped.
                 Ok(None) => return Err("the SIP core stopped".to_owned()),
+                Err(_) if tokio::time::Instant::now() < deadline => continue,
                 Err(_) => {
                     return Err(format!(
                         "calls still moving after {} s: {:?}",
@@ -391,6 +407,8 @@ impl Migrations {
 
 #[derive(Debug, Default)]
 struct Round {
+    /// Cancelled before every call it started had ended.
+    cancelled: bool,
     in_scope: usize,
     left: usize,
     not_movable: usize,

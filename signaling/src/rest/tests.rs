@@ -755,3 +755,65 @@ async fn drain_mode_migrate_without_a_b2bua_is_a_conflict() {
     .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
 }
+
+#[tokio::test]
+async fn a_graceful_drain_cancels_a_running_migration_and_keeps_the_drain() {
+    let mut state = state(with_token(true));
+    let link = crate::b2bua::MediaLink::new();
+    // A core whose moves never end: the migration runs until cancelled.
+    let core = link.clone();
+    tokio::spawn(async move {
+        let mut orders = Vec::new();
+        loop {
+            while let Some(input) = core.pop_input(std::time::Instant::now()) {
+                if let crate::b2bua::LinkInput::Move(order) = input {
+                    let _ = order.reply.send(crate::b2bua::MoveReport::Started {
+                        started: vec!["call-0".to_owned()],
+                        not_movable: Vec::new(),
+                        left: 0,
+                        in_scope: 1,
+                    });
+                    orders.push(order);
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    });
+    state.migrations = Some(crate::rtpmanager_moves::Migrations::new(
+        link,
+        Arc::new(|| {}),
+        state.pool.clone(),
+        state.events.clone(),
+        10,
+    ));
+    let pool = state.pool.clone();
+    let router = app(state);
+    let drain = "/api/v1/rtpmanagers/edge-a/drain";
+    let (_, body) = call(
+        &router,
+        Method::POST,
+        &format!("{drain}?mode=migrate"),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(body["migration"]["state"], "running", "{body}");
+    let (status, body) = call(&router, Method::POST, drain, Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["draining"], true, "the drain stays");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let (_, body) = call(&router, Method::GET, drain, Some(TOKEN)).await;
+        if body["migration"]["state"] == "cancelled" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not cancelled: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(pool.candidates(), vec![1], "still drained");
+    let (_, body) = call(&router, Method::DELETE, drain, Some(TOKEN)).await;
+    assert_eq!(body["draining"], false);
+    assert_eq!(pool.candidates(), vec![0, 1]);
+}
