@@ -385,3 +385,41 @@ impl MediaLink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leg(name: &str, packets: u64, jitter_us: u32) -> LegFigures {
+        LegFigures {
+            leg: name.to_owned(),
+            rtp_in: Counters {
+                packets,
+                bytes: packets * 172,
+            },
+            rtp_out: Counters {
+                packets: packets + 1,
+                bytes: (packets + 1) * 172,
+            },
+            lost: 2,
+            jitter_us,
+            kernel_packets: packets / 2,
+        }
+    }
+
+    #[test]
+    fn a_migrated_calls_figures_add_up_over_both_managers() {
+        let old = vec![leg("b", 100, 900), leg("a", 10, 100)];
+        let new = vec![leg("a", 5, 300)];
+        let sum = sum_figures(old, new);
+        assert_eq!(sum.len(), 2);
+        assert_eq!(sum[0].leg, "a", "sorted by leg");
+        assert_eq!(sum[0].rtp_in.packets, 15);
+        assert_eq!(sum[0].rtp_in.bytes, 15 * 172);
+        assert_eq!(sum[0].rtp_out.packets, 17);
+        assert_eq!(sum[0].lost, 4);
+        assert_eq!(sum[0].jitter_us, 300, "the worse jitter");
+        assert_eq!(sum[0].kernel_packets, 7);
+        assert_eq!(sum[1], leg("b", 100, 900), "a leg only one manager saw");
+    }
+}
