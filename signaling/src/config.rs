@@ -136,6 +136,16 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_RTPMANAGER_LOST_GRACE", default_value_t = 15)]
     pub rtpmanager_lost_grace: u64,
 
+    /// Calls moved at a time when an RTP manager's calls migrate (drain
+    /// `mode=migrate` without `batch`, a lost manager): each takes a
+    /// re-INVITE of both sides, so a batch bounds the re-INVITEs in flight.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_RTPMANAGER_MIGRATE_BATCH",
+        default_value_t = 10
+    )]
+    pub rtpmanager_migrate_batch: usize,
+
     /// PEM CA certificate(s) that sign the RTP managers' certificates (their
     /// --grpc-tls-cert). With it, managers are reached over TLS (an explicit
     /// http:// endpoint stays plaintext) and each must present a
@@ -550,6 +560,12 @@ impl Config {
                      the REST API answers on loopback only",
                     self.rest_address
                 ),
+            ));
+        }
+        if self.rtpmanager_migrate_batch == 0 {
+            return Err(ConfigError::invalid(
+                "rtpmanager-migrate-batch",
+                "must be at least 1 call",
             ));
         }
         if self.rtpmanager_health_interval == 0 {

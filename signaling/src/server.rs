@@ -18,6 +18,7 @@ use crate::dialplan::Dialplan;
 use crate::events::EventBus;
 use crate::metrics::{CallCounts, Metrics};
 use crate::registrar::{Registrar, Store};
+use crate::rtpmanager_moves::Migrations;
 use axum::serve::Listener;
 
 use crate::reload::Reloader;
@@ -93,6 +94,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let mut calls = None;
+    let mut migrations = None;
     if let Some(dialplan) = dialplan {
         let link = MediaLink::new();
         let core = queue.handle();
@@ -149,6 +151,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 dialogs: occupancy.dialogs as u64,
             }
         }));
+        let waker = core.clone();
+        migrations = Some(Migrations::new(
+            link.clone(),
+            Arc::new(move || waker.wake()),
+            pool.clone(),
+            events.clone(),
+            config.rtpmanager_migrate_batch,
+        ));
         calls = Some((link.clone(), CallsHandle::new(link, core)));
     }
     // Only the B2BUA holds the sink from here: the writer ends once the
@@ -193,6 +203,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         rest_refused: Some(listener.refused()),
         access: Arc::new(api_access),
         calls: calls.as_ref().map(|(_, handle)| handle.clone()),
+        migrations,
         reload: Some(reloader),
         events,
         metrics,

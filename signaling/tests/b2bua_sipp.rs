@@ -14,12 +14,13 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::manager::{runtime, start_manager, Manager};
+use common::sipp::{media_socket, rtp, scenario, tail};
 use common::{free_port, users_file, Server};
 use switchboard_proto::v1;
 use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
 
 fn sipp_binary() -> Option<PathBuf> {
-    common::peer_tool("sipp")
+    common::sipp::binary()
 }
 
 /// A 0.4 s 1 kHz tone, 8 kHz 16-bit mono WAV.
@@ -159,27 +160,9 @@ fn bed_around(
     }
 }
 
-fn scenario(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/sipp")
-        .join(name)
-}
-
 /// Starts SIPp on `port` with `scenario` for one call.
 fn sipp(bed: &Bed, name: &str, port: u16, args: &[&str]) -> Child {
-    let sipp = sipp_binary().expect("checked by the caller");
-    let mut command = Command::new(sipp);
-    command
-        .arg("-sf")
-        .arg(scenario(name))
-        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-m", "1", "-timeout", "30s", "-nostdin", "-trace_err"])
-        .args(args)
-        .current_dir(bed.data.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    command.spawn().expect("run sipp")
+    common::sipp::start(bed.data.path(), name, port, 1, args)
 }
 
 fn start_caller(bed: &Bed, name: &str, service: &str, args: &[&str]) -> Child {
@@ -191,46 +174,7 @@ fn start_caller(bed: &Bed, name: &str, service: &str, args: &[&str]) -> Child {
 }
 
 fn finish(bed: &Bed, role: &str, child: Child) -> Output {
-    let output = child.wait_with_output().expect("wait for sipp");
-    let errors = std::fs::read_dir(bed.data.path())
-        .expect("data dir")
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().ends_with("_errors.log"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("\n");
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "SIPp {role} failed:\n{}\n{}\n{errors}\nserver log tail:\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-        tail(&bed.server.log(), 60)
-    );
-    output
-}
-
-fn tail(log: &str, lines: usize) -> String {
-    let all: Vec<&str> = log.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn media_socket() -> (UdpSocket, String) {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a media socket");
-    socket
-        .set_read_timeout(Some(Duration::from_millis(1500)))
-        .expect("timeout");
-    let port = socket.local_addr().expect("address").port().to_string();
-    (socket, port)
-}
-
-fn rtp(seq: u16, fill: u8) -> Vec<u8> {
-    let mut packet = vec![0x80, 0x00];
-    packet.extend_from_slice(&seq.to_be_bytes());
-    packet.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    packet.extend_from_slice(&0x1234_5678u32.to_be_bytes());
-    packet.extend(std::iter::repeat_n(fill, 160));
-    packet
+    common::sipp::finish(bed.data.path(), role, child, || bed.server.log())
 }
 
 /// The manager's (leg a, leg b) media addresses of the only bridged call,

@@ -216,6 +216,9 @@ impl B2bua {
             session: [session_a, None],
             reoffer: false,
             media_used: false,
+            caller_last: sdp_of(&request),
+            moving: None,
+            moved_legs: Vec::new(),
         };
         self.sip_ids.insert(call_id.clone(), (call_key, LegId::A));
         self.sip_ids
@@ -830,6 +833,7 @@ impl B2bua {
             match sdp_of(&request) {
                 Some(sdp) => {
                     call.pending_ack = Some(pending);
+                    call.caller_last = Some(sdp.clone());
                     self.media(
                         key,
                         Purpose::LateAnswer,

@@ -53,6 +53,11 @@
 //! is already in progress on the call); a re-INVITE without SDP is answered
 //! locally with the last SDP sent on that leg; INFO is relayed.
 //!
+//! Migration (migrate.rs): a [`MoveOrder`] moves answered calls off a
+//! manager: new legs on another one, a re-INVITE of each side with its
+//! SDP, bridge, then the old legs deleted; `rtpmanager_moves.rs` runs the
+//! orders a batch at a time (drain `mode=migrate`, a lost manager).
+//!
 //! Session timers (RFC 4028) run per leg (session_timer.rs): each leg
 //! negotiates its interval and refresher; we refresh or expire per leg.
 //!
@@ -69,6 +74,7 @@ mod dialog;
 pub mod executor;
 mod identity;
 mod media;
+pub mod migrate;
 pub mod reconcile;
 mod session_timer;
 pub mod view;
@@ -78,9 +84,10 @@ mod tests;
 
 pub use identity::{DisplayNamePolicy, FromPolicy, IdentityPolicy};
 pub use media::{
-    Counters, DeleteReason, LegFigures, LegId, LinkInput, MediaCallId, MediaEvent, MediaFailure,
-    MediaLink, MediaOp, MediaRequest, MediaRequestId, MediaResult,
+    sum_figures, Counters, DeleteReason, LegFigures, LegId, LinkInput, MediaCallId, MediaEvent,
+    MediaFailure, MediaLink, MediaOp, MediaRequest, MediaRequestId, MediaResult,
 };
+pub use migrate::{CallMoved, MoveOrder, MoveOutcome, MoveReport, MoveScope};
 pub use reconcile::Owner;
 pub use view::{CallQuery, CallsHandle, Note};
 
@@ -293,6 +300,13 @@ enum ClientTx {
         call: CallKey,
         server: TransactionKey,
     },
+    /// A migration's re-INVITE on `leg` (migrate.rs); `done` once its
+    /// final response came.
+    Migrate {
+        call: CallKey,
+        leg: LegId,
+        done: bool,
+    },
 }
 
 /// A re-INVITE or UPDATE we relayed, and the request it answers.
@@ -338,6 +352,10 @@ enum Purpose {
     },
     /// Without a bridge no media flows: its failure ends the call.
     Bridge,
+    /// A migration's step (migrate.rs).
+    Migrate(migrate::Step),
+    /// A migration's Release or Abort: the figures of the legs it deleted.
+    MoveFigures,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -426,6 +444,13 @@ struct Call {
     session: [Option<SessionTimer>; 2],
     reoffer: bool,
     media_used: bool,
+    /// The caller's last SDP (its offer or answer): a migration offers it
+    /// to the new manager.
+    caller_last: Option<String>,
+    /// A migration in progress.
+    moving: Option<Box<migrate::Moving>>,
+    /// Figures of managers the call left, for its record.
+    moved_legs: Vec<LegFigures>,
 }
 
 impl Call {
@@ -454,6 +479,8 @@ enum TimerId {
     Dial(CallKey),
     Retransmit(TransactionKey),
     Session(CallKey, LegId),
+    /// A migration's re-INVITE again after a 491.
+    Migrate(CallKey),
 }
 
 /// The B2BUA. See the [module documentation](self).
@@ -715,8 +742,16 @@ impl B2bua {
                 self.branch_response(now, call, key, status, response, sip);
             }
             ClientTx::Fire => {}
-            ClientTx::Reoffer(_) | ClientTx::Relay { .. } | ClientTx::Refresh { .. }
+            ClientTx::Reoffer(_)
+            | ClientTx::Relay { .. }
+            | ClientTx::Refresh { .. }
+            | ClientTx::Migrate { .. }
                 if status < 200 => {}
+            ClientTx::Migrate { call, leg, done } => {
+                let (call, leg, first) = (*call, *leg, !*done);
+                *done = true;
+                self.migrate_response(call, leg, first, response, sip);
+            }
             ClientTx::Refresh { call, leg } => {
                 let (call, leg) = (*call, *leg);
                 self.refresh_response(call, leg, &response, sip);
@@ -779,6 +814,7 @@ impl B2bua {
         retry_after: bool,
         sip: &mut SipActions<'_>,
     ) {
+        self.move_interrupted(key, "the call ended during the move".to_owned());
         let Some(mut call) = self.calls.remove(&key) else {
             return;
         };
@@ -902,12 +938,17 @@ impl B2bua {
         let Some((key, purpose)) = self.media.remove(&id) else {
             return;
         };
+        match purpose {
+            Purpose::Migrate(step) => return self.migrate_result(key, step, result, sip),
+            Purpose::MoveFigures => return self.move_figures(key, result),
+            _ => {}
+        }
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
         let sdp = match result {
             MediaResult::Sdp(sdp) => sdp,
-            MediaResult::Done | MediaResult::Deleted(_) => return,
+            MediaResult::Done | MediaResult::Deleted(_) | MediaResult::Moved { .. } => return,
             MediaResult::PlayEnded { completed } => {
                 tracing::debug!(call_id = %call.media_id, completed, "playback ended");
                 if purpose == Purpose::Play && call.phase == Phase::Playing {
@@ -1042,7 +1083,7 @@ impl B2bua {
                     );
                 }
             }
-            Purpose::Play | Purpose::Bridge => {}
+            Purpose::Play | Purpose::Bridge | Purpose::Migrate(_) | Purpose::MoveFigures => {}
         }
     }
 
@@ -1063,7 +1104,7 @@ impl B2bua {
             return;
         };
         match purpose {
-            Purpose::EarlyAnswer { .. } => {}
+            Purpose::EarlyAnswer { .. } | Purpose::Migrate(_) | Purpose::MoveFigures => {}
             Purpose::Play => {
                 if call.phase == Phase::Playing {
                     self.next_action(now, key, sip);
@@ -1138,6 +1179,7 @@ impl B2bua {
                 self.next_attempt(now, key, sip);
             }
             TimerId::Session(key, leg) => self.session_due(now, key, leg, sip),
+            TimerId::Migrate(key) => self.migrate_retry(now, key, sip),
             TimerId::Retransmit(server) => {
                 let Some(entry) = self.retransmits.get_mut(&server) else {
                     return;
@@ -1195,6 +1237,7 @@ impl B2bua {
                     }
                 }
                 LinkInput::Query(query) => self.query(now, query, sip),
+                LinkInput::Move(order) => self.move_order(order),
             }
         }
     }
@@ -1284,6 +1327,9 @@ impl B2bua {
                             }
                         }
                     }
+                } else if let Some(ClientTx::Migrate { call, .. }) = self.clients.get(&key) {
+                    let call = *call;
+                    self.migrate_timeout(call, sip);
                 } else if let Some(ClientTx::Refresh { call, .. }) = self.clients.get(&key) {
                     let call = *call;
                     tracing::info!("no answer to a session refresh: ending the call");
