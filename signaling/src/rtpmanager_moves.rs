@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::b2bua::{LinkInput, MediaLink, MoveOrder, MoveOutcome, MoveReport, MoveScope};
 use crate::events::{Event, EventBus};
-use crate::rtpmanager_pool::ManagerPool;
+use crate::rtpmanager_pool::{LossKind, ManagerLoss, ManagerPool};
 
 /// Errors kept per migration (the latest).
 const ERRORS_KEPT: usize = 20;
@@ -405,6 +405,72 @@ impl Migrations {
     }
 }
 
+/// What a manager's loss asks of its migrations: the calls to move off it
+/// as gone, or `None` when nothing is to start. `moving_all`: a migration
+/// of every call on it as gone, started on an earlier loss, still runs.
+///
+/// The pool may report one outage twice (down past the grace, then back as
+/// a new instance without the calls still pinned there): the second report
+/// names calls the running migration already moves, so it is dropped
+/// rather than cancelling that migration mid-round.
+pub fn loss_scope(kind: &LossKind, moving_all: bool) -> Option<MoveScope> {
+    if moving_all {
+        return None;
+    }
+    match kind {
+        LossKind::GraceExpired => Some(MoveScope::All),
+        // Those it re-adopted from its state directory stay: only the
+        // calls it came back without move, at once.
+        LossKind::Restarted { lost_calls } if lost_calls.is_empty() => None,
+        LossKind::Restarted { lost_calls } => Some(MoveScope::Media(lost_calls.clone())),
+    }
+}
+
+/// Moves the calls of each lost manager the pool reports on `losses`
+/// (its detection, [`ManagerPool::subscribe_losses`]) to other managers,
+/// the manager treated as gone: no Delete is sent there, and a side that
+/// refuses the move has its call ended with BYEs. Runs until the pool is
+/// dropped.
+pub async fn follow_losses(
+    mut losses: tokio::sync::broadcast::Receiver<ManagerLoss>,
+    migrations: Migrations,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    // Per manager: the migration started on a loss, and whether it moves
+    // every call there.
+    let mut started: HashMap<usize, (tokio::task::JoinHandle<Progress>, bool)> = HashMap::new();
+    loop {
+        let loss = match losses.recv().await {
+            Ok(loss) => loss,
+            Err(RecvError::Lagged(missed)) => {
+                // Not expected (a loss is rare, the buffer holds several):
+                // a manager's calls left in place until its next report.
+                tracing::error!(
+                    missed,
+                    "manager loss reports missed: their calls were not moved"
+                );
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        let moving_all = started
+            .get(&loss.index)
+            .is_some_and(|(run, all)| *all && !run.is_finished());
+        let rtpmanager = migrations.pool.id(loss.index);
+        let Some(scope) = loss_scope(&loss.kind, moving_all) else {
+            tracing::info!(%rtpmanager, kind = loss.kind.name(), moving_all, "manager loss: nothing more to move");
+            continue;
+        };
+        let all = scope == MoveScope::All;
+        tracing::warn!(%rtpmanager, kind = loss.kind.name(), all, "manager lost: moving its calls to other managers");
+        let run = match scope {
+            MoveScope::All => migrations.manager_lost(loss.index),
+            scope => migrations.migrate_off(loss.index, scope, true, migrations.default_batch),
+        };
+        started.insert(loss.index, (run, all));
+    }
+}
+
 #[derive(Debug, Default)]
 struct Round {
     /// Cancelled before every call it started had ended.
@@ -413,4 +479,119 @@ struct Round {
     left: usize,
     not_movable: usize,
     outcomes: Vec<(String, MoveOutcome, String)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manager_down_past_the_grace_moves_all_its_calls_a_restart_only_those_it_lost() {
+        assert_eq!(
+            loss_scope(&LossKind::GraceExpired, false),
+            Some(MoveScope::All)
+        );
+        let lost = vec!["n1-a".to_owned(), "n1-b".to_owned()];
+        assert_eq!(
+            loss_scope(
+                &LossKind::Restarted {
+                    lost_calls: lost.clone()
+                },
+                false
+            ),
+            Some(MoveScope::Media(lost))
+        );
+        // Back with every call re-adopted: nothing to move.
+        assert_eq!(
+            loss_scope(&LossKind::Restarted { lost_calls: vec![] }, false),
+            None
+        );
+    }
+
+    #[test]
+    fn a_second_report_of_one_outage_leaves_the_running_migration_alone() {
+        assert_eq!(loss_scope(&LossKind::GraceExpired, true), None);
+        let restarted = LossKind::Restarted {
+            lost_calls: vec!["n1-a".to_owned()],
+        };
+        assert_eq!(loss_scope(&restarted, true), None);
+    }
+
+    /// The next order the core would get, within `limit`.
+    async fn next_order(link: &MediaLink, limit: Duration) -> Option<MoveOrder> {
+        let until = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < until {
+            if let Some(input) = link.pop_input(Instant::now()) {
+                match input {
+                    LinkInput::Move(order) => return Some(order),
+                    other => panic!("not a move order: {other:?}"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    }
+
+    #[tokio::test]
+    async fn losses_reported_by_the_pool_become_gone_migrations_of_the_right_calls() {
+        let uris: Vec<String> = (1..=3).map(|p| format!("http://127.0.0.1:{p}")).collect();
+        let pool = ManagerPool::new(&uris).expect("pool").with_ids(&[
+            "m1".into(),
+            "m2".into(),
+            "m3".into(),
+        ]);
+        let link = MediaLink::new();
+        let migrations = Migrations::new(link.clone(), Arc::new(|| {}), pool, EventBus::new(), 7);
+        let (losses, receiver) = tokio::sync::broadcast::channel(8);
+        tokio::spawn(follow_losses(receiver, migrations));
+
+        losses
+            .send(ManagerLoss {
+                index: 1,
+                kind: LossKind::GraceExpired,
+            })
+            .expect("send");
+        let order = next_order(&link, Duration::from_secs(2))
+            .await
+            .expect("a move order for the lost manager");
+        assert_eq!(order.manager, "m2");
+        assert_eq!(order.scope, MoveScope::All);
+        assert!(order.gone, "a lost manager gets no Delete");
+        assert_eq!(order.limit, 7, "the default batch");
+
+        // The same outage again, as the restart that follows it: the
+        // migration under way (its round still waits) already moves them.
+        losses
+            .send(ManagerLoss {
+                index: 1,
+                kind: LossKind::Restarted {
+                    lost_calls: vec!["n1-x".to_owned()],
+                },
+            })
+            .expect("send");
+        assert!(
+            next_order(&link, Duration::from_millis(300))
+                .await
+                .is_none(),
+            "a duplicate report started another migration"
+        );
+
+        // Another manager restarted without two of its calls: only those.
+        let lost = vec!["n1-a".to_owned(), "n1-b".to_owned()];
+        losses
+            .send(ManagerLoss {
+                index: 0,
+                kind: LossKind::Restarted {
+                    lost_calls: lost.clone(),
+                },
+            })
+            .expect("send");
+        let order = next_order(&link, Duration::from_secs(2))
+            .await
+            .expect("a move order for the restarted manager");
+        assert_eq!(order.manager, "m1");
+        assert_eq!(order.scope, MoveScope::Media(lost));
+        assert!(order.gone);
+        drop(order);
+    }
 }

@@ -152,13 +152,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }));
         let waker = core.clone();
-        migrations = Some(Migrations::new(
+        let moves = Migrations::new(
             link.clone(),
             Arc::new(move || waker.wake()),
             pool.clone(),
             events.clone(),
             config.rtpmanager_migrate_batch,
+        );
+        // Subscribed before the health checks start: no loss goes unseen.
+        tokio::spawn(crate::rtpmanager_moves::follow_losses(
+            pool.subscribe_losses(),
+            moves.clone(),
         ));
+        migrations = Some(moves);
         calls = Some((link.clone(), CallsHandle::new(link, core)));
     }
     // Only the B2BUA holds the sink from here: the writer ends once the

@@ -37,6 +37,9 @@ pub enum MoveScope {
     All,
     /// These calls (API ids, `/api/v1/calls/{id}`), if on the manager.
     Calls(Vec<String>),
+    /// These calls by their media call ids, if on the manager: a restarted
+    /// manager's lost calls, as the pool's loss detection names them.
+    Media(Vec<String>),
 }
 
 /// An order to move calls off a manager, pushed as [`LinkInput::Move`].
@@ -200,6 +203,7 @@ impl B2bua {
             .filter(|(_, call)| match &order.scope {
                 MoveScope::All => true,
                 MoveScope::Calls(ids) => ids.contains(&call.info.id),
+                MoveScope::Media(ids) => ids.contains(&call.media_id.0),
             })
             .filter(|(_, call)| !order.skip.contains(&call.info.id))
             .map(|(key, _)| *key)
