@@ -10,10 +10,13 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
 use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::manager::{free_media_range, start_manager_in, Manager};
+use common::manager::{free_media_range, runtime, start_manager_at, Manager};
 use common::sipp::{media_socket, rtp};
 use common::{free_port, Server};
 use switchboard_proto::v1;
@@ -27,6 +30,8 @@ const PAIRS: u16 = 120;
 pub struct ThreeManagers {
     pub data: tempfile::TempDir,
     pub managers: Vec<Manager>,
+    /// Each manager's gRPC port and media ports, kept for a restart.
+    places: Vec<(u16, (u16, u16))>,
     pub server: Server,
     pub callee_port: u16,
 }
@@ -39,11 +44,14 @@ impl ThreeManagers {
         let audio = data.path().join("audio");
         std::fs::create_dir_all(&audio).expect("audio dir");
         let (min, _) = free_media_range(3 * PAIRS);
-        let managers: Vec<Manager> = (0..3u16)
+        let places: Vec<(u16, (u16, u16))> = (0..3u16)
             .map(|i| {
                 let low = min + i * 2 * PAIRS;
-                start_manager_in(&audio, (low, low + 2 * PAIRS - 1), &[])
+                (free_port(), (low, low + 2 * PAIRS - 1))
             })
+            .collect();
+        let managers: Vec<Manager> = (0..3)
+            .map(|i| Self::start_manager(data.path(), places[i], i))
             .collect();
         let callee_port = free_port();
         let plan = format!(
@@ -73,11 +81,31 @@ impl ThreeManagers {
         let bed = ThreeManagers {
             data,
             managers,
+            places,
             server,
             callee_port,
         };
         bed.wait_healthy();
         bed
+    }
+
+    /// Manager `i` (from 0) on its gRPC and media ports, its calls saved in
+    /// a state directory of its own (a restart takes them back).
+    fn start_manager(data: &std::path::Path, place: (u16, (u16, u16)), i: usize) -> Manager {
+        let state: PathBuf = data.join(format!("state-m{}", i + 1));
+        let state = state.to_str().expect("UTF-8 path");
+        start_manager_at(
+            &data.join("audio"),
+            place.0,
+            place.1,
+            &["--state-dir", state],
+        )
+    }
+
+    /// Starts manager `i` again (after [`Manager::kill`]) where it was,
+    /// with its state directory.
+    pub fn restart(&mut self, i: usize) {
+        self.managers[i] = Self::start_manager(self.data.path(), self.places[i], i);
     }
 
     fn wait_healthy(&self) {
@@ -363,4 +391,348 @@ fn calls_whose_callee_refuses_the_move_stay_on_the_drained_manager_with_their_me
 
     bed.finish("caller", caller);
     bed.finish("callee", callee);
+}
+
+/// The calls manager `grpc` holds, `None` when it does not answer.
+fn list_calls(grpc: SocketAddr) -> Option<Vec<v1::CallSummary>> {
+    runtime().block_on(async {
+        let mut client =
+            switchboard_proto::v1::rtp_manager_client::RtpManagerClient::connect(format!(
+                "http://{grpc}"
+            ))
+            .await
+            .ok()?;
+        let calls = client.list_calls(v1::ListCallsRequest {}).await.ok()?;
+        Some(calls.into_inner().calls)
+    })
+}
+
+/// When packets from one source reached a phone.
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    first: Instant,
+    last: Instant,
+}
+
+/// Two phones for many calls (the media sockets the SIPp SDPs advertise):
+/// RTP every 20 ms both ways through each call's legs, and, as a phone
+/// follows the re-INVITE that moves its call, through the legs the call
+/// has on whichever manager holds it now (looked up every 50 ms on the
+/// managers still up). Each phone notes when packets from each leg came.
+struct Phones {
+    /// Media call id → (leg a, leg b) addresses it is sent to.
+    targets: Arc<Mutex<HashMap<String, (SocketAddr, SocketAddr)>>>,
+    /// Source address → when packets from it arrived, at either phone.
+    heard: Arc<Mutex<HashMap<SocketAddr, Heard>>>,
+    /// The managers' gRPC addresses the lookup asks (a killed one leaves).
+    managers: Arc<Mutex<Vec<SocketAddr>>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Phones {
+    fn start(a: &UdpSocket, b: &UdpSocket, managers: Vec<SocketAddr>) -> Phones {
+        let phones = Phones {
+            targets: Arc::default(),
+            heard: Arc::default(),
+            managers: Arc::new(Mutex::new(managers)),
+            stop: Arc::default(),
+            threads: Vec::new(),
+        };
+        let mut threads = Vec::new();
+        for socket in [a, b] {
+            let socket = socket.try_clone().expect("clone socket");
+            socket
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .expect("timeout");
+            let (heard, stop) = (phones.heard.clone(), phones.stop.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut buffer = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((_, from)) = socket.recv_from(&mut buffer) {
+                        let now = Instant::now();
+                        heard
+                            .lock()
+                            .unwrap()
+                            .entry(from)
+                            .and_modify(|h| h.last = now)
+                            .or_insert(Heard {
+                                first: now,
+                                last: now,
+                            });
+                    }
+                }
+            }));
+        }
+        let (a, b) = (
+            a.try_clone().expect("clone socket"),
+            b.try_clone().expect("clone socket"),
+        );
+        let (targets, stop) = (phones.targets.clone(), phones.stop.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut seq = 0u16;
+            while !stop.load(Ordering::Relaxed) {
+                seq = seq.wrapping_add(1);
+                let now: Vec<(SocketAddr, SocketAddr)> =
+                    targets.lock().unwrap().values().copied().collect();
+                for (leg_a, leg_b) in now {
+                    // A dead manager's port refuses: nothing to do about it.
+                    let _ = a.send_to(&rtp(seq, 0x11), leg_a);
+                    let _ = b.send_to(&rtp(seq, 0x22), leg_b);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }));
+        let (targets, managers, stop) = (
+            phones.targets.clone(),
+            phones.managers.clone(),
+            phones.stop.clone(),
+        );
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let asked: Vec<SocketAddr> = managers.lock().unwrap().clone();
+                for grpc in asked {
+                    for call in list_calls(grpc).unwrap_or_default() {
+                        if let Some(pair) = legs(&call) {
+                            targets.lock().unwrap().insert(call.call_id.clone(), pair);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }));
+        Phones { threads, ..phones }
+    }
+
+    /// No more lookups on the manager at `grpc`.
+    fn forget(&self, grpc: SocketAddr) {
+        self.managers.lock().unwrap().retain(|m| *m != grpc);
+    }
+
+    fn heard(&self, from: SocketAddr) -> Option<Heard> {
+        self.heard.lock().unwrap().get(&from).copied()
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Health checks each second, down after two failures, lost 3 s later.
+const LOSS_ARGS: [&str; 6] = [
+    "--rtpmanager-health-interval",
+    "1",
+    "--rtpmanager-failures",
+    "2",
+    "--rtpmanager-lost-grace",
+    "3",
+];
+
+/// Starts `calls` SIPp calls that all land on m1 (m2 and m3 drained while
+/// they are set up), RTP flowing both ways through m1; returns the SIPp
+/// sides, the phones and m1's calls.
+fn calls_on_m1(
+    bed: &ThreeManagers,
+    calls: usize,
+    scenarios: (&str, &str),
+    hold_ms: u32,
+) -> (Child, Child, Phones, Vec<v1::CallSummary>) {
+    bed.rest_ok("POST", "/api/v1/rtpmanagers/m2/drain");
+    bed.rest_ok("POST", "/api/v1/rtpmanagers/m3/drain");
+    let (a, rtp_a) = media_socket();
+    let (b, rtp_b) = media_socket();
+    let (caller, callee) = bed.sipp_calls(
+        scenarios,
+        u32::try_from(calls).expect("few calls"),
+        50,
+        hold_ms,
+        (&rtp_a, &rtp_b),
+    );
+    let on_m1 = bed.wait_bridged(0, calls, Duration::from_secs(20));
+    bed.rest_ok("DELETE", "/api/v1/rtpmanagers/m2/drain");
+    bed.rest_ok("DELETE", "/api/v1/rtpmanagers/m3/drain");
+    let phones = Phones::start(&a, &b, bed.managers.iter().map(|m| m.grpc).collect());
+    // Media through m1 for every call before anything happens to it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for (leg_a, leg_b) in on_m1.iter().filter_map(legs) {
+        while phones.heard(leg_a).is_none() || phones.heard(leg_b).is_none() {
+            assert!(Instant::now() < deadline, "no RTP through m1's {leg_a}/{leg_b}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    (caller, callee, phones, on_m1)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+#[test]
+fn a_killed_managers_calls_move_after_the_grace_and_their_media_flows_again_both_ways() {
+    if common::sipp::binary().is_none() {
+        return;
+    }
+    const CALLS: usize = 20;
+    let mut bed = ThreeManagers::start(&LOSS_ARGS);
+    let (caller, callee, phones, on_m1) = calls_on_m1(
+        &bed,
+        CALLS,
+        ("b2bua_uac_moved.xml", "b2bua_uas_moved.xml"),
+        6_000,
+    );
+
+    let killed = Instant::now();
+    bed.managers[0].kill();
+    phones.forget(bed.managers[0].grpc);
+    let migration = loop {
+        let state = bed.rest_ok("GET", "/api/v1/rtpmanagers/m1/drain");
+        let migration = &state["migration"];
+        if migration["state"].is_string() && migration["state"] != "running" {
+            break migration.clone();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no migration ended off m1: {state}\n{}",
+            common::sipp::tail(&bed.server.log(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(migration["state"], "done", "{migration}");
+    assert_eq!(migration["gone"], true, "{migration}");
+    assert_eq!(migration["moved"], CALLS, "{migration}");
+    assert_eq!(migration["ended"], 0, "{migration}");
+
+    // Every call that was on m1 is on m2 or m3 now, bridged.
+    let mut moved: HashMap<String, (SocketAddr, SocketAddr)> = HashMap::new();
+    for i in [1, 2] {
+        for call in bed.managers[i].calls() {
+            moved.insert(call.call_id.clone(), legs(&call).expect("bridged"));
+        }
+    }
+    for call in &on_m1 {
+        assert!(
+            moved.contains_key(&call.call_id),
+            "{} not on another manager: {moved:?}",
+            call.call_id
+        );
+    }
+    assert_eq!(moved.len(), CALLS);
+
+    // Media through the new legs both ways; the gap from the kill to the
+    // later of each direction's first packet.
+    let detection = Duration::from_secs(3); // 2 failed checks 1 s apart, + 1 s of phase
+    let bound = detection + Duration::from_secs(3) + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut gaps = Vec::new();
+    for (call, (leg_a, leg_b)) in &moved {
+        let gap = loop {
+            match (phones.heard(*leg_a), phones.heard(*leg_b)) {
+                (Some(at_a), Some(at_b)) => break at_a.first.max(at_b.first) - killed,
+                _ => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "no RTP both ways through {call}'s new legs {leg_a}/{leg_b}"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        };
+        eprintln!("{call}: media gap {:.2} s", gap.as_secs_f64());
+        assert!(gap < bound, "{call}: media gap {gap:?} over {bound:?}");
+        gaps.push(gap);
+    }
+    gaps.sort();
+    eprintln!(
+        "{CALLS} calls moved off the killed m1: media gap p50 {:.2} s, max {:.2} s",
+        percentile(&gaps, 0.5).as_secs_f64(),
+        gaps[gaps.len() - 1].as_secs_f64()
+    );
+
+    // Every call carries on and ends normally on both sides.
+    bed.finish("caller", caller);
+    bed.finish("callee", callee);
+    phones.stop();
+    for i in [1, 2] {
+        let left = bed.managers[i].wait_calls(Duration::from_secs(5), <[_]>::is_empty);
+        assert!(left.is_empty(), "m{} still holds {} calls", i + 1, left.len());
+    }
+    // The restart check needs m1 back: not here.
+    drop(bed.managers.remove(0));
+}
+
+#[test]
+fn a_manager_restarted_with_its_state_within_the_grace_keeps_its_calls_without_a_reinvite() {
+    if common::sipp::binary().is_none() {
+        return;
+    }
+    const CALLS: usize = 10;
+    let mut bed = ThreeManagers::start(&LOSS_ARGS);
+    // Plain scenarios: a re-INVITE would be an unexpected message to SIPp,
+    // and the call would fail.
+    let (caller, callee, phones, on_m1) =
+        calls_on_m1(&bed, CALLS, ("b2bua_uac.xml", "b2bua_uas.xml"), 12_000);
+
+    bed.managers[0].kill();
+    let grpc = bed.managers[0].grpc.to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !bed
+        .server
+        .log()
+        .lines()
+        .any(|l| l.contains("RTP manager down") && l.contains(&grpc))
+    {
+        assert!(Instant::now() < deadline, "m1 never declared down");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let restarted = Instant::now();
+    bed.restart(0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let log = bed.server.log();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("RTP manager's calls after its restart") && l.contains("=m1 "))
+        {
+            break line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no restart seen");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        after.contains(&format!("kept={CALLS}")) && after.contains("lost=0"),
+        "{after}"
+    );
+    // Past the grace: still on m1, media through the same legs both ways.
+    std::thread::sleep(Duration::from_secs(4));
+    let still = bed.managers[0].calls();
+    assert_eq!(still.len(), CALLS, "re-adopted: {still:?}");
+    for call in &on_m1 {
+        let (leg_a, leg_b) = legs(call).expect("bridged");
+        for leg in [leg_a, leg_b] {
+            let heard = phones.heard(leg).expect("heard");
+            assert!(
+                heard.last > restarted + Duration::from_secs(3),
+                "{}: no RTP through {leg} since the restart",
+                call.call_id
+            );
+        }
+    }
+    let log = bed.server.log();
+    for never in ["moving calls off the manager", "moving call", "manager lost"] {
+        assert!(
+            !log.contains(never),
+            "{never:?} in the log:\n{}",
+            common::sipp::tail(&log, 40)
+        );
+    }
+    let state = bed.rest_ok("GET", "/api/v1/rtpmanagers/m1/drain");
+    assert!(state["migration"].is_null(), "{state}");
+
+    bed.finish("caller", caller);
+    bed.finish("callee", callee);
+    phones.stop();
 }

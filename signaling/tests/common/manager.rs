@@ -37,16 +37,11 @@ pub fn start_manager(audio: &Path, pairs: u16, extra: &[&str]) -> Manager {
     start_manager_at(audio, 0, free_media_range(pairs), extra)
 }
 
-/// Starts a manager on the media ports `min..=max` (several managers take
-/// parts of one free range: a manager binds its ports only for calls, so
-/// a second search would find the first one's range free again).
-pub fn start_manager_in(audio: &Path, range: (u16, u16), extra: &[&str]) -> Manager {
-    start_manager_at(audio, 0, range, extra)
-}
-
 /// Starts a manager on gRPC port `grpc_port` (0: an ephemeral one) with
 /// the media ports `min..=max`: a manager restarted with its --state-dir
-/// on the same ports takes its calls back.
+/// on the same ports takes its calls back, and several managers take parts
+/// of one free range (a manager binds its ports only for calls, so a second
+/// search would find the first one's range free again).
 pub fn start_manager_at(
     audio: &Path,
     grpc_port: u16,
