@@ -396,12 +396,11 @@ fn calls_whose_callee_refuses_the_move_stay_on_the_drained_manager_with_their_me
 /// The calls manager `grpc` holds, `None` when it does not answer.
 fn list_calls(grpc: SocketAddr) -> Option<Vec<v1::CallSummary>> {
     runtime().block_on(async {
-        let mut client =
-            switchboard_proto::v1::rtp_manager_client::RtpManagerClient::connect(format!(
-                "http://{grpc}"
-            ))
-            .await
-            .ok()?;
+        let mut client = switchboard_proto::v1::rtp_manager_client::RtpManagerClient::connect(
+            format!("http://{grpc}"),
+        )
+        .await
+        .ok()?;
         let calls = client.list_calls(v1::ListCallsRequest {}).await.ok()?;
         Some(calls.into_inner().calls)
     })
@@ -453,7 +452,7 @@ impl Phones {
                         let now = Instant::now();
                         heard
                             .lock()
-                            .unwrap()
+                            .expect("lock")
                             .entry(from)
                             .and_modify(|h| h.last = now)
                             .or_insert(Heard {
@@ -474,7 +473,7 @@ impl Phones {
             while !stop.load(Ordering::Relaxed) {
                 seq = seq.wrapping_add(1);
                 let now: Vec<(SocketAddr, SocketAddr)> =
-                    targets.lock().unwrap().values().copied().collect();
+                    targets.lock().expect("lock").values().copied().collect();
                 for (leg_a, leg_b) in now {
                     // A dead manager's port refuses: nothing to do about it.
                     let _ = a.send_to(&rtp(seq, 0x11), leg_a);
@@ -490,11 +489,14 @@ impl Phones {
         );
         threads.push(std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                let asked: Vec<SocketAddr> = managers.lock().unwrap().clone();
+                let asked: Vec<SocketAddr> = managers.lock().expect("lock").clone();
                 for grpc in asked {
                     for call in list_calls(grpc).unwrap_or_default() {
                         if let Some(pair) = legs(&call) {
-                            targets.lock().unwrap().insert(call.call_id.clone(), pair);
+                            targets
+                                .lock()
+                                .expect("lock")
+                                .insert(call.call_id.clone(), pair);
                         }
                     }
                 }
@@ -506,11 +508,11 @@ impl Phones {
 
     /// No more lookups on the manager at `grpc`.
     fn forget(&self, grpc: SocketAddr) {
-        self.managers.lock().unwrap().retain(|m| *m != grpc);
+        self.managers.lock().expect("lock").retain(|m| *m != grpc);
     }
 
     fn heard(&self, from: SocketAddr) -> Option<Heard> {
-        self.heard.lock().unwrap().get(&from).copied()
+        self.heard.lock().expect("lock").get(&from).copied()
     }
 
     fn stop(self) {
@@ -559,7 +561,10 @@ fn calls_on_m1(
     let deadline = Instant::now() + Duration::from_secs(5);
     for (leg_a, leg_b) in on_m1.iter().filter_map(legs) {
         while phones.heard(leg_a).is_none() || phones.heard(leg_b).is_none() {
-            assert!(Instant::now() < deadline, "no RTP through m1's {leg_a}/{leg_b}");
+            assert!(
+                Instant::now() < deadline,
+                "no RTP through m1's {leg_a}/{leg_b}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -658,7 +663,12 @@ fn a_killed_managers_calls_move_after_the_grace_and_their_media_flows_again_both
     phones.stop();
     for i in [1, 2] {
         let left = bed.managers[i].wait_calls(Duration::from_secs(5), <[_]>::is_empty);
-        assert!(left.is_empty(), "m{} still holds {} calls", i + 1, left.len());
+        assert!(
+            left.is_empty(),
+            "m{} still holds {} calls",
+            i + 1,
+            left.len()
+        );
     }
     // The restart check needs m1 back: not here.
     drop(bed.managers.remove(0));
@@ -722,7 +732,11 @@ fn a_manager_restarted_with_its_state_within_the_grace_keeps_its_calls_without_a
         }
     }
     let log = bed.server.log();
-    for never in ["moving calls off the manager", "moving call", "manager lost"] {
+    for never in [
+        "moving calls off the manager",
+        "moving call",
+        "manager lost",
+    ] {
         assert!(
             !log.contains(never),
             "{never:?} in the log:\n{}",
