@@ -95,7 +95,7 @@ pub fn spawn(pool: ManagerPool, link: MediaLink, wake: Wake, reconcile: Reconcil
     let placed = Placed::default();
     for index in 0..pool.len() {
         tokio::spawn(watch(
-            pool.endpoint(index),
+            (pool.endpoint(index), pool.id(index)),
             pool.client(index),
             link.clone(),
             wake.clone(),
@@ -886,7 +886,12 @@ async fn follow_playback(
 
 /// Follows one manager's Watch stream for as long as the process runs,
 /// reconnecting after errors.
-async fn watch(endpoint: String, mut client: ManagerClient, link: MediaLink, wake: Wake) {
+async fn watch(
+    (endpoint, id): (String, String),
+    mut client: ManagerClient,
+    link: MediaLink,
+    wake: Wake,
+) {
     use v1::manager_event::Event;
     loop {
         match client
@@ -904,6 +909,7 @@ async fn watch(endpoint: String, mut client: ManagerClient, link: MediaLink, wak
                             call: MediaCallId(t.call_id),
                             leg: t.leg_id,
                             idle_secs: t.idle_secs,
+                            manager: id.clone(),
                         },
                         Some(Event::Dtmf(d)) => MediaEvent::Dtmf {
                             call: MediaCallId(d.call_id),

@@ -254,6 +254,9 @@ pub enum MediaEvent {
         call: MediaCallId,
         leg: String,
         idle_secs: u32,
+        /// The manager that reported it (pool id): a call moved off a lost
+        /// manager that came back may idle out there, on legs it left.
+        manager: String,
     },
     /// A DTMF digit received on a leg.
     Dtmf {

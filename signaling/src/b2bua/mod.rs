@@ -1138,10 +1138,18 @@ impl B2bua {
                 call,
                 leg,
                 idle_secs,
+                manager,
             } => {
                 let Some(key) = self.media_calls.get(&call).copied() else {
                     return;
                 };
+                let on = self.calls.get(&key).and_then(|c| c.info.manager.as_ref());
+                if on.is_some_and(|on| *on != manager) {
+                    // Its copy on a manager it moved off (lost, then back
+                    // with its state): those legs idle by design.
+                    tracing::debug!(call_id = %call, leg, rtpmanager = %manager, "media timeout on a manager the call left: ignored");
+                    return;
+                }
                 tracing::info!(call_id = %call, leg, idle_secs, "media timeout: hanging up");
                 self.end_call(
                     key,

@@ -1268,6 +1268,7 @@ fn media_timeout_hangs_up_both_legs() {
         call: MediaCallId("test/00000001/call-1".to_owned()),
         leg: "b".to_owned(),
         idle_secs: 30,
+        manager: "m1".to_owned(),
     });
     h.request_to(CALLER, "BYE");
     h.request_to(BOB, "BYE");

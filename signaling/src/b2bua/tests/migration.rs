@@ -369,3 +369,39 @@ fn a_call_moved_off_a_lost_manager_sends_it_nothing() {
         (MoveOutcome::Moved, Some("m2".to_owned()))
     );
 }
+
+#[test]
+fn a_media_timeout_from_the_manager_a_call_left_does_not_hang_it_up() {
+    let mut h = Harness::new(&bob_plan());
+    let (_, reinvite, mut r) = moving_call(&mut h, true);
+    h.from(BOB, &reply(&reinvite, 200, None, Some(CALLEE_SDP)));
+    h.request_to(BOB, "ACK");
+    let to_alice = h.request_to(CALLER, "INVITE");
+    h.from(CALLER, &reply(&to_alice, 200, None, Some(CALLER_SDP)));
+    h.request_to(CALLER, "ACK");
+    assert_eq!(
+        outcome(&reports(&mut r)),
+        (MoveOutcome::Moved, Some("m2".to_owned()))
+    );
+    let call = h.manager.calls[0].clone();
+    h.ops();
+    // m1 came back with the call's old legs from its state: they idle out.
+    h.event(MediaEvent::Timeout {
+        call: call.clone(),
+        leg: "a".to_owned(),
+        idle_secs: 30,
+        manager: "m1".to_owned(),
+    });
+    h.nothing_to(CALLER);
+    h.nothing_to(BOB);
+    assert_eq!(h.ops(), Vec::<MediaOp>::new(), "no Delete");
+    // Its manager's own timeout still ends it.
+    h.event(MediaEvent::Timeout {
+        call,
+        leg: "a".to_owned(),
+        idle_secs: 30,
+        manager: "m2".to_owned(),
+    });
+    h.request_to(CALLER, "BYE");
+    h.request_to(BOB, "BYE");
+}
