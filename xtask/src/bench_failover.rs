@@ -339,10 +339,16 @@ pub fn failover(args: &FailoverArgs) -> anyhow::Result<()> {
         .stderr(Stdio::inherit());
     println!("+ {}", util::describe(&command));
     let server = Daemon(command.spawn().context("starting switchboard-signaling")?);
-    wait_calls(rest_port, "managers never all up", |c| c.len() == 3)?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let pool = rest_json(rest_port, "GET", "/api/v1/rtpmanagers")?;
+        // Refused until the server listens.
+        let Ok(pool) = rest_json(rest_port, "GET", "/api/v1/rtpmanagers") else {
+            if Instant::now() > deadline {
+                bail!("switchboard-signaling's REST API never answered");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
         let up = pool["members"]
             .as_array()
             .map_or(0, |m| m.iter().filter(|m| m["health"] == "healthy").count());
