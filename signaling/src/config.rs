@@ -122,6 +122,30 @@ pub struct Config {
     )]
     pub rtpmanager_health_interval: u64,
 
+    /// Consecutive failed health checks before an RTP manager is declared
+    /// down (no new calls go to it). One lost check on a busy host is not
+    /// an outage.
+    #[arg(long, env = "SWITCHBOARD_RTPMANAGER_FAILURES", default_value_t = 2)]
+    pub rtpmanager_failures: u32,
+
+    /// Seconds an RTP manager may stay down before its calls are treated as
+    /// lost and moved to another manager. Its pinned fast path keeps their
+    /// media flowing meanwhile, and a manager restarted with its
+    /// --state-dir re-adopts them: moving them sooner costs a re-INVITE for
+    /// nothing.
+    #[arg(long, env = "SWITCHBOARD_RTPMANAGER_LOST_GRACE", default_value_t = 15)]
+    pub rtpmanager_lost_grace: u64,
+
+    /// Calls moved at a time when an RTP manager's calls migrate (drain
+    /// `mode=migrate` without `batch`, a lost manager): each takes a
+    /// re-INVITE of both sides, so a batch bounds the re-INVITEs in flight.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_RTPMANAGER_MIGRATE_BATCH",
+        default_value_t = 10
+    )]
+    pub rtpmanager_migrate_batch: usize,
+
     /// PEM CA certificate(s) that sign the RTP managers' certificates (their
     /// --grpc-tls-cert). With it, managers are reached over TLS (an explicit
     /// http:// endpoint stays plaintext) and each must present a
@@ -538,10 +562,22 @@ impl Config {
                 ),
             ));
         }
+        if self.rtpmanager_migrate_batch == 0 {
+            return Err(ConfigError::invalid(
+                "rtpmanager-migrate-batch",
+                "must be at least 1 call",
+            ));
+        }
         if self.rtpmanager_health_interval == 0 {
             return Err(ConfigError::invalid(
                 "rtpmanager-health-interval",
                 "must be at least 1 second",
+            ));
+        }
+        if self.rtpmanager_failures == 0 {
+            return Err(ConfigError::invalid(
+                "rtpmanager-failures",
+                "must be at least 1 check",
             ));
         }
         for network in &self.trusted_networks {
@@ -854,6 +890,14 @@ impl Config {
     pub fn health_interval(&self) -> Duration {
         Duration::from_secs(self.rtpmanager_health_interval)
     }
+
+    /// When an RTP manager is declared down, and when lost.
+    pub fn loss_policy(&self) -> crate::rtpmanager_pool::LossPolicy {
+        crate::rtpmanager_pool::LossPolicy {
+            failures: self.rtpmanager_failures,
+            grace: Duration::from_secs(self.rtpmanager_lost_grace),
+        }
+    }
 }
 
 /// Longest node id: it prefixes every media call id.
@@ -1016,6 +1060,23 @@ mod tests {
             err.to_string().contains("--rtpmanager-health-interval"),
             "{err}"
         );
+        let err = load(&["--rtpmanager-failures", "0"]).expect_err("zero failures");
+        assert!(err.to_string().contains("--rtpmanager-failures"), "{err}");
+    }
+
+    #[test]
+    fn a_manager_is_down_after_two_failed_checks_and_lost_15_s_later_by_default() {
+        let c = load(&[]).expect("defaults");
+        assert_eq!(
+            c.loss_policy(),
+            crate::rtpmanager_pool::LossPolicy {
+                failures: 2,
+                grace: Duration::from_secs(15)
+            }
+        );
+        let c = load(&["--rtpmanager-failures", "4", "--rtpmanager-lost-grace", "0"]).expect("set");
+        assert_eq!(c.loss_policy().failures, 4);
+        assert_eq!(c.loss_policy().grace, Duration::ZERO, "lost at once");
     }
 
     #[test]

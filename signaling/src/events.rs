@@ -104,6 +104,38 @@ pub enum Event {
         id: String,
         draining: bool,
     },
+    /// A manager's calls must move: down past the grace period
+    /// (`grace_expired`), or restarted without some of them (`restarted`).
+    ManagerLost {
+        id: String,
+        kind: String,
+        /// How many calls it lost.
+        calls: u32,
+    },
+    /// A migration ended for one call (b2bua/migrate.rs).
+    CallMoved {
+        id: String,
+        /// The manager it was on.
+        from: String,
+        /// The manager it is on now (`moved`), or that it tried.
+        to: Option<String>,
+        /// `moved`, `stayed` (still on `from`) or `ended` (hung up: BYEs).
+        outcome: &'static str,
+        detail: String,
+    },
+    /// A round of a manager's migration (drain `mode=migrate`, or a lost
+    /// manager) ended: running totals.
+    ManagerMigration {
+        id: String,
+        /// `running`, `done`, `incomplete` or `cancelled`.
+        state: &'static str,
+        moved: u64,
+        stayed: u64,
+        ended: u64,
+        not_movable: u64,
+        /// Calls still on the manager after the round.
+        remaining: u64,
+    },
 }
 
 impl Event {
@@ -120,6 +152,9 @@ impl Event {
             Event::RegistrationExpired { .. } => "registration_expired",
             Event::ManagerHealth { .. } => "manager_health",
             Event::ManagerDrain { .. } => "manager_drain",
+            Event::ManagerLost { .. } => "manager_lost",
+            Event::CallMoved { .. } => "call_moved",
+            Event::ManagerMigration { .. } => "manager_migration",
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod registrar;
 pub mod reload;
 pub mod rest;
 pub mod rtpmanager_client;
+pub mod rtpmanager_moves;
 pub mod rtpmanager_pool;
 pub mod server;
 pub mod sip;

@@ -58,6 +58,9 @@ pub struct ApiState {
     pub access: Arc<ApiAccess>,
     /// The B2BUA's calls; `None` where no B2BUA runs (no dialplan, handler tests).
     pub calls: Option<crate::b2bua::CallsHandle>,
+    /// Moves calls off managers (drain `mode=migrate`); `None` where no
+    /// B2BUA runs.
+    pub migrations: Option<crate::rtpmanager_moves::Migrations>,
     /// The server's events (calls, registrations, managers).
     pub events: crate::events::EventBus,
     /// The server's counters, for `/metrics` and `/api/v1/stats`.

@@ -18,6 +18,7 @@ use crate::dialplan::Dialplan;
 use crate::events::EventBus;
 use crate::metrics::{CallCounts, Metrics};
 use crate::registrar::{Registrar, Store};
+use crate::rtpmanager_moves::Migrations;
 use axum::serve::Listener;
 
 use crate::reload::Reloader;
@@ -45,9 +46,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let pool = ManagerPool::with_access(&config.manager_uris(), &access)
         .context("--rtpmanager")?
         .with_ids(&ids)
-        .with_events(events.clone());
+        .with_events(events.clone())
+        .with_loss_policy(config.loss_policy());
     let api_access = api_access(&config)?;
-    pool.spawn_health_checks(config.health_interval());
 
     let mut uas = build_core(&config)?;
     let dialplan = load_dialplan(&config)?;
@@ -93,6 +94,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let mut calls = None;
+    let mut migrations = None;
     if let Some(dialplan) = dialplan {
         let link = MediaLink::new();
         let core = queue.handle();
@@ -149,6 +151,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 dialogs: occupancy.dialogs as u64,
             }
         }));
+        let waker = core.clone();
+        let moves = Migrations::new(
+            link.clone(),
+            Arc::new(move || waker.wake()),
+            pool.clone(),
+            events.clone(),
+            config.rtpmanager_migrate_batch,
+        );
+        // Subscribed before the health checks start: no loss goes unseen.
+        tokio::spawn(crate::rtpmanager_moves::follow_losses(
+            pool.subscribe_losses(),
+            moves.clone(),
+        ));
+        migrations = Some(moves);
         calls = Some((link.clone(), CallsHandle::new(link, core)));
     }
     // Only the B2BUA holds the sink from here: the writer ends once the
@@ -177,6 +193,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.rest_max_connections,
         Duration::from_secs(config.rest_idle_timeout),
     );
+    // Only now: an error of the start-up above is the first thing logged,
+    // not a manager's health.
+    pool.spawn_health_checks(config.health_interval());
     tracing::info!(
         sip = %transports.local_addr(),
         rest = %listener.local_addr().context("REST listener address")?,
@@ -190,6 +209,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         rest_refused: Some(listener.refused()),
         access: Arc::new(api_access),
         calls: calls.as_ref().map(|(_, handle)| handle.clone()),
+        migrations,
         reload: Some(reloader),
         events,
         metrics,

@@ -14,12 +14,13 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::manager::{runtime, start_manager, Manager};
+use common::sipp::{media_socket, rtp, scenario, tail};
 use common::{free_port, users_file, Server};
 use switchboard_proto::v1;
 use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
 
 fn sipp_binary() -> Option<PathBuf> {
-    common::peer_tool("sipp")
+    common::sipp::binary()
 }
 
 /// A 0.4 s 1 kHz tone, 8 kHz 16-bit mono WAV.
@@ -73,10 +74,46 @@ fn bed_with_timeout(
     dial_timeout: u32,
 ) -> Bed {
     let data = tempfile::tempdir().expect("temp dir");
+    let manager = start_manager(&audio_dir(&data), 16, manager_args);
+    bed_around(
+        data,
+        manager,
+        &[],
+        BedArgs {
+            dial_target,
+            extra,
+            dial_timeout,
+        },
+    )
+}
+
+/// The bed's audio directory, with the tone the announcement route plays.
+fn audio_dir(data: &tempfile::TempDir) -> PathBuf {
     let audio = data.path().join("audio");
     std::fs::create_dir_all(&audio).expect("audio dir");
     std::fs::write(audio.join("welcome.wav"), tone_wav()).expect("write the announcement");
-    let manager = start_manager(&audio, 16, manager_args);
+    audio
+}
+
+/// Signaling's settings in a bed.
+struct BedArgs<'a> {
+    dial_target: &'a str,
+    extra: &'a [&'a str],
+    dial_timeout: u32,
+}
+
+/// Signaling in `data` with `manager`, after the managers `before` (each
+/// `id=host:port`), once all of them are healthy.
+fn bed_around(
+    data: tempfile::TempDir,
+    manager: Manager,
+    before: &[String],
+    BedArgs {
+        dial_target,
+        extra,
+        dial_timeout,
+    }: BedArgs<'_>,
+) -> Bed {
     let plan = format!(
         r#"{{"version": "1.0", "routes": [
           {{"id": "announcement", "pattern": "9000", "priority": 10, "actions": [
@@ -92,28 +129,27 @@ fn bed_with_timeout(
     let plan_path = data.path().join("dialplan.json");
     std::fs::write(&plan_path, plan).expect("write the dialplan");
     let grpc = manager.grpc.to_string();
-    let mut args = vec![
-        "--dialplan",
-        plan_path.to_str().expect("UTF-8 path"),
-        "--rtpmanager",
-        &grpc,
-    ];
+    let mut args = vec!["--dialplan", plan_path.to_str().expect("UTF-8 path")];
+    for other in before {
+        args.extend_from_slice(&["--rtpmanager", other]);
+    }
+    args.extend_from_slice(&["--rtpmanager", &grpc]);
     args.extend_from_slice(extra);
     let server = Server::start(&data.path().join("state"), &args);
     // The common harness also names a manager that does not exist: wait
-    // until ours is healthy so the first call is placed on it.
+    // until ours are healthy so that calls are placed on them.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let managers = server.get_json("/api/v1/rtpmanagers");
-        let healthy = managers["members"]
-            .as_array()
-            .is_some_and(|list| list.iter().any(|m| m["health"] == "healthy"));
-        if healthy {
+        let healthy = managers["members"].as_array().map_or(0, |list| {
+            list.iter().filter(|m| m["health"] == "healthy").count()
+        });
+        if healthy > before.len() {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "manager never healthy: {managers}"
+            "managers never healthy: {managers}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -124,27 +160,9 @@ fn bed_with_timeout(
     }
 }
 
-fn scenario(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/sipp")
-        .join(name)
-}
-
 /// Starts SIPp on `port` with `scenario` for one call.
 fn sipp(bed: &Bed, name: &str, port: u16, args: &[&str]) -> Child {
-    let sipp = sipp_binary().expect("checked by the caller");
-    let mut command = Command::new(sipp);
-    command
-        .arg("-sf")
-        .arg(scenario(name))
-        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-m", "1", "-timeout", "30s", "-nostdin", "-trace_err"])
-        .args(args)
-        .current_dir(bed.data.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    command.spawn().expect("run sipp")
+    common::sipp::start(bed.data.path(), name, port, 1, args)
 }
 
 fn start_caller(bed: &Bed, name: &str, service: &str, args: &[&str]) -> Child {
@@ -156,46 +174,7 @@ fn start_caller(bed: &Bed, name: &str, service: &str, args: &[&str]) -> Child {
 }
 
 fn finish(bed: &Bed, role: &str, child: Child) -> Output {
-    let output = child.wait_with_output().expect("wait for sipp");
-    let errors = std::fs::read_dir(bed.data.path())
-        .expect("data dir")
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().ends_with("_errors.log"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("\n");
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "SIPp {role} failed:\n{}\n{}\n{errors}\nserver log tail:\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-        tail(&bed.server.log(), 60)
-    );
-    output
-}
-
-fn tail(log: &str, lines: usize) -> String {
-    let all: Vec<&str> = log.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn media_socket() -> (UdpSocket, String) {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a media socket");
-    socket
-        .set_read_timeout(Some(Duration::from_millis(1500)))
-        .expect("timeout");
-    let port = socket.local_addr().expect("address").port().to_string();
-    (socket, port)
-}
-
-fn rtp(seq: u16, fill: u8) -> Vec<u8> {
-    let mut packet = vec![0x80, 0x00];
-    packet.extend_from_slice(&seq.to_be_bytes());
-    packet.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    packet.extend_from_slice(&0x1234_5678u32.to_be_bytes());
-    packet.extend(std::iter::repeat_n(fill, 160));
-    packet
+    common::sipp::finish(bed.data.path(), role, child, || bed.server.log())
 }
 
 /// The manager's (leg a, leg b) media addresses of the only bridged call,
@@ -785,18 +764,7 @@ fn a_drained_manager_gets_no_new_call_until_the_drain_is_taken_back() {
     // The only healthy manager is drained: the INVITE is refused before
     // any media is set up.
     let caller = common::UdpPeer::new();
-    let sdp = "v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-               m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
-    let invite = format!(
-        "INVITE sip:1001@{server} SIP/2.0\r\n\
-         Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-drain-1;rport\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:alice@127.0.0.1>;tag=drain\r\nTo: <sip:1001@{server}>\r\n\
-         Call-ID: drained-manager@test\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@127.0.0.1:{port}>\r\n\
-         Content-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{sdp}",
-        server = bed.server.sip_addr(),
-        port = caller.port(),
-        len = sdp.len(),
-    );
+    let invite = invite_1001(&bed, &caller, "drain");
     let response = caller.request(bed.server.sip_addr(), invite.as_bytes());
     assert_eq!(common::status(&response), 503, "{response}");
     assert_eq!(
@@ -818,6 +786,257 @@ fn a_drained_manager_gets_no_new_call_until_the_drain_is_taken_back() {
             rtp: false,
         },
     );
+}
+
+/// An INVITE for 1001 with an SDP offer from `caller`; `name` makes its
+/// Call-ID (`name@test`), tag and branch.
+fn invite_1001(bed: &Bed, caller: &common::UdpPeer, name: &str) -> String {
+    let sdp = "v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+               m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+    format!(
+        "INVITE sip:1001@{server} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-{name}-1;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@127.0.0.1>;tag={name}\r\nTo: <sip:1001@{server}>\r\n\
+         Call-ID: {name}@test\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@127.0.0.1:{port}>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{sdp}",
+        server = bed.server.sip_addr(),
+        port = caller.port(),
+        len = sdp.len(),
+    )
+}
+
+// ----- failover between managers ------------------------------------------
+
+/// Log lines containing every one of `needles`.
+fn log_lines(log: &str, needles: &[&str]) -> usize {
+    log.lines()
+        .filter(|line| needles.iter().all(|n| line.contains(n)))
+        .count()
+}
+
+/// A bed whose own manager (`bed.manager`, `m2_pairs` port pairs) comes
+/// after m1, a manager with `m1_pairs` (a two-leg call needs two); returns
+/// it, m1 and the port its extensions dial.
+fn bed_after_m1(m1_pairs: u16, m2_pairs: u16) -> (Bed, Manager, u16) {
+    let callee_port = free_port();
+    let data = tempfile::tempdir().expect("temp dir");
+    let audio = audio_dir(&data);
+    let m1 = start_manager(&audio, m1_pairs, &[]);
+    let m2 = start_manager(&audio, m2_pairs, &[]);
+    let target = format!("sip:bob@127.0.0.1:{callee_port}");
+    let bed = bed_around(
+        data,
+        m2,
+        &[format!("m1={}", m1.grpc)],
+        BedArgs {
+            dial_target: &target,
+            extra: &["--auth", "anonymous"],
+            dial_timeout: 20,
+        },
+    );
+    (bed, m1, callee_port)
+}
+
+#[test]
+fn a_manager_out_of_ports_is_passed_over_and_every_call_connects_through_the_next() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    // m1 has one port pair: every call's first offer (two legs) exhausts it.
+    let (bed, m1, callee_port) = bed_after_m1(1, 16);
+    for _ in 0..5 {
+        two_party_call(
+            &bed,
+            callee_port,
+            TwoParty {
+                callee: "b2bua_uas.xml",
+                callee_args: &[],
+                caller: "b2bua_uac.xml",
+                caller_args: &["-d", "1500"],
+                rtp: true,
+            },
+        );
+    }
+    let log = bed.server.log();
+    assert_eq!(
+        log_lines(
+            &log,
+            &[
+                "RTP manager refused the call: trying the next",
+                "rtpmanager=m1",
+                "ResourceExhausted"
+            ]
+        ),
+        5,
+        "m1 (least loaded, first among equals) is tried and refuses each call:\n{}",
+        tail(&log, 60)
+    );
+    assert_eq!(log_lines(&log, &["every RTP manager refused"]), 0);
+    assert_eq!(calls_on(&m1), 0, "nothing half-made left on m1");
+}
+
+#[test]
+fn when_every_manager_refuses_the_caller_gets_503_with_retry_after_and_no_media_is_left() {
+    // Both managers have a single port pair: neither can take a call.
+    let (bed, m1, _) = bed_after_m1(1, 1);
+    let m2 = &bed.manager;
+    let caller = common::UdpPeer::new();
+    let invite = invite_1001(&bed, &caller, "all-refused");
+    let response = caller.request(bed.server.sip_addr(), invite.as_bytes());
+    assert_eq!(common::status(&response), 503, "{response}");
+    assert_eq!(
+        common::header(&response, "Retry-After"),
+        Some("30"),
+        "{response}"
+    );
+    let log = bed.server.log();
+    let all = log
+        .lines()
+        .find(|l| l.contains("every RTP manager refused the call"))
+        .unwrap_or_else(|| panic!("the refusals are logged:\n{}", tail(&log, 40)));
+    let m2_id = m2.grpc.to_string();
+    let (first, second) = (
+        all.find("m1: ResourceExhausted")
+            .expect("m1's refusal named"),
+        all.find(&format!("{m2_id}: ResourceExhausted"))
+            .expect("m2's refusal named"),
+    );
+    assert!(first < second, "in the order tried: {all}");
+    assert_eq!(calls_on(&m1), 0, "no half-made call on m1");
+    assert_eq!(calls_on(m2), 0, "no half-made call on m2");
+}
+
+/// Waits up to `limit` for a line of the server's log containing every one
+/// of `needles`; returns it.
+fn wait_log_line(server: &Server, needles: &[&str], limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let log = server.log();
+        if let Some(line) = log
+            .lines()
+            .find(|line| needles.iter().all(|n| line.contains(n)))
+        {
+            return line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line with {needles:?}:\n{}",
+            tail(&log, 60)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_killed_manager_is_lost_once_after_the_grace_and_a_restart_reports_only_the_calls_it_lost() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    let data = tempfile::tempdir().expect("temp dir");
+    let audio = audio_dir(&data);
+    let state = data.path().join("manager-state");
+    let state = state.to_str().expect("UTF-8 path").to_owned();
+    let (grpc_port, range) = (free_port(), common::manager::free_media_range(16));
+    let start = |saved: bool| {
+        let extra: &[&str] = if saved {
+            &["--state-dir", state.as_str()]
+        } else {
+            &[]
+        };
+        common::manager::start_manager_at(&audio, grpc_port, range, extra)
+    };
+    let callee_port = free_port();
+    let target = format!("sip:bob@127.0.0.1:{callee_port}");
+    let bed = bed_around(
+        data,
+        start(true),
+        &[],
+        BedArgs {
+            dial_target: &target,
+            extra: &[
+                "--auth",
+                "anonymous",
+                "--rtpmanager-health-interval",
+                "1",
+                "--rtpmanager-failures",
+                "2",
+                "--rtpmanager-lost-grace",
+                "3",
+            ],
+            dial_timeout: 20,
+        },
+    );
+    // Lines about our manager (the harness names one more, always down).
+    let ours = format!("127.0.0.1:{grpc_port}");
+    let mut call = call_waiting_for_bye_on(bed, callee_port);
+    let media = call
+        .bed
+        .manager
+        .wait_calls(Duration::from_secs(10), |c| c.len() == 1);
+    assert_eq!(media.len(), 1, "the call's media is on the manager");
+    let lost = "RTP manager lost: its calls must move";
+
+    // Killed, declared down, restarted with its state within the grace:
+    // a new instance that re-adopted the call, so nothing is lost.
+    call.bed.manager.kill();
+    wait_log_line(
+        &call.bed.server,
+        &["RTP manager down", &ours],
+        Duration::from_secs(10),
+    );
+    call.bed.manager = start(true);
+    let after = wait_log_line(
+        &call.bed.server,
+        &["RTP manager's calls after its restart", &ours],
+        Duration::from_secs(10),
+    );
+    assert!(
+        after.contains("kept=1") && after.contains("lost=0"),
+        "{after}"
+    );
+    assert_eq!(call.bed.manager.calls().len(), 1, "re-adopted");
+    std::thread::sleep(Duration::from_secs(4));
+    let log = call.bed.server.log();
+    assert_eq!(
+        log_lines(&log, &[lost]),
+        0,
+        "past the grace:\n{}",
+        tail(&log, 40)
+    );
+
+    // Killed for good: lost once, about 2 failed checks + 3 s after.
+    let killed = Instant::now();
+    call.bed.manager.kill();
+    let line = wait_log_line(
+        &call.bed.server,
+        &[lost, "grace_expired", &ours],
+        Duration::from_secs(15),
+    );
+    let took = killed.elapsed();
+    assert!(
+        took >= Duration::from_secs(3) && took <= Duration::from_secs(7),
+        "lost {took:?} after the kill: {line}"
+    );
+    assert!(line.contains("calls=1"), "the pinned call: {line}");
+    eprintln!("lost {took:?} after the kill (2 checks 1 s apart, grace 3 s)");
+    std::thread::sleep(Duration::from_secs(3));
+    let log = call.bed.server.log();
+    assert_eq!(log_lines(&log, &[lost]), 1, "once:\n{}", tail(&log, 40));
+
+    // Back without its state: the call it lost is reported at once.
+    call.bed.manager = start(false);
+    let line = wait_log_line(
+        &call.bed.server,
+        &[lost, "restarted", &ours],
+        Duration::from_secs(10),
+    );
+    assert!(line.contains("calls=1"), "{line}");
+
+    let (bed, id) = (&call.bed, &call.id);
+    let (status, body) = bed.server.rest("DELETE", &format!("/api/v1/calls/{id}"));
+    assert_eq!(status, 202, "{body}");
+    finish(bed, "caller", call.caller);
+    finish(bed, "callee", call.callee);
 }
 
 // ----- the operator's API: calls and CDRs ------------------------------
@@ -1029,6 +1248,11 @@ struct WaitingCall {
 
 fn call_waiting_for_bye() -> WaitingCall {
     let (bed, callee_port) = anonymous_bed();
+    call_waiting_for_bye_on(bed, callee_port)
+}
+
+/// [`call_waiting_for_bye`] on `bed`, whose extensions dial `callee_port`.
+fn call_waiting_for_bye_on(bed: Bed, callee_port: u16) -> WaitingCall {
     let (a, rtp_a) = media_socket();
     let (b, rtp_b) = media_socket();
     let callee = sipp(

@@ -178,10 +178,20 @@ fn signaling_sees_the_manager_healthy_then_down() {
         "manager stops cleanly:\n{}",
         manager.log()
     );
+    assert!(status.get("down_since_ms").is_none(), "up: {status}");
+    let stopped = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis();
     let status = wait_for_health(rest_port, "down", &signaling);
     assert!(
         status["detail"].as_str().is_some_and(|d| d != "ok"),
         "{status}"
+    );
+    let down_since = status["down_since_ms"].as_u64().map(u128::from);
+    assert!(
+        down_since.is_some_and(|t| t >= stopped && t < stopped + 10_000),
+        "declared down after the stop at {stopped}: {status}"
     );
     assert!(
         signaling.log().contains("RTP manager down"),

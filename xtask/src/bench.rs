@@ -63,6 +63,9 @@ enum BenchTarget {
     /// Per-packet run time of the XDP and TC programs on crafted packets
     /// (BPF_PROG_TEST_RUN, needs root): forwarding and pass cases.
     Program(ProgramArgs),
+    /// A SIGKILLed RTP manager's calls moved to the others: calls that
+    /// survived and media gaps (bench_failover.rs).
+    Failover(crate::bench_failover::FailoverArgs),
 }
 
 #[derive(clap::Args)]
@@ -124,6 +127,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         BenchTarget::SipCalls(args) => sip_calls(args),
         BenchTarget::Media(args) => media(args),
         BenchTarget::Program(args) => program(args),
+        BenchTarget::Failover(args) => crate::bench_failover::failover(args),
     }
 }
 
@@ -402,6 +406,16 @@ fn print_result(r: &RateResult) {
 /// options, and returns it with the address it logged; its log is drained
 /// so it never blocks on stderr.
 pub(crate) fn start_manager(binary: &Path, extra: &[&str]) -> anyhow::Result<(Daemon, String)> {
+    start_manager_on(binary, (30000, 49999), extra)
+}
+
+/// [`start_manager`] on the media ports `min..=max` (managers side by side
+/// take ranges of their own).
+pub(crate) fn start_manager_on(
+    binary: &Path,
+    (min, max): (u16, u16),
+    extra: &[&str],
+) -> anyhow::Result<(Daemon, String)> {
     use std::io::{BufRead, BufReader};
     let mut command = Command::new(binary);
     command
@@ -414,7 +428,8 @@ pub(crate) fn start_manager(binary: &Path, extra: &[&str]) -> anyhow::Result<(Da
             "127.0.0.1",
         ])
         .args(["--rtp-bind-address", "127.0.0.1", "--log-level", "info"])
-        .args(["--rtp-port-min", "30000", "--rtp-port-max", "49999"])
+        .args(["--rtp-port-min", &min.to_string()])
+        .args(["--rtp-port-max", &max.to_string()])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

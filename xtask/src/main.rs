@@ -12,6 +12,7 @@
 #![allow(clippy::print_stdout)]
 
 mod bench;
+mod bench_failover;
 mod deb;
 mod docs;
 mod ebpf;

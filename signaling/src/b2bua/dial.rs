@@ -205,6 +205,7 @@ impl B2bua {
             phase: Phase::Working,
             actions,
             dial: None,
+            callee_interface: None,
             branches: Vec::new(),
             b_offer: None,
             caller_sdp: sdp_of(&request),
@@ -216,6 +217,9 @@ impl B2bua {
             session: [session_a, None],
             reoffer: false,
             media_used: false,
+            caller_last: sdp_of(&request),
+            moving: None,
+            moved_legs: Vec::new(),
         };
         self.sip_ids.insert(call_id.clone(), (call_key, LegId::A));
         self.sip_ids
@@ -327,6 +331,7 @@ impl B2bua {
                 ring,
                 media_interface,
             } => {
+                call.callee_interface.clone_from(&media_interface);
                 call.dial = Some(Dialing {
                     media_interface: media_interface.clone(),
                     targets: targets.into(),
@@ -837,6 +842,7 @@ impl B2bua {
             match sdp_of(&request) {
                 Some(sdp) => {
                     call.pending_ack = Some(pending);
+                    call.caller_last = Some(sdp.clone());
                     self.media(
                         key,
                         Purpose::LateAnswer,

@@ -177,6 +177,9 @@ impl B2bua {
                 match sdp_of(&request) {
                     Some(sdp) if call.phase == Phase::Bridged => {
                         call.reoffer = true;
+                        if leg == LegId::A {
+                            call.caller_last = Some(sdp.clone());
+                        }
                         self.media(
                             key,
                             Purpose::Reoffer {
@@ -318,6 +321,9 @@ impl B2bua {
             return;
         };
         let tag = call.dialog(from).map(|d| d.local_tag.clone());
+        if let (200..=299, Some(sdp), LegId::A) = (status, sdp_of(&response), to) {
+            call.caller_last = Some(sdp);
+        }
         match (status, sdp_of(&response)) {
             (200..=299, Some(sdp)) => self.media(
                 key,

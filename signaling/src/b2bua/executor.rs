@@ -7,6 +7,9 @@
 //! (affinity): the manager is chosen at the call's first request, the
 //! healthy one this server gave the fewest live calls; a manager that is
 //! down or draining gets no new calls, and calls already on it stay.
+//! A new call's first Offer refused for want of ports or of a reachable
+//! manager moves on to the next manager ([`Placement`]); the caller hears
+//! of it only when every manager refused.
 //! A playback's stream is read on a task of its own so that the call's
 //! next requests (a Delete on hangup) are not held behind it.
 //!
@@ -15,7 +18,7 @@
 //! (an earlier process's, after a crash) are deleted once older than the
 //! grace period (reconcile.rs decides).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -25,12 +28,12 @@ use tokio::sync::{mpsc, Notify};
 use tracing::Instrument;
 
 use super::media::{
-    Counters, DeleteReason, LegFigures, LegId, LinkInput, MediaCallId, MediaEvent, MediaFailure,
-    MediaLink, MediaOp, MediaRequest, MediaResult,
+    sum_figures, Counters, DeleteReason, LegFigures, LegId, LinkInput, MediaCallId, MediaEvent,
+    MediaFailure, MediaLink, MediaOp, MediaRequest, MediaResult,
 };
 use super::reconcile::{orphans, Owner};
 use crate::rtpmanager_client::ManagerClient;
-use crate::rtpmanager_pool::{Health, ManagerPool};
+use crate::rtpmanager_pool::{Health, ManagerPool, Placement};
 
 /// How often a healthy manager's calls are reconciled besides its
 /// recoveries: a Delete lost to a transient error (a timeout on a busy
@@ -42,11 +45,26 @@ pub type Wake = Arc<dyn Fn() + Send + Sync>;
 
 /// The media call ids this process has on managers: a call is added before
 /// its first request and removed once its task ends (after its Delete).
+/// Counted: a migrating call has a task on two managers for a while.
 #[derive(Clone, Default)]
-struct Placed(Arc<Mutex<HashSet<String>>>);
+struct Placed(Arc<Mutex<HashMap<String, usize>>>);
 
 impl Placed {
-    fn lock(&self) -> MutexGuard<'_, HashSet<String>> {
+    fn add(&self, call: &str) {
+        *self.lock().entry(call.to_owned()).or_default() += 1;
+    }
+
+    fn remove(&self, call: &str) {
+        let mut placed = self.lock();
+        if let Some(count) = placed.get_mut(call) {
+            *count -= 1;
+            if *count == 0 {
+                placed.remove(call);
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, usize>> {
         // Every critical section is one insert, remove or lookup.
         self.0
             .lock()
@@ -77,7 +95,7 @@ pub fn spawn(pool: ManagerPool, link: MediaLink, wake: Wake, reconcile: Reconcil
     let placed = Placed::default();
     for index in 0..pool.len() {
         tokio::spawn(watch(
-            pool.endpoint(index),
+            (pool.endpoint(index), pool.id(index)),
             pool.client(index),
             link.clone(),
             wake.clone(),
@@ -135,7 +153,7 @@ async fn reconcile_forever(pool: ManagerPool, index: usize, placed: Placed, reco
                     calls
                         .iter()
                         .map(|c| (c.call_id.as_str(), Duration::from_secs(c.age_secs))),
-                    |id| placed.contains(id),
+                    |id| placed.contains_key(id),
                     reconcile.grace,
                     reconcile.started.elapsed(),
                 )
@@ -181,6 +199,30 @@ async fn reconcile_forever(pool: ManagerPool, index: usize, placed: Placed, reco
     }
 }
 
+/// A request for a call's task; a `reply` takes the result instead of the
+/// link (a Delete that reaches two managers during a migration is
+/// answered once, with both managers' figures).
+struct Job {
+    request: MediaRequest,
+    reply: Option<tokio::sync::oneshot::Sender<MediaResult>>,
+}
+
+/// Where a call's requests go: its task, on the manager `at` names (its
+/// task changes it when a refused setup moves on: [`Seat::refused`]), and
+/// while a migration runs (`MediaOp::Move` until `Release`/`Abort`), the
+/// task on the manager it is leaving.
+struct Route {
+    sender: mpsc::UnboundedSender<Job>,
+    at: Arc<AtomicUsize>,
+    previous: Option<(mpsc::UnboundedSender<Job>, Arc<AtomicUsize>)>,
+}
+
+impl Route {
+    fn index(&self) -> usize {
+        self.at.load(Ordering::Relaxed)
+    }
+}
+
 async fn dispatch(
     pool: ManagerPool,
     link: MediaLink,
@@ -189,49 +231,77 @@ async fn dispatch(
     live: Arc<Vec<AtomicUsize>>,
     placed: Placed,
 ) {
-    let mut calls: HashMap<MediaCallId, mpsc::UnboundedSender<MediaRequest>> = HashMap::new();
+    let mut calls: HashMap<MediaCallId, Route> = HashMap::new();
     let mut deletes = 0usize;
+    let starter = Starter {
+        pool: &pool,
+        link: &link,
+        wake: &wake,
+        live: &live,
+        placed: &placed,
+    };
     loop {
         notify.notified().await;
-        while let Some(mut request) = link.poll_request() {
+        while let Some(request) = link.poll_request() {
             let ends = matches!(request.op, MediaOp::Delete { .. });
+            if matches!(
+                request.op,
+                MediaOp::Move | MediaOp::Release { .. } | MediaOp::Abort
+            ) {
+                migrate_op(&starter, &mut calls, request);
+                continue;
+            }
+            let mut job = Job {
+                request,
+                reply: None,
+            };
             // A call's task ends after a Delete with nothing queued behind
             // it; a later request with the same call id (a caller retrying
             // with its Call-ID) then gets a new task, so it can never
             // overtake that Delete.
             loop {
                 let open = calls
-                    .get(&request.call)
-                    .filter(|sender| !sender.is_closed())
-                    .cloned();
+                    .get_mut(&job.request.call)
+                    .filter(|route| !route.sender.is_closed());
+                if let (true, Some(route)) = (ends, open) {
+                    if let Some((previous, _)) = route.previous.take() {
+                        // Ended mid-migration: both managers' legs go.
+                        delete_on_both(&link, &wake, job.request, &route.sender, &previous);
+                        break;
+                    }
+                }
+                let open = calls
+                    .get(&job.request.call)
+                    .filter(|route| !route.sender.is_closed())
+                    .map(|route| route.sender.clone());
                 let sender = match open {
                     Some(sender) => sender,
                     None if ends => {
                         // Nothing of this call is on a manager.
-                        calls.remove(&request.call);
-                        finish(&link, &wake, &request, MediaResult::Done);
+                        calls.remove(&job.request.call);
+                        finish(&link, &wake, &job.request, MediaResult::Done);
                         break;
                     }
                     None => match choose(&pool, &live) {
-                        Some(index) => {
-                            let sender = start_call(
-                                &pool,
-                                index,
-                                &link,
-                                &wake,
-                                &live,
-                                &placed,
-                                &request.call,
+                        Some((index, placement)) => {
+                            let (sender, at) =
+                                starter.start(index, &job.request.call, Some(placement));
+                            calls.insert(
+                                job.request.call.clone(),
+                                Route {
+                                    sender: sender.clone(),
+                                    at,
+                                    previous: None,
+                                },
                             );
-                            calls.insert(request.call.clone(), sender.clone());
                             sender
                         }
                         None => {
-                            tracing::warn!(call_id = %request.call, "no RTP manager can take the call");
+                            tracing::warn!(call_id = %job.request.call, "no RTP manager can take the call");
                             finish(
                                 &link,
                                 &wake,
-                                &request,
+                                &job.request,
                                 MediaResult::Failed {
                                     failure: MediaFailure::Unavailable,
                                     message: "no healthy RTP manager".to_owned(),
@@ -241,76 +311,347 @@ async fn dispatch(
                         }
                     },
                 };
-                match sender.send(request) {
+                match sender.send(job) {
                     Ok(()) => break,
                     // The task ended after a Delete between the check and the send.
-                    Err(failed) => request = failed.0,
+                    Err(failed) => job = failed.0,
                 }
             }
             if ends {
                 deletes += 1;
                 if deletes.is_multiple_of(256) {
-                    calls.retain(|_, sender| !sender.is_closed());
+                    calls.retain(|_, route| !route.sender.is_closed());
                 }
             }
         }
     }
 }
 
-/// Starts the task that runs a call's requests in order on manager `index`.
+/// What starting a call's task needs.
+struct Starter<'a> {
+    pool: &'a ManagerPool,
+    link: &'a MediaLink,
+    wake: &'a Wake,
+    live: &'a Arc<Vec<AtomicUsize>>,
+    placed: &'a Placed,
+}
+
+impl Starter<'_> {
+    fn start(
+        &self,
+        index: usize,
+        call: &MediaCallId,
+        placement: Option<Placement>,
+    ) -> (mpsc::UnboundedSender<Job>, Arc<AtomicUsize>) {
+        start_call(
+            self.pool,
+            (index, placement),
+            self.link,
+            self.wake,
+            self.live,
+            self.placed,
+            call,
+        )
+    }
+}
+
+/// Runs a migration step (`Move`, `Release`, `Abort`) on a call's route.
+fn migrate_op(
+    starter: &Starter<'_>,
+    calls: &mut HashMap<MediaCallId, Route>,
+    request: MediaRequest,
+) {
+    let (link, wake) = (starter.link, starter.wake);
+    let fail = |failure, message: &str| MediaResult::Failed {
+        failure,
+        message: message.to_owned(),
+    };
+    let Some(route) = calls
+        .get_mut(&request.call)
+        .filter(|route| !route.sender.is_closed())
+    else {
+        let result = fail(MediaFailure::Internal, "the call is on no manager");
+        finish(link, wake, &request, result);
+        return;
+    };
+    let delete = |reason: &str| MediaOp::Delete {
+        reason: DeleteReason::Admin,
+        detail: reason.to_owned(),
+    };
+    match request.op {
+        MediaOp::Move => {
+            if route.previous.is_some() {
+                let result = fail(MediaFailure::Internal, "a migration is already running");
+                finish(link, wake, &request, result);
+                return;
+            }
+            let Some(to) = choose_other(starter.pool, starter.live, route.index()) else {
+                let result = fail(
+                    MediaFailure::Unavailable,
+                    "no other manager can take the call",
+                );
+                finish(link, wake, &request, result);
+                return;
+            };
+            let (sender, at) = starter.start(to, &request.call, None);
+            let from = std::mem::replace(&mut route.sender, sender);
+            let left = std::mem::replace(&mut route.at, at);
+            route.previous = Some((from, left));
+            let manager = starter.pool.id(to);
+            finish(link, wake, &request, MediaResult::Moved { manager });
+        }
+        MediaOp::Release { delete: wanted } => match route.previous.take() {
+            Some((previous, _)) if wanted => {
+                let job = Job {
+                    request: MediaRequest {
+                        op: delete("moved to another manager"),
+                        ..request
+                    },
+                    reply: None,
+                };
+                if let Err(failed) = previous.send(job) {
+                    finish(link, wake, &failed.0.request, MediaResult::Done);
+                }
+            }
+            // Dropping the sender ends the previous task.
+            _ => finish(link, wake, &request, MediaResult::Done),
+        },
+        MediaOp::Abort => match route.previous.take() {
+            Some((previous, at)) => {
+                let current = std::mem::replace(&mut route.sender, previous);
+                route.at = at;
+                let job = Job {
+                    request: MediaRequest {
+                        op: delete("migration abandoned"),
+                        ..request
+                    },
+                    reply: None,
+                };
+                if let Err(failed) = current.send(job) {
+                    finish(link, wake, &failed.0.request, MediaResult::Done);
+                }
+            }
+            None => finish(link, wake, &request, MediaResult::Done),
+        },
+        _ => {}
+    }
+}
+
+/// A Delete of a call in migration: sent to both managers, answered once
+/// with the sum of their figures (either alone if the other failed).
+fn delete_on_both(
+    link: &MediaLink,
+    wake: &Wake,
+    request: MediaRequest,
+    current: &mpsc::UnboundedSender<Job>,
+    previous: &mpsc::UnboundedSender<Job>,
+) {
+    let (to_current, from_current) = tokio::sync::oneshot::channel();
+    let (to_previous, from_previous) = tokio::sync::oneshot::channel();
+    for (sender, reply) in [(current, to_current), (previous, to_previous)] {
+        // A closed task drops the reply: counted as "nothing there" below.
+        let _ = sender.send(Job {
+            request: request.clone(),
+            reply: Some(reply),
+        });
+    }
+    let (link, wake) = (link.clone(), wake.clone());
+    tokio::spawn(async move {
+        let results = [from_current.await.ok(), from_previous.await.ok()];
+        let mut legs = None;
+        let mut failure = None;
+        for result in results.into_iter().flatten() {
+            match result {
+                MediaResult::Deleted(figures) => {
+                    legs = Some(sum_figures(legs.unwrap_or_default(), figures));
+                }
+                other @ MediaResult::Failed { .. } => failure = Some(other),
+                _ => {}
+            }
+        }
+        let result = match (legs, failure) {
+            (Some(legs), _) => MediaResult::Deleted(legs),
+            (None, Some(failure)) => failure,
+            (None, None) => MediaResult::Done,
+        };
+        finish(&link, &wake, &request, result);
+    });
+}
+
+/// Starts the task that runs a call's requests in order on manager `index`
+/// (the first `placement` chose; none for a migration's new manager).
+#[allow(clippy::too_many_arguments)]
 fn start_call(
     pool: &ManagerPool,
-    index: usize,
+    (index, placement): (usize, Option<Placement>),
     link: &MediaLink,
     wake: &Wake,
     live: &Arc<Vec<AtomicUsize>>,
     placed: &Placed,
     call: &MediaCallId,
-) -> mpsc::UnboundedSender<MediaRequest> {
+) -> (mpsc::UnboundedSender<Job>, Arc<AtomicUsize>) {
     let (sender, receiver) = mpsc::unbounded_channel();
     live[index].fetch_add(1, Ordering::Relaxed);
     // Known before the manager hears of it: reconciliation never takes a
     // call being set up for an orphan.
-    placed.lock().insert(call.0.clone());
+    placed.add(&call.0);
     tracing::debug!(call_id = %call, rtpmanager = %pool.endpoint(index), "call placed on manager");
     // Queued before the result of the call's first request: the core
-    // knows the manager by the time it hears of the media.
-    link.push_input(
-        Instant::now(),
-        LinkInput::Placed {
-            call: call.clone(),
-            manager: pool.id(index),
-        },
-    );
+    // knows the manager by the time it hears of the media. A migration's
+    // new manager is announced by its `Moved` result instead.
+    if placement.is_some() {
+        link.push_input(
+            Instant::now(),
+            LinkInput::Placed {
+                call: call.clone(),
+                manager: pool.id(index),
+            },
+        );
+    }
     let span = tracing::debug_span!("call", call_id = %call);
+    let at = Arc::new(AtomicUsize::new(index));
+    let seat = Seat {
+        pool: pool.clone(),
+        at: at.clone(),
+        client: pool.client(index),
+        live: live.clone(),
+        placement,
+        pinned: false,
+    };
     tokio::spawn(
         run_call(
-            pool.client(index),
+            seat,
             receiver,
             link.clone(),
             wake.clone(),
-            live.clone(),
-            index,
             (placed.clone(), call.clone()),
         )
         .instrument(span),
     );
-    sender
+    (sender, at)
 }
 
 /// The manager for a new call: among those that may take calls, the one
-/// with the fewest calls placed by this executor.
-fn choose(pool: &ManagerPool, live: &[AtomicUsize]) -> Option<usize> {
-    let counts: Vec<usize> = live.iter().map(|n| n.load(Ordering::Relaxed)).collect();
-    least_loaded(&pool.candidates(), &counts)
+/// with the fewest calls placed by this executor; and the placement that
+/// chose it, for the next choice should it refuse.
+fn choose(pool: &ManagerPool, live: &[AtomicUsize]) -> Option<(usize, Placement)> {
+    let mut placement = Placement::default();
+    let index = placement.next(&pool.candidates(), &counts(live))?;
+    Some((index, placement))
 }
 
-/// The candidate with the fewest live calls, the first among equals.
-fn least_loaded(candidates: &[usize], live: &[usize]) -> Option<usize> {
-    candidates
-        .iter()
-        .copied()
-        .min_by_key(|index| (live.get(*index).copied().unwrap_or(usize::MAX), *index))
+/// The manager a migrating call moves to: the least loaded that may take
+/// calls, other than `but`, the one it leaves.
+fn choose_other(pool: &ManagerPool, live: &[AtomicUsize], but: usize) -> Option<usize> {
+    let candidates: Vec<usize> = pool
+        .candidates()
+        .into_iter()
+        .filter(|index| *index != but)
+        .collect();
+    Placement::default().next(&candidates, &counts(live))
+}
+
+fn counts(live: &[AtomicUsize]) -> Vec<usize> {
+    live.iter().map(|n| n.load(Ordering::Relaxed)).collect()
+}
+
+/// The manager a call's requests run on.
+struct Seat {
+    pool: ManagerPool,
+    /// The manager's index, shared with the dispatcher's [`Route`].
+    at: Arc<AtomicUsize>,
+    client: ManagerClient,
+    live: Arc<Vec<AtomicUsize>>,
+    /// Until the call's first request succeeds: the managers its setup
+    /// tried, so a refused first Offer moves on to another one. None for a
+    /// migration's new manager: a refusal there aborts the move instead.
+    placement: Option<Placement>,
+    /// Whether the call is pinned on the manager (restart detection counts
+    /// it): from its first success there until the task ends, so a moved
+    /// call is pinned on its new manager once it has media there and
+    /// unpinned from the old one when that task ends (Release or Abort).
+    pinned: bool,
+}
+
+impl Seat {
+    fn index(&self) -> usize {
+        self.at.load(Ordering::Relaxed)
+    }
+
+    /// The call's request succeeded: it has media here from now on.
+    fn settled(&mut self, call: &MediaCallId) {
+        self.placement = None;
+        if !self.pinned {
+            self.pinned = true;
+            self.pool.pin(self.index(), &call.0);
+        }
+    }
+
+    /// The manager refused the call's request `op`: moves the call to the
+    /// next manager (`None`: send `op` again) when `op` is its first Offer,
+    /// the refusal one another manager may not repeat and a manager is
+    /// left; else the request's result.
+    fn refused(
+        &mut self,
+        (call, op): (&MediaCallId, &MediaOp),
+        status: &tonic::Status,
+        link: &MediaLink,
+    ) -> Option<MediaResult> {
+        let first_offer = matches!(op, MediaOp::Offer { .. });
+        let Some(placement) = self.placement.as_mut().filter(|_| first_offer) else {
+            self.placement = None;
+            return Some(failed(status));
+        };
+        let index = self.at.load(Ordering::Relaxed);
+        let id = self.pool.id(index);
+        if !placement.refused(&id, status.code(), status.message()) {
+            self.placement = None;
+            return Some(failed(status));
+        }
+        // Nothing half-made left behind should the refusal have come
+        // after part of the offer was set up; best effort, off the path.
+        let mut refusing = self.client.clone();
+        let call_id = call.0.clone();
+        tokio::spawn(async move {
+            let _ = refusing
+                .delete(v1::DeleteRequest {
+                    call_id,
+                    leg_id: String::new(),
+                    reason: v1::DeleteReason::Failed as i32,
+                    detail: "offer refused: the call went to another manager".to_owned(),
+                })
+                .await;
+        });
+        let next = placement.next(&self.pool.candidates(), &counts(&self.live));
+        let Some(next) = next else {
+            let refusals = placement.refusals();
+            tracing::warn!(call_id = %call, %refusals, "every RTP manager refused the call");
+            self.placement = None;
+            return Some(MediaResult::Failed {
+                failure: MediaFailure::Unavailable,
+                message: format!("every RTP manager refused the call: {refusals}"),
+            });
+        };
+        tracing::warn!(
+            call_id = %call,
+            rtpmanager = %id,
+            error = %format!("{:?}: {}", status.code(), status.message()),
+            next = %self.pool.id(next),
+            "RTP manager refused the call: trying the next"
+        );
+        self.live[index].fetch_sub(1, Ordering::Relaxed);
+        self.live[next].fetch_add(1, Ordering::Relaxed);
+        self.at.store(next, Ordering::Relaxed);
+        self.client = self.pool.client(next);
+        link.push_input(
+            Instant::now(),
+            LinkInput::Placed {
+                call: call.clone(),
+                manager: self.pool.id(next),
+            },
+        );
+        None
+    }
 }
 
 fn finish(link: &MediaLink, wake: &Wake, request: &MediaRequest, result: MediaResult) {
@@ -325,21 +666,20 @@ fn finish(link: &MediaLink, wake: &Wake, request: &MediaRequest, result: MediaRe
 }
 
 async fn run_call(
-    mut client: ManagerClient,
-    mut requests: mpsc::UnboundedReceiver<MediaRequest>,
+    mut seat: Seat,
+    mut requests: mpsc::UnboundedReceiver<Job>,
     link: MediaLink,
     wake: Wake,
-    live: Arc<Vec<AtomicUsize>>,
-    index: usize,
     (placed, call): (Placed, MediaCallId),
 ) {
-    while let Some(request) = requests.recv().await {
+    while let Some(Job { request, reply }) = requests.recv().await {
         let ends = matches!(request.op, MediaOp::Delete { .. });
         let call_id = request.call.0.clone();
         let started = Instant::now();
         let result = match &request.op {
             MediaOp::Play { leg, files } => {
-                let play = client
+                let play = seat
+                    .client
                     .play(v1::PlayRequest {
                         call_id,
                         leg_id: leg.as_str().to_owned(),
@@ -350,6 +690,7 @@ async fn run_call(
                     .await;
                 match play {
                     Ok(stream) => {
+                        seat.settled(&request.call);
                         tokio::spawn(follow_playback(
                             stream.into_inner(),
                             request.clone(),
@@ -358,10 +699,25 @@ async fn run_call(
                         ));
                         continue;
                     }
-                    Err(status) => failed(&status),
+                    Err(status) => {
+                        seat.placement = None;
+                        failed(&status)
+                    }
                 }
             }
-            op => run_op(&mut client, call_id, op).await,
+            op => loop {
+                match run_op(&mut seat.client, call_id.clone(), op).await {
+                    Ok(result) => {
+                        seat.settled(&request.call);
+                        break result;
+                    }
+                    Err(status) => {
+                        if let Some(result) = seat.refused((&request.call, op), &status, &link) {
+                            break result;
+                        }
+                    }
+                }
+            },
         };
         tracing::debug!(
             call_id = %request.call,
@@ -370,16 +726,28 @@ async fn run_call(
             ok = !matches!(result, MediaResult::Failed { .. }),
             "media request done"
         );
-        finish(&link, &wake, &request, result);
+        match reply {
+            Some(reply) => {
+                let _ = reply.send(result);
+            }
+            None => finish(&link, &wake, &request, result),
+        }
         if ends && requests.is_empty() {
             break;
         }
     }
-    live[index].fetch_sub(1, Ordering::Relaxed);
-    placed.lock().remove(&call.0);
+    seat.live[seat.index()].fetch_sub(1, Ordering::Relaxed);
+    if seat.pinned {
+        seat.pool.unpin(seat.index(), &call.0);
+    }
+    placed.remove(&call.0);
 }
 
-async fn run_op(client: &mut ManagerClient, call_id: String, op: &MediaOp) -> MediaResult {
+async fn run_op(
+    client: &mut ManagerClient,
+    call_id: String,
+    op: &MediaOp,
+) -> Result<MediaResult, tonic::Status> {
     let outcome = match op {
         MediaOp::Offer {
             leg,
@@ -427,8 +795,12 @@ async fn run_op(client: &mut ManagerClient, call_id: String, op: &MediaOp) -> Me
             failure: MediaFailure::Internal,
             message: "playback runs on its own task".to_owned(),
         }),
+        MediaOp::Move | MediaOp::Release { .. } | MediaOp::Abort => Ok(MediaResult::Failed {
+            failure: MediaFailure::Internal,
+            message: "migration steps run in the dispatcher".to_owned(),
+        }),
     };
-    outcome.unwrap_or_else(|status| failed(&status))
+    outcome
 }
 
 /// Both legs face phones or trunks: strict source, so the manager learns
@@ -525,7 +897,12 @@ async fn follow_playback(
 
 /// Follows one manager's Watch stream for as long as the process runs,
 /// reconnecting after errors.
-async fn watch(endpoint: String, mut client: ManagerClient, link: MediaLink, wake: Wake) {
+async fn watch(
+    (endpoint, id): (String, String),
+    mut client: ManagerClient,
+    link: MediaLink,
+    wake: Wake,
+) {
     use v1::manager_event::Event;
     loop {
         match client
@@ -543,6 +920,7 @@ async fn watch(endpoint: String, mut client: ManagerClient, link: MediaLink, wak
                             call: MediaCallId(t.call_id),
                             leg: t.leg_id,
                             idle_secs: t.idle_secs,
+                            manager: id.clone(),
                         },
                         Some(Event::Dtmf(d)) => MediaEvent::Dtmf {
                             call: MediaCallId(d.call_id),
@@ -585,17 +963,6 @@ mod tests {
             "",
             "the caller's leg is placed by the route to its SDP"
         );
-    }
-
-    #[test]
-    fn a_new_call_goes_to_the_least_loaded_candidate() {
-        assert_eq!(least_loaded(&[0, 1, 2], &[3, 1, 1]), Some(1));
-        assert_eq!(
-            least_loaded(&[0, 2], &[3, 0, 2]),
-            Some(2),
-            "1 is not a candidate"
-        );
-        assert_eq!(least_loaded(&[], &[0, 0]), None, "no manager: no call");
     }
 
     #[test]

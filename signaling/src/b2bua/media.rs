@@ -120,6 +120,20 @@ pub enum MediaOp {
     /// `Play` files to a leg; the result comes when the playback ends
     /// (a Delete of the call ends it too).
     Play { leg: LegId, files: Vec<String> },
+    /// Migration (migrate.rs): the call's next requests go to another
+    /// healthy manager, the least loaded but the current one; the current
+    /// one's legs are kept until [`MediaOp::Release`] or
+    /// [`MediaOp::Abort`], and a `Delete` meanwhile reaches both.
+    /// Result: [`MediaResult::Moved`], or `Unavailable` when no other
+    /// manager may take calls (nothing changed).
+    Move,
+    /// Migration done: forget the previous manager's legs, deleting them
+    /// there when `delete` (false when that manager is gone: nothing to
+    /// delete, and waiting for it would only time out).
+    Release { delete: bool },
+    /// Migration given up: delete the new manager's legs and send the
+    /// call's requests to the previous manager again.
+    Abort,
 }
 
 impl MediaOp {
@@ -131,6 +145,9 @@ impl MediaOp {
             MediaOp::Bridge => "bridge",
             MediaOp::Delete { .. } => "delete",
             MediaOp::Play { .. } => "play",
+            MediaOp::Move => "move",
+            MediaOp::Release { .. } => "release",
+            MediaOp::Abort => "abort",
         }
     }
 }
@@ -169,6 +186,9 @@ pub enum MediaResult {
     Deleted(Vec<LegFigures>),
     /// A playback ended: `true` when it played to the end.
     PlayEnded { completed: bool },
+    /// `Move` succeeded: the call's requests now go to this manager (its
+    /// id as the pool names it).
+    Moved { manager: String },
     /// The operation failed.
     Failed {
         failure: MediaFailure,
@@ -208,6 +228,28 @@ impl LegFigures {
     }
 }
 
+/// Sums the figures of a call's legs over two managers (a migrated
+/// call's CDR counts both): packets, bytes and losses add up, jitter is
+/// the worse of the two.
+pub fn sum_figures(mut into: Vec<LegFigures>, other: Vec<LegFigures>) -> Vec<LegFigures> {
+    for leg in other {
+        match into.iter_mut().find(|l| l.leg == leg.leg) {
+            Some(mine) => {
+                mine.rtp_in.packets += leg.rtp_in.packets;
+                mine.rtp_in.bytes += leg.rtp_in.bytes;
+                mine.rtp_out.packets += leg.rtp_out.packets;
+                mine.rtp_out.bytes += leg.rtp_out.bytes;
+                mine.lost += leg.lost;
+                mine.jitter_us = mine.jitter_us.max(leg.jitter_us);
+                mine.kernel_packets += leg.kernel_packets;
+            }
+            None => into.push(leg),
+        }
+    }
+    into.sort_by(|a, b| a.leg.cmp(&b.leg));
+    into
+}
+
 /// Something a manager noticed on its own (the Watch stream).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaEvent {
@@ -216,6 +258,9 @@ pub enum MediaEvent {
         call: MediaCallId,
         leg: String,
         idle_secs: u32,
+        /// The manager that reported it (pool id): a call moved off a lost
+        /// manager that came back may idle out there, on legs it left.
+        manager: String,
     },
     /// A DTMF digit received on a leg.
     Dtmf {
@@ -245,6 +290,8 @@ pub enum LinkInput {
     Placed { call: MediaCallId, manager: String },
     /// The REST API asks about calls (see [`CallQuery`](super::view::CallQuery)).
     Query(super::view::CallQuery),
+    /// Move calls off a manager (see [`MoveOrder`](super::migrate::MoveOrder)).
+    Move(super::migrate::MoveOrder),
 }
 
 type Wakeup = Arc<dyn Fn() + Send + Sync>;
@@ -343,5 +390,43 @@ impl MediaLink {
             Some((at, _)) if *at <= now => queues.inputs.pop_front().map(|(_, input)| input),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leg(name: &str, packets: u64, jitter_us: u32) -> LegFigures {
+        LegFigures {
+            leg: name.to_owned(),
+            rtp_in: Counters {
+                packets,
+                bytes: packets * 172,
+            },
+            rtp_out: Counters {
+                packets: packets + 1,
+                bytes: (packets + 1) * 172,
+            },
+            lost: 2,
+            jitter_us,
+            kernel_packets: packets / 2,
+        }
+    }
+
+    #[test]
+    fn a_migrated_calls_figures_add_up_over_both_managers() {
+        let old = vec![leg("b", 100, 900), leg("a", 10, 100)];
+        let new = vec![leg("a", 5, 300)];
+        let sum = sum_figures(old, new);
+        assert_eq!(sum.len(), 2);
+        assert_eq!(sum[0].leg, "a", "sorted by leg");
+        assert_eq!(sum[0].rtp_in.packets, 15);
+        assert_eq!(sum[0].rtp_in.bytes, 15 * 172);
+        assert_eq!(sum[0].rtp_out.packets, 17);
+        assert_eq!(sum[0].lost, 4);
+        assert_eq!(sum[0].jitter_us, 300, "the worse jitter");
+        assert_eq!(sum[0].kernel_packets, 7);
+        assert_eq!(sum[1], leg("b", 100, 900), "a leg only one manager saw");
     }
 }

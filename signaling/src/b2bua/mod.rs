@@ -53,6 +53,11 @@
 //! is already in progress on the call); a re-INVITE without SDP is answered
 //! locally with the last SDP sent on that leg; INFO is relayed.
 //!
+//! Migration (migrate.rs): a [`MoveOrder`] moves answered calls off a
+//! manager: new legs on another one, a re-INVITE of each side with its
+//! SDP, bridge, then the old legs deleted; `rtpmanager_moves.rs` runs the
+//! orders a batch at a time (drain `mode=migrate`, a lost manager).
+//!
 //! Session timers (RFC 4028) run per leg (session_timer.rs): each leg
 //! negotiates its interval and refresher; we refresh or expire per leg.
 //!
@@ -69,6 +74,7 @@ mod dialog;
 pub mod executor;
 mod identity;
 mod media;
+pub mod migrate;
 pub mod reconcile;
 mod session_timer;
 pub mod view;
@@ -78,9 +84,10 @@ mod tests;
 
 pub use identity::{DisplayNamePolicy, FromPolicy, IdentityPolicy};
 pub use media::{
-    Counters, DeleteReason, LegFigures, LegId, LinkInput, MediaCallId, MediaEvent, MediaFailure,
-    MediaLink, MediaOp, MediaRequest, MediaRequestId, MediaResult,
+    sum_figures, Counters, DeleteReason, LegFigures, LegId, LinkInput, MediaCallId, MediaEvent,
+    MediaFailure, MediaLink, MediaOp, MediaRequest, MediaRequestId, MediaResult,
 };
+pub use migrate::{CallMoved, MoveOrder, MoveOutcome, MoveReport, MoveScope};
 pub use reconcile::Owner;
 pub use view::{CallQuery, CallsHandle, Note};
 
@@ -293,6 +300,13 @@ enum ClientTx {
         call: CallKey,
         server: TransactionKey,
     },
+    /// A migration's re-INVITE on `leg` (migrate.rs); `done` once its
+    /// final response came.
+    Migrate {
+        call: CallKey,
+        leg: LegId,
+        done: bool,
+    },
 }
 
 /// A re-INVITE or UPDATE we relayed, and the request it answers.
@@ -338,6 +352,10 @@ enum Purpose {
     },
     /// Without a bridge no media flows: its failure ends the call.
     Bridge,
+    /// A migration's step (migrate.rs).
+    Migrate(migrate::Step),
+    /// A migration's Release or Abort: the figures of the legs it deleted.
+    MoveFigures,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -413,6 +431,9 @@ struct Call {
     phase: Phase,
     actions: VecDeque<Action>,
     dial: Option<Dialing>,
+    /// The callee leg's media interface (the last dial action's): a
+    /// migration puts the callee's new leg on the same side.
+    callee_interface: Option<String>,
     branches: Vec<TransactionKey>,
     /// The manager's SDP for callee INVITEs; `None` for a late offer.
     b_offer: Option<String>,
@@ -428,6 +449,13 @@ struct Call {
     session: [Option<SessionTimer>; 2],
     reoffer: bool,
     media_used: bool,
+    /// The caller's last SDP (its offer or answer): a migration offers it
+    /// to the new manager.
+    caller_last: Option<String>,
+    /// A migration in progress.
+    moving: Option<Box<migrate::Moving>>,
+    /// Figures of managers the call left, for its record.
+    moved_legs: Vec<LegFigures>,
 }
 
 impl Call {
@@ -456,6 +484,8 @@ enum TimerId {
     Dial(CallKey),
     Retransmit(TransactionKey),
     Session(CallKey, LegId),
+    /// A migration's re-INVITE again after a 491.
+    Migrate(CallKey),
 }
 
 /// The B2BUA. See the [module documentation](self).
@@ -717,8 +747,16 @@ impl B2bua {
                 self.branch_response(now, call, key, status, response, sip);
             }
             ClientTx::Fire => {}
-            ClientTx::Reoffer(_) | ClientTx::Relay { .. } | ClientTx::Refresh { .. }
+            ClientTx::Reoffer(_)
+            | ClientTx::Relay { .. }
+            | ClientTx::Refresh { .. }
+            | ClientTx::Migrate { .. }
                 if status < 200 => {}
+            ClientTx::Migrate { call, leg, done } => {
+                let (call, leg, first) = (*call, *leg, !*done);
+                *done = true;
+                self.migrate_response(call, leg, first, response, sip);
+            }
             ClientTx::Refresh { call, leg } => {
                 let (call, leg) = (*call, *leg);
                 self.refresh_response(call, leg, &response, sip);
@@ -766,6 +804,22 @@ impl B2bua {
         status: (u16, &str),
         sip: &mut SipActions<'_>,
     ) {
+        let retry_after = reason == DeleteReason::Shutdown;
+        self.end_call_with(key, reason, from, status, retry_after, sip);
+    }
+
+    /// [`B2bua::end_call`], telling an unanswered caller when to try again
+    /// (Retry-After) when `retry_after`.
+    fn end_call_with(
+        &mut self,
+        key: CallKey,
+        reason: DeleteReason,
+        from: Option<LegId>,
+        status: (u16, &str),
+        retry_after: bool,
+        sip: &mut SipActions<'_>,
+    ) {
+        self.move_interrupted(key, "the call ended during the move".to_owned());
         let Some(mut call) = self.calls.remove(&key) else {
             return;
         };
@@ -818,8 +872,8 @@ impl B2bua {
                 } else {
                     text
                 };
-                let headers = if reason == DeleteReason::Shutdown {
-                    vec![retry_after()]
+                let headers = if retry_after {
+                    vec![self::retry_after()]
                 } else {
                     Vec::new()
                 };
@@ -889,12 +943,17 @@ impl B2bua {
         let Some((key, purpose)) = self.media.remove(&id) else {
             return;
         };
+        match purpose {
+            Purpose::Migrate(step) => return self.migrate_result(key, step, result, sip),
+            Purpose::MoveFigures => return self.move_figures(key, result),
+            _ => {}
+        }
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
         let sdp = match result {
             MediaResult::Sdp(sdp) => sdp,
-            MediaResult::Done | MediaResult::Deleted(_) => return,
+            MediaResult::Done | MediaResult::Deleted(_) | MediaResult::Moved { .. } => return,
             MediaResult::PlayEnded { completed } => {
                 tracing::debug!(call_id = %call.media_id, completed, "playback ended");
                 if purpose == Purpose::Play && call.phase == Phase::Playing {
@@ -1029,7 +1088,7 @@ impl B2bua {
                     );
                 }
             }
-            Purpose::Play | Purpose::Bridge => {}
+            Purpose::Play | Purpose::Bridge | Purpose::Migrate(_) | Purpose::MoveFigures => {}
         }
     }
 
@@ -1050,7 +1109,7 @@ impl B2bua {
             return;
         };
         match purpose {
-            Purpose::EarlyAnswer { .. } => {}
+            Purpose::EarlyAnswer { .. } | Purpose::Migrate(_) | Purpose::MoveFigures => {}
             Purpose::Play => {
                 if call.phase == Phase::Playing {
                     self.next_action(now, key, sip);
@@ -1070,7 +1129,10 @@ impl B2bua {
             | Purpose::LateOffer
             | Purpose::LateAnswer
             | Purpose::SelfAnswer => {
-                self.end_call(key, DeleteReason::Failed, None, status, sip);
+                // Every manager refused (or none may take calls): a
+                // passing shortage, the caller may try again.
+                let retry_after = failure == MediaFailure::Unavailable;
+                self.end_call_with(key, DeleteReason::Failed, None, status, retry_after, sip);
             }
         }
     }
@@ -1081,10 +1143,18 @@ impl B2bua {
                 call,
                 leg,
                 idle_secs,
+                manager,
             } => {
                 let Some(key) = self.media_calls.get(&call).copied() else {
                     return;
                 };
+                let on = self.calls.get(&key).and_then(|c| c.info.manager.as_ref());
+                if on.is_some_and(|on| *on != manager) {
+                    // Its copy on a manager it moved off (lost, then back
+                    // with its state): those legs idle by design.
+                    tracing::debug!(call_id = %call, leg, rtpmanager = %manager, "media timeout on a manager the call left: ignored");
+                    return;
+                }
                 tracing::info!(call_id = %call, leg, idle_secs, "media timeout: hanging up");
                 self.end_call(
                     key,
@@ -1122,6 +1192,7 @@ impl B2bua {
                 self.next_attempt(now, key, sip);
             }
             TimerId::Session(key, leg) => self.session_due(now, key, leg, sip),
+            TimerId::Migrate(key) => self.migrate_retry(now, key, sip),
             TimerId::Retransmit(server) => {
                 let Some(entry) = self.retransmits.get_mut(&server) else {
                     return;
@@ -1179,6 +1250,7 @@ impl B2bua {
                     }
                 }
                 LinkInput::Query(query) => self.query(now, query, sip),
+                LinkInput::Move(order) => self.move_order(order),
             }
         }
     }
@@ -1268,6 +1340,9 @@ impl B2bua {
                             }
                         }
                     }
+                } else if let Some(ClientTx::Migrate { call, .. }) = self.clients.get(&key) {
+                    let call = *call;
+                    self.migrate_timeout(call, sip);
                 } else if let Some(ClientTx::Refresh { call, .. }) = self.clients.get(&key) {
                     let call = *call;
                     tracing::info!("no answer to a session refresh: ending the call");

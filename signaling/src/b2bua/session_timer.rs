@@ -170,6 +170,13 @@ impl B2bua {
             );
             return;
         }
+        if call.moving.is_some() {
+            // A migration's re-INVITE is in flight or due on the call: a
+            // second INVITE in the dialog would cross it, and its 2xx
+            // refreshes the session anyway.
+            self.arm_session(key, leg, timer, now);
+            return;
+        }
         let (method, body) = if timer.peer_allows_update {
             (Method::Update, None)
         } else {

@@ -13,6 +13,7 @@ use crate::sip::{build_response_with_body, parse};
 use crate::transport::{Flow, Inbound};
 use crate::uas::{BindingStore, Uas, UasConfig};
 
+mod migration;
 mod observations;
 
 const CALLER: &str = "192.0.2.1:5060";
@@ -42,7 +43,34 @@ fn addr(text: &str) -> SocketAddr {
 
 /// The SDP the fake manager returns: which operation made it is in `s=`.
 fn manager_sdp(what: &str) -> String {
-    format!("v=0\r\no=- 1 1 IN IP4 203.0.113.1\r\ns={what}\r\nc=IN IP4 203.0.113.1\r\nt=0 0\r\nm=audio 30000 RTP/AVP 0\r\n")
+    manager_sdp_on(1, what)
+}
+
+/// The SDP of manager `on` (203.0.113.`on`).
+fn manager_sdp_on(on: u8, what: &str) -> String {
+    format!("v=0\r\no=- 1 1 IN IP4 203.0.113.{on}\r\ns={what}\r\nc=IN IP4 203.0.113.{on}\r\nt=0 0\r\nm=audio 30000 RTP/AVP 0\r\n")
+}
+
+/// The fake manager's final figures of a call's legs, `times` the usual
+/// (so that sums over two managers show which one counted what).
+fn figures(times: u64) -> Vec<LegFigures> {
+    ["a", "b"]
+        .into_iter()
+        .map(|leg| LegFigures {
+            leg: leg.to_owned(),
+            rtp_in: Counters {
+                packets: 500 * times,
+                bytes: 86_000 * times,
+            },
+            rtp_out: Counters {
+                packets: 499 * times,
+                bytes: 85_828 * times,
+            },
+            lost: i64::try_from(times).unwrap_or(1),
+            jitter_us: 250,
+            kernel_packets: 490 * times,
+        })
+        .collect()
 }
 
 /// What the fake manager does with the next request of a kind.
@@ -59,6 +87,13 @@ struct Manager {
     /// Requests wait in `held` until `release`.
     hold: bool,
     held: Vec<MediaRequest>,
+    /// Media call ids in the order the manager first saw them.
+    calls: Vec<MediaCallId>,
+    /// Which manager the call's requests reach (1 = m1; a `Move` goes to
+    /// 2, an `Abort` back to 1): its SDP says so in `c=`.
+    on: u8,
+    /// A `Move` finds no other manager.
+    fail_move: bool,
 }
 
 struct Harness {
@@ -203,6 +238,9 @@ impl Harness {
             let mut answered = false;
             while let Some(request) = self.link.poll_request() {
                 answered = true;
+                if !self.manager.calls.contains(&request.call) {
+                    self.manager.calls.push(request.call.clone());
+                }
                 let result = self.answer(&request);
                 self.manager.ops.push(request.op.clone());
                 if let Some(result) = result {
@@ -232,20 +270,36 @@ impl Harness {
             self.manager.held.push(request.clone());
             return None;
         }
+        let on = self.manager.on.max(1);
+        let sdp = |what: &str| MediaResult::Sdp(manager_sdp_on(on, what));
         Some(match &request.op {
+            MediaOp::Move if self.manager.fail_move => MediaResult::Failed {
+                failure: MediaFailure::Unavailable,
+                message: "no other manager can take the call".to_owned(),
+            },
+            MediaOp::Move => {
+                self.manager.on = 2;
+                MediaResult::Moved {
+                    manager: "m2".to_owned(),
+                }
+            }
+            MediaOp::Abort => {
+                self.manager.on = 1;
+                MediaResult::Deleted(figures(1))
+            }
+            MediaOp::Release { delete: true } => MediaResult::Deleted(figures(100)),
+            MediaOp::Release { delete: false } => MediaResult::Done,
             MediaOp::Offer { leg, peer, .. } => match self.manager.fail_offer.take() {
                 Some(failure) => MediaResult::Failed {
                     failure,
                     message: "test".to_owned(),
                 },
-                None => MediaResult::Sdp(manager_sdp(&format!(
+                None => sdp(&format!(
                     "offer-{leg}-{}",
                     peer.map_or("self", LegId::as_str)
-                ))),
+                )),
             },
-            MediaOp::Answer { leg, peer, .. } => {
-                MediaResult::Sdp(manager_sdp(&format!("answer-{leg}-{peer}")))
-            }
+            MediaOp::Answer { leg, peer, .. } => sdp(&format!("answer-{leg}-{peer}")),
             MediaOp::Play { .. } => {
                 self.manager.playing.push(request.id);
                 return None;
@@ -255,25 +309,7 @@ impl Harness {
                 message: "test".to_owned(),
             },
             MediaOp::Bridge => MediaResult::Done,
-            MediaOp::Delete { .. } => MediaResult::Deleted(
-                ["a", "b"]
-                    .into_iter()
-                    .map(|leg| LegFigures {
-                        leg: leg.to_owned(),
-                        rtp_in: Counters {
-                            packets: 500,
-                            bytes: 86_000,
-                        },
-                        rtp_out: Counters {
-                            packets: 499,
-                            bytes: 85_828,
-                        },
-                        lost: 1,
-                        jitter_us: 250,
-                        kernel_packets: 490,
-                    })
-                    .collect(),
-            ),
+            MediaOp::Delete { .. } => MediaResult::Deleted(figures(1)),
         })
     }
 
@@ -1275,6 +1311,7 @@ fn media_timeout_hangs_up_both_legs() {
         call: MediaCallId("test/00000001/call-1".to_owned()),
         leg: "b".to_owned(),
         idle_secs: 30,
+        manager: "m1".to_owned(),
     });
     h.request_to(CALLER, "BYE");
     h.request_to(BOB, "BYE");
@@ -1295,18 +1332,22 @@ fn no_route_no_manager_and_loops_are_refused() {
     h.response_to(CALLER, 404);
     assert_eq!(h.ops(), vec![]);
 
+    // Every manager refused: a passing shortage, worth a retry later.
     h.manager.fail_offer = Some(MediaFailure::Unavailable);
     let invite = h.invite("1001", "call-nomanager", Some(CALLER_SDP));
     h.from(CALLER, &invite);
     h.response_to(CALLER, 100);
-    h.response_to(CALLER, 503);
+    let refused = h.response_to(CALLER, 503);
+    assert_eq!(refused.header("Retry-After"), Some("30"));
     h.nothing_to(BOB);
 
+    // An SDP no manager takes: trying again changes nothing.
     h.manager.fail_offer = Some(MediaFailure::Unacceptable);
     let invite = h.invite("1001", "call-badsdp", Some(CALLER_SDP));
     h.from(CALLER, &invite);
     h.response_to(CALLER, 100);
-    h.response_to(CALLER, 488);
+    let refused = h.response_to(CALLER, 488);
+    assert_eq!(refused.header("Retry-After"), None);
 
     // Our own INVITE routed back to us.
     let invite = h.invite("1001", "call-loop", Some(CALLER_SDP));

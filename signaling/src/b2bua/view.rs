@@ -600,7 +600,9 @@ impl B2bua {
                 .as_deref()
                 .or(info.callee_sdp.as_deref())
                 .and_then(codec_of),
-            legs: Vec::new(),
+            // A migrated call's figures on the managers it left; the
+            // last manager's are added by `deleted`.
+            legs: call.moved_legs.clone(),
             media_error: None,
         };
         match delete {
@@ -618,13 +620,12 @@ impl B2bua {
             return;
         };
         match result {
-            MediaResult::Deleted(mut legs) => {
-                legs.sort_by(|a, b| a.leg.cmp(&b.leg));
-                cdr.legs = legs;
+            MediaResult::Deleted(legs) => {
+                cdr.legs = super::sum_figures(std::mem::take(&mut cdr.legs), legs);
             }
             MediaResult::Failed { message, .. } => cdr.media_error = Some(message),
             MediaResult::Done => cdr.media_error = Some("no manager held the call".to_owned()),
-            MediaResult::Sdp(_) | MediaResult::PlayEnded { .. } => {}
+            MediaResult::Sdp(_) | MediaResult::PlayEnded { .. } | MediaResult::Moved { .. } => {}
         }
         if let Some(cdrs) = &self.cdrs {
             cdrs.send(cdr);

@@ -190,6 +190,7 @@ mod tests {
 
     fn router(events: EventBus, metrics: Metrics) -> axum::Router {
         app(ApiState {
+            migrations: None,
             pool: ManagerPool::new(&[]).expect("pool"),
             sip: None,
             transport: None,

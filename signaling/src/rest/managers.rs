@@ -1,11 +1,13 @@
 //! `/api/v1/rtpmanagers`: the pool's members and the operator's drain.
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::Json;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::PathParam;
 use super::{ApiState, AppError};
+use crate::b2bua::MoveScope;
+use crate::rtpmanager_moves::{Migrations, Progress};
 use crate::rtpmanager_pool::{Health, ManagerPool, ManagerStatus};
 
 /// The pool as a whole.
@@ -35,6 +37,9 @@ pub(super) struct Drain {
     draining: bool,
     /// Calls it still carries.
     active_calls: u32,
+    /// Its latest migration (`mode=migrate`), running or ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    migration: Option<Progress>,
 }
 
 #[derive(Debug, Serialize)]
@@ -50,6 +55,9 @@ pub(super) struct Member {
     version: String,
     active_calls: u32,
     ports_free: u32,
+    /// When it was declared down (Unix milliseconds), while it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    down_since_ms: Option<u64>,
     drain: DrainFlags,
     /// Whether a new call may go to it now.
     accepting: bool,
@@ -69,6 +77,7 @@ fn drain_of(status: &ManagerStatus) -> Drain {
         manager,
         draining: manager || status.operator_drain,
         active_calls: status.active_calls,
+        migration: None,
     }
 }
 
@@ -95,6 +104,7 @@ pub(super) async fn list(State(state): State<ApiState>) -> Json<Pool> {
             version: s.version,
             active_calls: s.active_calls,
             ports_free: s.ports_free,
+            down_since_ms: s.down_since_ms,
         })
         .collect();
     Json(Pool {
@@ -114,11 +124,45 @@ fn find(pool: &ManagerPool, id: &str) -> Result<usize, AppError> {
         .ok_or_else(|| AppError::NotFound(format!("no RTP manager with id `{id}`")))
 }
 
-fn state_of(pool: &ManagerPool, index: usize) -> Result<Json<Drain>, AppError> {
-    pool.statuses()
+fn state_of(state: &ApiState, index: usize) -> Result<Json<Drain>, AppError> {
+    let migration = state.migrations.as_ref().and_then(|m| m.progress(index));
+    state
+        .pool
+        .statuses()
         .get(index)
-        .map(|s| Json(drain_of(s)))
+        .map(|s| {
+            Json(Drain {
+                migration,
+                ..drain_of(s)
+            })
+        })
         .ok_or_else(|| AppError::Internal(format!("manager index {index} vanished")))
+}
+
+/// How a drain treats the manager's calls.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum DrainMode {
+    /// They go on until they end (and a running migration stops).
+    #[default]
+    Graceful,
+    /// They move to other managers now, `batch` at a time.
+    Migrate,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct DrainParams {
+    #[serde(default)]
+    mode: DrainMode,
+    /// Calls moved at a time (`mode=migrate`); --rtpmanager-migrate-batch
+    /// by default.
+    batch: Option<usize>,
+}
+
+fn migrations(state: &ApiState) -> Result<&Migrations, AppError> {
+    state.migrations.as_ref().ok_or_else(|| {
+        AppError::Conflict("no B2BUA runs here: there are no calls to move".to_owned())
+    })
 }
 
 /// `GET /api/v1/rtpmanagers/{id}/drain`.
@@ -127,27 +171,52 @@ pub(super) async fn drain_state(
     PathParam(id): PathParam,
 ) -> Result<Json<Drain>, AppError> {
     let index = find(&state.pool, &id)?;
-    state_of(&state.pool, index)
+    state_of(&state, index)
 }
 
-/// `POST /api/v1/rtpmanagers/{id}/drain`: no new calls; its calls go on.
-/// Draining a drained manager changes nothing and answers the same.
+/// `POST /api/v1/rtpmanagers/{id}/drain`: no new calls. Graceful (the
+/// default): its calls go on, and a running migration stops after its
+/// round; draining a drained manager changes nothing and answers the same.
+/// `mode=migrate`: its calls also move to other managers now, `batch` at
+/// a time (progress in the answer's `migration` and on `GET`).
 pub(super) async fn drain(
     State(state): State<ApiState>,
     PathParam(id): PathParam,
+    Query(params): Query<DrainParams>,
 ) -> Result<Json<Drain>, AppError> {
     let index = find(&state.pool, &id)?;
-    state.pool.set_operator_drain(index, true);
-    state_of(&state.pool, index)
+    if params.batch == Some(0) {
+        return Err(AppError::BadRequest("batch must be at least 1".to_owned()));
+    }
+    match params.mode {
+        DrainMode::Graceful => {
+            if let Some(migrations) = &state.migrations {
+                migrations.cancel(index);
+            }
+            state.pool.set_operator_drain(index, true);
+        }
+        DrainMode::Migrate => {
+            let migrations = migrations(&state)?;
+            state.pool.set_operator_drain(index, true);
+            let batch = params.batch.unwrap_or(migrations.default_batch());
+            // The task runs on; its progress is read back below and on GET.
+            drop(migrations.migrate_off(index, MoveScope::All, false, batch));
+        }
+    }
+    state_of(&state, index)
 }
 
 /// `DELETE /api/v1/rtpmanagers/{id}/drain`: new calls again (unless the
-/// manager drains itself or is down).
+/// manager drains itself or is down); a running migration stops after its
+/// round.
 pub(super) async fn undrain(
     State(state): State<ApiState>,
     PathParam(id): PathParam,
 ) -> Result<Json<Drain>, AppError> {
     let index = find(&state.pool, &id)?;
+    if let Some(migrations) = &state.migrations {
+        migrations.cancel(index);
+    }
     state.pool.set_operator_drain(index, false);
-    state_of(&state.pool, index)
+    state_of(&state, index)
 }

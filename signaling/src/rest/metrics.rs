@@ -210,6 +210,7 @@ mod tests {
     fn router(metrics: Metrics) -> axum::Router {
         let pool = ManagerPool::new(&["http://127.0.0.1:9".to_owned()]).expect("pool");
         app(ApiState {
+            migrations: None,
             pool,
             sip: None,
             transport: None,
@@ -355,6 +356,7 @@ mod tests {
         let refused = Arc::new(std::sync::atomic::AtomicU64::new(3));
         let pool = ManagerPool::new(&[]).expect("pool");
         let router = app(ApiState {
+            migrations: None,
             pool,
             sip: None,
             transport: Some(transport),

@@ -26,6 +26,7 @@ fn pool() -> ManagerPool {
 
 fn state(access: ApiAccess) -> ApiState {
     ApiState {
+        migrations: None,
         pool: pool(),
         sip: None,
         transport: None,
@@ -638,4 +639,181 @@ mod calls {
         .await;
         assert_eq!(body["media_error"], "manager gone is not configured");
     }
+}
+
+/// A stand-in for the SIP core: answers each move order as if the manager
+/// held `calls` answered calls, all of which move at the first order.
+fn fake_core(link: crate::b2bua::MediaLink, calls: usize) {
+    use crate::b2bua::{CallMoved, LinkInput, MoveOutcome, MoveReport};
+    tokio::spawn(async move {
+        let mut left = calls;
+        loop {
+            while let Some(input) = link.pop_input(std::time::Instant::now()) {
+                let LinkInput::Move(order) = input else {
+                    continue;
+                };
+                let started: Vec<String> = (0..left.min(order.limit))
+                    .map(|i| format!("call-{i}"))
+                    .collect();
+                let _ = order.reply.send(MoveReport::Started {
+                    started: started.clone(),
+                    not_movable: Vec::new(),
+                    left: left - started.len(),
+                    in_scope: left,
+                });
+                for id in started {
+                    let _ = order.reply.send(MoveReport::Call(CallMoved {
+                        id,
+                        from: order.manager.clone(),
+                        to: Some("127.0.0.1:10".to_owned()),
+                        outcome: MoveOutcome::Moved,
+                        detail: String::new(),
+                    }));
+                    left -= 1;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    });
+}
+
+#[tokio::test]
+async fn drain_mode_migrate_moves_calls_a_batch_at_a_time_and_shows_progress() {
+    let mut state = state(with_token(true));
+    let link = crate::b2bua::MediaLink::new();
+    fake_core(link.clone(), 5);
+    let mut events = state.events.subscribe();
+    state.migrations = Some(crate::rtpmanager_moves::Migrations::new(
+        link,
+        Arc::new(|| {}),
+        state.pool.clone(),
+        state.events.clone(),
+        10,
+    ));
+    let pool = state.pool.clone();
+    let router = app(state);
+    let drain = "/api/v1/rtpmanagers/edge-a/drain";
+    let (status, _) = call(
+        &router,
+        Method::POST,
+        &format!("{drain}?mode=migrate&batch=0"),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "a batch of 0 moves nothing"
+    );
+
+    let (status, body) = call(
+        &router,
+        Method::POST,
+        &format!("{drain}?mode=migrate&batch=2"),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["draining"], true);
+    assert_eq!(pool.candidates(), vec![1], "no new calls while it migrates");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let migration = loop {
+        let (_, body) = call(&router, Method::GET, drain, Some(TOKEN)).await;
+        if body["migration"]["state"] != "running" {
+            break body["migration"].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert_eq!(migration["state"], "done", "{migration}");
+    assert_eq!(migration["moved"], 5);
+    assert_eq!(migration["rounds"], 3, "5 calls, 2 at a time");
+    assert_eq!(migration["remaining"], 0);
+    assert_eq!(migration["batch"], 2);
+    let rounds: Vec<String> = std::iter::from_fn(|| events.try_recv().ok())
+        .filter(|e| e.kind() == "manager_migration")
+        .map(|e| e.frame().to_owned())
+        .collect();
+    assert!(rounds.len() >= 3, "{rounds:?}");
+    assert!(
+        rounds
+            .last()
+            .is_some_and(|r| r.contains(r#""state":"done""#)),
+        "{rounds:?}"
+    );
+}
+
+#[tokio::test]
+async fn drain_mode_migrate_without_a_b2bua_is_a_conflict() {
+    let router = app(state(with_token(true)));
+    let (status, body) = call(
+        &router,
+        Method::POST,
+        "/api/v1/rtpmanagers/edge-a/drain?mode=migrate",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+}
+
+#[tokio::test]
+async fn a_graceful_drain_cancels_a_running_migration_and_keeps_the_drain() {
+    let mut state = state(with_token(true));
+    let link = crate::b2bua::MediaLink::new();
+    // A core whose moves never end: the migration runs until cancelled.
+    let core = link.clone();
+    tokio::spawn(async move {
+        let mut orders = Vec::new();
+        loop {
+            while let Some(input) = core.pop_input(std::time::Instant::now()) {
+                if let crate::b2bua::LinkInput::Move(order) = input {
+                    let _ = order.reply.send(crate::b2bua::MoveReport::Started {
+                        started: vec!["call-0".to_owned()],
+                        not_movable: Vec::new(),
+                        left: 0,
+                        in_scope: 1,
+                    });
+                    orders.push(order);
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    });
+    state.migrations = Some(crate::rtpmanager_moves::Migrations::new(
+        link,
+        Arc::new(|| {}),
+        state.pool.clone(),
+        state.events.clone(),
+        10,
+    ));
+    let pool = state.pool.clone();
+    let router = app(state);
+    let drain = "/api/v1/rtpmanagers/edge-a/drain";
+    let (_, body) = call(
+        &router,
+        Method::POST,
+        &format!("{drain}?mode=migrate"),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(body["migration"]["state"], "running", "{body}");
+    let (status, body) = call(&router, Method::POST, drain, Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["draining"], true, "the drain stays");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let (_, body) = call(&router, Method::GET, drain, Some(TOKEN)).await;
+        if body["migration"]["state"] == "cancelled" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not cancelled: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(pool.candidates(), vec![1], "still drained");
+    let (_, body) = call(&router, Method::DELETE, drain, Some(TOKEN)).await;
+    assert_eq!(body["draining"], false);
+    assert_eq!(pool.candidates(), vec![0, 1]);
 }

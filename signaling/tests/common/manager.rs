@@ -34,11 +34,24 @@ pub use switchboard_testkit::free_media_range;
 
 /// Starts a manager (userspace path, loopback) with `pairs` port pairs.
 pub fn start_manager(audio: &Path, pairs: u16, extra: &[&str]) -> Manager {
-    let (min, max) = free_media_range(pairs);
+    start_manager_at(audio, 0, free_media_range(pairs), extra)
+}
+
+/// Starts a manager on gRPC port `grpc_port` (0: an ephemeral one) with
+/// the media ports `min..=max`: a manager restarted with its --state-dir
+/// on the same ports takes its calls back, and several managers take parts
+/// of one free range (a manager binds its ports only for calls, so a second
+/// search would find the first one's range free again).
+pub fn start_manager_at(
+    audio: &Path,
+    grpc_port: u16,
+    (min, max): (u16, u16),
+    extra: &[&str],
+) -> Manager {
     let mut child = Command::new(manager_binary())
         .args([
             "--grpc-port",
-            "0",
+            &grpc_port.to_string(),
             "--fast-path",
             "off",
             "--advertise",
@@ -86,6 +99,13 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 impl Manager {
+    /// Kills the manager at once (SIGKILL: no Delete, no goodbye), as a
+    /// crashed or unplugged manager goes; waits for it to be reaped.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// A gRPC client of this manager (use it inside [`runtime`]).
     pub async fn client(&self) -> RtpManagerClient<tonic::transport::Channel> {
         RtpManagerClient::connect(format!("http://{}", self.grpc))

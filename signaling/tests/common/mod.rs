@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod manager;
+pub mod sipp;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -134,6 +135,13 @@ impl Server {
         if !self.args.iter().any(|a| a == "--bind-address") {
             command.args(["--bind-address", "127.0.0.1"]);
         }
+        if !self
+            .args
+            .iter()
+            .any(|a| a == "--rtpmanager-health-interval")
+        {
+            command.args(["--rtpmanager-health-interval", "60"]);
+        }
         if let Some(files) = self.file_limit {
             use std::os::unix::process::CommandExt;
             let limit = libc::rlimit {
@@ -157,7 +165,6 @@ impl Server {
             .args(["--rest-port", &self.rest_port.to_string()])
             // Nothing listens there: the pool logs the manager as down.
             .args(["--rtpmanager", "127.0.0.1:9"])
-            .args(["--rtpmanager-health-interval", "60"])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--log-level", "info,switchboard_signaling=debug"])
