@@ -321,7 +321,9 @@ fn parse_attribute(line: &str) -> Result<Attribute, String> {
     let input = terminated(line);
     let (_, tokens) = attribute::Tokenizer::<'a'>::tokenize(&input)
         .map_err(|_| "expected a=<name>[:<value>]".to_owned())?;
-    let (name, value) = (tokens.key, tokens.value);
+    // White space before an empty value would end the line once written
+    // back, where it is trimmed: it is no part of the name.
+    let (name, value) = (tokens.key.trim_end_matches([' ', '\t']), tokens.value);
     if name.is_empty() {
         return Err("attribute has no name".to_owned());
     }
@@ -756,6 +758,22 @@ mod tests {
     }
 
     /// A valid head, so that each malformed case below is about one line.
+    /// Found by fuzzing (sdp_parse): the name kept the tabs before an empty
+    /// value, and the body written back parsed to another name.
+    #[test]
+    fn an_attribute_name_ends_before_white_space_and_an_empty_value() {
+        let sdp = parse(&format!("{HEAD}a=x-foo\t\t:\t\t\r\n")).expect("parses");
+        assert_eq!(
+            sdp.attributes,
+            vec![Attribute::Other {
+                name: "x-foo".to_owned(),
+                value: None
+            }]
+        );
+        let again = parse(&sdp.to_string()).expect("written back, parses");
+        assert_eq!(again.attributes, sdp.attributes);
+    }
+
     const HEAD: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\n";
 
     #[test]
