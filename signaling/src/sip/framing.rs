@@ -520,8 +520,7 @@ mod tests {
             framer.push(&OPTIONS[split..]);
             let messages: Vec<_> = [first, framer.next_message()]
                 .into_iter()
-                .map(|r| r.unwrap_or_else(|e| panic!("split at {split}: {e}")))
-                .flatten()
+                .filter_map(|r| r.unwrap_or_else(|e| panic!("split at {split}: {e}")))
                 .collect();
             assert_eq!(messages, vec![OPTIONS.to_vec()], "split at {split}");
         }
