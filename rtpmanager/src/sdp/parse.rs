@@ -321,9 +321,9 @@ fn parse_attribute(line: &str) -> Result<Attribute, String> {
     let input = terminated(line);
     let (_, tokens) = attribute::Tokenizer::<'a'>::tokenize(&input)
         .map_err(|_| "expected a=<name>[:<value>]".to_owned())?;
-    // White space before an empty value would end the line once written
-    // back, where it is trimmed: it is no part of the name.
-    let (name, value) = (tokens.key.trim_end_matches([' ', '\t']), tokens.value);
+    // White space (and CR) before an empty value would end the line once
+    // written back, where it is trimmed like any line end: no part of the name.
+    let (name, value) = (tokens.key.trim_end_matches(['\r', ' ', '\t']), tokens.value);
     if name.is_empty() {
         return Err("attribute has no name".to_owned());
     }
@@ -762,7 +762,7 @@ mod tests {
     /// value, and the body written back parsed to another name.
     #[test]
     fn an_attribute_name_ends_before_white_space_and_an_empty_value() {
-        let sdp = parse(&format!("{HEAD}a=x-foo\t\t:\t\t\r\n")).expect("parses");
+        let sdp = parse(&format!("{HEAD}a=x-foo\t\r\t:\t\t\r\n")).expect("parses");
         assert_eq!(
             sdp.attributes,
             vec![Attribute::Other {
