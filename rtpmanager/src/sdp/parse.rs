@@ -758,6 +758,17 @@ mod tests {
     }
 
     /// A valid head, so that each malformed case below is about one line.
+    /// Found by fuzzing (sdp_parse): a count after an empty TTL was
+    /// written back as `addr/count`, which reads as a TTL.
+    #[test]
+    fn an_address_count_after_an_empty_ttl_is_written_back_as_a_count() {
+        let sdp = parse(&format!("{HEAD}c=IN IP4 233.252.0.1//3\r\n")).expect("parses");
+        let connection = sdp.connection.clone().expect("c= line");
+        assert_eq!((connection.ttl, connection.address_count), (None, Some(3)));
+        let again = parse(&sdp.to_string()).expect("written back, parses");
+        assert_eq!(again.connection, sdp.connection);
+    }
+
     /// Found by fuzzing (sdp_parse): the name kept the tabs before an empty
     /// value, and the body written back parsed to another name.
     #[test]
