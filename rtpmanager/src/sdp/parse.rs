@@ -763,7 +763,7 @@ mod tests {
     #[test]
     fn an_address_count_after_an_empty_ttl_is_written_back_as_a_count() {
         let sdp = parse(&format!("{HEAD}c=IN IP4 233.252.0.1//3\r\n")).expect("parses");
-        let connection = sdp.connection.clone().expect("c= line");
+        let connection = sdp.connection.expect("c= line");
         assert_eq!((connection.ttl, connection.address_count), (None, Some(3)));
         let again = parse(&sdp.to_string()).expect("written back, parses");
         assert_eq!(again.connection, sdp.connection);
