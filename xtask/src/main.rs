@@ -5,6 +5,7 @@
 //! - `run`: builds everything and runs rtpmanager + signaling + ui on one box.
 //! - `test`: set-up, then the whole test suite (what CI runs).
 //! - `install` / `uninstall`: the daemons, units and configs on a systemd host.
+//! - `fuzz`: runs the cargo-fuzz targets of `fuzz/` for a bounded time.
 //! - `docs`: regenerates docs/CONFIGURATION.md from the daemons' options.
 //! - `bench sip-register`: REGISTER throughput and latency through SIPp.
 //! - `soak`: a bounded endurance run under mixed legitimate and hostile load.
@@ -16,6 +17,7 @@ mod bench_failover;
 mod deb;
 mod docs;
 mod ebpf;
+mod fuzz;
 mod install;
 mod run;
 mod setup;
@@ -36,7 +38,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Install build and test prerequisites: Debian packages, the nightly
-    /// rust-src component, bpf-linker. Safe to run again.
+    /// rust-src component, bpf-linker, cargo-fuzz. Safe to run again.
     Setup(setup::SetupArgs),
     /// Build the eBPF programs (nightly, -Z build-std=core, bpf-linker).
     BuildEbpf(ebpf::BuildArgs),
@@ -57,6 +59,9 @@ enum Command {
     Docs(docs::DocsArgs),
     /// Benchmarks against release builds (sip-register: SIPp REGISTER with digest auth).
     Bench(bench::BenchArgs),
+    /// Run cargo-fuzz targets (fuzz/) for --seconds each: one target, or
+    /// --all; prints executions/s and corpus size per target.
+    Fuzz(fuzz::FuzzArgs),
     /// Append a user (HA1 values, no plaintext) to a signaling users file.
     AddUser(users::AddUserArgs),
     /// Endurance run outside CI (release builds, root): mixed calls with
@@ -77,6 +82,7 @@ fn main() {
         Command::Deb(args) => deb::run(&args),
         Command::Docs(args) => docs::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
         Command::AddUser(args) => users::add_user(&args),
         Command::Soak(args) => soak::run(&args),
     };

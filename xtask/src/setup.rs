@@ -47,6 +47,7 @@ pub fn run(_: &SetupArgs) -> anyhow::Result<()> {
     install_apt_packages()?;
     install_rust_components()?;
     install_bpf_linker()?;
+    install_cargo_fuzz()?;
     println!("setup: done");
     Ok(())
 }
@@ -150,4 +151,20 @@ fn install_bpf_linker() -> anyhow::Result<()> {
             ]),
     )
     .context("installing bpf-linker")
+}
+
+/// cargo-fuzz drives the fuzz targets of `fuzz/` (`cargo xtask fuzz`).
+fn install_cargo_fuzz() -> anyhow::Result<()> {
+    if util::on_path("cargo-fuzz") {
+        println!("setup: cargo-fuzz present");
+        return Ok(());
+    }
+    util::run(util::rustup_cargo().args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        "0.13.2",
+        "--locked",
+    ]))
+    .context("installing cargo-fuzz")
 }

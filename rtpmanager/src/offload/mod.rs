@@ -409,7 +409,12 @@ impl Offload {
             }
         }
         self.reevaluate(now, slot);
-        self.feeders.remove(&slot);
+        // Legs still forwarding into the slot stay its feeders: if a leg is
+        // added there again and removed again, their directions must go
+        // out again too.
+        if self.feeders.get(&slot).is_some_and(BTreeSet::is_empty) {
+            self.feeders.remove(&slot);
+        }
     }
 
     /// The next map write.
@@ -673,5 +678,7 @@ impl Offload {
     }
 }
 
+#[cfg(test)]
+mod properties;
 #[cfg(test)]
 mod tests;

@@ -155,8 +155,11 @@ impl Connection {
 impl fmt::Display for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "c=IN {} {}", AddrType::of(self.address), self.address)?;
-        if let Some(ttl) = self.ttl {
-            write!(f, "/{ttl}")?;
+        match (self.ttl, self.address_count) {
+            (Some(ttl), _) => write!(f, "/{ttl}")?,
+            // `addr//count` as received: `addr/count` would read back as a TTL.
+            (None, Some(_)) => f.write_str("/")?,
+            (None, None) => {}
         }
         if let Some(count) = self.address_count {
             write!(f, "/{count}")?;

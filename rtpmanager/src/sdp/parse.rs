@@ -321,7 +321,9 @@ fn parse_attribute(line: &str) -> Result<Attribute, String> {
     let input = terminated(line);
     let (_, tokens) = attribute::Tokenizer::<'a'>::tokenize(&input)
         .map_err(|_| "expected a=<name>[:<value>]".to_owned())?;
-    let (name, value) = (tokens.key, tokens.value);
+    // White space (and CR) before an empty value would end the line once
+    // written back, where it is trimmed like any line end: no part of the name.
+    let (name, value) = (tokens.key.trim_end_matches(['\r', ' ', '\t']), tokens.value);
     if name.is_empty() {
         return Err("attribute has no name".to_owned());
     }
@@ -756,6 +758,33 @@ mod tests {
     }
 
     /// A valid head, so that each malformed case below is about one line.
+    /// Found by fuzzing (sdp_parse): a count after an empty TTL was
+    /// written back as `addr/count`, which reads as a TTL.
+    #[test]
+    fn an_address_count_after_an_empty_ttl_is_written_back_as_a_count() {
+        let sdp = parse(&format!("{HEAD}c=IN IP4 233.252.0.1//3\r\n")).expect("parses");
+        let connection = sdp.connection.expect("c= line");
+        assert_eq!((connection.ttl, connection.address_count), (None, Some(3)));
+        let again = parse(&sdp.to_string()).expect("written back, parses");
+        assert_eq!(again.connection, sdp.connection);
+    }
+
+    /// Found by fuzzing (sdp_parse): the name kept the tabs before an empty
+    /// value, and the body written back parsed to another name.
+    #[test]
+    fn an_attribute_name_ends_before_white_space_and_an_empty_value() {
+        let sdp = parse(&format!("{HEAD}a=x-foo\t\r\t:\t\t\r\n")).expect("parses");
+        assert_eq!(
+            sdp.attributes,
+            vec![Attribute::Other {
+                name: "x-foo".to_owned(),
+                value: None
+            }]
+        );
+        let again = parse(&sdp.to_string()).expect("written back, parses");
+        assert_eq!(again.attributes, sdp.attributes);
+    }
+
     const HEAD: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\n";
 
     #[test]

@@ -253,7 +253,11 @@ impl StreamFramer {
             return Ok(None);
         }
         let Some(end) = find_head_end(&self.buffer, self.scanned.saturating_sub(3)) else {
-            if self.buffer.len() > self.limits.max_header {
+            // A head of exactly max_header octets is complete only with the
+            // 4-octet CRLFCRLF after it: up to 3 more octets may be a
+            // terminator still arriving, so they decide nothing yet (the
+            // verdict must not depend on how the stream was split).
+            if self.buffer.len() > self.limits.max_header + 3 {
                 let max = self.limits.max_header;
                 return Err(self.fail(max, FrameError::HeaderTooLarge { max }));
             }
@@ -498,6 +502,38 @@ mod tests {
             Err(FrameError::HeaderTooLarge { max: 40 })
         );
         assert!(framer.buffer.is_empty(), "a failed framer buffers nothing");
+    }
+
+    /// Found by fuzzing (sip_framer): the same head was accepted in one
+    /// read and refused as too large when its terminator arrived split.
+    #[test]
+    fn stream_head_at_the_limit_is_accepted_however_its_terminator_is_split() {
+        let head_len = OPTIONS.len() - 4 - 5;
+        let limits = FramingLimits {
+            max_header: head_len,
+            max_body: 1024,
+        };
+        for split in 1..OPTIONS.len() {
+            let mut framer = StreamFramer::new(limits);
+            framer.push(&OPTIONS[..split]);
+            let first = framer.next_message();
+            framer.push(&OPTIONS[split..]);
+            let messages: Vec<_> = [first, framer.next_message()]
+                .into_iter()
+                .filter_map(|r| r.unwrap_or_else(|e| panic!("split at {split}: {e}")))
+                .collect();
+            assert_eq!(messages, vec![OPTIONS.to_vec()], "split at {split}");
+        }
+        let mut framer = StreamFramer::new(limits);
+        framer.push(&OPTIONS[..head_len]);
+        framer.push(b"\r\nx");
+        assert_eq!(framer.next_message(), Ok(None), "3 octets may still end it");
+        framer.push(b"x");
+        assert_eq!(
+            framer.next_message(),
+            Err(FrameError::HeaderTooLarge { max: head_len }),
+            "more than 3 octets past the limit without a terminator is too large"
+        );
     }
 
     #[test]

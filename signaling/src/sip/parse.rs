@@ -185,9 +185,13 @@ impl Tokens {
             if line.is_empty() {
                 continue;
             }
+            // A CR is only ever part of a line's CRLF (RFC 3261 §7.3.1): a
+            // bare one kept in a value could end a line for the next hop.
             let parsed = line.split_once(':').and_then(|(name, value)| {
                 let name = name.trim_matches(is_lws);
-                (!name.is_empty() && name.chars().all(is_token_char)).then(|| Header {
+                let wellformed =
+                    !name.is_empty() && name.chars().all(is_token_char) && !value.contains('\r');
+                wellformed.then(|| Header {
                     name: canonical_name(name),
                     value: value.trim_matches(is_lws).to_owned(),
                 })

@@ -278,6 +278,22 @@ fn responses_with_odd_reason_phrases() {
     assert_eq!(noreason.reason(), Some(""));
 }
 
+/// Found by fuzzing (sip_parse): bare CRs stayed in a header value, so
+/// the message written back was another message.
+#[test]
+fn a_bare_cr_inside_a_header_value_makes_a_malformed_line() {
+    let message = b"OPTIONS sip:a@example.com SIP/2.0\r\n\
+        Via: SIP/2.0/UDP h;branch=z9hG4bK1\r\nTo: <sip:a@example.com>\r\n\
+        From: <sip:b@example.com>;tag=1\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\
+        Subject: a\rInjected: b\r\nContent-Length: 0\r\n\r\n";
+    let error = parse(message).expect_err("bare CR");
+    assert_eq!(error.kind(), &ParseErrorKind::MalformedHeaderLine(6));
+    assert_eq!(error.status(), Some(400));
+    let fixed = String::from_utf8_lossy(message).replace("a\rInjected", "a Injected");
+    let accepted = parse(fixed.as_bytes()).expect("the same message without the CR");
+    assert_eq!(accepted.header("Subject"), Some("a Injected: b"));
+}
+
 #[test]
 fn rejections_carry_the_right_extras() {
     let Outcome::Reject { status, response } = classify(&corpus_file("rfc4475", "bext01.dat"))
