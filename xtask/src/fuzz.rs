@@ -55,9 +55,7 @@ pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
         ),
         None => TARGETS.to_vec(),
     };
-    if !util::on_path("cargo-fuzz") {
-        bail!("cargo-fuzz is missing; run `cargo xtask setup`");
-    }
+    crate::setup::install_cargo_fuzz()?;
     let fuzz_dir = util::workspace_root().join("fuzz");
     // Safe Rust: the sanitizer would only slow builds and runs; debug
     // assertions and overflow checks stay on (cargo-fuzz's default).

@@ -38,7 +38,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Install build and test prerequisites: Debian packages, the nightly
-    /// rust-src component, bpf-linker, cargo-fuzz. Safe to run again.
+    /// rust-src component, bpf-linker. Safe to run again.
     Setup(setup::SetupArgs),
     /// Build the eBPF programs (nightly, -Z build-std=core, bpf-linker).
     BuildEbpf(ebpf::BuildArgs),

@@ -73,6 +73,8 @@ fn random_leg(rng: &mut Rng, slot: Slot) -> OffloadLeg {
     let optional = |rng: &mut Rng| (!rng.one_in(4)).then(|| peer(rng));
     OffloadLeg {
         leg: leg_ref(slot),
+        // Now and then a leg on an interface where nothing is attached.
+        kernel: !rng.one_in(6),
         // Distinct per slot, so every direction has its own kernel key.
         local_rtp: SocketAddr::new(
             IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
@@ -146,9 +148,10 @@ fn drain(o: &mut Offload, kernel: &mut BTreeMap<Direction, (ForwardKey, ForwardE
     while o.poll_event().is_some() {}
 }
 
-/// The invariant: an entry only for a direction whose leg exists, is
-/// bridged to a leg that exists, and is locked to the entry's expected
-/// source; never two entries under one key.
+/// The invariant: an entry only for a direction whose leg exists, arrives
+/// on an interface with the fast path, is bridged to a leg that exists,
+/// and is locked to the entry's expected source; never two entries under
+/// one key.
 fn check(
     o: &Offload,
     model: &BTreeMap<Slot, ModelLeg>,
@@ -168,6 +171,10 @@ fn check(
         assert!(
             model.contains_key(&to),
             "{at}: {direction:?} installed towards removed leg {to}"
+        );
+        assert!(
+            leg.input.kernel,
+            "{at}: {direction:?} installed for a leg whose packets the kernel never sees"
         );
         let k = index(direction.kind);
         assert!(
@@ -316,6 +323,7 @@ fn a_leg_removed_again_takes_out_the_direction_still_bridged_into_it() {
     let now = Instant::now();
     let leg = |slot: Slot, to: Slot| OffloadLeg {
         leg: leg_ref(slot),
+        kernel: true,
         local_rtp: SocketAddr::new(
             IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
             30_000 + 2 * slot as u16,
