@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
+/// Set by `cargo xtask test` once every binary of the workspace is built.
+pub const BINARIES_BUILT: &str = "SWITCHBOARD_TEST_BINARIES_BUILT";
+
 /// The path of a binary of this workspace, built up to date first.
 ///
 /// Cargo builds the binaries of a package for its own integration tests
@@ -18,10 +21,13 @@ use std::sync::Mutex;
 /// binary is still there and the test silently runs yesterday's code.
 ///
 /// The build is `cargo build --workspace --bins --tests`, the same feature
-/// set as `cargo test --workspace` (what CI runs), so there it is a no-op;
-/// `cargo build -p <one package>` would resolve features for that package
-/// alone and rebuild the daemon and its dependencies, minutes in the
-/// middle of a test. Run once per test process.
+/// set as `cargo test --workspace`; `cargo build -p <one package>` would
+/// resolve features for that package alone and rebuild the daemon and its
+/// dependencies. Run once per test process, and not at all under `cargo
+/// xtask test` (CI), which builds every binary before the tests and says
+/// so in [`BINARIES_BUILT`]: a cargo nested in a test sees another
+/// environment, and in CI it rebuilt dependencies mid-test (minutes on two
+/// cores, while a SIPp call waited).
 pub fn workspace_binary(name: &str) -> PathBuf {
     static BUILT: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
     let dir = binary_dir();
@@ -29,6 +35,9 @@ pub fn workspace_binary(name: &str) -> PathBuf {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let built = built.get_or_insert_with(HashSet::new);
+    if std::env::var_os(BINARIES_BUILT).is_some() {
+        built.insert(dir.clone());
+    }
     if !built.contains(&dir) {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut command = Command::new(cargo);

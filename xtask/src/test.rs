@@ -20,6 +20,12 @@ pub struct TestArgs {
     cargo_test_args: Vec<String>,
 }
 
+/// Tells the tests that every binary of the workspace is built and up to
+/// date (the name switchboard-testkit reads; xtask does not depend on it).
+fn switchboard_testkit_env() -> &'static str {
+    "SWITCHBOARD_TEST_BINARIES_BUILT"
+}
+
 pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     if !args.no_setup {
@@ -56,9 +62,18 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             "warnings",
         ]))?;
     }
+    // Every binary first, in one build with the tests' feature set (so the
+    // test run's own build is a no-op): tests start other packages'
+    // daemons, and switchboard-ctl has no integration test that would make
+    // `cargo test` build it. The tests then trust the files
+    // (switchboard-testkit::workspace_binary) instead of running cargo
+    // themselves, which rebuilt dependencies mid-test (a nested cargo sees
+    // another environment).
+    util::run(util::cargo().args(["build", "--workspace", "--bins", "--tests"]))?;
     util::run(
         util::cargo()
             .args(["test", "--workspace", "--no-fail-fast"])
+            .env(switchboard_testkit_env(), "1")
             .arg("--")
             .args(&args.cargo_test_args),
     )?;
