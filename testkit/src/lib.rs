@@ -120,3 +120,44 @@ pub fn free_media_range(pairs: u16) -> (u16, u16) {
     }
     panic!("no free range of {pairs} port pairs below the ephemeral ports");
 }
+
+/// splitmix64 with a fixed seed, for randomized (property) tests: every run
+/// sees the same cases, so a failure replays exactly.
+#[derive(Clone, Debug)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// An index into something `len` long.
+    pub fn index(&mut self, len: usize) -> usize {
+        (self.next_u64() % len as u64) as usize
+    }
+
+    /// True once in `n` times.
+    pub fn one_in(&mut self, n: u64) -> bool {
+        self.below(n) == 0
+    }
+
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.index(items.len())]
+    }
+
+    /// Up to `max` characters drawn from `alphabet`.
+    pub fn text(&mut self, alphabet: &[char], max: usize) -> String {
+        (0..self.index(max + 1))
+            .map(|_| self.pick(alphabet))
+            .collect()
+    }
+}

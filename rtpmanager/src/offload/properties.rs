@@ -11,27 +11,7 @@ use crate::media::g711::Law;
 use crate::media::rtp::Ssrc;
 use crate::relay::Transcode;
 
-/// splitmix64 with a fixed seed: randomized, yet every run sees the same
-/// cases, so a failure replays exactly.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn one_in(&mut self, n: u64) -> bool {
-        self.below(n) == 0
-    }
-}
+use switchboard_testkit::Rng;
 
 const LEGS: u64 = 4;
 const KINDS_BOTH: [StreamKind; 2] = [StreamKind::Rtp, StreamKind::Rtcp];
@@ -61,10 +41,10 @@ fn rewrite(rng: &mut Rng) -> Rewrite {
         0 => Rewrite::Unchanged,
         1 => Rewrite::Unanchored,
         _ => Rewrite::Anchored {
-            source: Ssrc(rng.next() as u32),
-            ssrc: Ssrc(rng.next() as u32),
-            sequence_offset: rng.next() as u16,
-            timestamp_offset: rng.next() as u32,
+            source: Ssrc(rng.next_u64() as u32),
+            ssrc: Ssrc(rng.next_u64() as u32),
+            sequence_offset: rng.next_u64() as u16,
+            timestamp_offset: rng.next_u64() as u32,
         },
     }
 }

@@ -486,23 +486,7 @@ mod tests {
         );
     }
 
-    /// splitmix64 with a fixed seed: randomized, yet every run sees the
-    /// same cases, so a failure replays exactly.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use switchboard_testkit::Rng;
 
     /// Two sources (the bridged leg before and after a transfer, say) each
     /// send a packet every 20 ms whether forwarded or not; the relay
@@ -517,12 +501,16 @@ mod tests {
             let mut rng = Rng(seed);
             let mut s = OutboundStream::default();
             let mut now = Instant::now();
-            let first = rng.next() as u32;
+            let first = rng.next_u64() as u32;
             let mut sources = [
-                pos(first, rng.next() as u16, rng.next() as u32),
-                pos(first ^ 1, rng.next() as u16, rng.next() as u32),
+                pos(first, rng.next_u64() as u16, rng.next_u64() as u32),
+                pos(first ^ 1, rng.next_u64() as u16, rng.next_u64() as u32),
             ];
-            let fresh = pos(rng.next() as u32, rng.next() as u16, rng.next() as u32);
+            let fresh = pos(
+                rng.next_u64() as u32,
+                rng.next_u64() as u16,
+                rng.next_u64() as u32,
+            );
             let mut active = 0;
             let mut injection: Option<(InjectionToken, StreamPosition)> = None;
             let mut sent: Vec<StreamPosition> = Vec::new();

@@ -793,33 +793,7 @@ fn the_user_name_table_stays_within_its_bound() {
     }
 }
 
-/// splitmix64 with a fixed seed: the property tests below are randomized
-/// but every run sees the same cases, so a failure replays exactly.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-
-    fn text(&mut self, alphabet: &[char], max: usize) -> String {
-        (0..self.below(max + 1))
-            .map(|_| self.pick(alphabet))
-            .collect()
-    }
-}
+use switchboard_testkit::Rng;
 
 /// Characters a parameter name may hold: anything but `=`, `,` and white space.
 const NAME_CHARS: &[char] = &[
@@ -836,7 +810,7 @@ fn digest_credentials_with_any_quoting_case_and_spacing_parse_back_to_their_valu
     let mut rng = Rng(0xD16E_5700);
     for case in 0..3000 {
         let mut params: Vec<(String, String)> = Vec::new();
-        for _ in 0..1 + rng.below(6) {
+        for _ in 0..1 + rng.index(6) {
             let mut name = rng.text(NAME_CHARS, 8);
             name.insert(0, rng.pick(&['u', 'R', 'x']));
             if params.iter().any(|(n, _)| n.eq_ignore_ascii_case(&name)) {
@@ -863,13 +837,13 @@ fn digest_credentials_with_any_quoting_case_and_spacing_parse_back_to_their_valu
             let bare = !value.is_empty()
                 && !value.starts_with('"')
                 && !value.contains(|c: char| c == ',' || c.is_ascii_whitespace());
-            if bare && rng.below(2) == 0 {
+            if bare && rng.index(2) == 0 {
                 header.push_str(value);
             } else {
                 header.push('"');
                 for c in value.chars() {
                     // Escaping any character is allowed; `"` and `\` must be.
-                    if c == '"' || c == '\\' || rng.below(8) == 0 {
+                    if c == '"' || c == '\\' || rng.index(8) == 0 {
                         header.push('\\');
                     }
                     header.push(c);
@@ -899,9 +873,9 @@ fn digest_credentials_parser_never_panics_on_mangled_headers() {
     let seed = r#"Digest username="alice", realm="switchboard.test", nonce="n\"x", uri="sip:a", response="00", qop=auth, nc=00000001, cnonce="c""#;
     for _ in 0..20_000 {
         let mut chars: Vec<char> = seed.chars().collect();
-        for _ in 0..1 + rng.below(6) {
-            let at = rng.below(chars.len() + 1);
-            match rng.below(3) {
+        for _ in 0..1 + rng.index(6) {
+            let at = rng.index(chars.len() + 1);
+            match rng.index(3) {
                 0 => chars.insert(at, rng.pick(NOISE)),
                 1 if at < chars.len() => {
                     chars.remove(at);
