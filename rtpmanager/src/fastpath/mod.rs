@@ -583,28 +583,29 @@ fn load(
     Ok((ebpf, maps))
 }
 
-/// The pinned link of `mode` a previous run left, if any.
-fn pinned_link(pins: Option<&Pins>, mode: Mode) -> Option<FdLink> {
-    let path = pins?.link_path(mode);
+/// The link a previous run left pinned at `path`, if any (an unusable one
+/// is removed).
+fn pinned_link(path: &Path) -> Option<FdLink> {
     if !path.exists() {
         return None;
     }
-    match PinnedLink::from_pin(&path) {
+    match PinnedLink::from_pin(path) {
         Ok(link) => Some(FdLink::from(link)),
         Err(e) => {
             tracing::warn!(error = %error_chain(&e), path = %path.display(), "unusable pinned link removed");
-            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(path);
             None
         }
     }
 }
 
-/// Pins a freshly attached link (an adopted one stays pinned where it is).
-/// A netlink (legacy) attachment is no BPF link and cannot be pinned; these
-/// kernels (5.9+ for XDP, 6.6+ for TCX) never fall back to one.
+/// Pins a freshly attached link at `path` (an adopted one stays pinned
+/// where it is). A netlink (legacy) attachment is no BPF link and cannot
+/// be pinned; these kernels (5.9+ for XDP, 6.6+ for TCX) never fall back
+/// to one.
 fn hold(
     link: Result<FdLink, aya::programs::links::LinkError>,
-    pins: &Pins,
+    path: &Path,
     mode: Mode,
     adopted: bool,
 ) -> Result<Option<FdLink>, FastPathError> {
@@ -619,11 +620,14 @@ fn hold(
         return Ok(Some(link));
     }
     let pinned = link
-        .pin(pins.link_path(mode))
+        .pin(path)
         .map_err(|e| FastPathError::Object(format!("pinning the link: {}", error_chain(&e))))?;
     Ok(Some(FdLink::from(pinned)))
 }
 
+/// Loads the object and attaches it to the first media device in `mode`;
+/// its link is pinned at [`Pins::link_path`], where an upgraded manager
+/// finds a single-interface run's link.
 fn attach(
     object: &[u8],
     mode: Mode,
@@ -631,113 +635,39 @@ fn attach(
     pins: Option<&Pins>,
 ) -> Result<(Ebpf, KernelMaps, Option<FdLink>), FastPathError> {
     let (mut ebpf, maps) = load(object, settings, pins)?;
-
-    let program_err = |source| FastPathError::Program { mode, source };
-    let previous = pinned_link(pins, mode);
-    let adopted = previous.is_some();
-    let link = match mode {
-        Mode::XdpNative | Mode::XdpGeneric => {
-            let program: &mut Xdp = ebpf
-                .program_mut(XDP_PROGRAM)
-                .ok_or_else(|| FastPathError::Object(format!("no program {XDP_PROGRAM}")))?
-                .try_into()
-                .map_err(program_err)?;
-            program.load().map_err(program_err)?;
-            let xdp_mode = if mode == Mode::XdpNative {
-                XdpMode::Driver
-            } else {
-                XdpMode::Skb
-            };
-            let id = match previous {
-                // The previous run's program is replaced in its link, in
-                // one step: no packet meets a detached interface.
-                Some(link) => {
-                    let link = XdpLink::try_from(link).map_err(|e| {
-                        FastPathError::Object(format!("pinned link: {}", error_chain(&e)))
-                    })?;
-                    program.attach_to_link(link).map_err(program_err)?
-                }
-                None => program
-                    .attach(&settings.interface, xdp_mode)
-                    .map_err(program_err)?,
-            };
-            match pins {
-                Some(pins) => {
-                    let link = program.take_link(id).map_err(program_err)?;
-                    hold(FdLink::try_from(link), pins, mode, adopted)?
-                }
-                None => None,
-            }
-        }
-        Mode::Tc => {
-            // EEXIST means the clsact qdisc is already there, which is fine.
-            if let Err(e) = tc::qdisc_add_clsact(&settings.interface) {
-                tracing::debug!(error = %e, "clsact qdisc not added (probably present)");
-            }
-            let program: &mut SchedClassifier = ebpf
-                .program_mut(TC_PROGRAM)
-                .ok_or_else(|| FastPathError::Object(format!("no program {TC_PROGRAM}")))?
-                .try_into()
-                .map_err(program_err)?;
-            program.load().map_err(program_err)?;
-            let id = match previous {
-                Some(link) => {
-                    let link = SchedClassifierLink::try_from(link).map_err(|e| {
-                        FastPathError::Object(format!("pinned link: {}", error_chain(&e)))
-                    })?;
-                    program.attach_to_link(link).map_err(program_err)?
-                }
-                None => program
-                    .attach(&settings.interface, TcAttachType::Ingress)
-                    .map_err(program_err)?,
-            };
-            match pins {
-                Some(pins) => {
-                    let link = program.take_link(id).map_err(program_err)?;
-                    hold(FdLink::try_from(link), pins, mode, adopted)?
-                }
-                None => None,
-            }
-        }
-        Mode::Off => return Err(FastPathError::Object("off is not an attach mode".into())),
-    };
+    let pin = pins.map(|p| p.link_path(mode));
+    let link = attach_program(&mut ebpf, &settings.interface, mode, pin.as_deref())?;
     Ok((ebpf, maps, link))
 }
 
-/// Attaches the programs of a loaded object to one more device in `mode`
-/// (loading the program of that mode if the first device did not need
-/// it). Returns the pin path and link when pinned.
+/// Attaches the programs of a loaded object to one more device in `mode`.
+/// Returns the pin path and link when pinned.
 fn attach_device(
     ebpf: &mut Ebpf,
     device: &str,
     mode: Mode,
     pins: Option<&Pins>,
 ) -> Result<(Option<std::path::PathBuf>, Option<FdLink>), FastPathError> {
-    let program_err = |source| FastPathError::Program { mode, source };
     let path = pins.map(|p| p.device_link_path(mode, device));
-    let previous = path.as_ref().filter(|p| p.exists()).and_then(|p| {
-        PinnedLink::from_pin(p)
-            .map(FdLink::from)
-            .inspect_err(|e| {
-                tracing::warn!(error = %error_chain(e), path = %p.display(), "unusable pinned link removed");
-                let _ = std::fs::remove_file(p);
-            })
-            .ok()
-    });
+    let link = attach_program(ebpf, device, mode, path.as_deref())?;
+    Ok((path, link))
+}
+
+/// Attaches the loaded object's program of `mode` to `device`, loading it
+/// first if no device needed it yet. With a pin path: a link a previous run
+/// left there gets the program replaced in one step (no packet meets a
+/// detached interface), a new link is pinned there; the held link is
+/// returned.
+fn attach_program(
+    ebpf: &mut Ebpf,
+    device: &str,
+    mode: Mode,
+    pin: Option<&Path>,
+) -> Result<Option<FdLink>, FastPathError> {
+    let program_err = |source| FastPathError::Program { mode, source };
+    let previous = pin.and_then(pinned_link);
     let adopted = previous.is_some();
-    let pin = |link: Result<FdLink, aya::programs::links::LinkError>| -> Result<Option<FdLink>, FastPathError> {
-        let (Some(path), Ok(link)) = (&path, link) else {
-            return Ok(None);
-        };
-        if adopted {
-            return Ok(Some(link));
-        }
-        let pinned = link
-            .pin(path)
-            .map_err(|e| FastPathError::Object(format!("pinning the link: {}", error_chain(&e))))?;
-        Ok(Some(FdLink::from(pinned)))
-    };
-    let link = match mode {
+    let taken = match mode {
         Mode::XdpNative | Mode::XdpGeneric => {
             let program: &mut Xdp = ebpf
                 .program_mut(XDP_PROGRAM)
@@ -761,14 +691,15 @@ fn attach_device(
                 }
                 None => program.attach(device, xdp_mode).map_err(program_err)?,
             };
-            if path.is_some() {
-                let link = program.take_link(id).map_err(program_err)?;
-                pin(FdLink::try_from(link))?
-            } else {
-                None
+            match pin {
+                Some(_) => Some(FdLink::try_from(
+                    program.take_link(id).map_err(program_err)?,
+                )),
+                None => None,
             }
         }
         Mode::Tc => {
+            // EEXIST means the clsact qdisc is already there, which is fine.
             if let Err(e) = tc::qdisc_add_clsact(device) {
                 tracing::debug!(error = %e, "clsact qdisc not added (probably present)");
             }
@@ -791,16 +722,19 @@ fn attach_device(
                     .attach(device, TcAttachType::Ingress)
                     .map_err(program_err)?,
             };
-            if path.is_some() {
-                let link = program.take_link(id).map_err(program_err)?;
-                pin(FdLink::try_from(link))?
-            } else {
-                None
+            match pin {
+                Some(_) => Some(FdLink::try_from(
+                    program.take_link(id).map_err(program_err)?,
+                )),
+                None => None,
             }
         }
         Mode::Off => return Err(FastPathError::Object("off is not an attach mode".into())),
     };
-    Ok((path, link))
+    match (taken, pin) {
+        (Some(link), Some(path)) => hold(link, path, mode, adopted),
+        _ => Ok(None),
+    }
 }
 
 /// An error with its sources, so "bpf_link_create failed" says why.
