@@ -382,7 +382,7 @@ fn read_rtt(dir: &Path) -> anyhow::Result<Vec<f64>> {
         .collect())
 }
 
-fn percentiles(times: &[f64]) -> (f64, f64, f64, f64) {
+pub(crate) fn percentiles(times: &[f64]) -> (f64, f64, f64, f64) {
     if times.is_empty() {
         return (f64::NAN, f64::NAN, f64::NAN, f64::NAN);
     }

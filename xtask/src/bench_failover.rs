@@ -255,12 +255,11 @@ fn wait_calls(
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[rank.min(sorted.len() - 1)].as_secs_f64()
+/// p50, p99 and max in seconds (the other benches' nearest rank).
+fn gap_percentiles(gaps: &[Duration]) -> (f64, f64, f64) {
+    let seconds: Vec<f64> = gaps.iter().map(Duration::as_secs_f64).collect();
+    let (p50, _, p99, max) = crate::bench::percentiles(&seconds);
+    (p50, p99, max)
 }
 
 pub fn failover(args: &FailoverArgs) -> anyhow::Result<()> {
@@ -491,7 +490,7 @@ pub fn failover(args: &FailoverArgs) -> anyhow::Result<()> {
             None => silent += 1,
         }
     }
-    let mut other_gaps: Vec<Duration> = before
+    let other_gaps: Vec<Duration> = before
         .iter()
         .filter(|(id, _)| !on_m1_before.iter().any(|(moved, _)| moved == *id))
         .filter_map(|(_, (leg_a, leg_b))| {
@@ -499,8 +498,6 @@ pub fn failover(args: &FailoverArgs) -> anyhow::Result<()> {
             Some(at_a.silence.max(at_b.silence))
         })
         .collect();
-    moved_gaps.sort();
-    other_gaps.sort();
 
     let mut survived = 0;
     let mut failed = 0;
@@ -543,20 +540,16 @@ pub fn failover(args: &FailoverArgs) -> anyhow::Result<()> {
         "  survived: {survived}/{} (both SIPp sides; {failed} failed on either side)",
         args.calls
     );
+    let (p50, p99, max) = gap_percentiles(&moved_gaps);
     println!(
-        "  moved calls ({}, {} never heard again): media gap p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+        "  moved calls ({}, {} never heard again): media gap p50 {p50:.2} s, p99 {p99:.2} s, max {max:.2} s",
         moved_gaps.len(),
         silent,
-        percentile(&moved_gaps, 0.5),
-        percentile(&moved_gaps, 0.99),
-        percentile(&moved_gaps, 1.0)
     );
+    let (p50, p99, max) = gap_percentiles(&other_gaps);
     println!(
-        "  other calls ({}): longest silence after the kill p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+        "  other calls ({}): longest silence after the kill p50 {p50:.2} s, p99 {p99:.2} s, max {max:.2} s",
         other_gaps.len(),
-        percentile(&other_gaps, 0.5),
-        percentile(&other_gaps, 0.99),
-        percentile(&other_gaps, 1.0)
     );
     Ok(())
 }
