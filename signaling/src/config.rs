@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use switchboard_service::ConfigError;
 
-use crate::auth::{Algorithm, AuthConfig, AuthMode, Cidr, LockoutConfig};
+use crate::auth::{Algorithm, AuthConfig, AuthMode, ChallengeMode, Cidr, LockoutConfig};
 use crate::b2bua::{CallLimits, DisplayNamePolicy, FromPolicy, IdentityPolicy};
 use crate::registrar::RegistrarConfig;
 use crate::sip::FramingLimits;
@@ -25,6 +25,18 @@ pub enum AuthOption {
     Digest,
     /// No authentication at all.
     Anonymous,
+}
+
+/// How many digest challenges a 401/407 carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthChallengesOption {
+    /// One challenge: the user's `algorithm` from the users file if it is
+    /// offered, else the first of --auth-algorithms. Works with every phone.
+    One,
+    /// One challenge per algorithm of --auth-algorithms (RFC 8760); phones
+    /// that refuse a response naming an algorithm they do not know (baresip
+    /// 1.0, many older phones) cannot register.
+    All,
 }
 
 /// What happens to a From user that is not the authenticated user.
@@ -255,16 +267,29 @@ pub struct Config {
     )]
     pub auth_methods: Vec<String>,
 
-    /// Digest algorithms offered in challenges, in order of preference
-    /// (SHA-256, MD5). Clients that answer the first challenge whatever its
-    /// algorithm and only know MD5 (SIPp, older phones) need `MD5` first or alone.
+    /// Digest algorithms accepted, in order of preference (MD5, SHA-256).
+    /// Credentials computed with an algorithm not listed are refused. With
+    /// --auth-challenges one, the first is the one phones are challenged with
+    /// unless their users-file entry names another; MD5 first works with
+    /// every phone, SHA-256 first only with phones that know RFC 8760.
     #[arg(
         long,
         env = "SWITCHBOARD_AUTH_ALGORITHMS",
         value_delimiter = ',',
-        default_value = "SHA-256,MD5"
+        default_value = "MD5,SHA-256"
     )]
     pub auth_algorithms: Vec<String>,
+
+    /// How many challenges a 401/407 carries: `one` (the user's preferred
+    /// algorithm or the first of --auth-algorithms) or `all` (one per
+    /// algorithm, RFC 8760 §2.4; some phones then give up).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_AUTH_CHALLENGES",
+        value_enum,
+        default_value = "one"
+    )]
+    pub auth_challenges: AuthChallengesOption,
 
     /// Networks (CIDR, comma-separated) whose requests need no authentication.
     #[arg(long, env = "SWITCHBOARD_TRUSTED_NETWORKS", value_delimiter = ',')]
@@ -776,6 +801,11 @@ impl Config {
                 user_delay: Duration::from_millis(self.lockout_user_delay_ms),
                 ..LockoutConfig::default()
             },
+            algorithms: self.digest_algorithms(),
+            challenges: match self.auth_challenges {
+                AuthChallengesOption::One => ChallengeMode::One,
+                AuthChallengesOption::All => ChallengeMode::All,
+            },
             ..AuthConfig::digest(&self.realm, secret)
         }
     }
@@ -1121,10 +1151,22 @@ mod tests {
         assert!(err.to_string().contains("--default-expires"), "{err}");
         assert_eq!(
             c.digest_algorithms(),
-            vec![Algorithm::Sha256, Algorithm::Md5]
+            vec![Algorithm::Md5, Algorithm::Sha256]
         );
+        assert_eq!(c.auth_config(vec![1]).challenges, ChallengeMode::One);
         let c = load(&["--auth-algorithms", "md5"]).expect("MD5 only");
         assert_eq!(c.digest_algorithms(), vec![Algorithm::Md5]);
+        assert_eq!(c.auth_config(vec![1]).algorithms, vec![Algorithm::Md5]);
+        let all = load(&[
+            "--auth-algorithms",
+            "SHA-256,MD5",
+            "--auth-challenges",
+            "all",
+        ])
+        .expect("all challenges");
+        let auth = all.auth_config(vec![1]);
+        assert_eq!(auth.challenges, ChallengeMode::All);
+        assert_eq!(auth.algorithms, vec![Algorithm::Sha256, Algorithm::Md5]);
         let err = load(&["--auth-algorithms", "sha-512"]).expect_err("unknown algorithm");
         assert!(err.to_string().contains("--auth-algorithms"), "{err}");
         assert_eq!(c.identity_policy(), IdentityPolicy::default());

@@ -437,7 +437,6 @@ fn build_core(config: &Config) -> anyhow::Result<Uas> {
     uas_config.timers = config.timers();
     uas_config.limits = config.framing_limits();
     uas_config.force_rport = config.force_rport;
-    uas_config.digest_algorithms = config.digest_algorithms();
     uas_config.server = config.server_header.clone();
     Ok(Uas::new(uas_config, registrar, auth, Box::new(store)))
 }

@@ -1,5 +1,7 @@
 //! REGISTER against the running server: digest authentication (MD5 and
-//! SHA-256 computed here, independently of the server's code), the 200's
+//! SHA-256 computed here, independently of the server's code; one MD5
+//! challenge by default, a user's own algorithm, or one challenge per
+//! algorithm with `--auth-challenges all`), the 200's
 //! bindings, 423, 403 for a foreign address-of-record and during lockout,
 //! and durability: bindings survive a SIGTERM restart and a SIGKILL right
 //! after the 200s.
@@ -95,6 +97,19 @@ fn register_edited(
     assert_eq!(status(&challenge), 401, "{challenge}");
     let offers = headers(&challenge, "WWW-Authenticate");
     assert_eq!(offers.len(), 2, "SHA-256 and MD5 offered:\n{challenge}");
+    register_answering(server, peer, r, algorithm, &challenge, edit)
+}
+
+/// Answers `challenge`'s offer of `algorithm` with `r`'s credentials.
+fn register_answering(
+    server: &Server,
+    peer: &UdpPeer,
+    r: &Registration<'_>,
+    algorithm: Algorithm,
+    challenge: &str,
+    edit: &dyn Fn(String) -> String,
+) -> String {
+    let offers = headers(challenge, "WWW-Authenticate");
     let offer = offers
         .iter()
         .find(|o| o.contains(&format!("algorithm={}", algorithm.name())))
@@ -151,10 +166,68 @@ fn start(data: &tempfile::TempDir, extra: &[&str]) -> Server {
         &users,
         "--auth-secret",
         "fixed",
+        // Both algorithms offered, so each can be answered (RFC 8760 mode).
+        "--auth-challenges",
+        "all",
+        "--auth-algorithms",
+        "SHA-256,MD5",
     ];
     args.extend_from_slice(extra);
     let data_dir = data.path().join("state");
     Server::start(&data_dir, &args)
+}
+
+#[test]
+fn by_default_one_md5_challenge_and_a_users_own_sha256() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let users = users_file(data.path(), &[("1001", "secret1"), ("1002", "secret2")]);
+    let text = std::fs::read_to_string(&users).expect("users file");
+    // 1002's phone knows RFC 8760: its entry asks for SHA-256.
+    let text = text.replace(
+        "name = \"1002\"\npassword = \"secret2\"\n",
+        "name = \"1002\"\npassword = \"secret2\"\nalgorithm = \"SHA-256\"\n",
+    );
+    std::fs::write(&users, text).expect("write users file");
+    let users = users.to_str().expect("UTF-8 path").to_owned();
+    let server = Server::start(
+        &data.path().join("state"),
+        &[
+            "--realm",
+            REALM,
+            "--users-file",
+            &users,
+            "--auth-secret",
+            "fixed",
+        ],
+    );
+    let peer = UdpPeer::new();
+    for (user, password, call_id, algorithm, port) in [
+        ("1001", "secret1", "one-md5@test", Algorithm::Md5, 5071),
+        ("1002", "secret2", "one-sha@test", Algorithm::Sha256, 5072),
+    ] {
+        let r = Registration {
+            user,
+            password,
+            call_id: call_id.to_owned(),
+            contact_port: port,
+            expires: 600,
+        };
+        let challenge = peer.request(
+            server.sip_addr(),
+            register_text(&r, &peer, 1, None).as_bytes(),
+        );
+        assert_eq!(status(&challenge), 401, "{challenge}");
+        let offers = headers(&challenge, "WWW-Authenticate");
+        assert_eq!(offers.len(), 1, "one challenge:\n{challenge}");
+        assert!(
+            offers[0].contains(&format!("algorithm={},", algorithm.name())),
+            "{user} gets {}:\n{challenge}",
+            algorithm.name()
+        );
+        let ok = register_answering(&server, &peer, &r, algorithm, &challenge, &|t| t);
+        assert_eq!(status(&ok), 200, "{ok}\n{}", server.log());
+    }
+    assert_eq!(bindings(&server).len(), 2);
 }
 
 #[test]

@@ -156,9 +156,6 @@ fn start_all(
     signaling.arg("--data-dir").arg(demo.join("data"));
     signaling.arg("--users-file").arg(demo.join("users.toml"));
     signaling.args(["--realm", DEMO_REALM]);
-    // MD5 first: many phones and test tools (sipsak, SIPp) answer only the
-    // first challenge and know only MD5; SHA-256 is still offered.
-    signaling.args(["--auth-algorithms", "MD5,SHA-256"]);
     // The demo runs the API as deployed: with a token, which the dashboard
     // uses for its reads and the operator enters at its login.
     signaling

@@ -26,6 +26,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("sipsak", "a second real SIP peer in tests"),
     (
+        "baresip-core",
+        "baresip, a real phone registering, calling and hearing in tests",
+    ),
+    (
         "chromium",
         "the dashboard's browser test (headless, over WebDriver)",
     ),

@@ -149,6 +149,24 @@ impl Cidr {
     }
 }
 
+/// How many challenges a 401/407 carries.
+///
+/// RFC 8760 §2.4 lets a server offer several algorithms, one challenge
+/// each, and a client pick the best it knows. Many deployed phones (baresip
+/// 1.0, older desk phones) instead refuse the whole response when any
+/// challenge names an algorithm they do not know, or answer the first one
+/// whatever it is, so a single challenge is the default, as in Kamailio and
+/// Asterisk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChallengeMode {
+    /// One challenge: the algorithm the user's entry prefers if the server
+    /// offers it, otherwise the server's first.
+    #[default]
+    One,
+    /// One challenge per offered algorithm, in the configured order.
+    All,
+}
+
 /// Authenticator settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthConfig {
@@ -169,6 +187,12 @@ pub struct AuthConfig {
     pub lockout: LockoutConfig,
     /// Bound of the nonce-count map; the oldest nonces are forgotten first.
     pub max_tracked_nonces: usize,
+    /// Algorithms offered, in order of preference (never empty). Credentials
+    /// computed with another algorithm are refused, so a client cannot
+    /// downgrade to MD5 where only SHA-256 is allowed.
+    pub algorithms: Vec<Algorithm>,
+    /// One challenge per response or one per algorithm.
+    pub challenges: ChallengeMode,
 }
 
 impl AuthConfig {
@@ -183,6 +207,8 @@ impl AuthConfig {
             trusted_networks: Vec::new(),
             lockout: LockoutConfig::default(),
             max_tracked_nonces: 65_536,
+            algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
+            challenges: ChallengeMode::One,
         }
     }
 }
@@ -256,12 +282,33 @@ impl Authenticator {
         &self.users
     }
 
-    /// Builds a challenge for `method`: one header value per algorithm,
-    /// SHA-256 first (RFC 8760 §2.4), sharing a fresh nonce.
-    pub fn challenge(&mut self, now: SystemTime, method: &str, stale: bool) -> Answer {
+    /// Builds a challenge for `method` sharing one fresh nonce: a single
+    /// header value (the algorithm `user` prefers, if offered, else the
+    /// first offered) or one per offered algorithm, per
+    /// [`AuthConfig::challenges`]. `user` is the name the request claims
+    /// (its credentials' username, or the To/From user), if any.
+    pub fn challenge(
+        &mut self,
+        now: SystemTime,
+        method: &str,
+        stale: bool,
+        user: Option<&str>,
+    ) -> Answer {
         let (status, header_name) = challenge_kind(method);
         let nonce = self.new_nonce(now);
-        let header_values = [Algorithm::Sha256, Algorithm::Md5]
+        let algorithms: Vec<Algorithm> = match self.config.challenges {
+            ChallengeMode::All => self.config.algorithms.clone(),
+            ChallengeMode::One => {
+                let preferred = user
+                    .and_then(|user| self.users.preferred_algorithm(user))
+                    .filter(|a| self.config.algorithms.contains(a));
+                preferred
+                    .or(self.config.algorithms.first().copied())
+                    .into_iter()
+                    .collect()
+            }
+        };
+        let header_values = algorithms
             .iter()
             .map(|algorithm| {
                 let mut value = format!(
@@ -282,14 +329,21 @@ impl Authenticator {
         }
     }
 
-    /// The response for a failure of a `method` request.
-    pub fn answer(&mut self, now: SystemTime, method: &str, failure: &AuthFailure) -> Answer {
+    /// The response for a failure of a `method` request claiming to be
+    /// `user` (see [`Authenticator::challenge`]).
+    pub fn answer(
+        &mut self,
+        now: SystemTime,
+        method: &str,
+        user: Option<&str>,
+        failure: &AuthFailure,
+    ) -> Answer {
         match failure {
             AuthFailure::Missing
             | AuthFailure::Rejected
             | AuthFailure::Slowed(_)
-            | AuthFailure::Replay => self.challenge(now, method, false),
-            AuthFailure::Stale => self.challenge(now, method, true),
+            | AuthFailure::Replay => self.challenge(now, method, false, user),
+            AuthFailure::Stale => self.challenge(now, method, true, user),
             AuthFailure::LockedOut => Answer {
                 status: 403,
                 header_name: None,
@@ -349,6 +403,11 @@ impl Authenticator {
             None => Algorithm::Md5,
             Some(name) => Algorithm::parse(name).ok_or(AuthFailure::Rejected)?,
         };
+        if !self.config.algorithms.contains(&algorithm) {
+            // Not offered: answering with it is a downgrade attempt or a
+            // client ignoring the challenge; either way, challenge again.
+            return Err(AuthFailure::Rejected);
+        }
         if !credentials
             .get("qop")
             .is_some_and(|q| q.eq_ignore_ascii_case("auth"))

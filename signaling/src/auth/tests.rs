@@ -182,9 +182,12 @@ fn credentials_parser_handles_quotes_escapes_and_commas() {
 }
 
 #[test]
-fn challenge_offers_sha256_then_md5_with_401_or_407() {
-    let mut auth = authenticator();
-    let register = auth.challenge(t(0), "REGISTER", false);
+fn all_challenges_offer_each_algorithm_in_order_with_401_or_407() {
+    let mut config = AuthConfig::digest(REALM, b"test secret".to_vec());
+    config.algorithms = vec![Algorithm::Sha256, Algorithm::Md5];
+    config.challenges = ChallengeMode::All;
+    let mut auth = Authenticator::new(config, users());
+    let register = auth.challenge(t(0), "REGISTER", false, None);
     assert_eq!(register.status, 401);
     assert_eq!(register.header_name, Some("WWW-Authenticate"));
     let nonce = nonce_of(&register);
@@ -195,7 +198,7 @@ fn challenge_offers_sha256_then_md5_with_401_or_407() {
             format!("Digest realm=\"{REALM}\", nonce=\"{nonce}\", algorithm=MD5, qop=\"auth\""),
         ]
     );
-    let invite = auth.challenge(t(0), "INVITE", true);
+    let invite = auth.challenge(t(0), "INVITE", true, None);
     assert_eq!(
         (invite.status, invite.header_name),
         (407, Some("Proxy-Authenticate"))
@@ -211,16 +214,139 @@ fn challenge_offers_sha256_then_md5_with_401_or_407() {
 }
 
 #[test]
+fn one_challenge_by_default_with_md5_that_every_phone_knows() {
+    let mut auth = authenticator();
+    let answer = auth.answer(t(0), "REGISTER", Some("alice"), &AuthFailure::Missing);
+    let nonce = nonce_of(&answer);
+    assert_eq!(
+        answer.header_values,
+        vec![format!(
+            "Digest realm=\"{REALM}\", nonce=\"{nonce}\", algorithm=MD5, qop=\"auth\""
+        )]
+    );
+    let anonymous = auth.challenge(t(0), "INVITE", false, None);
+    assert_eq!(anonymous.header_values.len(), 1);
+    assert!(anonymous.header_values[0].contains("algorithm=MD5,"));
+}
+
+#[test]
+fn a_user_whose_entry_prefers_sha256_is_challenged_with_it_alone() {
+    let text = format!(
+        "{}algorithm = \"SHA-256\"\n\n[[user]]\nname = \"dave\"\npassword = \"x\"\nalgorithm = \"md5\"\n",
+        UserEntry::hashed("carol", REALM, "secret").to_toml()
+    );
+    let users = Users::parse(Path::new("users.toml"), &text, REALM).expect("users parse");
+    assert_eq!(users.preferred_algorithm("carol"), Some(Algorithm::Sha256));
+    assert_eq!(users.preferred_algorithm("dave"), Some(Algorithm::Md5));
+    assert_eq!(users.preferred_algorithm("erin"), None);
+    let mut auth = Authenticator::new(AuthConfig::digest(REALM, b"s".to_vec()), users.clone());
+    let carol = auth.challenge(t(0), "REGISTER", false, Some("carol"));
+    assert_eq!(carol.header_values.len(), 1);
+    assert!(
+        carol.header_values[0].contains("algorithm=SHA-256,"),
+        "{carol:?}"
+    );
+    let other = auth.challenge(t(0), "REGISTER", false, Some("erin"));
+    assert!(
+        other.header_values[0].contains("algorithm=MD5,"),
+        "{other:?}"
+    );
+    // Carol's phone answers SHA-256 and is let in.
+    let nonce = nonce_of(&carol);
+    let header = authorization(
+        Algorithm::Sha256,
+        "carol",
+        "secret",
+        &nonce,
+        "00000001",
+        "REGISTER",
+    );
+    assert!(auth
+        .verify(t(1), "REGISTER", URI, Some(&header), ip("192.0.2.5"))
+        .is_ok());
+    // A preference the server does not offer falls back to its first.
+    let mut config = AuthConfig::digest(REALM, b"s".to_vec());
+    config.algorithms = vec![Algorithm::Md5];
+    let mut md5_only = Authenticator::new(config, users);
+    let fallback = md5_only.challenge(t(0), "REGISTER", false, Some("carol"));
+    assert!(
+        fallback.header_values[0].contains("algorithm=MD5,"),
+        "{fallback:?}"
+    );
+}
+
+#[test]
+fn credentials_with_an_algorithm_not_offered_are_refused_without_a_guess_charged() {
+    let mut config = AuthConfig::digest(REALM, b"test secret".to_vec());
+    config.algorithms = vec![Algorithm::Sha256];
+    config.lockout = LockoutConfig {
+        max_failures: 1,
+        ..LockoutConfig::default()
+    };
+    let mut auth = Authenticator::new(config, users());
+    let source = ip("198.51.100.9");
+    let nonce = nonce_of(&auth.challenge(t(0), "REGISTER", false, None));
+    // The right password, computed with MD5: a downgrade, refused.
+    let md5 = authorization(
+        Algorithm::Md5,
+        "alice",
+        "wonderland",
+        &nonce,
+        "00000001",
+        "REGISTER",
+    );
+    assert_eq!(
+        auth.verify(t(1), "REGISTER", URI, Some(&md5), source),
+        Err(AuthFailure::Rejected)
+    );
+    // No guess was tested, so nothing was charged: the source is not
+    // locked out (one failure would do it) and SHA-256 still works.
+    let sha = authorization(
+        Algorithm::Sha256,
+        "alice",
+        "wonderland",
+        &nonce,
+        "00000001",
+        "REGISTER",
+    );
+    assert!(auth
+        .verify(t(1), "REGISTER", URI, Some(&sha), source)
+        .is_ok());
+}
+
+#[test]
+fn a_users_file_algorithm_must_be_known_and_have_its_ha1() {
+    for (entry, expected) in [
+        (
+            "algorithm = \"SHA-512\"",
+            "algorithm must be MD5 or SHA-256",
+        ),
+        ("algorithm = \"\"", "algorithm must be MD5 or SHA-256"),
+    ] {
+        let text = format!("[[user]]\nname = \"f\"\npassword = \"p\"\n{entry}\n");
+        let err = Users::parse(Path::new("u.toml"), &text, REALM).expect_err(entry);
+        assert!(err.to_string().contains(expected), "{err}");
+    }
+    let md5 = UserEntry::hashed("g", REALM, "p");
+    let text = format!(
+        "[[user]]\nname = \"g\"\nha1_md5 = \"{}\"\nalgorithm = \"SHA-256\"\n",
+        md5.ha1_md5.expect("hashed")
+    );
+    let err = Users::parse(Path::new("u.toml"), &text, REALM).expect_err("no SHA-256 HA1");
+    assert!(err.to_string().contains("needs ha1_sha256"), "{err}");
+}
+
+#[test]
 fn valid_credentials_with_both_algorithms_and_nc_replay() {
     let mut auth = authenticator();
-    let nonce = nonce_of(&auth.challenge(t(0), "REGISTER", false));
+    let nonce = nonce_of(&auth.challenge(t(0), "REGISTER", false, None));
     let source = ip("198.51.100.1");
     for (algorithm, user, password) in [
         (Algorithm::Sha256, "alice", "wonderland"),
         (Algorithm::Md5, "bob", "builder"),
     ] {
         // Each client answers its own challenge: nonce-counts are per nonce.
-        let own = nonce_of(&auth.challenge(t(0), "REGISTER", false));
+        let own = nonce_of(&auth.challenge(t(0), "REGISTER", false, None));
         let nonce = if user == "alice" { nonce.clone() } else { own };
         let header = authorization(algorithm, user, password, &nonce, "00000001", "REGISTER");
         assert_eq!(
@@ -264,7 +390,7 @@ fn valid_credentials_with_both_algorithms_and_nc_replay() {
 #[test]
 fn wrong_password_and_unknown_user_are_indistinguishable() {
     let mut auth = authenticator();
-    let nonce = nonce_of(&auth.challenge(t(0), "INVITE", false));
+    let nonce = nonce_of(&auth.challenge(t(0), "INVITE", false, None));
     let wrong = authorization(
         Algorithm::Sha256,
         "alice",
@@ -274,7 +400,7 @@ fn wrong_password_and_unknown_user_are_indistinguishable() {
         "INVITE",
     );
     // Its own nonce: a failed guess burns the nonce it used.
-    let other_nonce = nonce_of(&auth.challenge(t(0), "INVITE", false));
+    let other_nonce = nonce_of(&auth.challenge(t(0), "INVITE", false, None));
     let unknown = authorization(
         Algorithm::Sha256,
         "mallory",
@@ -287,8 +413,8 @@ fn wrong_password_and_unknown_user_are_indistinguishable() {
     let b = auth.verify(t(1), "INVITE", URI, Some(&unknown), ip("198.51.100.2"));
     assert_eq!(a, Err(AuthFailure::Rejected));
     assert_eq!(b, Err(AuthFailure::Rejected));
-    let answer_a = auth.answer(t(1), "INVITE", &AuthFailure::Rejected);
-    let answer_b = auth.answer(t(1), "INVITE", &AuthFailure::Rejected);
+    let answer_a = auth.answer(t(1), "INVITE", None, &AuthFailure::Rejected);
+    let answer_b = auth.answer(t(1), "INVITE", None, &AuthFailure::Rejected);
     let strip = |answer: &Answer| {
         let nonce = nonce_of(answer);
         (
@@ -308,7 +434,7 @@ fn wrong_password_and_unknown_user_are_indistinguishable() {
 #[test]
 fn expired_nonce_with_right_password_is_stale_wrong_password_is_rejected() {
     let mut auth = authenticator();
-    let nonce = nonce_of(&auth.challenge(t(0), "REGISTER", false));
+    let nonce = nonce_of(&auth.challenge(t(0), "REGISTER", false, None));
     let good = authorization(
         Algorithm::Md5,
         "alice",
@@ -318,7 +444,7 @@ fn expired_nonce_with_right_password_is_stale_wrong_password_is_rejected() {
         "REGISTER",
     );
     // Its own nonce: a failed guess burns the nonce it used.
-    let bad_nonce = nonce_of(&auth.challenge(t(0), "REGISTER", false));
+    let bad_nonce = nonce_of(&auth.challenge(t(0), "REGISTER", false, None));
     let bad = authorization(
         Algorithm::Md5,
         "alice",
@@ -336,7 +462,7 @@ fn expired_nonce_with_right_password_is_stale_wrong_password_is_rejected() {
         auth.verify(t(301), "REGISTER", URI, Some(&good), source),
         Err(AuthFailure::Stale)
     );
-    let answer = auth.answer(t(301), "REGISTER", &AuthFailure::Stale);
+    let answer = auth.answer(t(301), "REGISTER", None, &AuthFailure::Stale);
     assert_eq!(answer.status, 401);
     assert!(answer
         .header_values
@@ -351,12 +477,12 @@ fn expired_nonce_with_right_password_is_stale_wrong_password_is_rejected() {
 #[test]
 fn forged_or_foreign_nonces_are_rejected() {
     let mut auth = authenticator();
-    let nonce = nonce_of(&auth.challenge(t(0), "REGISTER", false));
+    let nonce = nonce_of(&auth.challenge(t(0), "REGISTER", false, None));
     let (payload, _) = nonce.rsplit_once('-').expect("nonce has a mac");
     let forged = format!("{payload}-{}", "0".repeat(32));
     let mut other =
         Authenticator::new(AuthConfig::digest(REALM, b"other secret".to_vec()), users());
-    let foreign = nonce_of(&other.challenge(t(0), "REGISTER", false));
+    let foreign = nonce_of(&other.challenge(t(0), "REGISTER", false, None));
     for nonce in [forged, foreign, "garbage".to_string()] {
         let header = authorization(
             Algorithm::Md5,
@@ -395,7 +521,7 @@ fn missing_malformed_wrong_realm_and_wrong_uri() {
         ),
         Err(AuthFailure::Malformed("missing realm".to_string()))
     );
-    let nonce = nonce_of(&auth.challenge(t(0), "REGISTER", false));
+    let nonce = nonce_of(&auth.challenge(t(0), "REGISTER", false, None));
     let header = authorization(
         Algorithm::Md5,
         "alice",
@@ -421,15 +547,20 @@ fn missing_malformed_wrong_realm_and_wrong_uri() {
         "the digest uri must be the Request-URI"
     );
     assert_eq!(
-        auth.answer(t(1), "REGISTER", &AuthFailure::Malformed(String::new()))
-            .status,
+        auth.answer(
+            t(1),
+            "REGISTER",
+            None,
+            &AuthFailure::Malformed(String::new())
+        )
+        .status,
         400
     );
 }
 
 /// A wrong guess for `user` from `source` on a fresh nonce.
 fn fail_once(auth: &mut Authenticator, now: SystemTime, user: &str, source: IpAddr) {
-    let nonce = nonce_of(&auth.challenge(now, "REGISTER", false));
+    let nonce = nonce_of(&auth.challenge(now, "REGISTER", false, None));
     let wrong = authorization(
         Algorithm::Md5,
         user,
@@ -451,7 +582,7 @@ fn alice_from(
     now: SystemTime,
     source: IpAddr,
 ) -> Result<Authenticated, AuthFailure> {
-    let nonce = nonce_of(&auth.challenge(now, "REGISTER", false));
+    let nonce = nonce_of(&auth.challenge(now, "REGISTER", false, None));
     let right = authorization(
         Algorithm::Md5,
         "alice",
@@ -476,7 +607,7 @@ fn failing_source_is_blocked_even_with_the_right_password_then_cool_down() {
         Err(AuthFailure::LockedOut)
     );
     assert_eq!(
-        auth.answer(t(4), "REGISTER", &AuthFailure::LockedOut)
+        auth.answer(t(4), "REGISTER", None, &AuthFailure::LockedOut)
             .status,
         403
     );
@@ -538,7 +669,7 @@ fn ipv6_sources_in_one_64_share_a_block_and_other_64s_do_not() {
 #[test]
 fn a_nonce_that_failed_once_carries_no_second_guess() {
     let mut auth = authenticator();
-    let nonce = nonce_of(&auth.challenge(t(0), "REGISTER", false));
+    let nonce = nonce_of(&auth.challenge(t(0), "REGISTER", false, None));
     let source = ip("203.0.113.66");
     let wrong = authorization(Algorithm::Md5, "alice", "x", &nonce, "00000001", "REGISTER");
     assert_eq!(
@@ -595,7 +726,7 @@ fn failures_outside_the_window_do_not_lock() {
     let mut auth = authenticator();
     let source = ip("203.0.113.66");
     for second in [0, 30, 61, 92] {
-        let nonce = nonce_of(&auth.challenge(t(second), "REGISTER", false));
+        let nonce = nonce_of(&auth.challenge(t(second), "REGISTER", false, None));
         let wrong = authorization(Algorithm::Md5, "alice", "x", &nonce, "00000001", "REGISTER");
         assert_eq!(
             auth.verify(t(second), "REGISTER", URI, Some(&wrong), source),
@@ -700,7 +831,7 @@ fn a_user_name_guessed_at_from_many_sources_slows_wrong_guesses_only() {
     }
     // ... then each further wrong guess, from anywhere, is answered late.
     for i in 4..=10 {
-        let nonce = nonce_of(&auth.challenge(t(2), "REGISTER", false));
+        let nonce = nonce_of(&auth.challenge(t(2), "REGISTER", false, None));
         let wrong = authorization(
             Algorithm::Md5,
             "alice",
@@ -724,6 +855,7 @@ fn a_user_name_guessed_at_from_many_sources_slows_wrong_guesses_only() {
         auth.answer(
             t(2),
             "REGISTER",
+            None,
             &AuthFailure::Slowed(Duration::from_secs(2))
         )
         .status,
@@ -734,7 +866,7 @@ fn a_user_name_guessed_at_from_many_sources_slows_wrong_guesses_only() {
     assert!(alice_from(&mut auth, t(2), ip("192.0.2.10")).is_ok());
     // Unknown names are slowed alike (nothing tells them apart) ...
     for i in 1..=4 {
-        let nonce = nonce_of(&auth.challenge(t(3), "REGISTER", false));
+        let nonce = nonce_of(&auth.challenge(t(3), "REGISTER", false, None));
         let wrong = authorization(
             Algorithm::Md5,
             "mallory",
@@ -758,7 +890,7 @@ fn a_user_name_guessed_at_from_many_sources_slows_wrong_guesses_only() {
         assert_eq!(result, Err(expected), "guess {i}");
     }
     // ... and a name's count ends with the window.
-    let nonce = nonce_of(&auth.challenge(t(70), "REGISTER", false));
+    let nonce = nonce_of(&auth.challenge(t(70), "REGISTER", false, None));
     let wrong = authorization(
         Algorithm::Md5,
         "alice",

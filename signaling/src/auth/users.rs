@@ -10,7 +10,17 @@
 //! [[user]]
 //! name = "demo"
 //! password = "demo"   # hashed at load time; for demos only
+//!
+//! [[user]]
+//! name = "carol"
+//! password = "…"
+//! algorithm = "SHA-256"  # challenge this user with SHA-256 alone
 //! ```
+//!
+//! `algorithm` names the digest algorithm a user's phone is challenged
+//! with when the server sends one challenge per response (the default,
+//! `--auth-challenges one`): phones known to support SHA-256 can use it
+//! while the server's default stays the MD5 every phone understands.
 //!
 //! HA1 values are bound to the realm they were computed for: the file holds
 //! HA1s for the configured realm.
@@ -74,6 +84,10 @@ pub struct UserEntry {
     pub ha1_sha256: Option<String>,
     /// A plaintext password (demos only).
     pub password: Option<String>,
+    /// The algorithm this user is challenged with (`MD5` or `SHA-256`),
+    /// when the server sends one challenge; absent: the server's first.
+    #[serde(default)]
+    pub algorithm: Option<String>,
 }
 
 impl UserEntry {
@@ -84,6 +98,7 @@ impl UserEntry {
             ha1_md5: Some(ha1(Algorithm::Md5, name, realm, password)),
             ha1_sha256: Some(ha1(Algorithm::Sha256, name, realm, password)),
             password: None,
+            algorithm: None,
         }
     }
 
@@ -99,6 +114,9 @@ impl UserEntry {
         if let Some(p) = &self.password {
             out.push_str(&format!("password = {p:?}\n"));
         }
+        if let Some(a) = &self.algorithm {
+            out.push_str(&format!("algorithm = {a:?}\n"));
+        }
         out
     }
 }
@@ -107,6 +125,8 @@ impl UserEntry {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Users {
     ha1: HashMap<String, HashMap<Algorithm, String>>,
+    /// Users whose entry names the algorithm to challenge them with.
+    preferred: HashMap<String, Algorithm>,
 }
 
 impl Users {
@@ -168,6 +188,22 @@ impl Users {
                 }
                 (None, false) => {}
             }
+            if let Some(name) = &entry.algorithm {
+                let Some(algorithm) = Algorithm::parse(name.trim()) else {
+                    return Err(invalid("algorithm must be MD5 or SHA-256"));
+                };
+                if !hashes.contains_key(&algorithm) {
+                    return Err(invalid(&format!(
+                        "algorithm {} needs ha1_{} or a password",
+                        algorithm.name(),
+                        match algorithm {
+                            Algorithm::Md5 => "md5",
+                            Algorithm::Sha256 => "sha256",
+                        }
+                    )));
+                }
+                users.preferred.insert(entry.name.clone(), algorithm);
+            }
             users.ha1.insert(entry.name, hashes);
         }
         Ok(users)
@@ -179,6 +215,11 @@ impl Users {
             .get(username)
             .and_then(|h| h.get(&algorithm))
             .map(String::as_str)
+    }
+
+    /// The algorithm `username`'s entry asks to be challenged with, if any.
+    pub fn preferred_algorithm(&self, username: &str) -> Option<Algorithm> {
+        self.preferred.get(username).copied()
     }
 
     /// Number of users.

@@ -133,11 +133,11 @@ impl Harness {
     /// INVITEs need digest authentication (MD5) in realm `test`.
     fn with(plan_json: &str, limits: CallLimits, users: Option<&str>) -> Harness {
         let mut auth = AuthConfig::digest("test", vec![7; 32]);
-        let mut uas_config = UasConfig::new("test");
+        let uas_config = UasConfig::new("test");
         let users = match users {
             Some(text) => {
                 auth.methods = vec!["INVITE".to_owned()];
-                uas_config.digest_algorithms = vec![crate::auth::Algorithm::Md5];
+                auth.algorithms = vec![crate::auth::Algorithm::Md5];
                 Users::parse(std::path::Path::new("users.toml"), text, "test")
                     .expect("test users parse")
             }

@@ -146,8 +146,6 @@ pub struct UasConfig {
     pub force_rport: bool,
     /// The digest realm, to pick our credentials among several.
     pub realm: String,
-    /// Digest algorithms offered in challenges, in this order.
-    pub digest_algorithms: Vec<crate::auth::Algorithm>,
     /// Value of the Server header; empty: no Server header.
     pub server: String,
     /// Journal records after which the store is compacted (at least twice
@@ -163,7 +161,6 @@ impl UasConfig {
             limits: FramingLimits::default(),
             force_rport: false,
             realm: realm.to_owned(),
-            digest_algorithms: vec![crate::auth::Algorithm::Sha256, crate::auth::Algorithm::Md5],
             // No version: it would tell an attacker which flaws to try.
             server: "Switchboard".to_owned(),
             compact_after: 10_000,
@@ -953,25 +950,22 @@ impl Uas {
                 if failure == crate::auth::AuthFailure::LockedOut {
                     tracing::info!(method, "request refused: authentication lockout in force");
                 }
-                let answer = self.auth.answer(now.wall, method, &failure);
+                let user = claimed_user(&current.message, value);
+                let answer = self
+                    .auth
+                    .answer(now.wall, method, user.as_deref(), &failure);
                 let reason = match answer.status {
                     401 => "Unauthorized",
                     407 => "Proxy Authentication Required",
                     403 => "Forbidden",
                     _ => "Bad Request (malformed credentials)",
                 };
-                // The authenticator offers every algorithm; keep the
-                // configured ones, in the configured order.
                 let headers = answer
                     .header_name
                     .map(|name| {
-                        self.config
-                            .digest_algorithms
+                        answer
+                            .header_values
                             .iter()
-                            .filter_map(|algorithm| {
-                                let marker = format!("algorithm={},", algorithm.name());
-                                answer.header_values.iter().find(|v| v.contains(&marker))
-                            })
                             .map(|value| (name.to_owned(), value.clone()))
                             .collect()
                     })
@@ -1033,6 +1027,23 @@ impl Uas {
         {
             tracing::warn!(%error, "response not sent");
         }
+    }
+}
+
+/// The user name a request claims, to pick the algorithm it is challenged
+/// with: its credentials' `username`, else the To user of a REGISTER (the
+/// address of record) or the From user of anything else (the caller).
+fn claimed_user(message: &SipMessage, credentials: Option<&str>) -> Option<String> {
+    if let Some(name) = credentials
+        .and_then(|v| crate::auth::Credentials::parse(v).ok())
+        .and_then(|c| c.get("username").map(str::to_owned))
+    {
+        return Some(name);
+    }
+    if *message.method() == Method::Register {
+        message.to().uri.user()
+    } else {
+        message.from().uri.user()
     }
 }
 
