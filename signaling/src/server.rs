@@ -132,6 +132,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             b2bua.set_cdrs(sink.clone());
         }
         uas.set_call_handler(Box::new(b2bua));
+        queue.set_media_link(link.clone());
         let waker = core.clone();
         b2bua::executor::spawn(
             pool.clone(),

@@ -1,8 +1,8 @@
-//! The requests the B2BUA originates, as text: each leg's dialog gets our
+//! The requests the B2BUA originates, as messages (value and octets): each leg's dialog gets our
 //! own Via, Call-ID, tags and Contact, so nothing of the other leg's
 //! topology leaks across (RFC 3261 §8.1.1, §12.2.1.1).
 
-use crate::sip::{Method, NameAddr, SipMessage, Tag};
+use crate::sip::{Branch, CallId, Header, Method, NameAddr, SipMessage, Tag};
 use crate::transport::Destination;
 
 /// A request to build.
@@ -12,12 +12,12 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) uri: &'a str,
     /// Our sent-by (`host:port`).
     pub(crate) local: &'a str,
-    pub(crate) branch: &'a str,
+    pub(crate) branch: &'a Branch,
     pub(crate) destination: Destination,
     /// From and To header values, tags included.
     pub(crate) from: &'a str,
     pub(crate) to: &'a str,
-    pub(crate) call_id: &'a str,
+    pub(crate) call_id: &'a CallId,
     /// The CSeq number; its method is always `method` (an ACK's is ACK, a
     /// CANCEL's CANCEL, §17.1.1.3, §9.1).
     pub(crate) cseq: u32,
@@ -47,39 +47,59 @@ pub(crate) fn contact_uri(local: &str, destination: &Destination) -> String {
     }
 }
 
-/// The request's octets.
-pub(crate) fn request(out: &Outgoing<'_>) -> String {
-    let mut text = String::with_capacity(640);
-    text.push_str(&format!("{} {} SIP/2.0\r\n", out.method, out.uri));
-    text.push_str(&format!(
-        "Via: SIP/2.0/{} {};branch={};rport\r\n",
-        via_transport(&out.destination),
-        out.local,
-        out.branch
-    ));
-    text.push_str(&format!("Max-Forwards: {}\r\n", out.max_forwards));
-    text.push_str(&format!("From: {}\r\n", out.from));
-    text.push_str(&format!("To: {}\r\n", out.to));
-    text.push_str(&format!("Call-ID: {}\r\n", out.call_id));
-    text.push_str(&format!("CSeq: {} {}\r\n", out.cseq, out.method));
+/// The request as a message: its value and its octets, written once.
+/// `None` (logged) when a part cannot be read as SIP, e.g. a Request-URI
+/// or From taken from a peer's message that is not one.
+pub(crate) fn request(out: &Outgoing<'_>) -> Option<SipMessage> {
+    let mut headers = Vec::with_capacity(10 + out.extra.len());
+    let mut push = |name: &str, value: String| {
+        headers.push(Header {
+            name: name.to_owned(),
+            value,
+        })
+    };
+    push(
+        "Via",
+        format!(
+            "SIP/2.0/{} {};branch={};rport",
+            via_transport(&out.destination),
+            out.local,
+            out.branch
+        ),
+    );
+    push("Max-Forwards", out.max_forwards.to_string());
+    push("From", out.from.to_owned());
+    push("To", out.to.to_owned());
+    push("Call-ID", out.call_id.as_str().to_owned());
+    push("CSeq", format!("{} {}", out.cseq, out.method));
     if out.contact {
-        text.push_str(&format!(
-            "Contact: <{}>\r\n",
-            contact_uri(out.local, &out.destination)
-        ));
+        push(
+            "Contact",
+            format!("<{}>", contact_uri(out.local, &out.destination)),
+        );
     }
     for (name, value) in out.extra {
-        text.push_str(&format!("{name}: {value}\r\n"));
+        push(name, value.clone());
     }
-    match out.body {
+    let body = match out.body {
         Some((content_type, body)) => {
-            text.push_str(&format!("Content-Type: {content_type}\r\n"));
-            text.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-            text.push_str(&String::from_utf8_lossy(body));
+            push("Content-Type", content_type.to_owned());
+            push("Content-Length", body.len().to_string());
+            body.to_vec()
         }
-        None => text.push_str("Content-Length: 0\r\n\r\n"),
+        None => {
+            push("Content-Length", "0".to_owned());
+            Vec::new()
+        }
+    };
+    let start_line = format!("{} {} SIP/2.0", out.method, out.uri);
+    match SipMessage::from_parts(&start_line, headers, body) {
+        Ok(message) => Some(message),
+        Err(error) => {
+            tracing::warn!(%error, method = %out.method, "built request is not valid SIP");
+            None
+        }
     }
-    text
 }
 
 /// A name-addr with its tag parameter replaced by `tag` (or removed).

@@ -135,7 +135,7 @@ impl B2bua {
         let call_key = CallKey(self.next());
         let local_tag = Tag::new(format!("sb{}", self.unique()));
         let b_tag = Tag::new(format!("sb{}", self.unique()));
-        let b_call_id = format!("sb{}@{}", self.unique(), self.local_host());
+        let b_call_id = CallId::new(format!("sb{}@{}", self.unique(), self.local_host()));
         let mut local = request.to().clone();
         local.params.retain(|p| !p.name.eq_ignore_ascii_case("tag"));
         let mut remote = request.from().clone();
@@ -143,7 +143,7 @@ impl B2bua {
             .params
             .retain(|p| !p.name.eq_ignore_ascii_case("tag"));
         let a = Dialog {
-            call_id: call_id.clone(),
+            call_id: request.call_id().clone(),
             local,
             local_tag: local_tag.clone(),
             remote,
@@ -221,13 +221,16 @@ impl B2bua {
             moving: None,
             moved_legs: Vec::new(),
         };
-        self.sip_ids.insert(call_id.clone(), (call_key, LegId::A));
         self.sip_ids
-            .insert(call.b_call_id.clone(), (call_key, LegId::B));
+            .insert(request.call_id().clone(), (call_key, CallLeg::A));
+        self.sip_ids
+            .insert(call.b_call_id.clone(), (call_key, CallLeg::B));
+        self.dialogs.insert(
+            (request.call_id().clone(), local_tag),
+            (call_key, CallLeg::A),
+        );
         self.dialogs
-            .insert((call_id, local_tag), (call_key, LegId::A));
-        self.dialogs
-            .insert((call.b_call_id.clone(), b_tag), (call_key, LegId::B));
+            .insert((call.b_call_id.clone(), b_tag), (call_key, CallLeg::B));
         self.media_calls.insert(media_id, call_key);
         self.servers.insert(key.clone(), ServerTx::Invite(call_key));
         self.calls.insert(call_key, call);
@@ -279,7 +282,7 @@ impl B2bua {
                     key,
                     Purpose::SelfAnswer,
                     MediaOp::Offer {
-                        leg: LegId::A,
+                        leg: CallLeg::A,
                         peer: None,
                         sdp,
                         callee_interface: None,
@@ -307,7 +310,7 @@ impl B2bua {
                     key,
                     Purpose::Play,
                     MediaOp::Play {
-                        leg: LegId::A,
+                        leg: CallLeg::A,
                         files,
                     },
                 );
@@ -346,8 +349,8 @@ impl B2bua {
                         key,
                         Purpose::CallerOffer,
                         MediaOp::Offer {
-                            leg: LegId::A,
-                            peer: Some(LegId::B),
+                            leg: CallLeg::A,
+                            peer: Some(CallLeg::B),
                             sdp,
                             callee_interface: media_interface,
                         },
@@ -459,7 +462,7 @@ impl B2bua {
         let extra = with_routes(&sent.route, &headers);
         let from_text = with_tag(&sent.from, Some(&sent.from_tag));
         let to_text = with_tag(&sent.to, None);
-        let text = build::request(&Outgoing {
+        let request = build::request(&Outgoing {
             method: &Method::Invite,
             uri: &sent.uri,
             local: &local,
@@ -474,7 +477,7 @@ impl B2bua {
             extra: &extra,
             body: call.b_offer.as_deref().map(|s| (SDP, s.as_bytes())),
         });
-        match send(sip, &text, sent.destination) {
+        match send(sip, request, sent.destination) {
             Some(client) => {
                 tracing::debug!(call_id = %call.media_id, b_call_id = %sent.call_id, "callee INVITE sent");
                 call.info.callee = Some(view::party_at(&sent.uri, &sent.destination));
@@ -560,7 +563,7 @@ impl B2bua {
                                 return;
                             }
                             if *early == sdp {
-                                let headers = leg_headers(&self.config.local, call, LegId::A);
+                                let headers = leg_headers(&self.config.local, call, CallLeg::A);
                                 let rewritten = rewritten.clone();
                                 respond(
                                     sip,
@@ -579,14 +582,14 @@ impl B2bua {
                             key,
                             Purpose::EarlyAnswer { status, reason },
                             MediaOp::Answer {
-                                leg: LegId::B,
-                                peer: LegId::A,
+                                leg: CallLeg::B,
+                                peer: CallLeg::A,
                                 sdp,
                             },
                         );
                     }
                     None => {
-                        let headers = leg_headers(&self.config.local, call, LegId::A);
+                        let headers = leg_headers(&self.config.local, call, CallLeg::A);
                         respond(
                             sip,
                             &invite,
@@ -643,7 +646,7 @@ impl B2bua {
                         peer_allows_update: allows_update(&response),
                         deadline: now.instant,
                     };
-                    self.arm_session(key, LegId::B, timer, now);
+                    self.arm_session(key, CallLeg::B, timer, now);
                 }
                 let Some(call) = self.calls.get_mut(&key) else {
                     return;
@@ -659,8 +662,8 @@ impl B2bua {
                         key,
                         Purpose::LateOffer,
                         MediaOp::Offer {
-                            leg: LegId::B,
-                            peer: Some(LegId::A),
+                            leg: CallLeg::B,
+                            peer: Some(CallLeg::A),
                             sdp,
                             callee_interface,
                         },
@@ -670,8 +673,8 @@ impl B2bua {
                             key,
                             Purpose::FinalAnswer,
                             MediaOp::Answer {
-                                leg: LegId::B,
-                                peer: LegId::A,
+                                leg: CallLeg::B,
+                                peer: CallLeg::A,
                                 sdp,
                             },
                         );
@@ -815,11 +818,7 @@ impl B2bua {
         let Some(tag) = request.to_tag() else {
             return;
         };
-        let Some((key, leg)) = self
-            .dialogs
-            .get(&(request.call_id().as_str().to_owned(), tag))
-            .copied()
-        else {
+        let Some((key, leg)) = self.dialogs.get(&(request.call_id().clone(), tag)).copied() else {
             return;
         };
         let Some(call) = self.calls.get_mut(&key) else {
@@ -828,7 +827,7 @@ impl B2bua {
         if let Some(server) = call.awaiting_ack[leg_index(leg)].take() {
             self.stop_retransmit(&server);
         }
-        if leg != LegId::A {
+        if leg != CallLeg::A {
             return;
         }
         let Some(call) = self.calls.get_mut(&key) else {
@@ -847,8 +846,8 @@ impl B2bua {
                         key,
                         Purpose::LateAnswer,
                         MediaOp::Answer {
-                            leg: LegId::A,
-                            peer: LegId::B,
+                            leg: CallLeg::A,
+                            peer: CallLeg::B,
                             sdp,
                         },
                     );

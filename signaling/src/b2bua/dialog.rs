@@ -21,7 +21,7 @@ impl B2bua {
         let branch = self.new_branch();
         let from = with_tag(&sent.from, Some(&sent.from_tag));
         let extra = with_routes(route, &[]);
-        let text = build::request(&Outgoing {
+        let Some(ack) = build::request(&Outgoing {
             method: &Method::Ack,
             uri: target,
             local: &self.config.local,
@@ -35,8 +35,10 @@ impl B2bua {
             contact: false,
             extra: &extra,
             body: sdp.map(|s| (SDP, s.as_bytes())),
-        });
-        sip.send_stateless(sent.destination, text.into_bytes());
+        }) else {
+            return;
+        };
+        sip.send_stateless(sent.destination, &ack);
         sip.note_sent(Note {
             call_id: sent.call_id.clone(),
             first_line: format!("ACK {target} SIP/2.0"),
@@ -59,7 +61,7 @@ impl B2bua {
         let from = with_tag(&dialog.local, Some(&dialog.local_tag));
         let to = with_tag(&dialog.remote, dialog.remote_tag.as_ref());
         let extra = with_routes(&dialog.route_set, extra);
-        let text = build::request(&Outgoing {
+        let request = build::request(&Outgoing {
             method,
             uri: &dialog.target,
             local: &self.config.local,
@@ -74,14 +76,14 @@ impl B2bua {
             extra: &extra,
             body,
         });
-        send(sip, &text, dialog.destination)
+        send(sip, request, dialog.destination)
     }
 
     /// Sends a request on `leg` of a live call.
     pub(super) fn send_on_leg(
         &mut self,
         key: CallKey,
-        leg: LegId,
+        leg: CallLeg,
         method: &Method,
         extra: &[(String, String)],
         body: Option<(&str, &[u8])>,
@@ -89,14 +91,14 @@ impl B2bua {
     ) -> Option<TransactionKey> {
         let call = self.calls.get_mut(&key)?;
         let mut dialog = match leg {
-            LegId::A => call.a.clone(),
-            LegId::B => call.b.clone()?,
+            CallLeg::A => call.a.clone(),
+            CallLeg::B => call.b.clone()?,
         };
         let sent = self.send_in_dialog(&mut dialog, method, extra, body, sip);
         if let Some(call) = self.calls.get_mut(&key) {
             match leg {
-                LegId::A => call.a.local_cseq = dialog.local_cseq,
-                LegId::B => call.b = Some(dialog),
+                CallLeg::A => call.a.local_cseq = dialog.local_cseq,
+                CallLeg::B => call.b = Some(dialog),
             }
         }
         sent
@@ -110,15 +112,13 @@ impl B2bua {
         sip: &mut SipActions<'_>,
     ) {
         let method = request.method().clone();
-        let found = request.to_tag().and_then(|tag| {
-            self.dialogs
-                .get(&(request.call_id().as_str().to_owned(), tag))
-                .copied()
-        });
+        let found = request
+            .to_tag()
+            .and_then(|tag| self.dialogs.get(&(request.call_id().clone(), tag)).copied());
         let Some((key, leg)) = found.filter(|(k, leg)| {
             self.calls
                 .get(k)
-                .is_some_and(|c| c.dialog(*leg).is_some() && (*leg == LegId::B || c.answered))
+                .is_some_and(|c| c.dialog(*leg).is_some() && (*leg == CallLeg::B || c.answered))
         }) else {
             respond(
                 sip,
@@ -139,8 +139,8 @@ impl B2bua {
         if let Some(target) = contact_of(&request) {
             if matches!(method, Method::Invite | Method::Update) {
                 match leg {
-                    LegId::A => call.a.target = target,
-                    LegId::B => {
+                    CallLeg::A => call.a.target = target,
+                    CallLeg::B => {
                         if let Some(b) = call.b.as_mut() {
                             b.target = target;
                         }
@@ -177,7 +177,7 @@ impl B2bua {
                 match sdp_of(&request) {
                     Some(sdp) if call.phase == Phase::Bridged => {
                         call.reoffer = true;
-                        if leg == LegId::A {
+                        if leg == CallLeg::A {
                             call.caller_last = Some(sdp.clone());
                         }
                         self.media(
@@ -272,7 +272,7 @@ impl B2bua {
         let target = contact_of(response).unwrap_or_else(|| dialog.target.clone());
         let sent = SentInvite {
             uri: dialog.target.clone(),
-            branch: String::new(),
+            branch: sip::Branch::new(""),
             from: dialog.local.clone(),
             from_tag: dialog.local_tag.clone(),
             to: dialog.remote.clone(),
@@ -321,7 +321,7 @@ impl B2bua {
             return;
         };
         let tag = call.dialog(from).map(|d| d.local_tag.clone());
-        if let (200..=299, Some(sdp), LegId::A) = (status, sdp_of(&response), to) {
+        if let (200..=299, Some(sdp), CallLeg::A) = (status, sdp_of(&response), to) {
             call.caller_last = Some(sdp);
         }
         match (status, sdp_of(&response)) {
@@ -371,7 +371,7 @@ impl B2bua {
         &mut self,
         now: Now,
         key: CallKey,
-        leg: LegId,
+        leg: CallLeg,
         server: &TransactionKey,
         sdp: Option<String>,
         sip: &mut SipActions<'_>,
@@ -398,7 +398,7 @@ impl B2bua {
         if sdp.is_some() {
             call.sdp_sent[leg_index(leg)] = sdp.clone();
         }
-        if server.method() != "INVITE" {
+        if *server.method() != Method::Invite {
             return;
         }
         if let Some(old) = call.awaiting_ack[leg_index(leg)].replace(server.clone()) {

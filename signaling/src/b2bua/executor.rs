@@ -28,8 +28,8 @@ use tokio::sync::{mpsc, Notify};
 use tracing::Instrument;
 
 use super::media::{
-    sum_figures, Counters, DeleteReason, LegFigures, LegId, LinkInput, MediaCallId, MediaEvent,
-    MediaFailure, MediaLink, MediaOp, MediaRequest, MediaResult,
+    sum_figures, CallLeg, Counters, DeleteReason, LegFigures, LinkInput, MediaCallId, MediaEvent,
+    MediaFailure, MediaLegId, MediaLink, MediaOp, MediaRequest, MediaResult,
 };
 use super::reconcile::{orphans, Owner};
 use crate::rtpmanager_client::ManagerClient;
@@ -682,7 +682,7 @@ async fn run_call(
                     .client
                     .play(v1::PlayRequest {
                         call_id,
-                        leg_id: leg.as_str().to_owned(),
+                        leg_id: leg.media_leg_id().0,
                         files: files.clone(),
                         repeat: 0,
                         loop_forever: false,
@@ -757,8 +757,8 @@ async fn run_op(
         } => client
             .offer(v1::OfferRequest {
                 call_id,
-                leg_id: leg.as_str().to_owned(),
-                peer_leg_id: peer.map(|p| p.as_str().to_owned()).unwrap_or_default(),
+                leg_id: leg.media_leg_id().0,
+                peer_leg_id: peer.map(|p| p.media_leg_id().0).unwrap_or_default(),
                 sdp: sdp.clone(),
                 options: Some(options(*leg, callee_interface.as_deref())),
                 peer_options: peer.map(|p| options(p, callee_interface.as_deref())),
@@ -768,8 +768,8 @@ async fn run_op(
         MediaOp::Answer { leg, peer, sdp } => client
             .answer(v1::AnswerRequest {
                 call_id,
-                leg_id: leg.as_str().to_owned(),
-                peer_leg_id: peer.as_str().to_owned(),
+                leg_id: leg.media_leg_id().0,
+                peer_leg_id: peer.media_leg_id().0,
                 sdp: sdp.clone(),
             })
             .await
@@ -777,8 +777,8 @@ async fn run_op(
         MediaOp::Bridge => client
             .bridge(v1::BridgeRequest {
                 call_id,
-                leg_a: LegId::A.as_str().to_owned(),
-                leg_b: LegId::B.as_str().to_owned(),
+                leg_a: CallLeg::A.media_leg_id().0,
+                leg_b: CallLeg::B.media_leg_id().0,
             })
             .await
             .map(|_| MediaResult::Done),
@@ -808,17 +808,17 @@ async fn run_op(
 /// (a single packet from anyone must not redirect a call's media).
 /// The callee's leg goes on `callee_interface` when the dial action names
 /// one; the caller's is placed by the manager (the route to its SDP).
-fn options(leg: LegId, callee_interface: Option<&str>) -> v1::LegOptions {
+fn options(leg: CallLeg, callee_interface: Option<&str>) -> v1::LegOptions {
     v1::LegOptions {
         strict_source: true,
         label: match leg {
-            LegId::A => "caller",
-            LegId::B => "callee",
+            CallLeg::A => "caller",
+            CallLeg::B => "callee",
         }
         .to_owned(),
         interface: match leg {
-            LegId::A => String::new(),
-            LegId::B => callee_interface.unwrap_or_default().to_owned(),
+            CallLeg::A => String::new(),
+            CallLeg::B => callee_interface.unwrap_or_default().to_owned(),
         },
         ..v1::LegOptions::default()
     }
@@ -831,7 +831,7 @@ pub fn figures(stats: &v1::LegStats) -> LegFigures {
         bytes: c.map_or(0, |c| c.bytes),
     };
     LegFigures {
-        leg: stats.leg_id.clone(),
+        leg: MediaLegId(stats.leg_id.clone()),
         rtp_in: counters(stats.rtp_in.as_ref()),
         rtp_out: counters(stats.rtp_out.as_ref()),
         lost: stats.rtp_lost,
@@ -918,13 +918,13 @@ async fn watch(
                     let event = match event.event {
                         Some(Event::MediaTimeout(t)) => MediaEvent::Timeout {
                             call: MediaCallId(t.call_id),
-                            leg: t.leg_id,
+                            leg: MediaLegId(t.leg_id),
                             idle_secs: t.idle_secs,
                             manager: id.clone(),
                         },
                         Some(Event::Dtmf(d)) => MediaEvent::Dtmf {
                             call: MediaCallId(d.call_id),
-                            leg: d.leg_id,
+                            leg: MediaLegId(d.leg_id),
                             digit: d.digit,
                         },
                         _ => continue,
@@ -947,7 +947,7 @@ mod tests {
 
     #[test]
     fn both_legs_ask_the_manager_for_strict_source() {
-        for (leg, label) in [(LegId::A, "caller"), (LegId::B, "callee")] {
+        for (leg, label) in [(CallLeg::A, "caller"), (CallLeg::B, "callee")] {
             let o = options(leg, None);
             assert!(o.strict_source, "leg {leg} must lock its peer's source");
             assert_eq!(o.label, label);
@@ -957,9 +957,9 @@ mod tests {
 
     #[test]
     fn the_dial_actions_media_interface_goes_to_the_callees_leg_only() {
-        assert_eq!(options(LegId::B, Some("private")).interface, "private");
+        assert_eq!(options(CallLeg::B, Some("private")).interface, "private");
         assert_eq!(
-            options(LegId::A, Some("private")).interface,
+            options(CallLeg::A, Some("private")).interface,
             "",
             "the caller's leg is placed by the route to its SDP"
         );

@@ -1,10 +1,12 @@
 //! What the B2BUA asks of the RTP manager, and how the answers come back.
 //!
-//! The core never calls gRPC: it queues [`MediaRequest`]s on a [`MediaLink`]
-//! and receives [`LinkInput`]s (results, manager events, a new dialplan)
-//! through the same link. The link is the only state shared with the
-//! driver's tokio tasks; the core reads it on its own thread when the core
-//! calls the handler's timeout (an input pushed at `at` is due at `at`).
+//! The core never calls gRPC: it queues [`MediaRequest`]s for its driver
+//! (`poll_media_request`) and takes [`LinkInput`]s (results, manager
+//! events, a new dialplan ...) as an input of their own (`handle_media`).
+//! The [`MediaLink`] is the mailbox between the core's thread and the
+//! executor's tokio tasks: the core's driver puts the requests on it and
+//! takes the inputs from it (an input pushed at `at` is due at `at`); the
+//! B2BUA core only publishes its table sizes there.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -14,43 +16,80 @@ use std::time::Instant;
 use super::{Occupancy, Shutdown};
 use crate::dialplan::Dialplan;
 
-/// One side of a call as the manager sees it.
+/// One side of a call in the B2BUA: the caller's dialog (A) or the
+/// callee's (B). The manager names them with [`MediaLegId`]s "a" and "b".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum LegId {
+pub enum CallLeg {
     /// The caller's side.
     A,
     /// The callee's side.
     B,
 }
 
-impl LegId {
+impl CallLeg {
     /// The leg id on the control protocol.
     pub fn as_str(self) -> &'static str {
         match self {
-            LegId::A => "a",
-            LegId::B => "b",
+            CallLeg::A => "a",
+            CallLeg::B => "b",
         }
     }
 
     /// The other side.
-    pub fn other(self) -> LegId {
+    pub fn other(self) -> CallLeg {
         match self {
-            LegId::A => LegId::B,
-            LegId::B => LegId::A,
+            CallLeg::A => CallLeg::B,
+            CallLeg::B => CallLeg::A,
         }
     }
 
     /// The leg named by a control-protocol leg id.
-    pub fn parse(text: &str) -> Option<LegId> {
+    pub fn parse(text: &str) -> Option<CallLeg> {
         match text {
-            "a" => Some(LegId::A),
-            "b" => Some(LegId::B),
+            "a" => Some(CallLeg::A),
+            "b" => Some(CallLeg::B),
             _ => None,
         }
     }
+
+    /// The manager's id of this leg.
+    pub fn media_leg_id(self) -> MediaLegId {
+        MediaLegId(self.as_str().to_owned())
+    }
+
+    /// The leg a manager's leg id names, `None` for ids the B2BUA never
+    /// creates.
+    pub fn of_media(id: &MediaLegId) -> Option<CallLeg> {
+        CallLeg::parse(id.as_str())
+    }
 }
 
-impl fmt::Display for LegId {
+/// A leg id on the manager's control protocol, as a manager reports it
+/// (the B2BUA creates "a" and "b", see [`CallLeg::media_leg_id`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default, serde::Serialize)]
+#[serde(transparent)]
+pub struct MediaLegId(pub String);
+
+impl MediaLegId {
+    /// The id as on the wire.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MediaLegId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<CallLeg> for MediaLegId {
+    fn from(leg: CallLeg) -> MediaLegId {
+        leg.media_leg_id()
+    }
+}
+
+impl fmt::Display for CallLeg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -96,8 +135,8 @@ pub enum MediaOp {
     /// `Offer`: SDP the peer of `leg` sent; `peer` is where the rewritten
     /// SDP goes, `None` when the manager answers itself.
     Offer {
-        leg: LegId,
-        peer: Option<LegId>,
+        leg: CallLeg,
+        peer: Option<CallLeg>,
         sdp: String,
         /// The manager's media interface for the callee's leg (B), from
         /// the dial action; read by the manager only when it creates the
@@ -106,8 +145,8 @@ pub enum MediaOp {
     },
     /// `Answer`: the answer the peer of `leg` sent to an offer from `peer`.
     Answer {
-        leg: LegId,
-        peer: LegId,
+        leg: CallLeg,
+        peer: CallLeg,
         sdp: String,
     },
     /// `Bridge` legs a and b.
@@ -119,7 +158,7 @@ pub enum MediaOp {
     },
     /// `Play` files to a leg; the result comes when the playback ends
     /// (a Delete of the call ends it too).
-    Play { leg: LegId, files: Vec<String> },
+    Play { leg: CallLeg, files: Vec<String> },
     /// Migration (migrate.rs): the call's next requests go to another
     /// healthy manager, the least loaded but the current one; the current
     /// one's legs are kept until [`MediaOp::Release`] or
@@ -207,7 +246,7 @@ pub struct Counters {
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct LegFigures {
     /// The leg, `a` or `b`.
-    pub leg: String,
+    pub leg: MediaLegId,
     /// Received from the leg's peer (userspace and kernel merged).
     pub rtp_in: Counters,
     /// Sent to the leg's peer.
@@ -256,7 +295,7 @@ pub enum MediaEvent {
     /// No RTP on a leg for `idle_secs`.
     Timeout {
         call: MediaCallId,
-        leg: String,
+        leg: MediaLegId,
         idle_secs: u32,
         /// The manager that reported it (pool id): a call moved off a lost
         /// manager that came back may idle out there, on legs it left.
@@ -265,7 +304,7 @@ pub enum MediaEvent {
     /// A DTMF digit received on a leg.
     Dtmf {
         call: MediaCallId,
-        leg: String,
+        leg: MediaLegId,
         digit: String,
     },
 }
@@ -360,7 +399,7 @@ impl MediaLink {
         self.lock().occupancy = occupancy;
     }
 
-    /// Core side: queues a request and wakes the driver.
+    /// Core's driver side: queues a request and wakes the executor.
     pub(crate) fn push_request(&self, request: MediaRequest) {
         let wake = {
             let mut queues = self.lock();
@@ -378,12 +417,12 @@ impl MediaLink {
         self.lock().inputs.len()
     }
 
-    /// Core side: when the oldest input became due.
+    /// Core's driver side: when the oldest input became due.
     pub(crate) fn next_input_at(&self) -> Option<Instant> {
         self.lock().inputs.front().map(|(at, _)| *at)
     }
 
-    /// Core side: the oldest input due at `now`.
+    /// Core's driver side: the oldest input due at `now`.
     pub(crate) fn pop_input(&self, now: Instant) -> Option<LinkInput> {
         let mut queues = self.lock();
         match queues.inputs.front() {
@@ -399,7 +438,7 @@ mod tests {
 
     fn leg(name: &str, packets: u64, jitter_us: u32) -> LegFigures {
         LegFigures {
-            leg: name.to_owned(),
+            leg: MediaLegId(name.to_owned()),
             rtp_in: Counters {
                 packets,
                 bytes: packets * 172,
@@ -420,7 +459,7 @@ mod tests {
         let new = vec![leg("a", 5, 300)];
         let sum = sum_figures(old, new);
         assert_eq!(sum.len(), 2);
-        assert_eq!(sum[0].leg, "a", "sorted by leg");
+        assert_eq!(sum[0].leg.as_str(), "a", "sorted by leg");
         assert_eq!(sum[0].rtp_in.packets, 15);
         assert_eq!(sum[0].rtp_in.bytes, 15 * 172);
         assert_eq!(sum[0].rtp_out.packets, 17);

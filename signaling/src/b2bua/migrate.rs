@@ -144,10 +144,10 @@ pub(super) struct Moving {
 
 impl Moving {
     /// The leg whose re-INVITE the step waits for.
-    fn leg(&self) -> LegId {
+    fn leg(&self) -> CallLeg {
         match self.step {
-            Step::Caller => LegId::A,
-            _ => LegId::B,
+            Step::Caller => CallLeg::A,
+            _ => CallLeg::B,
         }
     }
 }
@@ -265,8 +265,8 @@ impl B2bua {
                 moving.step = Step::Offer;
                 let sdp = call.caller_last.clone().unwrap_or_default();
                 let op = MediaOp::Offer {
-                    leg: LegId::A,
-                    peer: Some(LegId::B),
+                    leg: CallLeg::A,
+                    peer: Some(CallLeg::B),
                     sdp,
                     // The callee's new leg on the side it was dialled on.
                     callee_interface: call.callee_interface.clone(),
@@ -277,9 +277,9 @@ impl B2bua {
                 self.move_ended(key, MoveOutcome::Stayed, format!("no manager: {message}"));
             }
             (Step::Offer, MediaResult::Sdp(sdp)) => {
-                let body = with_origin(&sdp, call.sdp_sent[leg_index(LegId::B)].as_deref());
+                let body = with_origin(&sdp, call.sdp_sent[leg_index(CallLeg::B)].as_deref());
                 moving.step = Step::Callee;
-                self.move_reinvite(key, LegId::B, body, sip);
+                self.move_reinvite(key, CallLeg::B, body, sip);
             }
             (Step::Offer, MediaResult::Failed { message, .. }) => {
                 // Nothing changed for either side: back to X whatever it is.
@@ -291,9 +291,9 @@ impl B2bua {
                 );
             }
             (Step::Answer, MediaResult::Sdp(sdp)) => {
-                let body = with_origin(&sdp, call.sdp_sent[leg_index(LegId::A)].as_deref());
+                let body = with_origin(&sdp, call.sdp_sent[leg_index(CallLeg::A)].as_deref());
                 moving.step = Step::Caller;
-                self.move_reinvite(key, LegId::A, body, sip);
+                self.move_reinvite(key, CallLeg::A, body, sip);
             }
             (Step::Answer | Step::Bridge, MediaResult::Failed { message, .. }) => {
                 self.move_refused(key, format!("the new manager failed: {message}"), sip);
@@ -324,7 +324,13 @@ impl B2bua {
     }
 
     /// Sends a migration's re-INVITE with `body` on `leg`.
-    fn move_reinvite(&mut self, key: CallKey, leg: LegId, body: String, sip: &mut SipActions<'_>) {
+    fn move_reinvite(
+        &mut self,
+        key: CallKey,
+        leg: CallLeg,
+        body: String,
+        sip: &mut SipActions<'_>,
+    ) {
         let sent = self.send_on_leg(
             key,
             leg,
@@ -356,7 +362,7 @@ impl B2bua {
     pub(super) fn migrate_response(
         &mut self,
         key: CallKey,
-        leg: LegId,
+        leg: CallLeg,
         first: bool,
         response: SipMessage,
         sip: &mut SipActions<'_>,
@@ -399,8 +405,8 @@ impl B2bua {
                         moving.callee_moved = true;
                         moving.step = Step::Answer;
                         let op = MediaOp::Answer {
-                            leg: LegId::B,
-                            peer: LegId::A,
+                            leg: CallLeg::B,
+                            peer: CallLeg::A,
                             sdp,
                         };
                         self.media(key, Purpose::Migrate(Step::Answer), op);
@@ -426,7 +432,7 @@ impl B2bua {
                 let Some(moving) = self.calls.get_mut(&key).and_then(|c| c.moving.as_mut()) else {
                     return;
                 };
-                let at = sip.now().instant + glare_wait(leg == LegId::B, draw);
+                let at = sip.now().instant + glare_wait(leg == CallLeg::B, draw);
                 moving.retry_at = Some(at);
                 self.timers.insert((at, TimerId::Migrate(key)));
                 tracing::debug!(%leg, wait_ms = (at - sip.now().instant).as_millis() as u64, "491: migration re-INVITE retried later");
@@ -471,10 +477,10 @@ impl B2bua {
         }
         let callee_moved = moving.callee_moved;
         let back = with_origin(
-            moving.before[leg_index(LegId::B)]
+            moving.before[leg_index(CallLeg::B)]
                 .as_deref()
                 .unwrap_or_default(),
-            call.sdp_sent[leg_index(LegId::B)].as_deref(),
+            call.sdp_sent[leg_index(CallLeg::B)].as_deref(),
         );
         tracing::info!(call_id = %call.media_id, %reason, callee_moved, "migration refused: the call stays");
         self.abort_move(key);
@@ -482,7 +488,7 @@ impl B2bua {
             if let Some(moving) = self.calls.get_mut(&key).and_then(|c| c.moving.as_mut()) {
                 moving.step = Step::Back;
             }
-            self.move_reinvite(key, LegId::B, back, sip);
+            self.move_reinvite(key, CallLeg::B, back, sip);
         } else {
             self.move_ended(key, MoveOutcome::Stayed, reason);
         }
@@ -553,7 +559,7 @@ impl B2bua {
             let call = call.media_id.clone();
             let id = MediaRequestId(self.next());
             self.media.insert(id, (key, Purpose::MoveFigures));
-            self.link.push_request(MediaRequest {
+            self.requests.push_back(MediaRequest {
                 id,
                 call,
                 op: MediaOp::Release { delete: false },

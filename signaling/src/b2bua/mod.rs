@@ -2,24 +2,36 @@
 //! runs the dialplan and keeps media on an RTP manager.
 //!
 //! [`B2bua`] is a [`CallHandler`]: sans-IO, fed by the request-handling core
-//! with SIP events and `now`, acting through [`SipActions`]. Media
-//! operations are asynchronous gRPC calls, so the core never makes them: it
-//! queues [`MediaRequest`]s on its [`MediaLink`] and takes their results
-//! (and the managers' events, and reloaded dialplans) from the same link.
+//! with `now` and one kind of input per `handle_*`: SIP events
+//! (`handle_event`, messages as [`SipMessage`] values with their octets),
+//! its timers (`handle_timeout`) and everything else (`handle_media`: a
+//! [`LinkInput`], i.e. a media result, a manager event, a dialplan, a
+//! shutdown step, a placement, a REST query or a move order). It answers
+//! through [`SipActions`] (SIP messages it builds as values, whose octets
+//! the transaction layer keeps and the transport writes) and queues
+//! [`MediaRequest`]s for `poll_media_request`. Media operations are
+//! asynchronous gRPC calls, so the core never makes them; the driver
+//! carries both directions over a [`MediaLink`], a thread-safe mailbox the
+//! core itself never reads.
 //!
 //! # Driving it
 //!
-//! 1. Install it with `Uas::set_call_handler`; keep a clone of its link.
-//! 2. Run every request from `link.poll_request()` (in order per call, on
-//!    the manager chosen for that call) and push each result with
-//!    `link.push_input(now, LinkInput::Result { .. })`; push Watch events
-//!    and new dialplans the same way.
-//!    When the executor places a call on a manager it pushes
+//! 1. Install it with `Uas::set_call_handler` and give its link to the
+//!    core's driver (`CoreQueue::set_media_link`). The driver, after each
+//!    input, applies every `Uas::poll_output` in one `match`:
+//!    `Output::Transmit` to a transport, `Output::Media` onto the link
+//!    (`link.push_request`), which wakes the executor.
+//! 2. The executor runs every request from `link.poll_request()` (in order
+//!    per call, on the manager chosen for that call) and pushes each result
+//!    with `link.push_input(now, LinkInput::Result { .. })`, then wakes the
+//!    core; Watch events, new dialplans, shutdown steps and move orders are
+//!    pushed the same way. When it places a call on a manager it pushes
 //!    [`LinkInput::Placed`] first, so the core knows the call's manager.
-//! 3. After pushing, make the core call `handle_timeout`: an input pushed at
-//!    `at` makes [`CallHandler::poll_timeout`] return `at`. The REST API's
-//!    questions ([`LinkInput::Query`], see [`CallsHandle`]) travel the
-//!    same way and are answered through their oneshot replies.
+//! 3. The driver hands one due link input per turn to `Uas::handle_media`
+//!    (which calls [`CallHandler::handle_media`] and flushes what it sent),
+//!    waking at `link.next_input_at()` as well as at `Uas::poll_timeout`.
+//!    The REST API's questions ([`LinkInput::Query`], see [`CallsHandle`])
+//!    travel the same way and are answered through their oneshot replies.
 //! 4. Optionally hand it an [`EventBus`] ([`B2bua::set_events`]) for call
 //!    events and a [`CdrSink`] ([`B2bua::set_cdrs`]) for one record per
 //!    ended call (written once the media delete returns the manager's
@@ -84,8 +96,8 @@ mod tests;
 
 pub use identity::{DisplayNamePolicy, FromPolicy, IdentityPolicy};
 pub use media::{
-    sum_figures, Counters, DeleteReason, LegFigures, LegId, LinkInput, MediaCallId, MediaEvent,
-    MediaFailure, MediaLink, MediaOp, MediaRequest, MediaRequestId, MediaResult,
+    sum_figures, CallLeg, Counters, DeleteReason, LegFigures, LinkInput, MediaCallId, MediaEvent,
+    MediaFailure, MediaLegId, MediaLink, MediaOp, MediaRequest, MediaRequestId, MediaResult,
 };
 pub use migrate::{CallMoved, MoveOrder, MoveOutcome, MoveReport, MoveScope};
 pub use reconcile::Owner;
@@ -101,7 +113,7 @@ use view::{CallInfo, Direction};
 
 use crate::auth::Authenticated;
 use crate::dialplan::{Action, CallVars, Dialplan, Ring, Target};
-use crate::sip::{Method, NameAddr, SipMessage, Tag, Uri};
+use crate::sip::{self, CallId, Method, NameAddr, SipMessage, Tag, Uri};
 use crate::transaction::{TimerConfig, TransactionKey};
 use crate::transport::limits::Source;
 use crate::transport::Destination;
@@ -229,7 +241,7 @@ struct CallKey(u64);
 /// A dialog as we keep it for one leg (RFC 3261 §12).
 #[derive(Debug, Clone)]
 struct Dialog {
-    call_id: String,
+    call_id: CallId,
     local: NameAddr,
     local_tag: Tag,
     remote: NameAddr,
@@ -247,11 +259,11 @@ struct Dialog {
 #[derive(Debug, Clone)]
 struct SentInvite {
     uri: String,
-    branch: String,
+    branch: sip::Branch,
     from: NameAddr,
     from_tag: Tag,
     to: NameAddr,
-    call_id: String,
+    call_id: CallId,
     cseq: u32,
     /// Route headers before the dialog exists (a binding's Path).
     route: Vec<String>,
@@ -293,7 +305,7 @@ enum ClientTx {
     /// A session refresh we sent on a leg.
     Refresh {
         call: CallKey,
-        leg: LegId,
+        leg: CallLeg,
     },
     /// A relayed request (INFO, UPDATE without SDP).
     Relay {
@@ -304,7 +316,7 @@ enum ClientTx {
     /// final response came.
     Migrate {
         call: CallKey,
-        leg: LegId,
+        leg: CallLeg,
         done: bool,
     },
 }
@@ -313,7 +325,7 @@ enum ClientTx {
 #[derive(Debug, Clone)]
 struct Reoffer {
     call: CallKey,
-    from: LegId,
+    from: CallLeg,
     server: TransactionKey,
     method: Method,
     /// A final response came; later 2xx are retransmissions to re-ACK.
@@ -341,12 +353,12 @@ enum Purpose {
     SelfAnswer,
     Play,
     Reoffer {
-        from: LegId,
+        from: CallLeg,
         server: TransactionKey,
         method: Method,
     },
     Reanswer {
-        to: LegId,
+        to: CallLeg,
         server: TransactionKey,
         method: Method,
     },
@@ -417,7 +429,7 @@ struct Call {
     invite: Option<TransactionKey>,
     a: Dialog,
     b: Option<Dialog>,
-    b_call_id: String,
+    b_call_id: CallId,
     b_tag: Tag,
     b_cseq: u32,
     max_forwards: u32,
@@ -459,10 +471,10 @@ struct Call {
 }
 
 impl Call {
-    fn dialog(&self, leg: LegId) -> Option<&Dialog> {
+    fn dialog(&self, leg: CallLeg) -> Option<&Dialog> {
         match leg {
-            LegId::A => Some(&self.a),
-            LegId::B => self.b.as_ref(),
+            CallLeg::A => Some(&self.a),
+            CallLeg::B => self.b.as_ref(),
         }
     }
 }
@@ -483,7 +495,7 @@ struct Retransmit {
 enum TimerId {
     Dial(CallKey),
     Retransmit(TransactionKey),
-    Session(CallKey, LegId),
+    Session(CallKey, CallLeg),
     /// A migration's re-INVITE again after a 491.
     Migrate(CallKey),
 }
@@ -492,11 +504,14 @@ enum TimerId {
 pub struct B2bua {
     config: B2buaConfig,
     dialplan: Arc<Dialplan>,
+    /// Where the table sizes are published after each input.
     link: MediaLink,
+    /// Media requests for the driver, in order ([`CallHandler::poll_media_request`]).
+    requests: VecDeque<MediaRequest>,
     /// Ordered by key, i.e. by start: the API pages through them in order.
     calls: BTreeMap<CallKey, Call>,
     /// Each leg's Call-ID: the call a message belongs to, for its history.
-    sip_ids: HashMap<String, (CallKey, LegId)>,
+    sip_ids: HashMap<CallId, (CallKey, CallLeg)>,
     /// Starts every API call id of this process (ids of an earlier
     /// process never name a call of this one).
     id_prefix: String,
@@ -506,7 +521,7 @@ pub struct B2bua {
     finishing: HashMap<MediaRequestId, Cdr>,
     servers: HashMap<TransactionKey, ServerTx>,
     clients: HashMap<TransactionKey, ClientTx>,
-    dialogs: HashMap<(String, Tag), (CallKey, LegId)>,
+    dialogs: HashMap<(CallId, Tag), (CallKey, CallLeg)>,
     media_calls: HashMap<MediaCallId, CallKey>,
     media: HashMap<MediaRequestId, (CallKey, Purpose)>,
     retransmits: HashMap<TransactionKey, Retransmit>,
@@ -546,6 +561,7 @@ impl B2bua {
             config,
             dialplan,
             link,
+            requests: VecDeque::new(),
             calls: BTreeMap::new(),
             sip_ids: HashMap::new(),
             id_prefix,
@@ -641,9 +657,9 @@ impl B2bua {
         format!("{hash:016x}{n:x}")
     }
 
-    fn new_branch(&mut self) -> String {
+    fn new_branch(&mut self) -> sip::Branch {
         let unique = self.unique();
-        format!("{}.{unique}", self.branch_prefix)
+        sip::Branch::new(format!("{}.{unique}", self.branch_prefix))
     }
 
     fn local_host(&self) -> &str {
@@ -661,7 +677,7 @@ impl B2bua {
         call.media_used = true;
         tracing::debug!(call_id = %call.media_id, op = op.name(), id = id.0, "media request");
         self.media.insert(id, (key, purpose));
-        self.link.push_request(MediaRequest {
+        self.requests.push_back(MediaRequest {
             id,
             call: call.media_id.clone(),
             op,
@@ -800,7 +816,7 @@ impl B2bua {
         &mut self,
         key: CallKey,
         reason: DeleteReason,
-        from: Option<LegId>,
+        from: Option<CallLeg>,
         status: (u16, &str),
         sip: &mut SipActions<'_>,
     ) {
@@ -814,7 +830,7 @@ impl B2bua {
         &mut self,
         key: CallKey,
         reason: DeleteReason,
-        from: Option<LegId>,
+        from: Option<CallLeg>,
         status: (u16, &str),
         retry_after: bool,
         sip: &mut SipActions<'_>,
@@ -833,7 +849,7 @@ impl B2bua {
             call_id = %call.media_id,
             reason = reason_name(reason),
             answered = call.answered,
-            bye_from = from.map(LegId::as_str),
+            bye_from = from.map(CallLeg::as_str),
             status = (!call.answered).then_some(status.0),
             duration_ms = sip.now().instant.saturating_duration_since(call.started).as_millis() as u64,
             "call ended"
@@ -856,7 +872,7 @@ impl B2bua {
         if let Some(deadline) = call.dial.as_ref().and_then(|d| d.deadline) {
             self.timers.remove(&(deadline, TimerId::Dial(key)));
         }
-        for leg in [LegId::A, LegId::B] {
+        for leg in [CallLeg::A, CallLeg::B] {
             if let Some(timer) = call.session[leg_index(leg)] {
                 self.timers
                     .remove(&(timer.deadline, TimerId::Session(key, leg)));
@@ -891,14 +907,14 @@ impl B2bua {
         if let Some(pending) = call.pending_ack.take() {
             self.ack_callee(&pending, None, sip);
         }
-        if call.answered && from != Some(LegId::A) {
+        if call.answered && from != Some(CallLeg::A) {
             let mut a = call.a.clone();
             if let Some(bye) = self.send_in_dialog(&mut a, &Method::Bye, &[], None, sip) {
                 self.ending.insert(bye.clone());
                 self.clients.insert(bye, ClientTx::Fire);
             }
         }
-        if from != Some(LegId::B) {
+        if from != Some(CallLeg::B) {
             if let Some(mut b) = call.b.clone() {
                 if let Some(bye) = self.send_in_dialog(&mut b, &Method::Bye, &[], None, sip) {
                     self.ending.insert(bye.clone());
@@ -917,7 +933,7 @@ impl B2bua {
             let media_id = call.media_id.clone();
             let id = MediaRequestId(self.next());
             self.deleting.insert(id);
-            self.link.push_request(MediaRequest {
+            self.requests.push_back(MediaRequest {
                 id,
                 call: media_id,
                 op: MediaOp::Delete { reason, detail },
@@ -969,7 +985,7 @@ impl B2bua {
         };
         match purpose {
             Purpose::CallerOffer => {
-                call.sdp_sent[leg_index(LegId::B)] = Some(sdp.clone());
+                call.sdp_sent[leg_index(CallLeg::B)] = Some(sdp.clone());
                 call.b_offer = Some(sdp);
                 call.phase = Phase::Dialing;
                 self.next_attempt(now, key, sip);
@@ -979,7 +995,7 @@ impl B2bua {
                     rewritten.clone_from(&sdp);
                 }
                 if let (Some(invite), Phase::Dialing) = (call.invite.clone(), call.phase) {
-                    let headers = leg_headers(&self.config.local, call, LegId::A);
+                    let headers = leg_headers(&self.config.local, call, CallLeg::A);
                     respond(
                         sip,
                         &invite,
@@ -1012,9 +1028,9 @@ impl B2bua {
                 };
                 tracing::info!(call_id = %call.media_id, "caller answered");
                 let session = call.session[0];
-                self.answer_2xx(now, key, LegId::A, &invite, Some(sdp), sip);
+                self.answer_2xx(now, key, CallLeg::A, &invite, Some(sdp), sip);
                 if let Some(timer) = session {
-                    self.arm_session(key, LegId::A, timer, now);
+                    self.arm_session(key, CallLeg::A, timer, now);
                 }
                 if purpose == Purpose::SelfAnswer {
                     self.next_action(now, key, sip);
@@ -1022,7 +1038,7 @@ impl B2bua {
             }
             Purpose::LateAnswer => {
                 if let Some(pending) = call.pending_ack.take() {
-                    call.sdp_sent[leg_index(LegId::B)] = Some(sdp.clone());
+                    call.sdp_sent[leg_index(CallLeg::B)] = Some(sdp.clone());
                     self.ack_callee(&pending, Some(&sdp), sip);
                     self.media(key, Purpose::Bridge, MediaOp::Bridge);
                 }
@@ -1152,10 +1168,10 @@ impl B2bua {
                 if on.is_some_and(|on| *on != manager) {
                     // Its copy on a manager it moved off (lost, then back
                     // with its state): those legs idle by design.
-                    tracing::debug!(call_id = %call, leg, rtpmanager = %manager, "media timeout on a manager the call left: ignored");
+                    tracing::debug!(call_id = %call, %leg, rtpmanager = %manager, "media timeout on a manager the call left: ignored");
                     return;
                 }
-                tracing::info!(call_id = %call, leg, idle_secs, "media timeout: hanging up");
+                tracing::info!(call_id = %call, %leg, idle_secs, "media timeout: hanging up");
                 self.end_call(
                     key,
                     DeleteReason::MediaTimeout,
@@ -1165,7 +1181,7 @@ impl B2bua {
                 );
             }
             MediaEvent::Dtmf { call, leg, digit } => {
-                tracing::debug!(call_id = %call, leg, digit, "DTMF received");
+                tracing::debug!(call_id = %call, %leg, digit, "DTMF received");
             }
         }
     }
@@ -1229,11 +1245,10 @@ impl B2bua {
         }
     }
 
-    /// Handles one input from the link: one at a time, so that two
-    /// responses on one transaction (a 183 then the 200) are flushed by the
-    /// core in between; the next input stays due for the next call.
-    fn drain_link(&mut self, now: Now, sip: &mut SipActions<'_>) {
-        if let Some(input) = self.link.pop_input(now.instant) {
+    /// Handles one input that is not SIP: a media result, a manager
+    /// event, a dialplan, a shutdown step, a placement, a query or a move.
+    fn handle_link_input(&mut self, now: Now, input: LinkInput, sip: &mut SipActions<'_>) {
+        {
             match input {
                 LinkInput::Result { id, result } => self.media_result(now, id, result, sip),
                 LinkInput::Event(event) => self.media_event(event, sip),
@@ -1285,19 +1300,22 @@ impl CallHandler for B2bua {
             self.timers.remove(&(at, timer.clone()));
             self.fire(now, timer, sip);
         }
-        self.drain_link(now, sip);
+        self.note_sent(sip);
+        self.link.publish(self.occupancy());
+    }
+
+    fn handle_media(&mut self, now: Now, input: LinkInput, sip: &mut SipActions<'_>) {
+        self.handle_link_input(now, input, sip);
         self.note_sent(sip);
         self.link.publish(self.occupancy());
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        [
-            self.timers.first().map(|(at, _)| *at),
-            self.link.next_input_at(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    fn poll_media_request(&mut self) -> Option<MediaRequest> {
+        self.requests.pop_front()
     }
 }
 
@@ -1396,10 +1414,10 @@ fn with_routes(route: &[String], extra: &[(String, String)]) -> Vec<(String, Str
         .collect()
 }
 
-fn leg_index(leg: LegId) -> usize {
+fn leg_index(leg: CallLeg) -> usize {
     match leg {
-        LegId::A => 0,
-        LegId::B => 1,
+        CallLeg::A => 0,
+        CallLeg::B => 1,
     }
 }
 
@@ -1411,7 +1429,7 @@ fn call_id_of(calls: &BTreeMap<CallKey, Call>, key: CallKey) -> String {
 }
 
 /// Contact and Allow for our 18x/2xx on `leg`.
-fn leg_headers(local: &str, call: &Call, leg: LegId) -> Vec<(String, String)> {
+fn leg_headers(local: &str, call: &Call, leg: CallLeg) -> Vec<(String, String)> {
     let destination = call
         .dialog(leg)
         .map_or(call.a.destination, |d| d.destination);
@@ -1478,15 +1496,12 @@ fn respond(
     }
 }
 
-fn send(sip: &mut SipActions<'_>, text: &str, destination: Destination) -> Option<TransactionKey> {
-    let request = match rsip::Request::try_from(text) {
-        Ok(request) => request,
-        Err(error) => {
-            tracing::warn!(%error, "built request does not parse");
-            return None;
-        }
-    };
-    match sip.send_request(request, destination) {
+fn send(
+    sip: &mut SipActions<'_>,
+    request: Option<SipMessage>,
+    destination: Destination,
+) -> Option<TransactionKey> {
+    match sip.send_request(request?, destination) {
         Ok(key) => Some(key),
         Err(error) => {
             tracing::warn!(%error, "request not sent");
@@ -1498,7 +1513,7 @@ fn send(sip: &mut SipActions<'_>, text: &str, destination: Destination) -> Optio
 fn send_cancel(local: &str, sent: &SentInvite, sip: &mut SipActions<'_>) -> Option<TransactionKey> {
     let from = with_tag(&sent.from, Some(&sent.from_tag));
     let to = with_tag(&sent.to, None);
-    let text = build::request(&Outgoing {
+    let request = build::request(&Outgoing {
         method: &Method::Cancel,
         uri: &sent.uri,
         local,
@@ -1513,5 +1528,5 @@ fn send_cancel(local: &str, sent: &SentInvite, sip: &mut SipActions<'_>) -> Opti
         extra: &with_routes(&sent.route, &[]),
         body: None,
     });
-    send(sip, &text, sent.destination)
+    send(sip, request, sent.destination)
 }

@@ -95,11 +95,11 @@ impl SessionTimer {
 
     /// `Session-Expires` and, when the peer supports it, `Require: timer`,
     /// for our 2xx on this leg.
-    pub(super) fn headers(&self, leg: LegId) -> Vec<(String, String)> {
+    pub(super) fn headers(&self, leg: CallLeg) -> Vec<(String, String)> {
         // Leg a: we are the UAS; leg b: the UAC.
         let uac_refreshes = match leg {
-            LegId::A => !self.we_refresh,
-            LegId::B => self.we_refresh,
+            CallLeg::A => !self.we_refresh,
+            CallLeg::B => self.we_refresh,
         };
         let mut headers = vec![(
             "Session-Expires".to_owned(),
@@ -118,7 +118,13 @@ impl SessionTimer {
 
 impl B2bua {
     /// Starts (or restarts after a refresh) a leg's session timer.
-    pub(super) fn arm_session(&mut self, key: CallKey, leg: LegId, timer: SessionTimer, now: Now) {
+    pub(super) fn arm_session(
+        &mut self,
+        key: CallKey,
+        leg: CallLeg,
+        timer: SessionTimer,
+        now: Now,
+    ) {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
@@ -135,7 +141,7 @@ impl B2bua {
     }
 
     /// A refresh happened on `leg` (a re-INVITE or UPDATE either way).
-    pub(super) fn session_refreshed(&mut self, key: CallKey, leg: LegId, now: Now) {
+    pub(super) fn session_refreshed(&mut self, key: CallKey, leg: CallLeg, now: Now) {
         let timer = self.calls.get(&key).and_then(|c| c.session[leg_index(leg)]);
         if let Some(timer) = timer {
             self.arm_session(key, leg, timer, now);
@@ -147,7 +153,7 @@ impl B2bua {
         &mut self,
         now: Now,
         key: CallKey,
-        leg: LegId,
+        leg: CallLeg,
         sip: &mut SipActions<'_>,
     ) {
         let Some(call) = self.calls.get(&key) else {
@@ -213,7 +219,7 @@ impl B2bua {
     pub(super) fn refresh_response(
         &mut self,
         key: CallKey,
-        leg: LegId,
+        leg: CallLeg,
         response: &SipMessage,
         sip: &mut SipActions<'_>,
     ) {

@@ -57,7 +57,7 @@ fn figures(times: u64) -> Vec<LegFigures> {
     ["a", "b"]
         .into_iter()
         .map(|leg| LegFigures {
-            leg: leg.to_owned(),
+            leg: MediaLegId(leg.to_owned()),
             rtp_in: Counters {
                 packets: 500 * times,
                 bytes: 86_000 * times,
@@ -231,12 +231,21 @@ impl Harness {
         self.settle();
     }
 
+    /// What the core's driver does on each turn: the due timers, then one
+    /// due input from the link as its own input.
+    fn step(&mut self) {
+        self.uas.handle_timeout(self.now);
+        if let Some(input) = self.link.pop_input(self.now.instant) {
+            self.uas.handle_media(self.now, input);
+        }
+    }
+
     /// Runs the manager until it has nothing left to answer.
     fn settle(&mut self) {
         loop {
             self.collect();
             let mut answered = false;
-            while let Some(request) = self.link.poll_request() {
+            while let Some(request) = self.uas.poll_media_request() {
                 answered = true;
                 if !self.manager.calls.contains(&request.call) {
                     self.manager.calls.push(request.call.clone());
@@ -253,14 +262,14 @@ impl Harness {
                     );
                 }
             }
-            let due = self
-                .uas
-                .poll_timeout(self.now)
-                .is_some_and(|at| at <= self.now.instant);
+            let due = [self.uas.poll_timeout(self.now), self.link.next_input_at()]
+                .into_iter()
+                .flatten()
+                .any(|at| at <= self.now.instant);
             if !answered && !due {
                 break;
             }
-            self.uas.handle_timeout(self.now);
+            self.step();
         }
         self.collect();
     }
@@ -296,7 +305,7 @@ impl Harness {
                 },
                 None => sdp(&format!(
                     "offer-{leg}-{}",
-                    peer.map_or("self", LegId::as_str)
+                    peer.map_or("self", CallLeg::as_str)
                 )),
             },
             MediaOp::Answer { leg, peer, .. } => sdp(&format!("answer-{leg}-{peer}")),
@@ -327,7 +336,7 @@ impl Harness {
                 );
             }
         }
-        self.uas.handle_timeout(self.now);
+        self.step();
         self.settle();
     }
 
@@ -341,14 +350,14 @@ impl Harness {
                 result: MediaResult::PlayEnded { completed: true },
             },
         );
-        self.uas.handle_timeout(self.now);
+        self.step();
         self.settle();
     }
 
     fn event(&mut self, event: MediaEvent) {
         self.link
             .push_input(self.now.instant, LinkInput::Event(event));
-        self.uas.handle_timeout(self.now);
+        self.step();
         self.settle();
     }
 
@@ -359,7 +368,7 @@ impl Harness {
             let next = self.uas.poll_timeout(self.now).filter(|at| *at <= end);
             let step = next.unwrap_or(end).max(self.now.instant);
             self.now = self.now.advanced(step - self.now.instant);
-            self.uas.handle_timeout(self.now);
+            self.step();
             self.settle();
             if next.is_none() {
                 break;
@@ -635,8 +644,8 @@ fn body(message: &SipMessage) -> String {
 
 fn offer(sdp: &str) -> MediaOp {
     MediaOp::Offer {
-        leg: LegId::A,
-        peer: Some(LegId::B),
+        leg: CallLeg::A,
+        peer: Some(CallLeg::B),
         sdp: sdp.to_owned(),
         callee_interface: None,
     }
@@ -720,8 +729,8 @@ fn basic_call_relays_through_the_manager_and_hides_topology() {
         h.ops(),
         vec![
             MediaOp::Answer {
-                leg: LegId::B,
-                peer: LegId::A,
+                leg: CallLeg::B,
+                peer: CallLeg::A,
                 sdp: CALLEE_SDP.to_owned()
             },
             MediaOp::Bridge
@@ -1064,8 +1073,8 @@ fn early_media_goes_through_the_manager() {
     assert_eq!(
         h.ops(),
         vec![MediaOp::Answer {
-            leg: LegId::B,
-            peer: LegId::A,
+            leg: CallLeg::B,
+            peer: CallLeg::A,
             sdp: CALLEE_SDP.to_owned()
         }]
     );
@@ -1088,13 +1097,13 @@ fn playback_route_answers_plays_then_hangs_up() {
         h.ops(),
         vec![
             MediaOp::Offer {
-                leg: LegId::A,
+                leg: CallLeg::A,
                 peer: None,
                 sdp: CALLER_SDP.to_owned(),
                 callee_interface: None
             },
             MediaOp::Play {
-                leg: LegId::A,
+                leg: CallLeg::A,
                 files: vec!["welcome.wav".to_owned()]
             }
         ]
@@ -1185,14 +1194,14 @@ fn late_offer_takes_the_offer_from_the_callee_and_the_answer_from_the_ack() {
         h.ops(),
         vec![
             MediaOp::Offer {
-                leg: LegId::B,
-                peer: Some(LegId::A),
+                leg: CallLeg::B,
+                peer: Some(CallLeg::A),
                 sdp: CALLEE_SDP.to_owned(),
                 callee_interface: None
             },
             MediaOp::Answer {
-                leg: LegId::A,
-                peer: LegId::B,
+                leg: CallLeg::A,
+                peer: CallLeg::B,
                 sdp: CALLER_SDP.to_owned()
             },
             MediaOp::Bridge
@@ -1212,8 +1221,8 @@ fn the_dial_actions_media_interface_names_the_callees_leg_in_early_and_late_offe
     assert_eq!(
         h.ops(),
         vec![MediaOp::Offer {
-            leg: LegId::A,
-            peer: Some(LegId::B),
+            leg: CallLeg::A,
+            peer: Some(CallLeg::B),
             sdp: CALLER_SDP.to_owned(),
             callee_interface: Some("private".to_owned())
         }],
@@ -1230,8 +1239,8 @@ fn the_dial_actions_media_interface_names_the_callees_leg_in_early_and_late_offe
     assert_eq!(
         h.ops(),
         vec![MediaOp::Offer {
-            leg: LegId::B,
-            peer: Some(LegId::A),
+            leg: CallLeg::B,
+            peer: Some(CallLeg::A),
             sdp: CALLEE_SDP.to_owned(),
             callee_interface: Some("private".to_owned())
         }],
@@ -1249,8 +1258,8 @@ fn reinvite_from_the_callee_goes_through_the_manager_and_glare_is_491() {
     assert_eq!(
         h.ops(),
         vec![MediaOp::Offer {
-            leg: LegId::B,
-            peer: Some(LegId::A),
+            leg: CallLeg::B,
+            peer: Some(CallLeg::A),
             sdp: hold.clone(),
             callee_interface: None
         }]
@@ -1309,7 +1318,7 @@ fn media_timeout_hangs_up_both_legs() {
     answered_call(&mut h);
     h.event(MediaEvent::Timeout {
         call: MediaCallId("test/00000001/call-1".to_owned()),
-        leg: "b".to_owned(),
+        leg: MediaLegId("b".to_owned()),
         idle_secs: 30,
         manager: "m1".to_owned(),
     });
@@ -1361,10 +1370,7 @@ fn no_route_no_manager_and_loops_are_refused() {
 
 /// A message as text again (what a peer would forward).
 fn to_bob_bytes(message: &SipMessage) -> Vec<u8> {
-    message
-        .rsip()
-        .map(|m| m.to_string().into_bytes())
-        .expect("our INVITE is representable")
+    message.bytes().to_vec()
 }
 
 #[test]
@@ -1486,14 +1492,14 @@ fn hold_from_the_caller_and_its_2xx_retransmission() {
         h.ops(),
         vec![
             MediaOp::Offer {
-                leg: LegId::A,
-                peer: Some(LegId::B),
+                leg: CallLeg::A,
+                peer: Some(CallLeg::B),
                 sdp: hold,
                 callee_interface: None
             },
             MediaOp::Answer {
-                leg: LegId::B,
-                peer: LegId::A,
+                leg: CallLeg::B,
+                peer: CallLeg::A,
                 sdp: CALLEE_SDP.to_owned()
             }
         ]
@@ -2080,7 +2086,7 @@ impl Harness {
     fn shutdown(&mut self, step: Shutdown) {
         self.link
             .push_input(self.now.instant, LinkInput::Shutdown(step));
-        self.uas.handle_timeout(self.now);
+        self.step();
         self.settle();
     }
 }
@@ -2373,7 +2379,7 @@ impl Harness {
         let (reply, mut answer) = tokio::sync::oneshot::channel();
         self.link
             .push_input(self.now.instant, LinkInput::Query(query(reply)));
-        self.uas.handle_timeout(self.now);
+        self.step();
         self.settle();
         answer.try_recv().expect("the core answered the query")
     }

@@ -17,12 +17,12 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::media::{LinkInput, MediaLink};
-use super::LegId;
+use super::CallLeg;
 use super::{reason_name, B2bua, CallKey, ClientTx, DeleteReason, MediaRequestId, MediaResult};
 use crate::cdr::{codec_of, Cdr};
 use crate::events::Party;
 use crate::events::{EndedBy, Event};
-use crate::sip::SipMessage;
+use crate::sip::{CallId, SipMessage};
 use crate::uas::driver::CoreHandle;
 use crate::uas::{Now, SipActions};
 
@@ -69,7 +69,7 @@ pub struct SipEntry {
     pub at_ms: u64,
     pub direction: Direction,
     /// `a` (caller ↔ switchboard) or `b` (switchboard ↔ callee).
-    pub leg: LegId,
+    pub leg: CallLeg,
     /// The other end of the message (`ip:port`).
     pub peer: String,
     pub first_line: String,
@@ -77,7 +77,7 @@ pub struct SipEntry {
     pub cseq: String,
 }
 
-impl Serialize for LegId {
+impl Serialize for CallLeg {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.as_str())
     }
@@ -87,7 +87,7 @@ impl Serialize for LegId {
 /// the B2BUA saw or sent, reduced to the few fields a ladder needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Note {
-    pub call_id: String,
+    pub call_id: CallId,
     pub first_line: String,
     pub cseq: String,
     /// Where it went or came from, when known.
@@ -106,7 +106,7 @@ pub(crate) struct History {
 struct Stored {
     at: SystemTime,
     direction: Direction,
-    leg: LegId,
+    leg: CallLeg,
     peer: Option<SocketAddr>,
     first_line: String,
     cseq: String,
@@ -122,7 +122,7 @@ impl History {
         false
     }
 
-    pub(crate) fn push(&mut self, at: SystemTime, direction: Direction, leg: LegId, note: Note) {
+    pub(crate) fn push(&mut self, at: SystemTime, direction: Direction, leg: CallLeg, note: Note) {
         if !self.has_room() {
             return;
         }
@@ -145,8 +145,8 @@ impl History {
             .iter()
             .map(|e| {
                 let index = match e.leg {
-                    LegId::A => 0,
-                    LegId::B => 1,
+                    CallLeg::A => 0,
+                    CallLeg::B => 1,
                 };
                 SipEntry {
                     at_ms: unix_ms(e.at),
@@ -380,7 +380,7 @@ pub(crate) fn note_of(message: &SipMessage, peer: Option<SocketAddr>) -> Note {
         },
     };
     Note {
-        call_id: message.call_id().as_str().to_owned(),
+        call_id: message.call_id().clone(),
         first_line,
         cseq: format!("{} {}", message.cseq().seq, message.cseq().method.as_str()),
         peer,
@@ -415,7 +415,7 @@ impl B2bua {
     /// Whether a received message would go into a history: that of a
     /// call, or a new INVITE (noted once its call exists).
     pub(super) fn wants_note(&self, message: &SipMessage) -> bool {
-        self.sip_ids.contains_key(message.call_id().as_str())
+        self.sip_ids.contains_key(message.call_id())
             || (message.is_request()
                 && *message.method() == crate::sip::Method::Invite
                 && message.to_tag().is_none())
@@ -513,7 +513,7 @@ impl B2bua {
         };
         let detail = detail.then(|| CallDetail {
             sip: info.history.view(
-                [&call.a.call_id, &call.b_call_id],
+                [call.a.call_id.as_str(), call.b_call_id.as_str()],
                 [
                     Some(call.a.destination.remote()),
                     call.b
@@ -555,14 +555,14 @@ impl B2bua {
         now: Now,
         call: &super::Call,
         reason: DeleteReason,
-        from: Option<super::LegId>,
+        from: Option<super::CallLeg>,
         status: u16,
         delete: Option<MediaRequestId>,
     ) {
         let info = &call.info;
         let ended_by = match (from, reason) {
-            (Some(LegId::A), _) | (None, DeleteReason::Cancelled) => EndedBy::Caller,
-            (Some(LegId::B), _) => EndedBy::Callee,
+            (Some(CallLeg::A), _) | (None, DeleteReason::Cancelled) => EndedBy::Caller,
+            (Some(CallLeg::B), _) => EndedBy::Callee,
             (None, DeleteReason::Admin) => EndedBy::Operator,
             (None, _) => EndedBy::System,
         };
@@ -580,8 +580,8 @@ impl B2bua {
         };
         let cdr = Cdr {
             id: info.id.clone(),
-            call_id: call.a.call_id.clone(),
-            callee_call_id: info.callee.is_some().then(|| call.b_call_id.clone()),
+            call_id: call.a.call_id.to_string(),
+            callee_call_id: info.callee.is_some().then(|| call.b_call_id.to_string()),
             media_call_id: call.media_id.0.clone(),
             caller: info.caller.clone(),
             callee: info.callee.clone(),
@@ -662,7 +662,7 @@ mod tests {
 
     fn note(n: usize) -> Note {
         Note {
-            call_id: "c".to_owned(),
+            call_id: CallId::new("c"),
             first_line: format!("INFO sip:x SIP/2.0 #{n}"),
             cseq: format!("{n} INFO"),
             peer: None,
@@ -673,7 +673,7 @@ mod tests {
     fn a_history_keeps_the_first_messages_and_says_it_left_some_out() {
         let mut history = History::default();
         for n in 0..HISTORY + 3 {
-            history.push(SystemTime::UNIX_EPOCH, Direction::In, LegId::A, note(n));
+            history.push(SystemTime::UNIX_EPOCH, Direction::In, CallLeg::A, note(n));
         }
         let peer: SocketAddr = "192.0.2.1:5060".parse().expect("address");
         let view = history.view(["a-id", "b-id"], [Some(peer), None]);

@@ -253,7 +253,7 @@ fn legs_of(stats: &v1::GetStatsResponse) -> Vec<LegView> {
 fn leg_view(figures: &LegFigures, info: Option<&v1::LegInfo>) -> LegView {
     let text = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     LegView {
-        leg: figures.leg.clone(),
+        leg: figures.leg.as_str().to_owned(),
         codec: info.and_then(|i| text(&i.codec)),
         local_address: info.and_then(|i| {
             let ip: std::net::IpAddr = i.local_address.parse().ok()?;

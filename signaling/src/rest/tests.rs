@@ -357,7 +357,7 @@ mod calls {
         BadCursor, CallDetail, CallPage, CallQuery, CallSnapshot, CallState, Direction, HangUp,
         SdpView, SipEntry,
     };
-    use crate::b2bua::{CallsHandle, LegId, LinkInput, MediaLink};
+    use crate::b2bua::{CallLeg, CallsHandle, LinkInput, MediaLink};
     use crate::events::Party;
     use crate::uas::driver::CoreQueue;
 
@@ -386,7 +386,7 @@ mod calls {
                 sip: vec![SipEntry {
                     at_ms: 1_000,
                     direction: Direction::In,
-                    leg: LegId::A,
+                    leg: CallLeg::A,
                     peer: "192.0.2.1:5060".to_owned(),
                     first_line: "INVITE sip:1002@example.com SIP/2.0".to_owned(),
                     call_id: "abc".to_owned(),

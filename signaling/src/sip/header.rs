@@ -44,7 +44,7 @@ const COMPACT: &[(char, &str)] = &[
     ('y', "Identity"),
 ];
 
-/// Canonical spellings, so that rsip and people reading logs see one form.
+/// Canonical spellings, so that the next hop and people reading logs see one form.
 const CANONICAL: &[&str] = &[
     "Accept",
     "Accept-Contact",
@@ -128,7 +128,7 @@ pub fn canonical_name(name: &str) -> String {
 }
 
 /// A request method; extension methods are kept as their token.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Method {
     /// INVITE
     Invite,
@@ -198,27 +198,6 @@ impl Method {
                 .find(|(_, m)| m == standard)
                 .map_or("", |(name, _)| name),
         }
-    }
-
-    /// Returns the rsip method, `None` for methods rsip cannot represent.
-    pub fn to_rsip(&self) -> Option<rsip::Method> {
-        Some(match self {
-            Method::Invite => rsip::Method::Invite,
-            Method::Ack => rsip::Method::Ack,
-            Method::Bye => rsip::Method::Bye,
-            Method::Cancel => rsip::Method::Cancel,
-            Method::Options => rsip::Method::Options,
-            Method::Register => rsip::Method::Register,
-            Method::Prack => rsip::Method::PRack,
-            Method::Subscribe => rsip::Method::Subscribe,
-            Method::Notify => rsip::Method::Notify,
-            Method::Publish => rsip::Method::Publish,
-            Method::Info => rsip::Method::Info,
-            Method::Refer => rsip::Method::Refer,
-            Method::Message => rsip::Method::Message,
-            Method::Update => rsip::Method::Update,
-            Method::Extension(_) => return None,
-        })
     }
 }
 
@@ -480,8 +459,6 @@ mod tests {
             Method::Extension("invite".to_owned())
         );
         assert_eq!(Method::from_token("RE%47IST%45R").as_str(), "RE%47IST%45R");
-        assert_eq!(Method::Prack.to_rsip(), Some(rsip::Method::PRack));
-        assert_eq!(Method::Extension("NEWMETHOD".to_owned()).to_rsip(), None);
     }
 
     #[test]

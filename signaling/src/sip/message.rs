@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use super::header::{CSeq, Header, Method, Via};
 use super::uri::{is_lws, parse_delta_seconds, split_top_level_commas, NameAddr, Uri};
@@ -113,7 +114,10 @@ pub struct SipMessage {
     pub(crate) max_forwards: Option<u32>,
     pub(crate) contacts: Vec<NameAddr>,
     pub(crate) contact_wildcard: bool,
-    pub(crate) rsip: Option<rsip::SipMessage>,
+    /// The octets the message was parsed from or built into: what a
+    /// transport writes and a transaction retransmits. Shared, so that the
+    /// message can be kept and queued without copying them.
+    pub(crate) bytes: Arc<[u8]>,
 }
 
 impl SipMessage {
@@ -294,11 +298,47 @@ impl SipMessage {
             .collect()
     }
 
-    /// Returns the same message in rsip's model, when rsip can represent it
-    /// (not for extension methods, `tel:` or IPv6 Request-URIs and similar).
-    /// It is built from the normalised text: full header names, unfolded.
-    pub fn rsip(&self) -> Option<&rsip::SipMessage> {
-        self.rsip.as_ref()
+    /// Returns the message's octets: as received (from the first octet of
+    /// the start line to the end of the body, trailing octets of a datagram
+    /// left out) or as built by [`SipMessage::from_parts`]. Changes made to
+    /// the value afterwards ([`stamp_received`](Self::stamp_received)) are
+    /// not reflected: only messages built to be sent are sent as octets.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Returns a shared handle to the octets of [`bytes`](Self::bytes).
+    pub fn shared_bytes(&self) -> Arc<[u8]> {
+        Arc::clone(&self.bytes)
+    }
+
+    /// Builds a message to send from its parts: a start line, headers in
+    /// order (Content-Length included) and a body. The octets are written
+    /// once, here (`Name: value` lines as given), and the value is read
+    /// from the same parts with the parser's rules, so what is sent and
+    /// what the transaction layer and the B2BUA see cannot differ. Fails
+    /// where a parsed message would (a missing Via, an unreadable From ...).
+    pub fn from_parts(
+        start_line: &str,
+        headers: Vec<Header>,
+        body: Vec<u8>,
+    ) -> Result<SipMessage, super::ParseErrorKind> {
+        // A CR or LF inside a part would end a line early for the next hop.
+        let breaks_line = |text: &str| text.contains(['\r', '\n']);
+        if breaks_line(start_line) {
+            return Err(super::ParseErrorKind::MalformedStartLine(
+                "line break in start line",
+            ));
+        }
+        if let Some(index) = headers
+            .iter()
+            .position(|h| breaks_line(&h.name) || breaks_line(&h.value))
+        {
+            return Err(super::ParseErrorKind::MalformedHeaderLine(index + 1));
+        }
+        let bytes = write_message(start_line, &headers, &body);
+        let start = super::parse::parse_start_line(start_line)?;
+        super::parse::build(start, headers, body, bytes.into())
     }
 
     /// Applies RFC 3261 §18.2.1 and RFC 3581 to the top Via of a received
@@ -332,4 +372,28 @@ pub(crate) fn media_type_of(value: &str) -> String {
         .filter(|c| !is_lws(*c))
         .collect::<String>()
         .to_ascii_lowercase()
+}
+
+/// Writes a message: the start line, `Name: value` per header, an empty
+/// line and the body.
+pub(crate) fn write_message(start_line: &str, headers: &[Header], body: &[u8]) -> Vec<u8> {
+    let size = start_line.len()
+        + 4
+        + body.len()
+        + headers
+            .iter()
+            .map(|h| h.name.len() + h.value.len() + 4)
+            .sum::<usize>();
+    let mut bytes = Vec::with_capacity(size);
+    bytes.extend_from_slice(start_line.as_bytes());
+    bytes.extend_from_slice(b"\r\n");
+    for header in headers {
+        bytes.extend_from_slice(header.name.as_bytes());
+        bytes.extend_from_slice(b": ");
+        bytes.extend_from_slice(header.value.as_bytes());
+        bytes.extend_from_slice(b"\r\n");
+    }
+    bytes.extend_from_slice(b"\r\n");
+    bytes.extend_from_slice(body);
+    bytes
 }

@@ -1,5 +1,5 @@
-//! SIP messages: framing, parsing around rsip's gaps, request checks and
-//! response building. No sockets, no clock: bytes in, values and bytes out.
+//! SIP messages: framing, parsing, request checks and response and
+//! request building. No sockets, no clock: bytes in, values and bytes out.
 //!
 //! # Driving it
 //!
@@ -14,9 +14,15 @@
 //! 2. For a request: `msg.stamp_received(source)` (RFC 3261 §18.2.1, RFC
 //!    3581), then [`check_request`]`(&msg)`; on `Err(rejection)` send
 //!    [`build_rejection`]`(&msg, &rejection)` unless the request is an ACK.
-//! 3. Hand `msg` to the transaction layer. It answers with
-//!    [`build_response`] / [`build_response_with_body`] and sends to
+//! 3. Hand `msg` to the transaction layer. Its user answers with
+//!    [`response_message`] (a value with its octets, which the server
+//!    transaction keeps and retransmits) and the octets go to
 //!    [`response_destination`]`(msg.top_via(), source, &transport)`.
+//!    Stateless answers use [`build_response`] /
+//!    [`build_response_with_body`], the same octets without the value.
+//! 4. Requests the server originates are built with
+//!    [`SipMessage::from_parts`] and handed to the transaction layer as
+//!    they are.
 //!
 //! A stream transport feeds a [`StreamFramer`] with `push` and drains
 //! `next_message()`, then runs step 1 on each message. A framing error means
@@ -28,15 +34,19 @@
 //! [`classify`] runs steps 1 and 2 without a source address and is what the
 //! RFC 4475 / RFC 5118 conformance tests exercise.
 //!
-//! # rsip
+//! # One form
 //!
-//! rsip 0.4 is the message model the rest of the server may use through
-//! [`SipMessage::rsip`]. It rejects compact header names, folded lines,
-//! bracketed IPv6 hosts, `tel:` URIs and extension methods, so this module
-//! reads the header section itself (unfolding, expanding compact names) and
-//! hands rsip the normalised text; what rsip still cannot represent leaves
-//! `rsip()` empty, never fails the message. Every accessor on
-//! [`SipMessage`] works without rsip.
+//! A [`SipMessage`] is the value and its octets ([`SipMessage::bytes`]):
+//! [`parse`] keeps the octets it read, [`SipMessage::from_parts`] and
+//! [`response_message`] write the octets of what the server builds. The
+//! transaction layer, the request-handling core and the B2BUA all take and
+//! give this one type, and a transport writes `bytes()`: nothing is
+//! written as text and parsed back on its way through the server.
+//!
+//! rsip (which rejects compact header names, folded lines, bracketed IPv6
+//! hosts, `tel:` URIs and extension methods) is no longer used: this
+//! module reads the header section itself (unfolding, expanding compact
+//! names) and parses the headers the server relies on.
 
 mod classify;
 mod framing;
@@ -61,7 +71,7 @@ pub use message::{
 pub use parse::{parse, parse_with, ParseError, ParseErrorKind};
 pub use response::{
     build_error_response, build_rejection, build_response, build_response_with_body,
-    response_destination,
+    response_destination, response_message,
 };
 pub use uri::{unescape, Host, NameAddr, Param, Scheme, SipUri, TelUri, Uri, UriError};
 pub use validate::{check_request, check_request_with, Rejection, RequestPolicy};

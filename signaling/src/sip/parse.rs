@@ -3,10 +3,9 @@
 //! The header section is normalised first (lines unfolded, compact names
 //! expanded, names case-folded to their canonical spelling), then the start
 //! line and the headers the server relies on are read with this module's
-//! own parsers. rsip is given the normalised text afterwards, so it sees no
-//! compact names or folding; whatever it still cannot represent (extension
-//! methods, `tel:` or IPv6 URIs, ...) leaves [`SipMessage::rsip`] empty
-//! instead of failing the message.
+//! own parsers. The message keeps its octets beside the value
+//! ([`SipMessage::bytes`]); [`SipMessage::from_parts`] reads a message the
+//! server builds with the same rules.
 
 use super::framing::{frame_datagram_with, FrameError, FramingLimits};
 use super::header::{canonical_name, CSeq, Header, Method, Via};
@@ -225,30 +224,33 @@ impl Tokens {
             .cloned()
             .collect()
     }
+}
 
-    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers
-            .iter()
-            .filter(move |h| h.name == name)
-            .map(|h| h.value.as_str())
-    }
+/// Every value of header `name` (canonical), in order.
+fn values<'a>(headers: &'a [Header], name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .iter()
+        .filter(move |h| h.name == name)
+        .map(|h| h.value.as_str())
+}
 
-    /// Returns the value of a single-valued header; repeated lines must agree.
-    fn single(&self, name: &'static str) -> Result<Option<&str>, ParseErrorKind> {
-        let mut values = self.values(name);
-        let Some(first) = values.next() else {
-            return Ok(None);
-        };
-        if values.any(|other| other != first) {
-            return Err(ParseErrorKind::ConflictingHeader(name));
-        }
-        Ok(Some(first))
+/// Returns the value of a single-valued header; repeated lines must agree.
+fn single<'a>(
+    headers: &'a [Header],
+    name: &'static str,
+) -> Result<Option<&'a str>, ParseErrorKind> {
+    let mut all = values(headers, name);
+    let Some(first) = all.next() else {
+        return Ok(None);
+    };
+    if all.any(|other| other != first) {
+        return Err(ParseErrorKind::ConflictingHeader(name));
     }
+    Ok(Some(first))
+}
 
-    fn required(&self, name: &'static str) -> Result<&str, ParseErrorKind> {
-        self.single(name)?
-            .ok_or(ParseErrorKind::MissingHeader(name))
-    }
+fn required<'a>(headers: &'a [Header], name: &'static str) -> Result<&'a str, ParseErrorKind> {
+    single(headers, name)?.ok_or(ParseErrorKind::MissingHeader(name))
 }
 
 fn invalid(name: &'static str, detail: impl ToString) -> ParseErrorKind {
@@ -283,7 +285,7 @@ fn check_version(version: &str) -> Result<(), ParseErrorKind> {
     }
 }
 
-fn parse_start_line(line: &str) -> Result<StartLine, ParseErrorKind> {
+pub(crate) fn parse_start_line(line: &str) -> Result<StartLine, ParseErrorKind> {
     let is_status_line = line
         .get(..4)
         .is_some_and(|p| p.eq_ignore_ascii_case("SIP/"));
@@ -352,21 +354,36 @@ pub fn parse_with(bytes: &[u8], limits: FramingLimits) -> Result<SipMessage, Par
         }
     };
     let tokens = Tokens::read(frame.head);
-    build(&tokens, frame.body).map_err(|kind| ParseError {
+    // The message's own octets: from its start line to the end of its body
+    // (both are slices of `bytes`), without leading CRLFs or trailing octets.
+    let base = bytes.as_ptr() as usize;
+    let first = frame.head.as_ptr() as usize - base;
+    let last = frame.body.as_ptr() as usize - base + frame.body.len();
+    let octets: std::sync::Arc<[u8]> = bytes[first..last].into();
+    let built = match tokens.bad_line {
+        Some(line) => {
+            parse_start_line(&tokens.start_line).and(Err(ParseErrorKind::MalformedHeaderLine(line)))
+        }
+        None => parse_start_line(&tokens.start_line)
+            .and_then(|start| build(start, tokens.headers.clone(), frame.body.to_vec(), octets)),
+    };
+    built.map_err(|kind| ParseError {
         kind,
         method: tokens.request_method(),
         salvaged: tokens.salvage(),
     })
 }
 
-fn build(tokens: &Tokens, body: &[u8]) -> Result<SipMessage, ParseErrorKind> {
-    let start = parse_start_line(&tokens.start_line)?;
-    if let Some(line) = tokens.bad_line {
-        return Err(ParseErrorKind::MalformedHeaderLine(line));
-    }
-
+/// Reads the headers the server relies on into a [`SipMessage`]; shared by
+/// [`parse_with`] and [`SipMessage::from_parts`].
+pub(crate) fn build(
+    start: StartLine,
+    headers: Vec<Header>,
+    body: Vec<u8>,
+    bytes: std::sync::Arc<[u8]>,
+) -> Result<SipMessage, ParseErrorKind> {
     let mut vias = Vec::new();
-    for value in tokens.values("Via") {
+    for value in values(&headers, "Via") {
         for item in split_top_level_commas(value).map_err(|e| invalid("Via", e))? {
             if item.is_empty() {
                 return Err(invalid("Via", "empty value between commas"));
@@ -377,22 +394,22 @@ fn build(tokens: &Tokens, body: &[u8]) -> Result<SipMessage, ParseErrorKind> {
     if vias.is_empty() {
         return Err(ParseErrorKind::MissingHeader("Via"));
     }
-    let from = NameAddr::parse(tokens.required("From")?).map_err(|e| invalid("From", e))?;
-    let to = NameAddr::parse(tokens.required("To")?).map_err(|e| invalid("To", e))?;
-    let call_id = tokens.required("Call-ID")?;
+    let from = NameAddr::parse(required(&headers, "From")?).map_err(|e| invalid("From", e))?;
+    let to = NameAddr::parse(required(&headers, "To")?).map_err(|e| invalid("To", e))?;
+    let call_id = required(&headers, "Call-ID")?;
     if call_id.is_empty() || call_id.contains(is_lws) {
         return Err(invalid("Call-ID", "empty or containing whitespace"));
     }
-    let cseq = CSeq::parse(tokens.required("CSeq")?)
+    let call_id = CallId::new(call_id);
+    let cseq = CSeq::parse(required(&headers, "CSeq")?)
         .ok_or_else(|| invalid("CSeq", "expected a 32-bit sequence number and a method"))?;
-    let max_forwards = tokens
-        .single("Max-Forwards")?
+    let max_forwards = single(&headers, "Max-Forwards")?
         .map(|v| parse_delta_seconds(v).ok_or_else(|| invalid("Max-Forwards", "not a number")))
         .transpose()?;
 
     let mut contacts = Vec::new();
     let mut contact_wildcard = false;
-    for value in tokens.values("Contact") {
+    for value in values(&headers, "Contact") {
         for item in split_top_level_commas(value).map_err(|e| invalid("Contact", e))? {
             if item == "*" {
                 contact_wildcard = true;
@@ -408,35 +425,18 @@ fn build(tokens: &Tokens, body: &[u8]) -> Result<SipMessage, ParseErrorKind> {
         return Err(invalid("Contact", "'*' mixed with addresses"));
     }
 
-    let rsip = to_rsip(&tokens.start_line, &tokens.headers, body);
     Ok(SipMessage {
         start,
-        headers: tokens.headers.clone(),
-        body: body.to_vec(),
+        headers,
+        body,
         vias,
         from,
         to,
-        call_id: CallId::new(call_id),
+        call_id,
         cseq,
         max_forwards,
         contacts,
         contact_wildcard,
-        rsip,
+        bytes,
     })
-}
-
-/// Hands the normalised message to rsip; `None` where rsip has a gap.
-fn to_rsip(start_line: &str, headers: &[Header], body: &[u8]) -> Option<rsip::SipMessage> {
-    let mut text = Vec::with_capacity(start_line.len() + body.len() + 64 * headers.len());
-    text.extend_from_slice(start_line.trim_end_matches(is_lws).as_bytes());
-    text.extend_from_slice(b"\r\n");
-    for header in headers {
-        text.extend_from_slice(header.name.as_bytes());
-        text.extend_from_slice(b": ");
-        text.extend_from_slice(header.value.as_bytes());
-        text.extend_from_slice(b"\r\n");
-    }
-    text.extend_from_slice(b"\r\n");
-    text.extend_from_slice(body);
-    rsip::SipMessage::try_from(text).ok()
 }

@@ -1,15 +1,16 @@
 //! Building responses (RFC 3261 §8.2.6) and choosing where they go
 //! (§18.2.2 with RFC 3581).
 //!
-//! The bytes are written here rather than through rsip so that IPv6 Vias,
-//! `tel:` URIs and extension methods come out exactly as received.
+//! The bytes are written here, from the request's parsed parts, so that
+//! IPv6 Vias, `tel:` URIs and extension methods come out exactly as
+//! received; [`response_message`] also returns the value beside them.
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::header::{Transport, Via};
-use super::message::{SipMessage, Tag};
+use super::header::{Header, Transport, Via};
+use super::message::{write_message, SipMessage, StartLine, Tag};
 use super::parse::ParseError;
-use super::uri::NameAddr;
+use super::uri::{NameAddr, Param};
 use super::validate::Rejection;
 use super::Method;
 
@@ -90,14 +91,40 @@ pub fn build_response_with_body(
     extra_headers: &[(String, String)],
     body: Option<(&str, &[u8])>,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(format!("SIP/2.0 {status} {}\r\n", sanitize_reason(reason)).as_bytes());
+    response_message(request, status, reason, to_tag, extra_headers, body)
+        .bytes()
+        .to_vec()
+}
+
+/// [`build_response_with_body`] as a message value with its octets, which
+/// is what a server transaction keeps and retransmits.
+pub fn response_message(
+    request: &SipMessage,
+    status: u16,
+    reason: &str,
+    to_tag: Option<&Tag>,
+    extra_headers: &[(String, String)],
+    body: Option<(&str, &[u8])>,
+) -> SipMessage {
+    let reason = sanitize_reason(reason);
+    let start_line = format!("SIP/2.0 {status} {reason}");
+    let mut headers = Vec::with_capacity(8 + request.vias().len() + extra_headers.len());
+    let mut push = |name: &str, value: String| {
+        headers.push(Header {
+            name: name.to_owned(),
+            value,
+        })
+    };
     for via in request.vias() {
-        push_header(&mut out, "Via", &via.to_string());
+        push("Via", via.to_string());
     }
-    push_header(&mut out, "From", request.header("From").unwrap_or_default());
+    push(
+        "From",
+        request.header("From").unwrap_or_default().to_owned(),
+    );
+    let mut added_tag = None;
     let to = to_with_tag(request.header("To").unwrap_or_default(), status, || {
-        choose_tag(
+        let tag = choose_tag(
             to_tag,
             request.call_id().as_str(),
             request.from_tag().as_ref().map_or("", Tag::as_str),
@@ -106,36 +133,65 @@ pub fn build_response_with_body(
                 .branch()
                 .as_ref()
                 .map_or("", |b| b.as_str()),
-        )
+        );
+        added_tag = Some(tag.clone());
+        tag
     });
-    push_header(&mut out, "To", &to);
-    push_header(&mut out, "Call-ID", request.call_id().as_str());
-    push_header(&mut out, "CSeq", &request.cseq().to_string());
+    push("To", to);
+    push("Call-ID", request.call_id().as_str().to_owned());
+    push("CSeq", request.cseq().to_string());
     let creates_dialog = matches!(
         request.method(),
         Method::Invite | Method::Subscribe | Method::Refer | Method::Notify
     );
     if (101..300).contains(&status) && creates_dialog {
         for route in request.header_values("Record-Route") {
-            push_header(&mut out, "Record-Route", route);
+            push("Record-Route", route.to_owned());
         }
     }
     if status == 100 {
         if let Some(timestamp) = request.header("Timestamp") {
-            push_header(&mut out, "Timestamp", timestamp);
+            push("Timestamp", timestamp.to_owned());
         }
     }
     for (name, value) in extra_headers {
-        push_header(&mut out, name, value);
+        push(name, value.clone());
     }
     let (content_type, body) = body.map_or((None, &[][..]), |(t, b)| (Some(t), b));
     if let Some(content_type) = content_type {
-        push_header(&mut out, "Content-Type", content_type);
+        push("Content-Type", content_type.to_owned());
     }
-    push_header(&mut out, "Content-Length", &body.len().to_string());
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    out
+    push("Content-Length", body.len().to_string());
+
+    // The value is assembled from the request's, not read back from the
+    // text: only the To tag and the Contacts are new.
+    let mut to = request.to().clone();
+    if let Some(tag) = added_tag {
+        to.params.push(Param {
+            name: "tag".to_owned(),
+            value: Some(tag.as_str().to_owned()),
+        });
+    }
+    let contacts = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("Contact"))
+        .filter_map(|h| NameAddr::parse(&h.value).ok())
+        .collect();
+    let bytes = write_message(&start_line, &headers, body);
+    SipMessage {
+        start: StartLine::Response { status, reason },
+        headers,
+        body: body.to_vec(),
+        vias: request.vias().to_vec(),
+        from: request.from().clone(),
+        to,
+        call_id: request.call_id().clone(),
+        cseq: request.cseq().clone(),
+        max_forwards: None,
+        contacts,
+        contact_wildcard: false,
+        bytes: bytes.into(),
+    }
 }
 
 /// Builds the response to a request that failed to parse, from the headers

@@ -1,9 +1,9 @@
 //! URIs (`sip:`, `sips:`, `tel:` and any other scheme), hosts and name-addr
 //! values (RFC 3261 §19.1 and §20.10, RFC 3966, RFC 5118).
 //!
-//! rsip cannot read bracketed IPv6 hosts, `tel:` URIs or the liberal forms
-//! RFC 4475 asks for, so these parsers work on the unfolded header text
-//! themselves and keep every part as written: escapes are decoded only by the
+//! They read bracketed IPv6 hosts, `tel:` URIs and the liberal forms RFC
+//! 4475 asks for (which common SIP libraries such as rsip refuse), work on
+//! the unfolded header text and keep every part as written: escapes are decoded only by the
 //! accessors, once, so a URI is re-emitted byte for byte.
 
 use std::fmt;

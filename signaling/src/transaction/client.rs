@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use rsip::{Method, Request, Response, SipMessage};
+use crate::sip::{Method, SipMessage};
 
 use super::{
     status_of, Reliability, Timer, TimerConfig, Timers, TransactionError, TransactionEvent,
@@ -12,7 +12,7 @@ use super::{
 /// States of figure 6 of RFC 3261.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientState {
-    /// Request sent; timers E (unreliable only) and F run.
+    /// SipMessage sent; timers E (unreliable only) and F run.
     Trying,
     /// A provisional arrived; E keeps retransmitting every T2.
     Proceeding,
@@ -28,7 +28,7 @@ pub struct Client {
     state: ClientState,
     config: TimerConfig,
     reliability: Reliability,
-    request: Request,
+    request: SipMessage,
     /// Current timer E interval: doubles up to T2 in Trying, T2 in Proceeding.
     timer_e_interval: Duration,
     timers: Timers,
@@ -40,13 +40,13 @@ impl Client {
     /// Starts the transaction: queues the request and starts timers E and F.
     pub fn new(
         now: Instant,
-        request: Request,
+        request: SipMessage,
         reliability: Reliability,
         config: TimerConfig,
     ) -> Result<Self, TransactionError> {
-        if matches!(request.method, Method::Invite | Method::Ack) {
+        if matches!(request.method(), Method::Invite | Method::Ack) {
             return Err(TransactionError::WrongMethod {
-                found: request.method.to_string(),
+                found: request.method().to_string(),
             });
         }
         let mut transaction = Self {
@@ -56,7 +56,7 @@ impl Client {
             request: request.clone(),
             timer_e_interval: config.t1,
             timers: Timers::default(),
-            transmits: VecDeque::from([SipMessage::Request(request)]),
+            transmits: VecDeque::from([request]),
             events: VecDeque::new(),
         };
         if reliability.is_unreliable() {
@@ -72,7 +72,7 @@ impl Client {
     }
 
     /// The request this transaction sends.
-    pub fn request(&self) -> &Request {
+    pub fn request(&self) -> &SipMessage {
         &self.request
     }
 
@@ -80,7 +80,7 @@ impl Client {
     pub fn handle_response(
         &mut self,
         now: Instant,
-        response: Response,
+        response: SipMessage,
     ) -> Result<(), TransactionError> {
         let status = status_of(&response)?;
         match (self.state, status) {
@@ -154,8 +154,7 @@ impl Client {
     }
 
     fn retransmit(&mut self) {
-        self.transmits
-            .push_back(SipMessage::Request(self.request.clone()));
+        self.transmits.push_back(self.request.clone());
     }
 
     fn terminate(&mut self) {

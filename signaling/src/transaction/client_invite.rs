@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use rsip::{Method, Request, Response, SipMessage};
+use crate::sip::{Method, SipMessage};
 
 use super::{
     build_non_2xx_ack, status_of, Reliability, Timer, TimerConfig, Timers, TransactionError,
@@ -31,9 +31,9 @@ pub struct ClientInvite {
     state: ClientInviteState,
     config: TimerConfig,
     reliability: Reliability,
-    request: Request,
+    request: SipMessage,
     /// The ACK for the non-2xx final response, re-sent on each retransmission of it.
-    ack: Option<Request>,
+    ack: Option<SipMessage>,
     /// Current timer A interval; doubles at each firing with no cap (§17.1.1.2).
     timer_a_interval: Duration,
     timers: Timers,
@@ -45,13 +45,13 @@ impl ClientInvite {
     /// Starts the transaction: queues the INVITE and starts timers A and B.
     pub fn new(
         now: Instant,
-        request: Request,
+        request: SipMessage,
         reliability: Reliability,
         config: TimerConfig,
     ) -> Result<Self, TransactionError> {
-        if request.method != Method::Invite {
+        if *request.method() != Method::Invite {
             return Err(TransactionError::WrongMethod {
-                found: request.method.to_string(),
+                found: request.method().to_string(),
             });
         }
         let mut transaction = Self {
@@ -62,7 +62,7 @@ impl ClientInvite {
             ack: None,
             timer_a_interval: config.t1,
             timers: Timers::default(),
-            transmits: VecDeque::from([SipMessage::Request(request)]),
+            transmits: VecDeque::from([request]),
             events: VecDeque::new(),
         };
         if reliability.is_unreliable() {
@@ -78,7 +78,7 @@ impl ClientInvite {
     }
 
     /// The INVITE this transaction sends.
-    pub fn request(&self) -> &Request {
+    pub fn request(&self) -> &SipMessage {
         &self.request
     }
 
@@ -86,7 +86,7 @@ impl ClientInvite {
     pub fn handle_response(
         &mut self,
         now: Instant,
-        response: Response,
+        response: SipMessage,
     ) -> Result<(), TransactionError> {
         let status = status_of(&response)?;
         match (self.state, status) {
@@ -107,7 +107,7 @@ impl ClientInvite {
                 self.timers.cancel_all();
                 self.timers
                     .start(Timer::D, now + self.config.timer_d(self.reliability));
-                self.transmits.push_back(SipMessage::Request(ack.clone()));
+                self.transmits.push_back(ack.clone());
                 self.ack = Some(ack);
                 self.events.push_back(TransactionEvent::Response(response));
             }
@@ -116,7 +116,7 @@ impl ClientInvite {
             }
             (ClientInviteState::Completed, 300..=699) => {
                 if let Some(ack) = &self.ack {
-                    self.transmits.push_back(SipMessage::Request(ack.clone()));
+                    self.transmits.push_back(ack.clone());
                 }
             }
             // Late provisionals, a non-2xx after a 2xx (a forking oddity) and
@@ -137,8 +137,7 @@ impl ClientInvite {
         while let Some(timer) = self.timers.pop_expired(now) {
             match (timer, self.state) {
                 (Timer::A, ClientInviteState::Calling) => {
-                    self.transmits
-                        .push_back(SipMessage::Request(self.request.clone()));
+                    self.transmits.push_back(self.request.clone());
                     self.timer_a_interval *= 2;
                     self.timers.start(Timer::A, now + self.timer_a_interval);
                 }

@@ -8,15 +8,23 @@
 //!
 //! # Driving a machine
 //!
-//! Nothing here reads a clock or touches a socket. The driver:
+//! Nothing here reads a clock or touches a socket. Every message in and out
+//! is a [`SipMessage`](crate::sip::SipMessage): the value the machines read
+//! (method, top Via branch and sent-by, CSeq, status) and the octets they
+//! keep and retransmit as they are. The driver:
 //!
-//! 1. feeds inputs with the current time: `handle_request(now, …)`,
-//!    `handle_response(now, …)`, `send_response(now, …)` (server side, from
-//!    the TU), `handle_transport_error(now)`, and `handle_timeout(now)` once
-//!    the deadline returned by `poll_timeout()` has passed;
-//! 2. after every input, drains `poll_transmit()` (messages to put on the
-//!    wire) and `poll_event()` (what the transaction user must know), then
-//!    re-arms its timer with `poll_timeout()`.
+//! 1. feeds inputs with the current time: `handle_request(now, …)` and
+//!    `handle_response(now, …)` with parsed messages, `send_request(now, …)`
+//!    (client side) and `send_response(now, …)` (server side) with messages
+//!    the TU built (`SipMessage::from_parts`, `sip::response_message`),
+//!    `handle_transport_error(now)`, and `handle_timeout(now)` once the
+//!    deadline returned by `poll_timeout()` has passed;
+//! 2. after every input, drains `poll_transmit()` (messages whose
+//!    [`bytes`](crate::sip::SipMessage::bytes) go on the wire) and
+//!    `poll_event()` (what the transaction user must know), then re-arms
+//!    its timer with `poll_timeout()`. The 100 Trying and the ACK for a
+//!    non-2xx final response, which a machine makes itself, are built the
+//!    same way.
 //!
 //! Timers that are zero on reliable transports (D, I, J, K) fire within the
 //! input that starts them, so a machine on TCP reaches Terminated without a
@@ -35,11 +43,10 @@ pub use server_invite::{ServerInvite, ServerInviteState};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use rsip::headers::{Header, ToTypedHeader, UntypedHeader};
-use rsip::{Method, Request, Response, SipMessage};
+use crate::sip::{Branch, Header, Method, SipMessage, Transport, BRANCH_MAGIC_COOKIE};
 
 /// The `branch` prefix that marks an RFC 3261 branch (§8.1.1.7).
-pub const MAGIC_COOKIE: &str = "z9hG4bK";
+pub const MAGIC_COOKIE: &str = BRANCH_MAGIC_COOKIE;
 
 /// Errors raised by the transaction layer.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -139,16 +146,13 @@ pub enum Reliability {
 }
 
 impl Reliability {
-    /// The reliability of an rsip transport.
-    pub fn of(transport: rsip::Transport) -> Self {
-        match transport {
-            rsip::Transport::Udp => Self::Unreliable,
-            rsip::Transport::Tcp
-            | rsip::Transport::Tls
-            | rsip::Transport::TlsSctp
-            | rsip::Transport::Sctp
-            | rsip::Transport::Ws
-            | rsip::Transport::Wss => Self::Reliable,
+    /// The reliability of a Via transport; extension transports count as
+    /// unreliable, so they get retransmissions.
+    pub fn of(transport: &Transport) -> Self {
+        if transport.is_reliable() {
+            Self::Reliable
+        } else {
+            Self::Unreliable
         }
     }
 
@@ -210,10 +214,10 @@ impl Default for TryingPolicy {
 pub enum TransactionEvent {
     /// Server side: a new request for the TU (retransmissions are absorbed).
     /// Also an ACK that reached an INVITE server transaction in Accepted.
-    Request(Request),
+    Request(SipMessage),
     /// Client side: a provisional or final response for the TU, including
     /// 2xx retransmissions while in Accepted (RFC 6026).
-    Response(Response),
+    Response(SipMessage),
     /// A timeout timer (B, F or H) fired.
     Timeout(Timer),
     /// The driver reported that a message could not be sent.
@@ -229,8 +233,8 @@ pub enum TransactionEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TransactionKey {
     role: Role,
-    branch: String,
-    method: String,
+    branch: Branch,
+    method: Method,
     sent_by: Option<String>,
 }
 
@@ -245,46 +249,48 @@ pub enum Role {
 
 impl TransactionKey {
     /// The client key of a request we send (§17.1.3).
-    pub fn client_for_request(request: &Request) -> Result<Self, TransactionError> {
-        let via = top_via(request)?;
+    pub fn client_for_request(request: &SipMessage) -> Result<Self, TransactionError> {
         Ok(Self {
             role: Role::Client,
-            branch: rfc3261_branch(&via)?,
-            method: request.method.to_string(),
+            branch: rfc3261_branch(request)?,
+            method: request.method().clone(),
             sent_by: None,
         })
     }
 
     /// The client key a received response matches (§17.1.3): top Via branch and CSeq method.
-    pub fn client_for_response(response: &Response) -> Result<Self, TransactionError> {
-        let via = top_via(response)?;
+    pub fn client_for_response(response: &SipMessage) -> Result<Self, TransactionError> {
         Ok(Self {
             role: Role::Client,
-            branch: rfc3261_branch(&via)?,
-            method: cseq(response)?.method.to_string(),
+            branch: rfc3261_branch(response)?,
+            method: response.cseq().method.clone(),
             sent_by: None,
         })
     }
 
     /// The server key of a received request (§17.2.3); an ACK yields its INVITE's key.
-    pub fn server_for_request(request: &Request) -> Result<Self, TransactionError> {
-        let via = top_via(request)?;
-        let method = match request.method {
+    pub fn server_for_request(request: &SipMessage) -> Result<Self, TransactionError> {
+        let via = request.top_via();
+        let method = match request.method() {
             Method::Ack => Method::Invite,
-            other => other,
+            other => other.clone(),
         };
+        let mut sent_by = via.host.to_string().to_ascii_lowercase();
+        if let Some(port) = via.port {
+            sent_by.push_str(&format!(":{port}"));
+        }
         Ok(Self {
             role: Role::Server,
-            branch: rfc3261_branch(&via)?,
-            method: method.to_string(),
-            sent_by: Some(via.uri.host_with_port.to_string().to_ascii_lowercase()),
+            branch: rfc3261_branch(request)?,
+            method,
+            sent_by: Some(sent_by),
         })
     }
 
     /// The same key with another method: how a CANCEL finds its INVITE (§9.2).
     pub fn with_method(&self, method: Method) -> Self {
         Self {
-            method: method.to_string(),
+            method,
             ..self.clone()
         }
     }
@@ -295,12 +301,12 @@ impl TransactionKey {
     }
 
     /// The branch parameter of the top Via.
-    pub fn branch(&self) -> &str {
+    pub fn branch(&self) -> &Branch {
         &self.branch
     }
 
     /// The method (CSeq method for clients, request method with ACK as INVITE for servers).
-    pub fn method(&self) -> &str {
+    pub fn method(&self) -> &Method {
         &self.method
     }
 
@@ -310,115 +316,67 @@ impl TransactionKey {
     }
 }
 
-/// The top Via of a message, parsed. A header line carrying several
-/// comma-separated Via values yields its first value.
-pub(crate) fn top_via<M: rsip::message::HeadersExt>(
-    message: &M,
-) -> Result<rsip::typed::Via, TransactionError> {
-    top_via_untyped(message)?
-        .typed()
-        .map_err(|e| TransactionError::MalformedHeader {
-            name: "Via",
-            reason: e.to_string(),
-        })
-}
-
-fn top_via_untyped<M: rsip::message::HeadersExt>(
-    message: &M,
-) -> Result<rsip::headers::Via, TransactionError> {
-    let via = message
-        .via_header()
-        .map_err(|_| TransactionError::MissingHeader("Via"))?;
-    let first = via.value().split(',').next().unwrap_or_default().trim();
-    Ok(rsip::headers::Via::new(first))
-}
-
-fn rfc3261_branch(via: &rsip::typed::Via) -> Result<String, TransactionError> {
-    match via.branch() {
-        Some(branch) if branch.to_string().starts_with(MAGIC_COOKIE) => Ok(branch.to_string()),
+/// The top Via's branch, when it carries the RFC 3261 magic cookie.
+fn rfc3261_branch(message: &SipMessage) -> Result<Branch, TransactionError> {
+    match message.top_via().branch() {
+        Some(branch) if branch.as_str().starts_with(MAGIC_COOKIE) => Ok(branch),
         _ => Err(TransactionError::MissingBranch),
     }
 }
 
-fn cseq<M: rsip::message::HeadersExt>(message: &M) -> Result<rsip::typed::CSeq, TransactionError> {
-    message
-        .cseq_header()
-        .map_err(|_| TransactionError::MissingHeader("CSeq"))?
-        .typed()
-        .map_err(|e| TransactionError::MalformedHeader {
-            name: "CSeq",
-            reason: e.to_string(),
-        })
-}
-
-fn status_of(response: &Response) -> Result<u16, TransactionError> {
-    match response.status_code.code() {
-        code @ 100..=699 => Ok(code),
-        code => Err(TransactionError::InvalidStatus(code)),
+/// The status of a response, 100 to 699; a request is refused as if its
+/// status were 0.
+fn status_of(response: &SipMessage) -> Result<u16, TransactionError> {
+    match response.status() {
+        Some(code @ 100..=699) => Ok(code),
+        code => Err(TransactionError::InvalidStatus(code.unwrap_or(0))),
     }
 }
 
-/// Builds the ACK for a non-2xx final response to `invite` (§17.1.1.3).
+/// Builds the ACK for a non-2xx final response to `invite` (§17.1.1.3):
+/// the INVITE's top Via, Request-URI, Route set, From, Call-ID and CSeq
+/// number, the response's To.
 pub(crate) fn build_non_2xx_ack(
-    invite: &Request,
-    response: &Response,
-) -> Result<Request, TransactionError> {
-    let mut headers = rsip::Headers::default();
-    headers.push(Header::Via(top_via_untyped(invite)?));
-    for header in invite.headers.iter() {
-        if let Header::Route(_) = header {
-            headers.push(header.clone());
+    invite: &SipMessage,
+    response: &SipMessage,
+) -> Result<SipMessage, TransactionError> {
+    let header = |name: &str, value: String| Header {
+        name: name.to_owned(),
+        value,
+    };
+    let uri = invite.request_uri().ok_or(TransactionError::WrongMethod {
+        found: "a response".to_owned(),
+    })?;
+    let mut headers = vec![header("Via", invite.top_via().to_string())];
+    headers.extend(
+        invite
+            .header_values("Route")
+            .map(|route| header("Route", route.to_owned())),
+    );
+    headers.push(header("Max-Forwards", "70".to_owned()));
+    let from = invite
+        .header("From")
+        .ok_or(TransactionError::MissingHeader("From"))?;
+    headers.push(header("From", from.to_owned()));
+    let to = response
+        .header("To")
+        .ok_or(TransactionError::MissingHeader("To"))?;
+    headers.push(header("To", to.to_owned()));
+    headers.push(header("Call-ID", invite.call_id().as_str().to_owned()));
+    headers.push(header("CSeq", format!("{} ACK", invite.cseq().seq)));
+    headers.push(header("Content-Length", "0".to_owned()));
+    SipMessage::from_parts(&format!("ACK {uri} SIP/2.0"), headers, Vec::new()).map_err(|e| {
+        TransactionError::MalformedHeader {
+            name: "ACK",
+            reason: e.to_string(),
         }
-    }
-    headers.push(Header::MaxForwards(70.into()));
-    let from = rsip::message::HeadersExt::from_header(invite)
-        .map_err(|_| TransactionError::MissingHeader("From"))?;
-    headers.push(Header::From(from.clone()));
-    let to = rsip::message::HeadersExt::to_header(response)
-        .map_err(|_| TransactionError::MissingHeader("To"))?;
-    headers.push(Header::To(to.clone()));
-    let call_id = rsip::message::HeadersExt::call_id_header(invite)
-        .map_err(|_| TransactionError::MissingHeader("Call-ID"))?;
-    headers.push(Header::CallId(call_id.clone()));
-    let seq = cseq(invite)?.seq;
-    headers.push(Header::CSeq(
-        rsip::typed::CSeq {
-            seq,
-            method: Method::Ack,
-        }
-        .into(),
-    ));
-    headers.push(Header::ContentLength(0.into()));
-    Ok(Request {
-        method: Method::Ack,
-        uri: invite.uri.clone(),
-        version: rsip::Version::V2,
-        headers,
-        body: Vec::new(),
     })
 }
 
 /// Builds the 100 Trying a server transaction sends on its own (§8.2.6.1):
-/// Via, From, To, Call-ID and CSeq copied from the request.
-pub(crate) fn build_trying(request: &Request) -> Response {
-    let mut headers = rsip::Headers::default();
-    for header in request.headers.iter() {
-        match header {
-            Header::Via(_)
-            | Header::From(_)
-            | Header::To(_)
-            | Header::CallId(_)
-            | Header::CSeq(_) => headers.push(header.clone()),
-            _ => {}
-        }
-    }
-    headers.push(Header::ContentLength(0.into()));
-    Response {
-        status_code: rsip::StatusCode::Trying,
-        version: rsip::Version::V2,
-        headers,
-        body: Vec::new(),
-    }
+/// Via, From, To, Call-ID and CSeq copied from the request (and Timestamp).
+pub(crate) fn build_trying(request: &SipMessage) -> SipMessage {
+    crate::sip::response_message(request, 100, "Trying", None, &[], None)
 }
 
 /// The running timers of one transaction.
@@ -465,7 +423,7 @@ impl Timers {
 pub struct Transmit {
     /// The transaction that produced the message.
     pub key: TransactionKey,
-    /// The message.
+    /// The message; a driver writes its [`bytes`](SipMessage::bytes).
     pub message: SipMessage,
 }
 
@@ -478,7 +436,7 @@ pub enum LayerEvent {
         /// The new server transaction.
         key: TransactionKey,
         /// The request.
-        request: Request,
+        request: SipMessage,
         /// For a CANCEL: the INVITE server transaction to answer with 487.
         cancels: Option<TransactionKey>,
     },
@@ -487,20 +445,20 @@ pub enum LayerEvent {
         /// The INVITE server transaction.
         key: TransactionKey,
         /// The ACK.
-        request: Request,
+        request: SipMessage,
     },
     /// An ACK matched no transaction: the ACK for a 2xx, which belongs to the
     /// dialog layer (§17.2.3, §13.3.1.4).
     StrayAck {
         /// The ACK.
-        request: Request,
+        request: SipMessage,
     },
     /// A response for a client transaction.
     Response {
         /// The client transaction.
         key: TransactionKey,
         /// The response.
-        response: Response,
+        response: SipMessage,
     },
     /// Timer B, F or H fired.
     Timeout {
@@ -636,14 +594,14 @@ impl TransactionLayer {
     pub fn send_request(
         &mut self,
         now: Instant,
-        request: Request,
+        request: SipMessage,
         reliability: Reliability,
     ) -> Result<TransactionKey, TransactionError> {
         let key = TransactionKey::client_for_request(&request)?;
         if self.transactions.contains_key(&key) {
             return Err(TransactionError::DuplicateTransaction);
         }
-        let transaction = match request.method {
+        let transaction = match request.method() {
             Method::Ack => return Err(TransactionError::AckIsNotATransaction),
             Method::Invite => Transaction::ClientInvite(ClientInvite::new(
                 now,
@@ -667,7 +625,7 @@ impl TransactionLayer {
     pub fn handle_request(
         &mut self,
         now: Instant,
-        request: Request,
+        request: SipMessage,
         reliability: Reliability,
     ) -> Result<TransactionKey, TransactionError> {
         let key = TransactionKey::server_for_request(&request)?;
@@ -682,7 +640,7 @@ impl TransactionLayer {
             self.collect(&key);
             return Ok(key);
         }
-        let transaction = match request.method {
+        let transaction = match request.method() {
             Method::Ack => {
                 self.events.push_back(LayerEvent::StrayAck { request });
                 return Ok(key);
@@ -707,7 +665,7 @@ impl TransactionLayer {
     pub fn handle_response(
         &mut self,
         now: Instant,
-        response: Response,
+        response: SipMessage,
     ) -> Result<Option<TransactionKey>, TransactionError> {
         let key = TransactionKey::client_for_response(&response)?;
         match self.transactions.get_mut(&key) {
@@ -727,7 +685,7 @@ impl TransactionLayer {
         &mut self,
         now: Instant,
         key: &TransactionKey,
-        response: Response,
+        response: SipMessage,
     ) -> Result<(), TransactionError> {
         match self.transactions.get_mut(key) {
             Some(Transaction::ServerInvite(t)) => t.send_response(now, response)?,
@@ -803,14 +761,14 @@ impl TransactionLayer {
         }
         for event in events {
             let event = match event {
-                TransactionEvent::Request(request) if request.method == Method::Ack => {
+                TransactionEvent::Request(request) if *request.method() == Method::Ack => {
                     LayerEvent::Ack {
                         key: key.clone(),
                         request,
                     }
                 }
                 TransactionEvent::Request(request) => {
-                    let cancels = if request.method == Method::Cancel {
+                    let cancels = if *request.method() == Method::Cancel {
                         Some(key.with_method(Method::Invite))
                             .filter(|invite| self.transactions.contains_key(invite))
                     } else {

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use rsip::{Method, Request, Response, SipMessage};
+use crate::sip::{Method, SipMessage};
 
 use super::{
     status_of, Reliability, Timer, TimerConfig, Timers, TransactionError, TransactionEvent,
@@ -12,7 +12,7 @@ use super::{
 /// States of figure 8 of RFC 3261.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerState {
-    /// Request passed up; retransmissions are absorbed silently.
+    /// SipMessage passed up; retransmissions are absorbed silently.
     Trying,
     /// A provisional went out; retransmissions get it again.
     Proceeding,
@@ -39,8 +39,8 @@ pub struct Server {
     state: ServerState,
     config: TimerConfig,
     reliability: Reliability,
-    request: Request,
-    last_response: Option<Response>,
+    request: SipMessage,
+    last_response: Option<SipMessage>,
     timers: Timers,
     transmits: VecDeque<SipMessage>,
     events: VecDeque<TransactionEvent>,
@@ -50,13 +50,13 @@ impl Server {
     /// Starts the transaction for a received request and passes it up.
     pub fn new(
         _now: Instant,
-        request: Request,
+        request: SipMessage,
         reliability: Reliability,
         config: TimerConfig,
     ) -> Result<Self, TransactionError> {
-        if matches!(request.method, Method::Invite | Method::Ack) {
+        if matches!(request.method(), Method::Invite | Method::Ack) {
             return Err(TransactionError::WrongMethod {
-                found: request.method.to_string(),
+                found: request.method().to_string(),
             });
         }
         Ok(Self {
@@ -77,17 +77,16 @@ impl Server {
     }
 
     /// The request this transaction serves.
-    pub fn request(&self) -> &Request {
+    pub fn request(&self) -> &SipMessage {
         &self.request
     }
 
     /// Feeds a retransmission of the request.
-    pub fn handle_request(&mut self, now: Instant, _request: Request) {
+    pub fn handle_request(&mut self, now: Instant, _request: SipMessage) {
         match self.state {
             ServerState::Proceeding | ServerState::Completed => {
                 if let Some(response) = &self.last_response {
-                    self.transmits
-                        .push_back(SipMessage::Response(response.clone()));
+                    self.transmits.push_back(response.clone());
                 }
             }
             ServerState::Trying | ServerState::Terminated => {}
@@ -99,7 +98,7 @@ impl Server {
     pub fn send_response(
         &mut self,
         now: Instant,
-        response: Response,
+        response: SipMessage,
     ) -> Result<(), TransactionError> {
         let status = status_of(&response)?;
         match (self.state, status) {
@@ -159,9 +158,8 @@ impl Server {
         self.events.pop_front()
     }
 
-    fn send(&mut self, response: Response) {
-        self.transmits
-            .push_back(SipMessage::Response(response.clone()));
+    fn send(&mut self, response: SipMessage) {
+        self.transmits.push_back(response.clone());
         self.last_response = Some(response);
     }
 

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use rsip::{Method, Request, Response, SipMessage};
+use crate::sip::{Method, SipMessage};
 
 use super::{
     build_trying, status_of, Reliability, Timer, TimerConfig, Timers, TransactionError,
@@ -43,9 +43,9 @@ pub struct ServerInvite {
     state: ServerInviteState,
     config: TimerConfig,
     reliability: Reliability,
-    request: Request,
+    request: SipMessage,
     /// The last response sent, re-sent on INVITE retransmissions and timer G.
-    last_response: Option<Response>,
+    last_response: Option<SipMessage>,
     /// Current timer G interval: doubles, capped at T2 (§17.2.1).
     timer_g_interval: Duration,
     timers: Timers,
@@ -58,14 +58,14 @@ impl ServerInvite {
     /// per `trying`, sends 100 Trying now or arms the Trying timer.
     pub fn new(
         now: Instant,
-        request: Request,
+        request: SipMessage,
         reliability: Reliability,
         config: TimerConfig,
         trying: TryingPolicy,
     ) -> Result<Self, TransactionError> {
-        if request.method != Method::Invite {
+        if *request.method() != Method::Invite {
             return Err(TransactionError::WrongMethod {
-                found: request.method.to_string(),
+                found: request.method().to_string(),
             });
         }
         let mut transaction = Self {
@@ -92,18 +92,17 @@ impl ServerInvite {
     }
 
     /// The INVITE this transaction serves.
-    pub fn request(&self) -> &Request {
+    pub fn request(&self) -> &SipMessage {
         &self.request
     }
 
     /// Feeds a request that matched this transaction: an INVITE
     /// retransmission or an ACK.
-    pub fn handle_request(&mut self, now: Instant, request: Request) {
-        match (request.method, self.state) {
+    pub fn handle_request(&mut self, now: Instant, request: SipMessage) {
+        match (request.method(), self.state) {
             (Method::Invite, ServerInviteState::Proceeding | ServerInviteState::Completed) => {
                 if let Some(response) = &self.last_response {
-                    self.transmits
-                        .push_back(SipMessage::Response(response.clone()));
+                    self.transmits.push_back(response.clone());
                 }
             }
             (Method::Ack, ServerInviteState::Completed) => {
@@ -130,7 +129,7 @@ impl ServerInvite {
     pub fn send_response(
         &mut self,
         now: Instant,
-        response: Response,
+        response: SipMessage,
     ) -> Result<(), TransactionError> {
         let status = status_of(&response)?;
         match (self.state, status) {
@@ -175,8 +174,7 @@ impl ServerInvite {
                 }
                 (Timer::G, ServerInviteState::Completed) => {
                     if let Some(response) = &self.last_response {
-                        self.transmits
-                            .push_back(SipMessage::Response(response.clone()));
+                        self.transmits.push_back(response.clone());
                     }
                     self.timer_g_interval = (self.timer_g_interval * 2).min(self.config.t2);
                     self.timers.start(Timer::G, now + self.timer_g_interval);
@@ -220,9 +218,8 @@ impl ServerInvite {
         self.send(build_trying(&self.request));
     }
 
-    fn send(&mut self, response: Response) {
-        self.transmits
-            .push_back(SipMessage::Response(response.clone()));
+    fn send(&mut self, response: SipMessage) {
+        self.transmits.push_back(response.clone());
         self.last_response = Some(response);
     }
 

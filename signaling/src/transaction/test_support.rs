@@ -2,12 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use rsip::headers::{Header, UntypedHeader};
-use rsip::{Request, Response};
+use crate::sip::SipMessage;
 
 /// A request of `method` with the given branch suffix (after the magic
 /// cookie), CSeq number and sent-by host.
-pub(super) fn request(method: &str, branch: &str, seq: u32, sent_by: &str) -> Request {
+pub(super) fn request(method: &str, branch: &str, seq: u32, sent_by: &str) -> SipMessage {
     let text = format!(
         "{method} sip:bob@example.com SIP/2.0\r\n\
          Via: SIP/2.0/UDP {sent_by};branch=z9hG4bK{branch}\r\n\
@@ -21,39 +20,31 @@ pub(super) fn request(method: &str, branch: &str, seq: u32, sent_by: &str) -> Re
          CSeq: {seq} {method}\r\n\
          Content-Length: 0\r\n\r\n"
     );
-    Request::try_from(text.as_str()).expect("test request text parses")
+    crate::sip::parse(text.as_bytes()).expect("test request text parses")
 }
 
 /// An INVITE from `client.example.com:5060` with branch `z9hG4bK<branch>`.
-pub(super) fn invite(branch: &str) -> Request {
+pub(super) fn invite(branch: &str) -> SipMessage {
     request("INVITE", branch, 1, "client.example.com:5060")
 }
 
 /// A response to `request` built as §8.2.6.2 says, with a To tag when given.
-pub(super) fn response_to(request: &Request, status: u16, to_tag: Option<&str>) -> Response {
-    let mut headers = rsip::Headers::default();
-    for header in request.headers.iter() {
-        match header {
-            Header::Via(_) | Header::From(_) | Header::CallId(_) | Header::CSeq(_) => {
-                headers.push(header.clone())
-            }
-            Header::To(to) => {
-                let value = match to_tag {
-                    Some(tag) => format!("{};tag={tag}", to.value()),
-                    None => to.value().to_string(),
-                };
-                headers.push(Header::To(rsip::headers::To::new(value)));
-            }
-            _ => {}
-        }
+pub(super) fn response_to(request: &SipMessage, status: u16, to_tag: Option<&str>) -> SipMessage {
+    let mut text = format!("SIP/2.0 {status} Test\r\n");
+    for via in request.header_values("Via") {
+        text.push_str(&format!("Via: {via}\r\n"));
     }
-    headers.push(Header::ContentLength(0.into()));
-    Response {
-        status_code: status.into(),
-        version: rsip::Version::V2,
-        headers,
-        body: Vec::new(),
+    for name in ["From", "Call-ID", "CSeq"] {
+        let value = request.header(name).expect("test requests carry it");
+        text.push_str(&format!("{name}: {value}\r\n"));
     }
+    let to = request.header("To").expect("test requests carry To");
+    match to_tag {
+        Some(tag) => text.push_str(&format!("To: {to};tag={tag}\r\n")),
+        None => text.push_str(&format!("To: {to}\r\n")),
+    }
+    text.push_str("Content-Length: 0\r\n\r\n");
+    crate::sip::parse(text.as_bytes()).expect("test response text parses")
 }
 
 /// A clock the test advances by hand.
@@ -82,9 +73,9 @@ impl Clock {
 }
 
 /// The status code of a transmitted response, or the method of a request.
-pub(super) fn describe(message: &rsip::SipMessage) -> String {
-    match message {
-        rsip::SipMessage::Request(request) => request.method.to_string(),
-        rsip::SipMessage::Response(response) => response.status_code.code().to_string(),
+pub(super) fn describe(message: &SipMessage) -> String {
+    match message.status() {
+        Some(status) => status.to_string(),
+        None => message.method().to_string(),
     }
 }

@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use crate::auth::Authenticated;
+use crate::b2bua::{LinkInput, MediaRequest};
 use crate::registrar::Binding;
 use crate::sip::{SipMessage, Tag};
 use crate::transaction::{Timer, TransactionKey};
@@ -63,8 +64,10 @@ pub enum CallEvent {
 }
 
 /// Handles calls: the B2BUA. Runs on the core's thread, sans-IO like the
-/// core: it sends through [`SipActions`] and keeps its own timers, which the
-/// core polls with [`poll_timeout`](Self::poll_timeout).
+/// core: it takes SIP events, timeouts and media inputs (each through its
+/// own `handle_*`), sends SIP through [`SipActions`], queues media requests
+/// for [`poll_media_request`](Self::poll_media_request) and keeps its own
+/// timers, which the core polls with [`poll_timeout`](Self::poll_timeout).
 ///
 /// Until one is installed with [`Uas::set_call_handler`](super::Uas::set_call_handler),
 /// INVITE is answered 480 Temporarily Unavailable, BYE, UPDATE, INFO and PRACK 481
@@ -77,8 +80,17 @@ pub trait CallHandler: Send {
     /// Fires the handler's timers due at `now`.
     fn handle_timeout(&mut self, _now: Now, _sip: &mut SipActions<'_>) {}
 
+    /// Handles one input that is not SIP: a media result, a manager event,
+    /// a new dialplan, a shutdown step, a REST query ...
+    fn handle_media(&mut self, _now: Now, _input: LinkInput, _sip: &mut SipActions<'_>) {}
+
     /// The handler's next deadline.
     fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    /// The next request for the RTP managers, in the order they were made.
+    fn poll_media_request(&mut self) -> Option<MediaRequest> {
         None
     }
 }
@@ -114,7 +126,7 @@ impl SipActions<'_> {
             .cloned()
             .ok_or(UasError::UnknownTransaction)?;
         self.sent.push(crate::b2bua::Note {
-            call_id: request.call_id().as_str().to_owned(),
+            call_id: request.call_id().clone(),
             first_line: format!("SIP/2.0 {status} {reason}"),
             cseq: format!("{} {}", request.cseq().seq, request.cseq().method.as_str()),
             peer: self.wire.server_routes.get(key).map(Destination::remote),
@@ -139,20 +151,16 @@ impl SipActions<'_> {
     /// The request must carry a top Via with an RFC 3261 branch.
     pub fn send_request(
         &mut self,
-        request: rsip::Request,
+        request: SipMessage,
         destination: Destination,
     ) -> Result<TransactionKey, UasError> {
-        use rsip::prelude::{HeadersExt, UntypedHeader};
         let note = crate::b2bua::Note {
-            call_id: request
-                .call_id_header()
-                .map(|h| h.value().to_owned())
-                .unwrap_or_default(),
-            first_line: format!("{} {} SIP/2.0", request.method, request.uri),
-            cseq: request
-                .cseq_header()
-                .map(|h| h.value().to_owned())
-                .unwrap_or_default(),
+            call_id: request.call_id().clone(),
+            first_line: match request.request_uri() {
+                Some(uri) => format!("{} {uri} SIP/2.0", request.method()),
+                None => format!("{} SIP/2.0", request.method()),
+            },
+            cseq: request.cseq().to_string(),
             peer: Some(destination.remote()),
         };
         let key = self.wire.send_request(self.now, request, destination)?;
@@ -170,10 +178,10 @@ impl SipActions<'_> {
         std::mem::take(&mut self.sent)
     }
 
-    /// Sends octets outside any transaction: the ACK for a 2xx, or the
+    /// Sends a message outside any transaction: the ACK for a 2xx, or the
     /// retransmission of a 2xx to an INVITE (RFC 6026: the TU's job).
-    pub fn send_stateless(&mut self, destination: Destination, bytes: Vec<u8>) {
-        self.wire.push(destination, bytes);
+    pub fn send_stateless(&mut self, destination: Destination, message: &SipMessage) {
+        self.wire.push(destination, message.bytes().to_vec());
     }
 
     /// The current bindings of `target` (`user`, `user@domain` or a SIP

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::{Now, Observation, RegistrationError, RegistrationView, Uas};
+use super::{Now, Observation, Output, RegistrationError, RegistrationView, Uas};
+use crate::b2bua::MediaLink;
 use crate::events::EventBus;
 use crate::metrics::Metrics;
 use crate::transport::limits::{Source, TransportStats};
@@ -165,6 +166,7 @@ pub struct CoreQueue {
     budget: SharedBudget,
     stats: Arc<TransportStats>,
     telemetry: Option<Telemetry>,
+    media: Option<MediaLink>,
 }
 
 /// Where the core's observations go: counted, and registration changes
@@ -203,6 +205,7 @@ impl CoreQueue {
             budget: SharedBudget(Arc::new(Mutex::new(Budget::new(limits)))),
             stats,
             telemetry: None,
+            media: None,
         }
     }
 
@@ -210,6 +213,14 @@ impl CoreQueue {
     /// changes on `events`.
     pub fn set_telemetry(&mut self, metrics: Metrics, events: EventBus) {
         self.telemetry = Some(Telemetry { metrics, events });
+    }
+
+    /// Exchanges the call handler's media work over `link`: the core's
+    /// media requests are queued on it for the executor, and the inputs the
+    /// executor (and the REST API, reloads, shutdown) push on it are handed
+    /// to [`Uas::handle_media`] one at a time, each when it is due.
+    pub fn set_media_link(&mut self, link: MediaLink) {
+        self.media = Some(link);
     }
 
     /// A handle to the core before it runs (for tasks that wake it).
@@ -251,9 +262,19 @@ impl CoreQueue {
         let receiver = self.receiver;
         let budget = self.budget;
         let telemetry = self.telemetry;
+        let media = self.media;
         let thread = std::thread::Builder::new()
             .name("sip-core".to_owned())
-            .spawn(move || run(uas, &receiver, &budget, &transports, telemetry.as_ref()))?;
+            .spawn(move || {
+                run(
+                    uas,
+                    &receiver,
+                    &budget,
+                    &transports,
+                    telemetry.as_ref(),
+                    media.as_ref(),
+                )
+            })?;
         Ok(RunningCore {
             handle: self.handle,
             thread,
@@ -356,12 +377,18 @@ fn run(
     budget: &SharedBudget,
     transports: &Transports,
     telemetry: Option<&Telemetry>,
+    media: Option<&MediaLink>,
 ) {
     loop {
         let now = Now::current();
-        let wait = uas
-            .poll_timeout(now)
-            .map_or(IDLE_WAKEUP, |at| at.saturating_duration_since(now.instant));
+        let wait = [
+            uas.poll_timeout(now),
+            media.and_then(MediaLink::next_input_at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map_or(IDLE_WAKEUP, |at| at.saturating_duration_since(now.instant));
         match receiver.recv_timeout(wait) {
             Ok(Input::Inbound(inbound, received)) => {
                 let (source, bytes) = account(&inbound);
@@ -392,9 +419,25 @@ fn run(
             Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             Ok(Input::Wake) | Err(RecvTimeoutError::Timeout) => {}
         }
-        uas.handle_timeout(Now::current());
-        while let Some(outbound) = uas.poll_transmit() {
-            transports.send(outbound);
+        let now = Now::current();
+        uas.handle_timeout(now);
+        // One media input per turn: SIP input is not starved behind a burst
+        // of results, and the core has flushed what each one sent before
+        // the next (a 183 then a 200 on one transaction leave in order).
+        if let Some(input) = media.and_then(|link| link.pop_input(now.instant)) {
+            uas.handle_media(now, input);
+        }
+        while let Some(output) = uas.poll_output() {
+            match output {
+                Output::Transmit(outbound) => transports.send(outbound),
+                Output::Media(request) => match media {
+                    Some(link) => link.push_request(request),
+                    None => tracing::warn!(
+                        op = request.op.name(),
+                        "media request without a link dropped"
+                    ),
+                },
+            }
         }
         match telemetry {
             Some(telemetry) => telemetry.take(&mut uas),

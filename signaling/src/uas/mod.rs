@@ -5,9 +5,9 @@
 //! UAS logic, and queues what to send, each with the [`Destination`] that
 //! RFC 3261 §18.2.2 and RFC 3581 give (the same connection for TCP).
 //! Retransmitted requests are absorbed by the [`TransactionLayer`], which
-//! also retransmits responses; the core keeps the exact octets of the last
-//! response of each server transaction and sends those, so reason phrases,
-//! IPv6 Vias and `tel:` URIs go out as built by [`crate::sip`].
+//! also retransmits responses: it keeps each message it is given as a
+//! [`SipMessage`] with its octets and sends those, so reason phrases, IPv6
+//! Vias and `tel:` URIs go out exactly as built by [`crate::sip`].
 //!
 //! It answers REGISTER (digest authentication, then the [`Registrar`]; a
 //! change is appended to the [`BindingStore`], which fsyncs, before the 200
@@ -26,11 +26,22 @@
 //! # Driving it
 //!
 //! 1. `handle_inbound(now, inbound)` for each message from the transports
-//!    (`handle_received` when it waited in a queue since it arrived);
-//! 2. after every input, send each `poll_transmit()`;
+//!    (`handle_received` when it waited in a queue since it arrived): the
+//!    octets are parsed once into a [`SipMessage`], which keeps them, and
+//!    that value goes through the transaction layer to the UAS logic and
+//!    the call handler;
+//! 2. `handle_media(now, input)` for each input of the call handler that
+//!    is not SIP (media results, manager events ..., see
+//!    [`crate::b2bua`]);
 //! 3. call `handle_timeout(now)` when the deadline of `poll_timeout(now)`
-//!    has passed, then send again;
-//! 4. after sending, take each `poll_observation()` (call attempts, final
+//!    has passed;
+//! 4. after every input, apply each `poll_output()` in one `match`:
+//!    [`Output::Transmit`] (the octets of a message, built once: responses
+//!    by [`crate::sip::response_message`], the call handler's requests by
+//!    `SipMessage::from_parts`, and the transaction layer's
+//!    retransmissions of them) to a transport, [`Output::Media`] to the
+//!    RTP managers' executor;
+//! 5. after sending, take each `poll_observation()` (call attempts, final
 //!    statuses with the arrival time given to `handle_received`, binding
 //!    changes, authentication failures) for metrics and the event bus.
 //!
@@ -53,11 +64,12 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::auth::{Authenticated, Authenticator};
+use crate::b2bua::{LinkInput, MediaRequest};
 use crate::events::Event;
 use crate::registrar::{Record, Registrar, Store, StoreError};
 use crate::sip::{
-    build_error_response, build_rejection, build_response_with_body, check_request_with,
-    parse_with, FramingLimits, Method, RequestPolicy, SipMessage, Tag, Via,
+    build_error_response, build_rejection, check_request_with, parse_with, response_message,
+    FramingLimits, Method, RequestPolicy, SipMessage, Tag, Via,
 };
 use crate::transaction::{
     LayerEvent, Reliability, TimerConfig, TransactionError, TransactionKey, TransactionLayer,
@@ -71,6 +83,17 @@ pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, IN
 
 /// Option tags this server supports: Path (RFC 3327) is echoed by the registrar.
 pub const SUPPORTED: &[&str] = &["path"];
+
+/// What the core asks its driver to do, applied in one `match`.
+#[derive(Debug)]
+pub enum Output {
+    /// Octets for a transport.
+    Transmit(Outbound),
+    /// A request for the RTP managers (the call handler's), to run in
+    /// order per call; its result comes back through
+    /// [`Uas::handle_media`].
+    Media(MediaRequest),
+}
 
 /// Errors of the core's API.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -197,10 +220,6 @@ pub(crate) struct Wire {
     server_routes: HashMap<TransactionKey, Destination>,
     /// Where each client transaction's requests go.
     client_routes: HashMap<TransactionKey, Destination>,
-    /// The octets of the responses of each server transaction, newest
-    /// last: a transaction may queue a 183 and a 200 before they are
-    /// flushed, and each transmission must go out as it was built.
-    sent: HashMap<TransactionKey, Vec<(u16, Vec<u8>)>>,
     /// Requests handed to the call handler, so it can answer them by key.
     requests: HashMap<TransactionKey, SipMessage>,
     outbox: VecDeque<Outbound>,
@@ -237,7 +256,7 @@ impl Wire {
         if !self.server_header.is_empty() {
             headers.push(("Server".to_owned(), self.server_header.clone()));
         }
-        let bytes = build_response_with_body(
+        let response = response_message(
             request,
             reply.status,
             reply.reason,
@@ -257,23 +276,13 @@ impl Wire {
                         });
                     }
                 }
-                self.sent
-                    .entry(key.clone())
-                    .or_default()
-                    .push((reply.status, bytes));
-                // The machine needs the status only: the octets sent are the
-                // ones kept in `sent` (see `flush`).
-                let token = rsip::Response {
-                    status_code: rsip::StatusCode::from(reply.status),
-                    version: rsip::Version::V2,
-                    headers: rsip::Headers::default(),
-                    body: Vec::new(),
-                };
-                self.transactions.send_response(now.instant, key, token)?;
+                // The transaction keeps the message and retransmits its octets.
+                self.transactions
+                    .send_response(now.instant, key, response)?;
             }
             None => {
                 if let Some(destination) = stateless {
-                    self.push(destination, bytes);
+                    self.push(destination, response.bytes().to_vec());
                 }
             }
         }
@@ -283,7 +292,7 @@ impl Wire {
     fn send_request(
         &mut self,
         now: Now,
-        request: rsip::Request,
+        request: SipMessage,
         destination: Destination,
     ) -> Result<TransactionKey, UasError> {
         let reliability = if destination.is_reliable() {
@@ -305,30 +314,20 @@ impl Wire {
         }
     }
 
-    /// Moves the layer's transmissions to the outbox.
+    /// Moves the layer's transmissions to the outbox: each message's own
+    /// octets, to the route of its transaction.
     fn flush(&mut self) {
         while let Some(transmit) = self.transactions.poll_transmit() {
-            let (route, bytes) = match &transmit.message {
-                rsip::SipMessage::Response(response) => {
-                    let status = response.status_code.code();
-                    let built = self
-                        .sent
-                        .get(&transmit.key)
-                        .and_then(|all| all.iter().rev().find(|(sent, _)| *sent == status));
-                    let bytes = match built {
-                        Some((_, bytes)) => bytes.clone(),
-                        // The 100 Trying an INVITE transaction sends on its own.
-                        None => response.to_string().into_bytes(),
-                    };
-                    (self.server_routes.get(&transmit.key), bytes)
-                }
-                rsip::SipMessage::Request(request) => (
-                    self.client_routes.get(&transmit.key),
-                    request.to_string().into_bytes(),
-                ),
+            let routes = if transmit.message.is_request() {
+                &self.client_routes
+            } else {
+                &self.server_routes
             };
-            match route {
-                Some(destination) => self.push(*destination, bytes),
+            match routes.get(&transmit.key) {
+                Some(destination) => {
+                    let destination = *destination;
+                    self.push(destination, transmit.message.bytes().to_vec());
+                }
                 None => tracing::warn!(key = ?transmit.key, "transmission without a route dropped"),
             }
         }
@@ -337,7 +336,6 @@ impl Wire {
     fn forget(&mut self, key: &TransactionKey) {
         self.server_routes.remove(key);
         self.client_routes.remove(key);
-        self.sent.remove(key);
         self.requests.remove(key);
         self.timed.remove(key);
     }
@@ -409,7 +407,6 @@ impl Uas {
             server_header: config.server.clone(),
             server_routes: HashMap::new(),
             client_routes: HashMap::new(),
-            sent: HashMap::new(),
             requests: HashMap::new(),
             outbox: VecDeque::new(),
             timed: HashMap::new(),
@@ -521,6 +518,24 @@ impl Uas {
         }
     }
 
+    /// Hands the call handler one input that is not SIP (a media result, a
+    /// manager event, a dialplan, a shutdown step, a query ...) and flushes
+    /// what it sent. Without a call handler the input is dropped.
+    pub fn handle_media(&mut self, now: Now, input: LinkInput) {
+        let Some(mut handler) = self.handler.take() else {
+            return;
+        };
+        let mut sip = SipActions {
+            now,
+            wire: &mut self.wire,
+            registrar: &self.registrar,
+            sent: Vec::new(),
+        };
+        handler.handle_media(now, input, &mut sip);
+        self.handler = Some(handler);
+        self.drain(now, None);
+    }
+
     /// The next deadline; `now` converts the wall-clock expiry of bindings.
     pub fn poll_timeout(&self, now: Now) -> Option<Instant> {
         let expiry = self
@@ -541,6 +556,21 @@ impl Uas {
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Outbound> {
         self.wire.outbox.pop_front()
+    }
+
+    /// The next request for the RTP managers from the call handler.
+    pub fn poll_media_request(&mut self) -> Option<MediaRequest> {
+        self.handler.as_mut()?.poll_media_request()
+    }
+
+    /// The next thing for the driver to do, messages first: what
+    /// [`poll_transmit`](Self::poll_transmit) and
+    /// [`poll_media_request`](Self::poll_media_request) give, in one enum.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        if let Some(outbound) = self.poll_transmit() {
+            return Some(Output::Transmit(outbound));
+        }
+        self.poll_media_request().map(Output::Media)
     }
 
     /// The next thing the core reports for metrics and events; take them
@@ -609,41 +639,35 @@ impl Uas {
             identity: None,
             received,
         };
-        let layered = match current.message.rsip() {
-            Some(rsip::SipMessage::Request(request)) => {
-                let retransmission = TransactionKey::server_for_request(request)
-                    .is_ok_and(|key| self.wire.transactions.contains(&key));
-                if !retransmission && needs_authentication(current.message.method()) {
-                    // Challenged statelessly, as Kamailio's auth_challenge +
-                    // sl_send_reply: a refusal creates no server transaction,
-                    // so it is sent once per request received and never
-                    // retransmitted towards a source that may be spoofed
-                    // (an INVITE transaction would repeat a 407 until Timer H,
-                    // 11 times). The To tag is derived from the request, so
-                    // the ACK of a 407 matches it; it arrives as a stray ACK
-                    // and is dropped.
-                    match self.authenticate(now, &current) {
-                        Ok(identity) => current.identity = Some(identity),
-                        Err(refusal) => {
-                            self.refuse(now, None, &current, refusal);
-                            return;
-                        }
-                    }
+        let retransmission = TransactionKey::server_for_request(&current.message)
+            .is_ok_and(|key| self.wire.transactions.contains(&key));
+        if !retransmission && needs_authentication(current.message.method()) {
+            // Challenged statelessly, as Kamailio's auth_challenge +
+            // sl_send_reply: a refusal creates no server transaction,
+            // so it is sent once per request received and never
+            // retransmitted towards a source that may be spoofed
+            // (an INVITE transaction would repeat a 407 until Timer H,
+            // 11 times). The To tag is derived from the request, so
+            // the ACK of a 407 matches it; it arrives as a stray ACK
+            // and is dropped.
+            match self.authenticate(now, &current) {
+                Ok(identity) => current.identity = Some(identity),
+                Err(refusal) => {
+                    self.refuse(now, None, &current, refusal);
+                    return;
                 }
-                let reliability = match flow {
-                    Flow::Udp { .. } => Reliability::Unreliable,
-                    Flow::Tcp { .. } => Reliability::Reliable,
-                };
-                self.wire
-                    .transactions
-                    .handle_request(now.instant, request.clone(), reliability)
-                    .map_err(
-                        |error| tracing::debug!(%error, "request handled without a transaction"),
-                    )
-                    .ok()
             }
-            _ => None,
+        }
+        let reliability = match flow {
+            Flow::Udp { .. } => Reliability::Unreliable,
+            Flow::Tcp { .. } => Reliability::Reliable,
         };
+        let layered = self
+            .wire
+            .transactions
+            .handle_request(now.instant, current.message.clone(), reliability)
+            .map_err(|error| tracing::debug!(%error, "request handled without a transaction"))
+            .ok();
         match layered {
             Some(key) => {
                 if self.wire.transactions.contains(&key) {
@@ -651,9 +675,9 @@ impl Uas {
                 }
                 self.drain(now, Some(current));
             }
-            // What rsip cannot represent (extension methods, tel: and IPv6
-            // Request-URIs ...) is answered statelessly: the To tag is
-            // derived from the request, so a retransmission gets the same answer.
+            // A request without an RFC 3261 branch (RFC 2543) is answered
+            // statelessly: the To tag is derived from the request, so a
+            // retransmission gets the same answer.
             None => self.process(now, None, None, current),
         }
     }
@@ -664,18 +688,11 @@ impl Uas {
             tracing::debug!("response with several Vias dropped");
             return;
         }
-        let Some(rsip::SipMessage::Response(response)) = message.rsip().cloned() else {
-            tracing::debug!("response rsip cannot represent dropped");
-            return;
-        };
-        match self
-            .wire
-            .transactions
-            .handle_response(now.instant, response)
-        {
+        let call_id = message.call_id().clone();
+        match self.wire.transactions.handle_response(now.instant, message) {
             Ok(Some(_)) => {}
             Ok(None) => {
-                tracing::debug!(call_id = %message.call_id(), "response matching no transaction dropped");
+                tracing::debug!(%call_id, "response matching no transaction dropped");
                 return;
             }
             Err(error) => {
@@ -683,21 +700,12 @@ impl Uas {
                 return;
             }
         }
-        let mut response = Some(message);
-        self.drain_with(now, None, &mut response);
+        self.drain(now, None);
     }
 
-    fn drain(&mut self, now: Now, current: Option<Current>) {
-        self.drain_with(now, current, &mut None);
-    }
-
-    /// Flushes transmissions and handles the layer's events.
-    fn drain_with(
-        &mut self,
-        now: Now,
-        mut current: Option<Current>,
-        response: &mut Option<SipMessage>,
-    ) {
+    /// Flushes transmissions and handles the layer's events; `current` is
+    /// the request being processed, with what the layer does not keep.
+    fn drain(&mut self, now: Now, mut current: Option<Current>) {
         loop {
             self.wire.flush();
             let Some(event) = self.wire.transactions.poll_event() else {
@@ -718,24 +726,8 @@ impl Uas {
                         self.ack(now, None, current);
                     }
                 }
-                LayerEvent::Response {
-                    key,
-                    response: rsip_response,
-                } => {
-                    let message = response.clone().or_else(|| {
-                        // A retransmission the layer produced itself cannot
-                        // happen for responses; parse rsip's text to be safe.
-                        parse_with(rsip_response.to_string().as_bytes(), self.config.limits).ok()
-                    });
-                    if let Some(message) = message {
-                        self.call_event(
-                            now,
-                            CallEvent::Response {
-                                key,
-                                response: message,
-                            },
-                        );
-                    }
+                LayerEvent::Response { key, response } => {
+                    self.call_event(now, CallEvent::Response { key, response });
                 }
                 LayerEvent::Timeout { key, timer } => {
                     tracing::debug!(?key, ?timer, "transaction timeout");

@@ -16,7 +16,7 @@ fn on_m1(h: &mut Harness) {
             },
         );
     }
-    h.uas.handle_timeout(h.now);
+    h.step();
     h.settle();
 }
 
@@ -34,7 +34,7 @@ fn move_off_m1(h: &mut Harness, gone: bool) -> mpsc::UnboundedReceiver<MoveRepor
             reply,
         }),
     );
-    h.uas.handle_timeout(h.now);
+    h.step();
     h.settle();
     reports
 }
@@ -105,8 +105,8 @@ fn a_moved_call_gets_new_legs_both_sides_reinvited_and_the_old_manager_released(
     assert_eq!(
         h.ops(),
         vec![MediaOp::Answer {
-            leg: LegId::B,
-            peer: LegId::A,
+            leg: CallLeg::B,
+            peer: CallLeg::A,
             sdp: bob_new
         }]
     );
@@ -165,8 +165,8 @@ fn a_moved_call_keeps_its_callee_on_the_dialled_media_interface() {
         vec![
             MediaOp::Move,
             MediaOp::Offer {
-                leg: LegId::A,
-                peer: Some(LegId::B),
+                leg: CallLeg::A,
+                peer: Some(CallLeg::B),
                 sdp: CALLER_SDP.to_owned(),
                 callee_interface: Some("private".to_owned()),
             }
@@ -413,7 +413,7 @@ fn a_media_timeout_from_the_manager_a_call_left_does_not_hang_it_up() {
     // m1 came back with the call's old legs from its state: they idle out.
     h.event(MediaEvent::Timeout {
         call: call.clone(),
-        leg: "a".to_owned(),
+        leg: MediaLegId("a".to_owned()),
         idle_secs: 30,
         manager: "m1".to_owned(),
     });
@@ -423,7 +423,7 @@ fn a_media_timeout_from_the_manager_a_call_left_does_not_hang_it_up() {
     // Its manager's own timeout still ends it.
     h.event(MediaEvent::Timeout {
         call,
-        leg: "a".to_owned(),
+        leg: MediaLegId("a".to_owned()),
         idle_secs: 30,
         manager: "m2".to_owned(),
     });
