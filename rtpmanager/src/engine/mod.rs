@@ -16,8 +16,11 @@
 //! knows the control protocol. Two things are shared with the outside, as
 //! the session table always did: the relay's per-leg [`LegShared`] (its
 //! atomics say when a leg last received, and its outbound stream the
-//! continuity rewrite), and the port pools' [`Binder`](crate::ports::Binder),
-//! which the driver supplies.
+//! continuity rewrite), and two capabilities the owner supplies: the port
+//! pools' [`Binder`](crate::ports::Binder) and the table's route lookup
+//! (the kernel's routing table unless replaced, see
+//! [`SessionTable::set_route_lookup`]), which picks a new leg's media
+//! interface when there are several.
 //!
 //! # Driving it
 //!

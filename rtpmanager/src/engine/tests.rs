@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::ports::{Binder, PortPool, RtpPort};
-use crate::session::{LegOptions, TableConfig};
+use crate::session::{LegOptions, TableConfig, TableInterface};
 
 const OFFER: &str = "v=0\r\no=alice 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n\
 m=audio 40000 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=sendrecv\r\n";
@@ -418,4 +418,55 @@ fn a_restarted_engine_derives_the_same_kernel_entries_from_the_saved_state() {
     again.sort_by_key(|k| k.socket_addr());
     assert_eq!(again, keys);
     assert_eq!(restarted.engine.saved(), saved);
+}
+
+#[test]
+fn the_route_to_the_offerer_picks_its_legs_media_interface() {
+    let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let binder = FakeBinder::default();
+    let interface = |name: &str, device: &str, base: u16, advertise: [u8; 4]| TableInterface {
+        name: name.into(),
+        device: device.into(),
+        advertise_v4: Some(IpAddr::from(advertise)),
+        advertise_v6: None,
+        pool: PortPool::with_binder(localhost, base, base + 8, Box::new(binder.clone()))
+            .expect("pool"),
+    };
+    let mut table = SessionTable::with_interfaces(
+        config(),
+        vec![
+            interface("internal", "a0", BASE, [10, 0, 0, 1]),
+            interface("external", "b0", BASE + 100, [203, 0, 113, 5]),
+        ],
+    );
+    // The offerer is reached through b0; no routing table is read.
+    table.set_route_lookup(Box::new(|_| {
+        Some(crate::interfaces::Route {
+            source: IpAddr::from([203, 0, 113, 5]),
+            device: "b0".into(),
+        })
+    }));
+    let mut engine = Engine::new(table, EngineConfig::default());
+    let input = OfferInput {
+        call: "c1",
+        leg: "a",
+        peer: "b",
+        sdp: OFFER,
+        options: LegOptions::default(),
+        peer_options: LegOptions {
+            interface: Some("internal".into()),
+            ..LegOptions::default()
+        },
+    };
+    let offer = engine
+        .handle_offer(Instant::now(), 0, input)
+        .expect("offer");
+    assert_eq!(
+        offer.leg.interface, "internal",
+        "b where signaling names it"
+    );
+    assert!(offer.sdp.contains("c=IN IP4 10.0.0.1\r\n"), "{}", offer.sdp);
+    let a = engine.table().leg_views("c1", "a").expect("leg a");
+    assert_eq!(a[0].interface, "external", "a where its offerer is routed");
+    assert!((BASE + 100..BASE + 108).contains(&a[0].rtp_port));
 }

@@ -6,7 +6,9 @@
 //! relay, a clock or a socket itself: its port pools choose port numbers and
 //! the driver's [`Binder`](crate::ports::Binder) binds them; the driver takes
 //! the sockets when it applies `RelayCommand::Add`. The wall clock (for `o=`
-//! session ids) is an input too ([`SessionTable::set_wall_clock`]).
+//! session ids) is an input too ([`SessionTable::set_wall_clock`]), and the
+//! route to a peer (which picks a leg's media interface) is asked of a
+//! lookup the owner may replace ([`SessionTable::set_route_lookup`]).
 //!
 //! Per leg it keeps what the leg's peer offered or answered, the manager's
 //! `o=` state towards that peer, and the settled [`Negotiation`]; from those
@@ -285,7 +287,14 @@ pub struct SessionTable {
     /// Seconds since the Unix epoch at the current input, for `o=`
     /// session ids.
     wall_secs: u64,
+    /// Finds the route to a peer (which picks a new leg's interface when
+    /// there are several): the kernel's routing table by default, a
+    /// capability the driver hands in like the pools' binder.
+    route_lookup: RouteLookup,
 }
+
+/// How the table asks for the route to a peer.
+pub type RouteLookup = Box<dyn Fn(IpAddr) -> Option<crate::interfaces::Route> + Send>;
 
 impl fmt::Debug for SessionTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -327,7 +336,14 @@ impl SessionTable {
             next_slot: 0,
             draining: false,
             wall_secs: 0,
+            route_lookup: Box::new(crate::interfaces::route_to),
         }
+    }
+
+    /// Replaces how routes to peers are found (tests without a routing
+    /// table of their own).
+    pub fn set_route_lookup(&mut self, lookup: RouteLookup) {
+        self.route_lookup = lookup;
     }
 
     /// The wall clock at the input about to be handled, in milliseconds
@@ -393,7 +409,7 @@ impl SessionTable {
         if self.interfaces.len() == 1 {
             return Ok(0);
         }
-        let Some(route) = peer.and_then(crate::interfaces::route_to) else {
+        let Some(route) = peer.and_then(|p| (self.route_lookup)(p)) else {
             return Ok(0);
         };
         Ok(self
