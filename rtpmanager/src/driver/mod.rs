@@ -24,7 +24,6 @@ use crate::clock::unix_millis;
 use crate::engine::{Command, Engine, Event, Restored, SdpOut};
 use crate::fastpath::{FastPath, Mode};
 use crate::media::g711::Law;
-use crate::media::rtp::PayloadType;
 use crate::offload::kernel::KernelOffload;
 use crate::offload::StreamKind;
 use crate::playback::{
@@ -690,14 +689,9 @@ impl Driver {
         r: DtmfRequest,
     ) -> Result<(), DriverError> {
         let (shared, negotiation) = self.leg_media(call, leg)?;
-        let payload_type = negotiation
-            .telephone_event
-            .and_then(|pt| PayloadType::new(pt.get()))
-            .ok_or_else(|| {
-                DriverError::FailedPrecondition(format!(
-                    "leg {leg} did not negotiate telephone-event"
-                ))
-            })?;
+        let payload_type = negotiation.telephone_event.ok_or_else(|| {
+            DriverError::FailedPrecondition(format!("leg {leg} did not negotiate telephone-event"))
+        })?;
         let or_default = |v: u32| if v == 0 { 100 } else { u64::from(v) };
         let volume = if r.volume == 0 { 10 } else { r.volume };
         let plan = DtmfPlan::new(
