@@ -368,6 +368,7 @@ impl Engine {
     pub fn handle_restore(&mut self, now: Instant, unix_ms: u64, saved: &SavedState) -> Restored {
         self.table.set_wall_clock(unix_ms);
         let (commands, failed) = self.table.restore(now, saved);
+        let commands = fold_into_adds(commands);
         for f in &failed {
             tracing::warn!(call = %f.call_id, leg = %f.leg_id, reason = %f.reason, "leg not re-adopted");
         }
@@ -563,4 +564,30 @@ impl Engine {
         self.persist_queued = true;
         self.commands.push_back(Command::Persist);
     }
+}
+
+/// A restored leg goes to the relay with its final params in its `Add`: an
+/// `Update` right after it would start a new learning epoch in the relay,
+/// whose `Learning` report takes the re-adopted call's directions out of
+/// the kernel until the peers lock again, which re-adoption must avoid.
+/// (The relay learns afresh either way: a new leg's latch starts empty.)
+fn fold_into_adds(commands: Vec<RelayCommand>) -> Vec<RelayCommand> {
+    let mut out: Vec<RelayCommand> = Vec::with_capacity(commands.len());
+    for command in commands {
+        let RelayCommand::Update { slot, params } = command else {
+            out.push(command);
+            continue;
+        };
+        let added = out.iter_mut().find_map(|c| match c {
+            RelayCommand::Add {
+                slot: s, params: p, ..
+            } if *s == slot => Some(p),
+            _ => None,
+        });
+        match added {
+            Some(p) => *p = params,
+            None => out.push(RelayCommand::Update { slot, params }),
+        }
+    }
+    out
 }

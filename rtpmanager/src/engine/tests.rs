@@ -406,6 +406,10 @@ fn a_restarted_engine_derives_the_same_kernel_entries_from_the_saved_state() {
         2,
         "{commands:?}"
     );
+    assert!(
+        !commands.iter().any(|c| c.starts_with("update ")),
+        "restored legs get their params with their Add: an Update would restart the relay's learning: {commands:?}"
+    );
     assert_eq!(
         commands
             .iter()
