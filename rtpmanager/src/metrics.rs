@@ -5,27 +5,25 @@
 //! fast path in force, the kernel's verdict counters, the session table's
 //! calls, legs and port pairs, the directions the kernel forwards) and
 //! renders it with [`render`], which does no I/O. Reading goes through the
-//! gRPC Health and Info handlers and takes each lock briefly, as they do; the
-//! relay worker takes none of these locks and is never waited on.
+//! [`Driver`] and takes its locks briefly, as a request does; the relay
+//! worker takes none of these locks and is never waited on.
 //!
 //! The userspace relay's totals are the live legs' counters plus those of
-//! the legs already removed (kept by the control service), so they only
-//! grow; what the kernel forwarded is in the verdict counters instead.
+//! the legs already removed (kept by the driver), so they only grow; what
+//! the kernel forwarded is in the verdict counters instead.
 
 use std::fmt::Write;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use rtpmanager_common::Counter;
-use switchboard_proto::v1;
-use switchboard_proto::v1::rtp_manager_server::RtpManager;
 use tokio::net::TcpListener;
 
+use crate::driver::Driver;
 use crate::fastpath::Mode;
-use crate::grpc::ControlService;
 use crate::relay::RelayTotals;
 
 /// Content type of the text exposition format.
@@ -77,44 +75,45 @@ pub struct InterfaceFigures {
 }
 
 impl Snapshot {
-    /// Reads the figures through the Health and Info handlers, the fast
-    /// path's counters map and the offload driver's installed entries.
-    pub async fn read(service: &ControlService) -> Result<Snapshot, tonic::Status> {
-        let health = service
-            .health(tonic::Request::new(v1::HealthRequest {}))
-            .await?
-            .into_inner();
-        let info = service
-            .info(tonic::Request::new(v1::InfoRequest {}))
-            .await?
-            .into_inner();
-        let kernel_directions = as_u64(service.kernel_keys().len());
-        let fast_path = service.fast_path();
-        Ok(Snapshot {
+    /// Reads the figures from the driver: the session table's counts, the
+    /// fast path's counters map and the offload's installed entries.
+    pub fn read(driver: &Driver) -> Snapshot {
+        let fast_path = driver.fast_path();
+        let userspace = driver.interface_userspace_packets();
+        let (calls, legs, port_pairs, port_pairs_free, draining, interfaces) =
+            driver.with_table(|table| {
+                (
+                    as_u64(table.calls()),
+                    as_u64(table.legs()),
+                    as_u64(table.ports_total()),
+                    as_u64(table.ports_free()),
+                    table.draining(),
+                    table
+                        .interfaces()
+                        .iter()
+                        .map(|i| InterfaceFigures {
+                            name: i.name.clone(),
+                            device: i.device.clone(),
+                            mode: fast_path.mode_on(&i.device),
+                            userspace_packets: userspace.get(&i.name).copied().unwrap_or(0),
+                        })
+                        .collect(),
+                )
+            });
+        Snapshot {
             mode: fast_path.mode(),
             interface: fast_path.interface().to_owned(),
             reason: fast_path.reason().to_owned(),
             kernel_packets: fast_path.counters(),
-            kernel_directions,
-            calls: health.active_calls.into(),
-            legs: health.active_legs.into(),
-            port_pairs: info.ports_total.into(),
-            port_pairs_free: health.ports_free.into(),
-            draining: health.status() == v1::ServingStatus::Draining,
-            relay: service.relay_totals(),
-            interfaces: {
-                let userspace = service.interface_userspace_packets();
-                info.interfaces
-                    .iter()
-                    .map(|i| InterfaceFigures {
-                        name: i.name.clone(),
-                        device: i.device.clone(),
-                        mode: fast_path.mode_on(&i.device),
-                        userspace_packets: userspace.get(&i.name).copied().unwrap_or(0),
-                    })
-                    .collect()
-            },
-        })
+            kernel_directions: as_u64(driver.kernel_keys().len()),
+            calls,
+            legs,
+            port_pairs,
+            port_pairs_free,
+            draining,
+            relay: driver.relay_totals(),
+            interfaces,
+        }
     }
 }
 
@@ -313,25 +312,20 @@ fn escape_label(value: &str) -> String {
 }
 
 /// The endpoint's router: `GET /metrics`, 404 elsewhere.
-pub fn app(service: ControlService) -> Router {
+pub fn app(driver: Driver) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .with_state(service)
+        .with_state(driver)
 }
 
 /// Serves [`app`] on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, service: ControlService) -> std::io::Result<()> {
-    axum::serve(listener, app(service)).await
+pub async fn serve(listener: TcpListener, driver: Driver) -> std::io::Result<()> {
+    axum::serve(listener, app(driver)).await
 }
 
-async fn metrics(State(service): State<ControlService>) -> Response {
-    match Snapshot::read(&service).await {
-        Ok(snapshot) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], render(&snapshot)).into_response(),
-        Err(status) => {
-            tracing::warn!(error = %status.message(), "metrics scrape failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable\n").into_response()
-        }
-    }
+async fn metrics(State(driver): State<Driver>) -> Response {
+    let snapshot = Snapshot::read(&driver);
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], render(&snapshot)).into_response()
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! The media port pool: even RTP ports with RTCP on the next odd one.
 //!
 //! API: [`PortPool::new`]`(bind_address, min, max)` over the configured range;
-//! [`PortPool::allocate`]`(rtcp_mux)` binds a pair and returns a
-//! [`PortAllocation`] holding the non-blocking sockets; [`PortPool::release`]
-//! gives the pair back once its sockets are dropped; [`PortPool::retry_unbindable`]
+//! [`PortPool::allocate`]`(rtcp_mux)` picks a pair, has its [`Binder`] bind
+//! it and returns the pair's [`RtpPort`]; [`PortPool::release`] gives the
+//! pair back (the binder closes sockets not handed out); [`PortPool::retry_unbindable`]
 //! makes pairs that failed to bind eligible again; [`PortPool::total_pairs`] and
 //! [`PortPool::free_pairs`] feed health/info. Exhaustion is [`PortError::Exhausted`],
 //! which the gRPC layer maps to `RESOURCE_EXHAUSTED`.
@@ -17,10 +17,75 @@
 //! (another process holds a port) is skipped and set aside until
 //! [`PortPool::retry_unbindable`] or a release of that pair. The pool is not
 //! shared by itself: the owner wraps it in a mutex.
+//!
+//! The pool is bookkeeping; the sockets are the [`Binder`]'s. The manager's
+//! driver hands every pool one [`SocketBinder`], which binds the pair while
+//! the pool chooses (so an unbindable pair is skipped within the same
+//! allocation, as it must be before the SDP names the port) and keeps the
+//! sockets until the driver gives them to the relay
+//! ([`SocketBinder::take`]). The session engine owning the pools therefore
+//! sees port numbers only, and its tests use a binder without sockets.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+
+/// Binds the sockets of the pairs a [`PortPool`] picks.
+pub trait Binder: Send + fmt::Debug {
+    /// Binds RTP port `port` on `bind`, and its RTCP port unless
+    /// `rtcp_mux`; an error makes the pool skip the pair.
+    fn bind(&mut self, bind: IpAddr, port: RtpPort, rtcp_mux: bool) -> io::Result<()>;
+    /// The pair was released: sockets not handed out yet are closed.
+    fn unbind(&mut self, bind: IpAddr, port: RtpPort);
+}
+
+/// The sockets of one bound pair, non-blocking.
+#[derive(Debug)]
+pub struct BoundPair {
+    pub rtp: UdpSocket,
+    /// `None` with rtcp-mux.
+    pub rtcp: Option<UdpSocket>,
+}
+
+/// The real [`Binder`]: binds UDP sockets and keeps them, by the RTP
+/// socket's address, until [`SocketBinder::take`]. Clones share the
+/// sockets, so the driver keeps one and the pools get the others.
+#[derive(Clone, Debug, Default)]
+pub struct SocketBinder {
+    bound: Arc<Mutex<HashMap<SocketAddr, BoundPair>>>,
+}
+
+impl SocketBinder {
+    /// The sockets bound for the RTP address `rtp`, once.
+    pub fn take(&self, rtp: SocketAddr) -> Option<BoundPair> {
+        self.bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&rtp)
+    }
+}
+
+impl Binder for SocketBinder {
+    fn bind(&mut self, bind: IpAddr, port: RtpPort, rtcp_mux: bool) -> io::Result<()> {
+        let rtp = bind_nonblocking(SocketAddr::new(bind, port.get()))?;
+        let rtcp = if rtcp_mux {
+            None
+        } else {
+            Some(bind_nonblocking(SocketAddr::new(bind, port.rtcp()))?)
+        };
+        self.bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(SocketAddr::new(bind, port.get()), BoundPair { rtp, rtcp });
+        Ok(())
+    }
+
+    fn unbind(&mut self, bind: IpAddr, port: RtpPort) {
+        self.take(SocketAddr::new(bind, port.get()));
+    }
+}
 
 /// An even UDP port carrying RTP; RTCP is on the next port unless rtcp-mux is used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -167,17 +232,6 @@ impl Rng {
     }
 }
 
-/// A bound pair handed to a leg.
-#[derive(Debug)]
-pub struct PortAllocation {
-    /// The RTP port; RTCP is on [`RtpPort::rtcp`] unless rtcp-mux was requested.
-    pub port: RtpPort,
-    /// The RTP socket, non-blocking.
-    pub rtp: UdpSocket,
-    /// The RTCP socket, non-blocking; `None` with rtcp-mux.
-    pub rtcp: Option<UdpSocket>,
-}
-
 /// The pool of RTP/RTCP port pairs; see the module documentation.
 #[derive(Debug)]
 pub struct PortPool {
@@ -188,6 +242,7 @@ pub struct PortPool {
     /// Released pairs, oldest first, still cooling.
     cooling: std::collections::VecDeque<usize>,
     rng: Rng,
+    binder: Box<dyn Binder>,
 }
 
 fn bind_nonblocking(addr: SocketAddr) -> io::Result<UdpSocket> {
@@ -199,10 +254,26 @@ fn bind_nonblocking(addr: SocketAddr) -> io::Result<UdpSocket> {
 impl PortPool {
     /// A pool over `min..=max` whose sockets bind to `bind`.
     pub fn new(bind: IpAddr, min: u16, max: u16) -> Result<PortPool, PortError> {
-        Self::with_rng(bind, min, max, Rng::from_os())
+        Self::with_binder(bind, min, max, Box::new(SocketBinder::default()))
     }
 
-    fn with_rng(bind: IpAddr, min: u16, max: u16, rng: Rng) -> Result<PortPool, PortError> {
+    /// A pool whose pairs `binder` binds.
+    pub fn with_binder(
+        bind: IpAddr,
+        min: u16,
+        max: u16,
+        binder: Box<dyn Binder>,
+    ) -> Result<PortPool, PortError> {
+        Self::with_rng(bind, min, max, Rng::from_os(), binder)
+    }
+
+    fn with_rng(
+        bind: IpAddr,
+        min: u16,
+        max: u16,
+        rng: Rng,
+        binder: Box<dyn Binder>,
+    ) -> Result<PortPool, PortError> {
         let invalid = |reason| Err(PortError::InvalidRange { min, max, reason });
         if !min.is_multiple_of(2) {
             return invalid("the lowest port must be even");
@@ -218,6 +289,7 @@ impl PortPool {
             slots: vec![Slot::Free; pairs],
             cooling: std::collections::VecDeque::new(),
             rng,
+            binder,
         })
     }
 
@@ -263,7 +335,7 @@ impl PortPool {
     /// Binds a random free pair (a cooling one only when no other is
     /// free); with `rtcp_mux` only the RTP port is bound, though the RTCP
     /// port stays reserved with it.
-    pub fn allocate(&mut self, rtcp_mux: bool) -> Result<PortAllocation, PortError> {
+    pub fn allocate(&mut self, rtcp_mux: bool) -> Result<RtpPort, PortError> {
         let pairs = self.slots.len();
         for wanted in [Slot::Free, Slot::Cooling] {
             let start = self.rng.below(pairs);
@@ -273,10 +345,10 @@ impl PortPool {
                     continue;
                 }
                 let port = self.port_of(index);
-                match self.bind_pair(port, rtcp_mux) {
-                    Ok((rtp, rtcp)) => {
+                match self.binder.bind(self.bind, port, rtcp_mux) {
+                    Ok(()) => {
                         self.slots[index] = Slot::InUse;
-                        return Ok(PortAllocation { port, rtp, rtcp });
+                        return Ok(port);
                     }
                     Err(error) => {
                         tracing::debug!(%port, %error, "media port pair cannot be bound, skipped");
@@ -297,7 +369,7 @@ impl PortPool {
 
     /// Binds the pair of RTP port `port` (a restarted manager re-adopting a
     /// leg); fails when it is outside the range, in use, or cannot be bound.
-    pub fn allocate_port(&mut self, port: u16) -> Result<PortAllocation, PortError> {
+    pub fn allocate_port(&mut self, port: u16) -> Result<RtpPort, PortError> {
         let index = port
             .checked_sub(self.min)
             .filter(|d| d % 2 == 0)
@@ -305,29 +377,15 @@ impl PortPool {
             .filter(|i| *i < self.slots.len() && self.slots[*i] != Slot::InUse)
             .ok_or(PortError::Unavailable(port))?;
         let pair = self.port_of(index);
-        let (rtp, rtcp) = self
-            .bind_pair(pair, false)
+        self.binder
+            .bind(self.bind, pair, false)
             .map_err(|_| PortError::Unavailable(port))?;
-        let port = pair;
         self.slots[index] = Slot::InUse;
-        Ok(PortAllocation { port, rtp, rtcp })
+        Ok(pair)
     }
 
-    fn bind_pair(
-        &self,
-        port: RtpPort,
-        rtcp_mux: bool,
-    ) -> io::Result<(UdpSocket, Option<UdpSocket>)> {
-        let rtp = bind_nonblocking(SocketAddr::new(self.bind, port.get()))?;
-        let rtcp = if rtcp_mux {
-            None
-        } else {
-            Some(bind_nonblocking(SocketAddr::new(self.bind, port.rtcp()))?)
-        };
-        Ok((rtp, rtcp))
-    }
-
-    /// Returns an allocated pair to the pool; its sockets must have been dropped.
+    /// Returns an allocated pair to the pool; sockets the binder still holds
+    /// are closed, the relay's must have been dropped.
     pub fn release(&mut self, port: RtpPort) -> Result<(), PortError> {
         let index = port
             .get()
@@ -335,6 +393,7 @@ impl PortPool {
             .map(|d| usize::from(d / 2))
             .filter(|i| *i < self.slots.len() && self.slots[*i] == Slot::InUse)
             .ok_or(PortError::NotAllocated(port))?;
+        self.binder.unbind(self.bind, port);
         self.slots[index] = Slot::Cooling;
         self.cooling.push_back(index);
         let limit = COOLING_PAIRS.min(self.slots.len() / 4);
@@ -391,28 +450,44 @@ mod tests {
     }
 
     fn pool(from: u16, pairs: u16) -> (PortPool, u16) {
-        let base = free_range(from, pairs);
-        let pool = PortPool::new(LOCALHOST, base, base + 2 * pairs).expect("valid range");
+        let (pool, base, _) = pool_with_sockets(from, pairs);
         (pool, base)
+    }
+
+    /// A pool and its binder, which holds the sockets of allocated pairs.
+    fn pool_with_sockets(from: u16, pairs: u16) -> (PortPool, u16, SocketBinder) {
+        let base = free_range(from, pairs);
+        let sockets = SocketBinder::default();
+        let pool =
+            PortPool::with_binder(LOCALHOST, base, base + 2 * pairs, Box::new(sockets.clone()))
+                .expect("valid range");
+        (pool, base, sockets)
+    }
+
+    fn take(sockets: &SocketBinder, port: RtpPort) -> BoundPair {
+        sockets
+            .take(SocketAddr::new(LOCALHOST, port.get()))
+            .expect("the binder holds the allocated pair's sockets")
     }
 
     #[test]
     fn allocates_every_pair_then_reports_exhaustion() {
-        let (mut pool, base) = pool(40000, 5);
+        let (mut pool, base, sockets) = pool_with_sockets(40000, 5);
         assert_eq!((pool.total_pairs(), pool.free_pairs()), (5, 5));
-        let held: Vec<PortAllocation> = (0..5)
+        let held: Vec<RtpPort> = (0..5)
             .map(|_| pool.allocate(false).expect("pair available"))
             .collect();
-        let mut ports: Vec<u16> = held.iter().map(|a| a.port.get()).collect();
+        let mut ports: Vec<u16> = held.iter().map(|p| p.get()).collect();
         ports.sort_unstable();
         assert_eq!(ports, [base, base + 2, base + 4, base + 6, base + 8]);
-        for a in &held {
+        for port in &held {
+            let a = take(&sockets, *port);
             let rtp = a.rtp.local_addr().expect("bound RTP socket");
-            assert_eq!(rtp, SocketAddr::new(LOCALHOST, a.port.get()));
+            assert_eq!(rtp, SocketAddr::new(LOCALHOST, port.get()));
             let rtcp = a.rtcp.as_ref().expect("RTCP socket without rtcp-mux");
             assert_eq!(
                 rtcp.local_addr().expect("bound RTCP socket").port(),
-                a.port.get() + 1
+                port.get() + 1
             );
         }
         assert_eq!(pool.free_pairs(), 0);
@@ -429,12 +504,18 @@ mod tests {
     #[test]
     fn allocations_are_spread_over_the_range_not_sequential() {
         let (mut pool, base) = pool(45000, 40);
-        let mut pool_b =
-            PortPool::with_rng(LOCALHOST, base, base + 80, Rng::seeded(7)).expect("valid range");
-        let held: Vec<PortAllocation> = (0..10)
+        let mut pool_b = PortPool::with_rng(
+            LOCALHOST,
+            base,
+            base + 80,
+            Rng::seeded(7),
+            Box::new(SocketBinder::default()),
+        )
+        .expect("valid range");
+        let held: Vec<RtpPort> = (0..10)
             .map(|_| pool.allocate(false).expect("pair"))
             .collect();
-        let ports: Vec<u16> = held.iter().map(|a| a.port.get()).collect();
+        let ports: Vec<u16> = held.iter().map(|p| p.get()).collect();
         let steps = ports.windows(2).filter(|w| w[1] == w[0] + 2).count();
         assert!(
             steps < 5,
@@ -448,10 +529,12 @@ mod tests {
             unique.iter().any(|p| *p >= base + 20),
             "not only the start of the range: {ports:?}"
         );
-        drop(held);
+        for port in held {
+            pool.release(port).expect("allocated pair");
+        }
         // The same over the whole range, with a fixed seed: every pair once.
         let all: Vec<u16> = (0..40)
-            .map(|_| pool_b.allocate(false).expect("pair").port.get())
+            .map(|_| pool_b.allocate(false).expect("pair").get())
             .collect();
         let mut sorted = all.clone();
         sorted.sort_unstable();
@@ -465,14 +548,10 @@ mod tests {
     fn a_released_pair_cools_while_others_are_free() {
         let (mut pool, _) = pool(46000, 8);
         for _ in 0..50 {
-            let a = pool.allocate(false).expect("pair");
-            let port = a.port;
-            drop(a);
+            let port = pool.allocate(false).expect("pair");
             pool.release(port).expect("allocated pair");
-            let b = pool.allocate(false).expect("pair");
-            assert_ne!(b.port, port, "the pair just released is not reused at once");
-            let next = b.port;
-            drop(b);
+            let next = pool.allocate(false).expect("pair");
+            assert_ne!(next, port, "the pair just released is not reused at once");
             pool.release(next).expect("allocated pair");
         }
         assert_eq!(pool.free_pairs(), 8, "cooling pairs count as free");
@@ -485,17 +564,15 @@ mod tests {
     #[test]
     fn a_cooling_pair_is_taken_when_nothing_else_is_free() {
         let (mut pool, _) = pool(47000, 4);
-        let mut held: Vec<PortAllocation> = (0..3)
+        let held: Vec<RtpPort> = (0..3)
             .map(|_| pool.allocate(false).expect("pair"))
             .collect();
-        let released = held.remove(0);
-        let port = released.port;
-        drop(released);
+        let port = held[0];
         pool.release(port).expect("allocated");
         let last_free = pool.allocate(false).expect("the free pair first");
-        assert_ne!(last_free.port, port);
+        assert_ne!(last_free, port);
         let again = pool.allocate(false).expect("then the cooling pair");
-        assert_eq!(again.port, port);
+        assert_eq!(again, port);
         assert!(pool.allocate(false).is_err());
     }
 
@@ -506,7 +583,7 @@ mod tests {
         let blocker = UdpSocket::bind((LOCALHOST, base + 3)).expect("blocker binds");
         let a = pool.allocate(false).expect("first pair");
         let b = pool.allocate(false).expect("third pair");
-        let mut got = [a.port.get(), b.port.get()];
+        let mut got = [a.get(), b.get()];
         got.sort_unstable();
         assert_eq!(got, [base, base + 4], "the second pair never binds");
         // By the time the pool is exhausted it tried the second pair too.
@@ -523,25 +600,26 @@ mod tests {
         drop(blocker);
         assert_eq!(pool.retry_unbindable(), 1);
         let c = pool.allocate(false).expect("second pair after retry");
-        assert_eq!(c.port.get(), base + 2);
+        assert_eq!(c.get(), base + 2);
     }
 
     #[test]
     fn rtcp_mux_binds_only_rtp() {
-        let (mut pool, base) = pool(43000, 2);
-        let a = pool.allocate(true).expect("pair");
+        let (mut pool, base, sockets) = pool_with_sockets(43000, 2);
+        let allocated = pool.allocate(true).expect("pair");
+        let a = take(&sockets, allocated);
         assert!(a.rtcp.is_none());
-        let port = a.port.get();
+        let port = allocated.get();
         assert_eq!(a.rtp.local_addr().expect("bound").port(), port, "RTP bound");
         // The RTCP port stays reserved: the next allocation takes the other pair.
         let other = if port == base { base + 2 } else { base };
-        assert_eq!(pool.allocate(true).expect("pair").port.get(), other);
+        assert_eq!(pool.allocate(true).expect("pair").get(), other);
     }
 
     #[test]
     fn sockets_are_nonblocking() {
-        let (mut pool, _) = pool(44000, 1);
-        let a = pool.allocate(false).expect("pair");
+        let (mut pool, _, sockets) = pool_with_sockets(44000, 1);
+        let a = take(&sockets, pool.allocate(false).expect("pair"));
         let mut buf = [0u8; 16];
         let err = a.rtp.recv_from(&mut buf).expect_err("nothing to read");
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);

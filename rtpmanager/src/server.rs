@@ -12,14 +12,16 @@ use switchboard_proto::v1::rtp_manager_server::RtpManagerServer;
 use tonic::service::Interceptor;
 
 use crate::access::{Access, TokenCheck};
+use crate::clock::unix_millis;
 use crate::config::Config;
 use crate::config::FastPathRequest;
+use crate::driver::Driver;
+use crate::engine::{Engine, EngineConfig};
 use crate::fastpath::{FastPath, Mode, MoreDevice, Settings};
-use crate::grpc::{unix_millis, ControlService, ManagerInfo};
+use crate::grpc::{ControlService, ManagerInfo};
 use crate::interfaces;
 use crate::metrics;
-use crate::offload::kernel::KernelOffload;
-use crate::ports::PortPool;
+use crate::ports::{PortPool, SocketBinder};
 use crate::relay::Relay;
 use crate::session::persist::StateFile;
 use crate::session::{SessionTable, TableConfig, TableInterface};
@@ -92,7 +94,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         wire.extend(wire_addresses(&m.advertised(), m.bind, &m.device));
     }
-    let offload = KernelOffload::new(fast_path.mode() != Mode::Off, wire);
+    let mut kernel_devices: std::collections::HashSet<String> = media
+        .iter()
+        .map(|m| m.device.clone())
+        .filter(|d| fast_path.mode_on(d) != Mode::Off)
+        .collect();
+    if fast_path.mode() != Mode::Off {
+        kernel_devices.insert(String::new());
+    }
+    let engine_config = EngineConfig {
+        offload: fast_path.mode() != Mode::Off,
+        wire,
+        kernel_devices,
+    };
 
     let started = SystemTime::now();
     let advertise = media[0].advertised()[0];
@@ -103,9 +117,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         rtp_port_min: port_min,
         rtp_port_max: port_max,
     };
+    let sockets = SocketBinder::default();
     let mut interfaces = Vec::new();
     for m in &media {
-        let pool = PortPool::new(m.bind, m.port_min, m.port_max)
+        let pool = PortPool::with_binder(m.bind, m.port_min, m.port_max, Box::new(sockets.clone()))
             .with_context(|| format!("the ports of media interface {}", m.name))?;
         interfaces.push(TableInterface {
             name: m.name.clone(),
@@ -137,21 +152,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 None
             }
         });
-    let service = ControlService::new(
-        info,
+    let driver = Driver::new(
+        Engine::new(table, engine_config),
+        sockets,
         fast_path,
-        table,
         relay,
-        offload,
         config.audio_path.clone(),
         state.clone(),
     );
-    readopt(&service, state.as_ref());
-    tokio::spawn(service.clone().watch_offloaded(Duration::from_secs(1)));
-    tokio::spawn(service.clone().forward_relay_events());
+    readopt(&driver, state.as_ref());
+    tokio::spawn(driver.clone().watch_offloaded(Duration::from_secs(1)));
+    tokio::spawn(driver.clone().forward_relay_events());
     // Every second: the media timeout may be as short as a second, and a
     // scan of the table is cheap next to the relay's work.
-    tokio::spawn(service.clone().reap_idle_legs(
+    tokio::spawn(driver.clone().reap_idle_legs(
         Duration::from_secs(u64::from(config.idle_timeout)),
         Duration::from_secs(1),
     ));
@@ -164,15 +178,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })?;
     let bound = listener.local_addr().context("gRPC listener address")?;
     if let Some(addr) = config.metrics_listen {
-        serve_metrics(addr, service.clone()).await?;
+        serve_metrics(addr, driver.clone()).await?;
     }
     tracing::info!(
         grpc = %bound,
         grpc_access = %access_summary,
         %advertise,
         ports = %format_args!("{port_min}-{port_max}"),
-        fast_path = %service.fast_path().mode(),
-        interfaces = %media.iter().map(|m| format!("{}@{}:{}", m.name, m.device, service.fast_path().mode_on(&m.device))).collect::<Vec<_>>().join(" "),
+        fast_path = %driver.fast_path().mode(),
+        interfaces = %media.iter().map(|m| format!("{}@{}:{}", m.name, m.device, driver.fast_path().mode_on(&m.device))).collect::<Vec<_>>().join(" "),
         "rtpmanager ready"
     );
 
@@ -194,9 +208,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     // One interceptor type either way: without tokens it lets every
     // request through.
+    let service = ControlService::new(info, driver.clone());
     let serve = builder
         .add_service(RtpManagerServer::with_interceptor(
-            service.clone(),
+            service,
             move |request: tonic::Request<()>| match &mut check {
                 Some(check) => check.call(request),
                 None => Ok(request),
@@ -217,14 +232,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
     }
 
-    if let Some(counters) = service.fast_path().counters() {
+    if let Some(counters) = driver.fast_path().counters() {
         let summary: Vec<String> = counters
             .iter()
             .map(|(c, n)| format!("{}={n}", c.name()))
             .collect();
         tracing::info!(counters = %summary.join(" "), "fast path detached");
     }
-    service.fast_path().shutdown(config.keep_on_exit);
+    // The last changes are saved, and nothing is saved after this.
+    driver.close_state();
+    driver.fast_path().shutdown(config.keep_on_exit);
     // A clean exit without --keep-on-exit ended the calls' kernel path;
     // the next manager must not take them back.
     if let (Some(state), false) = (&state, config.keep_on_exit) {
@@ -343,14 +360,14 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Binds `--metrics-listen` and serves the Prometheus endpoint in the
 /// background until the process ends.
-async fn serve_metrics(addr: SocketAddr, service: ControlService) -> anyhow::Result<()> {
+async fn serve_metrics(addr: SocketAddr, driver: Driver) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen for metrics on {addr} (--metrics-listen)"))?;
     let bound = listener.local_addr().context("metrics listener address")?;
     tracing::info!(metrics = %bound, "serving Prometheus metrics at /metrics");
     tokio::spawn(async move {
-        if let Err(e) = metrics::serve(listener, service).await {
+        if let Err(e) = metrics::serve(listener, driver).await {
             tracing::warn!(error = %e, "the metrics endpoint stopped");
         }
     });
@@ -360,21 +377,21 @@ async fn serve_metrics(addr: SocketAddr, service: ControlService) -> anyhow::Res
 /// Takes back the calls a previous run saved, then removes the kernel
 /// entries (pinned maps come back with them) of calls this run does not
 /// have: deleted from the state, or never saved.
-fn readopt(service: &ControlService, state: Option<&StateFile>) {
+fn readopt(driver: &Driver, state: Option<&StateFile>) {
     match state.map(StateFile::read) {
-        Some(Ok(Some(saved))) => match service.restore(&saved) {
+        Some(Ok(Some(saved))) => match driver.restore(&saved) {
             Ok(legs) => {
                 tracing::info!(legs, path = %state.map_or(String::new(), |s| s.path().display().to_string()), "calls of the previous run re-adopted")
             }
             Err(e) => {
-                tracing::warn!(error = %e.message(), "re-adopting the previous run's calls failed")
+                tracing::warn!(error = %e, "re-adopting the previous run's calls failed")
             }
         },
         Some(Ok(None)) | None => {}
         Some(Err(e)) => tracing::warn!(error = %e, "session state unreadable: no call re-adopted"),
     }
-    let keep: std::collections::HashSet<_> = service.kernel_keys().into_iter().collect();
-    let stale = service.fast_path().retain_entries(|key| keep.contains(key));
+    let keep: std::collections::HashSet<_> = driver.kernel_keys().into_iter().collect();
+    let stale = driver.fast_path().retain_entries(|key| keep.contains(key));
     if stale > 0 {
         tracing::info!(
             entries = stale,

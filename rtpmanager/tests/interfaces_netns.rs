@@ -318,13 +318,13 @@ fn both_sides_in(family: Family, tag: &str, mode: Mode) {
             (
                 "public".to_owned(),
                 "a0".to_owned(),
-                i32::from(mode.to_proto()),
+                i32::from(switchboard_rtpmanager::grpc::mode_proto(mode)),
                 vec![bed.relay_a().to_string()]
             ),
             (
                 "private".to_owned(),
                 "b0".to_owned(),
-                i32::from(mode.to_proto()),
+                i32::from(switchboard_rtpmanager::grpc::mode_proto(mode)),
                 vec![bed.relay_b().to_string()]
             ),
         ],
@@ -398,7 +398,10 @@ fn mixed(family: Family, tag: &str, mode: Mode) {
     let modes: Vec<i32> = seen.info.interfaces.iter().map(|i| i.fast_path).collect();
     assert_eq!(
         modes,
-        vec![i32::from(mode.to_proto()), i32::from(Mode::Off.to_proto())],
+        vec![
+            i32::from(switchboard_rtpmanager::grpc::mode_proto(mode)),
+            i32::from(switchboard_rtpmanager::grpc::mode_proto(Mode::Off))
+        ],
         "{what}: {:?}",
         seen.info.interfaces
     );

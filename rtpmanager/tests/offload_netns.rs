@@ -201,7 +201,7 @@ fn call_in_every_path(family: Family, tag: &str, fast_path: &str, mode: Mode) {
                 .into_inner();
             assert_eq!(
                 info.fast_path,
-                i32::from(mode.to_proto()),
+                i32::from(switchboard_rtpmanager::grpc::mode_proto(mode)),
                 "{family} {mode}: mode in force: {}",
                 info.fast_path_reason
             );

@@ -5,17 +5,17 @@
 //! decision still tracks latches), and nothing reads the relay's events
 //! while 700 calls (1400 legs) latch; then the events are forwarded.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use switchboard_proto::v1;
 use switchboard_proto::v1::rtp_manager_server::RtpManager;
 use switchboard_rtpmanager::config::FastPathRequest;
+use switchboard_rtpmanager::driver::Driver;
+use switchboard_rtpmanager::engine::{Engine, EngineConfig};
 use switchboard_rtpmanager::fastpath::{self, FastPath, Settings};
 use switchboard_rtpmanager::grpc::{ControlService, ManagerInfo};
-use switchboard_rtpmanager::offload::kernel::KernelOffload;
-use switchboard_rtpmanager::ports::PortPool;
+use switchboard_rtpmanager::ports::{PortPool, SocketBinder};
 use switchboard_rtpmanager::relay::Relay;
 use switchboard_rtpmanager::session::{SessionTable, TableConfig};
 use tonic::Request;
@@ -62,6 +62,7 @@ fn service(min: u16, max: u16) -> ControlService {
         next_hop_cache: fastpath::DEFAULT_NEXT_HOP_CACHE,
     });
     let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let sockets = SocketBinder::default();
     let table = SessionTable::new(
         TableConfig {
             advertise_v4: localhost,
@@ -71,7 +72,15 @@ fn service(min: u16, max: u16) -> ControlService {
             source_learning: Duration::from_millis(0),
             max_legs_per_call: 2,
         },
-        PortPool::new(localhost, min, max).expect("pool"),
+        PortPool::with_binder(localhost, min, max, Box::new(sockets.clone())).expect("pool"),
+    );
+    let driver = Driver::new(
+        Engine::new(table, EngineConfig::default()),
+        sockets,
+        fast_path,
+        Relay::start().expect("relay"),
+        std::env::temp_dir(),
+        None,
     );
     ControlService::new(
         ManagerInfo {
@@ -81,12 +90,7 @@ fn service(min: u16, max: u16) -> ControlService {
             rtp_port_min: min,
             rtp_port_max: max,
         },
-        fast_path,
-        table,
-        Relay::start().expect("relay"),
-        KernelOffload::new(false, HashMap::new()),
-        std::env::temp_dir(),
-        None,
+        driver,
     )
 }
 
@@ -97,7 +101,7 @@ async fn latches_lost_in_a_lagged_event_channel_still_reach_the_offload_decision
     let service = service(min, max);
     // Subscribed, then not read while the burst latches: the manager too
     // busy to keep up.
-    let events = service.relay_events();
+    let events = service.driver().relay_events();
     let mut legs = Vec::new();
     for call in 0..CALLS {
         let call_id = format!("call-{call}");
@@ -169,14 +173,18 @@ async fn latches_lost_in_a_lagged_event_channel_still_reach_the_offload_decision
         events.len()
     );
     assert!(
-        service.decided_latches().iter().all(|(_, l)| l.is_none()),
+        service
+            .driver()
+            .decided_latches()
+            .iter()
+            .all(|(_, l)| l.is_none()),
         "nothing read the events yet"
     );
 
-    tokio::spawn(service.clone().forward_from(events));
+    tokio::spawn(service.driver().clone().forward_from(events));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let decided = service.decided_latches();
+        let decided = service.driver().decided_latches();
         let missing: Vec<String> = decided
             .iter()
             .filter(|(_, latched)| *latched != Some(source))

@@ -31,7 +31,6 @@ use aya::programs::xdp::XdpLink;
 use aya::programs::{tc, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use rtpmanager_common::{ProgramConfig, FORWARD_MAP, TC_PROGRAM, XDP_PROGRAM};
-use switchboard_proto::v1;
 
 use crate::config::FastPathRequest;
 
@@ -67,18 +66,6 @@ pub enum Mode {
     XdpGeneric,
     /// TC clsact ingress.
     Tc,
-}
-
-impl Mode {
-    /// The control protocol's name for the mode.
-    pub fn to_proto(self) -> v1::FastPathMode {
-        match self {
-            Mode::Off => v1::FastPathMode::Off,
-            Mode::XdpNative => v1::FastPathMode::XdpNative,
-            Mode::XdpGeneric => v1::FastPathMode::XdpGeneric,
-            Mode::Tc => v1::FastPathMode::Tc,
-        }
-    }
 }
 
 impl fmt::Display for Mode {

@@ -63,7 +63,9 @@ impl RtpTimestamp {
     }
 }
 
-/// RTP payload type as carried in an RTP packet (7 bits).
+/// RTP payload type (RFC 3550 §5.1) as carried in an RTP packet and named
+/// in SDP: seven bits, 0–127. The one payload-type type of the manager
+/// (`sdp` re-exports it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PayloadType(u8);
 
@@ -73,14 +75,25 @@ impl PayloadType {
     /// PCMA (G.711 A-law), static payload type 8.
     pub const PCMA: PayloadType = PayloadType(8);
 
-    /// The payload type `value`, or `None` when it does not fit in 7 bits.
-    pub fn new(value: u8) -> Option<PayloadType> {
-        (value < 0x80).then_some(PayloadType(value))
+    /// The payload type `value`, or `None` when it does not fit in 7 bits
+    /// (the marker bit's place).
+    pub const fn new(value: u8) -> Option<PayloadType> {
+        if value < 0x80 {
+            Some(PayloadType(value))
+        } else {
+            None
+        }
     }
 
     /// The numeric value, 0–127.
-    pub fn get(self) -> u8 {
+    pub const fn get(self) -> u8 {
         self.0
+    }
+}
+
+impl std::fmt::Display for PayloadType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
     }
 }
 

@@ -1,6 +1,8 @@
-//! The offload driver: feeds the [`Offload`] decision, writes its commands
-//! to the fast path's maps, and keeps the kernel's per-stream figures so
-//! statistics read the same whichever path carried the packets.
+//! The offload's map side: writes the [`Offload`] decision's commands
+//! (which the [`engine`](crate::engine) owns and feeds) to the fast path's
+//! maps, and keeps the kernel's per-stream figures so statistics read the
+//! same whichever path carried the packets. The driver calls it with the
+//! engine's decision for the reads that need it.
 //!
 //! Statistics: the kernel's stats slot of a direction counts one *episode*
 //! (one stay in the kernel); when the direction leaves the kernel the
@@ -11,19 +13,19 @@
 //! received in that episode are taken back out of the relay's loss.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtpmanager_common::STATS_STARTED;
-use switchboard_proto::v1;
 
-use super::{Direction, Offload, OffloadChanged, OffloadCommand, OffloadLeg, StreamKind};
+use super::{Direction, Offload, OffloadCommand, StreamKind};
+use crate::clock::{monotonic_ns, unix_millis};
 use crate::fastpath::{FastPath, StreamStats};
 use crate::media::rtp::{RtpTimestamp, SeqNum, Ssrc};
 use crate::relay::continuity::StreamPosition;
 use crate::relay::{LegCounters, LegParams, LegRef, LegShared, Slot};
+use crate::stats::LegStats;
 
 /// One closed stay of a direction in the kernel.
 #[derive(Clone, Copy, Debug, Default)]
@@ -64,12 +66,9 @@ struct Live {
     installed: bool,
 }
 
-/// Drives the offload decision against a [`FastPath`].
-#[derive(Debug)]
+/// The kernel side of the offload: map writes and figures.
+#[derive(Debug, Default)]
 pub struct KernelOffload {
-    decision: Offload,
-    /// Advertised address → the address packets carry on the wire.
-    wire: HashMap<IpAddr, IpAddr>,
     legs: HashMap<Slot, LegRecord>,
     by_ref: HashMap<LegRef, Slot>,
     accounts: HashMap<Direction, Account>,
@@ -80,59 +79,13 @@ pub struct KernelOffload {
     sent_into: HashMap<(Slot, StreamKind), (u64, u64)>,
 }
 
-/// Where a leg's packets arrive.
-#[derive(Clone, Copy, Debug)]
-pub struct LegLocal {
-    /// The address the leg's peer was given.
-    pub advertised: IpAddr,
-    /// The leg's RTP port.
-    pub rtp_port: u16,
-    /// Whether the programs are attached to the device of the leg's media
-    /// interface.
-    pub kernel: bool,
-}
-
-/// Map writes split by when they must happen relative to the relay.
-#[derive(Debug, Default)]
-pub struct Pending {
-    /// Before the relay gets new params: the relay must see the packets
-    /// from the moment it is responsible for them.
-    pub removes: Vec<OffloadCommand>,
-    /// After the relay got its params: the kernel takes over from a
-    /// consistent relay.
-    pub installs: Vec<OffloadCommand>,
-}
-
 impl KernelOffload {
-    /// `wire` maps each advertised address to the address packets for it
-    /// arrive at (they differ behind a 1:1 NAT).
-    pub fn new(enabled: bool, wire: HashMap<IpAddr, IpAddr>) -> KernelOffload {
-        KernelOffload {
-            decision: Offload::new(enabled),
-            wire,
-            legs: HashMap::new(),
-            by_ref: HashMap::new(),
-            accounts: HashMap::new(),
-            sent_into: HashMap::new(),
-        }
+    pub fn new() -> KernelOffload {
+        KernelOffload::default()
     }
 
-    /// A leg was added or got new params; `local` is where its packets
-    /// arrive.
-    pub fn leg_changed(
-        &mut self,
-        now: Instant,
-        slot: Slot,
-        shared: &Arc<LegShared>,
-        local: LegLocal,
-        params: &LegParams,
-    ) {
-        let LegLocal {
-            advertised,
-            rtp_port,
-            kernel,
-        } = local;
-        let ip = self.wire.get(&advertised).copied().unwrap_or(advertised);
+    /// A leg was added to the relay or got new params.
+    pub fn leg_params(&mut self, slot: Slot, shared: &Arc<LegShared>, params: &LegParams) {
         let record = self.legs.entry(slot).or_insert_with(|| LegRecord {
             shared: Arc::clone(shared),
             media_timeout: None,
@@ -144,35 +97,19 @@ impl KernelOffload {
         record.forward_to = params.forward_to;
         record.clock_rate = params.clock_rate.max(1);
         self.by_ref.insert(shared.leg.clone(), slot);
-        self.decision.handle_leg(
-            now,
-            slot,
-            OffloadLeg {
-                leg: shared.leg.clone(),
-                local_rtp: SocketAddr::new(ip, rtp_port),
-                kernel,
-                params: params.clone(),
-                rewrite: shared.outbound().rewrite(),
-            },
-        );
     }
 
-    /// The shared state of a leg seen by [`Self::leg_changed`].
+    /// The shared state of a leg seen by [`Self::leg_params`].
     pub fn shared(&self, slot: Slot) -> Option<Arc<LegShared>> {
         self.legs.get(&slot).map(|r| Arc::clone(&r.shared))
     }
 
-    /// Every leg the driver knows, by slot.
+    /// Every leg the relay has, by slot.
     pub fn legs(&self) -> Vec<(Slot, Arc<LegShared>)> {
         self.legs
             .iter()
             .map(|(slot, r)| (*slot, Arc::clone(&r.shared)))
             .collect()
-    }
-
-    /// A leg is gone.
-    pub fn leg_removed(&mut self, now: Instant, slot: Slot) {
-        self.decision.handle_leg_removed(now, slot);
     }
 
     /// Forgets a removed leg's figures, once its final stats were read.
@@ -186,65 +123,16 @@ impl KernelOffload {
         }
     }
 
-    /// The relay latched a leg's peer: locked, or a candidate while it
-    /// learns.
-    pub fn latched(
+    /// Applies one map write. A write the kernel refuses leaves the
+    /// direction in userspace, which is always correct: the error names
+    /// the direction, for the decision to forget
+    /// ([`crate::engine::Engine::handle_install_failed`]).
+    pub fn execute(
         &mut self,
-        now: Instant,
-        leg: &LegRef,
-        kind: StreamKind,
-        source: SocketAddr,
-        locked: bool,
-    ) {
-        if locked {
-            self.decision.handle_latched(now, leg, kind, source);
-        } else {
-            self.decision.handle_candidate(now, leg, kind, source);
-        }
-    }
-
-    /// The relay restarted learning a leg's sources.
-    pub fn learning(
-        &mut self,
-        now: Instant,
-        leg: &LegRef,
-        rtp: Option<SocketAddr>,
-        rtcp: Option<SocketAddr>,
-    ) {
-        self.decision.handle_learning(now, leg, rtp, rtcp);
-    }
-
-    /// The relay fixed new rewrite offsets for the stream towards `leg`'s
-    /// peer: the directions into it may go (back) into the kernel.
-    pub fn rewrite_changed(&mut self, now: Instant, leg: &LegRef) {
-        let Some(record) = self.by_ref.get(leg).and_then(|slot| self.legs.get(slot)) else {
-            return;
-        };
-        let rewrite = record.shared.outbound().rewrite();
-        self.decision.handle_rewrite(now, leg, rewrite);
-    }
-
-    /// The map writes decided since the last call.
-    pub fn pending(&mut self) -> Pending {
-        let mut pending = Pending::default();
-        while let Some(command) = self.decision.poll_command() {
-            match command {
-                OffloadCommand::Remove { .. } => pending.removes.push(command),
-                OffloadCommand::Install { .. } => pending.installs.push(command),
-            }
-        }
-        pending
-    }
-
-    /// The changes of RTP directions since the last call.
-    pub fn events(&mut self) -> Vec<OffloadChanged> {
-        std::iter::from_fn(|| self.decision.poll_event()).collect()
-    }
-
-    /// Applies map writes in order. A write the kernel refuses leaves the
-    /// direction in userspace, which is always correct.
-    pub fn execute(&mut self, fast_path: &FastPath, commands: Vec<OffloadCommand>) {
-        for command in commands {
+        fast_path: &FastPath,
+        command: OffloadCommand,
+    ) -> Result<(), Direction> {
+        {
             match command {
                 OffloadCommand::Remove {
                     direction,
@@ -283,12 +171,13 @@ impl KernelOffload {
                         }
                         Err(e) => {
                             tracing::warn!(slot = direction.from, kind = ?direction.kind, error = %e, "kernel entry not installed; stays in userspace");
-                            self.decision.forget_installed(direction);
+                            return Err(direction);
                         }
                     }
                 }
             }
         }
+        Ok(())
     }
 
     /// Tells the relay whether the kernel carries a leg's inbound RTP.
@@ -344,23 +233,8 @@ impl KernelOffload {
         });
     }
 
-    /// The latched RTP and RTCP sources of a leg.
-    pub fn latched_of(&self, slot: Slot) -> (Option<SocketAddr>, Option<SocketAddr>) {
-        self.decision.latched_of(slot)
-    }
-
-    /// The keys of every entry the decision has in the kernel.
-    pub fn installed_keys(&self) -> Vec<rtpmanager_common::ForwardKey> {
-        self.decision.installed_keys()
-    }
-
-    /// Whether media received on `slot` is forwarded by the kernel now.
-    pub fn offloaded(&self, slot: Slot) -> bool {
-        self.decision.offloaded(slot)
-    }
-
-    fn live(&self, fast_path: &FastPath, direction: Direction) -> Live {
-        match self.decision.stats_slot(direction) {
+    fn live(fast_path: &FastPath, decision: &Offload, direction: Direction) -> Live {
+        match decision.stats_slot(direction) {
             Some(slot) => Live {
                 stats: fast_path.stream_stats(slot).unwrap_or_default(),
                 installed: true,
@@ -370,13 +244,19 @@ impl KernelOffload {
     }
 
     /// Adds the kernel's figures to a leg's userspace statistics.
-    pub fn merge(&self, fast_path: &FastPath, slot: Slot, stats: &mut v1::LegStats) {
+    pub fn merge(
+        &self,
+        fast_path: &FastPath,
+        decision: &Offload,
+        slot: Slot,
+        stats: &mut LegStats,
+    ) {
         let Some(record) = self.legs.get(&slot) else {
             return;
         };
         let counters = &record.shared.counters;
         let mono_now = monotonic_ns();
-        let now_ms = crate::grpc::unix_millis(std::time::SystemTime::now());
+        let now_ms = unix_millis(std::time::SystemTime::now());
         let mut kernel_last_ms = 0u64;
         let mut note_seen = |live: &Live| {
             if live.stats.last_seen_ns != 0 {
@@ -388,7 +268,7 @@ impl KernelOffload {
         // Inbound: the directions from this leg.
         for kind in [StreamKind::Rtp, StreamKind::Rtcp] {
             let direction = Direction { from: slot, kind };
-            let live = self.live(fast_path, direction);
+            let live = Self::live(fast_path, decision, direction);
             note_seen(&live);
             let account = self.accounts.get(&direction);
             let packets = account.map_or(0, |a| a.packets) + live.stats.packets;
@@ -397,7 +277,7 @@ impl KernelOffload {
                 StreamKind::Rtp => &mut stats.rtp_in,
                 StreamKind::Rtcp => &mut stats.rtcp_in,
             };
-            let c = counters_of.get_or_insert_with(Default::default);
+            let c = counters_of;
             c.packets += packets;
             c.bytes += bytes;
             // The kernel drops what the relay would drop with strict-source.
@@ -440,15 +320,14 @@ impl KernelOffload {
                 .forward_to
                 .map(|from| Direction { from, kind })
                 .filter(|d| self.accounts.get(d).is_some_and(|a| a.to == Some(slot)))
-                .map(|d| self.live(fast_path, d))
+                .map(|d| Self::live(fast_path, decision, d))
                 .unwrap_or_default();
             let packets = closed.0 + live.stats.packets;
             let bytes = closed.1 + live.stats.bytes;
             let c = match kind {
                 StreamKind::Rtp => &mut stats.rtp_out,
                 StreamKind::Rtcp => &mut stats.rtcp_out,
-            }
-            .get_or_insert_with(Default::default);
+            };
             c.packets += packets;
             c.bytes += bytes;
         }
@@ -458,11 +337,11 @@ impl KernelOffload {
     /// Periodic work: copies the kernel's last-seen times into the legs'
     /// counters (so idle reaping sees offloaded media) and reports media
     /// timeouts of offloaded streams, which the relay cannot see.
-    pub fn tick(&mut self, fast_path: &FastPath) -> Vec<(LegRef, Duration)> {
+    pub fn tick(&mut self, fast_path: &FastPath, decision: &Offload) -> Vec<(LegRef, Duration)> {
         let mono_now = monotonic_ns();
-        let now_ms = crate::grpc::unix_millis(std::time::SystemTime::now());
+        let now_ms = unix_millis(std::time::SystemTime::now());
         let mut timeouts = Vec::new();
-        for (direction, stats_slot) in self.decision.installed() {
+        for (direction, stats_slot) in decision.installed() {
             if direction.kind != StreamKind::Rtp {
                 continue;
             }
@@ -498,11 +377,11 @@ impl KernelOffload {
 
     /// Whether a media timeout the relay reports for `leg` is wrong because
     /// the kernel carries (or just carried) its media.
-    pub fn carries(&self, fast_path: &FastPath, leg: &LegRef) -> bool {
+    pub fn carries(&self, fast_path: &FastPath, decision: &Offload, leg: &LegRef) -> bool {
         let Some(&slot) = self.by_ref.get(leg) else {
             return false;
         };
-        if self.decision.offloaded(slot) {
+        if decision.offloaded(slot) {
             return true;
         }
         let Some(record) = self.legs.get(&slot) else {
@@ -513,8 +392,7 @@ impl KernelOffload {
             from: slot,
             kind: StreamKind::Rtp,
         };
-        let Some(stats) = self
-            .decision
+        let Some(stats) = decision
             .last_stats_slot(direction)
             .and_then(|s| fast_path.stream_stats(s))
         else {
@@ -523,18 +401,4 @@ impl KernelOffload {
         stats.last_seen_ns != 0
             && Duration::from_nanos(monotonic_ns().saturating_sub(stats.last_seen_ns)) < limit
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into the struct we own.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }

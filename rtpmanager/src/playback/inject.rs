@@ -102,7 +102,10 @@ impl Injector {
         let Some(to) = self.shared.destination() else {
             return true;
         };
-        match self.shared.rtp_socket.send_to(&self.buf[..len], to) {
+        let Some(socket) = self.shared.rtp_socket() else {
+            return true;
+        };
+        match socket.send_to(&self.buf[..len], to) {
             Ok(_) => {
                 let counters = &self.shared.counters;
                 LegCounters::add(&counters.rtp_out_packets, 1);

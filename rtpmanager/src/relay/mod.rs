@@ -184,8 +184,10 @@ pub struct LegShared {
     pub leg: LegRef,
     pub counters: LegCounters,
     /// The RTP socket, also used by playback and DTMF injection to send to
-    /// the peer from the leg's own port.
-    pub rtp_socket: Arc<UdpSocket>,
+    /// the peer from the leg's own port. Set once by the driver that bound
+    /// it, before the leg is handed to the relay: the session engine that
+    /// creates the leg never holds a socket.
+    rtp_socket: std::sync::OnceLock<Arc<UdpSocket>>,
     /// Where media to this leg's peer goes now (latched, else from SDP).
     pub destination: Mutex<Option<SocketAddr>>,
     /// The RTP stream this leg's peer receives, shared by the relay's
@@ -203,15 +205,32 @@ impl LegShared {
     /// A leg with zeroed counters, no destination yet and a stream nothing
     /// was sent on.
     pub fn new(leg: LegRef, rtp_socket: Arc<UdpSocket>) -> LegShared {
+        let shared = LegShared::unbound(leg);
+        shared.set_rtp_socket(rtp_socket);
+        shared
+    }
+
+    /// A leg whose RTP socket is not bound yet ([`Self::set_rtp_socket`]).
+    pub fn unbound(leg: LegRef) -> LegShared {
         LegShared {
             leg,
             counters: LegCounters::default(),
-            rtp_socket,
+            rtp_socket: std::sync::OnceLock::new(),
             destination: Mutex::new(None),
             outbound: Mutex::new(OutboundStream::default()),
             kernel_inbound: AtomicBool::new(false),
             source_locked: AtomicBool::new(false),
         }
+    }
+
+    /// Gives the leg its bound RTP socket; a second socket is ignored.
+    pub fn set_rtp_socket(&self, socket: Arc<UdpSocket>) {
+        let _ = self.rtp_socket.set(socket);
+    }
+
+    /// The leg's RTP socket, once bound.
+    pub fn rtp_socket(&self) -> Option<&Arc<UdpSocket>> {
+        self.rtp_socket.get()
     }
 
     /// The stream towards this leg's peer, locked.

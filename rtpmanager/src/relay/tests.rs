@@ -50,7 +50,11 @@ fn add_leg(relay: &Relay, slot: Slot, name: &str, params: LegParams) -> Leg {
 
 impl Leg {
     fn rtp_addr(&self) -> SocketAddr {
-        self.shared.rtp_socket.local_addr().expect("rtp addr")
+        self.shared
+            .rtp_socket()
+            .expect("rtp socket")
+            .local_addr()
+            .expect("rtp addr")
     }
 }
 

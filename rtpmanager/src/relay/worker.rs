@@ -17,7 +17,7 @@ use super::latch::{self, SourceLatch};
 use super::{
     Command, LegCounters, LegParams, LegShared, LegSnapshot, RelayEvent, Slot, MAX_BATCHES_PER_WAKE,
 };
-use crate::grpc::unix_millis;
+use crate::clock::unix_millis;
 use crate::media::dtmf::DtmfDetector;
 use crate::media::g711::Law;
 use crate::media::rtp::{self, MuxedKind, RtcpPacket, RtpPacket, RtpPacketMut};
@@ -52,6 +52,8 @@ fn untoken(token: u64) -> (Slot, SocketKind) {
 
 struct LegState {
     shared: Arc<LegShared>,
+    /// The leg's RTP socket (also in `shared`, read here without a lock).
+    rtp: Arc<UdpSocket>,
     rtcp: Option<UdpSocket>,
     params: LegParams,
     /// Where RTP and RTCP are accepted from and sent back to.
@@ -302,7 +304,7 @@ impl Worker {
                 }
                 Command::Remove { slot, reply } => {
                     let snapshot = self.legs.remove(&slot).map(|leg| {
-                        let _ = self.epoll.delete(leg.shared.rtp_socket.as_fd());
+                        let _ = self.epoll.delete(leg.rtp.as_fd());
                         if let Some(rtcp) = &leg.rtcp {
                             let _ = self.epoll.delete(rtcp.as_fd());
                         }
@@ -326,10 +328,14 @@ impl Worker {
         rtcp: Option<UdpSocket>,
         params: LegParams,
     ) {
+        let Some(rtp) = shared.rtp_socket().cloned() else {
+            tracing::error!(call = %shared.leg.call_id, leg = %shared.leg.leg_id, "leg handed to the relay without its RTP socket");
+            return;
+        };
         let registered = self
             .epoll
             .add(
-                shared.rtp_socket.as_fd(),
+                rtp.as_fd(),
                 EpollEvent::new(EpollFlags::EPOLLIN, token(slot, SocketKind::Rtp)),
             )
             .and_then(|()| match &rtcp {
@@ -356,6 +362,7 @@ impl Worker {
                 params.expected_rtcp,
             ),
             shared,
+            rtp,
             rtcp,
             params,
             last_rtp_at: None,
@@ -374,7 +381,7 @@ impl Worker {
                 return;
             };
             let fd = match kind {
-                SocketKind::Rtp => leg.shared.rtp_socket.as_raw_fd(),
+                SocketKind::Rtp => leg.rtp.as_raw_fd(),
                 SocketKind::Rtcp => match &leg.rtcp {
                     Some(s) => s.as_raw_fd(),
                     None => return,
@@ -429,7 +436,7 @@ impl Worker {
         let source_counters = self.legs.get(&slot).map(|l| &l.shared.counters);
         if !self.send_rtp.is_empty() {
             let queued = self.send_rtp.len();
-            let sent = self.send_rtp.send(out.shared.rtp_socket.as_raw_fd());
+            let sent = self.send_rtp.send(out.rtp.as_raw_fd());
             LegCounters::add(&counters.rtp_out_packets, sent as u64);
             if let Some(c) = source_counters {
                 LegCounters::add(&c.overload_drops, (queued - sent) as u64);
@@ -438,7 +445,7 @@ impl Worker {
         if !self.send_rtcp.is_empty() {
             let fd = match (&out.rtcp, out.params.rtcp_mux) {
                 (Some(rtcp), false) => rtcp.as_raw_fd(),
-                _ => out.shared.rtp_socket.as_raw_fd(),
+                _ => out.rtp.as_raw_fd(),
             };
             let sent = self.send_rtcp.send(fd);
             LegCounters::add(&counters.rtcp_out_packets, sent as u64);

@@ -9,36 +9,8 @@
 use std::fmt;
 use std::net::IpAddr;
 
-/// An RTP payload type (RFC 3550 §5.1): seven bits, 0–127.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PayloadType(u8);
-
-impl PayloadType {
-    /// G.711 µ-law, static in RFC 3551.
-    pub const PCMU: Self = Self(0);
-    /// G.711 A-law, static in RFC 3551.
-    pub const PCMA: Self = Self(8);
-
-    /// Returns the payload type, or `None` above 127 (the marker bit's place).
-    pub const fn new(value: u8) -> Option<Self> {
-        if value <= 127 {
-            Some(Self(value))
-        } else {
-            None
-        }
-    }
-
-    /// The number carried in the RTP header.
-    pub const fn get(self) -> u8 {
-        self.0
-    }
-}
-
-impl fmt::Display for PayloadType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
+/// An RTP payload type: the media layer's, so SDP and RTP agree on one type.
+pub use crate::media::rtp::PayloadType;
 
 /// A UDP port as carried in an `m=` line or an `a=rtcp` attribute.
 ///

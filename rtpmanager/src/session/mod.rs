@@ -1,10 +1,14 @@
 //! The session table: calls, legs, offer/answer state and bridges.
 //!
-//! It is driven by control requests (from the gRPC edge) with an explicit
-//! `now`, and answers with the rewritten SDP plus [`RelayCommand`]s that the
+//! It is driven by the [`engine`](crate::engine) with an explicit `now`,
+//! and answers with the rewritten SDP plus [`RelayCommand`]s that the
 //! driver applies to the [`Relay`](crate::relay::Relay). It never touches the
-//! relay, a clock or a socket itself; the port pool hands it bound sockets,
-//! which it passes on untouched in `RelayCommand::Add`.
+//! relay, a clock or a socket itself: its port pools choose port numbers and
+//! the driver's [`Binder`](crate::ports::Binder) binds them; the driver takes
+//! the sockets when it applies `RelayCommand::Add`. The wall clock (for `o=`
+//! session ids) is an input too ([`SessionTable::set_wall_clock`]), and the
+//! route to a peer (which picks a leg's media interface) is asked of a
+//! lookup the owner may replace ([`SessionTable::set_route_lookup`]).
 //!
 //! Per leg it keeps what the leg's peer offered or answered, the manager's
 //! `o=` state towards that peer, and the settled [`Negotiation`]; from those
@@ -15,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -98,11 +102,12 @@ impl From<PortError> for SessionError {
 /// What the driver must do to the relay.
 #[derive(Debug)]
 pub enum RelayCommand {
-    /// A new leg with its sockets.
+    /// A new leg; its sockets are the ones bound for `local` (the RTP
+    /// port on the interface's bind address).
     Add {
         slot: Slot,
         shared: Arc<LegShared>,
-        rtcp: Option<UdpSocket>,
+        local: SocketAddr,
         params: LegParams,
     },
     /// New params for an existing leg.
@@ -279,7 +284,17 @@ pub struct SessionTable {
     calls: HashMap<CallId, Call>,
     next_slot: Slot,
     draining: bool,
+    /// Seconds since the Unix epoch at the current input, for `o=`
+    /// session ids.
+    wall_secs: u64,
+    /// Finds the route to a peer (which picks a new leg's interface when
+    /// there are several): the kernel's routing table by default, a
+    /// capability the driver hands in like the pools' binder.
+    route_lookup: RouteLookup,
 }
+
+/// How the table asks for the route to a peer.
+pub type RouteLookup = Box<dyn Fn(IpAddr) -> Option<crate::interfaces::Route> + Send>;
 
 impl fmt::Debug for SessionTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -320,7 +335,21 @@ impl SessionTable {
             calls: HashMap::new(),
             next_slot: 0,
             draining: false,
+            wall_secs: 0,
+            route_lookup: Box::new(crate::interfaces::route_to),
         }
+    }
+
+    /// Replaces how routes to peers are found (tests without a routing
+    /// table of their own).
+    pub fn set_route_lookup(&mut self, lookup: RouteLookup) {
+        self.route_lookup = lookup;
+    }
+
+    /// The wall clock at the input about to be handled, in milliseconds
+    /// since the Unix epoch: new legs' `o=` session ids start from it.
+    pub fn set_wall_clock(&mut self, unix_ms: u64) {
+        self.wall_secs = unix_ms / 1000;
     }
 
     pub fn set_draining(&mut self, draining: bool) {
@@ -380,7 +409,7 @@ impl SessionTable {
         if self.interfaces.len() == 1 {
             return Ok(0);
         }
-        let Some(route) = peer.and_then(crate::interfaces::route_to) else {
+        let Some(route) = peer.and_then(|p| (self.route_lookup)(p)) else {
             return Ok(0);
         };
         Ok(self
@@ -841,17 +870,16 @@ impl SessionTable {
             return Ok(());
         }
         let interface = self.choose_interface(options.interface.as_deref(), peer)?;
-        let allocation = self.interfaces[interface].pool.allocate(false)?;
+        let pool = &mut self.interfaces[interface].pool;
+        let port = pool.allocate(false)?;
+        let local = SocketAddr::new(pool.bind_address(), port.get());
         let slot = self.next_slot;
         self.next_slot = self.next_slot.wrapping_add(1);
-        let shared = Arc::new(LegShared::new(
-            LegRef {
-                call_id: Arc::from(call_id.0.as_str()),
-                leg_id: Arc::from(leg),
-            },
-            Arc::new(allocation.rtp),
-        ));
-        let session_id = now_session_id(slot);
+        let shared = Arc::new(LegShared::unbound(LegRef {
+            call_id: Arc::from(call_id.0.as_str()),
+            leg_id: Arc::from(leg),
+        }));
+        let session_id = session_id(self.wall_secs, slot);
         let state = self.calls.entry(call_id.clone()).or_insert_with(|| Call {
             created: now,
             legs: HashMap::new(),
@@ -862,7 +890,7 @@ impl SessionTable {
                 id: leg_id,
                 slot,
                 interface,
-                port: allocation.port,
+                port,
                 options,
                 origin: OriginState::new(session_id),
                 received_offer: None,
@@ -881,7 +909,7 @@ impl SessionTable {
         commands.push(RelayCommand::Add {
             slot,
             shared,
-            rtcp: allocation.rtcp,
+            local,
             params: LegParams::default(),
         });
         Ok(())
@@ -1042,12 +1070,8 @@ fn endpoint(address: IpAddr, port: RtpPort) -> LocalEndpoint {
 
 /// An `o=` session id unique enough per leg: wall-clock seconds (RFC 8866
 /// suggests an NTP timestamp) plus the slot.
-fn now_session_id(slot: Slot) -> u64 {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    secs.wrapping_mul(1000).wrapping_add(u64::from(slot))
+fn session_id(wall_secs: u64, slot: Slot) -> u64 {
+    wall_secs.wrapping_mul(1000).wrapping_add(u64::from(slot))
 }
 
 pub mod persist;

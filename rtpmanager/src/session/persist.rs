@@ -287,8 +287,10 @@ impl SessionTable {
                     .iter()
                     .position(|i| i.pool.contains(l.rtp_port))
                     .unwrap_or(0);
-                let allocation = match self.interfaces[interface].pool.allocate_port(l.rtp_port) {
-                    Ok(a) => a,
+                let pool = &mut self.interfaces[interface].pool;
+                let bind = pool.bind_address();
+                let port = match pool.allocate_port(l.rtp_port) {
+                    Ok(port) => port,
                     Err(e) => {
                         failed.push(NotRestored {
                             call_id: call.call_id.clone(),
@@ -299,13 +301,10 @@ impl SessionTable {
                     }
                 };
                 self.next_slot = self.next_slot.max(l.slot.wrapping_add(1));
-                let shared = Arc::new(LegShared::new(
-                    LegRef {
-                        call_id: Arc::from(call.call_id.as_str()),
-                        leg_id: Arc::from(l.leg_id.as_str()),
-                    },
-                    Arc::new(allocation.rtp),
-                ));
+                let shared = Arc::new(LegShared::unbound(LegRef {
+                    call_id: Arc::from(call.call_id.as_str()),
+                    leg_id: Arc::from(l.leg_id.as_str()),
+                }));
                 if let Some(r) = &l.rewrite {
                     shared.outbound().resume(Rewrite::Anchored {
                         source: Ssrc(r.source_ssrc),
@@ -320,7 +319,7 @@ impl SessionTable {
                     id: LegId(l.leg_id.clone()),
                     slot: l.slot,
                     interface,
-                    port: allocation.port,
+                    port,
                     options: LegOptions {
                         strict_source: l.strict_source,
                         media_timeout: l.media_timeout_ms.map(Duration::from_millis),
@@ -334,7 +333,7 @@ impl SessionTable {
                     },
                     // The previous run's o= version is not kept: a fresh
                     // session id keeps later bodies distinct from older ones.
-                    origin: OriginState::new(super::now_session_id(l.slot)),
+                    origin: OriginState::new(super::session_id(self.wall_secs, l.slot)),
                     received_offer: parse(&l.received_offer),
                     sent_offer: parse(&l.sent_offer),
                     negotiation: l.negotiation.as_ref().and_then(SavedNegotiation::restore),
@@ -353,7 +352,7 @@ impl SessionTable {
                 commands.push(RelayCommand::Add {
                     slot: l.slot,
                     shared,
-                    rtcp: allocation.rtcp,
+                    local: std::net::SocketAddr::new(bind, port.get()),
                     params: LegParams::default(),
                 });
                 self.calls

@@ -1,0 +1,201 @@
+//! Saving the calls off the async executor, coalesced.
+//!
+//! Every change of the calls (a request, a latch, an anchor) asks for a
+//! save. A dedicated thread waits [`COALESCE`] after the first request,
+//! so the changes of one call setup (offer, answer, bridge, the two
+//! latches) or of a burst of calls become one write and one fsync, then
+//! reads the state once and writes it. A change is therefore durable
+//! within about `COALESCE` plus one write; a manager killed inside that
+//! window re-adopts the state of the previous save (its latches are
+//! learned again from the next packets, its kernel entries are those the
+//! saved state derives).
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::session::persist::{SavedState, StateFile};
+
+/// How long a save waits for more changes: short next to a restart, long
+/// next to the few milliseconds a call setup's requests take.
+pub const COALESCE: Duration = Duration::from_millis(20);
+
+enum Message {
+    Changed,
+    /// Save now if a change is pending, then acknowledge.
+    Flush(mpsc::SyncSender<()>),
+}
+
+/// The handle of the writer thread.
+#[derive(Debug)]
+pub struct StateWriter {
+    tx: Mutex<Option<mpsc::Sender<Message>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Reads the state to save (under the engine's lock, briefly); `None` once
+/// the manager is gone.
+pub type ReadState = Box<dyn Fn() -> Option<SavedState> + Send>;
+
+impl StateWriter {
+    /// Starts the writer thread for `file`.
+    pub fn start(file: StateFile, read: ReadState) -> std::io::Result<StateWriter> {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("state-writer".into())
+            .spawn(move || run(&file, &read, &rx))?;
+        Ok(StateWriter {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// The calls changed: they are saved within [`COALESCE`].
+    pub fn changed(&self) {
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = tx.send(Message::Changed);
+        }
+    }
+
+    /// Saves a pending change now and waits for it.
+    pub fn flush(&self) {
+        let (ack, done) = mpsc::sync_channel(1);
+        let sent = self
+            .tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|tx| tx.send(Message::Flush(ack)).is_ok());
+        if sent {
+            let _ = done.recv();
+        }
+    }
+
+    /// Saves a pending change, then stops: later changes are not saved
+    /// (a clean exit may remove the file after this).
+    pub fn close(&self) {
+        self.flush();
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(file: &StateFile, read: &ReadState, rx: &mpsc::Receiver<Message>) {
+    // The save is due COALESCE after the first unsaved change, however
+    // many follow: a steady stream of changes is saved every COALESCE.
+    let mut due: Option<Instant> = None;
+    loop {
+        let message = if let Some(due) = due {
+            match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                Ok(m) => Some(m),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    save(file, read);
+                    return;
+                }
+            }
+        } else {
+            match rx.recv() {
+                Ok(m) => Some(m),
+                Err(_) => return,
+            }
+        };
+        match message {
+            // Later changes within the window ride on the first one's save.
+            Some(Message::Changed) => {
+                due.get_or_insert_with(|| Instant::now() + COALESCE);
+            }
+            Some(Message::Flush(ack)) => {
+                if due.take().is_some() {
+                    save(file, read);
+                }
+                let _ = ack.send(());
+            }
+            None => {
+                due = None;
+                save(file, read);
+            }
+        }
+    }
+}
+
+fn save(file: &StateFile, read: &ReadState) {
+    let Some(state) = read() else {
+        return;
+    };
+    if let Err(e) = file.write(&state) {
+        tracing::warn!(error = %e, "session state not saved; a restart would not re-adopt the calls");
+    }
+}
+
+/// A [`ReadState`] over a weakly held value, so the writer does not keep
+/// the manager alive.
+pub fn reader<T: Send + Sync + 'static>(
+    of: &Arc<T>,
+    read: impl Fn(&T) -> SavedState + Send + 'static,
+) -> ReadState {
+    let weak: Weak<T> = Arc::downgrade(of);
+    Box::new(move || weak.upgrade().map(|t| read(&t)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A writer whose reads are counted: one read per save.
+    fn counted(dir: &std::path::Path) -> (StateWriter, Arc<AtomicUsize>, StateFile) {
+        let file = StateFile::in_dir(dir).expect("state dir");
+        let reads = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&reads);
+        let read: ReadState = Box::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Some(SavedState::default())
+        });
+        let writer = StateWriter::start(file.clone(), read).expect("writer thread");
+        (writer, reads, file)
+    }
+
+    #[test]
+    fn changes_within_the_window_become_one_write() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (writer, reads, file) = counted(dir.path());
+        for _ in 0..50 {
+            writer.changed();
+        }
+        std::thread::sleep(COALESCE * 5);
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "fifty changes, one save");
+        assert!(file.path().exists(), "the state is on disk");
+        writer.changed();
+        std::thread::sleep(COALESCE * 5);
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            2,
+            "a later change, a second save"
+        );
+    }
+
+    #[test]
+    fn flush_saves_a_pending_change_at_once_and_close_stops_saving() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (writer, reads, file) = counted(dir.path());
+        writer.flush();
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            0,
+            "nothing pending, nothing saved"
+        );
+        writer.changed();
+        writer.flush();
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        writer.close();
+        file.remove();
+        writer.changed();
+        std::thread::sleep(COALESCE * 3);
+        assert!(!file.path().exists(), "no save after close");
+    }
+}
