@@ -709,6 +709,7 @@ fn run_once(path: &str, calls: usize, seconds: u64, two_sided: bool) -> anyhow::
         Options {
             echo: true,
             grace: Duration::from_secs(10),
+            ..Options::default()
         },
     )
     .context("starting the manager")?;

@@ -45,6 +45,9 @@ pub struct Options {
     pub echo: bool,
     /// On drop, SIGTERM and up to this long before SIGKILL (zero: SIGKILL).
     pub grace: Duration,
+    /// Leave stdout and stderr as the command has them (a log file): the
+    /// log collected here then stays empty.
+    pub own_output: bool,
 }
 
 impl Daemon {
@@ -65,10 +68,10 @@ impl Daemon {
         command: &mut Command,
         options: Options,
     ) -> std::io::Result<Daemon> {
-        let mut child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
+        if !options.own_output {
+            command.stdout(Stdio::null()).stderr(Stdio::piped());
+        }
+        let mut child = command.spawn()?;
         let log = Arc::new(Mutex::new(Vec::new()));
         let eof = Arc::new(AtomicBool::new(false));
         if let Some(stderr) = child.stderr.take() {
@@ -92,6 +95,29 @@ impl Daemon {
             eof,
             grace: options.grace,
         })
+    }
+
+    /// The name it was started with.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Waits (`limit` at most) for a log line containing `ready`; panics
+    /// with its log when it exits first or stays silent.
+    pub fn wait_ready(&mut self, ready: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !lock(&self.log).iter().any(|l| l.contains(ready)) {
+            if let Some(status) = self.exited() {
+                panic!("{} exited at start ({status}):\n{}", self.name, self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn pid(&self) -> u32 {

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::bench::{free_port, sipp_counter, start_manager_on, Daemon};
+use crate::bench::{free_port, sipp_counter, start_manager_on, start_signaling};
 use crate::util::{self, workspace_root};
+use switchboard_testkit::sipp as sipp_kit;
 
 #[derive(clap::Args)]
 pub struct FailoverArgs {
@@ -221,15 +222,10 @@ fn sipp(
     args: &[&str],
 ) -> anyhow::Result<std::process::Child> {
     std::fs::create_dir_all(dir)?;
-    let mut command = Command::new(binary);
+    let mut command = sipp_kit::command(binary, scenario, port, dir);
     command
-        .arg("-sf")
-        .arg(scenario)
-        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-nostdin", "-timeout", "120s"])
+        .args(["-timeout", "120s"])
         .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     println!("+ {}", util::describe(&command));
@@ -286,7 +282,7 @@ pub fn failover(args: &FailoverArgs) -> anyhow::Result<()> {
         let low = 30000 + i * 2000;
         managers.push(start_manager_on(&manager_bin, (low, low + 1999), &[])?);
     }
-    let (moved_callee, plain_callee) = (free_port()?, free_port()?);
+    let (moved_callee, plain_callee) = (free_port(), free_port());
     let plan = work.join("dialplan.json");
     std::fs::write(
         &plan,
@@ -305,39 +301,35 @@ pub fn failover(args: &FailoverArgs) -> anyhow::Result<()> {
         .map(|(i, (_, grpc))| format!("m{}={grpc}", i + 1))
         .collect::<Vec<_>>()
         .join(",");
-    let (sip_port, rest_port) = (free_port()?, free_port()?);
     let (interval, grace, batch) = (
         args.interval.to_string(),
         args.grace.to_string(),
         args.batch.to_string(),
     );
-    let mut command = Command::new(root.join("target/release/switchboard-signaling"));
-    command
-        .args([
-            "--bind-address",
-            "127.0.0.1",
-            "--port",
-            &sip_port.to_string(),
-        ])
-        .args(["--rest-port", &rest_port.to_string(), "--rtpmanager", &list])
-        .args(["--auth", "anonymous", "--log-level", "warn"])
-        .args(["--source-rate-limit", "0", "--max-calls-per-source", "0"])
-        .args(["--rtpmanager-health-interval", &interval])
-        .args([
+    let plan = plan.to_str().context("a UTF-8 temporary directory")?;
+    let signaling = start_signaling(
+        &work,
+        &list,
+        &[
+            "--auth",
+            "anonymous",
+            "--source-rate-limit",
+            "0",
+            "--max-calls-per-source",
+            "0",
+            "--rtpmanager-health-interval",
+            &interval,
             "--rtpmanager-failures",
             "2",
             "--rtpmanager-lost-grace",
             &grace,
-        ])
-        .args(["--rtpmanager-migrate-batch", &batch])
-        .arg("--dialplan")
-        .arg(&plan)
-        .arg("--data-dir")
-        .arg(work.join("data"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    println!("+ {}", util::describe(&command));
-    let server = Daemon(command.spawn().context("starting switchboard-signaling")?);
+            "--rtpmanager-migrate-batch",
+            &batch,
+            "--dialplan",
+            plan,
+        ],
+    )?;
+    let (sip_port, rest_port) = (signaling.sip_port, signaling.rest_port);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         // Refused until the server listens.
@@ -390,7 +382,7 @@ pub fn failover(args: &FailoverArgs) -> anyhow::Result<()> {
         &sipp_bin,
         &work.join("caller-moved"),
         &scenarios.join("b2bua_uac_moved.xml"),
-        free_port()?,
+        free_port(),
         &[
             "-s", "1001", "-r", "50", "-m", &n1, "-l", &n1, "-d", "5000", "-key", "rtp_a", &rtp_a,
             &target,
@@ -421,7 +413,7 @@ pub fn failover(args: &FailoverArgs) -> anyhow::Result<()> {
         &sipp_bin,
         &work.join("caller-plain"),
         &scenarios.join("b2bua_uac.xml"),
-        free_port()?,
+        free_port(),
         &[
             "-s", "2001", "-r", "50", "-m", &n2, "-l", &n2, "-d", &hold, "-key", "rtp_a", &rtp_a,
             &target,
@@ -458,8 +450,7 @@ pub fn failover(args: &FailoverArgs) -> anyhow::Result<()> {
     let killed = Instant::now();
     *lock(&phones.killed) = Some(killed);
     let (mut m1, _) = managers.remove(0);
-    let _ = m1.0.kill();
-    let _ = m1.0.wait();
+    m1.kill();
     let deadline = killed + Duration::from_secs(60);
     let migration = loop {
         let state = rest_json(rest_port, "GET", "/api/v1/rtpmanagers/m1/drain")?;
@@ -520,7 +511,7 @@ pub fn failover(args: &FailoverArgs) -> anyhow::Result<()> {
         failed += bad;
     }
     phones.stop();
-    drop(server);
+    drop(signaling);
     drop(managers);
 
     println!();

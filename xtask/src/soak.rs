@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::bench::{free_port, manager_healthy, sipp_counter, start_manager, Daemon};
+use switchboard_testkit::daemon::{Daemon, Options};
+
+use crate::bench::{free_port, manager_healthy, sipp_counter, spawn, start_manager};
 use crate::util::{self, workspace_root};
 
 #[derive(clap::Args)]
@@ -122,17 +124,17 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
     let work = std::env::temp_dir().join(format!("switchboard-soak-{}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
 
-    let metrics_port = free_port()?;
+    let metrics_port = free_port();
     let (manager, grpc) = start_manager(
         &root.join("target/release/switchboard-rtpmanager"),
         &["--metrics-listen", &format!("127.0.0.1:{metrics_port}")],
     )?;
-    let callee_port = free_port()?;
-    let sip_port = free_port()?;
-    let rest_port = free_port()?;
+    let callee_port = free_port();
+    let sip_port = free_port();
+    let rest_port = free_port();
     // sipsak keeps one local port, as a phone keeps its Contact: a new port
     // each run would be a new binding, refused past --max-contacts.
-    let sipsak_port = free_port()?;
+    let sipsak_port = free_port();
     let plan = work.join("dialplan.json");
     std::fs::write(
         &plan,
@@ -166,7 +168,17 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&signaling_log).context("signaling log file")?);
     println!("+ {}", util::describe(&command));
-    let signaling = Daemon(command.spawn().context("starting switchboard-signaling")?);
+    // Its log goes to the file, not through us.
+    let signaling = Daemon::try_spawn_with(
+        "switchboard-signaling",
+        &mut command,
+        Options {
+            grace: Duration::from_secs(10),
+            own_output: true,
+            ..Options::default()
+        },
+    )
+    .context("starting switchboard-signaling")?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while !manager_healthy(rest_port) {
         if Instant::now() > deadline {
@@ -187,7 +199,7 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
             "-mi",
             "127.0.0.1",
             "-mp",
-            &free_port()?.to_string(),
+            &free_port().to_string(),
             "-rtp_echo",
         ])
         .args([
@@ -199,13 +211,12 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    println!("+ {}", util::describe(&command));
-    let callee = Daemon(command.spawn().context("starting the SIPp callee")?);
+    let callee = spawn("the SIPp callee", &mut command, false)?;
     std::thread::sleep(Duration::from_millis(500));
 
     let pids = [
-        ("rtpmanager", manager.0.id()),
-        ("signaling", signaling.0.id()),
+        ("rtpmanager", manager.pid()),
+        ("signaling", signaling.pid()),
     ];
     let before: Vec<Usage> = pids.iter().map(|(_, pid)| usage(*pid)).collect();
     let mut peak = before.clone();
@@ -422,17 +433,14 @@ fn sipp_loop(
             return;
         }
         let chunk = left.min(60);
-        let Ok(port) = free_port() else { return };
+        let port = free_port();
         let mut command = Command::new(sipp);
         command
             .arg("-sf")
             .arg(scenario)
             .args(scenario_args)
             .args(["-i", source, "-p", &port.to_string()])
-            .args([
-                "-mp",
-                &free_port().map(|p| p.to_string()).unwrap_or_default(),
-            ])
+            .args(["-mp", &free_port().to_string()])
             .args([
                 "-r",
                 &rate.to_string(),
