@@ -1,6 +1,7 @@
 //! A manager binary run in a test bed's relay namespace, and the peers
 //! (caller, callee) that exchange RTP with it: shared by the namespace
-//! tests over gRPC (`offload_netns.rs`, `interfaces_netns.rs`), which
+//! tests over gRPC (`kernel_offload_follows_calls.rs`,
+//! `legs_relay_between_named_interfaces.rs`), which
 //! include this file with `#[path]` after `common/kernel.rs`.
 
 // Shared by test binaries that each use part of it.

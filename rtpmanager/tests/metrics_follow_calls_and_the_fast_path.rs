@@ -119,7 +119,7 @@ fn value(body: &str, series: &str) -> u64 {
 }
 
 #[tokio::test]
-async fn scrape_follows_a_call_set_up_over_grpc() {
+async fn the_scrape_follows_a_call_from_offer_to_delete() {
     let (_daemon, mut client, metrics) = start_with_metrics(&[], 10).await;
 
     let before = scrape(metrics).await;

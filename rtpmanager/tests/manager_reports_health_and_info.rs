@@ -31,7 +31,7 @@ async fn connect(port: u16) -> RtpManagerClient<tonic::transport::Channel> {
 }
 
 #[tokio::test]
-async fn health_and_info_are_real() {
+async fn health_and_info_report_the_configuration_and_the_drain() {
     let port = free_port();
     let _manager = manager(
         Command::new(BIN)

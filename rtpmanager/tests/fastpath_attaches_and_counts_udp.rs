@@ -147,7 +147,7 @@ fn each_mode_attaches_to_a_veth_and_counts_udp_to_the_media_range() {
 }
 
 #[test]
-fn manager_reports_the_mode_in_force_over_grpc() {
+fn the_manager_reports_the_fast_path_mode_in_force() {
     require_kernel_path!();
     let bed = TestBed::new("m");
     let mut manager = Daemon::spawn(

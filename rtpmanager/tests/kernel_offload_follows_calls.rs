@@ -407,49 +407,49 @@ fn call_in_every_path(family: Family, tag: &str, fast_path: &str, mode: Mode) {
 }
 
 #[test]
-fn bridged_call_over_grpc_in_userspace_only() {
+fn a_bridged_call_is_relayed_in_userspace_only() {
     require_kernel_path!();
     call_in_every_path(Family::V4, "o", "off", Mode::Off);
 }
 
 #[test]
-fn bridged_call_over_grpc_is_offloaded_to_xdp_native() {
+fn a_bridged_call_is_offloaded_to_xdp_native() {
     require_kernel_path!();
     call_in_every_path(Family::V4, "n", "xdp", Mode::XdpNative);
 }
 
 #[test]
-fn bridged_call_over_grpc_is_offloaded_to_xdp_generic() {
+fn a_bridged_call_is_offloaded_to_xdp_generic() {
     require_kernel_path!();
     call_in_every_path(Family::V4, "g", "xdp-generic", Mode::XdpGeneric);
 }
 
 #[test]
-fn bridged_call_over_grpc_is_offloaded_to_tc() {
+fn a_bridged_call_is_offloaded_to_tc() {
     require_kernel_path!();
     call_in_every_path(Family::V4, "t", "tc", Mode::Tc);
 }
 
 #[test]
-fn bridged_ipv6_call_over_grpc_in_userspace_only() {
+fn a_bridged_ipv6_call_is_relayed_in_userspace_only() {
     require_kernel_path!();
     call_in_every_path(Family::V6, "o", "off", Mode::Off);
 }
 
 #[test]
-fn bridged_ipv6_call_over_grpc_is_offloaded_to_xdp_native() {
+fn a_bridged_ipv6_call_is_offloaded_to_xdp_native() {
     require_kernel_path!();
     call_in_every_path(Family::V6, "n", "xdp", Mode::XdpNative);
 }
 
 #[test]
-fn bridged_ipv6_call_over_grpc_is_offloaded_to_xdp_generic() {
+fn a_bridged_ipv6_call_is_offloaded_to_xdp_generic() {
     require_kernel_path!();
     call_in_every_path(Family::V6, "g", "xdp-generic", Mode::XdpGeneric);
 }
 
 #[test]
-fn bridged_ipv6_call_over_grpc_is_offloaded_to_tc() {
+fn a_bridged_ipv6_call_is_offloaded_to_tc() {
     require_kernel_path!();
     call_in_every_path(Family::V6, "t", "tc", Mode::Tc);
 }
