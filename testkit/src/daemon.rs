@@ -326,6 +326,18 @@ fn clock_ticks() -> u64 {
         .max(1)
 }
 
+/// What an operator sees of a daemon that could not start: the last line
+/// of its stderr, after checking there is no backtrace in it (our daemons
+/// print one only with SWITCHBOARD_BACKTRACE=1).
+pub fn failure_line(output: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.to_lowercase().contains("backtrace"),
+        "no backtrace unless SWITCHBOARD_BACKTRACE=1:\n{stderr}"
+    );
+    stderr.lines().last().unwrap_or_default().to_owned()
+}
+
 /// A manager on loopback: its process and the gRPC address it logged.
 pub struct Manager {
     pub daemon: Daemon,

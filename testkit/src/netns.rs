@@ -583,3 +583,70 @@ pub fn udp_in_csum_errors() -> u64 {
         .unwrap_or(0);
     v4 + v6
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(family: Family, sides: Sides, net: u8) -> BedPlan {
+        BedPlan {
+            family,
+            sides,
+            net,
+            forwarding: false,
+        }
+    }
+
+    #[test]
+    fn a_one_interface_plan_has_the_addresses_the_tests_were_written_for() {
+        let v4 = plan(Family::V4, Sides::One, 205);
+        assert_eq!(v4.relay_ip().to_string(), "10.205.0.1");
+        assert_eq!(v4.caller_addr().to_string(), "10.205.0.2:41000");
+        assert_eq!(v4.callee_addr().to_string(), "10.205.0.3:40000");
+        assert_eq!(
+            [v4.mac_of("r0"), v4.mac_of("c0"), v4.mac_of("e0")],
+            [
+                "02:00:00:05:00:01",
+                "02:00:00:05:00:02",
+                "02:00:00:05:00:03"
+            ]
+        );
+        let v6 = plan(Family::V6, Sides::One, 204);
+        assert_eq!(v6.relay(30000).to_string(), "[fd00:204::1]:30000");
+        assert_eq!(v6.caller_addr().to_string(), "[fd00:204::2]:41000");
+        assert_eq!(v6.callee_addr().to_string(), "[fd00:204::3]:40000");
+        assert_eq!(v6.mac_of("r0"), "02:00:00:04:00:01");
+    }
+
+    #[test]
+    fn a_two_interface_plan_puts_each_side_on_a_subnet_of_its_own() {
+        let v4 = plan(Family::V4, Sides::Two, 206);
+        assert_eq!(v4.relay_a().to_string(), "10.206.1.1");
+        assert_eq!(v4.relay_b().to_string(), "10.206.2.1");
+        assert_eq!(v4.caller_addr().to_string(), "10.206.1.2:41000");
+        assert_eq!(v4.callee_addr().to_string(), "10.206.2.2:40000");
+        let v6 = plan(Family::V6, Sides::Two, 206);
+        assert_eq!(v6.relay_a().to_string(), "fd00:206:1::1");
+        assert_eq!(v6.callee_addr().to_string(), "[fd00:206:2::2]:40000");
+        assert_eq!(
+            [
+                v6.mac_of("a0"),
+                v6.mac_of("c0"),
+                v6.mac_of("b0"),
+                v6.mac_of("e0")
+            ],
+            [
+                "02:00:00:06:0a:01",
+                "02:00:00:06:0a:02",
+                "02:00:00:06:0b:01",
+                "02:00:00:06:0b:02"
+            ]
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "a two-sided relay has two")]
+    fn a_two_interface_plan_has_no_single_relay_address() {
+        plan(Family::V4, Sides::Two, 206).relay_ip();
+    }
+}

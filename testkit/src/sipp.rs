@@ -72,3 +72,23 @@ pub fn response_times_ms(dir: &Path) -> std::io::Result<Vec<f64>> {
         .filter_map(|line| line.split(';').nth(1)?.trim().parse::<f64>().ok())
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The end of SIPp 3.6's final statistics screen.
+    const SCREEN: &str = "\
+  Successful call        |        0                  |      299
+  Failed call            |        0                  |        1
+------------------------------ Test Terminated --------------------------------
+";
+
+    #[test]
+    fn counters_are_the_cumulative_column_of_the_final_screen() {
+        assert_eq!(counter(SCREEN, "Successful call"), Some(299));
+        assert_eq!(count(SCREEN, "Failed call"), 1);
+        assert_eq!(counter(SCREEN, "Retransmissions"), None);
+        assert_eq!(count(SCREEN, "Retransmissions"), 0);
+    }
+}

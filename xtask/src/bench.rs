@@ -201,6 +201,45 @@ pub(crate) fn spawn(name: &str, command: &mut Command, echo: bool) -> anyhow::Re
     Daemon::try_spawn_with(name, command, options).with_context(|| format!("starting {name}"))
 }
 
+/// Builds the release daemons the SIP benches and the soak start.
+pub(crate) fn build_release_daemons() -> anyhow::Result<()> {
+    util::run(util::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "switchboard-signaling",
+        "-p",
+        "switchboard-rtpmanager",
+    ]))?;
+    Ok(())
+}
+
+/// Writes `work/dialplan.json`: each route `(id, pattern, port)` dials
+/// `sip:bob@127.0.0.1:port` (a SIPp callee), 30 s.
+pub(crate) fn write_dialplan(work: &Path, routes: &[(&str, &str, u16)]) -> anyhow::Result<String> {
+    let routes: Vec<String> = routes
+        .iter()
+        .map(|(id, pattern, port)| {
+            format!(
+                r#"{{"id": "{id}", "pattern": "{pattern}", "actions": [
+                {{"type": "dial", "params": {{"targets": ["sip:bob@127.0.0.1:{port}"], "timeout": 30}}}}]}}"#
+            )
+        })
+        .collect();
+    let path = work.join("dialplan.json");
+    std::fs::write(
+        &path,
+        format!(
+            r#"{{"version": "1.0", "routes": [{}]}}"#,
+            routes.join(",\n")
+        ),
+    )
+    .context("writing the dialplan")?;
+    path.to_str()
+        .map(str::to_owned)
+        .context("a UTF-8 temporary directory")
+}
+
 /// The release signaling server on loopback with free SIP and REST ports,
 /// the data directory `work/data`, the RTP manager(s) `rtpmanager`, and
 /// `extra` options; its warnings go to our stderr.
@@ -431,14 +470,7 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
     let Some(sipp) = util::find_on_path("sipp") else {
         bail!("sipp is not installed (cargo xtask setup installs the sip-tester package)");
     };
-    util::run(util::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "switchboard-signaling",
-        "-p",
-        "switchboard-rtpmanager",
-    ]))?;
+    build_release_daemons()?;
     let root = workspace_root();
     let scenarios = root.join("signaling/tests/sipp");
     let work = std::env::temp_dir().join(format!("switchboard-bench-calls-{}", std::process::id()));
@@ -446,16 +478,7 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
 
     let (manager, grpc) = start_manager(&root.join("target/release/switchboard-rtpmanager"), &[])?;
     let callee_port = free_port();
-    let plan = work.join("dialplan.json");
-    std::fs::write(
-        &plan,
-        format!(
-            r#"{{"version": "1.0", "routes": [{{"id": "bench", "pattern": "1XXX", "actions": [
-              {{"type": "dial", "params": {{"targets": ["sip:bob@127.0.0.1:{callee_port}"], "timeout": 30}}}}]}}]}}"#
-        ),
-    )
-    .context("writing the dialplan")?;
-    let plan = plan.to_str().context("a UTF-8 temporary directory")?;
+    let plan = write_dialplan(&work, &[("bench", "1XXX", callee_port)])?;
     let signaling = start_signaling(
         &work,
         &grpc,
@@ -473,7 +496,7 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
             "--max-contacts",
             "20",
             "--dialplan",
-            plan,
+            &plan,
         ],
     )?;
     let (sip_port, rest_port) = (signaling.sip_port, signaling.rest_port);

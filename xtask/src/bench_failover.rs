@@ -23,7 +23,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::bench::{free_port, sipp_counter, start_manager_on, start_signaling};
+use crate::bench::{
+    build_release_daemons, free_port, sipp_counter, start_manager_on, start_signaling,
+    write_dialplan,
+};
 use crate::util::{self, workspace_root};
 use switchboard_testkit::sipp as sipp_kit;
 
@@ -262,14 +265,7 @@ pub fn failover(args: &FailoverArgs) -> anyhow::Result<()> {
     let Some(sipp_bin) = util::find_on_path("sipp") else {
         bail!("sipp is not installed (cargo xtask setup installs the sip-tester package)");
     };
-    util::run(util::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "switchboard-signaling",
-        "-p",
-        "switchboard-rtpmanager",
-    ]))?;
+    build_release_daemons()?;
     let root = workspace_root();
     let scenarios = root.join("signaling/tests/sipp");
     let work =
@@ -283,18 +279,13 @@ pub fn failover(args: &FailoverArgs) -> anyhow::Result<()> {
         managers.push(start_manager_on(&manager_bin, (low, low + 1999), &[])?);
     }
     let (moved_callee, plain_callee) = (free_port(), free_port());
-    let plan = work.join("dialplan.json");
-    std::fs::write(
-        &plan,
-        format!(
-            r#"{{"version": "1.0", "routes": [
-              {{"id": "moved", "pattern": "1XXX", "actions": [
-                {{"type": "dial", "params": {{"targets": ["sip:bob@127.0.0.1:{moved_callee}"], "timeout": 30}}}}]}},
-              {{"id": "plain", "pattern": "2XXX", "actions": [
-                {{"type": "dial", "params": {{"targets": ["sip:bob@127.0.0.1:{plain_callee}"], "timeout": 30}}}}]}}]}}"#
-        ),
-    )
-    .context("writing the dialplan")?;
+    let plan = write_dialplan(
+        &work,
+        &[
+            ("moved", "1XXX", moved_callee),
+            ("plain", "2XXX", plain_callee),
+        ],
+    )?;
     let list = managers
         .iter()
         .enumerate()
@@ -306,7 +297,6 @@ pub fn failover(args: &FailoverArgs) -> anyhow::Result<()> {
         args.grace.to_string(),
         args.batch.to_string(),
     );
-    let plan = plan.to_str().context("a UTF-8 temporary directory")?;
     let signaling = start_signaling(
         &work,
         &list,
@@ -326,7 +316,7 @@ pub fn failover(args: &FailoverArgs) -> anyhow::Result<()> {
             "--rtpmanager-migrate-batch",
             &batch,
             "--dialplan",
-            plan,
+            &plan,
         ],
     )?;
     let (sip_port, rest_port) = (signaling.sip_port, signaling.rest_port);

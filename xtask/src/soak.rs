@@ -31,7 +31,10 @@ use anyhow::{bail, Context};
 
 use switchboard_testkit::daemon::{Daemon, Options};
 
-use crate::bench::{free_port, manager_healthy, sipp_counter, spawn, start_manager};
+use crate::bench::{
+    build_release_daemons, free_port, manager_healthy, sipp_counter, spawn, start_manager,
+    write_dialplan,
+};
 use crate::util::{self, workspace_root};
 
 #[derive(clap::Args)]
@@ -111,14 +114,7 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
         bail!("SIPp sends the calls' recorded media through raw sockets: run the soak as root");
     }
     if !args.no_build {
-        util::run(util::cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "switchboard-signaling",
-            "-p",
-            "switchboard-rtpmanager",
-        ]))?;
+        build_release_daemons()?;
     }
     let root = workspace_root();
     let work = std::env::temp_dir().join(format!("switchboard-soak-{}", std::process::id()));
@@ -135,15 +131,7 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
     // sipsak keeps one local port, as a phone keeps its Contact: a new port
     // each run would be a new binding, refused past --max-contacts.
     let sipsak_port = free_port();
-    let plan = work.join("dialplan.json");
-    std::fs::write(
-        &plan,
-        format!(
-            r#"{{"version": "1.0", "routes": [{{"id": "soak", "pattern": "2XXX", "actions": [
-              {{"type": "dial", "params": {{"targets": ["sip:bob@127.0.0.1:{callee_port}"], "timeout": 30}}}}]}}]}}"#
-        ),
-    )
-    .context("writing the dialplan")?;
+    let plan = write_dialplan(&work, &[("soak", "2XXX", callee_port)])?;
     let users = work.join("users.toml");
     std::fs::write(
         &users,

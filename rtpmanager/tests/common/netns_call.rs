@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use switchboard_testkit::daemon::{grpc_address, Daemon};
 
-use switchboard_testkit::netns::spawn_in_ns;
+use switchboard_testkit::netns::{spawn_in_ns, udp_in_csum_errors};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard-rtpmanager");
 
@@ -116,34 +116,6 @@ pub fn stream() -> Vec<u16> {
     (1..=55).filter(|s| s % 11 != 5).collect()
 }
 pub const LOST: i64 = 5;
-
-/// UDP checksum errors counted by the calling thread's namespace, IPv4
-/// (`Udp: InCsumErrors`) plus IPv6 (`Udp6InCsumErrors`).
-pub fn udp_in_csum_errors() -> u64 {
-    let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp");
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let (names, values) = (
-        udp.next().expect("Udp header"),
-        udp.next().expect("Udp values"),
-    );
-    let index = names
-        .split_whitespace()
-        .position(|n| n == "InCsumErrors")
-        .expect("InCsumErrors column");
-    let v4: u64 = values
-        .split_whitespace()
-        .nth(index)
-        .and_then(|v| v.parse().ok())
-        .expect("InCsumErrors value");
-    // Absent when IPv6 is disabled in the namespace.
-    let v6: u64 = std::fs::read_to_string("/proc/thread-self/net/snmp6")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("Udp6InCsumErrors"))
-        .map(|v| v.trim().parse().expect("Udp6InCsumErrors value"))
-        .unwrap_or(0);
-    v4 + v6
-}
 
 /// A peer's socket in its namespace, served by a thread: sends what it is
 /// told and reports what it received (source, payload) and its checksum
