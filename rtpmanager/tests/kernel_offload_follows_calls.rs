@@ -456,24 +456,10 @@ fn a_bridged_ipv6_call_is_offloaded_to_tc() {
 
 /// A mono 16-bit 8 kHz WAV of `ms` milliseconds of a quiet square wave.
 fn wav_8k(ms: u32) -> Vec<u8> {
-    let samples: Vec<u8> = (0..8 * ms)
-        .flat_map(|i| if i % 16 < 8 { 2000i16 } else { -2000 }.to_le_bytes())
+    let samples: Vec<i16> = (0..8 * ms)
+        .map(|i| if i % 16 < 8 { 2000 } else { -2000 })
         .collect();
-    let mut out = Vec::new();
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + samples.len() as u32).to_le_bytes());
-    out.extend_from_slice(b"WAVEfmt ");
-    out.extend_from_slice(&16u32.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&8000u32.to_le_bytes());
-    out.extend_from_slice(&16000u32.to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&16u16.to_le_bytes());
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&(samples.len() as u32).to_le_bytes());
-    out.extend_from_slice(&samples);
-    out
+    switchboard_testkit::wav(8000, 16, &samples)
 }
 
 /// The RTP header fields the test checks: (SSRC, sequence, timestamp).

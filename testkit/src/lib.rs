@@ -183,6 +183,38 @@ pub fn free_media_range(pairs: u16) -> (u16, u16) {
     panic!("no free range of {pairs} port pairs below the ephemeral ports");
 }
 
+/// A mono PCM WAV file of `samples` at `rate` Hz, 16 or 24 bits (24-bit
+/// samples are the 16-bit ones shifted up), for playback tests.
+pub fn wav(rate: u32, bits: u16, samples: &[i16]) -> Vec<u8> {
+    let bytes_per_sample = u32::from(bits / 8);
+    let data: Vec<u8> = samples
+        .iter()
+        .flat_map(|s| {
+            let le = s.to_le_bytes();
+            if bits == 24 {
+                vec![0, le[0], le[1]]
+            } else {
+                le.to_vec()
+            }
+        })
+        .collect();
+    let mut out = Vec::new();
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&rate.to_le_bytes());
+    out.extend_from_slice(&(rate * bytes_per_sample).to_le_bytes());
+    out.extend_from_slice(&(bits / 8).to_le_bytes());
+    out.extend_from_slice(&bits.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(&data);
+    out
+}
+
 /// splitmix64 with a fixed seed, for randomized (property) tests: every run
 /// sees the same cases, so a failure replays exactly.
 #[derive(Clone, Debug)]
