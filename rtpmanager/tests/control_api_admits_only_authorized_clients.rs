@@ -8,7 +8,7 @@ mod common;
 mod pki;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pki::Pki;
@@ -278,25 +278,12 @@ async fn wait_for_log(manager: &common::Started, text: &str) {
 /// Runs the manager with `args` until it exits (at most 10 s): its exit
 /// status and stderr.
 fn run_to_exit(args: &[&str]) -> (std::process::ExitStatus, String) {
-    let mut child = Command::new(common::BIN)
-        .args(["--fast-path", "off", "--grpc-port", "0"])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the manager");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the manager did not stop on a bad access option");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().expect("output");
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    switchboard_testkit::daemon::run_to_exit(
+        "the manager given a bad access option",
+        Command::new(common::BIN)
+            .args(["--fast-path", "off", "--grpc-port", "0"])
+            .args(args),
+        Duration::from_secs(10),
     )
 }
 

@@ -326,6 +326,15 @@ fn clock_ticks() -> u64 {
         .max(1)
 }
 
+/// Runs `command` (a daemon given a configuration it must refuse) until it
+/// exits; panics with what it logged when it still runs after `limit`.
+/// Its exit status and stderr.
+pub fn run_to_exit(name: &str, command: &mut Command, limit: Duration) -> (ExitStatus, String) {
+    let mut daemon = Daemon::spawn(name, command);
+    let status = daemon.wait_exit_within(limit);
+    (status, daemon.log())
+}
+
 /// What an operator sees of a daemon that could not start: the last line
 /// of its stderr, after checking there is no backtrace in it (our daemons
 /// print one only with SWITCHBOARD_BACKTRACE=1).
