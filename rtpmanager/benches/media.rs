@@ -34,21 +34,21 @@
 //! deleted by name at the end, and the manager it started is stopped by pid.
 #![allow(clippy::print_stdout)]
 
-use std::fs::File;
 use std::mem::MaybeUninit;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use nix::sched::{setns, CloneFlags};
 use switchboard_proto::v1;
 use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
 use switchboard_rtpmanager::config::FastPathRequest;
 use switchboard_rtpmanager::fastpath::{self, FastPath, Mode, Settings};
+use switchboard_testkit::daemon::{Daemon, Options};
+use switchboard_testkit::netns::{in_ns, udp_counter, veth, Netns};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard-rtpmanager");
 const RELAY_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 1);
@@ -115,22 +115,10 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(args)
 }
 
-fn sh(args: &[&str]) -> anyhow::Result<()> {
-    let status = Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .status()
-        .with_context(|| format!("cannot run {args:?}"))?;
-    if !status.success() {
-        bail!("{args:?} failed: {status}");
-    }
-    Ok(())
-}
-
 /// One side of the relay: a peers' namespace joined to the relay by a
 /// veth pair.
 struct Side {
-    ns: String,
+    ns: Netns,
     peer_dev: &'static str,
     relay_dev: &'static str,
     peer_ip: Ipv4Addr,
@@ -141,22 +129,22 @@ struct Side {
 /// (callers and callees together, the relay hairpins on `r0`) or two
 /// (callers on `a0`, callees on `b0`).
 struct Bed {
-    relay: String,
+    relay: Netns,
     sides: Vec<Side>,
 }
 
 impl Bed {
-    fn new(two_sided: bool) -> anyhow::Result<Bed> {
+    fn new(two_sided: bool) -> Bed {
         let pid = std::process::id();
         let side = |tag: &str, peer_dev, relay_dev, peer_ip, relay_ip| Side {
-            ns: format!("sbbench{pid}{tag}"),
+            ns: Netns::add(&format!("sbbench{pid}{tag}"), None),
             peer_dev,
             relay_dev,
             peer_ip,
             relay_ip,
         };
         let bed = Bed {
-            relay: format!("sbbench{pid}r"),
+            relay: Netns::add(&format!("sbbench{pid}r"), None),
             sides: if two_sided {
                 vec![
                     side("p", "p0", "a0", CALLERS_IP, RELAY_A_IP),
@@ -166,120 +154,32 @@ impl Bed {
                 vec![side("p", "p0", "r0", PEER_IP, RELAY_IP)]
             },
         };
-        sh(&["ip", "netns", "add", &bed.relay])?;
-        sh(&["ip", "-n", &bed.relay, "link", "set", "lo", "up"])?;
         for side in &bed.sides {
-            sh(&["ip", "netns", "add", &side.ns])?;
-            sh(&["ip", "-n", &side.ns, "link", "set", "lo", "up"])?;
-            let (peer_tmp, relay_tmp) = (
-                format!("sbb{}", side.peer_dev),
-                format!("sbb{}", side.relay_dev),
-            );
-            sh(&[
-                "ip", "link", "add", &peer_tmp, "netns", &side.ns, "type", "veth", "peer", "name",
-                &relay_tmp, "netns", &bed.relay,
-            ])?;
-            sh(&[
-                "ip",
-                "-n",
+            veth(
                 &side.ns,
-                "link",
-                "set",
-                &peer_tmp,
-                "name",
                 side.peer_dev,
-            ])?;
-            sh(&[
-                "ip",
-                "-n",
+                None,
                 &bed.relay,
-                "link",
-                "set",
-                &relay_tmp,
-                "name",
                 side.relay_dev,
-            ])?;
+                None,
+            );
             for (ns, dev, ip) in [
                 (&side.ns, side.peer_dev, side.peer_ip),
                 (&bed.relay, side.relay_dev, side.relay_ip),
             ] {
-                sh(&[
-                    "ip",
-                    "netns",
-                    "exec",
-                    ns,
-                    "sysctl",
-                    "-qw",
-                    &format!("net.ipv6.conf.{dev}.disable_ipv6=1"),
-                ])?;
-                sh(&[
-                    "ip",
-                    "-n",
-                    ns,
-                    "addr",
-                    "add",
-                    &format!("{ip}/24"),
-                    "dev",
-                    dev,
-                ])?;
-                sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
+                ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6=1"));
+                ns.address(dev, IpAddr::V4(ip), 24);
             }
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &bed.relay,
-                "sysctl",
-                "-qw",
-                &format!("net.ipv4.conf.{}.forwarding=1", side.relay_dev),
-            ])?;
-            // Full UDP checksums on the wire, as a real NIC delivers them.
-            let _ = sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &side.ns,
-                "ethtool",
-                "-K",
-                side.peer_dev,
-                "tx",
-                "off",
-            ]);
-            let mac = |ns: &str, dev: &str| -> anyhow::Result<String> {
-                let out = Command::new("ip")
-                    .args(["-n", ns, "-br", "link", "show", dev])
-                    .output()?;
-                String::from_utf8_lossy(&out.stdout)
-                    .split_whitespace()
-                    .nth(2)
-                    .map(str::to_owned)
-                    .context("MAC address")
-            };
-            let (peer_mac, relay_mac) = (
-                mac(&side.ns, side.peer_dev)?,
-                mac(&bed.relay, side.relay_dev)?,
-            );
-            for (ns, ip, mac, dev) in [
-                (&side.ns, side.relay_ip, &relay_mac, side.peer_dev),
-                (&bed.relay, side.peer_ip, &peer_mac, side.relay_dev),
-            ] {
-                sh(&[
-                    "ip",
-                    "-n",
-                    ns,
-                    "neigh",
-                    "replace",
-                    &ip.to_string(),
-                    "lladdr",
-                    mac,
-                    "dev",
-                    dev,
-                    "nud",
-                    "permanent",
-                ])?;
-            }
+            bed.relay
+                .sysctl(&format!("net.ipv4.conf.{}.forwarding=1", side.relay_dev));
+            side.ns.checksums_on_the_wire(side.peer_dev);
+            let (peer_mac, relay_mac) = (side.ns.mac(side.peer_dev), bed.relay.mac(side.relay_dev));
+            side.ns
+                .neighbour(side.peer_dev, IpAddr::V4(side.relay_ip), &relay_mac);
+            bed.relay
+                .neighbour(side.relay_dev, IpAddr::V4(side.peer_ip), &peer_mac);
         }
-        Ok(bed)
+        bed
     }
 
     /// The callers' side.
@@ -292,79 +192,12 @@ impl Bed {
         &self.sides[self.sides.len() - 1]
     }
 
-    fn enter(ns: &str) -> anyhow::Result<()> {
-        let file = File::open(format!("/var/run/netns/{ns}"))?;
-        setns(file, CloneFlags::CLONE_NEWNET).context("setns")?;
-        Ok(())
-    }
-
     /// Runs `f` on a thread inside namespace `ns`.
     fn in_ns<T: Send + 'static>(
         ns: &str,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> anyhow::Result<T> {
-        let ns = ns.to_owned();
-        std::thread::spawn(move || -> anyhow::Result<T> {
-            Bed::enter(&ns)?;
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
-    }
-}
-
-impl Drop for Bed {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.relay])
-            .status();
-        for side in &self.sides {
-            let _ = Command::new("ip").args(["netns", "del", &side.ns]).status();
-        }
-    }
-}
-
-struct Manager(Child);
-
-impl Drop for Manager {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Manager {
-    /// CPU time (user + system) the manager used so far.
-    fn cpu_time(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).unwrap_or_default();
-        // Fields after the command name (which may contain spaces) start after ')'.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks: u64 = [11usize, 12]
-            .iter()
-            .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-            .sum();
-        // SAFETY: sysconf has no memory effects.
-        let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
-            .unwrap_or(100)
-            .max(1);
-        Duration::from_micros(ticks * 1_000_000 / hz)
+        Ok(in_ns(ns, f))
     }
 }
 
@@ -708,23 +541,7 @@ fn veth_drops(bed: &Bed) -> anyhow::Result<u64> {
 
 /// `Udp: RcvbufErrors` of the calling thread's namespace.
 fn udp_rcvbuf_errors() -> u64 {
-    udp_counter("RcvbufErrors")
-}
-
-/// A `Udp:` counter of the calling thread's namespace.
-fn udp_counter(wanted: &str) -> u64 {
-    // thread-self: /proc/net follows the process, not this thread's setns.
-    let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap_or_default();
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
-    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
-        return 0;
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(name, _)| *name == wanted)
-        .and_then(|(_, value)| value.parse().ok())
-        .unwrap_or(0)
+    udp_counter("RcvbufErrors").unwrap_or(0)
 }
 
 /// Kernel BPF run-time statistics, on while this is alive.
@@ -823,7 +640,7 @@ fn programs_stats(wanted: impl Fn(u64) -> bool) -> anyhow::Result<(u64, u64)> {
 }
 
 fn run_once(path: &str, calls: usize, seconds: u64, two_sided: bool) -> anyhow::Result<Row> {
-    let bed = Bed::new(two_sided)?;
+    let bed = Bed::new(two_sided);
     let fast_path = if path == "userspace" { "off" } else { path };
     let port_max =
         20000 + u16::try_from(calls * 4 + 16).context("too many calls for the port range")?;
@@ -880,17 +697,22 @@ fn run_once(path: &str, calls: usize, seconds: u64, two_sided: bool) -> anyhow::
         .map(str::to_owned)
         .to_vec()
     };
-    let manager = Manager(
+    // Its warnings go to our stderr as before; stopped by SIGTERM.
+    let manager = Daemon::try_spawn_with(
+        "switchboard-rtpmanager",
         Command::new("ip")
             .args(["netns", "exec", &bed.relay, BIN])
             .args(["--fast-path", fast_path])
             .args(&interfaces)
             .args(["--grpc-port", "9090", "--log-level", "warn"])
-            .args(["--media-timeout", "600"])
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting the manager")?,
-    );
+            .args(["--media-timeout", "600"]),
+        Options {
+            echo: true,
+            grace: Duration::from_secs(10),
+            ..Options::default()
+        },
+    )
+    .context("starting the manager")?;
     let (callers, callees) = (bed.callers(), bed.callees());
     let ports = set_up_calls(
         &bed.relay,
@@ -955,7 +777,7 @@ fn run_once(path: &str, calls: usize, seconds: u64, two_sided: bool) -> anyhow::
     // cold caches) for comparison.
     let is_peer = |id: u64| loaded_before.contains(&id) && !existing.contains(&id);
     let peer_before = programs_stats(is_peer)?;
-    let side_namespaces: Vec<String> = bed.sides.iter().map(|s| s.ns.clone()).collect();
+    let side_namespaces: Vec<String> = bed.sides.iter().map(|s| s.ns.to_string()).collect();
     let rcvbuf = || -> anyhow::Result<u64> {
         side_namespaces
             .iter()

@@ -20,21 +20,19 @@
 //! working set of thousands of calls.
 #![allow(clippy::print_stdout)]
 
-use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd};
-use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 use aya::Ebpf;
-use nix::sched::{setns, CloneFlags};
 use rtpmanager_common::{
     ForwardEntry, ForwardKey, RtpRewrite, FLAG_RTCP, FLAG_RTP, TC_PROGRAM, XDP_PROGRAM,
 };
 use switchboard_rtpmanager::config::FastPathRequest;
 use switchboard_rtpmanager::fastpath::{self, KernelMaps, Settings};
+use switchboard_testkit::netns::{lookup_namespace, Netns};
 
-// The tests' helpers: namespaces, commands and BPF_PROG_TEST_RUN.
+// The tests' BPF_PROG_TEST_RUN.
 #[path = "../tests/common/kernel.rs"]
 mod kernel;
 
@@ -46,74 +44,27 @@ const NEIGH6: &str = "[fd00:204::2]:30010";
 const PEER4: &str = "10.204.0.9:30000";
 const PEER6: &str = "[fd00:204::9]:30010";
 
-fn sh(args: &[&str]) -> anyhow::Result<()> {
-    let status = Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .status()
-        .with_context(|| format!("cannot run {args:?}"))?;
-    if !status.success() {
-        bail!("{args:?} failed: {status}");
-    }
-    Ok(())
-}
-
 fn addr(s: &str) -> SocketAddr {
     s.parse().expect("a literal socket address")
 }
 
 /// A namespace with `v0` (peer `v1`), addresses, permanent neighbours and
 /// forwarding on; deleted by name on drop.
-struct Namespace(String);
-
-impl Namespace {
-    fn new() -> anyhow::Result<Namespace> {
-        let ns = Namespace(format!("sbprog{}", std::process::id()));
-        let n = ns.0.as_str();
-        sh(&["ip", "netns", "add", n])?;
-        sh(&[
-            "ip", "-n", n, "link", "add", "v0", "type", "veth", "peer", "name", "v1",
-        ])?;
-        for sysctl in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
-            sh(&["ip", "netns", "exec", n, "sysctl", "-qw", sysctl])?;
-        }
-        sh(&["ip", "-n", n, "addr", "add", LOCAL4, "dev", "v0"])?;
-        sh(&["ip", "-n", n, "addr", "add", LOCAL6, "dev", "v0", "nodad"])?;
-        for dev in ["lo", "v0", "v1"] {
-            sh(&["ip", "-n", n, "link", "set", dev, "up"])?;
-        }
-        for neigh in [NEIGH4, NEIGH6] {
-            let ip = addr(neigh).ip().to_string();
-            sh(&[
-                "ip",
-                "-n",
-                n,
-                "neigh",
-                "replace",
-                &ip,
-                "lladdr",
-                NEIGH_MAC,
-                "dev",
-                "v0",
-                "nud",
-                "permanent",
-            ])?;
-        }
-        Ok(ns)
-    }
-
-    fn enter(&self) -> anyhow::Result<()> {
-        let path = format!("/var/run/netns/{}", self.0);
-        let file = File::open(&path).with_context(|| format!("open {path}"))?;
-        setns(file, CloneFlags::CLONE_NEWNET).context("setns into the bench namespace")?;
-        Ok(())
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+fn namespace() -> Netns {
+    let cidr = |s: &str| {
+        let (ip, len) = s.split_once('/').expect("a CIDR literal");
+        (
+            ip.parse().expect("an address literal"),
+            len.parse().expect("a prefix length"),
+        )
+    };
+    lookup_namespace(
+        &format!("sbprog{}", std::process::id()),
+        None,
+        &[cidr(LOCAL4), cidr(LOCAL6)],
+        &[addr(NEIGH4).ip(), addr(NEIGH6).ip()],
+        NEIGH_MAC,
+    )
 }
 
 /// One's complement sum of `bytes` as big-endian words, folded.
@@ -232,16 +183,8 @@ fn main() -> anyhow::Result<()> {
     if !fastpath::object_embedded() {
         bail!("this build has no eBPF object (cargo xtask build-ebpf)");
     }
-    let ns = Namespace::new()?;
-    let result = std::thread::scope(|scope| {
-        scope
-            .spawn(|| -> anyhow::Result<()> {
-                ns.enter()?;
-                run(repeat)
-            })
-            .join()
-            .expect("bench thread")
-    });
+    let ns = namespace();
+    let result = ns.run(move || run(repeat));
     drop(ns);
     result
 }

@@ -5,6 +5,8 @@
 use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};
 
+use switchboard_testkit::daemon::failure_line;
+
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard-rtpmanager");
 
 fn run(args: &[&str], env: &[(&str, &str)], as_nobody: bool) -> Output {
@@ -35,15 +37,6 @@ fn run(args: &[&str], env: &[(&str, &str)], as_nobody: bool) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run switchboard-rtpmanager")
-}
-
-fn failure_line(output: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !stderr.to_lowercase().contains("backtrace"),
-        "no backtrace unless SWITCHBOARD_BACKTRACE=1:\n{stderr}"
-    );
-    stderr.lines().last().unwrap_or_default().to_owned()
 }
 
 #[test]

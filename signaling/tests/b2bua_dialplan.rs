@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{free_port, header, status, Server, UdpPeer, SIGNALING};
@@ -92,44 +92,29 @@ fn an_invalid_dialplan_stops_the_start_naming_route_and_field() {
 }
 
 fn run_to_exit(data: &Path, plan: &Path) -> (Option<i32>, String) {
-    let mut child = Command::new(SIGNALING)
-        .args([
-            "--bind-address",
-            "127.0.0.1",
-            "--port",
-            &free_port().to_string(),
-        ])
-        .args([
-            "--rest-port",
-            &free_port().to_string(),
-            "--rtpmanager",
-            "127.0.0.1:9",
-        ])
-        .args(["--auth", "anonymous"])
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--dialplan")
-        .arg(plan)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start switchboard-signaling");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            let output = child.wait_with_output().expect("output");
-            return (
-                status.code(),
-                String::from_utf8_lossy(&output.stderr).into_owned(),
-            );
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the server kept running with an invalid dialplan");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (status, stderr) = switchboard_testkit::daemon::run_to_exit(
+        "the server given an invalid dialplan",
+        Command::new(SIGNALING)
+            .args([
+                "--bind-address",
+                "127.0.0.1",
+                "--port",
+                &free_port().to_string(),
+            ])
+            .args([
+                "--rest-port",
+                &free_port().to_string(),
+                "--rtpmanager",
+                "127.0.0.1:9",
+            ])
+            .args(["--auth", "anonymous"])
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--dialplan")
+            .arg(plan),
+        Duration::from_secs(10),
+    );
+    (status.code(), stderr)
 }
 
 #[test]

@@ -8,8 +8,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::manager::{runtime, start_manager, Manager};
@@ -17,15 +16,7 @@ use common::{free_port, status, Server, UdpPeer};
 use nix::sys::signal::Signal;
 use switchboard_proto::v1;
 
-fn sipp_binary() -> Option<PathBuf> {
-    common::peer_tool("sipp")
-}
-
-fn scenario(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/sipp")
-        .join(name)
-}
+use common::sipp::{binary as sipp_binary, scenario};
 
 /// Signaling + manager; extensions 1XXX dial the SIPp callee on
 /// `callee_port`.
@@ -94,17 +85,12 @@ fn wait_healthy(server: &Server) {
 fn sipp(bed: &Bed, name: &str, port: u16, calls: u32, args: &[&str]) -> Child {
     let sipp = sipp_binary().expect("checked by the caller");
     let calls = calls.to_string();
-    Command::new(sipp)
-        .arg("-sf")
-        .arg(scenario(name))
-        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+    switchboard_testkit::sipp::command(&sipp, &scenario(name), port, bed.data.path())
         .args(["-m", &calls, "-l", &calls, "-r", "20"])
-        .args(["-timeout", "60s", "-nostdin", "-trace_err"])
+        .args(["-timeout", "60s", "-trace_err"])
         // Media goes to the discard port: these tests are about signaling.
         .args(["-key", "rtp_a", "9", "-key", "rtp_b", "9"])
         .args(args)
-        .current_dir(bed.data.path())
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -153,23 +139,6 @@ fn finish(bed: &Bed, role: &str, child: Child) -> Output {
     output
 }
 
-/// A cumulative counter from SIPp's final screen.
-fn sipp_counter(screen: &str, name: &str) -> u64 {
-    screen
-        .lines()
-        .filter(|l| l.trim_start().starts_with(name))
-        .filter_map(|l| {
-            l.rsplit('|')
-                .next()?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .next_back()
-        .unwrap_or(0)
-}
-
 fn invite(peer: &UdpPeer, call_id: &str) -> String {
     let port = peer.port();
     let sdp = "v=0\r\no=x 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n";
@@ -203,7 +172,7 @@ fn sigterm_byes_every_leg_deletes_the_media_and_exits_within_the_timeout() {
     for (role, output) in [("caller", &caller), ("callee", &callee)] {
         let screen = String::from_utf8_lossy(&output.stdout);
         assert_eq!(
-            sipp_counter(&screen, "Successful call"),
+            switchboard_testkit::sipp::count(&screen, "Successful call"),
             u64::from(CALLS),
             "{role}: {screen}"
         );
@@ -254,7 +223,7 @@ fn sigterm_cancels_ringing_callees_and_refuses_their_callers_503() {
         let output = finish(&bed, role, child);
         let screen = String::from_utf8_lossy(&output.stdout);
         assert_eq!(
-            sipp_counter(&screen, "Successful call"),
+            switchboard_testkit::sipp::count(&screen, "Successful call"),
             u64::from(CALLS),
             "{role}: {screen}"
         );

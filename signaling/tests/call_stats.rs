@@ -7,8 +7,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::manager::start_manager;
@@ -16,18 +15,9 @@ use common::{free_port, status, Server, UdpPeer};
 
 fn sipp(dir: &std::path::Path, scenario: &str, port: u16, args: &[&str]) -> std::process::Child {
     let sipp = common::peer_tool("sipp").expect("checked by the caller");
-    Command::new(sipp)
-        .arg("-sf")
-        .arg(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/sipp")
-                .join(scenario),
-        )
-        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-m", "1", "-timeout", "30s", "-nostdin"])
+    switchboard_testkit::sipp::command(&sipp, &common::sipp::scenario(scenario), port, dir)
+        .args(["-m", "1", "-timeout", "30s"])
         .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

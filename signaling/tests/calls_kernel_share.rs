@@ -20,57 +20,35 @@ mod kernel;
 #[path = "../../rtpmanager/tests/common/bed.rs"]
 mod bed;
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use bed::{TestBed, CALLEE, CALLER, RELAY_IP};
+use bed::{one_interface, Family, CALLEE, CALLER, RELAY_IP};
 use common::{header, status, Server, UdpPeer};
-use kernel::{addr, enter, spawn_in_ns};
+use kernel::addr;
+use switchboard_testkit::daemon::{grpc_address, Daemon};
+use switchboard_testkit::netns::{enter, spawn_in_ns};
 
 /// Packets each way once the call is offloaded.
 const PACKETS: u16 = 1000;
 
-/// The manager in the relay namespace with the TC fast path; killed on drop.
-struct Manager(Child);
-
-impl Drop for Manager {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_manager(relay_ns: &str) -> (Manager, String) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", relay_ns])
-        .arg(common::manager::manager_binary())
-        .args(["--grpc-port", "0", "--fast-path", "tc"])
-        .args(["--media-interface", "r0", "--advertise", RELAY_IP])
-        .args(["--rtp-port-min", "30000", "--rtp-port-max", "30100"])
-        .args(["--enable-forwarding", "--log-level", "info"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the manager");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(grpc) = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("grpc="))
-            {
-                let _ = tx.send(grpc.to_owned());
-            }
-        }
-    });
-    let grpc = rx
-        .recv_timeout(Duration::from_secs(15))
-        .expect("the manager logs its gRPC address");
-    (Manager(child), grpc)
+/// The manager in the relay namespace with the TC fast path; killed on
+/// drop; and its gRPC address.
+fn start_manager(relay_ns: &str) -> (Daemon, String) {
+    let manager = Daemon::spawn(
+        "switchboard-rtpmanager",
+        Command::new("ip")
+            .args(["netns", "exec", relay_ns])
+            .arg(common::manager::manager_binary())
+            .args(["--grpc-port", "0", "--fast-path", "tc"])
+            .args(["--media-interface", "r0", "--advertise", RELAY_IP])
+            .args(["--rtp-port-min", "30000", "--rtp-port-max", "30100"])
+            .args(["--enable-forwarding", "--log-level", "info"]),
+    );
+    let grpc = grpc_address(&manager).to_string();
+    (manager, grpc)
 }
 
 fn rtp(seq: u16) -> Vec<u8> {
@@ -162,7 +140,7 @@ fn legs_of(call: &serde_json::Value) -> Vec<serde_json::Value> {
 #[test]
 fn an_offloaded_call_shows_a_kernel_share_above_99_percent() {
     require_kernel_path!();
-    let bed = TestBed::new("k");
+    let bed = one_interface(Family::V4, "k");
     // This thread's sockets (SIP peers, REST requests) are in the relay
     // namespace with signaling and the manager.
     enter(&bed.relay);

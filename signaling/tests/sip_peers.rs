@@ -31,17 +31,12 @@ fn sipp_registers_300_per_second_without_failure() {
     let Some(sipp) = tool("sipp") else { return };
     let data = tempfile::tempdir().expect("temp dir");
     let server = start(data.path());
-    let scenario = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sipp/register_auth.xml");
-    let output = Command::new(sipp)
-        .arg("-sf")
-        .arg(&scenario)
+    let scenario = common::sipp::scenario("register_auth.xml");
+    let output = switchboard_testkit::sipp::command(&sipp, &scenario, free_port(), data.path())
         .args(["-s", "1001", "-au", "1001", "-ap", "pw1001"])
-        .args(["-i", "127.0.0.1", "-p", &free_port().to_string()])
         .args(["-r", "300", "-m", "3000", "-l", "600"])
-        .args(["-timeout", "60s", "-nostdin", "-trace_err"])
+        .args(["-timeout", "60s", "-trace_err"])
         .arg(server.sip_addr().to_string())
-        .current_dir(data.path())
-        .stdin(Stdio::null())
         .output()
         .expect("run sipp");
     let screen = String::from_utf8_lossy(&output.stdout);
@@ -54,18 +49,7 @@ fn sipp_registers_300_per_second_without_failure() {
         tail(&server.log(), 40)
     );
     let cumulative = |name: &str| -> u64 {
-        screen
-            .lines()
-            .filter(|l| l.trim_start().starts_with(name))
-            .filter_map(|l| {
-                l.rsplit('|')
-                    .next()?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .next_back()
+        switchboard_testkit::sipp::counter(&screen, name)
             .unwrap_or_else(|| panic!("no {name} line in:\n{screen}"))
     };
     assert_eq!(cumulative("Successful call"), 3000, "{screen}");

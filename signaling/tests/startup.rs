@@ -8,7 +8,9 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::process::{Command, Output, Stdio};
+
 use std::time::{Duration, Instant};
+use switchboard_testkit::daemon::failure_line;
 
 use common::{free_port, UdpPeer, SIGNALING};
 
@@ -26,16 +28,6 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run switchboard-signaling")
-}
-
-/// The failure line: the last line of stderr.
-fn failure_line(output: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !stderr.to_lowercase().contains("backtrace"),
-        "no backtrace unless SWITCHBOARD_BACKTRACE=1:\n{stderr}"
-    );
-    stderr.lines().last().unwrap_or_default().to_owned()
 }
 
 #[test]

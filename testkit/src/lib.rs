@@ -1,8 +1,20 @@
 //! What the integration tests of every package share.
 //!
-//! Start here when a test needs a daemon binary of another package. More of
-//! the scaffolding the tests repeat (daemon start-up, namespace beds, SIPp
-//! runners) moves here over time.
+//! Start here when a test, a bench or xtask needs scaffolding: a daemon
+//! binary of another package ([`workspace_binary`]), free ports
+//! ([`free_port`], [`free_media_range`]), daemons stopped by pid with their
+//! log shown on failure ([`daemon`]), network-namespace beds in either
+//! address family with one or two relay interfaces ([`netns`]), SIPp runs
+//! and counters ([`sipp`]), tools from PATH ([`tool`]) and a fixed-seed
+//! [`Rng`].
+//!
+//! Only std: a dependency here, with features of its own, would change the
+//! workspace's feature unification and so rebuild the daemons. The few
+//! system calls (setns, kill) are declared here directly.
+
+pub mod daemon;
+pub mod netns;
+pub mod sipp;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -80,6 +92,56 @@ fn workspace_root() -> &'static Path {
         .expect("testkit lives in the workspace root")
 }
 
+/// A port free for both UDP and TCP on 127.0.0.1 (a SIP server binds both).
+pub fn free_port() -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("an ephemeral TCP port");
+        let port = tcp.local_addr().expect("local address").port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Polls `done` every `every` until it holds or `limit` has passed;
+/// whether it held.
+pub fn wait_until(
+    limit: std::time::Duration,
+    every: std::time::Duration,
+    mut done: impl FnMut() -> bool,
+) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// A program from PATH (a real SIP peer, a browser) that `purpose` needs.
+/// Without it the test is skipped with a message; under CI (`CI` set),
+/// where `cargo xtask setup` installs them, a missing tool is a failure
+/// rather than a silent pass.
+pub fn tool(name: &str, purpose: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run {purpose}: `{name}` is not installed (cargo xtask setup installs it)"
+        );
+        eprintln!("SKIPPED: `{name}` is not installed (cargo xtask setup installs it)");
+    }
+    found
+}
+
 /// An even range of `pairs` RTP/RTCP port pairs on loopback where nothing
 /// is bound right now, for a manager's `--rtp-port-min`/`--rtp-port-max`.
 ///
@@ -119,6 +181,38 @@ pub fn free_media_range(pairs: u16) -> (u16, u16) {
         }
     }
     panic!("no free range of {pairs} port pairs below the ephemeral ports");
+}
+
+/// A mono PCM WAV file of `samples` at `rate` Hz, 16 or 24 bits (24-bit
+/// samples are the 16-bit ones shifted up), for playback tests.
+pub fn wav(rate: u32, bits: u16, samples: &[i16]) -> Vec<u8> {
+    let bytes_per_sample = u32::from(bits / 8);
+    let data: Vec<u8> = samples
+        .iter()
+        .flat_map(|s| {
+            let le = s.to_le_bytes();
+            if bits == 24 {
+                vec![0, le[0], le[1]]
+            } else {
+                le.to_vec()
+            }
+        })
+        .collect();
+    let mut out = Vec::new();
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&rate.to_le_bytes());
+    out.extend_from_slice(&(rate * bytes_per_sample).to_le_bytes());
+    out.extend_from_slice(&(bits / 8).to_le_bytes());
+    out.extend_from_slice(&bits.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(&data);
+    out
 }
 
 /// splitmix64 with a fixed seed, for randomized (property) tests: every run

@@ -30,17 +30,18 @@
 //! received.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+
+use switchboard_testkit::daemon::{manager_args, Options};
+use switchboard_testkit::{sipp, wait_until};
 
 use crate::util::{self, workspace_root};
 
@@ -184,33 +185,91 @@ fn media(args: &MediaArgs) -> anyhow::Result<()> {
     )
 }
 
-/// Stops the server by pid when dropped, whatever happened.
-pub(crate) struct Daemon(pub(crate) Child);
+pub(crate) use switchboard_testkit::daemon::Daemon;
+pub(crate) use switchboard_testkit::free_port;
+pub(crate) use switchboard_testkit::sipp::count as sipp_counter;
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// Prints and starts `command` as `name`, stopped by SIGTERM (10 s, then
+/// SIGKILL) when dropped; with `echo`, its stderr goes to ours.
+pub(crate) fn spawn(name: &str, command: &mut Command, echo: bool) -> anyhow::Result<Daemon> {
+    println!("+ {}", util::describe(command));
+    let options = Options {
+        echo,
+        grace: Duration::from_secs(10),
+        ..Options::default()
+    };
+    Daemon::try_spawn_with(name, command, options).with_context(|| format!("starting {name}"))
 }
 
-pub(crate) fn free_port() -> anyhow::Result<u16> {
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
+/// Builds the release daemons the SIP benches and the soak start.
+pub(crate) fn build_release_daemons() -> anyhow::Result<()> {
+    util::run(util::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "switchboard-signaling",
+        "-p",
+        "switchboard-rtpmanager",
+    ]))?;
+    Ok(())
+}
+
+/// Writes `work/dialplan.json`: each route `(id, pattern, port)` dials
+/// `sip:bob@127.0.0.1:port` (a SIPp callee), 30 s.
+pub(crate) fn write_dialplan(work: &Path, routes: &[(&str, &str, u16)]) -> anyhow::Result<String> {
+    let routes: Vec<String> = routes
+        .iter()
+        .map(|(id, pattern, port)| {
+            format!(
+                r#"{{"id": "{id}", "pattern": "{pattern}", "actions": [
+                {{"type": "dial", "params": {{"targets": ["sip:bob@127.0.0.1:{port}"], "timeout": 30}}}}]}}"#
+            )
+        })
+        .collect();
+    let path = work.join("dialplan.json");
+    std::fs::write(
+        &path,
+        format!(
+            r#"{{"version": "1.0", "routes": [{}]}}"#,
+            routes.join(",\n")
+        ),
+    )
+    .context("writing the dialplan")?;
+    path.to_str()
+        .map(str::to_owned)
+        .context("a UTF-8 temporary directory")
+}
+
+/// The release signaling server on loopback with free SIP and REST ports,
+/// the data directory `work/data`, the RTP manager(s) `rtpmanager`, and
+/// `extra` options; its warnings go to our stderr.
+pub(crate) struct Signaling {
+    pub(crate) daemon: Daemon,
+    pub(crate) sip_port: u16,
+    pub(crate) rest_port: u16,
+}
+
+pub(crate) fn start_signaling(
+    work: &Path,
+    rtpmanager: &str,
+    extra: &[&str],
+) -> anyhow::Result<Signaling> {
+    let (sip_port, rest_port) = (free_port(), free_port());
+    let mut command = Command::new(workspace_root().join("target/release/switchboard-signaling"));
+    command
+        .args(["--bind-address", "127.0.0.1"])
+        .args(["--port", &sip_port.to_string()])
+        .args(["--rest-port", &rest_port.to_string()])
+        .args(["--rtpmanager", rtpmanager, "--log-level", "warn"])
+        .arg("--data-dir")
+        .arg(work.join("data"))
+        .args(extra);
+    let daemon = spawn("switchboard-signaling", &mut command, true)?;
+    Ok(Signaling {
+        daemon,
+        sip_port,
+        rest_port,
+    })
 }
 
 struct RateResult {
@@ -227,7 +286,6 @@ fn sip_register(args: &SipRegisterArgs) -> anyhow::Result<()> {
     };
     util::run(util::cargo().args(["build", "--release", "-p", "switchboard-signaling"]))?;
     let root = workspace_root();
-    let binary = root.join("target/release/switchboard-signaling");
     let scenario = root.join("signaling/tests/sipp/register_auth.xml");
     let work = std::env::temp_dir().join(format!("switchboard-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
@@ -238,40 +296,30 @@ fn sip_register(args: &SipRegisterArgs) -> anyhow::Result<()> {
     )
     .context("writing the users file")?;
 
-    let sip_port = free_port()?;
-    let rest_port = free_port()?;
-    let mut command = Command::new(&binary);
-    command
-        .args([
-            "--bind-address",
-            "127.0.0.1",
-            "--port",
-            &sip_port.to_string(),
-        ])
-        .args([
-            "--rest-port",
-            &rest_port.to_string(),
-            "--rtpmanager",
-            "127.0.0.1:9",
-        ])
-        .args(["--rtpmanager-health-interval", "60", "--log-level", "warn"])
-        .args(["--realm", "bench", "--auth-algorithms", "MD5"])
-        // SIPp is one source: the per-source rate limit would cap the bench.
-        .args(["--source-rate-limit", "0"])
-        .arg("--users-file")
-        .arg(&users)
-        .arg("--data-dir")
-        .arg(work.join("data"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    println!("+ {}", util::describe(&command));
-    let server = Daemon(command.spawn().context("starting switchboard-signaling")?);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", sip_port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("switchboard-signaling did not listen on {sip_port} within 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let users = users.to_str().context("a UTF-8 temporary directory")?;
+    let signaling = start_signaling(
+        &work,
+        "127.0.0.1:9",
+        &[
+            "--rtpmanager-health-interval",
+            "60",
+            "--realm",
+            "bench",
+            "--auth-algorithms",
+            "MD5",
+            // SIPp is one source: the per-source rate limit would cap the bench.
+            "--source-rate-limit",
+            "0",
+            "--users-file",
+            users,
+        ],
+    )?;
+    let sip_port = signaling.sip_port;
+    let listening = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        TcpStream::connect(("127.0.0.1", sip_port)).is_ok()
+    });
+    if !listening {
+        bail!("switchboard-signaling did not listen on {sip_port} within 20 s");
     }
 
     let mut results = Vec::new();
@@ -281,7 +329,7 @@ fn sip_register(args: &SipRegisterArgs) -> anyhow::Result<()> {
         print_result(&result);
         results.push(result);
     }
-    drop(server);
+    drop(signaling);
     print_table(
         "sip-register: REGISTER + 401 + REGISTER + 200, digest MD5, journal fsync before each 200",
         &results,
@@ -304,12 +352,9 @@ fn run_sipp(
     let dir = work.join(format!("rate-{rate}"));
     std::fs::create_dir_all(&dir)?;
     let calls = rate * seconds;
-    let mut command = Command::new(sipp);
+    let mut command = sipp::command(sipp, scenario, free_port(), &dir);
     command
-        .arg("-sf")
-        .arg(scenario)
         .args(scenario_args)
-        .args(["-i", "127.0.0.1", "-p", &free_port()?.to_string()])
         .args([
             "-r",
             &rate.to_string(),
@@ -318,17 +363,8 @@ fn run_sipp(
             "-l",
             "5000",
         ])
-        .args([
-            "-timeout",
-            "120s",
-            "-nostdin",
-            "-trace_rtt",
-            "-rtt_freq",
-            "1",
-        ])
-        .arg(format!("127.0.0.1:{sip_port}"))
-        .current_dir(&dir)
-        .stdin(Stdio::null());
+        .args(["-timeout", "120s", "-trace_rtt", "-rtt_freq", "1"])
+        .arg(format!("127.0.0.1:{sip_port}"));
     println!("+ {}", util::describe(&command));
     let started = Instant::now();
     let output = command.output().context("running sipp")?;
@@ -339,7 +375,7 @@ fn run_sipp(
         successful: sipp_counter(&screen, "Successful call"),
         failed: sipp_counter(&screen, "Failed call"),
         elapsed,
-        times_ms: read_rtt(&dir)?,
+        times_ms: sipp::response_times_ms(&dir)?,
     })
 }
 
@@ -364,22 +400,6 @@ fn print_table(title: &str, results: &[RateResult]) {
             max
         );
     }
-}
-
-/// Response times from SIPp's `*_rtt.csv` (`date_ms;response_time_ms;rtd_no`).
-fn read_rtt(dir: &Path) -> anyhow::Result<Vec<f64>> {
-    let file: Option<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with("_rtt.csv"));
-    let Some(file) = file else {
-        return Ok(Vec::new());
-    };
-    let text = std::fs::read_to_string(&file)?;
-    Ok(text
-        .lines()
-        .filter_map(|line| line.split(';').nth(1)?.trim().parse::<f64>().ok())
-        .collect())
 }
 
 pub(crate) fn percentiles(times: &[f64]) -> (f64, f64, f64, f64) {
@@ -416,40 +436,11 @@ pub(crate) fn start_manager_on(
     (min, max): (u16, u16),
     extra: &[&str],
 ) -> anyhow::Result<(Daemon, String)> {
-    use std::io::{BufRead, BufReader};
     let mut command = Command::new(binary);
-    command
-        .args([
-            "--grpc-port",
-            "0",
-            "--fast-path",
-            "off",
-            "--advertise",
-            "127.0.0.1",
-        ])
-        .args(["--rtp-bind-address", "127.0.0.1", "--log-level", "info"])
-        .args(["--rtp-port-min", &min.to_string()])
-        .args(["--rtp-port-max", &max.to_string()])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    println!("+ {}", util::describe(&command));
-    let mut child = command.spawn().context("starting switchboard-rtpmanager")?;
-    let stderr = child.stderr.take().context("manager stderr")?;
-    let daemon = Daemon(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("grpc="))
-            {
-                let _ = tx.send(addr.to_owned());
-            }
-        }
-    });
-    let grpc = rx
-        .recv_timeout(Duration::from_secs(20))
+    command.args(manager_args(0, (min, max))).args(extra);
+    let daemon = spawn("switchboard-rtpmanager", &mut command, false)?;
+    let grpc = daemon
+        .logged_value("grpc=", Duration::from_secs(20))
         .context("the manager did not log its gRPC address within 20 s")?;
     Ok((daemon, grpc))
 }
@@ -479,77 +470,53 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
     let Some(sipp) = util::find_on_path("sipp") else {
         bail!("sipp is not installed (cargo xtask setup installs the sip-tester package)");
     };
-    util::run(util::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "switchboard-signaling",
-        "-p",
-        "switchboard-rtpmanager",
-    ]))?;
+    build_release_daemons()?;
     let root = workspace_root();
     let scenarios = root.join("signaling/tests/sipp");
     let work = std::env::temp_dir().join(format!("switchboard-bench-calls-{}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
 
     let (manager, grpc) = start_manager(&root.join("target/release/switchboard-rtpmanager"), &[])?;
-    let callee_port = free_port()?;
-    let plan = work.join("dialplan.json");
-    std::fs::write(
-        &plan,
-        format!(
-            r#"{{"version": "1.0", "routes": [{{"id": "bench", "pattern": "1XXX", "actions": [
-              {{"type": "dial", "params": {{"targets": ["sip:bob@127.0.0.1:{callee_port}"], "timeout": 30}}}}]}}]}}"#
-        ),
-    )
-    .context("writing the dialplan")?;
-    let sip_port = free_port()?;
-    let rest_port = free_port()?;
-    let mut command = Command::new(root.join("target/release/switchboard-signaling"));
-    command
-        .args([
-            "--bind-address",
-            "127.0.0.1",
-            "--port",
-            &sip_port.to_string(),
-        ])
-        .args(["--rest-port", &rest_port.to_string(), "--rtpmanager", &grpc])
-        .args(["--auth", "anonymous", "--log-level", "warn"])
-        // Both SIPp peers are one source: the per-source rate limit and the
-        // per-source concurrent-call limit would cap the bench, not measure it.
-        .args(["--source-rate-limit", "0", "--max-calls-per-source", "0"])
-        // The REGISTER load beside --sse-clients binds ten contacts each.
-        .args(["--max-contacts", "20"])
-        .arg("--dialplan")
-        .arg(&plan)
-        .arg("--data-dir")
-        .arg(work.join("data"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    println!("+ {}", util::describe(&command));
-    let server = Daemon(command.spawn().context("starting switchboard-signaling")?);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !manager_healthy(rest_port) {
-        if Instant::now() > deadline {
-            bail!("switchboard-signaling did not report the manager healthy within 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let callee_port = free_port();
+    let plan = write_dialplan(&work, &[("bench", "1XXX", callee_port)])?;
+    let signaling = start_signaling(
+        &work,
+        &grpc,
+        &[
+            "--auth",
+            "anonymous",
+            // Both SIPp peers are one source: the per-source rate limit and
+            // the per-source concurrent-call limit would cap the bench, not
+            // measure it.
+            "--source-rate-limit",
+            "0",
+            "--max-calls-per-source",
+            "0",
+            // The REGISTER load beside --sse-clients binds ten contacts each.
+            "--max-contacts",
+            "20",
+            "--dialplan",
+            &plan,
+        ],
+    )?;
+    let (sip_port, rest_port) = (signaling.sip_port, signaling.rest_port);
+    let healthy = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        manager_healthy(rest_port)
+    });
+    if !healthy {
+        bail!("switchboard-signaling did not report the manager healthy within 20 s");
     }
 
     let callee_dir = work.join("callee");
     std::fs::create_dir_all(&callee_dir)?;
-    let mut command = Command::new(&sipp);
-    command
-        .arg("-sf")
-        .arg(scenarios.join("b2bua_uas.xml"))
-        .args(["-i", "127.0.0.1", "-p", &callee_port.to_string()])
-        .args(["-key", "rtp_b", "9", "-nostdin", "-timeout", "600s"])
-        .current_dir(&callee_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    println!("+ {}", util::describe(&command));
-    let callee = Daemon(command.spawn().context("starting the SIPp callee")?);
+    let mut command = sipp::command(
+        &sipp,
+        &scenarios.join("b2bua_uas.xml"),
+        callee_port,
+        &callee_dir,
+    );
+    command.args(["-key", "rtp_b", "9", "-timeout", "600s"]);
+    let callee = spawn("the SIPp callee", &mut command, false)?;
     std::thread::sleep(Duration::from_millis(500));
 
     // Without, with, and without again: the daemons run through all three,
@@ -560,9 +527,8 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
         &[false]
     };
     let mut runs = Vec::new();
-    let server_pid = server.0.id();
     for &sse in with_sse {
-        let cpu_before = cpu_seconds(server_pid);
+        let cpu_before = signaling.daemon.cpu_time();
         let registers = (args.sse_clients > 0)
             .then(|| RegisterLoad::start(sip_port, args.register_rate))
             .transpose()?;
@@ -586,10 +552,11 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
             print_result(&result);
             results.push(result);
         }
-        if let (Some(before), Some(after)) = (cpu_before, cpu_seconds(server_pid)) {
+        {
+            let used = signaling.daemon.cpu_time().saturating_sub(cpu_before);
             println!(
                 "bench: switchboard-signaling used {:.1} s of CPU (user + system) {}",
-                after - before,
+                used.as_secs_f64(),
                 if sse {
                     "with the SSE clients"
                 } else {
@@ -614,7 +581,7 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
     }
     let results = runs.swap_remove(0);
     drop(callee);
-    drop(server);
+    drop(signaling);
     drop(manager);
     print_table(
         "sip-calls: INVITE(SDP)/100/180/200(SDP)/ACK/BYE/200 through signaling + rtpmanager (Offer, Answer, Bridge, Delete); INVITE→200 times",
@@ -723,17 +690,6 @@ impl SseLoad {
     }
 }
 
-/// User plus system CPU seconds a process used so far (/proc/PID/stat).
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which ends with the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf only reads a configuration value.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (per_second > 0).then(|| ticks / per_second as f64)
-}
-
 fn count(haystack: &[u8], needle: &[u8]) -> u64 {
     haystack
         .windows(needle.len())
@@ -829,21 +785,4 @@ fn print_side_by_side(title: &str, without: &[RateResult], with: &[RateResult]) 
             b99
         );
     }
-}
-
-/// A cumulative counter from SIPp's final screen.
-pub(crate) fn sipp_counter(screen: &str, name: &str) -> u64 {
-    screen
-        .lines()
-        .filter(|l| l.trim_start().starts_with(name))
-        .filter_map(|l| {
-            l.rsplit('|')
-                .next()?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .next_back()
-        .unwrap_or(0)
 }

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -23,8 +23,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::bench::{free_port, sipp_counter, start_manager_on, Daemon};
+use crate::bench::{
+    build_release_daemons, free_port, sipp_counter, start_manager_on, start_signaling,
+    write_dialplan,
+};
 use crate::util::{self, workspace_root};
+use switchboard_testkit::sipp as sipp_kit;
 
 #[derive(clap::Args)]
 pub struct FailoverArgs {
@@ -221,15 +225,10 @@ fn sipp(
     args: &[&str],
 ) -> anyhow::Result<std::process::Child> {
     std::fs::create_dir_all(dir)?;
-    let mut command = Command::new(binary);
+    let mut command = sipp_kit::command(binary, scenario, port, dir);
     command
-        .arg("-sf")
-        .arg(scenario)
-        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-nostdin", "-timeout", "120s"])
+        .args(["-timeout", "120s"])
         .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     println!("+ {}", util::describe(&command));
@@ -266,14 +265,7 @@ pub fn failover(args: &FailoverArgs) -> anyhow::Result<()> {
     let Some(sipp_bin) = util::find_on_path("sipp") else {
         bail!("sipp is not installed (cargo xtask setup installs the sip-tester package)");
     };
-    util::run(util::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "switchboard-signaling",
-        "-p",
-        "switchboard-rtpmanager",
-    ]))?;
+    build_release_daemons()?;
     let root = workspace_root();
     let scenarios = root.join("signaling/tests/sipp");
     let work =
@@ -286,58 +278,48 @@ pub fn failover(args: &FailoverArgs) -> anyhow::Result<()> {
         let low = 30000 + i * 2000;
         managers.push(start_manager_on(&manager_bin, (low, low + 1999), &[])?);
     }
-    let (moved_callee, plain_callee) = (free_port()?, free_port()?);
-    let plan = work.join("dialplan.json");
-    std::fs::write(
-        &plan,
-        format!(
-            r#"{{"version": "1.0", "routes": [
-              {{"id": "moved", "pattern": "1XXX", "actions": [
-                {{"type": "dial", "params": {{"targets": ["sip:bob@127.0.0.1:{moved_callee}"], "timeout": 30}}}}]}},
-              {{"id": "plain", "pattern": "2XXX", "actions": [
-                {{"type": "dial", "params": {{"targets": ["sip:bob@127.0.0.1:{plain_callee}"], "timeout": 30}}}}]}}]}}"#
-        ),
-    )
-    .context("writing the dialplan")?;
+    let (moved_callee, plain_callee) = (free_port(), free_port());
+    let plan = write_dialplan(
+        &work,
+        &[
+            ("moved", "1XXX", moved_callee),
+            ("plain", "2XXX", plain_callee),
+        ],
+    )?;
     let list = managers
         .iter()
         .enumerate()
         .map(|(i, (_, grpc))| format!("m{}={grpc}", i + 1))
         .collect::<Vec<_>>()
         .join(",");
-    let (sip_port, rest_port) = (free_port()?, free_port()?);
     let (interval, grace, batch) = (
         args.interval.to_string(),
         args.grace.to_string(),
         args.batch.to_string(),
     );
-    let mut command = Command::new(root.join("target/release/switchboard-signaling"));
-    command
-        .args([
-            "--bind-address",
-            "127.0.0.1",
-            "--port",
-            &sip_port.to_string(),
-        ])
-        .args(["--rest-port", &rest_port.to_string(), "--rtpmanager", &list])
-        .args(["--auth", "anonymous", "--log-level", "warn"])
-        .args(["--source-rate-limit", "0", "--max-calls-per-source", "0"])
-        .args(["--rtpmanager-health-interval", &interval])
-        .args([
+    let signaling = start_signaling(
+        &work,
+        &list,
+        &[
+            "--auth",
+            "anonymous",
+            "--source-rate-limit",
+            "0",
+            "--max-calls-per-source",
+            "0",
+            "--rtpmanager-health-interval",
+            &interval,
             "--rtpmanager-failures",
             "2",
             "--rtpmanager-lost-grace",
             &grace,
-        ])
-        .args(["--rtpmanager-migrate-batch", &batch])
-        .arg("--dialplan")
-        .arg(&plan)
-        .arg("--data-dir")
-        .arg(work.join("data"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    println!("+ {}", util::describe(&command));
-    let server = Daemon(command.spawn().context("starting switchboard-signaling")?);
+            "--rtpmanager-migrate-batch",
+            &batch,
+            "--dialplan",
+            &plan,
+        ],
+    )?;
+    let (sip_port, rest_port) = (signaling.sip_port, signaling.rest_port);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         // Refused until the server listens.
@@ -390,7 +372,7 @@ pub fn failover(args: &FailoverArgs) -> anyhow::Result<()> {
         &sipp_bin,
         &work.join("caller-moved"),
         &scenarios.join("b2bua_uac_moved.xml"),
-        free_port()?,
+        free_port(),
         &[
             "-s", "1001", "-r", "50", "-m", &n1, "-l", &n1, "-d", "5000", "-key", "rtp_a", &rtp_a,
             &target,
@@ -421,7 +403,7 @@ pub fn failover(args: &FailoverArgs) -> anyhow::Result<()> {
         &sipp_bin,
         &work.join("caller-plain"),
         &scenarios.join("b2bua_uac.xml"),
-        free_port()?,
+        free_port(),
         &[
             "-s", "2001", "-r", "50", "-m", &n2, "-l", &n2, "-d", &hold, "-key", "rtp_a", &rtp_a,
             &target,
@@ -458,8 +440,7 @@ pub fn failover(args: &FailoverArgs) -> anyhow::Result<()> {
     let killed = Instant::now();
     *lock(&phones.killed) = Some(killed);
     let (mut m1, _) = managers.remove(0);
-    let _ = m1.0.kill();
-    let _ = m1.0.wait();
+    m1.kill();
     let deadline = killed + Duration::from_secs(60);
     let migration = loop {
         let state = rest_json(rest_port, "GET", "/api/v1/rtpmanagers/m1/drain")?;
@@ -520,7 +501,7 @@ pub fn failover(args: &FailoverArgs) -> anyhow::Result<()> {
         failed += bad;
     }
     phones.stop();
-    drop(server);
+    drop(signaling);
     drop(managers);
 
     println!();

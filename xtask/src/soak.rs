@@ -29,7 +29,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::bench::{free_port, manager_healthy, sipp_counter, start_manager, Daemon};
+use switchboard_testkit::daemon::{Daemon, Options};
+
+use crate::bench::{
+    build_release_daemons, free_port, manager_healthy, sipp_counter, spawn, start_manager,
+    write_dialplan,
+};
 use crate::util::{self, workspace_root};
 
 #[derive(clap::Args)]
@@ -109,39 +114,24 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
         bail!("SIPp sends the calls' recorded media through raw sockets: run the soak as root");
     }
     if !args.no_build {
-        util::run(util::cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "switchboard-signaling",
-            "-p",
-            "switchboard-rtpmanager",
-        ]))?;
+        build_release_daemons()?;
     }
     let root = workspace_root();
     let work = std::env::temp_dir().join(format!("switchboard-soak-{}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
 
-    let metrics_port = free_port()?;
+    let metrics_port = free_port();
     let (manager, grpc) = start_manager(
         &root.join("target/release/switchboard-rtpmanager"),
         &["--metrics-listen", &format!("127.0.0.1:{metrics_port}")],
     )?;
-    let callee_port = free_port()?;
-    let sip_port = free_port()?;
-    let rest_port = free_port()?;
+    let callee_port = free_port();
+    let sip_port = free_port();
+    let rest_port = free_port();
     // sipsak keeps one local port, as a phone keeps its Contact: a new port
     // each run would be a new binding, refused past --max-contacts.
-    let sipsak_port = free_port()?;
-    let plan = work.join("dialplan.json");
-    std::fs::write(
-        &plan,
-        format!(
-            r#"{{"version": "1.0", "routes": [{{"id": "soak", "pattern": "2XXX", "actions": [
-              {{"type": "dial", "params": {{"targets": ["sip:bob@127.0.0.1:{callee_port}"], "timeout": 30}}}}]}}]}}"#
-        ),
-    )
-    .context("writing the dialplan")?;
+    let sipsak_port = free_port();
+    let plan = write_dialplan(&work, &[("soak", "2XXX", callee_port)])?;
     let users = work.join("users.toml");
     std::fs::write(
         &users,
@@ -166,7 +156,17 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&signaling_log).context("signaling log file")?);
     println!("+ {}", util::describe(&command));
-    let signaling = Daemon(command.spawn().context("starting switchboard-signaling")?);
+    // Its log goes to the file, not through us.
+    let signaling = Daemon::try_spawn_with(
+        "switchboard-signaling",
+        &mut command,
+        Options {
+            grace: Duration::from_secs(10),
+            own_output: true,
+            ..Options::default()
+        },
+    )
+    .context("starting switchboard-signaling")?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while !manager_healthy(rest_port) {
         if Instant::now() > deadline {
@@ -187,7 +187,7 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
             "-mi",
             "127.0.0.1",
             "-mp",
-            &free_port()?.to_string(),
+            &free_port().to_string(),
             "-rtp_echo",
         ])
         .args([
@@ -199,13 +199,12 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    println!("+ {}", util::describe(&command));
-    let callee = Daemon(command.spawn().context("starting the SIPp callee")?);
+    let callee = spawn("the SIPp callee", &mut command, false)?;
     std::thread::sleep(Duration::from_millis(500));
 
     let pids = [
-        ("rtpmanager", manager.0.id()),
-        ("signaling", signaling.0.id()),
+        ("rtpmanager", manager.pid()),
+        ("signaling", signaling.pid()),
     ];
     let before: Vec<Usage> = pids.iter().map(|(_, pid)| usage(*pid)).collect();
     let mut peak = before.clone();
@@ -422,17 +421,14 @@ fn sipp_loop(
             return;
         }
         let chunk = left.min(60);
-        let Ok(port) = free_port() else { return };
+        let port = free_port();
         let mut command = Command::new(sipp);
         command
             .arg("-sf")
             .arg(scenario)
             .args(scenario_args)
             .args(["-i", source, "-p", &port.to_string()])
-            .args([
-                "-mp",
-                &free_port().map(|p| p.to_string()).unwrap_or_default(),
-            ])
+            .args(["-mp", &free_port().to_string()])
             .args([
                 "-r",
                 &rate.to_string(),

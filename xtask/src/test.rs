@@ -20,12 +20,6 @@ pub struct TestArgs {
     cargo_test_args: Vec<String>,
 }
 
-/// Tells the tests that every binary of the workspace is built and up to
-/// date (the name switchboard-testkit reads; xtask does not depend on it).
-fn switchboard_testkit_env() -> &'static str {
-    "SWITCHBOARD_TEST_BINARIES_BUILT"
-}
-
 pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     if !args.no_setup {
@@ -73,7 +67,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     util::run(
         util::cargo()
             .args(["test", "--workspace", "--no-fail-fast"])
-            .env(switchboard_testkit_env(), "1")
+            // Every binary is built and up to date: the tests trust them.
+            .env(switchboard_testkit::BINARIES_BUILT, "1")
             .arg("--")
             .args(&args.cargo_test_args),
     )?;

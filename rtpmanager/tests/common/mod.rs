@@ -3,29 +3,18 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
-
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 use std::time::Duration;
 
 use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
 use tonic::transport::Channel;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard-rtpmanager");
-
-/// The manager process, killed by pid when the test ends however it ends.
-pub struct Daemon(pub Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
+pub use switchboard_testkit::daemon::Daemon;
+use switchboard_testkit::daemon::{start_manager, Options};
 pub use switchboard_testkit::free_media_range;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard-rtpmanager");
 
 /// Starts the manager with `extra` arguments on an ephemeral gRPC port
 /// (`--grpc-port 0`) and reads the port it bound from its "ready" log line,
@@ -38,76 +27,18 @@ pub async fn start(extra: &[&str], pairs: u16) -> (Daemon, RtpManagerClient<Chan
     (started.daemon, client)
 }
 
-/// A manager started by [`spawn`].
-pub struct Started {
-    pub daemon: Daemon,
-    /// The address its gRPC API listens on.
-    pub grpc: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
-impl Started {
-    /// Everything the manager logged so far.
-    pub fn log(&self) -> String {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-}
+/// A manager started by [`spawn`]: its process and gRPC address.
+pub type Started = switchboard_testkit::daemon::Manager;
 
 /// Starts the manager as [`start`] does, without connecting to it.
 pub fn spawn(extra: &[&str], pairs: u16) -> Started {
-    let (min, max) = free_media_range(pairs);
-    let mut child = Command::new(BIN)
-        .args([
-            "--grpc-port",
-            "0",
-            "--fast-path",
-            "off",
-            "--advertise",
-            "127.0.0.1",
-        ])
-        .args(["--rtp-bind-address", "127.0.0.1", "--log-level", "info"])
-        .args([
-            "--rtp-port-min",
-            &min.to_string(),
-            "--rtp-port-max",
-            &max.to_string(),
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the manager");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let daemon = Daemon(child);
-    let log = Arc::new(Mutex::new(String::new()));
-    let sink = Arc::clone(&log);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let verbose = std::env::var_os("SB_TEST_LOG").is_some();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if verbose {
-                eprintln!("{line}");
-            }
-            if let Ok(mut log) = sink.lock() {
-                log.push_str(&line);
-                log.push('\n');
-            }
-            if let Some(addr) = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("grpc="))
-            {
-                let _ = tx.send(addr.to_owned());
-            }
-        }
-    });
-    let grpc = match rx.recv_timeout(Duration::from_secs(15)) {
-        Ok(addr) => addr.parse().expect("a socket address after grpc="),
-        Err(_) => panic!(
-            "the manager did not log its gRPC address; its log:\n{}",
-            log.lock().map(|l| l.clone()).unwrap_or_default()
-        ),
-    };
-    Started { daemon, grpc, log }
+    start_manager(
+        Path::new(BIN),
+        0,
+        free_media_range(pairs),
+        extra,
+        Options::default(),
+    )
 }
 
 /// A fake media endpoint on loopback with a 1 s receive timeout.

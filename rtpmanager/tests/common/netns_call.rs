@@ -1,81 +1,52 @@
 //! A manager binary run in a test bed's relay namespace, and the peers
 //! (caller, callee) that exchange RTP with it: shared by the namespace
-//! tests over gRPC (`offload_netns.rs`, `interfaces_netns.rs`), which
+//! tests over gRPC (`kernel_offload_follows_calls.rs`,
+//! `legs_relay_between_named_interfaces.rs`), which
 //! include this file with `#[path]` after `common/kernel.rs`.
 
 // Shared by test binaries that each use part of it.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::kernel::spawn_in_ns;
+use switchboard_testkit::daemon::{grpc_address, Daemon};
+
+use switchboard_testkit::netns::{spawn_in_ns, udp_in_csum_errors};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard-rtpmanager");
 
 /// The manager started in the relay namespace; killed by pid on drop.
 pub struct Manager {
-    pub child: Child,
-    pub log: Arc<Mutex<Vec<String>>>,
+    pub daemon: Daemon,
 }
 
 impl Manager {
     /// The manager binary run in `relay_ns` with `args`; returns it and its
     /// gRPC address (from its ready log line).
     pub fn spawn(relay_ns: &str, args: &[&str]) -> (Manager, String) {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", relay_ns, BIN])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the manager");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let lines = Arc::clone(&log);
-        std::thread::spawn(move || {
-            let verbose = std::env::var_os("SB_TEST_LOG").is_some();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if verbose {
-                    eprintln!("{line}");
-                }
-                if let Some(a) = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("grpc="))
-                {
-                    let _ = tx.send(a.to_owned());
-                }
-                lines.lock().expect("log lock").push(line);
-            }
-        });
-        let grpc = rx
-            .recv_timeout(Duration::from_secs(15))
-            .expect("the manager logs its gRPC address");
-        (Manager { child, log }, grpc)
+        let daemon = Daemon::spawn(
+            "switchboard-rtpmanager",
+            Command::new("ip")
+                .args(["netns", "exec", relay_ns, BIN])
+                .args(args),
+        );
+        let grpc = grpc_address(&daemon).to_string();
+        (Manager { daemon }, grpc)
+    }
+
+    /// Whether it logged a line containing `text` so far.
+    pub fn logged(&self, text: &str) -> bool {
+        self.daemon.log_lines().iter().any(|l| l.contains(text))
     }
 
     /// SIGTERM, wait, and the kernel counters of the shutdown log line
     /// (`Forwarded=n Redirected=m …`).
     pub fn stop(mut self) -> Vec<(String, u64)> {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.child.try_wait().expect("wait").is_none() {
-            if Instant::now() >= deadline {
-                let log = self.log.lock().expect("log lock");
-                let tail = log[log.len().saturating_sub(15)..].join("\n");
-                panic!(
-                    "the manager did not stop within 10 s of SIGTERM; its last log lines:\n{tail}"
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        let log = self.log.lock().expect("log lock");
+        self.daemon.terminate();
+        let log = self.daemon.log_lines();
         let Some(line) = log.iter().find(|l| l.contains("fast path detached")) else {
             return Vec::new();
         };
@@ -90,20 +61,10 @@ impl Manager {
             .filter(|(_, n)| *n != 0)
             .collect()
     }
-}
 
-impl Manager {
     /// SIGKILL and wait: nothing of the manager's shutdown runs.
     pub fn kill(mut self) {
-        self.child.kill().expect("SIGKILL the manager");
-        self.child.wait().expect("wait for the manager");
-    }
-}
-
-impl Drop for Manager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.daemon.kill();
     }
 }
 
@@ -155,34 +116,6 @@ pub fn stream() -> Vec<u16> {
     (1..=55).filter(|s| s % 11 != 5).collect()
 }
 pub const LOST: i64 = 5;
-
-/// UDP checksum errors counted by the calling thread's namespace, IPv4
-/// (`Udp: InCsumErrors`) plus IPv6 (`Udp6InCsumErrors`).
-pub fn udp_in_csum_errors() -> u64 {
-    let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp");
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let (names, values) = (
-        udp.next().expect("Udp header"),
-        udp.next().expect("Udp values"),
-    );
-    let index = names
-        .split_whitespace()
-        .position(|n| n == "InCsumErrors")
-        .expect("InCsumErrors column");
-    let v4: u64 = values
-        .split_whitespace()
-        .nth(index)
-        .and_then(|v| v.parse().ok())
-        .expect("InCsumErrors value");
-    // Absent when IPv6 is disabled in the namespace.
-    let v6: u64 = std::fs::read_to_string("/proc/thread-self/net/snmp6")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("Udp6InCsumErrors"))
-        .map(|v| v.trim().parse().expect("Udp6InCsumErrors value"))
-        .unwrap_or(0);
-    v4 + v6
-}
 
 /// A peer's socket in its namespace, served by a thread: sends what it is
 /// told and reports what it received (source, payload) and its checksum

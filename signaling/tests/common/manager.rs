@@ -2,14 +2,14 @@
 //! signaling binary if missing, started on an ephemeral gRPC port and a
 //! free media range, killed by pid when dropped; and its `ListCalls`.
 
-use std::io::{BufRead, BufReader};
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use switchboard_proto::v1;
 use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
+use switchboard_testkit::daemon::{self, Options};
 
 /// The manager binary, up to date (another package of the workspace, so
 /// cargo does not build it for our tests).
@@ -19,15 +19,8 @@ pub fn manager_binary() -> PathBuf {
 
 /// A running RTP manager, killed by pid when dropped.
 pub struct Manager {
-    child: Child,
+    started: daemon::Manager,
     pub grpc: SocketAddr,
-}
-
-impl Drop for Manager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 pub use switchboard_testkit::free_media_range;
@@ -45,50 +38,21 @@ pub fn start_manager(audio: &Path, pairs: u16, extra: &[&str]) -> Manager {
 pub fn start_manager_at(
     audio: &Path,
     grpc_port: u16,
-    (min, max): (u16, u16),
+    media: (u16, u16),
     extra: &[&str],
 ) -> Manager {
-    let mut child = Command::new(manager_binary())
-        .args([
-            "--grpc-port",
-            &grpc_port.to_string(),
-            "--fast-path",
-            "off",
-            "--advertise",
-            "127.0.0.1",
-        ])
-        .args(["--rtp-bind-address", "127.0.0.1", "--log-level", "info"])
-        .args([
-            "--rtp-port-min",
-            &min.to_string(),
-            "--rtp-port-max",
-            &max.to_string(),
-        ])
-        .arg("--audio-path")
-        .arg(audio)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the manager");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("grpc="))
-            {
-                let _ = tx.send(addr.to_owned());
-            }
-        }
-    });
-    let grpc = rx
-        .recv_timeout(Duration::from_secs(15))
-        .expect("the manager logs its gRPC address")
-        .parse()
-        .expect("a socket address");
-    Manager { child, grpc }
+    let args = [OsStr::new("--audio-path"), audio.as_os_str()]
+        .into_iter()
+        .chain(extra.iter().map(OsStr::new));
+    let started = daemon::start_manager(
+        &manager_binary(),
+        grpc_port,
+        media,
+        args,
+        Options::default(),
+    );
+    let grpc = started.grpc;
+    Manager { started, grpc }
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
@@ -102,8 +66,7 @@ impl Manager {
     /// Kills the manager at once (SIGKILL: no Delete, no goodbye), as a
     /// crashed or unplugged manager goes; waits for it to be reaped.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.started.daemon.kill();
     }
 
     /// A gRPC client of this manager (use it inside [`runtime`]).

@@ -7,30 +7,21 @@
 pub mod manager;
 pub mod sipp;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+
 use std::time::{Duration, Instant};
+use switchboard_testkit::daemon::Daemon;
 
 pub const SIGNALING: &str = env!("CARGO_BIN_EXE_switchboard-signaling");
 
-/// A port free for both UDP and TCP on loopback.
-pub fn free_port() -> u16 {
-    loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("an ephemeral TCP port");
-        let port = tcp.local_addr().expect("local address").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+pub use switchboard_testkit::free_port;
 
 /// A running signaling server, killed by pid when dropped.
 pub struct Server {
-    child: Option<Child>,
-    log: Arc<Mutex<String>>,
+    child: Option<Daemon>,
     pub sip_port: u16,
     pub rest_port: u16,
     pub data_dir: PathBuf,
@@ -68,7 +59,6 @@ impl Server {
     ) -> Server {
         let mut server = Server {
             child: None,
-            log: Arc::new(Mutex::new(String::new())),
             sip_port: free_port(),
             rest_port: free_port(),
             data_dir: data_dir.to_path_buf(),
@@ -82,7 +72,6 @@ impl Server {
                 Err(log) if log.contains("Address already in use") => {
                     server.sip_port = free_port();
                     server.rest_port = free_port();
-                    server.log = Arc::new(Mutex::new(String::new()));
                 }
                 Err(log) => panic!("server exited at start:\n{log}"),
             }
@@ -95,7 +84,6 @@ impl Server {
     pub fn start_on(data_dir: &Path, sip_port: u16, rest_port: u16, args: &[&str]) -> Server {
         let mut server = Server {
             child: None,
-            log: Arc::new(Mutex::new(String::new())),
             sip_port,
             rest_port,
             data_dir: data_dir.to_path_buf(),
@@ -160,7 +148,7 @@ impl Server {
                 });
             }
         }
-        let mut child = command
+        command
             .args(["--port", &self.sip_port.to_string()])
             .args(["--rest-port", &self.rest_port.to_string()])
             // Nothing listens there: the pool logs the manager as down.
@@ -168,78 +156,58 @@ impl Server {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--log-level", "info,switchboard_signaling=debug"])
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start switchboard-signaling");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let sink = Arc::clone(&self.log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(mut log) = sink.lock() {
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            }
-        });
-        self.child = Some(child);
+            .args(&self.args);
+        let daemon = self
+            .child
+            .insert(Daemon::spawn("switchboard-signaling", &mut command));
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.log().contains("signaling ready") {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+        while !daemon.log().contains("signaling ready") {
+            if let Some(status) = daemon.exited() {
+                let log = daemon.log();
                 self.child = None;
-                return Err(format!("({status}) {}", self.log()));
+                return Err(format!("({status}) {log}"));
             }
             assert!(
                 Instant::now() < deadline,
                 "server not ready:\n{}",
-                self.log()
+                daemon.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
     }
 
-    /// The server's log so far.
+    /// The server's log so far (since its last start).
     pub fn log(&self) -> String {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+        self.child.as_ref().map(Daemon::log).unwrap_or_default()
     }
 
     pub fn pid(&self) -> nix::unistd::Pid {
         let child = self.child.as_ref().expect("server running");
-        nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"))
+        nix::unistd::Pid::from_raw(i32::try_from(child.pid()).expect("pid fits i32"))
     }
 
     /// Sends `signal` to the server and waits for it to exit.
     pub fn stop_with(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
-        nix::sys::signal::kill(self.pid(), signal).expect("signal the server");
+        self.child
+            .as_ref()
+            .expect("server running")
+            .send_signal(signal as i32);
         self.wait_exit()
     }
 
-    /// Waits (10 s at most) for the server to exit after a signal.
+    /// Waits (10 s at most) for the server to exit after a signal; its log
+    /// stays readable.
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("server running");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not stop:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.child
+            .as_mut()
+            .expect("server running")
+            .wait_exit_within(Duration::from_secs(10))
     }
 
     /// Starts the server again with the same ports, data and options.
     pub fn restart(&mut self) {
-        self.log.lock().map(|mut l| l.clear()).expect("log lock");
+        self.child = None;
         self.spawn();
     }
 
@@ -288,15 +256,6 @@ impl Server {
             .unwrap_or_else(|| panic!("no HTTP body in {response:?}"))
             .1;
         serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
@@ -419,19 +378,7 @@ pub fn users_file(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
 /// skipped with a message; under CI (`CI` set), where `cargo xtask setup`
 /// installs them, a missing peer is a failure rather than a silent pass.
 pub fn peer_tool(name: &str) -> Option<std::path::PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the real-peer tests: `{name}` is not installed (cargo xtask setup installs it)"
-        );
-        eprintln!("SKIPPED: `{name}` is not installed (cargo xtask setup installs it)");
-    }
-    found
+    switchboard_testkit::tool(name, "the real-peer tests")
 }
 
 /// A TCP connection to `server` from `source` (any free port).

@@ -5,8 +5,10 @@
 
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
+
 use std::time::Duration;
+use switchboard_testkit::sipp;
 
 /// SIPp, if installed (tests that need it return early without).
 pub fn binary() -> Option<PathBuf> {
@@ -23,25 +25,13 @@ pub fn scenario(name: &str) -> PathBuf {
 /// Starts SIPp in `dir` on `port` with scenario `name` for `calls` calls.
 pub fn start(dir: &Path, name: &str, port: u16, calls: u32, args: &[&str]) -> Child {
     let sipp = binary().expect("checked by the caller");
-    let mut command = Command::new(sipp);
-    command
-        .arg("-sf")
-        .arg(scenario(name))
-        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-        .args([
-            "-m",
-            &calls.to_string(),
-            "-timeout",
-            "30s",
-            "-nostdin",
-            "-trace_err",
-        ])
+    sipp::command(&sipp, &scenario(name), port, dir)
+        .args(["-m", &calls.to_string(), "-timeout", "30s", "-trace_err"])
         .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    command.spawn().expect("run sipp")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sipp")
 }
 
 /// Waits for SIPp and asserts it succeeded, showing its errors (the
@@ -49,17 +39,11 @@ pub fn start(dir: &Path, name: &str, port: u16, calls: u32, args: &[&str]) -> Ch
 pub fn finish(dir: &Path, role: &str, child: Child, server_log: impl FnOnce() -> String) -> Output {
     let output = child.wait_with_output().expect("wait for sipp");
     if output.status.code() != Some(0) {
-        let errors = std::fs::read_dir(dir)
-            .expect("data dir")
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().ends_with("_errors.log"))
-            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n");
         panic!(
-            "SIPp {role} failed:\n{}\n{}\n{errors}\nserver log tail:\n{}",
+            "SIPp {role} failed:\n{}\n{}\n{}\nserver log tail:\n{}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr),
+            sipp::errors(dir),
             tail(&server_log(), 60)
         );
     }

@@ -7,26 +7,18 @@
 
 pub mod webdriver;
 
-use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, UdpSocket};
+use std::ffi::OsStr;
+use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const UI: &str = env!("CARGO_BIN_EXE_switchboard-ui");
 pub const TOKEN: &str = "browser-test-token-0123456789abcdef";
 
-/// A port free for both UDP and TCP on loopback.
-pub fn free_port() -> u16 {
-    loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("an ephemeral TCP port");
-        let port = tcp.local_addr().expect("local address").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+pub use switchboard_testkit::daemon::Daemon;
+use switchboard_testkit::daemon::{start_manager, Options};
+pub use switchboard_testkit::free_port;
 
 /// A binary of another package of the workspace, up to date.
 pub fn workspace_binary(name: &str) -> PathBuf {
@@ -35,95 +27,15 @@ pub fn workspace_binary(name: &str) -> PathBuf {
 
 /// A tool from PATH; under CI its absence is a failure, elsewhere a skip.
 pub fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the browser test: `{name}` is not installed (cargo xtask setup installs it)"
-        );
-        eprintln!("SKIPPED: `{name}` is not installed (cargo xtask setup installs it)");
-    }
-    found
+    switchboard_testkit::tool(name, "the browser test")
 }
 
-/// A daemon whose stderr is collected, killed by pid on drop.
-pub struct Daemon {
-    name: &'static str,
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Daemon {
-    /// Starts `command` and waits until a log line contains `ready`; the
-    /// first word starting with `capture` on such a line is returned too.
-    fn start(
-        name: &'static str,
-        command: &mut Command,
-        ready: &str,
-        capture: Option<&str>,
-    ) -> (Daemon, Option<String>) {
-        let mut child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {name}: {e}"));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&log);
-        let (tx, rx) = mpsc::channel();
-        let ready = ready.to_owned();
-        let capture = capture.map(str::to_owned);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(mut log) = sink.lock() {
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-                if line.contains(&ready) {
-                    let captured = capture.as_deref().and_then(|prefix| {
-                        line.split_whitespace()
-                            .find_map(|w| w.strip_prefix(prefix))
-                            .map(str::to_owned)
-                    });
-                    let _ = tx.send(captured);
-                }
-            }
-        });
-        let mut daemon = Daemon { name, child, log };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(captured) = rx.recv_timeout(Duration::from_millis(50)) {
-                return (daemon, captured);
-            }
-            if let Ok(Some(status)) = daemon.child.try_wait() {
-                panic!("{name} exited at start ({status}):\n{}", daemon.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} not ready:\n{}",
-                daemon.log()
-            );
-        }
-    }
-
-    pub fn log(&self) -> String {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-
-    pub fn name(&self) -> &str {
-        self.name
-    }
+/// Starts `command` as `name` and waits (30 s at most) until a log line
+/// contains `ready`.
+fn start(name: &str, command: &mut Command, ready: &str) -> Daemon {
+    let mut daemon = Daemon::spawn(name, command);
+    daemon.wait_ready(ready, Duration::from_secs(30));
+    daemon
 }
 
 /// The three daemons on loopback.
@@ -148,31 +60,15 @@ impl System {
         let dir = tempfile::tempdir().expect("temp dir");
         let audio = dir.path().join("audio");
         std::fs::create_dir_all(&audio).expect("audio dir");
-        let (min, max) = free_media_range(8);
-        let (manager, grpc) = Daemon::start(
-            "rtpmanager",
-            Command::new(workspace_binary("switchboard-rtpmanager"))
-                .args([
-                    "--grpc-port",
-                    "0",
-                    "--fast-path",
-                    "off",
-                    "--advertise",
-                    "127.0.0.1",
-                ])
-                .args(["--rtp-bind-address", "127.0.0.1", "--log-level", "info"])
-                .args([
-                    "--rtp-port-min",
-                    &min.to_string(),
-                    "--rtp-port-max",
-                    &max.to_string(),
-                ])
-                .arg("--audio-path")
-                .arg(&audio),
-            "grpc=",
-            Some("grpc="),
+        let manager = start_manager(
+            &workspace_binary("switchboard-rtpmanager"),
+            0,
+            free_media_range(8),
+            [OsStr::new("--audio-path"), audio.as_os_str()],
+            Options::default(),
         );
-        let grpc = grpc.expect("the manager logs its gRPC address");
+        let grpc = manager.grpc;
+        let manager = manager.daemon;
 
         let callee_port = free_port();
         let plan = format!(
@@ -189,7 +85,7 @@ impl System {
         std::fs::write(&tokens, format!("{TOKEN}\n")).expect("token file");
         let sip_port = free_port();
         let rest_port = free_port();
-        let (signaling, _) = Daemon::start(
+        let signaling = start(
             "signaling",
             Command::new(workspace_binary("switchboard-signaling"))
                 .args([
@@ -213,11 +109,10 @@ impl System {
                 .arg(&tokens)
                 .args(["--log-level", "info"]),
             "signaling ready",
-            None,
         );
 
         let ui_port = free_port();
-        let (ui, _) = Daemon::start(
+        let ui = start(
             "ui",
             Command::new(UI)
                 .args(["--port", &ui_port.to_string()])
@@ -226,7 +121,6 @@ impl System {
                 .arg(&tokens)
                 .args(["--poll-interval", "1", "--log-level", "info"]),
             "dashboard ready",
-            None,
         );
         System {
             dir,
@@ -344,18 +238,12 @@ impl System {
 
     /// Starts SIPp with `scenario` (of tests/sipp) for one call.
     pub fn sipp(&self, sipp: &Path, scenario: &str, port: u16, args: &[&str]) -> Child {
-        Command::new(sipp)
-            .arg("-sf")
-            .arg(
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("tests/sipp")
-                    .join(scenario),
-            )
-            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-m", "1", "-timeout", "60s", "-nostdin", "-trace_err"])
+        let scenario = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/sipp")
+            .join(scenario);
+        switchboard_testkit::sipp::command(sipp, &scenario, port, self.dir.path())
+            .args(["-m", "1", "-timeout", "60s", "-trace_err"])
             .args(args)
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -10,7 +10,7 @@ mod common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::manager::{runtime, start_manager, Manager};
@@ -18,6 +18,7 @@ use common::sipp::{media_socket, rtp, scenario, tail};
 use common::{free_port, users_file, Server};
 use switchboard_proto::v1;
 use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
+use switchboard_testkit::sipp;
 
 fn sipp_binary() -> Option<PathBuf> {
     common::sipp::binary()
@@ -31,22 +32,7 @@ fn tone_wav() -> Vec<u8> {
             (8000.0 * (2.0 * std::f64::consts::PI * 1000.0 * t).sin()).round() as i16
         })
         .collect();
-    let data: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
-    let mut out = Vec::new();
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
-    out.extend_from_slice(b"WAVEfmt ");
-    out.extend_from_slice(&16u32.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&8000u32.to_le_bytes());
-    out.extend_from_slice(&16000u32.to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&16u16.to_le_bytes());
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    out.extend_from_slice(&data);
-    out
+    switchboard_testkit::wav(8000, 16, &samples)
 }
 
 /// Signaling + manager, with a dialplan dialing the SIPp callee for 1XXX
@@ -644,23 +630,6 @@ fn a_tcp_caller_reaches_a_udp_callee() {
     );
 }
 
-/// A cumulative counter from SIPp's final screen.
-fn sipp_counter(screen: &str, name: &str) -> u64 {
-    screen
-        .lines()
-        .filter(|l| l.trim_start().starts_with(name))
-        .filter_map(|l| {
-            l.rsplit('|')
-                .next()?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .next_back()
-        .unwrap_or(0)
-}
-
 #[test]
 fn three_hundred_calls_at_100_per_second_all_succeed_and_leave_no_media() {
     let Some(sipp_path) = sipp_binary() else {
@@ -671,40 +640,32 @@ fn three_hundred_calls_at_100_per_second_all_succeed_and_leave_no_media() {
         &format!("sip:bob@127.0.0.1:{callee_port}"),
         &["--auth", "anonymous"],
     );
-    let mut callee = Command::new(&sipp_path)
-        .arg("-sf")
-        .arg(scenario("b2bua_uas.xml"))
-        .args(["-i", "127.0.0.1", "-p", &callee_port.to_string()])
-        .args([
-            "-key", "rtp_b", "9", "-m", "300", "-nostdin", "-timeout", "60s",
-        ])
-        .current_dir(bed.data.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run the SIPp callee");
+    let mut callee = sipp::command(
+        &sipp_path,
+        &scenario("b2bua_uas.xml"),
+        callee_port,
+        bed.data.path(),
+    )
+    .args(["-key", "rtp_b", "9", "-m", "300", "-timeout", "60s"])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("run the SIPp callee");
     std::thread::sleep(Duration::from_millis(300));
-    let caller = Command::new(&sipp_path)
-        .arg("-sf")
-        .arg(scenario("b2bua_uac.xml"))
-        .args(["-s", "1001", "-key", "rtp_a", "9", "-d", "0"])
-        .args(["-i", "127.0.0.1", "-p", &free_port().to_string()])
-        .args(["-r", "100", "-m", "300", "-l", "300"])
-        .args(["-timeout", "60s", "-nostdin", "-trace_err"])
-        .arg(bed.server.sip_addr().to_string())
-        .current_dir(bed.data.path())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the SIPp caller");
+    let caller = sipp::command(
+        &sipp_path,
+        &scenario("b2bua_uac.xml"),
+        free_port(),
+        bed.data.path(),
+    )
+    .args(["-s", "1001", "-key", "rtp_a", "9", "-d", "0"])
+    .args(["-r", "100", "-m", "300", "-l", "300"])
+    .args(["-timeout", "60s", "-trace_err"])
+    .arg(bed.server.sip_addr().to_string())
+    .output()
+    .expect("run the SIPp caller");
     let screen = String::from_utf8_lossy(&caller.stdout);
-    let errors = std::fs::read_dir(bed.data.path())
-        .expect("data dir")
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().ends_with("_errors.log"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("\n");
+    let errors = sipp::errors(bed.data.path());
     assert_eq!(
         caller.status.code(),
         Some(0),
@@ -712,8 +673,16 @@ fn three_hundred_calls_at_100_per_second_all_succeed_and_leave_no_media() {
         tail(&errors, 60),
         tail(&bed.server.log(), 40)
     );
-    assert_eq!(sipp_counter(&screen, "Successful call"), 300, "{screen}");
-    assert_eq!(sipp_counter(&screen, "Failed call"), 0, "{screen}");
+    assert_eq!(
+        switchboard_testkit::sipp::count(&screen, "Successful call"),
+        300,
+        "{screen}"
+    );
+    assert_eq!(
+        switchboard_testkit::sipp::count(&screen, "Failed call"),
+        0,
+        "{screen}"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(status) = callee.try_wait().expect("wait") {

@@ -6,9 +6,9 @@
 //! mode, the kernel's verdict counters and the directions of an offloaded
 //! call, and the forwarded counter follows the packets the callee gets.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rtpmanager_common::Counter;
@@ -24,7 +24,8 @@ mod common;
 mod kernel;
 
 use common::{endpoint, free_media_range, media_addr, sdp, Daemon, BIN};
-use kernel::{in_ns, sh};
+use switchboard_testkit::daemon::{grpc_address, manager_args};
+use switchboard_testkit::netns::{in_ns, veth, Netns};
 
 /// Starts the manager like `common::start`, with `--metrics-listen` on an
 /// ephemeral loopback port; reads both bound addresses from its log.
@@ -32,53 +33,29 @@ async fn start_with_metrics(
     extra: &[&str],
     pairs: u16,
 ) -> (Daemon, RtpManagerClient<Channel>, SocketAddr) {
-    let (min, max) = free_media_range(pairs);
-    let mut child = Command::new(BIN)
-        .args(["--grpc-port", "0", "--metrics-listen", "127.0.0.1:0"])
-        .args(["--fast-path", "off", "--advertise", "127.0.0.1"])
-        .args(["--rtp-bind-address", "127.0.0.1", "--log-level", "info"])
-        .args([
-            "--rtp-port-min",
-            &min.to_string(),
-            "--rtp-port-max",
-            &max.to_string(),
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the manager");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let daemon = Daemon(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let verbose = std::env::var_os("SB_TEST_LOG").is_some();
-        let mut metrics = None;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if verbose {
-                eprintln!("{line}");
-            }
-            for word in line.split_whitespace() {
-                if let Some(addr) = word.strip_prefix("metrics=") {
-                    metrics = Some(addr.to_owned());
-                }
-                if let Some(addr) = word.strip_prefix("grpc=") {
-                    let _ = tx.send((addr.to_owned(), metrics.clone()));
-                }
-            }
-        }
-    });
-    let (grpc, metrics) = rx
-        .recv_timeout(Duration::from_secs(15))
-        .expect("the manager logs its gRPC address");
-    let metrics: SocketAddr = metrics
-        .expect("the manager logs its metrics address before it is ready")
-        .parse()
-        .expect("a socket address");
+    let mut command = Command::new(BIN);
+    command
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .args(manager_args(0, free_media_range(pairs)))
+        .args(extra);
+    let daemon = Daemon::spawn("switchboard-rtpmanager", &mut command);
+    let (grpc, metrics) = addresses(&daemon);
     let client = RtpManagerClient::connect(format!("http://{grpc}"))
         .await
         .expect("connect");
     (daemon, client, metrics)
+}
+
+/// The gRPC and metrics addresses a starting manager logs (metrics
+/// first: the gRPC line says it is ready).
+fn addresses(daemon: &Daemon) -> (SocketAddr, SocketAddr) {
+    let grpc = grpc_address(daemon);
+    let metrics = daemon
+        .logged_value("metrics=", Duration::ZERO)
+        .expect("the manager logs its metrics address before it is ready")
+        .parse()
+        .expect("a socket address");
+    (grpc, metrics)
 }
 
 /// An HTTP/1.1 response: status code, Content-Type, body.
@@ -142,7 +119,7 @@ fn value(body: &str, series: &str) -> u64 {
 }
 
 #[tokio::test]
-async fn scrape_follows_a_call_set_up_over_grpc() {
+async fn the_scrape_follows_a_call_from_offer_to_delete() {
     let (_daemon, mut client, metrics) = start_with_metrics(&[], 10).await;
 
     let before = scrape(metrics).await;
@@ -349,45 +326,25 @@ fn a_metrics_port_in_use_fails_at_start_naming_the_option() {
 /// Two namespaces joined by a veth pair: the manager's (`m0`, 10.209.0.1)
 /// and a peer's (`p0`, 10.209.0.2); deleted on drop.
 struct Bed {
-    relay: String,
-    peer: String,
+    relay: Netns,
+    peer: Netns,
 }
 
 impl Bed {
     fn new() -> Bed {
         let tag = std::process::id();
         let bed = Bed {
-            relay: format!("sbmet-r{tag}"),
-            peer: format!("sbmet-p{tag}"),
+            relay: Netns::add(&format!("sbmet-r{tag}"), None),
+            peer: Netns::add(&format!("sbmet-p{tag}"), None),
         };
-        for ns in [&bed.relay, &bed.peer] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
-            sh(&["ip", "netns", "add", ns]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
-        sh(&[
-            "ip", "-n", &bed.relay, "link", "add", "m0", "type", "veth", "peer", "name", "p0",
-            "netns", &bed.peer,
-        ]);
+        veth(&bed.relay, "m0", None, &bed.peer, "p0", None);
         for (ns, dev, ip) in [
-            (&bed.relay, "m0", "10.209.0.1/24"),
-            (&bed.peer, "p0", "10.209.0.2/24"),
+            (&bed.relay, "m0", "10.209.0.1"),
+            (&bed.peer, "p0", "10.209.0.2"),
         ] {
-            sh(&["ip", "-n", ns, "addr", "add", ip, "dev", dev]);
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            ns.address(dev, ip.parse().expect("literal"), 24);
         }
         bed
-    }
-}
-
-impl Drop for Bed {
-    fn drop(&mut self) {
-        for ns in [&self.relay, &self.peer] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
     }
 }
 
@@ -495,55 +452,26 @@ async fn kernel_mode_scrape_reports_the_program_its_counters_and_offloaded_direc
     let bed = Bed::new();
     // The programs' checksum update is by difference: senders must put
     // complete UDP checksums on the wire.
-    sh(&[
-        "ip", "netns", "exec", &bed.peer, "ethtool", "-K", "p0", "tx", "off",
-    ]);
+    bed.peer.checksums_on_the_wire("p0");
     // `ip netns exec` gives the manager a /sys of its own: the default pin
     // directory is not on a bpffs there, so the fast path runs unpinned
     // and ends with the manager.
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &bed.relay, BIN])
-        .args(["--grpc-port", "0", "--metrics-listen", "127.0.0.1:0"])
-        .args(["--fast-path", "xdp-generic", "--media-interface", "m0"])
-        .args([
-            "--advertise",
-            "10.209.0.1",
-            "--rtp-bind-address",
-            "10.209.0.1",
-        ])
-        .args(["--rtp-port-min", "30000", "--rtp-port-max", "30019"])
-        .args(["--enable-forwarding"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the manager");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let _daemon = Daemon(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let verbose = std::env::var_os("SB_TEST_LOG").is_some();
-        let mut metrics = None;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if verbose {
-                eprintln!("{line}");
-            }
-            for word in line.split_whitespace() {
-                if let Some(addr) = word.strip_prefix("metrics=") {
-                    metrics = Some(addr.to_owned());
-                }
-                if let Some(addr) = word.strip_prefix("grpc=") {
-                    let _ = tx.send((addr.to_owned(), metrics.clone()));
-                }
-            }
-        }
-    });
-    let (grpc, metrics) = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the manager logs its gRPC address");
-    let metrics: SocketAddr = metrics
-        .expect("the manager logs its metrics address before it is ready")
-        .parse()
-        .expect("a socket address");
+    let daemon = Daemon::spawn(
+        "switchboard-rtpmanager",
+        Command::new("ip")
+            .args(["netns", "exec", &bed.relay, BIN])
+            .args(["--grpc-port", "0", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--fast-path", "xdp-generic", "--media-interface", "m0"])
+            .args([
+                "--advertise",
+                "10.209.0.1",
+                "--rtp-bind-address",
+                "10.209.0.1",
+            ])
+            .args(["--rtp-port-min", "30000", "--rtp-port-max", "30019"])
+            .args(["--enable-forwarding"]),
+    );
+    let (grpc, metrics) = addresses(&daemon);
 
     let before = scrape_in(&bed.relay, metrics);
     assert_eq!(
@@ -591,7 +519,7 @@ async fn kernel_mode_scrape_reports_the_program_its_counters_and_offloaded_direc
 
     // A bridged call: once both peers sent a packet (latched in
     // userspace), both RTP directions go into the kernel.
-    let (to_a, to_b) = bridged_call_in(&bed.relay, grpc);
+    let (to_a, to_b) = bridged_call_in(&bed.relay, grpc.to_string());
     in_ns(&bed.peer, move || {
         let caller = UdpSocket::bind(CALLER).expect("bind the caller");
         let callee = UdpSocket::bind(CALLEE).expect("bind the callee");

@@ -2,30 +2,18 @@
 //! methods of later versions answer UNIMPLEMENTED, bad configuration fails at
 //! start naming the option.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use switchboard_proto::v1;
 use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
+use switchboard_testkit::daemon::Daemon;
+use switchboard_testkit::{free_port, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard-rtpmanager");
 
-/// Kills the child by pid when the test ends, however it ends.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("an ephemeral port on loopback")
+fn manager(command: &mut Command) -> Daemon {
+    Daemon::spawn("switchboard-rtpmanager", command)
 }
 
 async fn connect(port: u16) -> RtpManagerClient<tonic::transport::Channel> {
@@ -43,9 +31,9 @@ async fn connect(port: u16) -> RtpManagerClient<tonic::transport::Channel> {
 }
 
 #[tokio::test]
-async fn health_and_info_are_real() {
+async fn health_and_info_report_the_configuration_and_the_drain() {
     let port = free_port();
-    let _manager = Daemon(
+    let _manager = manager(
         Command::new(BIN)
             .args(["--grpc-port", &port.to_string(), "--fast-path", "off"])
             .args([
@@ -55,11 +43,7 @@ async fn health_and_info_are_real() {
                 "30100",
                 "--advertise",
                 "127.0.0.1",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the manager"),
+            ]),
     );
     let mut client = connect(port).await;
 
@@ -130,7 +114,7 @@ async fn health_and_info_are_real() {
 #[tokio::test]
 async fn each_leg_gets_the_address_and_ports_of_its_named_interface() {
     let port = free_port();
-    let _manager = Daemon(
+    let _manager = manager(
         Command::new(BIN)
             .args(["--grpc-port", &port.to_string(), "--fast-path", "off"])
             .args([
@@ -138,11 +122,7 @@ async fn each_leg_gets_the_address_and_ports_of_its_named_interface() {
                 "name=public,device=lo,bind=127.0.0.1,advertise=127.0.0.1,ports=30200-30219",
                 "--interface",
                 "name=private,device=lo,bind=127.0.0.2,advertise=127.0.0.2,ports=30220-30239",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the manager"),
+            ]),
     );
     let mut client = connect(port).await;
     let info = client
@@ -230,22 +210,17 @@ fn invalid_configuration_fails_at_start_naming_the_option() {
 #[test]
 fn sigterm_stops_the_manager_cleanly() {
     let port = free_port();
-    let manager = Command::new(BIN)
-        .args(["--grpc-port", &port.to_string(), "--fast-path", "off"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the manager");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "manager never listened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(manager.id()).expect("pid fits i32"));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-    let output = manager.wait_with_output().expect("manager exits");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
+    let mut manager =
+        manager(Command::new(BIN).args(["--grpc-port", &port.to_string(), "--fast-path", "off"]));
+    assert!(
+        wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        }),
+        "manager never listened"
+    );
+    let status = manager.terminate();
+    let stderr = manager.log();
+    assert!(status.success(), "{stderr}");
     assert!(
         stderr.contains("shutting down") && stderr.contains("SIGTERM"),
         "{stderr}"

@@ -12,10 +12,8 @@
 //! They need root; without it they skip loudly. Without the embedded object
 //! they skip too, except under CI, where that is a failure.
 
-use std::fs::File;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd};
-use std::process::Command;
 use std::time::Duration;
 
 #[macro_use]
@@ -23,15 +21,16 @@ use std::time::Duration;
 mod kernel;
 
 use aya::Ebpf;
-use nix::sched::{setns, CloneFlags};
 use rtpmanager_common::{
     Counter, ForwardEntry, ForwardKey, RtpRewrite, FLAG_RTP, FLAG_STRICT_SOURCE, TC_PROGRAM,
     XDP_PROGRAM,
 };
 use switchboard_rtpmanager::config::FastPathRequest;
 use switchboard_rtpmanager::fastpath::{self, KernelMaps, Settings};
+use switchboard_testkit::netns::{lookup_namespace, mac_text, Netns};
 
-use kernel::{addr, sh};
+use kernel::addr;
+use switchboard_testkit::netns::sh;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -55,98 +54,23 @@ const CALLER6: &str = "[fd00:203::9]:41000";
 const CALLEE6: &str = "[fd00:203::2]:40000";
 
 /// A namespace with `v0` (peer `v1`), deleted by name on drop.
-struct Namespace(String);
+struct Namespace(Netns);
 
 impl Namespace {
     fn new(tag: &str) -> Namespace {
-        let ns = Namespace(format!("sbx{}{tag}", std::process::id()));
-        let n = ns.0.as_str();
-        sh(&["ip", "netns", "add", n]);
-        let mac = |m: [u8; 6]| {
-            m.iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":")
-        };
-        sh(&[
-            "ip",
-            "-n",
-            n,
-            "link",
-            "add",
-            "v0",
-            "address",
-            &mac(V0_MAC),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "v1",
-        ]);
-        for sysctl in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
-            sh(&["ip", "netns", "exec", n, "sysctl", "-qw", sysctl]);
-        }
-        sh(&[
-            "ip",
-            "-n",
-            n,
-            "addr",
-            "add",
-            &format!("{RELAY}/24"),
-            "dev",
-            "v0",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            n,
-            "addr",
-            "add",
-            &format!("{RELAY6}/64"),
-            "dev",
-            "v0",
-            "nodad",
-        ]);
-        for dev in ["lo", "v0", "v1"] {
-            sh(&["ip", "-n", n, "link", "set", dev, "up"]);
-        }
-        let callee = addr(CALLEE).ip().to_string();
-        let callee6 = addr(CALLEE6).ip().to_string();
-        for ip in [&callee, &callee6] {
-            sh(&[
-                "ip",
-                "-n",
-                n,
-                "neigh",
-                "replace",
-                ip,
-                "lladdr",
-                &mac(NEIGH_MAC),
-                "dev",
-                "v0",
-                "nud",
-                "permanent",
-            ]);
-        }
-        ns
+        let ip = |s: &str| s.parse().expect("literal");
+        Namespace(lookup_namespace(
+            &format!("sbx{}{tag}", std::process::id()),
+            Some(&mac_text(V0_MAC)),
+            &[(ip(RELAY), 24), (ip(RELAY6), 64)],
+            &[addr(CALLEE).ip(), addr(CALLEE6).ip()],
+            &mac_text(NEIGH_MAC),
+        ))
     }
 
     /// Runs `f` on a thread inside the namespace (namespaces are per thread).
     fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.0);
-        std::thread::spawn(move || {
-            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            setns(file, CloneFlags::CLONE_NEWNET).expect("setns into the test namespace");
-            f()
-        })
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        self.0.run(f)
     }
 }
 
@@ -1120,7 +1044,7 @@ fn xdp_and_tc_rewrite_the_rtp_header_of_a_rewriting_entry_with_valid_checksums()
 #[test]
 fn telephone_events_of_a_pass_up_entry_go_to_userspace_and_count_in_the_sequence() {
     require_kernel_path!();
-    let ns = Namespace::new("d");
+    let ns = Namespace::new("p");
     ns.run(|| {
         let mut programs = Programs::load();
         for (slot, program) in [(11u32, "xdp"), (12, "tc")] {

@@ -12,6 +12,7 @@ use switchboard_proto::v1;
 use switchboard_proto::v1::play_event::Event as PlayEv;
 use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
 use switchboard_rtpmanager::media::g711::ulaw_decode;
+use switchboard_testkit::wav;
 use tonic::transport::Channel;
 
 mod common;
@@ -95,37 +96,6 @@ fn drain(socket: &UdpSocket, quiet: Duration) -> usize {
         n += 1;
     }
     n
-}
-
-/// A 16-bit PCM WAV file.
-fn wav(rate: u32, bits: u16, samples: &[i16]) -> Vec<u8> {
-    let bytes_per_sample = u32::from(bits / 8);
-    let data: Vec<u8> = samples
-        .iter()
-        .flat_map(|s| {
-            let le = s.to_le_bytes();
-            if bits == 24 {
-                vec![0, le[0], le[1]]
-            } else {
-                le.to_vec()
-            }
-        })
-        .collect();
-    let mut out = Vec::new();
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
-    out.extend_from_slice(b"WAVEfmt ");
-    out.extend_from_slice(&16u32.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&rate.to_le_bytes());
-    out.extend_from_slice(&(rate * bytes_per_sample).to_le_bytes());
-    out.extend_from_slice(&(bits / 8).to_le_bytes());
-    out.extend_from_slice(&bits.to_le_bytes());
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    out.extend_from_slice(&data);
-    out
 }
 
 const AMPLITUDE: f64 = 8000.0;

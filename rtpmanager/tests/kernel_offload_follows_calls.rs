@@ -43,15 +43,16 @@ mod bed;
 #[path = "common/netns_call.rs"]
 mod netns_call;
 
-use bed::{Family, TestBed, CALLEE, CALLER};
-use kernel::{addr, sh, spawn_in_ns};
+use bed::{one_interface, xdp_peer_pass, Bed, Family, CALLEE, CALLER, RELAY_IP};
+use kernel::addr;
+use switchboard_testkit::netns::{sh, spawn_in_ns};
 
 use netns_call::{media_addr, rtp, sdp, stream, Manager, Peer, LOST, PEER_SSRC};
 
 impl Manager {
     /// The manager of an IPv4 bed.
     fn start(relay_ns: &str, fast_path: &str, extra: &[&str]) -> (Manager, String) {
-        Manager::start_for(Family::V4, relay_ns, fast_path, extra)
+        Manager::start_for(Family::V4, RELAY_IP, relay_ns, fast_path, extra)
     }
 
     /// The manager advertising the relay's address of `family`.
@@ -63,14 +64,14 @@ impl Manager {
     /// for an IPv6 `--advertise` (both were found missing by these tests).
     fn start_for(
         family: Family,
+        advertise: &str,
         relay_ns: &str,
         fast_path: &str,
         extra: &[&str],
     ) -> (Manager, String) {
-        let advertise = family.relay_ip().to_string();
         let family_args: &[&str] = match family {
-            Family::V4 => &["--advertise", &advertise],
-            Family::V6 => &["--advertise", &advertise, "--rtp-bind-address", "::"],
+            Family::V4 => &["--advertise", advertise],
+            Family::V6 => &["--advertise", advertise, "--rtp-bind-address", "::"],
         };
         let mut args: Vec<&str> = vec!["--grpc-port", "0", "--fast-path", fast_path];
         args.extend_from_slice(extra);
@@ -177,12 +178,15 @@ async fn wait_offloaded(client: &mut RtpManagerClient<Channel>, leg: &str, want:
 }
 
 fn call_in_every_path(family: Family, tag: &str, fast_path: &str, mode: Mode) {
-    let bed = TestBed::of(family, tag);
-    let _peer_pass = bed.xdp_peer_pass(mode);
-    let (manager, grpc) = Manager::start_for(family, &bed.relay, fast_path, &[]);
-    let caller = Peer::start(&bed.caller, family.caller());
-    let callee = Peer::start(&bed.callee, family.callee());
-    let relay_ns = bed.relay.clone();
+    let bed = one_interface(family, tag);
+    let _peer_pass = xdp_peer_pass(&bed, mode);
+    let relay_ip = bed.relay_ip();
+    let (caller_addr, callee_addr) = (bed.caller_addr(), bed.callee_addr());
+    let advertise = relay_ip.to_string();
+    let (manager, grpc) = Manager::start_for(family, &advertise, &bed.relay, fast_path, &[]);
+    let caller = Peer::start(&bed.caller, caller_addr);
+    let callee = Peer::start(&bed.callee, callee_addr);
+    let relay_ns = bed.relay.to_string();
 
     // The gRPC client lives on this thread, moved into the relay namespace.
     let (leg_a_addr, leg_b_addr, stats, offload_states) = spawn_in_ns(&relay_ns, move || {
@@ -206,11 +210,11 @@ fn call_in_every_path(family: Family, tag: &str, fast_path: &str, mode: Mode) {
                 info.fast_path_reason
             );
             let (leg_a_addr, leg_b_addr) =
-                bridged_call_between(&mut client, family.caller(), family.callee(), None).await;
+                bridged_call_between(&mut client, caller_addr, callee_addr, None).await;
             for (leg, media) in [("a", leg_a_addr), ("b", leg_b_addr)] {
                 assert_eq!(
                     media,
-                    SocketAddr::new(family.relay_ip(), media.port()),
+                    SocketAddr::new(relay_ip, media.port()),
                     "{family} {mode}: the SDP of leg {leg} carries the relay's {family} address"
                 );
             }
@@ -403,73 +407,59 @@ fn call_in_every_path(family: Family, tag: &str, fast_path: &str, mode: Mode) {
 }
 
 #[test]
-fn bridged_call_over_grpc_in_userspace_only() {
+fn a_bridged_call_is_relayed_in_userspace_only() {
     require_kernel_path!();
     call_in_every_path(Family::V4, "o", "off", Mode::Off);
 }
 
 #[test]
-fn bridged_call_over_grpc_is_offloaded_to_xdp_native() {
+fn a_bridged_call_is_offloaded_to_xdp_native() {
     require_kernel_path!();
     call_in_every_path(Family::V4, "n", "xdp", Mode::XdpNative);
 }
 
 #[test]
-fn bridged_call_over_grpc_is_offloaded_to_xdp_generic() {
+fn a_bridged_call_is_offloaded_to_xdp_generic() {
     require_kernel_path!();
     call_in_every_path(Family::V4, "g", "xdp-generic", Mode::XdpGeneric);
 }
 
 #[test]
-fn bridged_call_over_grpc_is_offloaded_to_tc() {
+fn a_bridged_call_is_offloaded_to_tc() {
     require_kernel_path!();
     call_in_every_path(Family::V4, "t", "tc", Mode::Tc);
 }
 
 #[test]
-fn bridged_ipv6_call_over_grpc_in_userspace_only() {
+fn a_bridged_ipv6_call_is_relayed_in_userspace_only() {
     require_kernel_path!();
     call_in_every_path(Family::V6, "o", "off", Mode::Off);
 }
 
 #[test]
-fn bridged_ipv6_call_over_grpc_is_offloaded_to_xdp_native() {
+fn a_bridged_ipv6_call_is_offloaded_to_xdp_native() {
     require_kernel_path!();
     call_in_every_path(Family::V6, "n", "xdp", Mode::XdpNative);
 }
 
 #[test]
-fn bridged_ipv6_call_over_grpc_is_offloaded_to_xdp_generic() {
+fn a_bridged_ipv6_call_is_offloaded_to_xdp_generic() {
     require_kernel_path!();
     call_in_every_path(Family::V6, "g", "xdp-generic", Mode::XdpGeneric);
 }
 
 #[test]
-fn bridged_ipv6_call_over_grpc_is_offloaded_to_tc() {
+fn a_bridged_ipv6_call_is_offloaded_to_tc() {
     require_kernel_path!();
     call_in_every_path(Family::V6, "t", "tc", Mode::Tc);
 }
 
 /// A mono 16-bit 8 kHz WAV of `ms` milliseconds of a quiet square wave.
 fn wav_8k(ms: u32) -> Vec<u8> {
-    let samples: Vec<u8> = (0..8 * ms)
-        .flat_map(|i| if i % 16 < 8 { 2000i16 } else { -2000 }.to_le_bytes())
+    let samples: Vec<i16> = (0..8 * ms)
+        .map(|i| if i % 16 < 8 { 2000 } else { -2000 })
         .collect();
-    let mut out = Vec::new();
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + samples.len() as u32).to_le_bytes());
-    out.extend_from_slice(b"WAVEfmt ");
-    out.extend_from_slice(&16u32.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&8000u32.to_le_bytes());
-    out.extend_from_slice(&16000u32.to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&16u16.to_le_bytes());
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&(samples.len() as u32).to_le_bytes());
-    out.extend_from_slice(&samples);
-    out
+    switchboard_testkit::wav(8000, 16, &samples)
 }
 
 /// The RTP header fields the test checks: (SSRC, sequence, timestamp).
@@ -486,7 +476,7 @@ fn header(packet: &[u8]) -> (u32, u16, u32) {
 /// the relay's offsets): the callee receives one SSRC and consecutive
 /// sequence numbers throughout, and the kernel forwards after the playback.
 fn playback_returns_to_the_kernel(tag: &str, fast_path: &str, mode: Mode) {
-    let bed = TestBed::new(tag);
+    let bed = one_interface(Family::V4, tag);
     let audio = tempfile::tempdir().expect("audio directory");
     // 200 ms: ten 20 ms packets.
     std::fs::write(audio.path().join("short.wav"), wav_8k(200)).expect("write short.wav");
@@ -494,7 +484,7 @@ fn playback_returns_to_the_kernel(tag: &str, fast_path: &str, mode: Mode) {
     let (manager, grpc) = Manager::start(&bed.relay, fast_path, &["--audio-path", &audio_path]);
     let caller = Peer::start(&bed.caller, addr(CALLER));
     let callee = Peer::start(&bed.callee, addr(CALLEE));
-    let relay_ns = bed.relay.clone();
+    let relay_ns = bed.relay.to_string();
 
     let (heard, kernel_packets) = spawn_in_ns(&relay_ns, move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -729,7 +719,7 @@ impl Restartable {
     }
 }
 
-fn start(bed: &TestBed, fast_path: &str, args: &[String]) -> (Manager, String) {
+fn start(bed: &Bed, fast_path: &str, args: &[String]) -> (Manager, String) {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Manager::start(&bed.relay, fast_path, &args)
 }
@@ -737,7 +727,7 @@ fn start(bed: &TestBed, fast_path: &str, args: &[String]) -> (Manager, String) {
 /// A bridged call in the kernel, 20 packets forwarded, then the manager
 /// SIGKILLed and 20 more packets forwarded with no manager running.
 fn call_then_kill(
-    bed: &TestBed,
+    bed: &Bed,
     saved: &Restartable,
     fast_path: &str,
     mode: Mode,
@@ -801,8 +791,8 @@ fn call_then_kill(
 }
 
 fn killed_manager_is_readopted(tag: &str, fast_path: &str, mode: Mode) {
-    let bed = TestBed::new(tag);
-    let _peer_pass = bed.xdp_peer_pass(mode);
+    let bed = one_interface(Family::V4, tag);
+    let _peer_pass = xdp_peer_pass(&bed, mode);
     let saved = Restartable::new();
     let (caller, callee, leg_a_addr, _) = call_then_kill(&bed, &saved, fast_path, mode);
 
@@ -902,7 +892,7 @@ fn tc_forwarding_outlives_a_killed_manager_which_readopts_the_call() {
 fn entries_of_a_call_deleted_from_the_state_are_removed_at_start() {
     require_kernel_path!();
     let mode = Mode::XdpGeneric;
-    let bed = TestBed::new("x");
+    let bed = one_interface(Family::V4, "x");
     let saved = Restartable::new();
     let (caller, callee, leg_a_addr, _) = call_then_kill(&bed, &saved, "xdp-generic", mode);
     std::fs::write(saved.state_file(), r#"{"version": 1, "calls": []}"#)
@@ -928,7 +918,7 @@ fn entries_of_a_call_deleted_from_the_state_are_removed_at_start() {
 #[test]
 fn strict_source_drops_in_the_kernel_count_in_the_leg_stats() {
     require_kernel_path!();
-    let bed = TestBed::new("s");
+    let bed = one_interface(Family::V4, "s");
     let (manager, grpc) = Manager::start(&bed.relay, "xdp-generic", &[]);
     let caller = Peer::start(&bed.caller, addr(CALLER));
     let callee = Peer::start(&bed.callee, addr(CALLEE));
@@ -986,7 +976,7 @@ fn strict_source_drops_in_the_kernel_count_in_the_leg_stats() {
 #[test]
 fn a_strangers_packets_to_an_offloaded_strict_call_change_nothing_and_are_counted() {
     require_kernel_path!();
-    let bed = TestBed::new("j");
+    let bed = one_interface(Family::V4, "j");
     let (manager, grpc) = Manager::start(&bed.relay, "xdp-generic", &[]);
     let caller = Peer::start(&bed.caller, addr(CALLER));
     let callee = Peer::start(&bed.callee, addr(CALLEE));
@@ -1064,7 +1054,7 @@ fn a_strangers_packets_to_an_offloaded_strict_call_change_nothing_and_are_counte
 #[test]
 fn a_nat_source_goes_into_the_kernel_only_once_learning_locked_it() {
     require_kernel_path!();
-    let bed = TestBed::new("n");
+    let bed = one_interface(Family::V4, "n");
     let (manager, grpc) =
         Manager::start(&bed.relay, "xdp-generic", &["--source-learning-ms", "1500"]);
     let caller = Peer::start(&bed.caller, addr(CALLER));
@@ -1119,7 +1109,7 @@ fn telephone_event(seq: u16, marker: bool, end: bool, duration: u16) -> Vec<u8> 
 #[test]
 fn telephone_events_of_an_offloaded_call_reach_the_dtmf_detector() {
     require_kernel_path!();
-    let bed = TestBed::new("d");
+    let bed = one_interface(Family::V4, "d");
     let (manager, grpc) = Manager::start(&bed.relay, "xdp-generic", &[]);
     let caller = Peer::start(&bed.caller, addr(CALLER));
     let callee = Peer::start(&bed.callee, addr(CALLEE));
@@ -1252,7 +1242,7 @@ async fn play_to_b(client: &mut RtpManagerClient<Channel>, file: &str) {
 #[test]
 fn a_continuity_rewrite_in_the_kernel_survives_a_killed_manager() {
     require_kernel_path!();
-    let bed = TestBed::new("w");
+    let bed = one_interface(Family::V4, "w");
     let saved = Restartable::new();
     let audio = tempfile::tempdir().expect("audio directory");
     std::fs::write(audio.path().join("short.wav"), wav_8k(200)).expect("write short.wav");
@@ -1360,7 +1350,7 @@ fn a_pin_directory_serves_one_manager_at_a_time_and_must_be_on_bpffs() {
 #[test]
 fn an_unpinned_fast_path_ends_with_a_killed_manager() {
     require_kernel_path!();
-    let bed = TestBed::new("u");
+    let bed = one_interface(Family::V4, "u");
     let (manager, grpc) = Manager::start(&bed.relay, "xdp-generic", &[]);
     let caller = Peer::start(&bed.caller, addr(CALLER));
     let callee = Peer::start(&bed.callee, addr(CALLEE));
@@ -1377,12 +1367,7 @@ fn an_unpinned_fast_path_ends_with_a_killed_manager() {
     assert!(in_kernel, "caller → callee in the kernel");
     caller.send(leg_a_addr, (1..=5).collect());
     assert_eq!(callee.receive(5).len(), 5, "forwarded while running");
-    let unpinned = manager
-        .log
-        .lock()
-        .expect("log lock")
-        .iter()
-        .any(|l| l.contains("kernel fast path not pinned"));
+    let unpinned = manager.logged("kernel fast path not pinned");
     assert!(unpinned, "the manager said it runs unpinned");
     manager.kill();
     caller.send(leg_a_addr, (6..=10).collect());
@@ -1412,7 +1397,7 @@ fn muxed_receiver_report(n: u8) -> Vec<u8> {
 #[test]
 fn an_rtcp_mux_call_is_offloaded_and_its_rtcp_relayed_by_userspace() {
     require_kernel_path!();
-    let bed = TestBed::new("x");
+    let bed = one_interface(Family::V4, "x");
     let (manager, grpc) = Manager::start(&bed.relay, "xdp-generic", &[]);
     let caller = Peer::start(&bed.caller, addr(CALLER));
     let callee = Peer::start(&bed.callee, addr(CALLEE));

@@ -1,6 +1,6 @@
 //! A relay with two media interfaces, as an SBC: the caller reaches it on
 //! `a0`, the callee on `b0`, each side a network of its own with no path
-//! between them but through the relay ([`bed::TwoSidedBed`]). The manager
+//! between them but through the relay ([`bed::two_interfaces`]). The manager
 //! runs with one named interface per side (`--interface`), drives a
 //! bridged call over gRPC as signaling does (the callee's leg named
 //! `private`, the caller's placed by the route to its SDP address), and
@@ -32,13 +32,13 @@ mod bed;
 #[path = "common/netns_call.rs"]
 mod netns_call;
 
-use bed::{Family, TwoSidedBed};
-use kernel::spawn_in_ns;
+use bed::{two_interfaces, xdp_peer_pass, Bed, Family};
 use netns_call::{media_addr, rtp, sdp, stream, Manager, Peer, LOST};
+use switchboard_testkit::netns::spawn_in_ns;
 
 /// The manager of a two-sided bed: `public` on a0 in `mode_a`, `private`
 /// on b0 in `mode_b`, each bound to its own address with its own range.
-fn start(bed: &TwoSidedBed, mode_a: &str, mode_b: &str) -> (Manager, String) {
+fn start(bed: &Bed, mode_a: &str, mode_b: &str) -> (Manager, String) {
     let public = format!(
         "name=public,device=a0,bind={a},advertise={a},ports=30000-30099,fast-path={mode_a}",
         a = bed.relay_a()
@@ -69,7 +69,7 @@ fn start(bed: &TwoSidedBed, mode_a: &str, mode_b: &str) -> (Manager, String) {
 const METRICS: &str = "127.0.0.1:9190";
 
 /// The manager's Prometheus text, scraped in the relay's namespace.
-fn scrape(bed: &TwoSidedBed) -> String {
+fn scrape(bed: &Bed) -> String {
     spawn_in_ns(&bed.relay, || {
         use std::io::{Read, Write};
         let mut stream = std::net::TcpStream::connect(METRICS).expect("metrics endpoint");
@@ -108,7 +108,7 @@ struct Seen {
 /// the receiver: every packet once, intact, in order, from the relay's
 /// port of the receiver's leg, no checksum error. `offloaded` says which
 /// legs (a, b) must be in the kernel before the streams.
-fn call(bed: &TwoSidedBed, grpc: String, offloaded: (bool, bool), what: String) -> Seen {
+fn call(bed: &Bed, grpc: String, offloaded: (bool, bool), what: String) -> Seen {
     let caller = Peer::start(&bed.caller, bed.caller_addr());
     let callee = Peer::start(&bed.callee, bed.callee_addr());
     let (caller_addr, callee_addr) = (bed.caller_addr(), bed.callee_addr());
@@ -305,8 +305,8 @@ fn modes_of(info: &v1::InfoResponse) -> Vec<(String, String, i32, Vec<String>)> 
 }
 
 fn both_sides_in(family: Family, tag: &str, mode: Mode) {
-    let bed = TwoSidedBed::new(family, tag);
-    let _pass = bed.xdp_peer_pass(mode);
+    let bed = two_interfaces(family, tag);
+    let _pass = xdp_peer_pass(&bed, mode);
     let (manager, grpc) = start(&bed, mode_arg(mode), mode_arg(mode));
     let what = format!("{family} {mode}");
     let kernel = mode != Mode::Off;
@@ -390,8 +390,8 @@ fn both_sides_in(family: Family, tag: &str, mode: Mode) {
 }
 
 fn mixed(family: Family, tag: &str, mode: Mode) {
-    let bed = TwoSidedBed::new(family, tag);
-    let _pass = bed.xdp_peer_pass(mode);
+    let bed = two_interfaces(family, tag);
+    let _pass = xdp_peer_pass(&bed, mode);
     let (manager, grpc) = start(&bed, mode_arg(mode), "off");
     let what = format!("{family} {mode} with b0 off");
     let seen = call(&bed, grpc, (true, false), what.clone());

@@ -6,22 +6,20 @@
 //! loud message; without the object they skip too, except under CI, where a
 //! missing object is a failure.
 
-use std::fs::File;
 use std::net::UdpSocket;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nix::sched::{setns, CloneFlags};
 use rtpmanager_common::Counter;
 use switchboard_proto::v1;
 use switchboard_rtpmanager::config::FastPathRequest;
 use switchboard_rtpmanager::fastpath::{self, FastPath, Mode, Settings};
+use switchboard_testkit::daemon::Daemon;
+use switchboard_testkit::netns::{veth, Netns};
 
 #[macro_use]
 #[path = "common/kernel.rs"]
 mod kernel;
-
-use kernel::sh;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard-rtpmanager");
 const RELAY_IP: &str = "10.201.0.1";
@@ -30,130 +28,35 @@ const CLIENT_IP: &str = "10.201.0.2";
 /// Two namespaces joined by a veth pair: `client` (c0, 10.201.0.2) and
 /// `relay` (r0, 10.201.0.1). Deleted by name on drop.
 struct TestBed {
-    relay: String,
-    client: String,
+    relay: Netns,
+    client: Netns,
 }
 
 impl TestBed {
     fn new(tag: &str) -> TestBed {
         let pid = std::process::id();
         let bed = TestBed {
-            relay: format!("sbt{pid}{tag}r"),
-            client: format!("sbt{pid}{tag}c"),
+            relay: Netns::add(&format!("sbt{pid}{tag}r"), None),
+            client: Netns::add(&format!("sbt{pid}{tag}c"), None),
         };
-        for ns in [&bed.relay, &bed.client] {
-            sh(&["ip", "netns", "add", ns]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            "sbtc0",
-            "netns",
-            &bed.client,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "sbtr0",
-            "netns",
-            &bed.relay,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &bed.client,
-            "link",
-            "set",
-            "sbtc0",
-            "name",
-            "c0",
-        ]);
-        sh(&["ip", "-n", &bed.relay, "link", "set", "sbtr0", "name", "r0"]);
+        veth(&bed.client, "c0", None, &bed.relay, "r0", None);
         for (ns, dev, ip) in [(&bed.client, "c0", CLIENT_IP), (&bed.relay, "r0", RELAY_IP)] {
             // No IPv6 on the test link: router solicitations and DAD would
             // add packets the exact counter assertions do not expect.
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "sysctl",
-                "-qw",
-                &format!("net.ipv6.conf.{dev}.disable_ipv6=1"),
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                dev,
-            ]);
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6=1"));
+            ns.address(dev, ip.parse().expect("literal"), 24);
         }
-        let mac = |ns: &str, dev: &str| -> String {
-            let out = Command::new("ip")
-                .args(["-n", ns, "-br", "link", "show", dev])
-                .output()
-                .expect("ip link show");
-            String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .nth(2)
-                .expect("MAC in ip -br output")
-                .to_owned()
-        };
-        let (client_mac, relay_mac) = (mac(&bed.client, "c0"), mac(&bed.relay, "r0"));
         // Static neighbours: no ARP packets, no dependence on ARP timing.
-        sh(&[
-            "ip",
-            "-n",
-            &bed.client,
-            "neigh",
-            "replace",
-            RELAY_IP,
-            "lladdr",
-            &relay_mac,
-            "dev",
-            "c0",
-            "nud",
-            "permanent",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &bed.relay,
-            "neigh",
-            "replace",
-            CLIENT_IP,
-            "lladdr",
-            &client_mac,
-            "dev",
-            "r0",
-            "nud",
-            "permanent",
-        ]);
+        let (client_mac, relay_mac) = (bed.client.mac("c0"), bed.relay.mac("r0"));
+        bed.client
+            .neighbour("c0", RELAY_IP.parse().expect("literal"), &relay_mac);
+        bed.relay
+            .neighbour("r0", CLIENT_IP.parse().expect("literal"), &client_mac);
         bed
     }
 
-    /// Runs `f` on a thread that has entered namespace `ns` (network
-    /// namespaces are per thread).
-    fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{ns}");
-        std::thread::spawn(move || {
-            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            setns(file, CloneFlags::CLONE_NEWNET).expect("setns into the test namespace");
-            f()
-        })
-        .join()
-        .expect("namespace thread")
-    }
-
     fn send_udp(&self, port: u16, count: usize) {
-        TestBed::in_ns(&self.client, move || {
+        self.client.run(move || {
             let socket = UdpSocket::bind((CLIENT_IP, 0)).expect("bind in client ns");
             for i in 0..count {
                 socket
@@ -172,14 +75,6 @@ impl TestBed {
             .output()
             .expect("ip link show");
         String::from_utf8_lossy(&out.stdout).contains("xdp")
-    }
-}
-
-impl Drop for TestBed {
-    fn drop(&mut self) {
-        for ns in [&self.relay, &self.client] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
     }
 }
 
@@ -224,7 +119,7 @@ fn each_mode_attaches_to_a_veth_and_counts_udp_to_the_media_range() {
         };
         // The loader must run in the relay namespace to find r0; the
         // returned FastPath keeps working from any thread.
-        let fast_path = TestBed::in_ns(&bed.relay, move || FastPath::start(&settings));
+        let fast_path = bed.relay.run(move || FastPath::start(&settings));
         assert_eq!(fast_path.mode(), mode, "{mode}: {}", fast_path.reason());
         if mode != Mode::Tc {
             assert!(bed.xdp_attached(), "{mode}: ip link shows the XDP program");
@@ -252,28 +147,26 @@ fn each_mode_attaches_to_a_veth_and_counts_udp_to_the_media_range() {
 }
 
 #[test]
-fn manager_reports_the_mode_in_force_over_grpc() {
+fn the_manager_reports_the_fast_path_mode_in_force() {
     require_kernel_path!();
     let bed = TestBed::new("m");
-    let mut manager = Command::new("ip")
-        .args(["netns", "exec", &bed.relay, BIN])
-        .args([
-            "--fast-path",
-            "xdp-generic",
-            "--media-interface",
-            "r0",
-            "--advertise",
-            RELAY_IP,
-        ])
-        .args(["--grpc-address", "127.0.0.1", "--grpc-port", "9090"])
-        .args(["--rtp-port-min", "20000", "--rtp-port-max", "20100"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the manager in the relay namespace");
+    let mut manager = Daemon::spawn(
+        "switchboard-rtpmanager",
+        Command::new("ip")
+            .args(["netns", "exec", &bed.relay, BIN])
+            .args([
+                "--fast-path",
+                "xdp-generic",
+                "--media-interface",
+                "r0",
+                "--advertise",
+                RELAY_IP,
+            ])
+            .args(["--grpc-address", "127.0.0.1", "--grpc-port", "9090"])
+            .args(["--rtp-port-min", "20000", "--rtp-port-max", "20100"]),
+    );
 
-    let relay = bed.relay.clone();
-    let (health, info) = TestBed::in_ns(&relay, || {
+    let (health, info) = bed.relay.run(|| {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -314,20 +207,8 @@ fn manager_reports_the_mode_in_force_over_grpc() {
     assert_eq!(info.media_interface, "r0");
     assert!(bed.xdp_attached());
 
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(manager.id()).expect("pid"));
     // `ip netns exec` execs the manager, so the pid is the manager's.
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = manager.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = manager.kill();
-            panic!("manager did not stop on SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = manager.terminate();
     assert!(status.success(), "{status}");
     assert!(!bed.xdp_attached(), "a clean shutdown detaches the program");
 }

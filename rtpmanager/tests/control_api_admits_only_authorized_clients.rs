@@ -8,7 +8,7 @@ mod common;
 mod pki;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pki::Pki;
@@ -72,9 +72,9 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_of_the_client_ca() {
         4,
     );
     assert!(
-        manager.log().contains("grpc_access=tls+client-cert"),
+        manager.daemon.log().contains("grpc_access=tls+client-cert"),
         "{}",
-        manager.log()
+        manager.daemon.log()
     );
 
     let channel = tls_channel(manager.grpc, &pki, "ca.crt", Some("client"))
@@ -183,9 +183,9 @@ async fn requests_need_a_token_of_the_token_file_which_is_never_logged() {
     .expect("write tokens");
     let manager = common::spawn(&["--grpc-token-file", tokens.to_str().expect("utf-8")], 4);
     assert!(
-        manager.log().contains("grpc_access=plaintext+token"),
+        manager.daemon.log().contains("grpc_access=plaintext+token"),
         "{}",
-        manager.log()
+        manager.daemon.log()
     );
 
     let missing = with_token(manager.grpc, None)
@@ -252,7 +252,7 @@ async fn requests_need_a_token_of_the_token_file_which_is_never_logged() {
         .expect("an invalid new file keeps the tokens in force");
 
     wait_for_log(&manager, "gRPC request refused").await;
-    let log = manager.log();
+    let log = manager.daemon.log();
     assert!(log.contains("reason=missing"), "{log}");
     for token in [FIRST, SECOND, WRONG] {
         assert!(!log.contains(token), "a token reached the log:\n{log}");
@@ -260,21 +260,16 @@ async fn requests_need_a_token_of_the_token_file_which_is_never_logged() {
 }
 
 fn hangup(manager: &common::Started) {
-    let pid = i32::try_from(manager.daemon.0.id()).expect("pid fits i32");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .expect("SIGHUP");
+    manager.daemon.hang_up();
 }
 
 async fn wait_for_log(manager: &common::Started, text: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !manager.log().contains(text) {
+    while !manager.daemon.log().contains(text) {
         assert!(
             Instant::now() < deadline,
             "`{text}` not logged:\n{}",
-            manager.log()
+            manager.daemon.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -283,25 +278,12 @@ async fn wait_for_log(manager: &common::Started, text: &str) {
 /// Runs the manager with `args` until it exits (at most 10 s): its exit
 /// status and stderr.
 fn run_to_exit(args: &[&str]) -> (std::process::ExitStatus, String) {
-    let mut child = Command::new(common::BIN)
-        .args(["--fast-path", "off", "--grpc-port", "0"])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the manager");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the manager did not stop on a bad access option");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().expect("output");
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    switchboard_testkit::daemon::run_to_exit(
+        "the manager given a bad access option",
+        Command::new(common::BIN)
+            .args(["--fast-path", "off", "--grpc-port", "0"])
+            .args(args),
+        Duration::from_secs(10),
     )
 }
 
@@ -334,10 +316,11 @@ async fn an_open_listener_beyond_loopback_is_warned_about_but_serves() {
     let manager = common::spawn(&["--grpc-address", "0.0.0.0"], 2);
     assert!(
         manager
+            .daemon
             .log()
             .contains("without authenticating clients: anyone who reaches it"),
         "{}",
-        manager.log()
+        manager.daemon.log()
     );
     // `systemctl reload` sends SIGHUP; without a token file it must not
     // end the manager (the signal's default action).
@@ -365,8 +348,11 @@ async fn an_open_listener_beyond_loopback_is_warned_about_but_serves() {
         2,
     );
     assert!(
-        !guarded.log().contains("without authenticating clients"),
+        !guarded
+            .daemon
+            .log()
+            .contains("without authenticating clients"),
         "{}",
-        guarded.log()
+        guarded.daemon.log()
     );
 }

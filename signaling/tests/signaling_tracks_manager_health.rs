@@ -6,81 +6,20 @@
 #[path = "../../rtpmanager/tests/common/pki.rs"]
 mod pki;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use switchboard_testkit::daemon::Daemon;
+use switchboard_testkit::free_port;
 
 const SIGNALING: &str = env!("CARGO_BIN_EXE_switchboard-signaling");
 
 /// The manager binary, up to date (another package of the workspace).
 fn rtpmanager_bin() -> PathBuf {
     switchboard_testkit::workspace_binary("switchboard-rtpmanager")
-}
-
-/// A daemon whose stderr is collected; killed by pid when dropped.
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    fn start(cmd: &mut Command) -> Daemon {
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start daemon");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(mut log) = sink.lock() {
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            }
-        });
-        Daemon { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits i32"));
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon ignored SIGTERM:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("an ephemeral port on loopback")
 }
 
 /// A minimal HTTP/1.0 GET, enough for our own JSON API.
@@ -99,7 +38,8 @@ fn http_get_json(port: u16, path: &str) -> Option<serde_json::Value> {
 fn start_signaling(rtpmanager: &str, extra: &[&str]) -> (Daemon, u16, tempfile::TempDir) {
     let rest_port = free_port();
     let data = tempfile::tempdir().expect("temp data dir");
-    let signaling = Daemon::start(
+    let signaling = Daemon::spawn(
+        "switchboard-signaling",
         Command::new(SIGNALING)
             .args(["--rtpmanager", rtpmanager])
             .args(["--rtpmanager-health-interval", "1"])
@@ -139,7 +79,8 @@ fn wait_for_health(rest_port: u16, want: &str, signaling: &Daemon) -> serde_json
 #[test]
 fn signaling_sees_the_manager_healthy_then_down() {
     let grpc_port = free_port();
-    let mut manager = Daemon::start(
+    let mut manager = Daemon::spawn(
+        "switchboard-rtpmanager",
         Command::new(rtpmanager_bin())
             .args(["--grpc-port", &grpc_port.to_string(), "--fast-path", "off"])
             .args(["--rtp-port-min", "31000", "--rtp-port-max", "31100"]),
@@ -231,7 +172,8 @@ fn signaling_sees_a_manager_behind_mutual_tls_and_a_token_only_with_the_right_se
     let wrong = write("wrong", &format!("{WRONG_TOKEN}\n"));
 
     let grpc_port = free_port();
-    let manager = Daemon::start(
+    let manager = Daemon::spawn(
+        "switchboard-rtpmanager",
         Command::new(rtpmanager_bin())
             .args(["--grpc-port", &grpc_port.to_string(), "--fast-path", "off"])
             .args(["--rtp-port-min", "31400", "--rtp-port-max", "31440"])

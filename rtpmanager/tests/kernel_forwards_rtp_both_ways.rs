@@ -14,8 +14,7 @@
 //! They need root; without it they skip loudly. Without the embedded object
 //! they skip too, except under CI, where that is a failure.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::process::Command;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -26,46 +25,22 @@ use switchboard_rtpmanager::fastpath::{self, FastPath, Mode, Settings};
 #[macro_use]
 #[path = "common/kernel.rs"]
 mod kernel;
+#[path = "common/bed.rs"]
+#[allow(dead_code)]
+mod bed;
 
-use kernel::{addr, in_ns, sh, spawn_in_ns};
+use bed::{xdp_peer_pass, Bed, BedPlan, Family, Sides};
+use switchboard_testkit::netns::{in_ns, sh, spawn_in_ns, udp_counter, udp_in_csum_errors};
 
-/// The addresses of one test bed.
-struct Plan {
-    /// Namespace-name tag of the family.
-    tag: &'static str,
-    relay_ip: IpAddr,
-    caller: SocketAddr,
-    callee: SocketAddr,
-    prefix_len: u8,
-}
-
-impl Plan {
-    fn v4() -> Plan {
-        Plan {
-            tag: "4",
-            relay_ip: "10.204.0.1".parse().expect("literal"),
-            caller: addr("10.204.0.2:41000"),
-            callee: addr("10.204.0.3:40000"),
-            prefix_len: 24,
-        }
-    }
-
-    fn v6() -> Plan {
-        Plan {
-            tag: "6",
-            relay_ip: "fd00:204::1".parse().expect("literal"),
-            caller: addr("[fd00:204::2]:41000"),
-            callee: addr("[fd00:204::3]:40000"),
-            prefix_len: 64,
-        }
-    }
-
-    fn v6_only(&self) -> bool {
-        self.relay_ip.is_ipv6()
-    }
-
-    fn relay(&self, port: u16) -> SocketAddr {
-        SocketAddr::new(self.relay_ip, port)
+/// The one-interface bed of network 204 with forwarding on in the relay
+/// (`bpf_fib_lookup` answers FWD_DISABLED without it, and no manager runs
+/// here to turn it on).
+fn plan(family: Family) -> BedPlan {
+    BedPlan {
+        family,
+        sides: Sides::One,
+        net: 204,
+        forwarding: true,
     }
 }
 
@@ -73,142 +48,6 @@ impl Plan {
 const RELAY_CALLER_PORT: u16 = 30000;
 const RELAY_CALLEE_PORT: u16 = 30002;
 const PACKETS: u16 = 50;
-
-/// Bridge namespace `b` with ports to `caller` (c0), `callee` (e0) and
-/// `relay` (r0). Namespaces are deleted by name on drop.
-struct TestBed {
-    bridge: String,
-    caller: String,
-    callee: String,
-    relay: String,
-}
-
-const CALLER_MAC: &str = "02:00:00:04:00:02";
-const CALLEE_MAC: &str = "02:00:00:04:00:03";
-const RELAY_MAC: &str = "02:00:00:04:00:01";
-
-impl TestBed {
-    fn new(plan: &Plan, tag: &str) -> TestBed {
-        let pid = std::process::id();
-        let tag = format!("{}{tag}", plan.tag);
-        let bed = TestBed {
-            bridge: format!("sbf{pid}{tag}b"),
-            caller: format!("sbf{pid}{tag}c"),
-            callee: format!("sbf{pid}{tag}e"),
-            relay: format!("sbf{pid}{tag}r"),
-        };
-        let sysctl =
-            |ns: &str, setting: &str| sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", setting]);
-        for ns in [&bed.bridge, &bed.caller, &bed.callee, &bed.relay] {
-            sh(&["ip", "netns", "add", ns]);
-            if plan.v6_only() {
-                // No router solicitations or DAD probes; MLD reports still
-                // go out and are not counted by the assertions.
-                for conf in ["all", "default"] {
-                    sysctl(ns, &format!("net.ipv6.conf.{conf}.accept_dad=0"));
-                    sysctl(ns, &format!("net.ipv6.conf.{conf}.router_solicitations=0"));
-                }
-            } else {
-                // No IPv6 at all on the IPv4 bed.
-                for conf in ["all", "default"] {
-                    sysctl(ns, &format!("net.ipv6.conf.{conf}.disable_ipv6=1"));
-                }
-            }
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
-        let b = bed.bridge.as_str();
-        sh(&["ip", "-n", b, "link", "add", "br0", "type", "bridge"]);
-        sh(&["ip", "-n", b, "link", "set", "br0", "up"]);
-        for (ns, dev, port, mac, ip) in [
-            (&bed.caller, "c0", "pc", CALLER_MAC, plan.caller.ip()),
-            (&bed.callee, "e0", "pe", CALLEE_MAC, plan.callee.ip()),
-            (&bed.relay, "r0", "pr", RELAY_MAC, plan.relay_ip),
-        ] {
-            sh(&[
-                "ip", "-n", b, "link", "add", port, "type", "veth", "peer", "name", dev, "netns",
-                ns,
-            ]);
-            sh(&["ip", "-n", b, "link", "set", port, "master", "br0", "up"]);
-            sh(&["ip", "-n", ns, "link", "set", dev, "address", mac]);
-            let cidr = format!("{ip}/{}", plan.prefix_len);
-            sh(&["ip", "-n", ns, "addr", "add", &cidr, "dev", dev, "nodad"]);
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        }
-        // Senders compute full UDP checksums, as a real NIC delivers them.
-        for (ns, dev) in [(&bed.caller, "c0"), (&bed.callee, "e0")] {
-            sh(&["ip", "netns", "exec", ns, "ethtool", "-K", dev, "tx", "off"]);
-        }
-        // bpf_fib_lookup answers FWD_DISABLED without forwarding on r0.
-        sysctl(&bed.relay, "net.ipv4.conf.all.forwarding=1");
-        if plan.v6_only() {
-            sysctl(&bed.relay, "net.ipv6.conf.all.forwarding=1");
-        }
-        // Static neighbours: no ARP/ND traffic, no dependence on its timing.
-        let (relay_ip, caller_ip, callee_ip) = (
-            plan.relay_ip.to_string(),
-            plan.caller.ip().to_string(),
-            plan.callee.ip().to_string(),
-        );
-        for (ns, dev, ip, mac) in [
-            (&bed.caller, "c0", &relay_ip, RELAY_MAC),
-            (&bed.callee, "e0", &relay_ip, RELAY_MAC),
-            (&bed.relay, "r0", &caller_ip, CALLER_MAC),
-            (&bed.relay, "r0", &callee_ip, CALLEE_MAC),
-        ] {
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "neigh",
-                "replace",
-                ip,
-                "lladdr",
-                mac,
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ]);
-        }
-        bed
-    }
-}
-
-impl Drop for TestBed {
-    fn drop(&mut self) {
-        for ns in [&self.bridge, &self.caller, &self.callee, &self.relay] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-/// UDP checksum errors counted by the calling thread's namespace, IPv4
-/// (`Udp: InCsumErrors`) plus IPv6 (`Udp6InCsumErrors`).
-fn udp_in_csum_errors() -> u64 {
-    let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp");
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let (names, values) = (
-        udp.next().expect("Udp header"),
-        udp.next().expect("Udp values"),
-    );
-    let index = names
-        .split_whitespace()
-        .position(|n| n == "InCsumErrors")
-        .expect("InCsumErrors column");
-    let v4: u64 = values
-        .split_whitespace()
-        .nth(index)
-        .and_then(|v| v.parse().ok())
-        .expect("InCsumErrors value");
-    // Absent when IPv6 is disabled in the namespace.
-    let v6: u64 = std::fs::read_to_string("/proc/thread-self/net/snmp6")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("Udp6InCsumErrors"))
-        .map(|v| v.trim().parse().expect("Udp6InCsumErrors value"))
-        .unwrap_or(0);
-    v4 + v6
-}
 
 fn rtp(seq: u16) -> Vec<u8> {
     let mut p = vec![0x80, 0x00];
@@ -285,17 +124,17 @@ fn counters(fast_path: &FastPath) -> Vec<(Counter, u64)> {
 #[test]
 fn bridged_ipv4_rtp_is_forwarded_in_the_kernel_both_ways_in_every_mode() {
     require_kernel_path!();
-    forward_in_every_mode(&Plan::v4());
+    forward_in_every_mode(&plan(Family::V4));
 }
 
 #[test]
 fn bridged_ipv6_rtp_is_forwarded_in_the_kernel_both_ways_in_every_mode() {
     require_kernel_path!();
-    forward_in_every_mode(&Plan::v6());
+    forward_in_every_mode(&plan(Family::V6));
 }
 
-fn forward_in_every_mode(plan: &Plan) {
-    let (caller, callee) = (plan.caller, plan.callee);
+fn forward_in_every_mode(plan: &BedPlan) {
+    let (caller, callee) = (plan.caller_addr(), plan.callee_addr());
     let relay = |port| plan.relay(port);
     for (tag, request, mode, verdict) in [
         (
@@ -312,7 +151,7 @@ fn forward_in_every_mode(plan: &Plan) {
         ),
         ("t", FastPathRequest::Tc, Mode::Tc, Counter::Redirected),
     ] {
-        let bed = TestBed::new(plan, tag);
+        let bed = Bed::new(*plan, "sbf", tag);
         let settings = Settings {
             request,
             interface: "r0".into(),
@@ -323,25 +162,8 @@ fn forward_in_every_mode(plan: &Plan) {
         let fast_path = in_ns(&bed.relay, move || FastPath::start(&settings));
         // Native XDP_TX out of a veth is delivered only when the peer runs
         // an XDP program (GRO on the peer was not enough on kernel 6.18 with
-        // the peer in a bridge). Our own program with a media range nothing
-        // uses is such a program: it passes every packet.
-        let _peer_pass = (mode == Mode::XdpNative).then(|| {
-            let settings = Settings {
-                request: FastPathRequest::Xdp,
-                interface: "pr".into(),
-                port_min: 1,
-                port_max: 1,
-                next_hop_cache: fastpath::DEFAULT_NEXT_HOP_CACHE,
-            };
-            let pass = in_ns(&bed.bridge, move || FastPath::start(&settings));
-            assert_eq!(
-                pass.mode(),
-                Mode::XdpNative,
-                "pass-all XDP on the peer: {}",
-                pass.reason()
-            );
-            pass
-        });
+        // the peer in a bridge).
+        let _peer_pass = xdp_peer_pass(&bed, mode);
         assert_eq!(fast_path.mode(), mode, "{mode}: {}", fast_path.reason());
 
         // What the session table would install once both legs latched.
@@ -466,23 +288,23 @@ fn forward_in_every_mode(plan: &Plan) {
 #[test]
 fn tc_hands_packets_to_an_unresolved_neighbour_to_redirect_neigh_ipv4() {
     require_kernel_path!();
-    tc_resolves_the_neighbour(&Plan::v4());
+    tc_resolves_the_neighbour(&plan(Family::V4));
 }
 
 #[test]
 fn tc_hands_packets_to_an_unresolved_neighbour_to_redirect_neigh_ipv6() {
     require_kernel_path!();
-    tc_resolves_the_neighbour(&Plan::v6());
+    tc_resolves_the_neighbour(&plan(Family::V6));
 }
 
 /// TC mode without a neighbour entry for the callee: the first packets are
 /// rewritten and handed to bpf_redirect_neigh, which resolves the callee
 /// (ARP or ND) and sends them; nothing is passed up (nothing listens in the
 /// relay, so a passed packet would be lost) and every packet arrives.
-fn tc_resolves_the_neighbour(plan: &Plan) {
-    let (caller, callee) = (plan.caller, plan.callee);
+fn tc_resolves_the_neighbour(plan: &BedPlan) {
+    let (caller, callee) = (plan.caller_addr(), plan.callee_addr());
     let relay = |port| plan.relay(port);
-    let bed = TestBed::new(plan, "u");
+    let bed = Bed::new(*plan, "sbf", "u");
     let callee_ip = callee.ip().to_string();
     sh(&[
         "ip", "-n", &bed.relay, "neigh", "del", &callee_ip, "dev", "r0",
@@ -545,22 +367,6 @@ fn tc_resolves_the_neighbour(plan: &Plan) {
     );
 }
 
-/// A `Udp:` counter of the calling thread's namespace.
-fn udp_counter(wanted: &str) -> u64 {
-    let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp");
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let (names, values) = (
-        udp.next().expect("Udp header"),
-        udp.next().expect("Udp values"),
-    );
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(name, _)| *name == wanted)
-        .and_then(|(_, v)| v.parse().ok())
-        .expect("the counter")
-}
-
 #[test]
 fn entries_changed_under_traffic_never_forward_a_torn_rewrite() {
     require_kernel_path!();
@@ -580,9 +386,9 @@ fn entries_changed_under_traffic_never_forward_a_torn_rewrite() {
 /// accounted for by a counter (the relay runs no relay: a passed packet is
 /// lost, and counted as `entry_changing`).
 fn entries_changed_under_traffic(tag: &str, request: FastPathRequest, mode: Mode) {
-    let plan = Plan::v4();
-    let bed = TestBed::new(&plan, tag);
-    let (caller, callee) = (plan.caller, plan.callee);
+    let plan = plan(Family::V4);
+    let bed = Bed::new(plan, "sbf", tag);
+    let (caller, callee) = (plan.caller_addr(), plan.callee_addr());
     let back_home = SocketAddr::new(caller.ip(), 42000);
     let (relay_caller_side, relay_callee_side) =
         (plan.relay(RELAY_CALLER_PORT), plan.relay(RELAY_CALLEE_PORT));
@@ -611,7 +417,10 @@ fn entries_changed_under_traffic(tag: &str, request: FastPathRequest, mode: Mode
             socket
                 .set_read_timeout(Some(Duration::from_millis(300)))
                 .expect("timeout");
-            let (no_ports, overflows) = (udp_counter("NoPorts"), udp_counter("RcvbufErrors"));
+            let (no_ports, overflows) = (
+                udp_counter("NoPorts").expect("the counter"),
+                udp_counter("RcvbufErrors").expect("the counter"),
+            );
             ready_tx.send(()).expect("ready");
             let (mut intact, mut damaged) = (0u64, 0u64);
             let mut buf = [0u8; 2048];
@@ -626,8 +435,8 @@ fn entries_changed_under_traffic(tag: &str, request: FastPathRequest, mode: Mode
             (
                 intact,
                 damaged,
-                udp_counter("NoPorts") - no_ports,
-                udp_counter("RcvbufErrors") - overflows,
+                udp_counter("NoPorts").expect("the counter") - no_ports,
+                udp_counter("RcvbufErrors").expect("the counter") - overflows,
             )
         });
         ready_rx.recv().expect("receiver ready");
