@@ -7,7 +7,7 @@ use switchboard_rtpmanager::media::rtp::{
 };
 use switchboard_rtpmanager::sdp::{
     self, answer_locally, negotiate, rewrite_answer, rewrite_offer, CodecPolicy, LocalEndpoint,
-    MediaDescription, OriginState, RtpPort, SessionDescription,
+    MediaDescription, MediaPort, OriginState, SessionDescription,
 };
 
 /// `sdp_parse`: whatever parses serializes into text that parses back to
@@ -77,8 +77,8 @@ fn reparse(text: &str, what: &str) -> SessionDescription {
 fn endpoint(address: IpAddr, port: u16, rtcp_mux: bool) -> LocalEndpoint {
     LocalEndpoint {
         address,
-        rtp_port: RtpPort::new(port),
-        rtcp_port: RtpPort::new(port + 1),
+        rtp_port: MediaPort::new(port),
+        rtcp_port: MediaPort::new(port + 1),
         rtcp_mux,
     }
 }

@@ -114,6 +114,12 @@ impl fmt::Display for RtpPort {
     }
 }
 
+impl From<RtpPort> for crate::sdp::MediaPort {
+    fn from(port: RtpPort) -> Self {
+        crate::sdp::MediaPort::new(port.get())
+    }
+}
+
 /// How the pool's pairs are used when allocation fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Exhaustion {

@@ -654,7 +654,7 @@ impl Offload {
         // The relay's DTMF detector must see telephone-events; the kernel
         // passes them up and forwards the rest.
         if let Some(pt) = pass_payload_type {
-            entry = entry.with_pass_payload_type(pt);
+            entry = entry.with_pass_payload_type(pt.get());
         }
         Ok((ForwardKey::new(key), entry))
     }

@@ -2,6 +2,7 @@
 //! in the kernel is only ever a direction from a bridged, locked leg, and
 //! what ends up installed depends on the final state only.
 
+use crate::media::rtp::PayloadType;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -69,11 +70,11 @@ fn random_leg(rng: &mut Rng, slot: Slot) -> OffloadLeg {
             transcode: rng.one_in(8).then_some(Transcode {
                 from: Law::Ulaw,
                 to: Law::Alaw,
-                payload_type: 8,
+                payload_type: PayloadType::PCMA,
             }),
             inbound_paused: rng.one_in(8),
             clock_rate: 8000,
-            telephone_event: (!rng.one_in(8)).then_some(101),
+            telephone_event: (!rng.one_in(8)).then_some(PayloadType::new(101)).flatten(),
             ..LegParams::default()
         },
         rewrite: rewrite(rng),

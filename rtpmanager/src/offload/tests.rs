@@ -1,6 +1,7 @@
 //! The offload decision driven through whole calls, asserting the exact map
 //! writes and events.
 
+use crate::media::rtp::PayloadType;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,7 +46,7 @@ fn leg(name: &str) -> OffloadLeg {
             inbound_paused: false,
             media_timeout: Some(Duration::from_secs(30)),
             clock_rate: 8000,
-            telephone_event: Some(101),
+            telephone_event: PayloadType::new(101),
             ..LegParams::default()
         },
         rewrite: Rewrite::Unchanged,
@@ -376,7 +377,7 @@ fn transcoding_and_payload_type_mapping_stay_in_userspace() {
     a.params.transcode = Some(Transcode {
         from: Law::Ulaw,
         to: Law::Alaw,
-        payload_type: 8,
+        payload_type: PayloadType::PCMA,
     });
     o.handle_leg(now, A, a);
     assert_eq!(
@@ -389,7 +390,7 @@ fn transcoding_and_payload_type_mapping_stay_in_userspace() {
     );
 
     let mut a = leg("a");
-    a.params.telephone_event = Some(96);
+    a.params.telephone_event = PayloadType::new(96);
     o.handle_leg(now, A, a);
     assert_eq!(
         commands(&mut o),

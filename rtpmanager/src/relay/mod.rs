@@ -51,6 +51,7 @@ use tokio::sync::broadcast;
 
 use crate::media::dtmf::Digit;
 use crate::media::g711::Law;
+use crate::media::rtp::PayloadType;
 
 pub use batch::{BATCH, MAX_DATAGRAM};
 pub use continuity::OutboundStream;
@@ -76,7 +77,7 @@ pub struct Transcode {
     pub from: Law,
     pub to: Law,
     /// The payload type the receiving side negotiated for `to`.
-    pub payload_type: u8,
+    pub payload_type: PayloadType,
 }
 
 /// How the relay treats one leg; replaced as a whole on every update.
@@ -114,7 +115,7 @@ pub struct LegParams {
     /// The RFC 4733 telephone-event payload type this leg negotiated: its
     /// packets are fed to the DTMF detector, and DTMF forwarded into the leg
     /// is sent with it (or dropped when `None`).
-    pub telephone_event: Option<u8>,
+    pub telephone_event: Option<PayloadType>,
 }
 
 /// Counters shared between the worker (writer) and control (reader).

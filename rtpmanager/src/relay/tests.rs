@@ -260,7 +260,7 @@ fn transcodes_pcmu_to_pcma_on_the_way_through() {
             transcode: Some(Transcode {
                 from: Law::Ulaw,
                 to: Law::Alaw,
-                payload_type: 8,
+                payload_type: PayloadType::PCMA,
             }),
             ..LegParams::default()
         },
@@ -372,12 +372,12 @@ fn telephone_events_are_detected_once_and_forwarded_with_the_other_legs_payload_
     let (a, _b) = bridged(
         &relay,
         LegParams {
-            telephone_event: Some(101),
+            telephone_event: PayloadType::new(101),
             ..LegParams::default()
         },
         LegParams {
             expected_rtp: Some(callee.local_addr().expect("addr")),
-            telephone_event: Some(96),
+            telephone_event: PayloadType::new(96),
             ..LegParams::default()
         },
     );

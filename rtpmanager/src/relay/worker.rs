@@ -508,7 +508,7 @@ impl Worker {
             LegCounters::add(&counters.rtp_in_packets, 1);
             LegCounters::add(&counters.rtp_in_bytes, len as u64);
             if let Ok(packet) = RtpPacket::parse(datagram.data) {
-                telephone_event = leg.params.telephone_event == Some(packet.payload_type().get());
+                telephone_event = leg.params.telephone_event == Some(packet.payload_type());
                 // The kernel counts a telephone-event it passed up in its
                 // own sequence figures; counting it here too would turn the
                 // packets only the kernel saw into a loss.
@@ -561,7 +561,7 @@ impl Worker {
             if telephone_event {
                 // DTMF passes through with the receiving leg's payload type,
                 // and not at all to a peer that did not agree to it.
-                let Some(pt) = out.params.telephone_event.and_then(rtp::PayloadType::new) else {
+                let Some(pt) = out.params.telephone_event else {
                     return Verdict::Drop;
                 };
                 if let Ok(mut packet) = RtpPacketMut::parse(datagram.data) {
@@ -641,7 +641,7 @@ impl Worker {
 
 /// Rewrites a G.711 RTP packet's payload and payload type in place; other
 /// payload types (telephone-event, comfort noise) pass unchanged.
-fn transcode_in_place(data: &mut [u8], from: Law, to: Law, payload_type: u8) {
+fn transcode_in_place(data: &mut [u8], from: Law, to: Law, payload_type: rtp::PayloadType) {
     let Ok(mut packet) = RtpPacketMut::parse(data) else {
         return;
     };
@@ -649,7 +649,5 @@ fn transcode_in_place(data: &mut [u8], from: Law, to: Law, payload_type: u8) {
         return;
     }
     from.transcode_in_place(to, packet.payload_mut());
-    if let Some(pt) = rtp::PayloadType::new(payload_type) {
-        packet.set_payload_type(pt);
-    }
+    packet.set_payload_type(payload_type);
 }

@@ -40,13 +40,13 @@
 //! use std::net::{IpAddr, Ipv4Addr};
 //! use switchboard_rtpmanager::sdp::{
 //!     negotiate, parse, rewrite_answer, rewrite_offer, CodecPolicy, LocalEndpoint, OriginState,
-//!     RtpPort,
+//!     MediaPort,
 //! };
 //!
 //! let endpoint = |rtp| LocalEndpoint {
 //!     address: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10)),
-//!     rtp_port: RtpPort::new(rtp),
-//!     rtcp_port: RtpPort::new(rtp + 1),
+//!     rtp_port: MediaPort::new(rtp),
+//!     rtcp_port: MediaPort::new(rtp + 1),
 //!     rtcp_mux: true,
 //! };
 //! let (mut origin_a, mut origin_b) = (OriginState::new(1), OriginState::new(2));
@@ -82,7 +82,7 @@ mod parse;
 
 pub use model::{
     static_codec, AddrType, Attribute, Codec, Connection, Direction, Field, Fmtp, Formats,
-    MediaDescription, MediaKind, Origin, PayloadType, Protocol, Rtcp, RtpPort, Rtpmap,
+    MediaDescription, MediaKind, MediaPort, Origin, PayloadType, Protocol, Rtcp, Rtpmap,
     SessionDescription,
 };
 pub use negotiation::{negotiate, peer_media, Negotiation, PeerMedia};

@@ -12,14 +12,17 @@ use std::net::IpAddr;
 /// An RTP payload type: the media layer's, so SDP and RTP agree on one type.
 pub use crate::media::rtp::PayloadType;
 
-/// A UDP port as carried in an `m=` line or an `a=rtcp` attribute.
+/// A UDP port as carried in an `m=` line or an `a=rtcp` attribute: any
+/// value a peer may write, odd or zero. (The manager's own allocated RTP
+/// port, always the even port of a pair, is [`crate::ports::RtpPort`];
+/// it converts into this one.)
 ///
 /// Port 0 in an `m=` line rejects (in an answer) or disables (in an offer)
 /// the stream (RFC 3264 §5.1, §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RtpPort(u16);
+pub struct MediaPort(u16);
 
-impl RtpPort {
+impl MediaPort {
     /// The port of a rejected or disabled stream.
     pub const REJECTED: Self = Self(0);
 
@@ -39,7 +42,7 @@ impl RtpPort {
     }
 }
 
-impl fmt::Display for RtpPort {
+impl fmt::Display for MediaPort {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
     }
@@ -221,7 +224,7 @@ pub struct Fmtp {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rtcp {
     /// The RTCP port.
-    pub port: RtpPort,
+    pub port: MediaPort,
     /// The RTCP address when it differs from the connection address.
     pub address: Option<IpAddr>,
 }
@@ -546,8 +549,8 @@ impl fmt::Display for Formats {
 pub struct MediaDescription {
     /// The media type.
     pub kind: MediaKind,
-    /// The transport port; [`RtpPort::REJECTED`] for a rejected stream.
-    pub port: RtpPort,
+    /// The transport port; [`MediaPort::REJECTED`] for a rejected stream.
+    pub port: MediaPort,
     /// The `/<count>` after the port, for layered encodings.
     pub port_count: Option<u8>,
     /// The transport protocol.
@@ -565,7 +568,7 @@ pub struct MediaDescription {
 impl MediaDescription {
     /// Whether the stream is in use: a non-zero port (RFC 3264 §5.1).
     pub fn is_active(&self) -> bool {
-        self.port != RtpPort::REJECTED
+        self.port != MediaPort::REJECTED
     }
 
     /// The payload types of an RTP stream in order; empty for other protocols.

@@ -291,13 +291,13 @@ mod tests {
     #[test]
     fn manager_answer_negotiates_with_its_own_offerer() {
         use super::super::offer_answer::{answer_locally, LocalEndpoint, OriginState};
-        use super::super::RtpPort;
+        use super::super::MediaPort;
 
         let offer = parsed(OFFER);
         let local = LocalEndpoint {
             address: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10)),
-            rtp_port: RtpPort::new(30000),
-            rtcp_port: RtpPort::new(30001),
+            rtp_port: MediaPort::new(30000),
+            rtcp_port: MediaPort::new(30001),
             rtcp_mux: true,
         };
         let answer =

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use super::model::{
     AddrType, Attribute, Codec, Connection, Direction, Field, Fmtp, Formats, MediaDescription,
-    MediaKind, Origin, PayloadType, Rtcp, RtpPort, Rtpmap, SessionDescription,
+    MediaKind, MediaPort, Origin, PayloadType, Rtcp, Rtpmap, SessionDescription,
 };
 use super::SdpError;
 
@@ -31,9 +31,9 @@ pub struct LocalEndpoint {
     /// The address the peer sends to (IPv4 or IPv6; picks `IN IP4`/`IN IP6`).
     pub address: IpAddr,
     /// The RTP port.
-    pub rtp_port: RtpPort,
+    pub rtp_port: MediaPort,
     /// The RTCP port, used when RTCP is not multiplexed.
-    pub rtcp_port: RtpPort,
+    pub rtcp_port: MediaPort,
     /// Whether the manager offers `a=rtcp-mux` when the offerer did, and
     /// accepts it in answers (RFC 5761).
     pub rtcp_mux: bool,
@@ -270,7 +270,7 @@ pub fn answer_locally(
             }
             _ => MediaDescription {
                 kind: offered.kind.clone(),
-                port: RtpPort::REJECTED,
+                port: MediaPort::REJECTED,
                 port_count: None,
                 protocol: offered.protocol.clone(),
                 formats: offered.formats.clone(),
@@ -391,7 +391,7 @@ fn anchor(media: &mut MediaDescription, local: &LocalEndpoint, direction: Direct
 /// a rejected stream keeps its line). Its attributes and bandwidth go: they
 /// describe the peer's stream, not one the manager offers.
 fn reject(media: &mut MediaDescription, local: &LocalEndpoint) {
-    media.port = RtpPort::REJECTED;
+    media.port = MediaPort::REJECTED;
     media.port_count = None;
     media.fields.clear();
     media.attributes.clear();
@@ -474,8 +474,8 @@ mod tests {
     fn endpoint_v4(rtp: u16) -> LocalEndpoint {
         LocalEndpoint {
             address: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10)),
-            rtp_port: RtpPort::new(rtp),
-            rtcp_port: RtpPort::new(rtp + 1),
+            rtp_port: MediaPort::new(rtp),
+            rtcp_port: MediaPort::new(rtp + 1),
             rtcp_mux: true,
         }
     }
@@ -859,7 +859,7 @@ mod tests {
         assert_eq!(
             out.media[0].attributes,
             [Attribute::Rtcp(Rtcp {
-                port: RtpPort::new(30001),
+                port: MediaPort::new(30001),
                 address: None,
             })]
         );
@@ -870,7 +870,7 @@ mod tests {
         let offer = g711_offer("m=audio 5004 RTP/AVP 0", &[]);
         assert!(relayed(&offer).ends_with("m=audio 30000 RTP/AVP 0\r\n"));
         let odd = LocalEndpoint {
-            rtcp_port: RtpPort::new(30005),
+            rtcp_port: MediaPort::new(30005),
             ..endpoint_v4(30000)
         };
         let out = rewrite_offer(
@@ -963,7 +963,7 @@ mod tests {
     #[test]
     fn relayed_answer_keeps_a_rejected_audio_rejected() {
         let mut answer = parsed(CALLEE_ANSWER);
-        answer.media[0].port = RtpPort::REJECTED;
+        answer.media[0].port = MediaPort::REJECTED;
         let out = rewrite_answer(
             &parsed(PHONE_OFFER),
             &answer,

@@ -14,7 +14,7 @@ use sdp_rs::lines::{self, attribute, connection, media, origin};
 
 use super::model::{
     AddrType, Attribute, Connection, Direction, Field, Fmtp, Formats, MediaDescription, MediaKind,
-    Origin, PayloadType, Protocol, Rtcp, RtpPort, Rtpmap, SessionDescription,
+    MediaPort, Origin, PayloadType, Protocol, Rtcp, Rtpmap, SessionDescription,
 };
 use super::SdpError;
 
@@ -307,7 +307,7 @@ fn parse_media(line: &str) -> Result<MediaDescription, String> {
             media::MediaType::Image => MediaKind::Image,
             media::MediaType::Other(other) => MediaKind::Other(other),
         },
-        port: RtpPort::new(parsed.port),
+        port: MediaPort::new(parsed.port),
         port_count: parsed.num_of_ports,
         protocol,
         formats,
@@ -430,7 +430,7 @@ fn parse_rtcp(value: &str) -> Result<Rtcp, String> {
         .parse()
         .map_err(|_| format!("rtcp port `{port}` is not a number in 0-65535"))?;
     Ok(Rtcp {
-        port: RtpPort::new(port),
+        port: MediaPort::new(port),
         address,
     })
 }
@@ -534,7 +534,7 @@ mod tests {
         assert_eq!(sdp.direction(), Some(Direction::SendRecv));
         let audio = &sdp.media[0];
         assert_eq!(audio.kind, MediaKind::Audio);
-        assert_eq!(audio.port, RtpPort::new(49170));
+        assert_eq!(audio.port, MediaPort::new(49170));
         assert_eq!(audio.protocol, Protocol::RtpAvp);
         let pts: Vec<u8> = audio.payload_types().iter().map(|pt| pt.get()).collect();
         assert_eq!(pts, [111, 0, 8, 101]);
@@ -543,7 +543,7 @@ mod tests {
         assert_eq!(
             audio.rtcp(),
             Some(Rtcp {
-                port: RtpPort::new(49171),
+                port: MediaPort::new(49171),
                 address: Some(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7))),
             })
         );
@@ -674,7 +674,7 @@ mod tests {
         assert_eq!(
             sdp.media[0].rtcp(),
             Some(Rtcp {
-                port: RtpPort::new(4005),
+                port: MediaPort::new(4005),
                 address: Some(v6(2)),
             })
         );

@@ -963,11 +963,7 @@ impl SessionTable {
                 .negotiation
                 .as_ref()
                 .map_or(8000, |n| n.codec.clock_rate),
-            telephone_event: leg
-                .negotiation
-                .as_ref()
-                .and_then(|n| n.telephone_event)
-                .map(|pt| pt.get()),
+            telephone_event: leg.negotiation.as_ref().and_then(|n| n.telephone_event),
         }
     }
 
@@ -1004,11 +1000,11 @@ impl SessionTable {
     }
 }
 
-fn law_of(codec: &sdp::Codec) -> Option<(Law, u8)> {
+fn law_of(codec: &sdp::Codec) -> Option<(Law, sdp::PayloadType)> {
     if codec.is("PCMU", 8000) {
-        Some((Law::Ulaw, codec.payload_type.get()))
+        Some((Law::Ulaw, codec.payload_type))
     } else if codec.is("PCMA", 8000) {
-        Some((Law::Alaw, codec.payload_type.get()))
+        Some((Law::Alaw, codec.payload_type))
     } else {
         None
     }
@@ -1062,8 +1058,8 @@ fn offer_address(offer: &SessionDescription) -> Option<IpAddr> {
 fn endpoint(address: IpAddr, port: RtpPort) -> LocalEndpoint {
     LocalEndpoint {
         address,
-        rtp_port: sdp::RtpPort::new(port.get()),
-        rtcp_port: sdp::RtpPort::new(port.rtcp()),
+        rtp_port: port.into(),
+        rtcp_port: sdp::MediaPort::new(port.rtcp()),
         rtcp_mux: true,
     }
 }

@@ -1,6 +1,7 @@
 //! The session table driven through whole exchanges, asserting the SDP it
 //! produces and the relay params it derives.
 
+use crate::media::rtp::PayloadType;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -261,7 +262,7 @@ fn different_laws_on_the_two_legs_transcode_both_ways() {
         Some(Transcode {
             from: Law::Ulaw,
             to: Law::Alaw,
-            payload_type: 8
+            payload_type: PayloadType::PCMA
         })
     );
     assert_eq!(
@@ -269,7 +270,7 @@ fn different_laws_on_the_two_legs_transcode_both_ways() {
         Some(Transcode {
             from: Law::Alaw,
             to: Law::Ulaw,
-            payload_type: 0
+            payload_type: PayloadType::PCMU
         })
     );
 }
