@@ -393,7 +393,7 @@ fn run(
             Ok(Input::Inbound(inbound, received)) => {
                 let (source, bytes) = account(&inbound);
                 budget.lock().release(source, bytes);
-                uas.handle_received(Now::current(), inbound, received);
+                uas.handle_input(Now::current(), super::Input::Received { inbound, received });
             }
             Ok(Input::Registrations(reply)) => {
                 let _ = reply.send(uas.registrations(Now::current()));
@@ -420,12 +420,12 @@ fn run(
             Ok(Input::Wake) | Err(RecvTimeoutError::Timeout) => {}
         }
         let now = Now::current();
-        uas.handle_timeout(now);
+        uas.handle_input(now, super::Input::Timeout);
         // One media input per turn: SIP input is not starved behind a burst
         // of results, and the core has flushed what each one sent before
         // the next (a 183 then a 200 on one transaction leave in order).
         if let Some(input) = media.and_then(|link| link.pop_input(now.instant)) {
-            uas.handle_media(now, input);
+            uas.handle_input(now, super::Input::Media(input));
         }
         while let Some(output) = uas.poll_output() {
             match output {

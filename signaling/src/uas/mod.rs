@@ -25,6 +25,9 @@
 //!
 //! # Driving it
 //!
+//! Every input is one [`Input`] value for `handle_input(now, input)` (the
+//! driver's way), or the same taken by kind:
+//!
 //! 1. `handle_inbound(now, inbound)` for each message from the transports
 //!    (`handle_received` when it waited in a queue since it arrived): the
 //!    octets are parsed once into a [`SipMessage`], which keeps them, and
@@ -83,6 +86,26 @@ pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, IN
 
 /// Option tags this server supports: Path (RFC 3327) is echoed by the registrar.
 pub const SUPPORTED: &[&str] = &["path"];
+
+/// One input of the core, for [`Uas::handle_input`]: everything that
+/// changes it arrives as one of these (the `handle_*` methods are the same
+/// inputs taken by kind).
+#[derive(Debug)]
+pub enum Input {
+    /// A message from a transport and the instant it arrived (it may have
+    /// waited in the driver's queue since).
+    Received {
+        /// The octets and the flow they came on.
+        inbound: Inbound,
+        /// When the transport read them.
+        received: Instant,
+    },
+    /// An input of the call handler that is not SIP: a media result, a
+    /// manager event, a placement, a shutdown step, a REST query.
+    Media(LinkInput),
+    /// The deadline of [`Uas::poll_timeout`] has passed (or may have).
+    Timeout,
+}
 
 /// What the core asks its driver to do, applied in one `match`.
 #[derive(Debug)]
@@ -444,6 +467,15 @@ impl Uas {
     /// Number of live transactions.
     pub fn transactions(&self) -> usize {
         self.wire.transactions.len()
+    }
+
+    /// Handles one [`Input`]; then drain [`Uas::poll_output`].
+    pub fn handle_input(&mut self, now: Now, input: Input) {
+        match input {
+            Input::Received { inbound, received } => self.handle_received(now, inbound, received),
+            Input::Media(input) => self.handle_media(now, input),
+            Input::Timeout => self.handle_timeout(now),
+        }
     }
 
     /// Processes one received message.
