@@ -143,27 +143,13 @@ impl Drop for Phone {
 
 /// A mono 16-bit WAV of `seconds` of a `hz` sine at half scale.
 fn tone_wav(hz: f64, seconds: u32) -> Vec<u8> {
-    let data: Vec<u8> = (0..RATE * seconds)
-        .flat_map(|i| {
+    let samples: Vec<i16> = (0..RATE * seconds)
+        .map(|i| {
             let t = f64::from(i) / f64::from(RATE);
-            ((16000.0 * (2.0 * std::f64::consts::PI * hz * t).sin()).round() as i16).to_le_bytes()
+            (16000.0 * (2.0 * std::f64::consts::PI * hz * t).sin()).round() as i16
         })
         .collect();
-    let mut out = Vec::new();
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
-    out.extend_from_slice(b"WAVEfmt ");
-    out.extend_from_slice(&16u32.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&RATE.to_le_bytes());
-    out.extend_from_slice(&(RATE * 2).to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&16u16.to_le_bytes());
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    out.extend_from_slice(&data);
-    out
+    switchboard_testkit::wav(RATE, 16, &samples)
 }
 
 /// The samples of a 16-bit PCM WAV's `data` chunk (the chunks before it
@@ -261,12 +247,9 @@ fn registered(server: &Server) -> Vec<String> {
     users
 }
 
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool, log: impl Fn() -> String) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}:\n{}", log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for(what: &str, limit: Duration, done: impl FnMut() -> bool, log: impl Fn() -> String) {
+    let held = switchboard_testkit::wait_until(limit, Duration::from_millis(100), done);
+    assert!(held, "{what}:\n{}", log());
 }
 
 #[test]

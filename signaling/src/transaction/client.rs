@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use crate::sip::{Method, SipMessage};
 
 use super::{
-    status_of, Reliability, Timer, TimerConfig, Timers, TransactionError, TransactionEvent,
+    pop_releasing, status_of, Reliability, Timer, TimerConfig, Timers, TransactionError,
+    TransactionEvent,
 };
 
 /// States of figure 6 of RFC 3261.
@@ -145,12 +146,12 @@ impl Client {
 
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<SipMessage> {
-        self.transmits.pop_front()
+        pop_releasing(&mut self.transmits)
     }
 
     /// The next event for the TU.
     pub fn poll_event(&mut self) -> Option<TransactionEvent> {
-        self.events.pop_front()
+        pop_releasing(&mut self.events)
     }
 
     fn retransmit(&mut self) {

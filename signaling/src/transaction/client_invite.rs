@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use crate::sip::{Method, SipMessage};
 
 use super::{
-    build_non_2xx_ack, status_of, Reliability, Timer, TimerConfig, Timers, TransactionError,
-    TransactionEvent,
+    build_non_2xx_ack, pop_releasing, status_of, Reliability, Timer, TimerConfig, Timers,
+    TransactionError, TransactionEvent,
 };
 
 /// States of figure 5 of RFC 3261, plus Accepted from RFC 6026.
@@ -169,12 +169,12 @@ impl ClientInvite {
 
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<SipMessage> {
-        self.transmits.pop_front()
+        pop_releasing(&mut self.transmits)
     }
 
     /// The next event for the TU.
     pub fn poll_event(&mut self) -> Option<TransactionEvent> {
-        self.events.pop_front()
+        pop_releasing(&mut self.events)
     }
 
     fn terminate(&mut self) {

@@ -427,6 +427,18 @@ pub struct Transmit {
     pub message: SipMessage,
 }
 
+/// Takes the front of a machine's queue and frees the queue's buffer once
+/// it is empty. A machine outlives its last message by up to 64×T1 (timers
+/// J, K, D), and a drained `VecDeque` keeps room for the messages it held,
+/// several hundred bytes each, in every transaction a flood leaves behind.
+pub(crate) fn pop_releasing<T>(queue: &mut VecDeque<T>) -> Option<T> {
+    let front = queue.pop_front();
+    if queue.is_empty() && queue.capacity() > 0 {
+        *queue = VecDeque::new();
+    }
+    front
+}
+
 /// What the transaction layer reports to the transaction user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LayerEvent {

@@ -3,10 +3,13 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::sip::{Method, SipMessage};
+use std::sync::Arc;
+
+use crate::sip::{parse, Method, SipMessage};
 
 use super::{
-    status_of, Reliability, Timer, TimerConfig, Timers, TransactionError, TransactionEvent,
+    pop_releasing, status_of, Reliability, Timer, TimerConfig, Timers, TransactionError,
+    TransactionEvent,
 };
 
 /// States of figure 8 of RFC 3261.
@@ -39,8 +42,13 @@ pub struct Server {
     state: ServerState,
     config: TimerConfig,
     reliability: Reliability,
-    request: SipMessage,
-    last_response: Option<SipMessage>,
+    /// The octets of the final (or last provisional) response,
+    /// retransmitted when the request is. Only octets are kept, and not the
+    /// request (it was passed up; a retransmission is matched by the
+    /// layer's key): each transaction lives 32 s after its answer over UDP,
+    /// and a parsed message costs several times its octets, which a flood
+    /// of requests multiplies. A retransmission, rare, reads them again.
+    last_response: Option<Arc<[u8]>>,
     timers: Timers,
     transmits: VecDeque<SipMessage>,
     events: VecDeque<TransactionEvent>,
@@ -63,7 +71,6 @@ impl Server {
             state: ServerState::Trying,
             config,
             reliability,
-            request: request.clone(),
             last_response: None,
             timers: Timers::default(),
             transmits: VecDeque::new(),
@@ -76,17 +83,13 @@ impl Server {
         self.state
     }
 
-    /// The request this transaction serves.
-    pub fn request(&self) -> &SipMessage {
-        &self.request
-    }
-
     /// Feeds a retransmission of the request.
     pub fn handle_request(&mut self, now: Instant, _request: SipMessage) {
         match self.state {
             ServerState::Proceeding | ServerState::Completed => {
-                if let Some(response) = &self.last_response {
-                    self.transmits.push_back(response.clone());
+                // Our own octets, built by sip: they parse.
+                if let Some(response) = self.last_response.as_deref().and_then(|b| parse(b).ok()) {
+                    self.transmits.push_back(response);
                 }
             }
             ServerState::Trying | ServerState::Terminated => {}
@@ -150,17 +153,17 @@ impl Server {
 
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<SipMessage> {
-        self.transmits.pop_front()
+        pop_releasing(&mut self.transmits)
     }
 
     /// The next event for the TU.
     pub fn poll_event(&mut self) -> Option<TransactionEvent> {
-        self.events.pop_front()
+        pop_releasing(&mut self.events)
     }
 
     fn send(&mut self, response: SipMessage) {
-        self.transmits.push_back(response.clone());
-        self.last_response = Some(response);
+        self.last_response = Some(response.shared_bytes());
+        self.transmits.push_back(response);
     }
 
     fn terminate(&mut self) {

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use crate::sip::{Method, SipMessage};
 
 use super::{
-    build_trying, status_of, Reliability, Timer, TimerConfig, Timers, TransactionError,
-    TransactionEvent, TryingPolicy,
+    build_trying, pop_releasing, status_of, Reliability, Timer, TimerConfig, Timers,
+    TransactionError, TransactionEvent, TryingPolicy,
 };
 
 /// States of figure 7 of RFC 3261, plus Accepted from RFC 6026.
@@ -206,12 +206,12 @@ impl ServerInvite {
 
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<SipMessage> {
-        self.transmits.pop_front()
+        pop_releasing(&mut self.transmits)
     }
 
     /// The next event for the TU.
     pub fn poll_event(&mut self) -> Option<TransactionEvent> {
-        self.events.pop_front()
+        pop_releasing(&mut self.events)
     }
 
     fn send_trying(&mut self) {
