@@ -535,17 +535,12 @@ impl Uas {
                     }));
             }
         }
-        if let Some(mut handler) = self.handler.take() {
+        let ran = self.with_call_handler(now, |handler, sip| {
             if handler.poll_timeout().is_some_and(|at| at <= now.instant) {
-                let mut sip = SipActions {
-                    now,
-                    wire: &mut self.wire,
-                    registrar: &self.registrar,
-                    sent: Vec::new(),
-                };
-                handler.handle_timeout(now, &mut sip);
+                handler.handle_timeout(now, sip);
             }
-            self.handler = Some(handler);
+        });
+        if ran {
             self.drain(now, None);
         }
     }
@@ -554,18 +549,9 @@ impl Uas {
     /// manager event, a dialplan, a shutdown step, a query ...) and flushes
     /// what it sent. Without a call handler the input is dropped.
     pub fn handle_media(&mut self, now: Now, input: LinkInput) {
-        let Some(mut handler) = self.handler.take() else {
-            return;
-        };
-        let mut sip = SipActions {
-            now,
-            wire: &mut self.wire,
-            registrar: &self.registrar,
-            sent: Vec::new(),
-        };
-        handler.handle_media(now, input, &mut sip);
-        self.handler = Some(handler);
-        self.drain(now, None);
+        if self.with_call_handler(now, |handler, sip| handler.handle_media(now, input, sip)) {
+            self.drain(now, None);
+        }
     }
 
     /// The next deadline; `now` converts the wall-clock expiry of bindings.
@@ -781,8 +767,19 @@ impl Uas {
     }
 
     fn call_event(&mut self, now: Now, event: CallEvent) {
+        self.with_call_handler(now, |handler, sip| handler.handle_event(now, event, sip));
+    }
+
+    /// Runs `act` on the call handler with the SIP actions it answers
+    /// through (the handler is taken out meanwhile, so it may borrow the
+    /// wire); `false` when there is no handler.
+    fn with_call_handler(
+        &mut self,
+        now: Now,
+        act: impl FnOnce(&mut dyn CallHandler, &mut SipActions<'_>),
+    ) -> bool {
         let Some(mut handler) = self.handler.take() else {
-            return;
+            return false;
         };
         let mut sip = SipActions {
             now,
@@ -790,8 +787,9 @@ impl Uas {
             registrar: &self.registrar,
             sent: Vec::new(),
         };
-        handler.handle_event(now, event, &mut sip);
+        act(handler.as_mut(), &mut sip);
         self.handler = Some(handler);
+        true
     }
 
     fn ack(&mut self, now: Now, key: Option<TransactionKey>, current: Current) {
