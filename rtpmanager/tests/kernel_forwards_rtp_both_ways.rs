@@ -30,7 +30,9 @@ mod kernel;
 mod bed;
 
 use bed::{xdp_peer_pass, Bed, BedPlan, Family, Sides};
-use switchboard_testkit::netns::{in_ns, sh, spawn_in_ns, udp_counter, udp_in_csum_errors};
+use switchboard_testkit::netns::{
+    bind_udp, in_ns, sh, spawn_in_ns, udp_counter, udp_in_csum_errors,
+};
 
 /// The one-interface bed of network 204 with forwarding on in the relay
 /// (`bpf_fib_lookup` answers FWD_DISABLED without it, and no manager runs
@@ -76,7 +78,7 @@ fn exchange(
     let (ready_tx, ready_rx) = mpsc::channel();
     let expected = sent_sequence().len();
     let handle = spawn_in_ns(receiver_ns, move || {
-        let socket = UdpSocket::bind(receiver).expect("bind the receiver");
+        let socket = bind_udp(receiver);
         socket
             .set_read_timeout(Some(Duration::from_millis(200)))
             .expect("timeout");
@@ -94,7 +96,7 @@ fn exchange(
     });
     ready_rx.recv().expect("receiver ready");
     in_ns(from_ns, move || {
-        let socket = UdpSocket::bind(from).expect("bind the sender");
+        let socket = bind_udp(from);
         for seq in sent_sequence() {
             socket.send_to(&rtp(seq), to).expect("send");
         }
@@ -446,7 +448,7 @@ fn entries_changed_under_traffic(tag: &str, request: FastPathRequest, mode: Mode
     let at_caller = receive(&bed.caller, back_home);
     const SENT: u64 = 20_000;
     let sender = spawn_in_ns(&bed.caller, move || {
-        let socket = UdpSocket::bind(caller).expect("bind the sender");
+        let socket = bind_udp(caller);
         for i in 0..SENT {
             socket
                 .send_to(&rtp(i as u16), relay_caller_side)

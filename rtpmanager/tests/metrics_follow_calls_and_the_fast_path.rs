@@ -25,7 +25,7 @@ mod kernel;
 
 use common::{endpoint, free_media_range, media_addr, sdp, Daemon, BIN};
 use switchboard_testkit::daemon::{grpc_address, manager_args};
-use switchboard_testkit::netns::{in_ns, veth, Netns};
+use switchboard_testkit::netns::{bind_udp, in_ns, veth, Netns};
 
 /// Starts the manager like `common::start`, with `--metrics-listen` on an
 /// ephemeral loopback port; reads both bound addresses from its log.
@@ -521,8 +521,8 @@ async fn kernel_mode_scrape_reports_the_program_its_counters_and_offloaded_direc
     // userspace), both RTP directions go into the kernel.
     let (to_a, to_b) = bridged_call_in(&bed.relay, grpc.to_string());
     in_ns(&bed.peer, move || {
-        let caller = UdpSocket::bind(CALLER).expect("bind the caller");
-        let callee = UdpSocket::bind(CALLEE).expect("bind the callee");
+        let caller = bind_udp(CALLER);
+        let callee = bind_udp(CALLEE);
         for socket in [&caller, &callee] {
             socket
                 .set_read_timeout(Some(Duration::from_secs(2)))
@@ -549,8 +549,8 @@ async fn kernel_mode_scrape_reports_the_program_its_counters_and_offloaded_direc
     let forwarded_before = forwarded(&offloaded);
 
     let received = in_ns(&bed.peer, move || {
-        let caller = UdpSocket::bind(CALLER).expect("bind the caller");
-        let callee = UdpSocket::bind(CALLEE).expect("bind the callee");
+        let caller = bind_udp(CALLER);
+        let callee = bind_udp(CALLEE);
         callee
             .set_read_timeout(Some(Duration::from_secs(2)))
             .expect("timeout");

@@ -108,6 +108,30 @@ pub fn spawn_in_ns<T: Send + 'static>(
     })
 }
 
+/// Binds a UDP socket to a fixed address a socket of this process closed
+/// a moment ago. The close frees the port only when the last reference to
+/// the socket goes, and a child forked meanwhile by another thread (another
+/// test running `ip` or `sysctl`) holds one until it execs, so an
+/// immediate rebind can see `AddrInUse`; it is retried for up to a second.
+pub fn bind_udp<A>(addr: A) -> std::net::UdpSocket
+where
+    A: std::net::ToSocketAddrs + std::fmt::Debug + Copy,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match std::net::UdpSocket::bind(addr) {
+            Ok(socket) => return socket,
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(error) => panic!("bind UDP {addr:?}: {error}"),
+        }
+    }
+}
+
 /// [`spawn_in_ns`] and wait for it, re-raising its panic.
 pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     spawn_in_ns(ns, f)
