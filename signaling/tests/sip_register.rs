@@ -49,7 +49,7 @@ struct Registration<'a> {
 
 fn register_text(
     r: &Registration<'_>,
-    peer: &UdpPeer,
+    port: u16,
     cseq: u32,
     authorization: Option<&str>,
 ) -> String {
@@ -68,7 +68,6 @@ fn register_text(
          Expires: {expires}\r\n\
          {authorization}\
          Content-Length: 0\r\n\r\n",
-        port = peer.port(),
         call = r.call_id,
         branch = r.call_id.replace(|c: char| !c.is_ascii_alphanumeric(), "-"),
         user = r.user,
@@ -92,7 +91,7 @@ fn register_edited(
 ) -> String {
     let challenge = peer.request(
         server.sip_addr(),
-        edit(register_text(r, peer, 1, None)).as_bytes(),
+        edit(register_text(r, peer.port(), 1, None)).as_bytes(),
     );
     assert_eq!(status(&challenge), 401, "{challenge}");
     let offers = headers(&challenge, "WWW-Authenticate");
@@ -129,7 +128,7 @@ fn register_answering(
     );
     peer.request(
         server.sip_addr(),
-        edit(register_text(r, peer, 2, Some(&authorization))).as_bytes(),
+        edit(register_text(r, peer.port(), 2, Some(&authorization))).as_bytes(),
     )
 }
 
@@ -214,7 +213,7 @@ fn by_default_one_md5_challenge_and_a_users_own_sha256() {
         };
         let challenge = peer.request(
             server.sip_addr(),
-            register_text(&r, &peer, 1, None).as_bytes(),
+            register_text(&r, peer.port(), 1, None).as_bytes(),
         );
         assert_eq!(status(&challenge), 401, "{challenge}");
         let offers = headers(&challenge, "WWW-Authenticate");
@@ -331,6 +330,90 @@ fn sigkill_right_after_the_200s_loses_nothing() {
 }
 
 #[test]
+fn sigkill_during_a_register_storm_loses_no_binding_answered_200() {
+    let data = tempfile::tempdir().expect("temp dir");
+    // Unauthenticated, one source: the storm reaches the registrar at the
+    // rate it is sent, so many REGISTERs share each group commit.
+    let mut server = start(&data, &["--auth", "anonymous", "--source-rate-limit", "0"]);
+    let peer = UdpPeer::new();
+    let sender = peer.socket.try_clone().expect("clone the socket");
+    let to = server.sip_addr();
+    let port = peer.port();
+    const STORM: u16 = 4000;
+    let storm = std::thread::spawn(move || {
+        for index in 0..STORM {
+            let user = format!("storm{index}");
+            let r = Registration {
+                user: &user,
+                password: "",
+                call_id: format!("storm-{index}@test"),
+                contact_port: 10_000 + index,
+                expires: 3600,
+            };
+            let text = register_text(&r, port, 1, None);
+            // The server may be gone (killed): later sends just fail.
+            let _ = sender.send_to(text.as_bytes(), to);
+            if index % 50 == 49 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    });
+    let mut answered = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while answered.len() < 800 && std::time::Instant::now() < deadline {
+        let Some(response) = peer.recv(Duration::from_secs(5)) else {
+            break;
+        };
+        if status(&response) == 200 {
+            let call_id = header(&response, "Call-ID").expect("a Call-ID").to_owned();
+            answered.insert(call_id);
+        }
+    }
+    // Killed in the middle of the storm, with REGISTERs queued, written
+    // and being synced.
+    let exit = server.stop_with(Signal::SIGKILL);
+    assert!(!exit.success());
+    storm.join().expect("the storm ends");
+    // 200s already on their way before the kill still count.
+    while let Some(response) = peer.recv(Duration::from_millis(200)) {
+        if status(&response) == 200 {
+            answered.insert(header(&response, "Call-ID").expect("a Call-ID").to_owned());
+        }
+    }
+    assert!(
+        answered.len() >= 800,
+        "only {} REGISTERs answered 200 before the kill",
+        answered.len()
+    );
+    assert!(
+        answered.len() < usize::from(STORM),
+        "the kill came after the storm: it proves nothing"
+    );
+    server.restart();
+    let after = bindings(&server);
+    let stored: std::collections::BTreeSet<String> = after
+        .iter()
+        .map(|b| {
+            b.0.trim_end_matches(&format!("@{REALM}"))
+                .replace("storm", "storm-")
+                + "@test"
+        })
+        .collect();
+    let lost: Vec<&String> = answered.iter().filter(|c| !stored.contains(*c)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} answered 200 and lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    eprintln!(
+        "storm: {} answered 200 before the kill, {} stored after the restart",
+        answered.len(),
+        after.len()
+    );
+}
+
+#[test]
 fn refusals_wrong_password_foreign_aor_short_expiry_and_lockout() {
     let data = tempfile::tempdir().expect("temp dir");
     let server = start(&data, &["--lockout-max-failures", "3"]);
@@ -355,7 +438,8 @@ fn refusals_wrong_password_foreign_aor_short_expiry_and_lockout() {
         contact_port: 5072,
         expires: 600,
     };
-    let text = register_text(&foreign, &peer, 1, None).replace("To: <sip:1002@", "To: <sip:1001@");
+    let text =
+        register_text(&foreign, peer.port(), 1, None).replace("To: <sip:1002@", "To: <sip:1001@");
     let challenge = peer.request(server.sip_addr(), text.as_bytes());
     assert_eq!(status(&challenge), 401);
     let offer = headers(&challenge, "WWW-Authenticate")[1];
@@ -367,7 +451,7 @@ fn refusals_wrong_password_foreign_aor_short_expiry_and_lockout() {
         "Digest username=\"1002\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:{REALM}\", \
          response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c1\""
     );
-    let text = register_text(&foreign, &peer, 2, Some(&authorization))
+    let text = register_text(&foreign, peer.port(), 2, Some(&authorization))
         .replace("To: <sip:1002@", "To: <sip:1001@");
     let answer = peer.request(server.sip_addr(), text.as_bytes());
     assert_eq!(status(&answer), 403, "{answer}");
@@ -389,7 +473,7 @@ fn refusals_wrong_password_foreign_aor_short_expiry_and_lockout() {
         expires: 600,
         ..short
     };
-    let text = register_text(&locked, &peer, 1, None);
+    let text = register_text(&locked, peer.port(), 1, None);
     let answer = peer.request(server.sip_addr(), text.as_bytes());
     assert_eq!(status(&answer), 403, "source locked out: {answer}");
     assert!(bindings(&server).is_empty());

@@ -6,13 +6,16 @@
 //! `program`: the XDP and TC programs' own run time per packet on crafted
 //! packets (rtpmanager/benches/program.rs), forwarding and pass cases.
 //!
-//! `sip-register`: starts switchboard-signaling (release) with a users file
-//! and a fresh data directory, runs SIPp's REGISTER-with-digest scenario
-//! (signaling/tests/sipp/register_auth.xml) at increasing rates, and prints
-//! per rate the registrations per second achieved, failures and the
-//! response-time percentiles of the whole exchange (REGISTER, 401,
-//! REGISTER, 200, each 200 after an fsynced journal append). The server is
-//! stopped by pid.
+//! `sip-register`: starts switchboard-signaling (release) with a fresh data
+//! directory and runs SIPp at increasing rates, with digest authentication
+//! (signaling/tests/sipp/register_auth.xml: REGISTER, 401, REGISTER, 200,
+//! one user) and without (register_plain.xml: REGISTER, 200, 10,000 users
+//! in turn, the server anonymous), each on a server of its own. Prints per
+//! rate the registrations per second achieved, failures, the percentiles
+//! of the whole exchange and the server's CPU. Every 200 follows the
+//! journal fsync that covers it (group commit). `--signaling PATH` runs
+//! another build (an older commit's, for a baseline). The server is stopped
+//! by pid.
 //!
 //! `sip-calls`: starts switchboard-rtpmanager and switchboard-signaling
 //! (release) on loopback with a dialplan that dials a SIPp callee
@@ -97,11 +100,19 @@ struct MediaArgs {
 #[derive(clap::Args)]
 struct SipRegisterArgs {
     /// Offered rates, registrations per second, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "250,500,1000,2000")]
+    #[arg(long, value_delimiter = ',', default_value = "1000,4000,8000,14000")]
     rates: Vec<u32>,
     /// Seconds per rate.
     #[arg(long, default_value_t = 5)]
     seconds: u32,
+    /// `digest` (REGISTER, 401, REGISTER with MD5 credentials, 200), `none`
+    /// (REGISTER, 200; the server anonymous) or `both`, one after the other.
+    #[arg(long, default_value = "both", value_parser = ["digest", "none", "both"])]
+    auth: String,
+    /// The signaling binary to measure instead of the workspace's release
+    /// build (for a baseline: an older commit's build).
+    #[arg(long)]
+    signaling: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -254,8 +265,19 @@ pub(crate) fn start_signaling(
     rtpmanager: &str,
     extra: &[&str],
 ) -> anyhow::Result<Signaling> {
+    let binary = workspace_root().join("target/release/switchboard-signaling");
+    start_signaling_binary(&binary, work, rtpmanager, extra)
+}
+
+/// [`start_signaling`] with another binary.
+pub(crate) fn start_signaling_binary(
+    binary: &Path,
+    work: &Path,
+    rtpmanager: &str,
+    extra: &[&str],
+) -> anyhow::Result<Signaling> {
     let (sip_port, rest_port) = (free_port(), free_port());
-    let mut command = Command::new(workspace_root().join("target/release/switchboard-signaling"));
+    let mut command = Command::new(binary);
     command
         .args(["--bind-address", "127.0.0.1"])
         .args(["--port", &sip_port.to_string()])
@@ -278,42 +300,88 @@ struct RateResult {
     failed: u64,
     elapsed: Duration,
     times_ms: Vec<f64>,
+    /// The server's CPU over the run, percent of one core, when measured.
+    cpu_percent: Option<f64>,
 }
 
 fn sip_register(args: &SipRegisterArgs) -> anyhow::Result<()> {
     let Some(sipp) = util::find_on_path("sipp") else {
         bail!("sipp is not installed (cargo xtask setup installs the sip-tester package)");
     };
-    util::run(util::cargo().args(["build", "--release", "-p", "switchboard-signaling"]))?;
-    let root = workspace_root();
-    let scenario = root.join("signaling/tests/sipp/register_auth.xml");
+    let binary = match &args.signaling {
+        Some(binary) => binary.clone(),
+        None => {
+            util::run(util::cargo().args(["build", "--release", "-p", "switchboard-signaling"]))?;
+            workspace_root().join("target/release/switchboard-signaling")
+        }
+    };
     let work = std::env::temp_dir().join(format!("switchboard-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let mut tables = Vec::new();
+    if args.auth != "digest" {
+        let results = register_rates(&sipp, &binary, &work.join("none"), false, args)?;
+        tables.push((
+            "sip-register --auth none: REGISTER + 200, 10,000 users in turn, journal fsync (group commit) before each 200",
+            results,
+        ));
+    }
+    if args.auth != "none" {
+        let results = register_rates(&sipp, &binary, &work.join("digest"), true, args)?;
+        tables.push((
+            "sip-register --auth digest: REGISTER + 401 + REGISTER + 200, MD5, journal fsync (group commit) before each 200",
+            results,
+        ));
+    }
+    for (title, results) in &tables {
+        print_table(title, results);
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// Users of the unauthenticated run: SIPp takes them in turn.
+const PLAIN_USERS: u32 = 10_000;
+
+/// One server (`binary`, fresh data directory in `work`) and SIPp at each
+/// rate against it, with digest authentication or without.
+fn register_rates(
+    sipp: &Path,
+    binary: &Path,
+    work: &Path,
+    digest: bool,
+    args: &SipRegisterArgs,
+) -> anyhow::Result<Vec<RateResult>> {
+    std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+    let scenarios = workspace_root().join("signaling/tests/sipp");
     let users = work.join("users.toml");
     std::fs::write(
         &users,
         "[[user]]\nname = \"1001\"\npassword = \"bench1001\"\n",
     )
     .context("writing the users file")?;
-
     let users = users.to_str().context("a UTF-8 temporary directory")?;
-    let signaling = start_signaling(
-        &work,
-        "127.0.0.1:9",
-        &[
-            "--rtpmanager-health-interval",
-            "60",
-            "--realm",
-            "bench",
-            "--auth-algorithms",
-            "MD5",
-            // SIPp is one source: the per-source rate limit would cap the bench.
-            "--source-rate-limit",
-            "0",
-            "--users-file",
-            users,
-        ],
-    )?;
+    let injection = work.join("users.csv");
+    let mut csv = String::from("SEQUENTIAL\n");
+    for n in 0..PLAIN_USERS {
+        csv.push_str(&format!("u{n};\n"));
+    }
+    std::fs::write(&injection, csv).context("writing the SIPp injection file")?;
+    let injection = injection.to_str().context("a UTF-8 temporary directory")?;
+    let mut options = vec![
+        "--rtpmanager-health-interval",
+        "60",
+        "--realm",
+        "bench",
+        // SIPp is one source: the per-source rate limit would cap the bench.
+        "--source-rate-limit",
+        "0",
+    ];
+    if digest {
+        options.extend(["--auth-algorithms", "MD5", "--users-file", users]);
+    } else {
+        options.extend(["--auth", "anonymous"]);
+    }
+    let signaling = start_signaling_binary(binary, work, "127.0.0.1:9", &options)?;
     let sip_port = signaling.sip_port;
     let listening = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
         TcpStream::connect(("127.0.0.1", sip_port)).is_ok()
@@ -321,21 +389,25 @@ fn sip_register(args: &SipRegisterArgs) -> anyhow::Result<()> {
     if !listening {
         bail!("switchboard-signaling did not listen on {sip_port} within 20 s");
     }
-
     let mut results = Vec::new();
     for &rate in &args.rates {
-        let auth = ["-s", "1001", "-au", "1001", "-ap", "bench1001"];
-        let result = run_sipp(&sipp, &scenario, &auth, &work, sip_port, rate, args.seconds)?;
+        let cpu_before = signaling.daemon.cpu_time();
+        let mut result = if digest {
+            let auth = ["-s", "1001", "-au", "1001", "-ap", "bench1001"];
+            let scenario = scenarios.join("register_auth.xml");
+            run_sipp(sipp, &scenario, &auth, work, sip_port, rate, args.seconds)?
+        } else {
+            let plain = ["-inf", injection];
+            let scenario = scenarios.join("register_plain.xml");
+            run_sipp(sipp, &scenario, &plain, work, sip_port, rate, args.seconds)?
+        };
+        let used = signaling.daemon.cpu_time().saturating_sub(cpu_before);
+        result.cpu_percent = Some(100.0 * used.as_secs_f64() / result.elapsed.as_secs_f64());
         print_result(&result);
         results.push(result);
     }
     drop(signaling);
-    print_table(
-        "sip-register: REGISTER + 401 + REGISTER + 200, digest MD5, journal fsync before each 200",
-        &results,
-    );
-    let _ = std::fs::remove_dir_all(&work);
-    Ok(())
+    Ok(results)
 }
 
 /// Runs one SIPp load of `rate` calls per second for `seconds` against the
@@ -376,6 +448,7 @@ fn run_sipp(
         failed: sipp_counter(&screen, "Failed call"),
         elapsed,
         times_ms: sipp::response_times_ms(&dir)?,
+        cpu_percent: None,
     })
 }
 
@@ -384,20 +457,24 @@ fn print_table(title: &str, results: &[RateResult]) {
     println!();
     println!("{title}");
     println!(
-        "{:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "offered", "achieved", "failed", "p50 ms", "p90 ms", "p99 ms", "max ms"
+        "{:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "offered", "achieved", "failed", "p50 ms", "p90 ms", "p99 ms", "max ms", "CPU %"
     );
     for r in results {
         let (p50, p90, p99, max) = percentiles(&r.times_ms);
+        let cpu = r
+            .cpu_percent
+            .map_or_else(|| "-".to_owned(), |cpu| format!("{cpu:.1}"));
         println!(
-            "{:>8} {:>10.1} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            "{:>8} {:>10.1} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8}",
             r.offered,
             r.successful as f64 / r.elapsed.as_secs_f64(),
             r.failed,
             p50,
             p90,
             p99,
-            max
+            max,
+            cpu
         );
     }
 }

@@ -26,7 +26,11 @@ const CALLEE_SDP: &str = "v=0\r\no=bob 1 1 IN IP4 192.0.2.2\r\ns=-\r\nc=IN IP4 1
 struct NoStore;
 
 impl BindingStore for NoStore {
-    fn append(&mut self, _: &Record) -> Result<(), StoreError> {
+    fn write(&mut self, _: &Record) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
     fn journal_records(&self) -> usize {
@@ -240,8 +244,10 @@ impl Harness {
         }
     }
 
-    /// Runs the manager until it has nothing left to answer.
+    /// Runs the manager until it has nothing left to answer; the core
+    /// commits first, as its driver does when the queue runs dry.
     fn settle(&mut self) {
+        self.uas.handle_input(self.now, crate::uas::Input::Commit);
         loop {
             self.collect();
             let mut answered = false;

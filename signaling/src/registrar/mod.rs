@@ -3,10 +3,11 @@
 //! [`Registrar`] is a sans-IO core: the driver turns a REGISTER into a
 //! [`RegisterRequest`], calls [`Registrar::handle_register`] with the current
 //! wall-clock time and gets a [`Decision`]. A 200 decision that changed
-//! bindings carries a [`Persist`]: the driver appends its record to the
-//! [`Store`] journal (which fsyncs) **before** sending the 200, so nothing
-//! acknowledged is lost in a crash; if the append fails it calls
-//! [`Registrar::revert`] and answers 500. Expired bindings are purged by
+//! bindings carries a [`Persist`]: the driver writes its record to the
+//! [`Store`] journal and sends the 200 only after a sync covering it (one
+//! fsync for every record written meanwhile: group commit), so nothing
+//! acknowledged is lost in a crash; if the write or the sync fails it calls
+//! [`Registrar::revert`] (newest change first) and answers 500. Expired bindings are purged by
 //! [`Registrar::handle_timeout`] at the deadline given by
 //! [`Registrar::poll_timeout`].
 //!

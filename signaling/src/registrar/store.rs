@@ -5,8 +5,10 @@
 //! - `snapshot.json`: `{"generation": g, "records": [...]}`, written to
 //!   `snapshot.json.tmp`, fsynced and renamed, so it is either the old or the
 //!   new snapshot, never a mix;
-//! - `journal.<g>.jsonl`: one [`Record`] per line appended after snapshot `g`,
-//!   each fsynced before the driver sends its 200.
+//! - `journal.<g>.jsonl`: one [`Record`] per line appended after snapshot `g`.
+//!   Records are written as they come and made durable together by one
+//!   [`Store::sync`] (group commit): the 200 of every REGISTER whose record
+//!   a sync covers goes out after it, never before.
 //!
 //! Loading replays the snapshot, then the journal of the same generation.
 //! A crash mid-append leaves a torn last line: it is skipped (its 200 was
@@ -68,9 +70,13 @@ pub struct Store {
     dir: PathBuf,
     generation: u64,
     journal: File,
-    /// Bytes of complete records in the journal, to cut a failed append back.
+    /// Bytes of complete records in the journal, synced or not.
     journal_bytes: u64,
     journal_records: usize,
+    /// Bytes and records known durable: a failed sync cuts the journal
+    /// back to them.
+    synced_bytes: u64,
+    synced_records: usize,
 }
 
 impl Store {
@@ -124,14 +130,26 @@ impl Store {
                 journal,
                 journal_bytes: good_bytes,
                 journal_records,
+                synced_bytes: good_bytes,
+                synced_records: journal_records,
             },
             records,
         ))
     }
 
-    /// Appends a record and fsyncs it. Only after this returns may the 200
-    /// go out. On failure the journal is cut back to its previous length.
+    /// Appends a record and fsyncs it (with any record written before it).
+    /// Only after this returns may the 200 go out. On failure the journal
+    /// is cut back to what was synced before.
     pub fn append(&mut self, record: &Record) -> Result<(), StoreError> {
+        self.write(record)?;
+        self.sync()
+    }
+
+    /// Writes a record to the journal without waiting for the disk: it is
+    /// durable once a later [`Store::sync`] returns. On failure the journal
+    /// is cut back to its length before this record (earlier unsynced
+    /// records stay, for the sync that covers them).
+    pub fn write(&mut self, record: &Record) -> Result<(), StoreError> {
         let path = journal_path(&self.dir, self.generation);
         let mut line = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
             path: path.clone(),
@@ -139,11 +157,7 @@ impl Store {
             reason: e.to_string(),
         })?;
         line.push(b'\n');
-        let written = self
-            .journal
-            .write_all(&line)
-            .and_then(|()| self.journal.sync_data());
-        if let Err(source) = written {
+        if let Err(source) = self.journal.write_all(&line) {
             // Best effort: a torn line in the middle would make the journal unreadable.
             let _ = self.journal.set_len(self.journal_bytes);
             return Err(StoreError::Io { path, source });
@@ -153,13 +167,42 @@ impl Store {
         Ok(())
     }
 
+    /// Whether records were written since the last sync.
+    pub fn unsynced(&self) -> bool {
+        self.journal_bytes != self.synced_bytes
+    }
+
+    /// Makes every record written so far durable with one `fdatasync`. On
+    /// failure the unsynced records are cut off: after a failed fsync the
+    /// kernel may have dropped the dirty pages, so none of them can be
+    /// counted as stored, and their REGISTERs must not be answered 200.
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        if !self.unsynced() {
+            return Ok(());
+        }
+        if let Err(source) = self.journal.sync_data() {
+            let _ = self.journal.set_len(self.synced_bytes);
+            self.journal_bytes = self.synced_bytes;
+            self.journal_records = self.synced_records;
+            return Err(StoreError::Io {
+                path: journal_path(&self.dir, self.generation),
+                source,
+            });
+        }
+        self.synced_bytes = self.journal_bytes;
+        self.synced_records = self.journal_records;
+        Ok(())
+    }
+
     /// Number of records in the current journal: the driver compacts when it grows.
     pub fn journal_records(&self) -> usize {
         self.journal_records
     }
 
     /// Writes `records` (the registrar's whole state, see
-    /// [`super::Registrar::records`]) as the next snapshot and starts an empty journal.
+    /// [`super::Registrar::records`]) as the next snapshot and starts an
+    /// empty journal. Call it with nothing unsynced: the snapshot holds the
+    /// records it is given, whatever the journal held.
     pub fn compact(&mut self, records: &[Record]) -> Result<(), StoreError> {
         let next = self.generation + 1;
         let tmp = self.dir.join(SNAPSHOT_TMP);
@@ -197,6 +240,8 @@ impl Store {
             .map_err(io_error(&new_journal_path))?;
         self.journal_bytes = 0;
         self.journal_records = 0;
+        self.synced_bytes = 0;
+        self.synced_records = 0;
         fs::remove_file(&old).map_err(io_error(&old))?;
         Ok(())
     }

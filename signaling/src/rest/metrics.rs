@@ -199,6 +199,7 @@ mod tests {
         );
         let now = Now::current();
         uas.handle_received(now, udp(REGISTER), now.instant);
+        uas.handle_input(now, crate::uas::Input::Commit);
         uas.handle_received(now, udp(INVITE), now.instant);
         while uas.poll_transmit().is_some() {}
         while let Some(observation) = uas.poll_observation() {

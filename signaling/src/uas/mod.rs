@@ -10,8 +10,9 @@
 //! Vias and `tel:` URIs go out exactly as built by [`crate::sip`].
 //!
 //! It answers REGISTER (digest authentication, then the [`Registrar`]; a
-//! change is appended to the [`BindingStore`], which fsyncs, before the 200
-//! is queued), OPTIONS (200 with Allow, Accept, Supported), methods it does
+//! change is written to the [`BindingStore`] and its 200 held until an
+//! [`Input::Commit`] has made it durable, together with every change written
+//! since the last one: group commit), OPTIONS (200 with Allow, Accept, Supported), methods it does
 //! not implement (405 with Allow), unknown methods (501 with Allow). INVITE,
 //! BYE, CANCEL, UPDATE, INFO, PRACK and ACK go to the [`CallHandler`] (the
 //! B2BUA) when one is installed; see [`CallHandler`] for the answers without.
@@ -38,18 +39,24 @@
 //!    [`crate::b2bua`]);
 //! 3. call `handle_timeout(now)` when the deadline of `poll_timeout(now)`
 //!    has passed;
-//! 4. after every input, apply each `poll_output()` in one `match`:
+//! 4. hand over [`Input::Commit`] when no more input is at hand (and at
+//!    least every few hundred inputs under sustained load): one fsync makes
+//!    every binding change since the last commit durable, and only then do
+//!    their 200s leave (a failed sync reverts them and answers 500);
+//! 5. after every input, apply each `poll_output()` in one `match`:
 //!    [`Output::Transmit`] (the octets of a message, built once: responses
 //!    by [`crate::sip::response_message`], the call handler's requests by
 //!    `SipMessage::from_parts`, and the transaction layer's
 //!    retransmissions of them) to a transport, [`Output::Media`] to the
 //!    RTP managers' executor;
-//! 5. after sending, take each `poll_observation()` (call attempts, final
+//! 6. after sending, take each `poll_observation()` (call attempts, final
 //!    statuses with the arrival time given to `handle_received`, binding
 //!    changes, authentication failures) for metrics and the event bus.
 //!
-//! REGISTER handling blocks on the store's fsync: run the core where that
-//! does not stall other work (the [`driver`] gives it a thread of its own).
+//! A commit blocks on the store's fsync: run the core where that does not
+//! stall other work (the [`driver`] gives it a thread of its own, and
+//! commits when its queue is empty, so the REGISTERs that arrived during one
+//! fsync share the next).
 
 mod call;
 pub mod driver;
@@ -105,6 +112,9 @@ pub enum Input {
     Media(LinkInput),
     /// The deadline of [`Uas::poll_timeout`] has passed (or may have).
     Timeout,
+    /// Make the binding changes written since the last commit durable (one
+    /// fsync) and send the answers held for them.
+    Commit,
 }
 
 /// What the core asks its driver to do, applied in one `match`.
@@ -159,8 +169,11 @@ impl Now {
 
 /// Durable storage of bindings: the registrar's [`Store`], or a test double.
 pub trait BindingStore: Send {
-    /// Appends a record durably (fsync) or fails.
-    fn append(&mut self, record: &Record) -> Result<(), StoreError>;
+    /// Writes a record, durable only after the next successful `sync`.
+    fn write(&mut self, record: &Record) -> Result<(), StoreError>;
+    /// Makes every record written so far durable, or fails and forgets
+    /// the unsynced ones.
+    fn sync(&mut self) -> Result<(), StoreError>;
     /// Records in the journal since the last compaction.
     fn journal_records(&self) -> usize;
     /// Replaces journal and snapshot with `records`.
@@ -168,8 +181,12 @@ pub trait BindingStore: Send {
 }
 
 impl BindingStore for Store {
-    fn append(&mut self, record: &Record) -> Result<(), StoreError> {
-        Store::append(self, record)
+    fn write(&mut self, record: &Record) -> Result<(), StoreError> {
+        Store::write(self, record)
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        Store::sync(self)
     }
 
     fn journal_records(&self) -> usize {
@@ -404,6 +421,9 @@ pub struct Uas {
     /// Slowed authentication answers and when they are due, in due order
     /// (the delay is one constant).
     delayed: VecDeque<(Instant, Outbound)>,
+    /// REGISTERs whose binding changes are written but not yet synced, in
+    /// order: answered at the next commit.
+    uncommitted: Vec<register::Uncommitted>,
 }
 
 impl std::fmt::Debug for Uas {
@@ -446,6 +466,7 @@ impl Uas {
             store,
             handler: None,
             delayed: VecDeque::new(),
+            uncommitted: Vec::new(),
         }
     }
 
@@ -475,6 +496,7 @@ impl Uas {
             Input::Received { inbound, received } => self.handle_received(now, inbound, received),
             Input::Media(input) => self.handle_media(now, input),
             Input::Timeout => self.handle_timeout(now),
+            Input::Commit => self.commit(now),
         }
     }
 

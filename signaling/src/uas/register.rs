@@ -8,7 +8,8 @@ use serde::Serialize;
 use crate::auth::Authenticated;
 use crate::events::Event;
 use crate::registrar::{
-    Aor, Binding, Change, ContactInput, Decision, Persist, RegisterRequest, Source, Transport, Q,
+    Aor, Binding, Change, ContactInput, Decision, Persist, RegisterRequest, Registered, Source,
+    Transport, Q,
 };
 use crate::transaction::TransactionKey;
 use crate::transport::Flow;
@@ -146,11 +147,20 @@ impl Uas {
             .ok_or_else(|| RegistrationError::NotFound(aor.as_str().to_owned()))?;
         let removed = persist.previous_len();
         let events = binding_events(aor.as_str(), &persist, now.wall);
-        if let Err(error) = self.store.append(&persist.record) {
+        if let Err(error) = self.store.write(&persist.record) {
             tracing::error!(%error, "cannot store an operator's unregister; bindings kept");
             self.registrar.revert(persist);
             return Err(RegistrationError::NotStored);
         }
+        // The operator waits for this one: sync now, which also commits
+        // the REGISTERs written before it.
+        if let Err(error) = self.store.sync() {
+            tracing::error!(%error, "cannot store an operator's unregister; bindings kept");
+            self.registrar.revert(persist);
+            self.settle(now, Err(&error));
+            return Err(RegistrationError::NotStored);
+        }
+        self.settle(now, Ok(()));
         for event in events {
             self.wire.observe(Observation::Registration(event));
         }
@@ -198,48 +208,41 @@ impl Uas {
         let decision = self.registrar.handle_register(now.wall, &request);
         let (status, reason, headers) = match decision {
             Decision::Ok(registered) => {
-                if let Some(persist) = registered.persist {
-                    let events = binding_events(registered.aor.as_str(), &persist, now.wall);
-                    if let Err(error) = self.store.append(&persist.record) {
-                        tracing::error!(%error, "cannot store a binding change; REGISTER answered 500");
-                        self.registrar.revert(persist);
-                        self.reply(
-                            now,
-                            key.as_ref(),
-                            &current,
-                            Reply::new(500, "Server Internal Error (bindings not stored)", &[]),
-                        );
-                        return;
-                    }
-                    for event in events {
-                        self.wire.observe(Observation::Registration(event));
-                    }
-                    self.compact_if_due();
-                }
                 tracing::debug!(aor = %registered.aor.as_str(), contacts = registered.contacts.len(), "registered");
-                let mut headers: Vec<(String, String)> = registered
-                    .contacts
-                    .iter()
-                    .map(|c| {
-                        let mut value = format!("<{}>;expires={}", c.uri, c.expires);
-                        if let Some(q) = c.q {
-                            value.push_str(&format!(";q={q}"));
+                let headers = contact_headers(&registered);
+                let events = match &registered.persist {
+                    Some(persist) => {
+                        let events = binding_events(registered.aor.as_str(), persist, now.wall);
+                        if let Err(error) = self.store.write(&persist.record) {
+                            tracing::error!(%error, "cannot store a binding change; REGISTER answered 500");
+                            if let Some(persist) = registered.persist {
+                                self.registrar.revert(persist);
+                            }
+                            self.reply(
+                                now,
+                                key.as_ref(),
+                                &current,
+                                Reply::new(500, "Server Internal Error (bindings not stored)", &[]),
+                            );
+                            return;
                         }
-                        if let Some(instance) = &c.instance {
-                            value.push_str(&format!(";+sip.instance={instance}"));
-                        }
-                        if let Some(reg_id) = c.reg_id {
-                            value.push_str(&format!(";reg-id={reg_id}"));
-                        }
-                        ("Contact".to_owned(), value)
-                    })
-                    .collect();
-                headers.extend(
-                    registered
-                        .path
-                        .iter()
-                        .map(|p| ("Path".to_owned(), p.clone())),
-                );
+                        events
+                    }
+                    None => Vec::new(),
+                };
+                // The 200 waits for the sync covering its change; one that
+                // changed nothing waits too when it lists changes not yet
+                // synced, and keeps its place in line either way.
+                if registered.persist.is_some() || !self.uncommitted.is_empty() {
+                    self.uncommitted.push(Uncommitted {
+                        key,
+                        current,
+                        persist: registered.persist,
+                        events,
+                        headers,
+                    });
+                    return;
+                }
                 (200, "OK", headers)
             }
             Decision::IntervalTooBrief { min_expires } => (
@@ -273,8 +276,64 @@ impl Uas {
         );
     }
 
+    /// [`super::Input::Commit`]: makes the binding changes written since
+    /// the last commit durable with one sync and answers their REGISTERs.
+    pub(super) fn commit(&mut self, now: Now) {
+        if self.uncommitted.is_empty() {
+            return;
+        }
+        let synced = self.store.sync();
+        self.settle(now, synced.as_ref().map(|_| ()));
+    }
+
+    /// Answers the uncommitted REGISTERs once their sync is known: 200 and
+    /// their binding events when it succeeded; otherwise their changes are
+    /// undone, newest first (each restores what the one before it left),
+    /// and each is answered 500.
+    fn settle(&mut self, now: Now, synced: Result<(), &crate::registrar::StoreError>) {
+        let mut settled = std::mem::take(&mut self.uncommitted);
+        if settled.is_empty() {
+            return;
+        }
+        match synced {
+            Ok(()) => {
+                for entry in settled {
+                    for event in entry.events {
+                        self.wire.observe(Observation::Registration(event));
+                    }
+                    self.reply(
+                        now,
+                        entry.key.as_ref(),
+                        &entry.current,
+                        Reply::new(200, "OK", &entry.headers),
+                    );
+                }
+                self.compact_if_due();
+            }
+            Err(error) => {
+                tracing::error!(%error, registers = settled.len(), "cannot sync binding changes; their REGISTERs answered 500");
+                for entry in settled.iter_mut().rev() {
+                    if let Some(persist) = entry.persist.take() {
+                        self.registrar.revert(persist);
+                    }
+                }
+                for entry in settled {
+                    self.reply(
+                        now,
+                        entry.key.as_ref(),
+                        &entry.current,
+                        Reply::new(500, "Server Internal Error (bindings not stored)", &[]),
+                    );
+                }
+            }
+        }
+        // The answers are in their transactions: move them to the outbox.
+        self.drain(now, None);
+    }
+
     /// Compacts the journal once it holds many more records than there are
-    /// addresses-of-record, so restarts replay little.
+    /// addresses-of-record, so restarts replay little. Only called with
+    /// nothing unsynced.
     fn compact_if_due(&mut self) {
         let due = self
             .config
@@ -290,6 +349,47 @@ impl Uas {
             }
         }
     }
+}
+
+/// A REGISTER whose binding change is written to the store but not yet
+/// synced: its 200 (or its 500, if the sync fails) waits for the commit.
+pub(super) struct Uncommitted {
+    key: Option<TransactionKey>,
+    current: Current,
+    /// The change, to revert if the sync fails; `None` for a REGISTER that
+    /// changed nothing but lists changes still uncommitted.
+    persist: Option<Persist>,
+    events: Vec<Event>,
+    /// The 200's Contact and Path headers.
+    headers: Vec<(String, String)>,
+}
+
+/// The 200's headers: every current Contact with its expiry, then the Path.
+fn contact_headers(registered: &Registered) -> Vec<(String, String)> {
+    let mut headers: Vec<(String, String)> = registered
+        .contacts
+        .iter()
+        .map(|c| {
+            let mut value = format!("<{}>;expires={}", c.uri, c.expires);
+            if let Some(q) = c.q {
+                value.push_str(&format!(";q={q}"));
+            }
+            if let Some(instance) = &c.instance {
+                value.push_str(&format!(";+sip.instance={instance}"));
+            }
+            if let Some(reg_id) = c.reg_id {
+                value.push_str(&format!(";reg-id={reg_id}"));
+            }
+            ("Contact".to_owned(), value)
+        })
+        .collect();
+    headers.extend(
+        registered
+            .path
+            .iter()
+            .map(|p| ("Path".to_owned(), p.clone())),
+    );
+    headers
 }
 
 /// The events of a stored change to the bindings of `aor`.

@@ -13,44 +13,89 @@ mod observations;
 /// A store that keeps records in memory and can be told to fail.
 #[derive(Clone, Default)]
 struct MemoryStore {
-    state: Arc<Mutex<(Vec<Record>, bool, usize)>>,
+    state: Arc<Mutex<MemoryState>>,
+}
+
+#[derive(Default)]
+struct MemoryState {
+    /// Durable records (synced).
+    synced: Vec<Record>,
+    /// Written, not yet synced.
+    written: Vec<Record>,
+    fail_writes: bool,
+    fail_syncs: bool,
+    syncs: usize,
+    compactions: usize,
 }
 
 impl MemoryStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
+        self.state.lock().expect("store lock")
+    }
+
+    /// The durable records.
     fn records(&self) -> Vec<Record> {
-        self.state.lock().expect("store lock").0.clone()
+        self.lock().synced.clone()
     }
 
     fn fail(&self, fail: bool) {
-        self.state.lock().expect("store lock").1 = fail;
+        self.lock().fail_writes = fail;
+    }
+
+    fn fail_syncs(&self, fail: bool) {
+        self.lock().fail_syncs = fail;
+    }
+
+    fn syncs(&self) -> usize {
+        self.lock().syncs
     }
 
     fn compactions(&self) -> usize {
-        self.state.lock().expect("store lock").2
+        self.lock().compactions
+    }
+}
+
+fn disk_full() -> StoreError {
+    StoreError::Io {
+        path: "journal".into(),
+        source: std::io::Error::other("disk full"),
     }
 }
 
 impl BindingStore for MemoryStore {
-    fn append(&mut self, record: &Record) -> Result<(), StoreError> {
-        let mut state = self.state.lock().expect("store lock");
-        if state.1 {
-            return Err(StoreError::Io {
-                path: "journal".into(),
-                source: std::io::Error::other("disk full"),
-            });
+    fn write(&mut self, record: &Record) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        if state.fail_writes {
+            return Err(disk_full());
         }
-        state.0.push(record.clone());
+        state.written.push(record.clone());
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        if state.written.is_empty() {
+            return Ok(());
+        }
+        let written = std::mem::take(&mut state.written);
+        if state.fail_syncs {
+            return Err(disk_full());
+        }
+        state.syncs += 1;
+        state.synced.extend(written);
         Ok(())
     }
 
     fn journal_records(&self) -> usize {
-        self.state.lock().expect("store lock").0.len()
+        let state = self.lock();
+        state.synced.len() + state.written.len()
     }
 
     fn compact(&mut self, records: &[Record]) -> Result<(), StoreError> {
-        let mut state = self.state.lock().expect("store lock");
-        state.0 = records.to_vec();
-        state.2 += 1;
+        let mut state = self.lock();
+        assert!(state.written.is_empty(), "compacted with unsynced records");
+        state.synced = records.to_vec();
+        state.compactions += 1;
         Ok(())
     }
 }
@@ -106,12 +151,27 @@ fn status_of(text: &str) -> &str {
     text.split(' ').nth(1).expect("a status")
 }
 
+/// What the driver does when its queue runs dry.
+fn commit(uas: &mut Uas, now: Now) {
+    uas.handle_input(now, Input::Commit);
+}
+
 #[test]
 fn register_is_stored_before_the_200_and_retransmissions_are_absorbed() {
     let store = MemoryStore::default();
     let mut uas = core(&store, 100);
     let now = Now::current();
     uas.handle_inbound(now, register("a", "c1", 1, "sip:alice@192.0.2.10:5062"));
+    assert_eq!(sent(&mut uas), Vec::new(), "the 200 waits for the commit");
+    assert_eq!(store.records().len(), 0);
+    // A retransmission before the commit finds the transaction without a
+    // final response: nothing to resend, nothing stored twice.
+    uas.handle_inbound(
+        now.advanced(Duration::from_millis(10)),
+        register("a", "c1", 1, "sip:alice@192.0.2.10:5062"),
+    );
+    assert_eq!(sent(&mut uas), Vec::new());
+    commit(&mut uas, now.advanced(Duration::from_millis(20)));
     let out = sent(&mut uas);
     assert_eq!(out.len(), 1, "{out:?}");
     // No rport: to the sent-by address and port (RFC 3261 §18.2.2).
@@ -125,6 +185,7 @@ fn register_is_stored_before_the_200_and_retransmissions_are_absorbed() {
         out[0].1
     );
     assert_eq!(store.records().len(), 1, "journalled once");
+    assert_eq!(store.syncs(), 1);
 
     // The retransmission gets the same octets from the transaction and
     // does not reach the registrar (no second record).
@@ -135,12 +196,144 @@ fn register_is_stored_before_the_200_and_retransmissions_are_absorbed() {
     let again = sent(&mut uas);
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].1, out[0].1);
+    commit(&mut uas, now.advanced(Duration::from_millis(500)));
     assert_eq!(store.records().len(), 1);
+    assert_eq!(store.syncs(), 1, "nothing to sync, no fsync");
 
     // Timer J (64·T1 on UDP) ends the transaction.
     assert_eq!(uas.transactions(), 1);
     uas.handle_timeout(now.advanced(Duration::from_secs(33)));
     assert_eq!(uas.transactions(), 0);
+}
+
+fn register_from(branch: &str, user: &str, call_id: &str, cseq: u32, contact: &str) -> Inbound {
+    let mut inbound = register(branch, call_id, cseq, contact);
+    let text = String::from_utf8(inbound.bytes).expect("UTF-8");
+    inbound.bytes = text.replace("alice@", &format!("{user}@")).into_bytes();
+    inbound
+}
+
+#[test]
+fn the_registers_of_one_commit_share_one_sync_and_are_answered_after_it() {
+    let store = MemoryStore::default();
+    let mut uas = core(&store, 1000);
+    let now = Now::current();
+    for n in 0..50 {
+        let user = format!("u{n}");
+        let contact = format!("sip:{user}@192.0.2.10:5062");
+        uas.handle_inbound(
+            now,
+            register_from(&format!("g{n}"), &user, &format!("g{n}"), 1, &contact),
+        );
+    }
+    // A query of one of them (no Contact) lists a change not yet durable:
+    // it waits in line too.
+    let query = String::from_utf8(register("q", "q1", 1, "x").bytes)
+        .expect("UTF-8")
+        .replace("Contact: <x>\r\n", "")
+        .replace("alice@", "u7@");
+    uas.handle_inbound(
+        now,
+        Inbound {
+            flow: Flow::Udp {
+                remote: SOURCE.parse().expect("address"),
+            },
+            bytes: query.into_bytes(),
+        },
+    );
+    assert_eq!(sent(&mut uas), Vec::new());
+    assert_eq!(uas.registrations(now).len(), 50, "the registrar has them");
+    commit(&mut uas, now);
+    let out = sent(&mut uas);
+    assert_eq!(out.len(), 51);
+    assert!(
+        out.iter().all(|(_, text)| status_of(text) == "200"),
+        "{out:?}"
+    );
+    assert!(
+        out[50]
+            .1
+            .contains("Contact: <sip:u7@192.0.2.10:5062>;expires=600\r\n"),
+        "{}",
+        out[50].1
+    );
+    assert_eq!(store.syncs(), 1, "one fsync for the group");
+    assert_eq!(store.records().len(), 50);
+}
+
+#[test]
+fn a_failed_sync_undoes_the_whole_group_newest_first_and_answers_each_500() {
+    let store = MemoryStore::default();
+    let mut uas = core(&store, 1000);
+    let now = Now::current();
+    let first = "sip:alice@192.0.2.10:5062";
+    uas.handle_inbound(now, register("a", "c1", 1, first));
+    commit(&mut uas, now);
+    assert_eq!(status_of(&sent(&mut uas)[0].1), "200");
+
+    // One group: alice's binding replaced, then refreshed again, and bob added.
+    let second = "sip:alice@192.0.2.99:5062";
+    uas.handle_inbound(now, register("b", "c2", 1, second));
+    uas.handle_inbound(now, register("c", "c2", 2, second));
+    uas.handle_inbound(
+        now,
+        register_from("d", "bob", "c3", 1, "sip:bob@192.0.2.10:5062"),
+    );
+    let _ = observations::observations(&mut uas);
+    store.fail_syncs(true);
+    commit(&mut uas, now);
+    let out = sent(&mut uas);
+    assert_eq!(out.len(), 3);
+    assert!(
+        out.iter().all(|(_, text)| status_of(text) == "500"),
+        "{out:?}"
+    );
+    let views = uas.registrations(now);
+    assert_eq!(views.len(), 1, "{views:?}");
+    assert_eq!(
+        views[0].contact, first,
+        "alice is back to her durable binding"
+    );
+    assert_eq!(store.records().len(), 1);
+    assert!(
+        observations::observations(&mut uas)
+            .iter()
+            .all(|o| !matches!(o, Observation::Registration(_))),
+        "no binding event for a change that was not stored"
+    );
+
+    // The store works again: the next REGISTER is stored and answered.
+    store.fail_syncs(false);
+    uas.handle_inbound(now, register("e", "c2", 3, second));
+    commit(&mut uas, now);
+    assert_eq!(status_of(&sent(&mut uas)[0].1), "200");
+    assert_eq!(store.records().len(), 2);
+}
+
+#[test]
+fn an_operator_unregister_commits_the_registers_written_before_it() {
+    let store = MemoryStore::default();
+    let mut uas = core(&store, 1000);
+    let now = Now::current();
+    uas.handle_inbound(
+        now,
+        register_from("a", "bob", "c1", 1, "sip:bob@192.0.2.10:5062"),
+    );
+    uas.handle_inbound(now, register("b", "c2", 1, "sip:alice@192.0.2.10:5062"));
+    assert_eq!(
+        uas.unregister(now, "alice@example.com"),
+        Ok(("alice@example.com".to_owned(), 1))
+    );
+    let out = sent(&mut uas);
+    assert_eq!(
+        out.len(),
+        2,
+        "both REGISTERs answered by the unregister's sync"
+    );
+    assert!(out.iter().all(|(_, text)| status_of(text) == "200"));
+    assert_eq!(store.syncs(), 1);
+    assert_eq!(store.records().len(), 3);
+    assert_eq!(uas.registrations(now).len(), 1, "bob stays");
 }
 
 #[test]
@@ -159,6 +352,7 @@ fn a_failed_append_is_reverted_and_answered_500() {
     );
     store.fail(false);
     uas.handle_inbound(now, register("c", "c2", 2, "sip:alice@192.0.2.10:5062"));
+    commit(&mut uas, now);
     let out = sent(&mut uas);
     assert_eq!(status_of(&out[0].1), "200", "{}", out[0].1);
     let views = uas.registrations(now);
@@ -174,6 +368,7 @@ fn an_operator_unregister_is_stored_first_and_kept_back_when_the_store_fails() {
     let mut uas = core(&store, 100);
     let now = Now::current();
     uas.handle_inbound(now, register("u", "c3", 1, "sip:alice@192.0.2.10:5062"));
+    commit(&mut uas, now);
     assert_eq!(status_of(&sent(&mut uas)[0].1), "200");
     let before = store.records().len();
 
@@ -224,6 +419,7 @@ fn the_journal_is_compacted_when_it_outgrows_the_bindings() {
             now,
             register(&format!("d{cseq}"), "c3", cseq, "sip:alice@192.0.2.10:5062"),
         );
+        commit(&mut uas, now);
     }
     assert_eq!(store.compactions(), 1);
     assert_eq!(store.records().len(), 1, "one record per address-of-record");
@@ -235,6 +431,7 @@ fn bindings_expire_on_the_timer() {
     let mut uas = core(&store, 100);
     let now = Now::current();
     uas.handle_inbound(now, register("e", "c4", 1, "sip:alice@192.0.2.10:5062"));
+    commit(&mut uas, now);
     let deadline = uas.poll_timeout(now).expect("a deadline");
     assert!(
         deadline <= now.instant + Duration::from_secs(32),
@@ -466,6 +663,7 @@ fn a_wrong_guess_for_a_user_guessed_at_elsewhere_is_answered_late() {
             remote: source.parse().expect("address"),
         };
         uas.handle_inbound(now, inbound);
+        commit(uas, now);
         sent(uas)
     };
     let first = guess(&mut uas, "g1", "198.51.100.1:5060", "wrong");

@@ -5,7 +5,7 @@
 use super::*;
 use crate::events::Event;
 
-fn observations(uas: &mut Uas) -> Vec<Observation> {
+pub(super) fn observations(uas: &mut Uas) -> Vec<Observation> {
     std::iter::from_fn(|| uas.poll_observation()).collect()
 }
 
@@ -40,6 +40,7 @@ fn bindings_report_added_refreshed_removed_and_expired_in_order() {
     let contact = "sip:alice@192.0.2.10:5062";
     let arrived = now.instant - Duration::from_millis(7);
     uas.handle_received(now, register("a", "c1", 1, contact), arrived);
+    commit(&mut uas, now);
     assert_eq!(
         observations(&mut uas),
         vec![
@@ -64,6 +65,7 @@ fn bindings_report_added_refreshed_removed_and_expired_in_order() {
     );
 
     uas.handle_inbound(now, register("b", "c1", 2, contact));
+    commit(&mut uas, now);
     let seen = observations(&mut uas);
     assert!(
         matches!(&seen[0], Observation::Registration(Event::RegistrationRefreshed { contact: c, .. }) if c == contact),
@@ -73,6 +75,7 @@ fn bindings_report_added_refreshed_removed_and_expired_in_order() {
     // A binding left to expire is reported when purged.
     let other = "sip:alice@192.0.2.11:5062";
     uas.handle_inbound(now, register("c", "c2", 1, other));
+    commit(&mut uas, now);
     let _ = observations(&mut uas);
     let (aor, removed) = uas
         .unregister(now, "alice@example.com")
@@ -86,6 +89,7 @@ fn bindings_report_added_refreshed_removed_and_expired_in_order() {
     )));
 
     uas.handle_inbound(now, register("d", "c3", 1, contact));
+    commit(&mut uas, now);
     let _ = observations(&mut uas);
     uas.handle_timeout(now.advanced(Duration::from_secs(601)));
     assert_eq!(
