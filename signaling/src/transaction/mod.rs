@@ -34,14 +34,17 @@ mod client;
 mod client_invite;
 mod server;
 mod server_invite;
+pub(crate) mod table;
 
 pub use client::{Client, ClientState};
 pub use client_invite::{ClientInvite, ClientInviteState};
 pub use server::{Server, ServerState};
 pub use server_invite::{ServerInvite, ServerInviteState};
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
+
+use table::ShardedMap;
 
 use crate::sip::{Branch, Header, Method, SipMessage, Transport, BRANCH_MAGIC_COOKIE};
 
@@ -563,11 +566,13 @@ impl Transaction {
 pub struct TransactionLayer {
     config: TimerConfig,
     trying: TryingPolicy,
-    transactions: HashMap<TransactionKey, Transaction>,
+    /// Sharded, so that growing it never copies every transaction at once
+    /// (see [`table`]).
+    transactions: ShardedMap<TransactionKey, Transaction>,
     /// Each live transaction's next deadline, so that `poll_timeout` and
     /// `handle_timeout` do not scan every transaction.
     deadlines: BTreeSet<(Instant, TransactionKey)>,
-    deadline_of: HashMap<TransactionKey, Instant>,
+    deadline_of: ShardedMap<TransactionKey, Instant>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<LayerEvent>,
 }
@@ -578,9 +583,9 @@ impl TransactionLayer {
         Self {
             config,
             trying,
-            transactions: HashMap::new(),
+            transactions: ShardedMap::new(),
             deadlines: BTreeSet::new(),
-            deadline_of: HashMap::new(),
+            deadline_of: ShardedMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }

@@ -81,6 +81,7 @@ use crate::sip::{
     build_error_response, build_rejection, check_request_with, parse_with, response_message,
     FramingLimits, Method, RequestPolicy, SipMessage, Tag, Via,
 };
+use crate::transaction::table::ShardedMap;
 use crate::transaction::{
     LayerEvent, Reliability, TimerConfig, TransactionError, TransactionKey, TransactionLayer,
     TryingPolicy,
@@ -256,12 +257,13 @@ impl<'a> Reply<'a> {
 pub(crate) struct Wire {
     transactions: TransactionLayer,
     server_header: String,
-    /// Where each server transaction's responses go.
-    server_routes: HashMap<TransactionKey, Destination>,
+    /// Where each server transaction's responses go (as large as the
+    /// layer's table, so sharded like it).
+    server_routes: ShardedMap<TransactionKey, Destination>,
     /// Where each client transaction's requests go.
-    client_routes: HashMap<TransactionKey, Destination>,
+    client_routes: ShardedMap<TransactionKey, Destination>,
     /// Requests handed to the call handler, so it can answer them by key.
-    requests: HashMap<TransactionKey, SipMessage>,
+    requests: ShardedMap<TransactionKey, SipMessage>,
     outbox: VecDeque<Outbound>,
     /// Callers' INVITEs and REGISTERs until their final response, with
     /// their arrival: their latency is observed when it is sent.
@@ -448,9 +450,9 @@ impl Uas {
         let wire = Wire {
             transactions: TransactionLayer::new(config.timers, TryingPolicy::default()),
             server_header: config.server.clone(),
-            server_routes: HashMap::new(),
-            client_routes: HashMap::new(),
-            requests: HashMap::new(),
+            server_routes: ShardedMap::new(),
+            client_routes: ShardedMap::new(),
+            requests: ShardedMap::new(),
             outbox: VecDeque::new(),
             timed: HashMap::new(),
             observations: VecDeque::new(),
@@ -711,7 +713,7 @@ impl Uas {
         match layered {
             Some(key) => {
                 if self.wire.transactions.contains(&key) {
-                    self.wire.server_routes.entry(key).or_insert(destination);
+                    self.wire.server_routes.get_or_insert(key, destination);
                 }
                 self.drain(now, Some(current));
             }
