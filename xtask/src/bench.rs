@@ -131,6 +131,10 @@ struct SipCallsArgs {
     /// runs when --sse-clients is set, so the event stream carries events.
     #[arg(long, default_value_t = 100)]
     register_rate: u32,
+    /// The signaling binary to measure instead of the workspace's release
+    /// build (for a baseline: an older commit's build).
+    #[arg(long)]
+    signaling: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -556,7 +560,12 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
     let (manager, grpc) = start_manager(&root.join("target/release/switchboard-rtpmanager"), &[])?;
     let callee_port = free_port();
     let plan = write_dialplan(&work, &[("bench", "1XXX", callee_port)])?;
-    let signaling = start_signaling(
+    let binary = args
+        .signaling
+        .clone()
+        .unwrap_or_else(|| root.join("target/release/switchboard-signaling"));
+    let signaling = start_signaling_binary(
+        &binary,
         &work,
         &grpc,
         &[

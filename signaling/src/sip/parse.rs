@@ -253,6 +253,22 @@ fn required<'a>(headers: &'a [Header], name: &'static str) -> Result<&'a str, Pa
     single(headers, name)?.ok_or(ParseErrorKind::MissingHeader(name))
 }
 
+/// RFC 3261 §25.1: `tag-param = "tag" EQUAL token`. A tag without a value,
+/// or two tags, would read as no tag (or the first) here and perhaps as
+/// another at the next hop; and a response would add its own tag beside
+/// one that is there (found by fuzzing: `To: <sip:b@x>;tag`).
+fn check_tag(name: &'static str, value: &NameAddr) -> Result<(), ParseErrorKind> {
+    let mut tags = value
+        .params
+        .iter()
+        .filter(|p| p.name.eq_ignore_ascii_case("tag"));
+    match (tags.next(), tags.next()) {
+        (Some(_), Some(_)) => Err(invalid(name, "more than one tag")),
+        (Some(tag), None) if tag.value.is_none() => Err(invalid(name, "tag without a value")),
+        _ => Ok(()),
+    }
+}
+
 fn invalid(name: &'static str, detail: impl ToString) -> ParseErrorKind {
     ParseErrorKind::InvalidHeader {
         name,
@@ -395,7 +411,9 @@ pub(crate) fn build(
         return Err(ParseErrorKind::MissingHeader("Via"));
     }
     let from = NameAddr::parse(required(&headers, "From")?).map_err(|e| invalid("From", e))?;
+    check_tag("From", &from)?;
     let to = NameAddr::parse(required(&headers, "To")?).map_err(|e| invalid("To", e))?;
+    check_tag("To", &to)?;
     let call_id = required(&headers, "Call-ID")?;
     if call_id.is_empty() || call_id.contains(is_lws) {
         return Err(invalid("Call-ID", "empty or containing whitespace"));

@@ -448,6 +448,55 @@ fn header_names_are_case_insensitive_and_compact_forms_expand() {
 }
 
 #[test]
+fn a_to_or_from_tag_without_a_value_or_twice_is_refused_with_400() {
+    // Found by fuzzing: `;tag` read as no tag, so a response added its own
+    // beside it and the next hop could not tell which one counted.
+    let request = |from: &str, to: &str| {
+        format!(
+            "OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+             From: {from}\r\nTo: {to}\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\n\r\n"
+        )
+    };
+    for (from, to, name, detail) in [
+        (
+            "<sip:b@c>;tag=1",
+            "<sip:a@b> ;   tag",
+            "To",
+            "tag without a value",
+        ),
+        (
+            "<sip:b@c>;tag=1",
+            "<sip:a@b>;tag=",
+            "To",
+            "empty or malformed parameter",
+        ),
+        ("<sip:b@c>;TAG", "<sip:a@b>", "From", "tag without a value"),
+        (
+            "<sip:b@c>;tag=1;tag=2",
+            "<sip:a@b>",
+            "From",
+            "more than one tag",
+        ),
+    ] {
+        let error = parse(request(from, to).as_bytes()).expect_err("malformed");
+        assert_eq!(
+            error.kind(),
+            &ParseErrorKind::InvalidHeader {
+                name,
+                detail: detail.to_owned()
+            },
+            "{from} / {to}"
+        );
+        assert_eq!(error.status(), Some(400));
+    }
+    let fine = parse(request("<sip:b@c>;tag=1", "<sip:a@b>;tag=2").as_bytes()).expect("valid");
+    assert_eq!(
+        fine.to_tag().map(|t| t.as_str().to_owned()),
+        Some("2".to_owned())
+    );
+}
+
+#[test]
 fn parse_errors_name_the_problem() {
     let kind = |bytes: &[u8]| parse(bytes).expect_err("malformed").kind().clone();
     let base = "Via: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:b@c>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: x\r\n";
