@@ -23,6 +23,7 @@ use rtpmanager_common::Counter;
 use tokio::net::TcpListener;
 
 use crate::driver::Driver;
+use crate::engine::RelayLoad;
 use crate::fastpath::Mode;
 use crate::relay::RelayTotals;
 
@@ -57,6 +58,8 @@ pub struct Snapshot {
     pub port_pairs_free: u64,
     /// Whether new calls are refused (SetDrain).
     pub draining: bool,
+    /// The userspace relay's committed load and capacity (admission).
+    pub relay_load: RelayLoad,
     /// What the userspace relay received and sent since start.
     pub relay: RelayTotals,
     /// Every media interface (empty leaves their families out).
@@ -111,6 +114,7 @@ impl Snapshot {
             port_pairs,
             port_pairs_free,
             draining,
+            relay_load: driver.relay_load(),
             relay: driver.relay_totals(),
             interfaces,
         }
@@ -202,7 +206,7 @@ pub fn render(s: &Snapshot) -> String {
         &[],
         r.source_rejected_packets,
     );
-    let gauges: [(&str, &str, u64); 6] = [
+    let gauges: [(&str, &str, u64); 9] = [
         (
             "kernel_directions",
             "Media directions (one leg's RTP or RTCP towards its bridged leg) the kernel forwards.",
@@ -224,6 +228,21 @@ pub fn render(s: &Snapshot) -> String {
             "draining",
             "1 while the manager refuses new calls (SetDrain).",
             u64::from(s.draining),
+        ),
+        (
+            "relay_load_pps",
+            "Packets a second committed to the userspace relay: 50 for each leg whose media the kernel does not forward.",
+            u64::from(s.relay_load.committed_pps),
+        ),
+        (
+            "relay_capacity_pps",
+            "The userspace relay's capacity (--relay-capacity-pps); Offers past it are refused. 0: no admission control.",
+            u64::from(s.relay_load.capacity_pps),
+        ),
+        (
+            "relay_overloaded",
+            "1 while the committed load has reached the capacity: new calls go to another manager.",
+            u64::from(s.relay_load.overloaded()),
         ),
     ];
     for (name, help, value) in gauges {
@@ -345,6 +364,10 @@ mod tests {
             port_pairs: 50,
             port_pairs_free: 48,
             draining: false,
+            relay_load: RelayLoad {
+                committed_pps: 100,
+                capacity_pps: 80_000,
+            },
             relay: RelayTotals {
                 rtp_in_packets: 3,
                 rtp_in_bytes: 516,
@@ -399,6 +422,15 @@ switchboard_rtpmanager_port_pairs_free 48
 # HELP switchboard_rtpmanager_draining 1 while the manager refuses new calls (SetDrain).
 # TYPE switchboard_rtpmanager_draining gauge
 switchboard_rtpmanager_draining 0
+# HELP switchboard_rtpmanager_relay_load_pps Packets a second committed to the userspace relay: 50 for each leg whose media the kernel does not forward.
+# TYPE switchboard_rtpmanager_relay_load_pps gauge
+switchboard_rtpmanager_relay_load_pps 100
+# HELP switchboard_rtpmanager_relay_capacity_pps The userspace relay's capacity (--relay-capacity-pps); Offers past it are refused. 0: no admission control.
+# TYPE switchboard_rtpmanager_relay_capacity_pps gauge
+switchboard_rtpmanager_relay_capacity_pps 80000
+# HELP switchboard_rtpmanager_relay_overloaded 1 while the committed load has reached the capacity: new calls go to another manager.
+# TYPE switchboard_rtpmanager_relay_overloaded gauge
+switchboard_rtpmanager_relay_overloaded 0
 ";
         assert_eq!(render(&snapshot), want);
     }
@@ -427,6 +459,10 @@ switchboard_rtpmanager_draining 0
             port_pairs: 10,
             port_pairs_free: 10,
             draining: false,
+            relay_load: RelayLoad {
+                committed_pps: 0,
+                capacity_pps: 0,
+            },
             relay: RelayTotals::default(),
             interfaces: vec![
                 InterfaceFigures {
@@ -467,6 +503,10 @@ switchboard_rtpmanager_draining 0
             port_pairs: 5000,
             port_pairs_free: 5000,
             draining: true,
+            relay_load: RelayLoad {
+                committed_pps: 0,
+                capacity_pps: 0,
+            },
             relay: RelayTotals::default(),
             interfaces: Vec::new(),
         };

@@ -106,6 +106,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         offload: fast_path.mode() != Mode::Off,
         wire,
         kernel_devices,
+        relay_capacity_pps: config.relay_capacity_pps,
     };
 
     let started = SystemTime::now();

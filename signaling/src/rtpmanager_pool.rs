@@ -181,6 +181,12 @@ pub struct ManagerStatus {
     pub version: String,
     pub active_calls: u32,
     pub ports_free: u32,
+    /// Its userspace relay's committed load and capacity (packets a
+    /// second; capacity 0: no admission control), and whether the load has
+    /// reached it: it refuses new calls, which go to the next manager.
+    pub relay_load_pps: u32,
+    pub relay_capacity_pps: u32,
+    pub overloaded: bool,
     /// Drained by the operator (REST API): no new calls, whatever its health.
     pub operator_drain: bool,
     /// When it was declared down (Unix milliseconds), while it is.
@@ -310,6 +316,9 @@ impl ManagerPool {
                         version: String::new(),
                         active_calls: 0,
                         ports_free: 0,
+                        relay_load_pps: 0,
+                        relay_capacity_pps: 0,
+                        overloaded: false,
                         operator_drain: false,
                         down_since_ms: None,
                     }),
@@ -674,6 +683,9 @@ impl ManagerPool {
         };
         s.active_calls = health.active_calls;
         s.ports_free = health.ports_free;
+        s.relay_load_pps = health.relay_load_pps;
+        s.relay_capacity_pps = health.relay_capacity_pps;
+        s.overloaded = health.overloaded;
         s.fast_path = fast_path_name(health.fast_path()).to_owned();
         if let Some(info) = info {
             s.instance_id = info.instance_id;

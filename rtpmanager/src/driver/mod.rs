@@ -328,6 +328,11 @@ impl Driver {
         }
     }
 
+    /// The userspace relay's committed load and capacity.
+    pub fn relay_load(&self) -> crate::engine::RelayLoad {
+        self.core().engine.relay_load()
+    }
+
     /// Reads the session table under the lock.
     pub fn with_table<T>(&self, read: impl FnOnce(&SessionTable) -> T) -> T {
         read(self.core().engine.table())

@@ -73,6 +73,30 @@ pub struct EngineConfig {
     /// The devices the programs are attached to ("" stands for a table
     /// made without devices, which follows the fast path's mode).
     pub kernel_devices: HashSet<String>,
+    /// Packets a second the userspace relay carries with its latency
+    /// intact; an Offer that would commit more is refused. 0: no limit.
+    pub relay_capacity_pps: u32,
+}
+
+/// Packets a second one leg brings the userspace relay while the kernel
+/// does not forward its media: RTP at 20 ms packetisation, as phones send
+/// G.711, G.722 and Opus (RTCP's few packets are in the margin).
+pub const LEG_PPS: u32 = 50;
+
+/// The userspace relay's committed load against its capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayLoad {
+    /// [`LEG_PPS`] for every leg whose media the kernel does not forward.
+    pub committed_pps: u32,
+    /// The configured capacity; 0: no admission control.
+    pub capacity_pps: u32,
+}
+
+impl RelayLoad {
+    /// The capacity is reached: new calls should go to another manager.
+    pub fn overloaded(&self) -> bool {
+        self.capacity_pps != 0 && self.committed_pps >= self.capacity_pps
+    }
 }
 
 /// The SDP an Offer or Answer returns, with the leg it advertises.
@@ -132,6 +156,48 @@ impl Engine {
         command
     }
 
+    /// The userspace relay's committed load and capacity.
+    pub fn relay_load(&self) -> RelayLoad {
+        let userspace = self
+            .legs
+            .keys()
+            .filter(|slot| !self.decision.offloaded(**slot))
+            .count();
+        RelayLoad {
+            committed_pps: u32::try_from(userspace)
+                .unwrap_or(u32::MAX)
+                .saturating_mul(LEG_PPS),
+            capacity_pps: self.config.relay_capacity_pps,
+        }
+    }
+
+    /// Admission control: an Offer that adds legs is refused when their
+    /// packets would take the userspace relay past its capacity, so the
+    /// calls already up keep their latency and signaling places the call
+    /// on another manager (RESOURCE_EXHAUSTED). Offers on existing legs
+    /// (re-INVITEs) always pass; legs the kernel forwards do not count.
+    fn admit(&self, input: &OfferInput<'_>) -> Result<(), SessionError> {
+        let load = self.relay_load();
+        if load.capacity_pps == 0 {
+            return Ok(());
+        }
+        let adding = self.table.legs_added_by(input.call, input.leg, input.peer);
+        if adding == 0 {
+            return Ok(());
+        }
+        let added = u32::try_from(adding)
+            .unwrap_or(u32::MAX)
+            .saturating_mul(LEG_PPS);
+        if load.committed_pps.saturating_add(added) > load.capacity_pps {
+            return Err(SessionError::Exhausted(format!(
+                "the userspace relay is at capacity: {} of {} packets/s committed and this offer adds {added} \
+                 (--relay-capacity-pps; media the kernel forwards does not count)",
+                load.committed_pps, load.capacity_pps
+            )));
+        }
+        Ok(())
+    }
+
     /// The session table, for reads (views, lists, counts).
     pub fn table(&self) -> &SessionTable {
         &self.table
@@ -155,6 +221,7 @@ impl Engine {
         input: OfferInput<'_>,
     ) -> Result<SdpOut, SessionError> {
         self.table.set_wall_clock(unix_ms);
+        self.admit(&input)?;
         let result = self.table.offer(now, input)?;
         self.apply(now, result.commands);
         Ok(SdpOut {

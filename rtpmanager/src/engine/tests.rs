@@ -74,6 +74,7 @@ impl Harness {
                 offload: true,
                 wire: HashMap::new(),
                 kernel_devices: HashSet::from([String::new()]),
+                relay_capacity_pps: 0,
             },
         );
         Harness {
@@ -473,4 +474,54 @@ fn the_route_to_the_offerer_picks_its_legs_media_interface() {
     let a = engine.table().leg_views("c1", "a").expect("leg a");
     assert_eq!(a[0].interface, "external", "a where its offerer is routed");
     assert!((BASE + 100..BASE + 108).contains(&a[0].rtp_port));
+}
+
+#[test]
+fn offers_past_the_relay_capacity_are_refused_and_kernel_forwarded_legs_do_not_count() {
+    let mut h = Harness::new(8);
+    // Room for two userspace calls (four legs of 50 packets a second).
+    h.engine.config.relay_capacity_pps = 4 * LEG_PPS;
+    h.call("c1");
+    h.call("c2");
+    assert_eq!(
+        h.engine.relay_load(),
+        RelayLoad {
+            committed_pps: 200,
+            capacity_pps: 200
+        }
+    );
+    assert!(h.engine.relay_load().overloaded());
+    let offer = |call| OfferInput {
+        call,
+        leg: "a",
+        peer: "b",
+        sdp: OFFER,
+        options: LegOptions::default(),
+        peer_options: LegOptions::default(),
+    };
+    match h.engine.handle_offer(h.now, h.unix_ms, offer("c3")) {
+        Err(SessionError::Exhausted(reason)) => assert!(
+            reason.contains("200 of 200 packets/s committed and this offer adds 100"),
+            "{reason}"
+        ),
+        other => panic!("refused with RESOURCE_EXHAUSTED expected, got {other:?}"),
+    }
+    assert_eq!(h.engine.table().calls(), 2, "nothing of c3 was made");
+    // A re-offer on legs that exist adds no load: it passes at capacity.
+    h.engine
+        .handle_offer(h.now, h.unix_ms, offer("c1"))
+        .expect("a re-INVITE's offer");
+
+    // c1's media goes into the kernel: its legs stop counting.
+    h.latch_both("c1");
+    let _ = h.drain();
+    assert_eq!(h.engine.relay_load().committed_pps, 100);
+    assert!(!h.engine.relay_load().overloaded());
+    h.call("c3");
+    assert_eq!(h.engine.relay_load().committed_pps, 200);
+
+    // Capacity 0: no admission control.
+    h.engine.config.relay_capacity_pps = 0;
+    h.call("c4");
+    assert!(!h.engine.relay_load().overloaded());
 }

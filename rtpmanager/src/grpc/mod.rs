@@ -297,6 +297,7 @@ impl RtpManager for ControlService {
         _: Request<v1::HealthRequest>,
     ) -> Result<Response<v1::HealthResponse>, Status> {
         let fast_path = self.driver.fast_path();
+        let load = self.driver.relay_load();
         Ok(Response::new(self.driver.with_table(|table| {
             v1::HealthResponse {
                 status: if table.draining() {
@@ -309,6 +310,9 @@ impl RtpManager for ControlService {
                 active_calls: count(table.calls()),
                 active_legs: count(table.legs()),
                 ports_free: count(table.ports_free()),
+                relay_load_pps: load.committed_pps,
+                relay_capacity_pps: load.capacity_pps,
+                overloaded: load.overloaded(),
                 interfaces: media_interfaces(table, fast_path),
             }
         })))

@@ -422,6 +422,14 @@ impl SessionTable {
 
     /// Records the offer the peer of `leg` sent and returns the offer for the
     /// peer of `peer` (or, with `peer` empty, the manager's own answer).
+    /// How many legs an Offer for `leg` (and `peer`, when not empty) of
+    /// `call` would create.
+    pub fn legs_added_by(&self, call: &str, leg: &str, peer: &str) -> usize {
+        let call = self.calls.get(&CallId(call.to_owned()));
+        let exists = |id: &str| call.is_some_and(|c| c.legs.contains_key(&LegId(id.to_owned())));
+        usize::from(!exists(leg)) + usize::from(!peer.is_empty() && !exists(peer))
+    }
+
     pub fn offer(
         &mut self,
         now: Instant,
@@ -455,7 +463,7 @@ impl SessionTable {
                 .is_some_and(|c| c.legs.contains_key(&LegId(id.to_owned())))
         };
         let leg_is_new = !exists(leg);
-        let new_legs = usize::from(leg_is_new) + usize::from(!peer.is_empty() && !exists(peer));
+        let new_legs = self.legs_added_by(call, leg, peer);
         let held = self.calls.get(&call_id).map_or(0, |c| c.legs.len());
         if new_legs > 0 && held + new_legs > self.config.max_legs_per_call {
             return Err(SessionError::Exhausted(format!(

@@ -55,6 +55,9 @@ pub(super) struct Member {
     version: String,
     active_calls: u32,
     ports_free: u32,
+    relay_load_pps: u32,
+    relay_capacity_pps: u32,
+    overloaded: bool,
     /// When it was declared down (Unix milliseconds), while it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     down_since_ms: Option<u64>,
@@ -104,6 +107,9 @@ pub(super) async fn list(State(state): State<ApiState>) -> Json<Pool> {
             version: s.version,
             active_calls: s.active_calls,
             ports_free: s.ports_free,
+            relay_load_pps: s.relay_load_pps,
+            relay_capacity_pps: s.relay_capacity_pps,
+            overloaded: s.overloaded,
             down_since_ms: s.down_since_ms,
         })
         .collect();
