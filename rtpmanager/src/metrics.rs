@@ -60,6 +60,8 @@ pub struct Snapshot {
     pub draining: bool,
     /// The userspace relay's committed load and capacity (admission).
     pub relay_load: RelayLoad,
+    /// Legs on each relay worker (empty leaves the family out).
+    pub worker_legs: Vec<u64>,
     /// What the userspace relay received and sent since start.
     pub relay: RelayTotals,
     /// Every media interface (empty leaves their families out).
@@ -115,6 +117,7 @@ impl Snapshot {
             port_pairs_free,
             draining,
             relay_load: driver.relay_load(),
+            worker_legs: driver.relay_worker_legs().into_iter().map(as_u64).collect(),
             relay: driver.relay_totals(),
             interfaces,
         }
@@ -249,6 +252,22 @@ pub fn render(s: &Snapshot) -> String {
         family(&mut out, name, "gauge", help);
         sample(&mut out, name, &[], value);
     }
+    if !s.worker_legs.is_empty() {
+        family(
+            &mut out,
+            "relay_worker_legs",
+            "gauge",
+            "Legs on each userspace relay worker (a call's legs share one; a new call goes to the worker with the fewest).",
+        );
+        for (worker, legs) in s.worker_legs.iter().enumerate() {
+            sample(
+                &mut out,
+                "relay_worker_legs",
+                &[("worker", &worker.to_string())],
+                *legs,
+            );
+        }
+    }
     if !s.interfaces.is_empty() {
         family(
             &mut out,
@@ -368,6 +387,7 @@ mod tests {
                 committed_pps: 100,
                 capacity_pps: 80_000,
             },
+            worker_legs: vec![2, 0],
             relay: RelayTotals {
                 rtp_in_packets: 3,
                 rtp_in_bytes: 516,
@@ -431,6 +451,10 @@ switchboard_rtpmanager_relay_capacity_pps 80000
 # HELP switchboard_rtpmanager_relay_overloaded 1 while the committed load has reached the capacity: new calls go to another manager.
 # TYPE switchboard_rtpmanager_relay_overloaded gauge
 switchboard_rtpmanager_relay_overloaded 0
+# HELP switchboard_rtpmanager_relay_worker_legs Legs on each userspace relay worker (a call's legs share one; a new call goes to the worker with the fewest).
+# TYPE switchboard_rtpmanager_relay_worker_legs gauge
+switchboard_rtpmanager_relay_worker_legs{worker=\"0\"} 2
+switchboard_rtpmanager_relay_worker_legs{worker=\"1\"} 0
 ";
         assert_eq!(render(&snapshot), want);
     }
@@ -463,6 +487,7 @@ switchboard_rtpmanager_relay_overloaded 0
                 committed_pps: 0,
                 capacity_pps: 0,
             },
+            worker_legs: Vec::new(),
             relay: RelayTotals::default(),
             interfaces: vec![
                 InterfaceFigures {
@@ -507,6 +532,7 @@ switchboard_rtpmanager_relay_overloaded 0
                 committed_pps: 0,
                 capacity_pps: 0,
             },
+            worker_legs: Vec::new(),
             relay: RelayTotals::default(),
             interfaces: Vec::new(),
         };

@@ -102,11 +102,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if fast_path.mode() != Mode::Off {
         kernel_devices.insert(String::new());
     }
+    let relay_workers = match config.relay_workers {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        n => usize::from(n),
+    };
     let engine_config = EngineConfig {
         offload: fast_path.mode() != Mode::Off,
         wire,
         kernel_devices,
-        relay_capacity_pps: config.relay_capacity_pps,
+        relay_capacity_pps: config
+            .relay_capacity_pps
+            .saturating_mul(u32::try_from(relay_workers).unwrap_or(u32::MAX)),
     };
 
     let started = SystemTime::now();
@@ -142,7 +148,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         interfaces,
     );
-    let relay = Relay::start().context("starting the media relay")?;
+    let relay = Relay::with_workers(relay_workers).context("starting the media relay")?;
+    tracing::info!(workers = relay_workers, "userspace relay started");
     let state = config
         .state_dir
         .as_deref()

@@ -22,7 +22,12 @@ fn a_manager_at_its_relay_capacity_refuses_and_the_call_lands_on_the_next() {
     let (min, _) = free_media_range(40);
     // m1 carries one userspace call (two legs of 50 packets a second); m2
     // has the default capacity.
-    let m1 = start_manager_at(&audio, 0, (min, min + 39), &["--relay-capacity-pps", "100"]);
+    let m1 = start_manager_at(
+        &audio,
+        0,
+        (min, min + 39),
+        &["--relay-capacity-pps", "100", "--relay-workers", "1"],
+    );
     let m2 = start_manager_at(&audio, 0, (min + 40, min + 79), &[]);
     let callee_port = free_port();
     let plan = data.path().join("dialplan.json");

@@ -405,6 +405,11 @@ impl Driver {
 
     /// The userspace relay's packets and bytes since start: the live legs'
     /// counters plus those of the legs already removed.
+    /// Legs on each userspace relay worker, in worker order.
+    pub fn relay_worker_legs(&self) -> Vec<usize> {
+        self.inner.relay.worker_legs()
+    }
+
     pub fn relay_totals(&self) -> RelayTotals {
         let mut totals = *lock(&self.inner.retired);
         for (_, shared) in self.core().engine.legs() {

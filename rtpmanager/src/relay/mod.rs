@@ -39,6 +39,7 @@ pub mod continuity;
 pub mod latch;
 mod worker;
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -340,41 +341,14 @@ enum Command {
     Shutdown,
 }
 
-/// Handle to the relay worker. Dropping it stops the worker.
-pub struct Relay {
+/// One worker thread: its command queue and the event fd that wakes it.
+struct WorkerHandle {
     commands: mpsc::Sender<Command>,
     waker: Arc<EventFd>,
-    events: broadcast::Sender<RelayEvent>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl std::fmt::Debug for Relay {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Relay").finish_non_exhaustive()
-    }
-}
-
-impl Relay {
-    /// Starts the worker thread.
-    pub fn start() -> Result<Relay, RelayError> {
-        let (commands, inbox) = mpsc::channel();
-        let waker = Arc::new(
-            EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
-                .map_err(io::Error::from)?,
-        );
-        let (events, _) = broadcast::channel(1024);
-        let mut worker = worker::Worker::new(inbox, Arc::clone(&waker), events.clone())?;
-        let thread = std::thread::Builder::new()
-            .name("relay".into())
-            .spawn(move || worker.run())?;
-        Ok(Relay {
-            commands,
-            waker,
-            events,
-            thread: Some(thread),
-        })
-    }
-
+impl WorkerHandle {
     fn send(&self, command: Command) -> Result<(), RelayError> {
         self.commands
             .send(command)
@@ -382,9 +356,139 @@ impl Relay {
         self.waker.write(1).map_err(|_| RelayError::Stopped)?;
         Ok(())
     }
+}
 
-    /// Hands a leg's sockets to the relay. `shared.rtp_socket` must be
-    /// non-blocking; `rtcp` too when present (absent with rtcp-mux).
+/// Which worker holds each leg, and how many legs each holds.
+///
+/// A call's legs live on one worker: a leg forwards to its bridged leg by
+/// slot, inside the worker's own table, with no hand-off between threads
+/// per packet. A new call goes to the worker with the fewest legs.
+#[derive(Debug, Default)]
+struct Placement {
+    /// Per leg: its worker and its call.
+    by_slot: HashMap<Slot, (usize, Arc<str>)>,
+    /// Per call: its worker and how many of its legs are placed.
+    by_call: HashMap<Arc<str>, (usize, usize)>,
+    legs: Vec<usize>,
+}
+
+impl Placement {
+    fn new(workers: usize) -> Placement {
+        Placement {
+            legs: vec![0; workers],
+            ..Placement::default()
+        }
+    }
+
+    /// The worker for a new leg of `call`.
+    fn place(&mut self, slot: Slot, call: &Arc<str>) -> usize {
+        if let Some((worker, _)) = self.by_slot.get(&slot) {
+            return *worker;
+        }
+        let worker = match self.by_call.get_mut(call) {
+            Some((worker, count)) => {
+                *count += 1;
+                *worker
+            }
+            None => {
+                let worker = (0..self.legs.len())
+                    .min_by_key(|w| (self.legs[*w], *w))
+                    .unwrap_or(0);
+                self.by_call.insert(Arc::clone(call), (worker, 1));
+                worker
+            }
+        };
+        self.legs[worker] += 1;
+        self.by_slot.insert(slot, (worker, Arc::clone(call)));
+        worker
+    }
+
+    fn worker_of(&self, slot: Slot) -> Option<usize> {
+        self.by_slot.get(&slot).map(|(worker, _)| *worker)
+    }
+
+    /// Forgets a leg; returns the worker it was on.
+    fn remove(&mut self, slot: Slot) -> Option<usize> {
+        let (worker, call) = self.by_slot.remove(&slot)?;
+        self.legs[worker] = self.legs[worker].saturating_sub(1);
+        if let Some((_, count)) = self.by_call.get_mut(&call) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.by_call.remove(&call);
+            }
+        }
+        Some(worker)
+    }
+}
+
+/// Handle to the relay's workers. Dropping it stops them.
+pub struct Relay {
+    workers: Vec<WorkerHandle>,
+    placement: Mutex<Placement>,
+    events: broadcast::Sender<RelayEvent>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("workers", &self.workers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// Starts one worker thread.
+    pub fn start() -> Result<Relay, RelayError> {
+        Relay::with_workers(1)
+    }
+
+    /// Starts `workers` worker threads (at least one), each with its own
+    /// epoll set and batch buffers.
+    pub fn with_workers(workers: usize) -> Result<Relay, RelayError> {
+        let (events, _) = broadcast::channel(1024);
+        let mut handles = Vec::with_capacity(workers.max(1));
+        for index in 0..workers.max(1) {
+            let (commands, inbox) = mpsc::channel();
+            let waker = Arc::new(
+                EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+                    .map_err(io::Error::from)?,
+            );
+            let mut worker = worker::Worker::new(inbox, Arc::clone(&waker), events.clone())?;
+            let thread = std::thread::Builder::new()
+                .name(format!("relay-{index}"))
+                .spawn(move || worker.run())?;
+            handles.push(WorkerHandle {
+                commands,
+                waker,
+                thread: Some(thread),
+            });
+        }
+        Ok(Relay {
+            placement: Mutex::new(Placement::new(handles.len())),
+            workers: handles,
+            events,
+        })
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Legs on each worker, in worker order.
+    pub fn worker_legs(&self) -> Vec<usize> {
+        lock(&self.placement).legs.clone()
+    }
+
+    fn worker(&self, slot: Slot) -> Result<&WorkerHandle, RelayError> {
+        let index = lock(&self.placement).worker_of(slot).unwrap_or(0);
+        self.workers.get(index).ok_or(RelayError::Stopped)
+    }
+
+    /// Hands a leg's sockets to the relay: to the worker of its call's
+    /// other legs, or, for a new call, to the worker with the fewest legs.
+    /// `shared.rtp_socket` must be non-blocking; `rtcp` too when present
+    /// (absent with rtcp-mux).
     pub fn add_leg(
         &self,
         slot: Slot,
@@ -392,7 +496,9 @@ impl Relay {
         rtcp: Option<UdpSocket>,
         params: LegParams,
     ) -> Result<(), RelayError> {
-        self.send(Command::Add {
+        let index = lock(&self.placement).place(slot, &shared.leg.call_id);
+        let worker = self.workers.get(index).ok_or(RelayError::Stopped)?;
+        worker.send(Command::Add {
             slot,
             shared,
             rtcp,
@@ -402,34 +508,49 @@ impl Relay {
 
     /// Replaces a leg's parameters.
     pub fn update_leg(&self, slot: Slot, params: LegParams) -> Result<(), RelayError> {
-        self.send(Command::Update { slot, params })
+        self.worker(slot)?.send(Command::Update { slot, params })
     }
 
     /// Removes a leg, closing its sockets, and returns its last snapshot.
     pub fn remove_leg(&self, slot: Slot) -> Result<Option<LegSnapshot>, RelayError> {
+        let worker = self.worker(slot)?;
         let (reply, answer) = mpsc::sync_channel(1);
-        self.send(Command::Remove { slot, reply })?;
-        answer.recv().map_err(|_| RelayError::Stopped)
+        worker.send(Command::Remove { slot, reply })?;
+        let snapshot = answer.recv().map_err(|_| RelayError::Stopped);
+        lock(&self.placement).remove(slot);
+        snapshot
     }
 
     /// The RFC 3550 figures of a leg.
     pub fn snapshot(&self, slot: Slot) -> Result<Option<LegSnapshot>, RelayError> {
         let (reply, answer) = mpsc::sync_channel(1);
-        self.send(Command::Snapshot { slot, reply })?;
+        self.worker(slot)?.send(Command::Snapshot { slot, reply })?;
         answer.recv().map_err(|_| RelayError::Stopped)
     }
 
-    /// Events from now on.
+    /// Events from now on, of every worker.
     pub fn subscribe(&self) -> broadcast::Receiver<RelayEvent> {
         self.events.subscribe()
     }
 }
 
+/// The placement is a few map updates per call: a panic cannot leave it
+/// half done.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Drop for Relay {
     fn drop(&mut self) {
-        let _ = self.send(Command::Shutdown);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        for worker in &self.workers {
+            let _ = worker.send(Command::Shutdown);
+        }
+        for worker in &mut self.workers {
+            if let Some(thread) = worker.thread.take() {
+                let _ = thread.join();
+            }
         }
     }
 }

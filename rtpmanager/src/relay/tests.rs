@@ -620,3 +620,83 @@ fn recv_nonblocking(socket: &UdpSocket) -> bool {
     socket.set_nonblocking(false).expect("blocking");
     got
 }
+
+#[test]
+fn calls_spread_over_the_workers_and_each_calls_legs_share_one() {
+    let relay = Relay::with_workers(2).expect("relay");
+    assert_eq!(relay.workers(), 2);
+    let mut calls = Vec::new();
+    for (n, call) in (0u32..).zip(["c1", "c2", "c3"]) {
+        let (caller, callee) = (endpoint(), endpoint());
+        let (a_slot, b_slot) = (2 * n + 1, 2 * n + 2);
+        let leg = |slot: Slot, name: &str, forward_to: Slot, peer: &UdpSocket| {
+            let shared = Arc::new(LegShared::new(
+                LegRef {
+                    call_id: Arc::from(call),
+                    leg_id: Arc::from(name),
+                },
+                Arc::new(socket()),
+            ));
+            let params = LegParams {
+                forward_to: Some(forward_to),
+                expected_rtp: Some(peer.local_addr().expect("addr")),
+                clock_rate: 8000,
+                ..LegParams::default()
+            };
+            relay
+                .add_leg(slot, Arc::clone(&shared), Some(socket()), params)
+                .expect("add leg");
+            Leg {
+                slot,
+                shared,
+                rtcp_addr: peer.local_addr().expect("addr"),
+            }
+        };
+        let a = leg(a_slot, "a", b_slot, &caller);
+        let b = leg(b_slot, "b", a_slot, &callee);
+        calls.push((a, b, caller, callee));
+    }
+    // c1 on worker 0, c2 on worker 1 (fewest legs), c3 on worker 0 (a tie
+    // goes to the first): a call's two legs always together.
+    assert_eq!(relay.worker_legs(), vec![4, 2]);
+    let placement = lock(&relay.placement);
+    for (a, b, _, _) in &calls {
+        assert_eq!(placement.worker_of(a.slot), placement.worker_of(b.slot));
+    }
+    drop(placement);
+
+    // Every call forwards both ways, whichever worker holds it.
+    for (seq, (a, b, caller, callee)) in (1u16..).zip(&calls) {
+        let packet = rtp_packet(seq, 0, &[0x55; 160]);
+        caller.send_to(&packet, a.rtp_addr()).expect("send");
+        assert_eq!(
+            recv(callee),
+            Some((packet, b.rtp_addr())),
+            "call {seq} a → b"
+        );
+        let reply = rtp_packet(seq + 100, 0, &[0x66; 160]);
+        callee.send_to(&reply, b.rtp_addr()).expect("send");
+        assert_eq!(
+            recv(caller),
+            Some((reply, a.rtp_addr())),
+            "call {seq} b → a"
+        );
+    }
+
+    // c1 ends: its worker has room again, and the next call goes there.
+    for slot in [1, 2] {
+        relay.remove_leg(slot).expect("relay alive");
+    }
+    assert_eq!(relay.worker_legs(), vec![2, 2]);
+    let shared = Arc::new(LegShared::new(
+        LegRef {
+            call_id: Arc::from("c4"),
+            leg_id: Arc::from("a"),
+        },
+        Arc::new(socket()),
+    ));
+    relay
+        .add_leg(9, shared, None, LegParams::default())
+        .expect("add leg");
+    assert_eq!(relay.worker_legs(), vec![3, 2]);
+}
