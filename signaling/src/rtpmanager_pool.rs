@@ -472,16 +472,34 @@ impl ManagerPool {
     /// The managers that may take a new call: the healthy ones, or when
     /// none is, those not probed yet (at start). Draining and down
     /// managers keep their calls but get no new ones, nor do those the
-    /// operator drained.
+    /// operator drained. Among them, those whose last Health said their
+    /// relay was at capacity come only when all are: that answer may be a
+    /// second old, and an overloaded manager refuses an Offer it cannot
+    /// take anyway, so it is skipped, never excluded.
     pub fn candidates(&self) -> Vec<usize> {
-        let healths: Vec<Health> = self
-            .statuses()
-            .into_iter()
+        let statuses = self.statuses();
+        let eligible = Self::eligible(&statuses);
+        let room: Vec<usize> = eligible
+            .iter()
+            .copied()
+            .filter(|i| !statuses[*i].overloaded)
+            .collect();
+        if room.is_empty() {
+            eligible
+        } else {
+            room
+        }
+    }
+
+    /// The healthy managers not drained (or, when none is, the unprobed).
+    fn eligible(statuses: &[ManagerStatus]) -> Vec<usize> {
+        let healths: Vec<Health> = statuses
+            .iter()
             .map(|s| {
                 if s.operator_drain {
                     Health::Draining
                 } else {
-                    s.health
+                    s.health.clone()
                 }
             })
             .collect();
@@ -850,6 +868,35 @@ mod tests {
             t.observe(&answered(v1::ServingStatus::Serving)),
             Some(Health::Healthy)
         );
+    }
+
+    fn set_overloaded(pool: &ManagerPool, index: usize, overloaded: bool) {
+        pool.managers[index]
+            .status
+            .write()
+            .expect("status lock")
+            .overloaded = overloaded;
+    }
+
+    #[tokio::test]
+    async fn a_manager_at_its_relay_capacity_comes_last_not_never() {
+        let uris: Vec<String> = (1..=3).map(|p| format!("http://127.0.0.1:{p}")).collect();
+        let pool = ManagerPool::new(&uris).expect("pool");
+        for index in 0..3 {
+            set_health(&pool, index, Health::Healthy);
+        }
+        set_overloaded(&pool, 0, true);
+        assert_eq!(pool.candidates(), vec![1, 2]);
+        set_overloaded(&pool, 2, true);
+        assert_eq!(pool.candidates(), vec![1]);
+        set_overloaded(&pool, 1, true);
+        assert_eq!(
+            pool.candidates(),
+            vec![0, 1, 2],
+            "all at capacity: each is asked (its answer may be stale)"
+        );
+        set_health(&pool, 1, Health::Draining);
+        assert_eq!(pool.candidates(), vec![0, 2], "draining stays out");
     }
 
     fn set_health(pool: &ManagerPool, index: usize, health: Health) {

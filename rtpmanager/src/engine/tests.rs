@@ -97,17 +97,9 @@ impl Harness {
     /// Offer a→b, answer, bridge: a call ready for media. Returns the
     /// slots of a and b.
     fn call(&mut self, call: &str) -> (Slot, Slot) {
-        let input = OfferInput {
-            call,
-            leg: "a",
-            peer: "b",
-            sdp: OFFER,
-            options: LegOptions::default(),
-            peer_options: LegOptions::default(),
-        };
         let b = self
             .engine
-            .handle_offer(self.now, self.unix_ms, input)
+            .handle_offer(self.now, self.unix_ms, offer_a_to_b(call))
             .expect("offer")
             .leg
             .slot;
@@ -138,6 +130,18 @@ impl Harness {
             .handle_latched(self.now, &a, StreamKind::Rtp, pa, true);
         self.engine
             .handle_latched(self.now, &b, StreamKind::Rtp, pb, true);
+    }
+}
+
+/// The Offer of leg a's peer, making legs a and b of `call`.
+fn offer_a_to_b(call: &str) -> OfferInput<'_> {
+    OfferInput {
+        call,
+        leg: "a",
+        peer: "b",
+        sdp: OFFER,
+        options: LegOptions::default(),
+        peer_options: LegOptions::default(),
     }
 }
 
@@ -491,15 +495,7 @@ fn offers_past_the_relay_capacity_are_refused_and_kernel_forwarded_legs_do_not_c
         }
     );
     assert!(h.engine.relay_load().overloaded());
-    let offer = |call| OfferInput {
-        call,
-        leg: "a",
-        peer: "b",
-        sdp: OFFER,
-        options: LegOptions::default(),
-        peer_options: LegOptions::default(),
-    };
-    match h.engine.handle_offer(h.now, h.unix_ms, offer("c3")) {
+    match h.engine.handle_offer(h.now, h.unix_ms, offer_a_to_b("c3")) {
         Err(SessionError::Exhausted(reason)) => assert!(
             reason.contains("200 of 200 packets/s committed and this offer adds 100"),
             "{reason}"
@@ -509,7 +505,7 @@ fn offers_past_the_relay_capacity_are_refused_and_kernel_forwarded_legs_do_not_c
     assert_eq!(h.engine.table().calls(), 2, "nothing of c3 was made");
     // A re-offer on legs that exist adds no load: it passes at capacity.
     h.engine
-        .handle_offer(h.now, h.unix_ms, offer("c1"))
+        .handle_offer(h.now, h.unix_ms, offer_a_to_b("c1"))
         .expect("a re-INVITE's offer");
 
     // c1's media goes into the kernel: its legs stop counting.

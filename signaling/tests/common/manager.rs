@@ -76,6 +76,18 @@ impl Manager {
             .expect("connect to the manager")
     }
 
+    /// The manager's Health answer.
+    pub fn health(&self) -> v1::HealthResponse {
+        runtime().block_on(async {
+            self.client()
+                .await
+                .health(v1::HealthRequest {})
+                .await
+                .expect("Health")
+                .into_inner()
+        })
+    }
+
     /// The calls the manager holds.
     pub fn calls(&self) -> Vec<v1::CallSummary> {
         runtime().block_on(async {
