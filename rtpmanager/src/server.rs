@@ -178,6 +178,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Duration::from_secs(1),
     ));
 
+    // Before the port accepts: a SIGTERM from then on is a graceful stop.
+    let mut signals = switchboard_service::ShutdownSignals::install();
     let grpc_addr = SocketAddr::new(config.grpc_address, config.grpc_port);
     let listener = tokio::net::TcpListener::bind(grpc_addr)
         .await
@@ -203,7 +205,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = {
         let stopping = Arc::clone(&stopping);
         async move {
-            let signal = switchboard_service::shutdown_signal().await;
+            let signal = signals.recv().await;
             tracing::info!(signal, "shutting down");
             stopping.notify_one();
         }

@@ -4,7 +4,8 @@
 //! - [`config`]: flag > environment > TOML file > default, with clap doing
 //!   all validation;
 //! - [`init_logging`]: `--log-level` applied to `tracing`;
-//! - [`shutdown_signal`]: resolves on SIGINT or SIGTERM for graceful stop;
+//! - [`ShutdownSignals`] (installed before a daemon listens) and
+//!   [`shutdown_signal`]: resolve on SIGINT or SIGTERM for graceful stop;
 //! - [`wait_while_stopping`]: a bounded wait for work to finish after that,
 //!   which a second signal cuts short;
 //! - [`secrets`]: bearer-token files (constant-time compare) and PEM files;
@@ -39,21 +40,57 @@ pub fn init_logging(level: &str) {
         .init();
 }
 
-/// Resolves when the process receives SIGINT or SIGTERM, and says which.
-pub async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the process");
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
+/// SIGINT and SIGTERM, watched from the moment this is made (inside the
+/// tokio runtime). Make it before the daemon listens: a stop signal that
+/// comes as soon as it accepts connections (from a supervisor, a test, an
+/// operator's quick Ctrl-C) is then a graceful stop. Watched only once the
+/// first `recv` ran, as before, such a signal took the default action and
+/// killed the process (seen in CI: a SIGTERM right after the manager's
+/// gRPC port accepted, exit by signal, nothing logged).
+pub struct ShutdownSignals {
+    interrupt: Option<tokio::signal::unix::Signal>,
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    /// Starts watching SIGINT and SIGTERM.
+    pub fn install() -> ShutdownSignals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let watch = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(watched) => Some(watched),
+            Err(error) => {
+                tracing::warn!(%error, signal = name, "cannot watch a stop signal");
+                None
+            }
+        };
+        ShutdownSignals {
+            interrupt: watch(SignalKind::interrupt(), "SIGINT"),
+            terminate: watch(SignalKind::terminate(), "SIGTERM"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
     }
+
+    /// Resolves on the next SIGINT or SIGTERM, and says which.
+    pub async fn recv(&mut self) -> &'static str {
+        async fn next(watched: &mut Option<tokio::signal::unix::Signal>) {
+            match watched {
+                Some(watched) => {
+                    watched.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            () = next(&mut self.interrupt) => "SIGINT",
+            () = next(&mut self.terminate) => "SIGTERM",
+        }
+    }
+}
+
+/// Resolves when the process receives SIGINT or SIGTERM, and says which
+/// (watched from the first poll: see [`ShutdownSignals`] for a daemon's
+/// start).
+pub async fn shutdown_signal() -> &'static str {
+    ShutdownSignals::install().recv().await
 }
 
 /// How a [`wait_while_stopping`] ended.

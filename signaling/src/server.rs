@@ -66,6 +66,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.rest_max_connections,
         raise_file_limit(),
     );
+    // Before the ports accept: a SIGTERM from then on is a graceful stop.
+    let mut signals = switchboard_service::ShutdownSignals::install();
     let transports = Transports::start(
         TransportConfig {
             bind: SocketAddr::new(config.bind_address, config.port),
@@ -224,7 +226,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
     });
     let early = tokio::select! {
-        signal = switchboard_service::shutdown_signal() => {
+        signal = signals.recv() => {
             tracing::info!(signal, "shutting down");
             None
         }

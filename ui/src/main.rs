@@ -37,6 +37,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
             "the dashboard listens beyond loopback over plain HTTP: operators' API tokens cross the network at login; serve it behind a TLS proxy"
         );
     }
+    // Before the port accepts: a SIGTERM from then on is a graceful stop.
+    let mut signals = switchboard_service::ShutdownSignals::install();
     let addr = SocketAddr::new(config.address, config.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -53,8 +55,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
             config.backend_timeout(),
         )),
     )
-    .with_graceful_shutdown(async {
-        let signal = switchboard_service::shutdown_signal().await;
+    .with_graceful_shutdown(async move {
+        let signal = signals.recv().await;
         tracing::info!(signal, "shutting down");
     })
     .await
