@@ -209,6 +209,18 @@ pub fn render(s: &Snapshot) -> String {
         &[],
         r.source_rejected_packets,
     );
+    family(
+        &mut out,
+        "relay_overload_dropped_packets_total",
+        "counter",
+        "Packets the userspace relay lost to overload: dropped by the kernel on a leg's full receive queue, or not sent on a full send queue; ended calls included.",
+    );
+    sample(
+        &mut out,
+        "relay_overload_dropped_packets_total",
+        &[],
+        r.overload_dropped_packets,
+    );
     let gauges: [(&str, &str, u64); 9] = [
         (
             "kernel_directions",
@@ -398,6 +410,7 @@ mod tests {
                 rtcp_out_packets: 0,
                 rtcp_out_bytes: 0,
                 source_rejected_packets: 5,
+                overload_dropped_packets: 9,
             },
             interfaces: Vec::new(),
         };
@@ -424,6 +437,9 @@ switchboard_rtpmanager_relay_bytes_total{stream=\"rtcp\",direction=\"out\"} 0
 # HELP switchboard_rtpmanager_relay_source_rejected_packets_total Packets the userspace relay dropped because they came from a source the leg does not accept (a strict leg after it locked its peer's source, or worse than its candidate while learning), ended calls included; what the kernel drops for its source is its source_mismatch_drop verdict.
 # TYPE switchboard_rtpmanager_relay_source_rejected_packets_total counter
 switchboard_rtpmanager_relay_source_rejected_packets_total 5
+# HELP switchboard_rtpmanager_relay_overload_dropped_packets_total Packets the userspace relay lost to overload: dropped by the kernel on a leg's full receive queue, or not sent on a full send queue; ended calls included.
+# TYPE switchboard_rtpmanager_relay_overload_dropped_packets_total counter
+switchboard_rtpmanager_relay_overload_dropped_packets_total 9
 # HELP switchboard_rtpmanager_kernel_directions Media directions (one leg's RTP or RTCP towards its bridged leg) the kernel forwards.
 # TYPE switchboard_rtpmanager_kernel_directions gauge
 switchboard_rtpmanager_kernel_directions 4

@@ -17,6 +17,51 @@ pub const BATCH: usize = 32;
 /// kernel (`MSG_TRUNC`) and dropped.
 pub const MAX_DATAGRAM: usize = 2048;
 
+/// Room for one `SO_RXQ_OVFL` control message (a `u32`), in `u64`s so the
+/// buffer is aligned as `cmsghdr` wants.
+const CONTROL_WORDS: usize = 4;
+
+/// Asks the kernel to report, with each datagram read from `fd`, how many
+/// datagrams it dropped so far because the socket's receive queue was full
+/// (`SO_RXQ_OVFL`): the relay's own overflow, counted per leg.
+pub fn count_queue_drops(fd: RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket option with a c_int value of the right size.
+    let result = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RXQ_OVFL,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The drop count of an `SO_RXQ_OVFL` control message in `header`'s
+/// control buffer, if the kernel wrote one.
+fn queue_drops(header: &libc::msghdr) -> Option<u32> {
+    // SAFETY: the control buffer and its length are the ones the kernel
+    // filled; the CMSG macros stay within them.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(header);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SO_RXQ_OVFL {
+                return Some(std::ptr::read_unaligned(
+                    libc::CMSG_DATA(cmsg).cast::<u32>(),
+                ));
+            }
+            cmsg = libc::CMSG_NXTHDR(header, cmsg);
+        }
+    }
+    None
+}
+
 /// Reads an IPv4 or IPv6 address the kernel wrote into `storage`.
 fn to_socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match libc::c_int::from(storage.ss_family) {
@@ -58,6 +103,9 @@ pub struct RecvBatch {
     headers: [libc::mmsghdr; BATCH],
     lengths: [usize; BATCH],
     sources: [Option<SocketAddr>; BATCH],
+    control: [[u64; CONTROL_WORDS]; BATCH],
+    /// The highest `SO_RXQ_OVFL` count of the last `recv`.
+    queue_drops: Option<u32>,
     count: usize,
 }
 
@@ -80,6 +128,8 @@ impl Default for RecvBatch {
             headers,
             lengths: [0; BATCH],
             sources: [None; BATCH],
+            control: [[0; CONTROL_WORDS]; BATCH],
+            queue_drops: None,
             count: 0,
         }
     }
@@ -99,8 +149,8 @@ impl RecvBatch {
             header.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             header.msg_iov = &mut self.iovecs[i];
             header.msg_iovlen = 1;
-            header.msg_control = std::ptr::null_mut();
-            header.msg_controllen = 0;
+            header.msg_control = self.control[i].as_mut_ptr().cast();
+            header.msg_controllen = std::mem::size_of::<[u64; CONTROL_WORDS]>() as _;
             header.msg_flags = 0;
             self.headers[i].msg_len = 0;
         }
@@ -123,7 +173,11 @@ impl RecvBatch {
             };
         }
         let n = n as usize;
+        self.queue_drops = None;
         for i in 0..n {
+            if let Some(drops) = queue_drops(&self.headers[i].msg_hdr) {
+                self.queue_drops = Some(self.queue_drops.map_or(drops, |d| d.max(drops)));
+            }
             let truncated = self.headers[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
             self.lengths[i] = if truncated {
                 0
@@ -134,6 +188,13 @@ impl RecvBatch {
         }
         self.count = n;
         Ok(n)
+    }
+
+    /// The socket's count of datagrams dropped on a full receive queue, as
+    /// of the last `recv` (cumulative since [`count_queue_drops`]); `None`
+    /// when none was dropped yet.
+    pub fn queue_drops(&self) -> Option<u32> {
+        self.queue_drops
     }
 
     /// The `index`-th datagram of the last `recv`; `None` for a truncated
@@ -311,6 +372,49 @@ mod tests {
             batch.recv(rx.as_raw_fd()).expect("empty socket"),
             0,
             "EAGAIN reads as 0"
+        );
+    }
+
+    #[test]
+    fn datagrams_dropped_on_a_full_receive_queue_are_reported_with_the_next_read() {
+        let rx = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+            .expect("socket");
+        // The smallest queue the kernel grants: a few datagrams of 1000 octets.
+        rx.set_recv_buffer_size(1).expect("SO_RCVBUF");
+        rx.bind(&"127.0.0.1:0".parse::<SocketAddr>().expect("addr").into())
+            .expect("bind");
+        rx.set_nonblocking(true).expect("nonblocking");
+        let rx: UdpSocket = rx.into();
+        count_queue_drops(rx.as_raw_fd()).expect("SO_RXQ_OVFL");
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind tx");
+        let to = rx.local_addr().expect("addr");
+        const SENT: usize = 200;
+        for i in 0..SENT {
+            tx.send_to(&[i as u8; 1000], to).expect("send");
+        }
+        let mut batch = RecvBatch::default();
+        let (mut read, mut dropped) = (0usize, 0u32);
+        loop {
+            let n = batch.recv(rx.as_raw_fd()).expect("recvmmsg");
+            if n == 0 {
+                break;
+            }
+            read += n;
+            dropped = batch.queue_drops().unwrap_or(dropped);
+        }
+        assert!(read > 0 && read < SENT, "{read} of {SENT} fitted the queue");
+        // A datagram carries the count as of its own arrival: the drops
+        // after the last one queued show with the next one.
+        tx.send_to(&[0; 1000], to).expect("send");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while batch.recv(rx.as_raw_fd()).expect("recvmmsg") == 0 {
+            assert!(std::time::Instant::now() < deadline, "the last datagram");
+        }
+        dropped = batch.queue_drops().unwrap_or(dropped);
+        assert_eq!(
+            read + dropped as usize,
+            SENT,
+            "every datagram is either read or counted dropped"
         );
     }
 }

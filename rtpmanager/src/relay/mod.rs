@@ -133,6 +133,9 @@ pub struct LegCounters {
     /// Packets dropped because they came from a source the leg does not
     /// accept (after the lock, or worse than the candidate while learning).
     pub source_mismatch_drops: AtomicU64,
+    /// Packets lost to overload: not sent on because the bridged leg's send
+    /// queue was full, or dropped by the kernel on this leg's full receive
+    /// queue (`SO_RXQ_OVFL`).
     pub overload_drops: AtomicU64,
     /// Milliseconds since the Unix epoch of the last packet received; 0 if none.
     pub last_packet_ms: AtomicU64,
@@ -162,6 +165,8 @@ pub struct RelayTotals {
     pub rtcp_out_bytes: u64,
     /// Packets dropped for their source (see [`LegCounters::source_mismatch_drops`]).
     pub source_rejected_packets: u64,
+    /// Packets lost to overload (see [`LegCounters::overload_drops`]).
+    pub overload_dropped_packets: u64,
 }
 
 impl RelayTotals {
@@ -177,6 +182,7 @@ impl RelayTotals {
         self.rtcp_out_packets += get(&c.rtcp_out_packets);
         self.rtcp_out_bytes += get(&c.rtcp_out_bytes);
         self.source_rejected_packets += get(&c.source_mismatch_drops);
+        self.overload_dropped_packets += get(&c.overload_drops);
     }
 }
 

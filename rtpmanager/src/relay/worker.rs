@@ -11,7 +11,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::eventfd::EventFd;
 use tokio::sync::broadcast;
 
-use super::batch::{RecvBatch, SendBatch};
+use super::batch::{count_queue_drops, RecvBatch, SendBatch};
 use super::continuity::{ForwardVerdict, StreamPosition};
 use super::latch::{self, SourceLatch};
 use super::{
@@ -65,6 +65,9 @@ struct LegState {
     peer_report: Option<rtp::ReportBlock>,
     /// Present while the leg negotiated telephone-event.
     dtmf: Option<DtmfDetector>,
+    /// The kernel's count of datagrams dropped on the RTP and the RTCP
+    /// socket's full receive queue, as last seen.
+    queue_drops: [u32; 2],
 }
 
 impl LegState {
@@ -349,6 +352,11 @@ impl Worker {
             tracing::error!(call = %shared.leg.call_id, leg = %shared.leg.leg_id, error = %e, "cannot watch leg sockets");
             return;
         }
+        for fd in std::iter::once(rtp.as_raw_fd()).chain(rtcp.as_ref().map(|s| s.as_raw_fd())) {
+            if let Err(e) = count_queue_drops(fd) {
+                tracing::debug!(error = %e, "receive-queue drops of a leg socket are not counted");
+            }
+        }
         let mut state = LegState {
             stats: ReceiverStats::new(params.clock_rate.max(1)),
             rtp_latch: SourceLatch::new(
@@ -369,6 +377,7 @@ impl Worker {
             timeout_reported: false,
             peer_report: None,
             dtmf: None,
+            queue_drops: [0; 2],
         };
         state.sync_dtmf_detector();
         state.publish_destination();
@@ -397,6 +406,7 @@ impl Worker {
                     return;
                 }
             };
+            self.count_queue_drops(slot, kind);
             let now = Instant::now();
             let now_ms = unix_millis(SystemTime::now());
             self.send_rtp.clear();
@@ -420,6 +430,24 @@ impl Worker {
             if n < super::BATCH {
                 return;
             }
+        }
+    }
+
+    /// Adds what the kernel dropped on the leg's full receive queue since
+    /// the last read to its overload drops: under overload each leg's own
+    /// socket overflows, so the loss is counted where it happened.
+    fn count_queue_drops(&mut self, slot: Slot, kind: SocketKind) {
+        let Some(total) = self.recv.queue_drops() else {
+            return;
+        };
+        let Some(leg) = self.legs.get_mut(&slot) else {
+            return;
+        };
+        let seen = &mut leg.queue_drops[usize::from(kind == SocketKind::Rtcp)];
+        let new = total.wrapping_sub(*seen);
+        *seen = total;
+        if new > 0 {
+            LegCounters::add(&leg.shared.counters.overload_drops, u64::from(new));
         }
     }
 
