@@ -237,6 +237,19 @@ async fn managers_are_listed_with_ids_totals_and_drain_flags() {
     assert_eq!(members[0]["accepting"], true);
     assert_eq!(members[1]["id"], "127.0.0.1:10");
     assert!(members[0]["fast_path"].is_string() && members[0]["ports_free"].is_u64());
+    assert_eq!(
+        (
+            &members[0]["relay_load_pps"],
+            &members[0]["relay_capacity_pps"],
+            &members[0]["overloaded"]
+        ),
+        (
+            &serde_json::json!(0),
+            &serde_json::json!(0),
+            &serde_json::json!(false)
+        ),
+        "admission figures before any Health answer"
+    );
 }
 
 #[tokio::test]
