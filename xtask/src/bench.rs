@@ -356,22 +356,12 @@ fn register_rates(
     args: &SipRegisterArgs,
 ) -> anyhow::Result<Vec<RateResult>> {
     std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
-    let scenarios = workspace_root().join("signaling/tests/sipp");
-    let users = work.join("users.toml");
-    std::fs::write(
-        &users,
-        "[[user]]\nname = \"1001\"\npassword = \"bench1001\"\n",
-    )
-    .context("writing the users file")?;
-    let users = users.to_str().context("a UTF-8 temporary directory")?;
-    let injection = work.join("users.csv");
-    let mut csv = String::from("SEQUENTIAL\n");
-    for n in 0..PLAIN_USERS {
-        csv.push_str(&format!("u{n};\n"));
-    }
-    std::fs::write(&injection, csv).context("writing the SIPp injection file")?;
-    let injection = injection.to_str().context("a UTF-8 temporary directory")?;
-    let mut options = vec![
+    let utf8 = |path: &Path| {
+        path.to_str()
+            .map(str::to_owned)
+            .context("a UTF-8 temporary directory")
+    };
+    let mut options: Vec<String> = [
         "--rtpmanager-health-interval",
         "60",
         "--realm",
@@ -379,12 +369,41 @@ fn register_rates(
         // SIPp is one source: the per-source rate limit would cap the bench.
         "--source-rate-limit",
         "0",
-    ];
-    if digest {
-        options.extend(["--auth-algorithms", "MD5", "--users-file", users]);
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    // Each mode's server options, scenario and SIPp arguments, decided once.
+    let (scenario, sipp_args): (&str, Vec<String>) = if digest {
+        let users = work.join("users.toml");
+        std::fs::write(
+            &users,
+            "[[user]]\nname = \"1001\"\npassword = \"bench1001\"\n",
+        )
+        .context("writing the users file")?;
+        options.extend([
+            "--auth-algorithms".into(),
+            "MD5".into(),
+            "--users-file".into(),
+        ]);
+        options.push(utf8(&users)?);
+        let auth = ["-s", "1001", "-au", "1001", "-ap", "bench1001"];
+        ("register_auth.xml", auth.map(str::to_owned).to_vec())
     } else {
-        options.extend(["--auth", "anonymous"]);
-    }
+        let injection = work.join("users.csv");
+        let mut csv = String::from("SEQUENTIAL\n");
+        for n in 0..PLAIN_USERS {
+            csv.push_str(&format!("u{n};\n"));
+        }
+        std::fs::write(&injection, csv).context("writing the SIPp injection file")?;
+        options.extend(["--auth".into(), "anonymous".into()]);
+        (
+            "register_plain.xml",
+            vec!["-inf".to_owned(), utf8(&injection)?],
+        )
+    };
+    let scenario = workspace_root().join("signaling/tests/sipp").join(scenario);
+    let sipp_args: Vec<&str> = sipp_args.iter().map(String::as_str).collect();
+    let options: Vec<&str> = options.iter().map(String::as_str).collect();
     let signaling = start_signaling_binary(binary, work, "127.0.0.1:9", &options)?;
     let sip_port = signaling.sip_port;
     let listening = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
@@ -396,15 +415,15 @@ fn register_rates(
     let mut results = Vec::new();
     for &rate in &args.rates {
         let cpu_before = signaling.daemon.cpu_time();
-        let mut result = if digest {
-            let auth = ["-s", "1001", "-au", "1001", "-ap", "bench1001"];
-            let scenario = scenarios.join("register_auth.xml");
-            run_sipp(sipp, &scenario, &auth, work, sip_port, rate, args.seconds)?
-        } else {
-            let plain = ["-inf", injection];
-            let scenario = scenarios.join("register_plain.xml");
-            run_sipp(sipp, &scenario, &plain, work, sip_port, rate, args.seconds)?
-        };
+        let mut result = run_sipp(
+            sipp,
+            &scenario,
+            &sipp_args,
+            work,
+            sip_port,
+            rate,
+            args.seconds,
+        )?;
         let used = signaling.daemon.cpu_time().saturating_sub(cpu_before);
         result.cpu_percent = Some(100.0 * used.as_secs_f64() / result.elapsed.as_secs_f64());
         print_result(&result);

@@ -168,7 +168,7 @@ impl Store {
     }
 
     /// Whether records were written since the last sync.
-    pub fn unsynced(&self) -> bool {
+    fn unsynced(&self) -> bool {
         self.journal_bytes != self.synced_bytes
     }
 

@@ -207,17 +207,15 @@ impl Uas {
         };
         let decision = self.registrar.handle_register(now.wall, &request);
         let (status, reason, headers) = match decision {
-            Decision::Ok(registered) => {
+            Decision::Ok(mut registered) => {
                 tracing::debug!(aor = %registered.aor.as_str(), contacts = registered.contacts.len(), "registered");
                 let headers = contact_headers(&registered);
-                let events = match &registered.persist {
-                    Some(persist) => {
-                        let events = binding_events(registered.aor.as_str(), persist, now.wall);
-                        if let Err(error) = self.store.write(&persist.record) {
+                let persist = match registered.persist.take() {
+                    Some(persist) => match self.store.write(&persist.record) {
+                        Ok(()) => Some(persist),
+                        Err(error) => {
                             tracing::error!(%error, "cannot store a binding change; REGISTER answered 500");
-                            if let Some(persist) = registered.persist {
-                                self.registrar.revert(persist);
-                            }
+                            self.registrar.revert(persist);
                             self.reply(
                                 now,
                                 key.as_ref(),
@@ -226,18 +224,20 @@ impl Uas {
                             );
                             return;
                         }
-                        events
-                    }
-                    None => Vec::new(),
+                    },
+                    None => None,
                 };
+                let events = persist.as_ref().map_or_else(Vec::new, |persist| {
+                    binding_events(registered.aor.as_str(), persist, now.wall)
+                });
                 // The 200 waits for the sync covering its change; one that
                 // changed nothing waits too when it lists changes not yet
                 // synced, and keeps its place in line either way.
-                if registered.persist.is_some() || !self.uncommitted.is_empty() {
+                if persist.is_some() || !self.uncommitted.is_empty() {
                     self.uncommitted.push(Uncommitted {
                         key,
                         current,
-                        persist: registered.persist,
+                        persist,
                         events,
                         headers,
                     });
