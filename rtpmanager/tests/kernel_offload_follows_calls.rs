@@ -47,7 +47,7 @@ use bed::{one_interface, xdp_peer_pass, Bed, Family, CALLEE, CALLER, RELAY_IP};
 use kernel::addr;
 use switchboard_testkit::netns::{sh, spawn_in_ns};
 
-use netns_call::{media_addr, rtp, sdp, stream, Manager, Peer, LOST, PEER_SSRC};
+use netns_call::{media_addr, rtp, sdp, stats_then_delete, stream, Manager, Peer, LOST, PEER_SSRC};
 
 impl Manager {
     /// The manager of an IPv4 bed.
@@ -271,24 +271,7 @@ fn call_in_every_path(family: Family, tag: &str, fast_path: &str, mode: Mode) {
                     "{family} {mode} {direction}: no UDP checksum errors at the receiver"
                 );
             }
-            let stats = client
-                .get_stats(v1::GetStatsRequest {
-                    call_id: "call-1".into(),
-                    leg_id: String::new(),
-                })
-                .await
-                .expect("GetStats")
-                .into_inner()
-                .legs;
-            let deleted = client
-                .delete(v1::DeleteRequest {
-                    call_id: "call-1".into(),
-                    ..Default::default()
-                })
-                .await
-                .expect("Delete")
-                .into_inner()
-                .legs;
+            let (stats, deleted) = stats_then_delete(&mut client, "call-1").await;
             (leg_a_addr, leg_b_addr, (stats, deleted), states)
         })
     })

@@ -33,7 +33,7 @@ mod bed;
 mod netns_call;
 
 use bed::{two_interfaces, xdp_peer_pass, Bed, Family};
-use netns_call::{media_addr, rtp, sdp, stream, Manager, Peer, LOST};
+use netns_call::{media_addr, rtp, sdp, stats_then_delete, stream, Manager, Peer, LOST};
 use switchboard_testkit::netns::spawn_in_ns;
 
 /// The manager of a two-sided bed: `public` on a0 in `mode_a`, `private`
@@ -212,24 +212,7 @@ fn call(bed: &Bed, grpc: String, offloaded: (bool, bool), what: String) -> Seen 
                     "{what} {direction}: no checksum errors"
                 );
             }
-            let stats = client
-                .get_stats(v1::GetStatsRequest {
-                    call_id: "call-1".into(),
-                    leg_id: String::new(),
-                })
-                .await
-                .expect("GetStats")
-                .into_inner()
-                .legs;
-            let deleted = client
-                .delete(v1::DeleteRequest {
-                    call_id: "call-1".into(),
-                    ..Default::default()
-                })
-                .await
-                .expect("Delete")
-                .into_inner()
-                .legs;
+            let (stats, deleted) = stats_then_delete(&mut client, "call-1").await;
             Seen {
                 info,
                 caller_sdp: answer.sdp,

@@ -12,7 +12,10 @@ use std::process::Command;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use switchboard_proto::v1;
+use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
 use switchboard_testkit::daemon::{grpc_address, Daemon};
+use tonic::transport::Channel;
 
 use switchboard_testkit::netns::{spawn_in_ns, udp_in_csum_errors};
 
@@ -66,6 +69,33 @@ impl Manager {
     pub fn kill(mut self) {
         self.daemon.kill();
     }
+}
+
+/// A call's legs' figures now, then those Delete returns for them (the
+/// final ones, with what the kernel forwarded merged in).
+pub async fn stats_then_delete(
+    client: &mut RtpManagerClient<Channel>,
+    call_id: &str,
+) -> (Vec<v1::LegStats>, Vec<v1::LegStats>) {
+    let stats = client
+        .get_stats(v1::GetStatsRequest {
+            call_id: call_id.into(),
+            leg_id: String::new(),
+        })
+        .await
+        .expect("GetStats")
+        .into_inner()
+        .legs;
+    let deleted = client
+        .delete(v1::DeleteRequest {
+            call_id: call_id.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("Delete")
+        .into_inner()
+        .legs;
+    (stats, deleted)
 }
 
 pub fn sdp(a: SocketAddr) -> String {
