@@ -486,6 +486,8 @@ impl Relay {
         lock(&self.placement).legs.clone()
     }
 
+    /// The worker holding `slot`. A slot no worker holds (already removed)
+    /// goes to the first, which answers as the others would: no such leg.
     fn worker(&self, slot: Slot) -> Result<&WorkerHandle, RelayError> {
         let index = lock(&self.placement).worker_of(slot).unwrap_or(0);
         self.workers.get(index).ok_or(RelayError::Stopped)
