@@ -527,7 +527,10 @@ fn media_timeout_on_the_manager_hangs_up_both_legs() {
     let bed = bed_with(
         &format!("sip:bob@127.0.0.1:{callee_port}"),
         &["--auth", "anonymous"],
-        &["--media-timeout", "1"],
+        // The manager counts silence from the answer: the test must see the
+        // call bridged and send its packets within this, which 1 s did not
+        // always leave under a loaded CI (the call was reaped first).
+        &["--media-timeout", "3"],
     );
     let (a, rtp_a) = media_socket();
     let (b, rtp_b) = media_socket();
