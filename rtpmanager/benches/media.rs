@@ -30,6 +30,17 @@
 //! packets over received packets, summed over the calls' legs) and how many
 //! legs were offloaded after the warm-up, where every call latched at once.
 //!
+//! Load: `--rate` packets a second per call and direction (50 by default),
+//! `--one-way` for the callers alone (a flood: `--calls 100 --rate 2500
+//! --one-way` is 250 kpps over 100 streams, sent by two threads, half the
+//! calls each). Every packet carries its call in the SSRC, so besides the
+//! total the table prints the loss of the best, the median and the worst
+//! stream: under overload they show whether loss is spread or one stream
+//! starves. `--capacity-pps N` starts the manager with admission control
+//! (by default it is off, so each point carries all its calls): the point
+//! prints how many calls were admitted, the first refusal's reason, and
+//! whether Health said overloaded at the end of the measurement.
+//!
 //! All traffic stays inside the namespaces this program creates; they are
 //! deleted by name at the end, and the manager it started is stopped by pid.
 #![allow(clippy::print_stdout)]
@@ -69,6 +80,20 @@ struct Args {
     seconds: u64,
     /// The two-interface bed (`--bed two-interface`).
     two_sided: bool,
+    /// The load each call brings.
+    load: Load,
+    /// The manager's `--relay-capacity-pps` (0: no admission control, the
+    /// bench offers more than the relay carries well on purpose).
+    capacity_pps: u32,
+}
+
+/// What each call sends.
+#[derive(Clone, Copy, Debug)]
+struct Load {
+    /// Packets a second per call and direction.
+    rate: u64,
+    /// Only the callers send (a flood towards the callees); otherwise both.
+    one_way: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -77,6 +102,11 @@ fn parse_args() -> anyhow::Result<Args> {
         calls: vec![100, 500, 1000, 2000],
         seconds: 10,
         two_sided: false,
+        load: Load {
+            rate: PPS_PER_DIRECTION,
+            one_way: false,
+        },
+        capacity_pps: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -101,9 +131,21 @@ fn parse_args() -> anyhow::Result<Args> {
                     other => bail!("--bed: `{other}` is not one-interface or two-interface"),
                 }
             }
+            "--rate" => {
+                args.load.rate = it.next().context("--rate needs a value")?.parse()?;
+                if args.load.rate == 0 {
+                    bail!("--rate: at least one packet a second");
+                }
+            }
+            "--one-way" => args.load.one_way = true,
+            "--capacity-pps" => {
+                args.capacity_pps = it.next().context("--capacity-pps needs a value")?.parse()?;
+            }
             // cargo bench passes --bench to harness-less benches.
             "--bench" => {}
-            other => bail!("unknown argument `{other}` (use --path, --calls, --seconds, --bed)"),
+            other => bail!(
+                "unknown argument `{other}` (use --path, --calls, --seconds, --bed, --rate, --one-way, --capacity-pps)"
+            ),
         }
     }
     let fast_path = match args.path.as_str() {
@@ -215,17 +257,40 @@ fn media_port(sdp: &str) -> anyhow::Result<u16> {
         .context("m=audio in the manager's SDP")
 }
 
-/// Sets up `calls` bridged calls; returns for each call the relay's port
-/// facing the caller and the one facing the callee. With `callee_interface`
-/// the callee's leg is named onto it, as signaling's dial action does.
+/// One admitted call: where each side sends to.
+#[derive(Clone, Copy, Debug)]
+struct BenchCall {
+    /// `bench-N`; also the SSRC its packets carry, so each stream's loss is
+    /// counted on its own.
+    number: usize,
+    /// The relay's port the caller sends to (on the caller's side).
+    to_caller_side: u16,
+    /// The relay's port the callee sends to.
+    to_callee_side: u16,
+}
+
+/// The calls the manager took, and what it refused.
+struct CallsSetUp {
+    /// Per admitted call, its number (`bench-N`), the relay's port facing
+    /// the caller and the one facing the callee.
+    calls: Vec<BenchCall>,
+    /// Offers refused with RESOURCE_EXHAUSTED (admission control).
+    refused: usize,
+    /// The first refusal's reason.
+    refusal: Option<String>,
+}
+
+/// Offers `calls` calls one after the other and bridges those admitted.
+/// With `callee_interface` the callee's leg is named onto it, as
+/// signaling's dial action does.
 fn set_up_calls(
     relay_ns: &str,
     calls: usize,
     caller_ip: Ipv4Addr,
     callee_ip: Ipv4Addr,
     callee_interface: &'static str,
-) -> anyhow::Result<Vec<(u16, u16)>> {
-    Bed::in_ns(relay_ns, move || -> anyhow::Result<Vec<(u16, u16)>> {
+) -> anyhow::Result<CallsSetUp> {
+    Bed::in_ns(relay_ns, move || -> anyhow::Result<CallsSetUp> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -241,10 +306,14 @@ fn set_up_calls(
                     Err(e) => bail!("manager never listened: {e}"),
                 }
             };
-            let mut ports = Vec::with_capacity(calls);
+            let mut set_up = CallsSetUp {
+                calls: Vec::with_capacity(calls),
+                refused: 0,
+                refusal: None,
+            };
             for i in 0..calls {
                 let call_id = format!("bench-{i}");
-                let offer = client
+                let offer = match client
                     .offer(v1::OfferRequest {
                         call_id: call_id.clone(),
                         leg_id: "a".into(),
@@ -260,8 +329,18 @@ fn set_up_calls(
                             ..Default::default()
                         }),
                     })
-                    .await?
-                    .into_inner();
+                    .await
+                {
+                    Ok(offer) => offer.into_inner(),
+                    Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                        set_up.refused += 1;
+                        set_up
+                            .refusal
+                            .get_or_insert_with(|| status.message().to_owned());
+                        continue;
+                    }
+                    Err(status) => return Err(status.into()),
+                };
                 let answer = client
                     .answer(v1::AnswerRequest {
                         call_id: call_id.clone(),
@@ -278,9 +357,13 @@ fn set_up_calls(
                         leg_b: "b".into(),
                     })
                     .await?;
-                ports.push((media_port(&answer.sdp)?, media_port(&offer.sdp)?));
+                set_up.calls.push(BenchCall {
+                    number: i,
+                    to_caller_side: media_port(&answer.sdp)?,
+                    to_callee_side: media_port(&offer.sdp)?,
+                });
             }
-            Ok(ports)
+            Ok(set_up)
         })
     })?
 }
@@ -324,6 +407,69 @@ struct Traffic {
     measuring: AtomicBool,
     stop: AtomicBool,
     histogram: Mutex<Histogram>,
+    /// Per direction (0: caller → callee, 1: callee → caller) and call
+    /// number, packets sent and received while measuring.
+    streams: Mutex<[StreamCounts; 2]>,
+}
+
+#[derive(Default)]
+struct StreamCounts {
+    sent: Vec<u64>,
+    received: Vec<u64>,
+}
+
+impl Traffic {
+    fn new(calls: usize) -> Traffic {
+        let counts = || StreamCounts {
+            sent: vec![0; calls],
+            received: vec![0; calls],
+        };
+        Traffic {
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            measuring: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            histogram: Mutex::new(Histogram::new()),
+            streams: Mutex::new([counts(), counts()]),
+        }
+    }
+
+    /// Adds a thread's own per-stream counts of one direction.
+    fn merge(&self, direction: usize, sent: &[u64], received: &[u64]) {
+        let Ok(mut streams) = self.streams.lock() else {
+            return;
+        };
+        let counts = &mut streams[direction];
+        for (total, n) in counts.sent.iter_mut().zip(sent) {
+            *total += n;
+        }
+        for (total, n) in counts.received.iter_mut().zip(received) {
+            *total += n;
+        }
+    }
+
+    /// Loss of the best, the median and the worst stream, in %, over the
+    /// streams that sent while measuring.
+    fn stream_loss(&self) -> [f64; 3] {
+        let Ok(streams) = self.streams.lock() else {
+            return [0.0; 3];
+        };
+        let mut losses: Vec<f64> = streams
+            .iter()
+            .flat_map(|c| c.sent.iter().zip(&c.received))
+            .filter(|(sent, _)| **sent > 0)
+            .map(|(&sent, &received)| sent.saturating_sub(received) as f64 * 100.0 / sent as f64)
+            .collect();
+        if losses.is_empty() {
+            return [0.0; 3];
+        }
+        losses.sort_by(f64::total_cmp);
+        [
+            losses[0],
+            losses[losses.len() / 2],
+            losses[losses.len() - 1],
+        ]
+    }
 }
 
 fn sendmmsg_to(socket: &UdpSocket, packets: &[[u8; PACKET_LEN]], dests: &[SocketAddrV4]) -> usize {
@@ -368,54 +514,66 @@ fn sendmmsg_to(socket: &UdpSocket, packets: &[[u8; PACKET_LEN]], dests: &[Socket
     done
 }
 
-/// Sends 50 pps per call in one direction from `socket` (`pick` 0: to the
-/// relay's caller-side ports, 1: callee-side), spread over each 20 ms
-/// period. One thread per direction: on veth every in-kernel path runs in
-/// the sender's softirq, so one thread alone cannot offer 4000 calls.
+/// Sends `rate` packets a second per call in one direction from `socket`
+/// (`direction` 0: to the relay's caller-side ports, 1: callee-side),
+/// spread over each period in slices of at least 200 µs. One thread per
+/// direction (or per half of the calls one way): on veth every in-kernel
+/// path runs in the sender's softirq, so one thread alone cannot offer
+/// 4000 calls.
 fn send_loop(
     traffic: &Traffic,
     socket: &UdpSocket,
-    (pick, relay_ip): (usize, Ipv4Addr),
-    ports: &[(u16, u16)],
+    (direction, relay_ip): (usize, Ipv4Addr),
+    calls: &[BenchCall],
+    rate: u64,
     epoch: Instant,
 ) {
-    const SLICES: usize = 10;
-    let period = Duration::from_millis(1000 / PPS_PER_DIRECTION);
+    let period = Duration::from_nanos(1_000_000_000 / rate.max(1));
+    let slices = usize::try_from(period.as_micros() / 200)
+        .unwrap_or(10)
+        .clamp(1, 10);
     let mut seq: u16 = 0;
     let mut next = Instant::now();
-    let mut packets = vec![[0u8; PACKET_LEN]; ports.len()];
-    let mut dests = Vec::with_capacity(ports.len());
+    let mut packets = vec![[0u8; PACKET_LEN]; calls.len()];
+    let mut dests = Vec::with_capacity(calls.len());
+    let streams = calls.iter().map(|c| c.number).max().map_or(0, |n| n + 1);
+    let mut sent_per_stream = vec![0u64; streams];
     while !traffic.stop.load(Ordering::Relaxed) {
         seq = seq.wrapping_add(1);
-        let chunk = ports.len().div_ceil(SLICES).max(1);
-        for (slice, calls) in ports.chunks(chunk).enumerate() {
+        let chunk = calls.len().div_ceil(slices).max(1);
+        for (slice, slice_calls) in calls.chunks(chunk).enumerate() {
             let slice_at = next
-                + period * u32::try_from(slice).unwrap_or(0) / u32::try_from(SLICES).unwrap_or(1);
+                + period * u32::try_from(slice).unwrap_or(0) / u32::try_from(slices).unwrap_or(1);
             if let Some(wait) = slice_at.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
             dests.clear();
-            for (i, &(to_caller_side, to_callee_side)) in calls.iter().enumerate() {
-                let packet = &mut packets[i];
+            for (packet, call) in packets.iter_mut().zip(slice_calls) {
                 packet[0] = 0x80;
                 packet[2..4].copy_from_slice(&seq.to_be_bytes());
                 packet[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+                let ssrc = u32::try_from(call.number).unwrap_or(u32::MAX);
+                packet[8..12].copy_from_slice(&ssrc.to_be_bytes());
                 let sent_at = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(0);
                 packet[12..20].copy_from_slice(&sent_at.to_be_bytes());
-                let port = if pick == 0 {
-                    to_caller_side
+                let port = if direction == 0 {
+                    call.to_caller_side
                 } else {
-                    to_callee_side
+                    call.to_callee_side
                 };
                 dests.push(SocketAddrV4::new(relay_ip, port));
             }
-            let n = sendmmsg_to(socket, &packets[..calls.len()], &dests);
+            let n = sendmmsg_to(socket, &packets[..slice_calls.len()], &dests);
             if traffic.measuring.load(Ordering::Relaxed) {
                 traffic.sent.fetch_add(n as u64, Ordering::Relaxed);
+                for call in &slice_calls[..n] {
+                    sent_per_stream[call.number] += 1;
+                }
             }
         }
         next += period;
     }
+    traffic.merge(direction, &sent_per_stream, &[]);
 }
 
 /// Pins the calling thread to CPU `n` modulo the CPUs there are; best
@@ -429,11 +587,19 @@ fn pin_to_cpu(n: usize) {
 }
 
 /// Receives with `recvmmsg` so the bed's own receiving costs little next to
-/// the relay it measures; each packet carries its send time.
-fn receive_loop(traffic: &Traffic, socket: &UdpSocket, epoch: Instant) {
+/// the relay it measures; each packet carries its send time and its call
+/// (SSRC). `direction` is the one whose packets arrive on `socket`.
+fn receive_loop(
+    traffic: &Traffic,
+    socket: &UdpSocket,
+    direction: usize,
+    streams: usize,
+    epoch: Instant,
+) {
     const BATCH: usize = 64;
     let mut buffers = vec![[0u8; 256]; BATCH];
     let mut local = Histogram::new();
+    let mut received_per_stream = vec![0u64; streams];
     while !traffic.stop.load(Ordering::Relaxed) {
         let mut iovecs: Vec<libc::iovec> = buffers
             .iter_mut()
@@ -475,8 +641,16 @@ fn receive_loop(traffic: &Traffic, socket: &UdpSocket, epoch: Instant) {
             sent.copy_from_slice(&buf[12..20]);
             traffic.received.fetch_add(1, Ordering::Relaxed);
             local.add(now.saturating_sub(u64::from_be_bytes(sent)) / 1000);
+            let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+            if let Some(n) = usize::try_from(ssrc)
+                .ok()
+                .and_then(|i| received_per_stream.get_mut(i))
+            {
+                *n += 1;
+            }
         }
     }
+    traffic.merge(direction, &[], &received_per_stream);
     if let Ok(mut h) = traffic.histogram.lock() {
         for (i, n) in local.buckets.iter().enumerate() {
             h.buckets[i] += n;
@@ -487,6 +661,13 @@ fn receive_loop(traffic: &Traffic, socket: &UdpSocket, epoch: Instant) {
 
 struct Row {
     calls: usize,
+    /// Calls the manager admitted (the others were refused).
+    admitted: usize,
+    /// Health said overloaded at the end of the measurement.
+    overloaded: bool,
+    /// Loss of the best, the median and the worst stream (call and
+    /// direction), in %.
+    stream_loss_pct: [f64; 3],
     offered_pps: u64,
     loss_pct: f64,
     p50_us: u64,
@@ -639,7 +820,8 @@ fn programs_stats(wanted: impl Fn(u64) -> bool) -> anyhow::Result<(u64, u64)> {
         .fold((0, 0), |(t, c), (_, _, time, count)| (t + time, c + count)))
 }
 
-fn run_once(path: &str, calls: usize, seconds: u64, two_sided: bool) -> anyhow::Result<Row> {
+fn run_once(args: &Args, calls: usize) -> anyhow::Result<Row> {
+    let (path, seconds, two_sided) = (args.path.as_str(), args.seconds, args.two_sided);
     let bed = Bed::new(two_sided);
     let fast_path = if path == "userspace" { "off" } else { path };
     let port_max =
@@ -706,9 +888,9 @@ fn run_once(path: &str, calls: usize, seconds: u64, two_sided: bool) -> anyhow::
             .args(&interfaces)
             .args(["--grpc-port", "9090", "--log-level", "warn"])
             .args(["--media-timeout", "600"])
-            // The bench offers the relay more than it carries well, on
-            // purpose: admission control would refuse those calls.
-            .args(["--relay-capacity-pps", "0"]),
+            // By default the bench offers the relay more than it carries
+            // well, on purpose: admission control would refuse those calls.
+            .args(["--relay-capacity-pps", &args.capacity_pps.to_string()]),
         Options {
             echo: true,
             grace: Duration::from_secs(10),
@@ -717,21 +899,20 @@ fn run_once(path: &str, calls: usize, seconds: u64, two_sided: bool) -> anyhow::
     )
     .context("starting the manager")?;
     let (callers, callees) = (bed.callers(), bed.callees());
-    let ports = set_up_calls(
+    let set_up = set_up_calls(
         &bed.relay,
         calls,
         callers.peer_ip,
         callees.peer_ip,
         if two_sided { "private" } else { "" },
     )?;
+    if let Some(reason) = &set_up.refusal {
+        println!("# {} of {calls} calls refused: {reason}", set_up.refused);
+    }
+    let admitted = set_up.calls;
+    let numbers: Vec<usize> = admitted.iter().map(|c| c.number).collect();
 
-    let traffic = Arc::new(Traffic {
-        sent: AtomicU64::new(0),
-        received: AtomicU64::new(0),
-        measuring: AtomicBool::new(false),
-        stop: AtomicBool::new(false),
-        histogram: Mutex::new(Histogram::new()),
-    });
+    let traffic = Arc::new(Traffic::new(calls));
     let epoch = Instant::now();
     let peer_socket = |ns: &str, ip: Ipv4Addr, port: u16| {
         Bed::in_ns(ns, move || -> anyhow::Result<Arc<UdpSocket>> {
@@ -747,25 +928,40 @@ fn run_once(path: &str, calls: usize, seconds: u64, two_sided: bool) -> anyhow::
     let caller = peer_socket(&callers.ns, callers.peer_ip, CALLER_PORT)?;
     let callee = peer_socket(&callees.ns, callees.peer_ip, CALLEE_PORT)?;
     let mut threads = Vec::new();
-    for socket in [Arc::clone(&caller), Arc::clone(&callee)] {
+    // The callee's socket receives the caller → callee direction (0).
+    for (socket, direction) in [(Arc::clone(&callee), 0), (Arc::clone(&caller), 1)] {
         let t = Arc::clone(&traffic);
-        threads.push(std::thread::spawn(move || receive_loop(&t, &socket, epoch)));
-    }
-    for (socket, pick) in [
-        (caller, (0, callers.relay_ip)),
-        (callee, (1, callees.relay_ip)),
-    ] {
-        let t = Arc::clone(&traffic);
-        let ports = ports.clone();
         threads.push(std::thread::spawn(move || {
-            // Each direction's packets on one CPU, as a NIC's RSS keeps a
+            receive_loop(&t, &socket, direction, calls, epoch)
+        }));
+    }
+    // Two senders: one per direction, or one per half of the calls when
+    // only the callers send.
+    type Sender = (Arc<UdpSocket>, (usize, Ipv4Addr), Vec<BenchCall>);
+    let senders: Vec<Sender> = if args.load.one_way {
+        admitted
+            .chunks(admitted.len().div_ceil(2).max(1))
+            .map(|half| (Arc::clone(&caller), (0, callers.relay_ip), half.to_vec()))
+            .collect()
+    } else {
+        vec![
+            (Arc::clone(&caller), (0, callers.relay_ip), admitted.clone()),
+            (Arc::clone(&callee), (1, callees.relay_ip), admitted.clone()),
+        ]
+    };
+    for (cpu, (socket, direction, calls)) in senders.into_iter().enumerate() {
+        let t = Arc::clone(&traffic);
+        let rate = args.load.rate;
+        threads.push(std::thread::spawn(move || {
+            // Each sender's packets on one CPU, as a NIC's RSS keeps a
             // 5-tuple on one queue: the bed runs the relay's kernel path in
             // the sender's softirq, so this is where the stream's entry and
             // stats live.
-            pin_to_cpu(pick.0);
-            send_loop(&t, &socket, pick, &ports, epoch)
+            pin_to_cpu(cpu);
+            send_loop(&t, &socket, direction, &calls, rate, epoch)
         }));
     }
+    drop((caller, callee));
 
     // Warm-up: latching, caches, socket buffers.
     std::thread::sleep(Duration::from_secs(2));
@@ -807,7 +1003,8 @@ fn run_once(path: &str, calls: usize, seconds: u64, two_sided: bool) -> anyhow::
         (time - peer_before.0, count - peer_before.1)
     };
     let rcvbuf_drops = rcvbuf()?.saturating_sub(rcvbuf_before);
-    let kernel_share_pct = kernel_share(&bed.relay, calls)?;
+    let overloaded = health_overloaded(&bed.relay)?;
+    let kernel_share_pct = kernel_share(&bed.relay, numbers)?;
     let veth = veth_drops(&bed)?.saturating_sub(veth_before);
     drop(bpf_stats);
     // Packets still in flight when measuring stopped are not counted as
@@ -826,6 +1023,7 @@ fn run_once(path: &str, calls: usize, seconds: u64, two_sided: bool) -> anyhow::
         .histogram
         .lock()
         .map_err(|_| anyhow::anyhow!("histogram lock"))?;
+    let stream_loss_pct = traffic.stream_loss();
     let loss_pct = if sent == 0 {
         100.0
     } else {
@@ -833,6 +1031,9 @@ fn run_once(path: &str, calls: usize, seconds: u64, two_sided: bool) -> anyhow::
     };
     Ok(Row {
         calls,
+        admitted: admitted.len(),
+        overloaded,
+        stream_loss_pct,
         offered_pps: (sent as f64 / elapsed.as_secs_f64()) as u64,
         loss_pct,
         p50_us: histogram.percentile(0.50),
@@ -877,6 +1078,19 @@ fn with_client<T: Send + 'static>(
     })?
 }
 
+/// Whether the manager's Health says it is overloaded (admission control).
+fn health_overloaded(relay_ns: &str) -> anyhow::Result<bool> {
+    with_client(relay_ns, |mut client| {
+        Box::pin(async move {
+            Ok(client
+                .health(v1::HealthRequest {})
+                .await?
+                .into_inner()
+                .overloaded)
+        })
+    })
+}
+
 /// Legs ListCalls reports offloaded, and legs.
 fn offloaded_legs(relay_ns: &str) -> anyhow::Result<(usize, usize)> {
     with_client(relay_ns, |mut client| {
@@ -897,11 +1111,11 @@ fn offloaded_legs(relay_ns: &str) -> anyhow::Result<(usize, usize)> {
 
 /// The kernel's share of the RTP received on the callers' legs (`a`) and
 /// on the callees' (`b`), over every call, from GetStats.
-fn kernel_share(relay_ns: &str, calls: usize) -> anyhow::Result<(f64, f64)> {
+fn kernel_share(relay_ns: &str, calls: Vec<usize>) -> anyhow::Result<(f64, f64)> {
     with_client(relay_ns, move |mut client| {
         Box::pin(async move {
             let mut sums = [(0u64, 0u64); 2];
-            for i in 0..calls {
+            for i in calls {
                 let legs = client
                     .get_stats(v1::GetStatsRequest {
                         call_id: format!("bench-{i}"),
@@ -935,16 +1149,21 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: setrlimit reads the struct only.
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
     println!(
-        "media benchmark: path={} bed={} ({} s per point, 50 pps per call and direction, {PACKET_LEN}-byte packets)",
+        "media benchmark: path={} bed={} ({} s per point, {} pps per call {}, {PACKET_LEN}-byte packets, relay capacity {})",
         args.path,
         if args.two_sided { "two-interface" } else { "one-interface" },
-        args.seconds
+        args.seconds,
+        args.load.rate,
+        if args.load.one_way { "caller → callee only" } else { "and direction" },
+        if args.capacity_pps == 0 { "off".to_owned() } else { format!("{} pps", args.capacity_pps) },
     );
     println!(
-        "{:>6} {:>10} {:>8} {:>10} {:>9} {:>9} {:>10} {:>12} {:>12} {:>9} {:>11} {:>10} {:>10} {:>11}",
+        "{:>6} {:>8} {:>10} {:>8} {:>24} {:>10} {:>9} {:>9} {:>10} {:>12} {:>12} {:>9} {:>11} {:>10} {:>10} {:>11} {:>10}",
         "calls",
+        "admitted",
         "pps",
         "loss%",
+        "stream loss% min/med/max",
         "bed drop%",
         "p50 µs",
         "p99 µs",
@@ -955,18 +1174,24 @@ fn main() -> anyhow::Result<()> {
         "floor ns",
         "kernel a→b",
         "kernel b→a",
-        "offloaded"
+        "offloaded",
+        "overloaded"
     );
     let optional = |v: Option<f64>, precision: usize| {
         v.map_or_else(|| "-".to_owned(), |v| format!("{v:.precision$}"))
     };
     for &calls in &args.calls {
-        match run_once(&args.path, calls, args.seconds, args.two_sided) {
+        match run_once(&args, calls) {
             Ok(r) => println!(
-                "{:>6} {:>10} {:>8.3} {:>10.3} {:>9} {:>9} {:>10.1} {:>12.0} {:>12} {:>9} {:>11} {:>9.2}% {:>9.2}% {:>11}",
+                "{:>6} {:>8} {:>10} {:>8.3} {:>24} {:>10.3} {:>9} {:>9} {:>10.1} {:>12.0} {:>12} {:>9} {:>11} {:>9.2}% {:>9.2}% {:>11} {:>10}",
                 r.calls,
+                r.admitted,
                 r.offered_pps,
                 r.loss_pct,
+                format!(
+                    "{:.1}/{:.1}/{:.1}",
+                    r.stream_loss_pct[0], r.stream_loss_pct[1], r.stream_loss_pct[2]
+                ),
                 r.bed_drops_pct,
                 r.p50_us,
                 r.p99_us,
@@ -977,7 +1202,8 @@ fn main() -> anyhow::Result<()> {
                 optional(r.floor_ns_per_packet, 0),
                 r.kernel_share_pct.0,
                 r.kernel_share_pct.1,
-                format!("{}/{}", r.offloaded.0, r.offloaded.1)
+                format!("{}/{}", r.offloaded.0, r.offloaded.1),
+                if r.overloaded { "yes" } else { "no" }
             ),
             Err(e) => println!("{calls:>6} failed: {e:#}"),
         }

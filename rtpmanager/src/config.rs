@@ -223,10 +223,13 @@ pub struct Config {
     /// that would commit more than all workers' share (50 for each leg
     /// whose media the kernel does not forward) is refused with
     /// RESOURCE_EXHAUSTED, so the calls already up keep their audio and
-    /// signaling places the call on another manager. The default, 800
-    /// userspace calls, is what one worker carried here with no loss and a
-    /// p99 of 1.6 ms (1000 calls: 6.3 ms); 0 turns admission control off.
-    #[arg(long, env = "SWITCHBOARD_RELAY_CAPACITY_PPS", default_value_t = 80_000)]
+    /// signaling places the call on another manager. The default, 700
+    /// userspace calls a worker, is what two workers carried on a 2-core
+    /// test host (1400 calls, the bench's own senders on the same cores)
+    /// with no loss and a p99 under 2 ms (1600 calls: 9 to 21 ms). Whatever
+    /// the count, new calls are refused while every worker is measured
+    /// saturated. 0 turns admission control off.
+    #[arg(long, env = "SWITCHBOARD_RELAY_CAPACITY_PPS", default_value_t = 70_000)]
     pub relay_capacity_pps: u32,
 
     /// Userspace relay worker threads, each with its own epoll set; a
@@ -502,7 +505,7 @@ mod tests {
         );
         assert_eq!(c.source_learning_ms, 3000, "rtpengine's delayed learning");
         assert_eq!(c.max_legs_per_call, 4);
-        assert_eq!(c.relay_capacity_pps, 80_000);
+        assert_eq!(c.relay_capacity_pps, 70_000);
         assert_eq!(c.relay_workers, 0);
     }
 

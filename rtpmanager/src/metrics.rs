@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use crate::driver::Driver;
 use crate::engine::RelayLoad;
 use crate::fastpath::Mode;
-use crate::relay::RelayTotals;
+use crate::relay::{RelayTotals, WorkerFigures};
 
 /// Content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -60,8 +60,9 @@ pub struct Snapshot {
     pub draining: bool,
     /// The userspace relay's committed load and capacity (admission).
     pub relay_load: RelayLoad,
-    /// Legs on each relay worker (empty leaves the family out).
-    pub worker_legs: Vec<u64>,
+    /// Each relay worker's legs, packets, drops and CPU (empty leaves
+    /// their families out).
+    pub workers: Vec<WorkerFigures>,
     /// What the userspace relay received and sent since start.
     pub relay: RelayTotals,
     /// Every media interface (empty leaves their families out).
@@ -117,7 +118,7 @@ impl Snapshot {
             port_pairs_free,
             draining,
             relay_load: driver.relay_load(),
-            worker_legs: driver.relay_worker_legs().into_iter().map(as_u64).collect(),
+            workers: driver.relay_workers(),
             relay: driver.relay_totals(),
             interfaces,
         }
@@ -256,7 +257,7 @@ pub fn render(s: &Snapshot) -> String {
         ),
         (
             "relay_overloaded",
-            "1 while the committed load has reached the capacity: new calls go to another manager.",
+            "1 while the committed load has reached the capacity, or every relay worker is saturated (relay_worker_busy_permille >= 900): new calls go to another manager.",
             u64::from(s.relay_load.overloaded()),
         ),
     ];
@@ -264,20 +265,62 @@ pub fn render(s: &Snapshot) -> String {
         family(&mut out, name, "gauge", help);
         sample(&mut out, name, &[], value);
     }
-    if !s.worker_legs.is_empty() {
-        family(
-            &mut out,
+    /// Name, kind, help and value of a family with one sample per worker.
+    type PerWorker = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&WorkerFigures) -> u64,
+    );
+    let per_worker: [PerWorker; 6] = [
+        (
             "relay_worker_legs",
             "gauge",
-            "Legs on each userspace relay worker (a call's legs share one; a new call goes to the worker with the fewest).",
-        );
-        for (worker, legs) in s.worker_legs.iter().enumerate() {
-            sample(
-                &mut out,
-                "relay_worker_legs",
-                &[("worker", &worker.to_string())],
-                *legs,
-            );
+            "Legs on each userspace relay worker (a call's legs share one; a new call goes to the unsaturated worker with the fewest).",
+            |w| as_u64(w.legs),
+        ),
+        (
+            "relay_worker_busy_permille",
+            "gauge",
+            "Share of the time each relay worker spent not waiting for packets, per mille, over about the last second (900 and more: saturated).",
+            |w| u64::from(w.busy_permille),
+        ),
+        (
+            "relay_worker_cpu_nanoseconds_total",
+            "counter",
+            "CPU time of each relay worker's thread.",
+            |w| w.cpu_ns,
+        ),
+        (
+            "relay_worker_received_packets_total",
+            "counter",
+            "Datagrams each relay worker read from its legs' sockets (RTP and RTCP).",
+            |w| w.received_packets,
+        ),
+        (
+            "relay_worker_forwarded_packets_total",
+            "counter",
+            "Datagrams each relay worker sent on to bridged legs.",
+            |w| w.forwarded_packets,
+        ),
+        (
+            "relay_worker_overload_dropped_packets_total",
+            "counter",
+            "Packets each relay worker's legs lost to overload (full receive or send queues).",
+            |w| w.overload_drops,
+        ),
+    ];
+    if !s.workers.is_empty() {
+        for (name, kind, help, value) in per_worker {
+            family(&mut out, name, kind, help);
+            for (worker, figures) in s.workers.iter().enumerate() {
+                sample(
+                    &mut out,
+                    name,
+                    &[("worker", &worker.to_string())],
+                    value(figures),
+                );
+            }
         }
     }
     if !s.interfaces.is_empty() {
@@ -398,8 +441,19 @@ mod tests {
             relay_load: RelayLoad {
                 committed_pps: 100,
                 capacity_pps: 80_000,
+                saturated: false,
             },
-            worker_legs: vec![2, 0],
+            workers: vec![
+                WorkerFigures {
+                    legs: 2,
+                    received_packets: 3,
+                    forwarded_packets: 2,
+                    overload_drops: 9,
+                    cpu_ns: 1_500_000,
+                    busy_permille: 12,
+                },
+                WorkerFigures::default(),
+            ],
             relay: RelayTotals {
                 rtp_in_packets: 3,
                 rtp_in_bytes: 516,
@@ -464,13 +518,33 @@ switchboard_rtpmanager_relay_load_pps 100
 # HELP switchboard_rtpmanager_relay_capacity_pps The userspace relay's capacity (--relay-capacity-pps); Offers past it are refused. 0: no admission control.
 # TYPE switchboard_rtpmanager_relay_capacity_pps gauge
 switchboard_rtpmanager_relay_capacity_pps 80000
-# HELP switchboard_rtpmanager_relay_overloaded 1 while the committed load has reached the capacity: new calls go to another manager.
+# HELP switchboard_rtpmanager_relay_overloaded 1 while the committed load has reached the capacity, or every relay worker is saturated (relay_worker_busy_permille >= 900): new calls go to another manager.
 # TYPE switchboard_rtpmanager_relay_overloaded gauge
 switchboard_rtpmanager_relay_overloaded 0
-# HELP switchboard_rtpmanager_relay_worker_legs Legs on each userspace relay worker (a call's legs share one; a new call goes to the worker with the fewest).
+# HELP switchboard_rtpmanager_relay_worker_legs Legs on each userspace relay worker (a call's legs share one; a new call goes to the unsaturated worker with the fewest).
 # TYPE switchboard_rtpmanager_relay_worker_legs gauge
 switchboard_rtpmanager_relay_worker_legs{worker=\"0\"} 2
 switchboard_rtpmanager_relay_worker_legs{worker=\"1\"} 0
+# HELP switchboard_rtpmanager_relay_worker_busy_permille Share of the time each relay worker spent not waiting for packets, per mille, over about the last second (900 and more: saturated).
+# TYPE switchboard_rtpmanager_relay_worker_busy_permille gauge
+switchboard_rtpmanager_relay_worker_busy_permille{worker=\"0\"} 12
+switchboard_rtpmanager_relay_worker_busy_permille{worker=\"1\"} 0
+# HELP switchboard_rtpmanager_relay_worker_cpu_nanoseconds_total CPU time of each relay worker's thread.
+# TYPE switchboard_rtpmanager_relay_worker_cpu_nanoseconds_total counter
+switchboard_rtpmanager_relay_worker_cpu_nanoseconds_total{worker=\"0\"} 1500000
+switchboard_rtpmanager_relay_worker_cpu_nanoseconds_total{worker=\"1\"} 0
+# HELP switchboard_rtpmanager_relay_worker_received_packets_total Datagrams each relay worker read from its legs' sockets (RTP and RTCP).
+# TYPE switchboard_rtpmanager_relay_worker_received_packets_total counter
+switchboard_rtpmanager_relay_worker_received_packets_total{worker=\"0\"} 3
+switchboard_rtpmanager_relay_worker_received_packets_total{worker=\"1\"} 0
+# HELP switchboard_rtpmanager_relay_worker_forwarded_packets_total Datagrams each relay worker sent on to bridged legs.
+# TYPE switchboard_rtpmanager_relay_worker_forwarded_packets_total counter
+switchboard_rtpmanager_relay_worker_forwarded_packets_total{worker=\"0\"} 2
+switchboard_rtpmanager_relay_worker_forwarded_packets_total{worker=\"1\"} 0
+# HELP switchboard_rtpmanager_relay_worker_overload_dropped_packets_total Packets each relay worker's legs lost to overload (full receive or send queues).
+# TYPE switchboard_rtpmanager_relay_worker_overload_dropped_packets_total counter
+switchboard_rtpmanager_relay_worker_overload_dropped_packets_total{worker=\"0\"} 9
+switchboard_rtpmanager_relay_worker_overload_dropped_packets_total{worker=\"1\"} 0
 ";
         assert_eq!(render(&snapshot), want);
     }
@@ -502,8 +576,9 @@ switchboard_rtpmanager_relay_worker_legs{worker=\"1\"} 0
             relay_load: RelayLoad {
                 committed_pps: 0,
                 capacity_pps: 0,
+                saturated: false,
             },
-            worker_legs: Vec::new(),
+            workers: Vec::new(),
             relay: RelayTotals::default(),
             interfaces: vec![
                 InterfaceFigures {
@@ -547,8 +622,9 @@ switchboard_rtpmanager_relay_worker_legs{worker=\"1\"} 0
             relay_load: RelayLoad {
                 committed_pps: 0,
                 capacity_pps: 0,
+                saturated: false,
             },
-            worker_legs: Vec::new(),
+            workers: Vec::new(),
             relay: RelayTotals::default(),
             interfaces: Vec::new(),
         };

@@ -118,6 +118,21 @@ fn value(body: &str, series: &str) -> u64 {
         .unwrap_or_else(|e| panic!("{series}: {e}"))
 }
 
+/// The sum of a family's samples over its `worker` label, and how many
+/// workers reported.
+fn per_worker_sum(body: &str, family: &str) -> (u64, usize) {
+    let prefix = format!("{family}{{worker=\"");
+    body.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .map(|rest| {
+            let value = rest.rsplit(' ').next().expect("a value");
+            value
+                .parse::<u64>()
+                .unwrap_or_else(|e| panic!("{family}: {e}"))
+        })
+        .fold((0, 0), |(sum, n), v| (sum + v, n + 1))
+}
+
 #[tokio::test]
 async fn the_scrape_follows_a_call_from_offer_to_delete() {
     let (_daemon, mut client, metrics) = start_with_metrics(&[], 10).await;
@@ -229,6 +244,31 @@ async fn the_scrape_follows_a_call_from_offer_to_delete() {
             packets * 172
         );
     }
+    // Per worker: the call's two legs on one of them, which read the five
+    // packets and the stranger's two and forwarded the five.
+    let workers = per_worker_sum(&during, "switchboard_rtpmanager_relay_worker_legs").1;
+    assert!(workers >= 1, "{during}");
+    for (family, sum) in [
+        ("switchboard_rtpmanager_relay_worker_legs", 2),
+        (
+            "switchboard_rtpmanager_relay_worker_received_packets_total",
+            7,
+        ),
+        (
+            "switchboard_rtpmanager_relay_worker_forwarded_packets_total",
+            5,
+        ),
+        (
+            "switchboard_rtpmanager_relay_worker_overload_dropped_packets_total",
+            0,
+        ),
+    ] {
+        assert_eq!(per_worker_sum(&during, family), (sum, workers), "{family}");
+    }
+    assert_eq!(
+        per_worker_sum(&during, "switchboard_rtpmanager_relay_worker_busy_permille").1,
+        workers
+    );
     assert_eq!(value(&during, "switchboard_rtpmanager_calls"), 1);
     assert_eq!(value(&during, "switchboard_rtpmanager_legs"), 2);
     assert_eq!(

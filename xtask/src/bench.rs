@@ -1,7 +1,9 @@
 //! `cargo xtask bench …`: benchmarks against release builds of the daemons.
 //!
 //! `media`: the RTP manager's relay on a network-namespace bed (see
-//! rtpmanager/benches/media.rs), for one media path at several call counts.
+//! rtpmanager/benches/media.rs), for one media path at several call counts,
+//! at 50 packets a second per call and direction or a flood (`--rate`,
+//! `--one-way`), with or without admission control (`--capacity-pps`).
 //!
 //! `program`: the XDP and TC programs' own run time per packet on crafted
 //! packets (rtpmanager/benches/program.rs), forwarding and pass cases.
@@ -95,6 +97,18 @@ struct MediaArgs {
     /// the manager with one named interface per side).
     #[arg(long, default_value = "one-interface", value_parser = ["one-interface", "two-interface"])]
     bed: String,
+    /// Packets a second per call and direction (50: G.711 at 20 ms; more
+    /// makes a flood, e.g. `--calls 100 --rate 2500 --one-way` is 250 kpps).
+    #[arg(long, default_value_t = 50)]
+    rate: u64,
+    /// Only the callers send (a one-way flood towards the callees).
+    #[arg(long)]
+    one_way: bool,
+    /// The manager's --relay-capacity-pps: 0 (default) turns admission
+    /// control off so every point's calls are carried; with a capacity,
+    /// offers past it are refused and the point shows the calls admitted.
+    #[arg(long, default_value_t = 0)]
+    capacity_pps: u32,
 }
 
 #[derive(clap::Args)]
@@ -196,7 +210,12 @@ fn media(args: &MediaArgs) -> anyhow::Result<()> {
                 &args.seconds.to_string(),
                 "--bed",
                 &args.bed,
-            ]),
+                "--rate",
+                &args.rate.to_string(),
+                "--capacity-pps",
+                &args.capacity_pps.to_string(),
+            ])
+            .args(args.one_way.then_some("--one-way")),
     )
 }
 

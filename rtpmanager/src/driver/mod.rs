@@ -4,7 +4,7 @@
 //! lists, metrics) that need the relay's or the kernel's figures.
 //!
 //! Everything the manager does to the outside world on behalf of the
-//! engine is in [`Driver::drain`]'s one `match`. The engine and the
+//! engine is in `Driver::drain`'s one `match`. The engine and the
 //! kernel's figures sit behind one lock; each input is handled and its
 //! commands carried out under it, so commands of two inputs never
 //! interleave. The gRPC edge ([`crate::grpc`]) only converts to and from
@@ -272,7 +272,11 @@ impl Driver {
 
     pub fn offer(&self, input: OfferInput<'_>) -> Result<(SdpOut, bool), DriverError> {
         let now = SystemTime::now();
-        let (out, _) = self.input(|e| e.handle_offer(Instant::now(), unix_millis(now), input))?;
+        let saturated = self.inner.relay.saturated();
+        let (out, _) = self.input(|e| {
+            e.handle_relay_saturated(saturated);
+            e.handle_offer(Instant::now(), unix_millis(now), input)
+        })?;
         let offloaded = self.core().engine.offloaded(out.leg.slot);
         Ok((out, offloaded))
     }
@@ -328,9 +332,14 @@ impl Driver {
         }
     }
 
-    /// The userspace relay's committed load and capacity.
+    /// The userspace relay's committed load and capacity, and whether its
+    /// workers are measured saturated now.
     pub fn relay_load(&self) -> crate::engine::RelayLoad {
-        self.core().engine.relay_load()
+        let saturated = self.inner.relay.saturated();
+        crate::engine::RelayLoad {
+            saturated,
+            ..self.core().engine.relay_load()
+        }
     }
 
     /// Reads the session table under the lock.
@@ -403,13 +412,14 @@ impl Driver {
         views.iter().filter_map(|v| self.stats_of(v).ok()).collect()
     }
 
-    /// The userspace relay's packets and bytes since start: the live legs'
-    /// counters plus those of the legs already removed.
-    /// Legs on each userspace relay worker, in worker order.
-    pub fn relay_worker_legs(&self) -> Vec<usize> {
-        self.inner.relay.worker_legs()
+    /// Each userspace relay worker's legs, packets, drops and CPU, in
+    /// worker order.
+    pub fn relay_workers(&self) -> Vec<crate::relay::WorkerFigures> {
+        self.inner.relay.worker_figures()
     }
 
+    /// The userspace relay's packets and bytes since start: the live legs'
+    /// counters plus those of the legs already removed.
     pub fn relay_totals(&self) -> RelayTotals {
         let mut totals = *lock(&self.inner.retired);
         for (_, shared) in self.core().engine.legs() {

@@ -90,12 +90,18 @@ pub struct RelayLoad {
     pub committed_pps: u32,
     /// The configured capacity; 0: no admission control.
     pub capacity_pps: u32,
+    /// Every relay worker is measured saturated (it hardly waits for
+    /// packets): the calls up bring more packets than their legs count for
+    /// (a flood, video, short packetisation), or the host's CPU is short of
+    /// what the configured capacity assumes.
+    pub saturated: bool,
 }
 
 impl RelayLoad {
-    /// The capacity is reached: new calls should go to another manager.
+    /// The capacity is reached, as committed or as measured: new calls
+    /// should go to another manager.
     pub fn overloaded(&self) -> bool {
-        self.capacity_pps != 0 && self.committed_pps >= self.capacity_pps
+        self.capacity_pps != 0 && (self.committed_pps >= self.capacity_pps || self.saturated)
     }
 }
 
@@ -132,6 +138,8 @@ pub struct Engine {
     commands: VecDeque<Command>,
     /// A `Persist` is queued and not polled yet.
     persist_queued: bool,
+    /// The relay's workers are all measured saturated, as last reported.
+    relay_saturated: bool,
 }
 
 impl Engine {
@@ -144,6 +152,7 @@ impl Engine {
             by_ref: HashMap::new(),
             commands: VecDeque::new(),
             persist_queued: false,
+            relay_saturated: false,
         }
     }
 
@@ -168,14 +177,22 @@ impl Engine {
                 .unwrap_or(u32::MAX)
                 .saturating_mul(LEG_PPS),
             capacity_pps: self.config.relay_capacity_pps,
+            saturated: self.relay_saturated,
         }
+    }
+
+    /// The relay's measured state: whether every worker is saturated. The
+    /// driver reports it before each Offer, so admission sees it as of now.
+    pub fn handle_relay_saturated(&mut self, saturated: bool) {
+        self.relay_saturated = saturated;
     }
 
     /// Admission control: an Offer that adds legs is refused when their
     /// packets would take the userspace relay past its capacity, so the
     /// calls already up keep their latency and signaling places the call
     /// on another manager (RESOURCE_EXHAUSTED). Offers on existing legs
-    /// (re-INVITEs) always pass; legs the kernel forwards do not count.
+    /// (re-INVITEs) always pass; legs the kernel forwards do not count. A
+    /// relay measured saturated refuses new legs whatever the count says.
     fn admit(&self, input: &OfferInput<'_>) -> Result<(), SessionError> {
         let load = self.relay_load();
         if load.capacity_pps == 0 {
@@ -188,6 +205,15 @@ impl Engine {
         let added = u32::try_from(adding)
             .unwrap_or(u32::MAX)
             .saturating_mul(LEG_PPS);
+        if load.saturated {
+            return Err(SessionError::Exhausted(format!(
+                "the userspace relay is saturated: every worker was busy over {}% of the last second \
+                 ({} of {} packets/s committed; the calls up bring more than their legs count for, or the host's CPU is short)",
+                crate::relay::SATURATED_BUSY_PERMILLE / 10,
+                load.committed_pps,
+                load.capacity_pps
+            )));
+        }
         if load.committed_pps.saturating_add(added) > load.capacity_pps {
             return Err(SessionError::Exhausted(format!(
                 "the userspace relay is at capacity: {} of {} packets/s committed and this offer adds {added} \

@@ -491,7 +491,8 @@ fn offers_past_the_relay_capacity_are_refused_and_kernel_forwarded_legs_do_not_c
         h.engine.relay_load(),
         RelayLoad {
             committed_pps: 200,
-            capacity_pps: 200
+            capacity_pps: 200,
+            saturated: false,
         }
     );
     assert!(h.engine.relay_load().overloaded());
@@ -520,4 +521,38 @@ fn offers_past_the_relay_capacity_are_refused_and_kernel_forwarded_legs_do_not_c
     h.engine.config.relay_capacity_pps = 0;
     h.call("c4");
     assert!(!h.engine.relay_load().overloaded());
+}
+
+#[test]
+fn a_relay_measured_saturated_refuses_new_calls_below_its_committed_capacity() {
+    let mut h = Harness::new(8);
+    h.engine.config.relay_capacity_pps = 80_000;
+    h.call("c1");
+    // The calls up bring far more than their legs count for (a flood):
+    // the driver reports every worker saturated.
+    h.engine.handle_relay_saturated(true);
+    assert!(h.engine.relay_load().overloaded());
+    match h.engine.handle_offer(h.now, h.unix_ms, offer_a_to_b("c2")) {
+        Err(SessionError::Exhausted(reason)) => assert!(
+            reason.contains("saturated") && reason.contains("100 of 80000 packets/s committed"),
+            "{reason}"
+        ),
+        other => panic!("refused with RESOURCE_EXHAUSTED expected, got {other:?}"),
+    }
+    assert_eq!(h.engine.table().calls(), 1, "nothing of c2 was made");
+    // The call up still re-negotiates.
+    h.engine
+        .handle_offer(h.now, h.unix_ms, offer_a_to_b("c1"))
+        .expect("a re-INVITE's offer while saturated");
+    // The load falls: calls are admitted again.
+    h.engine.handle_relay_saturated(false);
+    assert!(!h.engine.relay_load().overloaded());
+    h.call("c2");
+    assert_eq!(h.engine.table().calls(), 2);
+
+    // Without admission control, saturation refuses nothing either.
+    h.engine.config.relay_capacity_pps = 0;
+    h.engine.handle_relay_saturated(true);
+    assert!(!h.engine.relay_load().overloaded());
+    h.call("c3");
 }

@@ -758,3 +758,61 @@ fn packets_the_kernel_dropped_on_a_legs_full_queue_count_as_its_overload_drops()
         "the burst overflowed the leg's queue"
     );
 }
+
+#[test]
+fn a_new_call_skips_a_saturated_worker_unless_every_worker_is() {
+    let mut placement = Placement::new(2);
+    let call = |name: &str| Arc::<str>::from(name);
+    // Worker 0 has fewer legs but is measured saturated: worker 1 takes it.
+    assert_eq!(placement.place(1, &call("c1"), &[false, false]), 0);
+    assert_eq!(
+        placement.place(2, &call("c1"), &[true, false]),
+        0,
+        "a call's legs stay together"
+    );
+    assert_eq!(placement.place(3, &call("c2"), &[true, false]), 1);
+    assert_eq!(placement.place(4, &call("c3"), &[true, false]), 1);
+    assert_eq!(placement.legs, vec![2, 2]);
+    // Both saturated: the fewest legs again, a tie to the first.
+    assert_eq!(placement.place(5, &call("c4"), &[true, true]), 0);
+    // Neither: the fewest legs.
+    assert_eq!(placement.place(6, &call("c5"), &[false, false]), 1);
+}
+
+#[test]
+fn a_worker_reports_its_packets_and_cpu() {
+    let relay = Relay::start().expect("relay");
+    let (caller, callee) = (endpoint(), endpoint());
+    let (a, _b) = bridged(
+        &relay,
+        LegParams {
+            expected_rtp: Some(caller.local_addr().expect("addr")),
+            ..LegParams::default()
+        },
+        LegParams {
+            expected_rtp: Some(callee.local_addr().expect("addr")),
+            ..LegParams::default()
+        },
+    );
+    for seq in 0..10u16 {
+        caller
+            .send_to(&rtp_packet(seq, 0, &[0; 160]), a.rtp_addr())
+            .expect("send");
+        assert!(recv(&callee).is_some(), "packet {seq} forwarded");
+    }
+    // The CPU figures come with the worker's scan, every 250 ms.
+    wait_until("the worker's first CPU reading", || {
+        relay.worker_figures()[0].cpu_ns > 0
+    });
+    let figures = relay.worker_figures();
+    assert_eq!(figures.len(), 1);
+    let w = figures[0];
+    assert_eq!(
+        (w.legs, w.received_packets, w.forwarded_packets),
+        (2, 10, 10)
+    );
+    assert_eq!(w.overload_drops, 0);
+    // Ten packets and a few wake-ups are nowhere near a CPU.
+    assert!(w.busy_permille < SATURATED_BUSY_PERMILLE, "{w:?}");
+    assert!(!relay.saturated());
+}

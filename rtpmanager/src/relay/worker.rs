@@ -15,7 +15,8 @@ use super::batch::{count_queue_drops, RecvBatch, SendBatch};
 use super::continuity::{ForwardVerdict, StreamPosition};
 use super::latch::{self, SourceLatch};
 use super::{
-    Command, LegCounters, LegParams, LegShared, LegSnapshot, RelayEvent, Slot, MAX_BATCHES_PER_WAKE,
+    Command, LegCounters, LegParams, LegShared, LegSnapshot, RelayEvent, Slot, WorkerLoad,
+    MAX_BATCHES_PER_WAKE,
 };
 use crate::clock::unix_millis;
 use crate::media::dtmf::DtmfDetector;
@@ -218,6 +219,11 @@ pub(super) struct Worker {
     recv: RecvBatch,
     send_rtp: SendBatch,
     send_rtcp: SendBatch,
+    load: Arc<WorkerLoad>,
+    /// Time spent waiting in `epoll_wait` since the worker started.
+    waited: Duration,
+    /// `waited` and the moment it was read, at the last scan.
+    busy_sample: Option<(Duration, Instant)>,
 }
 
 /// What to do with one received datagram.
@@ -235,6 +241,7 @@ impl Worker {
         inbox: mpsc::Receiver<Command>,
         waker: Arc<EventFd>,
         events: broadcast::Sender<RelayEvent>,
+        load: Arc<WorkerLoad>,
     ) -> std::io::Result<Worker> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(
@@ -250,6 +257,9 @@ impl Worker {
             recv: RecvBatch::default(),
             send_rtp: SendBatch::default(),
             send_rtcp: SendBatch::default(),
+            load,
+            waited: Duration::ZERO,
+            busy_sample: None,
         })
     }
 
@@ -257,7 +267,10 @@ impl Worker {
         let mut ready = vec![EpollEvent::empty(); 256];
         let mut next_scan = Instant::now() + TIMEOUT_SCAN;
         loop {
-            let n = match self.epoll.wait(&mut ready, EpollTimeout::from(50u16)) {
+            let wait_from = Instant::now();
+            let waited = self.epoll.wait(&mut ready, EpollTimeout::from(50u16));
+            self.waited += wait_from.elapsed();
+            let n = match waited {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => 0,
                 Err(e) => {
@@ -279,9 +292,34 @@ impl Worker {
             let now = Instant::now();
             if now >= next_scan {
                 self.check_media_timeouts(now);
+                self.measure_busy(now);
                 next_scan = now + TIMEOUT_SCAN;
             }
         }
+    }
+
+    /// Publishes the thread's CPU time, and the share of the time since the
+    /// last scan the worker did not wait for packets, smoothed (each scan
+    /// weighs a half) so one busy moment does not mark the worker saturated
+    /// and a lasting load does within about a second. Not waiting, rather
+    /// than CPU time: a worker that always finds packets queued cannot keep
+    /// up, whether its own work or other work on the host takes the CPU.
+    fn measure_busy(&mut self, now: Instant) {
+        let ordering = std::sync::atomic::Ordering::Relaxed;
+        if let Ok(cpu) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID) {
+            let cpu = Duration::from(cpu).as_nanos();
+            self.load
+                .cpu_ns
+                .store(u64::try_from(cpu).unwrap_or(u64::MAX), ordering);
+        }
+        if let Some((last_waited, last_at)) = self.busy_sample {
+            let wall = now.saturating_duration_since(last_at).as_nanos().max(1);
+            let waited = self.waited.saturating_sub(last_waited).as_nanos().min(wall);
+            let window = u32::try_from((wall - waited) * 1000 / wall).unwrap_or(1000);
+            let smoothed = (self.load.busy_permille.load(ordering) + window) / 2;
+            self.load.busy_permille.store(smoothed, ordering);
+        }
+        self.busy_sample = Some((self.waited, now));
     }
 
     /// Applies queued commands; false on shutdown.
@@ -407,6 +445,7 @@ impl Worker {
                 }
             };
             self.count_queue_drops(slot, kind);
+            LegCounters::add(&self.load.received_packets, n as u64);
             let now = Instant::now();
             let now_ms = unix_millis(SystemTime::now());
             self.send_rtp.clear();
@@ -448,6 +487,7 @@ impl Worker {
         *seen = total;
         if new > 0 {
             LegCounters::add(&leg.shared.counters.overload_drops, u64::from(new));
+            LegCounters::add(&self.load.overload_drops, u64::from(new));
         }
     }
 
@@ -466,8 +506,12 @@ impl Worker {
             let queued = self.send_rtp.len();
             let sent = self.send_rtp.send(out.rtp.as_raw_fd());
             LegCounters::add(&counters.rtp_out_packets, sent as u64);
-            if let Some(c) = source_counters {
-                LegCounters::add(&c.overload_drops, (queued - sent) as u64);
+            LegCounters::add(&self.load.forwarded_packets, sent as u64);
+            if queued > sent {
+                if let Some(c) = source_counters {
+                    LegCounters::add(&c.overload_drops, (queued - sent) as u64);
+                }
+                LegCounters::add(&self.load.overload_drops, (queued - sent) as u64);
             }
         }
         if !self.send_rtcp.is_empty() {
@@ -477,6 +521,7 @@ impl Worker {
             };
             let sent = self.send_rtcp.send(fd);
             LegCounters::add(&counters.rtcp_out_packets, sent as u64);
+            LegCounters::add(&self.load.forwarded_packets, sent as u64);
         }
     }
 
