@@ -669,6 +669,8 @@ struct Row {
     /// direction), in %.
     stream_loss_pct: [f64; 3],
     offered_pps: u64,
+    /// Packets a second the peers received through the relay.
+    delivered_pps: u64,
     loss_pct: f64,
     p50_us: u64,
     p99_us: u64,
@@ -1035,6 +1037,7 @@ fn run_once(args: &Args, calls: usize) -> anyhow::Result<Row> {
         overloaded,
         stream_loss_pct,
         offered_pps: (sent as f64 / elapsed.as_secs_f64()) as u64,
+        delivered_pps: (received as f64 / elapsed.as_secs_f64()) as u64,
         loss_pct,
         p50_us: histogram.percentile(0.50),
         p99_us: histogram.percentile(0.99),
@@ -1158,10 +1161,11 @@ fn main() -> anyhow::Result<()> {
         if args.capacity_pps == 0 { "off".to_owned() } else { format!("{} pps", args.capacity_pps) },
     );
     println!(
-        "{:>6} {:>8} {:>10} {:>8} {:>24} {:>10} {:>9} {:>9} {:>10} {:>12} {:>12} {:>9} {:>11} {:>10} {:>10} {:>11} {:>10}",
+        "{:>6} {:>8} {:>11} {:>10} {:>8} {:>24} {:>10} {:>9} {:>9} {:>10} {:>12} {:>12} {:>9} {:>11} {:>10} {:>10} {:>11} {:>10}",
         "calls",
         "admitted",
-        "pps",
+        "offered pps",
+        "delivered",
         "loss%",
         "stream loss% min/med/max",
         "bed drop%",
@@ -1183,10 +1187,11 @@ fn main() -> anyhow::Result<()> {
     for &calls in &args.calls {
         match run_once(&args, calls) {
             Ok(r) => println!(
-                "{:>6} {:>8} {:>10} {:>8.3} {:>24} {:>10.3} {:>9} {:>9} {:>10.1} {:>12.0} {:>12} {:>9} {:>11} {:>9.2}% {:>9.2}% {:>11} {:>10}",
+                "{:>6} {:>8} {:>11} {:>10} {:>8.3} {:>24} {:>10.3} {:>9} {:>9} {:>10.1} {:>12.0} {:>12} {:>9} {:>11} {:>9.2}% {:>9.2}% {:>11} {:>10}",
                 r.calls,
                 r.admitted,
                 r.offered_pps,
+                r.delivered_pps,
                 r.loss_pct,
                 format!(
                     "{:.1}/{:.1}/{:.1}",
