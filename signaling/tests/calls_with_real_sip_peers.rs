@@ -415,6 +415,35 @@ fn busy_callee_486_is_relayed() {
 }
 
 #[test]
+fn a_redirect_from_the_callee_is_followed_to_its_contact() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    // The dial target answers 302 pointing at the real callee.
+    let (bed, redirect_port) = anonymous_bed();
+    let callee_port = free_port();
+    let callee_port_text = callee_port.to_string();
+    let redirector = sipp(
+        &bed,
+        "b2bua_uas_redirect.xml",
+        redirect_port,
+        &["-key", "target_port", &callee_port_text],
+    );
+    two_party_call(
+        &bed,
+        callee_port,
+        TwoParty {
+            callee: "b2bua_uas.xml",
+            callee_args: &[],
+            caller: "b2bua_uac.xml",
+            caller_args: &["-d", "2000"],
+            rtp: true,
+        },
+    );
+    finish(&bed, "redirector", redirector);
+}
+
+#[test]
 fn a_registered_user_is_dialed_by_extension() {
     if sipp_binary().is_none() {
         return;

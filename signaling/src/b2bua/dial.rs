@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use super::build::{self, contact_of, sdp_of, with_tag, Outgoing};
 use super::session_timer::{allows_update, supports_timer, SessionExpires, DEFAULT_SE, MIN_SE};
 use super::*;
+use crate::sip::Scheme;
 
 impl B2bua {
     pub(super) fn invite(
@@ -333,6 +334,7 @@ impl B2bua {
                 timeout,
                 ring,
                 media_interface,
+                max_redirects,
             } => {
                 call.callee_interface.clone_from(&media_interface);
                 call.dial = Some(Dialing {
@@ -343,6 +345,8 @@ impl B2bua {
                     timeout,
                     deadline: None,
                     best: None,
+                    redirects_left: max_redirects,
+                    rung: Vec::new(),
                 });
                 match call.caller_sdp.clone() {
                     Some(sdp) => self.media(
@@ -477,6 +481,11 @@ impl B2bua {
             extra: &extra,
             body: call.b_offer.as_deref().map(|s| (SDP, s.as_bytes())),
         });
+        if let Some(dial) = call.dial.as_mut() {
+            if !dial.rung.contains(&sent.uri) {
+                dial.rung.push(sent.uri.clone());
+            }
+        }
         match send(sip, request, sent.destination) {
             Some(client) => {
                 tracing::debug!(call_id = %call.media_id, b_call_id = %sent.call_id, "callee INVITE sent");
@@ -698,13 +707,24 @@ impl B2bua {
             _ => {
                 call.branches.retain(|k| *k != client);
                 let six = status >= 600;
+                let original_to = match self.clients.get(&client) {
+                    Some(ClientTx::Branch(branch)) => with_tag(&branch.sent.to, None),
+                    _ => String::new(),
+                };
+                let Some(call) = self.calls.get_mut(&key) else {
+                    return;
+                };
                 if let Some(dial) = call.dial.as_mut() {
-                    let (status, reason) = if (300..400).contains(&status) {
-                        (480, "Temporarily Unavailable".to_owned())
-                    } else {
-                        (status, reason)
-                    };
-                    record_failure(dial, status, reason);
+                    let redirected = (300..400).contains(&status)
+                        && follow_redirect(dial, &response, &original_to, &call.media_id);
+                    if !redirected {
+                        let (status, reason) = if (300..400).contains(&status) {
+                            (480, "Temporarily Unavailable".to_owned())
+                        } else {
+                            (status, reason)
+                        };
+                        record_failure(dial, status, reason);
+                    }
                     if six {
                         // §16.7: a 6xx ends the search.
                         dial.targets.clear();
@@ -887,6 +907,104 @@ pub(super) fn record_failure(dial: &mut Dialing, status: u16, reason: String) {
     }
 }
 
+/// Queues a 3xx's Contacts to be rung next, in q order (highest first,
+/// RFC 3261 §8.1.3.4; file order among equals), each on its own, before
+/// the dial's remaining attempts. Refuses Contacts this dial has rung or
+/// queued (a loop), Contacts it cannot reach (no IP address: no DNS yet;
+/// not sip:) and all of them once the dial's redirects are spent. True
+/// when at least one Contact was queued.
+fn follow_redirect(
+    dial: &mut Dialing,
+    response: &SipMessage,
+    to: &str,
+    call: &MediaCallId,
+) -> bool {
+    if dial.redirects_left == 0 {
+        tracing::info!(call_id = %call, status = response.status().unwrap_or(0), "redirect not followed: the dial's max_redirects is spent");
+        return false;
+    }
+    let mut contacts: Vec<(u16, Contact)> = Vec::new();
+    for name_addr in response.contacts() {
+        let uri = name_addr.uri.to_string();
+        if dial.rung.contains(&uri) || contacts.iter().any(|(_, c)| c.uri == uri) {
+            tracing::info!(call_id = %call, contact = %uri, "redirect to a contact already rung in this dial refused (loop)");
+            continue;
+        }
+        let destination = match uri_destination(&name_addr.uri) {
+            Ok(destination) => destination,
+            Err((status, _)) => {
+                tracing::info!(call_id = %call, contact = %uri, status, "redirect contact cannot be reached; skipped");
+                continue;
+            }
+        };
+        contacts.push((
+            q_millis(name_addr),
+            Contact {
+                uri,
+                to: if to.is_empty() {
+                    format!("<{}>", name_addr.uri)
+                } else {
+                    to.to_owned()
+                },
+                route: Vec::new(),
+                destination,
+                session_expires: None,
+            },
+        ));
+    }
+    // Stable: equal q keeps the order the Contacts came in.
+    contacts.sort_by_key(|(q, _)| std::cmp::Reverse(*q));
+    contacts.truncate(MAX_REDIRECT_CONTACTS);
+    if contacts.is_empty() {
+        return false;
+    }
+    dial.redirects_left -= 1;
+    tracing::info!(call_id = %call, contacts = contacts.len(), redirects_left = dial.redirects_left, "following a redirect");
+    for (_, contact) in contacts.into_iter().rev() {
+        dial.rung.push(contact.uri.clone());
+        dial.attempts.push_front(vec![contact]);
+    }
+    true
+}
+
+/// A Contact's q-value in thousandths (RFC 3261 §20.10: 0 to 1, three
+/// decimals); absent or unreadable is 1.
+fn q_millis(contact: &NameAddr) -> u16 {
+    let Some(Some(q)) = contact.param("q") else {
+        return 1000;
+    };
+    q.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|q| (0.0..=1.0).contains(q))
+        .map_or(1000, |q| (q * 1000.0).round() as u16)
+}
+
+/// Where a request to a `sip:` URI goes: its host must be an IP address
+/// (no DNS yet), its port or 5060, TCP when `transport=tcp`.
+fn uri_destination(uri: &Uri) -> Result<Destination, (u16, String)> {
+    if uri.scheme() != Scheme::Sip {
+        return Err((416, "Unsupported URI Scheme".to_owned()));
+    }
+    let ip = uri
+        .host()
+        .and_then(|h| h.ip())
+        .ok_or((503, "Service Unavailable".to_owned()))?;
+    let remote = SocketAddr::new(ip, uri.port().unwrap_or(5060));
+    let tcp = uri
+        .param("transport")
+        .flatten()
+        .is_some_and(|t| t.eq_ignore_ascii_case("tcp"));
+    Ok(if tcp {
+        Destination::Tcp {
+            remote,
+            connection: None,
+        }
+    } else {
+        Destination::Udp(remote)
+    })
+}
+
 /// The contacts a dial target reaches now.
 fn expand(
     target: &Target,
@@ -923,28 +1041,13 @@ fn expand(
         }
         Target::Uri(text) => {
             let uri = Uri::parse(text).map_err(|_| (404, "Not Found".to_owned()))?;
-            let ip = uri
-                .host()
-                .and_then(|h| h.ip())
-                .ok_or((503, "Service Unavailable".to_owned()))?;
-            let remote = SocketAddr::new(ip, uri.port().unwrap_or(5060));
-            let tcp = uri
-                .param("transport")
-                .flatten()
-                .is_some_and(|t| t.eq_ignore_ascii_case("tcp"));
+            let destination = uri_destination(&uri)?;
             Ok(vec![Contact {
                 uri: uri.to_string(),
                 to: format!("<{uri}>"),
                 route: Vec::new(),
                 session_expires: None,
-                destination: if tcp {
-                    Destination::Tcp {
-                        remote,
-                        connection: None,
-                    }
-                } else {
-                    Destination::Udp(remote)
-                },
+                destination,
             }])
         }
     }

@@ -77,8 +77,14 @@
 //! callee's (reversed) those on leg b, and a binding's Path routes the
 //! INVITE and CANCEL to it; loose routing only.
 //!
-//! Not implemented: 100rel/PRACK (PRACK is 481), strict routing, DNS for SIP URI targets (an IP address is required), redirects
-//! (3xx count as failures).
+//! Redirects: a 3xx to an INVITE (RFC 3261 §8.1.3.4) puts its Contacts,
+//! in q order and at most [`MAX_REDIRECT_CONTACTS`], before the dial's
+//! next target, each rung on its own (same Call-ID, From and To; the
+//! Request-URI is the Contact), up to the dial's `max_redirects`; a
+//! Contact already rung in this dial is refused (a loop). A 3xx not
+//! followed counts as a 480.
+//!
+//! Not implemented: 100rel/PRACK (PRACK is 481), strict routing, DNS for SIP URI targets (an IP address is required).
 
 mod build;
 mod dial;
@@ -403,7 +409,16 @@ struct Dialing {
     best: Option<(u16, String)>,
     /// The callee leg's media interface (the dial action's).
     media_interface: Option<String>,
+    /// Redirects (3xx) this dial may still follow.
+    redirects_left: u8,
+    /// Request-URIs rung in this dial, so a redirect back to one of them
+    /// (a loop) is refused.
+    rung: Vec<String>,
 }
+
+/// Contacts of one redirect that are rung; the rest are ignored, so a
+/// redirect cannot fan one call out to many.
+pub const MAX_REDIRECT_CONTACTS: usize = 5;
 
 /// The callee's 2xx not yet ACKed (end to end: on the caller's ACK).
 #[derive(Debug, Clone)]

@@ -1006,6 +1006,113 @@ fn the_next_target_is_tried_after_a_failure_and_6xx_wins() {
     assert_eq!(decline.reason(), Some("Decline"));
 }
 
+/// A 3xx to `request` whose only Contacts are `contacts` (one header,
+/// comma-separated, as a redirect server may send them).
+fn redirect(request: &SipMessage, status: u16, contacts: &str) -> String {
+    let headers = vec![("Contact".to_owned(), contacts.to_owned())];
+    let bytes = build_response_with_body(
+        request,
+        status,
+        "Moved",
+        Some(&Tag::new("r1")),
+        &headers,
+        None,
+    );
+    String::from_utf8(bytes).expect("responses are text")
+}
+
+const DAVE: &str = "192.0.2.4:5060";
+const ERIN: &str = "192.0.2.5:5060";
+
+#[test]
+fn a_redirects_contacts_are_rung_in_q_order_before_the_next_target() {
+    let plan = dial_plan(
+        r#"["sip:bob@192.0.2.2:5060", "sip:carol@192.0.2.3:5060"]"#,
+        "",
+    );
+    let mut h = Harness::new(&plan);
+    let invite = h.invite("1001", "call-redirect", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    h.from(
+        BOB,
+        &redirect(
+            &to_bob,
+            302,
+            "<sip:dave@192.0.2.4:5060>;q=0.5, <sip:erin@192.0.2.5:5060>;q=0.9, <sip:nobody@example.com>",
+        ),
+    );
+    // The ACK of the 3xx is the transaction layer's; the B2BUA rings the
+    // highest q first, with the call's leg-b Call-ID, From and To.
+    let to_erin = h.request_to(ERIN, "INVITE");
+    assert_eq!(
+        to_erin.request_uri().map(ToString::to_string).as_deref(),
+        Some("sip:erin@192.0.2.5:5060")
+    );
+    assert_eq!(to_erin.call_id(), to_bob.call_id());
+    assert_eq!(to_erin.header("To"), to_bob.header("To"), "the original To");
+    assert_eq!(to_erin.from_tag(), to_bob.from_tag());
+    assert_eq!(to_erin.cseq().seq, 2);
+    assert_eq!(body(&to_erin), manager_sdp("offer-a-b"));
+    h.nothing_to(DAVE);
+    h.nothing_to(CAROL);
+    h.from(ERIN, &reply(&to_erin, 486, Some("erin1"), None));
+    let to_dave = h.request_to(DAVE, "INVITE");
+    assert_eq!(to_dave.cseq().seq, 3);
+    h.nothing_to(CAROL);
+    h.from(DAVE, &reply(&to_dave, 480, Some("dave1"), None));
+    // The redirect's contacts spent (the host name cannot be reached
+    // without DNS), the dial goes on with its next target.
+    let to_carol = h.request_to(CAROL, "INVITE");
+    h.from(
+        CAROL,
+        &reply(&to_carol, 200, Some("carol1"), Some(CALLEE_SDP)),
+    );
+    h.response_to(CALLER, 200);
+}
+
+#[test]
+fn redirect_loops_and_redirects_past_the_dials_bound_are_refused() {
+    let one = dial_plan(r#"["sip:bob@192.0.2.2:5060"]"#, r#", "max_redirects": 1"#);
+    // Back to where it came from: a loop, nothing rung, the caller gets 480.
+    let mut h = Harness::new(&one);
+    let invite = h.invite("1001", "call-loop", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    h.from(BOB, &redirect(&to_bob, 302, "<sip:bob@192.0.2.2:5060>"));
+    h.response_to(CALLER, 480);
+    h.request_to(BOB, "ACK");
+    h.nothing_to(BOB);
+
+    // One redirect followed, the second refused: the dial's bound.
+    let mut h = Harness::new(&one);
+    let invite = h.invite("1001", "call-bound", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    h.from(BOB, &redirect(&to_bob, 301, "<sip:carol@192.0.2.3:5060>"));
+    let to_carol = h.request_to(CAROL, "INVITE");
+    h.from(
+        CAROL,
+        &redirect(&to_carol, 302, "<sip:dave@192.0.2.4:5060>"),
+    );
+    h.response_to(CALLER, 480);
+    h.nothing_to(DAVE);
+
+    // max_redirects 0: a 3xx is a failure like before.
+    let none = dial_plan(r#"["sip:bob@192.0.2.2:5060"]"#, r#", "max_redirects": 0"#);
+    let mut h = Harness::new(&none);
+    let invite = h.invite("1001", "call-none", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    h.from(BOB, &redirect(&to_bob, 302, "<sip:carol@192.0.2.3:5060>"));
+    h.response_to(CALLER, 480);
+    h.nothing_to(CAROL);
+}
+
 fn register(h: &mut Harness, user: &str, source: &str, call_id: &str) {
     let branch = h.new_branch();
     let text = request(

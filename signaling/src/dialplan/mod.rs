@@ -56,6 +56,12 @@ pub enum DialplanError {
     },
 }
 
+/// Redirects a dial follows unless its `max_redirects` says otherwise.
+pub const DEFAULT_MAX_REDIRECTS: u8 = 3;
+/// The most a dialplan may ask for: each redirect may add contacts to
+/// ring, so the bound keeps one call from ringing without end.
+pub const MAX_REDIRECTS: u8 = 10;
+
 /// Where `dial` sends the call.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -89,6 +95,11 @@ pub enum Action {
         /// on another network than its callers; `None` lets the manager
         /// choose.
         media_interface: Option<String>,
+        /// Redirects (3xx) followed in this dial (`"max_redirects"`, 3 by
+        /// default): a 3xx's Contacts are rung in q order, one after the
+        /// other, before the dial's next target; 0 counts a 3xx as a
+        /// failure (480).
+        max_redirects: u8,
     },
     /// Play audio files to the caller (answering first if needed).
     PlayAudio { files: Vec<String> },
@@ -252,6 +263,7 @@ impl Action {
                 timeout,
                 ring,
                 media_interface,
+                max_redirects,
             } => Action::Dial {
                 targets: targets
                     .iter()
@@ -263,6 +275,7 @@ impl Action {
                 timeout: *timeout,
                 ring: *ring,
                 media_interface: media_interface.clone(),
+                max_redirects: *max_redirects,
             },
             Action::PlayAudio { files } => Action::PlayAudio {
                 files: files.iter().map(|f| s(f)).collect(),
@@ -436,11 +449,25 @@ fn parse_action(raw: &RawAction) -> Result<Action, FieldError> {
                     ))
                 }
             };
+            let max_redirects = match params.get("max_redirects") {
+                None | Some(Value::Null) => DEFAULT_MAX_REDIRECTS,
+                Some(v) => v
+                    .as_u64()
+                    .filter(|&n| n <= u64::from(MAX_REDIRECTS))
+                    .and_then(|n| u8::try_from(n).ok())
+                    .ok_or_else(|| {
+                        field(
+                            "params.max_redirects",
+                            format!("must be a number of redirects between 0 and {MAX_REDIRECTS}"),
+                        )
+                    })?,
+            };
             Ok(Action::Dial {
                 targets,
                 timeout: Duration::from_secs(timeout),
                 ring,
                 media_interface,
+                max_redirects,
             })
         }
         "play_audio" | "playback" => {

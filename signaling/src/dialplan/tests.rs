@@ -47,7 +47,8 @@ fn the_shipped_demo_plan_is_valid_and_routes_as_documented() {
             targets: vec![Target::User("1001".into())],
             timeout: Duration::from_secs(30),
             ring: Ring::Parallel,
-            media_interface: None
+            media_interface: None,
+            max_redirects: 3
         }
     );
 }
@@ -192,7 +193,8 @@ fn dial_options_and_seed_spellings() {
             ],
             timeout: Duration::from_secs(12),
             ring: Ring::Sequential,
-            media_interface: None
+            media_interface: None,
+            max_redirects: 3
         }
     );
     assert_eq!(
@@ -229,5 +231,33 @@ fn a_dial_action_may_name_the_callees_media_interface() {
         );
         let err = Dialplan::parse(&text).expect_err(bad);
         assert!(err.to_string().contains("media_interface"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn a_dial_action_bounds_the_redirects_it_follows() {
+    let redirects = |params: &str| {
+        let p = plan(&format!(
+            r#"{{"id":"x","pattern":"*","actions":[
+                {{"type":"dial","params":{{"targets":["user/1001"]{params}}}}}]}}"#
+        ));
+        match &p.route("1").expect("route").actions[0] {
+            Action::Dial { max_redirects, .. } => *max_redirects,
+            other => panic!("not a dial: {other:?}"),
+        }
+    };
+    assert_eq!(redirects(""), 3, "followed by default");
+    assert_eq!(redirects(r#","max_redirects":0"#), 0, "off");
+    assert_eq!(redirects(r#","max_redirects":10"#), 10);
+    for bad in ["11", "-1", r#""3""#, "1.5"] {
+        let text = format!(
+            r#"{{"version":"1.0","routes":[{{"id":"x","pattern":"*","actions":[
+                {{"type":"dial","params":{{"targets":["user/1001"],"max_redirects":{bad}}}}}]}}]}}"#
+        );
+        let err = Dialplan::parse(&text).expect_err(bad);
+        assert!(
+            err.to_string().contains("params.max_redirects"),
+            "{bad}: {err}"
+        );
     }
 }
