@@ -33,6 +33,13 @@
 //! daemons run all three, so the third shows what order alone does); it
 //! prints the first two side by side, the third, and what the readers
 //! received.
+//!
+//! Both SIP benchmarks also time each exchange on the wire when run as
+//! root with tcpdump installed: a capture on loopback of the SIPp client's
+//! traffic with the server, each request matched to its final response by
+//! Call-ID and CSeq (INVITE→200, REGISTER→200), with microsecond
+//! timestamps; SIPp's own times come in steps of the kernel's 4 ms tick on
+//! this machine, so the wire columns are the ones to compare.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
@@ -49,6 +56,8 @@ use switchboard_testkit::daemon::{manager_args, Options};
 use switchboard_testkit::{sipp, wait_until};
 
 use crate::util::{self, workspace_root};
+
+mod wire;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -323,6 +332,13 @@ struct RateResult {
     failed: u64,
     elapsed: Duration,
     times_ms: Vec<f64>,
+    /// The same exchanges timed on the wire (a capture on loopback, µs
+    /// resolution: SIPp's own times come in steps of the kernel's 4 ms
+    /// tick here), when tcpdump could run.
+    wire_ms: Option<Vec<f64>>,
+    /// What the far end took for the server's own requests (a B2BUA's
+    /// callee answering its INVITE), on the wire; empty without one.
+    far_end_ms: Vec<f64>,
     /// The server's CPU over the run, percent of one core, when measured.
     cpu_percent: Option<f64>,
 }
@@ -466,7 +482,9 @@ fn run_sipp(
     let dir = work.join(format!("rate-{rate}"));
     std::fs::create_dir_all(&dir)?;
     let calls = rate * seconds;
-    let mut command = sipp::command(sipp, scenario, free_port(), &dir);
+    let sipp_port = free_port();
+    let capture = wire::Capture::start(&dir, sip_port, sipp_port);
+    let mut command = sipp::command(sipp, scenario, sipp_port, &dir);
     command
         .args(scenario_args)
         .args([
@@ -477,19 +495,30 @@ fn run_sipp(
             "-l",
             "5000",
         ])
-        .args(["-timeout", "120s", "-trace_rtt", "-rtt_freq", "1"])
+        .args([
+            "-timeout",
+            "120s",
+            "-trace_rtt",
+            "-rtt_freq",
+            "1",
+            "-timer_resol",
+            "1",
+        ])
         .arg(format!("127.0.0.1:{sip_port}"));
     println!("+ {}", util::describe(&command));
     let started = Instant::now();
     let output = command.output().context("running sipp")?;
     let elapsed = started.elapsed();
     let screen = String::from_utf8_lossy(&output.stdout);
+    let wire = capture.and_then(wire::Capture::finish);
     Ok(RateResult {
         offered: rate,
         successful: sipp_counter(&screen, "Successful call"),
         failed: sipp_counter(&screen, "Failed call"),
         elapsed,
         times_ms: sipp::response_times_ms(&dir)?,
+        wire_ms: wire.as_ref().map(|(near, _)| near.clone()),
+        far_end_ms: wire.map(|(_, far)| far).unwrap_or_default(),
         cpu_percent: None,
     })
 }
@@ -499,16 +528,31 @@ fn print_table(title: &str, results: &[RateResult]) {
     println!();
     println!("{title}");
     println!(
-        "{:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "offered", "achieved", "failed", "p50 ms", "p90 ms", "p99 ms", "max ms", "CPU %"
+        "{:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>26}",
+        "offered",
+        "achieved",
+        "failed",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "CPU %",
+        "wire p50/p90/p99/max ms"
     );
     for r in results {
         let (p50, p90, p99, max) = percentiles(&r.times_ms);
         let cpu = r
             .cpu_percent
             .map_or_else(|| "-".to_owned(), |cpu| format!("{cpu:.1}"));
+        let wire = r.wire_ms.as_deref().map_or_else(
+            || "-".to_owned(),
+            |times| {
+                let (p50, p90, p99, max) = percentiles(times);
+                format!("{p50:.2}/{p90:.2}/{p99:.2}/{max:.1}")
+            },
+        );
         println!(
-            "{:>8} {:>10.1} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8}",
+            "{:>8} {:>10.1} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>26}",
             r.offered,
             r.successful as f64 / r.elapsed.as_secs_f64(),
             r.failed,
@@ -516,8 +560,19 @@ fn print_table(title: &str, results: &[RateResult]) {
             p90,
             p99,
             max,
-            cpu
+            cpu,
+            wire
         );
+    }
+    for r in results.iter().filter(|r| !r.far_end_ms.is_empty()) {
+        let (p50, p90, p99, max) = percentiles(&r.far_end_ms);
+        println!(
+            "  at {}/s the far end (SIPp callee) took INVITE→200 p50 {p50:.2} p90 {p90:.2} p99 {p99:.2} max {max:.1} ms of that",
+            r.offered
+        );
+    }
+    if results.iter().any(|r| r.wire_ms.is_none()) {
+        println!("(wire times need root and tcpdump: cargo xtask setup installs it)");
     }
 }
 
