@@ -371,6 +371,13 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_MAX_CONTACTS", default_value_t = 5)]
     pub max_contacts: usize,
 
+    /// Binding records journalled after which the registrar's store writes
+    /// a snapshot and starts a new journal (at least twice the
+    /// addresses-of-record, so the cost stays amortised). The snapshot is
+    /// written in the background; REGISTERs do not wait for it.
+    #[arg(long, env = "SWITCHBOARD_REGISTRAR_COMPACT_AFTER", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub registrar_compact_after: u32,
+
     /// Seconds after which a TCP connection without a complete message (or
     /// keep-alive ping) received or sent is closed; octets of an incomplete
     /// message do not count.

@@ -441,6 +441,8 @@ fn build_core(config: &Config) -> anyhow::Result<Uas> {
     uas_config.limits = config.framing_limits();
     uas_config.force_rport = config.force_rport;
     uas_config.server = config.server_header.clone();
+    uas_config.compact_after =
+        usize::try_from(config.registrar_compact_after).unwrap_or(usize::MAX);
     Ok(Uas::new(uas_config, registrar, auth, Box::new(store)))
 }
 

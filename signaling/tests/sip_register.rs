@@ -413,6 +413,143 @@ fn sigkill_during_a_register_storm_loses_no_binding_answered_200() {
     );
 }
 
+/// The storm again, over 200 users re-registering in turn (each REGISTER
+/// moves its user to a new contact and removes the previous one), with
+/// compaction due every 400 records: the kill lands among journal
+/// switches and snapshots written in the background. Every user keeps at
+/// least the contact of its last REGISTER answered 200.
+#[test]
+fn sigkill_during_a_register_storm_with_compactions_loses_no_binding_answered_200() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut server = start(
+        &data,
+        &[
+            "--auth",
+            "anonymous",
+            "--source-rate-limit",
+            "0",
+            "--registrar-compact-after",
+            "100",
+        ],
+    );
+    let peer = UdpPeer::new();
+    let sender = peer.socket.try_clone().expect("clone the socket");
+    let to = server.sip_addr();
+    let port = peer.port();
+    const STORM: u16 = 6000;
+    const USERS: u16 = 200;
+    let storm = std::thread::spawn(move || {
+        for index in 0..STORM {
+            let user = format!("cycle{}", index % USERS);
+            let round = u32::from(index / USERS) + 1;
+            let r = Registration {
+                user: &user,
+                password: "",
+                call_id: format!("{user}@test"),
+                contact_port: 10_000 + index,
+                expires: 3600,
+            };
+            let mut text = register_text(&r, port, round, None);
+            if index >= USERS {
+                let previous = 10_000 + index - USERS;
+                text = text.replace(
+                    "Contact: <",
+                    &format!("Contact: <sip:{user}@127.0.0.1:{previous}>;expires=0, <"),
+                );
+            }
+            let _ = sender.send_to(text.as_bytes(), to);
+            if index % 50 == 49 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    });
+    // Per user, the contact port of its last REGISTER answered 200.
+    let mut answered: std::collections::BTreeMap<String, u16> = std::collections::BTreeMap::new();
+    let mut record = |response: &str, answered: &mut std::collections::BTreeMap<String, u16>| {
+        if status(response) != 200 {
+            return;
+        }
+        let user = header(response, "Call-ID")
+            .expect("a Call-ID")
+            .trim_end_matches("@test")
+            .to_owned();
+        let round: u16 = header(response, "CSeq")
+            .and_then(|c| c.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .expect("a CSeq");
+        let index: u16 = user
+            .trim_start_matches("cycle")
+            .parse()
+            .expect("a user number");
+        let contact = 10_000 + (round - 1) * USERS + index;
+        let last = answered.entry(user).or_insert(contact);
+        *last = (*last).max(contact);
+    };
+    let mut count = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while count < 2500 && std::time::Instant::now() < deadline {
+        let Some(response) = peer.recv(Duration::from_secs(5)) else {
+            break;
+        };
+        count += usize::from(status(&response) == 200);
+        record(&response, &mut answered);
+    }
+    let exit = server.stop_with(Signal::SIGKILL);
+    assert!(!exit.success());
+    storm.join().expect("the storm ends");
+    while let Some(response) = peer.recv(Duration::from_millis(200)) {
+        count += usize::from(status(&response) == 200);
+        record(&response, &mut answered);
+    }
+    assert!(
+        count >= 2500,
+        "only {count} REGISTERs answered 200 before the kill"
+    );
+    assert!(
+        count < usize::from(STORM),
+        "the kill came after the storm: it proves nothing"
+    );
+    server.restart();
+    let after = bindings(&server);
+    let mut stored: std::collections::BTreeMap<String, u16> = std::collections::BTreeMap::new();
+    for (aor, contact, _, _) in &after {
+        let user = aor.trim_end_matches(&format!("@{REALM}")).to_owned();
+        let port: u16 = contact
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('>').parse().ok())
+            .expect("a contact port");
+        let best = stored.entry(user).or_insert(port);
+        *best = (*best).max(port);
+    }
+    let lost: Vec<(&String, &u16)> = answered
+        .iter()
+        .filter(|(user, last)| stored.get(*user).is_none_or(|kept| kept < *last))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} users lost a contact answered 200, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    // The store compacted during the storm (a snapshot exists), and the
+    // restart left at most the journal after it.
+    let store = data.path().join("state/registrations");
+    assert!(
+        store.join("snapshot.json").exists(),
+        "no compaction happened"
+    );
+    let journals = std::fs::read_dir(&store)
+        .expect("the store directory")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("journal."))
+        .count();
+    eprintln!(
+        "storm with compactions: {count} answered 200 before the kill, {} users kept, {journals} journal file(s) left",
+        stored.len()
+    );
+}
+
 #[test]
 fn refusals_wrong_password_foreign_aor_short_expiry_and_lockout() {
     let data = tempfile::tempdir().expect("temp dir");

@@ -36,7 +36,7 @@ impl BindingStore for NoStore {
     fn journal_records(&self) -> usize {
         0
     }
-    fn compact(&mut self, _: &[Record]) -> Result<(), StoreError> {
+    fn compact(&mut self, _: Vec<Record>) -> Result<(), StoreError> {
         Ok(())
     }
 }

@@ -10,11 +10,21 @@
 //!   [`Store::sync`] (group commit): the 200 of every REGISTER whose record
 //!   a sync covers goes out after it, never before.
 //!
-//! Loading replays the snapshot, then the journal of the same generation.
-//! A crash mid-append leaves a torn last line: it is skipped (its 200 was
-//! never sent) and cut off so that later appends start on a clean line.
-//! Journals of other generations are leftovers of an interrupted compaction
-//! and are deleted.
+//! Compaction runs beside the registrar, not in its way: the journal
+//! switches to generation `g + 1` at once (its file created and the
+//! directory synced before a record goes in), and a background thread
+//! writes snapshot `g + 1` (the state at the switch), renames it into
+//! place and deletes the older journals. A REGISTER never waits for a
+//! snapshot (10,000 bindings took tens of milliseconds to write and sync,
+//! a spike in every response behind it).
+//!
+//! Loading replays the snapshot (generation `s`), then every journal of
+//! generation `s` or later in order: after a crash between a journal
+//! switch and its snapshot's rename the old snapshot and both journals
+//! hold everything. A crash mid-append leaves a torn last line: it is
+//! skipped (its 200 was never sent) and cut off so that later appends
+//! start on a clean line. Journals older than the snapshot and a
+//! half-written snapshot are leftovers of a compaction and are deleted.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -77,6 +87,8 @@ pub struct Store {
     /// back to them.
     synced_bytes: u64,
     synced_records: usize,
+    /// The snapshot being written in the background, if any.
+    compaction: Option<std::thread::JoinHandle<Result<(), StoreError>>>,
 }
 
 impl Store {
@@ -99,19 +111,24 @@ impl Store {
             },
             Err(e) => return Err(io_error(&snapshot_path)(e)),
         };
-        let generation = snapshot.generation;
         let mut records = snapshot.records;
+        // The snapshot's journal and any later one (a switch whose snapshot
+        // was not renamed yet), oldest first; the last is appended to.
+        let mut generations = journal_generations(dir)?
+            .into_iter()
+            .filter(|g| *g >= snapshot.generation)
+            .collect::<Vec<_>>();
+        generations.sort_unstable();
+        let generation = generations.last().copied().unwrap_or(snapshot.generation);
         let journal_path = journal_path(dir, generation);
-        let (journal_records, good_bytes) = match fs::read(&journal_path) {
-            Ok(bytes) => {
-                let (replayed, good_bytes) = parse_journal(&journal_path, &bytes)?;
-                let count = replayed.len();
-                records.extend(replayed);
-                (count, good_bytes)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => (0, 0),
-            Err(e) => return Err(io_error(&journal_path)(e)),
-        };
+        let (mut journal_records, mut good_bytes) = (0, 0);
+        for g in generations {
+            let path = self::journal_path(dir, g);
+            let bytes = fs::read(&path).map_err(io_error(&path))?;
+            let (replayed, good) = parse_journal(&path, &bytes)?;
+            (journal_records, good_bytes) = (replayed.len(), good);
+            records.extend(replayed);
+        }
         let journal = OpenOptions::new()
             .create(true)
             .append(true)
@@ -122,7 +139,7 @@ impl Store {
             .set_len(good_bytes)
             .and_then(|()| journal.sync_all())
             .map_err(io_error(&journal_path))?;
-        remove_leftovers(dir, generation)?;
+        remove_leftovers(dir, snapshot.generation)?;
         Ok((
             Self {
                 dir: dir.to_path_buf(),
@@ -132,6 +149,7 @@ impl Store {
                 journal_records,
                 synced_bytes: good_bytes,
                 synced_records: journal_records,
+                compaction: None,
             },
             records,
         ))
@@ -199,52 +217,127 @@ impl Store {
         self.journal_records
     }
 
-    /// Writes `records` (the registrar's whole state, see
-    /// [`super::Registrar::records`]) as the next snapshot and starts an
-    /// empty journal. Call it with nothing unsynced: the snapshot holds the
-    /// records it is given, whatever the journal held.
-    pub fn compact(&mut self, records: &[Record]) -> Result<(), StoreError> {
+    /// Whether a snapshot is being written in the background.
+    pub fn compacting(&mut self) -> bool {
+        if self
+            .compaction
+            .as_ref()
+            .is_some_and(std::thread::JoinHandle::is_finished)
+        {
+            if let Err(error) = self.wait_compaction() {
+                tracing::warn!(%error, "registrar store compaction failed; its journals are kept and replayed");
+            }
+        }
+        self.compaction.is_some()
+    }
+
+    /// Compacts: `records` (the registrar's whole state, see
+    /// [`super::Registrar::records`]) become the next snapshot and an empty
+    /// journal starts now. Only the switch to the new journal happens here;
+    /// the snapshot is written by a thread of its own (see the module
+    /// documentation). Call it with nothing unsynced and no compaction
+    /// running ([`Store::compacting`]); a second one waits for the first.
+    pub fn compact(&mut self, records: Vec<Record>) -> Result<(), StoreError> {
+        if self.compaction.is_some() {
+            self.wait_compaction()?;
+        }
+        self.sync()?;
         let next = self.generation + 1;
-        let tmp = self.dir.join(SNAPSHOT_TMP);
-        let snapshot = Snapshot {
-            generation: next,
-            records: records.to_vec(),
-        };
-        let bytes = serde_json::to_vec(&snapshot).map_err(|e| StoreError::Corrupt {
-            path: tmp.clone(),
-            line: 0,
-            reason: e.to_string(),
-        })?;
-        let mut file = File::create(&tmp).map_err(io_error(&tmp))?;
-        file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(io_error(&tmp))?;
         let new_journal_path = journal_path(&self.dir, next);
         let new_journal = OpenOptions::new()
             .create(true)
             .write(true)
             .truncate(true)
             .open(&new_journal_path)
+            .and_then(|file| file.sync_all().map(|()| file))
             .map_err(io_error(&new_journal_path))?;
-        new_journal
-            .sync_all()
-            .map_err(io_error(&new_journal_path))?;
-        let snapshot_path = self.dir.join(SNAPSHOT);
-        fs::rename(&tmp, &snapshot_path).map_err(io_error(&snapshot_path))?;
+        // The new journal's name is durable before any record goes in.
         sync_dir(&self.dir)?;
-        let old = journal_path(&self.dir, self.generation);
-        self.generation = next;
+        drop(new_journal);
         self.journal = OpenOptions::new()
             .append(true)
             .open(&new_journal_path)
             .map_err(io_error(&new_journal_path))?;
+        self.generation = next;
         self.journal_bytes = 0;
         self.journal_records = 0;
         self.synced_bytes = 0;
         self.synced_records = 0;
-        fs::remove_file(&old).map_err(io_error(&old))?;
+        let dir = self.dir.clone();
+        let writer = std::thread::Builder::new()
+            .name("registrar-snapshot".to_owned())
+            .spawn(move || write_snapshot(&dir, next, records))
+            .map_err(io_error(&self.dir))?;
+        self.compaction = Some(writer);
         Ok(())
     }
+
+    /// Waits for the background snapshot, if one is being written, and
+    /// says how it went.
+    pub fn wait_compaction(&mut self) -> Result<(), StoreError> {
+        match self.compaction.take().map(std::thread::JoinHandle::join) {
+            None => Ok(()),
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(StoreError::Io {
+                path: self.dir.clone(),
+                source: io::Error::other("the snapshot writer panicked"),
+            }),
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(error) = self.wait_compaction() {
+            tracing::warn!(%error, "registrar store compaction failed; its journals are kept and replayed");
+        }
+    }
+}
+
+/// Writes snapshot `generation` with `records`, renames it into place and
+/// deletes the journals before it: what [`Store::compact`] leaves to a
+/// thread.
+fn write_snapshot(dir: &Path, generation: u64, records: Vec<Record>) -> Result<(), StoreError> {
+    let tmp = dir.join(SNAPSHOT_TMP);
+    let snapshot = Snapshot {
+        generation,
+        records,
+    };
+    let bytes = serde_json::to_vec(&snapshot).map_err(|e| StoreError::Corrupt {
+        path: tmp.clone(),
+        line: 0,
+        reason: e.to_string(),
+    })?;
+    let mut file = File::create(&tmp).map_err(io_error(&tmp))?;
+    file.write_all(&bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io_error(&tmp))?;
+    let snapshot_path = dir.join(SNAPSHOT);
+    fs::rename(&tmp, &snapshot_path).map_err(io_error(&snapshot_path))?;
+    sync_dir(dir)?;
+    for old in journal_generations(dir)?
+        .into_iter()
+        .filter(|g| *g < generation)
+    {
+        let path = journal_path(dir, old);
+        fs::remove_file(&path).map_err(io_error(&path))?;
+    }
+    Ok(())
+}
+
+/// The generations of the journals in `dir`.
+fn journal_generations(dir: &Path) -> Result<Vec<u64>, StoreError> {
+    let mut generations = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_error(dir))? {
+        let name = entry.map_err(io_error(dir))?.file_name();
+        let generation = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("journal."))
+            .and_then(|n| n.strip_suffix(".jsonl"))
+            .and_then(|g| g.parse::<u64>().ok());
+        generations.extend(generation);
+    }
+    Ok(generations)
 }
 
 fn journal_path(dir: &Path, generation: u64) -> PathBuf {
@@ -286,22 +379,21 @@ fn parse_journal(path: &Path, bytes: &[u8]) -> Result<(Vec<Record>, u64), StoreE
     Ok((records, good as u64))
 }
 
-/// Deletes a half-written snapshot and journals of other generations.
+/// Deletes a half-written snapshot and the journals older than the
+/// snapshot (`generation`), which it covers.
 fn remove_leftovers(dir: &Path, generation: u64) -> Result<(), StoreError> {
-    let current = journal_path(dir, generation);
-    for entry in fs::read_dir(dir).map_err(io_error(dir))? {
-        let path = entry.map_err(io_error(dir))?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        let stale_journal =
-            name.starts_with("journal.") && name.ends_with(".jsonl") && path != current;
-        if stale_journal || name == SNAPSHOT_TMP {
-            fs::remove_file(&path).map_err(io_error(&path))?;
-        }
+    for old in journal_generations(dir)?
+        .into_iter()
+        .filter(|g| *g < generation)
+    {
+        let path = journal_path(dir, old);
+        fs::remove_file(&path).map_err(io_error(&path))?;
     }
-    Ok(())
+    let tmp = dir.join(SNAPSHOT_TMP);
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(&tmp)(e)),
+        _ => Ok(()),
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {

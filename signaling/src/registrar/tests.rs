@@ -573,8 +573,9 @@ fn compaction_writes_a_snapshot_and_starts_a_new_journal() {
         );
     }
     store
-        .compact(&registrar.records())
-        .expect("compaction succeeds");
+        .compact(registrar.records())
+        .expect("the journal switches");
+    store.wait_compaction().expect("the snapshot is written");
     assert_eq!(store.journal_records(), 0);
     assert!(
         !dir.path().join("journal.0.jsonl").exists(),
@@ -601,6 +602,64 @@ fn compaction_writes_a_snapshot_and_starts_a_new_journal() {
     assert_eq!(registrar.lookup(t(20), "bob")[0].contact, "sip:b@192.0.2.2");
     assert!(!dir.path().join("journal.0.jsonl").exists());
     assert!(!dir.path().join("snapshot.json.tmp").exists());
+}
+
+/// A crash after the journal switched and before the snapshot was
+/// renamed: the old snapshot, its journal and the new journal together
+/// hold every binding; the next compaction goes on from there.
+#[test]
+fn records_after_a_journal_switch_survive_a_crash_before_its_snapshot() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut store, _) = Store::open(dir.path()).expect("store opens");
+    let mut registrar = Registrar::new(config());
+    persist_all(
+        &mut store,
+        registrar.handle_register(
+            t(1),
+            &register(vec![contact("sip:a@192.0.2.1", Some(600))], None, "c", 1),
+        ),
+    );
+    drop(store);
+    // What a switch leaves before its snapshot: journal 0 complete,
+    // journal 1 with a later record, no snapshot 1 (a half-written one).
+    let later = ok(Registrar::new(config()).handle_register(
+        t(2),
+        &RegisterRequest {
+            aor: "bob".to_string(),
+            ..register(vec![contact("sip:b@192.0.2.2", Some(600))], None, "d", 1)
+        },
+    ))
+    .persist
+    .expect("a new binding is persisted")
+    .record;
+    let mut line = serde_json::to_vec(&later).expect("serialises");
+    line.push(b'\n');
+    std::fs::write(dir.path().join("journal.1.jsonl"), line).expect("writable");
+    std::fs::write(dir.path().join("snapshot.json.tmp"), b"{\"gener").expect("writable");
+
+    let (mut store, records) = Store::open(dir.path()).expect("store reopens");
+    let registrar = Registrar::from_records(config(), records, t(3));
+    assert_eq!(
+        registrar.lookup(t(3), "alice")[0].contact,
+        "sip:a@192.0.2.1"
+    );
+    assert_eq!(registrar.lookup(t(3), "bob")[0].contact, "sip:b@192.0.2.2");
+    assert!(
+        dir.path().join("journal.0.jsonl").exists(),
+        "not covered by a snapshot yet"
+    );
+    assert!(!dir.path().join("snapshot.json.tmp").exists());
+    // New records go to the newest journal; compaction then covers all.
+    store
+        .compact(registrar.records())
+        .expect("the journal switches");
+    store.wait_compaction().expect("the snapshot is written");
+    assert!(!dir.path().join("journal.0.jsonl").exists());
+    assert!(!dir.path().join("journal.1.jsonl").exists());
+    assert!(dir.path().join("journal.2.jsonl").exists());
+    drop(store);
+    let (_, records) = Store::open(dir.path()).expect("store reopens");
+    assert_eq!(Registrar::from_records(config(), records, t(4)).len(), 2);
 }
 
 #[test]

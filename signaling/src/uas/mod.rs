@@ -177,8 +177,13 @@ pub trait BindingStore: Send {
     fn sync(&mut self) -> Result<(), StoreError>;
     /// Records in the journal since the last compaction.
     fn journal_records(&self) -> usize;
-    /// Replaces journal and snapshot with `records`.
-    fn compact(&mut self, records: &[Record]) -> Result<(), StoreError>;
+    /// Replaces journal and snapshot with `records` (the snapshot may be
+    /// written after this returns, off the caller's thread).
+    fn compact(&mut self, records: Vec<Record>) -> Result<(), StoreError>;
+    /// A compaction is still being written: the next waits.
+    fn compacting(&mut self) -> bool {
+        false
+    }
 }
 
 impl BindingStore for Store {
@@ -194,8 +199,12 @@ impl BindingStore for Store {
         Store::journal_records(self)
     }
 
-    fn compact(&mut self, records: &[Record]) -> Result<(), StoreError> {
+    fn compact(&mut self, records: Vec<Record>) -> Result<(), StoreError> {
         Store::compact(self, records)
+    }
+
+    fn compacting(&mut self) -> bool {
+        Store::compacting(self)
     }
 }
 

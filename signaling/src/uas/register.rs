@@ -339,10 +339,10 @@ impl Uas {
             .config
             .compact_after
             .max(self.registrar.len().saturating_mul(2));
-        if self.store.journal_records() < due {
+        if self.store.journal_records() < due || self.store.compacting() {
             return;
         }
-        match self.store.compact(&self.registrar.records()) {
+        match self.store.compact(self.registrar.records()) {
             Ok(()) => tracing::debug!(records = self.registrar.len(), "registrar store compacted"),
             Err(error) => {
                 tracing::warn!(%error, "registrar store compaction failed; the journal keeps growing")

@@ -91,7 +91,7 @@ impl BindingStore for MemoryStore {
         state.synced.len() + state.written.len()
     }
 
-    fn compact(&mut self, records: &[Record]) -> Result<(), StoreError> {
+    fn compact(&mut self, records: Vec<Record>) -> Result<(), StoreError> {
         let mut state = self.lock();
         assert!(state.written.is_empty(), "compacted with unsynced records");
         state.synced = records.to_vec();
