@@ -465,7 +465,7 @@ fn sigkill_during_a_register_storm_with_compactions_loses_no_binding_answered_20
     });
     // Per user, the contact port of its last REGISTER answered 200.
     let mut answered: std::collections::BTreeMap<String, u16> = std::collections::BTreeMap::new();
-    let mut record = |response: &str, answered: &mut std::collections::BTreeMap<String, u16>| {
+    let record = |response: &str, answered: &mut std::collections::BTreeMap<String, u16>| {
         if status(response) != 200 {
             return;
         }
