@@ -487,7 +487,11 @@ fn sigkill_during_a_register_storm_with_compactions_loses_no_binding_answered_20
     };
     let mut count = 0;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while count < 2500 && std::time::Instant::now() < deadline {
+    // Killed once 1,000 are answered: 2.5 compactions' worth of records,
+    // well before the storm ends even on a slow machine (under a loaded CI
+    // the server's queue drops part of a storm this fast, so it answers
+    // fewer than it is sent).
+    while count < 1000 && std::time::Instant::now() < deadline {
         let Some(response) = peer.recv(Duration::from_secs(5)) else {
             break;
         };
@@ -502,7 +506,7 @@ fn sigkill_during_a_register_storm_with_compactions_loses_no_binding_answered_20
         record(&response, &mut answered);
     }
     assert!(
-        count >= 2500,
+        count >= 1000,
         "only {count} REGISTERs answered 200 before the kill"
     );
     assert!(
