@@ -315,6 +315,11 @@ fn write_snapshot(dir: &Path, generation: u64, records: Vec<Record>) -> Result<(
     let snapshot_path = dir.join(SNAPSHOT);
     fs::rename(&tmp, &snapshot_path).map_err(io_error(&snapshot_path))?;
     sync_dir(dir)?;
+    remove_journals_before(dir, generation)
+}
+
+/// Deletes the journals older than snapshot `generation`: it covers them.
+fn remove_journals_before(dir: &Path, generation: u64) -> Result<(), StoreError> {
     for old in journal_generations(dir)?
         .into_iter()
         .filter(|g| *g < generation)
@@ -382,13 +387,7 @@ fn parse_journal(path: &Path, bytes: &[u8]) -> Result<(Vec<Record>, u64), StoreE
 /// Deletes a half-written snapshot and the journals older than the
 /// snapshot (`generation`), which it covers.
 fn remove_leftovers(dir: &Path, generation: u64) -> Result<(), StoreError> {
-    for old in journal_generations(dir)?
-        .into_iter()
-        .filter(|g| *g < generation)
-    {
-        let path = journal_path(dir, old);
-        fs::remove_file(&path).map_err(io_error(&path))?;
-    }
+    remove_journals_before(dir, generation)?;
     let tmp = dir.join(SNAPSHOT_TMP);
     match fs::remove_file(&tmp) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(&tmp)(e)),
