@@ -68,27 +68,12 @@ fn collect(
     quiet: Duration,
     limit: Duration,
 ) -> std::thread::JoinHandle<Vec<Received>> {
-    let socket = socket.try_clone().expect("clone endpoint");
-    socket
-        .set_read_timeout(Some(Duration::from_millis(10)))
-        .expect("timeout");
-    std::thread::spawn(move || {
-        let started = Instant::now();
-        let mut out: Vec<Received> = Vec::new();
-        let mut buf = [0u8; 2048];
-        while started.elapsed() < limit {
-            if let Ok(n) = socket.recv(&mut buf) {
-                out.push(parse(Instant::now(), &buf[..n]));
-            } else if out.last().is_some_and(|r| r.at.elapsed() >= quiet) {
-                break;
-            }
-        }
-        out
-    })
+    collect_count(socket, 1, quiet, limit)
 }
 
-/// Collects like [`collect`] until `expected` packets came (however late,
-/// within `limit`), then for `quiet` more, so that an extra one is seen.
+/// Receives on `socket` in a thread until `expected` packets came (however
+/// late, within `limit`), then until `quiet` passes without one, so that
+/// an extra one is seen.
 /// A loaded CI host has held a packet past any quiet window a test could
 /// afford (20 of 21 DTMF packets, twice), where the count is what the test
 /// is about.

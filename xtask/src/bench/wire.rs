@@ -62,9 +62,10 @@ impl Capture {
             println!("# tcpdump: {}", line.trim());
         }
         let pcap = std::fs::read(&self.file).ok()?;
-        let times = response_times_ms(&pcap, self.server_port, self.client_port);
+        let packets = udp_packets(&pcap);
+        let times = response_times_ms(&packets, self.server_port, self.client_port);
         let mut downstream = Vec::new();
-        for (_, _, from, to) in udp_packets(&pcap) {
+        for &(_, _, from, to) in &packets {
             let peer = if from == self.server_port { to } else { from };
             if peer != self.client_port && !downstream.contains(&peer) {
                 downstream.push(peer);
@@ -72,23 +73,27 @@ impl Capture {
         }
         let far: Vec<f64> = downstream
             .into_iter()
-            .flat_map(|peer| response_times_ms(&pcap, peer, self.server_port))
+            .flat_map(|peer| response_times_ms(&packets, peer, self.server_port))
             .collect();
         (!times.is_empty()).then_some((times, far))
     }
 }
 
+/// One captured UDP datagram: (seconds, payload, source port,
+/// destination port).
+type Datagram<'a> = (f64, &'a [u8], u16, u16);
+
 /// A request's Call-ID and CSeq number and method: what its responses
 /// carry too.
 type Exchange = (String, u32, String);
 
-/// From a pcap of loopback traffic (Ethernet framing, IPv4, UDP): for each
+/// From the datagrams of a loopback capture ([`udp_packets`]): for each
 /// request the client sent, the time from its first copy to the first 200
 /// the server sent for it, in milliseconds. Retransmissions are ignored.
-fn response_times_ms(pcap: &[u8], server_port: u16, client_port: u16) -> Vec<f64> {
+fn response_times_ms(packets: &[Datagram<'_>], server_port: u16, client_port: u16) -> Vec<f64> {
     let mut sent: HashMap<Exchange, f64> = HashMap::new();
     let mut times = Vec::new();
-    for (at, payload, from, to) in udp_packets(pcap) {
+    for &(at, payload, from, to) in packets {
         let Ok(text) = std::str::from_utf8(payload) else {
             continue;
         };
@@ -132,7 +137,7 @@ fn exchange_of(text: &str) -> Option<Exchange> {
 /// The UDP datagrams of a classic pcap file (little-endian, µs or ns
 /// timestamps, Ethernet link type): (seconds, payload, source port,
 /// destination port).
-fn udp_packets(pcap: &[u8]) -> Vec<(f64, &[u8], u16, u16)> {
+fn udp_packets(pcap: &[u8]) -> Vec<Datagram<'_>> {
     let mut packets = Vec::new();
     let Some(magic) = pcap.get(0..4) else {
         return packets;
@@ -228,10 +233,11 @@ mod tests {
             (10, 3_000, frame(5060, 4000, bye_ok)),
             (10, 3_000, frame(5060, 4000, other)),
         ]);
-        let times = response_times_ms(&file, 5060, 4000);
+        let packets = udp_packets(&file);
+        let times = response_times_ms(&packets, 5060, 4000);
         assert_eq!(times.len(), 1, "{times:?}");
         assert!((times[0] - 2.25).abs() < 1e-6, "{times:?}");
-        assert!(response_times_ms(&file, 5060, 4001).is_empty());
-        assert!(response_times_ms(b"not a pcap", 5060, 4000).is_empty());
+        assert!(response_times_ms(&packets, 5060, 4001).is_empty());
+        assert!(udp_packets(b"not a pcap").is_empty());
     }
 }
