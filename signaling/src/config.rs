@@ -492,6 +492,32 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_NODE_ID")]
     pub node_id: Option<String>,
 
+    /// Where registrations live. Unset: this server's own journal in
+    /// `--data-dir` (one server). `redis://[user:password@]host[:port][/db]`
+    /// (or `rediss://` for TLS, `redis+unix:///path`): a Redis (or Valkey)
+    /// server shared by several signaling servers, each keeping a cache
+    /// that follows the others' changes. Credentials may come from the
+    /// environment instead of the command line.
+    #[arg(long, env = "SWITCHBOARD_LOCATION_STORE", value_name = "URL")]
+    pub location_store: Option<String>,
+
+    /// Prefix of every key and channel in the shared location store: the
+    /// servers of one deployment share it; deployments sharing a Redis
+    /// server need different ones.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_LOCATION_KEY_PREFIX",
+        default_value = "switchboard:"
+    )]
+    pub location_key_prefix: String,
+
+    /// Seconds lookups still trust the cached registrations after the
+    /// shared location store is lost; then calls to registered users are
+    /// answered 480 until it answers again (other servers' changes made
+    /// meanwhile are not seen).
+    #[arg(long, env = "SWITCHBOARD_LOCATION_STALE_AFTER", default_value_t = 30)]
+    pub location_stale_after: u64,
+
     /// Seconds a call on an RTP manager that this server placed but no
     /// longer knows (it was restarted, killed) must have existed before it
     /// is deleted; checked at start, whenever a manager comes back and
@@ -663,6 +689,9 @@ impl Config {
         if let Some(node) = &self.node_id {
             check_node_id(node).map_err(|reason| ConfigError::invalid("node-id", reason))?;
         }
+        if let Some(url) = &self.location_store {
+            self.location_client(url)?;
+        }
         if self.shutdown_timeout == 0 {
             return Err(ConfigError::invalid(
                 "shutdown-timeout",
@@ -779,6 +808,7 @@ impl Config {
             domains: self.domains.clone(),
             default_domain: self.domains.first().cloned(),
             max_contacts: self.max_contacts,
+            node: self.location_store.as_ref().map(|_| self.node_id()),
         }
     }
 
@@ -856,6 +886,21 @@ impl Config {
             Duration::from_secs(self.shutdown_drain),
             Duration::from_secs(self.shutdown_timeout),
         )
+    }
+
+    /// The Redis client of `--location-store` (no connection made yet).
+    pub fn location_client(&self, url: &str) -> Result<redis::Client, ConfigError> {
+        let client = redis::Client::open(url).map_err(|error| {
+            // The URL may hold a password: name the problem, not the URL.
+            ConfigError::invalid(
+                "location-store",
+                format!(
+                    "not a Redis URL (redis://host:port, rediss://..., redis+unix:///path): {}",
+                    error
+                ),
+            )
+        })?;
+        Ok(client)
     }
 
     /// The node id: `--node-id`, else the host name (reduced to the

@@ -26,6 +26,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
+use crate::registrar::SharedLocation;
 use crate::uas::{CoreGauges, Observation};
 
 /// Upper bounds (seconds) of the latency histograms: 1 ms to 30 s. An
@@ -151,6 +152,8 @@ struct Inner {
     sse_clients: Gauge,
     sse_dropped: Counter,
     call_probe: OnceLock<CallProbe>,
+    /// The shared location store, when the node uses one.
+    location: OnceLock<Arc<SharedLocation>>,
     window: Mutex<RateWindow>,
 }
 
@@ -229,6 +232,7 @@ impl Metrics {
             sse_clients: Gauge::default(),
             sse_dropped: Counter::default(),
             call_probe: OnceLock::new(),
+            location: OnceLock::new(),
             window: Mutex::new(window),
         }));
         // Every series exists from the start at 0, so rate() and alerts
@@ -249,6 +253,11 @@ impl Metrics {
     /// (the first probe set stays).
     pub fn set_call_probe(&self, probe: CallProbe) {
         let _ = self.0.call_probe.set(probe);
+    }
+
+    /// Exposes the shared location store's state (`switchboard_location_*`).
+    pub fn set_location(&self, location: Arc<SharedLocation>) {
+        let _ = self.0.location.set(location);
     }
 
     /// Counts what the SIP core reported; `now` ends the latencies.
@@ -441,6 +450,55 @@ impl Metrics {
             m.sse_dropped.clone(),
         );
         registry.register_collector(Box::new(StatusCollector(self.clone())));
+        if let Some(location) = m.location.get() {
+            registry.register_collector(Box::new(LocationCollector(Arc::clone(location))));
+        }
+    }
+}
+
+/// The shared location store's figures, read at scrape time.
+#[derive(Debug)]
+struct LocationCollector(Arc<SharedLocation>);
+
+impl Collector for LocationCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let location = &self.0;
+        for (name, help, value) in [
+            (
+                "switchboard_location_store_up",
+                "1 when the last commit to (or read of) the shared location store succeeded",
+                location.store_up(),
+            ),
+            (
+                "switchboard_location_following",
+                "1 when the node follows other nodes' binding changes in the shared location store",
+                location.following(),
+            ),
+        ] {
+            let gauge = prometheus_client::metrics::gauge::ConstGauge::new(i64::from(value));
+            gauge.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
+        }
+        for (name, help, value) in [
+            (
+                "switchboard_location_store_errors",
+                "Failed operations on the shared location store (commits, reads, connections)",
+                location.errors(),
+            ),
+            (
+                "switchboard_location_commits",
+                "Group commits written to the shared location store",
+                location.commits(),
+            ),
+            (
+                "switchboard_location_updates_received",
+                "Other nodes' binding changes received from the shared location store",
+                location.received(),
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+        }
+        Ok(())
     }
 }
 

@@ -68,6 +68,9 @@ pub struct ApiState {
     /// Reloads the dialplan and the users file; `None` where no SIP server
     /// runs (handler tests).
     pub reload: Option<crate::reload::Reloader>,
+    /// The shared location store's state; `None` when registrations are
+    /// this server's own.
+    pub location: Option<Arc<crate::registrar::SharedLocation>>,
 }
 
 /// Who may call an endpoint.
@@ -213,6 +216,21 @@ struct HealthBody {
     version: &'static str,
     rtpmanagers_healthy: usize,
     rtpmanagers_total: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    location_store: Option<LocationHealth>,
+}
+
+/// The shared location store, as health reports it.
+#[derive(Serialize)]
+struct LocationHealth {
+    /// Redis's address (no credentials).
+    address: String,
+    /// This node's id, which other nodes see on its registrations.
+    node: String,
+    /// The last commit or read reached it.
+    up: bool,
+    /// Other nodes' changes are being followed.
+    following: bool,
 }
 
 async fn health(State(state): State<ApiState>) -> Json<HealthBody> {
@@ -221,11 +239,23 @@ async fn health(State(state): State<ApiState>) -> Json<HealthBody> {
         .iter()
         .filter(|s| s.health == Health::Healthy)
         .count();
+    let location_store = state.location.as_ref().map(|l| LocationHealth {
+        address: l.address.clone(),
+        node: l.node.clone(),
+        up: l.store_up(),
+        following: l.following(),
+    });
+    let location_ok = location_store.as_ref().is_none_or(|l| l.up && l.following);
     Json(HealthBody {
-        status: if healthy > 0 { "ok" } else { "degraded" },
+        status: if healthy > 0 && location_ok {
+            "ok"
+        } else {
+            "degraded"
+        },
         version: env!("CARGO_PKG_VERSION"),
         rtpmanagers_healthy: healthy,
         rtpmanagers_total: statuses.len(),
+        location_store,
     })
 }
 

@@ -17,7 +17,9 @@ use crate::config::{manager_id, AuthOption, Config, DEFAULT_DIALPLAN, RESERVED_F
 use crate::dialplan::Dialplan;
 use crate::events::EventBus;
 use crate::metrics::{CallCounts, Metrics};
-use crate::registrar::{Registrar, Store};
+use crate::registrar::{
+    display_address, Follower, Keys, RedisStore, Registrar, SharedLocation, Store,
+};
 use crate::rtpmanager_moves::Migrations;
 use axum::serve::Listener;
 
@@ -28,7 +30,7 @@ use crate::rtpmanager_pool::ManagerPool;
 use crate::transport::limits::{ConnectionLimits, TransportStats};
 use crate::transport::{TransportConfig, Transports, TCP_BUFFER_BUDGET};
 use crate::uas::driver::{CoreHandle, CoreQueue, QueueLimits};
-use crate::uas::{Now, Uas, UasConfig};
+use crate::uas::{BindingStore, Now, Uas, UasConfig};
 
 /// Runs the signaling server until SIGINT/SIGTERM, then ends its calls
 /// (new ones refused, then hung up within `--shutdown-timeout`) and stops.
@@ -50,7 +52,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_loss_policy(config.loss_policy());
     let api_access = api_access(&config)?;
 
-    let mut uas = build_core(&config)?;
+    let (mut uas, shared_location) = build_core(&config)?;
+    if let Some(shared) = &shared_location {
+        metrics.set_location(Arc::clone(&shared.state));
+    }
     let dialplan = load_dialplan(&config)?;
     let stats = Arc::new(TransportStats::default());
     let mut queue = CoreQueue::with_limits(
@@ -173,6 +178,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Only the B2BUA holds the sink from here: the writer ends once the
     // core has stopped and the last records are written.
     let cdr_writer = cdr.map(|(writer, _)| writer);
+    let location_state = shared_location.as_ref().map(|s| Arc::clone(&s.state));
+    let follower = shared_location
+        .map(|shared| shared.follow(queue.handle()))
+        .transpose()?;
     let core = queue
         .run(uas, transports.clone())
         .context("starting the SIP core thread")?;
@@ -216,6 +225,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         reload: Some(reloader),
         events,
         metrics,
+        location: location_state,
     };
     let (stop_rest, rest_stopping) = tokio::sync::oneshot::channel::<()>();
     let mut rest = tokio::spawn(async move {
@@ -246,6 +256,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     tokio::task::spawn_blocking(move || {
         core.stop();
+        drop(follower);
         // Records of calls ended by the shutdown are written before exit.
         if let Some(writer) = cdr_writer {
             writer.join();
@@ -408,7 +419,7 @@ fn api_access(config: &Config) -> anyhow::Result<ApiAccess> {
 }
 
 /// The SIP core with its registrar rebuilt from the data directory.
-fn build_core(config: &Config) -> anyhow::Result<Uas> {
+fn build_core(config: &Config) -> anyhow::Result<(Uas, Option<SharedStore>)> {
     let users = match &config.users_file {
         Some(path) => Users::load(path, &config.realm).context("--users-file")?,
         None => Users::default(),
@@ -428,9 +439,36 @@ fn build_core(config: &Config) -> anyhow::Result<Uas> {
     };
     let auth = Authenticator::new(config.auth_config(secret), users);
 
-    let store_dir = config.data_dir.join("registrations");
-    let (store, records) = Store::open(&store_dir)
-        .with_context(|| format!("registrar store in {} (--data-dir)", store_dir.display()))?;
+    let (store, records, shared): (Box<dyn BindingStore>, _, _) = match &config.location_store {
+        None => {
+            let store_dir = config.data_dir.join("registrations");
+            let (store, records) = Store::open(&store_dir).with_context(|| {
+                format!("registrar store in {} (--data-dir)", store_dir.display())
+            })?;
+            (Box::new(store), records, None)
+        }
+        Some(url) => {
+            let client = config.location_client(url)?;
+            let keys = Keys::new(&config.location_key_prefix);
+            let state = Arc::new(SharedLocation::new(
+                config.node_id(),
+                display_address(&client),
+                Duration::from_secs(config.location_stale_after),
+            ));
+            tracing::info!(store = %state.address, node = %state.node, "registrations shared through Redis");
+            let (store, records) =
+                RedisStore::open(client.clone(), keys.clone(), Arc::clone(&state));
+            (
+                Box::new(store),
+                records,
+                Some(SharedStore {
+                    client,
+                    keys,
+                    state,
+                }),
+            )
+        }
+    };
     let registrar = Registrar::from_records(config.registrar(), records, Now::current().wall);
     tracing::info!(
         addresses_of_record = registrar.len(),
@@ -443,7 +481,28 @@ fn build_core(config: &Config) -> anyhow::Result<Uas> {
     uas_config.server = config.server_header.clone();
     uas_config.compact_after =
         usize::try_from(config.registrar_compact_after).unwrap_or(usize::MAX);
-    Ok(Uas::new(uas_config, registrar, auth, Box::new(store)))
+    let mut uas = Uas::new(uas_config, registrar, auth, store);
+    if let Some(shared) = &shared {
+        uas.set_shared_location(Now::current(), shared.state.stale_after);
+    }
+    Ok((uas, shared))
+}
+
+/// A location store shared with other nodes: what its follower needs.
+struct SharedStore {
+    client: redis::Client,
+    keys: Keys,
+    state: Arc<SharedLocation>,
+}
+
+impl SharedStore {
+    /// Follows other nodes' changes into the core.
+    fn follow(self, core: CoreHandle) -> anyhow::Result<Follower> {
+        Follower::start(self.client, self.keys, self.state, move |update| {
+            core.location(update)
+        })
+        .context("starting the location follower thread")
+    }
 }
 
 /// The dialplan of `--dialplan`; `None` (calls refused 480) when the

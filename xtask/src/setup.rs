@@ -26,6 +26,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("sipsak", "a second real SIP peer in tests"),
     (
+        "redis-server",
+        "the shared location store of the several-signaling-server tests",
+    ),
+    (
         "tcpdump",
         "the SIP benchmarks' wire-level response times (SIPp's own are in 4 ms steps here)",
     ),

@@ -26,7 +26,7 @@ const CALLEE_SDP: &str = "v=0\r\no=bob 1 1 IN IP4 192.0.2.2\r\ns=-\r\nc=IN IP4 1
 struct NoStore;
 
 impl BindingStore for NoStore {
-    fn write(&mut self, _: &Record) -> Result<(), StoreError> {
+    fn write(&mut self, _: &crate::registrar::Persist) -> Result<(), StoreError> {
         Ok(())
     }
 

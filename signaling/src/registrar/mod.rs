@@ -15,8 +15,13 @@
 //! and an expiry stored in the journal must still mean the same moment after
 //! a restart.
 
+mod shared_store;
 mod store;
 
+pub use shared_store::{
+    display_address, field_updates, record_of, Announcement, Follower, Keys, LocationUpdate,
+    RedisStore, SharedLocation, Versioned,
+};
 pub use store::{Store, StoreError};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -254,6 +259,10 @@ pub struct Binding {
         with = "unix_millis_opt"
     )]
     pub registered_at: Option<SystemTime>,
+    /// The signaling node the REGISTER came through, when registrations
+    /// are shared between nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// How bindings of one address-of-record are told apart: by instance and
@@ -267,6 +276,16 @@ enum BindingKey {
 impl Binding {
     fn key(&self) -> BindingKey {
         binding_key(&self.contact, self.instance.as_deref(), self.reg_id)
+    }
+
+    /// The name of this binding within its address-of-record in a shared
+    /// store: equal for two bindings exactly when one replaces the other
+    /// (same instance and reg-id, or the same contact URI).
+    pub fn store_field(&self) -> String {
+        match self.key() {
+            BindingKey::Flow(instance, reg_id) => format!("flow:{reg_id}:{instance}"),
+            BindingKey::Uri(uri) => format!("uri:{uri}"),
+        }
     }
 
     /// Seconds left before expiry, rounded down.
@@ -327,6 +346,9 @@ pub struct RegistrarConfig {
     /// Most bindings of one address-of-record: each is a branch when a call
     /// forks, so an unbounded set turns one INVITE into hundreds.
     pub max_contacts: usize,
+    /// This node's id, noted on the bindings it makes, when several nodes
+    /// share the location service.
+    pub node: Option<String>,
 }
 
 impl Default for RegistrarConfig {
@@ -338,6 +360,7 @@ impl Default for RegistrarConfig {
             domains: Vec::new(),
             default_domain: None,
             max_contacts: 5,
+            node: None,
         }
     }
 }
@@ -678,6 +701,7 @@ impl Registrar {
                 source: request.source,
                 user_agent: request.user_agent.clone(),
                 registered_at: Some(registered_at),
+                node: self.config.node.clone(),
             });
             match (existing, binding) {
                 (Some(index), Some(binding)) => new[index] = binding,
@@ -799,6 +823,28 @@ impl Registrar {
             }
         }
         purged
+    }
+
+    /// Takes what a shared store holds for one address-of-record (another
+    /// node changed it): its unexpired bindings replace this registrar's.
+    /// Nothing to persist: the store already has it.
+    pub fn adopt(&mut self, now: SystemTime, record: Record) {
+        let bindings = record
+            .bindings
+            .into_iter()
+            .filter(|b| b.expires_at > now)
+            .collect();
+        self.replace(record.aor, bindings);
+    }
+
+    /// Takes a shared store's whole view: every address-of-record not in
+    /// `records` loses its bindings.
+    pub fn adopt_all(&mut self, now: SystemTime, records: Vec<Record>) {
+        self.bindings.clear();
+        self.expiries.clear();
+        for record in records {
+            self.adopt(now, record);
+        }
     }
 
     /// When the next binding expires.

@@ -59,6 +59,23 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// A shared store (Redis) could not be reached or refused the write:
+    /// nothing is wrong with the request, try again later.
+    #[error("location store {store} unavailable: {reason}")]
+    Unavailable {
+        /// The store's address.
+        store: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// Whether the store is out of reach (answer 503 and ask to retry)
+    /// rather than broken (500).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {

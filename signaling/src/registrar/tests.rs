@@ -23,6 +23,7 @@ fn config() -> RegistrarConfig {
         domains: vec!["example.com".to_string()],
         default_domain: Some("example.com".to_string()),
         max_contacts: 5,
+        node: None,
     }
 }
 
@@ -824,4 +825,124 @@ fn records_stored_before_user_agent_and_registered_at_still_load() {
     let again: Record = serde_json::from_str(&serde_json::to_string(&record).expect("serialises"))
         .expect("round trip");
     assert_eq!(again, record);
+}
+
+#[test]
+fn a_change_becomes_one_hash_field_per_binding_touched() {
+    let mut registrar = Registrar::new(config());
+    let first = ok(registrar.handle_register(
+        t(0),
+        &register(
+            vec![
+                contact("sip:alice@192.0.2.1", None),
+                contact("sip:alice@192.0.2.2", None),
+            ],
+            Some(600),
+            "c1",
+            1,
+        ),
+    ));
+    let persist = first.persist.expect("a change");
+    let updates = field_updates(&persist);
+    assert_eq!(
+        updates.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(),
+        ["uri:sip:alice@192.0.2.1", "uri:sip:alice@192.0.2.2"]
+    );
+    let stored: Binding = serde_json::from_str(&updates[0].1).expect("a binding's JSON");
+    assert_eq!(stored, persist.record.bindings[0]);
+    // Removing one and refreshing nothing else touches only that field.
+    let second = ok(registrar.handle_register(
+        t(10),
+        &register(vec![contact("sip:alice@192.0.2.2", Some(0))], None, "c1", 2),
+    ));
+    let updates = field_updates(&second.persist.expect("a change"));
+    assert_eq!(
+        updates,
+        [("uri:sip:alice@192.0.2.2".to_owned(), String::new())],
+        "an empty value removes the field"
+    );
+}
+
+#[test]
+fn a_flows_field_is_its_instance_and_reg_id_whatever_its_contact() {
+    let mut registrar = Registrar::new(config());
+    let with_flow = |uri: &str, cseq| {
+        let mut c = contact(uri, None);
+        c.instance = Some("<urn:uuid:00000000-0000-0000-0000-000000000001>".to_owned());
+        c.reg_id = Some(1);
+        register(vec![c], Some(600), "c1", cseq)
+    };
+    let first = ok(registrar.handle_register(t(0), &with_flow("sip:alice@192.0.2.1:5060", 1)));
+    let second = ok(registrar.handle_register(t(5), &with_flow("sip:alice@192.0.2.1:6000", 2)));
+    let field = "flow:1:<urn:uuid:00000000-0000-0000-0000-000000000001>";
+    assert_eq!(field_updates(&first.persist.expect("change"))[0].0, field);
+    assert_eq!(
+        field_updates(&second.persist.expect("change"))[0].0,
+        field,
+        "the new contact replaces the old in place"
+    );
+}
+
+#[test]
+fn a_stored_hash_reads_back_unexpired_bindings_in_registration_order_with_its_version() {
+    let mut registrar = Registrar::new(config());
+    let early = ok(registrar.handle_register(
+        t(0),
+        &register(
+            vec![contact("sip:alice@192.0.2.9", Some(3600))],
+            None,
+            "c1",
+            1,
+        ),
+    ));
+    let late = ok(registrar.handle_register(
+        t(100),
+        &register(
+            vec![contact("sip:alice@192.0.2.1", Some(60))],
+            None,
+            "c2",
+            1,
+        ),
+    ));
+    let json = |r: Registered| field_updates(&r.persist.expect("change"))[0].clone();
+    let (early, late) = (json(early), json(late));
+    let aor = Aor::parse("alice@example.com", None).expect("aor");
+    let fields = vec![
+        late.clone(),
+        ("#version".to_owned(), "42".to_owned()),
+        ("uri:sip:alice@bad".to_owned(), "{not json".to_owned()),
+        early.clone(),
+    ];
+    let (read, skipped) = record_of(aor.clone(), &fields, t(120));
+    assert_eq!(read.version, 42);
+    assert_eq!(skipped, 1, "the damaged field is skipped, not fatal");
+    assert_eq!(
+        read.record
+            .bindings
+            .iter()
+            .map(|b| b.contact.as_str())
+            .collect::<Vec<_>>(),
+        ["sip:alice@192.0.2.9", "sip:alice@192.0.2.1"],
+        "first registered first, whatever the hash order"
+    );
+    // At t(160) the 60 s binding has expired: only the other is read.
+    let (read, _) = record_of(aor, &fields, t(160));
+    assert_eq!(read.record.bindings.len(), 1);
+    assert_eq!(read.record.bindings[0].contact, "sip:alice@192.0.2.9");
+}
+
+#[test]
+fn store_keys_name_each_address_of_record_and_read_back() {
+    let keys = Keys::new("sb-test:");
+    let aor = Aor::parse("sip:Alice@Example.COM", None).expect("aor");
+    let key = keys.aor(&aor);
+    assert_eq!(key, "sb-test:location:Alice@example.com");
+    assert_eq!(keys.aor_of(&key), Some(aor));
+    assert_eq!(
+        keys.aor_of("other:location:alice@example.com"),
+        None,
+        "another deployment's key"
+    );
+    assert_eq!(keys.channel(), "sb-test:location-changes");
+    assert_eq!(keys.counter(), "sb-test:location-version");
 }

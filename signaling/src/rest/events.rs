@@ -200,6 +200,7 @@ mod tests {
             events,
             metrics,
             reload: None,
+            location: None,
         })
     }
 

@@ -221,6 +221,7 @@ mod tests {
             events: EventBus::new(),
             metrics,
             reload: None,
+            location: None,
         })
     }
 
@@ -367,6 +368,7 @@ mod tests {
             events: EventBus::new(),
             metrics: Metrics::default(),
             reload: None,
+            location: None,
         });
         let (_, _, text) = get(&router, "/metrics").await;
         let series = parse(&text);

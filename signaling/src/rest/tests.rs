@@ -36,6 +36,7 @@ fn state(access: ApiAccess) -> ApiState {
         events: crate::events::EventBus::new(),
         metrics: Metrics::default(),
         reload: None,
+        location: None,
     }
 }
 

@@ -101,6 +101,9 @@ pub struct SipActions<'a> {
     pub(super) now: Now,
     pub(super) wire: &'a mut Wire,
     pub(super) registrar: &'a crate::registrar::Registrar,
+    /// False when the registrar is a cache of a shared store that has been
+    /// out of reach for longer than it may be trusted: lookups find nobody.
+    pub(super) location_trusted: bool,
     /// What the handler sent through this, noted for its calls' histories
     /// (first line and a few fields, never the message).
     pub(super) sent: Vec<crate::b2bua::Note>,
@@ -188,6 +191,10 @@ impl SipActions<'_> {
     /// URI), best first; each binding's `source` is where the registering
     /// UA can be reached through its NAT.
     pub fn lookup(&self, target: &str) -> Vec<Binding> {
+        if !self.location_trusted {
+            tracing::warn!(target, "location lookup refused: the shared location store has been out of reach too long to trust the cache");
+            return Vec::new();
+        }
         self.registrar
             .lookup(self.now.wall, target)
             .into_iter()

@@ -157,6 +157,8 @@ enum Input {
     /// Reload the users file; the reply (when asked for) says how many users
     /// it holds, or why it was refused (the previous users stay).
     ReloadUsers(PathBuf, Option<oneshot::Sender<Result<usize, String>>>),
+    /// News from the shared location store's follower.
+    Location(crate::registrar::LocationUpdate),
     /// Something outside the transports has work for the core (the
     /// B2BUA's media results): run its timers now.
     Wake,
@@ -363,6 +365,13 @@ impl CoreHandle {
         answer.await.ok()
     }
 
+    /// Hands the core news from the shared location store, waiting for
+    /// room in its queue (an update must not be lost); false once the core
+    /// has stopped.
+    pub fn location(&self, update: crate::registrar::LocationUpdate) -> bool {
+        self.sender.send(Input::Location(update)).is_ok()
+    }
+
     /// Makes the core run its (and its call handler's) due timers; a full
     /// queue needs no wake-up, the core is about to run anyway.
     pub fn wake(&self) {
@@ -434,6 +443,9 @@ fn run(
             }
             Ok(Input::RegistrationsOf(aor, reply)) => {
                 let _ = reply.send(uas.registrations_of(Now::current(), &aor));
+            }
+            Ok(Input::Location(update)) => {
+                uas.handle_input(Now::current(), super::Input::Location(update));
             }
             Ok(Input::Unregister(aor, reply)) => {
                 let _ = reply.send(uas.unregister(Now::current(), &aor));

@@ -76,7 +76,9 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::auth::{Authenticated, Authenticator};
 use crate::b2bua::{LinkInput, MediaRequest};
 use crate::events::Event;
-use crate::registrar::{Record, Registrar, Store, StoreError};
+use crate::registrar::{
+    Aor, LocationUpdate, Persist, Record, Registrar, Store, StoreError, Versioned,
+};
 use crate::sip::{
     build_error_response, build_rejection, check_request_with, parse_with, response_message,
     FramingLimits, Method, RequestPolicy, SipMessage, Tag, Via,
@@ -116,6 +118,9 @@ pub enum Input {
     /// Make the binding changes written since the last commit durable (one
     /// fsync) and send the answers held for them.
     Commit,
+    /// News from a shared location store: other nodes' binding changes,
+    /// or the loss of the store.
+    Location(LocationUpdate),
 }
 
 /// What the core asks its driver to do, applied in one `match`.
@@ -170,8 +175,8 @@ impl Now {
 
 /// Durable storage of bindings: the registrar's [`Store`], or a test double.
 pub trait BindingStore: Send {
-    /// Writes a record, durable only after the next successful `sync`.
-    fn write(&mut self, record: &Record) -> Result<(), StoreError>;
+    /// Writes a change, durable only after the next successful `sync`.
+    fn write(&mut self, persist: &Persist) -> Result<(), StoreError>;
     /// Makes every record written so far durable, or fails and forgets
     /// the unsynced ones.
     fn sync(&mut self) -> Result<(), StoreError>;
@@ -180,6 +185,12 @@ pub trait BindingStore: Send {
     /// Replaces journal and snapshot with `records` (the snapshot may be
     /// written after this returns, off the caller's thread).
     fn compact(&mut self, records: Vec<Record>) -> Result<(), StoreError>;
+    /// What the last successful `sync` left in a shared store for each
+    /// address-of-record it changed (other nodes' bindings included), for
+    /// the registrar to adopt; a node's own store has nothing to add.
+    fn take_committed(&mut self) -> Vec<Versioned> {
+        Vec::new()
+    }
     /// A compaction is still being written: the next waits.
     fn compacting(&mut self) -> bool {
         false
@@ -187,8 +198,8 @@ pub trait BindingStore: Send {
 }
 
 impl BindingStore for Store {
-    fn write(&mut self, record: &Record) -> Result<(), StoreError> {
-        Store::write(self, record)
+    fn write(&mut self, persist: &Persist) -> Result<(), StoreError> {
+        Store::write(self, &persist.record)
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
@@ -435,6 +446,46 @@ pub struct Uas {
     /// REGISTERs whose binding changes are written but not yet synced, in
     /// order: answered at the next commit.
     uncommitted: Vec<register::Uncommitted>,
+    /// Whether the registrar is a cache of a shared store, and how fresh.
+    location: LocationCache,
+}
+
+/// The registrar as a cache of a shared location store (see
+/// [`crate::registrar::Follower`]): trusted while the store is followed,
+/// and for `stale_after` once it is lost. Each address-of-record's view
+/// carries the store's version, so an older view arriving late (a
+/// follower's read overtaken by this node's own commit) never replaces a
+/// newer one.
+#[derive(Debug, Default)]
+struct LocationCache {
+    /// `None`: the registrar is the location service itself.
+    stale_after: Option<std::time::Duration>,
+    /// When the follower lost the store, if it has not caught up since.
+    lost_at: Option<Instant>,
+    /// The version of each address-of-record's bindings held.
+    versions: HashMap<Aor, u64>,
+}
+
+impl LocationCache {
+    fn trusted(&self, now: Instant) -> bool {
+        match (self.stale_after, self.lost_at) {
+            (Some(bound), Some(lost_at)) => now.saturating_duration_since(lost_at) <= bound,
+            _ => true,
+        }
+    }
+
+    /// Whether `versioned` is newer than what is held (and notes it).
+    fn newer(&mut self, versioned: &Versioned) -> bool {
+        let held = self
+            .versions
+            .entry(versioned.record.aor.clone())
+            .or_default();
+        if versioned.version <= *held {
+            return false;
+        }
+        *held = versioned.version;
+        true
+    }
 }
 
 impl std::fmt::Debug for Uas {
@@ -478,6 +529,74 @@ impl Uas {
             handler: None,
             delayed: VecDeque::new(),
             uncommitted: Vec::new(),
+            location: LocationCache::default(),
+        }
+    }
+
+    /// Makes the registrar a cache of a shared location store, fed by
+    /// [`Input::Location`]: it starts lost (trusted for `stale_after`)
+    /// until the follower's first full read arrives.
+    pub fn set_shared_location(&mut self, now: Now, stale_after: std::time::Duration) {
+        self.location = LocationCache {
+            stale_after: Some(stale_after),
+            lost_at: Some(now.instant),
+            versions: HashMap::new(),
+        };
+    }
+
+    /// [`Input::Location`]: another node's change, the store's whole view
+    /// after a (re)connection, or its loss.
+    pub fn handle_location(&mut self, now: Now, update: LocationUpdate) {
+        match update {
+            LocationUpdate::All { records, read_at } => {
+                // This node's changes made after the read stay; everything
+                // else is what the store holds.
+                let mine: Vec<Record> = self
+                    .location
+                    .versions
+                    .iter()
+                    .filter(|(_, version)| **version > read_at)
+                    .map(|(aor, _)| Record {
+                        bindings: self.registrar.bindings_of(now.wall, aor),
+                        aor: aor.clone(),
+                    })
+                    .collect();
+                let kept: HashMap<Aor, u64> = self
+                    .location
+                    .versions
+                    .drain()
+                    .filter(|(_, version)| *version > read_at)
+                    .collect();
+                self.location.versions = kept;
+                let mut adopted = Vec::with_capacity(records.len() + mine.len());
+                for versioned in records {
+                    if self.location.newer(&versioned) {
+                        adopted.push(versioned.record);
+                    }
+                }
+                adopted.extend(mine);
+                self.registrar.adopt_all(now.wall, adopted);
+                self.location.lost_at = None;
+            }
+            LocationUpdate::One(versioned) => {
+                // An emptied address-of-record keeps its version (one entry
+                // per user seen): an older view arriving late stays out.
+                if self.location.newer(&versioned) {
+                    self.registrar.adopt(now.wall, versioned.record);
+                }
+            }
+            LocationUpdate::Lost => {
+                self.location.lost_at.get_or_insert(now.instant);
+            }
+        }
+    }
+
+    /// Adopts what the store holds after this node's own commit.
+    fn adopt_committed(&mut self, now: Now) {
+        for versioned in self.store.take_committed() {
+            if self.location.newer(&versioned) {
+                self.registrar.adopt(now.wall, versioned.record);
+            }
         }
     }
 
@@ -508,6 +627,7 @@ impl Uas {
             Input::Media(input) => self.handle_media(now, input),
             Input::Timeout => self.handle_timeout(now),
             Input::Commit => self.commit(now),
+            Input::Location(update) => self.handle_location(now, update),
         }
     }
 
@@ -818,6 +938,7 @@ impl Uas {
             now,
             wire: &mut self.wire,
             registrar: &self.registrar,
+            location_trusted: self.location.trusted(now.instant),
             sent: Vec::new(),
         };
         act(handler.as_mut(), &mut sip);

@@ -46,6 +46,10 @@ pub struct RegistrationView {
     pub path: Vec<String>,
     /// The q-value, when the UA gave one.
     pub q: Option<String>,
+    /// The signaling node the phone registered through, when nodes share
+    /// registrations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl RegistrationView {
@@ -69,6 +73,7 @@ impl RegistrationView {
             reg_id: binding.reg_id,
             path: binding.path,
             q: binding.q.map(|q| q.to_string()),
+            node: binding.node,
             contact: binding.contact,
         }
     }
@@ -87,6 +92,10 @@ pub enum RegistrationError {
     #[error("the change could not be stored")]
     NotStored,
 }
+
+/// Seconds a REGISTER refused for an unreachable location store is asked
+/// to wait (Retry-After).
+const STORE_RETRY_AFTER: u32 = 5;
 
 impl Uas {
     /// Every unexpired binding, by address-of-record.
@@ -147,7 +156,7 @@ impl Uas {
             .ok_or_else(|| RegistrationError::NotFound(aor.as_str().to_owned()))?;
         let removed = persist.previous_len();
         let events = binding_events(aor.as_str(), &persist, now.wall);
-        if let Err(error) = self.store.write(&persist.record) {
+        if let Err(error) = self.store.write(&persist) {
             tracing::error!(%error, "cannot store an operator's unregister; bindings kept");
             self.registrar.revert(persist);
             return Err(RegistrationError::NotStored);
@@ -160,6 +169,7 @@ impl Uas {
             self.settle(now, Err(&error));
             return Err(RegistrationError::NotStored);
         }
+        self.adopt_committed(now);
         self.settle(now, Ok(()));
         for event in events {
             self.wire.observe(Observation::Registration(event));
@@ -211,7 +221,7 @@ impl Uas {
                 tracing::debug!(aor = %registered.aor.as_str(), contacts = registered.contacts.len(), "registered");
                 let headers = contact_headers(&registered);
                 let persist = match registered.persist.take() {
-                    Some(persist) => match self.store.write(&persist.record) {
+                    Some(persist) => match self.store.write(&persist) {
                         Ok(()) => Some(persist),
                         Err(error) => {
                             tracing::error!(%error, "cannot store a binding change; REGISTER answered 500");
@@ -283,6 +293,9 @@ impl Uas {
             return;
         }
         let synced = self.store.sync();
+        if synced.is_ok() {
+            self.adopt_committed(now);
+        }
         self.settle(now, synced.as_ref().map(|_| ()));
     }
 
@@ -311,18 +324,35 @@ impl Uas {
                 self.compact_if_due();
             }
             Err(error) => {
-                tracing::error!(%error, registers = settled.len(), "cannot sync binding changes; their REGISTERs answered 500");
                 for entry in settled.iter_mut().rev() {
                     if let Some(persist) = entry.persist.take() {
                         self.registrar.revert(persist);
                     }
                 }
+                // A shared store out of reach is a passing condition: 503
+                // asks the phone to retry (RFC 3261 §21.5.4); a local store
+                // that cannot write is a server fault.
+                let (status, reason, headers) = if error.is_unavailable() {
+                    tracing::warn!(%error, registers = settled.len(), "location store unavailable; REGISTERs answered 503");
+                    (
+                        503,
+                        "Service Unavailable (location store unreachable)",
+                        vec![("Retry-After".to_owned(), STORE_RETRY_AFTER.to_string())],
+                    )
+                } else {
+                    tracing::error!(%error, registers = settled.len(), "cannot sync binding changes; their REGISTERs answered 500");
+                    (
+                        500,
+                        "Server Internal Error (bindings not stored)",
+                        Vec::new(),
+                    )
+                };
                 for entry in settled {
                     self.reply(
                         now,
                         entry.key.as_ref(),
                         &entry.current,
-                        Reply::new(500, "Server Internal Error (bindings not stored)", &[]),
+                        Reply::new(status, reason, &headers),
                     );
                 }
             }

@@ -9,6 +9,7 @@ use crate::auth::{AuthConfig, AuthMode, Users};
 use crate::registrar::RegistrarConfig;
 
 mod observations;
+mod shared_location;
 
 /// A store that keeps records in memory and can be told to fail.
 #[derive(Clone, Default)]
@@ -63,12 +64,12 @@ fn disk_full() -> StoreError {
 }
 
 impl BindingStore for MemoryStore {
-    fn write(&mut self, record: &Record) -> Result<(), StoreError> {
+    fn write(&mut self, persist: &Persist) -> Result<(), StoreError> {
         let mut state = self.lock();
         if state.fail_writes {
             return Err(disk_full());
         }
-        state.written.push(record.clone());
+        state.written.push(persist.record.clone());
         Ok(())
     }
 
