@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -25,14 +23,7 @@ fn sipp(dir: &std::path::Path, scenario: &str, port: u16, args: &[&str]) -> std:
 }
 
 fn metrics_text(server: &Server) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", server.rest_port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    response
+    server.get_text("/metrics")
 }
 
 fn series(text: &str, name: &str) -> Option<f64> {

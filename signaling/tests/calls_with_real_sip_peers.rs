@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::manager::{runtime, start_manager, Manager};
+use common::manager::{bridged_legs, rtp_both_ways, runtime, start_manager, Manager};
 use common::sipp::{media_socket, rtp, scenario, tail};
 use common::{free_port, users_file, Server};
 use switchboard_proto::v1;
@@ -163,46 +163,6 @@ fn finish(bed: &Bed, role: &str, child: Child) -> Output {
     common::sipp::finish(bed.data.path(), role, child, || bed.server.log())
 }
 
-/// The manager's (leg a, leg b) media addresses of the only bridged call,
-/// once the B2BUA has set it up.
-fn bridged_legs(manager: &Manager) -> (String, SocketAddr, SocketAddr) {
-    runtime().block_on(async {
-        let mut client = RtpManagerClient::connect(format!("http://{}", manager.grpc))
-            .await
-            .expect("connect to the manager");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let calls = client
-                .list_calls(v1::ListCallsRequest {})
-                .await
-                .expect("ListCalls")
-                .into_inner()
-                .calls;
-            if let Some(call) = calls.first() {
-                let leg = |id: &str| {
-                    call.legs
-                        .iter()
-                        .find(|l| l.leg_id == id && !l.bridged_to.is_empty())
-                        .map(|l| {
-                            SocketAddr::new(
-                                l.local_address.parse().expect("an address"),
-                                u16::try_from(l.rtp_port).expect("a port"),
-                            )
-                        })
-                };
-                if let (Some(a), Some(b)) = (leg("a"), leg("b")) {
-                    return (call.call_id.clone(), a, b);
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no bridged call on the manager: {calls:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-}
-
 fn calls_on(manager: &Manager) -> usize {
     runtime().block_on(async {
         let mut client = RtpManagerClient::connect(format!("http://{}", manager.grpc))
@@ -216,37 +176,6 @@ fn calls_on(manager: &Manager) -> usize {
             .calls
             .len()
     })
-}
-
-/// Sends RTP from each side to the manager and checks the other side gets
-/// exactly those octets.
-fn rtp_both_ways(manager: &Manager, a: &UdpSocket, b: &UdpSocket) {
-    let (_, leg_a, leg_b) = bridged_legs(manager);
-    let mut buffer = [0u8; 2048];
-    for seq in 1..=5u16 {
-        let packet = rtp(seq, 0x11);
-        a.send_to(&packet, leg_a).expect("send caller RTP");
-        let (len, from) = b
-            .recv_from(&mut buffer)
-            .expect("the callee receives the caller's RTP");
-        assert_eq!(
-            &buffer[..len],
-            &packet[..],
-            "caller → callee RTP forwarded unchanged"
-        );
-        assert_eq!(from, leg_b, "from the manager's leg-b port");
-        let packet = rtp(seq, 0x22);
-        b.send_to(&packet, leg_b).expect("send callee RTP");
-        let (len, from) = a
-            .recv_from(&mut buffer)
-            .expect("the caller receives the callee's RTP");
-        assert_eq!(
-            &buffer[..len],
-            &packet[..],
-            "callee → caller RTP forwarded unchanged"
-        );
-        assert_eq!(from, leg_a, "from the manager's leg-a port");
-    }
 }
 
 fn wait_no_calls(manager: &Manager) {

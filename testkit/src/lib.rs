@@ -14,6 +14,7 @@
 
 pub mod daemon;
 pub mod netns;
+pub mod redis;
 pub mod sipp;
 
 use std::collections::HashSet;

@@ -292,15 +292,12 @@ fn unix_millis(time: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Every address-of-record in Redis with its unexpired bindings, and the
-/// change counter read before them: a node's own newer changes are
-/// those with a higher version.
+/// Every address-of-record in Redis with its unexpired bindings.
 pub fn load_all(
     connection: &mut Connection,
     keys: &Keys,
     now: SystemTime,
-) -> redis::RedisResult<(Vec<Versioned>, u64)> {
-    let read_at: Option<u64> = redis::cmd("GET").arg(keys.counter()).query(connection)?;
+) -> redis::RedisResult<Vec<Versioned>> {
     let mut cursor: u64 = 0;
     let mut records = Vec::new();
     loop {
@@ -329,7 +326,7 @@ pub fn load_all(
             }
         }
         if next == 0 {
-            return Ok((records, read_at.unwrap_or(0)));
+            return Ok(records);
         }
         cursor = next;
     }
@@ -384,7 +381,7 @@ impl RedisStore {
             .connection()
             .and_then(|(connection, keys)| load_all(connection, keys, SystemTime::now()))
         {
-            Ok((records, _)) => {
+            Ok(records) => {
                 store.state.store_up.store(true, Ordering::Relaxed);
                 records.into_iter().map(|v| v.record).collect()
             }
@@ -505,15 +502,13 @@ impl crate::uas::BindingStore for RedisStore {
 /// What the follower hands the core.
 #[derive(Debug)]
 pub enum LocationUpdate {
-    /// Redis's whole view, read after (re)subscribing, with the change
-    /// counter read before it: it replaces the cache, except the node's
-    /// own changes made since (a version above `read_at`).
-    All {
-        /// Every address-of-record with bindings.
-        records: Vec<Versioned>,
-        /// The counter before the read.
-        read_at: u64,
-    },
+    /// The follower starts reading everything: this node's commits from
+    /// now on may be missing from the read.
+    Reading,
+    /// Redis's whole view, read after (re)subscribing: it replaces the
+    /// cache, except this node's own commits made since [`Self::Reading`]
+    /// that the read does not have in a newer version.
+    All(Vec<Versioned>),
     /// Another node changed this address-of-record; this is what Redis
     /// held after it (no bindings: it has none left).
     One(Versioned),
@@ -572,6 +567,7 @@ fn follow(
             Ok(()) => return,
             Err(error) => {
                 let was_following = state.following.swap(false, Ordering::Relaxed);
+                state.store_up.store(false, Ordering::Relaxed);
                 state.failed();
                 if was_following {
                     tracing::error!(%error, "location follower lost Redis: other nodes' changes are not seen; retrying every second");
@@ -609,11 +605,15 @@ fn follow_once(
     pubsub.subscribe(keys.channel())?;
     // Subscribed first, read second: a change made in between is both in
     // the full read and announced, never in neither.
-    let (records, read_at) = load_all(&mut reader, keys, SystemTime::now())?;
-    let count = records.len();
-    if !deliver(LocationUpdate::All { records, read_at }) {
+    if !deliver(LocationUpdate::Reading) {
         return Ok(());
     }
+    let records = load_all(&mut reader, keys, SystemTime::now())?;
+    let count = records.len();
+    if !deliver(LocationUpdate::All(records)) {
+        return Ok(());
+    }
+    state.store_up.store(true, Ordering::Relaxed);
     state.following.store(true, Ordering::Relaxed);
     tracing::info!(
         addresses_of_record = count,

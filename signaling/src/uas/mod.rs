@@ -464,6 +464,9 @@ struct LocationCache {
     lost_at: Option<Instant>,
     /// The version of each address-of-record's bindings held.
     versions: HashMap<Aor, u64>,
+    /// While the follower reads the whole store: this node's commits since
+    /// it began, which the read may lack.
+    committed_while_reading: Option<HashMap<Aor, u64>>,
 }
 
 impl LocationCache {
@@ -541,6 +544,7 @@ impl Uas {
             stale_after: Some(stale_after),
             lost_at: Some(now.instant),
             versions: HashMap::new(),
+            committed_while_reading: None,
         };
     }
 
@@ -548,33 +552,35 @@ impl Uas {
     /// after a (re)connection, or its loss.
     pub fn handle_location(&mut self, now: Now, update: LocationUpdate) {
         match update {
-            LocationUpdate::All { records, read_at } => {
-                // This node's changes made after the read stay; everything
-                // else is what the store holds.
-                let mine: Vec<Record> = self
+            LocationUpdate::Reading => {
+                self.location.committed_while_reading = Some(HashMap::new());
+            }
+            LocationUpdate::All(records) => {
+                // The read is the truth (versions included: a store that
+                // lost its data counts from 1 again), except for what this
+                // node committed while it was being made, unless the read
+                // already has that or newer.
+                let mine = self
                     .location
-                    .versions
+                    .committed_while_reading
+                    .take()
+                    .unwrap_or_default();
+                self.location.versions = records
                     .iter()
-                    .filter(|(_, version)| **version > read_at)
-                    .map(|(aor, _)| Record {
-                        bindings: self.registrar.bindings_of(now.wall, aor),
-                        aor: aor.clone(),
-                    })
+                    .map(|v| (v.record.aor.clone(), v.version))
                     .collect();
-                let kept: HashMap<Aor, u64> = self
-                    .location
-                    .versions
-                    .drain()
-                    .filter(|(_, version)| *version > read_at)
-                    .collect();
-                self.location.versions = kept;
-                let mut adopted = Vec::with_capacity(records.len() + mine.len());
-                for versioned in records {
-                    if self.location.newer(&versioned) {
-                        adopted.push(versioned.record);
+                let mut adopted: Vec<Record> = records.into_iter().map(|v| v.record).collect();
+                for (aor, version) in mine {
+                    let held = self.location.versions.entry(aor.clone()).or_default();
+                    if version > *held {
+                        *held = version;
+                        adopted.retain(|r| r.aor != aor);
+                        adopted.push(Record {
+                            bindings: self.registrar.bindings_of(now.wall, &aor),
+                            aor,
+                        });
                     }
                 }
-                adopted.extend(mine);
                 self.registrar.adopt_all(now.wall, adopted);
                 self.location.lost_at = None;
             }
@@ -594,6 +600,9 @@ impl Uas {
     /// Adopts what the store holds after this node's own commit.
     fn adopt_committed(&mut self, now: Now) {
         for versioned in self.store.take_committed() {
+            if let Some(mine) = &mut self.location.committed_while_reading {
+                mine.insert(versioned.record.aor.clone(), versioned.version);
+            }
             if self.location.newer(&versioned) {
                 self.registrar.adopt(now.wall, versioned.record);
             }

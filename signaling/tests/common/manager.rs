@@ -3,7 +3,7 @@
 //! free media range, killed by pid when dropped; and its `ListCalls`.
 
 use std::ffi::OsStr;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -116,5 +116,76 @@ impl Manager {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// The manager's (leg a, leg b) media addresses of the only bridged call,
+/// once the B2BUA has set it up.
+pub fn bridged_legs(manager: &Manager) -> (String, SocketAddr, SocketAddr) {
+    runtime().block_on(async {
+        let mut client = RtpManagerClient::connect(format!("http://{}", manager.grpc))
+            .await
+            .expect("connect to the manager");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let calls = client
+                .list_calls(v1::ListCallsRequest {})
+                .await
+                .expect("ListCalls")
+                .into_inner()
+                .calls;
+            if let Some(call) = calls.first() {
+                let leg = |id: &str| {
+                    call.legs
+                        .iter()
+                        .find(|l| l.leg_id == id && !l.bridged_to.is_empty())
+                        .map(|l| {
+                            SocketAddr::new(
+                                l.local_address.parse().expect("an address"),
+                                u16::try_from(l.rtp_port).expect("a port"),
+                            )
+                        })
+                };
+                if let (Some(a), Some(b)) = (leg("a"), leg("b")) {
+                    return (call.call_id.clone(), a, b);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no bridged call on the manager: {calls:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+/// Sends RTP from each side to the manager and checks the other side gets
+/// exactly those octets.
+pub fn rtp_both_ways(manager: &Manager, a: &UdpSocket, b: &UdpSocket) {
+    let (_, leg_a, leg_b) = bridged_legs(manager);
+    let mut buffer = [0u8; 2048];
+    for seq in 1..=5u16 {
+        let packet = super::sipp::rtp(seq, 0x11);
+        a.send_to(&packet, leg_a).expect("send caller RTP");
+        let (len, from) = b
+            .recv_from(&mut buffer)
+            .expect("the callee receives the caller's RTP");
+        assert_eq!(
+            &buffer[..len],
+            &packet[..],
+            "caller → callee RTP forwarded unchanged"
+        );
+        assert_eq!(from, leg_b, "from the manager's leg-b port");
+        let packet = super::sipp::rtp(seq, 0x22);
+        b.send_to(&packet, leg_b).expect("send callee RTP");
+        let (len, from) = a
+            .recv_from(&mut buffer)
+            .expect("the caller receives the callee's RTP");
+        assert_eq!(
+            &buffer[..len],
+            &packet[..],
+            "callee → caller RTP forwarded unchanged"
+        );
+        assert_eq!(from, leg_a, "from the manager's leg-a port");
     }
 }

@@ -243,6 +243,12 @@ impl Server {
 
     /// GET on the REST API, parsed as JSON.
     pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let body = self.get_text(path);
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+    }
+
+    /// GET on the REST API: the body as text (`/metrics`).
+    pub fn get_text(&self, path: &str) -> String {
         let mut stream =
             TcpStream::connect(("127.0.0.1", self.rest_port)).expect("connect to the REST API");
         stream
@@ -251,11 +257,11 @@ impl Server {
         write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("send GET");
         let mut response = String::new();
         stream.read_to_string(&mut response).expect("read response");
-        let body = response
+        response
             .split_once("\r\n\r\n")
             .unwrap_or_else(|| panic!("no HTTP body in {response:?}"))
-            .1;
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+            .1
+            .to_owned()
     }
 }
 

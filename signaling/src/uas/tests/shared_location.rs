@@ -157,6 +157,9 @@ fn a_late_read_of_the_store_does_not_undo_this_nodes_own_commit() {
     let mut uas = shared_core(&store, now);
     uas.handle_location(now, one(record("bob", "sip:bob@192.0.2.20", now), 4));
     store.counter_at(9);
+    // The follower (re)connects and starts reading the whole store; alice
+    // registers here meanwhile.
+    uas.handle_location(now, LocationUpdate::Reading);
     uas.handle_inbound(now, register("a", "c1", 1, "sip:alice@192.0.2.10:5062"));
     commit(&mut uas, now);
     let out = sent(&mut uas);
@@ -165,22 +168,36 @@ fn a_late_read_of_the_store_does_not_undo_this_nodes_own_commit() {
     // before it (version 8, another contact) arrives after the commit.
     uas.handle_location(now, one(record("alice", "sip:alice@198.51.100.1", now), 8));
     assert_eq!(contacts(&uas, now, "alice"), ["sip:alice@192.0.2.10:5062"]);
-    // A full read with the counter at 9 does not know alice's change:
-    // alice stays (10 > 9); bob, not in the read and older, goes; carol
-    // comes in.
+    // The full read missed alice's change: alice stays; bob, not in the
+    // read, goes; carol comes in.
     uas.handle_location(
         now,
-        LocationUpdate::All {
-            records: vec![Versioned {
-                record: record("carol", "sip:carol@192.0.2.30", now),
-                version: 7,
-            }],
-            read_at: 9,
-        },
+        LocationUpdate::All(vec![Versioned {
+            record: record("carol", "sip:carol@192.0.2.30", now),
+            version: 7,
+        }]),
     );
     assert_eq!(contacts(&uas, now, "alice"), ["sip:alice@192.0.2.10:5062"]);
     assert!(contacts(&uas, now, "bob").is_empty());
     assert_eq!(contacts(&uas, now, "carol"), ["sip:carol@192.0.2.30"]);
+    // Outside a read, a full view replaces everything, this node's own
+    // bindings too (the store lost them: the phone registers again).
+    uas.handle_location(now, LocationUpdate::Reading);
+    uas.handle_location(now, LocationUpdate::All(Vec::new()));
+    assert!(contacts(&uas, now, "alice").is_empty());
+    // And a read that has a newer view of an own commit wins over it.
+    uas.handle_location(now, LocationUpdate::Reading);
+    uas.handle_inbound(now, register("b", "c2", 1, "sip:alice@192.0.2.10:5062"));
+    commit(&mut uas, now);
+    assert_eq!(status_of(&sent(&mut uas)[0].1), "200");
+    uas.handle_location(
+        now,
+        LocationUpdate::All(vec![Versioned {
+            record: record("alice", "sip:alice@198.51.100.1", now),
+            version: 12,
+        }]),
+    );
+    assert_eq!(contacts(&uas, now, "alice"), ["sip:alice@198.51.100.1"]);
 }
 
 #[test]
@@ -195,13 +212,7 @@ fn the_cache_is_trusted_for_the_stale_bound_after_the_store_is_lost() {
     assert!(!uas
         .location
         .trusted(start.advanced(bound + Duration::from_millis(1)).instant));
-    uas.handle_location(
-        start,
-        LocationUpdate::All {
-            records: Vec::new(),
-            read_at: 0,
-        },
-    );
+    uas.handle_location(start, LocationUpdate::All(Vec::new()));
     assert!(uas
         .location
         .trusted(start.advanced(Duration::from_secs(3600)).instant));
@@ -215,10 +226,7 @@ fn the_cache_is_trusted_for_the_stale_bound_after_the_store_is_lost() {
         .trusted(lost.advanced(bound + Duration::from_millis(1)).instant));
     uas.handle_location(
         lost.advanced(Duration::from_secs(60)),
-        LocationUpdate::All {
-            records: Vec::new(),
-            read_at: 0,
-        },
+        LocationUpdate::All(Vec::new()),
     );
     assert!(uas
         .location

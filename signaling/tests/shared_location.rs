@@ -1,0 +1,342 @@
+//! Several signaling servers, one location service: two nodes started
+//! with `--location-store` on a `redis-server` the test starts (loopback,
+//! its own port and directory, stopped by pid), one RTP manager they
+//! share, SIPp and raw UDP as phones.
+//!
+//! A phone registered through one node is called through the other, with
+//! RTP through the manager; both nodes' APIs list the registration and
+//! the node it came through. With Redis gone, REGISTER is answered 503
+//! with Retry-After (no 200 for a binding not stored), health and metrics
+//! say so, lookups end after `--location-stale-after` (480), and when
+//! Redis is back both nodes recover by themselves.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::manager::{rtp_both_ways, start_manager, Manager};
+use common::sipp::media_socket;
+use common::{free_port, header, status, users_file, Server, UdpPeer};
+use switchboard_testkit::redis::Redis;
+
+/// A dialplan ringing registered users on 1XXX.
+const PLAN: &str = r#"{"version": "1.0", "routes": [
+  {"id": "extensions", "pattern": "1XXX", "priority": 20, "actions": [
+    {"type": "dial", "params": {"targets": ["user/${destination}"], "timeout": 10}}]}
+]}"#;
+
+struct Bed {
+    data: tempfile::TempDir,
+    redis: Redis,
+    manager: Manager,
+    nodes: Vec<Server>,
+}
+
+/// Redis, a manager and `count` nodes named `node-1`…, each started with
+/// `extra`.
+fn bed(count: usize, extra: &[&str]) -> Option<Bed> {
+    common::sipp::binary()?;
+    let data = tempfile::tempdir().expect("temp dir");
+    let redis = Redis::start(&data.path().join("redis"))?;
+    let audio = data.path().join("audio");
+    std::fs::create_dir_all(&audio).expect("audio dir");
+    let manager = start_manager(&audio, 16, &[]);
+    let plan = data.path().join("dialplan.json");
+    std::fs::write(&plan, PLAN).expect("write the dialplan");
+    let plan = plan.to_str().expect("UTF-8 path").to_owned();
+    let grpc = manager.grpc.to_string();
+    let url = redis.url();
+    let nodes = (1..=count)
+        .map(|n| {
+            let name = format!("node-{n}");
+            let mut args = vec![
+                "--dialplan",
+                &plan,
+                "--rtpmanager",
+                &grpc,
+                "--location-store",
+                &url,
+                "--node-id",
+                &name,
+            ];
+            args.extend_from_slice(extra);
+            let server = Server::start(&data.path().join(&name), &args);
+            wait_until(&server, "the manager healthy", |s| {
+                s.get_json("/api/v1/rtpmanagers")["members"]
+                    .as_array()
+                    .is_some_and(|list| list.iter().any(|m| m["health"] == "healthy"))
+            });
+            server
+        })
+        .collect();
+    Some(Bed {
+        data,
+        redis,
+        manager,
+        nodes,
+    })
+}
+
+fn wait_until(server: &Server, what: &str, ready: impl Fn(&Server) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !ready(server) {
+        assert!(
+            Instant::now() < deadline,
+            "never {what}:\n{}",
+            common::sipp::tail(&server.log(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The (aor, contact, node) of every registration a node lists.
+fn registrations(server: &Server) -> Vec<(String, String, String)> {
+    server
+        .get_json("/api/v1/registrations")
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|r| {
+            (
+                r["aor"].as_str().unwrap_or_default().to_owned(),
+                r["contact"].as_str().unwrap_or_default().to_owned(),
+                r["node"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_phone_registered_through_one_node_is_called_through_another() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let users = users_file(dir.path(), &[("1001", "pw1001")]);
+    let users = users.to_str().expect("UTF-8 path");
+    let extra = [
+        "--realm",
+        "peers.test",
+        "--users-file",
+        users,
+        "--auth-algorithms",
+        "MD5",
+        "--auth-methods",
+        "REGISTER",
+    ];
+    let Some(bed) = bed(2, &extra) else { return };
+    let (node1, node2) = (&bed.nodes[0], &bed.nodes[1]);
+    // The phone registers through node 1 (digest), from the port it then
+    // answers calls on.
+    let phone_port = free_port();
+    let register = common::sipp::start(
+        bed.data.path(),
+        "register_auth.xml",
+        phone_port,
+        1,
+        &[
+            "-s",
+            "1001",
+            "-au",
+            "1001",
+            "-ap",
+            "pw1001",
+            &node1.sip_addr().to_string(),
+        ],
+    );
+    common::sipp::finish(bed.data.path(), "registration", register, || node1.log());
+    let expected = (
+        "1001@127.0.0.1".to_owned(),
+        format!("sip:1001@127.0.0.1:{phone_port}"),
+        "node-1".to_owned(),
+    );
+    assert_eq!(registrations(node1), [expected.clone()]);
+    // Node 2 learns it from Redis (announced at once; no polling of ours
+    // beyond the delivery).
+    wait_until(node2, "node 2 listing node 1's registration", |s| {
+        registrations(s) == [expected.clone()]
+    });
+
+    // A caller dials 1001 through node 2: the phone rings and answers, RTP
+    // flows both ways through the shared manager.
+    let (a, rtp_a) = media_socket();
+    let (b, rtp_b) = media_socket();
+    let callee = common::sipp::start(
+        bed.data.path(),
+        "b2bua_uas.xml",
+        phone_port,
+        1,
+        &["-key", "rtp_b", &rtp_b],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let node2_sip = node2.sip_addr().to_string();
+    let caller = common::sipp::start(
+        bed.data.path(),
+        "b2bua_uac.xml",
+        free_port(),
+        1,
+        &[
+            "-s", "1001", "-key", "rtp_a", &rtp_a, "-d", "3000", &node2_sip,
+        ],
+    );
+    rtp_both_ways(&bed.manager, &a, &b);
+    common::sipp::finish(bed.data.path(), "caller", caller, || node2.log());
+    common::sipp::finish(bed.data.path(), "callee", callee, || node2.log());
+    assert!(
+        node1
+            .log()
+            .contains("location follower subscribed and caught up"),
+        "{}",
+        node1.log()
+    );
+}
+
+fn register_text(user: &str, port: u16, server: SocketAddr, cseq: u32) -> String {
+    format!(
+        "REGISTER sip:{server} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-{user}-{cseq}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:{user}@127.0.0.1>;tag={cseq}\r\n\
+         To: <sip:{user}@127.0.0.1>\r\n\
+         Call-ID: reg-{user}@test\r\n\
+         CSeq: {cseq} REGISTER\r\n\
+         Contact: <sip:{user}@127.0.0.1:{port}>\r\n\
+         Expires: 600\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+fn invite_text(user: &str, port: u16, server: SocketAddr, call: &str) -> String {
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\n",
+        free_port()
+    );
+    format!(
+        "INVITE sip:{user}@{server} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-{call}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:caller@127.0.0.1>;tag={call}\r\n\
+         To: <sip:{user}@127.0.0.1>\r\n\
+         Call-ID: {call}@test\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:caller@127.0.0.1:{port}>\r\n\
+         Content-Type: application/sdp\r\n\
+         Content-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+}
+
+/// The final response to an INVITE from `peer` (1xx skipped), within 10 s.
+fn final_status(peer: &UdpPeer, server: SocketAddr, invite: &str) -> u16 {
+    peer.send(server, invite.as_bytes());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(response) = peer.recv(Duration::from_secs(1)) {
+            if status(&response) >= 200 {
+                return status(&response);
+            }
+        }
+    }
+    panic!("no final response to:\n{invite}");
+}
+
+fn health(server: &Server) -> serde_json::Value {
+    server.get_json("/api/v1/health")
+}
+
+fn metric(server: &Server, name: &str) -> Option<f64> {
+    server
+        .get_text("/metrics")
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+#[test]
+fn without_redis_register_is_503_lookups_end_after_the_stale_bound_and_both_nodes_recover() {
+    let Some(mut bed) = bed(2, &["--auth", "anonymous", "--location-stale-after", "2"]) else {
+        return;
+    };
+    let node1_sip = bed.nodes[0].sip_addr();
+    let node2_sip = bed.nodes[1].sip_addr();
+    let phone = UdpPeer::new();
+    let response = phone.request(
+        node1_sip,
+        register_text("1001", phone.port(), node1_sip, 1).as_bytes(),
+    );
+    assert_eq!(status(&response), 200, "{response}");
+    wait_until(&bed.nodes[1], "node 2 listing 1001", |s| {
+        registrations(s).len() == 1
+    });
+    assert_eq!(health(&bed.nodes[1])["location_store"]["following"], true);
+
+    bed.redis.kill();
+    // A REGISTER through node 1: refused, asked to come back.
+    let other = UdpPeer::new();
+    let response = other.request(
+        node1_sip,
+        register_text("1002", other.port(), node1_sip, 1).as_bytes(),
+    );
+    assert_eq!(status(&response), 503, "{response}");
+    assert_eq!(header(&response, "Retry-After"), Some("5"), "{response}");
+    for node in &bed.nodes {
+        wait_until(node, "health reporting Redis lost", |s| {
+            let h = health(s);
+            h["status"] == "degraded"
+                && h["location_store"]["up"] == false
+                && h["location_store"]["following"] == false
+        });
+        assert_eq!(metric(node, "switchboard_location_store_up"), Some(0.0));
+        assert!(metric(node, "switchboard_location_store_errors_total").unwrap_or(0.0) >= 1.0);
+    }
+    assert_eq!(
+        registrations(&bed.nodes[0])
+            .iter()
+            .map(|r| r.0.as_str())
+            .collect::<Vec<_>>(),
+        ["1001@127.0.0.1"],
+        "no binding for the refused REGISTER"
+    );
+    // Past the stale bound (2 s) node 2 no longer trusts its cache: a call
+    // to 1001 finds nobody (480), though 1001 is still cached.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let caller = UdpPeer::new();
+    let answer = final_status(
+        &caller,
+        node2_sip,
+        &invite_text("1001", caller.port(), node2_sip, "stale"),
+    );
+    assert_eq!(answer, 480);
+    assert!(
+        bed.nodes[1].log().contains("location lookup refused"),
+        "{}",
+        common::sipp::tail(&bed.nodes[1].log(), 30)
+    );
+
+    // Redis back (with its append-only file): both nodes reconnect by
+    // themselves, REGISTER works again and is seen by the other node.
+    bed.redis.restart();
+    for node in &bed.nodes {
+        wait_until(node, "health back to ok", |s| health(s)["status"] == "ok");
+        assert_eq!(metric(node, "switchboard_location_store_up"), Some(1.0));
+    }
+    // The first retry may land inside the store's one-second back-off.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut cseq = 2;
+    loop {
+        let response = other.request(
+            node1_sip,
+            register_text("1002", other.port(), node1_sip, cseq).as_bytes(),
+        );
+        if status(&response) == 200 {
+            break;
+        }
+        assert_eq!(status(&response), 503, "{response}");
+        assert!(Instant::now() < deadline, "REGISTER never accepted again");
+        cseq += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_until(&bed.nodes[1], "node 2 listing both phones", |s| {
+        let mut aors: Vec<String> = registrations(s).into_iter().map(|r| r.0).collect();
+        aors.sort();
+        aors == ["1001@127.0.0.1", "1002@127.0.0.1"]
+    });
+}
