@@ -148,7 +148,7 @@ fn a_phone_registered_through_one_node_is_called_through_another() {
         format!("sip:1001@127.0.0.1:{phone_port}"),
         "node-1".to_owned(),
     );
-    assert_eq!(registrations(node1), [expected.clone()]);
+    assert_eq!(registrations(node1), std::slice::from_ref(&expected));
     // Node 2 learns it from Redis (announced at once; no polling of ours
     // beyond the delivery).
     wait_until(node2, "node 2 listing node 1's registration", |s| {
