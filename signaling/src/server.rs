@@ -30,6 +30,7 @@ use crate::rtpmanager_pool::ManagerPool;
 use crate::transport::limits::{ConnectionLimits, TransportStats};
 use crate::transport::{TransportConfig, Transports, TCP_BUFFER_BUDGET};
 use crate::uas::driver::{CoreHandle, CoreQueue, QueueLimits};
+use crate::uas::edge::Edge;
 use crate::uas::{BindingStore, Now, Uas, UasConfig};
 
 /// Runs the signaling server until SIGINT/SIGTERM, then ends its calls
@@ -178,6 +179,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Only the B2BUA holds the sink from here: the writer ends once the
     // core has stopped and the last records are written.
     let cdr_writer = cdr.map(|(writer, _)| writer);
+    if let Some(shared) = &shared_location {
+        let local = advertised(&config, transports.local_addr().port());
+        tracing::info!(path = %local, "phones registering here get this node in their Path");
+        uas.set_edge(Edge::new(local, &shared.edge_secret));
+    }
     let location_state = shared_location.as_ref().map(|s| Arc::clone(&s.state));
     let follower = shared_location
         .map(|shared| shared.follow(queue.handle()))
@@ -437,7 +443,7 @@ fn build_core(config: &Config) -> anyhow::Result<(Uas, Option<SharedStore>)> {
         Some(secret) => secret.as_bytes().to_vec(),
         None => random_secret().context("drawing a nonce secret from /dev/urandom")?,
     };
-    let auth = Authenticator::new(config.auth_config(secret), users);
+    let auth = Authenticator::new(config.auth_config(secret.clone()), users);
 
     let (store, records, shared): (Box<dyn BindingStore>, _, _) = match &config.location_store {
         None => {
@@ -465,6 +471,7 @@ fn build_core(config: &Config) -> anyhow::Result<(Uas, Option<SharedStore>)> {
                     client,
                     keys,
                     state,
+                    edge_secret: secret.clone(),
                 }),
             )
         }
@@ -488,11 +495,15 @@ fn build_core(config: &Config) -> anyhow::Result<(Uas, Option<SharedStore>)> {
     Ok((uas, shared))
 }
 
-/// A location store shared with other nodes: what its follower needs.
+/// A location store shared with other nodes: what its follower and the
+/// node's edge role need.
 struct SharedStore {
     client: redis::Client,
     keys: Keys,
     state: Arc<SharedLocation>,
+    /// Keys the flow tokens in the Paths this node records: the nonce
+    /// secret, so tokens survive a restart when `--auth-secret` is set.
+    edge_secret: Vec<u8>,
 }
 
 impl SharedStore {

@@ -4,8 +4,9 @@
 //! share, SIPp and raw UDP as phones.
 //!
 //! A phone registered through one node is called through the other, with
-//! RTP through the manager; both nodes' APIs list the registration and
-//! the node it came through. With Redis gone, REGISTER is answered 503
+//! RTP through the manager, the signaling passing the first node (the
+//! Path it recorded with a flow token); both nodes' APIs list the
+//! registration and the node it came through. With Redis gone, REGISTER is answered 503
 //! with Retry-After (no 200 for a binding not stored), health and metrics
 //! say so, lookups end after `--location-stale-after` (480), and when
 //! Redis is back both nodes recover by themselves.
@@ -180,13 +181,19 @@ fn a_phone_registered_through_one_node_is_called_through_another() {
     rtp_both_ways(&bed.manager, &a, &b);
     common::sipp::finish(bed.data.path(), "caller", caller, || node2.log());
     common::sipp::finish(bed.data.path(), "callee", callee, || node2.log());
-    assert!(
-        node1
-            .log()
-            .contains("location follower subscribed and caught up"),
-        "{}",
-        node1.log()
-    );
+    // Node 2 reached the phone through node 1, which holds its flow (the
+    // Path node 1 recorded): the INVITE, its ACK and the BYE all passed
+    // node 1's edge.
+    let node1_log = node1.log();
+    for method in ["INVITE", "ACK", "BYE"] {
+        assert!(
+            node1_log.contains(&format!(
+                "request forwarded on a phone's flow (edge) method={method}"
+            )),
+            "{method} not through node 1:\n{}",
+            common::sipp::tail(&node1_log, 40)
+        );
+    }
 }
 
 fn register_text(user: &str, port: u16, server: SocketAddr, cseq: u32) -> String {

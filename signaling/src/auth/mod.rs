@@ -24,7 +24,7 @@ mod digest;
 mod lockout;
 mod users;
 
-pub use digest::{ha1, response, Algorithm, Credentials};
+pub use digest::{ha1, hmac_sha256, response, Algorithm, Credentials};
 pub use lockout::{LockoutConfig, SourceKey};
 pub use users::{UserEntry, Users, UsersError};
 

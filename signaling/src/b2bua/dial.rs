@@ -4,12 +4,12 @@
 //! that releases the callee's.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 
 use super::build::{self, contact_of, sdp_of, with_tag, Outgoing};
 use super::session_timer::{allows_update, supports_timer, SessionExpires, DEFAULT_SE, MIN_SE};
 use super::*;
-use crate::sip::Scheme;
+use crate::transport::uri_destination;
+use crate::uas::edge::path_route;
 
 impl B2bua {
     pub(super) fn invite(
@@ -371,6 +371,7 @@ impl B2bua {
     /// Rings the next contacts of the current `dial`, or gives up on it.
     pub(super) fn next_attempt(&mut self, now: Now, key: CallKey, sip: &mut SipActions<'_>) {
         let local_host = self.local_host().to_owned();
+        let local = self.config.local.clone();
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
@@ -384,7 +385,7 @@ impl B2bua {
             let Some(target) = dial.targets.pop_front() else {
                 break None;
             };
-            match expand(&target, &local_host, &call.domain, sip) {
+            match expand(&target, &local, &local_host, &call.domain, sip) {
                 Ok(contacts) => match dial.ring {
                     Ring::Parallel => dial.attempts.push_back(contacts),
                     Ring::Sequential => dial.attempts.extend(contacts.into_iter().map(|c| vec![c])),
@@ -980,34 +981,10 @@ fn q_millis(contact: &NameAddr) -> u16 {
         .map_or(1000, |q| (q * 1000.0).round() as u16)
 }
 
-/// Where a request to a `sip:` URI goes: its host must be an IP address
-/// (no DNS yet), its port or 5060, TCP when `transport=tcp`.
-fn uri_destination(uri: &Uri) -> Result<Destination, (u16, String)> {
-    if uri.scheme() != Scheme::Sip {
-        return Err((416, "Unsupported URI Scheme".to_owned()));
-    }
-    let ip = uri
-        .host()
-        .and_then(|h| h.ip())
-        .ok_or((503, "Service Unavailable".to_owned()))?;
-    let remote = SocketAddr::new(ip, uri.port().unwrap_or(5060));
-    let tcp = uri
-        .param("transport")
-        .flatten()
-        .is_some_and(|t| t.eq_ignore_ascii_case("tcp"));
-    Ok(if tcp {
-        Destination::Tcp {
-            remote,
-            connection: None,
-        }
-    } else {
-        Destination::Udp(remote)
-    })
-}
-
 /// The contacts a dial target reaches now.
 fn expand(
     target: &Target,
+    local: &str,
     local_host: &str,
     domain: &str,
     sip: &SipActions<'_>,
@@ -1023,19 +1000,25 @@ fn expand(
             }
             Ok(bindings
                 .into_iter()
-                .map(|b| Contact {
-                    uri: b.contact.clone(),
-                    to: format!("<sip:{user}@{local_host}>"),
-                    // RFC 3327: the Path recorded at registration is the route.
-                    route: b.path.clone(),
-                    session_expires: None,
-                    destination: match b.source.transport {
+                .map(|b| {
+                    let flow = match b.source.transport {
                         crate::registrar::Transport::Udp => Destination::Udp(b.source.addr),
                         _ => Destination::Tcp {
                             remote: b.source.addr,
                             connection: None,
                         },
-                    },
+                    };
+                    // RFC 3327: the Path recorded at registration is the
+                    // route; through the node holding the phone's flow
+                    // when it registered at another node.
+                    let (route, destination) = path_route(&b.path, local, flow);
+                    Contact {
+                        uri: b.contact.clone(),
+                        to: format!("<sip:{user}@{local_host}>"),
+                        route,
+                        session_expires: None,
+                        destination,
+                    }
                 })
                 .collect())
         }

@@ -73,5 +73,6 @@ pub use response::{
     build_error_response, build_rejection, build_response, build_response_with_body,
     response_destination, response_message,
 };
+pub(crate) use uri::split_top_level_commas;
 pub use uri::{unescape, Host, NameAddr, Param, Scheme, SipUri, TelUri, Uri, UriError};
 pub use validate::{check_request, check_request_with, Rejection, RequestPolicy};

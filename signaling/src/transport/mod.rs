@@ -465,3 +465,28 @@ fn for_socket(local: SocketAddr, remote: SocketAddr) -> SocketAddr {
         _ => remote,
     }
 }
+
+/// Where a request to a `sip:` URI goes: its host must be an IP address
+/// (no DNS yet), its port or 5060, TCP when `transport=tcp`.
+pub fn uri_destination(uri: &crate::sip::Uri) -> Result<Destination, (u16, String)> {
+    if uri.scheme() != crate::sip::Scheme::Sip {
+        return Err((416, "Unsupported URI Scheme".to_owned()));
+    }
+    let ip = uri
+        .host()
+        .and_then(|h| h.ip())
+        .ok_or((503, "Service Unavailable".to_owned()))?;
+    let remote = SocketAddr::new(ip, uri.port().unwrap_or(5060));
+    let tcp = uri
+        .param("transport")
+        .flatten()
+        .is_some_and(|t| t.eq_ignore_ascii_case("tcp"));
+    Ok(if tcp {
+        Destination::Tcp {
+            remote,
+            connection: None,
+        }
+    } else {
+        Destination::Udp(remote)
+    })
+}

@@ -60,6 +60,7 @@
 
 mod call;
 pub mod driver;
+pub mod edge;
 mod observation;
 mod register;
 
@@ -448,6 +449,9 @@ pub struct Uas {
     uncommitted: Vec<register::Uncommitted>,
     /// Whether the registrar is a cache of a shared store, and how fresh.
     location: LocationCache,
+    /// The edge role for phones registered here, when nodes share the
+    /// location service (Path with flow tokens).
+    edge: Option<edge::Edge>,
 }
 
 /// The registrar as a cache of a shared location store (see
@@ -533,7 +537,15 @@ impl Uas {
             delayed: VecDeque::new(),
             uncommitted: Vec::new(),
             location: LocationCache::default(),
+            edge: None,
         }
+    }
+
+    /// Makes this node the edge of the phones registering through it:
+    /// it puts itself in their Path with a flow token and forwards what
+    /// other nodes send them through it (see [`edge`]).
+    pub fn set_edge(&mut self, edge: edge::Edge) {
+        self.edge = Some(edge);
     }
 
     /// Makes the registrar a cache of a shared location store, fed by
@@ -803,6 +815,32 @@ impl Uas {
         message.stamp_received(flow.remote());
         let destination = self.destination(message.top_via(), &flow);
         let is_ack = *message.method() == Method::Ack;
+        if let Some(routed) = self
+            .edge
+            .as_ref()
+            .and_then(|edge| edge.route_request(&message, &flow, &request_uri))
+        {
+            // Routed through this node to or from a phone registered here:
+            // forwarded statelessly; the phone authenticates with whoever
+            // handles the request at the other end.
+            match routed {
+                edge::Routed::Forward(outbound) => {
+                    tracing::debug!(method = %message.method(), call_id = %message.call_id().as_str(), to = %outbound.destination.remote(), "request forwarded on a phone's flow (edge)");
+                    self.wire.outbox.push_back(outbound);
+                }
+                edge::Routed::Refuse(status, reason) if !is_ack => {
+                    let rejection = crate::sip::Rejection {
+                        status,
+                        reason: reason.to_owned(),
+                        extra_headers: Vec::new(),
+                    };
+                    self.wire
+                        .push(destination, build_rejection(&message, &rejection));
+                }
+                edge::Routed::Refuse(..) => {}
+            }
+            return;
+        }
         if let Err(rejection) = check_request_with(&message, &self.policy) {
             tracing::debug!(status = rejection.status, reason = %rejection.reason, "request rejected");
             if !is_ack {
@@ -863,6 +901,15 @@ impl Uas {
     }
 
     fn handle_response(&mut self, now: Now, message: SipMessage) {
+        if let Some(outbound) = self
+            .edge
+            .as_ref()
+            .and_then(|edge| edge.route_response(&message))
+        {
+            tracing::debug!(status = message.status().unwrap_or_default(), call_id = %message.call_id().as_str(), to = %outbound.destination.remote(), "response forwarded back (edge)");
+            self.wire.outbox.push_back(outbound);
+            return;
+        }
         if message.vias().len() != 1 {
             // RFC 3261 §18.1.2: a response with more Vias than ours is not for us.
             tracing::debug!("response with several Vias dropped");

@@ -209,7 +209,14 @@ impl Uas {
             }
         }
         let request = match register_request(&current) {
-            Ok(request) => request,
+            Ok(mut request) => {
+                // This node holds the phone's flow: other nodes reach the
+                // phone through it (stored, not echoed in the 200).
+                if let Some(edge) = &self.edge {
+                    request.path.insert(0, edge.path_entry(&current.flow));
+                }
+                request
+            }
             Err(reason) => {
                 self.reply(now, key.as_ref(), &current, Reply::new(400, reason, &[]));
                 return;
@@ -219,7 +226,7 @@ impl Uas {
         let (status, reason, headers) = match decision {
             Decision::Ok(mut registered) => {
                 tracing::debug!(aor = %registered.aor.as_str(), contacts = registered.contacts.len(), "registered");
-                let headers = contact_headers(&registered);
+                let headers = contact_headers(&registered, self.edge.is_some());
                 let persist = match registered.persist.take() {
                     Some(persist) => match self.store.write(&persist) {
                         Ok(()) => Some(persist),
@@ -395,7 +402,7 @@ pub(super) struct Uncommitted {
 }
 
 /// The 200's headers: every current Contact with its expiry, then the Path.
-fn contact_headers(registered: &Registered) -> Vec<(String, String)> {
+fn contact_headers(registered: &Registered, own_path: bool) -> Vec<(String, String)> {
     let mut headers: Vec<(String, String)> = registered
         .contacts
         .iter()
@@ -413,10 +420,13 @@ fn contact_headers(registered: &Registered) -> Vec<(String, String)> {
             ("Contact".to_owned(), value)
         })
         .collect();
+    // RFC 3327 §5.3: the Path received is echoed; this node's own entry
+    // (it is the edge of the phone's flow) is not something the phone sent.
     headers.extend(
         registered
             .path
             .iter()
+            .skip(usize::from(own_path))
             .map(|p| ("Path".to_owned(), p.clone())),
     );
     headers
