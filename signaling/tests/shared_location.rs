@@ -196,6 +196,127 @@ fn a_phone_registered_through_one_node_is_called_through_another() {
     }
 }
 
+/// A phone behind a NAT that filters by endpoint: its socket is connected
+/// to node 1, so only node 1's datagrams reach it, and its Contact names
+/// a private address nobody can reach. Node 2 can only call it through
+/// node 1's flow.
+#[test]
+fn a_phone_behind_nat_registered_through_node_1_is_reached_through_its_path() {
+    let Some(bed) = bed(2, &["--auth", "anonymous"]) else {
+        return;
+    };
+    let (node1, node2) = (&bed.nodes[0], &bed.nodes[1]);
+    let phone = UdpPeer::new();
+    phone
+        .socket
+        .connect(node1.sip_addr())
+        .expect("connect to node 1");
+    let private = "10.255.0.7:5060";
+    let register = register_text("1001", phone.port(), node1.sip_addr(), 1).replace(
+        &format!("Contact: <sip:1001@127.0.0.1:{}>", phone.port()),
+        &format!("Contact: <sip:1001@{private}>"),
+    );
+    phone.send(node1.sip_addr(), register.as_bytes());
+    let response = phone
+        .recv(Duration::from_secs(3))
+        .expect("an answer to REGISTER");
+    assert_eq!(status(&response), 200, "{response}");
+    wait_until(node2, "node 2 listing 1001", |s| {
+        registrations(s)
+            .iter()
+            .any(|r| r.1 == format!("sip:1001@{private}"))
+    });
+
+    let (a, rtp_a) = media_socket();
+    let (b, rtp_b) = media_socket();
+    let node2_sip = node2.sip_addr().to_string();
+    let caller = common::sipp::start(
+        bed.data.path(),
+        "b2bua_uac.xml",
+        free_port(),
+        1,
+        &[
+            "-s", "1001", "-key", "rtp_a", &rtp_a, "-d", "2000", &node2_sip,
+        ],
+    );
+    let invite = phone
+        .recv(Duration::from_secs(10))
+        .expect("the INVITE, through node 1");
+    assert!(
+        invite.starts_with(&format!("INVITE sip:1001@{private} SIP/2.0\r\n")),
+        "{invite}"
+    );
+    let answer = |code: &str, sdp: &str| {
+        let mut text = format!("SIP/2.0 {code}\r\n");
+        for via in common::headers(&invite, "Via") {
+            text.push_str(&format!("Via: {via}\r\n"));
+        }
+        for rr in common::headers(&invite, "Record-Route") {
+            text.push_str(&format!("Record-Route: {rr}\r\n"));
+        }
+        for name in ["From", "Call-ID", "CSeq"] {
+            text.push_str(&format!(
+                "{name}: {}\r\n",
+                header(&invite, name).expect("header")
+            ));
+        }
+        text.push_str(&format!(
+            "To: {};tag=natphone\r\n",
+            header(&invite, "To").expect("To")
+        ));
+        text.push_str(&format!("Contact: <sip:1001@{private}>\r\n"));
+        if sdp.is_empty() {
+            text.push_str("Content-Length: 0\r\n\r\n");
+        } else {
+            text.push_str(&format!(
+                "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+                sdp.len()
+            ));
+        }
+        text
+    };
+    assert_eq!(
+        common::headers(&invite, "Record-Route").len(),
+        1,
+        "node 1 record-routes: {invite}"
+    );
+    phone.send(node1.sip_addr(), answer("180 Ringing", "").as_bytes());
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_b} RTP/AVP 0\r\n"
+    );
+    phone.send(node1.sip_addr(), answer("200 OK", &sdp).as_bytes());
+    let ack = phone
+        .recv(Duration::from_secs(5))
+        .expect("the ACK, through node 1");
+    assert!(
+        ack.starts_with(&format!("ACK sip:1001@{private} SIP/2.0")),
+        "{ack}"
+    );
+    rtp_both_ways(&bed.manager, &a, &b);
+    // The caller hangs up; the BYE's Request-URI is the private Contact:
+    // only node 1's flow reaches the phone.
+    let bye = phone
+        .recv(Duration::from_secs(10))
+        .expect("the BYE, through node 1");
+    assert!(
+        bye.starts_with(&format!("BYE sip:1001@{private} SIP/2.0")),
+        "{bye}"
+    );
+    let mut ok = format!("SIP/2.0 200 OK\r\n");
+    for via in common::headers(&bye, "Via") {
+        ok.push_str(&format!("Via: {via}\r\n"));
+    }
+    for name in ["From", "To", "Call-ID", "CSeq"] {
+        ok.push_str(&format!(
+            "{name}: {}\r\n",
+            header(&bye, name).expect("header")
+        ));
+    }
+    ok.push_str("Content-Length: 0\r\n\r\n");
+    phone.send(node1.sip_addr(), ok.as_bytes());
+    common::sipp::finish(bed.data.path(), "caller", caller, || node2.log());
+}
+
 fn register_text(user: &str, port: u16, server: SocketAddr, cseq: u32) -> String {
     format!(
         "REGISTER sip:{server} SIP/2.0\r\n\
