@@ -302,7 +302,7 @@ fn a_phone_behind_nat_registered_through_node_1_is_reached_through_its_path() {
         bye.starts_with(&format!("BYE sip:1001@{private} SIP/2.0")),
         "{bye}"
     );
-    let mut ok = format!("SIP/2.0 200 OK\r\n");
+    let mut ok = "SIP/2.0 200 OK\r\n".to_owned();
     for via in common::headers(&bye, "Via") {
         ok.push_str(&format!("Via: {via}\r\n"));
     }
