@@ -518,6 +518,14 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_LOCATION_STALE_AFTER", default_value_t = 30)]
     pub location_stale_after: u64,
 
+    /// With `--location-store`: seconds after which a signaling server that
+    /// stopped refreshing its key in the shared store is lost, and another
+    /// one ends its calls (BYE to both sides, media deleted, record
+    /// written). Longer than any pause a live server may have (a Redis
+    /// failover): a server cut off longer than this has its calls ended.
+    #[arg(long, env = "SWITCHBOARD_NODE_LOST_AFTER", default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub node_lost_after: u64,
+
     /// Seconds a call on an RTP manager that this server placed but no
     /// longer knows (it was restarted, killed) must have existed before it
     /// is deleted; checked at start, whenever a manager comes back and

@@ -27,7 +27,7 @@ pub fn unix_ms() -> u64 {
 }
 
 /// One party of a call, as the API and the CDRs show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Party {
     pub uri: String,
     pub display_name: Option<String>,

@@ -8,6 +8,7 @@ pub mod add_user;
 pub mod auth;
 pub mod b2bua;
 pub mod cdr;
+pub mod cluster;
 pub mod config;
 pub mod dialplan;
 pub mod events;

@@ -23,6 +23,8 @@ use crate::registrar::{
 use crate::rtpmanager_moves::Migrations;
 use axum::serve::Listener;
 
+use crate::b2bua::shared::{SharedCall, SharedCallSink};
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::reload::Reloader;
 use crate::rest::{app, load_tokens, ApiAccess, ApiState, CappedListener, Tokens};
 use crate::rtpmanager_client::ClientAccess;
@@ -103,6 +105,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let mut calls = None;
     let mut migrations = None;
+    let mut cluster_parts = None;
     if let Some(dialplan) = dialplan {
         let link = MediaLink::new();
         let core = queue.handle();
@@ -136,6 +139,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
         let mut b2bua = b2bua;
         b2bua.set_events(events.clone());
+        if let Some(shared) = &shared_location {
+            let (sender, updates) = std::sync::mpsc::sync_channel(SHARED_CALL_QUEUE);
+            b2bua.set_shared_calls(SharedCallSink::new(owner.node(), sender));
+            cluster_parts = Some((
+                ClusterConfig {
+                    prefix: config.location_key_prefix.clone(),
+                    node: owner.node().to_owned(),
+                    instance: format!("{instance:08x}"),
+                    lost_after: Duration::from_secs(config.node_lost_after),
+                },
+                updates,
+                shared.client.clone(),
+                link.clone(),
+            ));
+        }
         if let Some((_, sink)) = &cdr {
             b2bua.set_cdrs(sink.clone());
         }
@@ -191,6 +209,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let core = queue
         .run(uas, transports.clone())
         .context("starting the SIP core thread")?;
+    let cluster = match (cluster_parts, &location_state) {
+        (Some((cluster_config, updates, client, link)), Some(state)) => Some(
+            Cluster::start(
+                client,
+                cluster_config,
+                updates,
+                reaper(link, core.handle(), pool.clone()),
+                Arc::clone(state),
+            )
+            .context("starting the cluster thread")?,
+        ),
+        _ => None,
+    };
     let reloader = Reloader::new(
         calls
             .as_ref()
@@ -262,6 +293,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     tokio::task::spawn_blocking(move || {
         core.stop();
+        // After the core: the ends of the calls the shutdown hung up are
+        // written before this node leaves the cluster.
+        drop(cluster);
         drop(follower);
         // Records of calls ended by the shutdown are written before exit.
         if let Some(writer) = cdr_writer {
@@ -493,6 +527,37 @@ fn build_core(config: &Config) -> anyhow::Result<(Uas, Option<SharedStore>)> {
         uas.set_shared_location(Now::current(), shared.state.stale_after);
     }
     Ok((uas, shared))
+}
+
+/// Shared call updates queued for the cluster thread before new ones are
+/// dropped (a burst of answers while Redis stalls).
+const SHARED_CALL_QUEUE: usize = 16 * 1024;
+
+/// Ends one call of a lost node: its media deleted on its manager here,
+/// its BYEs and record by this node's B2BUA.
+fn reaper(link: MediaLink, core: CoreHandle, pool: ManagerPool) -> crate::cluster::Reaper {
+    let runtime = tokio::runtime::Handle::current();
+    Box::new(move |call: SharedCall| {
+        if let Some(index) = call.manager.as_deref().and_then(|m| pool.index_of(m)) {
+            let mut client = pool.client(index);
+            let request = switchboard_proto::v1::DeleteRequest {
+                call_id: call.media_call_id.clone(),
+                leg_id: String::new(),
+                reason: switchboard_proto::v1::DeleteReason::Admin as i32,
+                detail: format!("signaling node {} lost with the call up", call.node),
+            };
+            match runtime.block_on(client.delete(request)) {
+                Ok(_) => {
+                    tracing::info!(call_id = %call.media_call_id, rtpmanager = ?call.manager, "lost node's call deleted on its manager")
+                }
+                Err(status) => {
+                    tracing::warn!(call_id = %call.media_call_id, %status, "lost node's call not deleted on its manager (gone already, or the manager is down: its own timeout ends it)")
+                }
+            }
+        }
+        link.push_input(Instant::now(), LinkInput::Reap(Box::new(call)));
+        core.wake();
+    })
 }
 
 /// A location store shared with other nodes: what its follower and the

@@ -37,6 +37,17 @@ struct Bed {
 /// Redis, a manager and `count` nodes named `node-1`…, each started with
 /// `extra`.
 fn bed(count: usize, extra: &[&str]) -> Option<Bed> {
+    bed_with(count, extra, PLAN, |_| Vec::new())
+}
+
+/// [`bed`] with another dialplan, and `per_node(n)` added to node n's
+/// arguments.
+fn bed_with(
+    count: usize,
+    extra: &[&str],
+    plan_text: &str,
+    per_node: impl Fn(usize) -> Vec<String>,
+) -> Option<Bed> {
     common::sipp::binary()?;
     let data = tempfile::tempdir().expect("temp dir");
     let redis = Redis::start(&data.path().join("redis"))?;
@@ -44,7 +55,7 @@ fn bed(count: usize, extra: &[&str]) -> Option<Bed> {
     std::fs::create_dir_all(&audio).expect("audio dir");
     let manager = start_manager(&audio, 16, &[]);
     let plan = data.path().join("dialplan.json");
-    std::fs::write(&plan, PLAN).expect("write the dialplan");
+    std::fs::write(&plan, plan_text).expect("write the dialplan");
     let plan = plan.to_str().expect("UTF-8 path").to_owned();
     let grpc = manager.grpc.to_string();
     let url = redis.url();
@@ -62,6 +73,8 @@ fn bed(count: usize, extra: &[&str]) -> Option<Bed> {
                 &name,
             ];
             args.extend_from_slice(extra);
+            let own = per_node(n);
+            args.extend(own.iter().map(String::as_str));
             let server = Server::start(&data.path().join(&name), &args);
             wait_until(&server, "the manager healthy", |s| {
                 s.get_json("/api/v1/rtpmanagers")["members"]
@@ -467,4 +480,97 @@ fn without_redis_register_is_503_lookups_end_after_the_stale_bound_and_both_node
         aors.sort();
         aors == ["1001@127.0.0.1", "1002@127.0.0.1"]
     });
+}
+
+/// Node 1 takes a call and dies (SIGKILL) with it up: within
+/// `--node-lost-after` and a check, node 2 ends it: a BYE to each side
+/// (both SIPp scenarios wait for one), the manager's call deleted, a
+/// record with reason `node_lost` in node 2's CDR file.
+#[test]
+fn when_a_node_dies_with_calls_up_another_node_ends_them() {
+    let callee_port = free_port();
+    let plan = format!(
+        r#"{{"version": "1.0", "routes": [
+          {{"id": "static", "pattern": "2000", "priority": 10, "actions": [
+            {{"type": "dial", "params": {{"targets": ["sip:bob@127.0.0.1:{callee_port}"], "timeout": 10}}}}]}}
+        ]}}"#
+    );
+    let cdr_dir = tempfile::tempdir().expect("temp dir");
+    let cdr_of = |n: usize| cdr_dir.path().join(format!("node-{n}.cdr.jsonl"));
+    let Some(mut bed) = bed_with(
+        2,
+        &["--auth", "anonymous", "--node-lost-after", "2"],
+        &plan,
+        |n| {
+            vec![
+                "--cdr-file".to_owned(),
+                cdr_of(n).to_str().expect("UTF-8 path").to_owned(),
+            ]
+        },
+    ) else {
+        return;
+    };
+    let (a, rtp_a) = media_socket();
+    let (b, rtp_b) = media_socket();
+    let callee = common::sipp::start(
+        bed.data.path(),
+        "b2bua_uas.xml",
+        callee_port,
+        1,
+        &["-key", "rtp_b", &rtp_b],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let node1_sip = bed.nodes[0].sip_addr().to_string();
+    let caller = common::sipp::start(
+        bed.data.path(),
+        "b2bua_uac_wait_bye.xml",
+        free_port(),
+        1,
+        &["-s", "2000", "-key", "rtp_a", &rtp_a, &node1_sip],
+    );
+    rtp_both_ways(&bed.manager, &a, &b);
+    // The call's state reached Redis once answered (written off the SIP
+    // thread): node 1 dies only after that.
+    std::thread::sleep(Duration::from_millis(500));
+    let killed = Instant::now();
+    bed.nodes[0].stop_with(nix::sys::signal::Signal::SIGKILL);
+    common::sipp::finish(bed.data.path(), "caller", caller, || bed.nodes[1].log());
+    common::sipp::finish(bed.data.path(), "callee", callee, || bed.nodes[1].log());
+    let ended_in = killed.elapsed();
+    assert!(
+        ended_in < Duration::from_secs(8),
+        "both sides got their BYE {ended_in:?} after the kill"
+    );
+    let left = bed
+        .manager
+        .wait_calls(Duration::from_secs(5), <[_]>::is_empty);
+    assert!(
+        left.is_empty(),
+        "the lost node's call is left on the manager: {left:?}"
+    );
+    let node2_log = bed.nodes[1].log();
+    assert!(
+        node2_log.contains("cluster: node lost; its calls ended here node=\"node-1\" calls=1")
+            || node2_log.contains("cluster: node lost; its calls ended here node=node-1 calls=1"),
+        "{}",
+        common::sipp::tail(&node2_log, 40)
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let record = loop {
+        let text = std::fs::read_to_string(cdr_of(2)).unwrap_or_default();
+        if let Some(line) = text.lines().next() {
+            break serde_json::from_str::<serde_json::Value>(line).expect("a JSON record");
+        }
+        assert!(Instant::now() < deadline, "no record in node 2's CDR file");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(record["reason"], "node_lost", "{record}");
+    assert_eq!(record["ended_by"], "system", "{record}");
+    assert!(
+        record["media_call_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("node-1/")),
+        "{record}"
+    );
+    assert!(record["answered_at_ms"].is_u64(), "{record}");
 }

@@ -331,6 +331,9 @@ pub enum LinkInput {
     Query(super::view::CallQuery),
     /// Move calls off a manager (see [`MoveOrder`](super::migrate::MoveOrder)).
     Move(super::migrate::MoveOrder),
+    /// End a call of a lost node (see [`super::shared`]): BYE both legs,
+    /// write its record. Its media is deleted by whoever pushes this.
+    Reap(Box<super::shared::SharedCall>),
 }
 
 type Wakeup = Arc<dyn Fn() + Send + Sync>;

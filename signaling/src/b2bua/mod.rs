@@ -95,6 +95,7 @@ mod media;
 pub mod migrate;
 pub mod reconcile;
 mod session_timer;
+pub mod shared;
 pub mod view;
 
 #[cfg(test)]
@@ -532,6 +533,8 @@ pub struct B2bua {
     id_prefix: String,
     events: Option<EventBus>,
     cdrs: Option<CdrSink>,
+    /// Where answered calls' essential state goes for other nodes.
+    shared: Option<shared::SharedCallSink>,
     /// Records of ended calls waiting for their media delete's figures.
     finishing: HashMap<MediaRequestId, Cdr>,
     servers: HashMap<TransactionKey, ServerTx>,
@@ -582,6 +585,7 @@ impl B2bua {
             id_prefix,
             events: None,
             cdrs: None,
+            shared: None,
             finishing: HashMap::new(),
             servers: HashMap::new(),
             clients: HashMap::new(),
@@ -606,6 +610,11 @@ impl B2bua {
     }
 
     /// Hands a record of every ended call to `sink`.
+    /// Shares each answered call's essential state (see [`shared`]).
+    pub fn set_shared_calls(&mut self, sink: shared::SharedCallSink) {
+        self.shared = Some(sink);
+    }
+
     pub fn set_cdrs(&mut self, sink: CdrSink) {
         self.cdrs = Some(sink);
     }
@@ -880,6 +889,9 @@ impl B2bua {
             }
         }
         self.media_calls.remove(&call.media_id);
+        if let (true, Some(sink)) = (call.answered, &self.shared) {
+            sink.send(shared::SharedCallUpdate::Down(call.media_id.0.clone()));
+        }
         // Timers go with the call, so none outlives it.
         for server in call.awaiting_ack.iter().flatten() {
             self.stop_retransmit(server);
@@ -1042,6 +1054,10 @@ impl B2bua {
                     Phase::Bridged
                 };
                 tracing::info!(call_id = %call.media_id, "caller answered");
+                if let Some(sink) = &self.shared {
+                    let record = shared::SharedCall::of(sink.node(), call);
+                    sink.send(shared::SharedCallUpdate::Up(Box::new(record)));
+                }
                 let session = call.session[0];
                 self.answer_2xx(now, key, CallLeg::A, &invite, Some(sdp), sip);
                 if let Some(timer) = session {
@@ -1281,6 +1297,7 @@ impl B2bua {
                 }
                 LinkInput::Query(query) => self.query(now, query, sip),
                 LinkInput::Move(order) => self.move_order(order),
+                LinkInput::Reap(call) => self.reap(now, &call, sip),
             }
         }
     }

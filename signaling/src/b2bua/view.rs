@@ -613,6 +613,67 @@ impl B2bua {
         }
     }
 
+    /// Ends a call of a lost node: a BYE on each of its dialogs from this
+    /// node, and its end record (reason `node_lost`, no media figures: the
+    /// manager's call is deleted by the driver that found it).
+    pub(super) fn reap(
+        &mut self,
+        now: Now,
+        call: &super::shared::SharedCall,
+        sip: &mut SipActions<'_>,
+    ) {
+        let mut sent = 0;
+        for leg in &call.legs {
+            let Some(mut dialog) = leg.dialog() else {
+                tracing::warn!(call_id = %call.media_call_id, "a lost node's dialog does not parse; no BYE on it");
+                continue;
+            };
+            if let Some(bye) =
+                self.send_in_dialog(&mut dialog, &crate::sip::Method::Bye, &[], None, sip)
+            {
+                self.ending.insert(bye.clone());
+                self.clients.insert(bye, super::ClientTx::Fire);
+                sent += 1;
+            }
+        }
+        tracing::info!(call_id = %call.media_call_id, node = %call.node, byes = sent, "call of a lost node ended");
+        let Some(cdrs) = &self.cdrs else {
+            return;
+        };
+        let ended_at_ms = unix_ms(now.wall);
+        cdrs.send(Cdr {
+            id: call.id.clone(),
+            call_id: call
+                .legs
+                .first()
+                .map(|l| l.call_id.clone())
+                .unwrap_or_default(),
+            callee_call_id: call.legs.get(1).map(|l| l.call_id.clone()),
+            media_call_id: call.media_call_id.clone(),
+            caller: call.caller.clone(),
+            callee: call.callee.clone(),
+            dialled: call.dialled.clone(),
+            route: call.route.clone(),
+            manager: call.manager.clone(),
+            started_at_ms: call.started_at_ms,
+            answered_at_ms: call.answered_at_ms,
+            ended_at_ms,
+            duration_ms: ended_at_ms.saturating_sub(call.started_at_ms),
+            talk_ms: call
+                .answered_at_ms
+                .map_or(0, |at| ended_at_ms.saturating_sub(at)),
+            final_status: 200,
+            reason: "node_lost",
+            ended_by: EndedBy::System,
+            codec: None,
+            legs: Vec::new(),
+            media_error: Some(format!(
+                "node {} was lost with the call up; ended by another node",
+                call.node
+            )),
+        });
+    }
+
     /// A media delete's result: its call's record goes out with the
     /// manager's final figures.
     pub(super) fn deleted(&mut self, id: MediaRequestId, result: MediaResult) {

@@ -20,7 +20,7 @@ mod store;
 
 pub use shared_store::{
     display_address, field_updates, record_of, Announcement, Follower, Keys, LocationUpdate,
-    RedisStore, SharedLocation, Versioned,
+    RedisStore, SharedLocation, Versioned, REDIS_TIMEOUT,
 };
 pub use store::{Store, StoreError};
 

@@ -273,6 +273,12 @@ impl SharedLocation {
     fn failed(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Counts a failed operation of another user of the same Redis (the
+    /// cluster thread).
+    pub fn note_error(&self) {
+        self.failed();
+    }
 }
 
 /// The address of `client` for logs and health, without credentials.
