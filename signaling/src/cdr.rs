@@ -56,7 +56,7 @@ pub struct Cdr {
     /// The final response the caller got: 200 once answered.
     pub final_status: u16,
     /// Why it ended: hangup, cancelled, failed, media_timeout,
-    /// session_timer, shutdown or admin.
+    /// session_timer, shutdown, admin or node_lost.
     pub reason: &'static str,
     pub ended_by: EndedBy,
     /// The codec of the answer sent to the caller (`PCMU/8000`).

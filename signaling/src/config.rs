@@ -295,10 +295,13 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_TRUSTED_NETWORKS", value_delimiter = ',')]
     pub trusted_networks: Vec<String>,
 
-    /// Secret keying the nonces. Without it a random secret is drawn at each
-    /// start, so nonces issued before a restart are refused (clients simply
-    /// authenticate again); set it to keep them valid across restarts or to
-    /// share them between servers.
+    /// Secret keying the nonces, and the flow tokens of the Paths a node
+    /// records when registrations are shared (`--location-store`). Without
+    /// it a random secret is drawn at each start, so nonces issued before a
+    /// restart are refused (clients simply authenticate again) and phones
+    /// registered through a node are unreachable from the others after its
+    /// restart until they register again; set it to keep both valid across
+    /// restarts or to share nonces between servers.
     #[arg(long, env = "SWITCHBOARD_AUTH_SECRET", hide_env_values = true)]
     pub auth_secret: Option<String>,
 
@@ -498,7 +501,7 @@ pub struct Config {
     /// server shared by several signaling servers, each keeping a cache
     /// that follows the others' changes. Credentials may come from the
     /// environment instead of the command line.
-    #[arg(long, env = "SWITCHBOARD_LOCATION_STORE", value_name = "URL")]
+    #[arg(long, env = "SWITCHBOARD_LOCATION_STORE", value_name = "URL", hide_env_values = true)]
     pub location_store: Option<String>,
 
     /// Prefix of every key and channel in the shared location store: the

@@ -20,6 +20,8 @@ pub struct Redis {
     dir: PathBuf,
     /// Its loopback port.
     pub port: u16,
+    /// `appendfsync`: `always` for tests, `everysec` for benchmarks.
+    fsync: &'static str,
 }
 
 impl Redis {
@@ -27,15 +29,33 @@ impl Redis {
     /// `dir`; `None` (the test is skipped, loudly, or fails under CI) when
     /// it is not installed.
     pub fn start(dir: &Path) -> Option<Redis> {
+        Redis::start_with(dir, "always")
+    }
+
+    /// [`Redis::start`] with the append-only file synced once a second
+    /// (Redis's own default): what a deployment runs, for benchmarks.
+    pub fn start_with_fsync_every_second(dir: &Path) -> Option<Redis> {
+        Redis::start_with(dir, "everysec")
+    }
+
+    fn start_with(dir: &Path, fsync: &'static str) -> Option<Redis> {
         let binary = crate::tool("redis-server", "the shared location store tests")?;
         let mut redis = Redis {
             daemon: None,
             binary,
             dir: dir.to_path_buf(),
             port: crate::free_port(),
+            fsync,
         };
         redis.restart();
         Some(redis)
+    }
+
+    /// CPU time it used so far (user and system).
+    pub fn cpu_time(&self) -> Duration {
+        self.daemon
+            .as_ref()
+            .map_or(Duration::ZERO, Daemon::cpu_time)
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -52,16 +72,11 @@ impl Redis {
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .arg("--dir")
             .arg(&self.dir)
-            // Every write on disk before its answer, no snapshots: small,
-            // and a restart brings everything back.
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
+            // The append-only file (tests: every write on disk before its
+            // answer), no snapshots: small, and a restart brings
+            // everything back.
+            .args(["--appendonly", "yes", "--appendfsync", self.fsync])
+            .args(["--save", ""])
             .args(["--daemonize", "no", "--protected-mode", "yes"])
             .arg("--logfile")
             .arg(self.dir.join("redis.log"));

@@ -98,12 +98,21 @@ pub struct Registration {
     pub transport: String,
     #[serde(default)]
     pub user_agent: Option<String>,
+    /// The signaling node the phone registered through, when the servers
+    /// share registrations.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 impl Registration {
     /// The user agent, or an empty cell.
     pub fn user_agent_label(&self) -> &str {
         self.user_agent.as_deref().unwrap_or("")
+    }
+
+    /// The node it registered through, or an empty cell.
+    pub fn node_label(&self) -> &str {
+        self.node.as_deref().unwrap_or("")
     }
 }
 

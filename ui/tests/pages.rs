@@ -388,6 +388,38 @@ async fn registrations_filter_by_aor_escape_the_user_agent_and_unregister() {
 }
 
 #[tokio::test]
+async fn shared_registrations_listed_by_several_servers_are_shown_once_with_their_node() {
+    // Two servers answering the same list: 1002 names the node it came
+    // through (the servers share registrations), 1001 does not.
+    let one = fake::start(vec![]).await;
+    let two = fake::start(vec![]).await;
+    let (app, _) = dashboard(&[spec("b1", &one.url), spec("b2", &two.url)]).await;
+    let (cookie, _) = login(&app, fake::TOKEN).await;
+    let page = text(get(&app, "/registrations/table", &cookie).await).await;
+    assert_eq!(
+        page.matches(r#"<td class="aor">1002@switchboard"#).count(),
+        1,
+        "a shared binding once: {page}"
+    );
+    assert_eq!(
+        page.matches(r#"<td class="aor">1001@switchboard"#).count(),
+        2,
+        "each server's own binding from each: {page}"
+    );
+    assert!(
+        page.contains(r#"<td class="hide-narrow node">sig-1</td>"#),
+        "{page}"
+    );
+    assert!(page.contains("3 binding(s)"), "{page}");
+    // The overview counts the shared binding once too.
+    let overview = text(get(&app, "/", &cookie).await).await;
+    assert!(
+        overview.contains(r#"<div class="figure" id="total-registrations">3</div>"#),
+        "{overview}"
+    );
+}
+
+#[tokio::test]
 async fn drain_and_undrain_reach_the_backend_and_the_table_follows() {
     let fake = fake::start(vec![]).await;
     let (app, _) = dashboard(&[spec("b1", &fake.url)]).await;

@@ -132,6 +132,11 @@ struct SipRegisterArgs {
     /// (REGISTER, 200; the server anonymous) or `both`, one after the other.
     #[arg(long, default_value = "both", value_parser = ["digest", "none", "both"])]
     auth: String,
+    /// Where bindings are stored: `journal` (the server's own, fsynced),
+    /// `redis` (a redis-server started for the run, shared location store
+    /// with append-only fsync every second, its CPU shown) or `both`.
+    #[arg(long, default_value = "journal", value_parser = ["journal", "redis", "both"])]
+    store: String,
     /// The signaling binary to measure instead of the workspace's release
     /// build (for a baseline: an older commit's build).
     #[arg(long)]
@@ -154,6 +159,11 @@ struct SipCallsArgs {
     /// runs when --sse-clients is set, so the event stream carries events.
     #[arg(long, default_value_t = 100)]
     register_rate: u32,
+    /// Signaling servers sharing one Redis (started for the run) and the
+    /// manager; each gets its own SIPp caller at rate / N, and the table
+    /// sums them. 1: one server, no Redis.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4))]
+    nodes: u32,
     /// The signaling binary to measure instead of the workspace's release
     /// build (for a baseline: an older commit's build).
     #[arg(long)]
@@ -357,19 +367,32 @@ fn sip_register(args: &SipRegisterArgs) -> anyhow::Result<()> {
     let work = std::env::temp_dir().join(format!("switchboard-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let mut tables = Vec::new();
-    if args.auth != "digest" {
-        let results = register_rates(&sipp, &binary, &work.join("none"), false, args)?;
-        tables.push((
-            "sip-register --auth none: REGISTER + 200, 10,000 users in turn, journal fsync (group commit) before each 200",
-            results,
-        ));
-    }
-    if args.auth != "none" {
-        let results = register_rates(&sipp, &binary, &work.join("digest"), true, args)?;
-        tables.push((
-            "sip-register --auth digest: REGISTER + 401 + REGISTER + 200, MD5, journal fsync (group commit) before each 200",
-            results,
-        ));
+    let stores: &[&str] = match args.store.as_str() {
+        "both" => &["journal", "redis"],
+        "redis" => &["redis"],
+        _ => &["journal"],
+    };
+    for &store in stores {
+        let durable = match store {
+            "redis" => "Redis script (group commit) before each 200",
+            _ => "journal fsync (group commit) before each 200",
+        };
+        if args.auth != "digest" {
+            let dir = work.join(format!("none-{store}"));
+            let results = register_rates(&sipp, &binary, &dir, false, store, args)?;
+            tables.push((
+                format!("sip-register --auth none --store {store}: REGISTER + 200, 10,000 users in turn, {durable}"),
+                results,
+            ));
+        }
+        if args.auth != "none" {
+            let dir = work.join(format!("digest-{store}"));
+            let results = register_rates(&sipp, &binary, &dir, true, store, args)?;
+            tables.push((
+                format!("sip-register --auth digest --store {store}: REGISTER + 401 + REGISTER + 200, MD5, {durable}"),
+                results,
+            ));
+        }
     }
     for (title, results) in &tables {
         print_table(title, results);
@@ -388,9 +411,21 @@ fn register_rates(
     binary: &Path,
     work: &Path,
     digest: bool,
+    store: &str,
     args: &SipRegisterArgs,
 ) -> anyhow::Result<Vec<RateResult>> {
     std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+    // A redis-server of the run's own: the shared location store.
+    let redis = if store == "redis" {
+        let Some(redis) =
+            switchboard_testkit::redis::Redis::start_with_fsync_every_second(&work.join("redis"))
+        else {
+            bail!("redis-server is not installed (cargo xtask setup installs it)");
+        };
+        Some(redis)
+    } else {
+        None
+    };
     let utf8 = |path: &Path| {
         path.to_str()
             .map(str::to_owned)
@@ -407,6 +442,9 @@ fn register_rates(
     ]
     .map(str::to_owned)
     .to_vec();
+    if let Some(redis) = &redis {
+        options.extend(["--location-store".to_owned(), redis.url()]);
+    }
     // Each mode's server options, scenario and SIPp arguments, decided once.
     let (scenario, sipp_args): (&str, Vec<String>) = if digest {
         let users = work.join("users.toml");
@@ -450,6 +488,7 @@ fn register_rates(
     let mut results = Vec::new();
     for &rate in &args.rates {
         let cpu_before = signaling.daemon.cpu_time();
+        let redis_before = redis.as_ref().map(|r| r.cpu_time());
         let mut result = run_sipp(
             sipp,
             &scenario,
@@ -461,10 +500,18 @@ fn register_rates(
         )?;
         let used = signaling.daemon.cpu_time().saturating_sub(cpu_before);
         result.cpu_percent = Some(100.0 * used.as_secs_f64() / result.elapsed.as_secs_f64());
+        if let (Some(redis), Some(before)) = (&redis, redis_before) {
+            let used = redis.cpu_time().saturating_sub(before);
+            println!(
+                "  redis-server CPU {:.1} % of one core",
+                100.0 * used.as_secs_f64() / result.elapsed.as_secs_f64()
+            );
+        }
         print_result(&result);
         results.push(result);
     }
     drop(signaling);
+    drop(redis);
     Ok(results)
 }
 
@@ -640,7 +687,157 @@ pub(crate) fn manager_healthy(rest_port: u16) -> bool {
     response.contains("\"health\":\"healthy\"")
 }
 
+/// `sip-calls --nodes N`: N signaling servers sharing a Redis of the run's
+/// own and one manager; a SIPp caller per server at rate / N, all at once,
+/// towards one SIPp callee. Each server's row, then their sum (times of
+/// every call together; CPU summed over the servers).
+fn sip_calls_nodes(args: &SipCallsArgs) -> anyhow::Result<()> {
+    let Some(sipp) = util::find_on_path("sipp") else {
+        bail!("sipp is not installed (cargo xtask setup installs the sip-tester package)");
+    };
+    build_release_daemons()?;
+    let root = workspace_root();
+    let scenarios = root.join("signaling/tests/sipp");
+    let work = std::env::temp_dir().join(format!("switchboard-bench-nodes-{}", std::process::id()));
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let Some(redis) =
+        switchboard_testkit::redis::Redis::start_with_fsync_every_second(&work.join("redis"))
+    else {
+        bail!("redis-server is not installed (cargo xtask setup installs it)");
+    };
+    let (manager, grpc) = start_manager(&root.join("target/release/switchboard-rtpmanager"), &[])?;
+    let callee_port = free_port();
+    let plan = write_dialplan(&work, &[("bench", "1XXX", callee_port)])?;
+    let binary = args
+        .signaling
+        .clone()
+        .unwrap_or_else(|| root.join("target/release/switchboard-signaling"));
+    let url = redis.url();
+    let mut nodes = Vec::new();
+    for n in 1..=args.nodes {
+        let node_work = work.join(format!("node-{n}"));
+        std::fs::create_dir_all(&node_work)?;
+        let id = format!("bench-{n}");
+        let node = start_signaling_binary(
+            &binary,
+            &node_work,
+            &grpc,
+            &[
+                "--auth",
+                "anonymous",
+                "--source-rate-limit",
+                "0",
+                "--max-calls-per-source",
+                "0",
+                "--dialplan",
+                &plan,
+                "--location-store",
+                &url,
+                "--node-id",
+                &id,
+            ],
+        )?;
+        let rest_port = node.rest_port;
+        if !wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+            manager_healthy(rest_port)
+        }) {
+            bail!("signaling node {id} did not report the manager healthy within 20 s");
+        }
+        nodes.push(node);
+    }
+    let callee_dir = work.join("callee");
+    std::fs::create_dir_all(&callee_dir)?;
+    let mut command = sipp::command(
+        &sipp,
+        &scenarios.join("b2bua_uas.xml"),
+        callee_port,
+        &callee_dir,
+    );
+    command.args(["-key", "rtp_b", "9", "-timeout", "600s"]);
+    let callee = spawn("the SIPp callee", &mut command, false)?;
+    std::thread::sleep(Duration::from_millis(500));
+
+    let scenario = scenarios.join("b2bua_uac.xml");
+    let mut sums = Vec::new();
+    for &rate in &args.rates {
+        let share = rate / args.nodes;
+        let cpu_before: Vec<Duration> = nodes.iter().map(|n| n.daemon.cpu_time()).collect();
+        let redis_before = redis.cpu_time();
+        let results: Vec<anyhow::Result<RateResult>> = std::thread::scope(|scope| {
+            let runs: Vec<_> = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, node)| {
+                    let (sipp, scenario, sip_port) = (&sipp, &scenario, node.sip_port);
+                    let dir = work.join(format!("node-{}", i + 1)).join("runs");
+                    scope.spawn(move || {
+                        let caller = ["-s", "1001", "-key", "rtp_a", "9", "-d", "0"];
+                        run_sipp(sipp, scenario, &caller, &dir, sip_port, share, args.seconds)
+                    })
+                })
+                .collect();
+            runs.into_iter()
+                .map(|run| {
+                    run.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a SIPp run panicked")))
+                })
+                .collect()
+        });
+        let mut sum = RateResult {
+            offered: 0,
+            successful: 0,
+            failed: 0,
+            elapsed: Duration::ZERO,
+            times_ms: Vec::new(),
+            wire_ms: Some(Vec::new()),
+            far_end_ms: Vec::new(),
+            cpu_percent: Some(0.0),
+        };
+        for (i, result) in results.into_iter().enumerate() {
+            let mut result = result?;
+            let used = nodes[i].daemon.cpu_time().saturating_sub(cpu_before[i]);
+            result.cpu_percent = Some(100.0 * used.as_secs_f64() / result.elapsed.as_secs_f64());
+            println!("bench: node {}:", i + 1);
+            print_result(&result);
+            sum.offered += result.offered;
+            sum.successful += result.successful;
+            sum.failed += result.failed;
+            sum.elapsed = sum.elapsed.max(result.elapsed);
+            sum.times_ms.extend(&result.times_ms);
+            match (&mut sum.wire_ms, &result.wire_ms) {
+                (Some(all), Some(these)) => all.extend(these),
+                (all, _) => *all = None,
+            }
+            sum.far_end_ms.extend(&result.far_end_ms);
+            sum.cpu_percent = sum.cpu_percent.zip(result.cpu_percent).map(|(a, b)| a + b);
+        }
+        let redis_used = redis.cpu_time().saturating_sub(redis_before);
+        println!(
+            "bench: all nodes (CPU summed), redis-server CPU {:.1} % of one core:",
+            100.0 * redis_used.as_secs_f64() / sum.elapsed.as_secs_f64()
+        );
+        print_result(&sum);
+        sums.push(sum);
+    }
+    drop(callee);
+    drop(nodes);
+    drop(manager);
+    drop(redis);
+    print_table(
+        &format!(
+            "sip-calls --nodes {}: calls spread over {} signaling servers sharing Redis and one rtpmanager; INVITE→200 times of all calls, signaling CPU summed",
+            args.nodes, args.nodes
+        ),
+        &sums,
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
 fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
+    if args.nodes > 1 {
+        return sip_calls_nodes(args);
+    }
     let Some(sipp) = util::find_on_path("sipp") else {
         bail!("sipp is not installed (cargo xtask setup installs the sip-tester package)");
     };

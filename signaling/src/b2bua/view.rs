@@ -209,6 +209,9 @@ pub struct CallSnapshot {
     /// The RTP manager's id, once the call has media.
     pub manager: Option<String>,
     pub media_call_id: String,
+    /// The signaling node that owns the call (took its INVITE; its
+    /// `--node-id`), which alone sends its requests while it lives.
+    pub node: String,
     /// Whether the manager holds the call's media (a call routed to a
     /// hangup or waiting for its first offer has none).
     #[serde(skip)]
@@ -542,6 +545,7 @@ impl B2bua {
             route: Some(info.route.clone()),
             manager: info.manager.clone(),
             media_call_id: call.media_id.0.clone(),
+            node: self.config.owner.node().to_owned(),
             has_media: call.media_used,
             detail,
         })

@@ -395,6 +395,7 @@ mod calls {
             route: Some("local".to_owned()),
             manager: manager.map(str::to_owned),
             media_call_id: "node/1/abc".to_owned(),
+            node: "node".to_owned(),
             has_media: manager.is_some(),
             detail: detail.then(|| CallDetail {
                 sip: vec![SipEntry {
@@ -487,6 +488,7 @@ mod calls {
         assert_eq!(listed["callee"], Value::Null);
         assert_eq!(listed["route"], "local");
         assert_eq!(listed["media_call_id"], "node/1/abc");
+        assert_eq!(listed["node"], "node");
         assert_eq!(listed["legs"], serde_json::json!([]));
         assert_eq!(listed["media_error"], Value::Null, "no media, no error");
         assert!(listed.get("sip").is_none(), "no history in a list");

@@ -48,7 +48,7 @@ impl Totals {
             } else {
                 format!("{:.2}", per_second.iter().sum::<f64>())
             },
-            registrations: backends.iter().map(|b| b.registrations.len()).sum(),
+            registrations: registration_rows(backends, "").len(),
             managers_healthy: backends.iter().map(BackendView::managers_healthy).sum(),
             managers_total: backends.iter().map(|b| b.managers.len()).sum(),
             kernel_share: share_label(crate::api::kernel_share(
@@ -334,13 +334,17 @@ pub(super) struct LiveQuery {
 }
 
 /// The bindings whose AOR contains `filter` (case-insensitive), with their
-/// backend's name.
+/// backend's name. Servers sharing registrations (each binding names the
+/// node it came through) all list every binding: it is shown once, with
+/// the first backend that listed it.
 fn registration_rows(backends: &[BackendView], filter: &str) -> Vec<(String, Registration)> {
     let filter = filter.to_lowercase();
+    let mut shared_seen = std::collections::HashSet::new();
     backends
         .iter()
         .flat_map(|b| b.registrations.iter().map(move |r| (b.name.clone(), r)))
         .filter(|(_, r)| r.aor.to_lowercase().contains(&filter))
+        .filter(|(_, r)| r.node.is_none() || shared_seen.insert((r.aor.clone(), r.contact.clone())))
         .map(|(name, r)| (name, r.clone()))
         .collect()
 }

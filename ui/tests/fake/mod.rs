@@ -189,7 +189,8 @@ async fn registrations(headers: HeaderMap) -> Response {
          "source": "192.0.2.1:5060", "transport": "udp", "user_agent": XSS, "instance": null, "reg_id": null, "path": [], "q": null},
         {"aor": "1002@switchboard", "contact": "sip:1002@192.0.2.2:5062", "expires": 3500,
          "expires_at": "2026-12-05T19:40:00Z", "registered_at": "2026-12-05T18:35:00Z", "updated_at": "2026-12-05T18:35:00Z",
-         "source": "192.0.2.2:5062", "transport": "tcp", "user_agent": "Linphone/5", "instance": null, "reg_id": null, "path": [], "q": null}
+         "source": "192.0.2.2:5062", "transport": "tcp", "user_agent": "Linphone/5", "instance": null, "reg_id": null, "path": [], "q": null,
+         "node": "sig-1"}
     ]))
     .into_response()
 }
