@@ -501,7 +501,12 @@ pub struct Config {
     /// server shared by several signaling servers, each keeping a cache
     /// that follows the others' changes. Credentials may come from the
     /// environment instead of the command line.
-    #[arg(long, env = "SWITCHBOARD_LOCATION_STORE", value_name = "URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_LOCATION_STORE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub location_store: Option<String>,
 
     /// Prefix of every key and channel in the shared location store: the
