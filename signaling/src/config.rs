@@ -509,6 +509,21 @@ pub struct Config {
     )]
     pub location_store: Option<String>,
 
+    /// PEM file of the CA that signed the shared location store's
+    /// certificate (`rediss://`), instead of the system's roots.
+    #[arg(long, env = "SWITCHBOARD_LOCATION_STORE_CA", value_name = "FILE")]
+    pub location_store_ca: Option<PathBuf>,
+
+    /// PEM certificate this server shows the shared location store when it
+    /// asks for one (Redis `tls-auth-clients yes`); with
+    /// `--location-store-key`.
+    #[arg(long, env = "SWITCHBOARD_LOCATION_STORE_CERT", value_name = "FILE")]
+    pub location_store_cert: Option<PathBuf>,
+
+    /// The private key of `--location-store-cert`, PEM.
+    #[arg(long, env = "SWITCHBOARD_LOCATION_STORE_KEY", value_name = "FILE")]
+    pub location_store_key: Option<PathBuf>,
+
     /// Prefix of every key and channel in the shared location store: the
     /// servers of one deployment share it; deployments sharing a Redis
     /// server need different ones.
@@ -904,19 +919,64 @@ impl Config {
         )
     }
 
-    /// The Redis client of `--location-store` (no connection made yet).
+    /// The Redis client of `--location-store` (no connection made yet),
+    /// with its TLS files read.
     pub fn location_client(&self, url: &str) -> Result<redis::Client, ConfigError> {
-        let client = redis::Client::open(url).map_err(|error| {
-            // The URL may hold a password: name the problem, not the URL.
+        // The URL may hold a password: errors name the problem, not the URL.
+        let not_a_url = |error: redis::RedisError| {
             ConfigError::invalid(
                 "location-store",
-                format!(
-                    "not a Redis URL (redis://host:port, rediss://..., redis+unix:///path): {}",
-                    error
-                ),
+                format!("not a Redis URL (redis://host:port, rediss://..., redis+unix:///path): {error}"),
             )
-        })?;
-        Ok(client)
+        };
+        let tls_files = self.location_store_ca.is_some()
+            || self.location_store_cert.is_some()
+            || self.location_store_key.is_some();
+        if !tls_files {
+            return redis::Client::open(url).map_err(not_a_url);
+        }
+        if !url.starts_with("rediss://") {
+            return Err(ConfigError::invalid(
+                "location-store-ca",
+                "TLS files need a rediss:// --location-store",
+            ));
+        }
+        let read = |option: &str, path: &PathBuf| {
+            std::fs::read(path).map_err(|error| {
+                ConfigError::invalid(option, format!("{}: {error}", path.display()))
+            })
+        };
+        let client_tls = match (&self.location_store_cert, &self.location_store_key) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read("location-store-cert", cert)?,
+                client_key: read("location-store-key", key)?,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::invalid(
+                    "location-store-cert",
+                    "--location-store-cert and --location-store-key go together",
+                ))
+            }
+        };
+        let root_cert = self
+            .location_store_ca
+            .as_ref()
+            .map(|ca| read("location-store-ca", ca))
+            .transpose()?;
+        redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+        )
+        .map_err(|error| {
+            ConfigError::invalid(
+                "location-store",
+                format!("TLS towards the location store: {error}"),
+            )
+        })
     }
 
     /// The node id: `--node-id`, else the host name (reduced to the

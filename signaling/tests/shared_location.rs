@@ -574,3 +574,61 @@ fn when_a_node_dies_with_calls_up_another_node_ends_them() {
     );
     assert!(record["answered_at_ms"].is_u64(), "{record}");
 }
+
+/// Across hosts Redis runs with TLS and a password: two nodes given the
+/// store's CA share a registration; a node trusting only the system's
+/// roots, and one with a wrong password, cannot store anything (503).
+#[test]
+fn registrations_are_shared_over_tls_with_a_password() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Some((redis, files)) =
+        switchboard_testkit::redis::Redis::start_tls(&dir.path().join("redis"), "s3cret-pass")
+    else {
+        return;
+    };
+    let url = redis.url();
+    assert!(url.starts_with("rediss://:s3cret-pass@127.0.0.1:"), "{url}");
+    let ca = files.ca.to_str().expect("UTF-8 path").to_owned();
+    let start = |name: &str, url: &str, ca: Option<&str>| {
+        let mut args = vec![
+            "--auth",
+            "anonymous",
+            "--location-store",
+            url,
+            "--node-id",
+            name,
+        ];
+        if let Some(ca) = ca {
+            args.extend(["--location-store-ca", ca]);
+        }
+        Server::start(&dir.path().join(name), &args)
+    };
+    let node1 = start("node-1", &url, Some(&ca));
+    let node2 = start("node-2", &url, Some(&ca));
+    let phone = UdpPeer::new();
+    let sip = node1.sip_addr();
+    let response = phone.request(sip, register_text("1001", phone.port(), sip, 1).as_bytes());
+    assert_eq!(status(&response), 200, "{response}");
+    wait_until(&node2, "node 2 listing 1001 over TLS", |s| {
+        registrations(s)
+            .iter()
+            .any(|r| r.0 == "1001@127.0.0.1" && r.2 == "node-1")
+    });
+    assert_eq!(health(&node2)["location_store"]["up"], true);
+
+    let untrusting = start("node-3", &url, None);
+    let wrong_password = url.replace("s3cret-pass", "not-it");
+    let locked_out = start("node-4", &wrong_password, Some(&ca));
+    for node in [&untrusting, &locked_out] {
+        let sip = node.sip_addr();
+        let response = phone.request(sip, register_text("1002", phone.port(), sip, 1).as_bytes());
+        assert_eq!(status(&response), 503, "{response}");
+        assert_eq!(health(node)["location_store"]["up"], false);
+    }
+    assert!(
+        !registrations(&node2)
+            .iter()
+            .any(|r| r.0 == "1002@127.0.0.1"),
+        "nothing stored by the refused nodes"
+    );
+}

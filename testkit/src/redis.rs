@@ -5,8 +5,6 @@
 //! production server's), and stoppable mid-test to show what nodes do
 //! without it.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -22,6 +20,16 @@ pub struct Redis {
     pub port: u16,
     /// `appendfsync`: `always` for tests, `everysec` for benchmarks.
     fsync: &'static str,
+    /// `requirepass`, when set.
+    password: Option<String>,
+    /// TLS only (no plaintext port), with the certificates in `dir`.
+    tls: bool,
+}
+
+/// The files of a TLS Redis, made with `openssl` in its directory.
+pub struct TlsFiles {
+    /// The CA that signed the server's certificate (PEM).
+    pub ca: PathBuf,
 }
 
 impl Redis {
@@ -46,9 +54,90 @@ impl Redis {
             dir: dir.to_path_buf(),
             port: crate::free_port(),
             fsync,
+            password: None,
+            tls: false,
         };
         redis.restart();
         Some(redis)
+    }
+
+    /// A Redis speaking TLS only (a CA and a certificate for 127.0.0.1 made
+    /// with `openssl`) and asking for `password`: what a deployment across
+    /// hosts runs. The URL is `rediss://:PASSWORD@127.0.0.1:PORT`.
+    pub fn start_tls(dir: &Path, password: &str) -> Option<(Redis, TlsFiles)> {
+        let binary = crate::tool("redis-server", "the shared location store tests")?;
+        let openssl = crate::tool("openssl", "the shared location store tests over TLS")?;
+        std::fs::create_dir_all(dir).expect("redis directory");
+        let run = |args: &[&str]| {
+            let status = Command::new(&openssl)
+                .args(args)
+                .current_dir(dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("run openssl");
+            assert!(status.success(), "openssl {args:?} failed");
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=switchboard test CA",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n")
+            .expect("write san.ext");
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        let mut redis = Redis {
+            daemon: None,
+            binary,
+            dir: dir.to_path_buf(),
+            port: crate::free_port(),
+            fsync: "always",
+            password: Some(password.to_owned()),
+            tls: true,
+        };
+        redis.restart();
+        let files = TlsFiles {
+            ca: dir.join("ca.crt"),
+        };
+        Some((redis, files))
     }
 
     /// CPU time it used so far (user and system).
@@ -58,9 +147,15 @@ impl Redis {
             .map_or(Duration::ZERO, Daemon::cpu_time)
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>` (`rediss://:PASSWORD@…` for a TLS one).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        let auth = self
+            .password
+            .as_ref()
+            .map(|p| format!(":{p}@"))
+            .unwrap_or_default();
+        format!("{scheme}://{auth}127.0.0.1:{}", self.port)
     }
 
     /// Starts it again on the same port (after [`Redis::kill`]) with what
@@ -68,8 +163,26 @@ impl Redis {
     pub fn restart(&mut self) {
         std::fs::create_dir_all(&self.dir).expect("redis directory");
         let mut command = Command::new(&self.binary);
+        let port = self.port.to_string();
+        if self.tls {
+            command
+                .args(["--port", "0", "--tls-port", &port])
+                .args([
+                    "--tls-cert-file",
+                    "server.crt",
+                    "--tls-key-file",
+                    "server.key",
+                ])
+                .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"]);
+        } else {
+            command.args(["--port", &port]);
+        }
+        if let Some(password) = &self.password {
+            command.args(["--requirepass", password]);
+        }
         command
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .current_dir(&self.dir)
+            .args(["--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(&self.dir)
             // The append-only file (tests: every write on disk before its
@@ -82,7 +195,11 @@ impl Redis {
             .arg(self.dir.join("redis.log"));
         let mut daemon = Daemon::spawn("redis-server", &mut command);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.answers() {
+        // Its log (appended to across restarts) says when it is ready: the
+        // count of those lines goes up by one.
+        let ready = |log: &str| log.matches("Ready to accept connections").count();
+        let before = ready(&self.log());
+        while ready(&self.log()) <= before {
             if let Some(status) = daemon.exited() {
                 panic!("redis-server exited at start ({status}):\n{}", self.log());
             }
@@ -94,18 +211,6 @@ impl Redis {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.daemon = Some(daemon);
-    }
-
-    /// Whether it answers PING.
-    pub fn answers(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut reply = [0u8; 7];
-        stream.write_all(b"PING\r\n").is_ok()
-            && stream.read_exact(&mut reply).is_ok()
-            && &reply == b"+PONG\r\n"
     }
 
     /// Kills it (SIGKILL): clients see their connections reset.
