@@ -24,10 +24,10 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::{Client, Connection};
+use redis::Connection;
 
 use crate::b2bua::shared::{SharedCall, SharedCallUpdate};
-use crate::registrar::SharedLocation;
+use crate::registrar::{RedisTarget, SharedLocation};
 
 /// How often a node looks for lost nodes.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -80,7 +80,7 @@ pub struct Cluster {
 impl Cluster {
     /// Starts the thread: updates from `updates`, lost calls to `reaper`.
     pub fn start(
-        client: Client,
+        target: RedisTarget,
         config: ClusterConfig,
         updates: Receiver<SharedCallUpdate>,
         reaper: Reaper,
@@ -92,7 +92,7 @@ impl Cluster {
             .name("cluster".to_owned())
             .spawn(move || {
                 let mut member = Member {
-                    client,
+                    target,
                     config,
                     connection: None,
                     pending: Vec::new(),
@@ -119,7 +119,7 @@ impl Drop for Cluster {
 }
 
 struct Member {
-    client: Client,
+    target: RedisTarget,
     config: ClusterConfig,
     connection: Option<Connection>,
     pending: Vec<SharedCallUpdate>,
@@ -190,11 +190,7 @@ impl Member {
 
     fn connection(&mut self) -> redis::RedisResult<&mut Connection> {
         if self.connection.is_none() {
-            let connection = self
-                .client
-                .get_connection_with_timeout(crate::registrar::REDIS_TIMEOUT)?;
-            connection.set_read_timeout(Some(crate::registrar::REDIS_TIMEOUT))?;
-            connection.set_write_timeout(Some(crate::registrar::REDIS_TIMEOUT))?;
+            let connection = self.target.connect()?;
             self.connection = Some(connection);
             self.down = false;
         }

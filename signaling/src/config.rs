@@ -499,8 +499,11 @@ pub struct Config {
     /// `--data-dir` (one server). `redis://[user:password@]host[:port][/db]`
     /// (or `rediss://` for TLS, `redis+unix:///path`): a Redis (or Valkey)
     /// server shared by several signaling servers, each keeping a cache
-    /// that follows the others' changes. Credentials may come from the
-    /// environment instead of the command line.
+    /// that follows the others' changes.
+    /// `redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]`:
+    /// the master the Redis Sentinels name (a failover is followed).
+    /// Credentials may come from the environment instead of the command
+    /// line.
     #[arg(
         long,
         env = "SWITCHBOARD_LOCATION_STORE",
@@ -919,9 +922,17 @@ impl Config {
         )
     }
 
-    /// The Redis client of `--location-store` (no connection made yet),
-    /// with its TLS files read.
-    pub fn location_client(&self, url: &str) -> Result<redis::Client, ConfigError> {
+    /// Where `--location-store` is (no connection made yet): one server
+    /// with its TLS files read, or Sentinels.
+    pub fn location_client(&self, url: &str) -> Result<crate::registrar::RedisTarget, ConfigError> {
+        if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+            return sentinel_target(rest);
+        }
+        self.location_server(url)
+            .map(|client| crate::registrar::RedisTarget::Server(Box::new(client)))
+    }
+
+    fn location_server(&self, url: &str) -> Result<redis::Client, ConfigError> {
         // The URL may hold a password: errors name the problem, not the URL.
         let not_a_url = |error: redis::RedisError| {
             ConfigError::invalid(
@@ -1056,6 +1067,67 @@ impl Config {
             grace: Duration::from_secs(self.rtpmanager_lost_grace),
         }
     }
+}
+
+/// `redis+sentinel://[[user]:password@]host:port[,host:port…]/service[/db]`
+/// (after the scheme): the Sentinels to ask, the master's name, and the
+/// credentials and database of the master.
+fn sentinel_target(rest: &str) -> Result<crate::registrar::RedisTarget, ConfigError> {
+    let invalid = |reason: &str| {
+        ConfigError::invalid(
+            "location-store",
+            format!("{reason} (redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db])"),
+        )
+    };
+    let (credentials, rest) = match rest.rsplit_once('@') {
+        Some((credentials, rest)) => (Some(credentials), rest),
+        None => (None, rest),
+    };
+    let (hosts, path) = rest
+        .split_once('/')
+        .ok_or_else(|| invalid("no service name"))?;
+    let (service, db) = match path.split_once('/') {
+        Some((service, db)) => (
+            service,
+            db.parse::<i64>()
+                .map_err(|_| invalid("the database is not a number"))?,
+        ),
+        None => (path, 0),
+    };
+    if service.is_empty() {
+        return Err(invalid("no service name"));
+    }
+    let sentinels: Vec<String> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("redis://{h}"))
+        .collect();
+    if sentinels.is_empty() {
+        return Err(invalid("no Sentinel address"));
+    }
+    let mut master = redis::RedisConnectionInfo::default().set_db(db);
+    if let Some(credentials) = credentials {
+        let (user, password) = credentials.split_once(':').unwrap_or(("", credentials));
+        if !user.is_empty() {
+            master = master.set_username(user);
+        }
+        if !password.is_empty() {
+            master = master.set_password(password);
+        }
+    }
+    let node =
+        redis::sentinel::SentinelNodeConnectionInfo::default().set_redis_connection_info(master);
+    let client = redis::sentinel::SentinelClient::build(
+        sentinels.clone(),
+        service,
+        Some(node),
+        redis::sentinel::SentinelServerType::Master,
+    )
+    .map_err(|error| invalid(&format!("Sentinel addresses: {}", error.category())))?;
+    Ok(crate::registrar::RedisTarget::Sentinel {
+        client: std::sync::Arc::new(std::sync::Mutex::new(client)),
+        address: format!("sentinel {hosts} {service}"),
+    })
 }
 
 /// Longest node id: it prefixes every media call id.

@@ -17,9 +17,7 @@ use crate::config::{manager_id, AuthOption, Config, DEFAULT_DIALPLAN, RESERVED_F
 use crate::dialplan::Dialplan;
 use crate::events::EventBus;
 use crate::metrics::{CallCounts, Metrics};
-use crate::registrar::{
-    display_address, Follower, Keys, RedisStore, Registrar, SharedLocation, Store,
-};
+use crate::registrar::{Follower, Keys, RedisStore, RedisTarget, Registrar, SharedLocation, Store};
 use crate::rtpmanager_moves::Migrations;
 use axum::serve::Listener;
 
@@ -150,7 +148,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     lost_after: Duration::from_secs(config.node_lost_after),
                 },
                 updates,
-                shared.client.clone(),
+                shared.target.clone(),
                 link.clone(),
             ));
         }
@@ -488,21 +486,21 @@ fn build_core(config: &Config) -> anyhow::Result<(Uas, Option<SharedStore>)> {
             (Box::new(store), records, None)
         }
         Some(url) => {
-            let client = config.location_client(url)?;
+            let target = config.location_client(url)?;
             let keys = Keys::new(&config.location_key_prefix);
             let state = Arc::new(SharedLocation::new(
                 config.node_id(),
-                display_address(&client),
+                target.address(),
                 Duration::from_secs(config.location_stale_after),
             ));
             tracing::info!(store = %state.address, node = %state.node, "registrations shared through Redis");
             let (store, records) =
-                RedisStore::open(client.clone(), keys.clone(), Arc::clone(&state));
+                RedisStore::open(target.clone(), keys.clone(), Arc::clone(&state));
             (
                 Box::new(store),
                 records,
                 Some(SharedStore {
-                    client,
+                    target,
                     keys,
                     state,
                     edge_secret: secret.clone(),
@@ -563,7 +561,7 @@ fn reaper(link: MediaLink, core: CoreHandle, pool: ManagerPool) -> crate::cluste
 /// A location store shared with other nodes: what its follower and the
 /// node's edge role need.
 struct SharedStore {
-    client: redis::Client,
+    target: RedisTarget,
     keys: Keys,
     state: Arc<SharedLocation>,
     /// Keys the flow tokens in the Paths this node records: the nonce
@@ -574,7 +572,7 @@ struct SharedStore {
 impl SharedStore {
     /// Follows other nodes' changes into the core.
     fn follow(self, core: CoreHandle) -> anyhow::Result<Follower> {
-        Follower::start(self.client, self.keys, self.state, move |update| {
+        Follower::start(self.target, self.keys, self.state, move |update| {
             core.location(update)
         })
         .context("starting the location follower thread")

@@ -632,3 +632,88 @@ fn registrations_are_shared_over_tls_with_a_password() {
         "nothing stored by the refused nodes"
     );
 }
+
+/// With Redis watched by a Sentinel (`redis+sentinel://`), the nodes reach
+/// the master the Sentinel names; when the master dies and the Sentinel
+/// promotes its replica, REGISTER works again on the new master and the
+/// other node sees both the binding made before and the one made after.
+#[test]
+fn with_sentinel_the_nodes_follow_a_failover_to_the_replica() {
+    use switchboard_testkit::redis::{cli, Redis, Sentinel};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Some(mut master) = Redis::start(&dir.path().join("master")) else {
+        return;
+    };
+    let replica = Redis::start_replica_of(&dir.path().join("replica"), &master).expect("a replica");
+    let Some(sentinel) = Sentinel::start(&dir.path().join("sentinel"), &master, "sb", 1) else {
+        return;
+    };
+    let url = format!("redis+sentinel://127.0.0.1:{}/sb", sentinel.port);
+    let start = |name: &str| {
+        Server::start(
+            &dir.path().join(name),
+            &[
+                "--auth",
+                "anonymous",
+                "--location-store",
+                &url,
+                "--node-id",
+                name,
+            ],
+        )
+    };
+    let (node1, node2) = (start("node-1"), start("node-2"));
+    assert_eq!(
+        health(&node1)["location_store"]["address"],
+        format!("sentinel 127.0.0.1:{} sb", sentinel.port)
+    );
+    let phone = UdpPeer::new();
+    let sip = node1.sip_addr();
+    let response = phone.request(sip, register_text("1001", phone.port(), sip, 1).as_bytes());
+    assert_eq!(status(&response), 200, "{response}");
+    wait_until(&node2, "node 2 listing 1001", |s| {
+        registrations(s).len() == 1
+    });
+    // On the replica before the master goes.
+    let key = "switchboard:location:1001@127.0.0.1";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cli(replica.port, &["EXISTS", key]).trim() != "1" {
+        assert!(Instant::now() < deadline, "never replicated");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    master.kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut cseq = 1;
+    loop {
+        let response = phone.request(
+            sip,
+            register_text("1002", phone.port(), sip, cseq).as_bytes(),
+        );
+        if status(&response) == 200 {
+            break;
+        }
+        assert_eq!(status(&response), 503, "{response}");
+        assert!(
+            Instant::now() < deadline,
+            "REGISTER never accepted after the failover:\n{}",
+            sentinel.log()
+        );
+        cseq += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        sentinel.master_port(),
+        Some(replica.port),
+        "the replica is the master now"
+    );
+    wait_until(
+        &node2,
+        "node 2 listing 1001 and 1002 from the new master",
+        |s| {
+            let mut aors: Vec<String> = registrations(s).into_iter().map(|r| r.0).collect();
+            aors.sort();
+            aors == ["1001@127.0.0.1", "1002@127.0.0.1"]
+        },
+    );
+}

@@ -24,6 +24,8 @@ pub struct Redis {
     password: Option<String>,
     /// TLS only (no plaintext port), with the certificates in `dir`.
     tls: bool,
+    /// The master's port, for a replica.
+    replica_of: Option<u16>,
 }
 
 /// The files of a TLS Redis, made with `openssl` in its directory.
@@ -56,8 +58,36 @@ impl Redis {
             fsync,
             password: None,
             tls: false,
+            replica_of: None,
         };
         redis.restart();
+        Some(redis)
+    }
+
+    /// A replica of `master` (plain, same machine), started once the master
+    /// has it in sync.
+    pub fn start_replica_of(dir: &Path, master: &Redis) -> Option<Redis> {
+        let binary = crate::tool("redis-server", "the shared location store tests")?;
+        let mut redis = Redis {
+            daemon: None,
+            binary,
+            dir: dir.to_path_buf(),
+            port: crate::free_port(),
+            fsync: "always",
+            password: None,
+            tls: false,
+            replica_of: Some(master.port),
+        };
+        redis.restart();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cli(master.port, &["INFO", "replication"]).contains("connected_slaves:1") {
+            assert!(
+                Instant::now() < deadline,
+                "the replica never connected:\n{}",
+                redis.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         Some(redis)
     }
 
@@ -132,6 +162,7 @@ impl Redis {
             fsync: "always",
             password: Some(password.to_owned()),
             tls: true,
+            replica_of: None,
         };
         redis.restart();
         let files = TlsFiles {
@@ -180,6 +211,9 @@ impl Redis {
         if let Some(password) = &self.password {
             command.args(["--requirepass", password]);
         }
+        if let Some(master) = self.replica_of {
+            command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+        }
         command
             .current_dir(&self.dir)
             .args(["--bind", "127.0.0.1"])
@@ -223,5 +257,93 @@ impl Redis {
     /// Its log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
+    }
+}
+
+/// `redis-cli -p PORT ARGS…`: its output, empty when it failed.
+pub fn cli(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// A Redis Sentinel (`redis-server --sentinel`) watching one master, alone
+/// (quorum 1), quick to decide (the master is down after one second).
+pub struct Sentinel {
+    _daemon: Daemon,
+    dir: PathBuf,
+    /// Its loopback port.
+    pub port: u16,
+    service: String,
+}
+
+impl Sentinel {
+    /// Starts a Sentinel watching `master` as `service`, once it knows the
+    /// master's replicas.
+    pub fn start(dir: &Path, master: &Redis, service: &str, replicas: usize) -> Option<Sentinel> {
+        let binary = crate::tool("redis-server", "the shared location store tests")?;
+        crate::tool("redis-cli", "the shared location store tests")?;
+        std::fs::create_dir_all(dir).expect("sentinel directory");
+        let port = crate::free_port();
+        let config = dir.join("sentinel.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {log}\n\
+                 sentinel monitor {service} 127.0.0.1 {master} 1\n\
+                 sentinel down-after-milliseconds {service} 1000\n\
+                 sentinel failover-timeout {service} 10000\n",
+                dir = dir.display(),
+                log = dir.join("sentinel.log").display(),
+                master = master.port,
+            ),
+        )
+        .expect("write sentinel.conf");
+        let mut command = Command::new(binary);
+        command.arg(&config).arg("--sentinel");
+        let daemon = Daemon::spawn("redis-sentinel", &mut command);
+        let sentinel = Sentinel {
+            _daemon: daemon,
+            dir: dir.to_path_buf(),
+            port,
+            service: service.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while sentinel.replicas_known() < replicas {
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel never learnt the replicas:\n{}",
+                sentinel.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(sentinel)
+    }
+
+    /// Replicas it knows of the master.
+    pub fn replicas_known(&self) -> usize {
+        cli(self.port, &["SENTINEL", "replicas", &self.service])
+            .lines()
+            .filter(|line| line.trim() == "name")
+            .count()
+    }
+
+    /// The master's port as it says now.
+    pub fn master_port(&self) -> Option<u16> {
+        cli(
+            self.port,
+            &["SENTINEL", "get-master-addr-by-name", &self.service],
+        )
+        .lines()
+        .nth(1)
+        .and_then(|port| port.trim().parse().ok())
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sentinel.log")).unwrap_or_default()
     }
 }

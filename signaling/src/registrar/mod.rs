@@ -19,8 +19,8 @@ mod shared_store;
 mod store;
 
 pub use shared_store::{
-    display_address, field_updates, record_of, Announcement, Follower, Keys, LocationUpdate,
-    RedisStore, SharedLocation, Versioned, REDIS_TIMEOUT,
+    field_updates, record_of, Announcement, Follower, Keys, LocationUpdate, RedisStore,
+    RedisTarget, SharedLocation, Versioned, REDIS_TIMEOUT,
 };
 pub use store::{Store, StoreError};
 

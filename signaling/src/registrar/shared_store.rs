@@ -281,16 +281,55 @@ impl SharedLocation {
     }
 }
 
-/// The address of `client` for logs and health, without credentials.
-pub fn display_address(client: &Client) -> String {
-    client.get_connection_info().addr().to_string()
+/// Where the shared store is: one Redis server (or a virtual address in
+/// front of one), or the master a set of Sentinels names at each
+/// connection, so a Sentinel failover is followed by reconnecting.
+#[derive(Clone)]
+pub enum RedisTarget {
+    /// One server (boxed: a client is large beside the shared Sentinel).
+    Server(Box<Client>),
+    /// The master of `service` as the Sentinels say.
+    Sentinel {
+        client: Arc<std::sync::Mutex<redis::sentinel::SentinelClient>>,
+        /// `sentinel host:port,... service`, for logs and health.
+        address: String,
+    },
 }
 
-fn connect(client: &Client) -> redis::RedisResult<Connection> {
-    let connection = client.get_connection_with_timeout(REDIS_TIMEOUT)?;
-    connection.set_read_timeout(Some(REDIS_TIMEOUT))?;
-    connection.set_write_timeout(Some(REDIS_TIMEOUT))?;
-    Ok(connection)
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.address())
+    }
+}
+
+impl RedisTarget {
+    /// The address for logs and health, without credentials.
+    pub fn address(&self) -> String {
+        match self {
+            RedisTarget::Server(client) => client.get_connection_info().addr().to_string(),
+            RedisTarget::Sentinel { address, .. } => address.clone(),
+        }
+    }
+
+    /// A connection with [`REDIS_TIMEOUT`] on connecting, reading and
+    /// writing; through the Sentinels, to the master they name now.
+    pub fn connect(&self) -> redis::RedisResult<Connection> {
+        let connection = match self {
+            RedisTarget::Server(client) => client.get_connection_with_timeout(REDIS_TIMEOUT)?,
+            RedisTarget::Sentinel { client, .. } => {
+                let master = client
+                    .lock()
+                    .map_err(|_| {
+                        redis::RedisError::from(std::io::Error::other("sentinel client poisoned"))
+                    })?
+                    .get_client()?;
+                master.get_connection_with_timeout(REDIS_TIMEOUT)?
+            }
+        };
+        connection.set_read_timeout(Some(REDIS_TIMEOUT))?;
+        connection.set_write_timeout(Some(REDIS_TIMEOUT))?;
+        Ok(connection)
+    }
 }
 
 fn unix_millis(time: SystemTime) -> u64 {
@@ -340,7 +379,7 @@ pub fn load_all(
 
 /// The node's writer of binding changes to Redis (see the module).
 pub struct RedisStore {
-    client: Client,
+    target: RedisTarget,
     connection: Option<Connection>,
     keys: Keys,
     state: Arc<SharedLocation>,
@@ -369,12 +408,12 @@ impl RedisStore {
     /// store starts empty and unavailable (logged); the follower fills the
     /// cache once Redis answers.
     pub fn open(
-        client: Client,
+        target: RedisTarget,
         keys: Keys,
         state: Arc<SharedLocation>,
     ) -> (RedisStore, Vec<Record>) {
         let mut store = RedisStore {
-            client,
+            target,
             connection: None,
             keys,
             state,
@@ -402,7 +441,7 @@ impl RedisStore {
 
     fn connection(&mut self) -> redis::RedisResult<(&mut Connection, &Keys)> {
         if self.connection.is_none() {
-            let mut connection = connect(&self.client)?;
+            let mut connection = self.target.connect()?;
             // Scripts are cached by the server and called by hash; a new
             // connection may be to a restarted server that forgot them.
             self.script.load(&mut connection)?;
@@ -534,7 +573,7 @@ impl Follower {
     /// Starts following; each update goes to `deliver`, which may block
     /// (the core's queue); it returns false when the core is gone.
     pub fn start(
-        client: Client,
+        target: RedisTarget,
         keys: Keys,
         state: Arc<SharedLocation>,
         deliver: impl FnMut(LocationUpdate) -> bool + Send + 'static,
@@ -543,7 +582,7 @@ impl Follower {
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("location-follower".to_owned())
-            .spawn(move || follow(&client, &keys, &state, &flag, deliver))?;
+            .spawn(move || follow(&target, &keys, &state, &flag, deliver))?;
         Ok(Follower {
             stop,
             thread: Some(thread),
@@ -561,7 +600,7 @@ impl Drop for Follower {
 }
 
 fn follow(
-    client: &Client,
+    target: &RedisTarget,
     keys: &Keys,
     state: &SharedLocation,
     stop: &AtomicBool,
@@ -569,7 +608,7 @@ fn follow(
 ) {
     let mut lost_logged = false;
     while !stop.load(Ordering::Relaxed) {
-        match follow_once(client, keys, state, stop, &mut deliver) {
+        match follow_once(target, keys, state, stop, &mut deliver) {
             Ok(()) => return,
             Err(error) => {
                 let was_following = state.following.swap(false, Ordering::Relaxed);
@@ -599,14 +638,14 @@ fn follow(
 /// One subscription: subscribe, read everything, then apply announcements
 /// until an error (returned) or a stop (`Ok`).
 fn follow_once(
-    client: &Client,
+    target: &RedisTarget,
     keys: &Keys,
     state: &SharedLocation,
     stop: &AtomicBool,
     deliver: &mut impl FnMut(LocationUpdate) -> bool,
 ) -> redis::RedisResult<()> {
-    let mut reader = connect(client)?;
-    let mut subscriber = connect(client)?;
+    let mut reader = target.connect()?;
+    let mut subscriber = target.connect()?;
     let mut pubsub = subscriber.as_pubsub();
     pubsub.subscribe(keys.channel())?;
     // Subscribed first, read second: a change made in between is both in
