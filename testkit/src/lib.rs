@@ -94,14 +94,37 @@ fn workspace_root() -> &'static Path {
 }
 
 /// A port free for both UDP and TCP on 127.0.0.1 (a SIP server binds both).
+///
+/// Drawn from 10000-19999, below the media ranges of
+/// [`free_media_range`] and below the kernel's ephemeral ports: a port the
+/// kernel handed out as ephemeral could be given again to any socket bound
+/// to port 0 (a gRPC or Redis client, a test's RTP sender) between this
+/// call and the bind of the daemon it is meant for. That happened in CI: a
+/// SIPp callee could not bind its port ("Address already in use") and the
+/// call it was to answer timed out. Within a process no port is handed out
+/// twice before the range wraps; processes start at different places.
 pub fn free_port() -> u16 {
-    loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("an ephemeral TCP port");
-        let port = tcp.local_addr().expect("local address").port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+    const LOW: u32 = 10_000;
+    const HIGH: u32 = 20_000;
+    static NEXT: Mutex<Option<u32>> = Mutex::new(None);
+    let mut next = NEXT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut candidate =
+        next.unwrap_or_else(|| LOW + std::process::id().wrapping_mul(7919) % (HIGH - LOW));
+    for _ in 0..(HIGH - LOW) {
+        let port = candidate as u16;
+        candidate = if candidate + 1 >= HIGH {
+            LOW
+        } else {
+            candidate + 1
+        };
+        let free = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            *next = Some(candidate);
             return port;
         }
     }
+    panic!("no free port in 10000-19999 on 127.0.0.1");
 }
 
 /// Polls `done` every `every` until it holds or `limit` has passed;
