@@ -341,6 +341,36 @@ fn register_text(user: &str, port: u16, server: SocketAddr, cseq: u32) -> String
     )
 }
 
+/// Sends REGISTERs for `user` from `phone` (a new CSeq each from
+/// `first_cseq`, 300 ms apart) until one is answered 200; each other
+/// answer must be 503, and `limit` is the longest wait (then `context` is
+/// shown).
+fn register_until_accepted(
+    phone: &UdpPeer,
+    server: SocketAddr,
+    (user, first_cseq): (&str, u32),
+    limit: Duration,
+    context: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + limit;
+    for cseq in first_cseq.. {
+        let response = phone.request(
+            server,
+            register_text(user, phone.port(), server, cseq).as_bytes(),
+        );
+        if status(&response) == 200 {
+            return;
+        }
+        assert_eq!(status(&response), 503, "{response}");
+        assert!(
+            Instant::now() < deadline,
+            "REGISTER never accepted again:\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 fn invite_text(user: &str, port: u16, server: SocketAddr, call: &str) -> String {
     let sdp = format!(
         "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\n",
@@ -456,21 +486,13 @@ fn without_redis_register_is_503_lookups_end_after_the_stale_bound_and_both_node
         assert_eq!(metric(node, "switchboard_location_store_up"), Some(1.0));
     }
     // The first retry may land inside the store's one-second back-off.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut cseq = 2;
-    loop {
-        let response = other.request(
-            node1_sip,
-            register_text("1002", other.port(), node1_sip, cseq).as_bytes(),
-        );
-        if status(&response) == 200 {
-            break;
-        }
-        assert_eq!(status(&response), 503, "{response}");
-        assert!(Instant::now() < deadline, "REGISTER never accepted again");
-        cseq += 1;
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    register_until_accepted(
+        &other,
+        node1_sip,
+        ("1002", 2),
+        Duration::from_secs(5),
+        String::new,
+    );
     wait_until(&bed.nodes[1], "node 2 listing both phones", |s| {
         let mut aors: Vec<String> = registrations(s).into_iter().map(|r| r.0).collect();
         aors.sort();
@@ -679,25 +701,9 @@ fn with_sentinel_the_nodes_follow_a_failover_to_the_replica() {
     }
 
     master.kill();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut cseq = 1;
-    loop {
-        let response = phone.request(
-            sip,
-            register_text("1002", phone.port(), sip, cseq).as_bytes(),
-        );
-        if status(&response) == 200 {
-            break;
-        }
-        assert_eq!(status(&response), 503, "{response}");
-        assert!(
-            Instant::now() < deadline,
-            "REGISTER never accepted after the failover:\n{}",
-            sentinel.log()
-        );
-        cseq += 1;
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    register_until_accepted(&phone, sip, ("1002", 1), Duration::from_secs(30), || {
+        sentinel.log()
+    });
     assert_eq!(
         sentinel.master_port(),
         Some(replica.port),

@@ -49,35 +49,31 @@ impl Redis {
     }
 
     fn start_with(dir: &Path, fsync: &'static str) -> Option<Redis> {
-        let binary = crate::tool("redis-server", "the shared location store tests")?;
-        let mut redis = Redis {
-            daemon: None,
-            binary,
-            dir: dir.to_path_buf(),
-            port: crate::free_port(),
-            fsync,
-            password: None,
-            tls: false,
-            replica_of: None,
-        };
+        let mut redis = Redis::stopped(dir)?;
+        redis.fsync = fsync;
         redis.restart();
         Some(redis)
     }
 
-    /// A replica of `master` (plain, same machine), started once the master
-    /// has it in sync.
-    pub fn start_replica_of(dir: &Path, master: &Redis) -> Option<Redis> {
-        let binary = crate::tool("redis-server", "the shared location store tests")?;
-        let mut redis = Redis {
+    /// A plain Redis not started yet, on a free port, files in `dir`.
+    fn stopped(dir: &Path) -> Option<Redis> {
+        Some(Redis {
             daemon: None,
-            binary,
+            binary: crate::tool("redis-server", "the shared location store tests")?,
             dir: dir.to_path_buf(),
             port: crate::free_port(),
             fsync: "always",
             password: None,
             tls: false,
-            replica_of: Some(master.port),
-        };
+            replica_of: None,
+        })
+    }
+
+    /// A replica of `master` (plain, same machine), started once the master
+    /// has it in sync.
+    pub fn start_replica_of(dir: &Path, master: &Redis) -> Option<Redis> {
+        let mut redis = Redis::stopped(dir)?;
+        redis.replica_of = Some(master.port);
         redis.restart();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !cli(master.port, &["INFO", "replication"]).contains("connected_slaves:1") {
@@ -95,7 +91,7 @@ impl Redis {
     /// with `openssl`) and asking for `password`: what a deployment across
     /// hosts runs. The URL is `rediss://:PASSWORD@127.0.0.1:PORT`.
     pub fn start_tls(dir: &Path, password: &str) -> Option<(Redis, TlsFiles)> {
-        let binary = crate::tool("redis-server", "the shared location store tests")?;
+        let mut redis = Redis::stopped(dir)?;
         let openssl = crate::tool("openssl", "the shared location store tests over TLS")?;
         std::fs::create_dir_all(dir).expect("redis directory");
         let run = |args: &[&str]| {
@@ -154,16 +150,8 @@ impl Redis {
             "-extfile",
             "san.ext",
         ]);
-        let mut redis = Redis {
-            daemon: None,
-            binary,
-            dir: dir.to_path_buf(),
-            port: crate::free_port(),
-            fsync: "always",
-            password: Some(password.to_owned()),
-            tls: true,
-            replica_of: None,
-        };
+        redis.password = Some(password.to_owned());
+        redis.tls = true;
         redis.restart();
         let files = TlsFiles {
             ca: dir.join("ca.crt"),

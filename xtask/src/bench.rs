@@ -43,7 +43,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -687,19 +687,40 @@ pub(crate) fn manager_healthy(rest_port: u16) -> bool {
     response.contains("\"health\":\"healthy\"")
 }
 
-/// `sip-calls --nodes N`: N signaling servers sharing a Redis of the run's
-/// own and one manager; a SIPp caller per server at rate / N, all at once,
-/// towards one SIPp callee. Each server's row, then their sum (times of
-/// every call together; CPU summed over the servers).
-fn sip_calls_nodes(args: &SipCallsArgs) -> anyhow::Result<()> {
+/// The SIPp callee of the call benchmarks (answers every INVITE on
+/// `port`, its media to the discard port), given half a second to bind.
+fn start_callee(sipp: &Path, scenarios: &Path, work: &Path, port: u16) -> anyhow::Result<Daemon> {
+    let callee_dir = work.join("callee");
+    std::fs::create_dir_all(&callee_dir)?;
+    let mut command = sipp::command(sipp, &scenarios.join("b2bua_uas.xml"), port, &callee_dir);
+    command.args(["-key", "rtp_b", "9", "-timeout", "600s"]);
+    let callee = spawn("the SIPp callee", &mut command, false)?;
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(callee)
+}
+
+/// What every call benchmark starts with: SIPp, the release daemons
+/// built, the workspace, its SIPp scenarios and a fresh work directory
+/// `switchboard-bench-NAME-PID` in the temporary directory.
+fn call_bench_setup(name: &str) -> anyhow::Result<(PathBuf, PathBuf, PathBuf, PathBuf)> {
     let Some(sipp) = util::find_on_path("sipp") else {
         bail!("sipp is not installed (cargo xtask setup installs the sip-tester package)");
     };
     build_release_daemons()?;
     let root = workspace_root();
     let scenarios = root.join("signaling/tests/sipp");
-    let work = std::env::temp_dir().join(format!("switchboard-bench-nodes-{}", std::process::id()));
+    let work =
+        std::env::temp_dir().join(format!("switchboard-bench-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    Ok((sipp, root, scenarios, work))
+}
+
+/// `sip-calls --nodes N`: N signaling servers sharing a Redis of the run's
+/// own and one manager; a SIPp caller per server at rate / N, all at once,
+/// towards one SIPp callee. Each server's row, then their sum (times of
+/// every call together; CPU summed over the servers).
+fn sip_calls_nodes(args: &SipCallsArgs) -> anyhow::Result<()> {
+    let (sipp, root, scenarios, work) = call_bench_setup("nodes")?;
     let Some(redis) =
         switchboard_testkit::redis::Redis::start_with_fsync_every_second(&work.join("redis"))
     else {
@@ -745,17 +766,7 @@ fn sip_calls_nodes(args: &SipCallsArgs) -> anyhow::Result<()> {
         }
         nodes.push(node);
     }
-    let callee_dir = work.join("callee");
-    std::fs::create_dir_all(&callee_dir)?;
-    let mut command = sipp::command(
-        &sipp,
-        &scenarios.join("b2bua_uas.xml"),
-        callee_port,
-        &callee_dir,
-    );
-    command.args(["-key", "rtp_b", "9", "-timeout", "600s"]);
-    let callee = spawn("the SIPp callee", &mut command, false)?;
-    std::thread::sleep(Duration::from_millis(500));
+    let callee = start_callee(&sipp, &scenarios, &work, callee_port)?;
 
     let scenario = scenarios.join("b2bua_uac.xml");
     let mut sums = Vec::new();
@@ -838,14 +849,7 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
     if args.nodes > 1 {
         return sip_calls_nodes(args);
     }
-    let Some(sipp) = util::find_on_path("sipp") else {
-        bail!("sipp is not installed (cargo xtask setup installs the sip-tester package)");
-    };
-    build_release_daemons()?;
-    let root = workspace_root();
-    let scenarios = root.join("signaling/tests/sipp");
-    let work = std::env::temp_dir().join(format!("switchboard-bench-calls-{}", std::process::id()));
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let (sipp, root, scenarios, work) = call_bench_setup("calls")?;
 
     let (manager, grpc) = start_manager(&root.join("target/release/switchboard-rtpmanager"), &[])?;
     let callee_port = free_port();
@@ -883,17 +887,7 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
         bail!("switchboard-signaling did not report the manager healthy within 20 s");
     }
 
-    let callee_dir = work.join("callee");
-    std::fs::create_dir_all(&callee_dir)?;
-    let mut command = sipp::command(
-        &sipp,
-        &scenarios.join("b2bua_uas.xml"),
-        callee_port,
-        &callee_dir,
-    );
-    command.args(["-key", "rtp_b", "9", "-timeout", "600s"]);
-    let callee = spawn("the SIPp callee", &mut command, false)?;
-    std::thread::sleep(Duration::from_millis(500));
+    let callee = start_callee(&sipp, &scenarios, &work, callee_port)?;
 
     // Without, with, and without again: the daemons run through all three,
     // so the last run shows what the order alone does to the figures.
