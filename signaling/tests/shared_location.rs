@@ -209,18 +209,26 @@ fn a_phone_registered_through_one_node_is_called_through_another() {
 /// to node 1, so only node 1's datagrams reach it, and its Contact names
 /// a private address nobody can reach. Node 2 can only call it through
 /// node 1's flow.
-#[test]
-fn a_phone_behind_nat_registered_through_node_1_is_reached_through_its_path() {
-    let Some(bed) = bed(2, &["--auth", "anonymous"]) else {
-        return;
-    };
+struct NatCall {
+    phone: UdpPeer,
+    /// The INVITE as the phone got it (through node 1).
+    invite: String,
+    caller: std::process::Child,
+}
+
+const PRIVATE_CONTACT: &str = "10.255.0.7:5060";
+
+/// The NAT phone registers through node 1, a SIPp caller (`scenario`)
+/// dials it through node 2; the phone answers and gets the ACK, RTP flows
+/// both ways through the manager.
+fn answered_nat_call(bed: &Bed, scenario: &str, caller_args: &[&str]) -> NatCall {
     let (node1, node2) = (&bed.nodes[0], &bed.nodes[1]);
+    let private = PRIVATE_CONTACT;
     let phone = UdpPeer::new();
     phone
         .socket
         .connect(node1.sip_addr())
         .expect("connect to node 1");
-    let private = "10.255.0.7:5060";
     let register = register_text("1001", phone.port(), node1.sip_addr(), 1).replace(
         &format!("Contact: <sip:1001@127.0.0.1:{}>", phone.port()),
         &format!("Contact: <sip:1001@{private}>"),
@@ -239,21 +247,21 @@ fn a_phone_behind_nat_registered_through_node_1_is_reached_through_its_path() {
     let (a, rtp_a) = media_socket();
     let (b, rtp_b) = media_socket();
     let node2_sip = node2.sip_addr().to_string();
-    let caller = common::sipp::start(
-        bed.data.path(),
-        "b2bua_uac.xml",
-        free_port(),
-        1,
-        &[
-            "-s", "1001", "-key", "rtp_a", &rtp_a, "-d", "2000", &node2_sip,
-        ],
-    );
+    let mut args = vec!["-s", "1001", "-key", "rtp_a", &rtp_a];
+    args.extend_from_slice(caller_args);
+    args.push(&node2_sip);
+    let caller = common::sipp::start(bed.data.path(), scenario, free_port(), 1, &args);
     let invite = phone
         .recv(Duration::from_secs(10))
         .expect("the INVITE, through node 1");
     assert!(
         invite.starts_with(&format!("INVITE sip:1001@{private} SIP/2.0\r\n")),
         "{invite}"
+    );
+    assert_eq!(
+        common::headers(&invite, "Record-Route").len(),
+        1,
+        "node 1 record-routes: {invite}"
     );
     let answer = |code: &str, sdp: &str| {
         let mut text = format!("SIP/2.0 {code}\r\n");
@@ -284,11 +292,6 @@ fn a_phone_behind_nat_registered_through_node_1_is_reached_through_its_path() {
         }
         text
     };
-    assert_eq!(
-        common::headers(&invite, "Record-Route").len(),
-        1,
-        "node 1 record-routes: {invite}"
-    );
     phone.send(node1.sip_addr(), answer("180 Ringing", "").as_bytes());
     let sdp = format!(
         "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_b} RTP/AVP 0\r\n"
@@ -302,13 +305,27 @@ fn a_phone_behind_nat_registered_through_node_1_is_reached_through_its_path() {
         "{ack}"
     );
     rtp_both_ways(&bed.manager, &a, &b);
+    NatCall {
+        phone,
+        invite,
+        caller,
+    }
+}
+
+#[test]
+fn a_phone_behind_nat_registered_through_node_1_is_reached_through_its_path() {
+    let Some(bed) = bed(2, &["--auth", "anonymous"]) else {
+        return;
+    };
+    let call = answered_nat_call(&bed, "b2bua_uac.xml", &["-d", "1000"]);
     // The caller hangs up; the BYE's Request-URI is the private Contact:
     // only node 1's flow reaches the phone.
-    let bye = phone
+    let bye = call
+        .phone
         .recv(Duration::from_secs(10))
         .expect("the BYE, through node 1");
     assert!(
-        bye.starts_with(&format!("BYE sip:1001@{private} SIP/2.0")),
+        bye.starts_with(&format!("BYE sip:1001@{PRIVATE_CONTACT} SIP/2.0")),
         "{bye}"
     );
     let mut ok = "SIP/2.0 200 OK\r\n".to_owned();
@@ -322,8 +339,60 @@ fn a_phone_behind_nat_registered_through_node_1_is_reached_through_its_path() {
         ));
     }
     ok.push_str("Content-Length: 0\r\n\r\n");
-    phone.send(node1.sip_addr(), ok.as_bytes());
-    common::sipp::finish(bed.data.path(), "caller", caller, || node2.log());
+    call.phone.send(bed.nodes[0].sip_addr(), ok.as_bytes());
+    common::sipp::finish(bed.data.path(), "caller", call.caller, || {
+        bed.nodes[1].log()
+    });
+}
+
+/// The NAT phone hangs up: its BYE follows its route set (node 1's
+/// Record-Route with the flow token) to node 1, which, seeing it come from
+/// the token's own flow, routes it on to node 2 (the Request-URI); node 2's
+/// 200 comes back the same way and the caller gets its BYE.
+#[test]
+fn a_phone_behind_nat_hangs_up_through_the_node_holding_its_flow() {
+    let Some(bed) = bed(2, &["--auth", "anonymous"]) else {
+        return;
+    };
+    let call = answered_nat_call(&bed, "b2bua_uac_wait_bye.xml", &[]);
+    let invite = &call.invite;
+    let target = header(invite, "Contact")
+        .expect("the B2BUA's Contact")
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .expect("a URI")
+        .to_owned();
+    let route = header(invite, "Record-Route").expect("node 1's Record-Route");
+    let bye = format!(
+        "BYE {target} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-natbye;rport\r\n\
+         Route: {route}\r\n\
+         Max-Forwards: 70\r\n\
+         From: {to};tag=natphone\r\n\
+         To: {from}\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 1 BYE\r\n\
+         Content-Length: 0\r\n\r\n",
+        port = call.phone.port(),
+        to = header(invite, "To").expect("To"),
+        from = header(invite, "From").expect("From"),
+        call_id = header(invite, "Call-ID").expect("Call-ID"),
+    );
+    let answer = call.phone.request(bed.nodes[0].sip_addr(), bye.as_bytes());
+    assert_eq!(status(&answer), 200, "{answer}");
+    assert_eq!(
+        common::headers(&answer, "Via").len(),
+        1,
+        "node 1 took its own Via off: {answer}"
+    );
+    common::sipp::finish(bed.data.path(), "caller", call.caller, || {
+        bed.nodes[1].log()
+    });
+    wait_until(&bed.nodes[0], "node 1 routing the phone's BYE on", |s| {
+        s.log()
+            .contains("request forwarded on a phone's flow (edge) method=BYE")
+    });
 }
 
 fn register_text(user: &str, port: u16, server: SocketAddr, cseq: u32) -> String {
