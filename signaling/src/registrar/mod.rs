@@ -735,7 +735,9 @@ impl Registrar {
             .unwrap_or_default()
     }
 
-    fn contacts(&self, aor: &Aor, now: SystemTime) -> Vec<RegisteredContact> {
+    /// The bindings of `aor` as a 200 to a REGISTER lists them (§10.3
+    /// step 8), best first.
+    pub fn contacts(&self, aor: &Aor, now: SystemTime) -> Vec<RegisteredContact> {
         self.sorted(aor, now)
             .into_iter()
             .map(|b| RegisteredContact {

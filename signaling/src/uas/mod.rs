@@ -474,6 +474,11 @@ struct LocationCache {
 }
 
 impl LocationCache {
+    /// Whether the registrar is a cache of a shared store.
+    fn is_shared(&self) -> bool {
+        self.stale_after.is_some()
+    }
+
     fn trusted(&self, now: Instant) -> bool {
         match (self.stale_after, self.lost_at) {
             (Some(bound), Some(lost_at)) => now.saturating_duration_since(lost_at) <= bound,

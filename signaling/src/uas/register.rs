@@ -8,8 +8,8 @@ use serde::Serialize;
 use crate::auth::Authenticated;
 use crate::events::Event;
 use crate::registrar::{
-    Aor, Binding, Change, ContactInput, Decision, Persist, RegisterRequest, Registered, Source,
-    Transport, Q,
+    Aor, Binding, Change, ContactInput, Decision, Persist, RegisterRequest, Registered,
+    RegisteredContact, Source, Transport, Q,
 };
 use crate::transaction::TransactionKey;
 use crate::transport::Flow;
@@ -257,6 +257,7 @@ impl Uas {
                         persist,
                         events,
                         headers,
+                        aor: registered.aor.clone(),
                     });
                     return;
                 }
@@ -317,9 +318,18 @@ impl Uas {
         }
         match synced {
             Ok(()) => {
-                for entry in settled {
+                let shared = self.location.is_shared();
+                for mut entry in settled {
                     for event in entry.events {
                         self.wire.observe(Observation::Registration(event));
+                    }
+                    if shared {
+                        // What the store holds now (adopted at the commit):
+                        // another node's contact for the same user too.
+                        let mut headers =
+                            contact_lines(&self.registrar.contacts(&entry.aor, now.wall));
+                        headers.extend(entry.headers.into_iter().filter(|(n, _)| n != "Contact"));
+                        entry.headers = headers;
                     }
                     self.reply(
                         now,
@@ -399,12 +409,29 @@ pub(super) struct Uncommitted {
     events: Vec<Event>,
     /// The 200's Contact and Path headers.
     headers: Vec<(String, String)>,
+    /// Whose bindings the 200 lists: with a shared store they are listed
+    /// again after the commit, other nodes' contacts included.
+    aor: Aor,
 }
 
 /// The 200's headers: every current Contact with its expiry, then the Path.
 fn contact_headers(registered: &Registered, own_path: bool) -> Vec<(String, String)> {
-    let mut headers: Vec<(String, String)> = registered
-        .contacts
+    let mut headers = contact_lines(&registered.contacts);
+    // RFC 3327 §5.3: the Path received is echoed; this node's own entry
+    // (it is the edge of the phone's flow) is not something the phone sent.
+    headers.extend(
+        registered
+            .path
+            .iter()
+            .skip(usize::from(own_path))
+            .map(|p| ("Path".to_owned(), p.clone())),
+    );
+    headers
+}
+
+/// One Contact header per binding, with its expiry, q, instance, reg-id.
+fn contact_lines(contacts: &[RegisteredContact]) -> Vec<(String, String)> {
+    contacts
         .iter()
         .map(|c| {
             let mut value = format!("<{}>;expires={}", c.uri, c.expires);
@@ -419,17 +446,7 @@ fn contact_headers(registered: &Registered, own_path: bool) -> Vec<(String, Stri
             }
             ("Contact".to_owned(), value)
         })
-        .collect();
-    // RFC 3327 §5.3: the Path received is echoed; this node's own entry
-    // (it is the edge of the phone's flow) is not something the phone sent.
-    headers.extend(
-        registered
-            .path
-            .iter()
-            .skip(usize::from(own_path))
-            .map(|p| ("Path".to_owned(), p.clone())),
-    );
-    headers
+        .collect()
 }
 
 /// The events of a stored change to the bindings of `aor`.

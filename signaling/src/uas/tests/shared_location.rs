@@ -21,6 +21,9 @@ struct SharedState {
     committed: VecDeque<Versioned>,
     version: u64,
     unreachable: bool,
+    /// Bindings another node stored for the same address-of-record: the
+    /// store holds them beside each change this node commits.
+    others: Vec<Binding>,
 }
 
 impl SharedDouble {
@@ -35,6 +38,10 @@ impl SharedDouble {
 
     fn unreachable(&self, unreachable: bool) {
         self.lock().unreachable = unreachable;
+    }
+
+    fn also_holds(&self, binding: Binding) {
+        self.lock().others.push(binding);
     }
 }
 
@@ -53,9 +60,10 @@ impl BindingStore for SharedDouble {
                 reason: "Connection refused".to_owned(),
             });
         }
-        for record in pending {
+        for mut record in pending {
             state.version += 1;
             let version = state.version;
+            record.bindings.extend(state.others.iter().cloned());
             state.committed.push_back(Versioned { record, version });
         }
         Ok(())
@@ -265,5 +273,47 @@ fn a_store_out_of_reach_answers_register_503_with_retry_after_and_binds_nothing(
     assert_eq!(
         contacts(&uas, later, "alice"),
         ["sip:alice@192.0.2.10:5062"]
+    );
+}
+
+#[test]
+fn the_200_lists_what_the_store_holds_after_the_commit_other_nodes_contacts_included() {
+    let store = SharedDouble::default();
+    let now = Now::current();
+    let mut uas = shared_core(&store, now);
+    // Alice's desk phone registered through node 2 an instant ago; this
+    // node has not heard of it yet, the store has.
+    let desk = record("alice", "sip:alice@192.0.2.40", now)
+        .bindings
+        .remove(0);
+    store.also_holds(desk);
+    uas.handle_inbound(now, register("a", "c1", 1, "sip:alice@192.0.2.10:5062"));
+    commit(&mut uas, now);
+    let out = sent(&mut uas);
+    assert_eq!(status_of(&out[0].1), "200", "{out:?}");
+    let listed = out[0]
+        .1
+        .lines()
+        .filter(|l| l.starts_with("Contact:"))
+        .count();
+    assert_eq!(listed, 2, "both phones of alice: {}", out[0].1);
+    assert!(
+        out[0]
+            .1
+            .contains("Contact: <sip:alice@192.0.2.40>;expires=600\r\n"),
+        "{}",
+        out[0].1
+    );
+    assert!(
+        out[0]
+            .1
+            .contains("Contact: <sip:alice@192.0.2.10:5062>;expires=600\r\n"),
+        "{}",
+        out[0].1
+    );
+    assert_eq!(
+        contacts(&uas, now, "alice").len(),
+        2,
+        "and the cache has both"
     );
 }
