@@ -11,12 +11,16 @@
 //!   fsync). Each address-of-record is one hash, one field per binding, so
 //!   two nodes changing different contacts of one user never overwrite
 //!   each other; the key expires with its last binding. A Lua script
-//!   applies one change atomically, drops fields that expired and
-//!   publishes the address-of-record on the location channel.
+//!   applies one change atomically, drops fields that expired, stamps the
+//!   hash with the next value of the deployment's change counter (its
+//!   version) and publishes the address-of-record on the location channel;
+//!   what it returns (the bindings now held) the node adopts.
 //! - [`Follower`], a thread per node subscribed to that channel: it reads
 //!   the changed hash and hands it to the core, and after every
 //!   (re)connection it reads every address-of-record again, so a node
-//!   that missed messages while cut off ends with Redis's view.
+//!   that missed messages while cut off ends with Redis's view. The core
+//!   keeps the newest version of each address-of-record it has seen, so a
+//!   read overtaken by a newer change never undoes it.
 //!
 //! While the follower is cut off, the cache still answers lookups for
 //! [`SharedLocation::stale_after`]; past that they find nobody (the call is
