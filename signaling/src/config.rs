@@ -1437,6 +1437,95 @@ mod tests {
     }
 
     #[test]
+    fn location_store_urls_are_checked_at_start_and_never_echo_a_password() {
+        let c = load(&[]).expect("defaults");
+        assert_eq!(c.location_store, None, "a single box keeps its journal");
+        assert_eq!(c.registrar().node, None);
+        let c = load(&[
+            "--location-store",
+            "redis://:pw@192.0.2.20:6379/2",
+            "--node-id",
+            "sig-1",
+        ])
+        .expect("a Redis URL");
+        assert_eq!(
+            c.registrar().node.as_deref(),
+            Some("sig-1"),
+            "bindings name the node"
+        );
+        let target = c
+            .location_client("redis://:pw@192.0.2.20:6379/2")
+            .expect("a client");
+        assert_eq!(target.address(), "192.0.2.20:6379");
+        let c = load(&[
+            "--location-store",
+            "redis+sentinel://:pw@192.0.2.21:26379,192.0.2.22:26379/mymaster/1",
+        ])
+        .expect("Sentinels");
+        let target = c
+            .location_client(c.location_store.as_deref().expect("set"))
+            .expect("a Sentinel client");
+        assert_eq!(
+            target.address(),
+            "sentinel 192.0.2.21:26379,192.0.2.22:26379 mymaster"
+        );
+        for (bad, why) in [
+            ("http://192.0.2.20", "not a Redis URL"),
+            ("redis+sentinel://192.0.2.21:26379", "no service name"),
+            ("redis+sentinel://192.0.2.21:26379/", "no service name"),
+            ("redis+sentinel:///mymaster", "no Sentinel address"),
+            (
+                "redis+sentinel://:secret-pw@192.0.2.21:26379/m/x",
+                "not a number",
+            ),
+        ] {
+            let err = load(&["--location-store", bad]).expect_err(bad);
+            let text = err.to_string();
+            assert!(
+                text.contains("--location-store") && text.contains(why),
+                "{bad}: {text}"
+            );
+            assert!(
+                !text.contains("secret-pw"),
+                "the password stays out: {text}"
+            );
+        }
+        // TLS files want rediss:// and come as a pair; a missing file is
+        // named with its option.
+        let err = load(&[
+            "--location-store",
+            "redis://192.0.2.20",
+            "--location-store-ca",
+            "/x",
+        ])
+        .expect_err("CA without TLS");
+        assert!(err.to_string().contains("rediss://"), "{err}");
+        let err = load(&[
+            "--location-store",
+            "rediss://192.0.2.20",
+            "--location-store-cert",
+            "/x.pem",
+        ])
+        .expect_err("a certificate without its key");
+        assert!(err.to_string().contains("go together"), "{err}");
+        let err = load(&[
+            "--location-store",
+            "rediss://192.0.2.20",
+            "--location-store-ca",
+            "/nonexistent/ca.pem",
+        ])
+        .expect_err("a CA file that is not there");
+        let text = err.to_string();
+        assert!(
+            text.contains("--location-store-ca") && text.contains("/nonexistent/ca.pem"),
+            "{text}"
+        );
+        let err = load(&["--location-store", "redis://x", "--node-lost-after", "1"])
+            .expect_err("too quick to declare a node lost");
+        assert!(err.to_string().contains("--node-lost-after"), "{err}");
+    }
+
+    #[test]
     fn limit_options_are_checked() {
         let err = load(&["--tcp-max-connections-per-source", "0"]).expect_err("zero share");
         assert!(

@@ -576,6 +576,44 @@ mod tests {
         assert!(window.samples.len() <= 62, "{}", window.samples.len());
     }
 
+    /// The exposition of `metrics` as a scrape would see it.
+    fn scrape(metrics: &Metrics) -> String {
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        text
+    }
+
+    #[test]
+    fn location_store_figures_appear_only_with_a_shared_store_and_follow_its_state() {
+        let metrics = Metrics::new(Instant::now());
+        assert!(
+            !scrape(&metrics).contains("switchboard_location"),
+            "a single box has none"
+        );
+        let state = Arc::new(SharedLocation::new(
+            "sig-1".to_owned(),
+            "192.0.2.20:6379".to_owned(),
+            Duration::from_secs(30),
+        ));
+        metrics.set_location(Arc::clone(&state));
+        state.note_error();
+        state.note_error();
+        let text = scrape(&metrics);
+        for line in [
+            "switchboard_location_store_up 0\n",
+            "switchboard_location_following 0\n",
+            "switchboard_location_store_errors_total 2\n",
+            "switchboard_location_commits_total 0\n",
+            "switchboard_location_updates_received_total 0\n",
+            "# TYPE switchboard_location_store_errors counter\n",
+            "# TYPE switchboard_location_store_up gauge\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+    }
+
     #[test]
     fn a_status_outside_200_to_699_is_counted_at_the_nearest_end() {
         let counts = StatusCounts::new();
