@@ -163,6 +163,12 @@ impl Member {
                     }
                 }
             }
+            if stopping {
+                // Leaving: no heartbeat or reaping now (with Redis gone each
+                // would wait a timeout and a second).
+                self.leave();
+                return;
+            }
             if !self.pending.is_empty() {
                 if let Err(error) = self.write_pending() {
                     self.failed("writing shared call state", &error);
@@ -180,10 +186,6 @@ impl Member {
                 if let Err(error) = self.check_members() {
                     self.failed("looking for lost nodes", &error);
                 }
-            }
-            if stopping {
-                self.leave();
-                return;
             }
         }
     }
@@ -334,11 +336,12 @@ impl Member {
     }
 
     /// A clean stop: what is queued is written (the shutdown ended every
-    /// call), then the node leaves.
+    /// call), then the node leaves; with Redis out of reach, one attempt.
     fn leave(&mut self) {
         if !self.pending.is_empty() {
             if let Err(error) = self.write_pending() {
-                tracing::warn!(%error, "cluster: last call state updates not written");
+                tracing::warn!(%error, "cluster: last call state updates not written; a restart under this node id ends what they concerned");
+                return;
             }
         }
         let (node_key, members, node) = (
