@@ -699,6 +699,19 @@ fn start_callee(sipp: &Path, scenarios: &Path, work: &Path, port: u16) -> anyhow
     Ok(callee)
 }
 
+/// Signaling options of every call load: anonymous calls, and neither the
+/// per-source rate limit nor the per-source concurrent-call limit (the
+/// SIPp peers are one source: the limits would cap the bench, not measure
+/// it).
+pub(crate) const CALL_LOAD_OPTIONS: [&str; 6] = [
+    "--auth",
+    "anonymous",
+    "--source-rate-limit",
+    "0",
+    "--max-calls-per-source",
+    "0",
+];
+
 /// What every call benchmark starts with: SIPp, the release daemons
 /// built, the workspace, its SIPp scenarios and a fresh work directory
 /// `switchboard-bench-NAME-PID` in the temporary directory.
@@ -739,25 +752,16 @@ fn sip_calls_nodes(args: &SipCallsArgs) -> anyhow::Result<()> {
         let node_work = work.join(format!("node-{n}"));
         std::fs::create_dir_all(&node_work)?;
         let id = format!("bench-{n}");
-        let node = start_signaling_binary(
-            &binary,
-            &node_work,
-            &grpc,
-            &[
-                "--auth",
-                "anonymous",
-                "--source-rate-limit",
-                "0",
-                "--max-calls-per-source",
-                "0",
-                "--dialplan",
-                &plan,
-                "--location-store",
-                &url,
-                "--node-id",
-                &id,
-            ],
-        )?;
+        let mut options = CALL_LOAD_OPTIONS.to_vec();
+        options.extend([
+            "--dialplan",
+            &plan,
+            "--location-store",
+            &url,
+            "--node-id",
+            &id,
+        ]);
+        let node = start_signaling_binary(&binary, &node_work, &grpc, &options)?;
         let rest_port = node.rest_port;
         if !wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
             manager_healthy(rest_port)
@@ -858,27 +862,10 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
         .signaling
         .clone()
         .unwrap_or_else(|| root.join("target/release/switchboard-signaling"));
-    let signaling = start_signaling_binary(
-        &binary,
-        &work,
-        &grpc,
-        &[
-            "--auth",
-            "anonymous",
-            // Both SIPp peers are one source: the per-source rate limit and
-            // the per-source concurrent-call limit would cap the bench, not
-            // measure it.
-            "--source-rate-limit",
-            "0",
-            "--max-calls-per-source",
-            "0",
-            // The REGISTER load beside --sse-clients binds ten contacts each.
-            "--max-contacts",
-            "20",
-            "--dialplan",
-            &plan,
-        ],
-    )?;
+    let mut options = CALL_LOAD_OPTIONS.to_vec();
+    // The REGISTER load beside --sse-clients binds ten contacts each.
+    options.extend(["--max-contacts", "20", "--dialplan", &plan]);
+    let signaling = start_signaling_binary(&binary, &work, &grpc, &options)?;
     let (sip_port, rest_port) = (signaling.sip_port, signaling.rest_port);
     let healthy = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
         manager_healthy(rest_port)

@@ -297,28 +297,20 @@ pub fn failover(args: &FailoverArgs) -> anyhow::Result<()> {
         args.grace.to_string(),
         args.batch.to_string(),
     );
-    let signaling = start_signaling(
-        &work,
-        &list,
-        &[
-            "--auth",
-            "anonymous",
-            "--source-rate-limit",
-            "0",
-            "--max-calls-per-source",
-            "0",
-            "--rtpmanager-health-interval",
-            &interval,
-            "--rtpmanager-failures",
-            "2",
-            "--rtpmanager-lost-grace",
-            &grace,
-            "--rtpmanager-migrate-batch",
-            &batch,
-            "--dialplan",
-            &plan,
-        ],
-    )?;
+    let mut options = crate::bench::CALL_LOAD_OPTIONS.to_vec();
+    options.extend([
+        "--rtpmanager-health-interval",
+        &interval,
+        "--rtpmanager-failures",
+        "2",
+        "--rtpmanager-lost-grace",
+        &grace,
+        "--rtpmanager-migrate-batch",
+        &batch,
+        "--dialplan",
+        &plan,
+    ]);
+    let signaling = start_signaling(&work, &list, &options)?;
     let (sip_port, rest_port) = (signaling.sip_port, signaling.rest_port);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
