@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::manager::{free_media_range, runtime, start_manager_at, Manager};
+use common::manager::{free_media_range, legs, runtime, start_manager_at, Manager};
 use common::sipp::{media_socket, rtp};
 use common::{free_port, Server};
 use switchboard_proto::v1;
@@ -183,22 +183,6 @@ impl ThreeManagers {
         assert_eq!(calls.len(), count, "calls on m{}: {calls:?}", i + 1);
         calls
     }
-}
-
-/// The manager's (leg a, leg b) media addresses of a bridged call.
-pub fn legs(call: &v1::CallSummary) -> Option<(SocketAddr, SocketAddr)> {
-    let leg = |id: &str| {
-        call.legs
-            .iter()
-            .find(|l| l.leg_id == id && !l.bridged_to.is_empty())
-            .map(|l| {
-                SocketAddr::new(
-                    l.local_address.parse().expect("an address"),
-                    u16::try_from(l.rtp_port).expect("a port"),
-                )
-            })
-    };
-    Some((leg("a")?, leg("b")?))
 }
 
 /// One RTP packet per call each way through its legs: sent from `a` to

@@ -120,43 +120,31 @@ impl Manager {
 }
 
 /// The manager's (leg a, leg b) media addresses of the only bridged call,
-/// once the B2BUA has set it up.
+/// once the B2BUA has set it up (10 s at most).
 pub fn bridged_legs(manager: &Manager) -> (String, SocketAddr, SocketAddr) {
-    runtime().block_on(async {
-        let mut client = RtpManagerClient::connect(format!("http://{}", manager.grpc))
-            .await
-            .expect("connect to the manager");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let calls = client
-                .list_calls(v1::ListCallsRequest {})
-                .await
-                .expect("ListCalls")
-                .into_inner()
-                .calls;
-            if let Some(call) = calls.first() {
-                let leg = |id: &str| {
-                    call.legs
-                        .iter()
-                        .find(|l| l.leg_id == id && !l.bridged_to.is_empty())
-                        .map(|l| {
-                            SocketAddr::new(
-                                l.local_address.parse().expect("an address"),
-                                u16::try_from(l.rtp_port).expect("a port"),
-                            )
-                        })
-                };
-                if let (Some(a), Some(b)) = (leg("a"), leg("b")) {
-                    return (call.call_id.clone(), a, b);
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no bridged call on the manager: {calls:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
+    let calls = manager.wait_calls(Duration::from_secs(10), |calls| {
+        calls.first().and_then(legs).is_some()
+    });
+    match calls.first().and_then(|call| Some((call, legs(call)?))) {
+        Some((call, (a, b))) => (call.call_id.clone(), a, b),
+        None => panic!("no bridged call on the manager: {calls:?}"),
+    }
+}
+
+/// The manager's (leg a, leg b) media addresses of a bridged call.
+pub fn legs(call: &v1::CallSummary) -> Option<(SocketAddr, SocketAddr)> {
+    let leg = |id: &str| {
+        call.legs
+            .iter()
+            .find(|l| l.leg_id == id && !l.bridged_to.is_empty())
+            .map(|l| {
+                SocketAddr::new(
+                    l.local_address.parse().expect("an address"),
+                    u16::try_from(l.rtp_port).expect("a port"),
+                )
+            })
+    };
+    Some((leg("a")?, leg("b")?))
 }
 
 /// Sends RTP from each side to the manager and checks the other side gets
