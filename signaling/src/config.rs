@@ -112,6 +112,28 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_SIP_ADVERTISE")]
     pub advertise: Option<String>,
 
+    /// SIP over TLS (RFC 3261 §26.2): this server's certificate chain (PEM,
+    /// leaf first). With --tls-key, TLS is served on --tls-port and
+    /// `sips:` and `transport=tls` targets can be dialled. Read again on
+    /// SIGHUP: new connections get the renewed certificate.
+    #[arg(long, env = "SWITCHBOARD_SIP_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "SWITCHBOARD_SIP_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Port of SIP over TLS, on --bind-address.
+    #[arg(long, env = "SWITCHBOARD_SIP_TLS_PORT", default_value_t = 5061)]
+    pub tls_port: u16,
+
+    /// PEM file of the certificate authorities that servers reached over
+    /// TLS (trunks, `sips:` targets) must chain to, instead of the
+    /// system's roots. A server's certificate must name the address
+    /// dialled in a subjectAltName.
+    #[arg(long, env = "SWITCHBOARD_SIP_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
     /// RTP managers' gRPC endpoints, comma-separated: `host:port`,
     /// `http://host:port`, `https://host:port`, or any of them as
     /// `id=endpoint` to give the manager the id the REST API names it by
@@ -595,6 +617,36 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "tls-cert",
+                    "needs --tls-key (the certificate's private key)",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "tls-key",
+                    "needs --tls-cert (the certificate it belongs to)",
+                ))
+            }
+            (None, None) if self.tls_ca.is_some() => {
+                return Err(ConfigError::invalid(
+                    "tls-ca",
+                    "TLS is off: it needs --tls-cert and --tls-key",
+                ))
+            }
+            _ => {}
+        }
+        if self.tls_cert.is_some() && self.tls_port == self.port && self.port != 0 {
+            return Err(ConfigError::invalid(
+                "tls-port",
+                format!(
+                    "{} is also --port (UDP and TCP); TLS needs a port of its own",
+                    self.tls_port
+                ),
+            ));
+        }
         if self.rtpmanagers.is_empty() {
             return Err(ConfigError::invalid(
                 "rtpmanager",
@@ -1020,6 +1072,18 @@ impl Config {
         CallLimits {
             per_user: (self.max_calls_per_user > 0).then_some(self.max_calls_per_user),
             per_source: (self.max_calls_per_source > 0).then_some(self.max_calls_per_source),
+        }
+    }
+
+    /// The TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::transport::tls::TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::transport::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: self.tls_ca.clone(),
+            }),
+            _ => None,
         }
     }
 
@@ -1620,6 +1684,55 @@ mod tests {
             Ok("http://127.0.0.1:9090"),
             "an explicit http:// stays plaintext"
         );
+    }
+
+    #[test]
+    fn sip_tls_options_come_as_a_pair_on_a_port_of_their_own() {
+        let c = load(&[]).expect("defaults are valid");
+        assert_eq!(
+            (c.tls_files(), c.tls_port),
+            (None, 5061),
+            "TLS off by default"
+        );
+        let c = load(&[
+            "--tls-cert",
+            "s.crt",
+            "--tls-key",
+            "s.key",
+            "--tls-ca",
+            "ca.pem",
+        ])
+        .expect("a pair");
+        let files = c.tls_files().expect("TLS on");
+        assert_eq!(
+            (
+                files.cert.to_str(),
+                files.key.to_str(),
+                files.ca.as_deref().and_then(|p| p.to_str())
+            ),
+            (Some("s.crt"), Some("s.key"), Some("ca.pem"))
+        );
+        for (args, expected) in [
+            (&["--tls-cert", "s.crt"][..], "--tls-cert: needs --tls-key"),
+            (&["--tls-key", "s.key"][..], "--tls-key: needs --tls-cert"),
+            (&["--tls-ca", "ca.pem"][..], "--tls-ca: TLS is off"),
+            (
+                &[
+                    "--tls-cert",
+                    "s.crt",
+                    "--tls-key",
+                    "s.key",
+                    "--port",
+                    "5070",
+                    "--tls-port",
+                    "5070",
+                ][..],
+                "--tls-port: 5070 is also --port",
+            ),
+        ] {
+            let err = load(args).expect_err(expected).to_string();
+            assert!(err.contains(expected), "{args:?}: {err}");
+        }
     }
 
     #[test]

@@ -28,7 +28,8 @@ use crate::rest::{app, load_tokens, ApiAccess, ApiState, CappedListener, Tokens}
 use crate::rtpmanager_client::ClientAccess;
 use crate::rtpmanager_pool::ManagerPool;
 use crate::transport::limits::{ConnectionLimits, TransportStats};
-use crate::transport::{TransportConfig, Transports, TCP_BUFFER_BUDGET};
+use crate::transport::tls::Tls;
+use crate::transport::{Advertised, TransportConfig, Transports, TCP_BUFFER_BUDGET};
 use crate::uas::driver::{CoreHandle, CoreQueue, QueueLimits};
 use crate::uas::edge::Edge;
 use crate::uas::{BindingStore, Now, Uas, UasConfig};
@@ -85,12 +86,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             source_rate: config.source_rate_limit,
             source_rate_exempt: config.source_rate_exempt(),
             tcp_buffer_budget: TCP_BUFFER_BUDGET,
+            tls: match config.tls_files() {
+                Some(files) => Some((
+                    SocketAddr::new(config.bind_address, config.tls_port),
+                    Tls::load(files).context("SIP over TLS")?,
+                )),
+                None => None,
+            },
         },
         queue.sink(),
         Arc::clone(&stats),
     )
     .await
-    .context("SIP transports (--bind-address/--port)")?;
+    .context("SIP transports (--bind-address/--port/--tls-port)")?;
+    if let Some(tls) = transports.tls() {
+        tracing::info!(
+            address = %transports.tls_local_addr().map_or_else(String::new, |a| a.to_string()),
+            cert = %tls.files().cert.display(),
+            "SIP over TLS"
+        );
+        spawn_tls_reload_on_sighup(tls.clone());
+    }
     let cdr = match &config.cdr_file {
         Some(path) => {
             let (writer, sink, control) = CdrWriter::start(path, cdr::QUEUE)
@@ -125,7 +141,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(node_id = owner.node(), "media calls named after this node");
         let b2bua = B2bua::new(
             B2buaConfig {
-                local: advertised(&config, transports.local_addr().port()),
+                local: Advertised {
+                    tls_port: transports.tls_local_addr().map(|a| a.port()),
+                    ..advertised(&config, transports.local_addr().port())
+                },
                 timers: config.timers(),
                 seed,
                 identity: config.identity_policy(),
@@ -196,7 +215,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // core has stopped and the last records are written.
     let cdr_writer = cdr.map(|(writer, _)| writer);
     if let Some(shared) = &shared_location {
-        let local = advertised(&config, transports.local_addr().port());
+        let local = advertised(&config, transports.local_addr().port()).to_string();
         tracing::info!(path = %local, "phones registering here get this node in their Path");
         uas.set_edge(Edge::new(local, &shared.edge_secret));
     }
@@ -595,9 +614,9 @@ fn load_dialplan(config: &Config) -> anyhow::Result<Option<Arc<Dialplan>>> {
     Ok(Some(Arc::new(plan)))
 }
 
-/// Our `host:port` for Via and Contact: `--advertise`, else the bind
-/// address (127.0.0.1 when bound to all addresses).
-fn advertised(config: &Config, port: u16) -> String {
+/// Our host and UDP/TCP port for Via and Contact: `--advertise`, else
+/// the bind address (127.0.0.1 when bound to all addresses).
+fn advertised(config: &Config, port: u16) -> Advertised {
     let host = match &config.advertise {
         Some(host) => host.clone(),
         None if config.bind_address.is_unspecified() => "127.0.0.1".to_owned(),
@@ -606,11 +625,41 @@ fn advertised(config: &Config, port: u16) -> String {
             std::net::IpAddr::V4(v4) => v4.to_string(),
         },
     };
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]:{port}")
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
     } else {
-        format!("{host}:{port}")
+        host
+    };
+    Advertised {
+        host,
+        port,
+        tls_port: None,
     }
+}
+
+/// Reads the TLS certificate and key again on every SIGHUP; a pair that
+/// does not load leaves the one in force and says why.
+fn spawn_tls_reload_on_sighup(tls: Tls) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGHUP; the TLS certificate will not be reloaded");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => {
+                    tracing::info!(cert = %tls.files().cert.display(), "SIGHUP: TLS certificate reloaded; new connections get it")
+                }
+                Err(error) => {
+                    tracing::error!(%error, "SIGHUP: TLS certificate not reloaded; the previous one stays")
+                }
+            }
+        }
+    });
 }
 
 /// SIGHUP reopens the CDR file by its path (after logrotate renamed it).

@@ -12,6 +12,7 @@
 //! workspace's feature unification and so rebuild the daemons. The few
 //! system calls (setns, kill) are declared here directly.
 
+pub mod certs;
 pub mod daemon;
 pub mod netns;
 pub mod redis;

@@ -92,69 +92,12 @@ impl Redis {
     /// hosts runs. The URL is `rediss://:PASSWORD@127.0.0.1:PORT`.
     pub fn start_tls(dir: &Path, password: &str) -> Option<(Redis, TlsFiles)> {
         let mut redis = Redis::stopped(dir)?;
-        let openssl = crate::tool("openssl", "the shared location store tests over TLS")?;
-        std::fs::create_dir_all(dir).expect("redis directory");
-        let run = |args: &[&str]| {
-            let status = Command::new(&openssl)
-                .args(args)
-                .current_dir(dir)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .expect("run openssl");
-            assert!(status.success(), "openssl {args:?} failed");
-        };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=switchboard test CA",
-        ]);
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ]);
-        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n")
-            .expect("write san.ext");
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-        ]);
+        let certificates = crate::certs::make(dir, "", "the shared location store tests over TLS")?;
         redis.password = Some(password.to_owned());
         redis.tls = true;
         redis.restart();
         let files = TlsFiles {
-            ca: dir.join("ca.crt"),
+            ca: certificates.ca,
         };
         Some((redis, files))
     }

@@ -3,15 +3,15 @@
 //! topology leaks across (RFC 3261 §8.1.1, §12.2.1.1).
 
 use crate::sip::{Branch, CallId, Header, Method, NameAddr, SipMessage, Tag};
-use crate::transport::Destination;
+use crate::transport::{Advertised, Destination};
 
 /// A request to build.
 pub(crate) struct Outgoing<'a> {
     pub(crate) method: &'a Method,
     /// The Request-URI.
     pub(crate) uri: &'a str,
-    /// Our sent-by (`host:port`).
-    pub(crate) local: &'a str,
+    /// How we name ourselves (sent-by and Contact per transport).
+    pub(crate) local: &'a Advertised,
     pub(crate) branch: &'a Branch,
     pub(crate) destination: Destination,
     /// From and To header values, tags included.
@@ -30,21 +30,9 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) body: Option<(&'a str, &'a [u8])>,
 }
 
-/// The Via transport token for a destination.
-pub(crate) fn via_transport(destination: &Destination) -> &'static str {
-    match destination {
-        Destination::Udp(_) => "UDP",
-        Destination::Tcp { .. } => "TCP",
-    }
-}
-
-/// Our Contact URI, with `transport=tcp` for TCP peers (they must come back
-/// over a stream).
-pub(crate) fn contact_uri(local: &str, destination: &Destination) -> String {
-    match destination {
-        Destination::Udp(_) => format!("sip:sb@{local}"),
-        Destination::Tcp { .. } => format!("sip:sb@{local};transport=tcp"),
-    }
+/// Our Contact URI, with the transport a peer must come back over.
+pub(crate) fn contact_uri(local: &Advertised, destination: &Destination) -> String {
+    local.contact_uri("sb", destination)
 }
 
 /// The request as a message: its value and its octets, written once.
@@ -62,8 +50,8 @@ pub(crate) fn request(out: &Outgoing<'_>) -> Option<SipMessage> {
         "Via",
         format!(
             "SIP/2.0/{} {};branch={};rport",
-            via_transport(&out.destination),
-            out.local,
+            out.destination.transport(),
+            out.local.sent_by(&out.destination),
             out.branch
         ),
     );

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use super::build::{self, contact_of, sdp_of, with_tag, Outgoing};
 use super::session_timer::{allows_update, supports_timer, SessionExpires, DEFAULT_SE, MIN_SE};
 use super::*;
-use crate::transport::uri_destination;
+use crate::transport::{uri_destination, Advertised};
 use crate::uas::edge::path_route;
 
 impl B2bua {
@@ -984,7 +984,7 @@ fn q_millis(contact: &NameAddr) -> u16 {
 /// The contacts a dial target reaches now.
 fn expand(
     target: &Target,
-    local: &str,
+    local: &Advertised,
     local_host: &str,
     domain: &str,
     sip: &SipActions<'_>,
@@ -1003,6 +1003,10 @@ fn expand(
                 .map(|b| {
                     let flow = match b.source.transport {
                         crate::registrar::Transport::Udp => Destination::Udp(b.source.addr),
+                        crate::registrar::Transport::Tls => Destination::Tls {
+                            remote: b.source.addr,
+                            connection: None,
+                        },
                         _ => Destination::Tcp {
                             remote: b.source.addr,
                             connection: None,
@@ -1011,7 +1015,7 @@ fn expand(
                     // RFC 3327: the Path recorded at registration is the
                     // route; through the node holding the phone's flow
                     // when it registered at another node.
-                    let (route, destination) = path_route(&b.path, local, flow);
+                    let (route, destination) = path_route(&b.path, &local.to_string(), flow);
                     Contact {
                         uri: b.contact.clone(),
                         to: format!("<sip:{user}@{local_host}>"),

@@ -123,7 +123,7 @@ use crate::dialplan::{Action, CallVars, Dialplan, Ring, Target};
 use crate::sip::{self, CallId, Method, NameAddr, SipMessage, Tag, Uri};
 use crate::transaction::{TimerConfig, TransactionKey};
 use crate::transport::limits::Source;
-use crate::transport::Destination;
+use crate::transport::{Advertised, Destination};
 use crate::uas::{CallEvent, CallHandler, Now, SipActions};
 
 use build::{contact_of, contact_uri, with_tag, Outgoing};
@@ -151,8 +151,8 @@ pub enum Shutdown {
 /// Settings of the B2BUA.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct B2buaConfig {
-    /// Our `host:port` for Via, Contact and the From of callee legs.
-    pub local: String,
+    /// How we name ourselves in Via, Contact and the From of callee legs.
+    pub local: Advertised,
     /// SIP timers (T1, T2 for 2xx retransmission, 64·T1 for giving up).
     pub timers: TimerConfig,
     /// Seeds Call-IDs, tags and branches so that two processes never
@@ -687,10 +687,7 @@ impl B2bua {
     }
 
     fn local_host(&self) -> &str {
-        match self.config.local.rsplit_once(':') {
-            Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
-            _ => &self.config.local,
-        }
+        &self.config.local.host
     }
 
     fn media(&mut self, key: CallKey, purpose: Purpose, op: MediaOp) {
@@ -1461,7 +1458,7 @@ fn call_id_of(calls: &BTreeMap<CallKey, Call>, key: CallKey) -> String {
 }
 
 /// Contact and Allow for our 18x/2xx on `leg`.
-fn leg_headers(local: &str, call: &Call, leg: CallLeg) -> Vec<(String, String)> {
+fn leg_headers(local: &Advertised, call: &Call, leg: CallLeg) -> Vec<(String, String)> {
     let destination = call
         .dialog(leg)
         .map_or(call.a.destination, |d| d.destination);
@@ -1542,7 +1539,11 @@ fn send(
     }
 }
 
-fn send_cancel(local: &str, sent: &SentInvite, sip: &mut SipActions<'_>) -> Option<TransactionKey> {
+fn send_cancel(
+    local: &Advertised,
+    sent: &SentInvite,
+    sip: &mut SipActions<'_>,
+) -> Option<TransactionKey> {
     let from = with_tag(&sent.from, Some(&sent.from_tag));
     let to = with_tag(&sent.to, None);
     let request = build::request(&Outgoing {

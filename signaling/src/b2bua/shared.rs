@@ -106,6 +106,7 @@ impl SharedDialog {
         let (transport, address) = match dialog.destination {
             Destination::Udp(remote) => ("udp", remote),
             Destination::Tcp { remote, .. } => ("tcp", remote),
+            Destination::Tls { remote, .. } => ("tls", remote),
         };
         SharedDialog {
             call_id: dialog.call_id.as_str().to_owned(),
@@ -126,6 +127,10 @@ impl SharedDialog {
     pub(super) fn dialog(&self) -> Option<Dialog> {
         let destination = match self.transport.as_str() {
             "tcp" => Destination::Tcp {
+                remote: self.address,
+                connection: None,
+            },
+            "tls" => Destination::Tls {
                 remote: self.address,
                 connection: None,
             },

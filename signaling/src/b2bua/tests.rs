@@ -19,7 +19,6 @@ mod observations;
 const CALLER: &str = "192.0.2.1:5060";
 const BOB: &str = "192.0.2.2:5060";
 const CAROL: &str = "192.0.2.3:5060";
-const LOCAL: &str = "192.0.2.100:5060";
 const CALLER_SDP: &str = "v=0\r\no=alice 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
 const CALLEE_SDP: &str = "v=0\r\no=bob 1 1 IN IP4 192.0.2.2\r\ns=-\r\nc=IN IP4 192.0.2.2\r\nt=0 0\r\nm=audio 50000 RTP/AVP 0\r\n";
 
@@ -108,6 +107,8 @@ struct Harness {
     now: Now,
     manager: Manager,
     sent: VecDeque<(SocketAddr, SipMessage)>,
+    /// Where each message in `sent` went, as the core asked.
+    destinations: Vec<(crate::transport::Destination, SipMessage)>,
     branch: u32,
 }
 
@@ -191,7 +192,11 @@ impl Harness {
         let link = MediaLink::new();
         let b2bua = B2bua::new(
             B2buaConfig {
-                local: LOCAL.to_owned(),
+                local: crate::transport::Advertised {
+                    host: "192.0.2.100".to_owned(),
+                    port: 5060,
+                    tls_port: Some(5061),
+                },
                 timers: TimerConfig::default(),
                 seed: 42,
                 identity,
@@ -219,16 +224,22 @@ impl Harness {
             },
             manager: Manager::default(),
             sent: VecDeque::new(),
+            destinations: Vec::new(),
             branch: 0,
         }
     }
 
     /// Delivers `text` from `peer`, then lets the manager answer.
     fn from(&mut self, peer: &str, text: &str) {
+        self.over_flow(Flow::Udp { remote: addr(peer) }, text);
+    }
+
+    /// Delivers `text` over `flow`, then lets the manager answer.
+    fn over_flow(&mut self, flow: Flow, text: &str) {
         self.uas.handle_inbound(
             self.now,
             Inbound {
-                flow: Flow::Udp { remote: addr(peer) },
+                flow,
                 bytes: text.as_bytes().to_vec(),
             },
         );
@@ -390,6 +401,7 @@ impl Harness {
                     String::from_utf8_lossy(&out.bytes)
                 )
             });
+            self.destinations.push((out.destination, message.clone()));
             self.sent.push_back((out.destination.remote(), message));
         }
     }
@@ -1114,11 +1126,26 @@ fn redirect_loops_and_redirects_past_the_dials_bound_are_refused() {
 }
 
 fn register(h: &mut Harness, user: &str, source: &str, call_id: &str) {
+    register_over(
+        h,
+        user,
+        Flow::Udp {
+            remote: addr(source),
+        },
+        call_id,
+    );
+}
+
+fn register_over(h: &mut Harness, user: &str, flow: Flow, call_id: &str) {
+    let source = flow.remote().to_string();
     let branch = h.new_branch();
     let text = request(
         "REGISTER sip:example.com SIP/2.0",
         &[
-            ("Via", &format!("SIP/2.0/UDP {source};branch={branch}")),
+            (
+                "Via",
+                &format!("SIP/2.0/{} {source};branch={branch}", flow.transport()),
+            ),
             ("Max-Forwards", "70"),
             ("From", &format!("<sip:{user}@example.com>;tag=r1")),
             ("To", &format!("<sip:{user}@example.com>")),
@@ -1129,8 +1156,55 @@ fn register(h: &mut Harness, user: &str, source: &str, call_id: &str) {
         ],
         None,
     );
-    h.from(source, &text);
-    h.response_to(source, 200);
+    h.over_flow(flow, &text);
+    h.response_to(&source, 200);
+}
+
+#[test]
+fn a_phone_registered_over_tls_is_called_over_its_connection_with_our_tls_via_and_contact() {
+    let mut h = Harness::new(&dial_plan(r#"["user/${destination}"]"#, ""));
+    let connection = crate::transport::ConnectionId::for_test(7);
+    let flow = Flow::Tls {
+        remote: addr(BOB),
+        connection,
+    };
+    register_over(&mut h, "1001", flow, "reg-tls");
+    let invite = h.invite("1001", "call-tls", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    let (destination, _) = h
+        .destinations
+        .iter()
+        .rev()
+        .find(|(_, m)| m.is_request() && *m.method() == Method::Invite)
+        .expect("the INVITE's destination")
+        .clone();
+    // Over TLS to the phone (any open connection to it: the registered one).
+    assert_eq!(
+        destination,
+        crate::transport::Destination::Tls {
+            remote: addr(BOB),
+            connection: None
+        }
+    );
+    let via = to_bob.top_via();
+    assert_eq!(
+        (via.transport.to_string(), via.host.to_string(), via.port),
+        ("TLS".to_owned(), "192.0.2.100".to_owned(), Some(5061))
+    );
+    assert_eq!(
+        to_bob.contacts().first().map(|c| c.uri.to_string()),
+        Some("sip:sb@192.0.2.100:5061;transport=tls".to_owned())
+    );
+    // The answer over the same connection completes the call, and the
+    // caller (UDP) sees our UDP Contact.
+    h.over_flow(flow, &reply(&to_bob, 200, Some("bob1"), Some(CALLEE_SDP)));
+    let ok = h.response_to(CALLER, 200);
+    assert_eq!(
+        ok.contacts().first().map(|c| c.uri.to_string()),
+        Some("sip:sb@192.0.2.100:5060".to_owned())
+    );
 }
 
 #[test]

@@ -362,6 +362,7 @@ pub(crate) fn party_at(uri: &str, destination: &crate::transport::Destination) -
     let transport = match destination {
         crate::transport::Destination::Udp(_) => "udp",
         crate::transport::Destination::Tcp { .. } => "tcp",
+        crate::transport::Destination::Tls { .. } => "tls",
     };
     Party {
         uri: uri.to_owned(),

@@ -1,4 +1,5 @@
-//! SIP transports: UDP and TCP on one address and port (RFC 3261 §18).
+//! SIP transports: UDP and TCP on one address and port (RFC 3261 §18),
+//! and TLS on its own port (RFC 3261 §26.2, [`tls`]).
 //!
 //! Thin tokio drivers. Received messages go to an [`InboundSink`] as
 //! [`Inbound`] values (a whole datagram, or one message cut out of a TCP
@@ -6,11 +7,13 @@
 //! handed to [`Transports::send`] as [`Outbound`] values. Nothing here parses
 //! beyond framing: the request-handling core does that.
 //!
-//! TCP connections are keyed by [`ConnectionId`]: a response names the
+//! TCP and TLS connections (streams) are keyed by [`ConnectionId`]: a response names the
 //! connection its request came on (§18.2.2) and goes back on it while it is
 //! open, else on a connection to the same remote address, opened if needed.
-//! Requests to a TCP target reuse a connection to that address when one is
-//! open. A framing error (oversized header or body, bad Content-Length) is
+//! Requests to a TCP or TLS target reuse a connection of that transport to
+//! that address when one is open. TLS connections have the same limits,
+//! timeouts and framing as TCP ones, and count in the same connection
+//! limits. A framing error (oversized header or body, bad Content-Length) is
 //! answered when [`FrameError::status`](crate::sip::FrameError::status) says
 //! so and closes the connection, so no peer can make a connection buffer
 //! grow without bound.
@@ -26,6 +29,7 @@
 
 pub mod limits;
 mod tcp;
+pub mod tls;
 mod udp;
 
 use std::collections::HashMap;
@@ -41,6 +45,7 @@ use tokio::sync::mpsc;
 use self::limits::{
     Admission, ConnectionCount, ConnectionLimits, RateLimiter, Source, TransportStats,
 };
+use self::tls::Tls;
 use crate::auth::Cidr;
 use crate::sip::{FramingLimits, Transport};
 
@@ -67,13 +72,40 @@ pub enum TransportError {
     },
 }
 
-/// Identifies one TCP connection for the lifetime of the process.
+/// Identifies one TCP or TLS connection for the lifetime of the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnectionId(u64);
 
+#[cfg(test)]
+impl ConnectionId {
+    /// A connection id for sans-IO tests.
+    pub(crate) fn for_test(id: u64) -> ConnectionId {
+        ConnectionId(id)
+    }
+}
+
 impl fmt::Display for ConnectionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "tcp#{}", self.0)
+        write!(f, "conn#{}", self.0)
+    }
+}
+
+/// The stream transports: one implementation, TLS a layer on TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    /// Plain TCP.
+    Tcp,
+    /// TLS over TCP.
+    Tls,
+}
+
+impl Stream {
+    /// As in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Tcp => "TCP",
+            Stream::Tls => "TLS",
+        }
     }
 }
 
@@ -92,13 +124,20 @@ pub enum Flow {
         /// The connection.
         connection: ConnectionId,
     },
+    /// A message read from a TLS connection.
+    Tls {
+        /// The peer's address.
+        remote: SocketAddr,
+        /// The connection.
+        connection: ConnectionId,
+    },
 }
 
 impl Flow {
     /// The peer's address.
     pub fn remote(&self) -> SocketAddr {
         match self {
-            Flow::Udp { remote } | Flow::Tcp { remote, .. } => *remote,
+            Flow::Udp { remote } | Flow::Tcp { remote, .. } | Flow::Tls { remote, .. } => *remote,
         }
     }
 
@@ -107,14 +146,24 @@ impl Flow {
         match self {
             Flow::Udp { .. } => Transport::Udp,
             Flow::Tcp { .. } => Transport::Tcp,
+            Flow::Tls { .. } => Transport::Tls,
         }
     }
 
-    /// Where a reply on the same flow goes: the same connection for TCP.
+    /// Whether it is a stream (no retransmissions, §17.1.1.2).
+    pub fn is_reliable(&self) -> bool {
+        !matches!(self, Flow::Udp { .. })
+    }
+
+    /// Where a reply on the same flow goes: the same connection for a stream.
     pub fn reply_destination(&self) -> Destination {
         match *self {
             Flow::Udp { remote } => Destination::Udp(remote),
             Flow::Tcp { remote, connection } => Destination::Tcp {
+                remote,
+                connection: Some(connection),
+            },
+            Flow::Tls { remote, connection } => Destination::Tls {
                 remote,
                 connection: Some(connection),
             },
@@ -135,19 +184,105 @@ pub enum Destination {
         /// The connection to prefer.
         connection: Option<ConnectionId>,
     },
+    /// A TLS connection to `remote`, chosen as for [`Destination::Tcp`]; a
+    /// new one checks that the server's certificate names `remote`'s address.
+    Tls {
+        /// The peer's address.
+        remote: SocketAddr,
+        /// The connection to prefer.
+        connection: Option<ConnectionId>,
+    },
 }
 
 impl Destination {
+    /// `remote` over `transport` (as a Via or a `transport` parameter
+    /// names it), on any open connection. Only UDP, TCP and TLS are
+    /// served: another stream transport is tried as TCP (TLS for WSS), an
+    /// unknown one as UDP.
+    pub fn over(transport: &Transport, remote: SocketAddr) -> Destination {
+        match transport {
+            Transport::Udp | Transport::Other(_) => Destination::Udp(remote),
+            Transport::Tls | Transport::Wss => Destination::Tls {
+                remote,
+                connection: None,
+            },
+            _ => Destination::Tcp {
+                remote,
+                connection: None,
+            },
+        }
+    }
+
     /// The peer's address.
     pub fn remote(&self) -> SocketAddr {
         match self {
-            Destination::Udp(remote) | Destination::Tcp { remote, .. } => *remote,
+            Destination::Udp(remote)
+            | Destination::Tcp { remote, .. }
+            | Destination::Tls { remote, .. } => *remote,
         }
     }
 
     /// Whether the transport is reliable (no retransmission timers).
     pub fn is_reliable(&self) -> bool {
-        matches!(self, Destination::Tcp { .. })
+        !matches!(self, Destination::Udp(_))
+    }
+
+    /// The transport, as named in a Via.
+    pub fn transport(&self) -> Transport {
+        match self {
+            Destination::Udp(_) => Transport::Udp,
+            Destination::Tcp { .. } => Transport::Tcp,
+            Destination::Tls { .. } => Transport::Tls,
+        }
+    }
+
+    /// The `transport` URI parameter that makes a peer come back the same
+    /// way (empty for UDP, the default).
+    pub fn uri_param(&self) -> &'static str {
+        match self {
+            Destination::Udp(_) => "",
+            Destination::Tcp { .. } => ";transport=tcp",
+            Destination::Tls { .. } => ";transport=tls",
+        }
+    }
+}
+
+/// How this server names itself in Via, Contact and Record-Route: the
+/// advertised host, the UDP/TCP port and, when TLS is served, its port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advertised {
+    /// Host name or address (an IPv6 address in brackets).
+    pub host: String,
+    /// The UDP and TCP port.
+    pub port: u16,
+    /// The TLS port, when TLS is served.
+    pub tls_port: Option<u16>,
+}
+
+impl Advertised {
+    /// `host:port` for a message sent to `destination`: the TLS port for
+    /// TLS (so that a new connection to the sent-by, §18.2.2, is TLS too).
+    pub fn sent_by(&self, destination: &Destination) -> String {
+        match (destination, self.tls_port) {
+            (Destination::Tls { .. }, Some(port)) => format!("{}:{port}", self.host),
+            _ => self.to_string(),
+        }
+    }
+
+    /// Our Contact URI for a peer reached at `destination`, with the
+    /// transport it must come back over (RFC 3261 §8.1.1.8).
+    pub fn contact_uri(&self, user: &str, destination: &Destination) -> String {
+        format!(
+            "sip:{user}@{}{}",
+            self.sent_by(destination),
+            destination.uri_param()
+        )
+    }
+}
+
+impl fmt::Display for Advertised {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
     }
 }
 
@@ -197,6 +332,8 @@ pub struct TransportConfig {
     /// Octets of incomplete TCP messages held across all connections; a
     /// connection that holds some while the total is over it is closed.
     pub tcp_buffer_budget: usize,
+    /// TLS, served on its own address, when configured.
+    pub tls: Option<(SocketAddr, Tls)>,
 }
 
 /// Default [`TransportConfig::tcp_buffer_budget`]: each connection may hold
@@ -216,6 +353,8 @@ pub struct Transports {
 struct Inner {
     config: TransportConfig,
     local: SocketAddr,
+    /// The TLS listener's address, when TLS is served.
+    tls_local: Option<SocketAddr>,
     udp: Arc<UdpSocket>,
     connections: Mutex<Connections>,
     next_connection: AtomicU64,
@@ -230,7 +369,7 @@ struct Inner {
 #[derive(Default)]
 struct Connections {
     by_id: HashMap<ConnectionId, Connection>,
-    by_remote: HashMap<SocketAddr, ConnectionId>,
+    by_remote: HashMap<(Stream, SocketAddr), ConnectionId>,
     count: ConnectionCount,
 }
 
@@ -249,9 +388,10 @@ impl fmt::Debug for Transports {
 }
 
 impl Transports {
-    /// Binds UDP and TCP on `config.bind` (dual-stack when it is `::`) and
-    /// spawns their tasks on the current tokio runtime. Refusals and drops
-    /// are counted in `stats` (shared with the core's input queue).
+    /// Binds UDP and TCP on `config.bind` (dual-stack when it is `::`),
+    /// and TLS on its address when configured, and spawns their tasks on
+    /// the current tokio runtime. Refusals and drops are counted in `stats`
+    /// (shared with the core's input queue).
     pub async fn start(
         config: TransportConfig,
         sink: InboundSink,
@@ -264,12 +404,30 @@ impl Transports {
                 transport: "UDP",
                 source,
             })?;
+        let tls_listener = match &config.tls {
+            Some((addr, _)) => Some(tcp::bind(*addr, "TLS")?),
+            None => None,
+        };
+        let tls_local = match &tls_listener {
+            Some(listener) => {
+                Some(
+                    listener
+                        .local_addr()
+                        .map_err(|source| TransportError::Configure {
+                            transport: "TLS",
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
         let limiter =
             RateLimiter::new(config.source_rate).exempting(config.source_rate_exempt.clone());
         let transports = Transports {
             inner: Arc::new(Inner {
                 config,
                 local,
+                tls_local,
                 udp: Arc::new(udp),
                 connections: Mutex::new(Connections::default()),
                 next_connection: AtomicU64::new(1),
@@ -281,7 +439,10 @@ impl Transports {
             }),
         };
         tokio::spawn(udp::receive(transports.clone()));
-        tokio::spawn(tcp::accept(transports.clone(), listener));
+        tokio::spawn(tcp::accept(transports.clone(), listener, Stream::Tcp));
+        if let Some(listener) = tls_listener {
+            tokio::spawn(tcp::accept(transports.clone(), listener, Stream::Tls));
+        }
         tokio::spawn(report_losses(stats));
         Ok(transports)
     }
@@ -291,9 +452,19 @@ impl Transports {
         self.inner.local
     }
 
-    /// Number of open TCP connections.
+    /// The TLS listener's address, when TLS is served.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.inner.tls_local
+    }
+
+    /// Number of open TCP and TLS connections.
     pub fn tcp_connections(&self) -> usize {
         self.connections().by_id.len()
+    }
+
+    /// The TLS settings in force (for reloading the certificate).
+    pub fn tls(&self) -> Option<&Tls> {
+        self.inner.config.tls.as_ref().map(|(_, tls)| tls)
     }
 
     /// Sends a message without blocking. UDP sends at once; TCP queues on
@@ -304,7 +475,10 @@ impl Transports {
         match outbound.destination {
             Destination::Udp(remote) => udp::send(self, remote, &outbound.bytes),
             Destination::Tcp { remote, connection } => {
-                tcp::send(self, remote, connection, outbound.bytes);
+                tcp::send(self, Stream::Tcp, remote, connection, outbound.bytes);
+            }
+            Destination::Tls { remote, connection } => {
+                tcp::send(self, Stream::Tls, remote, connection, outbound.bytes);
             }
         }
     }
@@ -407,7 +581,7 @@ fn bind_both(bind: SocketAddr) -> Result<(UdpSocket, std::net::TcpListener), Tra
                 source,
             })?
             .port();
-        match tcp::bind(SocketAddr::new(bind.ip(), port)) {
+        match tcp::bind(SocketAddr::new(bind.ip(), port), "TCP") {
             Ok(listener) => return Ok((udp, listener)),
             // The UDP port's TCP twin was taken: try another free port.
             Err(error) => last_error = Some(error),
@@ -466,27 +640,96 @@ fn for_socket(local: SocketAddr, remote: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Where a request to a `sip:` URI goes: its host must be an IP address
-/// (no DNS yet), its port or 5060, TCP when `transport=tcp`.
+/// Where a request to a `sip:` or `sips:` URI goes: its host must be an
+/// IP address (no DNS yet); the transport is the `transport` parameter's
+/// (UDP without one), TLS for `sips:` (RFC 3261 §26.2.2: TLS on every
+/// hop, whatever the parameter says); the port is the URI's, else 5061
+/// for TLS and 5060 otherwise.
 pub fn uri_destination(uri: &crate::sip::Uri) -> Result<Destination, (u16, String)> {
-    if uri.scheme() != crate::sip::Scheme::Sip {
-        return Err((416, "Unsupported URI Scheme".to_owned()));
-    }
+    let transport = match uri.scheme() {
+        crate::sip::Scheme::Sips => Transport::Tls,
+        crate::sip::Scheme::Sip => match uri.param("transport").flatten() {
+            None => Transport::Udp,
+            Some(name) => match Transport::from_token(&name) {
+                transport @ (Transport::Udp | Transport::Tcp | Transport::Tls) => transport,
+                _ => return Err((503, "Service Unavailable (transport not served)".to_owned())),
+            },
+        },
+        _ => return Err((416, "Unsupported URI Scheme".to_owned())),
+    };
     let ip = uri
         .host()
         .and_then(|h| h.ip())
         .ok_or((503, "Service Unavailable".to_owned()))?;
-    let remote = SocketAddr::new(ip, uri.port().unwrap_or(5060));
-    let tcp = uri
-        .param("transport")
-        .flatten()
-        .is_some_and(|t| t.eq_ignore_ascii_case("tcp"));
-    Ok(if tcp {
-        Destination::Tcp {
-            remote,
-            connection: None,
-        }
-    } else {
-        Destination::Udp(remote)
-    })
+    let remote = SocketAddr::new(ip, uri.port().unwrap_or(transport.default_port()));
+    Ok(Destination::over(&transport, remote))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::Uri;
+
+    fn destination(uri: &str) -> Result<Destination, (u16, String)> {
+        uri_destination(&Uri::parse(uri).expect("test URI"))
+    }
+
+    #[test]
+    fn a_uris_scheme_and_transport_parameter_choose_the_transport_and_default_port() {
+        let at = |text: &str| text.parse::<SocketAddr>().expect("address");
+        assert_eq!(
+            destination("sip:bob@192.0.2.2"),
+            Ok(Destination::Udp(at("192.0.2.2:5060")))
+        );
+        assert_eq!(
+            destination("sip:bob@192.0.2.2;transport=TCP"),
+            Ok(Destination::over(&Transport::Tcp, at("192.0.2.2:5060")))
+        );
+        assert_eq!(
+            destination("sip:bob@192.0.2.2;transport=tls"),
+            Ok(Destination::Tls {
+                remote: at("192.0.2.2:5061"),
+                connection: None
+            })
+        );
+        // sips: is TLS whatever the parameter says (RFC 3261 §26.2.2).
+        assert_eq!(
+            destination("sips:bob@192.0.2.2:5071;transport=tcp"),
+            Ok(Destination::over(&Transport::Tls, at("192.0.2.2:5071")))
+        );
+        assert_eq!(
+            destination("sip:bob@192.0.2.2;transport=ws").map_err(|e| e.0),
+            Err(503)
+        );
+        assert_eq!(
+            destination("sip:bob@trunk.example").map_err(|e| e.0),
+            Err(503)
+        );
+        assert_eq!(destination("tel:+15551234").map_err(|e| e.0), Err(416));
+    }
+
+    #[test]
+    fn via_and_contact_name_the_tls_port_for_tls_and_the_plain_port_otherwise() {
+        let local = Advertised {
+            host: "203.0.113.5".to_owned(),
+            port: 5060,
+            tls_port: Some(5061),
+        };
+        let remote: SocketAddr = "192.0.2.2:5061".parse().expect("address");
+        let tls = Destination::over(&Transport::Tls, remote);
+        let tcp = Destination::over(&Transport::Tcp, remote);
+        let udp = Destination::over(&Transport::Udp, remote);
+        assert_eq!(local.sent_by(&tls), "203.0.113.5:5061");
+        assert_eq!(local.sent_by(&udp), "203.0.113.5:5060");
+        assert_eq!(
+            local.contact_uri("sb", &tls),
+            "sip:sb@203.0.113.5:5061;transport=tls"
+        );
+        assert_eq!(
+            local.contact_uri("sb", &tcp),
+            "sip:sb@203.0.113.5:5060;transport=tcp"
+        );
+        assert_eq!(local.contact_uri("sb", &udp), "sip:sb@203.0.113.5:5060");
+        assert_eq!(tls.transport(), Transport::Tls);
+    }
 }

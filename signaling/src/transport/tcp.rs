@@ -1,19 +1,24 @@
-//! The TCP transport: stream framing by Content-Length (RFC 3261 §18.3),
-//! connection reuse, connection limits, idle and message timeouts.
+//! The stream transports, TCP and TLS over TCP: stream framing by
+//! Content-Length (RFC 3261 §18.3), connection reuse, connection limits,
+//! idle and message timeouts. TLS differs only in the handshake after
+//! connecting or accepting, bounded like a message, and in how octets are
+//! read (through rustls).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::limits::{Refusal, Source, TransportStats};
 use super::{
-    canonical, for_socket, socket_for, Connection, ConnectionId, Flow, Inbound, TransportError,
-    Transports, CONNECTION_QUEUE,
+    canonical, for_socket, socket_for, Connection, ConnectionId, Flow, Inbound, Stream,
+    TransportError, Transports, CONNECTION_QUEUE,
 };
 use crate::sip::{build_error_response, ParseError, StreamFramer};
 
@@ -28,12 +33,15 @@ const READ_CHUNK: usize = 16 * 1024;
 /// the failures go on.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
-pub(super) fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, TransportError> {
-    let socket = socket_for(addr, socket2::Type::STREAM, "TCP")?;
+pub(super) fn bind(
+    addr: SocketAddr,
+    transport: &'static str,
+) -> Result<std::net::TcpListener, TransportError> {
+    let socket = socket_for(addr, socket2::Type::STREAM, transport)?;
     socket
         .listen(BACKLOG)
         .map_err(|source| TransportError::Bind {
-            transport: "TCP",
+            transport,
             addr,
             source,
         })?;
@@ -44,11 +52,11 @@ pub(super) fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, TransportE
 /// limit is closed at once and counted; failed accepts are counted and
 /// retried after a growing pause (the counts are logged by the transports'
 /// periodic report, so a descriptor shortage gives no log storm).
-pub(super) async fn accept(transports: Transports, listener: std::net::TcpListener) {
+pub(super) async fn accept(transports: Transports, listener: std::net::TcpListener, kind: Stream) {
     let listener = match TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(error) => {
-            tracing::error!(%error, "cannot register the TCP listener; SIP over TCP is off");
+            tracing::error!(%error, transport = kind.name(), "cannot register the listener; SIP over it is off");
             return;
         }
     };
@@ -58,10 +66,17 @@ pub(super) async fn accept(transports: Transports, listener: std::net::TcpListen
             Ok((stream, remote)) => {
                 backoff = ACCEPT_BACKOFF.0;
                 let remote = canonical(remote);
-                match register(&transports, remote, Some(Source::of(remote.ip()))) {
+                match register(&transports, kind, remote, Some(Source::of(remote.ip()))) {
                     Ok((id, queue)) => {
-                        tracing::debug!(%remote, connection = %id, "TCP connection accepted");
-                        tokio::spawn(serve(transports.clone(), stream, remote, id, queue));
+                        tracing::debug!(%remote, connection = %id, transport = kind.name(), "connection accepted");
+                        tokio::spawn(accepted(
+                            transports.clone(),
+                            kind,
+                            stream,
+                            remote,
+                            id,
+                            queue,
+                        ));
                     }
                     Err(refusal) => {
                         let stats = transports.stats();
@@ -92,10 +107,57 @@ pub(super) async fn accept(transports: Transports, listener: std::net::TcpListen
     }
 }
 
+/// An accepted connection: TLS's handshake first (within the message
+/// timeout: a peer that connects and says nothing holds a slot no longer
+/// than one that sends half a message), then served.
+async fn accepted(
+    transports: Transports,
+    kind: Stream,
+    stream: TcpStream,
+    remote: SocketAddr,
+    id: ConnectionId,
+    queue: mpsc::Receiver<Vec<u8>>,
+) {
+    match kind {
+        Stream::Tcp => serve(transports, kind, TcpReader(stream), remote, id, queue).await,
+        Stream::Tls => {
+            let Some(tls) = transports.tls() else {
+                unregister(&transports, kind, remote, id);
+                return;
+            };
+            let acceptor = TlsAcceptor::from(tls.server());
+            let timeout = transports.inner.config.tcp_message_timeout;
+            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.get_ref().0.set_nodelay(true);
+                    serve(
+                        transports,
+                        kind,
+                        TlsReader(tokio_rustls::TlsStream::Server(stream)),
+                        remote,
+                        id,
+                        queue,
+                    )
+                    .await;
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(%remote, %error, "TLS handshake failed; connection closed");
+                    unregister(&transports, kind, remote, id);
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "TLS handshake not done in time; connection closed");
+                    unregister(&transports, kind, remote, id);
+                }
+            }
+        }
+    }
+}
+
 /// Takes a connection slot (`source` for accepted connections, `None` for
 /// ours) and enters the connection in the tables.
 fn register(
     transports: &Transports,
+    kind: Stream,
     remote: SocketAddr,
     source: Option<Source>,
 ) -> Result<(ConnectionId, mpsc::Receiver<Vec<u8>>), Refusal> {
@@ -105,24 +167,25 @@ fn register(
     let id = transports.next_connection_id();
     let (sender, queue) = mpsc::channel(CONNECTION_QUEUE);
     connections.by_id.insert(id, Connection { sender, source });
-    connections.by_remote.insert(remote, id);
+    connections.by_remote.insert((kind, remote), id);
     Ok((id, queue))
 }
 
-fn unregister(transports: &Transports, remote: SocketAddr, id: ConnectionId) {
+fn unregister(transports: &Transports, kind: Stream, remote: SocketAddr, id: ConnectionId) {
     let mut connections = transports.connections();
     if let Some(connection) = connections.by_id.remove(&id) {
         connections.count.close(connection.source);
     }
-    if connections.by_remote.get(&remote) == Some(&id) {
-        connections.by_remote.remove(&remote);
+    if connections.by_remote.get(&(kind, remote)) == Some(&id) {
+        connections.by_remote.remove(&(kind, remote));
     }
 }
 
-/// Queues `bytes` on `preferred`, else on any connection to `remote`, else
-/// on a new connection to `remote`.
+/// Queues `bytes` on `preferred`, else on any connection of this kind to
+/// `remote`, else on a new connection to `remote`.
 pub(super) fn send(
     transports: &Transports,
+    kind: Stream,
     remote: SocketAddr,
     preferred: Option<ConnectionId>,
     bytes: Vec<u8>,
@@ -130,22 +193,32 @@ pub(super) fn send(
     let connections = transports.connections();
     let id = preferred
         .filter(|id| connections.by_id.contains_key(id))
-        .or_else(|| connections.by_remote.get(&remote).copied());
+        .or_else(|| connections.by_remote.get(&(kind, remote)).copied());
     if let Some(id) = id {
         if let Some(Connection { sender, .. }) = connections.by_id.get(&id) {
             if let Err(error) = sender.try_send(bytes) {
                 // A peer that does not read its responses gets no more.
-                tracing::debug!(%remote, connection = %id, %error, "TCP queue full or closed; message dropped");
+                tracing::debug!(%remote, connection = %id, %error, "stream queue full or closed; message dropped");
             }
         }
         return;
     }
     drop(connections);
-    let (id, queue) = match register(transports, remote, None) {
+    let tls = match kind {
+        Stream::Tcp => None,
+        Stream::Tls => match transports.tls() {
+            Some(tls) => Some(TlsConnector::from(tls.client())),
+            None => {
+                tracing::warn!(%remote, "a request to a TLS target, but TLS is not configured (--tls-cert, --tls-key); message dropped");
+                return;
+            }
+        },
+    };
+    let (id, queue) = match register(transports, kind, remote, None) {
         Ok(registered) => registered,
         Err(_) => {
             TransportStats::bump(&transports.stats().tcp_refused_total);
-            tracing::debug!(%remote, "TCP connection limit reached; message dropped");
+            tracing::debug!(%remote, transport = kind.name(), "connection limit reached; message dropped");
             return;
         }
     };
@@ -161,21 +234,120 @@ pub(super) fn send(
     transports.inner.runtime.spawn(async move {
         let timeout = task.inner.config.tcp_connect_timeout;
         let target = for_socket(task.inner.local, remote);
-        match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
-            Ok(Ok(stream)) => {
-                tracing::debug!(%remote, connection = %id, "TCP connection opened");
-                serve(task, stream, remote, id, queue).await;
+        let connected = tokio::time::timeout(timeout, async {
+            let stream = TcpStream::connect(target).await?;
+            let _ = stream.set_nodelay(true);
+            match tls {
+                None => Ok(Opened::Tcp(stream)),
+                // The certificate must name the address dialled: targets
+                // are addresses until RFC 3263 resolution gives names.
+                Some(connector) => connector
+                    .connect(ServerName::IpAddress(remote.ip().into()), stream)
+                    .await
+                    .map(|stream| Opened::Tls(Box::new(stream))),
+            }
+        })
+        .await;
+        match connected {
+            Ok(Ok(opened)) => {
+                tracing::debug!(%remote, connection = %id, transport = kind.name(), "connection opened");
+                match opened {
+                    Opened::Tcp(stream) => serve(task, kind, TcpReader(stream), remote, id, queue).await,
+                    Opened::Tls(stream) => {
+                        serve(task, kind, TlsReader(tokio_rustls::TlsStream::Client(*stream)), remote, id, queue).await;
+                    }
+                }
             }
             Ok(Err(error)) => {
-                tracing::debug!(%remote, %error, "TCP connect failed; queued messages dropped");
-                unregister(&task, remote, id);
+                // A refused TLS certificate is worth seeing: a trunk's
+                // renewed certificate or a missing --tls-ca.
+                if kind == Stream::Tls && error.kind() == std::io::ErrorKind::InvalidData {
+                    tracing::warn!(%remote, %error, "TLS connection refused the server's certificate; queued messages dropped");
+                } else {
+                    tracing::debug!(%remote, %error, transport = kind.name(), "connect failed; queued messages dropped");
+                }
+                unregister(&task, kind, remote, id);
             }
             Err(_) => {
-                tracing::debug!(%remote, "TCP connect timed out; queued messages dropped");
-                unregister(&task, remote, id);
+                tracing::debug!(%remote, transport = kind.name(), "connect timed out; queued messages dropped");
+                unregister(&task, kind, remote, id);
             }
         }
     });
+}
+
+/// A connection we opened, before it is served.
+enum Opened {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// How a connection's octets are read into the framer, and how its
+/// writing half is taken.
+trait StreamIo: Sized {
+    type Reader: ReadInto;
+    type Writer: AsyncWrite + Unpin + Send;
+    fn split(self) -> (Self::Reader, Self::Writer);
+}
+
+trait ReadInto: Send {
+    /// Waits for octets and puts them in the framer.
+    fn read_into(
+        &mut self,
+        framer: &mut StreamFramer,
+    ) -> impl std::future::Future<Output = Read> + Send;
+}
+
+/// Plain TCP: reads only once the socket is readable, into a buffer on
+/// the stack for that call, so an idle connection holds no buffer.
+struct TcpReader(TcpStream);
+
+impl StreamIo for TcpReader {
+    type Reader = OwnedReadHalf;
+    type Writer = tokio::net::tcp::OwnedWriteHalf;
+    fn split(self) -> (OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf) {
+        let _ = self.0.set_nodelay(true);
+        self.0.into_split()
+    }
+}
+
+impl ReadInto for OwnedReadHalf {
+    async fn read_into(&mut self, framer: &mut StreamFramer) -> Read {
+        if self.readable().await.is_err() {
+            return Read::Failed;
+        }
+        read_ready(self, framer)
+    }
+}
+
+/// TLS: rustls holds its own record buffers per connection (about 16
+/// KiB each way) in any case; the plaintext comes through a small read.
+struct TlsReader(tokio_rustls::TlsStream<TcpStream>);
+
+/// Plaintext octets read per call on a TLS connection.
+const TLS_READ_CHUNK: usize = 4 * 1024;
+
+impl StreamIo for TlsReader {
+    type Reader = tokio::io::ReadHalf<tokio_rustls::TlsStream<TcpStream>>;
+    type Writer = tokio::io::WriteHalf<tokio_rustls::TlsStream<TcpStream>>;
+    fn split(self) -> (Self::Reader, Self::Writer) {
+        tokio::io::split(self.0)
+    }
+}
+
+impl<T: AsyncRead + Send + Unpin> ReadInto for tokio::io::ReadHalf<T> {
+    async fn read_into(&mut self, framer: &mut StreamFramer) -> Read {
+        let mut chunk = [0u8; TLS_READ_CHUNK];
+        // Cancel-safe: rustls keeps what it decrypted until it is read.
+        match self.read(&mut chunk).await {
+            Ok(0) => Read::Closed,
+            Ok(len) => {
+                framer.push(&chunk[..len]);
+                Read::Data
+            }
+            Err(_) => Read::Failed,
+        }
+    }
 }
 
 /// Reads, frames and delivers messages, writes queued ones, and closes on
@@ -185,15 +357,15 @@ pub(super) fn send(
 /// ping received, or a message sent. Octets of an incomplete message do
 /// not; once a message has begun it has `tcp_message_timeout` to complete,
 /// so a peer trickling octets cannot hold the connection.
-async fn serve(
+async fn serve<S: StreamIo>(
     transports: Transports,
-    stream: TcpStream,
+    kind: Stream,
+    stream: S,
     remote: SocketAddr,
     id: ConnectionId,
     mut queue: mpsc::Receiver<Vec<u8>>,
 ) {
-    let _ = stream.set_nodelay(true);
-    let (reader, mut writer) = stream.into_split();
+    let (mut reader, mut writer) = stream.split();
     let config = &transports.inner.config;
     let mut framer = StreamFramer::new(config.limits);
     let mut idle_deadline = Instant::now() + config.tcp_idle_timeout;
@@ -204,18 +376,15 @@ async fn serve(
     let reason = loop {
         let deadline = message_deadline.map_or(idle_deadline, |m| m.min(idle_deadline));
         tokio::select! {
-            readable = reader.readable() => {
-                if readable.is_err() {
-                    break Closed::ReadError;
-                }
-                match read_into(&reader, &mut framer) {
+            read = reader.read_into(&mut framer) => {
+                match read {
                     Read::Data => {}
                     Read::Nothing => continue,
                     Read::Closed => break Closed::Peer,
                     Read::Failed => break Closed::ReadError,
                 }
                 let now = Instant::now();
-                let drained = drain(&transports, &mut framer, remote, id);
+                let drained = drain(&transports, kind, &mut framer, remote, id);
                 let holding = framer.buffered();
                 let total = transports.hold_buffered(held, holding);
                 held = holding;
@@ -254,7 +423,7 @@ async fn serve(
                 if !write(&mut writer, &bytes, config.tcp_message_timeout).await {
                     break Closed::WriteError;
                 }
-                tracing::trace!(%remote, connection = %id, len = bytes.len(), "TCP message sent");
+                tracing::trace!(%remote, connection = %id, len = bytes.len(), "stream message sent");
                 idle_deadline = Instant::now() + config.tcp_idle_timeout;
             }
             () = tokio::time::sleep_until(deadline) => {
@@ -273,9 +442,9 @@ async fn serve(
         Closed::BufferBudget => TransportStats::bump(&transports.stats().tcp_buffer_closed),
         _ => {}
     }
-    unregister(&transports, remote, id);
+    unregister(&transports, kind, remote, id);
     let _ = writer.shutdown().await;
-    tracing::debug!(%remote, connection = %id, ?reason, "TCP connection closed");
+    tracing::debug!(%remote, connection = %id, transport = kind.name(), ?reason, "connection closed");
 }
 
 /// What one read brought.
@@ -290,7 +459,7 @@ enum Read {
 /// Reads what is there into the framer. The read buffer lives on the stack
 /// for this call only, not in the connection's task: an idle connection
 /// then costs no buffer (1600 idle connections took 18 MiB with one each).
-fn read_into(reader: &OwnedReadHalf, framer: &mut StreamFramer) -> Read {
+fn read_ready(reader: &OwnedReadHalf, framer: &mut StreamFramer) -> Read {
     let mut chunk = [0u8; READ_CHUNK];
     match reader.try_read(&mut chunk) {
         Ok(0) => Read::Closed,
@@ -306,7 +475,7 @@ fn read_into(reader: &OwnedReadHalf, framer: &mut StreamFramer) -> Read {
 /// Writes `bytes` whole within `timeout`: a peer that stops reading fills
 /// its window, and without a bound the write would hold the connection
 /// (and its task) past every deadline.
-async fn write(writer: &mut OwnedWriteHalf, bytes: &[u8], timeout: Duration) -> bool {
+async fn write(writer: &mut (impl AsyncWrite + Unpin), bytes: &[u8], timeout: Duration) -> bool {
     matches!(
         tokio::time::timeout(timeout, writer.write_all(bytes)).await,
         Ok(Ok(()))
@@ -343,6 +512,7 @@ struct Drained {
 /// over its rate. On a framing error returns the response to send, if any.
 fn drain(
     transports: &Transports,
+    kind: Stream,
     framer: &mut StreamFramer,
     remote: SocketAddr,
     id: ConnectionId,
@@ -355,14 +525,18 @@ fn drain(
                 if !transports.admit(remote) {
                     continue;
                 }
-                tracing::trace!(%remote, connection = %id, len = bytes.len(), "TCP message received");
-                transports.deliver(Inbound {
-                    flow: Flow::Tcp {
+                tracing::trace!(%remote, connection = %id, len = bytes.len(), "stream message received");
+                let flow = match kind {
+                    Stream::Tcp => Flow::Tcp {
                         remote,
                         connection: id,
                     },
-                    bytes,
-                });
+                    Stream::Tls => Flow::Tls {
+                        remote,
+                        connection: id,
+                    },
+                };
+                transports.deliver(Inbound { flow, bytes });
             }
             Ok(None) => {
                 return Ok(Drained {
@@ -371,7 +545,7 @@ fn drain(
                 })
             }
             Err(error) => {
-                tracing::debug!(%remote, connection = %id, %error, "TCP framing failed");
+                tracing::debug!(%remote, connection = %id, %error, "stream framing failed");
                 let answer = error.status().and_then(|_| {
                     build_error_response(&ParseError::from_frame(error, framer.failed_head()))
                 });
@@ -424,6 +598,7 @@ mod tests {
                 source_rate: 0,
                 source_rate_exempt: Vec::new(),
                 tcp_buffer_budget: 100_000,
+                tls: None,
             },
             sink,
             Arc::clone(&stats),

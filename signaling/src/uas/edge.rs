@@ -67,11 +67,15 @@ impl Edge {
         }
     }
 
-    /// The Path entry for a phone registering over `flow`.
+    /// The Path entry for a phone registering over `flow`. Nodes reach
+    /// each other on their plain address: over TCP for a phone on a
+    /// stream (TLS ends at the node holding the phone's connection; the
+    /// nodes' own network is the operator's), over UDP otherwise.
     pub fn path_entry(&self, flow: &Flow) -> String {
-        let transport = match flow {
-            Flow::Udp { .. } => "",
-            Flow::Tcp { .. } => ";transport=tcp",
+        let transport = if flow.is_reliable() {
+            ";transport=tcp"
+        } else {
+            ""
         };
         format!("<sip:{}@{}{transport};lr;ob>", self.token(flow), self.local)
     }
@@ -85,6 +89,7 @@ impl Edge {
         let kind = match flow {
             Flow::Udp { .. } => 'u',
             Flow::Tcp { .. } => 't',
+            Flow::Tls { .. } => 's',
         };
         let body = format!("{kind}{}{:04x}", hex_ip(remote.ip()), remote.port());
         let mac = hmac_sha256(&self.key, body.as_bytes());
@@ -106,6 +111,10 @@ impl Edge {
         match kind {
             "u" => Some(Destination::Udp(remote)),
             "t" => Some(Destination::Tcp {
+                remote,
+                connection: None,
+            }),
+            "s" => Some(Destination::Tls {
                 remote,
                 connection: None,
             }),
@@ -148,10 +157,7 @@ impl Edge {
         let Some(destination) = next else {
             return Some(Routed::Refuse(502, "Bad Gateway (next hop not reachable)"));
         };
-        let via_transport = match destination {
-            Destination::Udp(_) => "UDP",
-            Destination::Tcp { .. } => "TCP",
-        };
+        let via_transport = destination.transport();
         let incoming_branch = message.top_via().branch();
         let branch_source = format!(
             "{}|{}",
@@ -170,9 +176,11 @@ impl Edge {
             );
         let record_route = creates_dialog.then(|| {
             let token = top.uri.user().unwrap_or_default();
-            let transport = match destination {
-                Destination::Tcp { .. } => ";transport=tcp",
-                Destination::Udp(_) => "",
+            // As the Path entry: the plain address, over TCP for streams.
+            let transport = if destination.is_reliable() {
+                ";transport=tcp"
+            } else {
+                ""
             };
             format!("<sip:{token}@{}{transport};lr>", self.local)
         });
@@ -207,14 +215,7 @@ impl Edge {
                 .or(next.port)
                 .unwrap_or_else(|| next.transport.default_port()),
         );
-        let destination = if next.transport.is_reliable() {
-            Destination::Tcp {
-                remote,
-                connection: None,
-            }
-        } else {
-            Destination::Udp(remote)
-        };
+        let destination = Destination::over(&next.transport, remote);
         let headers = without_top_via(message.headers());
         let start = format!(
             "SIP/2.0 {} {}",

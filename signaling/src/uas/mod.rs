@@ -788,7 +788,7 @@ impl Uas {
     /// Where a response to a request with this top Via goes.
     fn destination(&self, via: &Via, flow: &Flow) -> Destination {
         match flow {
-            Flow::Tcp { .. } => flow.reply_destination(),
+            Flow::Tcp { .. } | Flow::Tls { .. } => flow.reply_destination(),
             Flow::Udp { remote } => {
                 if self.config.force_rport {
                     return Destination::Udp(*remote);
@@ -881,9 +881,10 @@ impl Uas {
                 }
             }
         }
-        let reliability = match flow {
-            Flow::Udp { .. } => Reliability::Unreliable,
-            Flow::Tcp { .. } => Reliability::Reliable,
+        let reliability = if flow.is_reliable() {
+            Reliability::Reliable
+        } else {
+            Reliability::Unreliable
         };
         let layered = self
             .wire

@@ -513,6 +513,7 @@ fn register_request(current: &Current) -> Result<RegisterRequest, &'static str> 
             transport: match current.flow {
                 Flow::Udp { .. } => Transport::Udp,
                 Flow::Tcp { .. } => Transport::Tcp,
+                Flow::Tls { .. } => Transport::Tls,
             },
             addr: current.flow.remote(),
         },
