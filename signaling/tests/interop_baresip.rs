@@ -32,14 +32,28 @@ struct Phone {
 }
 
 impl Phone {
-    /// Writes `name`'s configuration: registering `user` at `server`,
-    /// sending a `tone_hz` tone, recording what it hears, answering calls
-    /// at once.
+    /// Writes `name`'s configuration: registering `user` at `server` over
+    /// UDP, sending a `tone_hz` tone, recording what it hears, answering
+    /// calls at once.
     fn configure(
         data: &Path,
         name: &'static str,
         user: &str,
         server: std::net::SocketAddr,
+        tone_hz: f64,
+    ) -> Phone {
+        Phone::configure_over(data, name, user, server, "udp", None, tone_hz)
+    }
+
+    /// [`Phone::configure`] over `transport`; `ca` is the CA file it
+    /// checks a TLS server's certificate against.
+    fn configure_over(
+        data: &Path,
+        name: &'static str,
+        user: &str,
+        server: std::net::SocketAddr,
+        transport: &str,
+        ca: Option<&Path>,
         tone_hz: f64,
     ) -> Phone {
         let dir = data.join(name);
@@ -62,15 +76,16 @@ impl Phone {
              module_path /usr/lib/baresip/modules\n\
              module g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\n\
              module_app account.so\nmodule_app menu.so\n\
-             snd_path {heard}\n",
+             snd_path {heard}\n{ca}",
             tone = tone.display(),
             heard = dir.join("heard").display(),
+            ca = ca.map_or_else(String::new, |ca| format!("sip_cafile {}\n", ca.display())),
         );
         std::fs::write(dir.join("config"), config).expect("write config");
         std::fs::write(
             dir.join("accounts"),
             format!(
-                "<sip:{user}@{server};transport=udp>;auth_pass=pw{user};regint=600;\
+                "<sip:{user}@{server};transport={transport}>;auth_pass=pw{user};regint=600;\
                  answermode=auto;audio_codecs=PCMU\n"
             ),
         )
@@ -259,23 +274,78 @@ fn baresip_registers_with_the_defaults_calls_and_both_sides_hear_each_other() {
     };
     let data = tempfile::tempdir().expect("temp dir");
     let (manager, server) = bed(data.path(), &[]);
-    let mut bob = Phone::configure(data.path(), "bob", "1002", server.sip_addr(), 600.0);
-    let mut alice = Phone::configure(data.path(), "alice", "1001", server.sip_addr(), 1000.0);
-    bob.start(&baresip, &[], Duration::from_secs(40));
+    let bob = Phone::configure(data.path(), "bob", "1002", server.sip_addr(), 600.0);
+    let alice = Phone::configure(data.path(), "alice", "1001", server.sip_addr(), 1000.0);
+    call_and_hear_each_other(&baresip, &manager, &server, alice, bob);
+}
+
+#[test]
+fn baresip_over_tls_registers_calls_and_both_sides_hear_each_other() {
+    let Some(baresip) = peer_tool("baresip") else {
+        return;
+    };
+    let data = tempfile::tempdir().expect("temp dir");
+    let Some(certificates) =
+        switchboard_testkit::certs::make(&data.path().join("tls"), "", "SIP over TLS with baresip")
+    else {
+        return;
+    };
+    let tls_port = switchboard_testkit::free_port().to_string();
+    let (manager, server) = bed(
+        data.path(),
+        &[
+            "--tls-cert",
+            certificates.cert.to_str().expect("UTF-8 path"),
+            "--tls-key",
+            certificates.key.to_str().expect("UTF-8 path"),
+            "--tls-port",
+            &tls_port,
+        ],
+    );
+    let tls = std::net::SocketAddr::new(
+        server.sip_addr().ip(),
+        tls_port.parse().expect("port"),
+    );
+    let ca = Some(certificates.ca.as_path());
+    let bob = Phone::configure_over(data.path(), "bob", "1002", tls, "tls", ca, 600.0);
+    let alice = Phone::configure_over(data.path(), "alice", "1001", tls, "tls", ca, 1000.0);
+    let bindings = call_and_hear_each_other(&baresip, &manager, &server, alice, bob);
+    // Both registered over TLS, as the bindings said during the call.
+    let transports: Vec<&str> = bindings
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .filter_map(|b| b["transport"].as_str())
+        .collect();
+    assert_eq!(transports, ["tls", "tls"], "{bindings}");
+}
+
+/// Bob (registered) is called by alice, who hangs up after 12 s; each
+/// must hear the other's tone and not their own. Returns the bindings as
+/// the API listed them while both were registered.
+fn call_and_hear_each_other(
+    baresip: &Path,
+    manager: &Manager,
+    server: &Server,
+    mut alice: Phone,
+    mut bob: Phone,
+) -> serde_json::Value {
+    bob.start(baresip, &[], Duration::from_secs(40));
     wait_for(
         "bob (1002) never registered",
         Duration::from_secs(15),
-        || registered(&server) == ["1002"],
+        || registered(server) == ["1002"],
         || format!("{}\n{}", bob.log(), server.log()),
     );
     // Alice dials at once and hangs up when she quits, 12 s later.
-    alice.start(&baresip, &["/dial 1002"], Duration::from_secs(12));
+    alice.start(baresip, &["/dial 1002"], Duration::from_secs(12));
     wait_for(
         "alice (1001) never registered",
         Duration::from_secs(15),
-        || registered(&server) == ["1001", "1002"],
+        || registered(server) == ["1001", "1002"],
         || format!("{}\n{}", alice.log(), server.log()),
     );
+    let bindings = server.get_json("/api/v1/registrations");
     alice.wait(Duration::from_secs(30));
     assert!(
         alice.log().contains("Call established"),
@@ -325,6 +395,7 @@ fn baresip_registers_with_the_defaults_calls_and_both_sides_hear_each_other() {
         0,
         "alice heard herself"
     );
+    bindings
 }
 
 #[test]
