@@ -97,6 +97,43 @@ impl Phone {
         }
     }
 
+    /// A trunk: registers nowhere, answers calls to 9002 at once, and serves
+    /// TLS on the port after its SIP port with `cert` and `key` (one PEM
+    /// file, as baresip reads them). Returns the phone and its TLS address.
+    fn trunk(
+        data: &Path,
+        name: &'static str,
+        cert: &Path,
+        key: &Path,
+        tone_hz: f64,
+    ) -> (Phone, std::net::SocketAddr) {
+        let unused: std::net::SocketAddr = "127.0.0.1:9".parse().expect("address");
+        let phone = Phone::configure_over(data, name, "trunk", unused, "udp", None, tone_hz);
+        let pem = phone.dir.join("sip.pem");
+        let mut both = std::fs::read(cert).expect("read the certificate");
+        both.extend(std::fs::read(key).expect("read the key"));
+        std::fs::write(&pem, both).expect("write the PEM");
+        let config = std::fs::read_to_string(phone.dir.join("config")).expect("config");
+        let sip_port: u16 = config
+            .lines()
+            .find_map(|l| l.strip_prefix("sip_listen 127.0.0.1:"))
+            .and_then(|p| p.trim().parse().ok())
+            .expect("the SIP port");
+        std::fs::write(
+            phone.dir.join("config"),
+            format!("{config}sip_certificate {}\n", pem.display()),
+        )
+        .expect("write config");
+        std::fs::write(
+            phone.dir.join("accounts"),
+            // baresip answers only requests for its account's user.
+            "<sip:9002@127.0.0.1>;regint=0;answermode=auto;audio_codecs=PCMU\n",
+        )
+        .expect("write accounts");
+        let tls = std::net::SocketAddr::new([127, 0, 0, 1].into(), sip_port + 1);
+        (phone, tls)
+    }
+
     /// Starts baresip, running `commands` once ready and quitting after
     /// `quit_after` (hanging up its call).
     fn start(&mut self, baresip: &Path, commands: &[&str], quit_after: Duration) {
@@ -220,16 +257,33 @@ fn frames_with_tone(samples: &[i16], hz: f64) -> usize {
 /// Signaling (default authentication options plus `extra`) with users 1001
 /// and 1002 and extensions dialing the registered user, and a manager.
 fn bed(data: &Path, extra: &[&str]) -> (Manager, Server) {
+    bed_with_trunk(data, extra, None)
+}
+
+/// [`bed`] with `9XXX` dialled at a trunk over TLS at `trunk`.
+fn bed_with_trunk(
+    data: &Path,
+    extra: &[&str],
+    trunk: Option<std::net::SocketAddr>,
+) -> (Manager, Server) {
     let audio = data.join("audio");
     std::fs::create_dir_all(&audio).expect("audio dir");
     let manager = start_manager(&audio, 8, &[]);
     let users = users_file(data, &[("1001", "pw1001"), ("1002", "pw1002")]);
     let plan = data.join("dialplan.json");
+    let trunk_route = trunk.map_or_else(String::new, |trunk| {
+        format!(
+            r#"{{"id": "trunk", "pattern": "9XXX", "priority": 10, "actions": [
+              {{"type": "dial", "params": {{"targets": ["sip:${{destination}}@{trunk};transport=tls"], "timeout": 10}}}}]}},"#
+        )
+    });
     std::fs::write(
         &plan,
-        r#"{"version": "1.0", "routes": [
-          {"id": "extensions", "pattern": "1XXX", "priority": 20, "actions": [
-            {"type": "dial", "params": {"targets": ["user/${destination}"], "timeout": 20}}]}]}"#,
+        format!(
+            r#"{{"version": "1.0", "routes": [{trunk_route}
+          {{"id": "extensions", "pattern": "1XXX", "priority": 20, "actions": [
+            {{"type": "dial", "params": {{"targets": ["user/${{destination}}"], "timeout": 20}}}}]}}]}}"#
+        ),
     )
     .expect("write the dialplan");
     let grpc = manager.grpc.to_string();
@@ -318,6 +372,86 @@ fn baresip_over_tls_registers_calls_and_both_sides_hear_each_other() {
         .filter_map(|b| b["transport"].as_str())
         .collect();
     assert_eq!(transports, ["tls", "tls"], "{bindings}");
+}
+
+#[test]
+fn a_trunk_over_tls_is_called_only_when_its_certificate_chains_to_the_tls_ca() {
+    let Some(baresip) = peer_tool("baresip") else {
+        return;
+    };
+    let data = tempfile::tempdir().expect("temp dir");
+    let make = |prefix| {
+        switchboard_testkit::certs::make(&data.path().join("tls"), prefix, "SIP over TLS to a trunk")
+    };
+    let (Some(ours), Some(theirs)) = (make("ours-"), make("trunk-")) else {
+        return;
+    };
+    let (mut trunk, trunk_tls) =
+        Phone::trunk(data.path(), "trunk", &theirs.cert, &theirs.key, 600.0);
+    trunk.start(&baresip, &[], Duration::from_secs(60));
+    let serve_tls = |ca: &Path| {
+        let mut args = vec![
+            "--tls-ca".to_owned(),
+            ca.display().to_string(),
+        ];
+        args.extend(common::tls_args(&ours, switchboard_testkit::free_port()));
+        args
+    };
+
+    // Trusting the trunk's CA: the call is answered and carries audio.
+    let trusting = data.path().join("trusting");
+    let args = serve_tls(&theirs.ca);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (manager, server) = bed_with_trunk(&trusting, &args, Some(trunk_tls));
+    let mut alice =
+        Phone::configure(&trusting, "alice", "1001", server.sip_addr(), 1000.0);
+    alice.start(&baresip, &["/dial 9002"], Duration::from_secs(10));
+    alice.wait(Duration::from_secs(30));
+    assert!(
+        alice.log().contains("Call established"),
+        "alice's call to the trunk:\n{}\n{}\n{}",
+        alice.log(),
+        trunk.log(),
+        server.log()
+    );
+    let alice_heard_trunk = frames_with_tone(&alice.heard(), 600.0);
+    assert!(
+        alice_heard_trunk >= 4 * 50,
+        "alice heard the trunk's tone in {alice_heard_trunk} frames"
+    );
+    wait_for(
+        "the call did not end on the manager",
+        Duration::from_secs(10),
+        || manager.calls().is_empty(),
+        || server.log(),
+    );
+    drop((server, manager));
+
+    // Trusting only our own CA: the trunk's certificate is refused, no
+    // request reaches it, and the caller's call fails.
+    let wary = data.path().join("wary");
+    let args = serve_tls(&ours.ca);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (_manager, server) = bed_with_trunk(&wary, &args, Some(trunk_tls));
+    let mut alice = Phone::configure(&wary, "alice", "1001", server.sip_addr(), 1000.0);
+    let trunk_log_before = trunk.log().len();
+    alice.start(&baresip, &["/dial 9002"], Duration::from_secs(8));
+    alice.wait(Duration::from_secs(30));
+    assert!(
+        !alice.log().contains("Call established"),
+        "a call through an untrusted trunk:\n{}",
+        alice.log()
+    );
+    assert!(
+        server.log().contains("refused the server's certificate"),
+        "{}",
+        server.log()
+    );
+    assert!(
+        !trunk.log()[trunk_log_before..].contains("Incoming call"),
+        "the trunk saw the call:\n{}",
+        trunk.log()
+    );
 }
 
 /// Bob (registered) is called by alice, who hangs up after 12 s; each

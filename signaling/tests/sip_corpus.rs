@@ -1,6 +1,6 @@
 //! RFC 4475 and RFC 5118 conformance against the running server: every row
-//! of the corpora's expected.tsv is sent over UDP (and over TCP where the
-//! message frames as one stream message), and the status of the answer is
+//! of the corpora's expected.tsv is sent over UDP (and over TCP and TLS
+//! where the message frames as one stream message), and the status of the answer is
 //! checked against the row. `accept` means the request reached the UAS
 //! logic: it gets the answer that logic gives its method (see
 //! [`processing_status`]); a response is never answered.
@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{read_stream_message, status, Server, UdpPeer};
+use common::{read_stream_message, status, tls_args, tls_certificates, tls_connect, Server, UdpPeer};
 use switchboard_signaling::sip::StreamFramer;
 
 /// How long a discarded message is given to (wrongly) draw an answer.
@@ -100,17 +100,26 @@ fn first_header(bytes: &[u8], long: &str, compact: &str) -> Option<String> {
 /// out-of-order REGISTERs; a row whose Call-ID or top Via was already used
 /// gets a fresh server.
 struct Servers {
-    current: (tempfile::TempDir, Server),
+    /// `None` only while a server is replaced: the old one stops first,
+    /// so the next can take its ports.
+    current: Option<(tempfile::TempDir, Server)>,
     seen: std::collections::HashSet<String>,
     started: usize,
+    /// More options for each server (TLS).
+    extra: Vec<String>,
 }
 
 impl Servers {
     fn new() -> Servers {
+        Servers::with(Vec::new())
+    }
+
+    fn with(extra: Vec<String>) -> Servers {
         Servers {
-            current: start_server(),
+            current: Some(start_server(&extra)),
             seen: std::collections::HashSet::new(),
             started: 1,
+            extra,
         }
     }
 
@@ -122,21 +131,25 @@ impl Servers {
         ];
         let keys: Vec<String> = keys.into_iter().flatten().collect();
         if keys.iter().any(|key| self.seen.contains(key)) {
-            self.current = start_server();
+            self.current = None;
+            self.current = Some(start_server(&self.extra));
             self.started += 1;
             self.seen.clear();
         }
         self.seen.extend(keys);
-        &self.current.1
+        self.server()
+    }
+
+    fn server(&self) -> &Server {
+        &self.current.as_ref().expect("a server runs").1
     }
 }
 
-fn start_server() -> (tempfile::TempDir, Server) {
+fn start_server(extra: &[String]) -> (tempfile::TempDir, Server) {
     let data = tempfile::tempdir().expect("temp data dir");
-    let server = Server::start(
-        data.path(),
-        &["--auth", "anonymous", "--force-rport", "--min-expires", "1"],
-    );
+    let mut args = vec!["--auth", "anonymous", "--force-rport", "--min-expires", "1"];
+    args.extend(extra.iter().map(String::as_str));
+    let server = Server::start(data.path(), &args);
     (data, server)
 }
 
@@ -175,7 +188,7 @@ fn every_corpus_row_over_udp() {
         "{} rows failed over UDP:\n{}\nlast server's log:\n{}",
         failures.len(),
         failures.join("\n"),
-        servers.current.1.log()
+        servers.server().log()
     );
     assert!(servers.started < 20, "{} servers started", servers.started);
 }
@@ -195,7 +208,40 @@ fn frames_as_one_stream_message(bytes: &[u8]) -> bool {
 
 #[test]
 fn request_rows_over_tcp() {
-    let mut servers = Servers::new();
+    request_rows_over_a_stream("TCP", Servers::new(), |server| {
+        let stream = TcpStream::connect(server.sip_addr()).expect("connect over TCP");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        Box::new(stream)
+    });
+}
+
+#[test]
+fn request_rows_over_tls() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Some(certificates) = tls_certificates(dir.path()) else {
+        return;
+    };
+    // Every server of the run serves TLS on this port (one at a time).
+    let port = switchboard_testkit::free_port();
+    let servers = Servers::with(tls_args(&certificates, port));
+    request_rows_over_a_stream("TLS", servers, |server| {
+        let address = std::net::SocketAddr::new(server.sip_addr().ip(), port);
+        Box::new(tls_connect(&certificates.ca, address).expect("TLS handshake"))
+    });
+}
+
+trait Stream: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> Stream for T {}
+
+/// Sends each request row that frames as one stream message on a new
+/// connection from `connect`, and checks the final answer.
+fn request_rows_over_a_stream(
+    name: &str,
+    mut servers: Servers,
+    connect: impl Fn(&Server) -> Box<dyn Stream>,
+) {
     let mut failures = Vec::new();
     let mut sent = 0;
     for row in rows() {
@@ -209,11 +255,8 @@ fn request_rows_over_tcp() {
         }
         sent += 1;
         let server = servers.for_message(&bytes);
-        let mut stream = TcpStream::connect(server.sip_addr()).expect("connect over TCP");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(3)))
-            .expect("timeout");
-        stream.write_all(&bytes).expect("send over TCP");
+        let mut stream = connect(server);
+        stream.write_all(&bytes).expect("send");
         let got = loop {
             match read_stream_message(&mut stream) {
                 Some(response) if status(&response) < 200 => continue,
@@ -228,12 +271,12 @@ fn request_rows_over_tcp() {
             ));
         }
     }
-    assert!(sent >= 40, "only {sent} rows were sent over TCP");
+    assert!(sent >= 40, "only {sent} rows were sent over {name}");
     assert!(
         failures.is_empty(),
-        "{} rows failed over TCP:\n{}\nlast server's log:\n{}",
+        "{} rows failed over {name}:\n{}\nlast server's log:\n{}",
         failures.len(),
         failures.join("\n"),
-        servers.current.1.log()
+        servers.server().log()
     );
 }

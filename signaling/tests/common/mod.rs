@@ -311,7 +311,7 @@ impl UdpPeer {
 }
 
 /// Reads one Content-Length-framed message from a stream.
-pub fn read_stream_message(stream: &mut TcpStream) -> Option<String> {
+pub fn read_stream_message(stream: &mut impl Read) -> Option<String> {
     let mut data = Vec::new();
     let mut byte = [0u8; 1];
     while !data.ends_with(b"\r\n\r\n") {
@@ -421,4 +421,53 @@ pub fn raise_own_file_limit() -> u64 {
         assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
     }
     limit.rlim_cur
+}
+
+/// TLS files for a server started with [`tls_args`]: a throw-away CA and a
+/// certificate for 127.0.0.1 (`None`: openssl missing, the test skipped).
+pub fn tls_certificates(dir: &Path) -> Option<switchboard_testkit::certs::Certificates> {
+    switchboard_testkit::certs::make(&dir.join("tls"), "", "the SIP over TLS tests")
+}
+
+/// The options serving TLS with `certificates` on `port`.
+pub fn tls_args(certificates: &switchboard_testkit::certs::Certificates, port: u16) -> Vec<String> {
+    vec![
+        "--tls-cert".to_owned(),
+        certificates.cert.display().to_string(),
+        "--tls-key".to_owned(),
+        certificates.key.display().to_string(),
+        "--tls-port".to_owned(),
+        port.to_string(),
+    ]
+}
+
+/// A blocking TLS client connection to `server`, trusting `ca` only and
+/// checking that the certificate names the server's address.
+pub fn tls_connect(
+    ca: &Path,
+    server: SocketAddr,
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("read the CA") {
+        roots.add(cert.expect("a CA certificate")).expect("add the CA");
+    }
+    #[allow(deprecated)] // ring, as the server uses
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::IpAddress(server.ip().into());
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+        .map_err(std::io::Error::other)?;
+    let socket = TcpStream::connect(server)?;
+    socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut stream = rustls::StreamOwned::new(connection, socket);
+    // The handshake now, so that a refused certificate is this call's error.
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(stream)
 }
