@@ -4,7 +4,7 @@
 //! flag's name in UPPER_SNAKE_CASE; see [`LEGACY_ENVIRONMENT`] for the exceptions) and a key of the optional TOML file given by `--config`;
 //! precedence is flag > environment > file > default.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -133,6 +133,18 @@ pub struct Config {
     /// dialled in a subjectAltName.
     #[arg(long, env = "SWITCHBOARD_SIP_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
+
+    /// DNS servers (`address` or `address:port`, comma-separated) that
+    /// dial targets named by host name are resolved with (RFC 3263:
+    /// NAPTR, SRV, A/AAAA); default: those of /etc/resolv.conf.
+    /// /etc/hosts is read either way.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_DNS_SERVERS",
+        value_delimiter = ',',
+        value_name = "ADDRESS"
+    )]
+    pub dns_server: Vec<String>,
 
     /// RTP managers' gRPC endpoints, comma-separated: `host:port`,
     /// `http://host:port`, `https://host:port`, or any of them as
@@ -617,6 +629,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.dns_servers()?;
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => {
                 return Err(ConfigError::invalid(
@@ -1073,6 +1086,24 @@ impl Config {
             per_user: (self.max_calls_per_user > 0).then_some(self.max_calls_per_user),
             per_source: (self.max_calls_per_source > 0).then_some(self.max_calls_per_source),
         }
+    }
+
+    /// The DNS servers of --dns-server (port 53 when none is given).
+    pub fn dns_servers(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        self.dns_server
+            .iter()
+            .map(|text| {
+                let text = text.trim();
+                text.parse::<SocketAddr>()
+                    .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .map_err(|_| {
+                        ConfigError::invalid(
+                            "dns-server",
+                            format!("`{text}` is not an address or address:port"),
+                        )
+                    })
+            })
+            .collect()
     }
 
     /// The TLS files, when TLS is on.

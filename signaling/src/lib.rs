@@ -15,6 +15,7 @@ pub mod events;
 pub mod metrics;
 pub mod registrar;
 pub mod reload;
+pub mod resolve;
 pub mod rest;
 pub mod rtpmanager_client;
 pub mod rtpmanager_moves;

@@ -156,6 +156,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
         let mut b2bua = b2bua;
         b2bua.set_events(events.clone());
+        let dns = config.dns_servers().context("--dns-server")?;
+        let resolver = crate::resolve::resolver(&dns)
+            .context("DNS resolver (/etc/resolv.conf, --dns-server)")?;
+        let wake_core = core.clone();
+        b2bua.set_resolver(Box::new(crate::resolve::DnsResolver::new(
+            resolver,
+            link.clone(),
+            Arc::new(move || wake_core.wake()),
+        )));
         if let Some(shared) = &shared_location {
             let (sender, updates) = std::sync::mpsc::sync_channel(SHARED_CALL_QUEUE);
             b2bua.set_shared_calls(SharedCallSink::new(owner.node(), sender));

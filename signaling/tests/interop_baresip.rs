@@ -356,10 +356,7 @@ fn baresip_over_tls_registers_calls_and_both_sides_hear_each_other() {
             &tls_port,
         ],
     );
-    let tls = std::net::SocketAddr::new(
-        server.sip_addr().ip(),
-        tls_port.parse().expect("port"),
-    );
+    let tls = std::net::SocketAddr::new(server.sip_addr().ip(), tls_port.parse().expect("port"));
     let ca = Some(certificates.ca.as_path());
     let bob = Phone::configure_over(data.path(), "bob", "1002", tls, "tls", ca, 600.0);
     let alice = Phone::configure_over(data.path(), "alice", "1001", tls, "tls", ca, 1000.0);
@@ -381,7 +378,11 @@ fn a_trunk_over_tls_is_called_only_when_its_certificate_chains_to_the_tls_ca() {
     };
     let data = tempfile::tempdir().expect("temp dir");
     let make = |prefix| {
-        switchboard_testkit::certs::make(&data.path().join("tls"), prefix, "SIP over TLS to a trunk")
+        switchboard_testkit::certs::make(
+            &data.path().join("tls"),
+            prefix,
+            "SIP over TLS to a trunk",
+        )
     };
     let (Some(ours), Some(theirs)) = (make("ours-"), make("trunk-")) else {
         return;
@@ -390,10 +391,7 @@ fn a_trunk_over_tls_is_called_only_when_its_certificate_chains_to_the_tls_ca() {
         Phone::trunk(data.path(), "trunk", &theirs.cert, &theirs.key, 600.0);
     trunk.start(&baresip, &[], Duration::from_secs(60));
     let serve_tls = |ca: &Path| {
-        let mut args = vec![
-            "--tls-ca".to_owned(),
-            ca.display().to_string(),
-        ];
+        let mut args = vec!["--tls-ca".to_owned(), ca.display().to_string()];
         args.extend(common::tls_args(&ours, switchboard_testkit::free_port()));
         args
     };
@@ -403,8 +401,7 @@ fn a_trunk_over_tls_is_called_only_when_its_certificate_chains_to_the_tls_ca() {
     let args = serve_tls(&theirs.ca);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (manager, server) = bed_with_trunk(&trusting, &args, Some(trunk_tls));
-    let mut alice =
-        Phone::configure(&trusting, "alice", "1001", server.sip_addr(), 1000.0);
+    let mut alice = Phone::configure(&trusting, "alice", "1001", server.sip_addr(), 1000.0);
     alice.start(&baresip, &["/dial 9002"], Duration::from_secs(10));
     alice.wait(Duration::from_secs(30));
     assert!(

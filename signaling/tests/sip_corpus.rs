@@ -12,7 +12,9 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{read_stream_message, status, tls_args, tls_certificates, tls_connect, Server, UdpPeer};
+use common::{
+    read_stream_message, status, tls_args, tls_certificates, tls_connect, Server, UdpPeer,
+};
 use switchboard_signaling::sip::StreamFramer;
 
 /// How long a discarded message is given to (wrongly) draw an answer.

@@ -34,6 +34,14 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "the SIP benchmarks' wire-level response times (SIPp's own are in 4 ms steps here)",
     ),
     (
+        "dnsmasq-base",
+        "a local DNS server with NAPTR/SRV/A records for the RFC 3263 tests (the binary only, no system service)",
+    ),
+    (
+        "openssl",
+        "makes the throw-away CAs and certificates of the TLS tests",
+    ),
+    (
         "baresip-core",
         "baresip, a real phone registering, calling and hearing in tests",
     ),

@@ -347,6 +347,7 @@ impl B2bua {
                     best: None,
                     redirects_left: max_redirects,
                     rung: Vec::new(),
+                    failover_at: None,
                 });
                 match call.caller_sdp.clone() {
                     Some(sdp) => self.media(
@@ -385,6 +386,60 @@ impl B2bua {
             let Some(target) = dial.targets.pop_front() else {
                 break None;
             };
+            if let Some(query) = name_query(&target) {
+                // RFC 3263: the destinations of a name, tried one after
+                // the other, once the resolver has answered.
+                let fresh = self
+                    .resolutions
+                    .get(&query)
+                    .filter(|(_, until)| *until > now.instant);
+                match fresh {
+                    Some((Ok(resolution), _)) => {
+                        let Target::Uri(uri) = &target else {
+                            continue;
+                        };
+                        let last = resolution.destinations.len().saturating_sub(1);
+                        dial.attempts
+                            .extend(resolution.destinations.iter().enumerate().map(
+                                |(index, destination)| {
+                                    vec![Contact {
+                                        uri: uri.clone(),
+                                        to: format!("<{uri}>"),
+                                        route: Vec::new(),
+                                        destination: *destination,
+                                        session_expires: None,
+                                        failover: index < last,
+                                    }]
+                                },
+                            ));
+                    }
+                    Some((Err(_), _)) => record_failure(
+                        dial,
+                        503,
+                        "Service Unavailable (name not resolved)".to_owned(),
+                    ),
+                    None if self.resolver.is_none() => {
+                        record_failure(dial, 503, "Service Unavailable (no resolver)".to_owned())
+                    }
+                    None => {
+                        // Wait for the answer with the target in front.
+                        dial.targets.push_front(target);
+                        let waiting = self.resolving.entry(query.clone()).or_default();
+                        let first = waiting.is_empty();
+                        if !waiting.contains(&key) {
+                            waiting.push(key);
+                        }
+                        if first {
+                            tracing::debug!(call_id = %call.media_id, host = %query.host, "resolving the dial target");
+                            if let Some(resolver) = &self.resolver {
+                                resolver.resolve(query);
+                            }
+                        }
+                        return;
+                    }
+                }
+                continue;
+            }
             match expand(&target, &local, &local_host, &call.domain, sip) {
                 Ok(contacts) => match dial.ring {
                     Ring::Parallel => dial.attempts.push_back(contacts),
@@ -412,9 +467,58 @@ impl B2bua {
             self.timers.remove(&(old, TimerId::Dial(key)));
         }
         self.timers.insert((deadline, TimerId::Dial(key)));
+        dial.failover_at = contacts
+            .iter()
+            .any(|c| c.failover)
+            .then_some(now.instant + FAILOVER_AFTER);
+        if let Some(at) = dial.failover_at {
+            self.timers.insert((at, TimerId::Failover(key)));
+        }
         call.b_cseq += 1;
         for contact in contacts {
             self.send_branch(key, contact, sip);
+        }
+    }
+
+    /// The resolver's answer for `query`: kept until its records expire,
+    /// and the dials waiting for it go on.
+    pub(super) fn resolved(
+        &mut self,
+        now: Now,
+        query: crate::resolve::Query,
+        result: crate::resolve::Resolved,
+        sip: &mut SipActions<'_>,
+    ) {
+        let until = match &result {
+            Ok(resolution) => {
+                tracing::debug!(host = %query.host, destinations = resolution.destinations.len(), "dial target resolved");
+                resolution.valid_until
+            }
+            Err(unresolved) => {
+                tracing::info!(host = %query.host, reason = %unresolved.reason, "dial target not resolved");
+                now.instant + crate::resolve::NEGATIVE_TTL
+            }
+        };
+        if self.resolutions.len() >= MAX_RESOLUTIONS {
+            self.resolutions
+                .retain(|_, (_, until)| *until > now.instant);
+            if self.resolutions.len() >= MAX_RESOLUTIONS {
+                self.resolutions.clear();
+            }
+        }
+        // Held for this input even when already expired (a zero TTL), so
+        // the waiting dials use it once.
+        self.resolutions.insert(
+            query.clone(),
+            (result, until.max(now.instant + Duration::from_millis(1))),
+        );
+        for key in self.resolving.remove(&query).unwrap_or_default() {
+            let waiting = self.calls.get(&key).is_some_and(|c| {
+                c.dial.is_some() && c.branches.is_empty() && c.phase == Phase::Dialing
+            });
+            if waiting {
+                self.next_attempt(now, key, sip);
+            }
         }
     }
 
@@ -522,6 +626,11 @@ impl B2bua {
         response: SipMessage,
         sip: &mut SipActions<'_>,
     ) {
+        // Any answer, even a 100, shows the destination is there: no
+        // failover to the next one of its name from now on.
+        if let Some(dial) = self.calls.get_mut(&key).and_then(|c| c.dial.as_mut()) {
+            dial.failover_at = None;
+        }
         let retry_with = (status == 422)
             .then(|| self.clients.get(&client))
             .flatten()
@@ -540,6 +649,7 @@ impl B2bua {
                         route: branch.sent.route.clone(),
                         destination: branch.sent.destination,
                         session_expires: Some(min_se),
+                        failover: false,
                     })
                 }
                 _ => None,
@@ -950,6 +1060,7 @@ fn follow_redirect(
                 route: Vec::new(),
                 destination,
                 session_expires: None,
+                failover: false,
             },
         ));
     }
@@ -979,6 +1090,18 @@ fn q_millis(contact: &NameAddr) -> u16 {
         .ok()
         .filter(|q| (0.0..=1.0).contains(q))
         .map_or(1000, |q| (q * 1000.0).round() as u16)
+}
+
+/// The query of a target whose host is a name (`None`: an address, a
+/// user, or a URI that does not parse).
+fn name_query(target: &Target) -> Option<crate::resolve::Query> {
+    match target {
+        Target::Uri(text) => Uri::parse(text)
+            .ok()
+            .as_ref()
+            .and_then(crate::resolve::Query::of),
+        Target::User(_) => None,
+    }
 }
 
 /// The contacts a dial target reaches now.
@@ -1022,6 +1145,7 @@ fn expand(
                         route,
                         session_expires: None,
                         destination,
+                        failover: false,
                     }
                 })
                 .collect())
@@ -1035,6 +1159,7 @@ fn expand(
                 route: Vec::new(),
                 session_expires: None,
                 destination,
+                failover: false,
             }])
         }
     }

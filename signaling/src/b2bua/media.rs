@@ -334,6 +334,11 @@ pub enum LinkInput {
     /// End a call of a lost node (see [`super::shared`]): BYE both legs,
     /// write its record. Its media is deleted by whoever pushes this.
     Reap(Box<super::shared::SharedCall>),
+    /// The answer to a name the B2BUA asked its resolver for.
+    Resolved {
+        query: crate::resolve::Query,
+        result: crate::resolve::Resolved,
+    },
 }
 
 type Wakeup = Arc<dyn Fn() + Send + Sync>;

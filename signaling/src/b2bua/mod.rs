@@ -120,6 +120,7 @@ use view::{CallInfo, Direction};
 
 use crate::auth::Authenticated;
 use crate::dialplan::{Action, CallVars, Dialplan, Ring, Target};
+use crate::resolve::{Query, Resolve, Resolved};
 use crate::sip::{self, CallId, Method, NameAddr, SipMessage, Tag, Uri};
 use crate::transaction::{TimerConfig, TransactionKey};
 use crate::transport::limits::Source;
@@ -398,7 +399,16 @@ struct Contact {
     destination: Destination,
     /// The Session-Expires to offer, when a 422 asked for more than ours.
     session_expires: Option<u32>,
+    /// Another destination of the same name follows (RFC 3263 §4.3): no
+    /// response at all within [`FAILOVER_AFTER`] moves on to it.
+    failover: bool,
 }
+
+/// How long a destination found by DNS may stay silent (not even a 100
+/// Trying) before the next one of the same name is tried: four UDP
+/// transmissions (0, 0.5, 1.5 and 3.5 s with T1 at 500 ms), or a TCP or
+/// TLS connection that could not be made.
+pub const FAILOVER_AFTER: Duration = Duration::from_secs(4);
 
 #[derive(Debug)]
 struct Dialing {
@@ -415,6 +425,9 @@ struct Dialing {
     /// Request-URIs rung in this dial, so a redirect back to one of them
     /// (a loop) is refused.
     rung: Vec<String>,
+    /// When the current attempt moves on to the next destination of its
+    /// name if nothing has answered (see [`Contact::failover`]).
+    failover_at: Option<Instant>,
 }
 
 /// Contacts of one redirect that are rung; the rest are ignored, so a
@@ -510,6 +523,8 @@ struct Retransmit {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerId {
     Dial(CallKey),
+    /// A destination found by DNS stayed silent (see [`FAILOVER_AFTER`]).
+    Failover(CallKey),
     Retransmit(TransactionKey),
     Session(CallKey, CallLeg),
     /// A migration's re-INVITE again after a 491.
@@ -556,7 +571,17 @@ pub struct B2bua {
     refused_over_limit: u64,
     counter: u64,
     branch_prefix: String,
+    /// Resolves dial targets named by host name (RFC 3263); without it
+    /// such a target is answered 503.
+    resolver: Option<Box<dyn Resolve>>,
+    /// Answers of the resolver, until the shortest TTL of their records.
+    resolutions: HashMap<Query, (Resolved, Instant)>,
+    /// Calls waiting for a name, by the name's query.
+    resolving: HashMap<Query, Vec<CallKey>>,
 }
+
+/// Resolutions kept at most; the expired ones go first when it is reached.
+const MAX_RESOLUTIONS: usize = 1024;
 
 impl std::fmt::Debug for B2bua {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -601,7 +626,15 @@ impl B2bua {
             refused_over_limit: 0,
             counter: 0,
             branch_prefix,
+            resolver: None,
+            resolutions: HashMap::new(),
+            resolving: HashMap::new(),
         }
+    }
+
+    /// Resolves dial targets named by host name through `resolver`.
+    pub fn set_resolver(&mut self, resolver: Box<dyn Resolve>) {
+        self.resolver = Some(resolver);
     }
 
     /// Publishes call events (created, ringing, answered, ended) on `bus`.
@@ -1235,6 +1268,23 @@ impl B2bua {
                 self.abandon(&branches, sip);
                 self.next_attempt(now, key, sip);
             }
+            TimerId::Failover(key) => {
+                let Some(call) = self.calls.get_mut(&key) else {
+                    return;
+                };
+                let Some(dial) = call.dial.as_mut() else {
+                    return;
+                };
+                if dial.failover_at.is_none_or(|at| at > now.instant) {
+                    return;
+                }
+                dial.failover_at = None;
+                tracing::info!(call_id = %call.media_id, "no response from the destination; trying the next one of its name");
+                record_failure(dial, 408, "Request Timeout".to_owned());
+                let branches = std::mem::take(&mut call.branches);
+                self.abandon(&branches, sip);
+                self.next_attempt(now, key, sip);
+            }
             TimerId::Session(key, leg) => self.session_due(now, key, leg, sip),
             TimerId::Migrate(key) => self.migrate_retry(now, key, sip),
             TimerId::Retransmit(server) => {
@@ -1295,6 +1345,7 @@ impl B2bua {
                 LinkInput::Query(query) => self.query(now, query, sip),
                 LinkInput::Move(order) => self.move_order(order),
                 LinkInput::Reap(call) => self.reap(now, &call, sip),
+                LinkInput::Resolved { query, result } => self.resolved(now, query, result, sip),
             }
         }
     }

@@ -24,6 +24,15 @@ const CALLEE_SDP: &str = "v=0\r\no=bob 1 1 IN IP4 192.0.2.2\r\ns=-\r\nc=IN IP4 1
 
 struct NoStore;
 
+/// Records the names the B2BUA asks for; the test answers them.
+struct FakeResolver(Arc<std::sync::Mutex<Vec<crate::resolve::Query>>>);
+
+impl crate::resolve::Resolve for FakeResolver {
+    fn resolve(&self, query: crate::resolve::Query) {
+        self.0.lock().expect("queries").push(query);
+    }
+}
+
 impl BindingStore for NoStore {
     fn write(&mut self, _: &crate::registrar::Persist) -> Result<(), StoreError> {
         Ok(())
@@ -109,6 +118,8 @@ struct Harness {
     sent: VecDeque<(SocketAddr, SipMessage)>,
     /// Where each message in `sent` went, as the core asked.
     destinations: Vec<(crate::transport::Destination, SipMessage)>,
+    /// The names the B2BUA asked to resolve.
+    queries: Arc<std::sync::Mutex<Vec<crate::resolve::Query>>>,
     branch: u32,
 }
 
@@ -212,6 +223,8 @@ impl Harness {
         let mut b2bua = b2bua;
         b2bua.set_events(bus);
         b2bua.set_cdrs(sink);
+        let queries = Arc::new(std::sync::Mutex::new(Vec::new()));
+        b2bua.set_resolver(Box::new(FakeResolver(Arc::clone(&queries))));
         uas.set_call_handler(Box::new(b2bua));
         Harness {
             uas,
@@ -225,6 +238,7 @@ impl Harness {
             manager: Manager::default(),
             sent: VecDeque::new(),
             destinations: Vec::new(),
+            queries,
             branch: 0,
         }
     }
@@ -2902,4 +2916,146 @@ fn paging_through_thousands_of_calls_sees_each_once_in_start_order() {
         .map(|n| Owner::new("test", 1).media_id(&format!("many-{n}")).0)
         .collect();
     assert_eq!(seen, expected, "every call once, oldest first");
+}
+
+// ----- RFC 3263: dial targets named by host name -----------------------
+
+impl Harness {
+    /// The names asked for since the last call.
+    fn take_queries(&mut self) -> Vec<crate::resolve::Query> {
+        std::mem::take(&mut *self.queries.lock().expect("queries"))
+    }
+
+    /// Answers a name with these destinations (UDP), valid for `ttl`.
+    fn resolve(&mut self, query: crate::resolve::Query, to: &[&str], ttl: Duration) {
+        let result = if to.is_empty() {
+            Err(crate::resolve::Unresolved {
+                reason: "NXDOMAIN".to_owned(),
+            })
+        } else {
+            Ok(crate::resolve::Resolution {
+                destinations: to
+                    .iter()
+                    .map(|a| crate::transport::Destination::Udp(addr(a)))
+                    .collect(),
+                valid_until: self.now.instant + ttl,
+            })
+        };
+        self.link
+            .push_input(self.now.instant, LinkInput::Resolved { query, result });
+        self.step();
+        self.settle();
+    }
+}
+
+fn trunk_plan() -> String {
+    dial_plan(
+        r#"["sip:${destination}@trunk.example.com"]"#,
+        r#", "timeout": 30"#,
+    )
+}
+
+#[test]
+fn a_named_target_waits_for_its_destinations_and_fails_over_on_silence_and_on_503() {
+    let mut h = Harness::new(&trunk_plan());
+    let invite = h.invite("1234", "call-dns", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let queries = h.take_queries();
+    assert_eq!(
+        queries,
+        vec![crate::resolve::Query {
+            host: "trunk.example.com".to_owned(),
+            transport: None,
+            port: None,
+            secure: false
+        }]
+    );
+    h.nothing_to(BOB);
+    h.resolve(
+        queries[0].clone(),
+        &[BOB, CAROL, DAVE],
+        Duration::from_secs(300),
+    );
+
+    // The first destination, with the name kept in the Request-URI.
+    let to_bob = h.request_to(BOB, "INVITE");
+    assert_eq!(
+        to_bob.request_uri().map(ToString::to_string),
+        Some("sip:1234@trunk.example.com".to_owned())
+    );
+    // It says nothing for FAILOVER_AFTER: the second is tried.
+    h.advance(FAILOVER_AFTER - Duration::from_millis(100));
+    h.nothing_to(CAROL);
+    h.advance(Duration::from_millis(200));
+    let to_carol = h.request_to(CAROL, "INVITE");
+    assert_eq!(to_carol.call_id(), to_bob.call_id());
+    // The second answers 503: the third at once.
+    h.from(CAROL, &reply(&to_carol, 503, Some("c1"), None));
+    let to_dave = h.request_to(DAVE, "INVITE");
+    // The third gives a 100 and takes its time ringing: no failover
+    // (there is no fourth anyway) and the call completes.
+    h.from(DAVE, &reply(&to_dave, 100, None, None));
+    h.advance(Duration::from_secs(6));
+    h.from(DAVE, &reply(&to_dave, 200, Some("d1"), Some(CALLEE_SDP)));
+    h.response_to(CALLER, 200);
+}
+
+#[test]
+fn an_answering_destination_is_not_failed_over_and_answers_are_reused_until_their_ttl() {
+    let mut h = Harness::new(&trunk_plan());
+    let invite = h.invite("1234", "call-a", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let query = h.take_queries().remove(0);
+    h.resolve(query.clone(), &[BOB, CAROL], Duration::from_secs(60));
+    let to_bob = h.request_to(BOB, "INVITE");
+    h.from(BOB, &reply(&to_bob, 180, Some("b1"), None));
+    h.response_to(CALLER, 180);
+    h.advance(FAILOVER_AFTER * 2);
+    h.nothing_to(CAROL);
+    h.from(BOB, &reply(&to_bob, 200, Some("b1"), Some(CALLEE_SDP)));
+    let answer = h.response_to(CALLER, 200);
+    let ack = h.ack_for(&answer, None);
+    h.from(CALLER, &ack);
+    h.request_to(BOB, "ACK");
+
+    // A second call within the TTL goes straight to the first destination.
+    let invite = h.invite("1234", "call-b", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    assert!(h.take_queries().is_empty(), "asked again within the TTL");
+    h.request_to(BOB, "INVITE");
+
+    // After the TTL the name is asked again (what the unanswered second
+    // call sent meanwhile does not matter here).
+    h.advance(Duration::from_secs(61));
+    h.sent.clear();
+    let invite = h.invite("1234", "call-c", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    assert_eq!(h.take_queries(), vec![query]);
+}
+
+#[test]
+fn a_name_that_does_not_resolve_is_503_and_callers_waiting_for_it_all_get_their_answer() {
+    let mut h = Harness::new(&trunk_plan());
+    for call in ["call-1", "call-2"] {
+        let invite = h.invite("1234", call, Some(CALLER_SDP));
+        h.from(CALLER, &invite);
+        h.response_to(CALLER, 100);
+    }
+    // One query for both callers.
+    let queries = h.take_queries();
+    assert_eq!(queries.len(), 1);
+    h.resolve(queries[0].clone(), &[], Duration::ZERO);
+    let first = h.response_to(CALLER, 503);
+    let second = h.response_to(CALLER, 503);
+    assert_ne!(first.call_id(), second.call_id());
+    // Remembered for a moment: a third caller is answered without a query.
+    let invite = h.invite("1234", "call-3", Some(CALLER_SDP));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    h.response_to(CALLER, 503);
+    assert!(h.take_queries().is_empty());
 }

@@ -450,7 +450,9 @@ pub fn tls_connect(
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("read the CA") {
-        roots.add(cert.expect("a CA certificate")).expect("add the CA");
+        roots
+            .add(cert.expect("a CA certificate"))
+            .expect("add the CA");
     }
     #[allow(deprecated)] // ring, as the server uses
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
