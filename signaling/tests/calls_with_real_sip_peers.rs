@@ -1493,3 +1493,70 @@ fn switchboard_ctl_lists_shows_and_hangs_up_a_sipp_call() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_trunk_named_in_dns_is_reached_through_its_second_srv_target_when_the_first_is_silent() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    // The first SRV target takes the INVITE and never answers.
+    let silent = UdpSocket::bind("127.0.0.1:0").expect("bind the silent target");
+    let silent_port = silent.local_addr().expect("address").port();
+    let callee_port = free_port();
+    let Some(dns) = switchboard_testkit::dns::Dnsmasq::start(&[
+        "--naptr-record=trunk.test,10,10,s,SIP+D2U,,_sip._udp.trunk.test".to_owned(),
+        format!("--srv-host=_sip._udp.trunk.test,first.trunk.test,{silent_port},10,50"),
+        format!("--srv-host=_sip._udp.trunk.test,second.trunk.test,{callee_port},20,50"),
+        "--host-record=first.trunk.test,127.0.0.1".to_owned(),
+        "--host-record=second.trunk.test,127.0.0.1".to_owned(),
+    ]) else {
+        return;
+    };
+    let dns_server = dns.addr.to_string();
+    let bed = bed(
+        "sip:bob@trunk.test",
+        &["--auth", "anonymous", "--dns-server", &dns_server],
+    );
+    let started = Instant::now();
+    two_party_call(
+        &bed,
+        callee_port,
+        TwoParty {
+            callee: "b2bua_uas.xml",
+            callee_args: &[],
+            caller: "b2bua_uac.xml",
+            caller_args: &["-d", "2000"],
+            rtp: true,
+        },
+    );
+    // The name was looked up as RFC 3263 says: NAPTR, then the SRV it
+    // names, then each target's address.
+    let log = dns.log();
+    for query in [
+        "query[NAPTR] trunk.test",
+        "query[SRV] _sip._udp.trunk.test",
+        "query[A] first.trunk.test",
+        "query[A] second.trunk.test",
+    ] {
+        assert!(log.contains(query), "no {query}:\n{log}");
+    }
+    // The silent target had the INVITE first, for the name; the call
+    // moved on after its silence.
+    silent
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let mut buffer = [0u8; 8192];
+    let (len, _) = silent
+        .recv_from(&mut buffer)
+        .expect("the first target got the INVITE");
+    let invite = String::from_utf8_lossy(&buffer[..len]);
+    assert!(
+        invite.starts_with("INVITE sip:bob@trunk.test SIP/2.0"),
+        "{invite}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "no failover wait: {:?}",
+        started.elapsed()
+    );
+}

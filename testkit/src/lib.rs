@@ -14,6 +14,7 @@
 
 pub mod certs;
 pub mod daemon;
+pub mod dns;
 pub mod netns;
 pub mod redis;
 pub mod sipp;
