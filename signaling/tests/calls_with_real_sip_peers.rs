@@ -1560,3 +1560,23 @@ fn a_trunk_named_in_dns_is_reached_through_its_second_srv_target_when_the_first_
         started.elapsed()
     );
 }
+
+#[test]
+fn a_caller_requiring_100rel_pracks_a_reliable_180_and_the_call_completes() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    // Before RFC 3262 support such a caller was refused 420 Bad Extension.
+    let (bed, callee_port) = anonymous_bed();
+    two_party_call(
+        &bed,
+        callee_port,
+        TwoParty {
+            callee: "b2bua_uas.xml",
+            callee_args: &[],
+            caller: "b2bua_uac_100rel.xml",
+            caller_args: &["-d", "2000"],
+            rtp: true,
+        },
+    );
+}

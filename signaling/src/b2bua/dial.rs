@@ -221,6 +221,10 @@ impl B2bua {
             caller_last: sdp_of(&request),
             moving: None,
             moved_legs: Vec::new(),
+            reliable: reliable::Reliable::of(
+                &request,
+                self.config.seed ^ self.next().wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            ),
         };
         self.sip_ids
             .insert(request.call_id().clone(), (call_key, CallLeg::A));
@@ -661,9 +665,9 @@ impl B2bua {
         match status {
             100 => {}
             101..=199 => {
-                let Some(invite) = call.invite.clone() else {
+                if call.invite.is_none() {
                     return;
-                };
+                }
                 if !call.info.ringing {
                     call.info.ringing = true;
                     let id = call.info.id.clone();
@@ -683,16 +687,14 @@ impl B2bua {
                                 return;
                             }
                             if *early == sdp {
-                                let headers = leg_headers(&self.config.local, call, CallLeg::A);
                                 let rewritten = rewritten.clone();
-                                respond(
-                                    sip,
-                                    &invite,
+                                self.provisional_to_caller(
+                                    now,
+                                    key,
                                     status,
                                     &reason,
-                                    Some(&call.a.local_tag),
-                                    &headers,
-                                    Some((SDP, rewritten.as_bytes())),
+                                    Some(rewritten),
+                                    sip,
                                 );
                                 return;
                             }
@@ -708,18 +710,7 @@ impl B2bua {
                             },
                         );
                     }
-                    None => {
-                        let headers = leg_headers(&self.config.local, call, CallLeg::A);
-                        respond(
-                            sip,
-                            &invite,
-                            status,
-                            &reason,
-                            Some(&call.a.local_tag),
-                            &headers,
-                            None,
-                        );
-                    }
+                    None => self.provisional_to_caller(now, key, status, &reason, None, sip),
                 }
             }
             200..=299 => {

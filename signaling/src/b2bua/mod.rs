@@ -84,7 +84,18 @@
 //! Contact already rung in this dial is refused (a loop). A 3xx not
 //! followed counts as a 480.
 //!
-//! Not implemented: 100rel/PRACK (PRACK is 481), strict routing, DNS for SIP URI targets (an IP address is required).
+//! Targets named by host name: resolved through a [`Resolve`] capability
+//! (RFC 3263, resolve.rs); the answer comes back as
+//! [`LinkInput::Resolved`], the destinations are tried one per attempt,
+//! the next after a 503 or [`FAILOVER_AFTER`] of silence.
+//!
+//! Reliable provisionals (RFC 3262) towards a caller that requires them:
+//! reliable.rs. The callee leg stays plain (we do not offer 100rel), so
+//! PRACK is never relayed; a PRACK that names no outstanding reliable
+//! provisional is 481.
+//!
+//! Not implemented: strict routing, REFER (405 from the core), relaying
+//! 100rel end to end.
 
 mod build;
 mod dial;
@@ -94,6 +105,7 @@ mod identity;
 mod media;
 pub mod migrate;
 pub mod reconcile;
+mod reliable;
 mod session_timer;
 pub mod shared;
 pub mod view;
@@ -497,6 +509,8 @@ struct Call {
     moving: Option<Box<migrate::Moving>>,
     /// Figures of managers the call left, for its record.
     moved_legs: Vec<LegFigures>,
+    /// Reliable provisionals, when the caller requires them (reliable.rs).
+    reliable: Option<reliable::Reliable>,
 }
 
 impl Call {
@@ -525,6 +539,8 @@ enum TimerId {
     Dial(CallKey),
     /// A destination found by DNS stayed silent (see [`FAILOVER_AFTER`]).
     Failover(CallKey),
+    /// A reliable provisional's retransmission (reliable.rs).
+    Reliable(CallKey),
     Retransmit(TransactionKey),
     Session(CallKey, CallLeg),
     /// A migration's re-INVITE again after a 491.
@@ -752,6 +768,7 @@ impl B2bua {
             // The core answered it; one that cancels an INVITE of ours
             // was handled before (`handle_event`).
             Method::Cancel => {}
+            Method::Prack => self.prack(now, key, request, sip),
             _ => self.in_dialog(now, key, request, sip),
         }
     }
@@ -1051,50 +1068,13 @@ impl B2bua {
                 if let Some((_, rewritten)) = call.early.as_mut() {
                     rewritten.clone_from(&sdp);
                 }
-                if let (Some(invite), Phase::Dialing) = (call.invite.clone(), call.phase) {
-                    let headers = leg_headers(&self.config.local, call, CallLeg::A);
-                    respond(
-                        sip,
-                        &invite,
-                        status,
-                        &reason,
-                        Some(&call.a.local_tag),
-                        &headers,
-                        Some((SDP, sdp.as_bytes())),
-                    );
+                if call.invite.is_some() && call.phase == Phase::Dialing {
+                    self.provisional_to_caller(now, key, status, &reason, Some(sdp), sip);
                 }
             }
             Purpose::FinalAnswer | Purpose::LateOffer | Purpose::SelfAnswer => {
-                let Some(invite) = call.invite.take() else {
-                    return;
-                };
-                call.answered = true;
-                call.info.answered = Some(now.wall);
-                let id = call.info.id.clone();
-                self.publish(|| Event::CallAnswered {
-                    id,
-                    at_ms: view::unix_ms(now.wall),
-                });
-                let Some(call) = self.calls.get_mut(&key) else {
-                    return;
-                };
-                call.phase = if purpose == Purpose::SelfAnswer {
-                    Phase::Working
-                } else {
-                    Phase::Bridged
-                };
-                tracing::info!(call_id = %call.media_id, "caller answered");
-                if let Some(sink) = &self.shared {
-                    let record = shared::SharedCall::of(sink.node(), call);
-                    sink.send(shared::SharedCallUpdate::Up(Box::new(record)));
-                }
-                let session = call.session[0];
-                self.answer_2xx(now, key, CallLeg::A, &invite, Some(sdp), sip);
-                if let Some(timer) = session {
-                    self.arm_session(key, CallLeg::A, timer, now);
-                }
-                if purpose == Purpose::SelfAnswer {
-                    self.next_action(now, key, sip);
+                if !self.hold_answer(key, &purpose, &sdp) {
+                    self.answer_caller(now, key, purpose, sdp, sip);
                 }
             }
             Purpose::LateAnswer => {
@@ -1285,6 +1265,7 @@ impl B2bua {
                 self.abandon(&branches, sip);
                 self.next_attempt(now, key, sip);
             }
+            TimerId::Reliable(key) => self.reliable_due(now, key, sip),
             TimerId::Session(key, leg) => self.session_due(now, key, leg, sip),
             TimerId::Migrate(key) => self.migrate_retry(now, key, sip),
             TimerId::Retransmit(server) => {
@@ -1520,7 +1501,7 @@ fn leg_headers(local: &Advertised, call: &Call, leg: CallLeg) -> Vec<(String, St
         ),
         (
             "Allow".to_owned(),
-            "INVITE, ACK, BYE, CANCEL, UPDATE, INFO".to_owned(),
+            "INVITE, ACK, BYE, CANCEL, UPDATE, INFO, PRACK".to_owned(),
         ),
     ];
     if let Some(timer) = call.session[leg_index(leg)] {

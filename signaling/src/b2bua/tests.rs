@@ -3059,3 +3059,145 @@ fn a_name_that_does_not_resolve_is_503_and_callers_waiting_for_it_all_get_their_
     h.response_to(CALLER, 503);
     assert!(h.take_queries().is_empty());
 }
+
+// ----- RFC 3262: reliable provisionals towards a caller requiring them ---
+
+fn requiring_100rel(invite: &str) -> String {
+    invite.replacen("\r\n", "\r\nRequire: 100rel\r\nSupported: 100rel\r\n", 1)
+}
+
+/// The caller's PRACK of `provisional` with this RAck RSeq and CSeq.
+fn prack(h: &mut Harness, provisional: &SipMessage, rseq: u32, cseq: u32) -> String {
+    let branch = h.new_branch();
+    request(
+        "PRACK sip:sb@192.0.2.100:5060 SIP/2.0",
+        &[
+            ("Via", &format!("SIP/2.0/UDP {CALLER};branch={branch}")),
+            ("Max-Forwards", "70"),
+            ("From", provisional.header("From").unwrap_or_default()),
+            ("To", provisional.header("To").unwrap_or_default()),
+            ("Call-ID", provisional.call_id().as_str()),
+            ("CSeq", &format!("{cseq} PRACK")),
+            ("RAck", &format!("{rseq} 1 INVITE")),
+        ],
+        None,
+    )
+}
+
+fn rseq(response: &SipMessage) -> u32 {
+    response
+        .header("RSeq")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no RSeq in {}", describe(response)))
+}
+
+impl Harness {
+    /// Every message sent to `peer` so far, taken.
+    fn take_to(&mut self, peer: &str) -> Vec<SipMessage> {
+        let peer = addr(peer);
+        let (to, rest): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.sent)
+            .into_iter()
+            .partition(|(a, _)| *a == peer);
+        self.sent = rest;
+        to.into_iter().map(|(_, m)| m).collect()
+    }
+}
+
+#[test]
+fn a_caller_requiring_100rel_gets_each_provisional_reliably_and_the_2xx_after_its_prack() {
+    let mut h = Harness::new(&bob_plan());
+    let invite = requiring_100rel(&h.invite("1001", "call-rel", Some(CALLER_SDP)));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    assert!(to_bob.require().is_empty(), "the callee leg is plain");
+
+    h.from(BOB, &reply(&to_bob, 180, Some("bob1"), None));
+    let ringing = h.response_to(CALLER, 180);
+    assert_eq!(ringing.require(), vec!["100rel".to_owned()]);
+    let first = rseq(&ringing);
+    assert!((1..0x8000_0000).contains(&first), "{first}");
+    // Sent again at T1 (500 ms) with the same RSeq until the PRACK.
+    h.advance(Duration::from_millis(500));
+    assert_eq!(rseq(&h.response_to(CALLER, 180)), first);
+
+    // A 183 with SDP waits behind the unacknowledged 180.
+    h.from(BOB, &reply(&to_bob, 183, Some("bob1"), Some(CALLEE_SDP)));
+    h.nothing_to(CALLER);
+    // A PRACK naming another RSeq: 481, nothing released.
+    let wrong = prack(&mut h, &ringing, first + 7, 2);
+    h.from(CALLER, &wrong);
+    h.response_to(CALLER, 481);
+    h.nothing_to(CALLER);
+    let right = prack(&mut h, &ringing, first, 3);
+    h.from(CALLER, &right);
+    let ok = h.response_to(CALLER, 200);
+    assert_eq!(ok.cseq().method, Method::Prack);
+    let progress = h.response_to(CALLER, 183);
+    assert_eq!(rseq(&progress), first + 1);
+    assert_eq!(body(&progress), manager_sdp("answer-b-a"));
+    // No more 180s after its PRACK.
+    h.advance(Duration::from_secs(2));
+    let resent: Vec<u16> = h
+        .take_to(CALLER)
+        .iter()
+        .filter_map(SipMessage::status)
+        .collect();
+    assert!(resent.iter().all(|s| *s == 183), "{resent:?}");
+
+    // The callee answers before the caller PRACKs the 183: the 2xx waits.
+    h.from(BOB, &reply(&to_bob, 200, Some("bob1"), Some(CALLEE_SDP)));
+    h.nothing_to(CALLER);
+    let prack_183 = prack(&mut h, &progress, first + 1, 4);
+    h.from(CALLER, &prack_183);
+    let ok = h.response_to(CALLER, 200);
+    assert_eq!(ok.cseq().method, Method::Prack);
+    let answer = h.response_to(CALLER, 200);
+    assert_eq!(answer.cseq().method, Method::Invite);
+    assert!(answer.require().is_empty());
+}
+
+#[test]
+fn without_a_prack_the_callers_invite_is_answered_500_after_64_t1() {
+    // Rung longer than 64·T1, so the dial's own timeout stays out of it.
+    let mut h = Harness::new(&dial_plan(
+        r#"["sip:bob@192.0.2.2:5060"]"#,
+        r#", "timeout": 60"#,
+    ));
+    let invite = requiring_100rel(&h.invite("1001", "call-noprack", Some(CALLER_SDP)));
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    h.from(BOB, &reply(&to_bob, 180, Some("bob1"), None));
+    h.advance(Duration::from_secs(33));
+    let statuses: Vec<u16> = h
+        .take_to(CALLER)
+        .iter()
+        .filter_map(SipMessage::status)
+        .collect();
+    // At 0 and then 0.5, 1.5, 3.5, 7.5, 15.5 and 31.5 s; 500 at 32 s.
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 180).count(),
+        7,
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&500), "{statuses:?}");
+    h.request_to(BOB, "CANCEL");
+}
+
+#[test]
+fn a_caller_that_only_supports_100rel_gets_plain_provisionals() {
+    let mut h = Harness::new(&bob_plan());
+    let invite = h.invite("1001", "call-sup", Some(CALLER_SDP)).replacen(
+        "\r\n",
+        "\r\nSupported: 100rel\r\n",
+        1,
+    );
+    h.from(CALLER, &invite);
+    h.response_to(CALLER, 100);
+    let to_bob = h.request_to(BOB, "INVITE");
+    h.from(BOB, &reply(&to_bob, 180, Some("bob1"), None));
+    let ringing = h.response_to(CALLER, 180);
+    assert!(ringing.require().is_empty());
+    assert_eq!(ringing.header("RSeq"), None);
+}

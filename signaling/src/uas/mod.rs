@@ -95,8 +95,10 @@ use observation::{Timed, MAX_OBSERVATIONS};
 /// Methods this server implements (the Allow header).
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, INFO, PRACK";
 
-/// Option tags this server supports: Path (RFC 3327) is echoed by the registrar.
-pub const SUPPORTED: &[&str] = &["path"];
+/// Option tags this server supports: Path (RFC 3327) is echoed by the
+/// registrar; 100rel (RFC 3262): a caller requiring it gets reliable
+/// provisionals from the B2BUA (b2bua/reliable.rs).
+pub const SUPPORTED: &[&str] = &["path", "100rel"];
 
 /// One input of the core, for [`Uas::handle_input`]: everything that
 /// changes it arrives as one of these (the `handle_*` methods are the same
