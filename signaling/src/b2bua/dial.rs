@@ -221,6 +221,7 @@ impl B2bua {
             caller_last: sdp_of(&request),
             moving: None,
             moved_legs: Vec::new(),
+            transfer: None,
             reliable: reliable::Reliable::of(
                 &request,
                 self.config.seed ^ self.next().wrapping_mul(0x9e37_79b9_7f4a_7c15),
@@ -1085,7 +1086,7 @@ fn q_millis(contact: &NameAddr) -> u16 {
 
 /// The query of a target whose host is a name (`None`: an address, a
 /// user, or a URI that does not parse).
-fn name_query(target: &Target) -> Option<crate::resolve::Query> {
+pub(super) fn name_query(target: &Target) -> Option<crate::resolve::Query> {
     match target {
         Target::Uri(text) => Uri::parse(text)
             .ok()
@@ -1096,7 +1097,7 @@ fn name_query(target: &Target) -> Option<crate::resolve::Query> {
 }
 
 /// The contacts a dial target reaches now.
-fn expand(
+pub(super) fn expand(
     target: &Target,
     local: &Advertised,
     local_host: &str,

@@ -72,7 +72,8 @@ impl B2bua {
             call_id: &dialog.call_id,
             cseq: dialog.local_cseq,
             max_forwards: 70,
-            contact: matches!(method, Method::Invite | Method::Update),
+            // RFC 6665 §4.1.2.2: a NOTIFY carries a Contact too.
+            contact: matches!(method, Method::Invite | Method::Update | Method::Notify),
             extra: &extra,
             body,
         });
@@ -132,6 +133,7 @@ impl B2bua {
             return;
         };
         self.servers.insert(server.clone(), ServerTx::InDialog(key));
+        let transferor_leaving = method == Method::Bye && self.transferor_left(key, leg);
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
@@ -149,6 +151,11 @@ impl B2bua {
             }
         }
         match method {
+            Method::Bye if transferor_leaving => {
+                respond(sip, &server, 200, "OK", tag.as_ref(), &[], None);
+                tracing::info!(call_id = %call.media_id, %leg, "BYE from the transferor: the transferee waits for the target");
+            }
+            Method::Refer => self.refer(now, key, leg, server, &request, sip),
             Method::Bye => {
                 respond(sip, &server, 200, "OK", tag.as_ref(), &[], None);
                 tracing::info!(call_id = %call.media_id, %leg, "BYE");

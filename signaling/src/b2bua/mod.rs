@@ -108,6 +108,7 @@ pub mod reconcile;
 mod reliable;
 mod session_timer;
 pub mod shared;
+mod transfer;
 pub mod view;
 
 #[cfg(test)]
@@ -318,6 +319,8 @@ struct Branch {
 #[derive(Debug)]
 enum ClientTx {
     Branch(Box<Branch>),
+    /// The INVITE to a transfer target (transfer.rs).
+    Transfer(Box<transfer::TransferBranch>),
     /// BYE, CANCEL: the answer does not matter.
     Fire,
     /// A re-INVITE or UPDATE carrying an offer from `from`'s peer.
@@ -388,6 +391,8 @@ enum Purpose {
     Migrate(migrate::Step),
     /// A migration's Release or Abort: the figures of the legs it deleted.
     MoveFigures,
+    /// A transfer target's answer on the transferor's leg (transfer.rs).
+    TransferAnswer,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -511,6 +516,8 @@ struct Call {
     moved_legs: Vec<LegFigures>,
     /// Reliable provisionals, when the caller requires them (reliable.rs).
     reliable: Option<reliable::Reliable>,
+    /// A blind transfer in progress (transfer.rs).
+    transfer: Option<transfer::Transfer>,
 }
 
 impl Call {
@@ -541,6 +548,8 @@ enum TimerId {
     Failover(CallKey),
     /// A reliable provisional's retransmission (reliable.rs).
     Reliable(CallKey),
+    /// A transfer target rang for its dial's timeout (transfer.rs).
+    Transfer(CallKey),
     Retransmit(TransactionKey),
     Session(CallKey, CallLeg),
     /// A migration's re-INVITE again after a 491.
@@ -784,10 +793,15 @@ impl B2bua {
         if status >= 200 {
             self.ending.remove(&key);
         }
+        if matches!(self.clients.get(&key), Some(ClientTx::Transfer(_))) {
+            self.transfer_response(key, response, sip);
+            return;
+        }
         let Some(client) = self.clients.get_mut(&key) else {
             return;
         };
         match client {
+            ClientTx::Transfer(_) => {}
             ClientTx::Branch(branch) => {
                 if (100..200).contains(&status) {
                     branch.provisional = true;
@@ -910,6 +924,7 @@ impl B2bua {
         let Some(mut call) = self.calls.remove(&key) else {
             return;
         };
+        self.abandon_transfer(&call, sip);
         if let Some(count) = self.originators.get_mut(&call.originator) {
             *count -= 1;
             if *count == 0 {
@@ -1077,6 +1092,12 @@ impl B2bua {
                     self.answer_caller(now, key, purpose, sdp, sip);
                 }
             }
+            Purpose::TransferAnswer => {
+                // The transferee keeps the manager's address and port; a
+                // different codec choice would need a re-INVITE to it,
+                // which is not sent (logged).
+                tracing::debug!(call_id = %call.media_id, "transfer: the manager took the target's answer");
+            }
             Purpose::LateAnswer => {
                 if let Some(pending) = call.pending_ack.take() {
                     call.sdp_sent[leg_index(CallLeg::B)] = Some(sdp.clone());
@@ -1185,7 +1206,8 @@ impl B2bua {
             | Purpose::FinalAnswer
             | Purpose::LateOffer
             | Purpose::LateAnswer
-            | Purpose::SelfAnswer => {
+            | Purpose::SelfAnswer
+            | Purpose::TransferAnswer => {
                 // Every manager refused (or none may take calls): a
                 // passing shortage, the caller may try again.
                 let retry_after = failure == MediaFailure::Unavailable;
@@ -1266,6 +1288,7 @@ impl B2bua {
                 self.next_attempt(now, key, sip);
             }
             TimerId::Reliable(key) => self.reliable_due(now, key, sip),
+            TimerId::Transfer(key) => self.transfer_due(now, key, sip),
             TimerId::Session(key, leg) => self.session_due(now, key, leg, sip),
             TimerId::Migrate(key) => self.migrate_retry(now, key, sip),
             TimerId::Retransmit(server) => {
@@ -1403,6 +1426,7 @@ impl B2bua {
             CallEvent::Response { key, response } => self.response(now, key, response, sip),
             CallEvent::Timeout { key, .. } => {
                 self.ending.remove(&key);
+                self.transfer_timeout(&key, sip);
                 // Timer B or F: the peer is gone; treat as 408 from it.
                 if let Some(ClientTx::Branch(branch)) = self.clients.get(&key) {
                     let call = branch.call;

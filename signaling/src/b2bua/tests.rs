@@ -3201,3 +3201,227 @@ fn a_caller_that_only_supports_100rel_gets_plain_provisionals() {
     assert!(ringing.require().is_empty());
     assert_eq!(ringing.header("RSeq"), None);
 }
+
+// ----- REFER: blind transfer --------------------------------------------
+
+/// 1001 rings Bob, 2002 rings Carol, 3003 rings Dave.
+fn transfer_plan() -> String {
+    r#"{"version": "1.0", "routes": [
+      {"id": "bob", "pattern": "1001", "priority": 1, "actions": [
+        {"type": "dial", "params": {"targets": ["sip:bob@192.0.2.2:5060"], "timeout": 20}}]},
+      {"id": "carol", "pattern": "2002", "priority": 2, "actions": [
+        {"type": "dial", "params": {"targets": ["sip:carol@192.0.2.3:5060"], "timeout": 20}}]},
+      {"id": "dave", "pattern": "3003", "priority": 3, "actions": [
+        {"type": "dial", "params": {"targets": ["sip:dave@192.0.2.4:5060"], "timeout": 20}}]}
+    ]}"#
+    .to_owned()
+}
+
+fn with_refer_to(request: &str, refer_to: &str) -> String {
+    request.replacen("\r\n", &format!("\r\nRefer-To: {refer_to}\r\n"), 1)
+}
+
+/// The NOTIFYs sent to `peer` so far: (Subscription-State, sipfrag status line).
+fn notifies(h: &mut Harness, peer: &str) -> Vec<(String, String)> {
+    h.take_to(peer)
+        .into_iter()
+        .filter(|m| m.is_request() && *m.method() == Method::Notify)
+        .map(|m| {
+            assert_eq!(m.header("Event"), Some("refer"));
+            assert!(!m.contacts().is_empty(), "a NOTIFY has a Contact");
+            (
+                m.header("Subscription-State")
+                    .unwrap_or_default()
+                    .to_owned(),
+                body(&m).trim_end().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_callee_blind_transfers_the_caller_to_a_third_party_who_takes_its_place() {
+    let mut h = Harness::new(&transfer_plan());
+    let (ok, to_bob) = answered_call(&mut h);
+    let refer = h.callee_request(BOB, &to_bob, "bob1", "REFER", 2, None);
+    h.from(BOB, &with_refer_to(&refer, "<sip:2002@192.0.2.100>"));
+    let accepted = h.response_to(BOB, 202);
+    assert_eq!(accepted.cseq().method, Method::Refer);
+    // The target gets what Bob had from the manager: the caller keeps
+    // sending to the same place.
+    let to_carol = h.request_to(CAROL, "INVITE");
+    assert_eq!(body(&to_carol), body(&to_bob));
+    assert_eq!(
+        to_carol.request_uri().map(ToString::to_string),
+        Some("sip:carol@192.0.2.3:5060".to_owned())
+    );
+    assert_eq!(
+        notifies(&mut h, BOB),
+        vec![(
+            "active;expires=60".to_owned(),
+            "SIP/2.0 100 Trying".to_owned()
+        )]
+    );
+    h.from(CAROL, &reply(&to_carol, 180, Some("carol1"), None));
+    assert_eq!(
+        notifies(&mut h, BOB),
+        vec![(
+            "active;expires=60".to_owned(),
+            "SIP/2.0 180 Ringing".to_owned()
+        )]
+    );
+    h.ops();
+    h.from(
+        CAROL,
+        &reply(&to_carol, 200, Some("carol1"), Some(CALLEE_SDP)),
+    );
+    h.request_to(CAROL, "ACK");
+    assert_eq!(
+        h.ops(),
+        vec![MediaOp::Answer {
+            leg: CallLeg::B,
+            peer: CallLeg::A,
+            sdp: CALLEE_SDP.to_owned()
+        }]
+    );
+    let to_bob_now = h.take_to(BOB);
+    let kinds: Vec<String> = to_bob_now.iter().map(describe).collect();
+    assert!(
+        to_bob_now.iter().any(|m| m.is_request()
+            && *m.method() == Method::Notify
+            && body(m).starts_with("SIP/2.0 200 OK")
+            && m.header("Subscription-State") == Some("terminated;reason=noresource")),
+        "{kinds:?}"
+    );
+    assert!(
+        to_bob_now
+            .iter()
+            .any(|m| m.is_request() && *m.method() == Method::Bye),
+        "{kinds:?}"
+    );
+    // Nothing for the caller: its media address did not change.
+    h.nothing_to(CALLER);
+    // The caller now talks to Carol: its BYE reaches her.
+    let bye = h.in_dialog(CALLER, &ok, "BYE", 2, None);
+    h.from(CALLER, &bye);
+    h.response_to(CALLER, 200);
+    h.request_to(CAROL, "BYE");
+    h.nothing_to(BOB);
+}
+
+#[test]
+fn the_caller_transfers_the_callee_and_may_hang_up_before_the_target_answers() {
+    let mut h = Harness::new(&transfer_plan());
+    let (ok, to_bob) = answered_call(&mut h);
+    let refer = h.in_dialog(CALLER, &ok, "REFER", 2, None);
+    h.from(CALLER, &with_refer_to(&refer, "sip:2002@192.0.2.100"));
+    h.response_to(CALLER, 202);
+    let to_carol = h.request_to(CAROL, "INVITE");
+    // Carol sees Bob calling.
+    assert!(
+        to_carol
+            .header("From")
+            .unwrap_or_default()
+            .contains("sip:bob@"),
+        "{:?}",
+        to_carol.header("From")
+    );
+    // The caller hangs up at once, as phones do in a blind transfer: Bob
+    // stays, waiting for Carol.
+    let bye = h.in_dialog(CALLER, &ok, "BYE", 3, None);
+    h.from(CALLER, &bye);
+    let responses: Vec<u16> = h
+        .take_to(CALLER)
+        .iter()
+        .filter_map(SipMessage::status)
+        .collect();
+    assert!(responses.contains(&200), "{responses:?}");
+    h.nothing_to(BOB);
+    h.ops();
+    h.from(
+        CAROL,
+        &reply(&to_carol, 200, Some("carol1"), Some(CALLEE_SDP)),
+    );
+    h.request_to(CAROL, "ACK");
+    assert_eq!(
+        h.ops(),
+        vec![MediaOp::Answer {
+            leg: CallLeg::A,
+            peer: CallLeg::B,
+            sdp: CALLEE_SDP.to_owned()
+        }]
+    );
+    // The caller is gone: no NOTIFY, no BYE for it.
+    assert!(
+        h.take_to(CALLER).iter().all(|m| !m.is_request()),
+        "requests to the departed caller"
+    );
+    // Bob's BYE now reaches Carol, in the dialog she answered.
+    let bobs_bye = h.callee_request(BOB, &to_bob, "bob1", "BYE", 2, None);
+    h.from(BOB, &bobs_bye);
+    h.response_to(BOB, 200);
+    let to_carol_bye = h.request_to(CAROL, "BYE");
+    assert_eq!(to_carol_bye.call_id(), to_carol.call_id());
+}
+
+#[test]
+fn a_failed_transfer_is_notified_and_the_call_stays_unless_the_transferor_left() {
+    let mut h = Harness::new(&transfer_plan());
+    let (ok, to_bob) = answered_call(&mut h);
+    // Refused before anything: no route, attended, no Refer-To.
+    let refer = h.callee_request(BOB, &to_bob, "bob1", "REFER", 2, None);
+    h.from(BOB, &with_refer_to(&refer, "<sip:9999@192.0.2.100>"));
+    h.response_to(BOB, 403);
+    let refer = h.callee_request(BOB, &to_bob, "bob1", "REFER", 3, None);
+    h.from(
+        BOB,
+        &with_refer_to(
+            &refer,
+            "<sip:2002@192.0.2.100?Replaces=abc%3Bto-tag%3Dx%3Bfrom-tag%3Dy>",
+        ),
+    );
+    h.response_to(BOB, 501);
+    let refer = h.callee_request(BOB, &to_bob, "bob1", "REFER", 4, None);
+    h.from(BOB, &refer);
+    h.response_to(BOB, 400);
+
+    // The target is busy: Bob hears so, and the call goes on.
+    let refer = h.callee_request(BOB, &to_bob, "bob1", "REFER", 5, None);
+    h.from(BOB, &with_refer_to(&refer, "<sip:2002@192.0.2.100>"));
+    h.response_to(BOB, 202);
+    let to_carol = h.request_to(CAROL, "INVITE");
+    h.from(CAROL, &reply(&to_carol, 486, Some("carol1"), None));
+    h.request_to(CAROL, "ACK");
+    let told = notifies(&mut h, BOB);
+    assert_eq!(
+        told.last(),
+        Some(&(
+            "terminated;reason=noresource".to_owned(),
+            "SIP/2.0 486 Busy Here".to_owned()
+        ))
+    );
+    let bye = h.in_dialog(CALLER, &ok, "BYE", 2, None);
+    h.from(CALLER, &bye);
+    h.response_to(CALLER, 200);
+    h.request_to(BOB, "BYE");
+
+    // Transferor gone and the target busy: the transferee is hung up on.
+    let mut h = Harness::new(&transfer_plan());
+    let (ok, to_bob) = answered_call(&mut h);
+    let refer = h.callee_request(BOB, &to_bob, "bob1", "REFER", 2, None);
+    h.from(BOB, &with_refer_to(&refer, "<sip:3003@192.0.2.100>"));
+    h.response_to(BOB, 202);
+    let bobs_bye = h.callee_request(BOB, &to_bob, "bob1", "BYE", 3, None);
+    h.from(BOB, &bobs_bye);
+    let to_bob_now: Vec<String> = h.take_to(BOB).iter().map(describe).collect();
+    assert!(
+        to_bob_now.iter().any(|m| m.starts_with("200")),
+        "{to_bob_now:?}"
+    );
+    h.nothing_to(CALLER);
+    let to_dave = h.request_to(DAVE, "INVITE");
+    h.from(DAVE, &reply(&to_dave, 486, Some("dave1"), None));
+    let to_caller = h.request_to(CALLER, "BYE");
+    assert_eq!(to_caller.call_id(), ok.call_id());
+    assert_eq!(h.occupancy().calls, 0);
+}

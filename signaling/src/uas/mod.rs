@@ -93,7 +93,7 @@ use crate::transport::{Destination, Flow, Inbound, Outbound};
 use observation::{Timed, MAX_OBSERVATIONS};
 
 /// Methods this server implements (the Allow header).
-pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, INFO, PRACK";
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, INFO, PRACK, REFER";
 
 /// Option tags this server supports: Path (RFC 3327) is echoed by the
 /// registrar; 100rel (RFC 3262): a caller requiring it gets reliable
@@ -1049,12 +1049,9 @@ impl Uas {
             | Method::Cancel
             | Method::Update
             | Method::Info
-            | Method::Prack => self.call_request(now, key, cancels, current),
-            Method::Subscribe
-            | Method::Notify
-            | Method::Publish
             | Method::Refer
-            | Method::Message => {
+            | Method::Prack => self.call_request(now, key, cancels, current),
+            Method::Subscribe | Method::Notify | Method::Publish | Method::Message => {
                 let headers = vec![("Allow".to_owned(), ALLOW.to_owned())];
                 self.reply(
                     now,
