@@ -69,6 +69,7 @@ fn bed_with_timeout(
             dial_target,
             extra,
             dial_timeout,
+            more_routes: "",
         },
     )
 }
@@ -86,6 +87,8 @@ struct BedArgs<'a> {
     dial_target: &'a str,
     extra: &'a [&'a str],
     dial_timeout: u32,
+    /// Routes before the others (JSON objects, each followed by a comma).
+    more_routes: &'a str,
 }
 
 /// Signaling in `data` with `manager`, after the managers `before` (each
@@ -98,10 +101,11 @@ fn bed_around(
         dial_target,
         extra,
         dial_timeout,
+        more_routes,
     }: BedArgs<'_>,
 ) -> Bed {
     let plan = format!(
-        r#"{{"version": "1.0", "routes": [
+        r#"{{"version": "1.0", "routes": [{more_routes}
           {{"id": "announcement", "pattern": "9000", "priority": 10, "actions": [
             {{"type": "answer", "params": {{}}}},
             {{"type": "play_audio", "params": {{"files": ["welcome.wav"]}}}},
@@ -762,6 +766,7 @@ fn bed_after_m1(m1_pairs: u16, m2_pairs: u16) -> (Bed, Manager, u16) {
             dial_target: &target,
             extra: &["--auth", "anonymous"],
             dial_timeout: 20,
+            more_routes: "",
         },
     );
     (bed, m1, callee_port)
@@ -894,6 +899,7 @@ fn a_killed_manager_is_lost_once_after_the_grace_and_a_restart_reports_only_the_
                 "3",
             ],
             dial_timeout: 20,
+            more_routes: "",
         },
     );
     // Lines about our manager (the harness names one more, always down).
@@ -1578,5 +1584,70 @@ fn a_caller_requiring_100rel_pracks_a_reliable_180_and_the_call_completes() {
             caller_args: &["-d", "2000"],
             rtp: true,
         },
+    );
+}
+
+#[test]
+fn a_callee_transfers_its_caller_to_a_third_party_and_the_media_follows() {
+    if sipp_binary().is_none() {
+        return;
+    }
+    let bob_port = free_port();
+    let carol_port = free_port();
+    let carol_route = format!(
+        r#"{{"id": "carol", "pattern": "2002", "priority": 5, "actions": [
+            {{"type": "dial", "params": {{"targets": ["sip:carol@127.0.0.1:{carol_port}"], "timeout": 10}}}}]}},"#
+    );
+    let data = tempfile::tempdir().expect("temp dir");
+    let manager = start_manager(&audio_dir(&data), 16, &[]);
+    let bed = bed_around(
+        data,
+        manager,
+        &[],
+        BedArgs {
+            dial_target: &format!("sip:bob@127.0.0.1:{bob_port}"),
+            extra: &["--auth", "anonymous"],
+            dial_timeout: 20,
+            more_routes: &carol_route,
+        },
+    );
+    let (a, rtp_a) = media_socket();
+    let (b, rtp_b) = media_socket();
+    let (c, rtp_c) = media_socket();
+    let carol = sipp(
+        &bed,
+        "b2bua_uas.xml",
+        carol_port,
+        &["-key", "rtp_b", &rtp_c],
+    );
+    // Bob answers, talks for 3 s, then REFERs the caller to 2002 (Carol).
+    let bob = sipp(
+        &bed,
+        "b2bua_uas_transfer.xml",
+        bob_port,
+        &[
+            "-key", "rtp_b", &rtp_b, "-key", "target", "2002", "-d", "3000",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = start_caller(
+        &bed,
+        "b2bua_uac.xml",
+        "1001",
+        &["-key", "rtp_a", &rtp_a, "-d", "9000"],
+    );
+    rtp_both_ways(&bed.manager, &a, &b);
+    // Bob got 202, the NOTIFYs up to "200 OK", and his BYE.
+    finish(&bed, "bob (transferor)", bob);
+    // The caller now talks with Carol through the same manager ports,
+    // without a re-INVITE; its BYE reaches her.
+    rtp_both_ways(&bed.manager, &a, &c);
+    finish(&bed, "caller", caller);
+    finish(&bed, "carol (target)", carol);
+    wait_no_calls(&bed.manager);
+    let log = bed.server.log();
+    assert!(
+        log.contains("transfer: the target answered and took the transferor's place"),
+        "{log}"
     );
 }
