@@ -134,6 +134,19 @@ impl Phone {
         (phone, tls)
     }
 
+    /// Takes commands at run time on a UDP console (baresip's `cons`
+    /// module) on a free loopback port; returns the port.
+    fn with_console(&self) -> u16 {
+        let port = switchboard_testkit::free_port();
+        let config = std::fs::read_to_string(self.dir.join("config")).expect("config");
+        std::fs::write(
+            self.dir.join("config"),
+            format!("{config}module cons.so\ncons_listen 127.0.0.1:{port}\n"),
+        )
+        .expect("write config");
+        port
+    }
+
     /// Starts baresip, running `commands` once ready and quitting after
     /// `quit_after` (hanging up its call).
     fn start(&mut self, baresip: &Path, commands: &[&str], quit_after: Duration) {
@@ -269,7 +282,10 @@ fn bed_with_trunk(
     let audio = data.join("audio");
     std::fs::create_dir_all(&audio).expect("audio dir");
     let manager = start_manager(&audio, 8, &[]);
-    let users = users_file(data, &[("1001", "pw1001"), ("1002", "pw1002")]);
+    let users = users_file(
+        data,
+        &[("1001", "pw1001"), ("1002", "pw1002"), ("1003", "pw1003")],
+    );
     let plan = data.join("dialplan.json");
     let trunk_route = trunk.map_or_else(String::new, |trunk| {
         format!(
@@ -448,6 +464,71 @@ fn a_trunk_over_tls_is_called_only_when_its_certificate_chains_to_the_tls_ca() {
         !trunk.log()[trunk_log_before..].contains("Incoming call"),
         "the trunk saw the call:\n{}",
         trunk.log()
+    );
+}
+
+#[test]
+fn baresip_transfers_its_caller_and_the_caller_then_hears_the_target() {
+    let Some(baresip) = peer_tool("baresip") else {
+        return;
+    };
+    let data = tempfile::tempdir().expect("temp dir");
+    let (manager, server) = bed(data.path(), &[]);
+    let mut bob = Phone::configure(data.path(), "bob", "1002", server.sip_addr(), 600.0);
+    let mut carol = Phone::configure(data.path(), "carol", "1003", server.sip_addr(), 800.0);
+    let mut alice = Phone::configure(data.path(), "alice", "1001", server.sip_addr(), 1000.0);
+    let console = bob.with_console();
+    bob.start(&baresip, &[], Duration::from_secs(40));
+    carol.start(&baresip, &[], Duration::from_secs(40));
+    wait_for(
+        "bob and carol never registered",
+        Duration::from_secs(15),
+        || registered(&server) == ["1002", "1003"],
+        || format!("{}\n{}\n{}", bob.log(), carol.log(), server.log()),
+    );
+    alice.start(&baresip, &["/dial 1002"], Duration::from_secs(16));
+    wait_for(
+        "bob never answered",
+        Duration::from_secs(15),
+        || bob.log().contains("Call established"),
+        || format!("{}\n{}", bob.log(), server.log()),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    // Bob transfers alice to carol (baresip's /transfer sends REFER).
+    let target = format!("/transfer sip:1003@{}\n", server.sip_addr());
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("console socket")
+        .send_to(target.as_bytes(), ("127.0.0.1", console))
+        .expect("send the command");
+    wait_for(
+        "carol never answered the transfer",
+        Duration::from_secs(15),
+        || carol.log().contains("Call established"),
+        || format!("{}\n{}\n{}", bob.log(), carol.log(), server.log()),
+    );
+    alice.wait(Duration::from_secs(30));
+    let log = server.log();
+    assert!(
+        log.contains("transfer: the target answered and took the transferor's place"),
+        "{log}"
+    );
+    wait_for(
+        "the call did not end everywhere",
+        Duration::from_secs(10),
+        || manager.calls().is_empty(),
+        || server.log(),
+    );
+    // Alice heard bob before the transfer and carol after it.
+    let heard = alice.heard();
+    let seconds = |frames: usize| frames as f64 / 50.0;
+    let bob_heard = seconds(frames_with_tone(&heard, 600.0));
+    let carol_heard = seconds(frames_with_tone(&heard, 800.0));
+    assert!(bob_heard >= 2.0, "alice heard bob for {bob_heard} s");
+    assert!(carol_heard >= 3.0, "alice heard carol for {carol_heard} s");
+    let carol_heard_alice = seconds(frames_with_tone(&carol.heard(), 1000.0));
+    assert!(
+        carol_heard_alice >= 3.0,
+        "carol heard alice for {carol_heard_alice} s"
     );
 }
 
