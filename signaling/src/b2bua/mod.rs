@@ -94,8 +94,12 @@
 //! PRACK is never relayed; a PRACK that names no outstanding reliable
 //! provisional is 481.
 //!
-//! Not implemented: strict routing, REFER (405 from the core), relaying
-//! 100rel end to end.
+//! Blind transfer: REFER from either party of an answered call
+//! (transfer.rs): the target, routed through the dialplan, takes the
+//! transferor's place on the same media leg.
+//!
+//! Not implemented: strict routing, attended transfer (Replaces, 501),
+//! relaying 100rel end to end.
 
 mod build;
 mod dial;
