@@ -350,6 +350,26 @@ fn baresip_registers_with_the_defaults_calls_and_both_sides_hear_each_other() {
 }
 
 #[test]
+fn baresip_over_tcp_registers_calls_and_both_sides_hear_each_other() {
+    let Some(baresip) = peer_tool("baresip") else {
+        return;
+    };
+    let data = tempfile::tempdir().expect("temp dir");
+    let (manager, server) = bed(data.path(), &[]);
+    let sip = server.sip_addr();
+    let bob = Phone::configure_over(data.path(), "bob", "1002", sip, "tcp", None, 600.0);
+    let alice = Phone::configure_over(data.path(), "alice", "1001", sip, "tcp", None, 1000.0);
+    let bindings = call_and_hear_each_other(&baresip, &manager, &server, alice, bob);
+    let transports: Vec<&str> = bindings
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .filter_map(|b| b["transport"].as_str())
+        .collect();
+    assert_eq!(transports, ["tcp", "tcp"], "{bindings}");
+}
+
+#[test]
 fn baresip_over_tls_registers_calls_and_both_sides_hear_each_other() {
     let Some(baresip) = peer_tool("baresip") else {
         return;
