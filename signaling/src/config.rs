@@ -127,6 +127,18 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_SIP_TLS_PORT", default_value_t = 5061)]
     pub tls_port: u16,
 
+    /// SIP over WebSocket (RFC 7118): the port it is served on, on
+    /// --bind-address (the HTTP upgrade at any path, the `sip`
+    /// subprotocol). Off by default. Media stays plain RTP through the
+    /// managers: WebRTC clients needing DTLS-SRTP and ICE are not served.
+    #[arg(long, env = "SWITCHBOARD_SIP_WS_PORT")]
+    pub ws_port: Option<u16>,
+
+    /// SIP over secure WebSocket (WSS): its port, with --tls-cert's
+    /// certificate. Off by default.
+    #[arg(long, env = "SWITCHBOARD_SIP_WSS_PORT")]
+    pub wss_port: Option<u16>,
+
     /// PEM file of the certificate authorities that servers reached over
     /// TLS (trunks, `sips:` targets) must chain to, instead of the
     /// system's roots. A server's certificate must name the address
@@ -650,6 +662,31 @@ impl Config {
                 ))
             }
             _ => {}
+        }
+        if self.wss_port.is_some() && self.tls_cert.is_none() {
+            return Err(ConfigError::invalid(
+                "wss-port",
+                "secure WebSocket needs --tls-cert and --tls-key",
+            ));
+        }
+        let mut ports = vec![("port", Some(self.port))];
+        if self.tls_cert.is_some() {
+            ports.push(("tls-port", Some(self.tls_port)));
+        }
+        ports.push(("ws-port", self.ws_port));
+        ports.push(("wss-port", self.wss_port));
+        let ports: Vec<(&str, u16)> = ports
+            .into_iter()
+            .filter_map(|(name, port)| Some((name, port?)))
+            .filter(|(_, port)| *port != 0)
+            .collect();
+        for (index, (name, port)) in ports.iter().enumerate() {
+            if let Some((other, _)) = ports[..index].iter().find(|(_, p)| p == port) {
+                return Err(ConfigError::invalid(
+                    name,
+                    format!("{port} is also --{other}; each transport needs a port of its own"),
+                ));
+            }
         }
         if self.tls_cert.is_some() && self.tls_port == self.port && self.port != 0 {
             return Err(ConfigError::invalid(

@@ -29,7 +29,7 @@ use crate::rtpmanager_client::ClientAccess;
 use crate::rtpmanager_pool::ManagerPool;
 use crate::transport::limits::{ConnectionLimits, TransportStats};
 use crate::transport::tls::Tls;
-use crate::transport::{Advertised, TransportConfig, Transports, TCP_BUFFER_BUDGET};
+use crate::transport::{Advertised, Stream, TransportConfig, Transports, TCP_BUFFER_BUDGET};
 use crate::uas::driver::{CoreHandle, CoreQueue, QueueLimits};
 use crate::uas::edge::Edge;
 use crate::uas::{BindingStore, Now, Uas, UasConfig};
@@ -93,12 +93,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 )),
                 None => None,
             },
+            ws: config
+                .ws_port
+                .map(|port| SocketAddr::new(config.bind_address, port)),
+            wss: config
+                .wss_port
+                .map(|port| SocketAddr::new(config.bind_address, port)),
         },
         queue.sink(),
         Arc::clone(&stats),
     )
     .await
-    .context("SIP transports (--bind-address/--port/--tls-port)")?;
+    .context("SIP transports (--bind-address/--port/--tls-port/--ws-port/--wss-port)")?;
+    for kind in [Stream::Ws, Stream::Wss] {
+        if let Some(address) = transports.local_addr_of(kind) {
+            tracing::info!(%address, transport = kind.name(), "SIP over WebSocket");
+        }
+    }
     if let Some(tls) = transports.tls() {
         tracing::info!(
             address = %transports.tls_local_addr().map_or_else(String::new, |a| a.to_string()),
@@ -143,6 +154,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             B2buaConfig {
                 local: Advertised {
                     tls_port: transports.tls_local_addr().map(|a| a.port()),
+                    ws_port: transports.local_addr_of(Stream::Ws).map(|a| a.port()),
+                    wss_port: transports.local_addr_of(Stream::Wss).map(|a| a.port()),
                     ..advertised(&config, transports.local_addr().port())
                 },
                 timers: config.timers(),
@@ -642,7 +655,7 @@ fn advertised(config: &Config, port: u16) -> Advertised {
     Advertised {
         host,
         port,
-        tls_port: None,
+        ..Advertised::default()
     }
 }
 

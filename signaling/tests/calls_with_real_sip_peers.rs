@@ -1651,3 +1651,120 @@ fn a_callee_transfers_its_caller_to_a_third_party_and_the_media_follows() {
         "{log}"
     );
 }
+
+/// A response a phone sends to `request` (its text): the request's Via,
+/// From, To (with `to_tag`), Call-ID and CSeq, then `extra` and `sdp`.
+fn phone_reply(
+    request: &str,
+    status: &str,
+    to_tag: &str,
+    extra: &str,
+    sdp: Option<&str>,
+) -> String {
+    let mut text = format!("SIP/2.0 {status}\r\n");
+    for via in common::headers(request, "Via") {
+        text.push_str(&format!("Via: {via}\r\n"));
+    }
+    for name in ["From", "Call-ID", "CSeq"] {
+        let value = common::header(request, name).unwrap_or_default();
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let to = common::header(request, "To").unwrap_or_default();
+    if to.contains("tag=") {
+        text.push_str(&format!("To: {to}\r\n"));
+    } else {
+        text.push_str(&format!("To: {to};tag={to_tag}\r\n"));
+    }
+    text.push_str(extra);
+    match sdp {
+        Some(sdp) => text.push_str(&format!(
+            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        )),
+        None => text.push_str("Content-Length: 0\r\n\r\n"),
+    }
+    text
+}
+
+#[test]
+fn a_phone_on_a_websocket_registers_and_is_called_over_its_connection() {
+    use std::io::Write;
+    if sipp_binary().is_none() {
+        return;
+    }
+    let ws_port = free_port();
+    let ws_port_text = ws_port.to_string();
+    let bed = bed(
+        "user/${destination}",
+        &["--auth", "anonymous", "--ws-port", &ws_port_text],
+    );
+    let socket = std::net::TcpStream::connect(("127.0.0.1", ws_port)).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut phone = common::WsClient::connect(socket, "127.0.0.1");
+    // RFC 7118 §5: a browser-like phone names itself with an .invalid host.
+    let register = "REGISTER sip:127.0.0.1 SIP/2.0\r\n\
+        Via: SIP/2.0/WS df7jal23ls0d.invalid;branch=z9hG4bKws1\r\n\
+        Max-Forwards: 70\r\n\
+        From: <sip:1001@127.0.0.1>;tag=ws1\r\n\
+        To: <sip:1001@127.0.0.1>\r\n\
+        Call-ID: ws-register-1\r\n\
+        CSeq: 1 REGISTER\r\n\
+        Contact: <sip:k3l2@df7jal23ls0d.invalid;transport=ws>\r\n\
+        Expires: 600\r\n\
+        Content-Length: 0\r\n\r\n";
+    phone.write_all(register.as_bytes()).expect("REGISTER");
+    let answer = common::read_stream_message(&mut phone).expect("an answer");
+    assert_eq!(common::status(&answer), 200, "{answer}");
+    let bindings = bed.server.get_json("/api/v1/registrations");
+    assert_eq!(bindings[0]["transport"], "ws", "{bindings}");
+
+    let (a, rtp_a) = media_socket();
+    let (b, rtp_b) = media_socket();
+    let caller = start_caller(
+        &bed,
+        "b2bua_uac.xml",
+        "1001",
+        &["-key", "rtp_a", &rtp_a, "-d", "2000"],
+    );
+    // The INVITE comes over the phone's own connection.
+    let invite = loop {
+        let message = common::read_stream_message(&mut phone).expect("the INVITE");
+        if message.starts_with("INVITE ") {
+            break message;
+        }
+    };
+    assert!(
+        invite.starts_with("INVITE sip:k3l2@df7jal23ls0d.invalid;transport=ws SIP/2.0"),
+        "{invite}"
+    );
+    let via = common::header(&invite, "Via").unwrap_or_default();
+    assert!(
+        via.starts_with(&format!("SIP/2.0/WS 127.0.0.1:{ws_port}")),
+        "{via}"
+    );
+    let contact = common::header(&invite, "Contact").unwrap_or_default();
+    assert!(contact.contains(";transport=ws"), "{contact}");
+    let sdp = format!(
+        "v=0\r\no=phone 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_b} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+    );
+    let contact_header = "Contact: <sip:k3l2@df7jal23ls0d.invalid;transport=ws>\r\n";
+    phone
+        .write_all(phone_reply(&invite, "180 Ringing", "ph1", contact_header, None).as_bytes())
+        .expect("180");
+    phone
+        .write_all(phone_reply(&invite, "200 OK", "ph1", contact_header, Some(&sdp)).as_bytes())
+        .expect("200");
+    let ack = common::read_stream_message(&mut phone).expect("the ACK");
+    assert!(ack.starts_with("ACK "), "{ack}");
+    rtp_both_ways(&bed.manager, &a, &b);
+    // The caller hangs up: the BYE comes over the WebSocket too.
+    let bye = common::read_stream_message(&mut phone).expect("the BYE");
+    assert!(bye.starts_with("BYE "), "{bye}");
+    phone
+        .write_all(phone_reply(&bye, "200 OK", "ph1", "", None).as_bytes())
+        .expect("200 to the BYE");
+    finish(&bed, "caller", caller);
+    wait_no_calls(&bed.manager);
+}

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{
-    read_stream_message, status, tls_args, tls_certificates, tls_connect, Server, UdpPeer,
+    read_stream_message, status, tls_args, tls_certificates, tls_connect, Server, UdpPeer, WsClient,
 };
 use switchboard_signaling::sip::StreamFramer;
 
@@ -231,6 +231,37 @@ fn request_rows_over_tls() {
     request_rows_over_a_stream("TLS", servers, |server| {
         let address = std::net::SocketAddr::new(server.sip_addr().ip(), port);
         Box::new(tls_connect(&certificates.ca, address).expect("TLS handshake"))
+    });
+}
+
+#[test]
+fn request_rows_over_websocket_and_secure_websocket() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Some(certificates) = tls_certificates(dir.path()) else {
+        return;
+    };
+    let (ws, wss) = (
+        switchboard_testkit::free_port(),
+        switchboard_testkit::free_port(),
+    );
+    let mut extra = tls_args(&certificates, switchboard_testkit::free_port());
+    extra.extend([
+        "--ws-port".to_owned(),
+        ws.to_string(),
+        "--wss-port".to_owned(),
+        wss.to_string(),
+    ]);
+    request_rows_over_a_stream("WS", Servers::with(extra.clone()), |server| {
+        let stream = TcpStream::connect((server.sip_addr().ip(), ws)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        Box::new(WsClient::connect(stream, "sip.test"))
+    });
+    request_rows_over_a_stream("WSS", Servers::with(extra), |server| {
+        let address = std::net::SocketAddr::new(server.sip_addr().ip(), wss);
+        let stream = tls_connect(&certificates.ca, address).expect("TLS handshake");
+        Box::new(WsClient::connect(stream, "sip.test"))
     });
 }
 

@@ -1116,17 +1116,7 @@ pub(super) fn expand(
             Ok(bindings
                 .into_iter()
                 .map(|b| {
-                    let flow = match b.source.transport {
-                        crate::registrar::Transport::Udp => Destination::Udp(b.source.addr),
-                        crate::registrar::Transport::Tls => Destination::Tls {
-                            remote: b.source.addr,
-                            connection: None,
-                        },
-                        _ => Destination::Tcp {
-                            remote: b.source.addr,
-                            connection: None,
-                        },
-                    };
+                    let flow = Destination::over(&b.source.transport.into(), b.source.addr);
                     // RFC 3327: the Path recorded at registration is the
                     // route; through the node holding the phone's flow
                     // when it registered at another node.

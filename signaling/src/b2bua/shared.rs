@@ -105,8 +105,7 @@ impl SharedDialog {
     pub(super) fn of(dialog: &Dialog) -> SharedDialog {
         let (transport, address) = match dialog.destination {
             Destination::Udp(remote) => ("udp", remote),
-            Destination::Tcp { remote, .. } => ("tcp", remote),
-            Destination::Tls { remote, .. } => ("tls", remote),
+            Destination::Stream { kind, remote, .. } => (kind.name(), remote),
         };
         SharedDialog {
             call_id: dialog.call_id.as_str().to_owned(),
@@ -116,7 +115,7 @@ impl SharedDialog {
             remote_tag: dialog.remote_tag.as_ref().map(|t| t.as_str().to_owned()),
             target: dialog.target.clone(),
             route_set: dialog.route_set.clone(),
-            transport: transport.to_owned(),
+            transport: transport.to_ascii_lowercase(),
             address,
             cseq: dialog.local_cseq,
         }
@@ -125,17 +124,11 @@ impl SharedDialog {
     /// The dialog again, to send a request on; `None` when a stored field
     /// does not parse (written by another version).
     pub(super) fn dialog(&self) -> Option<Dialog> {
-        let destination = match self.transport.as_str() {
-            "tcp" => Destination::Tcp {
-                remote: self.address,
-                connection: None,
-            },
-            "tls" => Destination::Tls {
-                remote: self.address,
-                connection: None,
-            },
-            _ => Destination::Udp(self.address),
-        };
+        // "udp", "tcp", "tls", "ws" or "wss".
+        let destination = Destination::over(
+            &crate::sip::Transport::from_token(&self.transport),
+            self.address,
+        );
         Some(Dialog {
             call_id: CallId::new(self.call_id.clone()),
             local: NameAddr::parse(&self.local).ok()?,

@@ -207,6 +207,7 @@ impl Harness {
                     host: "192.0.2.100".to_owned(),
                     port: 5060,
                     tls_port: Some(5061),
+                    ..crate::transport::Advertised::default()
                 },
                 timers: TimerConfig::default(),
                 seed: 42,
@@ -1178,7 +1179,8 @@ fn register_over(h: &mut Harness, user: &str, flow: Flow, call_id: &str) {
 fn a_phone_registered_over_tls_is_called_over_its_connection_with_our_tls_via_and_contact() {
     let mut h = Harness::new(&dial_plan(r#"["user/${destination}"]"#, ""));
     let connection = crate::transport::ConnectionId::for_test(7);
-    let flow = Flow::Tls {
+    let flow = Flow::Stream {
+        kind: crate::transport::Stream::Tls,
         remote: addr(BOB),
         connection,
     };
@@ -1197,7 +1199,8 @@ fn a_phone_registered_over_tls_is_called_over_its_connection_with_our_tls_via_an
     // Over TLS to the phone (any open connection to it: the registered one).
     assert_eq!(
         destination,
-        crate::transport::Destination::Tls {
+        crate::transport::Destination::Stream {
+            kind: crate::transport::Stream::Tls,
             remote: addr(BOB),
             connection: None
         }

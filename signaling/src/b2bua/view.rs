@@ -361,8 +361,12 @@ pub(crate) struct CallInfo {
 pub(crate) fn party_at(uri: &str, destination: &crate::transport::Destination) -> Party {
     let transport = match destination {
         crate::transport::Destination::Udp(_) => "udp",
-        crate::transport::Destination::Tcp { .. } => "tcp",
-        crate::transport::Destination::Tls { .. } => "tls",
+        crate::transport::Destination::Stream { kind, .. } => match kind {
+            crate::transport::Stream::Tcp => "tcp",
+            crate::transport::Stream::Tls => "tls",
+            crate::transport::Stream::Ws => "ws",
+            crate::transport::Stream::Wss => "wss",
+        },
     };
     Party {
         uri: uri.to_owned(),

@@ -163,6 +163,18 @@ pub enum Transport {
     Wss,
 }
 
+impl From<Transport> for crate::sip::Transport {
+    fn from(transport: Transport) -> crate::sip::Transport {
+        match transport {
+            Transport::Udp => crate::sip::Transport::Udp,
+            Transport::Tcp => crate::sip::Transport::Tcp,
+            Transport::Tls => crate::sip::Transport::Tls,
+            Transport::Ws => crate::sip::Transport::Ws,
+            Transport::Wss => crate::sip::Transport::Wss,
+        }
+    }
+}
+
 /// Where a REGISTER came from: the address the B2BUA must send to in order
 /// to reach a user behind NAT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -31,6 +31,7 @@ pub mod limits;
 mod tcp;
 pub mod tls;
 mod udp;
+pub mod ws;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -90,22 +91,49 @@ impl fmt::Display for ConnectionId {
     }
 }
 
-/// The stream transports: one implementation, TLS a layer on TCP.
+/// The stream transports: one connection table and serve loop for all;
+/// TLS is a layer on TCP, WebSocket (RFC 7118) a framing on either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stream {
     /// Plain TCP.
     Tcp,
     /// TLS over TCP.
     Tls,
+    /// WebSocket over TCP.
+    Ws,
+    /// WebSocket over TLS.
+    Wss,
 }
 
 impl Stream {
-    /// As in logs and metrics.
+    /// As in logs.
     pub fn name(self) -> &'static str {
         match self {
             Stream::Tcp => "TCP",
             Stream::Tls => "TLS",
+            Stream::Ws => "WS",
+            Stream::Wss => "WSS",
         }
+    }
+
+    /// The transport, as a Via names it.
+    pub fn transport(self) -> Transport {
+        match self {
+            Stream::Tcp => Transport::Tcp,
+            Stream::Tls => Transport::Tls,
+            Stream::Ws => Transport::Ws,
+            Stream::Wss => Transport::Wss,
+        }
+    }
+
+    /// Whether TLS carries it.
+    pub fn is_secure(self) -> bool {
+        matches!(self, Stream::Tls | Stream::Wss)
+    }
+
+    /// Whether it is WebSocket-framed.
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Stream::Ws | Stream::Wss)
     }
 }
 
@@ -117,15 +145,10 @@ pub enum Flow {
         /// The source address (IPv4-mapped IPv6 addresses are given as IPv4).
         remote: SocketAddr,
     },
-    /// A message read from a TCP connection.
-    Tcp {
-        /// The peer's address.
-        remote: SocketAddr,
-        /// The connection.
-        connection: ConnectionId,
-    },
-    /// A message read from a TLS connection.
-    Tls {
+    /// A message read from a stream connection.
+    Stream {
+        /// TCP, TLS, WS or WSS.
+        kind: Stream,
         /// The peer's address.
         remote: SocketAddr,
         /// The connection.
@@ -137,7 +160,7 @@ impl Flow {
     /// The peer's address.
     pub fn remote(&self) -> SocketAddr {
         match self {
-            Flow::Udp { remote } | Flow::Tcp { remote, .. } | Flow::Tls { remote, .. } => *remote,
+            Flow::Udp { remote } | Flow::Stream { remote, .. } => *remote,
         }
     }
 
@@ -145,8 +168,7 @@ impl Flow {
     pub fn transport(&self) -> Transport {
         match self {
             Flow::Udp { .. } => Transport::Udp,
-            Flow::Tcp { .. } => Transport::Tcp,
-            Flow::Tls { .. } => Transport::Tls,
+            Flow::Stream { kind, .. } => kind.transport(),
         }
     }
 
@@ -159,11 +181,12 @@ impl Flow {
     pub fn reply_destination(&self) -> Destination {
         match *self {
             Flow::Udp { remote } => Destination::Udp(remote),
-            Flow::Tcp { remote, connection } => Destination::Tcp {
+            Flow::Stream {
+                kind,
                 remote,
-                connection: Some(connection),
-            },
-            Flow::Tls { remote, connection } => Destination::Tls {
+                connection,
+            } => Destination::Stream {
+                kind,
                 remote,
                 connection: Some(connection),
             },
@@ -176,17 +199,14 @@ impl Flow {
 pub enum Destination {
     /// A UDP datagram to this address.
     Udp(SocketAddr),
-    /// A TCP connection to `remote`: `connection` when it is still open,
-    /// else any open connection to `remote`, else a new one.
-    Tcp {
-        /// The peer's address.
-        remote: SocketAddr,
-        /// The connection to prefer.
-        connection: Option<ConnectionId>,
-    },
-    /// A TLS connection to `remote`, chosen as for [`Destination::Tcp`]; a
-    /// new one checks that the server's certificate names `remote`'s address.
-    Tls {
+    /// A stream connection of `kind` to `remote`: `connection` when it is
+    /// still open, else any open connection of that kind to `remote`,
+    /// else a new one (TCP and TLS only: a WebSocket is opened by its
+    /// client; a new TLS connection checks that the server's certificate
+    /// names `remote`'s address).
+    Stream {
+        /// TCP, TLS, WS or WSS.
+        kind: Stream,
         /// The peer's address.
         remote: SocketAddr,
         /// The connection to prefer.
@@ -196,29 +216,27 @@ pub enum Destination {
 
 impl Destination {
     /// `remote` over `transport` (as a Via or a `transport` parameter
-    /// names it), on any open connection. Only UDP, TCP and TLS are
-    /// served: another stream transport is tried as TCP (TLS for WSS), an
-    /// unknown one as UDP.
+    /// names it), on any open connection; an unknown transport as UDP,
+    /// SCTP as TCP.
     pub fn over(transport: &Transport, remote: SocketAddr) -> Destination {
-        match transport {
-            Transport::Udp | Transport::Other(_) => Destination::Udp(remote),
-            Transport::Tls | Transport::Wss => Destination::Tls {
-                remote,
-                connection: None,
-            },
-            _ => Destination::Tcp {
-                remote,
-                connection: None,
-            },
+        let kind = match transport {
+            Transport::Udp | Transport::Other(_) => return Destination::Udp(remote),
+            Transport::Tls => Stream::Tls,
+            Transport::Ws => Stream::Ws,
+            Transport::Wss => Stream::Wss,
+            Transport::Tcp | Transport::Sctp => Stream::Tcp,
+        };
+        Destination::Stream {
+            kind,
+            remote,
+            connection: None,
         }
     }
 
     /// The peer's address.
     pub fn remote(&self) -> SocketAddr {
         match self {
-            Destination::Udp(remote)
-            | Destination::Tcp { remote, .. }
-            | Destination::Tls { remote, .. } => *remote,
+            Destination::Udp(remote) | Destination::Stream { remote, .. } => *remote,
         }
     }
 
@@ -231,8 +249,7 @@ impl Destination {
     pub fn transport(&self) -> Transport {
         match self {
             Destination::Udp(_) => Transport::Udp,
-            Destination::Tcp { .. } => Transport::Tcp,
-            Destination::Tls { .. } => Transport::Tls,
+            Destination::Stream { kind, .. } => kind.transport(),
         }
     }
 
@@ -241,15 +258,28 @@ impl Destination {
     pub fn uri_param(&self) -> &'static str {
         match self {
             Destination::Udp(_) => "",
-            Destination::Tcp { .. } => ";transport=tcp",
-            Destination::Tls { .. } => ";transport=tls",
+            Destination::Stream { kind, .. } => match kind {
+                Stream::Tcp => ";transport=tcp",
+                Stream::Tls => ";transport=tls",
+                Stream::Ws => ";transport=ws",
+                Stream::Wss => ";transport=wss",
+            },
+        }
+    }
+
+    /// The stream kind, for a stream destination.
+    pub fn stream(&self) -> Option<Stream> {
+        match self {
+            Destination::Udp(_) => None,
+            Destination::Stream { kind, .. } => Some(*kind),
         }
     }
 }
 
 /// How this server names itself in Via, Contact and Record-Route: the
-/// advertised host, the UDP/TCP port and, when TLS is served, its port.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// advertised host, the UDP/TCP port and the ports of the other
+/// transports it serves.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Advertised {
     /// Host name or address (an IPv6 address in brackets).
     pub host: String,
@@ -257,15 +287,26 @@ pub struct Advertised {
     pub port: u16,
     /// The TLS port, when TLS is served.
     pub tls_port: Option<u16>,
+    /// The WebSocket port, when served.
+    pub ws_port: Option<u16>,
+    /// The secure WebSocket port, when served.
+    pub wss_port: Option<u16>,
 }
 
 impl Advertised {
-    /// `host:port` for a message sent to `destination`: the TLS port for
-    /// TLS (so that a new connection to the sent-by, §18.2.2, is TLS too).
+    /// `host:port` for a message sent to `destination`: the port of its
+    /// transport (so that a new connection to the sent-by, §18.2.2, is of
+    /// that transport too).
     pub fn sent_by(&self, destination: &Destination) -> String {
-        match (destination, self.tls_port) {
-            (Destination::Tls { .. }, Some(port)) => format!("{}:{port}", self.host),
-            _ => self.to_string(),
+        let port = match destination.stream() {
+            Some(Stream::Tls) => self.tls_port,
+            Some(Stream::Ws) => self.ws_port,
+            Some(Stream::Wss) => self.wss_port,
+            _ => None,
+        };
+        match port {
+            Some(port) => format!("{}:{port}", self.host),
+            None => self.to_string(),
         }
     }
 
@@ -334,6 +375,11 @@ pub struct TransportConfig {
     pub tcp_buffer_budget: usize,
     /// TLS, served on its own address, when configured.
     pub tls: Option<(SocketAddr, Tls)>,
+    /// SIP over WebSocket (RFC 7118), served on this address.
+    pub ws: Option<SocketAddr>,
+    /// SIP over secure WebSocket, served on this address with `tls`'s
+    /// certificate.
+    pub wss: Option<SocketAddr>,
 }
 
 /// Default [`TransportConfig::tcp_buffer_budget`]: each connection may hold
@@ -353,8 +399,8 @@ pub struct Transports {
 struct Inner {
     config: TransportConfig,
     local: SocketAddr,
-    /// The TLS listener's address, when TLS is served.
-    tls_local: Option<SocketAddr>,
+    /// The stream listeners other than TCP's, and their addresses.
+    listening: Vec<(Stream, SocketAddr)>,
     udp: Arc<UdpSocket>,
     connections: Mutex<Connections>,
     next_connection: AtomicU64,
@@ -404,30 +450,32 @@ impl Transports {
                 transport: "UDP",
                 source,
             })?;
-        let tls_listener = match &config.tls {
-            Some((addr, _)) => Some(tcp::bind(*addr, "TLS")?),
-            None => None,
-        };
-        let tls_local = match &tls_listener {
-            Some(listener) => {
-                Some(
-                    listener
-                        .local_addr()
-                        .map_err(|source| TransportError::Configure {
-                            transport: "TLS",
-                            source,
-                        })?,
-                )
-            }
-            None => None,
-        };
+        let wanted = [
+            (Stream::Tls, config.tls.as_ref().map(|(addr, _)| *addr)),
+            (Stream::Ws, config.ws),
+            (Stream::Wss, config.wss.filter(|_| config.tls.is_some())),
+        ];
+        let mut listeners = Vec::new();
+        let mut listening = Vec::new();
+        for (kind, addr) in wanted {
+            let Some(addr) = addr else { continue };
+            let listener = tcp::bind(addr, kind.name())?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| TransportError::Configure {
+                    transport: kind.name(),
+                    source,
+                })?;
+            listeners.push((kind, listener));
+            listening.push((kind, local));
+        }
         let limiter =
             RateLimiter::new(config.source_rate).exempting(config.source_rate_exempt.clone());
         let transports = Transports {
             inner: Arc::new(Inner {
                 config,
                 local,
-                tls_local,
+                listening,
                 udp: Arc::new(udp),
                 connections: Mutex::new(Connections::default()),
                 next_connection: AtomicU64::new(1),
@@ -440,8 +488,8 @@ impl Transports {
         };
         tokio::spawn(udp::receive(transports.clone()));
         tokio::spawn(tcp::accept(transports.clone(), listener, Stream::Tcp));
-        if let Some(listener) = tls_listener {
-            tokio::spawn(tcp::accept(transports.clone(), listener, Stream::Tls));
+        for (kind, listener) in listeners {
+            tokio::spawn(tcp::accept(transports.clone(), listener, kind));
         }
         tokio::spawn(report_losses(stats));
         Ok(transports)
@@ -454,7 +502,20 @@ impl Transports {
 
     /// The TLS listener's address, when TLS is served.
     pub fn tls_local_addr(&self) -> Option<SocketAddr> {
-        self.inner.tls_local
+        self.local_addr_of(Stream::Tls)
+    }
+
+    /// The address `kind` is served on (TCP's is [`Transports::local_addr`]).
+    pub fn local_addr_of(&self, kind: Stream) -> Option<SocketAddr> {
+        match kind {
+            Stream::Tcp => Some(self.inner.local),
+            _ => self
+                .inner
+                .listening
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map(|(_, addr)| *addr),
+        }
     }
 
     /// Number of open TCP and TLS connections.
@@ -474,12 +535,11 @@ impl Transports {
     pub fn send(&self, outbound: Outbound) {
         match outbound.destination {
             Destination::Udp(remote) => udp::send(self, remote, &outbound.bytes),
-            Destination::Tcp { remote, connection } => {
-                tcp::send(self, Stream::Tcp, remote, connection, outbound.bytes);
-            }
-            Destination::Tls { remote, connection } => {
-                tcp::send(self, Stream::Tls, remote, connection, outbound.bytes);
-            }
+            Destination::Stream {
+                kind,
+                remote,
+                connection,
+            } => tcp::send(self, kind, remote, connection, outbound.bytes),
         }
     }
 
@@ -687,7 +747,8 @@ mod tests {
         );
         assert_eq!(
             destination("sip:bob@192.0.2.2;transport=tls"),
-            Ok(Destination::Tls {
+            Ok(Destination::Stream {
+                kind: Stream::Tls,
                 remote: at("192.0.2.2:5061"),
                 connection: None
             })
@@ -714,6 +775,8 @@ mod tests {
             host: "203.0.113.5".to_owned(),
             port: 5060,
             tls_port: Some(5061),
+            ws_port: Some(8080),
+            wss_port: None,
         };
         let remote: SocketAddr = "192.0.2.2:5061".parse().expect("address");
         let tls = Destination::over(&Transport::Tls, remote);
@@ -731,5 +794,13 @@ mod tests {
         );
         assert_eq!(local.contact_uri("sb", &udp), "sip:sb@203.0.113.5:5060");
         assert_eq!(tls.transport(), Transport::Tls);
+        let ws = Destination::over(&Transport::Ws, remote);
+        assert_eq!(
+            local.contact_uri("sb", &ws),
+            "sip:sb@203.0.113.5:8080;transport=ws"
+        );
+        // Not served: the plain port stands in.
+        let wss = Destination::over(&Transport::Wss, remote);
+        assert_eq!(local.sent_by(&wss), "203.0.113.5:5060");
     }
 }

@@ -16,11 +16,12 @@ use tokio::time::Instant;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::limits::{Refusal, Source, TransportStats};
+use super::ws::{message_frame, WsFramer};
 use super::{
     canonical, for_socket, socket_for, Connection, ConnectionId, Flow, Inbound, Stream,
     TransportError, Transports, CONNECTION_QUEUE,
 };
-use crate::sip::{build_error_response, ParseError, StreamFramer};
+use crate::sip::{build_error_response, FramingLimits, ParseError, StreamFramer};
 
 /// Backlog of the listening socket.
 const BACKLOG: i32 = 1024;
@@ -119,8 +120,10 @@ async fn accepted(
     queue: mpsc::Receiver<Vec<u8>>,
 ) {
     match kind {
-        Stream::Tcp => serve(transports, kind, TcpReader(stream), remote, id, queue).await,
-        Stream::Tls => {
+        Stream::Tcp | Stream::Ws => {
+            serve(transports, kind, TcpReader(stream), remote, id, queue).await;
+        }
+        Stream::Tls | Stream::Wss => {
             let Some(tls) = transports.tls() else {
                 unregister(&transports, kind, remote, id);
                 return;
@@ -206,6 +209,12 @@ pub(super) fn send(
     drop(connections);
     let tls = match kind {
         Stream::Tcp => None,
+        Stream::Ws | Stream::Wss => {
+            // A WebSocket is opened by its client (RFC 7118 §5.4): a
+            // phone that has closed its connection is unreachable.
+            tracing::debug!(%remote, transport = kind.name(), "no open WebSocket connection to the peer; message dropped");
+            return;
+        }
         Stream::Tls => match transports.tls() {
             Some(tls) => Some(TlsConnector::from(tls.client())),
             None => {
@@ -282,6 +291,78 @@ enum Opened {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
+/// How messages are cut out of a connection's octets and wrapped on the
+/// way out: SIP's own stream framing (Content-Length), or one SIP message
+/// per WebSocket message (RFC 7118).
+enum Framing {
+    Sip(StreamFramer),
+    Ws(Box<WsFramer>),
+}
+
+impl Framing {
+    fn of(kind: Stream, limits: FramingLimits) -> Framing {
+        if kind.is_websocket() {
+            Framing::Ws(Box::new(WsFramer::new(limits.max_header + limits.max_body)))
+        } else {
+            Framing::Sip(StreamFramer::new(limits))
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        match self {
+            Framing::Sip(framer) => framer.push(bytes),
+            Framing::Ws(framer) => framer.push(bytes),
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        match self {
+            Framing::Sip(framer) => framer.buffered(),
+            Framing::Ws(framer) => framer.buffered(),
+        }
+    }
+
+    /// The next complete message; on a framing error, what to send before
+    /// closing (a SIP error response, or nothing: a WebSocket's close
+    /// frame is among its replies).
+    fn next_message(&mut self) -> Result<Option<Vec<u8>>, Option<Vec<u8>>> {
+        match self {
+            Framing::Sip(framer) => framer.next_message().map_err(|error| {
+                tracing::debug!(%error, "stream framing failed");
+                error.status().and_then(|_| {
+                    build_error_response(&ParseError::from_frame(error, framer.failed_head()))
+                })
+            }),
+            Framing::Ws(framer) => framer.next_message().map_err(|error| {
+                tracing::debug!(%error, "WebSocket framing failed");
+                None
+            }),
+        }
+    }
+
+    /// What the framing itself answers: a CRLF pong per double-CRLF ping
+    /// (RFC 5626 §4.4.1); a WebSocket's handshake answer, pongs, close.
+    fn take_replies(&mut self) -> Vec<Vec<u8>> {
+        match self {
+            Framing::Sip(framer) => vec![b"\r\n".to_vec(); framer.take_pings()],
+            Framing::Ws(framer) => framer.take_replies(),
+        }
+    }
+
+    /// Whether the peer closed (a WebSocket close).
+    fn closed(&self) -> bool {
+        matches!(self, Framing::Ws(framer) if framer.is_closed())
+    }
+
+    /// A message as written on the connection.
+    fn wrap(&self, bytes: Vec<u8>) -> Vec<u8> {
+        match self {
+            Framing::Sip(_) => bytes,
+            Framing::Ws(_) => message_frame(&bytes),
+        }
+    }
+}
+
 /// How a connection's octets are read into the framer, and how its
 /// writing half is taken.
 trait StreamIo: Sized {
@@ -292,10 +373,8 @@ trait StreamIo: Sized {
 
 trait ReadInto: Send {
     /// Waits for octets and puts them in the framer.
-    fn read_into(
-        &mut self,
-        framer: &mut StreamFramer,
-    ) -> impl std::future::Future<Output = Read> + Send;
+    fn read_into(&mut self, framer: &mut Framing)
+        -> impl std::future::Future<Output = Read> + Send;
 }
 
 /// Plain TCP: reads only once the socket is readable, into a buffer on
@@ -312,7 +391,7 @@ impl StreamIo for TcpReader {
 }
 
 impl ReadInto for OwnedReadHalf {
-    async fn read_into(&mut self, framer: &mut StreamFramer) -> Read {
+    async fn read_into(&mut self, framer: &mut Framing) -> Read {
         if self.readable().await.is_err() {
             return Read::Failed;
         }
@@ -336,7 +415,7 @@ impl StreamIo for TlsReader {
 }
 
 impl<T: AsyncRead + Send + Unpin> ReadInto for tokio::io::ReadHalf<T> {
-    async fn read_into(&mut self, framer: &mut StreamFramer) -> Read {
+    async fn read_into(&mut self, framer: &mut Framing) -> Read {
         let mut chunk = [0u8; TLS_READ_CHUNK];
         // Cancel-safe: rustls keeps what it decrypted until it is read.
         match self.read(&mut chunk).await {
@@ -367,7 +446,7 @@ async fn serve<S: StreamIo>(
 ) {
     let (mut reader, mut writer) = stream.split();
     let config = &transports.inner.config;
-    let mut framer = StreamFramer::new(config.limits);
+    let mut framer = Framing::of(kind, config.limits);
     let mut idle_deadline = Instant::now() + config.tcp_idle_timeout;
     // When the message being received must be complete; `None` between messages.
     let mut message_deadline: Option<Instant> = None;
@@ -391,9 +470,18 @@ async fn serve<S: StreamIo>(
                 if holding > 0 && total > config.tcp_buffer_budget {
                     break Closed::BufferBudget;
                 }
+                let replies = framer.take_replies();
+                for reply in &replies {
+                    if !write(&mut writer, reply, config.tcp_message_timeout).await {
+                        break;
+                    }
+                }
+                if framer.closed() {
+                    break Closed::Peer;
+                }
                 match drained {
-                    Ok(Drained { messages, pings }) => {
-                        if messages + pings > 0 {
+                    Ok(messages) => {
+                        if messages + replies.len() > 0 {
                             idle_deadline = now + config.tcp_idle_timeout;
                         }
                         message_deadline = match (framer.buffered(), message_deadline) {
@@ -403,12 +491,6 @@ async fn serve<S: StreamIo>(
                             (_, Some(at)) => Some(at),
                             (_, None) => Some(now + config.tcp_message_timeout),
                         };
-                        // RFC 5626 §4.4.1: a double-CRLF ping gets a CRLF pong.
-                        for _ in 0..pings {
-                            if !write(&mut writer, b"\r\n", config.tcp_message_timeout).await {
-                                break;
-                            }
-                        }
                     }
                     Err(answer) => {
                         if let Some(answer) = answer {
@@ -420,6 +502,7 @@ async fn serve<S: StreamIo>(
             }
             queued = queue.recv() => {
                 let Some(bytes) = queued else { break Closed::QueueGone };
+                let bytes = framer.wrap(bytes);
                 if !write(&mut writer, &bytes, config.tcp_message_timeout).await {
                     break Closed::WriteError;
                 }
@@ -459,7 +542,7 @@ enum Read {
 /// Reads what is there into the framer. The read buffer lives on the stack
 /// for this call only, not in the connection's task: an idle connection
 /// then costs no buffer (1600 idle connections took 18 MiB with one each).
-fn read_ready(reader: &OwnedReadHalf, framer: &mut StreamFramer) -> Read {
+fn read_ready(reader: &OwnedReadHalf, framer: &mut Framing) -> Read {
     let mut chunk = [0u8; READ_CHUNK];
     match reader.try_read(&mut chunk) {
         Ok(0) => Read::Closed,
@@ -500,59 +583,33 @@ enum Closed {
     BufferBudget,
 }
 
-/// What one [`drain`] found.
-struct Drained {
-    /// Complete messages (delivered or dropped by the rate limit).
-    messages: usize,
-    /// Keep-alive pings to answer.
-    pings: usize,
-}
-
 /// Delivers every complete message in the framer, unless the source is
-/// over its rate. On a framing error returns the response to send, if any.
+/// over its rate; returns how many there were. On a framing error
+/// returns the response to send, if any.
 fn drain(
     transports: &Transports,
     kind: Stream,
-    framer: &mut StreamFramer,
+    framer: &mut Framing,
     remote: SocketAddr,
     id: ConnectionId,
-) -> Result<Drained, Option<Vec<u8>>> {
+) -> Result<usize, Option<Vec<u8>>> {
     let mut messages = 0;
-    loop {
-        match framer.next_message() {
-            Ok(Some(bytes)) => {
-                messages += 1;
-                if !transports.admit(remote) {
-                    continue;
-                }
-                tracing::trace!(%remote, connection = %id, len = bytes.len(), "stream message received");
-                let flow = match kind {
-                    Stream::Tcp => Flow::Tcp {
-                        remote,
-                        connection: id,
-                    },
-                    Stream::Tls => Flow::Tls {
-                        remote,
-                        connection: id,
-                    },
-                };
-                transports.deliver(Inbound { flow, bytes });
-            }
-            Ok(None) => {
-                return Ok(Drained {
-                    messages,
-                    pings: framer.take_pings(),
-                })
-            }
-            Err(error) => {
-                tracing::debug!(%remote, connection = %id, %error, "stream framing failed");
-                let answer = error.status().and_then(|_| {
-                    build_error_response(&ParseError::from_frame(error, framer.failed_head()))
-                });
-                return Err(answer);
-            }
+    while let Some(bytes) = framer.next_message()? {
+        messages += 1;
+        if !transports.admit(remote) {
+            continue;
         }
+        tracing::trace!(%remote, connection = %id, len = bytes.len(), "stream message received");
+        transports.deliver(Inbound {
+            flow: Flow::Stream {
+                kind,
+                remote,
+                connection: id,
+            },
+            bytes,
+        });
     }
+    Ok(messages)
 }
 
 #[cfg(test)]
@@ -599,6 +656,8 @@ mod tests {
                 source_rate_exempt: Vec::new(),
                 tcp_buffer_budget: 100_000,
                 tls: None,
+                ws: None,
+                wss: None,
             },
             sink,
             Arc::clone(&stats),
@@ -632,7 +691,13 @@ mod tests {
             .expect("the first message arrives")
             .expect("sink open");
         assert!(inbound.bytes.len() > 60_000);
-        assert!(matches!(inbound.flow, Flow::Tcp { .. }));
+        assert!(matches!(
+            inbound.flow,
+            Flow::Stream {
+                kind: crate::transport::Stream::Tcp,
+                ..
+            }
+        ));
         let mut third = TcpStream::connect(server).await.expect("connect");
         third
             .write_all((head(10) + "\r\n\r\n").as_bytes())

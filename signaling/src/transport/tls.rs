@@ -271,7 +271,7 @@ mod transport_tests {
     use crate::sip::FramingLimits;
     use crate::transport::limits::{ConnectionLimits, TransportStats};
     use crate::transport::{
-        Destination, Flow, Inbound, InboundSink, Outbound, TransportConfig, Transports,
+        Destination, Flow, Inbound, InboundSink, Outbound, Stream, TransportConfig, Transports,
     };
 
     const OPTIONS: &str = "OPTIONS sip:a@127.0.0.1 SIP/2.0\r\n\
@@ -298,6 +298,8 @@ mod transport_tests {
                 source_rate_exempt: Vec::new(),
                 tcp_buffer_budget: 100_000,
                 tls: tls.map(|tls| ("127.0.0.1:0".parse().expect("address"), tls)),
+                ws: None,
+                wss: None,
             },
             sink,
             Arc::new(TransportStats::default()),
@@ -359,7 +361,12 @@ mod transport_tests {
         phone.write_all(OPTIONS.as_bytes()).await.expect("write");
         let inbound = next(&mut received).await.expect("the OPTIONS arrives");
         assert_eq!(inbound.bytes, OPTIONS.as_bytes());
-        let Flow::Tls { remote, connection } = inbound.flow else {
+        let Flow::Stream {
+            kind: Stream::Tls,
+            remote,
+            connection,
+        } = inbound.flow
+        else {
             panic!("not a TLS flow: {:?}", inbound.flow);
         };
         assert_eq!(remote, phone.get_ref().0.local_addr().expect("local"));
@@ -409,15 +416,18 @@ mod transport_tests {
         ))
         .await;
         us.send(Outbound {
-            destination: Destination::Tls {
-                remote: trunk_tls,
-                connection: None,
-            },
+            destination: Destination::over(&crate::sip::Transport::Tls, trunk_tls),
             bytes: OPTIONS.as_bytes().to_vec(),
         });
         let inbound = next(&mut at_trunk).await.expect("the request arrives");
         assert!(
-            matches!(inbound.flow, Flow::Tls { .. }),
+            matches!(
+                inbound.flow,
+                Flow::Stream {
+                    kind: Stream::Tls,
+                    ..
+                }
+            ),
             "{:?}",
             inbound.flow
         );
@@ -427,10 +437,7 @@ mod transport_tests {
         // and the connection slot is given back.
         let (stranger, _) = start(Some(Tls::load(other_files).expect("stranger"))).await;
         stranger.send(Outbound {
-            destination: Destination::Tls {
-                remote: trunk_tls,
-                connection: None,
-            },
+            destination: Destination::over(&crate::sip::Transport::Tls, trunk_tls),
             bytes: OPTIONS.as_bytes().to_vec(),
         });
         assert!(

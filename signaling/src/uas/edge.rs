@@ -22,8 +22,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::auth::hmac_sha256;
 use crate::sip::split_top_level_commas;
+use crate::sip::Transport;
 use crate::sip::{Header, Method, NameAddr, SipMessage, Uri, Via};
-use crate::transport::{uri_destination, Destination, Flow, Outbound};
+use crate::transport::{uri_destination, Destination, Flow, Outbound, Stream};
 
 /// The branch prefix of this node's stateless forwards: a response whose
 /// top Via carries it is forwarded, not matched to a transaction.
@@ -88,8 +89,12 @@ impl Edge {
         let remote = flow.remote();
         let kind = match flow {
             Flow::Udp { .. } => 'u',
-            Flow::Tcp { .. } => 't',
-            Flow::Tls { .. } => 's',
+            Flow::Stream { kind, .. } => match kind {
+                Stream::Tcp => 't',
+                Stream::Tls => 's',
+                Stream::Ws => 'w',
+                Stream::Wss => 'x',
+            },
         };
         let body = format!("{kind}{}{:04x}", hex_ip(remote.ip()), remote.port());
         let mac = hmac_sha256(&self.key, body.as_bytes());
@@ -110,14 +115,10 @@ impl Edge {
         let remote = SocketAddr::new(ip, u16::from_str_radix(port, 16).ok()?);
         match kind {
             "u" => Some(Destination::Udp(remote)),
-            "t" => Some(Destination::Tcp {
-                remote,
-                connection: None,
-            }),
-            "s" => Some(Destination::Tls {
-                remote,
-                connection: None,
-            }),
+            "t" => Some(Destination::over(&Transport::Tcp, remote)),
+            "s" => Some(Destination::over(&Transport::Tls, remote)),
+            "w" => Some(Destination::over(&Transport::Ws, remote)),
+            "x" => Some(Destination::over(&Transport::Wss, remote)),
             _ => None,
         }
     }

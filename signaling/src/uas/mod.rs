@@ -790,7 +790,7 @@ impl Uas {
     /// Where a response to a request with this top Via goes.
     fn destination(&self, via: &Via, flow: &Flow) -> Destination {
         match flow {
-            Flow::Tcp { .. } | Flow::Tls { .. } => flow.reply_destination(),
+            Flow::Stream { .. } => flow.reply_destination(),
             Flow::Udp { remote } => {
                 if self.config.force_rport {
                     return Destination::Udp(*remote);

@@ -512,8 +512,12 @@ fn register_request(current: &Current) -> Result<RegisterRequest, &'static str> 
         source: Source {
             transport: match current.flow {
                 Flow::Udp { .. } => Transport::Udp,
-                Flow::Tcp { .. } => Transport::Tcp,
-                Flow::Tls { .. } => Transport::Tls,
+                Flow::Stream { kind, .. } => match kind {
+                    crate::transport::Stream::Tcp => Transport::Tcp,
+                    crate::transport::Stream::Tls => Transport::Tls,
+                    crate::transport::Stream::Ws => Transport::Ws,
+                    crate::transport::Stream::Wss => Transport::Wss,
+                },
             },
             addr: current.flow.remote(),
         },

@@ -473,3 +473,118 @@ pub fn tls_connect(
     }
     Ok(stream)
 }
+
+/// A minimal WebSocket client (RFC 6455) for SIP over WebSocket tests:
+/// the upgrade with the `sip` subprotocol, each `write` one masked text
+/// frame, reads giving the payloads of the server's frames in order.
+pub struct WsClient<S: Read + Write> {
+    stream: S,
+    /// Payload octets received and not yet read.
+    pending: std::collections::VecDeque<u8>,
+}
+
+impl<S: Read + Write> WsClient<S> {
+    /// Upgrades `stream`; panics unless the server answers 101 with `sip`.
+    pub fn connect(mut stream: S, host: &str) -> WsClient<S> {
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Protocol: sip\r\n\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .expect("send the upgrade");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream
+                .read_exact(&mut byte)
+                .expect("read the upgrade answer");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        assert!(
+            head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            "{head}"
+        );
+        assert!(head.contains("Sec-WebSocket-Protocol: sip"), "{head}");
+        WsClient {
+            stream,
+            pending: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Sends one frame as a client must (masked).
+    pub fn send_frame(&mut self, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
+        let mask = [0x12u8, 0x34, 0x56, 0x78];
+        let mut frame = vec![0x80 | opcode];
+        match payload.len() {
+            len @ 0..=125 => frame.push(0x80 | len as u8),
+            len @ 126..=0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            len => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.stream.write_all(&frame)
+    }
+
+    /// The next frame from the server: (opcode, payload).
+    pub fn read_frame(&mut self) -> std::io::Result<(u8, Vec<u8>)> {
+        let mut header = [0u8; 2];
+        self.stream.read_exact(&mut header)?;
+        assert_eq!(header[1] & 0x80, 0, "server frames are not masked");
+        let length = match header[1] & 0x7f {
+            126 => {
+                let mut bytes = [0u8; 2];
+                self.stream.read_exact(&mut bytes)?;
+                u64::from(u16::from_be_bytes(bytes))
+            }
+            127 => {
+                let mut bytes = [0u8; 8];
+                self.stream.read_exact(&mut bytes)?;
+                u64::from_be_bytes(bytes)
+            }
+            short => u64::from(short),
+        };
+        let mut payload = vec![0u8; usize::try_from(length).expect("frame length")];
+        self.stream.read_exact(&mut payload)?;
+        Ok((header[0] & 0x0f, payload))
+    }
+}
+
+impl<S: Read + Write> Read for WsClient<S> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        while self.pending.is_empty() {
+            let (opcode, payload) = self.read_frame()?;
+            match opcode {
+                0x1 | 0x2 => self.pending.extend(payload),
+                0x8 => return Ok(0),
+                _ => {}
+            }
+        }
+        let len = buffer.len().min(self.pending.len());
+        for (slot, byte) in buffer.iter_mut().zip(self.pending.drain(..len)) {
+            *slot = byte;
+        }
+        Ok(len)
+    }
+}
+
+impl<S: Read + Write> Write for WsClient<S> {
+    /// One SIP message per call: the whole buffer is one frame.
+    fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
+        self.send_frame(0x1, buffer)?;
+        Ok(buffer.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
+    }
+}
