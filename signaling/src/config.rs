@@ -688,15 +688,6 @@ impl Config {
                 ));
             }
         }
-        if self.tls_cert.is_some() && self.tls_port == self.port && self.port != 0 {
-            return Err(ConfigError::invalid(
-                "tls-port",
-                format!(
-                    "{} is also --port (UDP and TCP); TLS needs a port of its own",
-                    self.tls_port
-                ),
-            ));
-        }
         if self.rtpmanagers.is_empty() {
             return Err(ConfigError::invalid(
                 "rtpmanager",
@@ -1796,6 +1787,14 @@ mod tests {
                     "5070",
                 ][..],
                 "--tls-port: 5070 is also --port",
+            ),
+            (
+                &["--wss-port", "8443"][..],
+                "--wss-port: secure WebSocket needs --tls-cert",
+            ),
+            (
+                &["--port", "5070", "--ws-port", "5070"][..],
+                "--ws-port: 5070 is also --port",
             ),
         ] {
             let err = load(args).expect_err(expected).to_string();
