@@ -104,7 +104,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::clone(&stats),
     )
     .await
-    .context("SIP transports (--bind-address/--port/--tls-port/--ws-port/--wss-port)")?;
+    .context("SIP transports (--bind-address, --port, --tls-port, --ws-port, --wss-port)")?;
     for kind in [Stream::Ws, Stream::Wss] {
         if let Some(address) = transports.local_addr_of(kind) {
             tracing::info!(%address, transport = kind.name(), "SIP over WebSocket");

@@ -71,10 +71,10 @@ fn response_copies_headers_and_goes_to_the_rport_address() {
     assert_eq!(header(&response, "CSeq"), Some("17 OPTIONS"));
     assert_eq!(
         header(&response, "Allow"),
-        Some("INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, INFO, PRACK")
+        Some("INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, INFO, PRACK, REFER")
     );
     assert_eq!(header(&response, "Accept"), Some("application/sdp"));
-    assert_eq!(header(&response, "Supported"), Some("path"));
+    assert_eq!(header(&response, "Supported"), Some("path, 100rel"));
     assert_eq!(header(&response, "Content-Length"), Some("0"));
 
     // The same request again gets the same To tag (a retransmission).
@@ -134,7 +134,7 @@ fn method_level_answers() {
             501,
             Some((
                 "Allow",
-                "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, INFO, PRACK",
+                "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, INFO, PRACK, REFER",
             )),
         ),
         (
@@ -143,7 +143,7 @@ fn method_level_answers() {
             405,
             Some((
                 "Allow",
-                "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, INFO, PRACK",
+                "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, INFO, PRACK, REFER",
             )),
         ),
         ("MESSAGE", "", 405, None),

@@ -41,7 +41,9 @@ fn a_sip_port_in_use_is_one_line_naming_the_address_and_exits_69() {
     assert_eq!(output.status.code(), Some(69));
     let line = failure_line(&output);
     assert!(
-        line.starts_with("switchboard-signaling: SIP transports (--bind-address/--port): "),
+        line.starts_with(
+            "switchboard-signaling: SIP transports (--bind-address, --port, --tls-port, --ws-port, --wss-port): cannot bind SIP UDP on "
+        ),
         "{line}"
     );
     assert!(
