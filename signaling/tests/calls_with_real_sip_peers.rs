@@ -1594,8 +1594,11 @@ fn a_callee_transfers_its_caller_to_a_third_party_and_the_media_follows() {
     }
     let bob_port = free_port();
     let carol_port = free_port();
+    // Bob, a peer at a URI, is trusted to transfer (allow_transfer).
     let carol_route = format!(
-        r#"{{"id": "carol", "pattern": "2002", "priority": 5, "actions": [
+        r#"{{"id": "bob", "pattern": "1001", "priority": 4, "actions": [
+            {{"type": "dial", "params": {{"targets": ["sip:bob@127.0.0.1:{bob_port}"], "timeout": 10, "allow_transfer": true}}}}]}},
+          {{"id": "carol", "pattern": "2002", "priority": 5, "actions": [
             {{"type": "dial", "params": {{"targets": ["sip:carol@127.0.0.1:{carol_port}"], "timeout": 10}}}}]}},"#
     );
     let data = tempfile::tempdir().expect("temp dir");

@@ -506,7 +506,7 @@ fn baresip_transfers_its_caller_and_the_caller_then_hears_the_target() {
         || registered(&server) == ["1002", "1003"],
         || format!("{}\n{}\n{}", bob.log(), carol.log(), server.log()),
     );
-    alice.start(&baresip, &["/dial 1002"], Duration::from_secs(16));
+    alice.start(&baresip, &["/dial 1002"], Duration::from_secs(20));
     wait_for(
         "bob never answered",
         Duration::from_secs(15),

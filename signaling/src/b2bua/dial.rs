@@ -222,6 +222,7 @@ impl B2bua {
             moving: None,
             moved_legs: Vec::new(),
             transfer: None,
+            may_transfer: [true, false],
             reliable: reliable::Reliable::of(
                 &request,
                 self.config.seed ^ self.next().wrapping_mul(0x9e37_79b9_7f4a_7c15),
@@ -340,6 +341,7 @@ impl B2bua {
                 ring,
                 media_interface,
                 max_redirects,
+                allow_transfer,
             } => {
                 call.callee_interface.clone_from(&media_interface);
                 call.dial = Some(Dialing {
@@ -353,6 +355,7 @@ impl B2bua {
                     redirects_left: max_redirects,
                     rung: Vec::new(),
                     failover_at: None,
+                    allow_transfer,
                 });
                 match call.caller_sdp.clone() {
                     Some(sdp) => self.media(
@@ -414,6 +417,7 @@ impl B2bua {
                                         destination: *destination,
                                         session_expires: None,
                                         failover: index < last,
+                                        may_transfer: false,
                                     }]
                                 },
                             ));
@@ -534,6 +538,8 @@ impl B2bua {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
+        let may_transfer =
+            contact.may_transfer || call.dial.as_ref().is_some_and(|d| d.allow_transfer);
         let from = NameAddr {
             display_name: call.caller_name.clone(),
             uri: Uri::parse(&format!("sip:{}@{host}", call.caller_number))
@@ -611,6 +617,7 @@ impl B2bua {
                         abandoned: false,
                         won: false,
                         ack: None,
+                        may_transfer,
                     })),
                 );
             }
@@ -655,6 +662,7 @@ impl B2bua {
                         destination: branch.sent.destination,
                         session_expires: Some(min_se),
                         failover: false,
+                        may_transfer: branch.may_transfer,
                     })
                 }
                 _ => None,
@@ -719,6 +727,7 @@ impl B2bua {
                     return;
                 };
                 let sent = branch.sent.clone();
+                call.may_transfer[leg_index(CallLeg::B)] = branch.may_transfer;
                 let Some(to_tag) = response.to_tag() else {
                     tracing::info!(call_id = %call.media_id, "2xx without a To tag ignored");
                     return;
@@ -1053,6 +1062,7 @@ fn follow_redirect(
                 destination,
                 session_expires: None,
                 failover: false,
+                may_transfer: false,
             },
         ));
     }
@@ -1128,6 +1138,8 @@ pub(super) fn expand(
                         session_expires: None,
                         destination,
                         failover: false,
+                        // A registered user may transfer.
+                        may_transfer: true,
                     }
                 })
                 .collect())
@@ -1142,6 +1154,7 @@ pub(super) fn expand(
                 session_expires: None,
                 destination,
                 failover: false,
+                may_transfer: false,
             }])
         }
     }

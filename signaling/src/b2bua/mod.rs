@@ -318,6 +318,9 @@ struct Branch {
     /// The body of the ACK sent for its 2xx, once sent: a retransmitted
     /// 2xx gets the same ACK again (§13.2.2.4).
     ack: Option<Option<String>>,
+    /// Its callee may transfer the call once it answers (see
+    /// [`Contact::may_transfer`]).
+    may_transfer: bool,
 }
 
 #[derive(Debug)]
@@ -423,6 +426,9 @@ struct Contact {
     /// Another destination of the same name follows (RFC 3263 §4.3): no
     /// response at all within [`FAILOVER_AFTER`] moves on to it.
     failover: bool,
+    /// The party answering here may transfer the call: a registered user,
+    /// or any callee of a dial with `allow_transfer`.
+    may_transfer: bool,
 }
 
 /// How long a destination found by DNS may stay silent (not even a 100
@@ -449,6 +455,8 @@ struct Dialing {
     /// When the current attempt moves on to the next destination of its
     /// name if nothing has answered (see [`Contact::failover`]).
     failover_at: Option<Instant>,
+    /// The dial's `allow_transfer`.
+    allow_transfer: bool,
 }
 
 /// Contacts of one redirect that are rung; the rest are ignored, so a
@@ -522,6 +530,10 @@ struct Call {
     reliable: Option<reliable::Reliable>,
     /// A blind transfer in progress (transfer.rs).
     transfer: Option<transfer::Transfer>,
+    /// Which party may transfer the call (REFER), per leg: the caller,
+    /// who could have placed the target's call itself; a callee when it
+    /// is a registered user or its dial allows it.
+    may_transfer: [bool; 2],
 }
 
 impl Call {

@@ -3207,17 +3207,50 @@ fn a_caller_that_only_supports_100rel_gets_plain_provisionals() {
 
 // ----- REFER: blind transfer --------------------------------------------
 
-/// 1001 rings Bob, 2002 rings Carol, 3003 rings Dave.
+/// 1001 rings Bob, who may transfer; 2002 rings Carol, 3003 Dave.
 fn transfer_plan() -> String {
+    transfer_plan_with(true)
+}
+
+fn transfer_plan_with(bob_may_transfer: bool) -> String {
     r#"{"version": "1.0", "routes": [
       {"id": "bob", "pattern": "1001", "priority": 1, "actions": [
-        {"type": "dial", "params": {"targets": ["sip:bob@192.0.2.2:5060"], "timeout": 20}}]},
+        {"type": "dial", "params": {"targets": ["sip:bob@192.0.2.2:5060"], "timeout": 20, "allow_transfer": BOB}}]},
       {"id": "carol", "pattern": "2002", "priority": 2, "actions": [
         {"type": "dial", "params": {"targets": ["sip:carol@192.0.2.3:5060"], "timeout": 20}}]},
       {"id": "dave", "pattern": "3003", "priority": 3, "actions": [
         {"type": "dial", "params": {"targets": ["sip:dave@192.0.2.4:5060"], "timeout": 20}}]}
     ]}"#
-    .to_owned()
+    .replace("BOB", if bob_may_transfer { "true" } else { "false" })
+}
+
+#[test]
+fn a_callee_reached_at_a_uri_may_not_transfer_unless_its_dial_allows_it() {
+    let mut h = Harness::new(&transfer_plan_with(false));
+    let (ok, to_bob) = answered_call(&mut h);
+    let refer = h.callee_request(BOB, &to_bob, "bob1", "REFER", 2, None);
+    h.from(BOB, &with_refer_to(&refer, "<sip:2002@192.0.2.100>"));
+    h.response_to(BOB, 403);
+    h.nothing_to(CAROL);
+    // The caller may: it could have dialled 2002 itself.
+    let refer = h.in_dialog(CALLER, &ok, "REFER", 2, None);
+    h.from(CALLER, &with_refer_to(&refer, "<sip:2002@192.0.2.100>"));
+    h.response_to(CALLER, 202);
+    let to_carol = h.request_to(CAROL, "INVITE");
+    // Carol, reached at a URI of a dial without allow_transfer, answers
+    // in the caller's place: she may not transfer in turn.
+    h.from(
+        CAROL,
+        &reply(&to_carol, 200, Some("carol1"), Some(CALLEE_SDP)),
+    );
+    h.request_to(CAROL, "ACK");
+    let carols_refer = h.callee_request(CAROL, &to_carol, "carol1", "REFER", 2, None);
+    h.from(
+        CAROL,
+        &with_refer_to(&carols_refer, "<sip:3003@192.0.2.100>"),
+    );
+    h.response_to(CAROL, 403);
+    h.nothing_to(DAVE);
 }
 
 fn with_refer_to(request: &str, refer_to: &str) -> String {

@@ -6,7 +6,11 @@
 //! The target is routed through the dialplan as a call to the Refer-To's
 //! user would be (its route's first dial action, the first target that
 //! gives a contact now); no route is 403, so a transfer reaches nothing
-//! a call could not. REFER is answered 202 and the transferor told how it
+//! a call could not. Who may transfer: the caller (it could have dialled
+//! the target itself) and registered users; a callee reached at a SIP
+//! URI (a trunk, a peer) only when its dial has `allow_transfer`, since a
+//! transfer makes this server place a call the far end chose (403
+//! otherwise). REFER is answered 202 and the transferor told how it
 //! goes with NOTIFYs of `message/sipfrag` (100 Trying, 180 Ringing, then
 //! the final status, terminating the implicit subscription).
 //!
@@ -36,6 +40,8 @@ pub(super) struct Transfer {
     transferor_present: bool,
     /// The INVITE to the target.
     client: TransactionKey,
+    /// The target may transfer in turn once it answers.
+    target_may_transfer: bool,
     /// The last status notified.
     notified: u16,
     /// When the target has rung long enough.
@@ -79,6 +85,12 @@ impl B2bua {
         if call.phase != Phase::Bridged || call.dialog(leg.other()).is_none() {
             return refuse(sip, 403, "Forbidden (the call is not established)");
         }
+        if !call.may_transfer[leg_index(leg)] {
+            // A far end reached through a SIP URI would make this server
+            // place calls through its own routes (toll fraud).
+            tracing::info!(call_id = %call.media_id, %leg, "transfer refused: this party may not transfer (allow_transfer)");
+            return refuse(sip, 403, "Forbidden (transfer not allowed for this party)");
+        }
         let refer_to = request.header_list("Refer-To");
         let [refer_to] = refer_to.as_slice() else {
             return refuse(sip, 400, "Bad Request (one Refer-To)");
@@ -97,12 +109,14 @@ impl B2bua {
                 "Bad Request (Refer-To is not a SIP URI with a user)",
             );
         };
-        let Some((contact, timeout)) = self.transfer_contact(key, &user, sip) else {
+        let Some((contact, timeout, allow_transfer)) = self.transfer_contact(key, &user, sip)
+        else {
             tracing::info!(call_id = %call.media_id, %leg, target = %user, "transfer refused: no route reaches the target now");
             return refuse(sip, 403, "Forbidden (no route to the transfer target)");
         };
         respond(sip, &server, 202, "Accepted", tag.as_ref(), &[], None);
         tracing::info!(call_id = %call.media_id, %leg, target = %user, "transfer: calling the target");
+        let target_may_transfer = contact.may_transfer || allow_transfer;
         let Some(client) = self.invite_transfer_target(key, leg, contact, sip) else {
             self.notify(key, leg, 503, "Service Unavailable", true, sip);
             return;
@@ -113,6 +127,7 @@ impl B2bua {
                 from: leg,
                 transferor_present: true,
                 client,
+                target_may_transfer,
                 notified: 100,
                 deadline,
             });
@@ -121,15 +136,15 @@ impl B2bua {
         self.notify(key, leg, 100, "Trying", false, sip);
     }
 
-    /// The contact a transfer to `user` calls and how long it rings: the
-    /// dialplan's route for `user`, its first dial action, the first of its
-    /// targets that gives a contact now.
+    /// The contact a transfer to `user` calls, how long it rings and the
+    /// dial's `allow_transfer`: the dialplan's route for `user`, its first
+    /// dial action, the first of its targets that gives a contact now.
     fn transfer_contact(
         &self,
         key: CallKey,
         user: &str,
         sip: &SipActions<'_>,
-    ) -> Option<(Contact, Duration)> {
+    ) -> Option<(Contact, Duration, bool)> {
         let call = self.calls.get(&key)?;
         let route = self.dialplan.route(user)?;
         let vars = CallVars {
@@ -138,14 +153,17 @@ impl B2bua {
             caller_name: call.caller_name.as_deref().unwrap_or(""),
             call_id: call.a.call_id.as_str(),
         };
-        let (targets, timeout) =
+        let (targets, timeout, allow_transfer) =
             route
                 .actions
                 .iter()
                 .find_map(|action| match action.with_vars(&vars) {
                     Action::Dial {
-                        targets, timeout, ..
-                    } => Some((targets, timeout)),
+                        targets,
+                        timeout,
+                        allow_transfer,
+                        ..
+                    } => Some((targets, timeout, allow_transfer)),
                     _ => None,
                 })?;
         let contact = targets.iter().find_map(|target| {
@@ -164,6 +182,7 @@ impl B2bua {
                     destination,
                     session_expires: None,
                     failover: false,
+                    may_transfer: false,
                 });
             }
             dial::expand(
@@ -177,7 +196,7 @@ impl B2bua {
             .into_iter()
             .next()
         })?;
-        Some((contact, timeout))
+        Some((contact, timeout, allow_transfer))
     }
 
     /// Sends the INVITE to the transfer target, offering what the
@@ -308,8 +327,16 @@ impl B2bua {
             .get(&branch.call)
             .and_then(|c| c.transfer.as_ref())
             .filter(|t| t.client == client)
-            .map(|t| (t.from, t.transferor_present, t.notified));
-        let Some((from, present, notified)) = current.filter(|_| !branch.abandoned) else {
+            .map(|t| {
+                (
+                    t.from,
+                    t.transferor_present,
+                    t.notified,
+                    t.target_may_transfer,
+                )
+            });
+        let Some((from, present, notified, may_transfer)) = current.filter(|_| !branch.abandoned)
+        else {
             // The call or the transfer is over.
             if (200..300).contains(&status) {
                 self.ack_and_bye(&branch.sent, &response, sip);
@@ -331,7 +358,12 @@ impl B2bua {
                     self.notify(key, from, 180, "Ringing", false, sip);
                 }
             }
-            200..=299 => self.transfer_answered(key, from, present, &branch.sent, &response, sip),
+            200..=299 => {
+                if let Some(call) = self.calls.get_mut(&key) {
+                    call.may_transfer[leg_index(from)] = may_transfer;
+                }
+                self.transfer_answered(key, from, present, &branch.sent, &response, sip);
+            }
             _ => {
                 let reason = response.reason().unwrap_or("").to_owned();
                 self.transfer_failed(key, status, &reason, sip);

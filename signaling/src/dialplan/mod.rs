@@ -100,6 +100,12 @@ pub enum Action {
         /// other, before the dial's next target; 0 counts a 3xx as a
         /// failure (480).
         max_redirects: u8,
+        /// Whether a callee reached by this dial at a SIP URI (a trunk, a
+        /// peer) may transfer the call (`"allow_transfer"`, false by
+        /// default): a transfer makes this server place a call, which a
+        /// far end should not do through our trunks unless trusted.
+        /// Registered users may always transfer.
+        allow_transfer: bool,
     },
     /// Play audio files to the caller (answering first if needed).
     PlayAudio { files: Vec<String> },
@@ -264,6 +270,7 @@ impl Action {
                 ring,
                 media_interface,
                 max_redirects,
+                allow_transfer,
             } => Action::Dial {
                 targets: targets
                     .iter()
@@ -276,6 +283,7 @@ impl Action {
                 ring: *ring,
                 media_interface: media_interface.clone(),
                 max_redirects: *max_redirects,
+                allow_transfer: *allow_transfer,
             },
             Action::PlayAudio { files } => Action::PlayAudio {
                 files: files.iter().map(|f| s(f)).collect(),
@@ -462,12 +470,18 @@ fn parse_action(raw: &RawAction) -> Result<Action, FieldError> {
                         )
                     })?,
             };
+            let allow_transfer = match params.get("allow_transfer") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(allow)) => *allow,
+                Some(_) => return Err(field("params.allow_transfer", "must be true or false")),
+            };
             Ok(Action::Dial {
                 targets,
                 timeout: Duration::from_secs(timeout),
                 ring,
                 media_interface,
                 max_redirects,
+                allow_transfer,
             })
         }
         "play_audio" | "playback" => {

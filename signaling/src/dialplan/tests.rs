@@ -48,7 +48,8 @@ fn the_shipped_demo_plan_is_valid_and_routes_as_documented() {
             timeout: Duration::from_secs(30),
             ring: Ring::Parallel,
             media_interface: None,
-            max_redirects: 3
+            max_redirects: 3,
+            allow_transfer: false
         }
     );
 }
@@ -194,7 +195,8 @@ fn dial_options_and_seed_spellings() {
             timeout: Duration::from_secs(12),
             ring: Ring::Sequential,
             media_interface: None,
-            max_redirects: 3
+            max_redirects: 3,
+            allow_transfer: false
         }
     );
     assert_eq!(
@@ -260,4 +262,22 @@ fn a_dial_action_bounds_the_redirects_it_follows() {
             "{bad}: {err}"
         );
     }
+}
+
+#[test]
+fn a_dial_action_may_let_its_callee_transfer() {
+    let p = plan(
+        r#"{"id":"x","pattern":"*","actions":[
+            {"type":"dial","params":{"targets":["sip:trunk@192.0.2.9"],"allow_transfer":true}}]}"#,
+    );
+    match &p.route("1").expect("route").actions[0] {
+        Action::Dial { allow_transfer, .. } => assert!(*allow_transfer),
+        other => panic!("not a dial: {other:?}"),
+    }
+    let text = r#"{"version":"1.0","routes":[{"id":"x","pattern":"*","actions":[
+        {"type":"dial","params":{"targets":["user/1001"],"allow_transfer":"yes"}}]}]}"#;
+    let error = Dialplan::parse(text)
+        .expect_err("not a boolean")
+        .to_string();
+    assert!(error.contains("params.allow_transfer"), "{error}");
 }
