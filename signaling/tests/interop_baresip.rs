@@ -360,12 +360,7 @@ fn baresip_over_tcp_registers_calls_and_both_sides_hear_each_other() {
     let bob = Phone::configure_over(data.path(), "bob", "1002", sip, "tcp", None, 600.0);
     let alice = Phone::configure_over(data.path(), "alice", "1001", sip, "tcp", None, 1000.0);
     let bindings = call_and_hear_each_other(&baresip, &manager, &server, alice, bob);
-    let transports: Vec<&str> = bindings
-        .as_array()
-        .expect("a JSON array")
-        .iter()
-        .filter_map(|b| b["transport"].as_str())
-        .collect();
+    let transports = transports_of(&bindings);
     assert_eq!(transports, ["tcp", "tcp"], "{bindings}");
 }
 
@@ -398,12 +393,7 @@ fn baresip_over_tls_registers_calls_and_both_sides_hear_each_other() {
     let alice = Phone::configure_over(data.path(), "alice", "1001", tls, "tls", ca, 1000.0);
     let bindings = call_and_hear_each_other(&baresip, &manager, &server, alice, bob);
     // Both registered over TLS, as the bindings said during the call.
-    let transports: Vec<&str> = bindings
-        .as_array()
-        .expect("a JSON array")
-        .iter()
-        .filter_map(|b| b["transport"].as_str())
-        .collect();
+    let transports = transports_of(&bindings);
     assert_eq!(transports, ["tls", "tls"], "{bindings}");
 }
 
@@ -550,6 +540,16 @@ fn baresip_transfers_its_caller_and_the_caller_then_hears_the_target() {
         carol_heard_alice >= 3.0,
         "carol heard alice for {carol_heard_alice} s"
     );
+}
+
+/// The transport of each binding the API listed.
+fn transports_of(bindings: &serde_json::Value) -> Vec<&str> {
+    bindings
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .filter_map(|b| b["transport"].as_str())
+        .collect()
 }
 
 /// Bob (registered) is called by alice, who hangs up after 12 s; each

@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use super::build::{self, contact_of, sdp_of, with_tag, Outgoing};
+use super::build::{contact_of, sdp_of, with_tag};
 use super::session_timer::{allows_update, supports_timer, SessionExpires, DEFAULT_SE, MIN_SE};
 use super::*;
 use crate::transport::{uri_destination, Advertised};
@@ -564,10 +564,7 @@ impl B2bua {
             .session_expires
             .unwrap_or_else(|| call.session[0].map_or(DEFAULT_SE, |t| t.interval));
         let mut headers = vec![
-            (
-                "Allow".to_owned(),
-                "INVITE, ACK, BYE, CANCEL, UPDATE, INFO".to_owned(),
-            ),
+            ("Allow".to_owned(), ALLOW_IN_CALLS.to_owned()),
             ("Supported".to_owned(), "timer".to_owned()),
             ("Session-Expires".to_owned(), interval.to_string()),
             ("Min-SE".to_owned(), MIN_SE.to_string()),
@@ -579,24 +576,13 @@ impl B2bua {
                 format!("<sip:{user}@{host}>"),
             ));
         }
-        let extra = with_routes(&sent.route, &headers);
-        let from_text = with_tag(&sent.from, Some(&sent.from_tag));
-        let to_text = with_tag(&sent.to, None);
-        let request = build::request(&Outgoing {
-            method: &Method::Invite,
-            uri: &sent.uri,
-            local: &local,
-            branch: &sent.branch,
-            destination: sent.destination,
-            from: &from_text,
-            to: &to_text,
-            call_id: &sent.call_id,
-            cseq: sent.cseq,
-            max_forwards: call.max_forwards,
-            contact: true,
-            extra: &extra,
-            body: call.b_offer.as_deref().map(|s| (SDP, s.as_bytes())),
-        });
+        let request = invite_of(
+            &local,
+            &sent,
+            call.max_forwards,
+            &headers,
+            call.b_offer.as_deref(),
+        );
         if let Some(dial) = call.dial.as_mut() {
             if !dial.rung.contains(&sent.uri) {
                 dial.rung.push(sent.uri.clone());

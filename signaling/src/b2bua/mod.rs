@@ -1539,10 +1539,7 @@ fn leg_headers(local: &Advertised, call: &Call, leg: CallLeg) -> Vec<(String, St
             "Contact".to_owned(),
             format!("<{}>", contact_uri(local, &destination)),
         ),
-        (
-            "Allow".to_owned(),
-            "INVITE, ACK, BYE, CANCEL, UPDATE, INFO, PRACK".to_owned(),
-        ),
+        ("Allow".to_owned(), ALLOW_IN_CALLS.to_owned()),
     ];
     if let Some(timer) = call.session[leg_index(leg)] {
         headers.extend(timer.headers(leg));
@@ -1609,6 +1606,38 @@ fn send(
             None
         }
     }
+}
+
+/// The methods a leg may send us (Allow of our INVITEs and answers).
+const ALLOW_IN_CALLS: &str = "INVITE, ACK, BYE, CANCEL, UPDATE, INFO, PRACK, REFER";
+
+/// The INVITE `sent` describes: its route set first, then `headers`,
+/// offering `offer`.
+fn invite_of(
+    local: &Advertised,
+    sent: &SentInvite,
+    max_forwards: u32,
+    headers: &[(String, String)],
+    offer: Option<&str>,
+) -> Option<SipMessage> {
+    let extra = with_routes(&sent.route, headers);
+    let from = with_tag(&sent.from, Some(&sent.from_tag));
+    let to = with_tag(&sent.to, None);
+    build::request(&Outgoing {
+        method: &Method::Invite,
+        uri: &sent.uri,
+        local,
+        branch: &sent.branch,
+        destination: sent.destination,
+        from: &from,
+        to: &to,
+        call_id: &sent.call_id,
+        cseq: sent.cseq,
+        max_forwards,
+        contact: true,
+        extra: &extra,
+        body: offer.map(|s| (SDP, s.as_bytes())),
+    })
 }
 
 fn send_cancel(

@@ -28,7 +28,7 @@
 //! name that are not resolved yet (403 asks to retry), transfer of a call
 //! being moved or re-offered (491).
 
-use super::build::{self, contact_of, sdp_of, with_tag, Outgoing};
+use super::build::{contact_of, sdp_of};
 use super::*;
 
 /// A transfer in progress on a call.
@@ -238,28 +238,8 @@ impl B2bua {
             destination: contact.destination,
             session_expires: None,
         };
-        let headers = vec![(
-            "Allow".to_owned(),
-            "INVITE, ACK, BYE, CANCEL, UPDATE, INFO, PRACK".to_owned(),
-        )];
-        let extra = with_routes(&sent.route, &headers);
-        let from_text = with_tag(&sent.from, Some(&sent.from_tag));
-        let to_text = with_tag(&sent.to, None);
-        let request = build::request(&Outgoing {
-            method: &Method::Invite,
-            uri: &sent.uri,
-            local: &local,
-            branch: &sent.branch,
-            destination: sent.destination,
-            from: &from_text,
-            to: &to_text,
-            call_id: &sent.call_id,
-            cseq: sent.cseq,
-            max_forwards: 70,
-            contact: true,
-            extra: &extra,
-            body: Some((SDP, offer.as_bytes())),
-        });
+        let headers = [("Allow".to_owned(), ALLOW_IN_CALLS.to_owned())];
+        let request = invite_of(&local, &sent, 70, &headers, Some(&offer));
         let client = send(sip, request, sent.destination)?;
         self.sip_ids.insert(sent.call_id.clone(), (key, from));
         self.clients.insert(

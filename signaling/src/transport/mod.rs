@@ -382,6 +382,31 @@ pub struct TransportConfig {
     pub wss: Option<SocketAddr>,
 }
 
+#[cfg(test)]
+impl TransportConfig {
+    /// Loopback on a free port, ten connections, no rate limit, TLS and
+    /// WebSocket off: what the transport tests start from.
+    pub(crate) fn for_test() -> TransportConfig {
+        TransportConfig {
+            bind: "127.0.0.1:0".parse().expect("address"),
+            limits: FramingLimits::default(),
+            tcp_idle_timeout: Duration::from_secs(30),
+            tcp_message_timeout: Duration::from_secs(30),
+            tcp_connect_timeout: Duration::from_secs(1),
+            tcp_connections: ConnectionLimits {
+                max_total: 10,
+                max_per_source: 10,
+            },
+            source_rate: 0,
+            source_rate_exempt: Vec::new(),
+            tcp_buffer_budget: 100_000,
+            tls: None,
+            ws: None,
+            wss: None,
+        }
+    }
+}
+
 /// Default [`TransportConfig::tcp_buffer_budget`]: each connection may hold
 /// a message of up to twice `--max-message-size` (header and body), so 2048
 /// connections could otherwise hold 256 MiB or more of half-sent messages.

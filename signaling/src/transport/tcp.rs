@@ -614,9 +614,8 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
-    use super::super::limits::{ConnectionLimits, TransportStats};
+    use super::super::limits::TransportStats;
     use super::super::{Flow, Inbound, InboundSink, TransportConfig, Transports};
-    use crate::sip::FramingLimits;
 
     fn head(padding: usize) -> String {
         format!(
@@ -635,29 +634,9 @@ mod tests {
             let _ = sender.send(inbound);
         });
         let stats = Arc::new(TransportStats::default());
-        let transports = Transports::start(
-            TransportConfig {
-                bind: "127.0.0.1:0".parse().expect("address"),
-                limits: FramingLimits::default(),
-                tcp_idle_timeout: Duration::from_secs(30),
-                tcp_message_timeout: Duration::from_secs(30),
-                tcp_connect_timeout: Duration::from_secs(1),
-                tcp_connections: ConnectionLimits {
-                    max_total: 10,
-                    max_per_source: 10,
-                },
-                source_rate: 0,
-                source_rate_exempt: Vec::new(),
-                tcp_buffer_budget: 100_000,
-                tls: None,
-                ws: None,
-                wss: None,
-            },
-            sink,
-            Arc::clone(&stats),
-        )
-        .await
-        .expect("transports start");
+        let transports = Transports::start(TransportConfig::for_test(), sink, Arc::clone(&stats))
+            .await
+            .expect("transports start");
         let server = transports.local_addr();
 
         // 60 kB of a header held: within the budget.

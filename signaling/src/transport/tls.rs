@@ -268,8 +268,7 @@ mod transport_tests {
     use tokio::sync::mpsc;
 
     use super::{Tls, TlsFiles};
-    use crate::sip::FramingLimits;
-    use crate::transport::limits::{ConnectionLimits, TransportStats};
+    use crate::transport::limits::TransportStats;
     use crate::transport::{
         Destination, Flow, Inbound, InboundSink, Outbound, Stream, TransportConfig, Transports,
     };
@@ -285,21 +284,10 @@ mod transport_tests {
         });
         let transports = Transports::start(
             TransportConfig {
-                bind: "127.0.0.1:0".parse().expect("address"),
-                limits: FramingLimits::default(),
-                tcp_idle_timeout: Duration::from_secs(30),
                 tcp_message_timeout: Duration::from_secs(2),
                 tcp_connect_timeout: Duration::from_secs(2),
-                tcp_connections: ConnectionLimits {
-                    max_total: 10,
-                    max_per_source: 10,
-                },
-                source_rate: 0,
-                source_rate_exempt: Vec::new(),
-                tcp_buffer_budget: 100_000,
                 tls: tls.map(|tls| ("127.0.0.1:0".parse().expect("address"), tls)),
-                ws: None,
-                wss: None,
+                ..TransportConfig::for_test()
             },
             sink,
             Arc::new(TransportStats::default()),
