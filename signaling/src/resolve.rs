@@ -434,13 +434,21 @@ impl Resolve for DnsResolver {
 }
 
 /// A resolver reading `/etc/resolv.conf`, or asking `servers` only;
-/// `/etc/hosts` is read either way.
-pub fn resolver(servers: &[SocketAddr]) -> std::io::Result<TokioResolver> {
+/// `/etc/hosts` is read either way. Without a readable resolv.conf the
+/// server still starts: names then resolve from `/etc/hosts` only, and
+/// the log says why.
+pub fn resolver(servers: &[SocketAddr]) -> TokioResolver {
     use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
     use hickory_resolver::name_server::TokioConnectionProvider;
     use hickory_resolver::proto::xfer::Protocol;
     let mut builder = if servers.is_empty() {
-        TokioResolver::builder_tokio().map_err(std::io::Error::other)?
+        TokioResolver::builder_tokio().unwrap_or_else(|error| {
+            tracing::warn!(%error, "no DNS servers from /etc/resolv.conf: dial targets named by host name resolve from /etc/hosts only (--dns-server names servers)");
+            TokioResolver::builder_with_config(
+                ResolverConfig::new(),
+                TokioConnectionProvider::default(),
+            )
+        })
     } else {
         let mut config = ResolverConfig::new();
         for server in servers {
@@ -454,7 +462,7 @@ pub fn resolver(servers: &[SocketAddr]) -> std::io::Result<TokioResolver> {
     // A dial waits for the answer: two tries of two seconds at most.
     options.timeout = Duration::from_secs(2);
     options.attempts = 2;
-    Ok(builder.build())
+    builder.build()
 }
 
 #[cfg(test)]

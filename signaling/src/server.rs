@@ -170,8 +170,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let mut b2bua = b2bua;
         b2bua.set_events(events.clone());
         let dns = config.dns_servers().context("--dns-server")?;
-        let resolver = crate::resolve::resolver(&dns)
-            .context("DNS resolver (/etc/resolv.conf, --dns-server)")?;
+        let resolver = crate::resolve::resolver(&dns);
         let wake_core = core.clone();
         b2bua.set_resolver(Box::new(crate::resolve::DnsResolver::new(
             resolver,
