@@ -114,8 +114,9 @@ pub struct Config {
 
     /// SIP over TLS (RFC 3261 §26.2): this server's certificate chain (PEM,
     /// leaf first). With --tls-key, TLS is served on --tls-port and
-    /// `sips:` and `transport=tls` targets can be dialled. Read again on
-    /// SIGHUP: new connections get the renewed certificate.
+    /// `sips:` and `transport=tls` targets can be dialled (shown to trunks
+    /// that ask for a client certificate). Read again on SIGHUP: new
+    /// connections get the renewed certificate.
     #[arg(long, env = "SWITCHBOARD_SIP_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
 

@@ -4,15 +4,17 @@
 //! anchors that outbound connections check servers against.
 //!
 //! Outbound connections check the server's certificate against the
-//! address dialled: today every target is an IP address (RFC 3263
-//! resolution is not built), so the certificate must name that address
-//! in a subjectAltName. Clients are not asked for a certificate: phones
-//! rarely have one; they authenticate with digest over the encrypted
-//! connection.
+//! address dialled (a target named by host name is resolved to addresses
+//! first, so the certificate must name the address in a subjectAltName),
+//! and present this server's certificate when the server asks for one:
+//! trunks that want mutual TLS (as Microsoft Teams Direct Routing does)
+//! get it. Clients are not asked for a certificate: phones rarely have
+//! one; they authenticate with digest over the encrypted connection.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -91,7 +93,7 @@ impl Tls {
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Pair(e.to_string()))?
             .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_client_cert_resolver(Arc::clone(&certificate) as Arc<dyn ResolvesClientCert>);
         Ok(Tls {
             files,
             certificate,
@@ -143,14 +145,35 @@ struct Certificate {
     current: RwLock<Arc<CertifiedKey>>,
 }
 
-impl ResolvesServerCert for Certificate {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(Arc::clone(
+impl Certificate {
+    fn current(&self) -> Arc<CertifiedKey> {
+        Arc::clone(
             &self
                 .current
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
-        ))
+        )
+    }
+}
+
+impl ResolvesServerCert for Certificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// The same certificate, shown to servers that ask for one.
+impl ResolvesClientCert for Certificate {
+    fn resolve(
+        &self,
+        _root_hints: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -262,6 +285,7 @@ mod transport_tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::ServerName;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
@@ -471,5 +495,76 @@ mod transport_tests {
         let error = tls.reload().expect_err("mismatched pair").to_string();
         assert!(error.starts_with("--tls-cert/--tls-key: "), "{error}");
         assert!(client(&second_ca, server).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_trunk_asking_for_a_client_certificate_gets_ours() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (Some(ours), Some(trunk)) = (files(dir.path(), "ours-"), files(dir.path(), "trunk-"))
+        else {
+            return;
+        };
+        // A trunk requiring client certificates of our CA (mutual TLS).
+        let our_ca = ours.ca.clone().expect("ca");
+        let mut client_roots = rustls::RootCertStore::empty();
+        for cert in super::read_certificates("tls-ca", &our_ca).expect("CA") {
+            client_roots.add(cert).expect("root");
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(client_roots),
+            super::provider(),
+        )
+        .build()
+        .expect("verifier");
+        let trunk_key = super::read_pair(
+            &TlsFiles {
+                ca: None,
+                ..trunk.clone()
+            },
+            &super::provider(),
+        )
+        .expect("trunk pair");
+        let server = rustls::ServerConfig::builder_with_provider(super::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                trunk_key.cert.clone(),
+                rustls::pki_types::PrivateKeyDer::from_pem_file(&trunk.key).expect("key"),
+            )
+            .expect("server config");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let trunk_address = listener.local_addr().expect("address");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let accepted = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.expect("accept");
+            let mut stream = acceptor.accept(socket).await?;
+            let peer_has_certificate = stream.get_ref().1.peer_certificates().is_some();
+            let mut received = vec![0u8; OPTIONS.len()];
+            stream.read_exact(&mut received).await?;
+            Ok::<_, std::io::Error>((peer_has_certificate, received))
+        });
+
+        let (us, _) = start(Some(
+            Tls::load(TlsFiles {
+                ca: trunk.ca.clone(),
+                ..ours
+            })
+            .expect("ours"),
+        ))
+        .await;
+        us.send(Outbound {
+            destination: Destination::over(&crate::sip::Transport::Tls, trunk_address),
+            bytes: OPTIONS.as_bytes().to_vec(),
+        });
+        let (had_certificate, received) = tokio::time::timeout(Duration::from_secs(5), accepted)
+            .await
+            .expect("in time")
+            .expect("task")
+            .expect("the trunk accepted our certificate");
+        assert!(had_certificate);
+        assert_eq!(received, OPTIONS.as_bytes());
     }
 }
