@@ -9,8 +9,11 @@
 //! know (it gives up on the whole response), which is why signaling sends
 //! one MD5 challenge by default: the second test pins that trade-off down.
 //!
-//! Without baresip the tests are skipped with a message (a failure under
-//! CI, where `cargo xtask setup` installs it).
+//! linphone's console (linphonec) takes part too: it registers and calls
+//! a baresip, both sides' audio checked the same way.
+//!
+//! Without baresip (or linphonec) the tests are skipped with a message (a
+//! failure under CI, where `cargo xtask setup` installs them).
 
 mod common;
 
@@ -238,10 +241,24 @@ fn wav_samples(bytes: &[u8]) -> Vec<i16> {
     panic!("no data chunk in a {}-byte WAV", bytes.len());
 }
 
-/// The share of a frame's energy at `hz` (Goertzel), 0..=1.
-fn tone_share(frame: &[i16], hz: f64) -> f64 {
+/// The sample rate in a WAV's `fmt ` chunk.
+fn wav_rate(bytes: &[u8]) -> u32 {
+    let mut at = 12;
+    while at + 8 <= bytes.len() {
+        let size = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes")) as usize;
+        if &bytes[at..at + 4] == b"fmt " {
+            return u32::from_le_bytes(bytes[at + 12..at + 16].try_into().expect("4 bytes"));
+        }
+        at += 8 + size + (size & 1);
+    }
+    panic!("no fmt chunk in a {}-byte WAV", bytes.len());
+}
+
+/// The share of a frame's energy at `hz` (Goertzel) at `rate` samples
+/// per second, 0..=1.
+fn tone_share(frame: &[i16], hz: f64, rate: u32) -> f64 {
     let n = frame.len() as f64;
-    let coefficient = 2.0 * (2.0 * std::f64::consts::PI * hz / f64::from(RATE)).cos();
+    let coefficient = 2.0 * (2.0 * std::f64::consts::PI * hz / f64::from(rate)).cos();
     let (mut s1, mut s2) = (0.0, 0.0);
     let mut energy = 0.0;
     for &sample in frame {
@@ -259,11 +276,16 @@ fn tone_share(frame: &[i16], hz: f64) -> f64 {
     (2.0 * power / (n * energy)).min(1.0)
 }
 
-/// How many 20 ms frames of `samples` carry mostly the `hz` tone.
+/// How many 20 ms frames of `samples` (at 8 kHz) carry mostly the `hz` tone.
 fn frames_with_tone(samples: &[i16], hz: f64) -> usize {
+    frames_with_tone_at(samples, hz, RATE)
+}
+
+/// [`frames_with_tone`] at `rate` samples per second.
+fn frames_with_tone_at(samples: &[i16], hz: f64, rate: u32) -> usize {
     samples
-        .chunks_exact(RATE as usize / 50)
-        .filter(|frame| tone_share(frame, hz) > 0.8)
+        .chunks_exact(rate as usize / 50)
+        .filter(|frame| tone_share(frame, hz, rate) > 0.8)
         .count()
 }
 
@@ -550,6 +572,127 @@ fn transports_of(bindings: &serde_json::Value) -> Vec<&str> {
         .iter()
         .filter_map(|b| b["transport"].as_str())
         .collect()
+}
+
+/// linphone's console (linphonec), driven on its standard input: the
+/// sound card replaced by WAV files (`soundcard use files`).
+struct Linphone {
+    dir: PathBuf,
+    child: Child,
+    stdin: std::process::ChildStdin,
+}
+
+impl Linphone {
+    /// Starts linphonec with its SIP and RTP ports free on loopback,
+    /// its home (database, logs) in `data/name`, sending a `tone_hz` tone
+    /// and recording what it hears.
+    fn start(binary: &Path, data: &Path, name: &str, tone_hz: f64) -> Linphone {
+        let dir = data.join(name);
+        // Without its database directory it never registers.
+        std::fs::create_dir_all(dir.join(".local/share/linphone")).expect("linphone dir");
+        let (rtp, _) = switchboard_testkit::free_media_range(1);
+        let sip = switchboard_testkit::free_port();
+        std::fs::write(
+            dir.join("rc"),
+            format!(
+                "[sip]\nsip_port={sip}\nsip_tcp_port=0\n[rtp]\naudio_rtp_port={rtp}\n\
+                 [sound]\necho_cancellation=0\n[video]\nenabled=0\n"
+            ),
+        )
+        .expect("write rc");
+        std::fs::write(dir.join("tone.wav"), tone_wav(tone_hz, 30)).expect("write the tone");
+        let log = std::fs::File::create(dir.join("linphonec.log")).expect("log file");
+        let mut child = Command::new(binary)
+            .arg("-c")
+            .arg(dir.join("rc"))
+            .env("HOME", &dir)
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start linphonec");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut phone = Linphone { dir, child, stdin };
+        phone.command("soundcard use files");
+        let tone = phone.dir.join("tone.wav");
+        let heard = phone.dir.join("heard.wav");
+        phone.command(&format!("play {}", tone.display()));
+        phone.command(&format!("record {}", heard.display()));
+        phone
+    }
+
+    fn command(&mut self, line: &str) {
+        use std::io::Write;
+        writeln!(self.stdin, "{line}").expect("a linphonec command");
+        self.stdin.flush().expect("flush");
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("linphonec.log")).unwrap_or_default()
+    }
+
+    /// What it recorded, and at what rate.
+    fn heard(&self) -> (Vec<i16>, u32) {
+        let bytes = std::fs::read(self.dir.join("heard.wav"))
+            .unwrap_or_else(|e| panic!("linphone recorded nothing ({e}):\n{}", self.log()));
+        (wav_samples(&bytes), wav_rate(&bytes))
+    }
+}
+
+impl Drop for Linphone {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn linphone_registers_calls_a_baresip_and_both_hear_each_other() {
+    let (Some(baresip), Some(linphonec)) = (peer_tool("baresip"), peer_tool("linphonec")) else {
+        return;
+    };
+    let data = tempfile::tempdir().expect("temp dir");
+    let (manager, server) = bed(data.path(), &[]);
+    let sip = server.sip_addr();
+    let mut bob = Phone::configure(data.path(), "bob", "1002", sip, 600.0);
+    bob.start(&baresip, &[], Duration::from_secs(40));
+    let mut alice = Linphone::start(&linphonec, data.path(), "alice", 1000.0);
+    alice.command(&format!("register sip:1001@{sip} sip:{sip} pw1001"));
+    wait_for(
+        "linphone (1001) and baresip (1002) never both registered",
+        Duration::from_secs(15),
+        || registered(&server) == ["1001", "1002"],
+        || format!("{}\n{}\n{}", alice.log(), bob.log(), server.log()),
+    );
+    alice.command(&format!("call sip:1002@{sip}"));
+    wait_for(
+        "the call was not answered",
+        Duration::from_secs(15),
+        || bob.log().contains("Call established"),
+        || format!("{}\n{}\n{}", alice.log(), bob.log(), server.log()),
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    alice.command("terminate");
+    wait_for(
+        "the call did not end everywhere",
+        Duration::from_secs(10),
+        || bob.log().contains("terminated") && manager.calls().is_empty(),
+        || format!("{}\n{}\n{}", alice.log(), bob.log(), server.log()),
+    );
+    alice.command("quit");
+    std::thread::sleep(Duration::from_secs(1));
+    let (heard_by_alice, rate) = alice.heard();
+    let seconds = |frames: usize| frames as f64 / 50.0;
+    let alice_heard_bob = seconds(frames_with_tone_at(&heard_by_alice, 600.0, rate));
+    let bob_heard_alice = seconds(frames_with_tone(&bob.heard(), 1000.0));
+    assert!(
+        alice_heard_bob >= 4.0,
+        "linphone heard baresip for {alice_heard_bob} s"
+    );
+    assert!(
+        bob_heard_alice >= 4.0,
+        "baresip heard linphone for {bob_heard_alice} s"
+    );
 }
 
 /// Bob (registered) is called by alice, who hangs up after 12 s; each

@@ -34,6 +34,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "the SIP benchmarks' wire-level response times (SIPp's own are in 4 ms steps here)",
     ),
     (
+        "linphone-cli",
+        "linphonec, a second phone people use, in the interop tests",
+    ),
+    (
         "dnsmasq-base",
         "a local DNS server with NAPTR/SRV/A records for the RFC 3263 tests (the binary only, no system service)",
     ),
