@@ -95,7 +95,8 @@ impl B2bua {
         let [refer_to] = refer_to.as_slice() else {
             return refuse(sip, 400, "Bad Request (one Refer-To)");
         };
-        if refer_to.to_ascii_lowercase().contains("replaces") {
+        // An embedded Replaces header (`?Replaces=call-id%3Bto-tag…`).
+        if refer_to.to_ascii_lowercase().contains("replaces=") {
             return refuse(sip, 501, "Not Implemented (attended transfer)");
         }
         let Some(user) = NameAddr::parse(refer_to)
