@@ -676,6 +676,8 @@ impl Config {
         }
         ports.push(("ws-port", self.ws_port));
         ports.push(("wss-port", self.wss_port));
+        // TCP too, on the REST address.
+        ports.push(("rest-port", Some(self.rest_port)));
         let ports: Vec<(&str, u16)> = ports
             .into_iter()
             .filter_map(|(name, port)| Some((name, port?)))
@@ -1796,6 +1798,10 @@ mod tests {
             (
                 &["--port", "5070", "--ws-port", "5070"][..],
                 "--ws-port: 5070 is also --port",
+            ),
+            (
+                &["--ws-port", "8080", "--rest-port", "8080"][..],
+                "--rest-port: 8080 is also --ws-port",
             ),
         ] {
             let err = load(args).expect_err(expected).to_string();
