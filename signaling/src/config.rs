@@ -430,7 +430,9 @@ pub struct Config {
 
     /// Seconds after which a TCP connection without a complete message (or
     /// keep-alive ping) received or sent is closed; octets of an incomplete
-    /// message do not count.
+    /// message do not count. A connection a phone registered over (TCP,
+    /// TLS, WebSocket) stays open until its registration ends, since the
+    /// phone is reached only through it.
     #[arg(long, env = "SWITCHBOARD_TCP_IDLE_TIMEOUT", default_value_t = 120)]
     pub tcp_idle_timeout: u64,
 

@@ -433,6 +433,8 @@ struct Inner {
     tcp_buffered: AtomicUsize,
     limiter: Mutex<RateLimiter>,
     stats: Arc<TransportStats>,
+    /// The origin of [`Connection::held_until`].
+    started: std::time::Instant,
     sink: InboundSink,
     runtime: tokio::runtime::Handle,
 }
@@ -448,6 +450,9 @@ struct Connection {
     sender: mpsc::Sender<Vec<u8>>,
     /// The source whose share it takes; `None` for connections we opened.
     source: Option<Source>,
+    /// Kept open until then however idle (milliseconds since the
+    /// transports started; 0: not held): its phone is registered over it.
+    held_until: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for Transports {
@@ -507,6 +512,7 @@ impl Transports {
                 tcp_buffered: AtomicUsize::new(0),
                 limiter: Mutex::new(limiter),
                 stats: Arc::clone(&stats),
+                started: std::time::Instant::now(),
                 sink,
                 runtime: tokio::runtime::Handle::current(),
             }),
@@ -546,6 +552,26 @@ impl Transports {
     /// Number of open TCP and TLS connections.
     pub fn tcp_connections(&self) -> usize {
         self.connections().by_id.len()
+    }
+
+    /// Keeps a stream connection open until `until`, however idle: a
+    /// phone registered over it is reached only through it.
+    pub fn hold_open(&self, connection: ConnectionId, until: std::time::Instant) {
+        if let Some(open) = self.connections().by_id.get(&connection) {
+            let millis = until
+                .saturating_duration_since(self.inner.started)
+                .as_millis();
+            open.held_until
+                .fetch_max(u64::try_from(millis).unwrap_or(u64::MAX), Ordering::Relaxed);
+        }
+    }
+
+    /// When a connection is held open until, if it is.
+    fn held_until(&self, held: &AtomicU64) -> Option<std::time::Instant> {
+        match held.load(Ordering::Relaxed) {
+            0 => None,
+            millis => Some(self.inner.started + Duration::from_millis(millis)),
+        }
     }
 
     /// The TLS settings in force (for reloading the certificate).

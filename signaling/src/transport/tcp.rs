@@ -5,6 +5,7 @@
 //! read (through rustls).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
@@ -163,7 +164,14 @@ fn register(
     connections.count.open(limits, source)?;
     let id = transports.next_connection_id();
     let (sender, queue) = mpsc::channel(CONNECTION_QUEUE);
-    connections.by_id.insert(id, Connection { sender, source });
+    connections.by_id.insert(
+        id,
+        Connection {
+            sender,
+            source,
+            held_until: Arc::default(),
+        },
+    );
     connections.by_remote.insert((kind, remote), id);
     Ok((id, queue))
 }
@@ -440,6 +448,12 @@ async fn serve<S: StreamIo>(
 ) {
     let (mut reader, mut writer) = stream.split();
     let config = &transports.inner.config;
+    let held_open = transports
+        .connections()
+        .by_id
+        .get(&id)
+        .map(|c| Arc::clone(&c.held_until))
+        .unwrap_or_default();
     let mut framer = Framing::of(kind, config.limits);
     let mut idle_deadline = Instant::now() + config.tcp_idle_timeout;
     // When the message being received must be complete; `None` between messages.
@@ -504,11 +518,19 @@ async fn serve<S: StreamIo>(
                 idle_deadline = Instant::now() + config.tcp_idle_timeout;
             }
             () = tokio::time::sleep_until(deadline) => {
-                break if message_deadline.is_some_and(|at| at <= idle_deadline) {
-                    Closed::MessageTimeout
-                } else {
-                    Closed::IdleTimeout
-                };
+                if message_deadline.is_some_and(|at| at <= idle_deadline) {
+                    break Closed::MessageTimeout;
+                }
+                // Idle, but a phone registered over it: open until its
+                // registration ends.
+                if let Some(until) = transports
+                    .held_until(&held_open)
+                    .filter(|u| *u > std::time::Instant::now())
+                {
+                    idle_deadline = Instant::from_std(until);
+                    continue;
+                }
+                break Closed::IdleTimeout;
             }
         }
     };
@@ -688,5 +710,58 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed),
             0
         );
+    }
+
+    #[tokio::test]
+    async fn a_connection_held_open_outlives_the_idle_timeout_until_its_hold_ends() {
+        let (sender, mut received) = tokio::sync::mpsc::unbounded_channel::<Inbound>();
+        let sink: InboundSink = Arc::new(move |inbound| {
+            let _ = sender.send(inbound);
+        });
+        let transports = Transports::start(
+            TransportConfig {
+                tcp_idle_timeout: Duration::from_millis(500),
+                ..TransportConfig::for_test()
+            },
+            sink,
+            Arc::new(TransportStats::default()),
+        )
+        .await
+        .expect("transports start");
+        let mut phone = TcpStream::connect(transports.local_addr())
+            .await
+            .expect("connect");
+        phone
+            .write_all((head(10) + "\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let inbound = tokio::time::timeout(Duration::from_secs(5), received.recv())
+            .await
+            .expect("the message arrives")
+            .expect("sink open");
+        let Flow::Stream { connection, .. } = inbound.flow else {
+            panic!("not a stream: {:?}", inbound.flow);
+        };
+        transports.hold_open(
+            connection,
+            std::time::Instant::now() + Duration::from_secs(2),
+        );
+        // Well past the idle timeout, inside the hold: still open, and
+        // reachable through it.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(transports.tcp_connections(), 1);
+        transports.send(super::super::Outbound {
+            destination: inbound.flow.reply_destination(),
+            bytes: b"OPTIONS sip:phone SIP/2.0\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        });
+        let mut buffer = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(2), phone.read(&mut buffer))
+            .await
+            .expect("the request comes")
+            .expect("read");
+        assert!(buffer[..read].starts_with(b"OPTIONS"));
+        // After the hold (and the idle time from that last send): closed.
+        tokio::time::sleep(Duration::from_millis(1800)).await;
+        assert_eq!(transports.tcp_connections(), 0);
     }
 }

@@ -493,6 +493,7 @@ fn flush(
     while let Some(output) = uas.poll_output() {
         match output {
             Output::Transmit(outbound) => transports.send(outbound),
+            Output::HoldOpen(connection, until) => transports.hold_open(connection, until),
             Output::Media(request) => match media {
                 Some(link) => link.push_request(request),
                 None => tracing::warn!(

@@ -89,7 +89,7 @@ use crate::transaction::{
     LayerEvent, Reliability, TimerConfig, TransactionError, TransactionKey, TransactionLayer,
     TryingPolicy,
 };
-use crate::transport::{Destination, Flow, Inbound, Outbound};
+use crate::transport::{ConnectionId, Destination, Flow, Inbound, Outbound};
 use observation::{Timed, MAX_OBSERVATIONS};
 
 /// Methods this server implements (the Allow header).
@@ -135,6 +135,11 @@ pub enum Output {
     /// order per call; its result comes back through
     /// [`Uas::handle_media`].
     Media(MediaRequest),
+    /// Keep this stream connection open until then, idle or not: a phone
+    /// registered over it (TCP, TLS, WebSocket) can only be reached
+    /// through it, as Kamailio's registrar extends a TCP connection's
+    /// lifetime to its registration's.
+    HoldOpen(ConnectionId, Instant),
 }
 
 /// Errors of the core's API.
@@ -288,6 +293,9 @@ pub(crate) struct Wire {
     /// Requests handed to the call handler, so it can answer them by key.
     requests: ShardedMap<TransactionKey, SipMessage>,
     outbox: VecDeque<Outbound>,
+    /// Stream connections to keep open until then: a phone registered
+    /// over one is reached only through it.
+    holds: VecDeque<(ConnectionId, Instant)>,
     /// Callers' INVITEs and REGISTERs until their final response, with
     /// their arrival: their latency is observed when it is sent.
     timed: HashMap<TransactionKey, (Timed, Instant)>,
@@ -528,6 +536,7 @@ impl Uas {
             client_routes: ShardedMap::new(),
             requests: ShardedMap::new(),
             outbox: VecDeque::new(),
+            holds: VecDeque::new(),
             timed: HashMap::new(),
             observations: VecDeque::new(),
         };
@@ -768,6 +777,9 @@ impl Uas {
     pub fn poll_output(&mut self) -> Option<Output> {
         if let Some(outbound) = self.poll_transmit() {
             return Some(Output::Transmit(outbound));
+        }
+        if let Some((connection, until)) = self.wire.holds.pop_front() {
+            return Some(Output::HoldOpen(connection, until));
         }
         self.poll_media_request().map(Output::Media)
     }

@@ -1,7 +1,7 @@
 //! REGISTER (RFC 3261 §10.3): authentication, the registrar, durable
 //! bindings, the 200 with every current Contact.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -226,6 +226,16 @@ impl Uas {
         let (status, reason, headers) = match decision {
             Decision::Ok(mut registered) => {
                 tracing::debug!(aor = %registered.aor.as_str(), contacts = registered.contacts.len(), "registered");
+                if let Flow::Stream { connection, .. } = current.flow {
+                    // Reached only through this connection: open as long
+                    // as the bindings last (and a little more, for the
+                    // phone's refresh to arrive before the idle timer).
+                    let longest = registered.contacts.iter().map(|c| c.expires).max();
+                    if let Some(seconds) = longest.filter(|s| *s > 0) {
+                        let until = now.instant + Duration::from_secs(u64::from(seconds) + 30);
+                        self.wire.holds.push_back((connection, until));
+                    }
+                }
                 let headers = contact_headers(&registered, self.edge.is_some());
                 let persist = match registered.persist.take() {
                     Some(persist) => match self.store.write(&persist) {

@@ -687,3 +687,43 @@ fn a_wrong_guess_for_a_user_guessed_at_elsewhere_is_answered_late() {
     assert_eq!(right.len(), 1);
     assert_eq!(status_of(&right[0].1), "200", "{}", right[0].1);
 }
+
+#[test]
+fn a_register_over_a_stream_holds_its_connection_open_for_the_registration() {
+    let store = MemoryStore::default();
+    let mut uas = core(&store, 100);
+    let now = Now::current();
+    let connection = crate::transport::ConnectionId::for_test(3);
+    let mut inbound = register(
+        "s1",
+        "c-stream",
+        1,
+        "sip:alice@192.0.2.10:5062;transport=tcp",
+    );
+    inbound.flow = Flow::Stream {
+        kind: crate::transport::Stream::Tcp,
+        remote: SOURCE.parse().expect("address"),
+        connection,
+    };
+    uas.handle_inbound(now, inbound);
+    commit(&mut uas, now);
+    let outputs: Vec<Output> = std::iter::from_fn(|| uas.poll_output()).collect();
+    let holds: Vec<(crate::transport::ConnectionId, Instant)> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::HoldOpen(connection, until) => Some((*connection, *until)),
+            _ => None,
+        })
+        .collect();
+    // Expires 600, and 30 s for the refresh to arrive.
+    assert_eq!(
+        holds,
+        vec![(connection, now.instant + Duration::from_secs(630))]
+    );
+    assert!(outputs.iter().any(|o| matches!(o, Output::Transmit(_))));
+
+    // Over UDP nothing is held.
+    uas.handle_inbound(now, register("u1", "c-udp", 1, "sip:alice@192.0.2.10:5062"));
+    commit(&mut uas, now);
+    assert!(!std::iter::from_fn(|| uas.poll_output()).any(|o| matches!(o, Output::HoldOpen(..))));
+}
