@@ -376,9 +376,7 @@ fn a_named_manager_is_drained_by_its_name_and_a_bad_token_file_stops_the_start()
     let (_, pool) = request(server.rest_port, "GET", "/api/v1/rtpmanagers", None);
     assert_eq!(pool["members"][1]["drain"]["operator"], true, "{pool}");
     assert!(
-        server
-            .log()
-            .contains("RTP manager drain set by the operator"),
+        server.logged("RTP manager drain set by the operator"),
         "{}",
         server.log()
     );

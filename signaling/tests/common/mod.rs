@@ -182,6 +182,14 @@ impl Server {
         self.child.as_ref().map(Daemon::log).unwrap_or_default()
     }
 
+    /// Waits (5 s at most) for a log line containing `text`: the log is
+    /// read from stderr by a thread and may trail what the server did.
+    pub fn logged(&self, text: &str) -> bool {
+        switchboard_testkit::wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+            self.log().contains(text)
+        })
+    }
+
     pub fn pid(&self) -> nix::unistd::Pid {
         let child = self.child.as_ref().expect("server running");
         nix::unistd::Pid::from_raw(i32::try_from(child.pid()).expect("pid fits i32"))
