@@ -25,7 +25,7 @@
 //!
 //! [`LinkInput::Resolved`]: crate::b2bua::LinkInput::Resolved
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use hickory_resolver::proto::rr::{RData, RecordType};
@@ -308,7 +308,7 @@ impl Found {
             Ok(lookup) => {
                 self.valid_until = self.valid_until.min(lookup.valid_until());
                 for ip in lookup.iter() {
-                    self.push(&transport, SocketAddr::new(canonical(ip), port));
+                    self.push(&transport, SocketAddr::new(ip.to_canonical(), port));
                 }
             }
             Err(error) => tracing::debug!(host, %error, "no address record"),
@@ -386,10 +386,6 @@ async fn naptr_records(
             Vec::new()
         }
     }
-}
-
-fn canonical(ip: IpAddr) -> IpAddr {
-    ip.to_canonical()
 }
 
 /// The driver's [`Resolve`]: each query a task on the runtime, its answer

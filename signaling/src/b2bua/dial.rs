@@ -714,32 +714,21 @@ impl B2bua {
                 };
                 let sent = branch.sent.clone();
                 call.may_transfer[leg_index(CallLeg::B)] = branch.may_transfer;
-                let Some(to_tag) = response.to_tag() else {
+                if response.to_tag().is_none() {
                     tracing::info!(call_id = %call.media_id, "2xx without a To tag ignored");
                     return;
-                };
-                let target = contact_of(&response).unwrap_or_else(|| sent.uri.clone());
-                let route_set = route_set_of_response(&response);
+                }
+                let dialog = sent.dialog_of(&response);
                 call.info.callee = Some(view::party_at(&sent.uri, &sent.destination));
                 call.info.callee_sdp = sdp_of(&response);
-                call.b = Some(Dialog {
-                    call_id: sent.call_id.clone(),
-                    local: sent.from.clone(),
-                    local_tag: sent.from_tag.clone(),
-                    remote: sent.to.clone(),
-                    remote_tag: Some(to_tag),
-                    target: target.clone(),
-                    route_set: route_set.clone(),
-                    destination: sent.destination,
-                    local_cseq: sent.cseq,
-                });
                 call.pending_ack = Some(PendingAck {
                     key: client.clone(),
-                    route_set,
+                    route_set: dialog.route_set.clone(),
                     to: response.header("To").unwrap_or_default().to_owned(),
-                    target,
+                    target: dialog.target.clone(),
                     sent: sent.clone(),
                 });
+                call.b = Some(dialog);
                 call.phase = Phase::Connecting;
                 // A late offer creates the callee's leg below: on the dial
                 // action's interface.
@@ -869,21 +858,9 @@ impl B2bua {
         response: &SipMessage,
         sip: &mut SipActions<'_>,
     ) {
-        let target = contact_of(response).unwrap_or_else(|| sent.uri.clone());
-        let to = response.header("To").unwrap_or_default().to_owned();
-        let route_set = route_set_of_response(response);
-        self.send_ack(sent, &target, &to, &route_set, None, sip);
-        let mut dialog = Dialog {
-            call_id: sent.call_id.clone(),
-            local: sent.from.clone(),
-            local_tag: sent.from_tag.clone(),
-            remote: sent.to.clone(),
-            remote_tag: response.to_tag(),
-            target,
-            route_set,
-            destination: sent.destination,
-            local_cseq: sent.cseq,
-        };
+        let mut dialog = sent.dialog_of(response);
+        let to = response.header("To").unwrap_or_default();
+        self.send_ack(sent, &dialog.target, to, &dialog.route_set, None, sip);
         tracing::debug!(b_call_id = %sent.call_id, "unwanted 2xx: ACK and BYE");
         if let Some(key) = self.send_in_dialog(&mut dialog, &Method::Bye, &[], None, sip) {
             self.ending.insert(key.clone());

@@ -297,6 +297,25 @@ struct SentInvite {
     session_expires: Option<u32>,
 }
 
+impl SentInvite {
+    /// The dialog a 2xx to this INVITE sets up (§12.1.2): the 2xx's
+    /// Contact as remote target (the Request-URI without one), its
+    /// Record-Route reversed as route set, its To tag.
+    fn dialog_of(&self, response: &SipMessage) -> Dialog {
+        Dialog {
+            call_id: self.call_id.clone(),
+            local: self.from.clone(),
+            local_tag: self.from_tag.clone(),
+            remote: self.to.clone(),
+            remote_tag: response.to_tag(),
+            target: contact_of(response).unwrap_or_else(|| self.uri.clone()),
+            route_set: route_set_of_response(response),
+            destination: self.destination,
+            local_cseq: self.cseq,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cancel {
     No,
@@ -1267,42 +1286,54 @@ impl B2bua {
 
     // ----- timers ----------------------------------------------------
 
+    /// A dial timer (`deadline` of the dial) fired: when it is still the
+    /// one set and due, the current attempt fails with `status`, its
+    /// branches are given up and the dial goes on.
+    fn attempt_expired(
+        &mut self,
+        now: Now,
+        key: CallKey,
+        deadline: fn(&mut Dialing) -> &mut Option<Instant>,
+        (status, reason): (u16, &str),
+        why: &str,
+        sip: &mut SipActions<'_>,
+    ) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let Some(dial) = call.dial.as_mut() else {
+            return;
+        };
+        let at = deadline(dial);
+        if at.is_none_or(|at| at > now.instant) {
+            return;
+        }
+        *at = None;
+        tracing::info!(call_id = %call.media_id, "{why}");
+        record_failure(dial, status, reason.to_owned());
+        let branches = std::mem::take(&mut call.branches);
+        self.abandon(&branches, sip);
+        self.next_attempt(now, key, sip);
+    }
+
     fn fire(&mut self, now: Now, timer: TimerId, sip: &mut SipActions<'_>) {
         match timer {
-            TimerId::Dial(key) => {
-                let Some(call) = self.calls.get_mut(&key) else {
-                    return;
-                };
-                let Some(dial) = call.dial.as_mut() else {
-                    return;
-                };
-                if dial.deadline.is_none_or(|d| d > now.instant) {
-                    return;
-                }
-                dial.deadline = None;
-                tracing::info!(call_id = %call.media_id, "no answer before the dial timeout");
-                record_failure(dial, 480, "Temporarily Unavailable".to_owned());
-                let branches = std::mem::take(&mut call.branches);
-                self.abandon(&branches, sip);
-                self.next_attempt(now, key, sip);
-            }
-            TimerId::Failover(key) => {
-                let Some(call) = self.calls.get_mut(&key) else {
-                    return;
-                };
-                let Some(dial) = call.dial.as_mut() else {
-                    return;
-                };
-                if dial.failover_at.is_none_or(|at| at > now.instant) {
-                    return;
-                }
-                dial.failover_at = None;
-                tracing::info!(call_id = %call.media_id, "no response from the destination; trying the next one of its name");
-                record_failure(dial, 408, "Request Timeout".to_owned());
-                let branches = std::mem::take(&mut call.branches);
-                self.abandon(&branches, sip);
-                self.next_attempt(now, key, sip);
-            }
+            TimerId::Dial(key) => self.attempt_expired(
+                now,
+                key,
+                |dial| &mut dial.deadline,
+                (480, "Temporarily Unavailable"),
+                "no answer before the dial timeout",
+                sip,
+            ),
+            TimerId::Failover(key) => self.attempt_expired(
+                now,
+                key,
+                |dial| &mut dial.failover_at,
+                (408, "Request Timeout"),
+                "no response from the destination; trying the next one of its name",
+                sip,
+            ),
             TimerId::Reliable(key) => self.reliable_due(now, key, sip),
             TimerId::Transfer(key) => self.transfer_due(now, key, sip),
             TimerId::Session(key, leg) => self.session_due(now, key, leg, sip),

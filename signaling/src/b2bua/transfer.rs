@@ -28,7 +28,7 @@
 //! name that are not resolved yet (403 asks to retry), transfer of a call
 //! being moved or re-offered (491).
 
-use super::build::{contact_of, sdp_of};
+use super::build::sdp_of;
 use super::*;
 
 /// A transfer in progress on a call.
@@ -362,18 +362,17 @@ impl B2bua {
         response: &SipMessage,
         sip: &mut SipActions<'_>,
     ) {
-        let target = contact_of(response).unwrap_or_else(|| sent.uri.clone());
-        let to = response.header("To").unwrap_or_default().to_owned();
-        let route_set = route_set_of_response(response);
-        self.send_ack(sent, &target, &to, &route_set, None, sip);
         let Some(answer) = sdp_of(response) else {
             // An answer must come with the 2xx of our offer: nothing to
-            // bridge to. The target is hung up on; the call stays.
+            // bridge to. The target is hung up on (ACK, BYE); the call stays.
             tracing::info!("transfer target answered without SDP; hung up");
             self.ack_and_bye(sent, response, sip);
             self.transfer_failed(key, 488, "Not Acceptable Here", sip);
             return;
         };
+        let dialog = sent.dialog_of(response);
+        let to = response.header("To").unwrap_or_default();
+        self.send_ack(sent, &dialog.target, to, &dialog.route_set, None, sip);
         if transferor_present {
             self.notify(key, from, 200, "OK", true, sip);
             if let Some(bye) = self.send_on_leg(key, from, &Method::Bye, &[], None, sip) {
@@ -381,17 +380,6 @@ impl B2bua {
                 self.clients.insert(bye, ClientTx::Fire);
             }
         }
-        let dialog = Dialog {
-            call_id: sent.call_id.clone(),
-            local: sent.from.clone(),
-            local_tag: sent.from_tag.clone(),
-            remote: sent.to.clone(),
-            remote_tag: response.to_tag(),
-            target,
-            route_set,
-            destination: sent.destination,
-            local_cseq: sent.cseq,
-        };
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
