@@ -38,7 +38,10 @@ impl BindingStore for NoStore {
         Ok(())
     }
 
-    fn sync(&mut self) -> Result<(), StoreError> {
+    fn begin_sync(&mut self) -> Option<crate::registrar::SyncJob> {
+        None
+    }
+    fn finish_sync(&mut self, _: crate::registrar::SyncJob) -> Result<(), StoreError> {
         Ok(())
     }
     fn journal_records(&self) -> usize {

@@ -19,10 +19,37 @@ mod shared_store;
 mod store;
 
 pub use shared_store::{
-    field_updates, record_of, Announcement, Follower, Keys, LocationUpdate, RedisStore,
+    field_updates, record_of, Announcement, Follower, Keys, LocationUpdate, RedisStore, RedisSync,
     RedisTarget, SharedLocation, Versioned, REDIS_TIMEOUT,
 };
-pub use store::{Store, StoreError};
+pub use store::{JournalSync, Store, StoreError};
+
+/// A sync of a binding store in progress: begun on the SIP core's thread,
+/// run where waiting for the disk or for Redis stalls nothing else
+/// ([`SyncJob::run`]), and handed back to the store that began it with
+/// its outcome. The core goes on meanwhile; the 200s the sync covers wait
+/// for its outcome.
+#[derive(Debug)]
+pub enum SyncJob {
+    /// An `fdatasync` of the node's own journal.
+    Journal(JournalSync),
+    /// A pipeline of changes to the shared store.
+    Shared(Box<RedisSync>),
+    /// Nothing to wait for: the outcome is known already (a shared store
+    /// that failed less than a second ago; test doubles).
+    Ready(Result<(), StoreError>),
+}
+
+impl SyncJob {
+    /// Does the blocking part. Run it once, off the core's thread.
+    pub fn run(&mut self) {
+        match self {
+            SyncJob::Journal(job) => job.run(),
+            SyncJob::Shared(job) => job.run(),
+            SyncJob::Ready(_) => {}
+        }
+    }
+}
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

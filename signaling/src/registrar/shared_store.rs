@@ -37,7 +37,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use redis::{Client, Connection, Pipeline, Value};
 use serde::{Deserialize, Serialize};
 
-use super::{Aor, Binding, Change, Persist, Record, StoreError};
+use super::{Aor, Binding, Change, Persist, Record, StoreError, SyncJob};
 
 /// How long one Redis operation may take before the store gives up.
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
@@ -474,6 +474,74 @@ impl RedisStore {
     }
 }
 
+/// One commit to Redis, begun on the core's thread and run on another:
+/// the pending changes as one pipeline of script calls over the store's
+/// connection (connecting first if there is none), which comes back with
+/// the outcome.
+pub struct RedisSync {
+    target: RedisTarget,
+    connection: Option<Connection>,
+    script: redis::Script,
+    keys: Keys,
+    node: String,
+    pending: Vec<(Aor, Vec<(String, String)>)>,
+    #[allow(clippy::type_complexity)]
+    outcome: Option<redis::RedisResult<(Connection, Vec<Vec<Value>>, SystemTime)>>,
+}
+
+impl std::fmt::Debug for RedisSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSync")
+            .field("target", &self.target)
+            .field("changes", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisSync {
+    /// Sends the pipeline and waits for Redis (at most [`REDIS_TIMEOUT`]
+    /// per step).
+    pub fn run(&mut self) {
+        let mut connection = match self.connection.take() {
+            Some(connection) => connection,
+            None => match self.target.connect().and_then(|mut connection| {
+                // Scripts are cached by the server and called by hash; a
+                // new connection may be to a restarted server that forgot
+                // them.
+                self.script.load(&mut connection).map(|_| connection)
+            }) {
+                Ok(connection) => connection,
+                Err(error) => {
+                    self.outcome = Some(Err(error));
+                    return;
+                }
+            },
+        };
+        let now = SystemTime::now();
+        let hash = self.script.get_hash();
+        let mut pipe: Pipeline = redis::pipe();
+        for (aor, updates) in &self.pending {
+            let call = pipe
+                .cmd("EVALSHA")
+                .arg(hash)
+                .arg(2)
+                .arg(self.keys.aor(aor))
+                .arg(self.keys.counter());
+            call.arg(unix_millis(now))
+                .arg(self.keys.channel())
+                .arg(&self.node)
+                .arg(aor.as_str());
+            for (field, value) in updates {
+                call.arg(field).arg(value);
+            }
+        }
+        self.outcome = Some(
+            pipe.query::<Vec<Vec<Value>>>(&mut connection)
+                .map(|results| (connection, results, now)),
+        );
+    }
+}
+
 impl crate::uas::BindingStore for RedisStore {
     fn write(&mut self, persist: &Persist) -> Result<(), StoreError> {
         self.pending
@@ -481,42 +549,49 @@ impl crate::uas::BindingStore for RedisStore {
         Ok(())
     }
 
-    fn sync(&mut self) -> Result<(), StoreError> {
+    fn begin_sync(&mut self) -> Option<SyncJob> {
         if self.pending.is_empty() {
-            return Ok(());
+            return None;
         }
         let pending = std::mem::take(&mut self.pending);
         if self.retry_at.is_some_and(|at| Instant::now() < at) {
-            return Err(self.unavailable("it failed less than a second ago".to_owned()));
+            return Some(SyncJob::Ready(Err(
+                self.unavailable("it failed less than a second ago".to_owned())
+            )));
         }
-        let now = SystemTime::now();
-        let hash = self.script.get_hash().to_owned();
-        let node = self.state.node.clone();
-        let result = self.connection().and_then(|(connection, keys)| {
-            let mut pipe: Pipeline = redis::pipe();
-            for (aor, updates) in &pending {
-                let call = pipe
-                    .cmd("EVALSHA")
-                    .arg(&hash)
-                    .arg(2)
-                    .arg(keys.aor(aor))
-                    .arg(keys.counter());
-                call.arg(unix_millis(now))
-                    .arg(keys.channel())
-                    .arg(&node)
-                    .arg(aor.as_str());
-                for (field, value) in updates {
-                    call.arg(field).arg(value);
+        Some(SyncJob::Shared(Box::new(RedisSync {
+            target: self.target.clone(),
+            connection: self.connection.take(),
+            script: self.script.clone(),
+            keys: self.keys.clone(),
+            node: self.state.node.clone(),
+            pending,
+            outcome: None,
+        })))
+    }
+
+    fn finish_sync(&mut self, job: SyncJob) -> Result<(), StoreError> {
+        let job = match job {
+            SyncJob::Shared(job) => job,
+            SyncJob::Ready(result) => {
+                if result.is_err() {
+                    // Changes written since were queued on top of these.
+                    self.pending.clear();
                 }
+                return result;
             }
-            pipe.query::<Vec<Vec<Value>>>(connection)
-        });
-        match result {
-            Ok(results) => {
+            SyncJob::Journal(_) => {
+                return Err(self.unavailable("a journal sync handed to the shared store".to_owned()))
+            }
+        };
+        let changes = job.pending.len();
+        match job.outcome {
+            Some(Ok((connection, results, now))) => {
+                self.connection = Some(connection);
                 self.retry_at = None;
                 self.state.store_up.store(true, Ordering::Relaxed);
                 self.state.commits.fetch_add(1, Ordering::Relaxed);
-                for ((aor, _), values) in pending.into_iter().zip(results) {
+                for ((aor, _), values) in job.pending.into_iter().zip(results) {
                     if let Some((version, bindings)) = returned_bindings(&values, now) {
                         self.committed.push(Versioned {
                             record: Record { aor, bindings },
@@ -526,10 +601,15 @@ impl crate::uas::BindingStore for RedisStore {
                 }
                 Ok(())
             }
-            Err(error) => {
-                tracing::error!(%error, changes = pending.len(), "location store commit failed");
+            Some(Err(error)) => {
+                tracing::error!(%error, changes, "location store commit failed");
+                self.pending.clear();
                 self.fail();
                 Err(self.unavailable(error.to_string()))
+            }
+            None => {
+                self.pending.clear();
+                Err(self.unavailable("the commit was never run".to_owned()))
             }
         }
     }

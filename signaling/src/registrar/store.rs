@@ -29,6 +29,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -96,7 +97,9 @@ struct Snapshot {
 pub struct Store {
     dir: PathBuf,
     generation: u64,
-    journal: File,
+    /// Shared with the [`JournalSync`] in flight, which fsyncs it on
+    /// another thread while records go on being appended here.
+    journal: Arc<File>,
     /// Bytes of complete records in the journal, synced or not.
     journal_bytes: u64,
     journal_records: usize,
@@ -106,6 +109,26 @@ pub struct Store {
     synced_records: usize,
     /// The snapshot being written in the background, if any.
     compaction: Option<std::thread::JoinHandle<Result<(), StoreError>>>,
+}
+
+/// One `fdatasync` of the journal, begun by [`Store::begin_sync`]: it
+/// covers the records written before it began, and may run on another
+/// thread while the store appends more.
+#[derive(Debug)]
+pub struct JournalSync {
+    journal: Arc<File>,
+    generation: u64,
+    /// The journal's length and records when the sync began.
+    bytes: u64,
+    records: usize,
+    outcome: Option<io::Result<()>>,
+}
+
+impl JournalSync {
+    /// Waits for the disk.
+    pub fn run(&mut self) {
+        self.outcome = Some(self.journal.sync_data());
+    }
 }
 
 impl Store {
@@ -161,7 +184,7 @@ impl Store {
             Self {
                 dir: dir.to_path_buf(),
                 generation,
-                journal,
+                journal: Arc::new(journal),
                 journal_bytes: good_bytes,
                 journal_records,
                 synced_bytes: good_bytes,
@@ -192,7 +215,7 @@ impl Store {
             reason: e.to_string(),
         })?;
         line.push(b'\n');
-        if let Err(source) = self.journal.write_all(&line) {
+        if let Err(source) = (&*self.journal).write_all(&line) {
             // Best effort: a torn line in the middle would make the journal unreadable.
             let _ = self.journal.set_len(self.journal_bytes);
             return Err(StoreError::Io { path, source });
@@ -207,26 +230,60 @@ impl Store {
         self.journal_bytes != self.synced_bytes
     }
 
-    /// Makes every record written so far durable with one `fdatasync`. On
-    /// failure the unsynced records are cut off: after a failed fsync the
-    /// kernel may have dropped the dirty pages, so none of them can be
-    /// counted as stored, and their REGISTERs must not be answered 200.
+    /// Makes every record written so far durable with one `fdatasync`, on
+    /// the caller's thread: [`Store::begin_sync`], run, [`Store::finish_sync`].
     pub fn sync(&mut self) -> Result<(), StoreError> {
-        if !self.unsynced() {
-            return Ok(());
+        match self.begin_sync() {
+            None => Ok(()),
+            Some(mut job) => {
+                job.run();
+                self.finish_sync(job)
+            }
         }
-        if let Err(source) = self.journal.sync_data() {
-            let _ = self.journal.set_len(self.synced_bytes);
-            self.journal_bytes = self.synced_bytes;
-            self.journal_records = self.synced_records;
-            return Err(StoreError::Io {
-                path: journal_path(&self.dir, self.generation),
-                source,
-            });
+    }
+
+    /// The sync of every record written so far, to run on any thread
+    /// (the records written meanwhile are the next sync's); `None` when
+    /// everything written is synced. One at a time: the caller hands it
+    /// back to [`Store::finish_sync`] before beginning the next.
+    pub fn begin_sync(&mut self) -> Option<JournalSync> {
+        self.unsynced().then(|| JournalSync {
+            journal: Arc::clone(&self.journal),
+            generation: self.generation,
+            bytes: self.journal_bytes,
+            records: self.journal_records,
+            outcome: None,
+        })
+    }
+
+    /// Takes a sync's outcome. Success makes the records it covered
+    /// durable. On failure every unsynced record is cut off, those written
+    /// after the sync began too: after a failed fsync the kernel may have
+    /// dropped the dirty pages, so none of them can be counted as stored,
+    /// and their REGISTERs must not be answered 200.
+    pub fn finish_sync(&mut self, job: JournalSync) -> Result<(), StoreError> {
+        let path = journal_path(&self.dir, job.generation);
+        let outcome = job
+            .outcome
+            .unwrap_or_else(|| Err(io::Error::other("the sync was never run")));
+        if job.generation != self.generation {
+            // A compaction switched journals since: it synced everything
+            // before the switch itself.
+            return outcome.map_err(|source| StoreError::Io { path, source });
         }
-        self.synced_bytes = self.journal_bytes;
-        self.synced_records = self.journal_records;
-        Ok(())
+        match outcome {
+            Ok(()) => {
+                self.synced_bytes = self.synced_bytes.max(job.bytes);
+                self.synced_records = self.synced_records.max(job.records);
+                Ok(())
+            }
+            Err(source) => {
+                let _ = self.journal.set_len(self.synced_bytes);
+                self.journal_bytes = self.synced_bytes;
+                self.journal_records = self.synced_records;
+                Err(StoreError::Io { path, source })
+            }
+        }
     }
 
     /// Number of records in the current journal: the driver compacts when it grows.
@@ -271,10 +328,12 @@ impl Store {
         // The new journal's name is durable before any record goes in.
         sync_dir(&self.dir)?;
         drop(new_journal);
-        self.journal = OpenOptions::new()
-            .append(true)
-            .open(&new_journal_path)
-            .map_err(io_error(&new_journal_path))?;
+        self.journal = Arc::new(
+            OpenOptions::new()
+                .append(true)
+                .open(&new_journal_path)
+                .map_err(io_error(&new_journal_path))?,
+        );
         self.generation = next;
         self.journal_bytes = 0;
         self.journal_records = 0;

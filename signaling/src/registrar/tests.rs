@@ -946,3 +946,40 @@ fn store_keys_name_each_address_of_record_and_read_back() {
     assert_eq!(keys.channel(), "sb-test:location-changes");
     assert_eq!(keys.counter(), "sb-test:location-version");
 }
+
+#[test]
+fn a_sync_begun_covers_what_was_written_before_it_and_a_later_one_the_rest() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut store, _) = Store::open(dir.path()).expect("store opens");
+    assert!(store.begin_sync().is_none(), "nothing written");
+    let mut registrar = Registrar::new(config());
+    let mut record = |n: u32| {
+        ok(registrar.handle_register(
+            t(n.into()),
+            &register(vec![contact(&format!("sip:{n}@192.0.2.1"), Some(600))], None, "c", n),
+        ))
+        .persist
+        .expect("a change")
+        .record
+    };
+    let (first, second) = (record(1), record(2));
+    store.write(&first).expect("write");
+    let mut job = store.begin_sync().expect("a sync of the first record");
+    // Appended while the sync runs on another thread.
+    store.write(&second).expect("write");
+    let runner = std::thread::spawn(move || {
+        job.run();
+        job
+    });
+    let job = runner.join().expect("the sync ran");
+    store.finish_sync(job).expect("synced");
+    let mut rest = store
+        .begin_sync()
+        .expect("the second record is not covered yet");
+    rest.run();
+    store.finish_sync(rest).expect("synced");
+    assert!(store.begin_sync().is_none(), "everything synced");
+    drop(store);
+    let (_, records) = Store::open(dir.path()).expect("store reopens");
+    assert_eq!(records, vec![first, second]);
+}

@@ -200,6 +200,9 @@ mod tests {
         let now = Now::current();
         uas.handle_received(now, udp(REGISTER), now.instant);
         uas.handle_input(now, crate::uas::Input::Commit);
+        let mut sync = uas.poll_sync().expect("the REGISTER's change is synced");
+        sync.run();
+        uas.handle_input(now, crate::uas::Input::Synced(sync));
         uas.handle_received(now, udp(INVITE), now.instant);
         while uas.poll_transmit().is_some() {}
         while let Some(observation) = uas.poll_observation() {

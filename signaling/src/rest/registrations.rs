@@ -25,6 +25,9 @@ impl From<RegistrationError> for AppError {
             RegistrationError::InvalidAor(_) => AppError::BadRequest(error.to_string()),
             RegistrationError::NotFound(_) => AppError::NotFound(error.to_string()),
             RegistrationError::NotStored => AppError::Internal(error.to_string()),
+            RegistrationError::Busy => {
+                AppError::Unavailable("the binding store is busy; try again")
+            }
         }
     }
 }

@@ -1,15 +1,19 @@
 //! Runs a [`Uas`] on a thread of its own, fed by the transports.
 //!
-//! A thread rather than a tokio task because a commit waits for the binding
-//! store's fsync: on a thread that wait delays only SIP processing (which
-//! must wait for it anyway, a 200 may not leave before the fsync), never the
-//! transports, the REST API or the RTP manager health checks on the runtime.
+//! A thread rather than a tokio task because the core is one long-running
+//! state machine that must not wait behind (or hold up) the transports, the
+//! REST API or the RTP manager health checks on the runtime.
 //!
-//! Group commit: the thread hands the core [`super::Input::Commit`] when its
-//! queue is empty, or after [`COMMIT_EVERY`] inputs in a row. The REGISTERs
-//! that arrive while one fsync runs queue up and share the next one, so the
-//! rate of REGISTERs is bounded by the work per message, not by the disk,
-//! and an idle server answers a lone REGISTER after one fsync as before.
+//! Group commit, off the core's thread: after every input the core is
+//! handed [`super::Input::Commit`], and when binding changes are waiting
+//! and no sync is running it begins one ([`Output::Sync`]). The
+//! [`Committer`]'s thread runs it (an fsync of the journal, or a pipeline
+//! to Redis) while the core goes on with other messages, REGISTERs
+//! included; their changes are the next sync's. The REGISTERs' 200s leave
+//! when the sync covering them comes back ([`super::Input::Synced`]), never
+//! before. So an idle server answers a lone REGISTER after one fsync, a
+//! busy one shares each fsync among all the REGISTERs that arrived during
+//! the previous one, and no other message ever waits for the disk.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,6 +30,7 @@ use super::{Now, Observation, Output, RegistrationError, RegistrationView, Uas};
 use crate::b2bua::MediaLink;
 use crate::events::EventBus;
 use crate::metrics::Metrics;
+use crate::registrar::SyncJob;
 use crate::transport::limits::{Source, TransportStats};
 use crate::transport::{Inbound, InboundSink, Transports};
 
@@ -137,10 +142,6 @@ fn account(inbound: &Inbound) -> (Source, usize) {
 
 /// Longest sleep when nothing is scheduled.
 const IDLE_WAKEUP: Duration = Duration::from_secs(60);
-
-/// Inputs taken in a row before a commit even though more are queued, so a
-/// sustained flood cannot hold a REGISTER's 200 back for long.
-const COMMIT_EVERY: usize = 256;
 
 enum Input {
     /// A message and when the transports handed it over.
@@ -276,17 +277,16 @@ impl CoreQueue {
         let budget = self.budget;
         let telemetry = self.telemetry;
         let media = self.media;
+        let mut committer = Committer::spawn(self.handle.sender.clone())?;
         let thread = std::thread::Builder::new()
             .name("sip-core".to_owned())
             .spawn(move || {
-                run(
-                    uas,
-                    &receiver,
-                    &budget,
-                    &transports,
-                    telemetry.as_ref(),
-                    media.as_ref(),
-                )
+                let io = Io {
+                    transports: &transports,
+                    telemetry: telemetry.as_ref(),
+                    media: media.as_ref(),
+                };
+                run(uas, &receiver, &budget, &io, &mut committer);
             })?;
         Ok(RunningCore {
             handle: self.handle,
@@ -391,34 +391,89 @@ impl CoreHandle {
     }
 }
 
+/// What the core's outputs are applied to.
+struct Io<'a> {
+    transports: &'a Transports,
+    telemetry: Option<&'a Telemetry>,
+    media: Option<&'a MediaLink>,
+}
+
+/// Runs the binding store's syncs on a thread of its own, one at a time,
+/// and hands each back when it has run; the core's thread never waits for
+/// the disk or for Redis (except when it asks to: an operator's
+/// unregister, and stopping).
+struct Committer {
+    jobs: std::sync::mpsc::Sender<SyncJob>,
+    done: Receiver<SyncJob>,
+    /// Run on the core's thread because the committer's had gone.
+    ran_here: Option<SyncJob>,
+}
+
+impl Committer {
+    /// Starts the thread; it wakes the core through `wake` after each sync.
+    fn spawn(wake: SyncSender<Input>) -> std::io::Result<Committer> {
+        let (jobs, queued) = std::sync::mpsc::channel::<SyncJob>();
+        let (finished, done) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("sip-commit".to_owned())
+            .spawn(move || {
+                for mut job in queued {
+                    job.run();
+                    if finished.send(job).is_err() {
+                        break;
+                    }
+                    // A full queue needs no wake-up: the core is busy and
+                    // looks for finished syncs after every input.
+                    let _ = wake.try_send(Input::Wake);
+                }
+            })?;
+        Ok(Committer {
+            jobs,
+            done,
+            ran_here: None,
+        })
+    }
+
+    fn start(&mut self, job: SyncJob) {
+        if let Err(failed) = self.jobs.send(job) {
+            tracing::error!("the commit thread is gone; syncing on the SIP core's thread");
+            let mut job = failed.0;
+            job.run();
+            self.ran_here = Some(job);
+        }
+    }
+
+    /// A sync that has run, if any.
+    fn finished(&mut self) -> Option<SyncJob> {
+        self.ran_here.take().or_else(|| self.done.try_recv().ok())
+    }
+
+    /// Waits for the sync in flight.
+    fn wait(&mut self) -> Option<SyncJob> {
+        self.ran_here.take().or_else(|| self.done.recv().ok())
+    }
+}
+
 fn run(
     mut uas: Uas,
     receiver: &Receiver<Input>,
     budget: &SharedBudget,
-    transports: &Transports,
-    telemetry: Option<&Telemetry>,
-    media: Option<&MediaLink>,
+    io: &Io<'_>,
+    committer: &mut Committer,
 ) {
-    let mut since_commit = 0usize;
     loop {
-        let queued = if since_commit >= COMMIT_EVERY {
-            Err(TryRecvError::Empty)
-        } else {
-            receiver.try_recv()
-        };
-        let received = match queued {
+        if let Some(job) = committer.finished() {
+            uas.handle_input(Now::current(), super::Input::Synced(job));
+            flush(&mut uas, io, committer);
+        }
+        let received = match receiver.try_recv() {
             Ok(input) => Ok(input),
             Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
             Err(TryRecvError::Empty) => {
-                // Nothing more at hand (or enough taken in a row): make the
-                // changes so far durable and send what waited for that.
-                since_commit = 0;
                 let now = Now::current();
-                uas.handle_input(now, super::Input::Commit);
-                flush(&mut uas, transports, telemetry, media);
                 let wait = [
                     uas.poll_timeout(now),
-                    media.and_then(MediaLink::next_input_at),
+                    io.media.and_then(MediaLink::next_input_at),
                 ]
                 .into_iter()
                 .flatten()
@@ -431,7 +486,6 @@ fn run(
                 }
             }
         };
-        since_commit += 1;
         match received {
             Ok(Input::Inbound(inbound, received)) => {
                 let (source, bytes) = account(&inbound);
@@ -448,6 +502,9 @@ fn run(
                 uas.handle_input(Now::current(), super::Input::Location(update));
             }
             Ok(Input::Unregister(aor, reply)) => {
+                // The operator's removal is synced on this thread, after
+                // the sync in flight (the store takes one at a time).
+                settle_in_flight(&mut uas, io, committer);
                 let _ = reply.send(uas.unregister(Now::current(), &aor));
             }
             Ok(Input::ReloadUsers(path, reply)) => {
@@ -464,8 +521,14 @@ fn run(
             }
             Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => {
                 // What was written is made durable and answered first.
-                uas.handle_input(Now::current(), super::Input::Commit);
-                flush(&mut uas, transports, telemetry, media);
+                loop {
+                    settle_in_flight(&mut uas, io, committer);
+                    uas.handle_input(Now::current(), super::Input::Commit);
+                    flush(&mut uas, io, committer);
+                    if !uas.sync_in_flight() {
+                        break;
+                    }
+                }
                 break;
             }
             Ok(Input::Wake) | Err(RecvTimeoutError::Timeout) => {}
@@ -475,26 +538,38 @@ fn run(
         // One media input per turn: SIP input is not starved behind a burst
         // of results, and the core has flushed what each one sent before
         // the next (a 183 then a 200 on one transaction leave in order).
-        if let Some(input) = media.and_then(|link| link.pop_input(now.instant)) {
+        if let Some(input) = io.media.and_then(|link| link.pop_input(now.instant)) {
             uas.handle_input(now, super::Input::Media(input));
         }
-        flush(&mut uas, transports, telemetry, media);
+        // Begins a sync of what this input wrote, unless one is running.
+        uas.handle_input(now, super::Input::Commit);
+        flush(&mut uas, io, committer);
     }
     tracing::debug!("SIP core stopped");
 }
 
+/// Waits for the sync in flight, if any, and lets the core answer for it.
+fn settle_in_flight(uas: &mut Uas, io: &Io<'_>, committer: &mut Committer) {
+    if !uas.sync_in_flight() {
+        return;
+    }
+    match committer.wait() {
+        Some(job) => {
+            uas.handle_input(Now::current(), super::Input::Synced(job));
+            flush(uas, io, committer);
+        }
+        None => tracing::error!("the commit thread is gone with a sync in flight"),
+    }
+}
+
 /// Applies the core's outputs and takes its observations.
-fn flush(
-    uas: &mut Uas,
-    transports: &Transports,
-    telemetry: Option<&Telemetry>,
-    media: Option<&MediaLink>,
-) {
+fn flush(uas: &mut Uas, io: &Io<'_>, committer: &mut Committer) {
     while let Some(output) = uas.poll_output() {
         match output {
-            Output::Transmit(outbound) => transports.send(outbound),
-            Output::HoldOpen(connection, until) => transports.hold_open(connection, until),
-            Output::Media(request) => match media {
+            Output::Sync(job) => committer.start(job),
+            Output::Transmit(outbound) => io.transports.send(outbound),
+            Output::HoldOpen(connection, until) => io.transports.hold_open(connection, until),
+            Output::Media(request) => match io.media {
                 Some(link) => link.push_request(request),
                 None => tracing::warn!(
                     op = request.op.name(),
@@ -503,7 +578,7 @@ fn flush(
             },
         }
     }
-    match telemetry {
+    match io.telemetry {
         Some(telemetry) => telemetry.take(uas),
         None => while uas.poll_observation().is_some() {},
     }

@@ -72,13 +72,14 @@ pub use observation::{CoreGauges, Observation};
 pub use register::{rfc3339, RegistrationError, RegistrationView};
 
 use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::auth::{Authenticated, Authenticator};
 use crate::b2bua::{LinkInput, MediaRequest};
 use crate::events::Event;
 use crate::registrar::{
-    Aor, LocationUpdate, Persist, Record, Registrar, Store, StoreError, Versioned,
+    Aor, LocationUpdate, Persist, Record, Registrar, Store, StoreError, SyncJob, Versioned,
 };
 use crate::sip::{
     build_error_response, build_rejection, check_request_with, parse_with, response_message,
@@ -118,9 +119,14 @@ pub enum Input {
     Media(LinkInput),
     /// The deadline of [`Uas::poll_timeout`] has passed (or may have).
     Timeout,
-    /// Make the binding changes written since the last commit durable (one
-    /// fsync) and send the answers held for them.
+    /// Make the binding changes written so far durable: begin a sync of
+    /// them ([`Output::Sync`]) unless one is running already (they are then
+    /// the next one's). Cheap; hand it over after every input.
     Commit,
+    /// A sync from [`Output::Sync`], run: the answers it covered go out
+    /// (or are undone and refused, if it failed), and the changes written
+    /// meanwhile begin the next sync.
+    Synced(SyncJob),
     /// News from a shared location store: other nodes' binding changes,
     /// or the loss of the store.
     Location(LocationUpdate),
@@ -140,6 +146,10 @@ pub enum Output {
     /// through it, as Kamailio's registrar extends a TCP connection's
     /// lifetime to its registration's.
     HoldOpen(ConnectionId, Instant),
+    /// Run this sync of the binding store off the core's thread (it waits
+    /// for the disk or for Redis) and hand it back as [`Input::Synced`].
+    /// One at a time: the next comes after that.
+    Sync(SyncJob),
 }
 
 /// Errors of the core's API.
@@ -181,19 +191,35 @@ impl Now {
     }
 }
 
-/// Durable storage of bindings: the registrar's [`Store`], or a test double.
+/// Durable storage of bindings: the registrar's [`Store`], the shared
+/// [`crate::registrar::RedisStore`], or a test double.
 pub trait BindingStore: Send {
-    /// Writes a change, durable only after the next successful `sync`.
+    /// Writes a change, durable only after a sync begun after it succeeds.
     fn write(&mut self, persist: &Persist) -> Result<(), StoreError>;
-    /// Makes every record written so far durable, or fails and forgets
-    /// the unsynced ones.
-    fn sync(&mut self) -> Result<(), StoreError>;
+    /// The sync of every change written so far, to run off the core's
+    /// thread and hand back to [`BindingStore::finish_sync`]; `None` when
+    /// nothing was written since the last one began. One at a time.
+    fn begin_sync(&mut self) -> Option<SyncJob>;
+    /// Takes a sync's outcome: the changes it covered are durable, or it
+    /// failed and every change not yet synced (those written after it
+    /// began too) is forgotten.
+    fn finish_sync(&mut self, job: SyncJob) -> Result<(), StoreError>;
+    /// Begins, runs and finishes a sync on the caller's thread.
+    fn sync(&mut self) -> Result<(), StoreError> {
+        match self.begin_sync() {
+            None => Ok(()),
+            Some(mut job) => {
+                job.run();
+                self.finish_sync(job)
+            }
+        }
+    }
     /// Records in the journal since the last compaction.
     fn journal_records(&self) -> usize;
     /// Replaces journal and snapshot with `records` (the snapshot may be
     /// written after this returns, off the caller's thread).
     fn compact(&mut self, records: Vec<Record>) -> Result<(), StoreError>;
-    /// What the last successful `sync` left in a shared store for each
+    /// What the last successful sync left in a shared store for each
     /// address-of-record it changed (other nodes' bindings included), for
     /// the registrar to adopt; a node's own store has nothing to add.
     fn take_committed(&mut self) -> Vec<Versioned> {
@@ -210,8 +236,19 @@ impl BindingStore for Store {
         Store::write(self, &persist.record)
     }
 
-    fn sync(&mut self) -> Result<(), StoreError> {
-        Store::sync(self)
+    fn begin_sync(&mut self) -> Option<SyncJob> {
+        Store::begin_sync(self).map(SyncJob::Journal)
+    }
+
+    fn finish_sync(&mut self, job: SyncJob) -> Result<(), StoreError> {
+        match job {
+            SyncJob::Journal(job) => Store::finish_sync(self, job),
+            SyncJob::Ready(result) => result,
+            SyncJob::Shared(_) => Err(StoreError::Io {
+                path: PathBuf::new(),
+                source: std::io::Error::other("a shared-store sync handed to the journal"),
+            }),
+        }
     }
 
     fn journal_records(&self) -> usize {
@@ -457,6 +494,11 @@ pub struct Uas {
     /// REGISTERs whose binding changes are written but not yet synced, in
     /// order: answered at the next commit.
     uncommitted: Vec<register::Uncommitted>,
+    /// The REGISTERs the sync in flight covers, in order (`None`: no sync
+    /// is running).
+    syncing: Option<Vec<register::Uncommitted>>,
+    /// A sync begun and not yet taken by the driver.
+    sync_out: Option<SyncJob>,
     /// Whether the registrar is a cache of a shared store, and how fresh.
     location: LocationCache,
     /// The edge role for phones registered here, when nodes share the
@@ -552,6 +594,8 @@ impl Uas {
             handler: None,
             delayed: VecDeque::new(),
             uncommitted: Vec::new(),
+            syncing: None,
+            sync_out: None,
             location: LocationCache::default(),
             edge: None,
         }
@@ -664,6 +708,7 @@ impl Uas {
             Input::Media(input) => self.handle_media(now, input),
             Input::Timeout => self.handle_timeout(now),
             Input::Commit => self.commit(now),
+            Input::Synced(job) => self.synced(now, job),
             Input::Location(update) => self.handle_location(now, update),
         }
     }
@@ -766,6 +811,16 @@ impl Uas {
         self.wire.outbox.pop_front()
     }
 
+    /// The sync to run, if one was begun (see [`Output::Sync`]).
+    pub fn poll_sync(&mut self) -> Option<SyncJob> {
+        self.sync_out.take()
+    }
+
+    /// Whether a sync handed out by [`Uas::poll_sync`] has not come back.
+    pub fn sync_in_flight(&self) -> bool {
+        self.syncing.is_some()
+    }
+
     /// The next request for the RTP managers from the call handler.
     pub fn poll_media_request(&mut self) -> Option<MediaRequest> {
         self.handler.as_mut()?.poll_media_request()
@@ -775,6 +830,9 @@ impl Uas {
     /// [`poll_transmit`](Self::poll_transmit) and
     /// [`poll_media_request`](Self::poll_media_request) give, in one enum.
     pub fn poll_output(&mut self) -> Option<Output> {
+        if let Some(job) = self.poll_sync() {
+            return Some(Output::Sync(job));
+        }
         if let Some(outbound) = self.poll_transmit() {
             return Some(Output::Transmit(outbound));
         }

@@ -9,7 +9,7 @@ use crate::auth::Authenticated;
 use crate::events::Event;
 use crate::registrar::{
     Aor, Binding, Change, ContactInput, Decision, Persist, RegisterRequest, Registered,
-    RegisteredContact, Source, Transport, Q,
+    RegisteredContact, Source, SyncJob, Transport, Q,
 };
 use crate::transaction::TransactionKey;
 use crate::transport::Flow;
@@ -91,6 +91,9 @@ pub enum RegistrationError {
     /// The removal could not be stored, so it was undone.
     #[error("the change could not be stored")]
     NotStored,
+    /// A sync of the store is running; ask again when it has ended.
+    #[error("the binding store is busy; try again")]
+    Busy,
 }
 
 /// Seconds a REGISTER refused for an unreachable location store is asked
@@ -154,6 +157,12 @@ impl Uas {
             .registrar
             .remove(now.wall, &aor)
             .ok_or_else(|| RegistrationError::NotFound(aor.as_str().to_owned()))?;
+        if self.syncing.is_some() {
+            // Its sync would race the one running; the driver waits for
+            // that one first.
+            self.registrar.revert(persist);
+            return Err(RegistrationError::Busy);
+        }
         let removed = persist.previous_len();
         let events = binding_events(aor.as_str(), &persist, now.wall);
         if let Err(error) = self.store.write(&persist) {
@@ -161,16 +170,18 @@ impl Uas {
             self.registrar.revert(persist);
             return Err(RegistrationError::NotStored);
         }
-        // The operator waits for this one: sync now, which also commits
-        // the REGISTERs written before it.
+        // The operator waits for this one: sync now, on this thread, which
+        // also commits the REGISTERs written before it.
         if let Err(error) = self.store.sync() {
             tracing::error!(%error, "cannot store an operator's unregister; bindings kept");
             self.registrar.revert(persist);
-            self.settle(now, Err(&error));
+            let settled = std::mem::take(&mut self.uncommitted);
+            self.answer(now, settled, Err(&error));
             return Err(RegistrationError::NotStored);
         }
         self.adopt_committed(now);
-        self.settle(now, Ok(()));
+        let settled = std::mem::take(&mut self.uncommitted);
+        self.answer(now, settled, Ok(()));
         for event in events {
             self.wire.observe(Observation::Registration(event));
         }
@@ -259,8 +270,9 @@ impl Uas {
                 });
                 // The 200 waits for the sync covering its change; one that
                 // changed nothing waits too when it lists changes not yet
-                // synced, and keeps its place in line either way.
-                if persist.is_some() || !self.uncommitted.is_empty() {
+                // synced (written, or in the sync running), and keeps its
+                // place in line either way.
+                if persist.is_some() || !self.uncommitted.is_empty() || self.syncing.is_some() {
                     self.uncommitted.push(Uncommitted {
                         key,
                         current,
@@ -304,25 +316,74 @@ impl Uas {
         );
     }
 
-    /// [`super::Input::Commit`]: makes the binding changes written since
-    /// the last commit durable with one sync and answers their REGISTERs.
+    /// [`super::Input::Commit`]: begins the sync of the binding changes
+    /// written since the last one began, unless one is running (they are
+    /// the next one's then). When the journal is due for compaction the
+    /// sync runs here, on the core's thread, so that the registrar's state
+    /// is all durable at the switch (once per compaction, not per commit).
     pub(super) fn commit(&mut self, now: Now) {
-        if self.uncommitted.is_empty() {
+        if self.syncing.is_some() || self.uncommitted.is_empty() {
             return;
         }
-        let synced = self.store.sync();
-        if synced.is_ok() {
-            self.adopt_committed(now);
+        if self.compaction_due() {
+            let synced = self.store.sync();
+            if synced.is_ok() {
+                self.adopt_committed(now);
+            }
+            let settled = std::mem::take(&mut self.uncommitted);
+            self.answer(now, settled, synced.as_ref().map(|_| ()));
+            self.compact_if_due();
+            return;
         }
-        self.settle(now, synced.as_ref().map(|_| ()));
+        let settled = std::mem::take(&mut self.uncommitted);
+        match self.store.begin_sync() {
+            Some(job) => {
+                self.syncing = Some(settled);
+                self.sync_out = Some(job);
+            }
+            // Nothing written: they only waited for the syncs before them.
+            None => self.answer(now, settled, Ok(())),
+        }
     }
 
-    /// Answers the uncommitted REGISTERs once their sync is known: 200 and
+    /// [`super::Input::Synced`]: answers the REGISTERs the sync covered
+    /// and begins the next with what was written meanwhile. A failed sync
+    /// also takes the changes written after it began (the store forgot
+    /// them with it): every one is undone and refused.
+    pub(super) fn synced(&mut self, now: Now, job: SyncJob) {
+        let outcome = self.store.finish_sync(job);
+        let Some(settled) = self.syncing.take() else {
+            tracing::warn!("a sync came back that the core did not begin");
+            return;
+        };
+        match outcome {
+            Ok(()) => {
+                self.adopt_committed(now);
+                self.answer(now, settled, Ok(()));
+                if self.uncommitted.is_empty() {
+                    self.compact_if_due();
+                } else {
+                    self.commit(now);
+                }
+            }
+            Err(error) => {
+                let mut all = settled;
+                all.append(&mut self.uncommitted);
+                self.answer(now, all, Err(&error));
+            }
+        }
+    }
+
+    /// Answers REGISTERs once the sync covering them is known: 200 and
     /// their binding events when it succeeded; otherwise their changes are
     /// undone, newest first (each restores what the one before it left),
-    /// and each is answered 500.
-    fn settle(&mut self, now: Now, synced: Result<(), &crate::registrar::StoreError>) {
-        let mut settled = std::mem::take(&mut self.uncommitted);
+    /// and each is answered 500 (503 when a shared store is out of reach).
+    fn answer(
+        &mut self,
+        now: Now,
+        mut settled: Vec<Uncommitted>,
+        synced: Result<(), &crate::registrar::StoreError>,
+    ) {
         if settled.is_empty() {
             return;
         }
@@ -348,7 +409,6 @@ impl Uas {
                         Reply::new(200, "OK", &entry.headers),
                     );
                 }
-                self.compact_if_due();
             }
             Err(error) => {
                 for entry in settled.iter_mut().rev() {
@@ -392,11 +452,7 @@ impl Uas {
     /// addresses-of-record, so restarts replay little. Only called with
     /// nothing unsynced.
     fn compact_if_due(&mut self) {
-        let due = self
-            .config
-            .compact_after
-            .max(self.registrar.len().saturating_mul(2));
-        if self.store.journal_records() < due || self.store.compacting() {
+        if !self.compaction_due() || !self.uncommitted.is_empty() || self.syncing.is_some() {
             return;
         }
         match self.store.compact(self.registrar.records()) {
@@ -405,6 +461,16 @@ impl Uas {
                 tracing::warn!(%error, "registrar store compaction failed; the journal keeps growing")
             }
         }
+    }
+
+    /// Whether the journal holds many more records than there are
+    /// addresses-of-record and no compaction is being written.
+    fn compaction_due(&mut self) -> bool {
+        let due = self
+            .config
+            .compact_after
+            .max(self.registrar.len().saturating_mul(2));
+        self.store.journal_records() >= due && !self.store.compacting()
     }
 }
 

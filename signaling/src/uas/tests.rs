@@ -73,18 +73,31 @@ impl BindingStore for MemoryStore {
         Ok(())
     }
 
-    fn sync(&mut self) -> Result<(), StoreError> {
+    /// Decides at once: the outcome rides in a ready job.
+    fn begin_sync(&mut self) -> Option<SyncJob> {
         let mut state = self.lock();
         if state.written.is_empty() {
-            return Ok(());
+            return None;
         }
         let written = std::mem::take(&mut state.written);
         if state.fail_syncs {
-            return Err(disk_full());
+            return Some(SyncJob::Ready(Err(disk_full())));
         }
         state.syncs += 1;
         state.synced.extend(written);
-        Ok(())
+        Some(SyncJob::Ready(Ok(())))
+    }
+
+    fn finish_sync(&mut self, job: SyncJob) -> Result<(), StoreError> {
+        let SyncJob::Ready(outcome) = job else {
+            panic!("the double hands out ready jobs only");
+        };
+        if outcome.is_err() {
+            // Like the journal: what was written after the failed sync
+            // began is forgotten with it.
+            self.lock().written.clear();
+        }
+        outcome
     }
 
     fn journal_records(&self) -> usize {
@@ -152,9 +165,14 @@ fn status_of(text: &str) -> &str {
     text.split(' ').nth(1).expect("a status")
 }
 
-/// What the driver does when its queue runs dry.
+/// What the driver does after an input: begin a sync, run it off the
+/// core's thread, hand it back; until nothing is left to sync.
 fn commit(uas: &mut Uas, now: Now) {
     uas.handle_input(now, Input::Commit);
+    while let Some(mut job) = uas.poll_sync() {
+        job.run();
+        uas.handle_input(now, Input::Synced(job));
+    }
 }
 
 #[test]
@@ -260,6 +278,122 @@ fn the_registers_of_one_commit_share_one_sync_and_are_answered_after_it() {
     );
     assert_eq!(store.syncs(), 1, "one fsync for the group");
     assert_eq!(store.records().len(), 50);
+}
+
+#[test]
+fn the_core_goes_on_during_a_sync_and_what_it_wrote_meanwhile_is_the_next_syncs() {
+    let store = MemoryStore::default();
+    let mut uas = core(&store, 1000);
+    let now = Now::current();
+    uas.handle_inbound(
+        now,
+        register_from("s1", "u1", "s1", 1, "sip:u1@192.0.2.10:5062"),
+    );
+    uas.handle_input(now, Input::Commit);
+    let mut first = uas.poll_sync().expect("a sync begun for u1");
+    assert!(uas.sync_in_flight());
+    // While the disk works: two more REGISTERs are taken and written, an
+    // OPTIONS is answered at once, and no second sync begins.
+    uas.handle_inbound(
+        now,
+        register_from("s2", "u2", "s2", 1, "sip:u2@192.0.2.10:5062"),
+    );
+    uas.handle_inbound(
+        now,
+        register_from("s3", "u3", "s3", 1, "sip:u3@192.0.2.10:5062"),
+    );
+    uas.handle_inbound(
+        now,
+        udp("OPTIONS sip:example.com SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKopt\r\n\
+             From: <sip:alice@example.com>;tag=o1\r\nTo: <sip:example.com>\r\n\
+             Call-ID: opt1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"),
+    );
+    uas.handle_input(now, Input::Commit);
+    assert!(uas.poll_sync().is_none(), "one sync at a time");
+    let out = sent(&mut uas);
+    assert_eq!(out.len(), 1, "only the OPTIONS is answered: {out:?}");
+    assert!(out[0].1.contains("CSeq: 1 OPTIONS"), "{}", out[0].1);
+    assert_eq!(
+        uas.registrations(now).len(),
+        3,
+        "all three are in the registrar"
+    );
+
+    first.run();
+    uas.handle_input(now, Input::Synced(first));
+    let out = sent(&mut uas);
+    assert_eq!(out.len(), 1, "u1's 200 only: {out:?}");
+    assert!(out[0].1.contains("Call-ID: s1\r\n") && status_of(&out[0].1) == "200");
+    let mut second = uas
+        .poll_sync()
+        .expect("the next sync begins with what was written meanwhile");
+    assert!(sent(&mut uas).is_empty(), "u2 and u3 wait for it");
+    second.run();
+    uas.handle_input(now, Input::Synced(second));
+    let out = sent(&mut uas);
+    let answered: Vec<_> = out
+        .iter()
+        .map(|(_, text)| (status_of(text).to_owned(), text.contains("Call-ID: s2\r\n")))
+        .collect();
+    assert_eq!(
+        answered,
+        vec![("200".to_owned(), true), ("200".to_owned(), false)]
+    );
+    assert!(!uas.sync_in_flight());
+    assert_eq!(store.syncs(), 2);
+    assert_eq!(store.records().len(), 3);
+}
+
+#[test]
+fn a_failed_sync_refuses_the_registers_written_after_it_began_too() {
+    let store = MemoryStore::default();
+    let mut uas = core(&store, 1000);
+    let now = Now::current();
+    store.fail_syncs(true);
+    uas.handle_inbound(
+        now,
+        register_from("f1", "u1", "f1", 1, "sip:u1@192.0.2.10:5062"),
+    );
+    uas.handle_input(now, Input::Commit);
+    let mut failing = uas.poll_sync().expect("a sync begun");
+    store.fail_syncs(false);
+    // Written after the sync began: the store forgets it with the failure.
+    uas.handle_inbound(
+        now,
+        register_from("f2", "u2", "f2", 1, "sip:u2@192.0.2.10:5062"),
+    );
+    failing.run();
+    uas.handle_input(now, Input::Synced(failing));
+    let statuses: Vec<_> = sent(&mut uas)
+        .iter()
+        .map(|(_, text)| status_of(text).to_owned())
+        .collect();
+    assert_eq!(statuses, vec!["500", "500"]);
+    assert!(uas.registrations(now).is_empty(), "both undone");
+    assert!(uas.poll_sync().is_none(), "nothing left to sync");
+    assert!(store.records().is_empty());
+}
+
+#[test]
+fn an_operator_unregister_waits_for_no_sync_in_flight() {
+    let store = MemoryStore::default();
+    let mut uas = core(&store, 1000);
+    let now = Now::current();
+    uas.handle_inbound(now, register("a", "c1", 1, "sip:alice@192.0.2.10:5062"));
+    uas.handle_input(now, Input::Commit);
+    let mut job = uas.poll_sync().expect("a sync begun");
+    assert_eq!(
+        uas.unregister(now, "alice@example.com"),
+        Err(RegistrationError::Busy)
+    );
+    assert_eq!(uas.registrations(now).len(), 1, "the binding stays");
+    job.run();
+    uas.handle_input(now, Input::Synced(job));
+    assert_eq!(
+        uas.unregister(now, "alice@example.com"),
+        Ok(("alice@example.com".to_owned(), 1))
+    );
 }
 
 #[test]

@@ -51,14 +51,18 @@ impl BindingStore for SharedDouble {
         Ok(())
     }
 
-    fn sync(&mut self) -> Result<(), StoreError> {
+    /// Decides at once: the outcome rides in a ready job.
+    fn begin_sync(&mut self) -> Option<SyncJob> {
         let mut state = self.lock();
         let pending = std::mem::take(&mut state.pending);
-        if state.unreachable && !pending.is_empty() {
-            return Err(StoreError::Unavailable {
+        if pending.is_empty() {
+            return None;
+        }
+        if state.unreachable {
+            return Some(SyncJob::Ready(Err(StoreError::Unavailable {
                 store: "127.0.0.1:6379".to_owned(),
                 reason: "Connection refused".to_owned(),
-            });
+            })));
         }
         for mut record in pending {
             state.version += 1;
@@ -66,7 +70,17 @@ impl BindingStore for SharedDouble {
             record.bindings.extend(state.others.iter().cloned());
             state.committed.push_back(Versioned { record, version });
         }
-        Ok(())
+        Some(SyncJob::Ready(Ok(())))
+    }
+
+    fn finish_sync(&mut self, job: SyncJob) -> Result<(), StoreError> {
+        let SyncJob::Ready(outcome) = job else {
+            panic!("the double hands out ready jobs only");
+        };
+        if outcome.is_err() {
+            self.lock().pending.clear();
+        }
+        outcome
     }
 
     fn take_committed(&mut self) -> Vec<Versioned> {
