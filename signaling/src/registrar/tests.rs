@@ -956,7 +956,12 @@ fn a_sync_begun_covers_what_was_written_before_it_and_a_later_one_the_rest() {
     let mut record = |n: u32| {
         ok(registrar.handle_register(
             t(n.into()),
-            &register(vec![contact(&format!("sip:{n}@192.0.2.1"), Some(600))], None, "c", n),
+            &register(
+                vec![contact(&format!("sip:{n}@192.0.2.1"), Some(600))],
+                None,
+                "c",
+                n,
+            ),
         ))
         .persist
         .expect("a change")

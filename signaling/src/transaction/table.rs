@@ -6,25 +6,39 @@
 //! them doubles by copying every entry at once, and with them the core's
 //! whole input queue waits: measured, a REGISTER storm's p99 was 1.5 s,
 //! with a third of the core's time in `reserve_rehash` and the page faults
-//! of the new table. Split into [`SHARDS`] maps chosen by the key's hash,
+//! of the new table. Split into [`SHARDS`] tables chosen by the key's hash,
 //! a growth copies one shard, 1/256 of the entries, and the pauses vanish
 //! into the noise. Kamailio's transaction table (fixed buckets, never
 //! rehashed) avoids the same pause another way.
+//!
+//! Each key is hashed once, with SipHash under a random key (the keys come
+//! off the wire: a flood of chosen branches must not pile into one shard
+//! or one probe chain): the top bits pick the shard, and the shard's
+//! [`HashTable`] probes with the same hash. A `HashMap` per shard hashed
+//! every key twice, 9 % of the core's time in a REGISTER storm.
 
-use std::collections::hash_map::{Entry, RandomState};
-use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash};
+
+use hashbrown::hash_table::Entry;
+use hashbrown::HashTable;
 
 /// Shards of a table: a power of two.
 pub const SHARDS: usize = 256;
 
-/// A map of `K` to `V` in [`SHARDS`] `HashMap`s.
-#[derive(Debug)]
+/// A map of `K` to `V` in [`SHARDS`] hash tables.
 pub struct ShardedMap<K, V> {
-    shards: Box<[HashMap<K, V>]>,
-    /// Picks the shard; each shard hashes with its own state.
-    picker: RandomState,
+    shards: Box<[HashTable<(K, V)>]>,
+    hasher: RandomState,
     len: usize,
+}
+
+impl<K, V> std::fmt::Debug for ShardedMap<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardedMap")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<K: Hash + Eq, V> Default for ShardedMap<K, V> {
@@ -37,16 +51,17 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
     /// An empty map; nothing is allocated until an entry goes in.
     pub fn new() -> Self {
         ShardedMap {
-            shards: (0..SHARDS).map(|_| HashMap::new()).collect(),
-            picker: RandomState::new(),
+            shards: (0..SHARDS).map(|_| HashTable::new()).collect(),
+            hasher: RandomState::new(),
             len: 0,
         }
     }
 
-    fn shard(&self, key: &K) -> usize {
-        // The high bits: SipHash mixes them as well as the low ones, and
-        // the shard's own table uses the low bits of its own hash anyway.
-        (self.picker.hash_one(key) >> 56) as usize & (SHARDS - 1)
+    /// The key's hash and its shard: the high bits (SipHash mixes them as
+    /// well as the low ones, and the table probes by the low ones).
+    fn locate(&self, key: &K) -> (u64, usize) {
+        let hash = self.hasher.hash_one(key);
+        (hash, (hash >> 56) as usize & (SHARDS - 1))
     }
 
     /// Number of entries.
@@ -61,13 +76,18 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
 
     /// The value of `key`.
     pub fn get(&self, key: &K) -> Option<&V> {
-        self.shards[self.shard(key)].get(key)
+        let (hash, shard) = self.locate(key);
+        self.shards[shard]
+            .find(hash, |(k, _)| k == key)
+            .map(|(_, v)| v)
     }
 
     /// The value of `key`, to change.
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        let shard = self.shard(key);
-        self.shards[shard].get_mut(key)
+        let (hash, shard) = self.locate(key);
+        self.shards[shard]
+            .find_mut(hash, |(k, _)| k == key)
+            .map(|(_, v)| v)
     }
 
     /// Whether `key` has a value.
@@ -77,34 +97,40 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
 
     /// Sets the value of `key`, returning the previous one.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        let shard = self.shard(&key);
-        let previous = self.shards[shard].insert(key, value);
-        if previous.is_none() {
-            self.len += 1;
+        let (hash, shard) = self.locate(&key);
+        let hasher = &self.hasher;
+        match self.shards[shard].entry(hash, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k)) {
+            Entry::Occupied(mut entry) => Some(std::mem::replace(&mut entry.get_mut().1, value)),
+            Entry::Vacant(entry) => {
+                entry.insert((key, value));
+                self.len += 1;
+                None
+            }
         }
-        previous
     }
 
     /// Sets the value of `key` unless it has one; returns the value it has.
     pub fn get_or_insert(&mut self, key: K, value: V) -> &mut V {
-        let shard = self.shard(&key);
-        match self.shards[shard].entry(key) {
-            Entry::Occupied(entry) => entry.into_mut(),
+        let (hash, shard) = self.locate(&key);
+        let hasher = &self.hasher;
+        match self.shards[shard].entry(hash, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k)) {
+            Entry::Occupied(entry) => &mut entry.into_mut().1,
             Entry::Vacant(entry) => {
                 self.len += 1;
-                entry.insert(value)
+                &mut entry.insert((key, value)).into_mut().1
             }
         }
     }
 
     /// Removes `key`, returning its value.
     pub fn remove(&mut self, key: &K) -> Option<V> {
-        let shard = self.shard(key);
-        let removed = self.shards[shard].remove(key);
-        if removed.is_some() {
-            self.len -= 1;
-        }
-        removed
+        let (hash, shard) = self.locate(key);
+        let entry = self.shards[shard]
+            .find_entry(hash, |(k, _)| k == key)
+            .ok()?;
+        let ((_, value), _) = entry.remove();
+        self.len -= 1;
+        Some(value)
     }
 }
 
@@ -123,8 +149,8 @@ mod tests {
         assert_eq!(*map.get_or_insert(7, 99), 1, "present: kept");
         assert_eq!(*map.get_or_insert(10_000, 5), 5, "absent: inserted");
         assert_eq!(map.len(), 10_001);
-        let fullest = map.shards.iter().map(HashMap::len).max().unwrap_or(0);
-        let emptiest = map.shards.iter().map(HashMap::len).min().unwrap_or(0);
+        let fullest = map.shards.iter().map(HashTable::len).max().unwrap_or(0);
+        let emptiest = map.shards.iter().map(HashTable::len).min().unwrap_or(0);
         // 39 a shard on average: a fair hash stays well within 2x either way.
         assert!(fullest < 80 && emptiest > 10, "{emptiest}..{fullest}");
         for n in 0..5_000u32 {
@@ -135,7 +161,7 @@ mod tests {
         assert!(!map.contains_key(&4_999) && map.contains_key(&5_000));
         *map.get_mut(&5_000).expect("present") += 1;
         assert_eq!(map.get(&5_000), Some(&10_001));
-        let held: usize = map.shards.iter().map(HashMap::len).sum();
+        let held: usize = map.shards.iter().map(HashTable::len).sum();
         assert_eq!(held, 5_001);
     }
 }
