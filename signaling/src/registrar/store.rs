@@ -6,9 +6,10 @@
 //!   `snapshot.json.tmp`, fsynced and renamed, so it is either the old or the
 //!   new snapshot, never a mix;
 //! - `journal.<g>.jsonl`: one [`Record`] per line appended after snapshot `g`.
-//!   Records are written as they come and made durable together by one
-//!   [`Store::sync`] (group commit): the 200 of every REGISTER whose record
-//!   a sync covers goes out after it, never before.
+//!   Records are queued as they come, then appended with one `write` and
+//!   made durable with one `fdatasync` by the next sync (group commit;
+//!   [`Store::begin_sync`] hands it to another thread): the 200 of every
+//!   REGISTER whose record a sync covers goes out after it, never before.
 //!
 //! Compaction runs beside the registrar, not in its way: the journal
 //! switches to generation `g + 1` at once (its file created and the
@@ -97,37 +98,44 @@ struct Snapshot {
 pub struct Store {
     dir: PathBuf,
     generation: u64,
-    /// Shared with the [`JournalSync`] in flight, which fsyncs it on
-    /// another thread while records go on being appended here.
+    /// Shared with the [`JournalSync`] in flight, which appends to it and
+    /// fsyncs it on another thread while records are queued here.
     journal: Arc<File>,
-    /// Bytes of complete records in the journal, synced or not.
-    journal_bytes: u64,
-    journal_records: usize,
-    /// Bytes and records known durable: a failed sync cuts the journal
-    /// back to them.
+    /// Bytes of the journal file known durable: a failed sync cuts the
+    /// file back to them.
     synced_bytes: u64,
+    /// Records queued for the next sync, as journal lines.
+    pending: Vec<u8>,
+    /// Records in the journal, queued ones included.
+    journal_records: usize,
+    /// Records known durable.
     synced_records: usize,
     /// The snapshot being written in the background, if any.
     compaction: Option<std::thread::JoinHandle<Result<(), StoreError>>>,
 }
 
-/// One `fdatasync` of the journal, begun by [`Store::begin_sync`]: it
-/// covers the records written before it began, and may run on another
-/// thread while the store appends more.
+/// One sync of the journal, begun by [`Store::begin_sync`]: the records
+/// queued before it began, appended with one `write` and made durable with
+/// one `fdatasync`, on another thread while the store queues more.
 #[derive(Debug)]
 pub struct JournalSync {
     journal: Arc<File>,
     generation: u64,
-    /// The journal's length and records when the sync began.
-    bytes: u64,
+    /// The records' lines.
+    lines: Vec<u8>,
+    /// Records in the journal once these are in.
     records: usize,
     outcome: Option<io::Result<()>>,
 }
 
 impl JournalSync {
-    /// Waits for the disk.
+    /// Writes and waits for the disk.
     pub fn run(&mut self) {
-        self.outcome = Some(self.journal.sync_data());
+        self.outcome = Some(
+            (&*self.journal)
+                .write_all(&self.lines)
+                .and_then(|()| self.journal.sync_data()),
+        );
     }
 }
 
@@ -185,7 +193,7 @@ impl Store {
                 dir: dir.to_path_buf(),
                 generation,
                 journal: Arc::new(journal),
-                journal_bytes: good_bytes,
+                pending: Vec::new(),
                 journal_records,
                 synced_bytes: good_bytes,
                 synced_records: journal_records,
@@ -203,31 +211,29 @@ impl Store {
         self.sync()
     }
 
-    /// Writes a record to the journal without waiting for the disk: it is
-    /// durable once a later [`Store::sync`] returns. On failure the journal
-    /// is cut back to its length before this record (earlier unsynced
-    /// records stay, for the sync that covers them).
+    /// Queues a record for the journal without touching the disk: it is
+    /// written and made durable by the next sync ([`Store::begin_sync`]),
+    /// together with every record queued before it, in one `write` and one
+    /// `fdatasync` off the caller's thread. A record that cannot be
+    /// serialized is refused and nothing is queued.
     pub fn write(&mut self, record: &Record) -> Result<(), StoreError> {
-        let path = journal_path(&self.dir, self.generation);
-        let mut line = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
-            path: path.clone(),
-            line: self.journal_records + 1,
-            reason: e.to_string(),
-        })?;
-        line.push(b'\n');
-        if let Err(source) = (&*self.journal).write_all(&line) {
-            // Best effort: a torn line in the middle would make the journal unreadable.
-            let _ = self.journal.set_len(self.journal_bytes);
-            return Err(StoreError::Io { path, source });
+        let before = self.pending.len();
+        if let Err(e) = serde_json::to_writer(&mut self.pending, record) {
+            self.pending.truncate(before);
+            return Err(StoreError::Corrupt {
+                path: journal_path(&self.dir, self.generation),
+                line: self.journal_records + 1,
+                reason: e.to_string(),
+            });
         }
-        self.journal_bytes += line.len() as u64;
+        self.pending.push(b'\n');
         self.journal_records += 1;
         Ok(())
     }
 
-    /// Whether records were written since the last sync.
+    /// Whether records were queued since the last sync began.
     fn unsynced(&self) -> bool {
-        self.journal_bytes != self.synced_bytes
+        !self.pending.is_empty()
     }
 
     /// Makes every record written so far durable with one `fdatasync`, on
@@ -242,25 +248,27 @@ impl Store {
         }
     }
 
-    /// The sync of every record written so far, to run on any thread
-    /// (the records written meanwhile are the next sync's); `None` when
-    /// everything written is synced. One at a time: the caller hands it
-    /// back to [`Store::finish_sync`] before beginning the next.
+    /// The sync of every record queued so far: their `write` and an
+    /// `fdatasync`, to run on any thread (the records queued meanwhile are
+    /// the next sync's); `None` when nothing is queued. One at a time: the
+    /// caller hands it back to [`Store::finish_sync`] before beginning the
+    /// next.
     pub fn begin_sync(&mut self) -> Option<JournalSync> {
         self.unsynced().then(|| JournalSync {
             journal: Arc::clone(&self.journal),
             generation: self.generation,
-            bytes: self.journal_bytes,
+            lines: std::mem::take(&mut self.pending),
             records: self.journal_records,
             outcome: None,
         })
     }
 
     /// Takes a sync's outcome. Success makes the records it covered
-    /// durable. On failure every unsynced record is cut off, those written
-    /// after the sync began too: after a failed fsync the kernel may have
-    /// dropped the dirty pages, so none of them can be counted as stored,
-    /// and their REGISTERs must not be answered 200.
+    /// durable. On failure the journal is cut back to what was synced
+    /// before, and the records queued after the sync began are dropped
+    /// too: after a failed fsync the kernel may have dropped the dirty
+    /// pages, so none of them can be counted as stored, and their
+    /// REGISTERs must not be answered 200.
     pub fn finish_sync(&mut self, job: JournalSync) -> Result<(), StoreError> {
         let path = journal_path(&self.dir, job.generation);
         let outcome = job
@@ -273,13 +281,14 @@ impl Store {
         }
         match outcome {
             Ok(()) => {
-                self.synced_bytes = self.synced_bytes.max(job.bytes);
-                self.synced_records = self.synced_records.max(job.records);
+                self.synced_bytes += job.lines.len() as u64;
+                self.synced_records = job.records;
                 Ok(())
             }
             Err(source) => {
+                // A torn line in the middle would make the journal unreadable.
                 let _ = self.journal.set_len(self.synced_bytes);
-                self.journal_bytes = self.synced_bytes;
+                self.pending.clear();
                 self.journal_records = self.synced_records;
                 Err(StoreError::Io { path, source })
             }
@@ -335,7 +344,6 @@ impl Store {
                 .map_err(io_error(&new_journal_path))?,
         );
         self.generation = next;
-        self.journal_bytes = 0;
         self.journal_records = 0;
         self.synced_bytes = 0;
         self.synced_records = 0;
