@@ -1,7 +1,7 @@
 //! REGISTER (RFC 3261 §10.3): authentication, the registrar, durable
 //! bindings, the 200 with every current Contact.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
@@ -325,6 +325,10 @@ impl Uas {
         if self.syncing.is_some() || self.uncommitted.is_empty() {
             return;
         }
+        if self.next_sync_at().is_some_and(|at| at > now.instant) {
+            // Too soon after the last one: a timer begins it.
+            return;
+        }
         if self.compaction_due() {
             let synced = self.store.sync();
             if synced.is_ok() {
@@ -340,6 +344,7 @@ impl Uas {
             Some(job) => {
                 self.syncing = Some(settled);
                 self.sync_out = Some(job);
+                self.sync_began = Some(now.instant);
             }
             // Nothing written: they only waited for the syncs before them.
             None => self.answer(now, settled, Ok(())),
@@ -461,6 +466,15 @@ impl Uas {
                 tracing::warn!(%error, "registrar store compaction failed; the journal keeps growing")
             }
         }
+    }
+
+    /// When the waiting REGISTERs' sync may begin, if a gap after the last
+    /// one holds it back: `None` while one runs or none waits.
+    pub(super) fn next_sync_at(&self) -> Option<Instant> {
+        if self.syncing.is_some() || self.uncommitted.is_empty() {
+            return None;
+        }
+        self.sync_began.map(|began| began + self.config.sync_gap)
     }
 
     /// Whether the journal holds many more records than there are

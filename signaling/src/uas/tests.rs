@@ -116,10 +116,18 @@ impl BindingStore for MemoryStore {
 
 const SOURCE: &str = "192.0.2.10:5062";
 
+/// The defaults, with syncs begun back to back: the tests step through
+/// one instant, and the gap has a test of its own.
+fn test_config() -> UasConfig {
+    let mut config = UasConfig::new("test");
+    config.sync_gap = Duration::ZERO;
+    config
+}
+
 fn core(store: &MemoryStore, compact_after: usize) -> Uas {
     let mut auth = AuthConfig::digest("test", vec![7; 32]);
     auth.mode = AuthMode::Anonymous;
-    let mut config = UasConfig::new("test");
+    let mut config = test_config();
     config.compact_after = compact_after;
     Uas::new(
         config,
@@ -343,6 +351,51 @@ fn the_core_goes_on_during_a_sync_and_what_it_wrote_meanwhile_is_the_next_syncs(
     assert!(!uas.sync_in_flight());
     assert_eq!(store.syncs(), 2);
     assert_eq!(store.records().len(), 3);
+}
+
+#[test]
+fn a_sync_begins_no_sooner_than_the_gap_after_the_last_and_a_timer_begins_it() {
+    let store = MemoryStore::default();
+    let mut config = test_config();
+    config.sync_gap = Duration::from_millis(2);
+    let mut auth = AuthConfig::digest("test", vec![7; 32]);
+    auth.mode = AuthMode::Anonymous;
+    let mut uas = Uas::new(
+        config,
+        Registrar::new(RegistrarConfig::default()),
+        Authenticator::new(auth, Users::default()),
+        Box::new(store.clone()),
+    );
+    let now = Now::current();
+    // A lone REGISTER on an idle server: its sync begins at once.
+    uas.handle_inbound(
+        now,
+        register_from("g1", "u1", "g1", 1, "sip:u1@192.0.2.10:5062"),
+    );
+    uas.handle_input(now, Input::Commit);
+    let mut job = uas.poll_sync().expect("the first sync begins at once");
+    job.run();
+    let back = now.advanced(Duration::from_micros(500));
+    uas.handle_input(back, Input::Synced(job));
+    assert_eq!(sent(&mut uas).len(), 1, "u1 answered");
+    // Another, 0.5 ms after the first sync began: it waits for the gap.
+    uas.handle_inbound(
+        back,
+        register_from("g2", "u2", "g2", 1, "sip:u2@192.0.2.10:5062"),
+    );
+    uas.handle_input(back, Input::Commit);
+    assert!(uas.poll_sync().is_none(), "held back by the gap");
+    let due = now.instant + Duration::from_millis(2);
+    assert_eq!(uas.poll_timeout(back), Some(due));
+    let later = now.advanced(Duration::from_millis(2));
+    uas.handle_input(later, Input::Timeout);
+    let mut job = uas.poll_sync().expect("the timer begins it");
+    job.run();
+    uas.handle_input(later, Input::Synced(job));
+    let out = sent(&mut uas);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].1.contains("Call-ID: g2\r\n") && status_of(&out[0].1) == "200");
+    assert_eq!(store.syncs(), 2);
 }
 
 #[test]
@@ -636,7 +689,7 @@ fn two_responses_queued_in_one_input_both_go_out_whole() {
 
 fn digest_core(store: &MemoryStore) -> Uas {
     Uas::new(
-        UasConfig::new("test"),
+        test_config(),
         Registrar::new(RegistrarConfig::default()),
         Authenticator::new(AuthConfig::digest("test", vec![7; 32]), Users::default()),
         Box::new(store.clone()),
@@ -745,7 +798,7 @@ fn a_wrong_guess_for_a_user_guessed_at_elsewhere_is_answered_late() {
     };
     let store = MemoryStore::default();
     let mut uas = Uas::new(
-        UasConfig::new("test"),
+        test_config(),
         Registrar::new(RegistrarConfig::default()),
         Authenticator::new(config, users),
         Box::new(store.clone()),

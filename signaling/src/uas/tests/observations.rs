@@ -138,7 +138,7 @@ fn wrong_credentials_are_failures_and_enough_of_them_a_lockout() {
     )
     .expect("users");
     let mut uas = Uas::new(
-        UasConfig::new("test"),
+        test_config(),
         Registrar::new(RegistrarConfig::default()),
         Authenticator::new(config, users),
         Box::new(store),

@@ -100,7 +100,7 @@ fn shared_core(store: &SharedDouble, now: Now) -> Uas {
     let mut auth = AuthConfig::digest("test", vec![7; 32]);
     auth.mode = AuthMode::Anonymous;
     let mut uas = Uas::new(
-        UasConfig::new("test"),
+        test_config(),
         Registrar::new(RegistrarConfig::default()),
         Authenticator::new(auth, Users::default()),
         Box::new(store.clone()),
