@@ -7,7 +7,7 @@
 //! Group commit, off the core's thread: after every input the core is
 //! handed [`super::Input::Commit`], and when binding changes are waiting
 //! and no sync is running it begins one ([`Output::Sync`]). The
-//! [`Committer`]'s thread runs it (an fsync of the journal, or a pipeline
+//! commit thread (`Committer`) runs it (an fsync of the journal, or a pipeline
 //! to Redis) while the core goes on with other messages, REGISTERs
 //! included; their changes are the next sync's. The REGISTERs' 200s leave
 //! when the sync covering them comes back ([`super::Input::Synced`]), never
