@@ -100,7 +100,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .wss_port
                 .map(|port| SocketAddr::new(config.bind_address, port)),
         },
-        queue.sink(config.framing_limits()),
+        queue.sink(),
         Arc::clone(&stats),
     )
     .await

@@ -26,12 +26,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::{Arrived, Now, Observation, Output, RegistrationError, RegistrationView, Uas};
+use super::{Now, Observation, Output, RegistrationError, RegistrationView, Uas};
 use crate::b2bua::MediaLink;
 use crate::events::EventBus;
 use crate::metrics::Metrics;
 use crate::registrar::SyncJob;
-use crate::sip::FramingLimits;
 use crate::transport::limits::{Source, TransportStats};
 use crate::transport::{Inbound, InboundSink, Transports};
 
@@ -145,9 +144,8 @@ fn account(inbound: &Inbound) -> (Source, usize) {
 const IDLE_WAKEUP: Duration = Duration::from_secs(60);
 
 enum Input {
-    /// A message parsed on the transport's thread, with the source and
-    /// octets it is accounted under in the queue's budget.
-    Inbound(Box<Arrived>, Source, usize),
+    /// A message and when the transports handed it over.
+    Inbound(Inbound, Instant),
     Registrations(oneshot::Sender<Vec<RegistrationView>>),
     RegistrationsOf(
         String,
@@ -246,9 +244,8 @@ impl CoreQueue {
 
     /// The sink to give [`Transports::start`]: it queues a message unless
     /// the queue, or the message's source, holds its limit of octets or
-    /// messages; then the message is dropped and counted. A message queued
-    /// is parsed first, within `limits`, on the transport's thread.
-    pub fn sink(&self, limits: FramingLimits) -> InboundSink {
+    /// messages; then the message is dropped and counted.
+    pub fn sink(&self) -> InboundSink {
         let sender = self.handle.sender.clone();
         let budget = self.budget.clone();
         let stats = Arc::clone(&self.stats);
@@ -262,8 +259,7 @@ impl CoreQueue {
                 tracing::trace!(?overflow, "SIP core input queue: message dropped");
                 return;
             }
-            let arrived = Box::new(Arrived::parse(inbound, limits, Instant::now()));
-            match sender.try_send(Input::Inbound(arrived, source, bytes)) {
+            match sender.try_send(Input::Inbound(inbound, Instant::now())) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
                     // Other inputs (wake-ups, queries) fill the channel too.
@@ -491,9 +487,10 @@ fn run(
             }
         };
         match received {
-            Ok(Input::Inbound(arrived, source, bytes)) => {
+            Ok(Input::Inbound(inbound, received)) => {
+                let (source, bytes) = account(&inbound);
                 budget.lock().release(source, bytes);
-                uas.handle_input(Now::current(), super::Input::Arrived(arrived));
+                uas.handle_input(Now::current(), super::Input::Received { inbound, received });
             }
             Ok(Input::Registrations(reply)) => {
                 let _ = reply.send(uas.registrations(Now::current()));
@@ -604,7 +601,8 @@ mod tests {
     fn drain(receiver: &Receiver<Input>, budget: &SharedBudget) -> usize {
         let mut taken = 0;
         while let Ok(input) = receiver.try_recv() {
-            if let Input::Inbound(_, source, bytes) = input {
+            if let Input::Inbound(inbound, _) = input {
+                let (source, bytes) = account(&inbound);
                 budget.lock().release(source, bytes);
                 taken += 1;
             }
@@ -622,7 +620,7 @@ mod tests {
             },
             Arc::clone(&stats),
         );
-        let sink = queue.sink(FramingLimits::default());
+        let sink = queue.sink();
         for _ in 0..1000 {
             sink(from("192.0.2.1:5060", 100));
         }
@@ -648,7 +646,7 @@ mod tests {
             },
             Arc::clone(&stats),
         );
-        let sink = queue.sink(FramingLimits::default());
+        let sink = queue.sink();
         // Ten sources of 60 KB messages: 100 KB (a quarter) each at most,
         // 400 KB in all.
         for _ in 0..5 {

@@ -30,11 +30,10 @@
 //! driver's way), or the same taken by kind:
 //!
 //! 1. `handle_inbound(now, inbound)` for each message from the transports
-//!    (`handle_received` when it waited in a queue since it arrived;
-//!    `handle_arrived` when it was parsed where it was read, as the
-//!    [`driver`] does on the transports' threads): the octets are parsed
-//!    once into a [`SipMessage`], which keeps them, and that value goes
-//!    through the transaction layer to the UAS logic and the call handler;
+//!    (`handle_received` when it waited in a queue since it arrived): the
+//!    octets are parsed once into a [`SipMessage`], which keeps them, and
+//!    that value goes through the transaction layer to the UAS logic and
+//!    the call handler;
 //! 2. `handle_media(now, input)` for each input of the call handler that
 //!    is not SIP (media results, manager events ..., see
 //!    [`crate::b2bua`]);
@@ -115,8 +114,6 @@ pub enum Input {
         /// When the transport read them.
         received: Instant,
     },
-    /// A message parsed where it was read ([`Arrived::parse`]).
-    Arrived(Box<Arrived>),
     /// An input of the call handler that is not SIP: a media result, a
     /// manager event, a placement, a shutdown step, a REST query.
     Media(LinkInput),
@@ -133,39 +130,6 @@ pub enum Input {
     /// News from a shared location store: other nodes' binding changes,
     /// or the loss of the store.
     Location(LocationUpdate),
-}
-
-/// A received message, parsed: the driver parses on the transports'
-/// threads (parsing is the one step of a message that needs no state),
-/// so the core's thread spends its time on what only it can do.
-#[derive(Debug)]
-pub struct Arrived {
-    /// The flow it came on.
-    pub flow: Flow,
-    /// The message with its Request-URI's text (a request's, as received:
-    /// digest authentication checks it), or why it could not be parsed.
-    pub message: Result<(SipMessage, String), crate::sip::ParseError>,
-    /// When the transport read it.
-    pub received: Instant,
-}
-
-impl Arrived {
-    /// Parses a datagram or a framed stream message within `limits`.
-    pub fn parse(inbound: Inbound, limits: FramingLimits, received: Instant) -> Arrived {
-        let message = parse_with(&inbound.bytes, limits).map(|message| {
-            let request_uri = if message.is_request() {
-                request_uri_text(&inbound.bytes)
-            } else {
-                String::new()
-            };
-            (message, request_uri)
-        });
-        Arrived {
-            flow: inbound.flow,
-            message,
-            received,
-        }
-    }
 }
 
 /// What the core asks its driver to do, applied in one `match`.
@@ -752,7 +716,6 @@ impl Uas {
     pub fn handle_input(&mut self, now: Now, input: Input) {
         match input {
             Input::Received { inbound, received } => self.handle_received(now, inbound, received),
-            Input::Arrived(arrived) => self.handle_arrived(now, *arrived),
             Input::Media(input) => self.handle_media(now, input),
             Input::Timeout => self.handle_timeout(now),
             Input::Commit => self.commit(now),
@@ -769,25 +732,14 @@ impl Uas {
     /// Processes one message that arrived at `received` (it may have
     /// waited in a queue since): latencies count from then.
     pub fn handle_received(&mut self, now: Now, inbound: Inbound, received: Instant) {
-        let arrived = Arrived::parse(inbound, self.config.limits, received);
-        self.handle_arrived(now, arrived);
-    }
-
-    /// Processes one message parsed where it was read.
-    pub fn handle_arrived(&mut self, now: Now, arrived: Arrived) {
-        let Arrived {
-            flow,
-            message,
-            received,
-        } = arrived;
-        let (message, request_uri) = match message {
-            Ok(parsed) => parsed,
+        let message = match parse_with(&inbound.bytes, self.config.limits) {
+            Ok(message) => message,
             Err(error) => {
                 tracing::debug!(%error, "unparseable message");
                 if let Some(response) = build_error_response(&error) {
                     let destination = match error.top_via() {
-                        Some(via) => self.destination(&via, &flow),
-                        None => flow.reply_destination(),
+                        Some(via) => self.destination(&via, &inbound.flow),
+                        None => inbound.flow.reply_destination(),
                     };
                     self.wire.push(destination, response);
                 }
@@ -795,7 +747,8 @@ impl Uas {
             }
         };
         if message.is_request() {
-            self.handle_request(now, message, flow, request_uri, received);
+            let request_uri = request_uri_text(&inbound.bytes);
+            self.handle_request(now, message, inbound.flow, request_uri, received);
         } else {
             self.handle_response(now, message);
         }
