@@ -347,6 +347,7 @@ fn set_up_calls(
                         leg_id: "b".into(),
                         peer_leg_id: "a".into(),
                         sdp: sdp(callee_ip, CALLEE_PORT),
+                        bridge: false,
                     })
                     .await?
                     .into_inner();

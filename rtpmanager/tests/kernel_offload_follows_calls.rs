@@ -135,6 +135,7 @@ async fn bridged_call_of(
             leg_id: "b".into(),
             peer_leg_id: "a".into(),
             sdp: callee_sdp,
+            bridge: false,
         })
         .await
         .expect("Answer")

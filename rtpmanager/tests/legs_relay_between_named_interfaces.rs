@@ -147,6 +147,7 @@ fn call(bed: &Bed, grpc: String, offloaded: (bool, bool), what: String) -> Seen 
                     leg_id: "b".into(),
                     peer_leg_id: "a".into(),
                     sdp: sdp(callee_addr),
+                    bridge: false,
                 })
                 .await
                 .expect("Answer")

@@ -185,6 +185,7 @@ async fn the_scrape_follows_a_call_from_offer_to_delete() {
             leg_id: "b".into(),
             peer_leg_id: "a".into(),
             sdp: sdp(callee.local_addr().expect("addr"), "0 101"),
+            bridge: false,
         })
         .await
         .expect("Answer")
@@ -457,6 +458,7 @@ fn bridged_call_in(ns: &str, grpc: String) -> (SocketAddr, SocketAddr) {
                     leg_id: "b".into(),
                     peer_leg_id: "a".into(),
                     sdp: sdp(CALLEE.parse().expect("literal"), "0 101"),
+                    bridge: false,
                 })
                 .await
                 .expect("Answer")

@@ -193,6 +193,7 @@ async fn bridged_call(
             leg_id: "b".into(),
             peer_leg_id: "a".into(),
             sdp: sdp(callee.local_addr().expect("addr"), payload_types),
+            bridge: false,
         })
         .await
         .expect("Answer")

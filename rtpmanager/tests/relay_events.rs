@@ -122,6 +122,7 @@ async fn latches_lost_in_a_lagged_event_channel_still_reach_the_offload_decision
                 leg_id: "b".into(),
                 peer_leg_id: "a".into(),
                 sdp: sdp(40002),
+                bridge: false,
             }))
             .await
             .expect("Answer")

@@ -66,6 +66,7 @@ async fn bridged_call(
             leg_id: "b".into(),
             peer_leg_id: "a".into(),
             sdp: sdp(callee.local_addr().expect("addr"), "0 101"),
+            bridge: false,
         })
         .await
         .expect("Answer")
@@ -567,6 +568,7 @@ async fn a_call_on_hold_gets_the_longer_hold_timeout() {
             leg_id: "b".into(),
             peer_leg_id: "a".into(),
             sdp: held(sdp(callee.local_addr().expect("addr"), "0"), "a=recvonly"),
+            bridge: false,
         })
         .await
         .expect("Answer");
@@ -627,4 +629,63 @@ async fn an_offer_beyond_the_legs_a_call_may_hold_is_refused() {
         (3, 7),
         "the refused offers took no port"
     );
+}
+
+/// Offers a→b and answers b→a for `call`, asking the Answer to bridge or
+/// not; returns the manager's addresses towards the caller and the callee.
+async fn answered_call(
+    client: &mut RtpManagerClient<Channel>,
+    call: &str,
+    (caller, callee): (&UdpSocket, &UdpSocket),
+    bridge: bool,
+) -> (SocketAddr, SocketAddr) {
+    let offer = client
+        .offer(v1::OfferRequest {
+            call_id: call.into(),
+            leg_id: "a".into(),
+            peer_leg_id: "b".into(),
+            sdp: sdp(caller.local_addr().expect("addr"), "0"),
+            options: None,
+            peer_options: None,
+        })
+        .await
+        .expect("Offer")
+        .into_inner();
+    let answer = client
+        .answer(v1::AnswerRequest {
+            call_id: call.into(),
+            leg_id: "b".into(),
+            peer_leg_id: "a".into(),
+            sdp: sdp(callee.local_addr().expect("addr"), "0"),
+            bridge,
+        })
+        .await
+        .expect("Answer")
+        .into_inner();
+    (media_addr(&answer.sdp), media_addr(&offer.sdp))
+}
+
+#[tokio::test]
+async fn an_answer_asked_to_bridge_relays_without_a_bridge_call() {
+    let (_daemon, mut client) = start(&[], 10).await;
+    let health = client
+        .health(v1::HealthRequest {})
+        .await
+        .expect("Health")
+        .into_inner();
+    assert!(health.answer_bridges, "the manager says Answer can bridge");
+
+    // Answered, not bridged: nothing is relayed yet.
+    let (caller, callee) = (endpoint(), endpoint());
+    let (to_a, _) = answered_call(&mut client, "unbridged", (&caller, &callee), false).await;
+    caller.send_to(&rtp(1, 0, 0x55), to_a).expect("send");
+    assert_eq!(recv(&callee), None, "not relayed before a bridge");
+
+    // Answered with `bridge`: relayed both ways at once.
+    let (caller, callee) = (endpoint(), endpoint());
+    let (to_a, to_b) = answered_call(&mut client, "bridged", (&caller, &callee), true).await;
+    caller.send_to(&rtp(1, 0, 0x55), to_a).expect("send");
+    assert_eq!(recv(&callee), Some((rtp(1, 0, 0x55), to_b)));
+    callee.send_to(&rtp(7, 0, 0x11), to_b).expect("send");
+    assert_eq!(recv(&caller), Some((rtp(7, 0, 0x11), to_a)));
 }

@@ -8,6 +8,7 @@
 //! move to another manager.
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -284,6 +285,9 @@ struct Manager {
     /// The media call ids this server has set up on it (see
     /// [`ManagerPool::pin`]).
     pinned: Mutex<HashSet<String>>,
+    /// Its last Health said Answer can bridge (see
+    /// [`ManagerPool::answer_bridges`]).
+    answer_bridges: AtomicBool,
 }
 
 impl ManagerPool {
@@ -305,6 +309,7 @@ impl ManagerPool {
                     client: access.connect_lazy(uri)?,
                     became_healthy: watch::Sender::new(0),
                     pinned: Mutex::new(HashSet::new()),
+                    answer_bridges: AtomicBool::new(false),
                     status: RwLock::new(ManagerStatus {
                         id: crate::config::manager_id(uri),
                         endpoint: uri.clone(),
@@ -414,6 +419,15 @@ impl ManagerPool {
             });
         }
         changed
+    }
+
+    /// Whether manager `index` bridges a call in the Answer that asks it
+    /// to (its last Health said so); otherwise a separate Bridge follows.
+    /// False until it has answered a health check.
+    pub fn answer_bridges(&self, index: usize) -> bool {
+        self.managers
+            .get(index)
+            .is_some_and(|m| m.answer_bridges.load(Ordering::Relaxed))
     }
 
     /// A snapshot of every manager's state.
@@ -696,6 +710,9 @@ impl ManagerPool {
         health: &v1::HealthResponse,
         info: Option<v1::InfoResponse>,
     ) {
+        self.managers[index]
+            .answer_bridges
+            .store(health.answer_bridges, Ordering::Relaxed);
         let Ok(mut s) = self.managers[index].status.write() else {
             return;
         };

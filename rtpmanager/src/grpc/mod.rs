@@ -112,10 +112,16 @@ impl RtpManager for ControlService {
         request: Request<v1::AnswerRequest>,
     ) -> Result<Response<v1::SdpResponse>, Status> {
         let r = request.into_inner();
-        self.driver
+        let answered = self
+            .driver
             .answer(&r.call_id, &r.leg_id, &r.peer_leg_id, &r.sdp)
-            .map(sdp_response)
-            .map_err(status_of)
+            .map_err(status_of)?;
+        if r.bridge {
+            self.driver
+                .bridge(&r.call_id, &r.leg_id, &r.peer_leg_id, true)
+                .map_err(status_of)?;
+        }
+        Ok(sdp_response(answered))
     }
 
     async fn bridge(
@@ -313,6 +319,7 @@ impl RtpManager for ControlService {
                 relay_load_pps: load.committed_pps,
                 relay_capacity_pps: load.capacity_pps,
                 overloaded: load.overloaded(),
+                answer_bridges: true,
                 interfaces: media_interfaces(table, fast_path),
             }
         })))

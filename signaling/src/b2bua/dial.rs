@@ -702,6 +702,7 @@ impl B2bua {
                                 leg: CallLeg::B,
                                 peer: CallLeg::A,
                                 sdp,
+                                bridge: false,
                             },
                         );
                     }
@@ -765,6 +766,7 @@ impl B2bua {
                         },
                     ),
                     (false, Some(sdp)) => {
+                        // The answer and the bridge in one request.
                         self.media(
                             key,
                             Purpose::FinalAnswer,
@@ -772,9 +774,9 @@ impl B2bua {
                                 leg: CallLeg::B,
                                 peer: CallLeg::A,
                                 sdp,
+                                bridge: true,
                             },
                         );
-                        self.media(key, Purpose::Bridge, MediaOp::Bridge);
                     }
                     (_, None) => {
                         tracing::info!(call_id = %call_id_of(&self.calls, key), "callee 2xx without SDP");
@@ -944,6 +946,7 @@ impl B2bua {
                             leg: CallLeg::A,
                             peer: CallLeg::B,
                             sdp,
+                            bridge: false,
                         },
                     );
                 }

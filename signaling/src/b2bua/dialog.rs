@@ -343,6 +343,7 @@ impl B2bua {
                     leg: to,
                     peer: from,
                     sdp,
+                    bridge: false,
                 },
             ),
             (200..=299, None) => {

@@ -706,7 +706,8 @@ async fn run_call(
                 }
             }
             op => loop {
-                match run_op(&mut seat.client, call_id.clone(), op).await {
+                let answer_bridges = seat.pool.answer_bridges(seat.index());
+                match run_op(&mut seat.client, answer_bridges, call_id.clone(), op).await {
                     Ok(result) => {
                         seat.settled(&request.call);
                         break result;
@@ -745,6 +746,7 @@ async fn run_call(
 
 async fn run_op(
     client: &mut ManagerClient,
+    answer_bridges: bool,
     call_id: String,
     op: &MediaOp,
 ) -> Result<MediaResult, tonic::Status> {
@@ -765,15 +767,34 @@ async fn run_op(
             })
             .await
             .map(|r| MediaResult::Sdp(r.into_inner().sdp)),
-        MediaOp::Answer { leg, peer, sdp } => client
-            .answer(v1::AnswerRequest {
-                call_id,
-                leg_id: leg.media_leg_id().0,
-                peer_leg_id: peer.media_leg_id().0,
-                sdp: sdp.clone(),
-            })
-            .await
-            .map(|r| MediaResult::Sdp(r.into_inner().sdp)),
+        MediaOp::Answer {
+            leg,
+            peer,
+            sdp,
+            bridge,
+        } => {
+            let answered = client
+                .answer(v1::AnswerRequest {
+                    call_id: call_id.clone(),
+                    leg_id: leg.media_leg_id().0,
+                    peer_leg_id: peer.media_leg_id().0,
+                    sdp: sdp.clone(),
+                    bridge: *bridge && answer_bridges,
+                })
+                .await
+                .map(|r| MediaResult::Sdp(r.into_inner().sdp));
+            if *bridge && !answer_bridges && answered.is_ok() {
+                // A manager older than `answer_bridges`: two RPCs.
+                client
+                    .bridge(v1::BridgeRequest {
+                        call_id,
+                        leg_a: CallLeg::A.media_leg_id().0,
+                        leg_b: CallLeg::B.media_leg_id().0,
+                    })
+                    .await?;
+            }
+            answered
+        }
         MediaOp::Bridge => client
             .bridge(v1::BridgeRequest {
                 call_id,

@@ -143,11 +143,14 @@ pub enum MediaOp {
         /// leg.
         callee_interface: Option<String>,
     },
-    /// `Answer`: the answer the peer of `leg` sent to an offer from `peer`.
+    /// `Answer`: the answer the peer of `leg` sent to an offer from `peer`;
+    /// with `bridge`, the call's legs are bridged too (in the same RPC
+    /// when the manager can, else by a `Bridge` right after).
     Answer {
         leg: CallLeg,
         peer: CallLeg,
         sdp: String,
+        bridge: bool,
     },
     /// `Bridge` legs a and b.
     Bridge,

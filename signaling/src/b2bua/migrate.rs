@@ -408,6 +408,7 @@ impl B2bua {
                             leg: CallLeg::B,
                             peer: CallLeg::A,
                             sdp,
+                            bridge: false,
                         };
                         self.media(key, Purpose::Migrate(Step::Answer), op);
                     }

@@ -343,6 +343,12 @@ impl Harness {
                     peer.map_or("self", CallLeg::as_str)
                 )),
             },
+            MediaOp::Answer { bridge: true, .. } if self.manager.fail_bridge => {
+                MediaResult::Failed {
+                    failure: MediaFailure::Internal,
+                    message: "test".to_owned(),
+                }
+            }
             MediaOp::Answer { leg, peer, .. } => sdp(&format!("answer-{leg}-{peer}")),
             MediaOp::Play { .. } => {
                 self.manager.playing.push(request.id);
@@ -763,14 +769,12 @@ fn basic_call_relays_through_the_manager_and_hides_topology() {
     h.from(BOB, &reply(&to_bob, 200, Some("bob1"), Some(CALLEE_SDP)));
     assert_eq!(
         h.ops(),
-        vec![
-            MediaOp::Answer {
-                leg: CallLeg::B,
-                peer: CallLeg::A,
-                sdp: CALLEE_SDP.to_owned()
-            },
-            MediaOp::Bridge
-        ]
+        vec![MediaOp::Answer {
+            leg: CallLeg::B,
+            peer: CallLeg::A,
+            sdp: CALLEE_SDP.to_owned(),
+            bridge: true
+        }]
     );
     let ok = h.response_to(CALLER, 200);
     assert_eq!(ok.to_tag(), Some(a_tag), "the 200 keeps the 180's tag");
@@ -1282,7 +1286,8 @@ fn early_media_goes_through_the_manager() {
         vec![MediaOp::Answer {
             leg: CallLeg::B,
             peer: CallLeg::A,
-            sdp: CALLEE_SDP.to_owned()
+            sdp: CALLEE_SDP.to_owned(),
+            bridge: false
         }]
     );
     // The same early SDP again: relayed with the answer already made.
@@ -1409,7 +1414,8 @@ fn late_offer_takes_the_offer_from_the_callee_and_the_answer_from_the_ack() {
             MediaOp::Answer {
                 leg: CallLeg::A,
                 peer: CallLeg::B,
-                sdp: CALLER_SDP.to_owned()
+                sdp: CALLER_SDP.to_owned(),
+                bridge: false
             },
             MediaOp::Bridge
         ]
@@ -1707,7 +1713,8 @@ fn hold_from_the_caller_and_its_2xx_retransmission() {
             MediaOp::Answer {
                 leg: CallLeg::B,
                 peer: CallLeg::A,
-                sdp: CALLEE_SDP.to_owned()
+                sdp: CALLEE_SDP.to_owned(),
+                bridge: false
             }
         ]
     );
@@ -1768,7 +1775,7 @@ fn update_refresh_and_refused_reoffers() {
 }
 
 #[test]
-fn a_failed_bridge_ends_the_call() {
+fn a_failed_bridge_refuses_the_caller_and_hangs_up_the_callee() {
     let mut h = Harness::new(&bob_plan());
     h.manager.fail_bridge = true;
     let invite = h.invite("1001", "call-nobridge", Some(CALLER_SDP));
@@ -1776,15 +1783,16 @@ fn a_failed_bridge_ends_the_call() {
     h.response_to(CALLER, 100);
     let to_bob = h.request_to(BOB, "INVITE");
     h.from(BOB, &reply(&to_bob, 200, Some("bob1"), Some(CALLEE_SDP)));
-    h.response_to(CALLER, 200);
-    h.request_to(CALLER, "BYE");
+    // The bridge rides in the final Answer: its failure comes before any
+    // 200 to the caller, who is refused instead of answered and hung up.
+    h.response_to(CALLER, 500);
     h.request_to(BOB, "ACK");
     h.request_to(BOB, "BYE");
     assert_eq!(
         h.ops().last(),
         Some(&MediaOp::Delete {
             reason: DeleteReason::Failed,
-            detail: "hangup: Server Internal Error".to_owned()
+            detail: "500 Server Internal Error".to_owned()
         })
     );
 }
@@ -3320,7 +3328,8 @@ fn the_callee_blind_transfers_the_caller_to_a_third_party_who_takes_its_place() 
         vec![MediaOp::Answer {
             leg: CallLeg::B,
             peer: CallLeg::A,
-            sdp: CALLEE_SDP.to_owned()
+            sdp: CALLEE_SDP.to_owned(),
+            bridge: false
         }]
     );
     let to_bob_now = h.take_to(BOB);
@@ -3387,7 +3396,8 @@ fn the_caller_transfers_the_callee_and_may_hang_up_before_the_target_answers() {
         vec![MediaOp::Answer {
             leg: CallLeg::A,
             peer: CallLeg::B,
-            sdp: CALLEE_SDP.to_owned()
+            sdp: CALLEE_SDP.to_owned(),
+            bridge: false
         }]
     );
     // The caller is gone: no NOTIFY, no BYE for it.

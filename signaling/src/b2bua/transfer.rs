@@ -422,6 +422,7 @@ impl B2bua {
                 leg: from,
                 peer: from.other(),
                 sdp: answer,
+                bridge: false,
             },
         );
     }

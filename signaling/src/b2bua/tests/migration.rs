@@ -107,7 +107,8 @@ fn a_moved_call_gets_new_legs_both_sides_reinvited_and_the_old_manager_released(
         vec![MediaOp::Answer {
             leg: CallLeg::B,
             peer: CallLeg::A,
-            sdp: bob_new
+            sdp: bob_new,
+            bridge: false
         }]
     );
 
