@@ -351,6 +351,8 @@ struct RateResult {
     far_end_ms: Vec<f64>,
     /// The server's CPU over the run, percent of one core, when measured.
     cpu_percent: Option<f64>,
+    /// The RTP manager's, likewise, for the call benchmarks.
+    manager_cpu_percent: Option<f64>,
 }
 
 fn sip_register(args: &SipRegisterArgs) -> anyhow::Result<()> {
@@ -567,6 +569,7 @@ fn run_sipp(
         wire_ms: wire.as_ref().map(|(near, _)| near.clone()),
         far_end_ms: wire.map(|(_, far)| far).unwrap_or_default(),
         cpu_percent: None,
+        manager_cpu_percent: None,
     })
 }
 
@@ -575,7 +578,7 @@ fn print_table(title: &str, results: &[RateResult]) {
     println!();
     println!("{title}");
     println!(
-        "{:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>26}",
+        "{:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>12} {:>26}",
         "offered",
         "achieved",
         "failed",
@@ -588,9 +591,12 @@ fn print_table(title: &str, results: &[RateResult]) {
     );
     for r in results {
         let (p50, p90, p99, max) = percentiles(&r.times_ms);
-        let cpu = r
-            .cpu_percent
-            .map_or_else(|| "-".to_owned(), |cpu| format!("{cpu:.1}"));
+        // The server's, then the manager's when it was measured too.
+        let cpu = match (r.cpu_percent, r.manager_cpu_percent) {
+            (Some(cpu), Some(manager)) => format!("{cpu:.1}+{manager:.1}"),
+            (Some(cpu), None) => format!("{cpu:.1}"),
+            _ => "-".to_owned(),
+        };
         let wire = r.wire_ms.as_deref().map_or_else(
             || "-".to_owned(),
             |times| {
@@ -599,7 +605,7 @@ fn print_table(title: &str, results: &[RateResult]) {
             },
         );
         println!(
-            "{:>8} {:>10.1} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>26}",
+            "{:>8} {:>10.1} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>12} {:>26}",
             r.offered,
             r.successful as f64 / r.elapsed.as_secs_f64(),
             r.failed,
@@ -807,6 +813,7 @@ fn sip_calls_nodes(args: &SipCallsArgs) -> anyhow::Result<()> {
             wire_ms: Some(Vec::new()),
             far_end_ms: Vec::new(),
             cpu_percent: Some(0.0),
+            manager_cpu_percent: None,
         };
         for (i, result) in results.into_iter().enumerate() {
             let mut result = result?;
@@ -897,7 +904,8 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
         for &rate in &args.rates {
             let caller = ["-s", "1001", "-key", "rtp_a", "9", "-d", "0"];
             let scenario = scenarios.join("b2bua_uac.xml");
-            let result = run_sipp(
+            let before = (signaling.daemon.cpu_time(), manager.cpu_time());
+            let mut result = run_sipp(
                 &sipp,
                 &scenario,
                 &caller,
@@ -906,6 +914,12 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
                 rate,
                 args.seconds,
             )?;
+            let percent =
+                |used: Duration| 100.0 * used.as_secs_f64() / result.elapsed.as_secs_f64();
+            result.cpu_percent = Some(percent(
+                signaling.daemon.cpu_time().saturating_sub(before.0),
+            ));
+            result.manager_cpu_percent = Some(percent(manager.cpu_time().saturating_sub(before.1)));
             print_result(&result);
             results.push(result);
         }
@@ -941,7 +955,7 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
     drop(signaling);
     drop(manager);
     print_table(
-        "sip-calls: INVITE(SDP)/100/180/200(SDP)/ACK/BYE/200 through signaling + rtpmanager (Offer, Answer, Bridge, Delete); INVITE→200 times",
+        "sip-calls: INVITE(SDP)/100/180/200(SDP)/ACK/BYE/200 through signaling + rtpmanager (Offer, Answer with Bridge, Delete); INVITE→200 times; CPU % of one core: signaling+rtpmanager",
         &results,
     );
     if let Some(with) = runs.first() {
