@@ -523,7 +523,7 @@ fn run(
                 // What was written is made durable and answered first.
                 loop {
                     settle_in_flight(&mut uas, io, committer);
-                    uas.handle_input(Now::current(), super::Input::Commit);
+                    uas.handle_input(Now::current(), super::Input::CommitNow);
                     flush(&mut uas, io, committer);
                     if !uas.sync_in_flight() {
                         break;

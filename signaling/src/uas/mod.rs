@@ -123,6 +123,9 @@ pub enum Input {
     /// them ([`Output::Sync`]) unless one is running already (they are then
     /// the next one's). Cheap; hand it over after every input.
     Commit,
+    /// [`Input::Commit`] at once, however soon after the last sync (the
+    /// driver stopping: what was written is made durable and answered).
+    CommitNow,
     /// A sync from [`Output::Sync`], run: the answers it covered go out
     /// (or are undone and refused, if it failed), and the changes written
     /// meanwhile begin the next sync.
@@ -719,6 +722,7 @@ impl Uas {
             Input::Media(input) => self.handle_media(now, input),
             Input::Timeout => self.handle_timeout(now),
             Input::Commit => self.commit(now),
+            Input::CommitNow => self.commit_now(now),
             Input::Synced(job) => self.synced(now, job),
             Input::Location(update) => self.handle_location(now, update),
         }

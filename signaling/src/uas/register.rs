@@ -322,11 +322,17 @@ impl Uas {
     /// sync runs here, on the core's thread, so that the registrar's state
     /// is all durable at the switch (once per compaction, not per commit).
     pub(super) fn commit(&mut self, now: Now) {
-        if self.syncing.is_some() || self.uncommitted.is_empty() {
-            return;
-        }
         if self.next_sync_at().is_some_and(|at| at > now.instant) {
             // Too soon after the last one: a timer begins it.
+            return;
+        }
+        self.commit_now(now);
+    }
+
+    /// [`super::Input::CommitNow`]: [`Uas::commit`] without the gap after
+    /// the last sync (the server is stopping: nothing is left to gather).
+    pub(super) fn commit_now(&mut self, now: Now) {
+        if self.syncing.is_some() || self.uncommitted.is_empty() {
             return;
         }
         if self.compaction_due() {

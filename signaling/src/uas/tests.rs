@@ -396,6 +396,18 @@ fn a_sync_begins_no_sooner_than_the_gap_after_the_last_and_a_timer_begins_it() {
     assert_eq!(out.len(), 1);
     assert!(out[0].1.contains("Call-ID: g2\r\n") && status_of(&out[0].1) == "200");
     assert_eq!(store.syncs(), 2);
+    // Stopping: a third, within the gap, is synced at once when asked.
+    uas.handle_inbound(
+        later,
+        register_from("g3", "u3", "g3", 1, "sip:u3@192.0.2.10:5062"),
+    );
+    uas.handle_input(later, Input::Commit);
+    assert!(uas.poll_sync().is_none(), "held back by the gap");
+    uas.handle_input(later, Input::CommitNow);
+    let mut job = uas.poll_sync().expect("CommitNow begins it");
+    job.run();
+    uas.handle_input(later, Input::Synced(job));
+    assert_eq!(status_of(&sent(&mut uas)[0].1), "200");
 }
 
 #[test]
