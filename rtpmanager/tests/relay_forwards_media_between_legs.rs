@@ -33,13 +33,34 @@ fn rtp(seq: u16, pt: u8, fill: u8) -> Vec<u8> {
 }
 
 /// Sets up call `call` between `caller` and `callee` through legs a and b,
-/// bridged; returns the manager's addresses for each side.
+/// bridged by a Bridge call; returns the manager's addresses for each side.
 async fn bridged_call(
     client: &mut RtpManagerClient<Channel>,
     call: &str,
     caller: &UdpSocket,
     callee: &UdpSocket,
     strict: bool,
+) -> (SocketAddr, SocketAddr) {
+    let addresses = answered_call(client, call, (caller, callee), strict, false).await;
+    client
+        .bridge(v1::BridgeRequest {
+            call_id: call.into(),
+            leg_a: "a".into(),
+            leg_b: "b".into(),
+        })
+        .await
+        .expect("Bridge");
+    addresses
+}
+
+/// Offers a→b and answers b→a for `call`, the Answer asked to bridge or
+/// not; returns the manager's addresses towards the caller and the callee.
+async fn answered_call(
+    client: &mut RtpManagerClient<Channel>,
+    call: &str,
+    (caller, callee): (&UdpSocket, &UdpSocket),
+    strict: bool,
+    bridge: bool,
 ) -> (SocketAddr, SocketAddr) {
     let offer = client
         .offer(v1::OfferRequest {
@@ -59,28 +80,18 @@ async fn bridged_call(
         .await
         .expect("Offer")
         .into_inner();
-    let towards_callee = media_addr(&offer.sdp);
     let answer = client
         .answer(v1::AnswerRequest {
             call_id: call.into(),
             leg_id: "b".into(),
             peer_leg_id: "a".into(),
             sdp: sdp(callee.local_addr().expect("addr"), "0 101"),
-            bridge: false,
+            bridge,
         })
         .await
         .expect("Answer")
         .into_inner();
-    let towards_caller = media_addr(&answer.sdp);
-    client
-        .bridge(v1::BridgeRequest {
-            call_id: call.into(),
-            leg_a: "a".into(),
-            leg_b: "b".into(),
-        })
-        .await
-        .expect("Bridge");
-    (towards_caller, towards_callee)
+    (media_addr(&answer.sdp), media_addr(&offer.sdp))
 }
 
 #[tokio::test]
@@ -631,40 +642,6 @@ async fn an_offer_beyond_the_legs_a_call_may_hold_is_refused() {
     );
 }
 
-/// Offers a→b and answers b→a for `call`, asking the Answer to bridge or
-/// not; returns the manager's addresses towards the caller and the callee.
-async fn answered_call(
-    client: &mut RtpManagerClient<Channel>,
-    call: &str,
-    (caller, callee): (&UdpSocket, &UdpSocket),
-    bridge: bool,
-) -> (SocketAddr, SocketAddr) {
-    let offer = client
-        .offer(v1::OfferRequest {
-            call_id: call.into(),
-            leg_id: "a".into(),
-            peer_leg_id: "b".into(),
-            sdp: sdp(caller.local_addr().expect("addr"), "0"),
-            options: None,
-            peer_options: None,
-        })
-        .await
-        .expect("Offer")
-        .into_inner();
-    let answer = client
-        .answer(v1::AnswerRequest {
-            call_id: call.into(),
-            leg_id: "b".into(),
-            peer_leg_id: "a".into(),
-            sdp: sdp(callee.local_addr().expect("addr"), "0"),
-            bridge,
-        })
-        .await
-        .expect("Answer")
-        .into_inner();
-    (media_addr(&answer.sdp), media_addr(&offer.sdp))
-}
-
 #[tokio::test]
 async fn an_answer_asked_to_bridge_relays_without_a_bridge_call() {
     let (_daemon, mut client) = start(&[], 10).await;
@@ -677,13 +654,13 @@ async fn an_answer_asked_to_bridge_relays_without_a_bridge_call() {
 
     // Answered, not bridged: nothing is relayed yet.
     let (caller, callee) = (endpoint(), endpoint());
-    let (to_a, _) = answered_call(&mut client, "unbridged", (&caller, &callee), false).await;
+    let (to_a, _) = answered_call(&mut client, "unbridged", (&caller, &callee), false, false).await;
     caller.send_to(&rtp(1, 0, 0x55), to_a).expect("send");
     assert_eq!(recv(&callee), None, "not relayed before a bridge");
 
     // Answered with `bridge`: relayed both ways at once.
     let (caller, callee) = (endpoint(), endpoint());
-    let (to_a, to_b) = answered_call(&mut client, "bridged", (&caller, &callee), true).await;
+    let (to_a, to_b) = answered_call(&mut client, "bridged", (&caller, &callee), false, true).await;
     caller.send_to(&rtp(1, 0, 0x55), to_a).expect("send");
     assert_eq!(recv(&callee), Some((rtp(1, 0, 0x55), to_b)));
     callee.send_to(&rtp(7, 0, 0x11), to_b).expect("send");
