@@ -773,25 +773,14 @@ async fn run_op(
             sdp,
             bridge,
         } => {
+            let (answer, then_bridge) =
+                answer_requests(call_id, (*leg, *peer), sdp, *bridge, answer_bridges);
             let answered = client
-                .answer(v1::AnswerRequest {
-                    call_id: call_id.clone(),
-                    leg_id: leg.media_leg_id().0,
-                    peer_leg_id: peer.media_leg_id().0,
-                    sdp: sdp.clone(),
-                    bridge: *bridge && answer_bridges,
-                })
+                .answer(answer)
                 .await
                 .map(|r| MediaResult::Sdp(r.into_inner().sdp));
-            if *bridge && !answer_bridges && answered.is_ok() {
-                // A manager older than `answer_bridges`: two RPCs.
-                client
-                    .bridge(v1::BridgeRequest {
-                        call_id,
-                        leg_a: CallLeg::A.media_leg_id().0,
-                        leg_b: CallLeg::B.media_leg_id().0,
-                    })
-                    .await?;
+            if let (Some(request), Ok(_)) = (then_bridge, &answered) {
+                client.bridge(request).await?;
             }
             answered
         }
@@ -829,6 +818,32 @@ async fn run_op(
 /// (a single packet from anyone must not redirect a call's media).
 /// The callee's leg goes on `callee_interface` when the dial action names
 /// one; the caller's is placed by the manager (the route to its SDP).
+/// The Answer for `leg` (its peer's answer to `peer`'s offer) and, when
+/// the legs are to be bridged by a manager that cannot do it in the Answer
+/// (its Health does not say `answer_bridges`: an older manager), the Bridge
+/// to send after it.
+fn answer_requests(
+    call_id: String,
+    (leg, peer): (CallLeg, CallLeg),
+    sdp: &str,
+    bridge: bool,
+    answer_bridges: bool,
+) -> (v1::AnswerRequest, Option<v1::BridgeRequest>) {
+    let then_bridge = (bridge && !answer_bridges).then(|| v1::BridgeRequest {
+        call_id: call_id.clone(),
+        leg_a: CallLeg::A.media_leg_id().0,
+        leg_b: CallLeg::B.media_leg_id().0,
+    });
+    let answer = v1::AnswerRequest {
+        call_id,
+        leg_id: leg.media_leg_id().0,
+        peer_leg_id: peer.media_leg_id().0,
+        sdp: sdp.to_owned(),
+        bridge: bridge && answer_bridges,
+    };
+    (answer, then_bridge)
+}
+
 fn options(leg: CallLeg, callee_interface: Option<&str>) -> v1::LegOptions {
     v1::LegOptions {
         strict_source: true,
@@ -965,6 +980,35 @@ async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bridging_answer_is_one_request_to_a_manager_that_can_and_two_to_an_older_one() {
+        let legs = (CallLeg::B, CallLeg::A);
+        let (answer, then) = answer_requests("c1".to_owned(), legs, "v=0", true, true);
+        assert!(answer.bridge, "asked in the Answer");
+        assert_eq!(
+            (answer.leg_id.as_str(), answer.peer_leg_id.as_str()),
+            ("b", "a")
+        );
+        assert_eq!(then, None);
+
+        let (answer, then) = answer_requests("c1".to_owned(), legs, "v=0", true, false);
+        assert!(!answer.bridge, "an older manager would ignore it");
+        let then = then.expect("a Bridge after the Answer");
+        assert_eq!(
+            (
+                then.call_id.as_str(),
+                then.leg_a.as_str(),
+                then.leg_b.as_str()
+            ),
+            ("c1", "a", "b")
+        );
+
+        for can in [true, false] {
+            let (answer, then) = answer_requests("c1".to_owned(), legs, "v=0", false, can);
+            assert!(!answer.bridge && then.is_none(), "no bridge asked");
+        }
+    }
 
     #[test]
     fn both_legs_ask_the_manager_for_strict_source() {
