@@ -503,8 +503,10 @@ fn run(
             }
             Ok(Input::Unregister(aor, reply)) => {
                 // The operator's removal is synced on this thread, after
-                // the sync in flight (the store takes one at a time).
-                settle_in_flight(&mut uas, io, committer);
+                // the sync in flight (the store takes one at a time). The
+                // answers to one may begin the next (what was written
+                // meanwhile): no input is taken here, so that ends.
+                while uas.sync_in_flight() && settle_in_flight(&mut uas, io, committer) {}
                 let _ = reply.send(uas.unregister(Now::current(), &aor));
             }
             Ok(Input::ReloadUsers(path, reply)) => {
@@ -521,8 +523,7 @@ fn run(
             }
             Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => {
                 // What was written is made durable and answered first.
-                loop {
-                    settle_in_flight(&mut uas, io, committer);
+                while settle_in_flight(&mut uas, io, committer) {
                     uas.handle_input(Now::current(), super::Input::CommitNow);
                     flush(&mut uas, io, committer);
                     if !uas.sync_in_flight() {
@@ -548,17 +549,23 @@ fn run(
     tracing::debug!("SIP core stopped");
 }
 
-/// Waits for the sync in flight, if any, and lets the core answer for it.
-fn settle_in_flight(uas: &mut Uas, io: &Io<'_>, committer: &mut Committer) {
+/// Waits for the sync in flight, if any, and lets the core answer for it;
+/// false when one is in flight and will never come back (the commit
+/// thread is gone).
+fn settle_in_flight(uas: &mut Uas, io: &Io<'_>, committer: &mut Committer) -> bool {
     if !uas.sync_in_flight() {
-        return;
+        return true;
     }
     match committer.wait() {
         Some(job) => {
             uas.handle_input(Now::current(), super::Input::Synced(job));
             flush(uas, io, committer);
+            true
         }
-        None => tracing::error!("the commit thread is gone with a sync in flight"),
+        None => {
+            tracing::error!("the commit thread is gone with a sync in flight");
+            false
+        }
     }
 }
 
