@@ -426,10 +426,13 @@ impl RedisStore {
             committed: Vec::new(),
             retry_at: None,
         };
-        let records = match store
-            .connection()
-            .and_then(|(connection, keys)| load_all(connection, keys, SystemTime::now()))
-        {
+        let loaded =
+            connect_with_script(&store.target, &store.script).and_then(|mut connection| {
+                let records = load_all(&mut connection, &store.keys, SystemTime::now())?;
+                store.connection = Some(connection);
+                Ok(records)
+            });
+        let records = match loaded {
             Ok(records) => {
                 store.state.store_up.store(true, Ordering::Relaxed);
                 records.into_iter().map(|v| v.record).collect()
@@ -441,22 +444,6 @@ impl RedisStore {
             }
         };
         (store, records)
-    }
-
-    fn connection(&mut self) -> redis::RedisResult<(&mut Connection, &Keys)> {
-        if self.connection.is_none() {
-            let mut connection = self.target.connect()?;
-            // Scripts are cached by the server and called by hash; a new
-            // connection may be to a restarted server that forgot them.
-            self.script.load(&mut connection)?;
-            self.connection = Some(connection);
-        }
-        match self.connection.as_mut() {
-            Some(connection) => Ok((connection, &self.keys)),
-            None => Err(redis::RedisError::from(std::io::Error::other(
-                "not connected",
-            ))),
-        }
     }
 
     fn fail(&mut self) {
@@ -472,6 +459,18 @@ impl RedisStore {
             reason,
         }
     }
+}
+
+/// A connection for commits: the script is loaded first, because scripts
+/// are cached by the server and called by hash, and a new connection may
+/// be to a restarted server that forgot them.
+fn connect_with_script(
+    target: &RedisTarget,
+    script: &redis::Script,
+) -> redis::RedisResult<Connection> {
+    let mut connection = target.connect()?;
+    script.load(&mut connection)?;
+    Ok(connection)
 }
 
 /// One commit to Redis, begun on the core's thread and run on another:
@@ -504,12 +503,7 @@ impl RedisSync {
     pub fn run(&mut self) {
         let mut connection = match self.connection.take() {
             Some(connection) => connection,
-            None => match self.target.connect().and_then(|mut connection| {
-                // Scripts are cached by the server and called by hash; a
-                // new connection may be to a restarted server that forgot
-                // them.
-                self.script.load(&mut connection).map(|_| connection)
-            }) {
+            None => match connect_with_script(&self.target, &self.script) {
                 Ok(connection) => connection,
                 Err(error) => {
                     self.outcome = Some(Err(error));
