@@ -175,13 +175,11 @@ impl Uas {
         if let Err(error) = self.store.sync() {
             tracing::error!(%error, "cannot store an operator's unregister; bindings kept");
             self.registrar.revert(persist);
-            let settled = std::mem::take(&mut self.uncommitted);
-            self.answer(now, settled, Err(&error));
+            self.settle(now, Err(&error));
             return Err(RegistrationError::NotStored);
         }
         self.adopt_committed(now);
-        let settled = std::mem::take(&mut self.uncommitted);
-        self.answer(now, settled, Ok(()));
+        self.settle(now, Ok(()));
         for event in events {
             self.wire.observe(Observation::Registration(event));
         }
@@ -340,20 +338,18 @@ impl Uas {
             if synced.is_ok() {
                 self.adopt_committed(now);
             }
-            let settled = std::mem::take(&mut self.uncommitted);
-            self.answer(now, settled, synced.as_ref().map(|_| ()));
+            self.settle(now, synced.as_ref().map(|_| ()));
             self.compact_if_due();
             return;
         }
-        let settled = std::mem::take(&mut self.uncommitted);
         match self.store.begin_sync() {
             Some(job) => {
-                self.syncing = Some(settled);
+                self.syncing = Some(std::mem::take(&mut self.uncommitted));
                 self.sync_out = Some(job);
                 self.sync_began = Some(now.instant);
             }
             // Nothing written: they only waited for the syncs before them.
-            None => self.answer(now, settled, Ok(())),
+            None => self.settle(now, Ok(())),
         }
     }
 
@@ -383,6 +379,13 @@ impl Uas {
                 self.answer(now, all, Err(&error));
             }
         }
+    }
+
+    /// Answers the REGISTERs waiting for no sync in flight (see
+    /// [`Uas::answer`]): the ones a sync on this thread covered.
+    fn settle(&mut self, now: Now, synced: Result<(), &crate::registrar::StoreError>) {
+        let settled = std::mem::take(&mut self.uncommitted);
+        self.answer(now, settled, synced);
     }
 
     /// Answers REGISTERs once the sync covering them is known: 200 and
