@@ -853,6 +853,20 @@ impl B2bua {
         }
     }
 
+    /// ACKs a 2xx to our INVITE at once, without a body (§13.2.2.4), and
+    /// returns the dialog it set up.
+    pub(super) fn ack_2xx(
+        &mut self,
+        sent: &SentInvite,
+        response: &SipMessage,
+        sip: &mut SipActions<'_>,
+    ) -> Dialog {
+        let dialog = sent.dialog_of(response);
+        let to = response.header("To").unwrap_or_default();
+        self.send_ack(sent, &dialog.target, to, &dialog.route_set, None, sip);
+        dialog
+    }
+
     /// The 2xx of a branch nobody wants: ACK it (§13.2.2.4) and end its dialog.
     pub(super) fn ack_and_bye(
         &mut self,
@@ -860,9 +874,7 @@ impl B2bua {
         response: &SipMessage,
         sip: &mut SipActions<'_>,
     ) {
-        let mut dialog = sent.dialog_of(response);
-        let to = response.header("To").unwrap_or_default();
-        self.send_ack(sent, &dialog.target, to, &dialog.route_set, None, sip);
+        let mut dialog = self.ack_2xx(sent, response, sip);
         tracing::debug!(b_call_id = %sent.call_id, "unwanted 2xx: ACK and BYE");
         if let Some(key) = self.send_in_dialog(&mut dialog, &Method::Bye, &[], None, sip) {
             self.ending.insert(key.clone());

@@ -370,9 +370,7 @@ impl B2bua {
             self.transfer_failed(key, 488, "Not Acceptable Here", sip);
             return;
         };
-        let dialog = sent.dialog_of(response);
-        let to = response.header("To").unwrap_or_default();
-        self.send_ack(sent, &dialog.target, to, &dialog.route_set, None, sip);
+        let dialog = self.ack_2xx(sent, response, sip);
         if transferor_present {
             self.notify(key, from, 200, "OK", true, sip);
             if let Some(bye) = self.send_on_leg(key, from, &Method::Bye, &[], None, sip) {
