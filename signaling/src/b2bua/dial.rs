@@ -951,6 +951,8 @@ impl B2bua {
                 Some(sdp) => {
                     call.pending_ack = Some(pending);
                     call.caller_last = Some(sdp.clone());
+                    // The answer and the bridge in one request, as for
+                    // an early offer's final answer.
                     self.media(
                         key,
                         Purpose::LateAnswer,
@@ -958,7 +960,7 @@ impl B2bua {
                             leg: CallLeg::A,
                             peer: CallLeg::B,
                             sdp,
-                            bridge: false,
+                            bridge: true,
                         },
                     );
                 }

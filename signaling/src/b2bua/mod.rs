@@ -411,8 +411,6 @@ enum Purpose {
         server: TransactionKey,
         method: Method,
     },
-    /// Without a bridge no media flows: its failure ends the call.
-    Bridge,
     /// A migration's step (migrate.rs).
     Migrate(migrate::Step),
     /// A migration's Release or Abort: the figures of the legs it deleted.
@@ -1137,7 +1135,6 @@ impl B2bua {
                 if let Some(pending) = call.pending_ack.take() {
                     call.sdp_sent[leg_index(CallLeg::B)] = Some(sdp.clone());
                     self.ack_callee(&pending, Some(&sdp), sip);
-                    self.media(key, Purpose::Bridge, MediaOp::Bridge);
                 }
             }
             Purpose::Reoffer {
@@ -1201,7 +1198,7 @@ impl B2bua {
                     );
                 }
             }
-            Purpose::Play | Purpose::Bridge | Purpose::Migrate(_) | Purpose::MoveFigures => {}
+            Purpose::Play | Purpose::Migrate(_) | Purpose::MoveFigures => {}
         }
     }
 
@@ -1237,7 +1234,6 @@ impl B2bua {
                 respond(sip, &server, status.0, status.1, tag.as_ref(), &[], None);
             }
             Purpose::CallerOffer
-            | Purpose::Bridge
             | Purpose::FinalAnswer
             | Purpose::LateOffer
             | Purpose::LateAnswer

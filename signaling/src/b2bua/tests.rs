@@ -1415,9 +1415,8 @@ fn late_offer_takes_the_offer_from_the_callee_and_the_answer_from_the_ack() {
                 leg: CallLeg::A,
                 peer: CallLeg::B,
                 sdp: CALLER_SDP.to_owned(),
-                bridge: false
-            },
-            MediaOp::Bridge
+                bridge: true
+            }
         ]
     );
 }
