@@ -23,9 +23,10 @@
 //! (release) on loopback with a dialplan that dials a SIPp callee
 //! (signaling/tests/sipp/b2bua_uas.xml), then runs the SIPp caller
 //! (b2bua_uac.xml: INVITE with SDP, 180, 200, ACK, BYE) at increasing
-//! rates. Every call goes through the manager (Offer, Answer, Bridge,
-//! Delete). Prints per rate the calls per second achieved, failures and
-//! the INVITE→200 percentiles, then the highest rate with no failed call.
+//! rates. Every call goes through the manager (Offer, Answer with its
+//! bridge, Delete). Prints per rate the calls per second achieved,
+//! failures, the INVITE→200 percentiles and the CPU of signaling and of
+//! the manager, then the highest rate with no failed call.
 //! With `--sse-clients N` it runs the rates twice, with the same REGISTER
 //! load (`--register-rate`, ten contacts each: ten binding events per
 //! REGISTER) beside the calls: first alone, then with N clients reading
