@@ -181,8 +181,13 @@ mod tests {
     }
 
     /// A key that counts how often it is compared.
-    #[derive(Hash)]
     struct Counted(u32);
+
+    impl Hash for Counted {
+        fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+            self.0.hash(state);
+        }
+    }
 
     impl PartialEq for Counted {
         fn eq(&self, other: &Self) -> bool {
@@ -210,6 +215,9 @@ mod tests {
         // Ideally 51,200 (one per hit, none per miss); a tag of seven bits
         // lets 1 in 128 of the others through. Tags shared within a shard
         // made it 922,886.
-        assert!(compared < 60_000, "{compared} comparisons for 102,400 look-ups");
+        assert!(
+            compared < 60_000,
+            "{compared} comparisons for 102,400 look-ups"
+        );
     }
 }
