@@ -30,7 +30,7 @@ use crate::playback::{
     self, Clip, DtmfPlan, FileError, Injections, LegControl, PlayJob, PlayUpdate, PlaybackId,
 };
 use crate::ports::SocketBinder;
-use crate::relay::{LegCounters, LegRef, LegShared, Relay, RelayEvent, RelayTotals, Slot};
+use crate::relay::{LegCounters, LegRef, LegShared, Relay, RelayEvent, RelayTotals, Removal, Slot};
 use crate::sdp::Negotiation;
 use crate::session::persist::{SavedState, StateFile};
 use crate::session::{LegView, OfferInput, SessionError, SessionTable};
@@ -195,7 +195,9 @@ impl Driver {
         let relay = &inner.relay;
         let mut removed = Vec::new();
         let mut stopped = false;
-        while let Some(command) = core.engine.poll_command() {
+        let mut commands = std::iter::from_fn(|| core.engine.poll_command())
+            .collect::<std::collections::VecDeque<_>>();
+        while let Some(command) = commands.pop_front() {
             match command {
                 Command::KernelRemove(write) | Command::KernelInstall(write) => {
                     if let Err(direction) = core.kernel.execute(fast_path, write) {
@@ -225,23 +227,40 @@ impl Driver {
                     stopped |= relay.update_leg(slot, params).is_err();
                 }
                 Command::RemoveLeg { slot, shared } => {
-                    inner.injections.leg_deleted(&shared.leg);
-                    let Ok(snapshot) = relay.remove_leg(slot) else {
-                        stopped = true;
-                        continue;
-                    };
-                    // The worker has let go of the leg: its counters are final.
-                    lock(&inner.retired).add(&shared.counters);
-                    if let Some(interface) = lock(&inner.leg_interfaces).remove(&slot) {
-                        *lock(&inner.retired_by_interface)
-                            .entry(interface)
-                            .or_default() += received_packets(&shared.counters);
+                    // This removal and the ones right after it (a call's
+                    // legs) go to their workers at once; then each is
+                    // waited for in turn. Nothing else runs in between.
+                    let mut removals = vec![(slot, shared)];
+                    while let Some(Command::RemoveLeg { .. }) = commands.front() {
+                        if let Some(Command::RemoveLeg { slot, shared }) = commands.pop_front() {
+                            removals.push((slot, shared));
+                        }
                     }
-                    let mut stats = leg_stats(&shared, snapshot.as_ref());
-                    core.kernel
-                        .merge(fast_path, core.engine.decision(), slot, &mut stats);
-                    core.kernel.forget(slot);
-                    removed.push(stats);
+                    let begun: Vec<_> = removals
+                        .into_iter()
+                        .map(|(slot, shared)| {
+                            inner.injections.leg_deleted(&shared.leg);
+                            (slot, relay.begin_remove(slot), shared)
+                        })
+                        .collect();
+                    for (slot, removal, shared) in begun {
+                        let Ok(snapshot) = removal.and_then(Removal::finish) else {
+                            stopped = true;
+                            continue;
+                        };
+                        // The worker has let go of the leg: its counters are final.
+                        lock(&inner.retired).add(&shared.counters);
+                        if let Some(interface) = lock(&inner.leg_interfaces).remove(&slot) {
+                            *lock(&inner.retired_by_interface)
+                                .entry(interface)
+                                .or_default() += received_packets(&shared.counters);
+                        }
+                        let mut stats = leg_stats(&shared, snapshot.as_ref());
+                        core.kernel
+                            .merge(fast_path, core.engine.decision(), slot, &mut stats);
+                        core.kernel.forget(slot);
+                        removed.push(stats);
+                    }
                 }
                 Command::Publish(event) => self.publish(event),
                 Command::Persist => {

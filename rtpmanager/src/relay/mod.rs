@@ -605,12 +605,21 @@ impl Relay {
 
     /// Removes a leg, closing its sockets, and returns its last snapshot.
     pub fn remove_leg(&self, slot: Slot) -> Result<Option<LegSnapshot>, RelayError> {
+        self.begin_remove(slot)?.finish()
+    }
+
+    /// Hands a leg's removal to its worker without waiting for it: the
+    /// removals of a call's legs begun together cost one wait for their
+    /// worker, not one each (a worker's commands run in order).
+    pub fn begin_remove(&self, slot: Slot) -> Result<Removal<'_>, RelayError> {
         let worker = self.worker(slot)?;
         let (reply, answer) = mpsc::sync_channel(1);
         worker.send(Command::Remove { slot, reply })?;
-        let snapshot = answer.recv().map_err(|_| RelayError::Stopped);
-        lock(&self.placement).remove(slot);
-        snapshot
+        Ok(Removal {
+            relay: self,
+            slot,
+            answer,
+        })
     }
 
     /// The RFC 3550 figures of a leg.
@@ -623,6 +632,24 @@ impl Relay {
     /// Events from now on, of every worker.
     pub fn subscribe(&self) -> broadcast::Receiver<RelayEvent> {
         self.events.subscribe()
+    }
+}
+
+/// A leg's removal handed to its worker ([`Relay::begin_remove`]).
+#[must_use = "a removal is complete only once finished"]
+pub struct Removal<'a> {
+    relay: &'a Relay,
+    slot: Slot,
+    answer: mpsc::Receiver<Option<LegSnapshot>>,
+}
+
+impl Removal<'_> {
+    /// Waits until the worker has let go of the leg (its sockets closed,
+    /// its counters final) and returns its last snapshot.
+    pub fn finish(self) -> Result<Option<LegSnapshot>, RelayError> {
+        let snapshot = self.answer.recv().map_err(|_| RelayError::Stopped);
+        lock(&self.relay.placement).remove(self.slot);
+        snapshot
     }
 }
 

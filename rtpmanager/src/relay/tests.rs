@@ -365,6 +365,61 @@ fn removed_legs_stop_forwarding_and_return_their_snapshot() {
 }
 
 #[test]
+fn removals_begun_together_each_return_their_own_legs_snapshot() {
+    let relay = Relay::start().expect("relay");
+    let (caller, callee) = (endpoint(), endpoint());
+    let (a, b) = bridged(
+        &relay,
+        LegParams {
+            expected_rtp: Some(caller.local_addr().expect("addr")),
+            ..LegParams::default()
+        },
+        LegParams {
+            expected_rtp: Some(callee.local_addr().expect("addr")),
+            ..LegParams::default()
+        },
+    );
+    // Three packets into leg a, one into leg b: their snapshots differ.
+    for seq in [1u16, 2, 4] {
+        caller
+            .send_to(&rtp_packet(seq, 0, &[0; 20]), a.rtp_addr())
+            .expect("send");
+        assert!(recv(&callee).is_some());
+    }
+    callee
+        .send_to(&rtp_packet(7, 0, &[0; 20]), b.rtp_addr())
+        .expect("send");
+    assert!(recv(&caller).is_some());
+    let first = relay.begin_remove(a.slot).expect("relay alive");
+    let second = relay.begin_remove(b.slot).expect("relay alive");
+    let a_snapshot = first.finish().expect("relay alive").expect("leg a existed");
+    let b_snapshot = second
+        .finish()
+        .expect("relay alive")
+        .expect("leg b existed");
+    assert_eq!(a_snapshot.rtp_lost, 1, "sequence 3 is missing on a");
+    assert_eq!(b_snapshot.rtp_lost, 0);
+    assert_eq!(
+        a_snapshot.latched_rtp,
+        Some(caller.local_addr().expect("addr"))
+    );
+    assert_eq!(
+        b_snapshot.latched_rtp,
+        Some(callee.local_addr().expect("addr"))
+    );
+    assert_eq!(
+        relay.worker_legs().iter().sum::<usize>(),
+        0,
+        "both placements freed"
+    );
+    // Gone: a packet to a's port is no longer forwarded.
+    caller
+        .send_to(&rtp_packet(5, 0, &[0; 20]), a.rtp_addr())
+        .expect("send");
+    assert!(recv(&callee).is_none());
+}
+
+#[test]
 fn telephone_events_are_detected_once_and_forwarded_with_the_other_legs_payload_type() {
     let relay = Relay::start().expect("relay");
     let mut events = relay.subscribe();
