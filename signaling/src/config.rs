@@ -624,13 +624,10 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_LOG_LEVEL", default_value = "info", value_parser = switchboard_service::parse_log_level)]
     pub log_level: String,
 
-    /// Threads of the async runtime: TCP, TLS and WebSocket transports,
-    /// the REST API and event stream, and the gRPC requests to the RTP
-    /// managers (the SIP core and the binding store's commits have threads
-    /// of their own). 0: one per CPU. Over UDP one thread is cheaper, as
-    /// the hand-offs of each manager request stay on it: measured at 1,000
-    /// calls a second on two cores, 69 % of a core against 77 %. Many TLS
-    /// phones need more than one for their handshakes.
+    /// Threads of the async runtime: the transports' tasks (TLS handshakes
+    /// among them), the REST API and the event stream. The SIP core, the
+    /// binding store's commits and the requests to the RTP managers have
+    /// threads of their own. 0: one per CPU.
     #[arg(long, env = "SWITCHBOARD_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: u16,
 }
