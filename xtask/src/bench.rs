@@ -169,6 +169,17 @@ struct SipCallsArgs {
     /// build (for a baseline: an older commit's build).
     #[arg(long)]
     signaling: Option<std::path::PathBuf>,
+    /// The RTP manager binary likewise.
+    #[arg(long)]
+    rtpmanager: Option<std::path::PathBuf>,
+}
+
+impl SipCallsArgs {
+    fn manager_binary(&self, root: &Path) -> PathBuf {
+        self.rtpmanager
+            .clone()
+            .unwrap_or_else(|| root.join("target/release/switchboard-rtpmanager"))
+    }
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -746,7 +757,7 @@ fn sip_calls_nodes(args: &SipCallsArgs) -> anyhow::Result<()> {
     else {
         bail!("redis-server is not installed (cargo xtask setup installs it)");
     };
-    let (manager, grpc) = start_manager(&root.join("target/release/switchboard-rtpmanager"), &[])?;
+    let (manager, grpc) = start_manager(&args.manager_binary(&root), &[])?;
     let callee_port = free_port();
     let plan = write_dialplan(&work, &[("bench", "1XXX", callee_port)])?;
     let binary = args
@@ -863,7 +874,7 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
     }
     let (sipp, root, scenarios, work) = call_bench_setup("calls")?;
 
-    let (manager, grpc) = start_manager(&root.join("target/release/switchboard-rtpmanager"), &[])?;
+    let (manager, grpc) = start_manager(&args.manager_binary(&root), &[])?;
     let callee_port = free_port();
     let plan = write_dialplan(&work, &[("bench", "1XXX", callee_port)])?;
     let binary = args
