@@ -104,6 +104,22 @@ fn bridged(relay: &Relay, a_params: LegParams, b_params: LegParams) -> (Leg, Leg
     (a, b)
 }
 
+/// Two bridged legs, each expecting its peer's media from `caller` and
+/// `callee` respectively (strict-source latching at once).
+fn bridged_expecting(relay: &Relay, caller: &UdpSocket, callee: &UdpSocket) -> (Leg, Leg) {
+    bridged(
+        relay,
+        LegParams {
+            expected_rtp: Some(caller.local_addr().expect("addr")),
+            ..LegParams::default()
+        },
+        LegParams {
+            expected_rtp: Some(callee.local_addr().expect("addr")),
+            ..LegParams::default()
+        },
+    )
+}
+
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(3);
     while !f() {
@@ -368,17 +384,7 @@ fn removed_legs_stop_forwarding_and_return_their_snapshot() {
 fn removals_begun_together_each_return_their_own_legs_snapshot() {
     let relay = Relay::start().expect("relay");
     let (caller, callee) = (endpoint(), endpoint());
-    let (a, b) = bridged(
-        &relay,
-        LegParams {
-            expected_rtp: Some(caller.local_addr().expect("addr")),
-            ..LegParams::default()
-        },
-        LegParams {
-            expected_rtp: Some(callee.local_addr().expect("addr")),
-            ..LegParams::default()
-        },
-    );
+    let (a, b) = bridged_expecting(&relay, &caller, &callee);
     // Three packets into leg a, one into leg b: their snapshots differ.
     for seq in [1u16, 2, 4] {
         caller
@@ -760,17 +766,7 @@ fn calls_spread_over_the_workers_and_each_calls_legs_share_one() {
 fn packets_the_kernel_dropped_on_a_legs_full_queue_count_as_its_overload_drops() {
     let relay = Relay::start().expect("relay");
     let (caller, callee) = (endpoint(), endpoint());
-    let (a, _b) = bridged(
-        &relay,
-        LegParams {
-            expected_rtp: Some(caller.local_addr().expect("addr")),
-            ..LegParams::default()
-        },
-        LegParams {
-            expected_rtp: Some(callee.local_addr().expect("addr")),
-            ..LegParams::default()
-        },
-    );
+    let (a, _b) = bridged_expecting(&relay, &caller, &callee);
     // The smallest queue the kernel grants: a burst overflows it.
     let rtp = a.shared.rtp_socket().expect("rtp socket");
     socket2::SockRef::from(rtp.as_ref())
@@ -838,17 +834,7 @@ fn a_new_call_skips_a_saturated_worker_unless_every_worker_is() {
 fn a_worker_reports_its_packets_and_cpu() {
     let relay = Relay::start().expect("relay");
     let (caller, callee) = (endpoint(), endpoint());
-    let (a, _b) = bridged(
-        &relay,
-        LegParams {
-            expected_rtp: Some(caller.local_addr().expect("addr")),
-            ..LegParams::default()
-        },
-        LegParams {
-            expected_rtp: Some(callee.local_addr().expect("addr")),
-            ..LegParams::default()
-        },
-    );
+    let (a, _b) = bridged_expecting(&relay, &caller, &callee);
     for seq in 0..10u16 {
         caller
             .send_to(&rtp_packet(seq, 0, &[0; 160]), a.rtp_addr())
