@@ -24,7 +24,8 @@
 //! (signaling/tests/sipp/b2bua_uas.xml), then runs the SIPp caller
 //! (b2bua_uac.xml: INVITE with SDP, 180, 200, ACK, BYE) at increasing
 //! rates. Every call goes through the manager (Offer, Answer with its
-//! bridge, Delete). Prints per rate the calls per second achieved,
+//! bridge, Delete), which saves its calls in a state directory as
+//! deployed. Prints per rate the calls per second achieved,
 //! failures, the INVITE→200 percentiles and the CPU of signaling and of
 //! the manager, then the highest rate with no failed call.
 //! With `--sse-clients N` it runs the rates twice, with the same REGISTER
@@ -757,7 +758,10 @@ fn sip_calls_nodes(args: &SipCallsArgs) -> anyhow::Result<()> {
     else {
         bail!("redis-server is not installed (cargo xtask setup installs it)");
     };
-    let (manager, grpc) = start_manager(&args.manager_binary(&root), &[])?;
+    // As deployed (deploy/etc/rtpmanager.toml): the calls saved for a restart.
+    let state = work.join("manager-state");
+    let state = state.to_string_lossy();
+    let (manager, grpc) = start_manager(&args.manager_binary(&root), &["--state-dir", &state])?;
     let callee_port = free_port();
     let plan = write_dialplan(&work, &[("bench", "1XXX", callee_port)])?;
     let binary = args
@@ -874,7 +878,10 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
     }
     let (sipp, root, scenarios, work) = call_bench_setup("calls")?;
 
-    let (manager, grpc) = start_manager(&args.manager_binary(&root), &[])?;
+    // As deployed (deploy/etc/rtpmanager.toml): the calls saved for a restart.
+    let state = work.join("manager-state");
+    let state = state.to_string_lossy();
+    let (manager, grpc) = start_manager(&args.manager_binary(&root), &["--state-dir", &state])?;
     let callee_port = free_port();
     let plan = write_dialplan(&work, &[("bench", "1XXX", callee_port)])?;
     let binary = args

@@ -10,6 +10,7 @@
 //! learned again from the next packets, its kernel entries are those the
 //! saved state derives).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
@@ -31,6 +32,10 @@ enum Message {
 #[derive(Debug)]
 pub struct StateWriter {
     tx: Mutex<Option<mpsc::Sender<Message>>>,
+    /// A change is waiting for its save: the changes after it ride on it
+    /// without waking the thread (a call's setup is several requests, each
+    /// a change; a message each was a context switch each).
+    pending: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -42,17 +47,23 @@ impl StateWriter {
     /// Starts the writer thread for `file`.
     pub fn start(file: StateFile, read: ReadState) -> std::io::Result<StateWriter> {
         let (tx, rx) = mpsc::channel();
+        let pending = Arc::new(AtomicBool::new(false));
+        let unsaved = Arc::clone(&pending);
         let thread = std::thread::Builder::new()
             .name("state-writer".into())
-            .spawn(move || run(&file, &read, &rx))?;
+            .spawn(move || run(&file, &read, &rx, &unsaved))?;
         Ok(StateWriter {
             tx: Mutex::new(Some(tx)),
+            pending,
             thread: Mutex::new(Some(thread)),
         })
     }
 
     /// The calls changed: they are saved within [`COALESCE`].
     pub fn changed(&self) {
+        if self.pending.swap(true, Ordering::SeqCst) {
+            return;
+        }
         if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             let _ = tx.send(Message::Changed);
         }
@@ -83,7 +94,10 @@ impl StateWriter {
     }
 }
 
-fn run(file: &StateFile, read: &ReadState, rx: &mpsc::Receiver<Message>) {
+/// `pending` is cleared just before each save reads the state: a change
+/// that found it set was made before that read, so the save has it; a
+/// change after the clear sets it again and asks for the next save.
+fn run(file: &StateFile, read: &ReadState, rx: &mpsc::Receiver<Message>, pending: &AtomicBool) {
     // The save is due COALESCE after the first unsaved change, however
     // many follow: a steady stream of changes is saved every COALESCE.
     let mut due: Option<Instant> = None;
@@ -93,6 +107,7 @@ fn run(file: &StateFile, read: &ReadState, rx: &mpsc::Receiver<Message>) {
                 Ok(m) => Some(m),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    pending.store(false, Ordering::SeqCst);
                     save(file, read);
                     return;
                 }
@@ -110,12 +125,14 @@ fn run(file: &StateFile, read: &ReadState, rx: &mpsc::Receiver<Message>) {
             }
             Some(Message::Flush(ack)) => {
                 if due.take().is_some() {
+                    pending.store(false, Ordering::SeqCst);
                     save(file, read);
                 }
                 let _ = ack.send(());
             }
             None => {
                 due = None;
+                pending.store(false, Ordering::SeqCst);
                 save(file, read);
             }
         }
@@ -176,6 +193,33 @@ mod tests {
             reads.load(Ordering::SeqCst),
             2,
             "a later change, a second save"
+        );
+    }
+
+    #[test]
+    fn a_change_made_while_a_save_reads_the_state_gets_a_save_of_its_own() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = StateFile::in_dir(dir.path()).expect("state dir");
+        let reads = Arc::new(AtomicUsize::new(0));
+        let writer_slot: Arc<std::sync::OnceLock<Weak<StateWriter>>> = Arc::default();
+        let (counter, slot) = (Arc::clone(&reads), Arc::clone(&writer_slot));
+        let read: ReadState = Box::new(move || {
+            // The first save's read races a change (another request).
+            if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                if let Some(writer) = slot.get().and_then(Weak::upgrade) {
+                    writer.changed();
+                }
+            }
+            Some(SavedState::default())
+        });
+        let writer = Arc::new(StateWriter::start(file, read).expect("writer thread"));
+        writer_slot.set(Arc::downgrade(&writer)).expect("set once");
+        writer.changed();
+        std::thread::sleep(COALESCE * 6);
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            2,
+            "the racing change is saved too"
         );
     }
 
