@@ -190,14 +190,7 @@ async fn the_scrape_follows_a_call_from_offer_to_delete() {
         .await
         .expect("Answer")
         .into_inner();
-    client
-        .bridge(v1::BridgeRequest {
-            call_id: "call-1".into(),
-            leg_a: "a".into(),
-            leg_b: "b".into(),
-        })
-        .await
-        .expect("Bridge");
+    common::bridge(&mut client, "call-1").await;
 
     // Five PCMU packets caller → callee through the userspace relay.
     let leg_a = media_addr(&answer.sdp);
@@ -463,14 +456,7 @@ fn bridged_call_in(ns: &str, grpc: String) -> (SocketAddr, SocketAddr) {
                 .await
                 .expect("Answer")
                 .into_inner();
-            client
-                .bridge(v1::BridgeRequest {
-                    call_id: "call-k".into(),
-                    leg_a: "a".into(),
-                    leg_b: "b".into(),
-                })
-                .await
-                .expect("Bridge");
+            common::bridge(&mut client, "call-k").await;
             (media_addr(&answer.sdp), media_addr(&offer.sdp))
         })
     })

@@ -198,14 +198,7 @@ async fn bridged_call(
         .await
         .expect("Answer")
         .into_inner();
-    client
-        .bridge(v1::BridgeRequest {
-            call_id: call.into(),
-            leg_a: "a".into(),
-            leg_b: "b".into(),
-        })
-        .await
-        .expect("Bridge");
+    common::bridge(client, call).await;
     (media_addr(&answer.sdp), media_addr(&offer.sdp))
 }
 
@@ -793,14 +786,7 @@ async fn dtmf_is_sent_as_rfc4733_and_received_digits_reach_watchers_once() {
     let (events_peer, plain_peer) = (endpoint(), endpoint());
     let to_events = self_answered(&mut client, "d4", "a", &events_peer, "0 101").await;
     self_answered(&mut client, "d4", "b", &plain_peer, "0").await;
-    client
-        .bridge(v1::BridgeRequest {
-            call_id: "d4".into(),
-            leg_a: "a".into(),
-            leg_b: "b".into(),
-        })
-        .await
-        .expect("Bridge");
+    common::bridge(&mut client, "d4").await;
     events_peer
         .send_to(&rtp(1, 101, true, 0, &[3, 10, 0, 160]), to_events)
         .expect("send telephone-event");

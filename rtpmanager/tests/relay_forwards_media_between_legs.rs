@@ -42,14 +42,7 @@ async fn bridged_call(
     strict: bool,
 ) -> (SocketAddr, SocketAddr) {
     let addresses = answered_call(client, call, (caller, callee), strict, false).await;
-    client
-        .bridge(v1::BridgeRequest {
-            call_id: call.into(),
-            leg_a: "a".into(),
-            leg_b: "b".into(),
-        })
-        .await
-        .expect("Bridge");
+    common::bridge(client, call).await;
     addresses
 }
 
@@ -241,14 +234,7 @@ async fn strict_source_drops_strangers_and_transcoding_changes_law() {
         })
         .await
         .expect("Offer b");
-    client
-        .bridge(v1::BridgeRequest {
-            call_id: "t".into(),
-            leg_a: "a".into(),
-            leg_b: "b".into(),
-        })
-        .await
-        .expect("Bridge");
+    common::bridge(&mut client, "t").await;
     ulaw_peer
         .send_to(&rtp(9, 0, 0xFF), media_addr(&a.sdp))
         .expect("send");

@@ -27,6 +27,19 @@ pub async fn start(extra: &[&str], pairs: u16) -> (Daemon, RtpManagerClient<Chan
     (started.daemon, client)
 }
 
+/// Bridges legs a and b of `call` (the Bridge request every two-leg test
+/// sends).
+pub async fn bridge(client: &mut RtpManagerClient<Channel>, call: &str) {
+    client
+        .bridge(switchboard_proto::v1::BridgeRequest {
+            call_id: call.into(),
+            leg_a: "a".into(),
+            leg_b: "b".into(),
+        })
+        .await
+        .expect("Bridge");
+}
+
 /// A manager started by [`spawn`]: its process and gRPC address.
 pub type Started = switchboard_testkit::daemon::Manager;
 
