@@ -79,6 +79,25 @@ pub fn exit_status(program: &str, result: anyhow::Result<()>) -> ExitCode {
     ExitCode::from(Failure::of(&error) as u8)
 }
 
+/// Runs a daemon on a multi-thread tokio runtime of `workers` threads (0:
+/// one per CPU) and reports its outcome as [`exit_status`] does; a runtime
+/// that cannot be built is a failed start like any other.
+pub fn run_daemon(
+    program: &str,
+    workers: usize,
+    daemon: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        builder.worker_threads(workers);
+    }
+    let result = match builder.enable_all().build() {
+        Ok(runtime) => runtime.block_on(daemon),
+        Err(error) => Err(anyhow::Error::new(error).context("starting the tokio runtime")),
+    };
+    exit_status(program, result)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
