@@ -94,9 +94,6 @@ impl StateWriter {
     }
 }
 
-/// `pending` is cleared just before each save reads the state: a change
-/// that found it set was made before that read, so the save has it; a
-/// change after the clear sets it again and asks for the next save.
 fn run(file: &StateFile, read: &ReadState, rx: &mpsc::Receiver<Message>, pending: &AtomicBool) {
     // The save is due COALESCE after the first unsaved change, however
     // many follow: a steady stream of changes is saved every COALESCE.
@@ -107,8 +104,7 @@ fn run(file: &StateFile, read: &ReadState, rx: &mpsc::Receiver<Message>, pending
                 Ok(m) => Some(m),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    pending.store(false, Ordering::SeqCst);
-                    save(file, read);
+                    save(file, read, pending);
                     return;
                 }
             }
@@ -125,21 +121,23 @@ fn run(file: &StateFile, read: &ReadState, rx: &mpsc::Receiver<Message>, pending
             }
             Some(Message::Flush(ack)) => {
                 if due.take().is_some() {
-                    pending.store(false, Ordering::SeqCst);
-                    save(file, read);
+                    save(file, read, pending);
                 }
                 let _ = ack.send(());
             }
             None => {
                 due = None;
-                pending.store(false, Ordering::SeqCst);
-                save(file, read);
+                save(file, read, pending);
             }
         }
     }
 }
 
-fn save(file: &StateFile, read: &ReadState) {
+/// Clears `pending` just before reading the state: a change that found it
+/// set was made before that read, so this save has it; a change after the
+/// clear sets it again and asks for the next save.
+fn save(file: &StateFile, read: &ReadState, pending: &AtomicBool) {
+    pending.store(false, Ordering::SeqCst);
     let Some(state) = read() else {
         return;
     };
