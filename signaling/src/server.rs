@@ -204,18 +204,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         uas.set_call_handler(Box::new(b2bua));
         queue.set_media_link(link.clone());
         let waker = core.clone();
-        let _media = media.enter();
-        b2bua::executor::spawn(
-            pool.clone(),
-            link.clone(),
-            Arc::new(move || waker.wake()),
-            b2bua::executor::Reconcile {
-                owner,
-                grace: config.reconcile_grace(),
-                started: Instant::now(),
-            },
-        );
-        drop(_media);
+        {
+            let _media = media.enter();
+            b2bua::executor::spawn(
+                pool.clone(),
+                link.clone(),
+                Arc::new(move || waker.wake()),
+                b2bua::executor::Reconcile {
+                    owner,
+                    grace: config.reconcile_grace(),
+                    started: Instant::now(),
+                },
+            );
+        }
         let probe = link.clone();
         metrics.set_call_probe(Box::new(move || {
             let occupancy = probe.occupancy();
