@@ -180,8 +180,9 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_KEEP_ON_EXIT")]
     pub keep_on_exit: bool,
 
-    /// Directory where the manager saves its calls (`sessions.json`,
-    /// replaced atomically on every change), so a restarted manager binds
+    /// Directory where the manager saves its calls (`sessions.json`, a
+    /// snapshot, and `sessions.journal`, the calls changed since, synced
+    /// within 20 ms of a change), so a restarted manager binds
     /// their ports again, lists them and keeps their kernel entries (with a
     /// pinned fast path, media never stopped). Without it a restart forgets
     /// every call and removes their kernel entries.

@@ -701,6 +701,18 @@ impl Restartable {
     fn state_file(&self) -> std::path::PathBuf {
         self.state.path().join("sessions.json")
     }
+
+    fn journal_file(&self) -> std::path::PathBuf {
+        self.state.path().join("sessions.journal")
+    }
+
+    /// The saved calls as text: the snapshot, then the journal of the
+    /// changes since.
+    fn saved_text(&self) -> String {
+        let snapshot = std::fs::read_to_string(self.state_file()).expect("the state file exists");
+        let journal = std::fs::read_to_string(self.journal_file()).unwrap_or_default();
+        snapshot + &journal
+    }
 }
 
 fn start(bed: &Bed, fast_path: &str, args: &[String]) -> (Manager, String) {
@@ -747,9 +759,9 @@ fn call_then_kill(
         ],
         "{mode}: maps and link pinned"
     );
-    let state = std::fs::read_to_string(saved.state_file()).expect("the state file exists");
+    let state = saved.saved_text();
     assert!(
-        state.contains("\"call_id\": \"call-1\"") && state.contains(&addr(CALLER).to_string()),
+        state.contains("\"call_id\":\"call-1\"") && state.contains(&addr(CALLER).to_string()),
         "{mode}: the call and the caller's latched address are saved: {state}"
     );
 
@@ -839,7 +851,7 @@ fn killed_manager_is_readopted(tag: &str, fast_path: &str, mode: Mode) {
         "{mode}: a clean exit unpins maps and link (the program is detached)"
     );
     assert!(
-        !saved.state_file().exists(),
+        !saved.state_file().exists() && !saved.journal_file().exists(),
         "{mode}: a clean exit forgets the calls"
     );
 
@@ -881,6 +893,7 @@ fn entries_of_a_call_deleted_from_the_state_are_removed_at_start() {
     let (caller, callee, leg_a_addr, _) = call_then_kill(&bed, &saved, "xdp-generic", mode);
     std::fs::write(saved.state_file(), r#"{"version": 1, "calls": []}"#)
         .expect("rewrite the state file");
+    std::fs::remove_file(saved.journal_file()).expect("remove the journal");
     let (manager, grpc) = start(&bed, "xdp-generic", &saved.args(&[]));
     let calls = with_client(&bed.relay, grpc, |mut client| {
         Box::pin(async move { offloaded(&mut client).await })
@@ -1261,9 +1274,9 @@ fn a_continuity_rewrite_in_the_kernel_survives_a_killed_manager() {
     assert!(back, "back in the kernel after the playback");
     caller.send(leg_a_addr, (101..=110).collect());
     heard.extend(callee.receive(10));
-    let state = std::fs::read_to_string(saved.state_file()).expect("state file");
+    let state = saved.saved_text();
     assert!(
-        state.contains("\"rewrite\": {"),
+        state.contains("\"rewrite\":{"),
         "the anchored rewrite is saved: {state}"
     );
 

@@ -28,6 +28,9 @@
 //! deployed. Prints per rate the calls per second achieved,
 //! failures, the INVITE→200 percentiles and the CPU of signaling and of
 //! the manager, then the highest rate with no failed call.
+//! `--hold-ms MS` keeps each call up that long between its ACK and its
+//! BYE, so the manager holds rate × hold calls as a live one does (its
+//! saved state is then every call up, not the few in setup).
 //! With `--sse-clients N` it runs the rates twice, with the same REGISTER
 //! load (`--register-rate`, ten contacts each: ten binding events per
 //! REGISTER) beside the calls: first alone, then with N clients reading
@@ -173,6 +176,11 @@ struct SipCallsArgs {
     /// The RTP manager binary likewise.
     #[arg(long)]
     rtpmanager: Option<std::path::PathBuf>,
+    /// How long each call stays up between its 200 and its BYE, in ms: the
+    /// calls held grow to rate × hold, as on a live system, where the
+    /// manager's saved state is every call up, not the few in setup.
+    #[arg(long, default_value_t = 0)]
+    hold_ms: u32,
 }
 
 impl SipCallsArgs {
@@ -544,6 +552,14 @@ fn run_sipp(
     let dir = work.join(format!("rate-{rate}"));
     std::fs::create_dir_all(&dir)?;
     let calls = rate * seconds;
+    // Room for the calls a hold keeps up (-d ms) twice over, never fewer
+    // than 5000 in progress.
+    let held = scenario_args
+        .windows(2)
+        .find(|w| w[0] == "-d")
+        .and_then(|w| w[1].parse::<u32>().ok())
+        .map_or(0, |hold_ms| rate.saturating_mul(hold_ms) / 1000);
+    let limit = held.saturating_mul(2).max(5000).to_string();
     let sipp_port = free_port();
     let capture = wire::Capture::start(&dir, sip_port, sipp_port);
     let mut command = sipp::command(sipp, scenario, sipp_port, &dir);
@@ -555,7 +571,7 @@ fn run_sipp(
             "-m",
             &calls.to_string(),
             "-l",
-            "5000",
+            &limit,
         ])
         .args([
             "-timeout",
@@ -722,6 +738,13 @@ fn start_callee(sipp: &Path, scenarios: &Path, work: &Path, port: u16) -> anyhow
 /// per-source rate limit nor the per-source concurrent-call limit (the
 /// SIPp peers are one source: the limits would cap the bench, not measure
 /// it).
+/// The call benchmarks' manager: its calls saved in `state` as deployed
+/// (deploy/etc/rtpmanager.toml), and no admission limit: the calls carry
+/// no media, and a hold (--hold-ms) keeps thousands of them up.
+fn manager_options(state: &str) -> [&str; 4] {
+    ["--state-dir", state, "--relay-capacity-pps", "0"]
+}
+
 pub(crate) const CALL_LOAD_OPTIONS: [&str; 6] = [
     "--auth",
     "anonymous",
@@ -761,7 +784,7 @@ fn sip_calls_nodes(args: &SipCallsArgs) -> anyhow::Result<()> {
     // As deployed (deploy/etc/rtpmanager.toml): the calls saved for a restart.
     let state = work.join("manager-state");
     let state = state.to_string_lossy();
-    let (manager, grpc) = start_manager(&args.manager_binary(&root), &["--state-dir", &state])?;
+    let (manager, grpc) = start_manager(&args.manager_binary(&root), &manager_options(&state))?;
     let callee_port = free_port();
     let plan = write_dialplan(&work, &[("bench", "1XXX", callee_port)])?;
     let binary = args
@@ -808,7 +831,8 @@ fn sip_calls_nodes(args: &SipCallsArgs) -> anyhow::Result<()> {
                     let (sipp, scenario, sip_port) = (&sipp, &scenario, node.sip_port);
                     let dir = work.join(format!("node-{}", i + 1)).join("runs");
                     scope.spawn(move || {
-                        let caller = ["-s", "1001", "-key", "rtp_a", "9", "-d", "0"];
+                        let hold = args.hold_ms.to_string();
+                        let caller = ["-s", "1001", "-key", "rtp_a", "9", "-d", &hold];
                         run_sipp(sipp, scenario, &caller, &dir, sip_port, share, args.seconds)
                     })
                 })
@@ -881,7 +905,7 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
     // As deployed (deploy/etc/rtpmanager.toml): the calls saved for a restart.
     let state = work.join("manager-state");
     let state = state.to_string_lossy();
-    let (manager, grpc) = start_manager(&args.manager_binary(&root), &["--state-dir", &state])?;
+    let (manager, grpc) = start_manager(&args.manager_binary(&root), &manager_options(&state))?;
     let callee_port = free_port();
     let plan = write_dialplan(&work, &[("bench", "1XXX", callee_port)])?;
     let binary = args
@@ -921,7 +945,8 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
         let phase = work.join(if sse { "with-sse" } else { "without-sse" });
         let mut results = Vec::new();
         for &rate in &args.rates {
-            let caller = ["-s", "1001", "-key", "rtp_a", "9", "-d", "0"];
+            let hold = args.hold_ms.to_string();
+            let caller = ["-s", "1001", "-key", "rtp_a", "9", "-d", &hold];
             let scenario = scenarios.join("b2bua_uac.xml");
             let before = (signaling.daemon.cpu_time(), manager.cpu_time());
             let mut result = run_sipp(

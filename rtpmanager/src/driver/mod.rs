@@ -154,8 +154,8 @@ impl Driver {
             }),
         };
         if let Some(file) = state {
-            let read = writer::reader(&driver.inner, |inner: &Inner| {
-                lock(&inner.core).engine.saved()
+            let read = writer::reader(&driver.inner, |inner: &Inner, everything| {
+                lock(&inner.core).engine.take_save(everything)
             });
             match StateWriter::start(file, read) {
                 Ok(w) => *lock(&driver.inner.writer) = Some(w),

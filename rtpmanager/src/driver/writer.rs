@@ -4,7 +4,9 @@
 //! save. A dedicated thread waits [`COALESCE`] after the first request,
 //! so the changes of one call setup (offer, answer, bridge, the two
 //! latches) or of a burst of calls become one write and one fsync, then
-//! reads the state once and writes it. A change is therefore durable
+//! reads the calls changed since the last save and appends them to the
+//! journal ([`StateLog`]; every call, as a new snapshot, when the journal
+//! is due for compaction). A change is therefore durable
 //! within about `COALESCE` plus one write; a manager killed inside that
 //! window re-adopts the state of the previous save (its latches are
 //! learned again from the next packets, its kernel entries are those the
@@ -16,7 +18,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::session::persist::{SavedState, StateFile};
+use crate::session::persist::{Save, StateFile, StateLog};
 
 /// How long a save waits for more changes: short next to a restart, long
 /// next to the few milliseconds a call setup's requests take.
@@ -39,9 +41,10 @@ pub struct StateWriter {
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// Reads the state to save (under the engine's lock, briefly); `None` once
+/// Reads what to save (under the engine's lock, briefly): every call when
+/// passed `true`, else the calls changed since the last read; `None` once
 /// the manager is gone.
-pub type ReadState = Box<dyn Fn() -> Option<SavedState> + Send>;
+pub type ReadState = Box<dyn Fn(bool) -> Option<Save> + Send>;
 
 impl StateWriter {
     /// Starts the writer thread for `file`.
@@ -51,7 +54,7 @@ impl StateWriter {
         let unsaved = Arc::clone(&pending);
         let thread = std::thread::Builder::new()
             .name("state-writer".into())
-            .spawn(move || run(&file, &read, &rx, &unsaved))?;
+            .spawn(move || run(&mut StateLog::new(file), &read, &rx, &unsaved))?;
         Ok(StateWriter {
             tx: Mutex::new(Some(tx)),
             pending,
@@ -94,7 +97,7 @@ impl StateWriter {
     }
 }
 
-fn run(file: &StateFile, read: &ReadState, rx: &mpsc::Receiver<Message>, pending: &AtomicBool) {
+fn run(log: &mut StateLog, read: &ReadState, rx: &mpsc::Receiver<Message>, pending: &AtomicBool) {
     // The save is due COALESCE after the first unsaved change, however
     // many follow: a steady stream of changes is saved every COALESCE.
     let mut due: Option<Instant> = None;
@@ -104,7 +107,7 @@ fn run(file: &StateFile, read: &ReadState, rx: &mpsc::Receiver<Message>, pending
                 Ok(m) => Some(m),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    save(file, read, pending);
+                    save(log, read, pending);
                     return;
                 }
             }
@@ -121,13 +124,13 @@ fn run(file: &StateFile, read: &ReadState, rx: &mpsc::Receiver<Message>, pending
             }
             Some(Message::Flush(ack)) => {
                 if due.take().is_some() {
-                    save(file, read, pending);
+                    save(log, read, pending);
                 }
                 let _ = ack.send(());
             }
             None => {
                 due = None;
-                save(file, read, pending);
+                save(log, read, pending);
             }
         }
     }
@@ -136,13 +139,13 @@ fn run(file: &StateFile, read: &ReadState, rx: &mpsc::Receiver<Message>, pending
 /// Clears `pending` just before reading the state: a change that found it
 /// set was made before that read, so this save has it; a change after the
 /// clear sets it again and asks for the next save.
-fn save(file: &StateFile, read: &ReadState, pending: &AtomicBool) {
+fn save(log: &mut StateLog, read: &ReadState, pending: &AtomicBool) {
     pending.store(false, Ordering::SeqCst);
-    let Some(state) = read() else {
+    let Some(save) = read(log.wants_everything()) else {
         return;
     };
-    if let Err(e) = file.write(&state) {
-        tracing::warn!(error = %e, "session state not saved; a restart would not re-adopt the calls");
+    if let Err(e) = log.save(&save) {
+        tracing::warn!(error = %e, "session state not saved; a restart would not re-adopt the calls changed since the last save");
     }
 }
 
@@ -150,10 +153,10 @@ fn save(file: &StateFile, read: &ReadState, pending: &AtomicBool) {
 /// the manager alive.
 pub fn reader<T: Send + Sync + 'static>(
     of: &Arc<T>,
-    read: impl Fn(&T) -> SavedState + Send + 'static,
+    read: impl Fn(&T, bool) -> Save + Send + 'static,
 ) -> ReadState {
     let weak: Weak<T> = Arc::downgrade(of);
-    Box::new(move || weak.upgrade().map(|t| read(&t)))
+    Box::new(move |everything| weak.upgrade().map(|t| read(&t, everything)))
 }
 
 #[cfg(test)]
@@ -161,15 +164,16 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+    use crate::session::persist::SavedState;
 
     /// A writer whose reads are counted: one read per save.
     fn counted(dir: &std::path::Path) -> (StateWriter, Arc<AtomicUsize>, StateFile) {
         let file = StateFile::in_dir(dir).expect("state dir");
         let reads = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&reads);
-        let read: ReadState = Box::new(move || {
+        let read: ReadState = Box::new(move |_| {
             counter.fetch_add(1, Ordering::SeqCst);
-            Some(SavedState::default())
+            Some(Save::Everything(SavedState::default()))
         });
         let writer = StateWriter::start(file.clone(), read).expect("writer thread");
         (writer, reads, file)
@@ -201,14 +205,14 @@ mod tests {
         let reads = Arc::new(AtomicUsize::new(0));
         let writer_slot: Arc<std::sync::OnceLock<Weak<StateWriter>>> = Arc::default();
         let (counter, slot) = (Arc::clone(&reads), Arc::clone(&writer_slot));
-        let read: ReadState = Box::new(move || {
+        let read: ReadState = Box::new(move |_| {
             // The first save's read races a change (another request).
             if counter.fetch_add(1, Ordering::SeqCst) == 0 {
                 if let Some(writer) = slot.get().and_then(Weak::upgrade) {
                     writer.changed();
                 }
             }
-            Some(SavedState::default())
+            Some(Save::Everything(SavedState::default()))
         });
         let writer = Arc::new(StateWriter::start(file, read).expect("writer thread"));
         writer_slot.set(Arc::downgrade(&writer)).expect("set once");

@@ -59,7 +59,7 @@ pub use command::{Command, Event};
 
 use crate::offload::{Direction, Offload, OffloadCommand, OffloadLeg, StreamKind};
 use crate::relay::{LegCounters, LegRef, LegShared, Slot};
-use crate::session::persist::{NotRestored, SavedState};
+use crate::session::persist::{NotRestored, Save, SavedCall, SavedChanges, SavedState};
 use crate::session::{LegView, OfferInput, RelayCommand, SessionError, SessionTable};
 
 /// How the engine sees the fast path.
@@ -138,6 +138,12 @@ pub struct Engine {
     commands: VecDeque<Command>,
     /// A `Persist` is queued and not polled yet.
     persist_queued: bool,
+    /// Calls changed since the last save was read: the next save appends
+    /// them (or, gone from the table, their removal).
+    unsaved: HashSet<Arc<str>>,
+    /// Every call may have changed (the latches were re-read): the next
+    /// save puts them all.
+    unsaved_all: bool,
     /// The relay's workers are all measured saturated, as last reported.
     relay_saturated: bool,
 }
@@ -152,6 +158,8 @@ impl Engine {
             by_ref: HashMap::new(),
             commands: VecDeque::new(),
             persist_queued: false,
+            unsaved: HashSet::new(),
+            unsaved_all: false,
             relay_saturated: false,
         }
     }
@@ -248,7 +256,9 @@ impl Engine {
     ) -> Result<SdpOut, SessionError> {
         self.table.set_wall_clock(unix_ms);
         self.admit(&input)?;
+        let call = input.call;
         let result = self.table.offer(now, input)?;
+        self.mark_unsaved(call);
         self.apply(now, result.commands);
         Ok(SdpOut {
             sdp: result.sdp,
@@ -266,6 +276,7 @@ impl Engine {
         sdp: &str,
     ) -> Result<SdpOut, SessionError> {
         let result = self.table.answer(now, call, leg, peer, sdp)?;
+        self.mark_unsaved(call);
         self.apply(now, result.commands);
         Ok(SdpOut {
             sdp: result.sdp,
@@ -287,6 +298,7 @@ impl Engine {
         } else {
             self.table.unbridge(now, call, a, b)?
         };
+        self.mark_unsaved(call);
         self.apply(now, commands);
         Ok(())
     }
@@ -299,6 +311,7 @@ impl Engine {
         leg: &str,
     ) -> Result<(), SessionError> {
         let commands = self.table.delete(call, leg)?;
+        self.mark_unsaved(call);
         self.apply(now, commands);
         Ok(())
     }
@@ -313,6 +326,7 @@ impl Engine {
         paused: bool,
     ) -> Result<(), SessionError> {
         let commands = self.table.set_inbound_paused(call, leg, paused)?;
+        self.mark_unsaved(call);
         self.apply(now, commands);
         Ok(())
     }
@@ -336,6 +350,7 @@ impl Engine {
         locked: bool,
     ) {
         self.latch(now, leg, kind, source, locked);
+        self.unsaved.insert(Arc::clone(&leg.call_id));
         self.settle();
     }
 
@@ -364,6 +379,7 @@ impl Engine {
         rtcp: Option<SocketAddr>,
     ) {
         self.decision.handle_learning(now, leg, rtp, rtcp);
+        self.unsaved.insert(Arc::clone(&leg.call_id));
         self.settle();
     }
 
@@ -372,6 +388,7 @@ impl Engine {
     /// restart must keep the offsets).
     pub fn handle_anchored(&mut self, now: Instant, leg: &LegRef) {
         self.rewrite_changed(now, leg);
+        self.unsaved.insert(Arc::clone(&leg.call_id));
         self.settle();
     }
 
@@ -406,6 +423,7 @@ impl Engine {
             self.latch(now, &leg, StreamKind::Rtcp, source, locked);
         }
         tracing::info!(legs = legs.len(), "latches re-read after lost relay events");
+        self.unsaved_all = true;
         self.settle();
     }
 
@@ -497,11 +515,43 @@ impl Engine {
     pub fn saved(&self) -> SavedState {
         let mut saved = self.table.saved();
         for call in &mut saved.calls {
-            for leg in &mut call.legs {
-                (leg.latched_rtp, leg.latched_rtcp) = self.decision.latched_of(leg.slot);
-            }
+            self.fill_latches(call);
         }
         saved
+    }
+
+    fn fill_latches(&self, call: &mut SavedCall) {
+        for leg in &mut call.legs {
+            (leg.latched_rtp, leg.latched_rtcp) = self.decision.latched_of(leg.slot);
+        }
+    }
+
+    /// What the next save writes: every call when `everything` (a new
+    /// snapshot), else the calls changed since the last save was read.
+    /// Either way the changes so far count as saved from here.
+    pub fn take_save(&mut self, everything: bool) -> Save {
+        let unsaved = std::mem::take(&mut self.unsaved);
+        let all = std::mem::take(&mut self.unsaved_all);
+        if everything {
+            return Save::Everything(self.saved());
+        }
+        let mut changes = SavedChanges::default();
+        if all {
+            changes.calls = self.saved().calls;
+        }
+        for id in unsaved {
+            match self.table.saved_call(&id) {
+                Some(_) if all => {}
+                Some(mut call) => {
+                    self.fill_latches(&mut call);
+                    changes.calls.push(call);
+                }
+                None => changes.removed.push(id.to_string()),
+            }
+        }
+        changes.calls.sort_by(|a, b| a.call_id.cmp(&b.call_id));
+        changes.removed.sort();
+        Save::Changes(changes)
     }
 
     /// The keys of the entries the decision has in the kernel.
@@ -539,6 +589,7 @@ impl Engine {
                     local,
                     params,
                 } => {
+                    self.unsaved.insert(Arc::clone(&shared.leg.call_id));
                     self.by_ref.insert(shared.leg.clone(), slot);
                     self.legs.insert(
                         slot,
@@ -557,11 +608,13 @@ impl Engine {
                 }
                 RelayCommand::Update { slot, params } => {
                     if let Some(shared) = self.legs.get(&slot).map(|l| Arc::clone(&l.shared)) {
+                        self.unsaved.insert(Arc::clone(&shared.leg.call_id));
                         self.leg_changed(now, slot, &shared, &params);
                     }
                     relay.push(Command::UpdateLeg { slot, params });
                 }
                 RelayCommand::Remove { slot, shared } => {
+                    self.unsaved.insert(Arc::clone(&shared.leg.call_id));
                     self.decision.handle_leg_removed(now, slot);
                     if let Some(l) = self.legs.remove(&slot) {
                         self.by_ref.remove(&l.shared.leg);
@@ -645,6 +698,13 @@ impl Engine {
                 "offload changed"
             );
             self.commands.push_back(Command::Publish(Event::Offload(e)));
+        }
+    }
+
+    /// `call` changed: the next save has it.
+    fn mark_unsaved(&mut self, call: &str) {
+        if !self.unsaved.contains(call) {
+            self.unsaved.insert(Arc::from(call));
         }
     }
 

@@ -556,3 +556,123 @@ fn a_relay_measured_saturated_refuses_new_calls_below_its_committed_capacity() {
     assert!(!h.engine.relay_load().overloaded());
     h.call("c3");
 }
+
+fn saved_ids(save: &Save) -> (Vec<&str>, Vec<&str>) {
+    let Save::Changes(changes) = save else {
+        panic!("a save of changes, not everything: {save:?}");
+    };
+    (
+        changes.calls.iter().map(|c| c.call_id.as_str()).collect(),
+        changes.removed.iter().map(String::as_str).collect(),
+    )
+}
+
+#[test]
+fn a_save_carries_only_the_calls_changed_since_the_last() {
+    let mut h = Harness::new(8);
+    h.call("c1");
+    h.call("c2");
+    h.call("c3");
+    h.drain();
+    let Save::Everything(all) = h.engine.take_save(true) else {
+        panic!("everything asked for");
+    };
+    assert_eq!(all.calls.len(), 3);
+    assert_eq!(saved_ids(&h.engine.take_save(false)), (vec![], vec![]));
+
+    h.latch_both("c1");
+    h.drain();
+    let save = h.engine.take_save(false);
+    assert_eq!(saved_ids(&save), (vec!["c1"], vec![]), "a latch");
+    let Save::Changes(changes) = &save else {
+        unreachable!()
+    };
+    assert_eq!(
+        changes.calls[0].legs[0].latched_rtp,
+        Some(peer(10, 40000)),
+        "with the latch the kernel decision has"
+    );
+
+    h.engine.handle_delete(h.now, "c2", "").expect("delete");
+    h.engine
+        .handle_offer(h.now, h.unix_ms, offer_a_to_b("c3"))
+        .expect("re-offer");
+    h.drain();
+    assert_eq!(
+        saved_ids(&h.engine.take_save(false)),
+        (vec!["c3"], vec!["c2"]),
+        "a re-offer and a deletion"
+    );
+
+    h.engine.handle_resync(h.now, Vec::new());
+    h.drain();
+    assert_eq!(
+        saved_ids(&h.engine.take_save(false)),
+        (vec!["c1", "c3"], vec![]),
+        "latches re-read: every call"
+    );
+}
+
+#[test]
+fn the_saved_journal_reads_back_as_the_engine_state_after_every_change() {
+    use crate::session::persist::{StateFile, StateLog};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = StateFile::in_dir(dir.path()).expect("state dir");
+    let mut log = StateLog::new(file.clone());
+    let mut h = Harness::new(8);
+    h.call("c1");
+    h.call("c2");
+    h.drain();
+    log.save(&h.engine.take_save(true)).expect("snapshot");
+    type Step = Box<dyn Fn(&mut Harness)>;
+    let steps: Vec<(&str, Step)> = vec![
+        ("latch c1", Box::new(|h| h.latch_both("c1"))),
+        ("latch c2", Box::new(|h| h.latch_both("c2"))),
+        (
+            "c2 learns again",
+            Box::new(|h| {
+                let leg = h.leg("c2", "a");
+                h.engine.handle_learning(h.now, &leg, None, None);
+            }),
+        ),
+        (
+            "a new call",
+            Box::new(|h| {
+                h.call("c3");
+            }),
+        ),
+        (
+            "a leg of c3 deleted",
+            Box::new(|h| h.engine.handle_delete(h.now, "c3", "b").expect("delete")),
+        ),
+        (
+            "c1 deleted",
+            Box::new(|h| h.engine.handle_delete(h.now, "c1", "").expect("delete")),
+        ),
+        (
+            "c1 again, by a new offer",
+            Box::new(|h| {
+                h.call("c1");
+            }),
+        ),
+        (
+            "unbridged",
+            Box::new(|h| {
+                h.engine
+                    .handle_bridge(h.now, "c2", "a", "b", false)
+                    .expect("unbridge");
+            }),
+        ),
+    ];
+    for (step, change) in steps {
+        change(&mut h);
+        h.drain();
+        assert!(!log.wants_everything());
+        log.save(&h.engine.take_save(false)).expect("append");
+        assert_eq!(
+            file.read().expect("readable").expect("saved"),
+            h.engine.saved(),
+            "after: {step}"
+        );
+    }
+}

@@ -13,9 +13,11 @@
 //! is a function of the table and the latches), so the entries of these
 //! calls stay and only the others are removed.
 //!
-//! The file is JSON, written atomically (temporary file, fsync, rename,
-//! fsync of the directory) so a crash leaves the old or the new state,
-//! never half of one.
+//! On disk it is a snapshot of every call, written atomically (temporary
+//! file, fsync, rename, fsync of the directory), and a journal of the
+//! calls changed since, appended and synced per save ([`StateFile`]), so a
+//! crash leaves a whole state: the snapshot and the journal's complete
+//! records.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -215,56 +217,20 @@ impl SessionTable {
         let mut calls: Vec<SavedCall> = self
             .calls
             .iter()
-            .map(|(id, call)| {
-                let mut legs: Vec<SavedLeg> = call
-                    .legs
-                    .values()
-                    .map(|l| SavedLeg {
-                        leg_id: l.id.0.clone(),
-                        slot: l.slot,
-                        rtp_port: l.port.get(),
-                        strict_source: l.options.strict_source,
-                        media_timeout_ms: l
-                            .options
-                            .media_timeout
-                            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-                        allow_transcoding: l.options.allow_transcoding,
-                        label: l.options.label.clone(),
-                        received_offer: l.received_offer.as_ref().map(ToString::to_string),
-                        sent_offer: l.sent_offer.as_ref().map(ToString::to_string),
-                        negotiation: l.negotiation.as_ref().map(Into::into),
-                        peer: l.peer.as_ref().map(Into::into),
-                        bridged_to: l.bridged_to.as_ref().map(|b| b.0.clone()),
-                        latched_rtp: None,
-                        latched_rtcp: None,
-                        rewrite: match l.shared.outbound().rewrite() {
-                            Rewrite::Anchored {
-                                source,
-                                ssrc,
-                                sequence_offset,
-                                timestamp_offset,
-                            } => Some(SavedRewrite {
-                                source_ssrc: source.0,
-                                ssrc: ssrc.0,
-                                sequence_offset,
-                                timestamp_offset,
-                            }),
-                            Rewrite::Unchanged | Rewrite::Unanchored => None,
-                        },
-                    })
-                    .collect();
-                legs.sort_by(|a, b| a.leg_id.cmp(&b.leg_id));
-                SavedCall {
-                    call_id: id.0.clone(),
-                    legs,
-                }
-            })
+            .map(|(id, call)| saved_call(id, call))
             .collect();
         calls.sort_by(|a, b| a.call_id.cmp(&b.call_id));
         SavedState {
             version: VERSION,
             calls,
         }
+    }
+
+    /// One call as state to save; `None` when the table has no such call
+    /// (it was deleted).
+    pub fn saved_call(&self, call_id: &str) -> Option<SavedCall> {
+        let id = CallId(call_id.to_owned());
+        self.calls.get(&id).map(|call| saved_call(&id, call))
     }
 
     /// Takes the saved calls back at `now`: binds each leg's ports again and
@@ -372,14 +338,131 @@ impl SessionTable {
     }
 }
 
-/// The state file under a state directory.
+fn saved_call(id: &CallId, call: &Call) -> SavedCall {
+    let mut legs: Vec<SavedLeg> = call
+        .legs
+        .values()
+        .map(|l| SavedLeg {
+            leg_id: l.id.0.clone(),
+            slot: l.slot,
+            rtp_port: l.port.get(),
+            strict_source: l.options.strict_source,
+            media_timeout_ms: l
+                .options
+                .media_timeout
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            allow_transcoding: l.options.allow_transcoding,
+            label: l.options.label.clone(),
+            received_offer: l.received_offer.as_ref().map(ToString::to_string),
+            sent_offer: l.sent_offer.as_ref().map(ToString::to_string),
+            negotiation: l.negotiation.as_ref().map(Into::into),
+            peer: l.peer.as_ref().map(Into::into),
+            bridged_to: l.bridged_to.as_ref().map(|b| b.0.clone()),
+            latched_rtp: None,
+            latched_rtcp: None,
+            rewrite: match l.shared.outbound().rewrite() {
+                Rewrite::Anchored {
+                    source,
+                    ssrc,
+                    sequence_offset,
+                    timestamp_offset,
+                } => Some(SavedRewrite {
+                    source_ssrc: source.0,
+                    ssrc: ssrc.0,
+                    sequence_offset,
+                    timestamp_offset,
+                }),
+                Rewrite::Unchanged | Rewrite::Unanchored => None,
+            },
+        })
+        .collect();
+    legs.sort_by(|a, b| a.leg_id.cmp(&b.leg_id));
+    SavedCall {
+        call_id: id.0.clone(),
+        legs,
+    }
+}
+
+/// The calls changed since the last save: a save appends them to the
+/// journal.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SavedChanges {
+    /// Calls as they are now (new or changed), whole.
+    pub calls: Vec<SavedCall>,
+    /// Calls deleted.
+    pub removed: Vec<String>,
+}
+
+/// What one save writes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Save {
+    /// Every call: a new snapshot, and the journal starts over.
+    Everything(SavedState),
+    /// The calls changed since the last save, appended to the journal.
+    Changes(SavedChanges),
+}
+
+/// The snapshot file's layout.
+#[derive(Deserialize)]
+struct Snapshot<C> {
+    version: u32,
+    /// The journal that continues this snapshot has the same generation;
+    /// another journal is older than the snapshot. Files of the first
+    /// layout have none.
+    #[serde(default)]
+    generation: u64,
+    calls: C,
+}
+
+#[derive(Serialize)]
+struct SnapshotOut<'a> {
+    version: u32,
+    generation: u64,
+    calls: &'a [SavedCall],
+}
+
+/// One line of the journal.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Record {
+    /// The first line: the snapshot this journal continues.
+    Journal {
+        generation: u64,
+    },
+    Put(SavedCall),
+    Removed(String),
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum RecordOut<'a> {
+    Journal { generation: u64 },
+    Put(&'a SavedCall),
+    Removed(&'a str),
+}
+
+/// The state files under a state directory: a snapshot of every call
+/// (`sessions.json`) and a journal of the calls changed since
+/// (`sessions.journal`, one JSON record a line).
+///
+/// A save appends the changed calls to the journal and syncs it, so its
+/// cost follows the calls that changed, not the calls held (a manager
+/// holding a hundred thousand calls would otherwise rewrite them all for
+/// every call set up). Once the journal outgrows the snapshot it is
+/// compacted: a new snapshot of a new generation is written atomically,
+/// then the journal starts over with that generation. A crash between the
+/// two leaves a journal of the older generation, which is ignored: the new
+/// snapshot already has its changes. A crash inside an append leaves a
+/// torn last line, which is ignored: that save was never complete.
 #[derive(Clone, Debug)]
 pub struct StateFile {
     path: PathBuf,
+    journal: PathBuf,
 }
 
 impl StateFile {
-    /// `sessions.json` under `dir`, which is created if needed.
+    /// `sessions.json` and `sessions.journal` under `dir`, which is
+    /// created if needed.
     pub fn in_dir(dir: &Path) -> Result<StateFile, StateError> {
         std::fs::create_dir_all(dir).map_err(|source| StateError::Io {
             path: dir.to_owned(),
@@ -387,66 +470,468 @@ impl StateFile {
         })?;
         Ok(StateFile {
             path: dir.join("sessions.json"),
+            journal: dir.join("sessions.journal"),
         })
     }
 
+    /// The snapshot's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The saved state; `None` when there is no file.
+    /// The journal's path.
+    pub fn journal_path(&self) -> &Path {
+        &self.journal
+    }
+
+    /// The saved state: the snapshot with its journal replayed; `None`
+    /// when there is no snapshot.
     pub fn read(&self) -> Result<Option<SavedState>, StateError> {
-        let text = match std::fs::read(&self.path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(StateError::Io {
-                    path: self.path.clone(),
-                    source,
-                })
-            }
+        let Some(text) = read_optional(&self.path)? else {
+            return Ok(None);
         };
-        let state: SavedState =
+        let snapshot: Snapshot<Vec<SavedCall>> =
             serde_json::from_slice(&text).map_err(|source| StateError::Json {
                 path: self.path.clone(),
                 source,
             })?;
-        if state.version != VERSION {
+        if snapshot.version != VERSION {
             return Err(StateError::Version {
                 path: self.path.clone(),
-                found: state.version,
+                found: snapshot.version,
             });
         }
-        Ok(Some(state))
+        let mut calls: std::collections::BTreeMap<String, SavedCall> = snapshot
+            .calls
+            .into_iter()
+            .map(|c| (c.call_id.clone(), c))
+            .collect();
+        if let Some(journal) = read_optional(&self.journal)? {
+            self.replay(&journal, snapshot.generation, &mut calls);
+        }
+        Ok(Some(SavedState {
+            version: VERSION,
+            calls: calls.into_values().collect(),
+        }))
     }
 
-    /// Replaces the file with `state` atomically.
-    pub fn write(&self, state: &SavedState) -> Result<(), StateError> {
+    /// Applies the journal's records to `calls` when it continues the
+    /// snapshot of `generation`; stops at the first line that is not a
+    /// whole record (the torn end of a save a crash interrupted).
+    fn replay(
+        &self,
+        journal: &[u8],
+        generation: u64,
+        calls: &mut std::collections::BTreeMap<String, SavedCall>,
+    ) {
+        let mut lines = journal.split(|b| *b == b'\n');
+        match lines.next().map(serde_json::from_slice::<Record>) {
+            Some(Ok(Record::Journal { generation: g })) if g == generation => {}
+            // Older than the snapshot (a compaction's crash), or started
+            // over and cut before its first line was written.
+            _ => return,
+        }
+        for (n, line) in lines.enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<Record>(line) {
+                Ok(Record::Put(call)) => {
+                    calls.insert(call.call_id.clone(), call);
+                }
+                Ok(Record::Removed(id)) => {
+                    calls.remove(&id);
+                }
+                Ok(Record::Journal { .. }) | Err(_) => {
+                    tracing::warn!(path = %self.journal.display(), line = n + 2, "session journal ends in an incomplete record; the records before it are re-adopted");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The generation of the snapshot on disk (0 when there is none or it
+    /// cannot be read).
+    fn generation_on_disk(&self) -> u64 {
+        read_optional(&self.path)
+            .ok()
+            .flatten()
+            .and_then(|text| serde_json::from_slice::<Snapshot<serde::de::IgnoredAny>>(&text).ok())
+            .map_or(0, |s| s.generation)
+    }
+
+    /// Removes the files (a clean exit that removed its calls).
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(&self.journal);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// A journal holding more than this many times the snapshot's bytes
+/// (plus [`COMPACT_SLACK`]) is compacted: replaying it at a restart stays
+/// within a few snapshots' work.
+const COMPACT_FACTOR: u64 = 4;
+
+/// What a journal may hold beyond [`COMPACT_FACTOR`] snapshots, so a
+/// manager with few calls does not compact on every few saves.
+const COMPACT_SLACK: u64 = 1 << 20;
+
+/// The writer's side of the [`StateFile`]: the open journal and what it
+/// holds.
+#[derive(Debug)]
+pub struct StateLog {
+    file: StateFile,
+    /// `None` before the first save and after a failed one: the next save
+    /// writes everything.
+    journal: Option<std::fs::File>,
+    generation: Option<u64>,
+    journal_bytes: u64,
+    snapshot_bytes: u64,
+}
+
+impl StateLog {
+    pub fn new(file: StateFile) -> StateLog {
+        StateLog {
+            file,
+            journal: None,
+            generation: None,
+            journal_bytes: 0,
+            snapshot_bytes: 0,
+        }
+    }
+
+    pub fn file(&self) -> &StateFile {
+        &self.file
+    }
+
+    /// Whether the next save must be [`Save::Everything`]: the first one
+    /// (what is on disk is the previous run's), the one after a failure
+    /// (the journal may have lost changes), or a journal grown past its
+    /// bound.
+    pub fn wants_everything(&self) -> bool {
+        self.journal.is_none()
+            || self.journal_bytes > COMPACT_FACTOR * self.snapshot_bytes + COMPACT_SLACK
+    }
+
+    /// Writes `save` durably. After a failure the next save must be
+    /// everything ([`StateLog::wants_everything`]).
+    pub fn save(&mut self, save: &Save) -> Result<(), StateError> {
+        let result = match save {
+            Save::Everything(state) => self.compact(state),
+            Save::Changes(changes) => self.append(changes),
+        };
+        if result.is_err() {
+            self.journal = None;
+        }
+        result
+    }
+
+    /// A new snapshot of the next generation, then an empty journal of it.
+    fn compact(&mut self, state: &SavedState) -> Result<(), StateError> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| StateError::Io { path, source }
         };
-        let json = serde_json::to_vec_pretty(state).map_err(|source| StateError::Json {
-            path: self.path.clone(),
+        let generation = self
+            .generation
+            .unwrap_or_else(|| self.file.generation_on_disk())
+            .wrapping_add(1);
+        let json = serde_json::to_vec(&SnapshotOut {
+            version: VERSION,
+            generation,
+            calls: &state.calls,
+        })
+        .map_err(|source| StateError::Json {
+            path: self.file.path.clone(),
             source,
         })?;
-        let temp = self.path.with_extension("json.tmp");
+        let path = &self.file.path;
+        let temp = path.with_extension("json.tmp");
         let mut file = std::fs::File::create(&temp).map_err(io(&temp))?;
         file.write_all(&json).map_err(io(&temp))?;
         file.sync_all().map_err(io(&temp))?;
         drop(file);
-        std::fs::rename(&temp, &self.path).map_err(io(&self.path))?;
-        // The rename is durable once the directory is.
-        if let Some(dir) = self.path.parent() {
+        std::fs::rename(&temp, path).map_err(io(path))?;
+        // The rename is durable once the directory is; only then may the
+        // journal the old snapshot needs go.
+        if let Some(dir) = path.parent() {
             std::fs::File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(io(dir))?;
         }
+        self.generation = Some(generation);
+        let journal = &self.file.journal;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(journal)
+            .map_err(io(journal))?;
+        let mut header = record_line(&RecordOut::Journal { generation });
+        header.push(b'\n');
+        file.write_all(&header).map_err(io(journal))?;
+        file.sync_data().map_err(io(journal))?;
+        self.journal = Some(file);
+        self.journal_bytes = header.len() as u64;
+        self.snapshot_bytes = json.len() as u64;
         Ok(())
     }
 
-    /// Removes the file (a clean exit that removed its calls).
-    pub fn remove(&self) {
-        let _ = std::fs::remove_file(&self.path);
+    /// The changed calls, one record a line, in one write and one sync.
+    fn append(&mut self, changes: &SavedChanges) -> Result<(), StateError> {
+        let path = &self.file.journal;
+        let Some(file) = self.journal.as_mut() else {
+            return Err(StateError::Io {
+                path: path.clone(),
+                source: std::io::Error::other("the journal is not open: save everything first"),
+            });
+        };
+        let mut lines = Vec::new();
+        for call in &changes.calls {
+            lines.extend(record_line(&RecordOut::Put(call)));
+            lines.push(b'\n');
+        }
+        for id in &changes.removed {
+            lines.extend(record_line(&RecordOut::Removed(id)));
+            lines.push(b'\n');
+        }
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let io = |source| StateError::Io {
+            path: path.clone(),
+            source,
+        };
+        file.write_all(&lines).map_err(io)?;
+        file.sync_data().map_err(io)?;
+        self.journal_bytes += lines.len() as u64;
+        Ok(())
+    }
+}
+
+fn record_line(record: &RecordOut<'_>) -> Vec<u8> {
+    // Plain data: serializing it cannot fail.
+    serde_json::to_vec(record).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(id: &str, port: u16) -> SavedCall {
+        SavedCall {
+            call_id: id.to_owned(),
+            legs: vec![SavedLeg {
+                leg_id: "a".to_owned(),
+                slot: u32::from(port),
+                rtp_port: port,
+                strict_source: false,
+                media_timeout_ms: None,
+                allow_transcoding: false,
+                label: String::new(),
+                received_offer: None,
+                sent_offer: None,
+                negotiation: None,
+                peer: None,
+                bridged_to: None,
+                latched_rtp: None,
+                latched_rtcp: None,
+                rewrite: None,
+            }],
+        }
+    }
+
+    fn state(calls: Vec<SavedCall>) -> SavedState {
+        SavedState {
+            version: VERSION,
+            calls,
+        }
+    }
+
+    fn changes(calls: Vec<SavedCall>, removed: &[&str]) -> Save {
+        Save::Changes(SavedChanges {
+            calls,
+            removed: removed.iter().map(|s| (*s).to_owned()).collect(),
+        })
+    }
+
+    fn ids(state: &SavedState) -> Vec<(&str, u16)> {
+        state
+            .calls
+            .iter()
+            .map(|c| (c.call_id.as_str(), c.legs[0].rtp_port))
+            .collect()
+    }
+
+    #[test]
+    fn the_journal_replayed_over_the_snapshot_gives_the_latest_calls() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = StateFile::in_dir(dir.path()).expect("state dir");
+        let mut log = StateLog::new(file.clone());
+        assert!(log.wants_everything(), "the first save is a snapshot");
+        log.save(&Save::Everything(state(vec![
+            call("c1", 30000),
+            call("c2", 30002),
+        ])))
+        .expect("snapshot");
+        assert!(!log.wants_everything(), "then changes are appended");
+        log.save(&changes(vec![call("c3", 30004)], &["c1"]))
+            .expect("append");
+        log.save(&changes(vec![call("c2", 30006)], &[]))
+            .expect("append");
+        let read = file.read().expect("readable").expect("saved");
+        assert_eq!(ids(&read), vec![("c2", 30006), ("c3", 30004)]);
+        let snapshot = std::fs::read_to_string(file.path()).expect("snapshot");
+        assert!(
+            snapshot.contains("\"c1\"") && !snapshot.contains("\"c3\""),
+            "the snapshot is untouched by the appends: {snapshot}"
+        );
+    }
+
+    #[test]
+    fn a_torn_last_record_is_ignored_and_the_ones_before_it_kept() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = StateFile::in_dir(dir.path()).expect("state dir");
+        let mut log = StateLog::new(file.clone());
+        log.save(&Save::Everything(state(vec![call("c1", 30000)])))
+            .expect("snapshot");
+        log.save(&changes(vec![call("c2", 30002)], &[]))
+            .expect("append");
+        drop(log);
+        // A crash in the middle of the next save's write.
+        let mut journal = std::fs::OpenOptions::new()
+            .append(true)
+            .open(file.journal_path())
+            .expect("journal");
+        journal
+            .write_all(br#"{"removed":"c1"}"#)
+            .expect("a whole record");
+        journal
+            .write_all(b"\n{\"put\":{\"call_id\":\"c3\",\"le")
+            .expect("half a record");
+        let read = file.read().expect("readable").expect("saved");
+        assert_eq!(
+            ids(&read),
+            vec![("c2", 30002)],
+            "the removal before the torn line is applied, the torn put is not"
+        );
+    }
+
+    #[test]
+    fn a_journal_older_than_the_snapshot_is_not_replayed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = StateFile::in_dir(dir.path()).expect("state dir");
+        let mut log = StateLog::new(file.clone());
+        log.save(&Save::Everything(state(vec![call("c1", 30000)])))
+            .expect("snapshot");
+        log.save(&changes(vec![], &["c1"])).expect("append");
+        let old_journal = std::fs::read(file.journal_path()).expect("journal");
+        // A compaction that crashed after its snapshot, before the journal
+        // started over: the old journal's removal of c1 is in the past of
+        // a snapshot that has c1 again.
+        log.save(&changes(vec![call("c1", 30008)], &[]))
+            .expect("append");
+        log.save(&Save::Everything(state(vec![call("c1", 30008)])))
+            .expect("compaction");
+        std::fs::write(file.journal_path(), old_journal).expect("put the old journal back");
+        let read = file.read().expect("readable").expect("saved");
+        assert_eq!(ids(&read), vec![("c1", 30008)]);
+    }
+
+    #[test]
+    fn a_new_run_starts_a_generation_past_the_previous_runs() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = StateFile::in_dir(dir.path()).expect("state dir");
+        let mut first = StateLog::new(file.clone());
+        first
+            .save(&Save::Everything(state(vec![call("c1", 30000)])))
+            .expect("snapshot");
+        first.save(&changes(vec![], &["c1"])).expect("append");
+        drop(first);
+        // The next run's first snapshot is not continued by the previous
+        // run's journal, even when it crashes before its journal is reset.
+        let previous_journal = std::fs::read(file.journal_path()).expect("journal");
+        let mut second = StateLog::new(file.clone());
+        second
+            .save(&Save::Everything(state(vec![call("c1", 30010)])))
+            .expect("snapshot");
+        std::fs::write(file.journal_path(), previous_journal).expect("the old journal back");
+        let read = file.read().expect("readable").expect("saved");
+        assert_eq!(ids(&read), vec![("c1", 30010)]);
+    }
+
+    #[test]
+    fn the_journal_is_compacted_once_it_outgrows_the_snapshot() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = StateFile::in_dir(dir.path()).expect("state dir");
+        let mut log = StateLog::new(file.clone());
+        log.save(&Save::Everything(state(vec![])))
+            .expect("snapshot");
+        let size = |path: &Path| std::fs::metadata(path).expect("file").len();
+        let (snapshot, header) = (size(file.path()), size(file.journal_path()));
+        let mut appends = 0;
+        while !log.wants_everything() {
+            log.save(&changes(vec![call("c1", 30000)], &[]))
+                .expect("append");
+            appends += 1;
+            assert!(appends < 100_000, "the journal never asked for compaction");
+        }
+        let record = record_line(&RecordOut::Put(&call("c1", 30000))).len() as u64 + 1;
+        assert_eq!(
+            appends,
+            (COMPACT_FACTOR * snapshot + COMPACT_SLACK - header) / record + 1,
+            "the journal holds four snapshots and the slack, then compacts"
+        );
+        log.save(&Save::Everything(state(vec![call("c1", 30000)])))
+            .expect("compaction");
+        assert!(!log.wants_everything());
+        let journal = std::fs::metadata(file.journal_path())
+            .expect("journal")
+            .len();
+        assert!(journal < 64, "the journal started over: {journal} bytes");
+        let read = file.read().expect("readable").expect("saved");
+        assert_eq!(ids(&read), vec![("c1", 30000)]);
+    }
+
+    #[test]
+    fn a_failed_save_makes_the_next_one_a_snapshot() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = StateFile::in_dir(dir.path()).expect("state dir");
+        let mut log = StateLog::new(file.clone());
+        log.save(&Save::Everything(state(vec![call("c1", 30000)])))
+            .expect("snapshot");
+        // The snapshot's temporary file cannot be made (as root too).
+        let temp = file.path().with_extension("json.tmp");
+        std::fs::create_dir(&temp).expect("a directory in the way");
+        log.save(&Save::Everything(state(vec![call("c2", 30002)])))
+            .expect_err("the snapshot cannot be written");
+        std::fs::remove_dir(&temp).expect("out of the way");
+        assert!(log.wants_everything(), "after a failure, a whole snapshot");
+        log.save(&Save::Everything(state(vec![call("c2", 30002)])))
+            .expect("snapshot");
+        let read = file.read().expect("readable").expect("saved");
+        assert_eq!(ids(&read), vec![("c2", 30002)]);
+    }
+
+    #[test]
+    fn a_snapshot_of_the_first_layout_is_read() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = StateFile::in_dir(dir.path()).expect("state dir");
+        let old = serde_json::to_vec_pretty(&state(vec![call("c1", 30000)])).expect("json");
+        std::fs::write(file.path(), old).expect("write");
+        let read = file.read().expect("readable").expect("saved");
+        assert_eq!(ids(&read), vec![("c1", 30000)]);
+        assert_eq!(file.generation_on_disk(), 0);
     }
 }
