@@ -2,50 +2,50 @@
 //! methods of later versions answer UNIMPLEMENTED, bad configuration fails at
 //! start naming the option.
 
+use std::net::SocketAddr;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use switchboard_proto::v1;
 use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
-use switchboard_testkit::daemon::Daemon;
-use switchboard_testkit::{free_port, wait_until};
+use switchboard_testkit::daemon::{grpc_address, Daemon};
+use switchboard_testkit::wait_until;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard-rtpmanager");
 
-fn manager(command: &mut Command) -> Daemon {
-    Daemon::spawn("switchboard-rtpmanager", command)
+/// The manager with `args` on a gRPC port of the kernel's choosing, and
+/// the address it logged once it listened: a port picked before the
+/// manager starts can be another process's by then (a client that
+/// connected to that process saw its connection close under it).
+fn manager(args: &[&str]) -> (Daemon, SocketAddr) {
+    let daemon = Daemon::spawn(
+        "switchboard-rtpmanager",
+        Command::new(BIN)
+            .args(["--grpc-address", "127.0.0.1", "--grpc-port", "0"])
+            .args(["--fast-path", "off"])
+            .args(args),
+    );
+    let grpc = grpc_address(&daemon);
+    (daemon, grpc)
 }
 
-async fn connect(port: u16) -> RtpManagerClient<tonic::transport::Channel> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        match RtpManagerClient::connect(format!("http://127.0.0.1:{port}")).await {
-            Ok(client) => return client,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("manager never listened on {port}: {e}"),
-        }
-    }
+async fn connect(grpc: SocketAddr) -> RtpManagerClient<tonic::transport::Channel> {
+    RtpManagerClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap_or_else(|e| panic!("the manager listens on {grpc}: {e}"))
 }
 
 #[tokio::test]
 async fn health_and_info_report_the_configuration_and_the_drain() {
-    let port = free_port();
-    let _manager = manager(
-        Command::new(BIN)
-            .args(["--grpc-port", &port.to_string(), "--fast-path", "off"])
-            .args([
-                "--rtp-port-min",
-                "30000",
-                "--rtp-port-max",
-                "30100",
-                "--advertise",
-                "127.0.0.1",
-            ]),
-    );
-    let mut client = connect(port).await;
+    let (_manager, grpc) = manager(&[
+        "--rtp-port-min",
+        "30000",
+        "--rtp-port-max",
+        "30100",
+        "--advertise",
+        "127.0.0.1",
+    ]);
+    let mut client = connect(grpc).await;
 
     let health = client
         .health(v1::HealthRequest {})
@@ -113,18 +113,13 @@ async fn health_and_info_report_the_configuration_and_the_drain() {
 
 #[tokio::test]
 async fn each_leg_gets_the_address_and_ports_of_its_named_interface() {
-    let port = free_port();
-    let _manager = manager(
-        Command::new(BIN)
-            .args(["--grpc-port", &port.to_string(), "--fast-path", "off"])
-            .args([
-                "--interface",
-                "name=public,device=lo,bind=127.0.0.1,advertise=127.0.0.1,ports=30200-30219",
-                "--interface",
-                "name=private,device=lo,bind=127.0.0.2,advertise=127.0.0.2,ports=30220-30239",
-            ]),
-    );
-    let mut client = connect(port).await;
+    let (_manager, grpc) = manager(&[
+        "--interface",
+        "name=public,device=lo,bind=127.0.0.1,advertise=127.0.0.1,ports=30200-30219",
+        "--interface",
+        "name=private,device=lo,bind=127.0.0.2,advertise=127.0.0.2,ports=30220-30239",
+    ]);
+    let mut client = connect(grpc).await;
     let info = client
         .info(v1::InfoRequest {})
         .await
@@ -209,14 +204,10 @@ fn invalid_configuration_fails_at_start_naming_the_option() {
 
 #[test]
 fn sigterm_stops_the_manager_cleanly() {
-    let port = free_port();
-    let mut manager =
-        manager(Command::new(BIN).args(["--grpc-port", &port.to_string(), "--fast-path", "off"]));
+    let (mut manager, grpc) = manager(&[]);
     assert!(
-        wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        }),
-        "manager never listened"
+        std::net::TcpStream::connect(grpc).is_ok(),
+        "the manager listens on {grpc}"
     );
     let status = manager.terminate();
     let stderr = manager.log();
@@ -243,26 +234,17 @@ fn sigterm_stops_the_manager_cleanly() {
 /// from the manager's own socket (pidfd_getfd: the test is its parent).
 #[test]
 fn control_connections_send_without_waiting_for_acks() {
-    let port = free_port();
-    let manager = manager(
-        Command::new(BIN)
-            .args(["--grpc-port", &port.to_string(), "--fast-path", "off"])
-            .args([
-                "--rtp-port-min",
-                "31000",
-                "--rtp-port-max",
-                "31100",
-                "--advertise",
-                "127.0.0.1",
-            ]),
-    );
+    let (manager, grpc) = manager(&[
+        "--rtp-port-min",
+        "31000",
+        "--rtp-port-max",
+        "31100",
+        "--advertise",
+        "127.0.0.1",
+    ]);
+    let port = grpc.port();
     let pid = i32::try_from(manager.pid()).expect("a pid");
-    let stream = loop {
-        match std::net::TcpStream::connect(("127.0.0.1", port)) {
-            Ok(stream) => break stream,
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    };
+    let stream = std::net::TcpStream::connect(grpc).expect("the manager listens");
     let ours = stream.local_addr().expect("local address").port();
     // The manager's end of this connection: its inode in the manager's
     // TCP table (local port = the gRPC port, remote = ours), then its fd

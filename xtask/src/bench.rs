@@ -999,7 +999,14 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
     drop(signaling);
     drop(manager);
     print_table(
-        "sip-calls: INVITE(SDP)/100/180/200(SDP)/ACK/BYE/200 through signaling + rtpmanager (Offer, Answer with Bridge, Delete); INVITE→200 times; CPU % of one core: signaling+rtpmanager",
+        &format!(
+            "sip-calls: INVITE(SDP)/100/180/200(SDP)/ACK/BYE/200 through signaling + rtpmanager (Offer, Answer with Bridge, Delete); INVITE→200 times; CPU % of one core: signaling+rtpmanager{}",
+            if args.hold_ms > 0 {
+                format!("; calls held {} ms (achieved and CPU are over the run, hold included)", args.hold_ms)
+            } else {
+                String::new()
+            }
+        ),
         &results,
     );
     if let Some(with) = runs.first() {
