@@ -494,12 +494,19 @@ pub enum LayerEvent {
     },
 }
 
-/// One transaction of any of the four kinds.
+/// One transaction of any of the four kinds, as the table holds it.
+///
+/// The kinds that keep a parsed request (to retransmit it, or to match a
+/// CANCEL) are boxed: inline, every entry of the table took the size of
+/// the largest, 1.6 KB, and the table holds one per REGISTER for 32 s
+/// after its answer (Timer J) in a [`Server`] of 160 bytes. Measured at
+/// 12,000 REGISTERs a second: 1.4 GB resident, and the entries' moves on
+/// insert and growth 8 % of the core's time.
 #[derive(Debug)]
 enum Transaction {
-    ClientInvite(ClientInvite),
-    Client(Client),
-    ServerInvite(ServerInvite),
+    ClientInvite(Box<ClientInvite>),
+    Client(Box<Client>),
+    ServerInvite(Box<ServerInvite>),
     Server(Server),
 }
 
@@ -620,13 +627,18 @@ impl TransactionLayer {
         }
         let transaction = match request.method() {
             Method::Ack => return Err(TransactionError::AckIsNotATransaction),
-            Method::Invite => Transaction::ClientInvite(ClientInvite::new(
+            Method::Invite => Transaction::ClientInvite(Box::new(ClientInvite::new(
                 now,
                 request,
                 reliability,
                 self.config,
-            )?),
-            _ => Transaction::Client(Client::new(now, request, reliability, self.config)?),
+            )?)),
+            _ => Transaction::Client(Box::new(Client::new(
+                now,
+                request,
+                reliability,
+                self.config,
+            )?)),
         };
         self.transactions.insert(key.clone(), transaction);
         self.collect(&key);
@@ -662,13 +674,13 @@ impl TransactionLayer {
                 self.events.push_back(LayerEvent::StrayAck { request });
                 return Ok(key);
             }
-            Method::Invite => Transaction::ServerInvite(ServerInvite::new(
+            Method::Invite => Transaction::ServerInvite(Box::new(ServerInvite::new(
                 now,
                 request,
                 reliability,
                 self.config,
                 self.trying,
-            )?),
+            )?)),
             _ => Transaction::Server(Server::new(now, request, reliability, self.config)?),
         };
         self.transactions.insert(key.clone(), transaction);

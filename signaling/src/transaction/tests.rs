@@ -1036,3 +1036,17 @@ fn combined_via_line_uses_its_first_value() {
     assert_eq!(key.branch().as_str(), "z9hG4bKa");
     assert_eq!(key.sent_by(), Some("client.example.com:5060"));
 }
+
+/// The table holds every REGISTER's transaction for 32 s after its answer
+/// (Timer J over UDP): an entry must cost what a non-INVITE server
+/// transaction needs, not the size of the largest kind.
+#[test]
+fn a_table_entry_is_the_size_of_a_small_transaction_not_the_largest() {
+    let entry = std::mem::size_of::<(TransactionKey, Transaction)>();
+    assert!(
+        entry <= std::mem::size_of::<(TransactionKey, Server)>() + 16,
+        "an entry takes {entry} bytes; a Server transaction {}",
+        std::mem::size_of::<Server>()
+    );
+    assert!(entry <= 320, "an entry takes {entry} bytes");
+}
