@@ -658,6 +658,22 @@ impl TransactionLayer {
         reliability: Reliability,
     ) -> Result<TransactionKey, TransactionError> {
         let key = TransactionKey::server_for_request(&request)?;
+        self.handle_keyed_request(now, key, request, reliability)
+    }
+
+    /// [`TransactionLayer::handle_request`] with the request's server key
+    /// ([`TransactionKey::server_for_request`]) already computed.
+    pub fn handle_keyed_request(
+        &mut self,
+        now: Instant,
+        key: TransactionKey,
+        request: SipMessage,
+        reliability: Reliability,
+    ) -> Result<TransactionKey, TransactionError> {
+        debug_assert_eq!(
+            TransactionKey::server_for_request(&request).ok(),
+            Some(key.clone())
+        );
         if let Some(transaction) = self.transactions.get_mut(&key) {
             match transaction {
                 Transaction::ServerInvite(t) => t.handle_request(now, request),
