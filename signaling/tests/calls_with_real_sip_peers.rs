@@ -824,6 +824,8 @@ fn when_every_manager_refuses_the_caller_gets_503_with_retry_after_and_no_media_
         Some("30"),
         "{response}"
     );
+    // The log is read from stderr by a thread and may trail the 503.
+    bed.server.logged("every RTP manager refused the call");
     let log = bed.server.log();
     let all = log
         .lines()

@@ -233,12 +233,91 @@ pub enum TransactionEvent {
 ///
 /// Server keys follow §17.2.3 (branch, sent-by of the top Via, method with ACK
 /// folded into INVITE); client keys follow §17.1.3 (branch, CSeq method).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TransactionKey {
+///
+/// A shared handle, hashed once: the core looks a key up in several tables
+/// per message (the transactions, their deadlines, the routes) and hands
+/// copies to its events and transmissions. Hashing the strings anew each
+/// time was 6 % of the core's time in a REGISTER storm, and each copy two
+/// allocations; a copy is now a reference count, and every table hashes
+/// the key's 64-bit hash (itself SipHash under a random key: the parts come
+/// off the wire, so a flood of chosen branches cannot aim at one bucket).
+#[derive(Clone)]
+pub struct TransactionKey(std::sync::Arc<HashedParts>);
+
+#[derive(PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct KeyParts {
     role: Role,
     branch: Branch,
     method: Method,
     sent_by: Option<String>,
+}
+
+/// The random SipHash key of every [`TransactionKey`]'s hash.
+static KEY_HASHER: std::sync::LazyLock<std::collections::hash_map::RandomState> =
+    std::sync::LazyLock::new(std::collections::hash_map::RandomState::new);
+
+impl TransactionKey {
+    fn new(role: Role, branch: Branch, method: Method, sent_by: Option<String>) -> Self {
+        let parts = KeyParts {
+            role,
+            branch,
+            method,
+            sent_by,
+        };
+        let hash = std::hash::BuildHasher::hash_one(&*KEY_HASHER, &parts);
+        TransactionKey(std::sync::Arc::new(HashedParts { hash, parts }))
+    }
+}
+
+/// The parts and their hash.
+struct HashedParts {
+    hash: u64,
+    parts: KeyParts,
+}
+
+impl std::ops::Deref for HashedParts {
+    type Target = KeyParts;
+    fn deref(&self) -> &KeyParts {
+        &self.parts
+    }
+}
+
+impl PartialEq for TransactionKey {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+            || (self.0.hash == other.0.hash && self.0.parts == other.0.parts)
+    }
+}
+
+impl Eq for TransactionKey {}
+
+impl std::hash::Hash for TransactionKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.hash);
+    }
+}
+
+impl PartialOrd for TransactionKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for TransactionKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.parts.cmp(&other.0.parts)
+    }
+}
+
+impl std::fmt::Debug for TransactionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransactionKey")
+            .field("role", &self.0.role)
+            .field("branch", &self.0.branch)
+            .field("method", &self.0.method)
+            .field("sent_by", &self.0.sent_by)
+            .finish()
+    }
 }
 
 /// Which side of a transaction a key names.
@@ -253,22 +332,22 @@ pub enum Role {
 impl TransactionKey {
     /// The client key of a request we send (§17.1.3).
     pub fn client_for_request(request: &SipMessage) -> Result<Self, TransactionError> {
-        Ok(Self {
-            role: Role::Client,
-            branch: rfc3261_branch(request)?,
-            method: request.method().clone(),
-            sent_by: None,
-        })
+        Ok(Self::new(
+            Role::Client,
+            rfc3261_branch(request)?,
+            request.method().clone(),
+            None,
+        ))
     }
 
     /// The client key a received response matches (§17.1.3): top Via branch and CSeq method.
     pub fn client_for_response(response: &SipMessage) -> Result<Self, TransactionError> {
-        Ok(Self {
-            role: Role::Client,
-            branch: rfc3261_branch(response)?,
-            method: response.cseq().method.clone(),
-            sent_by: None,
-        })
+        Ok(Self::new(
+            Role::Client,
+            rfc3261_branch(response)?,
+            response.cseq().method.clone(),
+            None,
+        ))
     }
 
     /// The server key of a received request (§17.2.3); an ACK yields its INVITE's key.
@@ -278,44 +357,47 @@ impl TransactionKey {
             Method::Ack => Method::Invite,
             other => other.clone(),
         };
-        let mut sent_by = via.host.to_string().to_ascii_lowercase();
-        if let Some(port) = via.port {
-            sent_by.push_str(&format!(":{port}"));
+        let branch = rfc3261_branch(request)?;
+        let mut sent_by = String::with_capacity(32);
+        {
+            use std::fmt::Write;
+            let _ = write!(sent_by, "{}", via.host);
+            sent_by.make_ascii_lowercase();
+            if let Some(port) = via.port {
+                let _ = write!(sent_by, ":{port}");
+            }
         }
-        Ok(Self {
-            role: Role::Server,
-            branch: rfc3261_branch(request)?,
-            method,
-            sent_by: Some(sent_by),
-        })
+        Ok(Self::new(Role::Server, branch, method, Some(sent_by)))
     }
 
     /// The same key with another method: how a CANCEL finds its INVITE (§9.2).
     pub fn with_method(&self, method: Method) -> Self {
-        Self {
+        Self::new(
+            self.0.role,
+            self.0.branch.clone(),
             method,
-            ..self.clone()
-        }
+            self.0.sent_by.clone(),
+        )
     }
 
     /// Client or server.
     pub fn role(&self) -> Role {
-        self.role
+        self.0.role
     }
 
     /// The branch parameter of the top Via.
     pub fn branch(&self) -> &Branch {
-        &self.branch
+        &self.0.branch
     }
 
     /// The method (CSeq method for clients, request method with ACK as INVITE for servers).
     pub fn method(&self) -> &Method {
-        &self.method
+        &self.0.method
     }
 
     /// The sent-by of the top Via (server keys only).
     pub fn sent_by(&self) -> Option<&str> {
-        self.sent_by.as_deref()
+        self.0.sent_by.as_deref()
     }
 }
 

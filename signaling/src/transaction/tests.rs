@@ -789,6 +789,17 @@ fn keys_follow_17_1_3_and_17_2_3() {
     let cancel_key = TransactionKey::server_for_request(&cancel).expect("key");
     assert_ne!(cancel_key, server);
     assert_eq!(cancel_key.with_method(Method::Invite), server);
+    let keys: std::collections::HashSet<TransactionKey> = [server.clone()].into();
+    assert!(
+        keys.contains(&TransactionKey::server_for_request(&ack).expect("key")),
+        "a key made apart from an equal one hashes alike"
+    );
+    assert!(!keys.contains(&cancel_key));
+    let upper = request("INVITE", "k", 1, "Client.Example.COM:5060");
+    assert!(
+        keys.contains(&TransactionKey::server_for_request(&upper).expect("key")),
+        "sent-by compares without case"
+    );
     let other_host = request("INVITE", "k", 1, "attacker.example.com:5060");
     assert_ne!(
         TransactionKey::server_for_request(&other_host).expect("key"),
