@@ -11,11 +11,13 @@
 //! into the noise. Kamailio's transaction table (fixed buckets, never
 //! rehashed) avoids the same pause another way.
 //!
-//! Each key is hashed once, with SipHash under a random key (the keys come
-//! off the wire: a flood of chosen branches must not pile into one shard
-//! or one probe chain): bits of the middle pick the shard, and the
-//! shard's [`HashTable`] probes with the same hash. A `HashMap` per shard
-//! hashed every key twice, 9 % of the core's time in a REGISTER storm.
+//! Each look-up hashes the key once, with SipHash under a random key (the
+//! keys come off the wire: a flood of chosen branches must not pile into
+//! one shard or one probe chain): bits of the middle pick the shard, and
+//! the shard's [`HashTable`] probes with the same hash. A `HashMap` per
+//! shard hashed every key twice, 9 % of the core's time in a REGISTER
+//! storm. (A [`TransactionKey`](super::TransactionKey) feeds the hasher
+//! its own hash, computed once when it is made, so this is 8 bytes.)
 //!
 //! Which bits matter: hashbrown places an entry by the low bits and tags
 //! it with the top seven, and a probe compares keys only where the tag
