@@ -475,9 +475,18 @@ struct Refusal {
 /// all (the guesser learns nothing, a real client retransmits).
 const MAX_DELAYED: usize = 1024;
 
-/// The request being processed, with what the layer does not keep.
+/// The request being processed.
 struct Current {
     message: SipMessage,
+    /// How and when it came.
+    arrival: Arrival,
+}
+
+/// How and when a request came: a [`Current`] without its message while
+/// the message is in the transaction layer. The message comes back with
+/// the layer's event (`Request`, `Ack` or `StrayAck`), not as a copy
+/// (cloning every request to keep one was 5 % of the core's time).
+struct Arrival {
     flow: Flow,
     destination: Destination,
     /// The Request-URI as written, which digest `uri` must equal.
@@ -490,56 +499,11 @@ struct Current {
     received: Instant,
 }
 
-/// A [`Current`] whose message is in the transaction layer: it comes back
-/// with the layer's event (`Request`, `Ack` or `StrayAck`), not as a copy
-/// (cloning every request to keep one was 5 % of the core's time).
-struct Arrival {
-    flow: Flow,
-    destination: Destination,
-    request_uri: String,
-    identity: Option<Authenticated>,
-    received: Instant,
-}
-
-impl Current {
-    fn split(self) -> (SipMessage, Arrival) {
-        let Current {
-            message,
-            flow,
-            destination,
-            request_uri,
-            identity,
-            received,
-        } = self;
-        (
-            message,
-            Arrival {
-                flow,
-                destination,
-                request_uri,
-                identity,
-                received,
-            },
-        )
-    }
-}
-
 impl Arrival {
     fn with(self, message: SipMessage) -> Current {
-        let Arrival {
-            flow,
-            destination,
-            request_uri,
-            identity,
-            received,
-        } = self;
         Current {
             message,
-            flow,
-            destination,
-            request_uri,
-            identity,
-            received,
+            arrival: self,
         }
     }
 }
@@ -1001,11 +965,13 @@ impl Uas {
         }
         let mut current = Current {
             message,
-            flow,
-            destination,
-            request_uri,
-            identity: None,
-            received,
+            arrival: Arrival {
+                flow,
+                destination,
+                request_uri,
+                identity: None,
+                received,
+            },
         };
         let key = match TransactionKey::server_for_request(&current.message) {
             Ok(key) => key,
@@ -1028,7 +994,7 @@ impl Uas {
             // the ACK of a 407 matches it; it arrives as a stray ACK
             // and is dropped.
             match self.authenticate(now, &current) {
-                Ok(identity) => current.identity = Some(identity),
+                Ok(identity) => current.arrival.identity = Some(identity),
                 Err(refusal) => {
                     self.refuse(now, None, &current, refusal);
                     return;
@@ -1040,7 +1006,7 @@ impl Uas {
         } else {
             Reliability::Unreliable
         };
-        let (message, arrival) = current.split();
+        let Current { message, arrival } = current;
         // With a key, the layer takes every request (a new transaction, a
         // retransmission, an ACK) and refuses none of these methods.
         let key = match self.wire.transactions.handle_keyed_request(
@@ -1173,7 +1139,7 @@ impl Uas {
             CallEvent::Ack {
                 key,
                 request: current.message,
-                flow: current.flow,
+                flow: current.arrival.flow,
             },
         );
     }
@@ -1193,7 +1159,7 @@ impl Uas {
                 if let Some(key) = &key {
                     self.wire
                         .timed
-                        .insert(key.clone(), (Timed::Register, current.received));
+                        .insert(key.clone(), (Timed::Register, current.arrival.received));
                 }
                 self.register(now, key, current);
             }
@@ -1241,7 +1207,7 @@ impl Uas {
         let method = current.message.method().clone();
         let identity = if !needs_authentication(&method) {
             Authenticated::NotRequired
-        } else if let Some(identity) = current.identity.clone() {
+        } else if let Some(identity) = current.arrival.identity.clone() {
             identity
         } else {
             match self.authenticate(now, &current) {
@@ -1256,7 +1222,7 @@ impl Uas {
             if let Some(key) = &key {
                 self.wire
                     .timed
-                    .insert(key.clone(), (Timed::Invite, current.received));
+                    .insert(key.clone(), (Timed::Invite, current.arrival.received));
                 self.wire.observe(Observation::CallStarted);
             }
         }
@@ -1282,7 +1248,7 @@ impl Uas {
                     CallEvent::Request {
                         key: key.clone(),
                         request: current.message,
-                        flow: current.flow,
+                        flow: current.arrival.flow,
                         identity,
                         cancels,
                     },
@@ -1326,11 +1292,15 @@ impl Uas {
             })
             .or(values.first())
             .copied();
-        let source = current.flow.remote().ip();
+        let source = current.arrival.flow.remote().ip();
         let lockouts = self.auth.lockouts();
-        let verified = self
-            .auth
-            .verify(now.wall, method, &current.request_uri, value, source);
+        let verified = self.auth.verify(
+            now.wall,
+            method,
+            &current.arrival.request_uri,
+            value,
+            source,
+        );
         if self.auth.lockouts() > lockouts {
             self.wire.observe(Observation::LockedOut);
         }
@@ -1415,10 +1385,13 @@ impl Uas {
         current: &Current,
         reply: Reply<'_>,
     ) {
-        if let Err(error) =
-            self.wire
-                .respond(now, key, &current.message, Some(current.destination), reply)
-        {
+        if let Err(error) = self.wire.respond(
+            now,
+            key,
+            &current.message,
+            Some(current.arrival.destination),
+            reply,
+        ) {
             tracing::warn!(%error, "response not sent");
         }
     }

@@ -189,7 +189,7 @@ impl Uas {
     }
 
     pub(super) fn register(&mut self, now: Now, key: Option<TransactionKey>, current: Current) {
-        let verified = match current.identity.clone() {
+        let verified = match current.arrival.identity.clone() {
             Some(identity) => Ok(identity),
             None => self.authenticate(now, &current),
         };
@@ -222,7 +222,9 @@ impl Uas {
                 // This node holds the phone's flow: other nodes reach the
                 // phone through it (stored, not echoed in the 200).
                 if let Some(edge) = &self.edge {
-                    request.path.insert(0, edge.path_entry(&current.flow));
+                    request
+                        .path
+                        .insert(0, edge.path_entry(&current.arrival.flow));
                 }
                 request
             }
@@ -235,7 +237,7 @@ impl Uas {
         let (status, reason, headers) = match decision {
             Decision::Ok(mut registered) => {
                 tracing::debug!(aor = %registered.aor.as_str(), contacts = registered.contacts.len(), "registered");
-                if let Flow::Stream { connection, .. } = current.flow {
+                if let Flow::Stream { connection, .. } = current.arrival.flow {
                     // Reached only through this connection: open as long
                     // as the bindings last (and a little more, for the
                     // phone's refresh to arrive before the idle timer).
@@ -609,7 +611,7 @@ fn register_request(current: &Current) -> Result<RegisterRequest, &'static str> 
         cseq: message.cseq().seq,
         path: message.header_list("Path"),
         source: Source {
-            transport: match current.flow {
+            transport: match current.arrival.flow {
                 Flow::Udp { .. } => Transport::Udp,
                 Flow::Stream { kind, .. } => match kind {
                     crate::transport::Stream::Tcp => Transport::Tcp,
@@ -618,7 +620,7 @@ fn register_request(current: &Current) -> Result<RegisterRequest, &'static str> 
                     crate::transport::Stream::Wss => Transport::Wss,
                 },
             },
-            addr: current.flow.remote(),
+            addr: current.arrival.flow.remote(),
         },
         user_agent: message.header("User-Agent").map(str::to_owned),
     })
