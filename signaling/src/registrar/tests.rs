@@ -605,6 +605,77 @@ fn compaction_writes_a_snapshot_and_starts_a_new_journal() {
     assert!(!dir.path().join("snapshot.json.tmp").exists());
 }
 
+/// The journal a compaction switches to is made ahead (at open, then by
+/// each compaction's thread for the next), so the switch on the core's
+/// thread does no fsync; an empty later journal left by a crash is
+/// replayed like any other and taken up for appends.
+#[test]
+fn the_next_journal_is_made_ahead_of_its_switch_and_a_restart_takes_it_up() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let journal = |g: u64| dir.path().join(format!("journal.{g}.jsonl"));
+    let (mut store, _) = Store::open(dir.path()).expect("store opens");
+    assert_eq!(
+        std::fs::metadata(journal(1)).map(|m| m.len()).ok(),
+        Some(0),
+        "the first switch's journal is ready at open"
+    );
+    let mut registrar = Registrar::new(config());
+    persist_all(
+        &mut store,
+        registrar.handle_register(
+            t(1),
+            &register(vec![contact("sip:a@192.0.2.1", Some(600))], None, "c", 1),
+        ),
+    );
+    store
+        .compact(registrar.records())
+        .expect("the journal switches");
+    store.wait_compaction().expect("the snapshot is written");
+    assert_eq!(
+        std::fs::metadata(journal(2)).map(|m| m.len()).ok(),
+        Some(0),
+        "the compaction's thread made the next switch's journal"
+    );
+    persist_all(
+        &mut store,
+        registrar.handle_register(
+            t(2),
+            &RegisterRequest {
+                aor: "bob".to_string(),
+                ..register(vec![contact("sip:b@192.0.2.2", Some(600))], None, "d", 1)
+            },
+        ),
+    );
+    drop(store);
+    let (mut store, records) = Store::open(dir.path()).expect("store reopens");
+    let mut registrar = Registrar::from_records(config(), records, t(3));
+    assert_eq!(registrar.lookup(t(3), "bob")[0].contact, "sip:b@192.0.2.2");
+    // Appends now go to the made-ahead journal 2, and survive a restart.
+    persist_all(
+        &mut store,
+        registrar.handle_register(
+            t(4),
+            &RegisterRequest {
+                aor: "carol".to_string(),
+                ..register(vec![contact("sip:c@192.0.2.3", Some(600))], None, "e", 1)
+            },
+        ),
+    );
+    assert!(std::fs::metadata(journal(2)).expect("journal 2").len() > 0);
+    drop(store);
+    let (_, records) = Store::open(dir.path()).expect("store reopens");
+    let registrar = Registrar::from_records(config(), records, t(5));
+    assert_eq!(
+        registrar.lookup(t(5), "alice")[0].contact,
+        "sip:a@192.0.2.1"
+    );
+    assert_eq!(registrar.lookup(t(5), "bob")[0].contact, "sip:b@192.0.2.2");
+    assert_eq!(
+        registrar.lookup(t(5), "carol")[0].contact,
+        "sip:c@192.0.2.3"
+    );
+}
+
 /// A crash after the journal switched and before the snapshot was
 /// renamed: the old snapshot, its journal and the new journal together
 /// hold every binding; the next compaction goes on from there.
