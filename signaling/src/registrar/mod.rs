@@ -53,6 +53,7 @@ impl SyncJob {
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -425,8 +426,12 @@ pub struct RegisteredContact {
 pub struct Record {
     /// The address-of-record.
     pub aor: Aor,
-    /// All its bindings; empty means it has none.
-    pub bindings: Vec<Binding>,
+    /// All its bindings; empty means it has none. Shared with the
+    /// registrar, which never changes a set in place while it is shared:
+    /// a compaction's snapshot of every address-of-record is a reference
+    /// count each, not a copy of every binding on the core's thread (20 ms
+    /// with 10,000 users, a stall of every REGISTER behind it).
+    pub bindings: Arc<Vec<Binding>>,
 }
 
 /// A change the driver must make durable before it sends the 200.
@@ -448,7 +453,7 @@ impl Persist {
     /// added, changed ones refreshed, missing ones removed.
     pub fn changes(&self) -> Vec<(Change, &Binding)> {
         let mut changes = Vec::new();
-        for binding in &self.record.bindings {
+        for binding in self.record.bindings.iter() {
             match self.previous.iter().find(|b| b.key() == binding.key()) {
                 None => changes.push((Change::Added, binding)),
                 Some(before) if before != binding => changes.push((Change::Refreshed, binding)),
@@ -557,7 +562,7 @@ impl From<Rejection> for Decision {
 #[derive(Debug)]
 pub struct Registrar {
     config: RegistrarConfig,
-    bindings: BTreeMap<Aor, Vec<Binding>>,
+    bindings: BTreeMap<Aor, Arc<Vec<Binding>>>,
     /// Every binding's expiry, so that purging does not scan all bindings.
     expiries: BTreeSet<(SystemTime, Aor, BindingKey)>,
 }
@@ -594,7 +599,7 @@ impl Registrar {
             .iter()
             .map(|(aor, bindings)| Record {
                 aor: aor.clone(),
-                bindings: bindings.clone(),
+                bindings: Arc::clone(bindings),
             })
             .collect()
     }
@@ -630,10 +635,11 @@ impl Registrar {
                 Err(rejection) => return rejection.into(),
             }
         };
-        let persist = (new != current).then(|| Persist {
+        let new = Arc::new(new);
+        let persist = (*new != current).then(|| Persist {
             record: Record {
                 aor: aor.clone(),
-                bindings: new.clone(),
+                bindings: Arc::clone(&new),
             },
             previous: current,
         });
@@ -648,7 +654,7 @@ impl Registrar {
 
     /// Undoes a change whose journal append failed.
     pub fn revert(&mut self, persist: Persist) {
-        self.replace(persist.record.aor, persist.previous);
+        self.replace(persist.record.aor, Arc::new(persist.previous));
     }
 
     /// `Contact: *` (§10.3 step 6): valid only alone and with `Expires: 0`;
@@ -832,11 +838,11 @@ impl Registrar {
         if current.is_empty() {
             return None;
         }
-        self.replace(aor.clone(), Vec::new());
+        self.replace(aor.clone(), Arc::default());
         Some(Persist {
             record: Record {
                 aor: aor.clone(),
-                bindings: Vec::new(),
+                bindings: Arc::default(),
             },
             previous: current,
         })
@@ -856,7 +862,8 @@ impl Registrar {
             self.expiries.remove(&(at, aor.clone(), key.clone()));
             if let Some(bindings) = self.bindings.get_mut(&aor) {
                 if let Some(index) = bindings.iter().position(|b| b.key() == key) {
-                    purged.push((aor.clone(), bindings.remove(index)));
+                    // A copy only while a snapshot still shares the set.
+                    purged.push((aor.clone(), Arc::make_mut(bindings).remove(index)));
                 }
                 if bindings.is_empty() {
                     self.bindings.remove(&aor);
@@ -870,11 +877,18 @@ impl Registrar {
     /// node changed it): its unexpired bindings replace this registrar's.
     /// Nothing to persist: the store already has it.
     pub fn adopt(&mut self, now: SystemTime, record: Record) {
-        let bindings = record
-            .bindings
-            .into_iter()
-            .filter(|b| b.expires_at > now)
-            .collect();
+        let bindings = if record.bindings.iter().all(|b| b.expires_at > now) {
+            record.bindings
+        } else {
+            Arc::new(
+                record
+                    .bindings
+                    .iter()
+                    .filter(|b| b.expires_at > now)
+                    .cloned()
+                    .collect(),
+            )
+        };
         self.replace(record.aor, bindings);
     }
 
@@ -908,9 +922,9 @@ impl Registrar {
         self.bindings.is_empty()
     }
 
-    fn replace(&mut self, aor: Aor, new: Vec<Binding>) {
+    fn replace(&mut self, aor: Aor, new: Arc<Vec<Binding>>) {
         if let Some(old) = self.bindings.remove(&aor) {
-            for binding in old {
+            for binding in old.iter() {
                 self.expiries
                     .remove(&(binding.expires_at, aor.clone(), binding.key()));
             }
@@ -918,7 +932,7 @@ impl Registrar {
         if new.is_empty() {
             return;
         }
-        for binding in &new {
+        for binding in new.iter() {
             self.expiries
                 .insert((binding.expires_at, aor.clone(), binding.key()));
         }

@@ -193,7 +193,10 @@ pub fn record_of(aor: Aor, fields: &[(String, String)], now: SystemTime) -> (Ver
     bindings.sort_by_key(|b| (b.registered_at.unwrap_or(b.updated_at), b.contact.clone()));
     (
         Versioned {
-            record: Record { aor, bindings },
+            record: Record {
+                aor,
+                bindings: Arc::new(bindings),
+            },
             version,
         },
         skipped,
@@ -588,7 +591,10 @@ impl crate::uas::BindingStore for RedisStore {
                 for ((aor, _), values) in job.pending.into_iter().zip(results) {
                     if let Some((version, bindings)) = returned_bindings(&values, now) {
                         self.committed.push(Versioned {
-                            record: Record { aor, bindings },
+                            record: Record {
+                                aor,
+                                bindings: Arc::new(bindings),
+                            },
                             version,
                         });
                     }

@@ -73,6 +73,7 @@ pub use register::{rfc3339, RegistrationError, RegistrationView};
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::auth::{Authenticated, Authenticator};
@@ -680,7 +681,7 @@ impl Uas {
                         *held = version;
                         adopted.retain(|r| r.aor != aor);
                         adopted.push(Record {
-                            bindings: self.registrar.bindings_of(now.wall, &aor),
+                            bindings: Arc::new(self.registrar.bindings_of(now.wall, &aor)),
                             aor,
                         });
                     }

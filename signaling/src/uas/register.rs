@@ -110,9 +110,9 @@ impl Uas {
                 let aor = record.aor;
                 record
                     .bindings
-                    .into_iter()
+                    .iter()
                     .filter(|b| b.expires_at > now.wall)
-                    .map(move |b| RegistrationView::of(&aor, b, now.wall))
+                    .map(move |b| RegistrationView::of(&aor, b.clone(), now.wall))
                     .collect::<Vec<_>>()
             })
             .collect()

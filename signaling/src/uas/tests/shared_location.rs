@@ -67,7 +67,7 @@ impl BindingStore for SharedDouble {
         for mut record in pending {
             state.version += 1;
             let version = state.version;
-            record.bindings.extend(state.others.iter().cloned());
+            std::sync::Arc::make_mut(&mut record.bindings).extend(state.others.iter().cloned());
             state.committed.push_back(Versioned { record, version });
         }
         Some(SyncJob::Ready(Ok(())))
@@ -114,7 +114,7 @@ fn shared_core(store: &SharedDouble, now: Now) -> Uas {
 fn record(user: &str, contact: &str, now: Now) -> Record {
     Record {
         aor: Aor::parse(&format!("{user}@example.com"), None).expect("aor"),
-        bindings: vec![Binding {
+        bindings: std::sync::Arc::new(vec![Binding {
             contact: contact.to_owned(),
             q: None,
             expires_at: now.wall + Duration::from_secs(600),
@@ -131,14 +131,14 @@ fn record(user: &str, contact: &str, now: Now) -> Record {
             user_agent: None,
             registered_at: Some(now.wall),
             node: Some("node-2".to_owned()),
-        }],
+        }]),
     }
 }
 
 fn empty(user: &str) -> Record {
     Record {
         aor: Aor::parse(&format!("{user}@example.com"), None).expect("aor"),
-        bindings: Vec::new(),
+        bindings: std::sync::Arc::default(),
     }
 }
 
@@ -297,9 +297,7 @@ fn the_200_lists_what_the_store_holds_after_the_commit_other_nodes_contacts_incl
     let mut uas = shared_core(&store, now);
     // Alice's desk phone registered through node 2 an instant ago; this
     // node has not heard of it yet, the store has.
-    let desk = record("alice", "sip:alice@192.0.2.40", now)
-        .bindings
-        .remove(0);
+    let desk = record("alice", "sip:alice@192.0.2.40", now).bindings[0].clone();
     store.also_holds(desk);
     uas.handle_inbound(now, register("a", "c1", 1, "sip:alice@192.0.2.10:5062"));
     commit(&mut uas, now);
