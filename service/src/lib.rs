@@ -40,6 +40,16 @@ pub fn init_logging(level: &str) {
         .init();
 }
 
+/// [`init_logging`] at `level`, then a warning for each `SWITCHBOARD_*`
+/// variable the daemon's configuration `C` does not read (`legacy`: the
+/// renamed ones and their new names), as every daemon starts.
+pub fn start_logging<C: clap::CommandFactory>(level: &str, legacy: &[(&str, &str)]) {
+    init_logging(level);
+    for unread in unread_variables::<C>(legacy) {
+        tracing::warn!("{unread}");
+    }
+}
+
 /// SIGINT and SIGTERM, watched from the moment this is made (inside the
 /// tokio runtime). Make it before the daemon listens: a stop signal that
 /// comes as soon as it accepts connections (from a supervisor, a test, an

@@ -9,12 +9,10 @@ fn main() -> std::process::ExitCode {
     let config = Config::load().unwrap_or_else(|e| e.exit());
     let workers = usize::from(config.worker_threads);
     switchboard_service::failure::run_daemon("switchboard-signaling", workers, async move {
-        switchboard_service::init_logging(&config.log_level);
-        for unread in switchboard_service::unread_variables::<Config>(
+        switchboard_service::start_logging::<Config>(
+            &config.log_level,
             switchboard_signaling::config::LEGACY_ENVIRONMENT,
-        ) {
-            tracing::warn!("{unread}");
-        }
+        );
         switchboard_signaling::server::run(config).await
     })
 }

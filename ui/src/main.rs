@@ -11,12 +11,10 @@ use switchboard_ui::web::{app, UiState};
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::load().unwrap_or_else(|e| e.exit());
-    switchboard_service::init_logging(&config.log_level);
-    for unread in
-        switchboard_service::unread_variables::<Config>(switchboard_ui::config::LEGACY_ENVIRONMENT)
-    {
-        tracing::warn!("{unread}");
-    }
+    switchboard_service::start_logging::<Config>(
+        &config.log_level,
+        switchboard_ui::config::LEGACY_ENVIRONMENT,
+    );
     switchboard_service::failure::exit_status("switchboard-ui", run(config).await)
 }
 
