@@ -537,19 +537,31 @@ impl Engine {
         }
         let mut changes = SavedChanges::default();
         if all {
+            // Every call is put (sorted by id); the changed ones not among
+            // them were deleted.
             changes.calls = self.saved().calls;
-        }
-        for id in unsaved {
-            match self.table.saved_call(&id) {
-                Some(_) if all => {}
-                Some(mut call) => {
-                    self.fill_latches(&mut call);
-                    changes.calls.push(call);
+            changes.removed = unsaved
+                .iter()
+                .filter(|id| {
+                    changes
+                        .calls
+                        .binary_search_by(|c| c.call_id.as_str().cmp(id))
+                        .is_err()
+                })
+                .map(|id| id.to_string())
+                .collect();
+        } else {
+            for id in unsaved {
+                match self.table.saved_call(&id) {
+                    Some(mut call) => {
+                        self.fill_latches(&mut call);
+                        changes.calls.push(call);
+                    }
+                    None => changes.removed.push(id.to_string()),
                 }
-                None => changes.removed.push(id.to_string()),
             }
+            changes.calls.sort_by(|a, b| a.call_id.cmp(&b.call_id));
         }
-        changes.calls.sort_by(|a, b| a.call_id.cmp(&b.call_id));
         changes.removed.sort();
         Save::Changes(changes)
     }
