@@ -19,6 +19,7 @@
 //! crash leaves a whole state: the snapshot and the journal's complete
 //! records.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -402,8 +403,9 @@ pub enum Save {
     Changes(SavedChanges),
 }
 
-/// The snapshot file's layout.
-#[derive(Deserialize)]
+/// The snapshot file's layout: written with the calls borrowed, read with
+/// them owned (or skipped, for the generation alone).
+#[derive(Serialize, Deserialize)]
 struct Snapshot<C> {
     version: u32,
     /// The journal that continues this snapshot has the same generation;
@@ -414,31 +416,16 @@ struct Snapshot<C> {
     calls: C,
 }
 
-#[derive(Serialize)]
-struct SnapshotOut<'a> {
-    version: u32,
-    generation: u64,
-    calls: &'a [SavedCall],
-}
-
-/// One line of the journal.
-#[derive(Deserialize)]
+/// One line of the journal: written with its call borrowed, read owned.
+#[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum Record {
+enum Record<'a> {
     /// The first line: the snapshot this journal continues.
     Journal {
         generation: u64,
     },
-    Put(SavedCall),
-    Removed(String),
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "snake_case")]
-enum RecordOut<'a> {
-    Journal { generation: u64 },
-    Put(&'a SavedCall),
-    Removed(&'a str),
+    Put(Cow<'a, SavedCall>),
+    Removed(Cow<'a, str>),
 }
 
 /// The state files under a state directory: a snapshot of every call
@@ -537,10 +524,11 @@ impl StateFile {
             }
             match serde_json::from_slice::<Record>(line) {
                 Ok(Record::Put(call)) => {
+                    let call = call.into_owned();
                     calls.insert(call.call_id.clone(), call);
                 }
                 Ok(Record::Removed(id)) => {
-                    calls.remove(&id);
+                    calls.remove(id.as_ref());
                 }
                 Ok(Record::Journal { .. }) | Err(_) => {
                     tracing::warn!(path = %self.journal.display(), line = n + 2, "session journal ends in an incomplete record; the records before it are re-adopted");
@@ -647,7 +635,7 @@ impl StateLog {
             .generation
             .unwrap_or_else(|| self.file.generation_on_disk())
             .wrapping_add(1);
-        let json = serde_json::to_vec(&SnapshotOut {
+        let json = serde_json::to_vec(&Snapshot {
             version: VERSION,
             generation,
             calls: &state.calls,
@@ -678,7 +666,7 @@ impl StateLog {
             .truncate(true)
             .open(journal)
             .map_err(io(journal))?;
-        let mut header = record_line(&RecordOut::Journal { generation });
+        let mut header = record_line(&Record::Journal { generation });
         header.push(b'\n');
         file.write_all(&header).map_err(io(journal))?;
         file.sync_data().map_err(io(journal))?;
@@ -699,11 +687,11 @@ impl StateLog {
         };
         let mut lines = Vec::new();
         for call in &changes.calls {
-            lines.extend(record_line(&RecordOut::Put(call)));
+            lines.extend(record_line(&Record::Put(Cow::Borrowed(call))));
             lines.push(b'\n');
         }
         for id in &changes.removed {
-            lines.extend(record_line(&RecordOut::Removed(id)));
+            lines.extend(record_line(&Record::Removed(Cow::Borrowed(id))));
             lines.push(b'\n');
         }
         if lines.is_empty() {
@@ -720,7 +708,7 @@ impl StateLog {
     }
 }
 
-fn record_line(record: &RecordOut<'_>) -> Vec<u8> {
+fn record_line(record: &Record<'_>) -> Vec<u8> {
     // Plain data: serializing it cannot fail.
     serde_json::to_vec(record).unwrap_or_default()
 }
@@ -887,7 +875,7 @@ mod tests {
             appends += 1;
             assert!(appends < 100_000, "the journal never asked for compaction");
         }
-        let record = record_line(&RecordOut::Put(&call("c1", 30000))).len() as u64 + 1;
+        let record = record_line(&Record::Put(Cow::Owned(call("c1", 30000)))).len() as u64 + 1;
         assert_eq!(
             appends,
             (COMPACT_FACTOR * snapshot + COMPACT_SLACK - header) / record + 1,
