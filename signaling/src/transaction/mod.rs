@@ -275,13 +275,6 @@ struct HashedParts {
     parts: KeyParts,
 }
 
-impl std::ops::Deref for HashedParts {
-    type Target = KeyParts;
-    fn deref(&self) -> &KeyParts {
-        &self.parts
-    }
-}
-
 impl PartialEq for TransactionKey {
     fn eq(&self, other: &Self) -> bool {
         std::sync::Arc::ptr_eq(&self.0, &other.0)
@@ -312,10 +305,10 @@ impl Ord for TransactionKey {
 impl std::fmt::Debug for TransactionKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TransactionKey")
-            .field("role", &self.0.role)
-            .field("branch", &self.0.branch)
-            .field("method", &self.0.method)
-            .field("sent_by", &self.0.sent_by)
+            .field("role", &self.0.parts.role)
+            .field("branch", &self.0.parts.branch)
+            .field("method", &self.0.parts.method)
+            .field("sent_by", &self.0.parts.sent_by)
             .finish()
     }
 }
@@ -373,31 +366,31 @@ impl TransactionKey {
     /// The same key with another method: how a CANCEL finds its INVITE (§9.2).
     pub fn with_method(&self, method: Method) -> Self {
         Self::new(
-            self.0.role,
-            self.0.branch.clone(),
+            self.0.parts.role,
+            self.0.parts.branch.clone(),
             method,
-            self.0.sent_by.clone(),
+            self.0.parts.sent_by.clone(),
         )
     }
 
     /// Client or server.
     pub fn role(&self) -> Role {
-        self.0.role
+        self.0.parts.role
     }
 
     /// The branch parameter of the top Via.
     pub fn branch(&self) -> &Branch {
-        &self.0.branch
+        &self.0.parts.branch
     }
 
     /// The method (CSeq method for clients, request method with ACK as INVITE for servers).
     pub fn method(&self) -> &Method {
-        &self.0.method
+        &self.0.parts.method
     }
 
     /// The sent-by of the top Via (server keys only).
     pub fn sent_by(&self) -> Option<&str> {
-        self.0.sent_by.as_deref()
+        self.0.parts.sent_by.as_deref()
     }
 }
 

@@ -1058,9 +1058,10 @@ impl Uas {
         self.drain(now, None);
     }
 
-    /// Flushes transmissions and handles the layer's events; `current` is
-    /// the request being processed, with what the layer does not keep.
-    fn drain(&mut self, now: Now, mut current: Option<Arrival>) {
+    /// Flushes transmissions and handles the layer's events; `arrival` is
+    /// the context of the request being processed, whose message comes
+    /// back with its event.
+    fn drain(&mut self, now: Now, mut arrival: Option<Arrival>) {
         loop {
             self.wire.flush();
             let Some(event) = self.wire.transactions.poll_event() else {
@@ -1071,17 +1072,17 @@ impl Uas {
                     key,
                     cancels,
                     request,
-                } => match current.take() {
+                } => match arrival.take() {
                     Some(arrival) => self.process(now, Some(key), cancels, arrival.with(request)),
                     None => tracing::warn!(?key, "request event without its arrival"),
                 },
                 LayerEvent::Ack { key, request } => {
-                    if let Some(arrival) = current.take() {
+                    if let Some(arrival) = arrival.take() {
                         self.ack(now, Some(key), arrival.with(request));
                     }
                 }
                 LayerEvent::StrayAck { request } => {
-                    if let Some(arrival) = current.take() {
+                    if let Some(arrival) = arrival.take() {
                         self.ack(now, None, arrival.with(request));
                     }
                 }
