@@ -6,12 +6,13 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{endpoint, free_media_range, sdp, BIN};
 use switchboard_proto::v1;
 use switchboard_proto::v1::rtp_manager_client::RtpManagerClient;
 use switchboard_testkit::daemon::{start_manager, Manager, Options};
+use switchboard_testkit::wait_until;
 use tonic::transport::Channel;
 
 fn manager(range: (u16, u16), state: &Path) -> Manager {
@@ -51,19 +52,13 @@ async fn offer(client: &mut RtpManagerClient<Channel>, call: &str) -> u32 {
 
 /// Waits until `path` exists and holds every one of `texts`.
 fn wait_for_file(path: &Path, texts: &[&str]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if texts.iter().all(|t| text.contains(t)) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never held {texts:?}: {text}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let read = || std::fs::read_to_string(path).unwrap_or_default();
+    let held = wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        let text = read();
+        texts.iter().all(|t| text.contains(t))
+    });
+    assert!(held, "{} never held {texts:?}: {}", path.display(), read());
+    read()
 }
 
 async fn listed(
