@@ -184,10 +184,29 @@ struct SipCallsArgs {
 }
 
 impl SipCallsArgs {
-    fn manager_binary(&self, root: &Path) -> PathBuf {
-        self.rtpmanager
+    /// The manager to measure, started with its calls saved under `work`
+    /// as deployed (deploy/etc/rtpmanager.toml) and no admission limit: the
+    /// calls carry no media, and a hold (--hold-ms) keeps thousands up.
+    fn start_manager(&self, root: &Path, work: &Path) -> anyhow::Result<(Daemon, String)> {
+        let binary = self
+            .rtpmanager
             .clone()
-            .unwrap_or_else(|| root.join("target/release/switchboard-rtpmanager"))
+            .unwrap_or_else(|| root.join("target/release/switchboard-rtpmanager"));
+        let state = work.join("manager-state");
+        let state = state.to_string_lossy();
+        start_manager(
+            &binary,
+            &["--state-dir", &state, "--relay-capacity-pps", "0"],
+        )
+    }
+
+    /// `rate` calls a second for the run's seconds, each up for the hold.
+    fn load(&self, rate: u32) -> Load {
+        Load {
+            rate,
+            seconds: self.seconds,
+            hold_ms: self.hold_ms,
+        }
     }
 }
 
@@ -512,15 +531,12 @@ fn register_rates(
     for &rate in &args.rates {
         let cpu_before = signaling.daemon.cpu_time();
         let redis_before = redis.as_ref().map(|r| r.cpu_time());
-        let mut result = run_sipp(
-            sipp,
-            &scenario,
-            &sipp_args,
-            work,
-            sip_port,
+        let load = Load {
             rate,
-            args.seconds,
-        )?;
+            seconds: args.seconds,
+            hold_ms: 0,
+        };
+        let mut result = run_sipp(sipp, &scenario, &sipp_args, work, sip_port, load)?;
         let used = signaling.daemon.cpu_time().saturating_sub(cpu_before);
         result.cpu_percent = Some(100.0 * used.as_secs_f64() / result.elapsed.as_secs_f64());
         if let (Some(redis), Some(before)) = (&redis, redis_before) {
@@ -538,27 +554,36 @@ fn register_rates(
     Ok(results)
 }
 
-/// Runs one SIPp load of `rate` calls per second for `seconds` against the
-/// server, with the scenario's own arguments, in a directory of its own.
+/// One SIPp load: `rate` calls a second for `seconds`, each up for
+/// `hold_ms` (the scenario's pause, which its arguments set).
+#[derive(Clone, Copy)]
+struct Load {
+    rate: u32,
+    seconds: u32,
+    hold_ms: u32,
+}
+
+/// Runs one SIPp `load` against the server, with the scenario's own
+/// arguments, in a directory of its own.
 fn run_sipp(
     sipp: &Path,
     scenario: &Path,
     scenario_args: &[&str],
     work: &Path,
     sip_port: u16,
-    rate: u32,
-    seconds: u32,
+    load: Load,
 ) -> anyhow::Result<RateResult> {
+    let Load {
+        rate,
+        seconds,
+        hold_ms,
+    } = load;
     let dir = work.join(format!("rate-{rate}"));
     std::fs::create_dir_all(&dir)?;
     let calls = rate * seconds;
-    // Room for the calls a hold keeps up (-d ms) twice over, never fewer
-    // than 5000 in progress.
-    let held = scenario_args
-        .windows(2)
-        .find(|w| w[0] == "-d")
-        .and_then(|w| w[1].parse::<u32>().ok())
-        .map_or(0, |hold_ms| rate.saturating_mul(hold_ms) / 1000);
+    // Room for the calls a hold keeps up twice over, never fewer than 5000
+    // in progress.
+    let held = rate.saturating_mul(hold_ms) / 1000;
     let limit = held.saturating_mul(2).max(5000).to_string();
     let sipp_port = free_port();
     let capture = wire::Capture::start(&dir, sip_port, sipp_port);
@@ -738,13 +763,6 @@ fn start_callee(sipp: &Path, scenarios: &Path, work: &Path, port: u16) -> anyhow
 /// per-source rate limit nor the per-source concurrent-call limit (the
 /// SIPp peers are one source: the limits would cap the bench, not measure
 /// it).
-/// The call benchmarks' manager: its calls saved in `state` as deployed
-/// (deploy/etc/rtpmanager.toml), and no admission limit: the calls carry
-/// no media, and a hold (--hold-ms) keeps thousands of them up.
-fn manager_options(state: &str) -> [&str; 4] {
-    ["--state-dir", state, "--relay-capacity-pps", "0"]
-}
-
 pub(crate) const CALL_LOAD_OPTIONS: [&str; 6] = [
     "--auth",
     "anonymous",
@@ -781,10 +799,7 @@ fn sip_calls_nodes(args: &SipCallsArgs) -> anyhow::Result<()> {
     else {
         bail!("redis-server is not installed (cargo xtask setup installs it)");
     };
-    // As deployed (deploy/etc/rtpmanager.toml): the calls saved for a restart.
-    let state = work.join("manager-state");
-    let state = state.to_string_lossy();
-    let (manager, grpc) = start_manager(&args.manager_binary(&root), &manager_options(&state))?;
+    let (manager, grpc) = args.start_manager(&root, &work)?;
     let callee_port = free_port();
     let plan = write_dialplan(&work, &[("bench", "1XXX", callee_port)])?;
     let binary = args
@@ -833,7 +848,7 @@ fn sip_calls_nodes(args: &SipCallsArgs) -> anyhow::Result<()> {
                     scope.spawn(move || {
                         let hold = args.hold_ms.to_string();
                         let caller = ["-s", "1001", "-key", "rtp_a", "9", "-d", &hold];
-                        run_sipp(sipp, scenario, &caller, &dir, sip_port, share, args.seconds)
+                        run_sipp(sipp, scenario, &caller, &dir, sip_port, args.load(share))
                     })
                 })
                 .collect();
@@ -902,10 +917,7 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
     }
     let (sipp, root, scenarios, work) = call_bench_setup("calls")?;
 
-    // As deployed (deploy/etc/rtpmanager.toml): the calls saved for a restart.
-    let state = work.join("manager-state");
-    let state = state.to_string_lossy();
-    let (manager, grpc) = start_manager(&args.manager_binary(&root), &manager_options(&state))?;
+    let (manager, grpc) = args.start_manager(&root, &work)?;
     let callee_port = free_port();
     let plan = write_dialplan(&work, &[("bench", "1XXX", callee_port)])?;
     let binary = args
@@ -949,15 +961,8 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
             let caller = ["-s", "1001", "-key", "rtp_a", "9", "-d", &hold];
             let scenario = scenarios.join("b2bua_uac.xml");
             let before = (signaling.daemon.cpu_time(), manager.cpu_time());
-            let mut result = run_sipp(
-                &sipp,
-                &scenario,
-                &caller,
-                &phase,
-                sip_port,
-                rate,
-                args.seconds,
-            )?;
+            let mut result =
+                run_sipp(&sipp, &scenario, &caller, &phase, sip_port, args.load(rate))?;
             let percent =
                 |used: Duration| 100.0 * used.as_secs_f64() / result.elapsed.as_secs_f64();
             result.cpu_percent = Some(percent(
