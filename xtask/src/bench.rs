@@ -536,7 +536,14 @@ fn register_rates(
             seconds: args.seconds,
             hold_ms: 0,
         };
-        let mut result = run_sipp(sipp, &scenario, &sipp_args, work, sip_port, load)?;
+        let mut result = run_sipp(
+            sipp,
+            (&scenario, "REGISTER"),
+            &sipp_args,
+            work,
+            sip_port,
+            load,
+        )?;
         let used = signaling.daemon.cpu_time().saturating_sub(cpu_before);
         result.cpu_percent = Some(100.0 * used.as_secs_f64() / result.elapsed.as_secs_f64());
         if let (Some(redis), Some(before)) = (&redis, redis_before) {
@@ -564,10 +571,11 @@ struct Load {
 }
 
 /// Runs one SIPp `load` against the server, with the scenario's own
-/// arguments, in a directory of its own.
+/// arguments, in a directory of its own; the wire times are those of the
+/// scenario's `timed` requests (INVITE, REGISTER) to their 200.
 fn run_sipp(
     sipp: &Path,
-    scenario: &Path,
+    (scenario, timed): (&Path, &'static str),
     scenario_args: &[&str],
     work: &Path,
     sip_port: u16,
@@ -586,7 +594,7 @@ fn run_sipp(
     let held = rate.saturating_mul(hold_ms) / 1000;
     let limit = held.saturating_mul(2).max(5000).to_string();
     let sipp_port = free_port();
-    let capture = wire::Capture::start(&dir, sip_port, sipp_port);
+    let capture = wire::Capture::start(&dir, sip_port, sipp_port, timed);
     let mut command = sipp::command(sipp, scenario, sipp_port, &dir);
     command
         .args(scenario_args)
@@ -848,7 +856,14 @@ fn sip_calls_nodes(args: &SipCallsArgs) -> anyhow::Result<()> {
                     scope.spawn(move || {
                         let hold = args.hold_ms.to_string();
                         let caller = ["-s", "1001", "-key", "rtp_a", "9", "-d", &hold];
-                        run_sipp(sipp, scenario, &caller, &dir, sip_port, args.load(share))
+                        run_sipp(
+                            sipp,
+                            (scenario, "INVITE"),
+                            &caller,
+                            &dir,
+                            sip_port,
+                            args.load(share),
+                        )
                     })
                 })
                 .collect();
@@ -961,8 +976,14 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
             let caller = ["-s", "1001", "-key", "rtp_a", "9", "-d", &hold];
             let scenario = scenarios.join("b2bua_uac.xml");
             let before = (signaling.daemon.cpu_time(), manager.cpu_time());
-            let mut result =
-                run_sipp(&sipp, &scenario, &caller, &phase, sip_port, args.load(rate))?;
+            let mut result = run_sipp(
+                &sipp,
+                (&scenario, "INVITE"),
+                &caller,
+                &phase,
+                sip_port,
+                args.load(rate),
+            )?;
             let percent =
                 |used: Duration| 100.0 * used.as_secs_f64() / result.elapsed.as_secs_f64();
             result.cpu_percent = Some(percent(

@@ -17,12 +17,19 @@ pub(super) struct Capture {
     file: PathBuf,
     server_port: u16,
     client_port: u16,
+    method: &'static str,
 }
 
 impl Capture {
     /// Starts capturing the traffic between `client_port` and `server_port`
-    /// on loopback into `dir`; `None` (and a note) without root or tcpdump.
-    pub(super) fn start(dir: &Path, server_port: u16, client_port: u16) -> Option<Capture> {
+    /// on loopback into `dir`, to time the requests of `method`; `None` (and
+    /// a note) without root or tcpdump.
+    pub(super) fn start(
+        dir: &Path,
+        server_port: u16,
+        client_port: u16,
+        method: &'static str,
+    ) -> Option<Capture> {
         if !util::is_root() {
             return None;
         }
@@ -47,12 +54,13 @@ impl Capture {
             file,
             server_port,
             client_port,
+            method,
         })
     }
 
     /// Stops the capture and returns each matched exchange's time in ms:
-    /// the client's requests to the server, and the server's requests to
-    /// anyone else (a B2BUA's callee: what the far end itself took).
+    /// the client's requests of the method to the server, and the server's
+    /// to anyone else (a B2BUA's callee: what the far end itself took).
     pub(super) fn finish(self) -> Option<(Vec<f64>, Vec<f64>)> {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).ok()?);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
@@ -63,7 +71,7 @@ impl Capture {
         }
         let pcap = std::fs::read(&self.file).ok()?;
         let packets = udp_packets(&pcap);
-        let times = response_times_ms(&packets, self.server_port, self.client_port);
+        let times = response_times_ms(&packets, self.server_port, self.client_port, self.method);
         let mut downstream = Vec::new();
         for &(_, _, from, to) in &packets {
             let peer = if from == self.server_port { to } else { from };
@@ -73,7 +81,7 @@ impl Capture {
         }
         let far: Vec<f64> = downstream
             .into_iter()
-            .flat_map(|peer| response_times_ms(&packets, peer, self.server_port))
+            .flat_map(|peer| response_times_ms(&packets, peer, self.server_port, self.method))
             .collect();
         (!times.is_empty()).then_some((times, far))
     }
@@ -88,9 +96,16 @@ type Datagram<'a> = (f64, &'a [u8], u16, u16);
 type Exchange = (String, u32, String);
 
 /// From the datagrams of a loopback capture ([`udp_packets`]): for each
-/// request the client sent, the time from its first copy to the first 200
-/// the server sent for it, in milliseconds. Retransmissions are ignored.
-fn response_times_ms(packets: &[Datagram<'_>], server_port: u16, client_port: u16) -> Vec<f64> {
+/// request of `method` the client sent, the time from its first copy to
+/// the first 200 the server sent for it, in milliseconds. Retransmissions
+/// are ignored, and so are other methods: a call's BYE is answered at once
+/// and would halve the INVITE's percentiles if counted with them.
+fn response_times_ms(
+    packets: &[Datagram<'_>],
+    server_port: u16,
+    client_port: u16,
+    method: &str,
+) -> Vec<f64> {
     let mut sent: HashMap<Exchange, f64> = HashMap::new();
     let mut times = Vec::new();
     for &(at, payload, from, to) in packets {
@@ -100,6 +115,9 @@ fn response_times_ms(packets: &[Datagram<'_>], server_port: u16, client_port: u1
         let Some(exchange) = exchange_of(text) else {
             continue;
         };
+        if exchange.2 != method {
+            continue;
+        }
         if from == client_port && to == server_port && !text.starts_with("SIP/2.0 ") {
             sent.entry(exchange).or_insert(at);
         } else if from == server_port && to == client_port && text.starts_with("SIP/2.0 200 ") {
@@ -222,6 +240,7 @@ mod tests {
         let invite = "INVITE sip:1001@x SIP/2.0\r\nCall-ID: a\r\nCSeq: 1 INVITE\r\n\r\n";
         let trying = "SIP/2.0 100 Trying\r\nCall-ID: a\r\nCSeq: 1 INVITE\r\n\r\n";
         let ok = "SIP/2.0 200 OK\r\nCall-ID: a\r\nCSeq: 1 INVITE\r\n\r\n";
+        let bye = "BYE sip:1001@x SIP/2.0\r\nCall-ID: a\r\nCSeq: 2 BYE\r\n\r\n";
         let bye_ok = "SIP/2.0 200 OK\r\nCall-ID: a\r\nCSeq: 2 BYE\r\n\r\n";
         let other = "SIP/2.0 200 OK\r\ni: b\r\nCSeq: 1 INVITE\r\n\r\n";
         let file = pcap(&[
@@ -230,14 +249,15 @@ mod tests {
             (10, 800, frame(5060, 4000, trying)),
             (10, 2_250, frame(5060, 4000, ok)),
             (10, 2_300, frame(5060, 4000, ok)),
+            (10, 2_900, frame(4000, 5060, bye)),
             (10, 3_000, frame(5060, 4000, bye_ok)),
             (10, 3_000, frame(5060, 4000, other)),
         ]);
         let packets = udp_packets(&file);
-        let times = response_times_ms(&packets, 5060, 4000);
+        let times = response_times_ms(&packets, 5060, 4000, "INVITE");
         assert_eq!(times.len(), 1, "{times:?}");
         assert!((times[0] - 2.25).abs() < 1e-6, "{times:?}");
-        assert!(response_times_ms(&packets, 5060, 4001).is_empty());
+        assert!(response_times_ms(&packets, 5060, 4001, "INVITE").is_empty());
         assert!(udp_packets(b"not a pcap").is_empty());
     }
 }
