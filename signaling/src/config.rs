@@ -473,9 +473,10 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_SOURCE_RATE_EXEMPT", value_delimiter = ',')]
     pub source_rate_exempt: Vec<String>,
 
-    /// Octets of received messages waiting for the SIP core at most; one
-    /// source may hold a quarter of them. Beyond, messages are dropped
-    /// (UDP peers retransmit).
+    /// Octets of messages from TCP, TLS and WebSocket connections waiting
+    /// for the SIP core at most; one source may hold a quarter of them.
+    /// Beyond, messages are dropped. (The core reads UDP datagrams from
+    /// the socket itself: they wait in its receive buffer.)
     #[arg(long, env = "SWITCHBOARD_INPUT_QUEUE_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub input_queue_bytes: usize,
 

@@ -401,7 +401,7 @@ impl Metrics {
         );
         registry.register(
             "switchboard_invite_final_response_seconds",
-            "Time from a caller's INVITE arriving to its final response leaving (ringing included)",
+            "Time from a caller's INVITE taken by the SIP core to its final response leaving (ringing included)",
             m.invite_seconds.clone(),
         );
         registry.register(

@@ -72,7 +72,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ..QueueLimits::default()
         },
         Arc::clone(&stats),
-    );
+    )
+    .context("the SIP core's input queue")?;
     queue.set_telemetry(metrics.clone(), events.clone());
     let tcp_connections = fit_to_file_limit(
         config.tcp_connection_limits(),

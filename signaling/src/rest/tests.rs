@@ -417,7 +417,7 @@ mod calls {
     /// manager `manager`; the hang-ups it was asked for are counted.
     fn fake_core(manager: Option<&'static str>) -> (CallsHandle, MediaLink) {
         let link = MediaLink::new();
-        let queue = CoreQueue::new();
+        let queue = CoreQueue::new().expect("core queue");
         let handle = CallsHandle::new(link.clone(), queue.handle());
         let served = link.clone();
         tokio::spawn(async move {
@@ -584,7 +584,7 @@ mod calls {
         }
         // A core with thousands of inputs waiting: refused at once.
         let link = MediaLink::new();
-        let queue = CoreQueue::new();
+        let queue = CoreQueue::new().expect("core queue");
         for _ in 0..5000 {
             link.push_input(
                 Instant::now(),

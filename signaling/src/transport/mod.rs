@@ -1,9 +1,11 @@
 //! SIP transports: UDP and TCP on one address and port (RFC 3261 §18),
 //! and TLS on its own port (RFC 3261 §26.2, [`tls`]).
 //!
-//! Thin tokio drivers. Received messages go to an [`InboundSink`] as
-//! [`Inbound`] values (a whole datagram, or one message cut out of a TCP
-//! stream by [`StreamFramer`](crate::sip::StreamFramer)); messages to send are
+//! Thin drivers. A message received on a stream goes to an
+//! [`InboundSink`] as an [`Inbound`] value (one message cut out of a TCP
+//! stream by [`StreamFramer`](crate::sip::StreamFramer)) from the stream's
+//! tokio task; a datagram is read by the SIP core's thread itself
+//! ([`Transports::receive_datagram`], see [`udp`]). Messages to send are
 //! handed to [`Transports::send`] as [`Outbound`] values. Nothing here parses
 //! beyond framing: the request-handling core does that.
 //!
@@ -33,14 +35,15 @@ pub mod tls;
 mod udp;
 pub mod ws;
 
+pub use self::udp::{Received, MAX_DATAGRAM};
+
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use self::limits::{
@@ -426,7 +429,8 @@ struct Inner {
     local: SocketAddr,
     /// The stream listeners other than TCP's, and their addresses.
     listening: Vec<(Stream, SocketAddr)>,
-    udp: Arc<UdpSocket>,
+    /// Non-blocking: read by the SIP core's thread, written by any.
+    udp: UdpSocket,
     connections: Mutex<Connections>,
     next_connection: AtomicU64,
     /// Octets of incomplete messages held by all TCP connections.
@@ -465,9 +469,11 @@ impl fmt::Debug for Transports {
 
 impl Transports {
     /// Binds UDP and TCP on `config.bind` (dual-stack when it is `::`),
-    /// and TLS on its address when configured, and spawns their tasks on
-    /// the current tokio runtime. Refusals and drops are counted in `stats`
-    /// (shared with the core's input queue).
+    /// and TLS on its address when configured, and spawns the stream
+    /// transports' tasks on the current tokio runtime; the UDP socket is
+    /// read by whoever calls [`Transports::receive_datagram`] (the SIP
+    /// core). Refusals and drops are counted in `stats` (shared with the
+    /// core's input queue).
     pub async fn start(
         config: TransportConfig,
         sink: InboundSink,
@@ -506,7 +512,7 @@ impl Transports {
                 config,
                 local,
                 listening,
-                udp: Arc::new(udp),
+                udp,
                 connections: Mutex::new(Connections::default()),
                 next_connection: AtomicU64::new(1),
                 tcp_buffered: AtomicUsize::new(0),
@@ -517,7 +523,6 @@ impl Transports {
                 runtime: tokio::runtime::Handle::current(),
             }),
         };
-        tokio::spawn(udp::receive(transports.clone()));
         tokio::spawn(tcp::accept(transports.clone(), listener, Stream::Tcp));
         for (kind, listener) in listeners {
             tokio::spawn(tcp::accept(transports.clone(), listener, kind));
@@ -605,6 +610,19 @@ impl Transports {
 
     fn next_connection_id(&self) -> ConnectionId {
         ConnectionId(self.inner.next_connection.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Reads one datagram from the UDP socket without blocking, into
+    /// `buffer` (at least [`MAX_DATAGRAM`] + 1 octets); a source over its
+    /// rate is dropped before anything is copied.
+    pub fn receive_datagram(&self, buffer: &mut [u8]) -> Received {
+        udp::receive(self, buffer)
+    }
+
+    /// The UDP socket, to wait on until it is readable.
+    pub fn udp_socket(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.inner.udp.as_fd()
     }
 
     fn deliver(&self, inbound: Inbound) {

@@ -14,16 +14,26 @@
 //! before. So an idle server answers a lone REGISTER after one fsync, a
 //! busy one shares each fsync among all the REGISTERs that arrived during
 //! the previous one, and no other message ever waits for the disk.
+//!
+//! The core's thread reads the UDP socket itself and takes every other
+//! input (stream messages, media results, queries, finished syncs) from
+//! its queue, one of each per turn so neither starves the other. Idle, it
+//! sleeps in `ppoll` on the socket and on an event fd that a queued input
+//! writes to only while the core sleeps ([`Waker`]): a datagram wakes the
+//! core directly, and a busy core reads the next one without any wake-up.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::mpsc::{
-    sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError,
-};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SendError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use nix::poll::{PollFd, PollFlags};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::time::TimeSpec;
+use std::os::fd::AsFd;
 use tokio::sync::oneshot;
 
 use super::{Now, Observation, Output, RegistrationError, RegistrationView, Uas};
@@ -32,7 +42,7 @@ use crate::events::EventBus;
 use crate::metrics::Metrics;
 use crate::registrar::SyncJob;
 use crate::transport::limits::{Source, TransportStats};
-use crate::transport::{Inbound, InboundSink, Transports};
+use crate::transport::{Inbound, InboundSink, Received, Transports, MAX_DATAGRAM};
 
 /// How much the core's input queue holds before the transports drop
 /// messages (UDP peers retransmit; TCP ones time out their transaction).
@@ -166,10 +176,57 @@ enum Input {
     Stop,
 }
 
+/// Wakes the core's thread when an input is queued while it sleeps.
+///
+/// The core sets `parked`, looks at its queue once more, then sleeps in
+/// `ppoll` on the UDP socket and `event`. A sender queues its input, then
+/// clears `parked` and, when it was set, writes `event`. Each side writes
+/// its own flag before reading the other's (with a full fence between), so
+/// either the core sees the input in its last look or the sender sees
+/// `parked` and wakes it; a busy core costs its senders no system call.
+#[derive(Debug)]
+struct Waker {
+    parked: AtomicBool,
+    event: EventFd,
+}
+
+impl Waker {
+    fn new() -> std::io::Result<Waker> {
+        let event = EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
+        Ok(Waker {
+            parked: AtomicBool::new(false),
+            event,
+        })
+    }
+
+    /// After an input was queued: wakes the core if it sleeps.
+    fn notify(&self) {
+        fence(Ordering::SeqCst);
+        if self.parked.swap(false, Ordering::SeqCst) {
+            // A full counter (never, at 2^64 - 2) still leaves it readable.
+            let _ = self.event.write(1);
+        }
+    }
+
+    /// Before the core's last look at its queue.
+    fn park(&self) {
+        self.parked.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+    }
+
+    /// After the core woke (or found an input in its last look).
+    fn unpark(&self) {
+        self.parked.store(false, Ordering::SeqCst);
+        // Non-blocking: nothing to read when no sender wrote.
+        let _ = self.event.read();
+    }
+}
+
 /// A handle to the running core: query bindings, reload users, stop.
 #[derive(Clone, Debug)]
 pub struct CoreHandle {
     sender: SyncSender<Input>,
+    waker: Arc<Waker>,
 }
 
 /// The channel between the transports and the core, before either runs.
@@ -206,21 +263,28 @@ impl Telemetry {
 
 impl CoreQueue {
     /// A queue with the default limits.
-    pub fn new() -> CoreQueue {
+    pub fn new() -> std::io::Result<CoreQueue> {
         CoreQueue::with_limits(QueueLimits::default(), Arc::default())
     }
 
-    /// A queue bounded by `limits`; drops are counted in `stats`.
-    pub fn with_limits(limits: QueueLimits, stats: Arc<TransportStats>) -> CoreQueue {
+    /// A queue bounded by `limits`; drops are counted in `stats`. Fails
+    /// only when the core's event fd cannot be made.
+    pub fn with_limits(
+        limits: QueueLimits,
+        stats: Arc<TransportStats>,
+    ) -> std::io::Result<CoreQueue> {
         let (sender, receiver) = sync_channel(limits.messages);
-        CoreQueue {
-            handle: CoreHandle { sender },
+        Ok(CoreQueue {
+            handle: CoreHandle {
+                sender,
+                waker: Arc::new(Waker::new()?),
+            },
             receiver,
             budget: SharedBudget(Arc::new(Mutex::new(Budget::new(limits)))),
             stats,
             telemetry: None,
             media: None,
-        }
+        })
     }
 
     /// Counts the core's work in `metrics` and publishes its registration
@@ -246,7 +310,7 @@ impl CoreQueue {
     /// the queue, or the message's source, holds its limit of octets or
     /// messages; then the message is dropped and counted.
     pub fn sink(&self) -> InboundSink {
-        let sender = self.handle.sender.clone();
+        let core = self.handle.clone();
         let budget = self.budget.clone();
         let stats = Arc::clone(&self.stats);
         Arc::new(move |inbound: Inbound| {
@@ -259,7 +323,7 @@ impl CoreQueue {
                 tracing::trace!(?overflow, "SIP core input queue: message dropped");
                 return;
             }
-            match sender.try_send(Input::Inbound(inbound, Instant::now())) {
+            match core.try_send(Input::Inbound(inbound, Instant::now())) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
                     // Other inputs (wake-ups, queries) fill the channel too.
@@ -277,7 +341,8 @@ impl CoreQueue {
         let budget = self.budget;
         let telemetry = self.telemetry;
         let media = self.media;
-        let mut committer = Committer::spawn(self.handle.sender.clone())?;
+        let waker = Arc::clone(&self.handle.waker);
+        let mut committer = Committer::spawn(self.handle.clone())?;
         let thread = std::thread::Builder::new()
             .name("sip-core".to_owned())
             .spawn(move || {
@@ -286,18 +351,12 @@ impl CoreQueue {
                     telemetry: telemetry.as_ref(),
                     media: media.as_ref(),
                 };
-                run(uas, &receiver, &budget, &io, &mut committer);
+                run(uas, &receiver, &waker, &budget, &io, &mut committer);
             })?;
         Ok(RunningCore {
             handle: self.handle,
             thread,
         })
-    }
-}
-
-impl Default for CoreQueue {
-    fn default() -> Self {
-        CoreQueue::new()
     }
 }
 
@@ -317,16 +376,30 @@ impl RunningCore {
     /// Stops the core after the inputs already queued and waits for it.
     pub fn stop(self) {
         // A blocking send: Stop must not be lost to a full queue.
-        let _ = self.handle.sender.send(Input::Stop);
+        let _ = self.handle.send(Input::Stop);
         let _ = self.thread.join();
     }
 }
 
 impl CoreHandle {
+    /// Queues `input` unless the queue is full, and wakes the core.
+    fn try_send(&self, input: Input) -> Result<(), TrySendError<Input>> {
+        self.sender.try_send(input)?;
+        self.waker.notify();
+        Ok(())
+    }
+
+    /// Queues `input`, waiting for room, and wakes the core.
+    fn send(&self, input: Input) -> Result<(), SendError<Input>> {
+        self.sender.send(input)?;
+        self.waker.notify();
+        Ok(())
+    }
+
     /// Every current binding, or `None` when the core is not running.
     pub async fn registrations(&self) -> Option<Vec<RegistrationView>> {
         let (reply, answer) = oneshot::channel();
-        self.sender.try_send(Input::Registrations(reply)).ok()?;
+        self.try_send(Input::Registrations(reply)).ok()?;
         answer.await.ok()
     }
 
@@ -337,9 +410,7 @@ impl CoreHandle {
         aor: String,
     ) -> Option<Result<Vec<RegistrationView>, RegistrationError>> {
         let (reply, answer) = oneshot::channel();
-        self.sender
-            .try_send(Input::RegistrationsOf(aor, reply))
-            .ok()?;
+        self.try_send(Input::RegistrationsOf(aor, reply)).ok()?;
         answer.await.ok()
     }
 
@@ -350,7 +421,7 @@ impl CoreHandle {
         aor: String,
     ) -> Option<Result<(String, usize), RegistrationError>> {
         let (reply, answer) = oneshot::channel();
-        self.sender.try_send(Input::Unregister(aor, reply)).ok()?;
+        self.try_send(Input::Unregister(aor, reply)).ok()?;
         answer.await.ok()
     }
 
@@ -359,9 +430,7 @@ impl CoreHandle {
     /// running or its queue is full.
     pub async fn reload_users_now(&self, path: PathBuf) -> Option<Result<usize, String>> {
         let (reply, answer) = oneshot::channel();
-        self.sender
-            .try_send(Input::ReloadUsers(path, Some(reply)))
-            .ok()?;
+        self.try_send(Input::ReloadUsers(path, Some(reply))).ok()?;
         answer.await.ok()
     }
 
@@ -369,23 +438,19 @@ impl CoreHandle {
     /// room in its queue (an update must not be lost); false once the core
     /// has stopped.
     pub fn location(&self, update: crate::registrar::LocationUpdate) -> bool {
-        self.sender.send(Input::Location(update)).is_ok()
+        self.send(Input::Location(update)).is_ok()
     }
 
     /// Makes the core run its (and its call handler's) due timers; a full
     /// queue needs no wake-up, the core is about to run anyway.
     pub fn wake(&self) {
-        let _ = self.sender.try_send(Input::Wake);
+        let _ = self.try_send(Input::Wake);
     }
 
     /// Reloads the users file; on error the core keeps the previous users
     /// and logs why.
     pub fn reload_users(&self, path: PathBuf) {
-        if self
-            .sender
-            .try_send(Input::ReloadUsers(path, None))
-            .is_err()
-        {
+        if self.try_send(Input::ReloadUsers(path, None)).is_err() {
             tracing::warn!("users file not reloaded: the SIP core is busy or stopped");
         }
     }
@@ -411,7 +476,7 @@ struct Committer {
 
 impl Committer {
     /// Starts the thread; it wakes the core through `wake` after each sync.
-    fn spawn(wake: SyncSender<Input>) -> std::io::Result<Committer> {
+    fn spawn(wake: CoreHandle) -> std::io::Result<Committer> {
         let (jobs, queued) = std::sync::mpsc::channel::<SyncJob>();
         let (finished, done) = std::sync::mpsc::channel();
         std::thread::Builder::new()
@@ -457,51 +522,57 @@ impl Committer {
 fn run(
     mut uas: Uas,
     receiver: &Receiver<Input>,
+    waker: &Waker,
     budget: &SharedBudget,
     io: &Io<'_>,
     committer: &mut Committer,
 ) {
+    let mut buffer = vec![0u8; MAX_DATAGRAM + 1];
+    let mut udp_open = true;
+    // An input the last look before a sleep found.
+    let mut pending = None;
     loop {
         if let Some(job) = committer.finished() {
             uas.handle_input(Now::current(), super::Input::Synced(job));
             flush(&mut uas, io, committer);
         }
-        let received = match receiver.try_recv() {
-            Ok(input) => Ok(input),
-            Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
-            Err(TryRecvError::Empty) => {
-                let now = Now::current();
-                let wait = [
-                    uas.poll_timeout(now),
-                    io.media.and_then(MediaLink::next_input_at),
-                ]
-                .into_iter()
-                .flatten()
-                .min()
-                .map_or(IDLE_WAKEUP, |at| at.saturating_duration_since(now.instant));
-                if wait.is_zero() {
-                    Err(RecvTimeoutError::Timeout)
-                } else {
-                    receiver.recv_timeout(wait)
+        // One queued input and one datagram a turn: a flood on either
+        // leaves the other its turns.
+        let queued = pending.take().or_else(|| match receiver.try_recv() {
+            Ok(input) => Some(input),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => Some(Input::Stop),
+        });
+        let mut busy = queued.is_some();
+        if udp_open {
+            match io.transports.receive_datagram(&mut buffer) {
+                Received::Message(inbound) => {
+                    busy = true;
+                    let received = Instant::now();
+                    uas.handle_input(Now::current(), super::Input::Received { inbound, received });
                 }
+                Received::Dropped => busy = true,
+                Received::Empty => {}
+                Received::Failed => udp_open = false,
             }
-        };
-        match received {
-            Ok(Input::Inbound(inbound, received)) => {
+        }
+        match queued {
+            None => {}
+            Some(Input::Inbound(inbound, received)) => {
                 let (source, bytes) = account(&inbound);
                 budget.lock().release(source, bytes);
                 uas.handle_input(Now::current(), super::Input::Received { inbound, received });
             }
-            Ok(Input::Registrations(reply)) => {
+            Some(Input::Registrations(reply)) => {
                 let _ = reply.send(uas.registrations(Now::current()));
             }
-            Ok(Input::RegistrationsOf(aor, reply)) => {
+            Some(Input::RegistrationsOf(aor, reply)) => {
                 let _ = reply.send(uas.registrations_of(Now::current(), &aor));
             }
-            Ok(Input::Location(update)) => {
+            Some(Input::Location(update)) => {
                 uas.handle_input(Now::current(), super::Input::Location(update));
             }
-            Ok(Input::Unregister(aor, reply)) => {
+            Some(Input::Unregister(aor, reply)) => {
                 // The operator's removal is synced on this thread, after
                 // the sync in flight (the store takes one at a time). The
                 // answers to one may begin the next (what was written
@@ -509,7 +580,7 @@ fn run(
                 while uas.sync_in_flight() && settle_in_flight(&mut uas, io, committer) {}
                 let _ = reply.send(uas.unregister(Now::current(), &aor));
             }
-            Ok(Input::ReloadUsers(path, reply)) => {
+            Some(Input::ReloadUsers(path, reply)) => {
                 let result = uas.authenticator_mut().reload_users(&path);
                 match &result {
                     Ok(users) => tracing::info!(users, "users file reloaded"),
@@ -521,7 +592,7 @@ fn run(
                     let _ = reply.send(result.map_err(|e| e.to_string()));
                 }
             }
-            Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => {
+            Some(Input::Stop) => {
                 // What was written is made durable and answered first.
                 while settle_in_flight(&mut uas, io, committer) {
                     uas.handle_input(Now::current(), super::Input::CommitNow);
@@ -532,7 +603,22 @@ fn run(
                 }
                 break;
             }
-            Ok(Input::Wake) | Err(RecvTimeoutError::Timeout) => {}
+            Some(Input::Wake) => {}
+        }
+        if !busy {
+            let now = Now::current();
+            let wait = [
+                uas.poll_timeout(now),
+                io.media.and_then(MediaLink::next_input_at),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(IDLE_WAKEUP, |at| at.saturating_duration_since(now.instant));
+            if !wait.is_zero() {
+                pending = sleep(receiver, waker, udp_open.then_some(io.transports), wait);
+                continue;
+            }
         }
         let now = Now::current();
         uas.handle_input(now, super::Input::Timeout);
@@ -547,6 +633,42 @@ fn run(
         flush(&mut uas, io, committer);
     }
     tracing::debug!("SIP core stopped");
+}
+
+/// Sleeps until a datagram or a queued input arrives or `wait` has passed;
+/// returns an input found by the last look at the queue before sleeping.
+fn sleep(
+    receiver: &Receiver<Input>,
+    waker: &Waker,
+    udp: Option<&Transports>,
+    wait: Duration,
+) -> Option<Input> {
+    waker.park();
+    match receiver.try_recv() {
+        Ok(input) => {
+            waker.unpark();
+            return Some(input);
+        }
+        Err(TryRecvError::Disconnected) => {
+            waker.unpark();
+            return Some(Input::Stop);
+        }
+        Err(TryRecvError::Empty) => {}
+    }
+    let mut fds = vec![PollFd::new(waker.event.as_fd(), PollFlags::POLLIN)];
+    if let Some(transports) = udp {
+        fds.push(PollFd::new(transports.udp_socket(), PollFlags::POLLIN));
+    }
+    match nix::poll::ppoll(&mut fds, Some(TimeSpec::from_duration(wait)), None) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+        Err(error) => {
+            // Never seen; a failing poll must not spin the core.
+            tracing::error!(%error, "the SIP core could not wait for input");
+            std::thread::sleep(wait.min(Duration::from_millis(10)));
+        }
+    }
+    waker.unpark();
+    None
 }
 
 /// Waits for the sync in flight, if any, and lets the core answer for it;
@@ -618,6 +740,70 @@ mod tests {
     }
 
     #[test]
+    fn an_input_queued_while_the_core_sleeps_wakes_it_at_once() {
+        let queue = CoreQueue::new().expect("core queue");
+        let handle = queue.handle();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            handle.wake();
+        });
+        let started = Instant::now();
+        let found = sleep(
+            &queue.receiver,
+            &queue.handle.waker,
+            None,
+            Duration::from_secs(20),
+        );
+        let slept = started.elapsed();
+        sender.join().expect("sender");
+        assert!(found.is_none(), "nothing was queued before the sleep");
+        assert!(
+            slept >= Duration::from_millis(90) && slept < Duration::from_secs(5),
+            "woke after {slept:?}"
+        );
+        assert!(matches!(queue.receiver.try_recv(), Ok(Input::Wake)));
+        assert!(
+            !queue.handle.waker.parked.load(Ordering::SeqCst),
+            "awake again"
+        );
+    }
+
+    #[test]
+    fn an_input_queued_before_the_last_look_is_taken_without_sleeping() {
+        let queue = CoreQueue::new().expect("core queue");
+        // Queued while the core was busy: no wake-up was written.
+        queue.handle.wake();
+        assert_eq!(queue.handle.waker.event.read().ok(), None, "no system call");
+        let started = Instant::now();
+        let found = sleep(
+            &queue.receiver,
+            &queue.handle.waker,
+            None,
+            Duration::from_secs(20),
+        );
+        assert!(matches!(found, Some(Input::Wake)));
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_sleep_without_input_ends_when_the_next_timer_is_due() {
+        let queue = CoreQueue::new().expect("core queue");
+        let started = Instant::now();
+        let found = sleep(
+            &queue.receiver,
+            &queue.handle.waker,
+            None,
+            Duration::from_millis(30),
+        );
+        let slept = started.elapsed();
+        assert!(found.is_none());
+        assert!(
+            slept >= Duration::from_millis(30) && slept < Duration::from_secs(2),
+            "{slept:?}"
+        );
+    }
+
+    #[test]
     fn a_flooding_source_gets_a_quarter_of_the_queue_and_others_still_get_in() {
         let stats = Arc::new(TransportStats::default());
         let queue = CoreQueue::with_limits(
@@ -626,7 +812,8 @@ mod tests {
                 bytes: 1_000_000,
             },
             Arc::clone(&stats),
-        );
+        )
+        .expect("core queue");
         let sink = queue.sink();
         for _ in 0..1000 {
             sink(from("192.0.2.1:5060", 100));
@@ -652,7 +839,8 @@ mod tests {
                 bytes: 400_000,
             },
             Arc::clone(&stats),
-        );
+        )
+        .expect("core queue");
         let sink = queue.sink();
         // Ten sources of 60 KB messages: 100 KB (a quarter) each at most,
         // 400 KB in all.
