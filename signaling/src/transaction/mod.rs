@@ -641,6 +641,24 @@ impl Transaction {
     }
 }
 
+/// A live transaction and the deadline it is filed under in the layer's
+/// `deadlines`: kept beside it, so that refreshing its deadline costs no
+/// second look-up, and costs nothing when the deadline has not moved.
+#[derive(Debug)]
+pub(crate) struct Live {
+    transaction: Transaction,
+    filed: Option<Instant>,
+}
+
+impl Live {
+    fn new(transaction: Transaction) -> Live {
+        Live {
+            transaction,
+            filed: None,
+        }
+    }
+}
+
 /// Owns every live transaction, matches messages to them and aggregates
 /// their outputs. Terminated transactions are removed as soon as they
 /// terminate, after their `Terminated` event is queued.
@@ -650,13 +668,15 @@ pub struct TransactionLayer {
     trying: TryingPolicy,
     /// Sharded, so that growing it never copies every transaction at once
     /// (see [`table`]).
-    transactions: ShardedMap<TransactionKey, Transaction>,
+    transactions: ShardedMap<TransactionKey, Live>,
     /// Each live transaction's next deadline, so that `poll_timeout` and
     /// `handle_timeout` do not scan every transaction.
     deadlines: BTreeSet<(Instant, TransactionKey)>,
-    deadline_of: ShardedMap<TransactionKey, Instant>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<LayerEvent>,
+    /// The events `collect` takes from a transaction before it reports
+    /// them, kept between calls so that taking them allocates nothing.
+    taken: Vec<TransactionEvent>,
 }
 
 impl TransactionLayer {
@@ -667,9 +687,9 @@ impl TransactionLayer {
             trying,
             transactions: ShardedMap::new(),
             deadlines: BTreeSet::new(),
-            deadline_of: ShardedMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            taken: Vec::new(),
         }
     }
 
@@ -715,7 +735,8 @@ impl TransactionLayer {
                 self.config,
             )?)),
         };
-        self.transactions.insert(key.clone(), transaction);
+        self.transactions
+            .insert(key.clone(), Live::new(transaction));
         self.collect(&key);
         Ok(key)
     }
@@ -749,8 +770,8 @@ impl TransactionLayer {
             TransactionKey::server_for_request(&request).ok(),
             Some(key.clone())
         );
-        if let Some(transaction) = self.transactions.get_mut(&key) {
-            match transaction {
+        if let Some(live) = self.transactions.get_mut(&key) {
+            match &mut live.transaction {
                 Transaction::ServerInvite(t) => t.handle_request(now, request),
                 Transaction::Server(t) => t.handle_request(now, request),
                 Transaction::ClientInvite(_) | Transaction::Client(_) => {
@@ -774,7 +795,8 @@ impl TransactionLayer {
             )?)),
             _ => Transaction::Server(Server::new(now, request, reliability, self.config)?),
         };
-        self.transactions.insert(key.clone(), transaction);
+        self.transactions
+            .insert(key.clone(), Live::new(transaction));
         self.collect(&key);
         Ok(key)
     }
@@ -788,7 +810,11 @@ impl TransactionLayer {
         response: SipMessage,
     ) -> Result<Option<TransactionKey>, TransactionError> {
         let key = TransactionKey::client_for_response(&response)?;
-        match self.transactions.get_mut(&key) {
+        match self
+            .transactions
+            .get_mut(&key)
+            .map(|live| &mut live.transaction)
+        {
             Some(Transaction::ClientInvite(t)) => t.handle_response(now, response)?,
             Some(Transaction::Client(t)) => t.handle_response(now, response)?,
             Some(Transaction::ServerInvite(_) | Transaction::Server(_)) => {
@@ -807,7 +833,11 @@ impl TransactionLayer {
         key: &TransactionKey,
         response: SipMessage,
     ) -> Result<(), TransactionError> {
-        match self.transactions.get_mut(key) {
+        match self
+            .transactions
+            .get_mut(key)
+            .map(|live| &mut live.transaction)
+        {
             Some(Transaction::ServerInvite(t)) => t.send_response(now, response)?,
             Some(Transaction::Server(t)) => t.send_response(now, response)?,
             Some(Transaction::ClientInvite(_) | Transaction::Client(_)) => {
@@ -828,6 +858,7 @@ impl TransactionLayer {
         self.transactions
             .get_mut(key)
             .ok_or(TransactionError::UnknownTransaction)?
+            .transaction
             .handle_transport_error(now);
         self.collect(key);
         Ok(())
@@ -835,14 +866,13 @@ impl TransactionLayer {
 
     /// Fires every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some((deadline, key)) = self.deadlines.first().cloned() {
-            if deadline > now {
+        while self.deadlines.first().is_some_and(|(due, _)| *due <= now) {
+            let Some((_, key)) = self.deadlines.pop_first() else {
                 break;
-            }
-            self.deadlines.remove(&(deadline, key.clone()));
-            self.deadline_of.remove(&key);
-            if let Some(transaction) = self.transactions.get_mut(&key) {
-                transaction.handle_timeout(now);
+            };
+            if let Some(live) = self.transactions.get_mut(&key) {
+                live.filed = None;
+                live.transaction.handle_timeout(now);
             }
             self.collect(&key);
         }
@@ -866,20 +896,38 @@ impl TransactionLayer {
     /// Moves a transaction's outputs into the layer's queues, refreshes its
     /// deadline and removes it once terminated.
     fn collect(&mut self, key: &TransactionKey) {
-        let Some(transaction) = self.transactions.get_mut(key) else {
+        let Some(live) = self.transactions.get_mut(key) else {
             return;
         };
-        let mut events = Vec::new();
-        while let Some(message) = transaction.poll_transmit() {
+        while let Some(message) = live.transaction.poll_transmit() {
             self.transmits.push_back(Transmit {
                 key: key.clone(),
                 message,
             });
         }
-        while let Some(event) = transaction.poll_event() {
-            events.push(event);
+        let mut taken = std::mem::take(&mut self.taken);
+        while let Some(event) = live.transaction.poll_event() {
+            taken.push(event);
         }
-        for event in events {
+        let terminated = live.transaction.is_terminated();
+        let next = if terminated {
+            None
+        } else {
+            live.transaction.poll_timeout()
+        };
+        let filed = std::mem::replace(&mut live.filed, next);
+        if filed != next {
+            if let Some(old) = filed {
+                self.deadlines.remove(&(old, key.clone()));
+            }
+            if let Some(deadline) = next {
+                self.deadlines.insert((deadline, key.clone()));
+            }
+        }
+        if terminated {
+            self.transactions.remove(key);
+        }
+        for event in taken.drain(..) {
             let event = match event {
                 TransactionEvent::Request(request) if *request.method() == Method::Ack => {
                     LayerEvent::Ack {
@@ -913,20 +961,7 @@ impl TransactionLayer {
             };
             self.events.push_back(event);
         }
-        if let Some(old) = self.deadline_of.remove(key) {
-            self.deadlines.remove(&(old, key.clone()));
-        }
-        let Some(transaction) = self.transactions.get(key) else {
-            return;
-        };
-        if transaction.is_terminated() {
-            self.transactions.remove(key);
-            return;
-        }
-        if let Some(deadline) = transaction.poll_timeout() {
-            self.deadlines.insert((deadline, key.clone()));
-            self.deadline_of.insert(key.clone(), deadline);
-        }
+        self.taken = taken;
     }
 }
 

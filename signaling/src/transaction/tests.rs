@@ -1053,11 +1053,113 @@ fn combined_via_line_uses_its_first_value() {
 /// transaction needs, not the size of the largest kind.
 #[test]
 fn a_table_entry_is_the_size_of_a_small_transaction_not_the_largest() {
-    let entry = std::mem::size_of::<(TransactionKey, Transaction)>();
+    let entry = std::mem::size_of::<(TransactionKey, Live)>();
     assert!(
         entry <= std::mem::size_of::<(TransactionKey, Server)>() + 16,
         "an entry takes {entry} bytes; a Server transaction {}",
         std::mem::size_of::<Server>()
     );
     assert!(entry <= 320, "an entry takes {entry} bytes");
+}
+
+/// Every live transaction with a deadline is filed once, under that
+/// deadline, in the layer's `deadlines`, and nothing else is.
+fn assert_filed_as_due(layer: &TransactionLayer, step: &str) {
+    let mut due = 0;
+    for (at, key) in &layer.deadlines {
+        let live = layer
+            .transactions
+            .get(key)
+            .unwrap_or_else(|| panic!("{step}: {key:?} filed but not live"));
+        assert_eq!(Some(*at), live.filed, "{step}: {key:?} filed twice");
+        assert_eq!(
+            live.filed,
+            live.transaction.poll_timeout(),
+            "{step}: {key:?}"
+        );
+        due += 1;
+    }
+    let filed: Vec<_> = layer.deadlines.iter().map(|(at, _)| *at).collect();
+    let mut sorted = filed.clone();
+    sorted.sort();
+    assert_eq!(filed, sorted, "{step}");
+    assert_eq!(layer.deadlines.len(), due, "{step}");
+}
+
+#[test]
+fn each_transaction_is_filed_once_under_its_next_deadline_until_it_ends() {
+    let clock = Clock::new();
+    let mut layer = TransactionLayer::new(TimerConfig::default(), TryingPolicy::default());
+    let (reliable, unreliable) = (Reliability::Reliable, Reliability::Unreliable);
+
+    let options = request("OPTIONS", "opt1", 1, "client.example.com:5060");
+    let server = layer
+        .handle_request(clock.at(0), options.clone(), unreliable)
+        .expect("server transaction");
+    let invite_key = layer
+        .send_request(clock.at(0), invite("inv1"), unreliable)
+        .expect("client INVITE");
+    let register = request("REGISTER", "reg1", 1, "client.example.com:5060");
+    let register_key = layer
+        .send_request(clock.at(0), register.clone(), reliable)
+        .expect("client REGISTER");
+    assert_filed_as_due(&layer, "started");
+    assert_eq!(
+        layer.deadlines.len(),
+        2,
+        "the OPTIONS awaits its answer untimed"
+    );
+
+    // A retransmission of the OPTIONS leaves its (absent) deadline alone.
+    layer
+        .handle_request(clock.at(100), options.clone(), unreliable)
+        .expect("retransmission");
+    assert_filed_as_due(&layer, "retransmission");
+
+    // Answered: Timer J is filed.
+    layer
+        .send_response(
+            clock.at(200),
+            &server,
+            response_to(&options, 200, Some("t")),
+        )
+        .expect("answer");
+    assert_filed_as_due(&layer, "answered");
+    assert_eq!(layer.deadlines.len(), 3);
+
+    // Timer A fires and is filed again later; Timer E likewise.
+    layer.handle_timeout(clock.at(500));
+    assert_filed_as_due(&layer, "timer A");
+    assert_eq!(layer.deadlines.len(), 3);
+
+    // The INVITE's 180 stops its retransmissions: nothing is due for it
+    // until its final response (the TU times a ringing call).
+    let ringing = response_to(&invite("inv1"), 180, Some("b"));
+    layer.handle_response(clock.at(600), ringing).expect("180");
+    assert_filed_as_due(&layer, "ringing");
+    assert_eq!(layer.deadlines.len(), 2);
+
+    // The REGISTER's 200 over a reliable transport ends it at once.
+    layer
+        .handle_response(clock.at(700), response_to(&register, 200, Some("r")))
+        .expect("200");
+    assert!(!layer.contains(&register_key));
+    assert_filed_as_due(&layer, "register answered");
+    assert_eq!(layer.deadlines.len(), 1);
+
+    // Long after: Timer J ends the OPTIONS; the ringing INVITE lives on.
+    layer.handle_timeout(clock.at(64 * 500 + 1_000));
+    assert!(!layer.contains(&server) && layer.contains(&invite_key));
+    assert_filed_as_due(&layer, "expired");
+    assert!(layer.deadlines.is_empty());
+
+    // Its 486 is acknowledged and Timer D filed; when it fires, the layer
+    // is empty.
+    let busy = response_to(&invite("inv1"), 486, Some("b"));
+    layer.handle_response(clock.at(40_000), busy).expect("486");
+    assert_filed_as_due(&layer, "busy");
+    assert_eq!(layer.deadlines.len(), 1);
+    layer.handle_timeout(clock.at(80_000));
+    assert_filed_as_due(&layer, "timer D");
+    assert!(layer.deadlines.is_empty() && layer.is_empty());
 }
