@@ -23,6 +23,7 @@
 //! core directly, and a busy core reads the next one without any wake-up.
 
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SendError, SyncSender, TryRecvError, TrySendError};
@@ -33,7 +34,6 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::time::TimeSpec;
-use std::os::fd::AsFd;
 use tokio::sync::oneshot;
 
 use super::{Now, Observation, Output, RegistrationError, RegistrationView, Uas};
@@ -739,6 +739,14 @@ mod tests {
         taken
     }
 
+    /// The core's sleep, without a UDP socket: what it found in its last
+    /// look at the queue, and how long it took.
+    fn timed_sleep(queue: &CoreQueue, wait: Duration) -> (Option<Input>, Duration) {
+        let started = Instant::now();
+        let found = sleep(&queue.receiver, &queue.handle.waker, None, wait);
+        (found, started.elapsed())
+    }
+
     #[test]
     fn an_input_queued_while_the_core_sleeps_wakes_it_at_once() {
         let queue = CoreQueue::new().expect("core queue");
@@ -747,14 +755,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(100));
             handle.wake();
         });
-        let started = Instant::now();
-        let found = sleep(
-            &queue.receiver,
-            &queue.handle.waker,
-            None,
-            Duration::from_secs(20),
-        );
-        let slept = started.elapsed();
+        let (found, slept) = timed_sleep(&queue, Duration::from_secs(20));
         sender.join().expect("sender");
         assert!(found.is_none(), "nothing was queued before the sleep");
         assert!(
@@ -774,28 +775,15 @@ mod tests {
         // Queued while the core was busy: no wake-up was written.
         queue.handle.wake();
         assert_eq!(queue.handle.waker.event.read().ok(), None, "no system call");
-        let started = Instant::now();
-        let found = sleep(
-            &queue.receiver,
-            &queue.handle.waker,
-            None,
-            Duration::from_secs(20),
-        );
+        let (found, slept) = timed_sleep(&queue, Duration::from_secs(20));
         assert!(matches!(found, Some(Input::Wake)));
-        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(slept < Duration::from_secs(1), "{slept:?}");
     }
 
     #[test]
     fn a_sleep_without_input_ends_when_the_next_timer_is_due() {
         let queue = CoreQueue::new().expect("core queue");
-        let started = Instant::now();
-        let found = sleep(
-            &queue.receiver,
-            &queue.handle.waker,
-            None,
-            Duration::from_millis(30),
-        );
-        let slept = started.elapsed();
+        let (found, slept) = timed_sleep(&queue, Duration::from_millis(30));
         assert!(found.is_none());
         assert!(
             slept >= Duration::from_millis(30) && slept < Duration::from_secs(2),
