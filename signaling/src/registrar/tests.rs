@@ -45,6 +45,14 @@ fn register(
     }
 }
 
+/// A REGISTER of `user` (not alice) binding `uri` for 600 s, CSeq 1.
+fn register_user(user: &str, uri: &str, call_id: &str) -> RegisterRequest {
+    RegisterRequest {
+        aor: user.to_string(),
+        ..register(vec![contact(uri, Some(600))], None, call_id, 1)
+    }
+}
+
 fn contact(uri: &str, expires: Option<u32>) -> ContactInput {
     ContactInput {
         expires,
@@ -585,13 +593,7 @@ fn compaction_writes_a_snapshot_and_starts_a_new_journal() {
     assert!(dir.path().join("journal.1.jsonl").exists());
     persist_all(
         &mut store,
-        registrar.handle_register(
-            t(10),
-            &RegisterRequest {
-                aor: "bob".to_string(),
-                ..register(vec![contact("sip:b@192.0.2.2", Some(600))], None, "d", 1)
-            },
-        ),
+        registrar.handle_register(t(10), &register_user("bob", "sip:b@192.0.2.2", "d")),
     );
     drop(store);
     // A leftover from an interrupted compaction is ignored and removed.
@@ -638,13 +640,7 @@ fn the_next_journal_is_made_ahead_of_its_switch_and_a_restart_takes_it_up() {
     );
     persist_all(
         &mut store,
-        registrar.handle_register(
-            t(2),
-            &RegisterRequest {
-                aor: "bob".to_string(),
-                ..register(vec![contact("sip:b@192.0.2.2", Some(600))], None, "d", 1)
-            },
-        ),
+        registrar.handle_register(t(2), &register_user("bob", "sip:b@192.0.2.2", "d")),
     );
     drop(store);
     let (mut store, records) = Store::open(dir.path()).expect("store reopens");
@@ -653,13 +649,7 @@ fn the_next_journal_is_made_ahead_of_its_switch_and_a_restart_takes_it_up() {
     // Appends now go to the made-ahead journal 2, and survive a restart.
     persist_all(
         &mut store,
-        registrar.handle_register(
-            t(4),
-            &RegisterRequest {
-                aor: "carol".to_string(),
-                ..register(vec![contact("sip:c@192.0.2.3", Some(600))], None, "e", 1)
-            },
-        ),
+        registrar.handle_register(t(4), &register_user("carol", "sip:c@192.0.2.3", "e")),
     );
     assert!(std::fs::metadata(journal(2)).expect("journal 2").len() > 0);
     drop(store);
@@ -694,13 +684,8 @@ fn records_after_a_journal_switch_survive_a_crash_before_its_snapshot() {
     drop(store);
     // What a switch leaves before its snapshot: journal 0 complete,
     // journal 1 with a later record, no snapshot 1 (a half-written one).
-    let later = ok(Registrar::new(config()).handle_register(
-        t(2),
-        &RegisterRequest {
-            aor: "bob".to_string(),
-            ..register(vec![contact("sip:b@192.0.2.2", Some(600))], None, "d", 1)
-        },
-    ))
+    let later = ok(Registrar::new(config())
+        .handle_register(t(2), &register_user("bob", "sip:b@192.0.2.2", "d")))
     .persist
     .expect("a new binding is persisted")
     .record;
@@ -1071,13 +1056,7 @@ fn a_snapshot_shares_the_binding_sets_and_later_changes_leave_it_as_taken() {
         t(1),
         &register(vec![contact("sip:a@192.0.2.1", Some(600))], None, "c", 1),
     );
-    let _ = registrar.handle_register(
-        t(1),
-        &RegisterRequest {
-            aor: "bob".to_string(),
-            ..register(vec![contact("sip:b@192.0.2.2", Some(600))], None, "d", 1)
-        },
-    );
+    let _ = registrar.handle_register(t(1), &register_user("bob", "sip:b@192.0.2.2", "d"));
     let snapshot = registrar.records();
     assert!(
         snapshot
