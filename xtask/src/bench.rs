@@ -562,7 +562,7 @@ fn register_rates(
 }
 
 /// One SIPp load: `rate` calls a second for `seconds`, each up for
-/// `hold_ms` (the scenario's pause, which its arguments set).
+/// `hold_ms` (SIPp's `-d`: the length of the scenario's pause).
 #[derive(Clone, Copy)]
 struct Load {
     rate: u32,
@@ -599,6 +599,8 @@ fn run_sipp(
     command
         .args(scenario_args)
         .args([
+            "-d",
+            &hold_ms.to_string(),
             "-r",
             &rate.to_string(),
             "-m",
@@ -854,8 +856,7 @@ fn sip_calls_nodes(args: &SipCallsArgs) -> anyhow::Result<()> {
                     let (sipp, scenario, sip_port) = (&sipp, &scenario, node.sip_port);
                     let dir = work.join(format!("node-{}", i + 1)).join("runs");
                     scope.spawn(move || {
-                        let hold = args.hold_ms.to_string();
-                        let caller = ["-s", "1001", "-key", "rtp_a", "9", "-d", &hold];
+                        let caller = ["-s", "1001", "-key", "rtp_a", "9"];
                         run_sipp(
                             sipp,
                             (scenario, "INVITE"),
@@ -972,8 +973,7 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
         let phase = work.join(if sse { "with-sse" } else { "without-sse" });
         let mut results = Vec::new();
         for &rate in &args.rates {
-            let hold = args.hold_ms.to_string();
-            let caller = ["-s", "1001", "-key", "rtp_a", "9", "-d", &hold];
+            let caller = ["-s", "1001", "-key", "rtp_a", "9"];
             let scenario = scenarios.join("b2bua_uac.xml");
             let before = (signaling.daemon.cpu_time(), manager.cpu_time());
             let mut result = run_sipp(
