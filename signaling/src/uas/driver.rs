@@ -214,11 +214,15 @@ impl Waker {
         fence(Ordering::SeqCst);
     }
 
-    /// After the core woke (or found an input in its last look).
-    fn unpark(&self) {
+    /// After the core woke, or found an input in its last look; `written`:
+    /// the event fd may hold a wake-up to clear (a write that comes after
+    /// the sleep's poll only makes the next sleep end at once).
+    fn unpark(&self, written: bool) {
         self.parked.store(false, Ordering::SeqCst);
-        // Non-blocking: nothing to read when no sender wrote.
-        let _ = self.event.read();
+        if written {
+            // Non-blocking: nothing to read when no sender wrote.
+            let _ = self.event.read();
+        }
     }
 }
 
@@ -646,20 +650,27 @@ fn sleep(
     waker.park();
     match receiver.try_recv() {
         Ok(input) => {
-            waker.unpark();
+            waker.unpark(true);
             return Some(input);
         }
         Err(TryRecvError::Disconnected) => {
-            waker.unpark();
+            waker.unpark(true);
             return Some(Input::Stop);
         }
         Err(TryRecvError::Empty) => {}
     }
-    let mut fds = vec![PollFd::new(waker.event.as_fd(), PollFlags::POLLIN)];
-    if let Some(transports) = udp {
-        fds.push(PollFd::new(transports.udp_socket(), PollFlags::POLLIN));
-    }
-    match nix::poll::ppoll(&mut fds, Some(TimeSpec::from_duration(wait)), None) {
+    // Without a UDP socket (it failed) the event fd alone is watched.
+    let socket = udp.map_or(waker.event.as_fd(), Transports::udp_socket);
+    let mut fds = [
+        PollFd::new(waker.event.as_fd(), PollFlags::POLLIN),
+        PollFd::new(socket, PollFlags::POLLIN),
+    ];
+    let watched = if udp.is_some() { 2 } else { 1 };
+    match nix::poll::ppoll(
+        &mut fds[..watched],
+        Some(TimeSpec::from_duration(wait)),
+        None,
+    ) {
         Ok(_) | Err(nix::errno::Errno::EINTR) => {}
         Err(error) => {
             // Never seen; a failing poll must not spin the core.
@@ -667,7 +678,10 @@ fn sleep(
             std::thread::sleep(wait.min(Duration::from_millis(10)));
         }
     }
-    waker.unpark();
+    let written = fds[0]
+        .revents()
+        .is_some_and(|events| events.contains(PollFlags::POLLIN));
+    waker.unpark(written);
     None
 }
 
@@ -766,6 +780,10 @@ mod tests {
         assert!(
             !queue.handle.waker.parked.load(Ordering::SeqCst),
             "awake again"
+        );
+        assert!(
+            queue.handle.waker.event.read().is_err(),
+            "the wake-up it was sent is cleared"
         );
     }
 
