@@ -1,9 +1,16 @@
+//! What the control side learns from the relay, with the service
+//! in-process and the fast path off.
+//!
 //! A burst of latches larger than the relay's event channel: the control
 //! side misses events (`relay events lagged`), yet every locked source must
-//! reach the offload decision, or the stream would stay in userspace for
-//! the whole call. The service runs in-process with the fast path off (the
-//! decision still tracks latches), and nothing reads the relay's events
-//! while 700 calls (1400 legs) latch; then the events are forwarded.
+//! reach the offload decision (which tracks latches with the fast path
+//! off too), or the stream would stay in userspace for the whole call.
+//! Nothing reads the relay's events while 700 calls (1400 legs) latch;
+//! then the events are forwarded.
+//!
+//! Calls deleted while their media flowed: the control side does not wait
+//! for the relay's workers to let go of the legs, yet the relay's totals
+//! never go down and every Delete answers with its legs' final counts.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -208,4 +215,102 @@ async fn latches_lost_in_a_lagged_event_channel_still_reach_the_offload_decision
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Sums what the relay received, as the metrics endpoint reads it.
+fn received(service: &ControlService) -> u64 {
+    let totals = service.driver().relay_totals();
+    totals.rtp_in_packets + totals.rtcp_in_packets
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_calls_answers_their_final_counts_and_never_lowers_the_relays_totals() {
+    const DELETED: u16 = 40;
+    let (min, max) = common::free_media_range(2 * DELETED);
+    let service = std::sync::Arc::new(service(min, max));
+    let peer = UdpSocket::bind("127.0.0.1:0").expect("peer socket");
+    let mut ports = Vec::new();
+    for call in 0..DELETED {
+        let call_id = format!("call-{call}");
+        let offer = service
+            .offer(Request::new(v1::OfferRequest {
+                call_id: call_id.clone(),
+                leg_id: "a".into(),
+                peer_leg_id: "b".into(),
+                sdp: sdp(40000),
+                ..Default::default()
+            }))
+            .await
+            .expect("Offer")
+            .into_inner();
+        let port = offer.leg.expect("leg info").rtp_port;
+        ports.push((call_id, u16::try_from(port).expect("port")));
+    }
+    // Three packets into each call's leg b (the port offered to a's peer).
+    for (_, port) in &ports {
+        for seq in 1..=3 {
+            peer.send_to(&rtp(seq), SocketAddr::from(([127, 0, 0, 1], *port)))
+                .expect("send");
+        }
+    }
+    let expected = 3 * u64::from(DELETED);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received(&service) < expected {
+        assert!(
+            Instant::now() < deadline,
+            "the relay received {} of {expected}",
+            received(&service)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Read the totals without pause while the calls are deleted.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (service, stop) = (
+            std::sync::Arc::clone(&service),
+            std::sync::Arc::clone(&stop),
+        );
+        std::thread::spawn(move || {
+            let mut lowest_after_highest = (0u64, u64::MAX);
+            let mut highest = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = received(&service);
+                highest = highest.max(now);
+                if now < highest {
+                    lowest_after_highest = (highest, now);
+                }
+            }
+            lowest_after_highest
+        })
+    };
+    for (call_id, _) in &ports {
+        let legs = service
+            .delete(Request::new(v1::DeleteRequest {
+                call_id: call_id.clone(),
+                ..Default::default()
+            }))
+            .await
+            .expect("Delete")
+            .into_inner()
+            .legs;
+        let received_by_b: Vec<u64> = legs
+            .iter()
+            .filter(|l| l.leg_id == "b")
+            .map(|l| l.rtp_in.as_ref().map_or(0, |c| c.packets))
+            .collect();
+        assert_eq!(received_by_b, [3], "{call_id}'s final counts: {legs:?}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (highest, dipped) = sampler.join().expect("sampler");
+    assert_eq!(
+        dipped,
+        u64::MAX,
+        "the relay's totals went down from {highest} to {dipped}"
+    );
+    assert_eq!(
+        received(&service),
+        expected,
+        "every deleted leg's packets stay counted"
+    );
 }

@@ -90,6 +90,17 @@ pub type CallListing = (String, Duration, Vec<(LegView, bool)>);
 struct Core {
     engine: Engine,
     kernel: KernelOffload,
+    /// The legs the engine has removed whose relay workers have not yet
+    /// let go of them: still counted in the relay's totals.
+    retiring: HashMap<Slot, Arc<LegShared>>,
+}
+
+/// A leg handed to its relay worker for removal ([`Driver::retire`]).
+#[must_use = "a removed leg is retired once its worker has let go of it"]
+#[derive(Debug)]
+struct Retiring {
+    slot: Slot,
+    removal: Result<Removal, crate::relay::RelayError>,
 }
 
 #[derive(Debug)]
@@ -140,6 +151,7 @@ impl Driver {
                 core: Mutex::new(Core {
                     engine,
                     kernel: KernelOffload::new(),
+                    retiring: HashMap::new(),
                 }),
                 fast_path,
                 relay,
@@ -176,20 +188,131 @@ impl Driver {
         lock(&self.inner.core)
     }
 
-    /// Runs `input` on the engine and carries out its commands.
+    /// Runs `input` on the engine and carries out its commands; the legs
+    /// it removed are retired in the background.
     fn input<T>(
         &self,
         input: impl FnOnce(&mut Engine) -> Result<T, SessionError>,
-    ) -> Result<(T, Vec<LegStats>), DriverError> {
-        let mut core = self.core();
-        let out = input(&mut core.engine)?;
-        let removed = self.drain(&mut core)?;
-        Ok((out, removed))
+    ) -> Result<T, DriverError> {
+        let (out, retiring) = self.input_removing(input)?;
+        self.retire_in_background(retiring);
+        Ok(out)
     }
 
-    /// Carries out the engine's commands in order; returns the final
-    /// statistics of the legs removed.
-    fn drain(&self, core: &mut Core) -> Result<Vec<LegStats>, DriverError> {
+    /// Runs `input` on the engine and carries out its commands; returns
+    /// the legs it removed, for [`Self::retire`].
+    fn input_removing<T>(
+        &self,
+        input: impl FnOnce(&mut Engine) -> Result<T, SessionError>,
+    ) -> Result<(T, Vec<Retiring>), DriverError> {
+        let mut core = self.core();
+        let out = input(&mut core.engine)?;
+        let retiring = self.drain(&mut core)?;
+        Ok((out, retiring))
+    }
+
+    /// Waits for the relay workers to let go of removed legs (their
+    /// sockets closed, their counters final), without holding the engine
+    /// or the thread, then retires them: their figures join the totals and
+    /// the kernel's, and their final statistics are returned. Another
+    /// input is handled meanwhile; slots are never reused soon, so none of
+    /// it can concern these legs.
+    async fn retire(&self, retiring: Vec<Retiring>) -> Result<Vec<LegStats>, DriverError> {
+        let mut released = Vec::with_capacity(retiring.len());
+        for leg in retiring {
+            let snapshot = match leg.removal {
+                Ok(removal) => removal.finished().await,
+                Err(e) => Err(e),
+            };
+            released.push((leg.slot, snapshot));
+        }
+        self.retired(released)
+    }
+
+    /// [`Self::retire`] for inputs that do not answer with the legs'
+    /// statistics (reaper, relay reports): on the runtime when there is
+    /// one, else (tests, start-up) on this thread.
+    fn retire_in_background(&self, retiring: Vec<Retiring>) {
+        if retiring.is_empty() {
+            return;
+        }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            drop(self.spawn_retire(retiring));
+            return;
+        }
+        let released = retiring
+            .into_iter()
+            .map(|leg| (leg.slot, leg.removal.and_then(Removal::finish)))
+            .collect();
+        if let Err(e) = self.retired(released) {
+            tracing::warn!(error = %e, "removed legs not retired");
+        }
+    }
+
+    /// Retires the legs in a task of their own, so they are retired even
+    /// when whoever waits for their statistics goes away (a gRPC request
+    /// cancelled by its client drops its handler). In a runtime only.
+    fn spawn_retire(
+        &self,
+        retiring: Vec<Retiring>,
+    ) -> tokio::task::JoinHandle<Result<Vec<LegStats>, DriverError>> {
+        let driver = self.clone();
+        tokio::spawn(async move {
+            let retired = driver.retire(retiring).await;
+            if let Err(e) = &retired {
+                tracing::warn!(error = %e, "removed legs not retired");
+            }
+            retired
+        })
+    }
+
+    /// Adds the released legs' figures to the totals and the kernel's;
+    /// returns their final statistics. When a leg's worker is gone the
+    /// error is returned after all are retired.
+    fn retired(
+        &self,
+        released: Vec<(
+            Slot,
+            Result<Option<crate::relay::LegSnapshot>, crate::relay::RelayError>,
+        )>,
+    ) -> Result<Vec<LegStats>, DriverError> {
+        let inner = &*self.inner;
+        let mut guard = self.core();
+        let core = &mut *guard;
+        let mut removed = Vec::with_capacity(released.len());
+        let mut stopped = false;
+        for (slot, snapshot) in released {
+            let Some(shared) = core.retiring.remove(&slot) else {
+                continue;
+            };
+            lock(&inner.retired).add(&shared.counters);
+            if let Some(interface) = lock(&inner.leg_interfaces).remove(&slot) {
+                *lock(&inner.retired_by_interface)
+                    .entry(interface)
+                    .or_default() += received_packets(&shared.counters);
+            }
+            // A leg whose worker is gone has no final figures; it is
+            // still retired.
+            let Ok(snapshot) = snapshot else {
+                core.kernel.forget(slot);
+                stopped = true;
+                continue;
+            };
+            let mut stats = leg_stats(&shared, snapshot.as_ref());
+            core.kernel
+                .merge(&inner.fast_path, core.engine.decision(), slot, &mut stats);
+            core.kernel.forget(slot);
+            removed.push(stats);
+        }
+        if stopped {
+            return Err(DriverError::RelayStopped);
+        }
+        Ok(removed)
+    }
+
+    /// Carries out the engine's commands in order; returns the legs
+    /// removed, handed to their workers.
+    fn drain(&self, core: &mut Core) -> Result<Vec<Retiring>, DriverError> {
         let inner = &*self.inner;
         let fast_path = &inner.fast_path;
         let relay = &inner.relay;
@@ -227,40 +350,13 @@ impl Driver {
                     stopped |= relay.update_leg(slot, params).is_err();
                 }
                 Command::RemoveLeg { slot, shared } => {
-                    // This removal and the ones right after it (a call's
-                    // legs) go to their workers at once; then each is
-                    // waited for in turn. Nothing else runs in between.
-                    let mut removals = vec![(slot, shared)];
-                    while let Some(Command::RemoveLeg { .. }) = commands.front() {
-                        if let Some(Command::RemoveLeg { slot, shared }) = commands.pop_front() {
-                            removals.push((slot, shared));
-                        }
-                    }
-                    let begun: Vec<_> = removals
-                        .into_iter()
-                        .map(|(slot, shared)| {
-                            inner.injections.leg_deleted(&shared.leg);
-                            (slot, relay.begin_remove(slot), shared)
-                        })
-                        .collect();
-                    for (slot, removal, shared) in begun {
-                        let Ok(snapshot) = removal.and_then(Removal::finish) else {
-                            stopped = true;
-                            continue;
-                        };
-                        // The worker has let go of the leg: its counters are final.
-                        lock(&inner.retired).add(&shared.counters);
-                        if let Some(interface) = lock(&inner.leg_interfaces).remove(&slot) {
-                            *lock(&inner.retired_by_interface)
-                                .entry(interface)
-                                .or_default() += received_packets(&shared.counters);
-                        }
-                        let mut stats = leg_stats(&shared, snapshot.as_ref());
-                        core.kernel
-                            .merge(fast_path, core.engine.decision(), slot, &mut stats);
-                        core.kernel.forget(slot);
-                        removed.push(stats);
-                    }
+                    // The removals of a call's legs go to their worker one
+                    // after the other and are waited for together, after
+                    // the engine's lock is released ([`Self::retire`]).
+                    inner.injections.leg_deleted(&shared.leg);
+                    let removal = relay.begin_remove(slot);
+                    core.retiring.insert(slot, shared);
+                    removed.push(Retiring { slot, removal });
                 }
                 Command::Publish(event) => self.publish(event),
                 Command::Persist => {
@@ -292,7 +388,7 @@ impl Driver {
     pub fn offer(&self, input: OfferInput<'_>) -> Result<(SdpOut, bool), DriverError> {
         let now = SystemTime::now();
         let saturated = self.inner.relay.saturated();
-        let (out, _) = self.input(|e| {
+        let out = self.input(|e| {
             e.handle_relay_saturated(saturated);
             e.handle_offer(Instant::now(), unix_millis(now), input)
         })?;
@@ -307,7 +403,7 @@ impl Driver {
         peer: &str,
         sdp: &str,
     ) -> Result<(SdpOut, bool), DriverError> {
-        let (out, _) = self.input(|e| e.handle_answer(Instant::now(), call, leg, peer, sdp))?;
+        let out = self.input(|e| e.handle_answer(Instant::now(), call, leg, peer, sdp))?;
         let offloaded = self.core().engine.offloaded(out.leg.slot);
         Ok((out, offloaded))
     }
@@ -317,10 +413,13 @@ impl Driver {
         Ok(())
     }
 
-    /// Deletes a leg or a call; returns the final statistics of its legs.
-    pub fn delete(&self, call: &str, leg: &str) -> Result<Vec<LegStats>, DriverError> {
-        let ((), removed) = self.input(|e| e.handle_delete(Instant::now(), call, leg))?;
-        Ok(removed)
+    /// Deletes a leg or a call; returns the final statistics of its legs
+    /// once their relay workers have let go of them.
+    pub async fn delete(&self, call: &str, leg: &str) -> Result<Vec<LegStats>, DriverError> {
+        let ((), retiring) = self.input_removing(|e| e.handle_delete(Instant::now(), call, leg))?;
+        self.spawn_retire(retiring)
+            .await
+            .map_err(|e| DriverError::Internal(format!("retiring the deleted legs: {e}")))?
     }
 
     pub fn set_drain(&self, drain: bool) {
@@ -330,7 +429,7 @@ impl Driver {
     /// Takes back the calls a previous run saved.
     pub fn restore(&self, saved: &SavedState) -> Result<usize, DriverError> {
         let now = SystemTime::now();
-        let (restored, _) = self.input(|e| {
+        let restored = self.input(|e| {
             Ok::<Restored, SessionError>(e.handle_restore(Instant::now(), unix_millis(now), saved))
         })?;
         Ok(restored.legs)
@@ -440,8 +539,14 @@ impl Driver {
     /// The userspace relay's packets and bytes since start: the live legs'
     /// counters plus those of the legs already removed.
     pub fn relay_totals(&self) -> RelayTotals {
+        // Legs move to the retired totals under the engine's lock: read
+        // both under it, or a leg retired in between is counted in neither.
+        let core = self.core();
         let mut totals = *lock(&self.inner.retired);
-        for (_, shared) in self.core().engine.legs() {
+        for (_, shared) in core.engine.legs() {
+            totals.add(&shared.counters);
+        }
+        for shared in core.retiring.values() {
             totals.add(&shared.counters);
         }
         totals
@@ -450,10 +555,12 @@ impl Driver {
     /// Packets the userspace relay received (RTP and RTCP) on each media
     /// interface's legs, removed legs included.
     pub fn interface_userspace_packets(&self) -> HashMap<String, u64> {
+        let core = self.core();
         let mut totals = lock(&self.inner.retired_by_interface).clone();
-        let legs = self.core().engine.legs();
+        let legs = core.engine.legs();
+        let retiring = core.retiring.iter().map(|(slot, s)| (*slot, Arc::clone(s)));
         let interfaces = lock(&self.inner.leg_interfaces);
-        for (slot, shared) in legs {
+        for (slot, shared) in legs.into_iter().chain(retiring) {
             if let Some(interface) = interfaces.get(&slot) {
                 *totals.entry(interface.clone()).or_default() += received_packets(&shared.counters);
             }

@@ -154,6 +154,7 @@ impl RtpManager for ControlService {
         let legs = self
             .driver
             .delete(&r.call_id, &r.leg_id)
+            .await
             .map_err(status_of)?;
         tracing::debug!(call = %r.call_id, leg = %r.leg_id, reason = ?r.reason(), detail = %r.detail, "deleted");
         Ok(Response::new(v1::DeleteResponse {

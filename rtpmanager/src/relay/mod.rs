@@ -53,8 +53,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use nix::sys::epoll::{Epoll, EpollCreateFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 
 use crate::media::dtmf::Digit;
 use crate::media::g711::Law;
@@ -377,7 +378,7 @@ enum Command {
     Add {
         slot: Slot,
         shared: Arc<LegShared>,
-        rtcp: Option<UdpSocket>,
+        rtcp: Option<Arc<UdpSocket>>,
         params: LegParams,
     },
     Update {
@@ -386,7 +387,7 @@ enum Command {
     },
     Remove {
         slot: Slot,
-        reply: mpsc::SyncSender<Option<LegSnapshot>>,
+        reply: oneshot::Sender<Option<LegSnapshot>>,
     },
     Snapshot {
         slot: Slot,
@@ -395,21 +396,71 @@ enum Command {
     Shutdown,
 }
 
-/// One worker thread: its command queue and the event fd that wakes it.
+/// Wakes a worker for queued commands: one event-fd write per wake-up,
+/// however many commands are queued before the worker gets to run.
+///
+/// A sender queues its command, then sets `signalled`, and writes the
+/// event fd only when the flag was clear. The worker reads the event fd,
+/// then clears the flag, then takes its queue: a command queued before
+/// the flag was cleared is in that take, and one queued after it finds
+/// the flag clear and writes again. (Clearing the flag before reading
+/// could swallow the write of a sender that set it in between, and leave
+/// the flag set with nothing to wake the worker: every later command
+/// would wait for the worker's timeout.)
+#[derive(Debug)]
+pub(crate) struct Waker {
+    event: EventFd,
+    signalled: AtomicBool,
+}
+
+impl Waker {
+    fn new() -> io::Result<Waker> {
+        Ok(Waker {
+            event: EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?,
+            signalled: AtomicBool::new(false),
+        })
+    }
+
+    /// After a command was queued.
+    fn notify(&self) -> io::Result<()> {
+        if self.signalled.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.event.write(1).map(drop).map_err(io::Error::from)
+    }
+
+    /// On the worker, before it takes its queue.
+    pub(crate) fn clear(&self) {
+        // Non-blocking: nothing to read when no sender wrote.
+        let _ = self.event.read();
+        self.signalled.store(false, Ordering::SeqCst);
+    }
+
+    pub(crate) fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.event)
+    }
+}
+
+/// One worker thread: its command queue, what wakes it and its epoll set.
 struct WorkerHandle {
     commands: mpsc::Sender<Command>,
-    waker: Arc<EventFd>,
+    waker: Arc<Waker>,
+    epoll: Arc<Epoll>,
     load: Arc<WorkerLoad>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl WorkerHandle {
+    /// Queues `command` and wakes the worker to carry it out now.
     fn send(&self, command: Command) -> Result<(), RelayError> {
-        self.commands
-            .send(command)
-            .map_err(|_| RelayError::Stopped)?;
-        self.waker.write(1).map_err(|_| RelayError::Stopped)?;
-        Ok(())
+        self.queue(command)?;
+        self.waker.notify().map_err(|_| RelayError::Stopped)
+    }
+
+    /// Queues `command` for the worker's next wake-up, whatever wakes it
+    /// (at the latest its timeout scan).
+    fn queue(&self, command: Command) -> Result<(), RelayError> {
+        self.commands.send(command).map_err(|_| RelayError::Stopped)
     }
 }
 
@@ -509,19 +560,24 @@ impl Relay {
         let mut handles = Vec::with_capacity(workers.max(1));
         for index in 0..workers.max(1) {
             let (commands, inbox) = mpsc::channel();
-            let waker = Arc::new(
-                EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
-                    .map_err(io::Error::from)?,
-            );
+            let waker = Arc::new(Waker::new()?);
             let load = Arc::new(WorkerLoad::default());
-            let mut worker =
-                worker::Worker::new(inbox, Arc::clone(&waker), events.clone(), Arc::clone(&load))?;
+            let epoll =
+                Arc::new(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io::Error::from)?);
+            let mut worker = worker::Worker::new(
+                inbox,
+                Arc::clone(&waker),
+                Arc::clone(&epoll),
+                events.clone(),
+                Arc::clone(&load),
+            )?;
             let thread = std::thread::Builder::new()
                 .name(format!("relay-{index}"))
                 .spawn(move || worker.run())?;
             handles.push(WorkerHandle {
                 commands,
                 waker,
+                epoll,
                 load,
                 thread: Some(thread),
             });
@@ -580,6 +636,12 @@ impl Relay {
     /// other legs, or, for a new call, to the worker with the fewest legs.
     /// `shared.rtp_socket` must be non-blocking; `rtcp` too when present
     /// (absent with rtcp-mux).
+    ///
+    /// The worker is not woken: the leg is queued for it, then its sockets
+    /// are watched on the worker's epoll set from this thread, so the
+    /// leg's first packet wakes the worker, which takes its queue before
+    /// reading any socket. Call set-up (a leg added per offer) costs the
+    /// relay no thread wake-up until media flows.
     pub fn add_leg(
         &self,
         slot: Slot,
@@ -587,15 +649,25 @@ impl Relay {
         rtcp: Option<UdpSocket>,
         params: LegParams,
     ) -> Result<(), RelayError> {
+        let leg = shared.leg.clone();
+        let Some(rtp) = shared.rtp_socket().cloned() else {
+            tracing::error!(call = %leg.call_id, leg = %leg.leg_id, "leg handed to the relay without its RTP socket");
+            return Ok(());
+        };
+        let rtcp = rtcp.map(Arc::new);
         let saturated: Vec<bool> = self.workers.iter().map(|w| w.load.saturated()).collect();
-        let index = lock(&self.placement).place(slot, &shared.leg.call_id, &saturated);
+        let index = lock(&self.placement).place(slot, &leg.call_id, &saturated);
         let worker = self.workers.get(index).ok_or(RelayError::Stopped)?;
-        worker.send(Command::Add {
+        worker.queue(Command::Add {
             slot,
             shared,
-            rtcp,
+            rtcp: rtcp.clone(),
             params,
-        })
+        })?;
+        if let Err(e) = worker::watch(&worker.epoll, slot, &rtp, rtcp.as_deref()) {
+            tracing::error!(call = %leg.call_id, leg = %leg.leg_id, error = %e, "cannot watch leg sockets");
+        }
+        Ok(())
     }
 
     /// Replaces a leg's parameters.
@@ -604,22 +676,23 @@ impl Relay {
     }
 
     /// Removes a leg, closing its sockets, and returns its last snapshot.
+    /// Blocks the thread: not for a thread that runs tasks.
     pub fn remove_leg(&self, slot: Slot) -> Result<Option<LegSnapshot>, RelayError> {
         self.begin_remove(slot)?.finish()
     }
 
     /// Hands a leg's removal to its worker without waiting for it: the
-    /// removals of a call's legs begun together cost one wait for their
-    /// worker, not one each (a worker's commands run in order).
-    pub fn begin_remove(&self, slot: Slot) -> Result<Removal<'_>, RelayError> {
+    /// removals of a call's legs begun together cost one wake-up of their
+    /// worker, not one each (a worker's commands run in order), and the
+    /// caller goes on with other work until it needs the snapshot. The leg
+    /// leaves its worker's placement at once: commands for its slot from
+    /// now on find no such leg.
+    pub fn begin_remove(&self, slot: Slot) -> Result<Removal, RelayError> {
         let worker = self.worker(slot)?;
-        let (reply, answer) = mpsc::sync_channel(1);
+        let (reply, answer) = oneshot::channel();
         worker.send(Command::Remove { slot, reply })?;
-        Ok(Removal {
-            relay: self,
-            slot,
-            answer,
-        })
+        lock(&self.placement).remove(slot);
+        Ok(Removal { answer })
     }
 
     /// The RFC 3550 figures of a leg.
@@ -636,20 +709,22 @@ impl Relay {
 }
 
 /// A leg's removal handed to its worker ([`Relay::begin_remove`]).
-#[must_use = "a removal is complete only once finished"]
-pub struct Removal<'a> {
-    relay: &'a Relay,
-    slot: Slot,
-    answer: mpsc::Receiver<Option<LegSnapshot>>,
+#[must_use = "a removal is complete only once its worker has answered"]
+#[derive(Debug)]
+pub struct Removal {
+    answer: oneshot::Receiver<Option<LegSnapshot>>,
 }
 
-impl Removal<'_> {
+impl Removal {
     /// Waits until the worker has let go of the leg (its sockets closed,
     /// its counters final) and returns its last snapshot.
+    pub async fn finished(self) -> Result<Option<LegSnapshot>, RelayError> {
+        self.answer.await.map_err(|_| RelayError::Stopped)
+    }
+
+    /// [`Self::finished`], blocking the thread; outside a runtime only.
     pub fn finish(self) -> Result<Option<LegSnapshot>, RelayError> {
-        let snapshot = self.answer.recv().map_err(|_| RelayError::Stopped);
-        lock(&self.relay.placement).remove(self.slot);
-        snapshot
+        self.answer.blocking_recv().map_err(|_| RelayError::Stopped)
     }
 }
 

@@ -857,3 +857,74 @@ fn a_worker_reports_its_packets_and_cpu() {
     assert!(w.busy_permille < SATURATED_BUSY_PERMILLE, "{w:?}");
     assert!(!relay.saturated());
 }
+
+/// Control adds legs without waking their worker and coalesces the
+/// wake-ups of commands queued together: a command that must be answered
+/// still never waits for the worker's timeout scan (50 ms), however the
+/// senders' wake-ups and the worker's interleave.
+#[test]
+fn commands_sent_in_bursts_from_two_threads_are_each_carried_out_at_once() {
+    let relay = Arc::new(Relay::start().expect("relay"));
+    let (caller, callee) = (endpoint(), endpoint());
+    let (a, b) = bridged_expecting(&relay, &caller, &callee);
+    let stop = Arc::new(AtomicBool::new(false));
+    let updater = {
+        let (relay, stop) = (Arc::clone(&relay), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut updates = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let params = LegParams {
+                    forward_to: Some(1),
+                    clock_rate: 8000,
+                    ..LegParams::default()
+                };
+                relay.update_leg(b.slot, params).expect("relay alive");
+                updates += 1;
+            }
+            updates
+        })
+    };
+    // A lost wake-up would leave the worker answering at its timeout
+    // scans only: every snapshot from then on would wait up to 50 ms.
+    let (started, mut asked, mut slow) = (Instant::now(), 0, Vec::new());
+    while asked < 3000 && started.elapsed() < Duration::from_secs(3) {
+        let sent = Instant::now();
+        relay
+            .snapshot(a.slot)
+            .expect("relay alive")
+            .expect("leg a exists");
+        asked += 1;
+        if sent.elapsed() > Duration::from_millis(30) {
+            slow.push(sent.elapsed());
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let updates = updater.join().expect("updater");
+    assert!(updates > 0);
+    // One or two slow answers are a busy test machine.
+    assert!(
+        slow.len() <= 2,
+        "{} of {asked} snapshots waited over 30 ms ({slow:?}): wake-ups were lost",
+        slow.len()
+    );
+}
+
+#[test]
+fn a_leg_added_while_its_worker_sleeps_forwards_its_first_packet() {
+    let relay = Relay::start().expect("relay");
+    let (caller, callee) = (endpoint(), endpoint());
+    // The worker has nothing to do and sleeps; the legs are only queued
+    // for it, and the first packet (not a wake-up) makes it take them.
+    std::thread::sleep(Duration::from_millis(120));
+    let (a, _b) = bridged_expecting(&relay, &caller, &callee);
+    let sent = Instant::now();
+    caller
+        .send_to(&rtp_packet(1, 0, &[0; 160]), a.rtp_addr())
+        .expect("send");
+    assert!(recv(&callee).is_some(), "the first packet is forwarded");
+    assert!(
+        sent.elapsed() < Duration::from_millis(40),
+        "forwarded after {:?}: the worker waited for its timeout",
+        sent.elapsed()
+    );
+}

@@ -7,8 +7,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
 
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::eventfd::EventFd;
+use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags, EpollTimeout};
 use tokio::sync::broadcast;
 
 use super::batch::{count_queue_drops, RecvBatch, SendBatch};
@@ -55,7 +54,7 @@ struct LegState {
     shared: Arc<LegShared>,
     /// The leg's RTP socket (also in `shared`, read here without a lock).
     rtp: Arc<UdpSocket>,
-    rtcp: Option<UdpSocket>,
+    rtcp: Option<Arc<UdpSocket>>,
     params: LegParams,
     /// Where RTP and RTCP are accepted from and sent back to.
     rtp_latch: SourceLatch,
@@ -212,9 +211,10 @@ impl LegState {
 
 pub(super) struct Worker {
     inbox: mpsc::Receiver<Command>,
-    waker: Arc<EventFd>,
+    waker: Arc<super::Waker>,
     events: broadcast::Sender<RelayEvent>,
-    epoll: Epoll,
+    /// Shared with control, which watches new legs' sockets on it.
+    epoll: Arc<Epoll>,
     legs: HashMap<Slot, LegState>,
     recv: RecvBatch,
     send_rtp: SendBatch,
@@ -239,11 +239,11 @@ enum Verdict {
 impl Worker {
     pub(super) fn new(
         inbox: mpsc::Receiver<Command>,
-        waker: Arc<EventFd>,
+        waker: Arc<super::Waker>,
+        epoll: Arc<Epoll>,
         events: broadcast::Sender<RelayEvent>,
         load: Arc<WorkerLoad>,
     ) -> std::io::Result<Worker> {
-        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(
             waker.as_fd(),
             EpollEvent::new(EpollFlags::EPOLLIN, WAKER_TOKEN),
@@ -278,13 +278,19 @@ impl Worker {
                     return;
                 }
             };
+            // Commands first, whatever woke the worker: a new leg's
+            // sockets are watched from the moment control hands it over
+            // ([`super::Relay::add_leg`]), so its own first packet may be
+            // what woke it. The event fd is cleared before the queue is
+            // read: a command queued after that look writes it again.
+            if ready[..n].iter().any(|e| e.data() == WAKER_TOKEN) {
+                self.waker.clear();
+            }
+            if !self.handle_commands() {
+                return;
+            }
             for event in &ready[..n] {
-                if event.data() == WAKER_TOKEN {
-                    let _ = self.waker.read();
-                    if !self.handle_commands() {
-                        return;
-                    }
-                } else {
+                if event.data() != WAKER_TOKEN {
                     let (slot, kind) = untoken(event.data());
                     self.handle_readable(slot, kind);
                 }
@@ -362,39 +368,18 @@ impl Worker {
         true
     }
 
+    /// Takes a leg whose sockets control already watches on this worker's
+    /// epoll set ([`watch`]).
     fn add(
         &mut self,
         slot: Slot,
         shared: Arc<LegShared>,
-        rtcp: Option<UdpSocket>,
+        rtcp: Option<Arc<UdpSocket>>,
         params: LegParams,
     ) {
         let Some(rtp) = shared.rtp_socket().cloned() else {
-            tracing::error!(call = %shared.leg.call_id, leg = %shared.leg.leg_id, "leg handed to the relay without its RTP socket");
             return;
         };
-        let registered = self
-            .epoll
-            .add(
-                rtp.as_fd(),
-                EpollEvent::new(EpollFlags::EPOLLIN, token(slot, SocketKind::Rtp)),
-            )
-            .and_then(|()| match &rtcp {
-                Some(s) => self.epoll.add(
-                    s.as_fd(),
-                    EpollEvent::new(EpollFlags::EPOLLIN, token(slot, SocketKind::Rtcp)),
-                ),
-                None => Ok(()),
-            });
-        if let Err(e) = registered {
-            tracing::error!(call = %shared.leg.call_id, leg = %shared.leg.leg_id, error = %e, "cannot watch leg sockets");
-            return;
-        }
-        for fd in std::iter::once(rtp.as_raw_fd()).chain(rtcp.as_ref().map(|s| s.as_raw_fd())) {
-            if let Err(e) = count_queue_drops(fd) {
-                tracing::debug!(error = %e, "receive-queue drops of a leg socket are not counted");
-            }
-        }
         let mut state = LegState {
             stats: ReceiverStats::new(params.clock_rate.max(1)),
             rtp_latch: SourceLatch::new(
@@ -714,6 +699,34 @@ impl Worker {
 
 /// Rewrites a G.711 RTP packet's payload and payload type in place; other
 /// payload types (telephone-event, comfort noise) pass unchanged.
+/// Watches a leg's sockets on a worker's epoll set, from control's thread:
+/// the worker need not wake for a leg until its first packet, and the
+/// command that hands it the leg is taken before that packet is read.
+/// Also asks the kernel to count each socket's receive-queue drops.
+pub(super) fn watch(
+    epoll: &Epoll,
+    slot: Slot,
+    rtp: &UdpSocket,
+    rtcp: Option<&UdpSocket>,
+) -> nix::Result<()> {
+    epoll.add(
+        rtp.as_fd(),
+        EpollEvent::new(EpollFlags::EPOLLIN, token(slot, SocketKind::Rtp)),
+    )?;
+    if let Some(rtcp) = rtcp {
+        epoll.add(
+            rtcp.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, token(slot, SocketKind::Rtcp)),
+        )?;
+    }
+    for fd in std::iter::once(rtp.as_raw_fd()).chain(rtcp.map(|s| s.as_raw_fd())) {
+        if let Err(e) = count_queue_drops(fd) {
+            tracing::debug!(error = %e, "receive-queue drops of a leg socket are not counted");
+        }
+    }
+    Ok(())
+}
+
 fn transcode_in_place(data: &mut [u8], from: Law, to: Law, payload_type: rtp::PayloadType) {
     let Ok(mut packet) = RtpPacketMut::parse(data) else {
         return;
