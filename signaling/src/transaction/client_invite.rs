@@ -31,7 +31,11 @@ pub struct ClientInvite {
     state: ClientInviteState,
     config: TimerConfig,
     reliability: Reliability,
-    request: SipMessage,
+    /// The INVITE, retransmitted by Timer A and answered by the ACK of a
+    /// non-2xx; let go once a 2xx arrives (Accepted lasts 32 s, Timer M,
+    /// for every answered call, and passes 2xx retransmissions up by the
+    /// layer's key alone).
+    request: Option<SipMessage>,
     /// The ACK for the non-2xx final response, re-sent on each retransmission of it.
     ack: Option<SipMessage>,
     /// Current timer A interval; doubles at each firing with no cap (§17.1.1.2).
@@ -58,7 +62,7 @@ impl ClientInvite {
             state: ClientInviteState::Calling,
             config,
             reliability,
-            request: request.clone(),
+            request: Some(request.clone()),
             ack: None,
             timer_a_interval: config.t1,
             timers: Timers::default(),
@@ -77,9 +81,9 @@ impl ClientInvite {
         self.state
     }
 
-    /// The INVITE this transaction sends.
-    pub fn request(&self) -> &SipMessage {
-        &self.request
+    /// The INVITE this transaction sends, until a 2xx arrives.
+    pub fn request(&self) -> Option<&SipMessage> {
+        self.request.as_ref()
     }
 
     /// Feeds a response that matched this transaction.
@@ -99,16 +103,21 @@ impl ClientInvite {
                 self.state = ClientInviteState::Accepted;
                 self.timers.cancel_all();
                 self.timers.start(Timer::M, now + self.config.t1x64());
+                self.request = None;
                 self.events.push_back(TransactionEvent::Response(response));
             }
             (ClientInviteState::Calling | ClientInviteState::Proceeding, _) => {
-                let ack = build_non_2xx_ack(&self.request, &response)?;
+                // Calling and Proceeding keep the request.
+                let ack = match &self.request {
+                    Some(request) => Some(build_non_2xx_ack(request, &response)?),
+                    None => None,
+                };
                 self.state = ClientInviteState::Completed;
                 self.timers.cancel_all();
                 self.timers
                     .start(Timer::D, now + self.config.timer_d(self.reliability));
-                self.transmits.push_back(ack.clone());
-                self.ack = Some(ack);
+                self.transmits.extend(ack.clone());
+                self.ack = ack;
                 self.events.push_back(TransactionEvent::Response(response));
             }
             (ClientInviteState::Accepted, 200..=299) => {
@@ -137,7 +146,7 @@ impl ClientInvite {
         while let Some(timer) = self.timers.pop_expired(now) {
             match (timer, self.state) {
                 (Timer::A, ClientInviteState::Calling) => {
-                    self.transmits.push_back(self.request.clone());
+                    self.transmits.extend(self.request.clone());
                     self.timer_a_interval *= 2;
                     self.timers.start(Timer::A, now + self.timer_a_interval);
                 }

@@ -43,8 +43,13 @@ pub struct ServerInvite {
     state: ServerInviteState,
     config: TimerConfig,
     reliability: Reliability,
-    request: SipMessage,
-    /// The last response sent, re-sent on INVITE retransmissions and timer G.
+    /// The INVITE, for a 100 Trying of the transaction's own; let go once
+    /// a 2xx is sent. Accepted lasts 32 s (Timer L) for every answered
+    /// call, absorbing INVITE retransmissions by the layer's key alone, and
+    /// a parsed message held that long costs several times its octets.
+    request: Option<SipMessage>,
+    /// The last response sent, re-sent on INVITE retransmissions and timer
+    /// G; not kept in Accepted (the TU retransmits its 2xx itself).
     last_response: Option<SipMessage>,
     /// Current timer G interval: doubles, capped at T2 (§17.2.1).
     timer_g_interval: Duration,
@@ -72,7 +77,7 @@ impl ServerInvite {
             state: ServerInviteState::Proceeding,
             config,
             reliability,
-            request: request.clone(),
+            request: Some(request.clone()),
             last_response: None,
             timer_g_interval: config.t1,
             timers: Timers::default(),
@@ -91,9 +96,9 @@ impl ServerInvite {
         self.state
     }
 
-    /// The INVITE this transaction serves.
-    pub fn request(&self) -> &SipMessage {
-        &self.request
+    /// The INVITE this transaction serves, until a 2xx is sent.
+    pub fn request(&self) -> Option<&SipMessage> {
+        self.request.as_ref()
     }
 
     /// Feeds a request that matched this transaction: an INVITE
@@ -141,7 +146,9 @@ impl ServerInvite {
                 self.state = ServerInviteState::Accepted;
                 self.timers.cancel_all();
                 self.timers.start(Timer::L, now + self.config.t1x64());
-                self.send(response);
+                self.request = None;
+                self.last_response = None;
+                self.transmits.push_back(response);
             }
             (ServerInviteState::Proceeding, _) => {
                 self.state = ServerInviteState::Completed;
@@ -153,7 +160,7 @@ impl ServerInvite {
                 self.send(response);
             }
             // The TU retransmits its 2xx itself; RFC 6026 §7.1 passes them on.
-            (ServerInviteState::Accepted, 200..=299) => self.send(response),
+            (ServerInviteState::Accepted, 200..=299) => self.transmits.push_back(response),
             (state, status) => {
                 return Err(TransactionError::ResponseNotAllowed {
                     status,
@@ -215,7 +222,10 @@ impl ServerInvite {
     }
 
     fn send_trying(&mut self) {
-        self.send(build_trying(&self.request));
+        if let Some(request) = &self.request {
+            let trying = build_trying(request);
+            self.send(trying);
+        }
     }
 
     fn send(&mut self, response: SipMessage) {

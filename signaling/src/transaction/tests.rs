@@ -221,10 +221,20 @@ fn invite_client_2xx_goes_to_accepted_and_passes_retransmissions_up() {
     )
     .expect("INVITE starts a transaction");
     initial(&mut t, &clock);
+    assert_eq!(
+        t.request(),
+        Some(&request),
+        "kept for Timer A and a non-2xx's ACK"
+    );
     let ok = response_to(&request, 200, Some("callee"));
     let mut out = Vec::new();
     t.handle_response(clock.at(300), ok.clone())
         .expect("200 is accepted");
+    assert_eq!(
+        t.request(),
+        None,
+        "Accepted lasts 32 s and needs only the key: the INVITE is let go"
+    );
     t.handle_response(clock.at(800), ok.clone())
         .expect("retransmitted 200 is accepted");
     t.handle_response(clock.at(900), response_to(&request, 180, Some("callee")))
@@ -498,7 +508,7 @@ fn invite_server_sends_trying_after_200_ms_when_tu_is_silent() {
     .expect("INVITE starts a server transaction");
     assert_eq!(initial(&mut t, &clock), log(&[(0, "ev Request INVITE")]));
     assert_eq!(run_until(&mut t, &clock, 10_000), log(&[(200, "tx 100")]));
-    let trying = t.request().clone();
+    let trying = t.request().expect("kept until a 2xx").clone();
     t.handle_request(clock.at(10_000), trying);
     let mut out = Vec::new();
     drain(&mut t, &clock, clock.at(10_000), &mut out);
@@ -643,9 +653,19 @@ fn invite_server_2xx_accepted_absorbs_invite_retransmissions() {
     .expect("INVITE starts a server transaction");
     initial(&mut t, &clock);
     let ok = response_to(&request, 200, Some("t"));
+    assert_eq!(
+        t.request(),
+        Some(&request),
+        "kept for a 100 Trying of its own"
+    );
     t.send_response(clock.at(100), ok.clone())
         .expect("200 is allowed");
     assert_eq!(t.poll_transmit(), Some(ok.clone()));
+    assert_eq!(
+        t.request(),
+        None,
+        "Accepted lasts 32 s and needs only the key: the INVITE is let go"
+    );
     t.handle_request(clock.at(400), request.clone());
     assert_eq!(
         t.poll_transmit(),
