@@ -35,9 +35,9 @@ pub struct ClientInvite {
     /// non-2xx; let go once a 2xx arrives (Accepted lasts 32 s, Timer M,
     /// for every answered call, and passes 2xx retransmissions up by the
     /// layer's key alone).
-    request: Option<SipMessage>,
+    request: Option<Box<SipMessage>>,
     /// The ACK for the non-2xx final response, re-sent on each retransmission of it.
-    ack: Option<SipMessage>,
+    ack: Option<Box<SipMessage>>,
     /// Current timer A interval; doubles at each firing with no cap (§17.1.1.2).
     timer_a_interval: Duration,
     timers: Timers,
@@ -62,7 +62,7 @@ impl ClientInvite {
             state: ClientInviteState::Calling,
             config,
             reliability,
-            request: Some(request.clone()),
+            request: Some(Box::new(request.clone())),
             ack: None,
             timer_a_interval: config.t1,
             timers: Timers::default(),
@@ -83,7 +83,7 @@ impl ClientInvite {
 
     /// The INVITE this transaction sends, until a 2xx arrives.
     pub fn request(&self) -> Option<&SipMessage> {
-        self.request.as_ref()
+        self.request.as_deref()
     }
 
     /// Feeds a response that matched this transaction.
@@ -117,7 +117,7 @@ impl ClientInvite {
                 self.timers
                     .start(Timer::D, now + self.config.timer_d(self.reliability));
                 self.transmits.extend(ack.clone());
-                self.ack = ack;
+                self.ack = ack.map(Box::new);
                 self.events.push_back(TransactionEvent::Response(response));
             }
             (ClientInviteState::Accepted, 200..=299) => {
@@ -125,7 +125,7 @@ impl ClientInvite {
             }
             (ClientInviteState::Completed, 300..=699) => {
                 if let Some(ack) = &self.ack {
-                    self.transmits.push_back(ack.clone());
+                    self.transmits.push_back(SipMessage::clone(ack));
                 }
             }
             // Late provisionals, a non-2xx after a 2xx (a forking oddity) and
@@ -146,7 +146,7 @@ impl ClientInvite {
         while let Some(timer) = self.timers.pop_expired(now) {
             match (timer, self.state) {
                 (Timer::A, ClientInviteState::Calling) => {
-                    self.transmits.extend(self.request.clone());
+                    self.transmits.extend(self.request.as_deref().cloned());
                     self.timer_a_interval *= 2;
                     self.timers.start(Timer::A, now + self.timer_a_interval);
                 }

@@ -47,10 +47,10 @@ pub struct ServerInvite {
     /// a 2xx is sent. Accepted lasts 32 s (Timer L) for every answered
     /// call, absorbing INVITE retransmissions by the layer's key alone, and
     /// a parsed message held that long costs several times its octets.
-    request: Option<SipMessage>,
+    request: Option<Box<SipMessage>>,
     /// The last response sent, re-sent on INVITE retransmissions and timer
     /// G; not kept in Accepted (the TU retransmits its 2xx itself).
-    last_response: Option<SipMessage>,
+    last_response: Option<Box<SipMessage>>,
     /// Current timer G interval: doubles, capped at T2 (§17.2.1).
     timer_g_interval: Duration,
     timers: Timers,
@@ -77,7 +77,7 @@ impl ServerInvite {
             state: ServerInviteState::Proceeding,
             config,
             reliability,
-            request: Some(request.clone()),
+            request: Some(Box::new(request.clone())),
             last_response: None,
             timer_g_interval: config.t1,
             timers: Timers::default(),
@@ -98,7 +98,7 @@ impl ServerInvite {
 
     /// The INVITE this transaction serves, until a 2xx is sent.
     pub fn request(&self) -> Option<&SipMessage> {
-        self.request.as_ref()
+        self.request.as_deref()
     }
 
     /// Feeds a request that matched this transaction: an INVITE
@@ -107,7 +107,7 @@ impl ServerInvite {
         match (request.method(), self.state) {
             (Method::Invite, ServerInviteState::Proceeding | ServerInviteState::Completed) => {
                 if let Some(response) = &self.last_response {
-                    self.transmits.push_back(response.clone());
+                    self.transmits.push_back(SipMessage::clone(response));
                 }
             }
             (Method::Ack, ServerInviteState::Completed) => {
@@ -181,7 +181,7 @@ impl ServerInvite {
                 }
                 (Timer::G, ServerInviteState::Completed) => {
                     if let Some(response) = &self.last_response {
-                        self.transmits.push_back(response.clone());
+                        self.transmits.push_back(SipMessage::clone(response));
                     }
                     self.timer_g_interval = (self.timer_g_interval * 2).min(self.config.t2);
                     self.timers.start(Timer::G, now + self.timer_g_interval);
@@ -230,7 +230,7 @@ impl ServerInvite {
 
     fn send(&mut self, response: SipMessage) {
         self.transmits.push_back(response.clone());
-        self.last_response = Some(response);
+        self.last_response = Some(Box::new(response));
     }
 
     fn terminate(&mut self) {

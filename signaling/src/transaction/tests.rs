@@ -1082,6 +1082,25 @@ fn a_table_entry_is_the_size_of_a_small_transaction_not_the_largest() {
     assert!(entry <= 320, "an entry takes {entry} bytes");
 }
 
+/// Every answered call keeps its two INVITE transactions 32 s (Timers L
+/// and M) after they let go of their messages: the messages they keep
+/// meanwhile are boxed, so a transaction does not carry the room of two
+/// parsed messages (712 bytes each) inline for the whole 32 s.
+#[test]
+fn a_transaction_holds_its_messages_out_of_line() {
+    let message = std::mem::size_of::<SipMessage>();
+    for (kind, size) in [
+        ("ServerInvite", std::mem::size_of::<ServerInvite>()),
+        ("ClientInvite", std::mem::size_of::<ClientInvite>()),
+        ("Client", std::mem::size_of::<Client>()),
+    ] {
+        assert!(
+            size < message,
+            "a {kind} takes {size} bytes, more than a parsed message ({message})"
+        );
+    }
+}
+
 /// Every live transaction with a deadline is filed once, under that
 /// deadline, in the layer's `deadlines`, and nothing else is.
 fn assert_filed_as_due(layer: &TransactionLayer, step: &str) {
