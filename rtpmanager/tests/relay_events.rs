@@ -101,6 +101,21 @@ fn service(min: u16, max: u16) -> ControlService {
     )
 }
 
+/// The Offer of leg a's peer, towards leg b; the leg it describes is b.
+async fn offer_a_to_b(service: &ControlService, call_id: &str) -> v1::SdpResponse {
+    service
+        .offer(Request::new(v1::OfferRequest {
+            call_id: call_id.to_owned(),
+            leg_id: "a".into(),
+            peer_leg_id: "b".into(),
+            sdp: sdp(40000),
+            ..Default::default()
+        }))
+        .await
+        .expect("Offer")
+        .into_inner()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latches_lost_in_a_lagged_event_channel_still_reach_the_offload_decision() {
     raise_open_files();
@@ -112,17 +127,7 @@ async fn latches_lost_in_a_lagged_event_channel_still_reach_the_offload_decision
     let mut legs = Vec::new();
     for call in 0..CALLS {
         let call_id = format!("call-{call}");
-        let offer = service
-            .offer(Request::new(v1::OfferRequest {
-                call_id: call_id.clone(),
-                leg_id: "a".into(),
-                peer_leg_id: "b".into(),
-                sdp: sdp(40000),
-                ..Default::default()
-            }))
-            .await
-            .expect("Offer")
-            .into_inner();
+        let offer = offer_a_to_b(&service, &call_id).await;
         let answer = service
             .answer(Request::new(v1::AnswerRequest {
                 call_id: call_id.clone(),
@@ -232,17 +237,7 @@ async fn deleting_calls_answers_their_final_counts_and_never_lowers_the_relays_t
     let mut ports = Vec::new();
     for call in 0..DELETED {
         let call_id = format!("call-{call}");
-        let offer = service
-            .offer(Request::new(v1::OfferRequest {
-                call_id: call_id.clone(),
-                leg_id: "a".into(),
-                peer_leg_id: "b".into(),
-                sdp: sdp(40000),
-                ..Default::default()
-            }))
-            .await
-            .expect("Offer")
-            .into_inner();
+        let offer = offer_a_to_b(&service, &call_id).await;
         let port = offer.leg.expect("leg info").rtp_port;
         ports.push((call_id, u16::try_from(port).expect("port")));
     }
