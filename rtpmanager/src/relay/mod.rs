@@ -640,8 +640,8 @@ impl Relay {
     /// The worker is not woken: the leg is queued for it, then its sockets
     /// are watched on the worker's epoll set from this thread, so the
     /// leg's first packet wakes the worker, which takes its queue before
-    /// reading any socket. Call set-up (a leg added per offer) costs the
-    /// relay no thread wake-up until media flows.
+    /// reading any socket. Adding a leg costs its worker no wake-up
+    /// before the leg's media (its updates and removal still wake it).
     pub fn add_leg(
         &self,
         slot: Slot,

@@ -377,6 +377,8 @@ impl Worker {
         rtcp: Option<Arc<UdpSocket>>,
         params: LegParams,
     ) {
+        // Control hands over only legs with an RTP socket (and logs the
+        // others).
         let Some(rtp) = shared.rtp_socket().cloned() else {
             return;
         };
@@ -697,8 +699,6 @@ impl Worker {
     }
 }
 
-/// Rewrites a G.711 RTP packet's payload and payload type in place; other
-/// payload types (telephone-event, comfort noise) pass unchanged.
 /// Watches a leg's sockets on a worker's epoll set, from control's thread:
 /// the worker need not wake for a leg until its first packet, and the
 /// command that hands it the leg is taken before that packet is read.
@@ -727,6 +727,8 @@ pub(super) fn watch(
     Ok(())
 }
 
+/// Rewrites a G.711 RTP packet's payload and payload type in place; other
+/// payload types (telephone-event, comfort noise) pass unchanged.
 fn transcode_in_place(data: &mut [u8], from: Law, to: Law, payload_type: rtp::PayloadType) {
     let Ok(mut packet) = RtpPacketMut::parse(data) else {
         return;
