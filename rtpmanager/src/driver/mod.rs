@@ -95,6 +95,15 @@ struct Core {
     retiring: HashMap<Slot, Arc<LegShared>>,
 }
 
+impl Core {
+    /// The legs whose counters are not yet in the retired totals: the
+    /// engine's, and those removed whose workers have not let go of them.
+    fn unretired_legs(&self) -> impl Iterator<Item = (Slot, Arc<LegShared>)> + '_ {
+        let retiring = self.retiring.iter().map(|(slot, s)| (*slot, Arc::clone(s)));
+        self.engine.legs().into_iter().chain(retiring)
+    }
+}
+
 /// A leg handed to its relay worker for removal ([`Driver::retire`]).
 #[must_use = "a removed leg is retired once its worker has let go of it"]
 #[derive(Debug)]
@@ -230,28 +239,18 @@ impl Driver {
     }
 
     /// [`Self::retire`] for inputs that do not answer with the legs'
-    /// statistics (reaper, relay reports): on the runtime when there is
-    /// one, else (tests, start-up) on this thread.
+    /// statistics (reaper, relay reports).
     fn retire_in_background(&self, retiring: Vec<Retiring>) {
-        if retiring.is_empty() {
-            return;
-        }
-        if tokio::runtime::Handle::try_current().is_ok() {
+        if !retiring.is_empty() {
             drop(self.spawn_retire(retiring));
-            return;
-        }
-        let released = retiring
-            .into_iter()
-            .map(|leg| (leg.slot, leg.removal.and_then(Removal::finish)))
-            .collect();
-        if let Err(e) = self.retired(released) {
-            tracing::warn!(error = %e, "removed legs not retired");
         }
     }
 
     /// Retires the legs in a task of their own, so they are retired even
     /// when whoever waits for their statistics goes away (a gRPC request
-    /// cancelled by its client drops its handler). In a runtime only.
+    /// cancelled by its client drops its handler). The driver's inputs all
+    /// come from the manager's runtime (gRPC, the reaper, relay reports,
+    /// start-up).
     fn spawn_retire(
         &self,
         retiring: Vec<Retiring>,
@@ -293,16 +292,16 @@ impl Driver {
             }
             // A leg whose worker is gone has no final figures; it is
             // still retired.
-            let Ok(snapshot) = snapshot else {
-                core.kernel.forget(slot);
-                stopped = true;
-                continue;
-            };
-            let mut stats = leg_stats(&shared, snapshot.as_ref());
-            core.kernel
-                .merge(&inner.fast_path, core.engine.decision(), slot, &mut stats);
+            match snapshot {
+                Ok(snapshot) => {
+                    let mut stats = leg_stats(&shared, snapshot.as_ref());
+                    core.kernel
+                        .merge(&inner.fast_path, core.engine.decision(), slot, &mut stats);
+                    removed.push(stats);
+                }
+                Err(_) => stopped = true,
+            }
             core.kernel.forget(slot);
-            removed.push(stats);
         }
         if stopped {
             return Err(DriverError::RelayStopped);
@@ -543,10 +542,7 @@ impl Driver {
         // both under it, or a leg retired in between is counted in neither.
         let core = self.core();
         let mut totals = *lock(&self.inner.retired);
-        for (_, shared) in core.engine.legs() {
-            totals.add(&shared.counters);
-        }
-        for shared in core.retiring.values() {
+        for (_, shared) in core.unretired_legs() {
             totals.add(&shared.counters);
         }
         totals
@@ -557,10 +553,8 @@ impl Driver {
     pub fn interface_userspace_packets(&self) -> HashMap<String, u64> {
         let core = self.core();
         let mut totals = lock(&self.inner.retired_by_interface).clone();
-        let legs = core.engine.legs();
-        let retiring = core.retiring.iter().map(|(slot, s)| (*slot, Arc::clone(s)));
         let interfaces = lock(&self.inner.leg_interfaces);
-        for (slot, shared) in legs.into_iter().chain(retiring) {
+        for (slot, shared) in core.unretired_legs() {
             if let Some(interface) = interfaces.get(&slot) {
                 *totals.entry(interface.clone()).or_default() += received_packets(&shared.counters);
             }
