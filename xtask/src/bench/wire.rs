@@ -58,10 +58,9 @@ impl Capture {
         })
     }
 
-    /// Stops the capture and returns each matched exchange's time in ms:
-    /// the client's requests of the method to the server, and the server's
-    /// to anyone else (a B2BUA's callee: what the far end itself took).
-    pub(super) fn finish(self) -> Option<(Vec<f64>, Vec<f64>)> {
+    /// Stops the capture and returns each matched exchange's time in ms
+    /// ([`WireTimes`]); `None` when no exchange was matched.
+    pub(super) fn finish(self) -> Option<WireTimes> {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).ok()?);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
         let output = self.child.wait_with_output().ok()?;
@@ -71,7 +70,14 @@ impl Capture {
         }
         let pcap = std::fs::read(&self.file).ok()?;
         let packets = udp_packets(&pcap);
-        let times = response_times_ms(&packets, self.server_port, self.client_port, self.method);
+        let (server, client, method) = (self.server_port, self.client_port, self.method);
+        let times = response_times_ms(&packets, (server, client), method, Until::Success);
+        // A REGISTER's first response is its 200: nothing more to say.
+        let first = if method == "INVITE" {
+            response_times_ms(&packets, (server, client), method, Until::First)
+        } else {
+            Vec::new()
+        };
         let mut downstream = Vec::new();
         for &(_, _, from, to) in &packets {
             let peer = if from == self.server_port { to } else { from };
@@ -81,10 +87,32 @@ impl Capture {
         }
         let far: Vec<f64> = downstream
             .into_iter()
-            .flat_map(|peer| response_times_ms(&packets, peer, self.server_port, self.method))
+            .flat_map(|peer| response_times_ms(&packets, (peer, server), method, Until::Success))
             .collect();
-        (!times.is_empty()).then_some((times, far))
+        (!times.is_empty()).then_some(WireTimes { times, first, far })
     }
+}
+
+/// Times of a capture, in ms.
+pub(super) struct WireTimes {
+    /// The client's requests of the method to the server, to their 200.
+    pub times: Vec<f64>,
+    /// The same requests to the server's first response of any status (an
+    /// INVITE's 100 Trying, sent as the SIP core takes the INVITE): how
+    /// long they waited for the core. Empty for other methods.
+    pub first: Vec<f64>,
+    /// The server's own requests to anyone else, to their 200 (a B2BUA's
+    /// callee answering: what the far end itself took).
+    pub far: Vec<f64>,
+}
+
+/// Which response ends an exchange's time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// The first 200.
+    Success,
+    /// The first response, whatever its status.
+    First,
 }
 
 /// One captured UDP datagram: (seconds, payload, source port,
@@ -97,15 +125,20 @@ type Exchange = (String, u32, String);
 
 /// From the datagrams of a loopback capture ([`udp_packets`]): for each
 /// request of `method` the client sent, the time from its first copy to
-/// the first 200 the server sent for it, in milliseconds. Retransmissions
-/// are ignored, and so are other methods: a call's BYE is answered at once
-/// and would halve the INVITE's percentiles if counted with them.
+/// the first 200 (or first response, `until`) the server sent for it, in
+/// milliseconds. Retransmissions are ignored, and so are other methods: a
+/// call's BYE is answered at once and would halve the INVITE's
+/// percentiles if counted with them.
 fn response_times_ms(
     packets: &[Datagram<'_>],
-    server_port: u16,
-    client_port: u16,
+    (server_port, client_port): (u16, u16),
     method: &str,
+    until: Until,
 ) -> Vec<f64> {
+    let ends = match until {
+        Until::Success => "SIP/2.0 200 ",
+        Until::First => "SIP/2.0 ",
+    };
     let mut sent: HashMap<Exchange, f64> = HashMap::new();
     let mut times = Vec::new();
     for &(at, payload, from, to) in packets {
@@ -120,7 +153,7 @@ fn response_times_ms(
         }
         if from == client_port && to == server_port && !text.starts_with("SIP/2.0 ") {
             sent.entry(exchange).or_insert(at);
-        } else if from == server_port && to == client_port && text.starts_with("SIP/2.0 200 ") {
+        } else if from == server_port && to == client_port && text.starts_with(ends) {
             if let Some(start) = sent.remove(&exchange) {
                 times.push((at - start) * 1000.0);
             }
@@ -254,10 +287,13 @@ mod tests {
             (10, 3_000, frame(5060, 4000, other)),
         ]);
         let packets = udp_packets(&file);
-        let times = response_times_ms(&packets, 5060, 4000, "INVITE");
+        let times = response_times_ms(&packets, (5060, 4000), "INVITE", Until::Success);
         assert_eq!(times.len(), 1, "{times:?}");
         assert!((times[0] - 2.25).abs() < 1e-6, "{times:?}");
-        assert!(response_times_ms(&packets, 5060, 4001, "INVITE").is_empty());
+        let first = response_times_ms(&packets, (5060, 4000), "INVITE", Until::First);
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert!((first[0] - 0.8).abs() < 1e-6, "the 100 Trying: {first:?}");
+        assert!(response_times_ms(&packets, (5060, 4001), "INVITE", Until::Success).is_empty());
         assert!(udp_packets(b"not a pcap").is_empty());
     }
 }
