@@ -36,6 +36,19 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Upper bounds (seconds) of `switchboard_media_request_seconds`: 250 µs
+/// (a manager on the same host, idle) to 5 s (the requests' timeout).
+const MEDIA_REQUEST_BUCKETS: [f64; 14] = [
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// The labels of a media request's time: `op` and `rtpmanager` (its id).
+type MediaRequestLabels = Vec<(&'static str, String)>;
+
+fn media_request_histogram() -> Histogram {
+    Histogram::new(MEDIA_REQUEST_BUCKETS)
+}
+
 /// How far back `per_second_last_minute` looks.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
 
@@ -142,6 +155,7 @@ struct Inner {
     registers_by_status: StatusCounts,
     register_seconds: Histogram,
     registration_changes: Family<Label, Counter>,
+    media_request_seconds: Family<MediaRequestLabels, Histogram, fn() -> Histogram>,
     auth_failures: Family<Label, Counter>,
     auth_lockouts: Counter,
     transactions: Gauge,
@@ -222,6 +236,7 @@ impl Metrics {
             registers_by_status: StatusCounts::new(),
             register_seconds: Histogram::new(LATENCY_BUCKETS),
             registration_changes: Family::default(),
+            media_request_seconds: Family::new_with_constructor(media_request_histogram),
             auth_failures: Family::default(),
             auth_lockouts: Counter::default(),
             transactions: Gauge::default(),
@@ -258,6 +273,17 @@ impl Metrics {
     /// Exposes the shared location store's state (`switchboard_location_*`).
     pub fn set_location(&self, location: Arc<SharedLocation>) {
         let _ = self.0.location.set(location);
+    }
+
+    /// Times a request of the B2BUA's media executor (`op`: offer, answer,
+    /// delete ...) on manager `rtpmanager`, from its call's task sending it
+    /// to its result (a refused first offer's retries on other managers
+    /// included).
+    pub fn observe_media_request(&self, op: &'static str, rtpmanager: String, took: Duration) {
+        self.0
+            .media_request_seconds
+            .get_or_create(&vec![("op", op.to_owned()), ("rtpmanager", rtpmanager)])
+            .observe(took.as_secs_f64());
     }
 
     /// Counts what the SIP core reported; `now` ends the latencies.
@@ -408,6 +434,11 @@ impl Metrics {
             "switchboard_register_seconds",
             "Time from a REGISTER arriving to its answer leaving, the binding store's fsync included",
             m.register_seconds.clone(),
+        );
+        registry.register(
+            "switchboard_media_request_seconds",
+            "Time of a media request (offer, answer, delete ...) on an RTP manager, from the B2BUA's executor sending it to its result",
+            m.media_request_seconds.clone(),
         );
         registry.register(
             "switchboard_registrations",
@@ -612,6 +643,32 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn media_requests_are_timed_per_operation_and_manager() {
+        let metrics = Metrics::new(Instant::now());
+        let ms = Duration::from_millis;
+        metrics.observe_media_request("offer", "rtpm-a".to_owned(), ms(3));
+        metrics.observe_media_request("offer", "rtpm-a".to_owned(), ms(30));
+        metrics.observe_media_request("delete", "rtpm-b".to_owned(), Duration::from_micros(200));
+        let text = scrape(&metrics);
+        for line in [
+            "# TYPE switchboard_media_request_seconds histogram\n",
+            "switchboard_media_request_seconds_count{op=\"offer\",rtpmanager=\"rtpm-a\"} 2\n",
+            "switchboard_media_request_seconds_sum{op=\"offer\",rtpmanager=\"rtpm-a\"} 0.033\n",
+            // 3 ms is past the 2.5 ms bound, within 5 ms; 30 ms within 50 ms.
+            "switchboard_media_request_seconds_bucket{le=\"0.0025\",op=\"offer\",rtpmanager=\"rtpm-a\"} 0\n",
+            "switchboard_media_request_seconds_bucket{le=\"0.005\",op=\"offer\",rtpmanager=\"rtpm-a\"} 1\n",
+            "switchboard_media_request_seconds_bucket{le=\"0.05\",op=\"offer\",rtpmanager=\"rtpm-a\"} 2\n",
+            "switchboard_media_request_seconds_bucket{le=\"0.00025\",op=\"delete\",rtpmanager=\"rtpm-b\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+        assert!(
+            !text.contains("op=\"answer\""),
+            "no series for an operation never sent"
+        );
     }
 
     #[test]

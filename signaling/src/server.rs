@@ -216,6 +216,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     grace: config.reconcile_grace(),
                     started: Instant::now(),
                 },
+                metrics.clone(),
             );
         }
         let probe = link.clone();

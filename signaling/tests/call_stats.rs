@@ -163,4 +163,21 @@ fn an_answered_and_a_refused_call_are_counted_by_final_status() {
         Some(2.0),
         "{text}"
     );
+    // The answered call's offer and answer went to the manager (the
+    // refused one reached none), each within the requests' 5 s timeout.
+    for op in ["offer", "answer"] {
+        let labels = format!("{{op=\"{op}\",rtpmanager=\"{grpc}\"}}");
+        assert_eq!(
+            series(
+                &text,
+                &format!("switchboard_media_request_seconds_count{labels}")
+            ),
+            Some(1.0),
+            "{op}: {text}"
+        );
+        let within = format!(
+            "switchboard_media_request_seconds_bucket{{op=\"{op}\",rtpmanager=\"{grpc}\",le=\"5\"}}"
+        );
+        assert_eq!(series(&text, &within), Some(1.0), "{op}: {text}");
+    }
 }

@@ -32,6 +32,7 @@ use super::media::{
     MediaFailure, MediaLegId, MediaLink, MediaOp, MediaRequest, MediaResult,
 };
 use super::reconcile::{orphans, Owner};
+use crate::metrics::Metrics;
 use crate::rtpmanager_client::ManagerClient;
 use crate::rtpmanager_pool::{Health, ManagerPool, Placement};
 
@@ -85,8 +86,15 @@ pub struct Reconcile {
 }
 
 /// Starts the executor, the Watch subscriptions and the reconciliation of
-/// each manager's calls on the current runtime.
-pub fn spawn(pool: ManagerPool, link: MediaLink, wake: Wake, reconcile: Reconcile) {
+/// each manager's calls on the current runtime; each request's time goes
+/// to `metrics`.
+pub fn spawn(
+    pool: ManagerPool,
+    link: MediaLink,
+    wake: Wake,
+    reconcile: Reconcile,
+    metrics: Metrics,
+) {
     let notify = Arc::new(Notify::new());
     let waker = notify.clone();
     link.on_request(move || waker.notify_one());
@@ -107,7 +115,7 @@ pub fn spawn(pool: ManagerPool, link: MediaLink, wake: Wake, reconcile: Reconcil
             reconcile.clone(),
         ));
     }
-    tokio::spawn(dispatch(pool, link, wake, notify, live, placed));
+    tokio::spawn(dispatch(pool, link, wake, notify, live, placed, metrics));
 }
 
 /// Reconciles manager `index` each time it becomes healthy, again while
@@ -230,6 +238,7 @@ async fn dispatch(
     notify: Arc<Notify>,
     live: Arc<Vec<AtomicUsize>>,
     placed: Placed,
+    metrics: Metrics,
 ) {
     let mut calls: HashMap<MediaCallId, Route> = HashMap::new();
     let mut deletes = 0usize;
@@ -239,6 +248,7 @@ async fn dispatch(
         wake: &wake,
         live: &live,
         placed: &placed,
+        metrics: &metrics,
     };
     loop {
         notify.notified().await;
@@ -334,6 +344,7 @@ struct Starter<'a> {
     wake: &'a Wake,
     live: &'a Arc<Vec<AtomicUsize>>,
     placed: &'a Placed,
+    metrics: &'a Metrics,
 }
 
 impl Starter<'_> {
@@ -343,15 +354,7 @@ impl Starter<'_> {
         call: &MediaCallId,
         placement: Option<Placement>,
     ) -> (mpsc::UnboundedSender<Job>, Arc<AtomicUsize>) {
-        start_call(
-            self.pool,
-            (index, placement),
-            self.link,
-            self.wake,
-            self.live,
-            self.placed,
-            call,
-        )
+        start_call(self, (index, placement), call)
     }
 }
 
@@ -480,16 +483,19 @@ fn delete_on_both(
 
 /// Starts the task that runs a call's requests in order on manager `index`
 /// (the first `placement` chose; none for a migration's new manager).
-#[allow(clippy::too_many_arguments)]
 fn start_call(
-    pool: &ManagerPool,
+    starter: &Starter<'_>,
     (index, placement): (usize, Option<Placement>),
-    link: &MediaLink,
-    wake: &Wake,
-    live: &Arc<Vec<AtomicUsize>>,
-    placed: &Placed,
     call: &MediaCallId,
 ) -> (mpsc::UnboundedSender<Job>, Arc<AtomicUsize>) {
+    let Starter {
+        pool,
+        link,
+        wake,
+        live,
+        placed,
+        metrics,
+    } = *starter;
     let (sender, receiver) = mpsc::unbounded_channel();
     live[index].fetch_add(1, Ordering::Relaxed);
     // Known before the manager hears of it: reconciliation never takes a
@@ -517,6 +523,7 @@ fn start_call(
         live: live.clone(),
         placement,
         pinned: false,
+        metrics: metrics.clone(),
     };
     tokio::spawn(
         run_call(
@@ -571,6 +578,7 @@ struct Seat {
     /// call is pinned on its new manager once it has media there and
     /// unpinned from the old one when that task ends (Release or Abort).
     pinned: bool,
+    metrics: Metrics,
 }
 
 impl Seat {
@@ -720,10 +728,14 @@ async fn run_call(
                 }
             },
         };
+        let took = started.elapsed();
+        let op = request.op.name();
+        seat.metrics
+            .observe_media_request(op, seat.pool.id(seat.index()), took);
         tracing::debug!(
             call_id = %request.call,
-            op = request.op.name(),
-            elapsed_us = started.elapsed().as_micros() as u64,
+            op,
+            elapsed_us = took.as_micros() as u64,
             ok = !matches!(result, MediaResult::Failed { .. }),
             "media request done"
         );
