@@ -62,6 +62,7 @@ use switchboard_testkit::{sipp, wait_until};
 
 use crate::util::{self, workspace_root};
 
+mod media_requests;
 mod wire;
 
 #[derive(clap::Args)]
@@ -393,6 +394,10 @@ struct RateResult {
     /// Trying, sent when the SIP core takes the INVITE), on the wire:
     /// how long they waited for the core; empty for other methods.
     first_response_ms: Vec<f64>,
+    /// The server's own times of its media requests over the rate, per
+    /// operation: (op, requests, mean ms, ms that 99 % stayed under);
+    /// empty for other benchmarks.
+    media_requests: Vec<(String, u64, f64, f64)>,
     /// The server's CPU over the run, percent of one core, when measured.
     cpu_percent: Option<f64>,
     /// The RTP manager's, likewise, for the call benchmarks.
@@ -637,6 +642,7 @@ fn run_sipp(
         wire_ms: wire.as_ref().map(|w| w.times.clone()),
         first_response_ms: wire.as_ref().map(|w| w.first.clone()).unwrap_or_default(),
         far_end_ms: wire.map(|w| w.far).unwrap_or_default(),
+        media_requests: Vec::new(),
         cpu_percent: None,
         manager_cpu_percent: None,
     })
@@ -699,6 +705,20 @@ fn print_table(title: &str, results: &[RateResult]) {
             println!(
                 "  at {}/s the far end (SIPp callee) took INVITE→200 p50 {p50:.2} p90 {p90:.2} p99 {p99:.2} max {max:.1} ms of that",
                 r.offered
+            );
+        }
+        if !r.media_requests.is_empty() {
+            let figures: Vec<String> = r
+                .media_requests
+                .iter()
+                .map(|(op, count, mean, p99)| {
+                    format!("{op} {count}× mean {mean:.2} ms, 99 % ≤ {p99} ms")
+                })
+                .collect();
+            println!(
+                "  at {}/s signaling's media requests took: {}",
+                r.offered,
+                figures.join("; ")
             );
         }
     }
@@ -898,6 +918,7 @@ fn sip_calls_nodes(args: &SipCallsArgs) -> anyhow::Result<()> {
             wire_ms: Some(Vec::new()),
             far_end_ms: Vec::new(),
             first_response_ms: Vec::new(),
+            media_requests: Vec::new(),
             cpu_percent: Some(0.0),
             manager_cpu_percent: None,
         };
@@ -992,6 +1013,7 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
             let caller = ["-s", "1001", "-key", "rtp_a", "9"];
             let scenario = scenarios.join("b2bua_uac.xml");
             let before = (signaling.daemon.cpu_time(), manager.cpu_time());
+            let requests_before = media_requests::MediaRequests::scrape(rest_port);
             let mut result = run_sipp(
                 &sipp,
                 (&scenario, "INVITE"),
@@ -1006,6 +1028,8 @@ fn sip_calls(args: &SipCallsArgs) -> anyhow::Result<()> {
                 signaling.daemon.cpu_time().saturating_sub(before.0),
             ));
             result.manager_cpu_percent = Some(percent(manager.cpu_time().saturating_sub(before.1)));
+            result.media_requests =
+                media_requests::MediaRequests::scrape(rest_port).since(&requests_before);
             print_result(&result);
             results.push(result);
         }
