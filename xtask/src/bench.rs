@@ -395,9 +395,8 @@ struct RateResult {
     /// how long they waited for the core; empty for other methods.
     first_response_ms: Vec<f64>,
     /// The server's own times of its media requests over the rate, per
-    /// operation: (op, requests, mean ms, ms that 99 % stayed under);
-    /// empty for other benchmarks.
-    media_requests: Vec<(String, u64, f64, f64)>,
+    /// operation; empty for other benchmarks.
+    media_requests: Vec<media_requests::OpFigures>,
     /// The server's CPU over the run, percent of one core, when measured.
     cpu_percent: Option<f64>,
     /// The RTP manager's, likewise, for the call benchmarks.
@@ -711,8 +710,11 @@ fn print_table(title: &str, results: &[RateResult]) {
             let figures: Vec<String> = r
                 .media_requests
                 .iter()
-                .map(|(op, count, mean, p99)| {
-                    format!("{op} {count}× mean {mean:.2} ms, 99 % ≤ {p99} ms")
+                .map(|f| {
+                    format!(
+                        "{} {}× mean {:.2} ms, 99 % ≤ {} ms",
+                        f.op, f.requests, f.mean_ms, f.p99_under_ms
+                    )
                 })
                 .collect();
             println!(

@@ -43,6 +43,17 @@ impl Ord for Bound {
     }
 }
 
+/// One operation's requests over a rate.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct OpFigures {
+    /// `offer`, `answer`, `delete` ...
+    pub op: String,
+    pub requests: u64,
+    pub mean_ms: f64,
+    /// The bucket bound 99 % of them stayed under (infinite past the last).
+    pub p99_under_ms: f64,
+}
+
 /// Every operation's histogram at one scrape.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(super) struct MediaRequests(BTreeMap<String, Histogram>);
@@ -107,9 +118,8 @@ impl MediaRequests {
         MediaRequests(ops)
     }
 
-    /// What was timed between `before` and `self`: per operation, the
-    /// requests, their mean and the bound 99 % of them stayed under (ms).
-    pub(super) fn since(&self, before: &MediaRequests) -> Vec<(String, u64, f64, f64)> {
+    /// What was timed between `before` and `self`, per operation.
+    pub(super) fn since(&self, before: &MediaRequests) -> Vec<OpFigures> {
         let mut figures = Vec::new();
         for (op, after) in &self.0 {
             let earlier = before.0.get(op).cloned().unwrap_or_default();
@@ -118,7 +128,7 @@ impl MediaRequests {
                 continue;
             }
             let mean_ms = 1000.0 * (after.sum - earlier.sum) / count;
-            let p99_bound = after
+            let p99_under_ms = after
                 .buckets
                 .iter()
                 .find(|(bound, cumulative)| {
@@ -126,7 +136,12 @@ impl MediaRequests {
                     below >= 0.99 * count
                 })
                 .map_or(f64::INFINITY, |(bound, _)| 1000.0 * bound.0);
-            figures.push((op.clone(), count as u64, mean_ms, p99_bound));
+            figures.push(OpFigures {
+                op: op.clone(),
+                requests: count as u64,
+                mean_ms,
+                p99_under_ms,
+            });
         }
         figures
     }
@@ -160,11 +175,11 @@ mod tests {
         let after = MediaRequests::parse(&exposition([160, 208, 210, 210], 0.205));
         let figures = after.since(&before);
         assert_eq!(figures.len(), 1, "the answers did not change: {figures:?}");
-        let (op, count, mean_ms, p99_bound_ms) = figures[0].clone();
-        assert_eq!((op.as_str(), count), ("offer", 200));
-        assert!((mean_ms - 1.0).abs() < 1e-9, "{mean_ms}");
+        let offers = &figures[0];
+        assert_eq!((offers.op.as_str(), offers.requests), ("offer", 200));
+        assert!((offers.mean_ms - 1.0).abs() < 1e-9, "{offers:?}");
         // 198 of 200 (99 %) within 2.5 ms.
-        assert!((p99_bound_ms - 2.5).abs() < 1e-9, "{p99_bound_ms}");
+        assert!((offers.p99_under_ms - 2.5).abs() < 1e-9, "{offers:?}");
     }
 
     #[test]
