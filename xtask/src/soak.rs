@@ -319,7 +319,7 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
     );
     std::thread::sleep(SETTLE);
     let after: Vec<Usage> = pids.iter().map(|(_, pid)| usage(*pid)).collect();
-    let metrics = http_get(metrics_port, "/metrics").unwrap_or_default();
+    let metrics = util::http_get(metrics_port, "/metrics").unwrap_or_default();
     let orphans = metric(&metrics, "switchboard_rtpmanager_calls");
     let relayed = |direction: &str| {
         metric(
@@ -638,17 +638,6 @@ fn idle_tcp(server: SocketAddr, count: usize, stop: &AtomicBool, tally: &Tally) 
 /// How long after the load the daemons are measured again.
 const SETTLE: Duration = Duration::from_secs(35);
 
-/// The body of an HTTP/1.0 GET on loopback.
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::Write;
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    Some(response.split_once("\r\n\r\n")?.1.to_owned())
-}
-
 /// The value of one series of a Prometheus text exposition.
 fn metric(text: &str, series: &str) -> Option<u64> {
     text.lines()
@@ -659,7 +648,7 @@ fn metric(text: &str, series: &str) -> Option<u64> {
 
 /// The manager's calls as signaling's health checks last saw them.
 fn manager_active_calls(rest_port: u16) -> Option<u64> {
-    let response = http_get(rest_port, "/api/v1/rtpmanagers")?;
+    let response = util::http_get(rest_port, "/api/v1/rtpmanagers")?;
     let at = response.find("\"active_calls\":")? + "\"active_calls\":".len();
     response[at..]
         .chars()

@@ -4,9 +4,6 @@
 //! and its 200 wait for took, as the B2BUA saw them.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
 
 const SERIES: &str = "switchboard_media_request_seconds";
 
@@ -62,16 +59,9 @@ impl MediaRequests {
     /// Scrapes the server's `/metrics` on `rest_port`; empty when it cannot
     /// (the figures are then left out, not made up).
     pub(super) fn scrape(rest_port: u16) -> MediaRequests {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", rest_port)) else {
-            return MediaRequests::default();
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        if write!(stream, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
-            return MediaRequests::default();
-        }
-        let mut response = String::new();
-        let _ = stream.read_to_string(&mut response);
-        MediaRequests::parse(&response)
+        crate::util::http_get(rest_port, "/metrics")
+            .map(|text| MediaRequests::parse(&text))
+            .unwrap_or_default()
     }
 
     /// Reads the series from a Prometheus text exposition.
