@@ -108,10 +108,11 @@ impl ClientInvite {
             }
             (ClientInviteState::Calling | ClientInviteState::Proceeding, _) => {
                 // Calling and Proceeding keep the request.
-                let ack = match &self.request {
-                    Some(request) => Some(build_non_2xx_ack(request, &response)?),
-                    None => None,
-                };
+                let ack = self
+                    .request
+                    .as_deref()
+                    .map(|request| build_non_2xx_ack(request, &response))
+                    .transpose()?;
                 self.state = ClientInviteState::Completed;
                 self.timers.cancel_all();
                 self.timers
