@@ -188,19 +188,31 @@ impl TokenCheck {
     }
 }
 
+impl TokenCheck {
+    /// Checks an `authorization` value against the tokens in force now,
+    /// logging a refusal. The Control stream checks the token it was
+    /// opened with before each request, so a token taken out of the file
+    /// stops working on streams already open too.
+    pub fn verify(
+        &self,
+        authorization: Option<&[u8]>,
+        peer: Option<SocketAddr>,
+    ) -> Result<(), Status> {
+        check(&self.current(), authorization).map_err(|rejection| {
+            self.log.rejected(rejection, peer);
+            rejection.status()
+        })
+    }
+}
+
 impl Interceptor for TokenCheck {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         let authorization = request
             .metadata()
             .get("authorization")
             .map(|value| value.as_bytes());
-        match check(&self.current(), authorization) {
-            Ok(()) => Ok(request),
-            Err(rejection) => {
-                self.log.rejected(rejection, request.remote_addr());
-                Err(rejection.status())
-            }
-        }
+        self.verify(authorization, request.remote_addr())?;
+        Ok(request)
     }
 }
 

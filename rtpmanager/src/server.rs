@@ -216,12 +216,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             accepted
         },
     );
+    let service = ControlService::new(info, driver.clone()).with_tokens(check.clone());
     let stopping = Arc::new(tokio::sync::Notify::new());
     let shutdown = {
         let stopping = Arc::clone(&stopping);
+        let service = service.clone();
         async move {
             let signal = signals.recv().await;
             tracing::info!(signal, "shutting down");
+            service.stop_streams();
             stopping.notify_one();
         }
     };
@@ -233,7 +236,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     // One interceptor type either way: without tokens it lets every
     // request through.
-    let service = ControlService::new(info, driver.clone());
     let serve = builder
         .add_service(RtpManagerServer::with_interceptor(
             service,
@@ -243,9 +245,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             },
         ))
         .serve_with_incoming_shutdown(incoming, shutdown);
-    // Graceful, but bounded: an open stream (a Watch) would otherwise hold
-    // the process until systemd's SIGKILL, which skips the fast path's
-    // clean detach below.
+    // Graceful, but bounded: Control and Watch streams end at the signal
+    // (`stop_streams`), but another open stream (a Play) would otherwise
+    // hold the process until systemd's SIGKILL, which skips the fast
+    // path's clean detach below.
     tokio::select! {
         served = serve => served.context("gRPC server")?,
         () = async {

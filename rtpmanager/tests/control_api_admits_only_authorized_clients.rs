@@ -259,6 +259,81 @@ async fn requests_need_a_token_of_the_token_file_which_is_never_logged() {
     }
 }
 
+/// A Control stream opened by `client`: where requests go and where
+/// replies come.
+async fn control_stream<F: tonic::service::Interceptor>(
+    client: &mut RtpManagerClient<tonic::service::interceptor::InterceptedService<Channel, F>>,
+) -> Result<
+    (
+        tokio::sync::mpsc::UnboundedSender<v1::ControlRequest>,
+        tonic::Streaming<v1::ControlReply>,
+    ),
+    Status,
+> {
+    let (requests, queued) = tokio::sync::mpsc::unbounded_channel();
+    let replies = client
+        .control(tokio_stream::wrappers::UnboundedReceiverStream::new(queued))
+        .await?
+        .into_inner();
+    Ok((requests, replies))
+}
+
+/// A Delete of a call that does not exist: answered NOT_FOUND by a stream
+/// that serves its client.
+fn delete_nothing(id: u64) -> v1::ControlRequest {
+    v1::ControlRequest {
+        id,
+        request: Some(v1::control_request::Request::Delete(v1::DeleteRequest {
+            call_id: "no-such-call".into(),
+            ..Default::default()
+        })),
+    }
+}
+
+#[tokio::test]
+async fn a_control_stream_is_served_only_while_its_token_is_in_the_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{FIRST}\n{SECOND}\n")).expect("write tokens");
+    let manager = common::spawn(&["--grpc-token-file", tokens.to_str().expect("utf-8")], 4);
+
+    let refused = control_stream(&mut with_token(manager.grpc, Some(WRONG)).await)
+        .await
+        .expect_err("a stranger cannot open one");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+
+    let mut first = with_token(manager.grpc, Some(FIRST)).await;
+    let (requests, mut replies) = control_stream(&mut first).await.expect("opened");
+    requests.send(delete_nothing(1)).expect("open");
+    let reply = replies.message().await.expect("served").expect("a reply");
+    assert_eq!(reply.id, 1);
+    let Some(v1::control_reply::Reply::Error(error)) = reply.reply else {
+        panic!("NOT_FOUND expected: {reply:?}");
+    };
+    assert_eq!(Code::from_i32(error.code), Code::NotFound, "{error:?}");
+
+    // FIRST is retired while its stream is open: the stream's next request
+    // ends it, as a new unary request with FIRST would be refused.
+    std::fs::write(&tokens, format!("{SECOND}\n")).expect("rewrite tokens");
+    hangup(&manager);
+    wait_for_log(&manager, "--grpc-token-file reloaded").await;
+    requests.send(delete_nothing(2)).expect("still open");
+    let ended = tokio::time::timeout(Duration::from_secs(5), replies.message())
+        .await
+        .expect("answered within 5 s")
+        .expect_err("the stream ends");
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    let again = control_stream(&mut first)
+        .await
+        .expect_err("nor can it open another");
+    assert_eq!(again.code(), Code::Unauthenticated, "{again:?}");
+    let mut second = with_token(manager.grpc, Some(SECOND)).await;
+    let (requests, mut replies) = control_stream(&mut second).await.expect("opened");
+    requests.send(delete_nothing(3)).expect("open");
+    let reply = replies.message().await.expect("served").expect("a reply");
+    assert_eq!(reply.id, 3);
+}
+
 fn hangup(manager: &common::Started) {
     manager.daemon.hang_up();
 }

@@ -18,6 +18,7 @@ pub mod reload;
 pub mod resolve;
 pub mod rest;
 pub mod rtpmanager_client;
+pub mod rtpmanager_control;
 pub mod rtpmanager_moves;
 pub mod rtpmanager_pool;
 pub mod server;

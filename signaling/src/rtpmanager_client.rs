@@ -21,6 +21,10 @@ use crate::config::Config;
 /// A client of one manager, adding the bearer token (if any) to each request.
 pub type ManagerClient = RtpManagerClient<InterceptedService<Channel, BearerToken>>;
 
+/// How long a request waits for the manager's answer, unary or on the
+/// Control stream.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why the client settings cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientAccessError {
@@ -155,7 +159,7 @@ impl ClientAccess {
     pub fn connect_lazy(&self, uri: &str) -> Result<ManagerClient, tonic::transport::Error> {
         let mut endpoint = Endpoint::from_shared(uri.to_owned())?
             .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5));
+            .timeout(REQUEST_TIMEOUT);
         // Configuration checks that an https:// manager comes with a CA.
         if let (true, Some(tls)) = (uri.starts_with("https://"), &self.tls) {
             endpoint = endpoint.tls_config(tls.clone())?;

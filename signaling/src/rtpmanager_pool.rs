@@ -18,6 +18,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::events::{Event, EventBus};
 use crate::rtpmanager_client::{describe, ClientAccess, ManagerClient};
+use crate::rtpmanager_control::ControlChannel;
 
 /// Consecutive failed probes before a healthy manager is declared down; one
 /// lost probe on a busy host must not move calls away.
@@ -277,7 +278,7 @@ const LOSS_BUFFER: usize = 64;
 
 #[derive(Debug)]
 struct Manager {
-    client: ManagerClient,
+    control: ControlChannel,
     status: RwLock<ManagerStatus>,
     /// Counts the times the manager became healthy (see
     /// [`ManagerPool::healthy_changes`]).
@@ -306,7 +307,7 @@ impl ManagerPool {
             .iter()
             .map(|uri| {
                 Ok(Manager {
-                    client: access.connect_lazy(uri)?,
+                    control: ControlChannel::new(access.connect_lazy(uri)?),
                     became_healthy: watch::Sender::new(0),
                     pinned: Mutex::new(HashSet::new()),
                     answer_bridges: AtomicBool::new(false),
@@ -473,7 +474,13 @@ impl ManagerPool {
 
     /// A client of manager `index` (clones share its channel).
     pub fn client(&self, index: usize) -> ManagerClient {
-        self.managers[index].client.clone()
+        self.managers[index].control.client()
+    }
+
+    /// The call requests of manager `index` (clones share its Control
+    /// stream).
+    pub fn control(&self, index: usize) -> ControlChannel {
+        self.managers[index].control.clone()
     }
 
     /// Changes each time manager `index` becomes healthy: at its first
@@ -560,7 +567,7 @@ impl ManagerPool {
                     continue;
                 }
             }
-            let mut client = manager.client.clone();
+            let mut client = manager.control.client();
             let (probe, instance) = match client.health(v1::HealthRequest {}).await {
                 Ok(resp) => {
                     let health = resp.into_inner();
@@ -713,6 +720,9 @@ impl ManagerPool {
         self.managers[index]
             .answer_bridges
             .store(health.answer_bridges, Ordering::Relaxed);
+        self.managers[index]
+            .control
+            .set_streams(health.control_stream);
         let Ok(mut s) = self.managers[index].status.write() else {
             return;
         };

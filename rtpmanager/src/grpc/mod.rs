@@ -3,21 +3,23 @@
 //! back into protocol messages, and errors into `tonic::Status` codes.
 //! Nothing else lives here.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use switchboard_proto::v1;
 use switchboard_proto::v1::rtp_manager_server::RtpManager;
 use tokio_stream::Stream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 mod convert;
 
 pub use convert::mode_proto;
 use convert::{event_proto, leg_info, media_interfaces, options_of, play_stream, stats_proto};
 
+use crate::access::TokenCheck;
 use crate::driver::{Driver, DriverError, DtmfRequest};
 use crate::engine::SdpOut;
 use crate::playback::PlaybackId;
@@ -41,7 +43,20 @@ pub struct ManagerInfo {
 pub struct ControlService {
     driver: Driver,
     info: Arc<ManagerInfo>,
+    /// The bearer tokens in force, when the API wants one: a Control
+    /// stream checks its opener's token again before each request.
+    tokens: Option<TokenCheck>,
+    /// Set at shutdown: Control streams stop reading requests, answer
+    /// those they read and end, so the server need not wait out its grace
+    /// period for a client that keeps its stream open.
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
+
+/// A Control stream's requests answered at once: a Delete waits for the
+/// relay's figures while later requests go on; beyond this many, the
+/// stream stops reading until one is answered (HTTP/2 flow control then
+/// holds the client back).
+const CONTROL_IN_FLIGHT: usize = 256;
 
 fn status_of(e: DriverError) -> Status {
     let message = e.to_string();
@@ -63,11 +78,11 @@ fn status_of(e: DriverError) -> Status {
     }
 }
 
-fn sdp_response((out, offloaded): (SdpOut, bool)) -> Response<v1::SdpResponse> {
-    Response::new(v1::SdpResponse {
+fn sdp_response((out, offloaded): (SdpOut, bool)) -> v1::SdpResponse {
+    v1::SdpResponse {
         sdp: out.sdp,
         leg: Some(leg_info(&out.leg, offloaded)),
-    })
+    }
 }
 
 impl ControlService {
@@ -75,24 +90,29 @@ impl ControlService {
         ControlService {
             driver,
             info: Arc::new(info),
+            tokens: None,
+            stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
+    }
+
+    /// The service of an API that wants a bearer token (the interceptor
+    /// checks each request and each stream's opening).
+    pub fn with_tokens(self, tokens: Option<TokenCheck>) -> Self {
+        ControlService { tokens, ..self }
     }
 
     /// The driver the service converts for.
     pub fn driver(&self) -> &Driver {
         &self.driver
     }
-}
 
-type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+    /// The manager is shutting down: Control streams end once they have
+    /// answered what they read.
+    pub fn stop_streams(&self) {
+        self.stopping.send_replace(true);
+    }
 
-#[tonic::async_trait]
-impl RtpManager for ControlService {
-    async fn offer(
-        &self,
-        request: Request<v1::OfferRequest>,
-    ) -> Result<Response<v1::SdpResponse>, Status> {
-        let r = request.into_inner();
+    fn offer_sdp(&self, r: &v1::OfferRequest) -> Result<v1::SdpResponse, Status> {
         let input = OfferInput {
             call: &r.call_id,
             leg: &r.leg_id,
@@ -107,11 +127,7 @@ impl RtpManager for ControlService {
             .map_err(status_of)
     }
 
-    async fn answer(
-        &self,
-        request: Request<v1::AnswerRequest>,
-    ) -> Result<Response<v1::SdpResponse>, Status> {
-        let r = request.into_inner();
+    fn answer_sdp(&self, r: &v1::AnswerRequest) -> Result<v1::SdpResponse, Status> {
         let answered = self
             .driver
             .answer(&r.call_id, &r.leg_id, &r.peer_leg_id, &r.sdp)
@@ -124,42 +140,99 @@ impl RtpManager for ControlService {
         Ok(sdp_response(answered))
     }
 
-    async fn bridge(
-        &self,
-        request: Request<v1::BridgeRequest>,
-    ) -> Result<Response<v1::BridgeResponse>, Status> {
-        let r = request.into_inner();
+    fn set_bridge(&self, r: &v1::BridgeRequest, on: bool) -> Result<v1::BridgeResponse, Status> {
         self.driver
-            .bridge(&r.call_id, &r.leg_a, &r.leg_b, true)
+            .bridge(&r.call_id, &r.leg_a, &r.leg_b, on)
             .map_err(status_of)?;
-        Ok(Response::new(v1::BridgeResponse {}))
+        Ok(v1::BridgeResponse {})
     }
 
-    async fn unbridge(
-        &self,
-        request: Request<v1::BridgeRequest>,
-    ) -> Result<Response<v1::BridgeResponse>, Status> {
-        let r = request.into_inner();
-        self.driver
-            .bridge(&r.call_id, &r.leg_a, &r.leg_b, false)
-            .map_err(status_of)?;
-        Ok(Response::new(v1::BridgeResponse {}))
-    }
-
-    async fn delete(
-        &self,
-        request: Request<v1::DeleteRequest>,
-    ) -> Result<Response<v1::DeleteResponse>, Status> {
-        let r = request.into_inner();
+    async fn delete_legs(&self, r: &v1::DeleteRequest) -> Result<v1::DeleteResponse, Status> {
         let legs = self
             .driver
             .delete(&r.call_id, &r.leg_id)
             .await
             .map_err(status_of)?;
         tracing::debug!(call = %r.call_id, leg = %r.leg_id, reason = ?r.reason(), detail = %r.detail, "deleted");
-        Ok(Response::new(v1::DeleteResponse {
+        Ok(v1::DeleteResponse {
             legs: legs.into_iter().map(stats_proto).collect(),
-        }))
+        })
+    }
+
+    /// One request read from a Control stream, answered as its unary RPC
+    /// would be. An error ends the stream: the client's stream broke, or
+    /// the token it was opened with is no longer accepted.
+    async fn control_one(
+        &self,
+        request: Result<v1::ControlRequest, Status>,
+        authorization: Option<&[u8]>,
+        peer: Option<SocketAddr>,
+    ) -> Result<v1::ControlReply, Status> {
+        use v1::control_reply::Reply;
+        use v1::control_request::Request as Op;
+        let request = request?;
+        if let Some(tokens) = &self.tokens {
+            tokens.verify(authorization, peer)?;
+        }
+        let reply = match &request.request {
+            Some(Op::Offer(r)) => self.offer_sdp(r).map(Reply::Sdp),
+            Some(Op::Answer(r)) => self.answer_sdp(r).map(Reply::Sdp),
+            Some(Op::Bridge(r)) => self.set_bridge(r, true).map(Reply::Bridged),
+            Some(Op::Unbridge(r)) => self.set_bridge(r, false).map(Reply::Bridged),
+            Some(Op::Delete(r)) => self.delete_legs(r).await.map(Reply::Deleted),
+            None => Err(Status::invalid_argument(
+                "the control request names no operation",
+            )),
+        };
+        Ok(v1::ControlReply {
+            id: request.id,
+            reply: Some(reply.unwrap_or_else(|status| {
+                Reply::Error(v1::ControlError {
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                })
+            })),
+        })
+    }
+}
+
+type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl RtpManager for ControlService {
+    async fn offer(
+        &self,
+        request: Request<v1::OfferRequest>,
+    ) -> Result<Response<v1::SdpResponse>, Status> {
+        self.offer_sdp(request.get_ref()).map(Response::new)
+    }
+
+    async fn answer(
+        &self,
+        request: Request<v1::AnswerRequest>,
+    ) -> Result<Response<v1::SdpResponse>, Status> {
+        self.answer_sdp(request.get_ref()).map(Response::new)
+    }
+
+    async fn bridge(
+        &self,
+        request: Request<v1::BridgeRequest>,
+    ) -> Result<Response<v1::BridgeResponse>, Status> {
+        self.set_bridge(request.get_ref(), true).map(Response::new)
+    }
+
+    async fn unbridge(
+        &self,
+        request: Request<v1::BridgeRequest>,
+    ) -> Result<Response<v1::BridgeResponse>, Status> {
+        self.set_bridge(request.get_ref(), false).map(Response::new)
+    }
+
+    async fn delete(
+        &self,
+        request: Request<v1::DeleteRequest>,
+    ) -> Result<Response<v1::DeleteResponse>, Status> {
+        self.delete_legs(request.get_ref()).await.map(Response::new)
     }
 
     type PlayStream = EventStream<v1::PlayEvent>;
@@ -230,6 +303,11 @@ impl RtpManager for ControlService {
         let events = tokio_stream::wrappers::BroadcastStream::new(self.driver.subscribe());
         let events =
             tokio_stream::StreamExt::filter_map(events, |e| e.ok().map(|e| Ok(event_proto(e))));
+        // Ends at shutdown, as the Control stream does.
+        let mut stopping = self.stopping.subscribe();
+        let events = events.take_until(async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        });
         if interval == 0 {
             return Ok(Response::new(Box::pin(events)));
         }
@@ -321,6 +399,7 @@ impl RtpManager for ControlService {
                 relay_capacity_pps: load.capacity_pps,
                 overloaded: load.overloaded(),
                 answer_bridges: true,
+                control_stream: true,
                 interfaces: media_interfaces(table, fast_path),
             }
         })))
@@ -350,6 +429,37 @@ impl RtpManager for ControlService {
                 interfaces: media_interfaces(table, fast_path),
             }
         })))
+    }
+
+    type ControlStream = EventStream<v1::ControlReply>;
+
+    async fn control(
+        &self,
+        request: Request<Streaming<v1::ControlRequest>>,
+    ) -> Result<Response<Self::ControlStream>, Status> {
+        let authorization: Option<Arc<[u8]>> = request
+            .metadata()
+            .get("authorization")
+            .map(|value| value.as_bytes().into());
+        let peer = request.remote_addr();
+        let mut stopping = self.stopping.subscribe();
+        let requests = request.into_inner().take_until(async move {
+            // The sender lives as long as the service this stream holds.
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        });
+        let service = self.clone();
+        let replies = requests
+            .map(move |request| {
+                let service = service.clone();
+                let authorization = authorization.clone();
+                async move {
+                    service
+                        .control_one(request, authorization.as_deref(), peer)
+                        .await
+                }
+            })
+            .buffer_unordered(CONTROL_IN_FLIGHT);
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn set_drain(

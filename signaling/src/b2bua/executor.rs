@@ -34,6 +34,7 @@ use super::media::{
 use super::reconcile::{orphans, Owner};
 use crate::metrics::Metrics;
 use crate::rtpmanager_client::ManagerClient;
+use crate::rtpmanager_control::{ControlChannel, Op};
 use crate::rtpmanager_pool::{Health, ManagerPool, Placement};
 
 /// How often a healthy manager's calls are reconciled besides its
@@ -519,7 +520,7 @@ fn start_call(
     let seat = Seat {
         pool: pool.clone(),
         at: at.clone(),
-        client: pool.client(index),
+        control: pool.control(index),
         live: live.clone(),
         placement,
         pinned: false,
@@ -567,7 +568,7 @@ struct Seat {
     pool: ManagerPool,
     /// The manager's index, shared with the dispatcher's [`Route`].
     at: Arc<AtomicUsize>,
-    client: ManagerClient,
+    control: ControlChannel,
     live: Arc<Vec<AtomicUsize>>,
     /// Until the call's first request succeeds: the managers its setup
     /// tried, so a refused first Offer moves on to another one. None for a
@@ -618,7 +619,7 @@ impl Seat {
         }
         // Nothing half-made left behind should the refusal have come
         // after part of the offer was set up; best effort, off the path.
-        let mut refusing = self.client.clone();
+        let refusing = self.control.clone();
         let call_id = call.0.clone();
         tokio::spawn(async move {
             let _ = refusing
@@ -650,7 +651,7 @@ impl Seat {
         self.live[index].fetch_sub(1, Ordering::Relaxed);
         self.live[next].fetch_add(1, Ordering::Relaxed);
         self.at.store(next, Ordering::Relaxed);
-        self.client = self.pool.client(next);
+        self.control = self.pool.control(next);
         link.push_input(
             Instant::now(),
             LinkInput::Placed {
@@ -687,7 +688,8 @@ async fn run_call(
         let result = match &request.op {
             MediaOp::Play { leg, files } => {
                 let play = seat
-                    .client
+                    .control
+                    .client()
                     .play(v1::PlayRequest {
                         call_id,
                         leg_id: leg.media_leg_id().0,
@@ -715,7 +717,7 @@ async fn run_call(
             }
             op => loop {
                 let answer_bridges = seat.pool.answer_bridges(seat.index());
-                match run_op(&mut seat.client, answer_bridges, call_id.clone(), op).await {
+                match run_op(&seat.control, answer_bridges, call_id.clone(), op).await {
                     Ok(result) => {
                         seat.settled(&request.call);
                         break result;
@@ -757,7 +759,7 @@ async fn run_call(
 }
 
 async fn run_op(
-    client: &mut ManagerClient,
+    control: &ControlChannel,
     answer_bridges: bool,
     call_id: String,
     op: &MediaOp,
@@ -768,17 +770,17 @@ async fn run_op(
             peer,
             sdp,
             callee_interface,
-        } => client
-            .offer(v1::OfferRequest {
+        } => control
+            .sdp(Op::Offer(v1::OfferRequest {
                 call_id,
                 leg_id: leg.media_leg_id().0,
                 peer_leg_id: peer.map(|p| p.media_leg_id().0).unwrap_or_default(),
                 sdp: sdp.clone(),
                 options: Some(options(*leg, callee_interface.as_deref())),
                 peer_options: peer.map(|p| options(p, callee_interface.as_deref())),
-            })
+            }))
             .await
-            .map(|r| MediaResult::Sdp(r.into_inner().sdp)),
+            .map(|r| MediaResult::Sdp(r.sdp)),
         MediaOp::Answer {
             leg,
             peer,
@@ -787,24 +789,24 @@ async fn run_op(
         } => {
             let (answer, then_bridge) =
                 answer_requests(call_id, (*leg, *peer), sdp, *bridge, answer_bridges);
-            let answered = client
-                .answer(answer)
+            let answered = control
+                .sdp(Op::Answer(answer))
                 .await
-                .map(|r| MediaResult::Sdp(r.into_inner().sdp));
+                .map(|r| MediaResult::Sdp(r.sdp));
             if let (Some(request), Ok(_)) = (then_bridge, &answered) {
-                client.bridge(request).await?;
+                control.bridge(Op::Bridge(request)).await?;
             }
             answered
         }
-        MediaOp::Bridge => client
-            .bridge(v1::BridgeRequest {
+        MediaOp::Bridge => control
+            .bridge(Op::Bridge(v1::BridgeRequest {
                 call_id,
                 leg_a: CallLeg::A.media_leg_id().0,
                 leg_b: CallLeg::B.media_leg_id().0,
-            })
+            }))
             .await
-            .map(|_| MediaResult::Done),
-        MediaOp::Delete { reason, detail } => client
+            .map(|()| MediaResult::Done),
+        MediaOp::Delete { reason, detail } => control
             .delete(v1::DeleteRequest {
                 call_id,
                 leg_id: String::new(),
@@ -812,7 +814,7 @@ async fn run_op(
                 detail: detail.clone(),
             })
             .await
-            .map(|r| MediaResult::Deleted(r.into_inner().legs.iter().map(figures).collect())),
+            .map(|r| MediaResult::Deleted(r.legs.iter().map(figures).collect())),
         MediaOp::Play { .. } => Ok(MediaResult::Failed {
             failure: MediaFailure::Internal,
             message: "playback runs on its own task".to_owned(),
