@@ -140,12 +140,7 @@ async fn the_control_stream_answers_each_request_by_its_id_as_its_unary_rpc_woul
     phone_a.send_to(rtp, toward_a).expect("send");
     let (_, from) = common::recv(&phone_b).expect("the bridge relays a to b");
     assert_eq!(from, toward_b, "from b's side of the manager");
-    let calls = client
-        .list_calls(v1::ListCallsRequest {})
-        .await
-        .expect("ListCalls")
-        .into_inner()
-        .calls;
+    let calls = common::calls(&mut client).await;
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0].legs.len(), 2, "{calls:?}");
 
@@ -167,12 +162,7 @@ async fn the_control_stream_answers_each_request_by_its_id_as_its_unary_rpc_woul
         .find(|l| l.leg_id == "a")
         .expect("leg a");
     assert_eq!(a_leg.rtp_in.as_ref().map(|c| c.packets), Some(1));
-    let calls = client
-        .list_calls(v1::ListCallsRequest {})
-        .await
-        .expect("ListCalls")
-        .into_inner()
-        .calls;
+    let calls = common::calls(&mut client).await;
     assert!(calls.is_empty(), "{calls:?}");
 }
 
@@ -199,11 +189,27 @@ async fn the_control_and_watch_streams_end_at_shutdown_so_the_manager_stops_at_o
         matches!(ended, Ok(None)),
         "ended cleanly, not broken: {ended:?}"
     );
+    // The client closes its half, as signaling's channel does when its
+    // stream ends.
+    drop(stream);
     let watch_ended = tokio::time::timeout(Duration::from_secs(2), watch.message())
         .await
         .expect("the Watch stream ends within 2 s");
     assert!(matches!(watch_ended, Ok(None)), "{watch_ended:?}");
-    let status = manager.wait_exit_within(Duration::from_secs(10));
+    // Waited for without blocking this runtime: the connection's task must
+    // go on answering the server's graceful-shutdown PING, as a client's
+    // does, or the server waits out its grace period for the answer.
+    let status = loop {
+        if let Some(status) = manager.exited() {
+            break status;
+        }
+        assert!(
+            stopping.elapsed() < Duration::from_secs(10),
+            "still running:\n{}",
+            manager.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let took = stopping.elapsed();
     assert!(status.success(), "{status:?}\n{}", manager.log());
     // The grace period for streams still open is 3 s.

@@ -40,6 +40,18 @@ pub async fn bridge(client: &mut RtpManagerClient<Channel>, call: &str) {
         .expect("Bridge");
 }
 
+/// The calls the manager holds (ListCalls).
+pub async fn calls(
+    client: &mut RtpManagerClient<Channel>,
+) -> Vec<switchboard_proto::v1::CallSummary> {
+    client
+        .list_calls(switchboard_proto::v1::ListCallsRequest {})
+        .await
+        .expect("ListCalls")
+        .into_inner()
+        .calls
+}
+
 /// A manager started by [`spawn`]: its process and gRPC address.
 pub type Started = switchboard_testkit::daemon::Manager;
 
