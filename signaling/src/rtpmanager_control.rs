@@ -113,17 +113,26 @@ impl ControlChannel {
         }
     }
 
-    /// Offer or Answer: the rewritten SDP.
-    pub async fn sdp(&self, op: Op) -> Result<v1::SdpResponse, Status> {
+    /// Offer: the rewritten offer.
+    pub async fn offer(&self, request: v1::OfferRequest) -> Result<v1::SdpResponse, Status> {
+        self.sdp(Op::Offer(request)).await
+    }
+
+    /// Answer: the rewritten answer.
+    pub async fn answer(&self, request: v1::AnswerRequest) -> Result<v1::SdpResponse, Status> {
+        self.sdp(Op::Answer(request)).await
+    }
+
+    async fn sdp(&self, op: Op) -> Result<v1::SdpResponse, Status> {
         match self.send(op).await? {
             Reply::Sdp(sdp) => Ok(sdp),
             other => Err(mismatch("an SDP", &other)),
         }
     }
 
-    /// Bridge or Unbridge.
-    pub async fn bridge(&self, op: Op) -> Result<(), Status> {
-        match self.send(op).await? {
+    /// Bridge.
+    pub async fn bridge(&self, request: v1::BridgeRequest) -> Result<(), Status> {
+        match self.send(Op::Bridge(request)).await? {
             Reply::Bridged(_) => Ok(()),
             other => Err(mismatch("a bridge", &other)),
         }

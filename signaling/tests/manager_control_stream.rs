@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use common::manager::{runtime, start_manager, start_manager_at};
 use switchboard_proto::v1;
 use switchboard_signaling::rtpmanager_client::ClientAccess;
-use switchboard_signaling::rtpmanager_control::{ControlChannel, Op};
+use switchboard_signaling::rtpmanager_control::ControlChannel;
 use tonic::Code;
 
-fn offer(call: &str, port: u16) -> Op {
-    Op::Offer(v1::OfferRequest {
+fn offer(call: &str, port: u16) -> v1::OfferRequest {
+    v1::OfferRequest {
         call_id: call.to_owned(),
         leg_id: "a".to_owned(),
         peer_leg_id: "b".to_owned(),
@@ -22,7 +22,7 @@ fn offer(call: &str, port: u16) -> Op {
             "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n"
         ),
         ..Default::default()
-    })
+    }
 }
 
 fn channel(manager: &common::manager::Manager) -> ControlChannel {
@@ -47,7 +47,7 @@ fn requests_sent_together_each_get_their_own_reply() {
                 let call = format!("call-{n}");
                 (
                     call.clone(),
-                    channel.sdp(offer(&call, 20_000 + 2 * n)).await,
+                    channel.offer(offer(&call, 20_000 + 2 * n)).await,
                 )
             }
         });
@@ -74,13 +74,13 @@ fn a_dead_managers_stream_fails_at_once_and_the_next_request_reaches_its_success
     let rt = runtime();
     let _entered = rt.enter();
     let channel = channel(&manager);
-    rt.block_on(channel.sdp(offer("before", 20_000)))
+    rt.block_on(channel.offer(offer("before", 20_000)))
         .expect("the first request opens the stream");
 
     manager.kill();
     let started = Instant::now();
     let failed = rt
-        .block_on(channel.sdp(offer("while-down", 20_002)))
+        .block_on(channel.offer(offer("while-down", 20_002)))
         .expect_err("nobody answers");
     assert_eq!(failed.code(), Code::Unavailable, "{failed:?}");
     assert!(
@@ -96,7 +96,7 @@ fn a_dead_managers_stream_fails_at_once_and_the_next_request_reaches_its_success
         &[],
     );
     let sdp = rt
-        .block_on(channel.sdp(offer("after", 20_004)))
+        .block_on(channel.offer(offer("after", 20_004)))
         .expect("a new stream to the manager on the same address");
     assert_eq!(sdp.leg.map(|leg| leg.call_id).as_deref(), Some("after"));
     let calls: Vec<String> = successor.calls().into_iter().map(|c| c.call_id).collect();

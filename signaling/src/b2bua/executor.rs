@@ -34,7 +34,7 @@ use super::media::{
 use super::reconcile::{orphans, Owner};
 use crate::metrics::Metrics;
 use crate::rtpmanager_client::ManagerClient;
-use crate::rtpmanager_control::{ControlChannel, Op};
+use crate::rtpmanager_control::ControlChannel;
 use crate::rtpmanager_pool::{Health, ManagerPool, Placement};
 
 /// How often a healthy manager's calls are reconciled besides its
@@ -771,14 +771,14 @@ async fn run_op(
             sdp,
             callee_interface,
         } => control
-            .sdp(Op::Offer(v1::OfferRequest {
+            .offer(v1::OfferRequest {
                 call_id,
                 leg_id: leg.media_leg_id().0,
                 peer_leg_id: peer.map(|p| p.media_leg_id().0).unwrap_or_default(),
                 sdp: sdp.clone(),
                 options: Some(options(*leg, callee_interface.as_deref())),
                 peer_options: peer.map(|p| options(p, callee_interface.as_deref())),
-            }))
+            })
             .await
             .map(|r| MediaResult::Sdp(r.sdp)),
         MediaOp::Answer {
@@ -790,20 +790,20 @@ async fn run_op(
             let (answer, then_bridge) =
                 answer_requests(call_id, (*leg, *peer), sdp, *bridge, answer_bridges);
             let answered = control
-                .sdp(Op::Answer(answer))
+                .answer(answer)
                 .await
                 .map(|r| MediaResult::Sdp(r.sdp));
             if let (Some(request), Ok(_)) = (then_bridge, &answered) {
-                control.bridge(Op::Bridge(request)).await?;
+                control.bridge(request).await?;
             }
             answered
         }
         MediaOp::Bridge => control
-            .bridge(Op::Bridge(v1::BridgeRequest {
+            .bridge(v1::BridgeRequest {
                 call_id,
                 leg_a: CallLeg::A.media_leg_id().0,
                 leg_b: CallLeg::B.media_leg_id().0,
-            }))
+            })
             .await
             .map(|()| MediaResult::Done),
         MediaOp::Delete { reason, detail } => control
