@@ -3,8 +3,8 @@
 //! request carries an id that its reply repeats, as rtpengine's ng protocol
 //! carries cookies. A unary RPC costs an HTTP/2 stream of its own (headers
 //! and trailers encoded and parsed, a task on each side); on the stream a
-//! request is one length-prefixed message each way, and requests written
-//! together share a frame.
+//! request is one length-prefixed message each way, and requests queued
+//! together leave in one socket write.
 //!
 //! A manager whose Health does not say `control_stream` (an older one) is
 //! sent unary requests, as is one that turns out not to serve the stream
