@@ -1,14 +1,18 @@
 //! Signaling's side of the Control stream against the real manager binary:
-//! requests sent together each get their own reply, and a manager that dies
-//! fails the requests waiting on its stream at once; the next request, once
-//! it is back, opens a new stream.
+//! requests sent together each get their own reply, a manager that dies
+//! fails the requests waiting on its stream at once (the next request, once
+//! it is back, opens a new stream), and the stream runs over mutual TLS
+//! with a token, as to a manager on another host.
 
 mod common;
+#[path = "../../rtpmanager/tests/common/pki.rs"]
+mod pki;
 
 use std::time::{Duration, Instant};
 
 use common::manager::{runtime, start_manager, start_manager_at};
 use switchboard_proto::v1;
+use switchboard_signaling::config::Config;
 use switchboard_signaling::rtpmanager_client::ClientAccess;
 use switchboard_signaling::rtpmanager_control::ControlChannel;
 use tonic::Code;
@@ -101,4 +105,68 @@ fn a_dead_managers_stream_fails_at_once_and_the_next_request_reaches_its_success
     assert_eq!(sdp.leg.map(|leg| leg.call_id).as_deref(), Some("after"));
     let calls: Vec<String> = successor.calls().into_iter().map(|c| c.call_id).collect();
     assert_eq!(calls, ["after"]);
+}
+
+#[test]
+fn the_stream_runs_over_mutual_tls_with_the_token_and_a_wrong_token_opens_none() {
+    let pki = pki::Pki::new();
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let write = |name: &str, text: &str| {
+        let path = secrets.path().join(name);
+        std::fs::write(&path, text).expect("write a token file");
+        path.to_str().expect("utf-8").to_owned()
+    };
+    let tokens = write("manager-tokens", "e3b0c44298fc1c149afbf4c8996fb924\n");
+    let right = write("right", "e3b0c44298fc1c149afbf4c8996fb924\n");
+    let wrong = write("wrong", "d4735e3a265e16eee03f59718b9b5d03\n");
+    let audio = tempfile::tempdir().expect("audio dir");
+    let manager = start_manager(
+        audio.path(),
+        8,
+        &[
+            "--grpc-tls-cert",
+            &pki.arg("server.crt"),
+            "--grpc-tls-key",
+            &pki.arg("server.key"),
+            "--grpc-tls-client-ca",
+            &pki.arg("ca.crt"),
+            "--grpc-token-file",
+            &tokens,
+        ],
+    );
+    let rt = runtime();
+    let _entered = rt.enter();
+    // The channel signaling makes from its options.
+    let channel = |token_file: &str| {
+        let config = Config::load_from([
+            "switchboard-signaling",
+            "--rtpmanager-tls-ca",
+            &pki.arg("ca.crt"),
+            "--rtpmanager-tls-cert",
+            &pki.arg("client.crt"),
+            "--rtpmanager-tls-key",
+            &pki.arg("client.key"),
+            "--rtpmanager-token-file",
+            token_file,
+        ])
+        .expect("valid options");
+        let access = ClientAccess::from_config(&config).expect("readable files");
+        let uri = format!("https://{}", manager.grpc);
+        let channel = ControlChannel::new(access.connect_lazy(&uri).expect("uri"));
+        channel.set_streams(true);
+        channel
+    };
+
+    let trusted = channel(&right);
+    let sdp = rt
+        .block_on(trusted.offer(offer("over-tls", 20_000)))
+        .expect("served over TLS with the token");
+    assert_eq!(sdp.leg.map(|leg| leg.call_id).as_deref(), Some("over-tls"));
+
+    let stranger = channel(&wrong);
+    let refused = rt
+        .block_on(stranger.offer(offer("stranger", 20_002)))
+        .expect_err("a wrong token opens no stream");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(stranger.streams(), "a refusal is not a reason to go unary");
 }
