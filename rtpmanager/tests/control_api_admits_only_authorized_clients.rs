@@ -60,17 +60,7 @@ async fn tls_health(
 #[tokio::test]
 async fn mutual_tls_admits_only_clients_with_a_certificate_of_the_client_ca() {
     let pki = Pki::new();
-    let manager = common::spawn(
-        &[
-            "--grpc-tls-cert",
-            &pki.arg("server.crt"),
-            "--grpc-tls-key",
-            &pki.arg("server.key"),
-            "--grpc-tls-client-ca",
-            &pki.arg("ca.crt"),
-        ],
-        4,
-    );
+    let manager = common::spawn(&pki.manager_tls(), 4);
     assert!(
         manager.daemon.log().contains("grpc_access=tls+client-cert"),
         "{}",

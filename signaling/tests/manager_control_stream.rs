@@ -110,45 +110,27 @@ fn a_dead_managers_stream_fails_at_once_and_the_next_request_reaches_its_success
 #[test]
 fn the_stream_runs_over_mutual_tls_with_the_token_and_a_wrong_token_opens_none() {
     let pki = pki::Pki::new();
-    let secrets = tempfile::tempdir().expect("temp dir");
-    let write = |name: &str, text: &str| {
-        let path = secrets.path().join(name);
-        std::fs::write(&path, text).expect("write a token file");
-        path.to_str().expect("utf-8").to_owned()
-    };
-    let tokens = write("manager-tokens", "e3b0c44298fc1c149afbf4c8996fb924\n");
-    let right = write("right", "e3b0c44298fc1c149afbf4c8996fb924\n");
-    let wrong = write("wrong", "d4735e3a265e16eee03f59718b9b5d03\n");
+    let tokens = pki.write("manager-tokens", "e3b0c44298fc1c149afbf4c8996fb924\n");
+    let right = pki.write("right", "e3b0c44298fc1c149afbf4c8996fb924\n");
+    let wrong = pki.write("wrong", "d4735e3a265e16eee03f59718b9b5d03\n");
     let audio = tempfile::tempdir().expect("audio dir");
     let manager = start_manager(
         audio.path(),
         8,
-        &[
-            "--grpc-tls-cert",
-            &pki.arg("server.crt"),
-            "--grpc-tls-key",
-            &pki.arg("server.key"),
-            "--grpc-tls-client-ca",
-            &pki.arg("ca.crt"),
-            "--grpc-token-file",
-            &tokens,
-        ],
+        &[&pki.manager_tls()[..], &["--grpc-token-file", &tokens]].concat(),
     );
     let rt = runtime();
     let _entered = rt.enter();
     // The channel signaling makes from its options.
     let channel = |token_file: &str| {
-        let config = Config::load_from([
-            "switchboard-signaling",
-            "--rtpmanager-tls-ca",
-            &pki.arg("ca.crt"),
-            "--rtpmanager-tls-cert",
-            &pki.arg("client.crt"),
-            "--rtpmanager-tls-key",
-            &pki.arg("client.key"),
-            "--rtpmanager-token-file",
-            token_file,
-        ])
+        let config = Config::load_from(
+            [
+                &["switchboard-signaling"][..],
+                &pki.signaling_tls(),
+                &["--rtpmanager-token-file", token_file],
+            ]
+            .concat(),
+        )
         .expect("valid options");
         let access = ClientAccess::from_config(&config).expect("readable files");
         let uri = format!("https://{}", manager.grpc);

@@ -161,15 +161,9 @@ const WRONG_TOKEN: &str = "60303ae22b998861bce3b28f33eec1be";
 #[test]
 fn signaling_sees_a_manager_behind_mutual_tls_and_a_token_only_with_the_right_settings() {
     let pki = pki::Pki::new();
-    let secrets = tempfile::tempdir().expect("temp dir");
-    let write = |name: &str, text: &str| {
-        let path = secrets.path().join(name);
-        std::fs::write(&path, text).expect("write token file");
-        path.to_str().expect("utf-8").to_owned()
-    };
-    let manager_tokens = write("manager-tokens", &format!("# pool\n{TOKEN}\n"));
-    let right = write("right", &format!("{TOKEN}\n"));
-    let wrong = write("wrong", &format!("{WRONG_TOKEN}\n"));
+    let manager_tokens = pki.write("manager-tokens", &format!("# pool\n{TOKEN}\n"));
+    let right = pki.write("right", &format!("{TOKEN}\n"));
+    let wrong = pki.write("wrong", &format!("{WRONG_TOKEN}\n"));
 
     let grpc_port = free_port();
     let manager = Daemon::spawn(
@@ -177,20 +171,11 @@ fn signaling_sees_a_manager_behind_mutual_tls_and_a_token_only_with_the_right_se
         Command::new(rtpmanager_bin())
             .args(["--grpc-port", &grpc_port.to_string(), "--fast-path", "off"])
             .args(["--rtp-port-min", "31400", "--rtp-port-max", "31440"])
-            .args(["--grpc-tls-cert", &pki.arg("server.crt")])
-            .args(["--grpc-tls-key", &pki.arg("server.key")])
-            .args(["--grpc-tls-client-ca", &pki.arg("ca.crt")])
+            .args(pki.manager_tls())
             .args(["--grpc-token-file", &manager_tokens]),
     );
     let endpoint = format!("127.0.0.1:{grpc_port}");
-    let tls = [
-        "--rtpmanager-tls-ca",
-        &pki.arg("ca.crt"),
-        "--rtpmanager-tls-cert",
-        &pki.arg("client.crt"),
-        "--rtpmanager-tls-key",
-        &pki.arg("client.key"),
-    ];
+    let tls = pki.signaling_tls();
 
     let (trusted, rest, _data) = start_signaling(
         &endpoint,

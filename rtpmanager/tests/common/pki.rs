@@ -13,13 +13,38 @@ use std::process::Command;
 /// The files of a test PKI, deleted with it.
 pub struct Pki {
     dir: tempfile::TempDir,
+    manager_tls: [String; 6],
+    signaling_tls: [String; 6],
 }
 
 impl Pki {
     /// Makes every file (one ECDSA P-256 key each; a few tens of milliseconds).
     pub fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("temp dir for the PKI");
+        let arg = |name: &str| {
+            let path = dir.path().join(name);
+            path.to_str().expect("utf-8 temp path").to_owned()
+        };
+        let manager_tls = [
+            "--grpc-tls-cert".to_owned(),
+            arg("server.crt"),
+            "--grpc-tls-key".to_owned(),
+            arg("server.key"),
+            "--grpc-tls-client-ca".to_owned(),
+            arg("ca.crt"),
+        ];
+        let signaling_tls = [
+            "--rtpmanager-tls-ca".to_owned(),
+            arg("ca.crt"),
+            "--rtpmanager-tls-cert".to_owned(),
+            arg("client.crt"),
+            "--rtpmanager-tls-key".to_owned(),
+            arg("client.key"),
+        ];
         let pki = Pki {
-            dir: tempfile::tempdir().expect("temp dir for the PKI"),
+            dir,
+            manager_tls,
+            signaling_tls,
         };
         pki.ca("ca");
         pki.ca("rogue-ca");
@@ -45,6 +70,25 @@ impl Pki {
             .to_str()
             .expect("utf-8 temp path")
             .to_owned()
+    }
+
+    /// The manager's options for TLS with its server certificate, taking
+    /// only clients with a certificate of `ca`.
+    pub fn manager_tls(&self) -> [&str; 6] {
+        self.manager_tls.each_ref().map(String::as_str)
+    }
+
+    /// Signaling's options to reach that manager: trusting `ca` and
+    /// presenting the client certificate.
+    pub fn signaling_tls(&self) -> [&str; 6] {
+        self.signaling_tls.each_ref().map(String::as_str)
+    }
+
+    /// Writes a file beside the PKI's (a token file) and returns its path
+    /// as an argument.
+    pub fn write(&self, name: &str, text: &str) -> String {
+        std::fs::write(self.path(name), text).expect("write a file beside the PKI");
+        self.arg(name)
     }
 
     /// The contents of one file.
