@@ -42,7 +42,7 @@ pub(crate) fn request(out: &Outgoing<'_>) -> Option<SipMessage> {
     let mut headers = Vec::with_capacity(10 + out.extra.len());
     let mut push = |name: &str, value: String| {
         headers.push(Header {
-            name: name.to_owned(),
+            name: std::borrow::Cow::Owned(name.to_owned()),
             value,
         })
     };

@@ -452,17 +452,22 @@ impl Persist {
     /// What the change does to each binding it touches: new ones are
     /// added, changed ones refreshed, missing ones removed.
     pub fn changes(&self) -> Vec<(Change, &Binding)> {
+        // Each key once: a key is a normalised copy of the contact.
+        let keys = |bindings: &[Binding]| bindings.iter().map(Binding::key).collect::<Vec<_>>();
+        let (now, before) = (keys(&self.record.bindings), keys(&self.previous));
         let mut changes = Vec::new();
-        for binding in self.record.bindings.iter() {
-            match self.previous.iter().find(|b| b.key() == binding.key()) {
+        for (binding, key) in self.record.bindings.iter().zip(&now) {
+            match before.iter().position(|k| k == key) {
                 None => changes.push((Change::Added, binding)),
-                Some(before) if before != binding => changes.push((Change::Refreshed, binding)),
+                Some(i) if self.previous[i] != *binding => {
+                    changes.push((Change::Refreshed, binding));
+                }
                 Some(_) => {}
             }
         }
-        for before in &self.previous {
-            if !self.record.bindings.iter().any(|b| b.key() == before.key()) {
-                changes.push((Change::Removed, before));
+        for (binding, key) in self.previous.iter().zip(&before) {
+            if !now.contains(key) {
+                changes.push((Change::Removed, binding));
             }
         }
         changes

@@ -267,10 +267,13 @@ impl Store {
     /// caller hands it back to [`Store::finish_sync`] before beginning the
     /// next.
     pub fn begin_sync(&mut self) -> Option<JournalSync> {
+        let capacity = self.pending.capacity();
         self.unsynced().then(|| JournalSync {
             journal: Arc::clone(&self.journal),
             generation: self.generation,
-            lines: std::mem::take(&mut self.pending),
+            // The next sync's records start in a buffer of this one's
+            // size, not grown from nothing by doubling.
+            lines: std::mem::replace(&mut self.pending, Vec::with_capacity(capacity)),
             records: self.journal_records,
             outcome: None,
         })

@@ -1,6 +1,7 @@
 //! Header names (compact forms, canonical spelling) and the typed values the
 //! server relies on: Via, CSeq, methods and transports.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -15,7 +16,10 @@ use super::uri::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
     /// Canonical name (`Via`, `Call-ID`, ...) or the name as written.
-    pub name: String,
+    /// A known name is the static spelling, not a copy: every message has
+    /// a dozen headers, and their names were a tenth of the SIP core's
+    /// allocations.
+    pub name: Cow<'static, str>,
     /// Value with surrounding LWS removed and folded lines joined by one SP.
     pub value: String,
 }
@@ -113,18 +117,21 @@ const CANONICAL: &[&str] = &[
 
 /// Returns the canonical name for a header name as written: compact forms
 /// are expanded, known names get their usual spelling, others are kept.
-pub fn canonical_name(name: &str) -> String {
+pub fn canonical_name(name: &str) -> Cow<'static, str> {
     let mut chars = name.chars();
     if let (Some(c), None) = (chars.next(), chars.next()) {
         let lower = c.to_ascii_lowercase();
         if let Some((_, full)) = COMPACT.iter().find(|(short, _)| *short == lower) {
-            return (*full).to_owned();
+            return Cow::Borrowed(full);
         }
     }
     CANONICAL
         .iter()
         .find(|known| known.eq_ignore_ascii_case(name))
-        .map_or_else(|| name.to_owned(), |known| (*known).to_owned())
+        .map_or_else(
+            || Cow::Owned(name.to_owned()),
+            |known| Cow::Borrowed(*known),
+        )
 }
 
 /// A request method; extension methods are kept as their token.

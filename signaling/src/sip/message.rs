@@ -320,7 +320,7 @@ impl SipMessage {
     /// where a parsed message would (a missing Via, an unreadable From ...).
     pub fn from_parts(
         start_line: &str,
-        headers: Vec<Header>,
+        mut headers: Vec<Header>,
         body: Vec<u8>,
     ) -> Result<SipMessage, super::ParseErrorKind> {
         // A CR or LF inside a part would end a line early for the next hop.
@@ -338,7 +338,7 @@ impl SipMessage {
         }
         let bytes = write_message(start_line, &headers, &body);
         let start = super::parse::parse_start_line(start_line)?;
-        super::parse::build(start, headers, body, bytes.into())
+        super::parse::build(start, &mut headers, body, bytes.into())
     }
 
     /// Applies RFC 3261 §18.2.1 and RFC 3581 to the top Via of a received

@@ -7,6 +7,8 @@
 //! ([`SipMessage::bytes`]); [`SipMessage::from_parts`] reads a message the
 //! server builds with the same rules.
 
+use std::borrow::Cow;
+
 use super::framing::{frame_datagram_with, FrameError, FramingLimits};
 use super::header::{canonical_name, CSeq, Header, Method, Via};
 use super::message::{CallId, SipMessage, StartLine};
@@ -142,9 +144,12 @@ impl ParseError {
 
 /// Splits a header section into logical lines: the start line, then one
 /// entry per header with continuation lines (starting with SP or HTAB)
-/// joined by a single SP. Bare LF line ends are tolerated.
-pub(crate) fn logical_lines(text: &str) -> Vec<String> {
-    let mut lines: Vec<String> = Vec::new();
+/// joined by a single SP. Bare LF line ends are tolerated. A line is
+/// borrowed from `text` unless it had to be joined: every message is cut
+/// into lines twice (for its Content-Length, then its headers), and a
+/// `String` per line was a tenth of the SIP core's allocations.
+pub(crate) fn logical_lines(text: &str) -> Vec<Cow<'_, str>> {
+    let mut lines: Vec<Cow<'_, str>> = Vec::with_capacity(16);
     for raw in text.split('\n') {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         // The start line cannot be continued, only header lines can.
@@ -153,13 +158,14 @@ pub(crate) fn logical_lines(text: &str) -> Vec<String> {
             Some(previous) if continues => {
                 let continuation = line.trim_matches(is_lws);
                 if !continuation.is_empty() {
+                    let previous = previous.to_mut();
                     let kept = previous.trim_end_matches(is_lws).len();
                     previous.truncate(kept);
                     previous.push(' ');
                     previous.push_str(continuation);
                 }
             }
-            _ => lines.push(line.to_owned()),
+            _ => lines.push(Cow::Borrowed(line)),
         }
     }
     lines
@@ -177,8 +183,8 @@ impl Tokens {
     fn read(head: &[u8]) -> Tokens {
         let text = String::from_utf8_lossy(head);
         let mut lines = logical_lines(text.trim_start_matches(['\r', '\n'])).into_iter();
-        let start_line = lines.next().unwrap_or_default();
-        let mut headers = Vec::new();
+        let start_line = lines.next().map(Cow::into_owned).unwrap_or_default();
+        let mut headers = Vec::with_capacity(lines.len());
         let mut bad_line = None;
         for (index, line) in lines.enumerate() {
             if line.is_empty() {
@@ -220,7 +226,7 @@ impl Tokens {
     fn salvage(&self) -> Vec<Header> {
         self.headers
             .iter()
-            .filter(|h| SALVAGED.contains(&h.name.as_str()))
+            .filter(|h| SALVAGED.contains(&&*h.name))
             .cloned()
             .collect()
     }
@@ -369,7 +375,7 @@ pub fn parse_with(bytes: &[u8], limits: FramingLimits) -> Result<SipMessage, Par
             return Err(ParseError::from_frame(error, &rest[..end]));
         }
     };
-    let tokens = Tokens::read(frame.head);
+    let mut tokens = Tokens::read(frame.head);
     // The message's own octets: from its start line to the end of its body
     // (both are slices of `bytes`), without leading CRLFs or trailing octets.
     let base = bytes.as_ptr() as usize;
@@ -381,7 +387,7 @@ pub fn parse_with(bytes: &[u8], limits: FramingLimits) -> Result<SipMessage, Par
             parse_start_line(&tokens.start_line).and(Err(ParseErrorKind::MalformedHeaderLine(line)))
         }
         None => parse_start_line(&tokens.start_line)
-            .and_then(|start| build(start, tokens.headers.clone(), frame.body.to_vec(), octets)),
+            .and_then(|start| build(start, &mut tokens.headers, frame.body.to_vec(), octets)),
     };
     built.map_err(|kind| ParseError {
         kind,
@@ -391,15 +397,17 @@ pub fn parse_with(bytes: &[u8], limits: FramingLimits) -> Result<SipMessage, Par
 }
 
 /// Reads the headers the server relies on into a [`SipMessage`]; shared by
-/// [`parse_with`] and [`SipMessage::from_parts`].
+/// [`parse_with`] and [`SipMessage::from_parts`]. The headers are taken
+/// only when the message is good: a bad one's are left for the error
+/// response to salvage, without a copy of every message's headers.
 pub(crate) fn build(
     start: StartLine,
-    headers: Vec<Header>,
+    headers: &mut Vec<Header>,
     body: Vec<u8>,
     bytes: std::sync::Arc<[u8]>,
 ) -> Result<SipMessage, ParseErrorKind> {
     let mut vias = Vec::new();
-    for value in values(&headers, "Via") {
+    for value in values(headers, "Via") {
         for item in split_top_level_commas(value).map_err(|e| invalid("Via", e))? {
             if item.is_empty() {
                 return Err(invalid("Via", "empty value between commas"));
@@ -410,24 +418,24 @@ pub(crate) fn build(
     if vias.is_empty() {
         return Err(ParseErrorKind::MissingHeader("Via"));
     }
-    let from = NameAddr::parse(required(&headers, "From")?).map_err(|e| invalid("From", e))?;
+    let from = NameAddr::parse(required(headers, "From")?).map_err(|e| invalid("From", e))?;
     check_tag("From", &from)?;
-    let to = NameAddr::parse(required(&headers, "To")?).map_err(|e| invalid("To", e))?;
+    let to = NameAddr::parse(required(headers, "To")?).map_err(|e| invalid("To", e))?;
     check_tag("To", &to)?;
-    let call_id = required(&headers, "Call-ID")?;
+    let call_id = required(headers, "Call-ID")?;
     if call_id.is_empty() || call_id.contains(is_lws) {
         return Err(invalid("Call-ID", "empty or containing whitespace"));
     }
     let call_id = CallId::new(call_id);
-    let cseq = CSeq::parse(required(&headers, "CSeq")?)
+    let cseq = CSeq::parse(required(headers, "CSeq")?)
         .ok_or_else(|| invalid("CSeq", "expected a 32-bit sequence number and a method"))?;
-    let max_forwards = single(&headers, "Max-Forwards")?
+    let max_forwards = single(headers, "Max-Forwards")?
         .map(|v| parse_delta_seconds(v).ok_or_else(|| invalid("Max-Forwards", "not a number")))
         .transpose()?;
 
     let mut contacts = Vec::new();
     let mut contact_wildcard = false;
-    for value in values(&headers, "Contact") {
+    for value in values(headers, "Contact") {
         for item in split_top_level_commas(value).map_err(|e| invalid("Contact", e))? {
             if item == "*" {
                 contact_wildcard = true;
@@ -445,7 +453,7 @@ pub(crate) fn build(
 
     Ok(SipMessage {
         start,
-        headers,
+        headers: std::mem::take(headers),
         body,
         vias,
         from,

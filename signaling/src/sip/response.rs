@@ -5,6 +5,7 @@
 //! IPv6 Vias, `tel:` URIs and extension methods come out exactly as
 //! received; [`response_message`] also returns the value beside them.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
 use super::header::{Header, Transport, Via};
@@ -109,17 +110,12 @@ pub fn response_message(
     let reason = sanitize_reason(reason);
     let start_line = format!("SIP/2.0 {status} {reason}");
     let mut headers = Vec::with_capacity(8 + request.vias().len() + extra_headers.len());
-    let mut push = |name: &str, value: String| {
-        headers.push(Header {
-            name: name.to_owned(),
-            value,
-        })
-    };
+    let mut push = |name: Cow<'static, str>, value: String| headers.push(Header { name, value });
     for via in request.vias() {
-        push("Via", via.to_string());
+        push(Cow::Borrowed("Via"), via.to_string());
     }
     push(
-        "From",
+        Cow::Borrowed("From"),
         request.header("From").unwrap_or_default().to_owned(),
     );
     let mut added_tag = None;
@@ -137,31 +133,34 @@ pub fn response_message(
         added_tag = Some(tag.clone());
         tag
     });
-    push("To", to);
-    push("Call-ID", request.call_id().as_str().to_owned());
-    push("CSeq", request.cseq().to_string());
+    push(Cow::Borrowed("To"), to);
+    push(
+        Cow::Borrowed("Call-ID"),
+        request.call_id().as_str().to_owned(),
+    );
+    push(Cow::Borrowed("CSeq"), request.cseq().to_string());
     let creates_dialog = matches!(
         request.method(),
         Method::Invite | Method::Subscribe | Method::Refer | Method::Notify
     );
     if (101..300).contains(&status) && creates_dialog {
         for route in request.header_values("Record-Route") {
-            push("Record-Route", route.to_owned());
+            push(Cow::Borrowed("Record-Route"), route.to_owned());
         }
     }
     if status == 100 {
         if let Some(timestamp) = request.header("Timestamp") {
-            push("Timestamp", timestamp.to_owned());
+            push(Cow::Borrowed("Timestamp"), timestamp.to_owned());
         }
     }
     for (name, value) in extra_headers {
-        push(name, value.clone());
+        push(Cow::Owned(name.clone()), value.clone());
     }
     let (content_type, body) = body.map_or((None, &[][..]), |(t, b)| (Some(t), b));
     if let Some(content_type) = content_type {
-        push("Content-Type", content_type.to_owned());
+        push(Cow::Borrowed("Content-Type"), content_type.to_owned());
     }
-    push("Content-Length", body.len().to_string());
+    push(Cow::Borrowed("Content-Length"), body.len().to_string());
 
     // The value is assembled from the request's, not read back from the
     // text: only the To tag and the Contacts are new.

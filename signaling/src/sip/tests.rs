@@ -426,7 +426,7 @@ fn header_names_are_case_insensitive_and_compact_forms_expand() {
           K: path\r\nC: text/plain\r\nE: identity\r\nm: <sip:b@192.0.2.3>\r\nL: 2\r\n\r\nhi",
     )
     .expect("compact and odd-case names");
-    let names: Vec<&str> = m.headers().iter().map(|h| h.name.as_str()).collect();
+    let names: Vec<&str> = m.headers().iter().map(|h| &*h.name).collect();
     assert_eq!(
         names,
         vec![
@@ -563,7 +563,7 @@ mod one_form {
 
     fn header(name: &str, value: &str) -> Header {
         Header {
-            name: name.to_owned(),
+            name: name.to_owned().into(),
             value: value.to_owned(),
         }
     }

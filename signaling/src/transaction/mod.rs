@@ -419,7 +419,7 @@ pub(crate) fn build_non_2xx_ack(
     response: &SipMessage,
 ) -> Result<SipMessage, TransactionError> {
     let header = |name: &str, value: String| Header {
-        name: name.to_owned(),
+        name: std::borrow::Cow::Owned(name.to_owned()),
         value,
     };
     let uri = invite.request_uri().ok_or(TransactionError::WrongMethod {

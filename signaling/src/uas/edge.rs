@@ -279,12 +279,12 @@ pub fn path_route(path: &[String], local: &str, flow: Destination) -> (Vec<Strin
 fn forwarded_headers(message: &SipMessage, via: &str, record_route: Option<String>) -> Vec<Header> {
     let mut headers = Vec::with_capacity(message.headers().len() + 2);
     headers.push(Header {
-        name: "Via".to_owned(),
+        name: "Via".into(),
         value: via.to_owned(),
     });
     if let Some(record_route) = record_route {
         headers.push(Header {
-            name: "Record-Route".to_owned(),
+            name: "Record-Route".into(),
             value: record_route,
         });
     }
@@ -329,7 +329,7 @@ fn forwarded_headers(message: &SipMessage, via: &str, record_route: Option<Strin
     }
     if !max_forwards_seen {
         headers.push(Header {
-            name: "Max-Forwards".to_owned(),
+            name: "Max-Forwards".into(),
             value: "69".to_owned(),
         });
     }
