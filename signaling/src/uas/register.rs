@@ -346,7 +346,15 @@ impl Uas {
         }
         match self.store.begin_sync() {
             Some(job) => {
-                self.syncing = Some(std::mem::take(&mut self.uncommitted));
+                // The REGISTERs that arrive during this sync go into a
+                // buffer of this one's size: grown from nothing, each
+                // doubling moved every waiting request (3.6 % of the
+                // core's time at 14,000 REGISTERs/s).
+                let capacity = self.uncommitted.capacity();
+                self.syncing = Some(std::mem::replace(
+                    &mut self.uncommitted,
+                    Vec::with_capacity(capacity),
+                ));
                 self.sync_out = Some(job);
                 self.sync_began = Some(now.instant);
             }
