@@ -83,6 +83,10 @@ enum BenchTarget {
     /// Calls (INVITE/200/ACK/BYE with SDP) through signaling and the RTP
     /// manager, SIPp on both sides, at increasing rates.
     SipCalls(SipCallsArgs),
+    /// The SIP core's own CPU per REGISTER, in process, without sockets or
+    /// SIPp (signaling/benches/sip_core.rs): the figure to compare two
+    /// builds with on a noisy host.
+    SipCore(SipCoreArgs),
     /// Bridged calls relayed by the RTP manager on a network-namespace bed
     /// (needs root): loss, latency and CPU per packet for one media path.
     Media(MediaArgs),
@@ -92,6 +96,23 @@ enum BenchTarget {
     /// A SIGKILLed RTP manager's calls moved to the others: calls that
     /// survived and media gaps (bench_failover.rs).
     Failover(crate::bench_failover::FailoverArgs),
+}
+
+#[derive(clap::Args)]
+struct SipCoreArgs {
+    /// Users, each registering once per pass.
+    #[arg(long, default_value_t = 10_000)]
+    users: u32,
+    /// Passes over the users; the first warms up and is not counted.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..))]
+    passes: u32,
+    /// REGISTERs per journal sync (28: 14,000/s with syncs 2 ms apart).
+    #[arg(long, default_value_t = 28, value_parser = clap::value_parser!(u32).range(1..))]
+    batch: u32,
+    /// Rounds, each with a new core and store; best, median and worst are
+    /// printed.
+    #[arg(long, default_value_t = 11, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
 }
 
 #[derive(clap::Args)]
@@ -220,6 +241,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     match &args.target {
         BenchTarget::SipRegister(args) => sip_register(args),
         BenchTarget::SipCalls(args) => sip_calls(args),
+        BenchTarget::SipCore(args) => sip_core(args),
         BenchTarget::Media(args) => media(args),
         BenchTarget::Program(args) => program(args),
         BenchTarget::Failover(args) => crate::bench_failover::failover(args),
@@ -228,6 +250,25 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
 /// Runs rtpmanager/benches/program.rs (release): each program on crafted
 /// packets in a namespace it creates, timed by the kernel.
+/// Runs signaling/benches/sip_core.rs (release), which prints a table.
+fn sip_core(args: &SipCoreArgs) -> anyhow::Result<()> {
+    util::run(
+        util::cargo()
+            .args([
+                "bench",
+                "-p",
+                "switchboard-signaling",
+                "--bench",
+                "sip_core",
+                "--",
+            ])
+            .args(["--users", &args.users.to_string()])
+            .args(["--passes", &args.passes.to_string()])
+            .args(["--batch", &args.batch.to_string()])
+            .args(["--rounds", &args.rounds.to_string()]),
+    )
+}
+
 fn program(args: &ProgramArgs) -> anyhow::Result<()> {
     if !util::is_root() {
         bail!("the program benchmark loads eBPF programs in a new namespace: run it as root");

@@ -8,6 +8,7 @@
 //! - `fuzz`: runs the cargo-fuzz targets of `fuzz/` for a bounded time.
 //! - `docs`: regenerates docs/CONFIGURATION.md from the daemons' options.
 //! - `bench sip-register`: REGISTER throughput and latency through SIPp.
+//! - `bench sip-core`: the SIP core's CPU per REGISTER, in process.
 //! - `soak`: a bounded endurance run under mixed legitimate and hostile load.
 //! - `add-user`: `switchboard-signaling add-user` (appends a user to a users file).
 #![allow(clippy::print_stdout)]
