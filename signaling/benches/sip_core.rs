@@ -5,10 +5,11 @@
 //! No sockets, no SIPp and no disk wait (the journal lives on tmpfs when
 //! there is one, and its syncs are not timed), and the time is the
 //! thread's CPU time, so the figure is the CPU a REGISTER costs the core's
-//! thread and little else. On a shared machine
-//! whose neighbours change the SIPp benchmarks' figures by a third from
-//! one run to the next, this one moves by a few per cent: it is the one to
-//! compare two builds with, the SIPp ones tell what the whole system does.
+//! thread and little else. On a shared machine whose neighbours changed
+//! the SIPp benchmarks' figures by a third from one run to the next, the
+//! best of this one's rounds moved by about a tenth: it is the one to
+//! compare two builds' code with; the SIPp ones tell what the whole system
+//! does.
 #![allow(clippy::print_stdout)]
 
 use std::net::SocketAddr;
