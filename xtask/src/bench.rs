@@ -83,9 +83,9 @@ enum BenchTarget {
     /// Calls (INVITE/200/ACK/BYE with SDP) through signaling and the RTP
     /// manager, SIPp on both sides, at increasing rates.
     SipCalls(SipCallsArgs),
-    /// The SIP core's own CPU per REGISTER, in process, without sockets or
-    /// SIPp (signaling/benches/sip_core.rs): the figure to compare two
-    /// builds with on a noisy host.
+    /// The SIP core's own CPU per REGISTER and per call, in process,
+    /// without sockets or SIPp (signaling/benches/sip_core.rs): the figure
+    /// to compare two builds with on a noisy host.
     SipCore(SipCoreArgs),
     /// Bridged calls relayed by the RTP manager on a network-namespace bed
     /// (needs root): loss, latency and CPU per packet for one media path.
@@ -100,13 +100,20 @@ enum BenchTarget {
 
 #[derive(clap::Args)]
 struct SipCoreArgs {
+    /// What to measure: register, calls or both.
+    #[arg(long, default_value = "both", value_parser = ["register", "calls", "both"])]
+    work: String,
+    /// Calls per round (through the B2BUA, the manager answered in process).
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..))]
+    calls: u32,
     /// Users, each registering once per pass.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     users: u32,
     /// Passes over the users; the first warms up and is not counted.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..))]
     passes: u32,
-    /// REGISTERs per journal sync (28: 14,000/s with syncs 2 ms apart).
+    /// REGISTERs per journal sync (28: 14,000/s with syncs 2 ms apart);
+    /// for calls, the calls taken through each step of the flow together.
     #[arg(long, default_value_t = 28, value_parser = clap::value_parser!(u32).range(1..))]
     batch: u32,
     /// Rounds, each with a new core and store; best, median and worst are
@@ -262,6 +269,8 @@ fn sip_core(args: &SipCoreArgs) -> anyhow::Result<()> {
                 "sip_core",
                 "--",
             ])
+            .args(["--work", &args.work])
+            .args(["--calls", &args.calls.to_string()])
             .args(["--users", &args.users.to_string()])
             .args(["--passes", &args.passes.to_string()])
             .args(["--batch", &args.batch.to_string()])
