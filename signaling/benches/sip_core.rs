@@ -39,6 +39,7 @@ use switchboard_signaling::sip::{build_response_with_body, parse, Method, SipMes
 use switchboard_signaling::transaction::TimerConfig;
 use switchboard_signaling::transport::{Advertised, Flow, Inbound};
 use switchboard_signaling::uas::{BindingStore, Input, Now, Uas, UasConfig};
+use switchboard_testkit::sip::request;
 
 struct Args {
     work: String,
@@ -229,21 +230,6 @@ impl BindingStore for NoStore {
     }
 }
 
-fn request(start: &str, headers: &[(&str, &str)], sdp: Option<&str>) -> Vec<u8> {
-    let mut text = format!("{start}\r\n");
-    for (name, value) in headers {
-        text.push_str(&format!("{name}: {value}\r\n"));
-    }
-    match sdp {
-        Some(sdp) => text.push_str(&format!(
-            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
-            sdp.len()
-        )),
-        None => text.push_str("Content-Length: 0\r\n\r\n"),
-    }
-    text.into_bytes()
-}
-
 /// The callee's response to a request the B2BUA sent it.
 fn reply(to: &SipMessage, status: u16, tag: Option<&Tag>, sdp: Option<&str>) -> Vec<u8> {
     let reason = match status {
@@ -282,6 +268,7 @@ fn in_dialog(answer: &SipMessage, method: &str, cseq: u32, branch: &str) -> Vec<
         ],
         None,
     )
+    .into_bytes()
 }
 
 /// The core with the B2BUA, and what it sent in the current phase.
@@ -427,7 +414,7 @@ fn call_round(args: &Args) -> anyhow::Result<Duration> {
                     ],
                     Some(CALLER_SDP),
                 );
-                (CALLER, bytes)
+                (CALLER, bytes.into_bytes())
             })
             .collect();
         let mut ops = bench.phase(invites)?;
@@ -458,18 +445,18 @@ fn call_round(args: &Args) -> anyhow::Result<Duration> {
         if oks.len() != k {
             bail!("{} 200s reached the caller for {k} calls", oks.len());
         }
+        // The caller's requests in each call's dialog.
+        let in_dialogs = |method: &str, cseq: u32| {
+            oks.iter()
+                .enumerate()
+                .map(|(n, ok)| {
+                    let branch = format!("z9hG4bK-{method}{first}-{n}");
+                    (CALLER, in_dialog(ok, method, cseq, &branch))
+                })
+                .collect::<Vec<_>>()
+        };
         // The caller ACKs: the ACK goes on to the callee.
-        let acks = oks
-            .iter()
-            .enumerate()
-            .map(|(n, ok)| {
-                (
-                    CALLER,
-                    in_dialog(ok, "ACK", 1, &format!("z9hG4bK-a{first}-{n}")),
-                )
-            })
-            .collect();
-        ops.extend(bench.phase(acks)?);
+        ops.extend(bench.phase(in_dialogs("ACK", 1))?);
         if count(&bench.to_callee, None, &Method::Ack) != k {
             bail!(
                 "{} ACKs reached the callee for {k} calls",
@@ -477,17 +464,7 @@ fn call_round(args: &Args) -> anyhow::Result<Duration> {
             );
         }
         // The caller hangs up: a 200, a BYE to the callee and a Delete.
-        let byes = oks
-            .iter()
-            .enumerate()
-            .map(|(n, ok)| {
-                (
-                    CALLER,
-                    in_dialog(ok, "BYE", 2, &format!("z9hG4bK-b{first}-{n}")),
-                )
-            })
-            .collect();
-        ops.extend(bench.phase(byes)?);
+        ops.extend(bench.phase(in_dialogs("BYE", 2))?);
         let byes_out = std::mem::take(&mut bench.to_callee);
         if count(&byes_out, None, &Method::Bye) != k
             || count(&bench.to_caller, Some(200), &Method::Bye) != k

@@ -1681,13 +1681,7 @@ fn phone_reply(
         text.push_str(&format!("To: {to};tag={to_tag}\r\n"));
     }
     text.push_str(extra);
-    match sdp {
-        Some(sdp) => text.push_str(&format!(
-            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
-            sdp.len()
-        )),
-        None => text.push_str("Content-Length: 0\r\n\r\n"),
-    }
+    switchboard_testkit::sip::end_with_body(&mut text, sdp);
     text
 }
 

@@ -5,8 +5,8 @@
 //! ([`free_port`], [`free_media_range`]), daemons stopped by pid with their
 //! log shown on failure ([`daemon`]), network-namespace beds in either
 //! address family with one or two relay interfaces ([`netns`]), SIPp runs
-//! and counters ([`sipp`]), tools from PATH ([`tool`]) and a fixed-seed
-//! [`Rng`].
+//! and counters ([`sipp`]), SIP messages as a peer writes them ([`sip`]),
+//! tools from PATH ([`tool`]) and a fixed-seed [`Rng`].
 //!
 //! Only std: a dependency here, with features of its own, would change the
 //! workspace's feature unification and so rebuild the daemons. The few
@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod dns;
 pub mod netns;
 pub mod redis;
+pub mod sip;
 pub mod sipp;
 
 use std::collections::HashSet;

@@ -12,6 +12,7 @@ use crate::registrar::{Record, Registrar, RegistrarConfig, StoreError};
 use crate::sip::{build_response_with_body, parse};
 use crate::transport::{Flow, Inbound};
 use crate::uas::{BindingStore, Uas, UasConfig};
+use switchboard_testkit::sip::request;
 
 mod migration;
 mod observations;
@@ -602,21 +603,6 @@ impl Harness {
         let cseq = answer.cseq().seq;
         self.in_dialog(CALLER, answer, "ACK", cseq, sdp)
     }
-}
-
-fn request(start: &str, headers: &[(&str, &str)], sdp: Option<&str>) -> String {
-    let mut text = format!("{start}\r\n");
-    for (name, value) in headers {
-        text.push_str(&format!("{name}: {value}\r\n"));
-    }
-    match sdp {
-        Some(sdp) => text.push_str(&format!(
-            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
-            sdp.len()
-        )),
-        None => text.push_str("Content-Length: 0\r\n\r\n"),
-    }
-    text
 }
 
 /// A peer's response to a request it received.
