@@ -2,6 +2,8 @@
 //! own Via, Call-ID, tags and Contact, so nothing of the other leg's
 //! topology leaks across (RFC 3261 §8.1.1, §12.2.1.1).
 
+use std::borrow::Cow;
+
 use crate::sip::{Branch, CallId, Header, Method, NameAddr, SipMessage, Tag};
 use crate::transport::{Advertised, Destination};
 
@@ -40,14 +42,10 @@ pub(crate) fn contact_uri(local: &Advertised, destination: &Destination) -> Stri
 /// or From taken from a peer's message that is not one.
 pub(crate) fn request(out: &Outgoing<'_>) -> Option<SipMessage> {
     let mut headers = Vec::with_capacity(10 + out.extra.len());
-    let mut push = |name: &str, value: String| {
-        headers.push(Header {
-            name: std::borrow::Cow::Owned(name.to_owned()),
-            value,
-        })
-    };
+    // Our names are static; only the caller's extra ones are copied.
+    let mut push = |name: Cow<'static, str>, value: String| headers.push(Header { name, value });
     push(
-        "Via",
+        "Via".into(),
         format!(
             "SIP/2.0/{} {};branch={};rport",
             out.destination.transport(),
@@ -55,28 +53,28 @@ pub(crate) fn request(out: &Outgoing<'_>) -> Option<SipMessage> {
             out.branch
         ),
     );
-    push("Max-Forwards", out.max_forwards.to_string());
-    push("From", out.from.to_owned());
-    push("To", out.to.to_owned());
-    push("Call-ID", out.call_id.as_str().to_owned());
-    push("CSeq", format!("{} {}", out.cseq, out.method));
+    push("Max-Forwards".into(), out.max_forwards.to_string());
+    push("From".into(), out.from.to_owned());
+    push("To".into(), out.to.to_owned());
+    push("Call-ID".into(), out.call_id.as_str().to_owned());
+    push("CSeq".into(), format!("{} {}", out.cseq, out.method));
     if out.contact {
         push(
-            "Contact",
+            "Contact".into(),
             format!("<{}>", contact_uri(out.local, &out.destination)),
         );
     }
     for (name, value) in out.extra {
-        push(name, value.clone());
+        push(Cow::Owned(name.clone()), value.clone());
     }
     let body = match out.body {
         Some((content_type, body)) => {
-            push("Content-Type", content_type.to_owned());
-            push("Content-Length", body.len().to_string());
+            push("Content-Type".into(), content_type.to_owned());
+            push("Content-Length".into(), body.len().to_string());
             body.to_vec()
         }
         None => {
-            push("Content-Length", "0".to_owned());
+            push("Content-Length".into(), "0".to_owned());
             Vec::new()
         }
     };

@@ -112,10 +112,10 @@ pub fn response_message(
     let mut headers = Vec::with_capacity(8 + request.vias().len() + extra_headers.len());
     let mut push = |name: Cow<'static, str>, value: String| headers.push(Header { name, value });
     for via in request.vias() {
-        push(Cow::Borrowed("Via"), via.to_string());
+        push("Via".into(), via.to_string());
     }
     push(
-        Cow::Borrowed("From"),
+        "From".into(),
         request.header("From").unwrap_or_default().to_owned(),
     );
     let mut added_tag = None;
@@ -133,24 +133,21 @@ pub fn response_message(
         added_tag = Some(tag.clone());
         tag
     });
-    push(Cow::Borrowed("To"), to);
-    push(
-        Cow::Borrowed("Call-ID"),
-        request.call_id().as_str().to_owned(),
-    );
-    push(Cow::Borrowed("CSeq"), request.cseq().to_string());
+    push("To".into(), to);
+    push("Call-ID".into(), request.call_id().as_str().to_owned());
+    push("CSeq".into(), request.cseq().to_string());
     let creates_dialog = matches!(
         request.method(),
         Method::Invite | Method::Subscribe | Method::Refer | Method::Notify
     );
     if (101..300).contains(&status) && creates_dialog {
         for route in request.header_values("Record-Route") {
-            push(Cow::Borrowed("Record-Route"), route.to_owned());
+            push("Record-Route".into(), route.to_owned());
         }
     }
     if status == 100 {
         if let Some(timestamp) = request.header("Timestamp") {
-            push(Cow::Borrowed("Timestamp"), timestamp.to_owned());
+            push("Timestamp".into(), timestamp.to_owned());
         }
     }
     for (name, value) in extra_headers {
@@ -158,9 +155,9 @@ pub fn response_message(
     }
     let (content_type, body) = body.map_or((None, &[][..]), |(t, b)| (Some(t), b));
     if let Some(content_type) = content_type {
-        push(Cow::Borrowed("Content-Type"), content_type.to_owned());
+        push("Content-Type".into(), content_type.to_owned());
     }
-    push(Cow::Borrowed("Content-Length"), body.len().to_string());
+    push("Content-Length".into(), body.len().to_string());
 
     // The value is assembled from the request's, not read back from the
     // text: only the To tag and the Contacts are new.

@@ -418,8 +418,8 @@ pub(crate) fn build_non_2xx_ack(
     invite: &SipMessage,
     response: &SipMessage,
 ) -> Result<SipMessage, TransactionError> {
-    let header = |name: &str, value: String| Header {
-        name: std::borrow::Cow::Owned(name.to_owned()),
+    let header = |name: &'static str, value: String| Header {
+        name: name.into(),
         value,
     };
     let uri = invite.request_uri().ok_or(TransactionError::WrongMethod {
