@@ -153,8 +153,7 @@ fn round(args: &Args) -> anyhow::Result<(Duration, &'static str)> {
     let mut timed = Duration::ZERO;
     let mut answered = 0;
     for pass in 0..args.passes {
-        let messages: Vec<Inbound> = (0..args.users).map(|u| register(u, pass + 1)).collect();
-        let mut messages = messages.into_iter();
+        let mut messages = (0..args.users).map(|u| register(u, pass + 1));
         loop {
             let batch: Vec<Inbound> = messages.by_ref().take(args.batch).collect();
             if batch.is_empty() {
@@ -181,12 +180,15 @@ fn round(args: &Args) -> anyhow::Result<(Duration, &'static str)> {
                 spent += cpu_now() - start;
             }
             let start = cpu_now();
-            let sent = std::iter::from_fn(|| uas.poll_transmit()).count();
+            let sent: Vec<_> = std::iter::from_fn(|| uas.poll_transmit()).collect();
             while uas.poll_observation().is_some() {}
             spent += cpu_now() - start;
             if pass > 0 {
                 timed += spent;
-                answered += sent;
+                answered += sent
+                    .iter()
+                    .filter(|out| out.bytes.starts_with(b"SIP/2.0 200 "))
+                    .count();
             }
             // The gap between two syncs under load (UasConfig::sync_gap).
             now = now.advanced(Duration::from_millis(2));
@@ -194,7 +196,7 @@ fn round(args: &Args) -> anyhow::Result<(Duration, &'static str)> {
     }
     let expected = args.users * (args.passes - 1);
     if answered != expected {
-        bail!("{answered} responses to {expected} REGISTERs: the core did not answer each once");
+        bail!("{answered} 200s to {expected} REGISTERs: the core did not accept each once");
     }
     let per = timed / u32::try_from(expected).context("too many REGISTERs")?;
     Ok((per, place))
