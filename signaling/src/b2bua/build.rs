@@ -43,7 +43,12 @@ pub(crate) fn contact_uri(local: &Advertised, destination: &Destination) -> Stri
 pub(crate) fn request(out: &Outgoing<'_>) -> Option<SipMessage> {
     let mut headers = Vec::with_capacity(10 + out.extra.len());
     // Our names are static; only the caller's extra ones are copied.
-    let mut push = |name: Cow<'static, str>, value: String| headers.push(Header { name, value });
+    let mut push = |name: Cow<'static, str>, value: String| {
+        headers.push(Header {
+            name,
+            value: value.into(),
+        })
+    };
     push(
         "Via".into(),
         format!(

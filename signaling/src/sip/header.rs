@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::message::Branch;
 use super::uri::{
@@ -21,7 +22,112 @@ pub struct Header {
     /// allocations.
     pub name: Cow<'static, str>,
     /// Value with surrounding LWS removed and folded lines joined by one SP.
-    pub value: String,
+    pub value: HeaderValue,
+}
+
+/// A header's value: a range of the message's own octets when it is
+/// written there as it reads (one line of valid UTF-8), its own text
+/// otherwise (a folded value, a value the server builds).
+///
+/// Each header's value was a `String`, a dozen allocations and copies for
+/// every message read; sharing the octets costs a reference count.
+#[derive(Clone)]
+pub struct HeaderValue(ValueText);
+
+#[derive(Clone)]
+enum ValueText {
+    Shared {
+        octets: Arc<[u8]>,
+        start: u32,
+        end: u32,
+    },
+    Owned(String),
+}
+
+impl HeaderValue {
+    /// Shares `value` when it is a slice of `octets`; copies it otherwise.
+    pub(crate) fn within(octets: &Arc<[u8]>, value: &str) -> HeaderValue {
+        let base = octets.as_ptr() as usize;
+        let at = value.as_ptr() as usize;
+        let inside = at >= base && at + value.len() <= base + octets.len();
+        let offset = at.wrapping_sub(base);
+        let range = (u32::try_from(offset), u32::try_from(offset + value.len()));
+        match (inside, range) {
+            (true, (Ok(start), Ok(end))) => HeaderValue(ValueText::Shared {
+                octets: Arc::clone(octets),
+                start,
+                end,
+            }),
+            _ => HeaderValue(ValueText::Owned(value.to_owned())),
+        }
+    }
+
+    /// The value as text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            ValueText::Shared { octets, start, end } => {
+                let range = &octets[*start as usize..*end as usize];
+                // SAFETY: `within` shares only a range that was a `&str`
+                // borrowed from these very octets (so valid UTF-8 and on
+                // character boundaries), and octets behind an `Arc<[u8]>`
+                // never change.
+                unsafe { std::str::from_utf8_unchecked(range) }
+            }
+            ValueText::Owned(text) => text,
+        }
+    }
+}
+
+impl std::ops::Deref for HeaderValue {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<String> for HeaderValue {
+    fn from(text: String) -> Self {
+        HeaderValue(ValueText::Owned(text))
+    }
+}
+
+impl From<&str> for HeaderValue {
+    fn from(text: &str) -> Self {
+        HeaderValue(ValueText::Owned(text.to_owned()))
+    }
+}
+
+impl PartialEq for HeaderValue {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for HeaderValue {}
+
+impl PartialEq<str> for HeaderValue {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for HeaderValue {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl fmt::Debug for HeaderValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for HeaderValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Full names of the compact forms (RFC 3261 §7.3.3 and later RFCs' registrations).

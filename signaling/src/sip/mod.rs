@@ -64,7 +64,7 @@ pub use classify::{classify, Outcome};
 pub use framing::{
     frame_datagram, frame_datagram_with, Frame, FrameError, FramingLimits, StreamFramer,
 };
-pub use header::{canonical_name, CSeq, Header, Method, Transport, Via, ViaError};
+pub use header::{canonical_name, CSeq, Header, HeaderValue, Method, Transport, Via, ViaError};
 pub use message::{
     Branch, CallId, SipMessage, StartLine, Tag, BRANCH_MAGIC_COOKIE, DEFAULT_MAX_FORWARDS,
 };

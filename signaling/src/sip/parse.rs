@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 
 use super::framing::{frame_datagram_with, FrameError, FramingLimits};
-use super::header::{canonical_name, CSeq, Header, Method, Via};
+use super::header::{canonical_name, CSeq, Header, HeaderValue, Method, Via};
 use super::message::{CallId, SipMessage, StartLine};
 use super::uri::{
     is_lws, is_token_char, parse_delta_seconds, split_top_level_commas, NameAddr, Uri,
@@ -73,7 +73,8 @@ impl ParseError {
     /// Builds the error for octets that failed to frame, salvaging response
     /// headers from the header section `head` (possibly incomplete).
     pub fn from_frame(error: FrameError, head: &[u8]) -> ParseError {
-        let tokens = Tokens::read(head);
+        let octets: std::sync::Arc<[u8]> = head.into();
+        let tokens = Tokens::read(&octets, ..head.len());
         ParseError {
             kind: ParseErrorKind::Frame(error),
             method: tokens.request_method(),
@@ -192,8 +193,10 @@ struct Tokens {
 }
 
 impl Tokens {
-    fn read(head: &[u8]) -> Tokens {
-        let text = text_of(head);
+    /// Reads the header section `head` of `octets`; values written there
+    /// as they read are shared with `octets`.
+    fn read(octets: &std::sync::Arc<[u8]>, head: std::ops::RangeTo<usize>) -> Tokens {
+        let text = text_of(&octets[head]);
         let mut lines = logical_lines(text.trim_start_matches(['\r', '\n'])).into_iter();
         let start_line = lines.next().map(Cow::into_owned).unwrap_or_default();
         let mut headers = Vec::with_capacity(lines.len());
@@ -210,7 +213,7 @@ impl Tokens {
                     !name.is_empty() && name.chars().all(is_token_char) && !value.contains('\r');
                 wellformed.then(|| Header {
                     name: canonical_name(name),
-                    value: value.trim_matches(is_lws).to_owned(),
+                    value: HeaderValue::within(octets, value.trim_matches(is_lws)),
                 })
             });
             match parsed {
@@ -387,19 +390,20 @@ pub fn parse_with(bytes: &[u8], limits: FramingLimits) -> Result<SipMessage, Par
             return Err(ParseError::from_frame(error, &rest[..end]));
         }
     };
-    let mut tokens = Tokens::read(frame.head);
     // The message's own octets: from its start line to the end of its body
     // (both are slices of `bytes`), without leading CRLFs or trailing octets.
+    // Header values and the body are read from them, not copied out.
     let base = bytes.as_ptr() as usize;
     let first = frame.head.as_ptr() as usize - base;
     let last = frame.body.as_ptr() as usize - base + frame.body.len();
     let octets: std::sync::Arc<[u8]> = bytes[first..last].into();
+    let mut tokens = Tokens::read(&octets, ..frame.head.len());
     let built = match tokens.bad_line {
         Some(line) => {
             parse_start_line(&tokens.start_line).and(Err(ParseErrorKind::MalformedHeaderLine(line)))
         }
         None => parse_start_line(&tokens.start_line)
-            .and_then(|start| build(start, &mut tokens.headers, frame.body.to_vec(), octets)),
+            .and_then(|start| build(start, &mut tokens.headers, frame.body.len(), octets)),
     };
     built.map_err(|kind| ParseError {
         kind,
@@ -415,7 +419,7 @@ pub fn parse_with(bytes: &[u8], limits: FramingLimits) -> Result<SipMessage, Par
 pub(crate) fn build(
     start: StartLine,
     headers: &mut Vec<Header>,
-    body: Vec<u8>,
+    body_len: usize,
     bytes: std::sync::Arc<[u8]>,
 ) -> Result<SipMessage, ParseErrorKind> {
     let mut vias = Vec::new();
@@ -464,17 +468,19 @@ pub(crate) fn build(
     }
 
     Ok(SipMessage {
-        start,
-        headers: std::mem::take(headers),
-        body,
-        vias,
-        from,
-        to,
-        call_id,
-        cseq,
-        max_forwards,
-        contacts,
-        contact_wildcard,
+        parsed: std::sync::Arc::new(super::message::Parsed {
+            start,
+            headers: std::mem::take(headers),
+            body_len,
+            vias,
+            from,
+            to,
+            call_id,
+            cseq,
+            max_forwards,
+            contacts,
+            contact_wildcard,
+        }),
         bytes,
     })
 }

@@ -7,9 +7,10 @@
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use super::header::{Header, Transport, Via};
-use super::message::{write_message, SipMessage, StartLine, Tag};
+use super::message::{write_message, Parsed, SipMessage, StartLine, Tag};
 use super::parse::ParseError;
 use super::uri::{NameAddr, Param};
 use super::validate::Rejection;
@@ -110,7 +111,12 @@ pub fn response_message(
     let reason = sanitize_reason(reason);
     let start_line = format!("SIP/2.0 {status} {reason}");
     let mut headers = Vec::with_capacity(8 + request.vias().len() + extra_headers.len());
-    let mut push = |name: Cow<'static, str>, value: String| headers.push(Header { name, value });
+    let mut push = |name: Cow<'static, str>, value: String| {
+        headers.push(Header {
+            name,
+            value: value.into(),
+        })
+    };
     for via in request.vias() {
         push("Via".into(), via.to_string());
     }
@@ -175,17 +181,19 @@ pub fn response_message(
         .collect();
     let bytes = write_message(&start_line, &headers, body);
     SipMessage {
-        start: StartLine::Response { status, reason },
-        headers,
-        body: body.to_vec(),
-        vias: request.vias().to_vec(),
-        from: request.from().clone(),
-        to,
-        call_id: request.call_id().clone(),
-        cseq: request.cseq().clone(),
-        max_forwards: None,
-        contacts,
-        contact_wildcard: false,
+        parsed: Arc::new(Parsed {
+            start: StartLine::Response { status, reason },
+            headers,
+            body_len: body.len(),
+            vias: request.vias().to_vec(),
+            from: request.from().clone(),
+            to,
+            call_id: request.call_id().clone(),
+            cseq: request.cseq().clone(),
+            max_forwards: None,
+            contacts,
+            contact_wildcard: false,
+        }),
         bytes: bytes.into(),
     }
 }

@@ -222,6 +222,45 @@ fn datagram_tail_and_binary_body() {
     assert!(mpart.body().ends_with(b"--7a9cbec02ceef655--\r\n"));
 }
 
+/// Header values written as they read are ranges of the message's octets,
+/// not copies; a folded value, or a section that is not UTF-8, is read
+/// into text of its own. The body is the octets' tail either way.
+#[test]
+fn header_values_share_the_messages_octets_unless_rewritten() {
+    let head = "OPTIONS sip:bob@example.com SIP/2.0\r\n\
+        Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKshare\r\n\
+        From: <sip:alice@example.com>;tag=a\r\n\
+        To: <sip:bob@example.com>\r\n\
+        Call-ID: share\r\n\
+        CSeq: 1 OPTIONS\r\n\
+        Subject: first\r\n  second\r\n\
+        Content-Length: 4\r\n\r\n";
+    let m = parse(format!("{head}body").as_bytes()).expect("parses");
+    let octets = m.bytes().as_ptr_range();
+    let call_id = m.header("Call-ID").expect("Call-ID");
+    assert_eq!(call_id, "share");
+    assert!(octets.contains(&call_id.as_ptr()), "Call-ID was copied");
+    let subject = m.header("Subject").expect("Subject");
+    assert_eq!(subject, "first second");
+    assert!(!octets.contains(&subject.as_ptr()));
+    assert_eq!(m.body(), b"body");
+    assert_eq!(m.content_length(), 4);
+
+    let mut latin1 = head.replace("Subject: first\r\n  second", "Subject: caf\u{e9}");
+    latin1.push_str("body");
+    let mut octets = latin1.into_bytes();
+    let at = octets
+        .windows(2)
+        .position(|w| w == "\u{e9}".as_bytes())
+        .expect("é");
+    // é in Latin-1, as an old phone might write it: not UTF-8.
+    octets.splice(at..at + 2, [0xe9]);
+    let m = parse(&octets).expect("parses");
+    assert_eq!(m.header("Subject"), Some("caf\u{fffd}"));
+    assert_eq!(m.header("Call-ID"), Some("share"));
+    assert_eq!(m.body(), b"body");
+}
+
 #[test]
 fn transports_and_rfc2543_request() {
     let m = accepted("rfc4475", "transports.dat");
@@ -564,7 +603,7 @@ mod one_form {
     fn header(name: &str, value: &str) -> Header {
         Header {
             name: name.to_owned().into(),
-            value: value.to_owned(),
+            value: value.into(),
         }
     }
 

@@ -29,7 +29,7 @@ pub struct Client {
     state: ClientState,
     config: TimerConfig,
     reliability: Reliability,
-    request: Box<SipMessage>,
+    request: SipMessage,
     /// Current timer E interval: doubles up to T2 in Trying, T2 in Proceeding.
     timer_e_interval: Duration,
     timers: Timers,
@@ -54,7 +54,7 @@ impl Client {
             state: ClientState::Trying,
             config,
             reliability,
-            request: Box::new(request.clone()),
+            request: request.clone(),
             timer_e_interval: config.t1,
             timers: Timers::default(),
             transmits: VecDeque::from([request]),
@@ -155,7 +155,7 @@ impl Client {
     }
 
     fn retransmit(&mut self) {
-        self.transmits.push_back(SipMessage::clone(&self.request));
+        self.transmits.push_back(self.request.clone());
     }
 
     fn terminate(&mut self) {

@@ -35,9 +35,9 @@ pub struct ClientInvite {
     /// non-2xx; let go once a 2xx arrives (Accepted lasts 32 s, Timer M,
     /// for every answered call, and passes 2xx retransmissions up by the
     /// layer's key alone).
-    request: Option<Box<SipMessage>>,
+    request: Option<SipMessage>,
     /// The ACK for the non-2xx final response, re-sent on each retransmission of it.
-    ack: Option<Box<SipMessage>>,
+    ack: Option<SipMessage>,
     /// Current timer A interval; doubles at each firing with no cap (§17.1.1.2).
     timer_a_interval: Duration,
     timers: Timers,
@@ -62,7 +62,7 @@ impl ClientInvite {
             state: ClientInviteState::Calling,
             config,
             reliability,
-            request: Some(Box::new(request.clone())),
+            request: Some(request.clone()),
             ack: None,
             timer_a_interval: config.t1,
             timers: Timers::default(),
@@ -83,7 +83,7 @@ impl ClientInvite {
 
     /// The INVITE this transaction sends, until a 2xx arrives.
     pub fn request(&self) -> Option<&SipMessage> {
-        self.request.as_deref()
+        self.request.as_ref()
     }
 
     /// Feeds a response that matched this transaction.
@@ -110,7 +110,7 @@ impl ClientInvite {
                 // Calling and Proceeding keep the request.
                 let ack = self
                     .request
-                    .as_deref()
+                    .as_ref()
                     .map(|request| build_non_2xx_ack(request, &response))
                     .transpose()?;
                 self.state = ClientInviteState::Completed;
@@ -118,7 +118,7 @@ impl ClientInvite {
                 self.timers
                     .start(Timer::D, now + self.config.timer_d(self.reliability));
                 self.transmits.extend(ack.clone());
-                self.ack = ack.map(Box::new);
+                self.ack = ack;
                 self.events.push_back(TransactionEvent::Response(response));
             }
             (ClientInviteState::Accepted, 200..=299) => {
@@ -147,7 +147,7 @@ impl ClientInvite {
         while let Some(timer) = self.timers.pop_expired(now) {
             match (timer, self.state) {
                 (Timer::A, ClientInviteState::Calling) => {
-                    self.transmits.extend(self.request.as_deref().cloned());
+                    self.transmits.extend(self.request.as_ref().cloned());
                     self.timer_a_interval *= 2;
                     self.timers.start(Timer::A, now + self.timer_a_interval);
                 }

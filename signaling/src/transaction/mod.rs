@@ -420,7 +420,7 @@ pub(crate) fn build_non_2xx_ack(
 ) -> Result<SipMessage, TransactionError> {
     let header = |name: &'static str, value: String| Header {
         name: name.into(),
-        value,
+        value: value.into(),
     };
     let uri = invite.request_uri().ok_or(TransactionError::WrongMethod {
         found: "a response".to_owned(),

@@ -47,10 +47,10 @@ pub struct ServerInvite {
     /// a 2xx is sent. Accepted lasts 32 s (Timer L) for every answered
     /// call, absorbing INVITE retransmissions by the layer's key alone, and
     /// a parsed message held that long costs several times its octets.
-    request: Option<Box<SipMessage>>,
+    request: Option<SipMessage>,
     /// The last response sent, re-sent on INVITE retransmissions and timer
     /// G; not kept in Accepted (the TU retransmits its 2xx itself).
-    last_response: Option<Box<SipMessage>>,
+    last_response: Option<SipMessage>,
     /// Current timer G interval: doubles, capped at T2 (§17.2.1).
     timer_g_interval: Duration,
     timers: Timers,
@@ -77,7 +77,7 @@ impl ServerInvite {
             state: ServerInviteState::Proceeding,
             config,
             reliability,
-            request: Some(Box::new(request.clone())),
+            request: Some(request.clone()),
             last_response: None,
             timer_g_interval: config.t1,
             timers: Timers::default(),
@@ -98,7 +98,7 @@ impl ServerInvite {
 
     /// The INVITE this transaction serves, until a 2xx is sent.
     pub fn request(&self) -> Option<&SipMessage> {
-        self.request.as_deref()
+        self.request.as_ref()
     }
 
     /// Feeds a request that matched this transaction: an INVITE
@@ -230,7 +230,7 @@ impl ServerInvite {
 
     fn send(&mut self, response: SipMessage) {
         self.transmits.push_back(response.clone());
-        self.last_response = Some(Box::new(response));
+        self.last_response = Some(response);
     }
 
     fn terminate(&mut self) {

@@ -1083,22 +1083,59 @@ fn a_table_entry_is_the_size_of_a_small_transaction_not_the_largest() {
 }
 
 /// Every answered call keeps its two INVITE transactions 32 s (Timers L
-/// and M) after they let go of their messages: the messages they keep
-/// meanwhile are boxed, so a transaction does not carry the room of two
-/// parsed messages (712 bytes each) inline for the whole 32 s.
+/// and M) after they let go of their messages, and a transaction keeps the
+/// messages it may re-send meanwhile: a message is a shared handle (the
+/// parsed values and the octets behind reference counts), so keeping or
+/// queueing one copies neither.
 #[test]
-fn a_transaction_holds_its_messages_out_of_line() {
+fn a_kept_message_is_a_shared_handle_not_a_copy() {
     let message = std::mem::size_of::<SipMessage>();
+    assert!(message <= 24, "a message handle takes {message} bytes");
     for (kind, size) in [
         ("ServerInvite", std::mem::size_of::<ServerInvite>()),
         ("ClientInvite", std::mem::size_of::<ClientInvite>()),
         ("Client", std::mem::size_of::<Client>()),
     ] {
-        assert!(
-            size < message,
-            "a {kind} takes {size} bytes, more than a parsed message ({message})"
-        );
+        assert!(size <= 320, "a {kind} takes {size} bytes");
     }
+    let request = crate::sip::parse(
+        b"INVITE sip:bob@example.com SIP/2.0\r\n\
+          Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKkept\r\n\
+          From: <sip:alice@example.com>;tag=a\r\n\
+          To: <sip:bob@example.com>\r\n\
+          Call-ID: kept\r\n\
+          CSeq: 1 INVITE\r\n\
+          Content-Length: 0\r\n\r\n",
+    )
+    .expect("parses");
+    let kept = request.clone();
+    assert!(std::ptr::eq(kept.headers(), request.headers()));
+    assert!(std::ptr::eq(kept.bytes(), request.bytes()));
+}
+
+/// Changing a kept message's top Via (as the server does to a request
+/// before answering it) changes that message only.
+#[test]
+fn changing_a_shared_message_leaves_the_other_handles_as_they_were() {
+    let original = crate::sip::parse(
+        b"OPTIONS sip:bob@example.com SIP/2.0\r\n\
+          Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKcow;rport\r\n\
+          From: <sip:alice@example.com>;tag=a\r\n\
+          To: <sip:bob@example.com>\r\n\
+          Call-ID: cow\r\n\
+          CSeq: 1 OPTIONS\r\n\
+          Content-Length: 0\r\n\r\n",
+    )
+    .expect("parses");
+    let mut stamped = original.clone();
+    stamped.stamp_received("198.51.100.7:40000".parse().expect("address"));
+    assert_eq!(stamped.top_via().rport(), Some(40000));
+    assert_eq!(original.top_via().rport(), None);
+    assert!(original.top_via().received().is_none());
+    assert_eq!(
+        stamped.top_via().received(),
+        Some("198.51.100.7".parse().expect("address"))
+    );
 }
 
 /// Every live transaction with a deadline is filed once, under that

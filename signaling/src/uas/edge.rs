@@ -280,12 +280,12 @@ fn forwarded_headers(message: &SipMessage, via: &str, record_route: Option<Strin
     let mut headers = Vec::with_capacity(message.headers().len() + 2);
     headers.push(Header {
         name: "Via".into(),
-        value: via.to_owned(),
+        value: via.to_owned().into(),
     });
     if let Some(record_route) = record_route {
         headers.push(Header {
             name: "Record-Route".into(),
-            value: record_route,
+            value: record_route.into(),
         });
     }
     let mut route_popped = false;
@@ -306,7 +306,7 @@ fn forwarded_headers(message: &SipMessage, via: &str, record_route: Option<Strin
             }
             headers.push(Header {
                 name: header.name.clone(),
-                value: items.join(", "),
+                value: items.join(", ").into(),
             });
         } else if header.name.eq_ignore_ascii_case("Route") && !route_popped {
             route_popped = true;
@@ -314,14 +314,14 @@ fn forwarded_headers(message: &SipMessage, via: &str, record_route: Option<Strin
             if items.len() > 1 {
                 headers.push(Header {
                     name: header.name.clone(),
-                    value: items[1..].join(", "),
+                    value: items[1..].join(", ").into(),
                 });
             }
         } else if header.name.eq_ignore_ascii_case("Max-Forwards") {
             max_forwards_seen = true;
             headers.push(Header {
                 name: header.name.clone(),
-                value: message.max_forwards().saturating_sub(1).to_string(),
+                value: message.max_forwards().saturating_sub(1).to_string().into(),
             });
         } else {
             headers.push(header.clone());
@@ -330,7 +330,7 @@ fn forwarded_headers(message: &SipMessage, via: &str, record_route: Option<Strin
     if !max_forwards_seen {
         headers.push(Header {
             name: "Max-Forwards".into(),
-            value: "69".to_owned(),
+            value: "69".to_owned().into(),
         });
     }
     headers
@@ -347,7 +347,7 @@ fn without_top_via(headers: &[Header]) -> Vec<Header> {
             if items.len() > 1 {
                 out.push(Header {
                     name: header.name.clone(),
-                    value: items[1..].join(", "),
+                    value: items[1..].join(", ").into(),
                 });
             }
         } else {

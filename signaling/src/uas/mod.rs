@@ -925,7 +925,7 @@ impl Uas {
             && !message.top_via().has_rport()
         {
             // An empty rport is what stamp_received fills with the source port.
-            message.vias[0].set_param("rport", None);
+            message.top_via_mut().set_param("rport", None);
         }
         message.stamp_received(flow.remote());
         let destination = self.destination(message.top_via(), &flow);
