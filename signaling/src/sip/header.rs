@@ -50,16 +50,19 @@ impl HeaderValue {
         let base = octets.as_ptr() as usize;
         let at = value.as_ptr() as usize;
         let inside = at >= base && at + value.len() <= base + octets.len();
-        let offset = at.wrapping_sub(base);
-        let range = (u32::try_from(offset), u32::try_from(offset + value.len()));
-        match (inside, range) {
-            (true, (Ok(start), Ok(end))) => HeaderValue(ValueText::Shared {
-                octets: Arc::clone(octets),
-                start,
-                end,
-            }),
-            _ => HeaderValue(ValueText::Owned(value.to_owned())),
+        if inside {
+            let offset = at - base;
+            if let (Ok(start), Ok(end)) =
+                (u32::try_from(offset), u32::try_from(offset + value.len()))
+            {
+                return HeaderValue(ValueText::Shared {
+                    octets: Arc::clone(octets),
+                    start,
+                    end,
+                });
+            }
         }
+        HeaderValue(ValueText::Owned(value.to_owned()))
     }
 
     /// The value as text.
