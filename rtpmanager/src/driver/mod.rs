@@ -340,6 +340,7 @@ impl Driver {
                         continue;
                     };
                     shared.set_rtp_socket(Arc::new(sockets.rtp));
+                    shared.start_destination(params.expected_rtp);
                     stopped |= relay.add_leg(slot, shared, sockets.rtcp, params).is_err();
                 }
                 Command::UpdateLeg { slot, params } => {

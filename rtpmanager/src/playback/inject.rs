@@ -188,4 +188,44 @@ mod tests {
             "dropping the injector resumes forwarding"
         );
     }
+
+    /// DTMF or an announcement sent right after the Offer reaches the peer
+    /// even before the leg's relay worker has taken the leg: the driver
+    /// starts the leg with its described address. What the worker
+    /// publishes later is not replaced by a second start.
+    #[test]
+    fn media_injected_before_the_worker_takes_the_leg_goes_to_the_described_address() {
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").expect("leg socket"));
+        let peer = UdpSocket::bind("127.0.0.1:0").expect("peer");
+        peer.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let shared = Arc::new(LegShared::new(
+            LegRef {
+                call_id: Arc::from("c"),
+                leg_id: Arc::from("a"),
+            },
+            Arc::clone(&socket),
+        ));
+        assert_eq!(shared.destination(), None);
+        let described = peer.local_addr().expect("addr");
+        shared.start_destination(Some(described));
+        let other: std::net::SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        shared.start_destination(Some(other));
+        assert_eq!(shared.destination(), Some(described));
+
+        let t0 = Instant::now();
+        let (mut injector, start) = Injector::begin(Arc::clone(&shared), t0, 8000);
+        let packet = Packet {
+            marker: true,
+            payload_type: PayloadType::PCMU,
+            sequence: start.sequence,
+            timestamp: start.timestamp,
+            media_clock: start.timestamp,
+        };
+        assert!(injector.send(t0, packet, &[0xFF; 160]));
+        let mut buf = [0u8; 512];
+        let (n, from) = peer.recv_from(&mut buf).expect("injected packet");
+        assert_eq!(from, socket.local_addr().expect("leg addr"));
+        assert_eq!(n, RTP_HEADER_LEN + 160);
+    }
 }

@@ -285,6 +285,17 @@ impl LegShared {
         let _ = self.rtp_socket.set(socket);
     }
 
+    /// The destination a new leg starts with, its peer's described address,
+    /// published before the leg's worker takes it (the worker publishes the
+    /// same, then what it latches): media injected right after the Offer,
+    /// DTMF or an announcement, was dropped until the worker caught up.
+    pub fn start_destination(&self, expected_rtp: Option<SocketAddr>) {
+        let mut destination = self.destination.lock().unwrap_or_else(|p| p.into_inner());
+        if destination.is_none() {
+            *destination = expected_rtp;
+        }
+    }
+
     /// The leg's RTP socket, once bound.
     pub fn rtp_socket(&self) -> Option<&Arc<UdpSocket>> {
         self.rtp_socket.get()
