@@ -41,6 +41,14 @@ use switchboard_signaling::transport::{Advertised, Flow, Inbound};
 use switchboard_signaling::uas::{BindingStore, Input, Now, Uas, UasConfig};
 use switchboard_testkit::sip::request;
 
+const USAGE: &str = "options (normally given through cargo xtask bench sip-core):
+  --work register|calls|both   what to time (both)
+  --users N                    users re-registering (10000)
+  --calls N                    calls a round (2000)
+  --passes N                   passes over the users, the first one a warm-up (3)
+  --batch N                    REGISTERs per journal sync; calls taken through each step together (28)
+  --rounds N                   rounds, each with a new core; best, median and worst printed (11)";
+
 struct Args {
     work: String,
     calls: usize,
@@ -65,6 +73,10 @@ fn args() -> anyhow::Result<Args> {
         if flag == "--bench" {
             continue;
         }
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         if flag == "--work" {
             if !["register", "calls", "both"].contains(&value.as_str()) {
@@ -84,9 +96,7 @@ fn args() -> anyhow::Result<Args> {
             "--passes" => args.passes = number,
             "--batch" => args.batch = number,
             "--rounds" => args.rounds = number,
-            _ => bail!(
-                "unknown option {flag} (--work, --users, --calls, --passes, --batch, --rounds)"
-            ),
+            _ => bail!("unknown option {flag}\n{USAGE}"),
         }
     }
     if args.passes < 2 {

@@ -119,7 +119,7 @@ fn find_head_end(bytes: &[u8], from: usize) -> Option<usize> {
 fn content_length(head: &[u8]) -> Result<Option<usize>, FrameError> {
     let text = super::parse::text_of(head);
     let mut found: Option<usize> = None;
-    for line in super::parse::logical_lines(&text).into_iter().skip(1) {
+    for line in super::parse::LogicalLines::new(&text).skip(1) {
         let Some((name, value)) = line.split_once(':') else {
             continue;
         };

@@ -345,15 +345,22 @@ pub enum Transport {
 impl Transport {
     /// Maps a transport token, case-insensitively.
     pub fn from_token(token: &str) -> Transport {
-        match token.to_ascii_uppercase().as_str() {
-            "UDP" => Transport::Udp,
-            "TCP" => Transport::Tcp,
-            "TLS" => Transport::Tls,
-            "SCTP" => Transport::Sctp,
-            "WS" => Transport::Ws,
-            "WSS" => Transport::Wss,
-            other => Transport::Other(other.to_owned()),
-        }
+        // Compared in place: every Via of every message names one.
+        const KNOWN: [(&str, Transport); 6] = [
+            ("UDP", Transport::Udp),
+            ("TCP", Transport::Tcp),
+            ("TLS", Transport::Tls),
+            ("SCTP", Transport::Sctp),
+            ("WS", Transport::Ws),
+            ("WSS", Transport::Wss),
+        ];
+        KNOWN
+            .into_iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(token))
+            .map_or_else(
+                || Transport::Other(token.to_ascii_uppercase()),
+                |(_, known)| known,
+            )
     }
 
     /// `true` for connection-oriented transports, whose responses go back on

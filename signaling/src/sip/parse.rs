@@ -155,33 +155,51 @@ pub(crate) fn text_of(head: &[u8]) -> Cow<'_, str> {
     }
 }
 
-/// Splits a header section into logical lines: the start line, then one
-/// entry per header with continuation lines (starting with SP or HTAB)
-/// joined by a single SP. Bare LF line ends are tolerated. A line is
-/// borrowed from `text` unless it had to be joined: every message is cut
-/// into lines twice (for its Content-Length, then its headers), and a
-/// `String` per line was a tenth of the SIP core's allocations.
-pub(crate) fn logical_lines(text: &str) -> Vec<Cow<'_, str>> {
-    let mut lines: Vec<Cow<'_, str>> = Vec::with_capacity(16);
-    for raw in text.split('\n') {
-        let line = raw.strip_suffix('\r').unwrap_or(raw);
-        // The start line cannot be continued, only header lines can.
-        let continues = line.starts_with(is_lws) && lines.len() > 1;
-        match lines.last_mut() {
-            Some(previous) if continues => {
-                let continuation = line.trim_matches(is_lws);
-                if !continuation.is_empty() {
-                    let previous = previous.to_mut();
-                    let kept = previous.trim_end_matches(is_lws).len();
-                    previous.truncate(kept);
-                    previous.push(' ');
-                    previous.push_str(continuation);
-                }
-            }
-            _ => lines.push(Cow::Borrowed(line)),
+/// The logical lines of a header section: the start line, then one per
+/// header with its continuation lines (starting with SP or HTAB) joined by
+/// a single SP. Bare LF line ends are tolerated. A line is borrowed from
+/// the text unless it had to be joined, and the lines are read as they are
+/// asked for: the framer reads every message's lines for its
+/// Content-Length and keeps none of them.
+pub(crate) struct LogicalLines<'a> {
+    raw: std::iter::Peekable<std::str::Split<'a, char>>,
+    started: bool,
+}
+
+impl<'a> LogicalLines<'a> {
+    pub(crate) fn new(text: &'a str) -> LogicalLines<'a> {
+        LogicalLines {
+            raw: text.split('\n').peekable(),
+            started: false,
         }
     }
-    lines
+}
+
+fn without_cr(raw: &str) -> &str {
+    raw.strip_suffix('\r').unwrap_or(raw)
+}
+
+impl<'a> Iterator for LogicalLines<'a> {
+    type Item = Cow<'a, str>;
+
+    fn next(&mut self) -> Option<Cow<'a, str>> {
+        let mut line = Cow::Borrowed(without_cr(self.raw.next()?));
+        // The start line cannot be continued, only header lines can.
+        if !std::mem::replace(&mut self.started, true) {
+            return Some(line);
+        }
+        while let Some(next) = self.raw.next_if(|raw| raw.starts_with(is_lws)) {
+            let continuation = without_cr(next).trim_matches(is_lws);
+            if !continuation.is_empty() {
+                let joined = line.to_mut();
+                let kept = joined.trim_end_matches(is_lws).len();
+                joined.truncate(kept);
+                joined.push(' ');
+                joined.push_str(continuation);
+            }
+        }
+        Some(line)
+    }
 }
 
 /// The header section cut into a start line and headers.
@@ -197,9 +215,11 @@ impl Tokens {
     /// as they read are shared with `octets`.
     fn read(octets: &std::sync::Arc<[u8]>, head: std::ops::RangeTo<usize>) -> Tokens {
         let text = text_of(&octets[head]);
-        let mut lines = logical_lines(text.trim_start_matches(['\r', '\n'])).into_iter();
+        let text = text.trim_start_matches(['\r', '\n']);
+        let mut lines = LogicalLines::new(text);
         let start_line = lines.next().map(Cow::into_owned).unwrap_or_default();
-        let mut headers = Vec::with_capacity(lines.len());
+        // At most one header a line.
+        let mut headers = Vec::with_capacity(text.bytes().filter(|&b| b == b'\n').count());
         let mut bad_line = None;
         for (index, line) in lines.enumerate() {
             if line.is_empty() {

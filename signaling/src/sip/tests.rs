@@ -261,6 +261,28 @@ fn header_values_share_the_messages_octets_unless_rewritten() {
     assert_eq!(m.body(), b"body");
 }
 
+/// Header lines are joined with their continuations by one SP; the start
+/// line is never continued, so an indented line right after it stands
+/// alone; a continuation of only LWS adds nothing; bare LFs end lines.
+#[test]
+fn logical_lines_join_continuations_of_header_lines_only() {
+    let text = "INVITE sip:a@b SIP/2.0\r\n  stray\r\n\tmore\r\nSubject: one \r\n\t two\r\n   \r\nTo: <sip:b@c>\nCall-ID: x\r\n";
+    let lines: Vec<String> = super::parse::LogicalLines::new(text)
+        .map(|line| line.into_owned())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "INVITE sip:a@b SIP/2.0",
+            "  stray more",
+            "Subject: one two",
+            "To: <sip:b@c>",
+            "Call-ID: x",
+            "",
+        ]
+    );
+}
+
 #[test]
 fn transports_and_rfc2543_request() {
     let m = accepted("rfc4475", "transports.dat");
