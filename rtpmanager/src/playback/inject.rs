@@ -135,8 +135,9 @@ mod tests {
     use std::net::UdpSocket;
     use std::time::Duration;
 
-    #[test]
-    fn injected_packets_leave_the_legs_socket_and_the_stream_resumes_after() {
+    /// A leg's socket, its peer's socket (reads time out after 2 s) and the
+    /// leg's shared state, with no destination yet.
+    fn leg_and_peer() -> (Arc<UdpSocket>, UdpSocket, Arc<LegShared>) {
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").expect("leg socket"));
         let peer = UdpSocket::bind("127.0.0.1:0").expect("peer");
         peer.set_read_timeout(Some(Duration::from_secs(2)))
@@ -148,6 +149,12 @@ mod tests {
             },
             Arc::clone(&socket),
         ));
+        (socket, peer, shared)
+    }
+
+    #[test]
+    fn injected_packets_leave_the_legs_socket_and_the_stream_resumes_after() {
+        let (socket, peer, shared) = leg_and_peer();
         *shared.destination.lock().expect("destination") = Some(peer.local_addr().expect("addr"));
         let t0 = Instant::now();
         let (mut injector, start) = Injector::begin(Arc::clone(&shared), t0, 8000);
@@ -195,17 +202,7 @@ mod tests {
     /// publishes later is not replaced by a second start.
     #[test]
     fn media_injected_before_the_worker_takes_the_leg_goes_to_the_described_address() {
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").expect("leg socket"));
-        let peer = UdpSocket::bind("127.0.0.1:0").expect("peer");
-        peer.set_read_timeout(Some(Duration::from_secs(2)))
-            .expect("timeout");
-        let shared = Arc::new(LegShared::new(
-            LegRef {
-                call_id: Arc::from("c"),
-                leg_id: Arc::from("a"),
-            },
-            Arc::clone(&socket),
-        ));
+        let (socket, peer, shared) = leg_and_peer();
         assert_eq!(shared.destination(), None);
         let described = peer.local_addr().expect("addr");
         shared.start_destination(Some(described));

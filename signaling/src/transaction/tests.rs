@@ -1098,16 +1098,7 @@ fn a_kept_message_is_a_shared_handle_not_a_copy() {
     ] {
         assert!(size <= 320, "a {kind} takes {size} bytes");
     }
-    let request = crate::sip::parse(
-        b"INVITE sip:bob@example.com SIP/2.0\r\n\
-          Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKkept\r\n\
-          From: <sip:alice@example.com>;tag=a\r\n\
-          To: <sip:bob@example.com>\r\n\
-          Call-ID: kept\r\n\
-          CSeq: 1 INVITE\r\n\
-          Content-Length: 0\r\n\r\n",
-    )
-    .expect("parses");
+    let request = invite("kept");
     let kept = request.clone();
     assert!(std::ptr::eq(kept.headers(), request.headers()));
     assert!(std::ptr::eq(kept.bytes(), request.bytes()));
@@ -1117,16 +1108,8 @@ fn a_kept_message_is_a_shared_handle_not_a_copy() {
 /// before answering it) changes that message only.
 #[test]
 fn changing_a_shared_message_leaves_the_other_handles_as_they_were() {
-    let original = crate::sip::parse(
-        b"OPTIONS sip:bob@example.com SIP/2.0\r\n\
-          Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKcow;rport\r\n\
-          From: <sip:alice@example.com>;tag=a\r\n\
-          To: <sip:bob@example.com>\r\n\
-          Call-ID: cow\r\n\
-          CSeq: 1 OPTIONS\r\n\
-          Content-Length: 0\r\n\r\n",
-    )
-    .expect("parses");
+    // The client asks for rport, and its sent-by is not the source address.
+    let original = request("OPTIONS", "cow", 1, "192.0.2.1;rport");
     let mut stamped = original.clone();
     stamped.stamp_received("198.51.100.7:40000".parse().expect("address"));
     assert_eq!(stamped.top_via().rport(), Some(40000));
