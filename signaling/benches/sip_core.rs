@@ -41,13 +41,10 @@ use switchboard_signaling::transport::{Advertised, Flow, Inbound};
 use switchboard_signaling::uas::{BindingStore, Input, Now, Uas, UasConfig};
 use switchboard_testkit::sip::request;
 
-const USAGE: &str = "options (normally given through cargo xtask bench sip-core):
-  --work register|calls|both   what to time (both)
-  --users N                    users re-registering (10000)
-  --calls N                    calls a round (2000)
-  --passes N                   passes over the users, the first one a warm-up (3)
-  --batch N                    REGISTERs per journal sync; calls taken through each step together (28)
-  --rounds N                   rounds, each with a new core; best, median and worst printed (11)";
+// What each option means, and its default: `cargo xtask bench sip-core --help`.
+const USAGE: &str =
+    "options: --work register|calls|both, --users N, --calls N, --passes N, --batch N, --rounds N
+(what they mean and their defaults: cargo xtask bench sip-core --help)";
 
 struct Args {
     work: String,

@@ -155,7 +155,7 @@ mod tests {
     #[test]
     fn injected_packets_leave_the_legs_socket_and_the_stream_resumes_after() {
         let (socket, peer, shared) = leg_and_peer();
-        *shared.destination.lock().expect("destination") = Some(peer.local_addr().expect("addr"));
+        shared.start_destination(Some(peer.local_addr().expect("addr")));
         let t0 = Instant::now();
         let (mut injector, start) = Injector::begin(Arc::clone(&shared), t0, 8000);
         assert!(shared.outbound().injecting());

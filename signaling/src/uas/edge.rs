@@ -280,7 +280,7 @@ fn forwarded_headers(message: &SipMessage, via: &str, record_route: Option<Strin
     let mut headers = Vec::with_capacity(message.headers().len() + 2);
     headers.push(Header {
         name: "Via".into(),
-        value: via.to_owned().into(),
+        value: via.into(),
     });
     if let Some(record_route) = record_route {
         headers.push(Header {
@@ -330,7 +330,7 @@ fn forwarded_headers(message: &SipMessage, via: &str, record_route: Option<Strin
     if !max_forwards_seen {
         headers.push(Header {
             name: "Max-Forwards".into(),
-            value: "69".to_owned().into(),
+            value: "69".into(),
         });
     }
     headers
