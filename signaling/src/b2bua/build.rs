@@ -3,6 +3,7 @@
 //! topology leaks across (RFC 3261 §8.1.1, §12.2.1.1).
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 
 use crate::sip::{Branch, CallId, Header, Method, NameAddr, SipMessage, Tag};
 use crate::transport::{Advertised, Destination};
@@ -99,7 +100,9 @@ pub(crate) fn with_tag(address: &NameAddr, tag: Option<&Tag>) -> String {
     address
         .params
         .retain(|p| !p.name.eq_ignore_ascii_case("tag"));
-    let mut text = address.to_string();
+    // Sized once rather than grown piece by piece as it is written.
+    let mut text = String::with_capacity(128);
+    let _ = write!(text, "{address}");
     if let Some(tag) = tag {
         text.push_str(";tag=");
         text.push_str(tag.as_str());

@@ -305,16 +305,8 @@ pub struct Binding {
     pub node: Option<String>,
 }
 
-/// How bindings of one address-of-record are told apart: by instance and
-/// reg-id when both are present (RFC 5626 §6), otherwise by contact URI.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum BindingKey {
-    Flow(String, u32),
-    Uri(String),
-}
-
 impl Binding {
-    fn key(&self) -> BindingKey {
+    fn key(&self) -> BindingKey<'_> {
         binding_key(&self.contact, self.instance.as_deref(), self.reg_id)
     }
 
@@ -324,7 +316,7 @@ impl Binding {
     pub fn store_field(&self) -> String {
         match self.key() {
             BindingKey::Flow(instance, reg_id) => format!("flow:{reg_id}:{instance}"),
-            BindingKey::Uri(uri) => format!("uri:{uri}"),
+            BindingKey::Uri(uri) => format!("uri:{}", uri.normalised()),
         }
     }
 
@@ -339,35 +331,85 @@ impl Binding {
     }
 }
 
-fn binding_key(uri: &str, instance: Option<&str>, reg_id: Option<u32>) -> BindingKey {
+fn binding_key<'a>(uri: &'a str, instance: Option<&'a str>, reg_id: Option<u32>) -> BindingKey<'a> {
     match (instance, reg_id) {
-        (Some(instance), Some(reg_id)) => BindingKey::Flow(instance.to_string(), reg_id),
-        _ => BindingKey::Uri(normalise_uri(uri)),
+        (Some(instance), Some(reg_id)) => BindingKey::Flow(instance, reg_id),
+        _ => BindingKey::Uri(ContactUri::split(uri)),
+    }
+}
+
+/// How bindings of one address-of-record are told apart: by instance and
+/// reg-id when both are present (RFC 5626 §6), otherwise by contact URI.
+/// Borrowed from the binding or the Contact: the merge of a REGISTER
+/// compares keys once per contact and binding, and building a normalised
+/// copy of each URI for every comparison was 3 % of the SIP core's time at
+/// 14,000 REGISTERs/s.
+#[derive(Debug, Clone, Copy)]
+enum BindingKey<'a> {
+    Flow(&'a str, u32),
+    Uri(ContactUri<'a>),
+}
+
+impl PartialEq for BindingKey<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (BindingKey::Flow(a, a_id), BindingKey::Flow(b, b_id)) => a == b && a_id == b_id,
+            (BindingKey::Uri(a), BindingKey::Uri(b)) => a == b,
+            _ => false,
+        }
     }
 }
 
 /// A cheap approximation of §19.1.4 URI comparison: scheme and host compare
 /// case-insensitively, the user part and parameters exactly.
-fn normalise_uri(uri: &str) -> String {
-    let uri = uri.trim().trim_start_matches('<').trim_end_matches('>');
-    let (scheme, rest) = uri.split_once(':').unwrap_or(("", uri));
-    let (user, host_and_params) = match rest.rsplit_once('@') {
-        Some((user, host)) => (Some(user), host),
-        None => (None, rest),
-    };
-    let (host, params) = match host_and_params.find([';', '?']) {
-        Some(index) => host_and_params.split_at(index),
-        None => (host_and_params, ""),
-    };
-    let mut out = scheme.to_ascii_lowercase();
-    out.push(':');
-    if let Some(user) = user {
-        out.push_str(user);
-        out.push('@');
+#[derive(Debug, Clone, Copy)]
+struct ContactUri<'a> {
+    scheme: &'a str,
+    user: Option<&'a str>,
+    host: &'a str,
+    params: &'a str,
+}
+
+impl<'a> ContactUri<'a> {
+    fn split(uri: &'a str) -> ContactUri<'a> {
+        let uri = uri.trim().trim_start_matches('<').trim_end_matches('>');
+        let (scheme, rest) = uri.split_once(':').unwrap_or(("", uri));
+        let (user, host_and_params) = match rest.rsplit_once('@') {
+            Some((user, host)) => (Some(user), host),
+            None => (None, rest),
+        };
+        let (host, params) = match host_and_params.find([';', '?']) {
+            Some(index) => host_and_params.split_at(index),
+            None => (host_and_params, ""),
+        };
+        ContactUri {
+            scheme,
+            user,
+            host,
+            params,
+        }
     }
-    out.push_str(&host.to_ascii_lowercase());
-    out.push_str(params);
-    out
+
+    fn normalised(self) -> String {
+        let mut out = self.scheme.to_ascii_lowercase();
+        out.push(':');
+        if let Some(user) = self.user {
+            out.push_str(user);
+            out.push('@');
+        }
+        out.push_str(&self.host.to_ascii_lowercase());
+        out.push_str(self.params);
+        out
+    }
+}
+
+impl PartialEq for ContactUri<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.scheme.eq_ignore_ascii_case(other.scheme)
+            && self.user == other.user
+            && self.host.eq_ignore_ascii_case(other.host)
+            && self.params == other.params
+    }
 }
 
 /// Registrar settings.
@@ -439,8 +481,9 @@ pub struct Record {
 pub struct Persist {
     /// What to append to the journal.
     pub record: Record,
-    /// The bindings before the change, for [`Registrar::revert`].
-    previous: Vec<Binding>,
+    /// The bindings before the change, for [`Registrar::revert`]: the set
+    /// the registrar held, shared, unless some had expired.
+    previous: Arc<Vec<Binding>>,
 }
 
 impl Persist {
@@ -452,8 +495,10 @@ impl Persist {
     /// What the change does to each binding it touches: new ones are
     /// added, changed ones refreshed, missing ones removed.
     pub fn changes(&self) -> Vec<(Change, &Binding)> {
-        // Each key once: a key is a normalised copy of the contact.
-        let keys = |bindings: &[Binding]| bindings.iter().map(Binding::key).collect::<Vec<_>>();
+        // Each key once, borrowed from its binding.
+        fn keys(bindings: &[Binding]) -> Vec<BindingKey<'_>> {
+            bindings.iter().map(Binding::key).collect()
+        }
         let (now, before) = (keys(&self.record.bindings), keys(&self.previous));
         let mut changes = Vec::new();
         for (binding, key) in self.record.bindings.iter().zip(&now) {
@@ -568,8 +613,13 @@ impl From<Rejection> for Decision {
 pub struct Registrar {
     config: RegistrarConfig,
     bindings: BTreeMap<Aor, Arc<Vec<Binding>>>,
-    /// Every binding's expiry, so that purging does not scan all bindings.
-    expiries: BTreeSet<(SystemTime, Aor, BindingKey)>,
+    /// When bindings expire, so that purging does not scan them all: one
+    /// entry per address-of-record and expiry, standing for each of its
+    /// bindings that expire then. Keyed by the address-of-record alone, a
+    /// refresh moves one entry without building the binding's key.
+    expiries: BTreeSet<(SystemTime, Aor)>,
+    /// Bindings over all addresses-of-record.
+    binding_count: usize,
 }
 
 impl Registrar {
@@ -579,6 +629,7 @@ impl Registrar {
             config,
             bindings: BTreeMap::new(),
             expiries: BTreeSet::new(),
+            binding_count: 0,
         }
     }
 
@@ -629,19 +680,18 @@ impl Registrar {
         let current = self.current(&aor, now);
         let new = if request.contacts.iter().any(|c| c.uri.trim() == "*") {
             match self.wildcard(request, &current) {
-                Ok(new) => new,
+                Ok(new) => Arc::new(new),
                 Err(rejection) => return rejection.into(),
             }
         } else if request.contacts.is_empty() {
-            current.clone()
+            Arc::clone(&current)
         } else {
             match self.update(now, request, &current) {
-                Ok(new) => new,
+                Ok(new) => Arc::new(new),
                 Err(rejection) => return rejection.into(),
             }
         };
-        let new = Arc::new(new);
-        let persist = (*new != current).then(|| Persist {
+        let persist = (new != current).then(|| Persist {
             record: Record {
                 aor: aor.clone(),
                 bindings: Arc::clone(&new),
@@ -659,7 +709,7 @@ impl Registrar {
 
     /// Undoes a change whose journal append failed.
     pub fn revert(&mut self, persist: Persist) {
-        self.replace(persist.record.aor, Arc::new(persist.previous));
+        self.replace(persist.record.aor, persist.previous);
     }
 
     /// `Contact: *` (§10.3 step 6): valid only alone and with `Expires: 0`;
@@ -771,18 +821,22 @@ impl Registrar {
         Ok(new)
     }
 
-    /// The unexpired bindings of `aor`.
-    fn current(&self, aor: &Aor, now: SystemTime) -> Vec<Binding> {
-        self.bindings
-            .get(aor)
-            .map(|bindings| {
+    /// The unexpired bindings of `aor`: the held set itself when none has
+    /// expired (the usual case: expired bindings are purged on time), so a
+    /// REGISTER copies its address-of-record's bindings once, to change
+    /// them, not twice.
+    fn current(&self, aor: &Aor, now: SystemTime) -> Arc<Vec<Binding>> {
+        match self.bindings.get(aor) {
+            None => Arc::default(),
+            Some(bindings) if bindings.iter().all(|b| b.expires_at > now) => Arc::clone(bindings),
+            Some(bindings) => Arc::new(
                 bindings
                     .iter()
                     .filter(|b| b.expires_at > now)
                     .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
+                    .collect(),
+            ),
+        }
     }
 
     /// The bindings of `aor` as a 200 to a REGISTER lists them (§10.3
@@ -831,7 +885,7 @@ impl Registrar {
 
     /// The unexpired bindings of `aor`, in stored order.
     pub fn bindings_of(&self, now: SystemTime, aor: &Aor) -> Vec<Binding> {
-        self.current(aor, now)
+        Arc::unwrap_or_clone(self.current(aor, now))
     }
 
     /// Removes every binding of `aor` (an operator's unregister). Like a
@@ -857,22 +911,23 @@ impl Registrar {
     /// them with their address-of-record.
     pub fn handle_timeout(&mut self, now: SystemTime) -> Vec<(Aor, Binding)> {
         let mut purged = Vec::new();
-        let expired: Vec<(SystemTime, Aor, BindingKey)> = self
-            .expiries
-            .iter()
-            .take_while(|(at, _, _)| *at <= now)
-            .cloned()
-            .collect();
-        for (at, aor, key) in expired {
-            self.expiries.remove(&(at, aor.clone(), key.clone()));
-            if let Some(bindings) = self.bindings.get_mut(&aor) {
-                if let Some(index) = bindings.iter().position(|b| b.key() == key) {
-                    // A copy only while a snapshot still shares the set.
-                    purged.push((aor.clone(), Arc::make_mut(bindings).remove(index)));
+        while self.expiries.first().is_some_and(|(at, _)| *at <= now) {
+            let Some((at, aor)) = self.expiries.pop_first() else {
+                break;
+            };
+            let Some(bindings) = self.bindings.get_mut(&aor) else {
+                continue;
+            };
+            if bindings.iter().any(|b| b.expires_at == at) {
+                // A copy only while a snapshot still shares the set.
+                let expired = Arc::make_mut(bindings).extract_if(.., |b| b.expires_at == at);
+                for binding in expired {
+                    purged.push((aor.clone(), binding));
+                    self.binding_count -= 1;
                 }
-                if bindings.is_empty() {
-                    self.bindings.remove(&aor);
-                }
+            }
+            if bindings.is_empty() {
+                self.bindings.remove(&aor);
             }
         }
         purged
@@ -902,6 +957,7 @@ impl Registrar {
     pub fn adopt_all(&mut self, now: SystemTime, records: Vec<Record>) {
         self.bindings.clear();
         self.expiries.clear();
+        self.binding_count = 0;
         for record in records {
             self.adopt(now, record);
         }
@@ -909,12 +965,12 @@ impl Registrar {
 
     /// When the next binding expires.
     pub fn poll_timeout(&self) -> Option<SystemTime> {
-        self.expiries.first().map(|(at, _, _)| *at)
+        self.expiries.first().map(|(at, _)| *at)
     }
 
     /// Number of bindings, over all addresses-of-record.
     pub fn bindings_len(&self) -> usize {
-        self.expiries.len()
+        self.binding_count
     }
 
     /// Number of addresses-of-record with at least one binding.
@@ -928,18 +984,23 @@ impl Registrar {
     }
 
     fn replace(&mut self, aor: Aor, new: Arc<Vec<Binding>>) {
-        if let Some(old) = self.bindings.remove(&aor) {
+        // One key, its expiry changed in place: no copy of the
+        // address-of-record for each entry removed.
+        let mut entry = (SystemTime::UNIX_EPOCH, aor);
+        if let Some(old) = self.bindings.remove(&entry.1) {
+            self.binding_count -= old.len();
             for binding in old.iter() {
-                self.expiries
-                    .remove(&(binding.expires_at, aor.clone(), binding.key()));
+                entry.0 = binding.expires_at;
+                self.expiries.remove(&entry);
             }
         }
+        let (_, aor) = entry;
         if new.is_empty() {
             return;
         }
+        self.binding_count += new.len();
         for binding in new.iter() {
-            self.expiries
-                .insert((binding.expires_at, aor.clone(), binding.key()));
+            self.expiries.insert((binding.expires_at, aor.clone()));
         }
         self.bindings.insert(aor, new);
     }

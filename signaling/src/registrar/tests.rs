@@ -75,6 +75,21 @@ fn ok(decision: Decision) -> Registered {
     }
 }
 
+/// alice's REGISTER at `at` of `contacts` (URI and expiry), answered 200.
+fn bind(
+    registrar: &mut Registrar,
+    at: u64,
+    contacts: &[(&str, u32)],
+    call_id: &str,
+    cseq: u32,
+) -> Registered {
+    let contacts = contacts
+        .iter()
+        .map(|(uri, expires)| contact(uri, Some(*expires)))
+        .collect();
+    ok(registrar.handle_register(t(at), &register(contacts, None, call_id, cseq)))
+}
+
 fn listed(registered: &Registered) -> Vec<(String, u32)> {
     registered
         .contacts
@@ -237,6 +252,42 @@ fn refresh_remove_and_query() {
         vec![("SIP:a@192.0.2.1".to_string(), 800)]
     );
     assert_eq!(registered.persist, None);
+}
+
+/// §19.1.4, approximated: a Contact names the same binding when its host
+/// differs only in case; its user part and parameters compare exactly.
+#[test]
+fn a_contacts_host_compares_case_insensitively_its_user_and_parameters_exactly() {
+    let mut registrar = Registrar::new(config());
+    bind(
+        &mut registrar,
+        0,
+        &[("sip:a@Host.Example;transport=udp", 600)],
+        "call-1",
+        1,
+    );
+    let registered = bind(
+        &mut registrar,
+        10,
+        &[
+            ("<sip:a@host.EXAMPLE;transport=udp>", 700),
+            ("sip:A@host.example;transport=udp", 800),
+            ("sip:a@host.example;transport=UDP", 900),
+        ],
+        "call-1",
+        2,
+    );
+    let mut listed = listed(&registered);
+    listed.sort();
+    assert_eq!(
+        listed,
+        vec![
+            ("<sip:a@host.EXAMPLE;transport=udp>".to_string(), 700),
+            ("sip:A@host.example;transport=udp".to_string(), 800),
+            ("sip:a@host.example;transport=UDP".to_string(), 900),
+        ],
+        "the host's case refreshes the first binding; the user's and a parameter's make new ones"
+    );
 }
 
 #[test]
@@ -484,6 +535,51 @@ fn expiry_purge_follows_poll_timeout() {
     assert_eq!(left, vec!["sip:b@192.0.2.2".to_string()]);
     assert_eq!(registrar.poll_timeout(), Some(t(120)));
     registrar.handle_timeout(t(120));
+    assert!(registrar.is_empty());
+    assert_eq!(registrar.poll_timeout(), None);
+}
+
+/// Bindings of one address-of-record that expire at the same instant go
+/// together; a refresh moves one binding's expiry and leaves the other's;
+/// the count of bindings follows every change.
+#[test]
+fn bindings_expiring_together_purge_together_and_a_refreshed_one_stays() {
+    let mut registrar = Registrar::new(config());
+    let registered = bind(
+        &mut registrar,
+        0,
+        &[
+            ("sip:a@192.0.2.1", 60),
+            ("sip:b@192.0.2.2", 60),
+            ("sip:c@192.0.2.3", 60),
+        ],
+        "call-1",
+        1,
+    );
+    assert_eq!(listed(&registered).len(), 3);
+    assert_eq!(registrar.bindings_len(), 3);
+    // b is refreshed at 30 s for another 120 s.
+    bind(&mut registrar, 30, &[("sip:b@192.0.2.2", 120)], "call-1", 2);
+    assert_eq!(registrar.bindings_len(), 3);
+    assert_eq!(registrar.poll_timeout(), Some(t(60)));
+    let mut purged: Vec<String> = registrar
+        .handle_timeout(t(60))
+        .into_iter()
+        .map(|(aor, binding)| format!("{} {}", aor.as_str(), binding.contact))
+        .collect();
+    purged.sort();
+    assert_eq!(
+        purged,
+        vec![
+            "alice@example.com sip:a@192.0.2.1".to_string(),
+            "alice@example.com sip:c@192.0.2.3".to_string(),
+        ]
+    );
+    assert_eq!(registrar.bindings_len(), 1);
+    assert_eq!(registrar.poll_timeout(), Some(t(150)));
+    assert!(registrar.handle_timeout(t(149)).is_empty());
+    assert_eq!(registrar.handle_timeout(t(150)).len(), 1);
+    assert_eq!(registrar.bindings_len(), 0);
     assert!(registrar.is_empty());
     assert_eq!(registrar.poll_timeout(), None);
 }
@@ -1045,6 +1141,47 @@ fn a_sync_begun_covers_what_was_written_before_it_and_a_later_one_the_rest() {
     drop(store);
     let (_, records) = Store::open(dir.path()).expect("store reopens");
     assert_eq!(records, vec![first, second]);
+}
+
+/// The two buffers take turns (the last sync's lines, emptied, become the
+/// next queue): over several rounds each record reaches the journal once,
+/// in order, and the queue reuses a buffer instead of allocating one.
+#[test]
+fn syncs_reuse_their_buffers_and_write_each_record_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut store, _) = Store::open(dir.path()).expect("store opens");
+    let mut registrar = Registrar::new(config());
+    let mut written = Vec::new();
+    let mut buffers = Vec::new();
+    for round in 1..=5u32 {
+        // A refresh: every record is one binding, of one length.
+        let record = bind(
+            &mut registrar,
+            round.into(),
+            &[("sip:alice@192.0.2.1", 600)],
+            "c",
+            round,
+        )
+        .persist
+        .expect("a change")
+        .record;
+        store.write(&record).expect("write");
+        written.push(record);
+        let mut job = store.begin_sync().expect("a sync of this round's record");
+        buffers.push(job.buffer());
+        job.run();
+        store.finish_sync(job).expect("synced");
+        assert!(store.begin_sync().is_none(), "round {round} fully synced");
+    }
+    assert_ne!(buffers[0], buffers[1], "two buffers");
+    assert_eq!(
+        buffers[2..],
+        [buffers[0], buffers[1], buffers[0]],
+        "they take turns"
+    );
+    drop(store);
+    let (_, records) = Store::open(dir.path()).expect("store reopens");
+    assert_eq!(records, written);
 }
 
 /// A compaction's snapshot (`records`) shares each address-of-record's

@@ -492,7 +492,7 @@ impl Via {
         {
             Some(param) => param.value = value,
             None => self.params.push(Param {
-                name: name.to_owned(),
+                name: super::uri::param_name(name),
                 value,
             }),
         }

@@ -1,5 +1,6 @@
 //! The parsed message and the protocol identifiers the rest of the server keys on.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -123,8 +124,10 @@ pub(crate) struct Parsed {
     pub(crate) headers: Vec<Header>,
     /// The body is the last `body_len` of the message's octets.
     pub(crate) body_len: usize,
-    pub(crate) vias: Vec<Via>,
-    pub(crate) from: NameAddr,
+    /// Shared: a response carries its request's Vias unchanged.
+    pub(crate) vias: Arc<Vec<Via>>,
+    /// Shared: a response carries its request's From unchanged.
+    pub(crate) from: Arc<NameAddr>,
     pub(crate) to: NameAddr,
     pub(crate) call_id: CallId,
     pub(crate) cseq: CSeq,
@@ -290,17 +293,34 @@ impl SipMessage {
     /// Returns the first value of a header; names match case-insensitively
     /// and compact forms are accepted (`header("i")` finds Call-ID).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.header_values(name).next()
+        self.first_header(name).map(|h| h.value.as_str())
+    }
+
+    /// The first header of a name, as [`SipMessage::header`] finds it: for
+    /// its value as a shared [`super::HeaderValue`].
+    pub(crate) fn first_header(&self, name: &str) -> Option<&Header> {
+        let wanted = wanted_name(name);
+        self.parsed
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(&wanted))
     }
 
     /// Returns every value of a header, one per header line, in order.
-    pub fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a str> + 'a {
-        let wanted = super::header::canonical_name(name);
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers_named(name).map(|h| h.value.as_str())
+    }
+
+    /// The headers of one name, in order; see [`SipMessage::header`].
+    pub(crate) fn headers_named<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a Header> + 'a {
+        let wanted = wanted_name(name);
         self.parsed
             .headers
             .iter()
             .filter(move |h| h.name.eq_ignore_ascii_case(&wanted))
-            .map(|h| h.value.as_str())
     }
 
     /// Returns the comma-separated items of every value of a header.
@@ -358,7 +378,7 @@ impl SipMessage {
     /// The topmost Via, to change before responses are built from it. A
     /// message shared with others (a kept copy) is copied first.
     pub(crate) fn top_via_mut(&mut self) -> &mut Via {
-        &mut Arc::make_mut(&mut self.parsed).vias[0]
+        &mut Arc::make_mut(&mut Arc::make_mut(&mut self.parsed).vias)[0]
     }
 
     /// Applies RFC 3261 §18.2.1 and RFC 3581 to the top Via of a received
@@ -392,6 +412,17 @@ pub(crate) fn media_type_of(value: &str) -> String {
         .filter(|c| !is_lws(*c))
         .collect::<String>()
         .to_ascii_lowercase()
+}
+
+/// The name a header look-up compares: names are kept canonical, so only a
+/// compact form needs looking up; any other compares as it is (case
+/// aside), without a scan of the known names on every look-up.
+fn wanted_name(name: &str) -> Cow<'_, str> {
+    if name.len() == 1 {
+        super::header::canonical_name(name)
+    } else {
+        Cow::Borrowed(name)
+    }
 }
 
 /// Writes a message: the start line, `Name: value` per header, an empty

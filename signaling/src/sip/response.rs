@@ -6,10 +6,11 @@
 //! received; [`response_message`] also returns the value beside them.
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::header::{Header, Transport, Via};
+use super::header::{Header, HeaderValue, Transport, Via};
 use super::message::{write_message, Parsed, SipMessage, StartLine, Tag};
 use super::parse::ParseError;
 use super::uri::{NameAddr, Param};
@@ -41,14 +42,10 @@ fn push_header(out: &mut Vec<u8>, name: &str, value: &str) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Appends `;tag=` to a To value that has none (status other than 100).
-fn to_with_tag(to: &str, status: u16, tag: impl FnOnce() -> Tag) -> String {
-    let has_tag = NameAddr::parse(to).map_or(true, |parsed| parsed.tag().is_some());
-    if status == 100 || has_tag {
-        to.to_owned()
-    } else {
-        format!("{to};tag={}", tag())
-    }
+/// Appends `;tag=` to a To value that has none (`has_tag` false), unless
+/// the status is 100; `None`: the value stays as it is.
+fn to_with_tag(to: &str, has_tag: bool, status: u16, tag: impl FnOnce() -> Tag) -> Option<String> {
+    (status != 100 && !has_tag).then(|| format!("{to};tag={}", tag()))
 }
 
 /// Builds a response without a body. See [`build_response_with_body`].
@@ -111,21 +108,26 @@ pub fn response_message(
     let reason = sanitize_reason(reason);
     let start_line = format!("SIP/2.0 {status} {reason}");
     let mut headers = Vec::with_capacity(8 + request.vias().len() + extra_headers.len());
-    let mut push = |name: Cow<'static, str>, value: String| {
-        headers.push(Header {
-            name,
-            value: value.into(),
-        })
+    let mut push =
+        |name: Cow<'static, str>, value: HeaderValue| headers.push(Header { name, value });
+    // The request's own values, shared with its octets rather than copied.
+    let copied = |name: &str| {
+        request
+            .first_header(name)
+            .map_or_else(|| HeaderValue::from(String::new()), |h| h.value.clone())
     };
     for via in request.vias() {
-        push("Via".into(), via.to_string());
+        // Sized once: written piece by piece into an empty string, a Via
+        // grew it four or five times.
+        let mut value = String::with_capacity(160);
+        let _ = write!(value, "{via}");
+        push("Via".into(), value.into());
     }
-    push(
-        "From".into(),
-        request.header("From").unwrap_or_default().to_owned(),
-    );
+    push("From".into(), copied("From"));
     let mut added_tag = None;
-    let to = to_with_tag(request.header("To").unwrap_or_default(), status, || {
+    let to_value = copied("To");
+    let has_tag = request.to().tag().is_some();
+    let to = to_with_tag(&to_value, has_tag, status, || {
         let tag = choose_tag(
             to_tag,
             request.call_id().as_str(),
@@ -139,38 +141,41 @@ pub fn response_message(
         added_tag = Some(tag.clone());
         tag
     });
-    push("To".into(), to);
-    push("Call-ID".into(), request.call_id().as_str().to_owned());
-    push("CSeq".into(), request.cseq().to_string());
+    push("To".into(), to.map_or(to_value, HeaderValue::from));
+    push(
+        "Call-ID".into(),
+        request.call_id().as_str().to_owned().into(),
+    );
+    push("CSeq".into(), request.cseq().to_string().into());
     let creates_dialog = matches!(
         request.method(),
         Method::Invite | Method::Subscribe | Method::Refer | Method::Notify
     );
     if (101..300).contains(&status) && creates_dialog {
-        for route in request.header_values("Record-Route") {
-            push("Record-Route".into(), route.to_owned());
+        for route in request.headers_named("Record-Route") {
+            push("Record-Route".into(), route.value.clone());
         }
     }
     if status == 100 {
-        if let Some(timestamp) = request.header("Timestamp") {
-            push("Timestamp".into(), timestamp.to_owned());
+        if let Some(timestamp) = request.first_header("Timestamp") {
+            push("Timestamp".into(), timestamp.value.clone());
         }
     }
     for (name, value) in extra_headers {
-        push(Cow::Owned(name.clone()), value.clone());
+        push(Cow::Owned(name.clone()), value.clone().into());
     }
     let (content_type, body) = body.map_or((None, &[][..]), |(t, b)| (Some(t), b));
     if let Some(content_type) = content_type {
-        push("Content-Type".into(), content_type.to_owned());
+        push("Content-Type".into(), content_type.to_owned().into());
     }
-    push("Content-Length".into(), body.len().to_string());
+    push("Content-Length".into(), body.len().to_string().into());
 
     // The value is assembled from the request's, not read back from the
     // text: only the To tag and the Contacts are new.
     let mut to = request.to().clone();
     if let Some(tag) = added_tag {
         to.params.push(Param {
-            name: "tag".to_owned(),
+            name: Cow::Borrowed("tag"),
             value: Some(tag.as_str().to_owned()),
         });
     }
@@ -185,8 +190,8 @@ pub fn response_message(
             start: StartLine::Response { status, reason },
             headers,
             body_len: body.len(),
-            vias: request.vias().to_vec(),
-            from: request.from().clone(),
+            vias: Arc::clone(&request.parsed.vias),
+            from: Arc::clone(&request.parsed.from),
             to,
             call_id: request.call_id().clone(),
             cseq: request.cseq().clone(),
@@ -222,7 +227,8 @@ pub fn build_error_response(error: &ParseError) -> Option<Vec<u8>> {
     out.extend_from_slice(format!("SIP/2.0 {status} {}\r\n", error.reason_phrase()).as_bytes());
     for header in salvaged {
         if header.name == "To" {
-            let to = to_with_tag(&header.value, status, || {
+            let has_tag = NameAddr::parse(&header.value).map_or(true, |to| to.tag().is_some());
+            let to = to_with_tag(&header.value, has_tag, status, || {
                 choose_tag(
                     None,
                     value("Call-ID").unwrap_or_default(),
@@ -230,7 +236,7 @@ pub fn build_error_response(error: &ParseError) -> Option<Vec<u8>> {
                     branch.as_ref().map_or("", |b| b.as_str()),
                 )
             });
-            push_header(&mut out, "To", &to);
+            push_header(&mut out, "To", to.as_deref().unwrap_or(&header.value));
         } else {
             push_header(&mut out, &header.name, &header.value);
         }

@@ -6,6 +6,7 @@
 //! the unfolded header text and keep every part as written: escapes are decoded only by the
 //! accessors, once, so a URI is re-emitted byte for byte.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -142,10 +143,42 @@ impl fmt::Display for Host {
 /// A `;name[=value]` parameter of a URI or a header, kept as written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Param {
-    /// Parameter name as written (compare case-insensitively).
-    pub name: String,
+    /// Parameter name as written (compare case-insensitively). A common
+    /// name written as it usually is (`branch`, `tag`, `transport`…) is
+    /// the static spelling, not a copy, as header names are.
+    pub name: Cow<'static, str>,
     /// Value as written, quotes included for quoted strings; `None` for a flag.
     pub value: Option<String>,
+}
+
+/// Parameters every message carries (Via, From, To, Contact, URIs).
+const COMMON_PARAMS: [&str; 14] = [
+    "branch",
+    "rport",
+    "received",
+    "tag",
+    "transport",
+    "lr",
+    "expires",
+    "q",
+    "maddr",
+    "user",
+    "ob",
+    "reg-id",
+    "+sip.instance",
+    "alias",
+];
+
+/// A parameter's name as written: the static spelling when it is a common
+/// one written exactly so, else a copy.
+pub(crate) fn param_name(name: &str) -> Cow<'static, str> {
+    COMMON_PARAMS
+        .iter()
+        .find(|common| **common == name)
+        .map_or_else(
+            || Cow::Owned(name.to_owned()),
+            |common| Cow::Borrowed(*common),
+        )
 }
 
 impl fmt::Display for Param {
@@ -432,7 +465,7 @@ fn parse_uri_params(text: &str) -> Result<Vec<Param>, UriError> {
                 return Err(UriError::Param);
             }
             Ok(Param {
-                name: name.to_owned(),
+                name: param_name(name),
                 value,
             })
         })
@@ -548,7 +581,7 @@ pub(crate) fn parse_header_params(text: &str) -> Result<Vec<Param>, UriError> {
         if name_len == 0 {
             return Err(UriError::Param);
         }
-        let name = rest[..name_len].to_owned();
+        let name = param_name(&rest[..name_len]);
         rest = rest[name_len..].trim_start_matches(is_lws);
         let value = match rest.strip_prefix('=') {
             Some(after) => {
@@ -747,6 +780,35 @@ mod tests {
 
     fn uri(text: &str) -> Uri {
         Uri::parse(text).unwrap_or_else(|e| panic!("{text:?} should parse: {e}"))
+    }
+
+    /// Common parameter names written as usual are the static spellings;
+    /// any other spelling is kept as written, and both print as written.
+    #[test]
+    fn common_parameter_names_are_not_copied_and_others_keep_their_spelling() {
+        let addr = NameAddr::parse("<sip:a@192.0.2.1;transport=udp;Lr;x-own=1>;tag=7;TAG2=x")
+            .expect("parses");
+        let uri_params: Vec<(&str, bool)> = addr
+            .uri
+            .params()
+            .iter()
+            .map(|p| (&*p.name, matches!(p.name, Cow::Borrowed(_))))
+            .collect();
+        assert_eq!(
+            uri_params,
+            vec![("transport", true), ("Lr", false), ("x-own", false)]
+        );
+        let header_params: Vec<(&str, bool)> = addr
+            .params
+            .iter()
+            .map(|p| (&*p.name, matches!(p.name, Cow::Borrowed(_))))
+            .collect();
+        assert_eq!(header_params, vec![("tag", true), ("TAG2", false)]);
+        assert_eq!(addr.tag().expect("tag").as_str(), "7");
+        assert_eq!(
+            addr.to_string(),
+            "<sip:a@192.0.2.1;transport=udp;Lr;x-own=1>;tag=7;TAG2=x"
+        );
     }
 
     #[test]

@@ -527,6 +527,10 @@ pub struct Uas {
     /// The REGISTERs the sync in flight covers, in order (`None`: no sync
     /// is running).
     syncing: Option<Vec<register::Uncommitted>>,
+    /// The list of the last group answered, emptied: the next sync's
+    /// `uncommitted`. Two lists take turns, as the journal's buffers do,
+    /// so a busy core does not allocate one of a group's size per sync.
+    answered: Vec<register::Uncommitted>,
     /// A sync begun and not yet taken by the driver.
     sync_out: Option<SyncJob>,
     /// When the last sync began (see [`UasConfig::sync_gap`]).
@@ -627,6 +631,7 @@ impl Uas {
             delayed: VecDeque::new(),
             uncommitted: Vec::new(),
             syncing: None,
+            answered: Vec::new(),
             sync_out: None,
             sync_began: None,
             location: LocationCache::default(),

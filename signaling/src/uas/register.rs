@@ -1,6 +1,7 @@
 //! REGISTER (RFC 3261 §10.3): authentication, the registrar, durable
 //! bindings, the 200 with every current Contact.
 
+use std::fmt::Write as _;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -346,14 +347,15 @@ impl Uas {
         }
         match self.store.begin_sync() {
             Some(job) => {
-                // The REGISTERs that arrive during this sync go into a
-                // buffer of this one's size: grown from nothing, each
-                // doubling moved every waiting request (3.6 % of the
-                // core's time at 14,000 REGISTERs/s).
-                let capacity = self.uncommitted.capacity();
+                // The REGISTERs that arrive during this sync go into the
+                // list of the last group answered: grown from nothing, each
+                // doubling moved every waiting request (3.6 % of the core's
+                // time at 14,000 REGISTERs/s), and a new list of this
+                // one's size per sync made glibc consolidate its free
+                // lists (2.4 %).
                 self.syncing = Some(std::mem::replace(
                     &mut self.uncommitted,
-                    Vec::with_capacity(capacity),
+                    std::mem::take(&mut self.answered),
                 ));
                 self.sync_out = Some(job);
                 self.sync_began = Some(now.instant);
@@ -414,7 +416,7 @@ impl Uas {
         match synced {
             Ok(()) => {
                 let shared = self.location.is_shared();
-                for mut entry in settled {
+                for mut entry in settled.drain(..) {
                     for event in entry.events {
                         self.wire.observe(Observation::Registration(event));
                     }
@@ -458,7 +460,7 @@ impl Uas {
                         Vec::new(),
                     )
                 };
-                for entry in settled {
+                for entry in settled.drain(..) {
                     self.reply(
                         now,
                         entry.key.as_ref(),
@@ -467,6 +469,9 @@ impl Uas {
                     );
                 }
             }
+        }
+        if settled.capacity() > self.answered.capacity() {
+            self.answered = settled;
         }
         // The answers are in their transactions: move them to the outbox.
         self.drain(now, None);
@@ -543,15 +548,17 @@ fn contact_lines(contacts: &[RegisteredContact]) -> Vec<(String, String)> {
     contacts
         .iter()
         .map(|c| {
+            // Written in place: a `format!` per parameter was a string
+            // of its own, allocated and freed, for every REGISTER.
             let mut value = format!("<{}>;expires={}", c.uri, c.expires);
             if let Some(q) = c.q {
-                value.push_str(&format!(";q={q}"));
+                let _ = write!(value, ";q={q}");
             }
             if let Some(instance) = &c.instance {
-                value.push_str(&format!(";+sip.instance={instance}"));
+                let _ = write!(value, ";+sip.instance={instance}");
             }
             if let Some(reg_id) = c.reg_id {
-                value.push_str(&format!(";reg-id={reg_id}"));
+                let _ = write!(value, ";reg-id={reg_id}");
             }
             ("Contact".to_owned(), value)
         })
