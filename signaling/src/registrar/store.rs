@@ -11,6 +11,22 @@
 //!   [`Store::begin_sync`] hands it to another thread): the 200 of every
 //!   REGISTER whose record a sync covers goes out after it, never before.
 //!
+//! A journal is filled with zeros before its first record (its
+//! preallocation: 4 MiB, or a quarter more than the last full journal),
+//! and records overwrite them. An `fdatasync` that grows the file must
+//! commit its new size through ext4's journal; one that only overwrites
+//! flushes the data. Measured on this project's machine, 500 syncs of
+//! 2 kB each: p99 1.6 to 3.2 ms appending against 0.10 to 0.13 ms
+//! overwriting (p50 0.085 against 0.052); in the server at 14,000
+//! REGISTERs/s (under strace): p50 0.24 to 0.25 ms and p99 2.5 to 4.9
+//! appending, p50 0.17 and p99 1.2 overwriting. Every REGISTER's 200
+//! waits for up to two syncs. The zeros end the records: JSON lines hold no NUL
+//! byte, and a sync writes after every byte acknowledged before it, so
+//! what precedes the first NUL is every acknowledged record, perhaps
+//! followed by some of a sync the crash interrupted (ignored or replayed,
+//! never acknowledged). A journal outgrowing its zeros is appended to as
+//! before.
+//!
 //! Compaction runs beside the registrar, not in its way: the journal
 //! switches to generation `g + 1` at once, and a background thread
 //! writes snapshot `g + 1` (the state at the switch), renames it into
@@ -35,6 +51,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -44,6 +61,18 @@ use super::Record;
 
 const SNAPSHOT: &str = "snapshot.json";
 const SNAPSHOT_TMP: &str = "snapshot.json.tmp";
+
+/// The zeros a journal starts with, at least: about 15,000 records of a
+/// REGISTER with one contact, 10,000 being the default compaction point.
+pub(crate) const MIN_PREALLOCATION: u64 = 4 * 1024 * 1024;
+
+/// The zeros a journal starts with, at most, however long the last one grew.
+const MAX_PREALLOCATION: u64 = 256 * 1024 * 1024;
+
+/// Zeros are written and synced this much at a time, so that a journal
+/// being prepared does not hold the disk's cache for the live journal's
+/// syncs behind tens of megabytes.
+const ZEROS_CHUNK: usize = 1024 * 1024;
 
 /// Errors of the registrar store.
 #[derive(Debug, thiserror::Error)]
@@ -107,9 +136,13 @@ pub struct Store {
     /// Shared with the [`JournalSync`] in flight, which appends to it and
     /// fsyncs it on another thread while records are queued here.
     journal: Arc<File>,
-    /// Bytes of the journal file known durable: a failed sync cuts the
-    /// file back to them.
+    /// Bytes of the journal file known durable, the records' end: the
+    /// next sync writes its lines there, and a failed one cuts the file
+    /// back to them.
     synced_bytes: u64,
+    /// The zeros the next journal prepared is given (see the module
+    /// documentation).
+    preallocation: u64,
     /// Records queued for the next sync, as journal lines.
     pending: Vec<u8>,
     /// The buffer of the last sync, emptied, for the next one's lines: two
@@ -137,6 +170,8 @@ pub struct Store {
 pub struct JournalSync {
     journal: Arc<File>,
     generation: u64,
+    /// Where its lines go: the end of the journal's records.
+    offset: u64,
     /// The records' lines.
     lines: Vec<u8>,
     /// Records in the journal once these are in.
@@ -154,8 +189,8 @@ impl JournalSync {
     /// Writes and waits for the disk.
     pub fn run(&mut self) {
         self.outcome = Some(
-            (&*self.journal)
-                .write_all(&self.lines)
+            self.journal
+                .write_all_at(&self.lines, self.offset)
                 .and_then(|()| self.journal.sync_data()),
         );
     }
@@ -201,17 +236,21 @@ impl Store {
         }
         let journal = OpenOptions::new()
             .create(true)
-            .append(true)
+            .write(true)
+            .truncate(false)
             .open(&journal_path)
             .map_err(io_error(&journal_path))?;
-        // Cut a torn tail so that the next record starts on its own line.
+        // Cut a torn tail so that the next record starts on its own line,
+        // and zero what follows the records again.
+        let preallocation = next_preallocation(good_bytes);
         journal
             .set_len(good_bytes)
+            .and_then(|()| write_zeros(&journal, good_bytes, good_bytes + preallocation))
             .and_then(|()| journal.sync_all())
             .map_err(io_error(&journal_path))?;
         remove_leftovers(dir, snapshot.generation)?;
         // Before any load: the first compaction only opens it.
-        prepare_journal(dir, generation + 1)?;
+        prepare_journal(dir, generation + 1, preallocation)?;
         Ok((
             Self {
                 dir: dir.to_path_buf(),
@@ -221,6 +260,7 @@ impl Store {
                 spare: Vec::new(),
                 journal_records,
                 synced_bytes: good_bytes,
+                preallocation,
                 synced_records: journal_records,
                 compaction: None,
                 prepared: Some(generation + 1),
@@ -283,6 +323,7 @@ impl Store {
         self.unsynced().then(|| JournalSync {
             journal: Arc::clone(&self.journal),
             generation: self.generation,
+            offset: self.synced_bytes,
             lines: std::mem::replace(&mut self.pending, std::mem::take(&mut self.spare)),
             records: self.journal_records,
             outcome: None,
@@ -359,14 +400,17 @@ impl Store {
         let new_journal_path = journal_path(&self.dir, next);
         if self.prepared.take() != Some(next) {
             // The last preparation failed: made here, on the caller's thread.
-            prepare_journal(&self.dir, next)?;
+            prepare_journal(&self.dir, next, self.preallocation)?;
         }
         self.journal = Arc::new(
             OpenOptions::new()
-                .append(true)
+                .write(true)
                 .open(&new_journal_path)
                 .map_err(io_error(&new_journal_path))?,
         );
+        // The journal after the next is sized after this one, which is full.
+        self.preallocation = next_preallocation(self.synced_bytes);
+        let preallocation = self.preallocation;
         self.generation = next;
         self.journal_records = 0;
         self.synced_bytes = 0;
@@ -376,7 +420,7 @@ impl Store {
             .name("registrar-snapshot".to_owned())
             .spawn(move || {
                 write_snapshot(&dir, next, records)?;
-                prepare_journal(&dir, next + 1)?;
+                prepare_journal(&dir, next + 1, preallocation)?;
                 Ok(next + 1)
             })
             .map_err(io_error(&self.dir))?;
@@ -461,9 +505,11 @@ fn journal_path(dir: &Path, generation: u64) -> PathBuf {
     dir.join(format!("journal.{generation}.jsonl"))
 }
 
-/// Parses journal lines; a bad last line is a torn write and is skipped.
-/// Returns the records and the length of the well-formed prefix.
+/// Parses journal lines up to the first NUL (the preallocated zeros); a
+/// bad last line is a torn write and is skipped. Returns the records and
+/// the length of the well-formed prefix.
 fn parse_journal(path: &Path, bytes: &[u8]) -> Result<(Vec<Record>, u64), StoreError> {
+    let bytes = &bytes[..bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len())];
     let mut records = Vec::new();
     let mut good = 0usize;
     let mut start = 0usize;
@@ -507,17 +553,37 @@ fn remove_leftovers(dir: &Path, generation: u64) -> Result<(), StoreError> {
     }
 }
 
-/// Creates the (empty) journal of `generation` if it is missing, and makes
-/// it and its name durable before any record goes in.
-fn prepare_journal(dir: &Path, generation: u64) -> Result<(), StoreError> {
+/// Creates the journal of `generation` as `preallocation` zeros, and makes
+/// it and its name durable before any record goes in. It holds no record
+/// yet: it is newer than every journal opened, or an earlier preparation
+/// of it failed.
+fn prepare_journal(dir: &Path, generation: u64, preallocation: u64) -> Result<(), StoreError> {
     let path = journal_path(dir, generation);
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .and_then(|file| file.sync_all())
+    File::create(&path)
+        .and_then(|file| {
+            write_zeros(&file, 0, preallocation)?;
+            file.sync_all()
+        })
         .map_err(io_error(&path))?;
     sync_dir(dir)
+}
+
+/// The zeros for a journal after one that holds `bytes` of records.
+fn next_preallocation(bytes: u64) -> u64 {
+    (bytes + bytes / 4).clamp(MIN_PREALLOCATION, MAX_PREALLOCATION)
+}
+
+/// Writes zeros over `from..to` of `file`, syncing each chunk.
+fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
+    let zeros = vec![0; ZEROS_CHUNK];
+    let mut at = from;
+    while at < to {
+        let chunk = (to - at).min(ZEROS_CHUNK as u64);
+        file.write_all_at(&zeros[..chunk as usize], at)?;
+        file.sync_data()?;
+        at += chunk;
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {

@@ -671,6 +671,72 @@ fn bindings_survive_restart_and_a_torn_last_line_is_skipped() {
     assert_eq!(registrar.lookup(t(102), "alice").len(), 2);
 }
 
+/// Records overwrite the zeros a journal starts with, so a sync does not
+/// grow the file (no size for ext4 to commit); the first NUL ends the
+/// records at a restart, a torn sync among the zeros included.
+#[test]
+fn records_overwrite_the_journals_zeros_and_a_restart_reads_up_to_the_first_nul() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let journal = dir.path().join("journal.0.jsonl");
+    let (mut store, _) = Store::open(dir.path()).expect("store opens");
+    let mut registrar = Registrar::new(config());
+    for (user, at) in [("alice", 1u64), ("bob", 2)] {
+        persist_all(
+            &mut store,
+            registrar.handle_register(
+                t(at),
+                &register_user(user, &format!("sip:{user}@192.0.2.1"), "c"),
+            ),
+        );
+    }
+    let bytes = std::fs::read(&journal).expect("journal readable");
+    assert_eq!(
+        bytes.len() as u64,
+        store::MIN_PREALLOCATION,
+        "the syncs wrote over the zeros"
+    );
+    let records_end = bytes.iter().position(|&b| b == 0).expect("zeros follow");
+    assert_eq!(
+        bytes[..records_end].iter().filter(|&&b| b == b'\n').count(),
+        2,
+        "one line per record"
+    );
+    assert!(bytes[records_end..].iter().all(|&b| b == 0));
+    drop(store);
+    // A crash in a third sync: half its line reached the disk.
+    let torn = b"{\"aor\":\"carol@example.com\",\"bind";
+    let mut crashed = bytes.clone();
+    crashed[records_end..records_end + torn.len()].copy_from_slice(torn);
+    std::fs::write(&journal, &crashed).expect("journal writable");
+
+    let (mut store, records) = Store::open(dir.path()).expect("store reopens");
+    assert_eq!(records.len(), 2, "the two synced records, not the torn one");
+    let mut registrar = Registrar::from_records(config(), records, t(3));
+    persist_all(
+        &mut store,
+        registrar.handle_register(t(4), &register_user("dave", "sip:dave@192.0.2.1", "d")),
+    );
+    drop(store);
+    // The restart took up the journal made ahead, and wrote over its zeros.
+    let bytes = std::fs::read(dir.path().join("journal.1.jsonl")).expect("journal 1 readable");
+    assert_eq!(bytes.len() as u64, store::MIN_PREALLOCATION);
+    assert!(
+        bytes.starts_with(b"{\"aor\":\"dave"),
+        "dave's record comes first"
+    );
+    let (_, records) = Store::open(dir.path()).expect("store reopens");
+    let registrar = Registrar::from_records(config(), records, t(5));
+    assert_eq!(
+        first_contacts(&registrar, 5, &["alice", "bob", "dave"]),
+        [
+            "sip:alice@192.0.2.1",
+            "sip:bob@192.0.2.1",
+            "sip:dave@192.0.2.1"
+        ]
+    );
+    assert!(registrar.lookup(t(5), "carol").is_empty());
+}
+
 #[test]
 fn compaction_writes_a_snapshot_and_starts_a_new_journal() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -719,11 +785,16 @@ fn compaction_writes_a_snapshot_and_starts_a_new_journal() {
 fn the_next_journal_is_made_ahead_of_its_switch_and_a_restart_takes_it_up() {
     let dir = tempfile::tempdir().expect("temp dir");
     let journal = |g: u64| dir.path().join(format!("journal.{g}.jsonl"));
+    let zeros_only = |g: u64| {
+        std::fs::read(journal(g))
+            .ok()
+            .map(|bytes| (bytes.len() as u64, bytes.iter().all(|&b| b == 0)))
+    };
     let (mut store, _) = Store::open(dir.path()).expect("store opens");
     assert_eq!(
-        std::fs::metadata(journal(1)).map(|m| m.len()).ok(),
-        Some(0),
-        "the first switch's journal is ready at open"
+        zeros_only(1),
+        Some((store::MIN_PREALLOCATION, true)),
+        "the first switch's journal is ready at open, zeros only"
     );
     let mut registrar = Registrar::new(config());
     persist_all(
@@ -738,8 +809,8 @@ fn the_next_journal_is_made_ahead_of_its_switch_and_a_restart_takes_it_up() {
         .expect("the journal switches");
     store.wait_compaction().expect("the snapshot is written");
     assert_eq!(
-        std::fs::metadata(journal(2)).map(|m| m.len()).ok(),
-        Some(0),
+        zeros_only(2),
+        Some((store::MIN_PREALLOCATION, true)),
         "the compaction's thread made the next switch's journal"
     );
     persist_all(
@@ -755,7 +826,7 @@ fn the_next_journal_is_made_ahead_of_its_switch_and_a_restart_takes_it_up() {
         &mut store,
         registrar.handle_register(t(4), &register_user("carol", "sip:c@192.0.2.3", "e")),
     );
-    assert!(std::fs::metadata(journal(2)).expect("journal 2").len() > 0);
+    assert_eq!(zeros_only(2).map(|(_, zeros)| zeros), Some(false));
     drop(store);
     let (_, records) = Store::open(dir.path()).expect("store reopens");
     let registrar = Registrar::from_records(config(), records, t(5));
