@@ -20,12 +20,12 @@
 //! overwriting (p50 0.085 against 0.052); in the server at 14,000
 //! REGISTERs/s (under strace): p50 0.24 to 0.25 ms and p99 2.5 to 4.9
 //! appending, p50 0.17 and p99 1.2 overwriting. Every REGISTER's 200
-//! waits for up to two syncs. The zeros end the records: JSON lines hold no NUL
-//! byte, and a sync writes after every byte acknowledged before it, so
-//! what precedes the first NUL is every acknowledged record, perhaps
-//! followed by some of a sync the crash interrupted (ignored or replayed,
-//! never acknowledged). A journal outgrowing its zeros is appended to as
-//! before.
+//! waits for up to two syncs. The zeros end the records: JSON lines hold
+//! no NUL byte, and a sync writes after every byte acknowledged before
+//! it, so what precedes the first NUL is every acknowledged record,
+//! perhaps followed by some of a sync the crash interrupted (ignored or
+//! replayed, never acknowledged). A journal outgrowing its zeros is
+//! appended to as before.
 //!
 //! Compaction runs beside the registrar, not in its way: the journal
 //! switches to generation `g + 1` at once, and a background thread
@@ -64,7 +64,7 @@ const SNAPSHOT_TMP: &str = "snapshot.json.tmp";
 
 /// The zeros a journal starts with, at least: about 15,000 records of a
 /// REGISTER with one contact, 10,000 being the default compaction point.
-pub(crate) const MIN_PREALLOCATION: u64 = 4 * 1024 * 1024;
+pub(super) const MIN_PREALLOCATION: u64 = 4 * 1024 * 1024;
 
 /// The zeros a journal starts with, at most, however long the last one grew.
 const MAX_PREALLOCATION: u64 = 256 * 1024 * 1024;
@@ -133,8 +133,9 @@ struct Snapshot {
 pub struct Store {
     dir: PathBuf,
     generation: u64,
-    /// Shared with the [`JournalSync`] in flight, which appends to it and
-    /// fsyncs it on another thread while records are queued here.
+    /// Shared with the [`JournalSync`] in flight, which writes its lines
+    /// at the records' end and fsyncs it on another thread while records
+    /// are queued here.
     journal: Arc<File>,
     /// Bytes of the journal file known durable, the records' end: the
     /// next sync writes its lines there, and a failed one cuts the file

@@ -126,7 +126,7 @@ pub fn response_message(
     push("From".into(), copied("From"));
     let mut added_tag = None;
     let to_value = copied("To");
-    let has_tag = request.to().tag().is_some();
+    let has_tag = request.to().has_tag();
     let to = to_with_tag(&to_value, has_tag, status, || {
         let tag = choose_tag(
             to_tag,
@@ -227,7 +227,7 @@ pub fn build_error_response(error: &ParseError) -> Option<Vec<u8>> {
     out.extend_from_slice(format!("SIP/2.0 {status} {}\r\n", error.reason_phrase()).as_bytes());
     for header in salvaged {
         if header.name == "To" {
-            let has_tag = NameAddr::parse(&header.value).map_or(true, |to| to.tag().is_some());
+            let has_tag = NameAddr::parse(&header.value).map_or(true, |to| to.has_tag());
             let to = to_with_tag(&header.value, has_tag, status, || {
                 choose_tag(
                     None,

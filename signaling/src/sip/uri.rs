@@ -709,6 +709,12 @@ impl NameAddr {
         param_text(&self.params, "tag").map(Tag::new)
     }
 
+    /// Whether it carries a tag (with a value), as [`NameAddr::tag`] finds
+    /// it, without copying the tag out.
+    pub fn has_tag(&self) -> bool {
+        find_param(&self.params, "tag").is_some_and(|p| p.value.is_some())
+    }
+
     /// Returns a header parameter's value, unquoted; `Some(None)` for a flag.
     pub fn param(&self, name: &str) -> Option<Option<String>> {
         find_param(&self.params, name).map(|p| p.value.as_deref().map(unquote))
@@ -809,6 +815,20 @@ mod tests {
             addr.to_string(),
             "<sip:a@192.0.2.1;transport=udp;Lr;x-own=1>;tag=7;TAG2=x"
         );
+    }
+
+    #[test]
+    fn has_tag_agrees_with_tag_and_a_tag_without_a_value_is_none() {
+        for (text, tag) in [
+            ("<sip:a@192.0.2.1>;tag=7", Some("7")),
+            ("<sip:a@192.0.2.1>;TAG=\"q\"", Some("q")),
+            ("<sip:a@192.0.2.1>;tag", None),
+            ("<sip:a@192.0.2.1;tag=uri-param>", None),
+        ] {
+            let addr = NameAddr::parse(text).expect("parses");
+            assert_eq!(addr.tag().as_ref().map(Tag::as_str), tag, "{text}");
+            assert_eq!(addr.has_tag(), tag.is_some(), "{text}");
+        }
     }
 
     #[test]
